@@ -1,0 +1,51 @@
+# The two commands of README.md, and the steps they are made of.
+# Every target creates the virtualenv and installs what it needs on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck contract codegen codegen-check unit clean
+
+demo: $(STAMP)
+	$(BIN)/cpa plan "Download the invoice 42 from the portal and mail it to ap@example.com"
+
+test: lint typecheck contract unit
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ./clients/python -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/hadolint deploy/Dockerfile
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# buf lint, breaking check against the previous commit, and generated code in step with proto/.
+contract: $(STAMP)
+	$(BIN)/buf lint
+	bash tools/buf_breaking.sh $(BIN)/buf
+	$(MAKE) codegen-check
+
+codegen: $(STAMP)
+	$(BIN)/python tools/codegen.py
+
+codegen-check: codegen
+	@changes=$$(git status --porcelain -- clients/python/cpa deploy/api.binpb); \
+	if [ -n "$$changes" ]; then \
+		echo "Generated code is out of date with proto/ (run 'make codegen' and commit):"; \
+		echo "$$changes"; git --no-pager diff --stat -- clients/python/cpa deploy/api.binpb; exit 1; \
+	fi; echo "generated code is in step with proto/"
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

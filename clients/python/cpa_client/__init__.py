@@ -1,0 +1,12 @@
+"""Typed asyncio SDK for the CPA Scheduler; the generated contract lives in the `cpa` package."""
+
+from .errors import CpaError, FieldViolation
+from .scheduler_client import SchedulerClient
+
+__all__ = [
+    # Client
+    "SchedulerClient",
+    # Errors
+    "CpaError",
+    "FieldViolation",
+]

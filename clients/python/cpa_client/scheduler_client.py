@@ -1,0 +1,163 @@
+"""SchedulerClient: an asyncio client of cpa.scheduler.v1.SchedulerService that raises CpaError."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import struct_pb2
+
+from cpa.lam.v1 import lam_message_pb2
+from cpa.scheduler.v1 import (
+    job_event_pb2,
+    job_pb2,
+    scheduler_service_pb2,
+    scheduler_service_pb2_grpc,
+)
+
+from .errors import CpaError
+
+_Response = TypeVar("_Response")
+
+
+def _struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    if values is None:
+        return None
+    message = struct_pb2.Struct()
+    message.update(dict(values))
+    return message
+
+
+async def _unary(call: Awaitable[_Response]) -> _Response:
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        raise CpaError.from_rpc_error(error) from None
+
+
+class SchedulerClient:
+    """Calls the scheduler over one channel; use as `async with SchedulerClient(target) as c`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = 30.0,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._owns_channel = channel is None
+        self._stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self._channel)
+        self._metadata = tuple((metadata or {}).items())
+        self._timeout_s = timeout_s
+
+    async def __aenter__(self) -> SchedulerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self._channel.close(grace=None)
+
+    async def schedule_job(
+        self, spec: job_pb2.JobSpec, *, request_id: str = ""
+    ) -> scheduler_service_pb2.ScheduleJobResponse:
+        """Create a job from a full spec; `request_id` makes the call safe to repeat."""
+        request = scheduler_service_pb2.ScheduleJobRequest(request_id=request_id, spec=spec)
+        return await _unary(
+            self._stub.ScheduleJob(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+
+    async def schedule_text(
+        self, text: str, *, context: Mapping[str, Any] | None = None, request_id: str = ""
+    ) -> job_pb2.Job:
+        """Create a job from natural-language text."""
+        spec = job_pb2.JobSpec(text=text, context=_struct(context))
+        return (await self.schedule_job(spec, request_id=request_id)).job
+
+    async def schedule_intent(
+        self, name: str, parameters: Mapping[str, Any] | None = None, *, request_id: str = ""
+    ) -> job_pb2.Job:
+        """Create a job from an intent named directly."""
+        invocation = job_pb2.IntentInvocation(name=name, parameters=_struct(parameters))
+        spec = job_pb2.JobSpec(intent=invocation)
+        return (await self.schedule_job(spec, request_id=request_id)).job
+
+    async def get_job(self, job_id: str) -> job_pb2.Job:
+        request = scheduler_service_pb2.GetJobRequest(job_id=job_id)
+        response = await _unary(
+            self._stub.GetJob(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return response.job
+
+    async def list_jobs(
+        self, *, filter: str = "", page_size: int = 0
+    ) -> AsyncIterator[job_pb2.Job]:
+        """Every job matching `filter` (AIP-160), following page tokens."""
+        page_token = ""
+        while True:
+            request = scheduler_service_pb2.ListJobsRequest(
+                filter=filter, page_size=page_size, page_token=page_token
+            )
+            response = await _unary(
+                self._stub.ListJobs(request, metadata=self._metadata, timeout=self._timeout_s)
+            )
+            for job in response.jobs:
+                yield job
+            if not response.next_page_token:
+                return
+            page_token = response.next_page_token
+
+    async def cancel_job(self, job_id: str, *, reason: str = "") -> job_pb2.Job:
+        request = scheduler_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        response = await _unary(
+            self._stub.CancelJob(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return response.job
+
+    async def retry_job(self, job_id: str) -> job_pb2.Job:
+        request = scheduler_service_pb2.RetryJobRequest(job_id=job_id)
+        response = await _unary(
+            self._stub.RetryJob(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return response.job
+
+    async def watch_job(
+        self, job_id: str, *, after_sequence: int = 0
+    ) -> AsyncIterator[job_event_pb2.JobEvent]:
+        """The job's events after `after_sequence`, live, ending after the terminal event."""
+        request = scheduler_service_pb2.WatchJobRequest(
+            job_id=job_id, after_sequence=after_sequence
+        )
+        call = self._stub.WatchJob(request, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response.event
+        except grpc.aio.AioRpcError as error:
+            raise CpaError.from_rpc_error(error) from None
+
+    async def send_message(self, message: lam_message_pb2.LamMessage) -> lam_message_pb2.LamMessage:
+        """Send a LAM message; returns the scheduler's reply (agree, refuse, not_understood...)."""
+        request = scheduler_service_pb2.SendMessageRequest(message=message)
+        response = await _unary(
+            self._stub.SendMessage(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return response.reply
+
+    async def preview_plan(
+        self, spec: job_pb2.JobSpec
+    ) -> scheduler_service_pb2.PreviewPlanResponse:
+        request = scheduler_service_pb2.PreviewPlanRequest(spec=spec)
+        return await _unary(
+            self._stub.PreviewPlan(request, metadata=self._metadata, timeout=self._timeout_s)
+        )

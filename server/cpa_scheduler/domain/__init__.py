@@ -1,0 +1,69 @@
+"""The scheduler's domain model: tasks, task graphs, states, retry policy and domain errors.
+
+Pure Python (no gRPC, SQL, Redis or network); import from here rather than from the submodules.
+"""
+
+from __future__ import annotations
+
+from .errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
+from .retry import DEFAULT_RETRY_POLICY, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT_S, RetryPolicy
+from .states import (
+    ATTEMPT_STATE_MACHINE,
+    JOB_STATE_MACHINE,
+    TASK_STATE_MACHINE,
+    AttemptState,
+    JobState,
+    StateMachine,
+    TaskState,
+    can_transition,
+    is_terminal,
+    state_machine,
+    transition,
+)
+from .task_graph import GraphCycleError, TaskGraph
+from .todo import (
+    BUILTIN_ACTIONS,
+    IDENTIFIER_PATTERN,
+    TASK_ID_PATTERN,
+    ActionType,
+    Selector,
+    SelectorStrategy,
+    ToDo,
+)
+
+__all__ = [
+    # errors
+    "DomainError",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "Reason",
+    # todo
+    "BUILTIN_ACTIONS",
+    "IDENTIFIER_PATTERN",
+    "TASK_ID_PATTERN",
+    "ActionType",
+    "Selector",
+    "SelectorStrategy",
+    "ToDo",
+    # retry
+    "DEFAULT_RETRY_POLICY",
+    "MAX_ATTEMPTS_LIMIT",
+    "MAX_BACKOFF_LIMIT_S",
+    "RetryPolicy",
+    # task graph
+    "GraphCycleError",
+    "TaskGraph",
+    # states
+    "ATTEMPT_STATE_MACHINE",
+    "JOB_STATE_MACHINE",
+    "TASK_STATE_MACHINE",
+    "AttemptState",
+    "JobState",
+    "StateMachine",
+    "TaskState",
+    "can_transition",
+    "is_terminal",
+    "state_machine",
+    "transition",
+]

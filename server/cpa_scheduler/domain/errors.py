@@ -1,0 +1,96 @@
+"""Domain errors: each carries a stable reason (an ErrorReason name) and, for bad input, the field.
+
+The API layer maps these onto google.rpc.Status; nothing here knows about gRPC.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Machine-readable error reasons; mirrors `cpa.common.v1.ErrorReason` without its prefix.
+
+    A unit test keeps the two in step, so a reason added on one side only fails CI.
+    """
+
+    INVALID_FIELD = "INVALID_FIELD"
+    MISSING_FIELD = "MISSING_FIELD"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    EMPTY_GRAPH = "EMPTY_GRAPH"
+    DUPLICATE_TASK_ID = "DUPLICATE_TASK_ID"
+    UNKNOWN_DEPENDENCY = "UNKNOWN_DEPENDENCY"
+    GRAPH_CYCLE = "GRAPH_CYCLE"
+    UNKNOWN_ACTION = "UNKNOWN_ACTION"
+    INVALID_RETRY_POLICY = "INVALID_RETRY_POLICY"
+    UNKNOWN_INTENT = "UNKNOWN_INTENT"
+    TEMPLATE_ERROR = "TEMPLATE_ERROR"
+    INVALID_FILTER = "INVALID_FILTER"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+    MALFORMED_MESSAGE = "MALFORMED_MESSAGE"
+    UNSUPPORTED_PERFORMATIVE = "UNSUPPORTED_PERFORMATIVE"
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    TASK_NOT_FOUND = "TASK_NOT_FOUND"
+    AGENT_NOT_FOUND = "AGENT_NOT_FOUND"
+    ARTIFACT_NOT_FOUND = "ARTIFACT_NOT_FOUND"
+    ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    STALE_ATTEMPT = "STALE_ATTEMPT"
+    NO_CAPABLE_AGENT = "NO_CAPABLE_AGENT"
+    SCHEDULE_TO_START_TIMEOUT = "SCHEDULE_TO_START_TIMEOUT"
+    TASK_TIMEOUT = "TASK_TIMEOUT"
+    JOB_DEADLINE_EXCEEDED = "JOB_DEADLINE_EXCEEDED"
+    RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
+    REDELIVERY_EXHAUSTED = "REDELIVERY_EXHAUSTED"
+    UPSTREAM_FAILED = "UPSTREAM_FAILED"
+    CANCELLED_BY_USER = "CANCELLED_BY_USER"
+    APPROVAL_REJECTED = "APPROVAL_REJECTED"
+    POLICY_VIOLATION = "POLICY_VIOLATION"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RATE_LIMITED = "RATE_LIMITED"
+    AGENT_DRAINING = "AGENT_DRAINING"
+    SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
+    EXECUTOR_ERROR = "EXECUTOR_ERROR"
+    INTERNAL = "INTERNAL"
+
+
+class DomainError(Exception):
+    """An error a caller can act on: a reason, a human message and optionally the offending field.
+
+    `field` is a path in the request (`todos[2].depends_on[0]`), so the API can build a
+    BadRequest field violation from it without guessing.
+    """
+
+    reason: Reason = Reason.INTERNAL
+
+    def __init__(self, message: str, *, reason: Reason | None = None, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.field = field
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, "
+            f"reason={self.reason.value}, field={self.field!r})"
+        )
+
+
+class InvalidArgument(DomainError):  # noqa: N818 (named after gRPC status codes)
+    """The request itself is wrong; retrying it unchanged cannot succeed."""
+
+    reason = Reason.INVALID_FIELD
+
+
+class NotFound(DomainError):  # noqa: N818 (named after gRPC status codes)
+    """The named resource does not exist (or belongs to another tenant)."""
+
+    reason = Reason.JOB_NOT_FOUND
+
+
+class FailedPrecondition(DomainError):  # noqa: N818 (named after gRPC status codes)
+    """The request is well-formed but the resource's current state forbids it."""
+
+    reason = Reason.ILLEGAL_TRANSITION

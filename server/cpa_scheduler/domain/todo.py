@@ -1,0 +1,112 @@
+"""ToDo: one step of a plan (an action with its target and parameters), as the domain sees it."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .errors import InvalidArgument, Reason
+from .retry import RetryPolicy
+
+
+class ActionType(StrEnum):
+    """The built-in actions every planner and agent understands; anything else is custom."""
+
+    OPEN_APP = "open_app"
+    CLICK = "click"
+    TYPE = "type"
+    WAIT_FOR = "wait_for"
+    PLAYWRIGHT = "playwright"
+    UIA = "uia"
+    SEND_MAIL = "send_mail"
+
+
+BUILTIN_ACTIONS: frozenset[str] = frozenset(a.value for a in ActionType)
+
+# Custom action and task ids share one conservative alphabet: they travel in URLs, Redis keys
+# and logs.
+IDENTIFIER_PATTERN = re.compile(r"^[a-z][a-z0-9_.\-]{0,62}$")
+TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+
+
+class SelectorStrategy(StrEnum):
+    """How a selector's value finds an element on screen."""
+
+    CSS = "css"
+    XPATH = "xpath"
+    TEXT = "text"
+    ROLE = "role"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Selector:
+    """Where an action applies: a strategy and the value it interprets."""
+
+    strategy: SelectorStrategy
+    value: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToDo:
+    """One step of a task graph. `action` is a built-in name (see ActionType) or a custom action."""
+
+    id: str
+    action: str
+    description: str = ""
+    selector: Selector | None = None
+    text: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    depends_on: tuple[str, ...] = ()
+    retry_policy: RetryPolicy | None = None
+    required_capabilities: frozenset[str] = field(default_factory=frozenset)
+    required_labels: Mapping[str, str] = field(default_factory=dict)
+    requires_approval: bool = False
+
+    @property
+    def is_builtin_action(self) -> bool:
+        return self.action in BUILTIN_ACTIONS
+
+    def validate(self, field_prefix: str = "todo") -> None:
+        """Check the fields that make sense on their own; graph-level checks live in TaskGraph."""
+        if not self.id:
+            raise InvalidArgument(
+                "task id is required", reason=Reason.MISSING_FIELD, field=f"{field_prefix}.id"
+            )
+        if not TASK_ID_PATTERN.match(self.id):
+            raise InvalidArgument(
+                f"task id {self.id!r} must be 1-63 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit",
+                field=f"{field_prefix}.id",
+            )
+        if not self.action:
+            raise InvalidArgument(
+                f"task {self.id!r} has no action",
+                reason=Reason.MISSING_FIELD,
+                field=f"{field_prefix}.action",
+            )
+        if not self.is_builtin_action and not IDENTIFIER_PATTERN.match(self.action):
+            raise InvalidArgument(
+                f"task {self.id!r}: custom action {self.action!r} must be 1-63 lower-case letters, "
+                "digits, '_', '.' or '-', starting with a letter",
+                reason=Reason.UNKNOWN_ACTION,
+                field=f"{field_prefix}.action",
+            )
+        # `not 0 < x < inf` also rejects NaN, which slips past a plain `x <= 0`.
+        if self.timeout_s is not None and not 0 < self.timeout_s < math.inf:
+            raise InvalidArgument(
+                f"task {self.id!r}: timeout must be positive and finite, got {self.timeout_s:g} s",
+                field=f"{field_prefix}.timeout",
+            )
+        if self.selector is not None and not self.selector.value:
+            raise InvalidArgument(
+                f"task {self.id!r}: selector value is empty",
+                reason=Reason.MISSING_FIELD,
+                field=f"{field_prefix}.selector.value",
+            )
+        if self.retry_policy is not None:
+            self.retry_policy.validate(f"{field_prefix}.retry_policy")

@@ -1,0 +1,38 @@
+"""Planning: turns a request (text, an intent name, ToDos) into a task graph, by YAML rules.
+
+The LLM router and planner will live here too; the domain stays free of YAML and Jinja2.
+"""
+
+from __future__ import annotations
+
+from .intent_catalog import (
+    UNKNOWN_INTENT,
+    CatalogError,
+    Intent,
+    IntentCatalog,
+    Parameter,
+    Pattern,
+    TaskTemplate,
+    load_catalog,
+    load_default_catalog,
+    parse_catalog,
+)
+from .intent_router import Candidate, RouteResult, RuleIntentRouter
+from .planner import IntentRequest, Plan, Planner, PlanRequest, TextRequest, TodoRequest
+
+# Planning: any request in, a checked task graph out.
+__all__ = ["IntentRequest", "Plan", "PlanRequest", "Planner", "TextRequest", "TodoRequest"]
+# Routing: text or an intent name in, rendered ToDos out.
+__all__ += ["UNKNOWN_INTENT", "Candidate", "RouteResult", "RuleIntentRouter"]
+# Catalog: loading a YAML catalog and the checked intents it holds.
+__all__ += [
+    "CatalogError",
+    "Intent",
+    "IntentCatalog",
+    "Parameter",
+    "Pattern",
+    "TaskTemplate",
+    "load_catalog",
+    "load_default_catalog",
+    "parse_catalog",
+]

@@ -1,0 +1,804 @@
+"""Intent catalog: intents, their patterns and task templates, loaded from YAML and checked at load.
+
+Every problem in a catalog file surfaces at load as a CatalogError that names file, line and field;
+matching text against the catalog lives in intent_router.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+import yaml
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from yaml.reader import ReaderError
+
+from cpa_scheduler.domain import (
+    DomainError,
+    InvalidArgument,
+    Reason,
+    RetryPolicy,
+    Selector,
+    SelectorStrategy,
+    TaskGraph,
+    ToDo,
+)
+
+DEFAULT_CATALOG_RESOURCE = "intents.yaml"
+
+# The name RouteResult uses for "nothing matched"; no catalog intent may take it.
+UNKNOWN_INTENT = "unknown"
+
+# Templates see parameters by name and the request context under this one name.
+CONTEXT_VARIABLE = "context"
+
+INTENT_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+PARAMETER_NAME_PATTERN = INTENT_NAME_PATTERN
+
+# Sandboxed (no attribute escapes, no mutation of passed-in data), strict (a missing variable is an
+# error, not an empty string) and unescaped (the output is plain text for agents, not HTML).
+_TEMPLATES = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+# Failures rendering a template can raise besides TemplateError: filters run on caller data.
+_RENDER_FAILURES = (TemplateError, ArithmeticError, LookupError, TypeError, ValueError)
+
+# The domain's validators name fields as the API does; the catalog spells a few of them differently.
+_DOMAIN_TO_YAML_FIELD = {
+    "timeout": "timeout_s",
+    "initial_backoff": "initial_backoff_s",
+    "backoff_multiplier": "multiplier",
+    "max_backoff": "max_backoff_s",
+}
+
+YamlPath: TypeAlias = tuple[str | int, ...]
+ParamTemplate: TypeAlias = (
+    "Template | bool | int | float | tuple[ParamTemplate, ...] | Mapping[str, ParamTemplate] | None"
+)
+
+
+class CatalogError(InvalidArgument):
+    """A catalog that cannot be used. The message reads `<file>:<line>: <where>: <problem>`.
+
+    `reason` is TEMPLATE_ERROR for template problems, INVALID_FIELD for schema problems, or the
+    domain's own reason when a domain rule rejects a task (e.g. GRAPH_CYCLE, INVALID_RETRY_POLICY).
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        source: str,
+        line: int | None,
+        where: str = "",
+        reason: Reason = Reason.INVALID_FIELD,
+        field: str = "",
+    ) -> None:
+        location = source if line is None else f"{source}:{line}"
+        message = f"{location}: {where}: {problem}" if where else f"{location}: {problem}"
+        super().__init__(message, reason=reason, field=field)
+        self.source = source
+        self.line = line
+        self.problem = problem
+
+
+# --- Loaded catalog -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parameter:
+    """A declared intent parameter. Without a default, an optional parameter stays unbound."""
+
+    name: str
+    required: bool = False
+    has_default: bool = False
+    default: Any = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pattern:
+    """How an intent is recognised: a regex searched in the text, or keywords that all occur."""
+
+    kind: Literal["regex", "keywords"]
+    source: str
+    compiled: tuple[re.Pattern[str], ...]
+    line: int
+
+    @property
+    def description(self) -> str:
+        return f"{self.kind}: {self.source}"
+
+    def search(self, text: str) -> dict[str, str] | None:
+        """The named groups a match binds (stripped, empty ones left out), or None if no match."""
+        if self.kind == "keywords":
+            return {} if all(keyword.search(text) for keyword in self.compiled) else None
+        match = self.compiled[0].search(text)
+        if match is None:
+            return None
+        groups = {name: value.strip() for name, value in match.groupdict().items() if value}
+        return {name: value for name, value in groups.items() if value}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskTemplate:
+    """A ToDo whose strings (description, selector value, text, params) are Jinja2 templates."""
+
+    id: str
+    action: str
+    description: Template
+    selector_strategy: SelectorStrategy | None
+    selector_value: Template | None
+    text: Template
+    params: Mapping[str, ParamTemplate]
+    timeout_s: float | None
+    depends_on: tuple[str, ...]
+    retry_policy: RetryPolicy | None
+    required_capabilities: frozenset[str]
+    required_labels: Mapping[str, str]
+    requires_approval: bool
+    line: int
+
+    def render(self, variables: Mapping[str, Any], *, intent: str) -> ToDo:
+        """Fill in the templates; InvalidArgument(TEMPLATE_ERROR) names intent, task and field."""
+
+        def render(template: Template, field_name: str) -> str:
+            try:
+                return template.render(variables)
+            except _RENDER_FAILURES as exc:
+                raise InvalidArgument(
+                    f"intent {intent!r} task {self.id!r} field {field_name!r}: {exc}",
+                    reason=Reason.TEMPLATE_ERROR,
+                ) from exc
+
+        def render_param(value: ParamTemplate, field_name: str) -> Any:
+            if isinstance(value, Template):
+                return render(value, field_name)
+            if isinstance(value, tuple):
+                return [render_param(item, f"{field_name}[{i}]") for i, item in enumerate(value)]
+            if isinstance(value, Mapping):
+                return {
+                    key: render_param(item, f"{field_name}.{key}") for key, item in value.items()
+                }
+            return value
+
+        selector = None
+        if self.selector_strategy is not None and self.selector_value is not None:
+            selector = Selector(
+                strategy=self.selector_strategy, value=render(self.selector_value, "selector.value")
+            )
+        todo = ToDo(
+            id=self.id,
+            action=self.action,
+            description=render(self.description, "description"),
+            selector=selector,
+            text=render(self.text, "text"),
+            params={
+                key: render_param(value, f"params.{key}") for key, value in self.params.items()
+            },
+            timeout_s=self.timeout_s,
+            depends_on=self.depends_on,
+            retry_policy=self.retry_policy,
+            required_capabilities=self.required_capabilities,
+            required_labels=dict(self.required_labels),
+            requires_approval=self.requires_approval,
+        )
+        try:
+            todo.validate(f"tasks.{self.id}")
+        except DomainError as exc:
+            # Only rendered values can fail here (the static fields were checked at load).
+            raise InvalidArgument(
+                f"intent {intent!r} task {self.id!r}: rendered task is invalid: {exc.message}",
+                reason=Reason.TEMPLATE_ERROR,
+            ) from exc
+        return todo
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Intent:
+    """A named intent: how to recognise it, the parameters it takes and the task graph it plans."""
+
+    name: str
+    description: str
+    patterns: tuple[Pattern, ...]
+    parameters: tuple[Parameter, ...]
+    tasks: tuple[TaskTemplate, ...]
+    line: int
+
+    def parameter(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+    def render(
+        self, parameters: Mapping[str, Any], *, context: Mapping[str, Any]
+    ) -> tuple[ToDo, ...]:
+        """Render every task with `parameters` by name and `context` under `context`."""
+        variables = {**parameters, CONTEXT_VARIABLE: dict(context)}
+        return tuple(task.render(variables, intent=self.name) for task in self.tasks)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IntentCatalog:
+    """The loaded intents in file order, which is also the order the router tries them in."""
+
+    source: str
+    intents: tuple[Intent, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(intent.name for intent in self.intents)
+
+    def get(self, name: str) -> Intent | None:
+        return next((intent for intent in self.intents if intent.name == name), None)
+
+
+def load_catalog(path: str | PathLike[str]) -> IntentCatalog:
+    """Load and check a catalog file; OSError if it cannot be read, CatalogError if it is broken."""
+    source = str(path)
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CatalogError(f"not UTF-8 ({exc.reason})", source=source, line=line) from exc
+    return parse_catalog(text, source=source)
+
+
+def load_default_catalog() -> IntentCatalog:
+    """The sample catalog shipped with the package (planning/intents.yaml)."""
+    resource = resources.files("cpa_scheduler.planning").joinpath(DEFAULT_CATALOG_RESOURCE)
+    return parse_catalog(resource.read_text(encoding="utf-8"), source=str(resource))
+
+
+def parse_catalog(text: str, *, source: str = "<string>") -> IntentCatalog:
+    """Check catalog YAML text; `source` names it in error messages."""
+    data, lines = _parse_yaml(text, source=source)
+    locator = _Locator(source=source, data=data, lines=lines)
+    try:
+        spec = _CatalogSpec.model_validate(data)
+    except ValidationError as exc:
+        raise locator.schema_error(exc) from None
+    return IntentCatalog(
+        source=source,
+        intents=_CatalogBuilder(locator).build(spec),
+    )
+
+
+# --- YAML with line numbers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _LineMap:
+    """Where each value of the document sits: the line of its key, or of the sequence item."""
+
+    lines: dict[YamlPath, int]
+    # For `key: |` literal blocks: the line the text starts on, so a template's own line adds up.
+    literal_starts: dict[YamlPath, int]
+
+    def line_of(self, path: Sequence[str | int]) -> int:
+        """The line of `path`, or of its longest prefix present (a missing field: its parent)."""
+        for end in range(len(path), 0, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return self.lines.get((), 1)
+
+
+def _parse_yaml(text: str, *, source: str) -> tuple[Any, _LineMap]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise CatalogError(
+                "the catalog is empty; expected a mapping with an 'intents' list",
+                source=source,
+                line=1,
+            )
+        _check_duplicate_keys(node, source=source, seen=set())
+        data = loader.construct_document(node)
+        lines = _LineMap(lines={(): node.start_mark.line + 1}, literal_starts={})
+        _record_lines(loader, node, (), lines, seen=set())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "cannot parse"
+        if exc.context and exc.problem:
+            problem = f"{exc.context}: {exc.problem}"
+        raise CatalogError(
+            f"YAML syntax error: {problem}",
+            source=source,
+            line=None if mark is None else mark.line + 1,
+        ) from None
+    except ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise CatalogError(
+            f"YAML syntax error: character {exc.character!r} is not allowed",
+            source=source,
+            line=line,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"YAML error: {exc}", source=source, line=None) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _check_duplicate_keys(node: yaml.Node, *, source: str, seen: set[int]) -> None:
+    # PyYAML keeps the last of two equal keys silently; a catalog with `name:` twice is a mistake.
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_lines: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in first_lines:
+                    raise CatalogError(
+                        f"duplicate key {key_node.value!r} (first on line {first_lines[key]})",
+                        source=source,
+                        line=line,
+                    )
+                first_lines[key] = line
+            _check_duplicate_keys(value_node, source=source, seen=seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, source=source, seen=seen)
+
+
+def _record_lines(
+    loader: yaml.SafeLoader, node: yaml.Node, path: YamlPath, lines: _LineMap, *, seen: set[int]
+) -> None:
+    # An aliased node is walked once: its later uses resolve to the alias's line via their prefix,
+    # and a recursive alias cannot loop.
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = loader.construct_object(key_node)
+            if not isinstance(key, str | int):
+                continue
+            child = (*path, key)
+            lines.lines[child] = key_node.start_mark.line + 1
+            if isinstance(value_node, yaml.ScalarNode) and value_node.style == "|":
+                lines.literal_starts[child] = value_node.start_mark.line + 2
+            _record_lines(loader, value_node, child, lines, seen=seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = (*path, index)
+            lines.lines[child] = item.start_mark.line + 1
+            _record_lines(loader, item, child, lines, seen=seen)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Locator:
+    """Turns a path in the document into a CatalogError with line, readable place and field."""
+
+    source: str
+    data: Any
+    lines: _LineMap
+
+    def error(
+        self,
+        path: Sequence[str | int],
+        problem: str,
+        *,
+        reason: Reason = Reason.INVALID_FIELD,
+        line: int | None = None,
+    ) -> CatalogError:
+        return CatalogError(
+            problem,
+            source=self.source,
+            line=self.lines.line_of(path) if line is None else line,
+            where=self.describe(path),
+            reason=reason,
+            field=_dotted(path),
+        )
+
+    def describe(self, path: Sequence[str | int]) -> str:
+        """`intent 'send_mail' task 'compose' field 'params.to'` for a path into the document."""
+        words: list[str] = []
+        rest = list(path)
+        if len(rest) >= 2 and rest[0] == "intents" and isinstance(rest[1], int):
+            intent = self._lookup(path[:2])
+            name = intent.get("name") if isinstance(intent, dict) else None
+            words.append(f"intent {name!r}" if isinstance(name, str) else f"intents[{rest[1]}]")
+            rest = rest[2:]
+            if len(rest) >= 2 and rest[0] == "tasks" and isinstance(rest[1], int):
+                task = self._lookup([*path[:2], *rest[:2]])
+                task_id = task.get("id") if isinstance(task, dict) else None
+                words.append(
+                    f"task {task_id!r}" if isinstance(task_id, str) else f"tasks[{rest[1]}]"
+                )
+                rest = rest[2:]
+        if rest:
+            words.append(f"field {_dotted(rest)!r}")
+        return " ".join(words)
+
+    def schema_error(self, exc: ValidationError) -> CatalogError:
+        errors = exc.errors(include_url=False)
+        # Report the problem that comes first in the file; readers fix top to bottom.
+        first = min(errors, key=lambda error: self.lines.line_of(error["loc"]))
+        if first["type"] == "extra_forbidden":
+            problem = "unknown field"
+        elif first["type"] == "missing":
+            problem = "missing required field"
+        else:
+            problem = str(first["msg"]).removeprefix("Value error, ")
+        if len(errors) > 1:
+            problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return self.error(first["loc"], problem)
+
+    def _lookup(self, path: Sequence[str | int]) -> Any:
+        value = self.data
+        for part in path:
+            try:
+                value = value[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+        return value
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+# --- Schema ---------------------------------------------------------------------------------------
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _SelectorSpec(_Spec):
+    strategy: SelectorStrategy
+    value: str
+
+
+class _RetryPolicySpec(_Spec):
+    max_attempts: int | None = None
+    initial_backoff_s: float | None = None
+    multiplier: float | None = None
+    max_backoff_s: float | None = None
+    jitter: float | None = None
+    non_retryable_codes: list[str] = Field(default_factory=list)
+
+
+class _TaskSpec(_Spec):
+    id: str
+    action: str
+    description: str = ""
+    selector: _SelectorSpec | None = None
+    text: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    required_capabilities: list[str] = Field(default_factory=list)
+    required_labels: dict[str, str] = Field(default_factory=dict)
+    requires_approval: bool = False
+    retry_policy: _RetryPolicySpec | None = None
+
+
+class _PatternSpec(_Spec):
+    regex: str | None = None
+    keywords: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> _PatternSpec:
+        if (self.regex is None) == (self.keywords is None):
+            raise ValueError("a pattern needs exactly one of 'regex' or 'keywords'")
+        return self
+
+
+class _ParameterSpec(_Spec):
+    required: bool = False
+    default: Any = None
+    description: str = ""
+
+
+class _IntentSpec(_Spec):
+    name: str = Field(pattern=INTENT_NAME_PATTERN.pattern)
+    description: str = Field(min_length=1)
+    # No patterns: the intent is only reachable by name (expand), never from text.
+    patterns: list[_PatternSpec] = Field(default_factory=list)
+    parameters: dict[str, _ParameterSpec | None] = Field(default_factory=dict)
+    tasks: list[_TaskSpec] = Field(min_length=1)
+
+
+class _CatalogSpec(_Spec):
+    intents: list[_IntentSpec] = Field(min_length=1)
+
+
+# --- Building checked intents ---------------------------------------------------------------------
+
+
+class _CatalogBuilder:
+    """Checks what the schema cannot (regexes, templates, names, graph) and compiles the intents."""
+
+    def __init__(self, locator: _Locator) -> None:
+        self._locator = locator
+
+    def build(self, spec: _CatalogSpec) -> tuple[Intent, ...]:
+        intents: list[Intent] = []
+        first_lines: dict[str, int] = {}
+        for index, intent_spec in enumerate(spec.intents):
+            path: YamlPath = ("intents", index)
+            name_path = (*path, "name")
+            if intent_spec.name == UNKNOWN_INTENT:
+                raise self._locator.error(
+                    name_path, f"{UNKNOWN_INTENT!r} is reserved for text that matches no intent"
+                )
+            if intent_spec.name in first_lines:
+                raise self._locator.error(
+                    name_path,
+                    f"duplicate intent name {intent_spec.name!r} "
+                    f"(first on line {first_lines[intent_spec.name]})",
+                )
+            first_lines[intent_spec.name] = self._locator.lines.line_of(name_path)
+            intents.append(self._intent(intent_spec, path))
+        return tuple(intents)
+
+    def _intent(self, spec: _IntentSpec, path: YamlPath) -> Intent:
+        parameters = self._parameters(spec, path)
+        declared = frozenset(p.name for p in parameters)
+        patterns = tuple(
+            self._pattern(pattern, (*path, "patterns", index), declared)
+            for index, pattern in enumerate(spec.patterns)
+        )
+        tasks = tuple(
+            self._task(task, (*path, "tasks", index), declared)
+            for index, task in enumerate(spec.tasks)
+        )
+        self._check_graph(spec.tasks, path)
+        return Intent(
+            name=spec.name,
+            description=spec.description,
+            patterns=patterns,
+            parameters=parameters,
+            tasks=tasks,
+            line=self._locator.lines.line_of(path),
+        )
+
+    def _parameters(self, spec: _IntentSpec, path: YamlPath) -> tuple[Parameter, ...]:
+        parameters = []
+        for name, parameter_spec in spec.parameters.items():
+            parameter_path = (*path, "parameters", name)
+            if not PARAMETER_NAME_PATTERN.match(name) or name == CONTEXT_VARIABLE:
+                raise self._locator.error(
+                    parameter_path,
+                    f"parameter name {name!r} must be lower snake case and not "
+                    f"{CONTEXT_VARIABLE!r} (templates see the request context under that name)",
+                )
+            parameter_spec = parameter_spec or _ParameterSpec()
+            has_default = "default" in parameter_spec.model_fields_set
+            if has_default:
+                self._check_plain_data(parameter_spec.default, (*parameter_path, "default"))
+            if parameter_spec.required and has_default:
+                raise self._locator.error(
+                    parameter_path, "a required parameter cannot have a default"
+                )
+            parameters.append(
+                Parameter(
+                    name=name,
+                    required=parameter_spec.required,
+                    has_default=has_default,
+                    default=parameter_spec.default,
+                    description=parameter_spec.description,
+                )
+            )
+        return tuple(parameters)
+
+    def _pattern(self, spec: _PatternSpec, path: YamlPath, declared: frozenset[str]) -> Pattern:
+        if spec.regex is not None:
+            regex_path = (*path, "regex")
+            try:
+                compiled = re.compile(spec.regex, re.IGNORECASE)
+            except re.error as exc:
+                raise self._locator.error(
+                    regex_path, f"invalid regex: {exc.msg} at position {exc.pos}"
+                ) from None
+            undeclared = sorted(set(compiled.groupindex) - declared)
+            if undeclared:
+                raise self._locator.error(
+                    regex_path,
+                    f"regex group {undeclared[0]!r} is not a declared parameter "
+                    "(declare it under 'parameters')",
+                )
+            return Pattern(
+                kind="regex",
+                source=spec.regex,
+                compiled=(compiled,),
+                line=self._locator.lines.line_of(regex_path),
+            )
+        keywords = spec.keywords or []
+        compiled_keywords = []
+        for index, keyword in enumerate(keywords):
+            words = keyword.split()
+            if not words:
+                raise self._locator.error((*path, "keywords", index), "keyword is empty")
+            # Whole words only ("mail" must not match "email"), any run of spaces between words.
+            compiled_keywords.append(
+                re.compile(
+                    r"(?<!\w)" + r"\s+".join(re.escape(word) for word in words) + r"(?!\w)",
+                    re.IGNORECASE,
+                )
+            )
+        return Pattern(
+            kind="keywords",
+            source=", ".join(keywords),
+            compiled=tuple(compiled_keywords),
+            line=self._locator.lines.line_of((*path, "keywords")),
+        )
+
+    def _task(self, spec: _TaskSpec, path: YamlPath, declared: frozenset[str]) -> TaskTemplate:
+        def template(text: str, *field_path: str | int) -> Template:
+            return self._template(text, (*path, *field_path), declared)
+
+        retry_policy = None
+        if spec.retry_policy is not None:
+            settings = spec.retry_policy.model_dump(exclude_none=True)
+            settings["non_retryable_codes"] = frozenset(spec.retry_policy.non_retryable_codes)
+            try:
+                retry_policy = RetryPolicy(**settings)
+            except DomainError as exc:
+                raise self._domain_error(exc, path) from None
+        try:
+            # The fields that are not templates can be checked once, here, by the domain's rules.
+            ToDo(
+                id=spec.id, action=spec.action, timeout_s=spec.timeout_s, retry_policy=retry_policy
+            ).validate("todo")
+        except DomainError as exc:
+            raise self._domain_error(exc, path) from None
+        return TaskTemplate(
+            id=spec.id,
+            action=spec.action,
+            description=template(spec.description, "description"),
+            selector_strategy=None if spec.selector is None else spec.selector.strategy,
+            selector_value=(
+                None
+                if spec.selector is None
+                else template(spec.selector.value, "selector", "value")
+            ),
+            text=template(spec.text, "text"),
+            params={
+                key: self._param_template(value, (*path, "params", key), declared)
+                for key, value in spec.params.items()
+            },
+            timeout_s=spec.timeout_s,
+            depends_on=tuple(spec.depends_on),
+            retry_policy=retry_policy,
+            required_capabilities=frozenset(spec.required_capabilities),
+            required_labels=dict(spec.required_labels),
+            requires_approval=spec.requires_approval,
+            line=self._locator.lines.line_of(path),
+        )
+
+    def _param_template(
+        self, value: Any, path: YamlPath, declared: frozenset[str]
+    ) -> ParamTemplate:
+        # Strings are templates; YAML numbers, booleans and nulls stay as they are.
+        if isinstance(value, str):
+            return self._template(value, path, declared)
+        if isinstance(value, bool | int | float) or value is None:
+            return value
+        if isinstance(value, list):
+            return tuple(
+                self._param_template(item, (*path, index), declared)
+                for index, item in enumerate(value)
+            )
+        if isinstance(value, dict):
+            result: dict[str, ParamTemplate] = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise self._locator.error(path, f"key {key!r} must be a string")
+                result[key] = self._param_template(item, (*path, key), declared)
+            return result
+        raise self._locator.error(path, _not_plain_data(value))
+
+    def _check_plain_data(self, value: Any, path: YamlPath) -> None:
+        if isinstance(value, str | bool | int | float) or value is None:
+            return
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                self._check_plain_data(item, (*path, index))
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise self._locator.error(path, f"key {key!r} must be a string")
+                self._check_plain_data(item, (*path, key))
+            return
+        raise self._locator.error(path, _not_plain_data(value))
+
+    def _template(self, text: str, path: YamlPath, declared: frozenset[str]) -> Template:
+        try:
+            tree = _TEMPLATES.parse(text)
+            private = _private_attribute(tree)
+            if private is not None:
+                raise self._locator.error(
+                    path,
+                    f"access to attribute {private!r} is not allowed in templates",
+                    reason=Reason.TEMPLATE_ERROR,
+                )
+            allowed = declared | {CONTEXT_VARIABLE} | set(_TEMPLATES.globals)
+            unknown = sorted(meta.find_undeclared_variables(tree) - allowed)
+            if unknown:
+                known = ", ".join(sorted(declared)) or "none"
+                raise self._locator.error(
+                    path,
+                    f"undefined variable {unknown[0]!r} (declared parameters: {known}; "
+                    f"the request context is {CONTEXT_VARIABLE!r})",
+                    reason=Reason.TEMPLATE_ERROR,
+                )
+            return _TEMPLATES.from_string(tree)
+        except TemplateSyntaxError as exc:
+            line = None
+            literal_start = self._locator.lines.literal_starts.get(path)
+            if literal_start is not None and exc.lineno:
+                line = literal_start + exc.lineno - 1
+            raise self._locator.error(
+                path,
+                exc.message or "template syntax error",
+                reason=Reason.TEMPLATE_ERROR,
+                line=line,
+            ) from None
+
+    def _check_graph(self, tasks: Sequence[_TaskSpec], path: YamlPath) -> None:
+        # TaskGraph owns the graph rules (duplicates, unknown dependencies, cycles); only the
+        # location of its error is translated into the YAML document here.
+        probes = [ToDo(id=t.id, action=t.action, depends_on=tuple(t.depends_on)) for t in tasks]
+        try:
+            TaskGraph.from_todos(probes)
+        except DomainError as exc:
+            field_path = _field_path(exc.field)
+            if field_path[:1] == ("todos",):
+                field_path = ("tasks", *field_path[1:])
+            raise self._locator.error(
+                (*path, *field_path), exc.message, reason=exc.reason
+            ) from None
+
+    def _domain_error(self, exc: DomainError, task_path: YamlPath) -> CatalogError:
+        # Domain fields read "todo.timeout" or "retry_policy.max_backoff"; map them to YAML keys.
+        parts = _field_path(exc.field.removeprefix("todo"))
+        field_path = tuple(
+            _DOMAIN_TO_YAML_FIELD.get(p, p) if isinstance(p, str) else p for p in parts
+        )
+        return self._locator.error((*task_path, *field_path), exc.message, reason=exc.reason)
+
+
+def _private_attribute(tree: nodes.Template) -> str | None:
+    # The sandbox refuses these at render time too; refusing at load finds the mistake earlier.
+    for node in tree.find_all((nodes.Getattr, nodes.Filter)):
+        if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
+            return node.attr
+        if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            argument = node.args[0]
+            if isinstance(argument, nodes.Const) and str(argument.value).startswith("_"):
+                return str(argument.value)
+    return None
+
+
+def _field_path(field: str) -> YamlPath:
+    """A request field path ("todos[2].depends_on[0]") as YAML path parts."""
+    parts: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+        parts.append(name if name else int(index))
+    return tuple(parts)
+
+
+def _not_plain_data(value: Any) -> str:
+    return (
+        f"value of type {type(value).__name__} is not allowed; use strings, numbers, booleans, "
+        "lists and mappings (quote dates)"
+    )

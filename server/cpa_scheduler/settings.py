@@ -1,0 +1,48 @@
+"""Settings of the scheduler, read from the environment (prefix CPA_) and an optional .env file.
+
+Every setting is documented in docs/CONFIGURATION.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_INTENTS_PATH = Path(__file__).parent / "planning" / "intents.yaml"
+
+
+class Settings(BaseSettings):
+    """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CPA_", env_file=".env", env_file_encoding="utf-8", extra="forbid"
+    )
+
+    intents_path: Path = Field(
+        default=DEFAULT_INTENTS_PATH,
+        description="YAML catalog of intents for the rule-based router.",
+    )
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Directory of the embedded store (SQLite file) and stored artifacts.",
+    )
+    database_url: str = Field(
+        default="",
+        description="PostgreSQL URL; empty selects the embedded SQLite store under data_dir.",
+    )
+    redis_url: str = Field(
+        default="",
+        description="Redis URL of the work queue and event fan-out; empty: in-process.",
+    )
+    listen_address: str = Field(
+        default="127.0.0.1:50051", description="host:port the gRPC server binds."
+    )
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request the server accepts; larger ones fail with PAYLOAD_TOO_LARGE.",
+    )
+    max_tasks_per_job: int = Field(default=10_000, ge=1, description="Most tasks one job may have.")
+    log_level: str = Field(default="INFO", description="Python logging level name.")

@@ -1,0 +1,273 @@
+"""Domain <-> proto conversion: round trips, defaults, and the field each bad input is blamed on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf import duration_pb2, struct_pb2
+
+from cpa.common.v1 import error_pb2, todo_pb2
+from cpa.scheduler.v1 import job_pb2
+from cpa_scheduler.api import convert
+from cpa_scheduler.domain import (
+    DEFAULT_RETRY_POLICY,
+    AttemptState,
+    InvalidArgument,
+    JobState,
+    Reason,
+    RetryPolicy,
+    Selector,
+    SelectorStrategy,
+    TaskState,
+    ToDo,
+)
+
+
+def _params(**values: Any) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def test_every_domain_reason_has_a_proto_value_and_back() -> None:
+    proto_names = {
+        name.removeprefix("ERROR_REASON_")
+        for name in error_pb2.ErrorReason.DESCRIPTOR.values_by_name
+        if name != "ERROR_REASON_UNSPECIFIED"
+    }
+    assert proto_names == {reason.value for reason in Reason}
+    for reason in Reason:
+        assert convert.reason_from_proto(convert.reason_to_proto(reason)) is reason
+
+
+def test_state_enums_mirror_the_contract_both_ways() -> None:
+    pairs: tuple[tuple[Any, str, Any, Any, Any], ...] = (
+        (
+            job_pb2.JobState,
+            "JOB_STATE_",
+            JobState,
+            convert.job_state_to_proto,
+            convert.job_state_from_proto,
+        ),
+        (
+            job_pb2.TaskState,
+            "TASK_STATE_",
+            TaskState,
+            convert.task_state_to_proto,
+            convert.task_state_from_proto,
+        ),
+        (
+            job_pb2.AttemptState,
+            "ATTEMPT_STATE_",
+            AttemptState,
+            convert.attempt_state_to_proto,
+            convert.attempt_state_from_proto,
+        ),
+    )
+    for wrapper, prefix, domain_enum, to_proto, from_proto in pairs:
+        proto_names = {
+            n.removeprefix(prefix)
+            for n in wrapper.DESCRIPTOR.values_by_name
+            if not n.endswith("UNSPECIFIED")
+        }
+        assert proto_names == {member.value for member in domain_enum}, prefix
+        for member in domain_enum:
+            assert from_proto(to_proto(member)) is member
+
+
+def test_unspecified_or_unknown_reason_maps_to_none() -> None:
+    assert convert.reason_from_proto(error_pb2.ERROR_REASON_UNSPECIFIED) is None
+    assert convert.reason_from_proto(9999) is None  # type: ignore[arg-type]
+
+
+def test_full_todo_round_trips() -> None:
+    todo = ToDo(
+        id="download",
+        action="playwright",
+        description="download the invoice",
+        selector=Selector(strategy=SelectorStrategy.ROLE, value="link[name=Invoice]"),
+        text="",
+        params={"op": "download", "retries": 2.0, "nested": {"a": [1.0, "b"]}},
+        timeout_s=12.5,
+        depends_on=("login",),
+        retry_policy=RetryPolicy(
+            max_attempts=5,
+            initial_backoff_s=0.5,
+            multiplier=3.0,
+            max_backoff_s=30.0,
+            jitter=0.0,
+            non_retryable_codes=frozenset({"LOGIN_FAILED", "NOT_FOUND"}),
+        ),
+        required_capabilities=frozenset({"browser:chromium"}),
+        required_labels={"site": "berlin"},
+        requires_approval=True,
+    )
+    message = convert.todo_to_proto(todo)
+    assert message.action == todo_pb2.ACTION_TYPE_PLAYWRIGHT
+    assert message.custom_action == ""
+    assert message.timeout == duration_pb2.Duration(seconds=12, nanos=500_000_000)
+    assert convert.todo_from_proto(message) == todo
+
+
+def test_custom_action_round_trips_by_name() -> None:
+    todo = ToDo(id="t1", action="echo", params={"x": "y"})
+    message = convert.todo_to_proto(todo)
+    assert (message.action, message.custom_action) == (todo_pb2.ACTION_TYPE_CUSTOM, "echo")
+    assert convert.todo_from_proto(message) == todo
+
+
+def test_unset_retry_fields_take_defaults_and_zero_means_zero() -> None:
+    unset = convert.retry_policy_from_proto(todo_pb2.RetryPolicy(), "p")
+    assert unset == DEFAULT_RETRY_POLICY
+    zero_jitter = convert.retry_policy_from_proto(todo_pb2.RetryPolicy(jitter=0.0), "p")
+    assert zero_jitter.jitter == 0.0
+    assert zero_jitter.max_attempts == DEFAULT_RETRY_POLICY.max_attempts
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "field", "message_part"),
+    [
+        (
+            todo_pb2.ToDo(id="a"),
+            Reason.MISSING_FIELD,
+            "todos[0].action",
+            "has no action",
+        ),
+        (
+            todo_pb2.ToDo(id="a", action=todo_pb2.ACTION_TYPE_CUSTOM),
+            Reason.MISSING_FIELD,
+            "todos[0].custom_action",
+            "needs custom_action",
+        ),
+        (
+            todo_pb2.ToDo(id="a", action=todo_pb2.ACTION_TYPE_CUSTOM, custom_action="click"),
+            Reason.UNKNOWN_ACTION,
+            "todos[0].custom_action",
+            "use ACTION_TYPE_CLICK",
+        ),
+        (
+            todo_pb2.ToDo(id="a", action=todo_pb2.ACTION_TYPE_CUSTOM, custom_action="Bad Name!"),
+            Reason.UNKNOWN_ACTION,
+            "todos[0].action",
+            "custom action 'Bad Name!'",
+        ),
+        (
+            todo_pb2.ToDo(id="a", action=42),  # type: ignore[arg-type]
+            Reason.UNKNOWN_ACTION,
+            "todos[0].action",
+            "unknown action type 42",
+        ),
+        (
+            todo_pb2.ToDo(id="a", action=todo_pb2.ACTION_TYPE_CLICK, custom_action="x"),
+            Reason.INVALID_FIELD,
+            "todos[0].custom_action",
+            "only allowed with ACTION_TYPE_CUSTOM",
+        ),
+        (
+            todo_pb2.ToDo(
+                id="a", action=todo_pb2.ACTION_TYPE_CLICK, selector=todo_pb2.Selector(value="#b")
+            ),
+            Reason.INVALID_FIELD,
+            "todos[0].selector.strategy",
+            "css, xpath, text, role",
+        ),
+        (
+            todo_pb2.ToDo(
+                id="a",
+                action=todo_pb2.ACTION_TYPE_CLICK,
+                selector=todo_pb2.Selector(strategy=todo_pb2.SELECTOR_STRATEGY_CSS),
+            ),
+            Reason.MISSING_FIELD,
+            "todos[0].selector.value",
+            "selector value is empty",
+        ),
+        (
+            todo_pb2.ToDo(
+                id="a",
+                action=todo_pb2.ACTION_TYPE_CLICK,
+                retry_policy=todo_pb2.RetryPolicy(max_attempts=0),
+            ),
+            Reason.INVALID_RETRY_POLICY,
+            "todos[0].retry_policy.max_attempts",
+            "max_attempts must be between 1 and 100, got 0",
+        ),
+        (
+            todo_pb2.ToDo(
+                id="a",
+                action=todo_pb2.ACTION_TYPE_CLICK,
+                retry_policy=todo_pb2.RetryPolicy(jitter=1.5),
+            ),
+            Reason.INVALID_RETRY_POLICY,
+            "todos[0].retry_policy.jitter",
+            "jitter must be between 0 and 1, got 1.5",
+        ),
+        (
+            todo_pb2.ToDo(
+                id="a",
+                action=todo_pb2.ACTION_TYPE_CLICK,
+                timeout=duration_pb2.Duration(seconds=-1),
+            ),
+            Reason.INVALID_FIELD,
+            "todos[0].timeout",
+            "timeout must be positive",
+        ),
+        (
+            todo_pb2.ToDo(id="", action=todo_pb2.ACTION_TYPE_CLICK),
+            Reason.MISSING_FIELD,
+            "todos[0].id",
+            "task id is required",
+        ),
+    ],
+)
+def test_bad_todo_names_reason_and_field(
+    message: todo_pb2.ToDo, reason: Reason, field: str, message_part: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        convert.todos_from_proto([message])
+    assert caught.value.reason is reason
+    assert caught.value.field == field
+    assert message_part in caught.value.message
+
+
+def test_second_todo_is_blamed_by_index() -> None:
+    good = todo_pb2.ToDo(id="a", action=todo_pb2.ACTION_TYPE_CLICK)
+    bad = todo_pb2.ToDo(id="b")
+    with pytest.raises(InvalidArgument) as caught:
+        convert.todos_from_proto([good, bad], "spec.todos.todos")
+    assert caught.value.field == "spec.todos.todos[1].action"
+
+
+def test_params_survive_as_json_values() -> None:
+    message = todo_pb2.ToDo(
+        id="a", action=todo_pb2.ACTION_TYPE_SEND_MAIL, params=_params(to=["x@example.com"], n=3)
+    )
+    todo = convert.todo_from_proto(message)
+    assert todo.params == {"to": ["x@example.com"], "n": 3.0}
+
+
+def test_preview_lists_todos_in_order_with_batches() -> None:
+    from cpa_scheduler.planning import (
+        Planner,
+        RuleIntentRouter,
+        TextRequest,
+        load_default_catalog,
+    )
+
+    planner = Planner(RuleIntentRouter(load_default_catalog()), max_tasks=50)
+    text = "Download the invoice 42 from the portal and mail it to a@b.de"
+    preview = convert.plan_to_preview_proto(planner.plan(TextRequest(text)))
+    assert preview.intent == "portal_download_and_mail"
+    order = [t.id for t in preview.todos]
+    assert order == ["open_portal", "login", "download", "open_mail", "send"]
+    assert [list(b.task_ids) for b in preview.batches] == [
+        ["open_portal", "open_mail"],
+        ["login"],
+        ["download"],
+        ["send"],
+    ]
+    assert convert.struct_to_dict(preview.parameters)["document"] == "invoice 42"
+    unknown_plan = planner.plan(TextRequest("downlod invoice from portal"))
+    unknown = convert.plan_to_preview_proto(unknown_plan)
+    assert (unknown.intent, len(unknown.todos)) == ("unknown", 0)
+    assert unknown.candidates[0].intent == "portal_download_and_mail"

@@ -1,0 +1,91 @@
+"""Planner: text, intent and explicit requests all end as a checked TaskGraph (or `unknown`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cpa_scheduler.domain import InvalidArgument, Reason, ToDo
+from cpa_scheduler.planning import (
+    IntentRequest,
+    Planner,
+    RuleIntentRouter,
+    TextRequest,
+    TodoRequest,
+    load_default_catalog,
+)
+
+
+@pytest.fixture(scope="module")
+def planner() -> Planner:
+    return Planner(RuleIntentRouter(load_default_catalog()), max_tasks=50)
+
+
+def test_text_is_routed_and_planned_with_parallel_branches(planner: Planner) -> None:
+    plan = planner.plan(
+        TextRequest("Download the invoice 42 from the portal and mail it to bob@example.com")
+    )
+    assert plan.matched
+    assert plan.intent == "portal_download_and_mail"
+    assert plan.graph is not None
+    batches = plan.graph.parallel_batches()
+    # open_mail has no dependencies, so it runs beside the portal chain; send joins both.
+    assert batches[0] == ("open_portal", "open_mail")
+    assert batches[-1] == ("send",)
+    assert set(plan.graph.dependencies("send")) == {"download", "open_mail"}
+
+
+def test_text_matching_nothing_is_unknown_with_candidates(planner: Planner) -> None:
+    unmatched = planner.plan(TextRequest("downlod invoice from portal"))
+    assert not unmatched.matched
+    assert unmatched.intent == "unknown"
+    assert unmatched.graph is None
+    assert unmatched.candidates[0].intent == "portal_download_and_mail"
+    nothing_close = planner.plan(TextRequest("water the plants"))
+    assert (nothing_close.intent, nothing_close.candidates) == ("unknown", ())
+
+
+def test_intent_by_name_keeps_its_parameters(planner: Planner) -> None:
+    plan = planner.plan(
+        IntentRequest("send_mail", {"recipient": "bob@example.com", "subject": "Invoice 42"})
+    )
+    assert plan.intent == "send_mail"
+    assert plan.parameters == {"recipient": "bob@example.com", "subject": "Invoice 42"}
+    assert plan.graph is not None
+    (todo,) = plan.graph.todos
+    assert todo.action == "send_mail"
+    assert todo.params["to"] == "bob@example.com"
+
+
+def test_explicit_todos_are_checked_as_a_graph(planner: Planner) -> None:
+    todos = [
+        ToDo(id="a", action="noop", depends_on=("b",)),
+        ToDo(id="b", action="noop", depends_on=("a",)),
+    ]
+    with pytest.raises(InvalidArgument) as caught:
+        planner.plan(TodoRequest(todos))
+    assert caught.value.reason is Reason.GRAPH_CYCLE
+    assert caught.value.message == "dependency cycle: a -> b -> a"
+
+
+def test_explicit_todos_plan_has_no_intent(planner: Planner) -> None:
+    plan = planner.plan(TodoRequest([ToDo(id="only", action="echo")]))
+    assert plan.intent == ""
+    assert plan.graph is not None
+    assert plan.graph.topological_order() == ("only",)
+
+
+def test_too_many_tasks_is_payload_too_large() -> None:
+    small = Planner(RuleIntentRouter(load_default_catalog()), max_tasks=2)
+    todos = [ToDo(id=f"t{i}", action="noop") for i in range(3)]
+    with pytest.raises(InvalidArgument) as caught:
+        small.plan(TodoRequest(todos))
+    assert caught.value.reason is Reason.PAYLOAD_TOO_LARGE
+    assert caught.value.field == "todos"
+    assert caught.value.message == "a job may have at most 2 tasks, got 3"
+
+
+def test_unknown_intent_name_is_an_error(planner: Planner) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        planner.plan(IntentRequest("send_mial", {}))
+    assert caught.value.reason is Reason.UNKNOWN_INTENT
+    assert "send_mail" in caught.value.message
