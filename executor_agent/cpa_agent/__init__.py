@@ -3,4 +3,29 @@
 Depends on the generated contract (`cpa.*.v1`) only, never on the scheduler's code.
 """
 
-__version__ = "0.1.0"
+from cpa_agent._version import __version__
+from cpa_agent.agent import Agent
+from cpa_agent.executors import (
+    ExecutionContext,
+    Executor,
+    ExecutorError,
+    ExecutorRegistry,
+    builtin_registry,
+)
+from cpa_agent.runner import AttemptKey
+from cpa_agent.settings import AgentSettings
+
+__all__ = [
+    # Running an agent
+    "Agent",
+    "AgentSettings",
+    "AttemptKey",
+    # Writing and offering executors
+    "ExecutionContext",
+    "Executor",
+    "ExecutorError",
+    "ExecutorRegistry",
+    "builtin_registry",
+    # Metadata
+    "__version__",
+]

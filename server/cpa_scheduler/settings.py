@@ -45,4 +45,28 @@ class Settings(BaseSettings):
         description="Largest request the server accepts; larger ones fail with PAYLOAD_TOO_LARGE.",
     )
     max_tasks_per_job: int = Field(default=10_000, ge=1, description="Most tasks one job may have.")
+    default_max_parallelism: int = Field(
+        default=64, ge=1, description="Tasks of one job running at once when the job names none."
+    )
+    lease_duration_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long an attempt stays assigned without a heartbeat before it is lost.",
+    )
+    heartbeat_interval_s: float = Field(
+        default=3.0, gt=0, description="How often agents send heartbeats (told in the welcome)."
+    )
+    max_redeliveries: int = Field(
+        default=3,
+        ge=0,
+        description="Lost attempts (agent gone) a task survives before it fails; retries of "
+        "application errors are bounded separately by the retry policy.",
+    )
+    default_tenant: str = Field(
+        default="default",
+        description="Tenant of callers and agents that name none (the embedded default has one).",
+    )
+    replica_id: str = Field(
+        default="", description="Name of this server process; empty: host name and pid."
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")

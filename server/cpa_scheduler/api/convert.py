@@ -6,27 +6,50 @@ Converting from proto also validates, naming the offending field by its request 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
-from cpa.common.v1 import error_pb2, todo_pb2
-from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
+from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
+from cpa.executor.v1 import executor_service_pb2
+from cpa.scheduler.v1 import agent_pb2, job_event_pb2, job_pb2, scheduler_service_pb2
+from cpa_scheduler.dispatch import (
+    AgentProfile,
+    AgentSession,
+    AssignmentMessage,
+    CancelMessage,
+    SessionState,
+)
 from cpa_scheduler.domain import (
     BUILTIN_ACTIONS,
     DEFAULT_RETRY_POLICY,
+    Attempt,
+    AttemptRef,
     AttemptState,
     InvalidArgument,
+    Job,
+    JobEvent,
+    JobOptions,
+    JobSource,
     JobState,
+    JobStateChanged,
     Reason,
     RetryPolicy,
     Selector,
     SelectorStrategy,
+    SourceKind,
+    Task,
+    TaskError,
+    TaskProgress,
+    TaskRetryScheduled,
     TaskState,
+    TaskStateChanged,
     ToDo,
 )
-from cpa_scheduler.planning import Plan
+from cpa_scheduler.orchestration import ResultReport
+from cpa_scheduler.planning import IntentRequest, Plan, PlanRequest, TextRequest, TodoRequest
 
 _ACTION_PREFIX = "ACTION_TYPE_"
 _SELECTOR_PREFIX = "SELECTOR_STRATEGY_"
@@ -273,3 +296,347 @@ def plan_to_preview_proto(plan: Plan) -> scheduler_service_pb2.PreviewPlanRespon
             for batch in plan.graph.parallel_batches()
         )
     return response
+
+
+# -- times ------------------------------------------------------------------------------------
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value.astimezone(UTC))
+    return message
+
+
+def _set_time(message: Any, name: str, value: datetime | None) -> None:
+    if value is not None:
+        getattr(message, name).CopyFrom(_timestamp(value))
+
+
+def _time_from_proto(message: timestamp_pb2.Timestamp) -> datetime:
+    return message.ToDatetime(tzinfo=UTC)
+
+
+# -- job specs (requests) --------------------------------------------------------------------
+
+
+def spec_from_proto(
+    spec: job_pb2.JobSpec, *, default_max_parallelism: int, field: str = "spec"
+) -> tuple[PlanRequest, JobSource, JobOptions]:
+    """What to plan, how to describe it and how to run it; errors name fields under `field`."""
+    source_kind = spec.WhichOneof("source")
+    request: PlanRequest
+    if source_kind == "text":
+        if not spec.text.strip():
+            raise InvalidArgument(
+                "text is empty", reason=Reason.MISSING_FIELD, field=f"{field}.text"
+            )
+        request = TextRequest(spec.text)
+        source = JobSource(kind=SourceKind.TEXT, text=spec.text)
+    elif source_kind == "intent":
+        if not spec.intent.name:
+            raise InvalidArgument(
+                "intent name is empty", reason=Reason.MISSING_FIELD, field=f"{field}.intent.name"
+            )
+        parameters = struct_to_dict(spec.intent.parameters)
+        request = IntentRequest(spec.intent.name, parameters)
+        source = JobSource(kind=SourceKind.INTENT, intent=spec.intent.name, parameters=parameters)
+    elif source_kind == "todos":
+        if not spec.todos.todos:
+            raise InvalidArgument(
+                "a job needs at least one task",
+                reason=Reason.EMPTY_GRAPH,
+                field=f"{field}.todos.todos",
+            )
+        request = TodoRequest(todos_from_proto(spec.todos.todos, f"{field}.todos.todos"))
+        source = JobSource(kind=SourceKind.TODOS)
+    else:
+        raise InvalidArgument(
+            "the spec names no work: set text, intent or todos",
+            reason=Reason.MISSING_FIELD,
+            field=f"{field}.source",
+        )
+    if spec.max_parallelism < 0:
+        raise InvalidArgument(
+            f"max_parallelism must not be negative, got {spec.max_parallelism}",
+            field=f"{field}.max_parallelism",
+        )
+    options = JobOptions(
+        max_parallelism=spec.max_parallelism or default_max_parallelism,
+        context=struct_to_dict(spec.context),
+        labels=dict(spec.labels),
+        deadline=_time_from_proto(spec.deadline) if spec.HasField("deadline") else None,
+        default_retry_policy=retry_policy_from_proto(
+            spec.default_retry_policy, f"{field}.default_retry_policy"
+        )
+        if spec.HasField("default_retry_policy")
+        else None,
+        callback_url=spec.callback_url,
+    )
+    return request, source, options
+
+
+def _spec_to_proto(job: Job) -> job_pb2.JobSpec:
+    spec = job_pb2.JobSpec(
+        context=dict_to_struct(job.options.context),
+        labels=dict(job.options.labels),
+        max_parallelism=job.options.max_parallelism,
+        callback_url=job.options.callback_url,
+    )
+    match job.source.kind:
+        case SourceKind.TEXT:
+            spec.text = job.source.text
+        case SourceKind.INTENT:
+            spec.intent.CopyFrom(
+                job_pb2.IntentInvocation(
+                    name=job.source.intent, parameters=dict_to_struct(job.source.parameters)
+                )
+            )
+        case SourceKind.TODOS:
+            spec.todos.CopyFrom(
+                job_pb2.TodoList(todos=[todo_to_proto(t.todo) for t in job.tasks.values()])
+            )
+    _set_time(spec, "deadline", job.options.deadline)
+    if job.options.default_retry_policy is not None:
+        spec.default_retry_policy.CopyFrom(retry_policy_to_proto(job.options.default_retry_policy))
+    return spec
+
+
+# -- jobs, tasks, events -------------------------------------------------------------------
+
+
+def task_error_to_proto(error: TaskError) -> error_pb2.TaskError:
+    return error_pb2.TaskError(
+        code=error.code,
+        message=error.message,
+        retryable=error.retryable,
+        reason=reason_to_proto(error.reason)
+        if error.reason is not None
+        else error_pb2.ERROR_REASON_UNSPECIFIED,
+    )
+
+
+def task_error_from_proto(error: error_pb2.TaskError) -> TaskError:
+    return TaskError(
+        code=error.code or "FAILED",
+        message=error.message,
+        retryable=error.retryable,
+        reason=reason_from_proto(error.reason),
+    )
+
+
+def _attempt_to_proto(attempt: Attempt) -> job_pb2.Attempt:
+    message = job_pb2.Attempt(
+        number=attempt.number,
+        agent_id=attempt.agent_id,
+        state=attempt_state_to_proto(attempt.state),
+    )
+    _set_time(message, "start_time", attempt.start_time)
+    _set_time(message, "end_time", attempt.end_time)
+    if attempt.error is not None:
+        message.error.CopyFrom(task_error_to_proto(attempt.error))
+    return message
+
+
+def task_to_proto(task: Task, *, waiting_reason: str = "") -> job_pb2.Task:
+    message = job_pb2.Task(
+        todo=todo_to_proto(task.todo),
+        state=task_state_to_proto(task.state),
+        attempt=task.attempt,
+        attempts=[_attempt_to_proto(a) for a in task.attempts],
+        waiting_reason=waiting_reason,
+    )
+    if task.outputs is not None:
+        message.outputs.CopyFrom(dict_to_struct(task.outputs))
+    if task.error is not None:
+        message.error.CopyFrom(task_error_to_proto(task.error))
+    for name in ("next_attempt_time", "queue_time", "start_time", "end_time"):
+        _set_time(message, name, getattr(task, name))
+    return message
+
+
+def job_to_proto(
+    job: Job, *, waiting_reason: Callable[[Job, Task], str] | None = None
+) -> job_pb2.Job:
+    """The full job; `waiting_reason` explains each QUEUED task (derived at read time)."""
+    message = job_pb2.Job(
+        job_id=job.job_id,
+        tenant=job.tenant,
+        request_id=job.request_id,
+        spec=_spec_to_proto(job),
+        intent=job.intent,
+        state=job_state_to_proto(job.state),
+        tasks=[
+            task_to_proto(
+                task,
+                waiting_reason=waiting_reason(job, task)
+                if waiting_reason is not None and task.state is TaskState.QUEUED
+                else "",
+            )
+            for task in job.tasks.values()
+        ],
+        dead_lettered=job.dead_lettered,
+        cancel_requested=job.cancel_requested,
+        retry_count=job.retry_count,
+        conversation_id=job.conversation_id,
+        last_event_sequence=job.last_event_sequence,
+    )
+    if job.error is not None:
+        message.error.CopyFrom(task_error_to_proto(job.error))
+    for name in ("create_time", "update_time", "start_time", "end_time"):
+        _set_time(message, name, getattr(job, name))
+    return message
+
+
+def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
+    message = job_event_pb2.JobEvent(
+        job_id=event.job_id,
+        sequence=event.sequence,
+        terminal=event.terminal,
+        create_time=_timestamp(event.create_time),
+    )
+    payload = event.payload
+    match payload:
+        case JobStateChanged():
+            change = message.job_state_changed
+            if payload.from_state is not None:
+                change.from_state = job_state_to_proto(payload.from_state)
+            change.to_state = job_state_to_proto(payload.to_state)
+            if payload.error is not None:
+                change.error.CopyFrom(task_error_to_proto(payload.error))
+        case TaskStateChanged():
+            task_change = message.task_state_changed
+            task_change.task_id = payload.task_id
+            task_change.from_state = task_state_to_proto(payload.from_state)
+            task_change.to_state = task_state_to_proto(payload.to_state)
+            task_change.attempt = payload.attempt
+            task_change.agent_id = payload.agent_id
+            if payload.error is not None:
+                task_change.error.CopyFrom(task_error_to_proto(payload.error))
+            if payload.outputs is not None:
+                task_change.outputs.CopyFrom(dict_to_struct(payload.outputs))
+        case TaskProgress():
+            progress = message.task_progress
+            progress.task_id = payload.task_id
+            progress.attempt = payload.attempt
+            progress.percent = payload.percent if payload.percent is not None else 0.0
+            progress.message = payload.message
+        case TaskRetryScheduled():
+            retry = message.task_retry_scheduled
+            retry.task_id = payload.task_id
+            retry.failed_attempt = payload.failed_attempt
+            retry.next_attempt_time.CopyFrom(_timestamp(payload.next_attempt_time))
+            retry.lost = payload.lost
+            if payload.error is not None:
+                retry.error.CopyFrom(task_error_to_proto(payload.error))
+    return message
+
+
+# -- agents ---------------------------------------------------------------------------------
+
+
+def _attempt_ref(message: executor_service_pb2.RunningAttempt) -> AttemptRef:
+    return AttemptRef(message.job_id, message.task_id, message.attempt)
+
+
+def attempt_refs_from_proto(
+    messages: Sequence[executor_service_pb2.RunningAttempt],
+) -> list[AttemptRef]:
+    return [_attempt_ref(m) for m in messages]
+
+
+def attempt_refs_to_proto(refs: Sequence[AttemptRef]) -> list[executor_service_pb2.RunningAttempt]:
+    return [
+        executor_service_pb2.RunningAttempt(job_id=r.job_id, task_id=r.task_id, attempt=r.attempt)
+        for r in refs
+    ]
+
+
+def profile_from_hello(hello: executor_service_pb2.Hello, *, default_tenant: str) -> AgentProfile:
+    """The agent as its hello describes it; errors name fields under `hello`."""
+    if not hello.agent_id:
+        raise InvalidArgument(
+            "hello.agent_id is required", reason=Reason.MISSING_FIELD, field="hello.agent_id"
+        )
+    capabilities = hello.capabilities
+    if capabilities.slots < 1:
+        raise InvalidArgument(
+            f"an agent needs at least one slot, got {capabilities.slots}",
+            field="hello.capabilities.slots",
+        )
+    return AgentProfile(
+        agent_id=hello.agent_id,
+        tenant=hello.tenant or default_tenant,
+        name=hello.name,
+        version=hello.version,
+        actions=frozenset(capabilities.actions),
+        capabilities=frozenset(capabilities.capabilities),
+        labels=dict(capabilities.labels),
+        slots=capabilities.slots,
+    )
+
+
+def outbound_to_proto(
+    message: AssignmentMessage | CancelMessage,
+) -> executor_service_pb2.ConnectResponse:
+    if isinstance(message, CancelMessage):
+        ref = message.attempt
+        return executor_service_pb2.ConnectResponse(
+            cancel=executor_service_pb2.CancelAttempt(
+                job_id=ref.job_id, task_id=ref.task_id, attempt=ref.attempt, reason=message.reason
+            )
+        )
+    assignment = executor_service_pb2.Assignment(
+        job_id=message.job_id,
+        todo=todo_to_proto(message.todo),
+        attempt=message.attempt,
+        tenant=message.tenant,
+    )
+    _set_time(assignment, "deadline", message.deadline)
+    return executor_service_pb2.ConnectResponse(assignment=assignment)
+
+
+# Error code an agent uses for attempts it hands back while shutting down (see cpa_agent).
+AGENT_SHUTDOWN_CODE = "AGENT_SHUTDOWN"
+
+
+def result_from_proto(result: executor_service_pb2.Result) -> tuple[AttemptRef, ResultReport]:
+    ref = AttemptRef(result.job_id, result.task_id, result.attempt)
+    if result.WhichOneof("outcome") == "error":
+        error = task_error_from_proto(result.error)
+        return ref, ResultReport(
+            error=error,
+            cancelled=result.cancelled,
+            handed_back=error.code == AGENT_SHUTDOWN_CODE,
+        )
+    if result.cancelled:
+        return ref, ResultReport(cancelled=True)
+    return ref, ResultReport(outputs=struct_to_dict(result.outputs))
+
+
+_AGENT_STATES = {
+    SessionState.CONNECTED: agent_pb2.AGENT_STATE_CONNECTED,
+    SessionState.DRAINING: agent_pb2.AGENT_STATE_DRAINING,
+}
+
+
+def agent_to_proto(session: AgentSession, *, replica_id: str) -> agent_pb2.Agent:
+    profile = session.profile
+    message = agent_pb2.Agent(
+        agent_id=profile.agent_id,
+        name=profile.name,
+        tenant=profile.tenant,
+        capabilities=agent_capabilities_pb2.AgentCapabilities(
+            actions=sorted(profile.actions),
+            capabilities=sorted(profile.capabilities),
+            labels=dict(profile.labels),
+            slots=profile.slots,
+        ),
+        state=_AGENT_STATES[session.state],
+        replica_id=replica_id,
+        running_tasks=len(session.running),
+        free_credits=session.credits,
+        version=profile.version,
+    )
+    _set_time(message, "connect_time", session.connect_time)
+    _set_time(message, "last_seen_time", session.last_seen_time)
+    return message

@@ -6,6 +6,27 @@ Pure Python (no gRPC, SQL, Redis or network); import from here rather than from 
 from __future__ import annotations
 
 from .errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
+from .events import (
+    EventPayload,
+    JobEvent,
+    JobStateChanged,
+    TaskError,
+    TaskProgress,
+    TaskRetryScheduled,
+    TaskStateChanged,
+)
+from .job import (
+    Attempt,
+    AttemptRef,
+    Job,
+    JobChanges,
+    JobOptions,
+    JobSource,
+    SourceKind,
+    StaleAttempt,
+    Task,
+)
+from .job_query import JobFilter, PagePosition
 from .retry import DEFAULT_RETRY_POLICY, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT_S, RetryPolicy
 from .states import (
     ATTEMPT_STATE_MACHINE,
@@ -51,6 +72,27 @@ __all__ = [
     "MAX_ATTEMPTS_LIMIT",
     "MAX_BACKOFF_LIMIT_S",
     "RetryPolicy",
+    # job aggregate
+    "Attempt",
+    "AttemptRef",
+    "Job",
+    "JobChanges",
+    "JobOptions",
+    "JobSource",
+    "SourceKind",
+    "StaleAttempt",
+    "Task",
+    # events
+    "EventPayload",
+    "JobEvent",
+    "JobStateChanged",
+    "TaskError",
+    "TaskProgress",
+    "TaskRetryScheduled",
+    "TaskStateChanged",
+    # job queries
+    "JobFilter",
+    "PagePosition",
     # task graph
     "GraphCycleError",
     "TaskGraph",

@@ -35,7 +35,7 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_PENDING: _JobState.ValueType  # 1
     """Accepted and planned; no task has started."""
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
-    """At least one task is queued or running."""
+    """A task has started; work goes on until every task has ended."""
     JOB_STATE_WAITING_APPROVAL: _JobState.ValueType  # 3
     """Nothing can run until a person approves a task."""
     JOB_STATE_SUCCEEDED: _JobState.ValueType  # 4
@@ -53,7 +53,7 @@ JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
 JOB_STATE_PENDING: JobState.ValueType  # 1
 """Accepted and planned; no task has started."""
 JOB_STATE_RUNNING: JobState.ValueType  # 2
-"""At least one task is queued or running."""
+"""A task has started; work goes on until every task has ended."""
 JOB_STATE_WAITING_APPROVAL: JobState.ValueType  # 3
 """Nothing can run until a person approves a task."""
 JOB_STATE_SUCCEEDED: JobState.ValueType  # 4

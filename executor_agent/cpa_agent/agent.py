@@ -1,0 +1,93 @@
+"""The executor agent's lifecycle: `async_run()` for tests and embedding, `run()` for the CLI.
+
+The stream protocol lives in connection.py; this module adds defaults, signals and a small
+read-only view for probes and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from cpa_agent.connection import Connection
+from cpa_agent.executors.builtin import builtin_registry
+from cpa_agent.executors.registry import ExecutorRegistry
+from cpa_agent.runner import AttemptKey
+from cpa_agent.settings import AgentSettings
+
+logger = logging.getLogger(__name__)
+
+_DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Agent:
+    """Connects to the scheduler and runs the ToDos it assigns until drained or cancelled."""
+
+    def __init__(
+        self,
+        *,
+        settings: AgentSettings | None = None,
+        registry: ExecutorRegistry | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else AgentSettings()
+        self.registry = registry if registry is not None else builtin_registry()
+        self._connection = Connection(settings=self.settings, registry=self.registry)
+        self._started = False
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while a session is welcomed; `await agent.connected.wait()` to know it is up."""
+        return self._connection.connected
+
+    @property
+    def running_attempts(self) -> frozenset[AttemptKey]:
+        """Attempts running now (a snapshot)."""
+        return self._connection.running_attempts
+
+    @property
+    def unacked_results(self) -> tuple[AttemptKey, ...]:
+        """Attempts whose results wait in the outbox for the server's ack (a snapshot)."""
+        return self._connection.unacked_results
+
+    @property
+    def draining(self) -> bool:
+        return self._connection.draining
+
+    def request_drain(self, reason: str = "drain requested") -> None:
+        """Stops taking work; async_run() returns once running attempts ended and were acked."""
+        self._connection.request_drain(reason)
+
+    async def async_run(self, *, handle_signals: bool = False) -> None:
+        """Runs until a drain completes; SIGTERM/SIGINT request one when handle_signals is set."""
+        if self._started:
+            raise RuntimeError("an Agent runs once; create a new one")
+        self._started = True
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for signum in _DRAIN_SIGNALS:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+        logger.info(
+            "agent %s (%s) serving %s with %d slots, actions %s",
+            self.settings.agent_id,
+            self.settings.tenant,
+            self.settings.server,
+            self.settings.slots,
+            ", ".join(self.registry.actions()),
+        )
+        try:
+            await self._connection.run()
+        finally:
+            if handle_signals:
+                for signum in _DRAIN_SIGNALS:
+                    with contextlib.suppress(ValueError, RuntimeError):
+                        loop.remove_signal_handler(signum)
+        logger.info("agent %s stopped", self.settings.agent_id)
+
+    def run(self) -> None:
+        """CLI entry: runs until SIGTERM/SIGINT and a completed drain."""
+        asyncio.run(self.async_run(handle_signals=True))
+
+    def _on_signal(self, signum: int) -> None:
+        self.request_drain(f"received {signal.Signals(signum).name}")

@@ -1,0 +1,577 @@
+"""The agent's session over ExecutorService.Connect, with reconnect, heartbeats, credits and drain.
+
+A Connection owns what outlives one stream: the attempts running here and the outbox of results
+the server has not acknowledged yet. Running one attempt is the runner's business, not this one's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
+from cpa.executor.v1 import executor_service_pb2 as pb
+from cpa.executor.v1 import executor_service_pb2_grpc
+from cpa_agent._version import __version__
+from cpa_agent.executors.registry import ExecutorRegistry
+from cpa_agent.runner import AttemptKey, AttemptRunner, StopReason, action_name
+from cpa_agent.settings import AgentSettings
+
+logger = logging.getLogger(__name__)
+
+# AssignmentAck.reason when the agent declines an assignment (the server queues the task again).
+DECLINE_AGENT_DRAINING = "AGENT_DRAINING"
+DECLINE_SERVER_DRAINING = "SERVER_DRAINING"
+DECLINE_NO_FREE_SLOT = "NO_FREE_SLOT"
+
+# Used when a Welcome carries no heartbeat interval.
+DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
+# The stream counts as dead after this many heartbeat intervals without any server message.
+DEAD_AFTER_HEARTBEAT_INTERVALS = 3
+# After the drain timeout, how long the AGENT_SHUTDOWN results get to be stopped and acked.
+HANDBACK_GRACE_S = 5.0
+# After the agent half-closes its stream, how long the server gets to end it cleanly.
+HALF_CLOSE_GRACE_S = 1.0
+# 2**32 times any initial backoff exceeds any sensible maximum; bigger exponents only overflow.
+_MAX_BACKOFF_EXPONENT = 32
+
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # Each session opens a fresh channel. With the global subchannel pool it would inherit a
+    # failed subchannel and gRPC's own reconnect backoff (1 s, growing) instead of ours.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+_ConnectCall = grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]
+
+
+class SessionLostError(Exception):
+    """The stream is unusable (no welcome, protocol violation, server silent); reconnect."""
+
+
+@dataclass(eq=False, kw_only=True)
+class _Attempt:
+    runner: AttemptRunner
+    task: asyncio.Task[None]
+
+
+class _Session:
+    """One stream: its outgoing queue, its report ids and what the server said on it."""
+
+    def __init__(self) -> None:
+        # None ends the request stream (half-close).
+        self.outgoing: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        self.welcome: pb.Welcome | None = None
+        self.heartbeat_interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
+        self.last_received_s = 0.0
+        self.server_drain: pb.ServerDrain | None = None
+        # Results sent on this stream and not yet acked, by report id.
+        self.pending_results: dict[int, AttemptKey] = {}
+        self._last_report_id = 0
+
+    def send(self, request: pb.ConnectRequest) -> None:
+        self.outgoing.put_nowait(request)
+
+    def send_report(self, request: pb.ConnectRequest) -> int:
+        """Sends a progress or result with the next report id of this stream; returns the id."""
+        self._last_report_id += 1
+        request.report_id = self._last_report_id
+        self.send(request)
+        return self._last_report_id
+
+    def close_requests(self) -> None:
+        self.outgoing.put_nowait(None)
+
+    async def write_loop(self, call: _ConnectCall) -> None:
+        """The stream's only writer, so concurrent senders never interleave; None half-closes."""
+        # Not gRPC's request-iterator style: its consumer task outlives a call the server ended.
+        try:
+            while (request := await self.outgoing.get()) is not None:
+                await call.write(request)
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+            # The reader sees the same end of the call and reports it.
+            logger.debug("stream writer stopped: %s", error)
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return error_pb2.ErrorReason.Name(reason)  # type: ignore[arg-type]
+    except ValueError:
+        return str(reason)
+
+
+async def _cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, timeout_s: float | None) -> None:
+    """Cancels tasks and waits (bounded) until they end, logging any that failed."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, still_running = await asyncio.wait(pending, timeout=timeout_s)
+        if still_running:
+            logger.warning("%d tasks ignored cancellation", len(still_running))
+    for task in tasks:
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("task %s failed", task.get_name(), exc_info=error)
+
+
+def full_jitter_backoff_s(
+    failures: int,
+    *,
+    initial_s: float,
+    max_s: float,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Delay before the next connect: uniform between 0 and min(max_s, initial_s * 2**failures)."""
+    cap_s = min(max_s, initial_s * 2 ** min(failures, _MAX_BACKOFF_EXPONENT))
+    return uniform(0.0, cap_s)
+
+
+class Connection:
+    """Keeps one session open at a time, reconnecting with jittered backoff, until drained."""
+
+    def __init__(self, *, settings: AgentSettings, registry: ExecutorRegistry) -> None:
+        self._settings = settings
+        self._registry = registry
+        self.connected = asyncio.Event()
+        """Set while a session is welcomed; cleared when its stream ends."""
+        self._attempts: dict[AttemptKey, _Attempt] = {}
+        self._attempt_tasks: set[asyncio.Task[None]] = set()
+        # Results until the server acks them (accepted or refused), in the order they ended.
+        self._outbox: dict[AttemptKey, pb.Result] = {}
+        self._session: _Session | None = None
+        self._drain_reason: str | None = None
+        self._drain_requested = asyncio.Event()
+        self._stopping = False
+        # Replaced on every change, so waiters can re-check their condition (see _notify).
+        self._changed = asyncio.Event()
+
+    # --- public surface -------------------------------------------------------------------------
+
+    @property
+    def running_attempts(self) -> frozenset[AttemptKey]:
+        return frozenset(self._attempts)
+
+    @property
+    def unacked_results(self) -> tuple[AttemptKey, ...]:
+        return tuple(self._outbox)
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_reason is not None
+
+    def request_drain(self, reason: str = "drain requested") -> None:
+        """Stops taking work; run() ends once attempts finished (or drain_timeout_s passed)."""
+        if self._drain_reason is not None:
+            logger.info("already draining (%s)", self._drain_reason)
+            return
+        self._drain_reason = reason
+        self._drain_requested.set()
+        logger.info("draining: %s", reason)
+        if self._session is not None:
+            self._session.send(pb.ConnectRequest(drain=pb.AgentDrain(reason=reason)))
+        self._notify()
+
+    async def run(self) -> None:
+        """Runs sessions until a drain completes; cancelling it stops everything unreported."""
+        drainer = asyncio.create_task(self._drain_when_requested(), name="agent drain")
+        try:
+            await self._reconnect_loop()
+        finally:
+            self._stopping = True
+            await _cancel_and_wait([drainer], timeout_s=None)
+            # Only attempts that ignored a drain's cancellation (or a hard stop) are left here.
+            await _cancel_and_wait(list(self._attempt_tasks), timeout_s=HANDBACK_GRACE_S)
+            self._attempts.clear()
+
+    # --- state changes and waiting ---------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_until(self, predicate: Callable[[], bool], *, timeout_s: float | None) -> bool:
+        """Waits until predicate() holds (re-checked on every change); False after timeout_s."""
+        loop = asyncio.get_running_loop()
+        deadline_s = None if timeout_s is None else loop.time() + timeout_s
+        while not predicate():
+            remaining_s = None if deadline_s is None else deadline_s - loop.time()
+            if remaining_s is not None and remaining_s <= 0:
+                return False
+            changed = self._changed
+            try:
+                async with asyncio.timeout(remaining_s):
+                    await changed.wait()
+            except TimeoutError:
+                return predicate()
+        return True
+
+    def _idle(self) -> bool:
+        return not self._attempts and not self._outbox
+
+    def _free_slots(self) -> int:
+        return max(0, self._settings.slots - len(self._attempts))
+
+    def _may_take_work(self, session: _Session) -> bool:
+        return self._drain_reason is None and session.server_drain is None
+
+    # --- reconnect loop and one session ----------------------------------------------------------
+
+    async def _reconnect_loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            session = _Session()
+            try:
+                await self._run_session(session)
+            except grpc.aio.AioRpcError as error:
+                logger.warning(
+                    "stream to %s failed: %s %s",
+                    self._settings.server,
+                    error.code().name,
+                    error.details(),
+                )
+            except SessionLostError as error:
+                logger.warning("stream to %s lost: %s", self._settings.server, error)
+            finally:
+                if self._session is session:
+                    self._session = None
+                self.connected.clear()
+                self._notify()
+            if session.welcome is not None:
+                failures = 0
+            if self._stopping:
+                return
+            delay_s = full_jitter_backoff_s(
+                failures,
+                initial_s=self._settings.reconnect_initial_backoff_s,
+                max_s=self._settings.reconnect_max_backoff_s,
+            )
+            failures += 1
+            logger.info("reconnecting to %s in %.2fs", self._settings.server, delay_s)
+            await self._wait_until(lambda: self._stopping, timeout_s=delay_s)
+
+    async def _run_session(self, session: _Session) -> None:
+        async with grpc.aio.insecure_channel(
+            self._settings.server, options=_CHANNEL_OPTIONS
+        ) as channel:
+            stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
+            call = stub.Connect(None)
+            writer = asyncio.create_task(session.write_loop(call), name="agent stream writer")
+            try:
+                session.send(self._hello())
+                try:
+                    async with asyncio.timeout(self._settings.connect_timeout_s):
+                        first = await call.read()
+                except TimeoutError:
+                    raise SessionLostError(
+                        f"no welcome within {self._settings.connect_timeout_s:g}s"
+                    ) from None
+                if not isinstance(first, pb.ConnectResponse):
+                    raise SessionLostError("the server closed the stream before its welcome")
+                if first.WhichOneof("kind") != "welcome":
+                    raise SessionLostError(f"expected a welcome, got {first.WhichOneof('kind')}")
+                self._on_welcome(session, first.welcome)
+                await self._serve(session, call)
+            finally:
+                call.cancel()
+                await _cancel_and_wait([writer], timeout_s=None)
+
+    async def _serve(self, session: _Session, call: _ConnectCall) -> None:
+        """Reads, heartbeats and waits for a reason to end, until one of the three finishes."""
+        reader = asyncio.create_task(self._read_loop(session, call), name="agent stream reader")
+        heartbeat = asyncio.create_task(self._heartbeat_loop(session), name="agent heartbeat")
+        ender = asyncio.create_task(self._wait_session_end(session), name="agent session end")
+        tasks = [reader, heartbeat, ender]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if ender.done() and not reader.done():
+                # Half-close so the server sees a clean end, and give it a moment to finish.
+                session.close_requests()
+                await asyncio.wait([reader], timeout=HALF_CLOSE_GRACE_S)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+        errors = [
+            error
+            for task in tasks
+            if not task.cancelled() and (error := task.exception()) is not None
+        ]
+        if errors:
+            raise errors[0]
+
+    async def _read_loop(self, session: _Session, call: _ConnectCall) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            response = await call.read()
+            if not isinstance(response, pb.ConnectResponse):
+                logger.info("the server ended the stream")
+                return
+            session.last_received_s = loop.time()
+            self._dispatch(session, response)
+
+    async def _heartbeat_loop(self, session: _Session) -> None:
+        loop = asyncio.get_running_loop()
+        interval_s = session.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval_s)
+            silent_s = loop.time() - session.last_received_s
+            if silent_s >= DEAD_AFTER_HEARTBEAT_INTERVALS * interval_s:
+                raise SessionLostError(f"nothing from the server for {silent_s:.2f}s")
+            session.send(
+                pb.ConnectRequest(heartbeat=pb.Heartbeat(running_attempts=self._running_protos()))
+            )
+
+    async def _wait_session_end(self, session: _Session) -> None:
+        """Returns when the agent stops, or a server drain is done (idle) or past its deadline."""
+        while not self._stopping:
+            drain = session.server_drain
+            if drain is None:
+                await self._wait_until(
+                    lambda: self._stopping or session.server_drain is not None, timeout_s=None
+                )
+                continue
+            if self._idle():
+                logger.info("server drain done; reconnecting")
+                return
+            remaining_s: float | None = None
+            if drain.HasField("deadline"):
+                deadline = drain.deadline.ToDatetime(tzinfo=UTC)
+                remaining_s = (deadline - datetime.now(UTC)).total_seconds()
+                if remaining_s <= 0:
+                    logger.info("server drain deadline passed; reconnecting with attempts running")
+                    return
+            await self._wait_until(lambda: self._stopping or self._idle(), timeout_s=remaining_s)
+
+    # --- messages to the server ------------------------------------------------------------------
+
+    def _running_protos(self) -> list[pb.RunningAttempt]:
+        return [key.to_proto() for key in sorted(self._attempts)]
+
+    def _hello(self) -> pb.ConnectRequest:
+        settings = self._settings
+        return pb.ConnectRequest(
+            hello=pb.Hello(
+                agent_id=settings.agent_id,
+                name=settings.name,
+                tenant=settings.tenant,
+                capabilities=agent_capabilities_pb2.AgentCapabilities(
+                    actions=self._registry.actions(),
+                    capabilities=settings.capabilities,
+                    labels=settings.labels,
+                    slots=settings.slots,
+                ),
+                running_attempts=self._running_protos(),
+                version=__version__,
+            )
+        )
+
+    def _send_result(self, session: _Session, key: AttemptKey, result: pb.Result) -> None:
+        report_id = session.send_report(pb.ConnectRequest(result=result))
+        session.pending_results[report_id] = key
+
+    def _send_credit(self, session: _Session, slots: int) -> None:
+        if slots > 0 and self._may_take_work(session):
+            session.send(pb.ConnectRequest(credit=pb.Credit(slots=slots)))
+
+    # --- messages from the server ----------------------------------------------------------------
+
+    def _on_welcome(self, session: _Session, welcome: pb.Welcome) -> None:
+        session.welcome = welcome
+        session.last_received_s = asyncio.get_running_loop().time()
+        if welcome.HasField("heartbeat_interval"):
+            interval_s = welcome.heartbeat_interval.ToTimedelta().total_seconds()
+            if interval_s > 0:
+                session.heartbeat_interval_s = interval_s
+        adopted = {AttemptKey.from_proto(attempt) for attempt in welcome.adopted_attempts}
+        for key in [key for key in self._attempts if key not in adopted]:
+            self._discard(key, "not adopted by the server")
+        self._session = session
+        self.connected.set()
+        logger.info(
+            "connected to %s: session %s on replica %s, heartbeat every %gs, %d attempts adopted",
+            self._settings.server,
+            welcome.session_id,
+            welcome.replica_id,
+            session.heartbeat_interval_s,
+            len(adopted),
+        )
+        if self._drain_reason is not None:
+            session.send(pb.ConnectRequest(drain=pb.AgentDrain(reason=self._drain_reason)))
+        for key, result in self._outbox.items():
+            self._send_result(session, key, result)
+        self._send_credit(session, self._free_slots())
+        self._notify()
+
+    def _dispatch(self, session: _Session, response: pb.ConnectResponse) -> None:
+        kind = response.WhichOneof("kind")
+        if kind == "assignment":
+            self._on_assignment(session, response.assignment)
+        elif kind == "cancel":
+            self._on_cancel(response.cancel)
+        elif kind == "report_ack":
+            self._on_report_ack(session, response.report_ack)
+        elif kind == "heartbeat_ack":
+            self._on_heartbeat_ack(session, response.heartbeat_ack)
+        elif kind == "drain":
+            logger.info("the server drains: %s", response.drain.reason or "no reason given")
+            session.server_drain = response.drain
+            self._notify()
+        elif kind == "call_for_proposals":
+            self._on_call_for_proposals(session, response.call_for_proposals)
+        elif kind == "proposal_decision":
+            decision = response.proposal_decision
+            logger.info("proposal %s accepted: %s", decision.cfp_id, decision.accepted)
+        else:
+            logger.warning("ignoring unexpected server message %r", kind)
+
+    def _on_assignment(self, session: _Session, assignment: pb.Assignment) -> None:
+        key = AttemptKey.of_assignment(assignment)
+        decline_reason = ""
+        if self._drain_reason is not None:
+            decline_reason = DECLINE_AGENT_DRAINING
+        elif session.server_drain is not None:
+            decline_reason = DECLINE_SERVER_DRAINING
+        elif key in self._attempts or key in self._outbox:
+            # A redelivery of an attempt already here: confirm it, do not run it twice.
+            logger.info("attempt %s assigned again; already taken", key)
+        elif not self._free_slots():
+            decline_reason = DECLINE_NO_FREE_SLOT
+        session.send(
+            pb.ConnectRequest(
+                assignment_ack=pb.AssignmentAck(
+                    job_id=key.job_id,
+                    task_id=key.task_id,
+                    attempt=key.attempt,
+                    accepted=not decline_reason,
+                    reason=decline_reason,
+                )
+            )
+        )
+        if decline_reason:
+            logger.info("declined attempt %s: %s", key, decline_reason)
+        elif key not in self._attempts and key not in self._outbox:
+            self._start(assignment)
+
+    def _on_cancel(self, cancel: pb.CancelAttempt) -> None:
+        key = AttemptKey(cancel.job_id, cancel.task_id, cancel.attempt)
+        attempt = self._attempts.get(key)
+        if attempt is None:
+            logger.info("cancel of %s: not running here", key)
+            return
+        attempt.runner.stop(StopReason.CANCELLED, cancel.reason or "cancelled by the scheduler")
+
+    def _on_report_ack(self, session: _Session, ack: pb.ReportAck) -> None:
+        key = session.pending_results.pop(ack.report_id, None)
+        if key is None:
+            return  # a progress report, or a result already acked
+        if not ack.accepted:
+            logger.warning("the server refused the result of %s: %s", key, _reason_name(ack.reason))
+        self._outbox.pop(key, None)
+        self._notify()
+
+    def _on_heartbeat_ack(self, session: _Session, ack: pb.HeartbeatAck) -> None:
+        freed_slots = 0
+        for stale in ack.stale_attempts:
+            key = AttemptKey.from_proto(stale)
+            if key in self._attempts:
+                self._discard(key, "no longer current at the server")
+                freed_slots += 1
+        # No result will carry these slots' credit back, so it goes now.
+        self._send_credit(session, freed_slots)
+
+    def _on_call_for_proposals(self, session: _Session, cfp: pb.CallForProposals) -> None:
+        available = self._can_take(cfp.todo)
+        session.send(
+            pb.ConnectRequest(
+                offer=pb.Offer(
+                    cfp_id=cfp.cfp_id,
+                    available=available,
+                    # Load as cost: the least busy agent wins.
+                    cost=float(len(self._attempts)) if available else 0.0,
+                )
+            )
+        )
+
+    def _can_take(self, todo: todo_pb2.ToDo) -> bool:
+        session = self._session
+        return (
+            session is not None
+            and self._may_take_work(session)
+            and self._free_slots() > 0
+            and action_name(todo) in self._registry
+            and set(todo.required_capabilities) <= set(self._settings.capabilities)
+            and all(
+                self._settings.labels.get(name) == value
+                for name, value in todo.required_labels.items()
+            )
+        )
+
+    # --- attempts --------------------------------------------------------------------------------
+
+    def _start(self, assignment: pb.Assignment) -> None:
+        runner = AttemptRunner(
+            assignment=assignment, registry=self._registry, on_progress=self._send_progress
+        )
+        task = asyncio.create_task(self._execute(runner), name=f"attempt {runner.key}")
+        self._attempt_tasks.add(task)
+        task.add_done_callback(self._attempt_tasks.discard)
+        self._attempts[runner.key] = _Attempt(runner=runner, task=task)
+        self._notify()
+
+    async def _execute(self, runner: AttemptRunner) -> None:
+        result = await runner.run()
+        attempt = self._attempts.get(runner.key)
+        if attempt is None or attempt.runner is not runner:
+            logger.info("attempt %s ended after it was discarded; not reported", runner.key)
+            return
+        del self._attempts[runner.key]
+        self._outbox[runner.key] = result
+        session = self._session
+        if session is not None:
+            self._send_result(session, runner.key, result)
+            self._send_credit(session, 1)
+        self._notify()
+
+    def _send_progress(self, progress: pb.Progress) -> None:
+        session = self._session
+        key = AttemptKey(progress.job_id, progress.task_id, progress.attempt)
+        # Best effort: progress made while disconnected is dropped, never re-sent.
+        if session is not None and key in self._attempts:
+            session.send_report(pb.ConnectRequest(progress=progress))
+
+    def _discard(self, key: AttemptKey, why: str) -> None:
+        """Stops an attempt the server no longer wants; its result is never reported."""
+        attempt = self._attempts.pop(key)
+        logger.info("discarding attempt %s: %s", key, why)
+        attempt.runner.stop(StopReason.DISCARDED, why)
+        self._notify()
+
+    async def _drain_when_requested(self) -> None:
+        await self._drain_requested.wait()
+        timeout_s = self._settings.drain_timeout_s
+        if not await self._wait_until(self._idle, timeout_s=timeout_s):
+            logger.warning(
+                "drain timeout (%gs): handing back %d attempts", timeout_s, len(self._attempts)
+            )
+            for attempt in list(self._attempts.values()):
+                attempt.runner.stop(
+                    StopReason.SHUTDOWN,
+                    f"the agent shut down before the attempt ended ({self._drain_reason})",
+                )
+            if not await self._wait_until(self._idle, timeout_s=HANDBACK_GRACE_S):
+                logger.warning(
+                    "stopping with %d attempts running and %d results unacknowledged",
+                    len(self._attempts),
+                    len(self._outbox),
+                )
+        self._stopping = True
+        self._notify()

@@ -1,0 +1,294 @@
+"""Runs one attempt of a ToDo: builds its context, enforces its timeout, maps its outcome.
+
+The runner never touches the stream: progress goes to a callback and the Result is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from google.protobuf import json_format, struct_pb2
+
+from cpa.common.v1 import error_pb2, todo_pb2
+from cpa.executor.v1 import executor_service_pb2
+from cpa_agent.executors.base import ExecutionContext, ExecutorError
+from cpa_agent.executors.registry import ExecutorRegistry
+
+logger = logging.getLogger(__name__)
+
+# Error codes the agent itself puts in TaskError.code (executors choose their own).
+TASK_TIMEOUT = "TASK_TIMEOUT"
+CANCELLED = "CANCELLED"
+AGENT_SHUTDOWN = "AGENT_SHUTDOWN"
+EXECUTOR_EXCEPTION = "EXECUTOR_EXCEPTION"
+UNKNOWN_ACTION = "UNKNOWN_ACTION"
+INVALID_OUTPUTS = "INVALID_OUTPUTS"
+
+_ACTION_PREFIX = "ACTION_TYPE_"
+
+ProgressSink = Callable[[executor_service_pb2.Progress], None]
+
+
+class AttemptKey(NamedTuple):
+    """Names one attempt of one task; the unit of assignment, fencing and reporting."""
+
+    job_id: str
+    task_id: str
+    attempt: int
+
+    @classmethod
+    def from_proto(cls, message: executor_service_pb2.RunningAttempt) -> AttemptKey:
+        return cls(message.job_id, message.task_id, message.attempt)
+
+    @classmethod
+    def of_assignment(cls, assignment: executor_service_pb2.Assignment) -> AttemptKey:
+        return cls(assignment.job_id, assignment.todo.id, assignment.attempt)
+
+    def to_proto(self) -> executor_service_pb2.RunningAttempt:
+        return executor_service_pb2.RunningAttempt(
+            job_id=self.job_id, task_id=self.task_id, attempt=self.attempt
+        )
+
+    def __str__(self) -> str:
+        return f"{self.job_id}/{self.task_id}#{self.attempt}"
+
+
+class StopReason(enum.Enum):
+    """Why the agent stops an attempt before it ends on its own."""
+
+    CANCELLED = "cancelled"
+    """The server asked (CancelAttempt): reported as cancelled, not retryable."""
+    SHUTDOWN = "shutdown"
+    """The agent drains and time ran out: reported as AGENT_SHUTDOWN, retryable (handed back)."""
+    DISCARDED = "discarded"
+    """The server no longer considers the attempt current: stopped and never reported."""
+
+
+def action_name(todo: todo_pb2.ToDo) -> str:
+    """The registry key of a ToDo's action: custom_action, or the built-in name ("open_app")."""
+    if todo.action == todo_pb2.ACTION_TYPE_CUSTOM:
+        return todo.custom_action
+    if todo.action == todo_pb2.ACTION_TYPE_UNSPECIFIED:
+        return ""
+    try:
+        return todo_pb2.ActionType.Name(todo.action).removeprefix(_ACTION_PREFIX).lower()
+    except ValueError:
+        return ""
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A JSON object as plain Python; numbers come back as floats (JSON has one number type)."""
+    return json_format.MessageToDict(struct)
+
+
+def _error(
+    code: str,
+    message: str,
+    *,
+    retryable: bool,
+    reason: error_pb2.ErrorReason.ValueType = error_pb2.ERROR_REASON_UNSPECIFIED,
+    details: Mapping[str, Any] | None = None,
+) -> error_pb2.TaskError:
+    error = error_pb2.TaskError(code=code, message=message, retryable=retryable, reason=reason)
+    if details:
+        try:
+            error.details.update(dict(details))
+        except (ValueError, TypeError):
+            logger.warning("dropping error details of %s: not representable as JSON", code)
+            error.ClearField("details")
+    return error
+
+
+class AttemptRunner:
+    """One attempt: `run()` executes it once and returns its Result; `stop()` ends it early."""
+
+    def __init__(
+        self,
+        *,
+        assignment: executor_service_pb2.Assignment,
+        registry: ExecutorRegistry,
+        on_progress: ProgressSink,
+    ) -> None:
+        self.key = AttemptKey.of_assignment(assignment)
+        self.assignment = assignment
+        self.action = action_name(assignment.todo)
+        self._registry = registry
+        self._on_progress = on_progress
+        self._stop: tuple[StopReason, str] | None = None
+        self._work: asyncio.Task[dict[str, Any]] | None = None
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return None if self._stop is None else self._stop[0]
+
+    def stop(self, reason: StopReason, message: str) -> None:
+        """Cancels the executor; the first reason given decides what the Result says."""
+        if self._stop is None:
+            self._stop = (reason, message)
+        if self._work is not None:
+            self._work.cancel()
+
+    async def run(self) -> executor_service_pb2.Result:
+        """Runs the attempt once. Raises CancelledError only when the calling task is cancelled."""
+        executor = self._registry.get(self.action)
+        if executor is None:
+            logger.error("attempt %s: no executor for action %r", self.key, self.action)
+            return self._result(
+                error=_error(
+                    UNKNOWN_ACTION,
+                    f"this agent has no executor for action {self.action!r}",
+                    retryable=False,
+                )
+            )
+        if self._stop is not None:
+            return self._stopped_result(*self._stop)
+        now = datetime.now(UTC)
+        deadline, timeout_cause = self._deadline(now)
+        ctx = ExecutionContext(
+            job_id=self.key.job_id,
+            task_id=self.key.task_id,
+            attempt=self.key.attempt,
+            todo=self.assignment.todo,
+            params=struct_to_dict(self.assignment.todo.params),
+            inputs=struct_to_dict(self.assignment.inputs),
+            deadline=deadline,
+            credential_refs=dict(self.assignment.credential_refs),
+            on_progress=self._progress,
+        )
+        loop = asyncio.get_running_loop()
+        loop_deadline_s = (
+            None if deadline is None else loop.time() + (deadline - now).total_seconds()
+        )
+        logger.info("attempt %s: running %r", self.key, self.action)
+        self._work = asyncio.create_task(executor.run(ctx), name=f"attempt {self.key}")
+        scope = asyncio.timeout_at(loop_deadline_s)
+        try:
+            async with scope:
+                outputs = await self._work
+        except TimeoutError as error:
+            if scope.expired():
+                logger.info("attempt %s: %s", self.key, timeout_cause)
+                return self._result(
+                    error=_error(
+                        TASK_TIMEOUT,
+                        timeout_cause,
+                        retryable=True,
+                        reason=error_pb2.ERROR_REASON_TASK_TIMEOUT,
+                    )
+                )
+            return self._exception_result(error)
+        except ExecutorError as error:
+            logger.info("attempt %s: failed with %s", self.key, error.code)
+            return self._result(
+                error=_error(
+                    error.code, error.message, retryable=error.retryable, details=error.details
+                )
+            )
+        except asyncio.CancelledError as error:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            if self._stop is None:
+                # The executor raised CancelledError without being asked to stop.
+                return self._exception_result(error)
+            return self._stopped_result(*self._stop)
+        except Exception as error:
+            return self._exception_result(error)
+        return self._outputs_result(outputs)
+
+    def _deadline(self, now: datetime) -> tuple[datetime | None, str]:
+        """The earlier of the task timeout and the assignment deadline, and how to explain it."""
+        candidates: list[tuple[datetime, str]] = []
+        todo = self.assignment.todo
+        # A zero timeout is an unset one: no attempt could ever meet it.
+        if todo.HasField("timeout") and todo.timeout.ToTimedelta() > timedelta(0):
+            timeout = todo.timeout.ToTimedelta()
+            cause = f"attempt ran longer than its timeout of {timeout.total_seconds():g}s"
+            candidates.append((now + timeout, cause))
+        if self.assignment.HasField("deadline"):
+            deadline = self.assignment.deadline.ToDatetime(tzinfo=UTC)
+            candidates.append((deadline, f"attempt passed its deadline {deadline.isoformat()}"))
+        if not candidates:
+            return None, ""
+        return min(candidates, key=lambda candidate: candidate[0])
+
+    async def _progress(self, percent: float | None, message: str) -> None:
+        if self._stop is not None:
+            return
+        progress = executor_service_pb2.Progress(
+            job_id=self.key.job_id,
+            task_id=self.key.task_id,
+            attempt=self.key.attempt,
+            message=message,
+        )
+        # proto3 has no "unknown" float; 0 stands for it and the message carries the meaning.
+        if percent is not None:
+            progress.percent = min(100.0, max(0.0, percent))
+        self._on_progress(progress)
+
+    def _result(
+        self,
+        *,
+        error: error_pb2.TaskError | None = None,
+        outputs: struct_pb2.Struct | None = None,
+        cancelled: bool = False,
+    ) -> executor_service_pb2.Result:
+        return executor_service_pb2.Result(
+            job_id=self.key.job_id,
+            task_id=self.key.task_id,
+            attempt=self.key.attempt,
+            error=error,
+            outputs=outputs,
+            cancelled=cancelled,
+        )
+
+    def _outputs_result(self, outputs: object) -> executor_service_pb2.Result:
+        if not isinstance(outputs, dict):
+            return self._result(
+                error=_error(
+                    INVALID_OUTPUTS,
+                    f"{self.action!r} returned {type(outputs).__name__}, not a JSON object",
+                    retryable=False,
+                )
+            )
+        struct = struct_pb2.Struct()
+        try:
+            struct.update(outputs)
+        except (ValueError, TypeError) as error:
+            return self._result(
+                error=_error(
+                    INVALID_OUTPUTS,
+                    f"outputs of {self.action!r} are not representable as JSON: {error}",
+                    retryable=False,
+                )
+            )
+        logger.info("attempt %s: succeeded", self.key)
+        return self._result(outputs=struct)
+
+    def _stopped_result(self, reason: StopReason, message: str) -> executor_service_pb2.Result:
+        logger.info("attempt %s: stopped (%s): %s", self.key, reason.value, message)
+        if reason is StopReason.SHUTDOWN:
+            return self._result(
+                error=_error(
+                    AGENT_SHUTDOWN,
+                    message,
+                    retryable=True,
+                    reason=error_pb2.ERROR_REASON_AGENT_DRAINING,
+                )
+            )
+        return self._result(
+            error=_error(CANCELLED, message, retryable=False),
+            cancelled=True,
+        )
+
+    def _exception_result(self, error: BaseException) -> executor_service_pb2.Result:
+        # The traceback goes to the log only: the wire carries no internals.
+        logger.error("attempt %s: executor %r raised", self.key, self.action, exc_info=error)
+        return self._result(
+            error=_error(EXECUTOR_EXCEPTION, f"{type(error).__name__}: {error}", retryable=True)
+        )

@@ -1,0 +1,64 @@
+"""Settings of the executor agent, read from the environment (prefix CPA_AGENT_).
+
+Keyword arguments win over the environment; lists and mappings are given as JSON
+(`CPA_AGENT_LABELS='{"site": "berlin"}'`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_agent_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class AgentSettings(BaseSettings):
+    """Agent configuration: `AgentSettings()` reads CPA_AGENT_* variables; keyword arguments win."""
+
+    # No .env file: the scheduler's .env forbids unknown CPA_* keys, so the two cannot share one.
+    model_config = SettingsConfigDict(env_prefix="CPA_AGENT_", extra="forbid")
+
+    server: str = Field(default="127.0.0.1:50051", description="host:port of the scheduler.")
+    agent_id: str = Field(
+        default_factory=_default_agent_id,
+        min_length=1,
+        description="Identifier stable across reconnects; default host name and process id.",
+    )
+    name: str = Field(default_factory=socket.gethostname, description="Display name.")
+    tenant: str = Field(default="default", min_length=1, description="Tenant the agent serves.")
+    slots: int = Field(default=4, ge=1, description="How many attempts run at once.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels matched against ToDo.required_labels."
+    )
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="Capabilities matched against ToDo.required_capabilities.",
+    )
+    reconnect_initial_backoff_s: float = Field(
+        default=0.1, gt=0, description="Upper bound of the first reconnect delay."
+    )
+    reconnect_max_backoff_s: float = Field(
+        default=5.0, gt=0, description="Upper bound of any reconnect delay."
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long to wait for the welcome after the hello."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a drain waits for running attempts before handing them back.",
+    )
+
+    log_level: str = Field(default="INFO", description="Python logging level name (CLI only).")
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Self:
+        if self.reconnect_max_backoff_s < self.reconnect_initial_backoff_s:
+            raise ValueError("reconnect_max_backoff_s must be >= reconnect_initial_backoff_s")
+        return self

@@ -1,0 +1,264 @@
+"""Domain errors as gRPC errors: the status-code table, the rich `google.rpc.Status`, and aborting.
+
+`translate_errors` wraps every servicer method, so servicers just raise DomainError.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Final, NoReturn, ParamSpec, TypeVar, cast, overload
+
+import grpc
+import grpc.aio
+from google.rpc import error_details_pb2, status_pb2
+
+from cpa_scheduler.domain import DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "REASON_CODES",
+    "REASON_CODE_OVERRIDES",
+    "STATUS_DETAILS_KEY",
+    "abort",
+    "internal_error_status",
+    "status_code_for",
+    "status_for",
+    "translate_errors",
+]
+
+logger = logging.getLogger(__name__)
+
+# gRPC's rich error model travels as a serialized google.rpc.Status in this binary trailer.
+STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+ERROR_DOMAIN: Final = "cpa.scheduler"
+
+_Code = grpc.StatusCode
+
+# Reasons whose status code is part of their meaning, so it wins over the exception class that
+# carries them: a client re-authenticates on UNAUTHENTICATED, backs off on RESOURCE_EXHAUSTED and
+# tries another replica on UNAVAILABLE, whoever raised the error.
+REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
+    {
+        Reason.JOB_NOT_FOUND: _Code.NOT_FOUND,
+        Reason.TASK_NOT_FOUND: _Code.NOT_FOUND,
+        Reason.AGENT_NOT_FOUND: _Code.NOT_FOUND,
+        Reason.ARTIFACT_NOT_FOUND: _Code.NOT_FOUND,
+        Reason.REQUEST_ID_REUSED: _Code.ALREADY_EXISTS,
+        # Fencing: the report concerns an attempt that is over; retrying it cannot help.
+        Reason.STALE_ATTEMPT: _Code.FAILED_PRECONDITION,
+        Reason.UNAUTHENTICATED: _Code.UNAUTHENTICATED,
+        Reason.PERMISSION_DENIED: _Code.PERMISSION_DENIED,
+        Reason.RATE_LIMITED: _Code.RESOURCE_EXHAUSTED,
+        Reason.SERVER_SHUTTING_DOWN: _Code.UNAVAILABLE,
+        Reason.INTERNAL: _Code.INTERNAL,
+    }
+)
+
+# The exception class decides for every other reason: the raiser knows whether the input or the
+# resource's state is at fault.
+_CLASS_CODES: Final[Mapping[type[DomainError], grpc.StatusCode]] = MappingProxyType(
+    {
+        InvalidArgument: _Code.INVALID_ARGUMENT,
+        NotFound: _Code.NOT_FOUND,
+        FailedPrecondition: _Code.FAILED_PRECONDITION,
+    }
+)
+
+# A plain DomainError has no class to go by: its reason decides. Covers every reason the override
+# table does not (a unit test keeps the two complete and disjoint).
+REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
+    {
+        Reason.INVALID_FIELD: _Code.INVALID_ARGUMENT,
+        Reason.MISSING_FIELD: _Code.INVALID_ARGUMENT,
+        # Not RESOURCE_EXHAUSTED: clients retry that with backoff, and a too-large request
+        # stays too large.
+        Reason.PAYLOAD_TOO_LARGE: _Code.INVALID_ARGUMENT,
+        Reason.EMPTY_GRAPH: _Code.INVALID_ARGUMENT,
+        Reason.DUPLICATE_TASK_ID: _Code.INVALID_ARGUMENT,
+        Reason.UNKNOWN_DEPENDENCY: _Code.INVALID_ARGUMENT,
+        Reason.GRAPH_CYCLE: _Code.INVALID_ARGUMENT,
+        Reason.UNKNOWN_ACTION: _Code.INVALID_ARGUMENT,
+        Reason.INVALID_RETRY_POLICY: _Code.INVALID_ARGUMENT,
+        Reason.UNKNOWN_INTENT: _Code.INVALID_ARGUMENT,
+        Reason.TEMPLATE_ERROR: _Code.INVALID_ARGUMENT,
+        Reason.INVALID_FILTER: _Code.INVALID_ARGUMENT,
+        Reason.INVALID_PAGE_TOKEN: _Code.INVALID_ARGUMENT,
+        Reason.MALFORMED_MESSAGE: _Code.INVALID_ARGUMENT,
+        Reason.UNSUPPORTED_PERFORMATIVE: _Code.INVALID_ARGUMENT,
+        Reason.ILLEGAL_TRANSITION: _Code.FAILED_PRECONDITION,
+        Reason.NO_CAPABLE_AGENT: _Code.FAILED_PRECONDITION,
+        Reason.POLICY_VIOLATION: _Code.FAILED_PRECONDITION,
+        Reason.AGENT_DRAINING: _Code.FAILED_PRECONDITION,
+        # Job and task outcomes, normally carried inside a job, not by a failed call. Never
+        # DEADLINE_EXCEEDED or CANCELLED: those say the *call* timed out or was cancelled, and
+        # clients retry or swallow them as such.
+        Reason.SCHEDULE_TO_START_TIMEOUT: _Code.FAILED_PRECONDITION,
+        Reason.TASK_TIMEOUT: _Code.FAILED_PRECONDITION,
+        Reason.JOB_DEADLINE_EXCEEDED: _Code.FAILED_PRECONDITION,
+        Reason.RETRIES_EXHAUSTED: _Code.FAILED_PRECONDITION,
+        Reason.REDELIVERY_EXHAUSTED: _Code.FAILED_PRECONDITION,
+        Reason.UPSTREAM_FAILED: _Code.FAILED_PRECONDITION,
+        Reason.CANCELLED_BY_USER: _Code.FAILED_PRECONDITION,
+        Reason.APPROVAL_REJECTED: _Code.FAILED_PRECONDITION,
+        Reason.EXECUTOR_ERROR: _Code.FAILED_PRECONDITION,
+    }
+)
+
+# Codes under which a field is "bad input" (google.rpc.BadRequest); under FAILED_PRECONDITION the
+# field is well-formed, so it is named only in ErrorInfo.metadata.
+_BAD_REQUEST_CODES: Final = frozenset({_Code.INVALID_ARGUMENT, _Code.OUT_OF_RANGE})
+
+
+def status_code_for(error: DomainError) -> grpc.StatusCode:
+    """The gRPC code of a domain error: reason override, else exception class, else reason."""
+    override = REASON_CODE_OVERRIDES.get(error.reason)
+    if override is not None:
+        return override
+    for cls in type(error).__mro__:
+        code = _CLASS_CODES.get(cls)
+        if code is not None:
+            return code
+    return REASON_CODES.get(error.reason, _Code.INTERNAL)
+
+
+def _status(
+    code: grpc.StatusCode, message: str, info: error_details_pb2.ErrorInfo
+) -> status_pb2.Status:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(info)
+    return status
+
+
+def status_for(error: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    """The code and rich status of a domain error: ErrorInfo always, BadRequest for bad input."""
+    code = status_code_for(error)
+    info = error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN)
+    if error.field:
+        info.metadata["field"] = error.field
+    status = _status(code, error.message, info)
+    if error.field and code in _BAD_REQUEST_CODES:
+        bad_request = error_details_pb2.BadRequest()
+        bad_request.field_violations.add(field=error.field, description=error.message)
+        status.details.add().Pack(bad_request)
+    return code, status
+
+
+def internal_error_status(
+    error: BaseException, *, where: str = ""
+) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    """INTERNAL with a short reference; the traceback is logged under the same reference.
+
+    The caller sees only the reference, which support can find in the log: exception text may
+    hold SQL, paths or secrets.
+    """
+    ref = secrets.token_hex(4)
+    logger.error("internal error (ref %s) in %s", ref, where or "?", exc_info=error)
+    info = error_details_pb2.ErrorInfo(
+        reason=Reason.INTERNAL.value, domain=ERROR_DOMAIN, metadata={"ref": ref}
+    )
+    return _Code.INTERNAL, _status(_Code.INTERNAL, f"internal error (ref {ref})", info)
+
+
+async def _abort_with(
+    context: grpc.aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode,
+    status: status_pb2.Status,
+) -> NoReturn:
+    # abort() replaces the trailers set so far; keep them (request id, trace id) and add ours.
+    existing = cast("Iterable[tuple[str, str | bytes]]", context.trailing_metadata() or ())
+    trailers = [(key, value) for key, value in existing if key != STATUS_DETAILS_KEY]
+    trailers.append((STATUS_DETAILS_KEY, status.SerializeToString()))
+    await context.abort(code, status.message, trailing_metadata=tuple(trailers))
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
+    """End the call with the error's code, message and `grpc-status-details-bin` trailer."""
+    code, status = status_for(error)
+    await _abort_with(context, code, status)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Y = TypeVar("Y")
+
+
+def _context_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    # Servicer methods are (self, request, context), handler functions (request, context), and
+    # stream-request methods (self, request_iterator, context): the context is always last.
+    return kwargs["context"] if "context" in kwargs else args[-1]
+
+
+@overload
+def translate_errors(
+    method: Callable[P, AsyncIterator[Y]],
+) -> Callable[P, AsyncIterator[Y]]: ...
+
+
+@overload
+def translate_errors(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+def translate_errors(method: Callable[P, Any]) -> Callable[P, Any]:
+    """Wrap an async servicer method (unary or async-generator) so errors become statuses.
+
+    DomainError aborts with its status; any other Exception is logged and aborts as INTERNAL.
+    grpc's own exceptions (the AbortError of a `context.abort` the method made itself) and
+    cancellation (a BaseException) pass through untouched.
+    """
+    where = f"{method.__module__}.{method.__qualname__}"
+    if inspect.isasyncgenfunction(method):
+        return _translate_stream(method, where)
+    if inspect.iscoroutinefunction(method):
+        return _translate_unary(method, where)
+    raise TypeError(f"translate_errors needs an async def or async generator, got {method!r}")
+
+
+async def _abort_for(context: Any, error: Exception, where: str) -> NoReturn:
+    if isinstance(error, DomainError):
+        await abort(context, error)
+    await _abort_with(context, *internal_error_status(error, where=where))
+
+
+def _translate_unary(
+    method: Callable[P, Coroutine[Any, Any, R]], where: str
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except grpc.aio.BaseError:
+            raise
+        except Exception as error:
+            await _abort_for(_context_of(args, kwargs), error, where)
+
+    return wrapper
+
+
+def _translate_stream(
+    method: Callable[P, AsyncIterator[Y]], where: str
+) -> Callable[P, AsyncIterator[Y]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Y]:
+        stream = method(*args, **kwargs)
+        try:
+            async for item in stream:
+                yield item
+        except grpc.aio.BaseError:
+            raise
+        except Exception as error:
+            await _abort_for(_context_of(args, kwargs), error, where)
+        finally:
+            # When the call ends early (client gone), close the inner generator now so its own
+            # cleanup (unsubscribing from the event feed) runs at once, not at garbage collection.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return wrapper

@@ -1,0 +1,220 @@
+"""ExecutorService.Connect: the server side of an agent's stream (hello, credits, reports).
+
+The stream's writer drains an outbound queue fed by the dispatcher, the orchestrator (cancels)
+and the reader (acks); the reader handles what the agent sends, each report in its own task so
+that reports of many attempts share a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc.aio
+from google.protobuf import duration_pb2
+
+from cpa.common.v1 import error_pb2
+from cpa.executor.v1 import executor_service_pb2 as pb
+from cpa.executor.v1 import executor_service_pb2_grpc
+from cpa_scheduler.dispatch import AgentSession, Outbound, SessionRegistry, SessionState
+from cpa_scheduler.dispatch.dispatcher import Dispatcher
+from cpa_scheduler.domain import (
+    AttemptRef,
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    StaleAttempt,
+)
+from cpa_scheduler.orchestration import Orchestrator
+from cpa_scheduler.settings import Settings
+
+from . import convert
+from .errors import translate_errors
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
+    """One Connect call per agent session."""
+
+    def __init__(
+        self,
+        *,
+        orchestrator: Orchestrator,
+        sessions: SessionRegistry,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        replica_id: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._orchestrator = orchestrator
+        self._sessions = sessions
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self._replica_id = replica_id
+        self._clock = clock
+
+    @translate_errors
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        if first.WhichOneof("kind") != "hello":
+            raise InvalidArgument(
+                "the first message of a session must be a hello",
+                reason=Reason.MISSING_FIELD,
+                field="hello",
+            )
+        profile = convert.profile_from_hello(
+            first.hello, default_tenant=self._settings.default_tenant
+        )
+        outgoing: asyncio.Queue[pb.ConnectResponse | None] = asyncio.Queue()
+
+        def deliver(message: Outbound) -> None:
+            outgoing.put_nowait(convert.outbound_to_proto(message))
+
+        now = self._clock()
+        session = AgentSession(
+            profile=profile,
+            connect_time=now,
+            last_seen_time=now,
+            deliver=deliver,
+            close=lambda: outgoing.put_nowait(None),
+        )
+        claimed = convert.attempt_refs_from_proto(first.hello.running_attempts)
+        _, stale = await self._orchestrator.renew_leases(profile.tenant, profile.agent_id, claimed)
+        adopted = [ref for ref in claimed if ref not in stale]
+        session.running.update(adopted)
+        replaced = self._sessions.add(session)
+        if replaced is not None:
+            replaced.close()
+        log.info("agent %s connected (%d attempts adopted)", profile.agent_id, len(adopted))
+        yield pb.ConnectResponse(
+            welcome=pb.Welcome(
+                session_id=session.session_id,
+                replica_id=self._replica_id,
+                heartbeat_interval=_duration(self._settings.heartbeat_interval_s),
+                lease_duration=_duration(self._settings.lease_duration_s),
+                adopted_attempts=convert.attempt_refs_to_proto(adopted),
+            )
+        )
+        reader = asyncio.create_task(self._read(request_iterator, session, outgoing))
+        try:
+            while (message := await outgoing.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            self._sessions.remove(session)
+            # Its attempts keep their leases: they expire unless the agent comes back in time.
+            log.info("agent %s disconnected", profile.agent_id)
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.ConnectRequest],
+        session: AgentSession,
+        outgoing: asyncio.Queue[pb.ConnectResponse | None],
+    ) -> None:
+        reports: set[asyncio.Task[None]] = set()
+        try:
+            async for request in requests:
+                session.last_seen_time = self._clock()
+                kind = request.WhichOneof("kind")
+                if kind == "credit":
+                    session.credits = min(
+                        session.credits + max(0, request.credit.slots), session.profile.slots
+                    )
+                    self._dispatcher.wake()
+                elif kind == "heartbeat":
+                    await self._heartbeat(request.heartbeat, session, outgoing)
+                elif kind == "drain":
+                    session.state = SessionState.DRAINING
+                    log.info("agent %s is draining", session.agent_id)
+                elif kind in ("result", "progress", "assignment_ack"):
+                    task = asyncio.create_task(self._report(request, session, outgoing))
+                    reports.add(task)
+                    task.add_done_callback(reports.discard)
+                else:
+                    log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a broken stream ends the session, nothing else
+            log.info("stream of agent %s ended: %s", session.agent_id, error)
+        finally:
+            if reports:
+                await asyncio.gather(*reports, return_exceptions=True)
+            outgoing.put_nowait(None)
+
+    async def _heartbeat(
+        self,
+        heartbeat: pb.Heartbeat,
+        session: AgentSession,
+        outgoing: asyncio.Queue[pb.ConnectResponse | None],
+    ) -> None:
+        running = convert.attempt_refs_from_proto(heartbeat.running_attempts)
+        lease_until, stale = await self._orchestrator.renew_leases(
+            session.profile.tenant, session.agent_id, running
+        )
+        session.running = set(running) - set(stale)
+        ack = pb.HeartbeatAck(stale_attempts=convert.attempt_refs_to_proto(stale))
+        ack.lease_until.FromDatetime(lease_until)
+        outgoing.put_nowait(pb.ConnectResponse(heartbeat_ack=ack))
+
+    async def _report(
+        self,
+        request: pb.ConnectRequest,
+        session: AgentSession,
+        outgoing: asyncio.Queue[pb.ConnectResponse | None],
+    ) -> None:
+        tenant = session.profile.tenant
+        kind = request.WhichOneof("kind")
+        refusal = error_pb2.ERROR_REASON_UNSPECIFIED
+        try:
+            if kind == "result":
+                ref, report = convert.result_from_proto(request.result)
+                session.running.discard(ref)
+                await self._orchestrator.report_result(tenant, ref, report)
+            elif kind == "progress":
+                progress = request.progress
+                ref = AttemptRef(progress.job_id, progress.task_id, progress.attempt)
+                await self._orchestrator.report_progress(
+                    tenant, ref, percent=progress.percent, message=progress.message
+                )
+            else:
+                ack = request.assignment_ack
+                if not ack.accepted:
+                    ref = AttemptRef(ack.job_id, ack.task_id, ack.attempt)
+                    session.running.discard(ref)
+                    await self._orchestrator.decline(tenant, ref, ack.reason or "declined")
+                return
+        except (StaleAttempt, NotFound):
+            refusal = error_pb2.ERROR_REASON_STALE_ATTEMPT
+        except DomainError as error:
+            refusal = convert.reason_to_proto(error.reason)
+        except Exception:
+            # Not acked: the agent keeps the report and sends it again after a reconnect.
+            log.exception("report from agent %s failed", session.agent_id)
+            return
+        if request.report_id:
+            outgoing.put_nowait(
+                pb.ConnectResponse(
+                    report_ack=pb.ReportAck(
+                        report_id=request.report_id,
+                        accepted=refusal == error_pb2.ERROR_REASON_UNSPECIFIED,
+                        reason=refusal,
+                    )
+                )
+            )

@@ -1,0 +1,262 @@
+"""SchedulerService: thin handlers that validate, call the orchestrator and convert back."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc.aio
+from google.protobuf.message import Message
+
+from cpa.scheduler.v1 import scheduler_service_pb2 as pb
+from cpa.scheduler.v1 import scheduler_service_pb2_grpc
+from cpa_scheduler.dispatch import Requirement, SessionRegistry
+from cpa_scheduler.domain import InvalidArgument, Job, JobEvent, PagePosition, Reason, Task
+from cpa_scheduler.events import EventBus
+from cpa_scheduler.orchestration import Orchestrator
+from cpa_scheduler.settings import Settings
+
+from . import convert
+from .call_context import tenant_of
+from .errors import translate_errors
+from .lam import LamHandler
+from .list_filter import parse_agent_filter, parse_job_filter
+from .page_token import decode_page_token, encode_page_token, page_size
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Events read from the store per query while replaying a job's history.
+_REPLAY_BATCH = 500
+_LIST_JOBS_DEFAULT, _LIST_JOBS_MAX = 50, 1000
+_LIST_AGENTS_DEFAULT, _LIST_AGENTS_MAX = 100, 1000
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required", reason=Reason.MISSING_FIELD, field=field)
+    return value
+
+
+def fingerprint(message: Message) -> str:
+    """Equal for equal requests: what decides whether a reused request_id is a true repeat."""
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+
+
+class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
+    """The callers' API."""
+
+    def __init__(
+        self,
+        *,
+        orchestrator: Orchestrator,
+        sessions: SessionRegistry,
+        bus: EventBus,
+        lam: LamHandler,
+        settings: Settings,
+        replica_id: str,
+    ) -> None:
+        self._orchestrator = orchestrator
+        self._sessions = sessions
+        self._bus = bus
+        self._lam = lam
+        self._settings = settings
+        self._replica_id = replica_id
+
+    def _tenant(self, context: Context) -> str:
+        return tenant_of(context, default=self._settings.default_tenant)
+
+    def _check_size(self, request: Message) -> None:
+        size = request.ByteSize()
+        if size > self._settings.max_request_bytes:
+            raise InvalidArgument(
+                f"request is {size} bytes; the limit is {self._settings.max_request_bytes}",
+                reason=Reason.PAYLOAD_TOO_LARGE,
+            )
+
+    def _waiting_reason(self, job: Job, task: Task) -> str:
+        if task.next_attempt_time is not None and task.next_attempt_time > datetime.now(UTC):
+            until = task.next_attempt_time.isoformat()
+            return f"waiting until {until} before attempt {task.attempt + 1}"
+        return self._sessions.waiting_reason(Requirement.of(job.tenant, task.todo))
+
+    def _job(self, job: Job) -> Any:
+        return convert.job_to_proto(job, waiting_reason=self._waiting_reason)
+
+    @translate_errors
+    async def ScheduleJob(
+        self, request: pb.ScheduleJobRequest, context: Context
+    ) -> pb.ScheduleJobResponse:
+        self._check_size(request)
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
+        plan_request, source, options = convert.spec_from_proto(
+            request.spec, default_max_parallelism=self._settings.default_max_parallelism
+        )
+        job, created = await self._orchestrator.schedule(
+            tenant=self._tenant(context),
+            request=plan_request,
+            source=source,
+            options=options,
+            request_id=request.request_id,
+            request_fingerprint=fingerprint(request.spec),
+            field="spec",
+        )
+        return pb.ScheduleJobResponse(job=self._job(job), created=created)
+
+    @translate_errors
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
+        job_id = _required(request.job_id, "job_id")
+        job = await self._orchestrator.get_job(self._tenant(context), job_id)
+        return pb.GetJobResponse(job=self._job(job))
+
+    @translate_errors
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        job_filter = parse_job_filter(request.filter)
+        limit = page_size(request.page_size, default=_LIST_JOBS_DEFAULT, maximum=_LIST_JOBS_MAX)
+        query = request.filter.strip()
+        after = (
+            decode_page_token(request.page_token, query_fingerprint=query)
+            if request.page_token
+            else None
+        )
+        jobs = await self._orchestrator.list_jobs(
+            self._tenant(context), job_filter, after=after, limit=limit + 1
+        )
+        response = pb.ListJobsResponse(jobs=[self._job(job) for job in jobs[:limit]])
+        if len(jobs) > limit:
+            last = jobs[limit - 1]
+            response.next_page_token = encode_page_token(
+                PagePosition(create_time=last.create_time, job_id=last.job_id),
+                query_fingerprint=query,
+            )
+        return response
+
+    @translate_errors
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: Context
+    ) -> pb.CancelJobResponse:
+        job_id = _required(request.job_id, "job_id")
+        job = await self._orchestrator.cancel(self._tenant(context), job_id)
+        return pb.CancelJobResponse(job=self._job(job))
+
+    @translate_errors
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.RetryJobResponse:
+        job_id = _required(request.job_id, "job_id")
+        job = await self._orchestrator.retry(self._tenant(context), job_id)
+        return pb.RetryJobResponse(job=self._job(job))
+
+    @translate_errors
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: Context
+    ) -> AsyncIterator[pb.WatchJobResponse]:
+        job_id = _required(request.job_id, "job_id")
+        if request.after_sequence < 0:
+            raise InvalidArgument(
+                f"after_sequence must not be negative, got {request.after_sequence}",
+                field="after_sequence",
+            )
+        tenant = self._tenant(context)
+        # Subscribe before reading the store, so nothing falls between the two.
+        subscription = self._bus.subscribe(tenant, job_id)
+        try:
+            last = request.after_sequence
+            replayed: list[JobEvent] = []
+            async for event in self._replay(tenant, job_id, after=last):
+                replayed.append(event)
+                last = event.sequence
+                yield pb.WatchJobResponse(event=convert.event_to_proto(event))
+            if replayed and replayed[-1].terminal:
+                return
+            if not replayed:
+                job = await self._orchestrator.get_job(tenant, job_id)
+                if job.is_terminal and last >= job.last_event_sequence:
+                    return
+            while True:
+                event = await subscription.next()
+                if event.sequence <= last:
+                    continue
+                if event.sequence > last + 1 or subscription.lagged:
+                    # A gap in the live feed: the store has every event, read it from there.
+                    subscription.lagged = False
+                    async for missed in self._replay(tenant, job_id, after=last):
+                        last = missed.sequence
+                        yield pb.WatchJobResponse(event=convert.event_to_proto(missed))
+                        if missed.terminal:
+                            return
+                    continue
+                last = event.sequence
+                yield pb.WatchJobResponse(event=convert.event_to_proto(event))
+                if event.terminal:
+                    return
+        finally:
+            subscription.close()
+
+    async def _replay(self, tenant: str, job_id: str, *, after: int) -> AsyncIterator[JobEvent]:
+        while True:
+            events = await self._orchestrator.list_events(
+                tenant, job_id, after_sequence=after, limit=_REPLAY_BATCH
+            )
+            for event in events:
+                yield event
+            if len(events) < _REPLAY_BATCH:
+                return
+            after = events[-1].sequence
+
+    @translate_errors
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: Context
+    ) -> pb.SendMessageResponse:
+        self._check_size(request)
+        reply = await self._lam.handle(request.message, tenant=self._tenant(context))
+        return pb.SendMessageResponse(reply=reply)
+
+    @translate_errors
+    async def PreviewPlan(
+        self, request: pb.PreviewPlanRequest, context: Context
+    ) -> pb.PreviewPlanResponse:
+        self._check_size(request)
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
+        plan_request, _, options = convert.spec_from_proto(
+            request.spec, default_max_parallelism=self._settings.default_max_parallelism
+        )
+        plan = self._orchestrator.plan(plan_request, context=options.context, field="spec")
+        return convert.plan_to_preview_proto(plan)
+
+    @translate_errors
+    async def ListAgents(
+        self, request: pb.ListAgentsRequest, context: Context
+    ) -> pb.ListAgentsResponse:
+        agent_filter = parse_agent_filter(request.filter)
+        limit = page_size(request.page_size, default=_LIST_AGENTS_DEFAULT, maximum=_LIST_AGENTS_MAX)
+        tenant = self._tenant(context)
+        sessions = sorted(
+            (
+                s
+                for s in self._sessions
+                if s.profile.tenant == tenant
+                and agent_filter.matches(
+                    s.state.value, s.profile.actions, s.profile.capabilities, s.profile.labels
+                )
+            ),
+            key=lambda s: s.agent_id,
+        )
+        start = 0
+        query = request.filter.strip()
+        if request.page_token:
+            position = decode_page_token(request.page_token, query_fingerprint=query)
+            start = next(
+                (i for i, s in enumerate(sessions) if s.agent_id > position.job_id), len(sessions)
+            )
+        page = sessions[start : start + limit]
+        response = pb.ListAgentsResponse(
+            agents=[convert.agent_to_proto(s, replica_id=self._replica_id) for s in page]
+        )
+        if start + limit < len(sessions):
+            response.next_page_token = encode_page_token(
+                PagePosition(create_time=page[-1].connect_time, job_id=page[-1].agent_id),
+                query_fingerprint=query,
+            )
+        return response

@@ -1,0 +1,70 @@
+"""Capability matching: what a task needs (a Requirement) and whether an agent offers it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cpa_scheduler.domain import ToDo
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """What an agent must offer to run a task; tasks with equal requirements share a queue."""
+
+    tenant: str
+    action: str
+    capabilities: frozenset[str] = frozenset()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, tenant: str, todo: ToDo) -> Requirement:
+        return cls(
+            tenant=tenant,
+            action=todo.action,
+            capabilities=todo.required_capabilities,
+            labels=tuple(sorted(todo.required_labels.items())),
+        )
+
+    @property
+    def key(self) -> str:
+        """A stable text form, usable as a queue name."""
+        capabilities = ",".join(sorted(self.capabilities))
+        labels = ",".join(f"{k}={v}" for k, v in self.labels)
+        return f"{self.tenant}|{self.action}|{capabilities}|{labels}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentProfile:
+    """Who an agent is and what it said it can do in its hello."""
+
+    agent_id: str
+    tenant: str
+    name: str = ""
+    version: str = ""
+    actions: frozenset[str] = frozenset()
+    capabilities: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    slots: int = 1
+
+    def can_run(self, requirement: Requirement) -> bool:
+        return (
+            requirement.tenant == self.tenant
+            and requirement.action in self.actions
+            and requirement.capabilities <= self.capabilities
+            and all(self.labels.get(k) == v for k, v in requirement.labels)
+        )
+
+    def missing(self, requirement: Requirement) -> str:
+        """What this agent lacks for `requirement`, in words ("" when it can run it)."""
+        if requirement.tenant != self.tenant:
+            return "serves another tenant"
+        if requirement.action not in self.actions:
+            return f"does not offer action {requirement.action!r}"
+        lacking = sorted(requirement.capabilities - self.capabilities)
+        if lacking:
+            return f"lacks capabilities {', '.join(lacking)}"
+        wrong = [f"{k}={v}" for k, v in requirement.labels if self.labels.get(k) != v]
+        if wrong:
+            return f"lacks labels {', '.join(wrong)}"
+        return ""

@@ -1,0 +1,79 @@
+"""Job events: what happened to a job, numbered per job from 1 without gaps, stored and streamed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import Reason
+from .states import JobState, TaskState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskError:
+    """How an attempt or task failed: the executor's code and message, or the scheduler's reason."""
+
+    code: str
+    message: str
+    retryable: bool = False
+    reason: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobStateChanged:
+    """The job moved between states; `from_state` is None for the job's creation."""
+
+    from_state: JobState | None
+    to_state: JobState
+    error: TaskError | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStateChanged:
+    """A task moved between states (for a given attempt, on a given agent when one runs it)."""
+
+    task_id: str
+    from_state: TaskState
+    to_state: TaskState
+    attempt: int = 0
+    agent_id: str = ""
+    error: TaskError | None = None
+    outputs: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskProgress:
+    """A running attempt reported progress; percent is None when the executor does not know."""
+
+    task_id: str
+    attempt: int
+    percent: float | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRetryScheduled:
+    """A failed or lost attempt will be followed by another, not before `next_attempt_time`."""
+
+    task_id: str
+    failed_attempt: int
+    next_attempt_time: datetime
+    error: TaskError | None
+    lost: bool = False
+
+
+EventPayload = JobStateChanged | TaskStateChanged | TaskProgress | TaskRetryScheduled
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobEvent:
+    """One event of a job. `terminal` marks the job's end (until a RetryJob re-drives it)."""
+
+    job_id: str
+    sequence: int
+    create_time: datetime
+    payload: EventPayload
+    terminal: bool = False
+    tenant: str = field(default="", compare=False)

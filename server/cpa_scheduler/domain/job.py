@@ -1,0 +1,572 @@
+"""The job aggregate: a job, its tasks and attempts, and every rule that moves them.
+
+All state changes of a job go through the methods here, inside one storage transaction each;
+they check the transition (fencing stale attempts), record events with the next sequence
+numbers and note the effects to carry out after commit (tasks to queue, attempts to cancel).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from .errors import FailedPrecondition, NotFound, Reason
+from .events import (
+    EventPayload,
+    JobEvent,
+    JobStateChanged,
+    TaskError,
+    TaskProgress,
+    TaskRetryScheduled,
+    TaskStateChanged,
+)
+from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from .states import (
+    ATTEMPT_STATE_MACHINE,
+    JOB_STATE_MACHINE,
+    TASK_STATE_MACHINE,
+    AttemptState,
+    JobState,
+    TaskState,
+)
+from .task_graph import TaskGraph
+from .todo import ToDo
+
+# Tasks that hold a slot of the job's parallelism budget.
+_ACTIVE = frozenset({TaskState.QUEUED, TaskState.RUNNING})
+
+
+class SourceKind(StrEnum):
+    """The form in which the work was asked for."""
+
+    TEXT = "text"
+    INTENT = "intent"
+    TODOS = "todos"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSource:
+    """What the caller asked for; for TODOS the steps themselves are the job's tasks."""
+
+    kind: SourceKind
+    text: str = ""
+    intent: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOptions:
+    """How to run the job. `max_parallelism` is resolved (> 0) before the job is created."""
+
+    max_parallelism: int
+    context: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    deadline: datetime | None = None
+    default_retry_policy: RetryPolicy | None = None
+    callback_url: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class Attempt:
+    """One dispatch of a task to an agent."""
+
+    number: int
+    agent_id: str
+    state: AttemptState
+    start_time: datetime
+    end_time: datetime | None = None
+    error: TaskError | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Task:
+    """A ToDo inside a job. `failures` counts against max_attempts, `losses` against redelivery."""
+
+    todo: ToDo
+    state: TaskState = TaskState.PENDING
+    attempt: int = 0
+    attempts: list[Attempt] = field(default_factory=list)
+    outputs: dict[str, Any] | None = None
+    error: TaskError | None = None
+    failures: int = 0
+    losses: int = 0
+    agent_id: str = ""
+    lease_until: datetime | None = None
+    next_attempt_time: datetime | None = None
+    queue_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return self.todo.id
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRef:
+    """Names one attempt of one task of one job: the unit of dispatch and fencing."""
+
+    job_id: str
+    task_id: str
+    attempt: int
+
+
+@dataclass(slots=True, kw_only=True)
+class JobChanges:
+    """What one mutation produced, for storage to write and the orchestrator to carry out."""
+
+    events: list[JobEvent] = field(default_factory=list)
+    dirty_tasks: set[str] = field(default_factory=set)
+    queued: list[str] = field(default_factory=list)
+    cancels: list[tuple[AttemptRef, str]] = field(default_factory=list)
+
+
+class StaleAttempt(FailedPrecondition):
+    """A report or assignment for an attempt that is not the task's current one (fencing)."""
+
+    reason = Reason.STALE_ATTEMPT
+
+
+@dataclass(slots=True, kw_only=True)
+class Job:
+    """The aggregate. Create with `Job.create`; mutate only through its methods."""
+
+    job_id: str
+    tenant: str
+    source: JobSource
+    options: JobOptions
+    tasks: dict[str, Task]
+    state: JobState = JobState.PENDING
+    intent: str = ""
+    request_id: str = ""
+    request_fingerprint: str = ""
+    conversation_id: str = ""
+    error: TaskError | None = None
+    dead_lettered: bool = False
+    cancel_requested: bool = False
+    retry_count: int = 0
+    last_event_sequence: int = 0
+    create_time: datetime
+    update_time: datetime
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    changes: JobChanges = field(default_factory=JobChanges, repr=False, compare=False)
+    _graph: TaskGraph | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        job_id: str,
+        tenant: str,
+        graph: TaskGraph,
+        source: JobSource,
+        options: JobOptions,
+        now: datetime,
+        intent: str = "",
+        request_id: str = "",
+        request_fingerprint: str = "",
+        conversation_id: str = "",
+    ) -> Job:
+        """A new PENDING job whose ready tasks are QUEUED (within the parallelism bound)."""
+        job = cls(
+            job_id=job_id,
+            tenant=tenant,
+            source=source,
+            options=options,
+            tasks={todo.id: Task(todo=todo) for todo in graph},
+            intent=intent,
+            request_id=request_id,
+            request_fingerprint=request_fingerprint,
+            conversation_id=conversation_id,
+            create_time=now,
+            update_time=now,
+            _graph=graph,
+        )
+        job.changes.dirty_tasks.update(job.tasks)
+        job._record(JobStateChanged(from_state=None, to_state=JobState.PENDING), now)
+        job._promote_ready(now)
+        return job
+
+    # -- queries ------------------------------------------------------------------------
+
+    @property
+    def graph(self) -> TaskGraph:
+        if self._graph is None:
+            self._graph = TaskGraph.from_todos(task.todo for task in self.tasks.values())
+        return self._graph
+
+    @property
+    def is_terminal(self) -> bool:
+        return JOB_STATE_MACHINE.is_terminal(self.state)
+
+    def task(self, task_id: str) -> Task:
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise NotFound(
+                f"job {self.job_id!r} has no task {task_id!r}",
+                reason=Reason.TASK_NOT_FOUND,
+                field="task_id",
+            ) from None
+
+    def retry_policy_of(self, task: Task) -> RetryPolicy:
+        return task.todo.retry_policy or self.options.default_retry_policy or DEFAULT_RETRY_POLICY
+
+    def take_changes(self) -> JobChanges:
+        """Hand over what the mutations since the last call produced, and start afresh."""
+        changes, self.changes = self.changes, JobChanges()
+        return changes
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def assign(
+        self, task_id: str, *, attempt: int, agent_id: str, lease_until: datetime, now: datetime
+    ) -> Task:
+        """QUEUED -> RUNNING as attempt `attempt` (which must be the next one) on `agent_id`."""
+        task = self.task(task_id)
+        if (
+            task.state is not TaskState.QUEUED
+            or task.attempt != attempt - 1
+            or self.cancel_requested
+            or self.is_terminal
+        ):
+            raise StaleAttempt(
+                f"task {task_id!r} attempt {attempt} cannot start: task is {task.state.value} "
+                f"at attempt {task.attempt}"
+            )
+        if task.next_attempt_time is not None and task.next_attempt_time > now:
+            raise StaleAttempt(
+                f"task {task_id!r} may not start before {task.next_attempt_time.isoformat()}"
+            )
+        task.attempt = attempt
+        task.agent_id = agent_id
+        task.lease_until = lease_until
+        task.next_attempt_time = None
+        task.start_time = task.start_time or now
+        task.attempts.append(
+            Attempt(number=attempt, agent_id=agent_id, state=AttemptState.RUNNING, start_time=now)
+        )
+        self._move_task(task, TaskState.RUNNING, now, agent_id=agent_id)
+        if self.state is JobState.PENDING:
+            self.start_time = self.start_time or now
+            self._move_job(JobState.RUNNING, now)
+        return task
+
+    def progress(
+        self, task_id: str, *, attempt: int, percent: float | None, message: str, now: datetime
+    ) -> None:
+        self._running(task_id, attempt)
+        self._record(
+            TaskProgress(task_id=task_id, attempt=attempt, percent=percent, message=message), now
+        )
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def succeed(
+        self, task_id: str, *, attempt: int, outputs: Mapping[str, Any], now: datetime
+    ) -> None:
+        task = self._running(task_id, attempt)
+        self._end_attempt(task, AttemptState.SUCCEEDED, now)
+        task.outputs = dict(outputs)
+        task.error = None
+        self._move_task(task, TaskState.SUCCEEDED, now, outputs=task.outputs)
+        self._settle(now)
+
+    def fail(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        error: TaskError,
+        now: datetime,
+        rng: random.Random | None = None,
+    ) -> None:
+        """The attempt failed: retry after backoff if the policy allows, else fail the task."""
+        task = self._running(task_id, attempt)
+        timed_out = error.reason is Reason.TASK_TIMEOUT
+        self._end_attempt(
+            task, AttemptState.TIMED_OUT if timed_out else AttemptState.FAILED, now, error
+        )
+        if self.cancel_requested:
+            self._move_task(task, TaskState.CANCELLED, now, error=error)
+            self._settle(now)
+            return
+        task.failures += 1
+        policy = self.retry_policy_of(task)
+        if policy.should_retry(task.failures, error_code=error.code, retryable=error.retryable):
+            delay_s = policy.backoff_s(task.failures, rng=rng)
+            self._requeue(
+                task, now, next_attempt_time=now + timedelta(seconds=delay_s), error=error
+            )
+            return
+        exhausted = error.retryable and error.code not in policy.non_retryable_codes
+        final = (
+            TaskError(
+                code=error.code,
+                message=f"{error.message} (attempt {task.failures} of {policy.max_attempts})",
+                retryable=False,
+                reason=Reason.RETRIES_EXHAUSTED,
+            )
+            if exhausted
+            else error
+        )
+        self._fail_task(task, final, now)
+
+    def lose(self, task_id: str, *, attempt: int, max_redeliveries: int, now: datetime) -> None:
+        """The attempt's agent went away (lease expired): re-queue within the redelivery bound."""
+        task = self._running(task_id, attempt)
+        error = TaskError(
+            code="LOST",
+            message=f"agent {task.agent_id!r} stopped renewing the lease of attempt {attempt}",
+            retryable=True,
+        )
+        self._end_attempt(task, AttemptState.LOST, now, error)
+        if self.cancel_requested:
+            self._move_task(task, TaskState.CANCELLED, now, error=error)
+            self._settle(now)
+            return
+        task.losses += 1
+        if task.losses > max_redeliveries:
+            final = TaskError(
+                code="LOST",
+                message=f"task was lost {task.losses} times (bound: {max_redeliveries} "
+                "redeliveries); its agents keep disappearing",
+                reason=Reason.REDELIVERY_EXHAUSTED,
+            )
+            self._fail_task(task, final, now)
+            return
+        self._requeue(task, now, next_attempt_time=None, error=error, lost=True)
+
+    def hand_back(self, task_id: str, *, attempt: int, reason: str, now: datetime) -> None:
+        """The agent gave the attempt up (it is shutting down, or stopped it unasked).
+
+        After a cancel this ends the task; otherwise the task goes to another agent at once,
+        charged to neither the retry nor the redelivery budget: the task did nothing wrong.
+        """
+        task = self._running(task_id, attempt)
+        if self.cancel_requested:
+            self._end_attempt(task, AttemptState.CANCELLED, now)
+            self._move_task(task, TaskState.CANCELLED, now)
+            self._settle(now)
+            return
+        error = TaskError(code="HANDED_BACK", message=reason, retryable=True)
+        self._end_attempt(task, AttemptState.CANCELLED, now, error)
+        self._requeue(task, now, next_attempt_time=None, error=error)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def cancel(self, *, now: datetime) -> None:
+        """Cancel: queued work stops now, running attempts are told to stop; idempotent.
+
+        The job ends CANCELLED once every running attempt has reported or lost its lease.
+        """
+        if self.cancel_requested or self.state is JobState.CANCELLED:
+            return
+        JOB_STATE_MACHINE.transition(self.state, JobState.CANCELLED)
+        self.cancel_requested = True
+        error = TaskError(
+            code="CANCELLED", message="job cancelled", reason=Reason.CANCELLED_BY_USER
+        )
+        for task in self.tasks.values():
+            if task.state in (TaskState.PENDING, TaskState.QUEUED, TaskState.WAITING_APPROVAL):
+                self._move_task(task, TaskState.CANCELLED, now, error=error)
+            elif task.state is TaskState.RUNNING:
+                self.changes.cancels.append(
+                    (AttemptRef(self.job_id, task.id, task.attempt), task.agent_id)
+                )
+        self.update_time = now
+        self._settle(now)
+
+    def retry(self, *, now: datetime) -> None:
+        """Re-drive a FAILED or CANCELLED job: what did not succeed runs again, outputs stay."""
+        JOB_STATE_MACHINE.transition(self.state, JobState.PENDING)
+        for task in self.tasks.values():
+            if task.state is TaskState.SUCCEEDED:
+                continue
+            task.failures = task.losses = 0
+            task.error = None
+            task.next_attempt_time = None
+            task.end_time = None
+            self._move_task(task, TaskState.PENDING, now)
+        self.retry_count += 1
+        self.cancel_requested = False
+        self.dead_lettered = False
+        self.error = None
+        self.end_time = None
+        self._move_job(JobState.PENDING, now)
+        self._promote_ready(now)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _running(self, task_id: str, attempt: int) -> Task:
+        task = self.task(task_id)
+        if task.state is not TaskState.RUNNING or task.attempt != attempt:
+            raise StaleAttempt(
+                f"task {task_id!r} attempt {attempt} is not running "
+                f"(task is {task.state.value} at attempt {task.attempt})"
+            )
+        return task
+
+    def _end_attempt(
+        self, task: Task, state: AttemptState, now: datetime, error: TaskError | None = None
+    ) -> None:
+        current = task.attempts[-1]
+        current.state = ATTEMPT_STATE_MACHINE.transition(current.state, state)
+        current.end_time = now
+        current.error = error
+        task.lease_until = None
+
+    def _requeue(
+        self,
+        task: Task,
+        now: datetime,
+        *,
+        next_attempt_time: datetime | None,
+        error: TaskError,
+        lost: bool = False,
+    ) -> None:
+        task.next_attempt_time = next_attempt_time
+        self._move_task(task, TaskState.QUEUED, now, error=error)
+        self._record(
+            TaskRetryScheduled(
+                task_id=task.id,
+                failed_attempt=task.attempt,
+                next_attempt_time=next_attempt_time or now,
+                error=error,
+                lost=lost,
+            ),
+            now,
+        )
+        self.changes.queued.append(task.id)
+
+    def _fail_task(self, task: Task, error: TaskError, now: datetime) -> None:
+        task.error = error
+        self._move_task(task, TaskState.FAILED, now, error=error)
+        skipped = TaskError(
+            code="UPSTREAM_FAILED",
+            message=f"not run: task {task.id!r} failed",
+            reason=Reason.UPSTREAM_FAILED,
+        )
+        for task_id in self.graph.downstream(task.id):
+            downstream = self.tasks[task_id]
+            if downstream.state is TaskState.PENDING:
+                downstream.error = skipped
+                self._move_task(downstream, TaskState.SKIPPED, now, error=skipped)
+        self._settle(now)
+
+    def _promote_ready(self, now: datetime) -> None:
+        """Queue PENDING tasks whose dependencies all succeeded, within the parallelism bound."""
+        if self.cancel_requested or self.is_terminal:
+            return
+        budget = self.options.max_parallelism - sum(
+            1 for task in self.tasks.values() if task.state in _ACTIVE
+        )
+        for task in self.tasks.values():
+            if budget <= 0:
+                return
+            if task.state is not TaskState.PENDING or not all(
+                self.tasks[dependency].state is TaskState.SUCCEEDED
+                for dependency in task.todo.depends_on
+            ):
+                continue
+            if task.todo.requires_approval:
+                self._move_task(task, TaskState.WAITING_APPROVAL, now)
+                continue
+            self._move_task(task, TaskState.QUEUED, now)
+            self.changes.queued.append(task.id)
+            budget -= 1
+
+    def _settle(self, now: datetime) -> None:
+        """After a task ended: queue what became ready, and end the job when nothing can run."""
+        self._promote_ready(now)
+        states = [task.state for task in self.tasks.values()]
+        if any(state in _ACTIVE for state in states):
+            return
+        # Before the PENDING check: tasks behind an approval stay PENDING until it is given.
+        if TaskState.WAITING_APPROVAL in states:
+            if self.state is not JobState.WAITING_APPROVAL:
+                self._move_job(JobState.WAITING_APPROVAL, now)
+            return
+        if TaskState.PENDING in states and not self.cancel_requested:
+            return  # cannot happen with a valid graph; kept so a job is never ended early
+        if self.cancel_requested:
+            self._end_job(JobState.CANCELLED, now, error=None)
+        elif all(state is TaskState.SUCCEEDED for state in states):
+            self._end_job(JobState.SUCCEEDED, now, error=None)
+        else:
+            first_failure = next(
+                task.error for task in self.tasks.values() if task.state is TaskState.FAILED
+            )
+            self.dead_lettered = True
+            self._end_job(JobState.FAILED, now, error=first_failure)
+
+    def _end_job(self, state: JobState, now: datetime, *, error: TaskError | None) -> None:
+        self.error = error
+        self.end_time = now
+        self._move_job(state, now, error=error, terminal=True)
+
+    def _move_job(
+        self,
+        target: JobState,
+        now: datetime,
+        *,
+        error: TaskError | None = None,
+        terminal: bool = False,
+    ) -> None:
+        previous = self.state
+        self.state = JOB_STATE_MACHINE.transition(previous, target)
+        self.update_time = now
+        self._record(
+            JobStateChanged(from_state=previous, to_state=target, error=error),
+            now,
+            terminal=terminal,
+        )
+
+    def _move_task(
+        self,
+        task: Task,
+        target: TaskState,
+        now: datetime,
+        *,
+        agent_id: str = "",
+        error: TaskError | None = None,
+        outputs: Mapping[str, Any] | None = None,
+    ) -> None:
+        previous = task.state
+        task.state = TASK_STATE_MACHINE.transition(previous, target)
+        if target is TaskState.QUEUED:
+            task.queue_time = now
+        if TASK_STATE_MACHINE.is_terminal(target):
+            task.end_time = now
+        self.changes.dirty_tasks.add(task.id)
+        self.update_time = now
+        self._record(
+            TaskStateChanged(
+                task_id=task.id,
+                from_state=previous,
+                to_state=target,
+                attempt=task.attempt,
+                agent_id=agent_id,
+                error=error,
+                outputs=outputs,
+            ),
+            now,
+        )
+
+    def _record(self, payload: EventPayload, now: datetime, *, terminal: bool = False) -> None:
+        self.last_event_sequence += 1
+        self.changes.events.append(
+            JobEvent(
+                job_id=self.job_id,
+                sequence=self.last_event_sequence,
+                create_time=now,
+                payload=payload,
+                terminal=terminal,
+                tenant=self.tenant,
+            )
+        )

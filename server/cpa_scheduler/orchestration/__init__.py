@@ -1,0 +1,5 @@
+"""The application layer: job lifecycle (orchestrator) over storage, queue and event bus."""
+
+from .orchestrator import Orchestrator, ResultReport
+
+__all__ = ["Orchestrator", "ResultReport"]

@@ -1,0 +1,330 @@
+"""Orchestrator: every change to a job goes through here, as one fenced store transaction,
+followed (after commit) by its effects: ready tasks queued, events published, cancels sent.
+
+One piece of code for both modes; only the store, queue and bus behind it differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cpa_scheduler.dispatch.sessions import AssignmentMessage, CancelMessage, SessionRegistry
+from cpa_scheduler.domain import (
+    AttemptRef,
+    DomainError,
+    InvalidArgument,
+    Job,
+    JobEvent,
+    JobFilter,
+    JobOptions,
+    JobSource,
+    NotFound,
+    PagePosition,
+    Reason,
+    StaleAttempt,
+    TaskError,
+)
+from cpa_scheduler.events import EventBus
+from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
+from cpa_scheduler.queue import LocalWorkQueue
+from cpa_scheduler.settings import Settings
+from cpa_scheduler.storage import QueuedTask, Store
+
+log = logging.getLogger(__name__)
+
+# Most expired leases handled in one sweep; the next sweep takes the rest.
+SWEEP_BATCH = 500
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultReport:
+    """How an attempt ended, as its agent reports it. `handed_back`: the agent gave the attempt
+    up unfinished (shutting down, or declined it), so another agent takes it uncharged."""
+
+    outputs: dict[str, Any] | None = None
+    error: TaskError | None = None
+    cancelled: bool = False
+    handed_back: bool = False
+
+
+class Orchestrator:
+    """Job lifecycle: submit, assign, results, leases, cancel, retry."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        planner: Planner,
+        queue: LocalWorkQueue,
+        bus: EventBus,
+        sessions: SessionRegistry,
+        settings: Settings,
+        clock: Callable[[], datetime] = utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._planner = planner
+        self._queue = queue
+        self._bus = bus
+        self._sessions = sessions
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lease = timedelta(seconds=settings.lease_duration_s)
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    # -- callers' requests -------------------------------------------------------------------
+
+    def plan(self, request: PlanRequest, *, context: Mapping[str, Any], field: str = "") -> Plan:
+        """Plan a request; errors name their field under `field` (the request's path)."""
+        try:
+            return self._planner.plan(request, context=context)
+        except DomainError as error:
+            if isinstance(request, TextRequest):
+                error.field = f"{field}.text" if field else "text"
+            elif field and error.field:
+                error.field = f"{field}.{error.field}"
+            raise
+
+    async def schedule(
+        self,
+        *,
+        tenant: str,
+        request: PlanRequest,
+        source: JobSource,
+        options: JobOptions,
+        request_id: str = "",
+        request_fingerprint: str = "",
+        conversation_id: str = "",
+        field: str = "",
+    ) -> tuple[Job, bool]:
+        """Plan and submit; text that matches no intent is refused with UNKNOWN_INTENT."""
+        plan = self.plan(request, context=options.context, field=field)
+        if not plan.matched:
+            closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
+            raise InvalidArgument(
+                "no intent matches the text" + (f"; closest: {closest}" if closest else ""),
+                reason=Reason.UNKNOWN_INTENT,
+                field=f"{field}.text" if field else "text",
+            )
+        return await self.submit(
+            tenant=tenant,
+            plan=plan,
+            source=source,
+            options=options,
+            request_id=request_id,
+            request_fingerprint=request_fingerprint,
+            conversation_id=conversation_id,
+        )
+
+    async def submit(
+        self,
+        *,
+        tenant: str,
+        plan: Plan,
+        source: JobSource,
+        options: JobOptions,
+        request_id: str = "",
+        request_fingerprint: str = "",
+        conversation_id: str = "",
+    ) -> tuple[Job, bool]:
+        """Create a job for a matched plan; idempotent by request_id. Returns (job, created)."""
+        if plan.graph is None:
+            raise ValueError("an unmatched plan cannot become a job")
+        job = Job.create(
+            job_id=uuid.uuid4().hex,
+            tenant=tenant,
+            graph=plan.graph,
+            source=source,
+            options=options,
+            now=self._clock(),
+            intent=plan.intent,
+            request_id=request_id,
+            request_fingerprint=request_fingerprint,
+            conversation_id=conversation_id,
+        )
+        stored, created = await self._store.create_job(job)
+        if created:
+            self._after_commit(stored)
+        return stored, created
+
+    async def get_job(self, tenant: str, job_id: str) -> Job:
+        return await self._store.get_job(tenant, job_id)
+
+    async def list_jobs(
+        self, tenant: str, job_filter: JobFilter, *, after: PagePosition | None, limit: int
+    ) -> list[Job]:
+        return await self._store.list_jobs(tenant, job_filter, after=after, limit=limit)
+
+    async def list_events(
+        self, tenant: str, job_id: str, *, after_sequence: int, limit: int
+    ) -> list[JobEvent]:
+        return await self._store.list_events(
+            tenant, job_id, after_sequence=after_sequence, limit=limit
+        )
+
+    async def cancel(self, tenant: str, job_id: str) -> Job:
+        now = self._clock()
+        job, _ = await self._store.update_job(tenant, job_id, lambda j: j.cancel(now=now))
+        self._after_commit(job)
+        return job
+
+    async def retry(self, tenant: str, job_id: str) -> Job:
+        now = self._clock()
+        job, _ = await self._store.update_job(tenant, job_id, lambda j: j.retry(now=now))
+        self._after_commit(job)
+        return job
+
+    # -- agents' side -----------------------------------------------------------------------
+
+    async def assign(self, item: QueuedTask, agent_id: str) -> AssignmentMessage | None:
+        """Start the next attempt of a queued task on `agent_id`; None when it is stale."""
+        attempt = item.attempt + 1
+        now = self._clock()
+        task_id = item.todo.id
+        try:
+            job, _ = await self._store.update_job(
+                item.tenant,
+                item.job_id,
+                lambda j: j.assign(
+                    task_id,
+                    attempt=attempt,
+                    agent_id=agent_id,
+                    lease_until=now + self._lease,
+                    now=now,
+                ),
+            )
+        except (StaleAttempt, NotFound):
+            return None
+        self._after_commit(job)
+        todo = job.tasks[task_id].todo
+        deadlines = [job.options.deadline] if job.options.deadline else []
+        if todo.timeout_s is not None:
+            deadlines.append(now + timedelta(seconds=todo.timeout_s))
+        return AssignmentMessage(
+            tenant=item.tenant,
+            job_id=item.job_id,
+            todo=todo,
+            attempt=attempt,
+            deadline=min(deadlines) if deadlines else None,
+        )
+
+    async def report_progress(
+        self, tenant: str, ref: AttemptRef, *, percent: float | None, message: str
+    ) -> None:
+        now = self._clock()
+        job, _ = await self._store.update_job(
+            tenant,
+            ref.job_id,
+            lambda j: j.progress(
+                ref.task_id, attempt=ref.attempt, percent=percent, message=message, now=now
+            ),
+        )
+        self._after_commit(job)
+
+    async def report_result(self, tenant: str, ref: AttemptRef, report: ResultReport) -> None:
+        """Apply an attempt's result; StaleAttempt when it is not the current attempt."""
+        now = self._clock()
+
+        def apply(job: Job) -> None:
+            error = report.error
+            if report.cancelled or report.handed_back:
+                reason = error.message if error is not None else "the agent stopped the attempt"
+                job.hand_back(ref.task_id, attempt=ref.attempt, reason=reason, now=now)
+            elif error is not None:
+                job.fail(ref.task_id, attempt=ref.attempt, error=error, now=now, rng=self._rng)
+            else:
+                job.succeed(ref.task_id, attempt=ref.attempt, outputs=report.outputs or {}, now=now)
+
+        job, _ = await self._store.update_job(tenant, ref.job_id, apply)
+        self._after_commit(job)
+
+    async def decline(self, tenant: str, ref: AttemptRef, reason: str) -> None:
+        """The agent refused an assignment: give the task to someone else, uncharged."""
+        declined = ResultReport(
+            error=TaskError(code="DECLINED", message=f"declined by the agent: {reason}"),
+            handed_back=True,
+        )
+        with contextlib.suppress(StaleAttempt, NotFound):
+            await self.report_result(tenant, ref, declined)
+
+    async def renew_leases(
+        self, tenant: str, agent_id: str, attempts: Sequence[AttemptRef]
+    ) -> tuple[datetime, list[AttemptRef]]:
+        """Extend the leases of the attempts an agent runs; returns (lease_until, stale ones)."""
+        lease_until = self._clock() + self._lease
+        stale = await self._store.renew_leases(tenant, agent_id, attempts, lease_until)
+        return lease_until, stale
+
+    async def expire_leases(self) -> int:
+        """Turn attempts whose lease ended into LOST (re-queued within the redelivery bound)."""
+        now = self._clock()
+        expired = await self._store.expired_attempts(now, limit=SWEEP_BATCH)
+        for tenant, ref in expired:
+
+            def lose(job: Job, ref: AttemptRef = ref) -> None:
+                job.lose(
+                    ref.task_id,
+                    attempt=ref.attempt,
+                    max_redeliveries=self._settings.max_redeliveries,
+                    now=now,
+                )
+
+            try:
+                job, _ = await self._store.update_job(tenant, ref.job_id, lose)
+            except (StaleAttempt, NotFound):
+                continue  # it ended (or was renewed) since the query
+            log.warning("lease of %s/%s attempt %d expired", ref.job_id, ref.task_id, ref.attempt)
+            self._after_commit(job)
+        return len(expired)
+
+    async def sweep_leases_forever(self, *, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.expire_leases()
+            except Exception:  # a failing sweep must not stop the next one
+                log.exception("lease sweep failed")
+
+    async def recover(self) -> int:
+        """Queue again every task the store holds as QUEUED (start-up after a stop or crash)."""
+        queued = await self._store.queued_tasks(limit=1_000_000)
+        for item in queued:
+            self._queue.put(item)
+        return len(queued)
+
+    # -- after commit ---------------------------------------------------------------------
+
+    def _after_commit(self, job: Job) -> None:
+        changes = job.take_changes()
+        self._bus.publish(changes.events)
+        for task_id in changes.queued:
+            task = job.tasks[task_id]
+            self._queue.put(
+                QueuedTask(
+                    tenant=job.tenant,
+                    job_id=job.job_id,
+                    todo=task.todo,
+                    attempt=task.attempt,
+                    not_before=task.next_attempt_time,
+                )
+            )
+        for ref, agent_id in changes.cancels:
+            session = self._sessions.get(agent_id)
+            if session is not None:
+                session.deliver(CancelMessage(attempt=ref, reason="job cancelled"))

@@ -1,0 +1,457 @@
+"""JSON-ready dicts for domain values, shared by every store and by the event fan-out.
+
+Plain data only (str, numbers, bools, lists, dicts); times are RFC 3339 strings in UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from cpa_scheduler.domain import (
+    Attempt,
+    AttemptState,
+    EventPayload,
+    Job,
+    JobEvent,
+    JobOptions,
+    JobSource,
+    JobState,
+    JobStateChanged,
+    Reason,
+    RetryPolicy,
+    Selector,
+    SelectorStrategy,
+    SourceKind,
+    Task,
+    TaskError,
+    TaskProgress,
+    TaskRetryScheduled,
+    TaskState,
+    TaskStateChanged,
+    ToDo,
+)
+
+Data = dict[str, Any]
+
+
+def time_to_text(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def time_from_text(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _required_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def time_to_us(value: datetime | None) -> int | None:
+    """Microseconds since the epoch: a sortable integer column."""
+    if value is None:
+        return None
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def time_from_us(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def retry_policy_to_data(policy: RetryPolicy | None) -> Data | None:
+    if policy is None:
+        return None
+    return {
+        "max_attempts": policy.max_attempts,
+        "initial_backoff_s": policy.initial_backoff_s,
+        "multiplier": policy.multiplier,
+        "max_backoff_s": policy.max_backoff_s,
+        "jitter": policy.jitter,
+        "non_retryable_codes": sorted(policy.non_retryable_codes),
+    }
+
+
+def retry_policy_from_data(data: Data | None) -> RetryPolicy | None:
+    if data is None:
+        return None
+    return RetryPolicy(
+        max_attempts=data["max_attempts"],
+        initial_backoff_s=data["initial_backoff_s"],
+        multiplier=data["multiplier"],
+        max_backoff_s=data["max_backoff_s"],
+        jitter=data["jitter"],
+        non_retryable_codes=frozenset(data["non_retryable_codes"]),
+    )
+
+
+def todo_to_data(todo: ToDo) -> Data:
+    return {
+        "id": todo.id,
+        "action": todo.action,
+        "description": todo.description,
+        "selector": None
+        if todo.selector is None
+        else {"strategy": todo.selector.strategy.value, "value": todo.selector.value},
+        "text": todo.text,
+        "params": dict(todo.params),
+        "timeout_s": todo.timeout_s,
+        "depends_on": list(todo.depends_on),
+        "retry_policy": retry_policy_to_data(todo.retry_policy),
+        "required_capabilities": sorted(todo.required_capabilities),
+        "required_labels": dict(todo.required_labels),
+        "requires_approval": todo.requires_approval,
+    }
+
+
+def todo_from_data(data: Data) -> ToDo:
+    selector = data["selector"]
+    return ToDo(
+        id=data["id"],
+        action=data["action"],
+        description=data["description"],
+        selector=None
+        if selector is None
+        else Selector(strategy=SelectorStrategy(selector["strategy"]), value=selector["value"]),
+        text=data["text"],
+        params=data["params"],
+        timeout_s=data["timeout_s"],
+        depends_on=tuple(data["depends_on"]),
+        retry_policy=retry_policy_from_data(data["retry_policy"]),
+        required_capabilities=frozenset(data["required_capabilities"]),
+        required_labels=data["required_labels"],
+        requires_approval=data["requires_approval"],
+    )
+
+
+def error_to_data(error: TaskError | None) -> Data | None:
+    if error is None:
+        return None
+    return {
+        "code": error.code,
+        "message": error.message,
+        "retryable": error.retryable,
+        "reason": None if error.reason is None else error.reason.value,
+    }
+
+
+def error_from_data(data: Data | None) -> TaskError | None:
+    if data is None:
+        return None
+    reason = data["reason"]
+    return TaskError(
+        code=data["code"],
+        message=data["message"],
+        retryable=data["retryable"],
+        reason=None if reason is None else Reason(reason),
+    )
+
+
+def attempt_to_data(attempt: Attempt) -> Data:
+    return {
+        "number": attempt.number,
+        "agent_id": attempt.agent_id,
+        "state": attempt.state.value,
+        "start_time": time_to_text(attempt.start_time),
+        "end_time": time_to_text(attempt.end_time),
+        "error": error_to_data(attempt.error),
+    }
+
+
+def attempt_from_data(data: Data) -> Attempt:
+    return Attempt(
+        number=data["number"],
+        agent_id=data["agent_id"],
+        state=AttemptState(data["state"]),
+        start_time=_required_time(data["start_time"]),
+        end_time=time_from_text(data["end_time"]),
+        error=error_from_data(data["error"]),
+    )
+
+
+def source_to_data(source: JobSource) -> Data:
+    return {
+        "kind": source.kind.value,
+        "text": source.text,
+        "intent": source.intent,
+        "parameters": dict(source.parameters),
+    }
+
+
+def source_from_data(data: Data) -> JobSource:
+    return JobSource(
+        kind=SourceKind(data["kind"]),
+        text=data["text"],
+        intent=data["intent"],
+        parameters=data["parameters"],
+    )
+
+
+def options_to_data(options: JobOptions) -> Data:
+    return {
+        "max_parallelism": options.max_parallelism,
+        "context": dict(options.context),
+        "labels": dict(options.labels),
+        "deadline": time_to_text(options.deadline),
+        "default_retry_policy": retry_policy_to_data(options.default_retry_policy),
+        "callback_url": options.callback_url,
+    }
+
+
+def options_from_data(data: Data) -> JobOptions:
+    return JobOptions(
+        max_parallelism=data["max_parallelism"],
+        context=data["context"],
+        labels=data["labels"],
+        deadline=time_from_text(data["deadline"]),
+        default_retry_policy=retry_policy_from_data(data["default_retry_policy"]),
+        callback_url=data["callback_url"],
+    )
+
+
+def payload_to_data(payload: EventPayload) -> Data:
+    match payload:
+        case JobStateChanged():
+            return {
+                "type": "job_state_changed",
+                "from_state": None if payload.from_state is None else payload.from_state.value,
+                "to_state": payload.to_state.value,
+                "error": error_to_data(payload.error),
+            }
+        case TaskStateChanged():
+            return {
+                "type": "task_state_changed",
+                "task_id": payload.task_id,
+                "from_state": payload.from_state.value,
+                "to_state": payload.to_state.value,
+                "attempt": payload.attempt,
+                "agent_id": payload.agent_id,
+                "error": error_to_data(payload.error),
+                "outputs": None if payload.outputs is None else dict(payload.outputs),
+            }
+        case TaskProgress():
+            return {
+                "type": "task_progress",
+                "task_id": payload.task_id,
+                "attempt": payload.attempt,
+                "percent": payload.percent,
+                "message": payload.message,
+            }
+        case TaskRetryScheduled():
+            return {
+                "type": "task_retry_scheduled",
+                "task_id": payload.task_id,
+                "failed_attempt": payload.failed_attempt,
+                "next_attempt_time": time_to_text(payload.next_attempt_time),
+                "error": error_to_data(payload.error),
+                "lost": payload.lost,
+            }
+
+
+def payload_from_data(data: Mapping[str, Any]) -> EventPayload:
+    kind = data["type"]
+    if kind == "job_state_changed":
+        from_state = data["from_state"]
+        return JobStateChanged(
+            from_state=None if from_state is None else JobState(from_state),
+            to_state=JobState(data["to_state"]),
+            error=error_from_data(data["error"]),
+        )
+    if kind == "task_state_changed":
+        return TaskStateChanged(
+            task_id=data["task_id"],
+            from_state=TaskState(data["from_state"]),
+            to_state=TaskState(data["to_state"]),
+            attempt=data["attempt"],
+            agent_id=data["agent_id"],
+            error=error_from_data(data["error"]),
+            outputs=data["outputs"],
+        )
+    if kind == "task_progress":
+        return TaskProgress(
+            task_id=data["task_id"],
+            attempt=data["attempt"],
+            percent=data["percent"],
+            message=data["message"],
+        )
+    if kind == "task_retry_scheduled":
+        return TaskRetryScheduled(
+            task_id=data["task_id"],
+            failed_attempt=data["failed_attempt"],
+            next_attempt_time=_required_time(data["next_attempt_time"]),
+            error=error_from_data(data["error"]),
+            lost=data["lost"],
+        )
+    raise ValueError(f"unknown event type {kind!r}")
+
+
+def event_to_data(event: JobEvent) -> Data:
+    """The whole event, for the live fan-out between replicas."""
+    return {
+        "tenant": event.tenant,
+        "job_id": event.job_id,
+        "sequence": event.sequence,
+        "create_time": time_to_text(event.create_time),
+        "terminal": event.terminal,
+        "payload": payload_to_data(event.payload),
+    }
+
+
+def event_from_data(data: Mapping[str, Any]) -> JobEvent:
+    return JobEvent(
+        tenant=data["tenant"],
+        job_id=data["job_id"],
+        sequence=data["sequence"],
+        create_time=_required_time(data["create_time"]),
+        terminal=data["terminal"],
+        payload=payload_from_data(data["payload"]),
+    )
+
+
+# -- records: one dict per row, with the column names every SQL store uses --------------------
+
+JOB_COLUMNS = (
+    "tenant",
+    "job_id",
+    "request_id",
+    "request_fingerprint",
+    "intent",
+    "state",
+    "source_json",
+    "options_json",
+    "error_json",
+    "dead_lettered",
+    "cancel_requested",
+    "retry_count",
+    "conversation_id",
+    "last_event_sequence",
+    "create_time",
+    "update_time",
+    "start_time",
+    "end_time",
+)
+TASK_COLUMNS = (
+    "job_id",
+    "task_id",
+    "position",
+    "todo_json",
+    "state",
+    "attempt",
+    "attempts_json",
+    "outputs_json",
+    "error_json",
+    "failures",
+    "losses",
+    "agent_id",
+    "lease_until",
+    "next_attempt_time",
+    "queue_time",
+    "start_time",
+    "end_time",
+)
+JOB_TIME_COLUMNS = ("create_time", "update_time", "start_time", "end_time")
+TASK_TIME_COLUMNS = ("lease_until", "next_attempt_time", "queue_time", "start_time", "end_time")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_to_record(job: Job) -> Data:
+    """The jobs row (without tasks); times stay datetimes, structures become JSON text."""
+    return {
+        "tenant": job.tenant,
+        "job_id": job.job_id,
+        "request_id": job.request_id,
+        "request_fingerprint": job.request_fingerprint,
+        "intent": job.intent,
+        "state": job.state.value,
+        "source_json": _dumps(source_to_data(job.source)),
+        "options_json": _dumps(options_to_data(job.options)),
+        "error_json": _dumps(error_to_data(job.error)),
+        "dead_lettered": job.dead_lettered,
+        "cancel_requested": job.cancel_requested,
+        "retry_count": job.retry_count,
+        "conversation_id": job.conversation_id,
+        "last_event_sequence": job.last_event_sequence,
+        "create_time": job.create_time,
+        "update_time": job.update_time,
+        "start_time": job.start_time,
+        "end_time": job.end_time,
+    }
+
+
+def task_to_record(job_id: str, position: int, task: Task) -> Data:
+    return {
+        "job_id": job_id,
+        "task_id": task.id,
+        "position": position,
+        "todo_json": _dumps(todo_to_data(task.todo)),
+        "state": task.state.value,
+        "attempt": task.attempt,
+        "attempts_json": _dumps([attempt_to_data(a) for a in task.attempts]),
+        "outputs_json": _dumps(task.outputs),
+        "error_json": _dumps(error_to_data(task.error)),
+        "failures": task.failures,
+        "losses": task.losses,
+        "agent_id": task.agent_id,
+        "lease_until": task.lease_until,
+        "next_attempt_time": task.next_attempt_time,
+        "queue_time": task.queue_time,
+        "start_time": task.start_time,
+        "end_time": task.end_time,
+    }
+
+
+def task_from_record(record: Mapping[str, Any]) -> Task:
+    return Task(
+        todo=todo_from_data(json.loads(record["todo_json"])),
+        state=TaskState(record["state"]),
+        attempt=record["attempt"],
+        attempts=[attempt_from_data(a) for a in json.loads(record["attempts_json"])],
+        outputs=json.loads(record["outputs_json"]),
+        error=error_from_data(json.loads(record["error_json"])),
+        failures=record["failures"],
+        losses=record["losses"],
+        agent_id=record["agent_id"],
+        lease_until=record["lease_until"],
+        next_attempt_time=record["next_attempt_time"],
+        queue_time=record["queue_time"],
+        start_time=record["start_time"],
+        end_time=record["end_time"],
+    )
+
+
+def job_from_records(record: Mapping[str, Any], tasks: Iterable[Task]) -> Job:
+    return Job(
+        job_id=record["job_id"],
+        tenant=record["tenant"],
+        source=source_from_data(json.loads(record["source_json"])),
+        options=options_from_data(json.loads(record["options_json"])),
+        tasks={task.id: task for task in tasks},
+        state=JobState(record["state"]),
+        intent=record["intent"],
+        request_id=record["request_id"],
+        request_fingerprint=record["request_fingerprint"],
+        conversation_id=record["conversation_id"],
+        error=error_from_data(json.loads(record["error_json"])),
+        dead_lettered=bool(record["dead_lettered"]),
+        cancel_requested=bool(record["cancel_requested"]),
+        retry_count=record["retry_count"],
+        last_event_sequence=record["last_event_sequence"],
+        create_time=record["create_time"],
+        update_time=record["update_time"],
+        start_time=record["start_time"],
+        end_time=record["end_time"],
+    )
+
+
+def event_payload_json(event: JobEvent) -> str:
+    return _dumps(payload_to_data(event.payload))

@@ -1,0 +1,107 @@
+"""The storage interface: what the application needs from a store, whatever the backend.
+
+Every method is scoped by tenant where a caller could name a resource. Implementations:
+sqlite_store (embedded default); PostgreSQL follows the same contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+from cpa_scheduler.domain import AttemptRef, Job, JobEvent, JobFilter, PagePosition, ToDo
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedTask:
+    """A QUEUED task as the dispatcher needs it: where it is, what it needs, when it may run."""
+
+    tenant: str
+    job_id: str
+    todo: ToDo
+    attempt: int
+    """The number of the attempt that ran last (0 before the first); the next one is +1."""
+    not_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMessage:
+    """A LAM message kept in its conversation (both directions)."""
+
+    tenant: str
+    conversation_id: str
+    message_id: str
+    performative: str
+    sender: str
+    inbound: bool
+    job_id: str
+    body_json: str
+    create_time: datetime
+
+
+class Store(Protocol):
+    """Durable state of jobs, tasks, attempts, events and LAM messages."""
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Insert `job` with its tasks and pending events. With a request_id already used by
+        the tenant: the existing job and False when the fingerprint matches, else
+        InvalidArgument(REQUEST_ID_REUSED)."""
+        ...
+
+    async def update_job(
+        self, tenant: str, job_id: str, mutate: Callable[[Job], T]
+    ) -> tuple[Job, T]:
+        """Load the job, apply `mutate` and save what it changed, in one transaction; a
+        DomainError from `mutate` rolls back only this update. NotFound(JOB_NOT_FOUND)."""
+        ...
+
+    async def get_job(self, tenant: str, job_id: str) -> Job:
+        """The job with its tasks, or NotFound(JOB_NOT_FOUND)."""
+        ...
+
+    async def list_jobs(
+        self, tenant: str, job_filter: JobFilter, *, after: PagePosition | None, limit: int
+    ) -> list[Job]:
+        """Jobs matching the filter, newest first, starting after `after`."""
+        ...
+
+    async def list_events(
+        self, tenant: str, job_id: str, *, after_sequence: int, limit: int
+    ) -> list[JobEvent]:
+        """Stored events of a job with sequence > after_sequence, in order."""
+        ...
+
+    async def queued_tasks(self, *, limit: int) -> list[QueuedTask]:
+        """Tasks QUEUED in any job (start-up recovery and reconciliation), oldest first."""
+        ...
+
+    async def expired_attempts(self, now: datetime, *, limit: int) -> list[tuple[str, AttemptRef]]:
+        """(tenant, attempt) of RUNNING tasks whose lease ended before `now`."""
+        ...
+
+    async def renew_leases(
+        self,
+        tenant: str,
+        agent_id: str,
+        attempts: Sequence[AttemptRef],
+        lease_until: datetime,
+    ) -> list[AttemptRef]:
+        """Extend the leases of attempts that are still current (RUNNING at that attempt) and
+        bind them to `agent_id`; returns the attempts that are not current (stale)."""
+        ...
+
+    async def save_message(self, message: StoredMessage) -> None:
+        """Keep a LAM message; saving the same (tenant, message_id, inbound) twice is a no-op."""
+        ...
+
+    async def conversation_job(self, tenant: str, conversation_id: str) -> str | None:
+        """The job a conversation's request created, if any."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and release the connection."""
+        ...

@@ -1,0 +1,1 @@
+"""Tests of the executor agent (cpa_agent) against a scripted scheduler on loopback."""
