@@ -1,4 +1,9 @@
-"""Argument parsing for `cpa`: each subcommand lives in its own module and registers itself here."""
+"""Argument parsing for `cpa`: each subcommand lives in its own module and registers itself here.
+
+Errors end here too, each as one `cpa: ...` line on stderr and exit code 2: the domain's own
+(`cpa plan`), the scheduler's (CpaError: code, reason, message, one line per bad field), an
+unreachable scheduler (with a hint naming the address), and the CLI's (bad options or files).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,25 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import grpc
+from pydantic import ValidationError
+
+from cpa_client import CpaError
 from cpa_scheduler.domain import DomainError
 
-from . import plan_command
+from . import (
+    agent_command,
+    demo_command,
+    jobs_command,
+    plan_command,
+    serve_command,
+    submit_command,
+)
+from .common import SERVER_ENV, CliError
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plan_command.register(commands)
+    serve_command.register(commands)
+    agent_command.register(commands)
+    submit_command.register(commands)
+    jobs_command.register(commands)
+    demo_command.register(commands)
     return parser
 
 
@@ -31,6 +54,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = arguments.run(arguments)
     except DomainError as error:
         where = f" (field {error.field})" if error.field else ""
-        print(f"cpa: {error.reason.value}: {error.message}{where}", file=sys.stderr)
+        _error(f"cpa: {error.reason.value}: {error.message}{where}")
         return EXIT_USAGE
+    except CpaError as error:
+        _error(*render_cpa_error(error, server=getattr(arguments, "server", None)))
+        return EXIT_USAGE
+    except CliError as error:
+        _error(f"cpa: {error}")
+        return EXIT_USAGE
+    except ValidationError as error:
+        _error(f"cpa: invalid configuration: {_validation_text(error)}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     return code
+
+
+def render_cpa_error(error: CpaError, *, server: str | None) -> list[str]:
+    """`cpa: NOT_FOUND: JOB_NOT_FOUND: job 'x' not found`, then one line per bad field."""
+    if error.code == grpc.StatusCode.UNAVAILABLE and server is not None:
+        return [
+            f"cpa: UNAVAILABLE: cannot reach the scheduler at {server} ({error.message})",
+            f"  is `cpa serve` running there? Point --server or ${SERVER_ENV} at it.",
+        ]
+    head = f"cpa: {error.code.name}: " + (f"{error.reason}: " if error.reason else "")
+    lines = [head + error.message]
+    lines += [f"  field {v.field}: {v.description}" for v in error.field_violations]
+    return lines
+
+
+def _validation_text(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+        for item in error.errors()
+    )
+
+
+def _error(*lines: str) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)

@@ -102,9 +102,9 @@ class _Session:
             logger.debug("stream writer stopped: %s", error)
 
 
-def _reason_name(reason: int) -> str:
+def _reason_name(reason: error_pb2.ErrorReason.ValueType) -> str:
     try:
-        return error_pb2.ErrorReason.Name(reason)  # type: ignore[arg-type]
+        return error_pb2.ErrorReason.Name(reason)
     except ValueError:
         return str(reason)
 
@@ -240,6 +240,9 @@ class Connection:
                 )
             except SessionLostError as error:
                 logger.warning("stream to %s lost: %s", self._settings.server, error)
+            except Exception:
+                # A bug must not end the agent while attempts run: log it and start afresh.
+                logger.exception("session with %s failed unexpectedly", self._settings.server)
             finally:
                 if self._session is session:
                     self._session = None

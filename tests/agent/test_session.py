@@ -235,3 +235,37 @@ async def test_assignment_beyond_the_slots_is_declined(connect_agent: ConnectAge
 
     ack = (await session.expect("assignment_ack", ignore=("heartbeat", "progress"))).assignment_ack
     assert (ack.job_id, ack.accepted, ack.reason) == ("job-2", False, "NO_FREE_SLOT")
+
+
+async def test_a_call_for_proposals_is_answered_with_an_offer(connect_agent: ConnectAgent) -> None:
+    _, session = await connect_agent(capabilities=["browser:chromium"])
+    await session.expect("credit")
+    needs_excel = todo("echo")
+    needs_excel.required_capabilities.append("app:excel")
+
+    for cfp_id, message in (("cfp-1", todo("echo")), ("cfp-2", needs_excel)):
+        session.send(
+            pb.ConnectResponse(
+                call_for_proposals=pb.CallForProposals(cfp_id=cfp_id, job_id="job-1", todo=message)
+            )
+        )
+
+    first = (await session.expect("offer")).offer
+    second = (await session.expect("offer")).offer
+    assert (first.cfp_id, first.available, first.cost) == ("cfp-1", True, 0.0)
+    assert (second.cfp_id, second.available) == ("cfp-2", False)
+
+
+async def test_a_repeated_assignment_is_confirmed_but_runs_once(
+    connect_agent: ConnectAgent,
+) -> None:
+    running, session = await connect_agent()
+    await session.expect("credit")
+    session.assign("job-1", todo("wait", params={"seconds": 30}))
+    await session.expect("assignment_ack")
+
+    session.assign("job-1", todo("wait", params={"seconds": 30}))
+
+    ack = (await session.expect("assignment_ack", ignore=("heartbeat", "progress"))).assignment_ack
+    assert (ack.job_id, ack.accepted) == ("job-1", True)
+    assert len(running.agent.running_attempts) == 1

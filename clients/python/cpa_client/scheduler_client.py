@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2
 
 from cpa.lam.v1 import lam_message_pb2
 from cpa.scheduler.v1 import (
+    agent_pb2,
     job_event_pb2,
     job_pb2,
     scheduler_service_pb2,
@@ -161,3 +162,21 @@ class SchedulerClient:
         return await _unary(
             self._stub.PreviewPlan(request, metadata=self._metadata, timeout=self._timeout_s)
         )
+
+    async def list_agents(
+        self, *, filter: str = "", page_size: int = 0
+    ) -> AsyncIterator[agent_pb2.Agent]:
+        """Every connected agent matching `filter` (AIP-160), following page tokens."""
+        page_token = ""
+        while True:
+            request = scheduler_service_pb2.ListAgentsRequest(
+                filter=filter, page_size=page_size, page_token=page_token
+            )
+            response = await _unary(
+                self._stub.ListAgents(request, metadata=self._metadata, timeout=self._timeout_s)
+            )
+            for agent in response.agents:
+                yield agent
+            if not response.next_page_token:
+                return
+            page_token = response.next_page_token

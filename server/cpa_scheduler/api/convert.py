@@ -20,11 +20,11 @@ from cpa_scheduler.dispatch import (
     AgentSession,
     AssignmentMessage,
     CancelMessage,
-    SessionState,
 )
 from cpa_scheduler.domain import (
     BUILTIN_ACTIONS,
     DEFAULT_RETRY_POLICY,
+    AgentState,
     Attempt,
     AttemptRef,
     AttemptState,
@@ -614,8 +614,8 @@ def result_from_proto(result: executor_service_pb2.Result) -> tuple[AttemptRef, 
 
 
 _AGENT_STATES = {
-    SessionState.CONNECTED: agent_pb2.AGENT_STATE_CONNECTED,
-    SessionState.DRAINING: agent_pb2.AGENT_STATE_DRAINING,
+    AgentState.CONNECTED: agent_pb2.AGENT_STATE_CONNECTED,
+    AgentState.DRAINING: agent_pb2.AGENT_STATE_DRAINING,
 }
 
 

@@ -19,9 +19,10 @@ from google.protobuf import duration_pb2
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
-from cpa_scheduler.dispatch import AgentSession, Outbound, SessionRegistry, SessionState
+from cpa_scheduler.dispatch import AgentSession, Outbound, SessionRegistry
 from cpa_scheduler.dispatch.dispatcher import Dispatcher
 from cpa_scheduler.domain import (
+    AgentState,
     AttemptRef,
     DomainError,
     InvalidArgument,
@@ -141,7 +142,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                 elif kind == "heartbeat":
                     await self._heartbeat(request.heartbeat, session, outgoing)
                 elif kind == "drain":
-                    session.state = SessionState.DRAINING
+                    session.state = AgentState.DRAINING
                     log.info("agent %s is draining", session.agent_id)
                 elif kind in ("result", "progress", "assignment_ack"):
                     task = asyncio.create_task(self._report(request, session, outgoing))

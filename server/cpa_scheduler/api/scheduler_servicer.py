@@ -13,7 +13,15 @@ from google.protobuf.message import Message
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa.scheduler.v1 import scheduler_service_pb2_grpc
 from cpa_scheduler.dispatch import Requirement, SessionRegistry
-from cpa_scheduler.domain import InvalidArgument, Job, JobEvent, PagePosition, Reason, Task
+from cpa_scheduler.domain import (
+    DomainError,
+    InvalidArgument,
+    Job,
+    JobEvent,
+    PagePosition,
+    Reason,
+    Task,
+)
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.settings import Settings
@@ -22,8 +30,13 @@ from . import convert
 from .call_context import tenant_of
 from .errors import translate_errors
 from .lam import LamHandler
-from .list_filter import parse_agent_filter, parse_job_filter
-from .page_token import decode_page_token, encode_page_token, page_size
+from .list_filter import (
+    format_agent_filter,
+    format_job_filter,
+    parse_agent_filter,
+    parse_job_filter,
+)
+from .page_token import decode_page_token, encode_page_token, fingerprint_query, page_size
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -37,6 +50,13 @@ def _required(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required", reason=Reason.MISSING_FIELD, field=field)
     return value
+
+
+def _spec_field(field: str) -> str:
+    """A planner field path as a path in JobSpec (`todos[1].id` -> `spec.todos.todos[1].id`)."""
+    if field.startswith("todos"):
+        return "spec.todos." + field
+    return f"spec.{field}" if field else "spec"
 
 
 def fingerprint(message: Message) -> str:
@@ -94,15 +114,19 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         plan_request, source, options = convert.spec_from_proto(
             request.spec, default_max_parallelism=self._settings.default_max_parallelism
         )
-        job, created = await self._orchestrator.schedule(
-            tenant=self._tenant(context),
-            request=plan_request,
-            source=source,
-            options=options,
-            request_id=request.request_id,
-            request_fingerprint=fingerprint(request.spec),
-            field="spec",
-        )
+        try:
+            job, created = await self._orchestrator.schedule(
+                tenant=self._tenant(context),
+                request=plan_request,
+                source=source,
+                options=options,
+                request_id=request.request_id,
+                request_fingerprint=fingerprint(request.spec),
+            )
+        except DomainError as error:
+            if error.reason is not Reason.REQUEST_ID_REUSED:
+                error.field = _spec_field(error.field)
+            raise
         return pb.ScheduleJobResponse(job=self._job(job), created=created)
 
     @translate_errors
@@ -115,7 +139,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         job_filter = parse_job_filter(request.filter)
         limit = page_size(request.page_size, default=_LIST_JOBS_DEFAULT, maximum=_LIST_JOBS_MAX)
-        query = request.filter.strip()
+        query = fingerprint_query("jobs", format_job_filter(job_filter))
         after = (
             decode_page_token(request.page_token, query_fingerprint=query)
             if request.page_token
@@ -222,7 +246,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         plan_request, _, options = convert.spec_from_proto(
             request.spec, default_max_parallelism=self._settings.default_max_parallelism
         )
-        plan = self._orchestrator.plan(plan_request, context=options.context, field="spec")
+        try:
+            plan = self._orchestrator.plan(plan_request, context=options.context)
+        except DomainError as error:
+            error.field = _spec_field(error.field)
+            raise
         return convert.plan_to_preview_proto(plan)
 
     @translate_errors
@@ -244,7 +272,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             key=lambda s: s.agent_id,
         )
         start = 0
-        query = request.filter.strip()
+        query = fingerprint_query("agents", format_agent_filter(agent_filter))
         if request.page_token:
             position = decode_page_token(request.page_token, query_fingerprint=query)
             start = next(

@@ -7,7 +7,6 @@ from .sessions import (
     CancelMessage,
     Outbound,
     SessionRegistry,
-    SessionState,
 )
 
 __all__ = [
@@ -20,5 +19,4 @@ __all__ = [
     "CancelMessage",
     "Outbound",
     "SessionRegistry",
-    "SessionState",
 ]

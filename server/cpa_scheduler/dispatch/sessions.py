@@ -6,18 +6,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
-from cpa_scheduler.domain import AttemptRef, ToDo
+from cpa_scheduler.domain import AgentState, AttemptRef, ToDo
 
 from .matching import AgentProfile, Requirement
-
-
-class SessionState(StrEnum):
-    """Whether the agent takes work."""
-
-    CONNECTED = "CONNECTED"
-    DRAINING = "DRAINING"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +48,7 @@ class AgentSession:
     deliver: Callable[[Outbound], None]
     close: Callable[[], None]
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    state: SessionState = SessionState.CONNECTED
+    state: AgentState = AgentState.CONNECTED
     credits: int = 0
     running: set[AttemptRef] = field(default_factory=set)
 
@@ -66,7 +58,7 @@ class AgentSession:
 
     @property
     def takes_work(self) -> bool:
-        return self.state is SessionState.CONNECTED and self.credits > 0
+        return self.state is AgentState.CONNECTED and self.credits > 0
 
 
 class SessionRegistry:
@@ -114,6 +106,6 @@ class SessionRegistry:
                 )
                 return f"no connected agent offers {needs}"
             return f"no connected agent offers action {requirement.action!r}"
-        if all(s.state is SessionState.DRAINING for s in capable):
+        if all(s.state is AgentState.DRAINING for s in capable):
             return f"all {len(capable)} capable agents are draining"
         return f"all {len(capable)} capable agents are busy"

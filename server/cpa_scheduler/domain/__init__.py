@@ -5,6 +5,7 @@ Pure Python (no gRPC, SQL, Redis or network); import from here rather than from 
 
 from __future__ import annotations
 
+from .agent_query import AgentFilter, AgentState
 from .errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
 from .events import (
     EventPayload,
@@ -90,6 +91,9 @@ __all__ = [
     "TaskProgress",
     "TaskRetryScheduled",
     "TaskStateChanged",
+    # agent queries
+    "AgentFilter",
+    "AgentState",
     # job queries
     "JobFilter",
     "PagePosition",

@@ -111,16 +111,15 @@ class Orchestrator:
         request_id: str = "",
         request_fingerprint: str = "",
         conversation_id: str = "",
-        field: str = "",
     ) -> tuple[Job, bool]:
         """Plan and submit; text that matches no intent is refused with UNKNOWN_INTENT."""
-        plan = self.plan(request, context=options.context, field=field)
+        plan = self.plan(request, context=options.context)
         if not plan.matched:
             closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
             raise InvalidArgument(
                 "no intent matches the text" + (f"; closest: {closest}" if closest else ""),
                 reason=Reason.UNKNOWN_INTENT,
-                field=f"{field}.text" if field else "text",
+                field="text",
             )
         return await self.submit(
             tenant=tenant,

@@ -1,0 +1,79 @@
+"""`cpa agent`: run an executor agent with the built-in actions; SIGTERM/SIGINT drain it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from cpa_agent import Agent, AgentSettings, builtin_registry
+
+from .common import add_pair_option, emit, pairs
+from .serve_command import AGENT_CONNECTED_LINE
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "agent",
+        help="run an executor agent connected to a scheduler",
+        description="Connect to the scheduler and run the ToDos it assigns with the built-in "
+        "actions (noop, echo, wait, fail), reconnecting when the connection drops. SIGTERM or "
+        "SIGINT drains the agent: it takes no new work, finishes what runs, then exits 0. "
+        "Prints 'cpa agent ID connected to HOST:PORT' once the scheduler welcomed it. Other "
+        "settings come from CPA_AGENT_* environment variables.",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="scheduler address (default: $CPA_AGENT_SERVER or 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--agent-id", metavar="ID", help="identifier, stable across restarts (default: host-pid)"
+    )
+    parser.add_argument("--slots", type=int, metavar="N", help="attempts run at once (default 4)")
+    add_pair_option(parser, "--label", "a label matched against ToDo required_labels")
+    parser.add_argument(
+        "--capability",
+        action="append",
+        default=[],
+        metavar="C",
+        help="a capability matched against ToDo required_capabilities (repeatable)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if arguments.server is not None:
+        overrides["server"] = arguments.server
+    if arguments.agent_id is not None:
+        overrides["agent_id"] = arguments.agent_id
+    if arguments.slots is not None:
+        overrides["slots"] = arguments.slots
+    if arguments.label:
+        overrides["labels"] = pairs(arguments.label, "--label")
+    if arguments.capability:
+        overrides["capabilities"] = arguments.capability
+    settings = AgentSettings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(_run(Agent(settings=settings, registry=builtin_registry())))
+    return 0
+
+
+async def _run(agent: Agent) -> None:
+    running = asyncio.create_task(agent.async_run(handle_signals=True))
+    connected = asyncio.create_task(agent.connected.wait())
+    await asyncio.wait({running, connected}, return_when=asyncio.FIRST_COMPLETED)
+    if connected.done():
+        emit(
+            AGENT_CONNECTED_LINE.format(
+                agent_id=agent.settings.agent_id, address=agent.settings.server
+            )
+        )
+    else:
+        connected.cancel()
+    await running

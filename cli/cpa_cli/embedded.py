@@ -1,0 +1,81 @@
+"""A scheduler and, optionally, an executor agent in this process: `cpa serve` and `cpa demo`.
+
+Start order: the server binds, then the agent dials it. Stop order is the reverse: the agent drains
+(finishes what it runs, gets its results acknowledged), then the server stops gracefully (health
+NOT_SERVING, in-flight calls finish within the grace period, the store closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from cpa_agent import Agent, AgentSettings, builtin_registry
+from cpa_scheduler.server import SchedulerServer
+from cpa_scheduler.settings import Settings
+
+from .common import CliError, dialable_host, split_host_port
+
+log = logging.getLogger(__name__)
+
+# An agent whose drain hangs past its own timeout is cancelled after this much more.
+_DRAIN_MARGIN_S = 2.0
+
+
+class LocalStack:
+    """One SchedulerServer plus an optional in-process Agent connected to it over loopback."""
+
+    def __init__(self, settings: Settings, *, agent: dict[str, Any] | None = None) -> None:
+        """`agent` holds AgentSettings keyword arguments; None runs no agent."""
+        self.settings = settings
+        self.server = SchedulerServer(settings)
+        self._agent_overrides = agent
+        self.agent: Agent | None = None
+        self.agent_task: asyncio.Task[None] | None = None
+        self.address = ""
+
+    async def start(self, listen: str | None = None) -> str:
+        """Serves on `listen` (default: settings.listen_address); returns the dialable HOST:PORT."""
+        listen = listen or self.settings.listen_address
+        host, _ = split_host_port(listen)
+        try:
+            port = await self.server.start(listen)
+        except RuntimeError as error:
+            await self.server.stop(0)
+            raise CliError(f"cannot listen on {listen}: {error}") from None
+        self.address = f"{dialable_host(host)}:{port}"
+        if self._agent_overrides is not None:
+            settings = AgentSettings(**{**self._agent_overrides, "server": self.address})
+            self.agent = Agent(settings=settings, registry=builtin_registry())
+            self.agent_task = asyncio.create_task(self.agent.async_run(), name="local-agent")
+        return self.address
+
+    async def agent_connected(self) -> None:
+        """Returns once the local agent is welcomed; raises if its run ended before that."""
+        assert self.agent is not None and self.agent_task is not None, "no local agent"
+        connected = asyncio.create_task(self.agent.connected.wait())
+        try:
+            await asyncio.wait({connected, self.agent_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+        if not self.agent.connected.is_set():
+            self.agent_task.result()  # raises the agent's error, if it had one
+            raise RuntimeError("the local agent stopped before it connected")
+
+    async def stop(self, grace_s: float) -> None:
+        """Drains the agent, then stops the server; safe to call after a failed start."""
+        if self.agent is not None and self.agent_task is not None:
+            self.agent.request_drain("the local scheduler is stopping")
+            timeout_s = self.agent.settings.drain_timeout_s + _DRAIN_MARGIN_S
+            try:
+                await asyncio.wait_for(asyncio.shield(self.agent_task), timeout_s)
+            except TimeoutError:
+                log.warning("local agent did not drain within %.1fs; cancelling it", timeout_s)
+                self.agent_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.agent_task
+            except Exception:
+                log.exception("local agent failed")
+        await self.server.stop(grace_s)

@@ -1,0 +1,87 @@
+"""`cpa submit`: create a job from text, an intent or a ToDo file, and optionally watch it run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from cpa.scheduler.v1 import job_pb2
+from cpa_client import SchedulerClient
+
+from .common import CliError, add_json_option, add_pair_option, add_server_option, emit, pairs, warn
+from .jobs_command import client_command, exit_code_of, follow
+from .output import render_outcome, to_json
+from .todos_file import load_todos
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "submit",
+        help="submit a job (text, intent or ToDo file)",
+        description="Submit a job to the scheduler and print its id. The work is free TEXT "
+        "(routed through the intent catalog), --intent NAME with --param KEY=VALUE, or "
+        "--todos FILE.yaml: a YAML list of ToDos (id, action, description, params, depends_on, "
+        "timeout_s, selector, text, required_capabilities, required_labels, retry_policy). "
+        "With --watch, follow the job until it ends: exit 0 if it SUCCEEDED, 1 otherwise.",
+    )
+    parser.add_argument("text", nargs="?", metavar="TEXT", help="the request in plain words")
+    parser.add_argument("--intent", metavar="NAME", help="name an intent instead of giving text")
+    add_pair_option(parser, "--param", "an intent parameter (with --intent)")
+    parser.add_argument("--todos", metavar="FILE.yaml", help="submit these ToDos as the plan")
+    add_pair_option(parser, "--context", "a request context value for the intent's templates")
+    add_pair_option(parser, "--label", "a job label, e.g. team=ops")
+    parser.add_argument(
+        "--request-id",
+        default="",
+        metavar="ID",
+        help="idempotency key: submitting again with the same id returns the same job",
+    )
+    parser.add_argument(
+        "--watch", action="store_true", help="stream the job's progress until it ends"
+    )
+    add_json_option(
+        parser, "the ScheduleJobResponse (with --watch: it and every event, one per line)"
+    )
+    add_server_option(parser)
+    parser.set_defaults(run=client_command(_submit))
+
+
+def build_spec(arguments: argparse.Namespace) -> job_pb2.JobSpec:
+    """The JobSpec the options describe; CliError when they contradict each other."""
+    sources = [s for s in (arguments.text, arguments.intent, arguments.todos) if s is not None]
+    if len(sources) != 1:
+        raise CliError("submit: give exactly one of TEXT, --intent NAME or --todos FILE")
+    if arguments.param and arguments.intent is None:
+        raise CliError("submit: --param goes with --intent")
+    spec = job_pb2.JobSpec(labels=pairs(arguments.label, "--label"))
+    if arguments.context:
+        spec.context.update(pairs(arguments.context, "--context"))
+    if arguments.text is not None:
+        spec.text = arguments.text
+    elif arguments.intent is not None:
+        parameters = struct_pb2.Struct()
+        parameters.update(pairs(arguments.param, "--param"))
+        spec.intent.CopyFrom(job_pb2.IntentInvocation(name=arguments.intent, parameters=parameters))
+    else:
+        spec.todos.todos.extend(load_todos(arguments.todos))
+    return spec
+
+
+async def _submit(client: SchedulerClient, arguments: argparse.Namespace) -> int:
+    spec = build_spec(arguments)
+    response = await client.schedule_job(spec, request_id=arguments.request_id)
+    job = response.job
+    if arguments.json:
+        emit(to_json(response, compact=arguments.watch))
+    else:
+        emit(job.job_id)
+        if not response.created:
+            warn(f"cpa submit: request id {arguments.request_id!r} was used before: same job")
+    if not arguments.watch:
+        return 0
+    job = await follow(client, job, as_json=arguments.json)
+    if not arguments.json:
+        emit(render_outcome(job))
+    return exit_code_of(job)

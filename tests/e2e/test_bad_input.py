@@ -1,0 +1,178 @@
+"""Bad input gets the right status, reason and field; the server keeps serving afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
+from cpa_client import CpaError, SchedulerClient
+
+from .conftest import Agents, finished, todo, todos_spec
+
+Call = Callable[[SchedulerClient], Awaitable[Any]]
+
+
+def _schedule(spec: job_pb2.JobSpec, request_id: str = "") -> Call:
+    return lambda client: client.schedule_job(spec, request_id=request_id)
+
+
+CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
+    (
+        "empty job",
+        _schedule(job_pb2.JobSpec(todos=job_pb2.TodoList())),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "EMPTY_GRAPH",
+        "spec.todos.todos",
+    ),
+    (
+        "no work at all",
+        _schedule(job_pb2.JobSpec()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MISSING_FIELD",
+        "spec.source",
+    ),
+    (
+        "unknown action",
+        _schedule(todos_spec(todo("a", "Not An Action"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_ACTION",
+        "spec.todos.todos[0].action",
+    ),
+    (
+        "cyclic graph",
+        _schedule(
+            todos_spec(todo("a", "noop", depends_on=["b"]), todo("b", "noop", depends_on=["a"]))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "GRAPH_CYCLE",
+        "spec.todos.todos[1].depends_on[0]",
+    ),
+    (
+        "unknown dependency",
+        _schedule(todos_spec(todo("a", "noop", depends_on=["ghost"]))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_DEPENDENCY",
+        "spec.todos.todos[0].depends_on[0]",
+    ),
+    (
+        "duplicate task id",
+        _schedule(todos_spec(todo("a", "noop"), todo("a", "echo"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DUPLICATE_TASK_ID",
+        "spec.todos.todos[1].id",
+    ),
+    (
+        "oversized payload",
+        _schedule(todos_spec(todo("a", "echo", params={"blob": "x" * 300_000}))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PAYLOAD_TOO_LARGE",
+        "",
+    ),
+    (
+        "text no intent matches",
+        _schedule(job_pb2.JobSpec(text="water the plants")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_INTENT",
+        "spec.text",
+    ),
+    (
+        "unknown intent name",
+        _schedule(job_pb2.JobSpec(intent=job_pb2.IntentInvocation(name="send_mial"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_INTENT",
+        "spec.intent.name",
+    ),
+    (
+        "unknown job id",
+        lambda client: client.get_job("no-such-job"),
+        grpc.StatusCode.NOT_FOUND,
+        "JOB_NOT_FOUND",
+        "job_id",
+    ),
+    (
+        "missing job id",
+        lambda client: client.get_job(""),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MISSING_FIELD",
+        "job_id",
+    ),
+    (
+        "cancel unknown job",
+        lambda client: client.cancel_job("no-such-job"),
+        grpc.StatusCode.NOT_FOUND,
+        "JOB_NOT_FOUND",
+        "job_id",
+    ),
+    (
+        "bad list filter",
+        lambda client: anext(client.list_jobs(filter="stat = FAILED")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FILTER",
+        "filter",
+    ),
+    (
+        "bad page token",
+        lambda client: client._stub.ListJobs(
+            scheduler_service_pb2.ListJobsRequest(page_token="garbage")
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+        "page_token",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "reason", "field"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+async def test_bad_input_is_refused_with_code_reason_and_field(
+    client: SchedulerClient, call: Call, code: grpc.StatusCode, reason: str, field: str
+) -> None:
+    with pytest.raises((CpaError, grpc.aio.AioRpcError)) as caught:
+        await call(client)
+    error = caught.value
+    if isinstance(error, grpc.aio.AioRpcError):
+        error = CpaError.from_rpc_error(error)
+    assert isinstance(error, CpaError)
+    assert (error.code, error.reason) == (code, reason), error.message
+    assert error.metadata.get("field", "") == field
+    if field and code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert [v.field for v in error.field_violations] == [field]
+    # The server keeps serving: a normal call right after works.
+    preview = await client.preview_plan(todos_spec(todo("ok", "noop")))
+    assert [t.id for t in preview.todos] == ["ok"]
+
+
+async def test_illegal_transitions_are_failed_precondition(
+    client: SchedulerClient, agents: Agents
+) -> None:
+    await agents.start("agent-1")
+    job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
+    done = await finished(client, job_id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    for action in (client.cancel_job, client.retry_job):
+        with pytest.raises(CpaError) as caught:
+            await action(job_id)
+        assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.reason == "ILLEGAL_TRANSITION"
+        assert "job cannot go from SUCCEEDED" in caught.value.message
+
+
+async def test_reused_request_id_returns_the_same_job_or_refuses_a_different_request(
+    client: SchedulerClient,
+) -> None:
+    spec = todos_spec(todo("a", "noop"))
+    first = await client.schedule_job(spec, request_id="req-1")
+    again = await client.schedule_job(spec, request_id="req-1")
+    assert (first.created, again.created) == (True, False)
+    assert again.job.job_id == first.job.job_id
+    with pytest.raises(CpaError) as caught:
+        await client.schedule_job(todos_spec(todo("b", "noop")), request_id="req-1")
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert caught.value.reason == "REQUEST_ID_REUSED"
