@@ -84,12 +84,8 @@ def demo_todos() -> list[todo_pb2.ToDo]:
             "Open the supplier portal",
             url="https://portal.example.com",
         ),
-        _todo(
-            "fetch_invoice", "wait", "Download invoice 42", ("open_portal",), seconds=0.3
-        ),
-        _todo(
-            "fetch_contract", "wait", "Download contract 7", ("open_portal",), seconds=0.3
-        ),
+        _todo("fetch_invoice", "wait", "Download invoice 42", ("open_portal",), seconds=0.3),
+        _todo("fetch_contract", "wait", "Download contract 7", ("open_portal",), seconds=0.3),
         _todo(
             "file_invoice",
             "echo",
@@ -151,9 +147,7 @@ async def _demo(data_dir: Path, *, timeout_s: float) -> int:
         await asyncio.wait_for(stack.agent_connected(), timeout_s)
         emit(f"agent      {DEMO_AGENT_ID} connected (actions: noop, echo, wait, fail)")
         async with SchedulerClient(address) as client:
-            spec = job_pb2.JobSpec(
-                todos=job_pb2.TodoList(todos=demo_todos()), labels=DEMO_LABELS
-            )
+            spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=demo_todos()), labels=DEMO_LABELS)
             job = (await client.schedule_job(spec, request_id="cpa-demo")).job
             emit(f"job        {job.job_id} submitted with {len(job.tasks)} tasks")
             emit()

@@ -54,7 +54,8 @@ class LocalStack:
 
     async def agent_connected(self) -> None:
         """Returns once the local agent is welcomed; raises if its run ended before that."""
-        assert self.agent is not None and self.agent_task is not None, "no local agent"
+        assert self.agent is not None, "no local agent"
+        assert self.agent_task is not None
         connected = asyncio.create_task(self.agent.connected.wait())
         try:
             await asyncio.wait({connected, self.agent_task}, return_when=asyncio.FIRST_COMPLETED)

@@ -34,7 +34,7 @@ def register(commands: Any) -> None:
         "--filter",
         default="",
         metavar="F",
-        help='AIP-160 filter, e.g. \'state = FAILED\', \'labels.team = "ops"\', '
+        help="AIP-160 filter, e.g. 'state = FAILED', 'labels.team = \"ops\"', "
         "'dead_lettered = true', 'create_time >= \"2026-01-01T00:00:00Z\"', joined by AND",
     )
     listing.add_argument(
@@ -122,7 +122,11 @@ async def follow(
     after_sequence: int = 0,
     as_json: bool = False,
 ) -> job_pb2.Job:
-    """Prints the job's events until the terminal one; returns the job as it ended."""
+    """Prints the job's events until the stream ends; returns the job as it ended.
+
+    The server ends the stream after the terminal event of the job's current run. A re-driven
+    job's history holds earlier terminal events too, so the stream, not the flag, says when.
+    """
     printer = EventPrinter(
         origin=job.create_time,
         task_ids=[task.todo.id for task in job.tasks],
@@ -130,8 +134,6 @@ async def follow(
     )
     async for event in client.watch_job(job.job_id, after_sequence=after_sequence):
         printer(event)
-        if event.terminal:
-            break
     return await client.get_job(job.job_id)
 
 
@@ -193,9 +195,7 @@ async def _retry(client: SchedulerClient, arguments: argparse.Namespace) -> int:
 
 async def _watch(client: SchedulerClient, arguments: argparse.Namespace) -> int:
     job = await client.get_job(arguments.job_id)
-    job = await follow(
-        client, job, after_sequence=arguments.after_sequence, as_json=arguments.json
-    )
+    job = await follow(client, job, after_sequence=arguments.after_sequence, as_json=arguments.json)
     if not arguments.json:
         emit(render_outcome(job))
     return exit_code_of(job)

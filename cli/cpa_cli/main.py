@@ -8,6 +8,7 @@ unreachable scheduler (with a hint naming the address), and the CLI's (bad optio
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ from .common import SERVER_ENV, CliError
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`cpa watch ID | head`): stop quietly, and keep Python's exit
+        # flush from failing again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code
 
 
@@ -79,7 +86,11 @@ def render_cpa_error(error: CpaError, *, server: str | None) -> list[str]:
         ]
     head = f"cpa: {error.code.name}: " + (f"{error.reason}: " if error.reason else "")
     lines = [head + error.message]
-    lines += [f"  field {v.field}: {v.description}" for v in error.field_violations]
+    # A violation's description often repeats the message; then the field alone says it all.
+    lines += [
+        f"  field {v.field}" + ("" if v.description == error.message else f": {v.description}")
+        for v in error.field_violations
+    ]
     return lines
 
 

@@ -18,7 +18,7 @@ from cpa.scheduler.v1 import job_event_pb2, job_pb2
 
 from .common import emit
 
-_MAX_VALUE_CHARS = 60
+_MAX_VALUE_CHARS = 72
 _TASK_STATE_PREFIX = "TASK_STATE_"
 _JOB_STATE_PREFIX = "JOB_STATE_"
 _ATTEMPT_STATE_PREFIX = "ATTEMPT_STATE_"
@@ -53,9 +53,20 @@ def struct_text(struct: struct_pb2.Struct, *, limit: int = _MAX_VALUE_CHARS) -> 
     """A Struct as short one-line JSON (`{"waited_s": 0.3}`), cut with "..." beyond `limit`."""
     if not struct.fields:
         return ""
-    values: dict[str, Any] = json_format.MessageToDict(struct)
+    values = _whole_numbers(json_format.MessageToDict(struct))
     text = json.dumps(values, ensure_ascii=False, separators=(", ", ": "))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Struct numbers are doubles: show 3.0 as 3, as the caller most likely wrote it."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
 
 
 def error_text(error: error_pb2.TaskError) -> str:
@@ -157,7 +168,8 @@ def render_job(job: job_pb2.Job) -> list[str]:
     """The job as a person reads it: identity, state, then one row per task."""
     lines = [
         f"job       {job.job_id}",
-        f"state     {job_state(job.state)}" + (f"  ({notes})" if (notes := _job_notes(job)) else ""),
+        f"state     {job_state(job.state)}"
+        + (f"  ({notes})" if (notes := _job_notes(job)) else ""),
         f"source    {job_source(job)}",
     ]
     if job.spec.labels:
@@ -200,9 +212,7 @@ def render_outcome(job: job_pb2.Job) -> str:
 # --- events -----------------------------------------------------------------------------------
 
 
-def _state_change(
-    from_state: str, to_state: str, *, unspecified: str = "UNSPECIFIED"
-) -> str:
+def _state_change(from_state: str, to_state: str, *, unspecified: str = "UNSPECIFIED") -> str:
     return to_state if from_state == unspecified else f"{from_state} -> {to_state}"
 
 

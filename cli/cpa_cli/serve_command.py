@@ -144,7 +144,7 @@ async def serve(stack: LocalStack, *, grace_s: float) -> int:
 
 async def _until_stopped(stack: LocalStack, stop: asyncio.Event) -> int:
     """Waits for a stop signal; 1 if the local agent ended on its own before one came."""
-    waiters = {asyncio.create_task(stop.wait())}
+    waiters: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait())}
     if stack.agent_task is not None:
         waiters.add(stack.agent_task)
     done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

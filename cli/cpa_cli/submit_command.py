@@ -8,12 +8,12 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from cpa.scheduler.v1 import job_pb2
-from cpa_client import SchedulerClient
+from cpa_client import CpaError, FieldViolation, SchedulerClient
 
 from .common import CliError, add_json_option, add_pair_option, add_server_option, emit, pairs, warn
 from .jobs_command import client_command, exit_code_of, follow
 from .output import render_outcome, to_json
-from .todos_file import load_todos
+from .todos_file import TodosFile, read_todos_file
 
 
 def register(commands: Any) -> None:
@@ -48,8 +48,8 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=client_command(_submit))
 
 
-def build_spec(arguments: argparse.Namespace) -> job_pb2.JobSpec:
-    """The JobSpec the options describe; CliError when they contradict each other."""
+def build_spec(arguments: argparse.Namespace) -> tuple[job_pb2.JobSpec, TodosFile | None]:
+    """The JobSpec the options describe (and the ToDo file it came from, if any)."""
     sources = [s for s in (arguments.text, arguments.intent, arguments.todos) if s is not None]
     if len(sources) != 1:
         raise CliError("submit: give exactly one of TEXT, --intent NAME or --todos FILE")
@@ -58,6 +58,7 @@ def build_spec(arguments: argparse.Namespace) -> job_pb2.JobSpec:
     spec = job_pb2.JobSpec(labels=pairs(arguments.label, "--label"))
     if arguments.context:
         spec.context.update(pairs(arguments.context, "--context"))
+    todos_file: TodosFile | None = None
     if arguments.text is not None:
         spec.text = arguments.text
     elif arguments.intent is not None:
@@ -65,13 +66,36 @@ def build_spec(arguments: argparse.Namespace) -> job_pb2.JobSpec:
         parameters.update(pairs(arguments.param, "--param"))
         spec.intent.CopyFrom(job_pb2.IntentInvocation(name=arguments.intent, parameters=parameters))
     else:
-        spec.todos.todos.extend(load_todos(arguments.todos))
-    return spec
+        todos_file = read_todos_file(arguments.todos)
+        spec.todos.todos.extend(todos_file.todos)
+    return spec, todos_file
+
+
+def with_file_lines(error: CpaError, todos_file: TodosFile) -> CpaError:
+    """The scheduler's error, each bad field followed by where the file wrote it."""
+    violations = tuple(
+        FieldViolation(f"{v.field} ({where})", v.description)
+        if (where := todos_file.location_of(v.field))
+        else v
+        for v in error.field_violations
+    )
+    return CpaError(
+        code=error.code,
+        message=error.message,
+        reason=error.reason,
+        metadata=error.metadata,
+        field_violations=violations,
+    )
 
 
 async def _submit(client: SchedulerClient, arguments: argparse.Namespace) -> int:
-    spec = build_spec(arguments)
-    response = await client.schedule_job(spec, request_id=arguments.request_id)
+    spec, todos_file = build_spec(arguments)
+    try:
+        response = await client.schedule_job(spec, request_id=arguments.request_id)
+    except CpaError as error:
+        if todos_file is None:
+            raise
+        raise with_file_lines(error, todos_file) from None
     job = response.job
     if arguments.json:
         emit(to_json(response, compact=arguments.watch))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,19 @@ from .common import CliError
 YamlPath: TypeAlias = tuple[str | int, ...]
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+# The scheduler names fields as the API does (`spec.todos.todos[2].retry_policy.initial_backoff`);
+# the file spells a few of them differently.
+_API_FIELD_PREFIX = "spec.todos."
+_FIELD_PART = re.compile(r"(\w+)|\[(\d+)\]")
+_FILE_KEYS = {
+    "custom_action": "action",
+    "timeout": "timeout_s",
+    "schedule_to_start_timeout": "schedule_to_start_timeout_s",
+    "initial_backoff": "initial_backoff_s",
+    "backoff_multiplier": "multiplier",
+    "max_backoff": "max_backoff_s",
+}
 
 _ACTION_PREFIX = "ACTION_TYPE_"
 _SELECTOR_PREFIX = "SELECTOR_STRATEGY_"
@@ -78,8 +92,35 @@ class TodosFileError(CliError):
         self.problem = problem
 
 
+@dataclass(frozen=True, slots=True)
+class TodosFile:
+    """The ToDos of one file, and where each of their fields was written."""
+
+    source: str
+    todos: list[todo_pb2.ToDo]
+    lines: Mapping[YamlPath, int]
+
+    def location_of(self, api_field: str) -> str | None:
+        """`todos.yaml:12` for a field the scheduler named (`spec.todos.todos[2].timeout`)."""
+        if not api_field.startswith(_API_FIELD_PREFIX):
+            return None
+        parts: list[str | int] = [
+            int(index) if index else _FILE_KEYS.get(name, name)
+            for name, index in _FIELD_PART.findall(api_field.removeprefix(_API_FIELD_PREFIX))
+        ]
+        if parts[:1] != ["todos"] or len(parts) < 2 or not isinstance(parts[1], int):
+            return None
+        line = _Reader(source=self.source, lines=self.lines).line_of(tuple(parts))
+        return f"{self.source}:{line}"
+
+
 def load_todos(path: str | Path) -> list[todo_pb2.ToDo]:
     """Reads and converts the file; every problem is a TodosFileError."""
+    return read_todos_file(path).todos
+
+
+def read_todos_file(path: str | Path) -> TodosFile:
+    """Like load_todos, keeping the line of every field for the scheduler's complaints."""
     source = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -92,17 +133,22 @@ def load_todos(path: str | Path) -> list[todo_pb2.ToDo]:
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise TodosFileError(f"not UTF-8 ({error.reason})", source=source, line=line) from None
-    return parse_todos(text, source=source)
+    return parse_todos_file(text, source=source)
 
 
 def parse_todos(text: str, *, source: str = "<todos>") -> list[todo_pb2.ToDo]:
+    return parse_todos_file(text, source=source).todos
+
+
+def parse_todos_file(text: str, *, source: str = "<todos>") -> TodosFile:
     data, lines = _load_yaml(text, source)
     reader = _Reader(source=source, lines=lines)
     if not isinstance(data, list):
         raise reader.error((), f"expected a YAML list of ToDo mappings, got {_kind(data)}")
     if not data:
         raise reader.error((), "the list holds no ToDos")
-    return [reader.todo(item, ("todos", index)) for index, item in enumerate(data)]
+    todos = [reader.todo(item, ("todos", index)) for index, item in enumerate(data)]
+    return TodosFile(source=source, todos=todos, lines=lines)
 
 
 # --- YAML with line numbers ----------------------------------------------------------------------
@@ -118,6 +164,9 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         problem = error.problem or error.context or "invalid YAML"
+        if error.problem and error.context and error.context_mark is not None:
+            # "expected ']'" is found at the end; where the unclosed thing began helps more.
+            problem += f" ({error.context} started on line {error.context_mark.line + 1})"
         raise TodosFileError(
             f"YAML syntax error: {problem}",
             source=source,

@@ -78,6 +78,8 @@ class ScriptedSession:
         self.requests: asyncio.Queue[pb.ConnectRequest] = asyncio.Queue()
         """Every request after the hello, heartbeats included, in arrival order."""
         self.agent_half_closed = asyncio.Event()
+        self.stream_error: Exception | None = None
+        """How the request stream broke, if it did (the agent cancelled or vanished)."""
         self.ended = asyncio.Event()
         self.auto_ack_heartbeats = True
         """Answer each heartbeat with a HeartbeatAck (a silent server looks dead to the agent)."""
@@ -244,8 +246,11 @@ class ScriptedScheduler(executor_service_pb2_grpc.ExecutorServiceServicer):
                             )
                         )
                     )
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            return
-        # The agent half-closed its side: end the RPC cleanly, as the real server does.
-        session.agent_half_closed.set()
-        session._outgoing.put_nowait(_END)
+            # The agent half-closed its side: end the RPC cleanly, as the real server does.
+            session.agent_half_closed.set()
+        except Exception as error:
+            # gRPC raises its own internal types when the peer vanishes; any of them ends the RPC.
+            session.stream_error = error
+            print("STREAMERR", repr(error))
+        finally:
+            session._outgoing.put_nowait(_END)

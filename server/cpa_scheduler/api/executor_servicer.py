@@ -144,6 +144,8 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                 elif kind == "drain":
                     session.state = AgentState.DRAINING
                     log.info("agent %s is draining", session.agent_id)
+                elif kind == "assignment_ack" and request.assignment_ack.accepted:
+                    continue  # the attempt is running: nothing to record
                 elif kind in ("result", "progress", "assignment_ack"):
                     task = asyncio.create_task(self._report(request, session, outgoing))
                     reports.add(task)

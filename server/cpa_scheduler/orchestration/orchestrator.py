@@ -22,6 +22,7 @@ from cpa_scheduler.domain import (
     DomainError,
     InvalidArgument,
     Job,
+    JobChanges,
     JobEvent,
     JobFilter,
     JobOptions,
@@ -157,10 +158,10 @@ class Orchestrator:
             request_fingerprint=request_fingerprint,
             conversation_id=conversation_id,
         )
-        stored, created = await self._store.create_job(job)
-        if created:
-            self._after_commit(stored)
-        return stored, created
+        stored, changes = await self._store.create_job(job)
+        if changes is not None:
+            self._after_commit(stored, changes)
+        return stored, changes is not None
 
     async def get_job(self, tenant: str, job_id: str) -> Job:
         return await self._store.get_job(tenant, job_id)
@@ -179,14 +180,14 @@ class Orchestrator:
 
     async def cancel(self, tenant: str, job_id: str) -> Job:
         now = self._clock()
-        job, _ = await self._store.update_job(tenant, job_id, lambda j: j.cancel(now=now))
-        self._after_commit(job)
+        job, _, changes = await self._store.update_job(tenant, job_id, lambda j: j.cancel(now=now))
+        self._after_commit(job, changes)
         return job
 
     async def retry(self, tenant: str, job_id: str) -> Job:
         now = self._clock()
-        job, _ = await self._store.update_job(tenant, job_id, lambda j: j.retry(now=now))
-        self._after_commit(job)
+        job, _, changes = await self._store.update_job(tenant, job_id, lambda j: j.retry(now=now))
+        self._after_commit(job, changes)
         return job
 
     # -- agents' side -----------------------------------------------------------------------
@@ -197,7 +198,7 @@ class Orchestrator:
         now = self._clock()
         task_id = item.todo.id
         try:
-            job, _ = await self._store.update_job(
+            job, _, changes = await self._store.update_job(
                 item.tenant,
                 item.job_id,
                 lambda j: j.assign(
@@ -210,7 +211,7 @@ class Orchestrator:
             )
         except (StaleAttempt, NotFound):
             return None
-        self._after_commit(job)
+        self._after_commit(job, changes)
         todo = job.tasks[task_id].todo
         deadlines = [job.options.deadline] if job.options.deadline else []
         if todo.timeout_s is not None:
@@ -227,14 +228,14 @@ class Orchestrator:
         self, tenant: str, ref: AttemptRef, *, percent: float | None, message: str
     ) -> None:
         now = self._clock()
-        job, _ = await self._store.update_job(
+        job, _, changes = await self._store.update_job(
             tenant,
             ref.job_id,
             lambda j: j.progress(
                 ref.task_id, attempt=ref.attempt, percent=percent, message=message, now=now
             ),
         )
-        self._after_commit(job)
+        self._after_commit(job, changes)
 
     async def report_result(self, tenant: str, ref: AttemptRef, report: ResultReport) -> None:
         """Apply an attempt's result; StaleAttempt when it is not the current attempt."""
@@ -250,8 +251,8 @@ class Orchestrator:
             else:
                 job.succeed(ref.task_id, attempt=ref.attempt, outputs=report.outputs or {}, now=now)
 
-        job, _ = await self._store.update_job(tenant, ref.job_id, apply)
-        self._after_commit(job)
+        job, _, changes = await self._store.update_job(tenant, ref.job_id, apply)
+        self._after_commit(job, changes)
 
     async def decline(self, tenant: str, ref: AttemptRef, reason: str) -> None:
         """The agent refused an assignment: give the task to someone else, uncharged."""
@@ -285,11 +286,11 @@ class Orchestrator:
                 )
 
             try:
-                job, _ = await self._store.update_job(tenant, ref.job_id, lose)
+                job, _, changes = await self._store.update_job(tenant, ref.job_id, lose)
             except (StaleAttempt, NotFound):
                 continue  # it ended (or was renewed) since the query
             log.warning("lease of %s/%s attempt %d expired", ref.job_id, ref.task_id, ref.attempt)
-            self._after_commit(job)
+            self._after_commit(job, changes)
         return len(expired)
 
     async def sweep_leases_forever(self, *, interval_s: float) -> None:
@@ -309,8 +310,7 @@ class Orchestrator:
 
     # -- after commit ---------------------------------------------------------------------
 
-    def _after_commit(self, job: Job) -> None:
-        changes = job.take_changes()
+    def _after_commit(self, job: Job, changes: JobChanges) -> None:
         self._bus.publish(changes.events)
         for task_id in changes.queued:
             task = job.tasks[task_id]

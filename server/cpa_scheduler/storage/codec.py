@@ -356,6 +356,19 @@ TASK_COLUMNS = (
     "start_time",
     "end_time",
 )
+# The columns a transition can change (the rest are written once, at creation).
+JOB_STATE_COLUMNS = (
+    "job_id",
+    "state",
+    "error_json",
+    "dead_lettered",
+    "cancel_requested",
+    "retry_count",
+    "last_event_sequence",
+    "update_time",
+    "start_time",
+    "end_time",
+)
 JOB_TIME_COLUMNS = ("create_time", "update_time", "start_time", "end_time")
 TASK_TIME_COLUMNS = ("lease_until", "next_attempt_time", "queue_time", "start_time", "end_time")
 
@@ -382,6 +395,22 @@ def job_to_record(job: Job) -> Data:
         "conversation_id": job.conversation_id,
         "last_event_sequence": job.last_event_sequence,
         "create_time": job.create_time,
+        "update_time": job.update_time,
+        "start_time": job.start_time,
+        "end_time": job.end_time,
+    }
+
+
+def job_state_to_record(job: Job) -> Data:
+    """The JOB_STATE_COLUMNS of the jobs row (times stay datetimes)."""
+    return {
+        "job_id": job.job_id,
+        "state": job.state.value,
+        "error_json": _dumps(error_to_data(job.error)),
+        "dead_lettered": job.dead_lettered,
+        "cancel_requested": job.cancel_requested,
+        "retry_count": job.retry_count,
+        "last_event_sequence": job.last_event_sequence,
         "update_time": job.update_time,
         "start_time": job.start_time,
         "end_time": job.end_time,

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from cpa_scheduler.domain import AttemptRef, Job, JobEvent, JobFilter, PagePosition, ToDo
+from cpa_scheduler.domain import (
+    AttemptRef,
+    Job,
+    JobChanges,
+    JobEvent,
+    JobFilter,
+    PagePosition,
+    ToDo,
+)
 
 T = TypeVar("T")
 
@@ -46,17 +54,18 @@ class StoredMessage:
 class Store(Protocol):
     """Durable state of jobs, tasks, attempts, events and LAM messages."""
 
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
-        """Insert `job` with its tasks and pending events. With a request_id already used by
-        the tenant: the existing job and False when the fingerprint matches, else
-        InvalidArgument(REQUEST_ID_REUSED)."""
+    async def create_job(self, job: Job) -> tuple[Job, JobChanges | None]:
+        """Insert `job` with its tasks and pending events; returns the job and the changes to
+        carry out after commit. With a request_id the tenant already used: the existing job
+        and None when the fingerprint matches, else InvalidArgument(REQUEST_ID_REUSED)."""
         ...
 
     async def update_job(
         self, tenant: str, job_id: str, mutate: Callable[[Job], T]
-    ) -> tuple[Job, T]:
-        """Load the job, apply `mutate` and save what it changed, in one transaction; a
-        DomainError from `mutate` rolls back only this update. NotFound(JOB_NOT_FOUND)."""
+    ) -> tuple[Job, T, JobChanges]:
+        """Load the job, apply `mutate` and save what it changed, in one transaction; returns
+        the job, mutate's result and the changes to carry out after commit. A DomainError from
+        `mutate` rolls back only this update. NotFound(JOB_NOT_FOUND)."""
         ...
 
     async def get_job(self, tenant: str, job_id: str) -> Job:

@@ -21,6 +21,7 @@ from cpa_scheduler.domain import (
     AttemptRef,
     InvalidArgument,
     Job,
+    JobChanges,
     JobEvent,
     JobFilter,
     NotFound,
@@ -119,7 +120,7 @@ _INSERT_JOB = (
 )
 _UPDATE_JOB = (
     "UPDATE jobs SET "
-    + ", ".join(f"{c} = :{c}" for c in _JOB_COLUMNS if c not in ("tenant", "job_id"))
+    + ", ".join(f"{c} = :{c}" for c in codec.JOB_STATE_COLUMNS if c != "job_id")
     + " WHERE job_id = :job_id"
 )
 _INSERT_TASK = (
@@ -140,7 +141,8 @@ _INSERT_EVENT = (
 def _to_row(record: Mapping[str, Any], time_columns: Iterable[str]) -> dict[str, Any]:
     row = dict(record)
     for column in time_columns:
-        row[column] = codec.time_to_us(row[column])
+        if column in row:
+            row[column] = codec.time_to_us(row[column])
     return row
 
 
@@ -156,6 +158,9 @@ class SqliteStore:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
+        # Aggregates of unfinished jobs, as last committed. This process is the only writer of
+        # the file, so they stay true; loading a job per transition was most of the write cost.
+        self._live: dict[str, Job] = {}
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._closed = False
@@ -230,10 +235,10 @@ class SqliteStore:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
+    async def create_job(self, job: Job) -> tuple[Job, JobChanges | None]:
         return await self._write(lambda: self._create_job(job))
 
-    def _create_job(self, job: Job) -> tuple[Job, bool]:
+    def _create_job(self, job: Job) -> tuple[Job, JobChanges | None]:
         if job.request_id:
             existing = self._db.execute(
                 "SELECT job_id, request_fingerprint FROM jobs WHERE tenant = ? AND request_id = ?",
@@ -247,8 +252,7 @@ class SqliteStore:
                         reason=Reason.REQUEST_ID_REUSED,
                         field="request_id",
                     )
-                job.take_changes()
-                return self._load(job.tenant, existing["job_id"]), False
+                return self._load(job.tenant, existing["job_id"]), None
         changes = job.take_changes()
         self._db.execute(_INSERT_JOB, _to_row(codec.job_to_record(job), codec.JOB_TIME_COLUMNS))
         self._db.executemany(
@@ -263,19 +267,30 @@ class SqliteStore:
             ],
         )
         self._insert_events(changes.events)
-        job.changes = changes  # the caller publishes them after commit
-        return job, True
+        self._live[job.job_id] = job
+        return job, changes
 
     async def update_job(
         self, tenant: str, job_id: str, mutate: Callable[[Job], T]
-    ) -> tuple[Job, T]:
+    ) -> tuple[Job, T, JobChanges]:
         return await self._write(lambda: self._update_job(tenant, job_id, mutate))
 
-    def _update_job(self, tenant: str, job_id: str, mutate: Callable[[Job], T]) -> tuple[Job, T]:
-        job = self._load(tenant, job_id)
-        result = mutate(job)
+    def _update_job(
+        self, tenant: str, job_id: str, mutate: Callable[[Job], T]
+    ) -> tuple[Job, T, JobChanges]:
+        job = self._live.get(job_id)
+        if job is None or job.tenant != tenant:
+            job = self._load(tenant, job_id)
+        try:
+            result = mutate(job)
+        except BaseException:
+            # The transaction rolls back; the in-memory aggregate may be half-changed.
+            self._live.pop(job_id, None)
+            raise
         changes = job.take_changes()
-        self._db.execute(_UPDATE_JOB, _to_row(codec.job_to_record(job), codec.JOB_TIME_COLUMNS))
+        self._db.execute(
+            _UPDATE_JOB, _to_row(codec.job_state_to_record(job), codec.JOB_TIME_COLUMNS)
+        )
         positions = {task_id: i for i, task_id in enumerate(job.tasks)}
         self._db.executemany(
             _UPDATE_TASK,
@@ -288,8 +303,11 @@ class SqliteStore:
             ],
         )
         self._insert_events(changes.events)
-        job.changes = changes
-        return job, result
+        if job.is_terminal:
+            self._live.pop(job_id, None)
+        else:
+            self._live[job_id] = job
+        return job, result, changes
 
     def _insert_events(self, events: Sequence[JobEvent]) -> None:
         self._db.executemany(

@@ -1,0 +1,244 @@
+"""End-to-end throughput and latency of the embedded scheduler over real sockets.
+
+Starts `cpa serve` (embedded SQLite store) and benchmark agents (bench_agent.py) as processes,
+submits one-task jobs through gRPC, and prints:
+  1. jobs/s end to end: N jobs from C concurrent submitters, first submit to last job SUCCEEDED;
+  2. submit -> agent-start latency p50/p95/p99 at a paced rate (open loop);
+  3. a DAG case: jobs of 10 parallel tasks and a join.
+Times come from the server's job records and the agent's start stamps (one machine, one clock).
+
+    python bench/bench_throughput.py [--jobs 5000] [--concurrency 32] [--rate 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cpa.common.v1 import todo_pb2
+from cpa.scheduler.v1 import job_pb2
+from cpa_client import SchedulerClient
+
+HERE = Path(__file__).resolve().parent
+
+
+def _todo(task_id: str, action: str, depends_on: tuple[str, ...] = ()) -> todo_pb2.ToDo:
+    return todo_pb2.ToDo(
+        id=task_id,
+        action=todo_pb2.ACTION_TYPE_CUSTOM,
+        custom_action=action,
+        depends_on=list(depends_on),
+    )
+
+
+ONE_TASK = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[_todo("t", "stamp")]))
+DAG = job_pb2.JobSpec(
+    todos=job_pb2.TodoList(
+        todos=[_todo(f"p{i}", "noop") for i in range(10)]
+        + [_todo("join", "noop", tuple(f"p{i}" for i in range(10)))]
+    )
+)
+
+
+@contextmanager
+def processes(agents: int, slots: int) -> Iterator[str]:
+    """A scheduler and `agents` agent processes; yields the scheduler's address."""
+    data_dir = tempfile.mkdtemp(prefix="cpa-bench-")
+    env = {**os.environ, "CPA_LOG_LEVEL": "WARNING"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cpa_cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    started: list[subprocess.Popen[str]] = [server]
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if "serving on" not in line:
+            raise RuntimeError(f"scheduler did not start: {line!r}")
+        address = line.rsplit(" ", 1)[1].strip()
+        for n in range(agents):
+            started.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(HERE / "bench_agent.py"),
+                        "--server",
+                        address,
+                        "--agent-id",
+                        f"bench-{n}",
+                        "--slots",
+                        str(slots),
+                    ],
+                    env={**env, "CPA_AGENT_LOG_LEVEL": "WARNING"},
+                    text=True,
+                )
+            )
+        yield address
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def _wait_agents(client: SchedulerClient, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while len([a async for a in client.list_agents()]) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError("agents did not connect")
+        await asyncio.sleep(0.05)
+
+
+async def _wait_done(client: SchedulerClient, job_ids: list[str]) -> list[job_pb2.Job]:
+    """Every job, once all are terminal (polled; this is a benchmark, not a test)."""
+    pending = set(job_ids)
+    jobs: dict[str, job_pb2.Job] = {}
+    while pending:
+        for job_id in list(pending):
+            job = await client.get_job(job_id)
+            if job.state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED):
+                jobs[job_id] = job
+                pending.discard(job_id)
+            else:
+                break  # roughly FIFO: later jobs are not done either
+        if pending:
+            await asyncio.sleep(0.05)
+    return [jobs[job_id] for job_id in job_ids]
+
+
+def _ns(timestamp: object) -> int:
+    return timestamp.ToNanoseconds()  # type: ignore[attr-defined,no-any-return]
+
+
+async def throughput(
+    client: SchedulerClient, jobs: int, concurrency: int, spec: job_pb2.JobSpec
+) -> dict[str, float]:
+    per_submitter = jobs // concurrency
+    ids: list[str] = []
+
+    async def submitter() -> None:
+        for _ in range(per_submitter):
+            ids.append((await client.schedule_job(spec)).job.job_id)
+
+    start_ns = time.time_ns()
+    await asyncio.gather(*(submitter() for _ in range(concurrency)))
+    submitted_ns = time.time_ns()
+    done = await _wait_done(client, ids)
+    assert all(j.state == job_pb2.JOB_STATE_SUCCEEDED for j in done), "a job failed"
+    end_ns = max(_ns(j.end_time) for j in done)
+    job_latency_ms = [(_ns(j.end_time) - _ns(j.create_time)) / 1e6 for j in done]
+    return {
+        "jobs": len(done),
+        "submit_per_s": len(done) / ((submitted_ns - start_ns) / 1e9),
+        "end_to_end_per_s": len(done) / ((end_ns - start_ns) / 1e9),
+        "job_p50_ms": statistics.median(job_latency_ms),
+        "job_p99_ms": _percentile(job_latency_ms, 99),
+    }
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(percent / 100 * (len(ordered) - 1)))]
+
+
+async def paced_latency(client: SchedulerClient, jobs: int, rate: float) -> dict[str, float]:
+    interval_s = 1.0 / rate
+    submitted: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def submit() -> None:
+        before = time.time_ns()
+        job_id = (await client.schedule_job(ONE_TASK)).job.job_id
+        submitted[job_id] = before
+
+    for n in range(jobs):
+        delay = start + n * interval_s - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(submit())
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    await asyncio.gather(*in_flight)
+    done = await _wait_done(client, list(submitted))
+    latencies_ms = [
+        (int(j.tasks[0].outputs["started_ns"]) - submitted[j.job_id]) / 1e6 for j in done
+    ]
+    achieved = jobs / (loop.time() - start)
+    return {
+        "rate_per_s": achieved,
+        "p50_ms": statistics.median(latencies_ms),
+        "p95_ms": _percentile(latencies_ms, 95),
+        "p99_ms": _percentile(latencies_ms, 99),
+    }
+
+
+async def run(arguments: argparse.Namespace) -> None:
+    with processes(arguments.agents, arguments.slots) as address:
+        async with SchedulerClient(address, timeout_s=60) as client:
+            await _wait_agents(client, arguments.agents)
+            await throughput(client, 200, 8, ONE_TASK)  # warm-up
+            one = await throughput(client, arguments.jobs, arguments.concurrency, ONE_TASK)
+            paced = await paced_latency(client, arguments.latency_jobs, arguments.rate)
+            dag = await throughput(client, arguments.dag_jobs, arguments.concurrency // 4 or 1, DAG)
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
+    )
+    print(f"agents: {arguments.agents} x {arguments.slots} slots; embedded SQLite store")
+    print(
+        f"one-task jobs: {one['jobs']:.0f} jobs, {arguments.concurrency} submitters: "
+        f"{one['end_to_end_per_s']:.0f} jobs/s end to end (submit {one['submit_per_s']:.0f}/s), "
+        f"job latency p50 {one['job_p50_ms']:.1f} ms p99 {one['job_p99_ms']:.1f} ms"
+    )
+    print(
+        f"submit->agent-start at {paced['rate_per_s']:.0f} jobs/s: p50 {paced['p50_ms']:.2f} ms, "
+        f"p95 {paced['p95_ms']:.2f} ms, p99 {paced['p99_ms']:.2f} ms"
+    )
+    print(
+        f"DAG (10 parallel + join): {dag['jobs']:.0f} jobs: {dag['end_to_end_per_s']:.0f} jobs/s "
+        f"({dag['end_to_end_per_s'] * 11:.0f} tasks/s), job latency p50 {dag['job_p50_ms']:.1f} ms "
+        f"p99 {dag['job_p99_ms']:.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--latency-jobs", type=int, default=2000)
+    parser.add_argument("--dag-jobs", type=int, default=500)
+    parser.add_argument("--agents", type=int, default=1)
+    parser.add_argument("--slots", type=int, default=64)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
