@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint typecheck contract codegen codegen-check unit clean
 
 demo: $(STAMP)
-	$(BIN)/cpa plan "Download the invoice 42 from the portal and mail it to ap@example.com"
+	$(BIN)/cpa demo
 
 test: lint typecheck contract unit
 

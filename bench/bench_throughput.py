@@ -187,7 +187,7 @@ async def paced_latency(client: SchedulerClient, jobs: int, rate: float) -> dict
     await asyncio.gather(*in_flight)
     done = await _wait_done(client, list(submitted))
     latencies_ms = [
-        (int(j.tasks[0].outputs["started_ns"]) - submitted[j.job_id]) / 1e6 for j in done
+        (int(str(j.tasks[0].outputs["started_ns"])) - submitted[j.job_id]) / 1e6 for j in done
     ]
     achieved = jobs / (loop.time() - start)
     return {
@@ -205,9 +205,11 @@ async def run(arguments: argparse.Namespace) -> None:
             await throughput(client, 200, 8, ONE_TASK)  # warm-up
             one = await throughput(client, arguments.jobs, arguments.concurrency, ONE_TASK)
             paced = await paced_latency(client, arguments.latency_jobs, arguments.rate)
-            dag = await throughput(client, arguments.dag_jobs, arguments.concurrency // 4 or 1, DAG)
+            dag_submitters = max(1, arguments.concurrency // 4)
+            dag = await throughput(client, arguments.dag_jobs, dag_submitters, DAG)
     print(
-        f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
+        f"machine: {os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}"
     )
     print(f"agents: {arguments.agents} x {arguments.slots} slots; embedded SQLite store")
     print(

@@ -1,4 +1,6 @@
-"""The `cpa` command line: one entry point for planning now, and for server, agent and jobs later.
+"""The `cpa` command line: plan requests, serve the scheduler, run agents, submit and watch jobs.
 
-It sits above the scheduler and the agent (it may import both); neither imports it.
+It sits above the scheduler and the agent (it may import both); neither imports it. One module per
+command group (`plan_command`, `serve_command`, `agent_command`, `submit_command`, `jobs_command`,
+`demo_command`); `output` renders jobs and events for all of them.
 """

@@ -38,7 +38,7 @@ def register(commands: Any) -> None:
         action="append",
         default=[],
         metavar="C",
-        help="a capability matched against ToDo required_capabilities (repeatable)",
+        help="a capability matched against ToDo required_capabilities; repeatable",
     )
     parser.set_defaults(run=run)
 

@@ -31,7 +31,7 @@ def pairs(values: Sequence[str], option: str) -> dict[str, str]:
 
 def add_pair_option(parser: argparse.ArgumentParser, option: str, help_text: str) -> None:
     parser.add_argument(
-        option, action="append", default=[], metavar="KEY=VALUE", help=f"{help_text} (repeatable)"
+        option, action="append", default=[], metavar="KEY=VALUE", help=f"{help_text}; repeatable"
     )
 
 

@@ -144,7 +144,10 @@ async def _demo(data_dir: Path, *, timeout_s: float) -> int:
     try:
         address = await stack.start()
         emit(f"scheduler  serving on {address} (store {data_dir / 'cpa.sqlite3'})")
-        await asyncio.wait_for(stack.agent_connected(), timeout_s)
+        try:
+            await asyncio.wait_for(stack.agent_connected(), timeout_s)
+        except TimeoutError:
+            raise CliError(f"demo: the local agent did not connect within {timeout_s:g}s") from None
         emit(f"agent      {DEMO_AGENT_ID} connected (actions: noop, echo, wait, fail)")
         async with SchedulerClient(address) as client:
             spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=demo_todos()), labels=DEMO_LABELS)

@@ -8,7 +8,6 @@ NOT_SERVING, in-flight calls finish within the grace period, the store closes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -35,6 +34,7 @@ class LocalStack:
         self.agent: Agent | None = None
         self.agent_task: asyncio.Task[None] | None = None
         self.address = ""
+        self._hurried = False
 
     async def start(self, listen: str | None = None) -> str:
         """Serves on `listen` (default: settings.listen_address); returns the dialable HOST:PORT."""
@@ -42,8 +42,7 @@ class LocalStack:
         host, _ = split_host_port(listen)
         try:
             port = await self.server.start(listen)
-        except RuntimeError as error:
-            await self.server.stop(0)
+        except RuntimeError as error:  # grpc could not bind; stop() still closes the store
             raise CliError(f"cannot listen on {listen}: {error}") from None
         self.address = f"{dialable_host(host)}:{port}"
         if self._agent_overrides is not None:
@@ -65,18 +64,27 @@ class LocalStack:
             self.agent_task.result()  # raises the agent's error, if it had one
             raise RuntimeError("the local agent stopped before it connected")
 
+    def hurry(self) -> None:
+        """Stop without waiting: abandon the agent's drain and give running calls no grace.
+
+        Attempts the agent abandons are not lost: their leases expire and they run again.
+        """
+        self._hurried = True
+        if self.agent_task is not None and not self.agent_task.done():
+            self.agent_task.cancel()
+
     async def stop(self, grace_s: float) -> None:
-        """Drains the agent, then stops the server; safe to call after a failed start."""
+        """Drains the agent, then stops the server; also the way to clean up a failed start()."""
         if self.agent is not None and self.agent_task is not None:
-            self.agent.request_drain("the local scheduler is stopping")
+            if not self.agent_task.done():
+                self.agent.request_drain("the local scheduler is stopping")
             timeout_s = self.agent.settings.drain_timeout_s + _DRAIN_MARGIN_S
-            try:
-                await asyncio.wait_for(asyncio.shield(self.agent_task), timeout_s)
-            except TimeoutError:
+            # asyncio.wait, not await: a cancelled agent must not look like our own cancellation.
+            done, _ = await asyncio.wait({self.agent_task}, timeout=timeout_s)
+            if not done:
                 log.warning("local agent did not drain within %.1fs; cancelling it", timeout_s)
                 self.agent_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self.agent_task
-            except Exception:
-                log.exception("local agent failed")
-        await self.server.stop(grace_s)
+                await asyncio.wait({self.agent_task})
+            elif not self.agent_task.cancelled() and (error := self.agent_task.exception()):
+                log.error("local agent failed: %s", error, exc_info=error)
+        await self.server.stop(0 if self._hurried else grace_s)

@@ -54,7 +54,7 @@ def struct_text(struct: struct_pb2.Struct, *, limit: int = _MAX_VALUE_CHARS) -> 
     if not struct.fields:
         return ""
     values = _whole_numbers(json_format.MessageToDict(struct))
-    text = json.dumps(values, ensure_ascii=False, separators=(", ", ": "))
+    text = json.dumps(values, ensure_ascii=False, separators=(", ", ": "), sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -96,50 +95,46 @@ def run(arguments: argparse.Namespace) -> int:
 
 
 async def serve(stack: LocalStack, *, grace_s: float) -> int:
+    """Serves until the first SIGTERM/SIGINT, then stops gracefully; a second one cuts it short."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signals_seen: list[int] = []
 
     def on_signal(signum: int) -> None:
-        signals_seen.append(signum)
-        if len(signals_seen) == 1:
+        if not stop.is_set():
             warn(f"cpa serve: {signal.Signals(signum).name} received, stopping")
             stop.set()
-        else:  # a second signal: no more patience
-            for task in asyncio.all_tasks(loop):
-                if task.get_name() == "serve-stop":
-                    task.cancel()
+        else:
+            warn(f"cpa serve: {signal.Signals(signum).name} received again, stopping at once")
+            stack.hurry()
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
-    exit_code = 0
     try:
         try:
             address = await stack.start()
             emit(SERVING_LINE.format(address=address))
             if stack.agent is not None:
-                waiting = asyncio.create_task(stack.agent_connected())
-                stopping = asyncio.create_task(stop.wait())
-                await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                stopping.cancel()
-                if waiting.done():
-                    waiting.result()
-                    emit(
-                        AGENT_CONNECTED_LINE.format(
-                            agent_id=stack.agent.settings.agent_id, address=address
-                        )
-                    )
-                else:
-                    waiting.cancel()
-            exit_code = await _until_stopped(stack, stop)
+                await _announce_agent(stack, stop, address)
+            return await _until_stopped(stack, stop)
         finally:
-            stopper = asyncio.create_task(stack.stop(grace_s), name="serve-stop")
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopper
+            await stack.stop(grace_s)
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
-    return exit_code
+
+
+async def _announce_agent(stack: LocalStack, stop: asyncio.Event, address: str) -> None:
+    """Prints the agent's connected line once it is welcomed (unless a stop comes first)."""
+    assert stack.agent is not None
+    connected = asyncio.create_task(stack.agent_connected())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (connected, stopping):
+        if not task.done():
+            task.cancel()
+    if connected.done() and not connected.cancelled():
+        connected.result()
+        emit(AGENT_CONNECTED_LINE.format(agent_id=stack.agent.settings.agent_id, address=address))
 
 
 async def _until_stopped(stack: LocalStack, stop: asyncio.Event) -> int:

@@ -17,7 +17,11 @@ class Settings(BaseSettings):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CPA_", env_file=".env", env_file_encoding="utf-8", extra="forbid"
+        # Ignore, not forbid, unknown keys: the CLI and the agent read their own CPA_* ones.
+        env_prefix="CPA_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
     )
 
     intents_path: Path = Field(

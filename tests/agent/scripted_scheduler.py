@@ -226,9 +226,10 @@ class ScriptedScheduler(executor_service_pb2_grpc.ExecutorServiceServicer):
                 assert isinstance(item, pb.ConnectResponse)
                 yield item
         finally:
+            # Before any await: gRPC may cancel this handler again while it cleans up.
+            session.ended.set()
             reader.cancel()
             await asyncio.wait([reader])
-            session.ended.set()
 
     @staticmethod
     async def _read(
@@ -251,6 +252,5 @@ class ScriptedScheduler(executor_service_pb2_grpc.ExecutorServiceServicer):
         except Exception as error:
             # gRPC raises its own internal types when the peer vanishes; any of them ends the RPC.
             session.stream_error = error
-            print("STREAMERR", repr(error))
         finally:
             session._outgoing.put_nowait(_END)

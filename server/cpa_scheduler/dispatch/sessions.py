@@ -108,4 +108,6 @@ class SessionRegistry:
             return f"no connected agent offers action {requirement.action!r}"
         if all(s.state is AgentState.DRAINING for s in capable):
             return f"all {len(capable)} capable agents are draining"
+        if any(s.takes_work for s in capable):
+            return "being dispatched to a capable agent"
         return f"all {len(capable)} capable agents are busy"
