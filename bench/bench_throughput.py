@@ -185,11 +185,11 @@ async def paced_latency(client: SchedulerClient, jobs: int, rate: float) -> dict
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     await asyncio.gather(*in_flight)
+    achieved = jobs / (loop.time() - start)
     done = await _wait_done(client, list(submitted))
     latencies_ms = [
         (int(str(j.tasks[0].outputs["started_ns"])) - submitted[j.job_id]) / 1e6 for j in done
     ]
-    achieved = jobs / (loop.time() - start)
     return {
         "rate_per_s": achieved,
         "p50_ms": statistics.median(latencies_ms),

@@ -439,26 +439,29 @@ class Connection:
     def _on_assignment(self, session: _Session, assignment: pb.Assignment) -> None:
         key = AttemptKey.of_assignment(assignment)
         decline_reason = ""
-        if self._drain_reason is not None:
+        if key in self._attempts or key in self._outbox:
+            # A redelivery of an attempt already here: ignore it, do not run it twice. First, so
+            # a drain never declines it (the server would queue again a task still running here).
+            logger.info("attempt %s assigned again; already taken", key)
+        elif self._drain_reason is not None:
             decline_reason = DECLINE_AGENT_DRAINING
         elif session.server_drain is not None:
             decline_reason = DECLINE_SERVER_DRAINING
-        elif key in self._attempts or key in self._outbox:
-            # A redelivery of an attempt already here: confirm it, do not run it twice.
-            logger.info("attempt %s assigned again; already taken", key)
         elif not self._free_slots():
             decline_reason = DECLINE_NO_FREE_SLOT
-        session.send(
-            pb.ConnectRequest(
-                assignment_ack=pb.AssignmentAck(
-                    job_id=key.job_id,
-                    task_id=key.task_id,
-                    attempt=key.attempt,
-                    accepted=not decline_reason,
-                    reason=decline_reason,
+        if decline_reason:
+            # Acceptance needs no message (the contract); only a decline is sent.
+            session.send(
+                pb.ConnectRequest(
+                    assignment_ack=pb.AssignmentAck(
+                        job_id=key.job_id,
+                        task_id=key.task_id,
+                        attempt=key.attempt,
+                        accepted=False,
+                        reason=decline_reason,
+                    )
                 )
             )
-        )
         if decline_reason:
             logger.info("declined attempt %s: %s", key, decline_reason)
         elif key not in self._attempts and key not in self._outbox:
@@ -540,8 +543,8 @@ class Connection:
         self._outbox[runner.key] = result
         session = self._session
         if session is not None:
+            # The result hands the slot back to the server: no Credit needed (the contract).
             self._send_result(session, runner.key, result)
-            self._send_credit(session, 1)
         self._notify()
 
     def _send_progress(self, progress: pb.Progress) -> None:

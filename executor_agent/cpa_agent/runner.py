@@ -226,7 +226,7 @@ class AttemptRunner:
             attempt=self.key.attempt,
             message=message,
         )
-        # proto3 has no "unknown" float; 0 stands for it and the message carries the meaning.
+        # Unset means "not known" (the field is optional in the contract).
         if percent is not None:
             progress.percent = min(100.0, max(0.0, percent))
         self._on_progress(progress)

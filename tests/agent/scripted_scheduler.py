@@ -24,6 +24,16 @@ _END = object()
 
 
 @dataclass(frozen=True)
+class Barrier:
+    """What a barrier saw: the requests before the agent's answer to it, and that answer."""
+
+    before: list[pb.ConnectRequest]
+    """Requests (not ignored) that arrived before the offer, in arrival order."""
+    offer: pb.Offer
+    """The answer; its cost is the number of attempts running (see Connection)."""
+
+
+@dataclass(frozen=True)
 class _Abort:
     code: grpc.StatusCode
     details: str
@@ -86,6 +96,7 @@ class ScriptedSession:
         self.stale_attempts: list[pb.RunningAttempt] = []
         """Named as stale in the next automatic HeartbeatAck, then cleared."""
         self._outgoing: asyncio.Queue[pb.ConnectResponse | _Abort | object] = asyncio.Queue()
+        self._barriers = 0
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -173,6 +184,35 @@ class ScriptedSession:
         request = await self.next(timeout_s=timeout_s, ignore=ignore)
         assert request.WhichOneof("kind") == kind, f"expected {kind}, got {request}"
         return request
+
+    async def barrier(
+        self, *, timeout_s: float = DEFAULT_WAIT_S, ignore: Iterable[str] = ("heartbeat",)
+    ) -> Barrier:
+        """Sends a call for proposals and collects every request until the agent's offer for it.
+
+        Proves an absence without sleeping: the agent handles server messages in order and
+        sends on one FIFO stream, so whatever it sent in reaction to earlier server messages,
+        or queued together with a request already received, arrives before the offer.
+        """
+        self._barriers += 1
+        cfp_id = f"barrier-{self._barriers}"
+        self.send(
+            pb.ConnectResponse(
+                call_for_proposals=pb.CallForProposals(
+                    cfp_id=cfp_id, job_id="barrier", todo=todo("noop", task_id="barrier")
+                )
+            )
+        )
+        ignored = set(ignore)
+        before: list[pb.ConnectRequest] = []
+        async with asyncio.timeout(timeout_s):
+            while True:
+                request = await self.requests.get()
+                kind = request.WhichOneof("kind")
+                if kind == "offer" and request.offer.cfp_id == cfp_id:
+                    return Barrier(before=before, offer=request.offer)
+                if kind not in ignored:
+                    before.append(request)
 
     async def next_heartbeat(self, *, timeout_s: float = DEFAULT_WAIT_S) -> pb.Heartbeat:
         async with asyncio.timeout(timeout_s):

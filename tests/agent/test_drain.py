@@ -7,9 +7,11 @@ import os
 import signal
 from typing import Any
 
+import pytest
+
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
-from cpa_agent import ExecutionContext, ExecutorRegistry, builtin_registry
+from cpa_agent import AttemptKey, ExecutionContext, ExecutorRegistry, builtin_registry
 
 from .conftest import ConnectAgent, StartAgent
 from .scripted_scheduler import ScriptedScheduler, ScriptedSession, attempt, timestamp_in, todo
@@ -36,6 +38,13 @@ def _registry_with(gate: GateExecutor) -> ExecutorRegistry:
     return registry
 
 
+async def _taken_silently(session: ScriptedSession, *, running: int = 1) -> None:
+    """Waits until the agent handled the assignments sent so far, which it must not have acked."""
+    barrier = await session.barrier(ignore=_QUIET)
+    assert barrier.before == []
+    assert barrier.offer.cost == running
+
+
 def _remaining_kinds(session: ScriptedSession) -> set[str | None]:
     kinds: set[str | None] = set()
     while not session.requests.empty():
@@ -50,7 +59,7 @@ async def test_drain_declines_new_work_lets_running_work_finish_and_returns(
     running, session = await connect_agent(registry=_registry_with(gate))
     await session.expect("credit")
     session.assign("job-1", todo("gate"))
-    await session.expect("assignment_ack")
+    await _taken_silently(session)
 
     running.agent.request_drain("maintenance")
 
@@ -80,7 +89,7 @@ async def test_drain_timeout_hands_running_attempts_back_as_agent_shutdown(
     running, session = await connect_agent(drain_timeout_s=0.2)
     await session.expect("credit")
     session.assign("job-1", todo("wait", params={"seconds": 30}))
-    await session.expect("assignment_ack")
+    await _taken_silently(session)
 
     running.agent.request_drain()
 
@@ -115,7 +124,7 @@ async def test_server_drain_lets_work_finish_then_reconnects(
     running, session = await connect_agent(registry=_registry_with(gate))
     await session.expect("credit")
     session.assign("job-1", todo("gate"))
-    await session.expect("assignment_ack")
+    await _taken_silently(session)
 
     session.send(pb.ConnectResponse(drain=pb.ServerDrain(reason="rolling update")))
     session.assign("job-2", todo("noop"))
@@ -140,9 +149,37 @@ async def test_server_drain_deadline_reconnects_with_attempts_still_running(
     _, session = await connect_agent()
     await session.expect("credit")
     session.assign("job-1", todo("wait", params={"seconds": 30}))
-    await session.expect("assignment_ack")
+    await _taken_silently(session)
 
     session.send(pb.ConnectResponse(drain=pb.ServerDrain(deadline=timestamp_in(0.1))))
 
     second = await scheduler.next_session()
     assert list(second.hello.running_attempts) == [attempt("job-1")]
+
+
+@pytest.mark.parametrize("drained_by", ["agent", "server"])
+async def test_a_repeated_assignment_while_draining_is_ignored_not_declined(
+    connect_agent: ConnectAgent, drained_by: str
+) -> None:
+    gate = GateExecutor()
+    running, session = await connect_agent(registry=_registry_with(gate))
+    await session.expect("credit")
+    session.assign("job-1", todo("gate"))
+    await _taken_silently(session)
+    if drained_by == "agent":
+        running.agent.request_drain("maintenance")
+        await session.expect("drain")
+    else:
+        session.send(pb.ConnectResponse(drain=pb.ServerDrain(reason="rolling update")))
+
+    session.assign("job-1", todo("gate"))
+
+    # A decline would make the server queue again a task that is still running here.
+    assert (await session.barrier()).before == []
+    assert running.agent.running_attempts == {AttemptKey("job-1", "t1", 1)}
+    gate.opened.set()
+    report = await session.expect("result")
+    assert dict(report.result.outputs) == {"gate": "passed"}
+    session.ack(report.report_id)
+    await asyncio.wait_for(session.agent_half_closed.wait(), 5.0)
+    assert _remaining_kinds(session) <= {"heartbeat"}

@@ -12,9 +12,14 @@ from cpa_agent import AttemptKey
 from cpa_agent.connection import full_jitter_backoff_s
 
 from .conftest import ConnectAgent, StartAgent, StartScheduler
-from .scripted_scheduler import ScriptedScheduler, attempt, todo
+from .scripted_scheduler import ScriptedScheduler, ScriptedSession, attempt, todo
 
 _QUIET = ("heartbeat", "progress")
+
+
+async def _quiet_until_barrier(session: ScriptedSession) -> None:
+    """The agent sent nothing (no ack, no credit) before answering a barrier."""
+    assert (await session.barrier(ignore=_QUIET)).before == []
 
 
 class _FailureCounter(logging.Handler):
@@ -55,10 +60,10 @@ async def test_unacked_result_is_resent_after_reconnect_and_hello_lists_running_
     running, session = await connect_agent()
     await session.expect("credit")
     session.assign("job-slow", todo("wait", params={"seconds": 30}))
-    await session.expect("assignment_ack")
     session.assign("job-echo", todo("echo", params={"n": 1}))
-    await session.expect("assignment_ack", ignore=_QUIET)
     sent = await session.expect("result", ignore=_QUIET)
+    assert sent.result.job_id == "job-echo"
+    await _quiet_until_barrier(session)
 
     session.drop()  # before acking the result
 
@@ -87,11 +92,14 @@ async def test_a_refused_result_is_dropped_from_the_outbox(
     running, session = await connect_agent()
     await session.expect("credit")
     session.assign("job-1", todo("noop"))
-    await session.expect("assignment_ack")
     sent = await session.expect("result")
+    assert running.agent.unacked_results == (AttemptKey("job-1", "t1", 1),)
 
     session.ack(sent.report_id, accepted=False)
-    await session.expect("credit")
+
+    # Handled before the barrier: dropped, and no credit (the result returned the slot).
+    await _quiet_until_barrier(session)
+    assert not running.agent.unacked_results
     session.drop()
 
     second = await scheduler.next_session()
@@ -107,7 +115,7 @@ async def test_attempts_the_welcome_does_not_adopt_are_stopped_and_not_reported(
     await session.expect("credit")
     for job_id in ("job-a", "job-b"):
         session.assign(job_id, todo("wait", params={"seconds": 30}))
-        await session.expect("assignment_ack", ignore=_QUIET)
+    await _quiet_until_barrier(session)
     session.drop()
 
     second = await scheduler.next_session()
@@ -130,7 +138,7 @@ async def test_stale_attempts_in_a_heartbeat_ack_are_stopped_and_not_reported(
     running, session = await connect_agent()
     await session.expect("credit")
     session.assign("job-1", todo("wait", params={"seconds": 30}))
-    await session.expect("assignment_ack")
+    await _quiet_until_barrier(session)
 
     session.stale_attempts = [attempt("job-1")]
 
@@ -140,8 +148,9 @@ async def test_stale_attempts_in_a_heartbeat_ack_are_stopped_and_not_reported(
     heartbeat = await session.next_heartbeat()
     assert list(heartbeat.running_attempts) == []
     session.assign("job-2", todo("noop"))
-    result = (await session.expect("result", ignore=(*_QUIET, "assignment_ack"))).result
+    result = (await session.expect("result", ignore=_QUIET)).result
     assert result.job_id == "job-2"
+    await _quiet_until_barrier(session)
 
 
 async def test_agent_keeps_retrying_until_the_server_comes_up(

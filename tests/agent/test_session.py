@@ -1,20 +1,66 @@
-"""One session end to end: hello, credit, assignments and the results of every outcome."""
+"""One session end to end: hello, credit, assignments and the results of every outcome.
+
+Acceptance is silent (no AssignmentAck) and a result returns its slot (no Credit after it):
+tests prove those absences by message order, never by waiting a while.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
-from cpa_agent import __version__
+from cpa_agent import AttemptKey, ExecutionContext, ExecutorRegistry, __version__, builtin_registry
 
 from .conftest import ConnectAgent, StartAgent
-from .scripted_scheduler import ScriptedScheduler, ScriptedSession, todo
+from .scripted_scheduler import ScriptedScheduler, ScriptedSession, attempt, todo
+
+_QUIET = ("heartbeat", "progress")
+
+
+class _ProgressSteps:
+    """Reports unknown, zero and known progress, then succeeds."""
+
+    action = "steps"
+
+    async def run(self, ctx: ExecutionContext) -> dict[str, Any]:
+        await ctx.progress(None, "working, extent unknown")
+        await ctx.progress(0.0, "starting the measurable part")
+        await ctx.progress(42.5, "almost half")
+        return {}
+
+
+class _CountsRuns:
+    """Counts how often it was started; ends at once."""
+
+    action = "counts"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, ctx: ExecutionContext) -> dict[str, Any]:
+        self.runs += 1
+        return {}
+
+
+def _registry_with(*executors: Any) -> ExecutorRegistry:
+    registry = builtin_registry()
+    for executor in executors:
+        registry.register(executor)
+    return registry
 
 
 async def _result_of(session: ScriptedSession) -> pb.ConnectRequest:
-    """Skips the ack and any progress, and returns the request carrying the Result."""
-    ack = await session.expect("assignment_ack")
-    assert ack.assignment_ack.accepted
-    return await session.expect("result", ignore=("heartbeat", "progress"))
+    """The request carrying the Result; only progress may come before it (no ack, no credit)."""
+    return await session.expect("result", ignore=_QUIET)
+
+
+async def _assert_no_credit_follows(session: ScriptedSession) -> None:
+    """Nothing but progress follows a result: the result itself hands its slot back."""
+    barrier = await session.barrier(ignore=_QUIET)
+    assert barrier.before == []
+    # The slot is free again without a Credit: the offer counts no running attempt.
+    assert (barrier.offer.available, barrier.offer.cost) == (True, 0.0)
 
 
 async def test_hello_names_the_agent_and_what_it_can_do(
@@ -49,7 +95,7 @@ async def test_credit_for_all_slots_follows_the_welcome(connect_agent: ConnectAg
     await running.agent.connected.wait()
 
 
-async def test_echo_assignment_is_acked_and_reports_its_outputs(
+async def test_echo_assignment_runs_without_an_ack_and_reports_its_outputs(
     connect_agent: ConnectAgent,
 ) -> None:
     _, session = await connect_agent()
@@ -57,10 +103,7 @@ async def test_echo_assignment_is_acked_and_reports_its_outputs(
 
     session.assign("job-1", todo("echo", params={"greeting": "hi"}), inputs={"invoice": "42"})
 
-    ack = await session.expect("assignment_ack")
-    assert ack.assignment_ack == pb.AssignmentAck(
-        job_id="job-1", task_id="t1", attempt=1, accepted=True
-    )
+    # The result is the first thing the agent sends: an accepted assignment is not acked.
     report = await session.expect("result")
     assert report.report_id > 0
     result = report.result
@@ -68,8 +111,21 @@ async def test_echo_assignment_is_acked_and_reports_its_outputs(
     assert result.WhichOneof("outcome") == "outputs"
     assert dict(result.outputs) == {"greeting": "hi", "inputs": {"invoice": "42"}}
     assert not result.cancelled
-    # The slot is free again once the result is out.
-    assert (await session.expect("credit")).credit.slots == 1
+    await _assert_no_credit_follows(session)
+
+
+async def test_an_accepted_assignment_sends_nothing_while_it_runs(
+    connect_agent: ConnectAgent,
+) -> None:
+    running, session = await connect_agent()
+    await session.expect("credit")
+
+    session.assign("job-1", todo("wait", params={"seconds": 30}))
+
+    barrier = await session.barrier(ignore=_QUIET)
+    assert barrier.before == []
+    assert barrier.offer.cost == 1.0  # the offer was made with the attempt running
+    assert running.agent.running_attempts == {AttemptKey("job-1", "t1", 1)}
 
 
 async def test_report_ids_increase_within_a_session(connect_agent: ConnectAgent) -> None:
@@ -78,11 +134,12 @@ async def test_report_ids_increase_within_a_session(connect_agent: ConnectAgent)
 
     session.assign("job-1", todo("noop"))
     first = await _result_of(session)
-    await session.expect("credit")
+    await _assert_no_credit_follows(session)
     session.assign("job-2", todo("noop"))
     second = await _result_of(session)
 
     assert 0 < first.report_id < second.report_id
+    await _assert_no_credit_follows(session)
 
 
 async def test_wait_reports_progress_then_succeeds(connect_agent: ConnectAgent) -> None:
@@ -91,16 +148,38 @@ async def test_wait_reports_progress_then_succeeds(connect_agent: ConnectAgent) 
 
     session.assign("job-1", todo("wait", params={"seconds": 1.2}))
 
-    await session.expect("assignment_ack")
     started = await session.expect("progress")
     assert started.report_id > 0
     assert started.progress.attempt == 1
+    assert started.progress.HasField("percent")
     assert started.progress.percent == 0.0
     later = await session.expect("progress")
     assert later.report_id > started.report_id
     assert 50.0 < later.progress.percent < 100.0
     result = (await session.expect("result")).result
     assert dict(result.outputs) == {"waited_s": 1.2}
+    await _assert_no_credit_follows(session)
+
+
+async def test_progress_percent_is_unset_when_the_executor_does_not_know_it(
+    connect_agent: ConnectAgent,
+) -> None:
+    _, session = await connect_agent(registry=_registry_with(_ProgressSteps()))
+    await session.expect("credit")
+
+    session.assign("job-1", todo("steps"))
+
+    unknown = (await session.expect("progress")).progress
+    assert (unknown.job_id, unknown.task_id, unknown.attempt) == ("job-1", "t1", 1)
+    assert unknown.message == "working, extent unknown"
+    assert not unknown.HasField("percent")
+    zero = (await session.expect("progress")).progress
+    assert zero.HasField("percent")
+    assert zero.percent == 0.0
+    known = (await session.expect("progress")).progress
+    assert known.HasField("percent")
+    assert known.percent == 42.5
+    await session.expect("result")
 
 
 async def test_cancel_stops_a_running_wait_promptly_and_reports_cancelled(
@@ -109,7 +188,6 @@ async def test_cancel_stops_a_running_wait_promptly_and_reports_cancelled(
     running, session = await connect_agent()
     await session.expect("credit")
     session.assign("job-1", todo("wait", params={"seconds": 30}))
-    await session.expect("assignment_ack")
     await session.expect("progress")
 
     session.cancel("job-1")
@@ -121,6 +199,7 @@ async def test_cancel_stops_a_running_wait_promptly_and_reports_cancelled(
     assert not result.error.retryable
     assert result.error.message == "test cancel"
     assert running.agent.running_attempts == frozenset()
+    await _assert_no_credit_follows(session)
 
 
 async def test_fail_reports_the_executors_code_and_retryable_flag(
@@ -162,7 +241,7 @@ async def test_fail_until_attempt_succeeds_on_the_next_attempt(
 
     session.assign("job-1", failing, attempt=1)
     first = (await _result_of(session)).result
-    await session.expect("credit")
+    await _assert_no_credit_follows(session)
     session.assign("job-1", failing, attempt=2)
     second = (await _result_of(session)).result
 
@@ -226,15 +305,18 @@ async def test_an_action_the_agent_lacks_fails_with_unknown_action(
 
 
 async def test_assignment_beyond_the_slots_is_declined(connect_agent: ConnectAgent) -> None:
-    _, session = await connect_agent(slots=1)
+    running, session = await connect_agent(slots=1)
     await session.expect("credit")
     session.assign("job-1", todo("wait", params={"seconds": 30}))
-    await session.expect("assignment_ack")
 
     session.assign("job-2", todo("noop"))
 
-    ack = (await session.expect("assignment_ack", ignore=("heartbeat", "progress"))).assignment_ack
-    assert (ack.job_id, ack.accepted, ack.reason) == ("job-2", False, "NO_FREE_SLOT")
+    # The only ack is the decline: job-1 was taken silently.
+    ack = (await session.expect("assignment_ack", ignore=_QUIET)).assignment_ack
+    assert ack == pb.AssignmentAck(
+        job_id="job-2", task_id="t1", attempt=1, accepted=False, reason="NO_FREE_SLOT"
+    )
+    assert running.agent.running_attempts == {AttemptKey("job-1", "t1", 1)}
 
 
 async def test_a_call_for_proposals_is_answered_with_an_offer(connect_agent: ConnectAgent) -> None:
@@ -256,16 +338,39 @@ async def test_a_call_for_proposals_is_answered_with_an_offer(connect_agent: Con
     assert (second.cfp_id, second.available) == ("cfp-2", False)
 
 
-async def test_a_repeated_assignment_is_confirmed_but_runs_once(
+async def test_a_repeated_assignment_of_a_running_attempt_is_ignored(
     connect_agent: ConnectAgent,
 ) -> None:
     running, session = await connect_agent()
     await session.expect("credit")
     session.assign("job-1", todo("wait", params={"seconds": 30}))
-    await session.expect("assignment_ack")
 
     session.assign("job-1", todo("wait", params={"seconds": 30}))
 
-    ack = (await session.expect("assignment_ack", ignore=("heartbeat", "progress"))).assignment_ack
-    assert (ack.job_id, ack.accepted) == ("job-1", True)
-    assert len(running.agent.running_attempts) == 1
+    barrier = await session.barrier(ignore=_QUIET)
+    assert barrier.before == []
+    assert barrier.offer.cost == 1.0
+    assert running.agent.running_attempts == {AttemptKey("job-1", "t1", 1)}
+    heartbeat = await session.next_heartbeat()
+    assert list(heartbeat.running_attempts) == [attempt("job-1")]
+
+
+async def test_a_repeated_assignment_of_an_unacked_result_is_ignored(
+    connect_agent: ConnectAgent,
+) -> None:
+    counter = _CountsRuns()
+    running, session = await connect_agent(registry=_registry_with(counter))
+    await session.expect("credit")
+    session.assign("job-1", todo("counts"))
+    report = await _result_of(session)
+
+    session.assign("job-1", todo("counts"))  # before the result is acked
+
+    assert (await session.barrier()).before == []
+    # Started again, it would be running now or have run: neither happened.
+    assert running.agent.running_attempts == frozenset()
+    assert counter.runs == 1
+    assert running.agent.unacked_results == (AttemptKey("job-1", "t1", 1),)
+    session.ack(report.report_id)
+    assert (await session.barrier()).before == []
+    assert not running.agent.unacked_results

@@ -239,3 +239,11 @@ def test_a_missing_or_undecodable_file_is_named(tmp_path: Path) -> None:
     latin.write_bytes(b"- id: a\n  action: echo\n  description: caf\xe9\n")
     with pytest.raises(TodosFileError, match=r"latin\.yaml:3: not UTF-8 \(invalid"):
         load_todos(latin)
+
+
+def test_the_example_in_the_repository_loads() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "invoice_todos.yaml"
+    todos = load_todos(example)
+    assert [t.id for t in todos] == ["fetch_invoice", "fetch_contract", "merge", "notify"]
+    assert list(todos[2].depends_on) == ["fetch_invoice", "fetch_contract"]
+    assert todos[3].retry_policy.max_attempts == 5

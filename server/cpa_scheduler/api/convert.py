@@ -518,7 +518,8 @@ def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
             progress = message.task_progress
             progress.task_id = payload.task_id
             progress.attempt = payload.attempt
-            progress.percent = payload.percent if payload.percent is not None else 0.0
+            if payload.percent is not None:
+                progress.percent = payload.percent
             progress.message = payload.message
         case TaskRetryScheduled():
             retry = message.task_retry_scheduled

@@ -171,7 +171,8 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         lease_until, stale = await self._orchestrator.renew_leases(
             session.profile.tenant, session.agent_id, running
         )
-        session.running = set(running) - set(stale)
+        # Only drop what is stale: an assignment may be on its way, unknown to this heartbeat.
+        session.running.difference_update(stale)
         ack = pb.HeartbeatAck(stale_attempts=convert.attempt_refs_to_proto(stale))
         ack.lease_until.FromDatetime(lease_until)
         outgoing.put_nowait(pb.ConnectResponse(heartbeat_ack=ack))
@@ -188,13 +189,20 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         try:
             if kind == "result":
                 ref, report = convert.result_from_proto(request.result)
-                session.running.discard(ref)
+                if ref in session.running:
+                    # The result hands its slot back (no Credit message follows it).
+                    session.running.discard(ref)
+                    session.credits = min(session.credits + 1, session.profile.slots)
+                    self._dispatcher.wake()
                 await self._orchestrator.report_result(tenant, ref, report)
             elif kind == "progress":
                 progress = request.progress
                 ref = AttemptRef(progress.job_id, progress.task_id, progress.attempt)
                 await self._orchestrator.report_progress(
-                    tenant, ref, percent=progress.percent, message=progress.message
+                    tenant,
+                    ref,
+                    percent=progress.percent if progress.HasField("percent") else None,
+                    message=progress.message,
                 )
             else:
                 ack = request.assignment_ack

@@ -31,7 +31,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cpa/executor/v1/executor_service.proto\x12\x0f\x63pa.executor.v1\x1a&cpa/common/v1/agent_capabilities.proto\x1a\x1c\x63pa/common/v1/artifact.proto\x1a\x19\x63pa/common/v1/error.proto\x1a\x18\x63pa/common/v1/todo.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x0eRunningAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"\xbb\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .cpa.common.v1.AgentCapabilities\x12\x39\n\x10running_attempts\x18\x05 \x03(\x0b\x32\x1f.cpa.executor.v1.RunningAttempt\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x17\n\x06\x43redit\x12\r\n\x05slots\x18\x01 \x01(\x05\"c\n\rAssignmentAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x8a\x01\n\x08Progress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0f\n\x07percent\x18\x04 \x01(\x02\x12\x0f\n\x07message\x18\x05 \x01(\t\x12*\n\tartifacts\x18\x06 \x03(\x0b\x32\x17.cpa.common.v1.Artifact\"\xdb\x01\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12*\n\x07outputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.cpa.common.v1.TaskErrorH\x00\x12*\n\tartifacts\x18\x06 \x03(\x0b\x32\x17.cpa.common.v1.Artifact\x12\x11\n\tcancelled\x18\x07 \x01(\x08\x42\t\n\x07outcome\"F\n\tHeartbeat\x12\x39\n\x10running_attempts\x18\x01 \x03(\x0b\x32\x1f.cpa.executor.v1.RunningAttempt\"\x1c\n\nAgentDrain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"`\n\x05Offer\x12\x0e\n\x06\x63\x66p_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x01\x12&\n\x03\x65ta\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9b\x03\n\x0e\x43onnectRequest\x12\x11\n\treport_id\x18\x01 \x01(\x03\x12\'\n\x05hello\x18\n \x01(\x0b\x32\x16.cpa.executor.v1.HelloH\x00\x12)\n\x06\x63redit\x18\x0b \x01(\x0b\x32\x17.cpa.executor.v1.CreditH\x00\x12\x38\n\x0e\x61ssignment_ack\x18\x0c \x01(\x0b\x32\x1e.cpa.executor.v1.AssignmentAckH\x00\x12-\n\x08progress\x18\r \x01(\x0b\x32\x19.cpa.executor.v1.ProgressH\x00\x12)\n\x06result\x18\x0e \x01(\x0b\x32\x17.cpa.executor.v1.ResultH\x00\x12/\n\theartbeat\x18\x0f \x01(\x0b\x32\x1a.cpa.executor.v1.HeartbeatH\x00\x12,\n\x05\x64rain\x18\x10 \x01(\x0b\x32\x1b.cpa.executor.v1.AgentDrainH\x00\x12\'\n\x05offer\x18\x11 \x01(\x0b\x32\x16.cpa.executor.v1.OfferH\x00\x42\x06\n\x04kind\"\xd6\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x10\x61\x64opted_attempts\x18\x05 \x03(\x0b\x32\x1f.cpa.executor.v1.RunningAttempt\"\xb3\x03\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04todo\x18\x02 \x01(\x0b\x32\x13.cpa.common.v1.ToDo\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\rtrace_context\x18\x05 \x03(\x0b\x32-.cpa.executor.v1.Assignment.TraceContextEntry\x12\'\n\x06inputs\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12H\n\x0f\x63redential_refs\x18\x08 \x03(\x0b\x32/.cpa.executor.v1.Assignment.CredentialRefsEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13\x43redentialRefsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\rCancelAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\\\n\tReportAck\x12\x11\n\treport_id\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.cpa.common.v1.ErrorReason\"K\n\x0bServerDrain\x12,\n\x08\x64\x65\x61\x64line\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x83\x01\n\x10\x43\x61llForProposals\x12\x0e\n\x06\x63\x66p_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12!\n\x04todo\x18\x03 \x01(\x0b\x32\x13.cpa.common.v1.ToDo\x12,\n\x08reply_by\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x10ProposalDecision\x12\x0e\n\x06\x63\x66p_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\"x\n\x0cHeartbeatAck\x12/\n\x0blease_until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x0estale_attempts\x18\x02 \x03(\x0b\x32\x1f.cpa.executor.v1.RunningAttempt\"\xc5\x03\n\x0f\x43onnectResponse\x12+\n\x07welcome\x18\n \x01(\x0b\x32\x18.cpa.executor.v1.WelcomeH\x00\x12\x31\n\nassignment\x18\x0b \x01(\x0b\x32\x1b.cpa.executor.v1.AssignmentH\x00\x12\x30\n\x06\x63\x61ncel\x18\x0c \x01(\x0b\x32\x1e.cpa.executor.v1.CancelAttemptH\x00\x12\x30\n\nreport_ack\x18\r \x01(\x0b\x32\x1a.cpa.executor.v1.ReportAckH\x00\x12-\n\x05\x64rain\x18\x0e \x01(\x0b\x32\x1c.cpa.executor.v1.ServerDrainH\x00\x12?\n\x12\x63\x61ll_for_proposals\x18\x0f \x01(\x0b\x32!.cpa.executor.v1.CallForProposalsH\x00\x12>\n\x11proposal_decision\x18\x10 \x01(\x0b\x32!.cpa.executor.v1.ProposalDecisionH\x00\x12\x36\n\rheartbeat_ack\x18\x11 \x01(\x0b\x32\x1d.cpa.executor.v1.HeartbeatAckH\x00\x42\x06\n\x04kind2c\n\x0f\x45xecutorService\x12P\n\x07\x43onnect\x12\x1f.cpa.executor.v1.ConnectRequest\x1a .cpa.executor.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cpa/executor/v1/executor_service.proto\x12\x0f\x63pa.executor.v1\x1a&cpa/common/v1/agent_capabilities.proto\x1a\x1c\x63pa/common/v1/artifact.proto\x1a\x19\x63pa/common/v1/error.proto\x1a\x18\x63pa/common/v1/todo.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x0eRunningAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"\xbb\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .cpa.common.v1.AgentCapabilities\x12\x39\n\x10running_attempts\x18\x05 \x03(\x0b\x32\x1f.cpa.executor.v1.RunningAttempt\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x17\n\x06\x43redit\x12\r\n\x05slots\x18\x01 \x01(\x05\"c\n\rAssignmentAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x9b\x01\n\x08Progress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x14\n\x07percent\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12*\n\tartifacts\x18\x06 \x03(\x0b\x32\x17.cpa.common.v1.ArtifactB\n\n\x08_percent\"\xdb\x01\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12*\n\x07outputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.cpa.common.v1.TaskErrorH\x00\x12*\n\tartifacts\x18\x06 \x03(\x0b\x32\x17.cpa.common.v1.Artifact\x12\x11\n\tcancelled\x18\x07 \x01(\x08\x42\t\n\x07outcome\"F\n\tHeartbeat\x12\x39\n\x10running_attempts\x18\x01 \x03(\x0b\x32\x1f.cpa.executor.v1.RunningAttempt\"\x1c\n\nAgentDrain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"`\n\x05Offer\x12\x0e\n\x06\x63\x66p_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x01\x12&\n\x03\x65ta\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9b\x03\n\x0e\x43onnectRequest\x12\x11\n\treport_id\x18\x01 \x01(\x03\x12\'\n\x05hello\x18\n \x01(\x0b\x32\x16.cpa.executor.v1.HelloH\x00\x12)\n\x06\x63redit\x18\x0b \x01(\x0b\x32\x17.cpa.executor.v1.CreditH\x00\x12\x38\n\x0e\x61ssignment_ack\x18\x0c \x01(\x0b\x32\x1e.cpa.executor.v1.AssignmentAckH\x00\x12-\n\x08progress\x18\r \x01(\x0b\x32\x19.cpa.executor.v1.ProgressH\x00\x12)\n\x06result\x18\x0e \x01(\x0b\x32\x17.cpa.executor.v1.ResultH\x00\x12/\n\theartbeat\x18\x0f \x01(\x0b\x32\x1a.cpa.executor.v1.HeartbeatH\x00\x12,\n\x05\x64rain\x18\x10 \x01(\x0b\x32\x1b.cpa.executor.v1.AgentDrainH\x00\x12\'\n\x05offer\x18\x11 \x01(\x0b\x32\x16.cpa.executor.v1.OfferH\x00\x42\x06\n\x04kind\"\xd6\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x10\x61\x64opted_attempts\x18\x05 \x03(\x0b\x32\x1f.cpa.executor.v1.RunningAttempt\"\xb3\x03\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04todo\x18\x02 \x01(\x0b\x32\x13.cpa.common.v1.ToDo\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\rtrace_context\x18\x05 \x03(\x0b\x32-.cpa.executor.v1.Assignment.TraceContextEntry\x12\'\n\x06inputs\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12H\n\x0f\x63redential_refs\x18\x08 \x03(\x0b\x32/.cpa.executor.v1.Assignment.CredentialRefsEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13\x43redentialRefsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\rCancelAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\\\n\tReportAck\x12\x11\n\treport_id\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.cpa.common.v1.ErrorReason\"K\n\x0bServerDrain\x12,\n\x08\x64\x65\x61\x64line\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x83\x01\n\x10\x43\x61llForProposals\x12\x0e\n\x06\x63\x66p_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12!\n\x04todo\x18\x03 \x01(\x0b\x32\x13.cpa.common.v1.ToDo\x12,\n\x08reply_by\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x10ProposalDecision\x12\x0e\n\x06\x63\x66p_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\"x\n\x0cHeartbeatAck\x12/\n\x0blease_until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x0estale_attempts\x18\x02 \x03(\x0b\x32\x1f.cpa.executor.v1.RunningAttempt\"\xc5\x03\n\x0f\x43onnectResponse\x12+\n\x07welcome\x18\n \x01(\x0b\x32\x18.cpa.executor.v1.WelcomeH\x00\x12\x31\n\nassignment\x18\x0b \x01(\x0b\x32\x1b.cpa.executor.v1.AssignmentH\x00\x12\x30\n\x06\x63\x61ncel\x18\x0c \x01(\x0b\x32\x1e.cpa.executor.v1.CancelAttemptH\x00\x12\x30\n\nreport_ack\x18\r \x01(\x0b\x32\x1a.cpa.executor.v1.ReportAckH\x00\x12-\n\x05\x64rain\x18\x0e \x01(\x0b\x32\x1c.cpa.executor.v1.ServerDrainH\x00\x12?\n\x12\x63\x61ll_for_proposals\x18\x0f \x01(\x0b\x32!.cpa.executor.v1.CallForProposalsH\x00\x12>\n\x11proposal_decision\x18\x10 \x01(\x0b\x32!.cpa.executor.v1.ProposalDecisionH\x00\x12\x36\n\rheartbeat_ack\x18\x11 \x01(\x0b\x32\x1d.cpa.executor.v1.HeartbeatAckH\x00\x42\x06\n\x04kind2c\n\x0f\x45xecutorService\x12P\n\x07\x43onnect\x12\x1f.cpa.executor.v1.ConnectRequest\x1a .cpa.executor.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,39 +51,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENTACK']._serialized_start=560
   _globals['_ASSIGNMENTACK']._serialized_end=659
   _globals['_PROGRESS']._serialized_start=662
-  _globals['_PROGRESS']._serialized_end=800
-  _globals['_RESULT']._serialized_start=803
-  _globals['_RESULT']._serialized_end=1022
-  _globals['_HEARTBEAT']._serialized_start=1024
-  _globals['_HEARTBEAT']._serialized_end=1094
-  _globals['_AGENTDRAIN']._serialized_start=1096
-  _globals['_AGENTDRAIN']._serialized_end=1124
-  _globals['_OFFER']._serialized_start=1126
-  _globals['_OFFER']._serialized_end=1222
-  _globals['_CONNECTREQUEST']._serialized_start=1225
-  _globals['_CONNECTREQUEST']._serialized_end=1636
-  _globals['_WELCOME']._serialized_start=1639
-  _globals['_WELCOME']._serialized_end=1853
-  _globals['_ASSIGNMENT']._serialized_start=1856
-  _globals['_ASSIGNMENT']._serialized_end=2291
-  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=2185
-  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=2236
-  _globals['_ASSIGNMENT_CREDENTIALREFSENTRY']._serialized_start=2238
-  _globals['_ASSIGNMENT_CREDENTIALREFSENTRY']._serialized_end=2291
-  _globals['_CANCELATTEMPT']._serialized_start=2293
-  _globals['_CANCELATTEMPT']._serialized_end=2374
-  _globals['_REPORTACK']._serialized_start=2376
-  _globals['_REPORTACK']._serialized_end=2468
-  _globals['_SERVERDRAIN']._serialized_start=2470
-  _globals['_SERVERDRAIN']._serialized_end=2545
-  _globals['_CALLFORPROPOSALS']._serialized_start=2548
-  _globals['_CALLFORPROPOSALS']._serialized_end=2679
-  _globals['_PROPOSALDECISION']._serialized_start=2681
-  _globals['_PROPOSALDECISION']._serialized_end=2733
-  _globals['_HEARTBEATACK']._serialized_start=2735
-  _globals['_HEARTBEATACK']._serialized_end=2855
-  _globals['_CONNECTRESPONSE']._serialized_start=2858
-  _globals['_CONNECTRESPONSE']._serialized_end=3311
-  _globals['_EXECUTORSERVICE']._serialized_start=3313
-  _globals['_EXECUTORSERVICE']._serialized_end=3412
+  _globals['_PROGRESS']._serialized_end=817
+  _globals['_RESULT']._serialized_start=820
+  _globals['_RESULT']._serialized_end=1039
+  _globals['_HEARTBEAT']._serialized_start=1041
+  _globals['_HEARTBEAT']._serialized_end=1111
+  _globals['_AGENTDRAIN']._serialized_start=1113
+  _globals['_AGENTDRAIN']._serialized_end=1141
+  _globals['_OFFER']._serialized_start=1143
+  _globals['_OFFER']._serialized_end=1239
+  _globals['_CONNECTREQUEST']._serialized_start=1242
+  _globals['_CONNECTREQUEST']._serialized_end=1653
+  _globals['_WELCOME']._serialized_start=1656
+  _globals['_WELCOME']._serialized_end=1870
+  _globals['_ASSIGNMENT']._serialized_start=1873
+  _globals['_ASSIGNMENT']._serialized_end=2308
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=2202
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=2253
+  _globals['_ASSIGNMENT_CREDENTIALREFSENTRY']._serialized_start=2255
+  _globals['_ASSIGNMENT_CREDENTIALREFSENTRY']._serialized_end=2308
+  _globals['_CANCELATTEMPT']._serialized_start=2310
+  _globals['_CANCELATTEMPT']._serialized_end=2391
+  _globals['_REPORTACK']._serialized_start=2393
+  _globals['_REPORTACK']._serialized_end=2485
+  _globals['_SERVERDRAIN']._serialized_start=2487
+  _globals['_SERVERDRAIN']._serialized_end=2562
+  _globals['_CALLFORPROPOSALS']._serialized_start=2565
+  _globals['_CALLFORPROPOSALS']._serialized_end=2696
+  _globals['_PROPOSALDECISION']._serialized_start=2698
+  _globals['_PROPOSALDECISION']._serialized_end=2750
+  _globals['_HEARTBEATACK']._serialized_start=2752
+  _globals['_HEARTBEATACK']._serialized_end=2872
+  _globals['_CONNECTRESPONSE']._serialized_start=2875
+  _globals['_CONNECTRESPONSE']._serialized_end=3328
+  _globals['_EXECUTORSERVICE']._serialized_start=3330
+  _globals['_EXECUTORSERVICE']._serialized_end=3429
 # @@protoc_insertion_point(module_scope)

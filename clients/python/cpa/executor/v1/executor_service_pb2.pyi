@@ -105,7 +105,11 @@ Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
 @_typing.final
 class Credit(_message.Message):
-    """Credit grants the server permission to send more assignments (flow control)."""
+    """Credit grants the server permission to send more assignments (flow control). The agent sends
+    one after the welcome (its free slots) and when slots free up without a result (stale
+    attempts); a Result of an attempt this session runs (assigned to it, or adopted from its
+    hello) returns that slot by itself.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -127,7 +131,7 @@ Global___Credit: _TypeAlias = Credit  # noqa: Y015
 
 @_typing.final
 class AssignmentAck(_message.Message):
-    """AssignmentAck confirms or declines an assignment."""
+    """AssignmentAck declines an assignment (acceptance needs no message: the agent just runs it)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -182,7 +186,7 @@ class Progress(_message.Message):
     attempt: _builtins.int
     """Attempt number."""
     percent: _builtins.float
-    """Progress from 0 to 100, when known."""
+    """Progress from 0 to 100; unset when not known."""
     message: _builtins.str
     """Human-readable text."""
     @_builtins.property
@@ -195,15 +199,17 @@ class Progress(_message.Message):
         job_id: _builtins.str = ...,
         task_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
-        percent: _builtins.float = ...,
+        percent: _builtins.float | None = ...,
         message: _builtins.str = ...,
         artifacts: _abc.Iterable[_artifact_pb2.Artifact] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_percent", b"_percent", "percent", b"percent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempt", b"attempt", "job_id", b"job_id", "message", b"message", "percent", b"percent", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_percent", b"_percent", "artifacts", b"artifacts", "attempt", b"attempt", "job_id", b"job_id", "message", b"message", "percent", b"percent", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__percent: _TypeAlias = _typing.Literal["percent"]  # noqa: Y015
+    _WhichOneofArgType__percent: _TypeAlias = _typing.Literal["_percent", b"_percent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__percent) -> _WhichOneofReturnType__percent | None: ...
 
 Global___Progress: _TypeAlias = Progress  # noqa: Y015
 

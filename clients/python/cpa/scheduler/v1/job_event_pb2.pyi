@@ -121,7 +121,7 @@ class TaskProgress(_message.Message):
     attempt: _builtins.int
     """Attempt reporting."""
     percent: _builtins.float
-    """Progress from 0 to 100, when known."""
+    """Progress from 0 to 100; unset when not known."""
     message: _builtins.str
     """Human-readable text."""
     @_builtins.property
@@ -133,15 +133,17 @@ class TaskProgress(_message.Message):
         *,
         task_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
-        percent: _builtins.float = ...,
+        percent: _builtins.float | None = ...,
         message: _builtins.str = ...,
         artifacts: _abc.Iterable[_artifact_pb2.Artifact] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_percent", b"_percent", "percent", b"percent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempt", b"attempt", "message", b"message", "percent", b"percent", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_percent", b"_percent", "artifacts", b"artifacts", "attempt", b"attempt", "message", b"message", "percent", b"percent", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__percent: _TypeAlias = _typing.Literal["percent"]  # noqa: Y015
+    _WhichOneofArgType__percent: _TypeAlias = _typing.Literal["_percent", b"_percent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__percent) -> _WhichOneofReturnType__percent | None: ...
 
 Global___TaskProgress: _TypeAlias = TaskProgress  # noqa: Y015
 
