@@ -301,10 +301,15 @@ def plan_to_preview_proto(plan: Plan) -> scheduler_service_pb2.PreviewPlanRespon
 # -- times ------------------------------------------------------------------------------------
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(value.astimezone(UTC))
-    return message
+    # Timestamp.FromDatetime is pure Python and showed in profiles of ScheduleJob.
+    delta = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def _set_time(message: Any, name: str, value: datetime | None) -> None:

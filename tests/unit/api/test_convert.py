@@ -271,3 +271,18 @@ def test_preview_lists_todos_in_order_with_batches() -> None:
     unknown = convert.plan_to_preview_proto(unknown_plan)
     assert (unknown.intent, len(unknown.todos)) == ("unknown", 0)
     assert unknown.candidates[0].intent == "portal_download_and_mail"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "2026-11-26T07:04:44.123456+00:00",
+        "1969-12-31T23:59:59.500000+00:00",
+        "2026-01-01T01:00:00+01:00",
+    ],
+)
+def test_timestamps_keep_the_instant_to_the_microsecond(moment: str) -> None:
+    from datetime import UTC, datetime
+
+    value = datetime.fromisoformat(moment)
+    assert convert._timestamp(value).ToDatetime(tzinfo=UTC) == value
