@@ -25,6 +25,7 @@ from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.scheduler_servicer import SchedulerServicer
 from .dispatch import SessionRegistry
+from .dispatch.directory import LocalAgentDirectory
 from .dispatch.dispatcher import Dispatcher
 from .events import LocalEventBus
 from .orchestration import Orchestrator
@@ -78,12 +79,13 @@ class SchedulerServer:
         store = await SqliteStore.open(settings.data_dir / "cpa.sqlite3")
         queue = LocalWorkQueue()
         sessions = SessionRegistry()
+        directory = LocalAgentDirectory(sessions, replica_id=self.replica_id)
         orchestrator = Orchestrator(
             store=store,
             planner=planner,
             queue=queue,
             bus=(bus := LocalEventBus()),
-            sessions=sessions,
+            directory=directory,
             settings=settings,
         )
         dispatcher = Dispatcher(queue=queue, sessions=sessions, orchestrator=orchestrator)
@@ -103,10 +105,10 @@ class SchedulerServer:
             SchedulerServicer(
                 orchestrator=orchestrator,
                 sessions=sessions,
+                directory=directory,
                 bus=bus,
                 lam=LamHandler(orchestrator=orchestrator, settings=settings),
                 settings=settings,
-                replica_id=self.replica_id,
             ),
             server,
         )
@@ -177,7 +179,7 @@ class SchedulerServer:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background = []
         if self._components is not None:
-            self._components.queue.close()
+            await self._components.queue.close()
             await self._components.store.close()
             self._components = None
 

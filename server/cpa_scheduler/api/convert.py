@@ -17,10 +17,10 @@ from cpa.executor.v1 import executor_service_pb2
 from cpa.scheduler.v1 import agent_pb2, job_event_pb2, job_pb2, scheduler_service_pb2
 from cpa_scheduler.dispatch import (
     AgentProfile,
-    AgentSession,
     AssignmentMessage,
     CancelMessage,
 )
+from cpa_scheduler.dispatch.directory import AgentRecord
 from cpa_scheduler.domain import (
     BUILTIN_ACTIONS,
     DEFAULT_RETRY_POLICY,
@@ -622,27 +622,27 @@ def result_from_proto(result: executor_service_pb2.Result) -> tuple[AttemptRef, 
 _AGENT_STATES = {
     AgentState.CONNECTED: agent_pb2.AGENT_STATE_CONNECTED,
     AgentState.DRAINING: agent_pb2.AGENT_STATE_DRAINING,
+    AgentState.DISCONNECTED: agent_pb2.AGENT_STATE_DISCONNECTED,
 }
 
 
-def agent_to_proto(session: AgentSession, *, replica_id: str) -> agent_pb2.Agent:
-    profile = session.profile
+def agent_to_proto(record: AgentRecord) -> agent_pb2.Agent:
     message = agent_pb2.Agent(
-        agent_id=profile.agent_id,
-        name=profile.name,
-        tenant=profile.tenant,
+        agent_id=record.agent_id,
+        name=record.name,
+        tenant=record.tenant,
         capabilities=agent_capabilities_pb2.AgentCapabilities(
-            actions=sorted(profile.actions),
-            capabilities=sorted(profile.capabilities),
-            labels=dict(profile.labels),
-            slots=profile.slots,
+            actions=sorted(record.actions),
+            capabilities=sorted(record.capabilities),
+            labels=dict(record.labels),
+            slots=record.slots,
         ),
-        state=_AGENT_STATES[session.state],
-        replica_id=replica_id,
-        running_tasks=len(session.running),
-        free_credits=session.credits,
-        version=profile.version,
+        state=_AGENT_STATES[record.state],
+        replica_id=record.replica_id,
+        running_tasks=record.running_tasks,
+        free_credits=record.free_credits,
+        version=record.version,
     )
-    _set_time(message, "connect_time", session.connect_time)
-    _set_time(message, "last_seen_time", session.last_seen_time)
+    _set_time(message, "connect_time", record.connect_time)
+    _set_time(message, "last_seen_time", record.last_seen_time)
     return message

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa.scheduler.v1 import scheduler_service_pb2_grpc
 from cpa_scheduler.dispatch import Requirement, SessionRegistry
+from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.domain import (
     DomainError,
     InvalidArgument,
@@ -72,17 +73,17 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         *,
         orchestrator: Orchestrator,
         sessions: SessionRegistry,
+        directory: AgentDirectory,
         bus: EventBus,
         lam: LamHandler,
         settings: Settings,
-        replica_id: str,
     ) -> None:
         self._orchestrator = orchestrator
         self._sessions = sessions
+        self._directory = directory
         self._bus = bus
         self._lam = lam
         self._settings = settings
-        self._replica_id = replica_id
 
     def _tenant(self, context: Context) -> str:
         return tenant_of(context, default=self._settings.default_tenant)
@@ -259,30 +260,20 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     ) -> pb.ListAgentsResponse:
         agent_filter = parse_agent_filter(request.filter)
         limit = page_size(request.page_size, default=_LIST_AGENTS_DEFAULT, maximum=_LIST_AGENTS_MAX)
-        tenant = self._tenant(context)
-        sessions = sorted(
-            (
-                s
-                for s in self._sessions
-                if s.profile.tenant == tenant
-                and agent_filter.matches(
-                    s.state.value, s.profile.actions, s.profile.capabilities, s.profile.labels
-                )
-            ),
-            key=lambda s: s.agent_id,
-        )
-        start = 0
         query = fingerprint_query("agents", format_agent_filter(agent_filter))
+        records = [
+            r
+            for r in await self._directory.list_agents(self._tenant(context))
+            if agent_filter.matches(r.state.value, r.actions, r.capabilities, r.labels)
+        ]
+        start = 0
         if request.page_token:
-            position = decode_page_token(request.page_token, query_fingerprint=query)
-            start = next(
-                (i for i, s in enumerate(sessions) if s.agent_id > position.job_id), len(sessions)
-            )
-        page = sessions[start : start + limit]
-        response = pb.ListAgentsResponse(
-            agents=[convert.agent_to_proto(s, replica_id=self._replica_id) for s in page]
-        )
-        if start + limit < len(sessions):
+            # Agents page by id; the token's position reuses its id slot for the agent id.
+            after = decode_page_token(request.page_token, query_fingerprint=query).job_id
+            start = next((i for i, r in enumerate(records) if r.agent_id > after), len(records))
+        page = records[start : start + limit]
+        response = pb.ListAgentsResponse(agents=[convert.agent_to_proto(r) for r in page])
+        if start + limit < len(records):
             response.next_page_token = encode_page_token(
                 PagePosition(create_time=page[-1].connect_time, job_id=page[-1].agent_id),
                 query_fingerprint=query,

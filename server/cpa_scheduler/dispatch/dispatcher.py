@@ -1,19 +1,20 @@
 """Dispatcher: matches ready tasks to agent sessions with free credits and starts attempts.
 
-Event-driven: it wakes when a task becomes ready or an agent grants credits, never polls.
-Credits are taken before the (asynchronous) assignment commits, so an agent never has more
-attempts in flight than it asked for; a stale assignment gives the credit back.
+Event-driven: it wakes when work may be ready or an agent grants credits (plus a slow safety
+poll for queues shared with other replicas). It takes from the queue no more than the capable
+sessions have credits for, takes a credit before the (asynchronous) assignment commits, and
+acks the queue item only after the assignment is durable (or found stale).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from cpa_scheduler.domain import AttemptRef
 from cpa_scheduler.orchestration import Orchestrator
-from cpa_scheduler.queue import LocalWorkQueue
-from cpa_scheduler.storage import QueuedTask
+from cpa_scheduler.queue import WorkItem, WorkQueue
 
 from .sessions import AgentSession, SessionRegistry
 
@@ -24,11 +25,17 @@ class Dispatcher:
     """Runs until cancelled: `run()` as a task; call `wake()` whenever work or capacity appears."""
 
     def __init__(
-        self, *, queue: LocalWorkQueue, sessions: SessionRegistry, orchestrator: Orchestrator
+        self,
+        *,
+        queue: WorkQueue,
+        sessions: SessionRegistry,
+        orchestrator: Orchestrator,
+        poll_interval_s: float | None = None,
     ) -> None:
         self._queue = queue
         self._sessions = sessions
         self._orchestrator = orchestrator
+        self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         queue.on_ready = self.wake
@@ -39,38 +46,46 @@ class Dispatcher:
     async def run(self) -> None:
         try:
             while True:
-                await self._wakeup.wait()
+                if self._poll_interval_s is None:
+                    await self._wakeup.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
                 self._wakeup.clear()
-                self._dispatch_ready()
+                try:
+                    await self._dispatch_ready()
+                except Exception:  # a failing queue must not stop dispatching for good
+                    log.exception("dispatch round failed")
         finally:
             for task in self._in_flight:
                 task.cancel()
 
-    def _dispatch_ready(self) -> None:
-        for requirement in self._queue.requirements():
+    async def _dispatch_ready(self) -> None:
+        for requirement in await self._queue.requirements():
             sessions = self._sessions.eligible(requirement)
-            while sessions:
-                item = self._queue.pop(requirement)
-                if item is None:
-                    break
-                session = sessions[0]
+            capacity = sum(s.credits for s in sessions)
+            if capacity == 0:
+                continue
+            for item in await self._queue.take(requirement, capacity):
+                # Most free credits first spreads the load; eligible() re-checks credits.
+                sessions = [s for s in sessions if s.takes_work]
+                if not sessions:
+                    break  # credits were taken meanwhile; the item comes back unacked
+                session = max(sessions, key=lambda s: s.credits)
                 session.credits -= 1
-                if not session.takes_work:
-                    sessions.pop(0)
-                else:
-                    # Keep the session with the most free credits first (spread the load).
-                    sessions.sort(key=lambda s: -s.credits)
                 task = asyncio.create_task(self._assign(item, session))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
 
-    async def _assign(self, item: QueuedTask, session: AgentSession) -> None:
+    async def _assign(self, item: WorkItem, session: AgentSession) -> None:
         try:
-            message = await self._orchestrator.assign(item, session.agent_id)
+            message = await self._orchestrator.assign(item.task, session.agent_id)
         except Exception:
-            log.exception("assigning %s/%s failed", item.job_id, item.todo.id)
-            message = None
-            self._queue.put(item)  # the store still says QUEUED: try again
+            # Not acked: the queue delivers it again (the store still says QUEUED).
+            log.exception("assigning %s/%s failed", item.task.job_id, item.task.todo.id)
+            session.credits += 1
+            return
+        await self._queue.ack([item])
         if message is None:
             session.credits += 1
             self.wake()

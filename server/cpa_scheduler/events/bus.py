@@ -39,9 +39,9 @@ class Subscription:
 
 
 class EventBus(Protocol):
-    """Where the orchestrator publishes and WatchJob subscribes."""
+    """Where the orchestrator publishes (after commit) and WatchJob subscribes."""
 
-    def publish(self, events: Sequence[JobEvent]) -> None: ...
+    async def publish(self, events: Sequence[JobEvent]) -> None: ...
 
     def subscribe(self, tenant: str, job_id: str) -> Subscription: ...
 
@@ -52,7 +52,11 @@ class LocalEventBus:
     def __init__(self) -> None:
         self._subscribers: dict[tuple[str, str], list[Subscription]] = {}
 
-    def publish(self, events: Sequence[JobEvent]) -> None:
+    async def publish(self, events: Sequence[JobEvent]) -> None:
+        self.deliver(events)
+
+    def deliver(self, events: Sequence[JobEvent]) -> None:
+        """Hand events to this process's watchers."""
         for event in events:
             for subscription in self._subscribers.get((event.tenant, event.job_id), ()):
                 subscription.deliver(event)

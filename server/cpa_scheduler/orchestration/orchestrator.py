@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cpa_scheduler.dispatch.sessions import AssignmentMessage, CancelMessage, SessionRegistry
+from cpa_scheduler.dispatch.directory import AgentDirectory
+from cpa_scheduler.dispatch.sessions import AssignmentMessage, CancelMessage
 from cpa_scheduler.domain import (
     AttemptRef,
     DomainError,
@@ -35,7 +36,7 @@ from cpa_scheduler.domain import (
 )
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
-from cpa_scheduler.queue import LocalWorkQueue
+from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import QueuedTask, Store
 
@@ -68,9 +69,9 @@ class Orchestrator:
         *,
         store: Store,
         planner: Planner,
-        queue: LocalWorkQueue,
+        queue: WorkQueue,
         bus: EventBus,
-        sessions: SessionRegistry,
+        directory: AgentDirectory,
         settings: Settings,
         clock: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
@@ -79,7 +80,7 @@ class Orchestrator:
         self._planner = planner
         self._queue = queue
         self._bus = bus
-        self._sessions = sessions
+        self._directory = directory
         self._settings = settings
         self._clock = clock
         self._rng = rng or random.Random()
@@ -160,7 +161,7 @@ class Orchestrator:
         )
         stored, changes = await self._store.create_job(job)
         if changes is not None:
-            self._after_commit(stored, changes)
+            await self._after_commit(stored, changes)
         return stored, changes is not None
 
     async def get_job(self, tenant: str, job_id: str) -> Job:
@@ -181,13 +182,13 @@ class Orchestrator:
     async def cancel(self, tenant: str, job_id: str) -> Job:
         now = self._clock()
         job, _, changes = await self._store.update_job(tenant, job_id, lambda j: j.cancel(now=now))
-        self._after_commit(job, changes)
+        await self._after_commit(job, changes)
         return job
 
     async def retry(self, tenant: str, job_id: str) -> Job:
         now = self._clock()
         job, _, changes = await self._store.update_job(tenant, job_id, lambda j: j.retry(now=now))
-        self._after_commit(job, changes)
+        await self._after_commit(job, changes)
         return job
 
     # -- agents' side -----------------------------------------------------------------------
@@ -211,7 +212,7 @@ class Orchestrator:
             )
         except (StaleAttempt, NotFound):
             return None
-        self._after_commit(job, changes)
+        await self._after_commit(job, changes)
         todo = job.tasks[task_id].todo
         deadlines = [job.options.deadline] if job.options.deadline else []
         if todo.timeout_s is not None:
@@ -235,7 +236,7 @@ class Orchestrator:
                 ref.task_id, attempt=ref.attempt, percent=percent, message=message, now=now
             ),
         )
-        self._after_commit(job, changes)
+        await self._after_commit(job, changes)
 
     async def report_result(self, tenant: str, ref: AttemptRef, report: ResultReport) -> None:
         """Apply an attempt's result; StaleAttempt when it is not the current attempt."""
@@ -252,7 +253,7 @@ class Orchestrator:
                 job.succeed(ref.task_id, attempt=ref.attempt, outputs=report.outputs or {}, now=now)
 
         job, _, changes = await self._store.update_job(tenant, ref.job_id, apply)
-        self._after_commit(job, changes)
+        await self._after_commit(job, changes)
 
     async def decline(self, tenant: str, ref: AttemptRef, reason: str) -> None:
         """The agent refused an assignment: give the task to someone else, uncharged."""
@@ -290,7 +291,7 @@ class Orchestrator:
             except (StaleAttempt, NotFound):
                 continue  # it ended (or was renewed) since the query
             log.warning("lease of %s/%s attempt %d expired", ref.job_id, ref.task_id, ref.attempt)
-            self._after_commit(job, changes)
+            await self._after_commit(job, changes)
         return len(expired)
 
     async def sweep_leases_forever(self, *, interval_s: float) -> None:
@@ -304,26 +305,28 @@ class Orchestrator:
     async def recover(self) -> int:
         """Queue again every task the store holds as QUEUED (start-up after a stop or crash)."""
         queued = await self._store.queued_tasks(limit=1_000_000)
-        for item in queued:
-            self._queue.put(item)
+        await self._queue.publish(queued)
         return len(queued)
 
     # -- after commit ---------------------------------------------------------------------
 
-    def _after_commit(self, job: Job, changes: JobChanges) -> None:
-        self._bus.publish(changes.events)
-        for task_id in changes.queued:
-            task = job.tasks[task_id]
-            self._queue.put(
-                QueuedTask(
-                    tenant=job.tenant,
-                    job_id=job.job_id,
-                    todo=task.todo,
-                    attempt=task.attempt,
-                    not_before=task.next_attempt_time,
-                )
+    async def _after_commit(self, job: Job, changes: JobChanges) -> None:
+        await self._bus.publish(changes.events)
+        if changes.queued:
+            await self._queue.publish(
+                [
+                    QueuedTask(
+                        tenant=job.tenant,
+                        job_id=job.job_id,
+                        todo=job.tasks[task_id].todo,
+                        attempt=job.tasks[task_id].attempt,
+                        not_before=job.tasks[task_id].next_attempt_time,
+                    )
+                    for task_id in changes.queued
+                ]
             )
         for ref, agent_id in changes.cancels:
-            session = self._sessions.get(agent_id)
-            if session is not None:
-                session.deliver(CancelMessage(attempt=ref, reason="job cancelled"))
+            # If no replica holds the agent, its lease expires and the task ends CANCELLED.
+            await self._directory.route_cancel(
+                agent_id, CancelMessage(attempt=ref, reason="job cancelled")
+            )

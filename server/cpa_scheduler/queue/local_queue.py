@@ -11,11 +11,13 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cpa_scheduler.dispatch.matching import Requirement
 from cpa_scheduler.storage import QueuedTask
+
+from .interface import WorkItem
 
 
 class LocalWorkQueue:
@@ -29,6 +31,23 @@ class LocalWorkQueue:
         self._timer: asyncio.TimerHandle | None = None
         self.on_ready: Callable[[], None] = lambda: None
 
+    async def publish(self, tasks: Sequence[QueuedTask]) -> None:
+        for task in tasks:
+            self.put(task)
+
+    async def requirements(self) -> list[Requirement]:
+        """Requirements with at least one ready task, oldest queue first."""
+        return [requirement for requirement, tasks in self._ready.items() if tasks]
+
+    async def take(self, requirement: Requirement, max_items: int) -> list[WorkItem]:
+        items: list[WorkItem] = []
+        while len(items) < max_items and (task := self.pop(requirement)) is not None:
+            items.append(WorkItem(task))
+        return items
+
+    async def ack(self, items: Sequence[WorkItem]) -> None:
+        """Nothing to do: in-process items are gone once taken."""
+
     def put(self, task: QueuedTask) -> None:
         if task.not_before is not None and task.not_before > self._clock():
             heapq.heappush(self._delayed, (task.not_before, next(self._order), task))
@@ -36,10 +55,6 @@ class LocalWorkQueue:
             return
         self._ready.setdefault(Requirement.of(task.tenant, task.todo), deque()).append(task)
         self.on_ready()
-
-    def requirements(self) -> list[Requirement]:
-        """Requirements with at least one ready task, oldest queue first."""
-        return [requirement for requirement, tasks in self._ready.items() if tasks]
 
     def pop(self, requirement: Requirement) -> QueuedTask | None:
         tasks = self._ready.get(requirement)
@@ -74,7 +89,7 @@ class LocalWorkQueue:
         if released:
             self.on_ready()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -1,0 +1,107 @@
+"""Agent directory: which agents are connected to which replica, shared by all replicas.
+
+Each replica announces its own sessions; ListAgents reads everyone's; a cancel for an agent
+held by another replica is routed to that replica. In-process for the embedded mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from cpa_scheduler.domain import AgentState
+
+from .sessions import AgentSession, CancelMessage, SessionRegistry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentRecord:
+    """An agent as every replica sees it (a snapshot of its session on its replica)."""
+
+    agent_id: str
+    tenant: str
+    replica_id: str
+    name: str = ""
+    version: str = ""
+    actions: frozenset[str] = frozenset()
+    capabilities: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    slots: int = 1
+    state: AgentState = AgentState.CONNECTED
+    running_tasks: int = 0
+    free_credits: int = 0
+    connect_time: datetime
+    last_seen_time: datetime
+
+    @classmethod
+    def of(cls, session: AgentSession, *, replica_id: str) -> AgentRecord:
+        profile = session.profile
+        return cls(
+            agent_id=profile.agent_id,
+            tenant=profile.tenant,
+            replica_id=replica_id,
+            name=profile.name,
+            version=profile.version,
+            actions=profile.actions,
+            capabilities=profile.capabilities,
+            labels=profile.labels,
+            slots=profile.slots,
+            state=session.state,
+            running_tasks=len(session.running),
+            free_credits=session.credits,
+            connect_time=session.connect_time,
+            last_seen_time=session.last_seen_time,
+        )
+
+
+class AgentDirectory(Protocol):
+    """Shared presence and control routing."""
+
+    on_cancel: Callable[[CancelMessage, str], None]
+    """Called with (cancel, agent_id) for cancels other replicas route to this one."""
+
+    async def list_agents(self, tenant: str) -> list[AgentRecord]:
+        """Agents of every replica for `tenant`, by agent id."""
+        ...
+
+    async def route_cancel(self, agent_id: str, cancel: CancelMessage) -> bool:
+        """Send a cancel to the replica holding `agent_id`; False when no replica holds it."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalAgentDirectory:
+    """The embedded mode: one replica, the directory is its session registry."""
+
+    def __init__(self, sessions: SessionRegistry, *, replica_id: str) -> None:
+        self._sessions = sessions
+        self._replica_id = replica_id
+        self.on_cancel: Callable[[CancelMessage, str], None] = lambda cancel, agent_id: None
+
+    async def list_agents(self, tenant: str) -> list[AgentRecord]:
+        return sorted(
+            (
+                AgentRecord.of(s, replica_id=self._replica_id)
+                for s in self._sessions
+                if s.profile.tenant == tenant
+            ),
+            key=lambda record: record.agent_id,
+        )
+
+    async def route_cancel(self, agent_id: str, cancel: CancelMessage) -> bool:
+        session = self._sessions.get(agent_id)
+        if session is None:
+            return False
+        session.deliver(cancel)
+        return True
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def announce_records(sessions: Sequence[AgentSession], *, replica_id: str) -> list[AgentRecord]:
+    """This replica's sessions as directory records."""
+    return [AgentRecord.of(s, replica_id=replica_id) for s in sessions]
