@@ -8,12 +8,14 @@ submits one-task jobs through gRPC, and prints:
 Times come from the server's job records and the agent's start stamps (one machine, one clock).
 
     python bench/bench_throughput.py [--jobs 5000] [--concurrency 32] [--rate 200]
+    python bench/bench_throughput.py --distributed --replicas 3   # PostgreSQL + Redis
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
@@ -21,9 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import psycopg
+import redis
 
 from cpa.common.v1 import todo_pb2
 from cpa.scheduler.v1 import job_pb2
@@ -51,50 +57,88 @@ DAG = job_pb2.JobSpec(
 
 
 @contextmanager
-def processes(agents: int, slots: int) -> Iterator[str]:
-    """A scheduler and `agents` agent processes; yields the scheduler's address."""
-    data_dir = tempfile.mkdtemp(prefix="cpa-bench-")
-    env = {**os.environ, "CPA_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cpa_cli",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
+def distributed_backends() -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database (migrated) and Redis key prefix; yields the CPA_* settings."""
+    name = f"cpa_bench_{uuid.uuid4().hex[:10]}"
+    admin_url = os.environ.get(
+        "CPA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    started: list[subprocess.Popen[str]] = [server]
+    redis_url = os.environ.get("CPA_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    database_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        if "serving on" not in line:
-            raise RuntimeError(f"scheduler did not start: {line!r}")
-        address = line.rsplit(" ", 1)[1].strip()
-        for n in range(agents):
-            started.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(HERE / "bench_agent.py"),
-                        "--server",
-                        address,
-                        "--agent-id",
-                        f"bench-{n}",
-                        "--slots",
-                        str(slots),
-                    ],
-                    env={**env, "CPA_AGENT_LOG_LEVEL": "WARNING"},
-                    text=True,
-                )
+        subprocess.run(
+            [sys.executable, "-m", "cpa_cli", "migrate", "--database-url", database_url],
+            check=True,
+            capture_output=True,
+        )
+        yield {
+            "CPA_DATABASE_URL": database_url,
+            "CPA_REDIS_URL": redis_url,
+            "CPA_REDIS_KEY_PREFIX": name,
+        }
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@contextmanager
+def processes(
+    *, replicas: int, agents_per_replica: int, slots: int, backend_env: dict[str, str]
+) -> Iterator[list[str]]:
+    """Scheduler replicas and agent processes (each agent on one replica); yields addresses."""
+    env = {**os.environ, "CPA_LOG_LEVEL": "WARNING", **backend_env}
+    started: list[subprocess.Popen[str]] = []
+    addresses = []
+    try:
+        for n in range(replicas):
+            data_dir = tempfile.mkdtemp(prefix="cpa-bench-")
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cpa_cli",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    data_dir,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**env, "CPA_REPLICA_ID": f"r{n}"},
             )
-        yield address
+            started.append(server)
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            if "serving on" not in line:
+                raise RuntimeError(f"scheduler did not start: {line!r}")
+            addresses.append(line.rsplit(" ", 1)[1].strip())
+        for n, address in enumerate(addresses):
+            for m in range(agents_per_replica):
+                started.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(HERE / "bench_agent.py"),
+                            "--server",
+                            address,
+                            "--agent-id",
+                            f"bench-{n}-{m}",
+                            "--slots",
+                            str(slots),
+                        ],
+                        env={**env, "CPA_AGENT_LOG_LEVEL": "WARNING"},
+                        text=True,
+                    )
+                )
+        yield addresses
     finally:
         for process in reversed(started):
             process.terminate()
@@ -135,19 +179,19 @@ def _ns(timestamp: object) -> int:
 
 
 async def throughput(
-    client: SchedulerClient, jobs: int, concurrency: int, spec: job_pb2.JobSpec
+    clients: list[SchedulerClient], jobs: int, concurrency: int, spec: job_pb2.JobSpec
 ) -> dict[str, float]:
     per_submitter = jobs // concurrency
     ids: list[str] = []
 
-    async def submitter() -> None:
+    async def submitter(client: SchedulerClient) -> None:
         for _ in range(per_submitter):
             ids.append((await client.schedule_job(spec)).job.job_id)
 
     start_ns = time.time_ns()
-    await asyncio.gather(*(submitter() for _ in range(concurrency)))
+    await asyncio.gather(*(submitter(clients[n % len(clients)]) for n in range(concurrency)))
     submitted_ns = time.time_ns()
-    done = await _wait_done(client, ids)
+    done = await _wait_done(clients[0], ids)
     assert all(j.state == job_pb2.JOB_STATE_SUCCEEDED for j in done), "a job failed"
     end_ns = max(_ns(j.end_time) for j in done)
     job_latency_ms = [(_ns(j.end_time) - _ns(j.create_time)) / 1e6 for j in done]
@@ -165,14 +209,14 @@ def _percentile(values: list[float], percent: float) -> float:
     return ordered[min(len(ordered) - 1, round(percent / 100 * (len(ordered) - 1)))]
 
 
-async def paced_latency(client: SchedulerClient, jobs: int, rate: float) -> dict[str, float]:
+async def paced_latency(clients: list[SchedulerClient], jobs: int, rate: float) -> dict[str, float]:
     interval_s = 1.0 / rate
     submitted: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     start = loop.time()
     in_flight: set[asyncio.Task[None]] = set()
 
-    async def submit() -> None:
+    async def submit(client: SchedulerClient) -> None:
         before = time.time_ns()
         job_id = (await client.schedule_job(ONE_TASK)).job.job_id
         submitted[job_id] = before
@@ -181,12 +225,12 @@ async def paced_latency(client: SchedulerClient, jobs: int, rate: float) -> dict
         delay = start + n * interval_s - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(submit())
+        task = asyncio.create_task(submit(clients[n % len(clients)]))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     await asyncio.gather(*in_flight)
     achieved = jobs / (loop.time() - start)
-    done = await _wait_done(client, list(submitted))
+    done = await _wait_done(clients[0], list(submitted))
     latencies_ms = [
         (int(str(j.tasks[0].outputs["started_ns"])) - submitted[j.job_id]) / 1e6 for j in done
     ]
@@ -199,19 +243,36 @@ async def paced_latency(client: SchedulerClient, jobs: int, rate: float) -> dict
 
 
 async def run(arguments: argparse.Namespace) -> None:
-    with processes(arguments.agents, arguments.slots) as address:
-        async with SchedulerClient(address, timeout_s=60) as client:
-            await _wait_agents(client, arguments.agents)
-            await throughput(client, 200, 8, ONE_TASK)  # warm-up
-            one = await throughput(client, arguments.jobs, arguments.concurrency, ONE_TASK)
-            paced = await paced_latency(client, arguments.latency_jobs, arguments.rate)
+    with contextlib.ExitStack() as stack:
+        backend_env = stack.enter_context(distributed_backends()) if arguments.distributed else {}
+        addresses = stack.enter_context(
+            processes(
+                replicas=arguments.replicas,
+                agents_per_replica=arguments.agents,
+                slots=arguments.slots,
+                backend_env=backend_env,
+            )
+        )
+        clients = [SchedulerClient(address, timeout_s=60) for address in addresses]
+        try:
+            await _wait_agents(clients[0], arguments.agents * arguments.replicas)
+            await throughput(clients, 200, 8, ONE_TASK)  # warm-up
+            one = await throughput(clients, arguments.jobs, arguments.concurrency, ONE_TASK)
+            paced = await paced_latency(clients, arguments.latency_jobs, arguments.rate)
             dag_submitters = max(1, arguments.concurrency // 4)
-            dag = await throughput(client, arguments.dag_jobs, dag_submitters, DAG)
+            dag = await throughput(clients, arguments.dag_jobs, dag_submitters, DAG)
+        finally:
+            for client in clients:
+                await client.close()
+    store = "PostgreSQL + Redis" if arguments.distributed else "embedded SQLite store"
     print(
         f"machine: {os.cpu_count()} cores, {platform.platform()}, "
         f"Python {platform.python_version()}"
     )
-    print(f"agents: {arguments.agents} x {arguments.slots} slots; embedded SQLite store")
+    print(
+        f"replicas: {arguments.replicas}, agents: {arguments.agents} per replica x "
+        f"{arguments.slots} slots; {store}"
+    )
     print(
         f"one-task jobs: {one['jobs']:.0f} jobs, {arguments.concurrency} submitters: "
         f"{one['end_to_end_per_s']:.0f} jobs/s end to end (submit {one['submit_per_s']:.0f}/s), "
@@ -239,6 +300,10 @@ def main() -> None:
     parser.add_argument("--dag-jobs", type=int, default=500)
     parser.add_argument("--agents", type=int, default=1)
     parser.add_argument("--slots", type=int, default=64)
+    parser.add_argument(
+        "--distributed", action="store_true", help="PostgreSQL + Redis instead of SQLite"
+    )
+    parser.add_argument("--replicas", type=int, default=1, help="scheduler processes")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -22,6 +22,7 @@ from . import (
     agent_command,
     demo_command,
     jobs_command,
+    migrate_command,
     plan_command,
     serve_command,
     submit_command,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_command.register(commands)
     jobs_command.register(commands)
     demo_command.register(commands)
+    migrate_command.register(commands)
     return parser
 
 

@@ -24,15 +24,13 @@ from cpa.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.scheduler_servicer import SchedulerServicer
+from .backends import Backends, open_backends
+from .background import stop_tasks
 from .dispatch import SessionRegistry
-from .dispatch.directory import LocalAgentDirectory
 from .dispatch.dispatcher import Dispatcher
-from .events import LocalEventBus
 from .orchestration import Orchestrator
 from .planning import Planner, RuleIntentRouter, load_catalog
-from .queue import LocalWorkQueue
 from .settings import Settings
-from .storage import SqliteStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +44,19 @@ _TRANSPORT_MARGIN_BYTES = 1024 * 1024
 
 @dataclass(slots=True)
 class _Components:
-    store: Store
-    queue: LocalWorkQueue
+    backends: Backends
     orchestrator: Orchestrator
     dispatcher: Dispatcher
     sessions: SessionRegistry
+
+
+# How often the dispatcher looks at a queue shared with other replicas even without a wake-up
+# (a notification lost on the way); the embedded queue always wakes it.
+_SHARED_QUEUE_POLL_S = 0.5
+
+
+# How long stop() waits for the background tasks (dispatcher, sweeper, reconciler) to end.
+_BACKGROUND_STOP_TIMEOUT_S = 5.0
 
 
 class SchedulerServer:
@@ -76,19 +82,23 @@ class SchedulerServer:
             RuleIntentRouter(load_catalog(settings.intents_path)),
             max_tasks=settings.max_tasks_per_job,
         )
-        store = await SqliteStore.open(settings.data_dir / "cpa.sqlite3")
-        queue = LocalWorkQueue()
         sessions = SessionRegistry()
-        directory = LocalAgentDirectory(sessions, replica_id=self.replica_id)
+        backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
+        directory, bus = backends.directory, backends.bus
         orchestrator = Orchestrator(
-            store=store,
+            store=backends.store,
             planner=planner,
-            queue=queue,
-            bus=(bus := LocalEventBus()),
+            queue=backends.queue,
+            bus=bus,
             directory=directory,
             settings=settings,
         )
-        dispatcher = Dispatcher(queue=queue, sessions=sessions, orchestrator=orchestrator)
+        dispatcher = Dispatcher(
+            queue=backends.queue,
+            sessions=sessions,
+            orchestrator=orchestrator,
+            poll_interval_s=_SHARED_QUEUE_POLL_S if backends.distributed else None,
+        )
         server = grpc.aio.server(
             options=[
                 (
@@ -116,6 +126,7 @@ class SchedulerServer:
             ExecutorServicer(
                 orchestrator=orchestrator,
                 sessions=sessions,
+                directory=directory,
                 dispatcher=dispatcher,
                 settings=settings,
                 replica_id=self.replica_id,
@@ -133,8 +144,7 @@ class SchedulerServer:
         )
         self._server = server
         return _Components(
-            store=store,
-            queue=queue,
+            backends=backends,
             orchestrator=orchestrator,
             dispatcher=dispatcher,
             sessions=sessions,
@@ -157,6 +167,15 @@ class SchedulerServer:
                 name="lease-sweeper",
             ),
         ]
+        if components.backends.distributed:
+            self._background.append(
+                asyncio.create_task(
+                    components.orchestrator.reconcile_forever(
+                        interval_s=self.settings.reconcile_interval_s
+                    ),
+                    name="reconciler",
+                )
+            )
         components.dispatcher.wake()
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
@@ -174,13 +193,10 @@ class SchedulerServer:
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace_s)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await stop_tasks(self._background, timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
         self._background = []
         if self._components is not None:
-            await self._components.queue.close()
-            await self._components.store.close()
+            await self._components.backends.close()
             self._components = None
 
     async def wait(self) -> None:

@@ -40,6 +40,24 @@ class Settings(BaseSettings):
         default="",
         description="Redis URL of the work queue and event fan-out; empty: in-process.",
     )
+    database_pool_size: int = Field(
+        default=10, ge=1, description="Most PostgreSQL connections of one replica."
+    )
+    redis_key_prefix: str = Field(
+        default="cpa", description="Prefix of every Redis key and channel of this deployment."
+    )
+    queue_claim_idle_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long work taken by a replica may stay unacknowledged before another "
+        "replica takes it over (a replica that died while dispatching).",
+    )
+    reconcile_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often QUEUED tasks the store holds are published to the queue again, "
+        "so a crash between commit and publish or a wiped Redis loses nothing.",
+    )
     listen_address: str = Field(
         default="127.0.0.1:50051", description="host:port the gRPC server binds."
     )

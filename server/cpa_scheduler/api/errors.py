@@ -18,6 +18,7 @@ import grpc.aio
 from google.rpc import error_details_pb2, status_pb2
 
 from cpa_scheduler.domain import DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
+from cpa_scheduler.storage.interface import StoreUnavailableError
 
 __all__ = [
     "ERROR_DOMAIN",
@@ -55,6 +56,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.PERMISSION_DENIED: _Code.PERMISSION_DENIED,
         Reason.RATE_LIMITED: _Code.RESOURCE_EXHAUSTED,
         Reason.SERVER_SHUTTING_DOWN: _Code.UNAVAILABLE,
+        Reason.STORE_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.INTERNAL: _Code.INTERNAL,
     }
 )
@@ -221,6 +223,13 @@ def translate_errors(method: Callable[P, Any]) -> Callable[P, Any]:
 
 
 async def _abort_for(context: Any, error: Exception, where: str) -> NoReturn:
+    if isinstance(error, StoreUnavailableError):
+        # Infrastructure, not a bug: say so (retryable), without the driver's text.
+        logger.warning("store unavailable in %s: %s", where, error)
+        error = DomainError(
+            "the scheduler's database is unavailable; retry shortly",
+            reason=Reason.STORE_UNAVAILABLE,
+        )
     if isinstance(error, DomainError):
         await abort(context, error)
     await _abort_with(context, *internal_error_status(error, where=where))

@@ -20,6 +20,7 @@ from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa_scheduler.dispatch import AgentSession, Outbound, SessionRegistry
+from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.dispatch.dispatcher import Dispatcher
 from cpa_scheduler.domain import (
     AgentState,
@@ -55,6 +56,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         *,
         orchestrator: Orchestrator,
         sessions: SessionRegistry,
+        directory: AgentDirectory,
         dispatcher: Dispatcher,
         settings: Settings,
         replica_id: str,
@@ -62,6 +64,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
     ) -> None:
         self._orchestrator = orchestrator
         self._sessions = sessions
+        self._directory = directory
         self._dispatcher = dispatcher
         self._settings = settings
         self._replica_id = replica_id
@@ -103,6 +106,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         replaced = self._sessions.add(session)
         if replaced is not None:
             replaced.close()
+        self._directory.announce_now()
         log.info("agent %s connected (%d attempts adopted)", profile.agent_id, len(adopted))
         yield pb.ConnectResponse(
             welcome=pb.Welcome(
@@ -120,6 +124,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         finally:
             reader.cancel()
             self._sessions.remove(session)
+            self._directory.announce_now()
             # Its attempts keep their leases: they expire unless the agent comes back in time.
             log.info("agent %s disconnected", profile.agent_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -43,6 +44,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 # Events read from the store per query while replaying a job's history.
 _REPLAY_BATCH = 500
+# A watcher that hears nothing for this long re-reads the store (lost live events).
+_QUIET_REREAD_S = 2.0
 _LIST_JOBS_DEFAULT, _LIST_JOBS_MAX = 50, 1000
 _LIST_AGENTS_DEFAULT, _LIST_AGENTS_MAX = 100, 1000
 
@@ -187,36 +190,39 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         subscription = self._bus.subscribe(tenant, job_id)
         try:
             last = request.after_sequence
-            replayed: list[JobEvent] = []
-            async for event in self._replay(tenant, job_id, after=last):
-                replayed.append(event)
-                last = event.sequence
-                yield pb.WatchJobResponse(event=convert.event_to_proto(event))
-            if replayed and replayed[-1].terminal:
-                return
-            if not replayed:
+            batch = await self._stored_after(tenant, job_id, last)
+            if not batch:
                 job = await self._orchestrator.get_job(tenant, job_id)
                 if job.is_terminal and last >= job.last_event_sequence:
                     return
             while True:
-                event = await subscription.next()
-                if event.sequence <= last:
-                    continue
-                if event.sequence > last + 1 or subscription.lagged:
-                    # A gap in the live feed: the store has every event, read it from there.
-                    subscription.lagged = False
-                    async for missed in self._replay(tenant, job_id, after=last):
-                        last = missed.sequence
-                        yield pb.WatchJobResponse(event=convert.event_to_proto(missed))
-                        if missed.terminal:
-                            return
-                    continue
-                last = event.sequence
-                yield pb.WatchJobResponse(event=convert.event_to_proto(event))
-                if event.terminal:
+                for event in batch:
+                    yield pb.WatchJobResponse(event=convert.event_to_proto(event))
+                    last = event.sequence
+                # Only the newest event ends the stream: a re-driven job has older terminals.
+                if batch and batch[-1].terminal:
                     return
+                try:
+                    async with asyncio.timeout(_QUIET_REREAD_S):
+                        live = await subscription.next()
+                except TimeoutError:
+                    # Quiet: an event lost on the live feed (at most once between replicas)
+                    # must not leave the watcher waiting forever.
+                    batch = await self._stored_after(tenant, job_id, last)
+                    continue
+                if live.sequence <= last:
+                    batch = []
+                elif live.sequence > last + 1 or subscription.lagged:
+                    # A gap in the live feed: the store has every event.
+                    subscription.lagged = False
+                    batch = await self._stored_after(tenant, job_id, last)
+                else:
+                    batch = [live]
         finally:
             subscription.close()
+
+    async def _stored_after(self, tenant: str, job_id: str, after: int) -> list[JobEvent]:
+        return [event async for event in self._replay(tenant, job_id, after=after)]
 
     async def _replay(self, tenant: str, job_id: str, *, after: int) -> AsyncIterator[JobEvent]:
         while True:

@@ -70,6 +70,10 @@ class AgentDirectory(Protocol):
         """Send a cancel to the replica holding `agent_id`; False when no replica holds it."""
         ...
 
+    def announce_now(self) -> None:
+        """This replica's sessions changed (an agent came or went): tell the others soon."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -97,6 +101,9 @@ class LocalAgentDirectory:
             return False
         session.deliver(cancel)
         return True
+
+    def announce_now(self) -> None:
+        """Nothing to announce: there are no other replicas."""
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -46,11 +46,10 @@ class Dispatcher:
     async def run(self) -> None:
         try:
             while True:
-                if self._poll_interval_s is None:
-                    await self._wakeup.wait()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancel on Python 3.11.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_interval_s):
+                        await self._wakeup.wait()
                 self._wakeup.clear()
                 try:
                     await self._dispatch_ready()

@@ -1,5 +1,13 @@
-"""Live fan-out of stored job events to watchers (in-process now; Redis in distributed mode)."""
+"""Live fan-out of stored job events to watchers (in-process, or across replicas via Redis)."""
 
 from .bus import EventBus, LocalEventBus, Subscription
+from .redis_bus import RedisEventBus
 
-__all__ = ["EventBus", "LocalEventBus", "Subscription"]
+__all__ = [
+    # Interface
+    "EventBus",
+    "Subscription",
+    # Implementations
+    "LocalEventBus",
+    "RedisEventBus",
+]

@@ -302,6 +302,22 @@ class Orchestrator:
             except Exception:  # a failing sweep must not stop the next one
                 log.exception("lease sweep failed")
 
+    async def reconcile(self, *, older_than_s: float) -> int:
+        """Publish again the tasks QUEUED for longer than `older_than_s`: a crash between commit
+        and publish, or a wiped Redis, must not strand them. Duplicates are harmless (fenced)."""
+        before = self._clock() - timedelta(seconds=older_than_s)
+        stranded = await self._store.queued_tasks(limit=SWEEP_BATCH, queued_before=before)
+        await self._queue.publish(stranded)
+        return len(stranded)
+
+    async def reconcile_forever(self, *, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.reconcile(older_than_s=interval_s)
+            except Exception:  # a failing round must not stop the next one
+                log.exception("reconciliation failed")
+
     async def recover(self) -> int:
         """Queue again every task the store holds as QUEUED (start-up after a stop or crash)."""
         queued = await self._store.queued_tasks(limit=1_000_000)

@@ -1,6 +1,15 @@
-"""Durable state: the Store interface and its implementations (SQLite embedded; PostgreSQL next)."""
+"""Durable state: the Store interface and its implementations (SQLite embedded, PostgreSQL)."""
 
 from .interface import QueuedTask, Store, StoredMessage
+from .migrations import (
+    DatabaseUnavailableError,
+    InvalidDatabaseUrlError,
+    SchemaMismatchError,
+    head_revision,
+    migrate,
+    schema_revision,
+)
+from .postgres_store import PostgresStore
 from .sqlite_store import SqliteStore
 
 __all__ = [
@@ -9,5 +18,13 @@ __all__ = [
     "Store",
     "StoredMessage",
     # Implementations
+    "PostgresStore",
     "SqliteStore",
+    # PostgreSQL schema and errors
+    "DatabaseUnavailableError",
+    "InvalidDatabaseUrlError",
+    "SchemaMismatchError",
+    "head_revision",
+    "migrate",
+    "schema_revision",
 ]

@@ -1,4 +1,4 @@
-"""JSON-ready dicts for domain values, shared by every store and by the event fan-out.
+"""JSON-ready dicts for domain values, shared by every store, the event fan-out and the work queue.
 
 Plain data only (str, numbers, bools, lists, dicts); times are RFC 3339 strings in UTC.
 """
@@ -33,6 +33,8 @@ from cpa_scheduler.domain import (
     TaskStateChanged,
     ToDo,
 )
+
+from .interface import QueuedTask
 
 Data = dict[str, Any]
 
@@ -128,6 +130,26 @@ def todo_from_data(data: Data) -> ToDo:
         required_capabilities=frozenset(data["required_capabilities"]),
         required_labels=data["required_labels"],
         requires_approval=data["requires_approval"],
+    )
+
+
+def queued_task_to_data(task: QueuedTask) -> Data:
+    return {
+        "tenant": task.tenant,
+        "job_id": task.job_id,
+        "todo": todo_to_data(task.todo),
+        "attempt": task.attempt,
+        "not_before": time_to_text(task.not_before),
+    }
+
+
+def queued_task_from_data(data: Data) -> QueuedTask:
+    return QueuedTask(
+        tenant=data["tenant"],
+        job_id=data["job_id"],
+        todo=todo_from_data(data["todo"]),
+        attempt=data["attempt"],
+        not_before=time_from_text(data["not_before"]),
     )
 
 

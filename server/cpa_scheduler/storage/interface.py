@@ -24,6 +24,10 @@ from cpa_scheduler.domain import (
 T = TypeVar("T")
 
 
+class StoreUnavailableError(RuntimeError):
+    """The database cannot be reached; the operation may or may not have been stored."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueuedTask:
     """A QUEUED task as the dispatcher needs it: where it is, what it needs, when it may run."""
@@ -65,7 +69,8 @@ class Store(Protocol):
     ) -> tuple[Job, T, JobChanges]:
         """Load the job, apply `mutate` and save what it changed, in one transaction; returns
         the job, mutate's result and the changes to carry out after commit. A DomainError from
-        `mutate` rolls back only this update. NotFound(JOB_NOT_FOUND)."""
+        `mutate` rolls back only this update. NotFound(JOB_NOT_FOUND). `mutate` may run more
+        than once (a store may retry a batch), so it must only change the job."""
         ...
 
     async def get_job(self, tenant: str, job_id: str) -> Job:
@@ -84,8 +89,11 @@ class Store(Protocol):
         """Stored events of a job with sequence > after_sequence, in order."""
         ...
 
-    async def queued_tasks(self, *, limit: int) -> list[QueuedTask]:
-        """Tasks QUEUED in any job (start-up recovery and reconciliation), oldest first."""
+    async def queued_tasks(
+        self, *, limit: int, queued_before: datetime | None = None
+    ) -> list[QueuedTask]:
+        """Tasks QUEUED in any job, oldest first; with `queued_before`, only those queued
+        earlier (the reconciler re-publishes what waits suspiciously long)."""
         ...
 
     async def expired_attempts(self, now: datetime, *, limit: int) -> list[tuple[str, AttemptRef]]:

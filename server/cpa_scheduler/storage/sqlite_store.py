@@ -423,12 +423,16 @@ class SqliteStore:
 
     # -- dispatch support -------------------------------------------------------------------
 
-    async def queued_tasks(self, *, limit: int) -> list[QueuedTask]:
+    async def queued_tasks(
+        self, *, limit: int, queued_before: datetime | None = None
+    ) -> list[QueuedTask]:
+        before_us = codec.time_to_us(queued_before) if queued_before is not None else None
         rows = self._db.execute(
             "SELECT jobs.tenant, tasks.job_id, tasks.todo_json, tasks.attempt, "
             "tasks.next_attempt_time FROM tasks JOIN jobs USING (job_id) "
-            "WHERE tasks.state = ? ORDER BY tasks.queue_time LIMIT ?",
-            (TaskState.QUEUED.value, limit),
+            "WHERE tasks.state = ? AND (? IS NULL OR tasks.queue_time < ?) "
+            "ORDER BY tasks.queue_time LIMIT ?",
+            (TaskState.QUEUED.value, before_us, before_us, limit),
         ).fetchall()
         return [
             QueuedTask(

@@ -104,6 +104,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The executor reported an application error; TaskError.code has its own code."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 39
     """An unexpected server error; the message carries no internals."""
+    ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 40
+    """The scheduler's database cannot be reached right now; retry (the request may not be stored)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -191,6 +193,8 @@ ERROR_REASON_EXECUTOR_ERROR: ErrorReason.ValueType  # 38
 """The executor reported an application error; TaskError.code has its own code."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 39
 """An unexpected server error; the message carries no internals."""
+ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 40
+"""The scheduler's database cannot be reached right now; retry (the request may not be stored)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,122 @@
+"""Builds the backends from settings: the embedded default (SQLite, in-process queue, bus and
+directory) or the distributed mode (PostgreSQL for the truth, Redis for the moving work).
+
+Only this module knows which implementations exist; everything else uses the interfaces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .dispatch import CancelMessage, SessionRegistry
+from .dispatch.directory import AgentDirectory, LocalAgentDirectory
+from .events import EventBus, LocalEventBus
+from .queue import LocalWorkQueue, WorkQueue
+from .settings import Settings
+from .storage import SqliteStore, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Backends:
+    """The four shared parts of a replica, and how to release them (in reverse order)."""
+
+    store: Store
+    queue: WorkQueue
+    bus: EventBus
+    directory: AgentDirectory
+    distributed: bool
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception:  # closing the rest matters more than one failure
+                log.exception("closing a backend failed")
+
+
+async def open_backends(
+    settings: Settings, *, replica_id: str, sessions: SessionRegistry
+) -> Backends:
+    if settings.redis_url and not settings.database_url:
+        raise ValueError(
+            "CPA_REDIS_URL needs CPA_DATABASE_URL: replicas share work through Redis and state "
+            "through PostgreSQL; the embedded SQLite store serves one replica only"
+        )
+    closers: list[Callable[[], Awaitable[None]]] = []
+    store: Store
+    if settings.database_url:
+        from .storage.postgres_store import PostgresStore
+
+        postgres = await PostgresStore.open(
+            settings.database_url, min_size=1, max_size=settings.database_pool_size
+        )
+        store = postgres
+    else:
+        store = await SqliteStore.open(settings.data_dir / "cpa.sqlite3")
+    closers.append(store.close)
+    if not settings.redis_url:
+        if settings.database_url:
+            log.warning("no CPA_REDIS_URL: this replica cannot share work with other replicas")
+        queue = LocalWorkQueue()
+        closers.append(queue.close)
+        return Backends(
+            store=store,
+            queue=queue,
+            bus=LocalEventBus(),
+            directory=LocalAgentDirectory(sessions, replica_id=replica_id),
+            distributed=False,
+            _closers=closers,
+        )
+    return await _open_redis(settings, replica_id, sessions, store, closers)
+
+
+async def _open_redis(
+    settings: Settings,
+    replica_id: str,
+    sessions: SessionRegistry,
+    store: Store,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> Backends:
+    import redis.asyncio as aioredis
+
+    from .dispatch.redis_directory import RedisAgentDirectory
+    from .events.redis_bus import RedisEventBus
+    from .queue.redis_queue import RedisWorkQueue
+
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    closers.append(redis.aclose)
+    prefix = settings.redis_key_prefix
+    redis_queue = RedisWorkQueue(
+        redis,
+        replica_id=replica_id,
+        claim_idle_ms=round(settings.queue_claim_idle_s * 1000),
+        prefix=prefix,
+    )
+    await redis_queue.start()
+    closers.append(redis_queue.close)
+    bus = RedisEventBus(redis, prefix=prefix)
+    await bus.start()
+    closers.append(bus.close)
+    directory = RedisAgentDirectory(redis, sessions, replica_id=replica_id, prefix=prefix)
+
+    def deliver_cancel(cancel: CancelMessage, agent_id: str) -> None:
+        session = sessions.get(agent_id)
+        if session is not None:
+            session.deliver(cancel)
+
+    directory.on_cancel = deliver_cancel
+    await directory.start()
+    closers.append(directory.close)
+    return Backends(
+        store=store,
+        queue=redis_queue,
+        bus=bus,
+        directory=directory,
+        distributed=True,
+        _closers=closers,
+    )

@@ -1,0 +1,294 @@
+"""The agent directory of the distributed mode: each replica announces its sessions as Redis keys
+with a TTL, and cancels for an agent held elsewhere go to the holding replica's control channel.
+
+Presence is soft state: a replica that dies stops renewing its records, which expire after
+about three announce intervals. Cancels use pub/sub (at most once): a lost cancel is covered by
+the stored cancel request and the attempt's lease. Key names live in cpa_scheduler.redis_keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cpa_scheduler.background import Backoff, stop_tasks, wait_event
+from cpa_scheduler.domain import AgentState, AttemptRef
+from cpa_scheduler.redis_keys import DEFAULT_PREFIX, RedisKeys
+from cpa_scheduler.redis_support import ChannelListener, log_background_error
+from cpa_scheduler.storage.codec import Data, time_to_text
+
+from .directory import AgentRecord, announce_records
+from .sessions import CancelMessage, SessionRegistry
+
+log = logging.getLogger(__name__)
+
+# A record lives this many announce intervals: one lost or late announcement does not make an
+# agent vanish, a dead replica's agents vanish within a few seconds.
+RECORD_TTL_INTERVALS = 3
+
+# The records (JSON) of the agents in tenant set KEYS[1]; ARGV[1] is the agent key prefix.
+# Members whose record expired are removed on the way.
+_LIST_SCRIPT = """
+local records = {}
+for _, agent_id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local record = redis.call('GET', ARGV[1] .. agent_id)
+  if record then
+    table.insert(records, record)
+  else
+    redis.call('SREM', KEYS[1], agent_id)
+  end
+end
+return records
+"""
+
+# Deletes agent records this replica (ARGV[1]) wrote: KEYS are (agent key, tenant set) pairs,
+# ARGV[2..] the agent ids. A record another replica wrote meanwhile (the agent reconnected
+# there) is left alone.
+_RELEASE_SCRIPT = """
+local released = 0
+for i = 1, #KEYS, 2 do
+  local record = redis.call('GET', KEYS[i])
+  if record and cjson.decode(record).replica_id == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+    redis.call('SREM', KEYS[i + 1], ARGV[(i + 1) / 2 + 1])
+    released = released + 1
+  end
+end
+return released
+"""
+
+
+def agent_record_to_data(record: AgentRecord) -> Data:
+    return {
+        "agent_id": record.agent_id,
+        "tenant": record.tenant,
+        "replica_id": record.replica_id,
+        "name": record.name,
+        "version": record.version,
+        "actions": sorted(record.actions),
+        "capabilities": sorted(record.capabilities),
+        "labels": dict(record.labels),
+        "slots": record.slots,
+        "state": record.state.value,
+        "running_tasks": record.running_tasks,
+        "free_credits": record.free_credits,
+        "connect_time": time_to_text(record.connect_time),
+        "last_seen_time": time_to_text(record.last_seen_time),
+    }
+
+
+def agent_record_from_data(data: Mapping[str, Any]) -> AgentRecord:
+    return AgentRecord(
+        agent_id=data["agent_id"],
+        tenant=data["tenant"],
+        replica_id=data["replica_id"],
+        name=data["name"],
+        version=data["version"],
+        actions=frozenset(data["actions"]),
+        capabilities=frozenset(data["capabilities"]),
+        labels=data["labels"],
+        slots=data["slots"],
+        state=AgentState(data["state"]),
+        running_tasks=data["running_tasks"],
+        free_credits=data["free_credits"],
+        connect_time=datetime.fromisoformat(data["connect_time"]),
+        last_seen_time=datetime.fromisoformat(data["last_seen_time"]),
+    )
+
+
+def cancel_to_data(cancel: CancelMessage) -> Data:
+    return {
+        "attempt": {
+            "job_id": cancel.attempt.job_id,
+            "task_id": cancel.attempt.task_id,
+            "attempt": cancel.attempt.attempt,
+        },
+        "reason": cancel.reason,
+    }
+
+
+def cancel_from_data(data: Mapping[str, Any]) -> CancelMessage:
+    attempt = data["attempt"]
+    return CancelMessage(
+        attempt=AttemptRef(attempt["job_id"], attempt["task_id"], attempt["attempt"]),
+        reason=data["reason"],
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class RedisAgentDirectory:
+    """AgentDirectory on Redis. `start()` subscribes to this replica's control channel (done when
+    it returns) and starts announcing; `close()` stops both and withdraws this replica's agents
+    (the Redis client belongs to the caller)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        sessions: SessionRegistry,
+        *,
+        replica_id: str,
+        announce_interval_s: float = 1.0,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if announce_interval_s <= 0:
+            raise ValueError(f"announce_interval_s must be positive, got {announce_interval_s}")
+        self._redis = redis
+        self._sessions = sessions
+        self._replica_id = replica_id
+        self._keys = RedisKeys(prefix)
+        self._announce_interval_s = announce_interval_s
+        self._record_ttl_ms = round(RECORD_TTL_INTERVALS * announce_interval_s * 1000)
+        self._list_script = redis.register_script(_LIST_SCRIPT)
+        self._release_script = redis.register_script(_RELEASE_SCRIPT)
+        # agent id -> tenant of the records the last successful announcement wrote.
+        self._announced: dict[str, str] = {}
+        self._announce_lock = asyncio.Lock()
+        self._announce_wakeup = asyncio.Event()
+        self._listener = ChannelListener(
+            redis,
+            [self._keys.replica_control(replica_id)],
+            on_message=self._receive,
+            name="control listener",
+            task_name="redis-directory-listener",
+            logger=log,
+        )
+        self._announcer: asyncio.Task[None] | None = None
+        self.on_cancel: Callable[[CancelMessage, str], None] = lambda cancel, agent_id: None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._announcer is not None:
+            return
+        await self._listener.start()
+        self._announcer = asyncio.create_task(
+            self._announce_forever(), name="redis-directory-announcer"
+        )
+
+    async def close(self) -> None:
+        if self._announcer is not None:
+            await stop_tasks([self._announcer])
+            self._announcer = None
+        await self._listener.close()
+        # Withdraw at once rather than let the records expire: other replicas stop listing the
+        # agents (which reconnect elsewhere) and stop routing cancels here.
+        try:
+            async with self._announce_lock:
+                await self._release(self._announced)
+                self._announced = {}
+        except (RedisError, OSError) as error:
+            log.warning("withdrawing this replica's agents failed (they expire): %s", error)
+
+    # -- AgentDirectory -------------------------------------------------------------------------
+
+    def announce_now(self) -> None:
+        """Sessions changed: announce soon (never blocks; the announcer does the work)."""
+        self._announce_wakeup.set()
+
+    async def announce(self) -> None:
+        """Write this replica's sessions and delete the records of sessions that left (what the
+        announcer does every interval; raises if Redis fails)."""
+        async with self._announce_lock:
+            records = announce_records(list(self._sessions), replica_id=self._replica_id)
+            current = {record.agent_id: record.tenant for record in records}
+            departed = {
+                agent_id: tenant
+                for agent_id, tenant in self._announced.items()
+                if current.get(agent_id) != tenant
+            }
+            # Release before writing: an agent that changed tenant is written again below.
+            await self._release(departed)
+            if records:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    for record in records:
+                        tenant_agents = self._keys.tenant_agents(record.tenant)
+                        pipe.set(
+                            self._keys.agent(record.agent_id),
+                            _dumps(agent_record_to_data(record)),
+                            px=self._record_ttl_ms,
+                        )
+                        pipe.sadd(tenant_agents, record.agent_id)
+                        pipe.pexpire(tenant_agents, self._record_ttl_ms)
+                    await pipe.execute()
+            self._announced = current
+
+    async def list_agents(self, tenant: str) -> list[AgentRecord]:
+        found = await self._list_script(
+            keys=[self._keys.tenant_agents(tenant)], args=[self._keys.agent_prefix]
+        )
+        records: list[AgentRecord] = []
+        for data in found:
+            try:
+                record = agent_record_from_data(json.loads(data))
+            except (TypeError, ValueError, KeyError):
+                log.exception("skipping an unreadable agent record")
+                continue
+            if record.tenant == tenant:
+                records.append(record)
+        records.sort(key=lambda record: record.agent_id)
+        return records
+
+    async def route_cancel(self, agent_id: str, cancel: CancelMessage) -> bool:
+        session = self._sessions.get(agent_id)
+        if session is not None:
+            session.deliver(cancel)
+            return True
+        data = await self._redis.get(self._keys.agent(agent_id))
+        if data is None:
+            return False
+        holder = agent_record_from_data(json.loads(data)).replica_id
+        if holder == self._replica_id:
+            return False  # our record of a session that has just ended
+        receivers = await self._redis.publish(
+            self._keys.replica_control(holder),
+            _dumps({"agent_id": agent_id, "cancel": cancel_to_data(cancel)}),
+        )
+        # Nobody listening: the holder is gone and its records have not expired yet.
+        return receivers > 0
+
+    # -- background -----------------------------------------------------------------------------
+
+    async def _release(self, agents: Mapping[str, str]) -> None:
+        """Delete the records of `agents` (agent id -> tenant) that this replica wrote."""
+        if not agents:
+            return
+        keys: list[str] = []
+        for agent_id, tenant in agents.items():
+            keys += [self._keys.agent(agent_id), self._keys.tenant_agents(tenant)]
+        await self._release_script(keys=keys, args=[self._replica_id, *agents])
+
+    async def _announce_forever(self) -> None:
+        retry = Backoff()
+        while True:
+            self._announce_wakeup.clear()
+            try:
+                await self.announce()
+                wait_s = self._announce_interval_s
+                retry.reset()
+            except Exception as error:
+                log_background_error(log, "agent announcer", error, retry.delay_s)
+                wait_s = min(retry.take(), self._announce_interval_s)
+            await wait_event(self._announce_wakeup, wait_s)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+            agent_id = message["agent_id"]
+            cancel = cancel_from_data(message["cancel"])
+        except (TypeError, ValueError, KeyError):
+            log.exception("dropping an unreadable control message")
+            return
+        try:
+            self.on_cancel(cancel, agent_id)
+        except Exception:  # one failing delivery must not stop the listener
+            log.exception("delivering a routed cancel to %s failed", agent_id)

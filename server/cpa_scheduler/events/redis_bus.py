@@ -1,0 +1,84 @@
+"""The event bus of the distributed mode: events published on any replica reach the watchers of
+every replica through one Redis pub/sub channel; subscriptions stay local (an embedded
+LocalEventBus).
+
+Pub/sub is at most once: a message published while a replica is disconnected from Redis never
+reaches it. That is acceptable because the bus is only the live feed: events are stored first
+and WatchJob re-reads the store when it sees a gap in the sequence numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cpa_scheduler.domain import JobEvent
+from cpa_scheduler.redis_keys import DEFAULT_PREFIX, RedisKeys
+from cpa_scheduler.redis_support import ChannelListener
+from cpa_scheduler.storage.codec import event_from_data, event_to_data
+
+from .bus import LocalEventBus, Subscription
+
+log = logging.getLogger(__name__)
+
+
+class RedisEventBus:
+    """EventBus over Redis pub/sub. `start()` subscribes (done when it returns) and runs the
+    listener; `close()` stops it (the Redis client belongs to the caller)."""
+
+    def __init__(self, redis: Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self._redis = redis
+        self._channel = RedisKeys(prefix).events_channel
+        self._local = LocalEventBus()
+        # Tells this instance's own messages apart: publish already delivered them locally.
+        self._origin = uuid.uuid4().hex
+        self._listener = ChannelListener(
+            redis,
+            [self._channel],
+            on_message=self._receive,
+            name="event listener",
+            task_name="redis-event-listener",
+            logger=log,
+        )
+
+    async def start(self) -> None:
+        await self._listener.start()
+
+    async def close(self) -> None:
+        await self._listener.close()
+
+    async def publish(self, events: Sequence[JobEvent]) -> None:
+        """Deliver to this replica's watchers, then to the others'. Never raises for a Redis
+        failure: the events are stored, and watchers of other replicas re-read the store."""
+        if not events:
+            return
+        self._local.deliver(events)
+        message = json.dumps(
+            {"origin": self._origin, "events": [event_to_data(event) for event in events]},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        try:
+            await self._redis.publish(self._channel, message)
+        except (RedisError, OSError) as error:
+            log.warning("publishing %d job events to Redis failed: %s", len(events), error)
+
+    def subscribe(self, tenant: str, job_id: str) -> Subscription:
+        return self._local.subscribe(tenant, job_id)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            message: dict[str, Any] = json.loads(data)
+            if message["origin"] == self._origin:
+                return
+            events = [event_from_data(event) for event in message["events"]]
+        except (TypeError, ValueError, KeyError):
+            log.exception("dropping an unreadable event message")
+            return
+        self._local.deliver(events)

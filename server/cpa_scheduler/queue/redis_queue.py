@@ -1,0 +1,386 @@
+"""The work queue of the distributed mode: one Redis Stream per requirement key, read by every
+replica through one consumer group, plus a sorted set for tasks that may not start yet.
+
+At least once: an entry taken by a replica that dies before acking is taken over by another
+after `claim_idle_ms`. A duplicate or stale entry is harmless (assignment is fenced by the
+store) but is acked like any other. Key names live in cpa_scheduler.redis_keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from cpa_scheduler.background import Backoff, stop_tasks, wait_event
+from cpa_scheduler.dispatch.matching import Requirement
+from cpa_scheduler.redis_keys import DEFAULT_PREFIX, QUEUE_CONSUMER_GROUP, RedisKeys
+from cpa_scheduler.redis_support import ChannelListener, log_background_error
+from cpa_scheduler.storage import QueuedTask
+from cpa_scheduler.storage.codec import (
+    Data,
+    queued_task_from_data,
+    queued_task_to_data,
+    time_to_us,
+)
+
+from .interface import WorkItem
+
+log = logging.getLogger(__name__)
+
+# Most delayed tasks one mover run moves (the rest follow immediately in the next run).
+MOVE_BATCH_SIZE = 500
+# Most tasks in one MULTI of publish: start-up recovery may publish very many, and one huge
+# transaction would block Redis for every replica meanwhile.
+PUBLISH_BATCH_SIZE = 1000
+
+# Takes up to ARGV[4] entries for consumer ARGV[2]: first entries other consumers left pending
+# for ARGV[3] ms or more (XAUTOCLAIM from cursor ARGV[5]), then new ones. Creates the group
+# (from the stream's start, so entries added before it are read) when it is missing, which
+# also covers a wiped Redis. Returns {next cursor, {{id, {field, value, ...}}, ...}}.
+_TAKE_SCRIPT = """
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local created = redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+if type(created) == 'table' and created.err
+    and not string.find(created.err, 'BUSYGROUP', 1, true) then
+  return redis.error_reply(created.err)
+end
+local max_items = tonumber(ARGV[4])
+local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], ARGV[5],
+                           'COUNT', max_items)
+local entries = claimed[2]
+if #entries < max_items then
+  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max_items - #entries,
+                          'STREAMS', stream, '>')
+  if read then
+    for _, entry in ipairs(read[1][2]) do table.insert(entries, entry) end
+  end
+end
+return {claimed[1], entries}
+"""
+
+# Moves due delayed tasks (score <= ARGV[1]) to their streams, atomically, so replicas running
+# it at the same time never move a task twice. Members are `<n>:<requirement key of n
+# bytes><task JSON>`. Publishes ARGV[4] on channel ARGV[3] when it moved something. Returns
+# {number moved, score of the next delayed task or -1}.
+_MOVE_DUE_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
+for _, member in ipairs(due) do
+  local colon = string.find(member, ':', 1, true)
+  local length = tonumber(string.sub(member, 1, colon - 1))
+  local requirement_key = string.sub(member, colon + 1, colon + length)
+  local task = string.sub(member, colon + length + 1)
+  redis.call('XADD', ARGV[2] .. requirement_key, '*', 'task', task)
+  redis.call('ZREM', KEYS[1], member)
+end
+if #due > 0 then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
+local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, next_due[2] or '-1'}
+"""
+
+# The JSON of every requirement whose stream holds entries (new or pending), oldest queue
+# first: one round trip per dispatch round.
+_REQUIREMENTS_SCRIPT = """
+local result = {}
+for _, key in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('XLEN', ARGV[1] .. key) > 0 then
+    local requirement = redis.call('HGET', KEYS[2], key)
+    if requirement then table.insert(result, requirement) end
+  end
+end
+return result
+"""
+
+# 1 when some stream has an entry pending for ARGV[3] ms or more (its consumer may be dead),
+# else 0. Streams without the group yet are skipped.
+_IDLE_PENDING_SCRIPT = """
+for _, key in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local pending = redis.pcall('XPENDING', ARGV[1] .. key, ARGV[2], 'IDLE', ARGV[3], '-', '+', 1)
+  if type(pending) == 'table' and not pending.err and #pending > 0 then
+    return 1
+  end
+end
+return 0
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _epoch_ms(value: datetime) -> int:
+    us = time_to_us(value)
+    assert us is not None
+    return us // 1000
+
+
+def requirement_to_data(requirement: Requirement) -> Data:
+    return {
+        "tenant": requirement.tenant,
+        "action": requirement.action,
+        "capabilities": sorted(requirement.capabilities),
+        "labels": [list(label) for label in requirement.labels],
+    }
+
+
+def requirement_from_data(data: Data) -> Requirement:
+    return Requirement(
+        tenant=data["tenant"],
+        action=data["action"],
+        capabilities=frozenset(data["capabilities"]),
+        labels=tuple((key, value) for key, value in data["labels"]),
+    )
+
+
+class RedisWorkQueue:
+    """WorkQueue on Redis Streams. `start()` runs the listener and the delayed-task mover;
+    `close()` stops them (the Redis client belongs to the caller)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        replica_id: str,
+        claim_idle_ms: int = 10_000,
+        prefix: str = DEFAULT_PREFIX,
+        delayed_poll_interval_s: float = 0.5,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if claim_idle_ms <= 0:
+            raise ValueError(f"claim_idle_ms must be positive, got {claim_idle_ms}")
+        self._redis = redis
+        self._keys = RedisKeys(prefix)
+        self._consumer = replica_id
+        self._claim_idle_ms = claim_idle_ms
+        self._delayed_poll_interval_s = delayed_poll_interval_s
+        self._clock = clock
+        # Tells this instance's own notifications apart: it already called on_ready for them.
+        self._origin = uuid.uuid4().hex
+        # Where the next XAUTOCLAIM of a stream goes on scanning its pending entries.
+        self._claim_cursors: dict[str, str] = {}
+        self._take_script = redis.register_script(_TAKE_SCRIPT)
+        self._move_due_script = redis.register_script(_MOVE_DUE_SCRIPT)
+        self._requirements_script = redis.register_script(_REQUIREMENTS_SCRIPT)
+        self._idle_pending_script = redis.register_script(_IDLE_PENDING_SCRIPT)
+        self._mover_wakeup = asyncio.Event()
+        # Calls on_ready for notifications of other instances and after every (re)subscribe,
+        # since notifications published meanwhile are lost (pub/sub is at most once).
+        self._listener = ChannelListener(
+            redis,
+            [self._keys.queue_ready_channel],
+            on_message=self._notified,
+            on_subscribed=self._subscribed,
+            name="queue listener",
+            task_name="redis-queue-listener",
+            logger=log,
+        )
+        self._mover: asyncio.Task[None] | None = None
+        self.on_ready: Callable[[], None] = lambda: None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to work notifications (done when this returns), then start the listener
+        and the maintenance loop (delayed-task mover, watch for reclaimable work)."""
+        if self._mover is not None:
+            return
+        await self._listener.start()
+        self._mover = asyncio.create_task(self._maintain_forever(), name="redis-queue-mover")
+
+    async def close(self) -> None:
+        if self._mover is not None:
+            await stop_tasks([self._mover])
+            self._mover = None
+        await self._listener.close()
+
+    # -- WorkQueue ------------------------------------------------------------------------------
+
+    async def publish(self, tasks: Sequence[QueuedTask]) -> None:
+        ready = delayed = False
+        for start in range(0, len(tasks), PUBLISH_BATCH_SIZE):
+            batch_ready, batch_delayed = await self._publish_batch(
+                tasks[start : start + PUBLISH_BATCH_SIZE]
+            )
+            ready, delayed = ready or batch_ready, delayed or batch_delayed
+        if delayed:
+            self._mover_wakeup.set()
+        if ready:
+            self.on_ready()
+
+    async def _publish_batch(self, tasks: Sequence[QueuedTask]) -> tuple[bool, bool]:
+        """One MULTI for the batch; returns whether it had (ready, delayed) tasks."""
+        tasks = await self._not_yet_queued(tasks)
+        if not tasks:
+            return False, False
+        now = self._clock()
+        now_ms = _epoch_ms(now)
+        ready = delayed = False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            registered: set[str] = set()
+            for task in tasks:
+                requirement = Requirement.of(task.tenant, task.todo)
+                key = requirement.key
+                if key not in registered:
+                    registered.add(key)
+                    pipe.zadd(self._keys.queue_requirements, {key: now_ms}, nx=True)
+                    pipe.hset(
+                        self._keys.queue_requirement_json,
+                        key,
+                        _dumps(requirement_to_data(requirement)),
+                    )
+                task_json = _dumps(queued_task_to_data(task))
+                if task.not_before is not None and task.not_before > now:
+                    member = f"{len(key.encode())}:{key}{task_json}"
+                    pipe.zadd(self._keys.queue_delayed, {member: _epoch_ms(task.not_before)})
+                    delayed = True
+                else:
+                    pipe.xadd(self._keys.queue_stream(key), {"task": task_json})
+                    ready = True
+            if ready:
+                pipe.publish(self._keys.queue_ready_channel, self._origin)
+            await pipe.execute()
+        return ready, delayed
+
+    async def _not_yet_queued(self, tasks: Sequence[QueuedTask]) -> list[QueuedTask]:
+        """Claim a marker per task; a task whose marker exists is queued already (a repeat from
+        the reconciler, say) and is left out."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                pipe.set(self._marker(task), "1", nx=True)
+            claimed = await pipe.execute()
+        return [task for task, new in zip(tasks, claimed, strict=True) if new]
+
+    def _marker(self, task: QueuedTask) -> str:
+        return self._keys.queue_marker(task.job_id, task.todo.id, task.attempt)
+
+    async def requirements(self) -> list[Requirement]:
+        """Requirements whose stream holds entries (ready, or taken but not yet acked),
+        oldest queue first."""
+        found = await self._requirements_script(
+            keys=[self._keys.queue_requirements, self._keys.queue_requirement_json],
+            args=[self._keys.queue_stream_prefix],
+        )
+        return [requirement_from_data(json.loads(data)) for data in found]
+
+    async def take(self, requirement: Requirement, max_items: int) -> list[WorkItem]:
+        if max_items <= 0:
+            return []
+        stream = self._keys.queue_stream(requirement.key)
+        cursor, entries = await self._take_script(
+            keys=[stream],
+            args=[
+                QUEUE_CONSUMER_GROUP,
+                self._consumer,
+                self._claim_idle_ms,
+                max_items,
+                self._claim_cursors.get(stream, "0-0"),
+            ],
+        )
+        self._claim_cursors[stream] = _text(cursor)
+        items: list[WorkItem] = []
+        unreadable: list[str] = []
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            try:
+                names, values = fields[::2], fields[1::2]
+                task_json = dict(zip(map(_text, names), values, strict=True))["task"]
+                items.append(WorkItem(queued_task_from_data(json.loads(task_json)), entry_id))
+            except (TypeError, ValueError, KeyError):
+                # Redelivering it would fail the same way forever; the reconciler re-publishes
+                # the task from the store if it is still QUEUED.
+                log.exception("dropping unreadable queue entry %s of %s", entry_id, stream)
+                unreadable.append(entry_id)
+        if unreadable:
+            await self._ack_entries({stream: unreadable})
+        return items
+
+    async def ack(self, items: Sequence[WorkItem]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for item in items:
+            requirement = Requirement.of(item.task.tenant, item.task.todo)
+            by_stream.setdefault(self._keys.queue_stream(requirement.key), []).append(item.receipt)
+        await self._ack_entries(by_stream)
+        if items:
+            await self._redis.delete(*(self._marker(item.task) for item in items))
+
+    async def _ack_entries(self, by_stream: dict[str, list[str]]) -> None:
+        if not by_stream:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for stream, entry_ids in by_stream.items():
+                pipe.xack(stream, QUEUE_CONSUMER_GROUP, *entry_ids)
+                # Deleting keeps the stream as short as the work in flight.
+                pipe.xdel(stream, *entry_ids)
+            await pipe.execute()
+
+    # -- background -----------------------------------------------------------------------------
+
+    def _notified(self, origin: bytes) -> None:
+        """A "work may be ready" notification; this instance's own ones were handled already."""
+        if origin.decode() != self._origin:
+            self.on_ready()
+
+    def _subscribed(self) -> None:
+        self.on_ready()
+
+    async def _maintain_forever(self) -> None:
+        """Moves due delayed tasks and wakes the dispatcher when pending entries have been idle
+        long enough to be claimed (their replica may be dead)."""
+        retry = Backoff()
+        idle_check_interval_s = self._claim_idle_ms / 2000
+        next_idle_check_s = time.monotonic() + idle_check_interval_s
+        while True:
+            try:
+                wait_s = await self._move_due()
+                if time.monotonic() >= next_idle_check_s:
+                    next_idle_check_s = time.monotonic() + idle_check_interval_s
+                    if await self._has_idle_pending():
+                        self.on_ready()
+                wait_s = min(wait_s, max(0.0, next_idle_check_s - time.monotonic()))
+                retry.reset()
+            except Exception as error:
+                log_background_error(log, "delayed-task mover", error, retry.delay_s)
+                wait_s = retry.take()
+            await wait_event(self._mover_wakeup, wait_s)
+            self._mover_wakeup.clear()
+
+    async def _move_due(self) -> float:
+        """Moves due tasks; returns how long to wait before the next run (in seconds)."""
+        now_ms = _epoch_ms(self._clock())
+        moved, next_due_ms = await self._move_due_script(
+            keys=[self._keys.queue_delayed],
+            args=[
+                now_ms,
+                self._keys.queue_stream_prefix,
+                self._keys.queue_ready_channel,
+                self._origin,
+                MOVE_BATCH_SIZE,
+            ],
+        )
+        if moved:
+            self.on_ready()
+        next_due = float(next_due_ms)
+        if next_due < 0:
+            return self._delayed_poll_interval_s
+        # Other replicas may add earlier tasks meanwhile: never wait longer than the poll.
+        return min(max(0.0, (next_due - now_ms) / 1000), self._delayed_poll_interval_s)
+
+    async def _has_idle_pending(self) -> bool:
+        found = await self._idle_pending_script(
+            keys=[self._keys.queue_requirements],
+            args=[self._keys.queue_stream_prefix, QUEUE_CONSUMER_GROUP, self._claim_idle_ms],
+        )
+        return bool(found)

@@ -1,0 +1,105 @@
+"""Every Redis key, channel and consumer-group name of the distributed mode, built from one prefix.
+
+Nothing else in the code base builds a Redis name: read this file to see all that a deployment
+keeps in Redis. Redis holds moving work and presence only; PostgreSQL holds the truth, so a
+wiped Redis loses nothing (the reconciler publishes QUEUED tasks again, replicas re-announce).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "cpa"
+
+# The consumer group every replica reads each queue stream through (a group name, not a key);
+# each replica is one consumer in it, named by its replica id.
+QUEUE_CONSUMER_GROUP = "dispatchers"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """The names under one prefix; separate prefixes (deployments, tests) never share a name."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # -- work queue (queue/redis_queue.py) ------------------------------------------------------
+
+    @property
+    def queue_requirements(self) -> str:
+        """SORTED SET: every requirement key that was ever published, scored by the time (ms since
+        the epoch) of its first publish, so listing is oldest queue first. Written (ZADD NX) by
+        every publish, read by requirements(). No expiry: it holds one member per distinct
+        requirement (tenant, action, capabilities, labels), a small and bounded set."""
+        return f"{self.prefix}:queue:requirements"
+
+    @property
+    def queue_requirement_json(self) -> str:
+        """HASH: requirement key -> the Requirement as JSON, so requirements() can rebuild the
+        objects. Written with queue_requirements, read by requirements(). No expiry."""
+        return f"{self.prefix}:queue:requirement-json"
+
+    @property
+    def queue_stream_prefix(self) -> str:
+        """The start of every queue stream name; Lua scripts append a requirement key to it."""
+        return f"{self.prefix}:queue:stream:"
+
+    def queue_stream(self, requirement_key: str) -> str:
+        """STREAM: the ready tasks of one requirement, one entry per task (field `task`: the
+        QueuedTask as JSON), read through the QUEUE_CONSUMER_GROUP group (created lazily with
+        MKSTREAM). XADD by publish and the delayed-task mover, XREADGROUP/XAUTOCLAIM by take,
+        XACK+XDEL by ack, so it holds only unacked entries. No expiry (empty when idle)."""
+        return f"{self.queue_stream_prefix}{requirement_key}"
+
+    @property
+    def queue_delayed(self) -> str:
+        """SORTED SET: tasks whose not_before is in the future, scored by not_before (ms since the
+        epoch); a member is `<byte length of the requirement key>:<requirement key><task JSON>`.
+        ZADD by publish; moved to its stream by the mover script of any replica when due.
+        No expiry."""
+        return f"{self.prefix}:queue:delayed"
+
+    def queue_marker(self, job_id: str, task_id: str, attempt: int) -> str:
+        """STRING "1": the task (as of `attempt`, its last attempt number) is in the queue. SET NX
+        by publish (a publish that finds it skips the task, so the reconciler never duplicates
+        work still queued), DEL by ack. No expiry; a FLUSHALL wipes it with the entry."""
+        return f"{self.prefix}:queue:marker:{job_id}:{task_id}:{attempt}"
+
+    @property
+    def queue_ready_channel(self) -> str:
+        """PUB/SUB CHANNEL: "work may be ready" (payload: the publishing queue instance's token).
+        Published by publish and the mover; every replica's queue listens and calls on_ready()."""
+        return f"{self.prefix}:queue:ready"
+
+    # -- event fan-out (events/redis_bus.py) ----------------------------------------------------
+
+    @property
+    def events_channel(self) -> str:
+        """PUB/SUB CHANNEL: committed job events of every job, one message per publish call
+        (JSON: origin token and a list of codec.event_to_data dicts). Published by any replica's
+        bus, received by every replica's bus for its local watchers. At most once."""
+        return f"{self.prefix}:events"
+
+    # -- agent directory (dispatch/redis_directory.py) ------------------------------------------
+
+    @property
+    def agent_prefix(self) -> str:
+        """The start of every agent record key; Lua scripts append an agent id to it."""
+        return f"{self.prefix}:agent:"
+
+    def agent(self, agent_id: str) -> str:
+        """STRING: the AgentRecord (JSON) of a connected agent, naming the replica that holds its
+        session. SET by that replica's announcer every announce interval with a TTL of ~3
+        intervals (so a dead replica's agents vanish), deleted when the session ends. Read by
+        list_agents (via the tenant set) and route_cancel."""
+        return f"{self.agent_prefix}{agent_id}"
+
+    def tenant_agents(self, tenant: str) -> str:
+        """SET: ids of the agents of one tenant that were announced recently; a member whose
+        agent key has expired is removed by the next list_agents. SADD by announcers, which
+        also renew its TTL (~3 announce intervals, so a tenant without agents vanishes)."""
+        return f"{self.prefix}:tenant-agents:{tenant}"
+
+    def replica_control(self, replica_id: str) -> str:
+        """PUB/SUB CHANNEL: control messages for the agents one replica holds (a cancel, JSON).
+        Published by route_cancel on any replica, received by that replica's directory."""
+        return f"{self.prefix}:replica:{replica_id}:control"

@@ -1,0 +1,976 @@
+"""PostgreSQL store for the distributed mode: the source of truth that every replica shares.
+
+Writes issued in one event-loop iteration share a transaction (group commit); every job change
+holds its job's row lock, so replicas writing one job take turns, and a change that fails
+rolls back alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
+
+import psycopg
+from psycopg import AsyncCursor, AsyncPipeline
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from cpa_scheduler.domain import (
+    AttemptRef,
+    InvalidArgument,
+    Job,
+    JobChanges,
+    JobEvent,
+    JobFilter,
+    NotFound,
+    PagePosition,
+    Reason,
+    Task,
+)
+
+from . import codec
+from .interface import QueuedTask, StoredMessage
+from .migrations import (
+    REVISION_QUERY,
+    DatabaseUnavailableError,
+    check_revision,
+    connect_kwargs,
+    libpq_url,
+    revision_of,
+    unreachable,
+)
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+Row = tuple[Any, ...]
+
+log = logging.getLogger(__name__)
+
+# Most writes in one transaction: a batch holds its jobs' row locks until it commits, so an
+# unbounded one would make other replicas wait behind it.
+MAX_BATCH_OPS: Final = 128
+# How long an attempt handed to one sweeper is hidden from the others.
+SWEEP_CLAIM_S: Final = 30.0
+# The server ends a session that sits idle in a transaction this long (a hung replica),
+# releasing its row locks; inside a transaction the store only ever waits for the database.
+IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 60_000
+POOL_TIMEOUT_S: Final = 30.0
+# A peer that vanishes without a reset (a cable, a frozen VM) is noticed in about a minute
+# instead of the kernel's two hours, so a call waiting on it fails rather than hangs.
+_KEEPALIVES: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+# -- SQL ----------------------------------------------------------------------------------------
+
+# A task's ToDo and position never change after creation: rewriting todo_json (possibly large
+# and TOASTed) on every transition would be pure cost.
+_TASK_STATE_COLUMNS: Final = tuple(
+    c for c in codec.TASK_COLUMNS if c not in ("job_id", "task_id", "position", "todo_json")
+)
+_NEW_TASK_COLUMNS: Final = tuple(c for c in codec.TASK_COLUMNS if c != "job_id")
+_JOB_STATE_COLUMNS: Final = tuple(c for c in codec.JOB_STATE_COLUMNS if c != "job_id")
+_EVENT_COLUMNS: Final = ("sequence", "create_time", "terminal", "payload_json")
+
+
+def _rows_of(table: str, alias: str, parameter: str) -> str:
+    """Rows typed as `table`'s from a JSON array of objects: one parameter for many rows,
+    which psycopg passes far cheaper than one array per column."""
+    return f"json_populate_recordset(NULL::{table}, %({parameter})s::json) AS {alias}"
+
+
+_JOB_SELECT: Final = f"SELECT {', '.join(codec.JOB_COLUMNS)} FROM jobs"
+_TASK_SELECT: Final = f"SELECT {', '.join(codec.TASK_COLUMNS)} FROM tasks"
+_LOCK_JOBS: Final = (
+    # ORDER BY: rows are locked in job_id order, the order every writer takes them in.
+    f"{_JOB_SELECT} WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id FOR UPDATE"
+)
+_SELECT_TASKS: Final = f"{_TASK_SELECT} WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id, position"
+# One statement per job creation: the job, its labels, tasks and events, or nothing when the
+# tenant already used the request_id (a duplicate another replica is inserting right now is
+# waited for, then counts as a conflict). The main query reports which, with the owner of the
+# request_id as far as this statement's snapshot shows it.
+_CREATE_JOB: Final = f"""
+    WITH job AS (
+        INSERT INTO jobs ({", ".join(codec.JOB_COLUMNS)})
+        VALUES ({", ".join(f"%({c})s" for c in codec.JOB_COLUMNS)})
+        ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING
+        RETURNING job_id
+    ), label AS (
+        INSERT INTO job_labels (job_id, key, value)
+        SELECT job.job_id, l.key, l.value FROM job, json_each_text(%(labels)s::json) AS l
+    ), task AS (
+        INSERT INTO tasks ({", ".join(codec.TASK_COLUMNS)})
+        SELECT job.job_id, {", ".join(f"t.{c}" for c in _NEW_TASK_COLUMNS)}
+        FROM job, {_rows_of("tasks", "t", "tasks")}
+    ), event AS (
+        INSERT INTO events (job_id, {", ".join(_EVENT_COLUMNS)})
+        SELECT job.job_id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}
+        FROM job, {_rows_of("events", "e", "events")}
+    )
+    SELECT (SELECT count(*) FROM job), owner.job_id, owner.request_fingerprint
+    FROM (SELECT 1) AS one LEFT JOIN jobs owner
+        ON %(request_id)s <> '' AND owner.tenant = %(tenant)s AND owner.request_id = %(request_id)s
+"""
+# One statement per job change: the job's changed columns, its dirty tasks, its new events.
+_WRITE_CHANGES: Final = f"""
+    WITH job AS (
+        UPDATE jobs SET {", ".join(f"{c} = %({c})s" for c in _JOB_STATE_COLUMNS)}
+        WHERE job_id = %(job_id)s
+    ), task AS (
+        UPDATE tasks SET {", ".join(f"{c} = t.{c}" for c in _TASK_STATE_COLUMNS)},
+            -- a transition ends a sweeper's claim: it was on an attempt that is now over
+            sweep_claim_until = NULL
+        FROM {_rows_of("tasks", "t", "tasks")}
+        WHERE tasks.job_id = %(job_id)s AND tasks.task_id = t.task_id
+    )
+    INSERT INTO events (job_id, {", ".join(_EVENT_COLUMNS)})
+    SELECT %(job_id)s, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}
+    FROM {_rows_of("events", "e", "events")}
+"""
+_SELECT_EVENTS: Final = """
+    SELECT e.sequence, e.create_time, e.terminal, e.payload_json
+    FROM jobs j
+    LEFT JOIN LATERAL (
+        SELECT sequence, create_time, terminal, payload_json FROM events
+        WHERE events.job_id = j.job_id AND events.sequence > %(after)s
+        ORDER BY sequence LIMIT %(limit)s
+    ) e ON true
+    WHERE j.job_id = %(job_id)s AND j.tenant = %(tenant)s
+    ORDER BY e.sequence
+"""
+# Claims what it returns, so a second sweeper (another replica) does not do the same work:
+# SKIP LOCKED passes over tasks, and jobs, that another transaction is changing right now, and
+# the claim hides the returned attempts until `claim_until`. A sweeper that dies before
+# handling them leaves them to the next sweep after that. Never waits for a lock.
+_CLAIM_EXPIRED: Final = """
+    WITH expired AS MATERIALIZED (
+        SELECT t.job_id, t.task_id, j.tenant FROM tasks t JOIN jobs j ON j.job_id = t.job_id
+        WHERE t.state = 'RUNNING' AND t.lease_until < %(now)s
+            AND (t.sweep_claim_until IS NULL OR t.sweep_claim_until <= %(now)s)
+        ORDER BY t.lease_until, t.job_id, t.task_id
+        LIMIT %(limit)s
+        FOR UPDATE OF t SKIP LOCKED
+        FOR KEY SHARE OF j SKIP LOCKED
+    )
+    UPDATE tasks t SET sweep_claim_until = %(claim_until)s
+    FROM expired e
+    WHERE t.job_id = e.job_id AND t.task_id = e.task_id
+    RETURNING e.tenant, t.job_id, t.task_id, t.attempt, t.lease_until
+"""
+# A renewal first takes its jobs' rows (KEY SHARE: renewals do not exclude each other, job
+# changes do), in job_id order, so it never holds a task a job change needs while waiting for
+# that change's job.
+_LOCK_JOBS_FOR_RENEWAL: Final = """
+    SELECT 1 FROM jobs WHERE job_id = ANY(%(job_ids)s) AND tenant = %(tenant)s
+    ORDER BY job_id FOR KEY SHARE
+"""
+# The fence: only the current attempt of a RUNNING task of this tenant is renewed. Tasks are
+# locked in (job_id, task_id) order, so two renewals of one task never wait in a cycle.
+_RENEW: Final = """
+    WITH wanted (job_id, task_id, attempt) AS (
+        SELECT * FROM unnest(%(job_ids)s::text[], %(task_ids)s::text[], %(attempts)s::int[])
+    ), current AS MATERIALIZED (
+        SELECT t.job_id, t.task_id FROM tasks t
+        JOIN wanted w ON t.job_id = w.job_id AND t.task_id = w.task_id AND t.attempt = w.attempt
+        WHERE t.state = 'RUNNING'
+            AND EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = t.job_id AND j.tenant = %(tenant)s)
+        ORDER BY t.job_id, t.task_id
+        FOR UPDATE OF t
+    )
+    UPDATE tasks t SET lease_until = %(lease_until)s, agent_id = %(agent_id)s
+    FROM current c
+    WHERE t.job_id = c.job_id AND t.task_id = c.task_id
+    RETURNING t.job_id, t.task_id, t.attempt
+"""
+_INSERT_MESSAGE: Final = """
+    INSERT INTO lam_messages (tenant, message_id, inbound, conversation_id, performative,
+        sender, job_id, body_json, create_time)
+    VALUES (%(tenant)s, %(message_id)s, %(inbound)s, %(conversation_id)s, %(performative)s,
+        %(sender)s, %(job_id)s, %(body_json)s, %(create_time)s)
+    ON CONFLICT (tenant, message_id, inbound) DO NOTHING
+"""
+
+# -- the writes a batch carries ------------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class _Op:
+    """One write waiting for its batch. `order` fixes its place in the batch: the lock order."""
+
+    order: tuple[int, str]
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: Exception | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Create(_Op):
+    job: Job
+    changes: JobChanges
+    cursor: AsyncCursor[Row] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Update(_Op):
+    tenant: str
+    job_id: str
+    mutate: Callable[[Job], Any]
+
+
+@dataclass(slots=True, kw_only=True)
+class _SaveMessage(_Op):
+    message: StoredMessage
+
+
+@dataclass(frozen=True, slots=True)
+class _Duplicate:
+    """A creation that found the request_id taken: by `job_id` (None: not visible yet)."""
+
+    job_id: str | None
+    fingerprint: str | None
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far a batch got: once its COMMIT is sent, a broken connection leaves it unknown
+    whether the batch was stored."""
+
+    committing: bool = False
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """The jobs a batch locked, as aggregates; `stale` ones must be read again before use."""
+
+    jobs: dict[str, Job] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)
+
+
+class PostgresStore:
+    """The distributed store. Open with `await PostgresStore.open(url)`; close with `close()`.
+
+    A batch of writes normally costs two round trips: lock and read every job it changes (in
+    job_id order), apply the mutations in memory, write what they changed, commit. A mutation
+    that raises never reached the database and fails alone. When the database refuses a
+    statement, the batch rolls back and runs again with each write in its own savepoint, so
+    only the refused write fails; the mutations then run a second time, which is safe because
+    they change nothing but the job they are given.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Connection],
+        *,
+        max_batches_in_flight: int,
+        max_batch_ops: int = MAX_BATCH_OPS,
+        sweep_claim_s: float = SWEEP_CLAIM_S,
+    ) -> None:
+        self._pool = pool
+        self._max_in_flight = max_batches_in_flight
+        self._max_batch_ops = max_batch_ops
+        self._sweep_claim = timedelta(seconds=sweep_claim_s)
+        self._pending: list[_Op] = []
+        self._start_scheduled = False
+        self._batches: set[asyncio.Task[None]] = set()
+        # Cleared while the pool is being checked after a connection broke: calls wait for the
+        # check instead of drawing the other connections the same failure broke.
+        self._healthy = asyncio.Event()
+        self._healthy.set()
+        self._recovery: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        max_batches_in_flight: int | None = None,
+        max_batch_ops: int = MAX_BATCH_OPS,
+        sweep_claim_s: float = SWEEP_CLAIM_S,
+    ) -> PostgresStore:
+        """Connect, check the schema is at the head revision, and open the pool.
+
+        InvalidDatabaseUrlError, DatabaseUnavailableError, or SchemaMismatchError (whose message
+        says whether to run `cpa migrate` or to upgrade the server). `max_batches_in_flight`
+        (default: half the pool) bounds the write transactions running at once; the rest of the
+        pool serves reads.
+        """
+        url = libpq_url(url)
+        extra = connect_kwargs(url, **_KEEPALIVES)
+        try:
+            connection = await psycopg.AsyncConnection.connect(url, autocommit=True, **extra)
+        except psycopg.OperationalError as error:
+            raise unreachable(url, error) from error
+        async with connection:
+            try:
+                rows = await (await connection.execute(REVISION_QUERY)).fetchall()
+            except psycopg.errors.UndefinedTable:
+                rows = []
+        check_revision(revision_of(rows), url)
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, **extra},
+            configure=_configure,
+            open=False,
+            timeout=POOL_TIMEOUT_S,
+            name="cpa-store",
+        )
+        try:
+            await pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+        except psycopg.OperationalError as error:
+            await pool.close()
+            raise unreachable(url, error) from error
+        in_flight = max_batches_in_flight or max(1, max_size // 2)
+        return cls(
+            pool,
+            max_batches_in_flight=min(in_flight, max_size),
+            max_batch_ops=max_batch_ops,
+            sweep_claim_s=sweep_claim_s,
+        )
+
+    # -- group commit ---------------------------------------------------------------------
+
+    def _submit(self, op: _Op) -> asyncio.Future[Any]:
+        if self._closing:
+            raise RuntimeError("store is closed")
+        self._pending.append(op)
+        self._schedule_start()
+        return op.future
+
+    def _future(self) -> asyncio.Future[Any]:
+        if self._closing:
+            raise RuntimeError("store is closed")
+        return asyncio.get_running_loop().create_future()
+
+    def _schedule_start(self) -> None:
+        # call_soon, not now: the other writes of this loop iteration join the batch.
+        if self._start_scheduled or not self._pending:
+            return
+        if len(self._batches) >= self._max_in_flight:
+            return  # a finishing batch starts the next one, with everything that piled up
+        self._start_scheduled = True
+        asyncio.get_running_loop().call_soon(self._start_batches)
+
+    def _start_batches(self) -> None:
+        self._start_scheduled = False
+        while self._pending and len(self._batches) < self._max_in_flight:
+            batch = self._pending[: self._max_batch_ops]
+            del self._pending[: self._max_batch_ops]
+            # Every replica takes row locks in one global order (stable: one job's writes keep
+            # their order), so two batches may wait for each other but never in a cycle.
+            batch.sort(key=lambda op: op.order)
+            task = asyncio.create_task(self._run_batch(batch), name="cpa-store-batch")
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._schedule_start()
+
+    async def _run_batch(self, batch: list[_Op]) -> None:
+        progress = _Progress()
+        try:
+            async with self._connection() as connection, connection.pipeline() as pipeline:
+                try:
+                    await self._run_fast(connection, pipeline, batch, progress)
+                except psycopg.DatabaseError:
+                    if connection.broken or connection.closed:
+                        raise
+                    # The database refused a statement, so nothing was stored. Once more, each
+                    # write on its own: only the one the database refuses fails.
+                    progress.committing = False
+                    await _discard_pipeline(pipeline)
+                    await connection.execute("ROLLBACK")
+                    await pipeline.sync()
+                    await self._run_carefully(connection, pipeline, batch, progress)
+        except Exception as failure:
+            error = self._batch_failure(failure, committing=progress.committing)
+            for op in batch:
+                if not op.future.done():
+                    op.future.set_exception(error)
+            return
+        except BaseException:
+            for op in batch:
+                op.future.cancel()
+            raise
+        for op in batch:
+            if op.future.done():
+                continue  # the caller went away; the write is stored all the same
+            if op.error is None:
+                op.future.set_result(op.result)
+            else:
+                op.future.set_exception(op.error)
+
+    async def _run_fast(
+        self,
+        connection: Connection,
+        pipeline: AsyncPipeline,
+        batch: list[_Op],
+        progress: _Progress,
+    ) -> None:
+        """The whole batch in one transaction and two round trips: lock and read every job it
+        changes, apply the mutations in memory, write what they changed, commit.
+
+        A mutation that fails never reached the database, so it is dropped alone, without a
+        savepoint. A statement the database refuses raises its psycopg.DatabaseError.
+        """
+        await connection.execute("BEGIN")
+        # Creations and messages first: a duplicate that another replica is inserting is
+        # waited for, a lock like a job's row, taken in the same order everywhere.
+        for op in batch:
+            await self._queue_insert(connection, op)
+        updates = [op for op in batch if isinstance(op, _Update)]
+        loaded = _Loaded()
+        if updates:
+            job_ids = sorted({op.job_id for op in updates})
+            jobs = await connection.execute(_LOCK_JOBS, {"job_ids": job_ids})
+            # A second statement, after the locks are granted: one that waited for a lock
+            # still sees the rows as they were before the wait.
+            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": job_ids})
+            await pipeline.sync()
+            loaded.jobs = _jobs_from_rows(await jobs.fetchall(), await tasks.fetchall())
+        for op in updates:
+            if op.job_id in loaded.stale:
+                # The previous mutation of this job failed halfway through the aggregate.
+                loaded.jobs.update(await self._reread(connection, pipeline, op.job_id))
+                loaded.stale.discard(op.job_id)
+            job = loaded.jobs.get(op.job_id)
+            if job is None or job.tenant != op.tenant:
+                op.error = _job_not_found(op.job_id)
+                continue
+            try:
+                result = op.mutate(job)
+                changes = job.take_changes()
+                params = _changes_params(job, changes)
+            except Exception as rejected:
+                op.error = rejected
+                loaded.stale.add(op.job_id)
+                continue
+            await connection.execute(_WRITE_CHANGES, params)
+            op.result = (job, result, changes)
+        await connection.execute("COMMIT")
+        progress.committing = True
+        await pipeline.sync()
+        await _creation_results(batch)
+
+    async def _run_carefully(
+        self,
+        connection: Connection,
+        pipeline: AsyncPipeline,
+        batch: list[_Op],
+        progress: _Progress,
+    ) -> None:
+        """The batch again, each write in its own savepoint and round trips: a write the
+        database refuses rolls back alone."""
+        await connection.execute("BEGIN")
+        for op in batch:
+            op.result, op.error = None, None
+            await connection.execute("SAVEPOINT op")
+            try:
+                await self._apply_alone(connection, pipeline, op)
+                await connection.execute("RELEASE SAVEPOINT op")
+                await pipeline.sync()
+            except Exception as rejected:
+                if connection.broken or connection.closed:
+                    raise
+                await _discard_pipeline(pipeline)
+                await connection.execute("ROLLBACK TO SAVEPOINT op")
+                await connection.execute("RELEASE SAVEPOINT op")
+                op.result, op.error = None, rejected
+        await connection.execute("COMMIT")
+        progress.committing = True
+        await pipeline.sync()
+        await _creation_results([op for op in batch if op.error is None])
+
+    async def _apply_alone(self, connection: Connection, pipeline: AsyncPipeline, op: _Op) -> None:
+        if not isinstance(op, _Update):
+            await self._queue_insert(connection, op)
+            return
+        # The lock serializes every change of this job across replicas until the commit, or
+        # until this op rolls back to its savepoint.
+        jobs = await connection.execute(_LOCK_JOBS, {"job_ids": [op.job_id]})
+        tasks = await connection.execute(_SELECT_TASKS, {"job_ids": [op.job_id]})
+        await pipeline.sync()
+        job = _jobs_from_rows(await jobs.fetchall(), await tasks.fetchall()).get(op.job_id)
+        if job is None or job.tenant != op.tenant:
+            raise _job_not_found(op.job_id)
+        result = op.mutate(job)
+        changes = job.take_changes()
+        await connection.execute(_WRITE_CHANGES, _changes_params(job, changes))
+        op.result = (job, result, changes)
+
+    async def _queue_insert(self, connection: Connection, op: _Op) -> None:
+        if isinstance(op, _Create):
+            try:
+                params = _creation_params(op)
+            except Exception as rejected:  # e.g. a value that is no JSON: this op fails alone
+                op.error = rejected
+                return
+            op.cursor = await connection.execute(_CREATE_JOB, params)
+        elif isinstance(op, _SaveMessage):
+            await connection.execute(_INSERT_MESSAGE, _message_params(op.message))
+
+    async def _reread(
+        self, connection: Connection, pipeline: AsyncPipeline, job_id: str
+    ) -> dict[str, Job]:
+        # This transaction holds the row lock already; the read sees its own writes.
+        jobs = await connection.execute(f"{_JOB_SELECT} WHERE job_id = %s", (job_id,))
+        tasks = await connection.execute(_SELECT_TASKS, {"job_ids": [job_id]})
+        await pipeline.sync()
+        return _jobs_from_rows(await jobs.fetchall(), await tasks.fetchall())
+
+    def _batch_failure(self, failure: Exception, *, committing: bool) -> Exception:
+        if not _connection_failure(failure):
+            return failure
+        self._connection_failed()
+        if committing:
+            return DatabaseUnavailableError(
+                "the connection to PostgreSQL failed during commit; the change may or may not "
+                f"have been stored ({_first_line(failure)})"
+            )
+        return DatabaseUnavailableError(
+            f"the connection to PostgreSQL failed; nothing was stored ({_first_line(failure)})"
+        )
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        await self._healthy.wait()
+        async with self._pool.connection() as connection:
+            try:
+                yield connection
+            except Exception as error:
+                if connection.broken or connection.closed:
+                    raise _BrokenConnectionError(str(error)) from error
+                raise
+
+    def _connection_failed(self) -> None:
+        """A connection broke: check the idle ones too before the next call (a restarted
+        server broke them all), so the calls after this one get working connections."""
+        if self._recovery is None or self._recovery.done():
+            self._healthy.clear()
+            self._recovery = asyncio.create_task(self._recover(), name="cpa-store-recovery")
+
+    async def _recover(self) -> None:
+        check = asyncio.create_task(self._pool.check(), name="cpa-store-pool-check")
+        try:
+            # Bounded: a check stuck on a dead peer must not hold every call back; it goes on.
+            await asyncio.wait({check}, timeout=POOL_TIMEOUT_S)
+            self._healthy.set()
+            await check
+        except asyncio.CancelledError:
+            check.cancel()
+            await asyncio.gather(check, return_exceptions=True)
+            raise
+        except Exception:  # the pool replaces what failed by itself; this was a shortcut
+            log.debug("pool check after a broken connection failed", exc_info=True)
+        finally:
+            self._healthy.set()
+
+    async def _read(self, run: Callable[[Connection, AsyncPipeline], Awaitable[T]]) -> T:
+        """Run `run` on one snapshot (REPEATABLE READ, read only): a job and its tasks agree."""
+        if self._closing:
+            raise RuntimeError("store is closed")
+        try:
+            async with self._connection() as connection, connection.pipeline() as pipeline:
+                await connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                try:
+                    result = await run(connection, pipeline)
+                finally:
+                    if not (connection.broken or connection.closed):
+                        await connection.execute("COMMIT")
+                        await pipeline.sync()
+                return result
+        except Exception as error:
+            raise self._call_failure(error) from error
+
+    async def _statement(self, query: str, params: Mapping[str, Any]) -> list[Row]:
+        """One statement in its own transaction; its rows."""
+        if self._closing:
+            raise RuntimeError("store is closed")
+        try:
+            async with self._connection() as connection:
+                cursor = await connection.execute(query, params)
+                return await cursor.fetchall() if cursor.description is not None else []
+        except Exception as error:
+            raise self._call_failure(error) from error
+
+    def _call_failure(self, error: Exception) -> Exception:
+        if not _connection_failure(error):
+            return error
+        self._connection_failed()
+        return DatabaseUnavailableError(
+            f"the connection to PostgreSQL failed ({_first_line(error)})"
+        )
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> tuple[Job, JobChanges | None]:
+        future = self._future()
+        op = _Create(
+            # Creations go first, in (tenant, request_id) order: see _run_fast.
+            order=(0, f"job\0{job.tenant}\0{job.request_id}"),
+            future=future,
+            job=job,
+            changes=job.take_changes(),
+        )
+        outcome: JobChanges | _Duplicate = await self._submit(op)
+        if isinstance(outcome, JobChanges):
+            return job, outcome
+        owner, fingerprint = outcome.job_id, outcome.fingerprint
+        if owner is None:
+            # Committed by another replica after this statement's snapshot was taken.
+            rows = await self._statement(
+                "SELECT job_id, request_fingerprint FROM jobs "
+                "WHERE tenant = %(tenant)s AND request_id = %(request_id)s",
+                {"tenant": job.tenant, "request_id": job.request_id},
+            )
+            owner, fingerprint = rows[0]
+        if fingerprint != job.request_fingerprint:
+            raise InvalidArgument(
+                f"request_id {job.request_id!r} was already used for a different request "
+                f"(job {owner})",
+                reason=Reason.REQUEST_ID_REUSED,
+                field="request_id",
+            )
+        return await self.get_job(job.tenant, str(owner)), None
+
+    async def update_job(
+        self, tenant: str, job_id: str, mutate: Callable[[Job], T]
+    ) -> tuple[Job, T, JobChanges]:
+        future = self._future()
+        op = _Update(order=(1, job_id), future=future, tenant=tenant, job_id=job_id, mutate=mutate)
+        result: tuple[Job, T, JobChanges] = await self._submit(op)
+        return result
+
+    async def get_job(self, tenant: str, job_id: str) -> Job:
+        async def run(connection: Connection, pipeline: AsyncPipeline) -> Job:
+            jobs = await connection.execute(
+                f"{_JOB_SELECT} WHERE job_id = %s AND tenant = %s", (job_id, tenant)
+            )
+            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": [job_id]})
+            await pipeline.sync()
+            job = _jobs_from_rows(await jobs.fetchall(), await tasks.fetchall()).get(job_id)
+            if job is None:
+                raise _job_not_found(job_id)
+            return job
+
+        return await self._read(run)
+
+    async def list_jobs(
+        self, tenant: str, job_filter: JobFilter, *, after: PagePosition | None, limit: int
+    ) -> list[Job]:
+        clauses = ["tenant = %s"]
+        arguments: list[Any] = [tenant]
+        if job_filter.states:
+            clauses.append("state = ANY(%s)")
+            arguments.append(sorted(state.value for state in job_filter.states))
+        if job_filter.intent is not None:
+            clauses.append("intent = %s")
+            arguments.append(job_filter.intent)
+        for key, value in sorted(job_filter.labels.items()):
+            clauses.append(
+                "EXISTS (SELECT 1 FROM job_labels l "
+                "WHERE l.job_id = jobs.job_id AND l.key = %s AND l.value = %s)"
+            )
+            arguments += [key, value]
+        if job_filter.created_after is not None:
+            clauses.append("create_time > %s")
+            arguments.append(job_filter.created_after)
+        if job_filter.created_before is not None:
+            clauses.append("create_time < %s")
+            arguments.append(job_filter.created_before)
+        if job_filter.dead_lettered is not None:
+            clauses.append("dead_lettered = %s")
+            arguments.append(job_filter.dead_lettered)
+        if after is not None:
+            clauses.append("(create_time, job_id) < (%s, %s)")
+            arguments += [after.create_time, after.job_id]
+        query = (
+            f"{_JOB_SELECT} WHERE {' AND '.join(clauses)} "
+            "ORDER BY create_time DESC, job_id DESC LIMIT %s"
+        )
+
+        async def run(connection: Connection, pipeline: AsyncPipeline) -> list[Job]:
+            jobs = await connection.execute(query, [*arguments, limit])
+            await pipeline.sync()
+            job_rows = await jobs.fetchall()
+            if not job_rows:
+                return []
+            job_ids = [row[_JOB_ID] for row in job_rows]
+            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": job_ids})
+            await pipeline.sync()
+            loaded = _jobs_from_rows(job_rows, await tasks.fetchall())
+            return [loaded[job_id] for job_id in job_ids]
+
+        return await self._read(run)
+
+    async def list_events(
+        self, tenant: str, job_id: str, *, after_sequence: int, limit: int
+    ) -> list[JobEvent]:
+        rows = await self._statement(
+            _SELECT_EVENTS,
+            {"after": after_sequence, "limit": limit, "job_id": job_id, "tenant": tenant},
+        )
+        if not rows:
+            raise _job_not_found(job_id)
+        return [
+            JobEvent(
+                tenant=tenant,
+                job_id=job_id,
+                sequence=sequence,
+                create_time=create_time,
+                terminal=terminal,
+                payload=codec.payload_from_data(json.loads(payload_json)),
+            )
+            for sequence, create_time, terminal, payload_json in rows
+            if sequence is not None  # the job exists but has no events past after_sequence
+        ]
+
+    # -- dispatch support -------------------------------------------------------------------
+
+    async def queued_tasks(
+        self, *, limit: int, queued_before: datetime | None = None
+    ) -> list[QueuedTask]:
+        before = "" if queued_before is None else "AND t.queue_time < %(before)s "
+        rows = await self._statement(
+            "SELECT j.tenant, t.job_id, t.todo_json, t.attempt, t.next_attempt_time "
+            "FROM tasks t JOIN jobs j ON j.job_id = t.job_id "
+            f"WHERE t.state = 'QUEUED' {before}"
+            "ORDER BY t.queue_time, t.job_id, t.position LIMIT %(limit)s",
+            {"limit": limit, "before": queued_before},
+        )
+        return [
+            QueuedTask(
+                tenant=tenant,
+                job_id=job_id,
+                todo=codec.todo_from_data(json.loads(todo_json)),
+                attempt=attempt,
+                not_before=not_before,
+            )
+            for tenant, job_id, todo_json, attempt, not_before in rows
+        ]
+
+    async def expired_attempts(self, now: datetime, *, limit: int) -> list[tuple[str, AttemptRef]]:
+        rows = await self._statement(
+            _CLAIM_EXPIRED,
+            {"now": now, "limit": limit, "claim_until": now + self._sweep_claim},
+        )
+        rows.sort(key=lambda row: (row[4], row[1], row[2]))  # RETURNING keeps no order
+        return [
+            (tenant, AttemptRef(job_id, task_id, attempt))
+            for tenant, job_id, task_id, attempt, _ in rows
+        ]
+
+    async def renew_leases(
+        self,
+        tenant: str,
+        agent_id: str,
+        attempts: Sequence[AttemptRef],
+        lease_until: datetime,
+    ) -> list[AttemptRef]:
+        if not attempts:
+            return []
+        if self._closing:
+            raise RuntimeError("store is closed")
+        params = {
+            "job_ids": [ref.job_id for ref in attempts],
+            "task_ids": [ref.task_id for ref in attempts],
+            "attempts": [ref.attempt for ref in attempts],
+            "tenant": tenant,
+            "lease_until": lease_until,
+            "agent_id": agent_id,
+        }
+        try:
+            async with self._connection() as connection, connection.pipeline() as pipeline:
+                await connection.execute("BEGIN")
+                await connection.execute(_LOCK_JOBS_FOR_RENEWAL, params)
+                renewed = await connection.execute(_RENEW, params)
+                await connection.execute("COMMIT")
+                await pipeline.sync()
+                rows = await renewed.fetchall()
+        except Exception as error:
+            raise self._call_failure(error) from error
+        current = {AttemptRef(job_id, task_id, attempt) for job_id, task_id, attempt in rows}
+        return [ref for ref in attempts if ref not in current]
+
+    # -- LAM messages -------------------------------------------------------------------------
+
+    async def save_message(self, message: StoredMessage) -> None:
+        future = self._future()
+        key = f"message\0{message.tenant}\0{message.message_id}\0{message.inbound:d}"
+        await self._submit(_SaveMessage(order=(0, key), future=future, message=message))
+
+    async def conversation_job(self, tenant: str, conversation_id: str) -> str | None:
+        rows = await self._statement(
+            "SELECT job_id FROM lam_messages WHERE tenant = %(tenant)s "
+            "AND conversation_id = %(conversation_id)s AND job_id <> '' "
+            "ORDER BY create_time LIMIT 1",
+            {"tenant": tenant, "conversation_id": conversation_id},
+        )
+        return None if not rows else str(rows[0][0])
+
+    async def close(self) -> None:
+        """Run the writes already submitted, wait for them, and close the pool."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            while self._pending or self._batches:
+                self._start_batches()
+                if self._batches:
+                    await asyncio.wait(set(self._batches))
+            if self._recovery is not None:
+                self._recovery.cancel()
+                await asyncio.gather(self._recovery, return_exceptions=True)
+            await self._pool.close()
+        finally:
+            self._closed.set()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+_JOB_ID = codec.JOB_COLUMNS.index("job_id")
+_TASK_JOB_ID = codec.TASK_COLUMNS.index("job_id")
+
+
+class _BrokenConnectionError(psycopg.OperationalError):
+    """The connection itself failed (as opposed to a statement the database refused)."""
+
+
+def _connection_failure(error: BaseException) -> bool:
+    return isinstance(error, _BrokenConnectionError | PoolTimeout)
+
+
+async def _discard_pipeline(pipeline: AsyncPipeline) -> None:
+    """After a refused statement (psycopg may report it at any later execute, not only at a
+    sync): sync, so the server stops skipping statements, and drop what is still queued."""
+    with contextlib.suppress(psycopg.DatabaseError):
+        await pipeline.sync()
+
+
+def _job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"job {job_id!r} not found", reason=Reason.JOB_NOT_FOUND, field="job_id")
+
+
+def _jobs_from_rows(job_rows: Iterable[Row], task_rows: Iterable[Row]) -> dict[str, Job]:
+    """Aggregates from rows of _JOB_SELECT and of _TASK_SELECT (ordered by job, position)."""
+    tasks: dict[str, list[Task]] = {}
+    for row in task_rows:
+        task = codec.task_from_record(dict(zip(codec.TASK_COLUMNS, row, strict=True)))
+        tasks.setdefault(row[_TASK_JOB_ID], []).append(task)
+    return {
+        row[_JOB_ID]: codec.job_from_records(
+            dict(zip(codec.JOB_COLUMNS, row, strict=True)), tasks.get(row[_JOB_ID], [])
+        )
+        for row in job_rows
+    }
+
+
+def _json_rows(records: Iterable[Mapping[str, Any]]) -> str:
+    return json.dumps(list(records), default=_json_time, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_time(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _event_records(events: Sequence[JobEvent]) -> Iterator[dict[str, Any]]:
+    for e in events:
+        yield {
+            "sequence": e.sequence,
+            "create_time": e.create_time,
+            "terminal": e.terminal,
+            "payload_json": codec.event_payload_json(e),
+        }
+
+
+def _creation_params(op: _Create) -> dict[str, Any]:
+    job = op.job
+    tasks = (codec.task_to_record(job.job_id, i, task) for i, task in enumerate(job.tasks.values()))
+    return {
+        **codec.job_to_record(job),
+        "labels": json.dumps(dict(job.options.labels), ensure_ascii=False),
+        "tasks": _json_rows(tasks),
+        "events": _json_rows(_event_records(op.changes.events)),
+    }
+
+
+def _changes_params(job: Job, changes: JobChanges) -> dict[str, Any]:
+    positions = {task_id: i for i, task_id in enumerate(job.tasks)}
+    tasks = (
+        codec.task_to_record(job.job_id, positions[task_id], job.tasks[task_id])
+        for task_id in sorted(changes.dirty_tasks)
+    )
+    return {
+        **codec.job_state_to_record(job),
+        "tasks": _json_rows(tasks),
+        "events": _json_rows(_event_records(changes.events)),
+    }
+
+
+def _message_params(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "tenant": message.tenant,
+        "message_id": message.message_id,
+        "inbound": message.inbound,
+        "conversation_id": message.conversation_id,
+        "performative": message.performative,
+        "sender": message.sender,
+        "job_id": message.job_id,
+        "body_json": message.body_json,
+        "create_time": message.create_time,
+    }
+
+
+async def _creation_results(ops: Iterable[_Op]) -> None:
+    """After the commit: each creation's outcome from its statement's row."""
+    for op in ops:
+        if isinstance(op, _Create) and op.cursor is not None and op.error is None:
+            row = await op.cursor.fetchone()
+            if row is None:  # pragma: no cover - the statement always returns one row
+                raise RuntimeError("job creation returned no row")
+            inserted, owner, fingerprint = row
+            op.result = op.changes if inserted else _Duplicate(owner, fingerprint)
+            op.cursor = None
+
+
+async def _configure(connection: Connection) -> None:
+    # UTC: timestamptz values come back with tzinfo=UTC, like every time in the domain.
+    await connection.execute(
+        "SELECT set_config('TimeZone', 'UTC', false), "
+        "set_config('idle_in_transaction_session_timeout', %s, false)",
+        (str(IDLE_IN_TRANSACTION_TIMEOUT_MS),),
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

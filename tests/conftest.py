@@ -1,0 +1,3 @@
+"""Test-suite plugins: real services (PostgreSQL, Redis) shared by every suite that needs them."""
+
+pytest_plugins = ("tests.fixtures.services",)

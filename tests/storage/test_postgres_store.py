@@ -1,0 +1,332 @@
+"""What only the PostgreSQL store has to get right: the schema check at start, several replicas
+on one database (row locks, lock order, idempotent creation, sweeper claims), and broken
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from cpa_scheduler.domain import AttemptRef, JobFilter, JobState, StaleAttempt, TaskState
+from cpa_scheduler.storage import (
+    DatabaseUnavailableError,
+    InvalidDatabaseUrlError,
+    PostgresStore,
+    SchemaMismatchError,
+    head_revision,
+    migrate,
+    schema_revision,
+)
+from cpa_scheduler.storage import migrations as migrations_module
+from tests.fixtures.tcp_proxy import TcpProxy
+
+from .conftest import database_url
+from .test_store_contract import TENANT, assigning, at, create, new_job
+
+
+@pytest.fixture
+async def replicas(postgres_url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one database, as two scheduler replicas would have."""
+    first = await PostgresStore.open(postgres_url, min_size=1, max_size=4)
+    second = await PostgresStore.open(postgres_url, min_size=1, max_size=4)
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+# -- the schema check at start -----------------------------------------------------------------
+
+
+async def test_an_unmigrated_database_is_refused_with_the_command_to_run(
+    postgres_database: str,
+) -> None:
+    with pytest.raises(SchemaMismatchError) as raised:
+        await PostgresStore.open(postgres_database)
+
+    assert f"run `cpa migrate --database-url {postgres_database}`" in str(raised.value)
+    assert schema_revision(postgres_database) is None
+
+
+async def test_a_newer_schema_is_refused_as_the_server_being_older(postgres_database: str) -> None:
+    migrate(postgres_database)
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '9999_future'")
+
+    with pytest.raises(SchemaMismatchError) as raised:
+        await PostgresStore.open(postgres_database)
+
+    assert "revision 9999_future" in str(raised.value)
+    assert "the server is older than the schema" in str(raised.value)
+    with pytest.raises(SchemaMismatchError, match="newer than this cpa knows"):
+        migrate(postgres_database)
+
+
+async def test_an_older_schema_is_refused_with_the_command_to_run(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrate(postgres_database)
+    # As if this code had a revision after 0001, which the database has not seen yet.
+    monkeypatch.setattr(migrations_module, "head_revision", lambda: "0002")
+
+    with pytest.raises(SchemaMismatchError) as raised:
+        await PostgresStore.open(postgres_database)
+
+    message = str(raised.value)
+    assert "revision 0001, older than this server's 0002" in message
+    assert f"run `cpa migrate --database-url {postgres_database}`" in message
+
+
+async def test_an_unreachable_server_is_reported_as_unavailable() -> None:
+    with pytest.raises(
+        DatabaseUnavailableError, match=r"cannot reach PostgreSQL at .*127\.0\.0\.1:1"
+    ):
+        await PostgresStore.open("postgresql://postgres@127.0.0.1:1/cpa")
+
+
+@pytest.mark.parametrize("url", ["", "mysql://root@127.0.0.1/cpa", "no such thing"])
+async def test_a_url_that_is_not_postgresql_is_refused(url: str) -> None:
+    with pytest.raises(InvalidDatabaseUrlError):
+        await PostgresStore.open(url)
+
+
+def test_migrations_running_at_once_take_turns(postgres_database: str) -> None:
+    # Separate processes, as two replicas' deploy jobs would be: the advisory lock orders them.
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cpa_cli", "migrate", "--database-url", postgres_database],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outcomes = [run.communicate(timeout=50) for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0, 0], outcomes
+    # In this process too, threads included; and again when already at head.
+    threads = [threading.Thread(target=migrate, args=(postgres_database,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert migrate(postgres_database) == head_revision()
+    assert schema_revision(postgres_database) == head_revision()
+
+
+def test_the_sqlalchemy_spelling_of_the_url_works(postgres_database: str) -> None:
+    url = postgres_database.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    assert migrate(url) == head_revision()
+
+
+# -- replicas -----------------------------------------------------------------------------------
+
+
+async def test_replicas_assigning_one_task_at_once_start_it_exactly_once(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    first, second = replicas
+    await create(first, new_job("job-1"))
+
+    calls = [
+        (first if n % 2 else second).update_job(TENANT, "job-1", assigning("a", agent_id=f"a{n}"))
+        for n in range(50)
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    started = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(started) == 1
+    assert all(isinstance(error, StaleAttempt) for error in refused), refused
+    job = await second.get_job(TENANT, "job-1")
+    assert (job.tasks["a"].state, job.tasks["a"].attempt) == (TaskState.RUNNING, 1)
+    assert len(job.tasks["a"].attempts) == 1
+    events = await first.list_events(TENANT, "job-1", after_sequence=0, limit=100)
+    assert [e.sequence for e in events] == list(range(1, job.last_event_sequence + 1))
+
+
+async def test_replicas_changing_the_same_jobs_in_any_order_neither_deadlock_nor_lose_changes(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    jobs = [f"job-{n:02d}" for n in range(12)]
+    for job_id in jobs:
+        await create(replicas[0], new_job(job_id))
+        await replicas[0].update_job(TENANT, job_id, assigning("a"))
+    rng = random.Random(7)
+    rounds = 5
+
+    async def burst(store: PostgresStore) -> None:
+        for _ in range(rounds):
+            order = jobs * 2
+            rng.shuffle(order)  # each batch touches the jobs in another order
+            await asyncio.gather(
+                *(
+                    store.update_job(
+                        TENANT,
+                        job_id,
+                        lambda j: j.progress("a", attempt=1, percent=None, message="", now=at(1)),
+                    )
+                    for job_id in order
+                )
+            )
+
+    await asyncio.gather(burst(replicas[0]), burst(replicas[1]))
+
+    for job_id in jobs:
+        events = await replicas[1].list_events(TENANT, job_id, after_sequence=0, limit=1000)
+        # creation (2) + assignment (2) + every progress report of both replicas
+        assert len(events) == 4 + 2 * rounds * 2
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_replicas_creating_one_request_at_once_make_one_job(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    first, second = replicas
+
+    results = await asyncio.gather(
+        *(
+            store.create_job(new_job(f"job-{n}", request_id="req-1"))
+            for n, store in enumerate([first, second] * 5)
+        )
+    )
+
+    created = [job.job_id for job, changes in results if changes is not None]
+    assert len(created) == 1
+    assert {job.job_id for job, _ in results} == set(created)
+
+
+async def test_sweepers_of_two_replicas_split_the_expired_attempts(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    first, second = replicas
+    for n in range(10):
+        await create(first, new_job(f"job-{n}"))
+        await first.update_job(TENANT, f"job-{n}", assigning("a", lease_until=at(n)))
+
+    taken = await asyncio.gather(
+        first.expired_attempts(at(60), limit=6), second.expired_attempts(at(60), limit=6)
+    )
+
+    refs = [ref for batch in taken for _, ref in batch]
+    assert len(refs) == len(set(refs)) == 10
+    # A sweeper that died before handling its share: after the claim ends another takes it.
+    assert await second.expired_attempts(at(60) + timedelta(seconds=29), limit=20) == []
+    again = await second.expired_attempts(at(60) + timedelta(seconds=31), limit=20)
+    assert len(again) == 10
+
+
+async def test_a_new_attempt_is_not_hidden_by_the_claim_on_the_old_one(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    store = replicas[0]
+    await create(store, new_job("job-1"))
+    await store.update_job(TENANT, "job-1", assigning("a", lease_until=at(1)))
+    assert await store.expired_attempts(at(2), limit=10) == [(TENANT, AttemptRef("job-1", "a", 1))]
+    await store.update_job(
+        TENANT, "job-1", lambda j: j.lose("a", attempt=1, max_redeliveries=3, now=at(2))
+    )
+    await store.update_job(TENANT, "job-1", assigning("a", 2, lease_until=at(3)))
+
+    assert await store.expired_attempts(at(4), limit=10) == [(TENANT, AttemptRef("job-1", "a", 2))]
+
+
+# -- broken connections -------------------------------------------------------------------------
+
+
+async def test_a_cut_connection_fails_the_call_in_flight_and_the_store_recovers(
+    postgres_url: str, postgres_server_url: str, tcp_proxy: TcpProxy
+) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(postgres_url)["dbname"]
+    url = database_url(postgres_server_url, str(name), port=tcp_proxy.port)
+    store = await PostgresStore.open(url, min_size=2, max_size=4)
+    try:
+        await create(store, new_job("job-1"))
+        # Another session holds the job's row, so the store's update waits in the database.
+        async with await psycopg.AsyncConnection.connect(postgres_url) as holder:
+            await holder.execute("SELECT 1 FROM jobs WHERE job_id = 'job-1' FOR UPDATE")
+            in_flight = asyncio.ensure_future(store.update_job(TENANT, "job-1", assigning("a")))
+            await _until_waiting_on_a_lock(postgres_url)
+
+            tcp_proxy.cut()
+
+            with pytest.raises(DatabaseUnavailableError, match="nothing was stored"):
+                await asyncio.wait_for(in_flight, timeout=10)
+            await holder.rollback()
+
+        job, _, _ = await store.update_job(TENANT, "job-1", assigning("a"))
+        assert job.tasks["a"].state is TaskState.RUNNING
+        assert (await store.get_job(TENANT, "job-1")).state is JobState.RUNNING
+    finally:
+        await store.close()
+
+
+async def test_connections_cut_while_idle_fail_at_most_the_next_call(
+    postgres_url: str, postgres_server_url: str, tcp_proxy: TcpProxy
+) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(postgres_url)["dbname"]
+    url = database_url(postgres_server_url, str(name), port=tcp_proxy.port)
+    store = await PostgresStore.open(url, min_size=3, max_size=3)
+    try:
+        await create(store, new_job("job-1"))
+        tcp_proxy.cut()
+
+        # The pool may hand out a connection the cut broke: that call fails...
+        with contextlib.suppress(DatabaseUnavailableError):
+            await store.update_job(TENANT, "job-1", assigning("a"))
+        # ...and every later one gets a working connection: the store checked the idle ones.
+        results = await asyncio.gather(
+            *(store.get_job(TENANT, "job-1") for _ in range(5)),
+            store.list_jobs(TENANT, JobFilter(), after=None, limit=10),
+        )
+        assert len(results) == 6
+        job, _, _ = await store.update_job(TENANT, "job-1", assigning("a", agent_id="again"))
+        assert job.tasks["a"].state is TaskState.RUNNING
+    finally:
+        await store.close()
+
+
+async def test_sessions_killed_by_the_server_are_replaced(
+    postgres_url: str, replicas: tuple[PostgresStore, PostgresStore]
+) -> None:
+    store = replicas[0]
+    await create(store, new_job("job-1"))
+    name = psycopg.conninfo.conninfo_to_dict(postgres_url)["dbname"]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        # What a server restart does to every session.
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+
+    with contextlib.suppress(DatabaseUnavailableError):
+        await store.get_job(TENANT, "job-1")  # may draw a killed session
+    job, _, _ = await store.update_job(TENANT, "job-1", assigning("a"))
+    assert job.tasks["a"].state is TaskState.RUNNING
+
+
+async def _until_waiting_on_a_lock(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as watcher:
+        for _ in range(200):
+            cursor = await watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError("the update never waited for the row lock")
