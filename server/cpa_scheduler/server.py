@@ -161,10 +161,10 @@ class SchedulerServer:
         self._background = [
             asyncio.create_task(components.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(
-                components.orchestrator.sweep_leases_forever(
+                components.orchestrator.sweep_forever(
                     interval_s=min(1.0, self.settings.lease_duration_s / 4)
                 ),
-                name="lease-sweeper",
+                name="sweeper",
             ),
         ]
         if components.backends.distributed:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -27,7 +27,6 @@ from cpa_scheduler.storage import (
     migrate,
     schema_revision,
 )
-from cpa_scheduler.storage import migrations as migrations_module
 from tests.fixtures.tcp_proxy import TcpProxy
 
 from .conftest import database_url
@@ -73,19 +72,28 @@ async def test_a_newer_schema_is_refused_as_the_server_being_older(postgres_data
         migrate(postgres_database)
 
 
-async def test_an_older_schema_is_refused_with_the_command_to_run(
-    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+async def test_an_older_schema_is_refused_with_the_command_to_run_then_upgraded(
+    postgres_database: str,
 ) -> None:
     migrate(postgres_database)
-    # As if this code had a revision after 0001, which the database has not seen yet.
-    monkeypatch.setattr(migrations_module, "head_revision", lambda: "0002")
+    # Back to revision 0001 as it really was, as if the database predated 0002.
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute("DROP INDEX jobs_deadline")
+        connection.execute("ALTER TABLE jobs DROP COLUMN deadline, DROP COLUMN cancel_reason")
+        connection.execute("UPDATE alembic_version SET version_num = '0001'")
 
     with pytest.raises(SchemaMismatchError) as raised:
         await PostgresStore.open(postgres_database)
 
     message = str(raised.value)
-    assert "revision 0001, older than this server's 0002" in message
+    assert f"revision 0001, older than this server's {head_revision()}" in message
     assert f"run `cpa migrate --database-url {postgres_database}`" in message
+    assert migrate(postgres_database) == head_revision()
+    store = await PostgresStore.open(postgres_database)
+    try:
+        assert await store.overdue_jobs(datetime.now(UTC), limit=1) == []
+    finally:
+        await store.close()
 
 
 async def test_an_unreachable_server_is_reported_as_unavailable() -> None:

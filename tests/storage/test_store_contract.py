@@ -508,6 +508,18 @@ async def test_expired_attempts_respect_the_limit(store: Store) -> None:
     assert len(await store.expired_attempts(at(60), limit=2)) == 2
 
 
+async def test_overdue_jobs_are_the_unfinished_ones_past_their_deadline(store: Store) -> None:
+    for job_id in ("job-1", "job-2", "job-3"):
+        await create(store, new_job(job_id))
+    assert await store.overdue_jobs(at(3599), limit=10) == []
+    await store.update_job(TENANT, "job-2", lambda job: job.expire(now=at(3601)))
+    await store.update_job(TENANT, "job-3", lambda job: job.cancel(now=at(1)))
+    assert await store.overdue_jobs(at(3601), limit=10) == [(TENANT, "job-1")]
+    stored = await store.get_job(TENANT, "job-2")
+    assert stored.state is JobState.FAILED
+    assert stored.cancel_reason is Reason.JOB_DEADLINE_EXCEEDED
+
+
 async def test_renew_leases_extends_current_attempts_and_returns_stale_ones(store: Store) -> None:
     await create(store, new_job("job-1", todo("a"), todo("b")))
     await store.update_job(TENANT, "job-1", assigning("a"))

@@ -148,6 +148,9 @@ class Job:
     error: TaskError | None = None
     dead_lettered: bool = False
     cancel_requested: bool = False
+    # Why the job is being stopped: CANCELLED_BY_USER ends it CANCELLED,
+    # JOB_DEADLINE_EXCEEDED ends it FAILED.
+    cancel_reason: Reason | None = None
     retry_count: int = 0
     last_event_sequence: int = 0
     create_time: datetime
@@ -368,10 +371,26 @@ class Job:
         if self.cancel_requested or self.state is JobState.CANCELLED:
             return
         JOB_STATE_MACHINE.transition(self.state, JobState.CANCELLED)
-        self.cancel_requested = True
         error = TaskError(
             code="CANCELLED", message="job cancelled", reason=Reason.CANCELLED_BY_USER
         )
+        self._stop(error, now)
+
+    def expire(self, *, now: datetime) -> bool:
+        """The deadline passed: stop what runs and fail the job with JOB_DEADLINE_EXCEEDED.
+
+        Returns whether anything changed (not yet due, already ending or ended: nothing).
+        """
+        deadline = self.options.deadline
+        if deadline is None or now < deadline or self.is_terminal or self.cancel_requested:
+            return False
+        self._stop(_deadline_error(deadline), now)
+        return True
+
+    def _stop(self, error: TaskError, now: datetime) -> None:
+        """Cancel queued work now and ask agents to stop running attempts."""
+        self.cancel_requested = True
+        self.cancel_reason = error.reason
         for task in self.tasks.values():
             if task.state in (TaskState.PENDING, TaskState.QUEUED, TaskState.WAITING_APPROVAL):
                 self._move_task(task, TaskState.CANCELLED, now, error=error)
@@ -395,6 +414,7 @@ class Job:
             self._move_task(task, TaskState.PENDING, now)
         self.retry_count += 1
         self.cancel_requested = False
+        self.cancel_reason = None
         self.dead_lettered = False
         self.error = None
         self.end_time = None
@@ -494,7 +514,10 @@ class Job:
             return
         if TaskState.PENDING in states and not self.cancel_requested:
             return  # cannot happen with a valid graph; kept so a job is never ended early
-        if self.cancel_requested:
+        if self.cancel_requested and self.cancel_reason is Reason.JOB_DEADLINE_EXCEEDED:
+            assert self.options.deadline is not None  # only expire() sets this reason
+            self._end_job(JobState.FAILED, now, error=_deadline_error(self.options.deadline))
+        elif self.cancel_requested:
             self._end_job(JobState.CANCELLED, now, error=None)
         elif all(state is TaskState.SUCCEEDED for state in states):
             self._end_job(JobState.SUCCEEDED, now, error=None)
@@ -570,3 +593,11 @@ class Job:
                 tenant=self.tenant,
             )
         )
+
+
+def _deadline_error(deadline: datetime) -> TaskError:
+    return TaskError(
+        code="DEADLINE_EXCEEDED",
+        message=f"the job deadline {deadline.isoformat()} passed",
+        reason=Reason.JOB_DEADLINE_EXCEEDED,
+    )

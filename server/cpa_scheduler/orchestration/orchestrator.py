@@ -294,13 +294,32 @@ class Orchestrator:
             await self._after_commit(job, changes)
         return len(expired)
 
-    async def sweep_leases_forever(self, *, interval_s: float) -> None:
+    async def expire_overdue_jobs(self) -> int:
+        """Stop the jobs whose deadline passed: they end FAILED with JOB_DEADLINE_EXCEEDED once
+        their running attempts have stopped (or lost their lease)."""
+        now = self._clock()
+        overdue = await self._store.overdue_jobs(now, limit=SWEEP_BATCH)
+        for tenant, job_id in overdue:
+            try:
+                job, expired, changes = await self._store.update_job(
+                    tenant, job_id, lambda j: j.expire(now=now)
+                )
+            except NotFound:
+                continue
+            if expired:
+                log.info("job %s passed its deadline", job_id)
+            await self._after_commit(job, changes)
+        return len(overdue)
+
+    async def sweep_forever(self, *, interval_s: float) -> None:
+        """Leases and deadlines: the time-driven transitions."""
         while True:
             await asyncio.sleep(interval_s)
-            try:
-                await self.expire_leases()
-            except Exception:  # a failing sweep must not stop the next one
-                log.exception("lease sweep failed")
+            for sweep in (self.expire_leases, self.expire_overdue_jobs):
+                try:
+                    await sweep()
+                except Exception:  # a failing sweep must not stop the next one
+                    log.exception("%s failed", sweep.__name__)
 
     async def reconcile(self, *, older_than_s: float) -> int:
         """Publish again the tasks QUEUED for longer than `older_than_s`: a crash between commit

@@ -351,9 +351,11 @@ JOB_COLUMNS = (
     "error_json",
     "dead_lettered",
     "cancel_requested",
+    "cancel_reason",
     "retry_count",
     "conversation_id",
     "last_event_sequence",
+    "deadline",
     "create_time",
     "update_time",
     "start_time",
@@ -385,13 +387,14 @@ JOB_STATE_COLUMNS = (
     "error_json",
     "dead_lettered",
     "cancel_requested",
+    "cancel_reason",
     "retry_count",
     "last_event_sequence",
     "update_time",
     "start_time",
     "end_time",
 )
-JOB_TIME_COLUMNS = ("create_time", "update_time", "start_time", "end_time")
+JOB_TIME_COLUMNS = ("deadline", "create_time", "update_time", "start_time", "end_time")
 TASK_TIME_COLUMNS = ("lease_until", "next_attempt_time", "queue_time", "start_time", "end_time")
 
 
@@ -413,14 +416,20 @@ def job_to_record(job: Job) -> Data:
         "error_json": _dumps(error_to_data(job.error)),
         "dead_lettered": job.dead_lettered,
         "cancel_requested": job.cancel_requested,
+        "cancel_reason": _reason_text(job.cancel_reason),
         "retry_count": job.retry_count,
         "conversation_id": job.conversation_id,
         "last_event_sequence": job.last_event_sequence,
+        "deadline": job.options.deadline,
         "create_time": job.create_time,
         "update_time": job.update_time,
         "start_time": job.start_time,
         "end_time": job.end_time,
     }
+
+
+def _reason_text(reason: Reason | None) -> str:
+    return "" if reason is None else reason.value
 
 
 def job_state_to_record(job: Job) -> Data:
@@ -431,6 +440,7 @@ def job_state_to_record(job: Job) -> Data:
         "error_json": _dumps(error_to_data(job.error)),
         "dead_lettered": job.dead_lettered,
         "cancel_requested": job.cancel_requested,
+        "cancel_reason": _reason_text(job.cancel_reason),
         "retry_count": job.retry_count,
         "last_event_sequence": job.last_event_sequence,
         "update_time": job.update_time,
@@ -495,6 +505,7 @@ def job_from_records(record: Mapping[str, Any], tasks: Iterable[Task]) -> Job:
         error=error_from_data(json.loads(record["error_json"])),
         dead_lettered=bool(record["dead_lettered"]),
         cancel_requested=bool(record["cancel_requested"]),
+        cancel_reason=Reason(record["cancel_reason"]) if record["cancel_reason"] else None,
         retry_count=record["retry_count"],
         last_event_sequence=record["last_event_sequence"],
         create_time=record["create_time"],

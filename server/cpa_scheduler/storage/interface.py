@@ -100,6 +100,11 @@ class Store(Protocol):
         """(tenant, attempt) of RUNNING tasks whose lease ended before `now`."""
         ...
 
+    async def overdue_jobs(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
+        """(tenant, job_id) of unfinished jobs whose deadline passed before `now` and that are
+        not being stopped yet, earliest deadline first."""
+        ...
+
     async def renew_leases(
         self,
         tenant: str,

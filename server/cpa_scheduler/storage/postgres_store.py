@@ -775,6 +775,15 @@ class PostgresStore:
             for tenant, job_id, todo_json, attempt, not_before in rows
         ]
 
+    async def overdue_jobs(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
+        rows = await self._statement(
+            "SELECT tenant, job_id FROM jobs WHERE deadline < %(now)s AND NOT cancel_requested "
+            "AND state IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL') "
+            "ORDER BY deadline LIMIT %(limit)s",
+            {"now": now, "limit": limit},
+        )
+        return [(tenant, job_id) for tenant, job_id in rows]
+
     async def expired_attempts(self, now: datetime, *, limit: int) -> list[tuple[str, AttemptRef]]:
         rows = await self._statement(
             _CLAIM_EXPIRED,

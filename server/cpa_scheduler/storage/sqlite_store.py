@@ -24,6 +24,7 @@ from cpa_scheduler.domain import (
     JobChanges,
     JobEvent,
     JobFilter,
+    JobState,
     NotFound,
     PagePosition,
     Reason,
@@ -35,7 +36,14 @@ from .interface import QueuedTask, StoredMessage
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each version adds to the one before (files of an older server are upgraded at open).
+_UPGRADES = {
+    2: (
+        "ALTER TABLE jobs ADD COLUMN cancel_reason TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN deadline INTEGER",
+    ),
+}
 CHECKPOINT_INTERVAL_S = 1.0
 
 _SCHEMA = """
@@ -51,9 +59,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_json TEXT NOT NULL,
     dead_lettered INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL,
+    cancel_reason TEXT NOT NULL DEFAULT '',
     retry_count INTEGER NOT NULL,
     conversation_id TEXT NOT NULL,
     last_event_sequence INTEGER NOT NULL,
+    deadline INTEGER,
     create_time INTEGER NOT NULL,
     update_time INTEGER NOT NULL,
     start_time INTEGER,
@@ -62,6 +72,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (tenant, request_id)
     WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_listing ON jobs (tenant, create_time DESC, job_id DESC);
+CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (deadline) WHERE deadline IS NOT NULL;
 CREATE TABLE IF NOT EXISTS job_labels (
     job_id TEXT NOT NULL REFERENCES jobs (job_id),
     key TEXT NOT NULL,
@@ -188,6 +199,10 @@ class SqliteStore:
                 f"{path} has schema version {version}, newer than this server's "
                 f"{SCHEMA_VERSION}: upgrade the server"
             )
+        if version:  # an existing file: bring it up to date before the schema's indexes
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _UPGRADES[step]:
+                    connection.execute(statement)
         connection.executescript(_SCHEMA)
         connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         store = cls(connection)
@@ -456,6 +471,20 @@ class SqliteStore:
             (row["tenant"], AttemptRef(row["job_id"], row["task_id"], row["attempt"]))
             for row in rows
         ]
+
+    async def overdue_jobs(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT tenant, job_id FROM jobs WHERE deadline < ? AND cancel_requested = 0 "
+            "AND state IN (?, ?, ?) ORDER BY deadline LIMIT ?",
+            (
+                codec.time_to_us(now),
+                JobState.PENDING.value,
+                JobState.RUNNING.value,
+                JobState.WAITING_APPROVAL.value,
+                limit,
+            ),
+        ).fetchall()
+        return [(row["tenant"], row["job_id"]) for row in rows]
 
     async def renew_leases(
         self,

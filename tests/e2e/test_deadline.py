@@ -1,0 +1,41 @@
+"""A job deadline over real sockets: the running action is stopped on the agent and the job ends
+FAILED with JOB_DEADLINE_EXCEEDED."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import timestamp_pb2
+
+from cpa.common.v1 import error_pb2
+from cpa.scheduler.v1 import job_pb2
+from cpa_client import SchedulerClient
+
+from .conftest import Agents, finished, first_event, task_reached, todo, todos_spec
+
+
+def _in(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime.now(UTC) + timedelta(seconds=seconds))
+    return stamp
+
+
+async def test_a_passed_deadline_stops_the_running_task_and_fails_the_job(
+    client: SchedulerClient, agents: Agents
+) -> None:
+    agent = await agents.start("agent-1")
+    spec = todos_spec(
+        todo("long", "wait", params={"seconds": 60}),
+        todo("after", "noop", depends_on=["long"]),
+        deadline=_in(1.5),
+    )
+    job_id = (await client.schedule_job(spec)).job.job_id
+    await first_event(client, job_id, task_reached("long", job_pb2.TASK_STATE_RUNNING))
+    job = await asyncio.wait_for(finished(client, job_id), 15)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert job.error.reason == error_pb2.ERROR_REASON_JOB_DEADLINE_EXCEEDED
+    assert job.error.code == "DEADLINE_EXCEEDED"
+    states = {t.todo.id: job_pb2.TaskState.Name(t.state) for t in job.tasks}
+    assert states == {"long": "TASK_STATE_CANCELLED", "after": "TASK_STATE_CANCELLED"}
+    assert not agent.running_attempts
