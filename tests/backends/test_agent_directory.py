@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from redis.asyncio import Redis
 
-from cpa_scheduler.dispatch import CancelMessage, SessionRegistry
+from cpa_scheduler.dispatch import AgentProfile, CancelMessage, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentRecord
 from cpa_scheduler.dispatch.redis_directory import (
     RedisAgentDirectory,
@@ -195,8 +195,7 @@ async def test_cancel_for_an_agent_nobody_holds_is_not_routed(
 def test_record_and_cancel_survive_json() -> None:
     record = AgentRecord.of(make_session("agent-1", "tenant-1"), replica_id="replica-a")
     draining = AgentRecord(
-        agent_id="agent-2",
-        tenant="tenant-1",
+        profile=AgentProfile(agent_id="agent-2", tenant="tenant-1"),
         replica_id="replica-b",
         state=AgentState.DRAINING,
         connect_time=record.connect_time,

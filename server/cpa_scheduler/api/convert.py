@@ -627,21 +627,22 @@ _AGENT_STATES = {
 
 
 def agent_to_proto(record: AgentRecord) -> agent_pb2.Agent:
+    profile = record.profile
     message = agent_pb2.Agent(
-        agent_id=record.agent_id,
-        name=record.name,
-        tenant=record.tenant,
+        agent_id=profile.agent_id,
+        name=profile.name,
+        tenant=profile.tenant,
         capabilities=agent_capabilities_pb2.AgentCapabilities(
-            actions=sorted(record.actions),
-            capabilities=sorted(record.capabilities),
-            labels=dict(record.labels),
-            slots=record.slots,
+            actions=sorted(profile.actions),
+            capabilities=sorted(profile.capabilities),
+            labels=dict(profile.labels),
+            slots=profile.slots,
         ),
         state=_AGENT_STATES[record.state],
         replica_id=record.replica_id,
         running_tasks=record.running_tasks,
         free_credits=record.free_credits,
-        version=record.version,
+        version=profile.version,
     )
     _set_time(message, "connect_time", record.connect_time)
     _set_time(message, "last_seen_time", record.last_seen_time)

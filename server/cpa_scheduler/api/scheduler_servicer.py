@@ -270,7 +270,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         records = [
             r
             for r in await self._directory.list_agents(self._tenant(context))
-            if agent_filter.matches(r.state.value, r.actions, r.capabilities, r.labels)
+            if agent_filter.matches(
+                r.state.value, r.profile.actions, r.profile.capabilities, r.profile.labels
+            )
         ]
         start = 0
         if request.page_token:

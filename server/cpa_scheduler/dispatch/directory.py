@@ -6,48 +6,42 @@ held by another replica is routed to that replica. In-process for the embedded m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from cpa_scheduler.domain import AgentState
 
+from .matching import AgentProfile
 from .sessions import AgentSession, CancelMessage, SessionRegistry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentRecord:
-    """An agent as every replica sees it (a snapshot of its session on its replica)."""
+    """An agent as every replica sees it: its hello (profile) and a snapshot of its session."""
 
-    agent_id: str
-    tenant: str
+    profile: AgentProfile
     replica_id: str
-    name: str = ""
-    version: str = ""
-    actions: frozenset[str] = frozenset()
-    capabilities: frozenset[str] = frozenset()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    slots: int = 1
     state: AgentState = AgentState.CONNECTED
     running_tasks: int = 0
     free_credits: int = 0
     connect_time: datetime
     last_seen_time: datetime
 
+    @property
+    def agent_id(self) -> str:
+        return self.profile.agent_id
+
+    @property
+    def tenant(self) -> str:
+        return self.profile.tenant
+
     @classmethod
     def of(cls, session: AgentSession, *, replica_id: str) -> AgentRecord:
-        profile = session.profile
         return cls(
-            agent_id=profile.agent_id,
-            tenant=profile.tenant,
+            profile=session.profile,
             replica_id=replica_id,
-            name=profile.name,
-            version=profile.version,
-            actions=profile.actions,
-            capabilities=profile.capabilities,
-            labels=profile.labels,
-            slots=profile.slots,
             state=session.state,
             running_tasks=len(session.running),
             free_credits=session.credits,

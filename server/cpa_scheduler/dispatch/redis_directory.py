@@ -22,9 +22,10 @@ from cpa_scheduler.background import Backoff, stop_tasks, wait_event
 from cpa_scheduler.domain import AgentState, AttemptRef
 from cpa_scheduler.redis_keys import DEFAULT_PREFIX, RedisKeys
 from cpa_scheduler.redis_support import ChannelListener, log_background_error
-from cpa_scheduler.storage.codec import Data, time_to_text
+from cpa_scheduler.storage.codec import Data
 
 from .directory import AgentRecord, announce_records
+from .matching import AgentProfile
 from .sessions import CancelMessage, SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -66,35 +67,38 @@ return released
 
 
 def agent_record_to_data(record: AgentRecord) -> Data:
+    profile = record.profile
     return {
-        "agent_id": record.agent_id,
-        "tenant": record.tenant,
+        "agent_id": profile.agent_id,
+        "tenant": profile.tenant,
         "replica_id": record.replica_id,
-        "name": record.name,
-        "version": record.version,
-        "actions": sorted(record.actions),
-        "capabilities": sorted(record.capabilities),
-        "labels": dict(record.labels),
-        "slots": record.slots,
+        "name": profile.name,
+        "version": profile.version,
+        "actions": sorted(profile.actions),
+        "capabilities": sorted(profile.capabilities),
+        "labels": dict(profile.labels),
+        "slots": profile.slots,
         "state": record.state.value,
         "running_tasks": record.running_tasks,
         "free_credits": record.free_credits,
-        "connect_time": time_to_text(record.connect_time),
-        "last_seen_time": time_to_text(record.last_seen_time),
+        "connect_time": record.connect_time.isoformat(),
+        "last_seen_time": record.last_seen_time.isoformat(),
     }
 
 
 def agent_record_from_data(data: Mapping[str, Any]) -> AgentRecord:
     return AgentRecord(
-        agent_id=data["agent_id"],
-        tenant=data["tenant"],
+        profile=AgentProfile(
+            agent_id=data["agent_id"],
+            tenant=data["tenant"],
+            name=data["name"],
+            version=data["version"],
+            actions=frozenset(data["actions"]),
+            capabilities=frozenset(data["capabilities"]),
+            labels=data["labels"],
+            slots=data["slots"],
+        ),
         replica_id=data["replica_id"],
-        name=data["name"],
-        version=data["version"],
-        actions=frozenset(data["actions"]),
-        capabilities=frozenset(data["capabilities"]),
-        labels=data["labels"],
-        slots=data["slots"],
         state=AgentState(data["state"]),
         running_tasks=data["running_tasks"],
         free_credits=data["free_credits"],
