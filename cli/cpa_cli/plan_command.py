@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -21,6 +20,8 @@ from cpa_scheduler.planning import (
     load_catalog,
 )
 from cpa_scheduler.settings import Settings
+
+from .common import CliError, pairs
 
 EXIT_UNKNOWN_INTENT = 3
 
@@ -52,32 +53,22 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for value in values:
-        key, separator, item = value.partition("=")
-        if not separator or not key:
-            raise SystemExit(f"cpa plan: {option} needs KEY=VALUE, got {value!r}")
-        pairs[key] = item
-    return pairs
-
-
 def run(arguments: argparse.Namespace) -> int:
     if (arguments.text is None) == (arguments.intent is None):
-        raise SystemExit("cpa plan: give either TEXT or --intent NAME")
+        raise CliError("plan: give either TEXT or --intent NAME")
     if arguments.param and arguments.intent is None:
-        raise SystemExit("cpa plan: --param goes with --intent")
+        raise CliError("plan: --param goes with --intent")
     request: PlanRequest = (
         TextRequest(arguments.text)
         if arguments.text is not None
-        else IntentRequest(arguments.intent, _pairs(arguments.param, "--param"))
+        else IntentRequest(arguments.intent, pairs(arguments.param, "--param"))
     )
     settings = Settings()
     planner = Planner(
         RuleIntentRouter(load_catalog(settings.intents_path)),
         max_tasks=settings.max_tasks_per_job,
     )
-    plan = planner.plan(request, context=_pairs(arguments.context, "--context"))
+    plan = planner.plan(request, context=pairs(arguments.context, "--context"))
     if arguments.json:
         message = convert.plan_to_preview_proto(plan)
         print(json_format.MessageToJson(message, preserving_proto_field_name=True))

@@ -20,12 +20,15 @@ from cpa_scheduler.domain import (
     InvalidArgument,
     Job,
     JobEvent,
+    JobOptions,
+    JobSource,
     PagePosition,
     Reason,
     Task,
 )
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator
+from cpa_scheduler.planning import PlanRequest
 from cpa_scheduler.settings import Settings
 
 from . import convert
@@ -105,6 +108,17 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             return f"waiting until {until} before attempt {task.attempt + 1}"
         return self._sessions.waiting_reason(Requirement.of(job.tenant, task.todo))
 
+    def _spec_of(
+        self, request: pb.ScheduleJobRequest | pb.PreviewPlanRequest
+    ) -> tuple[PlanRequest, JobSource, JobOptions]:
+        """The checked spec of a request that carries one (size, presence, fields)."""
+        self._check_size(request)
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
+        return convert.spec_from_proto(
+            request.spec, default_max_parallelism=self._settings.default_max_parallelism
+        )
+
     def _job(self, job: Job) -> Any:
         return convert.job_to_proto(job, waiting_reason=self._waiting_reason)
 
@@ -112,12 +126,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def ScheduleJob(
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
-        self._check_size(request)
-        if not request.HasField("spec"):
-            raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
-        plan_request, source, options = convert.spec_from_proto(
-            request.spec, default_max_parallelism=self._settings.default_max_parallelism
-        )
+        plan_request, source, options = self._spec_of(request)
         try:
             job, created = await self._orchestrator.schedule(
                 tenant=self._tenant(context),
@@ -247,12 +256,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def PreviewPlan(
         self, request: pb.PreviewPlanRequest, context: Context
     ) -> pb.PreviewPlanResponse:
-        self._check_size(request)
-        if not request.HasField("spec"):
-            raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
-        plan_request, _, options = convert.spec_from_proto(
-            request.spec, default_max_parallelism=self._settings.default_max_parallelism
-        )
+        plan_request, _, options = self._spec_of(request)
         try:
             plan = self._orchestrator.plan(plan_request, context=options.context)
         except DomainError as error:
