@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,6 +21,9 @@ from cpa.scheduler.v1 import (
 from .errors import CpaError
 
 _Response = TypeVar("_Response")
+_Page = TypeVar(
+    "_Page", scheduler_service_pb2.ListJobsResponse, scheduler_service_pb2.ListAgentsResponse
+)
 
 
 def _struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
@@ -105,19 +108,17 @@ class SchedulerClient:
         self, *, filter: str = "", page_size: int = 0
     ) -> AsyncIterator[job_pb2.Job]:
         """Every job matching `filter` (AIP-160), following page tokens."""
-        page_token = ""
-        while True:
-            request = scheduler_service_pb2.ListJobsRequest(
-                filter=filter, page_size=page_size, page_token=page_token
+        async for response in self._pages(
+            lambda token: self._stub.ListJobs(
+                scheduler_service_pb2.ListJobsRequest(
+                    filter=filter, page_size=page_size, page_token=token
+                ),
+                metadata=self._metadata,
+                timeout=self._timeout_s,
             )
-            response = await _unary(
-                self._stub.ListJobs(request, metadata=self._metadata, timeout=self._timeout_s)
-            )
+        ):
             for job in response.jobs:
                 yield job
-            if not response.next_page_token:
-                return
-            page_token = response.next_page_token
 
     async def cancel_job(self, job_id: str, *, reason: str = "") -> job_pb2.Job:
         request = scheduler_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
@@ -167,16 +168,25 @@ class SchedulerClient:
         self, *, filter: str = "", page_size: int = 0
     ) -> AsyncIterator[agent_pb2.Agent]:
         """Every connected agent matching `filter` (AIP-160), following page tokens."""
-        page_token = ""
-        while True:
-            request = scheduler_service_pb2.ListAgentsRequest(
-                filter=filter, page_size=page_size, page_token=page_token
+        async for response in self._pages(
+            lambda token: self._stub.ListAgents(
+                scheduler_service_pb2.ListAgentsRequest(
+                    filter=filter, page_size=page_size, page_token=token
+                ),
+                metadata=self._metadata,
+                timeout=self._timeout_s,
             )
-            response = await _unary(
-                self._stub.ListAgents(request, metadata=self._metadata, timeout=self._timeout_s)
-            )
+        ):
             for agent in response.agents:
                 yield agent
-            if not response.next_page_token:
+
+    @staticmethod
+    async def _pages(call: Callable[[str], Awaitable[_Page]]) -> AsyncIterator[_Page]:
+        """Every page of a List call, following next_page_token (AIP-158)."""
+        token = ""
+        while True:
+            page = await _unary(call(token))
+            yield page
+            if not page.next_page_token:
                 return
-            page_token = response.next_page_token
+            token = page.next_page_token
