@@ -65,11 +65,12 @@ class LocalStack:
             raise RuntimeError("the local agent stopped before it connected")
 
     def hurry(self) -> None:
-        """Stop without waiting: abandon the agent's drain and give running calls no grace.
+        """Stop without waiting: abandon the agents' drains and give running calls no grace.
 
         Attempts the agent abandons are not lost: their leases expire and they run again.
         """
         self._hurried = True
+        self.server.hurry()
         if self.agent_task is not None and not self.agent_task.done():
             self.agent_task.cancel()
 

@@ -11,10 +11,24 @@ from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import SchedulerClient
 
 from .common import CliError, add_json_option, add_server_option, emit
-from .output import EventPrinter, job_list, job_state, render_job, render_outcome, to_json
+from .output import (
+    EventPrinter,
+    job_list,
+    job_state,
+    reason_name,
+    render_job,
+    render_outcome,
+    table,
+    to_json,
+)
 
 DEFAULT_LIST_LIMIT = 50
 _MAX_PAGE_SIZE = 1000
+DEFAULT_RETRY_MAX_JOBS = 100
+_FILTER_EXAMPLES = (
+    "'state = FAILED', 'labels.team = \"ops\"', "
+    "'dead_lettered = true', 'create_time >= \"2026-01-01T00:00:00Z\"', joined by AND"
+)
 
 
 def register(commands: Any) -> None:
@@ -34,8 +48,7 @@ def register(commands: Any) -> None:
         "--filter",
         default="",
         metavar="F",
-        help="AIP-160 filter, e.g. 'state = FAILED', 'labels.team = \"ops\"', "
-        "'dead_lettered = true', 'create_time >= \"2026-01-01T00:00:00Z\"', joined by AND",
+        help=f"AIP-160 filter, e.g. {_FILTER_EXAMPLES}",
     )
     listing.add_argument(
         "--limit",
@@ -70,12 +83,32 @@ def register(commands: Any) -> None:
 
     retry: argparse.ArgumentParser = actions.add_parser(
         "retry",
-        help="re-drive a failed job",
-        description="Re-drive a failed (dead-lettered) job: its failed and skipped tasks run "
-        "again.",
+        help="re-drive a failed job, or every one a filter matches",
+        description="Re-drive a failed (dead-lettered) or cancelled job: its tasks that did not "
+        "succeed run again. With --filter instead of JOB_ID, re-drive the FAILED and CANCELLED "
+        "jobs the filter matches, newest first, at most --max-jobs of them; safe to run again "
+        "for the rest.",
     )
-    retry.add_argument("job_id", metavar="JOB_ID")
-    add_json_option(retry, "the Job")
+    retry.add_argument("job_id", metavar="JOB_ID", nargs="?", help="the job to re-drive")
+    retry.add_argument(
+        "--filter",
+        metavar="F",
+        help=f"re-drive the matching jobs instead, e.g. 'dead_lettered = true'; {_FILTER_EXAMPLES}",
+    )
+    retry.add_argument(
+        "--max-jobs",
+        type=int,
+        default=DEFAULT_RETRY_MAX_JOBS,
+        metavar="N",
+        help="with --filter: re-drive at most N jobs, 1 to 1000 "
+        f"(default {DEFAULT_RETRY_MAX_JOBS})",
+    )
+    retry.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --filter: only list the jobs that would be re-driven",
+    )
+    add_json_option(retry, "the Job (with --filter: a RetryJobsResponse)")
     add_server_option(retry)
     retry.set_defaults(run=client_command(_retry))
 
@@ -185,11 +218,47 @@ def _cancel_note(job: job_pb2.Job) -> str:
 
 
 async def _retry(client: SchedulerClient, arguments: argparse.Namespace) -> int:
+    if (arguments.job_id is None) == (arguments.filter is None):
+        raise CliError("jobs retry: give either JOB_ID or --filter")
+    if arguments.filter is not None:
+        return await _retry_matching(client, arguments)
+    if arguments.dry_run:
+        raise CliError("jobs retry: --dry-run needs --filter")
     job = await client.retry_job(arguments.job_id)
     if arguments.json:
         emit(to_json(job))
     else:
         emit(f"job {job.job_id} {job_state(job.state)} (retry {job.retry_count})")
+    return 0
+
+
+async def _retry_matching(client: SchedulerClient, arguments: argparse.Namespace) -> int:
+    max_jobs: int = arguments.max_jobs
+    if max_jobs < 1:
+        raise CliError("jobs retry: --max-jobs must be >= 1")
+    response = await client.retry_jobs(
+        filter=arguments.filter, max_jobs=max_jobs, dry_run=arguments.dry_run
+    )
+    if arguments.json:
+        emit(to_json(response))
+        return 0
+    done = "would be re-driven" if arguments.dry_run else "re-driven"
+    rows = [(job_id, done) for job_id in response.job_ids]
+    rows += [
+        (skipped.job_id, f"skipped: {reason_name(skipped.reason)}: {skipped.message}")
+        for skipped in response.skipped_jobs
+    ]
+    if not rows:
+        emit("no FAILED or CANCELLED job matches the filter")
+        return 0
+    for line in table(("JOB", "RESULT"), rows):
+        emit(line)
+    summary = f"{len(response.job_ids)} job{'' if len(response.job_ids) == 1 else 's'} {done}"
+    if response.skipped_jobs:
+        summary += f", {len(response.skipped_jobs)} skipped"
+    if len(rows) >= max_jobs:
+        summary += f"; --max-jobs {max_jobs} reached, more may match: run again"
+    emit(summary)
     return 0
 
 

@@ -69,13 +69,14 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
+def reason_name(value: error_pb2.ErrorReason.ValueType) -> str:
+    """`ILLEGAL_TRANSITION`: the reason as ErrorInfo carries it."""
+    return error_pb2.ErrorReason.Name(value).removeprefix("ERROR_REASON_")
+
+
 def error_text(error: error_pb2.TaskError) -> str:
     """`TIMEOUT: the portal did not answer`; the reason stands in for a missing code."""
-    code = error.code or (
-        error_pb2.ErrorReason.Name(error.reason).removeprefix("ERROR_REASON_")
-        if error.reason
-        else "ERROR"
-    )
+    code = error.code or (reason_name(error.reason) if error.reason else "ERROR")
     return f"{code}: {error.message}" if error.message else code
 
 

@@ -24,7 +24,9 @@ def register(commands: Any) -> None:
         "serve",
         help="run the scheduler (optionally with a local agent)",
         description="Run the scheduler on the embedded store until SIGTERM or SIGINT, then stop "
-        "gracefully: health turns NOT_SERVING, running calls get --grace seconds to finish. "
+        "gracefully: health turns NOT_SERVING, new agent streams are refused, connected agents "
+        "get $CPA_SHUTDOWN_DRAIN_S seconds to finish their work and move to another replica, "
+        "then running calls get --grace seconds to finish; a second signal stops at once. "
         "Prints 'cpa scheduler serving on HOST:PORT' once it accepts calls. Other settings come "
         "from CPA_* environment variables (docs/CONFIGURATION.md).",
     )

@@ -123,6 +123,19 @@ async def _cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, timeout_s: flo
             logger.error("task %s failed", task.get_name(), exc_info=error)
 
 
+def rotate_addresses(target: str) -> str:
+    """`ipv4:a,b,c` -> `ipv4:b,c,a` (also `ipv6:`); any other target is returned unchanged.
+
+    gRPC's pick_first connects to the first address that accepts: after a replica asked the
+    agent to leave (ServerDrain) or refused it, the next connect must try another one first.
+    """
+    scheme, colon, addresses = target.partition(":")
+    if scheme not in ("ipv4", "ipv6") or not colon or "," not in addresses:
+        return target
+    first, rest = addresses.split(",", 1)
+    return f"{scheme}:{rest},{first}"
+
+
 def full_jitter_backoff_s(
     failures: int,
     *,
@@ -148,6 +161,8 @@ class Connection:
         # Results until the server acks them (accepted or refused), in the order they ended.
         self._outbox: dict[AttemptKey, pb.Result] = {}
         self._session: _Session | None = None
+        # The server's target; a multi-address one is rotated away from a replica that drains.
+        self._target = settings.server
         self._drain_reason: str | None = None
         self._drain_requested = asyncio.Event()
         self._stopping = False
@@ -229,6 +244,7 @@ class Connection:
         failures = 0
         while not self._stopping:
             session = _Session()
+            leave = False
             try:
                 await self._run_session(session)
             except grpc.aio.AioRpcError as error:
@@ -238,6 +254,8 @@ class Connection:
                     error.code().name,
                     error.details(),
                 )
+                # Refused (a replica shutting down) or unreachable before a welcome.
+                leave = error.code() == grpc.StatusCode.UNAVAILABLE and session.welcome is None
             except SessionLostError as error:
                 logger.warning("stream to %s lost: %s", self._settings.server, error)
             except Exception:
@@ -248,6 +266,8 @@ class Connection:
                     self._session = None
                 self.connected.clear()
                 self._notify()
+            if leave or session.server_drain is not None:
+                self._target = rotate_addresses(self._target)
             if session.welcome is not None:
                 failures = 0
             if self._stopping:
@@ -262,9 +282,7 @@ class Connection:
             await self._wait_until(lambda: self._stopping, timeout_s=delay_s)
 
     async def _run_session(self, session: _Session) -> None:
-        async with grpc.aio.insecure_channel(
-            self._settings.server, options=_CHANNEL_OPTIONS
-        ) as channel:
+        async with grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS) as channel:
             stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
             call = stub.Connect(None)
             writer = asyncio.create_task(session.write_loop(call), name="agent stream writer")
@@ -525,7 +543,10 @@ class Connection:
 
     def _start(self, assignment: pb.Assignment) -> None:
         runner = AttemptRunner(
-            assignment=assignment, registry=self._registry, on_progress=self._send_progress
+            assignment=assignment,
+            registry=self._registry,
+            on_progress=self._send_progress,
+            stop_grace_s=self._settings.stop_grace_s,
         )
         task = asyncio.create_task(self._execute(runner), name=f"attempt {runner.key}")
         self._attempt_tasks.add(task)

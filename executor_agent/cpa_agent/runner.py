@@ -113,25 +113,27 @@ class AttemptRunner:
         assignment: executor_service_pb2.Assignment,
         registry: ExecutorRegistry,
         on_progress: ProgressSink,
+        stop_grace_s: float = 5.0,
     ) -> None:
         self.key = AttemptKey.of_assignment(assignment)
         self.assignment = assignment
         self.action = action_name(assignment.todo)
         self._registry = registry
         self._on_progress = on_progress
+        self._stop_grace_s = stop_grace_s
         self._stop: tuple[StopReason, str] | None = None
-        self._work: asyncio.Task[dict[str, Any]] | None = None
+        self._stop_requested = asyncio.Event()
 
     @property
     def stop_reason(self) -> StopReason | None:
         return None if self._stop is None else self._stop[0]
 
     def stop(self, reason: StopReason, message: str) -> None:
-        """Cancels the executor; the first reason given decides what the Result says."""
+        """Ends the executor (see _end_work); the first reason given decides what the Result
+        says."""
         if self._stop is None:
             self._stop = (reason, message)
-        if self._work is not None:
-            self._work.cancel()
+        self._stop_requested.set()
 
     async def run(self) -> executor_service_pb2.Result:
         """Runs the attempt once. Raises CancelledError only when the calling task is cancelled."""
@@ -160,28 +162,36 @@ class AttemptRunner:
             credential_refs=dict(self.assignment.credential_refs),
             on_progress=self._progress,
         )
-        loop = asyncio.get_running_loop()
-        loop_deadline_s = (
-            None if deadline is None else loop.time() + (deadline - now).total_seconds()
-        )
+        timeout_s = None if deadline is None else max(0.0, (deadline - now).total_seconds())
         logger.info("attempt %s: running %r", self.key, self.action)
-        self._work = asyncio.create_task(executor.run(ctx), name=f"attempt {self.key}")
-        scope = asyncio.timeout_at(loop_deadline_s)
+        work = asyncio.create_task(executor.run(ctx), name=f"attempt {self.key}")
+        stop_requested = asyncio.create_task(self._stop_requested.wait())
         try:
-            async with scope:
-                outputs = await self._work
-        except TimeoutError as error:
-            if scope.expired():
-                logger.info("attempt %s: %s", self.key, timeout_cause)
-                return self._result(
-                    error=_error(
-                        TASK_TIMEOUT,
-                        timeout_cause,
-                        retryable=True,
-                        reason=error_pb2.ERROR_REASON_TASK_TIMEOUT,
-                    )
+            await asyncio.wait(
+                (work, stop_requested), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            stop_requested.cancel()
+        if not work.done():
+            # The timeout passed, or a stop came: end the action and report without it.
+            stop = self._stop
+            await self._end_work(work)
+            if stop is not None:
+                return self._stopped_result(*stop)
+            logger.info("attempt %s: %s", self.key, timeout_cause)
+            return self._result(
+                error=_error(
+                    TASK_TIMEOUT,
+                    timeout_cause,
+                    retryable=True,
+                    reason=error_pb2.ERROR_REASON_TASK_TIMEOUT,
                 )
-            return self._exception_result(error)
+            )
+        try:
+            outputs = work.result()
         except ExecutorError as error:
             logger.info("attempt %s: failed with %s", self.key, error.code)
             return self._result(
@@ -190,9 +200,6 @@ class AttemptRunner:
                 )
             )
         except asyncio.CancelledError as error:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
             if self._stop is None:
                 # The executor raised CancelledError without being asked to stop.
                 return self._exception_result(error)
@@ -200,6 +207,21 @@ class AttemptRunner:
         except Exception as error:
             return self._exception_result(error)
         return self._outputs_result(outputs)
+
+    async def _end_work(self, work: asyncio.Task[dict[str, Any]]) -> None:
+        """Cancel the action and give it `stop_grace_s` to end; one that ignores the cancel is
+        abandoned (it may still run), so that the attempt's outcome is reported all the same."""
+        work.cancel()
+        done, _ = await asyncio.wait((work,), timeout=self._stop_grace_s)
+        if not done:
+            logger.warning(
+                "attempt %s: %r ignored the stop for %gs; reporting without it (it may still run)",
+                self.key,
+                self.action,
+                self._stop_grace_s,
+            )
+            # Retrieve its outcome whenever it ends, so that nothing is logged as never retrieved.
+            work.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     def _deadline(self, now: datetime) -> tuple[datetime | None, str]:
         """The earlier of the task timeout and the assignment deadline, and how to explain it."""

@@ -54,6 +54,12 @@ class AgentSettings(BaseSettings):
         ge=0,
         description="How long a drain waits for running attempts before handing them back.",
     )
+    stop_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long an action may take to end once stopped (timeout, cancel, drain); "
+        "one that ignores the stop is abandoned and the attempt is reported without it.",
+    )
 
     log_level: str = Field(default="INFO", description="Python logging level name (CLI only).")
 

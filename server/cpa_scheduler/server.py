@@ -1,7 +1,9 @@
 """The scheduler process: builds the components, serves gRPC, stops gracefully.
 
 `SchedulerServer.start()` binds and returns the port (tests use port 0); `stop()` turns health
-NOT_SERVING, lets calls finish within the grace period, then closes the store.
+NOT_SERVING, drains the agents' streams (they finish their attempts or move to another replica),
+lets other calls finish within the grace period, then closes the store (docs/ARCHITECTURE.md,
+"Graceful shutdown").
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import asyncio
 import logging
 import os
 import socket
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import grpc.aio
@@ -48,6 +53,7 @@ class _Components:
     orchestrator: Orchestrator
     dispatcher: Dispatcher
     sessions: SessionRegistry
+    executor: ExecutorServicer
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
@@ -69,6 +75,7 @@ class SchedulerServer:
         self._health = health_aio.HealthServicer()
         self._components: _Components | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._hurry = asyncio.Event()
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -122,17 +129,15 @@ class SchedulerServer:
             ),
             server,
         )
-        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(
-            ExecutorServicer(
-                orchestrator=orchestrator,
-                sessions=sessions,
-                directory=directory,
-                dispatcher=dispatcher,
-                settings=settings,
-                replica_id=self.replica_id,
-            ),
-            server,
+        executor = ExecutorServicer(
+            orchestrator=orchestrator,
+            sessions=sessions,
+            directory=directory,
+            dispatcher=dispatcher,
+            settings=settings,
+            replica_id=self.replica_id,
         )
+        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(executor, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -148,6 +153,7 @@ class SchedulerServer:
             orchestrator=orchestrator,
             dispatcher=dispatcher,
             sessions=sessions,
+            executor=executor,
         )
 
     async def start(self, address: str | None = None) -> int:
@@ -188,16 +194,93 @@ class SchedulerServer:
         )
         return port
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Health NOT_SERVING, then let calls finish for `grace_s`, then close the store."""
+    def hurry(self) -> None:
+        """Cut a stop short: end the agents' drain and the calls' grace period now."""
+        self._hurry.set()
+
+    async def stop(self, grace_s: float = 5.0, *, drain_s: float | None = None) -> None:
+        """Stops gracefully within about `drain_s` + `grace_s` (+ the background tasks' stop).
+
+        1. Health turns NOT_SERVING for every service at once; new agent streams are refused
+           with UNAVAILABLE (SERVER_SHUTTING_DOWN). Other calls are still served.
+        2. The dispatcher takes no more work; what it took is assigned first.
+        3. Every agent stream gets a ServerDrain with deadline now + `drain_s` (default
+           `settings.shutdown_drain_s`): agents take no new work, finish their attempts (their
+           results are committed and acked as usual) and end their streams, then reconnect to
+           another replica. At the deadline the streams still open are closed; their agents
+           reconnect elsewhere with their attempts running, and that replica adopts them.
+        4. gRPC stops: calls still running get `grace_s`, then are cancelled.
+        5. The background tasks stop and the store flushes and closes.
+
+        `hurry()` (a second signal) cuts steps 3 and 4 short. Calling stop() again is harmless.
+        """
+        drain_s = self.settings.shutdown_drain_s if drain_s is None else drain_s
+        started_s = time.monotonic()
+        components = self._components
+        if components is not None:
+            # Before health changes: whoever sees NOT_SERVING also sees new streams refused.
+            components.executor.refuse_new_sessions()
         await self._health.enter_graceful_shutdown()
+        if components is not None:
+            await self._drain_agents(components, drain_s)
         if self._server is not None:
-            await self._server.stop(grace_s)
+            await self._stop_grpc(self._server, grace_s)
         await stop_tasks(self._background, timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
         self._background = []
-        if self._components is not None:
-            await self._components.backends.close()
+        if components is not None:
+            await components.backends.close()
             self._components = None
+            log.info("scheduler %s stopped in %.2fs", self.replica_id, time.monotonic() - started_s)
+
+    async def _drain_agents(self, components: _Components, drain_s: float) -> None:
+        """Steps 2 and 3 of stop(): stop assigning, drain the open streams."""
+        executor = components.executor
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + drain_s
+        deadline = datetime.now(UTC) + timedelta(seconds=drain_s)
+        # Assignments already taken reach the agents before the drain does.
+        components.dispatcher.stop_assigning()
+        await self._unless_hurried(
+            components.dispatcher.assignments_done(timeout_s=drain_s), deadline_s - loop.time()
+        )
+        asked = executor.drain_sessions(
+            deadline=deadline, reason=f"replica {self.replica_id} is shutting down"
+        )
+        if not asked:
+            return
+        log.info("stopping: %d agents drain (deadline in %.1fs)", asked, drain_s)
+        await self._unless_hurried(executor.wait_sessions_closed(), deadline_s - loop.time())
+        if closed := executor.close_sessions():
+            log.warning("closing %d agent streams still open at the end of the drain", closed)
+            # Their ends are quick (no agent to wait for); gRPC's stop cancels what remains.
+            await self._unless_hurried(executor.wait_sessions_closed(), 1.0)
+
+    async def _stop_grpc(self, server: grpc.aio.Server, grace_s: float) -> None:
+        """server.stop(grace_s), cut to no grace when hurry() comes meanwhile."""
+        if self._hurry.is_set():
+            grace_s = 0
+        stopping = asyncio.ensure_future(server.stop(grace_s))
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        try:
+            await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                await server.stop(0)  # a smaller grace than the running stop's ends it sooner
+            await stopping
+        finally:
+            hurried.cancel()
+
+    async def _unless_hurried(self, awaitable: Awaitable[None], timeout_s: float) -> None:
+        """Awaits `awaitable` for at most `timeout_s`, or until hurry(); then cancels it."""
+        work = asyncio.ensure_future(awaitable)
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        try:
+            await asyncio.wait(
+                {work, hurried}, timeout=max(0.0, timeout_s), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (work, hurried):
+                task.cancel()
+            await asyncio.gather(work, hurried, return_exceptions=True)
 
     async def wait(self) -> None:
         assert self._server is not None, "start() first"

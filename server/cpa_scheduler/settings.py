@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     listen_address: str = Field(
         default="127.0.0.1:50051", description="host:port the gRPC server binds."
     )
+    shutdown_drain_s: float = Field(
+        # With --grace 5 and the background stop, a stop fits Kubernetes' default 30 s.
+        default=15.0,
+        ge=0,
+        description="When the server stops: how long its agents get to finish their running "
+        "attempts and move to another replica before it closes their streams.",
+    )
     max_request_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1024,
@@ -83,6 +90,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Lost attempts (agent gone) a task survives before it fails; retries of "
         "application errors are bounded separately by the retry policy.",
+    )
+    task_timeout_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long past a task's timeout the server waits for the agent's own "
+        "report before it fails the attempt with TASK_TIMEOUT and refuses a later result.",
+    )
+    idempotency_retention_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="How long a request id keeps returning the job it created; after that "
+        "the id may be used again for a new job.",
     )
     default_tenant: str = Field(
         default="default",

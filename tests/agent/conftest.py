@@ -88,7 +88,9 @@ async def start_agent() -> AsyncIterator[StartAgent]:
         handle_signals: bool = False,
         **settings: Any,
     ) -> RunningAgent:
-        agent_settings = AgentSettings(server=f"127.0.0.1:{port}", **{**_TEST_SETTINGS, **settings})
+        agent_settings = AgentSettings(
+            **{"server": f"127.0.0.1:{port}", **_TEST_SETTINGS, **settings}
+        )
         agent = Agent(settings=agent_settings, registry=registry)
         task = asyncio.create_task(agent.async_run(handle_signals=handle_signals))
         handle = RunningAgent(agent=agent, task=task)

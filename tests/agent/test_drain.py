@@ -12,8 +12,9 @@ import pytest
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa_agent import AttemptKey, ExecutionContext, ExecutorRegistry, builtin_registry
+from cpa_agent.connection import rotate_addresses
 
-from .conftest import ConnectAgent, StartAgent
+from .conftest import ConnectAgent, StartAgent, StartScheduler
 from .scripted_scheduler import ScriptedScheduler, ScriptedSession, attempt, timestamp_in, todo
 
 _QUIET = ("heartbeat", "progress")
@@ -183,3 +184,39 @@ async def test_a_repeated_assignment_while_draining_is_ignored_not_declined(
     session.ack(report.report_id)
     await asyncio.wait_for(session.agent_half_closed.wait(), 5.0)
     assert _remaining_kinds(session) <= {"heartbeat"}
+
+
+async def test_after_a_server_drain_or_refusal_the_agent_tries_the_next_replica_first(
+    start_scheduler: StartScheduler, start_agent: StartAgent
+) -> None:
+    first, second = await start_scheduler(), await start_scheduler()
+    start_agent(first.port, server=f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}")
+    session = await first.next_session()  # pick_first: the first address
+    session.welcome()
+    await session.expect("credit")
+
+    session.send(pb.ConnectResponse(drain=pb.ServerDrain(reason="rolling update")))
+
+    # Idle, the agent leaves; `first` still accepts streams, yet the next one goes to `second`.
+    moved = await second.next_session()
+    await asyncio.wait_for(session.agent_half_closed.wait(), 5.0)
+    assert first.sessions.empty()
+    moved.drop()  # refused before a welcome, as a replica shutting down does
+
+    back = await first.next_session()
+    back.welcome()
+    assert (await back.expect("credit")).credit.slots == 2
+
+
+@pytest.mark.parametrize(
+    ("target", "rotated"),
+    [
+        ("ipv4:10.0.0.1:1,10.0.0.2:2,10.0.0.3:3", "ipv4:10.0.0.2:2,10.0.0.3:3,10.0.0.1:1"),
+        ("ipv6:[::1]:1,[::2]:2", "ipv6:[::2]:2,[::1]:1"),
+        ("ipv4:10.0.0.1:1", "ipv4:10.0.0.1:1"),
+        ("127.0.0.1:50051", "127.0.0.1:50051"),
+        ("dns:///scheduler:50051", "dns:///scheduler:50051"),
+    ],
+)
+def test_rotate_addresses(target: str, rotated: str) -> None:
+    assert rotate_addresses(target) == rotated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -61,6 +62,21 @@ async def test_wait_rejects_a_bad_duration(seconds: object) -> None:
 
 async def test_wait_zero_returns_at_once() -> None:
     assert await _executor("wait").run(_context(params={"seconds": 0})) == {"waited_s": 0.0}
+
+
+async def test_wait_with_ignore_cancel_waits_out_a_cancel() -> None:
+    waiting = asyncio.create_task(
+        _executor("wait").run(_context(params={"seconds": 0.2, "ignore_cancel": True}))
+    )
+    await asyncio.sleep(0)  # let it start waiting, so the cancel lands inside the wait
+    waiting.cancel()
+    assert await asyncio.wait_for(waiting, 5.0) == {"waited_s": 0.2}
+
+
+async def test_wait_rejects_a_non_boolean_ignore_cancel() -> None:
+    with pytest.raises(ExecutorError) as caught:
+        await _executor("wait").run(_context(params={"seconds": 0, "ignore_cancel": "yes"}))
+    assert caught.value.code == "INVALID_PARAMS"
 
 
 @pytest.mark.parametrize(("attempt", "fails"), [(1, True), (2, True), (3, False)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -50,6 +51,25 @@ class _Blocks:
         return {}
 
 
+class _Stubborn:
+    """Ignores every cancel until released: an action stuck in a call it cannot interrupt."""
+
+    action = "stubborn"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.ended = False
+
+    async def run(self, ctx: ExecutionContext) -> dict[str, Any]:
+        self.started.set()
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+        self.ended = True
+        return {"late": True}
+
+
 class _SeesContext:
     action = "sees"
 
@@ -61,12 +81,15 @@ class _SeesContext:
         return {}
 
 
-def _runner(registry: ExecutorRegistry, action: str, **todo_args: Any) -> AttemptRunner:
+def _runner(
+    registry: ExecutorRegistry, action: str, *, stop_grace_s: float = 5.0, **todo_args: Any
+) -> AttemptRunner:
     progress: list[pb.Progress] = []
     return AttemptRunner(
         assignment=pb.Assignment(job_id="job-1", todo=todo(action, **todo_args), attempt=3),
         registry=registry,
         on_progress=progress.append,
+        stop_grace_s=stop_grace_s,
     )
 
 
@@ -117,6 +140,30 @@ async def test_stop_ends_the_executor_and_says_why(
         cancelled,
     )
     assert result.error.message == "because"
+
+
+@pytest.mark.parametrize("stopped_by", ["timeout", "cancel"])
+async def test_an_action_that_ignores_the_stop_is_abandoned_after_the_grace(
+    stopped_by: str,
+) -> None:
+    executor = _Stubborn()
+    timeout_s = 0.05 if stopped_by == "timeout" else None
+    runner = _runner(
+        ExecutorRegistry(executors=[executor]), "stubborn", stop_grace_s=0.05, timeout_s=timeout_s
+    )
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(executor.started.wait(), 5.0)
+    if stopped_by == "cancel":
+        runner.stop(StopReason.CANCELLED, "job cancelled")
+
+    result = await asyncio.wait_for(task, 5.0)
+
+    # Reported although the action still runs: the agent does not hang on it.
+    assert not executor.ended
+    expected = "TASK_TIMEOUT" if stopped_by == "timeout" else "CANCELLED"
+    assert result.error.code == expected
+    assert not result.HasField("outputs")
+    executor.release.set()
 
 
 async def test_cancelling_the_caller_propagates_instead_of_reporting() -> None:

@@ -175,6 +175,65 @@ def test_retry_re_drives_a_dead_lettered_job_and_watch_follows_the_new_run(
     assert re.match(rf"^job {job_id} SUCCEEDED", out[-1])
 
 
+def test_retry_with_a_filter_re_drives_the_matching_dead_lettered_jobs(
+    capsys: pytest.CaptureFixture[str], server_address: str, run_label: str, tmp_path: Path
+) -> None:
+    flaky = _write(
+        tmp_path / "flaky.yaml",
+        "- {id: flaky, action: fail, params: {code: PORTAL_DOWN, until_attempt: 1}}\n",
+    )
+    fine = _write(tmp_path / "fine.yaml", "- {id: fine, action: noop}\n")
+    dead = []
+    for _ in range(2):
+        code, out, _ = cpa(
+            capsys, "submit", "--todos", flaky, "--label", f"run={run_label}", "--watch"
+        )
+        assert code == 1
+        dead.append(out[0])
+    newest_first = dead[::-1]
+    code, out, _ = cpa(capsys, "submit", "--todos", fine, "--label", f"run={run_label}", "--watch")
+    assert code == 0
+    succeeded = out[0]
+    run_filter = f'dead_lettered = true AND labels.run = "{run_label}"'
+    retry = ("jobs", "retry", "--filter", run_filter)
+
+    code, out, err = cpa(capsys, *retry, "--dry-run")
+
+    assert (code, err) == (0, "")
+    assert [line.split() for line in out] == [
+        ["JOB", "RESULT"],
+        *([job_id, "would", "be", "re-driven"] for job_id in newest_first),
+        ["2", "jobs", "would", "be", "re-driven"],
+    ]
+
+    code, out, err = cpa(capsys, *retry, "--max-jobs", "1")
+
+    assert (code, err) == (0, "")
+    assert [line.split() for line in out[:2]] == [["JOB", "RESULT"], [newest_first[0], "re-driven"]]
+    assert out[2] == "1 job re-driven; --max-jobs 1 reached, more may match: run again"
+
+    code, out, _ = cpa(capsys, *retry, "--json")
+
+    assert code == 0
+    assert json.loads("\n".join(out)) == {"job_ids": [newest_first[1]]}
+    code, out, _ = cpa(capsys, *retry)
+    assert (code, out) == (0, ["no FAILED or CANCELLED job matches the filter"])
+    for job_id in dead:
+        code, out, _ = cpa(capsys, "watch", job_id)
+        assert code == 0, out
+    code, out, _ = cpa(capsys, "jobs", "get", succeeded, "--json")
+    assert "retry_count" not in json.loads("\n".join(out))
+
+    code, _, err = cpa(capsys, "jobs", "retry", "--filter", "state = SUCCEEDED")
+
+    assert code == 2
+    assert err.startswith(
+        "cpa: INVALID_ARGUMENT: INVALID_FILTER: filter: only CANCELLED or FAILED jobs can be "
+        "re-driven"
+    )
+    assert err.splitlines()[1] == "  field filter"
+
+
 def test_watch_resumes_after_a_sequence_and_prints_json_lines(
     capsys: pytest.CaptureFixture[str], server_address: str, tmp_path: Path
 ) -> None:
@@ -276,6 +335,16 @@ def test_an_unreachable_server_gets_a_hint(capsys: pytest.CaptureFixture[str]) -
             "cpa: --param needs KEY=VALUE, got 'novalue'",
         ),
         (("jobs", "list", "--limit", "-1"), "cpa: jobs list: --limit must be >= 0"),
+        (("jobs", "retry"), "cpa: jobs retry: give either JOB_ID or --filter"),
+        (
+            ("jobs", "retry", "some-job", "--filter", "state = FAILED"),
+            "cpa: jobs retry: give either JOB_ID or --filter",
+        ),
+        (("jobs", "retry", "some-job", "--dry-run"), "cpa: jobs retry: --dry-run needs --filter"),
+        (
+            ("jobs", "retry", "--filter", "", "--max-jobs", "0"),
+            "cpa: jobs retry: --max-jobs must be >= 1",
+        ),
         (
             ("serve", "--agent-slots", "2"),
             "cpa: serve: --agent-slots, --agent-id and --agent-label go with --with-agent",

@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,6 +23,9 @@ from cpa_agent import Agent, AgentSettings, builtin_registry
 from cpa_client import SchedulerClient
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
+
+if TYPE_CHECKING:
+    from .raw_agent import RawAgentStream
 
 # Short enough that a lost agent is noticed within a test, long enough for a loaded CI machine.
 LEASE_S = 1.5
@@ -99,6 +102,18 @@ async def agents(scheduler: Scheduler) -> AsyncIterator[Agents]:
         yield pool
     finally:
         await pool.stop_all()
+
+
+@pytest.fixture
+async def raw_stream(scheduler: Scheduler) -> AsyncIterator[RawAgentStream]:
+    """A hand-driven agent stream (see raw_agent.py), closed at teardown."""
+    from .raw_agent import RawAgentStream  # imports this module's EVENT_TIMEOUT_S
+
+    stream = RawAgentStream(scheduler.target)
+    try:
+        yield stream
+    finally:
+        await stream.close()
 
 
 @dataclass

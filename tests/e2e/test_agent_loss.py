@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
-from cpa.common.v1 import agent_capabilities_pb2, error_pb2
+from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
-from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa.scheduler.v1 import job_pb2
 from cpa_client import SchedulerClient
 
 from .conftest import (
-    EVENT_TIMEOUT_S,
     AgentProcesses,
     Agents,
-    Scheduler,
     finished,
     first_event,
     task_reached,
     todo,
     todos_spec,
 )
+from .raw_agent import RawAgentStream
 
 
 async def test_killed_agent_task_runs_again_elsewhere_after_the_lease(
@@ -50,51 +46,6 @@ async def test_killed_agent_task_runs_again_elsewhere_after_the_lease(
         (2, "survivor", "ATTEMPT_STATE_SUCCEEDED"),
     ]
     assert task.attempts[0].error.code == "LOST"
-
-
-class RawAgentStream:
-    """A hand-driven agent stream: the test decides what the 'agent' says and when."""
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self._channel = grpc.aio.insecure_channel(scheduler.target)
-        self._outgoing: asyncio.Queue[ex.ConnectRequest] = asyncio.Queue()
-        stub = executor_service_pb2_grpc.ExecutorServiceStub(self._channel)
-        self._call = stub.Connect(self._requests())
-
-    async def _requests(self) -> AsyncIterator[ex.ConnectRequest]:
-        while True:
-            yield await self._outgoing.get()
-
-    def send(self, request: ex.ConnectRequest) -> None:
-        self._outgoing.put_nowait(request)
-
-    async def read(self) -> ex.ConnectResponse:
-        message = await asyncio.wait_for(self._call.read(), EVENT_TIMEOUT_S)
-        assert isinstance(message, ex.ConnectResponse), message
-        return message
-
-    async def read_until(self, kind: str) -> ex.ConnectResponse:
-        while (message := await self.read()).WhichOneof("kind") != kind:
-            pass
-        return message
-
-    async def hello(self, agent_id: str) -> ex.ConnectResponse:
-        capabilities = agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1)
-        self.send(ex.ConnectRequest(hello=ex.Hello(agent_id=agent_id, capabilities=capabilities)))
-        return await self.read_until("welcome")
-
-    async def close(self) -> None:
-        self._call.cancel()
-        await self._channel.close(grace=None)
-
-
-@pytest.fixture
-async def raw_stream(scheduler: Scheduler) -> AsyncIterator[RawAgentStream]:
-    stream = RawAgentStream(scheduler)
-    try:
-        yield stream
-    finally:
-        await stream.close()
 
 
 async def test_a_slow_agent_past_its_lease_has_its_late_result_refused(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import timestamp_pb2
 
 from cpa.common.v1 import error_pb2
+from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import job_pb2
 from cpa_client import SchedulerClient
 
@@ -39,3 +40,33 @@ async def test_a_passed_deadline_stops_the_running_task_and_fails_the_job(
     states = {t.todo.id: job_pb2.TaskState.Name(t.state) for t in job.tasks}
     assert states == {"long": "TASK_STATE_CANCELLED", "after": "TASK_STATE_CANCELLED"}
     assert not agent.running_attempts
+
+
+def _lam_request(message_id: str, deadline: timestamp_pb2.Timestamp) -> lam.LamMessage:
+    return lam.LamMessage(
+        id=message_id,
+        sender="agent://ops-bot",
+        performative=lam.PERFORMATIVE_REQUEST,
+        correlation=lam.Correlation(conversation_id=f"conv-{message_id}"),
+        expected=lam.Expectation(deadline=deadline),
+        request=lam.RequestBody(todos=[todo("long", "wait", params={"seconds": 60})]),
+    )
+
+
+async def test_a_lam_expected_deadline_is_the_job_deadline(
+    client: SchedulerClient, agents: Agents
+) -> None:
+    await agents.start("agent-1")
+    reply = await client.send_message(_lam_request("m-1", _in(1.5)))
+    assert reply.performative == lam.PERFORMATIVE_AGREE
+    job = await asyncio.wait_for(finished(client, reply.agree.job_id), 15)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert job.error.reason == error_pb2.ERROR_REASON_JOB_DEADLINE_EXCEEDED
+    assert job.tasks[0].state == job_pb2.TASK_STATE_CANCELLED
+
+
+async def test_a_lam_request_whose_deadline_passed_is_refused(client: SchedulerClient) -> None:
+    reply = await client.send_message(_lam_request("m-2", _in(-1)))
+    assert reply.performative == lam.PERFORMATIVE_REFUSE
+    assert reply.refuse.field == "expected.deadline"
+    assert "already passed" in reply.refuse.message

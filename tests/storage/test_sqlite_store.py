@@ -12,25 +12,38 @@ from cpa_scheduler.storage.sqlite_store import SCHEMA_VERSION
 
 from .test_store_contract import TENANT, at, create, new_job
 
+# What each version added, undone: turns a file back into what an older server wrote.
+_UNDO = {
+    3: (
+        "DROP INDEX tasks_start_by; DROP INDEX jobs_request_age; "
+        "ALTER TABLE tasks DROP COLUMN start_by; ALTER TABLE tasks DROP COLUMN timeout_at;"
+    ),
+    2: (
+        "DROP INDEX jobs_deadline; ALTER TABLE jobs DROP COLUMN deadline; "
+        "ALTER TABLE jobs DROP COLUMN cancel_reason;"
+    ),
+}
 
-async def test_a_version_1_file_is_upgraded_and_keeps_its_jobs(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_older_file_is_upgraded_and_keeps_its_jobs(tmp_path: Path, version: int) -> None:
     path = tmp_path / "cpa.sqlite3"
     store = await SqliteStore.open(path)
     await create(store, new_job("job-1"))
     await store.close()
-    # Turn the file back into what version 1 wrote (no deadline or cancel_reason columns).
     raw = sqlite3.connect(path)
-    raw.executescript(
-        "DROP INDEX jobs_deadline; ALTER TABLE jobs DROP COLUMN deadline; "
-        "ALTER TABLE jobs DROP COLUMN cancel_reason; PRAGMA user_version=1;"
-    )
+    for undone in range(SCHEMA_VERSION, version, -1):
+        raw.executescript(_UNDO[undone])
+    raw.execute(f"PRAGMA user_version={version}")
     raw.close()
 
     upgraded = await SqliteStore.open(path)
     try:
         assert (await upgraded.get_job(TENANT, "job-1")).job_id == "job-1"
         await create(upgraded, new_job("job-2"))
-        assert await upgraded.overdue_jobs(at(3601), limit=10) == [(TENANT, "job-2")]
+        # The new columns work for new jobs (old rows have them empty, or kept).
+        assert (TENANT, "job-2") in await upgraded.overdue_jobs(at(3601), limit=10)
+        assert await upgraded.unstarted_tasks(at(121), limit=10) == [(TENANT, "job-2", "a")]
     finally:
         await upgraded.close()
     check = sqlite3.connect(path)

@@ -64,6 +64,7 @@ def todo(task_id: str, *depends_on: str, retry_policy: RetryPolicy | None = None
         required_capabilities=frozenset({"browser"}),
         required_labels={"site": "eu"},
         timeout_s=30.0,
+        schedule_to_start_s=120.0,
     )
 
 
@@ -518,6 +519,70 @@ async def test_overdue_jobs_are_the_unfinished_ones_past_their_deadline(store: S
     stored = await store.get_job(TENANT, "job-2")
     assert stored.state is JobState.FAILED
     assert stored.cancel_reason is Reason.JOB_DEADLINE_EXCEEDED
+
+
+async def test_unstarted_tasks_are_the_queued_ones_past_their_start_by(store: Store) -> None:
+    await create(store, new_job("job-1"))  # task a: QUEUED, start by at(120)
+    await create(store, new_job("job-2", now=at(10)))  # start by at(130)
+    await create(store, new_job("job-3", todo("a"), todo("b", "a")))
+    await store.update_job(TENANT, "job-3", assigning("a"))  # running: no start_by
+    assert await store.unstarted_tasks(at(119), limit=10) == []
+    assert await store.unstarted_tasks(at(200), limit=10) == [
+        (TENANT, "job-1", "a"),
+        (TENANT, "job-2", "a"),
+    ]
+    assert await store.unstarted_tasks(at(200), limit=1) == [(TENANT, "job-1", "a")]
+    await store.update_job(TENANT, "job-1", lambda job: job.miss_start("a", now=at(121), why="x"))
+    assert await store.unstarted_tasks(at(200), limit=10) == [(TENANT, "job-2", "a")]
+    assert (await store.get_job(TENANT, "job-1")).tasks["a"].state is TaskState.FAILED
+
+
+async def test_leases_are_never_renewed_past_the_attempt_timeout(store: Store) -> None:
+    await create(store, new_job("job-1", todo("a"), todo("b")))
+    timeouts: dict[str, datetime | None] = {"a": at(40), "b": None}
+
+    def start_both(job: Job) -> None:
+        for task_id, timeout_at in timeouts.items():
+            job.assign(
+                task_id,
+                attempt=1,
+                agent_id="agent-1",
+                lease_until=LEASE,
+                now=NOW,
+                timeout_at=timeout_at,
+            )
+
+    await store.update_job(TENANT, "job-1", start_both)
+    refs = [AttemptRef("job-1", "a", 1), AttemptRef("job-1", "b", 1)]
+    assert await store.renew_leases(TENANT, "agent-1", refs, at(99)) == []
+    tasks = (await store.get_job(TENANT, "job-1")).tasks
+    assert (tasks["a"].lease_until, tasks["a"].timeout_at) == (at(40), at(40))
+    assert tasks["b"].lease_until == at(99)
+    assert await store.expired_attempts(at(41), limit=10) == [(TENANT, refs[0])]
+
+
+async def test_request_ids_are_released_when_their_retention_ends(store: Store) -> None:
+    await create(store, new_job("job-1", request_id="req-1"))
+    await create(store, new_job("job-2", request_id="req-2", now=at(100)))
+    await create(store, new_job("job-3", now=at(1)))  # no request id: nothing to release
+
+    assert await store.forget_request_ids(at(50), limit=10) == 1
+    assert await store.forget_request_ids(at(50), limit=10) == 0
+
+    # req-1 now makes a new job, even for another request; req-2 still returns its job.
+    reused = await create(store, new_job("job-4", request_id="req-1", fingerprint="fp-2"))
+    assert reused.job_id == "job-4"
+    again, changes = await store.create_job(new_job("job-5", request_id="req-2"))
+    assert (again.job_id, changes) == ("job-2", None)
+    released = await store.get_job(TENANT, "job-1")
+    assert (released.request_id, released.request_fingerprint) == ("", "")
+
+
+async def test_releasing_request_ids_respects_the_limit(store: Store) -> None:
+    for n in range(3):
+        await create(store, new_job(f"job-{n}", request_id=f"req-{n}"))
+    assert await store.forget_request_ids(at(1), limit=2) == 2
+    assert await store.forget_request_ids(at(1), limit=2) == 1
 
 
 async def test_renew_leases_extends_current_attempts_and_returns_stale_ones(store: Store) -> None:

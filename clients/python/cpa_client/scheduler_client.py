@@ -134,6 +134,21 @@ class SchedulerClient:
         )
         return response.job
 
+    async def retry_jobs(
+        self, *, filter: str = "", max_jobs: int = 0, dry_run: bool = False
+    ) -> scheduler_service_pb2.RetryJobsResponse:
+        """Re-drive the FAILED and CANCELLED jobs matching `filter` (AIP-160, as list_jobs),
+        newest first, at most `max_jobs` of them (1 to 1000; 0 means 100); `dry_run` only
+        lists them. Safe to repeat: fewer jobs in job_ids plus skipped_jobs than the bound
+        means no match was left.
+        """
+        request = scheduler_service_pb2.RetryJobsRequest(
+            filter=filter, max_jobs=max_jobs, dry_run=dry_run
+        )
+        return await _unary(
+            self._stub.RetryJobs(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+
     async def watch_job(
         self, job_id: str, *, after_sequence: int = 0
     ) -> AsyncIterator[job_event_pb2.JobEvent]:

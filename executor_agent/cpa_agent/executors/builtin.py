@@ -6,6 +6,7 @@ Real actions (browser, mail, desktop) live in their own modules and register the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from cpa_agent.executors.base import ExecutionContext, ExecutorError
@@ -37,7 +38,9 @@ class EchoExecutor:
 
 
 class WaitExecutor:
-    """Sleeps params["seconds"], reporting progress about every second; stops at once on cancel."""
+    """Sleeps params["seconds"], reporting progress about every second; stops at once on cancel,
+    unless params["ignore_cancel"] is true: then it plays an action stuck in a call it cannot
+    interrupt, and waits out its time whatever happens."""
 
     action = "wait"
 
@@ -50,7 +53,16 @@ class WaitExecutor:
                 f"params.seconds must be a number >= 0, got {seconds!r}",
                 retryable=False,
             )
+        ignore_cancel = ctx.params.get("ignore_cancel", False)
+        if not isinstance(ignore_cancel, bool):
+            raise ExecutorError(
+                INVALID_PARAMS,
+                f"params.ignore_cancel must be true or false, got {ignore_cancel!r}",
+                retryable=False,
+            )
         total_s = float(seconds)
+        if ignore_cancel:
+            return await _wait_out(total_s)
         loop = asyncio.get_running_loop()
         started_s = loop.time()
         await ctx.progress(0.0, f"waiting {total_s:g}s")
@@ -60,6 +72,15 @@ class WaitExecutor:
             if elapsed_s < total_s:
                 await ctx.progress(100.0 * elapsed_s / total_s, f"waited {elapsed_s:.1f}s")
         return {"waited_s": total_s}
+
+
+async def _wait_out(total_s: float) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    until_s = loop.time() + total_s
+    while (left_s := until_s - loop.time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(left_s)
+    return {"waited_s": total_s}
 
 
 class FailExecutor:

@@ -218,6 +218,11 @@ def _selector_from_proto(message: todo_pb2.Selector, field: str) -> Selector:
 def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
     """A validated domain ToDo; errors name the field under `field` (e.g. `spec.todos.todos[3]`)."""
     timeout_s = _duration_s(message.timeout) if message.HasField("timeout") else None
+    schedule_to_start_s = (
+        _duration_s(message.schedule_to_start_timeout)
+        if message.HasField("schedule_to_start_timeout")
+        else None
+    )
     todo = ToDo(
         id=message.id,
         action=_action_from_proto(message, field),
@@ -228,6 +233,7 @@ def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
         text=message.text,
         params=struct_to_dict(message.params),
         timeout_s=timeout_s,
+        schedule_to_start_s=schedule_to_start_s,
         depends_on=tuple(message.depends_on),
         retry_policy=retry_policy_from_proto(message.retry_policy, f"{field}.retry_policy")
         if message.HasField("retry_policy")
@@ -274,6 +280,8 @@ def todo_to_proto(todo: ToDo) -> todo_pb2.ToDo:
         message.params.CopyFrom(dict_to_struct(todo.params))
     if todo.timeout_s is not None:
         message.timeout.CopyFrom(_duration(todo.timeout_s))
+    if todo.schedule_to_start_s is not None:
+        message.schedule_to_start_timeout.CopyFrom(_duration(todo.schedule_to_start_s))
     if todo.retry_policy is not None:
         message.retry_policy.CopyFrom(retry_policy_to_proto(todo.retry_policy))
     return message

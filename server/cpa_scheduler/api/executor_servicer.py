@@ -3,6 +3,11 @@
 The stream's writer drains an outbound queue fed by the dispatcher, the orchestrator (cancels)
 and the reader (acks); the reader handles what the agent sends, each report in its own task so
 that reports of many attempts share a commit.
+
+When the replica stops (see `SchedulerServer.stop`), `refuse_new_sessions()` turns new streams
+away with UNAVAILABLE (SERVER_SHUTTING_DOWN), `drain_sessions()` sends every open stream a
+ServerDrain, reports keep being committed and acked until each agent ends its stream, and
+`close_sessions()` ends the streams still open at the drain deadline.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +48,18 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+# The message of the refusal of a new stream while this replica stops.
+SHUTTING_DOWN_MESSAGE = "this replica is shutting down; connect to another replica"
+
+
+@dataclass(eq=False, slots=True)
+class _Stream:
+    """One open Connect call: its session and the queue its writer drains (None ends it)."""
+
+    session: AgentSession
+    outgoing: asyncio.Queue[pb.ConnectResponse | None]
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
@@ -69,11 +87,50 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         self._settings = settings
         self._replica_id = replica_id
         self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
+        self._refusing = False
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def refuse_new_sessions(self) -> None:
+        """From now on a new Connect fails with UNAVAILABLE (reason SERVER_SHUTTING_DOWN)."""
+        self._refusing = True
+
+    def drain_sessions(self, *, deadline: datetime, reason: str) -> int:
+        """Asks every open stream's agent to finish its attempts and reconnect elsewhere by
+        `deadline` (a ServerDrain); returns how many were asked. New sessions are refused."""
+        self.refuse_new_sessions()
+        drain = pb.ServerDrain(reason=reason)
+        drain.deadline.FromDatetime(deadline)
+        for stream in self._streams.values():
+            stream.session.state = AgentState.DRAINING
+            stream.outgoing.put_nowait(pb.ConnectResponse(drain=drain))
+        return len(self._streams)
+
+    async def wait_sessions_closed(self) -> None:
+        """Returns once no stream is open (at once when none is)."""
+        await self._no_streams.wait()
+
+    def close_sessions(self) -> int:
+        """Ends every open stream (status OK); returns how many. The agents' attempts keep their
+        leases: the replica an agent reconnects to adopts them."""
+        for stream in self._streams.values():
+            stream.outgoing.put_nowait(None)
+        return len(self._streams)
+
+    def _refuse_if_stopping(self) -> None:
+        if self._refusing:
+            raise DomainError(SHUTTING_DOWN_MESSAGE, reason=Reason.SERVER_SHUTTING_DOWN)
+
+    # -- the stream -----------------------------------------------------------------------------
 
     @translate_errors
     async def Connect(
         self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context
     ) -> AsyncIterator[pb.ConnectResponse]:
+        self._refuse_if_stopping()
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
@@ -103,27 +160,37 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         _, stale = await self._orchestrator.renew_leases(profile.tenant, profile.agent_id, claimed)
         adopted = [ref for ref in claimed if ref not in stale]
         session.running.update(adopted)
+        # A stop may have begun while the leases were renewed (no await from here to the
+        # registration, so drain_sessions() sees every stream it does not refuse).
+        self._refuse_if_stopping()
         replaced = self._sessions.add(session)
-        if replaced is not None:
-            replaced.close()
-        self._directory.announce_now()
-        log.info("agent %s connected (%d attempts adopted)", profile.agent_id, len(adopted))
-        yield pb.ConnectResponse(
-            welcome=pb.Welcome(
-                session_id=session.session_id,
-                replica_id=self._replica_id,
-                heartbeat_interval=_duration(self._settings.heartbeat_interval_s),
-                lease_duration=_duration(self._settings.lease_duration_s),
-                adopted_attempts=convert.attempt_refs_to_proto(adopted),
-            )
-        )
-        reader = asyncio.create_task(self._read(request_iterator, session, outgoing))
+        self._streams[session.session_id] = _Stream(session, outgoing)
+        self._no_streams.clear()
+        reader: asyncio.Task[None] | None = None
         try:
+            if replaced is not None:
+                replaced.close()
+            self._directory.announce_now()
+            log.info("agent %s connected (%d attempts adopted)", profile.agent_id, len(adopted))
+            yield pb.ConnectResponse(
+                welcome=pb.Welcome(
+                    session_id=session.session_id,
+                    replica_id=self._replica_id,
+                    heartbeat_interval=_duration(self._settings.heartbeat_interval_s),
+                    lease_duration=_duration(self._settings.lease_duration_s),
+                    adopted_attempts=convert.attempt_refs_to_proto(adopted),
+                )
+            )
+            reader = asyncio.create_task(self._read(request_iterator, session, outgoing))
             while (message := await outgoing.get()) is not None:
                 yield message
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self._sessions.remove(session)
+            del self._streams[session.session_id]
+            if not self._streams:
+                self._no_streams.set()
             self._directory.announce_now()
             # Its attempts keep their leases: they expire unless the agent comes back in time.
             log.info("agent %s disconnected", profile.agent_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,12 +17,15 @@ from cpa.scheduler.v1 import scheduler_service_pb2_grpc
 from cpa_scheduler.dispatch import Requirement, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.domain import (
+    JOB_STATE_MACHINE,
     DomainError,
     InvalidArgument,
     Job,
     JobEvent,
+    JobFilter,
     JobOptions,
     JobSource,
+    JobState,
     PagePosition,
     Reason,
     Task,
@@ -51,12 +55,41 @@ _REPLAY_BATCH = 500
 _QUIET_REREAD_S = 2.0
 _LIST_JOBS_DEFAULT, _LIST_JOBS_MAX = 50, 1000
 _LIST_AGENTS_DEFAULT, _LIST_AGENTS_MAX = 100, 1000
+_RETRY_JOBS_DEFAULT, _RETRY_JOBS_MAX = 100, 1000
+# The states RetryJob re-drives from (FAILED, CANCELLED): those a job may leave for PENDING.
+_REDRIVABLE = frozenset(
+    s for s in JobState if JOB_STATE_MACHINE.can_transition(s, JobState.PENDING)
+)
 
 
 def _required(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required", reason=Reason.MISSING_FIELD, field=field)
     return value
+
+
+def _redrivable(job_filter: JobFilter) -> JobFilter:
+    """`job_filter` narrowed to the jobs RetryJob can re-drive; refused if it admits none."""
+    states = (job_filter.states or _REDRIVABLE) & _REDRIVABLE
+    if not states:
+        wanted = " or ".join(sorted(_REDRIVABLE))
+        raise InvalidArgument(
+            f"filter: only {wanted} jobs can be re-driven, and the filter's states exclude them",
+            reason=Reason.INVALID_FILTER,
+            field="filter",
+        )
+    return dataclasses.replace(job_filter, states=states)
+
+
+def _max_jobs(requested: int) -> int:
+    """RetryJobs' bound: 0 means the default; beyond the maximum is refused, never clamped."""
+    if not 0 <= requested <= _RETRY_JOBS_MAX:
+        raise InvalidArgument(
+            f"max_jobs must be between 0 and {_RETRY_JOBS_MAX} (got {requested})",
+            reason=Reason.INVALID_FIELD,
+            field="max_jobs",
+        )
+    return requested or _RETRY_JOBS_DEFAULT
 
 
 def _spec_field(field: str) -> str:
@@ -183,6 +216,29 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         job_id = _required(request.job_id, "job_id")
         job = await self._orchestrator.retry(self._tenant(context), job_id)
         return pb.RetryJobResponse(job=self._job(job))
+
+    @translate_errors
+    async def RetryJobs(
+        self, request: pb.RetryJobsRequest, context: Context
+    ) -> pb.RetryJobsResponse:
+        job_filter = _redrivable(parse_job_filter(request.filter))
+        limit = _max_jobs(request.max_jobs)
+        tenant = self._tenant(context)
+        if request.dry_run:
+            jobs = await self._orchestrator.list_jobs(tenant, job_filter, after=None, limit=limit)
+            return pb.RetryJobsResponse(job_ids=[job.job_id for job in jobs])
+        retried, skipped = await self._orchestrator.retry_jobs(tenant, job_filter, limit=limit)
+        return pb.RetryJobsResponse(
+            job_ids=[job.job_id for job in retried],
+            skipped_jobs=[
+                pb.SkippedJob(
+                    job_id=job_id,
+                    reason=convert.reason_to_proto(error.reason),
+                    message=error.message,
+                )
+                for job_id, error in skipped
+            ],
+        )
 
     @translate_errors
     async def WatchJob(

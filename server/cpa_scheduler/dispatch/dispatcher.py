@@ -4,6 +4,9 @@ Event-driven: it wakes when work may be ready or an agent grants credits (plus a
 poll for queues shared with other replicas). It takes from the queue no more than the capable
 sessions have credits for, takes a credit before the (asynchronous) assignment commits, and
 acks the queue item only after the assignment is durable (or found stale).
+
+When the replica stops, `stop_assigning()` ends dispatching before the agents are told to drain,
+and `assignments_done()` waits until the work already taken has been assigned and delivered.
 """
 
 from __future__ import annotations
@@ -38,10 +41,38 @@ class Dispatcher:
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        # Held for a whole dispatch round, so assignments_done() can wait for the one running.
+        self._round = asyncio.Lock()
         queue.on_ready = self.wake
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def stop_assigning(self) -> None:
+        """Takes no more work from the queue (a round running finishes what it took).
+
+        Work in the queue is left there: QUEUED in the store, read by the other replicas from
+        the shared queue, rebuilt from the store at the next start of an embedded server.
+        """
+        self._stopping = True
+
+    async def assignments_done(self, *, timeout_s: float) -> None:
+        """Waits (at most `timeout_s`) for the round running and the assignments in flight, so
+        their messages are on the agents' streams on return.
+
+        Work taken but not assigned within the bound is not lost: its assignment commits (and
+        the message goes out late, then an agent that drains declines it, which queues it
+        again) or it does not, and the store still holds the task QUEUED (the shared queue
+        hands the unacked entry to another replica).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline), self._round:
+                pass
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=max(0.0, deadline - loop.time()))
 
     async def run(self) -> None:
         try:
@@ -52,7 +83,8 @@ class Dispatcher:
                         await self._wakeup.wait()
                 self._wakeup.clear()
                 try:
-                    await self._dispatch_ready()
+                    async with self._round:
+                        await self._dispatch_ready()
                 except Exception:  # a failing queue must not stop dispatching for good
                     log.exception("dispatch round failed")
         finally:
@@ -60,7 +92,11 @@ class Dispatcher:
                 task.cancel()
 
     async def _dispatch_ready(self) -> None:
+        if self._stopping:
+            return
         for requirement in await self._queue.requirements():
+            if self._stopping:
+                return  # items taken below are assigned to the end; none are taken after this
             sessions = self._sessions.eligible(requirement)
             capacity = sum(s.credits for s in sessions)
             if capacity == 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cpa_scheduler.domain import ToDo
@@ -68,3 +68,21 @@ class AgentProfile:
         if wrong:
             return f"lacks labels {', '.join(wrong)}"
         return ""
+
+
+def unmet_requirement(requirement: Requirement, profiles: Iterable[AgentProfile]) -> str | None:
+    """What none of `profiles` offers for `requirement`, in words; None when one can run it.
+
+    Names the missing action, capabilities or labels, and what the nearest agents lack.
+    """
+    relevant = [p for p in profiles if p.tenant == requirement.tenant]
+    if any(p.can_run(requirement) for p in relevant):
+        return None
+    needs = ", ".join(
+        [f"action {requirement.action!r}"]
+        + [f"capability {c!r}" for c in sorted(requirement.capabilities)]
+        + [f"label {k}={v}" for k, v in requirement.labels]
+    )
+    near = [p for p in relevant if requirement.action in p.actions][:3]
+    lacks = "; ".join(f"agent {p.agent_id!r} {p.missing(requirement)}" for p in near)
+    return f"no connected agent offers {needs}" + (f" ({lacks})" if lacks else "")

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from cpa_scheduler.domain import AgentState, AttemptRef, ToDo
 
-from .matching import AgentProfile, Requirement
+from .matching import AgentProfile, Requirement, unmet_requirement
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,16 +96,10 @@ class SessionRegistry:
 
     def waiting_reason(self, requirement: Requirement) -> str:
         """Why a queued task with this requirement is not running (derived, never stored)."""
+        unmet = unmet_requirement(requirement, (s.profile for s in self._sessions.values()))
+        if unmet is not None:
+            return unmet
         capable = [s for s in self._sessions.values() if s.profile.can_run(requirement)]
-        if not capable:
-            if requirement.capabilities or requirement.labels:
-                needs = ", ".join(
-                    [f"action {requirement.action!r}"]
-                    + [f"capability {c!r}" for c in sorted(requirement.capabilities)]
-                    + [f"label {k}={v}" for k, v in requirement.labels]
-                )
-                return f"no connected agent offers {needs}"
-            return f"no connected agent offers action {requirement.action!r}"
         if all(s.state is AgentState.DRAINING for s in capable):
             return f"all {len(capable)} capable agents are draining"
         if any(s.takes_work for s in capable):

@@ -97,6 +97,10 @@ class Task:
     agent_id: str = ""
     lease_until: datetime | None = None
     next_attempt_time: datetime | None = None
+    start_by: datetime | None = None
+    """While QUEUED with a schedule-to-start timeout: when it fails unless an agent took it."""
+    timeout_at: datetime | None = None
+    """While RUNNING with a timeout: when the server stops waiting for the attempt's result."""
     queue_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
@@ -228,9 +232,20 @@ class Job:
     # -- dispatch -------------------------------------------------------------------------
 
     def assign(
-        self, task_id: str, *, attempt: int, agent_id: str, lease_until: datetime, now: datetime
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        agent_id: str,
+        lease_until: datetime,
+        now: datetime,
+        timeout_at: datetime | None = None,
     ) -> Task:
-        """QUEUED -> RUNNING as attempt `attempt` (which must be the next one) on `agent_id`."""
+        """QUEUED -> RUNNING as attempt `attempt` (which must be the next one) on `agent_id`.
+
+        With `timeout_at`, the lease never reaches past it (renewals are capped the same way),
+        so an attempt that overruns its timeout ends by lease expiry even while its agent lives.
+        """
         task = self.task(task_id)
         if (
             task.state is not TaskState.QUEUED
@@ -248,7 +263,8 @@ class Job:
             )
         task.attempt = attempt
         task.agent_id = agent_id
-        task.lease_until = lease_until
+        task.lease_until = lease_until if timeout_at is None else min(lease_until, timeout_at)
+        task.timeout_at = timeout_at
         task.next_attempt_time = None
         task.start_time = task.start_time or now
         task.attempts.append(
@@ -345,6 +361,48 @@ class Job:
             return
         self._requeue(task, now, next_attempt_time=None, error=error, lost=True)
 
+    def lease_expired(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        max_redeliveries: int,
+        now: datetime,
+        rng: random.Random | None = None,
+    ) -> None:
+        """The attempt's lease ended: past its timeout it timed out (its agent is told to stop,
+        the retry policy decides what follows); before, its agent went away (lost)."""
+        task = self._running(task_id, attempt)
+        if task.timeout_at is None or now < task.timeout_at:
+            self.lose(task_id, attempt=attempt, max_redeliveries=max_redeliveries, now=now)
+            return
+        self.changes.cancels.append((AttemptRef(self.job_id, task.id, attempt), task.agent_id))
+        timeout_s = task.todo.timeout_s
+        error = TaskError(
+            code="TASK_TIMEOUT",
+            message=f"attempt {attempt} did not report within its timeout of {timeout_s:g} s; "
+            "the server stopped waiting for it",
+            retryable=True,
+            reason=Reason.TASK_TIMEOUT,
+        )
+        self.fail(task_id, attempt=attempt, error=error, now=now, rng=rng)
+
+    def miss_start(self, task_id: str, *, now: datetime, why: str) -> bool:
+        """No agent took the QUEUED task before its schedule-to-start timeout: it fails (not
+        retried: what it lacks is an agent, not another try). `why` names what is missing.
+        Returns whether it failed (False: it started, or its time has not come)."""
+        task = self.task(task_id)
+        if task.state is not TaskState.QUEUED or task.start_by is None or now < task.start_by:
+            return False
+        waited_s = task.todo.schedule_to_start_s
+        error = TaskError(
+            code="SCHEDULE_TO_START_TIMEOUT",
+            message=f"no agent started task {task_id!r} within {waited_s:g} s: {why}",
+            reason=Reason.SCHEDULE_TO_START_TIMEOUT,
+        )
+        self._fail_task(task, error, now)
+        return True
+
     def hand_back(self, task_id: str, *, attempt: int, reason: str, now: datetime) -> None:
         """The agent gave the attempt up (it is shutting down, or stopped it unasked).
 
@@ -440,6 +498,7 @@ class Job:
         current.end_time = now
         current.error = error
         task.lease_until = None
+        task.timeout_at = None
 
     def _requeue(
         self,
@@ -562,8 +621,13 @@ class Job:
     ) -> None:
         previous = task.state
         task.state = TASK_STATE_MACHINE.transition(previous, target)
+        task.start_by = None
         if target is TaskState.QUEUED:
             task.queue_time = now
+            if task.todo.schedule_to_start_s is not None:
+                # From when it may start: a retry's backoff is not time spent waiting for an agent.
+                ready_time = task.next_attempt_time or now
+                task.start_by = ready_time + timedelta(seconds=task.todo.schedule_to_start_s)
         if TASK_STATE_MACHINE.is_terminal(target):
             task.end_time = now
         self.changes.dirty_tasks.add(task.id)

@@ -61,6 +61,8 @@ class ToDo:
     text: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
+    schedule_to_start_s: float | None = None
+    """How long the task may wait QUEUED for an agent before it fails (None: forever)."""
     depends_on: tuple[str, ...] = ()
     retry_policy: RetryPolicy | None = None
     required_capabilities: frozenset[str] = field(default_factory=frozenset)
@@ -101,6 +103,12 @@ class ToDo:
             raise InvalidArgument(
                 f"task {self.id!r}: timeout must be positive and finite, got {self.timeout_s:g} s",
                 field=f"{field_prefix}.timeout",
+            )
+        if self.schedule_to_start_s is not None and not 0 < self.schedule_to_start_s < math.inf:
+            raise InvalidArgument(
+                f"task {self.id!r}: schedule-to-start timeout must be positive and finite, "
+                f"got {self.schedule_to_start_s:g} s",
+                field=f"{field_prefix}.schedule_to_start_timeout",
             )
         if self.selector is not None and not self.selector.value:
             raise InvalidArgument(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cpa_scheduler.dispatch.directory import AgentDirectory
+from cpa_scheduler.dispatch.matching import AgentProfile, Requirement, unmet_requirement
 from cpa_scheduler.dispatch.sessions import AssignmentMessage, CancelMessage
 from cpa_scheduler.domain import (
     AttemptRef,
@@ -85,6 +86,8 @@ class Orchestrator:
         self._clock = clock
         self._rng = rng or random.Random()
         self._lease = timedelta(seconds=settings.lease_duration_s)
+        self._timeout_grace = timedelta(seconds=settings.task_timeout_grace_s)
+        self._request_retention = timedelta(seconds=settings.idempotency_retention_s)
 
     @property
     def store(self) -> Store:
@@ -191,6 +194,36 @@ class Orchestrator:
         await self._after_commit(job, changes)
         return job
 
+    async def retry_jobs(
+        self, tenant: str, job_filter: JobFilter, *, limit: int, batch: int = 100
+    ) -> tuple[list[Job], list[tuple[str, DomainError]]]:
+        """Re-drive, each as `retry` does, the first `limit` jobs matching `job_filter` (newest
+        first, listed `batch` at a time). Returns the re-driven jobs, and the ids of those that
+        could not be re-driven (not FAILED or CANCELLED, e.g. changed since listed, or gone)
+        with the error; any other error ends the call, and what was re-driven stays so.
+
+        A re-driven job no longer matches a filter of FAILED or CANCELLED jobs, so calling again
+        passes over it unless it failed again. Pages continue after the last job listed, so a
+        job that fails again during the call is not re-driven twice by it.
+        """
+        retried: list[Job] = []
+        skipped: list[tuple[str, DomainError]] = []
+        after: PagePosition | None = None
+        while (remaining := limit - len(retried) - len(skipped)) > 0:
+            size = min(remaining, batch)
+            page = await self._store.list_jobs(tenant, job_filter, after=after, limit=size)
+            for listed in page:
+                try:
+                    retried.append(await self.retry(tenant, listed.job_id))
+                except DomainError as error:
+                    if error.reason not in (Reason.ILLEGAL_TRANSITION, Reason.JOB_NOT_FOUND):
+                        raise
+                    skipped.append((listed.job_id, error))
+            if len(page) < size:
+                break
+            after = PagePosition(create_time=page[-1].create_time, job_id=page[-1].job_id)
+        return retried, skipped
+
     # -- agents' side -----------------------------------------------------------------------
 
     async def assign(self, item: QueuedTask, agent_id: str) -> AssignmentMessage | None:
@@ -198,6 +231,13 @@ class Orchestrator:
         attempt = item.attempt + 1
         now = self._clock()
         task_id = item.todo.id
+        # The server's own bound on the attempt: the agent stops it at the timeout and reports;
+        # past the grace the server stops waiting (see Job.lease_expired).
+        timeout_at = (
+            None
+            if item.todo.timeout_s is None
+            else now + timedelta(seconds=item.todo.timeout_s) + self._timeout_grace
+        )
         try:
             job, _, changes = await self._store.update_job(
                 item.tenant,
@@ -208,6 +248,7 @@ class Orchestrator:
                     agent_id=agent_id,
                     lease_until=now + self._lease,
                     now=now,
+                    timeout_at=timeout_at,
                 ),
             )
         except (StaleAttempt, NotFound):
@@ -273,26 +314,61 @@ class Orchestrator:
         return lease_until, stale
 
     async def expire_leases(self) -> int:
-        """Turn attempts whose lease ended into LOST (re-queued within the redelivery bound)."""
+        """End the attempts whose lease ended: TIMED_OUT past their timeout, else LOST
+        (re-queued within the redelivery bound)."""
         now = self._clock()
         expired = await self._store.expired_attempts(now, limit=SWEEP_BATCH)
         for tenant, ref in expired:
 
-            def lose(job: Job, ref: AttemptRef = ref) -> None:
-                job.lose(
+            def end(job: Job, ref: AttemptRef = ref) -> None:
+                job.lease_expired(
                     ref.task_id,
                     attempt=ref.attempt,
                     max_redeliveries=self._settings.max_redeliveries,
                     now=now,
+                    rng=self._rng,
                 )
 
             try:
-                job, _, changes = await self._store.update_job(tenant, ref.job_id, lose)
+                job, _, changes = await self._store.update_job(tenant, ref.job_id, end)
             except (StaleAttempt, NotFound):
                 continue  # it ended (or was renewed) since the query
             log.warning("lease of %s/%s attempt %d expired", ref.job_id, ref.task_id, ref.attempt)
             await self._after_commit(job, changes)
         return len(expired)
+
+    async def expire_unstarted_tasks(self) -> int:
+        """Fail the QUEUED tasks no agent took within their schedule-to-start timeout, saying
+        what the connected agents lack."""
+        now = self._clock()
+        unstarted = await self._store.unstarted_tasks(now, limit=SWEEP_BATCH)
+        agents: dict[str, list[AgentProfile]] = {}
+        for tenant, job_id, task_id in unstarted:
+            if tenant not in agents:
+                agents[tenant] = [r.profile for r in await self._directory.list_agents(tenant)]
+            profiles = agents[tenant]
+
+            def miss(
+                job: Job, task_id: str = task_id, profiles: list[AgentProfile] = profiles
+            ) -> bool:
+                requirement = Requirement.of(job.tenant, job.task(task_id).todo)
+                why = unmet_requirement(requirement, profiles) or "every capable agent was busy"
+                return job.miss_start(task_id, now=now, why=why)
+
+            try:
+                job, missed, changes = await self._store.update_job(tenant, job_id, miss)
+            except NotFound:
+                continue
+            if missed:
+                log.warning("task %s/%s was not started in time", job_id, task_id)
+            await self._after_commit(job, changes)
+        return len(unstarted)
+
+    async def forget_request_ids(self) -> int:
+        """Release the request ids whose retention window ended."""
+        return await self._store.forget_request_ids(
+            self._clock() - self._request_retention, limit=SWEEP_BATCH
+        )
 
     async def expire_overdue_jobs(self) -> int:
         """Stop the jobs whose deadline passed: they end FAILED with JOB_DEADLINE_EXCEEDED once
@@ -312,10 +388,16 @@ class Orchestrator:
         return len(overdue)
 
     async def sweep_forever(self, *, interval_s: float) -> None:
-        """Leases and deadlines: the time-driven transitions."""
+        """Leases, timeouts, deadlines and retention: the time-driven transitions."""
+        sweeps = (
+            self.expire_leases,
+            self.expire_unstarted_tasks,
+            self.expire_overdue_jobs,
+            self.forget_request_ids,
+        )
         while True:
             await asyncio.sleep(interval_s)
-            for sweep in (self.expire_leases, self.expire_overdue_jobs):
+            for sweep in sweeps:
                 try:
                     await sweep()
                 except Exception:  # a failing sweep must not stop the next one

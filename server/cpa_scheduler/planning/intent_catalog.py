@@ -52,6 +52,7 @@ _RENDER_FAILURES = (TemplateError, ArithmeticError, LookupError, TypeError, Valu
 # The domain's validators name fields as the API does; the catalog spells a few of them differently.
 _DOMAIN_TO_YAML_FIELD = {
     "timeout": "timeout_s",
+    "schedule_to_start_timeout": "schedule_to_start_s",
     "initial_backoff": "initial_backoff_s",
     "backoff_multiplier": "multiplier",
     "max_backoff": "max_backoff_s",
@@ -138,6 +139,7 @@ class TaskTemplate:
     text: Template
     params: Mapping[str, ParamTemplate]
     timeout_s: float | None
+    schedule_to_start_s: float | None
     depends_on: tuple[str, ...]
     retry_policy: RetryPolicy | None
     required_capabilities: frozenset[str]
@@ -183,6 +185,7 @@ class TaskTemplate:
                 key: render_param(value, f"params.{key}") for key, value in self.params.items()
             },
             timeout_s=self.timeout_s,
+            schedule_to_start_s=self.schedule_to_start_s,
             depends_on=self.depends_on,
             retry_policy=self.retry_policy,
             required_capabilities=self.required_capabilities,
@@ -483,6 +486,7 @@ class _TaskSpec(_Spec):
     text: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = None
+    schedule_to_start_s: float | None = None
     depends_on: list[str] = Field(default_factory=list)
     required_capabilities: list[str] = Field(default_factory=list)
     required_labels: dict[str, str] = Field(default_factory=dict)
@@ -656,7 +660,11 @@ class _CatalogBuilder:
         try:
             # The fields that are not templates can be checked once, here, by the domain's rules.
             ToDo(
-                id=spec.id, action=spec.action, timeout_s=spec.timeout_s, retry_policy=retry_policy
+                id=spec.id,
+                action=spec.action,
+                timeout_s=spec.timeout_s,
+                schedule_to_start_s=spec.schedule_to_start_s,
+                retry_policy=retry_policy,
             ).validate("todo")
         except DomainError as exc:
             raise self._domain_error(exc, path) from None
@@ -676,6 +684,7 @@ class _CatalogBuilder:
                 for key, value in spec.params.items()
             },
             timeout_s=spec.timeout_s,
+            schedule_to_start_s=spec.schedule_to_start_s,
             depends_on=tuple(spec.depends_on),
             retry_policy=retry_policy,
             required_capabilities=frozenset(spec.required_capabilities),

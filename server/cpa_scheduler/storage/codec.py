@@ -105,6 +105,7 @@ def todo_to_data(todo: ToDo) -> Data:
         "text": todo.text,
         "params": dict(todo.params),
         "timeout_s": todo.timeout_s,
+        "schedule_to_start_s": todo.schedule_to_start_s,
         "depends_on": list(todo.depends_on),
         "retry_policy": retry_policy_to_data(todo.retry_policy),
         "required_capabilities": sorted(todo.required_capabilities),
@@ -125,6 +126,8 @@ def todo_from_data(data: Data) -> ToDo:
         text=data["text"],
         params=data["params"],
         timeout_s=data["timeout_s"],
+        # Absent in rows written before schedule-to-start timeouts existed.
+        schedule_to_start_s=data.get("schedule_to_start_s"),
         depends_on=tuple(data["depends_on"]),
         retry_policy=retry_policy_from_data(data["retry_policy"]),
         required_capabilities=frozenset(data["required_capabilities"]),
@@ -376,6 +379,8 @@ TASK_COLUMNS = (
     "agent_id",
     "lease_until",
     "next_attempt_time",
+    "start_by",
+    "timeout_at",
     "queue_time",
     "start_time",
     "end_time",
@@ -395,7 +400,15 @@ JOB_STATE_COLUMNS = (
     "end_time",
 )
 JOB_TIME_COLUMNS = ("deadline", "create_time", "update_time", "start_time", "end_time")
-TASK_TIME_COLUMNS = ("lease_until", "next_attempt_time", "queue_time", "start_time", "end_time")
+TASK_TIME_COLUMNS = (
+    "lease_until",
+    "next_attempt_time",
+    "start_by",
+    "timeout_at",
+    "queue_time",
+    "start_time",
+    "end_time",
+)
 
 
 def _dumps(value: Any) -> str:
@@ -465,6 +478,8 @@ def task_to_record(job_id: str, position: int, task: Task) -> Data:
         "agent_id": task.agent_id,
         "lease_until": task.lease_until,
         "next_attempt_time": task.next_attempt_time,
+        "start_by": task.start_by,
+        "timeout_at": task.timeout_at,
         "queue_time": task.queue_time,
         "start_time": task.start_time,
         "end_time": task.end_time,
@@ -484,6 +499,8 @@ def task_from_record(record: Mapping[str, Any]) -> Task:
         agent_id=record["agent_id"],
         lease_until=record["lease_until"],
         next_attempt_time=record["next_attempt_time"],
+        start_by=record["start_by"],
+        timeout_at=record["timeout_at"],
         queue_time=record["queue_time"],
         start_time=record["start_time"],
         end_time=record["end_time"],

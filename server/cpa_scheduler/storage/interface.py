@@ -105,6 +105,16 @@ class Store(Protocol):
         not being stopped yet, earliest deadline first."""
         ...
 
+    async def unstarted_tasks(self, now: datetime, *, limit: int) -> list[tuple[str, str, str]]:
+        """(tenant, job_id, task_id) of QUEUED tasks whose schedule-to-start time passed before
+        `now`, earliest first."""
+        ...
+
+    async def forget_request_ids(self, created_before: datetime, *, limit: int) -> int:
+        """Release the request ids of at most `limit` jobs created before `created_before` (their
+        retention ended): a new request may use them again. Returns how many were released."""
+        ...
+
     async def renew_leases(
         self,
         tenant: str,
@@ -113,7 +123,8 @@ class Store(Protocol):
         lease_until: datetime,
     ) -> list[AttemptRef]:
         """Extend the leases of attempts that are still current (RUNNING at that attempt) and
-        bind them to `agent_id`; returns the attempts that are not current (stale)."""
+        bind them to `agent_id`, never past an attempt's timeout_at; returns the attempts that
+        are not current (stale)."""
         ...
 
     async def save_message(self, message: StoredMessage) -> None:

@@ -195,7 +195,8 @@ _RENEW: Final = """
         ORDER BY t.job_id, t.task_id
         FOR UPDATE OF t
     )
-    UPDATE tasks t SET lease_until = %(lease_until)s, agent_id = %(agent_id)s
+    -- LEAST ignores NULL: never past the attempt's timeout, where the server stops waiting.
+    UPDATE tasks t SET lease_until = LEAST(%(lease_until)s, t.timeout_at), agent_id = %(agent_id)s
     FROM current c
     WHERE t.job_id = c.job_id AND t.task_id = c.task_id
     RETURNING t.job_id, t.task_id, t.attempt
@@ -783,6 +784,24 @@ class PostgresStore:
             {"now": now, "limit": limit},
         )
         return [(tenant, job_id) for tenant, job_id in rows]
+
+    async def unstarted_tasks(self, now: datetime, *, limit: int) -> list[tuple[str, str, str]]:
+        rows = await self._statement(
+            "SELECT j.tenant, t.job_id, t.task_id FROM tasks t JOIN jobs j ON j.job_id = t.job_id "
+            "WHERE t.start_by < %(now)s AND t.state = 'QUEUED' ORDER BY t.start_by LIMIT %(limit)s",
+            {"now": now, "limit": limit},
+        )
+        return [(tenant, job_id, task_id) for tenant, job_id, task_id in rows]
+
+    async def forget_request_ids(self, created_before: datetime, *, limit: int) -> int:
+        # SKIP LOCKED: a job some transition holds right now is forgotten by a later sweep.
+        rows = await self._statement(
+            "UPDATE jobs SET request_id = '', request_fingerprint = '' WHERE job_id IN ("
+            "SELECT job_id FROM jobs WHERE request_id <> '' AND create_time < %(before)s "
+            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING job_id",
+            {"before": created_before, "limit": limit},
+        )
+        return len(rows)
 
     async def expired_attempts(self, now: datetime, *, limit: int) -> list[tuple[str, AttemptRef]]:
         rows = await self._statement(

@@ -36,12 +36,16 @@ from .interface import QueuedTask, StoredMessage
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # What each version adds to the one before (files of an older server are upgraded at open).
 _UPGRADES = {
     2: (
         "ALTER TABLE jobs ADD COLUMN cancel_reason TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE jobs ADD COLUMN deadline INTEGER",
+    ),
+    3: (
+        "ALTER TABLE tasks ADD COLUMN start_by INTEGER",
+        "ALTER TABLE tasks ADD COLUMN timeout_at INTEGER",
     ),
 }
 CHECKPOINT_INTERVAL_S = 1.0
@@ -73,6 +77,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (tenant, request_id)
     WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_listing ON jobs (tenant, create_time DESC, job_id DESC);
 CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (deadline) WHERE deadline IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_request_age ON jobs (create_time) WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS job_labels (
     job_id TEXT NOT NULL REFERENCES jobs (job_id),
     key TEXT NOT NULL,
@@ -95,12 +100,15 @@ CREATE TABLE IF NOT EXISTS tasks (
     agent_id TEXT NOT NULL,
     lease_until INTEGER,
     next_attempt_time INTEGER,
+    start_by INTEGER,
+    timeout_at INTEGER,
     queue_time INTEGER,
     start_time INTEGER,
     end_time INTEGER,
     PRIMARY KEY (job_id, task_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, lease_until);
+CREATE INDEX IF NOT EXISTS tasks_start_by ON tasks (start_by) WHERE start_by IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL REFERENCES jobs (job_id),
     sequence INTEGER NOT NULL,
@@ -486,6 +494,29 @@ class SqliteStore:
         ).fetchall()
         return [(row["tenant"], row["job_id"]) for row in rows]
 
+    async def unstarted_tasks(self, now: datetime, *, limit: int) -> list[tuple[str, str, str]]:
+        rows = self._db.execute(
+            "SELECT jobs.tenant, tasks.job_id, tasks.task_id FROM tasks JOIN jobs USING (job_id) "
+            "WHERE tasks.start_by < ? AND tasks.state = ? ORDER BY tasks.start_by LIMIT ?",
+            (codec.time_to_us(now), TaskState.QUEUED.value, limit),
+        ).fetchall()
+        return [(row["tenant"], row["job_id"], row["task_id"]) for row in rows]
+
+    async def forget_request_ids(self, created_before: datetime, *, limit: int) -> int:
+        return await self._write(lambda: self._forget_request_ids(created_before, limit))
+
+    def _forget_request_ids(self, created_before: datetime, limit: int) -> int:
+        rows = self._db.execute(
+            "UPDATE jobs SET request_id = '', request_fingerprint = '' WHERE job_id IN "
+            "(SELECT job_id FROM jobs WHERE request_id != '' AND create_time < ? LIMIT ?) "
+            "RETURNING job_id",
+            (codec.time_to_us(created_before), limit),
+        ).fetchall()
+        for row in rows:
+            if (live := self._live.get(row["job_id"])) is not None:
+                live.request_id = live.request_fingerprint = ""
+        return len(rows)
+
     async def renew_leases(
         self,
         tenant: str,
@@ -505,10 +536,12 @@ class SqliteStore:
         for ref in attempts:
             # The fence: only the current attempt of a RUNNING task of this tenant is renewed.
             cursor = self._db.execute(
-                "UPDATE tasks SET lease_until = ?, agent_id = ? "
+                # Never past the attempt's timeout: there the server stops waiting for it.
+                "UPDATE tasks SET lease_until = min(?, coalesce(timeout_at, ?)), agent_id = ? "
                 "WHERE job_id = ? AND task_id = ? AND attempt = ? AND state = ? "
                 "AND job_id IN (SELECT job_id FROM jobs WHERE tenant = ?)",
                 (
+                    until_us,
                     until_us,
                     agent_id,
                     ref.job_id,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from cpa.common.v1 import error_pb2 as _error_pb2
 from cpa.common.v1 import todo_pb2 as _todo_pb2
 from cpa.lam.v1 import lam_message_pb2 as _lam_message_pb2
 from cpa.scheduler.v1 import agent_pb2 as _agent_pb2
@@ -281,6 +282,104 @@ class RetryJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryJobResponse: _TypeAlias = RetryJobResponse  # noqa: Y015
+
+@_typing.final
+class RetryJobsRequest(_message.Message):
+    """RetryJobsRequest selects the jobs to re-drive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """AIP-160 filter in the language of ListJobsRequest.filter. Only FAILED and CANCELLED jobs
+    are re-driven: state conditions narrow those two, and a filter whose states admit neither
+    is INVALID_FILTER. Empty selects every FAILED or CANCELLED job of the caller.
+    """
+    max_jobs: _builtins.int
+    """Most jobs taken by this call (re-driven or skipped), 1 to 1000; 0 means 100. Negative or
+    larger values are INVALID_FIELD, not clamped: fewer jobs taken than the bound means no
+    match was left.
+    """
+    dry_run: _builtins.bool
+    """Only list the jobs that would be re-driven (in job_ids); nothing changes."""
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+        max_jobs: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "filter", b"filter", "max_jobs", b"max_jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryJobsRequest: _TypeAlias = RetryJobsRequest  # noqa: Y015
+
+@_typing.final
+class RetryJobsResponse(_message.Message):
+    """RetryJobsResponse says which jobs were re-driven."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    SKIPPED_JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The jobs re-driven (with dry_run: that would be), newest first."""
+
+    @_builtins.property
+    def skipped_jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedJob]:
+        """Jobs that matched but could not be re-driven, e.g. because they changed state meanwhile."""
+
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        skipped_jobs: _abc.Iterable[Global___SkippedJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids", "skipped_jobs", b"skipped_jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryJobsResponse: _TypeAlias = RetryJobsResponse  # noqa: Y015
+
+@_typing.final
+class SkippedJob(_message.Message):
+    """SkippedJob is a job a bulk call matched but did not change, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    reason: _error_pb2.ErrorReason.ValueType
+    """Why: ILLEGAL_TRANSITION when its state no longer allows the change, JOB_NOT_FOUND when it
+    is gone.
+    """
+    message: _builtins.str
+    """The error's message."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        reason: _error_pb2.ErrorReason.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkippedJob: _TypeAlias = SkippedJob  # noqa: Y015
 
 @_typing.final
 class WatchJobRequest(_message.Message):

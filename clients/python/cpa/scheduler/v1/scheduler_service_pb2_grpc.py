@@ -63,6 +63,11 @@ class SchedulerServiceStub:
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJobs = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/RetryJobs',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobsResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/cpa.scheduler.v1.SchedulerService/WatchJob',
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.WatchJobRequest.SerializeToString,
@@ -130,6 +135,18 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJobs(self, request, context):
+        """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
+        (e.g. `dead_lettered = true`), newest first, at most max_jobs per call. Safe to repeat: a
+        re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
+        failed again.
+        Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
+        stay re-driven and calling again does the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Streams a job's events from after_sequence on, live, and ends after the terminal event.
         """
@@ -187,6 +204,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobRequest.FromString,
                     response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobsRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobsResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -348,6 +370,33 @@ class SchedulerService:
             '/cpa.scheduler.v1.SchedulerService/RetryJob',
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobRequest.SerializeToString,
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/RetryJobs',
+            cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobsRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.RetryJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

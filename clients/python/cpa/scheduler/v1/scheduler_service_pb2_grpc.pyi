@@ -53,6 +53,14 @@ class SchedulerServiceStub:
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
     succeeded tasks keep their outputs.
     """
+    RetryJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobsRequest, _scheduler_service_pb2.RetryJobsResponse]
+    """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
+    (e.g. `dead_lettered = true`), newest first, at most max_jobs per call. Safe to repeat: a
+    re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
+    failed again.
+    Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
+    stay re-driven and calling again does the rest.
+    """
     WatchJob: _grpc.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]
     """Streams a job's events from after_sequence on, live, and ends after the terminal event."""
     SendMessage: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]
@@ -89,6 +97,14 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     RetryJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
     succeeded tasks keep their outputs.
+    """
+    RetryJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobsRequest, _scheduler_service_pb2.RetryJobsResponse]  # type: ignore[assignment]
+    """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
+    (e.g. `dead_lettered = true`), newest first, at most max_jobs per call. Safe to repeat: a
+    re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
+    failed again.
+    Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
+    stay re-driven and calling again does the rest.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """Streams a job's events from after_sequence on, live, and ends after the terminal event."""
@@ -153,6 +169,20 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_service_pb2.RetryJobResponse, _abc.Awaitable[_scheduler_service_pb2.RetryJobResponse]]:
         """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
         succeeded tasks keep their outputs.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryJobs(
+        self,
+        request: _scheduler_service_pb2.RetryJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_service_pb2.RetryJobsResponse, _abc.Awaitable[_scheduler_service_pb2.RetryJobsResponse]]:
+        """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
+        (e.g. `dead_lettered = true`), newest first, at most max_jobs per call. Safe to repeat: a
+        re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
+        failed again.
+        Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
+        stay re-driven and calling again does the rest.
         """
 
     @_abc_1.abstractmethod

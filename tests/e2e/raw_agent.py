@@ -1,0 +1,59 @@
+"""A hand-driven agent stream over a real socket: the test decides what the 'agent' says and
+when, to play agents that lag, lie or never answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from cpa.common.v1 import agent_capabilities_pb2
+from cpa.executor.v1 import executor_service_pb2 as ex
+from cpa.executor.v1 import executor_service_pb2_grpc
+
+from .conftest import EVENT_TIMEOUT_S
+
+
+class RawAgentStream:
+    """One ExecutorService.Connect call; nothing is sent unless the test sends it."""
+
+    def __init__(self, target: str) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._outgoing: asyncio.Queue[ex.ConnectRequest] = asyncio.Queue()
+        stub = executor_service_pb2_grpc.ExecutorServiceStub(self._channel)
+        self._call = stub.Connect(self._requests())
+
+    async def _requests(self) -> AsyncIterator[ex.ConnectRequest]:
+        while True:
+            yield await self._outgoing.get()
+
+    def send(self, request: ex.ConnectRequest) -> None:
+        self._outgoing.put_nowait(request)
+
+    async def read(self) -> ex.ConnectResponse | None:
+        """The next message; None when the server ended the stream (status OK)."""
+        message = await asyncio.wait_for(self._call.read(), EVENT_TIMEOUT_S)
+        if isinstance(message, ex.ConnectResponse):
+            return message
+        assert await self._call.code() == grpc.StatusCode.OK  # the end (grpc.aio.EOF)
+        return None
+
+    async def read_until(self, kind: str) -> ex.ConnectResponse:
+        while (message := await self.read()) is not None:
+            if message.WhichOneof("kind") == kind:
+                return message
+        raise AssertionError(f"the stream ended before a {kind}")
+
+    async def hello(self, agent_id: str, *, actions: Sequence[str] = ("noop",)) -> ex.Welcome:
+        capabilities = agent_capabilities_pb2.AgentCapabilities(actions=list(actions), slots=1)
+        self.send(ex.ConnectRequest(hello=ex.Hello(agent_id=agent_id, capabilities=capabilities)))
+        return (await self.read_until("welcome")).welcome
+
+    @property
+    def call(self) -> grpc.aio.StreamStreamCall[ex.ConnectRequest, ex.ConnectResponse]:
+        return self._call
+
+    async def close(self) -> None:
+        self._call.cancel()
+        await self._channel.close(grace=None)
