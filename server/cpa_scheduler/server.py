@@ -228,6 +228,8 @@ class SchedulerServer:
         await stop_tasks(self._background, timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
         self._background = []
         if components is not None:
+            # Changes whose callers were cancelled by the stop still carry out their effects.
+            await components.orchestrator.drain_changes(timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
             await components.backends.close()
             self._components = None
             log.info("scheduler %s stopped in %.2fs", self.replica_id, time.monotonic() - started_s)

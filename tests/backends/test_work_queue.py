@@ -4,6 +4,8 @@ shared Redis queue promises: several replicas, redelivery of a dead replica's wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -185,6 +187,46 @@ async def test_a_task_still_queued_is_not_published_twice(redis_queues: QueueFac
     await replica.queue.ack(items)
     await replica.queue.publish([task])
     assert tasks_of(await replica.queue.take(requirement_of(task), 10)) == [task]
+
+
+async def test_a_publish_cut_short_never_leaves_a_marker_without_its_entry(
+    redis_queues: QueueFactory, redis_backend: Backend
+) -> None:
+    # A marker tells the reconciler "already queued": one without its stream entry would strand
+    # the task for ever. Cut publishes short at every point of their progress (as a crash or a
+    # cancelled caller would) and check that each task is either fully queued or not at all.
+    replica = await redis_queues()
+    keys = RedisKeys(redis_backend.prefix)
+    assert redis_backend.redis is not None
+    tasks = [queued(f"job-{n}") for n in range(40)]
+    for n, task in enumerate(tasks):
+        publishing = asyncio.create_task(replica.queue.publish([task]))
+        for _ in range(n % 8):
+            await asyncio.sleep(0)  # let it progress that many steps
+        publishing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publishing
+    redis = redis_backend.redis
+    stream = keys.queue_stream(requirement_of(tasks[0]).key)
+
+    async def marked_and_queued() -> tuple[set[str], set[str]]:
+        marked = {
+            task.job_id
+            for task in tasks
+            if await redis.exists(keys.queue_marker(task.job_id, "t1", 0))
+        }
+        entries = await redis.xrange(stream) or []
+        queued_ids = {json.loads(fields[b"task"])["job_id"] for _, fields in entries if fields}
+        return marked, queued_ids
+
+    async def consistent() -> bool:
+        marked, queued_ids = await marked_and_queued()
+        return marked == queued_ids
+
+    # A script whose answer was abandoned may still be running in Redis: wait for it.
+    await wait_until(consistent, what="every marked task to have its stream entry")
+    _, taken = await marked_and_queued()
+    assert 0 < len(taken) < len(tasks)  # the cuts landed both before and after the publish
 
 
 async def test_replicas_never_take_the_same_entry(redis_queues: QueueFactory) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cpa_scheduler.backends import open_backends
+from cpa_scheduler.backends import Backends, open_backends
 from cpa_scheduler.dispatch import SessionRegistry
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.planning import Planner, RuleIntentRouter, load_catalog
@@ -42,20 +42,25 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def orchestrator(settings: Settings, clock: Clock) -> AsyncIterator[Orchestrator]:
-    backends = await open_backends(settings, replica_id="test", sessions=SessionRegistry())
+async def backends(settings: Settings) -> AsyncIterator[Backends]:
+    opened = await open_backends(settings, replica_id="test", sessions=SessionRegistry())
     try:
-        yield Orchestrator(
-            store=backends.store,
-            planner=Planner(
-                RuleIntentRouter(load_catalog(settings.intents_path)),
-                max_tasks=settings.max_tasks_per_job,
-            ),
-            queue=backends.queue,
-            bus=backends.bus,
-            directory=backends.directory,
-            settings=settings,
-            clock=clock,
-        )
+        yield opened
     finally:
-        await backends.close()
+        await opened.close()
+
+
+@pytest.fixture
+def orchestrator(settings: Settings, clock: Clock, backends: Backends) -> Orchestrator:
+    return Orchestrator(
+        store=backends.store,
+        planner=Planner(
+            RuleIntentRouter(load_catalog(settings.intents_path)),
+            max_tasks=settings.max_tasks_per_job,
+        ),
+        queue=backends.queue,
+        bus=backends.bus,
+        directory=backends.directory,
+        settings=settings,
+        clock=clock,
+    )

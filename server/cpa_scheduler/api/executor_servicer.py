@@ -167,6 +167,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         self._streams[session.session_id] = _Stream(session, outgoing)
         self._no_streams.clear()
         reader: asyncio.Task[None] | None = None
+        watchdog = asyncio.create_task(self._close_when_silent(session))
         try:
             if replaced is not None:
                 replaced.close()
@@ -185,6 +186,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             while (message := await outgoing.get()) is not None:
                 yield message
         finally:
+            watchdog.cancel()
             if reader is not None:
                 reader.cancel()
             self._sessions.remove(session)
@@ -194,6 +196,18 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             self._directory.announce_now()
             # Its attempts keep their leases: they expire unless the agent comes back in time.
             log.info("agent %s disconnected", profile.agent_id)
+
+    async def _close_when_silent(self, session: AgentSession) -> None:
+        """Ends the session of an agent silent for a lease (frozen, or cut off without a FIN
+        or RST): its leases are running out, and it must get no new work meanwhile."""
+        limit_s = self._settings.lease_duration_s
+        while True:  # a timer, re-armed from the last message seen
+            silent_s = (self._clock() - session.last_seen_time).total_seconds()
+            if silent_s >= limit_s:
+                break
+            await asyncio.sleep(limit_s - silent_s)
+        log.warning("agent %s silent for %.1fs: closing its stream", session.agent_id, silent_s)
+        session.close()
 
     async def _read(
         self,

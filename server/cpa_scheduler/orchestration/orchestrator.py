@@ -11,10 +11,10 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.dispatch.matching import AgentProfile, Requirement, unmet_requirement
@@ -42,6 +42,9 @@ from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import QueuedTask, Store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Most expired leases handled in one sweep; the next sweep takes the rest.
 SWEEP_BATCH = 500
@@ -86,6 +89,8 @@ class Orchestrator:
         self._clock = clock
         self._rng = rng or random.Random()
         self._lease = timedelta(seconds=settings.lease_duration_s)
+        # Changes whose callers may have given up (see _uncancellable): held until they end.
+        self._changing: set[asyncio.Task[Any]] = set()
         self._timeout_grace = timedelta(seconds=settings.task_timeout_grace_s)
         self._request_retention = timedelta(seconds=settings.idempotency_retention_s)
 
@@ -162,10 +167,14 @@ class Orchestrator:
             request_fingerprint=request_fingerprint,
             conversation_id=conversation_id,
         )
-        stored, changes = await self._store.create_job(job)
-        if changes is not None:
-            await self._after_commit(stored, changes)
-        return stored, changes is not None
+
+        async def create() -> tuple[Job, bool]:
+            stored, changes = await self._store.create_job(job)
+            if changes is not None:
+                await self._after_commit(stored, changes)
+            return stored, changes is not None
+
+        return await self._uncancellable(create())
 
     async def get_job(self, tenant: str, job_id: str) -> Job:
         return await self._store.get_job(tenant, job_id)
@@ -184,14 +193,12 @@ class Orchestrator:
 
     async def cancel(self, tenant: str, job_id: str) -> Job:
         now = self._clock()
-        job, _, changes = await self._store.update_job(tenant, job_id, lambda j: j.cancel(now=now))
-        await self._after_commit(job, changes)
+        job, _ = await self._apply(tenant, job_id, lambda j: j.cancel(now=now))
         return job
 
     async def retry(self, tenant: str, job_id: str) -> Job:
         now = self._clock()
-        job, _, changes = await self._store.update_job(tenant, job_id, lambda j: j.retry(now=now))
-        await self._after_commit(job, changes)
+        job, _ = await self._apply(tenant, job_id, lambda j: j.retry(now=now))
         return job
 
     async def retry_jobs(
@@ -239,7 +246,7 @@ class Orchestrator:
             else now + timedelta(seconds=item.todo.timeout_s) + self._timeout_grace
         )
         try:
-            job, _, changes = await self._store.update_job(
+            job, _ = await self._apply(
                 item.tenant,
                 item.job_id,
                 lambda j: j.assign(
@@ -253,7 +260,6 @@ class Orchestrator:
             )
         except (StaleAttempt, NotFound):
             return None
-        await self._after_commit(job, changes)
         todo = job.tasks[task_id].todo
         deadlines = [job.options.deadline] if job.options.deadline else []
         if todo.timeout_s is not None:
@@ -270,14 +276,13 @@ class Orchestrator:
         self, tenant: str, ref: AttemptRef, *, percent: float | None, message: str
     ) -> None:
         now = self._clock()
-        job, _, changes = await self._store.update_job(
+        await self._apply(
             tenant,
             ref.job_id,
             lambda j: j.progress(
                 ref.task_id, attempt=ref.attempt, percent=percent, message=message, now=now
             ),
         )
-        await self._after_commit(job, changes)
 
     async def report_result(self, tenant: str, ref: AttemptRef, report: ResultReport) -> None:
         """Apply an attempt's result; StaleAttempt when it is not the current attempt."""
@@ -293,8 +298,7 @@ class Orchestrator:
             else:
                 job.succeed(ref.task_id, attempt=ref.attempt, outputs=report.outputs or {}, now=now)
 
-        job, _, changes = await self._store.update_job(tenant, ref.job_id, apply)
-        await self._after_commit(job, changes)
+        await self._apply(tenant, ref.job_id, apply)
 
     async def decline(self, tenant: str, ref: AttemptRef, reason: str) -> None:
         """The agent refused an assignment: give the task to someone else, uncharged."""
@@ -330,11 +334,10 @@ class Orchestrator:
                 )
 
             try:
-                job, _, changes = await self._store.update_job(tenant, ref.job_id, end)
+                await self._apply(tenant, ref.job_id, end)
             except (StaleAttempt, NotFound):
                 continue  # it ended (or was renewed) since the query
             log.warning("lease of %s/%s attempt %d expired", ref.job_id, ref.task_id, ref.attempt)
-            await self._after_commit(job, changes)
         return len(expired)
 
     async def expire_unstarted_tasks(self) -> int:
@@ -356,12 +359,11 @@ class Orchestrator:
                 return job.miss_start(task_id, now=now, why=why)
 
             try:
-                job, missed, changes = await self._store.update_job(tenant, job_id, miss)
+                _, missed = await self._apply(tenant, job_id, miss)
             except NotFound:
                 continue
             if missed:
                 log.warning("task %s/%s was not started in time", job_id, task_id)
-            await self._after_commit(job, changes)
         return len(unstarted)
 
     async def forget_request_ids(self) -> int:
@@ -377,14 +379,11 @@ class Orchestrator:
         overdue = await self._store.overdue_jobs(now, limit=SWEEP_BATCH)
         for tenant, job_id in overdue:
             try:
-                job, expired, changes = await self._store.update_job(
-                    tenant, job_id, lambda j: j.expire(now=now)
-                )
+                _, expired = await self._apply(tenant, job_id, lambda j: j.expire(now=now))
             except NotFound:
                 continue
             if expired:
                 log.info("job %s passed its deadline", job_id)
-            await self._after_commit(job, changes)
         return len(overdue)
 
     async def sweep_forever(self, *, interval_s: float) -> None:
@@ -424,6 +423,32 @@ class Orchestrator:
         queued = await self._store.queued_tasks(limit=1_000_000)
         await self._queue.publish(queued)
         return len(queued)
+
+    # -- one change: commit, then its effects --------------------------------------------------
+
+    async def _apply(self, tenant: str, job_id: str, mutate: Callable[[Job], T]) -> tuple[Job, T]:
+        """Commit `mutate` on the job (Store.update_job), then carry out its effects."""
+
+        async def change() -> tuple[Job, T]:
+            job, result, changes = await self._store.update_job(tenant, job_id, mutate)
+            await self._after_commit(job, changes)
+            return job, result
+
+        return await self._uncancellable(change())
+
+    async def drain_changes(self, *, timeout_s: float | None = None) -> None:
+        """Wait until the changes under way (their callers may be gone) have ended."""
+        if self._changing:
+            await asyncio.wait(set(self._changing), timeout=timeout_s)
+
+    async def _uncancellable(self, change: Coroutine[Any, Any, R]) -> R:
+        """Run a commit and its effects to the end even when the caller is cancelled (a client
+        gave up, an agent's stream ended): a commit whose next task was never queued would
+        leave that task waiting for the reconciler, or for ever in the embedded mode."""
+        task = asyncio.create_task(change)
+        self._changing.add(task)
+        task.add_done_callback(self._changing.discard)
+        return await asyncio.shield(task)
 
     # -- after commit ---------------------------------------------------------------------
 

@@ -37,9 +37,38 @@ log = logging.getLogger(__name__)
 
 # Most delayed tasks one mover run moves (the rest follow immediately in the next run).
 MOVE_BATCH_SIZE = 500
-# Most tasks in one MULTI of publish: start-up recovery may publish very many, and one huge
-# transaction would block Redis for every replica meanwhile.
+# Most tasks in one publish script: start-up recovery may publish very many, and one huge
+# script would block Redis for every replica meanwhile.
 PUBLISH_BATCH_SIZE = 1000
+
+# Publishes tasks, each only if its marker (KEYS[4 + 2i]) could be claimed: in a stream (KEYS[5 +
+# 2i]) when ARGV due is '', else in the delayed set KEYS[3] at that score, and registers its
+# requirement (KEYS[1], KEYS[2]). One script, so a crash never leaves a marker without its entry
+# (the reconciler would skip that task for ever). ARGV: now ms, ready channel, origin, then per
+# task: requirement key, requirement JSON, task JSON, due ms or ''. Publishes origin on the
+# channel when a task became ready. Returns {any ready, any delayed} as 0/1.
+_PUBLISH_SCRIPT = """
+local ready, delayed = 0, 0
+for i = 0, (#ARGV - 3) / 4 - 1 do
+  local key, requirement, task, due = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i],
+                                      ARGV[7 + 4 * i]
+  if redis.call('SET', KEYS[4 + 2 * i], '1', 'NX') then
+    redis.call('ZADD', KEYS[1], 'NX', ARGV[1], key)
+    redis.call('HSET', KEYS[2], key, requirement)
+    if due == '' then
+      redis.call('XADD', KEYS[5 + 2 * i], '*', 'task', task)
+      ready = 1
+    else
+      redis.call('ZADD', KEYS[3], due, string.len(key) .. ':' .. key .. task)
+      delayed = 1
+    end
+  end
+end
+if ready == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return {ready, delayed}
+"""
 
 # Takes up to ARGV[4] entries for consumer ARGV[2]: first entries other consumers left pending
 # for ARGV[3] ms or more (XAUTOCLAIM from cursor ARGV[5]), then new ones. Creates the group
@@ -171,6 +200,7 @@ class RedisWorkQueue:
         self._origin = uuid.uuid4().hex
         # Where the next XAUTOCLAIM of a stream goes on scanning its pending entries.
         self._claim_cursors: dict[str, str] = {}
+        self._publish_script = redis.register_script(_PUBLISH_SCRIPT)
         self._take_script = redis.register_script(_TAKE_SCRIPT)
         self._move_due_script = redis.register_script(_MOVE_DUE_SCRIPT)
         self._requirements_script = redis.register_script(_REQUIREMENTS_SCRIPT)
@@ -221,47 +251,27 @@ class RedisWorkQueue:
             self.on_ready()
 
     async def _publish_batch(self, tasks: Sequence[QueuedTask]) -> tuple[bool, bool]:
-        """One MULTI for the batch; returns whether it had (ready, delayed) tasks."""
-        tasks = await self._not_yet_queued(tasks)
-        if not tasks:
-            return False, False
+        """One script for the batch; returns whether it had (ready, delayed) tasks. A task whose
+        marker exists is queued already (a repeat from the reconciler, say) and is left out."""
         now = self._clock()
-        now_ms = _epoch_ms(now)
-        ready = delayed = False
-        async with self._redis.pipeline(transaction=True) as pipe:
-            registered: set[str] = set()
-            for task in tasks:
-                requirement = Requirement.of(task.tenant, task.todo)
-                key = requirement.key
-                if key not in registered:
-                    registered.add(key)
-                    pipe.zadd(self._keys.queue_requirements, {key: now_ms}, nx=True)
-                    pipe.hset(
-                        self._keys.queue_requirement_json,
-                        key,
-                        _dumps(requirement_to_data(requirement)),
-                    )
-                task_json = _dumps(queued_task_to_data(task))
-                if task.not_before is not None and task.not_before > now:
-                    member = f"{len(key.encode())}:{key}{task_json}"
-                    pipe.zadd(self._keys.queue_delayed, {member: _epoch_ms(task.not_before)})
-                    delayed = True
-                else:
-                    pipe.xadd(self._keys.queue_stream(key), {"task": task_json})
-                    ready = True
-            if ready:
-                pipe.publish(self._keys.queue_ready_channel, self._origin)
-            await pipe.execute()
-        return ready, delayed
-
-    async def _not_yet_queued(self, tasks: Sequence[QueuedTask]) -> list[QueuedTask]:
-        """Claim a marker per task; a task whose marker exists is queued already (a repeat from
-        the reconciler, say) and is left out."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task in tasks:
-                pipe.set(self._marker(task), "1", nx=True)
-            claimed = await pipe.execute()
-        return [task for task, new in zip(tasks, claimed, strict=True) if new]
+        keys = [
+            self._keys.queue_requirements,
+            self._keys.queue_requirement_json,
+            self._keys.queue_delayed,
+        ]
+        args: list[str | int] = [_epoch_ms(now), self._keys.queue_ready_channel, self._origin]
+        for task in tasks:
+            requirement = Requirement.of(task.tenant, task.todo)
+            keys += [self._marker(task), self._keys.queue_stream(requirement.key)]
+            not_before = task.not_before
+            args += [
+                requirement.key,
+                _dumps(requirement_to_data(requirement)),
+                _dumps(queued_task_to_data(task)),
+                _epoch_ms(not_before) if not_before is not None and not_before > now else "",
+            ]
+        ready, delayed = await self._publish_script(keys=keys, args=args)
+        return bool(ready), bool(delayed)
 
     def _marker(self, task: QueuedTask) -> str:
         return self._keys.queue_marker(task.job_id, task.todo.id, task.attempt)
