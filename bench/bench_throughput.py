@@ -23,19 +23,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
-import redis
-
-from cpa.common.v1 import todo_pb2
-from cpa.scheduler.v1 import job_pb2
-from cpa_client import SchedulerClient
-
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # the throwaway database and prefix: tests/fixtures
+
+from cpa.common.v1 import todo_pb2  # noqa: E402
+from cpa.scheduler.v1 import job_pb2  # noqa: E402
+from cpa_client import SchedulerClient  # noqa: E402
+from tests.fixtures.cluster import fresh_backends  # noqa: E402
+
+ADMIN_URL = os.environ.get("CPA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("CPA_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def _todo(task_id: str, action: str, depends_on: tuple[str, ...] = ()) -> todo_pb2.ToDo:
@@ -54,38 +56,6 @@ DAG = job_pb2.JobSpec(
         + [_todo("join", "noop", tuple(f"p{i}" for i in range(10)))]
     )
 )
-
-
-@contextmanager
-def distributed_backends() -> Iterator[dict[str, str]]:
-    """A fresh PostgreSQL database (migrated) and Redis key prefix; yields the CPA_* settings."""
-    name = f"cpa_bench_{uuid.uuid4().hex[:10]}"
-    admin_url = os.environ.get(
-        "CPA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    redis_url = os.environ.get("CPA_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    database_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "cpa_cli", "migrate", "--database-url", database_url],
-            check=True,
-            capture_output=True,
-        )
-        yield {
-            "CPA_DATABASE_URL": database_url,
-            "CPA_REDIS_URL": redis_url,
-            "CPA_REDIS_KEY_PREFIX": name,
-        }
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @contextmanager
@@ -244,7 +214,11 @@ async def paced_latency(clients: list[SchedulerClient], jobs: int, rate: float) 
 
 async def run(arguments: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
-        backend_env = stack.enter_context(distributed_backends()) if arguments.distributed else {}
+        backend_env = (
+            stack.enter_context(fresh_backends(ADMIN_URL, REDIS_URL, prefix="cpa_bench")).env()
+            if arguments.distributed
+            else {}
+        )
         addresses = stack.enter_context(
             processes(
                 replicas=arguments.replicas,
