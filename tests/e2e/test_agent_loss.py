@@ -15,6 +15,7 @@ from cpa_client import SchedulerClient
 from .conftest import (
     AgentProcesses,
     Agents,
+    Scheduler,
     finished,
     first_event,
     task_reached,
@@ -49,7 +50,7 @@ async def test_killed_agent_task_runs_again_elsewhere_after_the_lease(
 
 
 async def test_a_slow_agent_past_its_lease_has_its_late_result_refused(
-    raw_stream: RawAgentStream, client: SchedulerClient, agents: Agents
+    raw_stream: RawAgentStream, scheduler: Scheduler, client: SchedulerClient, agents: Agents
 ) -> None:
     await raw_stream.hello("slow")
     raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
@@ -57,15 +58,24 @@ async def test_a_slow_agent_past_its_lease_has_its_late_result_refused(
     job_id = response.job.job_id
     assignment = (await raw_stream.read_until("assignment")).assignment
     assert (assignment.job_id, assignment.todo.id, assignment.attempt) == (job_id, "step", 1)
-    # The slow agent sends no heartbeat: its lease expires and a live agent takes over.
+    # The slow agent sends nothing: its lease expires and a live agent takes over; the server
+    # closes the silent stream, so the slow agent gets no more work.
     await agents.start("fast")
     job = await finished(client, job_id)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert [a.agent_id for a in job.tasks[0].attempts] == ["slow", "fast"]
+    while await raw_stream.read() is not None:
+        pass
 
-    late = ex.Result(job_id=job_id, task_id="step", attempt=1)
-    raw_stream.send(ex.ConnectRequest(report_id=7, result=late))
-    ack = (await raw_stream.read_until("report_ack")).report_ack
+    # Back on a new stream, the slow agent reports its attempt at last: refused.
+    again = RawAgentStream(scheduler.target)
+    try:
+        await again.hello("slow")
+        late = ex.Result(job_id=job_id, task_id="step", attempt=1)
+        again.send(ex.ConnectRequest(report_id=7, result=late))
+        ack = (await again.read_until("report_ack")).report_ack
+    finally:
+        await again.close()
     assert (ack.report_id, ack.accepted) == (7, False)
     assert ack.reason == error_pb2.ERROR_REASON_STALE_ATTEMPT
     # The refused result changed nothing.

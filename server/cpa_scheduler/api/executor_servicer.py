@@ -221,9 +221,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                 session.last_seen_time = self._clock()
                 kind = request.WhichOneof("kind")
                 if kind == "credit":
-                    session.credits = min(
-                        session.credits + max(0, request.credit.slots), session.profile.slots
-                    )
+                    session.grant(max(0, request.credit.slots))
                     self._dispatcher.wake()
                 elif kind == "heartbeat":
                     await self._heartbeat(request.heartbeat, session, outgoing)
@@ -278,7 +276,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                 if ref in session.running:
                     # The result hands its slot back (no Credit message follows it).
                     session.running.discard(ref)
-                    session.credits = min(session.credits + 1, session.profile.slots)
+                    session.grant(1)
                     self._dispatcher.wake()
                 await self._orchestrator.report_result(tenant, ref, report)
             elif kind == "progress":

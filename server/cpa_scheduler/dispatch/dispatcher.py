@@ -118,11 +118,11 @@ class Dispatcher:
         except Exception:
             # Not acked: the queue delivers it again (the store still says QUEUED).
             log.exception("assigning %s/%s failed", item.task.job_id, item.task.todo.id)
-            session.credits += 1
+            session.grant(1)
             return
         await self._queue.ack([item])
         if message is None:
-            session.credits += 1
+            session.grant(1)
             self.wake()
             return
         session.running.add(AttemptRef(message.job_id, message.todo.id, message.attempt))

@@ -56,6 +56,12 @@ class AgentSession:
     def agent_id(self) -> str:
         return self.profile.agent_id
 
+    def grant(self, slots: int) -> None:
+        """Credits the agent gave (or a result returned), never more than its free slots as
+        this server knows them: a credit and a result may both count a slot freed during a
+        reconnect."""
+        self.credits = max(0, min(self.credits + slots, self.profile.slots - len(self.running)))
+
     @property
     def takes_work(self) -> bool:
         return self.state is AgentState.CONNECTED and self.credits > 0
