@@ -68,8 +68,12 @@ TODO_KEYS = (
     "required_labels",
     "requires_approval",
     "retry_policy",
+    "inputs",
 )
 SELECTOR_KEYS = ("strategy", "value")
+# The server checks the reference itself (an upstream task, a known key); an artifact_name is
+# passed on so that the server's "not supported yet" reaches the user.
+INPUT_KEYS = ("task_id", "output_key", "artifact_name")
 RETRY_POLICY_KEYS = (
     "max_attempts",
     "initial_backoff_s",
@@ -350,6 +354,7 @@ class _Reader:
                 message, "requires_approval", self.boolean(v, p)
             ),
             "retry_policy": lambda v, p: message.retry_policy.CopyFrom(self.retry_policy(v, p)),
+            "inputs": lambda v, p: self.inputs(message, v, p),
         }
         for key, item in fields.items():
             if key in converters and item is not None:
@@ -371,6 +376,23 @@ class _Reader:
             strategy=SELECTOR_STRATEGIES[strategy.lower()],
             value=self.string(fields["value"], (*path, "value")),
         )
+
+    def inputs(self, message: todo_pb2.ToDo, value: Any, path: YamlPath) -> None:
+        """`inputs: {name: {task_id: ..., output_key: ...}}`: outputs of upstream tasks."""
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping of inputs, got {_kind(value)}")
+        for name, item in value.items():
+            where = (*path, self.string(name, path))
+            fields = self.mapping(item, where, INPUT_KEYS, "an input reference")
+            reference = message.inputs[name]
+            if fields.get("task_id") is not None:
+                reference.task_id = self.string(fields["task_id"], (*where, "task_id"))
+            if fields.get("output_key") is not None:
+                reference.output_key = self.string(fields["output_key"], (*where, "output_key"))
+            if fields.get("artifact_name") is not None:
+                reference.artifact_name = self.string(
+                    fields["artifact_name"], (*where, "artifact_name")
+                )
 
     def labels(self, value: Any, path: YamlPath) -> dict[str, str]:
         if not isinstance(value, dict):

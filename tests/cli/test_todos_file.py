@@ -40,6 +40,8 @@ FULL = """\
 - id: file_it
   action: archive.store
   depends_on: download
+  inputs:
+    invoice: {task_id: download, output_key: path}
 """
 
 
@@ -93,6 +95,7 @@ def test_every_field_converts_to_the_todo_message() -> None:
             action=todo_pb2.ACTION_TYPE_CUSTOM,
             custom_action="archive.store",
             depends_on=["download"],
+            inputs={"invoice": todo_pb2.OutputReference(task_id="download", output_key="path")},
         ),
     ]
 
@@ -196,6 +199,16 @@ def test_built_in_agent_actions_are_custom_actions() -> None:
             "bad.yaml:4: todos[0].retry_policy.backoff: unknown key 'backoff' "
             "(did you mean 'max_backoff_s'?)",
             id="retry-key",
+        ),
+        pytest.param(
+            "- id: a\n  action: echo\n  inputs: [x]\n",
+            "bad.yaml:3: todos[0].inputs: expected a mapping of inputs, got a list",
+            id="inputs-list",
+        ),
+        pytest.param(
+            "- id: a\n  action: echo\n  inputs:\n    x: {task: b}\n",
+            "bad.yaml:4: todos[0].inputs.x.task: unknown key 'task' (did you mean 'task_id'?)",
+            id="input-key",
         ),
         pytest.param(
             "- id: a\n  action: echo\n  requires_approval: yes please\n",

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
+from cpa.common.v1 import todo_pb2
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import CpaError, SchedulerClient
 
@@ -18,6 +19,18 @@ Call = Callable[[SchedulerClient], Awaitable[Any]]
 
 def _schedule(spec: job_pb2.JobSpec, request_id: str = "") -> Call:
     return lambda client: client.schedule_job(spec, request_id=request_id)
+
+
+def _input(
+    task_id: str, output_key: str = "", *, artifact_name: str = "", name: str = "report"
+) -> dict[str, todo_pb2.OutputReference]:
+    """One input, `name`, taking `output_key` (or `artifact_name`) of `task_id`."""
+    reference = todo_pb2.OutputReference(task_id=task_id)
+    if output_key:
+        reference.output_key = output_key
+    if artifact_name:
+        reference.artifact_name = artifact_name
+    return {name: reference}
 
 
 CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
@@ -57,6 +70,71 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "UNKNOWN_DEPENDENCY",
         "spec.todos.todos[0].depends_on[0]",
+    ),
+    (
+        "input from an unknown task",
+        _schedule(
+            todos_spec(
+                todo("a", "echo"),
+                todo("b", "echo", depends_on=["a"], inputs=_input("ghost", output_key="x")),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_DEPENDENCY",
+        "spec.todos.todos[1].inputs[report].task_id",
+    ),
+    (
+        "input from a task that is not upstream",
+        _schedule(
+            todos_spec(
+                todo("a", "echo"),
+                todo("side", "echo", depends_on=["a"]),
+                todo("b", "echo", depends_on=["a"], inputs=_input("side", output_key="x")),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[2].inputs[report].task_id",
+    ),
+    (
+        "input without task id",
+        _schedule(todos_spec(todo("b", "echo", inputs=_input("", output_key="x")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MISSING_FIELD",
+        "spec.todos.todos[0].inputs[report].task_id",
+    ),
+    (
+        "input without output key",
+        _schedule(
+            todos_spec(todo("a", "echo"), todo("b", "echo", depends_on=["a"], inputs=_input("a")))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MISSING_FIELD",
+        "spec.todos.todos[1].inputs[report].output_key",
+    ),
+    (
+        "input from an artifact",
+        _schedule(
+            todos_spec(
+                todo("a", "echo"),
+                todo("b", "echo", depends_on=["a"], inputs=_input("a", artifact_name="pdf")),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[1].inputs[report].artifact_name",
+    ),
+    (
+        "bad input name",
+        _schedule(
+            todos_spec(
+                todo("a", "echo"),
+                todo("b", "echo", depends_on=["a"], inputs=_input("a", "x", name="2nd report")),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[1].inputs[2nd report]",
     ),
     (
         "duplicate task id",

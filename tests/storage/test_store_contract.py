@@ -25,6 +25,7 @@ from cpa_scheduler.domain import (
     JobState,
     JobStateChanged,
     NotFound,
+    OutputRef,
     PagePosition,
     Reason,
     RetryPolicy,
@@ -53,7 +54,12 @@ def at(seconds: float) -> datetime:
     return NOW + timedelta(seconds=seconds)
 
 
-def todo(task_id: str, *depends_on: str, retry_policy: RetryPolicy | None = None) -> ToDo:
+def todo(
+    task_id: str,
+    *depends_on: str,
+    retry_policy: RetryPolicy | None = None,
+    inputs: dict[str, OutputRef] | None = None,
+) -> ToDo:
     return ToDo(
         id=task_id,
         action="type",
@@ -65,6 +71,7 @@ def todo(task_id: str, *depends_on: str, retry_policy: RetryPolicy | None = None
         required_labels={"site": "eu"},
         timeout_s=30.0,
         schedule_to_start_s=120.0,
+        inputs=inputs or {},
     )
 
 
@@ -455,6 +462,34 @@ async def test_list_events_in_order_after_a_sequence(store: Store) -> None:
     assert isinstance(everything[0].payload, JobStateChanged)
     with pytest.raises(NotFound):
         await store.list_events(TENANT, "nope", after_sequence=0, limit=10)
+
+
+async def test_inputs_of_a_todo_survive_a_reopening_and_the_queue(open_store: OpenStore) -> None:
+    # Read back from the database itself, not from a cache of live jobs: the store is reopened.
+    inputs = {
+        "value": OutputRef(task_id="a", output_key="x"),
+        "name": OutputRef(task_id="a", output_key="label ✓"),
+    }
+    store = await open_store()
+    await create(store, new_job("job-1", todo("a"), todo("b", "a", inputs=inputs)))
+    await store.update_job(TENANT, "job-1", assigning("a"))
+    await store.update_job(
+        TENANT,
+        "job-1",
+        lambda j: j.succeed("a", attempt=1, outputs={"x": 41, "label ✓": "hi"}, now=at(1)),
+    )
+    await store.close()
+
+    reopened = await open_store()
+    job = await reopened.get_job(TENANT, "job-1")
+    assert job.tasks["b"].todo == todo("b", "a", inputs=inputs)
+    assert job.tasks["a"].todo.inputs == {}
+    assert job.inputs_of("b") == {"value": 41, "name": "hi"}
+    # Inside a transaction too, as the orchestrator resolves them when it assigns b.
+    _, resolved, _ = await reopened.update_job(TENANT, "job-1", lambda j: j.inputs_of("b"))
+    assert resolved == {"value": 41, "name": "hi"}
+    [queued] = await reopened.queued_tasks(limit=10)
+    assert queued.todo == todo("b", "a", inputs=inputs)
 
 
 # -- dispatch support ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from cpa_scheduler.domain import (
     JobSource,
     JobState,
     JobStateChanged,
+    OutputRef,
     Reason,
     RetryPolicy,
     Selector,
@@ -215,6 +216,22 @@ def _selector_from_proto(message: todo_pb2.Selector, field: str) -> Selector:
     )
 
 
+def _inputs_from_proto(message: todo_pb2.ToDo, field: str) -> dict[str, OutputRef]:
+    """The inputs by name (sorted: a proto map has no order); ToDo.validate checks the rest."""
+    inputs: dict[str, OutputRef] = {}
+    for name in sorted(message.inputs):
+        ref = message.inputs[name]
+        if ref.WhichOneof("target") == "artifact_name":
+            # Refused, never dropped: this server stores no artifacts yet, so it cannot resolve one.
+            raise InvalidArgument(
+                f"task {message.id!r}: input {name!r} takes artifact {ref.artifact_name!r} of task "
+                f"{ref.task_id!r}; artifact inputs are not supported yet, only output_key",
+                field=f"{field}.inputs[{name}].artifact_name",
+            )
+        inputs[name] = OutputRef(task_id=ref.task_id, output_key=ref.output_key)
+    return inputs
+
+
 def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
     """A validated domain ToDo; errors name the field under `field` (e.g. `spec.todos.todos[3]`)."""
     timeout_s = _duration_s(message.timeout) if message.HasField("timeout") else None
@@ -241,6 +258,7 @@ def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
         required_capabilities=frozenset(message.required_capabilities),
         required_labels=dict(message.required_labels),
         requires_approval=message.requires_approval,
+        inputs=_inputs_from_proto(message, field),
     )
     todo.validate(field)
     return todo
@@ -266,6 +284,10 @@ def todo_to_proto(todo: ToDo) -> todo_pb2.ToDo:
         required_capabilities=sorted(todo.required_capabilities),
         required_labels=dict(todo.required_labels),
         requires_approval=todo.requires_approval,
+        inputs={
+            name: todo_pb2.OutputReference(task_id=ref.task_id, output_key=ref.output_key)
+            for name, ref in todo.inputs.items()
+        },
     )
     if todo.selector is not None:
         message.selector.CopyFrom(
@@ -605,6 +627,8 @@ def outbound_to_proto(
         attempt=message.attempt,
         tenant=message.tenant,
     )
+    if message.inputs:
+        assignment.inputs.CopyFrom(dict_to_struct(message.inputs))
     _set_time(assignment, "deadline", message.deadline)
     return executor_service_pb2.ConnectResponse(assignment=assignment)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from cpa_scheduler.domain import AgentState, AttemptRef, ToDo
 
@@ -21,6 +22,8 @@ class AssignmentMessage:
     todo: ToDo
     attempt: int
     deadline: datetime | None
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    """The values of the ToDo's inputs (Job.inputs_of), keyed by input name."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,6 +26,7 @@ from .job import (
     SourceKind,
     StaleAttempt,
     Task,
+    UnresolvedInput,
 )
 from .job_query import JobFilter, PagePosition
 from .retry import DEFAULT_RETRY_POLICY, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT_S, RetryPolicy
@@ -46,8 +47,10 @@ from .task_graph import GraphCycleError, TaskGraph
 from .todo import (
     BUILTIN_ACTIONS,
     IDENTIFIER_PATTERN,
+    INPUT_NAME_PATTERN,
     TASK_ID_PATTERN,
     ActionType,
+    OutputRef,
     Selector,
     SelectorStrategy,
     ToDo,
@@ -63,8 +66,10 @@ __all__ = [
     # todo
     "BUILTIN_ACTIONS",
     "IDENTIFIER_PATTERN",
+    "INPUT_NAME_PATTERN",
     "TASK_ID_PATTERN",
     "ActionType",
+    "OutputRef",
     "Selector",
     "SelectorStrategy",
     "ToDo",
@@ -83,6 +88,7 @@ __all__ = [
     "SourceKind",
     "StaleAttempt",
     "Task",
+    "UnresolvedInput",
     # events
     "EventPayload",
     "JobEvent",

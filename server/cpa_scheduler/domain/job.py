@@ -135,6 +135,24 @@ class StaleAttempt(FailedPrecondition):
     reason = Reason.STALE_ATTEMPT
 
 
+class UnresolvedInput(FailedPrecondition):
+    """A task's input names an output its upstream task did not produce (see Job.inputs_of).
+
+    `error` is how the task fails for it: not retryable, since the upstream's outputs are final.
+    """
+
+    reason = Reason.UNRESOLVED_INPUT
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message, reason=Reason.UNRESOLVED_INPUT, field=field)
+        self.error = TaskError(
+            code=Reason.UNRESOLVED_INPUT.value,
+            message=message,
+            retryable=False,
+            reason=Reason.UNRESOLVED_INPUT,
+        )
+
+
 @dataclass(slots=True, kw_only=True)
 class Job:
     """The aggregate. Create with `Job.create`; mutate only through its methods."""
@@ -275,6 +293,68 @@ class Job:
             self.start_time = self.start_time or now
             self._move_job(JobState.RUNNING, now)
         return task
+
+    # -- inputs ---------------------------------------------------------------------------
+    #
+    # Inputs are resolved when an attempt is assigned, in the transaction that assigns it (the
+    # orchestrator calls inputs_of, then assign or fail_unresolved). Not when the upstream task
+    # succeeds: the check is then fenced like the assignment itself, sees exactly the outputs
+    # the attempt is sent with, and a task whose other dependencies fail is skipped as usual
+    # instead of failing for an input it would never have used.
+
+    def inputs_of(self, task_id: str) -> dict[str, Any]:
+        """The values of the task's inputs, keyed by input name, from its upstream tasks' outputs.
+
+        Raises UnresolvedInput when an upstream task has not succeeded or did not produce the
+        referenced key: the task must not run with an input silently missing.
+        """
+        todo = self.task(task_id).todo
+        values: dict[str, Any] = {}
+        for name in sorted(todo.inputs):
+            ref = todo.inputs[name]
+            upstream = self.tasks.get(ref.task_id)
+            outputs = (
+                upstream.outputs
+                if upstream is not None and upstream.state is TaskState.SUCCEEDED
+                else None
+            )
+            if outputs is None:
+                raise UnresolvedInput(
+                    f"task {task_id!r}: input {name!r} takes output {ref.output_key!r} of task "
+                    f"{ref.task_id!r}, which has not succeeded",
+                    field=f"inputs[{name}].task_id",
+                )
+            if ref.output_key not in outputs:
+                produced = ", ".join(repr(key) for key in sorted(outputs)[:20]) or "none"
+                more = ", ..." if len(outputs) > 20 else ""
+                raise UnresolvedInput(
+                    f"task {task_id!r}: input {name!r} takes output {ref.output_key!r} of task "
+                    f"{ref.task_id!r}, which did not produce it (its outputs: {produced}{more})",
+                    field=f"inputs[{name}].output_key",
+                )
+            values[name] = outputs[ref.output_key]
+        return values
+
+    def fail_unresolved(
+        self, task_id: str, *, attempt: int, unresolved: UnresolvedInput, now: datetime
+    ) -> None:
+        """The QUEUED task cannot start as attempt `attempt`: an input is unresolved. It fails
+        for good without an attempt (nothing ran), and its dependents are skipped.
+
+        Fenced as assign is: StaleAttempt unless the task waits QUEUED for that attempt.
+        """
+        task = self.task(task_id)
+        if (
+            task.state is not TaskState.QUEUED
+            or task.attempt != attempt - 1
+            or self.cancel_requested
+            or self.is_terminal
+        ):
+            raise StaleAttempt(
+                f"task {task_id!r} attempt {attempt} cannot start: task is {task.state.value} "
+                f"at attempt {task.attempt}"
+            )
+        self._fail_task(task, unresolved.error, now)
 
     def progress(
         self, task_id: str, *, attempt: int, percent: float | None, message: str, now: datetime

@@ -1,7 +1,8 @@
 """TaskGraph: the ToDos of one job and their depends_on edges, checked by build(), then read-only.
 
 Every walk is iterative and linear in tasks plus edges (the tie-break of the topological order adds
-a heap's log factor), so a 100 000-step plan neither hits the recursion limit nor crawls.
+a heap's log factor; the check of inputs walks once per 2048 distinct tasks that inputs take from
+beyond a direct dependency), so a 100 000-step plan neither hits the recursion limit nor crawls.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from collections.abc import Set as AbstractSet
 
 from .errors import InvalidArgument, NotFound, Reason
 from .todo import ToDo
+
+# Distinct tasks referenced by inputs (beyond direct dependencies) per upstream walk: bounds the
+# walk's bit sets to 256 bytes a task.
+_UPSTREAM_CHUNK = 2048
 
 
 class GraphCycleError(InvalidArgument):
@@ -90,7 +95,8 @@ class TaskGraph:
         self._todos.append(todo)
 
     def build(self) -> TaskGraph:
-        """Validate the graph (non-empty, dependencies known and unique, no cycle) and freeze it.
+        """Validate the graph (non-empty, dependencies known and unique, no cycle, inputs taken
+        from upstream tasks) and freeze it.
 
         Returns the graph itself; building a built graph again does nothing.
         """
@@ -127,6 +133,7 @@ class TaskGraph:
                     heapq.heappush(ready, dependent)
         if len(order) < count:
             raise self._cycle_error(deps, unmet)
+        self._check_inputs(deps, order)
 
         batches: list[list[str]] = [[] for _ in range(max(level) + 1)]
         position = [0] * count
@@ -175,6 +182,76 @@ class TaskGraph:
                     field=f"todos[{position}].depends_on[{j}]",
                 )
             seen.add(dep)
+
+    def _check_inputs(self, deps: list[tuple[int, ...]], order: list[int]) -> None:
+        """Every input must name a task upstream of its own: one it depends on, directly or not.
+
+        A direct dependency is checked at once. The others are answered by one walk in
+        topological order per `_UPSTREAM_CHUNK` distinct referenced tasks, carrying for each
+        task the set (an int used as a bit set) of those referenced tasks that are upstream of
+        it: linear in tasks plus edges for the usual plan, and bounded in memory for any.
+        The error reported is the first in request order (task position, then input name).
+        """
+        index = self._index
+        far: list[tuple[int, str, int]] = []  # (task, input name, referenced task) to walk for
+        first: tuple[int, str, InvalidArgument] | None = None  # found without a walk
+        for position, todo in enumerate(self._todos):
+            if not todo.inputs:
+                continue
+            direct = set(deps[position])
+            for name in sorted(todo.inputs):  # the order ToDo.validate reports in
+                ref = todo.inputs[name]
+                target = index.get(ref.task_id)
+                if target is None:
+                    first = (position, name, self._unknown_input_task(position, name))
+                elif target == position:
+                    first = (position, name, self._not_upstream(position, name, "its own task"))
+                elif target not in direct:
+                    far.append((position, name, target))
+                if first is not None:
+                    break
+            if first is not None:
+                break  # only inputs listed before it can be reported instead
+        not_upstream: list[tuple[int, str]] = []
+        targets = sorted({target for _, _, target in far})
+        for start in range(0, len(targets), _UPSTREAM_CHUNK):
+            bits = {t: 1 << i for i, t in enumerate(targets[start : start + _UPSTREAM_CHUNK])}
+            upstream = [0] * len(deps)
+            for task in order:
+                found = 0
+                for dep in deps[task]:
+                    found |= upstream[dep] | bits.get(dep, 0)
+                upstream[task] = found
+            not_upstream.extend(
+                (position, name)
+                for position, name, target in far
+                if target in bits and not upstream[position] & bits[target]
+            )
+        if not_upstream:
+            position, name = min(not_upstream)
+            if first is None or (position, name) < first[:2]:
+                task_id = self._todos[position].inputs[name].task_id
+                raise self._not_upstream(position, name, f"task {task_id!r}")
+        if first is not None:
+            raise first[2]
+
+    def _unknown_input_task(self, position: int, name: str) -> InvalidArgument:
+        todo = self._todos[position]
+        return InvalidArgument(
+            f"task {todo.id!r}: input {name!r} takes an output of unknown task "
+            f"{todo.inputs[name].task_id!r}",
+            reason=Reason.UNKNOWN_DEPENDENCY,
+            field=f"todos[{position}].inputs[{name}].task_id",
+        )
+
+    def _not_upstream(self, position: int, name: str, what: str) -> InvalidArgument:
+        todo = self._todos[position]
+        return InvalidArgument(
+            f"task {todo.id!r}: input {name!r} takes an output of {what}, which is not upstream "
+            f"of it; an input may only name a task that {todo.id!r} depends on, directly or "
+            "through depends_on of its dependencies",
+            field=f"todos[{position}].inputs[{name}].task_id",
+        )
 
     def _cycle_error(self, deps: list[tuple[int, ...]], unmet: list[int]) -> GraphCycleError:
         # Every task Kahn could not emit still waits for another such task, so following those

@@ -31,6 +31,9 @@ BUILTIN_ACTIONS: frozenset[str] = frozenset(a.value for a in ActionType)
 # and logs.
 IDENTIFIER_PATTERN = re.compile(r"^[a-z][a-z0-9_.\-]{0,62}$")
 TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+# Input names are the keys an executor finds its input values under (Assignment.inputs): 1-63
+# letters, digits or '_', starting with a letter, so every language can use them as identifiers.
+INPUT_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
 
 class SelectorStrategy(StrEnum):
@@ -51,6 +54,19 @@ class Selector:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutputRef:
+    """An output of an upstream task: the value under `output_key` in the outputs of `task_id`.
+
+    `output_key` is a top-level key of those outputs, taken literally (no path syntax). That the
+    task exists and is upstream is a graph rule (TaskGraph.build); that it produced the key is
+    only known once it succeeded (Job.inputs_of).
+    """
+
+    task_id: str
+    output_key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ToDo:
     """One step of a task graph. `action` is a built-in name (see ActionType) or a custom action."""
 
@@ -68,6 +84,8 @@ class ToDo:
     required_capabilities: frozenset[str] = field(default_factory=frozenset)
     required_labels: Mapping[str, str] = field(default_factory=dict)
     requires_approval: bool = False
+    inputs: Mapping[str, OutputRef] = field(default_factory=dict)
+    """Named inputs, resolved from upstream tasks' outputs when an attempt is assigned."""
 
     @property
     def is_builtin_action(self) -> bool:
@@ -118,3 +136,26 @@ class ToDo:
             )
         if self.retry_policy is not None:
             self.retry_policy.validate(f"{field_prefix}.retry_policy")
+        # Sorted: a proto map has no order, and the first problem reported must not vary.
+        for name in sorted(self.inputs):
+            self._validate_input(name, self.inputs[name], f"{field_prefix}.inputs[{name}]")
+
+    def _validate_input(self, name: str, ref: OutputRef, field_name: str) -> None:
+        if not INPUT_NAME_PATTERN.fullmatch(name):
+            raise InvalidArgument(
+                f"task {self.id!r}: input name {name!r} must be 1-63 letters, digits or '_', "
+                "starting with a letter",
+                field=field_name,
+            )
+        if not ref.task_id:
+            raise InvalidArgument(
+                f"task {self.id!r}: input {name!r} names no task",
+                reason=Reason.MISSING_FIELD,
+                field=f"{field_name}.task_id",
+            )
+        if not ref.output_key:
+            raise InvalidArgument(
+                f"task {self.id!r}: input {name!r} names no output_key of task {ref.task_id!r}",
+                reason=Reason.MISSING_FIELD,
+                field=f"{field_name}.output_key",
+            )

@@ -34,6 +34,7 @@ from cpa_scheduler.domain import (
     Reason,
     StaleAttempt,
     TaskError,
+    UnresolvedInput,
 )
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
@@ -234,7 +235,8 @@ class Orchestrator:
     # -- agents' side -----------------------------------------------------------------------
 
     async def assign(self, item: QueuedTask, agent_id: str) -> AssignmentMessage | None:
-        """Start the next attempt of a queued task on `agent_id`; None when it is stale."""
+        """Start the next attempt of a queued task on `agent_id`, its inputs resolved; None when
+        the item is stale, or when the task failed instead because an input is unresolved."""
         attempt = item.attempt + 1
         now = self._clock()
         task_id = item.todo.id
@@ -245,21 +247,31 @@ class Orchestrator:
             if item.todo.timeout_s is None
             else now + timedelta(seconds=item.todo.timeout_s) + self._timeout_grace
         )
-        try:
-            job, _ = await self._apply(
-                item.tenant,
-                item.job_id,
-                lambda j: j.assign(
-                    task_id,
-                    attempt=attempt,
-                    agent_id=agent_id,
-                    lease_until=now + self._lease,
-                    now=now,
-                    timeout_at=timeout_at,
-                ),
+
+        def start(job: Job) -> dict[str, Any] | None:
+            # Resolved in the assigning transaction (see Job.inputs_of): the attempt is sent
+            # exactly the outputs stored now; a missing one fails the task (fenced) instead.
+            try:
+                inputs = job.inputs_of(task_id)
+            except UnresolvedInput as unresolved:
+                job.fail_unresolved(task_id, attempt=attempt, unresolved=unresolved, now=now)
+                return None
+            job.assign(
+                task_id,
+                attempt=attempt,
+                agent_id=agent_id,
+                lease_until=now + self._lease,
+                now=now,
+                timeout_at=timeout_at,
             )
+            return inputs
+
+        try:
+            job, inputs = await self._apply(item.tenant, item.job_id, start)
         except (StaleAttempt, NotFound):
             return None
+        if inputs is None:
+            return None  # the task failed: an input could not be resolved
         todo = job.tasks[task_id].todo
         deadlines = [job.options.deadline] if job.options.deadline else []
         if todo.timeout_s is not None:
@@ -270,6 +282,7 @@ class Orchestrator:
             todo=todo,
             attempt=attempt,
             deadline=min(deadlines) if deadlines else None,
+            inputs=inputs,
         )
 
     async def report_progress(

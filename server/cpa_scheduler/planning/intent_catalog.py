@@ -23,6 +23,7 @@ from yaml.reader import ReaderError
 from cpa_scheduler.domain import (
     DomainError,
     InvalidArgument,
+    OutputRef,
     Reason,
     RetryPolicy,
     Selector,
@@ -52,7 +53,7 @@ _RENDER_FAILURES = (TemplateError, ArithmeticError, LookupError, TypeError, Valu
 # The domain's validators name fields as the API does; the catalog spells a few of them differently.
 _DOMAIN_TO_YAML_FIELD = {
     "timeout": "timeout_s",
-    "schedule_to_start_timeout": "schedule_to_start_s",
+    "schedule_to_start_timeout": "schedule_to_start_timeout_s",
     "initial_backoff": "initial_backoff_s",
     "backoff_multiplier": "multiplier",
     "max_backoff": "max_backoff_s",
@@ -145,6 +146,7 @@ class TaskTemplate:
     required_capabilities: frozenset[str]
     required_labels: Mapping[str, str]
     requires_approval: bool
+    inputs: Mapping[str, OutputRef]
     line: int
 
     def render(self, variables: Mapping[str, Any], *, intent: str) -> ToDo:
@@ -191,6 +193,7 @@ class TaskTemplate:
             required_capabilities=self.required_capabilities,
             required_labels=dict(self.required_labels),
             requires_approval=self.requires_approval,
+            inputs=self.inputs,
         )
         try:
             todo.validate(f"tasks.{self.id}")
@@ -478,6 +481,13 @@ class _RetryPolicySpec(_Spec):
     non_retryable_codes: list[str] = Field(default_factory=list)
 
 
+class _InputSpec(_Spec):
+    task_id: str
+    output_key: str = ""
+    # Accepted by the schema only to be refused with a clear message (see _CatalogBuilder._task).
+    artifact_name: str | None = None
+
+
 class _TaskSpec(_Spec):
     id: str
     action: str
@@ -486,12 +496,13 @@ class _TaskSpec(_Spec):
     text: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = None
-    schedule_to_start_s: float | None = None
+    schedule_to_start_timeout_s: float | None = None
     depends_on: list[str] = Field(default_factory=list)
     required_capabilities: list[str] = Field(default_factory=list)
     required_labels: dict[str, str] = Field(default_factory=dict)
     requires_approval: bool = False
     retry_policy: _RetryPolicySpec | None = None
+    inputs: dict[str, _InputSpec] = Field(default_factory=dict)
 
 
 class _PatternSpec(_Spec):
@@ -657,14 +668,16 @@ class _CatalogBuilder:
                 retry_policy = RetryPolicy(**settings)
             except DomainError as exc:
                 raise self._domain_error(exc, path) from None
+        inputs = self._inputs(spec, path)
         try:
             # The fields that are not templates can be checked once, here, by the domain's rules.
             ToDo(
                 id=spec.id,
                 action=spec.action,
                 timeout_s=spec.timeout_s,
-                schedule_to_start_s=spec.schedule_to_start_s,
+                schedule_to_start_s=spec.schedule_to_start_timeout_s,
                 retry_policy=retry_policy,
+                inputs=inputs,
             ).validate("todo")
         except DomainError as exc:
             raise self._domain_error(exc, path) from None
@@ -684,14 +697,30 @@ class _CatalogBuilder:
                 for key, value in spec.params.items()
             },
             timeout_s=spec.timeout_s,
-            schedule_to_start_s=spec.schedule_to_start_s,
+            schedule_to_start_s=spec.schedule_to_start_timeout_s,
             depends_on=tuple(spec.depends_on),
             retry_policy=retry_policy,
             required_capabilities=frozenset(spec.required_capabilities),
             required_labels=dict(spec.required_labels),
             requires_approval=spec.requires_approval,
+            inputs=inputs,
             line=self._locator.lines.line_of(path),
         )
+
+    def _inputs(self, spec: _TaskSpec, path: YamlPath) -> dict[str, OutputRef]:
+        """Inputs as the API takes them (task_id, output_key), static like depends_on."""
+        for name in sorted(spec.inputs):
+            if spec.inputs[name].artifact_name is not None:
+                raise self._locator.error(
+                    (*path, "inputs", name, "artifact_name"),
+                    "artifact inputs are not supported yet; use output_key",
+                )
+        return {
+            name: OutputRef(
+                task_id=spec.inputs[name].task_id, output_key=spec.inputs[name].output_key
+            )
+            for name in sorted(spec.inputs)
+        }
 
     def _param_template(
         self, value: Any, path: YamlPath, declared: frozenset[str]
@@ -764,9 +793,21 @@ class _CatalogBuilder:
             ) from None
 
     def _check_graph(self, tasks: Sequence[_TaskSpec], path: YamlPath) -> None:
-        # TaskGraph owns the graph rules (duplicates, unknown dependencies, cycles); only the
-        # location of its error is translated into the YAML document here.
-        probes = [ToDo(id=t.id, action=t.action, depends_on=tuple(t.depends_on)) for t in tasks]
+        # TaskGraph owns the graph rules (duplicates, unknown dependencies, cycles, inputs taken
+        # from upstream tasks); only the location of its error is translated into the YAML
+        # document here.
+        probes = [
+            ToDo(
+                id=t.id,
+                action=t.action,
+                depends_on=tuple(t.depends_on),
+                inputs={
+                    name: OutputRef(task_id=ref.task_id, output_key=ref.output_key)
+                    for name, ref in t.inputs.items()
+                },
+            )
+            for t in tasks
+        ]
         try:
             TaskGraph.from_todos(probes)
         except DomainError as exc:
@@ -779,9 +820,13 @@ class _CatalogBuilder:
 
     def _domain_error(self, exc: DomainError, task_path: YamlPath) -> CatalogError:
         # Domain fields read "todo.timeout" or "retry_policy.max_backoff"; map them to YAML keys.
+        # An input's name is the user's own key ("inputs[timeout]"), never renamed.
         parts = _field_path(exc.field.removeprefix("todo"))
         field_path = tuple(
-            _DOMAIN_TO_YAML_FIELD.get(p, p) if isinstance(p, str) else p for p in parts
+            _DOMAIN_TO_YAML_FIELD.get(p, p)
+            if isinstance(p, str) and (i == 0 or parts[i - 1] != "inputs")
+            else p
+            for i, p in enumerate(parts)
         )
         return self._locator.error((*task_path, *field_path), exc.message, reason=exc.reason)
 

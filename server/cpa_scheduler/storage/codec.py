@@ -20,6 +20,7 @@ from cpa_scheduler.domain import (
     JobSource,
     JobState,
     JobStateChanged,
+    OutputRef,
     Reason,
     RetryPolicy,
     Selector,
@@ -111,6 +112,10 @@ def todo_to_data(todo: ToDo) -> Data:
         "required_capabilities": sorted(todo.required_capabilities),
         "required_labels": dict(todo.required_labels),
         "requires_approval": todo.requires_approval,
+        "inputs": {
+            name: {"task_id": ref.task_id, "output_key": ref.output_key}
+            for name, ref in todo.inputs.items()
+        },
     }
 
 
@@ -133,6 +138,11 @@ def todo_from_data(data: Data) -> ToDo:
         required_capabilities=frozenset(data["required_capabilities"]),
         required_labels=data["required_labels"],
         requires_approval=data["requires_approval"],
+        # Absent in rows written before inputs existed.
+        inputs={
+            name: OutputRef(task_id=ref["task_id"], output_key=ref["output_key"])
+            for name, ref in data.get("inputs", {}).items()
+        },
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,11 +11,13 @@ from google.protobuf import duration_pb2, struct_pb2
 from cpa.common.v1 import error_pb2, todo_pb2
 from cpa.scheduler.v1 import job_pb2
 from cpa_scheduler.api import convert
+from cpa_scheduler.dispatch import AssignmentMessage
 from cpa_scheduler.domain import (
     DEFAULT_RETRY_POLICY,
     AttemptState,
     InvalidArgument,
     JobState,
+    OutputRef,
     Reason,
     RetryPolicy,
     Selector,
@@ -102,8 +105,12 @@ def test_full_todo_round_trips() -> None:
         required_capabilities=frozenset({"browser:chromium"}),
         required_labels={"site": "berlin"},
         requires_approval=True,
+        inputs={"session": OutputRef(task_id="login", output_key="cookie")},
     )
     message = convert.todo_to_proto(todo)
+    assert message.inputs["session"] == todo_pb2.OutputReference(
+        task_id="login", output_key="cookie"
+    )
     assert message.action == todo_pb2.ACTION_TYPE_PLAYWRIGHT
     assert message.custom_action == ""
     assert message.timeout == duration_pb2.Duration(seconds=12, nanos=500_000_000)
@@ -228,6 +235,69 @@ def test_bad_todo_names_reason_and_field(
     assert caught.value.reason is reason
     assert caught.value.field == field
     assert message_part in caught.value.message
+
+
+def _with_inputs(**inputs: todo_pb2.OutputReference) -> todo_pb2.ToDo:
+    return todo_pb2.ToDo(id="b", action=todo_pb2.ACTION_TYPE_CLICK, inputs=inputs)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "field", "message_part"),
+    [
+        (
+            _with_inputs(report=todo_pb2.OutputReference(task_id="a", artifact_name="pdf")),
+            Reason.INVALID_FIELD,
+            "todos[0].inputs[report].artifact_name",
+            "input 'report' takes artifact 'pdf' of task 'a'; artifact inputs are not "
+            "supported yet",
+        ),
+        (
+            _with_inputs(report=todo_pb2.OutputReference(task_id="a")),
+            Reason.MISSING_FIELD,
+            "todos[0].inputs[report].output_key",
+            "input 'report' names no output_key",
+        ),
+        (
+            _with_inputs(report=todo_pb2.OutputReference(output_key="x")),
+            Reason.MISSING_FIELD,
+            "todos[0].inputs[report].task_id",
+            "input 'report' names no task",
+        ),
+        (
+            _with_inputs(**{"bad name": todo_pb2.OutputReference(task_id="a", output_key="x")}),
+            Reason.INVALID_FIELD,
+            "todos[0].inputs[bad name]",
+            "input name 'bad name' must be",
+        ),
+    ],
+    ids=["artifact", "no output_key", "no task_id", "bad name"],
+)
+def test_bad_input_names_reason_and_field(
+    message: todo_pb2.ToDo, reason: Reason, field: str, message_part: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        convert.todos_from_proto([message])
+    assert caught.value.reason is reason
+    assert caught.value.field == field
+    assert message_part in caught.value.message
+
+
+def test_assignment_carries_the_resolved_inputs() -> None:
+    todo = ToDo(id="b", action="echo", inputs={"v": OutputRef(task_id="a", output_key="x")})
+    message = AssignmentMessage(
+        tenant="t",
+        job_id="job-1",
+        todo=todo,
+        attempt=1,
+        deadline=datetime(2030, 1, 1, tzinfo=UTC),
+        inputs={"v": {"deep": [1, "two"]}},
+    )
+    assignment = convert.outbound_to_proto(message).assignment
+    assert convert.struct_to_dict(assignment.inputs) == {"v": {"deep": [1.0, "two"]}}
+    assert convert.todo_from_proto(assignment.todo) == todo
+
+    without = AssignmentMessage(tenant="t", job_id="job-1", todo=todo, attempt=1, deadline=None)
+    assert not convert.outbound_to_proto(without).assignment.HasField("inputs")
 
 
 def test_second_todo_is_blamed_by_index() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from cpa_scheduler.domain.errors import InvalidArgument, Reason
 from cpa_scheduler.domain.retry import RetryPolicy
-from cpa_scheduler.domain.todo import SelectorStrategy
+from cpa_scheduler.domain.todo import OutputRef, SelectorStrategy
 from cpa_scheduler.planning import (
     CatalogError,
     IntentCatalog,
@@ -68,6 +68,7 @@ def test_loaded_intent_keeps_patterns_parameters_and_tasks(tmp_path: Path) -> No
                 depends_on: [open]
                 selector: {strategy: role, value: "button"}
                 timeout_s: 30
+                schedule_to_start_timeout_s: 120
                 required_capabilities: [playwright]
                 required_labels: {site: hq}
                 requires_approval: true
@@ -105,6 +106,7 @@ def test_loaded_intent_keeps_patterns_parameters_and_tasks(tmp_path: Path) -> No
     assert pay.depends_on == ("open",)
     assert pay.selector_strategy is SelectorStrategy.ROLE
     assert pay.timeout_s == 30
+    assert pay.schedule_to_start_s == 120
     assert pay.required_capabilities == frozenset({"playwright"})
     assert pay.required_labels == {"site": "hq"}
     assert pay.requires_approval is True
@@ -704,6 +706,25 @@ def test_domain_rules_apply_to_static_task_fields(tmp_path: Path) -> None:
     )
 
 
+def test_a_schedule_to_start_timeout_is_checked_under_its_yaml_name(tmp_path: Path) -> None:
+    error, _ = load_error(
+        tmp_path,
+        """
+        intents:
+          - name: send_mail
+            description: Send a mail.
+            tasks:
+              - id: compose
+                action: send_mail
+                schedule_to_start_timeout_s: -5
+        """,
+    )
+
+    assert error.line == 7
+    assert error.field == "intents[0].tasks[0].schedule_to_start_timeout_s"
+    assert "schedule-to-start timeout must be positive" in str(error)
+
+
 def test_bad_custom_action_keeps_the_domain_reason(tmp_path: Path) -> None:
     error, _ = load_error(
         tmp_path,
@@ -746,3 +767,123 @@ def test_bad_retry_policy_points_at_the_field(tmp_path: Path) -> None:
         f"{path}:10: intent 'send_mail' task 'compose' field 'retry_policy.max_backoff_s': "
         "max_backoff must be between"
     )
+
+
+# --- Inputs ---------------------------------------------------------------------------------------
+
+
+def test_task_inputs_are_loaded_and_rendered(tmp_path: Path) -> None:
+    path = write_catalog(
+        tmp_path,
+        """
+        intents:
+          - name: pay_invoice
+            description: Pay an invoice.
+            tasks:
+              - {id: read, action: playwright}
+              - {id: check, action: noop, depends_on: [read]}
+              - id: pay
+                action: click
+                depends_on: [check]
+                inputs:
+                  amount: {task_id: read, output_key: total}
+                  approved: {task_id: check, output_key: ok}
+        """,
+    )
+
+    intent = load_catalog(path).intents[0]
+    pay = intent.render({}, context={})[2]
+
+    assert pay.inputs == {
+        "amount": OutputRef(task_id="read", output_key="total"),
+        "approved": OutputRef(task_id="check", output_key="ok"),
+    }
+    assert intent.render({}, context={})[0].inputs == {}
+
+
+def test_input_from_a_task_that_is_not_upstream_is_refused_at_load(tmp_path: Path) -> None:
+    error, path = load_error(
+        tmp_path,
+        """
+        intents:
+          - name: pay_invoice
+            description: Pay an invoice.
+            tasks:
+              - {id: read, action: playwright}
+              - id: pay
+                action: click
+                inputs:
+                  amount:
+                    task_id: read
+                    output_key: total
+        """,
+    )
+
+    assert error.reason is Reason.INVALID_FIELD
+    assert error.line == 10
+    assert error.field == "intents[0].tasks[1].inputs.amount.task_id"
+    assert str(error).startswith(
+        f"{path}:10: intent 'pay_invoice' task 'pay' field 'inputs.amount.task_id': "
+        "task 'pay': input 'amount' takes an output of task 'read', which is not upstream of it"
+    )
+
+
+def test_artifact_input_is_refused_at_load(tmp_path: Path) -> None:
+    error, path = load_error(
+        tmp_path,
+        """
+        intents:
+          - name: mail_pdf
+            description: Mail a PDF.
+            tasks:
+              - {id: download, action: playwright}
+              - id: send
+                action: send_mail
+                depends_on: [download]
+                inputs:
+                  pdf: {task_id: download, artifact_name: invoice.pdf}
+        """,
+    )
+
+    assert error.reason is Reason.INVALID_FIELD
+    assert error.line == 10
+    assert error.field == "intents[0].tasks[1].inputs.pdf.artifact_name"
+    assert str(error) == (
+        f"{path}:10: intent 'mail_pdf' task 'send' field 'inputs.pdf.artifact_name': "
+        "artifact inputs are not supported yet; use output_key"
+    )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "reason", "field"),
+    [
+        ("{2nd: {task_id: read, output_key: x}}", Reason.INVALID_FIELD, "inputs.2nd"),
+        # The user's own input name is kept, never taken for the task's `timeout` field.
+        ("{timeout: {task_id: read}}", Reason.MISSING_FIELD, "inputs.timeout.output_key"),
+        ("{amount: {task_id: '', output_key: x}}", Reason.MISSING_FIELD, "inputs.amount.task_id"),
+        (
+            "{amount: {task_id: ghost, output_key: x}}",
+            Reason.UNKNOWN_DEPENDENCY,
+            "inputs.amount.task_id",
+        ),
+    ],
+    ids=["bad name", "no output_key", "no task_id", "unknown task"],
+)
+def test_bad_input_is_refused_at_load_naming_its_field(
+    tmp_path: Path, inputs: str, reason: Reason, field: str
+) -> None:
+    error, _ = load_error(
+        tmp_path,
+        f"""
+        intents:
+          - name: pay_invoice
+            description: Pay an invoice.
+            tasks:
+              - {{id: read, action: playwright}}
+              - {{id: pay, action: click, depends_on: [read], inputs: {inputs}}}
+        """,
+    )
+
+    assert error.reason is reason
+    assert error.line == 6
+    assert error.field == f"intents[0].tasks[1].{field}"

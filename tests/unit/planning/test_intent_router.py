@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cpa_scheduler.domain import OutputRef
 from cpa_scheduler.domain.errors import InvalidArgument, Reason
 from cpa_scheduler.domain.todo import ActionType, Selector, SelectorStrategy, ToDo
 from cpa_scheduler.planning import (
@@ -190,7 +191,7 @@ def test_portal_flow_is_a_chain_with_a_parallel_mail_branch(router: RuleIntentRo
     )
     assert todos["open_mail"].depends_on == ()
     assert todos["send"].depends_on == ("download", "open_mail")
-    assert todos["send"].params["attachments"] == [{"from_task": "download", "artifact": "pdf"}]
+    assert todos["send"].inputs == {"attachment": OutputRef(task_id="download", output_key="path")}
     assert {todo.action for todo in todos.values()} == {"playwright", "open_app", "send_mail"}
     assert todos["download"].retry_policy is not None
     assert todos["download"].retry_policy.max_attempts == 3

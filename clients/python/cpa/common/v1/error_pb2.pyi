@@ -106,6 +106,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An unexpected server error; the message carries no internals."""
     ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 40
     """The scheduler's database cannot be reached right now; retry (the request may not be stored)."""
+    ERROR_REASON_UNRESOLVED_INPUT: _ErrorReason.ValueType  # 41
+    """A task's input names an output key its upstream task did not produce; the task failed
+    without running (not retried: the upstream's outputs do not change).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -195,6 +199,10 @@ ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 39
 """An unexpected server error; the message carries no internals."""
 ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 40
 """The scheduler's database cannot be reached right now; retry (the request may not be stored)."""
+ERROR_REASON_UNRESOLVED_INPUT: ErrorReason.ValueType  # 41
+"""A task's input names an output key its upstream task did not produce; the task failed
+without running (not retried: the upstream's outputs do not change).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -202,11 +202,16 @@ class OutputReference(_message.Message):
     OUTPUT_KEY_FIELD_NUMBER: _builtins.int
     ARTIFACT_NAME_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """The task whose output is referenced; it must be an upstream dependency."""
+    """The task whose output is referenced. It must be upstream of the referencing task: one it
+    depends on, directly or through the depends_on of its dependencies (else INVALID_FIELD;
+    a task that is not in the job: UNKNOWN_DEPENDENCY).
+    """
     output_key: _builtins.str
-    """A key of that task's outputs."""
+    """A top-level key of that task's outputs, taken literally (no path syntax)."""
     artifact_name: _builtins.str
-    """The name of one of that task's artifacts."""
+    """The name of one of that task's artifacts. Not supported yet: a ToDo that uses it is
+    refused with INVALID_FIELD naming this field.
+    """
     def __init__(
         self,
         *,
@@ -328,7 +333,12 @@ class ToDo(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _containers.MessageMap[_builtins.str, Global___OutputReference]:
-        """Named inputs taken from upstream tasks' outputs or artifacts, resolved before dispatch."""
+        """Named inputs taken from upstream tasks' outputs. Names are 1-63 letters, digits or '_',
+        starting with a letter. When an attempt is assigned, the scheduler resolves each input to
+        the referenced value and sends them in Assignment.inputs, keyed by input name; the ToDo keeps
+        the references. A referenced key the upstream task did not produce fails the task, not
+        retried, with UNRESOLVED_INPUT; its dependents are skipped.
+        """
 
     @_builtins.property
     def schedule_to_start_timeout(self) -> _duration_pb2.Duration:

@@ -541,7 +541,9 @@ class Assignment(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _struct_pb2.Struct:
-        """Resolved values of the ToDo's inputs (JSON object keyed by input name)."""
+        """Resolved values of the ToDo's inputs (JSON object keyed by input name): for each input, the
+        value its upstream task produced under the referenced output key. Empty without inputs.
+        """
 
     @_builtins.property
     def credential_refs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
