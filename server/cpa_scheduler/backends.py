@@ -75,6 +75,10 @@ async def open_backends(
     return await _open_redis(settings, replica_id, sessions, store, closers)
 
 
+# How long a call waits for a free Redis connection before it fails.
+REDIS_POOL_WAIT_S = 10.0
+
+
 async def _open_redis(
     settings: Settings,
     replica_id: str,
@@ -88,7 +92,12 @@ async def _open_redis(
     from .events.redis_bus import RedisEventBus
     from .queue.redis_queue import RedisWorkQueue
 
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    # Blocking: a burst of changes waits for a connection instead of failing with "Too many
+    # connections" (a failed publish or ack costs a reconcile or a lease to repair).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_pool_size, timeout=REDIS_POOL_WAIT_S
+    )
+    redis = aioredis.Redis.from_pool(pool)
     closers.append(redis.aclose)
     prefix = settings.redis_key_prefix
     redis_queue = RedisWorkQueue(

@@ -228,7 +228,9 @@ class SchedulerServer:
         await stop_tasks(self._background, timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
         self._background = []
         if components is not None:
-            # Changes whose callers were cancelled by the stop still carry out their effects.
+            # Reports and changes whose callers were cancelled by the stop still carry out
+            # their effects before the store and the queue close.
+            await components.executor.reports_done(timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
             await components.orchestrator.drain_changes(timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
             await components.backends.close()
             self._components = None

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(
         default=10, ge=1, description="Most PostgreSQL connections of one replica."
     )
+    redis_pool_size: int = Field(
+        default=64,
+        ge=2,
+        description="Most Redis connections of one replica; a burst beyond waits for one.",
+    )
     redis_key_prefix: str = Field(
         default="cpa", description="Prefix of every Redis key and channel of this deployment."
     )

@@ -88,6 +88,9 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         self._replica_id = replica_id
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        # Reports being applied, of every session: held here, and never cancelled by their
+        # stream's end, so a commit is never split from its effects (queueing the next task).
+        self._reports: set[asyncio.Task[None]] = set()
         self._no_streams = asyncio.Event()
         self._no_streams.set()
         self._refusing = False
@@ -112,6 +115,11 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
     async def wait_sessions_closed(self) -> None:
         """Returns once no stream is open (at once when none is)."""
         await self._no_streams.wait()
+
+    async def reports_done(self, *, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) for the reports being applied, of ended streams too."""
+        if self._reports:
+            await asyncio.wait(set(self._reports), timeout=timeout_s)
 
     def close_sessions(self) -> int:
         """Ends every open stream (status OK); returns how many. The agents' attempts keep their
@@ -234,6 +242,8 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                     task = asyncio.create_task(self._report(request, session, outgoing))
                     reports.add(task)
                     task.add_done_callback(reports.discard)
+                    self._reports.add(task)
+                    task.add_done_callback(self._reports.discard)
                 else:
                     log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
         except asyncio.CancelledError:
@@ -242,7 +252,8 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             log.info("stream of agent %s ended: %s", session.agent_id, error)
         finally:
             if reports:
-                await asyncio.gather(*reports, return_exceptions=True)
+                # Shielded: the stream's end cancels this reader, never the reports it started.
+                await asyncio.shield(asyncio.gather(*reports, return_exceptions=True))
             outgoing.put_nowait(None)
 
     async def _heartbeat(

@@ -120,10 +120,14 @@ class Dispatcher:
             log.exception("assigning %s/%s failed", item.task.job_id, item.task.todo.id)
             session.grant(1)
             return
-        await self._queue.ack([item])
         if message is None:
             session.grant(1)
             self.wake()
-            return
-        session.running.add(AttemptRef(message.job_id, message.todo.id, message.attempt))
-        session.deliver(message)
+        else:
+            session.running.add(AttemptRef(message.job_id, message.todo.id, message.attempt))
+            session.deliver(message)
+        try:
+            await self._queue.ack([item])
+        except Exception:
+            # The assignment is durable and on its way: the entry comes back and is found stale.
+            log.warning("acking %s/%s failed", item.task.job_id, item.task.todo.id, exc_info=True)
