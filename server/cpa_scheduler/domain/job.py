@@ -264,17 +264,7 @@ class Job:
         With `timeout_at`, the lease never reaches past it (renewals are capped the same way),
         so an attempt that overruns its timeout ends by lease expiry even while its agent lives.
         """
-        task = self.task(task_id)
-        if (
-            task.state is not TaskState.QUEUED
-            or task.attempt != attempt - 1
-            or self.cancel_requested
-            or self.is_terminal
-        ):
-            raise StaleAttempt(
-                f"task {task_id!r} attempt {attempt} cannot start: task is {task.state.value} "
-                f"at attempt {task.attempt}"
-            )
+        task = self._startable(task_id, attempt)
         if task.next_attempt_time is not None and task.next_attempt_time > now:
             raise StaleAttempt(
                 f"task {task_id!r} may not start before {task.next_attempt_time.isoformat()}"
@@ -343,17 +333,7 @@ class Job:
 
         Fenced as assign is: StaleAttempt unless the task waits QUEUED for that attempt.
         """
-        task = self.task(task_id)
-        if (
-            task.state is not TaskState.QUEUED
-            or task.attempt != attempt - 1
-            or self.cancel_requested
-            or self.is_terminal
-        ):
-            raise StaleAttempt(
-                f"task {task_id!r} attempt {attempt} cannot start: task is {task.state.value} "
-                f"at attempt {task.attempt}"
-            )
+        task = self._startable(task_id, attempt)
         self._fail_task(task, unresolved.error, now)
 
     def progress(
@@ -560,6 +540,22 @@ class Job:
         self._promote_ready(now)
 
     # -- internals ------------------------------------------------------------------------
+
+    def _startable(self, task_id: str, attempt: int) -> Task:
+        """The task, if it waits QUEUED for attempt `attempt` in a live job (the fence of every
+        start), else StaleAttempt."""
+        task = self.task(task_id)
+        if (
+            task.state is not TaskState.QUEUED
+            or task.attempt != attempt - 1
+            or self.cancel_requested
+            or self.is_terminal
+        ):
+            raise StaleAttempt(
+                f"task {task_id!r} attempt {attempt} cannot start: task is {task.state.value} "
+                f"at attempt {task.attempt}"
+            )
+        return task
 
     def _running(self, task_id: str, attempt: int) -> Task:
         task = self.task(task_id)
