@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from google.protobuf import duration_pb2
+
+from cpa.common.v1 import error_pb2, todo_pb2
 from cpa.scheduler.v1 import job_pb2 as S  # noqa: N812 - short alias for enum-heavy asserts
 from cpa_client import SchedulerClient
 
@@ -94,6 +97,35 @@ async def test_failure_skips_dependents_and_fails_the_job(
     assert job.dead_lettered
     skipped = next(t for t in job.tasks if t.todo.id == "download")
     assert skipped.error.code == "UPSTREAM_FAILED"
+
+
+async def test_an_attempt_past_its_timeout_is_stopped_by_the_agent_and_retried(
+    client: SchedulerClient, agents: Agents
+) -> None:
+    agent = await agents.start("agent-1")
+    half_a_second = duration_pb2.Duration(nanos=500_000_000)
+    policy = todo_pb2.RetryPolicy(max_attempts=2, initial_backoff=half_a_second)
+    response = await client.schedule_job(
+        todos_spec(
+            todo("slow", "wait", params={"seconds": 60}, timeout=half_a_second, retry_policy=policy)
+        )
+    )
+    job = await finished(client, response.job.job_id)
+    assert job.state == S.JOB_STATE_FAILED
+    (task,) = job.tasks
+    assert [S.AttemptState.Name(a.state) for a in task.attempts] == [
+        "ATTEMPT_STATE_TIMED_OUT",
+        "ATTEMPT_STATE_TIMED_OUT",
+    ]
+    for attempt in task.attempts:
+        # Stopped and reported by the agent (the server would say it stopped waiting).
+        assert attempt.error.reason == error_pb2.ERROR_REASON_TASK_TIMEOUT
+        assert attempt.error.message == "attempt ran longer than its timeout of 0.5s"
+    assert (job.error.code, job.error.reason) == (
+        "TASK_TIMEOUT",
+        error_pb2.ERROR_REASON_RETRIES_EXHAUSTED,
+    )
+    assert not agent.running_attempts
 
 
 async def test_retry_job_reruns_only_what_did_not_succeed(

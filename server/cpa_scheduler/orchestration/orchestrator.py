@@ -276,16 +276,14 @@ class Orchestrator:
             return None
         if inputs is None:
             return None  # the task failed: an input could not be resolved
-        todo = job.tasks[task_id].todo
-        deadlines = [job.options.deadline] if job.options.deadline else []
-        if todo.timeout_s is not None:
-            deadlines.append(now + timedelta(seconds=todo.timeout_s))
+        # The job's deadline; the agent adds the task timeout itself, from its own start, so
+        # that a timed-out attempt says so (and not that it passed a deadline).
         return AssignmentMessage(
             tenant=item.tenant,
             job_id=item.job_id,
-            todo=todo,
+            todo=job.tasks[task_id].todo,
             attempt=attempt,
-            deadline=min(deadlines) if deadlines else None,
+            deadline=job.options.deadline,
             inputs=inputs,
         )
 
