@@ -28,6 +28,10 @@ from .bus import LocalEventBus, Subscription
 log = logging.getLogger(__name__)
 
 
+def _encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
 class RedisEventBus:
     """EventBus over Redis pub/sub. `start()` subscribes (done when it returns) and runs the
     listener; `close()` stops it (the Redis client belongs to the caller)."""
@@ -38,6 +42,9 @@ class RedisEventBus:
         self._local = LocalEventBus()
         # Tells this instance's own messages apart: publish already delivered them locally.
         self._origin = uuid.uuid4().hex
+        # Every message starts with its origin (publish writes it first), so this replica skips
+        # its own messages, most of what it receives, without decoding them.
+        self._own_prefix = _encode({"origin": self._origin})[:-1].encode()
         self._listener = ChannelListener(
             redis,
             [self._channel],
@@ -59,10 +66,8 @@ class RedisEventBus:
         if not events:
             return
         self._local.deliver(events)
-        message = json.dumps(
-            {"origin": self._origin, "events": [event_to_data(event) for event in events]},
-            separators=(",", ":"),
-            ensure_ascii=False,
+        message = _encode(
+            {"origin": self._origin, "events": [event_to_data(event) for event in events]}
         )
         try:
             await self._redis.publish(self._channel, message)
@@ -73,6 +78,8 @@ class RedisEventBus:
         return self._local.subscribe(tenant, job_id)
 
     def _receive(self, data: bytes) -> None:
+        if data.startswith(self._own_prefix):
+            return
         try:
             message: dict[str, Any] = json.loads(data)
             if message["origin"] == self._origin:

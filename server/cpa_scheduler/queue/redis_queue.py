@@ -322,11 +322,13 @@ class RedisWorkQueue:
         for item in items:
             requirement = Requirement.of(item.task.tenant, item.task.todo)
             by_stream.setdefault(self._keys.queue_stream(requirement.key), []).append(item.receipt)
-        await self._ack_entries(by_stream)
-        if items:
-            await self._redis.delete(*(self._marker(item.task) for item in items))
+        await self._ack_entries(by_stream, markers=[self._marker(item.task) for item in items])
 
-    async def _ack_entries(self, by_stream: dict[str, list[str]]) -> None:
+    async def _ack_entries(
+        self, by_stream: dict[str, list[str]], *, markers: Sequence[str] = ()
+    ) -> None:
+        """Ack and delete the entries, and release their tasks' markers: one round trip, all
+        or nothing."""
         if not by_stream:
             return
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -334,6 +336,8 @@ class RedisWorkQueue:
                 pipe.xack(stream, QUEUE_CONSUMER_GROUP, *entry_ids)
                 # Deleting keeps the stream as short as the work in flight.
                 pipe.xdel(stream, *entry_ids)
+            if markers:
+                pipe.delete(*markers)
             await pipe.execute()
 
     # -- background -----------------------------------------------------------------------------
