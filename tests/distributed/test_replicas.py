@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+from google.protobuf import duration_pb2
+
+from cpa.common.v1 import error_pb2
+from cpa.scheduler.v1 import job_pb2
 from cpa_client import SchedulerClient
 from tests.e2e.conftest import collect_events, todo, todos_spec
 from tests.fixtures.cluster import Cluster
@@ -45,3 +49,26 @@ async def test_submit_on_one_replica_run_on_others_watch_on_a_third(cluster: Clu
             "on_a": "agent-a",
             "on_b": "agent-b",
         }
+
+
+async def test_a_task_no_agent_of_any_replica_can_take_names_what_they_lack(
+    cluster: Cluster,
+) -> None:
+    first, second = cluster.replica("r1"), cluster.replica("r2")
+    cluster.agent("cpu-only", first, CPA_AGENT_CAPABILITIES='["browser"]')
+    seconds = duration_pb2.Duration(seconds=1)
+    async with SchedulerClient(second.target, timeout_s=TIMEOUT_S) as client:
+        await agents_connected(client, "cpu-only")
+        spec = todos_spec(
+            todo("render", "noop", required_capabilities=["gpu"], schedule_to_start_timeout=seconds)
+        )
+        job_id = (await client.schedule_job(spec)).job.job_id
+        job = (
+            await assert_sound_history(
+                client, [job_id], expected_state=job_pb2.JOB_STATE_FAILED, attempts={"render": [()]}
+            )
+        )[job_id]
+        (task,) = job.tasks
+        assert task.error.reason == error_pb2.ERROR_REASON_SCHEDULE_TO_START_TIMEOUT
+        # The agent is on the other replica: the explanation comes from the shared directory.
+        assert "agent 'cpu-only' lacks capabilities gpu" in task.error.message
