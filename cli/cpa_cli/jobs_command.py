@@ -98,7 +98,6 @@ def register(commands: Any) -> None:
     retry.add_argument(
         "--max-jobs",
         type=int,
-        default=DEFAULT_RETRY_MAX_JOBS,
         metavar="N",
         help="with --filter: re-drive at most N jobs, 1 to 1000 "
         f"(default {DEFAULT_RETRY_MAX_JOBS})",
@@ -224,6 +223,8 @@ async def _retry(client: SchedulerClient, arguments: argparse.Namespace) -> int:
         return await _retry_matching(client, arguments)
     if arguments.dry_run:
         raise CliError("jobs retry: --dry-run needs --filter")
+    if arguments.max_jobs is not None:
+        raise CliError("jobs retry: --max-jobs needs --filter")
     job = await client.retry_job(arguments.job_id)
     if arguments.json:
         emit(to_json(job))
@@ -233,7 +234,7 @@ async def _retry(client: SchedulerClient, arguments: argparse.Namespace) -> int:
 
 
 async def _retry_matching(client: SchedulerClient, arguments: argparse.Namespace) -> int:
-    max_jobs: int = arguments.max_jobs
+    max_jobs: int = DEFAULT_RETRY_MAX_JOBS if arguments.max_jobs is None else arguments.max_jobs
     if max_jobs < 1:
         raise CliError("jobs retry: --max-jobs must be >= 1")
     response = await client.retry_jobs(

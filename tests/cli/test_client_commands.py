@@ -342,6 +342,10 @@ def test_an_unreachable_server_gets_a_hint(capsys: pytest.CaptureFixture[str]) -
         ),
         (("jobs", "retry", "some-job", "--dry-run"), "cpa: jobs retry: --dry-run needs --filter"),
         (
+            ("jobs", "retry", "some-job", "--max-jobs", "5"),
+            "cpa: jobs retry: --max-jobs needs --filter",
+        ),
+        (
             ("jobs", "retry", "--filter", "", "--max-jobs", "0"),
             "cpa: jobs retry: --max-jobs must be >= 1",
         ),
