@@ -106,6 +106,7 @@ class SchedulerServer:
             orchestrator=orchestrator,
             poll_interval_s=_SHARED_QUEUE_POLL_S if backends.distributed else None,
         )
+        orchestrator.claim_agent = dispatcher.claim
         server = grpc.aio.server(
             options=[
                 (

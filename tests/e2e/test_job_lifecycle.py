@@ -99,6 +99,21 @@ async def test_failure_skips_dependents_and_fails_the_job(
     assert skipped.error.code == "UPSTREAM_FAILED"
 
 
+async def test_a_new_job_starts_on_an_idle_agent_in_its_creating_transaction(
+    client: SchedulerClient, agents: Agents
+) -> None:
+    await agents.start("idle", slots=1)
+    response = await client.schedule_job(todos_spec(todo("now", "wait", params={"seconds": 1})))
+    # Already RUNNING in the answer: assigned with the creation, no trip through the queue.
+    (task,) = response.job.tasks
+    assert (task.state, [a.agent_id for a in task.attempts]) == (S.TASK_STATE_RUNNING, ["idle"])
+    # The agent's only slot is taken: the next job waits QUEUED, then runs after the first.
+    second = await client.schedule_job(todos_spec(todo("later", "noop")))
+    assert second.job.tasks[0].state == S.TASK_STATE_QUEUED
+    for job_id in (response.job.job_id, second.job.job_id):
+        assert (await finished(client, job_id)).state == S.JOB_STATE_SUCCEEDED
+
+
 async def test_an_attempt_past_its_timeout_is_stopped_by_the_agent_and_retried(
     client: SchedulerClient, agents: Agents
 ) -> None:

@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import logging
 
-from cpa_scheduler.domain import AttemptRef
+from cpa_scheduler.domain import AttemptRef, ToDo
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.queue import WorkItem, WorkQueue
 
+from .matching import Requirement
 from .sessions import AgentSession, SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,19 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def claim(self, tenant: str, todo: ToDo) -> AgentSession | None:
+        """A session that takes `todo` now, its credit taken, for a task assigned as it is
+        created (Orchestrator.claim_agent); None while queued work may be waiting for
+        credits (a wake-up or a round pending): the queue goes first."""
+        if self._stopping or self._wakeup.is_set() or self._round.locked():
+            return None
+        sessions = self._sessions.eligible(Requirement.of(tenant, todo))
+        if not sessions:
+            return None
+        session = sessions[0]  # the most free credits
+        session.credits -= 1
+        return session
 
     def stop_assigning(self) -> None:
         """Takes no more work from the queue (a round running finishes what it took).

@@ -278,6 +278,9 @@ class Job:
         task.attempts.append(
             Attempt(number=attempt, agent_id=agent_id, state=AttemptState.RUNNING, start_time=now)
         )
+        if task_id in self.changes.queued:
+            # Queued and started in one change: it never goes through the work queue.
+            self.changes.queued.remove(task_id)
         self._move_task(task, TaskState.RUNNING, now, agent_id=agent_id)
         if self.state is JobState.PENDING:
             self.start_time = self.start_time or now

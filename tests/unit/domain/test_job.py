@@ -1843,3 +1843,18 @@ def test_random_schedules_keep_the_invariants(seed: int) -> None:
 
     assert job.is_terminal
     assert [event.sequence for event in run.log] == list(range(1, len(run.log) + 1))
+
+
+def test_a_task_started_in_the_change_that_queued_it_is_not_queued() -> None:
+    job = make_job(todo("a"), todo("b"))
+    job.assign("a", attempt=1, agent_id="ag", lease_until=at(15), now=NOW)
+    changes = job.take_changes()
+    assert changes.queued == ["b"]
+    assert job.tasks["a"].state is TaskState.RUNNING
+    # Its events tell the whole story in order: queued, then running.
+    moves = [(p.task_id, p.to_state) for p in payloads(changes) if isinstance(p, TaskStateChanged)]
+    assert moves == [
+        ("a", TaskState.QUEUED),
+        ("b", TaskState.QUEUED),
+        ("a", TaskState.RUNNING),
+    ]
