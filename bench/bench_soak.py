@@ -59,6 +59,7 @@ from tests.fixtures.cluster import (  # noqa: E402
 )
 from tests.fixtures.history import (  # noqa: E402
     TERMINAL_JOB_STATES,
+    agents_connected,
     describe,
     duplicate_successes,
     history_problems,
@@ -133,14 +134,6 @@ def started_cluster(arguments: argparse.Namespace) -> Iterator[Soak]:
                     f"{backends.redis_prefix}, logs {' '.join(map(str, cluster.logs))}",
                     file=sys.stderr,
                 )
-
-
-async def wait_agents(client: SchedulerClient, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while len([a async for a in client.list_agents()]) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the agents did not connect")
-        await asyncio.sleep(0.1)
 
 
 async def submit_one(soak: Soak, n: int, spec: job_pb2.JobSpec) -> None:
@@ -271,7 +264,7 @@ async def run(arguments: argparse.Namespace) -> int:
     with started_cluster(arguments) as soak:
         soak.clients = [SchedulerClient(r.target, timeout_s=CALL_TIMEOUT_S) for r in soak.replicas]
         try:
-            await wait_agents(soak.clients[0], arguments.agents)
+            await agents_connected(soak.clients[0], *(a.agent_id for a in soak.agents))
             stop = asyncio.Event()
             chaos_task = asyncio.create_task(chaos(soak, arguments, stop))
             await submit_all(soak, arguments.jobs, arguments.rate, spec)
