@@ -4,7 +4,9 @@ Starts `cpa serve` (embedded SQLite store) and benchmark agents (bench_agent.py)
 submits one-task jobs through gRPC, and prints:
   1. jobs/s end to end: N jobs from C concurrent submitters, first submit to last job SUCCEEDED;
   2. submit -> agent-start latency p50/p95/p99 at a paced rate (open loop);
-  3. a DAG case: jobs of 10 parallel tasks and a join.
+  3. a DAG case: jobs of 10 parallel tasks and a join;
+  4. where the machine's CPU went during case 1, per job and per process (the scheduler, the
+     agents, the submitters, and in the distributed mode PostgreSQL and Redis), from /proc.
 Times come from the server's job records and the agent's start stamps (one machine, one clock).
 
     python bench/bench_throughput.py [--jobs 5000] [--concurrency 32] [--rate 200]
@@ -25,15 +27,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))  # the throwaway database and prefix: tests/fixtures
 
+import psycopg  # noqa: E402
+
 from cpa.common.v1 import todo_pb2  # noqa: E402
 from cpa.scheduler.v1 import job_pb2  # noqa: E402
 from cpa_client import SchedulerClient  # noqa: E402
+from cpa_scheduler.storage import codec  # noqa: E402
 from tests.fixtures.cluster import fresh_backends  # noqa: E402
 
 ADMIN_URL = os.environ.get("CPA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -58,14 +64,21 @@ DAG = job_pb2.JobSpec(
 )
 
 
+@dataclass
+class Started:
+    addresses: list[str] = field(default_factory=list)
+    pids: dict[str, list[int]] = field(default_factory=lambda: {"scheduler": [], "agents": []})
+
+
 @contextmanager
 def processes(
     *, replicas: int, agents_per_replica: int, slots: int, backend_env: dict[str, str]
-) -> Iterator[list[str]]:
-    """Scheduler replicas and agent processes (each agent on one replica); yields addresses."""
+) -> Iterator[Started]:
+    """Scheduler replicas and agent processes (each agent on one replica)."""
     env = {**os.environ, "CPA_LOG_LEVEL": "WARNING", **backend_env}
     started: list[subprocess.Popen[str]] = []
-    addresses = []
+    result = Started()
+    addresses = result.addresses
     try:
         for n in range(replicas):
             data_dir = tempfile.mkdtemp(prefix="cpa-bench-")
@@ -85,6 +98,7 @@ def processes(
                 env={**env, "CPA_REPLICA_ID": f"r{n}"},
             )
             started.append(server)
+            result.pids["scheduler"].append(server.pid)
             assert server.stdout is not None
             line = server.stdout.readline()
             if "serving on" not in line:
@@ -108,7 +122,8 @@ def processes(
                         text=True,
                     )
                 )
-        yield addresses
+        result.pids["agents"] = [p.pid for p in started[replicas:]]
+        yield result
     finally:
         for process in reversed(started):
             process.terminate()
@@ -119,6 +134,80 @@ def processes(
                 process.kill()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pids_of(command: str) -> list[int]:
+    """Processes running `command` (e.g. every PostgreSQL backend and helper)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == command:
+                    pids.append(int(entry.name))
+    return pids
+
+
+class CpuMeter:
+    """CPU used by each role between `start()` and `stop()`. Servers' processes (PostgreSQL,
+    Redis) are found by name when the bench runs the distributed mode; a process started
+    meanwhile (a new backend) counts from zero."""
+
+    def __init__(self, pids: dict[str, list[int]], *, distributed: bool) -> None:
+        self._fixed = pids
+        self._servers = {"postgres": "postgres", "redis": "redis-server"} if distributed else {}
+        self._before: dict[str, dict[int, float]] = {}
+        self._started = 0.0
+        self.elapsed_s = 0.0
+        self.used_s: dict[str, float] = {}  # CPU seconds per role, set by stop()
+
+    def _roles(self) -> dict[str, list[int]]:
+        servers = {role: _pids_of(command) for role, command in self._servers.items()}
+        return {**self._fixed, "submitters": [os.getpid()], **servers}
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        return {role: {pid: _cpu_s(pid) for pid in pids} for role, pids in self._roles().items()}
+
+    def start(self) -> None:
+        self._before = self._sample()
+        self._started = time.monotonic()
+
+    def stop(self) -> None:
+        self.elapsed_s = time.monotonic() - self._started
+        self.used_s = {
+            role: sum(cpu - self._before.get(role, {}).get(pid, 0.0) for pid, cpu in used.items())
+            for role, used in self._sample().items()
+        }
+
+
+def _fill_history(database_url: str, *, copies: int) -> None:
+    """Make the database look like a live one: `copies` copies of the warm-up's finished jobs,
+    and table statistics, as autovacuum keeps them. On empty tables without statistics the
+    planner picks plans (scans) that no database in service would get."""
+    key = "md5(job_id || '-' || copy)"
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        for table, columns in (
+            ("jobs", codec.JOB_COLUMNS),
+            ("tasks", codec.TASK_COLUMNS),
+            ("events", ("job_id", "sequence", "create_time", "terminal", "payload_json")),
+        ):
+            values = ", ".join(
+                key if c == "job_id" else "''" if c == "request_id" else c for c in columns
+            )
+            connection.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values} "
+                f"FROM {table}, generate_series(1, %s) AS copy",
+                (copies,),
+            )
+        connection.execute("ANALYZE")
+
+
 async def _wait_agents(client: SchedulerClient, count: int) -> None:
     deadline = time.monotonic() + 30
     while len([a async for a in client.list_agents()]) < count:
@@ -127,20 +216,28 @@ async def _wait_agents(client: SchedulerClient, count: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _wait_done(client: SchedulerClient, job_ids: list[str]) -> list[job_pb2.Job]:
-    """Every job, once all are terminal (polled; this is a benchmark, not a test)."""
-    pending = set(job_ids)
-    jobs: dict[str, job_pb2.Job] = {}
-    while pending:
-        for job_id in list(pending):
-            job = await client.get_job(job_id)
-            if job.state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED):
-                jobs[job_id] = job
-                pending.discard(job_id)
-            else:
-                break  # roughly FIFO: later jobs are not done either
-        if pending:
-            await asyncio.sleep(0.05)
+TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED)
+
+
+async def _wait_done(
+    client: SchedulerClient, job_ids: list[str], meter: CpuMeter | None = None
+) -> list[job_pb2.Job]:
+    """Every job, once all are terminal (polled; this is a benchmark, not a test). Jobs end
+    roughly in submission order: the last one is polled, then all are listed at once, so the
+    polling costs the scheduler little (and the meter stops before the listing)."""
+    while True:
+        if (await client.get_job(job_ids[-1])).state in TERMINAL:
+            break
+        await asyncio.sleep(0.02)
+    if meter is not None:
+        meter.stop()
+    wanted = set(job_ids)
+    jobs = {j.job_id: j async for j in client.list_jobs(page_size=1000) if j.job_id in wanted}
+    for job_id in job_ids:
+        while jobs.get(job_id) is None or jobs[job_id].state not in TERMINAL:
+            jobs[job_id] = await client.get_job(job_id)
+            if jobs[job_id].state not in TERMINAL:
+                await asyncio.sleep(0.02)
     return [jobs[job_id] for job_id in job_ids]
 
 
@@ -149,7 +246,11 @@ def _ns(timestamp: object) -> int:
 
 
 async def throughput(
-    clients: list[SchedulerClient], jobs: int, concurrency: int, spec: job_pb2.JobSpec
+    clients: list[SchedulerClient],
+    jobs: int,
+    concurrency: int,
+    spec: job_pb2.JobSpec,
+    meter: CpuMeter | None = None,
 ) -> dict[str, float]:
     per_submitter = jobs // concurrency
     ids: list[str] = []
@@ -159,9 +260,11 @@ async def throughput(
             ids.append((await client.schedule_job(spec)).job.job_id)
 
     start_ns = time.time_ns()
+    if meter is not None:
+        meter.start()
     await asyncio.gather(*(submitter(clients[n % len(clients)]) for n in range(concurrency)))
     submitted_ns = time.time_ns()
-    done = await _wait_done(clients[0], ids)
+    done = await _wait_done(clients[0], ids, meter)
     assert all(j.state == job_pb2.JOB_STATE_SUCCEEDED for j in done), "a job failed"
     end_ns = max(_ns(j.end_time) for j in done)
     job_latency_ms = [(_ns(j.end_time) - _ns(j.create_time)) / 1e6 for j in done]
@@ -214,12 +317,13 @@ async def paced_latency(clients: list[SchedulerClient], jobs: int, rate: float) 
 
 async def run(arguments: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
-        backend_env = (
-            stack.enter_context(fresh_backends(ADMIN_URL, REDIS_URL, prefix="cpa_bench")).env()
+        backends = (
+            stack.enter_context(fresh_backends(ADMIN_URL, REDIS_URL, prefix="cpa_bench"))
             if arguments.distributed
-            else {}
+            else None
         )
-        addresses = stack.enter_context(
+        backend_env = backends.env() if backends is not None else {}
+        started = stack.enter_context(
             processes(
                 replicas=arguments.replicas,
                 agents_per_replica=arguments.agents,
@@ -227,11 +331,14 @@ async def run(arguments: argparse.Namespace) -> None:
                 backend_env=backend_env,
             )
         )
-        clients = [SchedulerClient(address, timeout_s=60) for address in addresses]
+        clients = [SchedulerClient(address, timeout_s=60) for address in started.addresses]
+        meter = CpuMeter(started.pids, distributed=arguments.distributed)
         try:
             await _wait_agents(clients[0], arguments.agents * arguments.replicas)
             await throughput(clients, 200, 8, ONE_TASK)  # warm-up
-            one = await throughput(clients, arguments.jobs, arguments.concurrency, ONE_TASK)
+            if backends is not None:
+                _fill_history(backends.database_url, copies=arguments.history // 200)
+            one = await throughput(clients, arguments.jobs, arguments.concurrency, ONE_TASK, meter)
             paced = await paced_latency(clients, arguments.latency_jobs, arguments.rate)
             dag_submitters = max(1, arguments.concurrency // 4)
             dag = await throughput(clients, arguments.dag_jobs, dag_submitters, DAG)
@@ -257,6 +364,14 @@ async def run(arguments: argparse.Namespace) -> None:
         f"p95 {paced['p95_ms']:.2f} ms, p99 {paced['p99_ms']:.2f} ms"
     )
     print(
+        f"CPU during the one-task jobs ({meter.elapsed_s:.1f} s), per job and in cores: "
+        + ", ".join(
+            f"{role} {1000 * used / one['jobs']:.2f} ms ({used / meter.elapsed_s:.2f})"
+            for role, used in meter.used_s.items()
+        )
+        + f"; all {1000 * sum(meter.used_s.values()) / one['jobs']:.2f} ms"
+    )
+    print(
         f"DAG (10 parallel + join): {dag['jobs']:.0f} jobs: {dag['end_to_end_per_s']:.0f} jobs/s "
         f"({dag['end_to_end_per_s'] * 11:.0f} tasks/s), job latency p50 {dag['job_p50_ms']:.1f} ms "
         f"p99 {dag['job_p99_ms']:.1f} ms"
@@ -278,6 +393,12 @@ def main() -> None:
         "--distributed", action="store_true", help="PostgreSQL + Redis instead of SQLite"
     )
     parser.add_argument("--replicas", type=int, default=1, help="scheduler processes")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=20_000,
+        help="finished jobs in the database before the measured runs (distributed mode)",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

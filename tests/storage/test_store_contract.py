@@ -267,6 +267,33 @@ async def test_a_failing_mutation_rolls_back_alone_within_its_batch(store: Store
         assert [e.sequence for e in events] == list(range(1, job.last_event_sequence + 1))
 
 
+async def test_changes_of_one_job_in_one_batch_are_all_stored_in_order(store: Store) -> None:
+    await asyncio.gather(  # two creations in one batch, each with its labels
+        store.create_job(new_job("job-1", todo("a"), todo("b", "a"), labels={"team": "ops"})),
+        store.create_job(new_job("job-2", labels={"team": "dev"})),
+    )
+
+    results = await asyncio.gather(
+        store.update_job(TENANT, "job-1", assigning("a")),
+        store.update_job(TENANT, "job-2", assigning("a")),
+        store.update_job(
+            TENANT, "job-1", lambda j: j.succeed("a", attempt=1, outputs={"n": 1}, now=at(1))
+        ),
+        store.update_job(TENANT, "job-1", assigning("b")),
+    )
+
+    job = await store.get_job(TENANT, "job-1")
+    assert job == results[-1][0]
+    assert job.tasks["a"].state is TaskState.SUCCEEDED
+    assert job.tasks["a"].outputs == {"n": 1}
+    assert job.tasks["b"].state is TaskState.RUNNING
+    events = await store.list_events(TENANT, "job-1", after_sequence=0, limit=100)
+    assert [e.sequence for e in events] == list(range(1, job.last_event_sequence + 1))
+    assert (await store.get_job(TENANT, "job-2")).tasks["a"].state is TaskState.RUNNING
+    by_label = await store.list_jobs(TENANT, JobFilter(labels={"team": "ops"}), after=None, limit=9)
+    assert [j.job_id for j in by_label] == ["job-1"]
+
+
 async def test_a_write_the_database_refuses_fails_alone_within_its_batch(store: Store) -> None:
     await create(store, new_job("job-1"))
     await create(store, new_job("job-2"))

@@ -2,6 +2,9 @@
 every replica through one Redis pub/sub channel; subscriptions stay local (an embedded
 LocalEventBus).
 
+Messages are coalesced (cpa_scheduler.coalescing): the events published during one loop
+iteration, or while the previous message was being sent, go out as one message, in order.
+
 Pub/sub is at most once: a message published while a replica is disconnected from Redis never
 reaches it. That is acceptable because the bus is only the live feed: events are stored first
 and WatchJob re-reads the store when it sees a gap in the sequence numbers.
@@ -18,6 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cpa_scheduler.coalescing import Coalescer
 from cpa_scheduler.domain import JobEvent
 from cpa_scheduler.redis_keys import DEFAULT_PREFIX, RedisKeys
 from cpa_scheduler.redis_support import ChannelListener
@@ -26,6 +30,9 @@ from cpa_scheduler.storage.codec import event_from_data, event_to_data
 from .bus import LocalEventBus, Subscription
 
 log = logging.getLogger(__name__)
+
+# Most publish calls in one message: a subscriber decodes a message in one go, holding its loop.
+MAX_CALLS_PER_MESSAGE = 256
 
 
 def _encode(message: dict[str, Any]) -> str:
@@ -53,22 +60,29 @@ class RedisEventBus:
             task_name="redis-event-listener",
             logger=log,
         )
+        self._outbox: Coalescer[list[dict[str, Any]]] = Coalescer(
+            self._send, max_items=MAX_CALLS_PER_MESSAGE, name="redis-event-outbox"
+        )
 
     async def start(self) -> None:
         await self._listener.start()
 
     async def close(self) -> None:
+        await self._outbox.close()
         await self._listener.close()
 
     async def publish(self, events: Sequence[JobEvent]) -> None:
-        """Deliver to this replica's watchers, then to the others'. Never raises for a Redis
-        failure: the events are stored, and watchers of other replicas re-read the store."""
+        """Deliver to this replica's watchers now, and to the others' with the next message
+        (not waited for). Never raises for a Redis failure: the events are stored, and watchers
+        of other replicas re-read the store."""
         if not events:
             return
         self._local.deliver(events)
-        message = _encode(
-            {"origin": self._origin, "events": [event_to_data(event) for event in events]}
-        )
+        self._outbox.submit([event_to_data(event) for event in events])
+
+    async def _send(self, calls: list[list[dict[str, Any]]]) -> None:
+        events = [event for call in calls for event in call]
+        message = _encode({"origin": self._origin, "events": events})
         try:
             await self._redis.publish(self._channel, message)
         except (RedisError, OSError) as error:

@@ -1,6 +1,9 @@
 """The work queue of the distributed mode: one Redis Stream per requirement key, read by every
 replica through one consumer group, plus a sorted set for tasks that may not start yet.
 
+Publishes and acks are coalesced (cpa_scheduler.coalescing): those of one loop iteration, or made
+while the previous one ran, share one script call or pipeline.
+
 At least once: an entry taken by a replica that dies before acking is taken over by another
 after `claim_idle_ms`. A duplicate or stale entry is harmless (assignment is fenced by the
 store) but is acked like any other. Key names live in cpa_scheduler.redis_keys.
@@ -20,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from cpa_scheduler.background import Backoff, stop_tasks, wait_event
+from cpa_scheduler.coalescing import Coalescer
 from cpa_scheduler.dispatch.matching import Requirement
 from cpa_scheduler.redis_keys import DEFAULT_PREFIX, QUEUE_CONSUMER_GROUP, RedisKeys
 from cpa_scheduler.redis_support import ChannelListener, log_background_error
@@ -219,6 +223,12 @@ class RedisWorkQueue:
         )
         self._mover: asyncio.Task[None] | None = None
         self.on_ready: Callable[[], None] = lambda: None
+        self._publishing: Coalescer[Sequence[QueuedTask]] = Coalescer(
+            self._publish_calls, max_items=PUBLISH_BATCH_SIZE, name="redis-queue-publish"
+        )
+        self._acking: Coalescer[Sequence[WorkItem]] = Coalescer(
+            self._ack_calls, max_items=PUBLISH_BATCH_SIZE, name="redis-queue-ack"
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -231,6 +241,8 @@ class RedisWorkQueue:
         self._mover = asyncio.create_task(self._maintain_forever(), name="redis-queue-mover")
 
     async def close(self) -> None:
+        await self._publishing.close()
+        await self._acking.close()
         if self._mover is not None:
             await stop_tasks([self._mover])
             self._mover = None
@@ -239,6 +251,11 @@ class RedisWorkQueue:
     # -- WorkQueue ------------------------------------------------------------------------------
 
     async def publish(self, tasks: Sequence[QueuedTask]) -> None:
+        if tasks:
+            await self._publishing.submit(tasks)
+
+    async def _publish_calls(self, calls: list[Sequence[QueuedTask]]) -> None:
+        tasks = [task for call in calls for task in call]
         ready = delayed = False
         for start in range(0, len(tasks), PUBLISH_BATCH_SIZE):
             batch_ready, batch_delayed = await self._publish_batch(
@@ -318,6 +335,11 @@ class RedisWorkQueue:
         return items
 
     async def ack(self, items: Sequence[WorkItem]) -> None:
+        if items:
+            await self._acking.submit(items)
+
+    async def _ack_calls(self, calls: list[Sequence[WorkItem]]) -> None:
+        items = [item for call in calls for item in call]
         by_stream: dict[str, list[str]] = {}
         for item in items:
             requirement = Requirement.of(item.task.tenant, item.task.todo)

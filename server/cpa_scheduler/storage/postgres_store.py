@@ -63,6 +63,12 @@ log = logging.getLogger(__name__)
 # Most writes in one transaction: a batch holds its jobs' row locks until it commits, so an
 # unbounded one would make other replicas wait behind it.
 MAX_BATCH_OPS: Final = 128
+# Write transactions one replica runs at once. Few: the writes that arrive while they run join
+# the next one, so under load transactions grow instead of multiplying (measured, one replica
+# at full load: 5 at once made batches of ~2 writes and 230 jobs/s; 2 made batches of 4-7 and
+# 400 jobs/s, with a third of the database's CPU per job). Two, not one, so that a batch
+# waiting for a row lock another replica holds does not stop every write of this one.
+MAX_BATCHES_IN_FLIGHT: Final = 2
 # How long an attempt handed to one sweeper is hidden from the others.
 SWEEP_CLAIM_S: Final = 30.0
 # The server ends a session that sits idle in a transaction this long (a hung replica),
@@ -85,7 +91,6 @@ _KEEPALIVES: Final = {
 _TASK_STATE_COLUMNS: Final = tuple(
     c for c in codec.TASK_COLUMNS if c not in ("job_id", "task_id", "position", "todo_json")
 )
-_NEW_TASK_COLUMNS: Final = tuple(c for c in codec.TASK_COLUMNS if c != "job_id")
 _JOB_STATE_COLUMNS: Final = tuple(c for c in codec.JOB_STATE_COLUMNS if c != "job_id")
 _EVENT_COLUMNS: Final = ("sequence", "create_time", "terminal", "payload_json")
 
@@ -98,51 +103,64 @@ def _rows_of(table: str, alias: str, parameter: str) -> str:
 
 _JOB_SELECT: Final = f"SELECT {', '.join(codec.JOB_COLUMNS)} FROM jobs"
 _TASK_SELECT: Final = f"SELECT {', '.join(codec.TASK_COLUMNS)} FROM tasks"
+# Statements whose best plan depends on the tables' size (`= ANY(array)`, joins with a JSON
+# array) are sent unprepared (`prepare=False`): a prepared statement keeps the generic plan
+# made when it was first used, and one made while a new database's tables were nearly empty
+# scans them whole for ever after (seen: 2 ms per batch after 2 000 jobs, growing with every
+# job). Planning them costs little: each runs once per batch.
 _LOCK_JOBS: Final = (
     # ORDER BY: rows are locked in job_id order, the order every writer takes them in.
     f"{_JOB_SELECT} WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id FOR UPDATE"
 )
 _SELECT_TASKS: Final = f"{_TASK_SELECT} WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id, position"
-# One statement per job creation: the job, its labels, tasks and events, or nothing when the
-# tenant already used the request_id (a duplicate another replica is inserting right now is
-# waited for, then counts as a conflict). The main query reports which, with the owner of the
-# request_id as far as this statement's snapshot shows it.
-_CREATE_JOB: Final = f"""
+
+
+# The creations of a batch, in one statement: the jobs, their labels, tasks and events, but
+# none of a job whose tenant already used its request_id (a duplicate another replica is
+# inserting right now is waited for, then counts as a conflict). Returns the inserted job ids;
+# rows are inserted in the order of the JSON array (the batch's lock order).
+_CREATE_JOBS: Final = f"""
     WITH job AS (
         INSERT INTO jobs ({", ".join(codec.JOB_COLUMNS)})
-        VALUES ({", ".join(f"%({c})s" for c in codec.JOB_COLUMNS)})
+        SELECT {", ".join(f"j.{c}" for c in codec.JOB_COLUMNS)} FROM {_rows_of("jobs", "j", "jobs")}
         ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING
         RETURNING job_id
     ), label AS (
         INSERT INTO job_labels (job_id, key, value)
-        SELECT job.job_id, l.key, l.value FROM job, json_each_text(%(labels)s::json) AS l
+        SELECT l.job_id, l.key, l.value FROM {_rows_of("job_labels", "l", "labels")}
+        WHERE l.job_id IN (SELECT job_id FROM job)
     ), task AS (
         INSERT INTO tasks ({", ".join(codec.TASK_COLUMNS)})
-        SELECT job.job_id, {", ".join(f"t.{c}" for c in _NEW_TASK_COLUMNS)}
-        FROM job, {_rows_of("tasks", "t", "tasks")}
+        SELECT {", ".join(f"t.{c}" for c in codec.TASK_COLUMNS)}
+        FROM {_rows_of("tasks", "t", "tasks")}
+        WHERE t.job_id IN (SELECT job_id FROM job)
     ), event AS (
         INSERT INTO events (job_id, {", ".join(_EVENT_COLUMNS)})
-        SELECT job.job_id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}
-        FROM job, {_rows_of("events", "e", "events")}
+        SELECT e.job_id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}
+        FROM {_rows_of("events", "e", "events")}
+        WHERE e.job_id IN (SELECT job_id FROM job)
     )
-    SELECT (SELECT count(*) FROM job), owner.job_id, owner.request_fingerprint
-    FROM (SELECT 1) AS one LEFT JOIN jobs owner
-        ON %(request_id)s <> '' AND owner.tenant = %(tenant)s AND owner.request_id = %(request_id)s
+    SELECT job_id FROM job
 """
-# One statement per job change: the job's changed columns, its dirty tasks, its new events.
+# The changes of a batch, in one statement: every changed job's state columns, every dirty
+# task, every new event (one row each: a job changed twice in the batch is written once, as
+# it ended). `= ANY(%(job_ids)s)` tells the planner how few rows change (it assumes a JSON
+# array holds 100), so that it looks them up by key instead of scanning the tables.
 _WRITE_CHANGES: Final = f"""
     WITH job AS (
-        UPDATE jobs SET {", ".join(f"{c} = %({c})s" for c in _JOB_STATE_COLUMNS)}
-        WHERE job_id = %(job_id)s
+        UPDATE jobs SET {", ".join(f"{c} = j.{c}" for c in _JOB_STATE_COLUMNS)}
+        FROM {_rows_of("jobs", "j", "jobs")}
+        WHERE jobs.job_id = ANY(%(job_ids)s) AND jobs.job_id = j.job_id
     ), task AS (
         UPDATE tasks SET {", ".join(f"{c} = t.{c}" for c in _TASK_STATE_COLUMNS)},
             -- a transition ends a sweeper's claim: it was on an attempt that is now over
             sweep_claim_until = NULL
         FROM {_rows_of("tasks", "t", "tasks")}
-        WHERE tasks.job_id = %(job_id)s AND tasks.task_id = t.task_id
+        WHERE tasks.job_id = ANY(%(job_ids)s) AND tasks.job_id = t.job_id
+            AND tasks.task_id = t.task_id
     )
     INSERT INTO events (job_id, {", ".join(_EVENT_COLUMNS)})
-    SELECT %(job_id)s, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}
+    SELECT e.job_id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}
     FROM {_rows_of("events", "e", "events")}
 """
 _SELECT_EVENTS: Final = """
@@ -222,10 +240,22 @@ class _Op:
     error: Exception | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _CreationRecords:
+    """A new job's rows, for _CREATE_JOBS."""
+
+    jobs: list[codec.Data]
+    labels: list[codec.Data]
+    tasks: list[codec.Data]
+    events: list[codec.Data]
+
+
 @dataclass(slots=True, kw_only=True)
 class _Create(_Op):
     job: Job
     changes: JobChanges
+    records: _CreationRecords | None = None
+    # The batch's creation statement: it returns the ids of the jobs it inserted.
     cursor: AsyncCursor[Row] | None = None
 
 
@@ -258,11 +288,75 @@ class _Progress:
 
 
 @dataclass(slots=True)
-class _Loaded:
-    """The jobs a batch locked, as aggregates; `stale` ones must be read again before use."""
+class _Writes:
+    """What the updates of a batch changed, merged per row for one _WRITE_CHANGES: the last
+    state of each job and dirty task, and every new event."""
 
+    jobs: dict[str, codec.Data] = field(default_factory=dict)
+    tasks: dict[tuple[str, str], codec.Data] = field(default_factory=dict)
+    events: list[codec.Data] = field(default_factory=list)
+
+    def add(self, job: Job, changes: JobChanges) -> None:
+        """Encode first, then record: a change that cannot be encoded leaves nothing behind."""
+        job_record = codec.job_state_to_record(job)
+        positions = {task_id: i for i, task_id in enumerate(job.tasks)}
+        task_records = [
+            codec.task_to_record(job.job_id, positions[task_id], job.tasks[task_id])
+            for task_id in sorted(changes.dirty_tasks)
+        ]
+        events = list(_event_records(job.job_id, changes.events))
+        self.jobs[job.job_id] = job_record
+        for record in task_records:
+            self.tasks[(job.job_id, record["task_id"])] = record
+        self.events += events
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "job_ids": sorted(self.jobs),
+            "jobs": _json_rows(self.jobs.values()),
+            "tasks": _json_rows(self.tasks.values()),
+            "events": _json_rows(self.events),
+        }
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """The jobs a batch locked: their rows as read, and as aggregates. A job whose mutation
+    failed may be half changed: `stale` ones are rebuilt from the rows and the batch's writes
+    so far (what the database would return) before their next use."""
+
+    job_rows: dict[str, Row] = field(default_factory=dict)
+    task_rows: dict[str, list[Row]] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     stale: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, job_rows: Iterable[Row], task_rows: Iterable[Row]) -> _Loaded:
+        loaded = cls()
+        for row in task_rows:
+            loaded.task_rows.setdefault(row[_TASK_JOB_ID], []).append(row)
+        loaded.job_rows = {row[_JOB_ID]: row for row in job_rows}
+        loaded.jobs = {job_id: loaded._build(job_id, _Writes()) for job_id in loaded.job_rows}
+        return loaded
+
+    def job(self, job_id: str, writes: _Writes) -> Job | None:
+        if job_id in self.stale:
+            self.stale.discard(job_id)
+            self.jobs[job_id] = self._build(job_id, writes)
+        return self.jobs.get(job_id)
+
+    def _build(self, job_id: str, writes: _Writes) -> Job:
+        record = dict(zip(codec.JOB_COLUMNS, self.job_rows[job_id], strict=True))
+        record.update(writes.jobs.get(job_id, {}))
+        tasks = []
+        for row in self.task_rows.get(job_id, []):
+            task = dict(zip(codec.TASK_COLUMNS, row, strict=True))
+            task.update(writes.tasks.get((job_id, task["task_id"]), {}))
+            tasks.append(codec.task_from_record(task))
+        return codec.job_from_records(record, tasks)
 
 
 class PostgresStore:
@@ -314,8 +408,8 @@ class PostgresStore:
 
         InvalidDatabaseUrlError, DatabaseUnavailableError, or SchemaMismatchError (whose message
         says whether to run `cpa migrate` or to upgrade the server). `max_batches_in_flight`
-        (default: half the pool) bounds the write transactions running at once; the rest of the
-        pool serves reads.
+        (default MAX_BATCHES_IN_FLIGHT) bounds the write transactions running at once; the rest
+        of the pool serves reads.
         """
         url = libpq_url(url)
         extra = connect_kwargs(url, **_KEEPALIVES)
@@ -344,7 +438,7 @@ class PostgresStore:
         except psycopg.OperationalError as error:
             await pool.close()
             raise unreachable(url, error) from error
-        in_flight = max_batches_in_flight or max(1, max_size // 2)
+        in_flight = max_batches_in_flight or MAX_BATCHES_IN_FLIGHT
         return cls(
             pool,
             max_batches_in_flight=min(in_flight, max_size),
@@ -432,8 +526,9 @@ class PostgresStore:
         batch: list[_Op],
         progress: _Progress,
     ) -> None:
-        """The whole batch in one transaction and two round trips: lock and read every job it
-        changes, apply the mutations in memory, write what they changed, commit.
+        """The whole batch in one transaction, a handful of statements and two round trips:
+        insert the creations, lock and read every job it changes (in job_id order), apply the
+        mutations in memory, write what they changed, commit.
 
         A mutation that fails never reached the database, so it is dropped alone, without a
         savepoint. A statement the database refuses raises its psycopg.DatabaseError.
@@ -441,37 +536,21 @@ class PostgresStore:
         await connection.execute("BEGIN")
         # Creations and messages first: a duplicate that another replica is inserting is
         # waited for, a lock like a job's row, taken in the same order everywhere.
-        for op in batch:
-            await self._queue_insert(connection, op)
+        await self._insert(connection, batch)
         updates = [op for op in batch if isinstance(op, _Update)]
-        loaded = _Loaded()
         if updates:
             job_ids = sorted({op.job_id for op in updates})
-            jobs = await connection.execute(_LOCK_JOBS, {"job_ids": job_ids})
+            jobs = await connection.execute(_LOCK_JOBS, {"job_ids": job_ids}, prepare=False)
             # A second statement, after the locks are granted: one that waited for a lock
             # still sees the rows as they were before the wait.
-            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": job_ids})
+            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": job_ids}, prepare=False)
             await pipeline.sync()
-            loaded.jobs = _jobs_from_rows(await jobs.fetchall(), await tasks.fetchall())
-        for op in updates:
-            if op.job_id in loaded.stale:
-                # The previous mutation of this job failed halfway through the aggregate.
-                loaded.jobs.update(await self._reread(connection, pipeline, op.job_id))
-                loaded.stale.discard(op.job_id)
-            job = loaded.jobs.get(op.job_id)
-            if job is None or job.tenant != op.tenant:
-                op.error = _job_not_found(op.job_id)
-                continue
-            try:
-                result = op.mutate(job)
-                changes = job.take_changes()
-                params = _changes_params(job, changes)
-            except Exception as rejected:
-                op.error = rejected
-                loaded.stale.add(op.job_id)
-                continue
-            await connection.execute(_WRITE_CHANGES, params)
-            op.result = (job, result, changes)
+            loaded = _Loaded.of(await jobs.fetchall(), await tasks.fetchall())
+            writes = _Writes()
+            for op in updates:
+                _mutate(op, loaded, writes)
+            if writes:
+                await connection.execute(_WRITE_CHANGES, writes.params(), prepare=False)
         await connection.execute("COMMIT")
         progress.committing = True
         await pipeline.sync()
@@ -508,40 +587,43 @@ class PostgresStore:
 
     async def _apply_alone(self, connection: Connection, pipeline: AsyncPipeline, op: _Op) -> None:
         if not isinstance(op, _Update):
-            await self._queue_insert(connection, op)
+            await self._insert(connection, [op])
             return
         # The lock serializes every change of this job across replicas until the commit, or
         # until this op rolls back to its savepoint.
-        jobs = await connection.execute(_LOCK_JOBS, {"job_ids": [op.job_id]})
-        tasks = await connection.execute(_SELECT_TASKS, {"job_ids": [op.job_id]})
+        params = {"job_ids": [op.job_id]}
+        jobs = await connection.execute(_LOCK_JOBS, params, prepare=False)
+        tasks = await connection.execute(_SELECT_TASKS, params, prepare=False)
         await pipeline.sync()
-        job = _jobs_from_rows(await jobs.fetchall(), await tasks.fetchall()).get(op.job_id)
-        if job is None or job.tenant != op.tenant:
-            raise _job_not_found(op.job_id)
-        result = op.mutate(job)
-        changes = job.take_changes()
-        await connection.execute(_WRITE_CHANGES, _changes_params(job, changes))
-        op.result = (job, result, changes)
+        loaded = _Loaded.of(await jobs.fetchall(), await tasks.fetchall())
+        writes = _Writes()
+        _mutate(op, loaded, writes)
+        if op.error is not None:
+            raise op.error
+        await connection.execute(_WRITE_CHANGES, writes.params(), prepare=False)
 
-    async def _queue_insert(self, connection: Connection, op: _Op) -> None:
-        if isinstance(op, _Create):
-            try:
-                params = _creation_params(op)
-            except Exception as rejected:  # e.g. a value that is no JSON: this op fails alone
-                op.error = rejected
-                return
-            op.cursor = await connection.execute(_CREATE_JOB, params)
-        elif isinstance(op, _SaveMessage):
-            await connection.execute(_INSERT_MESSAGE, _message_params(op.message))
-
-    async def _reread(
-        self, connection: Connection, pipeline: AsyncPipeline, job_id: str
-    ) -> dict[str, Job]:
-        # This transaction holds the row lock already; the read sees its own writes.
-        jobs = await connection.execute(f"{_JOB_SELECT} WHERE job_id = %s", (job_id,))
-        tasks = await connection.execute(_SELECT_TASKS, {"job_ids": [job_id]})
-        await pipeline.sync()
-        return _jobs_from_rows(await jobs.fetchall(), await tasks.fetchall())
+    async def _insert(self, connection: Connection, ops: Sequence[_Op]) -> None:
+        """The creations among `ops` in one statement (its cursor kept for _creation_results),
+        and the messages."""
+        creations = []
+        for op in ops:
+            if isinstance(op, _Create):
+                try:
+                    op.records = _creation_records(op)
+                except Exception as rejected:  # e.g. a value that is no JSON: it fails alone
+                    op.error = rejected
+                    continue
+                creations.append(op)
+            elif isinstance(op, _SaveMessage):
+                await connection.execute(_INSERT_MESSAGE, _message_params(op.message))
+        if creations:
+            params = {
+                name: _json_rows(r for op in creations for r in getattr(op.records, name))
+                for name in ("jobs", "labels", "tasks", "events")
+            }
+            cursor = await connection.execute(_CREATE_JOBS, params)
+            for op in creations:
+                op.cursor = cursor
 
     def _batch_failure(self, failure: Exception, *, committing: bool) -> Exception:
         if not _connection_failure(failure):
@@ -673,7 +755,7 @@ class PostgresStore:
             jobs = await connection.execute(
                 f"{_JOB_SELECT} WHERE job_id = %s AND tenant = %s", (job_id, tenant)
             )
-            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": [job_id]})
+            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": [job_id]}, prepare=False)
             await pipeline.sync()
             job = _jobs_from_rows(await jobs.fetchall(), await tasks.fetchall()).get(job_id)
             if job is None:
@@ -723,7 +805,7 @@ class PostgresStore:
             if not job_rows:
                 return []
             job_ids = [row[_JOB_ID] for row in job_rows]
-            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": job_ids})
+            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": job_ids}, prepare=False)
             await pipeline.sync()
             loaded = _jobs_from_rows(job_rows, await tasks.fetchall())
             return [loaded[job_id] for job_id in job_ids]
@@ -836,8 +918,8 @@ class PostgresStore:
         try:
             async with self._connection() as connection, connection.pipeline() as pipeline:
                 await connection.execute("BEGIN")
-                await connection.execute(_LOCK_JOBS_FOR_RENEWAL, params)
-                renewed = await connection.execute(_RENEW, params)
+                await connection.execute(_LOCK_JOBS_FOR_RENEWAL, params, prepare=False)
+                renewed = await connection.execute(_RENEW, params, prepare=False)
                 await connection.execute("COMMIT")
                 await pipeline.sync()
                 rows = await renewed.fetchall()
@@ -930,9 +1012,10 @@ def _json_time(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _event_records(events: Sequence[JobEvent]) -> Iterator[dict[str, Any]]:
+def _event_records(job_id: str, events: Sequence[JobEvent]) -> Iterator[codec.Data]:
     for e in events:
         yield {
+            "job_id": job_id,
             "sequence": e.sequence,
             "create_time": e.create_time,
             "terminal": e.terminal,
@@ -940,28 +1023,35 @@ def _event_records(events: Sequence[JobEvent]) -> Iterator[dict[str, Any]]:
         }
 
 
-def _creation_params(op: _Create) -> dict[str, Any]:
+def _creation_records(op: _Create) -> _CreationRecords:
     job = op.job
-    tasks = (codec.task_to_record(job.job_id, i, task) for i, task in enumerate(job.tasks.values()))
-    return {
-        **codec.job_to_record(job),
-        "labels": json.dumps(dict(job.options.labels), ensure_ascii=False),
-        "tasks": _json_rows(tasks),
-        "events": _json_rows(_event_records(op.changes.events)),
-    }
-
-
-def _changes_params(job: Job, changes: JobChanges) -> dict[str, Any]:
-    positions = {task_id: i for i, task_id in enumerate(job.tasks)}
-    tasks = (
-        codec.task_to_record(job.job_id, positions[task_id], job.tasks[task_id])
-        for task_id in sorted(changes.dirty_tasks)
+    return _CreationRecords(
+        jobs=[codec.job_to_record(job)],
+        labels=[
+            {"job_id": job.job_id, "key": key, "value": value}
+            for key, value in job.options.labels.items()
+        ],
+        tasks=[codec.task_to_record(job.job_id, i, t) for i, t in enumerate(job.tasks.values())],
+        events=list(_event_records(job.job_id, op.changes.events)),
     )
-    return {
-        **codec.job_state_to_record(job),
-        "tasks": _json_rows(tasks),
-        "events": _json_rows(_event_records(changes.events)),
-    }
+
+
+def _mutate(op: _Update, loaded: _Loaded, writes: _Writes) -> None:
+    """Apply one update to its loaded job and record what it changed in `writes`; on failure
+    set op.error and leave the job to be rebuilt (_Loaded.stale)."""
+    job = loaded.job(op.job_id, writes)
+    if job is None or job.tenant != op.tenant:
+        op.error = _job_not_found(op.job_id)
+        return
+    try:
+        result = op.mutate(job)
+        changes = job.take_changes()
+        writes.add(job, changes)
+    except Exception as rejected:
+        op.error = rejected
+        loaded.stale.add(op.job_id)
+        return
+    op.result = (job, result, changes)
 
 
 def _message_params(message: StoredMessage) -> dict[str, Any]:
@@ -979,14 +1069,15 @@ def _message_params(message: StoredMessage) -> dict[str, Any]:
 
 
 async def _creation_results(ops: Iterable[_Op]) -> None:
-    """After the commit: each creation's outcome from its statement's row."""
+    """After the commit: each creation's outcome, from the ids its statement inserted. A job
+    left out found its request_id taken; who took it is looked up afterwards (create_job)."""
+    inserted: dict[int, set[str]] = {}
     for op in ops:
         if isinstance(op, _Create) and op.cursor is not None and op.error is None:
-            row = await op.cursor.fetchone()
-            if row is None:  # pragma: no cover - the statement always returns one row
-                raise RuntimeError("job creation returned no row")
-            inserted, owner, fingerprint = row
-            op.result = op.changes if inserted else _Duplicate(owner, fingerprint)
+            key = id(op.cursor)
+            if key not in inserted:
+                inserted[key] = {job_id for (job_id,) in await op.cursor.fetchall()}
+            op.result = op.changes if op.job.job_id in inserted[key] else _Duplicate(None, None)
             op.cursor = None
 
 

@@ -1,0 +1,85 @@
+"""Coalescing: many small calls to a backend become one larger call.
+
+Under load a replica makes the same kind of call (publish these events, queue these tasks, ack
+these entries) for many jobs at once; each round trip costs far more CPU on the client than the
+items it carries. A Coalescer gathers the items submitted during one event-loop iteration, and
+while a flush is running, and hands them to one `flush` call. Idle, an item waits for nothing
+but the end of the current iteration; busy, batches grow by themselves.
+
+Flushes run one at a time, in submission order: a caller that submits a then b finds a flushed
+in the same or an earlier call than b (event order, for one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Coalescer(Generic[T]):
+    """`submit(item)` returns a future that completes when the flush carrying the item has
+    ended (with its error, if it raised). At most `max_items` items per flush."""
+
+    def __init__(
+        self, flush: Callable[[list[T]], Awaitable[None]], *, max_items: int, name: str
+    ) -> None:
+        if max_items <= 0:
+            raise ValueError(f"max_items must be positive, got {max_items}")
+        self._flush = flush
+        self._max_items = max_items
+        self._name = name
+        self._items: list[T] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def submit(self, item: T) -> asyncio.Future[None]:
+        if self._closed:
+            raise RuntimeError(f"{self._name} is closed")
+        future = asyncio.get_running_loop().create_future()
+        self._items.append(item)
+        self._waiters.append(future)
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name=self._name)
+        return future
+
+    async def _run(self) -> None:
+        try:
+            # One loop iteration passes before the first flush, so that the calls made in it
+            # share the flush.
+            await asyncio.sleep(0)
+            while self._items:
+                items, self._items = self._items[: self._max_items], self._items[self._max_items :]
+                waiters = self._waiters[: len(items)]
+                del self._waiters[: len(items)]
+                try:
+                    await self._flush(items)
+                except Exception as error:  # each caller decides what a failure means
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(error)
+                            # A caller that did not wait for the outcome must not be reported
+                            # as "exception never retrieved"; the flush's caller logs it.
+                            waiter.exception()
+                else:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+        finally:
+            self._runner = None
+            for waiter in self._waiters:  # only when cancelled: the items were never flushed
+                waiter.cancel()
+            self._items.clear()
+            self._waiters.clear()
+
+    async def close(self) -> None:
+        """Flush what was submitted, then refuse new items."""
+        self._closed = True
+        if self._runner is not None:
+            await asyncio.shield(self._runner)
