@@ -134,6 +134,16 @@ def processes(
                 process.kill()
 
 
+def calibration_ms() -> float:
+    """CPU time of a fixed pure-Python loop: this machine's speed right now. Shared virtual
+    machines vary by tens of percent from run to run; compare CPU figures relative to it."""
+    started = time.process_time()
+    total = 0
+    for n in range(2_000_000):
+        total += n * n % 7
+    return (time.process_time() - started) * 1000
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far (0 when it is gone)."""
     try:
@@ -338,7 +348,9 @@ async def run(arguments: argparse.Namespace) -> None:
             await throughput(clients, 200, 8, ONE_TASK)  # warm-up
             if backends is not None:
                 _fill_history(backends.database_url, copies=arguments.history // 200)
+            calibration = calibration_ms()
             one = await throughput(clients, arguments.jobs, arguments.concurrency, ONE_TASK, meter)
+            calibration = (calibration + calibration_ms()) / 2
             paced = await paced_latency(clients, arguments.latency_jobs, arguments.rate)
             dag_submitters = max(1, arguments.concurrency // 4)
             dag = await throughput(clients, arguments.dag_jobs, dag_submitters, DAG)
@@ -369,7 +381,8 @@ async def run(arguments: argparse.Namespace) -> None:
             f"{role} {1000 * used / one['jobs']:.2f} ms ({used / meter.elapsed_s:.2f})"
             for role, used in meter.used_s.items()
         )
-        + f"; all {1000 * sum(meter.used_s.values()) / one['jobs']:.2f} ms"
+        + f"; all {1000 * sum(meter.used_s.values()) / one['jobs']:.2f} ms "
+        f"(calibration loop: {calibration:.0f} ms)"
     )
     print(
         f"DAG (10 parallel + join): {dag['jobs']:.0f} jobs: {dag['end_to_end_per_s']:.0f} jobs/s "

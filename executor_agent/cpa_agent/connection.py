@@ -40,6 +40,8 @@ DEAD_AFTER_HEARTBEAT_INTERVALS = 3
 HANDBACK_GRACE_S = 5.0
 # After the agent half-closes its stream, how long the server gets to end it cleanly.
 HALF_CLOSE_GRACE_S = 1.0
+# Most requests in one RequestBatch (sent only to a server that reads batches).
+MAX_BATCH = 256
 # 2**32 times any initial backoff exceeds any sensible maximum; bigger exponents only overflow.
 _MAX_BACKOFF_EXPONENT = 32
 
@@ -91,11 +93,22 @@ class _Session:
         self.outgoing.put_nowait(None)
 
     async def write_loop(self, call: _ConnectCall) -> None:
-        """The stream's only writer, so concurrent senders never interleave; None half-closes."""
+        """The stream's only writer, so concurrent senders never interleave; None half-closes.
+        Requests that wait together go as one RequestBatch once the welcome says the server
+        reads batches (a busy agent: one gRPC message per result costs more than the result)."""
         # Not gRPC's request-iterator style: its consumer task outlives a call the server ended.
         try:
             while (request := await self.outgoing.get()) is not None:
-                await call.write(request)
+                if self.outgoing.empty() or not (self.welcome and self.welcome.accepts_batches):
+                    await call.write(request)
+                    continue
+                requests = [request]
+                while not self.outgoing.empty() and len(requests) < MAX_BATCH:
+                    if (queued := self.outgoing.get_nowait()) is None:
+                        self.outgoing.put_nowait(None)  # half-close once the batch is out
+                        break
+                    requests.append(queued)
+                await call.write(pb.ConnectRequest(batch=pb.RequestBatch(requests=requests)))
             await call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
             # The reader sees the same end of the call and reports it.
@@ -392,6 +405,7 @@ class Connection:
                 ),
                 running_attempts=self._running_protos(),
                 version=__version__,
+                accepts_batches=True,
             )
         )
 
@@ -434,7 +448,13 @@ class Connection:
 
     def _dispatch(self, session: _Session, response: pb.ConnectResponse) -> None:
         kind = response.WhichOneof("kind")
-        if kind == "assignment":
+        if kind == "batch":
+            for inner in response.batch.responses:
+                if inner.WhichOneof("kind") in ("batch", "welcome"):
+                    logger.warning("ignoring a %s inside a batch", inner.WhichOneof("kind"))
+                else:
+                    self._dispatch(session, inner)
+        elif kind == "assignment":
             self._on_assignment(session, response.assignment)
         elif kind == "cancel":
             self._on_cancel(response.cancel)

@@ -80,6 +80,22 @@ def attempt(job_id: str, task_id: str = "t1", number: int = 1) -> pb.RunningAtte
     return pb.RunningAttempt(job_id=job_id, task_id=task_id, attempt=number)
 
 
+def assignment(
+    job_id: str,
+    message: todo_pb2.ToDo,
+    *,
+    attempt: int = 1,
+    inputs: Mapping[str, Any] | None = None,
+    deadline_in_s: float | None = None,
+) -> pb.Assignment:
+    assigned = pb.Assignment(
+        job_id=job_id, todo=message, attempt=attempt, inputs=struct(inputs or {}), tenant="default"
+    )
+    if deadline_in_s is not None:
+        assigned.deadline.CopyFrom(timestamp_in(deadline_in_s))
+    return assigned
+
+
 class ScriptedSession:
     """One Connect stream as the test sees it: its hello, a queue of requests, and send helpers."""
 
@@ -109,6 +125,7 @@ class ScriptedSession:
         heartbeat_interval_s: float = 0.1,
         adopted: Iterable[pb.RunningAttempt] = (),
         session_id: str = "session-1",
+        accepts_batches: bool = False,
     ) -> None:
         self.send(
             pb.ConnectResponse(
@@ -118,6 +135,7 @@ class ScriptedSession:
                     heartbeat_interval=duration(heartbeat_interval_s),
                     lease_duration=duration(3 * heartbeat_interval_s),
                     adopted_attempts=list(adopted),
+                    accepts_batches=accepts_batches,
                 )
             )
         )
@@ -131,16 +149,13 @@ class ScriptedSession:
         inputs: Mapping[str, Any] | None = None,
         deadline_in_s: float | None = None,
     ) -> None:
-        assignment = pb.Assignment(
-            job_id=job_id,
-            todo=message,
-            attempt=attempt,
-            inputs=struct(inputs or {}),
-            tenant="default",
+        self.send(
+            pb.ConnectResponse(
+                assignment=assignment(
+                    job_id, message, attempt=attempt, inputs=inputs, deadline_in_s=deadline_in_s
+                )
+            )
         )
-        if deadline_in_s is not None:
-            assignment.deadline.CopyFrom(timestamp_in(deadline_in_s))
-        self.send(pb.ConnectResponse(assignment=assignment))
 
     def cancel(self, job_id: str, task_id: str = "t1", attempt: int = 1) -> None:
         self.send(

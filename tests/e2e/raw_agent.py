@@ -45,9 +45,19 @@ class RawAgentStream:
                 return message
         raise AssertionError(f"the stream ended before a {kind}")
 
-    async def hello(self, agent_id: str, *, actions: Sequence[str] = ("noop",)) -> ex.Welcome:
-        capabilities = agent_capabilities_pb2.AgentCapabilities(actions=list(actions), slots=1)
-        self.send(ex.ConnectRequest(hello=ex.Hello(agent_id=agent_id, capabilities=capabilities)))
+    async def hello(
+        self,
+        agent_id: str,
+        *,
+        actions: Sequence[str] = ("noop",),
+        slots: int = 1,
+        accepts_batches: bool = False,
+    ) -> ex.Welcome:
+        capabilities = agent_capabilities_pb2.AgentCapabilities(actions=list(actions), slots=slots)
+        hello = ex.Hello(
+            agent_id=agent_id, capabilities=capabilities, accepts_batches=accepts_batches
+        )
+        self.send(ex.ConnectRequest(hello=hello))
         return (await self.read_until("welcome")).welcome
 
     @property

@@ -2,7 +2,8 @@
 
 The stream's writer drains an outbound queue fed by the dispatcher, the orchestrator (cancels)
 and the reader (acks); the reader handles what the agent sends, each report in its own task so
-that reports of many attempts share a commit.
+that reports of many attempts share a commit. When several messages wait and the agent reads
+batches (its hello says so), one ResponseBatch carries them; the agent may batch the same way.
 
 When the replica stops (see `SchedulerServer.stop`), `refuse_new_sessions()` turns new streams
 away with UNAVAILABLE (SERVER_SHUTTING_DOWN), `drain_sessions()` sends every open stream a
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+# Most responses in one ResponseBatch.
+MAX_BATCH = 256
 # The message of the refusal of a new stream while this replica stops.
 SHUTTING_DOWN_MESSAGE = "this replica is shutting down; connect to another replica"
 
@@ -188,11 +191,23 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                     heartbeat_interval=_duration(self._settings.heartbeat_interval_s),
                     lease_duration=_duration(self._settings.lease_duration_s),
                     adopted_attempts=convert.attempt_refs_to_proto(adopted),
+                    accepts_batches=True,
                 )
             )
             reader = asyncio.create_task(self._read(request_iterator, session, outgoing))
+            batches = first.hello.accepts_batches
             while (message := await outgoing.get()) is not None:
-                yield message
+                if not batches or outgoing.empty():
+                    yield message
+                    continue
+                # Several are waiting (a busy agent): one message carries them.
+                responses = [message]
+                while not outgoing.empty() and len(responses) < MAX_BATCH:
+                    if (queued := outgoing.get_nowait()) is None:
+                        outgoing.put_nowait(None)  # the end, once the batch is out
+                        break
+                    responses.append(queued)
+                yield pb.ConnectResponse(batch=pb.ResponseBatch(responses=responses))
         finally:
             watchdog.cancel()
             if reader is not None:
@@ -227,25 +242,14 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         try:
             async for request in requests:
                 session.last_seen_time = self._clock()
-                kind = request.WhichOneof("kind")
-                if kind == "credit":
-                    session.grant(max(0, request.credit.slots))
-                    self._dispatcher.wake()
-                elif kind == "heartbeat":
-                    await self._heartbeat(request.heartbeat, session, outgoing)
-                elif kind == "drain":
-                    session.state = AgentState.DRAINING
-                    log.info("agent %s is draining", session.agent_id)
-                elif kind == "assignment_ack" and request.assignment_ack.accepted:
-                    continue  # the attempt is running: nothing to record
-                elif kind in ("result", "progress", "assignment_ack"):
-                    task = asyncio.create_task(self._report(request, session, outgoing))
-                    reports.add(task)
-                    task.add_done_callback(reports.discard)
-                    self._reports.add(task)
-                    task.add_done_callback(self._reports.discard)
-                else:
-                    log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
+                if request.WhichOneof("kind") != "batch":
+                    await self._handle(request, session, outgoing, reports)
+                    continue
+                for inner in request.batch.requests:
+                    if inner.WhichOneof("kind") == "batch":
+                        log.warning("agent %s sent a batch inside a batch", session.agent_id)
+                        continue
+                    await self._handle(inner, session, outgoing, reports)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a broken stream ends the session, nothing else
@@ -255,6 +259,34 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                 # Shielded: the stream's end cancels this reader, never the reports it started.
                 await asyncio.shield(asyncio.gather(*reports, return_exceptions=True))
             outgoing.put_nowait(None)
+
+    async def _handle(
+        self,
+        request: pb.ConnectRequest,
+        session: AgentSession,
+        outgoing: asyncio.Queue[pb.ConnectResponse | None],
+        reports: set[asyncio.Task[None]],
+    ) -> None:
+        """One request (alone or out of a batch)."""
+        kind = request.WhichOneof("kind")
+        if kind == "credit":
+            session.grant(max(0, request.credit.slots))
+            self._dispatcher.wake()
+        elif kind == "heartbeat":
+            await self._heartbeat(request.heartbeat, session, outgoing)
+        elif kind == "drain":
+            session.state = AgentState.DRAINING
+            log.info("agent %s is draining", session.agent_id)
+        elif kind == "assignment_ack" and request.assignment_ack.accepted:
+            return  # the attempt is running: nothing to record
+        elif kind in ("result", "progress", "assignment_ack"):
+            task = asyncio.create_task(self._report(request, session, outgoing))
+            reports.add(task)
+            task.add_done_callback(reports.discard)
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
+        else:
+            log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
 
     async def _heartbeat(
         self,

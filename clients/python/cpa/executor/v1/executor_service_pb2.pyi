@@ -67,6 +67,7 @@ class Hello(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     RUNNING_ATTEMPTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Identifier stable across reconnects (a host name, a configured id)."""
     name: _builtins.str
@@ -75,6 +76,8 @@ class Hello(_message.Message):
     """Tenant the agent serves; must match its credentials."""
     version: _builtins.str
     """Agent software version."""
+    accepts_batches: _builtins.bool
+    """The agent reads ResponseBatch; without it the server sends one response per message."""
     @_builtins.property
     def capabilities(self) -> _agent_capabilities_pb2.AgentCapabilities:
         """What it can do."""
@@ -94,10 +97,11 @@ class Hello(_message.Message):
         capabilities: _agent_capabilities_pb2.AgentCapabilities | None = ...,
         running_attempts: _abc.Iterable[Global___RunningAttempt] | None = ...,
         version: _builtins.str = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capabilities", b"capabilities", "name", b"name", "running_attempts", b"running_attempts", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "agent_id", b"agent_id", "capabilities", b"capabilities", "name", b"name", "running_attempts", b"running_attempts", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -364,6 +368,7 @@ class ConnectRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     OFFER_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     report_id: _builtins.int
     """Per-session sequence number of reports (progress, result), echoed by ReportAck;
     0 for messages that need no acknowledgement.
@@ -400,6 +405,12 @@ class ConnectRequest(_message.Message):
     def offer(self) -> Global___Offer:
         """Answer to a call for proposals."""
 
+    @_builtins.property
+    def batch(self) -> Global___RequestBatch:
+        """Several requests in one message, handled in order as if sent alone (only to a server
+        whose Welcome says accepts_batches; a batch never holds a hello or another batch).
+        """
+
     def __init__(
         self,
         *,
@@ -412,16 +423,43 @@ class ConnectRequest(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         drain: Global___AgentDrain | None = ...,
         offer: Global___Offer | None = ...,
+        batch: Global___RequestBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment_ack", b"assignment_ack", "credit", b"credit", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "offer", b"offer", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment_ack", b"assignment_ack", "batch", b"batch", "credit", b"credit", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "offer", b"offer", "progress", b"progress", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_ack", b"assignment_ack", "credit", b"credit", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "offer", b"offer", "progress", b"progress", "report_id", b"report_id", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_ack", b"assignment_ack", "batch", b"batch", "credit", b"credit", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "offer", b"offer", "progress", b"progress", "report_id", b"report_id", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "credit", "assignment_ack", "progress", "result", "heartbeat", "drain", "offer"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "credit", "assignment_ack", "progress", "result", "heartbeat", "drain", "offer", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class RequestBatch(_message.Message):
+    """RequestBatch carries several agent messages at once: under load, one gRPC message per
+    report costs both ends more than the reports themselves.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectRequest]:
+        """The requests, in order."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___ConnectRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestBatch: _TypeAlias = RequestBatch  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):
@@ -434,10 +472,13 @@ class Welcome(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     ADOPTED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Identifier of this session."""
     replica_id: _builtins.str
     """Scheduler replica holding the stream."""
+    accepts_batches: _builtins.bool
+    """The server reads RequestBatch; without it the agent sends one request per message."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the agent must send a heartbeat."""
@@ -458,10 +499,11 @@ class Welcome(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
         adopted_attempts: _abc.Iterable[Global___RunningAttempt] | None = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopted_attempts", b"adopted_attempts", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "replica_id", b"replica_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "adopted_attempts", b"adopted_attempts", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "replica_id", b"replica_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -769,6 +811,7 @@ class ConnectResponse(_message.Message):
     CALL_FOR_PROPOSALS_FIELD_NUMBER: _builtins.int
     PROPOSAL_DECISION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Answer to hello."""
@@ -801,6 +844,12 @@ class ConnectResponse(_message.Message):
     def heartbeat_ack(self) -> Global___HeartbeatAck:
         """Answer to a heartbeat."""
 
+    @_builtins.property
+    def batch(self) -> Global___ResponseBatch:
+        """Several responses in one message, handled in order as if sent alone (only to an agent
+        whose Hello says accepts_batches; a batch never holds a welcome or another batch).
+        """
+
     def __init__(
         self,
         *,
@@ -812,13 +861,38 @@ class ConnectResponse(_message.Message):
         call_for_proposals: Global___CallForProposals | None = ...,
         proposal_decision: Global___ProposalDecision | None = ...,
         heartbeat_ack: Global___HeartbeatAck | None = ...,
+        batch: Global___ResponseBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "call_for_proposals", b"call_for_proposals", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "proposal_decision", b"proposal_decision", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "call_for_proposals", b"call_for_proposals", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "proposal_decision", b"proposal_decision", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "call_for_proposals", b"call_for_proposals", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "proposal_decision", b"proposal_decision", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "call_for_proposals", b"call_for_proposals", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "proposal_decision", b"proposal_decision", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "report_ack", "drain", "call_for_proposals", "proposal_decision", "heartbeat_ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "report_ack", "drain", "call_for_proposals", "proposal_decision", "heartbeat_ack", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class ResponseBatch(_message.Message):
+    """ResponseBatch carries several server messages at once (see RequestBatch)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectResponse]:
+        """The responses, in order."""
+
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___ConnectResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseBatch: _TypeAlias = ResponseBatch  # noqa: Y015
