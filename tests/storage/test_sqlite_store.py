@@ -1,13 +1,16 @@
-"""SQLite-only behaviour: files written by an older server are upgraded at open; newer refused."""
+"""SQLite-only behaviour: files written by an older server are upgraded at open, newer ones refused;
+closing waits for the checkpoint thread."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
-from cpa_scheduler.storage import SqliteStore
+from cpa_scheduler.storage import SqliteStore, sqlite_store
 from cpa_scheduler.storage.sqlite_store import SCHEMA_VERSION
 
 from .test_store_contract import TENANT, at, create, new_job
@@ -58,3 +61,31 @@ async def test_a_file_from_a_newer_server_is_refused(tmp_path: Path) -> None:
     raw.close()
     with pytest.raises(RuntimeError, match="newer than this server's"):
         await SqliteStore.open(path)
+
+
+async def test_close_waits_for_a_checkpoint_running_on_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the checkpoint connection under its thread crashed the process (a segfault)."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_checkpoint(connection: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(timeout=10)
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_S", 0.0)
+    monkeypatch.setattr(sqlite_store, "_checkpoint", slow_checkpoint)
+    store = await SqliteStore.open(tmp_path / "cpa.sqlite3")
+    await create(store, new_job("job-1"))
+    await asyncio.to_thread(started.wait, 10)
+
+    closing = asyncio.create_task(store.close())
+    done, _ = await asyncio.wait({closing}, timeout=0.2)
+    assert not done  # the checkpoint still runs: close waits for it
+    release.set()
+    await closing
+
+    reopened = await SqliteStore.open(tmp_path / "cpa.sqlite3")
+    assert (await reopened.get_job(TENANT, "job-1")).job_id == "job-1"
+    await reopened.close()

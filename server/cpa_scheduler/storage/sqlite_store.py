@@ -173,6 +173,12 @@ def _from_row(row: sqlite3.Row, time_columns: Iterable[str]) -> dict[str, Any]:
     return record
 
 
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    """On a worker thread. PASSIVE never blocks the writer; pages still in use wait for the
+    next round."""
+    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 class SqliteStore:
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `close()`."""
 
@@ -221,12 +227,17 @@ class SqliteStore:
         if path == ":memory:":
             return
         checkpoints = sqlite3.connect(path, check_same_thread=False)
+        running: asyncio.Future[None] | None = None
         try:
             while True:
                 await asyncio.sleep(CHECKPOINT_INTERVAL_S)
-                # PASSIVE never blocks the writer; pages still in use wait for the next round.
-                await asyncio.to_thread(checkpoints.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                running = asyncio.ensure_future(asyncio.to_thread(_checkpoint, checkpoints))
+                await asyncio.shield(running)
         finally:
+            if running is not None and not running.done():
+                # Stopped mid-checkpoint: the thread still uses the connection, and closing it
+                # under the thread crashes the process (seen: a segfault in close()).
+                await asyncio.wait({running})
             checkpoints.close()
 
     # -- group commit ---------------------------------------------------------------------
