@@ -25,6 +25,7 @@ from cpa_scheduler.storage import (
     SchemaMismatchError,
     head_revision,
     migrate,
+    postgres_store,
     schema_revision,
 )
 from tests.fixtures.tcp_proxy import TcpProxy
@@ -252,6 +253,42 @@ async def test_a_new_attempt_is_not_hidden_by_the_claim_on_the_old_one(
     await store.update_job(TENANT, "job-1", assigning("a", 2, lease_until=at(3)))
 
     assert await store.expired_attempts(at(4), limit=10) == [(TENANT, AttemptRef("job-1", "a", 2))]
+
+
+# -- costs that must not grow with the tables ---------------------------------------------------
+
+
+@pytest.mark.parametrize("request_id", ["", "req-new"])
+async def test_creating_a_job_reads_none_of_the_jobs_already_stored(
+    postgres_url: str, request_id: str
+) -> None:
+    """A prepared creation (as psycopg prepares it after a few uses, with PostgreSQL's generic
+    plan) once looked a request_id's owner up among every job of the tenant, at each creation."""
+    store = await PostgresStore.open(postgres_url, min_size=1, max_size=2)
+    try:
+        for start in range(0, 300, 50):
+            await asyncio.gather(
+                *(create(store, new_job(f"old-{n}")) for n in range(start, start + 50))
+            )
+    finally:
+        await store.close()
+    job = new_job("new-1", request_id=request_id)
+    records = postgres_store._CreationRecords.of(job, job.take_changes())
+
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as connection:
+        await connection.execute("SET plan_cache_mode = force_generic_plan")
+        async with connection.transaction():
+            inserted = await connection.execute(
+                postgres_store._CREATE_JOBS,
+                postgres_store._CreationRecords.params([records]),
+                prepare=True,
+            )
+            assert await inserted.fetchall() == [("new-1",)]
+            read = await connection.execute(
+                "SELECT pg_stat_get_xact_tuples_returned('jobs'::regclass) "
+                "+ pg_stat_get_xact_tuples_fetched('jobs'::regclass)"
+            )
+            assert await read.fetchone() == (0,)
 
 
 # -- broken connections -------------------------------------------------------------------------

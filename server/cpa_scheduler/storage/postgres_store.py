@@ -249,6 +249,31 @@ class _CreationRecords:
     tasks: list[codec.Data]
     events: list[codec.Data]
 
+    @classmethod
+    def of(cls, job: Job, changes: JobChanges) -> _CreationRecords:
+        return cls(
+            jobs=[codec.job_to_record(job)],
+            labels=[
+                {"job_id": job.job_id, "key": key, "value": value}
+                for key, value in job.options.labels.items()
+            ],
+            tasks=[
+                codec.task_to_record(job.job_id, i, task)
+                for i, task in enumerate(job.tasks.values())
+            ],
+            events=list(_event_records(job.job_id, changes.events)),
+        )
+
+    @staticmethod
+    def params(creations: Sequence[_CreationRecords]) -> dict[str, str]:
+        """The parameters of _CREATE_JOBS for these creations, in this order."""
+        return {
+            "jobs": _json_rows(r for c in creations for r in c.jobs),
+            "labels": _json_rows(r for c in creations for r in c.labels),
+            "tasks": _json_rows(r for c in creations for r in c.tasks),
+            "events": _json_rows(r for c in creations for r in c.events),
+        }
+
 
 @dataclass(slots=True, kw_only=True)
 class _Create(_Op):
@@ -609,7 +634,7 @@ class PostgresStore:
         for op in ops:
             if isinstance(op, _Create):
                 try:
-                    op.records = _creation_records(op)
+                    op.records = _CreationRecords.of(op.job, op.changes)
                 except Exception as rejected:  # e.g. a value that is no JSON: it fails alone
                     op.error = rejected
                     continue
@@ -617,10 +642,7 @@ class PostgresStore:
             elif isinstance(op, _SaveMessage):
                 await connection.execute(_INSERT_MESSAGE, _message_params(op.message))
         if creations:
-            params = {
-                name: _json_rows(r for op in creations for r in getattr(op.records, name))
-                for name in ("jobs", "labels", "tasks", "events")
-            }
+            params = _CreationRecords.params([op.records for op in creations if op.records])
             cursor = await connection.execute(_CREATE_JOBS, params)
             for op in creations:
                 op.cursor = cursor
@@ -1021,19 +1043,6 @@ def _event_records(job_id: str, events: Sequence[JobEvent]) -> Iterator[codec.Da
             "terminal": e.terminal,
             "payload_json": codec.event_payload_json(e),
         }
-
-
-def _creation_records(op: _Create) -> _CreationRecords:
-    job = op.job
-    return _CreationRecords(
-        jobs=[codec.job_to_record(job)],
-        labels=[
-            {"job_id": job.job_id, "key": key, "value": value}
-            for key, value in job.options.labels.items()
-        ],
-        tasks=[codec.task_to_record(job.job_id, i, t) for i, t in enumerate(job.tasks.values())],
-        events=list(_event_records(job.job_id, op.changes.events)),
-    )
 
 
 def _mutate(op: _Update, loaded: _Loaded, writes: _Writes) -> None:
