@@ -5,6 +5,11 @@ poll for queues shared with other replicas). It takes from the queue no more tha
 sessions have credits for, takes a credit before the (asynchronous) assignment commits, and
 acks the queue item only after the assignment is durable (or found stale).
 
+It knows when the queue holds no work for a requirement (its last round took less than the
+credits allowed, and no work was announced since): then credits coming back need no round (no
+queue round trip), and a new job's task may take a credit at creation (`claim`) without
+passing queued work.
+
 When the replica stops, `stop_assigning()` ends dispatching before the agents are told to drain,
 and `assignments_done()` waits until the work already taken has been assigned and delivered.
 """
@@ -45,18 +50,35 @@ class Dispatcher:
         self._stopping = False
         # Held for a whole dispatch round, so assignments_done() can wait for the one running.
         self._round = asyncio.Lock()
-        queue.on_ready = self.wake
+        # Work may be queued for any requirement (announced by the queue, or not looked at
+        # since the start or the last poll) until a round looks; `_announced` counts the
+        # announcements, so that one made during a round is not forgotten at its end.
+        self._unknown_work = True
+        self._announced = 0
+        # Requirements whose queue still held work at the end of the last round.
+        self._waiting: set[str] = set()
+        queue.on_ready = self.work_ready
 
     def wake(self) -> None:
+        """Capacity appeared (credits, a new agent): a round runs if work may be queued."""
+        self._wakeup.set()
+
+    def work_ready(self) -> None:
+        """Work may be ready in the queue (set as the queue's on_ready)."""
+        self._unknown_work = True
+        self._announced += 1
         self._wakeup.set()
 
     def claim(self, tenant: str, todo: ToDo) -> AgentSession | None:
         """A session that takes `todo` now, its credit taken, for a task assigned as it is
-        created (Orchestrator.claim_agent); None while queued work may be waiting for
-        credits (a wake-up or a round pending): the queue goes first."""
-        if self._stopping or self._wakeup.is_set() or self._round.locked():
+        created (Orchestrator.claim_agent); None while queued work of its requirement may be
+        waiting for credits, or a round runs: the queue goes first."""
+        if self._stopping or self._unknown_work or self._round.locked():
             return None
-        sessions = self._sessions.eligible(Requirement.of(tenant, todo))
+        requirement = Requirement.of(tenant, todo)
+        if requirement.key in self._waiting:
+            return None
+        sessions = self._sessions.eligible(requirement)
         if not sessions:
             return None
         session = sessions[0]  # the most free credits
@@ -92,10 +114,14 @@ class Dispatcher:
         try:
             while True:
                 # asyncio.timeout, not wait_for: wait_for can swallow a cancel on Python 3.11.
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(self._poll_interval_s):
                         await self._wakeup.wait()
+                except TimeoutError:
+                    self._unknown_work = True  # the safety poll: look whatever we know
                 self._wakeup.clear()
+                if not (self._unknown_work or self._waiting):
+                    continue  # credits came back, and the queue holds nothing for them
                 try:
                     async with self._round:
                         await self._dispatch_ready()
@@ -108,23 +134,33 @@ class Dispatcher:
     async def _dispatch_ready(self) -> None:
         if self._stopping:
             return
+        announced = self._announced
+        waiting: set[str] = set()
         for requirement in await self._queue.requirements():
             if self._stopping:
                 return  # items taken below are assigned to the end; none are taken after this
             sessions = self._sessions.eligible(requirement)
             capacity = sum(s.credits for s in sessions)
             if capacity == 0:
+                waiting.add(requirement.key)
                 continue
-            for item in await self._queue.take(requirement, capacity):
+            items = await self._queue.take(requirement, capacity)
+            if len(items) >= capacity:
+                waiting.add(requirement.key)  # there may be more
+            for item in items:
                 # Most free credits first spreads the load; eligible() re-checks credits.
                 sessions = [s for s in sessions if s.takes_work]
                 if not sessions:
+                    waiting.add(requirement.key)
                     break  # credits were taken meanwhile; the item comes back unacked
                 session = max(sessions, key=lambda s: s.credits)
                 session.credits -= 1
                 task = asyncio.create_task(self._assign(item, session))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
+        self._waiting = waiting
+        if announced == self._announced:
+            self._unknown_work = False
 
     async def _assign(self, item: WorkItem, session: AgentSession) -> None:
         try:
