@@ -58,6 +58,7 @@ class Dispatcher:
         # Requirements whose queue still held work at the end of the last round.
         self._waiting: set[str] = set()
         queue.on_ready = self.work_ready
+        self._wakeup.set()  # a first round learns what the queue holds
 
     def wake(self) -> None:
         """Capacity appeared (credits, a new agent): a round runs if work may be queued."""
@@ -123,13 +124,18 @@ class Dispatcher:
                 if not (self._unknown_work or self._waiting):
                     continue  # credits came back, and the queue holds nothing for them
                 try:
-                    async with self._round:
-                        await self._dispatch_ready()
+                    await self.dispatch_round()
                 except Exception:  # a failing queue must not stop dispatching for good
                     log.exception("dispatch round failed")
         finally:
             for task in self._in_flight:
                 task.cancel()
+
+    async def dispatch_round(self) -> None:
+        """Take what the queue holds for the sessions' free credits and start assigning it
+        (run() calls it on every wake-up that may find work)."""
+        async with self._round:
+            await self._dispatch_ready()
 
     async def _dispatch_ready(self) -> None:
         if self._stopping:
