@@ -409,6 +409,11 @@ JOB_STATE_COLUMNS = (
     "start_time",
     "end_time",
 )
+# The tasks columns a transition can change. A task's ToDo and position never change after
+# creation: re-encoding and rewriting todo_json (possibly large) each time would be pure cost.
+TASK_STATE_COLUMNS = tuple(
+    c for c in TASK_COLUMNS if c not in ("job_id", "task_id", "position", "todo_json")
+)
 JOB_TIME_COLUMNS = ("deadline", "create_time", "update_time", "start_time", "end_time")
 TASK_TIME_COLUMNS = (
     "lease_until",
@@ -473,11 +478,19 @@ def job_state_to_record(job: Job) -> Data:
 
 
 def task_to_record(job_id: str, position: int, task: Task) -> Data:
+    """The whole tasks row (times stay datetimes)."""
+    return {
+        "position": position,
+        "todo_json": _dumps(todo_to_data(task.todo)),
+        **task_state_to_record(job_id, task),
+    }
+
+
+def task_state_to_record(job_id: str, task: Task) -> Data:
+    """The row's key and TASK_STATE_COLUMNS: what a transition writes."""
     return {
         "job_id": job_id,
         "task_id": task.id,
-        "position": position,
-        "todo_json": _dumps(todo_to_data(task.todo)),
         "state": task.state.value,
         "attempt": task.attempt,
         "attempts_json": _dumps([attempt_to_data(a) for a in task.attempts]),

@@ -86,11 +86,6 @@ _KEEPALIVES: Final = {
 
 # -- SQL ----------------------------------------------------------------------------------------
 
-# A task's ToDo and position never change after creation: rewriting todo_json (possibly large
-# and TOASTed) on every transition would be pure cost.
-_TASK_STATE_COLUMNS: Final = tuple(
-    c for c in codec.TASK_COLUMNS if c not in ("job_id", "task_id", "position", "todo_json")
-)
 _JOB_STATE_COLUMNS: Final = tuple(c for c in codec.JOB_STATE_COLUMNS if c != "job_id")
 _EVENT_COLUMNS: Final = ("sequence", "create_time", "terminal", "payload_json")
 
@@ -152,7 +147,7 @@ _WRITE_CHANGES: Final = f"""
         FROM {_rows_of("jobs", "j", "jobs")}
         WHERE jobs.job_id = ANY(%(job_ids)s) AND jobs.job_id = j.job_id
     ), task AS (
-        UPDATE tasks SET {", ".join(f"{c} = t.{c}" for c in _TASK_STATE_COLUMNS)},
+        UPDATE tasks SET {", ".join(f"{c} = t.{c}" for c in codec.TASK_STATE_COLUMNS)},
             -- a transition ends a sweeper's claim: it was on an attempt that is now over
             sweep_claim_until = NULL
         FROM {_rows_of("tasks", "t", "tasks")}
@@ -324,9 +319,8 @@ class _Writes:
     def add(self, job: Job, changes: JobChanges) -> None:
         """Encode first, then record: a change that cannot be encoded leaves nothing behind."""
         job_record = codec.job_state_to_record(job)
-        positions = {task_id: i for i, task_id in enumerate(job.tasks)}
         task_records = [
-            codec.task_to_record(job.job_id, positions[task_id], job.tasks[task_id])
+            codec.task_state_to_record(job.job_id, job.tasks[task_id])
             for task_id in sorted(changes.dirty_tasks)
         ]
         events = list(_event_records(job.job_id, changes.events))

@@ -149,7 +149,7 @@ _INSERT_TASK = (
 )
 _UPDATE_TASK = (
     "UPDATE tasks SET "
-    + ", ".join(f"{c} = :{c}" for c in _TASK_COLUMNS if c not in ("job_id", "task_id"))
+    + ", ".join(f"{c} = :{c}" for c in codec.TASK_STATE_COLUMNS)
     + " WHERE job_id = :job_id AND task_id = :task_id"
 )
 _INSERT_EVENT = (
@@ -344,12 +344,11 @@ class SqliteStore:
         self._db.execute(
             _UPDATE_JOB, _to_row(codec.job_state_to_record(job), codec.JOB_TIME_COLUMNS)
         )
-        positions = {task_id: i for i, task_id in enumerate(job.tasks)}
         self._db.executemany(
             _UPDATE_TASK,
             [
                 _to_row(
-                    codec.task_to_record(job.job_id, positions[task_id], job.tasks[task_id]),
+                    codec.task_state_to_record(job.job_id, job.tasks[task_id]),
                     codec.TASK_TIME_COLUMNS,
                 )
                 for task_id in changes.dirty_tasks
