@@ -167,7 +167,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 source=source,
                 options=options,
                 request_id=request.request_id,
-                request_fingerprint=fingerprint(request.spec),
+                # Only a request id's repeats are compared: no hash of the spec without one.
+                request_fingerprint=fingerprint(request.spec) if request.request_id else "",
             )
         except DomainError as error:
             if error.reason is not Reason.REQUEST_ID_REUSED:
