@@ -17,7 +17,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from .background import stop_tasks
+
 log = logging.getLogger(__name__)
+
+# How long close() waits for the flush under way.
+CLOSE_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
 
@@ -60,6 +65,10 @@ class Coalescer(Generic[T]):
                 del self._waiters[: len(items)]
                 try:
                     await self._flush(items)
+                except asyncio.CancelledError:
+                    for waiter in waiters:
+                        waiter.cancel()
+                    raise
                 except Exception as error:  # each caller decides what a failure means
                     for waiter in waiters:
                         if not waiter.done():
@@ -78,8 +87,14 @@ class Coalescer(Generic[T]):
             self._items.clear()
             self._waiters.clear()
 
-    async def close(self) -> None:
-        """Flush what was submitted, then refuse new items."""
+    async def close(self, *, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Flush what was submitted, then refuse new items. A flush still running after
+        `timeout_s` (a backend that stopped answering) is cancelled, and so are its callers."""
         self._closed = True
-        if self._runner is not None:
-            await asyncio.shield(self._runner)
+        if self._runner is None:
+            return
+        runner = self._runner
+        await asyncio.wait({runner}, timeout=timeout_s)
+        if not runner.done():
+            log.warning("%s: flush still running after %.1fs, cancelled", self._name, timeout_s)
+            await stop_tasks([runner])

@@ -92,3 +92,18 @@ async def test_close_flushes_what_was_submitted_then_refuses_more() -> None:
 def test_max_items_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_items"):
         Coalescer(Backend().flush, max_items=0, name="test")
+
+
+async def test_close_gives_up_on_a_flush_that_never_ends() -> None:
+    backend = Backend()
+    backend.gate = asyncio.Event()  # never set: the backend stopped answering
+    coalescer = Coalescer(backend.flush, max_items=100, name="test")
+    stuck = coalescer.submit(1)
+    later = coalescer.submit(2)
+    await backend.started.wait()
+
+    await coalescer.close(timeout_s=0.05)
+
+    assert stuck.cancelled()
+    assert later.cancelled()
+    assert backend.flushes == [[1, 2]]
