@@ -291,14 +291,6 @@ class _SaveMessage(_Op):
     message: StoredMessage
 
 
-@dataclass(frozen=True, slots=True)
-class _Duplicate:
-    """A creation that found the request_id taken: by `job_id` (None: not visible yet)."""
-
-    job_id: str | None
-    fingerprint: str | None
-
-
 @dataclass(slots=True)
 class _Progress:
     """How far a batch got: once its COMMIT is sent, a broken connection leaves it unknown
@@ -737,18 +729,17 @@ class PostgresStore:
             job=job,
             changes=job.take_changes(),
         )
-        outcome: JobChanges | _Duplicate = await self._submit(op)
-        if isinstance(outcome, JobChanges):
+        outcome: JobChanges | None = await self._submit(op)
+        if outcome is not None:
             return job, outcome
-        owner, fingerprint = outcome.job_id, outcome.fingerprint
-        if owner is None:
-            # Committed by another replica after this statement's snapshot was taken.
-            rows = await self._statement(
-                "SELECT job_id, request_fingerprint FROM jobs "
-                "WHERE tenant = %(tenant)s AND request_id = %(request_id)s",
-                {"tenant": job.tenant, "request_id": job.request_id},
-            )
-            owner, fingerprint = rows[0]
+        # The request_id was taken (by a job committed before, by another replica meanwhile,
+        # or earlier in the same batch): read its owner now that it is committed.
+        rows = await self._statement(
+            "SELECT job_id, request_fingerprint FROM jobs "
+            "WHERE tenant = %(tenant)s AND request_id = %(request_id)s",
+            {"tenant": job.tenant, "request_id": job.request_id},
+        )
+        owner, fingerprint = rows[0]
         if fingerprint != job.request_fingerprint:
             raise InvalidArgument(
                 f"request_id {job.request_id!r} was already used for a different request "
@@ -1072,15 +1063,15 @@ def _message_params(message: StoredMessage) -> dict[str, Any]:
 
 
 async def _creation_results(ops: Iterable[_Op]) -> None:
-    """After the commit: each creation's outcome, from the ids its statement inserted. A job
-    left out found its request_id taken; who took it is looked up afterwards (create_job)."""
+    """After the commit: each creation's outcome, from the ids its statement inserted."""
     inserted: dict[int, set[str]] = {}
     for op in ops:
         if isinstance(op, _Create) and op.cursor is not None and op.error is None:
             key = id(op.cursor)
             if key not in inserted:
                 inserted[key] = {job_id for (job_id,) in await op.cursor.fetchall()}
-            op.result = op.changes if op.job.job_id in inserted[key] else _Duplicate(None, None)
+            # None: the request_id was taken (create_job looks up by whom).
+            op.result = op.changes if op.job.job_id in inserted[key] else None
             op.cursor = None
 
 
