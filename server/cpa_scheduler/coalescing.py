@@ -2,9 +2,9 @@
 
 Under load a replica makes the same kind of call (publish these events, queue these tasks, ack
 these entries) for many jobs at once; each round trip costs far more CPU on the client than the
-items it carries. A Coalescer gathers the items submitted during one event-loop iteration, and
-while a flush is running, and hands them to one `flush` call. Idle, an item waits for nothing
-but the end of the current iteration; busy, batches grow by themselves.
+items it carries. A Coalescer gathers the items of the calls made during one event-loop
+iteration, and while a flush is running, and hands them to one `flush` call as one list. Idle,
+a call waits for nothing but the end of the current iteration; busy, batches grow by themselves.
 
 Flushes run one at a time, in submission order: a caller that submits a then b finds a flushed
 in the same or an earlier call than b (event order, for one).
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from .background import stop_tasks
@@ -28,27 +28,27 @@ T = TypeVar("T")
 
 
 class Coalescer(Generic[T]):
-    """`submit(item)` returns a future that completes when the flush carrying the item has
-    ended (with its error, if it raised). At most `max_items` items per flush."""
+    """`submit(items)` returns a future that completes when the flush carrying the items has
+    ended (with its error, if it raised). At most `max_calls` calls' items per flush."""
 
     def __init__(
-        self, flush: Callable[[list[T]], Awaitable[None]], *, max_items: int, name: str
+        self, flush: Callable[[list[T]], Awaitable[None]], *, max_calls: int, name: str
     ) -> None:
-        if max_items <= 0:
-            raise ValueError(f"max_items must be positive, got {max_items}")
+        if max_calls <= 0:
+            raise ValueError(f"max_calls must be positive, got {max_calls}")
         self._flush = flush
-        self._max_items = max_items
+        self._max_calls = max_calls
         self._name = name
-        self._items: list[T] = []
+        self._calls: list[Sequence[T]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
 
-    def submit(self, item: T) -> asyncio.Future[None]:
+    def submit(self, items: Sequence[T]) -> asyncio.Future[None]:
         if self._closed:
             raise RuntimeError(f"{self._name} is closed")
         future = asyncio.get_running_loop().create_future()
-        self._items.append(item)
+        self._calls.append(items)
         self._waiters.append(future)
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name=self._name)
@@ -59,12 +59,12 @@ class Coalescer(Generic[T]):
             # One loop iteration passes before the first flush, so that the calls made in it
             # share the flush.
             await asyncio.sleep(0)
-            while self._items:
-                items, self._items = self._items[: self._max_items], self._items[self._max_items :]
-                waiters = self._waiters[: len(items)]
-                del self._waiters[: len(items)]
+            while self._calls:
+                calls, self._calls = self._calls[: self._max_calls], self._calls[self._max_calls :]
+                waiters = self._waiters[: len(calls)]
+                del self._waiters[: len(calls)]
                 try:
-                    await self._flush(items)
+                    await self._flush([item for call in calls for item in call])
                 except asyncio.CancelledError:
                     for waiter in waiters:
                         waiter.cancel()
@@ -84,7 +84,7 @@ class Coalescer(Generic[T]):
             self._runner = None
             for waiter in self._waiters:  # only when cancelled: the items were never flushed
                 waiter.cancel()
-            self._items.clear()
+            self._calls.clear()
             self._waiters.clear()
 
     async def close(self, *, timeout_s: float = CLOSE_TIMEOUT_S) -> None:

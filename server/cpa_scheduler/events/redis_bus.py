@@ -60,8 +60,8 @@ class RedisEventBus:
             task_name="redis-event-listener",
             logger=log,
         )
-        self._outbox: Coalescer[list[dict[str, Any]]] = Coalescer(
-            self._send, max_items=MAX_CALLS_PER_MESSAGE, name="redis-event-outbox"
+        self._outbox: Coalescer[dict[str, Any]] = Coalescer(
+            self._send, max_calls=MAX_CALLS_PER_MESSAGE, name="redis-event-outbox"
         )
 
     async def start(self) -> None:
@@ -80,8 +80,7 @@ class RedisEventBus:
         self._local.deliver(events)
         self._outbox.submit([event_to_data(event) for event in events])
 
-    async def _send(self, calls: list[list[dict[str, Any]]]) -> None:
-        events = [event for call in calls for event in call]
+    async def _send(self, events: list[dict[str, Any]]) -> None:
         message = _encode({"origin": self._origin, "events": events})
         try:
             await self._redis.publish(self._channel, message)

@@ -223,11 +223,11 @@ class RedisWorkQueue:
         )
         self._mover: asyncio.Task[None] | None = None
         self.on_ready: Callable[[], None] = lambda: None
-        self._publishing: Coalescer[Sequence[QueuedTask]] = Coalescer(
-            self._publish_calls, max_items=PUBLISH_BATCH_SIZE, name="redis-queue-publish"
+        self._publishing: Coalescer[QueuedTask] = Coalescer(
+            self._publish_now, max_calls=PUBLISH_BATCH_SIZE, name="redis-queue-publish"
         )
-        self._acking: Coalescer[Sequence[WorkItem]] = Coalescer(
-            self._ack_calls, max_items=PUBLISH_BATCH_SIZE, name="redis-queue-ack"
+        self._acking: Coalescer[WorkItem] = Coalescer(
+            self._ack_now, max_calls=PUBLISH_BATCH_SIZE, name="redis-queue-ack"
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -254,8 +254,7 @@ class RedisWorkQueue:
         if tasks:
             await self._publishing.submit(tasks)
 
-    async def _publish_calls(self, calls: list[Sequence[QueuedTask]]) -> None:
-        tasks = [task for call in calls for task in call]
+    async def _publish_now(self, tasks: list[QueuedTask]) -> None:
         ready = delayed = False
         for start in range(0, len(tasks), PUBLISH_BATCH_SIZE):
             batch_ready, batch_delayed = await self._publish_batch(
@@ -338,8 +337,7 @@ class RedisWorkQueue:
         if items:
             await self._acking.submit(items)
 
-    async def _ack_calls(self, calls: list[Sequence[WorkItem]]) -> None:
-        items = [item for call in calls for item in call]
+    async def _ack_now(self, items: list[WorkItem]) -> None:
         by_stream: dict[str, list[str]] = {}
         for item in items:
             requirement = Requirement.of(item.task.tenant, item.task.todo)

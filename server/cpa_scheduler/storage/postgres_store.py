@@ -39,7 +39,6 @@ from cpa_scheduler.domain import (
     NotFound,
     PagePosition,
     Reason,
-    Task,
 )
 
 from . import codec
@@ -274,7 +273,6 @@ class _CreationRecords:
 class _Create(_Op):
     job: Job
     changes: JobChanges
-    records: _CreationRecords | None = None
     # The batch's creation statement: it returns the ids of the jobs it inserted.
     cursor: AsyncCursor[Row] | None = None
 
@@ -616,21 +614,19 @@ class PostgresStore:
     async def _insert(self, connection: Connection, ops: Sequence[_Op]) -> None:
         """The creations among `ops` in one statement (its cursor kept for _creation_results),
         and the messages."""
-        creations = []
+        creations: list[tuple[_Create, _CreationRecords]] = []
         for op in ops:
             if isinstance(op, _Create):
                 try:
-                    op.records = _CreationRecords.of(op.job, op.changes)
+                    creations.append((op, _CreationRecords.of(op.job, op.changes)))
                 except Exception as rejected:  # e.g. a value that is no JSON: it fails alone
                     op.error = rejected
-                    continue
-                creations.append(op)
             elif isinstance(op, _SaveMessage):
                 await connection.execute(_INSERT_MESSAGE, _message_params(op.message))
         if creations:
-            params = _CreationRecords.params([op.records for op in creations if op.records])
+            params = _CreationRecords.params([records for _, records in creations])
             cursor = await connection.execute(_CREATE_JOBS, params)
-            for op in creations:
+            for op, _ in creations:
                 op.cursor = cursor
 
     def _batch_failure(self, failure: Exception, *, committing: bool) -> Exception:
@@ -997,16 +993,7 @@ def _job_not_found(job_id: str) -> NotFound:
 
 def _jobs_from_rows(job_rows: Iterable[Row], task_rows: Iterable[Row]) -> dict[str, Job]:
     """Aggregates from rows of _JOB_SELECT and of _TASK_SELECT (ordered by job, position)."""
-    tasks: dict[str, list[Task]] = {}
-    for row in task_rows:
-        task = codec.task_from_record(dict(zip(codec.TASK_COLUMNS, row, strict=True)))
-        tasks.setdefault(row[_TASK_JOB_ID], []).append(task)
-    return {
-        row[_JOB_ID]: codec.job_from_records(
-            dict(zip(codec.JOB_COLUMNS, row, strict=True)), tasks.get(row[_JOB_ID], [])
-        )
-        for row in job_rows
-    }
+    return _Loaded.of(job_rows, task_rows).jobs
 
 
 def _json_rows(records: Iterable[Mapping[str, Any]]) -> str:
