@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cpa_scheduler import json_text
 from cpa_scheduler.background import Backoff, stop_tasks, wait_event
 from cpa_scheduler.domain import AgentState, AttemptRef
 from cpa_scheduler.redis_keys import DEFAULT_PREFIX, RedisKeys
@@ -126,10 +127,6 @@ def cancel_from_data(data: Mapping[str, Any]) -> CancelMessage:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 class RedisAgentDirectory:
     """AgentDirectory on Redis. `start()` subscribes to this replica's control channel (done when
     it returns) and starts announcing; `close()` stops both and withdraws this replica's agents
@@ -218,7 +215,7 @@ class RedisAgentDirectory:
                         tenant_agents = self._keys.tenant_agents(record.tenant)
                         pipe.set(
                             self._keys.agent(record.agent_id),
-                            _dumps(agent_record_to_data(record)),
+                            json_text.dumps(agent_record_to_data(record)),
                             px=self._record_ttl_ms,
                         )
                         pipe.sadd(tenant_agents, record.agent_id)
@@ -255,7 +252,7 @@ class RedisAgentDirectory:
             return False  # our record of a session that has just ended
         receivers = await self._redis.publish(
             self._keys.replica_control(holder),
-            _dumps({"agent_id": agent_id, "cancel": cancel_to_data(cancel)}),
+            json_text.dumps({"agent_id": agent_id, "cancel": cancel_to_data(cancel)}),
         )
         # Nobody listening: the holder is gone and its records have not expired yet.
         return receivers > 0

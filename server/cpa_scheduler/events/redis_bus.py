@@ -21,6 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cpa_scheduler import json_text
 from cpa_scheduler.coalescing import Coalescer
 from cpa_scheduler.domain import JobEvent
 from cpa_scheduler.redis_keys import DEFAULT_PREFIX, RedisKeys
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 MAX_CALLS_PER_MESSAGE = 256
 
 
-def _encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-
-
 class RedisEventBus:
     """EventBus over Redis pub/sub. `start()` subscribes (done when it returns) and runs the
     listener; `close()` stops it (the Redis client belongs to the caller)."""
@@ -51,7 +48,7 @@ class RedisEventBus:
         self._origin = uuid.uuid4().hex
         # Every message starts with its origin (publish writes it first), so this replica skips
         # its own messages, most of what it receives, without decoding them.
-        self._own_prefix = _encode({"origin": self._origin})[:-1].encode()
+        self._own_prefix = json_text.dumps({"origin": self._origin})[:-1].encode()
         self._listener = ChannelListener(
             redis,
             [self._channel],
@@ -81,7 +78,7 @@ class RedisEventBus:
         self._outbox.submit([event_to_data(event) for event in events])
 
     async def _send(self, events: list[dict[str, Any]]) -> None:
-        message = _encode({"origin": self._origin, "events": events})
+        message = json_text.dumps({"origin": self._origin, "events": events})
         try:
             await self._redis.publish(self._channel, message)
         except (RedisError, OSError) as error:

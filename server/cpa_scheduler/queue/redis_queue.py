@@ -18,10 +18,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from redis.asyncio import Redis
 
+from cpa_scheduler import json_text
 from cpa_scheduler.background import Backoff, stop_tasks, wait_event
 from cpa_scheduler.coalescing import Coalescer
 from cpa_scheduler.dispatch.matching import Requirement
@@ -148,10 +148,6 @@ return 0
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _epoch_ms(value: datetime) -> int:
@@ -282,8 +278,8 @@ class RedisWorkQueue:
             not_before = task.not_before
             args += [
                 requirement.key,
-                _dumps(requirement_to_data(requirement)),
-                _dumps(queued_task_to_data(task)),
+                json_text.dumps(requirement_to_data(requirement)),
+                json_text.dumps(queued_task_to_data(task)),
                 _epoch_ms(not_before) if not_before is not None and not_before > now else "",
             ]
         ready, delayed = await self._publish_script(keys=keys, args=args)

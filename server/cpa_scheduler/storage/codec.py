@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from cpa_scheduler import json_text
 from cpa_scheduler.domain import (
     Attempt,
     AttemptState,
@@ -426,10 +427,6 @@ TASK_TIME_COLUMNS = (
 )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def job_to_record(job: Job) -> Data:
     """The jobs row (without tasks); times stay datetimes, structures become JSON text."""
     return {
@@ -439,9 +436,9 @@ def job_to_record(job: Job) -> Data:
         "request_fingerprint": job.request_fingerprint,
         "intent": job.intent,
         "state": job.state.value,
-        "source_json": _dumps(source_to_data(job.source)),
-        "options_json": _dumps(options_to_data(job.options)),
-        "error_json": _dumps(error_to_data(job.error)),
+        "source_json": json_text.dumps(source_to_data(job.source)),
+        "options_json": json_text.dumps(options_to_data(job.options)),
+        "error_json": json_text.dumps(error_to_data(job.error)),
         "dead_lettered": job.dead_lettered,
         "cancel_requested": job.cancel_requested,
         "cancel_reason": _reason_text(job.cancel_reason),
@@ -465,7 +462,7 @@ def job_state_to_record(job: Job) -> Data:
     return {
         "job_id": job.job_id,
         "state": job.state.value,
-        "error_json": _dumps(error_to_data(job.error)),
+        "error_json": json_text.dumps(error_to_data(job.error)),
         "dead_lettered": job.dead_lettered,
         "cancel_requested": job.cancel_requested,
         "cancel_reason": _reason_text(job.cancel_reason),
@@ -481,7 +478,7 @@ def task_to_record(job_id: str, position: int, task: Task) -> Data:
     """The whole tasks row (times stay datetimes)."""
     return {
         "position": position,
-        "todo_json": _dumps(todo_to_data(task.todo)),
+        "todo_json": json_text.dumps(todo_to_data(task.todo)),
         **task_state_to_record(job_id, task),
     }
 
@@ -493,9 +490,9 @@ def task_state_to_record(job_id: str, task: Task) -> Data:
         "task_id": task.id,
         "state": task.state.value,
         "attempt": task.attempt,
-        "attempts_json": _dumps([attempt_to_data(a) for a in task.attempts]),
-        "outputs_json": _dumps(task.outputs),
-        "error_json": _dumps(error_to_data(task.error)),
+        "attempts_json": json_text.dumps([attempt_to_data(a) for a in task.attempts]),
+        "outputs_json": json_text.dumps(task.outputs),
+        "error_json": json_text.dumps(error_to_data(task.error)),
         "failures": task.failures,
         "losses": task.losses,
         "agent_id": task.agent_id,
@@ -556,4 +553,4 @@ def job_from_records(record: Mapping[str, Any], tasks: Iterable[Task]) -> Job:
 
 
 def event_payload_json(event: JobEvent) -> str:
-    return _dumps(payload_to_data(event.payload))
+    return json_text.dumps(payload_to_data(event.payload))

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import AsyncCursor, AsyncPipeline
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from cpa_scheduler import json_text
 from cpa_scheduler.domain import (
     AttemptRef,
     InvalidArgument,
@@ -997,13 +998,7 @@ def _jobs_from_rows(job_rows: Iterable[Row], task_rows: Iterable[Row]) -> dict[s
 
 
 def _json_rows(records: Iterable[Mapping[str, Any]]) -> str:
-    return json.dumps(list(records), default=_json_time, separators=(",", ":"), ensure_ascii=False)
-
-
-def _json_time(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return json_text.dumps(list(records))
 
 
 def _event_records(job_id: str, events: Sequence[JobEvent]) -> Iterator[codec.Data]:
