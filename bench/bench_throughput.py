@@ -261,13 +261,21 @@ async def throughput(
     concurrency: int,
     spec: job_pb2.JobSpec,
     meter: CpuMeter | None = None,
+    batch: int = 1,
 ) -> dict[str, float]:
+    """`batch` > 1: each submitter sends its jobs `batch` at a time (BatchScheduleJobs)."""
     per_submitter = jobs // concurrency
     ids: list[str] = []
 
     async def submitter(client: SchedulerClient) -> None:
-        for _ in range(per_submitter):
-            ids.append((await client.schedule_job(spec)).job.job_id)
+        left = per_submitter
+        while left > 0:
+            if batch > 1:
+                answers = await client.batch_schedule_jobs([spec] * min(batch, left))
+                ids.extend(a.job.job_id for a in answers)
+            else:
+                ids.append((await client.schedule_job(spec)).job.job_id)
+            left -= max(1, batch)
 
     start_ns = time.time_ns()
     if meter is not None:
@@ -349,7 +357,14 @@ async def run(arguments: argparse.Namespace) -> None:
             if backends is not None:
                 _fill_history(backends.database_url, copies=arguments.history // 200)
             calibration = calibration_ms()
-            one = await throughput(clients, arguments.jobs, arguments.concurrency, ONE_TASK, meter)
+            one = await throughput(
+                clients,
+                arguments.jobs,
+                arguments.concurrency,
+                ONE_TASK,
+                meter,
+                batch=arguments.submit_batch,
+            )
             calibration = (calibration + calibration_ms()) / 2
             paced = await paced_latency(clients, arguments.latency_jobs, arguments.rate)
             dag_submitters = max(1, arguments.concurrency // 4)
@@ -366,8 +381,14 @@ async def run(arguments: argparse.Namespace) -> None:
         f"replicas: {arguments.replicas}, agents: {arguments.agents} per replica x "
         f"{arguments.slots} slots; {store}"
     )
+    submitted = (
+        f"BatchScheduleJobs of {arguments.submit_batch}"
+        if arguments.submit_batch > 1
+        else "ScheduleJob per job"
+    )
     print(
-        f"one-task jobs: {one['jobs']:.0f} jobs, {arguments.concurrency} submitters: "
+        f"one-task jobs: {one['jobs']:.0f} jobs, {arguments.concurrency} submitters, "
+        f"{submitted}: "
         f"{one['end_to_end_per_s']:.0f} jobs/s end to end (submit {one['submit_per_s']:.0f}/s), "
         f"job latency p50 {one['job_p50_ms']:.1f} ms p99 {one['job_p99_ms']:.1f} ms"
     )
@@ -400,6 +421,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--latency-jobs", type=int, default=2000)
     parser.add_argument("--dag-jobs", type=int, default=500)
+    parser.add_argument(
+        "--submit-batch",
+        type=int,
+        default=1,
+        help="jobs per BatchScheduleJobs call in the one-task run (1: one ScheduleJob per job)",
+    )
     parser.add_argument("--agents", type=int, default=1)
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument(

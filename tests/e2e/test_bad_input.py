@@ -21,6 +21,14 @@ def _schedule(spec: job_pb2.JobSpec, request_id: str = "") -> Call:
     return lambda client: client.schedule_job(spec, request_id=request_id)
 
 
+def _request(request_id: str, *todos: todo_pb2.ToDo) -> scheduler_service_pb2.ScheduleJobRequest:
+    return scheduler_service_pb2.ScheduleJobRequest(request_id=request_id, spec=todos_spec(*todos))
+
+
+def _batch(*requests: scheduler_service_pb2.ScheduleJobRequest | job_pb2.JobSpec) -> Call:
+    return lambda client: client.batch_schedule_jobs(requests)
+
+
 def _input(
     task_id: str, output_key: str = "", *, artifact_name: str = "", name: str = "report"
 ) -> dict[str, todo_pb2.OutputReference]:
@@ -191,6 +199,58 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_FILTER",
         "filter",
+    ),
+    (
+        "batch of no requests",
+        _batch(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MISSING_FIELD",
+        "requests",
+    ),
+    (
+        "batch of too many requests",
+        _batch(*[todos_spec(todo("a", "noop"))] * 1001),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "requests",
+    ),
+    (
+        "batch with a bad request",
+        _batch(
+            todos_spec(todo("a", "noop")),
+            todos_spec(todo("a", "noop", depends_on=["b"]), todo("b", "noop", depends_on=["a"])),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "GRAPH_CYCLE",
+        "requests[1].spec.todos.todos[1].depends_on[0]",
+    ),
+    (
+        "batch with a request without spec",
+        _batch(scheduler_service_pb2.ScheduleJobRequest(request_id="r")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MISSING_FIELD",
+        "requests[0].spec",
+    ),
+    (
+        "batch with text that matches no intent",
+        _batch(todos_spec(todo("a", "noop")), job_pb2.JobSpec(text="zzz qqq xxx")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_INTENT",
+        "requests[1].spec.text",
+    ),
+    (
+        "batch repeating a request id",
+        _batch(*(_request("r-1", todo("a", "noop")), _request("r-1", todo("a", "noop")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "requests[1].request_id",
+    ),
+    (
+        "oversized batch",
+        _batch(*[todos_spec(todo("a", "echo", params={"blob": "x" * 100_000}))] * 3),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PAYLOAD_TOO_LARGE",
+        "",
     ),
     (
         "bad page token",

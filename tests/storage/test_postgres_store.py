@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from cpa_scheduler.domain import AttemptRef, JobFilter, JobState, StaleAttempt, TaskState
+from cpa_scheduler.domain import AttemptRef, Job, JobFilter, JobState, StaleAttempt, TaskState
 from cpa_scheduler.storage import (
     DatabaseUnavailableError,
     InvalidDatabaseUrlError,
@@ -31,7 +32,7 @@ from cpa_scheduler.storage import (
 from tests.fixtures.tcp_proxy import TcpProxy
 
 from .conftest import database_url
-from .test_store_contract import TENANT, assigning, at, create, new_job
+from .test_store_contract import TENANT, assigning, at, create, create_one, new_job
 
 
 @pytest.fixture
@@ -210,7 +211,7 @@ async def test_replicas_creating_one_request_at_once_make_one_job(
 
     results = await asyncio.gather(
         *(
-            store.create_job(new_job(f"job-{n}", request_id="req-1"))
+            create_one(store, new_job(f"job-{n}", request_id="req-1"))
             for n, store in enumerate([first, second] * 5)
         )
     )
@@ -218,6 +219,31 @@ async def test_replicas_creating_one_request_at_once_make_one_job(
     created = [job.job_id for job, changes in results if changes is not None]
     assert len(created) == 1
     assert {job.job_id for job, _ in results} == set(created)
+
+
+async def test_replicas_creating_overlapping_groups_at_once_make_each_job_once(
+    replicas: tuple[PostgresStore, PostgresStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Groups of the same requests in opposite orders, on two replicas at once: creations take
+    request ids in one order everywhere, so neither waits for the other in a cycle (PostgreSQL
+    would end one with a deadlock error, and its batch would run again write by write) and
+    each request makes one job."""
+    caplog.set_level(logging.INFO, logger="cpa_scheduler.storage.postgres_store")
+    requests = [f"req-{n:03}" for n in range(300)]
+
+    def group(replica: int, order: list[str]) -> list[Job]:
+        return [new_job(f"job-{replica}-{r}", request_id=r) for r in order]
+
+    results = await asyncio.gather(
+        replicas[0].create_jobs(group(0, requests)),
+        replicas[1].create_jobs(group(1, requests[::-1])),
+    )
+
+    owners = {r: job.job_id for r, (job, _) in zip(requests, results[0], strict=True)}
+    assert {r: job.job_id for r, (job, _) in zip(requests[::-1], results[1], strict=True)} == owners
+    created = [job.job_id for result in results for job, changes in result if changes is not None]
+    assert sorted(created) == sorted(owners.values())
+    assert "refused" not in caplog.text
 
 
 async def test_sweepers_of_two_replicas_split_the_expired_attempts(

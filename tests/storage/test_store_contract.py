@@ -19,6 +19,7 @@ from cpa_scheduler.domain import (
     FailedPrecondition,
     InvalidArgument,
     Job,
+    JobChanges,
     JobFilter,
     JobOptions,
     JobSource,
@@ -28,6 +29,7 @@ from cpa_scheduler.domain import (
     OutputRef,
     PagePosition,
     Reason,
+    RequestIdReused,
     RetryPolicy,
     SourceKind,
     StaleAttempt,
@@ -107,8 +109,13 @@ def new_job(
     )
 
 
+async def create_one(store: Store, job: Job) -> tuple[Job, JobChanges | None]:
+    [result] = await store.create_jobs([job])
+    return result
+
+
 async def create(store: Store, job: Job) -> Job:
-    stored, changes = await store.create_job(job)
+    stored, changes = await create_one(store, job)
     assert changes is not None, "expected a new job"
     return stored
 
@@ -130,7 +137,7 @@ def ids(jobs: list[Job]) -> list[str]:
 
 async def test_created_job_reads_back_equal_with_its_events(store: Store) -> None:
     job = new_job("job-1", todo("a"), todo("b", "a"), todo("c"), labels={"team": "ops"})
-    stored, changes = await store.create_job(job)
+    stored, changes = await create_one(store, job)
 
     assert changes is not None
     assert stored is job
@@ -147,7 +154,7 @@ async def test_created_job_reads_back_equal_with_its_events(store: Store) -> Non
 async def test_same_request_id_and_fingerprint_returns_the_existing_job(store: Store) -> None:
     first = await create(store, new_job("job-1", request_id="req-1"))
 
-    again, changes = await store.create_job(new_job("job-2", request_id="req-1", now=at(5)))
+    again, changes = await create_one(store, new_job("job-2", request_id="req-1", now=at(5)))
 
     assert changes is None
     assert again == first
@@ -159,7 +166,7 @@ async def test_request_id_reused_for_another_request_is_refused(store: Store) ->
     await create(store, new_job("job-1", request_id="req-1", fingerprint="fp-1"))
 
     with pytest.raises(InvalidArgument) as raised:
-        await store.create_job(new_job("job-2", request_id="req-1", fingerprint="fp-2"))
+        await create_one(store, new_job("job-2", request_id="req-1", fingerprint="fp-2"))
 
     assert raised.value.reason is Reason.REQUEST_ID_REUSED
     assert raised.value.field == "request_id"
@@ -179,12 +186,89 @@ async def test_request_ids_are_per_tenant_and_empty_ones_never_collide(store: St
 
 async def test_duplicate_creates_in_one_batch_make_one_job(store: Store) -> None:
     results = await asyncio.gather(
-        store.create_job(new_job("job-1", request_id="req-1")),
-        store.create_job(new_job("job-2", request_id="req-1")),
+        create_one(store, new_job("job-1", request_id="req-1")),
+        create_one(store, new_job("job-2", request_id="req-1")),
     )
 
     assert [changes is None for _, changes in results] == [False, True]
     assert {job.job_id for job, _ in results} == {"job-1"}
+
+
+async def test_jobs_created_together_are_all_stored_in_order(store: Store) -> None:
+    jobs = [new_job(f"job-{n}", request_id=f"req-{n}" if n % 2 else "") for n in range(5)]
+
+    results = await store.create_jobs(jobs)
+
+    assert [(job.job_id, changes is not None) for job, changes in results] == [
+        (f"job-{n}", True) for n in range(5)
+    ]
+    for job in jobs:
+        assert (await store.get_job(TENANT, job.job_id)).request_id == job.request_id
+        events = await store.list_events(TENANT, job.job_id, after_sequence=0, limit=100)
+        assert len(events) == job.last_event_sequence
+
+
+async def test_jobs_created_together_find_the_earlier_job_of_a_repeated_request(
+    store: Store,
+) -> None:
+    first = await create(store, new_job("job-1", request_id="req-1"))
+
+    results = await store.create_jobs(
+        [new_job("job-2", request_id="req-2"), new_job("job-3", request_id="req-1")]
+    )
+
+    assert [(job.job_id, changes is None) for job, changes in results] == [
+        ("job-2", False),
+        ("job-1", True),
+    ]
+    assert results[1][0] == first
+    with pytest.raises(NotFound):
+        await store.get_job(TENANT, "job-3")
+
+
+async def test_a_request_id_reused_among_jobs_created_together_stores_none_of_them(
+    store: Store,
+) -> None:
+    await create(store, new_job("job-1", request_id="req-1", fingerprint="fp-1"))
+
+    with pytest.raises(RequestIdReused) as raised:
+        await store.create_jobs(
+            [
+                new_job("job-2"),
+                new_job("job-3", request_id="req-3"),
+                new_job("job-4", request_id="req-1", fingerprint="fp-2"),
+            ]
+        )
+
+    assert (raised.value.reason, raised.value.field, raised.value.index) == (
+        Reason.REQUEST_ID_REUSED,
+        "request_id",
+        2,
+    )
+    for job_id in ("job-2", "job-3", "job-4"):
+        with pytest.raises(NotFound):
+            await store.get_job(TENANT, job_id)
+    # req-3 was given back with the rest: a new job may take it.
+    assert (await create(store, new_job("job-5", request_id="req-3"))).job_id == "job-5"
+
+
+async def test_jobs_created_together_that_the_database_refuses_fail_together(
+    store: Store,
+) -> None:
+    await create(store, new_job("job-1"))
+
+    results = await asyncio.gather(
+        store.create_jobs([new_job("job-2"), new_job("job-1", now=at(9))]),  # job-1 exists
+        create_one(store, new_job("job-3")),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[0], Exception)
+    assert not isinstance(results[1], BaseException)
+    with pytest.raises(NotFound):
+        await store.get_job(TENANT, "job-2")
+    assert (await store.get_job(TENANT, "job-1")).create_time == NOW
+    assert (await store.get_job(TENANT, "job-3")).state is JobState.PENDING
 
 
 # -- update_job -------------------------------------------------------------------------------
@@ -269,8 +353,8 @@ async def test_a_failing_mutation_rolls_back_alone_within_its_batch(store: Store
 
 async def test_changes_of_one_job_in_one_batch_are_all_stored_in_order(store: Store) -> None:
     await asyncio.gather(  # two creations in one batch, each with its labels
-        store.create_job(new_job("job-1", todo("a"), todo("b", "a"), labels={"team": "ops"})),
-        store.create_job(new_job("job-2", labels={"team": "dev"})),
+        create_one(store, new_job("job-1", todo("a"), todo("b", "a"), labels={"team": "ops"})),
+        create_one(store, new_job("job-2", labels={"team": "dev"})),
     )
 
     results = await asyncio.gather(
@@ -299,9 +383,9 @@ async def test_a_write_the_database_refuses_fails_alone_within_its_batch(store: 
     await create(store, new_job("job-2"))
 
     results = await asyncio.gather(
-        store.create_job(new_job("job-1", now=at(9))),  # the same job id again: refused
+        create_one(store, new_job("job-1", now=at(9))),  # the same job id again: refused
         store.update_job(TENANT, "job-2", assigning("a")),
-        store.create_job(new_job("job-3")),
+        create_one(store, new_job("job-3")),
         return_exceptions=True,
     )
 
@@ -634,7 +718,7 @@ async def test_request_ids_are_released_when_their_retention_ends(store: Store) 
     # req-1 now makes a new job, even for another request; req-2 still returns its job.
     reused = await create(store, new_job("job-4", request_id="req-1", fingerprint="fp-2"))
     assert reused.job_id == "job-4"
-    again, changes = await store.create_job(new_job("job-5", request_id="req-2"))
+    again, changes = await create_one(store, new_job("job-5", request_id="req-2"))
     assert (again.job_id, changes) == ("job-2", None)
     released = await store.get_job(TENANT, "job-1")
     assert (released.request_id, released.request_fingerprint) == ("", "")

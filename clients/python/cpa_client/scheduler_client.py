@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -81,6 +81,24 @@ class SchedulerClient:
         return await _unary(
             self._stub.ScheduleJob(request, metadata=self._metadata, timeout=self._timeout_s)
         )
+
+    async def batch_schedule_jobs(
+        self, requests: Sequence[scheduler_service_pb2.ScheduleJobRequest | job_pb2.JobSpec]
+    ) -> list[scheduler_service_pb2.ScheduleJobResponse]:
+        """Create several jobs in one call, all or none; one answer per request, in order.
+        A bare JobSpec is a request without a request_id."""
+        request = scheduler_service_pb2.BatchScheduleJobsRequest(
+            requests=[
+                r
+                if isinstance(r, scheduler_service_pb2.ScheduleJobRequest)
+                else scheduler_service_pb2.ScheduleJobRequest(spec=r)
+                for r in requests
+            ]
+        )
+        response = await _unary(
+            self._stub.BatchScheduleJobs(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return list(response.responses)
 
     async def schedule_text(
         self, text: str, *, context: Mapping[str, Any] | None = None, request_id: str = ""

@@ -28,10 +28,11 @@ from cpa_scheduler.domain import (
     JobState,
     PagePosition,
     Reason,
+    RequestIdReused,
     Task,
 )
 from cpa_scheduler.events import EventBus
-from cpa_scheduler.orchestration import Orchestrator
+from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
 from cpa_scheduler.settings import Settings
 
@@ -56,6 +57,7 @@ _QUIET_REREAD_S = 2.0
 _LIST_JOBS_DEFAULT, _LIST_JOBS_MAX = 50, 1000
 _LIST_AGENTS_DEFAULT, _LIST_AGENTS_MAX = 100, 1000
 _RETRY_JOBS_DEFAULT, _RETRY_JOBS_MAX = 100, 1000
+_BATCH_SCHEDULE_MAX = 1000
 # The states RetryJob re-drives from (FAILED, CANCELLED): those a job may leave for PENDING.
 _REDRIVABLE = frozenset(
     s for s in JobState if JOB_STATE_MACHINE.can_transition(s, JobState.PENDING)
@@ -144,8 +146,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     def _spec_of(
         self, request: pb.ScheduleJobRequest | pb.PreviewPlanRequest
     ) -> tuple[PlanRequest, JobSource, JobOptions]:
-        """The checked spec of a request that carries one (size, presence, fields)."""
-        self._check_size(request)
+        """The checked spec of a request that carries one (presence, fields)."""
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
         return convert.spec_from_proto(
@@ -159,22 +160,64 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def ScheduleJob(
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
+        self._check_size(request)
+        submission = self._submission(request)
+        [(job, created)] = await self._orchestrator.submit_all(self._tenant(context), [submission])
+        return pb.ScheduleJobResponse(job=self._job(job), created=created)
+
+    @translate_errors
+    async def BatchScheduleJobs(
+        self, request: pb.BatchScheduleJobsRequest, context: Context
+    ) -> pb.BatchScheduleJobsResponse:
+        self._check_size(request)
+        count = len(request.requests)
+        if not 1 <= count <= _BATCH_SCHEDULE_MAX:
+            raise InvalidArgument(
+                f"requests must hold 1 to {_BATCH_SCHEDULE_MAX} requests (got {count})",
+                reason=Reason.MISSING_FIELD if count == 0 else Reason.INVALID_FIELD,
+                field="requests",
+            )
+        submissions = []
+        first_of: dict[str, int] = {}
+        for index, item in enumerate(request.requests):
+            path = f"requests[{index}]"
+            if item.request_id and (first := first_of.setdefault(item.request_id, index)) < index:
+                raise InvalidArgument(
+                    f"request_id {item.request_id!r} is also that of requests[{first}]",
+                    field=f"{path}.request_id",
+                )
+            try:
+                submissions.append(self._submission(item))
+            except DomainError as error:
+                error.field = f"{path}.{error.field}"
+                raise
+        try:
+            jobs = await self._orchestrator.submit_all(self._tenant(context), submissions)
+        except RequestIdReused as error:
+            error.field = f"requests[{error.index}].request_id"
+            raise
+        return pb.BatchScheduleJobsResponse(
+            responses=[
+                pb.ScheduleJobResponse(job=self._job(job), created=created) for job, created in jobs
+            ]
+        )
+
+    def _submission(self, request: pb.ScheduleJobRequest) -> Submission:
+        """A request for a job, checked and planned; errors name their field in `request`."""
         plan_request, source, options = self._spec_of(request)
         try:
-            job, created = await self._orchestrator.schedule(
-                tenant=self._tenant(context),
-                request=plan_request,
-                source=source,
-                options=options,
-                request_id=request.request_id,
-                # Only a request id's repeats are compared: no hash of the spec without one.
-                request_fingerprint=fingerprint(request.spec) if request.request_id else "",
-            )
+            plan = self._orchestrator.matched_plan(plan_request, context=options.context)
         except DomainError as error:
-            if error.reason is not Reason.REQUEST_ID_REUSED:
-                error.field = _spec_field(error.field)
+            error.field = _spec_field(error.field)
             raise
-        return pb.ScheduleJobResponse(job=self._job(job), created=created)
+        return Submission(
+            plan=plan,
+            source=source,
+            options=options,
+            request_id=request.request_id,
+            # Only a request id's repeats are compared: no hash of the spec without one.
+            request_fingerprint=fingerprint(request.spec) if request.request_id else "",
+        )
 
     @translate_errors
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
@@ -313,6 +356,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def PreviewPlan(
         self, request: pb.PreviewPlanRequest, context: Context
     ) -> pb.PreviewPlanResponse:
+        self._check_size(request)
         plan_request, _, options = self._spec_of(request)
         try:
             plan = self._orchestrator.plan(plan_request, context=options.context)

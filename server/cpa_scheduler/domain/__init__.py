@@ -6,7 +6,14 @@ Pure Python (no gRPC, SQL, Redis or network); import from here rather than from 
 from __future__ import annotations
 
 from .agent_query import AgentFilter, AgentState
-from .errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
+from .errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    RequestIdReused,
+)
 from .events import (
     EventPayload,
     JobEvent,
@@ -61,6 +68,7 @@ __all__ = [
     "DomainError",
     "FailedPrecondition",
     "InvalidArgument",
+    "RequestIdReused",
     "NotFound",
     "Reason",
     # todo

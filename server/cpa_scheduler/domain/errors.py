@@ -96,3 +96,18 @@ class FailedPrecondition(DomainError):  # noqa: N818 (named after gRPC status co
     """The request is well-formed but the resource's current state forbids it."""
 
     reason = Reason.ILLEGAL_TRANSITION
+
+
+class RequestIdReused(InvalidArgument):
+    """A request_id the tenant already gave to a job made from a different request. `index`:
+    the position of the refused job among those created together (0 for a single one)."""
+
+    reason = Reason.REQUEST_ID_REUSED
+
+    def __init__(self, request_id: str, owner_job_id: str, *, index: int = 0) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was already used for a different request "
+            f"(job {owner_job_id})",
+            field="request_id",
+        )
+        self.index = index

@@ -1,5 +1,5 @@
 """The application layer: job lifecycle (orchestrator) over storage, queue and event bus."""
 
-from .orchestrator import Orchestrator, ResultReport
+from .orchestrator import Orchestrator, ResultReport, Submission
 
-__all__ = ["Orchestrator", "ResultReport"]
+__all__ = ["Orchestrator", "ResultReport", "Submission"]

@@ -67,6 +67,18 @@ class ResultReport:
     handed_back: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One job to create: a matched plan and what came with it."""
+
+    plan: Plan
+    source: JobSource
+    options: JobOptions
+    request_id: str = ""
+    request_fingerprint: str = ""
+    conversation_id: str = ""
+
+
 class Orchestrator:
     """Job lifecycle: submit, assign, results, leases, cancel, retry."""
 
@@ -115,6 +127,19 @@ class Orchestrator:
                 error.field = f"{field}.{error.field}"
             raise
 
+    def matched_plan(self, request: PlanRequest, *, context: Mapping[str, Any]) -> Plan:
+        """The plan of a request that becomes a job: text that matches no intent is refused
+        with UNKNOWN_INTENT."""
+        plan = self.plan(request, context=context)
+        if not plan.matched:
+            closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
+            raise InvalidArgument(
+                "no intent matches the text" + (f"; closest: {closest}" if closest else ""),
+                reason=Reason.UNKNOWN_INTENT,
+                field="text",
+            )
+        return plan
+
     async def schedule(
         self,
         *,
@@ -126,18 +151,10 @@ class Orchestrator:
         request_fingerprint: str = "",
         conversation_id: str = "",
     ) -> tuple[Job, bool]:
-        """Plan and submit; text that matches no intent is refused with UNKNOWN_INTENT."""
-        plan = self.plan(request, context=options.context)
-        if not plan.matched:
-            closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
-            raise InvalidArgument(
-                "no intent matches the text" + (f"; closest: {closest}" if closest else ""),
-                reason=Reason.UNKNOWN_INTENT,
-                field="text",
-            )
+        """Plan and submit one request."""
         return await self.submit(
             tenant=tenant,
-            plan=plan,
+            plan=self.matched_plan(request, context=options.context),
             source=source,
             options=options,
             request_id=request_id,
@@ -157,40 +174,68 @@ class Orchestrator:
         conversation_id: str = "",
     ) -> tuple[Job, bool]:
         """Create a job for a matched plan; idempotent by request_id. Returns (job, created)."""
-        if plan.graph is None:
-            raise ValueError("an unmatched plan cannot become a job")
-        now = self._clock()
-        job = Job.create(
-            job_id=uuid.uuid4().hex,
-            tenant=tenant,
-            graph=plan.graph,
+        submission = Submission(
+            plan=plan,
             source=source,
             options=options,
-            now=now,
-            intent=plan.intent,
             request_id=request_id,
             request_fingerprint=request_fingerprint,
             conversation_id=conversation_id,
         )
-        placed = self._place_at_once(job, now)
+        return (await self.submit_all(tenant, [submission]))[0]
 
-        async def create() -> tuple[Job, bool]:
+    async def submit_all(
+        self, tenant: str, submissions: Sequence[Submission]
+    ) -> list[tuple[Job, bool]]:
+        """Create a job for each submission, all in one transaction or none (a request id
+        reused for a different request: RequestIdReused, whose index names the submission).
+        Returns (job, created) per submission, in order; created is False for a request id's
+        earlier job. The request ids must differ from each other."""
+        now = self._clock()
+        jobs = []
+        for submission in submissions:
+            if submission.plan.graph is None:
+                raise ValueError("an unmatched plan cannot become a job")
+            jobs.append(
+                Job.create(
+                    job_id=uuid.uuid4().hex,
+                    tenant=tenant,
+                    graph=submission.plan.graph,
+                    source=submission.source,
+                    options=submission.options,
+                    now=now,
+                    intent=submission.plan.intent,
+                    request_id=submission.request_id,
+                    request_fingerprint=submission.request_fingerprint,
+                    conversation_id=submission.conversation_id,
+                )
+            )
+        placed = [self._place_at_once(job, now) for job in jobs]
+
+        def release(sessions: Sequence[tuple[str, AgentSession]]) -> None:
+            for _, session in sessions:
+                session.grant(1)
+
+        async def create() -> list[tuple[Job, bool]]:
             try:
-                stored, changes = await self._store.create_job(job)
+                outcomes = await self._store.create_jobs(jobs)
             except BaseException:
-                for _, session in placed:
-                    session.grant(1)
+                for sessions in placed:
+                    release(sessions)
                 raise
-            if changes is None:  # the request id's earlier job: nothing of this one is stored
-                for _, session in placed:
-                    session.grant(1)
-                return stored, False
-            await self._after_commit(stored, changes)
-            for task_id, session in placed:
-                message = self._assignment(stored, task_id, inputs={})
-                session.running.add(AttemptRef(stored.job_id, task_id, message.attempt))
-                session.deliver(message)
-            return stored, True
+            # Together: the queue and bus calls of many jobs then share their round trips.
+            await asyncio.gather(
+                *(self._after_commit(j, changes) for j, changes in outcomes if changes is not None)
+            )
+            for (stored, changes), sessions in zip(outcomes, placed, strict=True):
+                if changes is None:  # the request id's earlier job: nothing of this one is stored
+                    release(sessions)
+                    continue
+                for task_id, session in sessions:
+                    message = self._assignment(stored, task_id, inputs={})
+                    session.running.add(AttemptRef(stored.job_id, task_id, message.attempt))
+                    session.deliver(message)
+            return [(stored, changes is not None) for stored, changes in outcomes]
 
         return await self._uncancellable(create())
 

@@ -58,10 +58,12 @@ class StoredMessage:
 class Store(Protocol):
     """Durable state of jobs, tasks, attempts, events and LAM messages."""
 
-    async def create_job(self, job: Job) -> tuple[Job, JobChanges | None]:
-        """Insert `job` with its tasks and pending events; returns the job and the changes to
-        carry out after commit. With a request_id the tenant already used: the existing job
-        and None when the fingerprint matches, else InvalidArgument(REQUEST_ID_REUSED)."""
+    async def create_jobs(self, jobs: Sequence[Job]) -> list[tuple[Job, JobChanges | None]]:
+        """Insert `jobs` with their tasks and pending events, all in one transaction or none;
+        returns, in order, each job and the changes to carry out after commit. A job whose
+        request_id the tenant already used: the existing job and None when the fingerprint
+        matches; else RequestIdReused (its index names the job) and nothing is stored. The
+        request ids of `jobs` must differ from each other."""
         ...
 
     async def update_job(

@@ -32,7 +32,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from cpa_scheduler import json_text
 from cpa_scheduler.domain import (
     AttemptRef,
-    InvalidArgument,
     Job,
     JobChanges,
     JobEvent,
@@ -40,6 +39,7 @@ from cpa_scheduler.domain import (
     NotFound,
     PagePosition,
     Reason,
+    RequestIdReused,
 )
 
 from . import codec
@@ -158,6 +158,12 @@ _WRITE_CHANGES: Final = f"""
     SELECT e.job_id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}
     FROM {_rows_of("events", "e", "events")}
 """
+# Who holds these request ids (pairs of tenant and request id).
+_REQUEST_OWNERS: Final = """
+    SELECT j.tenant, j.request_id, j.job_id, j.request_fingerprint
+    FROM unnest(%(tenants)s::text[], %(request_ids)s::text[]) AS w (tenant, request_id)
+    JOIN jobs j ON j.tenant = w.tenant AND j.request_id = w.request_id
+"""
 _SELECT_EVENTS: Final = """
     SELECT e.sequence, e.create_time, e.terminal, e.payload_json
     FROM jobs j
@@ -270,12 +276,33 @@ class _CreationRecords:
         }
 
 
+@dataclass(slots=True)
+class _Insertion:
+    """A batch's creation statement: it returns the ids of the jobs it inserted."""
+
+    cursor: AsyncCursor[Row]
+    _ids: set[str] | None = None
+
+    async def ids(self) -> set[str]:
+        if self._ids is None:
+            self._ids = {job_id for (job_id,) in await self.cursor.fetchall()}
+        return self._ids
+
+
 @dataclass(slots=True, kw_only=True)
 class _Create(_Op):
-    job: Job
-    changes: JobChanges
-    # The batch's creation statement: it returns the ids of the jobs it inserted.
-    cursor: AsyncCursor[Row] | None = None
+    """New jobs, stored together or not at all."""
+
+    jobs: list[Job]
+    changes: list[JobChanges]
+    insertion: _Insertion | None = None
+
+    @property
+    def alone(self) -> bool:
+        """Several jobs with request ids get a transaction of their own: when one's request id
+        turns out taken by a different request, the others must be undone before the commit,
+        and only a transaction holding nothing else can simply roll back."""
+        return len(self.jobs) > 1 and any(job.request_id for job in self.jobs)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -482,14 +509,29 @@ class PostgresStore:
     def _start_batches(self) -> None:
         self._start_scheduled = False
         while self._pending and len(self._batches) < self._max_in_flight:
-            batch = self._pending[: self._max_batch_ops]
-            del self._pending[: self._max_batch_ops]
+            batch = self._next_batch()
             # Every replica takes row locks in one global order (stable: one job's writes keep
             # their order), so two batches may wait for each other but never in a cycle.
             batch.sort(key=lambda op: op.order)
             task = asyncio.create_task(self._run_batch(batch), name="cpa-store-batch")
             self._batches.add(task)
             task.add_done_callback(self._batch_done)
+
+    def _next_batch(self) -> list[_Op]:
+        """The oldest pending writes, up to max_batch_ops jobs' worth (at least one write); a
+        write that must run alone (_Create.alone) makes a batch of its own."""
+        taken = size = 0
+        for op in self._pending:
+            if isinstance(op, _Create) and op.alone:
+                taken = taken or 1
+                break
+            weight = len(op.jobs) if isinstance(op, _Create) else 1
+            if size and size + weight > self._max_batch_ops:
+                break
+            taken, size = taken + 1, size + weight
+        batch = self._pending[:taken]
+        del self._pending[:taken]
+        return batch
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)
@@ -501,11 +543,16 @@ class PostgresStore:
             async with self._connection() as connection, connection.pipeline() as pipeline:
                 try:
                     await self._run_fast(connection, pipeline, batch, progress)
-                except psycopg.DatabaseError:
+                except psycopg.DatabaseError as refused:
                     if connection.broken or connection.closed:
                         raise
                     # The database refused a statement, so nothing was stored. Once more, each
                     # write on its own: only the one the database refuses fails.
+                    log.info(
+                        "a batch of %d writes was refused, running each alone: %s",
+                        len(batch),
+                        _first_line(refused),
+                    )
                     progress.committing = False
                     await _discard_pipeline(pipeline)
                     await connection.execute("ROLLBACK")
@@ -547,6 +594,11 @@ class PostgresStore:
         # Creations and messages first: a duplicate that another replica is inserting is
         # waited for, a lock like a job's row, taken in the same order everywhere.
         await self._insert(connection, batch)
+        if await _request_ids_refused(connection, pipeline, batch):
+            # Only a write that runs alone is refused here (_Create.alone): undo its batch.
+            await connection.execute("ROLLBACK")
+            await pipeline.sync()
+            return
         updates = [op for op in batch if isinstance(op, _Update)]
         if updates:
             job_ids = sorted({op.job_id for op in updates})
@@ -598,6 +650,9 @@ class PostgresStore:
     async def _apply_alone(self, connection: Connection, pipeline: AsyncPipeline, op: _Op) -> None:
         if not isinstance(op, _Update):
             await self._insert(connection, [op])
+            if await _request_ids_refused(connection, pipeline, [op]):
+                assert op.error is not None
+                raise op.error
             return
         # The lock serializes every change of this job across replicas until the commit, or
         # until this op rolls back to its savepoint.
@@ -615,20 +670,25 @@ class PostgresStore:
     async def _insert(self, connection: Connection, ops: Sequence[_Op]) -> None:
         """The creations among `ops` in one statement (its cursor kept for _creation_results),
         and the messages."""
-        creations: list[tuple[_Create, _CreationRecords]] = []
+        creations: list[tuple[_Create, list[_CreationRecords]]] = []
         for op in ops:
             if isinstance(op, _Create):
+                # In (tenant, request_id) order, the order every writer takes them in: two
+                # creations waiting for each other's request id never wait in a cycle.
+                jobs = sorted(zip(op.jobs, op.changes, strict=True), key=_request_key)
                 try:
-                    creations.append((op, _CreationRecords.of(op.job, op.changes)))
+                    records = [_CreationRecords.of(job, changes) for job, changes in jobs]
                 except Exception as rejected:  # e.g. a value that is no JSON: it fails alone
                     op.error = rejected
+                    continue
+                creations.append((op, records))
             elif isinstance(op, _SaveMessage):
                 await connection.execute(_INSERT_MESSAGE, _message_params(op.message))
         if creations:
-            params = _CreationRecords.params([records for _, records in creations])
-            cursor = await connection.execute(_CREATE_JOBS, params)
+            params = _CreationRecords.params([r for _, records in creations for r in records])
+            insertion = _Insertion(await connection.execute(_CREATE_JOBS, params))
             for op, _ in creations:
-                op.cursor = cursor
+                op.insertion = insertion
 
     def _batch_failure(self, failure: Exception, *, committing: bool) -> Exception:
         if not _connection_failure(failure):
@@ -717,20 +777,27 @@ class PostgresStore:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> tuple[Job, JobChanges | None]:
+    async def create_jobs(self, jobs: Sequence[Job]) -> list[tuple[Job, JobChanges | None]]:
+        if not jobs:
+            return []
         future = self._future()
         op = _Create(
             # Creations go first, in (tenant, request_id) order: see _run_fast.
-            order=(0, f"job\0{job.tenant}\0{job.request_id}"),
+            order=(0, "\0".join(("job", *min(map(_request_key_of, jobs))))),
             future=future,
-            job=job,
-            changes=job.take_changes(),
+            jobs=list(jobs),
+            changes=[job.take_changes() for job in jobs],
         )
-        outcome: JobChanges | None = await self._submit(op)
-        if outcome is not None:
-            return job, outcome
-        # The request_id was taken (by a job committed before, by another replica meanwhile,
-        # or earlier in the same batch): read its owner now that it is committed.
+        outcomes: list[JobChanges | None] = await self._submit(op)
+        # A request id found taken (by a job committed before, by another replica meanwhile,
+        # or earlier in the same batch): its owner, read now that it is committed.
+        return [
+            (job, changes) if changes is not None else (await self._owner(job, index), None)
+            for index, (job, changes) in enumerate(zip(jobs, outcomes, strict=True))
+        ]
+
+    async def _owner(self, job: Job, index: int) -> Job:
+        """The job that holds `job`'s request id, when it was made from the same request."""
         rows = await self._statement(
             "SELECT job_id, request_fingerprint FROM jobs "
             "WHERE tenant = %(tenant)s AND request_id = %(request_id)s",
@@ -738,13 +805,8 @@ class PostgresStore:
         )
         owner, fingerprint = rows[0]
         if fingerprint != job.request_fingerprint:
-            raise InvalidArgument(
-                f"request_id {job.request_id!r} was already used for a different request "
-                f"(job {owner})",
-                reason=Reason.REQUEST_ID_REUSED,
-                field="request_id",
-            )
-        return await self.get_job(job.tenant, str(owner)), None
+            raise RequestIdReused(job.request_id, owner, index=index)
+        return await self.get_job(job.tenant, str(owner))
 
     async def update_job(
         self, tenant: str, job_id: str, mutate: Callable[[Job], T]
@@ -1046,15 +1108,61 @@ def _message_params(message: StoredMessage) -> dict[str, Any]:
 
 async def _creation_results(ops: Iterable[_Op]) -> None:
     """After the commit: each creation's outcome, from the ids its statement inserted."""
-    inserted: dict[int, set[str]] = {}
     for op in ops:
-        if isinstance(op, _Create) and op.cursor is not None and op.error is None:
-            key = id(op.cursor)
-            if key not in inserted:
-                inserted[key] = {job_id for (job_id,) in await op.cursor.fetchall()}
-            # None: the request_id was taken (create_job looks up by whom).
-            op.result = op.changes if op.job.job_id in inserted[key] else None
-            op.cursor = None
+        if isinstance(op, _Create) and op.insertion is not None and op.error is None:
+            inserted = await op.insertion.ids()
+            # None: the request_id was taken (create_jobs looks up by whom).
+            op.result = [
+                changes if job.job_id in inserted else None
+                for job, changes in zip(op.jobs, op.changes, strict=True)
+            ]
+            op.insertion = None
+
+
+async def _request_ids_refused(
+    connection: Connection, pipeline: AsyncPipeline, ops: Iterable[_Op]
+) -> bool:
+    """Before the commit, for the creations that run alone (_Create.alone): whether one of
+    their jobs found its request id taken by a different request (the op's error says which).
+    The owners are read after the creation statement, which waited for any of them still
+    being inserted, so they are committed and visible."""
+    checked = [op for op in ops if isinstance(op, _Create) and op.alone and op.error is None]
+    refused = False
+    for op in checked:
+        assert op.insertion is not None
+        await pipeline.sync()
+        inserted = await op.insertion.ids()
+        taken = [(i, job) for i, job in enumerate(op.jobs) if job.job_id not in inserted]
+        if not taken:
+            continue
+        cursor = await connection.execute(
+            _REQUEST_OWNERS,
+            {
+                "tenants": [job.tenant for _, job in taken],
+                "request_ids": [job.request_id for _, job in taken],
+            },
+            prepare=False,
+        )
+        await pipeline.sync()
+        owners = {
+            (tenant, request_id): (owner, fingerprint)
+            for tenant, request_id, owner, fingerprint in await cursor.fetchall()
+        }
+        for index, job in taken:
+            owner, fingerprint = owners[(job.tenant, job.request_id)]
+            if fingerprint != job.request_fingerprint:
+                op.error = RequestIdReused(job.request_id, owner, index=index)
+                refused = True
+                break
+    return refused
+
+
+def _request_key(job_and_changes: tuple[Job, JobChanges]) -> tuple[str, str]:
+    return _request_key_of(job_and_changes[0])
+
+
+def _request_key_of(job: Job) -> tuple[str, str]:
+    return (job.tenant, job.request_id)
 
 
 async def _configure(connection: Connection) -> None:

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 from cpa_scheduler.domain import (
     AttemptRef,
-    InvalidArgument,
     Job,
     JobChanges,
     JobEvent,
@@ -28,6 +27,7 @@ from cpa_scheduler.domain import (
     NotFound,
     PagePosition,
     Reason,
+    RequestIdReused,
     TaskState,
 )
 
@@ -288,10 +288,22 @@ class SqliteStore:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> tuple[Job, JobChanges | None]:
-        return await self._write(lambda: self._create_job(job))
+    async def create_jobs(self, jobs: Sequence[Job]) -> list[tuple[Job, JobChanges | None]]:
+        return await self._write(lambda: self._create_jobs(jobs))
 
-    def _create_job(self, job: Job) -> tuple[Job, JobChanges | None]:
+    def _create_jobs(self, jobs: Sequence[Job]) -> list[tuple[Job, JobChanges | None]]:
+        """One write (savepoint): a refused job rolls the others back with it."""
+        created = []
+        try:
+            for index, job in enumerate(jobs):
+                created.append(self._create_job(job, index))
+        except BaseException:
+            for job in jobs:
+                self._live.pop(job.job_id, None)
+            raise
+        return created
+
+    def _create_job(self, job: Job, index: int) -> tuple[Job, JobChanges | None]:
         if job.request_id:
             existing = self._db.execute(
                 "SELECT job_id, request_fingerprint FROM jobs WHERE tenant = ? AND request_id = ?",
@@ -299,12 +311,7 @@ class SqliteStore:
             ).fetchone()
             if existing is not None:
                 if existing["request_fingerprint"] != job.request_fingerprint:
-                    raise InvalidArgument(
-                        f"request_id {job.request_id!r} was already used for a different "
-                        f"request (job {existing['job_id']})",
-                        reason=Reason.REQUEST_ID_REUSED,
-                        field="request_id",
-                    )
+                    raise RequestIdReused(job.request_id, existing["job_id"], index=index)
                 return self._load(job.tenant, existing["job_id"]), None
         changes = job.take_changes()
         self._db.execute(_INSERT_JOB, _to_row(codec.job_to_record(job), codec.JOB_TIME_COLUMNS))

@@ -33,7 +33,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(cpa/scheduler/v1/scheduler_service.proto\x12\x10\x63pa.scheduler.v1\x1a\x19\x63pa/common/v1/error.proto\x1a\x18\x63pa/common/v1/todo.proto\x1a\x1c\x63pa/lam/v1/lam_message.proto\x1a\x1c\x63pa/scheduler/v1/agent.proto\x1a\x1a\x63pa/scheduler/v1/job.proto\x1a cpa/scheduler/v1/job_event.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"W\n\x12ScheduleJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x19.cpa.scheduler.v1.JobSpecB\x04\xe2\x41\x01\x02\"J\n\x13ScheduleJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"%\n\rGetJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.cpa.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x10\x43\x61ncelJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"\'\n\x0fRetryJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x10RetryJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"E\n\x10RetryJobsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"X\n\x11RetryJobsResponse\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12\x32\n\x0cskipped_jobs\x18\x02 \x03(\x0b\x32\x1c.cpa.scheduler.v1.SkippedJob\"Y\n\nSkippedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x06reason\x18\x02 \x01(\x0e\x32\x1a.cpa.common.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"?\n\x0fWatchJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"=\n\x10WatchJobResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.cpa.scheduler.v1.JobEvent\"C\n\x12SendMessageRequest\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x16.cpa.lam.v1.LamMessageB\x04\xe2\x41\x01\x02\"<\n\x13SendMessageResponse\x12%\n\x05reply\x18\x01 \x01(\x0b\x32\x16.cpa.lam.v1.LamMessage\"C\n\x12PreviewPlanRequest\x12-\n\x04spec\x18\x01 \x01(\x0b\x32\x19.cpa.scheduler.v1.JobSpecB\x04\xe2\x41\x01\x02\"/\n\x0eRouteCandidate\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\xda\x01\n\x13PreviewPlanResponse\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x05todos\x18\x03 \x03(\x0b\x32\x13.cpa.common.v1.ToDo\x12,\n\x07\x62\x61tches\x18\x04 \x03(\x0b\x32\x1b.cpa.scheduler.v1.TaskBatch\x12\x34\n\ncandidates\x18\x05 \x03(\x0b\x32 .cpa.scheduler.v1.RouteCandidate\"\x1d\n\tTaskBatch\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"J\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"V\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.cpa.scheduler.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xce\t\n\x10SchedulerService\x12\x7f\n\x0bScheduleJob\x12$.cpa.scheduler.v1.ScheduleJobRequest\x1a%.cpa.scheduler.v1.ScheduleJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x08/v1/jobs:\x01*Z\x0e\"\t/schedule:\x01*\x12\x66\n\x06GetJob\x12\x1f.cpa.scheduler.v1.GetJobRequest\x1a .cpa.scheduler.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/jobs/{job_id}\x12\x63\n\x08ListJobs\x12!.cpa.scheduler.v1.ListJobsRequest\x1a\".cpa.scheduler.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x8b\x01\n\tCancelJob\x12\".cpa.scheduler.v1.CancelJobRequest\x1a#.cpa.scheduler.v1.CancelJobResponse\"5\x82\xd3\xe4\x93\x02/\"\x18/v1/jobs/{job_id}:cancel:\x01*Z\x10*\x0e/jobs/{job_id}\x12u\n\x08RetryJob\x12!.cpa.scheduler.v1.RetryJobRequest\x1a\".cpa.scheduler.v1.RetryJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/jobs/{job_id}:retry:\x01*\x12o\n\tRetryJobs\x12\".cpa.scheduler.v1.RetryJobsRequest\x1a#.cpa.scheduler.v1.RetryJobsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/jobs:retry:\x01*\x12t\n\x08WatchJob\x12!.cpa.scheduler.v1.WatchJobRequest\x1a\".cpa.scheduler.v1.WatchJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/jobs/{job_id}:watch0\x01\x12\x98\x01\n\x0bSendMessage\x12$.cpa.scheduler.v1.SendMessageRequest\x1a%.cpa.scheduler.v1.SendMessageResponse\"<\x82\xd3\xe4\x93\x02\x36\"\x11/v1/messages:send:\x01*Z\x1e\"\x0c/lam/message:\x07messageb\x05reply\x12x\n\x0bPreviewPlan\x12$.cpa.scheduler.v1.PreviewPlanRequest\x1a%.cpa.scheduler.v1.PreviewPlanResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/plans:preview:\x01*\x12k\n\nListAgents\x12#.cpa.scheduler.v1.ListAgentsRequest\x1a$.cpa.scheduler.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/agentsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(cpa/scheduler/v1/scheduler_service.proto\x12\x10\x63pa.scheduler.v1\x1a\x19\x63pa/common/v1/error.proto\x1a\x18\x63pa/common/v1/todo.proto\x1a\x1c\x63pa/lam/v1/lam_message.proto\x1a\x1c\x63pa/scheduler/v1/agent.proto\x1a\x1a\x63pa/scheduler/v1/job.proto\x1a cpa/scheduler/v1/job_event.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"W\n\x12ScheduleJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x19.cpa.scheduler.v1.JobSpecB\x04\xe2\x41\x01\x02\"J\n\x13ScheduleJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"X\n\x18\x42\x61tchScheduleJobsRequest\x12<\n\x08requests\x18\x01 \x03(\x0b\x32$.cpa.scheduler.v1.ScheduleJobRequestB\x04\xe2\x41\x01\x02\"U\n\x19\x42\x61tchScheduleJobsResponse\x12\x38\n\tresponses\x18\x01 \x03(\x0b\x32%.cpa.scheduler.v1.ScheduleJobResponse\"%\n\rGetJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.cpa.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x10\x43\x61ncelJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"\'\n\x0fRetryJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x10RetryJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"E\n\x10RetryJobsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"X\n\x11RetryJobsResponse\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12\x32\n\x0cskipped_jobs\x18\x02 \x03(\x0b\x32\x1c.cpa.scheduler.v1.SkippedJob\"Y\n\nSkippedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x06reason\x18\x02 \x01(\x0e\x32\x1a.cpa.common.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"?\n\x0fWatchJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"=\n\x10WatchJobResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.cpa.scheduler.v1.JobEvent\"C\n\x12SendMessageRequest\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x16.cpa.lam.v1.LamMessageB\x04\xe2\x41\x01\x02\"<\n\x13SendMessageResponse\x12%\n\x05reply\x18\x01 \x01(\x0b\x32\x16.cpa.lam.v1.LamMessage\"C\n\x12PreviewPlanRequest\x12-\n\x04spec\x18\x01 \x01(\x0b\x32\x19.cpa.scheduler.v1.JobSpecB\x04\xe2\x41\x01\x02\"/\n\x0eRouteCandidate\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\xda\x01\n\x13PreviewPlanResponse\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x05todos\x18\x03 \x03(\x0b\x32\x13.cpa.common.v1.ToDo\x12,\n\x07\x62\x61tches\x18\x04 \x03(\x0b\x32\x1b.cpa.scheduler.v1.TaskBatch\x12\x34\n\ncandidates\x18\x05 \x03(\x0b\x32 .cpa.scheduler.v1.RouteCandidate\"\x1d\n\tTaskBatch\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"J\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"V\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.cpa.scheduler.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe0\n\n\x10SchedulerService\x12\x7f\n\x0bScheduleJob\x12$.cpa.scheduler.v1.ScheduleJobRequest\x1a%.cpa.scheduler.v1.ScheduleJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x08/v1/jobs:\x01*Z\x0e\"\t/schedule:\x01*\x12\x8f\x01\n\x11\x42\x61tchScheduleJobs\x12*.cpa.scheduler.v1.BatchScheduleJobsRequest\x1a+.cpa.scheduler.v1.BatchScheduleJobsResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/jobs:batchSchedule:\x01*\x12\x66\n\x06GetJob\x12\x1f.cpa.scheduler.v1.GetJobRequest\x1a .cpa.scheduler.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/jobs/{job_id}\x12\x63\n\x08ListJobs\x12!.cpa.scheduler.v1.ListJobsRequest\x1a\".cpa.scheduler.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x8b\x01\n\tCancelJob\x12\".cpa.scheduler.v1.CancelJobRequest\x1a#.cpa.scheduler.v1.CancelJobResponse\"5\x82\xd3\xe4\x93\x02/\"\x18/v1/jobs/{job_id}:cancel:\x01*Z\x10*\x0e/jobs/{job_id}\x12u\n\x08RetryJob\x12!.cpa.scheduler.v1.RetryJobRequest\x1a\".cpa.scheduler.v1.RetryJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/jobs/{job_id}:retry:\x01*\x12o\n\tRetryJobs\x12\".cpa.scheduler.v1.RetryJobsRequest\x1a#.cpa.scheduler.v1.RetryJobsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/jobs:retry:\x01*\x12t\n\x08WatchJob\x12!.cpa.scheduler.v1.WatchJobRequest\x1a\".cpa.scheduler.v1.WatchJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/jobs/{job_id}:watch0\x01\x12\x98\x01\n\x0bSendMessage\x12$.cpa.scheduler.v1.SendMessageRequest\x1a%.cpa.scheduler.v1.SendMessageResponse\"<\x82\xd3\xe4\x93\x02\x36\"\x11/v1/messages:send:\x01*Z\x1e\"\x0c/lam/message:\x07messageb\x05reply\x12x\n\x0bPreviewPlan\x12$.cpa.scheduler.v1.PreviewPlanRequest\x1a%.cpa.scheduler.v1.PreviewPlanResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/plans:preview:\x01*\x12k\n\nListAgents\x12#.cpa.scheduler.v1.ListAgentsRequest\x1a$.cpa.scheduler.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/agentsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCHEDULEJOBREQUEST'].fields_by_name['spec']._loaded_options = None
   _globals['_SCHEDULEJOBREQUEST'].fields_by_name['spec']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHSCHEDULEJOBSREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHSCHEDULEJOBSREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\002'
   _globals['_GETJOBREQUEST'].fields_by_name['job_id']._loaded_options = None
   _globals['_GETJOBREQUEST'].fields_by_name['job_id']._serialized_options = b'\342A\001\002'
   _globals['_CANCELJOBREQUEST'].fields_by_name['job_id']._loaded_options = None
@@ -56,6 +58,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREVIEWPLANREQUEST'].fields_by_name['spec']._serialized_options = b'\342A\001\002'
   _globals['_SCHEDULERSERVICE'].methods_by_name['ScheduleJob']._loaded_options = None
   _globals['_SCHEDULERSERVICE'].methods_by_name['ScheduleJob']._serialized_options = b'\202\323\344\223\002\035\"\010/v1/jobs:\001*Z\016\"\t/schedule:\001*'
+  _globals['_SCHEDULERSERVICE'].methods_by_name['BatchScheduleJobs']._loaded_options = None
+  _globals['_SCHEDULERSERVICE'].methods_by_name['BatchScheduleJobs']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/jobs:batchSchedule:\001*'
   _globals['_SCHEDULERSERVICE'].methods_by_name['GetJob']._loaded_options = None
   _globals['_SCHEDULERSERVICE'].methods_by_name['GetJob']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/jobs/{job_id}'
   _globals['_SCHEDULERSERVICE'].methods_by_name['ListJobs']._loaded_options = None
@@ -78,48 +82,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULEJOBREQUEST']._serialized_end=417
   _globals['_SCHEDULEJOBRESPONSE']._serialized_start=419
   _globals['_SCHEDULEJOBRESPONSE']._serialized_end=493
-  _globals['_GETJOBREQUEST']._serialized_start=495
-  _globals['_GETJOBREQUEST']._serialized_end=532
-  _globals['_GETJOBRESPONSE']._serialized_start=534
-  _globals['_GETJOBRESPONSE']._serialized_end=586
-  _globals['_LISTJOBSREQUEST']._serialized_start=588
-  _globals['_LISTJOBSREQUEST']._serialized_end=660
-  _globals['_LISTJOBSRESPONSE']._serialized_start=662
-  _globals['_LISTJOBSRESPONSE']._serialized_end=742
-  _globals['_CANCELJOBREQUEST']._serialized_start=744
-  _globals['_CANCELJOBREQUEST']._serialized_end=800
-  _globals['_CANCELJOBRESPONSE']._serialized_start=802
-  _globals['_CANCELJOBRESPONSE']._serialized_end=857
-  _globals['_RETRYJOBREQUEST']._serialized_start=859
-  _globals['_RETRYJOBREQUEST']._serialized_end=898
-  _globals['_RETRYJOBRESPONSE']._serialized_start=900
-  _globals['_RETRYJOBRESPONSE']._serialized_end=954
-  _globals['_RETRYJOBSREQUEST']._serialized_start=956
-  _globals['_RETRYJOBSREQUEST']._serialized_end=1025
-  _globals['_RETRYJOBSRESPONSE']._serialized_start=1027
-  _globals['_RETRYJOBSRESPONSE']._serialized_end=1115
-  _globals['_SKIPPEDJOB']._serialized_start=1117
-  _globals['_SKIPPEDJOB']._serialized_end=1206
-  _globals['_WATCHJOBREQUEST']._serialized_start=1208
-  _globals['_WATCHJOBREQUEST']._serialized_end=1271
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1273
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1334
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=1336
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=1403
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=1405
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=1465
-  _globals['_PREVIEWPLANREQUEST']._serialized_start=1467
-  _globals['_PREVIEWPLANREQUEST']._serialized_end=1534
-  _globals['_ROUTECANDIDATE']._serialized_start=1536
-  _globals['_ROUTECANDIDATE']._serialized_end=1583
-  _globals['_PREVIEWPLANRESPONSE']._serialized_start=1586
-  _globals['_PREVIEWPLANRESPONSE']._serialized_end=1804
-  _globals['_TASKBATCH']._serialized_start=1806
-  _globals['_TASKBATCH']._serialized_end=1835
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1837
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1911
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1913
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1999
-  _globals['_SCHEDULERSERVICE']._serialized_start=2002
-  _globals['_SCHEDULERSERVICE']._serialized_end=3232
+  _globals['_BATCHSCHEDULEJOBSREQUEST']._serialized_start=495
+  _globals['_BATCHSCHEDULEJOBSREQUEST']._serialized_end=583
+  _globals['_BATCHSCHEDULEJOBSRESPONSE']._serialized_start=585
+  _globals['_BATCHSCHEDULEJOBSRESPONSE']._serialized_end=670
+  _globals['_GETJOBREQUEST']._serialized_start=672
+  _globals['_GETJOBREQUEST']._serialized_end=709
+  _globals['_GETJOBRESPONSE']._serialized_start=711
+  _globals['_GETJOBRESPONSE']._serialized_end=763
+  _globals['_LISTJOBSREQUEST']._serialized_start=765
+  _globals['_LISTJOBSREQUEST']._serialized_end=837
+  _globals['_LISTJOBSRESPONSE']._serialized_start=839
+  _globals['_LISTJOBSRESPONSE']._serialized_end=919
+  _globals['_CANCELJOBREQUEST']._serialized_start=921
+  _globals['_CANCELJOBREQUEST']._serialized_end=977
+  _globals['_CANCELJOBRESPONSE']._serialized_start=979
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1034
+  _globals['_RETRYJOBREQUEST']._serialized_start=1036
+  _globals['_RETRYJOBREQUEST']._serialized_end=1075
+  _globals['_RETRYJOBRESPONSE']._serialized_start=1077
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1131
+  _globals['_RETRYJOBSREQUEST']._serialized_start=1133
+  _globals['_RETRYJOBSREQUEST']._serialized_end=1202
+  _globals['_RETRYJOBSRESPONSE']._serialized_start=1204
+  _globals['_RETRYJOBSRESPONSE']._serialized_end=1292
+  _globals['_SKIPPEDJOB']._serialized_start=1294
+  _globals['_SKIPPEDJOB']._serialized_end=1383
+  _globals['_WATCHJOBREQUEST']._serialized_start=1385
+  _globals['_WATCHJOBREQUEST']._serialized_end=1448
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1450
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1511
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=1513
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1580
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1582
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1642
+  _globals['_PREVIEWPLANREQUEST']._serialized_start=1644
+  _globals['_PREVIEWPLANREQUEST']._serialized_end=1711
+  _globals['_ROUTECANDIDATE']._serialized_start=1713
+  _globals['_ROUTECANDIDATE']._serialized_end=1760
+  _globals['_PREVIEWPLANRESPONSE']._serialized_start=1763
+  _globals['_PREVIEWPLANRESPONSE']._serialized_end=1981
+  _globals['_TASKBATCH']._serialized_start=1983
+  _globals['_TASKBATCH']._serialized_end=2012
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2014
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2088
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2090
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2176
+  _globals['_SCHEDULERSERVICE']._serialized_start=2179
+  _globals['_SCHEDULERSERVICE']._serialized_end=3555
 # @@protoc_insertion_point(module_scope)

@@ -82,6 +82,54 @@ class ScheduleJobResponse(_message.Message):
 Global___ScheduleJobResponse: _TypeAlias = ScheduleJobResponse  # noqa: Y015
 
 @_typing.final
+class BatchScheduleJobsRequest(_message.Message):
+    """BatchScheduleJobsRequest asks for several new jobs, created together or not at all."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleJobRequest]:
+        """The jobs, 1 to 1000. Non-empty request ids must differ from each other."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___ScheduleJobRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchScheduleJobsRequest: _TypeAlias = BatchScheduleJobsRequest  # noqa: Y015
+
+@_typing.final
+class BatchScheduleJobsResponse(_message.Message):
+    """BatchScheduleJobsResponse returns one answer per request, in the order of the requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleJobResponse]:
+        """What ScheduleJob would have returned for each request."""
+
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___ScheduleJobResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchScheduleJobsResponse: _TypeAlias = BatchScheduleJobsResponse  # noqa: Y015
+
+@_typing.final
 class GetJobRequest(_message.Message):
     """GetJobRequest names a job."""
 

@@ -43,6 +43,11 @@ class SchedulerServiceStub:
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ScheduleJobRequest.SerializeToString,
                 response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ScheduleJobResponse.FromString,
                 _registered_method=True)
+        self.BatchScheduleJobs = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/BatchScheduleJobs',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.BatchScheduleJobsRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.BatchScheduleJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/cpa.scheduler.v1.SchedulerService/GetJob',
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.GetJobRequest.SerializeToString,
@@ -100,6 +105,17 @@ class SchedulerServiceServicer:
     def ScheduleJob(self, request, context):
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
         the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchScheduleJobs(self, request, context):
+        """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
+        no job is created and the error's field names that request (`requests[2].spec...`).
+        Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
+        the existing job with created = false. At most 1000 requests, with distinct request ids.
+        For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +201,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ScheduleJobRequest.FromString,
                     response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ScheduleJobResponse.SerializeToString,
             ),
+            'BatchScheduleJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchScheduleJobs,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.BatchScheduleJobsRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.BatchScheduleJobsResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.GetJobRequest.FromString,
@@ -262,6 +283,33 @@ class SchedulerService:
             '/cpa.scheduler.v1.SchedulerService/ScheduleJob',
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ScheduleJobRequest.SerializeToString,
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ScheduleJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchScheduleJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/BatchScheduleJobs',
+            cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.BatchScheduleJobsRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.BatchScheduleJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

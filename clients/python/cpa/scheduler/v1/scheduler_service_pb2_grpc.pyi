@@ -41,6 +41,13 @@ class SchedulerServiceStub:
     """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
     the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
     """
+    BatchScheduleJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]
+    """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
+    no job is created and the error's field names that request (`requests[2].spec...`).
+    Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
+    the existing job with created = false. At most 1000 requests, with distinct request ids.
+    For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
     """Returns one job with its tasks, attempts and outputs."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListJobsRequest, _scheduler_service_pb2.ListJobsResponse]
@@ -85,6 +92,13 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     ScheduleJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ScheduleJobRequest, _scheduler_service_pb2.ScheduleJobResponse]  # type: ignore[assignment]
     """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
     the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+    """
+    BatchScheduleJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]  # type: ignore[assignment]
+    """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
+    no job is created and the error's field names that request (`requests[2].spec...`).
+    Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
+    the existing job with created = false. At most 1000 requests, with distinct request ids.
+    For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job with its tasks, attempts and outputs."""
@@ -133,6 +147,19 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_service_pb2.ScheduleJobResponse, _abc.Awaitable[_scheduler_service_pb2.ScheduleJobResponse]]:
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
         the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchScheduleJobs(
+        self,
+        request: _scheduler_service_pb2.BatchScheduleJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_service_pb2.BatchScheduleJobsResponse, _abc.Awaitable[_scheduler_service_pb2.BatchScheduleJobsResponse]]:
+        """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
+        no job is created and the error's field names that request (`requests[2].spec...`).
+        Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
+        the existing job with created = false. At most 1000 requests, with distinct request ids.
+        For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
         """
 
     @_abc_1.abstractmethod
