@@ -12,7 +12,7 @@ import random
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -219,6 +219,53 @@ async def test_replicas_creating_one_request_at_once_make_one_job(
     created = [job.job_id for job, changes in results if changes is not None]
     assert len(created) == 1
     assert {job.job_id for job, _ in results} == set(created)
+
+
+async def test_changes_of_existing_jobs_are_written_before_new_jobs_waiting_longer(
+    postgres_url: str,
+) -> None:
+    """Under a flood of submissions, a result does not queue behind them: the next batch takes
+    the pending changes first, then fills up with new jobs."""
+    store = await PostgresStore.open(postgres_url, max_batches_in_flight=1, max_batch_ops=2)
+    try:
+        await create(store, new_job("job-held"))
+        await create(store, new_job("job-1"))
+        ended: list[str] = []
+
+        def track(name: str, write: Awaitable[object]) -> asyncio.Future[object]:
+            future = asyncio.ensure_future(write)
+            future.add_done_callback(lambda _: ended.append(name))
+            return future
+
+        with psycopg.connect(postgres_url, autocommit=True) as blocker:
+            # The first batch waits for this row lock; the writes below pile up meanwhile.
+            blocker.execute("BEGIN")
+            blocker.execute("SELECT 1 FROM jobs WHERE job_id = 'job-held' FOR UPDATE")
+            writes = [track("held", store.update_job(TENANT, "job-held", assigning("a")))]
+            await _batch_waiting_for_a_lock(postgres_url)
+            writes += [track(f"new-{n}", create(store, new_job(f"job-new-{n}"))) for n in range(4)]
+            writes.append(track("change", store.update_job(TENANT, "job-1", assigning("a"))))
+            await asyncio.sleep(0)  # every write is submitted before the lock goes
+            blocker.execute("COMMIT")
+            await asyncio.gather(*writes)
+
+        assert ended.index("change") < ended.index("new-1")
+    finally:
+        await store.close()
+
+
+async def _batch_waiting_for_a_lock(postgres_url: str) -> None:
+    """Until some session of the database waits for a row lock."""
+    with psycopg.connect(postgres_url, autocommit=True) as watcher:
+        for _ in range(500):
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError("no batch waited for the lock")
 
 
 async def test_replicas_creating_overlapping_groups_at_once_make_each_job_once(

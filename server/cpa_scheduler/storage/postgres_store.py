@@ -419,7 +419,9 @@ class PostgresStore:
         self._max_in_flight = max_batches_in_flight
         self._max_batch_ops = max_batch_ops
         self._sweep_claim = timedelta(seconds=sweep_claim_s)
+        # Writes waiting for a batch: changes of existing jobs before new jobs (_next_batch).
         self._pending: list[_Op] = []
+        self._pending_creations: list[_Create] = []
         self._start_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
         # Cleared while the pool is being checked after a connection broke: calls wait for the
@@ -488,7 +490,10 @@ class PostgresStore:
     def _submit(self, op: _Op) -> asyncio.Future[Any]:
         if self._closing:
             raise RuntimeError("store is closed")
-        self._pending.append(op)
+        if isinstance(op, _Create):
+            self._pending_creations.append(op)
+        else:
+            self._pending.append(op)
         self._schedule_start()
         return op.future
 
@@ -499,7 +504,7 @@ class PostgresStore:
 
     def _schedule_start(self) -> None:
         # call_soon, not now: the other writes of this loop iteration join the batch.
-        if self._start_scheduled or not self._pending:
+        if self._start_scheduled or not self._waiting:
             return
         if len(self._batches) >= self._max_in_flight:
             return  # a finishing batch starts the next one, with everything that piled up
@@ -508,7 +513,7 @@ class PostgresStore:
 
     def _start_batches(self) -> None:
         self._start_scheduled = False
-        while self._pending and len(self._batches) < self._max_in_flight:
+        while self._waiting and len(self._batches) < self._max_in_flight:
             batch = self._next_batch()
             # Every replica takes row locks in one global order (stable: one job's writes keep
             # their order), so two batches may wait for each other but never in a cycle.
@@ -517,20 +522,31 @@ class PostgresStore:
             self._batches.add(task)
             task.add_done_callback(self._batch_done)
 
+    @property
+    def _waiting(self) -> bool:
+        return bool(self._pending or self._pending_creations)
+
     def _next_batch(self) -> list[_Op]:
-        """The oldest pending writes, up to max_batch_ops jobs' worth (at least one write); a
-        write that must run alone (_Create.alone) makes a batch of its own."""
-        taken = size = 0
-        for op in self._pending:
-            if isinstance(op, _Create) and op.alone:
-                taken = taken or 1
+        """Up to max_batch_ops jobs' worth of pending writes (at least one), the oldest first,
+        changes of existing jobs before new jobs: under a flood of submissions, the results and
+        assignments of running work do not queue behind it (work in progress ends first, and
+        new work waits for it, not the other way round). A creation that must run alone
+        (_Create.alone) makes a batch of its own."""
+        batch: list[_Op] = self._pending[: self._max_batch_ops]
+        del self._pending[: self._max_batch_ops]
+        size = len(batch)
+        taken = 0
+        for op in self._pending_creations:
+            if op.alone:
+                if not batch:
+                    batch.append(op)
+                    taken = 1
                 break
-            weight = len(op.jobs) if isinstance(op, _Create) else 1
-            if size and size + weight > self._max_batch_ops:
+            if batch and size + len(op.jobs) > self._max_batch_ops:
                 break
-            taken, size = taken + 1, size + weight
-        batch = self._pending[:taken]
-        del self._pending[:taken]
+            batch.append(op)
+            taken, size = taken + 1, size + len(op.jobs)
+        del self._pending_creations[:taken]
         return batch
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
@@ -1017,7 +1033,7 @@ class PostgresStore:
             return
         self._closing = True
         try:
-            while self._pending or self._batches:
+            while self._waiting or self._batches:
                 self._start_batches()
                 if self._batches:
                     await asyncio.wait(set(self._batches))
