@@ -691,7 +691,9 @@ class PostgresStore:
             if isinstance(op, _Create):
                 # In (tenant, request_id) order, the order every writer takes them in: two
                 # creations waiting for each other's request id never wait in a cycle.
-                jobs = sorted(zip(op.jobs, op.changes, strict=True), key=_request_key)
+                jobs = sorted(
+                    zip(op.jobs, op.changes, strict=True), key=lambda p: _request_key(p[0])
+                )
                 try:
                     records = [_CreationRecords.of(job, changes) for job, changes in jobs]
                 except Exception as rejected:  # e.g. a value that is no JSON: it fails alone
@@ -799,7 +801,7 @@ class PostgresStore:
         future = self._future()
         op = _Create(
             # Creations go first, in (tenant, request_id) order: see _run_fast.
-            order=(0, "\0".join(("job", *min(map(_request_key_of, jobs))))),
+            order=(0, "\0".join(("job", *min(map(_request_key, jobs))))),
             future=future,
             jobs=list(jobs),
             changes=[job.take_changes() for job in jobs],
@@ -1173,11 +1175,7 @@ async def _request_ids_refused(
     return refused
 
 
-def _request_key(job_and_changes: tuple[Job, JobChanges]) -> tuple[str, str]:
-    return _request_key_of(job_and_changes[0])
-
-
-def _request_key_of(job: Job) -> tuple[str, str]:
+def _request_key(job: Job) -> tuple[str, str]:
     return (job.tenant, job.request_id)
 
 
