@@ -94,8 +94,15 @@ async def _open_redis(
 
     # Blocking: a burst of changes waits for a connection instead of failing with "Too many
     # connections" (a failed publish or ack costs a reconcile or a lease to repair).
+    # Socket timeouts: without them a Redis that stops answering (a partition, a frozen host)
+    # holds every call until TCP gives up, minutes later. Subscriptions are not cut by them:
+    # redis-py waits for pub/sub messages without a timeout.
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_pool_size, timeout=REDIS_POOL_WAIT_S
+        settings.redis_url,
+        max_connections=settings.redis_pool_size,
+        timeout=REDIS_POOL_WAIT_S,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
     )
     redis = aioredis.Redis.from_pool(pool)
     closers.append(redis.aclose)

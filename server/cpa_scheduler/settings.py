@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         ge=2,
         description="Most Redis connections of one replica; a burst beyond waits for one.",
     )
+    redis_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest wait for one Redis call (connecting included): a Redis that stops "
+        "answering fails calls after this instead of holding them.",
+    )
     redis_key_prefix: str = Field(
         default="cpa", description="Prefix of every Redis key and channel of this deployment."
     )

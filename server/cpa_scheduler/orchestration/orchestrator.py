@@ -573,22 +573,34 @@ class Orchestrator:
     # -- after commit ---------------------------------------------------------------------
 
     async def _after_commit(self, job: Job, changes: JobChanges) -> None:
-        await self._bus.publish(changes.events)
-        if changes.queued:
-            await self._queue.publish(
-                [
-                    QueuedTask(
-                        tenant=job.tenant,
-                        job_id=job.job_id,
-                        todo=job.tasks[task_id].todo,
-                        attempt=job.tasks[task_id].attempt,
-                        not_before=job.tasks[task_id].next_attempt_time,
-                    )
-                    for task_id in changes.queued
-                ]
-            )
-        for ref, agent_id in changes.cancels:
-            # If no replica holds the agent, its lease expires and the task ends CANCELLED.
-            await self._directory.route_cancel(
-                agent_id, CancelMessage(attempt=ref, reason="job cancelled")
+        """The effects of a committed change. They never fail the change's caller: it is
+        stored, and a caller told otherwise would retry it. What a failure leaves undone is
+        repaired without them: queued tasks are published again by the reconciler (the
+        distributed mode; in process, publishing cannot fail), a lost cancel ends with the
+        attempt's lease, and watchers re-read events they missed from the store."""
+        try:
+            await self._bus.publish(changes.events)
+            if changes.queued:
+                await self._queue.publish(
+                    [
+                        QueuedTask(
+                            tenant=job.tenant,
+                            job_id=job.job_id,
+                            todo=job.tasks[task_id].todo,
+                            attempt=job.tasks[task_id].attempt,
+                            not_before=job.tasks[task_id].next_attempt_time,
+                        )
+                        for task_id in changes.queued
+                    ]
+                )
+            for ref, agent_id in changes.cancels:
+                # If no replica holds the agent, its lease expires and the task ends CANCELLED.
+                await self._directory.route_cancel(
+                    agent_id, CancelMessage(attempt=ref, reason="job cancelled")
+                )
+        except Exception as error:
+            log.warning(
+                "job %s is stored, but carrying out its change failed (repaired later): %s",
+                job.job_id,
+                error,
             )
