@@ -9,7 +9,7 @@ import asyncio
 from google.protobuf import duration_pb2
 
 from cpa.common.v1 import error_pb2
-from cpa.scheduler.v1 import job_pb2
+from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import SchedulerClient
 from tests.e2e.conftest import collect_events, todo, todos_spec
 from tests.fixtures.cluster import Cluster
@@ -72,3 +72,31 @@ async def test_a_task_no_agent_of_any_replica_can_take_names_what_they_lack(
         assert task.error.reason == error_pb2.ERROR_REASON_SCHEDULE_TO_START_TIMEOUT
         # The agent is on the other replica: the explanation comes from the shared directory.
         assert "agent 'cpu-only' lacks capabilities gpu" in task.error.message
+
+
+async def test_a_batch_repeated_on_another_replica_returns_the_jobs_of_the_first(
+    cluster: Cluster,
+) -> None:
+    first, second = cluster.replica("r1"), cluster.replica("r2")
+    cluster.agent("agent-a", first)
+    requests = [
+        scheduler_service_pb2.ScheduleJobRequest(
+            request_id=f"req-{n}", spec=todos_spec(todo("a", "echo", params={"n": n}))
+        )
+        for n in range(10)
+    ]
+    async with (
+        SchedulerClient(first.target, timeout_s=TIMEOUT_S) as on_first,
+        SchedulerClient(second.target, timeout_s=TIMEOUT_S) as on_second,
+    ):
+        await agents_connected(on_first, "agent-a")
+        created = await on_first.batch_schedule_jobs(requests)
+        # The same batch on another replica, e.g. a client retrying after a lost answer.
+        repeated = await on_second.batch_schedule_jobs(requests)
+
+        assert [r.created for r in created] == [True] * 10
+        assert [r.created for r in repeated] == [False] * 10
+        job_ids = [r.job.job_id for r in created]
+        assert [r.job.job_id for r in repeated] == job_ids
+        jobs = await assert_sound_history(on_second, job_ids, attempts={"a": ONCE})
+        assert [jobs[job_id].tasks[0].outputs["n"] for job_id in job_ids] == list(range(10))
