@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -267,6 +268,146 @@ def test_request_id_makes_submit_idempotent(
     cpa(capsys, "jobs", "cancel", first["job"]["job_id"])  # no agent sends mail here
 
 
+ECHO = {"todos": {"todos": [{"id": "a", "action": "ACTION_TYPE_CUSTOM", "customAction": "echo"}]}}
+
+
+def _requests(*lines: Mapping[str, object]) -> str:
+    return "\n".join(json.dumps(line) for line in lines) + "\n"
+
+
+def test_batch_submits_one_job_per_line_in_order_and_again_returns_the_same(
+    capsys: pytest.CaptureFixture[str], server_address: str, run_label: str, tmp_path: Path
+) -> None:
+    spec = {
+        "todos": {"todos": [{"id": "a", "action": "ACTION_TYPE_CUSTOM", "customAction": "echo"}]},
+        "labels": {"run": run_label},
+    }
+    batch = _write(
+        tmp_path / "jobs.jsonl",
+        _requests({"requestId": f"{run_label}-1", "spec": spec})
+        + "\n"  # blank lines are skipped
+        + _requests({"spec": spec}, {"request_id": f"{run_label}-3", "spec": spec}),
+    )
+
+    code, out, err = cpa(capsys, "submit", "--batch", batch)
+
+    assert (code, err) == (0, "")
+    assert len(out) == 3
+    assert all(JOB_ID.match(job_id) for job_id in out)
+    code, listed, _ = cpa(capsys, "jobs", "list", "--filter", f'labels.run = "{run_label}"')
+    assert sorted(line.split()[0] for line in listed[1:]) == sorted(out)
+
+    code, again, err = cpa(capsys, "submit", "--batch", batch)
+
+    assert code == 0
+    assert (again[0], again[2]) == (out[0], out[2])  # lines with a request id: the same jobs
+    assert again[1] not in out
+    assert err.splitlines() == [
+        f"cpa submit: {batch}:1: request id used before: same job",
+        f"cpa submit: {batch}:4: request id used before: same job",
+    ]
+
+
+def test_the_example_batch_runs(capsys: pytest.CaptureFixture[str], server_address: str) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "batch_requests.jsonl"
+
+    code, job_ids, err = cpa(capsys, "submit", "--batch", str(example))
+
+    assert (code, err, len(job_ids)) == (0, "", 3)
+    for job_id in job_ids:
+        code, out, _ = cpa(capsys, "watch", job_id)
+        assert code == 0, out  # cpa watch exits 0 only for a job that SUCCEEDED
+
+
+def test_a_refused_batch_names_the_file_line_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str], server_address: str, run_label: str, tmp_path: Path
+) -> None:
+    good = {
+        "todos": {"todos": [{"id": "a", "action": "ACTION_TYPE_CUSTOM", "customAction": "echo"}]},
+        "labels": {"run": run_label},
+    }
+    cycle = {
+        "todos": {
+            "todos": [
+                {
+                    "id": "a",
+                    "action": "ACTION_TYPE_CUSTOM",
+                    "customAction": "echo",
+                    "dependsOn": ["b"],
+                },
+                {
+                    "id": "b",
+                    "action": "ACTION_TYPE_CUSTOM",
+                    "customAction": "echo",
+                    "dependsOn": ["a"],
+                },
+            ]
+        }
+    }
+    batch = _write(tmp_path / "jobs.jsonl", _requests({"spec": good}, {"spec": cycle}))
+
+    code, out, err = cpa(capsys, "submit", "--batch", batch)
+
+    assert (code, out) == (2, [])
+    assert err.splitlines() == [
+        "cpa: INVALID_ARGUMENT: GRAPH_CYCLE: dependency cycle: a -> b -> a",
+        f"  field requests[1].spec.todos.todos[1].depends_on[0] ({batch}:2)",
+    ]
+    code, listed, _ = cpa(capsys, "jobs", "list", "--filter", f'labels.run = "{run_label}"')
+    assert listed == ["no jobs match the filter"]
+
+
+def test_a_batch_reusing_a_request_id_names_its_line(
+    capsys: pytest.CaptureFixture[str], server_address: str, run_label: str, tmp_path: Path
+) -> None:
+    first = _write(tmp_path / "first.jsonl", _requests({"requestId": run_label, "spec": ECHO}))
+    code, [job_id], _ = cpa(capsys, "submit", "--batch", first)
+    other = {
+        "todos": {"todos": [{"id": "b", "action": "ACTION_TYPE_CUSTOM", "customAction": "echo"}]}
+    }
+    second = _write(
+        tmp_path / "second.jsonl",
+        _requests({"spec": ECHO}, {"requestId": run_label, "spec": other}),
+    )
+
+    code, out, err = cpa(capsys, "submit", "--batch", second)
+
+    assert (code, out) == (2, [])
+    assert err.splitlines() == [
+        f"cpa: ALREADY_EXISTS: REQUEST_ID_REUSED: request_id '{run_label}' was already used for "
+        f"a different request (job {job_id})",
+        f"  field requests[1].request_id ({second}:2)",
+    ]
+
+
+def test_a_batch_longer_than_one_call_says_what_was_created_when_a_later_call_fails(
+    capsys: pytest.CaptureFixture[str], server_address: str, tmp_path: Path
+) -> None:
+    bad = {"todos": {"todos": [{"id": "a"}]}}
+    batch = _write(tmp_path / "jobs.jsonl", _requests(*[{"spec": ECHO}] * 1000, {"spec": bad}))
+
+    code, out, err = cpa(capsys, "submit", "--batch", batch)
+
+    assert code == 2
+    assert len(out) == 1000  # the first call's jobs, created
+    assert err.splitlines()[0] == (
+        "cpa submit: the jobs of the lines before line 1001 were created (their ids are "
+        "above); none from that line on"
+    )
+    assert f"field requests[0].spec.todos.todos[0].action ({batch}:1001)" in err
+
+
+def test_a_batch_line_that_is_no_request_is_refused_before_any_call(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    batch = _write(tmp_path / "jobs.jsonl", '{"spec": {"text": "hi"}}\n{"spec": 3}\n')
+
+    code, out, err = cpa(capsys, "submit", "--batch", batch, "--server", "127.0.0.1:1")
+
+    assert (code, out) == (2, [])
+    assert err.startswith(f"cpa: {batch}:2: not a ScheduleJobRequest: ")
+
+
 @pytest.mark.parametrize(
     "args",
     [("jobs", "get"), ("jobs", "cancel"), ("jobs", "retry"), ("watch",)],
@@ -324,12 +465,19 @@ def test_an_unreachable_server_gets_a_hint(capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("submit",), "cpa: submit: give exactly one of TEXT, --intent NAME or --todos FILE"),
+        (
+            ("submit",),
+            "cpa: submit: give exactly one of TEXT, --intent NAME, --todos FILE or --batch FILE",
+        ),
         (
             ("submit", "hello", "--intent", "send_mail"),
-            "cpa: submit: give exactly one of TEXT, --intent NAME or --todos FILE",
+            "cpa: submit: give exactly one of TEXT, --intent NAME, --todos FILE or --batch FILE",
         ),
         (("submit", "hello", "--param", "a=b"), "cpa: submit: --param goes with --intent"),
+        (
+            ("submit", "--batch", "jobs.jsonl", "--label", "a=b", "--watch"),
+            "cpa: submit: --batch takes everything from its file, not --label, --watch",
+        ),
         (
             ("submit", "--intent", "x", "--param", "novalue"),
             "cpa: --param needs KEY=VALUE, got 'novalue'",
