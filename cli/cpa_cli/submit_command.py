@@ -55,7 +55,9 @@ def register(commands: Any) -> None:
         "--watch", action="store_true", help="stream the job's progress until it ends"
     )
     add_json_option(
-        parser, "the ScheduleJobResponse (with --watch: it and every event, one per line)"
+        parser,
+        "the ScheduleJobResponse (with --watch: it and every event, one per line; with "
+        "--batch: one per request and line)",
     )
     add_server_option(parser)
     parser.set_defaults(run=client_command(_submit))
