@@ -3,6 +3,8 @@ every message inside handled as if sent alone."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2
 from cpa_client import SchedulerClient
@@ -33,6 +35,18 @@ async def read_flat(raw: RawAgentStream, kind: str, count: int) -> list[ex.Conne
     return seen
 
 
+def _results_in_one_batch(job_id: str, assignments: Sequence[ex.Assignment]) -> ex.ConnectRequest:
+    """A successful result for each assignment (report ids 1..n), all in one RequestBatch."""
+    results = [
+        ex.ConnectRequest(
+            report_id=n + 1,
+            result=ex.Result(job_id=job_id, task_id=a.todo.id, attempt=a.attempt),
+        )
+        for n, a in enumerate(assignments)
+    ]
+    return ex.ConnectRequest(batch=ex.RequestBatch(requests=results))
+
+
 async def test_a_batch_of_results_is_stored_and_acked_result_by_result(
     raw_stream: RawAgentStream, client: SchedulerClient
 ) -> None:
@@ -43,14 +57,7 @@ async def test_a_batch_of_results_is_stored_and_acked_result_by_result(
     assignments = [m.assignment for m in await read_flat(raw_stream, "assignment", 3)]
     assert sorted(a.todo.id for a in assignments) == ["t0", "t1", "t2"]
 
-    results = [
-        ex.ConnectRequest(
-            report_id=n + 1,
-            result=ex.Result(job_id=job_id, task_id=a.todo.id, attempt=a.attempt),
-        )
-        for n, a in enumerate(assignments)
-    ]
-    raw_stream.send(ex.ConnectRequest(batch=ex.RequestBatch(requests=results)))
+    raw_stream.send(_results_in_one_batch(job_id, assignments))
 
     acks = [m.report_ack for m in await read_flat(raw_stream, "report_ack", 3)]
     assert sorted((ack.report_id, ack.accepted) for ack in acks) == [(1, 1), (2, 1), (3, 1)]
@@ -67,14 +74,7 @@ async def test_an_agent_that_does_not_read_batches_never_gets_one(
     job_id = (await client.schedule_job(PARALLEL)).job.job_id
     assignments = [m.assignment for m in await read_single(raw_stream, "assignment", 3)]
     # Three results at once make three acks at once: still one message each.
-    results = [
-        ex.ConnectRequest(
-            report_id=n + 1,
-            result=ex.Result(job_id=job_id, task_id=a.todo.id, attempt=a.attempt),
-        )
-        for n, a in enumerate(assignments)
-    ]
-    raw_stream.send(ex.ConnectRequest(batch=ex.RequestBatch(requests=results)))
+    raw_stream.send(_results_in_one_batch(job_id, assignments))
     acks = await read_single(raw_stream, "report_ack", 3)
 
     assert sorted(ack.report_ack.report_id for ack in acks) == [1, 2, 3]
