@@ -42,6 +42,11 @@ class Agent:
         return self._connection.connected
 
     @property
+    def sessions_started(self) -> int:
+        """Sessions welcomed so far: 1 while the agent never had to reconnect."""
+        return self._connection.sessions_started
+
+    @property
     def running_attempts(self) -> frozenset[AttemptKey]:
         """Attempts running now (a snapshot)."""
         return self._connection.running_attempts

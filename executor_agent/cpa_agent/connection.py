@@ -22,8 +22,15 @@ from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa_agent._version import __version__
 from cpa_agent.executors.registry import ExecutorRegistry
-from cpa_agent.runner import AttemptKey, AttemptRunner, StopReason, action_name
+from cpa_agent.runner import (
+    AttemptKey,
+    AttemptRunner,
+    StopReason,
+    action_name,
+    result_too_large,
+)
 from cpa_agent.settings import AgentSettings
+from cpa_agent.stream import ConnectCall, StreamSession
 
 logger = logging.getLogger(__name__)
 
@@ -32,27 +39,24 @@ DECLINE_AGENT_DRAINING = "AGENT_DRAINING"
 DECLINE_SERVER_DRAINING = "SERVER_DRAINING"
 DECLINE_NO_FREE_SLOT = "NO_FREE_SLOT"
 
-# Used when a Welcome carries no heartbeat interval.
-DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
 # The stream counts as dead after this many heartbeat intervals without any server message.
 DEAD_AFTER_HEARTBEAT_INTERVALS = 3
 # After the drain timeout, how long the AGENT_SHUTDOWN results get to be stopped and acked.
 HANDBACK_GRACE_S = 5.0
 # After the agent half-closes its stream, how long the server gets to end it cleanly.
 HALF_CLOSE_GRACE_S = 1.0
-# Most requests in one RequestBatch (sent only to a server that reads batches).
-MAX_BATCH = 256
 # 2**32 times any initial backoff exceeds any sensible maximum; bigger exponents only overflow.
 _MAX_BACKOFF_EXPONENT = 32
 
-_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # Each session opens a fresh channel. With the global subchannel pool it would inherit a
-    # failed subchannel and gRPC's own reconnect backoff (1 s, growing) instead of ours.
-    ("grpc.use_local_subchannel_pool", 1),
-]
 
-
-_ConnectCall = grpc.aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse]
+def _channel_options(settings: AgentSettings) -> list[tuple[str, Any]]:
+    return [
+        # Each session opens a fresh channel. With the global subchannel pool it would inherit a
+        # failed subchannel and gRPC's own reconnect backoff (1 s, growing) instead of ours.
+        ("grpc.use_local_subchannel_pool", 1),
+        # Told to the server in the hello: it sends nothing larger.
+        ("grpc.max_receive_message_length", settings.max_receive_bytes),
+    ]
 
 
 class SessionLostError(Exception):
@@ -63,56 +67,6 @@ class SessionLostError(Exception):
 class _Attempt:
     runner: AttemptRunner
     task: asyncio.Task[None]
-
-
-class _Session:
-    """One stream: its outgoing queue, its report ids and what the server said on it."""
-
-    def __init__(self) -> None:
-        # None ends the request stream (half-close).
-        self.outgoing: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
-        self.welcome: pb.Welcome | None = None
-        self.heartbeat_interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
-        self.last_received_s = 0.0
-        self.server_drain: pb.ServerDrain | None = None
-        # Results sent on this stream and not yet acked, by report id.
-        self.pending_results: dict[int, AttemptKey] = {}
-        self._last_report_id = 0
-
-    def send(self, request: pb.ConnectRequest) -> None:
-        self.outgoing.put_nowait(request)
-
-    def send_report(self, request: pb.ConnectRequest) -> int:
-        """Sends a progress or result with the next report id of this stream; returns the id."""
-        self._last_report_id += 1
-        request.report_id = self._last_report_id
-        self.send(request)
-        return self._last_report_id
-
-    def close_requests(self) -> None:
-        self.outgoing.put_nowait(None)
-
-    async def write_loop(self, call: _ConnectCall) -> None:
-        """The stream's only writer, so concurrent senders never interleave; None half-closes.
-        Requests that wait together go as one RequestBatch once the welcome says the server
-        reads batches (a busy agent: one gRPC message per result costs more than the result)."""
-        # Not gRPC's request-iterator style: its consumer task outlives a call the server ended.
-        try:
-            while (request := await self.outgoing.get()) is not None:
-                if self.outgoing.empty() or not (self.welcome and self.welcome.accepts_batches):
-                    await call.write(request)
-                    continue
-                requests = [request]
-                while not self.outgoing.empty() and len(requests) < MAX_BATCH:
-                    if (queued := self.outgoing.get_nowait()) is None:
-                        self.outgoing.put_nowait(None)  # half-close once the batch is out
-                        break
-                    requests.append(queued)
-                await call.write(pb.ConnectRequest(batch=pb.RequestBatch(requests=requests)))
-            await call.done_writing()
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
-            # The reader sees the same end of the call and reports it.
-            logger.debug("stream writer stopped: %s", error)
 
 
 def _reason_name(reason: error_pb2.ErrorReason.ValueType) -> str:
@@ -169,11 +123,13 @@ class Connection:
         self._registry = registry
         self.connected = asyncio.Event()
         """Set while a session is welcomed; cleared when its stream ends."""
+        self.sessions_started = 0
+        """Sessions welcomed so far (the first one included)."""
         self._attempts: dict[AttemptKey, _Attempt] = {}
         self._attempt_tasks: set[asyncio.Task[None]] = set()
         # Results until the server acks them (accepted or refused), in the order they ended.
         self._outbox: dict[AttemptKey, pb.Result] = {}
-        self._session: _Session | None = None
+        self._session: StreamSession | None = None
         # The server's target; a multi-address one is rotated away from a replica that drains.
         self._target = settings.server
         self._drain_reason: str | None = None
@@ -248,7 +204,7 @@ class Connection:
     def _free_slots(self) -> int:
         return max(0, self._settings.slots - len(self._attempts))
 
-    def _may_take_work(self, session: _Session) -> bool:
+    def _may_take_work(self, session: StreamSession) -> bool:
         return self._drain_reason is None and session.server_drain is None
 
     # --- reconnect loop and one session ----------------------------------------------------------
@@ -256,7 +212,7 @@ class Connection:
     async def _reconnect_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            session = _Session()
+            session = StreamSession(default_report_bytes=self._settings.max_report_bytes)
             leave = False
             try:
                 await self._run_session(session)
@@ -294,8 +250,10 @@ class Connection:
             logger.info("reconnecting to %s in %.2fs", self._settings.server, delay_s)
             await self._wait_until(lambda: self._stopping, timeout_s=delay_s)
 
-    async def _run_session(self, session: _Session) -> None:
-        async with grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS) as channel:
+    async def _run_session(self, session: StreamSession) -> None:
+        async with grpc.aio.insecure_channel(
+            self._target, options=_channel_options(self._settings)
+        ) as channel:
             stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
             call = stub.Connect(None)
             writer = asyncio.create_task(session.write_loop(call), name="agent stream writer")
@@ -318,7 +276,7 @@ class Connection:
                 call.cancel()
                 await _cancel_and_wait([writer], timeout_s=None)
 
-    async def _serve(self, session: _Session, call: _ConnectCall) -> None:
+    async def _serve(self, session: StreamSession, call: ConnectCall) -> None:
         """Reads, heartbeats and waits for a reason to end, until one of the three finishes."""
         reader = asyncio.create_task(self._read_loop(session, call), name="agent stream reader")
         heartbeat = asyncio.create_task(self._heartbeat_loop(session), name="agent heartbeat")
@@ -342,7 +300,7 @@ class Connection:
         if errors:
             raise errors[0]
 
-    async def _read_loop(self, session: _Session, call: _ConnectCall) -> None:
+    async def _read_loop(self, session: StreamSession, call: ConnectCall) -> None:
         loop = asyncio.get_running_loop()
         while True:
             response = await call.read()
@@ -352,7 +310,7 @@ class Connection:
             session.last_received_s = loop.time()
             self._dispatch(session, response)
 
-    async def _heartbeat_loop(self, session: _Session) -> None:
+    async def _heartbeat_loop(self, session: StreamSession) -> None:
         loop = asyncio.get_running_loop()
         interval_s = session.heartbeat_interval_s
         while True:
@@ -364,7 +322,7 @@ class Connection:
                 pb.ConnectRequest(heartbeat=pb.Heartbeat(running_attempts=self._running_protos()))
             )
 
-    async def _wait_session_end(self, session: _Session) -> None:
+    async def _wait_session_end(self, session: StreamSession) -> None:
         """Returns when the agent stops, or a server drain is done (idle) or past its deadline."""
         while not self._stopping:
             drain = session.server_drain
@@ -406,20 +364,29 @@ class Connection:
                 running_attempts=self._running_protos(),
                 version=__version__,
                 accepts_batches=True,
+                max_receive_bytes=settings.max_receive_bytes,
             )
         )
 
-    def _send_result(self, session: _Session, key: AttemptKey, result: pb.Result) -> None:
-        report_id = session.send_report(pb.ConnectRequest(result=result))
+    def _send_result(self, session: StreamSession, key: AttemptKey, result: pb.Result) -> None:
+        request = pb.ConnectRequest(result=result)
+        size, limit = session.report_size(request), session.max_report_bytes
+        if size > limit:
+            # Sent as it is, it would end the stream, and again after every reconnect.
+            logger.warning("result of %s is %d bytes (limit %d): failing it", key, size, limit)
+            result = result_too_large(result, size=size, limit=limit)
+            self._outbox[key] = result  # also what a later session sends
+            request = pb.ConnectRequest(result=result)
+        report_id = session.send_report(request)
         session.pending_results[report_id] = key
 
-    def _send_credit(self, session: _Session, slots: int) -> None:
+    def _send_credit(self, session: StreamSession, slots: int) -> None:
         if slots > 0 and self._may_take_work(session):
             session.send(pb.ConnectRequest(credit=pb.Credit(slots=slots)))
 
     # --- messages from the server ----------------------------------------------------------------
 
-    def _on_welcome(self, session: _Session, welcome: pb.Welcome) -> None:
+    def _on_welcome(self, session: StreamSession, welcome: pb.Welcome) -> None:
         session.welcome = welcome
         session.last_received_s = asyncio.get_running_loop().time()
         if welcome.HasField("heartbeat_interval"):
@@ -430,23 +397,27 @@ class Connection:
         for key in [key for key in self._attempts if key not in adopted]:
             self._discard(key, "not adopted by the server")
         self._session = session
+        self.sessions_started += 1
         self.connected.set()
         logger.info(
-            "connected to %s: session %s on replica %s, heartbeat every %gs, %d attempts adopted",
+            "connected to %s: session %s on replica %s, heartbeat every %gs, %d attempts adopted,"
+            " messages of at most %d bytes out and %s in",
             self._settings.server,
             welcome.session_id,
             welcome.replica_id,
             session.heartbeat_interval_s,
             len(adopted),
+            session.max_report_bytes,
+            welcome.max_assignment_bytes or "unknown",
         )
         if self._drain_reason is not None:
             session.send(pb.ConnectRequest(drain=pb.AgentDrain(reason=self._drain_reason)))
-        for key, result in self._outbox.items():
+        for key, result in list(self._outbox.items()):  # _send_result may replace one
             self._send_result(session, key, result)
         self._send_credit(session, self._free_slots())
         self._notify()
 
-    def _dispatch(self, session: _Session, response: pb.ConnectResponse) -> None:
+    def _dispatch(self, session: StreamSession, response: pb.ConnectResponse) -> None:
         kind = response.WhichOneof("kind")
         if kind == "batch":
             for inner in response.batch.responses:
@@ -474,7 +445,7 @@ class Connection:
         else:
             logger.warning("ignoring unexpected server message %r", kind)
 
-    def _on_assignment(self, session: _Session, assignment: pb.Assignment) -> None:
+    def _on_assignment(self, session: StreamSession, assignment: pb.Assignment) -> None:
         key = AttemptKey.of_assignment(assignment)
         decline_reason = ""
         if key in self._attempts or key in self._outbox:
@@ -513,7 +484,7 @@ class Connection:
             return
         attempt.runner.stop(StopReason.CANCELLED, cancel.reason or "cancelled by the scheduler")
 
-    def _on_report_ack(self, session: _Session, ack: pb.ReportAck) -> None:
+    def _on_report_ack(self, session: StreamSession, ack: pb.ReportAck) -> None:
         key = session.pending_results.pop(ack.report_id, None)
         if key is None:
             return  # a progress report, or a result already acked
@@ -522,7 +493,7 @@ class Connection:
         self._outbox.pop(key, None)
         self._notify()
 
-    def _on_heartbeat_ack(self, session: _Session, ack: pb.HeartbeatAck) -> None:
+    def _on_heartbeat_ack(self, session: StreamSession, ack: pb.HeartbeatAck) -> None:
         freed_slots = 0
         for stale in ack.stale_attempts:
             key = AttemptKey.from_proto(stale)
@@ -532,7 +503,7 @@ class Connection:
         # No result will carry these slots' credit back, so it goes now.
         self._send_credit(session, freed_slots)
 
-    def _on_call_for_proposals(self, session: _Session, cfp: pb.CallForProposals) -> None:
+    def _on_call_for_proposals(self, session: StreamSession, cfp: pb.CallForProposals) -> None:
         available = self._can_take(cfp.todo)
         session.send(
             pb.ConnectRequest(
@@ -592,8 +563,13 @@ class Connection:
         session = self._session
         key = AttemptKey(progress.job_id, progress.task_id, progress.attempt)
         # Best effort: progress made while disconnected is dropped, never re-sent.
-        if session is not None and key in self._attempts:
-            session.send_report(pb.ConnectRequest(progress=progress))
+        if session is None or key not in self._attempts:
+            return
+        request = pb.ConnectRequest(progress=progress)
+        if (size := session.report_size(request)) > session.max_report_bytes:
+            logger.warning("progress of %s dropped: %d bytes is over the budget", key, size)
+            return
+        session.send_report(request)
 
     def _discard(self, key: AttemptKey, why: str) -> None:
         """Stops an attempt the server no longer wants; its result is never reported."""

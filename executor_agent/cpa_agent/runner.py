@@ -28,6 +28,7 @@ AGENT_SHUTDOWN = "AGENT_SHUTDOWN"
 EXECUTOR_EXCEPTION = "EXECUTOR_EXCEPTION"
 UNKNOWN_ACTION = "UNKNOWN_ACTION"
 INVALID_OUTPUTS = "INVALID_OUTPUTS"
+OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
 
 _ACTION_PREFIX = "ACTION_TYPE_"
 
@@ -102,6 +103,34 @@ def _error(
             logger.warning("dropping error details of %s: not representable as JSON", code)
             error.ClearField("details")
     return error
+
+
+def result_too_large(
+    result: executor_service_pb2.Result, *, size: int, limit: int
+) -> executor_service_pb2.Result:
+    """What the agent reports instead of a result too large to send: the attempt failed with
+    OUTPUT_TOO_LARGE, not retryable (the same action makes the same output). Outputs, error
+    details and artifacts are dropped; the message says the size and the limit."""
+    if result.WhichOneof("outcome") == "error":
+        what = f"its error {result.error.code[:64]!r}"
+    else:
+        what = "its outputs"
+    message = (
+        f"the result of attempt {result.attempt} ({what}, artifacts) is {size} bytes; the server "
+        f"takes at most {limit} bytes from an agent (Welcome.max_report_bytes)"
+    )
+    return executor_service_pb2.Result(
+        job_id=result.job_id,
+        task_id=result.task_id,
+        attempt=result.attempt,
+        error=_error(
+            OUTPUT_TOO_LARGE,
+            message,
+            retryable=False,
+            reason=error_pb2.ERROR_REASON_OUTPUT_TOO_LARGE,
+        ),
+        cancelled=result.cancelled,
+    )
 
 
 class AttemptRunner:

@@ -60,6 +60,19 @@ class AgentSettings(BaseSettings):
         description="How long an action may take to end once stopped (timeout, cancel, drain); "
         "one that ignores the stop is abandoned and the attempt is reported without it.",
     )
+    max_receive_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest server message accepted (gRPC max receive length); told to the "
+        "server in the hello, which sends nothing larger. Keep it at least the server's "
+        "CPA_MAX_ASSIGNMENT_BYTES (same default), or larger assignments fail.",
+    )
+    max_report_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest message sent to a server whose welcome names no limit (an older "
+        "server); otherwise the welcome's max_report_bytes (the server's CPA_MAX_REQUEST_BYTES).",
+    )
 
     log_level: str = Field(default="INFO", description="Python logging level name (CLI only).")
 

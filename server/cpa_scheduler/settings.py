@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request the server accepts; larger ones fail with PAYLOAD_TOO_LARGE.",
     )
+    max_assignment_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest message sent to an agent (an assignment, a batch); must not exceed "
+        "the agents' CPA_AGENT_MAX_RECEIVE_BYTES (an agent's hello says its own, and the smaller "
+        "wins). A larger assignment fails its task unsent with ASSIGNMENT_TOO_LARGE.",
+    )
     max_tasks_per_job: int = Field(default=10_000, ge=1, description="Most tasks one job may have.")
     default_max_parallelism: int = Field(
         default=64, ge=1, description="Tasks of one job running at once when the job names none."

@@ -126,6 +126,7 @@ class ScriptedSession:
         adopted: Iterable[pb.RunningAttempt] = (),
         session_id: str = "session-1",
         accepts_batches: bool = False,
+        max_report_bytes: int = 0,
     ) -> None:
         self.send(
             pb.ConnectResponse(
@@ -136,6 +137,7 @@ class ScriptedSession:
                     lease_duration=duration(3 * heartbeat_interval_s),
                     adopted_attempts=list(adopted),
                     accepts_batches=accepts_batches,
+                    max_report_bytes=max_report_bytes,
                 )
             )
         )

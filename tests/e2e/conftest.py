@@ -19,7 +19,7 @@ import pytest
 
 from cpa.common.v1 import todo_pb2
 from cpa.scheduler.v1 import job_event_pb2, job_pb2
-from cpa_agent import Agent, AgentSettings, builtin_registry
+from cpa_agent import Agent, AgentSettings, ExecutorRegistry, builtin_registry
 from cpa_client import SchedulerClient
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
@@ -78,10 +78,12 @@ class Agents:
     target: str
     running: list[tuple[Agent, asyncio.Task[None]]] = field(default_factory=list)
 
-    async def start(self, agent_id: str, **settings: Any) -> Agent:
+    async def start(
+        self, agent_id: str, *, registry: ExecutorRegistry | None = None, **settings: Any
+    ) -> Agent:
         agent = Agent(
             settings=AgentSettings(server=self.target, agent_id=agent_id, **settings),
-            registry=builtin_registry(),
+            registry=registry if registry is not None else builtin_registry(),
         )
         task = asyncio.create_task(agent.async_run())
         self.running.append((agent, task))

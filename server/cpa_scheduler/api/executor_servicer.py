@@ -26,7 +26,8 @@ from google.protobuf import duration_pb2
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
-from cpa_scheduler.dispatch import AgentSession, Outbound, SessionRegistry
+from cpa_client.agent_stream import batches
+from cpa_scheduler.dispatch import AgentSession, AssignmentMessage, Outbound, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.dispatch.dispatcher import Dispatcher
 from cpa_scheduler.domain import (
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-# Most responses in one ResponseBatch.
-MAX_BATCH = 256
 # The message of the refusal of a new stream while this replica stops.
 SHUTTING_DOWN_MESSAGE = "this replica is shutting down; connect to another replica"
 
@@ -61,6 +60,10 @@ class _Stream:
 
     session: AgentSession
     outgoing: asyncio.Queue[pb.ConnectResponse | None]
+
+
+def _batch(responses: list[pb.ConnectResponse]) -> pb.ConnectResponse:
+    return pb.ConnectResponse(batch=pb.ResponseBatch(responses=responses))
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -155,9 +158,20 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             first.hello, default_tenant=self._settings.default_tenant
         )
         outgoing: asyncio.Queue[pb.ConnectResponse | None] = asyncio.Queue()
+        # Nothing larger goes to this agent: it would end the stream (and again after the
+        # agent reconnects), so the smaller of our budget and what the agent says it accepts.
+        max_send_bytes = self._settings.max_assignment_bytes
+        if first.hello.max_receive_bytes > 0:
+            max_send_bytes = min(max_send_bytes, first.hello.max_receive_bytes)
 
         def deliver(message: Outbound) -> None:
-            outgoing.put_nowait(convert.outbound_to_proto(message))
+            response = convert.outbound_to_proto(message)
+            if isinstance(message, AssignmentMessage):
+                size = response.ByteSize()
+                if size > max_send_bytes:
+                    self._assignment_too_large(session, message, size=size, limit=max_send_bytes)
+                    return
+            outgoing.put_nowait(response)
 
         now = self._clock()
         session = AgentSession(
@@ -192,22 +206,15 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                     lease_duration=_duration(self._settings.lease_duration_s),
                     adopted_attempts=convert.attempt_refs_to_proto(adopted),
                     accepts_batches=True,
+                    max_report_bytes=self._settings.max_request_bytes,
+                    max_assignment_bytes=max_send_bytes,
                 )
             )
             reader = asyncio.create_task(self._read(request_iterator, session, outgoing))
-            batches = first.hello.accepts_batches
-            while (message := await outgoing.get()) is not None:
-                if not batches or outgoing.empty():
-                    yield message
-                    continue
-                # Several are waiting (a busy agent): one message carries them.
-                responses = [message]
-                while not outgoing.empty() and len(responses) < MAX_BATCH:
-                    if (queued := outgoing.get_nowait()) is None:
-                        outgoing.put_nowait(None)  # the end, once the batch is out
-                        break
-                    responses.append(queued)
-                yield pb.ConnectResponse(batch=pb.ResponseBatch(responses=responses))
+            # Several waiting (a busy agent): batches, each within what the agent accepts.
+            batch_bytes = max_send_bytes if first.hello.accepts_batches else 0
+            async for message in batches(outgoing, batch_bytes=lambda: batch_bytes, wrap=_batch):
+                yield message
         finally:
             watchdog.cancel()
             if reader is not None:
@@ -219,6 +226,26 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             self._directory.announce_now()
             # Its attempts keep their leases: they expire unless the agent comes back in time.
             log.info("agent %s disconnected", profile.agent_id)
+
+    def _assignment_too_large(
+        self, session: AgentSession, message: AssignmentMessage, *, size: int, limit: int
+    ) -> None:
+        """Fails an attempt whose assignment is too large to send; its credit comes back."""
+        ref = AttemptRef(message.job_id, message.todo.id, message.attempt)
+        log.warning("assignment %s is %d bytes (limit %d): failing it unsent", ref, size, limit)
+        session.running.discard(ref)
+        session.grant(1)
+        self._dispatcher.wake()
+        task = asyncio.create_task(self._fail_unsent(message.tenant, ref, size=size, limit=limit))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _fail_unsent(self, tenant: str, ref: AttemptRef, *, size: int, limit: int) -> None:
+        try:
+            await self._orchestrator.assignment_too_large(tenant, ref, size=size, limit=limit)
+        except Exception:
+            # The attempt's lease runs out (the agent never heard of it) and it comes back.
+            log.exception("failing the oversized assignment %s failed", ref)
 
     async def _close_when_silent(self, session: AgentSession) -> None:
         """Ends the session of an agent silent for a lease (frozen, or cut off without a FIN

@@ -413,6 +413,22 @@ class Orchestrator:
         with contextlib.suppress(StaleAttempt, NotFound):
             await self.report_result(tenant, ref, declined)
 
+    async def assignment_too_large(
+        self, tenant: str, ref: AttemptRef, *, size: int, limit: int
+    ) -> None:
+        """The attempt's assignment is larger than its agent may receive, so it was not sent:
+        the attempt fails, not retried (the same params and inputs make the same assignment)."""
+        error = TaskError(
+            code=Reason.ASSIGNMENT_TOO_LARGE.value,
+            message=f"the assignment of attempt {ref.attempt} is {size} bytes; the agent takes "
+            f"at most {limit}: its params and the inputs taken from upstream outputs must be "
+            "smaller",
+            retryable=False,
+            reason=Reason.ASSIGNMENT_TOO_LARGE,
+        )
+        with contextlib.suppress(StaleAttempt, NotFound):
+            await self.report_result(tenant, ref, ResultReport(error=error))
+
     async def renew_leases(
         self, tenant: str, agent_id: str, attempts: Sequence[AttemptRef]
     ) -> tuple[datetime, list[AttemptRef]]:

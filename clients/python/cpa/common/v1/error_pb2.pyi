@@ -110,6 +110,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A task's input names an output key its upstream task did not produce; the task failed
     without running (not retried: the upstream's outputs do not change).
     """
+    ERROR_REASON_OUTPUT_TOO_LARGE: _ErrorReason.ValueType  # 55
+    """An attempt's result (outputs, error details, artifacts) is larger than the server takes
+    from an agent (Welcome.max_report_bytes): the agent dropped it and failed the attempt
+    instead, with TaskError.code OUTPUT_TOO_LARGE (not retried: the same action makes the same
+    output).
+    """
+    ERROR_REASON_ASSIGNMENT_TOO_LARGE: _ErrorReason.ValueType  # 56
+    """A task's assignment (its params and resolved inputs) is larger than the server sends to the
+    agent (CPA_MAX_ASSIGNMENT_BYTES, or less when the agent's Hello.max_receive_bytes says so):
+    the task failed without being sent, with TaskError.code ASSIGNMENT_TOO_LARGE (not retried).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -202,6 +213,17 @@ ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 40
 ERROR_REASON_UNRESOLVED_INPUT: ErrorReason.ValueType  # 41
 """A task's input names an output key its upstream task did not produce; the task failed
 without running (not retried: the upstream's outputs do not change).
+"""
+ERROR_REASON_OUTPUT_TOO_LARGE: ErrorReason.ValueType  # 55
+"""An attempt's result (outputs, error details, artifacts) is larger than the server takes
+from an agent (Welcome.max_report_bytes): the agent dropped it and failed the attempt
+instead, with TaskError.code OUTPUT_TOO_LARGE (not retried: the same action makes the same
+output).
+"""
+ERROR_REASON_ASSIGNMENT_TOO_LARGE: ErrorReason.ValueType  # 56
+"""A task's assignment (its params and resolved inputs) is larger than the server sends to the
+agent (CPA_MAX_ASSIGNMENT_BYTES, or less when the agent's Hello.max_receive_bytes says so):
+the task failed without being sent, with TaskError.code ASSIGNMENT_TOO_LARGE (not retried).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

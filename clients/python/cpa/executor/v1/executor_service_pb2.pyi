@@ -68,6 +68,7 @@ class Hello(_message.Message):
     RUNNING_ATTEMPTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
+    MAX_RECEIVE_BYTES_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Identifier stable across reconnects (a host name, a configured id)."""
     name: _builtins.str
@@ -78,6 +79,13 @@ class Hello(_message.Message):
     """Agent software version."""
     accepts_batches: _builtins.bool
     """The agent reads ResponseBatch; without it the server sends one response per message."""
+    max_receive_bytes: _builtins.int
+    """Largest message, in bytes, the agent accepts from the server (its gRPC max receive message
+    length); 0 when not said. The server sends no message larger than the smaller of this and
+    its own assignment budget (CPA_MAX_ASSIGNMENT_BYTES): an assignment over it fails its task
+    unsent (reason ASSIGNMENT_TOO_LARGE) and batches are cut to fit. Told back in
+    Welcome.max_assignment_bytes.
+    """
     @_builtins.property
     def capabilities(self) -> _agent_capabilities_pb2.AgentCapabilities:
         """What it can do."""
@@ -98,10 +106,11 @@ class Hello(_message.Message):
         running_attempts: _abc.Iterable[Global___RunningAttempt] | None = ...,
         version: _builtins.str = ...,
         accepts_batches: _builtins.bool = ...,
+        max_receive_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "agent_id", b"agent_id", "capabilities", b"capabilities", "name", b"name", "running_attempts", b"running_attempts", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "agent_id", b"agent_id", "capabilities", b"capabilities", "max_receive_bytes", b"max_receive_bytes", "name", b"name", "running_attempts", b"running_attempts", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,7 +447,8 @@ Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
 @_typing.final
 class RequestBatch(_message.Message):
     """RequestBatch carries several agent messages at once: under load, one gRPC message per
-    report costs both ends more than the reports themselves.
+    report costs both ends more than the reports themselves. A batch's encoded ConnectRequest is
+    never larger than Welcome.max_report_bytes (the agent sends what does not fit in another one).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -473,12 +483,26 @@ class Welcome(_message.Message):
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     ADOPTED_ATTEMPTS_FIELD_NUMBER: _builtins.int
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
+    MAX_REPORT_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_ASSIGNMENT_BYTES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Identifier of this session."""
     replica_id: _builtins.str
     """Scheduler replica holding the stream."""
     accepts_batches: _builtins.bool
     """The server reads RequestBatch; without it the agent sends one request per message."""
+    max_report_bytes: _builtins.int
+    """Largest request, in bytes, the agent may send on this stream (the server's
+    CPA_MAX_REQUEST_BYTES; its gRPC receive limit is a little higher). The agent keeps every
+    request and every RequestBatch within it: a result over it is replaced by an error result
+    (TaskError.code and reason OUTPUT_TOO_LARGE, not retryable), a progress report over it is
+    dropped. 0 (an older server): the agent uses its own setting.
+    """
+    max_assignment_bytes: _builtins.int
+    """Largest message, in bytes, the server sends on this stream: the smaller of its assignment
+    budget (CPA_MAX_ASSIGNMENT_BYTES) and Hello.max_receive_bytes. An assignment over it fails
+    its task unsent (reason ASSIGNMENT_TOO_LARGE); a ResponseBatch never exceeds it.
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the agent must send a heartbeat."""
@@ -500,10 +524,12 @@ class Welcome(_message.Message):
         lease_duration: _duration_pb2.Duration | None = ...,
         adopted_attempts: _abc.Iterable[Global___RunningAttempt] | None = ...,
         accepts_batches: _builtins.bool = ...,
+        max_report_bytes: _builtins.int = ...,
+        max_assignment_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "adopted_attempts", b"adopted_attempts", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "replica_id", b"replica_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "adopted_attempts", b"adopted_attempts", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "max_assignment_bytes", b"max_assignment_bytes", "max_report_bytes", b"max_report_bytes", "replica_id", b"replica_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -875,7 +901,9 @@ Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
 
 @_typing.final
 class ResponseBatch(_message.Message):
-    """ResponseBatch carries several server messages at once (see RequestBatch)."""
+    """ResponseBatch carries several server messages at once (see RequestBatch). A batch's encoded
+    ConnectResponse is never larger than Welcome.max_assignment_bytes.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
