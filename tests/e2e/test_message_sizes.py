@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from cpa.common.v1 import error_pb2, todo_pb2
+from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
+from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2 as S  # noqa: N812 - short alias for enum-heavy asserts
 from cpa_agent import Agent, ExecutionContext, ExecutorRegistry, builtin_registry
 from cpa_client import SchedulerClient
 
 from .conftest import EVENT_TIMEOUT_S, Agents, finished, todo, todos_spec
+from .raw_agent import RawAgentStream
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -67,6 +69,19 @@ def _only_session(agent: Agent) -> None:
     assert agent.sessions_started == 1
     assert agent.connected.is_set()
     assert agent.unacked_results == ()
+
+
+async def test_the_welcome_tells_the_budgets_the_smaller_receive_limit_winning(
+    raw_stream: RawAgentStream,
+) -> None:
+    capabilities = agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1)
+    hello = ex.Hello(agent_id="small", capabilities=capabilities, max_receive_bytes=MIB)
+    raw_stream.send(ex.ConnectRequest(hello=hello))
+
+    welcome = (await raw_stream.read_until("welcome")).welcome
+
+    assert welcome.max_report_bytes == 256 * KIB  # the server's max_request_bytes
+    assert welcome.max_assignment_bytes == MIB  # the agent's, smaller than the server's 4 MiB
 
 
 async def test_an_output_over_the_report_budget_fails_its_task_and_the_stream_stays_up(
