@@ -2,29 +2,44 @@
 large for its receiver fails its task with a clear reason (or is split) and never wedges the
 stream: the agent stays on its first session and later work runs.
 
-The e2e server takes requests of up to 256 KiB (its gRPC receive limit is 1 MiB more); the
-agent's receive limit and the server's assignment budget keep their 4 MiB defaults unless a test
-says otherwise.
+The server takes requests of up to 256 KiB (its gRPC receive limit is 1 MiB more); the agent's
+receive limit and the server's assignment budget keep their 4 MiB defaults unless a test says
+otherwise. Leases are longer than elsewhere in e2e: these tests count attempts and sessions, and
+a lease lost on a loaded machine would add one of each.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2 as S  # noqa: N812 - short alias for enum-heavy asserts
 from cpa_agent import Agent, ExecutionContext, ExecutorRegistry, builtin_registry
 from cpa_client import SchedulerClient
+from cpa_scheduler.settings import Settings
 
-from .conftest import EVENT_TIMEOUT_S, Agents, finished, todo, todos_spec
+from .conftest import EVENT_TIMEOUT_S, HEARTBEAT_S, Agents, finished, todo, todos_spec
 from .raw_agent import RawAgentStream
 
 KIB = 1024
 MIB = 1024 * KIB
 # Just under the e2e server's report budget (256 KiB): a result this big is still sent.
 UNDER_REPORT_BUDGET = 240 * KIB
+
+
+@pytest.fixture
+def scheduler_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        lease_duration_s=10.0,
+        heartbeat_interval_s=HEARTBEAT_S,
+        max_request_bytes=256 * KIB,
+    )
 
 
 class _Blob:
