@@ -112,12 +112,12 @@ def result_too_large(
     OUTPUT_TOO_LARGE, not retryable (the same action makes the same output). Outputs, error
     details and artifacts are dropped; the message says the size and the limit."""
     if result.WhichOneof("outcome") == "error":
-        what = f"its error {result.error.code[:64]!r}"
+        what = f"error {result.error.code[:64]!r} with its details"
     else:
-        what = "its outputs"
+        what = "outputs"
     message = (
-        f"the result of attempt {result.attempt} ({what}, artifacts) is {size} bytes; the server "
-        f"takes at most {limit} bytes from an agent (Welcome.max_report_bytes)"
+        f"the result of attempt {result.attempt} ({what} and artifacts) is {size} bytes; the "
+        f"server takes at most {limit} bytes from an agent (Welcome.max_report_bytes)"
     )
     return executor_service_pb2.Result(
         job_id=result.job_id,

@@ -102,8 +102,9 @@ async def test_the_welcome_tells_the_budgets_the_smaller_receive_limit_winning(
 async def test_an_output_over_the_report_budget_fails_its_task_and_the_stream_stays_up(
     client: SchedulerClient, agents: Agents
 ) -> None:
+    # One slot: the later job runs only if the failed attempt handed its slot back.
     blob = _Blob()
-    agent = await agents.start("agent-1", registry=_registry(blob))
+    agent = await agents.start("agent-1", registry=_registry(blob), slots=1)
     retrying = todo_pb2.RetryPolicy(max_attempts=3)
     # 6 MiB: larger than the server's report budget and its gRPC receive limit.
     response = await client.schedule_job(
@@ -170,7 +171,7 @@ async def test_an_assignment_over_its_budget_fails_its_task_unsent(
     client: SchedulerClient, agents: Agents
 ) -> None:
     # 18 x 240 KiB: over the 4 MiB assignment budget, and over the agent's 4 MiB receive limit.
-    agent = await agents.start("agent-1", registry=_registry(_Blob()))
+    agent = await agents.start("agent-1", registry=_registry(_Blob()), slots=1)
     response = await client.schedule_job(_fan_in(18))
 
     job = await finished(client, response.job.job_id)
@@ -194,7 +195,9 @@ async def test_an_assignment_over_what_the_agent_accepts_fails_with_the_agents_l
     client: SchedulerClient, agents: Agents
 ) -> None:
     # The agent takes at most 1 MiB (its hello says so); the server's budget is 4 MiB.
-    agent = await agents.start("agent-1", registry=_registry(_Blob()), max_receive_bytes=MIB)
+    agent = await agents.start(
+        "agent-1", registry=_registry(_Blob()), max_receive_bytes=MIB, slots=1
+    )
     response = await client.schedule_job(_fan_in(5))  # 1.2 MiB
 
     job = await finished(client, response.job.job_id)

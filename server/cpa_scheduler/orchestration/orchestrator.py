@@ -420,9 +420,10 @@ class Orchestrator:
         the attempt fails, not retried (the same params and inputs make the same assignment)."""
         error = TaskError(
             code=Reason.ASSIGNMENT_TOO_LARGE.value,
-            message=f"the assignment of attempt {ref.attempt} is {size} bytes; the agent takes "
-            f"at most {limit}: its params and the inputs taken from upstream outputs must be "
-            "smaller",
+            message=f"the assignment of attempt {ref.attempt} is {size} bytes; at most {limit} "
+            "may be sent to its agent (CPA_MAX_ASSIGNMENT_BYTES, or the agent's max_receive_bytes "
+            "when smaller): the task's params and the inputs taken from upstream outputs are too "
+            "large",
             retryable=False,
             reason=Reason.ASSIGNMENT_TOO_LARGE,
         )
