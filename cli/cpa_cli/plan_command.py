@@ -15,9 +15,7 @@ from cpa_scheduler.planning import (
     Plan,
     Planner,
     PlanRequest,
-    RuleIntentRouter,
     TextRequest,
-    load_catalog,
 )
 from cpa_scheduler.settings import Settings
 
@@ -64,10 +62,7 @@ def run(arguments: argparse.Namespace) -> int:
         else IntentRequest(arguments.intent, pairs(arguments.param, "--param"))
     )
     settings = Settings()
-    planner = Planner(
-        RuleIntentRouter(load_catalog(settings.intents_path)),
-        max_tasks=settings.max_tasks_per_job,
-    )
+    planner = Planner.from_settings(settings)
     plan = planner.plan(request, context=pairs(arguments.context, "--context"))
     if arguments.json:
         message = convert.plan_to_preview_proto(plan)

@@ -20,6 +20,7 @@ import yaml
 from google.protobuf import duration_pb2, struct_pb2
 
 from cpa.common.v1 import todo_pb2
+from cpa_scheduler.strict_yaml import StrictSafeLoader, YamlRefused
 
 from .common import CliError
 
@@ -159,12 +160,14 @@ def parse_todos_file(text: str, *, source: str = "<todos>") -> TodosFile:
 
 
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
-    loader = yaml.SafeLoader(text)
+    loader = StrictSafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             raise TodosFileError("the file is empty", source=source, line=1)
         data = loader.construct_document(node)
+    except YamlRefused as error:
+        raise TodosFileError(error.problem, source=source, line=error.line) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         problem = error.problem or error.context or "invalid YAML"
@@ -181,7 +184,7 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
     finally:
         loader.dispose()
     lines: dict[YamlPath, int] = {(): node.start_mark.line + 1}
-    # After construction: merge keys (`<<: *base`) are flattened into the mapping by then.
+    # After construction: merge keys (`<<: {...}`) are flattened into the mapping by then.
     _record_lines(node, (), lines, seen=set())
     return data, lines
 
@@ -189,7 +192,7 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[YamlPath, int]]:
 def _record_lines(
     node: yaml.Node, path: YamlPath, lines: dict[YamlPath, int], *, seen: set[int]
 ) -> None:
-    if id(node) in seen:  # an alias pointing back up: its lines are recorded already
+    if id(node) in seen:  # a node met twice (aliases are refused, so only defensively)
         return
     seen.add(id(node))
     if isinstance(node, yaml.MappingNode):

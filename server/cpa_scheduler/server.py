@@ -34,7 +34,7 @@ from .background import stop_tasks
 from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
 from .orchestration import Orchestrator
-from .planning import Planner, RuleIntentRouter, load_catalog
+from .planning import Planner
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,7 @@ class SchedulerServer:
     async def _build(self) -> _Components:
         settings = self.settings
         # Load the catalog first: a broken one must stop the start, naming file and line.
-        planner = Planner(
-            RuleIntentRouter(load_catalog(settings.intents_path)),
-            max_tasks=settings.max_tasks_per_job,
-        )
+        planner = Planner.from_settings(settings)
         sessions = SessionRegistry()
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
         directory, bus = backends.directory, backends.bus

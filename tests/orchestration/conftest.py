@@ -12,7 +12,7 @@ import pytest
 from cpa_scheduler.backends import Backends, open_backends
 from cpa_scheduler.dispatch import SessionRegistry
 from cpa_scheduler.orchestration import Orchestrator
-from cpa_scheduler.planning import Planner, RuleIntentRouter, load_catalog
+from cpa_scheduler.planning import Planner
 from cpa_scheduler.settings import Settings
 
 
@@ -54,10 +54,7 @@ async def backends(settings: Settings) -> AsyncIterator[Backends]:
 def orchestrator(settings: Settings, clock: Clock, backends: Backends) -> Orchestrator:
     return Orchestrator(
         store=backends.store,
-        planner=Planner(
-            RuleIntentRouter(load_catalog(settings.intents_path)),
-            max_tasks=settings.max_tasks_per_job,
-        ),
+        planner=Planner.from_settings(settings),
         queue=backends.queue,
         bus=backends.bus,
         directory=backends.directory,

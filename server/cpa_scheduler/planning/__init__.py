@@ -19,11 +19,12 @@ from .intent_catalog import (
 )
 from .intent_router import Candidate, RouteResult, RuleIntentRouter
 from .planner import IntentRequest, Plan, Planner, PlanRequest, TextRequest, TodoRequest
+from .templates import RenderLimits
 
 # Planning: any request in, a checked task graph out.
 __all__ = ["IntentRequest", "Plan", "PlanRequest", "Planner", "TextRequest", "TodoRequest"]
 # Routing: text or an intent name in, rendered ToDos out.
-__all__ += ["UNKNOWN_INTENT", "Candidate", "RouteResult", "RuleIntentRouter"]
+__all__ += ["UNKNOWN_INTENT", "Candidate", "RenderLimits", "RouteResult", "RuleIntentRouter"]
 # Catalog: loading a YAML catalog and the checked intents it holds.
 __all__ += [
     "CatalogError",

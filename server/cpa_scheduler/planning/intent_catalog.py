@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from importlib import resources
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import yaml
-from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template, TemplateSyntaxError, meta
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from yaml.reader import ReaderError
 
@@ -31,6 +30,11 @@ from cpa_scheduler.domain import (
     TaskGraph,
     ToDo,
 )
+from cpa_scheduler.strict_yaml import StrictSafeLoader, YamlRefused
+
+from . import templates
+from .patterns import Pattern, PatternError, compile_keywords, compile_regex
+from .templates import RENDER_FAILURES, RenderBudget, RenderLimits, TemplateLimitExceeded
 
 DEFAULT_CATALOG_RESOURCE = "intents.yaml"
 
@@ -42,13 +46,6 @@ CONTEXT_VARIABLE = "context"
 
 INTENT_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 PARAMETER_NAME_PATTERN = INTENT_NAME_PATTERN
-
-# Sandboxed (no attribute escapes, no mutation of passed-in data), strict (a missing variable is an
-# error, not an empty string) and unescaped (the output is plain text for agents, not HTML).
-_TEMPLATES = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-
-# Failures rendering a template can raise besides TemplateError: filters run on caller data.
-_RENDER_FAILURES = (TemplateError, ArithmeticError, LookupError, TypeError, ValueError)
 
 # The domain's validators name fields as the API does; the catalog spells a few of them differently.
 _DOMAIN_TO_YAML_FIELD = {
@@ -105,30 +102,6 @@ class Parameter:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Pattern:
-    """How an intent is recognised: a regex searched in the text, or keywords that all occur."""
-
-    kind: Literal["regex", "keywords"]
-    source: str
-    compiled: tuple[re.Pattern[str], ...]
-    line: int
-
-    @property
-    def description(self) -> str:
-        return f"{self.kind}: {self.source}"
-
-    def search(self, text: str) -> dict[str, str] | None:
-        """The named groups a match binds (stripped, empty ones left out), or None if no match."""
-        if self.kind == "keywords":
-            return {} if all(keyword.search(text) for keyword in self.compiled) else None
-        match = self.compiled[0].search(text)
-        if match is None:
-            return None
-        groups = {name: value.strip() for name, value in match.groupdict().items() if value}
-        return {name: value for name, value in groups.items() if value}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskTemplate:
     """A ToDo whose strings (description, selector value, text, params) are Jinja2 templates."""
 
@@ -149,13 +122,22 @@ class TaskTemplate:
     inputs: Mapping[str, OutputRef]
     line: int
 
-    def render(self, variables: Mapping[str, Any], *, intent: str) -> ToDo:
-        """Fill in the templates; InvalidArgument(TEMPLATE_ERROR) names intent, task and field."""
+    def render(
+        self, variables: Mapping[str, Any], *, intent: str, budget: RenderBudget | None = None
+    ) -> ToDo:
+        """Fill in the templates; InvalidArgument(TEMPLATE_ERROR) names intent, task and field,
+        InvalidArgument(TEMPLATE_LIMIT_EXCEEDED) when the render goes past `budget`'s limits."""
+        budget = budget or RenderBudget(RenderLimits())
 
         def render(template: Template, field_name: str) -> str:
             try:
-                return template.render(variables)
-            except _RENDER_FAILURES as exc:
+                return templates.render(template, variables, budget)
+            except TemplateLimitExceeded as exc:
+                raise InvalidArgument(
+                    f"intent {intent!r} task {self.id!r} field {field_name!r}: {exc}",
+                    reason=Reason.TEMPLATE_LIMIT_EXCEEDED,
+                ) from None
+            except RENDER_FAILURES as exc:
                 raise InvalidArgument(
                     f"intent {intent!r} task {self.id!r} field {field_name!r}: {exc}",
                     reason=Reason.TEMPLATE_ERROR,
@@ -221,11 +203,17 @@ class Intent:
         return next((p for p in self.parameters if p.name == name), None)
 
     def render(
-        self, parameters: Mapping[str, Any], *, context: Mapping[str, Any]
+        self,
+        parameters: Mapping[str, Any],
+        *,
+        context: Mapping[str, Any],
+        limits: RenderLimits = RenderLimits(),  # noqa: B008 (frozen, so sharing it is safe)
     ) -> tuple[ToDo, ...]:
-        """Render every task with `parameters` by name and `context` under `context`."""
+        """Render every task with `parameters` by name and `context` under `context`, all of
+        them together within `limits`."""
         variables = {**parameters, CONTEXT_VARIABLE: dict(context)}
-        return tuple(task.render(variables, intent=self.name) for task in self.tasks)
+        budget = RenderBudget(limits)
+        return tuple(task.render(variables, intent=self.name, budget=budget) for task in self.tasks)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,7 +284,7 @@ class _LineMap:
 
 
 def _parse_yaml(text: str, *, source: str) -> tuple[Any, _LineMap]:
-    loader = yaml.SafeLoader(text)
+    loader = StrictSafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -309,6 +297,8 @@ def _parse_yaml(text: str, *, source: str) -> tuple[Any, _LineMap]:
         data = loader.construct_document(node)
         lines = _LineMap(lines={(): node.start_mark.line + 1}, literal_starts={})
         _record_lines(loader, node, (), lines, seen=set())
+    except YamlRefused as exc:
+        raise CatalogError(exc.problem, source=source, line=exc.line) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "cannot parse"
@@ -360,8 +350,7 @@ def _check_duplicate_keys(node: yaml.Node, *, source: str, seen: set[int]) -> No
 def _record_lines(
     loader: yaml.SafeLoader, node: yaml.Node, path: YamlPath, lines: _LineMap, *, seen: set[int]
 ) -> None:
-    # An aliased node is walked once: its later uses resolve to the alias's line via their prefix,
-    # and a recursive alias cannot loop.
+    # Each node is walked once (aliases are refused at load, so this is only defensive).
     if id(node) in seen:
         return
     seen.add(id(node))
@@ -618,11 +607,9 @@ class _CatalogBuilder:
         if spec.regex is not None:
             regex_path = (*path, "regex")
             try:
-                compiled = re.compile(spec.regex, re.IGNORECASE)
-            except re.error as exc:
-                raise self._locator.error(
-                    regex_path, f"invalid regex: {exc.msg} at position {exc.pos}"
-                ) from None
+                compiled = compile_regex(spec.regex)
+            except PatternError as exc:
+                raise self._locator.error(regex_path, str(exc)) from None
             undeclared = sorted(set(compiled.groupindex) - declared)
             if undeclared:
                 raise self._locator.error(
@@ -639,16 +626,10 @@ class _CatalogBuilder:
         keywords = spec.keywords or []
         compiled_keywords = []
         for index, keyword in enumerate(keywords):
-            words = keyword.split()
-            if not words:
-                raise self._locator.error((*path, "keywords", index), "keyword is empty")
-            # Whole words only ("mail" must not match "email"), any run of spaces between words.
-            compiled_keywords.append(
-                re.compile(
-                    r"(?<!\w)" + r"\s+".join(re.escape(word) for word in words) + r"(?!\w)",
-                    re.IGNORECASE,
-                )
-            )
+            try:
+                compiled_keywords.append(compile_keywords(keyword))
+            except PatternError as exc:
+                raise self._locator.error((*path, "keywords", index), str(exc)) from None
         return Pattern(
             kind="keywords",
             source=", ".join(keywords),
@@ -761,15 +742,15 @@ class _CatalogBuilder:
 
     def _template(self, text: str, path: YamlPath, declared: frozenset[str]) -> Template:
         try:
-            tree = _TEMPLATES.parse(text)
-            private = _private_attribute(tree)
+            tree = templates.ENVIRONMENT.parse(text)
+            private = templates.private_attribute(tree)
             if private is not None:
                 raise self._locator.error(
                     path,
                     f"access to attribute {private!r} is not allowed in templates",
                     reason=Reason.TEMPLATE_ERROR,
                 )
-            allowed = declared | {CONTEXT_VARIABLE} | set(_TEMPLATES.globals)
+            allowed = declared | {CONTEXT_VARIABLE} | set(templates.ENVIRONMENT.globals)
             unknown = sorted(meta.find_undeclared_variables(tree) - allowed)
             if unknown:
                 known = ", ".join(sorted(declared)) or "none"
@@ -779,7 +760,7 @@ class _CatalogBuilder:
                     f"the request context is {CONTEXT_VARIABLE!r})",
                     reason=Reason.TEMPLATE_ERROR,
                 )
-            return _TEMPLATES.from_string(tree)
+            return templates.compile_template(tree)
         except TemplateSyntaxError as exc:
             line = None
             literal_start = self._locator.lines.literal_starts.get(path)
@@ -829,18 +810,6 @@ class _CatalogBuilder:
             for i, p in enumerate(parts)
         )
         return self._locator.error((*task_path, *field_path), exc.message, reason=exc.reason)
-
-
-def _private_attribute(tree: nodes.Template) -> str | None:
-    # The sandbox refuses these at render time too; refusing at load finds the mistake earlier.
-    for node in tree.find_all((nodes.Getattr, nodes.Filter)):
-        if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
-            return node.attr
-        if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
-            argument = node.args[0]
-            if isinstance(argument, nodes.Const) and str(argument.value).startswith("_"):
-                return str(argument.value)
-    return None
 
 
 def _field_path(field: str) -> YamlPath:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,11 @@ from cpa_scheduler.domain.errors import InvalidArgument, Reason
 from cpa_scheduler.domain.todo import ToDo
 
 from .intent_catalog import UNKNOWN_INTENT, Intent, IntentCatalog
+from .templates import RenderLimits
 
-# Natural-language requests are short; a cap keeps catalog regexes from scanning megabytes.
-MAX_TEXT_CHARS = 8192
+# Natural-language requests are short. Matching is linear (RE2), but ranking the closest intents
+# of unmatched text compares every word with every intent's terms: the cap bounds both.
+DEFAULT_MAX_TEXT_BYTES = 1024
 
 CANDIDATE_LIMIT = 3
 
@@ -31,6 +34,8 @@ _WORD = re.compile(r"[^\W_]+")
 # Below this similarity two words count as different ("send" vs "invoice"), not as a near-miss.
 _WORD_SIMILARITY_FLOOR = 0.6
 _TERM_WEIGHT = 0.75
+# How many distinct words of a text the ranking of unmatched text compares (see closest).
+_RANKED_WORDS = 24
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,11 +68,19 @@ class RouteResult:
 class RuleIntentRouter:
     """Routes text by the catalog's regex and keyword patterns; expands intents named directly."""
 
-    __slots__ = ("_catalog", "_profiles")
+    __slots__ = ("_catalog", "_max_text_bytes", "_profiles", "_render_limits")
 
-    def __init__(self, catalog: IntentCatalog) -> None:
+    def __init__(
+        self,
+        catalog: IntentCatalog,
+        *,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        render_limits: RenderLimits = RenderLimits(),  # noqa: B008 (frozen, so sharing it is safe)
+    ) -> None:
         self._catalog = catalog
         self._profiles = tuple(_Profile.of(intent) for intent in catalog.intents)
+        self._max_text_bytes = max_text_bytes
+        self._render_limits = render_limits
 
     @property
     def catalog(self) -> IntentCatalog:
@@ -76,14 +89,18 @@ class RuleIntentRouter:
     def route(self, text: str, *, context: Mapping[str, Any] | None = None) -> RouteResult:
         """Match `text` ignoring case: the first intent in catalog order whose pattern matches wins.
 
-        Text that matches nothing is not an error: the result's intent is `unknown`. A match that
+        Text that matches nothing is not an error: the result's intent is `unknown`. Text longer
+        than `max_text_bytes` (UTF-8) raises InvalidArgument(TEXT_TOO_LONG). A match that
         lacks a required parameter raises InvalidArgument(MISSING_FIELD); a template that cannot be
-        rendered (e.g. a context key it needs is missing) raises InvalidArgument(TEMPLATE_ERROR).
+        rendered (e.g. a context key it needs is missing) raises InvalidArgument(TEMPLATE_ERROR),
+        one that renders past the render limits InvalidArgument(TEMPLATE_LIMIT_EXCEEDED).
         """
-        if len(text) > MAX_TEXT_CHARS:
+        # Characters first (never more than bytes): no encoding of megabytes to learn they are many.
+        if len(text) > self._max_text_bytes or len(text.encode("utf-8")) > self._max_text_bytes:
             raise InvalidArgument(
-                f"text is {len(text)} characters long; at most {MAX_TEXT_CHARS} are routed",
-                reason=Reason.PAYLOAD_TOO_LARGE,
+                f"text is longer than {self._max_text_bytes} bytes (UTF-8), the most that is "
+                "routed; state the request in fewer words, or name the intent and its parameters",
+                reason=Reason.TEXT_TOO_LONG,
                 field="text",
             )
         for intent in self._catalog.intents:
@@ -95,7 +112,9 @@ class RuleIntentRouter:
                 return RouteResult(
                     intent=intent.name,
                     parameters=parameters,
-                    todos=intent.render(parameters, context=context or {}),
+                    todos=intent.render(
+                        parameters, context=context or {}, limits=self._render_limits
+                    ),
                     matched_pattern=pattern.description,
                 )
         return RouteResult(intent=UNKNOWN_INTENT, candidates=self.closest(text))
@@ -119,11 +138,19 @@ class RuleIntentRouter:
                 field="intent.name",
             )
         supplied = {name: value for name, value in (parameters or {}).items() if value is not None}
-        return intent.render(_bind(intent, supplied, from_text=False), context=context or {})
+        return intent.render(
+            _bind(intent, supplied, from_text=False),
+            context=context or {},
+            limits=self._render_limits,
+        )
 
     def closest(self, text: str, *, limit: int = CANDIDATE_LIMIT) -> tuple[Candidate, ...]:
         """The intents most like `text`, best first (ties in catalog order); zero scores omitted."""
-        words = _words(text)
+        words = Counter(_words(text))
+        # Each word is compared with every intent's words, and difflib is quadratic in a pair's
+        # length: a request's first words say what it is about, and the bound keeps a KiB of
+        # crafted near-miss words from costing the event loop 100 ms.
+        words = Counter({word: words[word] for word in list(words)[:_RANKED_WORDS]})
         scored = [(profile.score(words), profile) for profile in self._profiles]
         # sorted() is stable, so equal scores keep catalog order and the ranking is deterministic.
         ranked = sorted((item for item in scored if item[0] > 0), key=lambda item: -item[0])
@@ -162,9 +189,15 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(word for word in _WORD.findall(text.lower()) if word not in _STOPWORDS)
 
 
-def _similarity(first: str, second: str) -> float:
-    ratio = difflib.SequenceMatcher(None, first, second).ratio()
-    return ratio if ratio >= _WORD_SIMILARITY_FLOOR else 0.0
+def _similarity(first: str, second: str, floor: float = _WORD_SIMILARITY_FLOOR) -> float:
+    """difflib's ratio if it reaches `floor`, else 0. The cheap upper bounds come first: most
+    pairs differ in length or letters enough to skip the quadratic comparison (a 1 KiB "word"
+    against "invoice" is decided by the lengths alone)."""
+    matcher = difflib.SequenceMatcher(None, first, second)
+    if matcher.real_quick_ratio() < floor or matcher.quick_ratio() < floor:
+        return 0.0
+    ratio = matcher.ratio()
+    return ratio if ratio >= floor else 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,18 +222,24 @@ class _Profile:
             description_words=frozenset(_words(intent.description)),
         )
 
-    def score(self, words: tuple[str, ...]) -> float:
-        """Mostly how well the text covers the intent's terms, partly the description it shares."""
-        if not words:
+    def score(self, words: Counter[str]) -> float:
+        """Mostly how well the text covers the intent's terms, partly the description it shares.
+
+        `words` counts each distinct word once, so repeating a word costs no comparisons."""
+        total = words.total()
+        if not total:
             return 0.0
         term_cover = 0.0
         if self.terms:
             term_cover = sum(
                 max(_similarity(term, word) for word in words) for term in self.terms
             ) / len(self.terms)
-        shared = sum(
-            1
-            for word in words
-            if any(_similarity(word, known) >= 0.8 for known in self.description_words)
-        ) / len(words)
+        shared = (
+            sum(
+                count
+                for word, count in words.items()
+                if any(_similarity(word, known, 0.8) for known in self.description_words)
+            )
+            / total
+        )
         return round(_TERM_WEIGHT * term_cover + (1 - _TERM_WEIGHT) * shared, 3)

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cpa_scheduler.domain import InvalidArgument, Reason, TaskGraph, ToDo
+from cpa_scheduler.settings import Settings
 
-from .intent_catalog import UNKNOWN_INTENT
+from .intent_catalog import UNKNOWN_INTENT, load_catalog
 from .intent_router import Candidate, RuleIntentRouter
+from .templates import RenderLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,20 @@ class Planner:
     def __init__(self, router: RuleIntentRouter, *, max_tasks: int) -> None:
         self._router = router
         self._max_tasks = max_tasks
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Planner:
+        """The planner of `settings`: their catalog (OSError or CatalogError if it cannot be
+        loaded) and their limits."""
+        router = RuleIntentRouter(
+            load_catalog(settings.intents_path),
+            max_text_bytes=settings.routing_text_max_bytes,
+            render_limits=RenderLimits(
+                max_bytes=settings.template_render_max_bytes,
+                max_steps=settings.template_render_max_steps,
+            ),
+        )
+        return cls(router, max_tasks=settings.max_tasks_per_job)
 
     def plan(self, request: PlanRequest, *, context: Mapping[str, Any] | None = None) -> Plan:
         """Plan `request`; raises InvalidArgument for bad input, returns an unmatched Plan for

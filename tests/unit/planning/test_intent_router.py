@@ -19,7 +19,7 @@ from cpa_scheduler.planning import (
     load_default_catalog,
     parse_catalog,
 )
-from cpa_scheduler.planning.intent_router import MAX_TEXT_CHARS
+from cpa_scheduler.planning.intent_router import DEFAULT_MAX_TEXT_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +258,22 @@ def test_text_with_nothing_in_common_has_no_candidates(router: RuleIntentRouter)
 
 def test_overlong_text_is_refused(router: RuleIntentRouter) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        router.route("x" * (MAX_TEXT_CHARS + 1))
+        router.route("x" * (DEFAULT_MAX_TEXT_BYTES + 1))
 
-    assert caught.value.reason is Reason.PAYLOAD_TOO_LARGE
+    assert caught.value.reason is Reason.TEXT_TOO_LONG
+    assert caught.value.field == "text"
+    assert f"longer than {DEFAULT_MAX_TEXT_BYTES} bytes" in caught.value.message
+
+
+def test_the_text_cap_counts_utf8_bytes_and_is_a_setting() -> None:
+    small = RuleIntentRouter(load_default_catalog(), max_text_bytes=10)
+    assert small.route("x" * 10).intent == UNKNOWN_INTENT
+    # Five characters, ten bytes: at the cap. One more two-byte character is over it.
+    assert small.route("é" * 5).intent == UNKNOWN_INTENT
+    with pytest.raises(InvalidArgument) as caught:
+        small.route("é" * 6)
+
+    assert caught.value.reason is Reason.TEXT_TOO_LONG
     assert caught.value.field == "text"
 
 

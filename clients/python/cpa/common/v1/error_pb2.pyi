@@ -110,6 +110,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A task's input names an output key its upstream task did not produce; the task failed
     without running (not retried: the upstream's outputs do not change).
     """
+    ERROR_REASON_TEXT_TOO_LONG: _ErrorReason.ValueType  # 50
+    """Text to be routed to an intent (JobSpec.text, PreviewPlan's spec.text, a LAM request's
+    request.text) is longer than CPA_ROUTING_TEXT_MAX_BYTES (UTF-8); INVALID_ARGUMENT, and
+    BadRequest names the field. Shorten the text, or name the intent and its parameters.
+    """
+    ERROR_REASON_TEMPLATE_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 51
+    """Rendering an intent's task templates went past a limit: more than
+    CPA_TEMPLATE_RENDER_MAX_BYTES of text, or more than CPA_TEMPLATE_RENDER_MAX_STEPS loop
+    iterations and calls; INVALID_ARGUMENT, and the message names the intent, task and field.
+    """
     ERROR_REASON_OUTPUT_TOO_LARGE: _ErrorReason.ValueType  # 55
     """An attempt's result (outputs, error details, artifacts) is larger than the server takes
     from an agent (Welcome.max_report_bytes): the agent dropped it and failed the attempt
@@ -213,6 +223,16 @@ ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 40
 ERROR_REASON_UNRESOLVED_INPUT: ErrorReason.ValueType  # 41
 """A task's input names an output key its upstream task did not produce; the task failed
 without running (not retried: the upstream's outputs do not change).
+"""
+ERROR_REASON_TEXT_TOO_LONG: ErrorReason.ValueType  # 50
+"""Text to be routed to an intent (JobSpec.text, PreviewPlan's spec.text, a LAM request's
+request.text) is longer than CPA_ROUTING_TEXT_MAX_BYTES (UTF-8); INVALID_ARGUMENT, and
+BadRequest names the field. Shorten the text, or name the intent and its parameters.
+"""
+ERROR_REASON_TEMPLATE_LIMIT_EXCEEDED: ErrorReason.ValueType  # 51
+"""Rendering an intent's task templates went past a limit: more than
+CPA_TEMPLATE_RENDER_MAX_BYTES of text, or more than CPA_TEMPLATE_RENDER_MAX_STEPS loop
+iterations and calls; INVALID_ARGUMENT, and the message names the intent, task and field.
 """
 ERROR_REASON_OUTPUT_TOO_LARGE: ErrorReason.ValueType  # 55
 """An attempt's result (outputs, error details, artifacts) is larger than the server takes
