@@ -260,3 +260,27 @@ def test_the_example_in_the_repository_loads() -> None:
     assert [t.id for t in todos] == ["fetch_invoice", "fetch_contract", "merge", "notify"]
     assert list(todos[2].depends_on) == ["fetch_invoice", "fetch_contract"]
     assert todos[3].retry_policy.max_attempts == 5
+
+
+BOMB = Path(__file__).resolve().parents[1] / "fixtures" / "yaml" / "todos_alias_bomb.yaml"
+
+
+def test_an_alias_bomb_is_refused_at_its_first_alias_before_it_expands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 478 bytes that describe 9**8 strings: converting them into a Struct took minutes.
+    with pytest.raises(TodosFileError) as raised:
+        load_todos(BOMB)
+    assert raised.value.line == 6  # `b: &b [*a, ...]`, the first alias
+    assert str(raised.value).startswith(f"{BOMB}:6: alias *a is not allowed")
+
+    monkeypatch.chdir(BOMB.parent)
+    assert main(["submit", "--todos", BOMB.name, "--server", "127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err.startswith(f"cpa: {BOMB.name}:6: alias *a is not allowed")
+
+
+def test_nesting_past_the_bound_is_refused_with_its_line() -> None:
+    deep = "[" * 2000 + "]" * 2000
+    with pytest.raises(TodosFileError) as raised:
+        parse_todos(f"- id: a\n  action: echo\n  params: {{x: {deep}}}\n", source="deep.yaml")
+    assert str(raised.value).startswith("deep.yaml:3: values nested deeper than 64 levels")
