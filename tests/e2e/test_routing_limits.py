@@ -148,9 +148,7 @@ async def test_attacks_at_the_cap_leave_a_running_attempt_and_other_calls_alone(
             # A GetJob that misses its deadline fails with DEADLINE_EXCEEDED: the loop was held.
             return [await probe.get_job(job.job_id) for _ in range(5)]
 
-        answers, seen = await asyncio.wait_for(
-            asyncio.gather(attacks(), probes()), EVENT_TIMEOUT_S
-        )
+        answers, seen = await asyncio.wait_for(asyncio.gather(attacks(), probes()), EVENT_TIMEOUT_S)
 
     assert [answer.job_id for answer in seen] == [job.job_id] * len(seen)
     previews = answers[: len(texts) * 4]
