@@ -58,11 +58,20 @@ def _near_misses(size: int) -> str:
     )
     rng = random.Random(11)
     words: list[str] = []
-    while len(" ".join(words)) < size:
+    length = 0
+    while length < size:
         letters = list(rng.choice(known))
         rng.shuffle(letters)
         words.append("".join(letters))
+        length += len(letters) + 1
     return " ".join(words)[:size]
+
+
+def _long_name(size: int) -> str:
+    """An intent name of `size` characters from many letters: difflib's worst kind of input."""
+    rng = random.Random(13)
+    letters = [chr(code) for code in range(0x430, 0x4FF)] + list("abcdefghijklmnopqrstuvwxyz_")
+    return "".join(rng.choices(letters, k=size))
 
 
 def _lam_request(message_id: str, text: str) -> lam.LamMessage:
@@ -84,6 +93,10 @@ async def _preview(client: SchedulerClient, text: str) -> Any:
 
 async def _schedule(client: SchedulerClient, text: str) -> Any:
     return await client.schedule_job(job_pb2.JobSpec(text=text))
+
+
+async def _schedule_intent(client: SchedulerClient, name: str) -> Any:
+    return await client.schedule_job(job_pb2.JobSpec(intent=job_pb2.IntentInvocation(name=name)))
 
 
 async def _batch(client: SchedulerClient, text: str) -> Any:
@@ -142,7 +155,12 @@ async def test_attacks_at_the_cap_leave_a_running_attempt_and_other_calls_alone(
             # Text that matches no intent becomes no job: UNKNOWN_INTENT, after the same routing.
             schedules = [_schedule(client, text) for text in texts]
             lams = [client.send_message(_lam_request(f"m-{i}", t)) for i, t in enumerate(texts)]
-            return await asyncio.gather(*previews, *schedules, *lams, return_exceptions=True)
+            # An unknown intent name is compared with the catalog's for suggestions: only its
+            # head: a 100 000-letter name cost difflib 60 ms, a megabyte 1.6 s.
+            names = [_schedule_intent(client, _long_name(100 * 1024)) for _ in range(2)]
+            return await asyncio.gather(
+                *previews, *schedules, *lams, *names, return_exceptions=True
+            )
 
         async def probes() -> list[job_pb2.Job]:
             # A GetJob that misses its deadline fails with DEADLINE_EXCEEDED: the loop was held.
@@ -157,8 +175,13 @@ async def test_attacks_at_the_cap_leave_a_running_attempt_and_other_calls_alone(
     assert all(isinstance(e, CpaError) and e.reason == "UNKNOWN_INTENT" for e in schedules), [
         repr(e) for e in schedules
     ]
-    lams = answers[len(texts) * 5 :]
+    lams = answers[len(texts) * 5 : len(texts) * 6]
     assert all(r.refuse.reason == error_pb2.ERROR_REASON_UNKNOWN_INTENT for r in lams), lams
+
+    names = answers[len(texts) * 6 :]
+    assert all(isinstance(e, CpaError) and e.reason == "UNKNOWN_INTENT" for e in names), [
+        repr(e)[:200] for e in names
+    ]
 
     done = await finished(client, job.job_id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED

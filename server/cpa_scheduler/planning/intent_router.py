@@ -36,6 +36,8 @@ _WORD_SIMILARITY_FLOOR = 0.6
 _TERM_WEIGHT = 0.75
 # How many distinct words of a text the ranking of unmatched text compares (see closest).
 _RANKED_WORDS = 24
+# How much of an unknown intent name is compared with the catalog's names for suggestions.
+_NAME_COMPARED = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,11 +131,15 @@ class RuleIntentRouter:
         """The tasks of the intent named directly, rendered with `parameters` (None = absent)."""
         intent = self._catalog.get(intent_name)
         if intent is None:
+            # Intent names are short: difflib on a megabyte "name" held the loop for seconds, and
+            # echoing it whole made an error trailer too large for clients.
+            head = intent_name[:_NAME_COMPARED]
             closest = difflib.get_close_matches(
-                intent_name, self._catalog.names, n=CANDIDATE_LIMIT, cutoff=0.0
+                head, self._catalog.names, n=CANDIDATE_LIMIT, cutoff=0.0
             )
+            shown = repr(head) + ("..." if len(intent_name) > len(head) else "")
             raise InvalidArgument(
-                f"unknown intent {intent_name!r}; closest: {', '.join(closest)}",
+                f"unknown intent {shown}; closest: {', '.join(closest)}",
                 reason=Reason.UNKNOWN_INTENT,
                 field="intent.name",
             )

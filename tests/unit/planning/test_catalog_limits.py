@@ -96,6 +96,16 @@ def test_keywords_still_match_whole_words_only_in_any_script() -> None:
     assert router.route("pay now_straße").intent == "unknown"
 
 
+def test_an_unknown_intent_name_is_compared_and_echoed_by_its_head_only() -> None:
+    router = RuleIntentRouter(parse_catalog(_catalog()))
+    with pytest.raises(InvalidArgument) as caught:
+        router.expand("send_mial" + "x" * 1_000_000)
+
+    assert caught.value.reason is Reason.UNKNOWN_INTENT
+    assert caught.value.message.endswith("...; closest: send_mail")
+    assert len(caught.value.message) < 200
+
+
 # --- YAML: no aliases, bounded depth ----------------------------------------------------------
 
 
