@@ -33,19 +33,20 @@ class StrictSafeLoader(yaml.SafeLoader):
         self._depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark = event.start_mark
+        line = 1 if mark is None else mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
             raise YamlRefused(
                 f"alias *{event.anchor} is not allowed: write the value out (aliases let a small "
                 "file expand into a huge document)",
-                line=event.start_mark.line + 1,
+                line=line,
             )
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
                 raise YamlRefused(
-                    f"values nested deeper than {MAX_YAML_DEPTH} levels are not allowed",
-                    line=self.peek_event().start_mark.line + 1,
+                    f"values nested deeper than {MAX_YAML_DEPTH} levels are not allowed", line=line
                 )
             return super().compose_node(parent, index)
         finally:

@@ -11,13 +11,13 @@ from .intent_catalog import (
     Intent,
     IntentCatalog,
     Parameter,
-    Pattern,
     TaskTemplate,
     load_catalog,
     load_default_catalog,
     parse_catalog,
 )
 from .intent_router import Candidate, RouteResult, RuleIntentRouter
+from .patterns import Pattern
 from .planner import IntentRequest, Plan, Planner, PlanRequest, TextRequest, TodoRequest
 from .templates import RenderLimits
 
