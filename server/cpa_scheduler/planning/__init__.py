@@ -5,9 +5,9 @@ The LLM router and planner will live here too; the domain stays free of YAML and
 
 from __future__ import annotations
 
+from .catalog_yaml import CatalogError
 from .intent_catalog import (
     UNKNOWN_INTENT,
-    CatalogError,
     Intent,
     IntentCatalog,
     Parameter,
