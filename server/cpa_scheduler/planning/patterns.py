@@ -89,5 +89,6 @@ def compile_keywords(keyword: str) -> Matcher:
     words = keyword.split()
     if not words:
         raise PatternError("keyword is empty")
-    body = r"\s+".join(re2.escape(word) for word in words)
+    # Any run of spaces between the words, Unicode ones too (RE2's \s is ASCII only).
+    body = r"[\s\p{Z}]+".join(re2.escape(word) for word in words)
     return compile_regex(f"(?:^|{_NOT_WORD}){body}(?:{_NOT_WORD}|$)")

@@ -90,6 +90,7 @@ def test_keywords_still_match_whole_words_only_in_any_script() -> None:
     router = RuleIntentRouter(catalog)
 
     assert router.route("PAY   NOW in der Straße").intent == "pay"
+    assert router.route("pay\u00a0now, Straße").intent == "pay"  # a no-break space
     # "straßen" and "prepay" contain the keywords but are other words.
     assert router.route("pay now, straßen").intent == "unknown"
     assert router.route("prepay now straße").intent == "unknown"
