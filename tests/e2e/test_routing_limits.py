@@ -162,11 +162,17 @@ async def test_attacks_at_the_cap_leave_a_running_attempt_and_other_calls_alone(
                 *previews, *schedules, *lams, *names, return_exceptions=True
             )
 
-        async def probes() -> list[job_pb2.Job]:
-            # A GetJob that misses its deadline fails with DEADLINE_EXCEEDED: the loop was held.
-            return [await probe.get_job(job.job_id) for _ in range(5)]
+        async def probes(attacking: asyncio.Task[list[Any]]) -> list[job_pb2.Job]:
+            # GetJob after GetJob for as long as the attacks are in flight; one that misses its
+            # deadline fails with DEADLINE_EXCEEDED: the loop was held.
+            seen = [await probe.get_job(job.job_id)]
+            while not attacking.done():
+                seen.append(await probe.get_job(job.job_id))
+            return seen
 
-        answers, seen = await asyncio.wait_for(asyncio.gather(attacks(), probes()), EVENT_TIMEOUT_S)
+        attacking = asyncio.create_task(attacks())
+        seen = await asyncio.wait_for(probes(attacking), EVENT_TIMEOUT_S)
+        answers = await attacking
 
     assert [answer.job_id for answer in seen] == [job.job_id] * len(seen)
     previews = answers[: len(texts) * 4]
