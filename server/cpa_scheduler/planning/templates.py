@@ -41,6 +41,8 @@ _SIZED = "cpa_sized"
 
 # Widths and precisions in printf-style formats ("%0100000000d", "%.9999999f"); re2: linear time.
 _PRINTF_NUMBERS = re2.compile(r"%[-#0 +]*(\*|[0-9]+)?(?:\.(\*|[0-9]+))?")
+# str methods whose int argument is the width of the result.
+_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 _FORMAT_FIELDS = re2.compile(r"\{[^{}]*\}")
 _DIGITS = re2.compile(r"[0-9]+")
 
@@ -195,9 +197,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         method = getattr(obj, "__wrapped__", obj)
         owner = getattr(method, "__self__", None)
         if isinstance(owner, str):
-            # str.ljust(n), center(n), zfill(n), expandtabs(n): n sizes the result.
-            _check_int_arguments(*args, *kwargs.values())
-            if getattr(method, "__name__", "") in ("format", "format_map"):
+            name = getattr(method, "__name__", "")
+            if name in _WIDTH_METHODS:
+                _check_int_arguments(*args, *kwargs.values())
+            elif name in ("format", "format_map"):
                 _check_format_fields(owner)
         result = super().call(context, obj, *args, **kwargs)
         size = _size(result)

@@ -260,3 +260,9 @@ def test_the_budget_is_shared_by_the_tasks_of_one_render_and_fresh_for_the_next(
     with pytest.raises(InvalidArgument) as caught:
         router.expand("two", {"text": "x" * 800})
     assert caught.value.message.startswith("intent 'two' task 'b' field 'params.body': ")
+
+
+def test_large_numbers_that_size_nothing_are_fine() -> None:
+    assert _rendered("{{ text.split('-', 100000000) }} {{ 10 ** 6 * 5 }}", text="a-b") == (
+        "['a', 'b'] 5000000"
+    )
