@@ -94,6 +94,9 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.INVALID_PAGE_TOKEN: _Code.INVALID_ARGUMENT,
         Reason.MALFORMED_MESSAGE: _Code.INVALID_ARGUMENT,
         Reason.UNSUPPORTED_PERFORMATIVE: _Code.INVALID_ARGUMENT,
+        Reason.APPROVAL_NOT_SUPPORTED: _Code.INVALID_ARGUMENT,
+        # A race with the retention sweep, not the caller's fault: the same call may succeed.
+        Reason.REQUEST_ID_CONTENDED: _Code.ABORTED,
         Reason.ILLEGAL_TRANSITION: _Code.FAILED_PRECONDITION,
         Reason.NO_CAPABLE_AGENT: _Code.FAILED_PRECONDITION,
         Reason.POLICY_VIOLATION: _Code.FAILED_PRECONDITION,

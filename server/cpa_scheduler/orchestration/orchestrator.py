@@ -43,6 +43,8 @@ from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import QueuedTask, Store
 
+from .approvals import refuse_approvals
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -129,8 +131,9 @@ class Orchestrator:
 
     def matched_plan(self, request: PlanRequest, *, context: Mapping[str, Any]) -> Plan:
         """The plan of a request that becomes a job: text that matches no intent is refused
-        with UNKNOWN_INTENT."""
+        with UNKNOWN_INTENT, a task that requires approval with APPROVAL_NOT_SUPPORTED."""
         plan = self.plan(request, context=context)
+        refuse_approvals(request, plan)
         if not plan.matched:
             closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
             raise InvalidArgument(

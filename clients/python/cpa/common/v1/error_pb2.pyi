@@ -131,6 +131,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     agent (CPA_MAX_ASSIGNMENT_BYTES, or less when the agent's Hello.max_receive_bytes says so):
     the task failed without being sent, with TaskError.code ASSIGNMENT_TOO_LARGE (not retried).
     """
+    ERROR_REASON_APPROVAL_NOT_SUPPORTED: _ErrorReason.ValueType  # 80
+    """A ToDo asks for approval (requires_approval), which this server cannot give yet: the job is
+    refused at submission (INVALID_ARGUMENT naming the field) instead of waiting for ever.
+    """
+    ERROR_REASON_REQUEST_ID_CONTENDED: _ErrorReason.ValueType  # 81
+    """A creation kept finding its request id taken and then released again before it could read
+    the owner (the retention sweep ran in between, several times); retry the call (ABORTED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -244,6 +252,14 @@ ERROR_REASON_ASSIGNMENT_TOO_LARGE: ErrorReason.ValueType  # 56
 """A task's assignment (its params and resolved inputs) is larger than the server sends to the
 agent (CPA_MAX_ASSIGNMENT_BYTES, or less when the agent's Hello.max_receive_bytes says so):
 the task failed without being sent, with TaskError.code ASSIGNMENT_TOO_LARGE (not retried).
+"""
+ERROR_REASON_APPROVAL_NOT_SUPPORTED: ErrorReason.ValueType  # 80
+"""A ToDo asks for approval (requires_approval), which this server cannot give yet: the job is
+refused at submission (INVALID_ARGUMENT naming the field) instead of waiting for ever.
+"""
+ERROR_REASON_REQUEST_ID_CONTENDED: ErrorReason.ValueType  # 81
+"""A creation kept finding its request id taken and then released again before it could read
+the owner (the retention sweep ran in between, several times); retry the call (ABORTED).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -302,7 +302,12 @@ class ToDo(_message.Message):
     text: _builtins.str
     """Text to type or search for."""
     requires_approval: _builtins.bool
-    """Whether a person must approve the task before it runs (four-eyes)."""
+    """Whether a person must approve the task before it runs (four-eyes). Approvals cannot be
+    given yet: until they can, a job with such a ToDo (given explicitly, or made by an intent's
+    template) is refused at submission with INVALID_ARGUMENT, reason APPROVAL_NOT_SUPPORTED,
+    naming this field (or intent.name / text for an intent's task), instead of waiting in
+    WAITING_APPROVAL for ever. PreviewPlan still shows such plans.
+    """
     @_builtins.property
     def selector(self) -> Global___Selector:
         """The element the action applies to, for UI actions."""
