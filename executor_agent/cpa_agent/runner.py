@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 # Error codes the agent itself puts in TaskError.code (executors choose their own).
 TASK_TIMEOUT = "TASK_TIMEOUT"
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 CANCELLED = "CANCELLED"
 AGENT_SHUTDOWN = "AGENT_SHUTDOWN"
 EXECUTOR_EXCEPTION = "EXECUTOR_EXCEPTION"
@@ -179,7 +180,7 @@ class AttemptRunner:
         if self._stop is not None:
             return self._stopped_result(*self._stop)
         now = datetime.now(UTC)
-        deadline, timeout_cause = self._deadline(now)
+        deadline, stopped_at = self._deadline(now)
         ctx = ExecutionContext(
             job_id=self.key.job_id,
             task_id=self.key.task_id,
@@ -210,15 +211,9 @@ class AttemptRunner:
             await self._end_work(work)
             if stop is not None:
                 return self._stopped_result(*stop)
-            logger.info("attempt %s: %s", self.key, timeout_cause)
-            return self._result(
-                error=_error(
-                    TASK_TIMEOUT,
-                    timeout_cause,
-                    retryable=True,
-                    reason=error_pb2.ERROR_REASON_TASK_TIMEOUT,
-                )
-            )
+            assert stopped_at is not None  # only a bound ends the wait without a stop
+            logger.info("attempt %s: %s", self.key, stopped_at.message)
+            return self._result(error=stopped_at)
         try:
             outputs = work.result()
         except ExecutorError as error:
@@ -252,20 +247,31 @@ class AttemptRunner:
             # Retrieve its outcome whenever it ends, so that nothing is logged as never retrieved.
             work.add_done_callback(lambda task: task.cancelled() or task.exception())
 
-    def _deadline(self, now: datetime) -> tuple[datetime | None, str]:
-        """The earlier of the task timeout and the assignment deadline, and how to explain it."""
-        candidates: list[tuple[datetime, str]] = []
+    def _deadline(self, now: datetime) -> tuple[datetime | None, error_pb2.TaskError | None]:
+        """The earlier of the task timeout and the assignment deadline (the job's), and the
+        error an attempt stopped there reports: TASK_TIMEOUT (retryable) for the timeout,
+        JOB_DEADLINE_EXCEEDED (not retryable: the job is over) for the deadline."""
+        candidates: list[tuple[datetime, error_pb2.TaskError]] = []
         todo = self.assignment.todo
         # A zero timeout is an unset one: no attempt could ever meet it.
         if todo.HasField("timeout") and todo.timeout.ToTimedelta() > timedelta(0):
             timeout = todo.timeout.ToTimedelta()
             cause = f"attempt ran longer than its timeout of {timeout.total_seconds():g}s"
-            candidates.append((now + timeout, cause))
+            error = _error(
+                TASK_TIMEOUT, cause, retryable=True, reason=error_pb2.ERROR_REASON_TASK_TIMEOUT
+            )
+            candidates.append((now + timeout, error))
         if self.assignment.HasField("deadline"):
             deadline = self.assignment.deadline.ToDatetime(tzinfo=UTC)
-            candidates.append((deadline, f"attempt passed its deadline {deadline.isoformat()}"))
+            error = _error(
+                DEADLINE_EXCEEDED,
+                f"attempt stopped at the job deadline {deadline.isoformat()}",
+                retryable=False,
+                reason=error_pb2.ERROR_REASON_JOB_DEADLINE_EXCEEDED,
+            )
+            candidates.append((deadline, error))
         if not candidates:
-            return None, ""
+            return None, None
         return min(candidates, key=lambda candidate: candidate[0])
 
     async def _progress(self, percent: float | None, message: str) -> None:

@@ -267,7 +267,7 @@ async def test_task_timeout_stops_the_attempt_with_task_timeout(
     assert not result.cancelled
 
 
-async def test_assignment_deadline_earlier_than_the_timeout_wins(
+async def test_assignment_deadline_earlier_than_the_timeout_wins_and_is_named(
     connect_agent: ConnectAgent,
 ) -> None:
     _, session = await connect_agent()
@@ -275,9 +275,13 @@ async def test_assignment_deadline_earlier_than_the_timeout_wins(
 
     session.assign("job-1", todo("wait", params={"seconds": 30}, timeout_s=20), deadline_in_s=0.2)
 
+    # The job deadline stopped it, not the task timeout: said so, and not worth a retry.
     result = (await _result_of(session)).result
-    assert result.error.code == "TASK_TIMEOUT"
+    assert result.error.code == "DEADLINE_EXCEEDED"
+    assert result.error.reason == error_pb2.ERROR_REASON_JOB_DEADLINE_EXCEEDED
+    assert not result.error.retryable
     assert "deadline" in result.error.message
+    assert not result.cancelled
 
 
 async def test_invalid_wait_params_fail_without_retry(connect_agent: ConnectAgent) -> None:

@@ -368,8 +368,22 @@ class Job:
         now: datetime,
         rng: random.Random | None = None,
     ) -> None:
-        """The attempt failed: retry after backoff if the policy allows, else fail the task."""
+        """The attempt failed: retry after backoff if the policy allows, else fail the task.
+
+        An attempt stopped by the job deadline (see _stopped_by_deadline) is no failure of its
+        own: the deadline is applied (the job stops and ends FAILED with JOB_DEADLINE_EXCEEDED)
+        and the attempt ends CANCELLED with that error, whatever its agent called it.
+        """
         task = self._running(task_id, attempt)
+        if (deadline := self._stopped_by_deadline(task, error)) is not None:
+            stop = _deadline_error(deadline)
+            self._end_attempt(task, AttemptState.CANCELLED, now, stop)
+            self._move_task(task, TaskState.CANCELLED, now, error=stop)
+            if self.cancel_requested:
+                self._settle(now)
+            else:
+                self._stop(stop, now)
+            return
         timed_out = error.reason is Reason.TASK_TIMEOUT
         self._end_attempt(
             task, AttemptState.TIMED_OUT if timed_out else AttemptState.FAILED, now, error
@@ -507,6 +521,28 @@ class Job:
             return False
         self._stop(_deadline_error(deadline), now)
         return True
+
+    def _stopped_by_deadline(self, task: Task, error: TaskError) -> datetime | None:
+        """The job deadline, when it is what ended the task's running attempt with `error`.
+
+        An agent stops an attempt at the earlier of its task timeout and the job deadline; an
+        older agent reports TASK_TIMEOUT for both. So a timeout error is the deadline's when the
+        task has no timeout, or when the deadline came before the timeout would have (counted
+        from the attempt's start); an agent that says JOB_DEADLINE_EXCEEDED is believed when the
+        job has a deadline. The server's own timeout (lease_expired) is attributed the same way.
+        """
+        deadline = self.options.deadline
+        if deadline is None:
+            return None
+        if error.reason is Reason.JOB_DEADLINE_EXCEEDED:
+            return deadline
+        if error.reason is not Reason.TASK_TIMEOUT:
+            return None
+        timeout_s = task.todo.timeout_s
+        if timeout_s is None:
+            return deadline
+        started = task.attempts[-1].start_time
+        return deadline if deadline < started + timedelta(seconds=timeout_s) else None
 
     def _stop(self, error: TaskError, now: datetime) -> None:
         """Cancel queued work now and ask agents to stop running attempts."""

@@ -601,7 +601,11 @@ class Assignment(_message.Message):
 
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
-        """Time by which the attempt must end; the agent stops the action then."""
+        """Time by which the attempt must end (the job deadline); the agent stops the action then.
+        An attempt stopped here, before its task timeout, is reported with error code
+        DEADLINE_EXCEEDED, reason JOB_DEADLINE_EXCEEDED, not retryable (a TASK_TIMEOUT is the task
+        timeout's). The server records it as stopped by the deadline either way.
+        """
 
     @_builtins.property
     def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

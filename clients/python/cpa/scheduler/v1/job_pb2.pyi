@@ -129,9 +129,11 @@ class _AttemptStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptS
     ATTEMPT_STATE_LOST: _AttemptState.ValueType  # 4
     """The agent's lease expired or its stream broke before it reported; does not count against max_attempts."""
     ATTEMPT_STATE_CANCELLED: _AttemptState.ValueType  # 5
-    """Stopped because the job was cancelled."""
+    """Stopped because the job was cancelled, or stopped by the job deadline (its error then has
+    reason JOB_DEADLINE_EXCEEDED, also when the agent reported it as a TASK_TIMEOUT).
+    """
     ATTEMPT_STATE_TIMED_OUT: _AttemptState.ValueType  # 6
-    """Ran longer than the task timeout."""
+    """Ran longer than the task timeout (and the job deadline, if any, had not come first)."""
 
 class AttemptState(_AttemptState, metaclass=_AttemptStateEnumTypeWrapper):
     """AttemptState is the outcome of one attempt of a task."""
@@ -147,9 +149,11 @@ ATTEMPT_STATE_FAILED: AttemptState.ValueType  # 3
 ATTEMPT_STATE_LOST: AttemptState.ValueType  # 4
 """The agent's lease expired or its stream broke before it reported; does not count against max_attempts."""
 ATTEMPT_STATE_CANCELLED: AttemptState.ValueType  # 5
-"""Stopped because the job was cancelled."""
+"""Stopped because the job was cancelled, or stopped by the job deadline (its error then has
+reason JOB_DEADLINE_EXCEEDED, also when the agent reported it as a TASK_TIMEOUT).
+"""
 ATTEMPT_STATE_TIMED_OUT: AttemptState.ValueType  # 6
-"""Ran longer than the task timeout."""
+"""Ran longer than the task timeout (and the job deadline, if any, had not come first)."""
 Global___AttemptState: _TypeAlias = AttemptState  # noqa: Y015
 
 @_typing.final
@@ -395,7 +399,10 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
-        """Time by which the job must finish; outstanding work is cancelled and the job fails after it."""
+        """Time by which the job must finish; outstanding work is cancelled and the job fails after it
+        with JOB_DEADLINE_EXCEEDED. Agents stop running attempts at the deadline themselves; such
+        an attempt ends CANCELLED with JOB_DEADLINE_EXCEEDED (never TIMED_OUT), and is not retried.
+        """
 
     @_builtins.property
     def default_retry_policy(self) -> _todo_pb2.RetryPolicy:
