@@ -252,6 +252,9 @@ def event_text(event: job_event_pb2.JobEvent) -> tuple[str, str]:
             delay = seconds_between(event.create_time, retry.next_attempt_time)
             text += f"; retry in {max(delay, 0.0):.2f}s"
         return retry.task_id, text
+    if kind == "job_cancel_requested":
+        reason = event.job_cancel_requested.reason
+        return "job", "cancel requested" + (f": {reason}" if reason else "")
     return "job", f"event {kind or 'of an unknown kind'}"
 
 

@@ -16,7 +16,7 @@ from google.protobuf import json_format, struct_pb2
 
 from cpa.common.v1 import error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2
-from cpa_agent.executors.base import ExecutionContext, ExecutorError
+from cpa_agent.executors.base import ExecutionContext, ExecutorError, StopNotice
 from cpa_agent.executors.registry import ExecutorRegistry
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ class AttemptRunner:
         self._stop_grace_s = stop_grace_s
         self._stop: tuple[StopReason, str] | None = None
         self._stop_requested = asyncio.Event()
+        self._stop_notice = StopNotice()
 
     @property
     def stop_reason(self) -> StopReason | None:
@@ -163,6 +164,8 @@ class AttemptRunner:
         says."""
         if self._stop is None:
             self._stop = (reason, message)
+            if reason is StopReason.CANCELLED:
+                self._stop_notice.reason = message
         self._stop_requested.set()
 
     async def run(self) -> executor_service_pb2.Result:
@@ -191,6 +194,7 @@ class AttemptRunner:
             deadline=deadline,
             credential_refs=dict(self.assignment.credential_refs),
             on_progress=self._progress,
+            stop_notice=self._stop_notice,
         )
         timeout_s = None if deadline is None else max(0.0, (deadline - now).total_seconds())
         logger.info("attempt %s: running %r", self.key, self.action)

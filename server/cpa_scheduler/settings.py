@@ -139,6 +139,12 @@ class Settings(BaseSettings):
         description="How long a request id keeps returning the job it created; after that "
         "the id may be used again for a new job.",
     )
+    max_cancel_reason_bytes: int = Field(
+        default=1024,
+        ge=0,
+        description="Longest reason (UTF-8 bytes) CancelJob and a LAM cancel accept; a longer "
+        "one is refused with PAYLOAD_TOO_LARGE (it is stored, and sent to the agents).",
+    )
     default_tenant: str = Field(
         default="default",
         description="Tenant of callers and agents that name none (the embedded default has one).",

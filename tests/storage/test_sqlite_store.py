@@ -17,6 +17,7 @@ from .test_store_contract import TENANT, at, create, new_job
 
 # What each version added, undone: turns a file back into what an older server wrote.
 _UNDO = {
+    4: "ALTER TABLE jobs DROP COLUMN cancel_message;",
     3: (
         "DROP INDEX tasks_start_by; DROP INDEX jobs_request_age; "
         "ALTER TABLE tasks DROP COLUMN start_by; ALTER TABLE tasks DROP COLUMN timeout_at;"
@@ -28,7 +29,7 @@ _UNDO = {
 }
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 async def test_an_older_file_is_upgraded_and_keeps_its_jobs(tmp_path: Path, version: int) -> None:
     path = tmp_path / "cpa.sqlite3"
     store = await SqliteStore.open(path)
@@ -46,11 +47,14 @@ async def test_an_older_file_is_upgraded_and_keeps_its_jobs(tmp_path: Path, vers
         await create(upgraded, new_job("job-2"))
         # The new columns work for new jobs (old rows have them empty, or kept).
         assert (TENANT, "job-2") in await upgraded.overdue_jobs(at(3601), limit=10)
-        assert await upgraded.unstarted_tasks(at(121), limit=10) == [(TENANT, "job-2", "a")]
+        assert (TENANT, "job-2", "a") in await upgraded.unstarted_tasks(at(121), limit=10)
+        await upgraded.update_job(TENANT, "job-1", lambda j: j.cancel(now=at(1), reason="why"))
     finally:
         await upgraded.close()
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    row = check.execute("SELECT cancel_message FROM jobs WHERE job_id = 'job-1'").fetchone()
+    assert row == ("why",)
     check.close()
 
 

@@ -19,6 +19,14 @@ async def _ignore_progress(percent: float | None, message: str) -> None:
     return None
 
 
+@dataclass(kw_only=True)
+class StopNotice:
+    """Why the scheduler asked the attempt to stop (CancelAttempt.reason); set by the runner
+    before it cancels the executor, None until then."""
+
+    reason: str | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExecutionContext:
     """One attempt as an executor sees it: what to do, with which values, and until when."""
@@ -34,6 +42,16 @@ class ExecutionContext:
     credential_refs: Mapping[str, str] = field(default_factory=dict)
     on_progress: ProgressCallback = field(default=_ignore_progress, repr=False)
     """Where progress goes; the runner sends it on the stream."""
+    stop_notice: StopNotice = field(default_factory=StopNotice, repr=False)
+    """Filled by the runner when the scheduler cancels the attempt; read `cancel_reason`."""
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """Why the scheduler cancelled this attempt, once it did (the reason its caller gave to
+        CancelJob, or what stopped the job, e.g. "the job deadline passed"); None otherwise.
+        Set before the executor's task is cancelled, so an executor can read it while it
+        handles the CancelledError (to log it, or to clean up accordingly)."""
+        return self.stop_notice.reason
 
     async def progress(self, percent: float | None, message: str) -> None:
         """Reports progress (0-100, None when unknown); best effort, never raises for the wire."""

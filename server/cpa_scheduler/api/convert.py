@@ -30,6 +30,7 @@ from cpa_scheduler.domain import (
     AttemptState,
     InvalidArgument,
     Job,
+    JobCancelRequested,
     JobEvent,
     JobOptions,
     JobSource,
@@ -511,6 +512,7 @@ def job_to_proto(
         ],
         dead_lettered=job.dead_lettered,
         cancel_requested=job.cancel_requested,
+        cancel_reason=job.cancel_message,
         retry_count=job.retry_count,
         conversation_id=job.conversation_id,
         last_event_sequence=job.last_event_sequence,
@@ -564,6 +566,8 @@ def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
             retry.lost = payload.lost
             if payload.error is not None:
                 retry.error.CopyFrom(task_error_to_proto(payload.error))
+        case JobCancelRequested():
+            message.job_cancel_requested.reason = payload.reason
     return message
 
 

@@ -216,9 +216,10 @@ class LamHandler:
             )
             return self._refusal(message, error), ""
         try:
-            await self._orchestrator.cancel(tenant, job_id)
+            await self._orchestrator.cancel(tenant, job_id, reason=message.cancel.reason)
         except DomainError as error:
-            error.field = "cancel.job_id" if error.field == "job_id" else error.field
+            if error.field in ("job_id", "reason"):
+                error.field = f"cancel.{error.field}"
             return self._refusal(message, error), job_id
         reply = self._reply(
             message,

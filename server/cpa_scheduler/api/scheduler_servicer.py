@@ -252,7 +252,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self, request: pb.CancelJobRequest, context: Context
     ) -> pb.CancelJobResponse:
         job_id = _required(request.job_id, "job_id")
-        job = await self._orchestrator.cancel(self._tenant(context), job_id)
+        job = await self._orchestrator.cancel(self._tenant(context), job_id, reason=request.reason)
         return pb.CancelJobResponse(job=self._job(job))
 
     @translate_errors

@@ -16,6 +16,7 @@ from .errors import (
 )
 from .events import (
     EventPayload,
+    JobCancelRequested,
     JobEvent,
     JobStateChanged,
     TaskError,
@@ -99,6 +100,7 @@ __all__ = [
     "UnresolvedInput",
     # events
     "EventPayload",
+    "JobCancelRequested",
     "JobEvent",
     "JobStateChanged",
     "TaskError",

@@ -64,7 +64,16 @@ class TaskRetryScheduled:
     lost: bool = False
 
 
-EventPayload = JobStateChanged | TaskStateChanged | TaskProgress | TaskRetryScheduled
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobCancelRequested:
+    """A cancellation was accepted, with the reason its caller gave ("" when none)."""
+
+    reason: str = ""
+
+
+EventPayload = (
+    JobStateChanged | TaskStateChanged | TaskProgress | TaskRetryScheduled | JobCancelRequested
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

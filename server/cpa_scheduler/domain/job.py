@@ -17,6 +17,7 @@ from typing import Any
 from .errors import FailedPrecondition, NotFound, Reason
 from .events import (
     EventPayload,
+    JobCancelRequested,
     JobEvent,
     JobStateChanged,
     TaskError,
@@ -173,6 +174,8 @@ class Job:
     # Why the job is being stopped: CANCELLED_BY_USER ends it CANCELLED,
     # JOB_DEADLINE_EXCEEDED ends it FAILED.
     cancel_reason: Reason | None = None
+    # The reason a CancelJob caller gave, in its own words ("" when none, or not cancelled).
+    cancel_message: str = ""
     retry_count: int = 0
     last_event_sequence: int = 0
     create_time: datetime
@@ -498,18 +501,35 @@ class Job:
 
     # -- requests -------------------------------------------------------------------------
 
-    def cancel(self, *, now: datetime) -> None:
-        """Cancel: queued work stops now, running attempts are told to stop; idempotent.
+    def cancel(self, *, now: datetime, reason: str = "") -> None:
+        """Cancel: queued work stops now, running attempts are told to stop; idempotent (a
+        second cancel changes nothing, its reason included).
 
+        `reason` is the caller's, recorded in a JobCancelRequested event (before the task
+        changes), kept as `cancel_message` and in the cancelled tasks' error message, and sent
+        to the agents (see stop_message). Its length is bounded by the caller (the API).
         The job ends CANCELLED once every running attempt has reported or lost its lease.
         """
         if self.cancel_requested or self.state is JobState.CANCELLED:
             return
         JOB_STATE_MACHINE.transition(self.state, JobState.CANCELLED)
+        self.cancel_message = reason
+        self._record(JobCancelRequested(reason=reason), now)
         error = TaskError(
-            code="CANCELLED", message="job cancelled", reason=Reason.CANCELLED_BY_USER
+            code="CANCELLED",
+            message=f"job cancelled: {reason}" if reason else "job cancelled",
+            reason=Reason.CANCELLED_BY_USER,
         )
         self._stop(error, now)
+
+    def stop_message(self) -> str:
+        """Why this job's running attempts are told to stop (CancelAttempt.reason): the cancel's
+        own reason, else what stopped them."""
+        if self.cancel_reason is Reason.CANCELLED_BY_USER:
+            return self.cancel_message or "job cancelled"
+        if self.cancel_reason is Reason.JOB_DEADLINE_EXCEEDED:
+            return "the job deadline passed"
+        return "the attempt ran past its timeout"
 
     def expire(self, *, now: datetime) -> bool:
         """The deadline passed: stop what runs and fail the job with JOB_DEADLINE_EXCEEDED.
@@ -572,6 +592,7 @@ class Job:
         self.retry_count += 1
         self.cancel_requested = False
         self.cancel_reason = None
+        self.cancel_message = ""
         self.dead_lettered = False
         self.error = None
         self.end_time = None

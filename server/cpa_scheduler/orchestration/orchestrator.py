@@ -277,10 +277,20 @@ class Orchestrator:
             tenant, job_id, after_sequence=after_sequence, limit=limit
         )
 
-    async def cancel(self, tenant: str, job_id: str) -> Job:
+    async def cancel(self, tenant: str, job_id: str, *, reason: str = "") -> Job:
+        """Cancel the job, with the caller's reason (InvalidArgument PAYLOAD_TOO_LARGE, field
+        `reason`, beyond max_cancel_reason_bytes: refused rather than cut, so what is recorded
+        and sent to the agents is what the caller wrote)."""
+        size = len(reason.encode())
+        if size > self._settings.max_cancel_reason_bytes:
+            raise InvalidArgument(
+                f"reason is {size} bytes; the limit is {self._settings.max_cancel_reason_bytes}",
+                reason=Reason.PAYLOAD_TOO_LARGE,
+                field="reason",
+            )
         now = self._clock()
         job, _ = await self._apply(
-            tenant, job_id, lambda j: j.cancel(now=now), caller_may_leave=True
+            tenant, job_id, lambda j: j.cancel(now=now, reason=reason), caller_may_leave=True
         )
         return job
 
@@ -616,7 +626,7 @@ class Orchestrator:
             for ref, agent_id in changes.cancels:
                 # If no replica holds the agent, its lease expires and the task ends CANCELLED.
                 await self._directory.route_cancel(
-                    agent_id, CancelMessage(attempt=ref, reason="job cancelled")
+                    agent_id, CancelMessage(attempt=ref, reason=job.stop_message())
                 )
         except Exception as error:
             log.warning(

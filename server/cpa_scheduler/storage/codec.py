@@ -16,6 +16,7 @@ from cpa_scheduler.domain import (
     AttemptState,
     EventPayload,
     Job,
+    JobCancelRequested,
     JobEvent,
     JobOptions,
     JobSource,
@@ -289,6 +290,8 @@ def payload_to_data(payload: EventPayload) -> Data:
                 "error": error_to_data(payload.error),
                 "lost": payload.lost,
             }
+        case JobCancelRequested():
+            return {"type": "job_cancel_requested", "reason": payload.reason}
 
 
 def payload_from_data(data: Mapping[str, Any]) -> EventPayload:
@@ -325,6 +328,8 @@ def payload_from_data(data: Mapping[str, Any]) -> EventPayload:
             error=error_from_data(data["error"]),
             lost=data["lost"],
         )
+    if kind == "job_cancel_requested":
+        return JobCancelRequested(reason=data["reason"])
     raise ValueError(f"unknown event type {kind!r}")
 
 
@@ -366,6 +371,7 @@ JOB_COLUMNS = (
     "dead_lettered",
     "cancel_requested",
     "cancel_reason",
+    "cancel_message",
     "retry_count",
     "conversation_id",
     "last_event_sequence",
@@ -404,6 +410,7 @@ JOB_STATE_COLUMNS = (
     "dead_lettered",
     "cancel_requested",
     "cancel_reason",
+    "cancel_message",
     "retry_count",
     "last_event_sequence",
     "update_time",
@@ -442,6 +449,7 @@ def job_to_record(job: Job) -> Data:
         "dead_lettered": job.dead_lettered,
         "cancel_requested": job.cancel_requested,
         "cancel_reason": _reason_text(job.cancel_reason),
+        "cancel_message": job.cancel_message,
         "retry_count": job.retry_count,
         "conversation_id": job.conversation_id,
         "last_event_sequence": job.last_event_sequence,
@@ -466,6 +474,7 @@ def job_state_to_record(job: Job) -> Data:
         "dead_lettered": job.dead_lettered,
         "cancel_requested": job.cancel_requested,
         "cancel_reason": _reason_text(job.cancel_reason),
+        "cancel_message": job.cancel_message,
         "retry_count": job.retry_count,
         "last_event_sequence": job.last_event_sequence,
         "update_time": job.update_time,
@@ -543,6 +552,7 @@ def job_from_records(record: Mapping[str, Any], tasks: Iterable[Task]) -> Job:
         dead_lettered=bool(record["dead_lettered"]),
         cancel_requested=bool(record["cancel_requested"]),
         cancel_reason=Reason(record["cancel_reason"]) if record["cancel_reason"] else None,
+        cancel_message=record["cancel_message"],
         retry_count=record["retry_count"],
         last_event_sequence=record["last_event_sequence"],
         create_time=record["create_time"],

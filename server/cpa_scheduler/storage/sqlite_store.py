@@ -36,7 +36,7 @@ from .interface import QueuedTask, StoredMessage
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # What each version adds to the one before (files of an older server are upgraded at open).
 _UPGRADES = {
     2: (
@@ -47,6 +47,7 @@ _UPGRADES = {
         "ALTER TABLE tasks ADD COLUMN start_by INTEGER",
         "ALTER TABLE tasks ADD COLUMN timeout_at INTEGER",
     ),
+    4: ("ALTER TABLE jobs ADD COLUMN cancel_message TEXT NOT NULL DEFAULT ''",),
 }
 CHECKPOINT_INTERVAL_S = 1.0
 
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     dead_lettered INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL,
     cancel_reason TEXT NOT NULL DEFAULT '',
+    cancel_message TEXT NOT NULL DEFAULT '',
     retry_count INTEGER NOT NULL,
     conversation_id TEXT NOT NULL,
     last_event_sequence INTEGER NOT NULL,

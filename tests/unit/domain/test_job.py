@@ -23,6 +23,7 @@ from cpa_scheduler.domain import (
     EventPayload,
     FailedPrecondition,
     Job,
+    JobCancelRequested,
     JobChanges,
     JobEvent,
     JobOptions,
@@ -404,6 +405,7 @@ def test_cancel_of_a_job_waiting_for_approval() -> None:
     changes = run.take()
     assert run.job.state is JobState.CANCELLED
     assert payloads(changes) == [
+        JobCancelRequested(reason=""),
         TaskStateChanged(
             task_id="g",
             from_state=TaskState.WAITING_APPROVAL,
@@ -1282,19 +1284,23 @@ def test_cancel_of_a_job_with_nothing_running_ends_it_at_once() -> None:
     assert run.job.dead_lettered is False
     changes = run.take()
     assert payloads(changes) == [
-        TaskStateChanged(
-            task_id=task_id,
-            from_state=from_state,
-            to_state=TaskState.CANCELLED,
-            error=CANCELLED_BY_USER,
-        )
-        for task_id, from_state in (
-            ("a", TaskState.QUEUED),
-            ("b", TaskState.PENDING),
-            ("c", TaskState.QUEUED),
-        )
-    ] + [JobStateChanged(from_state=JobState.PENDING, to_state=JobState.CANCELLED)]
-    assert [event.terminal for event in changes.events] == [False, False, False, True]
+        JobCancelRequested(reason=""),
+        *(
+            TaskStateChanged(
+                task_id=task_id,
+                from_state=from_state,
+                to_state=TaskState.CANCELLED,
+                error=CANCELLED_BY_USER,
+            )
+            for task_id, from_state in (
+                ("a", TaskState.QUEUED),
+                ("b", TaskState.PENDING),
+                ("c", TaskState.QUEUED),
+            )
+        ),
+        JobStateChanged(from_state=JobState.PENDING, to_state=JobState.CANCELLED),
+    ]
+    assert [event.terminal for event in changes.events] == [False, False, False, False, True]
     assert (changes.cancels, changes.queued) == ([], [])
     assert changes.dirty_tasks == {"a", "b", "c"}
 
@@ -1325,6 +1331,7 @@ def test_cancel_tells_the_agents_of_running_attempts_and_waits_for_them() -> Non
         "d": TaskState.CANCELLED,
     }
     assert payloads(changes) == [
+        JobCancelRequested(reason=""),
         TaskStateChanged(
             task_id="c",
             from_state=TaskState.PENDING,

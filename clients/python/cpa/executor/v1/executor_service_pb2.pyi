@@ -658,7 +658,12 @@ class CancelAttempt(_message.Message):
     attempt: _builtins.int
     """Attempt number."""
     reason: _builtins.str
-    """Why."""
+    """Why, for the executor and the logs: the reason the caller gave to CancelJob (or a LAM
+    cancel) verbatim, "job cancelled" when it gave none; "the job deadline passed" when the job
+    deadline stopped the attempt; "the attempt ran past its timeout" when the server stopped
+    waiting for it. The agent hands it to the executor (ExecutionContext.cancel_reason) and
+    reports the attempt CANCELLED with it as the error message.
+    """
     def __init__(
         self,
         *,

@@ -568,7 +568,11 @@ class CancelBody(_message.Message):
     job_id: _builtins.str
     """Job to cancel; empty means the job created for correlation.in_reply_to."""
     reason: _builtins.str
-    """Why, for the audit trail."""
+    """Why, for the audit trail: recorded like CancelJobRequest.reason (the job's
+    JobCancelRequested event, Job.cancel_reason) and sent to the agents of running attempts.
+    At most CPA_MAX_CANCEL_REASON_BYTES (default 1024) bytes, else a refuse with reason
+    PAYLOAD_TOO_LARGE and field `cancel.reason`.
+    """
     def __init__(
         self,
         *,

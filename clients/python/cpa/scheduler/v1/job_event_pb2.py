@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cpa/scheduler/v1/job_event.proto\x12\x10\x63pa.scheduler.v1\x1a\x1c\x63pa/common/v1/artifact.proto\x1a\x19\x63pa/common/v1/error.proto\x1a\x1a\x63pa/scheduler/v1/job.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x01\n\x0fJobStateChanged\x12.\n\nfrom_state\x18\x01 \x01(\x0e\x32\x1a.cpa.scheduler.v1.JobState\x12,\n\x08to_state\x18\x02 \x01(\x0e\x32\x1a.cpa.scheduler.v1.JobState\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.cpa.common.v1.TaskError\"\xf9\x01\n\x10TaskStateChanged\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12/\n\nfrom_state\x18\x02 \x01(\x0e\x32\x1b.cpa.scheduler.v1.TaskState\x12-\n\x08to_state\x18\x03 \x01(\x0e\x32\x1b.cpa.scheduler.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.cpa.common.v1.TaskError\x12(\n\x07outputs\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8f\x01\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x07percent\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12*\n\tartifacts\x18\x05 \x03(\x0b\x32\x17.cpa.common.v1.ArtifactB\n\n\x08_percent\"\xab\x01\n\x12TaskRetryScheduled\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x61iled_attempt\x18\x02 \x01(\x05\x12\x35\n\x11next_attempt_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.cpa.common.v1.TaskError\x12\x0c\n\x04lost\x18\x05 \x01(\x08\"\xf8\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08terminal\x18\x04 \x01(\x08\x12>\n\x11job_state_changed\x18\n \x01(\x0b\x32!.cpa.scheduler.v1.JobStateChangedH\x00\x12@\n\x12task_state_changed\x18\x0b \x01(\x0b\x32\".cpa.scheduler.v1.TaskStateChangedH\x00\x12\x37\n\rtask_progress\x18\x0c \x01(\x0b\x32\x1e.cpa.scheduler.v1.TaskProgressH\x00\x12\x44\n\x14task_retry_scheduled\x18\r \x01(\x0b\x32$.cpa.scheduler.v1.TaskRetryScheduledH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cpa/scheduler/v1/job_event.proto\x12\x10\x63pa.scheduler.v1\x1a\x1c\x63pa/common/v1/artifact.proto\x1a\x19\x63pa/common/v1/error.proto\x1a\x1a\x63pa/scheduler/v1/job.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x01\n\x0fJobStateChanged\x12.\n\nfrom_state\x18\x01 \x01(\x0e\x32\x1a.cpa.scheduler.v1.JobState\x12,\n\x08to_state\x18\x02 \x01(\x0e\x32\x1a.cpa.scheduler.v1.JobState\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.cpa.common.v1.TaskError\"$\n\x12JobCancelRequested\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xf9\x01\n\x10TaskStateChanged\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12/\n\nfrom_state\x18\x02 \x01(\x0e\x32\x1b.cpa.scheduler.v1.TaskState\x12-\n\x08to_state\x18\x03 \x01(\x0e\x32\x1b.cpa.scheduler.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.cpa.common.v1.TaskError\x12(\n\x07outputs\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8f\x01\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x07percent\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12*\n\tartifacts\x18\x05 \x03(\x0b\x32\x17.cpa.common.v1.ArtifactB\n\n\x08_percent\"\xab\x01\n\x12TaskRetryScheduled\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x61iled_attempt\x18\x02 \x01(\x05\x12\x35\n\x11next_attempt_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.cpa.common.v1.TaskError\x12\x0c\n\x04lost\x18\x05 \x01(\x08\"\xbe\x03\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08terminal\x18\x04 \x01(\x08\x12>\n\x11job_state_changed\x18\n \x01(\x0b\x32!.cpa.scheduler.v1.JobStateChangedH\x00\x12@\n\x12task_state_changed\x18\x0b \x01(\x0b\x32\".cpa.scheduler.v1.TaskStateChangedH\x00\x12\x37\n\rtask_progress\x18\x0c \x01(\x0b\x32\x1e.cpa.scheduler.v1.TaskProgressH\x00\x12\x44\n\x14task_retry_scheduled\x18\r \x01(\x0b\x32$.cpa.scheduler.v1.TaskRetryScheduledH\x00\x12\x44\n\x14job_cancel_requested\x18\x0e \x01(\x0b\x32$.cpa.scheduler.v1.JobCancelRequestedH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSTATECHANGED']._serialized_start=203
   _globals['_JOBSTATECHANGED']._serialized_end=355
-  _globals['_TASKSTATECHANGED']._serialized_start=358
-  _globals['_TASKSTATECHANGED']._serialized_end=607
-  _globals['_TASKPROGRESS']._serialized_start=610
-  _globals['_TASKPROGRESS']._serialized_end=753
-  _globals['_TASKRETRYSCHEDULED']._serialized_start=756
-  _globals['_TASKRETRYSCHEDULED']._serialized_end=927
-  _globals['_JOBEVENT']._serialized_start=930
-  _globals['_JOBEVENT']._serialized_end=1306
+  _globals['_JOBCANCELREQUESTED']._serialized_start=357
+  _globals['_JOBCANCELREQUESTED']._serialized_end=393
+  _globals['_TASKSTATECHANGED']._serialized_start=396
+  _globals['_TASKSTATECHANGED']._serialized_end=645
+  _globals['_TASKPROGRESS']._serialized_start=648
+  _globals['_TASKPROGRESS']._serialized_end=791
+  _globals['_TASKRETRYSCHEDULED']._serialized_start=794
+  _globals['_TASKRETRYSCHEDULED']._serialized_end=965
+  _globals['_JOBEVENT']._serialized_start=968
+  _globals['_JOBEVENT']._serialized_end=1414
 # @@protoc_insertion_point(module_scope)

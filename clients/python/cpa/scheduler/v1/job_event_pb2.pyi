@@ -56,6 +56,35 @@ class JobStateChanged(_message.Message):
 Global___JobStateChanged: _TypeAlias = JobStateChanged  # noqa: Y015
 
 @_typing.final
+class JobCancelRequested(_message.Message):
+    """JobCancelRequested records an accepted cancellation (CancelJob, or a LAM cancel), before the
+    task changes it causes: queued tasks are cancelled at once, running attempts are told to stop
+    (their agents get this reason in CancelAttempt.reason), and the job ends CANCELLED once they
+    have. Recorded once per cancellation: cancelling again changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """The reason the caller gave (CancelJobRequest.reason, LAM cancel.reason), as given; empty
+    when none was. At most 1024 bytes of UTF-8 by default (CPA_MAX_CANCEL_REASON_BYTES): a
+    longer one is refused with INVALID_ARGUMENT, PAYLOAD_TOO_LARGE, and nothing is cancelled.
+    """
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCancelRequested: _TypeAlias = JobCancelRequested  # noqa: Y015
+
+@_typing.final
 class TaskStateChanged(_message.Message):
     """TaskStateChanged records a task state transition."""
 
@@ -203,6 +232,7 @@ class JobEvent(_message.Message):
     TASK_STATE_CHANGED_FIELD_NUMBER: _builtins.int
     TASK_PROGRESS_FIELD_NUMBER: _builtins.int
     TASK_RETRY_SCHEDULED_FIELD_NUMBER: _builtins.int
+    JOB_CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job the event belongs to."""
     sequence: _builtins.int
@@ -229,6 +259,10 @@ class JobEvent(_message.Message):
     def task_retry_scheduled(self) -> Global___TaskRetryScheduled:
         """A retry was scheduled."""
 
+    @_builtins.property
+    def job_cancel_requested(self) -> Global___JobCancelRequested:
+        """Cancellation was requested, with its reason."""
+
     def __init__(
         self,
         *,
@@ -240,12 +274,13 @@ class JobEvent(_message.Message):
         task_state_changed: Global___TaskStateChanged | None = ...,
         task_progress: Global___TaskProgress | None = ...,
         task_retry_scheduled: Global___TaskRetryScheduled | None = ...,
+        job_cancel_requested: Global___JobCancelRequested | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_state_changed", b"job_state_changed", "kind", b"kind", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_state_changed", b"job_state_changed", "kind", b"kind", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_id", b"job_id", "job_state_changed", b"job_state_changed", "kind", b"kind", "sequence", b"sequence", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed", "terminal", b"terminal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_id", b"job_id", "job_state_changed", b"job_state_changed", "kind", b"kind", "sequence", b"sequence", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed", "terminal", b"terminal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_state_changed", "task_state_changed", "task_progress", "task_retry_scheduled"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_state_changed", "task_state_changed", "task_progress", "task_retry_scheduled", "job_cancel_requested"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

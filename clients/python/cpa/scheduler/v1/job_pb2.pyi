@@ -454,6 +454,7 @@ class Job(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned identifier."""
     tenant: _builtins.str
@@ -474,6 +475,10 @@ class Job(_message.Message):
     """LAM conversation the job belongs to, when it came from a LAM request."""
     last_event_sequence: _builtins.int
     """Sequence number of the job's latest event; WatchJob from here sees only new events."""
+    cancel_reason: _builtins.str
+    """The reason given with the cancellation (CancelJobRequest.reason, LAM cancel.reason), while
+    cancel_requested; also in the job's JobCancelRequested event. Cleared by RetryJob.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """What was asked for."""
@@ -522,10 +527,11 @@ class Job(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        cancel_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "spec", b"spec", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "conversation_id", b"conversation_id", "create_time", b"create_time", "dead_lettered", b"dead_lettered", "end_time", b"end_time", "error", b"error", "intent", b"intent", "job_id", b"job_id", "last_event_sequence", b"last_event_sequence", "request_id", b"request_id", "retry_count", b"retry_count", "spec", b"spec", "start_time", b"start_time", "state", b"state", "tasks", b"tasks", "tenant", b"tenant", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "conversation_id", b"conversation_id", "create_time", b"create_time", "dead_lettered", b"dead_lettered", "end_time", b"end_time", "error", b"error", "intent", b"intent", "job_id", b"job_id", "last_event_sequence", b"last_event_sequence", "request_id", b"request_id", "retry_count", b"retry_count", "spec", b"spec", "start_time", b"start_time", "state", b"state", "tasks", b"tasks", "tenant", b"tenant", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

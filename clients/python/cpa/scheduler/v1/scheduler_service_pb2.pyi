@@ -246,7 +246,11 @@ class CancelJobRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     reason: _builtins.str
-    """Why, recorded in the job's events."""
+    """Why, in free text: recorded in the job's JobCancelRequested event and Job.cancel_reason,
+    and sent to the agents of running attempts (CancelAttempt.reason). At most
+    CPA_MAX_CANCEL_REASON_BYTES (default 1024) bytes of UTF-8, else INVALID_ARGUMENT with
+    reason PAYLOAD_TOO_LARGE and field `reason` (refused, not truncated: nothing is cancelled).
+    """
     def __init__(
         self,
         *,

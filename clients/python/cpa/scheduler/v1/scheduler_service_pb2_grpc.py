@@ -137,7 +137,12 @@ class SchedulerServiceServicer:
 
     def CancelJob(self, request, context):
         """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
-        the job ends CANCELLED when they have reported or their lease has expired.
+        the job ends CANCELLED when they have reported or their lease has expired. The reason is
+        recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
+        attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+        (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
+        PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
+        cancelled, or is CANCELLED, changes nothing (the first reason stays).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

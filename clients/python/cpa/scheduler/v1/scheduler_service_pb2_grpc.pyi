@@ -54,7 +54,12 @@ class SchedulerServiceStub:
     """Lists the caller's jobs, newest first, filtered and paginated."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.CancelJobRequest, _scheduler_service_pb2.CancelJobResponse]
     """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
-    the job ends CANCELLED when they have reported or their lease has expired.
+    the job ends CANCELLED when they have reported or their lease has expired. The reason is
+    recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
+    attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+    (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
+    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
+    cancelled, or is CANCELLED, changes nothing (the first reason stays).
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
@@ -106,7 +111,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Lists the caller's jobs, newest first, filtered and paginated."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.CancelJobRequest, _scheduler_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
-    the job ends CANCELLED when they have reported or their lease has expired.
+    the job ends CANCELLED when they have reported or their lease has expired. The reason is
+    recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
+    attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+    (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
+    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
+    cancelled, or is CANCELLED, changes nothing (the first reason stays).
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
@@ -185,7 +195,12 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.CancelJobResponse, _abc.Awaitable[_scheduler_service_pb2.CancelJobResponse]]:
         """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
-        the job ends CANCELLED when they have reported or their lease has expired.
+        the job ends CANCELLED when they have reported or their lease has expired. The reason is
+        recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
+        attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+        (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
+        PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
+        cancelled, or is CANCELLED, changes nothing (the first reason stays).
         """
 
     @_abc_1.abstractmethod
