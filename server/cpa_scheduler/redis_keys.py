@@ -54,15 +54,23 @@ class RedisKeys:
     def queue_delayed(self) -> str:
         """SORTED SET: tasks whose not_before is in the future, scored by not_before (ms since the
         epoch); a member is `<byte length of the requirement key>:<requirement key><task JSON>`.
-        ZADD by publish; moved to its stream by the mover script of any replica when due.
-        No expiry."""
+        ZADD by publish; moved to its stream by the mover script of any replica when due, or
+        dropped then if its task was withdrawn meanwhile (its marker is gone). No expiry."""
         return f"{self.prefix}:queue:delayed"
 
+    @property
+    def queue_marker_prefix(self) -> str:
+        """The start of every queue marker; the mover script appends `job:task:attempt`."""
+        return f"{self.prefix}:queue:marker:"
+
     def queue_marker(self, job_id: str, task_id: str, attempt: int) -> str:
-        """STRING "1": the task (as of `attempt`, its last attempt number) is in the queue. SET NX
-        by publish (a publish that finds it skips the task, so the reconciler never duplicates
-        work still queued), DEL by ack. No expiry; a FLUSHALL wipes it with the entry."""
-        return f"{self.prefix}:queue:marker:{job_id}:{task_id}:{attempt}"
+        """STRING: the task (as of `attempt`, its last attempt number) is in the queue, and where:
+        its stream entry's id, or "delayed" while in queue_delayed ("1": written by an older
+        version, place unknown). Set by publish when absent (a publish that finds it skips the
+        task, so the reconciler never duplicates work still queued), and by the mover with the
+        new entry id; DEL by ack, and by withdraw (which also deletes the entry it names). No
+        expiry; a FLUSHALL wipes it with the entry."""
+        return f"{self.queue_marker_prefix}{job_id}:{task_id}:{attempt}"
 
     @property
     def queue_ready_channel(self) -> str:

@@ -160,6 +160,60 @@ async def test_task_whose_not_before_has_passed_is_ready_at_once(queues: QueueFa
     assert tasks_of(await replica.queue.take(requirement_of(task), 10)) == [task]
 
 
+async def test_a_withdrawn_task_is_gone_and_its_requirement_empty(queues: QueueFactory) -> None:
+    # A task cancelled (or never started in time) while QUEUED: with no agent for its
+    # requirement, nobody would ever take the entry, so withdraw must remove it.
+    replica = await queues()
+    task, other = queued("job-1", action="uia"), queued("job-2", action="uia")
+    await replica.queue.publish([task, other])
+
+    await replica.queue.withdraw([task])
+
+    assert tasks_of(await replica.queue.take(requirement_of(task), 10)) == [other]
+    await replica.queue.withdraw([other])
+    assert await replica.queue.requirements() == []
+    assert await replica.queue.take(requirement_of(task), 10) == []
+
+
+async def test_withdrawing_an_unknown_task_changes_nothing(queues: QueueFactory) -> None:
+    replica = await queues()
+    task = queued("job-1")
+    await replica.queue.publish([task])
+
+    await replica.queue.withdraw([queued("job-9"), queued("job-1", attempt=4)])
+
+    assert tasks_of(await replica.queue.take(requirement_of(task), 10)) == [task]
+
+
+async def test_a_withdrawn_delayed_task_never_becomes_ready(queues: QueueFactory) -> None:
+    replica = await queues()
+    soon = datetime.now(UTC) + timedelta(milliseconds=100)
+    withdrawn = queued("job-1", attempt=1, not_before=soon)
+    kept = queued("job-2", attempt=1, not_before=soon + timedelta(milliseconds=100))
+    await replica.queue.publish([withdrawn, kept])
+
+    await replica.queue.withdraw([withdrawn])
+
+    items: list[WorkItem] = []
+    while not items:
+        await replica.ready.wait()
+        items = await replica.queue.take(requirement_of(kept), 10)
+    assert tasks_of(items) == [kept]
+    assert await replica.queue.take(requirement_of(kept), 10) == []
+
+
+async def test_a_withdrawn_task_can_be_queued_again(queues: QueueFactory) -> None:
+    # RetryJob queues a cancelled task again at the same attempt number.
+    replica = await queues()
+    task = queued("job-1", attempt=2)
+    await replica.queue.publish([task])
+    await replica.queue.withdraw([task])
+
+    await replica.queue.publish([task])
+
+    assert tasks_of(await replica.queue.take(requirement_of(task), 10)) == [task]
+
+
 # -- several replicas sharing the Redis queue ----------------------------------------------------
 
 
@@ -450,3 +504,75 @@ async def test_publish_of_many_tasks_keeps_their_order(
     await replica.queue.publish(tasks)
 
     assert tasks_of(await replica.queue.take(requirement_of(tasks[0]), 100)) == tasks
+
+
+async def _stream_state(redis: Redis, keys: RedisKeys, task: QueuedTask) -> tuple[int, int, int]:
+    """(entries in the task's stream, entries pending in its group, markers of the task)."""
+    stream = keys.queue_stream(requirement_of(task).key)
+    length = await redis.xlen(stream)
+    try:
+        pending = (await redis.xpending(stream, QUEUE_CONSUMER_GROUP))["pending"]
+    except Exception:  # no group yet: nothing was ever taken
+        pending = 0
+    markers = await redis.exists(keys.queue_marker(task.job_id, task.todo.id, task.attempt))
+    return length, pending, markers
+
+
+async def test_withdraw_deletes_the_entry_pending_or_not_and_its_marker(
+    redis_queues: QueueFactory, redis_backend: Backend
+) -> None:
+    assert redis_backend.redis is not None
+    redis, keys = redis_backend.redis, RedisKeys(redis_backend.prefix)
+    replica = await redis_queues(claim_idle_ms=1)
+    waiting, taken = queued("job-1", action="uia"), queued("job-2", action="uia")
+    await replica.queue.publish([waiting, taken])
+    [item] = await replica.queue.take(requirement_of(taken), 1)
+    assert item.task == waiting
+    await replica.queue.publish([taken])
+    assert await _stream_state(redis, keys, waiting) == (2, 1, 1)
+
+    # One taken by a replica but not yet acked (its assignment will be stale), one never taken.
+    await replica.queue.withdraw([waiting, taken])
+
+    assert await _stream_state(redis, keys, waiting) == (0, 0, 0)
+    assert await _stream_state(redis, keys, taken) == (0, 0, 0)
+    # Nothing comes back, not even to a replica claiming idle entries.
+    other = await redis_queues(replica_id="replica-b", claim_idle_ms=1)
+    assert await other.queue.take(requirement_of(taken), 10) == []
+    await replica.queue.ack([item])  # the stale assignment's ack still works
+
+
+async def test_a_delayed_task_moved_to_its_stream_can_be_withdrawn_there(
+    redis_queues: QueueFactory, redis_backend: Backend
+) -> None:
+    assert redis_backend.redis is not None
+    redis, keys = redis_backend.redis, RedisKeys(redis_backend.prefix)
+    replica = await redis_queues()
+    task = queued("job-1", attempt=3, not_before=datetime.now(UTC) + timedelta(milliseconds=50))
+    await replica.queue.publish([task])
+    await replica.ready.wait()  # moved to its stream
+    assert await _stream_state(redis, keys, task) == (1, 0, 1)
+
+    await replica.queue.withdraw([task])
+
+    assert await _stream_state(redis, keys, task) == (0, 0, 0)
+
+
+async def test_a_withdrawn_delayed_task_leaves_nothing_once_due(
+    redis_queues: QueueFactory, redis_backend: Backend
+) -> None:
+    assert redis_backend.redis is not None
+    redis, keys = redis_backend.redis, RedisKeys(redis_backend.prefix)
+    replica = await redis_queues()
+    due = datetime.now(UTC) + timedelta(milliseconds=50)
+    withdrawn, kept = queued("job-1", not_before=due), queued("job-2", not_before=due)
+    await replica.queue.publish([withdrawn, kept])
+    await replica.queue.withdraw([withdrawn])
+
+    await replica.ready.wait()  # the mover ran: `kept` was moved, `withdrawn` dropped
+
+    assert await redis.zcard(keys.queue_delayed) == 0
+    items = await replica.queue.take(requirement_of(kept), 10)
+    assert tasks_of(items) == [kept]
+    await replica.queue.ack(items)
+    assert await _stream_state(redis, keys, withdrawn) == (0, 0, 0)

@@ -127,6 +127,9 @@ class JobChanges:
     events: list[JobEvent] = field(default_factory=list)
     dirty_tasks: set[str] = field(default_factory=set)
     queued: list[str] = field(default_factory=list)
+    # QUEUED tasks that left the queue without being taken (cancelled, never started in time):
+    # their entries are withdrawn from the work queue after commit.
+    withdrawn: list[str] = field(default_factory=list)
     cancels: list[tuple[AttemptRef, str]] = field(default_factory=list)
 
 
@@ -480,6 +483,7 @@ class Job:
             message=f"no agent started task {task_id!r} within {waited_s:g} s: {why}",
             reason=Reason.SCHEDULE_TO_START_TIMEOUT,
         )
+        self._withdraw(task)
         self._fail_task(task, error, now)
         return True
 
@@ -570,6 +574,8 @@ class Job:
         self.cancel_reason = error.reason
         for task in self.tasks.values():
             if task.state in (TaskState.PENDING, TaskState.QUEUED, TaskState.WAITING_APPROVAL):
+                if task.state is TaskState.QUEUED:
+                    self._withdraw(task)
                 self._move_task(task, TaskState.CANCELLED, now, error=error)
             elif task.state is TaskState.RUNNING:
                 self.changes.cancels.append(
@@ -635,6 +641,14 @@ class Job:
         current.error = error
         task.lease_until = None
         task.timeout_at = None
+
+    def _withdraw(self, task: Task) -> None:
+        """The QUEUED task leaves the queue untaken: its entry is withdrawn after commit, or,
+        queued in this same change, never published at all."""
+        if task.id in self.changes.queued:
+            self.changes.queued.remove(task.id)
+        else:
+            self.changes.withdrawn.append(task.id)
 
     def _requeue(
         self,

@@ -611,18 +611,10 @@ class Orchestrator:
         try:
             await self._bus.publish(changes.events)
             if changes.queued:
-                await self._queue.publish(
-                    [
-                        QueuedTask(
-                            tenant=job.tenant,
-                            job_id=job.job_id,
-                            todo=job.tasks[task_id].todo,
-                            attempt=job.tasks[task_id].attempt,
-                            not_before=job.tasks[task_id].next_attempt_time,
-                        )
-                        for task_id in changes.queued
-                    ]
-                )
+                await self._queue.publish([_queued(job, task_id) for task_id in changes.queued])
+            if changes.withdrawn:
+                # Else a requirement no agent serves would keep its entries for ever.
+                await self._queue.withdraw([_queued(job, task_id) for task_id in changes.withdrawn])
             for ref, agent_id in changes.cancels:
                 # If no replica holds the agent, its lease expires and the task ends CANCELLED.
                 await self._directory.route_cancel(
@@ -634,3 +626,15 @@ class Orchestrator:
                 job.job_id,
                 error,
             )
+
+
+def _queued(job: Job, task_id: str) -> QueuedTask:
+    """The work queue's reference to the task as it waits (or waited) QUEUED."""
+    task = job.tasks[task_id]
+    return QueuedTask(
+        tenant=job.tenant,
+        job_id=job.job_id,
+        todo=task.todo,
+        attempt=task.attempt,
+        not_before=task.next_attempt_time,
+    )

@@ -45,4 +45,10 @@ class WorkQueue(Protocol):
         """The items' assignments are durable (or stale): never deliver them again."""
         ...
 
+    async def withdraw(self, tasks: Sequence[QueuedTask]) -> None:
+        """The tasks left QUEUED without being taken (cancelled, never started in time): drop
+        their entries (matched by job, task and attempt), taken or not, so that a requirement
+        no agent serves does not keep them for ever. Unknown tasks are ignored."""
+        ...
+
     async def close(self) -> None: ...

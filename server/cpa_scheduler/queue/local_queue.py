@@ -3,6 +3,8 @@ tasks that may not start before a retry backoff ends.
 
 The store is the truth: the queue holds references only and is rebuilt from the store at
 start-up. An entry for an attempt that already started is harmless (assignment is fenced).
+Entries are keyed by (job, task, attempt): a repeat publish keeps one entry, and a task that
+leaves QUEUED untaken is withdrawn in O(1).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -19,14 +21,23 @@ from cpa_scheduler.storage import QueuedTask
 
 from .interface import WorkItem
 
+_Key = tuple[str, str, int]
+
+
+def _key(task: QueuedTask) -> _Key:
+    return (task.job_id, task.todo.id, task.attempt)
+
 
 class LocalWorkQueue:
     """Ready tasks by requirement; `on_ready` is called whenever something becomes ready."""
 
     def __init__(self, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._clock = clock
-        self._ready: dict[Requirement, deque[QueuedTask]] = {}
-        self._delayed: list[tuple[datetime, int, QueuedTask]] = []
+        self._ready: dict[Requirement, OrderedDict[_Key, QueuedTask]] = {}
+        # A timer heap of (due, order, key); `_waiting` holds what is still delayed (a withdrawn
+        # task leaves its heap entry behind, skipped when it comes due).
+        self._delayed: list[tuple[datetime, int, _Key]] = []
+        self._waiting: dict[_Key, tuple[int, QueuedTask]] = {}
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self.on_ready: Callable[[], None] = lambda: None
@@ -48,25 +59,40 @@ class LocalWorkQueue:
     async def ack(self, items: Sequence[WorkItem]) -> None:
         """Nothing to do: in-process items are gone once taken."""
 
+    async def withdraw(self, tasks: Sequence[QueuedTask]) -> None:
+        for task in tasks:
+            key = _key(task)
+            self._waiting.pop(key, None)
+            requirement = Requirement.of(task.tenant, task.todo)
+            ready = self._ready.get(requirement)
+            if ready is not None and ready.pop(key, None) is not None and not ready:
+                del self._ready[requirement]
+
     def put(self, task: QueuedTask) -> None:
+        key = _key(task)
         if task.not_before is not None and task.not_before > self._clock():
-            heapq.heappush(self._delayed, (task.not_before, next(self._order), task))
+            order = next(self._order)
+            self._waiting[key] = (order, task)
+            heapq.heappush(self._delayed, (task.not_before, order, key))
             self._arm_timer()
             return
-        self._ready.setdefault(Requirement.of(task.tenant, task.todo), deque()).append(task)
+        self._make_ready(key, task)
         self.on_ready()
+
+    def _make_ready(self, key: _Key, task: QueuedTask) -> None:
+        self._ready.setdefault(Requirement.of(task.tenant, task.todo), OrderedDict())[key] = task
 
     def pop(self, requirement: Requirement) -> QueuedTask | None:
         tasks = self._ready.get(requirement)
         if not tasks:
             return None
-        task = tasks.popleft()
+        _, task = tasks.popitem(last=False)
         if not tasks:
             del self._ready[requirement]
         return task
 
     def __len__(self) -> int:
-        return sum(len(tasks) for tasks in self._ready.values()) + len(self._delayed)
+        return sum(len(tasks) for tasks in self._ready.values()) + len(self._waiting)
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -82,8 +108,12 @@ class LocalWorkQueue:
         now = self._clock()
         released = False
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, task = heapq.heappop(self._delayed)
-            self._ready.setdefault(Requirement.of(task.tenant, task.todo), deque()).append(task)
+            _, order, key = heapq.heappop(self._delayed)
+            waiting = self._waiting.get(key)
+            if waiting is None or waiting[0] != order:
+                continue  # withdrawn (or published again later: that entry counts)
+            del self._waiting[key]
+            self._make_ready(key, waiting[1])
             released = True
         self._arm_timer()
         if released:

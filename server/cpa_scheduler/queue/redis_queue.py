@@ -45,25 +45,28 @@ MOVE_BATCH_SIZE = 500
 # script would block Redis for every replica meanwhile.
 PUBLISH_BATCH_SIZE = 1000
 
-# Publishes tasks, each only if its marker (KEYS[4 + 2i]) could be claimed: in a stream (KEYS[5 +
-# 2i]) when ARGV due is '', else in the delayed set KEYS[3] at that score, and registers its
-# requirement (KEYS[1], KEYS[2]). One script, so a crash never leaves a marker without its entry
-# (the reconciler would skip that task for ever). ARGV: now ms, ready channel, origin, then per
-# task: requirement key, requirement JSON, task JSON, due ms or ''. Publishes origin on the
-# channel when a task became ready. Returns {any ready, any delayed} as 0/1.
+# Publishes tasks, each only if its marker (KEYS[4 + 2i]) does not exist yet: in a stream (KEYS[5
+# + 2i]) when ARGV due is '', the marker then holding the entry's id, else in the delayed set
+# KEYS[3] at that score, the marker holding 'delayed'; and registers its requirement (KEYS[1],
+# KEYS[2]). One script, so a crash never leaves a marker without its entry (the reconciler would
+# skip that task for ever). ARGV: now ms, ready channel, origin, then per task: requirement key,
+# requirement JSON, task JSON, due ms or ''. Publishes origin on the channel when a task became
+# ready. Returns {any ready, any delayed} as 0/1.
 _PUBLISH_SCRIPT = """
 local ready, delayed = 0, 0
 for i = 0, (#ARGV - 3) / 4 - 1 do
   local key, requirement, task, due = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i],
                                       ARGV[7 + 4 * i]
-  if redis.call('SET', KEYS[4 + 2 * i], '1', 'NX') then
+  local marker = KEYS[4 + 2 * i]
+  if redis.call('EXISTS', marker) == 0 then
     redis.call('ZADD', KEYS[1], 'NX', ARGV[1], key)
     redis.call('HSET', KEYS[2], key, requirement)
     if due == '' then
-      redis.call('XADD', KEYS[5 + 2 * i], '*', 'task', task)
+      redis.call('SET', marker, redis.call('XADD', KEYS[5 + 2 * i], '*', 'task', task))
       ready = 1
     else
       redis.call('ZADD', KEYS[3], due, string.len(key) .. ':' .. key .. task)
+      redis.call('SET', marker, 'delayed')
       delayed = 1
     end
   end
@@ -101,23 +104,58 @@ return {claimed[1], entries}
 
 # Moves due delayed tasks (score <= ARGV[1]) to their streams, atomically, so replicas running
 # it at the same time never move a task twice. Members are `<n>:<requirement key of n
-# bytes><task JSON>`. Publishes ARGV[4] on channel ARGV[3] when it moved something. Returns
-# {number moved, score of the next delayed task or -1}.
+# bytes><task JSON>`. A task's marker (ARGV[6] .. job:task:attempt, read from its JSON) then
+# holds its entry's id; a task without a marker was withdrawn and is dropped. Publishes ARGV[4]
+# on channel ARGV[3] when it moved something. Returns {number moved, score of the next delayed
+# task or -1}.
 _MOVE_DUE_SCRIPT = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
+local moved = 0
 for _, member in ipairs(due) do
   local colon = string.find(member, ':', 1, true)
   local length = tonumber(string.sub(member, 1, colon - 1))
   local requirement_key = string.sub(member, colon + 1, colon + length)
   local task = string.sub(member, colon + length + 1)
-  redis.call('XADD', ARGV[2] .. requirement_key, '*', 'task', task)
+  local ok, decoded = pcall(cjson.decode, task)
+  local marker = nil
+  if ok and type(decoded) == 'table' and type(decoded.todo) == 'table' then
+    marker = ARGV[6] .. tostring(decoded.job_id) .. ':' .. tostring(decoded.todo.id) .. ':'
+             .. string.format('%d', decoded.attempt)
+  end
+  if marker == nil or redis.call('EXISTS', marker) == 1 then
+    local id = redis.call('XADD', ARGV[2] .. requirement_key, '*', 'task', task)
+    if marker ~= nil then redis.call('SET', marker, id) end
+    moved = moved + 1
+  end
   redis.call('ZREM', KEYS[1], member)
 end
-if #due > 0 then
+if moved > 0 then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
 local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {#due, next_due[2] or '-1'}
+return {moved, next_due[2] or '-1'}
+"""
+
+# Withdraws tasks that left QUEUED untaken: per task, its marker KEYS[2i + 1] says where its
+# entry is: an entry id of stream KEYS[2i + 2] (acked, in case a replica took it, and deleted),
+# or 'delayed' (the mover drops the member when it comes due, as it has no marker then; '1' is
+# a marker of an older version, whose entry cannot be found: it stays until taken). The marker
+# is deleted. ARGV[1]: the consumer group. Returns the number of tasks found.
+_WITHDRAW_SCRIPT = """
+local found = 0
+for i = 0, #KEYS / 2 - 1 do
+  local marker, stream = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local where = redis.call('GET', marker)
+  if where then
+    found = found + 1
+    if where ~= 'delayed' and where ~= '1' then
+      redis.pcall('XACK', stream, ARGV[1], where)
+      redis.call('XDEL', stream, where)
+    end
+    redis.call('DEL', marker)
+  end
+end
+return found
 """
 
 # The JSON of every requirement whose stream holds entries (new or pending), oldest queue
@@ -205,6 +243,7 @@ class RedisWorkQueue:
         self._move_due_script = redis.register_script(_MOVE_DUE_SCRIPT)
         self._requirements_script = redis.register_script(_REQUIREMENTS_SCRIPT)
         self._idle_pending_script = redis.register_script(_IDLE_PENDING_SCRIPT)
+        self._withdraw_script = redis.register_script(_WITHDRAW_SCRIPT)
         self._mover_wakeup = asyncio.Event()
         # Calls on_ready for notifications of other instances and after every (re)subscribe,
         # since notifications published meanwhile are lost (pub/sub is at most once).
@@ -333,6 +372,14 @@ class RedisWorkQueue:
         if items:
             await self._acking.submit(items)
 
+    async def withdraw(self, tasks: Sequence[QueuedTask]) -> None:
+        for start in range(0, len(tasks), PUBLISH_BATCH_SIZE):
+            keys: list[str] = []
+            for task in tasks[start : start + PUBLISH_BATCH_SIZE]:
+                requirement = Requirement.of(task.tenant, task.todo)
+                keys += [self._marker(task), self._keys.queue_stream(requirement.key)]
+            await self._withdraw_script(keys=keys, args=[QUEUE_CONSUMER_GROUP])
+
     async def _ack_now(self, items: list[WorkItem]) -> None:
         by_stream: dict[str, list[str]] = {}
         for item in items:
@@ -398,6 +445,7 @@ class RedisWorkQueue:
                 self._keys.queue_ready_channel,
                 self._origin,
                 MOVE_BATCH_SIZE,
+                self._keys.queue_marker_prefix,
             ],
         )
         if moved:
