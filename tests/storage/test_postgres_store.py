@@ -222,6 +222,63 @@ async def test_replicas_creating_one_request_at_once_make_one_job(
     assert {job.job_id for job, _ in results} == set(created)
 
 
+def _releases_request_ids(postgres_url: str, store: PostgresStore) -> list[int]:
+    """Makes the store's owner lookups find nobody: the first one releases every request id
+    (as the retention sweep of another replica would, on a connection of its own and
+    committed) just before the store reads the owner. Returns the lookups counted so far."""
+    lookups: list[int] = []
+
+    async def release() -> None:
+        lookups.append(len(lookups))
+        if len(lookups) == 1:
+            async with await psycopg.AsyncConnection.connect(postgres_url) as sweeper:
+                await sweeper.execute(
+                    "UPDATE jobs SET request_id = '', request_fingerprint = '' "
+                    "WHERE request_id <> ''"
+                )
+
+    store.before_owner_lookup = release
+    return lookups
+
+
+async def test_a_request_id_released_before_its_owner_is_read_creates_the_job(
+    replicas: tuple[PostgresStore, PostgresStore], postgres_url: str
+) -> None:
+    first, second = replicas
+    owner = await create(first, new_job("job-1", request_id="req-1"))
+    lookups = _releases_request_ids(postgres_url, second)
+
+    # The repeat finds req-1 taken, then its owner gone (after the commit): it is created.
+    job, changes = await create_one(second, new_job("job-2", request_id="req-1"))
+
+    assert lookups == [0]
+    assert changes is not None
+    assert (job.job_id, job.request_id) == ("job-2", "req-1")
+    assert (await second.get_job(TENANT, "job-2")).request_id == "req-1"
+    assert (await second.get_job(TENANT, owner.job_id)).request_id == ""
+
+
+async def test_a_request_id_released_inside_a_batch_creation_creates_the_job(
+    replicas: tuple[PostgresStore, PostgresStore], postgres_url: str
+) -> None:
+    first, second = replicas
+    await create(first, new_job("job-1", request_id="req-1"))
+    lookups = _releases_request_ids(postgres_url, second)
+
+    # Several jobs with request ids are checked inside their transaction: req-1 is found taken,
+    # its owner is gone when read there; job-3 is stored, job-2 created again after the commit.
+    results = await second.create_jobs(
+        [new_job("job-2", request_id="req-1"), new_job("job-3", request_id="req-2")]
+    )
+
+    assert len(lookups) == 2  # in the transaction, then after the commit
+    assert [(job.job_id, changes is not None) for job, changes in results] == [
+        ("job-2", True),
+        ("job-3", True),
+    ]
+    assert (await second.get_job(TENANT, "job-2")).request_id == "req-1"
+
+
 async def test_changes_of_existing_jobs_are_written_before_new_jobs_waiting_longer(
     postgres_url: str,
 ) -> None:

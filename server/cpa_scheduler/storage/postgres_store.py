@@ -32,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from cpa_scheduler import json_text
 from cpa_scheduler.domain import (
     AttemptRef,
+    DomainError,
     Job,
     JobChanges,
     JobEvent,
@@ -75,6 +76,10 @@ SWEEP_CLAIM_S: Final = 30.0
 # releasing its row locks; inside a transaction the store only ever waits for the database.
 IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 60_000
 POOL_TIMEOUT_S: Final = 30.0
+# Creations of a job whose request id is found taken, then released before its owner is read
+# (the retention sweep between the two): each round creates it again; two always suffice
+# unless the id is taken and released again in between, every time.
+REQUEST_ID_ROUNDS: Final = 3
 # A peer that vanishes without a reset (a cable, a frozen VM) is noticed in about a minute
 # instead of the kernel's two hours, so a call waiting on it fails rather than hangs.
 _KEEPALIVES: Final = {
@@ -431,6 +436,10 @@ class PostgresStore:
         self._recovery: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
+        # A test seam: awaited between finding a request id taken and reading its owner (in
+        # the creating transaction, and after its commit), where the retention sweep of any
+        # replica may release the id; tests release it there to force that race.
+        self.before_owner_lookup: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     async def open(
@@ -610,7 +619,7 @@ class PostgresStore:
         # Creations and messages first: a duplicate that another replica is inserting is
         # waited for, a lock like a job's row, taken in the same order everywhere.
         await self._insert(connection, batch)
-        if await _request_ids_refused(connection, pipeline, batch):
+        if await _request_ids_refused(connection, pipeline, batch, self.before_owner_lookup):
             # Only a write that runs alone is refused here (_Create.alone): undo its batch.
             await connection.execute("ROLLBACK")
             await pipeline.sync()
@@ -666,7 +675,7 @@ class PostgresStore:
     async def _apply_alone(self, connection: Connection, pipeline: AsyncPipeline, op: _Op) -> None:
         if not isinstance(op, _Update):
             await self._insert(connection, [op])
-            if await _request_ids_refused(connection, pipeline, [op]):
+            if await _request_ids_refused(connection, pipeline, [op], self.before_owner_lookup):
                 assert op.error is not None
                 raise op.error
             return
@@ -798,32 +807,56 @@ class PostgresStore:
     async def create_jobs(self, jobs: Sequence[Job]) -> list[tuple[Job, JobChanges | None]]:
         if not jobs:
             return []
-        future = self._future()
-        op = _Create(
-            # Creations go first, in (tenant, request_id) order: see _run_fast.
-            order=(0, "\0".join(("job", *min(map(_request_key, jobs))))),
-            future=future,
-            jobs=list(jobs),
-            changes=[job.take_changes() for job in jobs],
+        changes = [job.take_changes() for job in jobs]
+        results: dict[int, tuple[Job, JobChanges | None]] = {}
+        # Indexes of the jobs still to create: all of them, then those whose request id was
+        # found taken, and released (the retention sweep) before its owner could be read.
+        pending = list(range(len(jobs)))
+        for _ in range(REQUEST_ID_ROUNDS):
+            op = _Create(
+                # Creations go first, in (tenant, request_id) order: see _run_fast.
+                order=(0, "\0".join(("job", *min(_request_key(jobs[i]) for i in pending)))),
+                future=self._future(),
+                jobs=[jobs[i] for i in pending],
+                changes=[changes[i] for i in pending],
+            )
+            outcomes: list[JobChanges | None] = await self._submit(op)
+            released = []
+            for index, outcome in zip(pending, outcomes, strict=True):
+                if outcome is not None:
+                    results[index] = (jobs[index], outcome)
+                # A request id found taken (by a job committed before, by another replica
+                # meanwhile, or earlier in the same batch): its owner, read now it is committed.
+                elif (owner := await self._owner(jobs[index], index)) is not None:
+                    results[index] = (owner, None)
+                else:
+                    released.append(index)
+            if not released:
+                return [results[index] for index in range(len(jobs))]
+            pending = released
+        raise DomainError(
+            f"request_id {jobs[pending[0]].request_id!r} was found taken and then released "
+            f"{REQUEST_ID_ROUNDS} times while this call created its job; retry the call",
+            reason=Reason.REQUEST_ID_CONTENDED,
+            field="request_id",
         )
-        outcomes: list[JobChanges | None] = await self._submit(op)
-        # A request id found taken (by a job committed before, by another replica meanwhile,
-        # or earlier in the same batch): its owner, read now that it is committed.
-        return [
-            (job, changes) if changes is not None else (await self._owner(job, index), None)
-            for index, (job, changes) in enumerate(zip(jobs, outcomes, strict=True))
-        ]
 
-    async def _owner(self, job: Job, index: int) -> Job:
-        """The job that holds `job`'s request id, when it was made from the same request."""
+    async def _owner(self, job: Job, index: int) -> Job | None:
+        """The job that holds `job`'s request id, when it was made from the same request; None
+        when nobody holds it any more (released since it was found taken: create again)."""
+        if self.before_owner_lookup is not None:
+            await self.before_owner_lookup()
         rows = await self._statement(
             "SELECT job_id, request_fingerprint FROM jobs "
             "WHERE tenant = %(tenant)s AND request_id = %(request_id)s",
             {"tenant": job.tenant, "request_id": job.request_id},
         )
+        if not rows:
+            return None
         owner, fingerprint = rows[0]
         if fingerprint != job.request_fingerprint:
             raise RequestIdReused(job.request_id, owner, index=index)
+        # Jobs are never deleted: the owner read above is there to load.
         return await self.get_job(job.tenant, str(owner))
 
     async def update_job(
@@ -1138,12 +1171,16 @@ async def _creation_results(ops: Iterable[_Op]) -> None:
 
 
 async def _request_ids_refused(
-    connection: Connection, pipeline: AsyncPipeline, ops: Iterable[_Op]
+    connection: Connection,
+    pipeline: AsyncPipeline,
+    ops: Iterable[_Op],
+    before_lookup: Callable[[], Awaitable[None]] | None = None,
 ) -> bool:
     """Before the commit, for the creations that run alone (_Create.alone): whether one of
     their jobs found its request id taken by a different request (the op's error says which).
     The owners are read after the creation statement, which waited for any of them still
-    being inserted, so they are committed and visible."""
+    being inserted, so they are committed and visible; an owner gone by then (its id released
+    by the retention sweep meanwhile) refuses nothing: create_jobs creates that job again."""
     checked = [op for op in ops if isinstance(op, _Create) and op.alone and op.error is None]
     refused = False
     for op in checked:
@@ -1153,6 +1190,8 @@ async def _request_ids_refused(
         taken = [(i, job) for i, job in enumerate(op.jobs) if job.job_id not in inserted]
         if not taken:
             continue
+        if before_lookup is not None:
+            await before_lookup()
         cursor = await connection.execute(
             _REQUEST_OWNERS,
             {
@@ -1167,7 +1206,10 @@ async def _request_ids_refused(
             for tenant, request_id, owner, fingerprint in await cursor.fetchall()
         }
         for index, job in taken:
-            owner, fingerprint = owners[(job.tenant, job.request_id)]
+            found = owners.get((job.tenant, job.request_id))
+            if found is None:
+                continue  # released since: not inserted now, created again after the commit
+            owner, fingerprint = found
             if fingerprint != job.request_fingerprint:
                 op.error = RequestIdReused(job.request_id, owner, index=index)
                 refused = True
