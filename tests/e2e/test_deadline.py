@@ -58,8 +58,10 @@ async def test_an_attempt_stopped_at_the_deadline_is_recorded_as_the_deadline_no
     # The agent stops the action at the deadline itself (it is in the assignment), and usually
     # reports before the server's sweep sees the deadline pass: the record must say deadline.
     await agents.start("agent-1")
-    fields = {} if timeout_s is None else {"timeout": duration_pb2.Duration(seconds=timeout_s)}
-    spec = todos_spec(todo("long", "wait", params={"seconds": 60}, **fields), deadline=_in(1.5))
+    long = todo("long", "wait", params={"seconds": 60})
+    if timeout_s is not None:
+        long.timeout.CopyFrom(duration_pb2.Duration(seconds=timeout_s))
+    spec = todos_spec(long, deadline=_in(1.5))
     job_id = (await client.schedule_job(spec)).job.job_id
     await first_event(client, job_id, task_reached("long", job_pb2.TASK_STATE_RUNNING))
     job = await asyncio.wait_for(finished(client, job_id), 15)
@@ -74,7 +76,7 @@ async def test_an_attempt_stopped_at_the_deadline_is_recorded_as_the_deadline_no
     kinds = {event.WhichOneof("kind") for event in events}
     assert "task_retry_scheduled" not in kinds
     for event in events:
-        change = getattr(event, event.WhichOneof("kind"))
+        change = getattr(event, event.WhichOneof("kind") or "")
         if "error" in change.DESCRIPTOR.fields_by_name:
             assert change.error.reason != error_pb2.ERROR_REASON_TASK_TIMEOUT, event
 
