@@ -214,3 +214,41 @@ async def test_the_context_carries_params_inputs_and_the_earliest_deadline() -> 
 )
 def test_action_name_matches_the_schedulers_names(message: todo_pb2.ToDo, name: str) -> None:
     assert action_name(message) == name
+
+
+class _RecordsCancel:
+    """Blocks until cancelled; keeps what its context said about the cancel at that moment."""
+
+    action = "records"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.reason_seen: list[str | None] = []
+
+    async def run(self, ctx: ExecutionContext) -> dict[str, Any]:
+        assert ctx.cancel_reason is None  # not cancelled yet
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.reason_seen.append(ctx.cancel_reason)
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("reason", "seen"),
+    [(StopReason.CANCELLED, "wrong invoice"), (StopReason.SHUTDOWN, None)],
+)
+async def test_the_executor_sees_the_schedulers_cancel_reason(
+    reason: StopReason, seen: str | None
+) -> None:
+    executor = _RecordsCancel()
+    runner = _runner(ExecutorRegistry(executors=[executor]), "records")
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(executor.started.wait(), 5.0)
+
+    runner.stop(reason, "wrong invoice")
+
+    result = await asyncio.wait_for(task, 5.0)
+    assert executor.reason_seen == [seen]  # a drain is no cancel by the scheduler
+    assert result.error.message == "wrong invoice"
