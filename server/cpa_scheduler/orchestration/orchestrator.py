@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from cpa_scheduler.dispatch.directory import AgentDirectory
-from cpa_scheduler.dispatch.matching import AgentProfile, Requirement, unmet_requirement
 from cpa_scheduler.dispatch.sessions import AgentSession, AssignmentMessage, CancelMessage
 from cpa_scheduler.domain import (
     AttemptRef,
@@ -44,14 +43,12 @@ from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import QueuedTask, Store
 
 from .approvals import refuse_approvals
+from .sweeps import TimeSweeps
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-# Most expired leases handled in one sweep; the next sweep takes the rest.
-SWEEP_BATCH = 500
 
 
 def utc_now() -> datetime:
@@ -81,8 +78,9 @@ class Submission:
     conversation_id: str = ""
 
 
-class Orchestrator:
-    """Job lifecycle: submit, assign, results, leases, cancel, retry."""
+class Orchestrator(TimeSweeps):
+    """Job lifecycle: submit, assign, results, leases, cancel, retry; the time-driven
+    transitions come from TimeSweeps."""
 
     def __init__(
         self,
@@ -450,113 +448,6 @@ class Orchestrator:
         lease_until = self._clock() + self._lease
         stale = await self._store.renew_leases(tenant, agent_id, attempts, lease_until)
         return lease_until, stale
-
-    async def expire_leases(self) -> int:
-        """End the attempts whose lease ended: TIMED_OUT past their timeout, else LOST
-        (re-queued within the redelivery bound)."""
-        now = self._clock()
-        expired = await self._store.expired_attempts(now, limit=SWEEP_BATCH)
-        for tenant, ref in expired:
-
-            def end(job: Job, ref: AttemptRef = ref) -> None:
-                job.lease_expired(
-                    ref.task_id,
-                    attempt=ref.attempt,
-                    max_redeliveries=self._settings.max_redeliveries,
-                    now=now,
-                    rng=self._rng,
-                )
-
-            try:
-                await self._apply(tenant, ref.job_id, end)
-            except (StaleAttempt, NotFound):
-                continue  # it ended (or was renewed) since the query
-            log.warning("lease of %s/%s attempt %d expired", ref.job_id, ref.task_id, ref.attempt)
-        return len(expired)
-
-    async def expire_unstarted_tasks(self) -> int:
-        """Fail the QUEUED tasks no agent took within their schedule-to-start timeout, saying
-        what the connected agents lack."""
-        now = self._clock()
-        unstarted = await self._store.unstarted_tasks(now, limit=SWEEP_BATCH)
-        agents: dict[str, list[AgentProfile]] = {}
-        for tenant, job_id, task_id in unstarted:
-            if tenant not in agents:
-                agents[tenant] = [r.profile for r in await self._directory.list_agents(tenant)]
-            profiles = agents[tenant]
-
-            def miss(
-                job: Job, task_id: str = task_id, profiles: list[AgentProfile] = profiles
-            ) -> bool:
-                requirement = Requirement.of(job.tenant, job.task(task_id).todo)
-                why = unmet_requirement(requirement, profiles) or "every capable agent was busy"
-                return job.miss_start(task_id, now=now, why=why)
-
-            try:
-                _, missed = await self._apply(tenant, job_id, miss)
-            except NotFound:
-                continue
-            if missed:
-                log.warning("task %s/%s was not started in time", job_id, task_id)
-        return len(unstarted)
-
-    async def forget_request_ids(self) -> int:
-        """Release the request ids whose retention window ended."""
-        return await self._store.forget_request_ids(
-            self._clock() - self._request_retention, limit=SWEEP_BATCH
-        )
-
-    async def expire_overdue_jobs(self) -> int:
-        """Stop the jobs whose deadline passed: they end FAILED with JOB_DEADLINE_EXCEEDED once
-        their running attempts have stopped (or lost their lease)."""
-        now = self._clock()
-        overdue = await self._store.overdue_jobs(now, limit=SWEEP_BATCH)
-        for tenant, job_id in overdue:
-            try:
-                _, expired = await self._apply(tenant, job_id, lambda j: j.expire(now=now))
-            except NotFound:
-                continue
-            if expired:
-                log.info("job %s passed its deadline", job_id)
-        return len(overdue)
-
-    async def sweep_forever(self, *, interval_s: float) -> None:
-        """Leases, timeouts, deadlines and retention: the time-driven transitions."""
-        sweeps = (
-            self.expire_leases,
-            self.expire_unstarted_tasks,
-            self.expire_overdue_jobs,
-            self.forget_request_ids,
-        )
-        while True:
-            await asyncio.sleep(interval_s)
-            for sweep in sweeps:
-                try:
-                    await sweep()
-                except Exception:  # a failing sweep must not stop the next one
-                    log.exception("%s failed", sweep.__name__)
-
-    async def reconcile(self, *, older_than_s: float) -> int:
-        """Publish again the tasks QUEUED for longer than `older_than_s`: a crash between commit
-        and publish, or a wiped Redis, must not strand them. Duplicates are harmless (fenced)."""
-        before = self._clock() - timedelta(seconds=older_than_s)
-        stranded = await self._store.queued_tasks(limit=SWEEP_BATCH, queued_before=before)
-        await self._queue.publish(stranded)
-        return len(stranded)
-
-    async def reconcile_forever(self, *, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.reconcile(older_than_s=interval_s)
-            except Exception:  # a failing round must not stop the next one
-                log.exception("reconciliation failed")
-
-    async def recover(self) -> int:
-        """Queue again every task the store holds as QUEUED (start-up after a stop or crash)."""
-        queued = await self._store.queued_tasks(limit=1_000_000)
-        await self._queue.publish(queued)
-        return len(queued)
 
     # -- one change: commit, then its effects --------------------------------------------------
 
