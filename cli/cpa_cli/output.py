@@ -181,6 +181,8 @@ def render_job(job: job_pb2.Job) -> list[str]:
         lines.append(f"duration  {job_duration(job)}")
     if job.HasField("error"):
         lines.append(f"error     {error_text(job.error)}")
+    if job.cancel_reason:
+        lines.append(f"cancelled {job.cancel_reason}")
     lines.append(f"tasks     {_tasks_done(job)} succeeded")
     rows = [
         (

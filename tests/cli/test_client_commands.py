@@ -140,8 +140,10 @@ def test_cancel_ends_a_running_job(
     code, out, _ = cpa(capsys, "watch", job_id)
     assert code == 1
     assert re.match(rf"^job {job_id} CANCELLED", out[-1]), out
+    assert any(line.endswith("job   cancel requested: test") for line in out), out
     code, out, _ = cpa(capsys, "jobs", "get", job_id)
     assert "state     CANCELLED" in out
+    assert "cancelled test" in out
 
 
 def test_retry_re_drives_a_dead_lettered_job_and_watch_follows_the_new_run(
