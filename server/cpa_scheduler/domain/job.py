@@ -495,8 +495,15 @@ class Job:
         """
         task = self._running(task_id, attempt)
         if self.cancel_requested:
-            self._end_attempt(task, AttemptState.CANCELLED, now)
-            self._move_task(task, TaskState.CANCELLED, now)
+            # Stopped by the deadline: said so, as when the agent itself names the deadline.
+            deadline = self.options.deadline
+            stop = (
+                _deadline_error(deadline)
+                if deadline is not None and self.cancel_reason is Reason.JOB_DEADLINE_EXCEEDED
+                else None
+            )
+            self._end_attempt(task, AttemptState.CANCELLED, now, stop)
+            self._move_task(task, TaskState.CANCELLED, now, error=stop)
             self._settle(now)
             return
         error = TaskError(code="HANDED_BACK", message=reason, retryable=True)

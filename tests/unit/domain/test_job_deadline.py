@@ -83,7 +83,11 @@ def test_running_attempts_are_told_to_stop_and_the_job_fails_when_they_report() 
     assert job.state is JobState.FAILED
     assert job.error is not None
     assert job.error.reason is Reason.JOB_DEADLINE_EXCEEDED
-    assert job.tasks["a"].attempts[-1].state is AttemptState.CANCELLED
+    attempt = job.tasks["a"].attempts[-1]
+    assert attempt.state is AttemptState.CANCELLED
+    # The agent obeyed the server's stop: the deadline's doing, recorded as such.
+    assert attempt.error is not None
+    assert attempt.error.reason is Reason.JOB_DEADLINE_EXCEEDED
 
 
 def test_a_user_cancel_still_ends_cancelled_and_retry_clears_the_reason() -> None:
