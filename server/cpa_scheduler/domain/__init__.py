@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from .agent_query import AgentFilter, AgentState
 from .errors import (
+    MAX_ECHO_CHARS,
+    MAX_FIELD_CHARS,
+    MAX_MESSAGE_CHARS,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Reason,
     RequestIdReused,
+    clip,
+    echo,
 )
 from .events import (
     EventPayload,
@@ -64,6 +69,11 @@ from .todo import (
 )
 
 __all__ = [
+    "MAX_ECHO_CHARS",
+    "MAX_FIELD_CHARS",
+    "MAX_MESSAGE_CHARS",
+    "clip",
+    "echo",
     # errors
     "DomainError",
     "FailedPrecondition",

@@ -131,6 +131,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     agent (CPA_MAX_ASSIGNMENT_BYTES, or less when the agent's Hello.max_receive_bytes says so):
     the task failed without being sent, with TaskError.code ASSIGNMENT_TOO_LARGE (not retried).
     """
+    ERROR_REASON_NESTING_TOO_DEEP: _ErrorReason.ValueType  # 60
+    """A JSON value (google.protobuf.Struct: ToDo params, context, intent parameters, LAM
+    contents, agent outputs) nests deeper than the server accepts (24 levels of objects and
+    arrays), so replies that carry it would pass protobuf's decode limit; INVALID_ARGUMENT.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -244,6 +249,11 @@ ERROR_REASON_ASSIGNMENT_TOO_LARGE: ErrorReason.ValueType  # 56
 """A task's assignment (its params and resolved inputs) is larger than the server sends to the
 agent (CPA_MAX_ASSIGNMENT_BYTES, or less when the agent's Hello.max_receive_bytes says so):
 the task failed without being sent, with TaskError.code ASSIGNMENT_TOO_LARGE (not retried).
+"""
+ERROR_REASON_NESTING_TOO_DEEP: ErrorReason.ValueType  # 60
+"""A JSON value (google.protobuf.Struct: ToDo params, context, intent parameters, LAM
+contents, agent outputs) nests deeper than the server accepts (24 levels of objects and
+arrays), so replies that carry it would pass protobuf's decode limit; INVALID_ARGUMENT.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
