@@ -7,10 +7,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from cpa.common.v1 import todo_pb2
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import CpaError, SchedulerClient
+from cpa_scheduler.api.proto_values import MAX_JSON_DEPTH
 
 from .conftest import Agents, finished, todo, todos_spec
 
@@ -39,6 +41,44 @@ def _input(
     if artifact_name:
         reference.artifact_name = artifact_name
     return {name: reference}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A JSON object `depth` objects deep: {"k": {"k": ... {"leaf": 1}}}."""
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+def _params_todo(value: float) -> todo_pb2.ToDo:
+    message = todo("a", "noop")
+    message.params.fields["ratio"].number_value = value
+    return message
+
+
+def _deadline(seconds: int, nanos: int = 0) -> job_pb2.JobSpec:
+    spec = todos_spec(todo("a", "noop"))
+    spec.deadline.seconds, spec.deadline.nanos = seconds, nanos
+    return spec
+
+
+def _timeout(seconds: int, nanos: int = 0) -> job_pb2.JobSpec:
+    message = todo("a", "noop")
+    message.timeout.seconds, message.timeout.nanos = seconds, nanos
+    return todos_spec(message)
+
+
+def _nan_context() -> job_pb2.JobSpec:
+    spec = todos_spec(todo("a", "noop"))
+    spec.context.fields["n"].list_value.values.add().number_value = float("nan")
+    return spec
+
+
+def _deep_intent() -> job_pb2.JobSpec:
+    spec = job_pb2.JobSpec(intent=job_pb2.IntentInvocation(name="send_mail"))
+    spec.intent.parameters.update(_nested(MAX_JSON_DEPTH + 1))
+    return spec
 
 
 CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
@@ -251,6 +291,140 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "PAYLOAD_TOO_LARGE",
         "",
+    ),
+    (
+        "NaN in params",
+        _schedule(todos_spec(_params_todo(float("nan")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "Infinity in params",
+        _schedule(todos_spec(_params_todo(float("inf")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "-Infinity in params",
+        _schedule(todos_spec(_params_todo(float("-inf")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "NaN in a list in the context",
+        _schedule(_nan_context()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.context.n[0]",
+    ),
+    (
+        "NaN in a batch request",
+        _batch(todos_spec(todo("a", "noop")), todos_spec(_params_todo(float("nan")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "requests[1].spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "NaN in a plan preview",
+        lambda client: client.preview_plan(todos_spec(_params_todo(float("nan")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "deadline seconds 2^62",
+        _schedule(_deadline(2**62)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.deadline.seconds",
+    ),
+    (
+        "deadline nanos 2e9",
+        _schedule(_deadline(2_000_000_000, 2_000_000_000)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.deadline.nanos",
+    ),
+    (
+        "deadline before year 1",
+        _schedule(_deadline(-(2**40))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.deadline.seconds",
+    ),
+    (
+        "task timeout of 2^62 seconds",
+        _schedule(_timeout(2**62)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].timeout.seconds",
+    ),
+    (
+        "task timeout nanos of the wrong sign",
+        _schedule(_timeout(5, -1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].timeout.nanos",
+    ),
+    (
+        "retry backoff out of range",
+        _schedule(
+            todos_spec(
+                todo(
+                    "a",
+                    "noop",
+                    retry_policy=todo_pb2.RetryPolicy(
+                        initial_backoff=duration_pb2.Duration(seconds=-(2**62))
+                    ),
+                )
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].retry_policy.initial_backoff.seconds",
+    ),
+    (
+        "params nested one level too deep",
+        _schedule(todos_spec(todo("a", "noop", params=_nested(MAX_JSON_DEPTH + 1)))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NESTING_TOO_DEEP",
+        "spec.todos.todos[0].params" + ".k" * MAX_JSON_DEPTH,
+    ),
+    (
+        "intent parameters nested too deep",
+        _schedule(_deep_intent()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NESTING_TOO_DEEP",
+        "spec.intent.parameters" + ".k" * MAX_JSON_DEPTH,
+    ),
+    (
+        "task id with a trailing newline",
+        _schedule(todos_spec(todo("a\n", "noop"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].id",
+    ),
+    (
+        "custom action with a trailing newline",
+        _schedule(todos_spec(todo("a", "my_action\n"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_ACTION",
+        "spec.todos.todos[0].action",
+    ),
+    (
+        "input name with a trailing newline",
+        _schedule(
+            todos_spec(
+                todo("a", "noop"),
+                todo("b", "noop", depends_on=["a"], inputs=_input("a", "k", name="report\n")),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[1].inputs[report\n]",
     ),
     (
         "bad page token",

@@ -174,7 +174,7 @@ def check_message(message: Message, field: str) -> None:
             if value_type.message_type is not None:
                 for key, item in value.items():
                     check_message(item, f"{path}[{key}]")
-        elif descriptor.label == descriptor.LABEL_REPEATED:
+        elif descriptor.is_repeated:
             for i, item in enumerate(value):
                 check_message(item, f"{path}[{i}]")
         else:

@@ -30,6 +30,7 @@ from cpa_scheduler.domain import (
     Reason,
     RequestIdReused,
     Task,
+    echo,
 )
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator, Submission
@@ -64,9 +65,17 @@ _REDRIVABLE = frozenset(
 )
 
 
+# Longer than any id the server makes (32 hex digits): refused before any lookup.
+_MAX_ID_CHARS = 128
+
+
 def _required(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required", reason=Reason.MISSING_FIELD, field=field)
+    if len(value) > _MAX_ID_CHARS:
+        raise InvalidArgument(
+            f"{field} {echo(value)} is longer than {_MAX_ID_CHARS} characters", field=field
+        )
     return value
 
 
