@@ -39,7 +39,7 @@ def _serve(unary: Callable[[bytes, grpc.ServicerContext], bytes]) -> Iterator[st
     def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         yield unary(request, context)
 
-    handlers: dict[str, grpc.RpcMethodHandler] = {
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         name: grpc.unary_unary_rpc_method_handler(
             unary, request_deserializer=_identity, response_serializer=_identity
         )

@@ -4,6 +4,7 @@ RESOURCE_EXHAUSTED for trailers over 16 KiB. Each example used to produce such a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -108,7 +109,7 @@ async def test_lam_values_that_cannot_be_stored_get_not_understood(
     nan = _lam_request()
     nan.payload.fields["x"].number_value = float("nan")
     deep = _lam_request()
-    value: dict[str, object] = {"leaf": 1}
+    value: dict[str, Any] = {"leaf": 1}
     for _ in range(MAX_JSON_DEPTH):
         value = {"k": value}
     deep.context.update(value)
