@@ -9,12 +9,14 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from cpa.common.v1 import todo_pb2
+from cpa.common.v1 import error_pb2, todo_pb2
+from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import CpaError, SchedulerClient
 from cpa_scheduler.api.proto_values import MAX_JSON_DEPTH
 
 from .conftest import Agents, finished, todo, todos_spec
+from .raw_agent import RawAgentStream
 
 Call = Callable[[SchedulerClient], Awaitable[Any]]
 
@@ -488,3 +490,42 @@ async def test_reused_request_id_returns_the_same_job_or_refuses_a_different_req
         await client.schedule_job(todos_spec(todo("b", "noop")), request_id="req-1")
     assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert caught.value.reason == "REQUEST_ID_REUSED"
+
+
+@pytest.mark.parametrize(
+    ("outputs", "reason", "where"),
+    [
+        ({"ratio": float("nan")}, "INVALID_FIELD", "result.outputs.ratio"),
+        (_nested(MAX_JSON_DEPTH + 1), "NESTING_TOO_DEEP", "result.outputs.k.k"),
+    ],
+    ids=["nan", "too-deep"],
+)
+async def test_agent_outputs_that_cannot_be_stored_fail_the_attempt_for_good(
+    client: SchedulerClient,
+    raw_stream: RawAgentStream,
+    outputs: dict[str, Any],
+    reason: str,
+    where: str,
+) -> None:
+    """Before: the report failed with an exception, was never acked, and the agent sent it again
+    after every reconnect while the job stayed RUNNING."""
+    await raw_stream.hello("raw", actions=("noop",))
+    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
+    job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
+    assignment = (await raw_stream.read_until("assignment")).assignment
+    result = ex.Result(job_id=job_id, task_id="a", attempt=assignment.attempt)
+    if reason == "INVALID_FIELD":
+        result.outputs.fields["ratio"].number_value = outputs["ratio"]
+    else:
+        result.outputs.update(outputs)
+    raw_stream.send(ex.ConnectRequest(report_id=1, result=result))
+
+    ack = (await raw_stream.read_until("report_ack")).report_ack
+    assert (ack.report_id, ack.accepted) == (1, True)  # stored as the attempt's failure
+    job = await finished(client, job_id)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    error = job.tasks[0].error
+    assert error.code == "INVALID_OUTPUT"
+    assert error_pb2.ErrorReason.Name(error.reason) == f"ERROR_REASON_{reason}"
+    assert where in error.message
+    assert not error.retryable
