@@ -338,6 +338,7 @@ def test_unknown_is_a_reserved_intent_name(tmp_path: Path) -> None:
     [
         ("context: {}", "parameter name 'context' must be lower snake case and not 'context'"),
         ("Recipient: {}", "parameter name 'Recipient' must be lower snake case"),
+        ('"to\\n": {}', "parameter name 'to\\n' must be lower snake case"),
         ("to: {required: true, default: x}", "a required parameter cannot have a default"),
     ],
 )
