@@ -172,15 +172,25 @@ class SchedulerClient:
             for job in response.jobs:
                 yield job
 
-    async def cancel_job(self, job_id: str, *, reason: str = "") -> job_pb2.Job:
-        request = scheduler_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+    async def cancel_job(
+        self,
+        job_id: str,
+        *,
+        reason: str = "",
+        view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED,
+    ) -> job_pb2.Job:
+        """Request cancellation; the job as recorded, BASIC unless `view` is FULL."""
+        request = scheduler_service_pb2.CancelJobRequest(job_id=job_id, reason=reason, view=view)
         response = await _unary(
             self._stub.CancelJob(request, metadata=self._metadata, timeout=self._timeout_s)
         )
         return response.job
 
-    async def retry_job(self, job_id: str) -> job_pb2.Job:
-        request = scheduler_service_pb2.RetryJobRequest(job_id=job_id)
+    async def retry_job(
+        self, job_id: str, *, view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED
+    ) -> job_pb2.Job:
+        """Re-drive a FAILED or CANCELLED job; the job, BASIC unless `view` is FULL."""
+        request = scheduler_service_pb2.RetryJobRequest(job_id=job_id, view=view)
         response = await _unary(
             self._stub.RetryJob(request, metadata=self._metadata, timeout=self._timeout_s)
         )
