@@ -164,3 +164,32 @@ async def test_the_deepest_accepted_json_decodes_in_every_reply(
 def _dict(struct: Any) -> dict[str, Any]:
     result: dict[str, Any] = json_format.MessageToDict(struct)
     return result
+
+
+async def test_cancel_and_retry_answer_basic_unless_asked_for_full(
+    client: SchedulerClient,
+) -> None:
+    spec = todos_spec(todo("a", "noop", params={"blob": "x" * 1000}))
+    spec.context.update({"who": "ops"})
+    job_id = (await client.schedule_job(spec)).job.job_id  # no agent: the task stays QUEUED
+
+    cancelled = await client.cancel_job(job_id)
+    assert not cancelled.tasks[0].todo.HasField("params")
+    assert not cancelled.spec.HasField("context")
+    again = await client.cancel_job(job_id, view=job_pb2.JOB_VIEW_FULL)
+    assert again.tasks[0].todo.params.fields["blob"].string_value == "x" * 1000
+    assert again.spec.context.fields["who"].string_value == "ops"
+
+    await finished(client, job_id)
+    retried = await client.retry_job(job_id)
+    assert not retried.tasks[0].todo.HasField("params")
+    await client.cancel_job(job_id)
+    await finished(client, job_id)
+    full = await client.retry_job(job_id, view=job_pb2.JOB_VIEW_FULL)
+    assert full.tasks[0].todo.params.fields["blob"].string_value == "x" * 1000
+
+    with pytest.raises(grpc.aio.AioRpcError) as raw:
+        await client._stub.GetJob(scheduler_service_pb2.GetJobRequest(job_id=job_id, view=9))  # type: ignore[arg-type]
+    error = CpaError.from_rpc_error(raw.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert error.metadata["field"] == "view"
