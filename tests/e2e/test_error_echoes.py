@@ -47,6 +47,16 @@ async def test_a_100_kb_task_id_is_refused_with_a_short_message(client: Schedule
     assert "(100002 chars)" in caught.value.message  # the repr's quotes count
 
 
+async def test_a_non_ascii_task_id_is_bounded_in_bytes(client: SchedulerClient) -> None:
+    # Each "😀" is 4 bytes, 12 once percent-encoded in grpc-message.
+    with pytest.raises(CpaError) as caught:
+        await client.schedule_job(todos_spec(todo("😀" * 50_000, "noop")))
+    _bounded(
+        caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", "spec.todos.todos[0].id"
+    )
+    assert len(caught.value.message.encode()) <= MAX_MESSAGE_CHARS
+
+
 async def test_a_1_mb_job_id_is_refused_with_a_short_message(client: SchedulerClient) -> None:
     job_id = "j" * 1_000_000
     for call in (client.get_job, client.cancel_job, client.retry_job):

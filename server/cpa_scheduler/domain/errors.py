@@ -9,8 +9,9 @@ from enum import StrEnum
 from typing import Final
 
 # Error messages and field paths echo caller input (ids, names, cycles). gRPC clients refuse
-# response metadata over 16 KiB, and the error travels there twice (grpc-message and the
-# status details): an unbounded echo turns the answer into RESOURCE_EXHAUSTED on the client.
+# response metadata over 16 KiB, and the error travels there twice (grpc-message, where each
+# non-ASCII byte takes three, and the status details): an unbounded echo turns the answer into
+# RESOURCE_EXHAUSTED on the client. Bounds are in UTF-8 bytes.
 MAX_MESSAGE_CHARS: Final = 1024
 MAX_FIELD_CHARS: Final = 256
 # One echoed value (an id, a name) inside a message.
@@ -18,18 +19,19 @@ MAX_ECHO_CHARS: Final = 80
 
 
 def clip(text: str, limit: int) -> str:
-    """`text` if it has at most `limit` characters, else its head and tail around a note of
-    how much was cut; the result has at most `limit` characters (for limit >= 64)."""
-    if len(text) <= limit:
+    """`text` if its UTF-8 form has at most `limit` bytes, else its head and tail around a
+    note of how much was cut, at most `limit` bytes in all (for limit >= 64)."""
+    if len(text) <= limit // 4 or len(encoded := text.encode()) <= limit:
         return text
     note = f"...({len(text)} chars)..."
     keep = max(limit - len(note), 2)
-    head = (keep + 1) // 2
-    return text[:head] + note + text[len(text) - (keep - head) :]
+    head = encoded[: (keep + 1) // 2].decode(errors="ignore")
+    tail = encoded[len(encoded) - keep // 2 :].decode(errors="ignore")
+    return head + note + tail
 
 
 def echo(value: object) -> str:
-    """A caller's value quoted for a message (as repr), bounded to MAX_ECHO_CHARS."""
+    """A caller's value quoted for a message (as repr), bounded to MAX_ECHO_CHARS bytes."""
     return clip(repr(value), MAX_ECHO_CHARS)
 
 

@@ -113,3 +113,15 @@ def test_a_trailing_newline_is_refused(todo: ToDo, field: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         todo.validate("t")
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize("char", ["ü", "€", "😀"])
+def test_clip_bounds_utf8_bytes_and_never_splits_a_character(char: str) -> None:
+    text = "a" + char * 100_000 + "z"
+    for limit in (MAX_ECHO_CHARS, MAX_FIELD_CHARS, MAX_MESSAGE_CHARS):
+        clipped = clip(text, limit)
+        assert len(clipped.encode()) <= limit
+        assert clipped.startswith("a" + char)
+        assert clipped.endswith(char + "z")
+    short = char * (MAX_ECHO_CHARS // 2)  # few characters, more bytes than the limit
+    assert len(clip(short, MAX_ECHO_CHARS).encode()) <= MAX_ECHO_CHARS
