@@ -14,7 +14,7 @@ from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import scheduler_service_pb2
 from cpa_client import CpaError, SchedulerClient
 from cpa_scheduler.api.proto_values import MAX_JSON_DEPTH
-from cpa_scheduler.domain import MAX_FIELD_CHARS, MAX_MESSAGE_CHARS
+from cpa_scheduler.domain import MAX_FIELD_BYTES, MAX_MESSAGE_BYTES
 from cpa_scheduler.settings import Settings
 
 from .conftest import HEARTBEAT_S, LEASE_S, todo, todos_spec
@@ -30,12 +30,12 @@ def scheduler_settings(tmp_path: Path) -> Settings:
 
 def _bounded(error: CpaError, code: grpc.StatusCode, reason: str, field: str) -> None:
     assert (error.code, error.reason) == (code, reason), error.message[:200]
-    assert len(error.message) <= MAX_MESSAGE_CHARS
+    assert len(error.message) <= MAX_MESSAGE_BYTES
     assert error.metadata.get("field") == field
-    assert all(len(value) <= MAX_FIELD_CHARS for value in error.metadata.values())
+    assert all(len(value) <= MAX_FIELD_BYTES for value in error.metadata.values())
     for violation in error.field_violations:
-        assert len(violation.field) <= MAX_FIELD_CHARS
-        assert len(violation.description) <= MAX_MESSAGE_CHARS
+        assert len(violation.field) <= MAX_FIELD_BYTES
+        assert len(violation.description) <= MAX_MESSAGE_BYTES
 
 
 async def test_a_100_kb_task_id_is_refused_with_a_short_message(client: SchedulerClient) -> None:
@@ -54,7 +54,7 @@ async def test_a_non_ascii_task_id_is_bounded_in_bytes(client: SchedulerClient) 
     _bounded(
         caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", "spec.todos.todos[0].id"
     )
-    assert len(caught.value.message.encode()) <= MAX_MESSAGE_CHARS
+    assert len(caught.value.message.encode()) <= MAX_MESSAGE_BYTES
 
 
 async def test_a_1_mb_job_id_is_refused_with_a_short_message(client: SchedulerClient) -> None:
@@ -91,7 +91,7 @@ async def test_a_long_input_name_is_clipped_in_the_field_path(client: SchedulerC
     field = error.metadata["field"]
     assert field.startswith("spec.todos.todos[1].inputs[nnn")
     assert field.endswith("nnn]")
-    assert len(field) <= MAX_FIELD_CHARS
+    assert len(field) <= MAX_FIELD_BYTES
     assert [v.field for v in error.field_violations] == [field]
 
 

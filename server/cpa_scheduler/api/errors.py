@@ -18,8 +18,8 @@ import grpc.aio
 from google.rpc import error_details_pb2, status_pb2
 
 from cpa_scheduler.domain import (
-    MAX_FIELD_CHARS,
-    MAX_MESSAGE_CHARS,
+    MAX_FIELD_BYTES,
+    MAX_MESSAGE_BYTES,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
@@ -149,9 +149,9 @@ def _status(
     # Every status passes here. Clients refuse trailers over 16 KiB (RESOURCE_EXHAUSTED instead
     # of the error): the message, echoed twice, and the metadata values stay bounded.
     # DomainError bounds its message and field already; this holds for whatever else is added.
-    status = status_pb2.Status(code=code.value[0], message=clip(message, MAX_MESSAGE_CHARS))
+    status = status_pb2.Status(code=code.value[0], message=clip(message, MAX_MESSAGE_BYTES))
     for key, value in info.metadata.items():
-        info.metadata[key] = clip(value, MAX_FIELD_CHARS)
+        info.metadata[key] = clip(value, MAX_FIELD_BYTES)
     status.details.add().Pack(info)
     return status
 

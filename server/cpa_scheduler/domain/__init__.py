@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from .agent_query import AgentFilter, AgentState
 from .errors import (
-    MAX_ECHO_CHARS,
-    MAX_FIELD_CHARS,
-    MAX_MESSAGE_CHARS,
+    MAX_ECHO_BYTES,
+    MAX_FIELD_BYTES,
+    MAX_MESSAGE_BYTES,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
@@ -69,9 +69,9 @@ from .todo import (
 )
 
 __all__ = [
-    "MAX_ECHO_CHARS",
-    "MAX_FIELD_CHARS",
-    "MAX_MESSAGE_CHARS",
+    "MAX_ECHO_BYTES",
+    "MAX_FIELD_BYTES",
+    "MAX_MESSAGE_BYTES",
     "clip",
     "echo",
     # errors

@@ -12,10 +12,10 @@ from typing import Final
 # response metadata over 16 KiB, and the error travels there twice (grpc-message, where each
 # non-ASCII byte takes three, and the status details): an unbounded echo turns the answer into
 # RESOURCE_EXHAUSTED on the client. Bounds are in UTF-8 bytes.
-MAX_MESSAGE_CHARS: Final = 1024
-MAX_FIELD_CHARS: Final = 256
+MAX_MESSAGE_BYTES: Final = 1024
+MAX_FIELD_BYTES: Final = 256
 # One echoed value (an id, a name) inside a message.
-MAX_ECHO_CHARS: Final = 80
+MAX_ECHO_BYTES: Final = 80
 
 
 def clip(text: str, limit: int) -> str:
@@ -31,8 +31,8 @@ def clip(text: str, limit: int) -> str:
 
 
 def echo(value: object) -> str:
-    """A caller's value quoted for a message (as repr), bounded to MAX_ECHO_CHARS bytes."""
-    return clip(repr(value), MAX_ECHO_CHARS)
+    """A caller's value quoted for a message (as repr), bounded to MAX_ECHO_BYTES bytes."""
+    return clip(repr(value), MAX_ECHO_BYTES)
 
 
 class Reason(StrEnum):
@@ -100,7 +100,7 @@ class DomainError(Exception):
 
     def __init__(self, message: str, *, reason: Reason | None = None, field: str = "") -> None:
         # Every error passes here, so no message or field can echo unbounded input.
-        message = clip(message, MAX_MESSAGE_CHARS)
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         if reason is not None:
@@ -114,7 +114,7 @@ class DomainError(Exception):
     @field.setter
     def field(self, value: str) -> None:
         # Callers re-root fields (`requests[3].` + field): bounded on every assignment.
-        self._field = clip(value, MAX_FIELD_CHARS)
+        self._field = clip(value, MAX_FIELD_BYTES)
 
     def __repr__(self) -> str:
         return (

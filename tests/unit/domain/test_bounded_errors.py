@@ -11,9 +11,9 @@ from cpa_scheduler.api.errors import status_for
 from cpa_scheduler.domain import (
     IDENTIFIER_PATTERN,
     INPUT_NAME_PATTERN,
-    MAX_ECHO_CHARS,
-    MAX_FIELD_CHARS,
-    MAX_MESSAGE_CHARS,
+    MAX_ECHO_BYTES,
+    MAX_FIELD_BYTES,
+    MAX_MESSAGE_BYTES,
     TASK_ID_PATTERN,
     DomainError,
     InvalidArgument,
@@ -43,18 +43,18 @@ def test_clip_keeps_head_and_tail_within_the_limit(limit: int, length: int) -> N
 def test_echo_quotes_and_bounds_a_value() -> None:
     assert echo("abc") == "'abc'"
     long = echo("x" * 100_000)
-    assert len(long) <= MAX_ECHO_CHARS
+    assert len(long) <= MAX_ECHO_BYTES
     assert long.startswith("'xxx")
     assert long.endswith("xxx'")
 
 
 def test_every_domain_error_bounds_its_message_and_field_even_when_re_rooted() -> None:
     error = InvalidArgument("bad " + "m" * 100_000, field="f" * 100_000)
-    assert len(error.message) <= MAX_MESSAGE_CHARS
-    assert len(str(error)) <= MAX_MESSAGE_CHARS
-    assert len(error.field) <= MAX_FIELD_CHARS
+    assert len(error.message) <= MAX_MESSAGE_BYTES
+    assert len(str(error)) <= MAX_MESSAGE_BYTES
+    assert len(error.field) <= MAX_FIELD_BYTES
     error.field = "requests[3]." + error.field
-    assert len(error.field) <= MAX_FIELD_CHARS
+    assert len(error.field) <= MAX_FIELD_BYTES
     assert error.field.startswith("requests[3].fff")
 
 
@@ -64,7 +64,7 @@ def test_a_status_stays_far_below_the_16_kib_trailer_limit() -> None:
     assert len(status.SerializeToString()) < 4096
     info = error_details_pb2.ErrorInfo()
     status.details[0].Unpack(info)
-    assert len(info.metadata["field"]) <= MAX_FIELD_CHARS
+    assert len(info.metadata["field"]) <= MAX_FIELD_BYTES
 
 
 def test_a_long_cycle_names_its_ends_and_length() -> None:
@@ -118,10 +118,10 @@ def test_a_trailing_newline_is_refused(todo: ToDo, field: str) -> None:
 @pytest.mark.parametrize("char", ["ü", "€", "😀"])
 def test_clip_bounds_utf8_bytes_and_never_splits_a_character(char: str) -> None:
     text = "a" + char * 100_000 + "z"
-    for limit in (MAX_ECHO_CHARS, MAX_FIELD_CHARS, MAX_MESSAGE_CHARS):
+    for limit in (MAX_ECHO_BYTES, MAX_FIELD_BYTES, MAX_MESSAGE_BYTES):
         clipped = clip(text, limit)
         assert len(clipped.encode()) <= limit
         assert clipped.startswith("a" + char)
         assert clipped.endswith(char + "z")
-    short = char * (MAX_ECHO_CHARS // 2)  # few characters, more bytes than the limit
-    assert len(clip(short, MAX_ECHO_CHARS).encode()) <= MAX_ECHO_CHARS
+    short = char * (MAX_ECHO_BYTES // 2)  # few characters, more bytes than the limit
+    assert len(clip(short, MAX_ECHO_BYTES).encode()) <= MAX_ECHO_BYTES
