@@ -15,7 +15,7 @@ from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import CpaError, SchedulerClient
 from cpa_scheduler.api.proto_values import MAX_JSON_DEPTH
 
-from .conftest import Agents, finished, todo, todos_spec
+from .conftest import Agents, Scheduler, finished, todo, todos_spec
 from .raw_agent import RawAgentStream
 
 Call = Callable[[SchedulerClient], Awaitable[Any]]
@@ -529,3 +529,40 @@ async def test_agent_outputs_that_cannot_be_stored_fail_the_attempt_for_good(
     assert error_pb2.ErrorReason.Name(error.reason) == f"ERROR_REASON_{reason}"
     assert where in error.message
     assert not error.retryable
+
+
+def _too_deep_to_decode() -> bytes:
+    """A ScheduleJobRequest whose params nest past protobuf's 100-level decode limit."""
+    request = scheduler_service_pb2.ScheduleJobRequest()
+    request.spec.todos.todos.add().params.update(_nested(40))
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("ScheduleJob", _too_deep_to_decode()),
+        ("GetJob", b"\x0a\x64"),  # a field claiming 100 bytes that are not there
+        ("WatchJob", b"\xff\xff\xff"),
+    ],
+    ids=["too-deep", "truncated", "garbage-stream"],
+)
+async def test_an_undecodable_request_is_invalid_argument(
+    scheduler: Scheduler, client: SchedulerClient, method: str, body: bytes
+) -> None:
+    """Before: gRPC's own decoding answered UNKNOWN ("Unexpected DecodeError") with a logged
+    traceback per call."""
+    async with grpc.aio.insecure_channel(scheduler.target) as channel:
+        path = f"/cpa.scheduler.v1.SchedulerService/{method}"
+        if method == "WatchJob":
+            call: Any = channel.unary_stream(path)(body)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in call:
+                    pass
+        else:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(path)(body)
+    error = CpaError.from_rpc_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
+    # The server keeps serving.
+    assert (await client.preview_plan(todos_spec(todo("ok", "noop")))).todos[0].id == "ok"
