@@ -555,13 +555,13 @@ async def test_an_undecodable_request_is_invalid_argument(
     async with grpc.aio.insecure_channel(scheduler.target) as channel:
         path = f"/cpa.scheduler.v1.SchedulerService/{method}"
         if method == "WatchJob":
-            call: Any = channel.unary_stream(path)(body)
+            call: Any = channel.unary_stream(path, None, None)(body)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 async for _ in call:
                     pass
         else:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await channel.unary_unary(path)(body)
+                await channel.unary_unary(path, None, None)(body)
     error = CpaError.from_rpc_error(caught.value)
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
     # The server keeps serving.
