@@ -51,8 +51,6 @@ from .proto_values import (
     timestamp,
 )
 
-__all__ = ["dict_to_struct", "struct_to_dict"]  # re-exported for lam.py
-
 _ACTION_PREFIX = "ACTION_TYPE_"
 _SELECTOR_PREFIX = "SELECTOR_STRATEGY_"
 _REASON_PREFIX = "ERROR_REASON_"

@@ -162,7 +162,7 @@ class LamHandler:
 
     def _work_of(self, message: lam.LamMessage) -> tuple[PlanRequest, JobSource, JobOptions]:
         body = message.request
-        parameters = convert.struct_to_dict(body.parameters, "request.parameters")
+        parameters = proto_values.struct_to_dict(body.parameters, "request.parameters")
         request: PlanRequest
         if body.todos:
             request = TodoRequest(convert.todos_from_proto(body.todos, "request.todos"))
@@ -193,7 +193,7 @@ class LamHandler:
             raise InvalidArgument("reply_to must be an https:// URL", field="expected.reply_to")
         options = JobOptions(
             max_parallelism=self._settings.default_max_parallelism,
-            context=convert.struct_to_dict(message.context, "context"),
+            context=proto_values.struct_to_dict(message.context, "context"),
             deadline=deadline,
             callback_url=reply_to,
         )

@@ -293,7 +293,7 @@ def test_assignment_carries_the_resolved_inputs() -> None:
         inputs={"v": {"deep": [1, "two"]}},
     )
     assignment = convert.outbound_to_proto(message).assignment
-    assert convert.struct_to_dict(assignment.inputs, "inputs") == {"v": {"deep": [1.0, "two"]}}
+    assert proto_values.struct_to_dict(assignment.inputs, "inputs") == {"v": {"deep": [1.0, "two"]}}
     assert convert.todo_from_proto(assignment.todo) == todo
 
     without = AssignmentMessage(tenant="t", job_id="job-1", todo=todo, attempt=1, deadline=None)
@@ -336,7 +336,7 @@ def test_preview_lists_todos_in_order_with_batches() -> None:
         ["download"],
         ["send"],
     ]
-    assert convert.struct_to_dict(preview.parameters, "parameters")["document"] == "invoice 42"
+    assert proto_values.struct_to_dict(preview.parameters, "parameters")["document"] == "invoice 42"
     unknown_plan = planner.plan(TextRequest("downlod invoice from portal"))
     unknown = convert.plan_to_preview_proto(unknown_plan)
     assert (unknown.intent, len(unknown.todos)) == ("unknown", 0)
