@@ -9,15 +9,17 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 
-from cpa.common.v1 import todo_pb2
+from cpa.common.v1 import error_pb2, todo_pb2
+from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import CpaError, SchedulerClient
 from cpa_scheduler.api.proto_values import MAX_JSON_DEPTH
 from cpa_scheduler.settings import Settings
 
 from .conftest import HEARTBEAT_S, LEASE_S, Agents, finished, todo, todos_spec
+from .raw_agent import RawAgentStream
 
 MIB = 1024 * 1024
 DEFAULT_CLIENT_RECEIVE_BYTES = 4 * MIB
@@ -193,3 +195,29 @@ async def test_cancel_and_retry_answer_basic_unless_asked_for_full(
     error = CpaError.from_rpc_error(raw.value)
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
     assert error.metadata["field"] == "view"
+
+
+async def test_an_agents_huge_error_message_is_clipped_at_intake(
+    client: SchedulerClient, raw_stream: RawAgentStream
+) -> None:
+    """Every attempt's error is in every view of the job: 1 MiB messages from a few attempts
+    would push even the BASIC answer past a default client's limit."""
+    await raw_stream.hello("raw", actions=("noop",))
+    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
+    policy = todo_pb2.RetryPolicy(max_attempts=5, initial_backoff=duration_pb2.Duration(nanos=1))
+    job_id = (
+        await client.schedule_job(todos_spec(todo("a", "noop", retry_policy=policy)))
+    ).job.job_id
+    for report_id in range(1, 6):
+        assignment = (await raw_stream.read_until("assignment")).assignment
+        error = error_pb2.TaskError(code="E" * 10_000, message="m" * MIB, retryable=True)
+        result = ex.Result(job_id=job_id, task_id="a", attempt=assignment.attempt, error=error)
+        raw_stream.send(ex.ConnectRequest(report_id=report_id, result=result))
+        assert (await raw_stream.read_until("report_ack")).report_ack.accepted
+        raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
+
+    job = await finished(client, job_id)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert [len(a.error.message.encode()) <= 4096 for a in job.tasks[0].attempts] == [True] * 5
+    assert all(len(a.error.code) <= 256 for a in job.tasks[0].attempts)
+    assert job.ByteSize() < 64 * 1024

@@ -38,6 +38,7 @@ from cpa_scheduler.domain import (
     TaskState,
     TaskStateChanged,
     ToDo,
+    clip,
 )
 from cpa_scheduler.orchestration import ResultReport
 from cpa_scheduler.planning import Plan
@@ -320,10 +321,17 @@ def task_error_to_proto(error: TaskError) -> error_pb2.TaskError:
     )
 
 
+# An agent's error is stored and sent back in every view of its job, each attempt's: clipped
+# at intake so that a few failed attempts cannot push a BASIC answer past a client's limit.
+MAX_TASK_ERROR_MESSAGE_BYTES = 4096
+MAX_TASK_ERROR_CODE_BYTES = 256
+
+
 def task_error_from_proto(error: error_pb2.TaskError) -> TaskError:
+    """An agent's error, its message and code bounded (see MAX_TASK_ERROR_MESSAGE_BYTES)."""
     return TaskError(
-        code=error.code or "FAILED",
-        message=error.message,
+        code=clip(error.code, MAX_TASK_ERROR_CODE_BYTES) or "FAILED",
+        message=clip(error.message, MAX_TASK_ERROR_MESSAGE_BYTES),
         retryable=error.retryable,
         reason=reason_from_proto(error.reason),
     )
