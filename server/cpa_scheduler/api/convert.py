@@ -38,7 +38,6 @@ from cpa_scheduler.domain import (
     TaskState,
     TaskStateChanged,
     ToDo,
-    clip,
 )
 from cpa_scheduler.orchestration import ResultReport
 from cpa_scheduler.planning import Plan
@@ -321,17 +320,11 @@ def task_error_to_proto(error: TaskError) -> error_pb2.TaskError:
     )
 
 
-# An agent's error is stored and sent back in every view of its job, each attempt's: clipped
-# at intake so that a few failed attempts cannot push a BASIC answer past a client's limit.
-MAX_TASK_ERROR_MESSAGE_BYTES = 4096
-MAX_TASK_ERROR_CODE_BYTES = 256
-
-
 def task_error_from_proto(error: error_pb2.TaskError) -> TaskError:
-    """An agent's error, its message and code bounded (see MAX_TASK_ERROR_MESSAGE_BYTES)."""
+    """An agent's error (TaskError bounds its message and code)."""
     return TaskError(
-        code=clip(error.code, MAX_TASK_ERROR_CODE_BYTES) or "FAILED",
-        message=clip(error.message, MAX_TASK_ERROR_MESSAGE_BYTES),
+        code=error.code or "FAILED",
+        message=error.message,
         retryable=error.retryable,
         reason=reason_from_proto(error.reason),
     )

@@ -125,3 +125,17 @@ def test_clip_bounds_utf8_bytes_and_never_splits_a_character(char: str) -> None:
         assert clipped.endswith(char + "z")
     short = char * (MAX_ECHO_BYTES // 2)  # few characters, more bytes than the limit
     assert len(clip(short, MAX_ECHO_BYTES).encode()) <= MAX_ECHO_BYTES
+
+
+def test_a_task_error_bounds_its_message_and_code() -> None:
+    from cpa_scheduler.domain import TaskError
+    from cpa_scheduler.domain.events import (
+        MAX_TASK_ERROR_CODE_BYTES,
+        MAX_TASK_ERROR_MESSAGE_BYTES,
+    )
+
+    error = TaskError(code="C" * 10_000, message="declined by the agent: " + "r" * 1_000_000)
+    assert len(error.code.encode()) <= MAX_TASK_ERROR_CODE_BYTES
+    assert len(error.message.encode()) <= MAX_TASK_ERROR_MESSAGE_BYTES
+    assert error.message.startswith("declined by the agent: rrr")
+    assert TaskError(code="E", message="short") == TaskError(code="E", message="short")

@@ -270,10 +270,10 @@ class TaskError(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Application error code, matched against RetryPolicy.non_retryable_codes ("LOGIN_FAILED").
-    From an agent, kept to its first and last bytes past 256 bytes (UTF-8).
+    Recorded with its first and last bytes only past 256 bytes (UTF-8).
     """
     message: _builtins.str
-    """Human-readable message. From an agent, kept to its first and last bytes past 4096 bytes
+    """Human-readable message. Recorded with its first and last bytes only past 4096 bytes
     (UTF-8): it is stored with every attempt and sent back in every view of the job.
     """
     retryable: _builtins.bool
