@@ -18,11 +18,13 @@ from cpa_scheduler.domain import (
     DomainError,
     InvalidArgument,
     Reason,
+    TaskError,
     TaskGraph,
     ToDo,
     clip,
     echo,
 )
+from cpa_scheduler.domain.events import MAX_TASK_ERROR_CODE_BYTES, MAX_TASK_ERROR_MESSAGE_BYTES
 from cpa_scheduler.domain.task_graph import cycle_text
 
 
@@ -128,12 +130,6 @@ def test_clip_bounds_utf8_bytes_and_never_splits_a_character(char: str) -> None:
 
 
 def test_a_task_error_bounds_its_message_and_code() -> None:
-    from cpa_scheduler.domain import TaskError
-    from cpa_scheduler.domain.events import (
-        MAX_TASK_ERROR_CODE_BYTES,
-        MAX_TASK_ERROR_MESSAGE_BYTES,
-    )
-
     error = TaskError(code="C" * 10_000, message="declined by the agent: " + "r" * 1_000_000)
     assert len(error.code.encode()) <= MAX_TASK_ERROR_CODE_BYTES
     assert len(error.message.encode()) <= MAX_TASK_ERROR_MESSAGE_BYTES
