@@ -292,8 +292,8 @@ class ToDo(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Identifier, unique within the job; 1-63 letters, digits, '_', '.' or '-', starting with a letter
-    or digit, matched as a whole (a trailing newline is refused: INVALID_FIELD).
+    """Identifier, unique within the job; 1-63 letters, digits, '_', '.' or '-', starting with a
+    letter or digit, matched as a whole (a trailing newline is refused: INVALID_FIELD).
     """
     action: Global___ActionType.ValueType
     """The action to run."""

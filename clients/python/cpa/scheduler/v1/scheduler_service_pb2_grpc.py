@@ -29,7 +29,10 @@ class SchedulerServiceStub:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     def __init__(self, channel):
@@ -99,7 +102,10 @@ class SchedulerServiceServicer:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     def ScheduleJob(self, request, context):
@@ -272,7 +278,10 @@ class SchedulerService:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     @staticmethod

@@ -30,7 +30,10 @@ class SchedulerServiceStub:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     @_typing.overload
@@ -96,7 +99,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -158,7 +164,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     @_abc_1.abstractmethod
