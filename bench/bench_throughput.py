@@ -242,7 +242,9 @@ async def _wait_done(
     if meter is not None:
         meter.stop()
     wanted = set(job_ids)
-    jobs = {j.job_id: j async for j in client.list_jobs(page_size=1000) if j.job_id in wanted}
+    # FULL: the latencies are read from the tasks' outputs.
+    listing = client.list_jobs(page_size=1000, view=job_pb2.JOB_VIEW_FULL)
+    jobs = {j.job_id: j async for j in listing if j.job_id in wanted}
     for job_id in job_ids:
         while jobs.get(job_id) is None or jobs[job_id].state not in TERMINAL:
             jobs[job_id] = await client.get_job(job_id)

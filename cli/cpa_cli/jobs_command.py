@@ -57,6 +57,7 @@ def register(commands: Any) -> None:
         metavar="N",
         help=f"show at most N jobs; 0 shows all (default {DEFAULT_LIST_LIMIT})",
     )
+    add_view_option(listing, "basic")
     add_json_option(listing, "a ListJobsResponse")
     add_server_option(listing)
     listing.set_defaults(run=client_command(_list))
@@ -65,6 +66,7 @@ def register(commands: Any) -> None:
         "get", help="show one job and its tasks", description="Show a job and its tasks."
     )
     get.add_argument("job_id", metavar="JOB_ID")
+    add_view_option(get, "full")
     add_json_option(get, "the Job")
     add_server_option(get)
     get.set_defaults(run=client_command(_get))
@@ -131,6 +133,19 @@ def register(commands: Any) -> None:
     watch.set_defaults(run=client_command(_watch))
 
 
+VIEWS = {"basic": job_pb2.JOB_VIEW_BASIC, "full": job_pb2.JOB_VIEW_FULL}
+
+
+def add_view_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--view",
+        choices=sorted(VIEWS),
+        default=default,
+        help="basic leaves out params, outputs and context; full has everything "
+        f"(default {default})",
+    )
+
+
 Command = Callable[[SchedulerClient, argparse.Namespace], Awaitable[int]]
 
 
@@ -179,7 +194,9 @@ async def _list(client: SchedulerClient, arguments: argparse.Namespace) -> int:
     limit: int = arguments.limit
     page_size = min(limit, _MAX_PAGE_SIZE) if limit else 0
     jobs: list[job_pb2.Job] = []
-    async for job in client.list_jobs(filter=arguments.filter, page_size=page_size):
+    async for job in client.list_jobs(
+        filter=arguments.filter, page_size=page_size, view=VIEWS[arguments.view]
+    ):
         jobs.append(job)
         if limit and len(jobs) >= limit:
             break
@@ -194,7 +211,8 @@ async def _list(client: SchedulerClient, arguments: argparse.Namespace) -> int:
 
 
 async def _get(client: SchedulerClient, arguments: argparse.Namespace) -> int:
-    show_job(await client.get_job(arguments.job_id), as_json=arguments.json)
+    job = await client.get_job(arguments.job_id, view=VIEWS[arguments.view])
+    show_job(job, as_json=arguments.json)
     return 0
 
 

@@ -63,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CpaError as error:
         _error(*render_cpa_error(error, server=getattr(arguments, "server", None)))
         return EXIT_USAGE
+    except grpc.RpcError as error:
+        # A call the SDK did not wrap (or a channel failure): still a report, never a traceback.
+        _error(*render_cpa_error(CpaError.from_rpc_error(error), server=None))
+        return EXIT_USAGE
     except CliError as error:
         _error(f"cpa: {error}")
         return EXIT_USAGE

@@ -24,8 +24,9 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from cpa.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
-from cpa.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
+from cpa.scheduler.v1 import scheduler_service_pb2
 
+from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.scheduler_servicer import SchedulerServicer
@@ -116,7 +117,8 @@ class SchedulerServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
-        scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server(
+        # Requests decoded by us: an undecodable body is INVALID_ARGUMENT, not gRPC's UNKNOWN.
+        add_decoded_service(
             SchedulerServicer(
                 orchestrator=orchestrator,
                 sessions=sessions,
@@ -125,6 +127,7 @@ class SchedulerServer:
                 lam=LamHandler(orchestrator=orchestrator, settings=settings),
                 settings=settings,
             ),
+            scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
         )
         executor = ExecutorServicer(

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         "the agents' CPA_AGENT_MAX_RECEIVE_BYTES (an agent's hello says its own, and the smaller "
         "wins). A larger assignment fails its task unsent with ASSIGNMENT_TOO_LARGE.",
     )
+    list_jobs_page_max_bytes: int = Field(
+        default=3 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Most bytes of jobs in one ListJobs page: a page ends before it would pass "
+        "this (and at page_size); a single larger job is returned alone. The default keeps "
+        "pages under a default client's 4 MiB receive limit.",
+    )
     max_tasks_per_job: int = Field(default=10_000, ge=1, description="Most tasks one job may have.")
     default_max_parallelism: int = Field(
         default=64, ge=1, description="Tasks of one job running at once when the job names none."

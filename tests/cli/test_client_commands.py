@@ -539,3 +539,25 @@ def test_every_command_has_help(
 
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: cpa {' '.join(command)}")
+
+
+def test_get_is_full_and_list_basic_unless_view_says_otherwise(
+    capsys: pytest.CaptureFixture[str], server_address: str, run_label: str, tmp_path: Path
+) -> None:
+    todos = _write(tmp_path / "todos.yaml", "- {id: only, action: noop, params: {pages: 3}}\n")
+    code, out, _ = cpa(capsys, "submit", "--todos", todos, "--label", f"run={run_label}")
+    assert code == 0
+    job_id = out[0]
+    run_filter = f'labels.run = "{run_label}"'
+
+    def params_of(*args: str) -> list[object]:
+        code, out, err = cpa(capsys, *args, "--json")
+        assert code == 0, err
+        document = json.loads("\n".join(out))
+        jobs = document.get("jobs", [document])
+        return [task["todo"].get("params") for job in jobs for task in job["tasks"]]
+
+    assert params_of("jobs", "get", job_id) == [{"pages": 3}]
+    assert params_of("jobs", "get", job_id, "--view", "basic") == [None]
+    assert params_of("jobs", "list", "--filter", run_filter) == [None]
+    assert params_of("jobs", "list", "--filter", run_filter, "--view", "full") == [{"pages": 3}]

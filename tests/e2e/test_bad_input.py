@@ -7,12 +7,16 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
-from cpa.common.v1 import todo_pb2
+from cpa.common.v1 import error_pb2, todo_pb2
+from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import CpaError, SchedulerClient
+from cpa_scheduler.api.proto_values import MAX_JSON_DEPTH
 
-from .conftest import Agents, finished, todo, todos_spec
+from .conftest import Agents, Scheduler, finished, todo, todos_spec
+from .raw_agent import RawAgentStream
 
 Call = Callable[[SchedulerClient], Awaitable[Any]]
 
@@ -39,6 +43,44 @@ def _input(
     if artifact_name:
         reference.artifact_name = artifact_name
     return {name: reference}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A JSON object `depth` objects deep: {"k": {"k": ... {"leaf": 1}}}."""
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+def _params_todo(value: float) -> todo_pb2.ToDo:
+    message = todo("a", "noop")
+    message.params.fields["ratio"].number_value = value
+    return message
+
+
+def _deadline(seconds: int, nanos: int = 0) -> job_pb2.JobSpec:
+    spec = todos_spec(todo("a", "noop"))
+    spec.deadline.seconds, spec.deadline.nanos = seconds, nanos
+    return spec
+
+
+def _timeout(seconds: int, nanos: int = 0) -> job_pb2.JobSpec:
+    message = todo("a", "noop")
+    message.timeout.seconds, message.timeout.nanos = seconds, nanos
+    return todos_spec(message)
+
+
+def _nan_context() -> job_pb2.JobSpec:
+    spec = todos_spec(todo("a", "noop"))
+    spec.context.fields["n"].list_value.values.add().number_value = float("nan")
+    return spec
+
+
+def _deep_intent() -> job_pb2.JobSpec:
+    spec = job_pb2.JobSpec(intent=job_pb2.IntentInvocation(name="send_mail"))
+    spec.intent.parameters.update(_nested(MAX_JSON_DEPTH + 1))
+    return spec
 
 
 CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
@@ -253,6 +295,140 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
         "",
     ),
     (
+        "NaN in params",
+        _schedule(todos_spec(_params_todo(float("nan")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "Infinity in params",
+        _schedule(todos_spec(_params_todo(float("inf")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "-Infinity in params",
+        _schedule(todos_spec(_params_todo(float("-inf")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "NaN in a list in the context",
+        _schedule(_nan_context()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.context.n[0]",
+    ),
+    (
+        "NaN in a batch request",
+        _batch(todos_spec(todo("a", "noop")), todos_spec(_params_todo(float("nan")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "requests[1].spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "NaN in a plan preview",
+        lambda client: client.preview_plan(todos_spec(_params_todo(float("nan")))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].params.ratio",
+    ),
+    (
+        "deadline seconds 2^62",
+        _schedule(_deadline(2**62)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.deadline.seconds",
+    ),
+    (
+        "deadline nanos 2e9",
+        _schedule(_deadline(2_000_000_000, 2_000_000_000)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.deadline.nanos",
+    ),
+    (
+        "deadline before year 1",
+        _schedule(_deadline(-(2**40))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.deadline.seconds",
+    ),
+    (
+        "task timeout of 2^62 seconds",
+        _schedule(_timeout(2**62)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].timeout.seconds",
+    ),
+    (
+        "task timeout nanos of the wrong sign",
+        _schedule(_timeout(5, -1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].timeout.nanos",
+    ),
+    (
+        "retry backoff out of range",
+        _schedule(
+            todos_spec(
+                todo(
+                    "a",
+                    "noop",
+                    retry_policy=todo_pb2.RetryPolicy(
+                        initial_backoff=duration_pb2.Duration(seconds=-(2**62))
+                    ),
+                )
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].retry_policy.initial_backoff.seconds",
+    ),
+    (
+        "params nested one level too deep",
+        _schedule(todos_spec(todo("a", "noop", params=_nested(MAX_JSON_DEPTH + 1)))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NESTING_TOO_DEEP",
+        "spec.todos.todos[0].params" + ".k" * MAX_JSON_DEPTH,
+    ),
+    (
+        "intent parameters nested too deep",
+        _schedule(_deep_intent()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NESTING_TOO_DEEP",
+        "spec.intent.parameters" + ".k" * MAX_JSON_DEPTH,
+    ),
+    (
+        "task id with a trailing newline",
+        _schedule(todos_spec(todo("a\n", "noop"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].id",
+    ),
+    (
+        "custom action with a trailing newline",
+        _schedule(todos_spec(todo("a", "my_action\n"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_ACTION",
+        "spec.todos.todos[0].action",
+    ),
+    (
+        "input name with a trailing newline",
+        _schedule(
+            todos_spec(
+                todo("a", "noop"),
+                todo("b", "noop", depends_on=["a"], inputs=_input("a", "k", name="report\n")),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[1].inputs[report\n]",
+    ),
+    (
         "bad page token",
         lambda client: client._stub.ListJobs(
             scheduler_service_pb2.ListJobsRequest(page_token="garbage")
@@ -314,3 +490,79 @@ async def test_reused_request_id_returns_the_same_job_or_refuses_a_different_req
         await client.schedule_job(todos_spec(todo("b", "noop")), request_id="req-1")
     assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert caught.value.reason == "REQUEST_ID_REUSED"
+
+
+@pytest.mark.parametrize(
+    ("outputs", "reason", "where"),
+    [
+        ({"ratio": float("nan")}, "INVALID_FIELD", "result.outputs.ratio"),
+        (_nested(MAX_JSON_DEPTH + 1), "NESTING_TOO_DEEP", "result.outputs.k.k"),
+    ],
+    ids=["nan", "too-deep"],
+)
+async def test_agent_outputs_that_cannot_be_stored_fail_the_attempt_for_good(
+    client: SchedulerClient,
+    raw_stream: RawAgentStream,
+    outputs: dict[str, Any],
+    reason: str,
+    where: str,
+) -> None:
+    """Before: the report failed with an exception, was never acked, and the agent sent it again
+    after every reconnect while the job stayed RUNNING."""
+    await raw_stream.hello("raw", actions=("noop",))
+    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
+    job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
+    assignment = (await raw_stream.read_until("assignment")).assignment
+    result = ex.Result(job_id=job_id, task_id="a", attempt=assignment.attempt)
+    if reason == "INVALID_FIELD":
+        result.outputs.fields["ratio"].number_value = outputs["ratio"]
+    else:
+        result.outputs.update(outputs)
+    raw_stream.send(ex.ConnectRequest(report_id=1, result=result))
+
+    ack = (await raw_stream.read_until("report_ack")).report_ack
+    assert (ack.report_id, ack.accepted) == (1, True)  # stored as the attempt's failure
+    job = await finished(client, job_id)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    error = job.tasks[0].error
+    assert error.code == "INVALID_OUTPUT"
+    assert error_pb2.ErrorReason.Name(error.reason) == f"ERROR_REASON_{reason}"
+    assert where in error.message
+    assert not error.retryable
+
+
+def _too_deep_to_decode() -> bytes:
+    """A ScheduleJobRequest whose params nest past protobuf's 100-level decode limit."""
+    request = scheduler_service_pb2.ScheduleJobRequest()
+    request.spec.todos.todos.add().params.update(_nested(40))
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("ScheduleJob", _too_deep_to_decode()),
+        ("GetJob", b"\x0a\x64"),  # a field claiming 100 bytes that are not there
+        ("WatchJob", b"\xff\xff\xff"),
+    ],
+    ids=["too-deep", "truncated", "garbage-stream"],
+)
+async def test_an_undecodable_request_is_invalid_argument(
+    scheduler: Scheduler, client: SchedulerClient, method: str, body: bytes
+) -> None:
+    """Before: gRPC's own decoding answered UNKNOWN ("Unexpected DecodeError") with a logged
+    traceback per call."""
+    async with grpc.aio.insecure_channel(scheduler.target) as channel:
+        path = f"/cpa.scheduler.v1.SchedulerService/{method}"
+        if method == "WatchJob":
+            call: Any = channel.unary_stream(path, None, None)(body)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in call:
+                    pass
+        else:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(path, None, None)(body)
+    error = CpaError.from_rpc_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
+    # The server keeps serving.
+    assert (await client.preview_plan(todos_spec(todo("ok", "noop")))).todos[0].id == "ok"

@@ -1,6 +1,6 @@
 """Typed asyncio SDK for the CPA Scheduler; the generated contract lives in the `cpa` package."""
 
-from .errors import CpaError, FieldViolation
+from .errors import UNDECODABLE_RESPONSE, CpaError, FieldViolation
 from .scheduler_client import SchedulerClient
 
 __all__ = [
@@ -9,4 +9,5 @@ __all__ = [
     # Errors
     "CpaError",
     "FieldViolation",
+    "UNDECODABLE_RESPONSE",
 ]

@@ -11,6 +11,8 @@ from google.rpc import error_details_pb2, status_pb2
 # gRPC carries the rich google.rpc.Status in this binary trailer.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 ERROR_DOMAIN = "cpa.scheduler"
+# CpaError.reason when the client could not decode the server's answer (not a server reason).
+UNDECODABLE_RESPONSE = "UNDECODABLE_RESPONSE"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from cpa.scheduler.v1 import (
     scheduler_service_pb2_grpc,
 )
 
-from .errors import CpaError
+from .errors import UNDECODABLE_RESPONSE, CpaError
 
 _Response = TypeVar("_Response")
 _Page = TypeVar(
@@ -34,11 +34,25 @@ def _struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     return message
 
 
-async def _unary(call: Awaitable[_Response]) -> _Response:
+def _undecodable() -> CpaError:
+    # grpc.aio ends a call whose answer fails to decode with status OK and no message; say
+    # what happened instead of handing the caller None.
+    return CpaError(
+        code=grpc.StatusCode.INTERNAL,
+        message="the scheduler's answer could not be decoded (nested too deep for protobuf, "
+        "or not of the expected type)",
+        reason=UNDECODABLE_RESPONSE,
+    )
+
+
+async def _unary(call: Awaitable[_Response | None]) -> _Response:
     try:
-        return await call
+        response = await call
     except grpc.aio.AioRpcError as error:
         raise CpaError.from_rpc_error(error) from None
+    if response is None:
+        raise _undecodable()
+    return response
 
 
 class SchedulerClient:
@@ -74,26 +88,38 @@ class SchedulerClient:
             await self._channel.close(grace=None)
 
     async def schedule_job(
-        self, spec: job_pb2.JobSpec, *, request_id: str = ""
+        self,
+        spec: job_pb2.JobSpec,
+        *,
+        request_id: str = "",
+        view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED,
     ) -> scheduler_service_pb2.ScheduleJobResponse:
-        """Create a job from a full spec; `request_id` makes the call safe to repeat."""
-        request = scheduler_service_pb2.ScheduleJobRequest(request_id=request_id, spec=spec)
+        """Create a job from a full spec; `request_id` makes the call safe to repeat. The
+        answer holds the job in the BASIC view (no params, outputs) unless `view` is FULL."""
+        request = scheduler_service_pb2.ScheduleJobRequest(
+            request_id=request_id, spec=spec, view=view
+        )
         return await _unary(
             self._stub.ScheduleJob(request, metadata=self._metadata, timeout=self._timeout_s)
         )
 
     async def batch_schedule_jobs(
-        self, requests: Sequence[scheduler_service_pb2.ScheduleJobRequest | job_pb2.JobSpec]
+        self,
+        requests: Sequence[scheduler_service_pb2.ScheduleJobRequest | job_pb2.JobSpec],
+        *,
+        view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED,
     ) -> list[scheduler_service_pb2.ScheduleJobResponse]:
         """Create several jobs in one call, all or none; one answer per request, in order.
-        A bare JobSpec is a request without a request_id."""
+        A bare JobSpec is a request without a request_id. Jobs in the BASIC view unless
+        `view` is FULL."""
         request = scheduler_service_pb2.BatchScheduleJobsRequest(
+            view=view,
             requests=[
                 r
                 if isinstance(r, scheduler_service_pb2.ScheduleJobRequest)
                 else scheduler_service_pb2.ScheduleJobRequest(spec=r)
                 for r in requests
-            ]
+            ],
         )
         response = await _unary(
             self._stub.BatchScheduleJobs(request, metadata=self._metadata, timeout=self._timeout_s)
@@ -115,21 +141,29 @@ class SchedulerClient:
         spec = job_pb2.JobSpec(intent=invocation)
         return (await self.schedule_job(spec, request_id=request_id)).job
 
-    async def get_job(self, job_id: str) -> job_pb2.Job:
-        request = scheduler_service_pb2.GetJobRequest(job_id=job_id)
+    async def get_job(
+        self, job_id: str, *, view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED
+    ) -> job_pb2.Job:
+        """The job, in the FULL view (params and outputs included) unless `view` is BASIC."""
+        request = scheduler_service_pb2.GetJobRequest(job_id=job_id, view=view)
         response = await _unary(
             self._stub.GetJob(request, metadata=self._metadata, timeout=self._timeout_s)
         )
         return response.job
 
     async def list_jobs(
-        self, *, filter: str = "", page_size: int = 0
+        self,
+        *,
+        filter: str = "",
+        page_size: int = 0,
+        view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED,
     ) -> AsyncIterator[job_pb2.Job]:
-        """Every job matching `filter` (AIP-160), following page tokens."""
+        """Every job matching `filter` (AIP-160), following page tokens; BASIC view unless
+        `view` is FULL."""
         async for response in self._pages(
             lambda token: self._stub.ListJobs(
                 scheduler_service_pb2.ListJobsRequest(
-                    filter=filter, page_size=page_size, page_token=token
+                    filter=filter, page_size=page_size, page_token=token, view=view
                 ),
                 metadata=self._metadata,
                 timeout=self._timeout_s,
@@ -138,15 +172,25 @@ class SchedulerClient:
             for job in response.jobs:
                 yield job
 
-    async def cancel_job(self, job_id: str, *, reason: str = "") -> job_pb2.Job:
-        request = scheduler_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+    async def cancel_job(
+        self,
+        job_id: str,
+        *,
+        reason: str = "",
+        view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED,
+    ) -> job_pb2.Job:
+        """Request cancellation; the job as recorded, BASIC unless `view` is FULL."""
+        request = scheduler_service_pb2.CancelJobRequest(job_id=job_id, reason=reason, view=view)
         response = await _unary(
             self._stub.CancelJob(request, metadata=self._metadata, timeout=self._timeout_s)
         )
         return response.job
 
-    async def retry_job(self, job_id: str) -> job_pb2.Job:
-        request = scheduler_service_pb2.RetryJobRequest(job_id=job_id)
+    async def retry_job(
+        self, job_id: str, *, view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED
+    ) -> job_pb2.Job:
+        """Re-drive a FAILED or CANCELLED job; the job, BASIC unless `view` is FULL."""
+        request = scheduler_service_pb2.RetryJobRequest(job_id=job_id, view=view)
         response = await _unary(
             self._stub.RetryJob(request, metadata=self._metadata, timeout=self._timeout_s)
         )
@@ -177,6 +221,8 @@ class SchedulerClient:
         call = self._stub.WatchJob(request, metadata=self._metadata)
         try:
             async for response in call:
+                if response is None:
+                    raise _undecodable()
                 yield response.event
         except grpc.aio.AioRpcError as error:
             raise CpaError.from_rpc_error(error) from None

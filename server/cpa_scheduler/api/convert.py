@@ -6,11 +6,7 @@ Converting from proto also validates, naming the offending field by its request 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
-
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from collections.abc import Sequence
 
 from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2
@@ -25,15 +21,11 @@ from cpa_scheduler.domain import (
     BUILTIN_ACTIONS,
     DEFAULT_RETRY_POLICY,
     AgentState,
-    Attempt,
     AttemptRef,
     AttemptState,
     InvalidArgument,
-    Job,
     JobCancelRequested,
     JobEvent,
-    JobOptions,
-    JobSource,
     JobState,
     JobStateChanged,
     OutputRef,
@@ -41,8 +33,6 @@ from cpa_scheduler.domain import (
     RetryPolicy,
     Selector,
     SelectorStrategy,
-    SourceKind,
-    Task,
     TaskError,
     TaskProgress,
     TaskRetryScheduled,
@@ -51,36 +41,21 @@ from cpa_scheduler.domain import (
     ToDo,
 )
 from cpa_scheduler.orchestration import ResultReport
-from cpa_scheduler.planning import IntentRequest, Plan, PlanRequest, TextRequest, TodoRequest
+from cpa_scheduler.planning import Plan
+
+from .proto_values import (
+    dict_to_struct,
+    duration,
+    duration_s,
+    set_time,
+    struct_to_dict,
+    timestamp,
+)
 
 _ACTION_PREFIX = "ACTION_TYPE_"
 _SELECTOR_PREFIX = "SELECTOR_STRATEGY_"
 _REASON_PREFIX = "ERROR_REASON_"
 _CUSTOM_ACTION = todo_pb2.ACTION_TYPE_CUSTOM
-
-
-def _duration_s(duration: duration_pb2.Duration) -> float:
-    return duration.seconds + duration.nanos / 1e9
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(round(seconds * 1e9))
-    return message
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A JSON object as plain Python; numbers come back as floats (JSON has one number type)."""
-    return json_format.MessageToDict(struct)
-
-
-def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    try:
-        struct.update(dict(values))
-    except (ValueError, TypeError) as error:
-        raise InvalidArgument(f"not representable as JSON: {error}") from None
-    return struct
 
 
 def reason_to_proto(reason: Reason) -> error_pb2.ErrorReason.ValueType:
@@ -124,12 +99,12 @@ def retry_policy_from_proto(message: todo_pb2.RetryPolicy, field: str) -> RetryP
     """Unset fields take the defaults; set fields are validated, errors name `field`.<name>."""
     default = DEFAULT_RETRY_POLICY
     initial_s = (
-        _duration_s(message.initial_backoff)
+        duration_s(message.initial_backoff, f"{field}.initial_backoff")
         if message.HasField("initial_backoff")
         else default.initial_backoff_s
     )
     max_s = (
-        _duration_s(message.max_backoff)
+        duration_s(message.max_backoff, f"{field}.max_backoff")
         if message.HasField("max_backoff")
         else max(default.max_backoff_s, initial_s)
     )
@@ -155,9 +130,9 @@ def retry_policy_from_proto(message: todo_pb2.RetryPolicy, field: str) -> RetryP
 def retry_policy_to_proto(policy: RetryPolicy) -> todo_pb2.RetryPolicy:
     return todo_pb2.RetryPolicy(
         max_attempts=policy.max_attempts,
-        initial_backoff=_duration(policy.initial_backoff_s),
+        initial_backoff=duration(policy.initial_backoff_s),
         backoff_multiplier=policy.multiplier,
-        max_backoff=_duration(policy.max_backoff_s),
+        max_backoff=duration(policy.max_backoff_s),
         jitter=policy.jitter,
         non_retryable_codes=sorted(policy.non_retryable_codes),
     )
@@ -235,9 +210,11 @@ def _inputs_from_proto(message: todo_pb2.ToDo, field: str) -> dict[str, OutputRe
 
 def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
     """A validated domain ToDo; errors name the field under `field` (e.g. `spec.todos.todos[3]`)."""
-    timeout_s = _duration_s(message.timeout) if message.HasField("timeout") else None
+    timeout_s = (
+        duration_s(message.timeout, f"{field}.timeout") if message.HasField("timeout") else None
+    )
     schedule_to_start_s = (
-        _duration_s(message.schedule_to_start_timeout)
+        duration_s(message.schedule_to_start_timeout, f"{field}.schedule_to_start_timeout")
         if message.HasField("schedule_to_start_timeout")
         else None
     )
@@ -249,7 +226,7 @@ def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
         if message.HasField("selector")
         else None,
         text=message.text,
-        params=struct_to_dict(message.params),
+        params=struct_to_dict(message.params, f"{field}.params"),
         timeout_s=timeout_s,
         schedule_to_start_s=schedule_to_start_s,
         depends_on=tuple(message.depends_on),
@@ -269,7 +246,8 @@ def todos_from_proto(messages: Sequence[todo_pb2.ToDo], field: str = "todos") ->
     return [todo_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages)]
 
 
-def todo_to_proto(todo: ToDo) -> todo_pb2.ToDo:
+def todo_to_proto(todo: ToDo, *, params: bool = True) -> todo_pb2.ToDo:
+    """The ToDo; without its params when `params` is false (a job's BASIC view)."""
     if todo.is_builtin_action:
         action = todo_pb2.ActionType.Value(_ACTION_PREFIX + todo.action.upper())
         custom_action = ""
@@ -299,12 +277,12 @@ def todo_to_proto(todo: ToDo) -> todo_pb2.ToDo:
                 value=todo.selector.value,
             )
         )
-    if todo.params:
+    if params and todo.params:
         message.params.CopyFrom(dict_to_struct(todo.params))
     if todo.timeout_s is not None:
-        message.timeout.CopyFrom(_duration(todo.timeout_s))
+        message.timeout.CopyFrom(duration(todo.timeout_s))
     if todo.schedule_to_start_s is not None:
-        message.schedule_to_start_timeout.CopyFrom(_duration(todo.schedule_to_start_s))
+        message.schedule_to_start_timeout.CopyFrom(duration(todo.schedule_to_start_s))
     if todo.retry_policy is not None:
         message.retry_policy.CopyFrom(retry_policy_to_proto(todo.retry_policy))
     return message
@@ -329,114 +307,6 @@ def plan_to_preview_proto(plan: Plan) -> scheduler_service_pb2.PreviewPlanRespon
     return response
 
 
-# -- times ------------------------------------------------------------------------------------
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    # Timestamp.FromDatetime is pure Python and showed in profiles of ScheduleJob.
-    delta = value - _EPOCH
-    return timestamp_pb2.Timestamp(
-        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
-    )
-
-
-def _set_time(message: Any, name: str, value: datetime | None) -> None:
-    if value is not None:
-        getattr(message, name).CopyFrom(_timestamp(value))
-
-
-def _time_from_proto(message: timestamp_pb2.Timestamp) -> datetime:
-    return message.ToDatetime(tzinfo=UTC)
-
-
-# -- job specs (requests) --------------------------------------------------------------------
-
-
-def spec_from_proto(
-    spec: job_pb2.JobSpec, *, default_max_parallelism: int, field: str = "spec"
-) -> tuple[PlanRequest, JobSource, JobOptions]:
-    """What to plan, how to describe it and how to run it; errors name fields under `field`."""
-    source_kind = spec.WhichOneof("source")
-    request: PlanRequest
-    if source_kind == "text":
-        if not spec.text.strip():
-            raise InvalidArgument(
-                "text is empty", reason=Reason.MISSING_FIELD, field=f"{field}.text"
-            )
-        request = TextRequest(spec.text)
-        source = JobSource(kind=SourceKind.TEXT, text=spec.text)
-    elif source_kind == "intent":
-        if not spec.intent.name:
-            raise InvalidArgument(
-                "intent name is empty", reason=Reason.MISSING_FIELD, field=f"{field}.intent.name"
-            )
-        parameters = struct_to_dict(spec.intent.parameters)
-        request = IntentRequest(spec.intent.name, parameters)
-        source = JobSource(kind=SourceKind.INTENT, intent=spec.intent.name, parameters=parameters)
-    elif source_kind == "todos":
-        if not spec.todos.todos:
-            raise InvalidArgument(
-                "a job needs at least one task",
-                reason=Reason.EMPTY_GRAPH,
-                field=f"{field}.todos.todos",
-            )
-        request = TodoRequest(todos_from_proto(spec.todos.todos, f"{field}.todos.todos"))
-        source = JobSource(kind=SourceKind.TODOS)
-    else:
-        raise InvalidArgument(
-            "the spec names no work: set text, intent or todos",
-            reason=Reason.MISSING_FIELD,
-            field=f"{field}.source",
-        )
-    if spec.max_parallelism < 0:
-        raise InvalidArgument(
-            f"max_parallelism must not be negative, got {spec.max_parallelism}",
-            field=f"{field}.max_parallelism",
-        )
-    options = JobOptions(
-        max_parallelism=spec.max_parallelism or default_max_parallelism,
-        context=struct_to_dict(spec.context),
-        labels=dict(spec.labels),
-        deadline=_time_from_proto(spec.deadline) if spec.HasField("deadline") else None,
-        default_retry_policy=retry_policy_from_proto(
-            spec.default_retry_policy, f"{field}.default_retry_policy"
-        )
-        if spec.HasField("default_retry_policy")
-        else None,
-        callback_url=spec.callback_url,
-    )
-    return request, source, options
-
-
-def _spec_to_proto(job: Job) -> job_pb2.JobSpec:
-    spec = job_pb2.JobSpec(
-        context=dict_to_struct(job.options.context),
-        labels=dict(job.options.labels),
-        max_parallelism=job.options.max_parallelism,
-        callback_url=job.options.callback_url,
-    )
-    match job.source.kind:
-        case SourceKind.TEXT:
-            spec.text = job.source.text
-        case SourceKind.INTENT:
-            spec.intent.CopyFrom(
-                job_pb2.IntentInvocation(
-                    name=job.source.intent, parameters=dict_to_struct(job.source.parameters)
-                )
-            )
-        case SourceKind.TODOS:
-            spec.todos.CopyFrom(
-                job_pb2.TodoList(todos=[todo_to_proto(t.todo) for t in job.tasks.values()])
-            )
-    _set_time(spec, "deadline", job.options.deadline)
-    if job.options.default_retry_policy is not None:
-        spec.default_retry_policy.CopyFrom(retry_policy_to_proto(job.options.default_retry_policy))
-    return spec
-
-
 # -- jobs, tasks, events -------------------------------------------------------------------
 
 
@@ -452,6 +322,7 @@ def task_error_to_proto(error: TaskError) -> error_pb2.TaskError:
 
 
 def task_error_from_proto(error: error_pb2.TaskError) -> TaskError:
+    """An agent's error (TaskError bounds its message and code)."""
     return TaskError(
         code=error.code or "FAILED",
         message=error.message,
@@ -460,76 +331,12 @@ def task_error_from_proto(error: error_pb2.TaskError) -> TaskError:
     )
 
 
-def _attempt_to_proto(attempt: Attempt) -> job_pb2.Attempt:
-    message = job_pb2.Attempt(
-        number=attempt.number,
-        agent_id=attempt.agent_id,
-        state=attempt_state_to_proto(attempt.state),
-    )
-    _set_time(message, "start_time", attempt.start_time)
-    _set_time(message, "end_time", attempt.end_time)
-    if attempt.error is not None:
-        message.error.CopyFrom(task_error_to_proto(attempt.error))
-    return message
-
-
-def task_to_proto(task: Task, *, waiting_reason: str = "") -> job_pb2.Task:
-    message = job_pb2.Task(
-        todo=todo_to_proto(task.todo),
-        state=task_state_to_proto(task.state),
-        attempt=task.attempt,
-        attempts=[_attempt_to_proto(a) for a in task.attempts],
-        waiting_reason=waiting_reason,
-    )
-    if task.outputs is not None:
-        message.outputs.CopyFrom(dict_to_struct(task.outputs))
-    if task.error is not None:
-        message.error.CopyFrom(task_error_to_proto(task.error))
-    for name in ("next_attempt_time", "queue_time", "start_time", "end_time"):
-        _set_time(message, name, getattr(task, name))
-    return message
-
-
-def job_to_proto(
-    job: Job, *, waiting_reason: Callable[[Job, Task], str] | None = None
-) -> job_pb2.Job:
-    """The full job; `waiting_reason` explains each QUEUED task (derived at read time)."""
-    message = job_pb2.Job(
-        job_id=job.job_id,
-        tenant=job.tenant,
-        request_id=job.request_id,
-        spec=_spec_to_proto(job),
-        intent=job.intent,
-        state=job_state_to_proto(job.state),
-        tasks=[
-            task_to_proto(
-                task,
-                waiting_reason=waiting_reason(job, task)
-                if waiting_reason is not None and task.state is TaskState.QUEUED
-                else "",
-            )
-            for task in job.tasks.values()
-        ],
-        dead_lettered=job.dead_lettered,
-        cancel_requested=job.cancel_requested,
-        cancel_reason=job.cancel_message,
-        retry_count=job.retry_count,
-        conversation_id=job.conversation_id,
-        last_event_sequence=job.last_event_sequence,
-    )
-    if job.error is not None:
-        message.error.CopyFrom(task_error_to_proto(job.error))
-    for name in ("create_time", "update_time", "start_time", "end_time"):
-        _set_time(message, name, getattr(job, name))
-    return message
-
-
 def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
     message = job_event_pb2.JobEvent(
         job_id=event.job_id,
         sequence=event.sequence,
         terminal=event.terminal,
-        create_time=_timestamp(event.create_time),
+        create_time=timestamp(event.create_time),
     )
     payload = event.payload
     match payload:
@@ -562,7 +369,7 @@ def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
             retry = message.task_retry_scheduled
             retry.task_id = payload.task_id
             retry.failed_attempt = payload.failed_attempt
-            retry.next_attempt_time.CopyFrom(_timestamp(payload.next_attempt_time))
+            retry.next_attempt_time.CopyFrom(timestamp(payload.next_attempt_time))
             retry.lost = payload.lost
             if payload.error is not None:
                 retry.error.CopyFrom(task_error_to_proto(payload.error))
@@ -633,12 +440,14 @@ def outbound_to_proto(
     )
     if message.inputs:
         assignment.inputs.CopyFrom(dict_to_struct(message.inputs))
-    _set_time(assignment, "deadline", message.deadline)
+    set_time(assignment, "deadline", message.deadline)
     return executor_service_pb2.ConnectResponse(assignment=assignment)
 
 
 # Error code an agent uses for attempts it hands back while shutting down (see cpa_agent).
 AGENT_SHUTDOWN_CODE = "AGENT_SHUTDOWN"
+# Error code of an attempt whose reported outputs the server could not accept.
+INVALID_OUTPUT_CODE = "INVALID_OUTPUT"
 
 
 def result_from_proto(result: executor_service_pb2.Result) -> tuple[AttemptRef, ResultReport]:
@@ -652,7 +461,19 @@ def result_from_proto(result: executor_service_pb2.Result) -> tuple[AttemptRef, 
         )
     if result.cancelled:
         return ref, ResultReport(cancelled=True)
-    return ref, ResultReport(outputs=struct_to_dict(result.outputs))
+    try:
+        outputs = struct_to_dict(result.outputs, "result.outputs")
+    except InvalidArgument as error:
+        # Outputs that could not be written back into replies (NaN, too deep) fail the attempt
+        # for good: refusing the report would leave the agent resending it for ever.
+        return ref, ResultReport(
+            error=TaskError(
+                code=INVALID_OUTPUT_CODE,
+                message=f"the agent's outputs were refused: {error.field}: {error.message}",
+                reason=error.reason,
+            )
+        )
+    return ref, ResultReport(outputs=outputs)
 
 
 _AGENT_STATES = {
@@ -680,6 +501,6 @@ def agent_to_proto(record: AgentRecord) -> agent_pb2.Agent:
         free_credits=record.free_credits,
         version=profile.version,
     )
-    _set_time(message, "connect_time", record.connect_time)
-    _set_time(message, "last_seen_time", record.last_seen_time)
+    set_time(message, "connect_time", record.connect_time)
+    set_time(message, "last_seen_time", record.last_seen_time)
     return message

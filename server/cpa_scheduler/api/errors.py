@@ -17,7 +17,16 @@ import grpc
 import grpc.aio
 from google.rpc import error_details_pb2, status_pb2
 
-from cpa_scheduler.domain import DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
+from cpa_scheduler.domain import (
+    MAX_FIELD_BYTES,
+    MAX_MESSAGE_BYTES,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    clip,
+)
 from cpa_scheduler.storage.interface import StoreUnavailableError
 
 __all__ = [
@@ -97,6 +106,7 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.APPROVAL_NOT_SUPPORTED: _Code.INVALID_ARGUMENT,
         # A race with the retention sweep, not the caller's fault: the same call may succeed.
         Reason.REQUEST_ID_CONTENDED: _Code.ABORTED,
+        Reason.NESTING_TOO_DEEP: _Code.INVALID_ARGUMENT,
         Reason.ILLEGAL_TRANSITION: _Code.FAILED_PRECONDITION,
         Reason.NO_CAPABLE_AGENT: _Code.FAILED_PRECONDITION,
         Reason.POLICY_VIOLATION: _Code.FAILED_PRECONDITION,
@@ -139,7 +149,12 @@ def status_code_for(error: DomainError) -> grpc.StatusCode:
 def _status(
     code: grpc.StatusCode, message: str, info: error_details_pb2.ErrorInfo
 ) -> status_pb2.Status:
-    status = status_pb2.Status(code=code.value[0], message=message)
+    # Every status passes here. Clients refuse trailers over 16 KiB (RESOURCE_EXHAUSTED instead
+    # of the error): the message, echoed twice, and the metadata values stay bounded.
+    # DomainError bounds its message and field already; this holds for whatever else is added.
+    status = status_pb2.Status(code=code.value[0], message=clip(message, MAX_MESSAGE_BYTES))
+    for key, value in info.metadata.items():
+        info.metadata[key] = clip(value, MAX_FIELD_BYTES)
     status.details.add().Pack(info)
     return status
 
@@ -153,7 +168,7 @@ def status_for(error: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
     status = _status(code, error.message, info)
     if error.field and code in _BAD_REQUEST_CODES:
         bad_request = error_details_pb2.BadRequest()
-        bad_request.field_violations.add(field=error.field, description=error.message)
+        bad_request.field_violations.add(field=error.field, description=status.message)
         status.details.add().Pack(bad_request)
     return code, status
 

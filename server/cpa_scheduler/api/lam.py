@@ -28,7 +28,7 @@ from cpa_scheduler.planning import IntentRequest, PlanRequest, TextRequest, Todo
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import StoredMessage
 
-from . import convert
+from . import convert, proto_values
 
 SCHEDULER_SENDER = "agent://cpa-scheduler"
 _PREFIX = "PERFORMATIVE_"
@@ -66,6 +66,7 @@ class LamHandler:
     async def handle(self, message: lam.LamMessage, *, tenant: str) -> lam.LamMessage:
         try:
             self._check_envelope(message)
+            self._check_values(message)
         except _NotUnderstoodError as problem:
             return self._reply(
                 message,
@@ -121,6 +122,16 @@ class LamHandler:
                 body,
             )
 
+    @staticmethod
+    def _check_values(message: lam.LamMessage) -> None:
+        """Every JSON value, time and duration anywhere in the message: it is stored as it came,
+        and a value that cannot be written back (NaN, too deep, out of range) would poison the
+        conversation."""
+        try:
+            proto_values.check_message(message, "")
+        except InvalidArgument as error:
+            raise _NotUnderstoodError(error.reason, error.message, error.field) from None
+
     # -- performatives ------------------------------------------------------------------------
 
     async def _request(
@@ -151,7 +162,7 @@ class LamHandler:
 
     def _work_of(self, message: lam.LamMessage) -> tuple[PlanRequest, JobSource, JobOptions]:
         body = message.request
-        parameters = convert.struct_to_dict(body.parameters)
+        parameters = proto_values.struct_to_dict(body.parameters, "request.parameters")
         request: PlanRequest
         if body.todos:
             request = TodoRequest(convert.todos_from_proto(body.todos, "request.todos"))
@@ -171,7 +182,7 @@ class LamHandler:
         now = datetime.now(UTC)
         deadline = None
         if message.expected.HasField("deadline"):
-            deadline = message.expected.deadline.ToDatetime(tzinfo=UTC)
+            deadline = proto_values.time_from_proto(message.expected.deadline, "expected.deadline")
             if deadline <= now:
                 raise InvalidArgument(
                     f"deadline {deadline.isoformat()} has already passed",
@@ -182,7 +193,7 @@ class LamHandler:
             raise InvalidArgument("reply_to must be an https:// URL", field="expected.reply_to")
         options = JobOptions(
             max_parallelism=self._settings.default_max_parallelism,
-            context=convert.struct_to_dict(message.context),
+            context=proto_values.struct_to_dict(message.context, "context"),
             deadline=deadline,
             callback_url=reply_to,
         )

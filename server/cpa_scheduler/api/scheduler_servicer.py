@@ -12,8 +12,8 @@ from typing import Any
 import grpc.aio
 from google.protobuf.message import Message
 
+from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
-from cpa.scheduler.v1 import scheduler_service_pb2_grpc
 from cpa_scheduler.dispatch import Requirement, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.domain import (
@@ -30,13 +30,14 @@ from cpa_scheduler.domain import (
     Reason,
     RequestIdReused,
     Task,
+    echo,
 )
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
 from cpa_scheduler.settings import Settings
 
-from . import convert
+from . import convert, job_views
 from .call_context import tenant_of
 from .errors import translate_errors
 from .lam import LamHandler
@@ -64,9 +65,17 @@ _REDRIVABLE = frozenset(
 )
 
 
+# Longer than any id the server makes (32 hex digits): refused before any lookup.
+_MAX_ID_CHARS = 128
+
+
 def _required(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required", reason=Reason.MISSING_FIELD, field=field)
+    if len(value) > _MAX_ID_CHARS:
+        raise InvalidArgument(
+            f"{field} {echo(value)} is longer than {_MAX_ID_CHARS} characters", field=field
+        )
     return value
 
 
@@ -99,6 +108,16 @@ def _spec_field(field: str) -> str:
     if field.startswith("todos"):
         return "spec.todos." + field
     return f"spec.{field}" if field else "spec"
+
+
+def _repeated_entry_bytes(message: Message) -> int:
+    """Bytes `message` adds as an entry of a repeated field: tag, length and body."""
+    size = message.ByteSize()
+    return 1 + _varint_bytes(size) + size
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def fingerprint(message: Message) -> str:
@@ -149,21 +168,22 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         """The checked spec of a request that carries one (presence, fields)."""
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
-        return convert.spec_from_proto(
+        return job_views.spec_from_proto(
             request.spec, default_max_parallelism=self._settings.default_max_parallelism
         )
 
-    def _job(self, job: Job) -> Any:
-        return convert.job_to_proto(job, waiting_reason=self._waiting_reason)
+    def _job(self, job: Job, *, full: bool) -> job_pb2.Job:
+        return job_views.job_to_proto(job, full=full, waiting_reason=self._waiting_reason)
 
     @translate_errors
     async def ScheduleJob(
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
         self._check_size(request)
+        full = job_views.is_full_view(request.view, default_full=False)
         submission = self._submission(request)
         [(job, created)] = await self._orchestrator.submit_all(self._tenant(context), [submission])
-        return pb.ScheduleJobResponse(job=self._job(job), created=created)
+        return pb.ScheduleJobResponse(job=self._job(job, full=full), created=created)
 
     @translate_errors
     async def BatchScheduleJobs(
@@ -177,6 +197,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 reason=Reason.MISSING_FIELD if count == 0 else Reason.INVALID_FIELD,
                 field="requests",
             )
+        full = job_views.is_full_view(request.view, default_full=False)
         submissions = []
         first_of: dict[str, int] = {}
         for index, item in enumerate(request.requests):
@@ -198,7 +219,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             raise
         return pb.BatchScheduleJobsResponse(
             responses=[
-                pb.ScheduleJobResponse(job=self._job(job), created=created) for job, created in jobs
+                pb.ScheduleJobResponse(job=self._job(job, full=full), created=created)
+                for job, created in jobs
             ]
         )
 
@@ -222,13 +244,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     @translate_errors
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
         job_id = _required(request.job_id, "job_id")
+        full = job_views.is_full_view(request.view, default_full=True)
         job = await self._orchestrator.get_job(self._tenant(context), job_id)
-        return pb.GetJobResponse(job=self._job(job))
+        return pb.GetJobResponse(job=self._job(job, full=full))
 
     @translate_errors
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         job_filter = parse_job_filter(request.filter)
         limit = page_size(request.page_size, default=_LIST_JOBS_DEFAULT, maximum=_LIST_JOBS_MAX)
+        full = job_views.is_full_view(request.view, default_full=False)
         query = fingerprint_query("jobs", format_job_filter(job_filter))
         after = (
             decode_page_token(request.page_token, query_fingerprint=query)
@@ -238,9 +262,18 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         jobs = await self._orchestrator.list_jobs(
             self._tenant(context), job_filter, after=after, limit=limit + 1
         )
-        response = pb.ListJobsResponse(jobs=[self._job(job) for job in jobs[:limit]])
-        if len(jobs) > limit:
-            last = jobs[limit - 1]
+        response = pb.ListJobsResponse()
+        budget = self._settings.list_jobs_page_max_bytes
+        for job in jobs[:limit]:
+            message = self._job(job, full=full)
+            size = _repeated_entry_bytes(message)
+            # Before the budget would be passed; a job larger than the budget goes alone.
+            if response.jobs and size > budget:
+                break
+            response.jobs.append(message)
+            budget -= size
+        if len(jobs) > len(response.jobs):
+            last = jobs[len(response.jobs) - 1]
             response.next_page_token = encode_page_token(
                 PagePosition(create_time=last.create_time, job_id=last.job_id),
                 query_fingerprint=query,
@@ -252,14 +285,16 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self, request: pb.CancelJobRequest, context: Context
     ) -> pb.CancelJobResponse:
         job_id = _required(request.job_id, "job_id")
+        full = job_views.is_full_view(request.view, default_full=False)
         job = await self._orchestrator.cancel(self._tenant(context), job_id, reason=request.reason)
-        return pb.CancelJobResponse(job=self._job(job))
+        return pb.CancelJobResponse(job=self._job(job, full=full))
 
     @translate_errors
     async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.RetryJobResponse:
         job_id = _required(request.job_id, "job_id")
+        full = job_views.is_full_view(request.view, default_full=False)
         job = await self._orchestrator.retry(self._tenant(context), job_id)
-        return pb.RetryJobResponse(job=self._job(job))
+        return pb.RetryJobResponse(job=self._job(job, full=full))
 
     @translate_errors
     async def RetryJobs(

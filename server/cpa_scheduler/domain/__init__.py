@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from .agent_query import AgentFilter, AgentState
 from .errors import (
+    MAX_ECHO_BYTES,
+    MAX_FIELD_BYTES,
+    MAX_MESSAGE_BYTES,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Reason,
     RequestIdReused,
+    clip,
+    echo,
 )
 from .events import (
     EventPayload,
@@ -65,6 +70,11 @@ from .todo import (
 )
 
 __all__ = [
+    "MAX_ECHO_BYTES",
+    "MAX_FIELD_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "clip",
+    "echo",
     # errors
     "DomainError",
     "FailedPrecondition",

@@ -6,6 +6,33 @@ The API layer maps these onto google.rpc.Status; nothing here knows about gRPC.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
+
+# Error messages and field paths echo caller input (ids, names, cycles). gRPC clients refuse
+# response metadata over 16 KiB, and the error travels there twice (grpc-message, where each
+# non-ASCII byte takes three, and the status details): an unbounded echo turns the answer into
+# RESOURCE_EXHAUSTED on the client. Bounds are in UTF-8 bytes.
+MAX_MESSAGE_BYTES: Final = 1024
+MAX_FIELD_BYTES: Final = 256
+# One echoed value (an id, a name) inside a message.
+MAX_ECHO_BYTES: Final = 80
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` if its UTF-8 form has at most `limit` bytes, else its head and tail around a
+    note of how much was cut, at most `limit` bytes in all (for limit >= 64)."""
+    if len(text) <= limit // 4 or len(encoded := text.encode()) <= limit:
+        return text
+    note = f"...({len(text)} chars)..."
+    keep = max(limit - len(note), 2)
+    head = encoded[: (keep + 1) // 2].decode(errors="ignore")
+    tail = encoded[len(encoded) - keep // 2 :].decode(errors="ignore")
+    return head + note + tail
+
+
+def echo(value: object) -> str:
+    """A caller's value quoted for a message (as repr), bounded to MAX_ECHO_BYTES bytes."""
+    return clip(repr(value), MAX_ECHO_BYTES)
 
 
 class Reason(StrEnum):
@@ -61,6 +88,7 @@ class Reason(StrEnum):
     ASSIGNMENT_TOO_LARGE = "ASSIGNMENT_TOO_LARGE"
     APPROVAL_NOT_SUPPORTED = "APPROVAL_NOT_SUPPORTED"
     REQUEST_ID_CONTENDED = "REQUEST_ID_CONTENDED"
+    NESTING_TOO_DEEP = "NESTING_TOO_DEEP"
 
 
 class DomainError(Exception):
@@ -73,11 +101,22 @@ class DomainError(Exception):
     reason: Reason = Reason.INTERNAL
 
     def __init__(self, message: str, *, reason: Reason | None = None, field: str = "") -> None:
+        # Every error passes here, so no message or field can echo unbounded input.
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
         self.field = field
+
+    @property
+    def field(self) -> str:
+        return self._field
+
+    @field.setter
+    def field(self, value: str) -> None:
+        # Callers re-root fields (`requests[3].` + field): bounded on every assignment.
+        self._field = clip(value, MAX_FIELD_BYTES)
 
     def __repr__(self) -> str:
         return (
@@ -112,7 +151,7 @@ class RequestIdReused(InvalidArgument):
 
     def __init__(self, request_id: str, owner_job_id: str, *, index: int = 0) -> None:
         super().__init__(
-            f"request_id {request_id!r} was already used for a different request "
+            f"request_id {echo(request_id)} was already used for a different request "
             f"(job {owner_job_id})",
             field="request_id",
         )

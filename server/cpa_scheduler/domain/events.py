@@ -7,18 +7,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import Reason
+from .errors import Reason, clip
 from .states import JobState, TaskState
+
+# A task error is stored with its attempt and sent back in every view of the job, and its text
+# often comes from an agent (its error, a decline's reason): bounded, so that a few failed
+# attempts cannot push a job's answer past a client's receive limit. UTF-8 bytes.
+MAX_TASK_ERROR_MESSAGE_BYTES = 4096
+MAX_TASK_ERROR_CODE_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskError:
-    """How an attempt or task failed: the executor's code and message, or the scheduler's reason."""
+    """How an attempt or task failed: the executor's code and message, or the scheduler's reason.
+    Message and code are clipped (head and tail kept) past MAX_TASK_ERROR_*_BYTES."""
 
     code: str
     message: str
     retryable: bool = False
     reason: Reason | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen: set through object.__setattr__, once, at construction.
+        object.__setattr__(self, "code", clip(self.code, MAX_TASK_ERROR_CODE_BYTES))
+        object.__setattr__(self, "message", clip(self.message, MAX_TASK_ERROR_MESSAGE_BYTES))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ import heapq
 from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
 
-from .errors import InvalidArgument, NotFound, Reason
+from .errors import InvalidArgument, NotFound, Reason, echo
 from .todo import ToDo
 
 # Distinct tasks referenced by inputs (beyond direct dependencies) per upstream walk: bounds the
@@ -31,9 +31,22 @@ class GraphCycleError(InvalidArgument):
 
     def __init__(self, *, cycle: tuple[str, ...], field: str = "") -> None:
         super().__init__(
-            f"dependency cycle: {' -> '.join(cycle)}", reason=Reason.GRAPH_CYCLE, field=field
+            f"dependency cycle: {cycle_text(cycle)}", reason=Reason.GRAPH_CYCLE, field=field
         )
         self.cycle = cycle
+
+
+# Tasks of a cycle named in its message; a longer cycle shows its first and last ones.
+_CYCLE_SHOWN = 8
+
+
+def cycle_text(cycle: tuple[str, ...]) -> str:
+    """`a -> b -> a`; a long cycle as `a -> b -> c -> d -> ... -> y -> z -> a (5000 tasks)`."""
+    tasks = len(cycle) - 1  # the path ends where it starts; ids are valid (63 chars at most)
+    if tasks <= _CYCLE_SHOWN:
+        return " -> ".join(cycle)
+    half = _CYCLE_SHOWN // 2
+    return f"{' -> '.join([*cycle[:half], '...', *cycle[-half:]])} ({tasks} tasks)"
 
 
 class TaskGraph:
@@ -163,7 +176,7 @@ class TaskGraph:
                 dep_position = index.get(dep)
                 if dep_position is None:
                     raise InvalidArgument(
-                        f"task {todo.id!r} depends on unknown task {dep!r}",
+                        f"task {todo.id!r} depends on unknown task {echo(dep)}",
                         reason=Reason.UNKNOWN_DEPENDENCY,
                         field=f"todos[{position}].depends_on[{j}]",
                     )
@@ -177,7 +190,7 @@ class TaskGraph:
         for j, dep in enumerate(todo.depends_on):
             if dep in seen:
                 raise InvalidArgument(
-                    f"task {todo.id!r} lists dependency {dep!r} more than once",
+                    f"task {todo.id!r} lists dependency {echo(dep)} more than once",
                     reason=Reason.INVALID_FIELD,
                     field=f"todos[{position}].depends_on[{j}]",
                 )
@@ -231,7 +244,7 @@ class TaskGraph:
             position, name = min(not_upstream)
             if first is None or (position, name) < first[:2]:
                 task_id = self._todos[position].inputs[name].task_id
-                raise self._not_upstream(position, name, f"task {task_id!r}")
+                raise self._not_upstream(position, name, f"task {echo(task_id)}")
         if first is not None:
             raise first[2]
 
@@ -239,7 +252,7 @@ class TaskGraph:
         todo = self._todos[position]
         return InvalidArgument(
             f"task {todo.id!r}: input {name!r} takes an output of unknown task "
-            f"{todo.inputs[name].task_id!r}",
+            f"{echo(todo.inputs[name].task_id)}",
             reason=Reason.UNKNOWN_DEPENDENCY,
             field=f"todos[{position}].inputs[{name}].task_id",
         )
@@ -378,7 +391,9 @@ class TaskGraph:
         self._require_built()
         position = self._index.get(task_id)
         if position is None:
-            raise NotFound(f"task {task_id!r} is not in this graph", reason=Reason.TASK_NOT_FOUND)
+            raise NotFound(
+                f"task {echo(task_id)} is not in this graph", reason=Reason.TASK_NOT_FOUND
+            )
         return position
 
     # -- container protocol ---------------------------------------------------------------------

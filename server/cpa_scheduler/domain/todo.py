@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .errors import InvalidArgument, Reason
+from .errors import InvalidArgument, Reason, echo
 from .retry import RetryPolicy
 
 
@@ -28,12 +28,12 @@ class ActionType(StrEnum):
 BUILTIN_ACTIONS: frozenset[str] = frozenset(a.value for a in ActionType)
 
 # Custom action and task ids share one conservative alphabet: they travel in URLs, Redis keys
-# and logs.
-IDENTIFIER_PATTERN = re.compile(r"^[a-z][a-z0-9_.\-]{0,62}$")
-TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+# and logs. Every pattern is used with fullmatch: `$` alone also matches before a final "\n".
+IDENTIFIER_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]{0,62}")
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 # Input names are the keys an executor finds its input values under (Assignment.inputs): 1-63
 # letters, digits or '_', starting with a letter, so every language can use them as identifiers.
-INPUT_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+INPUT_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 
 
 class SelectorStrategy(StrEnum):
@@ -97,9 +97,9 @@ class ToDo:
             raise InvalidArgument(
                 "task id is required", reason=Reason.MISSING_FIELD, field=f"{field_prefix}.id"
             )
-        if not TASK_ID_PATTERN.match(self.id):
+        if not TASK_ID_PATTERN.fullmatch(self.id):
             raise InvalidArgument(
-                f"task id {self.id!r} must be 1-63 letters, digits, '_', '.' or '-', "
+                f"task id {echo(self.id)} must be 1-63 letters, digits, '_', '.' or '-', "
                 "starting with a letter or digit",
                 field=f"{field_prefix}.id",
             )
@@ -109,10 +109,10 @@ class ToDo:
                 reason=Reason.MISSING_FIELD,
                 field=f"{field_prefix}.action",
             )
-        if not self.is_builtin_action and not IDENTIFIER_PATTERN.match(self.action):
+        if not self.is_builtin_action and not IDENTIFIER_PATTERN.fullmatch(self.action):
             raise InvalidArgument(
-                f"task {self.id!r}: custom action {self.action!r} must be 1-63 lower-case letters, "
-                "digits, '_', '.' or '-', starting with a letter",
+                f"task {self.id!r}: custom action {echo(self.action)} must be 1-63 lower-case "
+                "letters, digits, '_', '.' or '-', starting with a letter",
                 reason=Reason.UNKNOWN_ACTION,
                 field=f"{field_prefix}.action",
             )
@@ -143,19 +143,20 @@ class ToDo:
     def _validate_input(self, name: str, ref: OutputRef, field_name: str) -> None:
         if not INPUT_NAME_PATTERN.fullmatch(name):
             raise InvalidArgument(
-                f"task {self.id!r}: input name {name!r} must be 1-63 letters, digits or '_', "
+                f"task {self.id!r}: input name {echo(name)} must be 1-63 letters, digits or '_', "
                 "starting with a letter",
                 field=field_name,
             )
         if not ref.task_id:
             raise InvalidArgument(
-                f"task {self.id!r}: input {name!r} names no task",
+                f"task {self.id!r}: input {echo(name)} names no task",
                 reason=Reason.MISSING_FIELD,
                 field=f"{field_name}.task_id",
             )
         if not ref.output_key:
             raise InvalidArgument(
-                f"task {self.id!r}: input {name!r} names no output_key of task {ref.task_id!r}",
+                f"task {self.id!r}: input {echo(name)} names no output_key of task "
+                f"{echo(ref.task_id)}",
                 reason=Reason.MISSING_FIELD,
                 field=f"{field_name}.output_key",
             )

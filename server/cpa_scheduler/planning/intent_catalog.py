@@ -42,6 +42,8 @@ UNKNOWN_INTENT = "unknown"
 # Templates see parameters by name and the request context under this one name.
 CONTEXT_VARIABLE = "context"
 
+# Anchored for pydantic's pattern (Rust regex: `$` is the end of the text); Python code must
+# use fullmatch, as Python's `$` also matches before a final newline.
 INTENT_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 PARAMETER_NAME_PATTERN = INTENT_NAME_PATTERN
 
@@ -364,7 +366,7 @@ class _CatalogBuilder:
         parameters = []
         for name, parameter_spec in spec.parameters.items():
             parameter_path = (*path, "parameters", name)
-            if not PARAMETER_NAME_PATTERN.match(name) or name == CONTEXT_VARIABLE:
+            if not PARAMETER_NAME_PATTERN.fullmatch(name) or name == CONTEXT_VARIABLE:
                 raise self._locator.error(
                     parameter_path,
                     f"parameter name {name!r} must be lower snake case and not "

@@ -10,7 +10,7 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from cpa.common.v1 import error_pb2, todo_pb2
 from cpa.scheduler.v1 import job_pb2
-from cpa_scheduler.api import convert
+from cpa_scheduler.api import convert, proto_values
 from cpa_scheduler.dispatch import AssignmentMessage
 from cpa_scheduler.domain import (
     DEFAULT_RETRY_POLICY,
@@ -293,7 +293,7 @@ def test_assignment_carries_the_resolved_inputs() -> None:
         inputs={"v": {"deep": [1, "two"]}},
     )
     assignment = convert.outbound_to_proto(message).assignment
-    assert convert.struct_to_dict(assignment.inputs) == {"v": {"deep": [1.0, "two"]}}
+    assert proto_values.struct_to_dict(assignment.inputs, "inputs") == {"v": {"deep": [1.0, "two"]}}
     assert convert.todo_from_proto(assignment.todo) == todo
 
     without = AssignmentMessage(tenant="t", job_id="job-1", todo=todo, attempt=1, deadline=None)
@@ -336,7 +336,7 @@ def test_preview_lists_todos_in_order_with_batches() -> None:
         ["download"],
         ["send"],
     ]
-    assert convert.struct_to_dict(preview.parameters)["document"] == "invoice 42"
+    assert proto_values.struct_to_dict(preview.parameters, "parameters")["document"] == "invoice 42"
     unknown_plan = planner.plan(TextRequest("downlod invoice from portal"))
     unknown = convert.plan_to_preview_proto(unknown_plan)
     assert (unknown.intent, len(unknown.todos)) == ("unknown", 0)
@@ -355,4 +355,4 @@ def test_timestamps_keep_the_instant_to_the_microsecond(moment: str) -> None:
     from datetime import UTC, datetime
 
     value = datetime.fromisoformat(moment)
-    assert convert._timestamp(value).ToDatetime(tzinfo=UTC) == value
+    assert proto_values.timestamp(value).ToDatetime(tzinfo=UTC) == value

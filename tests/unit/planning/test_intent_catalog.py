@@ -318,6 +318,21 @@ def test_duplicate_intent_name_is_refused(tmp_path: Path) -> None:
     )
 
 
+def test_an_intent_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    error, _ = load_error(
+        tmp_path,
+        """
+        intents:
+          - name: "send_mail\\n"
+            description: Send a mail.
+            tasks: [{id: a, action: noop}]
+        """,
+    )
+
+    assert error.line == 2
+    assert "field 'name'" in str(error)
+
+
 def test_unknown_is_a_reserved_intent_name(tmp_path: Path) -> None:
     error, path = load_error(
         tmp_path,
@@ -338,6 +353,7 @@ def test_unknown_is_a_reserved_intent_name(tmp_path: Path) -> None:
     [
         ("context: {}", "parameter name 'context' must be lower snake case and not 'context'"),
         ("Recipient: {}", "parameter name 'Recipient' must be lower snake case"),
+        ('"to\\n": {}', "parameter name 'to\\n' must be lower snake case"),
         ("to: {required: true, default: x}", "a required parameter cannot have a default"),
     ],
 )

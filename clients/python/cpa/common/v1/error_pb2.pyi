@@ -139,6 +139,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A creation kept finding its request id taken and then released again before it could read
     the owner (the retention sweep ran in between, several times); retry the call (ABORTED).
     """
+    ERROR_REASON_NESTING_TOO_DEEP: _ErrorReason.ValueType  # 60
+    """A JSON value (google.protobuf.Struct: ToDo params, context, intent parameters, LAM
+    contents, agent outputs) nests deeper than the server accepts (24 levels of objects and
+    arrays), so replies that carry it would pass protobuf's decode limit; INVALID_ARGUMENT.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -261,6 +266,11 @@ ERROR_REASON_REQUEST_ID_CONTENDED: ErrorReason.ValueType  # 81
 """A creation kept finding its request id taken and then released again before it could read
 the owner (the retention sweep ran in between, several times); retry the call (ABORTED).
 """
+ERROR_REASON_NESTING_TOO_DEEP: ErrorReason.ValueType  # 60
+"""A JSON value (google.protobuf.Struct: ToDo params, context, intent parameters, LAM
+contents, agent outputs) nests deeper than the server accepts (24 levels of objects and
+arrays), so replies that carry it would pass protobuf's decode limit; INVALID_ARGUMENT.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -275,9 +285,13 @@ class TaskError(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """Application error code, matched against RetryPolicy.non_retryable_codes ("LOGIN_FAILED")."""
+    """Application error code, matched against RetryPolicy.non_retryable_codes ("LOGIN_FAILED").
+    Recorded with its first and last bytes only past 256 bytes (UTF-8).
+    """
     message: _builtins.str
-    """Human-readable message."""
+    """Human-readable message. Recorded with its first and last bytes only past 4096 bytes
+    (UTF-8): it is stored with every attempt and sent back in every view of the job.
+    """
     retryable: _builtins.bool
     """Whether another attempt may succeed; false fails the task at once."""
     reason: Global___ErrorReason.ValueType

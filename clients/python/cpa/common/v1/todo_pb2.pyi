@@ -292,7 +292,9 @@ class ToDo(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Identifier, unique within the job; 1-63 letters, digits, '_', '.' or '-'."""
+    """Identifier, unique within the job; 1-63 letters, digits, '_', '.' or '-', starting with a
+    letter or digit, matched as a whole (a trailing newline is refused: INVALID_FIELD).
+    """
     action: Global___ActionType.ValueType
     """The action to run."""
     custom_action: _builtins.str
@@ -314,11 +316,18 @@ class ToDo(_message.Message):
 
     @_builtins.property
     def params(self) -> _struct_pb2.Struct:
-        """Action-specific parameters (JSON object)."""
+        """Action-specific parameters (JSON object). Finite numbers only (NaN or Infinity:
+        INVALID_ARGUMENT, INVALID_FIELD) and at most 24 levels of nested objects and arrays
+        (INVALID_ARGUMENT, NESTING_TOO_DEEP), the error naming the member (`...params.a.b`). Left out
+        of a job's BASIC view.
+        """
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Time one attempt may run before the agent stops it and the attempt fails with TASK_TIMEOUT."""
+        """Time one attempt may run before the agent stops it and the attempt fails with TASK_TIMEOUT.
+        As every Duration the server reads: within +-10 000 years, nanos within one second and of
+        the seconds' sign, else INVALID_ARGUMENT (INVALID_FIELD) naming `.seconds` or `.nanos`.
+        """
 
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

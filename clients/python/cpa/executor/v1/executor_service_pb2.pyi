@@ -249,7 +249,11 @@ class Result(_message.Message):
     """Whether the attempt stopped because it was cancelled."""
     @_builtins.property
     def outputs(self) -> _struct_pb2.Struct:
-        """Outputs of a successful attempt (JSON object)."""
+        """Outputs of a successful attempt (JSON object). Outputs the server cannot store (NaN or
+        Infinity, more than 24 levels of nested objects and arrays) fail the attempt for good:
+        TaskError code INVALID_OUTPUT, reason INVALID_FIELD or NESTING_TOO_DEEP; the report is
+        acked (accepted), so the agent does not send it again.
+        """
 
     @_builtins.property
     def error(self) -> _error_pb2.TaskError:

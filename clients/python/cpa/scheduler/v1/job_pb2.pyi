@@ -156,6 +156,45 @@ ATTEMPT_STATE_TIMED_OUT: AttemptState.ValueType  # 6
 """Ran longer than the task timeout (and the job deadline, if any, had not come first)."""
 Global___AttemptState: _TypeAlias = AttemptState  # noqa: Y015
 
+class _JobView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_VIEW_UNSPECIFIED: _JobView.ValueType  # 0
+    """The RPC's default: FULL for GetJob, BASIC for every other RPC that answers with jobs."""
+    JOB_VIEW_BASIC: _JobView.ValueType  # 1
+    """Without the JSON payloads a job may hold: no tasks[].todo.params, tasks[].outputs,
+    spec.context or spec.intent.parameters (everything else is there). Its size is about that
+    of the ToDos as sent less their params, plus the tasks' state.
+    """
+    JOB_VIEW_FULL: _JobView.ValueType  # 2
+    """Everything: params, outputs, context and intent parameters included. Can pass a client's
+    receive limit (4 MiB by default) when these payloads together come close to it; see
+    docs/RELIABILITY.md#limits.
+    """
+
+class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
+    """JobView selects how much of a job an answer carries (AIP-157). Each view carries every
+    payload at most once: a job made from explicit ToDos has them in tasks[].todo only, and its
+    spec.todos is set but empty.
+    """
+
+JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
+"""The RPC's default: FULL for GetJob, BASIC for every other RPC that answers with jobs."""
+JOB_VIEW_BASIC: JobView.ValueType  # 1
+"""Without the JSON payloads a job may hold: no tasks[].todo.params, tasks[].outputs,
+spec.context or spec.intent.parameters (everything else is there). Its size is about that
+of the ToDos as sent less their params, plus the tasks' state.
+"""
+JOB_VIEW_FULL: JobView.ValueType  # 2
+"""Everything: params, outputs, context and intent parameters included. Can pass a client's
+receive limit (4 MiB by default) when these payloads together come close to it; see
+docs/RELIABILITY.md#limits.
+"""
+Global___JobView: _TypeAlias = JobView  # noqa: Y015
+
 @_typing.final
 class Attempt(_message.Message):
     """Attempt is one dispatch of a task to an agent."""
@@ -230,7 +269,7 @@ class Task(_message.Message):
     """Why a QUEUED task is still waiting ("no connected agent offers action 'uia'")."""
     @_builtins.property
     def todo(self) -> _todo_pb2.ToDo:
-        """The step, as planned."""
+        """The step, as planned; without params in the BASIC view."""
 
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
@@ -238,7 +277,7 @@ class Task(_message.Message):
 
     @_builtins.property
     def outputs(self) -> _struct_pb2.Struct:
-        """Outputs of the successful attempt (JSON object)."""
+        """Outputs of the successful attempt (JSON object). Only in the FULL view."""
 
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.Artifact]:
@@ -300,7 +339,9 @@ class IntentInvocation(_message.Message):
     """Intent name from the catalog ("send_mail")."""
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
-        """Parameters of the intent (JSON object)."""
+        """Parameters of the intent (JSON object; checked as JobSpec.context). Only in the FULL view
+        of a job.
+        """
 
     def __init__(
         self,
@@ -391,7 +432,11 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
-        """Request context (JSON object), available to task templates as `context`."""
+        """Request context (JSON object), available to task templates as `context`. As every JSON
+        object the server accepts: finite numbers only (NaN or Infinity: INVALID_FIELD) and at most
+        24 levels of nested objects and arrays (NESTING_TOO_DEEP), both INVALID_ARGUMENT naming the
+        member (`spec.context.a.b`). Only in the FULL view of a job.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -402,6 +447,8 @@ class JobSpec(_message.Message):
         """Time by which the job must finish; outstanding work is cancelled and the job fails after it
         with JOB_DEADLINE_EXCEEDED. Agents stop running attempts at the deadline themselves; such
         an attempt ends CANCELLED with JOB_DEADLINE_EXCEEDED (never TIMED_OUT), and is not retried.
+        Outside 0001-01-01..9999-12-31 or with nanos outside 0..999999999: INVALID_ARGUMENT
+        (INVALID_FIELD, field spec.deadline.seconds or spec.deadline.nanos).
         """
 
     @_builtins.property

@@ -33,8 +33,13 @@ class ScheduleJobRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155), e.g. a UUID; repeats within the retention window return the same job."""
+    view: _job_pb2.JobView.ValueType
+    """How much of the job the answer carries; UNSPECIFIED means BASIC. Not part of the request
+    that request_id identifies. Ignored inside BatchScheduleJobs (see its view).
+    """
     @_builtins.property
     def spec(self) -> _job_pb2.JobSpec:
         """The work and how to run it."""
@@ -44,10 +49,11 @@ class ScheduleJobRequest(_message.Message):
         *,
         request_id: _builtins.str = ...,
         spec: _job_pb2.JobSpec | None = ...,
+        view: _job_pb2.JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "spec", b"spec", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -88,6 +94,9 @@ class BatchScheduleJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: _job_pb2.JobView.ValueType
+    """How much of each job the answer carries; UNSPECIFIED means BASIC."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleJobRequest]:
         """The jobs, 1 to 1000. Non-empty request ids must differ from each other."""
@@ -96,10 +105,11 @@ class BatchScheduleJobsRequest(_message.Message):
         self,
         *,
         requests: _abc.Iterable[Global___ScheduleJobRequest] | None = ...,
+        view: _job_pb2.JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,16 +146,20 @@ class GetJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
+    view: _job_pb2.JobView.ValueType
+    """How much of the job the answer carries; UNSPECIFIED means FULL."""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        view: _job_pb2.JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -184,6 +198,7 @@ class ListJobsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Most jobs per page, 1 to 1000; 0 means 50."""
     page_token: _builtins.str
@@ -192,16 +207,19 @@ class ListJobsRequest(_message.Message):
     """AIP-160 filter over state, intent, labels.<key>, create_time and dead_lettered, e.g.
     `state = FAILED AND labels.team = "ops" AND create_time > "2026-01-01T00:00:00Z"`.
     """
+    view: _job_pb2.JobView.ValueType
+    """How much of each job the page carries; UNSPECIFIED means BASIC. May change between pages."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        view: _job_pb2.JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,6 +261,7 @@ class CancelJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     reason: _builtins.str
@@ -251,15 +270,18 @@ class CancelJobRequest(_message.Message):
     CPA_MAX_CANCEL_REASON_BYTES (default 1024) bytes of UTF-8, else INVALID_ARGUMENT with
     reason PAYLOAD_TOO_LARGE and field `reason` (refused, not truncated: nothing is cancelled).
     """
+    view: _job_pb2.JobView.ValueType
+    """How much of the job the answer carries; UNSPECIFIED means BASIC."""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        view: _job_pb2.JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,16 +318,20 @@ class RetryJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
+    view: _job_pb2.JobView.ValueType
+    """How much of the job the answer carries; UNSPECIFIED means BASIC."""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        view: _job_pb2.JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,7 +29,10 @@ class SchedulerServiceStub:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     def __init__(self, channel):
@@ -99,12 +102,20 @@ class SchedulerServiceServicer:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     def ScheduleJob(self, request, context):
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
         the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        Answers with the job in the BASIC view unless the request asks for FULL.
+        Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
+        CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
+        JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
+        protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,14 +133,18 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Returns one job with its tasks, attempts and outputs.
+        """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
+        asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Lists the caller's jobs, newest first, filtered and paginated.
+        """Lists the caller's jobs, newest first, filtered and paginated, in the BASIC view unless the
+        request asks for FULL. A page ends at page_size jobs or before the jobs' encoded size would
+        pass CPA_LIST_JOBS_PAGE_MAX_BYTES, whichever comes first; a job alone larger than that is
+        still returned, alone on its page, in the view asked for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,7 +283,10 @@ class SchedulerService:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     @staticmethod

@@ -30,7 +30,10 @@ class SchedulerServiceStub:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     @_typing.overload
@@ -40,6 +43,11 @@ class SchedulerServiceStub:
     ScheduleJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ScheduleJobRequest, _scheduler_service_pb2.ScheduleJobResponse]
     """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
     the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+    Answers with the job in the BASIC view unless the request asks for FULL.
+    Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
+    CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
+    JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
+    protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
     """
     BatchScheduleJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]
     """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
@@ -49,9 +57,15 @@ class SchedulerServiceStub:
     For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
-    """Returns one job with its tasks, attempts and outputs."""
+    """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
+    asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job.
+    """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListJobsRequest, _scheduler_service_pb2.ListJobsResponse]
-    """Lists the caller's jobs, newest first, filtered and paginated."""
+    """Lists the caller's jobs, newest first, filtered and paginated, in the BASIC view unless the
+    request asks for FULL. A page ends at page_size jobs or before the jobs' encoded size would
+    pass CPA_LIST_JOBS_PAGE_MAX_BYTES, whichever comes first; a job alone larger than that is
+    still returned, alone on its page, in the view asked for.
+    """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.CancelJobRequest, _scheduler_service_pb2.CancelJobResponse]
     """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
     the job ends CANCELLED when they have reported or their lease has expired. The reason is
@@ -90,13 +104,21 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ScheduleJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ScheduleJobRequest, _scheduler_service_pb2.ScheduleJobResponse]  # type: ignore[assignment]
     """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
     the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+    Answers with the job in the BASIC view unless the request asks for FULL.
+    Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
+    CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
+    JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
+    protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
     """
     BatchScheduleJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]  # type: ignore[assignment]
     """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
@@ -106,9 +128,15 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
-    """Returns one job with its tasks, attempts and outputs."""
+    """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
+    asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job.
+    """
     ListJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListJobsRequest, _scheduler_service_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """Lists the caller's jobs, newest first, filtered and paginated."""
+    """Lists the caller's jobs, newest first, filtered and paginated, in the BASIC view unless the
+    request asks for FULL. A page ends at page_size jobs or before the jobs' encoded size would
+    pass CPA_LIST_JOBS_PAGE_MAX_BYTES, whichever comes first; a job alone larger than that is
+    still returned, alone on its page, in the view asked for.
+    """
     CancelJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.CancelJobRequest, _scheduler_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
     the job ends CANCELLED when they have reported or their lease has expired. The reason is
@@ -146,7 +174,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
-    "cpa.scheduler") and, for bad input, BadRequest naming the field.
+    "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
+    input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
     """
 
     @_abc_1.abstractmethod
@@ -157,6 +188,11 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_service_pb2.ScheduleJobResponse, _abc.Awaitable[_scheduler_service_pb2.ScheduleJobResponse]]:
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
         the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        Answers with the job in the BASIC view unless the request asks for FULL.
+        Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
+        CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
+        JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
+        protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
         """
 
     @_abc_1.abstractmethod
@@ -178,7 +214,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_service_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.GetJobResponse, _abc.Awaitable[_scheduler_service_pb2.GetJobResponse]]:
-        """Returns one job with its tasks, attempts and outputs."""
+        """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
+        asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job.
+        """
 
     @_abc_1.abstractmethod
     def ListJobs(
@@ -186,7 +224,11 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_service_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.ListJobsResponse, _abc.Awaitable[_scheduler_service_pb2.ListJobsResponse]]:
-        """Lists the caller's jobs, newest first, filtered and paginated."""
+        """Lists the caller's jobs, newest first, filtered and paginated, in the BASIC view unless the
+        request asks for FULL. A page ends at page_size jobs or before the jobs' encoded size would
+        pass CPA_LIST_JOBS_PAGE_MAX_BYTES, whichever comes first; a job alone larger than that is
+        still returned, alone on its page, in the view asked for.
+        """
 
     @_abc_1.abstractmethod
     def CancelJob(
