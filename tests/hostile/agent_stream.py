@@ -80,8 +80,10 @@ class Script:
 
 def _ref() -> st.SearchStrategy[Ref]:
     made_up = st.tuples(hostile_text(), hostile_text(), _int_strategy(32, signed=True))
+    latest = st.just(None).map(KNOWN.latest_attempt)  # the normal job running now
     return st.one_of(
-        st.just(None).map(KNOWN.latest_attempt),  # the normal job running now
+        latest,
+        latest,
         st.integers(0, 1_000).map(KNOWN.pick_attempt),
         made_up,
     )
@@ -91,7 +93,8 @@ def _running(ref: Ref) -> ex.RunningAttempt:
     return ex.RunningAttempt(job_id=ref[0], task_id=ref[1], attempt=ref[2])
 
 
-def _hello() -> st.SearchStrategy[ex.ConnectRequest]:
+def _hello(*, others: bool = True) -> st.SearchStrategy[ex.ConnectRequest]:
+    """A hello; with `others`, also one naming the normal agent's id (a take-over)."""
     capabilities = st.one_of(
         st.builds(
             agent_capabilities_pb2.AgentCapabilities,
@@ -103,9 +106,16 @@ def _hello() -> st.SearchStrategy[ex.ConnectRequest]:
     hello = st.builds(
         ex.Hello,
         agent_id=st.one_of(
-            st.just(NORMAL_AGENT_ID), st.sampled_from(["hostile-1", "hostile-2"]), hostile_text()
+            st.sampled_from([NORMAL_AGENT_ID] if others else ["hostile-3"]),
+            st.sampled_from(["hostile-1", "hostile-2"]),
+            hostile_text().filter(lambda name: others or name != NORMAL_AGENT_ID),
         ),
-        tenant=st.one_of(st.sampled_from([NORMAL_TENANT, *HOSTILE_TENANTS, ""]), hostile_text()),
+        tenant=st.one_of(
+            st.sampled_from([NORMAL_TENANT, *HOSTILE_TENANTS, ""]),
+            # Forged sessions mostly act in the normal job's tenant: its attempt is the target.
+            st.just(NORMAL_TENANT) if not others else hostile_text(),
+            hostile_text(),
+        ),
         capabilities=capabilities,
         running_attempts=st.lists(_ref().map(_running), max_size=3),
         accepts_batches=st.booleans(),
@@ -228,7 +238,9 @@ def script(kind: str) -> st.SearchStrategy[Script]:
     """A hello, then up to eight frames of the kind. Random and garbage sessions may begin
     with something else than a hello, too."""
     frames = FRAMES[kind]
-    first = _hello() if kind == "forged" else st.one_of(_hello(), _hello(), frames)
+    # Forged sessions never take the normal agent's id: the take-over, found by the other
+    # kinds, would stop hypothesis before it tried the forgeries.
+    first = _hello(others=False) if kind == "forged" else st.one_of(_hello(), _hello(), frames)
     rest = st.lists(frames, max_size=8)
 
     @st.composite

@@ -185,6 +185,14 @@ def _wait_for_agent(stub: scheduler_service_pb2_grpc.SchedulerServiceStub) -> No
     raise AssertionError("the normal agent did not connect within 30s")
 
 
+# The seeded jobs as (job id, tenant).
+SEEDED: list[tuple[str, str]] = []
+
+
+def seeded_jobs() -> list[tuple[str, str]]:
+    return list(SEEDED)
+
+
 def _seed_hostile_jobs(stub: scheduler_service_pb2_grpc.SchedulerServiceStub) -> None:
     """Jobs of the hostile tenants for the requests to aim at: each needs a label no agent has
     and fails within a second (schedule-to-start timeout), so watching one ends soon even after
@@ -210,6 +218,7 @@ def _seed_hostile_jobs(stub: scheduler_service_pb2_grpc.SchedulerServiceStub) ->
             ).job
             KNOWN.strings.append(job.job_id)
             KNOWN.attempts.append((job.job_id, "t1", 1))
+            SEEDED.append((job.job_id, tenant))
         page = stub.ListJobs(
             scheduler_service_pb2.ListJobsRequest(page_size=1),
             metadata=tenant_metadata(tenant),
@@ -252,6 +261,7 @@ def running_arena(tmp_path: Path) -> Iterator[Arena]:
         stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
         KNOWN.strings[:] = [NORMAL_AGENT_ID, NORMAL_TASK_ID, "t1", *HOSTILE_TENANTS, NORMAL_TENANT]
         KNOWN.attempts[:] = []
+        SEEDED[:] = []
         _wait_for_agent(stub)
         _seed_hostile_jobs(stub)
         normal = NormalWork(stub=stub, labels=labels)

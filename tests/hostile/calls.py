@@ -12,6 +12,7 @@ them apart and reports each, shrunk to its smallest request, instead of only the
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +227,16 @@ def _failed(error: grpc.RpcError) -> Outcome:
     return Outcome(error.code(), error.details() or "", tuple(error.trailing_metadata() or ()))
 
 
+def _where(call: object) -> str:
+    """The field a mutation hit ("at spec.deadline"), so that findings at different fields
+    are reported separately; nothing for other calls."""
+    how = getattr(call, "how", "")
+    if not how.startswith("mutated "):
+        return ""
+    path = re.sub(r"\[[^]]*\]", "", how.removeprefix("mutated "))
+    return f" at {path}"
+
+
 def rich_status(outcome: Outcome) -> status_pb2.Status | None:
     for key, value in outcome.trailers:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
@@ -276,7 +287,7 @@ def judge(
             why = getattr(call, "kind", "") or details.rsplit(": ", 1)[-1][:40]
             what = f"undecodable request ({why}) answers {code.name}"
         else:
-            what = f"answers {code.name}"
+            what = f"answers {code.name}{_where(call)}"
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         lowered = details.lower()
         if "metadata" in lowered:

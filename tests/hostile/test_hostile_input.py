@@ -16,6 +16,8 @@ found on main when it was written.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -25,7 +27,7 @@ from cpa.scheduler.v1 import job_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
 from .agent_stream import judge_script, script
-from .arena import CALL_TIMEOUT_S, Arena
+from .arena import CALL_TIMEOUT_S, Arena, seeded_jobs, tenant_metadata
 from .calls import SCHEDULER_RPCS, Finding, HostileCall, call_scheduler, judge, open_connect
 from .consistency import normal_work_problems, server_log_problems, store_problems
 from .requests import hostile_call, raw_call, templates
@@ -141,6 +143,31 @@ def test_agent_stream_sessions(arena: Arena, kind: str) -> None:
         judge_script(session, open_connect(arena.channel, session.encoded()))
 
     run()
+
+
+@pytest.mark.timeout(120)
+def test_watch_past_the_end_of_an_ended_job(arena: Arena) -> None:
+    """after_sequence past the last event of an ended job: the stream ends, it does not wait
+    for events that will never come."""
+
+    def ended() -> tuple[str, str] | None:
+        for job_id, tenant in seeded_jobs():
+            job = arena.scheduler.GetJob(
+                svc.GetJobRequest(job_id=job_id), metadata=tenant_metadata(tenant), timeout=10
+            ).job
+            if job.state in TERMINAL:
+                return job_id, tenant
+        return None
+
+    # Seeded jobs fail within about a second, also after a hostile RetryJob re-queued them.
+    deadline = time.monotonic() + 20
+    while (found := ended()) is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling a condition with a deadline
+    assert found is not None, "no seeded job ended within 20s"
+    job_id, tenant = found
+    for after in (1, 10**6, 2**63 - 1):
+        request = svc.WatchJobRequest(job_id=job_id, after_sequence=after)
+        _make(arena, HostileCall("WatchJob", request, tenant, f"after_sequence {after}"))
 
 
 @pytest.mark.timeout(120)
