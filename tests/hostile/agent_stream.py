@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from cpa.common.v1 import agent_capabilities_pb2, error_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 
-from .arena import HOSTILE_TENANTS, NORMAL_AGENT_ID, NORMAL_TENANT
+from .arena import DEFAULT_TENANT, HOSTILE_TENANTS, NORMAL_AGENT_ID, NORMAL_TENANT
 from .calls import Outcome, finding, judge, summarize
 from .requests import INVALID_UTF8, with_invalid_utf8
 from .strategies import (
@@ -42,7 +42,6 @@ Ref = tuple[str, str, int]
 Identity = tuple[str, str]  # (tenant, agent id)
 
 FORGED = "FORGED"
-DEFAULT_TENANT = "default"
 
 # Attempts the server assigned to hostile streams, by (tenant, agent id): a later hello of the
 # same identity may legitimately adopt them.

@@ -41,6 +41,8 @@ from tests.fixtures.cluster import AgentProcess, Cluster, Replica
 from .strategies import KNOWN
 
 TENANT_KEY = "x-cpa-tenant"
+# The server's default tenant (Settings.default_tenant): callers and agents that name none.
+DEFAULT_TENANT = "default"
 NORMAL_TENANT = "normal"
 NORMAL_AGENT_ID = "normal-agent"
 NORMAL_TASK_ID = "wait"

@@ -24,9 +24,9 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
 from cpa.executor.v1 import executor_service_pb2
-from cpa.scheduler.v1 import scheduler_service_pb2
+from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 
-from .arena import CALL_TIMEOUT_S, Metadata, tenant_metadata
+from .arena import CALL_TIMEOUT_S, DEFAULT_TENANT, Metadata, tenant_metadata
 from .strategies import Desc, FieldDesc, message_class
 
 SCHEDULER = scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"]
@@ -227,6 +227,35 @@ def _failed(error: grpc.RpcError) -> Outcome:
     return Outcome(error.code(), error.details() or "", tuple(error.trailing_metadata() or ()))
 
 
+def _jobs_in(response: Any) -> list[job_pb2.Job]:
+    """The jobs a reply carries (job, jobs, responses[].job)."""
+    jobs: list[job_pb2.Job] = []
+    for name in ("job", "jobs", "responses"):
+        if name not in response.DESCRIPTOR.fields_by_name:
+            continue
+        value = getattr(response, name)
+        if isinstance(value, job_pb2.Job):
+            jobs += [value] if response.HasField(name) else []
+        else:
+            for item in value:
+                jobs += [item] if isinstance(item, job_pb2.Job) else _jobs_in(item)
+    return jobs
+
+
+def _check_tenant(call: Any, outcome: Outcome) -> None:
+    """A reply shows only jobs of the caller's tenant (the default one when it names none)."""
+    tenant = getattr(call, "tenant", None) or DEFAULT_TENANT
+    for response in outcome.responses:
+        if not isinstance(response, Message):
+            continue
+        foreign = [job.job_id for job in _jobs_in(response) if job.tenant != tenant]
+        if foreign:
+            raise finding(call.rpc, "shows another tenant's job")(
+                f"{call.rpc}: answered tenant {tenant[:40]!r} with jobs of another tenant "
+                f"{foreign[:3]}\n  request: {call!r}"
+            )
+
+
 def _where(call: object) -> str:
     """The field a mutation hit ("at spec.deadline"), so that findings at different fields
     are reported separately; nothing for other calls."""
@@ -274,6 +303,7 @@ def judge(
     only case where a deadline is no hang)."""
     code = outcome.code
     if code == grpc.StatusCode.OK:
+        _check_tenant(call, outcome)
         return
     what: str | None = None
     details = outcome.details
