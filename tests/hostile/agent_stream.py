@@ -27,13 +27,13 @@ from cpa.executor.v1 import executor_service_pb2 as ex
 
 from .arena import DEFAULT_TENANT, HOSTILE_TENANTS, NORMAL_AGENT_ID, NORMAL_TENANT
 from .calls import Outcome, finding, judge, summarize
-from .requests import INVALID_UTF8, with_invalid_utf8
+from .scheduler_requests import INVALID_UTF8, with_invalid_utf8
 from .strategies import (
     KNOWN,
-    _float_strategy,
-    _int_strategy,
     enum_value,
+    float_value,
     hostile_text,
+    int_value,
     message_of,
     set_field,
 )
@@ -78,7 +78,7 @@ class Script:
 
 
 def _ref() -> st.SearchStrategy[Ref]:
-    made_up = st.tuples(hostile_text(), hostile_text(), _int_strategy(32, signed=True))
+    made_up = st.tuples(hostile_text(), hostile_text(), int_value(32, signed=True))
     latest = st.just(None).map(KNOWN.latest_attempt)  # the normal job running now
     return st.one_of(
         latest,
@@ -131,7 +131,7 @@ def _as_hello(hello: Message) -> ex.ConnectRequest:
 
 
 def _report_id() -> st.SearchStrategy[int]:
-    return st.one_of(st.integers(1, 20), _int_strategy(64, signed=True))
+    return st.one_of(st.integers(1, 20), int_value(64, signed=True))
 
 
 def _forged() -> st.SearchStrategy[ex.ConnectRequest]:
@@ -189,14 +189,14 @@ def _forged() -> st.SearchStrategy[ex.ConnectRequest]:
             progress,
             _ref(),
             _report_id(),
-            st.one_of(st.none(), _float_strategy(32)),
+            st.one_of(st.none(), float_value(32)),
             hostile_text(),
         ),
         st.builds(decline, _ref(), _report_id(), st.booleans()),
         st.lists(_ref().map(_running), max_size=4).map(
             lambda refs: ex.ConnectRequest(heartbeat=ex.Heartbeat(running_attempts=refs))
         ),
-        _int_strategy(32, signed=True).map(
+        int_value(32, signed=True).map(
             lambda slots: ex.ConnectRequest(credit=ex.Credit(slots=slots))
         ),
     )

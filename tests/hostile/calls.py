@@ -276,9 +276,9 @@ def rich_status(outcome: Outcome) -> status_pb2.Status | None:
     return None
 
 
-def _bad_request_problem(outcome: Outcome) -> str | None:
+def _bad_request_problem(outcome: Outcome, *, whole: bool) -> str | None:
     """Why an INVALID_ARGUMENT answer is not one of ours (ErrorInfo + BadRequest naming the
-    field), or None."""
+    field), or None. A `whole` request that does not decode has no field to name."""
     status = rich_status(outcome)
     if status is None:
         return "no google.rpc.Status details"
@@ -288,7 +288,7 @@ def _bad_request_problem(outcome: Outcome) -> str | None:
     has_bad = any(a.Unpack(bad) for a in status.details if a.Is(bad.DESCRIPTOR))
     if not has_info or info.domain != ERROR_DOMAIN or not info.reason:
         return "no ErrorInfo of domain cpa.scheduler"
-    if info.reason in WHOLE_REQUEST_REASONS:
+    if whole or info.reason in WHOLE_REQUEST_REASONS:
         return None
     if not has_bad or not any(v.field for v in bad.field_violations):
         return f"no BadRequest naming a field (reason {info.reason})"
@@ -325,7 +325,8 @@ def judge(
         elif f"vs. {DEFAULT_CLIENT_MAX_RECEIVE})" in details:
             what = "reply larger than the default client accepts"
     elif code == grpc.StatusCode.INVALID_ARGUMENT:
-        problem = _bad_request_problem(outcome)
+        undecodable = bool(getattr(call, "kind", "")) or getattr(call, "how", "") == "garbage"
+        problem = _bad_request_problem(outcome, whole=undecodable)
         if problem is not None:
             what = f"INVALID_ARGUMENT with {problem}"
     if what is not None:

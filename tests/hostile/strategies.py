@@ -104,7 +104,7 @@ def hostile_text() -> st.SearchStrategy[str]:
     )
 
 
-def _int_strategy(bits: int, *, signed: bool) -> st.SearchStrategy[int]:
+def int_value(bits: int, *, signed: bool) -> st.SearchStrategy[int]:
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     edges = sorted(
         {v for v in (0, 1, -1, 2, high, low, high - 1, 2**31 - 1, 2**53) if low <= v <= high}
@@ -112,7 +112,7 @@ def _int_strategy(bits: int, *, signed: bool) -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(edges), st.integers(min_value=low, max_value=high))
 
 
-def _float_strategy(width: Literal[32, 64]) -> st.SearchStrategy[float]:
+def float_value(width: Literal[32, 64]) -> st.SearchStrategy[float]:
     edges = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1e-45, -1.0]
     if width == 64:
         edges += [1.7976931348623157e308, 5e-324, 2.0**63, -(2.0**63)]
@@ -122,18 +122,18 @@ def _float_strategy(width: Literal[32, 64]) -> st.SearchStrategy[float]:
 
 
 _SCALARS: dict[int, Callable[[], st.SearchStrategy[Any]]] = {
-    FD.TYPE_INT32: lambda: _int_strategy(32, signed=True),
-    FD.TYPE_SINT32: lambda: _int_strategy(32, signed=True),
-    FD.TYPE_SFIXED32: lambda: _int_strategy(32, signed=True),
-    FD.TYPE_INT64: lambda: _int_strategy(64, signed=True),
-    FD.TYPE_SINT64: lambda: _int_strategy(64, signed=True),
-    FD.TYPE_SFIXED64: lambda: _int_strategy(64, signed=True),
-    FD.TYPE_UINT32: lambda: _int_strategy(32, signed=False),
-    FD.TYPE_FIXED32: lambda: _int_strategy(32, signed=False),
-    FD.TYPE_UINT64: lambda: _int_strategy(64, signed=False),
-    FD.TYPE_FIXED64: lambda: _int_strategy(64, signed=False),
-    FD.TYPE_DOUBLE: lambda: _float_strategy(64),
-    FD.TYPE_FLOAT: lambda: _float_strategy(32),
+    FD.TYPE_INT32: lambda: int_value(32, signed=True),
+    FD.TYPE_SINT32: lambda: int_value(32, signed=True),
+    FD.TYPE_SFIXED32: lambda: int_value(32, signed=True),
+    FD.TYPE_INT64: lambda: int_value(64, signed=True),
+    FD.TYPE_SINT64: lambda: int_value(64, signed=True),
+    FD.TYPE_SFIXED64: lambda: int_value(64, signed=True),
+    FD.TYPE_UINT32: lambda: int_value(32, signed=False),
+    FD.TYPE_FIXED32: lambda: int_value(32, signed=False),
+    FD.TYPE_UINT64: lambda: int_value(64, signed=False),
+    FD.TYPE_FIXED64: lambda: int_value(64, signed=False),
+    FD.TYPE_DOUBLE: lambda: float_value(64),
+    FD.TYPE_FLOAT: lambda: float_value(32),
     FD.TYPE_BOOL: st.booleans,
     FD.TYPE_STRING: hostile_text,
     FD.TYPE_BYTES: lambda: st.one_of(
@@ -170,7 +170,7 @@ def json_value() -> st.SearchStrategy[Any]:
     leaves = st.one_of(
         st.none(),
         st.booleans(),
-        _float_strategy(64),
+        float_value(64),
         hostile_text(),
     )
     shallow = st.recursive(

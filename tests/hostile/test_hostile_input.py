@@ -1,13 +1,14 @@
 """Hostile input against a real server while a normal job runs (issue 11, "Done when").
 
-Every RPC of SchedulerService gets random requests of its type and mutated valid ones (named
-tenants, other tenants' ids), then raw bodies (invalid UTF-8, cut-off, garbage, nested past the
-decoder); every enum field of every template gets every value and unknown numbers; the agent
-stream gets hostile sessions (forged reports, other agents' attempts, garbage). No answer may be
-INTERNAL or UNKNOWN, no call may run into its deadline, errors must not outgrow what a client
-reads, bad input is INVALID_ARGUMENT with ErrorInfo and BadRequest. The last test checks that the
-normal jobs ran as if alone (once, never lost, on their agent, which kept its one session) and
-that the store is sound. Tests of this module run in order; the last one needs the others first.
+Every RPC of SchedulerService gets random requests of its type (Struct values nested past what
+the decoder reads included) and mutated valid ones (named tenants, other tenants' ids), then raw
+bodies (invalid UTF-8, cut-off, garbage); every enum field of every template gets every value
+and unknown numbers; the agent stream gets hostile sessions (forged reports, other agents'
+attempts, garbage). No answer may be INTERNAL or UNKNOWN, no call may run into its deadline,
+errors must not outgrow what a client reads, bad input is INVALID_ARGUMENT with ErrorInfo and
+BadRequest, a reply shows only jobs of the caller's tenant. The last test checks that the normal
+jobs ran as if alone (once, never lost, on their agent, which kept its one session) and that the
+store is sound. Tests of this module run in order; the last one needs the others first.
 
 Each finding fails its test with the RPC, the answer and the request, shrunk by hypothesis
 (several kinds of finding per test are reported separately). FINDINGS.md lists what the suite
@@ -30,7 +31,7 @@ from .agent_stream import judge_script, script
 from .arena import CALL_TIMEOUT_S, Arena, seeded_jobs, tenant_metadata
 from .calls import SCHEDULER_RPCS, Finding, HostileCall, call_scheduler, judge, open_connect
 from .consistency import normal_work_problems, server_log_problems, store_problems
-from .requests import hostile_call, raw_call, templates
+from .scheduler_requests import hostile_call, raw_call, templates
 from .strategies import enum_paths, enum_values
 
 # Bounded for CI: the module takes about a minute on 2 cores when nothing is found.

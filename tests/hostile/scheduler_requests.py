@@ -16,7 +16,7 @@ from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
 from .arena import HOSTILE_TENANTS, NORMAL_TENANT
 from .calls import SCHEDULER, HostileCall
-from .strategies import KNOWN, field_paths, hostile_text, message_class, message_of, mutated
+from .strategies import KNOWN, field_paths, message_class, message_of, mutated
 
 # Placeholder of a string field whose bytes are swapped for invalid UTF-8 after serializing
 # (same length, so every length prefix around it stays right).
@@ -229,6 +229,3 @@ def raw_call(rpc: str) -> st.SearchStrategy[HostileCall]:
         )
 
     return draw()
-
-
-__all__ = ["hostile_call", "hostile_text", "raw_call", "templates"]
