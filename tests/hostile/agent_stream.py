@@ -92,8 +92,10 @@ def _running(ref: Ref) -> ex.RunningAttempt:
     return ex.RunningAttempt(job_id=ref[0], task_id=ref[1], attempt=ref[2])
 
 
-def _hello(*, others: bool = True) -> st.SearchStrategy[ex.ConnectRequest]:
-    """A hello; with `others`, also one naming the normal agent's id (a take-over)."""
+def _hello(*, others: bool, adopt: bool, targeted: bool) -> st.SearchStrategy[ex.ConnectRequest]:
+    """A hello. `others`: the agent id may be the normal agent's (a take-over); `adopt`: it
+    lists running attempts (of others) to be adopted; `targeted`: a well-formed hello, mostly
+    in the normal job's tenant (the forgeries' target), never a random Hello message."""
     capabilities = st.one_of(
         st.builds(
             agent_capabilities_pb2.AgentCapabilities,
@@ -102,27 +104,27 @@ def _hello(*, others: bool = True) -> st.SearchStrategy[ex.ConnectRequest]:
         ),
         message_of(agent_capabilities_pb2.AgentCapabilities.DESCRIPTOR),
     )
+    names = [*([NORMAL_AGENT_ID] if others else []), "hostile-1", "hostile-2"]
+    tenants = [NORMAL_TENANT, *HOSTILE_TENANTS, ""]
+    any_name = st.one_of(
+        st.sampled_from(names), hostile_text().filter(lambda n: others or n != NORMAL_AGENT_ID)
+    )
+    any_tenant = st.one_of(st.sampled_from(tenants), hostile_text())
     hello = st.builds(
         ex.Hello,
-        agent_id=st.one_of(
-            st.sampled_from([NORMAL_AGENT_ID] if others else ["hostile-3"]),
-            st.sampled_from(["hostile-1", "hostile-2"]),
-            hostile_text().filter(lambda name: others or name != NORMAL_AGENT_ID),
-        ),
-        tenant=st.one_of(
-            st.sampled_from([NORMAL_TENANT, *HOSTILE_TENANTS, ""]),
-            # Forged sessions mostly act in the normal job's tenant: its attempt is the target.
-            st.just(NORMAL_TENANT) if not others else hostile_text(),
-            hostile_text(),
-        ),
+        agent_id=st.sampled_from(names)
+        if targeted
+        else st.one_of(st.sampled_from(names), any_name),
+        tenant=st.sampled_from([NORMAL_TENANT, NORMAL_TENANT, *tenants])
+        if targeted
+        else any_tenant,
         capabilities=capabilities,
-        running_attempts=st.lists(_ref().map(_running), max_size=3),
+        running_attempts=st.lists(_ref().map(_running), max_size=3 if adopt else 0),
         accepts_batches=st.booleans(),
-    )
-    return st.one_of(
-        hello.map(lambda h: ex.ConnectRequest(hello=h)),
-        message_of(ex.Hello.DESCRIPTOR).map(_as_hello),
-    )
+    ).map(lambda h: ex.ConnectRequest(hello=h))
+    if targeted:
+        return hello
+    return st.one_of(hello, message_of(ex.Hello.DESCRIPTOR).map(_as_hello))
 
 
 def _as_hello(hello: Message) -> ex.ConnectRequest:
@@ -220,13 +222,31 @@ def _batch(inner: st.SearchStrategy[ex.ConnectRequest]) -> st.SearchStrategy[ex.
     return st.one_of(batch, nested)
 
 
-# What follows the hello, per kind of session.
+def _leases() -> st.SearchStrategy[ex.ConnectRequest]:
+    """Heartbeats naming attempts of others (a heartbeat renews leases), and credits."""
+    heartbeat = st.lists(_ref().map(_running), min_size=1, max_size=4).map(
+        lambda refs: ex.ConnectRequest(heartbeat=ex.Heartbeat(running_attempts=refs))
+    )
+    credit = int_value(32, signed=True).map(
+        lambda slots: ex.ConnectRequest(credit=ex.Credit(slots=slots))
+    )
+    return st.one_of(heartbeat, heartbeat, credit)
+
+
+# What follows the hello, per kind of session. Each kind is a test of its own: hypothesis
+# stops soon after its first findings, and one kind's finding would hide another's.
 FRAMES: dict[str, st.SearchStrategy[ex.ConnectRequest | bytes]] = {
     "forged": st.one_of(_forged(), _batch(_forged())),
+    "leases": _leases(),
     "random": st.one_of(
         message_of(ex.ConnectRequest.DESCRIPTOR),
-        _batch(st.one_of(_hello(), message_of(ex.ConnectRequest.DESCRIPTOR))),
-        _hello(),
+        _batch(
+            st.one_of(
+                _hello(others=True, adopt=True, targeted=False),
+                message_of(ex.ConnectRequest.DESCRIPTOR),
+            )
+        ),
+        _hello(others=True, adopt=True, targeted=False),
         st.just(ex.ConnectRequest(drain=ex.AgentDrain(reason=FORGED))),
     ),
     "garbage": st.one_of(_forged(), _garbage()),
@@ -237,10 +257,12 @@ def script(kind: str) -> st.SearchStrategy[Script]:
     """A hello, then up to eight frames of the kind. Random and garbage sessions may begin
     with something else than a hello, too."""
     frames = FRAMES[kind]
-    # Forged sessions never take the normal agent's id: the take-over, found by the other
-    # kinds, would stop hypothesis before it tried the forgeries.
-    first = _hello(others=False) if kind == "forged" else st.one_of(_hello(), _hello(), frames)
-    rest = st.lists(frames, max_size=8)
+    targeted = kind in ("forged", "leases")
+    # Only random sessions take the normal agent's id: the take-over would stop hypothesis
+    # before it tried the rest.
+    hello = _hello(others=kind == "random", adopt=kind != "forged", targeted=targeted)
+    first = hello if targeted else st.one_of(hello, hello, frames)
+    rest = st.lists(frames, min_size=1 if targeted else 0, max_size=8)
 
     @st.composite
     def draw(draw_: st.DrawFn) -> Script:  # a composite: hypothesis prints the short repr

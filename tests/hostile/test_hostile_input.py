@@ -132,10 +132,11 @@ def test_every_enum_value(arena: Arena, rpc: str) -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("kind", ["forged", "random", "garbage"])
+@pytest.mark.parametrize("kind", ["forged", "leases", "random", "garbage"])
 def test_agent_stream_sessions(arena: Arena, kind: str) -> None:
-    """forged: reports, declines and heartbeats for attempts the stream does not hold;
-    random: random ConnectRequests, batches, hellos mid-stream; garbage: undecodable frames."""
+    """forged: results, progress and declines for attempts the stream does not hold; leases:
+    hellos and heartbeats naming other agents' attempts; random: random ConnectRequests,
+    batches, hellos mid-stream (the normal agent's id too); garbage: undecodable frames."""
 
     @settings(HOSTILE, max_examples=STREAM_EXAMPLES)
     @given(data=st.data())
