@@ -24,11 +24,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from cpa.common.v1 import agent_capabilities_pb2, error_pb2
+from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
-from .agent_stream import judge_script, script
-from .arena import CALL_TIMEOUT_S, Arena, seeded_jobs, tenant_metadata
+from .agent_stream import Script, judge_script, script
+from .arena import CALL_TIMEOUT_S, HOSTILE_TENANTS, Arena, seeded_jobs, tenant_metadata
 from .calls import SCHEDULER_RPCS, Finding, HostileCall, call_scheduler, judge, open_connect
 from .consistency import normal_work_problems, server_log_problems, store_problems
 from .scheduler_requests import hostile_call, raw_call, templates
@@ -145,6 +147,28 @@ def test_agent_stream_sessions(arena: Arena, kind: str) -> None:
         judge_script(session, open_connect(arena.channel, session.encoded()))
 
     run()
+
+
+@pytest.mark.timeout(120)
+def test_every_error_reason_on_the_agent_stream(arena: Arena) -> None:
+    """Failed results of a stream that holds nothing, with every ErrorReason and undeclared
+    numbers: refused (stale), never INTERNAL, and the stream ends cleanly."""
+    hello = ex.ConnectRequest(
+        hello=ex.Hello(
+            agent_id="hostile-enums",
+            tenant=HOSTILE_TENANTS[0],
+            capabilities=agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1),
+        )
+    )
+    frames: list[ex.ConnectRequest | bytes] = [hello]
+    job_id, _ = seeded_jobs()[0]  # an attempt this stream was never assigned
+    task_id, attempt = "t1", 1
+    for number in enum_values(error_pb2.ErrorReason.DESCRIPTOR):
+        error = error_pb2.TaskError(code="X", message="m", reason=number)  # type: ignore[arg-type]
+        result = ex.Result(job_id=job_id, task_id=task_id, attempt=attempt, error=error)
+        frames.append(ex.ConnectRequest(report_id=len(frames), result=result))
+    session = Script(tuple(frames), how="every ErrorReason")
+    judge_script(session, open_connect(arena.channel, session.encoded()))
 
 
 @pytest.mark.timeout(120)
