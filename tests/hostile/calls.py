@@ -37,8 +37,9 @@ SCHEDULER_RPCS = tuple(method.name for method in SCHEDULER.methods)
 DEFAULT_CLIENT_MAX_RECEIVE = 4 * 1024 * 1024
 ERROR_DOMAIN = "cpa.scheduler"
 SUMMARY_CHARS = 1_500
-# Reasons about the request as a whole: no one field to name.
-WHOLE_REQUEST_REASONS = frozenset({"PAYLOAD_TOO_LARGE"})
+# Reasons about the request as a whole: no one field to name (a body that does not decode may
+# be answered MALFORMED_MESSAGE).
+WHOLE_REQUEST_REASONS = frozenset({"PAYLOAD_TOO_LARGE", "MALFORMED_MESSAGE"})
 
 
 class Finding(AssertionError):  # noqa: N818 - a finding, not an error of the suite
