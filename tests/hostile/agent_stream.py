@@ -15,10 +15,12 @@ Besides the status code (as for every call), the answers must hold:
 
 from __future__ import annotations
 
+import queue
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
@@ -26,7 +28,7 @@ from cpa.common.v1 import agent_capabilities_pb2, error_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 
 from .arena import DEFAULT_TENANT, HOSTILE_TENANTS, NORMAL_AGENT_ID, NORMAL_TENANT
-from .calls import Outcome, finding, judge, summarize
+from .calls import EXECUTOR, Outcome, failed_outcome, finding, judge, summarize
 from .scheduler_requests import INVALID_UTF8, with_invalid_utf8
 from .strategies import (
     KNOWN,
@@ -360,3 +362,48 @@ def judge_script(script_: Script, outcome: Outcome) -> None:
                 f"Connect: a heartbeat of {identity} renewed {sorted(foreign)}, not its own\n"
                 f"  request: {script_!r}"
             )
+
+
+# --- a stream that holds its attempt -------------------------------------------------------------
+
+
+class HeldStream:
+    """An agent stream driven step by step (hello, credit, wait for the assignment, report), to
+    send hostile reports for an attempt the stream does hold."""
+
+    def __init__(self, channel: Any, hello: ex.Hello, *, timeout_s: float) -> None:
+        self._outgoing: queue.Queue[bytes | None] = queue.Queue()
+        connect = channel.stream_stream(
+            f"/{EXECUTOR.full_name}/Connect", None, ex.ConnectResponse.FromString
+        )
+        self._call = connect(iter(self._outgoing.get, None), timeout=timeout_s)
+        self.send(ex.ConnectRequest(hello=hello))
+
+    def send(self, request: ex.ConnectRequest) -> None:
+        self._outgoing.put(request.SerializeToString())
+
+    def next(self, kind: str) -> ex.ConnectResponse | None:
+        """The next response of the kind (inside batches too; others are skipped), or None when
+        the stream ends first (its status: `close()`)."""
+        try:
+            for response in self._call:
+                batched = response.WhichOneof("kind") == "batch"
+                messages: list[ex.ConnectResponse] = (
+                    list(response.batch.responses) if batched else [response]
+                )
+                for message in messages:
+                    if message.WhichOneof("kind") == kind:
+                        return message
+        except grpc.RpcError:
+            pass
+        return None
+
+    def close(self) -> Outcome:
+        """Half-closes and reads the stream to its end."""
+        self._outgoing.put(None)
+        try:
+            for _ in self._call:
+                pass
+        except grpc.RpcError as error:
+            return failed_outcome(error)
+        return Outcome(grpc.StatusCode.OK, "")

@@ -198,7 +198,7 @@ def call_scheduler(
         response = unary(call.request, metadata=call.metadata, timeout=timeout_s)
         return Outcome(grpc.StatusCode.OK, "", responses=[response])
     except grpc.RpcError as error:
-        return _failed(error)
+        return failed_outcome(error)
 
 
 def open_connect(
@@ -218,12 +218,12 @@ def open_connect(
             responses.append(response)
         return Outcome(grpc.StatusCode.OK, "", responses=responses)
     except grpc.RpcError as error:
-        outcome = _failed(error)
+        outcome = failed_outcome(error)
         outcome.responses = responses
         return outcome
 
 
-def _failed(error: grpc.RpcError) -> Outcome:
+def failed_outcome(error: grpc.RpcError) -> Outcome:
     assert isinstance(error, grpc.Call)
     return Outcome(error.code(), error.details() or "", tuple(error.trailing_metadata() or ()))
 
@@ -265,6 +265,12 @@ def _where(call: object) -> str:
         return ""
     path = re.sub(r"\[[^]]*\]", "", how.removeprefix("mutated "))
     return f" at {path}"
+
+
+def describe_error(error: grpc.RpcError) -> str:
+    """The code and (shortened) details of a failed call."""
+    assert isinstance(error, grpc.Call)
+    return f"{error.code().name} {(error.details() or '')[:200]!r}"
 
 
 def rich_status(outcome: Outcome) -> status_pb2.Status | None:

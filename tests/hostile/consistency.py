@@ -24,6 +24,7 @@ from .arena import (
     Arena,
     tenant_metadata,
 )
+from .calls import describe_error
 
 TERMINAL_JOB = {"SUCCEEDED", "FAILED", "CANCELLED"}
 TASK_STATES = {
@@ -172,7 +173,7 @@ def _api_problems(arena: Arena, by_tenant: dict[str, set[str]]) -> list[str]:
                 if not token:
                     break
         except grpc.RpcError as error:
-            problems.append(f"ListJobs of {where} fails: {_rpc_error(error)}")
+            problems.append(f"ListJobs of {where} fails: {describe_error(error)}")
         else:
             if listed != job_ids:
                 problems.append(
@@ -193,7 +194,7 @@ def _job_problems(
             svc.GetJobRequest(job_id=job_id), metadata=metadata, timeout=CALL_TIMEOUT_S
         ).job
     except grpc.RpcError as error:
-        return [f"GetJob {job_id} fails: {_rpc_error(error)}"]
+        return [f"GetJob {job_id} fails: {describe_error(error)}"]
     if job.state not in (
         job_pb2.JOB_STATE_SUCCEEDED,
         job_pb2.JOB_STATE_FAILED,
@@ -208,12 +209,7 @@ def _job_problems(
             )
         ]
     except grpc.RpcError as error:
-        return [f"WatchJob {job_id} (ended) fails: {_rpc_error(error)}"]
+        return [f"WatchJob {job_id} (ended) fails: {describe_error(error)}"]
     if job.retry_count:
         return []  # a re-driven job has one terminal event per run: only the numbering applies
     return [f"job {job_id}: {p}" for p in history_problems(job, events, expected_state=job.state)]
-
-
-def _rpc_error(error: grpc.RpcError) -> str:
-    assert isinstance(error, grpc.Call)
-    return f"{error.code().name} {(error.details() or '')[:200]!r}"

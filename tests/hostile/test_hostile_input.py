@@ -17,6 +17,7 @@ found on main when it was written.
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import grpc
@@ -24,17 +25,25 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from cpa.common.v1 import agent_capabilities_pb2, error_pb2
+from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
-from .agent_stream import Script, judge_script, script
+from .agent_stream import HeldStream, Script, judge_script, script
 from .arena import CALL_TIMEOUT_S, HOSTILE_TENANTS, Arena, seeded_jobs, tenant_metadata
-from .calls import SCHEDULER_RPCS, Finding, HostileCall, call_scheduler, judge, open_connect
+from .calls import (
+    SCHEDULER_RPCS,
+    Finding,
+    HostileCall,
+    call_scheduler,
+    describe_error,
+    judge,
+    open_connect,
+)
 from .consistency import normal_work_problems, server_log_problems, store_problems
 from .scheduler_requests import hostile_call, raw_call, templates
-from .strategies import enum_paths, enum_values
+from .strategies import enum_paths, enum_values, nested_value
 
 # Bounded for CI: the module takes about a minute on 2 cores when nothing is found.
 MUTATED_EXAMPLES = 30
@@ -169,6 +178,57 @@ def test_every_error_reason_on_the_agent_stream(arena: Arena) -> None:
         frames.append(ex.ConnectRequest(report_id=len(frames), result=result))
     session = Script(tuple(frames), how="every ErrorReason")
     judge_script(session, open_connect(arena.channel, session.encoded()))
+
+
+@pytest.mark.timeout(120)
+def test_deep_outputs_from_the_agent_that_holds_the_attempt(arena: Arena) -> None:
+    """A Result whose outputs nest about as deep as the server still decodes, from the stream
+    the attempt was assigned to: whatever the server answers, it is no INTERNAL and the job
+    keeps reading back with the default client (GetJob, ListJobs)."""
+    tenant = "hostile-deep"
+    metadata = tenant_metadata(tenant)
+    labels = {"deep": secrets.token_hex(4)}  # only these streams serve the jobs
+    problems = []
+    for levels in (32, 33, 34):
+        todo = todo_pb2.ToDo(
+            id="t1",
+            action=todo_pb2.ACTION_TYPE_CUSTOM,
+            custom_action="noop",
+            required_labels=labels,
+        )
+        spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo]))
+        job = arena.scheduler.ScheduleJob(
+            svc.ScheduleJobRequest(spec=spec), metadata=metadata, timeout=CALL_TIMEOUT_S
+        ).job
+        capabilities = agent_capabilities_pb2.AgentCapabilities(
+            actions=["noop"], labels=labels, slots=1
+        )
+        hello = ex.Hello(agent_id=f"deep-{levels}", tenant=tenant, capabilities=capabilities)
+        stream = HeldStream(arena.channel, hello, timeout_s=CALL_TIMEOUT_S)
+        assert stream.next("welcome") is not None
+        stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
+        assigned = stream.next("assignment")
+        assert assigned is not None, "the job was not assigned to the stream that serves it"
+        report = ex.ConnectRequest(report_id=1)  # built in place: a copy would re-parse it
+        report.result.job_id = assigned.assignment.job_id
+        report.result.task_id = assigned.assignment.todo.id
+        report.result.attempt = assigned.assignment.attempt
+        report.result.outputs.update({"a": nested_value(levels - 1)})  # `levels` Structs deep
+        stream.send(report)
+        stream.next("report_ack")
+        session = Script((ex.ConnectRequest(hello=hello),), how=f"outputs {levels} levels deep")
+        judge(session, stream.close())  # type: ignore[arg-type]
+        try:
+            arena.scheduler.GetJob(
+                svc.GetJobRequest(job_id=job.job_id), metadata=metadata, timeout=CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as error:
+            problems.append(f"outputs {levels} levels deep: GetJob fails: {describe_error(error)}")
+    try:
+        arena.scheduler.ListJobs(svc.ListJobsRequest(), metadata=metadata, timeout=CALL_TIMEOUT_S)
+    except grpc.RpcError as error:
+        problems.append(f"ListJobs of the tenant fails: {describe_error(error)}")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.timeout(120)
