@@ -12,6 +12,7 @@ them apart and reports each, shrunk to its smallest request, instead of only the
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ SCHEDULER_RPCS = tuple(method.name for method in SCHEDULER.methods)
 DEFAULT_CLIENT_MAX_RECEIVE = 4 * 1024 * 1024
 ERROR_DOMAIN = "cpa.scheduler"
 SUMMARY_CHARS = 1_500
+# Nesting past which a failure is told apart as one of depth (a Struct level costs two).
+DEEP_MESSAGES = 40
 # Reasons about the request as a whole: no one field to name (a body that does not decode may
 # be answered MALFORMED_MESSAGE).
 WHOLE_REQUEST_REASONS = frozenset({"PAYLOAD_TOO_LARGE", "MALFORMED_MESSAGE"})
@@ -257,14 +260,38 @@ def _check_tenant(call: Any, outcome: Outcome) -> None:
             )
 
 
+def _nonfinite(message: Message) -> bool:
+    """Whether a float field anywhere in the message holds NaN or an infinity."""
+    fd: FieldDesc
+    for fd, value in message.ListFields():
+        values = (
+            list(value.values())
+            if fd.message_type and fd.message_type.GetOptions().map_entry
+            else (list(value) if fd.is_repeated else [value])
+        )
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                return True
+            if isinstance(item, Message) and _nonfinite(item):
+                return True
+    return False
+
+
 def _where(call: object) -> str:
-    """The field a mutation hit ("at spec.deadline"), so that findings at different fields
-    are reported separately; nothing for other calls."""
+    """Where a failure came from, so that different causes are reported separately: the field
+    a mutation hit ("at spec.deadline"), and whether the request held NaN/infinities or nested
+    deep."""
     how = getattr(call, "how", "")
-    if not how.startswith("mutated "):
-        return ""
-    path = re.sub(r"\[[^]]*\]", "", how.removeprefix("mutated "))
-    return f" at {path}"
+    request = getattr(call, "request", None)
+    where = ""
+    if how.startswith("mutated "):
+        where = " at " + re.sub(r"\[[^]]*\]", "", how.removeprefix("mutated "))
+    if isinstance(request, Message):
+        if _nonfinite(request):
+            where += " (NaN or infinity in the request)"
+        elif nesting(request) > DEEP_MESSAGES:
+            where += f" (request over {DEEP_MESSAGES} messages deep)"
+    return where
 
 
 def describe_error(error: grpc.RpcError) -> str:
