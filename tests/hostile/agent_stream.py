@@ -305,7 +305,7 @@ def _ref_of(message: ex.RunningAttempt | ex.Result | ex.Progress | ex.Assignment
 
 
 def judge_script(script_: Script, outcome: Outcome) -> None:
-    judge(script_, outcome)  # type: ignore[arg-type]
+    judge(script_, outcome)
     hello = script_.hello
     if hello is None:
         return

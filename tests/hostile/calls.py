@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import descriptor as d
@@ -329,8 +329,15 @@ def _bad_request_problem(outcome: Outcome, *, whole: bool) -> str | None:
     return None
 
 
+class Judged(Protocol):
+    """What a judgement needs of a call: its RPC (and a repr that shows the request)."""
+
+    @property
+    def rpc(self) -> str: ...
+
+
 def judge(
-    call: HostileCall, outcome: Outcome, *, still_live: Callable[[], bool] = lambda: False
+    call: Judged, outcome: Outcome, *, still_live: Callable[[], bool] = lambda: False
 ) -> None:
     """Raises a Finding when the answer is one bad input must never get. `still_live` says
     whether a stream that ran into its deadline was following a job that has not ended (the

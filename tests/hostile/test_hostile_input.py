@@ -217,7 +217,7 @@ def test_deep_outputs_from_the_agent_that_holds_the_attempt(arena: Arena) -> Non
         stream.send(report)
         stream.next("report_ack")
         session = Script((ex.ConnectRequest(hello=hello),), how=f"outputs {levels} levels deep")
-        judge(session, stream.close())  # type: ignore[arg-type]
+        judge(session, stream.close())
         try:
             arena.scheduler.GetJob(
                 svc.GetJobRequest(job_id=job.job_id), metadata=metadata, timeout=CALL_TIMEOUT_S
