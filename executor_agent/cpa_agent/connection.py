@@ -132,6 +132,8 @@ class Connection:
         self._session: StreamSession | None = None
         # The server's target; a multi-address one is rotated away from a replica that drains.
         self._target = settings.server
+        # The session_id of the last welcome: the next hello names it (resume_session_id).
+        self._last_session_id = ""
         self._drain_reason: str | None = None
         self._drain_requested = asyncio.Event()
         self._stopping = False
@@ -365,6 +367,8 @@ class Connection:
                 version=__version__,
                 accepts_batches=True,
                 max_receive_bytes=settings.max_receive_bytes,
+                # Takes over our last session if the server still holds it (a cut without FIN).
+                resume_session_id=self._last_session_id,
             )
         )
 
@@ -388,6 +392,7 @@ class Connection:
 
     def _on_welcome(self, session: StreamSession, welcome: pb.Welcome) -> None:
         session.welcome = welcome
+        self._last_session_id = welcome.session_id
         session.last_received_s = asyncio.get_running_loop().time()
         if welcome.HasField("heartbeat_interval"):
             interval_s = welcome.heartbeat_interval.ToTimedelta().total_seconds()

@@ -128,8 +128,8 @@ async def _open_redis(
     closers.append(bus.close)
     directory = RedisAgentDirectory(redis, sessions, replica_id=replica_id, prefix=prefix)
 
-    def deliver_cancel(cancel: CancelMessage, agent_id: str) -> None:
-        session = sessions.get(agent_id)
+    def deliver_cancel(cancel: CancelMessage, tenant: str, agent_id: str) -> None:
+        session = sessions.get(tenant, agent_id)
         if session is not None:
             session.deliver(cancel)
 

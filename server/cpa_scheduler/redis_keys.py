@@ -11,6 +11,14 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "cpa"
 
+# The segment under which the work queue's keys live. Version 2 names streams by the hashed
+# requirement key (Requirement.key); version 1 (`queue`) used `tenant|action|caps|labels`, which
+# two requirements could share. A replica of this version never reads version 1 keys: the tasks
+# they held are still QUEUED in PostgreSQL and the reconciler publishes them again under the new
+# names (no version 2 marker exists for them) within about CPA_RECONCILE_INTERVAL_S, so an
+# upgrade loses nothing. The old keys can then be deleted (`cpa:queue:*`).
+QUEUE_LAYOUT = "queue-v2"
+
 # The consumer group every replica reads each queue stream through (a group name, not a key);
 # each replica is one consumer in it, named by its replica id.
 QUEUE_CONSUMER_GROUP = "dispatchers"
@@ -30,18 +38,18 @@ class RedisKeys:
         the epoch) of its first publish, so listing is oldest queue first. Written (ZADD NX) by
         every publish, read by requirements(). No expiry: it holds one member per distinct
         requirement (tenant, action, capabilities, labels), a small and bounded set."""
-        return f"{self.prefix}:queue:requirements"
+        return f"{self.prefix}:{QUEUE_LAYOUT}:requirements"
 
     @property
     def queue_requirement_json(self) -> str:
         """HASH: requirement key -> the Requirement as JSON, so requirements() can rebuild the
         objects. Written with queue_requirements, read by requirements(). No expiry."""
-        return f"{self.prefix}:queue:requirement-json"
+        return f"{self.prefix}:{QUEUE_LAYOUT}:requirement-json"
 
     @property
     def queue_stream_prefix(self) -> str:
         """The start of every queue stream name; Lua scripts append a requirement key to it."""
-        return f"{self.prefix}:queue:stream:"
+        return f"{self.prefix}:{QUEUE_LAYOUT}:stream:"
 
     def queue_stream(self, requirement_key: str) -> str:
         """STREAM: the ready tasks of one requirement, one entry per task (field `task`: the
@@ -56,12 +64,12 @@ class RedisKeys:
         epoch); a member is `<byte length of the requirement key>:<requirement key><task JSON>`.
         ZADD by publish; moved to its stream by the mover script of any replica when due, or
         dropped then if its task was withdrawn meanwhile (its marker is gone). No expiry."""
-        return f"{self.prefix}:queue:delayed"
+        return f"{self.prefix}:{QUEUE_LAYOUT}:delayed"
 
     @property
     def queue_marker_prefix(self) -> str:
         """The start of every queue marker; the mover script appends `job:task:attempt`."""
-        return f"{self.prefix}:queue:marker:"
+        return f"{self.prefix}:{QUEUE_LAYOUT}:marker:"
 
     def queue_marker(self, job_id: str, task_id: str, attempt: int) -> str:
         """STRING: the task (as of `attempt`, its last attempt number) is in the queue, and where:
@@ -89,17 +97,19 @@ class RedisKeys:
 
     # -- agent directory (dispatch/redis_directory.py) ------------------------------------------
 
-    @property
-    def agent_prefix(self) -> str:
-        """The start of every agent record key; Lua scripts append an agent id to it."""
-        return f"{self.prefix}:agent:"
+    def agent_prefix(self, tenant: str) -> str:
+        """The start of the record keys of one tenant's agents; Lua scripts append an agent id.
+        The tenant's length comes first, so no (tenant, agent id) pair names another's key."""
+        return f"{self.prefix}:agent:{len(tenant)}:{tenant}:"
 
-    def agent(self, agent_id: str) -> str:
+    def agent(self, tenant: str, agent_id: str) -> str:
         """STRING: the AgentRecord (JSON) of a connected agent, naming the replica that holds its
-        session. SET by that replica's announcer every announce interval with a TTL of ~3
-        intervals (so a dead replica's agents vanish), deleted when the session ends. Read by
-        list_agents (via the tenant set) and route_cancel."""
-        return f"{self.agent_prefix}{agent_id}"
+        session; an agent id names an agent within its tenant only. SET by that replica's
+        announcer every announce interval with a TTL of ~3 intervals (so a dead replica's agents
+        vanish), deleted when the session ends. Read by list_agents (via the tenant set) and
+        route_cancel. (Keys of versions before (tenant, agent id) keying, `agent:<id>`, are
+        never read and expire within the TTL.)"""
+        return f"{self.agent_prefix(tenant)}{agent_id}"
 
     def tenant_agents(self, tenant: str) -> str:
         """SET: ids of the agents of one tenant that were announced recently; a member whose

@@ -36,11 +36,11 @@ async def agent_ids(directory: RedisAgentDirectory, tenant: str) -> list[tuple[s
     return [(r.agent_id, r.replica_id) for r in await directory.list_agents(tenant)]
 
 
-def deliver_to(sessions: SessionRegistry) -> Callable[[CancelMessage, str], None]:
+def deliver_to(sessions: SessionRegistry) -> Callable[[CancelMessage, str, str], None]:
     """What the server wires as on_cancel: hand the cancel to the local session."""
 
-    def on_cancel(cancel: CancelMessage, agent_id: str) -> None:
-        session = sessions.get(agent_id)
+    def on_cancel(cancel: CancelMessage, tenant: str, agent_id: str) -> None:
+        session = sessions.get(tenant, agent_id)
         if session is not None:
             session.deliver(cancel)
 
@@ -95,7 +95,7 @@ async def test_agent_that_left_is_no_longer_listed(directories: DirectoryFactory
     a = await directories("replica-a", sessions_a)
     b = await directories("replica-b", SessionRegistry())
     await a.announce()
-    session = sessions_a.get("agent-1")
+    session = sessions_a.get("tenant-1", "agent-1")
     assert session is not None
 
     sessions_a.remove(session)
@@ -131,7 +131,7 @@ async def test_agent_that_moved_to_another_replica_is_not_withdrawn_by_the_old_o
     await a.announce()
 
     # The agent reconnects to b before a notices that its old stream ended.
-    session = sessions_a.get("agent-1")
+    session = sessions_a.get("tenant-1", "agent-1")
     assert session is not None
     sessions_b.add(make_session("agent-1", "tenant-1"))
     await b.announce()
@@ -162,7 +162,7 @@ async def test_cancel_reaches_an_agent_held_by_another_replica(
     b.on_cancel = deliver_to(sessions_b)
     await b.announce()
 
-    assert await a.route_cancel("agent-1", CANCEL) is True
+    assert await a.route_cancel("tenant-1", "agent-1", CANCEL) is True
 
     await asyncio.wait_for(stream.arrived.wait(), DEADLINE_S)
     assert stream.sent == [CANCEL]
@@ -176,7 +176,7 @@ async def test_cancel_for_a_local_agent_is_delivered_directly(
     sessions.add(make_session("agent-1", "tenant-1", stream))
     a = await directories("replica-a", sessions)
 
-    assert await a.route_cancel("agent-1", CANCEL) is True
+    assert await a.route_cancel("tenant-1", "agent-1", CANCEL) is True
     assert stream.sent == [CANCEL]
 
 
@@ -188,8 +188,8 @@ async def test_cancel_for_an_agent_nobody_holds_is_not_routed(
     dead = await directories("replica-dead", registry(("agent-2", "tenant-1")), start=False)
     await dead.announce()
 
-    assert await a.route_cancel("agent-1", CANCEL) is False
-    assert await a.route_cancel("agent-2", CANCEL) is False
+    assert await a.route_cancel("tenant-1", "agent-1", CANCEL) is False
+    assert await a.route_cancel("tenant-1", "agent-2", CANCEL) is False
 
 
 def test_record_and_cancel_survive_json() -> None:
@@ -231,3 +231,22 @@ async def test_close_stops_a_directory_that_is_busy_announcing(
         await directory.start()
         await directory.announce()
         await asyncio.wait_for(directory.close(), DEADLINE_S)
+
+
+async def test_two_tenants_may_use_the_same_agent_id(directories: DirectoryFactory) -> None:
+    stream_1, stream_2 = FakeStream(), FakeStream()
+    sessions_b = SessionRegistry()
+    sessions_b.add(make_session("agent-1", "tenant-1", stream_1))
+    sessions_b.add(make_session("agent-1", "tenant-2", stream_2))
+    a = await directories("replica-a", SessionRegistry())
+    b = await directories("replica-b", sessions_b)
+    b.on_cancel = deliver_to(sessions_b)
+    await b.announce()
+
+    # Each tenant lists its own agent; neither record replaced the other.
+    assert await agent_ids(a, "tenant-1") == [("agent-1", "replica-b")]
+    assert await agent_ids(a, "tenant-2") == [("agent-1", "replica-b")]
+    # A cancel reaches the agent of the job's tenant only.
+    assert await a.route_cancel("tenant-2", "agent-1", CANCEL) is True
+    await asyncio.wait_for(stream_2.arrived.wait(), DEADLINE_S)
+    assert (stream_1.sent, stream_2.sent) == ([], [CANCEL])

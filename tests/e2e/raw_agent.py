@@ -52,13 +52,48 @@ class RawAgentStream:
         actions: Sequence[str] = ("noop",),
         slots: int = 1,
         accepts_batches: bool = False,
+        tenant: str = "",
+        resume_session_id: str = "",
+        running_attempts: Sequence[ex.RunningAttempt] = (),
     ) -> ex.Welcome:
+        self.send_hello(
+            agent_id,
+            actions=actions,
+            slots=slots,
+            accepts_batches=accepts_batches,
+            tenant=tenant,
+            resume_session_id=resume_session_id,
+            running_attempts=running_attempts,
+        )
+        return (await self.read_until("welcome")).welcome
+
+    def send_hello(
+        self,
+        agent_id: str,
+        *,
+        actions: Sequence[str] = ("noop",),
+        slots: int = 1,
+        accepts_batches: bool = False,
+        tenant: str = "",
+        resume_session_id: str = "",
+        running_attempts: Sequence[ex.RunningAttempt] = (),
+    ) -> None:
+        """The hello alone (a test that expects a refusal reads the call's status)."""
         capabilities = agent_capabilities_pb2.AgentCapabilities(actions=list(actions), slots=slots)
         hello = ex.Hello(
-            agent_id=agent_id, capabilities=capabilities, accepts_batches=accepts_batches
+            agent_id=agent_id,
+            capabilities=capabilities,
+            accepts_batches=accepts_batches,
+            tenant=tenant,
+            resume_session_id=resume_session_id,
+            running_attempts=list(running_attempts),
         )
         self.send(ex.ConnectRequest(hello=hello))
-        return (await self.read_until("welcome")).welcome
+
+    async def heartbeat_ack(self, *attempts: ex.RunningAttempt) -> ex.HeartbeatAck:
+        """Sends a heartbeat listing `attempts` and returns the server's ack: the stream lives."""
+        self.send(ex.ConnectRequest(heartbeat=ex.Heartbeat(running_attempts=list(attempts))))
+        return (await self.read_until("heartbeat_ack")).heartbeat_ack
 
     @property
     def call(self) -> grpc.aio.StreamStreamCall[ex.ConnectRequest, ex.ConnectResponse]:

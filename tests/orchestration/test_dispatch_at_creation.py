@@ -107,3 +107,18 @@ async def test_announced_work_goes_first_until_a_round_looked(
     await dispatcher.assignments_done(timeout_s=5)
     _, state = await submit(orchestrator, "b")
     assert state is TaskState.RUNNING  # the round found the queue empty again
+
+
+async def test_a_task_is_never_assigned_to_an_agent_of_another_tenant(
+    orchestrator: Orchestrator, backends: Backends
+) -> None:
+    job_id, state = await submit(orchestrator, "a")  # no agent: queued
+    assert state is TaskState.QUEUED
+    [requirement] = await backends.queue.requirements()
+    [item] = await backends.queue.take(requirement, 1)
+
+    assert await orchestrator.assign(item.task, "agent-1", agent_tenant="another") is None
+    assert await state_of(orchestrator, job_id, "a") is TaskState.QUEUED
+    assigned = await orchestrator.assign(item.task, "agent-1", agent_tenant=TENANT)
+    assert assigned is not None
+    assert await state_of(orchestrator, job_id, "a") is TaskState.RUNNING

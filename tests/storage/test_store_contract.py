@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from cpa_scheduler.domain import (
+    AttemptNotHeld,
     AttemptRef,
     DomainError,
     FailedPrecondition,
@@ -741,13 +742,40 @@ async def test_renew_leases_extends_current_attempts_and_returns_stale_ones(stor
         AttemptRef("job-9", "a", 1),  # no such job
     ]
 
-    result = await store.renew_leases(TENANT, "agent-2", [stale[0], current, *stale[1:]], at(99))
+    result = await store.renew_leases(TENANT, "agent-1", [stale[0], current, *stale[1:]], at(99))
 
     assert result == stale
     task = (await store.get_job(TENANT, "job-1")).tasks["a"]
-    assert (task.lease_until, task.agent_id) == (at(99), "agent-2")
+    assert (task.lease_until, task.agent_id) == (at(99), "agent-1")
     assert (await store.get_job(TENANT, "job-1")).tasks["b"].lease_until is None
-    assert await store.renew_leases(TENANT, "agent-2", [], at(120)) == []
+    assert await store.renew_leases(TENANT, "agent-1", [], at(120)) == []
+
+
+async def test_only_the_agent_holding_an_attempt_renews_its_lease(store: Store) -> None:
+    await create(store, new_job("job-1", todo("a")))
+    await store.update_job(TENANT, "job-1", assigning("a", agent_id="agent-1"))
+    ref = AttemptRef("job-1", "a", 1)
+
+    # Another agent of the tenant lists the attempt: not renewed, not taken over.
+    assert await store.renew_leases(TENANT, "agent-2", [ref], at(99)) == [ref]
+    task = (await store.get_job(TENANT, "job-1")).tasks["a"]
+    assert (task.lease_until, task.agent_id) == (LEASE, "agent-1")
+
+
+async def test_a_report_from_an_agent_not_holding_the_attempt_changes_nothing(
+    store: Store,
+) -> None:
+    await create(store, new_job("job-1", todo("a")))
+    await store.update_job(TENANT, "job-1", assigning("a", agent_id="agent-1"))
+
+    def forged(job: Job) -> None:
+        job.check_held("a", attempt=1, agent_id="agent-2")
+        job.succeed("a", attempt=1, outputs={"forged": True}, now=NOW)
+
+    with pytest.raises(AttemptNotHeld):
+        await store.update_job(TENANT, "job-1", forged)
+    task = (await store.get_job(TENANT, "job-1")).tasks["a"]
+    assert (task.state, task.outputs, task.agent_id) == (TaskState.RUNNING, None, "agent-1")
 
 
 # -- LAM messages ---------------------------------------------------------------------------------

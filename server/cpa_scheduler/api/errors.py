@@ -59,6 +59,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.AGENT_NOT_FOUND: _Code.NOT_FOUND,
         Reason.ARTIFACT_NOT_FOUND: _Code.NOT_FOUND,
         Reason.REQUEST_ID_REUSED: _Code.ALREADY_EXISTS,
+        Reason.AGENT_ID_IN_USE: _Code.ALREADY_EXISTS,
         # Fencing: the report concerns an attempt that is over; retrying it cannot help.
         Reason.STALE_ATTEMPT: _Code.FAILED_PRECONDITION,
         Reason.UNAUTHENTICATED: _Code.UNAUTHENTICATED,
@@ -123,6 +124,7 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.UNRESOLVED_INPUT: _Code.FAILED_PRECONDITION,
         Reason.OUTPUT_TOO_LARGE: _Code.FAILED_PRECONDITION,
         Reason.ASSIGNMENT_TOO_LARGE: _Code.FAILED_PRECONDITION,
+        Reason.ATTEMPT_NOT_HELD: _Code.FAILED_PRECONDITION,
         Reason.CANCELLED_BY_USER: _Code.FAILED_PRECONDITION,
         Reason.APPROVAL_REJECTED: _Code.FAILED_PRECONDITION,
         Reason.EXECUTOR_ERROR: _Code.FAILED_PRECONDITION,

@@ -181,6 +181,9 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             deliver=deliver,
             close=lambda: outgoing.put_nowait(None),
         )
+        resume_session_id = first.hello.resume_session_id
+        # Refused before adopting anything: a second process using a live agent id.
+        self._sessions.check_free(session, resume_session_id=resume_session_id)
         claimed = convert.attempt_refs_from_proto(first.hello.running_attempts)
         _, stale = await self._orchestrator.renew_leases(profile.tenant, profile.agent_id, claimed)
         adopted = [ref for ref in claimed if ref not in stale]
@@ -188,7 +191,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         # A stop may have begun while the leases were renewed (no await from here to the
         # registration, so drain_sessions() sees every stream it does not refuse).
         self._refuse_if_stopping()
-        replaced = self._sessions.add(session)
+        replaced = self._sessions.add(session, resume_session_id=resume_session_id)
         self._streams[session.session_id] = _Stream(session, outgoing)
         self._no_streams.clear()
         reader: asyncio.Task[None] | None = None
@@ -197,7 +200,13 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             if replaced is not None:
                 replaced.close()
             self._directory.announce_now()
-            log.info("agent %s connected (%d attempts adopted)", profile.agent_id, len(adopted))
+            log.info(
+                "agent %s of tenant %s connected (%d attempts adopted%s)",
+                profile.agent_id,
+                profile.tenant,
+                len(adopted),
+                ", took over its last session" if replaced is not None else "",
+            )
             yield pb.ConnectResponse(
                 welcome=pb.Welcome(
                     session_id=session.session_id,
@@ -321,6 +330,8 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         session: AgentSession,
         outgoing: asyncio.Queue[pb.ConnectResponse | None],
     ) -> None:
+        if not self._sessions.holds(session):
+            return  # taken over by the agent's new session, which renews its leases
         running = convert.attempt_refs_from_proto(heartbeat.running_attempts)
         lease_until, stale = await self._orchestrator.renew_leases(
             session.profile.tenant, session.agent_id, running
@@ -337,23 +348,27 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         session: AgentSession,
         outgoing: asyncio.Queue[pb.ConnectResponse | None],
     ) -> None:
-        tenant = session.profile.tenant
+        tenant, agent_id = session.key
         kind = request.WhichOneof("kind")
         refusal = error_pb2.ERROR_REASON_UNSPECIFIED
         try:
-            if kind == "result":
+            if not self._sessions.holds(session):
+                # A session taken over (or ended): its agent's new session holds the attempts.
+                refusal = error_pb2.ERROR_REASON_ATTEMPT_NOT_HELD
+            elif kind == "result":
                 ref, report = convert.result_from_proto(request.result)
                 if ref in session.running:
                     # The result hands its slot back (no Credit message follows it).
                     session.running.discard(ref)
                     session.grant(1)
                     self._dispatcher.wake()
-                await self._orchestrator.report_result(tenant, ref, report)
+                await self._orchestrator.report_result(tenant, agent_id, ref, report)
             elif kind == "progress":
                 progress = request.progress
                 ref = AttemptRef(progress.job_id, progress.task_id, progress.attempt)
                 await self._orchestrator.report_progress(
                     tenant,
+                    agent_id,
                     ref,
                     percent=progress.percent if progress.HasField("percent") else None,
                     message=progress.message,
@@ -363,7 +378,9 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                 if not ack.accepted:
                     ref = AttemptRef(ack.job_id, ack.task_id, ack.attempt)
                     session.running.discard(ref)
-                    await self._orchestrator.decline(tenant, ref, ack.reason or "declined")
+                    await self._orchestrator.decline(
+                        tenant, agent_id, ref, ack.reason or "declined"
+                    )
                 return
         except (StaleAttempt, NotFound):
             refusal = error_pb2.ERROR_REASON_STALE_ATTEMPT

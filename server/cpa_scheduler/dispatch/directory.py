@@ -53,15 +53,16 @@ class AgentRecord:
 class AgentDirectory(Protocol):
     """Shared presence and control routing."""
 
-    on_cancel: Callable[[CancelMessage, str], None]
-    """Called with (cancel, agent_id) for cancels other replicas route to this one."""
+    on_cancel: Callable[[CancelMessage, str, str], None]
+    """Called with (cancel, tenant, agent_id) for cancels other replicas route to this one."""
 
     async def list_agents(self, tenant: str) -> list[AgentRecord]:
         """Agents of every replica for `tenant`, by agent id."""
         ...
 
-    async def route_cancel(self, agent_id: str, cancel: CancelMessage) -> bool:
-        """Send a cancel to the replica holding `agent_id`; False when no replica holds it."""
+    async def route_cancel(self, tenant: str, agent_id: str, cancel: CancelMessage) -> bool:
+        """Send a cancel to the replica holding (`tenant`, `agent_id`); False when no replica
+        holds it."""
         ...
 
     def announce_now(self) -> None:
@@ -77,20 +78,19 @@ class LocalAgentDirectory:
     def __init__(self, sessions: SessionRegistry, *, replica_id: str) -> None:
         self._sessions = sessions
         self._replica_id = replica_id
-        self.on_cancel: Callable[[CancelMessage, str], None] = lambda cancel, agent_id: None
+        self.on_cancel: Callable[[CancelMessage, str, str], None] = lambda cancel, t, a: None
 
     async def list_agents(self, tenant: str) -> list[AgentRecord]:
         return sorted(
             (
                 AgentRecord.of(s, replica_id=self._replica_id)
-                for s in self._sessions
-                if s.profile.tenant == tenant
+                for s in self._sessions.of_tenant(tenant)
             ),
             key=lambda record: record.agent_id,
         )
 
-    async def route_cancel(self, agent_id: str, cancel: CancelMessage) -> bool:
-        session = self._sessions.get(agent_id)
+    async def route_cancel(self, tenant: str, agent_id: str, cancel: CancelMessage) -> bool:
+        session = self._sessions.get(tenant, agent_id)
         if session is None:
             return False
         session.deliver(cancel)

@@ -170,7 +170,9 @@ class Dispatcher:
 
     async def _assign(self, item: WorkItem, session: AgentSession) -> None:
         try:
-            message = await self._orchestrator.assign(item.task, session.agent_id)
+            message = await self._orchestrator.assign(
+                item.task, session.agent_id, agent_tenant=session.profile.tenant
+            )
         except Exception:
             # Not acked: the queue delivers it again (the store still says QUEUED).
             log.exception("assigning %s/%s failed", item.task.job_id, item.task.todo.id)

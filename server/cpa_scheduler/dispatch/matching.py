@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cpa_scheduler.domain import ToDo
+
+# What a queue key's readable part keeps; the rest becomes "_" (the digest tells keys apart).
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +34,22 @@ class Requirement:
 
     @property
     def key(self) -> str:
-        """A stable text form, usable as a queue name."""
-        capabilities = ",".join(sorted(self.capabilities))
-        labels = ",".join(f"{k}={v}" for k, v in self.labels)
-        return f"{self.tenant}|{self.action}|{capabilities}|{labels}"
+        """A stable name, usable as a queue name, that no other requirement has: a readable
+        start (tenant and action, other characters replaced, cut short) and the SHA-256 of
+        the requirement as canonical JSON (sorted, no free separators to collide on)."""
+        canonical = json.dumps(
+            [
+                self.tenant,
+                self.action,
+                sorted(self.capabilities),
+                [list(p) for p in sorted(self.labels)],
+            ],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        readable = _UNSAFE.sub("_", f"{self.tenant}.{self.action}")[:48]
+        return f"{readable}~{digest}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # agent vanish, a dead replica's agents vanish within a few seconds.
 RECORD_TTL_INTERVALS = 3
 
-# The records (JSON) of the agents in tenant set KEYS[1]; ARGV[1] is the agent key prefix.
+# The records (JSON) of the agents in tenant set KEYS[1]; ARGV[1] is the tenant's agent key prefix.
 # Members whose record expired are removed on the way.
 _LIST_SCRIPT = """
 local records = {}
@@ -151,8 +151,8 @@ class RedisAgentDirectory:
         self._record_ttl_ms = round(RECORD_TTL_INTERVALS * announce_interval_s * 1000)
         self._list_script = redis.register_script(_LIST_SCRIPT)
         self._release_script = redis.register_script(_RELEASE_SCRIPT)
-        # agent id -> tenant of the records the last successful announcement wrote.
-        self._announced: dict[str, str] = {}
+        # (tenant, agent id) of the records the last successful announcement wrote.
+        self._announced: set[tuple[str, str]] = set()
         self._announce_lock = asyncio.Lock()
         self._announce_wakeup = asyncio.Event()
         self._listener = ChannelListener(
@@ -164,7 +164,7 @@ class RedisAgentDirectory:
             logger=log,
         )
         self._announcer: asyncio.Task[None] | None = None
-        self.on_cancel: Callable[[CancelMessage, str], None] = lambda cancel, agent_id: None
+        self.on_cancel: Callable[[CancelMessage, str, str], None] = lambda cancel, t, a: None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -186,7 +186,7 @@ class RedisAgentDirectory:
         try:
             async with self._announce_lock:
                 await self._release(self._announced)
-                self._announced = {}
+                self._announced = set()
         except (RedisError, OSError) as error:
             log.warning("withdrawing this replica's agents failed (they expire): %s", error)
 
@@ -201,20 +201,14 @@ class RedisAgentDirectory:
         announcer does every interval; raises if Redis fails)."""
         async with self._announce_lock:
             records = announce_records(list(self._sessions), replica_id=self._replica_id)
-            current = {record.agent_id: record.tenant for record in records}
-            departed = {
-                agent_id: tenant
-                for agent_id, tenant in self._announced.items()
-                if current.get(agent_id) != tenant
-            }
-            # Release before writing: an agent that changed tenant is written again below.
-            await self._release(departed)
+            current = {(record.tenant, record.agent_id) for record in records}
+            await self._release(self._announced - current)
             if records:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     for record in records:
                         tenant_agents = self._keys.tenant_agents(record.tenant)
                         pipe.set(
-                            self._keys.agent(record.agent_id),
+                            self._keys.agent(record.tenant, record.agent_id),
                             json_text.dumps(agent_record_to_data(record)),
                             px=self._record_ttl_ms,
                         )
@@ -225,7 +219,7 @@ class RedisAgentDirectory:
 
     async def list_agents(self, tenant: str) -> list[AgentRecord]:
         found = await self._list_script(
-            keys=[self._keys.tenant_agents(tenant)], args=[self._keys.agent_prefix]
+            keys=[self._keys.tenant_agents(tenant)], args=[self._keys.agent_prefix(tenant)]
         )
         records: list[AgentRecord] = []
         for data in found:
@@ -239,12 +233,12 @@ class RedisAgentDirectory:
         records.sort(key=lambda record: record.agent_id)
         return records
 
-    async def route_cancel(self, agent_id: str, cancel: CancelMessage) -> bool:
-        session = self._sessions.get(agent_id)
+    async def route_cancel(self, tenant: str, agent_id: str, cancel: CancelMessage) -> bool:
+        session = self._sessions.get(tenant, agent_id)
         if session is not None:
             session.deliver(cancel)
             return True
-        data = await self._redis.get(self._keys.agent(agent_id))
+        data = await self._redis.get(self._keys.agent(tenant, agent_id))
         if data is None:
             return False
         holder = agent_record_from_data(json.loads(data)).replica_id
@@ -252,21 +246,26 @@ class RedisAgentDirectory:
             return False  # our record of a session that has just ended
         receivers = await self._redis.publish(
             self._keys.replica_control(holder),
-            json_text.dumps({"agent_id": agent_id, "cancel": cancel_to_data(cancel)}),
+            json_text.dumps(
+                {"tenant": tenant, "agent_id": agent_id, "cancel": cancel_to_data(cancel)}
+            ),
         )
         # Nobody listening: the holder is gone and its records have not expired yet.
         return receivers > 0
 
     # -- background -----------------------------------------------------------------------------
 
-    async def _release(self, agents: Mapping[str, str]) -> None:
-        """Delete the records of `agents` (agent id -> tenant) that this replica wrote."""
+    async def _release(self, agents: set[tuple[str, str]]) -> None:
+        """Delete the records of `agents` ((tenant, agent id) pairs) that this replica wrote."""
         if not agents:
             return
+        pairs = sorted(agents)
         keys: list[str] = []
-        for agent_id, tenant in agents.items():
-            keys += [self._keys.agent(agent_id), self._keys.tenant_agents(tenant)]
-        await self._release_script(keys=keys, args=[self._replica_id, *agents])
+        for tenant, agent_id in pairs:
+            keys += [self._keys.agent(tenant, agent_id), self._keys.tenant_agents(tenant)]
+        await self._release_script(
+            keys=keys, args=[self._replica_id, *(agent_id for _, agent_id in pairs)]
+        )
 
     async def _announce_forever(self) -> None:
         retry = Backoff()
@@ -284,12 +283,12 @@ class RedisAgentDirectory:
     def _receive(self, data: bytes) -> None:
         try:
             message = json.loads(data)
-            agent_id = message["agent_id"]
+            tenant, agent_id = message["tenant"], message["agent_id"]
             cancel = cancel_from_data(message["cancel"])
         except (TypeError, ValueError, KeyError):
             log.exception("dropping an unreadable control message")
             return
         try:
-            self.on_cancel(cancel, agent_id)
+            self.on_cancel(cancel, tenant, agent_id)
         except Exception:  # one failing delivery must not stop the listener
             log.exception("delivering a routed cancel to %s failed", agent_id)

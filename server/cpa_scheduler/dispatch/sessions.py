@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cpa_scheduler.domain import AgentState, AttemptRef, ToDo
+from cpa_scheduler.domain import AgentState, AttemptRef, DomainError, Reason, ToDo
 
 from .matching import AgentProfile, Requirement, unmet_requirement
 
@@ -37,27 +37,98 @@ class CancelMessage:
 Outbound = AssignmentMessage | CancelMessage
 
 
-@dataclass(slots=True, kw_only=True)
+class AgentIdInUse(DomainError):  # noqa: N818 (named after its reason)
+    """A hello names an agent id a live session of its tenant already uses on this replica
+    (ALREADY_EXISTS): two processes must not share an id. A reconnecting agent names its last
+    session (`resume_session_id`) and takes that session over instead."""
+
+    reason = Reason.AGENT_ID_IN_USE
+
+
+# How many earlier session ids a session remembers as its own: an agent whose welcome was lost
+# on a cut still names the session before, and takes over the one it never heard of.
+RESUMABLE_SESSIONS = 4
+
+
 class AgentSession:
     """The server side of one agent stream. `credits` never goes below zero.
 
     `deliver` hands a message to the stream (the API layer converts it to the wire) and
-    `close` ends the stream; both never block.
+    `close` ends the stream; both never block. Changes of `credits` and `state` keep the
+    registry's index of sessions that take work up to date.
     """
 
-    profile: AgentProfile
-    connect_time: datetime
-    last_seen_time: datetime
-    deliver: Callable[[Outbound], None]
-    close: Callable[[], None]
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    state: AgentState = AgentState.CONNECTED
-    credits: int = 0
-    running: set[AttemptRef] = field(default_factory=set)
+    __slots__ = (
+        "_credits",
+        "_on_change",
+        "_state",
+        "close",
+        "connect_time",
+        "deliver",
+        "last_seen_time",
+        "profile",
+        "resumable_ids",
+        "running",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        profile: AgentProfile,
+        connect_time: datetime,
+        last_seen_time: datetime,
+        deliver: Callable[[Outbound], None],
+        close: Callable[[], None],
+        session_id: str = "",
+        state: AgentState = AgentState.CONNECTED,
+        credits: int = 0,
+        running: set[AttemptRef] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.connect_time = connect_time
+        self.last_seen_time = last_seen_time
+        self.deliver = deliver
+        self.close = close
+        self.session_id = session_id or uuid.uuid4().hex
+        # Ids a reconnecting agent may name to take this session over: its own and a few of the
+        # sessions it took over.
+        self.resumable_ids: tuple[str, ...] = (self.session_id,)
+        self.running: set[AttemptRef] = running if running is not None else set()
+        self._credits = max(0, credits)
+        self._state = state
+        self._on_change: Callable[[AgentSession], None] | None = None
 
     @property
     def agent_id(self) -> str:
         return self.profile.agent_id
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(tenant, agent_id): an agent id names an agent within its tenant only."""
+        return (self.profile.tenant, self.profile.agent_id)
+
+    @property
+    def credits(self) -> int:
+        return self._credits
+
+    @credits.setter
+    def credits(self, value: int) -> None:
+        was_taking = self.takes_work
+        self._credits = max(0, value)
+        if self._on_change is not None and self.takes_work != was_taking:
+            self._on_change(self)
+
+    @property
+    def state(self) -> AgentState:
+        return self._state
+
+    @state.setter
+    def state(self, value: AgentState) -> None:
+        was_taking = self.takes_work
+        self._state = value
+        if self._on_change is not None and self.takes_work != was_taking:
+            self._on_change(self)
 
     def grant(self, slots: int) -> None:
         """Credits the agent gave (or a result returned), never more than its free slots as
@@ -67,27 +138,100 @@ class AgentSession:
 
     @property
     def takes_work(self) -> bool:
-        return self.state is AgentState.CONNECTED and self.credits > 0
+        return self._state is AgentState.CONNECTED and self._credits > 0
+
+    def __repr__(self) -> str:
+        return (
+            f"AgentSession({self.profile.tenant!r}, {self.agent_id!r}, "
+            f"session_id={self.session_id!r}, credits={self._credits}, state={self._state})"
+        )
 
 
 class SessionRegistry:
-    """The sessions of this process, by agent id; a newer session of an agent replaces the older."""
+    """The sessions of this process, by (tenant, agent id), one live session per key.
+
+    Indexed so that dispatching never looks at every session: by tenant (ListAgents), by
+    (tenant, action) (what a requirement may match) and, within that, the sessions that take
+    work now (free credits, not draining). The cost of finding an agent for a task grows with
+    the free agents offering its action, not with the agents connected.
+    """
 
     def __init__(self) -> None:
-        self._sessions: dict[str, AgentSession] = {}
+        self._sessions: dict[tuple[str, str], AgentSession] = {}
+        self._by_tenant: dict[str, dict[str, AgentSession]] = {}
+        self._by_action: dict[tuple[str, str], dict[str, AgentSession]] = {}
+        self._free: dict[tuple[str, str], dict[str, AgentSession]] = {}
 
-    def add(self, session: AgentSession) -> AgentSession | None:
-        """Register `session`; returns the session it replaced, which the caller closes."""
-        previous = self._sessions.get(session.agent_id)
-        self._sessions[session.agent_id] = session
+    def add(self, session: AgentSession, *, resume_session_id: str = "") -> AgentSession | None:
+        """Register `session`; returns the live session of its key it took over (named by
+        `resume_session_id`), which the caller closes. AgentIdInUse when a live session of the
+        key exists and `resume_session_id` does not name it: a second process using the id."""
+        tenant, agent_id = key = session.key
+        previous = self.check_free(session, resume_session_id=resume_session_id)
+        if previous is not None:
+            self.remove(previous)
+            session.resumable_ids = (session.session_id, *previous.resumable_ids)[
+                :RESUMABLE_SESSIONS
+            ]
+        self._sessions[key] = session
+        self._by_tenant.setdefault(tenant, {})[agent_id] = session
+        for action in session.profile.actions:
+            self._by_action.setdefault((tenant, action), {})[session.session_id] = session
+        session._on_change = self._changed
+        self._changed(session)
+        return previous
+
+    def check_free(
+        self, session: AgentSession, *, resume_session_id: str = ""
+    ) -> AgentSession | None:
+        """The live session `session` would take over (None: its key is free); AgentIdInUse
+        when there is one and `resume_session_id` does not name it."""
+        previous = self._sessions.get(session.key)
+        if previous is None or previous is session:
+            return None
+        if not resume_session_id or resume_session_id not in previous.resumable_ids:
+            tenant, agent_id = session.key
+            silent_s = (session.connect_time - previous.last_seen_time).total_seconds()
+            raise AgentIdInUse(
+                f"agent id {agent_id[:200]!r} is in use by a live session of tenant "
+                f"{tenant[:200]!r} (last heard {max(0.0, silent_s):.1f} s ago); a reconnecting "
+                "agent names its last session in hello.resume_session_id, another agent needs "
+                "its own id",
+                field="hello.agent_id",
+            )
         return previous
 
     def remove(self, session: AgentSession) -> None:
-        if self._sessions.get(session.agent_id) is session:
-            del self._sessions[session.agent_id]
+        key = session.key
+        if self._sessions.get(key) is not session:
+            return
+        del self._sessions[key]
+        tenant, agent_id = key
+        _discard(self._by_tenant, tenant, agent_id)
+        for action in session.profile.actions:
+            _discard(self._by_action, (tenant, action), session.session_id)
+            _discard(self._free, (tenant, action), session.session_id)
+        session._on_change = None
 
-    def get(self, agent_id: str) -> AgentSession | None:
-        return self._sessions.get(agent_id)
+    def _changed(self, session: AgentSession) -> None:
+        """`session` started or stopped taking work: keep the free index in step."""
+        tenant = session.profile.tenant
+        if session.takes_work:
+            for action in session.profile.actions:
+                self._free.setdefault((tenant, action), {})[session.session_id] = session
+        else:
+            for action in session.profile.actions:
+                _discard(self._free, (tenant, action), session.session_id)
+
+    def get(self, tenant: str, agent_id: str) -> AgentSession | None:
+        return self._sessions.get((tenant, agent_id))
+
+    def holds(self, session: AgentSession) -> bool:
+        """Whether `session` is the live session of its agent (not one taken over or ended)."""
+        return self._sessions.get(session.key) is session
+
+    def of_tenant(self, tenant: str) -> list[AgentSession]:
+        return list(self._by_tenant.get(tenant, {}).values())
 
     def __iter__(self) -> Iterator[AgentSession]:
         return iter(list(self._sessions.values()))
@@ -97,20 +241,32 @@ class SessionRegistry:
 
     def eligible(self, requirement: Requirement) -> list[AgentSession]:
         """Sessions that can run `requirement` and have a free credit, most free credits first."""
-        sessions = [
-            s for s in self._sessions.values() if s.takes_work and s.profile.can_run(requirement)
-        ]
+        free = self._free.get((requirement.tenant, requirement.action))
+        if not free:
+            return []
+        sessions = [s for s in free.values() if s.profile.can_run(requirement)]
         sessions.sort(key=lambda s: -s.credits)
         return sessions
 
     def waiting_reason(self, requirement: Requirement) -> str:
-        """Why a queued task with this requirement is not running (derived, never stored)."""
-        unmet = unmet_requirement(requirement, (s.profile for s in self._sessions.values()))
+        """Why a queued task with this requirement is not running (derived, never stored).
+        Looks only at the sessions offering its action."""
+        offering = self._by_action.get((requirement.tenant, requirement.action), {})
+        unmet = unmet_requirement(requirement, (s.profile for s in offering.values()))
         if unmet is not None:
             return unmet
-        capable = [s for s in self._sessions.values() if s.profile.can_run(requirement)]
+        capable = [s for s in offering.values() if s.profile.can_run(requirement)]
         if all(s.state is AgentState.DRAINING for s in capable):
             return f"all {len(capable)} capable agents are draining"
         if any(s.takes_work for s in capable):
             return "being dispatched to a capable agent"
         return f"all {len(capable)} capable agents are busy"
+
+
+def _discard(index: dict[Any, dict[str, AgentSession]], key: Any, member: str) -> None:
+    """Remove `member` from the index entry `key`, and the entry once it is empty."""
+    entry = index.get(key)
+    if entry is not None:
+        entry.pop(member, None)
+        if not entry:
+            del index[key]

@@ -31,6 +31,7 @@ from .events import (
 )
 from .job import (
     Attempt,
+    AttemptNotHeld,
     AttemptRef,
     Job,
     JobChanges,
@@ -106,6 +107,7 @@ __all__ = [
     "JobSource",
     "SourceKind",
     "StaleAttempt",
+    "AttemptNotHeld",
     "Task",
     "UnresolvedInput",
     # events

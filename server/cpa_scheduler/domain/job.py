@@ -139,6 +139,13 @@ class StaleAttempt(FailedPrecondition):
     reason = Reason.STALE_ATTEMPT
 
 
+class AttemptNotHeld(FailedPrecondition):
+    """A report about the task's current attempt from an agent that does not hold it (another
+    agent's stream): refused, and it changes nothing."""
+
+    reason = Reason.ATTEMPT_NOT_HELD
+
+
 class UnresolvedInput(FailedPrecondition):
     """A task's input names an output its upstream task did not produce (see Job.inputs_of).
 
@@ -629,6 +636,16 @@ class Job:
                 f"at attempt {task.attempt}"
             )
         return task
+
+    def check_held(self, task_id: str, *, attempt: int, agent_id: str) -> None:
+        """The fence of every report (result, progress, decline): the task must run `attempt`
+        (else StaleAttempt) on `agent_id` (else AttemptNotHeld). Checked in the reporting
+        transaction, so an attempt adopted meanwhile by the agent's new session stays its own."""
+        task = self._running(task_id, attempt)
+        if task.agent_id != agent_id:
+            raise AttemptNotHeld(
+                f"task {task_id!r} attempt {attempt} is held by another agent, not {agent_id!r}"
+            )
 
     def _running(self, task_id: str, attempt: int) -> Task:
         task = self.task(task_id)

@@ -249,6 +249,9 @@ class Orchestrator(TimeSweeps):
             todo = job.tasks[task_id].todo
             if todo.inputs or (session := self.claim_agent(job.tenant, todo)) is None:
                 continue
+            if session.profile.tenant != job.tenant:  # as in assign(): never another tenant's
+                session.grant(1)
+                continue
             job.assign(
                 task_id,
                 attempt=1,
@@ -331,9 +334,23 @@ class Orchestrator(TimeSweeps):
 
     # -- agents' side -----------------------------------------------------------------------
 
-    async def assign(self, item: QueuedTask, agent_id: str) -> AssignmentMessage | None:
-        """Start the next attempt of a queued task on `agent_id`, its inputs resolved; None when
-        the item is stale, or when the task failed instead because an input is unresolved."""
+    async def assign(
+        self, item: QueuedTask, agent_id: str, *, agent_tenant: str
+    ) -> AssignmentMessage | None:
+        """Start the next attempt of a queued task on `agent_id` (of `agent_tenant`), its inputs
+        resolved; None when the item is stale, or when the task failed instead because an input
+        is unresolved. A task is never assigned to an agent of another tenant."""
+        if agent_tenant != item.tenant:
+            # Matching compares tenants; this holds even if a queue name were ever shared.
+            log.error(
+                "refusing to assign %s/%s of tenant %r to agent %r of tenant %r",
+                item.job_id,
+                item.todo.id,
+                item.tenant,
+                agent_id,
+                agent_tenant,
+            )
+            return None
         attempt = item.attempt + 1
         now = self._clock()
         task_id = item.todo.id
@@ -388,22 +405,35 @@ class Orchestrator(TimeSweeps):
         )
 
     async def report_progress(
-        self, tenant: str, ref: AttemptRef, *, percent: float | None, message: str
+        self,
+        tenant: str,
+        agent_id: str,
+        ref: AttemptRef,
+        *,
+        percent: float | None,
+        message: str,
     ) -> None:
-        now = self._clock()
-        await self._apply(
-            tenant,
-            ref.job_id,
-            lambda j: j.progress(
-                ref.task_id, attempt=ref.attempt, percent=percent, message=message, now=now
-            ),
-        )
-
-    async def report_result(self, tenant: str, ref: AttemptRef, report: ResultReport) -> None:
-        """Apply an attempt's result; StaleAttempt when it is not the current attempt."""
+        """Record progress of `agent_id`'s attempt; StaleAttempt or AttemptNotHeld as for a
+        result."""
         now = self._clock()
 
         def apply(job: Job) -> None:
+            job.check_held(ref.task_id, attempt=ref.attempt, agent_id=agent_id)
+            job.progress(
+                ref.task_id, attempt=ref.attempt, percent=percent, message=message, now=now
+            )
+
+        await self._apply(tenant, ref.job_id, apply)
+
+    async def report_result(
+        self, tenant: str, agent_id: str, ref: AttemptRef, report: ResultReport
+    ) -> None:
+        """Apply the result `agent_id` reports; StaleAttempt when it is not the current attempt,
+        AttemptNotHeld when another agent holds it (fenced in the store transaction)."""
+        now = self._clock()
+
+        def apply(job: Job) -> None:
+            job.check_held(ref.task_id, attempt=ref.attempt, agent_id=agent_id)
             error = report.error
             if report.cancelled or report.handed_back:
                 reason = error.message if error is not None else "the agent stopped the attempt"
@@ -415,14 +445,15 @@ class Orchestrator(TimeSweeps):
 
         await self._apply(tenant, ref.job_id, apply)
 
-    async def decline(self, tenant: str, ref: AttemptRef, reason: str) -> None:
-        """The agent refused an assignment: give the task to someone else, uncharged."""
+    async def decline(self, tenant: str, agent_id: str, ref: AttemptRef, reason: str) -> None:
+        """The agent refused an assignment: give the task to someone else, uncharged
+        (AttemptNotHeld when another agent holds it)."""
         declined = ResultReport(
             error=TaskError(code="DECLINED", message=f"declined by the agent: {reason}"),
             handed_back=True,
         )
         with contextlib.suppress(StaleAttempt, NotFound):
-            await self.report_result(tenant, ref, declined)
+            await self.report_result(tenant, agent_id, ref, declined)
 
     async def assignment_too_large(
         self, tenant: str, ref: AttemptRef, *, size: int, limit: int
@@ -444,7 +475,8 @@ class Orchestrator(TimeSweeps):
     async def renew_leases(
         self, tenant: str, agent_id: str, attempts: Sequence[AttemptRef]
     ) -> tuple[datetime, list[AttemptRef]]:
-        """Extend the leases of the attempts an agent runs; returns (lease_until, stale ones)."""
+        """Extend the leases of the attempts `agent_id` holds; returns (lease_until, the others:
+        stale, or held by another agent)."""
         lease_until = self._clock() + self._lease
         stale = await self._store.renew_leases(tenant, agent_id, attempts, lease_until)
         return lease_until, stale
@@ -509,7 +541,7 @@ class Orchestrator(TimeSweeps):
             for ref, agent_id in changes.cancels:
                 # If no replica holds the agent, its lease expires and the task ends CANCELLED.
                 await self._directory.route_cancel(
-                    agent_id, CancelMessage(attempt=ref, reason=job.stop_message())
+                    job.tenant, agent_id, CancelMessage(attempt=ref, reason=job.stop_message())
                 )
         except Exception as error:
             log.warning(

@@ -124,9 +124,9 @@ class Store(Protocol):
         attempts: Sequence[AttemptRef],
         lease_until: datetime,
     ) -> list[AttemptRef]:
-        """Extend the leases of attempts that are still current (RUNNING at that attempt) and
-        bind them to `agent_id`, never past an attempt's timeout_at; returns the attempts that
-        are not current (stale)."""
+        """Extend the leases of attempts that are still current (RUNNING at that attempt) on
+        `agent_id`, never past an attempt's timeout_at; returns the others (stale, or held by
+        another agent: a stream may renew only what its agent holds)."""
         ...
 
     async def save_message(self, message: StoredMessage) -> None:

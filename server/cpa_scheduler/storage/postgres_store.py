@@ -206,21 +206,22 @@ _LOCK_JOBS_FOR_RENEWAL: Final = """
     SELECT 1 FROM jobs WHERE job_id = ANY(%(job_ids)s) AND tenant = %(tenant)s
     ORDER BY job_id FOR KEY SHARE
 """
-# The fence: only the current attempt of a RUNNING task of this tenant is renewed. Tasks are
-# locked in (job_id, task_id) order, so two renewals of one task never wait in a cycle.
+# The fence: only the current attempt of a RUNNING task of this tenant, held by the renewing
+# agent, is renewed. Tasks are locked in (job_id, task_id) order, so two renewals of one task
+# never wait in a cycle.
 _RENEW: Final = """
     WITH wanted (job_id, task_id, attempt) AS (
         SELECT * FROM unnest(%(job_ids)s::text[], %(task_ids)s::text[], %(attempts)s::int[])
     ), current AS MATERIALIZED (
         SELECT t.job_id, t.task_id FROM tasks t
         JOIN wanted w ON t.job_id = w.job_id AND t.task_id = w.task_id AND t.attempt = w.attempt
-        WHERE t.state = 'RUNNING'
+        WHERE t.state = 'RUNNING' AND t.agent_id = %(agent_id)s
             AND EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = t.job_id AND j.tenant = %(tenant)s)
         ORDER BY t.job_id, t.task_id
         FOR UPDATE OF t
     )
     -- LEAST ignores NULL: never past the attempt's timeout, where the server stops waiting.
-    UPDATE tasks t SET lease_until = LEAST(%(lease_until)s, t.timeout_at), agent_id = %(agent_id)s
+    UPDATE tasks t SET lease_until = LEAST(%(lease_until)s, t.timeout_at)
     FROM current c
     WHERE t.job_id = c.job_id AND t.task_id = c.task_id
     RETURNING t.job_id, t.task_id, t.attempt

@@ -553,11 +553,12 @@ class SqliteStore:
         stale = []
         until_us = codec.time_to_us(lease_until)
         for ref in attempts:
-            # The fence: only the current attempt of a RUNNING task of this tenant is renewed.
+            # The fence: only the current attempt of a RUNNING task of this tenant, held by
+            # this agent, is renewed.
             cursor = self._db.execute(
                 # Never past the attempt's timeout: there the server stops waiting for it.
-                "UPDATE tasks SET lease_until = min(?, coalesce(timeout_at, ?)), agent_id = ? "
-                "WHERE job_id = ? AND task_id = ? AND attempt = ? AND state = ? "
+                "UPDATE tasks SET lease_until = min(?, coalesce(timeout_at, ?)) "
+                "WHERE agent_id = ? AND job_id = ? AND task_id = ? AND attempt = ? AND state = ? "
                 "AND job_id IN (SELECT job_id FROM jobs WHERE tenant = ?)",
                 (
                     until_us,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from cpa_scheduler.dispatch import AgentProfile, AgentSession, Requirement
+import pytest
+
+from cpa_scheduler.dispatch import AgentProfile, AgentSession, Requirement, SessionRegistry
 from cpa_scheduler.dispatch.matching import unmet_requirement
-from cpa_scheduler.domain import AttemptRef
+from cpa_scheduler.dispatch.sessions import AgentIdInUse
+from cpa_scheduler.domain import AgentState, AttemptRef, Reason
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -53,3 +56,92 @@ def test_an_unmet_requirement_names_what_is_missing_and_who_lacks_it() -> None:
     assert unmet_requirement(other_action, profiles) == "no connected agent offers action 'type'"
     other_tenant = Requirement(tenant="u", action="click")
     assert unmet_requirement(other_tenant, profiles) == "no connected agent offers action 'click'"
+
+
+def test_requirement_keys_never_collide_through_separators() -> None:
+    # Under the old `tenant|action|caps|labels` text these pairs named one queue.
+    pairs = [
+        (
+            Requirement(tenant="A", action="echo", capabilities=frozenset({"c|d"})),
+            Requirement(tenant="A|echo", action="c", capabilities=frozenset({"d"})),
+        ),
+        (
+            Requirement(tenant="t", action="a", capabilities=frozenset({"x,y"})),
+            Requirement(tenant="t", action="a", capabilities=frozenset({"x", "y"})),
+        ),
+        (
+            Requirement(tenant="t", action="a", labels=(("k", "v,l=w"),)),
+            Requirement(tenant="t", action="a", labels=(("k", "v"), ("l", "w"))),
+        ),
+    ]
+    for first, second in pairs:
+        assert first.key != second.key
+    # Equal requirements share a queue, whatever order their labels came in.
+    labels = (("a", "1"), ("b", "2"))
+    assert (
+        Requirement(tenant="t", action="a", labels=labels).key
+        == Requirement(tenant="t", action="a", labels=labels[::-1]).key
+    )
+
+
+def agent(agent_id: str, tenant: str = "t", *actions: str) -> AgentSession:
+    return AgentSession(
+        profile=AgentProfile(
+            agent_id=agent_id, tenant=tenant, actions=frozenset(actions or {"click"}), slots=2
+        ),
+        connect_time=NOW,
+        last_seen_time=NOW,
+        deliver=lambda message: None,
+        close=lambda: None,
+    )
+
+
+def test_sessions_are_keyed_by_tenant_and_agent_id() -> None:
+    registry = SessionRegistry()
+    first, other_tenant = agent("ag", "t"), agent("ag", "u")
+    registry.add(first)
+    assert registry.add(other_tenant) is None  # another tenant's agent: nothing replaced
+    assert (registry.get("t", "ag"), registry.get("u", "ag")) == (first, other_tenant)
+    assert registry.of_tenant("u") == [other_tenant]
+
+
+def test_a_live_agent_id_is_refused_unless_its_last_session_is_named() -> None:
+    registry = SessionRegistry()
+    first = agent("ag")
+    registry.add(first)
+
+    with pytest.raises(AgentIdInUse) as refused:
+        registry.add(agent("ag"))
+    assert refused.value.reason is Reason.AGENT_ID_IN_USE
+    with pytest.raises(AgentIdInUse):
+        registry.add(agent("ag"), resume_session_id="some-other-session")
+    assert registry.get("t", "ag") is first
+
+    second = agent("ag")
+    assert registry.add(second, resume_session_id=first.session_id) is first
+    assert registry.holds(second)
+    assert not registry.holds(first)
+    # The chain: naming the first session (its welcome was the last one heard) still works.
+    third = agent("ag")
+    assert registry.add(third, resume_session_id=first.session_id) is second
+
+
+def test_only_sessions_with_free_credits_offering_the_action_are_eligible() -> None:
+    registry = SessionRegistry()
+    idle = [agent(f"idle-{n}", "t", "other") for n in range(50)]
+    busy, free = agent("busy"), agent("free")
+    for session in [*idle, busy, free]:
+        registry.add(session)
+        session.grant(2)
+    busy.credits = 0
+    click = Requirement(tenant="t", action="click")
+
+    assert registry.eligible(click) == [free]
+    free.credits -= 1
+    busy.grant(1)
+    assert sorted(s.agent_id for s in registry.eligible(click)) == ["busy", "free"]
+    free.state = AgentState.DRAINING
+    assert registry.eligible(click) == [busy]
+    registry.remove(busy)
+    assert registry.eligible(click) == []
+    assert registry.waiting_reason(click) == "all 1 capable agents are draining"

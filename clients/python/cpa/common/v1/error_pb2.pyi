@@ -144,6 +144,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     contents, agent outputs) nests deeper than the server accepts (24 levels of objects and
     arrays), so replies that carry it would pass protobuf's decode limit; INVALID_ARGUMENT.
     """
+    ERROR_REASON_ATTEMPT_NOT_HELD: _ErrorReason.ValueType  # 65
+    """An agent reported (result, progress, decline, lease renewal) on an attempt its session
+    does not hold: the task runs on another agent. Refused on the ReportAck; nothing changes.
+    """
+    ERROR_REASON_AGENT_ID_IN_USE: _ErrorReason.ValueType  # 66
+    """A hello names an agent id that a live session of the same tenant on this replica already
+    uses (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
+    and takes over; another process must use another id or wait for that session to end.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -270,6 +279,15 @@ ERROR_REASON_NESTING_TOO_DEEP: ErrorReason.ValueType  # 60
 """A JSON value (google.protobuf.Struct: ToDo params, context, intent parameters, LAM
 contents, agent outputs) nests deeper than the server accepts (24 levels of objects and
 arrays), so replies that carry it would pass protobuf's decode limit; INVALID_ARGUMENT.
+"""
+ERROR_REASON_ATTEMPT_NOT_HELD: ErrorReason.ValueType  # 65
+"""An agent reported (result, progress, decline, lease renewal) on an attempt its session
+does not hold: the task runs on another agent. Refused on the ReportAck; nothing changes.
+"""
+ERROR_REASON_AGENT_ID_IN_USE: ErrorReason.ValueType  # 66
+"""A hello names an agent id that a live session of the same tenant on this replica already
+uses (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
+and takes over; another process must use another id or wait for that session to end.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

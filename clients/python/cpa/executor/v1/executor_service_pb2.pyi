@@ -69,6 +69,7 @@ class Hello(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     MAX_RECEIVE_BYTES_FIELD_NUMBER: _builtins.int
+    RESUME_SESSION_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Identifier stable across reconnects (a host name, a configured id)."""
     name: _builtins.str
@@ -85,6 +86,15 @@ class Hello(_message.Message):
     its own assignment budget (CPA_MAX_ASSIGNMENT_BYTES): an assignment over it fails its task
     unsent (reason ASSIGNMENT_TOO_LARGE) and batches are cut to fit. Told back in
     Welcome.max_assignment_bytes.
+    """
+    resume_session_id: _builtins.str
+    """The session_id of the last welcome this agent process received (empty on its first
+    connect). Sessions are keyed by (tenant, agent_id), one live session per key on a replica:
+    a hello whose key has a live session there takes that session over (it is closed, the new
+    one holds its attempts) when this names it or one of the few sessions it took over;
+    otherwise the stream fails with ALREADY_EXISTS, reason AGENT_ID_IN_USE (another process
+    uses the id, or the old session has not ended yet: it ends at its stream's end or after
+    lease_duration of silence).
     """
     @_builtins.property
     def capabilities(self) -> _agent_capabilities_pb2.AgentCapabilities:
@@ -107,10 +117,11 @@ class Hello(_message.Message):
         version: _builtins.str = ...,
         accepts_batches: _builtins.bool = ...,
         max_receive_bytes: _builtins.int = ...,
+        resume_session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "agent_id", b"agent_id", "capabilities", b"capabilities", "max_receive_bytes", b"max_receive_bytes", "name", b"name", "running_attempts", b"running_attempts", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "agent_id", b"agent_id", "capabilities", b"capabilities", "max_receive_bytes", b"max_receive_bytes", "name", b"name", "resume_session_id", b"resume_session_id", "running_attempts", b"running_attempts", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
