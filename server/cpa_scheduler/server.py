@@ -23,11 +23,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from cpa.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
+from cpa.executor.v1 import executor_service_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2
 
 from .api.decoded_service import add_decoded_service
-from .api.executor_servicer import ExecutorServicer
+from .api.executor_servicer import ExecutorServicer, add_executor_servicer
 from .api.lam import LamHandler
 from .api.scheduler_servicer import SchedulerServicer
 from .backends import Backends, open_backends
@@ -138,7 +138,7 @@ class SchedulerServer:
             settings=settings,
             replica_id=self.replica_id,
         )
-        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(executor, server)
+        add_executor_servicer(executor, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
