@@ -67,7 +67,7 @@ async def test_reports_for_an_attempt_held_by_another_agent_are_refused(
             result=ex.Result(job_id=job_id, task_id="t", attempt=1, outputs=_outputs(who="forger")),
         )
     )
-    acks = {}
+    acks: dict[int, tuple[bool, int]] = {}
     while len(acks) < 2:
         ack = (await second_stream.read_until("report_ack")).report_ack
         acks[ack.report_id] = (ack.accepted, ack.reason)

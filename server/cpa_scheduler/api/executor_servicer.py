@@ -27,7 +27,6 @@ from google.protobuf.message import DecodeError
 
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
-from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa_client.agent_stream import batches
 from cpa_scheduler.dispatch import AgentSession, AssignmentMessage, Outbound, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
@@ -118,8 +117,9 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
-class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
-    """One Connect call per agent session."""
+class ExecutorServicer:
+    """One Connect call per agent session (served by add_executor_servicer: Connect takes the
+    requests as bytes, so it is not the generated servicer's override)."""
 
     def __init__(
         self,
