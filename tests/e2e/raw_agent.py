@@ -85,9 +85,10 @@ class RawAgentStream:
             capabilities=capabilities,
             accepts_batches=accepts_batches,
             tenant=tenant,
-            resume_session_id=resume_session_id,
             running_attempts=list(running_attempts),
         )
+        if resume_session_id:
+            hello.resume_session_id = resume_session_id
         self.send(ex.ConnectRequest(hello=hello))
 
     async def heartbeat_ack(self, *attempts: ex.RunningAttempt) -> ex.HeartbeatAck:
