@@ -78,16 +78,23 @@ class TimeSweeps:
         what the connected agents lack."""
         now = self._clock()
         unstarted = await self._store.unstarted_tasks(now, limit=SWEEP_BATCH)
-        agents: dict[str, list[AgentProfile]] = {}
+        # Per tenant, the agents offering each action: a task's reason looks at those only,
+        # not at every agent of the tenant (thousands of agents, hundreds of tasks a sweep).
+        agents: dict[str, dict[str, list[AgentProfile]]] = {}
         for tenant, job_id, task_id in unstarted:
             if tenant not in agents:
-                agents[tenant] = [r.profile for r in await self._directory.list_agents(tenant)]
-            profiles = agents[tenant]
+                by_action: dict[str, list[AgentProfile]] = {}
+                for record in await self._directory.list_agents(tenant):
+                    for action in record.profile.actions:
+                        by_action.setdefault(action, []).append(record.profile)
+                agents[tenant] = by_action
+            offering = agents[tenant]
 
             def miss(
-                job: Job, task_id: str = task_id, profiles: list[AgentProfile] = profiles
+                job: Job, task_id: str = task_id, offering: dict[str, list[AgentProfile]] = offering
             ) -> bool:
                 requirement = Requirement.of(job.tenant, job.task(task_id).todo)
+                profiles = offering.get(requirement.action, [])
                 why = unmet_requirement(requirement, profiles) or "every capable agent was busy"
                 return job.miss_start(task_id, now=now, why=why)
 
