@@ -29,7 +29,7 @@ from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa_client.agent_stream import batches
 from cpa_scheduler.dispatch import AgentSession, AssignmentMessage, Outbound, SessionRegistry
-from cpa_scheduler.dispatch.directory import AgentDirectory
+from cpa_scheduler.dispatch.directory import AgentDirectory, taken_over_elsewhere
 from cpa_scheduler.dispatch.dispatcher import Dispatcher
 from cpa_scheduler.domain import (
     AgentState,
@@ -232,6 +232,7 @@ class ExecutorServicer:
         resume_session_id = first.hello.resume_session_id
         # Refused before adopting anything: a second process using a live agent id.
         self._sessions.check_free(session, resume_session_id=resume_session_id)
+        elsewhere = await taken_over_elsewhere(self._directory, session, resume_session_id)
         claimed = convert.attempt_refs_from_proto(first.hello.running_attempts)
         _, stale = await self._orchestrator.renew_leases(profile.tenant, profile.agent_id, claimed)
         adopted = [ref for ref in claimed if ref not in stale]
@@ -247,6 +248,8 @@ class ExecutorServicer:
         try:
             if replaced is not None:
                 replaced.close()
+            if elsewhere is not None:
+                await self._directory.close_elsewhere(elsewhere)
             self._directory.announce_now()
             log.info(
                 "agent %s of tenant %s connected (%d attempts adopted%s)",

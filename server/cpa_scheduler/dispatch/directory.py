@@ -6,6 +6,7 @@ held by another replica is routed to that replica. In-process for the embedded m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +15,9 @@ from typing import Protocol
 from cpa_scheduler.domain import AgentState
 
 from .matching import AgentProfile
-from .sessions import AgentSession, CancelMessage, SessionRegistry
+from .sessions import AgentIdInUse, AgentSession, CancelMessage, SessionRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,6 +31,8 @@ class AgentRecord:
     free_credits: int = 0
     connect_time: datetime
     last_seen_time: datetime
+    session_ids: tuple[str, ...] = ()
+    """The session's id and those it took over: what a hello may name to take it over."""
 
     @property
     def agent_id(self) -> str:
@@ -47,6 +52,7 @@ class AgentRecord:
             free_credits=session.credits,
             connect_time=session.connect_time,
             last_seen_time=session.last_seen_time,
+            session_ids=session.resumable_ids,
         )
 
 
@@ -63,6 +69,14 @@ class AgentDirectory(Protocol):
     async def route_cancel(self, tenant: str, agent_id: str, cancel: CancelMessage) -> bool:
         """Send a cancel to the replica holding (`tenant`, `agent_id`); False when no replica
         holds it."""
+        ...
+
+    async def held_elsewhere(self, tenant: str, agent_id: str) -> AgentRecord | None:
+        """The record of (`tenant`, `agent_id`) when another replica announces a session of it."""
+        ...
+
+    async def close_elsewhere(self, record: AgentRecord) -> None:
+        """Ask the replica of `record` to close that session (its agent reconnected here)."""
         ...
 
     def announce_now(self) -> None:
@@ -96,6 +110,13 @@ class LocalAgentDirectory:
         session.deliver(cancel)
         return True
 
+    async def held_elsewhere(self, tenant: str, agent_id: str) -> AgentRecord | None:
+        """There is no other replica."""
+        return None
+
+    async def close_elsewhere(self, record: AgentRecord) -> None:
+        """There is no other replica."""
+
     def announce_now(self) -> None:
         """Nothing to announce: there are no other replicas."""
 
@@ -106,3 +127,23 @@ class LocalAgentDirectory:
 def announce_records(sessions: Sequence[AgentSession], *, replica_id: str) -> list[AgentRecord]:
     """This replica's sessions as directory records."""
     return [AgentRecord.of(s, replica_id=replica_id) for s in sessions]
+
+
+async def taken_over_elsewhere(
+    directory: AgentDirectory, session: AgentSession, resume_session_id: str
+) -> AgentRecord | None:
+    """The live session of `session`'s agent on another replica that `session` takes over (its
+    hello named it in `resume_session_id`), to be closed there; AgentIdInUse when another replica
+    holds a session of the agent that the hello does not name. A directory that cannot answer
+    lets the agent in: the store still fences its reports to the attempts of its agent id."""
+    tenant, agent_id = session.key
+    try:
+        record = await directory.held_elsewhere(tenant, agent_id)
+    except Exception as error:
+        log.warning("could not check agent %s against other replicas: %s", agent_id, error)
+        return None
+    if record is None:
+        return None
+    if resume_session_id and resume_session_id in record.session_ids:
+        return record
+    raise AgentIdInUse(tenant, agent_id, holder=f"on replica {record.replica_id[:200]!r}")

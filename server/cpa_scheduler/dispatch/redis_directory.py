@@ -84,6 +84,7 @@ def agent_record_to_data(record: AgentRecord) -> Data:
         "free_credits": record.free_credits,
         "connect_time": record.connect_time.isoformat(),
         "last_seen_time": record.last_seen_time.isoformat(),
+        "session_ids": list(record.session_ids),
     }
 
 
@@ -105,6 +106,8 @@ def agent_record_from_data(data: Mapping[str, Any]) -> AgentRecord:
         free_credits=data["free_credits"],
         connect_time=datetime.fromisoformat(data["connect_time"]),
         last_seen_time=datetime.fromisoformat(data["last_seen_time"]),
+        # Absent in records of older replicas: nothing names their sessions.
+        session_ids=tuple(data.get("session_ids", ())),
     )
 
 
@@ -253,6 +256,28 @@ class RedisAgentDirectory:
         # Nobody listening: the holder is gone and its records have not expired yet.
         return receivers > 0
 
+    async def held_elsewhere(self, tenant: str, agent_id: str) -> AgentRecord | None:
+        data = await self._redis.get(self._keys.agent(tenant, agent_id))
+        if data is None:
+            return None
+        record = agent_record_from_data(json.loads(data))
+        return None if record.replica_id == self._replica_id else record
+
+    async def close_elsewhere(self, record: AgentRecord) -> None:
+        """At most once, like cancels: a session not closed ends by lease_duration of silence
+        (it is half-dead: its agent reconnected here)."""
+        message = {
+            "tenant": record.tenant,
+            "agent_id": record.agent_id,
+            "close_session": record.session_ids[0] if record.session_ids else "",
+        }
+        try:
+            await self._redis.publish(
+                self._keys.replica_control(record.replica_id), json_text.dumps(message)
+            )
+        except (RedisError, OSError) as error:
+            log.warning("could not ask replica %s to close a session: %s", record.replica_id, error)
+
     # -- background -----------------------------------------------------------------------------
 
     async def _release(self, agents: set[tuple[str, str]]) -> None:
@@ -284,6 +309,9 @@ class RedisAgentDirectory:
         try:
             message = json.loads(data)
             tenant, agent_id = message["tenant"], message["agent_id"]
+            if "close_session" in message:
+                self._close_session(tenant, agent_id, message["close_session"])
+                return
             cancel = cancel_from_data(message["cancel"])
         except (TypeError, ValueError, KeyError):
             log.exception("dropping an unreadable control message")
@@ -292,3 +320,10 @@ class RedisAgentDirectory:
             self.on_cancel(cancel, tenant, agent_id)
         except Exception:  # one failing delivery must not stop the listener
             log.exception("delivering a routed cancel to %s failed", agent_id)
+
+    def _close_session(self, tenant: str, agent_id: str, session_id: str) -> None:
+        """Another replica took this agent's session over: close ours if it is that one."""
+        session = self._sessions.get(tenant, agent_id)
+        if session is not None and session.session_id == session_id:
+            log.info("agent %s reconnected to another replica: closing its session here", agent_id)
+            session.close()

@@ -44,6 +44,14 @@ class AgentIdInUse(DomainError):  # noqa: N818 (named after its reason)
 
     reason = Reason.AGENT_ID_IN_USE
 
+    def __init__(self, tenant: str, agent_id: str, *, holder: str) -> None:
+        super().__init__(
+            f"agent id {agent_id[:200]!r} is in use by a live session of tenant {tenant[:200]!r} "
+            f"({holder}); a reconnecting agent names its last session in "
+            "hello.resume_session_id, another agent needs its own id",
+            field="hello.agent_id",
+        )
+
 
 # How many earlier session ids a session remembers as its own: an agent whose welcome was lost
 # on a cut still names the session before, and takes over the one it never heard of.
@@ -190,14 +198,9 @@ class SessionRegistry:
         if previous is None or previous is session:
             return None
         if not resume_session_id or resume_session_id not in previous.resumable_ids:
-            tenant, agent_id = session.key
             silent_s = (session.connect_time - previous.last_seen_time).total_seconds()
             raise AgentIdInUse(
-                f"agent id {agent_id[:200]!r} is in use by a live session of tenant "
-                f"{tenant[:200]!r} (last heard {max(0.0, silent_s):.1f} s ago); a reconnecting "
-                "agent names its last session in hello.resume_session_id, another agent needs "
-                "its own id",
-                field="hello.agent_id",
+                *session.key, holder=f"on this replica, last heard {max(0.0, silent_s):.1f} s ago"
             )
         return previous
 

@@ -149,8 +149,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     does not hold: the task runs on another agent. Refused on the ReportAck; nothing changes.
     """
     ERROR_REASON_AGENT_ID_IN_USE: _ErrorReason.ValueType  # 66
-    """A hello names an agent id that a live session of the same tenant on this replica already
-    uses (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
+    """A hello names an agent id that a live session of the same tenant already uses, on this
+    replica or (as the shared directory knows it) another one (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
     and takes over; another process must use another id or wait for that session to end.
     """
 
@@ -285,8 +285,8 @@ ERROR_REASON_ATTEMPT_NOT_HELD: ErrorReason.ValueType  # 65
 does not hold: the task runs on another agent. Refused on the ReportAck; nothing changes.
 """
 ERROR_REASON_AGENT_ID_IN_USE: ErrorReason.ValueType  # 66
-"""A hello names an agent id that a live session of the same tenant on this replica already
-uses (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
+"""A hello names an agent id that a live session of the same tenant already uses, on this
+replica or (as the shared directory knows it) another one (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
 and takes over; another process must use another id or wait for that session to end.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -89,12 +89,12 @@ class Hello(_message.Message):
     """
     resume_session_id: _builtins.str
     """The session_id of the last welcome this agent process received (empty on its first
-    connect). Sessions are keyed by (tenant, agent_id), one live session per key on a replica:
-    a hello whose key has a live session there takes that session over (it is closed, the new
-    one holds its attempts) when this names it or one of the few sessions it took over;
-    otherwise the stream fails with ALREADY_EXISTS, reason AGENT_ID_IN_USE (another process
-    uses the id, or the old session has not ended yet: it ends at its stream's end or after
-    lease_duration of silence).
+    connect). Sessions are keyed by (tenant, agent_id), one live session per key (on this
+    replica, and on others as the shared directory knows them): a hello whose key has a live
+    session takes that session over (it is closed, the new one holds its attempts) when this
+    names it or one of the few sessions it took over; otherwise the stream fails with
+    ALREADY_EXISTS, reason AGENT_ID_IN_USE (another process uses the id, or the old session has
+    not ended yet: it ends at its stream's end or after lease_duration of silence).
     """
     @_builtins.property
     def capabilities(self) -> _agent_capabilities_pb2.AgentCapabilities:
@@ -707,7 +707,10 @@ class ReportAck(_message.Message):
     report_id: _builtins.int
     """The report acknowledged."""
     accepted: _builtins.bool
-    """False when the report was refused (stale attempt); the agent drops it."""
+    """False when the report was refused: STALE_ATTEMPT (not the task's current attempt), or
+    ATTEMPT_NOT_HELD (the attempt runs on another agent, or this session was taken over); the
+    agent drops it.
+    """
     reason: _error_pb2.ErrorReason.ValueType
     """Why it was refused."""
     def __init__(
