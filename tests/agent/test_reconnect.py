@@ -86,6 +86,28 @@ async def test_unacked_result_is_resent_after_reconnect_and_hello_lists_running_
     assert not running.agent.unacked_results
 
 
+async def test_each_hello_names_the_session_of_the_last_welcome(
+    scheduler: ScriptedScheduler, connect_agent: ConnectAgent
+) -> None:
+    # The first hello has no session to name; after that, the server can tell a reconnect of
+    # this process (which takes its half-dead session over) from a second process with its id.
+    running, session = await connect_agent()  # welcomed as "session-1"
+    assert session.hello.resume_session_id == ""
+
+    session.drop()
+    second = await scheduler.next_session()
+    assert second.hello.resume_session_id == "session-1"
+    second.drop()  # before any welcome: the last one heard is still session-1
+    third = await scheduler.next_session()
+    assert third.hello.resume_session_id == "session-1"
+    third.welcome(session_id="session-3")
+    await third.expect("credit", ignore=_QUIET)
+    third.drop()
+    fourth = await scheduler.next_session()
+    assert fourth.hello.resume_session_id == "session-3"
+    assert not running.task.done()
+
+
 async def test_a_refused_result_is_dropped_from_the_outbox(
     scheduler: ScriptedScheduler, connect_agent: ConnectAgent
 ) -> None:
