@@ -426,14 +426,16 @@ class Orchestrator(TimeSweeps):
         await self._apply(tenant, ref.job_id, apply)
 
     async def report_result(
-        self, tenant: str, agent_id: str, ref: AttemptRef, report: ResultReport
+        self, tenant: str, agent_id: str | None, ref: AttemptRef, report: ResultReport
     ) -> None:
         """Apply the result `agent_id` reports; StaleAttempt when it is not the current attempt,
-        AttemptNotHeld when another agent holds it (fenced in the store transaction)."""
+        AttemptNotHeld when another agent holds it (fenced in the store transaction). `agent_id`
+        None: the server ends the attempt itself (no agent reported)."""
         now = self._clock()
 
         def apply(job: Job) -> None:
-            job.check_held(ref.task_id, attempt=ref.attempt, agent_id=agent_id)
+            if agent_id is not None:
+                job.check_held(ref.task_id, attempt=ref.attempt, agent_id=agent_id)
             error = report.error
             if report.cancelled or report.handed_back:
                 reason = error.message if error is not None else "the agent stopped the attempt"
@@ -470,7 +472,7 @@ class Orchestrator(TimeSweeps):
             reason=Reason.ASSIGNMENT_TOO_LARGE,
         )
         with contextlib.suppress(StaleAttempt, NotFound):
-            await self.report_result(tenant, ref, ResultReport(error=error))
+            await self.report_result(tenant, None, ref, ResultReport(error=error))
 
     async def renew_leases(
         self, tenant: str, agent_id: str, attempts: Sequence[AttemptRef]
