@@ -77,6 +77,25 @@ async def test_published_task_is_taken_once_and_gone_after_ack(queues: QueueFact
     assert await replica.queue.requirements() == []
 
 
+async def test_requirements_whose_old_text_keys_collided_get_separate_queues(
+    queues: QueueFactory,
+) -> None:
+    # ('A', 'echo', {'c|d'}) and ('A|echo', 'c', {'d'}) were both `A|echo|c|d|` before.
+    first = queued("job-1", action="echo", capabilities=frozenset({"c|d"}))
+    second = QueuedTask(
+        tenant="A|echo",
+        job_id="job-2",
+        todo=ToDo(id="t1", action="c", required_capabilities=frozenset({"d"})),
+        attempt=0,
+    )
+    first = QueuedTask(tenant="A", job_id=first.job_id, todo=first.todo, attempt=0)
+    replica = await queues()
+    await replica.queue.publish([first, second])
+
+    assert tasks_of(await replica.queue.take(requirement_of(first), 10)) == [first]
+    assert tasks_of(await replica.queue.take(requirement_of(second), 10)) == [second]
+
+
 async def test_publish_calls_on_ready(queues: QueueFactory) -> None:
     replica = await queues()
 
