@@ -27,7 +27,7 @@ from cpa.executor.v1 import executor_service_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2
 
 from .api.decoded_service import add_decoded_service
-from .api.executor_servicer import ExecutorServicer, add_executor_servicer
+from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.scheduler_servicer import SchedulerServicer
 from .backends import Backends, open_backends
@@ -138,7 +138,9 @@ class SchedulerServer:
             settings=settings,
             replica_id=self.replica_id,
         )
-        add_executor_servicer(executor, server)
+        add_decoded_service(
+            executor, executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"], server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (

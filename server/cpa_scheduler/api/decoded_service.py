@@ -1,9 +1,10 @@
 """Serving a service whose requests are decoded here rather than by gRPC.
 
-gRPC answers a request body it cannot decode with UNKNOWN ("Unexpected DecodeError") and logs a
-traceback per call. Bodies that protobuf refuses are bad input: nested deeper than its 100-level
-decode limit (a JSON value a few levels past what the server accepts anyway), or not protobuf at
-all. Decoded here, they are INVALID_ARGUMENT (MALFORMED_MESSAGE) with one log line.
+gRPC answers a request body it cannot decode with UNKNOWN ("Unexpected DecodeError"; INTERNAL on
+the agent stream) and logs a traceback per call. Bodies that protobuf refuses are bad input:
+nested deeper than its 100-level decode limit (a JSON value a few levels past what the server
+accepts anyway), or not protobuf at all. Decoded here, they are INVALID_ARGUMENT
+(MALFORMED_MESSAGE) with one log line.
 """
 
 from __future__ import annotations
@@ -27,25 +28,29 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def _malformed(
+    request_type: type[Message], data: bytes, context: Context, rpc: str
+) -> InvalidArgument:
+    """Logs the one line for an undecodable body; the error to answer it with."""
+    log.warning(
+        "%s from %s: %d bytes that are no %s (not protobuf, or nested too deep); refused",
+        rpc,
+        context.peer(),
+        len(data),
+        request_type.DESCRIPTOR.name,
+    )
+    return InvalidArgument(
+        f"the request is not a valid {request_type.DESCRIPTOR.name}: not protobuf, or "
+        "nested deeper than protobuf decodes (100 levels)",
+        reason=Reason.MALFORMED_MESSAGE,
+    )
+
+
 async def _decode(request_type: type[Message], data: bytes, context: Context, rpc: str) -> Any:
     try:
         return request_type.FromString(data)
     except DecodeError:
-        log.warning(
-            "%s from %s: %d bytes that are no %s (not protobuf, or nested too deep); refused",
-            rpc,
-            context.peer(),
-            len(data),
-            request_type.DESCRIPTOR.name,
-        )
-        await abort(
-            context,
-            InvalidArgument(
-                f"the request is not a valid {request_type.DESCRIPTOR.name}: not protobuf, or "
-                "nested deeper than protobuf decodes (100 levels)",
-                reason=Reason.MALFORMED_MESSAGE,
-            ),
-        )
+        await abort(context, _malformed(request_type, data, context, rpc))
 
 
 def _unary_unary(
@@ -67,20 +72,63 @@ def _unary_stream(
     return handle
 
 
+class _DecodedStream:
+    """A client stream's requests decoded here. An undecodable one raises its InvalidArgument to
+    whoever iterates (in a bidi handler, often a reader task of its own) and is kept in `error`,
+    so the call ends with it once the handler returns (see _stream_stream)."""
+
+    def __init__(
+        self, raw: AsyncIterator[bytes], request_type: type[Message], context: Context, rpc: str
+    ) -> None:
+        self._raw = raw
+        self._request_type = request_type
+        self._context = context
+        self._rpc = rpc
+        self.error: InvalidArgument | None = None
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async for data in self._raw:
+            try:
+                request = self._request_type.FromString(data)
+            except DecodeError:
+                self.error = _malformed(self._request_type, data, self._context, self._rpc)
+                raise self.error from None
+            yield request
+
+
+def _stream_stream(
+    behavior: Callable[[Any, Context], AsyncIterator[Any]], request_type: type[Message], rpc: str
+) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[Any]]:
+    async def handle(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        requests = _DecodedStream(raw, request_type, context, rpc)
+        async for response in behavior(requests, context):
+            yield response
+        if requests.error is not None:
+            # The handler ended because its requests did (a reader that stops on any error
+            # ends its stream cleanly): the call still says why.
+            await abort(context, requests.error)
+
+    return handle
+
+
 def add_decoded_service(
     servicer: object, service: ServiceDescriptor, server: grpc.aio.Server
 ) -> None:
-    """Serve every method of `service` (unary or server-streaming) by the servicer's method of
-    the same name, decoding each request here."""
+    """Serve every method of `service` (unary, server-streaming or bidi) by the servicer's
+    method of the same name, decoding each request here."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
         serializer = message_factory.GetMessageClass(method.output_type).SerializeToString
         behavior = getattr(servicer, method.name)
         rpc = f"{service.name}.{method.name}"
+        if method.client_streaming and not method.server_streaming:
+            raise ValueError(f"{rpc}: client streams are decoded here only in bidi calls")
         if method.client_streaming:
-            raise ValueError(f"{rpc}: client streams are not decoded here")
-        if method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _stream_stream(behavior, request_type, rpc), response_serializer=serializer
+            )
+        elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _unary_stream(behavior, request_type, rpc), response_serializer=serializer
             )

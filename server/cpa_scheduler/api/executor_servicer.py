@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
-from google.protobuf.message import DecodeError
 
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
+from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa_client.agent_stream import batches
 from cpa_scheduler.dispatch import AgentSession, AssignmentMessage, Outbound, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory, taken_over_elsewhere
@@ -67,59 +66,15 @@ def _batch(responses: list[pb.ConnectResponse]) -> pb.ConnectResponse:
     return pb.ConnectResponse(batch=pb.ResponseBatch(responses=responses))
 
 
-class _DecodedRequests:
-    """The stream's requests, decoded here and not by gRPC (the handler takes raw bytes): bytes
-    that are no ConnectRequest end the call with INVALID_ARGUMENT (MALFORMED_MESSAGE) and one log
-    line, where gRPC's own decoding answers INTERNAL and logs a traceback per message. Iterating
-    raises the error; `error` keeps it for the call's end (see Connect)."""
-
-    def __init__(self, raw: AsyncIterator[bytes], peer: str) -> None:
-        self._raw = raw
-        self._peer = peer
-        self.error: InvalidArgument | None = None
-
-    def __aiter__(self) -> AsyncIterator[pb.ConnectRequest]:
-        return self._decode()
-
-    async def _decode(self) -> AsyncIterator[pb.ConnectRequest]:
-        async for data in self._raw:
-            try:
-                yield pb.ConnectRequest.FromString(data)
-            except DecodeError:
-                log.warning(
-                    "agent stream from %s sent %d bytes that are no ConnectRequest; ending it",
-                    self._peer,
-                    len(data),
-                )
-                self.error = InvalidArgument(
-                    "a message on the stream is not a valid ConnectRequest",
-                    reason=Reason.MALFORMED_MESSAGE,
-                )
-                raise self.error from None
-
-
-def add_executor_servicer(servicer: ExecutorServicer, server: grpc.aio.Server) -> None:
-    """Serve ExecutorService with Connect taking raw bytes (decoded by _DecodedRequests)."""
-    handler = grpc.stream_stream_rpc_method_handler(
-        servicer.Connect,
-        request_deserializer=None,
-        response_serializer=pb.ConnectResponse.SerializeToString,
-    )
-    service = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service, {"Connect": handler}),)
-    )
-
-
 def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
 
 
-class ExecutorServicer:
-    """One Connect call per agent session (served by add_executor_servicer: Connect takes the
-    requests as bytes, so it is not the generated servicer's override)."""
+class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
+    """One Connect call per agent session (served by add_decoded_service, which decodes the
+    agent's messages: garbage ends the stream with INVALID_ARGUMENT, not INTERNAL)."""
 
     def __init__(
         self,
@@ -188,10 +143,9 @@ class ExecutorServicer:
 
     @translate_errors
     async def Connect(
-        self, raw_requests: AsyncIterator[bytes], context: Context
+        self, requests: AsyncIterator[pb.ConnectRequest], context: Context
     ) -> AsyncIterator[pb.ConnectResponse]:
         self._refuse_if_stopping()
-        requests = _DecodedRequests(raw_requests, context.peer())
         request_iterator = aiter(requests)
         first = await anext(request_iterator, None)
         if first is None:
@@ -275,8 +229,6 @@ class ExecutorServicer:
             batch_bytes = max_send_bytes if first.hello.accepts_batches else 0
             async for message in batches(outgoing, batch_bytes=lambda: batch_bytes, wrap=_batch):
                 yield message
-            if requests.error is not None:
-                raise requests.error  # garbage ended the reader: the call says so
         finally:
             watchdog.cancel()
             if reader is not None:
