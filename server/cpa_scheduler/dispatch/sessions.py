@@ -38,9 +38,9 @@ Outbound = AssignmentMessage | CancelMessage
 
 
 class AgentIdInUse(DomainError):  # noqa: N818 (named after its reason)
-    """A hello names an agent id a live session of its tenant already uses on this replica
-    (ALREADY_EXISTS): two processes must not share an id. A reconnecting agent names its last
-    session (`resume_session_id`) and takes that session over instead."""
+    """A hello names an agent id a live session of its tenant already uses, on this replica or
+    another (ALREADY_EXISTS): two processes must not share an id. A reconnecting agent names its
+    last session (`resume_session_id`) and takes that session over instead."""
 
     reason = Reason.AGENT_ID_IN_USE
 
