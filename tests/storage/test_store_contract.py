@@ -399,6 +399,28 @@ async def test_a_write_the_database_refuses_fails_alone_within_its_batch(store: 
     assert (await store.get_job(TENANT, "job-3")).state is JobState.PENDING
 
 
+async def test_a_lone_refused_write_stores_nothing_and_the_next_one_commits(store: Store) -> None:
+    # One write per transaction (the usual case of a large job's progress): no savepoint.
+    await create(store, new_job("job-1"))
+
+    def cancel_then_refuse(job: Job) -> None:
+        job.cancel(now=at(1))
+        raise FailedPrecondition("refused after changing the job")
+
+    with pytest.raises(FailedPrecondition):
+        await store.update_job(TENANT, "job-1", cancel_then_refuse)
+    with pytest.raises(Exception) as refused:
+        await create_one(store, new_job("job-1", now=at(9)))  # the same job id again
+    assert not isinstance(refused.value, DomainError)
+    await store.update_job(TENANT, "job-1", assigning("a"))
+
+    job = await store.get_job(TENANT, "job-1")
+    assert (job.create_time, job.cancel_requested) == (NOW, False)
+    assert job.tasks["a"].state is TaskState.RUNNING
+    events = await store.list_events(TENANT, "job-1", after_sequence=0, limit=100)
+    assert [e.sequence for e in events] == list(range(1, job.last_event_sequence + 1))
+
+
 async def test_stale_attempts_are_refused_and_change_nothing(store: Store) -> None:
     await create(store, new_job("job-1"))
     await store.update_job(TENANT, "job-1", assigning("a"))

@@ -7,7 +7,9 @@ numbers and note the effects to carry out after commit (tasks to queue, attempts
 
 from __future__ import annotations
 
+import heapq
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -164,6 +166,79 @@ class UnresolvedInput(FailedPrecondition):
         )
 
 
+class _Progress:
+    """What promotion and the end-of-job check need, kept up to date by Job._move_task so that
+    a transition costs O(its effect), not O(tasks): per-state counts, each task's number of
+    dependencies not yet SUCCEEDED, and the PENDING tasks with none left (a heap of insertion
+    positions, so they are queued in insertion order as a full scan would; entries that left
+    PENDING since are dropped when popped). Built once per aggregate (creation or load).
+    """
+
+    __slots__ = ("counts", "dependents", "position", "rank", "ready", "tasks", "unmet")
+
+    def __init__(self, tasks: dict[str, Task], topological_order: tuple[str, ...]) -> None:
+        self.tasks = list(tasks.values())
+        self.position = {task.id: index for index, task in enumerate(self.tasks)}
+        self.rank = {task_id: rank for rank, task_id in enumerate(topological_order)}
+        self.dependents: list[list[int]] = [[] for _ in self.tasks]
+        self.unmet = [0] * len(self.tasks)
+        self.counts: Counter[TaskState] = Counter(task.state for task in self.tasks)
+        for index, task in enumerate(self.tasks):
+            for dependency in task.todo.depends_on:
+                upstream = self.position[dependency]
+                self.dependents[upstream].append(index)
+                if self.tasks[upstream].state is not TaskState.SUCCEEDED:
+                    self.unmet[index] += 1
+        self.ready = [
+            index
+            for index, task in enumerate(self.tasks)
+            if task.state is TaskState.PENDING and self.unmet[index] == 0
+        ]  # ascending: already a heap
+
+    @property
+    def active(self) -> int:
+        return self.counts[TaskState.QUEUED] + self.counts[TaskState.RUNNING]
+
+    def moved(self, task: Task, previous: TaskState) -> None:
+        """`task` went from `previous` to its current state."""
+        target = task.state
+        self.counts[previous] -= 1
+        self.counts[target] += 1
+        index = self.position[task.id]
+        if target is TaskState.SUCCEEDED or previous is TaskState.SUCCEEDED:
+            step = -1 if target is TaskState.SUCCEEDED else 1
+            for dependent in self.dependents[index]:
+                self.unmet[dependent] += step
+                if self.unmet[dependent] == 0 and self.tasks[dependent].state is TaskState.PENDING:
+                    heapq.heappush(self.ready, dependent)
+        if target is TaskState.PENDING and self.unmet[index] == 0:
+            heapq.heappush(self.ready, index)
+
+    def pop_ready(self) -> Task | None:
+        """The earliest-inserted PENDING task whose dependencies all succeeded, or None."""
+        while self.ready:
+            index = heapq.heappop(self.ready)
+            task = self.tasks[index]
+            if task.state is TaskState.PENDING and self.unmet[index] == 0:
+                return task
+        return None
+
+    def pending_downstream(self, task_id: str) -> list[Task]:
+        """The PENDING tasks downstream of `task_id`, in topological order. The walk stops at
+        tasks that are not PENDING: what lies behind them was skipped (or cancelled) with them,
+        so a second failure before the same fan-in does not walk its downstream again."""
+        found: set[int] = set()
+        stack = [self.position[task_id]]
+        while stack:
+            for dependent in self.dependents[stack.pop()]:
+                if dependent not in found and self.tasks[dependent].state is TaskState.PENDING:
+                    found.add(dependent)
+                    stack.append(dependent)
+        downstream = [self.tasks[index] for index in found]
+        downstream.sort(key=lambda task: self.rank[task.id])
+        return downstream
+
+
 @dataclass(slots=True, kw_only=True)
 class Job:
     """The aggregate. Create with `Job.create`; mutate only through its methods."""
@@ -194,6 +269,7 @@ class Job:
     end_time: datetime | None = None
     changes: JobChanges = field(default_factory=JobChanges, repr=False, compare=False)
     _graph: TaskGraph | None = field(default=None, repr=False, compare=False)
+    _index: _Progress | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(
@@ -251,6 +327,12 @@ class Job:
                 reason=Reason.TASK_NOT_FOUND,
                 field="task_id",
             ) from None
+
+    @property
+    def _progress(self) -> _Progress:
+        if self._index is None:
+            self._index = _Progress(self.tasks, self.graph.topological_order())
+        return self._index
 
     def retry_policy_of(self, task: Task) -> RetryPolicy:
         return task.todo.retry_policy or self.options.default_retry_policy or DEFAULT_RETRY_POLICY
@@ -705,28 +787,23 @@ class Job:
             message=f"not run: task {task.id!r} failed",
             reason=Reason.UPSTREAM_FAILED,
         )
-        for task_id in self.graph.downstream(task.id):
-            downstream = self.tasks[task_id]
-            if downstream.state is TaskState.PENDING:
-                downstream.error = skipped
-                self._move_task(downstream, TaskState.SKIPPED, now, error=skipped)
+        for downstream in self._progress.pending_downstream(task.id):
+            downstream.error = skipped
+            self._move_task(downstream, TaskState.SKIPPED, now, error=skipped)
         self._settle(now)
 
     def _promote_ready(self, now: datetime) -> None:
-        """Queue PENDING tasks whose dependencies all succeeded, within the parallelism bound."""
+        """Queue PENDING tasks whose dependencies all succeeded, within the parallelism bound.
+
+        O(tasks promoted): the ready ones come from the progress index, not a scan."""
         if self.cancel_requested or self.is_terminal:
             return
-        budget = self.options.max_parallelism - sum(
-            1 for task in self.tasks.values() if task.state in _ACTIVE
-        )
-        for task in self.tasks.values():
-            if budget <= 0:
+        progress = self._progress
+        budget = self.options.max_parallelism - progress.active
+        while budget > 0:
+            task = progress.pop_ready()
+            if task is None:
                 return
-            if task.state is not TaskState.PENDING or not all(
-                self.tasks[dependency].state is TaskState.SUCCEEDED
-                for dependency in task.todo.depends_on
-            ):
-                continue
             if task.todo.requires_approval:
                 self._move_task(task, TaskState.WAITING_APPROVAL, now)
                 continue
@@ -737,24 +814,25 @@ class Job:
     def _settle(self, now: datetime) -> None:
         """After a task ended: queue what became ready, and end the job when nothing can run."""
         self._promote_ready(now)
-        states = [task.state for task in self.tasks.values()]
-        if any(state in _ACTIVE for state in states):
+        counts = self._progress.counts
+        if self._progress.active:
             return
         # Before the PENDING check: tasks behind an approval stay PENDING until it is given.
-        if TaskState.WAITING_APPROVAL in states:
+        if counts[TaskState.WAITING_APPROVAL]:
             if self.state is not JobState.WAITING_APPROVAL:
                 self._move_job(JobState.WAITING_APPROVAL, now)
             return
-        if TaskState.PENDING in states and not self.cancel_requested:
+        if counts[TaskState.PENDING] and not self.cancel_requested:
             return  # cannot happen with a valid graph; kept so a job is never ended early
         if self.cancel_requested and self.cancel_reason is Reason.JOB_DEADLINE_EXCEEDED:
             assert self.options.deadline is not None  # only expire() sets this reason
             self._end_job(JobState.FAILED, now, error=_deadline_error(self.options.deadline))
         elif self.cancel_requested:
             self._end_job(JobState.CANCELLED, now, error=None)
-        elif all(state is TaskState.SUCCEEDED for state in states):
+        elif counts[TaskState.SUCCEEDED] == len(self.tasks):
             self._end_job(JobState.SUCCEEDED, now, error=None)
         else:
+            # Once per job: the scan is the job's end, not a transition's.
             first_failure = next(
                 task.error for task in self.tasks.values() if task.state is TaskState.FAILED
             )
@@ -793,6 +871,7 @@ class Job:
         error: TaskError | None = None,
         outputs: Mapping[str, Any] | None = None,
     ) -> None:
+        progress = self._progress  # built (if need be) from the states before this move
         previous = task.state
         task.state = TASK_STATE_MACHINE.transition(previous, target)
         task.start_by = None
@@ -804,6 +883,7 @@ class Job:
                 task.start_by = ready_time + timedelta(seconds=task.todo.schedule_to_start_s)
         if TASK_STATE_MACHINE.is_terminal(target):
             task.end_time = now
+        progress.moved(task, previous)
         self.changes.dirty_tasks.add(task.id)
         self.update_time = now
         self._record(

@@ -258,19 +258,25 @@ class SqliteStore:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        # A lone operation needs no savepoint: if it is refused, the whole transaction is
+        # rolled back (two statements fewer per commit when changes come one at a time).
+        alone = len(batch) == 1
         try:
             self._db.execute("BEGIN IMMEDIATE")
             for operation, future in batch:
-                self._db.execute("SAVEPOINT op")
+                if not alone:
+                    self._db.execute("SAVEPOINT op")
                 try:
                     result = operation()
                 except Exception as rejected:
-                    self._db.execute("ROLLBACK TO op")
+                    self._db.execute("ROLLBACK" if alone else "ROLLBACK TO op")
                     results.append((future, None, rejected))
                 else:
                     results.append((future, result, None))
-                self._db.execute("RELEASE op")
-            self._db.execute("COMMIT")
+                if not alone:
+                    self._db.execute("RELEASE op")
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
         except BaseException as failure:  # the whole batch failed: nothing was stored
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
