@@ -14,6 +14,7 @@ from typing import Any
 from cpa_agent import Agent, AgentSettings, builtin_registry
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
+from cpa_scheduler.storage import DataDirectoryInUseError
 
 from .common import CliError, dialable_host, split_host_port
 
@@ -42,8 +43,10 @@ class LocalStack:
         host, _ = split_host_port(listen)
         try:
             port = await self.server.start(listen)
-        except RuntimeError as error:  # grpc could not bind; stop() still closes the store
-            raise CliError(f"cannot listen on {listen}: {error}") from None
+        except DataDirectoryInUseError as error:  # another server holds the data directory
+            raise CliError(str(error)) from None
+        except RuntimeError as error:  # e.g. grpc could not bind; stop() still closes the store
+            raise CliError(str(error)) from None
         self.address = f"{dialable_host(host)}:{port}"
         if self._agent_overrides is not None:
             settings = AgentSettings(**{**self._agent_overrides, "server": self.address})

@@ -9,6 +9,7 @@ lets other calls finish within the grace period, then closes the store (docs/ARC
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -66,6 +67,34 @@ _SHARED_QUEUE_POLL_S = 0.5
 _BACKGROUND_STOP_TIMEOUT_S = 5.0
 
 
+def _bind(server: grpc.aio.Server, address: str) -> int:
+    """Bind `address`; a RuntimeError that says why (gRPC's own says only "Failed to bind")."""
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise RuntimeError(f"cannot bind {address}: {_bind_failure(address)}")
+    return port
+
+
+def _bind_failure(address: str) -> str:
+    """Why the OS refuses to bind `address` (the port in use, most often), asked with a plain
+    socket since gRPC does not tell."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM)
+        family, kind, _, _, where = infos[0]
+        with socket.socket(family, kind) as probe:
+            probe.bind(where)
+    except (OSError, ValueError, IndexError) as refusal:
+        if isinstance(refusal, OSError) and refusal.errno == errno.EADDRINUSE:
+            return "address already in use (another server listens there)"
+        return str(refusal)
+    return "refused by gRPC (see its log with GRPC_VERBOSITY=debug)"
+
+
 class SchedulerServer:
     """One scheduler replica."""
 
@@ -115,6 +144,9 @@ class SchedulerServer:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # gRPC's default SO_REUSEPORT let a second server bind the same port and take
+                # a share of new connections; without it the second bind fails (_bind).
+                ("grpc.so_reuseport", 0),
             ]
         )
         # Requests decoded by us: an undecodable body is INVALID_ARGUMENT, not gRPC's UNKNOWN.
@@ -163,9 +195,7 @@ class SchedulerServer:
         """Build, recover queued work, bind and serve; returns the bound port."""
         self._components = components = await self._build()
         assert self._server is not None
-        port = self._server.add_insecure_port(address or self.settings.listen_address)
-        if port == 0:
-            raise RuntimeError(f"cannot bind {address or self.settings.listen_address}")
+        port = _bind(self._server, address or self.settings.listen_address)
         recovered = await components.orchestrator.recover()
         self._background = [
             asyncio.create_task(components.dispatcher.run(), name="dispatcher"),

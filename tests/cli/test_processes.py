@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 from .conftest import CONNECTED, START_TIMEOUT_S, StartCli, start_server
@@ -104,3 +105,42 @@ def test_agent_connects_to_serve_runs_work_and_drains_on_sigterm(
     assert agent.exit_code(STOP_TIMEOUT_S) == 0, agent.report()
     server.terminate()
     assert server.exit_code(STOP_TIMEOUT_S) == 0, server.report()
+
+
+def test_a_second_serve_on_the_same_port_fails_saying_the_address_is_in_use(
+    start_cli: StartCli,
+) -> None:
+    first, address = start_server(start_cli)
+
+    second = start_cli("serve", "--listen", address, "--data-dir", "other-data")
+
+    assert second.exit_code(START_TIMEOUT_S) == 2, second.report()
+    assert f"cannot bind {address}: address already in use" in second.stderr(), second.report()
+    assert first.popen.poll() is None  # the first one still serves, alone on its port
+
+
+def test_a_second_serve_on_the_same_data_dir_fails_naming_the_first_one(
+    start_cli: StartCli, tmp_path: Path
+) -> None:
+    first, _address = start_server(start_cli)
+
+    second = start_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", "data")
+
+    assert second.exit_code(START_TIMEOUT_S) == 2, second.report()
+    assert f"in use by another cpa server (pid {first.popen.pid}" in second.stderr()
+    assert (tmp_path / "data" / "cpa.lock").read_text().strip() == str(first.popen.pid)
+    # Once the first one stops, the directory is free again.
+    first.terminate()
+    assert first.exit_code(STOP_TIMEOUT_S) == 0, first.report()
+    start_server(start_cli)
+
+
+def test_the_data_dir_is_private_to_its_owner(start_cli: StartCli, tmp_path: Path) -> None:
+    start_server(start_cli)
+
+    data = tmp_path / "data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    files = sorted(path.name for path in data.iterdir())
+    assert {"cpa.lock", "cpa.sqlite3", "cpa.sqlite3-wal", "cpa.sqlite3-shm"} <= set(files)
+    for name in files:
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name

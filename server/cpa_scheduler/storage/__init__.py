@@ -1,5 +1,6 @@
 """Durable state: the Store interface and its implementations (SQLite embedded, PostgreSQL)."""
 
+from .data_dir import DataDirectoryInUseError
 from .interface import QueuedTask, Store, StoredMessage
 from .migrations import (
     DatabaseUnavailableError,
@@ -20,6 +21,8 @@ __all__ = [
     # Implementations
     "PostgresStore",
     "SqliteStore",
+    # The embedded store's directory is held by another process
+    "DataDirectoryInUseError",
     # PostgreSQL schema and errors
     "DatabaseUnavailableError",
     "InvalidDatabaseUrlError",

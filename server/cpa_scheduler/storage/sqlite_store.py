@@ -32,6 +32,7 @@ from cpa_scheduler.domain import (
 )
 
 from . import codec
+from .data_dir import DataDirectoryLock, make_private_file
 from .interface import QueuedTask, StoredMessage
 
 T = TypeVar("T")
@@ -184,8 +185,11 @@ def _checkpoint(connection: sqlite3.Connection) -> None:
 class SqliteStore:
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `close()`."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, lock: DataDirectoryLock | None = None
+    ) -> None:
         self._db = connection
+        self._lock = lock
         # Aggregates of unfinished jobs, as last committed. This process is the only writer of
         # the file, so they stay true; loading a job per transition was most of the write cost.
         self._live: dict[str, Job] = {}
@@ -196,8 +200,20 @@ class SqliteStore:
 
     @classmethod
     async def open(cls, path: Path | str) -> SqliteStore:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        """Open (or create) the store at `path`, holding its directory's lock (data_dir.py) until
+        close(); DataDirectoryInUseError when another process holds it."""
+        if str(path) == ":memory:":
+            return cls._open(path, None)
+        lock = DataDirectoryLock.acquire(Path(path).parent)
+        try:
+            make_private_file(Path(path))
+            return cls._open(path, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open(cls, path: Path | str, lock: DataDirectoryLock | None) -> SqliteStore:
         connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         connection.row_factory = sqlite3.Row
         connection.execute("PRAGMA journal_mode=WAL")
@@ -221,7 +237,7 @@ class SqliteStore:
                     connection.execute(statement)
         connection.executescript(_SCHEMA)
         connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        store = cls(connection)
+        store = cls(connection, lock)
         store._checkpointer = asyncio.create_task(store._checkpoint_forever(str(path)))
         return store
 
@@ -623,3 +639,5 @@ class SqliteStore:
         self._closed = True
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+        if self._lock is not None:
+            self._lock.release()
