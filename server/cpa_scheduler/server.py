@@ -30,6 +30,7 @@ from cpa.scheduler.v1 import scheduler_service_pb2
 from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
+from .api.page_token import PageTokens
 from .api.scheduler_servicer import SchedulerServicer
 from .backends import Backends, open_backends
 from .background import stop_tasks
@@ -38,6 +39,7 @@ from .dispatch.dispatcher import Dispatcher
 from .orchestration import Orchestrator
 from .planning import Planner
 from .settings import Settings
+from .storage.data_dir import read_or_create_secret
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,30 @@ _SHARED_QUEUE_POLL_S = 0.5
 
 # How long stop() waits for the background tasks (dispatcher, sweeper, reconciler) to end.
 _BACKGROUND_STOP_TIMEOUT_S = 5.0
+
+
+PAGE_TOKEN_SECRET = "page_token.secret"
+_MIN_SECRET_CHARS = 16
+
+
+def _configured_secrets(settings: Settings) -> list[bytes]:
+    """settings.page_token_secrets, checked; empty in the embedded mode when none is set.
+
+    Replicas sharing a database must verify each other's tokens (a client's next page may
+    reach another replica), so each making up its own secret would break paging at random:
+    the distributed mode refuses to start without the setting instead."""
+    secrets = [part.strip() for part in settings.page_token_secrets.split(",") if part.strip()]
+    if any(len(secret) < _MIN_SECRET_CHARS for secret in secrets):
+        raise RuntimeError(
+            f"CPA_PAGE_TOKEN_SECRETS: each secret needs at least {_MIN_SECRET_CHARS} characters"
+        )
+    if not secrets and settings.database_url:
+        raise RuntimeError(
+            "CPA_PAGE_TOKEN_SECRETS is not set: replicas that share a database sign page tokens "
+            "with the same secrets; set it (the same on every replica), e.g. to the output of "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`"
+        )
+    return [secret.encode() for secret in secrets]
 
 
 def _bind(server: grpc.aio.Server, address: str) -> int:
@@ -116,8 +142,17 @@ class SchedulerServer:
         settings = self.settings
         # Load the catalog first: a broken one must stop the start, naming file and line.
         planner = Planner.from_settings(settings)
+        configured_secrets = _configured_secrets(settings)
         sessions = SessionRegistry()
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
+        try:
+            # The embedded server's own secret, read or made under the data directory's lock.
+            page_tokens = PageTokens(
+                configured_secrets or [read_or_create_secret(settings.data_dir / PAGE_TOKEN_SECRET)]
+            )
+        except BaseException:
+            await backends.close()
+            raise
         directory, bus = backends.directory, backends.bus
         orchestrator = Orchestrator(
             store=backends.store,
@@ -158,6 +193,7 @@ class SchedulerServer:
                 bus=bus,
                 lam=LamHandler(orchestrator=orchestrator, settings=settings),
                 settings=settings,
+                page_tokens=page_tokens,
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,

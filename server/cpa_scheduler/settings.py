@@ -156,6 +156,14 @@ class Settings(BaseSettings):
         default="default",
         description="Tenant of callers and agents that name none (the embedded default has one).",
     )
+    page_token_secrets: str = Field(
+        default="",
+        description="Comma-separated secrets (each at least 16 characters) that sign page "
+        "tokens: the first signs, every one verifies, so a new one is put first and an old one "
+        "dropped once its tokens are no longer in use. Every replica needs the same list; "
+        "required with database_url. Empty in the embedded mode: a random secret is kept in "
+        "data_dir/page_token.secret.",
+    )
     replica_id: str = Field(
         default="", description="Name of this server process; empty: host name and pid."
     )

@@ -47,7 +47,7 @@ from .list_filter import (
     parse_agent_filter,
     parse_job_filter,
 )
-from .page_token import decode_page_token, encode_page_token, fingerprint_query, page_size
+from .page_token import PageTokens, fingerprint_query, page_size
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -137,8 +137,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         bus: EventBus,
         lam: LamHandler,
         settings: Settings,
+        page_tokens: PageTokens,
     ) -> None:
         self._orchestrator = orchestrator
+        self._page_tokens = page_tokens
         self._sessions = sessions
         self._directory = directory
         self._bus = bus
@@ -254,14 +256,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         limit = page_size(request.page_size, default=_LIST_JOBS_DEFAULT, maximum=_LIST_JOBS_MAX)
         full = job_views.is_full_view(request.view, default_full=False)
         query = fingerprint_query("jobs", format_job_filter(job_filter))
+        tenant = self._tenant(context)
         after = (
-            decode_page_token(request.page_token, query_fingerprint=query)
+            self._page_tokens.jobs_position(
+                request.page_token, tenant=tenant, query_fingerprint=query
+            )
             if request.page_token
             else None
         )
-        jobs = await self._orchestrator.list_jobs(
-            self._tenant(context), job_filter, after=after, limit=limit + 1
-        )
+        jobs = await self._orchestrator.list_jobs(tenant, job_filter, after=after, limit=limit + 1)
         response = pb.ListJobsResponse()
         budget = self._settings.list_jobs_page_max_bytes
         for job in jobs[:limit]:
@@ -274,8 +277,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             budget -= size
         if len(jobs) > len(response.jobs):
             last = jobs[len(response.jobs) - 1]
-            response.next_page_token = encode_page_token(
+            response.next_page_token = self._page_tokens.jobs_token(
                 PagePosition(create_time=last.create_time, job_id=last.job_id),
+                tenant=tenant,
                 query_fingerprint=query,
             )
         return response
@@ -407,23 +411,25 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         agent_filter = parse_agent_filter(request.filter)
         limit = page_size(request.page_size, default=_LIST_AGENTS_DEFAULT, maximum=_LIST_AGENTS_MAX)
         query = fingerprint_query("agents", format_agent_filter(agent_filter))
+        tenant = self._tenant(context)
         records = [
             r
-            for r in await self._directory.list_agents(self._tenant(context))
+            for r in await self._directory.list_agents(tenant)
             if agent_filter.matches(
                 r.state.value, r.profile.actions, r.profile.capabilities, r.profile.labels
             )
         ]
         start = 0
         if request.page_token:
-            # Agents page by id; the token's position reuses its id slot for the agent id.
-            after = decode_page_token(request.page_token, query_fingerprint=query).job_id
+            # Agents page by id: the token holds the last agent id of the previous page.
+            after = self._page_tokens.agents_after(
+                request.page_token, tenant=tenant, query_fingerprint=query
+            )
             start = next((i for i, r in enumerate(records) if r.agent_id > after), len(records))
         page = records[start : start + limit]
         response = pb.ListAgentsResponse(agents=[convert.agent_to_proto(r) for r in page])
         if start + limit < len(records):
-            response.next_page_token = encode_page_token(
-                PagePosition(create_time=page[-1].connect_time, job_id=page[-1].agent_id),
-                query_fingerprint=query,
+            response.next_page_token = self._page_tokens.agents_token(
+                page[-1].agent_id, tenant=tenant, query_fingerprint=query
             )
         return response

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 from pathlib import Path
 
 LOCK_FILE = "cpa.lock"
@@ -86,3 +87,35 @@ def make_private_file(path: Path) -> None:
     for suffix in ("-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(f"{path}{suffix}", FILE_MODE)
+
+
+SECRET_BYTES = 32
+
+
+def read_or_create_secret(path: Path) -> bytes:
+    """The secret kept in `path` (0600), made of SECRET_BYTES random bytes on first use.
+
+    Call it while holding the directory's lock: only one process creates it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        os.chmod(path, FILE_MODE)
+        text = path.read_text(encoding="ascii").strip()
+        try:
+            secret = bytes.fromhex(text)
+        except ValueError:
+            secret = b""
+        if len(secret) < SECRET_BYTES // 2:
+            raise ValueError(
+                f"{path} does not hold a secret (hex, at least {SECRET_BYTES // 2} bytes); "
+                "delete it to have a new one made (page tokens issued before become invalid)"
+            ) from None
+        return secret
+    secret = secrets.token_bytes(SECRET_BYTES)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        os.write(fd, f"{secret.hex()}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return secret

@@ -1,9 +1,11 @@
-"""Page tokens (AIP-158): round trips, every refusal with its reason and message, page sizes."""
+"""Page tokens (AIP-158): round trips, every refusal with its reason and message, signing with
+rotated secrets, tenants and lists kept apart, page sizes."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -11,13 +13,7 @@ from typing import Any
 import pytest
 
 from cpa_scheduler.api.list_filter import format_job_filter, parse_job_filter
-from cpa_scheduler.api.page_token import (
-    TOKEN_VERSION,
-    decode_page_token,
-    encode_page_token,
-    fingerprint_query,
-    page_size,
-)
+from cpa_scheduler.api.page_token import TOKEN_VERSION, PageTokens, fingerprint_query, page_size
 from cpa_scheduler.domain import InvalidArgument, PagePosition, Reason
 
 QUERY = fingerprint_query("jobs", "state = FAILED")
@@ -25,7 +21,22 @@ POSITION = PagePosition(
     create_time=datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC), job_id="job-7f3a"
 )
 MALFORMED = "page_token: malformed; pass the previous response's next_page_token unchanged"
-CHECKSUM_MISMATCH = "page_token: checksum mismatch, the token was altered"
+CHECKSUM_MISMATCH = (
+    "page_token: signature mismatch: the token was altered, or not issued by this deployment "
+    "(or under a secret it no longer has); list again without page_token"
+)
+SECRET = b"the current secret, 32 bytes ..."
+OLD_SECRET = b"the previous secret, still valid"
+TOKENS = PageTokens([SECRET, OLD_SECRET])
+TENANT = "tenant-a"
+
+
+def encode_page_token(position: PagePosition, *, query_fingerprint: str) -> str:
+    return TOKENS.jobs_token(position, tenant=TENANT, query_fingerprint=query_fingerprint)
+
+
+def decode_page_token(token: str, *, query_fingerprint: str) -> PagePosition:
+    return TOKENS.jobs_position(token, tenant=TENANT, query_fingerprint=query_fingerprint)
 
 
 def _refusal(token: str, query: str = QUERY) -> str:
@@ -46,11 +57,11 @@ def _token(payload: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _resealed(payload: dict[str, Any]) -> str:
-    """A token whose checksum matches `payload`, as another server version might issue it."""
-    body = {key: value for key, value in payload.items() if key != "c"}
+def _resealed(payload: dict[str, Any], secret: bytes = SECRET) -> str:
+    """`payload` signed with `secret`, as another server version might issue it."""
+    body = {key: value for key, value in payload.items() if key != "m"}
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return _token({**body, "c": hashlib.sha256(raw).hexdigest()[:8]})
+    return _token({**body, "m": hmac.new(secret, raw, hashlib.sha256).hexdigest()[:32]})
 
 
 def test_round_trip_keeps_the_position_to_the_microsecond() -> None:
@@ -125,9 +136,9 @@ def test_token_of_another_filter_is_refused() -> None:
 
 def test_other_version_is_refused_by_name() -> None:
     payload = _payload(encode_page_token(POSITION, query_fingerprint=QUERY))
-    token = _resealed({**payload, "v": 2})
+    token = _resealed({**payload, "v": 3})
     assert _refusal(token) == (
-        "page_token: version 2 is not supported (this server reads version 1); "
+        "page_token: version 3 is not supported (this server reads version 2); "
         "list again without page_token"
     )
 
@@ -138,7 +149,9 @@ def test_other_version_is_refused_by_name() -> None:
         {"t": 0},
         {"id": "job-other"},
         {"q": "0" * 16},
-        {"c": "00000000"},
+        {"n": "0" * 16},
+        {"k": "agents"},
+        {"m": "0" * 32},
     ],
 )
 def test_altered_token_fails_its_checksum(change: dict[str, Any]) -> None:
@@ -148,7 +161,7 @@ def test_altered_token_fails_its_checksum(change: dict[str, Any]) -> None:
 
 def test_token_without_checksum_fails_its_checksum() -> None:
     payload = _payload(encode_page_token(POSITION, query_fingerprint=QUERY))
-    del payload["c"]
+    del payload["m"]
     assert _refusal(_token(payload)) == (CHECKSUM_MISMATCH)
 
 
@@ -184,6 +197,49 @@ def test_garbage_is_malformed(token: str) -> None:
 def test_well_sealed_but_wrong_fields_are_malformed(change: dict[str, Any]) -> None:
     payload = _payload(encode_page_token(POSITION, query_fingerprint=QUERY))
     assert _refusal(_resealed({**payload, **change})) == MALFORMED
+
+
+def test_a_token_signed_with_a_secret_not_configured_is_refused() -> None:
+    payload = _payload(encode_page_token(POSITION, query_fingerprint=QUERY))
+    assert _refusal(_resealed(payload, b"not one of the server's secrets")) == CHECKSUM_MISMATCH
+
+
+def test_tokens_of_an_older_secret_still_verify_and_new_ones_use_the_first() -> None:
+    before_rotation = PageTokens([OLD_SECRET])
+    token = before_rotation.jobs_token(POSITION, tenant=TENANT, query_fingerprint=QUERY)
+    assert decode_page_token(token, query_fingerprint=QUERY) == POSITION
+    new = encode_page_token(POSITION, query_fingerprint=QUERY)
+    assert new == _resealed(_payload(new), SECRET)
+    with pytest.raises(InvalidArgument):  # the old secret dropped: its tokens end
+        PageTokens([SECRET]).jobs_position(token, tenant=TENANT, query_fingerprint=QUERY)
+
+
+def test_a_token_of_another_tenant_is_refused() -> None:
+    token = encode_page_token(POSITION, query_fingerprint=QUERY)
+    with pytest.raises(InvalidArgument) as caught:
+        TOKENS.jobs_position(token, tenant="tenant-b", query_fingerprint=QUERY)
+    assert caught.value.reason is Reason.INVALID_PAGE_TOKEN
+    assert caught.value.message == (
+        "page_token: issued to another tenant; list again without page_token"
+    )
+
+
+def test_agents_tokens_have_their_own_cursor_and_the_lists_refuse_each_others() -> None:
+    agents = fingerprint_query("agents", "")
+    token = TOKENS.agents_token("agent-7", tenant=TENANT, query_fingerprint=agents)
+    assert set(_payload(token)) == {"v", "k", "q", "n", "a", "m"}
+    assert TOKENS.agents_after(token, tenant=TENANT, query_fingerprint=agents) == "agent-7"
+    with pytest.raises(InvalidArgument, match="issued by ListAgents, not ListJobs"):
+        TOKENS.jobs_position(token, tenant=TENANT, query_fingerprint=agents)
+    jobs = encode_page_token(POSITION, query_fingerprint=agents)
+    with pytest.raises(InvalidArgument, match="issued by ListJobs, not ListAgents"):
+        TOKENS.agents_after(jobs, tenant=TENANT, query_fingerprint=agents)
+
+
+@pytest.mark.parametrize("secrets", [[], [b"short"]])
+def test_missing_or_short_secrets_are_a_programming_error(secrets: list[bytes]) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        PageTokens(secrets)
 
 
 def test_truncated_token_is_refused() -> None:
