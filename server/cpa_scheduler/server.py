@@ -28,6 +28,7 @@ from cpa.executor.v1 import executor_service_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2
 
 from .api.decoded_service import add_decoded_service
+from .api.call_limit import CallLimit
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.page_token import PageTokens
@@ -170,6 +171,7 @@ class SchedulerServer:
         )
         orchestrator.claim_agent = dispatcher.claim
         server = grpc.aio.server(
+            interceptors=[CallLimit(settings.max_concurrent_rpcs)],
             options=[
                 (
                     "grpc.max_receive_message_length",
@@ -182,7 +184,12 @@ class SchedulerServer:
                 # gRPC's default SO_REUSEPORT let a second server bind the same port and take
                 # a share of new connections; without it the second bind fails (_bind).
                 ("grpc.so_reuseport", 0),
-            ]
+                # gRPC core's queue of calls not yet taken by the server: at its default bound
+                # (1 000, hard 3 000) a burst of 5 000 opens had 1 229 cancelled, unlogged.
+                # Soft = hard: beyond it every new call is cancelled, not a random share.
+                ("grpc.server.max_pending_requests", settings.max_pending_rpcs),
+                ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_rpcs),
+            ],
         )
         # Requests decoded by us: an undecodable body is INVALID_ARGUMENT, not gRPC's UNKNOWN.
         add_decoded_service(

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
         "this (and at page_size); a single larger job is returned alone. The default keeps "
         "pages under a default client's 4 MiB receive limit.",
     )
+    max_concurrent_rpcs: int = Field(
+        default=20_000,
+        ge=1,
+        description="Calls in progress at once on one replica, every agent stream and WatchJob "
+        "stream included; beyond, calls are refused with RESOURCE_EXHAUSTED (TOO_MANY_CALLS) "
+        "and a warning is logged (at most one per 10 s).",
+    )
+    max_pending_rpcs: int = Field(
+        default=20_000,
+        ge=1,
+        description="Calls gRPC holds arrived but not yet taken by the server (a burst of "
+        "opens); beyond, gRPC itself cancels new calls (CANCELLED) before the server sees them.",
+    )
     max_tasks_per_job: int = Field(default=10_000, ge=1, description="Most tasks one job may have.")
     default_max_parallelism: int = Field(
         default=64, ge=1, description="Tasks of one job running at once when the job names none."

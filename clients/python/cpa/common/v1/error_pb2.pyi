@@ -153,6 +153,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     replica or (as the shared directory knows it) another one (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
     and takes over; another process must use another id or wait for that session to end.
     """
+    ERROR_REASON_TOO_MANY_CALLS: _ErrorReason.ValueType  # 70
+    """The replica has as many calls in progress (streams included) as its limit
+    (CPA_MAX_CONCURRENT_RPCS): RESOURCE_EXHAUSTED; retry with backoff, or against another replica.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -288,6 +292,10 @@ ERROR_REASON_AGENT_ID_IN_USE: ErrorReason.ValueType  # 66
 """A hello names an agent id that a live session of the same tenant already uses, on this
 replica or (as the shared directory knows it) another one (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
 and takes over; another process must use another id or wait for that session to end.
+"""
+ERROR_REASON_TOO_MANY_CALLS: ErrorReason.ValueType  # 70
+"""The replica has as many calls in progress (streams included) as its limit
+(CPA_MAX_CONCURRENT_RPCS): RESOURCE_EXHAUSTED; retry with backoff, or against another replica.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
