@@ -202,7 +202,11 @@ class ListJobsRequest(_message.Message):
     page_size: _builtins.int
     """Most jobs per page, 1 to 1000; 0 means 50."""
     page_token: _builtins.str
-    """Token from a previous response's next_page_token; the other fields must not change."""
+    """Token from a previous ListJobs response's next_page_token; the filter must not change.
+    Tokens are signed and bound to the caller's tenant and to ListJobs: an altered, forged,
+    expired-version or other tenant's token, one from ListAgents, or one issued for another
+    filter fails with INVALID_ARGUMENT / INVALID_PAGE_TOKEN (field page_token).
+    """
     filter: _builtins.str
     """AIP-160 filter over state, intent, labels.<key>, create_time and dead_lettered, e.g.
     `state = FAILED AND labels.team = "ops" AND create_time > "2026-01-01T00:00:00Z"`.
@@ -689,7 +693,11 @@ class ListAgentsRequest(_message.Message):
     page_size: _builtins.int
     """Most agents per page, 1 to 1000; 0 means 100."""
     page_token: _builtins.str
-    """Token from a previous response's next_page_token."""
+    """Token from a previous ListAgents response's next_page_token; the filter must not change.
+    Signed and bound to the caller's tenant and to ListAgents (its cursor is an agent id): an
+    altered, forged or other tenant's token, one from ListJobs, or one issued for another
+    filter fails with INVALID_ARGUMENT / INVALID_PAGE_TOKEN (field page_token).
+    """
     filter: _builtins.str
     """AIP-160 filter over state, actions, capabilities and labels.<key>."""
     def __init__(
