@@ -103,18 +103,15 @@ async def drive(shape: str, todos: list[ToDo], *, limit: int, parallelism: int) 
             user, system = cpu_s()
             while queued and finished < limit:
                 task_id = queued.pop(0)
-                await store.update_job(
-                    TENANT,
-                    job.job_id,
-                    lambda j, t=task_id: j.assign(
-                        t, attempt=1, agent_id="agent", lease_until=lease, now=now
-                    ),
-                )
-                _, _, changes = await store.update_job(
-                    TENANT,
-                    job.job_id,
-                    lambda j, t=task_id: j.succeed(t, attempt=1, outputs={"ok": 1}, now=now),
-                )
+
+                def start(j: Job, t: str = task_id) -> None:
+                    j.assign(t, attempt=1, agent_id="agent", lease_until=lease, now=now)
+
+                def finish(j: Job, t: str = task_id) -> None:
+                    j.succeed(t, attempt=1, outputs={"ok": 1}, now=now)
+
+                await store.update_job(TENANT, job.job_id, start)
+                _, _, changes = await store.update_job(TENANT, job.job_id, finish)
                 queued.extend(changes.queued)
                 finished += 1
                 transitions += 2

@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 
 LOG_INTERVAL_S = 10.0
 
-Handler = grpc.RpcMethodHandler
+Handler = grpc.RpcMethodHandler[Any, Any]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class CallLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallLimit(grpc.aio.ServerInterceptor[Any, Any]):
     """Counts the calls in progress; beyond `maximum`, a call ends at once, refused."""
 
     def __init__(self, maximum: int, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -48,10 +48,11 @@ class CallLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
+    ) -> Handler:
+        handler: Handler | None = await continuation(handler_call_details)
         if handler is None:
-            return None
+            # An unknown method: gRPC answers UNIMPLEMENTED (the stubs do not admit None).
+            return None  # type: ignore[return-value]
         method = str(handler_call_details.method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

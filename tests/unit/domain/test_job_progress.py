@@ -36,7 +36,7 @@ class NoScan(dict[str, Any]):
     def _scan(self, *_: object) -> NoReturn:
         raise AssertionError("a transition walked every task of the job")
 
-    __iter__ = values = items = keys = _scan  # type: ignore[assignment]
+    __iter__ = values = items = keys = _scan
 
 
 def make_job(todos: list[ToDo], *, max_parallelism: int = 4) -> Job:
