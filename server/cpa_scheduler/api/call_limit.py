@@ -17,7 +17,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -30,11 +30,17 @@ log = logging.getLogger(__name__)
 
 LOG_INTERVAL_S = 10.0
 
-Handler = grpc.RpcMethodHandler[Any, Any]
-Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:  # generic in the stubs only
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Context = grpc.aio.ServicerContext[Any, Any]
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    Context = grpc.aio.ServicerContext
+    _Interceptor = grpc.aio.ServerInterceptor
 
 
-class CallLimit(grpc.aio.ServerInterceptor[Any, Any]):
+class CallLimit(_Interceptor):
     """Counts the calls in progress; beyond `maximum`, a call ends at once, refused."""
 
     def __init__(self, maximum: int, *, clock: Callable[[], float] = time.monotonic) -> None:
