@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -32,7 +33,7 @@ from cpa_scheduler.storage import (
 from tests.fixtures.tcp_proxy import TcpProxy
 
 from .conftest import database_url
-from .test_store_contract import TENANT, assigning, at, create, create_one, new_job
+from .test_store_contract import TENANT, assigning, at, create, create_one, new_job, todo
 
 
 @pytest.fixture
@@ -509,3 +510,78 @@ async def _until_waiting_on_a_lock(url: str) -> None:
                 return
             await asyncio.sleep(0.02)
     raise AssertionError("the update never waited for the row lock")
+
+
+# -- aggregates kept between transitions ---------------------------------------------------------
+
+
+def _succeeding(task_id: str) -> Any:
+    return lambda job: job.succeed(task_id, attempt=1, outputs={"n": task_id}, now=at(1))
+
+
+async def test_a_transition_reuses_the_aggregate_it_committed_without_reading_task_rows(
+    postgres_url: str,
+) -> None:
+    store = await PostgresStore.open(postgres_url, min_size=1, max_size=2)
+    try:
+        await create(store, new_job("job-1", todo("a"), todo("b", "a")))
+        await store.update_job(TENANT, "job-1", assigning("a"))
+        # Behind the store's back, without a new event (the version): a transition that read
+        # the task rows again would see it.
+        with psycopg.connect(postgres_url, autocommit=True) as database:
+            database.execute(
+                "UPDATE tasks SET agent_id = 'edited' WHERE job_id = 'job-1' AND task_id = 'a'"
+            )
+
+        job, _, _ = await store.update_job(TENANT, "job-1", _succeeding("a"))
+
+        assert job.tasks["a"].agent_id == "agent-1"
+        assert job.tasks["b"].state is TaskState.QUEUED
+    finally:
+        await store.close()
+
+
+async def test_a_change_by_another_replica_is_seen_through_the_version(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    first, second = replicas
+    await create(first, new_job("job-1", todo("a"), todo("b", "a")))
+    await first.update_job(TENANT, "job-1", assigning("a"))  # kept by the first replica
+
+    await second.update_job(TENANT, "job-1", _succeeding("a"))  # b is now QUEUED
+    job, _, _ = await first.update_job(TENANT, "job-1", assigning("b"))
+
+    assert job.tasks["a"].state is TaskState.SUCCEEDED
+    assert job.tasks["a"].outputs == {"n": "a"}
+    assert job.tasks["b"].state is TaskState.RUNNING
+    assert job == await second.get_job(TENANT, "job-1")
+
+
+async def test_a_kept_aggregate_half_changed_by_a_failed_write_is_not_used_again(
+    replicas: tuple[PostgresStore, PostgresStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=postgres_store.__name__)
+    first, _ = replicas
+    await create(first, new_job("job-1", todo("a"), todo("b")))
+    await first.update_job(TENANT, "job-1", assigning("a"))  # kept
+
+    def cancel_then_refuse(job: Job) -> None:
+        job.cancel(now=at(1))
+        raise StaleAttempt("refused after changing the job")
+
+    results = await asyncio.gather(
+        first.update_job(TENANT, "job-1", cancel_then_refuse),
+        first.update_job(TENANT, "job-1", assigning("b")),  # needs the job again
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[0], StaleAttempt)
+    assert not isinstance(results[1], BaseException), results[1]
+    # One batch: the second write needed the job that the first left half-changed, whose task
+    # rows were not read, so the batch ran again write by write.
+    assert "a batch of 2 writes was refused, running each alone" in caplog.text
+    for job in (results[1][0], await first.get_job(TENANT, "job-1")):
+        assert not job.cancel_requested
+        assert job.tasks["b"].state is TaskState.RUNNING
+    job, _, _ = await first.update_job(TENANT, "job-1", _succeeding("b"))
+    assert not job.cancel_requested

@@ -44,6 +44,7 @@ from cpa_scheduler.domain import (
 )
 
 from . import codec
+from .aggregate_cache import AggregateCache
 from .interface import QueuedTask, StoredMessage
 from .migrations import (
     REVISION_QUERY,
@@ -113,6 +114,15 @@ _LOCK_JOBS: Final = (
     f"{_JOB_SELECT} WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id FOR UPDATE"
 )
 _SELECT_TASKS: Final = f"{_TASK_SELECT} WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id, position"
+# The task rows of the locked jobs, except those of jobs whose cached aggregate is still valid
+# (its version is the row's last_event_sequence): see aggregate_cache.py.
+_SELECT_UNCACHED_TASKS: Final = (
+    f"{_TASK_SELECT} t WHERE t.job_id = ANY(%(job_ids)s) AND NOT EXISTS ("
+    "SELECT 1 FROM jobs j JOIN unnest(%(cached_ids)s::text[], %(cached_versions)s::bigint[]) "
+    "AS c(job_id, version) ON c.job_id = j.job_id "
+    "WHERE j.job_id = t.job_id AND j.last_event_sequence = c.version) "
+    "ORDER BY t.job_id, t.position"
+)
 
 
 # The creations of a batch, in one statement: the jobs, their labels, tasks and events, but
@@ -375,21 +385,42 @@ class _Loaded:
     task_rows: dict[str, list[Row]] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     stale: set[str] = field(default_factory=set)
+    # Jobs taken from the aggregate cache: their task rows were not read.
+    cached: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, job_rows: Iterable[Row], task_rows: Iterable[Row]) -> _Loaded:
+    def of(
+        cls,
+        job_rows: Iterable[Row],
+        task_rows: Iterable[Row],
+        cached: Mapping[str, Job] | None = None,
+    ) -> _Loaded:
+        """The aggregates: from `cached` where still valid (same last_event_sequence as the
+        row; _SELECT_UNCACHED_TASKS then read no task rows for it), else from the rows."""
         loaded = cls()
         for row in task_rows:
             loaded.task_rows.setdefault(row[_TASK_JOB_ID], []).append(row)
         loaded.job_rows = {row[_JOB_ID]: row for row in job_rows}
-        loaded.jobs = {job_id: loaded._build(job_id, _Writes()) for job_id in loaded.job_rows}
+        for job_id, row in loaded.job_rows.items():
+            kept = (cached or {}).get(job_id)
+            if kept is not None and kept.last_event_sequence == row[_JOB_VERSION]:
+                loaded.jobs[job_id] = kept
+                loaded.cached.add(job_id)
+            else:
+                loaded.jobs[job_id] = loaded._build(job_id, _Writes())
         return loaded
 
     def job(self, job_id: str, writes: _Writes) -> Job | None:
         if job_id in self.stale:
+            if job_id in self.cached:
+                raise _RowsNeededError(job_id)
             self.stale.discard(job_id)
             self.jobs[job_id] = self._build(job_id, writes)
         return self.jobs.get(job_id)
+
+    def committed(self) -> Iterator[Job]:
+        """After the commit: the aggregates that are what was stored (not half-changed)."""
+        return (job for job_id, job in self.jobs.items() if job_id not in self.stale)
 
     def _build(self, job_id: str, writes: _Writes) -> Job:
         record = dict(zip(codec.JOB_COLUMNS, self.job_rows[job_id], strict=True))
@@ -441,6 +472,8 @@ class PostgresStore:
         # the creating transaction, and after its commit), where the retention sweep of any
         # replica may release the id; tests release it there to force that race.
         self.before_owner_lookup: Callable[[], Awaitable[None]] | None = None
+        # Aggregates this replica committed last, reused while no other replica changed them.
+        self._aggregates = AggregateCache()
 
     @classmethod
     async def open(
@@ -569,11 +602,12 @@ class PostgresStore:
             async with self._connection() as connection, connection.pipeline() as pipeline:
                 try:
                     await self._run_fast(connection, pipeline, batch, progress)
-                except psycopg.DatabaseError as refused:
+                except (psycopg.DatabaseError, _RowsNeededError) as refused:
                     if connection.broken or connection.closed:
                         raise
-                    # The database refused a statement, so nothing was stored. Once more, each
-                    # write on its own: only the one the database refuses fails.
+                    # The database refused a statement (or a half-changed cached aggregate
+                    # is needed again: _RowsNeededError), so nothing was stored. Once more,
+                    # each write on its own: only the one the database refuses fails.
                     log.info(
                         "a batch of %d writes was refused, running each alone: %s",
                         len(batch),
@@ -628,12 +662,21 @@ class PostgresStore:
         updates = [op for op in batch if isinstance(op, _Update)]
         if updates:
             job_ids = sorted({op.job_id for op in updates})
+            cached = self._aggregates.take(job_ids)
             jobs = await connection.execute(_LOCK_JOBS, {"job_ids": job_ids}, prepare=False)
             # A second statement, after the locks are granted: one that waited for a lock
             # still sees the rows as they were before the wait.
-            tasks = await connection.execute(_SELECT_TASKS, {"job_ids": job_ids}, prepare=False)
+            tasks = await connection.execute(
+                _SELECT_UNCACHED_TASKS,
+                {
+                    "job_ids": job_ids,
+                    "cached_ids": list(cached),
+                    "cached_versions": [job.last_event_sequence for job in cached.values()],
+                },
+                prepare=False,
+            )
             await pipeline.sync()
-            loaded = _Loaded.of(await jobs.fetchall(), await tasks.fetchall())
+            loaded = _Loaded.of(await jobs.fetchall(), await tasks.fetchall(), cached)
             writes = _Writes()
             for op in updates:
                 _mutate(op, loaded, writes)
@@ -642,6 +685,9 @@ class PostgresStore:
         await connection.execute("COMMIT")
         progress.committing = True
         await pipeline.sync()
+        if updates:
+            for job in loaded.committed():
+                self._aggregates.put(job)
         await _creation_results(batch)
 
     async def _run_carefully(
@@ -1084,7 +1130,13 @@ class PostgresStore:
 # -- helpers ------------------------------------------------------------------------------------
 
 _JOB_ID = codec.JOB_COLUMNS.index("job_id")
+_JOB_VERSION = codec.JOB_COLUMNS.index("last_event_sequence")
 _TASK_JOB_ID = codec.TASK_COLUMNS.index("job_id")
+
+
+class _RowsNeededError(Exception):
+    """A mutation failed half-way on a cached aggregate and a later write of the batch needs the
+    job: it cannot be rebuilt without its task rows, so the batch runs again the careful way."""
 
 
 class _BrokenConnectionError(psycopg.OperationalError):
