@@ -7,6 +7,10 @@ agents), on a throwaway file. Prints the CPU of this process (the event loop and
 scheduler's work) for the whole job and per transition.
 
     PYTHONPATH=server .venv/bin/python bench/bench_large_graph.py [--tasks 10000] [--limit N]
+    ... --postgres postgresql://postgres@127.0.0.1:5432/postgres   # the distributed store too
+
+--postgres also runs both shapes through PostgresStore on a throwaway database made next to the
+given one (and dropped after); its CPU is this process's only, not PostgreSQL's.
 
 --limit stops after N tasks have finished (to measure a slow build without waiting for the end);
 the per-transition figure is then over those transitions only.
@@ -16,14 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import resource
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cpa_scheduler.domain import Job, JobOptions, JobSource, SourceKind, TaskGraph, ToDo
-from cpa_scheduler.storage import SqliteStore
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # the throwaway database: tests/fixtures
+
+from cpa_scheduler.domain import Job, JobOptions, JobSource, SourceKind, TaskGraph, ToDo  # noqa: E402
+from cpa_scheduler.storage import PostgresStore, SqliteStore, Store, migrate  # noqa: E402
+from tests.fixtures.cluster import create_database, drop_database  # noqa: E402
 
 TENANT = "bench"
 
@@ -80,49 +92,83 @@ def domain_only(shape: str, todos: list[ToDo], *, limit: int, parallelism: int) 
     )
 
 
-async def drive(shape: str, todos: list[ToDo], *, limit: int, parallelism: int) -> None:
+OpenStore = Callable[[], contextlib.AbstractAsyncContextManager[Store]]
+
+
+@contextlib.asynccontextmanager
+async def sqlite_store() -> AsyncIterator[Store]:
     with tempfile.TemporaryDirectory() as directory:
         store = await SqliteStore.open(Path(directory) / "bench.db")
         try:
-            now = datetime.now(UTC)
-            cpu = time.process_time()
-            job = Job.create(
-                job_id=f"{shape}-job",
-                tenant=TENANT,
-                graph=TaskGraph.from_todos(todos),
-                source=JobSource(kind=SourceKind.TODOS),
-                options=JobOptions(max_parallelism=parallelism),
-                now=now,
-            )
-            [(_, changes)] = await store.create_jobs([job])
-            assert changes is not None
-            create_cpu = time.process_time() - cpu
-            queued = list(changes.queued)
-            finished = transitions = 0
-            lease = now + timedelta(seconds=60)
-            user, system = cpu_s()
-            while queued and finished < limit:
-                task_id = queued.pop(0)
-
-                def start(j: Job, t: str = task_id) -> None:
-                    j.assign(t, attempt=1, agent_id="agent", lease_until=lease, now=now)
-
-                def finish(j: Job, t: str = task_id) -> None:
-                    j.succeed(t, attempt=1, outputs={"ok": 1}, now=now)
-
-                await store.update_job(TENANT, job.job_id, start)
-                _, _, changes = await store.update_job(TENANT, job.job_id, finish)
-                queued.extend(changes.queued)
-                finished += 1
-                transitions += 2
-            user_end, system_end = cpu_s()
-            run_user, run_system = user_end - user, system_end - system
-            run_cpu = run_user + run_system
-            final = await store.get_job(TENANT, job.job_id)
+            yield store
         finally:
             await store.close()
+
+
+def postgres_store(admin_url: str) -> OpenStore:
+    @contextlib.asynccontextmanager
+    async def open_store() -> AsyncIterator[Store]:
+        url = create_database(admin_url, prefix="cpa_bench")
+        try:
+            migrate(url)
+            store = await PostgresStore.open(url, min_size=1, max_size=4)
+            try:
+                yield store
+            finally:
+                await store.close()
+        finally:
+            drop_database(admin_url, url)
+
+    return open_store
+
+
+async def drive(
+    shape: str,
+    todos: list[ToDo],
+    *,
+    limit: int,
+    parallelism: int,
+    open_store: OpenStore = sqlite_store,
+    name: str = "SQLite",
+) -> None:
+    async with open_store() as store:
+        now = datetime.now(UTC)
+        cpu = time.process_time()
+        job = Job.create(
+            job_id=f"{shape}-job",
+            tenant=TENANT,
+            graph=TaskGraph.from_todos(todos),
+            source=JobSource(kind=SourceKind.TODOS),
+            options=JobOptions(max_parallelism=parallelism),
+            now=now,
+        )
+        [(_, changes)] = await store.create_jobs([job])
+        assert changes is not None
+        create_cpu = time.process_time() - cpu
+        queued = list(changes.queued)
+        finished = transitions = 0
+        lease = now + timedelta(seconds=60)
+        user, system = cpu_s()
+        while queued and finished < limit:
+            task_id = queued.pop(0)
+
+            def start(j: Job, t: str = task_id) -> None:
+                j.assign(t, attempt=1, agent_id="agent", lease_until=lease, now=now)
+
+            def finish(j: Job, t: str = task_id) -> None:
+                j.succeed(t, attempt=1, outputs={"ok": 1}, now=now)
+
+            await store.update_job(TENANT, job.job_id, start)
+            _, _, changes = await store.update_job(TENANT, job.job_id, finish)
+            queued.extend(changes.queued)
+            finished += 1
+            transitions += 2
+        user_end, system_end = cpu_s()
+        run_user, run_system = user_end - user, system_end - system
+        run_cpu = run_user + run_system
+        final = await store.get_job(TENANT, job.job_id)
     print(
-        f"{shape:>8} {len(todos):>6} tasks: create {create_cpu * 1000:7.1f} ms CPU; "
+        f"{shape:>8} {len(todos):>6} tasks, {name}: create {create_cpu * 1000:7.1f} ms CPU; "
         f"{finished} tasks run ({transitions} transitions) in {run_cpu:6.2f} s CPU "
         f"({run_user:.2f} user + {run_system:.2f} system), "
         f"{run_cpu / max(transitions, 1) * 1e6:7.1f} us per transition; job {final.state.value}"
@@ -134,12 +180,25 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--limit", type=int, default=None, help="stop after N tasks finished")
     parser.add_argument("--parallelism", type=int, default=8)
+    parser.add_argument("--postgres", metavar="ADMIN_URL", help="also through PostgresStore")
     args = parser.parse_args()
     limit = args.limit if args.limit is not None else args.tasks
     domain_only("chain", chain(args.tasks), limit=limit, parallelism=args.parallelism)
     domain_only("fan", fan(args.tasks), limit=limit, parallelism=args.parallelism)
     asyncio.run(drive("chain", chain(args.tasks), limit=limit, parallelism=args.parallelism))
     asyncio.run(drive("fan", fan(args.tasks), limit=limit, parallelism=args.parallelism))
+    if args.postgres:
+        for shape, todos in (("chain", chain(args.tasks)), ("fan", fan(args.tasks))):
+            asyncio.run(
+                drive(
+                    shape,
+                    todos,
+                    limit=limit,
+                    parallelism=args.parallelism,
+                    open_store=postgres_store(args.postgres),
+                    name="PostgreSQL",
+                )
+            )
 
 
 if __name__ == "__main__":

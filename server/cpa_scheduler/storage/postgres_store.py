@@ -116,12 +116,14 @@ _LOCK_JOBS: Final = (
 _SELECT_TASKS: Final = f"{_TASK_SELECT} WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id, position"
 # The task rows of the locked jobs, except those of jobs whose cached aggregate is still valid
 # (its version is the row's last_event_sequence): see aggregate_cache.py.
+# Chosen per job, so the rows of a job whose aggregate is kept are not even scanned.
 _SELECT_UNCACHED_TASKS: Final = (
-    f"{_TASK_SELECT} t WHERE t.job_id = ANY(%(job_ids)s) AND NOT EXISTS ("
-    "SELECT 1 FROM jobs j JOIN unnest(%(cached_ids)s::text[], %(cached_versions)s::bigint[]) "
+    f"{_TASK_SELECT} WHERE job_id IN (SELECT j.job_id FROM jobs j "
+    "LEFT JOIN unnest(%(cached_ids)s::text[], %(cached_versions)s::bigint[]) "
     "AS c(job_id, version) ON c.job_id = j.job_id "
-    "WHERE j.job_id = t.job_id AND j.last_event_sequence = c.version) "
-    "ORDER BY t.job_id, t.position"
+    "WHERE j.job_id = ANY(%(job_ids)s) "
+    "AND (c.version IS NULL OR c.version <> j.last_event_sequence)) "
+    "ORDER BY job_id, position"
 )
 
 
