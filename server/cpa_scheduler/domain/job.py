@@ -197,7 +197,8 @@ class _Progress:
 
     @property
     def active(self) -> int:
-        return self.counts[TaskState.QUEUED] + self.counts[TaskState.RUNNING]
+        """Tasks holding a slot of the job's parallelism budget."""
+        return sum(self.counts[state] for state in _ACTIVE)
 
     def moved(self, task: Task, previous: TaskState) -> None:
         """`task` went from `previous` to its current state."""
