@@ -144,3 +144,28 @@ def test_the_data_dir_is_private_to_its_owner(start_cli: StartCli, tmp_path: Pat
     assert {"cpa.lock", "cpa.sqlite3", "cpa.sqlite3-wal", "cpa.sqlite3-shm"} <= set(files)
     for name in files:
         assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+
+
+def test_serve_with_a_shared_database_refuses_to_start_without_page_token_secrets(
+    start_cli: StartCli,
+) -> None:
+    # Checked before anything is opened: no database needs to answer at this address.
+    env = {"CPA_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    server = start_cli("serve", "--listen", "127.0.0.1:0", env=env)
+
+    assert server.exit_code(START_TIMEOUT_S) == 2, server.report()
+    assert "CPA_PAGE_TOKEN_SECRETS is not set" in server.stderr(), server.report()
+
+
+def test_the_embedded_page_token_secret_survives_a_restart(
+    start_cli: StartCli, tmp_path: Path
+) -> None:
+    first, _address = start_server(start_cli)
+    secret = (tmp_path / "data" / "page_token.secret").read_text()
+    first.terminate()
+    assert first.exit_code(STOP_TIMEOUT_S) == 0, first.report()
+
+    start_server(start_cli)
+
+    assert (tmp_path / "data" / "page_token.secret").read_text() == secret
+    assert len(bytes.fromhex(secret.strip())) == 32
