@@ -27,8 +27,8 @@ from grpc_reflection.v1alpha import reflection
 from cpa.executor.v1 import executor_service_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2
 
-from .api.decoded_service import add_decoded_service
 from .api.call_limit import CallLimit
+from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.page_token import PageTokens
