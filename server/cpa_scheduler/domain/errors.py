@@ -91,6 +91,7 @@ class Reason(StrEnum):
     NESTING_TOO_DEEP = "NESTING_TOO_DEEP"
     ATTEMPT_NOT_HELD = "ATTEMPT_NOT_HELD"
     AGENT_ID_IN_USE = "AGENT_ID_IN_USE"
+    TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"
 
 
 class DomainError(Exception):

@@ -153,6 +153,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     replica or (as the shared directory knows it) another one (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
     and takes over; another process must use another id or wait for that session to end.
     """
+    ERROR_REASON_TOO_MANY_WATCHERS: _ErrorReason.ValueType  # 75
+    """Too many WatchJob streams are open on this replica, or for the caller's tenant on it
+    (CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
+    later, or on another replica.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -288,6 +293,11 @@ ERROR_REASON_AGENT_ID_IN_USE: ErrorReason.ValueType  # 66
 """A hello names an agent id that a live session of the same tenant already uses, on this
 replica or (as the shared directory knows it) another one (ALREADY_EXISTS). A reconnecting agent names its last session (Hello.resume_session_id)
 and takes over; another process must use another id or wait for that session to end.
+"""
+ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason.ValueType  # 75
+"""Too many WatchJob streams are open on this replica, or for the caller's tenant on it
+(CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
+later, or on another replica.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
