@@ -30,6 +30,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 REPLAY_BATCH = 500
 
 
+class _ClientGoneError(Exception):
+    """The client cancelled the call while a write was under way."""
+
+
 class JobWatch:
     """Serves WatchJob streams of this replica (see the module's doc)."""
 
@@ -69,6 +73,8 @@ class JobWatch:
         subscription = self._bus.subscribe(tenant, job_id)
         try:
             await self._follow(subscription, tenant, job_id, request.after_sequence, context)
+        except _ClientGoneError:
+            return  # nobody to tell: a write failed because the client cancelled the call
         finally:
             subscription.close()
 
@@ -80,8 +86,16 @@ class JobWatch:
         last: int,
         context: Context,
     ) -> None:
-        write = context.write
         encode: Callable[[Any], bytes] = convert.watch_response_bytes
+
+        async def write(data: bytes) -> None:
+            try:
+                await context.write(data)
+            except Exception:
+                if context.cancelled():
+                    raise _ClientGoneError from None
+                raise
+
         first_read = True
         while True:
             ended, last, wrote = await self._replay(subscription, tenant, job_id, last, write)

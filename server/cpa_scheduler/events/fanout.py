@@ -272,7 +272,9 @@ class Subscription:
 
     @property
     def behind(self) -> int:
-        """Log entries this watcher has not read (bounded by the log's size)."""
+        """Log entries this watcher has not read (bounded by the log's size; 0 once closed)."""
+        if self._closed:
+            return 0
         return max(0, self._log.end - max(self._position, self._log.start))
 
     def _wake(self) -> None:
@@ -305,8 +307,8 @@ class Subscription:
                 self._reread = True
                 return None
             sequence = entry.event.sequence
-            if after is not None and sequence > after:
-                if self._checking:
+            if after is None or sequence > after:
+                if after is not None and self._checking:
                     self._checking = False
                     if sequence > after + 1:
                         # The first event after the store read does not follow it: lost ones.
