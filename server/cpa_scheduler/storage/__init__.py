@@ -1,6 +1,6 @@
 """Durable state: the Store interface and its implementations (SQLite embedded, PostgreSQL)."""
 
-from .interface import QueuedTask, Store, StoredMessage
+from .interface import EndPosition, QueuedTask, Store, StoredMessage
 from .migrations import (
     DatabaseUnavailableError,
     InvalidDatabaseUrlError,
@@ -14,6 +14,7 @@ from .sqlite_store import SqliteStore
 
 __all__ = [
     # Interface
+    "EndPosition",
     "QueuedTask",
     "Store",
     "StoredMessage",
