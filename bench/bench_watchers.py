@@ -32,12 +32,11 @@ from typing import Any
 
 import grpc
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench_throughput's CPU meter
 
-from bench_throughput import CpuMeter, calibration_ms  # noqa: E402
-
+from bench.bench_throughput import CpuMeter, calibration_ms  # noqa: E402
 from cpa.common.v1 import agent_capabilities_pb2, todo_pb2  # noqa: E402
 from cpa.executor.v1 import executor_service_pb2 as ex  # noqa: E402
 from cpa.executor.v1 import executor_service_pb2_grpc  # noqa: E402
