@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 E = TypeVar("E")
 
 # Watcher writes started per loop iteration, at most: ~1-2 ms of loop time on this hardware.
-TURNS_PER_ITERATION = 32
+TURNS_PER_ITERATION = 16
 # Watcher writes under way at once, at most, and how long one counts (see FanOut).
-MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT = 32
 PARK_AFTER_S = 0.05
 
 
