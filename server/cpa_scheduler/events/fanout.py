@@ -435,14 +435,13 @@ class Watchers:
             del self._logs[key]
 
     def reread_quiet(self, quiet_s: float) -> int:
-        """Makes every waiting watcher that heard nothing for `quiet_s` re-read the store: a
+        """Makes every caught-up watcher that heard nothing for `quiet_s` re-read the store: a
         live feed that may lose events (pub/sub between replicas) must not leave a watcher
-        waiting for ever for an event that was lost. Returns how many."""
+        waiting for ever for an event that was lost. One waiting for a turn has something to
+        write and is left alone. Returns how many."""
         now = time.monotonic()
         quiet = [
-            s
-            for s in self.subscriptions()
-            if s._turn is not None and now - s.last_activity_s >= quiet_s
+            s for log in self._logs.values() for s in log.idle if now - s.last_activity_s >= quiet_s
         ]
         for subscription in quiet:
             subscription._mark_reread()

@@ -150,6 +150,18 @@ async def test_closing_releases_the_counts_and_the_log() -> None:
     assert watchers.buffered() == 0
 
 
+async def test_a_quiet_caught_up_watcher_rereads_the_store() -> None:
+    watchers = Watchers(max_buffered=8)
+    quiet = watchers.subscribe(TENANT, JOB)
+    quiet.resume_after(0)
+    waiting = asyncio.create_task(quiet.next())
+    await settle()  # it waits for an event (the last one may have been lost between replicas)
+
+    assert watchers.reread_quiet(0.0) == 1
+    assert await asyncio.wait_for(waiting, 5) is None
+    assert watchers.reread_quiet(0.0) == 0  # not waiting any more
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
