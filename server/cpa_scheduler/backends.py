@@ -68,7 +68,7 @@ async def open_backends(
         return Backends(
             store=store,
             queue=queue,
-            bus=LocalEventBus(),
+            bus=LocalEventBus(max_buffered=settings.watch_buffer_events),
             directory=LocalAgentDirectory(sessions, replica_id=replica_id),
             distributed=False,
             _closers=closers,
@@ -123,7 +123,7 @@ async def _open_redis(
     )
     await redis_queue.start()
     closers.append(redis_queue.close)
-    bus = RedisEventBus(redis, prefix=prefix)
+    bus = RedisEventBus(redis, prefix=prefix, max_buffered=settings.watch_buffer_events)
     await bus.start()
     closers.append(bus.close)
     directory = RedisAgentDirectory(redis, sessions, replica_id=replica_id, prefix=prefix)

@@ -37,6 +37,7 @@ from .backends import Backends, open_backends
 from .background import stop_tasks
 from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
+from .events import Watchers
 from .orchestration import Orchestrator
 from .planning import Planner
 from .settings import Settings
@@ -138,6 +139,12 @@ class SchedulerServer:
     def sessions(self) -> SessionRegistry:
         assert self._components is not None, "start() first"
         return self._components.sessions
+
+    @property
+    def watchers(self) -> Watchers:
+        """This replica's WatchJob subscriptions (counts and buffers, for tests and metrics)."""
+        assert self._components is not None, "start() first"
+        return self._components.backends.bus.watchers
 
     async def _build(self) -> _Components:
         settings = self.settings

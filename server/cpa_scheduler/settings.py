@@ -165,6 +165,31 @@ class Settings(BaseSettings):
         description="Longest reason (UTF-8 bytes) CancelJob and a LAM cancel accept; a longer "
         "one is refused with PAYLOAD_TOO_LARGE (it is stored, and sent to the agents).",
     )
+    max_watchers_per_replica: int = Field(
+        default=20_000,
+        ge=1,
+        description="Most WatchJob streams open at once on this replica; beyond, WatchJob fails "
+        "with RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS).",
+    )
+    max_watchers_per_tenant: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most WatchJob streams one tenant may have open at once on this replica; "
+        "beyond, WatchJob fails with RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS).",
+    )
+    watch_buffer_events: int = Field(
+        default=256,
+        ge=1,
+        description="Live events kept per watched job for its watchers (shared); a watcher "
+        "further behind, or one that meets a gap, re-reads the store from the last event it "
+        "received.",
+    )
+    event_retention_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="How long the events of a finished job are kept; then the sweeper deletes "
+        "all of them but the last (terminal) one.",
+    )
     default_tenant: str = Field(
         default="default",
         description="Tenant of callers and agents that name none (the embedded default has one).",

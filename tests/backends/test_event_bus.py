@@ -51,15 +51,18 @@ def event(sequence: int, *, job_id: str = "job-1", terminal: bool = False) -> Jo
 
 async def next_event(subscription: Subscription) -> JobEvent:
     try:
-        return await asyncio.wait_for(subscription.next(), DEADLINE_S)
+        live = await asyncio.wait_for(subscription.next(), DEADLINE_S)
     except TimeoutError:
         pytest.fail("the event did not arrive")
+    assert live is not None, "the watcher was told to re-read the store"
+    subscription.written()
+    return live.event
 
 
 def is_empty(subscription: Subscription) -> bool:
-    # Delivery to the watchers of one replica is one synchronous loop over them: once a
-    # sibling subscription has an event, this one would have it too.
-    return subscription._queue.empty()
+    # Delivery to the watchers of one replica is synchronous: once a sibling subscription has
+    # an event, this one would have it too.
+    return subscription.behind == 0
 
 
 async def test_event_published_on_one_replica_reaches_watchers_of_another(

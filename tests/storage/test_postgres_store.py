@@ -79,9 +79,10 @@ async def test_an_older_schema_is_refused_with_the_command_to_run_then_upgraded(
     postgres_database: str,
 ) -> None:
     migrate(postgres_database)
-    # Back to revision 0001 as it really was, as if the database predated 0002 to 0004.
+    # Back to revision 0001 as it really was, as if the database predated 0002 to 0005.
     with psycopg.connect(postgres_database, autocommit=True) as connection:
         connection.execute("ALTER TABLE jobs DROP COLUMN cancel_message")
+        connection.execute("DROP INDEX jobs_end")
         connection.execute("DROP INDEX jobs_request_age")
         connection.execute("DROP INDEX tasks_start_by")
         connection.execute("ALTER TABLE tasks DROP COLUMN timeout_at, DROP COLUMN start_by")

@@ -757,6 +757,56 @@ async def test_releasing_request_ids_respects_the_limit(store: Store) -> None:
     assert await store.forget_request_ids(at(1), limit=2) == 1
 
 
+async def finished(store: Store, job_id: str, *, at_s: float) -> Job:
+    """The job, created and cancelled (it ends at once: nothing runs) at NOW + at_s."""
+    await create(store, new_job(job_id, todo("a"), todo("b", "a"), now=at(at_s)))
+    job, _, _ = await store.update_job(TENANT, job_id, lambda j: j.cancel(now=at(at_s)))
+    assert job.is_terminal
+    return job
+
+
+async def sequences(store: Store, job_id: str) -> list[int]:
+    return [e.sequence for e in await store.list_events(TENANT, job_id, after_sequence=0, limit=99)]
+
+
+async def test_events_of_jobs_that_ended_before_the_cutoff_are_pruned_but_the_last(
+    store: Store,
+) -> None:
+    old = await finished(store, "job-old", at_s=10)
+    recent = await finished(store, "job-recent", at_s=100)
+    await create(store, new_job("job-running", now=at(1)))  # never ends
+    running_events = await sequences(store, "job-running")
+
+    deleted, position = await store.prune_events(at(50), after=None, limit=10)
+
+    assert deleted == old.last_event_sequence - 1
+    assert await sequences(store, "job-old") == [old.last_event_sequence]
+    [kept] = await store.list_events(TENANT, "job-old", after_sequence=0, limit=9)
+    assert kept.terminal  # the terminal event is always kept
+    assert await sequences(store, "job-recent") == list(range(1, recent.last_event_sequence + 1))
+    assert await sequences(store, "job-running") == running_events
+    assert position is not None
+    assert position.job_id == "job-old"
+    # Going on from there finds nothing more to prune, nor does pruning again from the start.
+    assert await store.prune_events(at(50), after=position, limit=10) == (0, position)
+    assert (await store.prune_events(at(50), after=None, limit=10))[0] == 0
+
+
+async def test_pruning_walks_the_finished_jobs_in_order_of_their_end(store: Store) -> None:
+    for n in range(3):
+        await finished(store, f"job-{n}", at_s=10 - n)  # job-2 ended first
+
+    _, first = await store.prune_events(at(50), after=None, limit=2)
+    _, second = await store.prune_events(at(50), after=first, limit=2)
+
+    assert first is not None
+    assert (first.job_id, first.end_time) == ("job-1", at(9))
+    assert second is not None
+    assert second.job_id == "job-0"
+    for n in range(3):
+        assert len(await sequences(store, f"job-{n}")) == 1
+
+
 async def test_renew_leases_extends_current_attempts_and_returns_stale_ones(store: Store) -> None:
     await create(store, new_job("job-1", todo("a"), todo("b")))
     await store.update_job(TENANT, "job-1", assigning("a"))

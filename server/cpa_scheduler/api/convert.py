@@ -504,3 +504,9 @@ def agent_to_proto(record: AgentRecord) -> agent_pb2.Agent:
     set_time(message, "connect_time", record.connect_time)
     set_time(message, "last_seen_time", record.last_seen_time)
     return message
+
+
+def watch_response_bytes(event: JobEvent) -> bytes:
+    """The serialized WatchJobResponse carrying `event`: made once per event and sent as is to
+    every watcher of the job (see api/watch.py)."""
+    return scheduler_service_pb2.WatchJobResponse(event=event_to_proto(event)).SerializeToString()

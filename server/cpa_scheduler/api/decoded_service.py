@@ -9,6 +9,7 @@ accepts anyway), or not protobuf at all. Decoded here, they are INVALID_ARGUMENT
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -63,8 +64,15 @@ def _unary_unary(
 
 
 def _unary_stream(
-    behavior: Callable[[Any, Context], AsyncIterator[Any]], request_type: type[Message], rpc: str
-) -> Callable[[bytes, Context], AsyncIterator[Any]]:
+    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str
+) -> Callable[[bytes, Context], Any]:
+    if inspect.iscoroutinefunction(behavior):  # writes with context.write (WatchJob)
+
+        async def write(data: bytes, context: Context) -> None:
+            await behavior(await _decode(request_type, data, context, rpc), context)
+
+        return write
+
     async def handle(data: bytes, context: Context) -> AsyncIterator[Any]:
         async for response in behavior(await _decode(request_type, data, context, rpc), context):
             yield response
@@ -111,6 +119,17 @@ def _stream_stream(
     return handle
 
 
+def _serializer(message_type: type[Message]) -> Callable[[Any], bytes]:
+    """Serializes a response, or passes one serialized already (WatchJob encodes each event
+    once for all its watchers) through as is."""
+    serialize = message_type.SerializeToString
+
+    def serializer(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return serializer
+
+
 def add_decoded_service(
     servicer: object, service: ServiceDescriptor, server: grpc.aio.Server
 ) -> None:
@@ -119,7 +138,7 @@ def add_decoded_service(
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
-        serializer = message_factory.GetMessageClass(method.output_type).SerializeToString
+        serializer = _serializer(message_factory.GetMessageClass(method.output_type))
         behavior = getattr(servicer, method.name)
         rpc = f"{service.name}.{method.name}"
         if method.client_streaming and not method.server_streaming:

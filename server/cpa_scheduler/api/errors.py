@@ -66,6 +66,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.PERMISSION_DENIED: _Code.PERMISSION_DENIED,
         Reason.RATE_LIMITED: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_CALLS: _Code.RESOURCE_EXHAUSTED,
+        Reason.TOO_MANY_WATCHERS: _Code.RESOURCE_EXHAUSTED,
         Reason.SERVER_SHUTTING_DOWN: _Code.UNAVAILABLE,
         Reason.STORE_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.INTERNAL: _Code.INTERNAL,

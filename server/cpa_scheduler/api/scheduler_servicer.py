@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +19,6 @@ from cpa_scheduler.domain import (
     DomainError,
     InvalidArgument,
     Job,
-    JobEvent,
     JobFilter,
     JobOptions,
     JobSource,
@@ -48,13 +45,10 @@ from .list_filter import (
     parse_job_filter,
 )
 from .page_token import PageTokens, fingerprint_query, page_size
+from .watch import JobWatch
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# Events read from the store per query while replaying a job's history.
-_REPLAY_BATCH = 500
-# A watcher that hears nothing for this long re-reads the store (lost live events).
-_QUIET_REREAD_S = 2.0
 _LIST_JOBS_DEFAULT, _LIST_JOBS_MAX = 50, 1000
 _LIST_AGENTS_DEFAULT, _LIST_AGENTS_MAX = 100, 1000
 _RETRY_JOBS_DEFAULT, _RETRY_JOBS_MAX = 100, 1000
@@ -146,6 +140,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self._bus = bus
         self._lam = lam
         self._settings = settings
+        self._watch = JobWatch(orchestrator=orchestrator, bus=bus, settings=settings)
 
     def _tenant(self, context: Context) -> str:
         return tenant_of(context, default=self._settings.default_tenant)
@@ -324,64 +319,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         )
 
     @translate_errors
-    async def WatchJob(
+    async def WatchJob(  # type: ignore[override]  # writes with context.write (api/watch.py)
         self, request: pb.WatchJobRequest, context: Context
-    ) -> AsyncIterator[pb.WatchJobResponse]:
-        job_id = _required(request.job_id, "job_id")
-        if request.after_sequence < 0:
-            raise InvalidArgument(
-                f"after_sequence must not be negative, got {request.after_sequence}",
-                field="after_sequence",
-            )
-        tenant = self._tenant(context)
-        # Subscribe before reading the store, so nothing falls between the two.
-        subscription = self._bus.subscribe(tenant, job_id)
-        try:
-            last = request.after_sequence
-            batch = await self._stored_after(tenant, job_id, last)
-            if not batch:
-                job = await self._orchestrator.get_job(tenant, job_id)
-                if job.is_terminal and last >= job.last_event_sequence:
-                    return
-            while True:
-                for event in batch:
-                    yield pb.WatchJobResponse(event=convert.event_to_proto(event))
-                    last = event.sequence
-                # Only the newest event ends the stream: a re-driven job has older terminals.
-                if batch and batch[-1].terminal:
-                    return
-                try:
-                    async with asyncio.timeout(_QUIET_REREAD_S):
-                        live = await subscription.next()
-                except TimeoutError:
-                    # Quiet: an event lost on the live feed (at most once between replicas)
-                    # must not leave the watcher waiting forever.
-                    batch = await self._stored_after(tenant, job_id, last)
-                    continue
-                if live.sequence <= last:
-                    batch = []
-                elif live.sequence > last + 1 or subscription.lagged:
-                    # A gap in the live feed: the store has every event.
-                    subscription.lagged = False
-                    batch = await self._stored_after(tenant, job_id, last)
-                else:
-                    batch = [live]
-        finally:
-            subscription.close()
-
-    async def _stored_after(self, tenant: str, job_id: str, after: int) -> list[JobEvent]:
-        return [event async for event in self._replay(tenant, job_id, after=after)]
-
-    async def _replay(self, tenant: str, job_id: str, *, after: int) -> AsyncIterator[JobEvent]:
-        while True:
-            events = await self._orchestrator.list_events(
-                tenant, job_id, after_sequence=after, limit=_REPLAY_BATCH
-            )
-            for event in events:
-                yield event
-            if len(events) < _REPLAY_BATCH:
-                return
-            after = events[-1].sequence
+    ) -> None:
+        await self._watch.watch(request, self._tenant(context), context)
 
     @translate_errors
     async def SendMessage(

@@ -92,6 +92,7 @@ class Reason(StrEnum):
     ATTEMPT_NOT_HELD = "ATTEMPT_NOT_HELD"
     AGENT_ID_IN_USE = "AGENT_ID_IN_USE"
     TOO_MANY_CALLS = "TOO_MANY_CALLS"
+    TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"
 
 
 class DomainError(Exception):

@@ -1,12 +1,17 @@
 """Live fan-out of stored job events to watchers (in-process, or across replicas via Redis)."""
 
-from .bus import EventBus, LocalEventBus, Subscription
+from .bus import EventBus, LocalEventBus
+from .fanout import FanOut, LiveEvent, Subscription, Watchers
 from .redis_bus import RedisEventBus
 
 __all__ = [
     # Interface
     "EventBus",
     "Subscription",
+    # Fan-out on this replica
+    "FanOut",
+    "LiveEvent",
+    "Watchers",
     # Implementations
     "LocalEventBus",
     "RedisEventBus",

@@ -12,6 +12,7 @@ and WatchJob re-reads the store when it sees a gap in the sequence numbers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -22,28 +23,40 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cpa_scheduler import json_text
+from cpa_scheduler.background import stop_tasks
 from cpa_scheduler.coalescing import Coalescer
 from cpa_scheduler.domain import JobEvent
 from cpa_scheduler.redis_keys import DEFAULT_PREFIX, RedisKeys
 from cpa_scheduler.redis_support import ChannelListener
 from cpa_scheduler.storage.codec import event_from_data, event_to_data
 
-from .bus import LocalEventBus, Subscription
+from .bus import SUBSCRIPTION_BUFFER
+from .fanout import Subscription, Watchers
 
 log = logging.getLogger(__name__)
 
 # Most publish calls in one message: a subscriber decodes a message in one go, holding its loop.
 MAX_CALLS_PER_MESSAGE = 256
+# A watcher that hears nothing for this long re-reads the store: the last event of a job lost
+# on the way (pub/sub is at most once) would otherwise leave it waiting for ever.
+QUIET_REREAD_S = 2.0
 
 
 class RedisEventBus:
     """EventBus over Redis pub/sub. `start()` subscribes (done when it returns) and runs the
     listener; `close()` stops it (the Redis client belongs to the caller)."""
 
-    def __init__(self, redis: Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_buffered: int = SUBSCRIPTION_BUFFER,
+    ) -> None:
         self._redis = redis
         self._channel = RedisKeys(prefix).events_channel
-        self._local = LocalEventBus()
+        self._local = Watchers(max_buffered=max_buffered)
+        self._quiet: asyncio.Task[None] | None = None
         # Tells this instance's own messages apart: publish already delivered them locally.
         self._origin = uuid.uuid4().hex
         # Every message starts with its origin (publish writes it first), so this replica skips
@@ -61,10 +74,20 @@ class RedisEventBus:
             self._send, max_calls=MAX_CALLS_PER_MESSAGE, name="redis-event-outbox"
         )
 
+    @property
+    def watchers(self) -> Watchers:
+        return self._local
+
     async def start(self) -> None:
         await self._listener.start()
+        self._quiet = asyncio.create_task(
+            self._local.reread_quiet_forever(QUIET_REREAD_S), name="quiet-watchers"
+        )
 
     async def close(self) -> None:
+        if self._quiet is not None:
+            await stop_tasks([self._quiet])
+            self._quiet = None
         await self._outbox.close()
         await self._listener.close()
 

@@ -40,7 +40,7 @@ from cpa_scheduler.events import EventBus
 from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
 from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.settings import Settings
-from cpa_scheduler.storage import QueuedTask, Store
+from cpa_scheduler.storage import EndPosition, QueuedTask, Store
 
 from .approvals import refuse_approvals
 from .sweeps import TimeSweeps
@@ -109,6 +109,10 @@ class Orchestrator(TimeSweeps):
         self._changing: set[asyncio.Task[Any]] = set()
         self._timeout_grace = timedelta(seconds=settings.task_timeout_grace_s)
         self._request_retention = timedelta(seconds=settings.idempotency_retention_s)
+        self._event_retention = timedelta(seconds=settings.event_retention_s)
+        # Where the event retention sweep goes on (per process: after a restart it walks the
+        # finished jobs once more from the start, deleting nothing twice).
+        self._prune_after: EndPosition | None = None
 
     @property
     def store(self) -> Store:

@@ -1,5 +1,5 @@
 """The time-driven transitions of the orchestrator: leases, timeouts, deadlines, request-id
-retention, and re-publishing what waits QUEUED (reconcile at intervals, recover at start).
+and event retention, and re-publishing what waits QUEUED (reconcile at intervals, recover at start).
 
 A part of Orchestrator (its base class), apart because it is a concern of its own: each sweep
 asks the store what is due and applies the domain's transition through Orchestrator._apply.
@@ -19,7 +19,7 @@ from cpa_scheduler.dispatch.matching import AgentProfile, Requirement, unmet_req
 from cpa_scheduler.domain import AttemptRef, Job, NotFound, StaleAttempt
 from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.settings import Settings
-from cpa_scheduler.storage import Store
+from cpa_scheduler.storage import EndPosition, Store
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 # Most expired leases handled in one sweep; the next sweep takes the rest.
 SWEEP_BATCH = 500
+# Most finished jobs whose events one sweep prunes: the embedded store deletes on the loop.
+PRUNE_BATCH = 100
 
 
 class TimeSweeps:
@@ -39,6 +41,8 @@ class TimeSweeps:
     _clock: Callable[[], datetime]
     _rng: random.Random
     _request_retention: timedelta
+    _event_retention: timedelta
+    _prune_after: EndPosition | None
 
     async def _apply(
         self,
@@ -112,6 +116,14 @@ class TimeSweeps:
             self._clock() - self._request_retention, limit=SWEEP_BATCH
         )
 
+    async def prune_events(self) -> int:
+        """Delete the events of jobs that ended more than `event_retention_s` ago, all but each
+        job's last (terminal) one; a few jobs per sweep, walking them in order of their end."""
+        deleted, self._prune_after = await self._store.prune_events(
+            self._clock() - self._event_retention, after=self._prune_after, limit=PRUNE_BATCH
+        )
+        return deleted
+
     async def expire_overdue_jobs(self) -> int:
         """Stop the jobs whose deadline passed: they end FAILED with JOB_DEADLINE_EXCEEDED once
         their running attempts have stopped (or lost their lease)."""
@@ -133,6 +145,7 @@ class TimeSweeps:
             self.expire_unstarted_tasks,
             self.expire_overdue_jobs,
             self.forget_request_ids,
+            self.prune_events,
         )
         while True:
             await asyncio.sleep(interval_s)

@@ -1,7 +1,7 @@
 """Durable state: the Store interface and its implementations (SQLite embedded, PostgreSQL)."""
 
 from .data_dir import DataDirectoryInUseError
-from .interface import QueuedTask, Store, StoredMessage
+from .interface import EndPosition, QueuedTask, Store, StoredMessage
 from .migrations import (
     DatabaseUnavailableError,
     InvalidDatabaseUrlError,
@@ -15,6 +15,7 @@ from .sqlite_store import SqliteStore
 
 __all__ = [
     # Interface
+    "EndPosition",
     "QueuedTask",
     "Store",
     "StoredMessage",

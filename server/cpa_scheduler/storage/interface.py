@@ -55,6 +55,14 @@ class StoredMessage:
     create_time: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class EndPosition:
+    """Where a walk over finished jobs, in order of their end, has got to."""
+
+    end_time: datetime
+    job_id: str
+
+
 class Store(Protocol):
     """Durable state of jobs, tasks, attempts, events and LAM messages."""
 
@@ -115,6 +123,16 @@ class Store(Protocol):
     async def forget_request_ids(self, created_before: datetime, *, limit: int) -> int:
         """Release the request ids of at most `limit` jobs created before `created_before` (their
         retention ended): a new request may use them again. Returns how many were released."""
+        ...
+
+    async def prune_events(
+        self, ended_before: datetime, *, after: EndPosition | None, limit: int
+    ) -> tuple[int, EndPosition | None]:
+        """Delete the events of at most `limit` jobs that ended (SUCCEEDED, FAILED, CANCELLED)
+        before `ended_before`, taken in order of their end after `after`: all but each job's
+        last event, its terminal one, which is always kept. Returns how many events were
+        deleted and the position of the last job looked at (`after` when there was none): the
+        next call goes on from there."""
         ...
 
     async def renew_leases(

@@ -37,15 +37,17 @@ from cpa_scheduler.domain import (
     JobChanges,
     JobEvent,
     JobFilter,
+    JobState,
     NotFound,
     PagePosition,
     Reason,
     RequestIdReused,
+    is_terminal,
 )
 
 from . import codec
 from .aggregate_cache import AggregateCache
-from .interface import QueuedTask, StoredMessage
+from .interface import EndPosition, QueuedTask, StoredMessage
 from .migrations import (
     REVISION_QUERY,
     DatabaseUnavailableError,
@@ -1050,6 +1052,33 @@ class PostgresStore:
             {"before": created_before, "limit": limit},
         )
         return len(rows)
+
+    async def prune_events(
+        self, ended_before: datetime, *, after: EndPosition | None, limit: int
+    ) -> tuple[int, EndPosition | None]:
+        position = ""
+        if after is not None:
+            position = "AND (end_time, job_id) > (%(after_time)s, %(after_id)s) "
+        rows = await self._statement(
+            "WITH ended AS (SELECT job_id, last_event_sequence, end_time FROM jobs "
+            "WHERE end_time < %(before)s AND state = ANY(%(terminal)s) "
+            f"{position}ORDER BY end_time, job_id LIMIT %(limit)s), "
+            "deleted AS (DELETE FROM events e USING ended WHERE e.job_id = ended.job_id "
+            "AND e.sequence < ended.last_event_sequence RETURNING 1) "
+            "SELECT (SELECT count(*) FROM deleted), end_time, job_id FROM ended "
+            "ORDER BY end_time DESC, job_id DESC LIMIT 1",
+            {
+                "before": ended_before,
+                "terminal": [state.value for state in JobState if is_terminal(state)],
+                "limit": limit,
+                "after_time": after.end_time if after is not None else None,
+                "after_id": after.job_id if after is not None else None,
+            },
+        )
+        if not rows:
+            return 0, after
+        [(deleted, end_time, job_id)] = rows
+        return deleted, EndPosition(end_time, job_id)
 
     async def expired_attempts(self, now: datetime, *, limit: int) -> list[tuple[str, AttemptRef]]:
         rows = await self._statement(

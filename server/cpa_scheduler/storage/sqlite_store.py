@@ -29,11 +29,12 @@ from cpa_scheduler.domain import (
     Reason,
     RequestIdReused,
     TaskState,
+    is_terminal,
 )
 
 from . import codec
 from .data_dir import DataDirectoryLock, make_private_file
-from .interface import QueuedTask, StoredMessage
+from .interface import EndPosition, QueuedTask, StoredMessage
 
 T = TypeVar("T")
 
@@ -81,6 +82,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (tenant, request_id)
 CREATE INDEX IF NOT EXISTS jobs_listing ON jobs (tenant, create_time DESC, job_id DESC);
 CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (deadline) WHERE deadline IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_request_age ON jobs (create_time) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_end ON jobs (end_time, job_id) WHERE end_time IS NOT NULL;
 CREATE TABLE IF NOT EXISTS job_labels (
     job_id TEXT NOT NULL REFERENCES jobs (job_id),
     key TEXT NOT NULL,
@@ -557,6 +559,39 @@ class SqliteStore:
             if (live := self._live.get(row["job_id"])) is not None:
                 live.request_id = live.request_fingerprint = ""
         return len(rows)
+
+    async def prune_events(
+        self, ended_before: datetime, *, after: EndPosition | None, limit: int
+    ) -> tuple[int, EndPosition | None]:
+        return await self._write(lambda: self._prune_events(ended_before, after, limit))
+
+    def _prune_events(
+        self, ended_before: datetime, after: EndPosition | None, limit: int
+    ) -> tuple[int, EndPosition | None]:
+        terminal = [state.value for state in JobState if is_terminal(state)]
+        clauses = [f"state IN ({', '.join('?' for _ in terminal)})", "end_time < ?"]
+        arguments: list[Any] = [*terminal, codec.time_to_us(ended_before)]
+        if after is not None:
+            clauses.append("(end_time > ? OR (end_time = ? AND job_id > ?))")
+            after_us = codec.time_to_us(after.end_time)
+            arguments += [after_us, after_us, after.job_id]
+        rows = self._db.execute(
+            "SELECT job_id, last_event_sequence, end_time FROM jobs "
+            f"WHERE end_time IS NOT NULL AND {' AND '.join(clauses)} "
+            "ORDER BY end_time, job_id LIMIT ?",
+            [*arguments, limit],
+        ).fetchall()
+        if not rows:
+            return 0, after
+        before = self._db.total_changes
+        self._db.executemany(
+            "DELETE FROM events WHERE job_id = ? AND sequence < ?",
+            [(row["job_id"], row["last_event_sequence"]) for row in rows],
+        )
+        last = rows[-1]
+        end_time = codec.time_from_us(last["end_time"])
+        assert end_time is not None  # selected so
+        return self._db.total_changes - before, EndPosition(end_time, last["job_id"])
 
     async def renew_leases(
         self,

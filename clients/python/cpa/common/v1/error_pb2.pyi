@@ -157,6 +157,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The replica has as many calls in progress (streams included) as its limit
     (CPA_MAX_CONCURRENT_RPCS): RESOURCE_EXHAUSTED; retry with backoff, or against another replica.
     """
+    ERROR_REASON_TOO_MANY_WATCHERS: _ErrorReason.ValueType  # 75
+    """Too many WatchJob streams are open on this replica, or for the caller's tenant on it
+    (CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
+    later, or on another replica.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -296,6 +301,11 @@ and takes over; another process must use another id or wait for that session to 
 ERROR_REASON_TOO_MANY_CALLS: ErrorReason.ValueType  # 70
 """The replica has as many calls in progress (streams included) as its limit
 (CPA_MAX_CONCURRENT_RPCS): RESOURCE_EXHAUSTED; retry with backoff, or against another replica.
+"""
+ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason.ValueType  # 75
+"""Too many WatchJob streams are open on this replica, or for the caller's tenant on it
+(CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
+later, or on another replica.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

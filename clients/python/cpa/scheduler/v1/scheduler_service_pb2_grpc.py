@@ -185,6 +185,14 @@ class SchedulerServiceServicer:
 
     def WatchJob(self, request, context):
         """Streams a job's events from after_sequence on, live, and ends after the terminal event.
+        Stored events are replayed in full; while following live, a watcher that reads slower than
+        events come may miss progress events superseded by a later progress of the same task
+        (state changes and the terminal event always arrive, in order), and one that falls further
+        behind is served from the store again. Events of jobs that ended more than
+        CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
+        replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
+        INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
+        replica, or the caller's tenant on it, has as many streams open as its limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

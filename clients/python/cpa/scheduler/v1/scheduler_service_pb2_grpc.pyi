@@ -88,7 +88,16 @@ class SchedulerServiceStub:
     stay re-driven and calling again does the rest.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]
-    """Streams a job's events from after_sequence on, live, and ends after the terminal event."""
+    """Streams a job's events from after_sequence on, live, and ends after the terminal event.
+    Stored events are replayed in full; while following live, a watcher that reads slower than
+    events come may miss progress events superseded by a later progress of the same task
+    (state changes and the terminal event always arrive, in order), and one that falls further
+    behind is served from the store again. Events of jobs that ended more than
+    CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
+    replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
+    INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
+    replica, or the caller's tenant on it, has as many streams open as its limit.
+    """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
     declined (refuse); a malformed message gets not_understood; other performatives are
@@ -159,7 +168,16 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     stay re-driven and calling again does the rest.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]  # type: ignore[assignment]
-    """Streams a job's events from after_sequence on, live, and ends after the terminal event."""
+    """Streams a job's events from after_sequence on, live, and ends after the terminal event.
+    Stored events are replayed in full; while following live, a watcher that reads slower than
+    events come may miss progress events superseded by a later progress of the same task
+    (state changes and the terminal event always arrive, in order), and one that falls further
+    behind is served from the store again. Events of jobs that ended more than
+    CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
+    replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
+    INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
+    replica, or the caller's tenant on it, has as many streams open as its limit.
+    """
     SendMessage: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
     declined (refuse); a malformed message gets not_understood; other performatives are
@@ -275,7 +293,16 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_service_pb2.WatchJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scheduler_service_pb2.WatchJobResponse], _abc.AsyncIterator[_scheduler_service_pb2.WatchJobResponse]]:
-        """Streams a job's events from after_sequence on, live, and ends after the terminal event."""
+        """Streams a job's events from after_sequence on, live, and ends after the terminal event.
+        Stored events are replayed in full; while following live, a watcher that reads slower than
+        events come may miss progress events superseded by a later progress of the same task
+        (state changes and the terminal event always arrive, in order), and one that falls further
+        behind is served from the store again. Events of jobs that ended more than
+        CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
+        replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
+        INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
+        replica, or the caller's tenant on it, has as many streams open as its limit.
+        """
 
     @_abc_1.abstractmethod
     def SendMessage(

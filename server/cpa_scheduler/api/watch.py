@@ -1,0 +1,146 @@
+"""WatchJob: replay a job's stored events after a sequence, follow it live, end at its terminal
+event — without holding up the agents' streams that share the event loop.
+
+Every write takes a turn of the replica's fan-out (events/fanout.py: a bounded number per loop
+iteration); live events are encoded once for all their watchers and handed to gRPC as bytes
+(api/decoded_service.py's serializer passes bytes through). A
+watcher that reads slowly has its progress events coalesced, and past its buffer re-reads the
+store from the last event it delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from cpa.scheduler.v1 import scheduler_service_pb2 as pb
+from cpa_scheduler.domain import DomainError, InvalidArgument, Reason
+from cpa_scheduler.events import EventBus, Subscription
+from cpa_scheduler.orchestration import Orchestrator
+from cpa_scheduler.settings import Settings
+
+from . import convert
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Events read from the store per query while replaying a job's history.
+REPLAY_BATCH = 500
+
+
+class _ClientGoneError(Exception):
+    """The client cancelled the call while a write was under way."""
+
+
+class JobWatch:
+    """Serves WatchJob streams of this replica (see the module's doc)."""
+
+    def __init__(self, *, orchestrator: Orchestrator, bus: EventBus, settings: Settings) -> None:
+        self._orchestrator = orchestrator
+        self._bus = bus
+        self._settings = settings
+
+    def _admit(self, tenant: str) -> None:
+        watchers = self._bus.watchers
+        if watchers.count >= self._settings.max_watchers_per_replica:
+            raise DomainError(
+                f"this replica serves {watchers.count} WatchJob streams, its limit; "
+                "retry later or on another replica",
+                reason=Reason.TOO_MANY_WATCHERS,
+            )
+        if watchers.count_of(tenant) >= self._settings.max_watchers_per_tenant:
+            raise DomainError(
+                f"the tenant has {watchers.count_of(tenant)} WatchJob streams open on this "
+                "replica, its limit; close some or retry later",
+                reason=Reason.TOO_MANY_WATCHERS,
+            )
+
+    async def watch(self, request: pb.WatchJobRequest, tenant: str, context: Context) -> None:
+        """Writes the job's events after `request.after_sequence`, then live ones, and returns
+        after the terminal event (at once if the job ended at or before after_sequence)."""
+        job_id = request.job_id
+        if not job_id:
+            raise InvalidArgument("job_id is required", reason=Reason.MISSING_FIELD, field="job_id")
+        if request.after_sequence < 0:
+            raise InvalidArgument(
+                f"after_sequence must not be negative, got {request.after_sequence}",
+                field="after_sequence",
+            )
+        self._admit(tenant)
+        # Subscribe before reading the store, so nothing falls between the two.
+        subscription = self._bus.subscribe(tenant, job_id)
+        try:
+            await self._follow(subscription, tenant, job_id, request.after_sequence, context)
+        except _ClientGoneError:
+            return  # nobody to tell: a write failed because the client cancelled the call
+        finally:
+            subscription.close()
+
+    async def _follow(
+        self,
+        subscription: Subscription,
+        tenant: str,
+        job_id: str,
+        last: int,
+        context: Context,
+    ) -> None:
+        encode: Callable[[Any], bytes] = convert.watch_response_bytes
+
+        async def write(data: bytes) -> None:
+            try:
+                await context.write(data)
+            except Exception:
+                if context.cancelled():
+                    raise _ClientGoneError from None
+                raise
+
+        first_read = True
+        while True:
+            ended, last, wrote = await self._replay(subscription, tenant, job_id, last, write)
+            if ended:
+                return
+            if first_read and not wrote:
+                job = await self._orchestrator.get_job(tenant, job_id)  # NOT_FOUND if none
+                if job.is_terminal and last >= job.last_event_sequence:
+                    return
+            first_read = False
+            subscription.resume_after(last)
+            while (live := await subscription.next()) is not None:
+                event = live.event
+                try:
+                    await write(live.encoded(encode))
+                finally:
+                    subscription.written()
+                last = event.sequence
+                if event.terminal:
+                    return
+            # None: the buffer overflowed or events were lost: the store has them all.
+
+    async def _replay(
+        self,
+        subscription: Subscription,
+        tenant: str,
+        job_id: str,
+        last: int,
+        write: Callable[[Any], Any],
+    ) -> tuple[bool, int, bool]:
+        """Writes the stored events after `last`; returns (the newest was terminal, the last
+        sequence written, whether any was). Each write takes a turn of the fan-out."""
+        fanout = self._bus.watchers.fanout
+        wrote = terminal = False
+        while True:
+            events = await self._orchestrator.list_events(
+                tenant, job_id, after_sequence=last, limit=REPLAY_BATCH
+            )
+            for event in events:
+                turn = await fanout.turn()
+                try:
+                    await write(convert.watch_response_bytes(event))
+                finally:
+                    fanout.done(turn)
+                last, wrote, terminal = event.sequence, True, event.terminal
+            if len(events) < REPLAY_BATCH:
+                # Only the newest event ends the stream: a re-driven job has older terminals.
+                return terminal, last, wrote
