@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import random
-import re
+import sys
 import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from cpa_scheduler.domain import InvalidArgument
-from cpa_scheduler.planning import (
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # the attack texts: tests/fixtures
+
+from cpa_scheduler.domain import InvalidArgument  # noqa: E402
+from cpa_scheduler.planning import (  # noqa: E402
     Pattern,
     RenderLimits,
     RuleIntentRouter,
     load_default_catalog,
     parse_catalog,
 )
+from tests.fixtures.routing_attacks import attack, near_misses  # noqa: E402
 
 REPEATS = 5
 
@@ -38,30 +43,6 @@ def best_ms(work: Callable[[], object]) -> float:
         work()
         runs.append(time.perf_counter() - start)
     return min(runs) * 1000
-
-
-def attack(size: int) -> str:
-    return ("get from portal " * (size // 16 + 1))[:size]
-
-
-def near_misses(size: int) -> str:
-    """Distinct words made of the letters of the catalog's words: the ranking's worst case."""
-    known = sorted(
-        {
-            word
-            for intent in load_default_catalog().intents
-            for word in re.findall(r"[a-z]{4,}", intent.description.lower())
-        }
-    )
-    rng = random.Random(11)
-    words: list[str] = []
-    length = 0
-    while length < size:
-        letters = list(rng.choice(known))
-        rng.shuffle(letters)
-        words.append("".join(letters))
-        length += len(letters) + 1
-    return " ".join(words)[:size]
 
 
 def search_all(patterns: list[Pattern], text: str) -> None:

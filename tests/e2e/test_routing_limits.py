@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,9 +20,9 @@ from cpa.common.v1 import error_pb2
 from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import job_pb2
 from cpa_client import CpaError, SchedulerClient
-from cpa_scheduler.planning import load_default_catalog
 from cpa_scheduler.settings import Settings
 
+from ..fixtures.routing_attacks import attack, near_misses
 from .conftest import (
     EVENT_TIMEOUT_S,
     AgentProcesses,
@@ -35,36 +34,8 @@ from .conftest import (
     todos_spec,
 )
 
-ATTACK_UNIT = "get from portal "
 # What a GetJob may take while attacks run; the old code answered after 20 s.
 PROBE_DEADLINE_S = 2.0
-
-
-def _attack(size: int) -> str:
-    """The shape that made the portal pattern backtrack: every "get" a start, every "from
-    portal" a candidate end, and no mail address after it, so every split is tried."""
-    return (ATTACK_UNIT * (size // len(ATTACK_UNIT) + 1))[:size]
-
-
-def _near_misses(size: int) -> str:
-    """The shape that costs the ranking of unmatched text most: distinct words made of the
-    letters of the catalog's own words, so difflib's cheap bounds do not rule them out."""
-    known = sorted(
-        {
-            word
-            for intent in load_default_catalog().intents
-            for word in re.findall(r"[a-z]{4,}", intent.description.lower())
-        }
-    )
-    rng = random.Random(11)
-    words: list[str] = []
-    length = 0
-    while length < size:
-        letters = list(rng.choice(known))
-        rng.shuffle(letters)
-        words.append("".join(letters))
-        length += len(letters) + 1
-    return " ".join(words)[:size]
 
 
 def _long_name(size: int) -> str:
@@ -112,7 +83,7 @@ async def test_the_8_kib_attack_is_refused_naming_the_field(
     client: SchedulerClient, call: Call, field: str
 ) -> None:
     with pytest.raises((CpaError, grpc.aio.AioRpcError)) as caught:
-        await call(client, _attack(8 * 1024))
+        await call(client, attack(8 * 1024))
 
     error = caught.value
     if isinstance(error, grpc.aio.AioRpcError):
@@ -126,7 +97,7 @@ async def test_the_8_kib_attack_is_refused_naming_the_field(
 async def test_a_lam_request_with_the_attack_is_refused_naming_the_field(
     client: SchedulerClient,
 ) -> None:
-    reply = await client.send_message(_lam_request("m-redos", _attack(8 * 1024)))
+    reply = await client.send_message(_lam_request("m-redos", attack(8 * 1024)))
 
     assert reply.performative == lam.PERFORMATIVE_REFUSE
     assert reply.refuse.reason == error_pb2.ERROR_REASON_TEXT_TOO_LONG
@@ -147,7 +118,7 @@ async def test_attacks_at_the_cap_leave_a_running_attempt_and_other_calls_alone(
     await first_event(client, job.job_id, task_reached("step", job_pb2.TASK_STATE_RUNNING))
 
     cap = scheduler_settings.routing_text_max_bytes
-    texts = [_attack(cap), _attack(cap - 7), _near_misses(cap), _near_misses(cap - 3)]
+    texts = [attack(cap), attack(cap - 7), near_misses(cap), near_misses(cap - 3)]
     async with SchedulerClient(scheduler.target, timeout_s=PROBE_DEADLINE_S) as probe:
 
         async def attacks() -> list[Any]:
