@@ -28,6 +28,62 @@ class StopNotice:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ArtifactInfo:
+    """A file an attempt stored (a screenshot, a download) or takes as input, as the scheduler
+    lists it on the task (cpa.common.v1.Artifact)."""
+
+    name: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+    """Lower-case hex SHA-256 of the content."""
+    artifact_id: str = ""
+    """Server-assigned id; empty until the scheduler stored it."""
+
+
+class ArtifactAccess(Protocol):
+    """How an executor stores the files it produces and reads the artifacts its inputs name
+    (ToDo.inputs with artifact_name). The agent's implementation uploads to the scheduler; tests
+    of an executor use cpa_agent.executors.testing.MemoryArtifacts."""
+
+    async def save(self, name: str, media_type: str, data: bytes) -> ArtifactInfo:
+        """Stores `data` as an artifact of this attempt; the name is unique within the task
+        (a second save of a name replaces the first). Raises ExecutorError when it cannot."""
+        ...
+
+    async def read_input(self, input_name: str) -> tuple[ArtifactInfo, bytes]:
+        """The artifact bound to input `input_name`, its bytes checked against its sha256.
+        Raises ExecutorError when there is no such input or the bytes do not match."""
+        ...
+
+
+class SecretProvider(Protocol):
+    """Resolves credential references (ToDo.credential_refs values) to secret values, on the
+    agent only: the scheduler sees references, never values."""
+
+    async def get(self, ref: str) -> str:
+        """The secret `ref` names; raises KeyError when it has none."""
+        ...
+
+
+class _NoArtifacts:
+    async def save(self, name: str, media_type: str, data: bytes) -> ArtifactInfo:
+        raise ExecutorError(
+            "ARTIFACTS_UNAVAILABLE", "this context stores no artifacts", retryable=False
+        )
+
+    async def read_input(self, input_name: str) -> tuple[ArtifactInfo, bytes]:
+        raise ExecutorError(
+            "ARTIFACTS_UNAVAILABLE", f"no artifact input {input_name!r} here", retryable=False
+        )
+
+
+class _NoSecrets:
+    async def get(self, ref: str) -> str:
+        raise KeyError(ref)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExecutionContext:
     """One attempt as an executor sees it: what to do, with which values, and until when."""
 
@@ -44,6 +100,15 @@ class ExecutionContext:
     """Where progress goes; the runner sends it on the stream."""
     stop_notice: StopNotice = field(default_factory=StopNotice, repr=False)
     """Filled by the runner when the scheduler cancels the attempt; read `cancel_reason`."""
+    session: str = ""
+    """The task's session key: the tasks of one job with the same key run on one agent and share
+    its state there (one browser context). Empty: the task belongs to no session."""
+    parsed_params: Any = None
+    """`params` validated by the executor's `params_model` (an instance of it); None without one."""
+    artifacts: ArtifactAccess = field(default_factory=_NoArtifacts, repr=False)
+    """Where the attempt's files go, and where its artifact inputs come from."""
+    secrets: SecretProvider = field(default_factory=_NoSecrets, repr=False)
+    """The agent's secret provider; use `secret(purpose)`."""
 
     @property
     def cancel_reason(self) -> str | None:
@@ -57,10 +122,42 @@ class ExecutionContext:
         """Reports progress (0-100, None when unknown); best effort, never raises for the wire."""
         await self.on_progress(percent, message)
 
+    async def secret(self, purpose: str) -> str:
+        """The secret value for `purpose`: credential_refs[purpose] resolved by the agent's
+        provider. Never put it in outputs, errors, progress or logs. Raises ExecutorError
+        CREDENTIAL_NOT_FOUND (not retryable) naming the purpose and reference, not the value."""
+        ref = self.credential_refs.get(purpose)
+        if ref is None:
+            raise ExecutorError(
+                "CREDENTIAL_NOT_FOUND",
+                f"the task names no credential for {purpose!r} (ToDo.credential_refs)",
+                retryable=False,
+            )
+        try:
+            return await self.secrets.get(ref)
+        except KeyError:
+            raise ExecutorError(
+                "CREDENTIAL_NOT_FOUND",
+                f"this agent has no secret for reference {ref!r} (purpose {purpose!r})",
+                retryable=False,
+            ) from None
+
 
 @runtime_checkable
 class Executor(Protocol):
-    """Runs one action; returns its outputs (a JSON object) or raises ExecutorError."""
+    """Runs one action; returns its outputs (a JSON object) or raises ExecutorError.
+
+    Optional members, looked up with getattr by the agent:
+    - `params_model`: a pydantic model of the params; the runner validates params against it
+      before `run` (a failure is refused, not retryable, naming the field) and puts the instance
+      in `ctx.parsed_params`.
+    - `capabilities`: extra capabilities advertised in the hello ("browser:chromium").
+    - `async verify(ctx, outputs) -> None`: runs after `run`; raises ExecutorError when the
+      action did not have its effect, which fails the attempt.
+    - `async close_session(job_id, session) -> None`: the session ended (its last task, the job,
+      or the lease on it); release what it holds (a browser context).
+    - `async aclose() -> None`: the agent stops; release everything.
+    """
 
     @property
     def action(self) -> str:
