@@ -1,4 +1,4 @@
-"""`cpa agent`: run an executor agent with the built-in actions; SIGTERM/SIGINT drain it."""
+"""`cpa agent`: run an executor agent with the entry-point executors; SIGTERM/SIGINT drain it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
-from cpa_agent import Agent, AgentSettings, builtin_registry
+from cpa_agent import Agent, AgentSettings
 
 from .common import add_pair_option, emit, pairs
 from .serve_command import AGENT_CONNECTED_LINE
@@ -17,8 +17,11 @@ def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "agent",
         help="run an executor agent connected to a scheduler",
-        description="Connect to the scheduler and run the ToDos it assigns with the built-in "
-        "actions (noop, echo, wait, fail), reconnecting when the connection drops. SIGTERM or "
+        description="Connect to the scheduler and run the ToDos it assigns with the executors "
+        "of the installed `cpa.executors` entry points (ours: builtin = noop, echo, wait, fail; "
+        "CPA_AGENT_EXECUTORS=builtin,browser chooses), reconnecting when the connection drops. "
+        "Credential references resolve from env:NAME, file:/path or CPA_SECRET_<NAME> and "
+        "CPA_AGENT_SECRETS_DIR. SIGTERM or "
         "SIGINT drains the agent: it takes no new work, finishes what runs, then exits 0. "
         "Prints 'cpa agent ID connected to HOST:PORT' once the scheduler welcomed it. Other "
         "settings come from CPA_AGENT_* environment variables.",
@@ -40,6 +43,12 @@ def register(commands: Any) -> None:
         metavar="C",
         help="a capability matched against ToDo required_capabilities; repeatable",
     )
+    parser.add_argument(
+        "--executors",
+        metavar="NAMES",
+        help="comma-separated `cpa.executors` entry points to load, e.g. builtin,browser "
+        "(default: $CPA_AGENT_EXECUTORS, else all installed)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -55,12 +64,14 @@ def run(arguments: argparse.Namespace) -> int:
         overrides["labels"] = pairs(arguments.label, "--label")
     if arguments.capability:
         overrides["capabilities"] = arguments.capability
+    if arguments.executors is not None:
+        overrides["executors"] = arguments.executors
     settings = AgentSettings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(_run(Agent(settings=settings, registry=builtin_registry())))
+    asyncio.run(_run(Agent(settings=settings)))
     return 0
 
 

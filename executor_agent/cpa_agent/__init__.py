@@ -10,7 +10,9 @@ from cpa_agent.executors import (
     Executor,
     ExecutorError,
     ExecutorRegistry,
+    ExecutorUnavailable,
     builtin_registry,
+    entry_point_registry,
 )
 from cpa_agent.runner import AttemptKey
 from cpa_agent.settings import AgentSettings
@@ -25,7 +27,9 @@ __all__ = [
     "Executor",
     "ExecutorError",
     "ExecutorRegistry",
+    "ExecutorUnavailable",
     "builtin_registry",
+    "entry_point_registry",
     # Metadata
     "__version__",
 ]

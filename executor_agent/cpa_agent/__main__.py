@@ -1,4 +1,5 @@
-"""`python -m cpa_agent`: runs an agent with the built-in executors, configured by CPA_AGENT_*."""
+"""`python -m cpa_agent`: runs an agent with the executors of the `cpa.executors` entry points,
+configured by CPA_AGENT_* (CPA_AGENT_EXECUTORS chooses the entry points)."""
 
 import logging
 

@@ -12,9 +12,11 @@ import logging
 import signal
 
 from cpa_agent.connection import Connection
-from cpa_agent.executors.builtin import builtin_registry
+from cpa_agent.executors.base import SecretProvider
+from cpa_agent.executors.discovery import entry_point_registry
 from cpa_agent.executors.registry import ExecutorRegistry
 from cpa_agent.runner import AttemptKey
+from cpa_agent.secrets import secret_provider
 from cpa_agent.settings import AgentSettings
 
 logger = logging.getLogger(__name__)
@@ -30,10 +32,19 @@ class Agent:
         *,
         settings: AgentSettings | None = None,
         registry: ExecutorRegistry | None = None,
+        secrets: SecretProvider | None = None,
     ) -> None:
+        """Without a registry, the executors of the `cpa.executors` entry points the settings
+        select (CPA_AGENT_EXECUTORS); without a secret provider, the settings' one (env:, file:,
+        bare names, and CPA_AGENT_SECRET_PROVIDER's plug-in)."""
         self.settings = settings if settings is not None else AgentSettings()
-        self.registry = registry if registry is not None else builtin_registry()
-        self._connection = Connection(settings=self.settings, registry=self.registry)
+        self.registry = (
+            registry if registry is not None else entry_point_registry(self.settings.executors)
+        )
+        self.secrets = secrets if secrets is not None else secret_provider(self.settings)
+        self._connection = Connection(
+            settings=self.settings, registry=self.registry, secrets=self.secrets
+        )
         self._started = False
 
     @property
@@ -79,7 +90,7 @@ class Agent:
             self.settings.tenant,
             self.settings.server,
             self.settings.slots,
-            ", ".join(self.registry.actions()),
+            ", ".join(self.registry.actions()) or "none",
         )
         try:
             await self._connection.run()

@@ -21,6 +21,7 @@ from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa_agent._version import __version__
+from cpa_agent.executors.base import SecretProvider
 from cpa_agent.executors.registry import ExecutorRegistry
 from cpa_agent.runner import (
     AttemptKey,
@@ -118,9 +119,20 @@ def full_jitter_backoff_s(
 class Connection:
     """Keeps one session open at a time, reconnecting with jittered backoff, until drained."""
 
-    def __init__(self, *, settings: AgentSettings, registry: ExecutorRegistry) -> None:
+    def __init__(
+        self,
+        *,
+        settings: AgentSettings,
+        registry: ExecutorRegistry,
+        secrets: SecretProvider | None = None,
+    ) -> None:
         self._settings = settings
         self._registry = registry
+        self._secrets = secrets
+        # What the last hello offered: the actions whose executors were available then, and
+        # the capabilities of the settings and of those executors.
+        self._offered_actions: frozenset[str] = frozenset()
+        self._offered_capabilities: frozenset[str] = frozenset()
         self.connected = asyncio.Event()
         """Set while a session is welcomed; cleared when its stream ends."""
         self.sessions_started = 0
@@ -352,14 +364,21 @@ class Connection:
 
     def _hello(self) -> pb.ConnectRequest:
         settings = self._settings
+        # Checked at every hello: an executor may become available (or not) between sessions.
+        actions = self._registry.advertised_actions()
+        capabilities = sorted(
+            set(settings.capabilities) | set(self._registry.capabilities(actions))
+        )
+        self._offered_actions = frozenset(actions)
+        self._offered_capabilities = frozenset(capabilities)
         return pb.ConnectRequest(
             hello=pb.Hello(
                 agent_id=settings.agent_id,
                 name=settings.name,
                 tenant=settings.tenant,
                 capabilities=agent_capabilities_pb2.AgentCapabilities(
-                    actions=self._registry.actions(),
-                    capabilities=settings.capabilities,
+                    actions=actions,
+                    capabilities=capabilities,
                     labels=settings.labels,
                     slots=settings.slots,
                 ),
@@ -527,8 +546,8 @@ class Connection:
             session is not None
             and self._may_take_work(session)
             and self._free_slots() > 0
-            and action_name(todo) in self._registry
-            and set(todo.required_capabilities) <= set(self._settings.capabilities)
+            and action_name(todo) in self._offered_actions
+            and set(todo.required_capabilities) <= self._offered_capabilities
             and all(
                 self._settings.labels.get(name) == value
                 for name, value in todo.required_labels.items()
@@ -543,6 +562,7 @@ class Connection:
             registry=self._registry,
             on_progress=self._send_progress,
             stop_grace_s=self._settings.stop_grace_s,
+            secrets=self._secrets,
         )
         task = asyncio.create_task(self._execute(runner), name=f"attempt {runner.key}")
         self._attempt_tasks.add(task)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import traceback
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -16,8 +17,18 @@ from google.protobuf import json_format, struct_pb2
 
 from cpa.common.v1 import error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2
-from cpa_agent.executors.base import ExecutionContext, ExecutorError, StopNotice
-from cpa_agent.executors.registry import ExecutorRegistry
+from cpa_agent.executors.base import (
+    ArtifactAccess,
+    ArtifactInfo,
+    ExecutionContext,
+    Executor,
+    ExecutorError,
+    SecretProvider,
+    StopNotice,
+)
+from cpa_agent.executors.params import INVALID_PARAMS, InvalidParams, parse_params
+from cpa_agent.executors.registry import ExecutorRegistry, unavailable_reason
+from cpa_agent.secrets import RecordingSecrets, scrub_json, scrub_text
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +39,7 @@ CANCELLED = "CANCELLED"
 AGENT_SHUTDOWN = "AGENT_SHUTDOWN"
 EXECUTOR_EXCEPTION = "EXECUTOR_EXCEPTION"
 UNKNOWN_ACTION = "UNKNOWN_ACTION"
+EXECUTOR_UNAVAILABLE = "EXECUTOR_UNAVAILABLE"
 INVALID_OUTPUTS = "INVALID_OUTPUTS"
 OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
 
@@ -144,8 +156,16 @@ class AttemptRunner:
         registry: ExecutorRegistry,
         on_progress: ProgressSink,
         stop_grace_s: float = 5.0,
+        secrets: SecretProvider | None = None,
+        artifacts: ArtifactAccess | None = None,
     ) -> None:
         self.key = AttemptKey.of_assignment(assignment)
+        # Every secret value the attempt resolves, scrubbed out of all it reports.
+        self._secret_values: set[str] = set()
+        self._secrets = None if secrets is None else RecordingSecrets(secrets, self._secret_values)
+        self._artifacts = (
+            None if artifacts is None else _ScrubbedArtifacts(artifacts, self._secret_values)
+        )
         self.assignment = assignment
         self.action = action_name(assignment.todo)
         self._registry = registry
@@ -180,25 +200,60 @@ class AttemptRunner:
                     retryable=False,
                 )
             )
+        if (why := unavailable_reason(executor)) is not None:
+            # Not advertised (see ExecutorRegistry.advertised_actions), yet assigned: the server
+            # had an older hello. Another agent may have what this one lacks.
+            logger.warning("attempt %s: %r is unavailable here: %s", self.key, self.action, why)
+            return self._result(
+                error=_error(
+                    EXECUTOR_UNAVAILABLE,
+                    f"action {self.action!r} is unavailable on this agent: {why}",
+                    retryable=True,
+                )
+            )
         if self._stop is not None:
             return self._stopped_result(*self._stop)
+        params = struct_to_dict(self.assignment.todo.params)
+        parsed_params: Any = None
+        model = getattr(executor, "params_model", None)
+        if model is not None:
+            try:
+                parsed_params = parse_params(model, self.assignment.todo, params)
+            except InvalidParams as invalid:
+                logger.info("attempt %s: params refused at %s", self.key, invalid.field)
+                return self._result(
+                    error=_error(
+                        INVALID_PARAMS,
+                        f"invalid params for {self.action!r}: {invalid}",
+                        retryable=False,
+                        reason=error_pb2.ERROR_REASON_INVALID_PARAMS,
+                        details=invalid.details(),
+                    )
+                )
         now = datetime.now(UTC)
         deadline, stopped_at = self._deadline(now)
+        extras: dict[str, Any] = {}
+        if self._secrets is not None:
+            extras["secrets"] = self._secrets
+        if self._artifacts is not None:
+            extras["artifacts"] = self._artifacts
         ctx = ExecutionContext(
             job_id=self.key.job_id,
             task_id=self.key.task_id,
             attempt=self.key.attempt,
             todo=self.assignment.todo,
-            params=struct_to_dict(self.assignment.todo.params),
+            params=params,
             inputs=struct_to_dict(self.assignment.inputs),
             deadline=deadline,
             credential_refs=dict(self.assignment.credential_refs),
             on_progress=self._progress,
             stop_notice=self._stop_notice,
+            parsed_params=parsed_params,
+            **extras,
         )
         timeout_s = None if deadline is None else max(0.0, (deadline - now).total_seconds())
         logger.info("attempt %s: running %r", self.key, self.action)
-        work = asyncio.create_task(executor.run(ctx), name=f"attempt {self.key}")
+        work = asyncio.create_task(_run_and_verify(executor, ctx), name=f"attempt {self.key}")
         stop_requested = asyncio.create_task(self._stop_requested.wait())
         try:
             await asyncio.wait(
@@ -221,7 +276,9 @@ class AttemptRunner:
         try:
             outputs = work.result()
         except ExecutorError as error:
-            logger.info("attempt %s: failed with %s", self.key, error.code)
+            logger.info(
+                "attempt %s: failed with %s", self.key, scrub_text(error.code, self._secret_values)
+            )
             return self._result(
                 error=_error(
                     error.code, error.message, retryable=error.retryable, details=error.details
@@ -285,7 +342,7 @@ class AttemptRunner:
             job_id=self.key.job_id,
             task_id=self.key.task_id,
             attempt=self.key.attempt,
-            message=message,
+            message=scrub_text(message, self._secret_values),
         )
         # Unset means "not known" (the field is optional in the contract).
         if percent is not None:
@@ -299,6 +356,13 @@ class AttemptRunner:
         outputs: struct_pb2.Struct | None = None,
         cancelled: bool = False,
     ) -> executor_service_pb2.Result:
+        if self._secret_values and error is not None:
+            error.code = scrub_text(error.code, self._secret_values)
+            error.message = scrub_text(error.message, self._secret_values)
+            if error.HasField("details"):
+                details = scrub_json(struct_to_dict(error.details), self._secret_values)
+                error.details.Clear()
+                error.details.update(details)
         return executor_service_pb2.Result(
             job_id=self.key.job_id,
             task_id=self.key.task_id,
@@ -319,7 +383,7 @@ class AttemptRunner:
             )
         struct = struct_pb2.Struct()
         try:
-            struct.update(outputs)
+            struct.update(scrub_json(outputs, self._secret_values))
         except (ValueError, TypeError) as error:
             return self._result(
                 error=_error(
@@ -348,8 +412,36 @@ class AttemptRunner:
         )
 
     def _exception_result(self, error: BaseException) -> executor_service_pb2.Result:
-        # The traceback goes to the log only: the wire carries no internals.
-        logger.error("attempt %s: executor %r raised", self.key, self.action, exc_info=error)
+        # The traceback goes to the log only: the wire carries no internals. Formatted here and
+        # scrubbed, since an exception's text may hold a secret the executor resolved.
+        trace = scrub_text("".join(traceback.format_exception(error)), self._secret_values)
+        logger.error("attempt %s: executor %r raised\n%s", self.key, self.action, trace)
         return self._result(
             error=_error(EXECUTOR_EXCEPTION, f"{type(error).__name__}: {error}", retryable=True)
         )
+
+
+async def _run_and_verify(executor: Executor, ctx: ExecutionContext) -> dict[str, Any]:
+    """`run`, then the executor's optional `verify(ctx, outputs)`: one unit under the attempt's
+    timeout and cancellation. An ExecutorError from verify fails the attempt like one from run
+    (its own code and retryable flag); outputs are reported only when both passed."""
+    outputs = await executor.run(ctx)
+    verify = getattr(executor, "verify", None)
+    if verify is not None:
+        await verify(ctx, outputs)
+    return outputs
+
+
+class _ScrubbedArtifacts:
+    """The attempt's artifact access with secret values scrubbed out of artifact names (the
+    bytes are the executor's business: a screenshot must not show a typed password)."""
+
+    def __init__(self, inner: ArtifactAccess, secret_values: set[str]) -> None:
+        self._inner = inner
+        self._secret_values = secret_values
+
+    async def save(self, name: str, media_type: str, data: bytes) -> ArtifactInfo:
+        return await self._inner.save(scrub_text(name, self._secret_values), media_type, data)
+
+    async def read_input(self, input_name: str) -> tuple[ArtifactInfo, bytes]:
+        return await self._inner.read_input(input_name)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Self
+from pathlib import Path
+from typing import Annotated, Any, Self
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_agent_id() -> str:
@@ -74,7 +75,31 @@ class AgentSettings(BaseSettings):
         "server); otherwise the welcome's max_report_bytes (the server's CPA_MAX_REQUEST_BYTES).",
     )
 
+    executors: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Names of the `cpa.executors` entry points to load (comma-separated: "
+        "`builtin,browser`); empty loads every installed one. A name no installed package "
+        "offers stops the agent at start.",
+    )
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="Directory of secret files: a bare credential reference NAME with no "
+        "CPA_SECRET_<NAME> variable is the file NAME here.",
+    )
+    secret_provider: str = Field(
+        default="",
+        description="Import path `package.module:factory` of an extra SecretProvider (Vault and "
+        "the like), asked before the built-in env:/file:/bare-name rules.",
+    )
+
     log_level: str = Field(default="INFO", description="Python logging level name (CLI only).")
+
+    @field_validator("executors", mode="before")
+    @classmethod
+    def _split_executors(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Self:

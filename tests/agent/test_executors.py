@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from cpa.common.v1 import todo_pb2
-from cpa_agent import ExecutionContext, Executor, ExecutorError, builtin_registry
-
-
-def _context(*, params: dict[str, Any], attempt: int = 1) -> ExecutionContext:
-    return ExecutionContext(
-        job_id="job-1",
-        task_id="t1",
-        attempt=attempt,
-        todo=todo_pb2.ToDo(id="t1"),
-        params=params,
-        inputs={},
-        deadline=None,
-    )
+from cpa_agent import Executor, ExecutorError, builtin_registry
+from cpa_agent.executors.testing import make_context, run_alone
 
 
 def _executor(action: str) -> Executor:
@@ -45,28 +32,44 @@ def test_an_action_registers_once() -> None:
 
 
 async def test_noop_and_echo() -> None:
-    assert await _executor("noop").run(_context(params={"x": 1})) == {}
-    assert await _executor("echo").run(_context(params={"x": 1})) == {"x": 1}
+    assert await run_alone(_executor("noop"), params={"x": 1}) == {}
+    assert await run_alone(_executor("echo"), params={"x": 1}) == {"x": 1}
 
 
-@pytest.mark.parametrize("seconds", [None, -1, "5", True])
-async def test_wait_rejects_a_bad_duration(seconds: object) -> None:
+@pytest.mark.parametrize(
+    ("seconds", "message"),
+    [
+        (None, "Field required"),
+        (-1, "greater than or equal to 0"),
+        ("5", "Input should be a valid"),
+        (True, "Input should be a valid"),
+    ],
+)
+async def test_wait_rejects_a_bad_duration(seconds: object, message: str) -> None:
     params = {} if seconds is None else {"seconds": seconds}
 
     with pytest.raises(ExecutorError) as caught:
-        await _executor("wait").run(_context(params=params))
+        await run_alone(_executor("wait"), params=params)
 
     assert caught.value.code == "INVALID_PARAMS"
     assert not caught.value.retryable
+    assert caught.value.details["field"] == "params.seconds"
+    assert message in caught.value.details["message"]
+
+
+async def test_wait_refuses_an_unknown_param_by_name() -> None:
+    with pytest.raises(ExecutorError) as caught:
+        await run_alone(_executor("wait"), params={"seconds": 1, "second": 2})
+    assert caught.value.details["field"] == "params.second"
 
 
 async def test_wait_zero_returns_at_once() -> None:
-    assert await _executor("wait").run(_context(params={"seconds": 0})) == {"waited_s": 0.0}
+    assert await run_alone(_executor("wait"), params={"seconds": 0}) == {"waited_s": 0.0}
 
 
 async def test_wait_with_ignore_cancel_waits_out_a_cancel() -> None:
     waiting = asyncio.create_task(
-        _executor("wait").run(_context(params={"seconds": 0.2, "ignore_cancel": True}))
+        run_alone(_executor("wait"), params={"seconds": 0.2, "ignore_cancel": True})
     )
     await asyncio.sleep(0)  # let it start waiting, so the cancel lands inside the wait
     waiting.cancel()
@@ -75,13 +78,14 @@ async def test_wait_with_ignore_cancel_waits_out_a_cancel() -> None:
 
 async def test_wait_rejects_a_non_boolean_ignore_cancel() -> None:
     with pytest.raises(ExecutorError) as caught:
-        await _executor("wait").run(_context(params={"seconds": 0, "ignore_cancel": "yes"}))
+        await run_alone(_executor("wait"), params={"seconds": 0, "ignore_cancel": "yes"})
     assert caught.value.code == "INVALID_PARAMS"
+    assert caught.value.details["field"] == "params.ignore_cancel"
 
 
 @pytest.mark.parametrize(("attempt", "fails"), [(1, True), (2, True), (3, False)])
 async def test_fail_until_attempt(attempt: int, fails: bool) -> None:
-    context = _context(params={"until_attempt": 2.0}, attempt=attempt)
+    context = make_context(_executor("fail"), params={"until_attempt": 2.0}, attempt=attempt)
 
     if fails:
         with pytest.raises(ExecutorError):

@@ -9,6 +9,13 @@ from cpa_agent.executors.base import (
     SecretProvider,
 )
 from cpa_agent.executors.builtin import builtin_registry
+from cpa_agent.executors.discovery import (
+    ENTRY_POINT_GROUP,
+    ExecutorUnavailable,
+    discover,
+    entry_point_registry,
+)
+from cpa_agent.executors.params import INVALID_PARAMS
 from cpa_agent.executors.registry import ExecutorRegistry
 
 __all__ = [
@@ -19,7 +26,12 @@ __all__ = [
     "ArtifactAccess",
     "ArtifactInfo",
     "SecretProvider",
+    "INVALID_PARAMS",
     # Offering executors
+    "ENTRY_POINT_GROUP",
+    "ExecutorUnavailable",
     "ExecutorRegistry",
     "builtin_registry",
+    "discover",
+    "entry_point_registry",
 ]

@@ -150,10 +150,15 @@ class Executor(Protocol):
     Optional members, looked up with getattr by the agent:
     - `params_model`: a pydantic model of the params; the runner validates params against it
       before `run` (a failure is refused, not retryable, naming the field) and puts the instance
-      in `ctx.parsed_params`.
+      in `ctx.parsed_params`. For a built-in UI action (open_app, click, type, wait_for, uia)
+      fields named `selector` and `text` read ToDo.selector and ToDo.text (see
+      cpa_agent.executors.params.model_input).
     - `capabilities`: extra capabilities advertised in the hello ("browser:chromium").
-    - `async verify(ctx, outputs) -> None`: runs after `run`; raises ExecutorError when the
-      action did not have its effect, which fails the attempt.
+    - `async verify(ctx, outputs) -> None`: runs after `run`, within the same attempt (the same
+      timeout and cancellation); raises ExecutorError when the action did not have its effect,
+      which fails the attempt with that error (outputs are not reported).
+    - `unavailable_reason() -> str | None`: why the executor cannot run now (None: it can);
+      checked at every hello, an unavailable action is not advertised.
     - `async close_session(job_id, session) -> None`: the session ended (its last task, the job,
       or the lease on it); release what it holds (a browser context).
     - `async aclose() -> None`: the agent stops; release everything.

@@ -1,19 +1,28 @@
 """Built-in executors for tests and demos: noop, echo, wait and fail.
 
-Real actions (browser, mail, desktop) live in their own modules and register the same way.
+Real actions (browser, mail) live in their own packages; all of them, these included, reach the
+agent through the `cpa.executors` entry-point group (see discovery.py): `executors()` is ours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
-from cpa_agent.executors.base import ExecutionContext, ExecutorError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
+
+from cpa_agent.executors.base import ExecutionContext, Executor, ExecutorError
+from cpa_agent.executors.params import INVALID_PARAMS
 from cpa_agent.executors.registry import ExecutorRegistry
 
-INVALID_PARAMS = "INVALID_PARAMS"
+__all__ = ["INVALID_PARAMS", "builtin_registry", "executors"]
+
 _WAIT_PROGRESS_INTERVAL_S = 1.0
+# Strict: JSON has no "5" seconds and no `true` seconds (bool is an int in Python, not here).
+# One type, not a union: a union's errors carry its members' names in their path.
+_Number = StrictFloat
 
 
 class NoopExecutor:
@@ -37,31 +46,27 @@ class EchoExecutor:
         return outputs
 
 
+class WaitParams(BaseModel):
+    """Params of `wait`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seconds: _Number = Field(ge=0, allow_inf_nan=False)
+    ignore_cancel: StrictBool = False
+
+
 class WaitExecutor:
     """Sleeps params["seconds"], reporting progress about every second; stops at once on cancel,
     unless params["ignore_cancel"] is true: then it plays an action stuck in a call it cannot
     interrupt, and waits out its time whatever happens."""
 
     action = "wait"
+    params_model = WaitParams
 
     async def run(self, ctx: ExecutionContext) -> dict[str, Any]:
-        seconds = ctx.params.get("seconds")
-        # bool is an int subclass; `true` is not a duration.
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-            raise ExecutorError(
-                INVALID_PARAMS,
-                f"params.seconds must be a number >= 0, got {seconds!r}",
-                retryable=False,
-            )
-        ignore_cancel = ctx.params.get("ignore_cancel", False)
-        if not isinstance(ignore_cancel, bool):
-            raise ExecutorError(
-                INVALID_PARAMS,
-                f"params.ignore_cancel must be true or false, got {ignore_cancel!r}",
-                retryable=False,
-            )
-        total_s = float(seconds)
-        if ignore_cancel:
+        params: WaitParams = ctx.parsed_params
+        total_s = float(params.seconds)
+        if params.ignore_cancel:
             return await _wait_out(total_s)
         loop = asyncio.get_running_loop()
         started_s = loop.time()
@@ -83,32 +88,37 @@ async def _wait_out(total_s: float) -> dict[str, Any]:
     return {"waited_s": total_s}
 
 
+class FailParams(BaseModel):
+    """Params of `fail`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(default="FAILED", min_length=1)
+    message: str = "failed on purpose"
+    retryable: StrictBool = False
+    until_attempt: _Number | None = None
+    """Attempts after this one succeed (with outputs {"attempt": n})."""
+
+
 class FailExecutor:
     """Fails with params code/message/retryable; with until_attempt N, only attempts 1..N fail."""
 
     action = "fail"
+    params_model = FailParams
 
     async def run(self, ctx: ExecutionContext) -> dict[str, Any]:
-        until_attempt = ctx.params.get("until_attempt")
-        if until_attempt is not None and (
-            isinstance(until_attempt, bool) or not isinstance(until_attempt, int | float)
-        ):
-            raise ExecutorError(
-                INVALID_PARAMS,
-                f"params.until_attempt must be a number, got {until_attempt!r}",
-                retryable=False,
-            )
-        if until_attempt is not None and ctx.attempt > until_attempt:
+        params: FailParams = ctx.parsed_params
+        if params.until_attempt is not None and ctx.attempt > params.until_attempt:
             return {"attempt": ctx.attempt}
-        raise ExecutorError(
-            str(ctx.params.get("code", "FAILED")),
-            str(ctx.params.get("message", "failed on purpose")),
-            retryable=bool(ctx.params.get("retryable", False)),
-        )
+        raise ExecutorError(params.code, params.message, retryable=params.retryable)
+
+
+def executors() -> Iterable[Executor]:
+    """The `builtin` entry point of the `cpa.executors` group: noop, echo, wait and fail."""
+    return (NoopExecutor(), EchoExecutor(), WaitExecutor(), FailExecutor())
 
 
 def builtin_registry() -> ExecutorRegistry:
-    """A registry with noop, echo, wait and fail."""
-    return ExecutorRegistry(
-        executors=(NoopExecutor(), EchoExecutor(), WaitExecutor(), FailExecutor())
-    )
+    """A registry with noop, echo, wait and fail (tests and embedding; the agent's own registry
+    comes from the entry points, see discovery.py)."""
+    return ExecutorRegistry(executors=executors())

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from cpa_agent.executors.base import Executor
+
+logger = logging.getLogger(__name__)
+
+
+def unavailable_reason(executor: Executor) -> str | None:
+    """Why the executor cannot run now (its optional `unavailable_reason()`), or None. An
+    executor whose check raises counts as unavailable, with the exception as the reason."""
+    check = getattr(executor, "unavailable_reason", None)
+    if check is None:
+        return None
+    try:
+        reason = check()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None if reason is None else str(reason)
 
 
 class ExecutorRegistry:
@@ -28,8 +44,32 @@ class ExecutorRegistry:
         return self._executors.get(action)
 
     def actions(self) -> list[str]:
-        """Registered action names, sorted (stable hellos)."""
+        """Registered action names, sorted."""
         return sorted(self._executors)
+
+    def unavailable(self) -> dict[str, str]:
+        """Registered actions whose executor says it cannot run now, with the reason."""
+        reasons = {}
+        for action, executor in self._executors.items():
+            reason = unavailable_reason(executor)
+            if reason is not None:
+                reasons[action] = reason
+        return reasons
+
+    def advertised_actions(self) -> list[str]:
+        """The actions the hello offers, sorted (stable hellos): the registered ones whose
+        executor is available."""
+        unavailable = self.unavailable()
+        for action, reason in sorted(unavailable.items()):
+            logger.warning("not offering %r: %s", action, reason)
+        return sorted(set(self._executors) - set(unavailable))
+
+    def capabilities(self, actions: Iterable[str]) -> list[str]:
+        """The union of the optional `capabilities` of the executors of `actions`, sorted."""
+        found: set[str] = set()
+        for action in actions:
+            found.update(getattr(self._executors[action], "capabilities", ()) or ())
+        return sorted(found)
 
     def __contains__(self, action: object) -> bool:
         return action in self._executors

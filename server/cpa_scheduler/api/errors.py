@@ -130,6 +130,8 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.CANCELLED_BY_USER: _Code.FAILED_PRECONDITION,
         Reason.APPROVAL_REJECTED: _Code.FAILED_PRECONDITION,
         Reason.EXECUTOR_ERROR: _Code.FAILED_PRECONDITION,
+        # An agent refused a task's params (a task outcome, like EXECUTOR_ERROR).
+        Reason.INVALID_PARAMS: _Code.FAILED_PRECONDITION,
     }
 )
 

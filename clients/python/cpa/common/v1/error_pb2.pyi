@@ -162,6 +162,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
     later, or on another replica.
     """
+    ERROR_REASON_INVALID_PARAMS: _ErrorReason.ValueType  # 95
+    """The agent refused an assignment whose params (or, for built-in UI actions, selector and
+    text) do not fit the executor's parameter model: TaskError.code INVALID_PARAMS, not
+    retryable (the same params fail the same way), TaskError.details.field the path of the
+    first field at fault (`params.steps[2].selector`) and details.errors every problem found
+    (field and message). The executor never ran.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -306,6 +313,13 @@ ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason.ValueType  # 75
 """Too many WatchJob streams are open on this replica, or for the caller's tenant on it
 (CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
 later, or on another replica.
+"""
+ERROR_REASON_INVALID_PARAMS: ErrorReason.ValueType  # 95
+"""The agent refused an assignment whose params (or, for built-in UI actions, selector and
+text) do not fit the executor's parameter model: TaskError.code INVALID_PARAMS, not
+retryable (the same params fail the same way), TaskError.details.field the path of the
+first field at fault (`params.steps[2].selector`) and details.errors every problem found
+(field and message). The executor never ran.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

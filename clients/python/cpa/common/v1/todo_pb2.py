@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63pa/common/v1/todo.proto\x12\rcpa.common.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"X\n\x08Selector\x12\x37\n\x08strategy\x18\x01 \x01(\x0e\x32\x1f.cpa.common.v1.SelectorStrategyB\x04\xe2\x41\x01\x02\x12\x13\n\x05value\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x92\x02\n\x0bRetryPolicy\x12\x19\n\x0cmax_attempts\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06jitter\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x13non_retryable_codes\x18\x06 \x03(\tB\x0f\n\r_max_attemptsB\x15\n\x13_backoff_multiplierB\t\n\x07_jitter\"a\n\x0fOutputReference\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\noutput_key\x18\x02 \x01(\tH\x00\x12\x17\n\rartifact_name\x18\x03 \x01(\tH\x00\x42\x08\n\x06target\"\xba\x05\n\x04ToDo\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.cpa.common.v1.ActionTypeB\x04\xe2\x41\x01\x02\x12\x15\n\rcustom_action\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12)\n\x08selector\x18\x05 \x01(\x0b\x32\x17.cpa.common.v1.Selector\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ndepends_on\x18\t \x03(\t\x12\x30\n\x0cretry_policy\x18\n \x01(\x0b\x32\x1a.cpa.common.v1.RetryPolicy\x12\x1d\n\x15required_capabilities\x18\x0b \x03(\t\x12@\n\x0frequired_labels\x18\x0c \x03(\x0b\x32\'.cpa.common.v1.ToDo.RequiredLabelsEntry\x12\x19\n\x11requires_approval\x18\r \x01(\x08\x12/\n\x06inputs\x18\x0e \x03(\x0b\x32\x1f.cpa.common.v1.ToDo.InputsEntry\x12<\n\x19schedule_to_start_timeout\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aM\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.cpa.common.v1.OutputReference:\x02\x38\x01*\xee\x01\n\nActionType\x12\x1b\n\x17\x41\x43TION_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43TION_TYPE_OPEN_APP\x10\x01\x12\x15\n\x11\x41\x43TION_TYPE_CLICK\x10\x02\x12\x14\n\x10\x41\x43TION_TYPE_TYPE\x10\x03\x12\x18\n\x14\x41\x43TION_TYPE_WAIT_FOR\x10\x04\x12\x1a\n\x16\x41\x43TION_TYPE_PLAYWRIGHT\x10\x05\x12\x13\n\x0f\x41\x43TION_TYPE_UIA\x10\x06\x12\x19\n\x15\x41\x43TION_TYPE_SEND_MAIL\x10\x07\x12\x16\n\x12\x41\x43TION_TYPE_CUSTOM\x10\x08*\xa5\x01\n\x10SelectorStrategy\x12!\n\x1dSELECTOR_STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15SELECTOR_STRATEGY_CSS\x10\x01\x12\x1b\n\x17SELECTOR_STRATEGY_XPATH\x10\x02\x12\x1a\n\x16SELECTOR_STRATEGY_TEXT\x10\x03\x12\x1a\n\x16SELECTOR_STRATEGY_ROLE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63pa/common/v1/todo.proto\x12\rcpa.common.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"X\n\x08Selector\x12\x37\n\x08strategy\x18\x01 \x01(\x0e\x32\x1f.cpa.common.v1.SelectorStrategyB\x04\xe2\x41\x01\x02\x12\x13\n\x05value\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x92\x02\n\x0bRetryPolicy\x12\x19\n\x0cmax_attempts\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06jitter\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x13non_retryable_codes\x18\x06 \x03(\tB\x0f\n\r_max_attemptsB\x15\n\x13_backoff_multiplierB\t\n\x07_jitter\"a\n\x0fOutputReference\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\noutput_key\x18\x02 \x01(\tH\x00\x12\x17\n\rartifact_name\x18\x03 \x01(\tH\x00\x42\x08\n\x06target\"\xb3\x06\n\x04ToDo\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.cpa.common.v1.ActionTypeB\x04\xe2\x41\x01\x02\x12\x15\n\rcustom_action\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12)\n\x08selector\x18\x05 \x01(\x0b\x32\x17.cpa.common.v1.Selector\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ndepends_on\x18\t \x03(\t\x12\x30\n\x0cretry_policy\x18\n \x01(\x0b\x32\x1a.cpa.common.v1.RetryPolicy\x12\x1d\n\x15required_capabilities\x18\x0b \x03(\t\x12@\n\x0frequired_labels\x18\x0c \x03(\x0b\x32\'.cpa.common.v1.ToDo.RequiredLabelsEntry\x12\x19\n\x11requires_approval\x18\r \x01(\x08\x12/\n\x06inputs\x18\x0e \x03(\x0b\x32\x1f.cpa.common.v1.ToDo.InputsEntry\x12<\n\x19schedule_to_start_timeout\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12@\n\x0f\x63redential_refs\x18\x11 \x03(\x0b\x32\'.cpa.common.v1.ToDo.CredentialRefsEntry\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aM\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.cpa.common.v1.OutputReference:\x02\x38\x01\x1a\x35\n\x13\x43redentialRefsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xee\x01\n\nActionType\x12\x1b\n\x17\x41\x43TION_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43TION_TYPE_OPEN_APP\x10\x01\x12\x15\n\x11\x41\x43TION_TYPE_CLICK\x10\x02\x12\x14\n\x10\x41\x43TION_TYPE_TYPE\x10\x03\x12\x18\n\x14\x41\x43TION_TYPE_WAIT_FOR\x10\x04\x12\x1a\n\x16\x41\x43TION_TYPE_PLAYWRIGHT\x10\x05\x12\x13\n\x0f\x41\x43TION_TYPE_UIA\x10\x06\x12\x19\n\x15\x41\x43TION_TYPE_SEND_MAIL\x10\x07\x12\x16\n\x12\x41\x43TION_TYPE_CUSTOM\x10\x08*\xa5\x01\n\x10SelectorStrategy\x12!\n\x1dSELECTOR_STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15SELECTOR_STRATEGY_CSS\x10\x01\x12\x1b\n\x17SELECTOR_STRATEGY_XPATH\x10\x02\x12\x1a\n\x16SELECTOR_STRATEGY_TEXT\x10\x03\x12\x1a\n\x16SELECTOR_STRATEGY_ROLE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,14 +44,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TODO_REQUIREDLABELSENTRY']._serialized_options = b'8\001'
   _globals['_TODO_INPUTSENTRY']._loaded_options = None
   _globals['_TODO_INPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_TODO_CREDENTIALREFSENTRY']._loaded_options = None
+  _globals['_TODO_CREDENTIALREFSENTRY']._serialized_options = b'8\001'
   _globals['_TODO'].fields_by_name['id']._loaded_options = None
   _globals['_TODO'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_TODO'].fields_by_name['action']._loaded_options = None
   _globals['_TODO'].fields_by_name['action']._serialized_options = b'\342A\001\002'
-  _globals['_ACTIONTYPE']._serialized_start=1306
-  _globals['_ACTIONTYPE']._serialized_end=1544
-  _globals['_SELECTORSTRATEGY']._serialized_start=1547
-  _globals['_SELECTORSTRATEGY']._serialized_end=1712
+  _globals['_ACTIONTYPE']._serialized_start=1427
+  _globals['_ACTIONTYPE']._serialized_end=1665
+  _globals['_SELECTORSTRATEGY']._serialized_start=1668
+  _globals['_SELECTORSTRATEGY']._serialized_end=1833
   _globals['_SELECTOR']._serialized_start=138
   _globals['_SELECTOR']._serialized_end=226
   _globals['_RETRYPOLICY']._serialized_start=229
@@ -59,9 +61,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTREFERENCE']._serialized_start=505
   _globals['_OUTPUTREFERENCE']._serialized_end=602
   _globals['_TODO']._serialized_start=605
-  _globals['_TODO']._serialized_end=1303
-  _globals['_TODO_REQUIREDLABELSENTRY']._serialized_start=1171
-  _globals['_TODO_REQUIREDLABELSENTRY']._serialized_end=1224
-  _globals['_TODO_INPUTSENTRY']._serialized_start=1226
-  _globals['_TODO_INPUTSENTRY']._serialized_end=1303
+  _globals['_TODO']._serialized_end=1424
+  _globals['_TODO_REQUIREDLABELSENTRY']._serialized_start=1237
+  _globals['_TODO_REQUIREDLABELSENTRY']._serialized_end=1290
+  _globals['_TODO_INPUTSENTRY']._serialized_start=1292
+  _globals['_TODO_INPUTSENTRY']._serialized_end=1369
+  _globals['_TODO_CREDENTIALREFSENTRY']._serialized_start=1371
+  _globals['_TODO_CREDENTIALREFSENTRY']._serialized_end=1424
 # @@protoc_insertion_point(module_scope)

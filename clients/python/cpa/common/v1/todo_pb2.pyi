@@ -276,6 +276,26 @@ class ToDo(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class CredentialRefsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     CUSTOM_ACTION_FIELD_NUMBER: _builtins.int
@@ -291,6 +311,7 @@ class ToDo(_message.Message):
     REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_REFS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier, unique within the job; 1-63 letters, digits, '_', '.' or '-', starting with a
     letter or digit, matched as a whole (a trailing newline is refused: INVALID_FIELD).
@@ -358,6 +379,19 @@ class ToDo(_message.Message):
     def schedule_to_start_timeout(self) -> _duration_pb2.Duration:
         """Time the task may wait QUEUED for an agent before it fails with SCHEDULE_TO_START_TIMEOUT."""
 
+    @_builtins.property
+    def credential_refs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """References to credentials the action may use, keyed by purpose ("portal":
+        "env:PORTAL_PASSWORD", "mailbox": "vault://mail/ops"); never the secrets themselves. The
+        scheduler stores and forwards only these names: the agent that runs the task resolves them
+        with its own secret provider (Assignment.credential_refs). Purposes follow the input-name
+        rule (1-63 letters, digits or '_', starting with a letter); at most 32 entries, each
+        reference 1-1024 bytes (UTF-8) without control characters; else INVALID_ARGUMENT
+        (INVALID_FIELD) naming `credential_refs[<purpose>]`. A LAM request's
+        Security.credential_refs are added to every ToDo of its job, the ToDo's own entry winning
+        for a purpose both name.
+        """
+
     def __init__(
         self,
         *,
@@ -376,10 +410,11 @@ class ToDo(_message.Message):
         requires_approval: _builtins.bool = ...,
         inputs: _abc.Mapping[_builtins.str, Global___OutputReference] | None = ...,
         schedule_to_start_timeout: _duration_pb2.Duration | None = ...,
+        credential_refs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "retry_policy", b"retry_policy", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "custom_action", b"custom_action", "depends_on", b"depends_on", "description", b"description", "id", b"id", "inputs", b"inputs", "params", b"params", "required_capabilities", b"required_capabilities", "required_labels", b"required_labels", "requires_approval", b"requires_approval", "retry_policy", b"retry_policy", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "text", b"text", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "credential_refs", b"credential_refs", "custom_action", b"custom_action", "depends_on", b"depends_on", "description", b"description", "id", b"id", "inputs", b"inputs", "params", b"params", "required_capabilities", b"required_capabilities", "required_labels", b"required_labels", "requires_approval", b"requires_approval", "retry_policy", b"retry_policy", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "text", b"text", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -634,7 +634,11 @@ class Assignment(_message.Message):
 
     @_builtins.property
     def credential_refs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Credential references the action may use, keyed by purpose (see cpa.lam.v1.Security)."""
+        """Credential references the action may use, keyed by purpose: the task's
+        ToDo.credential_refs, which already hold the entries of the LAM request's
+        Security.credential_refs its ToDo did not name itself (the ToDo wins for a purpose both
+        name). The agent resolves them with its own secret provider; values never travel.
+        """
 
     def __init__(
         self,
