@@ -100,7 +100,7 @@ async def test_a_plugin_provider_is_asked_first_and_falls_through(
 
 
 def test_a_malformed_plugin_path_is_refused() -> None:
-    with pytest.raises(ValueError, match="package.module:factory"):
+    with pytest.raises(ValueError, match=r"package\.module:factory"):
         secret_provider(AgentSettings(secret_provider="no_colon_here"))
 
 

@@ -36,7 +36,7 @@ _UI_ACTIONS = frozenset(
 )
 
 
-class InvalidParams(Exception):
+class InvalidParams(Exception):  # noqa: N818 (the state of the params, like InvalidArgument)
     """Params the model refused: `field` is the path of the first problem (`params.steps[2].
     selector`), `errors` every problem as (field, message), at most MAX_LISTED_ERRORS."""
 
