@@ -30,7 +30,8 @@ def register(commands: Any) -> None:
         description="Submit a job to the scheduler and print its id. The work is free TEXT "
         "(routed through the intent catalog), --intent NAME with --param KEY=VALUE, or "
         "--todos FILE.yaml: a YAML list of ToDos (id, action, description, params, depends_on, "
-        "timeout_s, selector, text, required_capabilities, required_labels, retry_policy). "
+        "timeout_s, selector, text, required_capabilities, required_labels, retry_policy, "
+        "inputs, credential_refs). "
         "With --watch, follow the job until it ends: exit 0 if it SUCCEEDED, 1 otherwise. "
         "--batch FILE.jsonl submits many jobs instead: one ScheduleJobRequest per line, in the "
         'API\'s JSON ({"requestId": "r-1", "spec": {"text": "..."}}), sent 1000 at a time, '

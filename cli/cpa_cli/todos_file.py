@@ -70,6 +70,7 @@ TODO_KEYS = (
     "requires_approval",
     "retry_policy",
     "inputs",
+    "credential_refs",
 )
 SELECTOR_KEYS = ("strategy", "value")
 # The server checks the reference itself (an upstream task, a known key); an artifact_name is
@@ -358,6 +359,8 @@ class _Reader:
             ),
             "retry_policy": lambda v, p: message.retry_policy.CopyFrom(self.retry_policy(v, p)),
             "inputs": lambda v, p: self.inputs(message, v, p),
+            # purpose -> reference (env:NAME, file:/path, a name): never a secret itself.
+            "credential_refs": lambda v, p: message.credential_refs.update(self.labels(v, p)),
         }
         for key, item in fields.items():
             if key in converters and item is not None:

@@ -187,6 +187,45 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
         "spec.todos.todos[1].inputs[2nd report]",
     ),
     (
+        "credential purpose not a name",
+        _schedule(todos_spec(todo("a", "noop", credential_refs={"the portal": "env:P"}))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].credential_refs[the portal]",
+    ),
+    (
+        "credential without a reference",
+        _schedule(todos_spec(todo("a", "noop", credential_refs={"portal": ""}))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MISSING_FIELD",
+        "spec.todos.todos[0].credential_refs[portal]",
+    ),
+    (
+        "credential reference too long",
+        _schedule(todos_spec(todo("a", "noop", credential_refs={"portal": "é" * 513}))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].credential_refs[portal]",
+    ),
+    (
+        "credential reference with a newline",
+        _schedule(todos_spec(todo("a", "noop", credential_refs={"portal": "env:P\nX"}))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].credential_refs[portal]",
+    ),
+    (
+        "too many credentials",
+        _schedule(
+            todos_spec(
+                todo("a", "noop", credential_refs={f"p{i}": f"env:P{i}" for i in range(33)})
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.todos.todos[0].credential_refs",
+    ),
+    (
         "duplicate task id",
         _schedule(todos_spec(todo("a", "noop"), todo("a", "echo"))),
         grpc.StatusCode.INVALID_ARGUMENT,

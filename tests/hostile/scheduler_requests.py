@@ -57,6 +57,7 @@ def _todo(task_id: str = "a", depends_on: tuple[str, ...] = ()) -> todo_pb2.ToDo
         required_labels={"site": "b"},
         selector=todo_pb2.Selector(strategy=todo_pb2.SELECTOR_STRATEGY_CSS, value="#x"),
         retry_policy=todo_pb2.RetryPolicy(max_attempts=2, backoff_multiplier=2.0, jitter=0.1),
+        credential_refs={"portal": "env:PORTAL_PASSWORD", "mailbox": "mail.token"},
     )
     todo.timeout.FromSeconds(30)
     todo.schedule_to_start_timeout.FromSeconds(30)
@@ -94,7 +95,7 @@ def templates(rpc: str) -> list[Message]:
         intent="x",
         payload=_struct({"a": 1}),
         correlation=lam.Correlation(conversation_id="c-1", reply_with="r"),
-        security=lam.Security(tenant=""),
+        security=lam.Security(tenant="", credential_refs={"portal": "file:/run/secrets/p"}),
         request=lam.RequestBody(todos=[_todo("a")], parameters=_struct({})),
     )
     lam_request.expected.deadline.FromSeconds(4_000_000_000)

@@ -237,6 +237,7 @@ def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
         required_labels=dict(message.required_labels),
         requires_approval=message.requires_approval,
         inputs=_inputs_from_proto(message, field),
+        credential_refs=dict(message.credential_refs),
     )
     todo.validate(field)
     return todo
@@ -267,6 +268,7 @@ def todo_to_proto(todo: ToDo, *, params: bool = True) -> todo_pb2.ToDo:
             name: todo_pb2.OutputReference(task_id=ref.task_id, output_key=ref.output_key)
             for name, ref in todo.inputs.items()
         },
+        credential_refs=dict(todo.credential_refs),
     )
     if todo.selector is not None:
         message.selector.CopyFrom(
@@ -437,6 +439,8 @@ def outbound_to_proto(
         todo=todo_to_proto(message.todo),
         attempt=message.attempt,
         tenant=message.tenant,
+        # Already merged with the LAM request's Security.credential_refs when the job was planned.
+        credential_refs=dict(message.todo.credential_refs),
     )
     if message.inputs:
         assignment.inputs.CopyFrom(dict_to_struct(message.inputs))

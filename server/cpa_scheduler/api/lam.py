@@ -22,6 +22,7 @@ from cpa_scheduler.domain import (
     NotFound,
     Reason,
     SourceKind,
+    check_credential_refs,
 )
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.planning import IntentRequest, PlanRequest, TextRequest, TodoRequest
@@ -139,6 +140,8 @@ class LamHandler:
     ) -> tuple[lam.LamMessage, str]:
         try:
             request, source, options = self._work_of(message)
+            credential_refs = dict(message.security.credential_refs)
+            check_credential_refs(credential_refs, "security.credential_refs", "the message")
             job, created = await self._orchestrator.schedule(
                 tenant=tenant,
                 request=request,
@@ -147,6 +150,7 @@ class LamHandler:
                 request_id=message.id,
                 request_fingerprint=self._fingerprint(message),
                 conversation_id=conversation_id,
+                credential_refs=credential_refs,
             )
         except DomainError as error:
             error.field = (
@@ -209,6 +213,9 @@ class LamHandler:
             expected=message.expected,
             request=message.request,
         )
+        if message.security.credential_refs:
+            # Only when set, so the fingerprints of requests without any stay as they were.
+            work.security.credential_refs.update(message.security.credential_refs)
         return hashlib.sha256(work.SerializeToString(deterministic=True)).hexdigest()
 
     async def _cancel(

@@ -62,12 +62,15 @@ from .todo import (
     BUILTIN_ACTIONS,
     IDENTIFIER_PATTERN,
     INPUT_NAME_PATTERN,
+    MAX_CREDENTIAL_REF_BYTES,
+    MAX_CREDENTIAL_REFS,
     TASK_ID_PATTERN,
     ActionType,
     OutputRef,
     Selector,
     SelectorStrategy,
     ToDo,
+    check_credential_refs,
 )
 
 __all__ = [
@@ -87,6 +90,9 @@ __all__ = [
     "BUILTIN_ACTIONS",
     "IDENTIFIER_PATTERN",
     "INPUT_NAME_PATTERN",
+    "MAX_CREDENTIAL_REFS",
+    "MAX_CREDENTIAL_REF_BYTES",
+    "check_credential_refs",
     "TASK_ID_PATTERN",
     "ActionType",
     "OutputRef",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -34,6 +35,11 @@ TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 # Input names are the keys an executor finds its input values under (Assignment.inputs): 1-63
 # letters, digits or '_', starting with a letter, so every language can use them as identifiers.
 INPUT_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
+# Credential references (ToDo.credential_refs) are names, not secrets; bounded because every
+# assignment and every view of the task carries them.
+MAX_CREDENTIAL_REFS = 32
+MAX_CREDENTIAL_REF_BYTES = 1024
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SelectorStrategy(StrEnum):
@@ -86,6 +92,9 @@ class ToDo:
     requires_approval: bool = False
     inputs: Mapping[str, OutputRef] = field(default_factory=dict)
     """Named inputs, resolved from upstream tasks' outputs when an attempt is assigned."""
+    credential_refs: Mapping[str, str] = field(default_factory=dict)
+    """Credential references by purpose; the agent resolves them, the scheduler only carries
+    them (Assignment.credential_refs)."""
 
     @property
     def is_builtin_action(self) -> bool:
@@ -139,6 +148,16 @@ class ToDo:
         # Sorted: a proto map has no order, and the first problem reported must not vary.
         for name in sorted(self.inputs):
             self._validate_input(name, self.inputs[name], f"{field_prefix}.inputs[{name}]")
+        check_credential_refs(
+            self.credential_refs, f"{field_prefix}.credential_refs", f"task {self.id!r}"
+        )
+
+    def with_credential_defaults(self, defaults: Mapping[str, str]) -> ToDo:
+        """This ToDo with the `defaults` entries it does not name itself (a LAM request's
+        Security.credential_refs): its own entry wins for a purpose both name."""
+        if not defaults or all(purpose in self.credential_refs for purpose in defaults):
+            return self
+        return dataclasses.replace(self, credential_refs={**defaults, **self.credential_refs})
 
     def _validate_input(self, name: str, ref: OutputRef, field_name: str) -> None:
         if not INPUT_NAME_PATTERN.fullmatch(name):
@@ -159,4 +178,43 @@ class ToDo:
                 f"{echo(ref.task_id)}",
                 reason=Reason.MISSING_FIELD,
                 field=f"{field_name}.output_key",
+            )
+
+
+def check_credential_refs(refs: Mapping[str, str], field_name: str, owner: str) -> None:
+    """Credential references by purpose: purposes named like inputs, at most MAX_CREDENTIAL_REFS
+    entries, each reference 1-MAX_CREDENTIAL_REF_BYTES bytes without control characters.
+    InvalidArgument names `field_name[purpose]`; `owner` starts the message ("task 'login'")."""
+    if len(refs) > MAX_CREDENTIAL_REFS:
+        raise InvalidArgument(
+            f"{owner} names {len(refs)} credentials; at most {MAX_CREDENTIAL_REFS}",
+            field=field_name,
+        )
+    # Sorted: a proto map has no order, and the first problem reported must not vary.
+    for purpose in sorted(refs):
+        ref = refs[purpose]
+        where = f"{field_name}[{purpose}]"
+        if not INPUT_NAME_PATTERN.fullmatch(purpose):
+            raise InvalidArgument(
+                f"{owner}: credential purpose {echo(purpose)} must be 1-63 letters, digits or "
+                "'_', starting with a letter",
+                field=where,
+            )
+        if not ref:
+            raise InvalidArgument(
+                f"{owner}: credential {purpose!r} names no reference",
+                reason=Reason.MISSING_FIELD,
+                field=where,
+            )
+        size = len(ref.encode("utf-8"))
+        if size > MAX_CREDENTIAL_REF_BYTES:
+            raise InvalidArgument(
+                f"{owner}: the reference of credential {purpose!r} is {size} bytes; at most "
+                f"{MAX_CREDENTIAL_REF_BYTES}",
+                field=where,
+            )
+        if _CONTROL_CHARACTERS.search(ref):
+            raise InvalidArgument(
+                f"{owner}: the reference of credential {purpose!r} holds control characters",
+                field=where,
             )

@@ -120,10 +120,18 @@ class Orchestrator(TimeSweeps):
 
     # -- callers' requests -------------------------------------------------------------------
 
-    def plan(self, request: PlanRequest, *, context: Mapping[str, Any], field: str = "") -> Plan:
-        """Plan a request; errors name their field under `field` (the request's path)."""
+    def plan(
+        self,
+        request: PlanRequest,
+        *,
+        context: Mapping[str, Any],
+        field: str = "",
+        credential_refs: Mapping[str, str] | None = None,
+    ) -> Plan:
+        """Plan a request; errors name their field under `field` (the request's path).
+        `credential_refs` go to every ToDo that does not name the purpose (see Planner.plan)."""
         try:
-            return self._planner.plan(request, context=context)
+            return self._planner.plan(request, context=context, credential_refs=credential_refs)
         except DomainError as error:
             if isinstance(request, TextRequest):
                 error.field = f"{field}.text" if field else "text"
@@ -131,10 +139,16 @@ class Orchestrator(TimeSweeps):
                 error.field = f"{field}.{error.field}"
             raise
 
-    def matched_plan(self, request: PlanRequest, *, context: Mapping[str, Any]) -> Plan:
+    def matched_plan(
+        self,
+        request: PlanRequest,
+        *,
+        context: Mapping[str, Any],
+        credential_refs: Mapping[str, str] | None = None,
+    ) -> Plan:
         """The plan of a request that becomes a job: text that matches no intent is refused
         with UNKNOWN_INTENT, a task that requires approval with APPROVAL_NOT_SUPPORTED."""
-        plan = self.plan(request, context=context)
+        plan = self.plan(request, context=context, credential_refs=credential_refs)
         refuse_approvals(request, plan)
         if not plan.matched:
             closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
@@ -155,11 +169,15 @@ class Orchestrator(TimeSweeps):
         request_id: str = "",
         request_fingerprint: str = "",
         conversation_id: str = "",
+        credential_refs: Mapping[str, str] | None = None,
     ) -> tuple[Job, bool]:
-        """Plan and submit one request."""
+        """Plan and submit one request; `credential_refs` (a LAM request's
+        Security.credential_refs) go to every ToDo that does not name the purpose itself."""
         return await self.submit(
             tenant=tenant,
-            plan=self.matched_plan(request, context=options.context),
+            plan=self.matched_plan(
+                request, context=options.context, credential_refs=credential_refs
+            ),
             source=source,
             options=options,
             request_id=request_id,

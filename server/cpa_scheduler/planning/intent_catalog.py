@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from os import PathLike
 from pathlib import Path
@@ -95,6 +95,8 @@ class TaskTemplate:
     requires_approval: bool
     inputs: Mapping[str, OutputRef]
     line: int
+    credential_refs: Mapping[str, Template] = field(default_factory=dict)
+    """Credential references by purpose; each reference is a template (the purpose is not)."""
 
     def render(
         self, variables: Mapping[str, Any], *, intent: str, budget: RenderBudget | None = None
@@ -150,6 +152,10 @@ class TaskTemplate:
             required_labels=dict(self.required_labels),
             requires_approval=self.requires_approval,
             inputs=self.inputs,
+            credential_refs={
+                purpose: render(ref, f"credential_refs.{purpose}")
+                for purpose, ref in self.credential_refs.items()
+            },
         )
         try:
             todo.validate(f"tasks.{self.id}")
@@ -280,6 +286,7 @@ class _TaskSpec(_Spec):
     requires_approval: bool = False
     retry_policy: _RetryPolicySpec | None = None
     inputs: dict[str, _InputSpec] = Field(default_factory=dict)
+    credential_refs: dict[str, str] = Field(default_factory=dict)
 
 
 class _PatternSpec(_Spec):
@@ -447,6 +454,8 @@ class _CatalogBuilder:
                 schedule_to_start_s=spec.schedule_to_start_timeout_s,
                 retry_policy=retry_policy,
                 inputs=inputs,
+                # Purposes and count are static; the references are checked once rendered.
+                credential_refs=dict.fromkeys(spec.credential_refs, "-"),
             ).validate("todo")
         except DomainError as exc:
             raise self._domain_error(exc, path) from None
@@ -474,6 +483,10 @@ class _CatalogBuilder:
             requires_approval=spec.requires_approval,
             inputs=inputs,
             line=self._locator.lines.line_of(path),
+            credential_refs={
+                purpose: template(ref, "credential_refs", purpose)
+                for purpose, ref in spec.credential_refs.items()
+            },
         )
 
     def _inputs(self, spec: _TaskSpec, path: YamlPath) -> dict[str, OutputRef]:
@@ -593,7 +606,7 @@ class _CatalogBuilder:
         parts = _field_path(exc.field.removeprefix("todo"))
         field_path = tuple(
             _DOMAIN_TO_YAML_FIELD.get(p, p)
-            if isinstance(p, str) and (i == 0 or parts[i - 1] != "inputs")
+            if isinstance(p, str) and (i == 0 or parts[i - 1] not in ("inputs", "credential_refs"))
             else p
             for i, p in enumerate(parts)
         )

@@ -80,9 +80,18 @@ class Planner:
         )
         return cls(router, max_tasks=settings.max_tasks_per_job)
 
-    def plan(self, request: PlanRequest, *, context: Mapping[str, Any] | None = None) -> Plan:
+    def plan(
+        self,
+        request: PlanRequest,
+        *,
+        context: Mapping[str, Any] | None = None,
+        credential_refs: Mapping[str, str] | None = None,
+    ) -> Plan:
         """Plan `request`; raises InvalidArgument for bad input, returns an unmatched Plan for
-        text that fits no intent (callers decide whether that is an error)."""
+        text that fits no intent (callers decide whether that is an error). `credential_refs`
+        (a LAM request's Security.credential_refs) go to every ToDo that does not name the
+        purpose itself."""
+        refs = credential_refs or {}
         match request:
             case TextRequest(text=text):
                 routed = self._router.route(text, context=context)
@@ -90,17 +99,21 @@ class Planner:
                     return Plan(intent=UNKNOWN_INTENT, graph=None, candidates=routed.candidates)
                 return Plan(
                     intent=routed.intent,
-                    graph=self._graph(routed.todos),
+                    graph=self._graph(routed.todos, refs),
                     parameters=routed.parameters,
                     matched_pattern=routed.matched_pattern,
                 )
             case IntentRequest(name=name, parameters=parameters):
                 todos = self._router.expand(name, parameters, context=context)
-                return Plan(intent=name, graph=self._graph(todos), parameters=dict(parameters))
+                return Plan(
+                    intent=name, graph=self._graph(todos, refs), parameters=dict(parameters)
+                )
             case TodoRequest(todos=todos):
-                return Plan(intent="", graph=self._graph(todos))
+                return Plan(intent="", graph=self._graph(todos, refs))
 
-    def _graph(self, todos: Sequence[ToDo]) -> TaskGraph:
+    def _graph(self, todos: Sequence[ToDo], credential_refs: Mapping[str, str]) -> TaskGraph:
+        if credential_refs:
+            todos = [todo.with_credential_defaults(credential_refs) for todo in todos]
         if len(todos) > self._max_tasks:
             raise InvalidArgument(
                 f"a job may have at most {self._max_tasks} tasks, got {len(todos)}",

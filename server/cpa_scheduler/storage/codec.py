@@ -118,6 +118,7 @@ def todo_to_data(todo: ToDo) -> Data:
             name: {"task_id": ref.task_id, "output_key": ref.output_key}
             for name, ref in todo.inputs.items()
         },
+        "credential_refs": dict(todo.credential_refs),
     }
 
 
@@ -145,6 +146,8 @@ def todo_from_data(data: Data) -> ToDo:
             name: OutputRef(task_id=ref["task_id"], output_key=ref["output_key"])
             for name, ref in data.get("inputs", {}).items()
         },
+        # Absent in rows written before credential references were kept.
+        credential_refs=data.get("credential_refs", {}),
     )
 
 
