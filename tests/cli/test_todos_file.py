@@ -16,6 +16,7 @@ FULL = """\
 - id: open_portal
   action: playwright
   description: Open the supplier portal
+  credential_refs: {portal: "env:PORTAL_PASSWORD"}
   params:
     step: goto
     url: https://portal.example.com
@@ -59,6 +60,7 @@ def test_every_field_converts_to_the_todo_message() -> None:
             id="open_portal",
             action=todo_pb2.ACTION_TYPE_PLAYWRIGHT,
             description="Open the supplier portal",
+            credential_refs={"portal": "env:PORTAL_PASSWORD"},
             params=_struct(
                 {
                     "step": "goto",

@@ -75,6 +75,8 @@ def todo(
         timeout_s=30.0,
         schedule_to_start_s=120.0,
         inputs=inputs or {},
+        # References only; both stores must keep them (Assignment.credential_refs).
+        credential_refs={"portal": "env:PORTAL_PASSWORD", "mail": "vault://mail/ops"},
     )
 
 

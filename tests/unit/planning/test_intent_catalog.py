@@ -903,3 +903,69 @@ def test_bad_input_is_refused_at_load_naming_its_field(
     assert error.reason is reason
     assert error.line == 6
     assert error.field == f"intents[0].tasks[1].{field}"
+
+
+def test_credential_refs_are_templates_rendered_per_request(tmp_path: Path) -> None:
+    path = write_catalog(
+        tmp_path,
+        """
+        intents:
+          - name: portal_login
+            description: Log into a portal.
+            parameters:
+              portal: {default: contoso}
+            tasks:
+              - id: login
+                action: playwright
+                credential_refs:
+                  portal: "env:{{ portal | upper }}_PASSWORD"
+                  mailbox: mail.token
+        """,
+    )
+
+    intent = load_catalog(path).intents[0]
+
+    assert intent.render({"portal": "fabrikam"}, context={})[0].credential_refs == {
+        "portal": "env:FABRIKAM_PASSWORD",
+        "mailbox": "mail.token",
+    }
+
+
+def test_a_bad_credential_purpose_is_refused_at_load(tmp_path: Path) -> None:
+    error, _ = load_error(
+        tmp_path,
+        """
+        intents:
+          - name: portal_login
+            description: Log into a portal.
+            tasks:
+              - id: login
+                action: playwright
+                credential_refs: {"the portal": "env:P"}
+        """,
+    )
+
+    assert error.reason is Reason.INVALID_FIELD
+    assert error.line == 7
+    assert error.field == "intents[0].tasks[0].credential_refs.the portal"
+
+
+def test_a_credential_reference_that_renders_empty_is_a_template_error(tmp_path: Path) -> None:
+    path = write_catalog(
+        tmp_path,
+        """
+        intents:
+          - name: portal_login
+            description: Log into a portal.
+            parameters:
+              ref: {default: ""}
+            tasks:
+              - {id: login, action: playwright, credential_refs: {portal: "{{ ref }}"}}
+        """,
+    )
+
+    with pytest.raises(InvalidArgument) as caught:
+        load_catalog(path).intents[0].render({"ref": ""}, context={})
+
+    assert caught.value.reason is Reason.TEMPLATE_ERROR
+    assert "credential 'portal' names no reference" in caught.value.message

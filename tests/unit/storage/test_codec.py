@@ -1,4 +1,5 @@
-"""The ToDo's JSON form (storage/codec.py): inputs round-trip; rows from before them still read."""
+"""The ToDo's JSON form (storage/codec.py): inputs and credential references round-trip; rows
+from before them still read."""
 
 from __future__ import annotations
 
@@ -50,3 +51,13 @@ def test_a_row_written_before_inputs_reads_as_no_inputs() -> None:
 
     assert todo == ToDo(id="b", action="click", params={"n": 1}, depends_on=("a",))
     assert todo.inputs == {}
+
+
+def test_credential_refs_round_trip_and_older_rows_have_none() -> None:
+    todo = ToDo(id="b", action="click", credential_refs={"portal": "env:P", "api": "api.key"})
+
+    data = json.loads(json.dumps(todo_to_data(todo)))
+
+    assert data["credential_refs"] == {"portal": "env:P", "api": "api.key"}
+    assert todo_from_data(data) == todo
+    assert todo_from_data(dict(ROW_BEFORE_INPUTS)).credential_refs == {}
