@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Any
 
-from cpa_agent import Agent, AgentSettings, builtin_registry
+from cpa_agent import Agent, AgentSettings
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import DataDirectoryInUseError
@@ -50,7 +50,8 @@ class LocalStack:
         self.address = f"{dialable_host(host)}:{port}"
         if self._agent_overrides is not None:
             settings = AgentSettings(**{**self._agent_overrides, "server": self.address})
-            self.agent = Agent(settings=settings, registry=builtin_registry())
+            # The executors `cpa agent` would load (cpa.executors entry points).
+            self.agent = Agent(settings=settings)
             self.agent_task = asyncio.create_task(self.agent.async_run(), name="local-agent")
         return self.address
 

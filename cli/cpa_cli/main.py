@@ -20,7 +20,9 @@ from cpa_scheduler.domain import DomainError
 
 from . import (
     agent_command,
+    agents_command,
     demo_command,
+    intents_command,
     jobs_command,
     migrate_command,
     plan_command,
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent_command.register(commands)
     submit_command.register(commands)
     jobs_command.register(commands)
+    agents_command.register(commands)
+    intents_command.register(commands)
     demo_command.register(commands)
     migrate_command.register(commands)
     return parser

@@ -217,9 +217,7 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
     (
         "too many credentials",
         _schedule(
-            todos_spec(
-                todo("a", "noop", credential_refs={f"p{i}": f"env:P{i}" for i in range(33)})
-            )
+            todos_spec(todo("a", "noop", credential_refs={f"p{i}": f"env:P{i}" for i in range(33)}))
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_FIELD",

@@ -125,9 +125,7 @@ async def test_a_lam_requests_credentials_reach_every_task_the_todo_winning(
         id="m-creds",
         sender="agent://ops-bot",
         performative=lam.PERFORMATIVE_REQUEST,
-        security=lam.Security(
-            credential_refs={"portal": "env:E2E_FROM_MESSAGE", "api": "api.key"}
-        ),
+        security=lam.Security(credential_refs={"portal": "env:E2E_FROM_MESSAGE", "api": "api.key"}),
         request=lam.RequestBody(
             todos=[
                 todo("first", "login", credential_refs={"portal": "env:E2E_PORTAL_PASSWORD"}),
