@@ -105,7 +105,7 @@ def _show(arguments: argparse.Namespace) -> int:
         emit(f"  {pattern.description}")
     emit("parameters")
     if intent.parameters:
-        rows = [
+        parameter_rows: list[tuple[str, ...]] = [
             (
                 p.name,
                 "yes" if p.required else "no",
@@ -114,11 +114,12 @@ def _show(arguments: argparse.Namespace) -> int:
             )
             for p in intent.parameters
         ]
-        emit("\n".join(table(("NAME", "REQUIRED", "DEFAULT", "DESCRIPTION"), rows, indent="  ")))
+        columns = ("NAME", "REQUIRED", "DEFAULT", "DESCRIPTION")
+        emit("\n".join(table(columns, parameter_rows, indent="  ")))
     else:
         emit("  none")
     emit("tasks")
-    rows = [
+    task_rows: list[tuple[str, ...]] = [
         (
             task.id,
             task.action,
@@ -129,7 +130,7 @@ def _show(arguments: argparse.Namespace) -> int:
         for task in intent.tasks
     ]
     header = ("TASK", "ACTION", "AFTER", "CAPABILITIES", "CREDENTIALS")
-    emit("\n".join(table(header, rows, indent="  ")))
+    emit("\n".join(table(header, task_rows, indent="  ")))
     return 0
 
 

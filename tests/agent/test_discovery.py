@@ -4,6 +4,7 @@ hello offers of them (available actions, the union of capabilities)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from .scripted_scheduler import ScriptedScheduler, todo
 
 
 @pytest.fixture
-def shout_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def shout_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = make_shout_distribution(tmp_path / "site")
     monkeypatch.syspath_prepend(str(root))
     yield root

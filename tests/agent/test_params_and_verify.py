@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from google.protobuf import json_format
 from pydantic import BaseModel, ConfigDict, Field
 
 from cpa.common.v1 import error_pb2, todo_pb2
@@ -103,7 +104,7 @@ async def test_params_the_model_refuses_fail_without_running_naming_the_field() 
     assert error.code == "INVALID_PARAMS"
     assert error.reason == error_pb2.ERROR_REASON_INVALID_PARAMS
     assert not error.retryable
-    details = dict(error.details)
+    details = json_format.MessageToDict(error.details)
     assert details["field"] == "params.steps[2].selector.css"
     assert details["message"] == "Field required"
     fields = [problem["field"] for problem in details["errors"]]
@@ -117,7 +118,7 @@ async def test_valid_params_reach_the_executor_as_the_model_instance() -> None:
     result = await _run(executor, todo("steps", params={"steps": [{"op": "goto"}]}))
 
     assert result.WhichOneof("outcome") == "outputs"
-    assert dict(result.outputs)["ops"] == ["goto"]
+    assert json_format.MessageToDict(result.outputs)["ops"] == ["goto"]
     assert isinstance(executor.parsed, _StepsParams)
 
 
@@ -133,8 +134,8 @@ async def test_a_ui_actions_model_reads_selector_and_text_from_the_todo() -> Non
     result = await _run(_Click(), message)
 
     assert result.WhichOneof("outcome") == "outputs", result.error
-    outputs = dict(result.outputs)
-    assert dict(outputs["selector"]) == {"strategy": "SELECTOR_STRATEGY_CSS", "value": "#save"}
+    outputs = json_format.MessageToDict(result.outputs)
+    assert outputs["selector"] == {"strategy": "SELECTOR_STRATEGY_CSS", "value": "#save"}
     assert (outputs["text"], outputs["delay_ms"]) == ("hello", 5)
 
 
@@ -144,7 +145,7 @@ async def test_a_ui_action_without_its_selector_is_refused_naming_the_todo_field
     result = await _run(_Click(), message)
 
     assert result.error.code == "INVALID_PARAMS"
-    assert dict(result.error.details)["field"] == "selector"
+    assert json_format.MessageToDict(result.error.details)["field"] == "selector"
 
 
 async def test_a_failing_verify_fails_the_attempt_with_its_own_error() -> None:
@@ -160,7 +161,7 @@ async def test_a_failing_verify_fails_the_attempt_with_its_own_error() -> None:
 async def test_a_passing_verify_lets_the_outputs_through() -> None:
     result = await _run(_Verified(), todo("verified", params={"effect": True}))
 
-    assert dict(result.outputs) == {"claimed": True}
+    assert json_format.MessageToDict(result.outputs) == {"claimed": True}
 
 
 async def test_verify_runs_under_the_attempts_timeout() -> None:

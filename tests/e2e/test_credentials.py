@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import job_pb2
@@ -106,8 +107,8 @@ async def test_secrets_resolve_on_the_agent_and_appear_nowhere_else(
         assert task.attempts[-1].error.message == "portal refused *** ***"
     else:
         assert job.state == job_pb2.JOB_STATE_SUCCEEDED
-        outputs = dict(task.outputs)
-        assert dict(outputs["typed"]) == {"api": "***", "portal": "***"}
+        outputs = json_format.MessageToDict(task.outputs)
+        assert outputs["typed"] == {"api": "***", "portal": "***"}
         assert outputs["*** ***"] == "as a key"
     assert _leaks(str(events)) == []
     assert _leaks(str(job)) == []
