@@ -9,7 +9,7 @@ from typing import Any
 
 from cpa_agent import Agent, AgentSettings
 
-from .common import add_pair_option, emit, pairs
+from .common import CliError, add_pair_option, emit, pairs
 from .serve_command import AGENT_CONNECTED_LINE
 
 
@@ -71,7 +71,11 @@ def run(arguments: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(_run(Agent(settings=settings)))
+    try:
+        agent = Agent(settings=settings)
+    except ValueError as error:  # an entry point named that nobody offers, an action twice
+        raise CliError(str(error)) from None
+    asyncio.run(_run(agent))
     return 0
 
 

@@ -102,6 +102,15 @@ def test_cpa_agent_offers_and_runs_an_installed_packages_executor(
     assert len(bad["attempts"]) == 1  # not retried
 
 
+def test_cpa_agent_refuses_an_entry_point_nobody_offers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = cpa(capsys, "agent", "--server", "127.0.0.1:1", "--executors", "builtin,gui")
+
+    assert (code, out) == (2, [])
+    assert err.startswith("cpa: CPA_AGENT_EXECUTORS names gui, which no installed package offers")
+
+
 CATALOG = """\
 intents:
   - name: greet_everyone
