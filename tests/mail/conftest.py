@@ -9,16 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from cpa.common.v1 import todo_pb2
 from cpa_agent.executors.base import ExecutionContext, Executor
-from cpa_agent.executors.mail import MailSettings, executors
+from cpa_agent.executors.mail import executors
 from cpa_agent.executors.testing import MemoryArtifacts
 from cpa_cli.demo.graph_server import LoopbackGraph
+from tests.fixtures.mail import ACCOUNTING, MAILBOX, settings_for
 
-MAILBOX = "mailer@acme.example"
-ACCOUNTING = "accounting@acme.example"
+__all__ = ["ACCOUNTING", "MAILBOX", "settings_for"]
 
 MakeMail = Callable[..., dict[str, Executor]]
 
@@ -27,20 +26,6 @@ MakeMail = Callable[..., dict[str, Executor]]
 async def graph(tmp_path: Path) -> AsyncIterator[LoopbackGraph]:
     async with LoopbackGraph(tmp_path / "tls", mailboxes=(MAILBOX, ACCOUNTING)) as server:
         yield server
-
-
-def settings_for(graph: LoopbackGraph, **overrides: Any) -> MailSettings:
-    values: dict[str, Any] = {
-        "authority_host": graph.authority_host,
-        "tenant_id": graph.tenant_id,
-        "client_id": graph.client_id,
-        "client_secret": SecretStr(graph.client_secret),
-        "graph_url": graph.graph_url,
-        "ca_bundle": graph.ca_file,
-        "mailbox": MAILBOX,
-        **overrides,
-    }
-    return MailSettings(**values)
 
 
 @pytest.fixture

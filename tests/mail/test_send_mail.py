@@ -80,6 +80,28 @@ async def test_a_pdf_artifact_input_arrives_attached_with_identical_bytes(
     assert received.attachments[0].data == pdf
 
 
+async def test_attachments_up_to_the_default_limit_fit_into_one_graph_request(
+    graph: LoopbackGraph, make_mail: MakeMail
+) -> None:
+    data = os.urandom(1_000_000)
+    artifacts = MemoryArtifacts(
+        {f"part{n}": (f"part{n}.bin", "application/octet-stream", data) for n in range(3)}
+    )
+
+    await make_mail()["send_mail"].run(
+        context(
+            "send_mail",
+            {"to": ACCOUNTING},
+            artifacts=artifacts,
+            artifact_inputs={f"part{n}": f"part{n}.bin" for n in range(3)},
+        )
+    )
+
+    [delivered] = graph.delivered
+    assert [a.name for a in delivered.attachments] == ["part0.bin", "part1.bin", "part2.bin"]
+    assert all(a.data == data for a in delivered.attachments)
+
+
 async def test_the_token_is_cached_across_sends(graph: LoopbackGraph, make_mail: MakeMail) -> None:
     mail = make_mail()
     for n in range(3):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import json
 import logging
 import math
@@ -164,7 +165,8 @@ class GraphClient:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         data = None
         if body is not None:
-            data = json.dumps(body).encode()
+            # A stream, not bytes: aiohttp warns about (and would copy) large byte bodies.
+            data = io.BytesIO(json.dumps(body).encode())
             headers["Content-Type"] = "application/json"
         try:
             async with self._http().request(

@@ -50,10 +50,11 @@ class MailSettings(BaseSettings):
         "read in; a task's params.mailbox overrides it.",
     )
     max_send_attachment_bytes: int = Field(
-        default=3 * 1024 * 1024,
+        default=3_000_000,
         ge=0,
-        description="Most bytes of attachments (all together) one send_mail attaches; Graph "
-        "takes at most 4 MB per sendMail request, base64 included.",
+        description="Most bytes of attachments (all together) one send_mail attaches. Graph "
+        "takes at most 4 MB per sendMail request and base64 adds a third: 3 000 000 bytes "
+        "still fit (larger files would need an upload session, which is not implemented).",
     )
     max_read_attachment_bytes: int = Field(
         default=25 * 1024 * 1024,
