@@ -55,7 +55,7 @@ def test_both_secret_sources_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_settings_never_show_the_secret() -> None:
-    settings = MailSettings(client_secret="hunter2-secret")  # type: ignore[arg-type]
+    settings = MailSettings(client_secret="hunter2-secret")
 
     assert "hunter2-secret" not in repr(settings)
     assert "hunter2-secret" not in str(settings.model_dump())
