@@ -238,6 +238,24 @@ async def test_invalid_client_fails_with_the_aad_description_and_never_shows_the
     assert graph.delivered == []
 
 
+async def test_a_token_endpoint_outage_fails_retryable_and_the_next_attempt_sends(
+    graph: LoopbackGraph, make_mail: MakeMail
+) -> None:
+    mail = make_mail()
+    # Retry-After 0: MSAL itself holds a 5xx answer for its Retry-After (5 s without one).
+    graph.fail_next(1, status=503, retry_after=0, endpoint="token")
+
+    with pytest.raises(ExecutorError) as raised:
+        await mail["send_mail"].run(context("send_mail", {"to": ACCOUNTING}))
+    assert raised.value.code == "MAIL_TOKEN_UNAVAILABLE"
+    assert "503" in raised.value.message
+    assert raised.value.retryable
+    assert graph.calls("sendMail") == []
+
+    await mail["send_mail"].run(context("send_mail", {"to": ACCOUNTING}))
+    assert len(graph.delivered) == 1
+
+
 async def test_an_unknown_client_id_and_an_unknown_tenant_fail_not_retryable(
     graph: LoopbackGraph, make_mail: MakeMail
 ) -> None:

@@ -265,7 +265,12 @@ class LoopbackGraph:
         call), "sendMail", "messages", "attachments", "token", "openid"."""
         if endpoint not in ("graph", "sendMail", "messages", "attachments", "token", "openid"):
             raise ValueError(f"unknown endpoint {endpoint!r}")
-        default_code = {429: "TooManyRequests", 503: "ServiceUnavailable"}.get(status, "Failed")
+        if endpoint in ("token", "openid"):
+            # Entra's OAuth error codes (RFC 6749 5.2): a server-side failure is
+            # temporarily_unavailable.
+            default_code = "temporarily_unavailable" if status >= 500 else "invalid_request"
+        else:
+            default_code = {429: "TooManyRequests", 503: "ServiceUnavailable"}.get(status, "Failed")
         self._faults.append(
             Fault(
                 endpoint=endpoint,

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import msal
+import msal.exceptions
 import requests
 
 from cpa_agent.executors.base import ExecutorError
@@ -126,11 +127,21 @@ class TokenProvider:
                 f"cannot reach the token endpoint: {self.redact(_clip(str(error)))}",
                 retryable=True,
             ) from None
-        except ValueError as error:
-            # MSAL raises ValueError when the endpoint's answer is not JSON (a proxy's page).
+        except (ValueError, msal.exceptions.MsalServiceError) as error:
+            # A 5xx (MsalServiceError "HTTP Error: 503"), or an answer that is not JSON (a
+            # proxy's page: ValueError).
             raise ExecutorError(
                 TOKEN_UNAVAILABLE,
                 f"the token endpoint gave no usable answer: {self.redact(_clip(str(error)))}",
+                retryable=True,
+            ) from None
+        except Exception as error:
+            # Whatever else MSAL raises: its text, without the secret, and no traceback on the
+            # wire (the runner would send str(error) unredacted).
+            logger.warning("mail: MSAL failed: %s", type(error).__name__)
+            raise ExecutorError(
+                TOKEN_UNAVAILABLE,
+                f"MSAL failed: {type(error).__name__}: {self.redact(_clip(str(error)))}",
                 retryable=True,
             ) from None
         token = result.get("access_token")
