@@ -3,6 +3,8 @@ byte, throttling and expired tokens are survived, and every failure says what Gr
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -126,6 +128,31 @@ async def test_a_429_is_waited_out_per_retry_after_and_the_mail_delivered_once(
     # Each retry came after the Retry-After the previous answer named (monotonic clock).
     gaps = [later.time - earlier.time for earlier, later in itertools.pairwise(calls)]
     assert all(gap >= 0.4 for gap in gaps), gaps
+
+
+async def test_a_cancel_during_a_throttling_wait_stops_at_once_and_sends_nothing(
+    graph: LoopbackGraph, make_mail: MakeMail
+) -> None:
+    mail = make_mail()
+    graph.fail_next(1, status=429, retry_after=50, endpoint="sendMail")
+    waiting = asyncio.Event()
+    messages: list[str] = []
+
+    async def on_progress(percent: float | None, message: str) -> None:
+        messages.append(message)
+        if "waiting" in message:
+            waiting.set()
+
+    ctx = dataclasses.replace(context("send_mail", {"to": ACCOUNTING}), on_progress=on_progress)
+    attempt = asyncio.create_task(mail["send_mail"].run(ctx))
+    await asyncio.wait_for(waiting.wait(), 10)
+    attempt.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(attempt, 2)
+    assert "Microsoft Graph throttles sendMail: waiting 50s" in messages
+    assert graph.delivered == []
+    assert len(graph.calls("sendMail")) == 1
 
 
 async def test_throttling_beyond_the_retry_budget_fails_retryable_and_sends_nothing(

@@ -81,9 +81,7 @@ class MailService:
         messages: list[dict[str, Any]] = []
         params: dict[str, str] | None = query
         for _ in range(_MAX_PAGES):
-            response = await self.graph.call(
-                "GET", url, params=params, deadline=ctx.deadline, what=what
-            )
+            response = await self.graph.call("GET", url, params=params, ctx=ctx, what=what)
             page = response.body if isinstance(response.body, dict) else {}
             values = page.get("value")
             if not isinstance(values, list):
@@ -141,7 +139,7 @@ class SendMailExecutor:
             "POST",
             self._mail.graph.url(f"{mailbox}/sendMail"),
             body={"message": message, "saveToSentItems": params.save_to_sent_items},
-            deadline=ctx.deadline,
+            ctx=ctx,
             what="sendMail",
         )
         logger.info(
@@ -245,7 +243,7 @@ class ReadMailExecutor:
         response = await self._mail.graph.call(
             "GET",
             self._mail.graph.url(f"{mailbox}/messages/{quote(message_id, safe='')}/attachments"),
-            deadline=ctx.deadline,
+            ctx=ctx,
             what="listing attachments",
         )
         body = response.body if isinstance(response.body, dict) else {}

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import yarl
 
-from cpa_agent.executors.base import ExecutorError
+from cpa_agent.executors.base import ExecutionContext, ExecutorError
 from cpa_agent.executors.mail.settings import MailSettings
 from cpa_agent.executors.mail.token import TokenProvider
 
@@ -93,10 +93,12 @@ class GraphClient:
         *,
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
-        deadline: datetime | None = None,
+        ctx: ExecutionContext,
         what: str,
     ) -> GraphResponse:
-        """One Graph call with the retry rules above; `what` names it in errors ("sendMail")."""
+        """One Graph call of attempt `ctx` (its deadline bounds every wait; a throttling wait is
+        reported as progress) with the retry rules above; `what` names it in errors."""
+        deadline = ctx.deadline
         refreshed = False
         throttled = 0
         while True:
@@ -113,6 +115,7 @@ class GraphClient:
                 self._check_throttle_wait(wait_s, throttled, deadline, what, raw)
                 throttled += 1
                 logger.info("mail: Graph throttled %s; waiting %.1fs (Retry-After)", what, wait_s)
+                await ctx.progress(None, f"Microsoft Graph throttles {what}: waiting {wait_s:g}s")
                 await asyncio.sleep(wait_s)
                 continue
             if status >= 400:
