@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yarl
 
 from cpa_agent.executors.base import ExecutorError
-from cpa_agent.executors.mail import executors, kql_phrase
+from cpa_agent.executors.mail import MailSettings, executors, kql_phrase
+from cpa_agent.executors.mail.graph import GraphClient
+from cpa_agent.executors.mail.token import TokenProvider
 from cpa_agent.executors.testing import MemoryArtifacts
 from cpa_cli.demo.graph_server import LoopbackGraph
 
@@ -227,3 +230,22 @@ async def test_bad_read_and_search_params_are_refused_naming_the_field(
     assert raised.value.code == "INVALID_PARAMS"
     assert raised.value.details["field"] == field
     assert graph.requests == []
+
+
+@pytest.mark.parametrize(
+    ("link", "followed"),
+    [
+        ("https://graph.example/v1.0/users/u/messages?$skip=2", True),
+        ("https://evil.example/v1.0/users/u/messages?$skip=2", False),
+        ("http://graph.example/v1.0/users/u/messages", False),
+        ("https://graph.example:8443/v1.0/users/u/messages", False),
+        ("https://graph.example/v1.0evil/users/u/messages", False),
+        ("https://graph.example/beta/users/u/messages", False),
+    ],
+)
+def test_next_links_are_followed_on_graph_only(link: str, followed: bool) -> None:
+    # The bearer token goes with every followed link: never to another host, scheme or API.
+    settings = MailSettings(graph_url="https://graph.example/v1.0/")
+    client = GraphClient(settings, TokenProvider(settings))
+
+    assert client.same_origin(yarl.URL(link)) is followed

@@ -69,7 +69,8 @@ class GraphClient:
     def same_origin(self, url: yarl.URL) -> bool:
         """Whether `url` (an @odata.nextLink) is on Graph itself: the bearer token goes nowhere
         else."""
-        return url.origin() == self._base.origin() and url.path.startswith(self._base.path)
+        base = self._base.path.rstrip("/")
+        return url.origin() == self._base.origin() and url.path.startswith(f"{base}/")
 
     async def aclose(self) -> None:
         if self._session is not None:
