@@ -212,6 +212,7 @@ class LoopbackGraph:
         }
         if secret_file is not None:
             secret_file.touch(mode=0o600)
+            secret_file.chmod(0o600)  # before the secret goes in, also for an older file
             secret_file.write_text(self.client_secret + "\n", encoding="utf-8")
             env["CPA_MAIL_CLIENT_SECRET_FILE"] = str(secret_file)
         else:
