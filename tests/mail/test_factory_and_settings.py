@@ -3,6 +3,7 @@ the secret read from the environment or a file, and never shown by settings or e
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,9 @@ async def test_an_unreadable_secret_file_fails_not_retryable_naming_the_file(
     assert str(missing) in raised.value.message
     assert not raised.value.retryable
     assert graph.requests == []
+
+
+def test_every_mail_setting_is_documented_and_only_those() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md"
+    documented = set(re.findall(r"`(CPA_MAIL_[A-Z_]+)`", doc.read_text()))
+    assert documented == {f"CPA_MAIL_{name.upper()}" for name in MailSettings.model_fields}
