@@ -31,9 +31,12 @@ def test_discovery_loads_every_entry_point_and_names_the_unavailable(
 ) -> None:
     found = discover()
 
-    assert found.registry.actions() == ["echo", "fail", "noop", "shout", "wait"]
-    assert found.loaded == ["builtin", "shout"]
-    assert [(u.name, u.reason) for u in found.unavailable] == [
+    # Other installed packages (ours: browser, mail) may offer entry points too, available or
+    # not depending on this machine: look only at the ones this test installed.
+    ours = {"builtin", "shout", "desktop"}
+    assert {"echo", "fail", "noop", "shout", "wait"} <= set(found.registry.actions())
+    assert [name for name in found.loaded if name in ours] == ["builtin", "shout"]
+    assert [(u.name, u.reason) for u in found.unavailable if u.name in ours] == [
         ("desktop", "UI Automation needs Windows")
     ]
     assert "executors 'desktop' unavailable: UI Automation needs Windows" in caplog.text

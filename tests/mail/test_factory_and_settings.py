@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cpa_agent.executors.discovery import ExecutorUnavailable
 from cpa_agent.executors.mail import MailSettings, executors
-from cpa_agent.executors.mail.unavailable import ExecutorUnavailable
 from cpa_cli.demo.graph_server import LoopbackGraph
 
 from .conftest import ACCOUNTING, context

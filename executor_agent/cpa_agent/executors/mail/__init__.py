@@ -8,6 +8,7 @@ See docs/MAIL.md.
 from __future__ import annotations
 
 from cpa_agent.executors.base import Executor
+from cpa_agent.executors.discovery import ExecutorUnavailable
 from cpa_agent.executors.mail.actions import (
     ATTACHMENTS_TOO_LARGE,
     MailService,
@@ -18,7 +19,6 @@ from cpa_agent.executors.mail.actions import (
 )
 from cpa_agent.executors.mail.params import ReadMailParams, SearchMailParams, SendMailParams
 from cpa_agent.executors.mail.settings import MailSettings, load_settings
-from cpa_agent.executors.mail.unavailable import ExecutorUnavailable
 
 
 def executors(settings: MailSettings | None = None) -> list[Executor]:
