@@ -130,6 +130,7 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.CANCELLED_BY_USER: _Code.FAILED_PRECONDITION,
         Reason.APPROVAL_REJECTED: _Code.FAILED_PRECONDITION,
         Reason.EXECUTOR_ERROR: _Code.FAILED_PRECONDITION,
+        Reason.SESSION_RESTARTED: _Code.FAILED_PRECONDITION,
     }
 )
 

@@ -93,6 +93,7 @@ class Reason(StrEnum):
     AGENT_ID_IN_USE = "AGENT_ID_IN_USE"
     TOO_MANY_CALLS = "TOO_MANY_CALLS"
     TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"
+    SESSION_RESTARTED = "SESSION_RESTARTED"
 
 
 class DomainError(Exception):

@@ -162,6 +162,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
     later, or on another replica.
     """
+    ERROR_REASON_SESSION_RESTARTED: _ErrorReason.ValueType  # 100
+    """A task went back to PENDING because its session restarted on another agent (the agent
+    holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -306,6 +310,10 @@ ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason.ValueType  # 75
 """Too many WatchJob streams are open on this replica, or for the caller's tenant on it
 (CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
 later, or on another replica.
+"""
+ERROR_REASON_SESSION_RESTARTED: ErrorReason.ValueType  # 100
+"""A task went back to PENDING because its session restarted on another agent (the agent
+holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
