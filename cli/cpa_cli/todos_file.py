@@ -70,6 +70,7 @@ TODO_KEYS = (
     "requires_approval",
     "retry_policy",
     "inputs",
+    "session",
 )
 SELECTOR_KEYS = ("strategy", "value")
 # The server checks the reference itself (an upstream task, a known key); an artifact_name is
@@ -358,6 +359,7 @@ class _Reader:
             ),
             "retry_policy": lambda v, p: message.retry_policy.CopyFrom(self.retry_policy(v, p)),
             "inputs": lambda v, p: self.inputs(message, v, p),
+            "session": lambda v, p: setattr(message, "session", self.string(v, p)),
         }
         for key, item in fields.items():
             if key in converters and item is not None:

@@ -195,6 +195,7 @@ class AttemptRunner:
             credential_refs=dict(self.assignment.credential_refs),
             on_progress=self._progress,
             stop_notice=self._stop_notice,
+            session=self.assignment.todo.session,
         )
         timeout_s = None if deadline is None else max(0.0, (deadline - now).total_seconds())
         logger.info("attempt %s: running %r", self.key, self.action)

@@ -95,6 +95,8 @@ class TaskTemplate:
     requires_approval: bool
     inputs: Mapping[str, OutputRef]
     line: int
+    session: str = ""
+    """Static, like depends_on (a session key is part of the plan's shape, not of its values)."""
 
     def render(
         self, variables: Mapping[str, Any], *, intent: str, budget: RenderBudget | None = None
@@ -150,6 +152,7 @@ class TaskTemplate:
             required_labels=dict(self.required_labels),
             requires_approval=self.requires_approval,
             inputs=self.inputs,
+            session=self.session,
         )
         try:
             todo.validate(f"tasks.{self.id}")
@@ -280,6 +283,7 @@ class _TaskSpec(_Spec):
     requires_approval: bool = False
     retry_policy: _RetryPolicySpec | None = None
     inputs: dict[str, _InputSpec] = Field(default_factory=dict)
+    session: str = ""
 
 
 class _PatternSpec(_Spec):
@@ -447,6 +451,7 @@ class _CatalogBuilder:
                 schedule_to_start_s=spec.schedule_to_start_timeout_s,
                 retry_policy=retry_policy,
                 inputs=inputs,
+                session=spec.session,
             ).validate("todo")
         except DomainError as exc:
             raise self._domain_error(exc, path) from None
@@ -474,6 +479,7 @@ class _CatalogBuilder:
             requires_approval=spec.requires_approval,
             inputs=inputs,
             line=self._locator.lines.line_of(path),
+            session=spec.session,
         )
 
     def _inputs(self, spec: _TaskSpec, path: YamlPath) -> dict[str, OutputRef]:

@@ -903,3 +903,34 @@ def test_bad_input_is_refused_at_load_naming_its_field(
     assert error.reason is reason
     assert error.line == 6
     assert error.field == f"intents[0].tasks[1].{field}"
+
+
+def test_a_task_session_is_loaded_and_rendered_and_a_bad_one_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    path = write_catalog(
+        tmp_path,
+        """
+        intents:
+          - name: two_portals
+            description: Two logins.
+            tasks:
+              - {id: a, action: playwright, session: portal-a}
+              - {id: b, action: playwright, depends_on: [a]}
+        """,
+    )
+    todos = load_catalog(path).intents[0].render({}, context={})
+    # The catalog keeps what it says; the planner adds the default session ("browser") to b.
+    assert [todo.session for todo in todos] == ["portal-a", ""]
+
+    error, _ = load_error(
+        tmp_path,
+        """
+        intents:
+          - name: bad_session
+            description: A session outside the id alphabet.
+            tasks:
+              - {id: a, action: playwright, session: "no spaces"}
+        """,
+    )
+    assert "session" in str(error)
