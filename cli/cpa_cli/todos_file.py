@@ -71,6 +71,7 @@ TODO_KEYS = (
     "retry_policy",
     "inputs",
     "credential_refs",
+    "session",
 )
 SELECTOR_KEYS = ("strategy", "value")
 # The server checks the reference itself (an upstream task, a known key); an artifact_name is
@@ -361,6 +362,7 @@ class _Reader:
             "inputs": lambda v, p: self.inputs(message, v, p),
             # purpose -> reference (env:NAME, file:/path, a name): never a secret itself.
             "credential_refs": lambda v, p: message.credential_refs.update(self.labels(v, p)),
+            "session": lambda v, p: setattr(message, "session", self.string(v, p)),
         }
         for key, item in fields.items():
             if key in converters and item is not None:

@@ -30,6 +30,7 @@ from cpa_agent.runner import (
     action_name,
     result_too_large,
 )
+from cpa_agent.sessions import SessionCloser
 from cpa_agent.settings import AgentSettings
 from cpa_agent.stream import ConnectCall, StreamSession
 
@@ -133,6 +134,8 @@ class Connection:
         # the capabilities of the settings and of those executors.
         self._offered_actions: frozenset[str] = frozenset()
         self._offered_capabilities: frozenset[str] = frozenset()
+        self.session_closer = SessionCloser(registry)
+        """Closes the executors' task sessions (cpa_agent.sessions)."""
         self.connected = asyncio.Event()
         """Set while a session is welcomed; cleared when its stream ends."""
         self.sessions_started = 0
@@ -189,6 +192,7 @@ class Connection:
             # Only attempts that ignored a drain's cancellation (or a hard stop) are left here.
             await _cancel_and_wait(list(self._attempt_tasks), timeout_s=HANDBACK_GRACE_S)
             self._attempts.clear()
+            await self.session_closer.aclose()
 
     # --- state changes and waiting ---------------------------------------------------------------
 
@@ -461,6 +465,11 @@ class Connection:
             logger.info("the server drains: %s", response.drain.reason or "no reason given")
             session.server_drain = response.drain
             self._notify()
+        elif kind == "session_ended":
+            ended = response.session_ended
+            self.session_closer.close(
+                ended.job_id, ended.session, f"the scheduler ended it ({ended.reason or 'ended'})"
+            )
         elif kind == "call_for_proposals":
             self._on_call_for_proposals(session, response.call_for_proposals)
         elif kind == "proposal_decision":
@@ -571,7 +580,14 @@ class Connection:
         self._notify()
 
     async def _execute(self, runner: AttemptRunner) -> None:
+        todo = runner.assignment.todo
+        # A fresh context of the session never races the close of the last one.
+        await self.session_closer.wait_closed(runner.key.job_id, todo.session)
         result = await runner.run()
+        if runner.stop_reason is StopReason.CANCELLED:
+            # The job is being stopped (or the attempt ran past its timeout): what the session
+            # holds is not needed any more; a later task of it starts afresh.
+            self.session_closer.close(runner.key.job_id, todo.session, "its attempt was cancelled")
         attempt = self._attempts.get(runner.key)
         if attempt is None or attempt.runner is not runner:
             logger.info("attempt %s ended after it was discarded; not reported", runner.key)
@@ -601,6 +617,8 @@ class Connection:
         attempt = self._attempts.pop(key)
         logger.info("discarding attempt %s: %s", key, why)
         attempt.runner.stop(StopReason.DISCARDED, why)
+        # Its session may have moved to another agent, or the job ended, meanwhile.
+        self.session_closer.close(key.job_id, attempt.runner.assignment.todo.session, why)
         self._notify()
 
     async def _drain_when_requested(self) -> None:

@@ -250,6 +250,7 @@ class AttemptRunner:
             stop_notice=self._stop_notice,
             parsed_params=parsed_params,
             **extras,
+            session=self.assignment.todo.session,
         )
         timeout_s = None if deadline is None else max(0.0, (deadline - now).total_seconds())
         logger.info("attempt %s: running %r", self.key, self.action)

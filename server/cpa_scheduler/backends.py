@@ -11,7 +11,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .dispatch import CancelMessage, SessionRegistry
+from .dispatch import ControlMessage, SessionRegistry
 from .dispatch.directory import AgentDirectory, LocalAgentDirectory
 from .events import EventBus, LocalEventBus
 from .queue import LocalWorkQueue, WorkQueue
@@ -128,7 +128,7 @@ async def _open_redis(
     closers.append(bus.close)
     directory = RedisAgentDirectory(redis, sessions, replica_id=replica_id, prefix=prefix)
 
-    def deliver_cancel(cancel: CancelMessage, tenant: str, agent_id: str) -> None:
+    def deliver_cancel(cancel: ControlMessage, tenant: str, agent_id: str) -> None:
         session = sessions.get(tenant, agent_id)
         if session is not None:
             session.deliver(cancel)

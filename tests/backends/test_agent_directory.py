@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from redis.asyncio import Redis
 
-from cpa_scheduler.dispatch import AgentProfile, CancelMessage, SessionRegistry
+from cpa_scheduler.dispatch import AgentProfile, CancelMessage, ControlMessage, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentRecord
 from cpa_scheduler.dispatch.redis_directory import (
     RedisAgentDirectory,
@@ -36,10 +36,10 @@ async def agent_ids(directory: RedisAgentDirectory, tenant: str) -> list[tuple[s
     return [(r.agent_id, r.replica_id) for r in await directory.list_agents(tenant)]
 
 
-def deliver_to(sessions: SessionRegistry) -> Callable[[CancelMessage, str, str], None]:
+def deliver_to(sessions: SessionRegistry) -> Callable[[ControlMessage, str, str], None]:
     """What the server wires as on_cancel: hand the cancel to the local session."""
 
-    def on_cancel(cancel: CancelMessage, tenant: str, agent_id: str) -> None:
+    def on_cancel(cancel: ControlMessage, tenant: str, agent_id: str) -> None:
         session = sessions.get(tenant, agent_id)
         if session is not None:
             session.deliver(cancel)

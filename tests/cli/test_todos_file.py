@@ -286,3 +286,10 @@ def test_nesting_past_the_bound_is_refused_with_its_line() -> None:
     with pytest.raises(TodosFileError) as raised:
         parse_todos(f"- id: a\n  action: echo\n  params: {{x: {deep}}}\n", source="deep.yaml")
     assert str(raised.value).startswith("deep.yaml:3: values nested deeper than 64 levels")
+
+
+def test_a_session_is_read_and_must_be_text(tmp_path: Path) -> None:
+    (todo,) = parse_todos("- {id: login, action: playwright, session: portal}\n")
+    assert todo.session == "portal"
+    with pytest.raises(TodosFileError, match="session"):
+        parse_todos("- {id: login, action: playwright, session: [a]}\n")

@@ -13,8 +13,9 @@ from cpa.executor.v1 import executor_service_pb2
 from cpa.scheduler.v1 import agent_pb2, job_event_pb2, job_pb2, scheduler_service_pb2
 from cpa_scheduler.dispatch import (
     AgentProfile,
-    AssignmentMessage,
     CancelMessage,
+    Outbound,
+    SessionEndMessage,
 )
 from cpa_scheduler.dispatch.directory import AgentRecord
 from cpa_scheduler.domain import (
@@ -33,6 +34,7 @@ from cpa_scheduler.domain import (
     RetryPolicy,
     Selector,
     SelectorStrategy,
+    SessionRestarted,
     TaskError,
     TaskProgress,
     TaskRetryScheduled,
@@ -238,6 +240,7 @@ def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
         requires_approval=message.requires_approval,
         inputs=_inputs_from_proto(message, field),
         credential_refs=dict(message.credential_refs),
+        session=message.session,
     )
     todo.validate(field)
     return todo
@@ -269,6 +272,7 @@ def todo_to_proto(todo: ToDo, *, params: bool = True) -> todo_pb2.ToDo:
             for name, ref in todo.inputs.items()
         },
         credential_refs=dict(todo.credential_refs),
+        session=todo.session,
     )
     if todo.selector is not None:
         message.selector.CopyFrom(
@@ -377,6 +381,12 @@ def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
                 retry.error.CopyFrom(task_error_to_proto(payload.error))
         case JobCancelRequested():
             message.job_cancel_requested.reason = payload.reason
+        case SessionRestarted():
+            restarted = message.session_restarted
+            restarted.session = payload.session
+            restarted.reason = payload.reason
+            restarted.from_agent = payload.from_agent
+            restarted.task_ids.extend(payload.task_ids)
     return message
 
 
@@ -424,9 +434,13 @@ def profile_from_hello(hello: executor_service_pb2.Hello, *, default_tenant: str
     )
 
 
-def outbound_to_proto(
-    message: AssignmentMessage | CancelMessage,
-) -> executor_service_pb2.ConnectResponse:
+def outbound_to_proto(message: Outbound) -> executor_service_pb2.ConnectResponse:
+    if isinstance(message, SessionEndMessage):
+        return executor_service_pb2.ConnectResponse(
+            session_ended=executor_service_pb2.SessionEnded(
+                job_id=message.job_id, session=message.session, reason=message.reason
+            )
+        )
     if isinstance(message, CancelMessage):
         ref = message.attempt
         return executor_service_pb2.ConnectResponse(

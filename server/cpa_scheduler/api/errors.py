@@ -132,6 +132,7 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.EXECUTOR_ERROR: _Code.FAILED_PRECONDITION,
         # An agent refused a task's params (a task outcome, like EXECUTOR_ERROR).
         Reason.INVALID_PARAMS: _Code.FAILED_PRECONDITION,
+        Reason.SESSION_RESTARTED: _Code.FAILED_PRECONDITION,
     }
 )
 

@@ -157,7 +157,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         if task.next_attempt_time is not None and task.next_attempt_time > datetime.now(UTC):
             until = task.next_attempt_time.isoformat()
             return f"waiting until {until} before attempt {task.attempt + 1}"
-        return self._sessions.waiting_reason(Requirement.of(job.tenant, task.todo))
+        pin = task.agent_id if task.todo.session else ""  # the agent holding its session
+        return self._sessions.waiting_reason(Requirement.of(job.tenant, task.todo, pin))
 
     def _spec_of(
         self, request: pb.ScheduleJobRequest | pb.PreviewPlanRequest

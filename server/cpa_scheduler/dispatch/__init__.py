@@ -5,7 +5,9 @@ from .sessions import (
     AgentSession,
     AssignmentMessage,
     CancelMessage,
+    ControlMessage,
     Outbound,
+    SessionEndMessage,
     SessionRegistry,
 )
 
@@ -17,6 +19,8 @@ __all__ = [
     "AgentSession",
     "AssignmentMessage",
     "CancelMessage",
+    "ControlMessage",
+    "SessionEndMessage",
     "Outbound",
     "SessionRegistry",
 ]

@@ -15,7 +15,7 @@ from typing import Protocol
 from cpa_scheduler.domain import AgentState
 
 from .matching import AgentProfile
-from .sessions import AgentIdInUse, AgentSession, CancelMessage, SessionRegistry
+from .sessions import AgentIdInUse, AgentSession, ControlMessage, SessionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,21 @@ class AgentRecord:
 class AgentDirectory(Protocol):
     """Shared presence and control routing."""
 
-    on_cancel: Callable[[CancelMessage, str, str], None]
-    """Called with (cancel, tenant, agent_id) for cancels other replicas route to this one."""
+    on_cancel: Callable[[ControlMessage, str, str], None]
+    """Called with (message, tenant, agent_id) for the cancels and session ends other replicas
+    route to this one."""
 
     async def list_agents(self, tenant: str) -> list[AgentRecord]:
         """Agents of every replica for `tenant`, by agent id."""
         ...
 
-    async def route_cancel(self, tenant: str, agent_id: str, cancel: CancelMessage) -> bool:
-        """Send a cancel to the replica holding (`tenant`, `agent_id`); False when no replica
-        holds it."""
+    async def route_cancel(self, tenant: str, agent_id: str, cancel: ControlMessage) -> bool:
+        """Send a cancel (or a session's end) to the replica holding (`tenant`, `agent_id`);
+        False when no replica holds it."""
+        ...
+
+    async def is_connected(self, tenant: str, agent_id: str) -> bool:
+        """Whether a replica (this one or another) holds a session of the agent."""
         ...
 
     async def held_elsewhere(self, tenant: str, agent_id: str) -> AgentRecord | None:
@@ -92,7 +97,7 @@ class LocalAgentDirectory:
     def __init__(self, sessions: SessionRegistry, *, replica_id: str) -> None:
         self._sessions = sessions
         self._replica_id = replica_id
-        self.on_cancel: Callable[[CancelMessage, str, str], None] = lambda cancel, t, a: None
+        self.on_cancel: Callable[[ControlMessage, str, str], None] = lambda cancel, t, a: None
 
     async def list_agents(self, tenant: str) -> list[AgentRecord]:
         return sorted(
@@ -103,12 +108,15 @@ class LocalAgentDirectory:
             key=lambda record: record.agent_id,
         )
 
-    async def route_cancel(self, tenant: str, agent_id: str, cancel: CancelMessage) -> bool:
+    async def route_cancel(self, tenant: str, agent_id: str, cancel: ControlMessage) -> bool:
         session = self._sessions.get(tenant, agent_id)
         if session is None:
             return False
         session.deliver(cancel)
         return True
+
+    async def is_connected(self, tenant: str, agent_id: str) -> bool:
+        return self._sessions.get(tenant, agent_id) is not None
 
     async def held_elsewhere(self, tenant: str, agent_id: str) -> AgentRecord | None:
         """There is no other replica."""

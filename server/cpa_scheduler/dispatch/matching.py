@@ -12,24 +12,33 @@ from cpa_scheduler.domain import ToDo
 
 # What a queue key's readable part keeps; the rest becomes "_" (the digest tells keys apart).
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# Ends the key of a requirement pinned to an agent: the Redis queue forgets such a requirement
+# once its stream is empty (see queue/redis_queue.py).
+PINNED_KEY_SUFFIX = "~pinned"
 
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
-    """What an agent must offer to run a task; tasks with equal requirements share a queue."""
+    """What an agent must offer to run a task; tasks with equal requirements share a queue.
+
+    `agent_id` pins the requirement to one agent: the task belongs to a session bound to that
+    agent (domain/sessions.py). Empty for every other task, whose key is as it always was.
+    """
 
     tenant: str
     action: str
     capabilities: frozenset[str] = frozenset()
     labels: tuple[tuple[str, str], ...] = ()
+    agent_id: str = ""
 
     @classmethod
-    def of(cls, tenant: str, todo: ToDo) -> Requirement:
+    def of(cls, tenant: str, todo: ToDo, agent_id: str = "") -> Requirement:
         return cls(
             tenant=tenant,
             action=todo.action,
             capabilities=todo.required_capabilities,
             labels=tuple(sorted(todo.required_labels.items())),
+            agent_id=agent_id,
         )
 
     @property
@@ -37,19 +46,18 @@ class Requirement:
         """A stable name, usable as a queue name, that no other requirement has: a readable
         start (tenant and action, other characters replaced, cut short) and the SHA-256 of
         the requirement as canonical JSON (sorted, no free separators to collide on)."""
-        canonical = json.dumps(
-            [
-                self.tenant,
-                self.action,
-                sorted(self.capabilities),
-                [list(p) for p in sorted(self.labels)],
-            ],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        parts: list[object] = [
+            self.tenant,
+            self.action,
+            sorted(self.capabilities),
+            [list(p) for p in sorted(self.labels)],
+        ]
+        if self.agent_id:  # appended only when pinned: unpinned keys stay what they were
+            parts.append({"agent_id": self.agent_id})
+        canonical = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
         readable = _UNSAFE.sub("_", f"{self.tenant}.{self.action}")[:48]
-        return f"{readable}~{digest}"
+        return f"{readable}~{digest}{PINNED_KEY_SUFFIX if self.agent_id else ''}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +76,7 @@ class AgentProfile:
     def can_run(self, requirement: Requirement) -> bool:
         return (
             requirement.tenant == self.tenant
+            and (not requirement.agent_id or requirement.agent_id == self.agent_id)
             and requirement.action in self.actions
             and requirement.capabilities <= self.capabilities
             and all(self.labels.get(k) == v for k, v in requirement.labels)
@@ -77,6 +86,8 @@ class AgentProfile:
         """What this agent lacks for `requirement`, in words ("" when it can run it)."""
         if requirement.tenant != self.tenant:
             return "serves another tenant"
+        if requirement.agent_id and requirement.agent_id != self.agent_id:
+            return f"does not hold the task's session (agent {requirement.agent_id!r} does)"
         if requirement.action not in self.actions:
             return f"does not offer action {requirement.action!r}"
         lacking = sorted(requirement.capabilities - self.capabilities)
@@ -96,6 +107,11 @@ def unmet_requirement(requirement: Requirement, profiles: Iterable[AgentProfile]
     relevant = [p for p in profiles if p.tenant == requirement.tenant]
     if any(p.can_run(requirement) for p in relevant):
         return None
+    if requirement.agent_id:
+        return (
+            f"waiting for agent {requirement.agent_id!r}, which holds the task's session and is "
+            "not connected (the session restarts on another agent if it stays away for a lease)"
+        )
     needs = ", ".join(
         [f"action {requirement.action!r}"]
         + [f"capability {c!r}" for c in sorted(requirement.capabilities)]

@@ -27,7 +27,7 @@ from cpa_scheduler.storage.codec import Data
 
 from .directory import AgentRecord, announce_records
 from .matching import AgentProfile
-from .sessions import CancelMessage, SessionRegistry
+from .sessions import CancelMessage, ControlMessage, SessionEndMessage, SessionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,26 @@ def cancel_from_data(data: Mapping[str, Any]) -> CancelMessage:
     )
 
 
+def control_to_data(message: ControlMessage) -> Data:
+    """A routed control message's body: {"cancel": ...} or {"session_end": ...}."""
+    if isinstance(message, CancelMessage):
+        return {"cancel": cancel_to_data(message)}
+    return {
+        "session_end": {
+            "job_id": message.job_id,
+            "session": message.session,
+            "reason": message.reason,
+        }
+    }
+
+
+def control_from_data(data: Mapping[str, Any]) -> ControlMessage:
+    if "session_end" in data:
+        end = data["session_end"]
+        return SessionEndMessage(job_id=end["job_id"], session=end["session"], reason=end["reason"])
+    return cancel_from_data(data["cancel"])
+
+
 class RedisAgentDirectory:
     """AgentDirectory on Redis. `start()` subscribes to this replica's control channel (done when
     it returns) and starts announcing; `close()` stops both and withdraws this replica's agents
@@ -167,7 +187,7 @@ class RedisAgentDirectory:
             logger=log,
         )
         self._announcer: asyncio.Task[None] | None = None
-        self.on_cancel: Callable[[CancelMessage, str, str], None] = lambda cancel, t, a: None
+        self.on_cancel: Callable[[ControlMessage, str, str], None] = lambda cancel, t, a: None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -236,7 +256,7 @@ class RedisAgentDirectory:
         records.sort(key=lambda record: record.agent_id)
         return records
 
-    async def route_cancel(self, tenant: str, agent_id: str, cancel: CancelMessage) -> bool:
+    async def route_cancel(self, tenant: str, agent_id: str, cancel: ControlMessage) -> bool:
         session = self._sessions.get(tenant, agent_id)
         if session is not None:
             session.deliver(cancel)
@@ -249,12 +269,15 @@ class RedisAgentDirectory:
             return False  # our record of a session that has just ended
         receivers = await self._redis.publish(
             self._keys.replica_control(holder),
-            json_text.dumps(
-                {"tenant": tenant, "agent_id": agent_id, "cancel": cancel_to_data(cancel)}
-            ),
+            json_text.dumps({"tenant": tenant, "agent_id": agent_id, **control_to_data(cancel)}),
         )
         # Nobody listening: the holder is gone and its records have not expired yet.
         return receivers > 0
+
+    async def is_connected(self, tenant: str, agent_id: str) -> bool:
+        if self._sessions.get(tenant, agent_id) is not None:
+            return True
+        return bool(await self._redis.exists(self._keys.agent(tenant, agent_id)))
 
     async def held_elsewhere(self, tenant: str, agent_id: str) -> AgentRecord | None:
         data = await self._redis.get(self._keys.agent(tenant, agent_id))
@@ -312,12 +335,12 @@ class RedisAgentDirectory:
             if "close_session" in message:
                 self._close_session(tenant, agent_id, message["close_session"])
                 return
-            cancel = cancel_from_data(message["cancel"])
+            control = control_from_data(message)
         except (TypeError, ValueError, KeyError):
             log.exception("dropping an unreadable control message")
             return
         try:
-            self.on_cancel(cancel, tenant, agent_id)
+            self.on_cancel(control, tenant, agent_id)
         except Exception:  # one failing delivery must not stop the listener
             log.exception("delivering a routed cancel to %s failed", agent_id)
 

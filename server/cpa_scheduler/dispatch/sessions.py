@@ -34,7 +34,18 @@ class CancelMessage:
     reason: str
 
 
-Outbound = AssignmentMessage | CancelMessage
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEndMessage:
+    """Tell the agent that a session of a job it ran tasks of is over (SessionEnded)."""
+
+    job_id: str
+    session: str
+    reason: str
+
+
+# What other replicas may route to an agent held here (AgentDirectory.route_cancel).
+ControlMessage = CancelMessage | SessionEndMessage
+Outbound = AssignmentMessage | CancelMessage | SessionEndMessage
 
 
 class AgentIdInUse(DomainError):  # noqa: N818 (named after its reason)
@@ -244,6 +255,15 @@ class SessionRegistry:
 
     def eligible(self, requirement: Requirement) -> list[AgentSession]:
         """Sessions that can run `requirement` and have a free credit, most free credits first."""
+        if requirement.agent_id:  # pinned to the agent holding the task's session
+            session = self._sessions.get((requirement.tenant, requirement.agent_id))
+            if (
+                session is None
+                or not session.takes_work
+                or not session.profile.can_run(requirement)
+            ):
+                return []
+            return [session]
         free = self._free.get((requirement.tenant, requirement.action))
         if not free:
             return []

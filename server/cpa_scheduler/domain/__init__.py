@@ -24,6 +24,7 @@ from .events import (
     JobCancelRequested,
     JobEvent,
     JobStateChanged,
+    SessionRestarted,
     TaskError,
     TaskProgress,
     TaskRetryScheduled,
@@ -44,6 +45,7 @@ from .job import (
 )
 from .job_query import JobFilter, PagePosition
 from .retry import DEFAULT_RETRY_POLICY, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT_S, RetryPolicy
+from .sessions import DEFAULT_SESSION, SessionEnd, with_default_sessions
 from .states import (
     ATTEMPT_STATE_MACHINE,
     JOB_STATE_MACHINE,
@@ -125,6 +127,11 @@ __all__ = [
     "TaskProgress",
     "TaskRetryScheduled",
     "TaskStateChanged",
+    "SessionRestarted",
+    # sessions
+    "DEFAULT_SESSION",
+    "SessionEnd",
+    "with_default_sessions",
     # agent queries
     "AgentFilter",
     "AgentState",

@@ -83,8 +83,24 @@ class JobCancelRequested:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRestarted:
+    """A session starts again from its first task: the agent holding it (`from_agent`) was lost.
+    `task_ids`: the tasks going back to PENDING, in the order they were added to the job."""
+
+    session: str
+    reason: str
+    from_agent: str
+    task_ids: tuple[str, ...] = ()
+
+
 EventPayload = (
-    JobStateChanged | TaskStateChanged | TaskProgress | TaskRetryScheduled | JobCancelRequested
+    JobStateChanged
+    | TaskStateChanged
+    | TaskProgress
+    | TaskRetryScheduled
+    | JobCancelRequested
+    | SessionRestarted
 )
 
 

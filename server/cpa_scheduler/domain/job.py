@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from . import sessions as session_rules
 from .errors import FailedPrecondition, NotFound, Reason
 from .events import (
     EventPayload,
@@ -28,6 +29,7 @@ from .events import (
     TaskStateChanged,
 )
 from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from .sessions import SessionEnd
 from .states import (
     ATTEMPT_STATE_MACHINE,
     JOB_STATE_MACHINE,
@@ -132,7 +134,13 @@ class JobChanges:
     # QUEUED tasks that left the queue without being taken (cancelled, never started in time):
     # their entries are withdrawn from the work queue after commit.
     withdrawn: list[str] = field(default_factory=list)
+    # The agents withdrawn tasks of sessions were pinned to (their queue entries are there).
+    withdrawn_pins: dict[str, str] = field(default_factory=dict)
     cancels: list[tuple[AttemptRef, str]] = field(default_factory=list)
+    # Sessions whose tasks changed state (their end is checked in take_changes), and the
+    # agents to tell that a session of theirs ended.
+    sessions_touched: set[str] = field(default_factory=set)
+    sessions_ended: list[SessionEnd] = field(default_factory=list)
 
 
 class StaleAttempt(FailedPrecondition):
@@ -215,6 +223,11 @@ class _Progress:
         if target is TaskState.PENDING and self.unmet[index] == 0:
             heapq.heappush(self.ready, index)
 
+    def requeue_ready(self, indices: list[int]) -> None:
+        """Put back ready tasks popped but not queued (they wait for their session)."""
+        for index in indices:
+            heapq.heappush(self.ready, index)
+
     def pop_ready(self) -> Task | None:
         """The earliest-inserted PENDING task whose dependencies all succeeded, or None."""
         while self.ready:
@@ -271,6 +284,8 @@ class Job:
     changes: JobChanges = field(default_factory=JobChanges, repr=False, compare=False)
     _graph: TaskGraph | None = field(default=None, repr=False, compare=False)
     _index: _Progress | None = field(default=None, repr=False, compare=False)
+    # The tasks of each session (domain/sessions.py builds it on first use).
+    _session_index: dict[str, list[Task]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(
@@ -341,6 +356,8 @@ class Job:
     def take_changes(self) -> JobChanges:
         """Hand over what the mutations since the last call produced, and start afresh."""
         changes, self.changes = self.changes, JobChanges()
+        if changes.sessions_touched:
+            changes.sessions_ended += session_rules.ended(self, changes.sessions_touched)
         return changes
 
     # -- dispatch -------------------------------------------------------------------------
@@ -364,6 +381,11 @@ class Job:
         if task.next_attempt_time is not None and task.next_attempt_time > now:
             raise StaleAttempt(
                 f"task {task_id!r} may not start before {task.next_attempt_time.isoformat()}"
+            )
+        if task.todo.session and not session_rules.check_affinity(task, agent_id):
+            raise StaleAttempt(
+                f"task {task_id!r} of session {task.todo.session!r} waits for agent "
+                f"{task.agent_id!r}, not {agent_id!r}"
             )
         task.attempt = attempt
         task.agent_id = agent_id
@@ -522,6 +544,19 @@ class Job:
             self._move_task(task, TaskState.CANCELLED, now, error=error)
             self._settle(now)
             return
+        if task.todo.session:
+            # The session is the unit of recovery: it runs again from its first task.
+            # restart() charges the loss (task.losses) and applies the redelivery bound.
+            session_rules.restart(
+                self,
+                task,
+                reason=f"agent {task.agent_id!r} stopped renewing the lease of task "
+                f"{task_id!r} attempt {attempt}",
+                from_agent=task.agent_id,
+                max_redeliveries=max_redeliveries,
+                now=now,
+            )
+            return
         task.losses += 1
         if task.losses > max_redeliveries:
             final = TaskError(
@@ -533,6 +568,35 @@ class Job:
             self._fail_task(task, final, now)
             return
         self._requeue(task, now, next_attempt_time=None, error=error, lost=True)
+
+    def release_session(
+        self, task_id: str, *, attempt: int, agent_id: str, max_redeliveries: int, now: datetime
+    ) -> bool:
+        """The QUEUED `task_id` (attempt `attempt` ran last) waits for `agent_id`, which holds its
+        session and has been gone for a lease: the session restarts (domain/sessions.py).
+        Returns whether it did (False: the task no longer waits for that agent)."""
+        task = self.tasks.get(task_id)
+        if (
+            task is None
+            or not task.todo.session
+            or task.state is not TaskState.QUEUED
+            or task.attempt != attempt
+            or task.agent_id != agent_id
+            or not agent_id
+            or self.cancel_requested
+            or self.is_terminal
+        ):
+            return False
+        session_rules.restart(
+            self,
+            task,
+            reason=f"agent {agent_id!r} that holds the session went away while task "
+            f"{task_id!r} waited for it",
+            from_agent=agent_id,
+            max_redeliveries=max_redeliveries,
+            now=now,
+        )
+        return True
 
     def lease_expired(
         self,
@@ -749,6 +813,10 @@ class Job:
         task.lease_until = None
         task.timeout_at = None
 
+    def _cancel_attempt(self, task: Task) -> None:
+        """Tell the agent of the task's current attempt to stop (after commit)."""
+        self.changes.cancels.append((AttemptRef(self.job_id, task.id, task.attempt), task.agent_id))
+
     def _withdraw(self, task: Task) -> None:
         """The QUEUED task leaves the queue untaken: its entry is withdrawn after commit, or,
         queued in this same change, never published at all."""
@@ -756,6 +824,8 @@ class Job:
             self.changes.queued.remove(task.id)
         else:
             self.changes.withdrawn.append(task.id)
+            if task.todo.session and task.agent_id:
+                self.changes.withdrawn_pins[task.id] = task.agent_id
 
     def _requeue(
         self,
@@ -801,16 +871,22 @@ class Job:
             return
         progress = self._progress
         budget = self.options.max_parallelism - progress.active
+        waiting: list[int] = []  # ready, but another task of their session is active
         while budget > 0:
             task = progress.pop_ready()
             if task is None:
-                return
+                break
+            if task.todo.session and session_rules.busy(self, task):
+                waiting.append(progress.position[task.id])
+                continue
             if task.todo.requires_approval:
                 self._move_task(task, TaskState.WAITING_APPROVAL, now)
                 continue
             self._move_task(task, TaskState.QUEUED, now)
             self.changes.queued.append(task.id)
             budget -= 1
+        if waiting:
+            progress.requeue_ready(waiting)
 
     def _settle(self, now: datetime) -> None:
         """After a task ended: queue what became ready, and end the job when nothing can run."""
@@ -885,6 +961,10 @@ class Job:
         if TASK_STATE_MACHINE.is_terminal(target):
             task.end_time = now
         progress.moved(task, previous)
+        if task.todo.session:
+            self.changes.sessions_touched.add(task.todo.session)
+            if target is TaskState.QUEUED:
+                session_rules.pin(self, task)
         self.changes.dirty_tasks.add(task.id)
         self.update_time = now
         self._record(

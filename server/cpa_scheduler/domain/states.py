@@ -2,7 +2,10 @@
 
 FAILED and CANCELLED are terminal (nothing happens to them on their own) but not final: RetryJob
 re-drives a dead-lettered or cancelled job, which moves the job and its unfinished tasks (FAILED,
-CANCELLED, SKIPPED) back to PENDING. SUCCEEDED is final: re-running finished work is a new job.
+CANCELLED, SKIPPED) back to PENDING. SUCCEEDED is final for the job (re-running finished work is a
+new job), and for a task but in one case: a session restart (domain/sessions.py) moves the tasks
+of a session that ran, and those QUEUED behind them, back to PENDING (SUCCEEDED, QUEUED or
+RUNNING -> PENDING) so that the session runs again from its first task.
 """
 
 from __future__ import annotations
@@ -107,10 +110,11 @@ TASK_STATE_MACHINE: StateMachine[TaskState] = StateMachine(
             ),
             _T.WAITING_APPROVAL: frozenset({_T.QUEUED, _T.FAILED, _T.CANCELLED}),
             # FAILED straight from QUEUED: schedule-to-start timeout or job deadline.
-            _T.QUEUED: frozenset({_T.RUNNING, _T.FAILED, _T.CANCELLED}),
+            # PENDING from QUEUED, RUNNING or SUCCEEDED: a session restart (only).
+            _T.QUEUED: frozenset({_T.RUNNING, _T.FAILED, _T.CANCELLED, _T.PENDING}),
             # QUEUED again from RUNNING: a retry after backoff, or a lost attempt re-queued.
-            _T.RUNNING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.QUEUED, _T.CANCELLED}),
-            _T.SUCCEEDED: frozenset(),
+            _T.RUNNING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.QUEUED, _T.CANCELLED, _T.PENDING}),
+            _T.SUCCEEDED: frozenset({_T.PENDING}),
             _T.FAILED: frozenset({_T.PENDING}),
             _T.CANCELLED: frozenset({_T.PENDING}),
             _T.SKIPPED: frozenset({_T.PENDING}),

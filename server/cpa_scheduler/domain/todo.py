@@ -95,6 +95,9 @@ class ToDo:
     credential_refs: Mapping[str, str] = field(default_factory=dict)
     """Credential references by purpose; the agent resolves them, the scheduler only carries
     them (Assignment.credential_refs)."""
+    session: str = ""
+    """The session the task belongs to ("" none): the tasks of a job with the same session run
+    on one agent, one at a time (see domain/sessions.py)."""
 
     @property
     def is_builtin_action(self) -> bool:
@@ -142,6 +145,12 @@ class ToDo:
                 f"task {self.id!r}: selector value is empty",
                 reason=Reason.MISSING_FIELD,
                 field=f"{field_prefix}.selector.value",
+            )
+        if self.session and not TASK_ID_PATTERN.fullmatch(self.session):
+            raise InvalidArgument(
+                f"task {self.id!r}: session {echo(self.session)} must be 1-63 letters, digits, "
+                "'_', '.' or '-', starting with a letter or digit",
+                field=f"{field_prefix}.session",
             )
         if self.retry_policy is not None:
             self.retry_policy.validate(f"{field_prefix}.retry_policy")

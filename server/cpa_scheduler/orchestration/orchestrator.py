@@ -17,7 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from cpa_scheduler.dispatch.directory import AgentDirectory
-from cpa_scheduler.dispatch.sessions import AgentSession, AssignmentMessage, CancelMessage
+from cpa_scheduler.dispatch.sessions import (
+    AgentSession,
+    AssignmentMessage,
+    CancelMessage,
+    SessionEndMessage,
+)
 from cpa_scheduler.domain import (
     AttemptRef,
     DomainError,
@@ -113,6 +118,9 @@ class Orchestrator(TimeSweeps):
         # Where the event retention sweep goes on (per process: after a restart it walks the
         # finished jobs once more from the start, deleting nothing twice).
         self._prune_after: EndPosition | None = None
+        # Agents holding sessions whose next task waits for them, and since when this replica
+        # has seen them away (see release_absent_sessions).
+        self._absent_since: dict[tuple[str, str], datetime] = {}
 
     @property
     def store(self) -> Store:
@@ -561,11 +569,22 @@ class Orchestrator(TimeSweeps):
                 await self._queue.publish([_queued(job, task_id) for task_id in changes.queued])
             if changes.withdrawn:
                 # Else a requirement no agent serves would keep its entries for ever.
-                await self._queue.withdraw([_queued(job, task_id) for task_id in changes.withdrawn])
+                pins = changes.withdrawn_pins
+                await self._queue.withdraw(
+                    [_queued(job, task_id, pins.get(task_id, "")) for task_id in changes.withdrawn]
+                )
             for ref, agent_id in changes.cancels:
                 # If no replica holds the agent, its lease expires and the task ends CANCELLED.
                 await self._directory.route_cancel(
                     job.tenant, agent_id, CancelMessage(attempt=ref, reason=job.stop_message())
+                )
+            for end in changes.sessions_ended:
+                # At most once: an agent away now closes the session when it learns that its
+                # attempts of it are no longer current (see SessionEnded in the contract).
+                await self._directory.route_cancel(
+                    job.tenant,
+                    end.agent_id,
+                    SessionEndMessage(job_id=job.job_id, session=end.session, reason=end.reason),
                 )
         except Exception as error:
             log.warning(
@@ -575,8 +594,9 @@ class Orchestrator(TimeSweeps):
             )
 
 
-def _queued(job: Job, task_id: str) -> QueuedTask:
-    """The work queue's reference to the task as it waits (or waited) QUEUED."""
+def _queued(job: Job, task_id: str, pin: str | None = None) -> QueuedTask:
+    """The work queue's reference to the task as it waits (or waited) QUEUED; a task of a
+    session carries the agent its session is bound to (`pin`: the one it waited for)."""
     task = job.tasks[task_id]
     return QueuedTask(
         tenant=job.tenant,
@@ -584,4 +604,5 @@ def _queued(job: Job, task_id: str) -> QueuedTask:
         todo=task.todo,
         attempt=task.attempt,
         not_before=task.next_attempt_time,
+        agent_id=(task.agent_id if task.todo.session else "") if pin is None else pin,
     )

@@ -19,7 +19,7 @@ from cpa_scheduler.dispatch.matching import AgentProfile, Requirement, unmet_req
 from cpa_scheduler.domain import AttemptRef, Job, NotFound, StaleAttempt
 from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.settings import Settings
-from cpa_scheduler.storage import EndPosition, Store
+from cpa_scheduler.storage import EndPosition, QueuedTask, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class TimeSweeps:
     _request_retention: timedelta
     _event_retention: timedelta
     _prune_after: EndPosition | None
+    _absent_since: dict[tuple[str, str], datetime]
 
     async def _apply(
         self,
@@ -97,7 +98,9 @@ class TimeSweeps:
             def miss(
                 job: Job, task_id: str = task_id, offering: dict[str, list[AgentProfile]] = offering
             ) -> bool:
-                requirement = Requirement.of(job.tenant, job.task(task_id).todo)
+                task = job.task(task_id)
+                pin = task.agent_id if task.todo.session else ""
+                requirement = Requirement.of(job.tenant, task.todo, pin)
                 profiles = offering.get(requirement.action, [])
                 why = unmet_requirement(requirement, profiles) or "every capable agent was busy"
                 return job.miss_start(task_id, now=now, why=why)
@@ -109,6 +112,58 @@ class TimeSweeps:
             if missed:
                 log.warning("task %s/%s was not started in time", job_id, task_id)
         return len(unstarted)
+
+    async def release_absent_sessions(self) -> int:
+        """Restart the sessions whose next task waits QUEUED for an agent that no replica has
+        held for `lease_duration_s` (it left between two tasks of the session, so no lease of
+        it expires): their tasks run again from the first one on another agent
+        (Job.release_session). Returns how many sessions restarted.
+
+        When the agent went away is known per replica (since this replica first saw it away);
+        any replica may release the task, once: it takes the queue entry (fenced in the store).
+        """
+        now = self._clock()
+        lease = timedelta(seconds=self._settings.lease_duration_s)
+        absent: dict[tuple[str, str], datetime] = {}
+        released = 0
+        for requirement in await self._queue.requirements():
+            if not requirement.agent_id:
+                continue
+            key = (requirement.tenant, requirement.agent_id)
+            if key not in absent:
+                if await self._directory.is_connected(*key):
+                    continue
+                absent[key] = self._absent_since.get(key, now)
+            if now - absent[key] < lease:
+                continue
+            done = []
+            for item in await self._queue.take(requirement, SWEEP_BATCH):
+
+                def release(job: Job, task: QueuedTask = item.task) -> bool:
+                    return job.release_session(
+                        task.todo.id,
+                        attempt=task.attempt,
+                        agent_id=task.agent_id,
+                        max_redeliveries=self._settings.max_redeliveries,
+                        now=now,
+                    )
+
+                try:
+                    _, restarted = await self._apply(requirement.tenant, item.task.job_id, release)
+                except NotFound:
+                    restarted = False
+                done.append(item)
+                if restarted:
+                    released += 1
+                    log.warning(
+                        "agent %s is gone: session %r of job %s restarts",
+                        requirement.agent_id,
+                        item.task.todo.session,
+                        item.task.job_id,
+                    )
+            await self._queue.ack(done)
+        self._absent_since = absent
+        return released
 
     async def forget_request_ids(self) -> int:
         """Release the request ids whose retention window ended."""
@@ -144,6 +199,7 @@ class TimeSweeps:
             self.expire_leases,
             self.expire_unstarted_tasks,
             self.expire_overdue_jobs,
+            self.release_absent_sessions,
             self.forget_request_ids,
             self.prune_events,
         )

@@ -97,6 +97,8 @@ class TaskTemplate:
     line: int
     credential_refs: Mapping[str, Template] = field(default_factory=dict)
     """Credential references by purpose; each reference is a template (the purpose is not)."""
+    session: str = ""
+    """Static, like depends_on (a session key is part of the plan's shape, not of its values)."""
 
     def render(
         self, variables: Mapping[str, Any], *, intent: str, budget: RenderBudget | None = None
@@ -156,6 +158,7 @@ class TaskTemplate:
                 purpose: render(ref, f"credential_refs.{purpose}")
                 for purpose, ref in self.credential_refs.items()
             },
+            session=self.session,
         )
         try:
             todo.validate(f"tasks.{self.id}")
@@ -287,6 +290,7 @@ class _TaskSpec(_Spec):
     retry_policy: _RetryPolicySpec | None = None
     inputs: dict[str, _InputSpec] = Field(default_factory=dict)
     credential_refs: dict[str, str] = Field(default_factory=dict)
+    session: str = ""
 
 
 class _PatternSpec(_Spec):
@@ -456,6 +460,7 @@ class _CatalogBuilder:
                 inputs=inputs,
                 # Purposes and count are static; the references are checked once rendered.
                 credential_refs=dict.fromkeys(spec.credential_refs, "-"),
+                session=spec.session,
             ).validate("todo")
         except DomainError as exc:
             raise self._domain_error(exc, path) from None
@@ -487,6 +492,7 @@ class _CatalogBuilder:
                 purpose: template(ref, "credential_refs", purpose)
                 for purpose, ref in spec.credential_refs.items()
             },
+            session=spec.session,
         )
 
     def _inputs(self, spec: _TaskSpec, path: YamlPath) -> dict[str, OutputRef]:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpa_scheduler.domain import InvalidArgument, Reason, TaskGraph, ToDo
+from cpa_scheduler.domain import InvalidArgument, Reason, TaskGraph, ToDo, with_default_sessions
 from cpa_scheduler.settings import Settings
 
 from .intent_catalog import UNKNOWN_INTENT, load_catalog
@@ -120,4 +120,6 @@ class Planner:
                 reason=Reason.PAYLOAD_TOO_LARGE,
                 field="todos",
             )
-        return TaskGraph.from_todos(todos)
+        # Browser steps share the job's default session unless they name one: applied here, so
+        # the job (GetJob) and its preview show it.
+        return TaskGraph.from_todos(with_default_sessions(todos))

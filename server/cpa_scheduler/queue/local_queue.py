@@ -63,7 +63,7 @@ class LocalWorkQueue:
         for task in tasks:
             key = _key(task)
             self._waiting.pop(key, None)
-            requirement = Requirement.of(task.tenant, task.todo)
+            requirement = Requirement.of(task.tenant, task.todo, task.agent_id)
             ready = self._ready.get(requirement)
             if ready is not None and ready.pop(key, None) is not None and not ready:
                 del self._ready[requirement]
@@ -80,7 +80,9 @@ class LocalWorkQueue:
         self.on_ready()
 
     def _make_ready(self, key: _Key, task: QueuedTask) -> None:
-        self._ready.setdefault(Requirement.of(task.tenant, task.todo), OrderedDict())[key] = task
+        self._ready.setdefault(
+            Requirement.of(task.tenant, task.todo, task.agent_id), OrderedDict()
+        )[key] = task
 
     def pop(self, requirement: Requirement) -> QueuedTask | None:
         tasks = self._ready.get(requirement)

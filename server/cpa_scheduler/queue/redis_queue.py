@@ -159,13 +159,20 @@ return found
 """
 
 # The JSON of every requirement whose stream holds entries (new or pending), oldest queue
-# first: one round trip per dispatch round.
+# first: one round trip per dispatch round. A requirement pinned to an agent (a session's: its
+# key ends with PINNED_KEY_SUFFIX) whose stream is empty is forgotten (registration, stream and
+# group): agent ids come and go, and the registry must not grow with every agent that ever held
+# a session. Atomic, so a publish after it registers the requirement again.
 _REQUIREMENTS_SCRIPT = """
 local result = {}
 for _, key in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if redis.call('XLEN', ARGV[1] .. key) > 0 then
     local requirement = redis.call('HGET', KEYS[2], key)
     if requirement then table.insert(result, requirement) end
+  elseif string.sub(key, -7) == '~pinned' then
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('HDEL', KEYS[2], key)
+    redis.call('DEL', ARGV[1] .. key)
   end
 end
 return result
@@ -200,6 +207,7 @@ def requirement_to_data(requirement: Requirement) -> Data:
         "action": requirement.action,
         "capabilities": sorted(requirement.capabilities),
         "labels": [list(label) for label in requirement.labels],
+        **({"agent_id": requirement.agent_id} if requirement.agent_id else {}),
     }
 
 
@@ -209,6 +217,7 @@ def requirement_from_data(data: Data) -> Requirement:
         action=data["action"],
         capabilities=frozenset(data["capabilities"]),
         labels=tuple((key, value) for key, value in data["labels"]),
+        agent_id=data.get("agent_id", ""),
     )
 
 
@@ -312,7 +321,7 @@ class RedisWorkQueue:
         ]
         args: list[str | int] = [_epoch_ms(now), self._keys.queue_ready_channel, self._origin]
         for task in tasks:
-            requirement = Requirement.of(task.tenant, task.todo)
+            requirement = Requirement.of(task.tenant, task.todo, task.agent_id)
             keys += [self._marker(task), self._keys.queue_stream(requirement.key)]
             not_before = task.not_before
             args += [
@@ -376,14 +385,14 @@ class RedisWorkQueue:
         for start in range(0, len(tasks), PUBLISH_BATCH_SIZE):
             keys: list[str] = []
             for task in tasks[start : start + PUBLISH_BATCH_SIZE]:
-                requirement = Requirement.of(task.tenant, task.todo)
+                requirement = Requirement.of(task.tenant, task.todo, task.agent_id)
                 keys += [self._marker(task), self._keys.queue_stream(requirement.key)]
             await self._withdraw_script(keys=keys, args=[QUEUE_CONSUMER_GROUP])
 
     async def _ack_now(self, items: list[WorkItem]) -> None:
         by_stream: dict[str, list[str]] = {}
         for item in items:
-            requirement = Requirement.of(item.task.tenant, item.task.todo)
+            requirement = Requirement.of(item.task.tenant, item.task.todo, item.task.agent_id)
             by_stream.setdefault(self._keys.queue_stream(requirement.key), []).append(item.receipt)
         await self._ack_entries(by_stream, markers=[self._marker(item.task) for item in items])
 

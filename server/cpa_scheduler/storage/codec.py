@@ -27,6 +27,7 @@ from cpa_scheduler.domain import (
     RetryPolicy,
     Selector,
     SelectorStrategy,
+    SessionRestarted,
     SourceKind,
     Task,
     TaskError,
@@ -119,6 +120,8 @@ def todo_to_data(todo: ToDo) -> Data:
             for name, ref in todo.inputs.items()
         },
         "credential_refs": dict(todo.credential_refs),
+        # Only when set: rows of tasks without a session stay as they were.
+        **({"session": todo.session} if todo.session else {}),
     }
 
 
@@ -148,6 +151,29 @@ def todo_from_data(data: Data) -> ToDo:
         },
         # Absent in rows written before credential references were kept.
         credential_refs=data.get("credential_refs", {}),
+        session=data.get("session", ""),
+    )
+
+
+def queued_task(
+    *,
+    tenant: str,
+    job_id: str,
+    todo: ToDo,
+    attempt: int,
+    not_before: datetime | None,
+    agent_id: str,
+) -> QueuedTask:
+    """A QUEUED task row as the work queue takes it: a task of a session keeps the agent its
+    session is bound to (the row's agent_id while QUEUED, see domain/sessions.py); any other
+    task's agent_id is its last attempt's, which binds nothing."""
+    return QueuedTask(
+        tenant=tenant,
+        job_id=job_id,
+        todo=todo,
+        attempt=attempt,
+        not_before=not_before,
+        agent_id=agent_id if todo.session else "",
     )
 
 
@@ -158,6 +184,7 @@ def queued_task_to_data(task: QueuedTask) -> Data:
         "todo": todo_to_data(task.todo),
         "attempt": task.attempt,
         "not_before": time_to_text(task.not_before),
+        **({"agent_id": task.agent_id} if task.agent_id else {}),
     }
 
 
@@ -168,6 +195,7 @@ def queued_task_from_data(data: Data) -> QueuedTask:
         todo=todo_from_data(data["todo"]),
         attempt=data["attempt"],
         not_before=time_from_text(data["not_before"]),
+        agent_id=data.get("agent_id", ""),
     )
 
 
@@ -295,6 +323,14 @@ def payload_to_data(payload: EventPayload) -> Data:
             }
         case JobCancelRequested():
             return {"type": "job_cancel_requested", "reason": payload.reason}
+        case SessionRestarted():
+            return {
+                "type": "session_restarted",
+                "session": payload.session,
+                "reason": payload.reason,
+                "from_agent": payload.from_agent,
+                "task_ids": list(payload.task_ids),
+            }
 
 
 def payload_from_data(data: Mapping[str, Any]) -> EventPayload:
@@ -322,6 +358,13 @@ def payload_from_data(data: Mapping[str, Any]) -> EventPayload:
             attempt=data["attempt"],
             percent=data["percent"],
             message=data["message"],
+        )
+    if kind == "session_restarted":
+        return SessionRestarted(
+            session=data["session"],
+            reason=data["reason"],
+            from_agent=data["from_agent"],
+            task_ids=tuple(data["task_ids"]),
         )
     if kind == "task_retry_scheduled":
         return TaskRetryScheduled(

@@ -38,6 +38,9 @@ class QueuedTask:
     attempt: int
     """The number of the attempt that ran last (0 before the first); the next one is +1."""
     not_before: datetime | None = None
+    agent_id: str = ""
+    """For a task of a session bound to an agent: that agent, the only one that may take it
+    (domain/sessions.py); empty otherwise."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

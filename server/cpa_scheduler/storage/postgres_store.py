@@ -1009,21 +1009,22 @@ class PostgresStore:
     ) -> list[QueuedTask]:
         before = "" if queued_before is None else "AND t.queue_time < %(before)s "
         rows = await self._statement(
-            "SELECT j.tenant, t.job_id, t.todo_json, t.attempt, t.next_attempt_time "
+            "SELECT j.tenant, t.job_id, t.todo_json, t.attempt, t.next_attempt_time, t.agent_id "
             "FROM tasks t JOIN jobs j ON j.job_id = t.job_id "
             f"WHERE t.state = 'QUEUED' {before}"
             "ORDER BY t.queue_time, t.job_id, t.position LIMIT %(limit)s",
             {"limit": limit, "before": queued_before},
         )
         return [
-            QueuedTask(
+            codec.queued_task(
                 tenant=tenant,
                 job_id=job_id,
                 todo=codec.todo_from_data(json.loads(todo_json)),
                 attempt=attempt,
                 not_before=not_before,
+                agent_id=agent_id,
             )
-            for tenant, job_id, todo_json, attempt, not_before in rows
+            for tenant, job_id, todo_json, attempt, not_before, agent_id in rows
         ]
 
     async def overdue_jobs(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:

@@ -495,18 +495,19 @@ class SqliteStore:
         before_us = codec.time_to_us(queued_before) if queued_before is not None else None
         rows = self._db.execute(
             "SELECT jobs.tenant, tasks.job_id, tasks.todo_json, tasks.attempt, "
-            "tasks.next_attempt_time FROM tasks JOIN jobs USING (job_id) "
+            "tasks.next_attempt_time, tasks.agent_id FROM tasks JOIN jobs USING (job_id) "
             "WHERE tasks.state = ? AND (? IS NULL OR tasks.queue_time < ?) "
             "ORDER BY tasks.queue_time LIMIT ?",
             (TaskState.QUEUED.value, before_us, before_us, limit),
         ).fetchall()
         return [
-            QueuedTask(
+            codec.queued_task(
                 tenant=row["tenant"],
                 job_id=row["job_id"],
                 todo=codec.todo_from_data(json.loads(row["todo_json"])),
                 attempt=row["attempt"],
                 not_before=codec.time_from_us(row["next_attempt_time"]),
+                agent_id=row["agent_id"],
             )
             for row in rows
         ]

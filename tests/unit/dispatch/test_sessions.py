@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import pytest
@@ -145,3 +146,40 @@ def test_only_sessions_with_free_credits_offering_the_action_are_eligible() -> N
     registry.remove(busy)
     assert registry.eligible(click) == []
     assert registry.waiting_reason(click) == "all 1 capable agents are draining"
+
+
+def test_a_pinned_requirement_has_its_own_key_and_unpinned_keys_are_unchanged() -> None:
+    plain = Requirement(tenant="t", action="click")
+    pinned = Requirement(tenant="t", action="click", agent_id="ag")
+    # The key of a requirement without a pin is what it was before pins existed (queues and
+    # Redis streams of running deployments keep their names): the digest of the same JSON.
+    canonical = '["t","click",[],[]]'
+    assert plain.key == "t.click~" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    assert plain.key != pinned.key
+    assert pinned.key.endswith("~pinned")
+    assert not plain.key.endswith("~pinned")
+    assert Requirement(tenant="t", action="click", agent_id="other").key != pinned.key
+
+
+def test_only_the_pinned_agent_is_eligible_for_a_pinned_requirement() -> None:
+    registry = SessionRegistry()
+    holder = session()
+    holder.credits = 2
+    registry.add(holder)
+    other_profile = AgentProfile(agent_id="other", tenant="t", actions=frozenset({"click"}))
+    other = AgentSession(
+        profile=other_profile,
+        connect_time=NOW,
+        last_seen_time=NOW,
+        deliver=lambda message: None,
+        close=lambda: None,
+        credits=1,
+    )
+    registry.add(other)
+    assert registry.eligible(Requirement(tenant="t", action="click", agent_id="ag")) == [holder]
+    assert registry.eligible(Requirement(tenant="t", action="click", agent_id="gone")) == []
+    assert registry.eligible(Requirement(tenant="u", action="click", agent_id="ag")) == []
+    holder.credits = 0
+    assert registry.eligible(Requirement(tenant="t", action="click", agent_id="ag")) == []
+    reason = registry.waiting_reason(Requirement(tenant="t", action="click", agent_id="gone"))
+    assert "waiting for agent 'gone', which holds the task's session" in reason

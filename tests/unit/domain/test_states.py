@@ -50,10 +50,13 @@ LEGAL_TASK = {
     "QUEUED -> RUNNING",
     "QUEUED -> FAILED",
     "QUEUED -> CANCELLED",
+    "QUEUED -> PENDING",
     "RUNNING -> SUCCEEDED",
     "RUNNING -> FAILED",
     "RUNNING -> QUEUED",
     "RUNNING -> CANCELLED",
+    "RUNNING -> PENDING",
+    "SUCCEEDED -> PENDING",
     "FAILED -> PENDING",
     "SKIPPED -> PENDING",
     "CANCELLED -> PENDING",
@@ -115,7 +118,7 @@ def test_transition(current: Any, target: Any, noun: str, legal: bool) -> None:
     ("current", "target", "message"),
     [
         (JobState.SUCCEEDED, JobState.RUNNING, "job cannot go from SUCCEEDED to RUNNING"),
-        (TaskState.SUCCEEDED, TaskState.PENDING, "task cannot go from SUCCEEDED to PENDING"),
+        (TaskState.SUCCEEDED, TaskState.QUEUED, "task cannot go from SUCCEEDED to QUEUED"),
         (TaskState.QUEUED, TaskState.SUCCEEDED, "task cannot go from QUEUED to SUCCEEDED"),
         (AttemptState.LOST, AttemptState.RUNNING, "attempt cannot go from LOST to RUNNING"),
     ],
@@ -142,9 +145,10 @@ def test_failed_and_cancelled_jobs_are_terminal_yet_re_drivable(state: JobState)
     assert transition(state, JobState.PENDING) is JobState.PENDING
 
 
-def test_succeeded_is_final_for_jobs_and_tasks() -> None:
+def test_succeeded_is_final_for_jobs_and_for_tasks_but_a_session_restart() -> None:
     assert JOB_STATE_MACHINE.allowed_targets(JobState.SUCCEEDED) == frozenset()
-    assert TASK_STATE_MACHINE.allowed_targets(TaskState.SUCCEEDED) == frozenset()
+    # A session restart (domain/sessions.py) sends a succeeded task back to PENDING, only.
+    assert TASK_STATE_MACHINE.allowed_targets(TaskState.SUCCEEDED) == {TaskState.PENDING}
 
 
 @pytest.mark.parametrize(

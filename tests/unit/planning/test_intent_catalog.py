@@ -969,3 +969,34 @@ def test_a_credential_reference_that_renders_empty_is_a_template_error(tmp_path:
 
     assert caught.value.reason is Reason.TEMPLATE_ERROR
     assert "credential 'portal' names no reference" in caught.value.message
+
+
+def test_a_task_session_is_loaded_and_rendered_and_a_bad_one_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    path = write_catalog(
+        tmp_path,
+        """
+        intents:
+          - name: two_portals
+            description: Two logins.
+            tasks:
+              - {id: a, action: playwright, session: portal-a}
+              - {id: b, action: playwright, depends_on: [a]}
+        """,
+    )
+    todos = load_catalog(path).intents[0].render({}, context={})
+    # The catalog keeps what it says; the planner adds the default session ("browser") to b.
+    assert [todo.session for todo in todos] == ["portal-a", ""]
+
+    error, _ = load_error(
+        tmp_path,
+        """
+        intents:
+          - name: bad_session
+            description: A session outside the id alphabet.
+            tasks:
+              - {id: a, action: playwright, session: "no spaces"}
+        """,
+    )
+    assert "session" in str(error)

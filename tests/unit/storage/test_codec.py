@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import json
 
-from cpa_scheduler.domain import OutputRef, ToDo
-from cpa_scheduler.storage.codec import todo_from_data, todo_to_data
+from cpa_scheduler.domain import OutputRef, SessionRestarted, ToDo
+from cpa_scheduler.storage.codec import (
+    payload_from_data,
+    payload_to_data,
+    queued_task,
+    queued_task_from_data,
+    queued_task_to_data,
+    todo_from_data,
+    todo_to_data,
+)
 
 # A task row's todo_json as servers wrote it before ToDos had inputs.
 ROW_BEFORE_INPUTS = {
@@ -61,3 +69,31 @@ def test_credential_refs_round_trip_and_older_rows_have_none() -> None:
     assert data["credential_refs"] == {"portal": "env:P", "api": "api.key"}
     assert todo_from_data(data) == todo
     assert todo_from_data(dict(ROW_BEFORE_INPUTS)).credential_refs == {}
+def test_a_session_and_a_pin_round_trip_and_rows_without_them_read_as_none() -> None:
+    todo = ToDo(id="b", action="playwright", session="portal")
+    data = json.loads(json.dumps(todo_to_data(todo)))
+    assert data["session"] == "portal"
+    assert todo_from_data(data) == todo
+    assert "session" not in todo_to_data(ToDo(id="b", action="echo"))  # rows stay as they were
+    assert todo_from_data(dict(ROW_BEFORE_INPUTS)).session == ""
+
+    pinned = queued_task(
+        tenant="t", job_id="j", todo=todo, attempt=1, not_before=None, agent_id="agent-1"
+    )
+    assert pinned.agent_id == "agent-1"
+    assert queued_task_from_data(json.loads(json.dumps(queued_task_to_data(pinned)))) == pinned
+    # A task without a session is never pinned by the agent of its last attempt.
+    loose = queued_task(
+        tenant="t",
+        job_id="j",
+        todo=ToDo(id="c", action="echo"),
+        attempt=1,
+        not_before=None,
+        agent_id="agent-1",
+    )
+    assert loose.agent_id == ""
+
+
+def test_a_session_restart_event_round_trips() -> None:
+    payload = SessionRestarted(session="s", reason="gone", from_agent="a1", task_ids=("x", "y"))
+    assert payload_from_data(json.loads(json.dumps(payload_to_data(payload)))) == payload

@@ -169,6 +169,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     first field at fault (`params.steps[2].selector`) and details.errors every problem found
     (field and message). The executor never ran.
     """
+    ERROR_REASON_SESSION_RESTARTED: _ErrorReason.ValueType  # 100
+    """A task went back to PENDING because its session restarted on another agent (the agent
+    holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -320,6 +324,10 @@ text) do not fit the executor's parameter model: TaskError.code INVALID_PARAMS, 
 retryable (the same params fail the same way), TaskError.details.field the path of the
 first field at fault (`params.steps[2].selector`) and details.errors every problem found
 (field and message). The executor never ran.
+"""
+ERROR_REASON_SESSION_RESTARTED: ErrorReason.ValueType  # 100
+"""A task went back to PENDING because its session restarted on another agent (the agent
+holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -312,6 +312,7 @@ class ToDo(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: _builtins.int
     CREDENTIAL_REFS_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier, unique within the job; 1-63 letters, digits, '_', '.' or '-', starting with a
     letter or digit, matched as a whole (a trailing newline is refused: INVALID_FIELD).
@@ -330,6 +331,22 @@ class ToDo(_message.Message):
     template) is refused at submission with INVALID_ARGUMENT, reason APPROVAL_NOT_SUPPORTED,
     naming this field (or intent.name / text for an intent's task), instead of waiting in
     WAITING_APPROVAL for ever. PreviewPlan still shows such plans.
+    """
+    session: _builtins.str
+    """The session the task belongs to: the tasks of one job with the same session run on one
+    agent, one at a time, and share what the agent keeps for the session (one browser context,
+    so a login holds from step to step). 1-63 letters, digits, '_', '.' or '-', starting with a
+    letter or digit, matched as a whole, else INVALID_ARGUMENT (INVALID_FIELD) naming this
+    field. Empty: no session, except for the browser actions (ACTION_TYPE_PLAYWRIGHT, CLICK,
+    TYPE, WAIT_FOR), which get the job's default session "browser" when the job is planned (so
+    GetJob and PreviewPlan show it).
+    The first task of a session to start binds it to the agent that takes it; the session's
+    other tasks are dispatched to that agent only, and each waits PENDING while another task of
+    the session is QUEUED or RUNNING. When that agent is lost (an attempt of the session LOST,
+    or the agent gone for a lease duration while the session's next task waits for it), the
+    session restarts: its tasks that ran go back to PENDING and run again from the first one,
+    on whichever agent takes it, in a fresh session (JobEvent.session_restarted). The agent
+    holding a session is told when it ends (ConnectResponse.session_ended).
     """
     @_builtins.property
     def selector(self) -> Global___Selector:
@@ -411,10 +428,11 @@ class ToDo(_message.Message):
         inputs: _abc.Mapping[_builtins.str, Global___OutputReference] | None = ...,
         schedule_to_start_timeout: _duration_pb2.Duration | None = ...,
         credential_refs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "retry_policy", b"retry_policy", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "credential_refs", b"credential_refs", "custom_action", b"custom_action", "depends_on", b"depends_on", "description", b"description", "id", b"id", "inputs", b"inputs", "params", b"params", "required_capabilities", b"required_capabilities", "required_labels", b"required_labels", "requires_approval", b"requires_approval", "retry_policy", b"retry_policy", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "text", b"text", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "credential_refs", b"credential_refs", "custom_action", b"custom_action", "depends_on", b"depends_on", "description", b"description", "id", b"id", "inputs", b"inputs", "params", b"params", "required_capabilities", b"required_capabilities", "required_labels", b"required_labels", "requires_approval", b"requires_approval", "retry_policy", b"retry_policy", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "session", b"session", "text", b"text", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -869,6 +869,7 @@ class ConnectResponse(_message.Message):
     PROPOSAL_DECISION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    SESSION_ENDED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Answer to hello."""
@@ -907,6 +908,10 @@ class ConnectResponse(_message.Message):
         whose Hello says accepts_batches; a batch never holds a welcome or another batch).
         """
 
+    @_builtins.property
+    def session_ended(self) -> Global___SessionEnded:
+        """A session this agent ran tasks of has ended: release what it holds for it."""
+
     def __init__(
         self,
         *,
@@ -919,16 +924,58 @@ class ConnectResponse(_message.Message):
         proposal_decision: Global___ProposalDecision | None = ...,
         heartbeat_ack: Global___HeartbeatAck | None = ...,
         batch: Global___ResponseBatch | None = ...,
+        session_ended: Global___SessionEnded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "call_for_proposals", b"call_for_proposals", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "proposal_decision", b"proposal_decision", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "call_for_proposals", b"call_for_proposals", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "proposal_decision", b"proposal_decision", "report_ack", b"report_ack", "session_ended", b"session_ended", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "call_for_proposals", b"call_for_proposals", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "proposal_decision", b"proposal_decision", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "call_for_proposals", b"call_for_proposals", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "proposal_decision", b"proposal_decision", "report_ack", b"report_ack", "session_ended", b"session_ended", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "report_ack", "drain", "call_for_proposals", "proposal_decision", "heartbeat_ack", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "report_ack", "drain", "call_for_proposals", "proposal_decision", "heartbeat_ack", "batch", "session_ended"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class SessionEnded(_message.Message):
+    """SessionEnded tells an agent that a session (ToDo.session) of a job it ran tasks of is over,
+    so it releases what it keeps for it (the agent calls close_session(job_id, session) on its
+    executors). Sent, at most once per cause and without acknowledgement, to every agent that ran
+    an attempt of the session: when the session's last task ended (none of its tasks is PENDING,
+    QUEUED, RUNNING or waiting for approval any more), when the job ended (including a cancel or
+    its deadline), or, to the agent that held it, when the session restarted on another agent
+    after that agent was lost. An agent that misses it (disconnected at the time) still closes
+    the session when it learns its attempt is no longer current (HeartbeatAck.stale_attempts,
+    a CancelAttempt, an attempt not adopted at reconnect).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job of the session."""
+    session: _builtins.str
+    """The session key (ToDo.session)."""
+    reason: _builtins.str
+    """Why: "completed" (its last task ended), "job_ended" (the job ended or is being stopped),
+    or "restarted" (the session restarts on another agent; this agent's copy is stale).
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        session: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionEnded: _TypeAlias = SessionEnded  # noqa: Y015
 
 @_typing.final
 class ResponseBatch(_message.Message):

@@ -219,6 +219,52 @@ class TaskRetryScheduled(_message.Message):
 Global___TaskRetryScheduled: _TypeAlias = TaskRetryScheduled  # noqa: Y015
 
 @_typing.final
+class SessionRestarted(_message.Message):
+    """SessionRestarted records that a session (ToDo.session) starts again from its first task,
+    because the agent that held it was lost. Recorded before the task changes it causes: the
+    session's tasks that had SUCCEEDED, or were QUEUED or RUNNING, go back to PENDING (the lost
+    attempt ends LOST), and so do tasks outside the session that were QUEUED behind one of them
+    (they start again once it has run again); then the session's first task is queued for any
+    capable agent. Tasks outside the session that already started or ended keep what they ran
+    with (see docs/RELIABILITY.md). The re-runs are charged to no task's retry budget; each
+    restart counts as one loss of the task that was lost (or was waiting for the lost agent),
+    against max_redeliveries (CPA_MAX_REDELIVERIES): beyond it that task fails with
+    REDELIVERY_EXHAUSTED instead.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FROM_AGENT_FIELD_NUMBER: _builtins.int
+    TASK_IDS_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session key."""
+    reason: _builtins.str
+    """Why, in words (the agent lost, and how)."""
+    from_agent: _builtins.str
+    """The agent that held the session."""
+    @_builtins.property
+    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tasks going back to PENDING to run again, the session's first ones first."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        from_agent: _builtins.str = ...,
+        task_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_agent", b"from_agent", "reason", b"reason", "session", b"session", "task_ids", b"task_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRestarted: _TypeAlias = SessionRestarted  # noqa: Y015
+
+@_typing.final
 class JobEvent(_message.Message):
     """JobEvent is one stored event of a job; sequence numbers are contiguous per job, from 1."""
 
@@ -233,6 +279,7 @@ class JobEvent(_message.Message):
     TASK_PROGRESS_FIELD_NUMBER: _builtins.int
     TASK_RETRY_SCHEDULED_FIELD_NUMBER: _builtins.int
     JOB_CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    SESSION_RESTARTED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job the event belongs to."""
     sequence: _builtins.int
@@ -263,6 +310,10 @@ class JobEvent(_message.Message):
     def job_cancel_requested(self) -> Global___JobCancelRequested:
         """Cancellation was requested, with its reason."""
 
+    @_builtins.property
+    def session_restarted(self) -> Global___SessionRestarted:
+        """A session restarts on another agent."""
+
     def __init__(
         self,
         *,
@@ -275,12 +326,13 @@ class JobEvent(_message.Message):
         task_progress: Global___TaskProgress | None = ...,
         task_retry_scheduled: Global___TaskRetryScheduled | None = ...,
         job_cancel_requested: Global___JobCancelRequested | None = ...,
+        session_restarted: Global___SessionRestarted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_state_changed", b"job_state_changed", "kind", b"kind", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_state_changed", b"job_state_changed", "kind", b"kind", "session_restarted", b"session_restarted", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_id", b"job_id", "job_state_changed", b"job_state_changed", "kind", b"kind", "sequence", b"sequence", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed", "terminal", b"terminal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_id", b"job_id", "job_state_changed", b"job_state_changed", "kind", b"kind", "sequence", b"sequence", "session_restarted", b"session_restarted", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed", "terminal", b"terminal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_state_changed", "task_state_changed", "task_progress", "task_retry_scheduled", "job_cancel_requested"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_state_changed", "task_state_changed", "task_progress", "task_retry_scheduled", "job_cancel_requested", "session_restarted"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
