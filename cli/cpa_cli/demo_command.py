@@ -24,7 +24,8 @@ from cpa_scheduler.settings import Settings
 
 from .common import CliError, emit
 from .embedded import LocalStack
-from .jobs_command import exit_code_of, follow
+from .jobs_command import exit_code_of
+from .live import follow
 from .output import render_job, render_outcome
 
 DEMO_AGENT_ID = "demo-agent"
