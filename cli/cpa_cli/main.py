@@ -20,7 +20,6 @@ from cpa_scheduler.domain import DomainError
 
 from . import (
     agent_command,
-    demo_command,
     jobs_command,
     migrate_command,
     plan_command,
@@ -28,6 +27,7 @@ from . import (
     submit_command,
 )
 from .common import SERVER_ENV, CliError
+from .demo import command as demo_command
 
 EXIT_OK = 0
 EXIT_USAGE = 2

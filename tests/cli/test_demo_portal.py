@@ -180,7 +180,7 @@ async def test_chromium_logs_in_and_downloads_with_the_intent_selectors(
             await page.get_by_test_id("login-password").fill(PASSWORD)
             await page.get_by_test_id("login-submit").click()
             assert await page.get_by_test_id("signed-in-user").inner_text() == portal.user
-            await page.get_by_role("link", name="Invoices").first.click()
+            await page.get_by_role("link", name="Invoices").click()
             await page.get_by_test_id("invoice-table").wait_for()
             async with page.expect_download() as download_info:
                 await page.get_by_test_id("download-2026-11").click()

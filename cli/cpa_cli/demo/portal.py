@@ -152,7 +152,7 @@ class DemoPortal:
         body = (
             f"<h1>Welcome, {_e(user)}</h1>"
             f"<p>Your supplier: {_e(SUPPLIER[0])}. Your account: {_e(CUSTOMER[0])}.</p>"
-            '<p><a href="/invoices" data-testid="nav-invoices">Invoices</a></p>'
+            "<p>Your invoices are under Invoices, one per month.</p>"
         )
         return _page("Supplier portal", body, user=user)
 
@@ -241,7 +241,8 @@ def _page(title: str, body: str, *, user: str | None) -> web.Response:
     nav = ""
     if user is not None:
         nav = (
-            '<nav><a href="/">Home</a> | <a href="/invoices">Invoices</a> | '
+            '<nav><a href="/">Home</a> | '
+            '<a href="/invoices" data-testid="nav-invoices">Invoices</a> | '
             f'signed in as <span data-testid="signed-in-user">{_e(user)}</span> '
             '<form method="post" action="/logout" style="display:inline">'
             '<button type="submit">Sign out</button></form></nav>'
