@@ -75,7 +75,10 @@ def test_progress_is_a_plain_line_when_not_a_terminal(start_cli: StartCli, tmp_p
     todos = _write(tmp_path / "todos.yaml", "- {id: slow, action: wait, params: {seconds: 1.5}}\n")
     watch = start_cli("submit", "--todos", todos, "--watch", "--server", address)
     watch.wait_for_line(re.compile(r"\sslow\s+progress 0%  waiting 1.5s$"), START_TIMEOUT_S)
-    watch.wait_for_line(re.compile(r"\sslow\s+progress 67%  waited 1.0s$"), START_TIMEOUT_S)
+    # About a second in (the exact figure depends on the machine's load).
+    watch.wait_for_line(
+        re.compile(r"\sslow\s+progress [1-9]\d%  waited 1\.\ds$"), START_TIMEOUT_S
+    )
     assert watch.exit_code(timeout_s=START_TIMEOUT_S) == 0
     assert "\x1b[" not in "\n".join(watch.seen)  # no terminal control codes in a pipe
 
@@ -90,10 +93,10 @@ def test_progress_is_a_bar_per_running_task_on_a_terminal(
     )
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)  # drop cursor movements and colours
     # The bar of task "slow": its id, the bar itself, the percent the wait executor reported.
-    bar = re.compile(r"slow\s+[━╸╺ ]+\s+(40|80)%\s+waited [12]\.0s")
+    bar = re.compile(r"slow\s+[━╸╺ ]+\s+[1-9]\d%\s+waited [12]\.\ds")
     assert bar.search(text), text[-3000:]
     # Progress is the bar's, not also a line; the state changes still are lines.
-    assert "progress 40%" not in text
+    assert not re.search(r"progress [1-9]\d%", text)
     assert "QUEUED -> RUNNING" in text
     assert re.search(r"job [0-9a-f]{32} SUCCEEDED", text)
 
