@@ -76,9 +76,7 @@ def test_progress_is_a_plain_line_when_not_a_terminal(start_cli: StartCli, tmp_p
     watch = start_cli("submit", "--todos", todos, "--watch", "--server", address)
     watch.wait_for_line(re.compile(r"\sslow\s+progress 0%  waiting 1.5s$"), START_TIMEOUT_S)
     # About a second in (the exact figure depends on the machine's load).
-    watch.wait_for_line(
-        re.compile(r"\sslow\s+progress [1-9]\d%  waited 1\.\ds$"), START_TIMEOUT_S
-    )
+    watch.wait_for_line(re.compile(r"\sslow\s+progress [1-9]\d%  waited 1\.\ds$"), START_TIMEOUT_S)
     assert watch.exit_code(timeout_s=START_TIMEOUT_S) == 0
     assert "\x1b[" not in "\n".join(watch.seen)  # no terminal control codes in a pipe
 
