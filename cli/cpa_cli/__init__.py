@@ -2,5 +2,6 @@
 
 It sits above the scheduler and the agent (it may import both); neither imports it. One module per
 command group (`plan_command`, `serve_command`, `agent_command`, `submit_command`, `jobs_command`,
-`demo_command`); `output` renders jobs and events for all of them.
+`demo/command`, `demo/` also holding what the demo runs: portal, loopback services); `output`
+renders jobs and events for all of them, `live` follows a running job.
 """

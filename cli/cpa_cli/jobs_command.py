@@ -11,8 +11,8 @@ from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import SchedulerClient
 
 from .common import CliError, add_json_option, add_server_option, emit
+from .live import follow
 from .output import (
-    EventPrinter,
     job_list,
     job_state,
     reason_name,
@@ -160,28 +160,6 @@ def client_command(command: Command) -> Callable[[argparse.Namespace], int]:
         return asyncio.run(with_client(arguments))
 
     return run
-
-
-async def follow(
-    client: SchedulerClient,
-    job: job_pb2.Job,
-    *,
-    after_sequence: int = 0,
-    as_json: bool = False,
-) -> job_pb2.Job:
-    """Prints the job's events until the stream ends; returns the job as it ended.
-
-    The server ends the stream after the terminal event of the job's current run. A re-driven
-    job's history holds earlier terminal events too, so the stream, not the flag, says when.
-    """
-    printer = EventPrinter(
-        origin=job.create_time,
-        task_ids=[task.todo.id for task in job.tasks],
-        as_json=as_json,
-    )
-    async for event in client.watch_job(job.job_id, after_sequence=after_sequence):
-        printer(event)
-    return await client.get_job(job.job_id)
 
 
 def exit_code_of(job: job_pb2.Job) -> int:

@@ -21,7 +21,6 @@ from cpa_scheduler.domain import DomainError
 from . import (
     agent_command,
     agents_command,
-    demo_command,
     intents_command,
     jobs_command,
     migrate_command,
@@ -30,6 +29,7 @@ from . import (
     submit_command,
 )
 from .common import SERVER_ENV, CliError
+from .demo import command as demo_command
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -124,7 +124,7 @@ def _tasks_done(job: job_pb2.Job) -> str:
     return f"{done}/{len(job.tasks)}"
 
 
-def _job_notes(job: job_pb2.Job) -> str:
+def _job_notes(job: job_pb2.Job, *, waiting: bool = True) -> str:
     notes = []
     if job.dead_lettered:
         notes.append("dead-lettered")
@@ -132,7 +132,20 @@ def _job_notes(job: job_pb2.Job) -> str:
         notes.append("cancel requested")
     if job.retry_count:
         notes.append(f"retried {job.retry_count}x")
+    if waiting and (note := waiting_note(job)):
+        notes.append(note)
     return ", ".join(notes)
+
+
+def waiting_note(job: job_pb2.Job) -> str:
+    """`send waits: no connected agent offers action 'send_mail'` for the first queued task
+    with a waiting reason (and how many more wait), or "" when none waits."""
+    waiting = [t for t in job.tasks if t.state == job_pb2.TASK_STATE_QUEUED and t.waiting_reason]
+    if not waiting:
+        return ""
+    first = waiting[0]
+    more = f" (+{len(waiting) - 1} more waiting)" if len(waiting) > 1 else ""
+    return f"{first.todo.id} waits: {first.waiting_reason}{more}"
 
 
 def job_list(jobs: Sequence[job_pb2.Job]) -> list[str]:
@@ -170,7 +183,8 @@ def render_job(job: job_pb2.Job) -> list[str]:
     lines = [
         f"job       {job.job_id}",
         f"state     {job_state(job.state)}"
-        + (f"  ({notes})" if (notes := _job_notes(job)) else ""),
+        # The task rows below say why a queued task waits.
+        + (f"  ({notes})" if (notes := _job_notes(job, waiting=False)) else ""),
         f"source    {job_source(job)}",
     ]
     if job.spec.labels:
@@ -277,6 +291,11 @@ class EventPrinter:
         self._subject_width = max((len(task_id) for task_id in task_ids), default=0)
         self._as_json = as_json
         self._header_printed = False
+
+    @property
+    def subject_width(self) -> int:
+        """The width of the TASK column so far, for lines printed between the events."""
+        return max(self._subject_width, len("TASK"))
 
     def __call__(self, event: job_event_pb2.JobEvent) -> None:
         if self._as_json:

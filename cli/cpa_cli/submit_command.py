@@ -13,7 +13,8 @@ from cpa.scheduler.v1 import job_pb2
 from cpa_client import CpaError, FieldViolation, SchedulerClient
 
 from .common import CliError, add_json_option, add_pair_option, add_server_option, emit, pairs, warn
-from .jobs_command import client_command, exit_code_of, follow
+from .jobs_command import client_command, exit_code_of
+from .live import follow
 from .output import render_outcome, to_json
 from .requests_file import RequestsFile, read_requests_file
 from .todos_file import TodosFile, read_todos_file

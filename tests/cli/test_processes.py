@@ -28,10 +28,12 @@ TODOS_YAML = """\
 """
 
 
-def test_demo_runs_the_job_to_success_and_cleans_up(start_cli: StartCli, tmp_path: Path) -> None:
+def test_minimal_demo_runs_the_job_to_success_and_cleans_up(
+    start_cli: StartCli, tmp_path: Path
+) -> None:
     temp = tmp_path / "temp"
     temp.mkdir()
-    demo = start_cli("demo", env={"TMPDIR": str(temp)})
+    demo = start_cli("demo", "--minimal", env={"TMPDIR": str(temp)})
 
     lines = demo.rest_of_output(DEMO_TIMEOUT_S)
 
@@ -52,6 +54,13 @@ def test_demo_runs_the_job_to_success_and_cleans_up(start_cli: StartCli, tmp_pat
     assert max(started) < min(finished)
     assert any(re.match(r"^\s+merge\s+echo\s+SUCCEEDED\s+1\s+demo-agent\s", ln) for ln in lines)
     assert list(temp.iterdir()) == []  # the temporary store is gone
+
+
+def test_demo_refuses_a_month_that_is_not_one(start_cli: StartCli) -> None:
+    demo = start_cli("demo", "--month", "2026-13")
+
+    assert demo.exit_code(STOP_TIMEOUT_S) == 2
+    assert "cpa: demo: --month: month must be YYYY-MM, got '2026-13'" in demo.stderr()
 
 
 def test_submit_watch_against_serve_with_agent(start_cli: StartCli, tmp_path: Path) -> None:

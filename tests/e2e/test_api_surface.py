@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import grpc
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cpa.common.v1 import error_pb2
@@ -145,11 +146,18 @@ async def test_queued_task_says_why_it_waits_and_agents_are_listed(
 ) -> None:
     await agents.start("browser-less", labels={"site": "berlin"})
     job = await client.schedule_job(
-        job_pb2.JobSpec(intent=job_pb2.IntentInvocation(name="export_pdf"))
+        job_pb2.JobSpec(
+            intent=job_pb2.IntentInvocation(
+                name="send_mail",
+                parameters=struct_pb2.Struct(
+                    fields={"recipient": struct_pb2.Value(string_value="bob@example.com")}
+                ),
+            )
+        )
     )
     fetched = await client.get_job(job.job.job_id)
     waiting = [t.waiting_reason for t in fetched.tasks if t.state == job_pb2.TASK_STATE_QUEUED]
-    assert waiting == ["no connected agent offers action 'open_app'"]
+    assert waiting == ["no connected agent offers action 'send_mail'"]
 
     agents_filter = 'labels.site = "berlin" AND actions:"echo"'
     listed = [agent async for agent in client.list_agents(filter=agents_filter)]

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from cpa.scheduler.v1 import job_pb2
 from cpa_client import CpaError, SchedulerClient
@@ -59,11 +60,18 @@ async def test_list_filters_on_intent_and_creation_time(client: SchedulerClient)
     before = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     by_intent = (
         await client.schedule_job(
-            job_pb2.JobSpec(intent=job_pb2.IntentInvocation(name="export_pdf"))
+            job_pb2.JobSpec(
+                intent=job_pb2.IntentInvocation(
+                    name="send_mail",
+                    parameters=struct_pb2.Struct(
+                        fields={"recipient": struct_pb2.Value(string_value="bob@example.com")}
+                    ),
+                )
+            )
         )
     ).job
     explicit = (await client.schedule_job(todos_spec(todo("a", "noop")))).job
-    assert [j.job_id async for j in client.list_jobs(filter='intent = "export_pdf"')] == [
+    assert [j.job_id async for j in client.list_jobs(filter='intent = "send_mail"')] == [
         by_intent.job_id
     ]
     recent = [j.job_id async for j in client.list_jobs(filter=f'create_time >= "{before}"')]

@@ -20,6 +20,8 @@ from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .months import iso_month
+
 DEFAULT_RENDER_MAX_BYTES = 1024 * 1024
 DEFAULT_RENDER_MAX_STEPS = 10_000
 
@@ -166,6 +168,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             self.filters[name] = _int_checked(self.filters[name])
         self.filters["format"] = _format_checked(self.filters["format"])
         self.filters["replace"] = _replace_checked(self.filters["replace"])
+        # Months as people say them ("November") in the form portals use ("2026-11").
+        self.filters["iso_month"] = iso_month
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         budget = _budget()

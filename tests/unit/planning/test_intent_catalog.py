@@ -40,7 +40,6 @@ def test_default_catalog_loads_in_file_order() -> None:
         "portal_download_and_mail",
         "send_mail",
         "search_document",
-        "export_pdf",
     )
     assert catalog.source.endswith("intents.yaml")
 

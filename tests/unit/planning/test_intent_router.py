@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,15 +17,24 @@ from cpa_scheduler.planning import (
     Candidate,
     RouteResult,
     RuleIntentRouter,
+    load_catalog,
     load_default_catalog,
     parse_catalog,
 )
 from cpa_scheduler.planning.intent_router import DEFAULT_MAX_TEXT_BYTES
 
+DESKTOP_CATALOG = Path(__file__).parents[3] / "examples" / "desktop_intents.yaml"
+
 
 @pytest.fixture(scope="module")
 def router() -> RuleIntentRouter:
     return RuleIntentRouter(load_default_catalog())
+
+
+@pytest.fixture(scope="module")
+def desktop_router() -> RuleIntentRouter:
+    """The desktop intents a Windows agent would run (not shipped: no agent offers them)."""
+    return RuleIntentRouter(load_catalog(DESKTOP_CATALOG))
 
 
 def router_for(text: str) -> RuleIntentRouter:
@@ -62,16 +72,6 @@ def by_id(todos: tuple[ToDo, ...]) -> dict[str, ToDo]:
             {"query": "Budget 2024"},
         ),
         (
-            "Export the Q3 report as PDF from excel",
-            "export_pdf",
-            {"document": "Q3 report", "app": "excel"},
-        ),
-        (
-            "could you do a PDF export of this?",
-            "export_pdf",
-            {"document": "current document", "app": "word"},
-        ),
-        (
             "Download the invoice 42 from the portal and mail it to bob@example.com",
             "portal_download_and_mail",
             {"document": "invoice 42", "recipient": "bob@example.com"},
@@ -96,6 +96,22 @@ def test_sample_intents_route_from_several_phrasings(
         todo.validate(f"todos[{index}]")
 
 
+@pytest.mark.parametrize(
+    ("text", "parameters"),
+    [
+        ("Export the Q3 report as PDF from excel", {"document": "Q3 report", "app": "excel"}),
+        ("could you do a PDF export of this?", {"document": "current document", "app": "word"}),
+    ],
+)
+def test_desktop_example_intents_route(
+    desktop_router: RuleIntentRouter, text: str, parameters: dict[str, str]
+) -> None:
+    result = desktop_router.route(text)
+
+    assert (result.intent, result.parameters) == ("export_pdf", parameters)
+    assert [todo.action for todo in result.todos] == ["open_app", "click", "wait_for"]
+
+
 def test_send_mail_renders_recipient_subject_and_body(router: RuleIntentRouter) -> None:
     result = router.route("Send a mail to bob@example.com about invoice 42")
 
@@ -105,7 +121,6 @@ def test_send_mail_renders_recipient_subject_and_body(router: RuleIntentRouter) 
         "to": "bob@example.com",
         "subject": "invoice 42",
         "body": "Hello, this message is about invoice 42.",
-        "importance": "normal",
     }
     assert send.description == "Send a mail to bob@example.com"
 
@@ -124,7 +139,7 @@ def test_matching_ignores_case_and_keeps_the_texts_spelling(router: RuleIntentRo
 
     assert result.intent == "search_document"
     assert result.parameters == {"query": "Q3 Report"}
-    assert by_id(result.todos)["enter_query"].text == "Q3 Report"
+    assert by_id(result.todos)["search"].params["steps"][0]["value"] == "Q3 Report"
 
 
 def test_each_pattern_of_an_intent_can_match(router: RuleIntentRouter) -> None:
@@ -139,9 +154,9 @@ def test_each_pattern_of_an_intent_can_match(router: RuleIntentRouter) -> None:
     assert first.matched_pattern.startswith("regex: ")
 
 
-def test_keywords_must_all_occur_as_whole_words(router: RuleIntentRouter) -> None:
-    matched = router.route("Could you do a pdf EXPORT, please")
-    partial_words = router.route("the exporter made some pdfs")
+def test_keywords_must_all_occur_as_whole_words(desktop_router: RuleIntentRouter) -> None:
+    matched = desktop_router.route("Could you do a pdf EXPORT, please")
+    partial_words = desktop_router.route("the exporter made some pdfs")
 
     assert matched.intent == "export_pdf"
     assert matched.matched_pattern == "keywords: export, pdf"
@@ -223,8 +238,8 @@ def test_unknown_text_is_a_result_with_ranked_candidates(router: RuleIntentRoute
     assert all(0 < score <= 1 for score in scores)
 
 
-def test_candidates_tolerate_typos(router: RuleIntentRouter) -> None:
-    result = router.route("exprot the slides to pfd")
+def test_candidates_tolerate_typos(desktop_router: RuleIntentRouter) -> None:
+    result = desktop_router.route("exprot the slides to pfd")
 
     assert result.intent == UNKNOWN_INTENT
     assert result.candidates[0].intent == "export_pdf"
@@ -302,8 +317,8 @@ def test_expand_by_name_renders_parameters_and_context(router: RuleIntentRouter)
     assert send.params["body"] == "See attachment."
 
 
-def test_expand_applies_defaults_and_ignores_none(router: RuleIntentRouter) -> None:
-    todos = by_id(router.expand("export_pdf", {"document": "Budget", "app": None}))
+def test_expand_applies_defaults_and_ignores_none(desktop_router: RuleIntentRouter) -> None:
+    todos = by_id(desktop_router.expand("export_pdf", {"document": "Budget", "app": None}))
 
     assert todos["open_app"].params == {"app": "word", "document": "Budget"}
     assert todos["wait_file"].timeout_s == 120
@@ -498,4 +513,4 @@ def test_rendered_todo_that_fails_validation_is_a_template_error() -> None:
 def test_caller_data_is_never_rendered_as_a_template(router: RuleIntentRouter) -> None:
     result = router.route("search for document '{{ 7 * 7 }}'")
 
-    assert by_id(result.todos)["enter_query"].text == "{{ 7 * 7 }}"
+    assert by_id(result.todos)["search"].params["steps"][0]["value"] == "{{ 7 * 7 }}"

@@ -1,15 +1,14 @@
-"""`cpa demo`: submit → dispatch → result on the embedded scheduler and one local agent.
+"""`cpa demo --minimal`: submit → dispatch → result on the embedded scheduler and one local agent.
 
 Everything runs in this process: a scheduler on 127.0.0.1 (a free port) with a temporary store,
 one agent with the built-in actions, and a client that submits a portal-style job with two
-parallel branches and a join, follows its events live and prints where every task ended.
+parallel branches and a join, follows its events live and prints where every task ended. No
+browser, no mail: it needs nothing but this package.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,37 +21,14 @@ from cpa.scheduler.v1 import job_pb2
 from cpa_client import SchedulerClient
 from cpa_scheduler.settings import Settings
 
-from .common import CliError, emit
-from .embedded import LocalStack
-from .jobs_command import exit_code_of, follow
-from .output import render_job, render_outcome
+from ..common import CliError, emit
+from ..embedded import LocalStack
+from ..jobs_command import exit_code_of
+from ..live import follow
+from ..output import render_job, render_outcome
 
 DEMO_AGENT_ID = "demo-agent"
 DEMO_LABELS = {"example": "portal-invoice"}
-
-
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "demo",
-        help="run a sample job end to end in this process",
-        description="Start the embedded scheduler (temporary store, free port on 127.0.0.1) "
-        "and one local agent, submit a portal-style job whose two fetch branches run in "
-        "parallel and join in a merge, print its events live and the final job. Exits 0 if the "
-        "job SUCCEEDED.",
-    )
-    parser.add_argument(
-        "--keep-data",
-        action="store_true",
-        help="keep the temporary data directory (the SQLite store) and print its path",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="give up when the job has not ended after this long (default 30)",
-    )
-    parser.set_defaults(run=run)
 
 
 def _todo(
@@ -121,16 +97,12 @@ def demo_todos() -> list[todo_pb2.ToDo]:
     ]
 
 
-def run(arguments: argparse.Namespace) -> int:
-    if arguments.timeout <= 0:
-        raise CliError("demo: --timeout must be > 0")
-    # The demo's own output tells the story; the components' INFO logs would drown it.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def run_minimal(*, timeout_s: float, keep_data: bool) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="cpa-demo-"))
     try:
-        return asyncio.run(_demo(data_dir, timeout_s=arguments.timeout))
+        return asyncio.run(_demo(data_dir, timeout_s=timeout_s))
     finally:
-        if arguments.keep_data:
+        if keep_data:
             emit(f"data kept in {data_dir}")
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
