@@ -8,7 +8,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from cpa.common.v1 import artifact_pb2
 
@@ -19,18 +19,6 @@ MAX_CHUNK_BYTES = 1024 * 1024
 class ArtifactCheckError(Exception):
     """Downloaded bytes do not match their metadata (size or sha256), or the download broke
     the contract (no metadata first, chunks after the size)."""
-
-
-class _DownloadPart(Protocol):
-    """A DownloadArtifactResponse of either service (they have the same shape)."""
-
-    @property
-    def artifact(self) -> artifact_pb2.Artifact: ...
-
-    @property
-    def chunk(self) -> bytes: ...
-
-    def WhichOneof(self, name: str, /) -> str | None: ...  # noqa: N802 (protobuf's name)
 
 
 def split(data: bytes | bytearray | memoryview, size: int = MAX_CHUNK_BYTES) -> Iterator[bytes]:
@@ -45,9 +33,10 @@ def sha256_hex(data: bytes | bytearray | memoryview) -> str:
 
 
 async def read_download(
-    parts: AsyncIterable[_DownloadPart],
+    parts: AsyncIterable[Any],
 ) -> AsyncIterator[tuple[artifact_pb2.Artifact, bytes]]:
-    """Yields (metadata, b"") once the metadata came, then (metadata, chunk) per chunk, and
+    """`parts`: the DownloadArtifactResponse messages of either service (same shape).
+    Yields (metadata, b"") once the metadata came, then (metadata, chunk) per chunk, and
     checks as it goes: the first part must be the metadata, no more bytes than its size may
     arrive, and at the end size and sha256 must match (ArtifactCheckError otherwise)."""
     artifact: artifact_pb2.Artifact | None = None
@@ -84,7 +73,7 @@ async def read_download(
 
 
 async def download_bytes(
-    parts: AsyncIterable[_DownloadPart],
+    parts: AsyncIterable[Any],
 ) -> tuple[artifact_pb2.Artifact, bytes]:
     """The whole artifact in memory, checked (see read_download)."""
     chunks: list[bytes] = []
@@ -96,9 +85,7 @@ async def download_bytes(
     return artifact, b"".join(chunks)
 
 
-async def download_to_file(
-    parts: AsyncIterable[_DownloadPart], path: Path
-) -> artifact_pb2.Artifact:
+async def download_to_file(parts: AsyncIterable[Any], path: Path) -> artifact_pb2.Artifact:
     """Writes the artifact to `path` through a temporary file beside it, renamed into place
     only once size and sha256 are checked: a broken download leaves no file behind."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.part")

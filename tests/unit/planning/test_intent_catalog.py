@@ -868,7 +868,7 @@ def test_artifact_input_is_loaded(tmp_path: Path) -> None:
 
 
 def test_artifact_input_with_a_bad_name_is_refused_at_load(tmp_path: Path) -> None:
-    error, path = load_error(
+    error, _ = load_error(
         tmp_path,
         """
         intents:
