@@ -205,7 +205,7 @@ async def held(
     try:
         yield holder
     finally:
-        await holder.channel.close()
+        await holder.channel.close(grace=None)
 
 
 async def test_a_held_attempt_uploads_and_a_second_save_of_a_name_replaces_the_first(
