@@ -69,6 +69,8 @@ def test_credential_refs_round_trip_and_older_rows_have_none() -> None:
     assert data["credential_refs"] == {"portal": "env:P", "api": "api.key"}
     assert todo_from_data(data) == todo
     assert todo_from_data(dict(ROW_BEFORE_INPUTS)).credential_refs == {}
+
+
 def test_a_session_and_a_pin_round_trip_and_rows_without_them_read_as_none() -> None:
     todo = ToDo(id="b", action="playwright", session="portal")
     data = json.loads(json.dumps(todo_to_data(todo)))
