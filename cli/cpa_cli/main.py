@@ -21,6 +21,7 @@ from cpa_scheduler.domain import DomainError
 from . import (
     agent_command,
     agents_command,
+    artifacts_command,
     intents_command,
     jobs_command,
     migrate_command,
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_command.register(commands)
     agents_command.register(commands)
     intents_command.register(commands)
+    artifacts_command.register(commands)
     demo_command.register(commands)
     migrate_command.register(commands)
     return parser

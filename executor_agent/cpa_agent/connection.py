@@ -21,6 +21,7 @@ from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa_agent._version import __version__
+from cpa_agent.artifacts import AttemptArtifacts, Link, wait_for_link
 from cpa_agent.executors.base import SecretProvider
 from cpa_agent.executors.registry import ExecutorRegistry
 from cpa_agent.runner import (
@@ -145,6 +146,9 @@ class Connection:
         # Results until the server acks them (accepted or refused), in the order they ended.
         self._outbox: dict[AttemptKey, pb.Result] = {}
         self._session: StreamSession | None = None
+        # The welcomed session's channel and id, for artifact calls; set exactly while
+        # `connected` is.
+        self._link: Link | None = None
         # The server's target; a multi-address one is rotated away from a replica that drains.
         self._target = settings.server
         # The session_id of the last welcome: the next hello names it (resume_session_id).
@@ -251,6 +255,7 @@ class Connection:
             finally:
                 if self._session is session:
                     self._session = None
+                self._link = None
                 self.connected.clear()
                 self._notify()
             if leave or session.server_drain is not None:
@@ -289,6 +294,7 @@ class Connection:
                 if first.WhichOneof("kind") != "welcome":
                     raise SessionLostError(f"expected a welcome, got {first.WhichOneof('kind')}")
                 self._on_welcome(session, first.welcome)
+                self._link = Link(channel, first.welcome.session_id, self._settings.tenant)
                 await self._serve(session, call)
             finally:
                 call.cancel()
@@ -572,12 +578,20 @@ class Connection:
             on_progress=self._send_progress,
             stop_grace_s=self._settings.stop_grace_s,
             secrets=self._secrets,
+            artifacts=AttemptArtifacts(
+                key=AttemptKey.of_assignment(assignment),
+                link=self._wait_for_link,
+                input_artifacts=assignment.input_artifacts,
+            ),
         )
         task = asyncio.create_task(self._execute(runner), name=f"attempt {runner.key}")
         self._attempt_tasks.add(task)
         task.add_done_callback(self._attempt_tasks.discard)
         self._attempts[runner.key] = _Attempt(runner=runner, task=task)
         self._notify()
+
+    async def _wait_for_link(self) -> Link:
+        return await wait_for_link(self.connected, lambda: self._link)
 
     async def _execute(self, runner: AttemptRunner) -> None:
         todo = runner.assignment.todo

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .artifacts import ArtifactContent, FileContent
 from .dispatch import ControlMessage, SessionRegistry
 from .dispatch.directory import AgentDirectory, LocalAgentDirectory
 from .events import EventBus, LocalEventBus
@@ -30,6 +31,7 @@ class Backends:
     bus: EventBus
     directory: AgentDirectory
     distributed: bool
+    artifacts: ArtifactContent
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -50,16 +52,25 @@ async def open_backends(
         )
     closers: list[Callable[[], Awaitable[None]]] = []
     store: Store
+    artifacts: ArtifactContent
     if settings.database_url:
+        from .artifacts.postgres import PostgresContent
         from .storage.postgres_store import PostgresStore
 
         postgres = await PostgresStore.open(
             settings.database_url, min_size=1, max_size=settings.database_pool_size
         )
         store = postgres
+        closers.append(store.close)
+        artifacts = await PostgresContent.open(
+            settings.database_url, max_size=settings.artifact_database_pool_size
+        )
     else:
         store = await SqliteStore.open(settings.data_dir / "cpa.sqlite3")
-    closers.append(store.close)
+        closers.append(store.close)
+        # Beside the SQLite file, under the same directory lock.
+        artifacts = FileContent(settings.data_dir / "artifacts")
+    closers.append(artifacts.close)
     if not settings.redis_url:
         if settings.database_url:
             log.warning("no CPA_REDIS_URL: this replica cannot share work with other replicas")
@@ -71,9 +82,10 @@ async def open_backends(
             bus=LocalEventBus(max_buffered=settings.watch_buffer_events),
             directory=LocalAgentDirectory(sessions, replica_id=replica_id),
             distributed=False,
+            artifacts=artifacts,
             _closers=closers,
         )
-    return await _open_redis(settings, replica_id, sessions, store, closers)
+    return await _open_redis(settings, replica_id, sessions, store, artifacts, closers)
 
 
 # How long a call waits for a free Redis connection before it fails.
@@ -85,6 +97,7 @@ async def _open_redis(
     replica_id: str,
     sessions: SessionRegistry,
     store: Store,
+    artifacts: ArtifactContent,
     closers: list[Callable[[], Awaitable[None]]],
 ) -> Backends:
     import redis.asyncio as aioredis
@@ -142,5 +155,6 @@ async def _open_redis(
         bus=bus,
         directory=directory,
         distributed=True,
+        artifacts=artifacts,
         _closers=closers,
     )

@@ -33,6 +33,7 @@ from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.page_token import PageTokens
 from .api.scheduler_servicer import SchedulerServicer
+from .artifacts import Artifacts
 from .backends import Backends, open_backends
 from .background import stop_tasks
 from .dispatch import SessionRegistry
@@ -177,6 +178,11 @@ class SchedulerServer:
             poll_interval_s=_SHARED_QUEUE_POLL_S if backends.distributed else None,
         )
         orchestrator.claim_agent = dispatcher.claim
+        artifacts = Artifacts(
+            content=backends.artifacts,
+            orchestrator=orchestrator,
+            max_bytes=settings.artifact_max_bytes,
+        )
         server = grpc.aio.server(
             interceptors=[CallLimit(settings.max_concurrent_rpcs)],
             options=[
@@ -208,6 +214,7 @@ class SchedulerServer:
                 lam=LamHandler(orchestrator=orchestrator, settings=settings),
                 settings=settings,
                 page_tokens=page_tokens,
+                artifacts=artifacts,
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
@@ -219,6 +226,7 @@ class SchedulerServer:
             dispatcher=dispatcher,
             settings=settings,
             replica_id=self.replica_id,
+            artifacts=artifacts,
         )
         add_decoded_service(
             executor, executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"], server

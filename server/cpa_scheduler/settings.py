@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(
         default=10, ge=1, description="Most PostgreSQL connections of one replica."
     )
+    artifact_max_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        ge=0,
+        description="Largest artifact an agent may upload (UploadArtifact); larger is "
+        "RESOURCE_EXHAUSTED (ARTIFACT_TOO_LARGE) and nothing is stored.",
+    )
+    artifact_database_pool_size: int = Field(
+        default=4,
+        ge=1,
+        description="Most PostgreSQL connections one replica uses for artifact bytes (apart "
+        "from database_pool_size, so uploads never starve the job store).",
+    )
     redis_pool_size: int = Field(
         default=64,
         ge=2,

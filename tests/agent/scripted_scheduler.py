@@ -263,6 +263,22 @@ class ScriptedScheduler(executor_service_pb2_grpc.ExecutorServiceServicer):
         async with asyncio.timeout(timeout_s):
             return await self.sessions.get()
 
+    async def UploadArtifact(  # noqa: N802 - the generated servicer's name
+        self,
+        request_iterator: AsyncIterator[pb.UploadArtifactRequest],
+        context: grpc.aio.ServicerContext[pb.UploadArtifactRequest, pb.UploadArtifactResponse],
+    ) -> pb.UploadArtifactResponse:
+        """Artifacts are tested against the real scheduler (tests/e2e/test_artifacts.py)."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+
+    async def DownloadArtifact(  # noqa: N802 - the generated servicer's name
+        self,
+        request: pb.DownloadArtifactRequest,
+        context: grpc.aio.ServicerContext[pb.DownloadArtifactRequest, pb.DownloadArtifactResponse],
+    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+        yield pb.DownloadArtifactResponse()  # pragma: no cover (an async generator's shape)
+
     async def Connect(  # noqa: N802 - the generated servicer's name
         self,
         request_iterator: AsyncIterator[pb.ConnectRequest],

@@ -151,8 +151,11 @@ def test_the_data_dir_is_private_to_its_owner(start_cli: StartCli, tmp_path: Pat
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     files = sorted(path.name for path in data.iterdir())
     assert {"cpa.lock", "cpa.sqlite3", "cpa.sqlite3-wal", "cpa.sqlite3-shm"} <= set(files)
-    for name in files:
-        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    # Files 0600, directories (artifacts/ and below) 0700, all the way down.
+    for path in data.rglob("*"):
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    assert (data / "artifacts").is_dir()
 
 
 def test_serve_with_a_shared_database_refuses_to_start_without_page_token_secrets(

@@ -163,11 +163,11 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
         "spec.todos.todos[1].inputs[report].output_key",
     ),
     (
-        "input from an artifact",
+        "input from an artifact with a path for a name",
         _schedule(
             todos_spec(
                 todo("a", "echo"),
-                todo("b", "echo", depends_on=["a"], inputs=_input("a", artifact_name="pdf")),
+                todo("b", "echo", depends_on=["a"], inputs=_input("a", artifact_name="../pdf")),
             )
         ),
         grpc.StatusCode.INVALID_ARGUMENT,

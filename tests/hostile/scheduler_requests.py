@@ -130,6 +130,11 @@ def templates(rpc: str) -> list[Message]:
         "SendMessage": [svc.SendMessageRequest(message=m) for m in (lam_request, lam_cancel)],
         "PreviewPlan": [svc.PreviewPlanRequest(spec=s) for s in (text_spec, intent_spec, _spec())],
         "ListAgents": [svc.ListAgentsRequest(page_size=5, filter='actions = "noop"')],
+        "ListArtifacts": [
+            svc.ListArtifactsRequest(job_id=job_id),
+            svc.ListArtifactsRequest(job_id=job_id, task_id="t1"),
+        ],
+        "DownloadArtifact": [svc.DownloadArtifactRequest(job_id=job_id, artifact_id="0" * 32)],
     }
     return by_rpc[rpc]
 

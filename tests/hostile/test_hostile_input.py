@@ -32,6 +32,7 @@ from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
 from .agent_stream import HeldStream, Script, judge_script, script
 from .arena import CALL_TIMEOUT_S, HOSTILE_TENANTS, Arena, seeded_jobs, tenant_metadata
+from .artifact_uploads import Upload, explicit_uploads, open_upload, uploads
 from .calls import (
     SCHEDULER_RPCS,
     Finding,
@@ -154,6 +155,28 @@ def test_agent_stream_sessions(arena: Arena, kind: str) -> None:
     def run(data: st.DataObject) -> None:
         session = data.draw(script(kind), label="session")
         judge_script(session, open_connect(arena.channel, session.encoded()))
+
+    run()
+
+
+@pytest.mark.timeout(300)
+def test_artifact_uploads(arena: Arena) -> None:
+    """UploadArtifact streams: a chunk before the header, two headers, chunks over 1 MiB,
+    forged ids and sessions (the normal job's running attempt included), odd fields, garbage
+    frames; then random frame sequences. Refused with a reason, never INTERNAL or a hang, and
+    (checked by the last test) the normal job is untouched."""
+    found: dict[str, str] = {}
+    for upload in explicit_uploads():
+        try:
+            judge(upload, open_upload(arena.channel, upload))
+        except Finding as failure:
+            found.setdefault(type(failure).__name__, str(failure))
+    assert not found, "\n".join(found.values())
+
+    @settings(HOSTILE, max_examples=STREAM_EXAMPLES)
+    @given(upload=uploads())
+    def run(upload: Upload) -> None:
+        judge(upload, open_upload(arena.channel, upload))
 
     run()
 

@@ -79,8 +79,9 @@ async def test_an_older_schema_is_refused_with_the_command_to_run_then_upgraded(
     postgres_database: str,
 ) -> None:
     migrate(postgres_database)
-    # Back to revision 0001 as it really was, as if the database predated 0002 to 0005.
+    # Back to revision 0001 as it really was, as if the database predated 0002 to 0006.
     with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute("DROP TABLE artifact_chunks, artifact_content")
         connection.execute("ALTER TABLE jobs DROP COLUMN cancel_message")
         connection.execute("DROP INDEX jobs_end")
         connection.execute("DROP INDEX jobs_request_age")

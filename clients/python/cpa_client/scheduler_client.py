@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
 
+from cpa.common.v1 import artifact_pb2
 from cpa.lam.v1 import lam_message_pb2
 from cpa.scheduler.v1 import (
     agent_pb2,
@@ -18,6 +20,7 @@ from cpa.scheduler.v1 import (
     scheduler_service_pb2_grpc,
 )
 
+from .artifact_chunks import download_bytes, download_to_file
 from .errors import UNDECODABLE_RESPONSE, CpaError
 
 _Response = TypeVar("_Response")
@@ -53,6 +56,13 @@ async def _unary(call: Awaitable[_Response | None]) -> _Response:
     if response is None:
         raise _undecodable()
     return response
+
+
+async def _decoded(parts: AsyncIterable[_Response | None]) -> AsyncIterator[_Response]:
+    async for part in parts:
+        if part is None:
+            raise _undecodable()
+        yield part
 
 
 class SchedulerClient:
@@ -224,6 +234,45 @@ class SchedulerClient:
                 if response is None:
                     raise _undecodable()
                 yield response.event
+        except grpc.aio.AioRpcError as error:
+            raise CpaError.from_rpc_error(error) from None
+
+    async def list_artifacts(
+        self, job_id: str, *, task_id: str = ""
+    ) -> list[artifact_pb2.Artifact]:
+        """The artifacts the job's tasks stored (failed attempts' included), in task order;
+        with `task_id` only that task's."""
+        request = scheduler_service_pb2.ListArtifactsRequest(job_id=job_id, task_id=task_id)
+        response = await _unary(
+            self._stub.ListArtifacts(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return list(response.artifacts)
+
+    async def download_artifact(
+        self, job_id: str, artifact_id: str, path: Path | str
+    ) -> artifact_pb2.Artifact:
+        """Write the artifact to `path`, checked against its size and sha256 (ArtifactCheckError
+        when they differ: no file is left). Returns its metadata. The call has no deadline
+        of its own: a large artifact takes as long as it takes."""
+        request = scheduler_service_pb2.DownloadArtifactRequest(
+            job_id=job_id, artifact_id=artifact_id
+        )
+        call = self._stub.DownloadArtifact(request, metadata=self._metadata)
+        try:
+            return await download_to_file(_decoded(call), Path(path))
+        except grpc.aio.AioRpcError as error:
+            raise CpaError.from_rpc_error(error) from None
+
+    async def read_artifact(
+        self, job_id: str, artifact_id: str
+    ) -> tuple[artifact_pb2.Artifact, bytes]:
+        """The artifact's metadata and bytes in memory, checked as download_artifact does."""
+        request = scheduler_service_pb2.DownloadArtifactRequest(
+            job_id=job_id, artifact_id=artifact_id
+        )
+        call = self._stub.DownloadArtifact(request, metadata=self._metadata)
+        try:
+            return await download_bytes(_decoded(call))
         except grpc.aio.AioRpcError as error:
             raise CpaError.from_rpc_error(error) from None
 

@@ -35,6 +35,7 @@ from cpa_scheduler.domain import (
     Selector,
     SelectorStrategy,
     SessionRestarted,
+    TaskArtifactStored,
     TaskError,
     TaskProgress,
     TaskRetryScheduled,
@@ -45,6 +46,7 @@ from cpa_scheduler.domain import (
 from cpa_scheduler.orchestration import ResultReport
 from cpa_scheduler.planning import Plan
 
+from .artifact_convert import artifact_to_proto
 from .proto_values import (
     dict_to_struct,
     duration,
@@ -199,14 +201,10 @@ def _inputs_from_proto(message: todo_pb2.ToDo, field: str) -> dict[str, OutputRe
     inputs: dict[str, OutputRef] = {}
     for name in sorted(message.inputs):
         ref = message.inputs[name]
-        if ref.WhichOneof("target") == "artifact_name":
-            # Refused, never dropped: this server stores no artifacts yet, so it cannot resolve one.
-            raise InvalidArgument(
-                f"task {message.id!r}: input {name!r} takes artifact {ref.artifact_name!r} of task "
-                f"{ref.task_id!r}; artifact inputs are not supported yet, only output_key",
-                field=f"{field}.inputs[{name}].artifact_name",
-            )
-        inputs[name] = OutputRef(task_id=ref.task_id, output_key=ref.output_key)
+        # Artifact inputs are resolved at assignment (Job.artifact_inputs_of).
+        inputs[name] = OutputRef(
+            task_id=ref.task_id, output_key=ref.output_key, artifact_name=ref.artifact_name
+        )
     return inputs
 
 
@@ -250,6 +248,12 @@ def todos_from_proto(messages: Sequence[todo_pb2.ToDo], field: str = "todos") ->
     return [todo_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages)]
 
 
+def _ref_to_proto(ref: OutputRef) -> todo_pb2.OutputReference:
+    if ref.artifact_name:
+        return todo_pb2.OutputReference(task_id=ref.task_id, artifact_name=ref.artifact_name)
+    return todo_pb2.OutputReference(task_id=ref.task_id, output_key=ref.output_key)
+
+
 def todo_to_proto(todo: ToDo, *, params: bool = True) -> todo_pb2.ToDo:
     """The ToDo; without its params when `params` is false (a job's BASIC view)."""
     if todo.is_builtin_action:
@@ -267,10 +271,7 @@ def todo_to_proto(todo: ToDo, *, params: bool = True) -> todo_pb2.ToDo:
         required_capabilities=sorted(todo.required_capabilities),
         required_labels=dict(todo.required_labels),
         requires_approval=todo.requires_approval,
-        inputs={
-            name: todo_pb2.OutputReference(task_id=ref.task_id, output_key=ref.output_key)
-            for name, ref in todo.inputs.items()
-        },
+        inputs={name: _ref_to_proto(ref) for name, ref in todo.inputs.items()},
         credential_refs=dict(todo.credential_refs),
         session=todo.session,
     )
@@ -387,6 +388,11 @@ def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
             restarted.reason = payload.reason
             restarted.from_agent = payload.from_agent
             restarted.task_ids.extend(payload.task_ids)
+        case TaskArtifactStored():
+            stored = message.task_artifact_stored
+            stored.task_id = payload.artifact.task_id
+            stored.attempt = payload.artifact.attempt
+            stored.artifact.CopyFrom(artifact_to_proto(event.job_id, payload.artifact))
     return message
 
 
@@ -458,6 +464,8 @@ def outbound_to_proto(message: Outbound) -> executor_service_pb2.ConnectResponse
     )
     if message.inputs:
         assignment.inputs.CopyFrom(dict_to_struct(message.inputs))
+    for name, artifact in message.input_artifacts.items():
+        assignment.input_artifacts[name].CopyFrom(artifact_to_proto(message.job_id, artifact))
     set_time(assignment, "deadline", message.deadline)
     return executor_service_pb2.ConnectResponse(assignment=assignment)
 

@@ -119,6 +119,18 @@ def _stream_stream(
     return handle
 
 
+def _stream_unary(
+    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str
+) -> Callable[[AsyncIterator[bytes], Context], Any]:
+    async def handle(raw: AsyncIterator[bytes], context: Context) -> Any:
+        requests = _DecodedStream(raw, request_type, context, rpc)
+        # An undecodable request raises its InvalidArgument inside the handler, which answers
+        # it as any DomainError (translate_errors).
+        return await behavior(requests, context)
+
+    return handle
+
+
 def _serializer(message_type: type[Message]) -> Callable[[Any], bytes]:
     """Serializes a response, or passes one serialized already (WatchJob encodes each event
     once for all its watchers) through as is."""
@@ -142,8 +154,10 @@ def add_decoded_service(
         behavior = getattr(servicer, method.name)
         rpc = f"{service.name}.{method.name}"
         if method.client_streaming and not method.server_streaming:
-            raise ValueError(f"{rpc}: client streams are decoded here only in bidi calls")
-        if method.client_streaming:
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                _stream_unary(behavior, request_type, rpc), response_serializer=serializer
+            )
+        elif method.client_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
                 _stream_stream(behavior, request_type, rpc), response_serializer=serializer
             )

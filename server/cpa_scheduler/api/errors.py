@@ -67,6 +67,10 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.RATE_LIMITED: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_CALLS: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_WATCHERS: _Code.RESOURCE_EXHAUSTED,
+        # The artifact stays too large: not retried by well-behaved clients, but RESOURCE_
+        # EXHAUSTED is what a size limit of the server is (the field is in ErrorInfo.metadata).
+        Reason.ARTIFACT_TOO_LARGE: _Code.RESOURCE_EXHAUSTED,
+        Reason.TOO_MANY_ARTIFACTS: _Code.RESOURCE_EXHAUSTED,
         Reason.SERVER_SHUTTING_DOWN: _Code.UNAVAILABLE,
         Reason.STORE_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.INTERNAL: _Code.INTERNAL,
@@ -110,6 +114,9 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         # A race with the retention sweep, not the caller's fault: the same call may succeed.
         Reason.REQUEST_ID_CONTENDED: _Code.ABORTED,
         Reason.NESTING_TOO_DEEP: _Code.INVALID_ARGUMENT,
+        Reason.ARTIFACT_DIGEST_MISMATCH: _Code.INVALID_ARGUMENT,
+        Reason.ARTIFACT_INCOMPLETE: _Code.INVALID_ARGUMENT,
+        Reason.ARTIFACT_SIZE_MISMATCH: _Code.INVALID_ARGUMENT,
         Reason.ILLEGAL_TRANSITION: _Code.FAILED_PRECONDITION,
         Reason.NO_CAPABLE_AGENT: _Code.FAILED_PRECONDITION,
         Reason.POLICY_VIOLATION: _Code.FAILED_PRECONDITION,

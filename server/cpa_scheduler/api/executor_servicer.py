@@ -27,6 +27,7 @@ from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa_client.agent_stream import batches
+from cpa_scheduler.artifacts import Artifacts
 from cpa_scheduler.dispatch import AgentSession, AssignmentMessage, Outbound, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory, taken_over_elsewhere
 from cpa_scheduler.dispatch.dispatcher import Dispatcher
@@ -42,7 +43,8 @@ from cpa_scheduler.domain import (
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.settings import Settings
 
-from . import convert
+from . import artifact_calls, convert
+from .call_context import tenant_of
 from .errors import translate_errors
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,10 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         dispatcher: Dispatcher,
         settings: Settings,
         replica_id: str,
+        artifacts: Artifacts,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._artifacts = artifacts
         self._orchestrator = orchestrator
         self._sessions = sessions
         self._directory = directory
@@ -138,6 +142,35 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
     def _refuse_if_stopping(self) -> None:
         if self._refusing:
             raise DomainError(SHUTTING_DOWN_MESSAGE, reason=Reason.SERVER_SHUTTING_DOWN)
+
+    # -- artifacts (their own calls: docs/adr/0002-artifacts.md) ---------------------------------
+
+    @translate_errors
+    async def UploadArtifact(
+        self, requests: AsyncIterator[pb.UploadArtifactRequest], context: Context
+    ) -> pb.UploadArtifactResponse:
+        return await artifact_calls.upload(
+            self._artifacts,
+            tenant_of(context, default=self._settings.default_tenant),
+            aiter(requests),
+            streams={session_id: s.session for session_id, s in self._streams.items()},
+            sessions=self._sessions,
+            directory=self._directory,
+        )
+
+    @translate_errors
+    async def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: Context
+    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        tenant = tenant_of(context, default=self._settings.default_tenant)
+        parts = artifact_calls.download(
+            self._artifacts, tenant, request.job_id, request.artifact_id
+        )
+        async for artifact, chunk in parts:
+            if artifact is not None:
+                yield pb.DownloadArtifactResponse(artifact=artifact)
+            else:
+                yield pb.DownloadArtifactResponse(chunk=chunk)
 
     # -- the stream -----------------------------------------------------------------------------
 

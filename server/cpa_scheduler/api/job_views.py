@@ -22,6 +22,7 @@ from cpa_scheduler.domain import (
 )
 from cpa_scheduler.planning import IntentRequest, PlanRequest, TextRequest, TodoRequest
 
+from .artifact_convert import artifact_to_proto
 from .convert import (
     attempt_state_to_proto,
     job_state_to_proto,
@@ -152,13 +153,16 @@ def _attempt_to_proto(attempt: Attempt) -> job_pb2.Attempt:
     return message
 
 
-def task_to_proto(task: Task, *, full: bool = True, waiting_reason: str = "") -> job_pb2.Task:
-    """The task; without ToDo params and outputs unless `full`."""
+def task_to_proto(
+    task: Task, *, full: bool = True, waiting_reason: str = "", job_id: str = ""
+) -> job_pb2.Task:
+    """The task; without ToDo params and outputs unless `full` (artifacts in both views)."""
     message = job_pb2.Task(
         todo=todo_to_proto(task.todo, params=full),
         state=task_state_to_proto(task.state),
         attempt=task.attempt,
         attempts=[_attempt_to_proto(a) for a in task.attempts],
+        artifacts=[artifact_to_proto(job_id, a) for a in task.artifacts],
         waiting_reason=waiting_reason,
     )
     if full and task.outputs is not None:
@@ -190,6 +194,7 @@ def job_to_proto(
                 waiting_reason=waiting_reason(job, task)
                 if waiting_reason is not None and task.state is TaskState.QUEUED
                 else "",
+                job_id=job.job_id,
             )
             for task in job.tasks.values()
         ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from google.protobuf.message import Message
 
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
+from cpa_scheduler.artifacts import Artifacts
 from cpa_scheduler.dispatch import Requirement, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.domain import (
@@ -34,7 +36,8 @@ from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
 from cpa_scheduler.settings import Settings
 
-from . import convert, job_views
+from . import artifact_calls, convert, job_views
+from .artifact_convert import artifact_to_proto
 from .call_context import tenant_of
 from .errors import translate_errors
 from .lam import LamHandler
@@ -132,7 +135,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         lam: LamHandler,
         settings: Settings,
         page_tokens: PageTokens,
+        artifacts: Artifacts,
     ) -> None:
+        self._artifacts = artifacts
         self._orchestrator = orchestrator
         self._page_tokens = page_tokens
         self._sessions = sessions
@@ -345,6 +350,31 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             error.field = _spec_field(error.field)
             raise
         return convert.plan_to_preview_proto(plan)
+
+    @translate_errors
+    async def ListArtifacts(
+        self, request: pb.ListArtifactsRequest, context: Context
+    ) -> pb.ListArtifactsResponse:
+        job_id = _required(request.job_id, "job_id")
+        if len(request.task_id) > _MAX_ID_CHARS:
+            raise InvalidArgument(
+                f"task_id is longer than {_MAX_ID_CHARS} characters", field="task_id"
+            )
+        found = await self._artifacts.list(self._tenant(context), job_id, request.task_id)
+        return pb.ListArtifactsResponse(artifacts=[artifact_to_proto(job_id, a) for a in found])
+
+    @translate_errors
+    async def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: Context
+    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        parts = artifact_calls.download(
+            self._artifacts, self._tenant(context), request.job_id, request.artifact_id
+        )
+        async for artifact, chunk in parts:
+            if artifact is not None:
+                yield pb.DownloadArtifactResponse(artifact=artifact)
+            else:
+                yield pb.DownloadArtifactResponse(chunk=chunk)
 
     @translate_errors
     async def ListAgents(

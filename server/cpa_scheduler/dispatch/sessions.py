@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cpa_scheduler.domain import AgentState, AttemptRef, DomainError, Reason, ToDo
+from cpa_scheduler.domain import (
+    AgentState,
+    ArtifactRecord,
+    AttemptRef,
+    DomainError,
+    Reason,
+    ToDo,
+)
 
 from .matching import AgentProfile, Requirement, unmet_requirement
 
@@ -24,6 +31,8 @@ class AssignmentMessage:
     deadline: datetime | None
     inputs: Mapping[str, Any] = field(default_factory=dict)
     """The values of the ToDo's inputs (Job.inputs_of), keyed by input name."""
+    input_artifacts: Mapping[str, ArtifactRecord] = field(default_factory=dict)
+    """The artifacts of its artifact_name inputs (Job.artifact_inputs_of), by input name."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

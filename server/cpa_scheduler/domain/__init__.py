@@ -6,6 +6,13 @@ Pure Python (no gRPC, SQL, Redis or network); import from here rather than from 
 from __future__ import annotations
 
 from .agent_query import AgentFilter, AgentState
+from .artifacts import (
+    MAX_ARTIFACTS_PER_TASK,
+    ArtifactRecord,
+    check_artifact_name,
+    check_media_type,
+    check_sha256,
+)
 from .errors import (
     MAX_ECHO_BYTES,
     MAX_FIELD_BYTES,
@@ -25,6 +32,7 @@ from .events import (
     JobEvent,
     JobStateChanged,
     SessionRestarted,
+    TaskArtifactStored,
     TaskError,
     TaskProgress,
     TaskRetryScheduled,
@@ -123,6 +131,7 @@ __all__ = [
     "JobCancelRequested",
     "JobEvent",
     "JobStateChanged",
+    "TaskArtifactStored",
     "TaskError",
     "TaskProgress",
     "TaskRetryScheduled",
@@ -132,6 +141,12 @@ __all__ = [
     "DEFAULT_SESSION",
     "SessionEnd",
     "with_default_sessions",
+    # artifacts
+    "MAX_ARTIFACTS_PER_TASK",
+    "ArtifactRecord",
+    "check_artifact_name",
+    "check_media_type",
+    "check_sha256",
     # agent queries
     "AgentFilter",
     "AgentState",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .artifacts import ArtifactRecord
 from .errors import Reason, clip
 from .states import JobState, TaskState
 
@@ -94,6 +95,13 @@ class SessionRestarted:
     task_ids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskArtifactStored:
+    """A running attempt stored an artifact: from now on it is listed and downloadable."""
+
+    artifact: ArtifactRecord
+
+
 EventPayload = (
     JobStateChanged
     | TaskStateChanged
@@ -101,6 +109,7 @@ EventPayload = (
     | TaskRetryScheduled
     | JobCancelRequested
     | SessionRestarted
+    | TaskArtifactStored
 )
 
 

@@ -17,12 +17,14 @@ from enum import StrEnum
 from typing import Any
 
 from . import sessions as session_rules
-from .errors import FailedPrecondition, NotFound, Reason
+from .artifacts import MAX_ARTIFACTS_PER_TASK, ArtifactRecord
+from .errors import DomainError, FailedPrecondition, NotFound, Reason
 from .events import (
     EventPayload,
     JobCancelRequested,
     JobEvent,
     JobStateChanged,
+    TaskArtifactStored,
     TaskError,
     TaskProgress,
     TaskRetryScheduled,
@@ -85,6 +87,8 @@ class Attempt:
     start_time: datetime
     end_time: datetime | None = None
     error: TaskError | None = None
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    """What the attempt stored (Job.store_artifact), in the order first stored."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -113,6 +117,11 @@ class Task:
     @property
     def id(self) -> str:
         return self.todo.id
+
+    @property
+    def artifacts(self) -> list[ArtifactRecord]:
+        """Every attempt's artifacts, oldest attempt first (failed attempts' included)."""
+        return [artifact for attempt in self.attempts for artifact in attempt.artifacts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +432,8 @@ class Job:
         values: dict[str, Any] = {}
         for name in sorted(todo.inputs):
             ref = todo.inputs[name]
+            if ref.artifact_name:
+                continue  # see artifact_inputs_of
             upstream = self.tasks.get(ref.task_id)
             outputs = (
                 upstream.outputs
@@ -445,6 +456,61 @@ class Job:
                 )
             values[name] = outputs[ref.output_key]
         return values
+
+    def artifact_inputs_of(self, task_id: str) -> dict[str, ArtifactRecord]:
+        """The artifacts the task's artifact_name inputs take, keyed by input name: the one of
+        that name stored by the upstream task's succeeded attempt. UnresolvedInput as inputs_of
+        when it has not succeeded, or its succeeded attempt stored no artifact of that name
+        (one of a failed attempt does not count: it came from a run that did not succeed)."""
+        todo = self.task(task_id).todo
+        found: dict[str, ArtifactRecord] = {}
+        for name in sorted(todo.inputs):
+            ref = todo.inputs[name]
+            if not ref.artifact_name:
+                continue
+            upstream = self.tasks.get(ref.task_id)
+            if upstream is None or upstream.state is not TaskState.SUCCEEDED:
+                raise UnresolvedInput(
+                    f"task {task_id!r}: input {name!r} takes artifact {ref.artifact_name!r} of "
+                    f"task {ref.task_id!r}, which has not succeeded",
+                    field=f"inputs[{name}].task_id",
+                )
+            stored = upstream.attempts[-1].artifacts if upstream.attempts else []
+            match = next((a for a in stored if a.name == ref.artifact_name), None)
+            if match is None:
+                names = ", ".join(repr(a.name) for a in stored[:20]) or "none"
+                more = ", ..." if len(stored) > 20 else ""
+                raise UnresolvedInput(
+                    f"task {task_id!r}: input {name!r} takes artifact {ref.artifact_name!r} of "
+                    f"task {ref.task_id!r}, which did not store it (its artifacts: {names}{more})",
+                    field=f"inputs[{name}].artifact_name",
+                )
+            found[name] = match
+        return found
+
+    def store_artifact(self, artifact: ArtifactRecord, *, agent_id: str, now: datetime) -> None:
+        """Record an artifact the attempt `artifact.attempt` of `artifact.task_id` uploaded;
+        fenced as a report (StaleAttempt, AttemptNotHeld). A name the attempt stored before is
+        replaced in place; a task holding MAX_ARTIFACTS_PER_TASK refuses more."""
+        self.check_held(artifact.task_id, attempt=artifact.attempt, agent_id=agent_id)
+        task = self.tasks[artifact.task_id]
+        current = task.attempts[-1].artifacts
+        for index, stored in enumerate(current):
+            if stored.name == artifact.name:
+                current[index] = artifact
+                break
+        else:
+            if sum(len(attempt.artifacts) for attempt in task.attempts) >= MAX_ARTIFACTS_PER_TASK:
+                raise DomainError(
+                    f"task {task.id!r} already lists {MAX_ARTIFACTS_PER_TASK} artifacts, as many "
+                    "as the server keeps for one task",
+                    reason=Reason.TOO_MANY_ARTIFACTS,
+                    field="header.name",
+                )
+            current.append(artifact)
+        self.changes.dirty_tasks.add(task.id)
+        self.update_time = now
+        self._record(TaskArtifactStored(artifact=artifact), now)
 
     def fail_unresolved(
         self, task_id: str, *, attempt: int, unresolved: UnresolvedInput, now: datetime

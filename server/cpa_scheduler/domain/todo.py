@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .artifacts import check_artifact_name
 from .errors import InvalidArgument, Reason, echo
 from .retry import RetryPolicy
 
@@ -61,15 +62,18 @@ class Selector:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputRef:
-    """An output of an upstream task: the value under `output_key` in the outputs of `task_id`.
+    """An output of an upstream task: the value under `output_key` in the outputs of `task_id`,
+    or (with `artifact_name` instead) the artifact of that name its succeeded attempt stored.
 
-    `output_key` is a top-level key of those outputs, taken literally (no path syntax). That the
-    task exists and is upstream is a graph rule (TaskGraph.build); that it produced the key is
-    only known once it succeeded (Job.inputs_of).
+    `output_key` is a top-level key of those outputs, taken literally (no path syntax). Exactly
+    one of the two is set. That the task exists and is upstream is a graph rule
+    (TaskGraph.build); that it produced the key or artifact is only known once it succeeded
+    (Job.inputs_of, Job.artifact_inputs_of).
     """
 
     task_id: str
-    output_key: str
+    output_key: str = ""
+    artifact_name: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,7 +185,15 @@ class ToDo:
                 reason=Reason.MISSING_FIELD,
                 field=f"{field_name}.task_id",
             )
-        if not ref.output_key:
+        if ref.output_key and ref.artifact_name:
+            raise InvalidArgument(
+                f"task {self.id!r}: input {echo(name)} names both an output_key and an "
+                "artifact_name; one of the two",
+                field=f"{field_name}.artifact_name",
+            )
+        if ref.artifact_name:
+            check_artifact_name(ref.artifact_name, f"{field_name}.artifact_name")
+        elif not ref.output_key:
             raise InvalidArgument(
                 f"task {self.id!r}: input {echo(name)} names no output_key of task "
                 f"{echo(ref.task_id)}",

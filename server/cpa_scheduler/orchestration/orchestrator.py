@@ -24,6 +24,7 @@ from cpa_scheduler.dispatch.sessions import (
     SessionEndMessage,
 )
 from cpa_scheduler.domain import (
+    ArtifactRecord,
     AttemptRef,
     DomainError,
     InvalidArgument,
@@ -386,11 +387,12 @@ class Orchestrator(TimeSweeps):
         task_id = item.todo.id
         timeout_at = self._timeout_at(item.todo, now)
 
-        def start(job: Job) -> dict[str, Any] | None:
+        def start(job: Job) -> tuple[dict[str, Any], dict[str, ArtifactRecord]] | None:
             # Resolved in the assigning transaction (see Job.inputs_of): the attempt is sent
-            # exactly the outputs stored now; a missing one fails the task (fenced) instead.
+            # exactly the outputs and artifacts stored now; a missing one fails the task
+            # (fenced) instead.
             try:
-                inputs = job.inputs_of(task_id)
+                inputs = job.inputs_of(task_id), job.artifact_inputs_of(task_id)
             except UnresolvedInput as unresolved:
                 job.fail_unresolved(task_id, attempt=attempt, unresolved=unresolved, now=now)
                 return None
@@ -405,12 +407,13 @@ class Orchestrator(TimeSweeps):
             return inputs
 
         try:
-            job, inputs = await self._apply(item.tenant, item.job_id, start)
+            job, resolved = await self._apply(item.tenant, item.job_id, start)
         except (StaleAttempt, NotFound):
             return None
-        if inputs is None:
+        if resolved is None:
             return None  # the task failed: an input could not be resolved
-        return self._assignment(job, task_id, inputs=inputs)
+        inputs, input_artifacts = resolved
+        return self._assignment(job, task_id, inputs=inputs, input_artifacts=input_artifacts)
 
     def _timeout_at(self, todo: ToDo, now: datetime) -> datetime | None:
         """The server's own bound on an attempt starting now: the agent stops it at the timeout
@@ -420,7 +423,13 @@ class Orchestrator(TimeSweeps):
         return now + timedelta(seconds=todo.timeout_s) + self._timeout_grace
 
     @staticmethod
-    def _assignment(job: Job, task_id: str, *, inputs: dict[str, Any]) -> AssignmentMessage:
+    def _assignment(
+        job: Job,
+        task_id: str,
+        *,
+        inputs: dict[str, Any],
+        input_artifacts: dict[str, ArtifactRecord] | None = None,
+    ) -> AssignmentMessage:
         """The message that starts the task's current attempt. Its deadline is the job's: the
         agent adds the task timeout itself, from its own start, so that a timed-out attempt
         says so (and not that it passed a deadline)."""
@@ -432,6 +441,7 @@ class Orchestrator(TimeSweeps):
             attempt=task.attempt,
             deadline=job.options.deadline,
             inputs=inputs,
+            input_artifacts=input_artifacts or {},
         )
 
     async def report_progress(
@@ -476,6 +486,17 @@ class Orchestrator(TimeSweeps):
                 job.succeed(ref.task_id, attempt=ref.attempt, outputs=report.outputs or {}, now=now)
 
         await self._apply(tenant, ref.job_id, apply)
+
+    async def store_artifact(
+        self, tenant: str, job_id: str, agent_id: str, artifact: ArtifactRecord
+    ) -> None:
+        """Record an uploaded artifact on its task (Job.store_artifact): fenced as a report,
+        StaleAttempt or AttemptNotHeld when the attempt is no longer `agent_id`'s running one.
+        Its bytes are stored already; from this commit on it is listed and downloadable."""
+        now = self._clock()
+        await self._apply(
+            tenant, job_id, lambda job: job.store_artifact(artifact, agent_id=agent_id, now=now)
+        )
 
     async def decline(self, tenant: str, agent_id: str, ref: AttemptRef, reason: str) -> None:
         """The agent refused an assignment: give the task to someone else, uncharged

@@ -270,8 +270,14 @@ class _RetryPolicySpec(_Spec):
 class _InputSpec(_Spec):
     task_id: str
     output_key: str = ""
-    # Accepted by the schema only to be refused with a clear message (see _CatalogBuilder._task).
-    artifact_name: str | None = None
+    # The name of an artifact the upstream task stores (instead of output_key).
+    artifact_name: str = ""
+
+
+def _ref(spec: _InputSpec) -> OutputRef:
+    return OutputRef(
+        task_id=spec.task_id, output_key=spec.output_key, artifact_name=spec.artifact_name
+    )
 
 
 class _TaskSpec(_Spec):
@@ -496,19 +502,9 @@ class _CatalogBuilder:
         )
 
     def _inputs(self, spec: _TaskSpec, path: YamlPath) -> dict[str, OutputRef]:
-        """Inputs as the API takes them (task_id, output_key), static like depends_on."""
-        for name in sorted(spec.inputs):
-            if spec.inputs[name].artifact_name is not None:
-                raise self._locator.error(
-                    (*path, "inputs", name, "artifact_name"),
-                    "artifact inputs are not supported yet; use output_key",
-                )
-        return {
-            name: OutputRef(
-                task_id=spec.inputs[name].task_id, output_key=spec.inputs[name].output_key
-            )
-            for name in sorted(spec.inputs)
-        }
+        """Inputs as the API takes them (task_id and output_key or artifact_name), static like
+        depends_on."""
+        return {name: _ref(spec.inputs[name]) for name in sorted(spec.inputs)}
 
     def _param_template(
         self, value: Any, path: YamlPath, declared: frozenset[str]
@@ -589,10 +585,7 @@ class _CatalogBuilder:
                 id=t.id,
                 action=t.action,
                 depends_on=tuple(t.depends_on),
-                inputs={
-                    name: OutputRef(task_id=ref.task_id, output_key=ref.output_key)
-                    for name, ref in t.inputs.items()
-                },
+                inputs={name: _ref(ref) for name, ref in t.inputs.items()},
             )
             for t in tasks
         ]

@@ -12,6 +12,7 @@ from typing import Any
 
 from cpa_scheduler import json_text
 from cpa_scheduler.domain import (
+    ArtifactRecord,
     Attempt,
     AttemptState,
     EventPayload,
@@ -30,6 +31,7 @@ from cpa_scheduler.domain import (
     SessionRestarted,
     SourceKind,
     Task,
+    TaskArtifactStored,
     TaskError,
     TaskProgress,
     TaskRetryScheduled,
@@ -115,10 +117,7 @@ def todo_to_data(todo: ToDo) -> Data:
         "required_capabilities": sorted(todo.required_capabilities),
         "required_labels": dict(todo.required_labels),
         "requires_approval": todo.requires_approval,
-        "inputs": {
-            name: {"task_id": ref.task_id, "output_key": ref.output_key}
-            for name, ref in todo.inputs.items()
-        },
+        "inputs": {name: _ref_to_data(ref) for name, ref in todo.inputs.items()},
         "credential_refs": dict(todo.credential_refs),
         # Only when set: rows of tasks without a session stay as they were.
         **({"session": todo.session} if todo.session else {}),
@@ -146,7 +145,12 @@ def todo_from_data(data: Data) -> ToDo:
         requires_approval=data["requires_approval"],
         # Absent in rows written before inputs existed.
         inputs={
-            name: OutputRef(task_id=ref["task_id"], output_key=ref["output_key"])
+            name: OutputRef(
+                task_id=ref["task_id"],
+                output_key=ref.get("output_key", ""),
+                # Absent in rows written before artifact inputs existed.
+                artifact_name=ref.get("artifact_name", ""),
+            )
             for name, ref in data.get("inputs", {}).items()
         },
         # Absent in rows written before credential references were kept.
@@ -174,6 +178,38 @@ def queued_task(
         attempt=attempt,
         not_before=not_before,
         agent_id=agent_id if todo.session else "",
+    )
+
+
+def _ref_to_data(ref: OutputRef) -> Data:
+    if ref.artifact_name:
+        return {"task_id": ref.task_id, "artifact_name": ref.artifact_name}
+    return {"task_id": ref.task_id, "output_key": ref.output_key}
+
+
+def artifact_to_data(artifact: ArtifactRecord) -> Data:
+    return {
+        "artifact_id": artifact.artifact_id,
+        "task_id": artifact.task_id,
+        "attempt": artifact.attempt,
+        "name": artifact.name,
+        "media_type": artifact.media_type,
+        "size_bytes": artifact.size_bytes,
+        "sha256": artifact.sha256,
+        "create_time": time_to_text(artifact.create_time),
+    }
+
+
+def artifact_from_data(data: Data) -> ArtifactRecord:
+    return ArtifactRecord(
+        artifact_id=data["artifact_id"],
+        task_id=data["task_id"],
+        attempt=data["attempt"],
+        name=data["name"],
+        media_type=data["media_type"],
+        size_bytes=data["size_bytes"],
+        sha256=data["sha256"],
+        create_time=_required_time(data["create_time"]),
     )
 
 
@@ -230,6 +266,11 @@ def attempt_to_data(attempt: Attempt) -> Data:
         "start_time": time_to_text(attempt.start_time),
         "end_time": time_to_text(attempt.end_time),
         "error": error_to_data(attempt.error),
+        **(
+            {"artifacts": [artifact_to_data(a) for a in attempt.artifacts]}
+            if attempt.artifacts
+            else {}
+        ),
     }
 
 
@@ -241,6 +282,7 @@ def attempt_from_data(data: Data) -> Attempt:
         start_time=_required_time(data["start_time"]),
         end_time=time_from_text(data["end_time"]),
         error=error_from_data(data["error"]),
+        artifacts=[artifact_from_data(a) for a in data.get("artifacts", ())],
     )
 
 
@@ -331,6 +373,8 @@ def payload_to_data(payload: EventPayload) -> Data:
                 "from_agent": payload.from_agent,
                 "task_ids": list(payload.task_ids),
             }
+        case TaskArtifactStored():
+            return {"type": "task_artifact_stored", "artifact": artifact_to_data(payload.artifact)}
 
 
 def payload_from_data(data: Mapping[str, Any]) -> EventPayload:
@@ -376,6 +420,8 @@ def payload_from_data(data: Mapping[str, Any]) -> EventPayload:
         )
     if kind == "job_cancel_requested":
         return JobCancelRequested(reason=data["reason"])
+    if kind == "task_artifact_stored":
+        return TaskArtifactStored(artifact=artifact_from_data(data["artifact"]))
     raise ValueError(f"unknown event type {kind!r}")
 
 

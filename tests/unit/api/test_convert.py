@@ -245,11 +245,10 @@ def _with_inputs(**inputs: todo_pb2.OutputReference) -> todo_pb2.ToDo:
     ("message", "reason", "field", "message_part"),
     [
         (
-            _with_inputs(report=todo_pb2.OutputReference(task_id="a", artifact_name="pdf")),
+            _with_inputs(report=todo_pb2.OutputReference(task_id="a", artifact_name="../x")),
             Reason.INVALID_FIELD,
             "todos[0].inputs[report].artifact_name",
-            "input 'report' takes artifact 'pdf' of task 'a'; artifact inputs are not "
-            "supported yet",
+            "artifact name '../x' must be",
         ),
         (
             _with_inputs(report=todo_pb2.OutputReference(task_id="a")),
@@ -280,6 +279,18 @@ def test_bad_input_names_reason_and_field(
     assert caught.value.reason is reason
     assert caught.value.field == field
     assert message_part in caught.value.message
+
+
+def test_artifact_input_round_trips() -> None:
+    message = todo_pb2.ToDo(
+        id="b",
+        action=todo_pb2.ACTION_TYPE_SEND_MAIL,
+        depends_on=["a"],
+        inputs={"pdf": todo_pb2.OutputReference(task_id="a", artifact_name="invoice.pdf")},
+    )
+    todo = convert.todo_from_proto(message)
+    assert todo.inputs["pdf"] == OutputRef(task_id="a", artifact_name="invoice.pdf")
+    assert convert.todo_to_proto(todo).inputs["pdf"].WhichOneof("target") == "artifact_name"
 
 
 def test_assignment_carries_the_resolved_inputs() -> None:

@@ -843,8 +843,8 @@ def test_input_from_a_task_that_is_not_upstream_is_refused_at_load(tmp_path: Pat
     )
 
 
-def test_artifact_input_is_refused_at_load(tmp_path: Path) -> None:
-    error, path = load_error(
+def test_artifact_input_is_loaded(tmp_path: Path) -> None:
+    path = write_catalog(
         tmp_path,
         """
         intents:
@@ -859,14 +859,32 @@ def test_artifact_input_is_refused_at_load(tmp_path: Path) -> None:
                   pdf: {task_id: download, artifact_name: invoice.pdf}
         """,
     )
+    intent = load_catalog(path).get("mail_pdf")
+    assert intent is not None
+    assert intent.tasks[1].inputs == {
+        "pdf": OutputRef(task_id="download", artifact_name="invoice.pdf")
+    }
 
-    assert error.reason is Reason.INVALID_FIELD
-    assert error.line == 10
-    assert error.field == "intents[0].tasks[1].inputs.pdf.artifact_name"
-    assert str(error) == (
-        f"{path}:10: intent 'mail_pdf' task 'send' field 'inputs.pdf.artifact_name': "
-        "artifact inputs are not supported yet; use output_key"
+
+def test_artifact_input_with_a_bad_name_is_refused_at_load(tmp_path: Path) -> None:
+    error, _ = load_error(
+        tmp_path,
+        """
+        intents:
+          - name: mail_pdf
+            description: Mail a PDF.
+            tasks:
+              - {id: download, action: playwright}
+              - id: send
+                action: send_mail
+                depends_on: [download]
+                inputs:
+                  pdf: {task_id: download, artifact_name: a/b.pdf}
+        """,
     )
+    assert error.reason is Reason.INVALID_FIELD
+    assert error.field.endswith("inputs.pdf.artifact_name")
+    assert "artifact name 'a/b.pdf' must be" in str(error)
 
 
 @pytest.mark.parametrize(

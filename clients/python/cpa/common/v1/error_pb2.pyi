@@ -63,7 +63,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_AGENT_NOT_FOUND: _ErrorReason.ValueType  # 18
     """No agent with that id is known."""
     ERROR_REASON_ARTIFACT_NOT_FOUND: _ErrorReason.ValueType  # 19
-    """No artifact with that id exists for the caller's tenant."""
+    """No artifact with that id (or, in ListArtifacts' and `cpa artifacts get`'s terms, that name)
+    exists in the named job of the caller's tenant; another tenant's artifact answers exactly so.
+    """
     ERROR_REASON_ILLEGAL_TRANSITION: _ErrorReason.ValueType  # 20
     """The resource's state does not allow the requested change."""
     ERROR_REASON_REQUEST_ID_REUSED: _ErrorReason.ValueType  # 21
@@ -162,6 +164,29 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
     later, or on another replica.
     """
+    ERROR_REASON_ARTIFACT_TOO_LARGE: _ErrorReason.ValueType  # 90
+    """An artifact is larger than the server stores (CPA_ARTIFACT_MAX_BYTES, default 50 MiB): its
+    declared header.size_bytes, or the bytes that arrived. RESOURCE_EXHAUSTED, ErrorInfo.metadata
+    `field` naming `header.size_bytes` or `chunk`; nothing is stored.
+    """
+    ERROR_REASON_ARTIFACT_DIGEST_MISMATCH: _ErrorReason.ValueType  # 91
+    """The bytes of an upload do not have the SHA-256 its header declared: INVALID_ARGUMENT, field
+    `header.sha256`; nothing is stored.
+    """
+    ERROR_REASON_ARTIFACT_INCOMPLETE: _ErrorReason.ValueType  # 92
+    """An upload ended with fewer bytes than its header's size_bytes (the stream was half-closed
+    early): INVALID_ARGUMENT, field `header.size_bytes`; nothing is stored. An upload cut off
+    (cancelled, connection lost) stores nothing either.
+    """
+    ERROR_REASON_ARTIFACT_SIZE_MISMATCH: _ErrorReason.ValueType  # 93
+    """More bytes arrived than the header's size_bytes declared: INVALID_ARGUMENT, field `chunk`;
+    nothing is stored.
+    """
+    ERROR_REASON_TOO_MANY_ARTIFACTS: _ErrorReason.ValueType  # 94
+    """A task already lists as many artifacts as the server keeps for one task (1000, every attempt
+    counted): RESOURCE_EXHAUSTED, field `header.name`; a save of a name the attempt already
+    stored replaces it and is always accepted.
+    """
     ERROR_REASON_INVALID_PARAMS: _ErrorReason.ValueType  # 95
     """The agent refused an assignment whose params (or, for built-in UI actions, selector and
     text) do not fit the executor's parameter model: TaskError.code INVALID_PARAMS, not
@@ -219,7 +244,9 @@ ERROR_REASON_TASK_NOT_FOUND: ErrorReason.ValueType  # 17
 ERROR_REASON_AGENT_NOT_FOUND: ErrorReason.ValueType  # 18
 """No agent with that id is known."""
 ERROR_REASON_ARTIFACT_NOT_FOUND: ErrorReason.ValueType  # 19
-"""No artifact with that id exists for the caller's tenant."""
+"""No artifact with that id (or, in ListArtifacts' and `cpa artifacts get`'s terms, that name)
+exists in the named job of the caller's tenant; another tenant's artifact answers exactly so.
+"""
 ERROR_REASON_ILLEGAL_TRANSITION: ErrorReason.ValueType  # 20
 """The resource's state does not allow the requested change."""
 ERROR_REASON_REQUEST_ID_REUSED: ErrorReason.ValueType  # 21
@@ -317,6 +344,29 @@ ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason.ValueType  # 75
 """Too many WatchJob streams are open on this replica, or for the caller's tenant on it
 (CPA_MAX_WATCHERS_PER_REPLICA, CPA_MAX_WATCHERS_PER_TENANT); code RESOURCE_EXHAUSTED. Retry
 later, or on another replica.
+"""
+ERROR_REASON_ARTIFACT_TOO_LARGE: ErrorReason.ValueType  # 90
+"""An artifact is larger than the server stores (CPA_ARTIFACT_MAX_BYTES, default 50 MiB): its
+declared header.size_bytes, or the bytes that arrived. RESOURCE_EXHAUSTED, ErrorInfo.metadata
+`field` naming `header.size_bytes` or `chunk`; nothing is stored.
+"""
+ERROR_REASON_ARTIFACT_DIGEST_MISMATCH: ErrorReason.ValueType  # 91
+"""The bytes of an upload do not have the SHA-256 its header declared: INVALID_ARGUMENT, field
+`header.sha256`; nothing is stored.
+"""
+ERROR_REASON_ARTIFACT_INCOMPLETE: ErrorReason.ValueType  # 92
+"""An upload ended with fewer bytes than its header's size_bytes (the stream was half-closed
+early): INVALID_ARGUMENT, field `header.size_bytes`; nothing is stored. An upload cut off
+(cancelled, connection lost) stores nothing either.
+"""
+ERROR_REASON_ARTIFACT_SIZE_MISMATCH: ErrorReason.ValueType  # 93
+"""More bytes arrived than the header's size_bytes declared: INVALID_ARGUMENT, field `chunk`;
+nothing is stored.
+"""
+ERROR_REASON_TOO_MANY_ARTIFACTS: ErrorReason.ValueType  # 94
+"""A task already lists as many artifacts as the server keeps for one task (1000, every attempt
+counted): RESOURCE_EXHAUSTED, field `header.name`; a save of a name the attempt already
+stored replaces it and is always accepted.
 """
 ERROR_REASON_INVALID_PARAMS: ErrorReason.ValueType  # 95
 """The agent refused an assignment whose params (or, for built-in UI actions, selector and

@@ -209,8 +209,12 @@ class OutputReference(_message.Message):
     output_key: _builtins.str
     """A top-level key of that task's outputs, taken literally (no path syntax)."""
     artifact_name: _builtins.str
-    """The name of one of that task's artifacts. Not supported yet: a ToDo that uses it is
-    refused with INVALID_FIELD naming this field.
+    """The name of an artifact that task stores (cpa.common.v1.Artifact.name, e.g.
+    "invoice.pdf"). When an attempt is assigned it is resolved to the artifact of that name
+    stored by the upstream task's succeeded attempt and sent in Assignment.input_artifacts
+    under the input's name (the agent downloads it with DownloadArtifact and checks its
+    sha256); a name that attempt did not store fails the task, not retried, with
+    UNRESOLVED_INPUT, as a missing output_key does. Same name rules as an artifact's name.
     """
     def __init__(
         self,
@@ -385,11 +389,12 @@ class ToDo(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _containers.MessageMap[_builtins.str, Global___OutputReference]:
-        """Named inputs taken from upstream tasks' outputs. Names are 1-63 letters, digits or '_',
-        starting with a letter. When an attempt is assigned, the scheduler resolves each input to
-        the referenced value and sends them in Assignment.inputs, keyed by input name; the ToDo keeps
-        the references. A referenced key the upstream task did not produce fails the task, not
-        retried, with UNRESOLVED_INPUT; its dependents are skipped.
+        """Named inputs taken from upstream tasks' outputs or artifacts. Names are 1-63 letters,
+        digits or '_', starting with a letter. When an attempt is assigned, the scheduler resolves
+        each input: an output_key to the referenced value, sent in Assignment.inputs; an
+        artifact_name to the artifact's metadata, sent in Assignment.input_artifacts; both keyed by
+        input name; the ToDo keeps the references. A referenced key or artifact the upstream task did
+        not produce fails the task, not retried, with UNRESOLVED_INPUT; its dependents are skipped.
         """
 
     @_builtins.property

@@ -26,6 +26,170 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class UploadArtifactHeader(_message.Message):
+    """UploadArtifactHeader says what an upload stores, for which attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Job of the task (at most 128 characters)."""
+    task_id: _builtins.str
+    """Task that produced the file."""
+    attempt: _builtins.int
+    """Attempt that produced it: the task's current, RUNNING attempt, held by this session's agent."""
+    session_id: _builtins.str
+    """The agent's session (Welcome.session_id of its current stream): proves which agent uploads."""
+    name: _builtins.str
+    """Name, unique within the attempt (a second upload of it replaces the first): 1-255 bytes of
+    UTF-8 without '/', '\\' or control characters, not "." or ".." ("invoice.pdf").
+    """
+    media_type: _builtins.str
+    """Media type, `type/subtype` with optional parameters, at most 255 printable ASCII characters
+    ("application/pdf"); empty is stored as "application/octet-stream".
+    """
+    size_bytes: _builtins.int
+    """Exact size of the content in bytes, 0 to CPA_ARTIFACT_MAX_BYTES."""
+    sha256: _builtins.str
+    """Lower-case hex SHA-256 of the content (64 characters)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "media_type", b"media_type", "name", b"name", "session_id", b"session_id", "sha256", b"sha256", "size_bytes", b"size_bytes", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadArtifactHeader: _TypeAlias = UploadArtifactHeader  # noqa: Y015
+
+@_typing.final
+class UploadArtifactRequest(_message.Message):
+    """UploadArtifactRequest is one message of an upload: the header first, then chunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the content, at most 1 MiB per message."""
+    @_builtins.property
+    def header(self) -> Global___UploadArtifactHeader:
+        """First message only."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___UploadArtifactHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___UploadArtifactRequest: _TypeAlias = UploadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class UploadArtifactResponse(_message.Message):
+    """UploadArtifactResponse returns what was stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def artifact(self) -> _artifact_pb2.Artifact:
+        """The artifact as Task.artifacts lists it (server-assigned artifact_id, create_time)."""
+
+    def __init__(
+        self,
+        *,
+        artifact: _artifact_pb2.Artifact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadArtifactResponse: _TypeAlias = UploadArtifactResponse  # noqa: Y015
+
+@_typing.final
+class DownloadArtifactRequest(_message.Message):
+    """DownloadArtifactRequest names an artifact of a job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    """The artifact's id (Artifact.artifact_id)."""
+    job_id: _builtins.str
+    """The job that lists it."""
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadArtifactRequest: _TypeAlias = DownloadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class DownloadArtifactResponse(_message.Message):
+    """DownloadArtifactResponse is one message of a download: the metadata first, then chunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the content, at most 1 MiB per message."""
+    @_builtins.property
+    def artifact(self) -> _artifact_pb2.Artifact:
+        """First message only: the artifact, with its size and sha256."""
+
+    def __init__(
+        self,
+        *,
+        artifact: _artifact_pb2.Artifact | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "chunk", b"chunk", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "chunk", b"chunk", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["artifact", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___DownloadArtifactResponse: _TypeAlias = DownloadArtifactResponse  # noqa: Y015
+
+@_typing.final
 class RunningAttempt(_message.Message):
     """RunningAttempt names an attempt an agent is executing, so a reconnect can adopt it."""
 
@@ -596,6 +760,27 @@ class Assignment(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class InputArtifactsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _artifact_pb2.Artifact: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _artifact_pb2.Artifact | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     TODO_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
@@ -604,6 +789,7 @@ class Assignment(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     CREDENTIAL_REFS_FIELD_NUMBER: _builtins.int
+    INPUT_ARTIFACTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job of the task."""
     attempt: _builtins.int
@@ -640,6 +826,14 @@ class Assignment(_message.Message):
         name). The agent resolves them with its own secret provider; values never travel.
         """
 
+    @_builtins.property
+    def input_artifacts(self) -> _containers.MessageMap[_builtins.str, _artifact_pb2.Artifact]:
+        """Resolved artifact inputs, keyed by input name: for each ToDo input with an artifact_name,
+        the artifact of that name the upstream task's succeeded attempt stored (metadata only; the
+        agent fetches the bytes with DownloadArtifact and checks size and sha256). Empty without
+        such inputs.
+        """
+
     def __init__(
         self,
         *,
@@ -651,10 +845,11 @@ class Assignment(_message.Message):
         inputs: _struct_pb2.Struct | None = ...,
         tenant: _builtins.str = ...,
         credential_refs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        input_artifacts: _abc.Mapping[_builtins.str, _artifact_pb2.Artifact] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "inputs", b"inputs", "todo", b"todo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "credential_refs", b"credential_refs", "deadline", b"deadline", "inputs", b"inputs", "job_id", b"job_id", "tenant", b"tenant", "todo", b"todo", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "credential_refs", b"credential_refs", "deadline", b"deadline", "input_artifacts", b"input_artifacts", "inputs", b"inputs", "job_id", b"job_id", "tenant", b"tenant", "todo", b"todo", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -44,6 +44,16 @@ class ExecutorServiceStub:
                 request_serializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.ConnectRequest.SerializeToString,
                 response_deserializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.ConnectResponse.FromString,
                 _registered_method=True)
+        self.UploadArtifact = channel.stream_unary(
+                '/cpa.executor.v1.ExecutorService/UploadArtifact',
+                request_serializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.UploadArtifactRequest.SerializeToString,
+                response_deserializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.UploadArtifactResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/cpa.executor.v1.ExecutorService/DownloadArtifact',
+                request_serializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.DownloadArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -61,6 +71,48 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadArtifact(self, request_iterator, context):
+        """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
+        the Connect stream). The first message is a header, every further one a chunk of at most
+        1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. Metadata
+        `x-cpa-tenant` names the tenant (as the agent's hello does; empty: the default tenant).
+        The server checks, in order:
+        - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
+        header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
+        documented on UploadArtifactHeader (INVALID_ARGUMENT naming the field);
+        - header.size_bytes <= CPA_ARTIFACT_MAX_BYTES (default 50 MiB), else RESOURCE_EXHAUSTED
+        (ARTIFACT_TOO_LARGE, field `header.size_bytes`);
+        - the session: a live session of this tenant with that session_id (on this replica, or one
+        another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
+        `header.session_id`); the attempt: the task's current attempt, RUNNING (else
+        FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
+        an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+        - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
+        more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
+        fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
+        INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH, `header.sha256`).
+        Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
+        artifact is recorded on the task in the job's transaction, fenced again as above (the
+        attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
+        event is published. A second upload of a name by the same attempt replaces the first; a task
+        keeps at most 1000 artifacts (RESOURCE_EXHAUSTED, TOO_MANY_ARTIFACTS). Nothing of a refused
+        or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """Streams an artifact of the agent's tenant (metadata `x-cpa-tenant`) to the agent, e.g. one
+        named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
+        chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
+        JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
+        missing one. The agent checks size and sha256 itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -68,6 +120,16 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.ConnectRequest.FromString,
                     response_serializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.ConnectResponse.SerializeToString,
+            ),
+            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArtifact,
+                    request_deserializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.UploadArtifactRequest.FromString,
+                    response_serializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.UploadArtifactResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=cpa_dot_executor_dot_v1_dot_executor__service__pb2.DownloadArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,6 +164,60 @@ class ExecutorService:
             '/cpa.executor.v1.ExecutorService/Connect',
             cpa_dot_executor_dot_v1_dot_executor__service__pb2.ConnectRequest.SerializeToString,
             cpa_dot_executor_dot_v1_dot_executor__service__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cpa.executor.v1.ExecutorService/UploadArtifact',
+            cpa_dot_executor_dot_v1_dot_executor__service__pb2.UploadArtifactRequest.SerializeToString,
+            cpa_dot_executor_dot_v1_dot_executor__service__pb2.UploadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cpa.executor.v1.ExecutorService/DownloadArtifact',
+            cpa_dot_executor_dot_v1_dot_executor__service__pb2.DownloadArtifactRequest.SerializeToString,
+            cpa_dot_executor_dot_v1_dot_executor__service__pb2.DownloadArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,40 @@ class ExecutorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ExecutorServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_executor_service_pb2.ConnectRequest, _executor_service_pb2.ConnectResponse]
     """Opens the agent's session. The first message must be a hello; the server answers welcome."""
+    UploadArtifact: _grpc.StreamUnaryMultiCallable[_executor_service_pb2.UploadArtifactRequest, _executor_service_pb2.UploadArtifactResponse]
+    """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
+    the Connect stream). The first message is a header, every further one a chunk of at most
+    1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. Metadata
+    `x-cpa-tenant` names the tenant (as the agent's hello does; empty: the default tenant).
+    The server checks, in order:
+    - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
+      header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
+      documented on UploadArtifactHeader (INVALID_ARGUMENT naming the field);
+    - header.size_bytes <= CPA_ARTIFACT_MAX_BYTES (default 50 MiB), else RESOURCE_EXHAUSTED
+      (ARTIFACT_TOO_LARGE, field `header.size_bytes`);
+    - the session: a live session of this tenant with that session_id (on this replica, or one
+      another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
+      `header.session_id`); the attempt: the task's current attempt, RUNNING (else
+      FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
+      an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+    - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
+      more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
+      fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
+      INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH, `header.sha256`).
+    Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
+    artifact is recorded on the task in the job's transaction, fenced again as above (the
+    attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
+    event is published. A second upload of a name by the same attempt replaces the first; a task
+    keeps at most 1000 artifacts (RESOURCE_EXHAUSTED, TOO_MANY_ARTIFACTS). Nothing of a refused
+    or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
+    """
+    DownloadArtifact: _grpc.UnaryStreamMultiCallable[_executor_service_pb2.DownloadArtifactRequest, _executor_service_pb2.DownloadArtifactResponse]
+    """Streams an artifact of the agent's tenant (metadata `x-cpa-tenant`) to the agent, e.g. one
+    named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
+    chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
+    JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
+    missing one. The agent checks size and sha256 itself.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -53,6 +87,40 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_executor_service_pb2.ConnectRequest, _executor_service_pb2.ConnectResponse]  # type: ignore[assignment]
     """Opens the agent's session. The first message must be a hello; the server answers welcome."""
+    UploadArtifact: _aio.StreamUnaryMultiCallable[_executor_service_pb2.UploadArtifactRequest, _executor_service_pb2.UploadArtifactResponse]  # type: ignore[assignment]
+    """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
+    the Connect stream). The first message is a header, every further one a chunk of at most
+    1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. Metadata
+    `x-cpa-tenant` names the tenant (as the agent's hello does; empty: the default tenant).
+    The server checks, in order:
+    - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
+      header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
+      documented on UploadArtifactHeader (INVALID_ARGUMENT naming the field);
+    - header.size_bytes <= CPA_ARTIFACT_MAX_BYTES (default 50 MiB), else RESOURCE_EXHAUSTED
+      (ARTIFACT_TOO_LARGE, field `header.size_bytes`);
+    - the session: a live session of this tenant with that session_id (on this replica, or one
+      another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
+      `header.session_id`); the attempt: the task's current attempt, RUNNING (else
+      FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
+      an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+    - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
+      more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
+      fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
+      INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH, `header.sha256`).
+    Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
+    artifact is recorded on the task in the job's transaction, fenced again as above (the
+    attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
+    event is published. A second upload of a name by the same attempt replaces the first; a task
+    keeps at most 1000 artifacts (RESOURCE_EXHAUSTED, TOO_MANY_ARTIFACTS). Nothing of a refused
+    or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
+    """
+    DownloadArtifact: _aio.UnaryStreamMultiCallable[_executor_service_pb2.DownloadArtifactRequest, _executor_service_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
+    """Streams an artifact of the agent's tenant (metadata `x-cpa-tenant`) to the agent, e.g. one
+    named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
+    chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
+    JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
+    missing one. The agent checks size and sha256 itself.
+    """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """ExecutorService is the API of executor agents (native gRPC only; not transcoded).
@@ -69,5 +137,51 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_executor_service_pb2.ConnectResponse], _abc.AsyncIterator[_executor_service_pb2.ConnectResponse]]:
         """Opens the agent's session. The first message must be a hello; the server answers welcome."""
+
+    @_abc_1.abstractmethod
+    def UploadArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_executor_service_pb2.UploadArtifactRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_service_pb2.UploadArtifactResponse, _abc.Awaitable[_executor_service_pb2.UploadArtifactResponse]]:
+        """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
+        the Connect stream). The first message is a header, every further one a chunk of at most
+        1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. Metadata
+        `x-cpa-tenant` names the tenant (as the agent's hello does; empty: the default tenant).
+        The server checks, in order:
+        - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
+          header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
+          documented on UploadArtifactHeader (INVALID_ARGUMENT naming the field);
+        - header.size_bytes <= CPA_ARTIFACT_MAX_BYTES (default 50 MiB), else RESOURCE_EXHAUSTED
+          (ARTIFACT_TOO_LARGE, field `header.size_bytes`);
+        - the session: a live session of this tenant with that session_id (on this replica, or one
+          another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
+          `header.session_id`); the attempt: the task's current attempt, RUNNING (else
+          FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
+          an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+        - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
+          more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
+          fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
+          INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH, `header.sha256`).
+        Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
+        artifact is recorded on the task in the job's transaction, fenced again as above (the
+        attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
+        event is published. A second upload of a name by the same attempt replaces the first; a task
+        keeps at most 1000 artifacts (RESOURCE_EXHAUSTED, TOO_MANY_ARTIFACTS). Nothing of a refused
+        or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _executor_service_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_service_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_executor_service_pb2.DownloadArtifactResponse]]:
+        """Streams an artifact of the agent's tenant (metadata `x-cpa-tenant`) to the agent, e.g. one
+        named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
+        chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
+        JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
+        missing one. The agent checks size and sha256 itself.
+        """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -265,6 +265,40 @@ class SessionRestarted(_message.Message):
 Global___SessionRestarted: _TypeAlias = SessionRestarted  # noqa: Y015
 
 @_typing.final
+class TaskArtifactStored(_message.Message):
+    """TaskArtifactStored records an artifact an attempt uploaded (ExecutorService.UploadArtifact):
+    from this event on it is listed on the task and downloadable.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Task that stored it."""
+    attempt: _builtins.int
+    """Attempt that stored it."""
+    @_builtins.property
+    def artifact(self) -> _artifact_pb2.Artifact:
+        """The artifact."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        artifact: _artifact_pb2.Artifact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "attempt", b"attempt", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskArtifactStored: _TypeAlias = TaskArtifactStored  # noqa: Y015
+
+@_typing.final
 class JobEvent(_message.Message):
     """JobEvent is one stored event of a job; sequence numbers are contiguous per job, from 1."""
 
@@ -280,6 +314,7 @@ class JobEvent(_message.Message):
     TASK_RETRY_SCHEDULED_FIELD_NUMBER: _builtins.int
     JOB_CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     SESSION_RESTARTED_FIELD_NUMBER: _builtins.int
+    TASK_ARTIFACT_STORED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job the event belongs to."""
     sequence: _builtins.int
@@ -314,6 +349,10 @@ class JobEvent(_message.Message):
     def session_restarted(self) -> Global___SessionRestarted:
         """A session restarts on another agent."""
 
+    @_builtins.property
+    def task_artifact_stored(self) -> Global___TaskArtifactStored:
+        """An attempt stored an artifact."""
+
     def __init__(
         self,
         *,
@@ -327,12 +366,13 @@ class JobEvent(_message.Message):
         task_retry_scheduled: Global___TaskRetryScheduled | None = ...,
         job_cancel_requested: Global___JobCancelRequested | None = ...,
         session_restarted: Global___SessionRestarted | None = ...,
+        task_artifact_stored: Global___TaskArtifactStored | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_state_changed", b"job_state_changed", "kind", b"kind", "session_restarted", b"session_restarted", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_state_changed", b"job_state_changed", "kind", b"kind", "session_restarted", b"session_restarted", "task_artifact_stored", b"task_artifact_stored", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_id", b"job_id", "job_state_changed", b"job_state_changed", "kind", b"kind", "sequence", b"sequence", "session_restarted", b"session_restarted", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed", "terminal", b"terminal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_cancel_requested", b"job_cancel_requested", "job_id", b"job_id", "job_state_changed", b"job_state_changed", "kind", b"kind", "sequence", b"sequence", "session_restarted", b"session_restarted", "task_artifact_stored", b"task_artifact_stored", "task_progress", b"task_progress", "task_retry_scheduled", b"task_retry_scheduled", "task_state_changed", b"task_state_changed", "terminal", b"terminal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_state_changed", "task_state_changed", "task_progress", "task_retry_scheduled", "job_cancel_requested", "session_restarted"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_state_changed", "task_state_changed", "task_progress", "task_retry_scheduled", "job_cancel_requested", "session_restarted", "task_artifact_stored"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -281,7 +281,12 @@ class Task(_message.Message):
 
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.Artifact]:
-        """Artifacts of the successful attempt."""
+        """Artifacts stored by the task's attempts (failed ones included: a failure's screenshot is
+        what a reviewer wants), oldest attempt first, each naming its attempt; within an attempt in
+        the order they were first stored (a second save of a name replaces the first). In the BASIC
+        and FULL views. A later task takes one by name (ToDo.inputs.<name>.artifact_name) from the
+        succeeded attempt only.
+        """
 
     @_builtins.property
     def error(self) -> _error_pb2.TaskError:

@@ -96,6 +96,16 @@ class SchedulerServiceStub:
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/ListArtifacts',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/cpa.scheduler.v1.SchedulerService/DownloadArtifact',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -221,6 +231,27 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListArtifacts(self, request, context):
+        """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
+        and, within a task, as Task.artifacts lists them; with task_id only that task's.
+        Errors: NOT_FOUND (JOB_NOT_FOUND) for an unknown job or another tenant's; NOT_FOUND
+        (TASK_NOT_FOUND, field task_id) for a task the job does not have; INVALID_ARGUMENT
+        (MISSING_FIELD / INVALID_FIELD job_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
+        chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
+        the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
+        job or artifact answers exactly as a missing one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +309,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListAgentsRequest.FromString,
                     response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -584,6 +625,60 @@ class SchedulerService:
             '/cpa.scheduler.v1.SchedulerService/ListAgents',
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListAgentsRequest.SerializeToString,
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/ListArtifacts',
+            cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListArtifactsRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/DownloadArtifact',
+            cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

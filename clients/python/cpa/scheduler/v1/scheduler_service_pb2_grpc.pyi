@@ -107,6 +107,19 @@ class SchedulerServiceStub:
     """Plans the requested work without creating a job: the routed intent and the task graph."""
     ListAgents: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListAgentsRequest, _scheduler_service_pb2.ListAgentsResponse]
     """Lists the executor agents connected to any replica, with their capabilities."""
+    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListArtifactsRequest, _scheduler_service_pb2.ListArtifactsResponse]
+    """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
+    and, within a task, as Task.artifacts lists them; with task_id only that task's.
+    Errors: NOT_FOUND (JOB_NOT_FOUND) for an unknown job or another tenant's; NOT_FOUND
+    (TASK_NOT_FOUND, field task_id) for a task the job does not have; INVALID_ARGUMENT
+    (MISSING_FIELD / INVALID_FIELD job_id).
+    """
+    DownloadArtifact: _grpc.UnaryStreamMultiCallable[_scheduler_service_pb2.DownloadArtifactRequest, _scheduler_service_pb2.DownloadArtifactResponse]
+    """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
+    chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
+    the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
+    job or artifact answers exactly as a missing one.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -187,6 +200,19 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Plans the requested work without creating a job: the routed intent and the task graph."""
     ListAgents: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListAgentsRequest, _scheduler_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Lists the executor agents connected to any replica, with their capabilities."""
+    ListArtifacts: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListArtifactsRequest, _scheduler_service_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
+    and, within a task, as Task.artifacts lists them; with task_id only that task's.
+    Errors: NOT_FOUND (JOB_NOT_FOUND) for an unknown job or another tenant's; NOT_FOUND
+    (TASK_NOT_FOUND, field task_id) for a task the job does not have; INVALID_ARGUMENT
+    (MISSING_FIELD / INVALID_FIELD job_id).
+    """
+    DownloadArtifact: _aio.UnaryStreamMultiCallable[_scheduler_service_pb2.DownloadArtifactRequest, _scheduler_service_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
+    """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
+    chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
+    the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
+    job or artifact answers exactly as a missing one.
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """SchedulerService is the API of callers: people, other agents and webhooks.
@@ -330,5 +356,30 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.ListAgentsResponse, _abc.Awaitable[_scheduler_service_pb2.ListAgentsResponse]]:
         """Lists the executor agents connected to any replica, with their capabilities."""
+
+    @_abc_1.abstractmethod
+    def ListArtifacts(
+        self,
+        request: _scheduler_service_pb2.ListArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_service_pb2.ListArtifactsResponse, _abc.Awaitable[_scheduler_service_pb2.ListArtifactsResponse]]:
+        """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
+        and, within a task, as Task.artifacts lists them; with task_id only that task's.
+        Errors: NOT_FOUND (JOB_NOT_FOUND) for an unknown job or another tenant's; NOT_FOUND
+        (TASK_NOT_FOUND, field task_id) for a task the job does not have; INVALID_ARGUMENT
+        (MISSING_FIELD / INVALID_FIELD job_id).
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _scheduler_service_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scheduler_service_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_scheduler_service_pb2.DownloadArtifactResponse]]:
+        """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
+        chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
+        the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
+        job or artifact answers exactly as a missing one.
+        """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,126 @@
+"""The artifact RPCs' wire side, shared by ExecutorService (UploadArtifact, DownloadArtifact for
+agents) and SchedulerService (ListArtifacts, DownloadArtifact for callers): messages in and
+out, the session that proves which agent uploads; the rules are in cpa_scheduler.artifacts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc.aio
+
+from cpa.common.v1 import artifact_pb2
+from cpa.executor.v1 import executor_service_pb2 as executor_pb
+from cpa_scheduler.artifacts import Artifacts, UploadHeader
+from cpa_scheduler.dispatch import AgentSession, SessionRegistry
+from cpa_scheduler.dispatch.directory import AgentDirectory
+from cpa_scheduler.domain import FailedPrecondition, InvalidArgument, Reason
+
+from .artifact_convert import artifact_to_proto
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Longer than any id the server makes (32 hex digits): refused before any lookup.
+_MAX_ID_CHARS = 128
+
+
+def _id(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required", reason=Reason.MISSING_FIELD, field=field)
+    if len(value) > _MAX_ID_CHARS:
+        raise InvalidArgument(f"{field} is longer than {_MAX_ID_CHARS} characters", field=field)
+    return value
+
+
+def _header(message: executor_pb.UploadArtifactHeader) -> UploadHeader:
+    return UploadHeader(
+        job_id=_id(message.job_id, "header.job_id"),
+        task_id=_id(message.task_id, "header.task_id"),
+        attempt=message.attempt,
+        name=message.name,
+        media_type=message.media_type,
+        size_bytes=message.size_bytes,
+        sha256=message.sha256,
+    )
+
+
+async def _chunks(
+    requests: AsyncIterator[executor_pb.UploadArtifactRequest],
+) -> AsyncIterator[bytes]:
+    async for request in requests:
+        kind = request.WhichOneof("kind")
+        if kind == "header":
+            raise InvalidArgument(
+                "an upload has one header, its first message; a second one came",
+                field="header",
+            )
+        if kind != "chunk":
+            raise InvalidArgument(
+                "an upload message after the header must be a chunk",
+                reason=Reason.MISSING_FIELD,
+                field="chunk",
+            )
+        yield request.chunk
+
+
+async def agent_of_session(
+    tenant: str,
+    session_id: str,
+    *,
+    streams: dict[str, AgentSession],
+    sessions: SessionRegistry,
+    directory: AgentDirectory,
+) -> str:
+    """The agent id of the tenant's live session `session_id`: one of this replica's streams,
+    else one another replica announces as its current session. FailedPrecondition
+    (ATTEMPT_NOT_HELD) otherwise: no live session of this tenant may write for an attempt."""
+    _id(session_id, "header.session_id")
+    session = streams.get(session_id)
+    if session is not None and session.profile.tenant == tenant and sessions.holds(session):
+        return session.agent_id
+    for record in await directory.list_agents(tenant):
+        if record.session_ids[:1] == (session_id,):
+            return record.agent_id
+    raise FailedPrecondition(
+        "header.session_id names no live session of this tenant (the agent's stream ended or "
+        "was taken over); uploads are accepted from the session that runs the attempt",
+        reason=Reason.ATTEMPT_NOT_HELD,
+        field="header.session_id",
+    )
+
+
+async def upload(
+    artifacts: Artifacts,
+    tenant: str,
+    requests: AsyncIterator[executor_pb.UploadArtifactRequest],
+    *,
+    streams: dict[str, AgentSession],
+    sessions: SessionRegistry,
+    directory: AgentDirectory,
+) -> executor_pb.UploadArtifactResponse:
+    first = await anext(requests, None)
+    if first is None or first.WhichOneof("kind") != "header":
+        raise InvalidArgument(
+            "the first message of an upload must be its header",
+            reason=Reason.MISSING_FIELD,
+            field="header",
+        )
+    header = artifacts.check_header(_header(first.header))
+    agent_id = await agent_of_session(
+        tenant, first.header.session_id, streams=streams, sessions=sessions, directory=directory
+    )
+    job_id, record = await artifacts.upload(tenant, agent_id, header, _chunks(requests))
+    return executor_pb.UploadArtifactResponse(artifact=artifact_to_proto(job_id, record))
+
+
+async def download(
+    artifacts: Artifacts, tenant: str, job_id: str, artifact_id: str
+) -> AsyncIterator[tuple[artifact_pb2.Artifact | None, bytes]]:
+    """(metadata, b"") first, then (None, chunk) per chunk: each service wraps them in its own
+    DownloadArtifactResponse."""
+    job_id = _id(job_id, "job_id")
+    record, chunks = await artifacts.open(tenant, job_id, _id(artifact_id, "artifact_id"))
+    yield artifact_to_proto(job_id, record), b""
+    async for chunk in chunks:
+        yield None, chunk
