@@ -137,7 +137,11 @@ async def test_preview_plan_routes_text_without_creating_a_job(client: Scheduler
         )
     )
     assert preview.intent == "portal_download_and_mail"
-    assert list(preview.batches[0].task_ids) == ["open_portal", "open_mail"]
+    assert [list(batch.task_ids) for batch in preview.batches] == [
+        ["login"],
+        ["download"],
+        ["send"],
+    ]
     assert [job async for job in client.list_jobs()] == []
 
 

@@ -340,13 +340,8 @@ def test_preview_lists_todos_in_order_with_batches() -> None:
     preview = convert.plan_to_preview_proto(planner.plan(TextRequest(text)))
     assert preview.intent == "portal_download_and_mail"
     order = [t.id for t in preview.todos]
-    assert order == ["open_portal", "login", "download", "open_mail", "send"]
-    assert [list(b.task_ids) for b in preview.batches] == [
-        ["open_portal", "open_mail"],
-        ["login"],
-        ["download"],
-        ["send"],
-    ]
+    assert order == ["login", "download", "send"]
+    assert [list(b.task_ids) for b in preview.batches] == [["login"], ["download"], ["send"]]
     assert proto_values.struct_to_dict(preview.parameters, "parameters")["document"] == "invoice 42"
     unknown_plan = planner.plan(TextRequest("downlod invoice from portal"))
     unknown = convert.plan_to_preview_proto(unknown_plan)

@@ -19,10 +19,10 @@ def test_text_prints_intent_steps_and_tasks(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "intent      portal_download_and_mail"
     assert out[1] == "parameters  document=invoice 42, recipient=ap@example.com"
-    assert "  step 1: open_portal  open_mail" in out
-    assert "  step 4: send" in out
+    assert "  step 1: login" in out
+    assert "  step 3: send" in out
     send_line = next(line for line in out if line.lstrip().startswith("send "))
-    assert send_line.endswith("[after download, open_mail]")
+    assert send_line.endswith("[after download]")
 
 
 def test_json_output_is_a_preview_plan_response(capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,6 +37,7 @@ def test_default_catalog_loads_in_file_order() -> None:
     catalog = load_default_catalog()
 
     assert catalog.names == (
+        "forward_invoice",
         "portal_download_and_mail",
         "send_mail",
         "search_document",

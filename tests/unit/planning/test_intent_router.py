@@ -72,6 +72,21 @@ def by_id(todos: tuple[ToDo, ...]) -> dict[str, ToDo]:
             {"query": "Budget 2024"},
         ),
         (
+            "forward the November invoice from the supplier portal to accounting@example.com",
+            "forward_invoice",
+            {"month": "November", "recipient": "accounting@example.com"},
+        ),
+        (
+            "Please send the invoice for 2026-11 from the portal to ap@example.org",
+            "forward_invoice",
+            {"month": "2026-11", "recipient": "ap@example.org"},
+        ),
+        (
+            "mail our Nov 2026 invoice from the supplier portal to ap@example.org",
+            "forward_invoice",
+            {"month": "Nov 2026", "recipient": "ap@example.org"},
+        ),
+        (
             "Download the invoice 42 from the portal and mail it to bob@example.com",
             "portal_download_and_mail",
             {"document": "invoice 42", "recipient": "bob@example.com"},
@@ -190,24 +205,88 @@ def test_first_intent_wins_when_two_match() -> None:
     assert router.route("the Q3 report").intent == "broad"
 
 
-def test_portal_flow_is_a_chain_with_a_parallel_mail_branch(router: RuleIntentRouter) -> None:
+def test_forward_invoice_plans_login_open_download_send(router: RuleIntentRouter) -> None:
+    todos = by_id(
+        router.expand(
+            "forward_invoice",
+            {
+                "portal_url": "http://127.0.0.1:8080",
+                "user": "ap@acme.example",
+                "month": "Nov 2026",
+                "recipient": "accounting@example.com",
+            },
+        )
+    )
+
+    assert list(todos) == ["login", "open_invoices", "download", "send"]
+    assert todos["open_invoices"].depends_on == ("login",)
+    assert todos["download"].depends_on == ("open_invoices",)
+    assert todos["send"].depends_on == ("download",)
+    assert {t.action for t in todos.values()} == {ActionType.PLAYWRIGHT, ActionType.SEND_MAIL}
+    login = todos["login"]
+    assert login.credential_refs == {"portal_password": "supplier_portal"}
+    assert login.params["steps"] == [
+        {"op": "goto", "url": "http://127.0.0.1:8080/login"},
+        {"op": "fill", "selector": {"test_id": "login-user"}, "value": "ap@acme.example"},
+        {"op": "fill", "selector": {"test_id": "login-password"}, "secret": "portal_password"},
+        {"op": "click", "selector": {"test_id": "login-submit"}},
+        {"op": "verify", "selector": {"test_id": "signed-in-user"}, "text": "ap@acme.example"},
+    ]
+    assert todos["download"].params["steps"] == [
+        {
+            "op": "download",
+            "selector": {"test_id": "download-2026-11"},
+            "artifact": "invoice.pdf",
+        }
+    ]
+    send = todos["send"]
+    assert send.params["to"] == "accounting@example.com"
+    assert send.params["subject"] == "Supplier invoice 2026-11"
+    assert "2026-11" in send.params["body"]
+    assert send.inputs == {"invoice": OutputRef(task_id="download", artifact_name="invoice.pdf")}
+
+
+def test_forward_invoice_from_text_takes_the_portal_from_the_context(
+    router: RuleIntentRouter,
+) -> None:
     result = router.route(
-        "download the March statement from the portal and email it to bob@example.com",
-        context={"portal_url": "https://supplier.example/login"},
+        "forward the invoice of 2026-10 from the supplier portal to accounting@example.com",
+        context={"portal_url": "https://portal.supplier.example", "portal_credential": "env:PW"},
     )
 
     todos = by_id(result.todos)
-    assert list(todos) == ["open_portal", "login", "download", "open_mail", "send"]
-    assert todos["open_portal"].params["url"] == "https://supplier.example/login"
-    assert todos["login"].depends_on == ("open_portal",)
-    assert todos["download"].depends_on == ("login",)
-    assert todos["download"].selector == Selector(
-        strategy=SelectorStrategy.TEXT, value="March statement"
+    assert todos["login"].params["steps"][0]["url"] == "https://portal.supplier.example/login"
+    assert todos["login"].credential_refs == {"portal_password": "env:PW"}
+    assert todos["download"].params["steps"][0]["selector"] == {"test_id": "download-2026-10"}
+
+
+def test_forward_invoice_refuses_a_month_it_cannot_read(router: RuleIntentRouter) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        router.expand("forward_invoice", {"month": "Brumaire", "recipient": "a@example.com"})
+
+    assert caught.value.reason is Reason.TEMPLATE_ERROR
+    assert "not a month: 'Brumaire'" in caught.value.message
+
+
+def test_portal_flow_logs_in_downloads_and_mails_the_artifact(router: RuleIntentRouter) -> None:
+    result = router.route(
+        "download the March statement from the portal and email it to bob@example.com",
+        context={"portal_url": "https://supplier.example"},
     )
-    assert todos["open_mail"].depends_on == ()
-    assert todos["send"].depends_on == ("download", "open_mail")
-    assert todos["send"].inputs == {"attachment": OutputRef(task_id="download", output_key="path")}
-    assert {todo.action for todo in todos.values()} == {"playwright", "open_app", "send_mail"}
+
+    todos = by_id(result.todos)
+    assert list(todos) == ["login", "download", "send"]
+    assert todos["login"].params["steps"][0] == {
+        "op": "goto",
+        "url": "https://supplier.example/login",
+    }
+    assert todos["download"].depends_on == ("login",)
+    assert todos["download"].params["steps"][0]["selector"] == {"text": "March statement"}
+    assert todos["send"].depends_on == ("download",)
+    assert todos["send"].inputs == {
+        "document": OutputRef(task_id="download", artifact_name="document.pdf")
+    }
+    assert {todo.action for todo in todos.values()} == {"playwright", "send_mail"}
     assert todos["download"].retry_policy is not None
     assert todos["download"].retry_policy.max_attempts == 3
 
@@ -215,7 +294,9 @@ def test_portal_flow_is_a_chain_with_a_parallel_mail_branch(router: RuleIntentRo
 def test_context_defaults_apply_without_context(router: RuleIntentRouter) -> None:
     result = router.route("grab invoice 9 from portal, mail it to bob@example.com")
 
-    assert by_id(result.todos)["open_portal"].params["url"] == "https://portal.example.com"
+    login = by_id(result.todos)["login"]
+    assert login.params["steps"][0]["url"] == "https://portal.example.com/login"
+    assert login.credential_refs == {"portal_password": "supplier_portal"}
 
 
 # --- Unknown text ---------------------------------------------------------------------------------
@@ -229,7 +310,9 @@ def test_unknown_text_is_a_result_with_ranked_candidates(router: RuleIntentRoute
     assert result.todos == ()
     assert result.parameters == {}
     assert result.matched_pattern == ""
+    # "invoice" and "mail" both describe forward_invoice best.
     assert [candidate.intent for candidate in result.candidates] == [
+        "forward_invoice",
         "send_mail",
         "portal_download_and_mail",
     ]

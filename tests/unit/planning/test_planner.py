@@ -20,7 +20,7 @@ def planner() -> Planner:
     return Planner(RuleIntentRouter(load_default_catalog()), max_tasks=50)
 
 
-def test_text_is_routed_and_planned_with_parallel_branches(planner: Planner) -> None:
+def test_text_is_routed_and_planned_as_a_chain(planner: Planner) -> None:
     plan = planner.plan(
         TextRequest("Download the invoice 42 from the portal and mail it to bob@example.com")
     )
@@ -28,10 +28,9 @@ def test_text_is_routed_and_planned_with_parallel_branches(planner: Planner) -> 
     assert plan.intent == "portal_download_and_mail"
     assert plan.graph is not None
     batches = plan.graph.parallel_batches()
-    # open_mail has no dependencies, so it runs beside the portal chain; send joins both.
-    assert batches[0] == ("open_portal", "open_mail")
-    assert batches[-1] == ("send",)
-    assert set(plan.graph.dependencies("send")) == {"download", "open_mail"}
+    # The browser steps share one session (one at a time); the mail waits for the download.
+    assert batches == (("login",), ("download",), ("send",))
+    assert set(plan.graph.dependencies("send")) == {"download"}
 
 
 def test_text_matching_nothing_is_unknown_with_candidates(planner: Planner) -> None:
