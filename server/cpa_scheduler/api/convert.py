@@ -187,7 +187,7 @@ def _selector_from_proto(message: todo_pb2.Selector, field: str) -> Selector:
         name = ""
     if message.strategy == todo_pb2.SELECTOR_STRATEGY_UNSPECIFIED or not name:
         raise InvalidArgument(
-            "selector strategy must be one of css, xpath, text, role",
+            "selector strategy must be one of css, xpath, text, role, test_id",
             field=f"{field}.selector.strategy",
         )
     return Selector(

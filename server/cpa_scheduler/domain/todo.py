@@ -50,6 +50,7 @@ class SelectorStrategy(StrEnum):
     XPATH = "xpath"
     TEXT = "text"
     ROLE = "role"
+    TEST_ID = "test_id"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -87,6 +87,10 @@ class _SelectorStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sele
     """The element's visible text."""
     SELECTOR_STRATEGY_ROLE: _SelectorStrategy.ValueType  # 4
     """An accessibility role, optionally with a name ("button[name=Export]")."""
+    SELECTOR_STRATEGY_TEST_ID: _SelectorStrategy.ValueType  # 5
+    """The element's test id: the value of its data-testid attribute (Playwright's
+    get_by_test_id), the most stable hook a page can offer automation.
+    """
 
 class SelectorStrategy(_SelectorStrategy, metaclass=_SelectorStrategyEnumTypeWrapper):
     """SelectorStrategy says how Selector.value is interpreted."""
@@ -101,6 +105,10 @@ SELECTOR_STRATEGY_TEXT: SelectorStrategy.ValueType  # 3
 """The element's visible text."""
 SELECTOR_STRATEGY_ROLE: SelectorStrategy.ValueType  # 4
 """An accessibility role, optionally with a name ("button[name=Export]")."""
+SELECTOR_STRATEGY_TEST_ID: SelectorStrategy.ValueType  # 5
+"""The element's test id: the value of its data-testid attribute (Playwright's
+get_by_test_id), the most stable hook a page can offer automation.
+"""
 Global___SelectorStrategy: _TypeAlias = SelectorStrategy  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,63 @@
+"""The browser executor on Playwright and Debian's Chromium (docs/BROWSER.md).
+
+`executors()` is the factory the agent loads (entry point `browser` of group `cpa.executors`):
+the `playwright` action and the UI actions click, type and wait_for, sharing one browser.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cpa_agent.executors.browser.executor import (
+    CAPABILITY,
+    BrowserActions,
+    PlaywrightExecutor,
+    UiActionExecutor,
+    browser_executors,
+)
+from cpa_agent.executors.browser.params import PlaywrightParams, Selector
+from cpa_agent.executors.browser.pool import BrowserPool
+from cpa_agent.executors.browser.settings import BrowserSettings
+
+INSTALL_HINT = "install it with `make chromium` (as root: apt-get install -y chromium)"
+
+
+class BrowserUnavailable(Exception):  # noqa: N818 (a state, like the framework's)
+    """Chromium is not there: the agent offers no browser action."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def chromium_missing(settings: BrowserSettings) -> str | None:
+    """Why the configured Chromium cannot be launched, or None when it is there."""
+    path = settings.executable
+    if not path.is_file() or not os.access(path, os.X_OK):
+        return f"Chromium not found at {path} (CPA_BROWSER_EXECUTABLE); {INSTALL_HINT}"
+    return None
+
+
+def executors() -> list[PlaywrightExecutor | UiActionExecutor]:
+    """The browser executors, or BrowserUnavailable when Chromium is missing."""
+    settings = BrowserSettings()
+    reason = chromium_missing(settings)
+    if reason is not None:
+        raise BrowserUnavailable(reason)
+    return browser_executors(settings)
+
+
+__all__ = [
+    "CAPABILITY",
+    "BrowserActions",
+    "BrowserPool",
+    "BrowserSettings",
+    "BrowserUnavailable",
+    "PlaywrightExecutor",
+    "PlaywrightParams",
+    "Selector",
+    "UiActionExecutor",
+    "browser_executors",
+    "chromium_missing",
+    "executors",
+]
