@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck contract codegen codegen-check unit clean
+.PHONY: demo test lint typecheck contract codegen codegen-check unit clean chromium
 
 # The portal -> PDF -> mail demo; where a part of it is missing (Chromium, say) `cpa demo` names
 # it and runs the minimal demo of the built-in actions instead.
@@ -14,6 +14,13 @@ demo: $(STAMP)
 	$(BIN)/cpa demo --or-minimal
 
 test: lint typecheck contract unit
+
+# Debian's Chromium for the browser executor (Playwright's own browser download does not work
+# offline). Installs it when missing and we are root; otherwise says the command to run.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "Chromium is missing: run 'sudo apt-get install -y chromium' (or 'sudo make chromium')"; exit 1; fi
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +53,7 @@ codegen-check: codegen
 		echo "$$changes"; git --no-pager diff --stat -- clients/python/cpa deploy/api.binpb; exit 1; \
 	fi; echo "generated code is in step with proto/"
 
-unit: $(STAMP)
+unit: $(STAMP) chromium
 	$(BIN)/pytest
 
 clean:

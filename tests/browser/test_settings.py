@@ -1,0 +1,52 @@
+"""The browser executor's settings: read from CPA_BROWSER_*, documented, and checked; the
+factory says what to install when Chromium is missing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cpa_agent.executors.browser import BrowserSettings, BrowserUnavailable, executors
+from cpa_agent.executors.browser.settings import HOST_RESOLVER_RULES
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md"
+
+
+def test_every_browser_setting_is_documented_and_only_those() -> None:
+    documented = set(re.findall(r"`(CPA_BROWSER_[A-Z_]+)`", DOC.read_text()))
+    expected = {f"CPA_BROWSER_{name.upper()}" for name in BrowserSettings.model_fields}
+    assert documented == expected
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPA_BROWSER_HEADLESS", "false")
+    monkeypatch.setenv("CPA_BROWSER_OP_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("CPA_BROWSER_EXTRA_ARGS", '["--lang=de-DE"]')
+    settings = BrowserSettings()
+    assert settings.headless is False
+    assert settings.op_timeout_s == 2.5
+    assert settings.launch_args() == [HOST_RESOLVER_RULES, "--lang=de-DE"]
+    assert BrowserSettings(resolve_hosts=True).launch_args() == ["--lang=de-DE"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"op_timeout_s": 0}, {"max_sessions": 0}, {"max_download_bytes": 0}, {"unknown": 1}],
+)
+def test_invalid_settings_are_rejected(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        BrowserSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_without_chromium_the_factory_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CPA_BROWSER_EXECUTABLE", str(tmp_path / "chromium"))
+    with pytest.raises(BrowserUnavailable) as caught:
+        executors()
+    assert caught.value.reason == (
+        f"Chromium not found at {tmp_path / 'chromium'} (CPA_BROWSER_EXECUTABLE); install it "
+        "with `make chromium` (as root: apt-get install -y chromium)"
+    )
