@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from cpa_agent.executors.browser import BrowserSettings, BrowserUnavailable, executors
+from cpa_agent.executors.browser import (
+    BrowserSettings,
+    BrowserUnavailable,
+    browser_executors,
+    executors,
+)
 from cpa_agent.executors.browser.settings import HOST_RESOLVER_RULES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md"
@@ -49,4 +54,17 @@ def test_without_chromium_the_factory_says_how_to_install_it(
     assert caught.value.reason == (
         f"Chromium not found at {tmp_path / 'chromium'} (CPA_BROWSER_EXECUTABLE); install it "
         "with `make chromium` (as root: apt-get install -y chromium)"
+    )
+
+
+def test_an_executor_says_when_chromium_went_away(tmp_path: Path) -> None:
+    binary = tmp_path / "chromium"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    playwright = browser_executors(BrowserSettings(executable=binary))[0]
+    assert playwright.unavailable_reason() is None
+    binary.unlink()
+    assert playwright.unavailable_reason() == (
+        f"Chromium not found at {binary} (CPA_BROWSER_EXECUTABLE); install it with "
+        "`make chromium` (as root: apt-get install -y chromium)"
     )

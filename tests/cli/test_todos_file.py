@@ -178,7 +178,7 @@ def test_built_in_agent_actions_are_custom_actions() -> None:
         pytest.param(
             "- id: a\n  action: click\n  selector: {strategy: id, value: x}\n",
             "bad.yaml:3: todos[0].selector.strategy: unknown strategy 'id' "
-            "(known: css, xpath, text, role)",
+            "(known: css, xpath, text, role, test_id)",
             id="selector-strategy",
         ),
         pytest.param(

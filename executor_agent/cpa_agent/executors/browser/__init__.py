@@ -6,8 +6,6 @@ the `playwright` action and the UI actions click, type and wait_for, sharing one
 
 from __future__ import annotations
 
-import os
-
 from cpa_agent.executors.browser.executor import (
     CAPABILITY,
     BrowserActions,
@@ -18,8 +16,6 @@ from cpa_agent.executors.browser.executor import (
 from cpa_agent.executors.browser.params import PlaywrightParams, Selector
 from cpa_agent.executors.browser.pool import BrowserPool
 from cpa_agent.executors.browser.settings import BrowserSettings
-
-INSTALL_HINT = "install it with `make chromium` (as root: apt-get install -y chromium)"
 
 
 class BrowserUnavailable(Exception):  # noqa: N818 (a state, like the framework's)
@@ -32,10 +28,7 @@ class BrowserUnavailable(Exception):  # noqa: N818 (a state, like the framework'
 
 def chromium_missing(settings: BrowserSettings) -> str | None:
     """Why the configured Chromium cannot be launched, or None when it is there."""
-    path = settings.executable
-    if not path.is_file() or not os.access(path, os.X_OK):
-        return f"Chromium not found at {path} (CPA_BROWSER_EXECUTABLE); {INSTALL_HINT}"
-    return None
+    return settings.chromium_missing()
 
 
 def executors() -> list[PlaywrightExecutor | UiActionExecutor]:

@@ -140,6 +140,11 @@ class _BrowserExecutor:
         """The browser and sessions this executor shares with the agent's other browser ones."""
         return self._actions.pool
 
+    def unavailable_reason(self) -> str | None:
+        """Why this agent cannot run browser actions now (Chromium removed since the start), or
+        None; the agent stops advertising the actions while it says so."""
+        return self._actions.settings.chromium_missing()
+
     async def close_session(self, job_id: str, session: str) -> None:
         """The scheduler ended the session: its context closes (the pool is shared, so the first
         executor asked closes it and the others find nothing)."""

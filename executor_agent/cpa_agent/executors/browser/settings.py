@@ -6,6 +6,7 @@ the browser executor reads none of them. docs/CONFIGURATION.md mirrors this clas
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -19,6 +20,9 @@ DEBIAN_CHROMIUM_WRAPPER = Path("/usr/bin/chromium")
 # Chromium resolves names in the background (safe browsing, component updates...): map every
 # name but loopback to "not found", so the agent only reaches hosts by address or localhost.
 HOST_RESOLVER_RULES = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"
+
+
+INSTALL_HINT = "install it with `make chromium` (as root: apt-get install -y chromium)"
 
 
 def default_executable() -> Path:
@@ -94,6 +98,13 @@ class BrowserSettings(BaseSettings):
         description="Most bytes of the page's HTML stored as artifact error-dom.html when an op "
         "fails (0: none).",
     )
+
+    def chromium_missing(self) -> str | None:
+        """Why the configured Chromium cannot be launched, or None when it is there."""
+        path = self.executable
+        if not path.is_file() or not os.access(path, os.X_OK):
+            return f"Chromium not found at {path} (CPA_BROWSER_EXECUTABLE); {INSTALL_HINT}"
+        return None
 
     def launch_args(self) -> list[str]:
         """Chromium flags: the recipes' resolver rules (unless resolve_hosts), then extra_args."""
