@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
 
 from cpa.common.v1 import todo_pb2
-from cpa_agent.executors.base import ExecutionContext
+from cpa_agent.executors.base import ExecutionContext, Executor, ExecutorError
 from cpa_agent.executors.browser import (
     BrowserPool,
     BrowserSettings,
@@ -23,7 +22,9 @@ from cpa_agent.executors.browser import (
     browser_executors,
     chromium_missing,
 )
-from cpa_agent.executors.testing import MemoryArtifacts, StaticSecrets
+from cpa_agent.executors.params import INVALID_PARAMS, InvalidParams
+from cpa_agent.executors.testing import MemoryArtifacts, StaticSecrets, make_context
+from cpa_agent.runner import action_name
 from tests.fixtures.browser_portal import PASSWORD, Portal, running_portal
 
 JOB = "job-1"
@@ -85,40 +86,41 @@ class Browser:
         deadline: datetime | None = None,
         secrets: Mapping[str, str] | None = None,
         attempt: int = 1,
-    ) -> tuple[ExecutionContext, Outcome]:
+    ) -> tuple[Executor, ExecutionContext, Outcome]:
+        """The executor of the task and its context, as the agent's runner builds it (params
+        validated with the executor's params_model: ExecutorError INVALID_PARAMS otherwise)."""
         outcome = outcome if outcome is not None else Outcome(MemoryArtifacts())
         if todo is None:
-            todo = todo_pb2.ToDo(id="t1", action=todo_pb2.ACTION_TYPE_CUSTOM, custom_action=action)
-        if params:
-            todo.params.update(dict(params))
+            todo = todo_pb2.ToDo(id="t1", action=todo_pb2.ACTION_TYPE_PLAYWRIGHT)
+            todo.params.update(dict(params or {}))
+        executor = self.executors[action_name(todo)]
 
         async def progress(percent: float | None, message: str) -> None:
             outcome.progress.append(message)
 
-        ctx = ExecutionContext(
-            job_id=job_id,
-            task_id=todo.id,
-            attempt=attempt,
-            todo=todo,
-            params=json_format.MessageToDict(todo.params),
-            inputs={},
-            deadline=deadline,
-            credential_refs=CREDENTIALS,
-            on_progress=progress,
-            session=session,
-            artifacts=outcome.artifacts,
-            secrets=StaticSecrets(secrets if secrets is not None else {PASSWORD_REF: PASSWORD}),
-        )
-        return ctx, outcome
+        try:
+            ctx = make_context(
+                executor,
+                todo=todo,
+                attempt=attempt,
+                credential_refs=CREDENTIALS,
+                secrets=StaticSecrets(secrets if secrets is not None else {PASSWORD_REF: PASSWORD}),
+                artifacts=outcome.artifacts,
+                session=session,
+                deadline=deadline,
+                on_progress=progress,
+            )
+        except InvalidParams as invalid:
+            # What the runner reports for it (AttemptRunner.run).
+            raise ExecutorError(
+                INVALID_PARAMS, str(invalid), retryable=False, details=invalid.details()
+            ) from None
+        return executor, replace(ctx, job_id=job_id), outcome
 
     async def run(self, **kwargs: Any) -> tuple[dict[str, Any], Outcome]:
         """Runs one task (see `context` for the arguments); returns outputs and evidence."""
-        ctx, outcome = self.context(**kwargs)
-        action = ctx.todo.custom_action or kwargs.get("action", "playwright")
-        if ctx.todo.action != todo_pb2.ACTION_TYPE_CUSTOM:
-            action = todo_pb2.ActionType.Name(ctx.todo.action).removeprefix("ACTION_TYPE_").lower()
-        outputs = await self.executors[action].run(ctx)
-        return outputs, outcome
+        executor, ctx, outcome = self.context(**kwargs)
+        return await executor.run(ctx), outcome
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from cpa.common.v1 import todo_pb2
 from cpa_agent.executors.base import ExecutorError
 from cpa_agent.executors.browser.params import (
     MAX_STEPS,
@@ -13,12 +14,20 @@ from cpa_agent.executors.browser.params import (
     Fill,
     Goto,
     PlaywrightParams,
-    validate_params,
 )
+from cpa_agent.executors.params import InvalidParams, parse_params
 
 from .conftest import Browser
 
 CSS = {"css": "#a"}
+TODO = todo_pb2.ToDo(id="t", action=todo_pb2.ACTION_TYPE_PLAYWRIGHT)
+
+
+def validate_params(params: dict[str, Any]) -> PlaywrightParams:
+    """As the agent's runner validates them."""
+    parsed = parse_params(PlaywrightParams, TODO, params)
+    assert isinstance(parsed, PlaywrightParams)
+    return parsed
 
 
 def test_one_op_is_read_as_one_step() -> None:
@@ -89,32 +98,31 @@ def test_one_op_is_read_as_one_step() -> None:
                     {"op": "extract_text", "selector": CSS},
                 ]
             },
-            "params",
-            "steps[1].as repeats the as of steps[0]",
+            "params.steps[1].as",
+            "repeats the as of steps[0]",
         ),
     ],
 )
 def test_bad_params_are_refused_naming_the_field(
     params: dict[str, Any], field: str, says: str
 ) -> None:
-    with pytest.raises(ExecutorError) as caught:
+    with pytest.raises(InvalidParams) as caught:
         validate_params(params)
-    assert caught.value.code == "INVALID_PARAMS"
-    assert not caught.value.retryable
-    assert caught.value.details["field"] == field
-    assert caught.value.message.startswith(f"{field}: ")
+    assert caught.value.field == field
     assert says in caught.value.message
 
 
 def test_a_refusal_never_quotes_the_value() -> None:
-    with pytest.raises(ExecutorError) as caught:
+    with pytest.raises(InvalidParams) as caught:
         validate_params({"op": "fill", "selector": CSS, "value": 12345678})
-    assert "12345678" not in caught.value.message
-    assert "12345678" not in repr(caught.value.details)
+    assert "12345678" not in str(caught.value)
+    assert "12345678" not in repr(caught.value.details())
 
 
 async def test_the_executor_refuses_bad_params_before_any_browser_work(browser: Browser) -> None:
     with pytest.raises(ExecutorError) as caught:
         await browser.run(params={"op": "goto", "url": "file:///etc/passwd"})
+    assert caught.value.code == "INVALID_PARAMS"
+    assert not caught.value.retryable
     assert caught.value.details["field"] == "params.url"
     assert browser.pool.launches == 0

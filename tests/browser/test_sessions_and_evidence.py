@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import signal
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -183,7 +184,7 @@ async def test_a_cancel_closes_the_page_and_keeps_the_login(
     old_page = await held.page()
 
     waiting = asyncio.Event()
-    ctx, outcome = browser.context(
+    executor, ctx, outcome = browser.context(
         params={
             "steps": [
                 {"op": "goto", "url": portal.url("/selectors")},
@@ -196,8 +197,7 @@ async def test_a_cancel_closes_the_page_and_keeps_the_login(
         if message.startswith("step 2/2"):
             waiting.set()
 
-    object.__setattr__(ctx, "on_progress", announced)
-    task = asyncio.create_task(browser.executors["playwright"].run(ctx))
+    task = asyncio.create_task(executor.run(replace(ctx, on_progress=announced)))
     await asyncio.wait_for(waiting.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -269,9 +269,9 @@ async def test_no_secret_leaves_the_agent(browser: Browser, portal: Portal) -> N
             {"op": "fill", "selector": {"css": "#said"}, "secret": "portal_password"},
         ]
     }
-    ctx, outcome = browser.context(params=steps)
+    executor, ctx, outcome = browser.context(params=steps)
     with pytest.raises(ExecutorError) as caught:
-        await browser.executors["playwright"].run(ctx)
+        await executor.run(ctx)
     assert caught.value.code == "OP_FAILED", caught.value
     seen = [caught.value.message, repr(caught.value.details), *outcome.progress, *outcome.names]
     assert not any(PASSWORD in text for text in seen)

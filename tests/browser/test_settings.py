@@ -4,17 +4,19 @@ factory says what to install when Chromium is missing."""
 from __future__ import annotations
 
 import re
+import tomllib
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 
 from cpa_agent.executors.browser import (
     BrowserSettings,
-    BrowserUnavailable,
     browser_executors,
     executors,
 )
 from cpa_agent.executors.browser.settings import HOST_RESOLVER_RULES
+from cpa_agent.executors.discovery import ENTRY_POINT_GROUP, ExecutorUnavailable
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md"
 
@@ -49,7 +51,7 @@ def test_without_chromium_the_factory_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("CPA_BROWSER_EXECUTABLE", str(tmp_path / "chromium"))
-    with pytest.raises(BrowserUnavailable) as caught:
+    with pytest.raises(ExecutorUnavailable) as caught:
         executors()
     assert caught.value.reason == (
         f"Chromium not found at {tmp_path / 'chromium'} (CPA_BROWSER_EXECUTABLE); install it "
@@ -68,3 +70,19 @@ def test_an_executor_says_when_chromium_went_away(tmp_path: Path) -> None:
         f"Chromium not found at {binary} (CPA_BROWSER_EXECUTABLE); install it with "
         "`make chromium` (as root: apt-get install -y chromium)"
     )
+
+
+def test_pyproject_registers_the_factory_in_the_entry_point_group() -> None:
+    """The agent loads executors through the `cpa.executors` group (discovery.py): the entry
+    point pyproject declares loads the four browser executors."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    value = pyproject["project"]["entry-points"][ENTRY_POINT_GROUP]["browser"]
+    point = EntryPoint(name="browser", value=value, group=ENTRY_POINT_GROUP)
+    loaded = point.load()()
+    assert sorted(executor.action for executor in loaded) == [
+        "click",
+        "playwright",
+        "type",
+        "wait_for",
+    ]
+    assert all(executor.capabilities == ("browser:chromium",) for executor in loaded)

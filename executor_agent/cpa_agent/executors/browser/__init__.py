@@ -16,14 +16,7 @@ from cpa_agent.executors.browser.executor import (
 from cpa_agent.executors.browser.params import PlaywrightParams, Selector
 from cpa_agent.executors.browser.pool import BrowserPool
 from cpa_agent.executors.browser.settings import BrowserSettings
-
-
-class BrowserUnavailable(Exception):  # noqa: N818 (a state, like the framework's)
-    """Chromium is not there: the agent offers no browser action."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+from cpa_agent.executors.discovery import ExecutorUnavailable
 
 
 def chromium_missing(settings: BrowserSettings) -> str | None:
@@ -32,11 +25,12 @@ def chromium_missing(settings: BrowserSettings) -> str | None:
 
 
 def executors() -> list[PlaywrightExecutor | UiActionExecutor]:
-    """The browser executors, or BrowserUnavailable when Chromium is missing."""
+    """The browser executors, or ExecutorUnavailable when Chromium is missing (the agent then
+    offers no browser action and logs the reason, which names the command that installs it)."""
     settings = BrowserSettings()
     reason = chromium_missing(settings)
     if reason is not None:
-        raise BrowserUnavailable(reason)
+        raise ExecutorUnavailable(reason)
     return browser_executors(settings)
 
 
@@ -45,7 +39,6 @@ __all__ = [
     "BrowserActions",
     "BrowserPool",
     "BrowserSettings",
-    "BrowserUnavailable",
     "PlaywrightExecutor",
     "PlaywrightParams",
     "Selector",

@@ -8,10 +8,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from playwright.async_api import Error as PlaywrightError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from cpa_agent.executors.base import ExecutionContext, ExecutorError
 from cpa_agent.executors.browser import errors
@@ -19,19 +19,17 @@ from cpa_agent.executors.browser.errors import Scrubber
 from cpa_agent.executors.browser.evidence import Evidence, step_name
 from cpa_agent.executors.browser.ops import OpRun, run_op
 from cpa_agent.executors.browser.params import (
-    INVALID_PARAMS,
     AnyOp,
     PlaywrightParams,
     Screenshot,
     Type,
-    invalid_params,
-    validate_params,
 )
 from cpa_agent.executors.browser.params import Click as ClickOp
 from cpa_agent.executors.browser.params import WaitFor as WaitForOp
 from cpa_agent.executors.browser.pool import BrowserPool, BrowserSession
 from cpa_agent.executors.browser.selectors import from_todo
 from cpa_agent.executors.browser.settings import BrowserSettings
+from cpa_agent.executors.params import INVALID_PARAMS
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +159,8 @@ class PlaywrightExecutor(_BrowserExecutor):
     params_model = PlaywrightParams
 
     async def run(self, ctx: ExecutionContext) -> dict[str, Any]:
-        params = ctx.parsed_params
-        if not isinstance(params, PlaywrightParams):
-            # Not validated by the runner (run directly, or an older runner).
-            params = validate_params(ctx.params)
+        # The runner validated ctx.params with params_model (a refusal never reaches here).
+        params = _parsed(ctx, PlaywrightParams)
         return await self._actions.perform(ctx, params.steps)
 
 
@@ -210,12 +206,7 @@ class UiActionExecutor(_BrowserExecutor):
         return self._action
 
     async def run(self, ctx: ExecutionContext) -> dict[str, Any]:
-        params = ctx.parsed_params
-        if not isinstance(params, self.params_model):
-            try:
-                params = self.params_model.model_validate(ctx.params)
-            except ValidationError as error:
-                raise invalid_params(error, one_op=False) from None
+        params = _parsed(ctx, self.params_model)
         selector = from_todo(ctx.todo)
         op: AnyOp
         if isinstance(params, TypeParams):
@@ -241,6 +232,19 @@ class UiActionExecutor(_BrowserExecutor):
         else:
             op = ClickOp(op="click", selector=selector, timeout_s=params.timeout_s)
         return await self._actions.perform(ctx, [op])
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _parsed(ctx: ExecutionContext, model: type[_Model]) -> _Model:
+    params = ctx.parsed_params
+    if not isinstance(params, model):
+        raise TypeError(
+            f"ctx.parsed_params is {type(params).__name__}, not {model.__name__}: run browser "
+            "executors through the agent's runner or cpa_agent.executors.testing"
+        )
+    return params
 
 
 def browser_executors(

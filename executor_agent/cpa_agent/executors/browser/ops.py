@@ -25,7 +25,6 @@ from cpa_agent.executors.browser import errors
 from cpa_agent.executors.browser.errors import Scrubber, first_line
 from cpa_agent.executors.browser.evidence import Evidence, step_name
 from cpa_agent.executors.browser.params import (
-    INVALID_PARAMS,
     AnyOp,
     Click,
     Download,
@@ -42,6 +41,7 @@ from cpa_agent.executors.browser.params import (
 )
 from cpa_agent.executors.browser.selectors import locate
 from cpa_agent.executors.browser.settings import BrowserSettings
+from cpa_agent.executors.params import INVALID_PARAMS
 
 # Content that names its own type, checked before the file name: a PDF called invoice.bin is a PDF.
 _MAGIC = (

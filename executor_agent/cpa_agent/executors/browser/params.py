@@ -1,19 +1,19 @@
 """The params of the `playwright` action (docs/BROWSER.md): one op, or `steps`, a list of ops.
 
 Pydantic models with extra="forbid", so a misspelt key is refused, not ignored; `op` is the
-discriminator. `validate_params` turns a ValidationError into INVALID_PARAMS naming the field.
+discriminator. The agent's runner validates params with PlaywrightParams (cpa_agent.executors.
+params) and refuses what does not fit with INVALID_PARAMS, naming the field.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from cpa_agent.executors.base import ExecutorError
-
-INVALID_PARAMS = "INVALID_PARAMS"
 MAX_STEPS = 50
 """Ops of one action; two-digit evidence names (01-goto.png ... 50-click.png) stay sortable."""
 
@@ -213,76 +213,65 @@ def _is_evidence_name(name: str) -> bool:
 
 
 class PlaywrightParams(_Strict):
-    """Params of the `playwright` action: `{"op": ...}` is read as `{"steps": [{"op": ...}]}`."""
+    """Params of the `playwright` action: `{"op": ...}` is read as `{"steps": [{"op": ...}]}`.
+
+    Errors are located as the caller wrote the params: `url` for a single op (not
+    `steps.0.goto.url`), `steps.2.selector` for a list (pydantic's discriminator tag, the op
+    name after the index, is left out); the runner turns that into `params.steps[2].selector`."""
 
     steps: list[Op] = Field(min_length=1, max_length=MAX_STEPS)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _one_op_is_one_step(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "op" in data and "steps" not in data:
-            return {"steps": [data]}
-        return data
+    def _located_as_written(cls, data: Any, handler: Callable[[Any], Self]) -> Self:
+        one_op = isinstance(data, dict) and "op" in data and "steps" not in data
+        try:
+            params = handler({"steps": [data]} if one_op else data)
+        except ValidationError as error:
+            problems = error.errors(include_url=False)
+            raise ValidationError.from_exception_data(
+                error.title, [_relocated(problem, one_op=one_op) for problem in problems]
+            ) from None
+        params._check_unique_names(one_op=one_op)
+        return params
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> Self:
+    def _check_unique_names(self, *, one_op: bool) -> None:
         # Two ops writing the same output key or artifact would lose the first one silently.
         seen: dict[str, int] = {}
         for index, step in enumerate(self.steps):
-            key = None
             if isinstance(step, ExtractText):
                 key, field = f"texts.{step.as_}", "as"
             elif isinstance(step, Download):
                 key, field = f"artifact.{step.artifact}", "artifact"
-            if key is None:
+            else:
                 continue
             if key in seen:
-                raise ValueError(
-                    f"steps[{index}].{field} repeats the {field} of steps[{seen[key]}]"
+                message = f"repeats the {field} of steps[{seen[key]}]"
+                problem = InitErrorDetails(
+                    type=PydanticCustomError("duplicate", message),
+                    loc=("steps", index, field),
+                    input=None,
                 )
+                raise ValidationError.from_exception_data(type(self).__name__, [problem])
             seen[key] = index
-        return self
 
 
-def field_path(loc: tuple[int | str, ...], *, one_op: bool) -> str:
-    """`params.steps[2].selector.css` from a pydantic error location; the op name pydantic adds
-    after a step's index (the discriminator's tag) is left out, and so is `steps[0]` when the
-    params were a single op."""
-    parts: list[int | str] = list(loc)
-    if one_op and parts[:2] == ["steps", 0]:
-        parts = parts[2:]
-        if parts and parts[0] in OP_NAMES:
-            parts = parts[1:]
-    path = "params"
-    previous: int | str | None = None
-    for part in parts:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif not (isinstance(previous, int) and part in OP_NAMES):
-            path += f".{part}"
-        previous = part
-    return path
-
-
-def invalid_params(error: ValidationError, *, one_op: bool) -> ExecutorError:
-    """INVALID_PARAMS (not retryable) naming the first field at fault."""
-    first = error.errors(include_url=False, include_input=False)[0]
-    field = field_path(tuple(first["loc"]), one_op=one_op)
-    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        field += ".op"  # pydantic puts the discriminator's error on the op itself
-    message = str(first["msg"]).removeprefix("Value error, ")
-    return ExecutorError(
-        INVALID_PARAMS,
-        f"{field}: {message}",
-        retryable=False,
-        details={"field": field, "errors": error.error_count()},
+def _relocated(problem: ErrorDetails, *, one_op: bool) -> InitErrorDetails:
+    """One of pydantic's problems, its location without the op name after a step's index, and
+    without `steps.0` when the params were one op; a problem of the op name itself (unknown or
+    missing) is located at `op`. The message stays pydantic's (never the value given)."""
+    loc = list(problem["loc"])
+    loc = [
+        part
+        for i, part in enumerate(loc)
+        if not (i and isinstance(loc[i - 1], int) and part in OP_NAMES)
+    ]
+    if problem["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append("op")
+    if one_op and loc[:2] == ["steps", 0]:
+        loc = loc[2:]
+    return InitErrorDetails(
+        type=PydanticCustomError(problem["type"], problem["msg"].removeprefix("Value error, ")),
+        loc=tuple(loc),
+        input=problem.get("input"),
     )
-
-
-def validate_params(params: dict[str, Any]) -> PlaywrightParams:
-    """The params as a model, or INVALID_PARAMS naming the field."""
-    try:
-        return PlaywrightParams.model_validate(params)
-    except ValidationError as error:
-        one_op = "op" in params and "steps" not in params
-        raise invalid_params(error, one_op=one_op) from None

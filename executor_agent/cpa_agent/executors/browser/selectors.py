@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from cpa.common.v1 import todo_pb2
 from cpa_agent.executors.base import ExecutorError
-from cpa_agent.executors.browser.params import INVALID_PARAMS, Selector
+from cpa_agent.executors.browser.params import Selector
+from cpa_agent.executors.params import INVALID_PARAMS
 
 # ToDo.selector's role strategy reads "button" or "button[name=Export]" (todo.proto); quotes
 # around the name are allowed: button[name="Export all"].
