@@ -13,6 +13,7 @@ Codes (TaskError.code; a retry policy can match them):
 - BROWSER_UNAVAILABLE    Chromium would not start (retryable)
 - BROWSER_CLOSED         the browser or page went away during the op (retryable: it relaunches)
 - BROWSER_BUSY           every session slot is in use (retryable)
+- SCREENSHOT_FAILED      Chromium would not capture the page's evidence, tried 3 times (retryable)
 - OP_FAILED              Playwright refused the op (an element of the wrong kind...; not retryable)
 - INVALID_PARAMS         params the page showed to be wrong (an unknown key name; not retryable)
 """
@@ -39,6 +40,7 @@ BROWSER_UNAVAILABLE = "BROWSER_UNAVAILABLE"
 BROWSER_CLOSED = "BROWSER_CLOSED"
 BROWSER_BUSY = "BROWSER_BUSY"
 OP_FAILED = "OP_FAILED"
+SCREENSHOT_FAILED = "SCREENSHOT_FAILED"
 
 _MAX_DETAIL_CHARS = 300
 _MASK = "***"

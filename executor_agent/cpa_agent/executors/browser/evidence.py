@@ -14,7 +14,7 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
 
 from cpa_agent.executors.base import ArtifactAccess, ExecutorError
-from cpa_agent.executors.browser.errors import Scrubber, first_line
+from cpa_agent.executors.browser.errors import SCREENSHOT_FAILED, Scrubber, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ HTML = "text/html"
 DOM_ARTIFACT = "error-dom.html"
 # Evidence of a failure must not hang the report of it: each capture gets this long.
 _CAPTURE_TIMEOUT_S = 5.0
+_CAPTURE_TRIES = 3
+_TRANSIENT_CAPTURE = "Unable to capture screenshot"
 
 
 def step_name(index: int, op: str, suffix: str = "") -> str:
@@ -55,8 +57,26 @@ class Evidence:
     async def screenshot(
         self, page: Page, name: str, *, timeout_s: float, full_page: bool = False
     ) -> None:
-        """Stores a PNG of the page as `name`; a failure to take it is the op's failure."""
-        png = await page.screenshot(type="png", timeout=timeout_s * 1000, full_page=full_page)
+        """Stores a PNG of the page as `name`; a failure to take it is the op's failure
+        (SCREENSHOT_FAILED, retryable), after _CAPTURE_TRIES tries."""
+        for attempt in range(1, _CAPTURE_TRIES + 1):
+            try:
+                png = await page.screenshot(
+                    type="png", timeout=timeout_s * 1000, full_page=full_page
+                )
+                break
+            except PlaywrightError as error:
+                # Chromium sometimes answers "Unable to capture screenshot" while it is busy
+                # (a loaded machine, a page still painting): it passes; other errors do not.
+                if _TRANSIENT_CAPTURE not in error.message:
+                    raise
+                if attempt == _CAPTURE_TRIES:
+                    raise ExecutorError(
+                        SCREENSHOT_FAILED,
+                        f"no screenshot of the page after {attempt} tries: {first_line(error)}",
+                        retryable=True,
+                    ) from None
+                logger.info("screenshot %s: %s; trying again", name, first_line(error))
         await self.save(name, PNG, png)
 
     async def failure(self, page: Page, index: int, op: str, error: ExecutorError) -> ExecutorError:
