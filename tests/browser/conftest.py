@@ -133,14 +133,23 @@ async def browser() -> AsyncIterator[Browser]:
         await executors[0].aclose()
 
 
-def login_steps(portal: Portal, *, secret: str = "portal_password") -> dict[str, Any]:
-    """The login of the portal as playwright steps, ending with a check that it worked."""
+def login_steps(
+    portal: Portal, *, secret: str = "portal_password", verify_timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """The login of the portal as playwright steps, ending with a check that it worked (which
+    waits `verify_timeout_s` for the page after the login: a wrong password's test waits it
+    out)."""
     return {
         "steps": [
             {"op": "goto", "url": portal.url("/login")},
             {"op": "fill", "selector": {"css": "#user"}, "value": "alice"},
             {"op": "fill", "selector": {"css": "#password"}, "secret": secret},
             {"op": "click", "selector": {"role": "button", "name": "Sign in"}},
-            {"op": "verify", "selector": {"css": "#welcome"}, "text": "Invoices of alice"},
+            {
+                "op": "verify",
+                "selector": {"css": "#welcome"},
+                "text": "Invoices of alice",
+                "timeout_s": verify_timeout_s,
+            },
         ]
     }

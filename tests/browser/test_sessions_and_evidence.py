@@ -87,7 +87,10 @@ async def test_wrong_password_fails_verify_not_retryable_with_screenshot(
     browser: Browser, portal: Portal
 ) -> None:
     with pytest.raises(ExecutorError) as caught:
-        await browser.run(params=login_steps(portal), secrets={"env:PORTAL_PASSWORD": "wrong"})
+        await browser.run(
+            params=login_steps(portal, verify_timeout_s=2),
+            secrets={"env:PORTAL_PASSWORD": "wrong"},
+        )
     error = caught.value
     assert error.code == "VERIFY_FAILED"
     assert not error.retryable
@@ -127,7 +130,10 @@ async def test_a_selector_that_never_appears_times_out_with_screenshot_and_url(
     error = caught.value
     assert error.code == "ELEMENT_NOT_FOUND"
     assert error.retryable
-    assert "no element matched css '#never' within 0.5s" in error.message
+    assert error.message == (
+        "no element matched css '#never' within 0.5s (step 2, wait_for) (page "
+        f"{portal.url('/selectors')}; evidence 02-wait_for-error.png, error-dom.html)"
+    )
     assert error.details["url"] == portal.url("/selectors")
     assert error.details["selector"] == "css '#never'"
     assert error.details["screenshot"] == "02-wait_for-error.png"

@@ -120,8 +120,20 @@ class Evidence:
             error.code,
             self._scrubber.scrub(page.url),
         )
-        return self._scrubber.error(_with_details(error, details))
+        # The scheduler keeps an error's code and message (not its details): where the page was
+        # and what was stored go in the message too.
+        stored = [name for name in (details.get("screenshot"), details.get("dom_artifact")) if name]
+        message = f"{error.message} (page {page.url}"
+        message += f"; evidence {', '.join(map(str, stored))})" if stored else ")"
+        return self._scrubber.error(_with_details(error, details, message))
 
 
-def _with_details(error: ExecutorError, details: dict[str, object]) -> ExecutorError:
-    return ExecutorError(error.code, error.message, retryable=error.retryable, details=details)
+def _with_details(
+    error: ExecutorError, details: dict[str, object], message: str | None = None
+) -> ExecutorError:
+    return ExecutorError(
+        error.code,
+        error.message if message is None else message,
+        retryable=error.retryable,
+        details=details,
+    )

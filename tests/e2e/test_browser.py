@@ -1,0 +1,179 @@
+"""The browser executor through a real scheduler and agent over gRPC: a login task and a
+download task of one job share the browser session on the agent (the cookie survives), every
+step's screenshot is an artifact of its task, the secret never leaves the agent, and the session
+closes when the job ends. Real Chromium, the loopback portal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from google.protobuf import duration_pb2, json_format
+
+from cpa.common.v1 import todo_pb2
+from cpa.scheduler.v1 import job_pb2 as S  # noqa: N812 - short alias for enum-heavy asserts
+from cpa_agent import ExecutorRegistry, builtin_registry
+from cpa_agent.executors.browser import PlaywrightExecutor, UiActionExecutor, browser_executors
+from cpa_client import SchedulerClient
+from tests.browser.conftest import chromium_settings, login_steps
+from tests.fixtures.browser_portal import PASSWORD, Portal, running_portal
+
+from .conftest import Agents, collect_events, finished, todo, todos_spec
+
+PASSWORD_ENV = "CPA_TEST_PORTAL_PASSWORD"
+REFS = {"portal_password": f"env:{PASSWORD_ENV}"}
+
+
+@pytest.fixture
+def portal() -> Iterator[Portal]:
+    with running_portal() as running:
+        yield running
+
+
+@pytest.fixture
+async def browser_agent(
+    agents: Agents, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[list[PlaywrightExecutor | UiActionExecutor]]:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    executors = browser_executors(chromium_settings(op_timeout_s=10.0))
+    registry: ExecutorRegistry = builtin_registry()
+    for executor in executors:
+        registry.register(executor)
+    await agents.start("browser-agent", registry=registry)
+    try:
+        yield executors
+    finally:
+        await executors[0].aclose()
+
+
+def _timeout(seconds: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=seconds)
+
+
+async def test_login_and_download_share_the_session_through_the_scheduler(
+    client: SchedulerClient,
+    portal: Portal,
+    browser_agent: list[PlaywrightExecutor | UiActionExecutor],
+) -> None:
+    response = await client.schedule_job(
+        todos_spec(
+            todo(
+                "login",
+                "playwright",
+                params=login_steps(portal),
+                credential_refs=REFS,
+                timeout=_timeout(60),
+            ),
+            todo(
+                "download",
+                "playwright",
+                depends_on=["login"],
+                params={
+                    "op": "download",
+                    "selector": {"test_id": "invoice-2024-05"},
+                    "artifact": "invoice",
+                },
+                timeout=_timeout(60),
+            ),
+        )
+    )
+    events = await collect_events(client, response.job.job_id)
+    job = await finished(client, response.job.job_id)
+    assert job.state == S.JOB_STATE_SUCCEEDED, job
+    tasks = {task.todo.id: task for task in job.tasks}
+    outputs = json_format.MessageToDict(tasks["download"].outputs)
+    assert outputs["downloads"]["invoice"]["sha256"] == portal.sha256("2024-05")
+    assert outputs["artifacts"] == ["invoice", "01-download.png"]
+    login = json_format.MessageToDict(tasks["login"].outputs)
+    assert login["url"] == portal.url("/invoices")
+    # The download carried the login's cookie: one browser context for the two tasks.
+    assert portal.served("/invoices/2024-05.pdf") == [True]
+    # Every step's screenshot is an artifact of its task, listed by the scheduler.
+    names = {
+        task_id: sorted(a.name for a in task.artifacts if a.attempt == len(task.attempts))
+        for task_id, task in tasks.items()
+    }
+    assert names == {
+        "login": ["01-goto.png", "02-fill.png", "03-fill.png", "04-click.png", "05-verify.png"],
+        "download": ["01-download.png", "invoice"],
+    }, [(t.todo.id, [(a.attempt, a.name) for a in t.artifacts], t.attempts) for t in job.tasks]
+    # The password never reached the scheduler.
+    assert PASSWORD not in str(job)
+    assert not any(PASSWORD in str(event) for event in events)
+
+    # The session ends with the job: the agent closes its context.
+    held = browser_agent[0].pool.get(response.job.job_id, "browser")
+    if held is not None:  # not closed yet: wait for its context's close event
+        closed = asyncio.Event()
+        held.context.on("close", lambda _: closed.set())
+        if not held.closed:
+            await asyncio.wait_for(closed.wait(), 10)
+    assert browser_agent[0].pool.sessions() == []
+
+
+async def test_a_wrong_password_fails_the_login_for_good_and_skips_the_download(
+    client: SchedulerClient,
+    portal: Portal,
+    browser_agent: list[PlaywrightExecutor | UiActionExecutor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "wrong")
+    response = await client.schedule_job(
+        todos_spec(
+            todo(
+                "login",
+                "playwright",
+                params=login_steps(portal, verify_timeout_s=2),
+                credential_refs=REFS,
+            ),
+            todo(
+                "download",
+                "playwright",
+                depends_on=["login"],
+                params={"op": "download", "selector": {"test_id": "x"}, "artifact": "invoice"},
+            ),
+        )
+    )
+    job = await finished(client, response.job.job_id)
+    assert job.state == S.JOB_STATE_FAILED
+    tasks = {task.todo.id: task for task in job.tasks}
+    assert tasks["download"].state == S.TASK_STATE_SKIPPED
+    error = tasks["login"].error
+    assert error.code == "VERIFY_FAILED"
+    assert not error.retryable
+    assert len(tasks["login"].attempts) == 1
+    # The scheduler keeps the message: it says where the page was and what evidence was stored.
+    assert f"(page {portal.url('/login')}; evidence 05-verify-error.png, error-dom.html)" in (
+        error.message
+    )
+    stored = {a.name for a in tasks["login"].artifacts}
+    assert {"04-click.png", "05-verify-error.png", "error-dom.html"} <= stored
+
+
+async def test_the_ui_click_action_runs_on_todo_selector(
+    client: SchedulerClient,
+    portal: Portal,
+    browser_agent: list[PlaywrightExecutor | UiActionExecutor],
+) -> None:
+    response = await client.schedule_job(
+        todos_spec(
+            todo("open", "playwright", params={"op": "goto", "url": portal.url("/selectors")}),
+            todo(
+                "reveal",
+                "click",
+                depends_on=["open"],
+                selector=todo_pb2.Selector(
+                    strategy=todo_pb2.SELECTOR_STRATEGY_ROLE, value="button[name=Reveal]"
+                ),
+            ),
+            todo(
+                "check",
+                "playwright",
+                depends_on=["reveal"],
+                params={"op": "verify", "selector": {"test_id": "total"}, "text": "1 234,56"},
+            ),
+        )
+    )
+    job = await finished(client, response.job.job_id)
+    assert job.state == S.JOB_STATE_SUCCEEDED, job
