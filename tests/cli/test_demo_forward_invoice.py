@@ -72,4 +72,6 @@ def test_cpa_demo_forwards_the_portal_pdf_by_mail(start_cli: StartCli, tmp_path:
     saved = sorted(screenshots.glob("*.png"))
     assert {path.name.split("-")[0] for path in saved} >= {"login", "download"}, saved
     assert all(path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for path in saved)
-    assert re.search(rf"screenshots of the browser steps in {re.escape(str(screenshots))}$", text)
+    assert re.search(
+        rf"screenshots of the browser steps in {re.escape(str(screenshots))}$", text, re.MULTILINE
+    )
