@@ -96,7 +96,9 @@ async def test_the_hello_offers_available_actions_and_their_capabilities(
 async def test_an_agent_without_a_registry_runs_the_entry_points_executors(
     scheduler: ScriptedScheduler, start_agent: StartAgent, shout_installed: Path
 ) -> None:
-    start_agent(scheduler.port, capabilities=["site:berlin"])
+    # Named, as CPA_AGENT_EXECUTORS would: the browser's entry point, available where Chromium
+    # is, would add its actions.
+    start_agent(scheduler.port, capabilities=["site:berlin"], executors=["builtin", "shout"])
     session = await scheduler.next_session()
     hello = session.hello
     assert list(hello.capabilities.actions) == ["echo", "fail", "noop", "shout", "wait"]

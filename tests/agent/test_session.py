@@ -67,7 +67,11 @@ async def test_hello_names_the_agent_and_what_it_can_do(
     scheduler: ScriptedScheduler, start_agent: StartAgent
 ) -> None:
     running = start_agent(
-        scheduler.port, slots=3, labels={"site": "berlin"}, capabilities=["browser:chromium"]
+        scheduler.port,
+        slots=3,
+        labels={"site": "berlin"},
+        capabilities=["browser:chromium"],
+        executors=["builtin"],  # the browser's, where Chromium is, would add actions
     )
 
     session = await scheduler.next_session()

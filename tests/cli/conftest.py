@@ -177,6 +177,9 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSe
         ],
         workdir=workdir,
         stderr_path=workdir / "stderr.txt",
+        # The built-in actions only: which other installed executors are available (the browser
+        # where Chromium is) depends on the machine, and the tests count the actions offered.
+        env={"CPA_AGENT_EXECUTORS": "builtin"},
     )
     try:
         address = server.wait_for_line(SERVING, START_TIMEOUT_S)["address"]

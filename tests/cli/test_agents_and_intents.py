@@ -71,7 +71,13 @@ def test_cpa_agent_offers_and_runs_an_installed_packages_executor(
     python_path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     _, address = start_server(start_cli)
     agent = start_cli(
-        "agent", "--server", address, "--agent-id", "shouter", env={"PYTHONPATH": python_path}
+        "agent",
+        "--server",
+        address,
+        "--agent-id",
+        "shouter",
+        # This package's and ours: the browser, where Chromium is, would add its actions.
+        env={"PYTHONPATH": python_path, "CPA_AGENT_EXECUTORS": "builtin,shout,desktop"},
     )
     agent.wait_for_line(CONNECTED, START_TIMEOUT_S)
 
