@@ -88,7 +88,10 @@ async def test_login_and_download_share_the_session_through_the_scheduler(
     login = json_format.MessageToDict(tasks["login"].outputs)
     assert login["url"] == portal.url("/invoices")
     # The download carried the login's cookie: one browser context for the two tasks.
-    assert portal.served("/invoices/2024-05.pdf") == [True]
+    # (Twice if a loaded machine lost an attempt and the session ran again: each time logged in.)
+    served = portal.served("/invoices/2024-05.pdf")
+    assert served
+    assert all(served)
     # Every step's screenshot is an artifact of its task, listed by the scheduler.
     names = {
         task_id: sorted(a.name for a in task.artifacts if a.attempt == len(task.attempts))
@@ -142,7 +145,11 @@ async def test_a_wrong_password_fails_the_login_for_good_and_skips_the_download(
     error = tasks["login"].error
     assert error.code == "VERIFY_FAILED"
     assert not error.retryable
-    assert len(tasks["login"].attempts) == 1
+    # Not tried again after VERIFY_FAILED. (An attempt before it may have been LOST: the e2e
+    # lease is 1.5 s, which a loaded machine can miss; the session then restarts elsewhere.)
+    attempts = tasks["login"].attempts
+    assert attempts[-1].state == S.ATTEMPT_STATE_FAILED
+    assert [a.state for a in attempts[:-1]] == [S.ATTEMPT_STATE_LOST] * (len(attempts) - 1)
     # The scheduler keeps the message: it says where the page was and what evidence was stored.
     assert f"(page {portal.url('/login')}; evidence 05-verify-error.png, error-dom.html)" in (
         error.message
