@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck contract codegen codegen-check unit clean chromium
 
-# The portal -> PDF -> mail demo; where a part of it is missing (Chromium, say) `cpa demo` names
-# it and runs the minimal demo of the built-in actions instead.
+# The portal -> PDF -> mail demo. Chromium is installed first when we may (root); where a part is
+# still missing, `cpa demo` names it and runs the minimal demo of the built-in actions instead.
 demo: $(STAMP)
+	-@$(MAKE) --no-print-directory chromium
 	$(BIN)/cpa demo --or-minimal
 
 test: lint typecheck contract unit
