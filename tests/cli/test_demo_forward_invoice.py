@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,10 +48,12 @@ def demo_parts() -> None:
 @pytest.mark.usefixtures("demo_parts")
 def test_cpa_demo_forwards_the_portal_pdf_by_mail(start_cli: StartCli, tmp_path: Path) -> None:
     screenshots = tmp_path / "screenshots"
+    password = f"pw-{secrets.token_hex(8)}"
     demo = start_cli(
         "demo",
         *("--month", MONTH, "--recipient", RECIPIENT, "--screenshots-dir", str(screenshots)),
-        *("--timeout", str(DEMO_TIMEOUT_S)),
+        *("--timeout", str(DEMO_TIMEOUT_S), "--keep-data"),
+        env={"CPA_DEMO_PORTAL_PASSWORD": password},
     )
 
     lines = demo.rest_of_output(DEMO_TIMEOUT_S + 20)
@@ -75,3 +79,18 @@ def test_cpa_demo_forwards_the_portal_pdf_by_mail(start_cli: StartCli, tmp_path:
     assert re.search(
         rf"screenshots of the browser steps in {re.escape(str(screenshots))}$", text, re.MULTILINE
     )
+
+    # The portal password went to the browser agent's environment only: it is in no line the
+    # demo printed, no file of the run (the store and its WAL, the artifacts, the agents' logs,
+    # the screenshots) and no screenshot's name.
+    kept = re.search(r"^data kept in (\S+)$", text, re.MULTILINE)
+    assert kept, text
+    data_dir = Path(kept[1])
+    assert (data_dir / "cpa.sqlite3").exists()
+    assert password not in text + demo.report()
+    files = [path for path in [*data_dir.rglob("*"), *saved] if path.is_file()]
+    assert any(path.parent.name == "logs" for path in files), files
+    leaks = [path for path in files if password.encode() in path.read_bytes()]
+    assert leaks == []
+    assert not any(password in path.name for path in files)
+    shutil.rmtree(data_dir)

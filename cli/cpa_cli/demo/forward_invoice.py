@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ MAIL_AGENT = "demo-mail"
 # name from its environment as CPA_SECRET_SUPPLIER_PORTAL (docs/EXECUTOR_GUIDE.md, "Secrets").
 PORTAL_CREDENTIAL_REF = "supplier_portal"
 PORTAL_SECRET_ENV = "CPA_SECRET_SUPPLIER_PORTAL"
+# The portal's password, when the user wants to choose it (else a fresh random one per run).
+PORTAL_PASSWORD_ENV = "CPA_DEMO_PORTAL_PASSWORD"
 DEFAULT_RECIPIENT = "accounting@example.com"
 _AGENT_CONNECT_S = 60.0
 
@@ -77,7 +80,7 @@ async def _demo(data_dir: Path, options: DemoOptions) -> int:
     logs = data_dir / "logs"
     logs.mkdir()
     stack = LocalStack(Settings(data_dir=data_dir, listen_address="127.0.0.1:0"))
-    portal = DemoPortal()
+    portal = DemoPortal(password=os.environ.get(PORTAL_PASSWORD_ENV) or None)
     graph = graph_module.LoopbackGraph(data_dir / "tls")
     agents: list[AgentProcess] = []
     try:
