@@ -41,6 +41,7 @@ from .graph_mailboxes import (
 )
 from .graph_wire import aad_error, graph_error, invalid_token, parse_mail, search_phrase
 from .tls import TlsFiles, ensure_tls_files
+from .web import LoopbackSite
 
 DEFAULT_TENANT = "cpa-demo-tenant"
 DEFAULT_CLIENT_ID = "00000000-0000-4000-8000-00000000c0de"
@@ -82,7 +83,7 @@ class RecordedRequest:
         return next((value for key, value in self.query if key == name), None)
 
 
-class LoopbackGraph:
+class LoopbackGraph(LoopbackSite):
     """The server as an object: `await start()`, then `authority_host`/`tenant_id`/`graph_url`/
     `ca_file`, the client id and secret to configure, `delivered`; `await stop()`."""
 
@@ -119,10 +120,7 @@ class LoopbackGraph:
         """access token -> expiry (time.time())"""
         self._faults: list[Fault] = []
         self._delivery = asyncio.Condition()
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
+        super().__init__(host=host, port=port)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -150,30 +148,7 @@ class LoopbackGraph:
                 ),
             ]
         )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, ssl_context=context)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.base_url = f"https://{host}:{port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> LoopbackGraph:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        return await self._serve(app, context)
 
     # --- what clients configure ---------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from .invoice_pdf import CUSTOMER, SUPPLIER, Invoice, UnknownMonthError, invoice_for, money
 from .invoice_pdf import render_pdf as _render_pdf
+from .web import LoopbackSite
 
 SESSION_COOKIE = "portal_session"
 DEFAULT_USER = "accounts@acme.example"
@@ -57,7 +58,7 @@ class PortalLog:
     downloads: list[str] = field(default_factory=list)
 
 
-class DemoPortal:
+class DemoPortal(LoopbackSite):
     """The portal as an object: `await start()`, `base_url`, the expected credentials,
     `pdf_bytes(month)` to compare what arrived with what was served, `await stop()`."""
 
@@ -77,11 +78,8 @@ class DemoPortal:
         for month in self.months:
             invoice_for(month)  # UnknownMonthError now, not on the first page view
         self.log = PortalLog()
-        self._host = host
-        self._port = port
+        super().__init__(host=host, port=port)
         self._sessions: dict[str, str] = {}
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -98,30 +96,7 @@ class DemoPortal:
                 web.get("/invoices/{month}/pdf", self._pdf),
             ]
         )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> DemoPortal:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        return await self._serve(app)
 
     # --- what tests and the demo compare against ---------------------------------------------
 
