@@ -27,7 +27,9 @@ from cpa_scheduler.storage import (
     SchemaMismatchError,
     head_revision,
     migrate,
-    postgres_store,
+    postgres_batch,
+    postgres_group_commit,
+    postgres_sql,
     schema_revision,
 )
 from tests.fixtures.tcp_proxy import TcpProxy
@@ -336,7 +338,7 @@ async def test_replicas_creating_overlapping_groups_at_once_make_each_job_once(
     request ids in one order everywhere, so neither waits for the other in a cycle (PostgreSQL
     would end one with a deadlock error, and its batch would run again write by write) and
     each request makes one job."""
-    caplog.set_level(logging.INFO, logger="cpa_scheduler.storage.postgres_store")
+    caplog.set_level(logging.INFO, logger=postgres_group_commit.__name__)
     requests = [f"req-{n:03}" for n in range(300)]
 
     def group(replica: int, order: list[str]) -> list[Job]:
@@ -407,14 +409,14 @@ async def test_creating_a_job_reads_none_of_the_jobs_already_stored(
     finally:
         await store.close()
     job = new_job("new-1", request_id=request_id)
-    records = postgres_store._CreationRecords.of(job, job.take_changes())
+    records = postgres_batch.CreationRecords.of(job, job.take_changes())
 
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as connection:
         await connection.execute("SET plan_cache_mode = force_generic_plan")
         async with connection.transaction():
             inserted = await connection.execute(
-                postgres_store._CREATE_JOBS,
-                postgres_store._CreationRecords.params([records]),
+                postgres_sql.CREATE_JOBS,
+                postgres_batch.CreationRecords.params([records]),
                 prepare=True,
             )
             assert await inserted.fetchall() == [("new-1",)]
@@ -562,7 +564,7 @@ async def test_a_change_by_another_replica_is_seen_through_the_version(
 async def test_a_kept_aggregate_half_changed_by_a_failed_write_is_not_used_again(
     replicas: tuple[PostgresStore, PostgresStore], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=postgres_store.__name__)
+    caplog.set_level(logging.INFO, logger=postgres_group_commit.__name__)
     first, _ = replicas
     await create(first, new_job("job-1", todo("a"), todo("b")))
     await first.update_job(TENANT, "job-1", assigning("a"))  # kept
