@@ -38,11 +38,12 @@ from .events import (
     TaskRetryScheduled,
     TaskStateChanged,
 )
-from .job import (
+from .job import Job
+from .job_query import JobFilter, PagePosition
+from .job_types import (
     Attempt,
     AttemptNotHeld,
     AttemptRef,
-    Job,
     JobChanges,
     JobOptions,
     JobSource,
@@ -51,7 +52,6 @@ from .job import (
     Task,
     UnresolvedInput,
 )
-from .job_query import JobFilter, PagePosition
 from .retry import DEFAULT_RETRY_POLICY, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT_S, RetryPolicy
 from .sessions import DEFAULT_SESSION, SessionEnd, with_default_sessions
 from .states import (

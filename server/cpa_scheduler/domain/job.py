@@ -3,298 +3,48 @@
 All state changes of a job go through the methods here, inside one storage transaction each;
 they check the transition (fencing stale attempts), record events with the next sequence
 numbers and note the effects to carry out after commit (tasks to queue, attempts to cancel).
+
+This module holds the commands (create, assign, inputs, reports and outcomes, cancel,
+deadline, retry); the state and the transitions they share are in job_core.py, the values a
+job is made of in job_types.py, the progress index in job_progress.py.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from . import sessions as session_rules
 from .artifacts import MAX_ARTIFACTS_PER_TASK, ArtifactRecord
-from .errors import DomainError, FailedPrecondition, NotFound, Reason
+from .errors import DomainError, Reason
 from .events import (
-    EventPayload,
     JobCancelRequested,
-    JobEvent,
     JobStateChanged,
     TaskArtifactStored,
     TaskError,
     TaskProgress,
-    TaskRetryScheduled,
-    TaskStateChanged,
 )
-from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
-from .sessions import SessionEnd
-from .states import (
-    ATTEMPT_STATE_MACHINE,
-    JOB_STATE_MACHINE,
-    TASK_STATE_MACHINE,
-    AttemptState,
-    JobState,
-    TaskState,
+from .job_core import JobCore, deadline_error
+from .job_types import (
+    Attempt,
+    AttemptRef,
+    JobOptions,
+    JobSource,
+    StaleAttempt,
+    Task,
+    UnresolvedInput,
 )
+from .states import JOB_STATE_MACHINE, AttemptState, JobState, TaskState
 from .task_graph import TaskGraph
-from .todo import ToDo
-
-# Tasks that hold a slot of the job's parallelism budget.
-_ACTIVE = frozenset({TaskState.QUEUED, TaskState.RUNNING})
 
 
-class SourceKind(StrEnum):
-    """The form in which the work was asked for."""
+class Job(JobCore):
+    """The aggregate. Create with `Job.create`; mutate only through its methods (its state and
+    the transitions every command goes through are JobCore's, job_core.py)."""
 
-    TEXT = "text"
-    INTENT = "intent"
-    TODOS = "todos"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobSource:
-    """What the caller asked for; for TODOS the steps themselves are the job's tasks."""
-
-    kind: SourceKind
-    text: str = ""
-    intent: str = ""
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobOptions:
-    """How to run the job. `max_parallelism` is resolved (> 0) before the job is created."""
-
-    max_parallelism: int
-    context: Mapping[str, Any] = field(default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)
-    deadline: datetime | None = None
-    default_retry_policy: RetryPolicy | None = None
-    callback_url: str = ""
-
-
-@dataclass(slots=True, kw_only=True)
-class Attempt:
-    """One dispatch of a task to an agent."""
-
-    number: int
-    agent_id: str
-    state: AttemptState
-    start_time: datetime
-    end_time: datetime | None = None
-    error: TaskError | None = None
-    artifacts: list[ArtifactRecord] = field(default_factory=list)
-    """What the attempt stored (Job.store_artifact), in the order first stored."""
-
-
-@dataclass(slots=True, kw_only=True)
-class Task:
-    """A ToDo inside a job. `failures` counts against max_attempts, `losses` against redelivery."""
-
-    todo: ToDo
-    state: TaskState = TaskState.PENDING
-    attempt: int = 0
-    attempts: list[Attempt] = field(default_factory=list)
-    outputs: dict[str, Any] | None = None
-    error: TaskError | None = None
-    failures: int = 0
-    losses: int = 0
-    agent_id: str = ""
-    lease_until: datetime | None = None
-    next_attempt_time: datetime | None = None
-    start_by: datetime | None = None
-    """While QUEUED with a schedule-to-start timeout: when it fails unless an agent took it."""
-    timeout_at: datetime | None = None
-    """While RUNNING with a timeout: when the server stops waiting for the attempt's result."""
-    queue_time: datetime | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-
-    @property
-    def id(self) -> str:
-        return self.todo.id
-
-    @property
-    def artifacts(self) -> list[ArtifactRecord]:
-        """Every attempt's artifacts, oldest attempt first (failed attempts' included)."""
-        return [artifact for attempt in self.attempts for artifact in attempt.artifacts]
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRef:
-    """Names one attempt of one task of one job: the unit of dispatch and fencing."""
-
-    job_id: str
-    task_id: str
-    attempt: int
-
-
-@dataclass(slots=True, kw_only=True)
-class JobChanges:
-    """What one mutation produced, for storage to write and the orchestrator to carry out."""
-
-    events: list[JobEvent] = field(default_factory=list)
-    dirty_tasks: set[str] = field(default_factory=set)
-    queued: list[str] = field(default_factory=list)
-    # QUEUED tasks that left the queue without being taken (cancelled, never started in time):
-    # their entries are withdrawn from the work queue after commit.
-    withdrawn: list[str] = field(default_factory=list)
-    # The agents withdrawn tasks of sessions were pinned to (their queue entries are there).
-    withdrawn_pins: dict[str, str] = field(default_factory=dict)
-    cancels: list[tuple[AttemptRef, str]] = field(default_factory=list)
-    # Sessions whose tasks changed state (their end is checked in take_changes), and the
-    # agents to tell that a session of theirs ended.
-    sessions_touched: set[str] = field(default_factory=set)
-    sessions_ended: list[SessionEnd] = field(default_factory=list)
-
-
-class StaleAttempt(FailedPrecondition):
-    """A report or assignment for an attempt that is not the task's current one (fencing)."""
-
-    reason = Reason.STALE_ATTEMPT
-
-
-class AttemptNotHeld(FailedPrecondition):
-    """A report about the task's current attempt from an agent that does not hold it (another
-    agent's stream): refused, and it changes nothing."""
-
-    reason = Reason.ATTEMPT_NOT_HELD
-
-
-class UnresolvedInput(FailedPrecondition):
-    """A task's input names an output its upstream task did not produce (see Job.inputs_of).
-
-    `error` is how the task fails for it: not retryable, since the upstream's outputs are final.
-    """
-
-    reason = Reason.UNRESOLVED_INPUT
-
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message, reason=Reason.UNRESOLVED_INPUT, field=field)
-        self.error = TaskError(
-            code=Reason.UNRESOLVED_INPUT.value,
-            message=message,
-            retryable=False,
-            reason=Reason.UNRESOLVED_INPUT,
-        )
-
-
-class _Progress:
-    """What promotion and the end-of-job check need, kept up to date by Job._move_task so that
-    a transition costs O(its effect), not O(tasks): per-state counts, each task's number of
-    dependencies not yet SUCCEEDED, and the PENDING tasks with none left (a heap of insertion
-    positions, so they are queued in insertion order as a full scan would; entries that left
-    PENDING since are dropped when popped). Built once per aggregate (creation or load).
-    """
-
-    __slots__ = ("counts", "dependents", "position", "rank", "ready", "tasks", "unmet")
-
-    def __init__(self, tasks: dict[str, Task], topological_order: tuple[str, ...]) -> None:
-        self.tasks = list(tasks.values())
-        self.position = {task.id: index for index, task in enumerate(self.tasks)}
-        self.rank = {task_id: rank for rank, task_id in enumerate(topological_order)}
-        self.dependents: list[list[int]] = [[] for _ in self.tasks]
-        self.unmet = [0] * len(self.tasks)
-        self.counts: Counter[TaskState] = Counter(task.state for task in self.tasks)
-        for index, task in enumerate(self.tasks):
-            for dependency in task.todo.depends_on:
-                upstream = self.position[dependency]
-                self.dependents[upstream].append(index)
-                if self.tasks[upstream].state is not TaskState.SUCCEEDED:
-                    self.unmet[index] += 1
-        self.ready = [
-            index
-            for index, task in enumerate(self.tasks)
-            if task.state is TaskState.PENDING and self.unmet[index] == 0
-        ]  # ascending: already a heap
-
-    @property
-    def active(self) -> int:
-        """Tasks holding a slot of the job's parallelism budget."""
-        return sum(self.counts[state] for state in _ACTIVE)
-
-    def moved(self, task: Task, previous: TaskState) -> None:
-        """`task` went from `previous` to its current state."""
-        target = task.state
-        self.counts[previous] -= 1
-        self.counts[target] += 1
-        index = self.position[task.id]
-        if target is TaskState.SUCCEEDED or previous is TaskState.SUCCEEDED:
-            step = -1 if target is TaskState.SUCCEEDED else 1
-            for dependent in self.dependents[index]:
-                self.unmet[dependent] += step
-                if self.unmet[dependent] == 0 and self.tasks[dependent].state is TaskState.PENDING:
-                    heapq.heappush(self.ready, dependent)
-        if target is TaskState.PENDING and self.unmet[index] == 0:
-            heapq.heappush(self.ready, index)
-
-    def requeue_ready(self, indices: list[int]) -> None:
-        """Put back ready tasks popped but not queued (they wait for their session)."""
-        for index in indices:
-            heapq.heappush(self.ready, index)
-
-    def pop_ready(self) -> Task | None:
-        """The earliest-inserted PENDING task whose dependencies all succeeded, or None."""
-        while self.ready:
-            index = heapq.heappop(self.ready)
-            task = self.tasks[index]
-            if task.state is TaskState.PENDING and self.unmet[index] == 0:
-                return task
-        return None
-
-    def pending_downstream(self, task_id: str) -> list[Task]:
-        """The PENDING tasks downstream of `task_id`, in topological order. The walk stops at
-        tasks that are not PENDING: what lies behind them was skipped (or cancelled) with them,
-        so a second failure before the same fan-in does not walk its downstream again."""
-        found: set[int] = set()
-        stack = [self.position[task_id]]
-        while stack:
-            for dependent in self.dependents[stack.pop()]:
-                if dependent not in found and self.tasks[dependent].state is TaskState.PENDING:
-                    found.add(dependent)
-                    stack.append(dependent)
-        downstream = [self.tasks[index] for index in found]
-        downstream.sort(key=lambda task: self.rank[task.id])
-        return downstream
-
-
-@dataclass(slots=True, kw_only=True)
-class Job:
-    """The aggregate. Create with `Job.create`; mutate only through its methods."""
-
-    job_id: str
-    tenant: str
-    source: JobSource
-    options: JobOptions
-    tasks: dict[str, Task]
-    state: JobState = JobState.PENDING
-    intent: str = ""
-    request_id: str = ""
-    request_fingerprint: str = ""
-    conversation_id: str = ""
-    error: TaskError | None = None
-    dead_lettered: bool = False
-    cancel_requested: bool = False
-    # Why the job is being stopped: CANCELLED_BY_USER ends it CANCELLED,
-    # JOB_DEADLINE_EXCEEDED ends it FAILED.
-    cancel_reason: Reason | None = None
-    # The reason a CancelJob caller gave, in its own words ("" when none, or not cancelled).
-    cancel_message: str = ""
-    retry_count: int = 0
-    last_event_sequence: int = 0
-    create_time: datetime
-    update_time: datetime
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    changes: JobChanges = field(default_factory=JobChanges, repr=False, compare=False)
-    _graph: TaskGraph | None = field(default=None, repr=False, compare=False)
-    _index: _Progress | None = field(default=None, repr=False, compare=False)
-    # The tasks of each session (domain/sessions.py builds it on first use).
-    _session_index: dict[str, list[Task]] | None = field(default=None, repr=False, compare=False)
+    __slots__ = ()
 
     @classmethod
     def create(
@@ -330,44 +80,6 @@ class Job:
         job._record(JobStateChanged(from_state=None, to_state=JobState.PENDING), now)
         job._promote_ready(now)
         return job
-
-    # -- queries ------------------------------------------------------------------------
-
-    @property
-    def graph(self) -> TaskGraph:
-        if self._graph is None:
-            self._graph = TaskGraph.from_todos(task.todo for task in self.tasks.values())
-        return self._graph
-
-    @property
-    def is_terminal(self) -> bool:
-        return JOB_STATE_MACHINE.is_terminal(self.state)
-
-    def task(self, task_id: str) -> Task:
-        try:
-            return self.tasks[task_id]
-        except KeyError:
-            raise NotFound(
-                f"job {self.job_id!r} has no task {task_id!r}",
-                reason=Reason.TASK_NOT_FOUND,
-                field="task_id",
-            ) from None
-
-    @property
-    def _progress(self) -> _Progress:
-        if self._index is None:
-            self._index = _Progress(self.tasks, self.graph.topological_order())
-        return self._index
-
-    def retry_policy_of(self, task: Task) -> RetryPolicy:
-        return task.todo.retry_policy or self.options.default_retry_policy or DEFAULT_RETRY_POLICY
-
-    def take_changes(self) -> JobChanges:
-        """Hand over what the mutations since the last call produced, and start afresh."""
-        changes, self.changes = self.changes, JobChanges()
-        if changes.sessions_touched:
-            changes.sessions_ended += session_rules.ended(self, changes.sessions_touched)
-        return changes
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -560,7 +272,7 @@ class Job:
         """
         task = self._running(task_id, attempt)
         if (deadline := self._stopped_by_deadline(task, error)) is not None:
-            stop = _deadline_error(deadline)
+            stop = deadline_error(deadline)
             self._end_attempt(task, AttemptState.CANCELLED, now, stop)
             self._move_task(task, TaskState.CANCELLED, now, error=stop)
             if self.cancel_requested:
@@ -718,7 +430,7 @@ class Job:
             # Stopped by the deadline: said so, as when the agent itself names the deadline.
             deadline = self.options.deadline
             stop = (
-                _deadline_error(deadline)
+                deadline_error(deadline)
                 if deadline is not None and self.cancel_reason is Reason.JOB_DEADLINE_EXCEEDED
                 else None
             )
@@ -770,46 +482,8 @@ class Job:
         deadline = self.options.deadline
         if deadline is None or now < deadline or self.is_terminal or self.cancel_requested:
             return False
-        self._stop(_deadline_error(deadline), now)
+        self._stop(deadline_error(deadline), now)
         return True
-
-    def _stopped_by_deadline(self, task: Task, error: TaskError) -> datetime | None:
-        """The job deadline, when it is what ended the task's running attempt with `error`.
-
-        An agent stops an attempt at the earlier of its task timeout and the job deadline; an
-        older agent reports TASK_TIMEOUT for both. So a timeout error is the deadline's when the
-        task has no timeout, or when the deadline came before the timeout would have (counted
-        from the attempt's start); an agent that says JOB_DEADLINE_EXCEEDED is believed when the
-        job has a deadline. The server's own timeout (lease_expired) is attributed the same way.
-        """
-        deadline = self.options.deadline
-        if deadline is None:
-            return None
-        if error.reason is Reason.JOB_DEADLINE_EXCEEDED:
-            return deadline
-        if error.reason is not Reason.TASK_TIMEOUT:
-            return None
-        timeout_s = task.todo.timeout_s
-        if timeout_s is None:
-            return deadline
-        started = task.attempts[-1].start_time
-        return deadline if deadline < started + timedelta(seconds=timeout_s) else None
-
-    def _stop(self, error: TaskError, now: datetime) -> None:
-        """Cancel queued work now and ask agents to stop running attempts."""
-        self.cancel_requested = True
-        self.cancel_reason = error.reason
-        for task in self.tasks.values():
-            if task.state in (TaskState.PENDING, TaskState.QUEUED, TaskState.WAITING_APPROVAL):
-                if task.state is TaskState.QUEUED:
-                    self._withdraw(task)
-                self._move_task(task, TaskState.CANCELLED, now, error=error)
-            elif task.state is TaskState.RUNNING:
-                self.changes.cancels.append(
-                    (AttemptRef(self.job_id, task.id, task.attempt), task.agent_id)
-                )
-        self.update_time = now
-        self._settle(now)
 
     def retry(self, *, now: datetime) -> None:
         """Re-drive a FAILED or CANCELLED job: what did not succeed runs again, outputs stay."""
@@ -831,238 +505,3 @@ class Job:
         self.end_time = None
         self._move_job(JobState.PENDING, now)
         self._promote_ready(now)
-
-    # -- internals ------------------------------------------------------------------------
-
-    def _startable(self, task_id: str, attempt: int) -> Task:
-        """The task, if it waits QUEUED for attempt `attempt` in a live job (the fence of every
-        start), else StaleAttempt."""
-        task = self.task(task_id)
-        if (
-            task.state is not TaskState.QUEUED
-            or task.attempt != attempt - 1
-            or self.cancel_requested
-            or self.is_terminal
-        ):
-            raise StaleAttempt(
-                f"task {task_id!r} attempt {attempt} cannot start: task is {task.state.value} "
-                f"at attempt {task.attempt}"
-            )
-        return task
-
-    def check_held(self, task_id: str, *, attempt: int, agent_id: str) -> None:
-        """The fence of every report (result, progress, decline): the task must run `attempt`
-        (else StaleAttempt) on `agent_id` (else AttemptNotHeld). Checked in the reporting
-        transaction, so an attempt adopted meanwhile by the agent's new session stays its own."""
-        task = self._running(task_id, attempt)
-        if task.agent_id != agent_id:
-            raise AttemptNotHeld(
-                f"task {task_id!r} attempt {attempt} is held by another agent, not {agent_id!r}"
-            )
-
-    def _running(self, task_id: str, attempt: int) -> Task:
-        task = self.task(task_id)
-        if task.state is not TaskState.RUNNING or task.attempt != attempt:
-            raise StaleAttempt(
-                f"task {task_id!r} attempt {attempt} is not running "
-                f"(task is {task.state.value} at attempt {task.attempt})"
-            )
-        return task
-
-    def _end_attempt(
-        self, task: Task, state: AttemptState, now: datetime, error: TaskError | None = None
-    ) -> None:
-        current = task.attempts[-1]
-        current.state = ATTEMPT_STATE_MACHINE.transition(current.state, state)
-        current.end_time = now
-        current.error = error
-        task.lease_until = None
-        task.timeout_at = None
-
-    def _cancel_attempt(self, task: Task) -> None:
-        """Tell the agent of the task's current attempt to stop (after commit)."""
-        self.changes.cancels.append((AttemptRef(self.job_id, task.id, task.attempt), task.agent_id))
-
-    def _withdraw(self, task: Task) -> None:
-        """The QUEUED task leaves the queue untaken: its entry is withdrawn after commit, or,
-        queued in this same change, never published at all."""
-        if task.id in self.changes.queued:
-            self.changes.queued.remove(task.id)
-        else:
-            self.changes.withdrawn.append(task.id)
-            if task.todo.session and task.agent_id:
-                self.changes.withdrawn_pins[task.id] = task.agent_id
-
-    def _requeue(
-        self,
-        task: Task,
-        now: datetime,
-        *,
-        next_attempt_time: datetime | None,
-        error: TaskError,
-        lost: bool = False,
-    ) -> None:
-        task.next_attempt_time = next_attempt_time
-        self._move_task(task, TaskState.QUEUED, now, error=error)
-        self._record(
-            TaskRetryScheduled(
-                task_id=task.id,
-                failed_attempt=task.attempt,
-                next_attempt_time=next_attempt_time or now,
-                error=error,
-                lost=lost,
-            ),
-            now,
-        )
-        self.changes.queued.append(task.id)
-
-    def _fail_task(self, task: Task, error: TaskError, now: datetime) -> None:
-        task.error = error
-        self._move_task(task, TaskState.FAILED, now, error=error)
-        skipped = TaskError(
-            code="UPSTREAM_FAILED",
-            message=f"not run: task {task.id!r} failed",
-            reason=Reason.UPSTREAM_FAILED,
-        )
-        for downstream in self._progress.pending_downstream(task.id):
-            downstream.error = skipped
-            self._move_task(downstream, TaskState.SKIPPED, now, error=skipped)
-        self._settle(now)
-
-    def _promote_ready(self, now: datetime) -> None:
-        """Queue PENDING tasks whose dependencies all succeeded, within the parallelism bound.
-
-        O(tasks promoted): the ready ones come from the progress index, not a scan."""
-        if self.cancel_requested or self.is_terminal:
-            return
-        progress = self._progress
-        budget = self.options.max_parallelism - progress.active
-        waiting: list[int] = []  # ready, but another task of their session is active
-        while budget > 0:
-            task = progress.pop_ready()
-            if task is None:
-                break
-            if task.todo.session and session_rules.busy(self, task):
-                waiting.append(progress.position[task.id])
-                continue
-            if task.todo.requires_approval:
-                self._move_task(task, TaskState.WAITING_APPROVAL, now)
-                continue
-            self._move_task(task, TaskState.QUEUED, now)
-            self.changes.queued.append(task.id)
-            budget -= 1
-        if waiting:
-            progress.requeue_ready(waiting)
-
-    def _settle(self, now: datetime) -> None:
-        """After a task ended: queue what became ready, and end the job when nothing can run."""
-        self._promote_ready(now)
-        counts = self._progress.counts
-        if self._progress.active:
-            return
-        # Before the PENDING check: tasks behind an approval stay PENDING until it is given.
-        if counts[TaskState.WAITING_APPROVAL]:
-            if self.state is not JobState.WAITING_APPROVAL:
-                self._move_job(JobState.WAITING_APPROVAL, now)
-            return
-        if counts[TaskState.PENDING] and not self.cancel_requested:
-            return  # cannot happen with a valid graph; kept so a job is never ended early
-        if self.cancel_requested and self.cancel_reason is Reason.JOB_DEADLINE_EXCEEDED:
-            assert self.options.deadline is not None  # only expire() sets this reason
-            self._end_job(JobState.FAILED, now, error=_deadline_error(self.options.deadline))
-        elif self.cancel_requested:
-            self._end_job(JobState.CANCELLED, now, error=None)
-        elif counts[TaskState.SUCCEEDED] == len(self.tasks):
-            self._end_job(JobState.SUCCEEDED, now, error=None)
-        else:
-            # Once per job: the scan is the job's end, not a transition's.
-            first_failure = next(
-                task.error for task in self.tasks.values() if task.state is TaskState.FAILED
-            )
-            self.dead_lettered = True
-            self._end_job(JobState.FAILED, now, error=first_failure)
-
-    def _end_job(self, state: JobState, now: datetime, *, error: TaskError | None) -> None:
-        self.error = error
-        self.end_time = now
-        self._move_job(state, now, error=error, terminal=True)
-
-    def _move_job(
-        self,
-        target: JobState,
-        now: datetime,
-        *,
-        error: TaskError | None = None,
-        terminal: bool = False,
-    ) -> None:
-        previous = self.state
-        self.state = JOB_STATE_MACHINE.transition(previous, target)
-        self.update_time = now
-        self._record(
-            JobStateChanged(from_state=previous, to_state=target, error=error),
-            now,
-            terminal=terminal,
-        )
-
-    def _move_task(
-        self,
-        task: Task,
-        target: TaskState,
-        now: datetime,
-        *,
-        agent_id: str = "",
-        error: TaskError | None = None,
-        outputs: Mapping[str, Any] | None = None,
-    ) -> None:
-        progress = self._progress  # built (if need be) from the states before this move
-        previous = task.state
-        task.state = TASK_STATE_MACHINE.transition(previous, target)
-        task.start_by = None
-        if target is TaskState.QUEUED:
-            task.queue_time = now
-            if task.todo.schedule_to_start_s is not None:
-                # From when it may start: a retry's backoff is not time spent waiting for an agent.
-                ready_time = task.next_attempt_time or now
-                task.start_by = ready_time + timedelta(seconds=task.todo.schedule_to_start_s)
-        if TASK_STATE_MACHINE.is_terminal(target):
-            task.end_time = now
-        progress.moved(task, previous)
-        if task.todo.session:
-            self.changes.sessions_touched.add(task.todo.session)
-            if target is TaskState.QUEUED:
-                session_rules.pin(self, task)
-        self.changes.dirty_tasks.add(task.id)
-        self.update_time = now
-        self._record(
-            TaskStateChanged(
-                task_id=task.id,
-                from_state=previous,
-                to_state=target,
-                attempt=task.attempt,
-                agent_id=agent_id,
-                error=error,
-                outputs=outputs,
-            ),
-            now,
-        )
-
-    def _record(self, payload: EventPayload, now: datetime, *, terminal: bool = False) -> None:
-        self.last_event_sequence += 1
-        self.changes.events.append(
-            JobEvent(
-                job_id=self.job_id,
-                sequence=self.last_event_sequence,
-                create_time=now,
-                payload=payload,
-                terminal=terminal,
-                tenant=self.tenant,
-            )
-        )
-
-
-def _deadline_error(deadline: datetime) -> TaskError:
-    return TaskError(
-        code="DEADLINE_EXCEEDED",
-        message=f"the job deadline {deadline.isoformat()} passed",
-        reason=Reason.JOB_DEADLINE_EXCEEDED,
-    )

@@ -44,8 +44,9 @@ from .events import SessionRestarted, TaskError
 from .states import AttemptState, TaskState
 from .todo import ActionType, ToDo
 
-if TYPE_CHECKING:  # the Job calls these functions; they use its internals
-    from .job import Job, Task
+if TYPE_CHECKING:  # the Job calls these functions; they use its internals (JobCore)
+    from .job_core import JobCore
+    from .job_types import Task
 
 DEFAULT_SESSION = "browser"
 """The session of a job's browser actions that name none."""
@@ -90,7 +91,7 @@ def with_default_sessions(todos: Iterable[ToDo]) -> list[ToDo]:
     return [with_default_session(todo) for todo in todos]
 
 
-def tasks_of(job: Job, session: str) -> list[Task]:
+def tasks_of(job: JobCore, session: str) -> list[Task]:
     """The tasks of `session`, in the order they were added to the job (cached per aggregate)."""
     index = job._session_index
     if index is None:
@@ -102,7 +103,7 @@ def tasks_of(job: Job, session: str) -> list[Task]:
     return index.get(session, [])
 
 
-def bound_agent(job: Job, session: str) -> str:
+def bound_agent(job: JobCore, session: str) -> str:
     """The agent `session` is bound to: that of its task RUNNING or SUCCEEDED ("" unbound)."""
     for task in tasks_of(job, session):
         if task.state is TaskState.RUNNING or task.state is TaskState.SUCCEEDED:
@@ -110,14 +111,14 @@ def bound_agent(job: Job, session: str) -> str:
     return ""
 
 
-def busy(job: Job, task: Task) -> bool:
+def busy(job: JobCore, task: Task) -> bool:
     """Whether another task of `task`'s session is QUEUED or RUNNING (then `task` waits)."""
     return any(
         other is not task and other.state in _ACTIVE for other in tasks_of(job, task.todo.session)
     )
 
 
-def pin(job: Job, task: Task) -> None:
+def pin(job: JobCore, task: Task) -> None:
     """`task` of a session was just QUEUED: it waits for the agent its session is bound to."""
     task.agent_id = bound_agent(job, task.todo.session)
 
@@ -127,7 +128,7 @@ def check_affinity(task: Task, agent_id: str) -> bool:
     return not task.agent_id or task.agent_id == agent_id
 
 
-def ended(job: Job, touched: Iterable[str]) -> list[SessionEnd]:
+def ended(job: JobCore, touched: Iterable[str]) -> list[SessionEnd]:
     """The sessions among `touched` that have nothing left to run, one SessionEnd per agent
     that ran an attempt of them (sorted, so the effects are deterministic)."""
     reason = ENDED_JOB if job.cancel_requested or job.is_terminal else ENDED_COMPLETED
@@ -142,7 +143,7 @@ def ended(job: Job, touched: Iterable[str]) -> list[SessionEnd]:
 
 
 def restart(
-    job: Job,
+    job: JobCore,
     charged: Task,
     *,
     reason: str,
