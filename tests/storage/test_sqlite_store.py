@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cpa_scheduler.storage import SqliteStore, sqlite_store
-from cpa_scheduler.storage.sqlite_store import SCHEMA_VERSION
+from cpa_scheduler.storage.sqlite_schema import SCHEMA_VERSION
 
 from .test_store_contract import TENANT, at, create, new_job
 
