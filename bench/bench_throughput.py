@@ -39,7 +39,7 @@ import psycopg  # noqa: E402
 from cpa.common.v1 import todo_pb2  # noqa: E402
 from cpa.scheduler.v1 import job_pb2  # noqa: E402
 from cpa_client import SchedulerClient  # noqa: E402
-from cpa_scheduler.storage import codec  # noqa: E402
+from cpa_scheduler.storage import records  # noqa: E402
 from tests.fixtures.cluster import fresh_backends  # noqa: E402
 
 ADMIN_URL = os.environ.get("CPA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -203,8 +203,8 @@ def _fill_history(database_url: str, *, copies: int) -> None:
     key = "md5(job_id || '-' || copy)"
     with psycopg.connect(database_url, autocommit=True) as connection:
         for table, columns in (
-            ("jobs", codec.JOB_COLUMNS),
-            ("tasks", codec.TASK_COLUMNS),
+            ("jobs", records.JOB_COLUMNS),
+            ("tasks", records.TASK_COLUMNS),
             ("events", ("job_id", "sequence", "create_time", "terminal", "payload_json")),
         ):
             values = ", ".join(

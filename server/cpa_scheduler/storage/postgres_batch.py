@@ -16,7 +16,7 @@ from psycopg import AsyncCursor, AsyncPipeline
 from cpa_scheduler import json_text
 from cpa_scheduler.domain import Job, JobChanges, JobEvent, NotFound, Reason, RequestIdReused
 
-from . import codec
+from . import codec, records
 from . import postgres_sql as sql
 from .interface import StoredMessage
 from .postgres_connections import Connection, Row
@@ -46,13 +46,13 @@ class CreationRecords:
     @classmethod
     def of(cls, job: Job, changes: JobChanges) -> CreationRecords:
         return cls(
-            jobs=[codec.job_to_record(job)],
+            jobs=[records.job_to_record(job)],
             labels=[
                 {"job_id": job.job_id, "key": key, "value": value}
                 for key, value in job.options.labels.items()
             ],
             tasks=[
-                codec.task_to_record(job.job_id, i, task)
+                records.task_to_record(job.job_id, i, task)
                 for i, task in enumerate(job.tasks.values())
             ],
             events=list(_event_records(job.job_id, changes.events)),
@@ -129,9 +129,9 @@ class Writes:
 
     def add(self, job: Job, changes: JobChanges) -> None:
         """Encode first, then record: a change that cannot be encoded leaves nothing behind."""
-        job_record = codec.job_state_to_record(job)
+        job_record = records.job_state_to_record(job)
         task_records = [
-            codec.task_state_to_record(job.job_id, job.tasks[task_id])
+            records.task_state_to_record(job.job_id, job.tasks[task_id])
             for task_id in sorted(changes.dirty_tasks)
         ]
         events = list(_event_records(job.job_id, changes.events))
@@ -200,19 +200,19 @@ class Loaded:
         return (job for job_id, job in self.jobs.items() if job_id not in self.stale)
 
     def _build(self, job_id: str, writes: Writes) -> Job:
-        record = dict(zip(codec.JOB_COLUMNS, self.job_rows[job_id], strict=True))
+        record = dict(zip(records.JOB_COLUMNS, self.job_rows[job_id], strict=True))
         record.update(writes.jobs.get(job_id, {}))
         tasks = []
         for row in self.task_rows.get(job_id, []):
-            task = dict(zip(codec.TASK_COLUMNS, row, strict=True))
+            task = dict(zip(records.TASK_COLUMNS, row, strict=True))
             task.update(writes.tasks.get((job_id, task["task_id"]), {}))
-            tasks.append(codec.task_from_record(task))
-        return codec.job_from_records(record, tasks)
+            tasks.append(records.task_from_record(task))
+        return records.job_from_records(record, tasks)
 
 
-JOB_ID = codec.JOB_COLUMNS.index("job_id")
-_JOB_VERSION = codec.JOB_COLUMNS.index("last_event_sequence")
-_TASK_JOB_ID = codec.TASK_COLUMNS.index("job_id")
+JOB_ID = records.JOB_COLUMNS.index("job_id")
+_JOB_VERSION = records.JOB_COLUMNS.index("last_event_sequence")
+_TASK_JOB_ID = records.TASK_COLUMNS.index("job_id")
 
 
 class RowsNeededError(Exception):
@@ -240,7 +240,7 @@ def _event_records(job_id: str, events: Sequence[JobEvent]) -> Iterator[codec.Da
             "sequence": e.sequence,
             "create_time": e.create_time,
             "terminal": e.terminal,
-            "payload_json": codec.event_payload_json(e),
+            "payload_json": records.event_payload_json(e),
         }
 
 

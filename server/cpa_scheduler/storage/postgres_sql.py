@@ -1,6 +1,6 @@
 """The SQL of the PostgreSQL store: every statement it sends, with why it is written so.
 
-Statements are built from the codec's column lists, so a column added there reaches every
+Statements are built from records.py's column lists, so a column added there reaches every
 statement that reads or writes the row.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from . import codec
+from .records import JOB_COLUMNS, JOB_STATE_COLUMNS, TASK_COLUMNS, TASK_STATE_COLUMNS
 
-_JOB_STATE_COLUMNS: Final = tuple(c for c in codec.JOB_STATE_COLUMNS if c != "job_id")
+_JOB_STATE_COLUMNS: Final = tuple(c for c in JOB_STATE_COLUMNS if c != "job_id")
 _EVENT_COLUMNS: Final = ("sequence", "create_time", "terminal", "payload_json")
 
 
@@ -20,8 +20,8 @@ def _rows_of(table: str, alias: str, parameter: str) -> str:
     return f"json_populate_recordset(NULL::{table}, %({parameter})s::json) AS {alias}"
 
 
-JOB_SELECT: Final = f"SELECT {', '.join(codec.JOB_COLUMNS)} FROM jobs"
-TASK_SELECT: Final = f"SELECT {', '.join(codec.TASK_COLUMNS)} FROM tasks"
+JOB_SELECT: Final = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+TASK_SELECT: Final = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks"
 # Statements whose best plan depends on the tables' size (`= ANY(array)`, joins with a JSON
 # array) are sent unprepared (`prepare=False`): a prepared statement keeps the generic plan
 # made when it was first used, and one made while a new database's tables were nearly empty
@@ -51,8 +51,8 @@ SELECT_UNCACHED_TASKS: Final = (
 # rows are inserted in the order of the JSON array (the batch's lock order).
 CREATE_JOBS: Final = f"""
     WITH job AS (
-        INSERT INTO jobs ({", ".join(codec.JOB_COLUMNS)})
-        SELECT {", ".join(f"j.{c}" for c in codec.JOB_COLUMNS)} FROM {_rows_of("jobs", "j", "jobs")}
+        INSERT INTO jobs ({", ".join(JOB_COLUMNS)})
+        SELECT {", ".join(f"j.{c}" for c in JOB_COLUMNS)} FROM {_rows_of("jobs", "j", "jobs")}
         ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING
         RETURNING job_id
     ), label AS (
@@ -60,8 +60,8 @@ CREATE_JOBS: Final = f"""
         SELECT l.job_id, l.key, l.value FROM {_rows_of("job_labels", "l", "labels")}
         WHERE l.job_id IN (SELECT job_id FROM job)
     ), task AS (
-        INSERT INTO tasks ({", ".join(codec.TASK_COLUMNS)})
-        SELECT {", ".join(f"t.{c}" for c in codec.TASK_COLUMNS)}
+        INSERT INTO tasks ({", ".join(TASK_COLUMNS)})
+        SELECT {", ".join(f"t.{c}" for c in TASK_COLUMNS)}
         FROM {_rows_of("tasks", "t", "tasks")}
         WHERE t.job_id IN (SELECT job_id FROM job)
     ), event AS (
@@ -82,7 +82,7 @@ WRITE_CHANGES: Final = f"""
         FROM {_rows_of("jobs", "j", "jobs")}
         WHERE jobs.job_id = ANY(%(job_ids)s) AND jobs.job_id = j.job_id
     ), task AS (
-        UPDATE tasks SET {", ".join(f"{c} = t.{c}" for c in codec.TASK_STATE_COLUMNS)},
+        UPDATE tasks SET {", ".join(f"{c} = t.{c}" for c in TASK_STATE_COLUMNS)},
             -- a transition ends a sweeper's claim: it was on an attempt that is now over
             sweep_claim_until = NULL
         FROM {_rows_of("tasks", "t", "tasks")}

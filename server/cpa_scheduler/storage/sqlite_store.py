@@ -32,7 +32,7 @@ from cpa_scheduler.domain import (
     is_terminal,
 )
 
-from . import codec
+from . import codec, records
 from .data_dir import DataDirectoryLock, make_private_file
 from .interface import EndPosition, QueuedTask, StoredMessage
 from .sqlite_schema import connect
@@ -41,15 +41,15 @@ T = TypeVar("T")
 
 CHECKPOINT_INTERVAL_S = 1.0
 
-_JOB_COLUMNS = codec.JOB_COLUMNS
-_TASK_COLUMNS = codec.TASK_COLUMNS
+_JOB_COLUMNS = records.JOB_COLUMNS
+_TASK_COLUMNS = records.TASK_COLUMNS
 _INSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in _JOB_COLUMNS)})"
 )
 _UPDATE_JOB = (
     "UPDATE jobs SET "
-    + ", ".join(f"{c} = :{c}" for c in codec.JOB_STATE_COLUMNS if c != "job_id")
+    + ", ".join(f"{c} = :{c}" for c in records.JOB_STATE_COLUMNS if c != "job_id")
     + " WHERE job_id = :job_id"
 )
 _INSERT_TASK = (
@@ -58,7 +58,7 @@ _INSERT_TASK = (
 )
 _UPDATE_TASK = (
     "UPDATE tasks SET "
-    + ", ".join(f"{c} = :{c}" for c in codec.TASK_STATE_COLUMNS)
+    + ", ".join(f"{c} = :{c}" for c in records.TASK_STATE_COLUMNS)
     + " WHERE job_id = :job_id AND task_id = :task_id"
 )
 _INSERT_EVENT = (
@@ -222,7 +222,7 @@ class SqliteStore:
                     raise RequestIdReused(job.request_id, existing["job_id"], index=index)
                 return self._load(job.tenant, existing["job_id"]), None
         changes = job.take_changes()
-        self._db.execute(_INSERT_JOB, _to_row(codec.job_to_record(job), codec.JOB_TIME_COLUMNS))
+        self._db.execute(_INSERT_JOB, _to_row(records.job_to_record(job), records.JOB_TIME_COLUMNS))
         self._db.executemany(
             "INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?)",
             [(job.job_id, k, v) for k, v in job.options.labels.items()],
@@ -230,7 +230,7 @@ class SqliteStore:
         self._db.executemany(
             _INSERT_TASK,
             [
-                _to_row(codec.task_to_record(job.job_id, i, task), codec.TASK_TIME_COLUMNS)
+                _to_row(records.task_to_record(job.job_id, i, task), records.TASK_TIME_COLUMNS)
                 for i, task in enumerate(job.tasks.values())
             ],
         )
@@ -257,14 +257,14 @@ class SqliteStore:
             raise
         changes = job.take_changes()
         self._db.execute(
-            _UPDATE_JOB, _to_row(codec.job_state_to_record(job), codec.JOB_TIME_COLUMNS)
+            _UPDATE_JOB, _to_row(records.job_state_to_record(job), records.JOB_TIME_COLUMNS)
         )
         self._db.executemany(
             _UPDATE_TASK,
             [
                 _to_row(
-                    codec.task_state_to_record(job.job_id, job.tasks[task_id]),
-                    codec.TASK_TIME_COLUMNS,
+                    records.task_state_to_record(job.job_id, job.tasks[task_id]),
+                    records.TASK_TIME_COLUMNS,
                 )
                 for task_id in changes.dirty_tasks
             ],
@@ -285,7 +285,7 @@ class SqliteStore:
                     e.sequence,
                     codec.time_to_us(e.create_time),
                     e.terminal,
-                    codec.event_payload_json(e),
+                    records.event_payload_json(e),
                 )
                 for e in events
             ],
@@ -303,8 +303,10 @@ class SqliteStore:
         task_rows = self._db.execute(
             "SELECT * FROM tasks WHERE job_id = ? ORDER BY position", (row["job_id"],)
         ).fetchall()
-        tasks = [codec.task_from_record(_from_row(t, codec.TASK_TIME_COLUMNS)) for t in task_rows]
-        return codec.job_from_records(_from_row(row, codec.JOB_TIME_COLUMNS), tasks)
+        tasks = [
+            records.task_from_record(_from_row(t, records.TASK_TIME_COLUMNS)) for t in task_rows
+        ]
+        return records.job_from_records(_from_row(row, records.JOB_TIME_COLUMNS), tasks)
 
     async def get_job(self, tenant: str, job_id: str) -> Job:
         return self._load(tenant, job_id)
