@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,13 +16,18 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
+from cpa.common.v1 import error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
-from cpa_agent._version import __version__
 from cpa_agent.artifacts import AttemptArtifacts, Link, wait_for_link
 from cpa_agent.executors.base import SecretProvider
 from cpa_agent.executors.registry import ExecutorRegistry
+from cpa_agent.reconnect import (
+    channel_options,
+    full_jitter_backoff_s,
+    hello_request,
+    rotate_addresses,
+)
 from cpa_agent.runner import (
     AttemptKey,
     AttemptRunner,
@@ -48,18 +52,6 @@ DEAD_AFTER_HEARTBEAT_INTERVALS = 3
 HANDBACK_GRACE_S = 5.0
 # After the agent half-closes its stream, how long the server gets to end it cleanly.
 HALF_CLOSE_GRACE_S = 1.0
-# 2**32 times any initial backoff exceeds any sensible maximum; bigger exponents only overflow.
-_MAX_BACKOFF_EXPONENT = 32
-
-
-def _channel_options(settings: AgentSettings) -> list[tuple[str, Any]]:
-    return [
-        # Each session opens a fresh channel. With the global subchannel pool it would inherit a
-        # failed subchannel and gRPC's own reconnect backoff (1 s, growing) instead of ours.
-        ("grpc.use_local_subchannel_pool", 1),
-        # Told to the server in the hello: it sends nothing larger.
-        ("grpc.max_receive_message_length", settings.max_receive_bytes),
-    ]
 
 
 class SessionLostError(Exception):
@@ -91,31 +83,6 @@ async def _cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, timeout_s: flo
     for task in tasks:
         if task.done() and not task.cancelled() and (error := task.exception()) is not None:
             logger.error("task %s failed", task.get_name(), exc_info=error)
-
-
-def rotate_addresses(target: str) -> str:
-    """`ipv4:a,b,c` -> `ipv4:b,c,a` (also `ipv6:`); any other target is returned unchanged.
-
-    gRPC's pick_first connects to the first address that accepts: after a replica asked the
-    agent to leave (ServerDrain) or refused it, the next connect must try another one first.
-    """
-    scheme, colon, addresses = target.partition(":")
-    if scheme not in ("ipv4", "ipv6") or not colon or "," not in addresses:
-        return target
-    first, rest = addresses.split(",", 1)
-    return f"{scheme}:{rest},{first}"
-
-
-def full_jitter_backoff_s(
-    failures: int,
-    *,
-    initial_s: float,
-    max_s: float,
-    uniform: Callable[[float, float], float] = random.uniform,
-) -> float:
-    """Delay before the next connect: uniform between 0 and min(max_s, initial_s * 2**failures)."""
-    cap_s = min(max_s, initial_s * 2 ** min(failures, _MAX_BACKOFF_EXPONENT))
-    return uniform(0.0, cap_s)
 
 
 class Connection:
@@ -275,7 +242,7 @@ class Connection:
 
     async def _run_session(self, session: StreamSession) -> None:
         async with grpc.aio.insecure_channel(
-            self._target, options=_channel_options(self._settings)
+            self._target, options=channel_options(self._settings)
         ) as channel:
             stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
             call = stub.Connect(None)
@@ -381,24 +348,12 @@ class Connection:
         )
         self._offered_actions = frozenset(actions)
         self._offered_capabilities = frozenset(capabilities)
-        return pb.ConnectRequest(
-            hello=pb.Hello(
-                agent_id=settings.agent_id,
-                name=settings.name,
-                tenant=settings.tenant,
-                capabilities=agent_capabilities_pb2.AgentCapabilities(
-                    actions=actions,
-                    capabilities=capabilities,
-                    labels=settings.labels,
-                    slots=settings.slots,
-                ),
-                running_attempts=self._running_protos(),
-                version=__version__,
-                accepts_batches=True,
-                max_receive_bytes=settings.max_receive_bytes,
-                # Takes over our last session if the server still holds it (a cut without FIN).
-                resume_session_id=self._last_session_id,
-            )
+        return hello_request(
+            settings,
+            actions=actions,
+            capabilities=capabilities,
+            running_attempts=self._running_protos(),
+            resume_session_id=self._last_session_id,
         )
 
     def _send_result(self, session: StreamSession, key: AttemptKey, result: pb.Result) -> None:

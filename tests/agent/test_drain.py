@@ -12,7 +12,7 @@ import pytest
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa_agent import AttemptKey, ExecutionContext, ExecutorRegistry, builtin_registry
-from cpa_agent.connection import rotate_addresses
+from cpa_agent.reconnect import rotate_addresses
 
 from .conftest import ConnectAgent, StartAgent, StartScheduler
 from .scripted_scheduler import ScriptedScheduler, ScriptedSession, attempt, timestamp_in, todo

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from cpa_agent import AttemptKey
-from cpa_agent.connection import full_jitter_backoff_s
+from cpa_agent.reconnect import full_jitter_backoff_s
 
 from .conftest import ConnectAgent, StartAgent, StartScheduler
 from .scripted_scheduler import ScriptedScheduler, ScriptedSession, attempt, todo
