@@ -20,8 +20,6 @@ from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.dispatch.sessions import (
     AgentSession,
     AssignmentMessage,
-    CancelMessage,
-    SessionEndMessage,
 )
 from cpa_scheduler.domain import (
     ArtifactRecord,
@@ -49,6 +47,7 @@ from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import EndPosition, QueuedTask, Store
 
 from .approvals import refuse_approvals
+from .effects import carry_out
 from .sweeps import TimeSweeps
 
 log = logging.getLogger(__name__)
@@ -579,51 +578,4 @@ class Orchestrator(TimeSweeps):
     # -- after commit ---------------------------------------------------------------------
 
     async def _after_commit(self, job: Job, changes: JobChanges) -> None:
-        """The effects of a committed change. They never fail the change's caller: it is
-        stored, and a caller told otherwise would retry it. What a failure leaves undone is
-        repaired without them: queued tasks are published again by the reconciler (the
-        distributed mode; in process, publishing cannot fail), a lost cancel ends with the
-        attempt's lease, and watchers re-read events they missed from the store."""
-        try:
-            await self._bus.publish(changes.events)
-            if changes.queued:
-                await self._queue.publish([_queued(job, task_id) for task_id in changes.queued])
-            if changes.withdrawn:
-                # Else a requirement no agent serves would keep its entries for ever.
-                pins = changes.withdrawn_pins
-                await self._queue.withdraw(
-                    [_queued(job, task_id, pins.get(task_id, "")) for task_id in changes.withdrawn]
-                )
-            for ref, agent_id in changes.cancels:
-                # If no replica holds the agent, its lease expires and the task ends CANCELLED.
-                await self._directory.route_cancel(
-                    job.tenant, agent_id, CancelMessage(attempt=ref, reason=job.stop_message())
-                )
-            for end in changes.sessions_ended:
-                # At most once: an agent away now closes the session when it learns that its
-                # attempts of it are no longer current (see SessionEnded in the contract).
-                await self._directory.route_cancel(
-                    job.tenant,
-                    end.agent_id,
-                    SessionEndMessage(job_id=job.job_id, session=end.session, reason=end.reason),
-                )
-        except Exception as error:
-            log.warning(
-                "job %s is stored, but carrying out its change failed (repaired later): %s",
-                job.job_id,
-                error,
-            )
-
-
-def _queued(job: Job, task_id: str, pin: str | None = None) -> QueuedTask:
-    """The work queue's reference to the task as it waits (or waited) QUEUED; a task of a
-    session carries the agent its session is bound to (`pin`: the one it waited for)."""
-    task = job.tasks[task_id]
-    return QueuedTask(
-        tenant=job.tenant,
-        job_id=job.job_id,
-        todo=task.todo,
-        attempt=task.attempt,
-        not_before=task.next_attempt_time,
-        agent_id=(task.agent_id if task.todo.session else "") if pin is None else pin,
-    )
+        await carry_out(job, changes, bus=self._bus, queue=self._queue, directory=self._directory)
