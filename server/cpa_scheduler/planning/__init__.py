@@ -5,17 +5,9 @@ The LLM router and planner will live here too; the domain stays free of YAML and
 
 from __future__ import annotations
 
+from .catalog_loading import load_catalog, load_default_catalog, parse_catalog
 from .catalog_yaml import CatalogError
-from .intent_catalog import (
-    UNKNOWN_INTENT,
-    Intent,
-    IntentCatalog,
-    Parameter,
-    TaskTemplate,
-    load_catalog,
-    load_default_catalog,
-    parse_catalog,
-)
+from .intent_catalog import UNKNOWN_INTENT, Intent, IntentCatalog, Parameter, TaskTemplate
 from .intent_router import Candidate, RouteResult, RuleIntentRouter
 from .patterns import Pattern
 from .planner import IntentRequest, Plan, Planner, PlanRequest, TextRequest, TodoRequest

@@ -12,7 +12,8 @@ from typing import Any
 from cpa_scheduler.domain import InvalidArgument, Reason, TaskGraph, ToDo, with_default_sessions
 from cpa_scheduler.settings import Settings
 
-from .intent_catalog import UNKNOWN_INTENT, load_catalog
+from .catalog_loading import load_catalog
+from .intent_catalog import UNKNOWN_INTENT
 from .intent_router import Candidate, RuleIntentRouter
 from .templates import RenderLimits
 
