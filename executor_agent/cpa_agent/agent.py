@@ -22,6 +22,9 @@ from cpa_agent.settings import AgentSettings
 logger = logging.getLogger(__name__)
 
 _DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long one executor's aclose() may take when the agent stops (a browser closes Chromium and
+# Playwright's driver in about a second); past it the agent stops anyway.
+EXECUTOR_CLOSE_TIMEOUT_S = 10.0
 
 
 class Agent:
@@ -99,6 +102,9 @@ class Agent:
                 for signum in _DRAIN_SIGNALS:
                     with contextlib.suppress(ValueError, RuntimeError):
                         loop.remove_signal_handler(signum)
+            # Also when cancelled: an embedding application's event loop lives on, and so would
+            # Chromium and Playwright's driver otherwise.
+            await close_executors(self.registry)
         logger.info("agent %s stopped", self.settings.agent_id)
 
     def run(self) -> None:
@@ -107,3 +113,21 @@ class Agent:
 
     def _on_signal(self, signum: int) -> None:
         self.request_drain(f"received {signal.Signals(signum).name}")
+
+
+async def close_executors(
+    registry: ExecutorRegistry, *, timeout_s: float = EXECUTOR_CLOSE_TIMEOUT_S
+) -> None:
+    """Calls the optional `aclose()` of every executor once, each bounded by `timeout_s`; a
+    failing or slow one is logged and never keeps the agent from stopping or the others from
+    closing."""
+    for executor in registry.executors():
+        close = getattr(executor, "aclose", None)
+        if close is None:
+            continue
+        try:
+            await asyncio.wait_for(close(), timeout_s)
+        except TimeoutError:
+            logger.warning("%s.aclose() took over %gs", type(executor).__name__, timeout_s)
+        except Exception:
+            logger.exception("%s.aclose() failed", type(executor).__name__)

@@ -177,6 +177,14 @@ class Settings(BaseSettings):
         description="Longest reason (UTF-8 bytes) CancelJob and a LAM cancel accept; a longer "
         "one is refused with PAYLOAD_TOO_LARGE (it is stored, and sent to the agents).",
     )
+    task_error_details_max_bytes: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="Most bytes (compact JSON) of an agent's TaskError.details the server keeps "
+        "with the attempt (the browser's page URL, DOM excerpt, evidence names); larger "
+        'details are replaced by {"details_dropped": "<why>"} and the failure is recorded as '
+        "usual. They are stored with every attempt and sent in every view of the job.",
+    )
     max_watchers_per_replica: int = Field(
         default=20_000,
         ge=1,

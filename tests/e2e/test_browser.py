@@ -6,7 +6,9 @@ closes when the job ends. Real Chromium, the loopback portal."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from google.protobuf import duration_pb2, json_format
@@ -184,3 +186,57 @@ async def test_the_ui_click_action_runs_on_todo_selector(
     )
     job = await finished(client, response.job.job_id)
     assert job.state == S.JOB_STATE_SUCCEEDED, job
+
+
+def _chromium_pids() -> set[int]:
+    """The Chromium processes descended from this process (Playwright's driver starts them)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split at the last.
+        head, _, rest = stat.rpartition(")")
+        names[int(entry.name)] = head.partition("(")[2]
+        parents[int(entry.name)] = int(rest.split()[1])
+    me = os.getpid()
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == me:
+                return True
+        return False
+
+    return {pid for pid, name in names.items() if "chrom" in name.lower() and descends(pid)}
+
+
+async def test_a_stopped_agent_closes_chromium(
+    client: SchedulerClient, portal: Portal, agents: Agents
+) -> None:
+    executors = browser_executors(chromium_settings(op_timeout_s=10.0))
+    registry: ExecutorRegistry = builtin_registry()
+    for executor in executors:
+        registry.register(executor)
+    before = _chromium_pids()
+    agent = await agents.start("closing-agent", registry=registry)
+    response = await client.schedule_job(
+        todos_spec(todo("open", "playwright", params={"op": "goto", "url": portal.url("/login")}))
+    )
+    job = await finished(client, response.job.job_id)
+    assert job.state == S.JOB_STATE_SUCCEEDED, job
+    launched = _chromium_pids() - before
+    assert launched, "the agent's Chromium is not a descendant of this process"
+
+    agent.request_drain("test over")
+    (run,) = [task for running, task in agents.running if running is agent]
+    await asyncio.wait_for(run, 30)
+
+    # The agent closed its executors: the browser pool is shut and Chromium has exited (the
+    # driver waits for it), without the test's process ending.
+    assert executors[0].pool.sessions() == []
+    assert not (_chromium_pids() & launched)

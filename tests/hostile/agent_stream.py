@@ -177,6 +177,11 @@ def _forged() -> st.SearchStrategy[ex.ConnectRequest]:
         message=hostile_text(),
         retryable=st.booleans(),
         reason=enum_value(error_pb2.ErrorReason.DESCRIPTOR),
+        # Deep, NaN, huge: kept bounded or dropped with a marker, never a crash.
+        details=st.one_of(
+            st.none(),
+            message_of(error_pb2.TaskError.DESCRIPTOR.fields_by_name["details"].message_type),
+        ),
     )
     return st.one_of(
         st.builds(

@@ -17,11 +17,14 @@ found on main when it was written.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -203,6 +206,35 @@ def test_every_error_reason_on_the_agent_stream(arena: Arena) -> None:
     judge_script(session, open_connect(arena.channel, session.encoded()))
 
 
+def _held_attempt(
+    arena: Arena, tenant: str, agent_id: str
+) -> tuple[job_pb2.Job, HeldStream, ex.Hello, ex.ConnectRequest]:
+    """A job of one noop task assigned to a fresh stream of `agent_id`, and an empty report of
+    that attempt to fill in (built in place: a copy would re-parse a too-deep message)."""
+    labels = {"held": secrets.token_hex(4)}  # only this stream serves the job
+    todo = todo_pb2.ToDo(
+        id="t1", action=todo_pb2.ACTION_TYPE_CUSTOM, custom_action="noop", required_labels=labels
+    )
+    spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo]))
+    job = arena.scheduler.ScheduleJob(
+        svc.ScheduleJobRequest(spec=spec), metadata=tenant_metadata(tenant), timeout=CALL_TIMEOUT_S
+    ).job
+    capabilities = agent_capabilities_pb2.AgentCapabilities(
+        actions=["noop"], labels=labels, slots=1
+    )
+    hello = ex.Hello(agent_id=agent_id, tenant=tenant, capabilities=capabilities)
+    stream = HeldStream(arena.channel, hello, timeout_s=CALL_TIMEOUT_S)
+    assert stream.next("welcome") is not None
+    stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
+    assigned = stream.next("assignment")
+    assert assigned is not None, "the job was not assigned to the stream that serves it"
+    report = ex.ConnectRequest(report_id=1)
+    report.result.job_id = assigned.assignment.job_id
+    report.result.task_id = assigned.assignment.todo.id
+    report.result.attempt = assigned.assignment.attempt
+    return job, stream, hello, report
+
+
 @pytest.mark.timeout(120)
 def test_deep_outputs_from_the_agent_that_holds_the_attempt(arena: Arena) -> None:
     """A Result whose outputs nest about as deep as the server still decodes, from the stream
@@ -210,32 +242,9 @@ def test_deep_outputs_from_the_agent_that_holds_the_attempt(arena: Arena) -> Non
     keeps reading back with the default client (GetJob, ListJobs)."""
     tenant = "hostile-deep"
     metadata = tenant_metadata(tenant)
-    labels = {"deep": secrets.token_hex(4)}  # only these streams serve the jobs
     problems = []
     for levels in (32, 33, 34):
-        todo = todo_pb2.ToDo(
-            id="t1",
-            action=todo_pb2.ACTION_TYPE_CUSTOM,
-            custom_action="noop",
-            required_labels=labels,
-        )
-        spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo]))
-        job = arena.scheduler.ScheduleJob(
-            svc.ScheduleJobRequest(spec=spec), metadata=metadata, timeout=CALL_TIMEOUT_S
-        ).job
-        capabilities = agent_capabilities_pb2.AgentCapabilities(
-            actions=["noop"], labels=labels, slots=1
-        )
-        hello = ex.Hello(agent_id=f"deep-{levels}", tenant=tenant, capabilities=capabilities)
-        stream = HeldStream(arena.channel, hello, timeout_s=CALL_TIMEOUT_S)
-        assert stream.next("welcome") is not None
-        stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
-        assigned = stream.next("assignment")
-        assert assigned is not None, "the job was not assigned to the stream that serves it"
-        report = ex.ConnectRequest(report_id=1)  # built in place: a copy would re-parse it
-        report.result.job_id = assigned.assignment.job_id
-        report.result.task_id = assigned.assignment.todo.id
-        report.result.attempt = assigned.assignment.attempt
+        job, stream, hello, report = _held_attempt(arena, tenant, f"deep-{levels}")
         report.result.outputs.update({"a": nested_value(levels - 1)})  # `levels` Structs deep
         stream.send(report)
         stream.next("report_ack")
@@ -247,6 +256,51 @@ def test_deep_outputs_from_the_agent_that_holds_the_attempt(arena: Arena) -> Non
             )
         except grpc.RpcError as error:
             problems.append(f"outputs {levels} levels deep: GetJob fails: {describe_error(error)}")
+    try:
+        arena.scheduler.ListJobs(svc.ListJobsRequest(), metadata=metadata, timeout=CALL_TIMEOUT_S)
+    except grpc.RpcError as error:
+        problems.append(f"ListJobs of the tenant fails: {describe_error(error)}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.timeout(120)
+def test_deep_and_huge_error_details_from_the_agent_that_holds_the_attempt(arena: Arena) -> None:
+    """A failed Result whose TaskError.details nest too deep for JSON, hold NaN, or are far over
+    CPA_TASK_ERROR_DETAILS_MAX_BYTES (16 KiB by default), from the stream holding the attempt:
+    the attempt fails with the agent's code, its details replaced by {"details_dropped": why};
+    GetJob and ListJobs read the job back."""
+    tenant = "hostile-details"
+    metadata = tenant_metadata(tenant)
+    cases: dict[str, Callable[[struct_pb2.Struct], None]] = {
+        "30 levels deep": lambda d: d.update({"a": nested_value(29)}),
+        "NaN": lambda d: d.update({"a": [1.0, math.nan]}),
+        # Under the arena's 256 KiB request limit, far over the 16 KiB details bound.
+        "200 KiB": lambda d: d.update({"dom_excerpt": "<p>" * (200 * 1024 // 3)}),
+        "10000 keys": lambda d: d.update({f"k{i}": i for i in range(10_000)}),
+    }
+    problems = []
+    for how, fill in cases.items():
+        job, stream, hello, report = _held_attempt(arena, tenant, "details")
+        report.result.error.code = "BROWSER_BROKE"
+        report.result.error.message = how
+        fill(report.result.error.details)
+        stream.send(report)
+        ack = stream.next("report_ack")
+        judge(Script((ex.ConnectRequest(hello=hello),), how=f"details {how}"), stream.close())
+        if ack is None or not ack.report_ack.accepted:
+            problems.append(f"details {how}: the report was not accepted: {ack}")
+            continue
+        try:
+            read = arena.scheduler.GetJob(
+                svc.GetJobRequest(job_id=job.job_id), metadata=metadata, timeout=CALL_TIMEOUT_S
+            ).job
+        except grpc.RpcError as error:
+            problems.append(f"details {how}: GetJob fails: {describe_error(error)}")
+            continue
+        (attempt,) = read.tasks[0].attempts
+        kept = json_format.MessageToDict(attempt.error.details)
+        if attempt.error.code != "BROWSER_BROKE" or list(kept) != ["details_dropped"]:
+            problems.append(f"details {how}: recorded as {attempt.error.code} with {kept}")
     try:
         arena.scheduler.ListJobs(svc.ListJobsRequest(), metadata=metadata, timeout=CALL_TIMEOUT_S)
     except grpc.RpcError as error:

@@ -631,6 +631,28 @@ async def test_inputs_of_a_todo_survive_a_reopening_and_the_queue(open_store: Op
     assert queued.todo == todo("b", "a", inputs=inputs)
 
 
+async def test_an_agents_error_details_survive_a_reopening(open_store: OpenStore) -> None:
+    # The browser's evidence (URL, DOM excerpt) in an attempt's error, read back from the
+    # database itself: the store is reopened. Events carry the same error.
+    details = {"url": "http://portal/invoices", "op_index": 2.0, "artifacts": ["x.png"], "n": None}
+    error = TaskError(code="ELEMENT_NOT_FOUND", message="no element", details=details)
+    store = await open_store()
+    await create(store, new_job("job-1"))
+    await store.update_job(TENANT, "job-1", assigning("a"))
+    await store.update_job(
+        TENANT, "job-1", lambda j: j.fail("a", attempt=1, error=error, now=at(1))
+    )
+    await store.close()
+
+    reopened = await open_store()
+    job = await reopened.get_job(TENANT, "job-1")
+    assert job.tasks["a"].attempts[0].error == error
+    assert job.tasks["a"].error == error
+    events = await reopened.list_events(TENANT, "job-1", after_sequence=0, limit=100)
+    errors = [getattr(e.payload, "error", None) for e in events]
+    assert [e for e in errors if e is not None] == [error, error]  # the task's, the job's
+
+
 # -- dispatch support ---------------------------------------------------------------------------
 
 

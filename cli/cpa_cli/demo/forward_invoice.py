@@ -143,21 +143,23 @@ async def _demo(data_dir: Path, options: DemoOptions) -> int:
 
 
 async def _submit(client: SchedulerClient, portal: DemoPortal, options: DemoOptions) -> job_pb2.Job:
+    spec = forward_invoice_spec(portal, month=options.month, recipient=options.recipient)
+    return (await client.schedule_job(spec)).job
+
+
+def forward_invoice_spec(portal: DemoPortal, *, month: str, recipient: str) -> job_pb2.JobSpec:
+    """The forward_invoice job the demo submits (tests submit the same one): the portal's URL
+    and user as parameters, the password as the credential reference the browser agent holds."""
     parameters = struct_pb2.Struct()
     parameters.update(
-        {
-            "portal_url": portal.base_url,
-            "user": portal.user,
-            "month": options.month,
-            "recipient": options.recipient,
-        }
+        {"portal_url": portal.base_url, "user": portal.user, "month": month, "recipient": recipient}
     )
     spec = job_pb2.JobSpec(
         intent=job_pb2.IntentInvocation(name=DEMO_INTENT, parameters=parameters),
         labels={"example": DEMO_INTENT},
     )
     spec.context.update({"portal_credential": PORTAL_CREDENTIAL_REF})
-    return (await client.schedule_job(spec)).job
+    return spec
 
 
 async def _print_mail(graph: Any, portal: DemoPortal, month: str) -> bool:

@@ -80,6 +80,10 @@ class DemoPortal(LoopbackSite):
         self.log = PortalLog()
         super().__init__(host=host, port=port)
         self._sessions: dict[str, str] = {}
+        # None: PDFs are served at once; an Event: held until it is set (hold_pdfs()).
+        self._pdf_release: asyncio.Event | None = None
+        self.pdf_requested = asyncio.Event()
+        """Set when a logged-in browser asked for a PDF (held or not)."""
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -97,6 +101,19 @@ class DemoPortal(LoopbackSite):
             ]
         )
         return await self._serve(app)
+
+    # --- control for tests: a download in flight, as long as the test wants -----------------
+
+    def hold_pdfs(self) -> None:
+        """From now on, a PDF request waits (headers unsent) until release_pdfs(): a test can
+        act (kill the agent downloading it) while the download is certainly under way."""
+        if self._pdf_release is None:
+            self._pdf_release = asyncio.Event()
+
+    def release_pdfs(self) -> None:
+        """Held PDF requests and every later one are answered at once."""
+        if self._pdf_release is not None:
+            self._pdf_release.set()
 
     # --- what tests and the demo compare against ---------------------------------------------
 
@@ -196,6 +213,9 @@ class DemoPortal(LoopbackSite):
             invoice = invoice_for(month)
         except UnknownMonthError:
             raise web.HTTPNotFound(text=f"no invoice for {month}") from None
+        self.pdf_requested.set()
+        if self._pdf_release is not None:
+            await self._pdf_release.wait()
         self.log.downloads.append(month)
         return web.Response(
             body=_render_pdf(invoice),

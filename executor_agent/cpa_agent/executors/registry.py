@@ -71,6 +71,10 @@ class ExecutorRegistry:
             found.update(getattr(self._executors[action], "capabilities", ()) or ())
         return sorted(found)
 
+    def executors(self) -> list[Executor]:
+        """The registered executors, in registration order (one per action)."""
+        return list(self._executors.values())
+
     def __contains__(self, action: object) -> bool:
         return action in self._executors
 

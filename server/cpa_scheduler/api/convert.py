@@ -6,7 +6,9 @@ Converting from proto also validates, naming the offending field by its request 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2
@@ -318,7 +320,7 @@ def plan_to_preview_proto(plan: Plan) -> scheduler_service_pb2.PreviewPlanRespon
 
 
 def task_error_to_proto(error: TaskError) -> error_pb2.TaskError:
-    return error_pb2.TaskError(
+    message = error_pb2.TaskError(
         code=error.code,
         message=error.message,
         retryable=error.retryable,
@@ -326,16 +328,46 @@ def task_error_to_proto(error: TaskError) -> error_pb2.TaskError:
         if error.reason is not None
         else error_pb2.ERROR_REASON_UNSPECIFIED,
     )
+    if error.details is not None:
+        message.details.CopyFrom(dict_to_struct(error.details))
+    return message
 
 
-def task_error_from_proto(error: error_pb2.TaskError) -> TaskError:
-    """An agent's error (TaskError bounds its message and code)."""
+# The key of the details that replace an agent's details the server did not keep.
+DETAILS_DROPPED_KEY = "details_dropped"
+
+
+def task_error_from_proto(error: error_pb2.TaskError, *, details_max_bytes: int) -> TaskError:
+    """An agent's error (TaskError bounds its message and code; see error_details for its
+    details)."""
     return TaskError(
         code=error.code or "FAILED",
         message=error.message,
         retryable=error.retryable,
         reason=reason_from_proto(error.reason),
+        details=error_details(error, max_bytes=details_max_bytes),
     )
+
+
+def error_details(error: error_pb2.TaskError, *, max_bytes: int) -> dict[str, Any] | None:
+    """The error's details as the server keeps them: None when the agent sent none; as sent
+    when their compact JSON has at most `max_bytes` bytes; else (or when JSON cannot hold them:
+    too deep, NaN) only {DETAILS_DROPPED_KEY: why}. They are stored with every attempt and sent
+    in every view of the job, hence the bound; never a reason to refuse the agent's report,
+    which would leave the attempt unrecorded."""
+    if not error.HasField("details"):
+        return None
+    try:
+        details = struct_to_dict(error.details, "error.details")
+    except InvalidArgument as invalid:
+        return {DETAILS_DROPPED_KEY: f"not kept: {invalid.field}: {invalid.message}"}
+    size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > max_bytes:
+        return {
+            DETAILS_DROPPED_KEY: f"not kept: {size} bytes of JSON, over the server's "
+            f"{max_bytes} (CPA_TASK_ERROR_DETAILS_MAX_BYTES)"
+        }
+    return details
 
 
 def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
@@ -476,10 +508,13 @@ AGENT_SHUTDOWN_CODE = "AGENT_SHUTDOWN"
 INVALID_OUTPUT_CODE = "INVALID_OUTPUT"
 
 
-def result_from_proto(result: executor_service_pb2.Result) -> tuple[AttemptRef, ResultReport]:
+def result_from_proto(
+    result: executor_service_pb2.Result, *, details_max_bytes: int
+) -> tuple[AttemptRef, ResultReport]:
+    """The agent's result; its error's details bounded to `details_max_bytes` (error_details)."""
     ref = AttemptRef(result.job_id, result.task_id, result.attempt)
     if result.WhichOneof("outcome") == "error":
-        error = task_error_from_proto(result.error)
+        error = task_error_from_proto(result.error, details_max_bytes=details_max_bytes)
         return ref, ResultReport(
             error=error,
             cancelled=result.cancelled,

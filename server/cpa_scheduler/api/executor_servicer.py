@@ -394,7 +394,10 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                 # A session taken over (or ended): its agent's new session holds the attempts.
                 refusal = error_pb2.ERROR_REASON_ATTEMPT_NOT_HELD
             elif kind == "result":
-                ref, report = convert.result_from_proto(request.result)
+                ref, report = convert.result_from_proto(
+                    request.result,
+                    details_max_bytes=self._settings.task_error_details_max_bytes,
+                )
                 if ref in session.running:
                     # The result hands its slot back (no Credit message follows it).
                     session.running.discard(ref)

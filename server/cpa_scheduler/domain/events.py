@@ -27,6 +27,9 @@ class TaskError:
     message: str
     retryable: bool = False
     reason: Reason | None = None
+    # The agent's structured details (a JSON object), bounded by the API layer before they get
+    # here (CPA_TASK_ERROR_DETAILS_MAX_BYTES); None for the scheduler's own errors.
+    details: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         # Frozen: set through object.__setattr__, once, at construction.

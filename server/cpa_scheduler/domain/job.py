@@ -303,6 +303,7 @@ class Job(JobCore):
                 message=f"{error.message} (attempt {task.failures} of {policy.max_attempts})",
                 retryable=False,
                 reason=Reason.RETRIES_EXHAUSTED,
+                details=error.details,
             )
             if exhausted
             else error

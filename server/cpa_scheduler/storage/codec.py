@@ -234,12 +234,15 @@ def queued_task_from_data(data: Data) -> QueuedTask:
 def error_to_data(error: TaskError | None) -> Data | None:
     if error is None:
         return None
-    return {
+    data: Data = {
         "code": error.code,
         "message": error.message,
         "retryable": error.retryable,
         "reason": None if error.reason is None else error.reason.value,
     }
+    if error.details is not None:
+        data["details"] = dict(error.details)
+    return data
 
 
 def error_from_data(data: Data | None) -> TaskError | None:
@@ -251,6 +254,7 @@ def error_from_data(data: Data | None) -> TaskError | None:
         message=data["message"],
         retryable=data["retryable"],
         reason=None if reason is None else Reason(reason),
+        details=data.get("details"),  # absent in errors stored before details were kept
     )
 
 

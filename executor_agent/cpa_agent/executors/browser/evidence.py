@@ -120,8 +120,8 @@ class Evidence:
             error.code,
             self._scrubber.scrub(page.url),
         )
-        # The scheduler keeps an error's code and message (not its details): where the page was
-        # and what was stored go in the message too.
+        # The scheduler keeps details only up to its CPA_TASK_ERROR_DETAILS_MAX_BYTES (a large
+        # DOM excerpt may pass it): where the page was and what was stored go in the message too.
         stored = [name for name in (details.get("screenshot"), details.get("dom_artifact")) if name]
         message = f"{error.message} (page {page.url}"
         message += f"; evidence {', '.join(map(str, stored))})" if stored else ")"

@@ -406,7 +406,12 @@ class TaskError(_message.Message):
     """Scheduler-side reason when the server ended the attempt (TASK_TIMEOUT, STALE_ATTEMPT...)."""
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
-        """Structured details (JSON object) for diagnosis."""
+        """Structured details (JSON object) for diagnosis: from an agent, kept with the attempt and
+        returned in every view of the job as sent, up to CPA_TASK_ERROR_DETAILS_MAX_BYTES of compact
+        JSON (default 16 KiB). Larger ones, or ones JSON cannot hold (nested past 24 levels, NaN),
+        are replaced by {"details_dropped": "<why>"}: the failure is still recorded. Errors the
+        server makes itself (LOST, TASK_TIMEOUT...) have none.
+        """
 
     def __init__(
         self,
