@@ -19,7 +19,7 @@ from cpa_client import ArtifactCheckError, SchedulerClient
 
 from .common import CliError, add_json_option, add_server_option, emit
 from .jobs_command import client_command
-from .output import table, to_json
+from .output import size_text, table, to_json
 
 
 def register(commands: Any) -> None:
@@ -58,14 +58,6 @@ def register(commands: Any) -> None:
     get.set_defaults(run=client_command(_get))
 
 
-def _size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / (1024 * 1024):.1f} MiB"
-
-
 async def _list(client: SchedulerClient, arguments: argparse.Namespace) -> int:
     found = await client.list_artifacts(arguments.job_id, task_id=arguments.task)
     if arguments.json:
@@ -75,7 +67,7 @@ async def _list(client: SchedulerClient, arguments: argparse.Namespace) -> int:
         emit(f"job {arguments.job_id} has no artifacts")
         return 0
     rows = [
-        [a.task_id, str(a.attempt), a.name, a.media_type, _size(a.size_bytes), a.sha256[:12]]
+        [a.task_id, str(a.attempt), a.name, a.media_type, size_text(a.size_bytes), a.sha256[:12]]
         for a in found
     ]
     for line in table(["TASK", "ATTEMPT", "NAME", "TYPE", "SIZE", "SHA256"], rows):

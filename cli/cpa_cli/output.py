@@ -271,7 +271,32 @@ def event_text(event: job_event_pb2.JobEvent) -> tuple[str, str]:
     if kind == "job_cancel_requested":
         reason = event.job_cancel_requested.reason
         return "job", "cancel requested" + (f": {reason}" if reason else "")
+    if kind == "task_artifact_stored":
+        stored = event.task_artifact_stored
+        artifact = stored.artifact
+        text = (
+            f"artifact {artifact.name} ({artifact.media_type}, {size_text(artifact.size_bytes)})"
+            f"  attempt {stored.attempt}"
+        )
+        return stored.task_id, text
+    if kind == "session_restarted":
+        restart = event.session_restarted
+        text = f"session {restart.session} restarts: {', '.join(restart.task_ids)} run again"
+        if restart.from_agent:
+            text += f" (was on {restart.from_agent})"
+        if restart.reason:
+            text += f": {restart.reason}"
+        return "job", text
     return "job", f"event {kind or 'of an unknown kind'}"
+
+
+def size_text(size: int) -> str:
+    """A byte count as people read it: 512 B, 12.3 KiB, 4.0 MiB."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
 
 
 class EventPrinter:

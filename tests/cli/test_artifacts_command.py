@@ -11,11 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cpa.common.v1 import todo_pb2
+from cpa.common.v1 import artifact_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.executor.v1 import executor_service_pb2_grpc
-from cpa.scheduler.v1 import job_pb2
+from cpa.scheduler.v1 import job_event_pb2, job_pb2
 from cpa_cli.main import main
+from cpa_cli.output import event_text
 from cpa_client import SchedulerClient
 from tests.e2e.raw_agent import RawAgentStream
 
@@ -126,3 +127,49 @@ def test_list_and_get_with_a_task_qualifier_when_two_tasks_share_a_name(
     code, out, err = cpa(capsys, "artifacts", "list", "0" * 32)
     assert code == 2
     assert err.startswith("cpa: NOT_FOUND: JOB_NOT_FOUND:")
+
+
+def test_watch_prints_each_stored_artifact_as_a_line(
+    capsys: pytest.CaptureFixture[str], server_address: str
+) -> None:
+    job_id = asyncio.run(_job_with_artifacts(server_address))
+
+    code, out, err = cpa(capsys, "watch", job_id)
+
+    assert (code, err) == (0, "")
+    stored = [line.split(None, 2)[2] for line in out if " artifact " in line]
+    assert stored == [
+        f"a     artifact page.png (application/octet-stream, {len(SHOT_A)} B)  attempt 1",
+        f"b     artifact page.png (application/octet-stream, {len(SHOT_B)} B)  attempt 1",
+        f"a     artifact report.pdf (application/octet-stream, {len(PDF)} B)  attempt 1",
+    ], out
+    assert not any("task_artifact_stored" in line for line in out)
+
+
+def test_artifact_and_session_restart_events_read_as_sentences() -> None:
+    event = job_event_pb2.JobEvent(
+        task_artifact_stored=job_event_pb2.TaskArtifactStored(
+            task_id="download",
+            attempt=2,
+            artifact=artifact_pb2.Artifact(
+                name="invoice.pdf", media_type="application/pdf", size_bytes=3 * 1024 * 1024
+            ),
+        )
+    )
+    assert event_text(event) == (
+        "download",
+        "artifact invoice.pdf (application/pdf, 3.0 MiB)  attempt 2",
+    )
+    restart = job_event_pb2.JobEvent(
+        session_restarted=job_event_pb2.SessionRestarted(
+            session="browser",
+            reason="agent 'a' stopped renewing the lease",
+            from_agent="a",
+            task_ids=["login", "download"],
+        )
+    )
+    assert event_text(restart) == (
+        "job",
+        "session browser restarts: login, download run again (was on a): "
+        "agent 'a' stopped renewing the lease",
+    )
