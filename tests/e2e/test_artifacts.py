@@ -13,7 +13,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, json_format
 
-from cpa.common.v1 import error_pb2, todo_pb2
+from cpa.common.v1 import artifact_pb2, error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa.scheduler.v1 import job_pb2 as S  # noqa: N812 - short alias for enum-heavy asserts
@@ -332,3 +332,25 @@ async def test_another_tenant_can_neither_list_nor_download(
 def _stored_files(scheduler: Scheduler) -> list[Path]:
     root = scheduler.server.settings.data_dir / "artifacts"
     return [p for p in root.rglob("*") if p.is_file()]
+
+
+async def test_artifacts_listed_in_progress_and_result_are_ignored(
+    held: Held, client: SchedulerClient, raw_stream: RawAgentStream
+) -> None:
+    """Only UploadArtifact records artifacts: a Progress or Result that lists one the server
+    never received (the contract says these fields are ignored) adds nothing to the task."""
+    uploaded = await held.upload(held.header(b"real"), b"real")
+    claimed = artifact_pb2.Artifact(name="claimed.pdf", size_bytes=9, sha256="0" * 64)
+    progress = ex.Progress(job_id=held.job_id, task_id="t", attempt=1, message="half")
+    progress.artifacts.append(claimed)
+    raw_stream.send(ex.ConnectRequest(report_id=1, progress=progress))
+    result = ex.Result(job_id=held.job_id, task_id="t", attempt=1)
+    result.outputs.update({})
+    result.artifacts.append(claimed)
+    raw_stream.send(ex.ConnectRequest(report_id=2, result=result))
+
+    job = await finished(client, held.job_id)
+    assert job.state == S.JOB_STATE_SUCCEEDED
+    (task,) = job.tasks
+    assert [a.artifact_id for a in task.artifacts] == [uploaded.artifact.artifact_id]
+    assert [a.name for a in await client.list_artifacts(held.job_id)] == ["shot.png"]

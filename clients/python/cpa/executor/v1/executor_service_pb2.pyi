@@ -23,6 +23,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -378,8 +383,13 @@ class Progress(_message.Message):
     message: _builtins.str
     """Human-readable text."""
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.Artifact]:
-        """Artifacts uploaded with this report (screenshots)."""
+        """Ignored by the server: do not rely on it. Artifacts are recorded only by UploadArtifact,
+        which receives the bytes and checks their size and sha256 before it lists them on the task
+        (TaskArtifactStored); a list here could name files the server never received. The Python
+        agent leaves it empty; the field stays for wire compatibility.
+        """
 
     def __init__(
         self,
@@ -435,8 +445,12 @@ class Result(_message.Message):
         """The error of a failed attempt."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.Artifact]:
-        """Artifacts the attempt produced."""
+        """Ignored by the server, as Progress.artifacts is: the attempt's artifacts are those it
+        uploaded with UploadArtifact before this result (an upload after it is refused, the attempt
+        having ended), whatever this list says. The field stays for wire compatibility.
+        """
 
     def __init__(
         self,
