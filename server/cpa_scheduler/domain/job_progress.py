@@ -8,10 +8,7 @@ import heapq
 from collections import Counter
 
 from .job_types import Task
-from .states import TaskState
-
-# Tasks that hold a slot of the job's parallelism budget.
-_ACTIVE = frozenset({TaskState.QUEUED, TaskState.RUNNING})
+from .states import ACTIVE_TASK_STATES, TaskState
 
 
 class ProgressIndex:
@@ -46,7 +43,7 @@ class ProgressIndex:
     @property
     def active(self) -> int:
         """Tasks holding a slot of the job's parallelism budget."""
-        return sum(self.counts[state] for state in _ACTIVE)
+        return sum(self.counts[state] for state in ACTIVE_TASK_STATES)
 
     def moved(self, task: Task, previous: TaskState) -> None:
         """`task` went from `previous` to its current state."""

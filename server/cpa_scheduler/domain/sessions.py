@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from .errors import Reason
 from .events import SessionRestarted, TaskError
-from .states import AttemptState, TaskState
+from .states import ACTIVE_TASK_STATES, AttemptState, TaskState
 from .todo import ActionType, ToDo
 
 if TYPE_CHECKING:  # the Job calls these functions; they use its internals (JobCore)
@@ -66,7 +66,6 @@ SESSION_RESTARTED_CODE = "SESSION_RESTARTED"
 _UNFINISHED = frozenset(
     {TaskState.PENDING, TaskState.WAITING_APPROVAL, TaskState.QUEUED, TaskState.RUNNING}
 )
-_ACTIVE = frozenset({TaskState.QUEUED, TaskState.RUNNING})
 # What a restart sends back to PENDING: the tasks that ran or wait to.
 _RESET = frozenset({TaskState.SUCCEEDED, TaskState.QUEUED, TaskState.RUNNING})
 
@@ -114,7 +113,8 @@ def bound_agent(job: JobCore, session: str) -> str:
 def busy(job: JobCore, task: Task) -> bool:
     """Whether another task of `task`'s session is QUEUED or RUNNING (then `task` waits)."""
     return any(
-        other is not task and other.state in _ACTIVE for other in tasks_of(job, task.todo.session)
+        other is not task and other.state in ACTIVE_TASK_STATES
+        for other in tasks_of(job, task.todo.session)
     )
 
 

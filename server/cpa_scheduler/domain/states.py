@@ -43,6 +43,11 @@ class TaskState(StrEnum):
     SKIPPED = "SKIPPED"
 
 
+ACTIVE_TASK_STATES = frozenset({TaskState.QUEUED, TaskState.RUNNING})
+"""Tasks handed to the work queue or an agent: they hold a slot of the job's parallelism, and a
+session has at most one of them at a time."""
+
+
 class AttemptState(StrEnum):
     """Lifecycle of one assignment of a task to an agent (task, attempt number)."""
 
