@@ -22,6 +22,7 @@ from . import (
     agent_command,
     agents_command,
     artifacts_command,
+    gateway_command,
     intents_command,
     jobs_command,
     migrate_command,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plan_command.register(commands)
     serve_command.register(commands)
+    gateway_command.register(commands)
     agent_command.register(commands)
     submit_command.register(commands)
     jobs_command.register(commands)

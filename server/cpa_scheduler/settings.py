@@ -225,4 +225,48 @@ class Settings(BaseSettings):
     replica_id: str = Field(
         default="", description="Name of this server process; empty: host name and pid."
     )
+    # The Envoy gateway (`cpa gateway`, `cpa serve --with-gateway`; docs/GATEWAY.md). Its body
+    # limit is max_request_bytes above: REST and gRPC callers get the same budget.
+    gateway_deploy_dir: Path | None = Field(
+        default=None,
+        description="Directory holding envoy/envoy.yaml.j2 and api.binpb (the repository's "
+        "deploy/); empty: the deploy/ next to the installed sources.",
+    )
+    gateway_admin_address: str = Field(
+        default="127.0.0.1:0",
+        description="host:port of the gateway's Envoy admin interface (readiness, stats); "
+        "port 0 picks a free one. Keep it on loopback: it can stop Envoy.",
+    )
+    gateway_stream_idle_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="The gateway closes a stream (agent Connect, WatchJob) that carried no bytes "
+        "for this long; agents' heartbeats (heartbeat_interval_s) keep theirs open.",
+    )
+    gateway_max_response_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest gRPC response the gateway turns into JSON (it holds it whole); "
+        "larger ones answer 500. Keep it above list_jobs_page_max_bytes and a full job's size.",
+    )
+    gateway_health_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the gateway checks each upstream's grpc.health.v1 status; two "
+        "failed checks take a replica out of rotation, one good check brings it back.",
+    )
+    gateway_max_connections: int = Field(
+        default=20_000,
+        ge=1,
+        description="Client connections the gateway holds open at once (each agent holds one); "
+        "beyond, new connections are refused.",
+    )
+    gateway_access_log: str = Field(
+        default="",
+        description="File the gateway writes its JSON access log lines to; empty: its stdout.",
+    )
+    gateway_log_level: str = Field(
+        default="warning",
+        description="Envoy's own log level (trace, debug, info, warning, error, critical, off).",
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")

@@ -35,6 +35,7 @@ class CliProcess:
     stderr_path: Path
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     seen: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def start_reader(self) -> None:
         def read() -> None:
@@ -43,7 +44,8 @@ class CliProcess:
                 self.lines.put(line.rstrip("\n"))
             self.lines.put(None)  # end of output
 
-        threading.Thread(target=read, name=f"stdout of {self.args[:2]}", daemon=True).start()
+        self.reader = threading.Thread(target=read, name=f"stdout of {self.args[:2]}", daemon=True)
+        self.reader.start()
 
     def wait_for_line(self, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
         """The first new stdout line matching `pattern`; fails at EOF or after `timeout_s`."""
@@ -133,6 +135,10 @@ def _kill_all(processes: list[CliProcess]) -> None:
         if process.popen.poll() is None:
             process.popen.kill()
         process.popen.wait(timeout=10)
+        # A child of the command (`cpa gateway`'s Envoy) may hold stdout a moment longer: let
+        # the reader see EOF before the file is closed under it.
+        if process.reader is not None:
+            process.reader.join(timeout=10)
         if process.popen.stdout is not None:
             process.popen.stdout.close()
 

