@@ -19,6 +19,7 @@ import pytest
 
 from cpa.scheduler.v1 import job_pb2
 from cpa_client import CpaError, SchedulerClient
+from cpa_client.errors import ERROR_DOMAIN as DOMAIN
 
 from .conftest import CONNECTED, START_TIMEOUT_S, CliProcess, StartCli, start_server
 
@@ -41,6 +42,21 @@ def _start_gateway(start_cli: StartCli, upstream: str) -> tuple[CliProcess, str,
     match = gateway.wait_for_line(GATEWAY, START_TIMEOUT_S)
     assert match["upstreams"] == upstream
     return gateway, match["address"], match["admin"]
+
+
+def _gateway_refusal(response: httpx.Response, http_status: int, code: int, reason: str) -> str:
+    """Asserts a refusal made by Envoy itself is a JSON google.rpc.Status with our ErrorInfo
+    domain and `reason`; returns its message (Envoy's own words)."""
+    assert response.status_code == http_status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    status = response.json()
+    assert status["code"] == code
+    assert status["details"] == [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": DOMAIN}
+    ]
+    message: str = status["message"]
+    assert message
+    return message
 
 
 def _echo_job(label: str) -> dict[str, Any]:
@@ -125,19 +141,29 @@ def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> N
         status = missing.json()
         assert status["code"] == 5  # NOT_FOUND
         (info,) = [d for d in status["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
-        assert info["reason"] == "JOB_NOT_FOUND"
+        assert (info["reason"], info["domain"]) == ("JOB_NOT_FOUND", DOMAIN)
         assert info["metadata"] == {"field": "job_id"}
 
-        # A query parameter the request message lacks is refused by the gateway.
+        # The gateway's own refusals are JSON Status bodies too, with a reason of their own.
+        # A query parameter the request message lacks, or one that does not parse:
         unknown = http.get("/v1/jobs", params={"colour": "blue"})
-        assert unknown.status_code == 400
-        assert '"colour"' in unknown.text
+        assert '"colour"' in _gateway_refusal(unknown, 400, 3, "INVALID_QUERY_PARAMETER")
+        not_a_number = http.get("/v1/jobs", params={"page_size": "many"})
+        assert "page_size" in _gateway_refusal(not_a_number, 400, 3, "INVALID_QUERY_PARAMETER")
+        # A path no RPC binds, and a known path with a method it does not bind:
+        for wrong in (http.get("/v1/no-such-thing"), http.delete("/v1/jobs")):
+            assert "Could not resolve" in _gateway_refusal(wrong, 404, 5, "UNKNOWN_METHOD")
+        # A body that is not JSON, and JSON of the wrong type for a field:
+        for body in ('{"request_id": ', '{"spec": {"labels": 3}}'):
+            broken = http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+            _gateway_refusal(broken, 400, 3, "MALFORMED_BODY")
 
-        # A body over the gateway's limit is refused before it reaches the scheduler.
+        # A body over the gateway's limit is refused before it reaches the scheduler, with the
+        # reason the scheduler gives for an oversized request.
         huge = _echo_job(label)
         huge["spec"]["todos"]["todos"][0]["params"]["blob"] = "x" * GATEWAY_BODY_LIMIT
         too_large = http.post("/v1/jobs", json=huge)
-        assert too_large.status_code == 413, too_large.text
+        _gateway_refusal(too_large, 413, 3, "PAYLOAD_TOO_LARGE")
         after = http.get("/v1/jobs", params={"filter": expression})
         assert [j["job_id"] for j in after.json()["jobs"]] == [job_id]  # nothing created
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jinja2
 
+from cpa_client.errors import ERROR_DOMAIN
 from cpa_scheduler.settings import Settings
 
 from ..common import CliError, split_host_port
@@ -140,4 +141,6 @@ def render_envoy_config(config: GatewayConfig) -> str:
         health_interval=_duration(config.health_interval_s),
         max_connections=config.max_connections,
         access_log_path=config.access_log_path,
+        # The gateway's own errors carry the scheduler's ErrorInfo domain.
+        error_domain=ERROR_DOMAIN,
     )
