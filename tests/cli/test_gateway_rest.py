@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -78,6 +79,27 @@ def _echo_job(label: str) -> dict[str, Any]:
     }
 
 
+def _watch_sse(
+    http: httpx.Client, job_id: str, after_sequence: int = 0
+) -> tuple[list[dict[str, Any]], datetime]:
+    """GET /v1/jobs/{id}:watch as text/event-stream: the JobEvents of its `data:` lines, read
+    until the gateway ends the response (the read timeout bounds a stream that never ends),
+    and when the first one arrived."""
+    params = {"after_sequence": str(after_sequence)} if after_sequence else {}
+    events: list[dict[str, Any]] = []
+    first_at = datetime.max.replace(tzinfo=UTC)
+    with http.stream("GET", f"/v1/jobs/{job_id}:watch", params=params) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                first_at = min(first_at, datetime.now(UTC))
+                events.append(json.loads(line.removeprefix("data:"))["event"])
+            else:
+                assert not line.strip(), line  # SSE: `data:` lines and blank separators only
+    return events, first_at
+
+
 async def _wait_terminal(gateway: str, job_id: str) -> None:
     """WatchJob over native gRPC through the gateway, until the terminal event (server stream)."""
     async with SchedulerClient(gateway, timeout_s=JOB_TIMEOUT_S) as client:
@@ -111,6 +133,28 @@ def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> N
         assert job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING")
 
         asyncio.run(_wait_terminal(address, job_id))
+
+        # WatchJob over Server-Sent Events, opened while a job runs (a `wait` of 2 s with
+        # progress each second): every event in order, live, and the stream ends after the
+        # terminal event, which is inside the stream (REST callers cannot see gRPC trailers).
+        waiting = _echo_job(f"{label} watched")
+        waiting["spec"]["todos"]["todos"][0].update(custom_action="wait", params={"seconds": 2.0})
+        watched = http.post("/v1/jobs", json=waiting)
+        assert watched.status_code == 200, watched.text
+        watched_id = watched.json()["job"]["job_id"]
+        events, first_at = _watch_sse(http, watched_id)
+        # int64 is a JSON string in the proto3 mapping.
+        assert [e["sequence"] for e in events] == [str(n) for n in range(1, len(events) + 1)]
+        assert [e["terminal"] for e in events] == [False] * (len(events) - 1) + [True]
+        assert events[-1]["job_state_changed"]["to_state"] == "JOB_STATE_SUCCEEDED"
+        assert {e["job_id"] for e in events} == {watched_id}
+        assert any("task_progress" in e for e in events)
+        # Live, not a replay of a finished job: the first event came before the job ended.
+        assert first_at < datetime.fromisoformat(events[-1]["create_time"])
+        # Resuming after a sequence sends exactly the rest, the same events, and ends too.
+        resumed_from = len(events) // 2
+        resumed, _ = _watch_sse(http, watched_id, after_sequence=resumed_from)
+        assert resumed == events[resumed_from:]
 
         got = http.get(f"/v1/jobs/{job_id}")
         assert got.status_code == 200, got.text
