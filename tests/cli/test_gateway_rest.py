@@ -199,7 +199,8 @@ def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> N
             assert "Could not resolve" in _gateway_refusal(wrong, 404, 5, "UNKNOWN_METHOD")
         # A body that is not JSON, and JSON of the wrong type for a field:
         for body in ('{"request_id": ', '{"spec": {"labels": 3}}'):
-            broken = http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+            json_type = {"content-type": "application/json"}
+            broken = http.post("/v1/jobs", content=body, headers=json_type)
             _gateway_refusal(broken, 400, 3, "MALFORMED_BODY")
 
         # A body over the gateway's limit is refused before it reaches the scheduler, with the
