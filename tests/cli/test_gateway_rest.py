@@ -238,3 +238,73 @@ def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> N
     # Envoy went with `cpa gateway`: its admin port no longer answers.
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://{admin}/ready", timeout=2.0, trust_env=False)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_hostile_rest_bodies_get_clear_json_refusals_and_the_gateway_stays_up(
+    start_cli: StartCli,
+) -> None:
+    """What a REST caller controls, hostile: bodies nested too deep, of the wrong types, not
+    JSON, not UTF-8, just under and over the body limit, and another tenant's job. Each gets a
+    4xx with a JSON google.rpc.Status body (from the scheduler or from Envoy), no job is created
+    by a refused body, and a normal call works afterwards."""
+    server, upstream = start_server(start_cli)
+    gateway, address, _admin = _start_gateway(start_cli, upstream)
+    label = f"hostile {uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=f"http://{address}", timeout=10.0, trust_env=False) as http:
+        deep = _echo_job(label)
+        deep["spec"]["todos"]["todos"][0]["params"] = _nested(30)
+        deeper = _echo_job(label)
+        deeper["spec"]["todos"]["todos"][0]["params"] = _nested(60)
+        wrong_type = _echo_job(label)
+        wrong_type["spec"]["todos"]["todos"][0]["params"] = ["not", "an", "object"]
+        bad_enum = _echo_job(label)
+        bad_enum["spec"]["todos"]["todos"][0]["action"] = "ACTION_TYPE_RM_RF"
+        bodies: list[tuple[str, bytes, int, set[str]]] = [
+            # (what, body, HTTP status, acceptable ErrorInfo reasons)
+            ("params 30 deep", json.dumps(deep).encode(), 400, {"NESTING_TOO_DEEP"}),
+            # Deeper than protobuf decodes at all (3 messages a Struct level).
+            ("params 60 deep", json.dumps(deeper).encode(), 400, {"MALFORMED_MESSAGE"}),
+            ("params not an object", json.dumps(wrong_type).encode(), 400, {"MALFORMED_BODY"}),
+            ("unknown enum name", json.dumps(bad_enum).encode(), 400, {"MALFORMED_BODY"}),
+            ("not JSON", b"{'spec': ", 400, {"MALFORMED_BODY"}),
+            ("not UTF-8", b'{"request_id": "\xff\xfe"}', 400, {"MALFORMED_BODY"}),
+            ("over the body limit", b'{"x": "' + b"y" * GATEWAY_BODY_LIMIT + b'"}', 413, set()),
+        ]
+        for what, body, http_status, reasons in bodies:
+            response = http.post(
+                "/v1/jobs", content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == http_status, (what, response.text)
+            assert response.headers["content-type"].startswith("application/json"), what
+            status = response.json()
+            assert status["message"], what
+            found = {d.get("reason") for d in status.get("details", []) if "reason" in d}
+            if reasons:
+                assert found & reasons, (what, status)
+
+        # A job of tenant "other" is not found by the default tenant, exactly as a missing one.
+        other = http.post("/v1/jobs", json=_echo_job(label), headers={"x-cpa-tenant": "other"})
+        assert other.status_code == 200, other.text
+        other_id = other.json()["job"]["job_id"]
+        foreign = http.get(f"/v1/jobs/{other_id}")
+        missing = http.get(f"/v1/jobs/{UNKNOWN_JOB}")
+        assert (foreign.status_code, missing.status_code) == (404, 404)
+        assert foreign.json()["details"] == missing.json()["details"]
+
+        # Nothing refused made a job, and the gateway and scheduler still serve.
+        listed = http.get("/v1/jobs", params={"filter": f'labels.run = "{label}"'})
+        assert listed.status_code == 200, listed.text
+        assert listed.json().get("jobs", []) == []
+        ok = http.post("/v1/jobs", json=_echo_job(label))
+        assert ok.status_code == 200, ok.text
+
+    for process in (gateway, server):
+        process.terminate()
+        assert process.exit_code(STOP_TIMEOUT_S) == 0, process.report()
