@@ -30,7 +30,9 @@ class _ActionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionType
     ACTION_TYPE_UNSPECIFIED: _ActionType.ValueType  # 0
     """Not set; rejected with INVALID_FIELD."""
     ACTION_TYPE_OPEN_APP: _ActionType.ValueType  # 1
-    """Start a desktop application (params.app names it)."""
+    """Start a desktop application (params.app names it). No shipped agent offers it (Linux agents
+    have no desktop executor): such a task waits QUEUED for an agent that does.
+    """
     ACTION_TYPE_CLICK: _ActionType.ValueType  # 2
     """Click the element the selector finds."""
     ACTION_TYPE_TYPE: _ActionType.ValueType  # 3
@@ -38,11 +40,18 @@ class _ActionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionType
     ACTION_TYPE_WAIT_FOR: _ActionType.ValueType  # 4
     """Wait until the element the selector finds appears (bounded by the task timeout)."""
     ACTION_TYPE_PLAYWRIGHT: _ActionType.ValueType  # 5
-    """A Playwright browser step (params.op: goto, click, fill, download, screenshot...)."""
+    """Browser steps on Playwright: params is one op (`{"op": "goto", "url": ...}`) or
+    `{"steps": [op, ...]}`; ops goto, click, fill, type, press, select, wait_for, extract_text,
+    screenshot, download, verify (docs/BROWSER.md). Params the browser agent's model refuses fail
+    the attempt with INVALID_PARAMS naming the field. A task gets the session "browser" when it
+    names none (see session).
+    """
     ACTION_TYPE_UIA: _ActionType.ValueType  # 6
     """A Windows UI Automation step; only agents on Windows advertise it."""
     ACTION_TYPE_SEND_MAIL: _ActionType.ValueType  # 7
-    """Send a mail (params: to, cc, subject, body; attachments from earlier tasks' artifacts)."""
+    """Send a mail (params: to, cc, subject, body, content_type; every input bound to an artifact
+    through inputs.<name>.artifact_name is attached; docs/MAIL.md).
+    """
     ACTION_TYPE_CUSTOM: _ActionType.ValueType  # 8
     """A custom action; its name is in ToDo.custom_action."""
 
@@ -54,7 +63,9 @@ class ActionType(_ActionType, metaclass=_ActionTypeEnumTypeWrapper):
 ACTION_TYPE_UNSPECIFIED: ActionType.ValueType  # 0
 """Not set; rejected with INVALID_FIELD."""
 ACTION_TYPE_OPEN_APP: ActionType.ValueType  # 1
-"""Start a desktop application (params.app names it)."""
+"""Start a desktop application (params.app names it). No shipped agent offers it (Linux agents
+have no desktop executor): such a task waits QUEUED for an agent that does.
+"""
 ACTION_TYPE_CLICK: ActionType.ValueType  # 2
 """Click the element the selector finds."""
 ACTION_TYPE_TYPE: ActionType.ValueType  # 3
@@ -62,11 +73,18 @@ ACTION_TYPE_TYPE: ActionType.ValueType  # 3
 ACTION_TYPE_WAIT_FOR: ActionType.ValueType  # 4
 """Wait until the element the selector finds appears (bounded by the task timeout)."""
 ACTION_TYPE_PLAYWRIGHT: ActionType.ValueType  # 5
-"""A Playwright browser step (params.op: goto, click, fill, download, screenshot...)."""
+"""Browser steps on Playwright: params is one op (`{"op": "goto", "url": ...}`) or
+`{"steps": [op, ...]}`; ops goto, click, fill, type, press, select, wait_for, extract_text,
+screenshot, download, verify (docs/BROWSER.md). Params the browser agent's model refuses fail
+the attempt with INVALID_PARAMS naming the field. A task gets the session "browser" when it
+names none (see session).
+"""
 ACTION_TYPE_UIA: ActionType.ValueType  # 6
 """A Windows UI Automation step; only agents on Windows advertise it."""
 ACTION_TYPE_SEND_MAIL: ActionType.ValueType  # 7
-"""Send a mail (params: to, cc, subject, body; attachments from earlier tasks' artifacts)."""
+"""Send a mail (params: to, cc, subject, body, content_type; every input bound to an artifact
+through inputs.<name>.artifact_name is attached; docs/MAIL.md).
+"""
 ACTION_TYPE_CUSTOM: ActionType.ValueType  # 8
 """A custom action; its name is in ToDo.custom_action."""
 Global___ActionType: _TypeAlias = ActionType  # noqa: Y015
