@@ -48,10 +48,10 @@ codegen: $(STAMP)
 	$(BIN)/python tools/codegen.py
 
 codegen-check: codegen
-	@changes=$$(git status --porcelain -- clients/python/cpa deploy/api.binpb); \
+	@changes=$$(git status --porcelain -- clients/python/cpa deploy/api.binpb deploy/openapi); \
 	if [ -n "$$changes" ]; then \
 		echo "Generated code is out of date with proto/ (run 'make codegen' and commit):"; \
-		echo "$$changes"; git --no-pager diff --stat -- clients/python/cpa deploy/api.binpb; exit 1; \
+		echo "$$changes"; git --no-pager diff --stat -- clients/python/cpa deploy/api.binpb deploy/openapi; exit 1; \
 	fi; echo "generated code is in step with proto/"
 
 unit: $(STAMP) chromium

@@ -1,5 +1,6 @@
 """Regenerate everything derived from proto/: Python code (messages, gRPC stubs, type stubs)
-under clients/python/ and the descriptor set Envoy and grpcurl read.
+under clients/python/, the descriptor set Envoy and grpcurl read, and from that set the gateway's
+OpenAPI document and reference page (deploy/openapi/, by tools/apidoc).
 
 Run `python tools/codegen.py`; CI runs it and fails when the tree changes afterwards.
 """
@@ -79,10 +80,16 @@ def build_descriptor_set() -> None:
     subprocess.run([buf, "build", "-o", str(DESCRIPTOR_SET)], cwd=ROOT, check=True)
 
 
+def generate_api_docs() -> None:
+    # A module of its own (python -m tools.apidoc), run from the root like buf.
+    subprocess.run([sys.executable, "-m", "tools.apidoc"], cwd=ROOT, check=True)
+
+
 def main() -> None:
     files = _proto_files()
     generate_python(files)
     build_descriptor_set()
+    generate_api_docs()
     print(
         f"generated {len(files)} proto files into {PYTHON_OUT.relative_to(ROOT)}/cpa "
         f"and {DESCRIPTOR_SET.relative_to(ROOT)}"
