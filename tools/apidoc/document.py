@@ -281,8 +281,15 @@ def _error_schema(builder: SchemaBuilder) -> Schema:
         }
         for detail in ERROR_DETAILS
     ]
+    # Any other detail type, so that an ErrorInfo or BadRequest must have its own shape.
+    known = [f"type.googleapis.com/{detail}" for detail in ERROR_DETAILS]
+    other: Schema = {
+        "type": "object",
+        "properties": {"@type": {"type": "string", "not": {"enum": known}}},
+        "required": ["@type"],
+    }
     details = builder.components["google.rpc.Status"]["properties"]["details"]
-    details["items"] = {"anyOf": [*kinds, WELL_KNOWN["google.protobuf.Any"]]}
+    details["items"] = {"anyOf": [*kinds, other]}
     return status
 
 

@@ -19,8 +19,9 @@ _STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;margin:0;color:#1d2430;background:#fff}
 header{background:#1d2430;color:#fff;padding:1rem 2rem}header h1{margin:0;font-size:1.5rem}
 .layout{display:flex;align-items:flex-start}
-nav{position:sticky;top:0;max-height:100vh;overflow:auto;min-width:16rem;padding:1rem;
-border-right:1px solid #dde}nav ul{list-style:none;padding-left:.5rem;margin:.2rem 0}
+nav{position:sticky;top:0;max-height:100vh;overflow:auto;flex:none;width:19rem;padding:1rem;
+border-right:1px solid #dde;overflow-wrap:anywhere}
+nav ul{list-style:none;padding-left:.5rem;margin:.2rem 0}
 nav a{text-decoration:none;color:#245}main{padding:1rem 2rem;max-width:70rem;min-width:0}
 code{background:#f2f4f8;padding:0 .2em;border-radius:3px;font-size:.92em}
 .operation,.schema{border:1px solid #dde;border-radius:6px;padding:.5rem 1rem;margin:1rem 0}

@@ -20,6 +20,12 @@ from ..common import CliError, split_host_port
 
 TEMPLATE = Path("envoy") / "envoy.yaml.j2"
 DESCRIPTOR = Path("api.binpb")
+# The API reference Envoy serves itself, generated from the descriptor set (tools/apidoc):
+# (URL path, file under deploy/, content type).
+API_DOCS = (
+    ("/openapi.json", Path("openapi") / "cpa-scheduler.openapi.json", "application/json"),
+    ("/docs", Path("openapi") / "cpa-scheduler.html", "text/html; charset=utf-8"),
+)
 # The services REST callers reach; ExecutorService (bidi agent streams) stays native gRPC only.
 # A new connection to a replica; longer means a dead host holds calls that long.
 CONNECT_TIMEOUT_S = 2.0
@@ -67,6 +73,8 @@ class GatewayConfig:
     admin: Endpoint
     descriptor_path: Path
     template_path: Path
+    # (URL path, file, content type) of each API_DOCS entry.
+    api_docs: tuple[tuple[str, Path, str], ...]
     max_request_bytes: int
     max_response_bytes: int
     stream_idle_timeout_s: float
@@ -89,6 +97,7 @@ class GatewayConfig:
             ),
             descriptor_path=_existing(base / DESCRIPTOR),
             template_path=_existing(base / TEMPLATE),
+            api_docs=tuple((url, _existing(base / file), kind) for url, file, kind in API_DOCS),
             max_request_bytes=settings.max_request_bytes,
             max_response_bytes=settings.gateway_max_response_bytes,
             stream_idle_timeout_s=settings.gateway_stream_idle_timeout_s,
@@ -143,4 +152,7 @@ def render_envoy_config(config: GatewayConfig) -> str:
         access_log_path=config.access_log_path,
         # The gateway's own errors carry the scheduler's ErrorInfo domain.
         error_domain=ERROR_DOMAIN,
+        api_docs=[(url, str(path), kind) for url, path, kind in config.api_docs],
+        # Envoy refuses a direct response body over this (4 KiB by default) when it loads.
+        api_docs_max_bytes=max((path.stat().st_size for _, path, _ in config.api_docs), default=0),
     )
