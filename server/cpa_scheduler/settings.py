@@ -229,8 +229,8 @@ class Settings(BaseSettings):
     # limit is max_request_bytes above: REST and gRPC callers get the same budget.
     gateway_deploy_dir: Path | None = Field(
         default=None,
-        description="Directory holding envoy/envoy.yaml.j2 and api.binpb (the repository's "
-        "deploy/); empty: the deploy/ next to the installed sources.",
+        description="Directory holding envoy/envoy.yaml.j2, api.binpb and openapi/ (the "
+        "repository's deploy/); empty: the deploy/ next to the installed sources.",
     )
     gateway_admin_address: str = Field(
         default="127.0.0.1:0",
