@@ -135,3 +135,20 @@ def test_gateway_fails_clearly_when_its_port_is_taken(start_cli: StartCli) -> No
 def test_a_missing_deploy_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(CliError, match="CPA_GATEWAY_DEPLOY_DIR"):
         GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], Settings(gateway_deploy_dir=tmp_path))
+
+
+@pytest.mark.parametrize(("idle_s", "heartbeat_s"), [(15.0, 15.0), (10.0, 15.0)])
+def test_an_idle_timeout_not_above_the_watch_heartbeat_is_refused(
+    idle_s: float, heartbeat_s: float
+) -> None:
+    settings = Settings(gateway_stream_idle_timeout_s=idle_s, watch_heartbeat_s=heartbeat_s)
+    with pytest.raises(CliError, match=r"CPA_GATEWAY_STREAM_IDLE_TIMEOUT_S .* must be larger"):
+        GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], settings)
+
+
+def test_the_idle_timeout_is_free_above_the_heartbeat_or_without_heartbeats() -> None:
+    for heartbeat_s in (14.9, 0.0):  # 0: heartbeats off, nothing to keep alive
+        settings = Settings(gateway_stream_idle_timeout_s=15.0, watch_heartbeat_s=heartbeat_s)
+        config = GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], settings)
+        assert config.stream_idle_timeout_s == 15.0
+    assert Settings().gateway_stream_idle_timeout_s > Settings().watch_heartbeat_s  # defaults
