@@ -74,6 +74,12 @@ def test_print_config_renders_what_envoy_validates(start_cli: StartCli, tmp_path
     ]
     health = cluster["health_checks"][0]
     assert health["grpc_health_check"]["service_name"] == "cpa.scheduler.v1.SchedulerService"
+    # Failover retries only calls that never reached a scheduler (docs/GATEWAY.md): never on
+    # `reset`, `unavailable` or 5xx, which could run a ScheduleJob twice.
+    (route,) = manager["route_config"]["virtual_hosts"][0]["routes"]
+    retry_on = set(route["route"]["retry_policy"]["retry_on"].split(","))
+    assert retry_on == {"connect-failure", "refused-stream", "reset-before-request"}
+    assert cluster["outlier_detection"]["enforcing_consecutive_gateway_failure"] == 100
 
 
 def test_ip_upstreams_render_a_static_cluster_that_envoy_validates(tmp_path: Path) -> None:
