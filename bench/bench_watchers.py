@@ -169,8 +169,10 @@ async def _watchers(server: str, job_ids: list[str]) -> None:
                     if window[0] <= now < window[1]:
                         counts[0] += 1
                         if counts[0] % LAG_SAMPLE_EVERY == 0:
-                            event = scheduler_service_pb2.WatchJobResponse.FromString(raw).event
-                            lags.append(now - event.create_time.ToNanoseconds() / 1e9)
+                            sampled = scheduler_service_pb2.WatchJobResponse.FromString(raw)
+                            if sampled.HasField("event"):  # not a heartbeat
+                                created = sampled.event.create_time.ToNanoseconds() / 1e9
+                                lags.append(now - created)
                 return
             except grpc.aio.AioRpcError as error:
                 if seen == 0 and attempt + 1 < OPEN_ATTEMPTS:

@@ -14,8 +14,6 @@ from cpa_scheduler.settings import Settings
 from .common import CliError, emit, warn
 from .gateway import EnvoyGateway, GatewayConfig, GatewayError, render_envoy_config
 
-SERVING_LINE = "cpa gateway serving on {address} (admin {admin}) in front of {upstreams}"
-
 
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
@@ -61,19 +59,17 @@ def run(arguments: argparse.Namespace) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         warn(f"cpa gateway: {signal.Signals(signum).name} received, stopping")
         stop.set()
-        if gateway.process is not None and gateway.process.poll() is None:
-            gateway.process.send_signal(signal.SIGTERM)
+        gateway.stop_soon()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            address = gateway.start()
+            gateway.start()
         except GatewayError as error:
             if stop.is_set():
                 return 0
             raise CliError(f"gateway: {error}") from None
-        upstreams = ", ".join(str(u) for u in config.upstreams)
-        emit(SERVING_LINE.format(address=address, admin=gateway.admin_address, upstreams=upstreams))
+        emit(gateway.serving_line())
         code = gateway.wait()
         if stop.is_set():
             return 0

@@ -1,4 +1,5 @@
-"""`cpa serve`: run the scheduler (and, with --with-agent, a local agent) until SIGTERM/SIGINT."""
+"""`cpa serve`: run the scheduler (and, with --with-agent, a local agent; with --with-gateway,
+Envoy in front of it) until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from cpa_scheduler.settings import Settings
 
 from .common import CliError, add_pair_option, emit, pairs, warn
 from .embedded import LocalStack
+from .gateway import EnvoyGateway, GatewayConfig, GatewayError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVING_LINE = "cpa scheduler serving on {address}"
+DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
 AGENT_CONNECTED_LINE = "cpa agent {agent_id} connected to {address}"
 
 
@@ -61,6 +64,18 @@ def register(commands: Any) -> None:
     )
     add_pair_option(parser, "--agent-label", "a label of the local agent (with --with-agent)")
     parser.add_argument(
+        "--with-gateway",
+        action="store_true",
+        help="also run the gateway (Envoy: REST/JSON and gRPC, as `cpa gateway`) in front of "
+        "this scheduler; it stops with it",
+    )
+    parser.add_argument(
+        "--gateway-listen",
+        metavar="HOST:PORT",
+        help="address the gateway binds (with --with-gateway; default 127.0.0.1:8080; port 0 "
+        "picks a free one)",
+    )
+    parser.add_argument(
         "--grace",
         type=float,
         default=5.0,
@@ -74,6 +89,8 @@ def run(arguments: argparse.Namespace) -> int:
     agent_options = (arguments.agent_slots, arguments.agent_id, arguments.agent_label)
     if not arguments.with_agent and any(agent_options):
         raise CliError("serve: --agent-slots, --agent-id and --agent-label go with --with-agent")
+    if arguments.gateway_listen is not None and not arguments.with_gateway:
+        raise CliError("serve: --gateway-listen goes with --with-gateway")
     overrides: dict[str, Any] = {}
     if arguments.data_dir is not None:
         overrides["data_dir"] = arguments.data_dir
@@ -93,18 +110,27 @@ def run(arguments: argparse.Namespace) -> int:
             agent["agent_id"] = arguments.agent_id
         if arguments.agent_label:
             agent["labels"] = pairs(arguments.agent_label, "--agent-label")
-    return asyncio.run(serve(LocalStack(settings, agent=agent), grace_s=arguments.grace))
+    gateway_listen = None
+    if arguments.with_gateway:
+        gateway_listen = arguments.gateway_listen or DEFAULT_GATEWAY_LISTEN
+    stack = LocalStack(settings, agent=agent)
+    return asyncio.run(serve(stack, grace_s=arguments.grace, gateway_listen=gateway_listen))
 
 
-async def serve(stack: LocalStack, *, grace_s: float) -> int:
-    """Serves until the first SIGTERM/SIGINT, then stops gracefully; a second one cuts it short."""
+async def serve(stack: LocalStack, *, grace_s: float, gateway_listen: str | None = None) -> int:
+    """Serves until the first SIGTERM/SIGINT, then stops gracefully; a second one cuts it short.
+    With `gateway_listen`, Envoy serves there in front of the scheduler; it is stopped after the
+    scheduler, so calls it carries may finish within the grace period."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    gateway: EnvoyGateway | None = None
 
     def on_signal(signum: int) -> None:
         if not stop.is_set():
             warn(f"cpa serve: {signal.Signals(signum).name} received, stopping")
             stop.set()
+            if gateway is not None and not gateway.address:
+                gateway.stop_soon()  # still starting: its wait for readiness ends now
         else:
             warn(f"cpa serve: {signal.Signals(signum).name} received again, stopping at once")
             stack.hurry()
@@ -115,14 +141,36 @@ async def serve(stack: LocalStack, *, grace_s: float) -> int:
         try:
             address = await stack.start()
             emit(SERVING_LINE.format(address=address))
+            if gateway_listen is not None:
+                config = GatewayConfig.build(gateway_listen, [address], stack.settings)
+                gateway = EnvoyGateway(config, log_level=stack.settings.gateway_log_level)
+                if not await _start_gateway(gateway, stop):
+                    return 0  # stopped while Envoy started
             if stack.agent is not None:
                 await _announce_agent(stack, stop, address)
-            return await _until_stopped(stack, stop)
+            return await _until_stopped(stack, stop, gateway)
         finally:
             await stack.stop(grace_s)
+            if gateway is not None:
+                await asyncio.to_thread(gateway.stop)
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+async def _start_gateway(gateway: EnvoyGateway, stop: asyncio.Event) -> bool:
+    """Starts Envoy and prints its serving line; False if a stop signal came first."""
+    # Spawned on the loop's (main) thread: Envoy gets SIGTERM when that thread dies, and it
+    # lives as long as the process (a worker thread would take Envoy down when it exits).
+    gateway.spawn()
+    try:
+        await asyncio.to_thread(gateway.wait_ready)
+    except GatewayError as error:
+        if stop.is_set():
+            return False
+        raise CliError(f"gateway: {error}") from None
+    emit(gateway.serving_line())
+    return True
 
 
 async def _announce_agent(stack: LocalStack, stop: asyncio.Event, address: str) -> None:
@@ -139,16 +187,28 @@ async def _announce_agent(stack: LocalStack, stop: asyncio.Event, address: str) 
         emit(AGENT_CONNECTED_LINE.format(agent_id=stack.agent.settings.agent_id, address=address))
 
 
-async def _until_stopped(stack: LocalStack, stop: asyncio.Event) -> int:
-    """Waits for a stop signal; 1 if the local agent ended on its own before one came."""
-    waiters: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait())}
+async def _until_stopped(
+    stack: LocalStack, stop: asyncio.Event, gateway: EnvoyGateway | None
+) -> int:
+    """Waits for a stop signal; 1 if the local agent or the gateway ended on its own first."""
+    stopping = asyncio.create_task(stop.wait())
+    waiters: set[asyncio.Task[Any]] = {stopping}
     if stack.agent_task is not None:
-        waiters.add(stack.agent_task)
+        waiters.add(stack.agent_task)  # not ours to cancel: stack.stop() drains it
+    envoy: asyncio.Task[int] | None = None
+    if gateway is not None:
+        # The thread returns once Envoy exits, at the latest when serve() stops it.
+        envoy = asyncio.create_task(asyncio.to_thread(gateway.wait))
+        waiters.add(envoy)
     done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (stopping, envoy):
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
     if stop.is_set():
         return 0
-    for waiter in waiters - done:
-        waiter.cancel()
+    if envoy is not None and envoy in done:
+        warn(f"cpa serve: the gateway's envoy exited with status {envoy.result()}; stopping")
+        return 1
     error = stack.agent_task.exception() if stack.agent_task is not None else None
     warn(f"cpa serve: the local agent stopped{f': {error}' if error else ''}; stopping")
     return 1

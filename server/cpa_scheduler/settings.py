@@ -204,6 +204,14 @@ class Settings(BaseSettings):
         "further behind, or one that meets a gap, re-reads the store from the last event it "
         "received.",
     )
+    watch_heartbeat_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="A WatchJob stream that had nothing to send for this long gets a heartbeat "
+        "(a WatchJobResponse without event), so proxies' idle timeouts do not close a quiet "
+        "watch; keep it well under gateway_stream_idle_timeout_s (`cpa gateway` refuses one "
+        "that is not larger). 0 sends no heartbeats.",
+    )
     event_retention_s: float = Field(
         default=7 * 86_400.0,
         gt=0,

@@ -19,7 +19,7 @@ from cpa_scheduler.domain import (
     TaskState,
     TaskStateChanged,
 )
-from cpa_scheduler.events import RedisEventBus, Subscription
+from cpa_scheduler.events import LiveEvent, RedisEventBus, Subscription
 
 from .conftest import DEADLINE_S
 
@@ -54,7 +54,7 @@ async def next_event(subscription: Subscription) -> JobEvent:
         live = await asyncio.wait_for(subscription.next(), DEADLINE_S)
     except TimeoutError:
         pytest.fail("the event did not arrive")
-    assert live is not None, "the watcher was told to re-read the store"
+    assert isinstance(live, LiveEvent), f"the watcher was told to re-read the store: {live}"
     subscription.written()
     return live.event
 

@@ -22,6 +22,10 @@ import pytest
 
 SERVING = re.compile(r"^cpa scheduler serving on (?P<address>\S+:\d+)$")
 CONNECTED = re.compile(r"^cpa agent (?P<agent_id>\S+) connected to (?P<address>\S+)$")
+GATEWAY = re.compile(
+    r"^cpa gateway serving on (?P<address>\S+:\d+) \(admin (?P<admin>\S+:\d+)\) in front of "
+    r"(?P<upstreams>.+)$"
+)
 # Long enough for a loaded CI machine; the usual start takes well under a second.
 START_TIMEOUT_S = 15.0
 
@@ -158,11 +162,23 @@ def start_cli(tmp_path: Path) -> Iterator[StartCli]:
     _kill_all(processes)
 
 
-def start_server(start_cli: StartCli, *args: str) -> tuple[CliProcess, str]:
+def start_server(
+    start_cli: StartCli, *args: str, env: dict[str, str] | None = None
+) -> tuple[CliProcess, str]:
     """`cpa serve --listen 127.0.0.1:0 ARGS`; returns the process and the address it serves."""
-    server = start_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", "data", *args)
+    server = start_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", "data", *args, env=env)
     address = server.wait_for_line(SERVING, START_TIMEOUT_S)["address"]
     return server, address
+
+
+def start_gateway(
+    start_cli: StartCli, *upstreams: str, env: dict[str, str] | None = None
+) -> tuple[CliProcess, re.Match[str]]:
+    """`cpa gateway --listen 127.0.0.1:0 --upstream U...`; the process and its serving line
+    (groups address, admin, upstreams) once Envoy is ready."""
+    flags = [f for upstream in upstreams for f in ("--upstream", upstream)]
+    gateway = start_cli("gateway", "--listen", "127.0.0.1:0", *flags, env=env)
+    return gateway, gateway.wait_for_line(GATEWAY, START_TIMEOUT_S)
 
 
 @dataclass(frozen=True)

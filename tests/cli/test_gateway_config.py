@@ -74,6 +74,12 @@ def test_print_config_renders_what_envoy_validates(start_cli: StartCli, tmp_path
     ]
     health = cluster["health_checks"][0]
     assert health["grpc_health_check"]["service_name"] == "cpa.scheduler.v1.SchedulerService"
+    # Failover retries only calls that never reached a scheduler (docs/GATEWAY.md): never on
+    # `reset`, `unavailable` or 5xx, which could run a ScheduleJob twice.
+    (route,) = manager["route_config"]["virtual_hosts"][0]["routes"]
+    retry_on = set(route["route"]["retry_policy"]["retry_on"].split(","))
+    assert retry_on == {"connect-failure", "refused-stream", "reset-before-request"}
+    assert cluster["outlier_detection"]["enforcing_consecutive_gateway_failure"] == 100
 
 
 def test_ip_upstreams_render_a_static_cluster_that_envoy_validates(tmp_path: Path) -> None:
@@ -135,3 +141,20 @@ def test_gateway_fails_clearly_when_its_port_is_taken(start_cli: StartCli) -> No
 def test_a_missing_deploy_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(CliError, match="CPA_GATEWAY_DEPLOY_DIR"):
         GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], Settings(gateway_deploy_dir=tmp_path))
+
+
+@pytest.mark.parametrize(("idle_s", "heartbeat_s"), [(15.0, 15.0), (10.0, 15.0)])
+def test_an_idle_timeout_not_above_the_watch_heartbeat_is_refused(
+    idle_s: float, heartbeat_s: float
+) -> None:
+    settings = Settings(gateway_stream_idle_timeout_s=idle_s, watch_heartbeat_s=heartbeat_s)
+    with pytest.raises(CliError, match=r"CPA_GATEWAY_STREAM_IDLE_TIMEOUT_S .* must be larger"):
+        GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], settings)
+
+
+def test_the_idle_timeout_is_free_above_the_heartbeat_or_without_heartbeats() -> None:
+    for heartbeat_s in (14.9, 0.0):  # 0: heartbeats off, nothing to keep alive
+        settings = Settings(gateway_stream_idle_timeout_s=15.0, watch_heartbeat_s=heartbeat_s)
+        config = GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], settings)
+        assert config.stream_idle_timeout_s == 15.0
+    assert Settings().gateway_stream_idle_timeout_s > Settings().watch_heartbeat_s  # defaults

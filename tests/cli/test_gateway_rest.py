@@ -22,12 +22,15 @@ from cpa.scheduler.v1 import job_pb2
 from cpa_client import CpaError, SchedulerClient
 from cpa_client.errors import ERROR_DOMAIN as DOMAIN
 
-from .conftest import CONNECTED, START_TIMEOUT_S, CliProcess, StartCli, start_server
-
-GATEWAY = re.compile(
-    r"^cpa gateway serving on (?P<address>\S+:\d+) \(admin (?P<admin>\S+:\d+)\) in front of "
-    r"(?P<upstreams>.+)$"
+from .conftest import (
+    CONNECTED,
+    START_TIMEOUT_S,
+    CliProcess,
+    StartCli,
+    start_gateway,
+    start_server,
 )
+
 JOB_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 # The gateway's body limit in this test (the scheduler keeps its 4 MiB default).
@@ -36,11 +39,9 @@ UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"
 
 
 def _start_gateway(start_cli: StartCli, upstream: str) -> tuple[CliProcess, str, str]:
-    gateway = start_cli(
-        *("gateway", "--listen", "127.0.0.1:0", "--upstream", upstream),
-        env={"CPA_MAX_REQUEST_BYTES": str(GATEWAY_BODY_LIMIT)},
+    gateway, match = start_gateway(
+        start_cli, upstream, env={"CPA_MAX_REQUEST_BYTES": str(GATEWAY_BODY_LIMIT)}
     )
-    match = gateway.wait_for_line(GATEWAY, START_TIMEOUT_S)
     assert match["upstreams"] == upstream
     return gateway, match["address"], match["admin"]
 

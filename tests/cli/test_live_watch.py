@@ -7,6 +7,7 @@ the terminal is a real pseudo-terminal, so rich draws exactly what a user would 
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -141,3 +142,23 @@ def _run_on_a_terminal(args: list[str], *, cwd: Path, timeout_s: float = 30.0) -
     process.stderr.close()
     assert code == 0, stderr
     return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def test_cpa_submit_watch_skips_the_servers_heartbeats(start_cli: StartCli, tmp_path: Path) -> None:
+    """A task quiet for 1.5 s, heartbeats every 0.2 s: `cpa submit --watch --json` prints the
+    response and the events, each a JobEvent with a sequence, and nothing for the heartbeats."""
+    _, address = start_server(
+        start_cli,
+        "--with-agent",
+        env={"CPA_WATCH_HEARTBEAT_S": "0.2", "CPA_AGENT_EXECUTORS": "builtin"},
+    )
+    todos = _write(
+        tmp_path / "quiet.yaml",
+        "- {id: quiet, action: wait, params: {seconds: 1.5, ignore_cancel: true}}\n",
+    )
+    watch = start_cli("submit", "--todos", todos, "--watch", "--json", "--server", address)
+    assert watch.exit_code(START_TIMEOUT_S + 10) == 0, watch.report()
+    response, *events = [json.loads(line) for line in watch.rest_of_output(5.0)]
+    assert "job" in response
+    assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1)), events
+    assert events[-1]["terminal"] is True

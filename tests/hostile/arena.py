@@ -130,6 +130,7 @@ class NormalWork:
                         metadata=metadata,
                         timeout=NORMAL_WAIT_S + 4 * CALL_TIMEOUT_S,
                     )
+                    if response.HasField("event")  # not a heartbeat
                 ]
                 job = self.stub.GetJob(
                     scheduler_service_pb2.GetJobRequest(job_id=job_id),

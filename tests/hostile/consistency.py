@@ -207,6 +207,7 @@ def _job_problems(
             for r in stub.WatchJob(
                 svc.WatchJobRequest(job_id=job_id), metadata=metadata, timeout=CALL_TIMEOUT_S
             )
+            if r.HasField("event")  # not a heartbeat
         ]
     except grpc.RpcError as error:
         return [f"WatchJob {job_id} (ended) fails: {describe_error(error)}"]

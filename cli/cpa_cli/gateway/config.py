@@ -88,6 +88,7 @@ class GatewayConfig:
         """From `--listen`/`--upstream` flags and the CPA_* settings; a CliError for bad ones."""
         if not upstreams:
             raise CliError("gateway: at least one --upstream HOST:PORT is needed")
+        _check_idle_timeout(settings)
         base = deploy_dir(settings)
         return cls(
             listen=Endpoint.parse(listen, "--listen", allow_port_zero=True),
@@ -104,6 +105,20 @@ class GatewayConfig:
             health_interval_s=settings.gateway_health_interval_s,
             max_connections=settings.gateway_max_connections,
             access_log_path=settings.gateway_access_log,
+        )
+
+
+def _check_idle_timeout(settings: Settings) -> None:
+    """A WatchJob stream with nothing to say carries a heartbeat every watch_heartbeat_s: the
+    gateway must wait longer than that before it calls the stream idle, or it cuts every quiet
+    watch. (The gateway's own settings stand for the schedulers'; docs/GATEWAY.md says to keep
+    them alike.)"""
+    idle_s, heartbeat_s = settings.gateway_stream_idle_timeout_s, settings.watch_heartbeat_s
+    if heartbeat_s > 0 and idle_s <= heartbeat_s:
+        raise CliError(
+            f"gateway: CPA_GATEWAY_STREAM_IDLE_TIMEOUT_S ({idle_s:g}) must be larger than "
+            f"CPA_WATCH_HEARTBEAT_S ({heartbeat_s:g}), or quiet WatchJob streams are cut; "
+            "keep it several heartbeats long"
         )
 
 

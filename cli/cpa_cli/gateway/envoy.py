@@ -32,6 +32,10 @@ _T = TypeVar("_T")
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+# What `cpa gateway` and `cpa serve --with-gateway` print once Envoy is ready.
+SERVING_LINE = "cpa gateway serving on {address} (admin {admin}) in front of {upstreams}"
+
+
 class GatewayError(Exception):
     """Envoy could not be started, or exited: its own stderr lines say why."""
 
@@ -153,9 +157,21 @@ class EnvoyGateway:
                 return f"{host}:{socket['port_value']}"
         return None
 
+    def serving_line(self) -> str:
+        """The line announcing the ready gateway (after start())."""
+        upstreams = ", ".join(str(u) for u in self.config.upstreams)
+        return SERVING_LINE.format(
+            address=self.address, admin=self.admin_address, upstreams=upstreams
+        )
+
     def wait(self, timeout_s: float | None = None) -> int:
         assert self.process is not None
         return self.process.wait(timeout=timeout_s)
+
+    def stop_soon(self) -> None:
+        """SIGTERM to Envoy if it runs, without waiting (safe in a signal handler)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, then SIGKILL after `timeout_s`; removes the config files. Its exit status."""

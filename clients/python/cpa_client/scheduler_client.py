@@ -224,7 +224,8 @@ class SchedulerClient:
     async def watch_job(
         self, job_id: str, *, after_sequence: int = 0
     ) -> AsyncIterator[job_event_pb2.JobEvent]:
-        """The job's events after `after_sequence`, live, ending after the terminal event."""
+        """The job's events after `after_sequence`, live, ending after the terminal event.
+        The server's heartbeats on a quiet stream (responses without an event) are skipped."""
         request = scheduler_service_pb2.WatchJobRequest(
             job_id=job_id, after_sequence=after_sequence
         )
@@ -233,7 +234,8 @@ class SchedulerClient:
             async for response in call:
                 if response is None:
                     raise _undecodable()
-                yield response.event
+                if response.HasField("event"):
+                    yield response.event
         except grpc.aio.AioRpcError as error:
             raise CpaError.from_rpc_error(error) from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from cpa.common.v1 import agent_capabilities_pb2, error_pb2, todo_pb2
@@ -571,3 +572,8 @@ def watch_response_bytes(event: JobEvent) -> bytes:
     """The serialized WatchJobResponse carrying `event`: made once per event and sent as is to
     every watcher of the job (see api/watch.py)."""
     return scheduler_service_pb2.WatchJobResponse(event=event_to_proto(event)).SerializeToString()
+
+
+def heartbeat_response_bytes(now: datetime) -> bytes:
+    """The serialized WatchJobResponse of a heartbeat: no event, the server's time."""
+    return scheduler_service_pb2.WatchJobResponse(heartbeat=timestamp(now)).SerializeToString()

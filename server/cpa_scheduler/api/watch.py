@@ -6,11 +6,18 @@ iteration); live events are encoded once for all their watchers and handed to gR
 (api/decoded_service.py's serializer passes bytes through). A
 watcher that reads slowly has its progress events coalesced, and past its buffer re-reads the
 store from the last event it delivered.
+
+A watch with nothing to send for CPA_WATCH_HEARTBEAT_S gets a heartbeat (a WatchJobResponse
+without event), so proxies in between do not close it as idle. One timer per stream checks
+when the watcher last sent something; events themselves cost nothing extra.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -18,7 +25,7 @@ import grpc.aio
 
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa_scheduler.domain import DomainError, InvalidArgument, Reason
-from cpa_scheduler.events import EventBus, Subscription
+from cpa_scheduler.events import EventBus, Heartbeat, Subscription
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.settings import Settings
 
@@ -32,6 +39,24 @@ REPLAY_BATCH = 500
 
 class _ClientGoneError(Exception):
     """The client cancelled the call while a write was under way."""
+
+
+class _HeartbeatTimer:
+    """Asks `subscription` for a heartbeat whenever it has been quiet for `interval_s`: one
+    loop timer per stream, re-armed for the moment the watcher may next be quiet."""
+
+    def __init__(self, subscription: Subscription, interval_s: float) -> None:
+        self._subscription = subscription
+        self._interval_s = interval_s
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(interval_s, self._tick)
+
+    def _tick(self) -> None:
+        at = self._subscription.heartbeat_if_quiet(self._interval_s)
+        self._handle = self._loop.call_later(max(0.0, at - time.monotonic()), self._tick)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class JobWatch:
@@ -71,11 +96,15 @@ class JobWatch:
         self._admit(tenant)
         # Subscribe before reading the store, so nothing falls between the two.
         subscription = self._bus.subscribe(tenant, job_id)
+        interval_s = self._settings.watch_heartbeat_s
+        heartbeats = _HeartbeatTimer(subscription, interval_s) if interval_s > 0 else None
         try:
             await self._follow(subscription, tenant, job_id, request.after_sequence, context)
         except _ClientGoneError:
             return  # nobody to tell: a write failed because the client cancelled the call
         finally:
+            if heartbeats is not None:
+                heartbeats.cancel()
             subscription.close()
 
     async def _follow(
@@ -108,6 +137,12 @@ class JobWatch:
             first_read = False
             subscription.resume_after(last)
             while (live := await subscription.next()) is not None:
+                if isinstance(live, Heartbeat):
+                    try:
+                        await write(convert.heartbeat_response_bytes(datetime.now(UTC)))
+                    finally:
+                        subscription.written()
+                    continue
                 event = live.event
                 try:
                     await write(live.encoded(encode))

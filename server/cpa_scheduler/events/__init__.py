@@ -1,7 +1,7 @@
 """Live fan-out of stored job events to watchers (in-process, or across replicas via Redis)."""
 
 from .bus import EventBus, LocalEventBus
-from .fanout import FanOut, LiveEvent, Subscription, Watchers
+from .fanout import HEARTBEAT, FanOut, Heartbeat, LiveEvent, Subscription, Watchers
 from .redis_bus import RedisEventBus
 
 __all__ = [
@@ -10,6 +10,8 @@ __all__ = [
     "Subscription",
     # Fan-out on this replica
     "FanOut",
+    "HEARTBEAT",
+    "Heartbeat",
     "LiveEvent",
     "Watchers",
     # Implementations

@@ -20,6 +20,10 @@ paced by its own reading. So a watcher that does not read holds one position, ne
 
 `LiveEvent` carries one event to all its watchers and keeps its wire encoding, made once by the
 first watcher that needs it.
+
+Heartbeats: a caught-up watcher that wrote nothing for a while can be told to write one
+(`Subscription.heartbeat_if_quiet`, called by one timer per watch stream); its `next()` then
+answers HEARTBEAT, after a turn like any write. Nothing is added per event.
 """
 
 from __future__ import annotations
@@ -62,6 +66,15 @@ class LiveEvent:
         if self._encoded is None:
             self._encoded = encode(self.event)
         return self._encoded  # type: ignore[return-value]
+
+
+class Heartbeat:
+    """What `Subscription.next()` answers when the watcher should write a heartbeat."""
+
+    __slots__ = ()
+
+
+HEARTBEAT = Heartbeat()
 
 
 class FanOut:
@@ -267,7 +280,10 @@ class Subscription:
         self._queued = False  # _turn waits in the fan-out's queue
         self._writing: asyncio.Future[None] | None = None  # the turn of the write under way
         self._closed = False
-        self.last_activity_s = time.monotonic()
+        self._heartbeat = False  # the next turn writes a heartbeat (see heartbeat_if_quiet)
+        # When a turn was last granted: for an event (last_activity_s, which reread_quiet goes
+        # by: heartbeats must not put off a re-read) or for anything (last_sent_s).
+        self.last_activity_s = self.last_sent_s = time.monotonic()
         self.rereads = 0  # times it had to re-read the store (for tests and logs)
 
     @property
@@ -287,6 +303,21 @@ class Subscription:
         self._reread = True
         self._log.idle.pop(self, None)
         self._wake()
+
+    def heartbeat_if_quiet(self, quiet_s: float) -> float:
+        """If the watcher waits for an event (caught up) and has sent nothing for `quiet_s`,
+        its `next()` answers HEARTBEAT once it gets a turn. Returns the monotonic time at which
+        calling again may find it quiet (for the caller's timer)."""
+        now = time.monotonic()
+        due = self.last_sent_s + quiet_s
+        if self._closed or self not in self._log.idle:
+            return max(due, now + quiet_s)  # busy (replaying, writing, waiting for a turn)
+        if now < due:
+            return due
+        self._heartbeat = True
+        self._log.idle.pop(self, None)
+        self._wake()
+        return now + quiet_s
 
     def resume_after(self, sequence: int) -> None:
         """The watcher has delivered everything up to `sequence` (from the store)."""
@@ -325,9 +356,10 @@ class Subscription:
             self._fanout.done(self._writing)
             self._writing = None
 
-    async def next(self) -> LiveEvent | None:
+    async def next(self) -> LiveEvent | Heartbeat | None:
         """The next event for this watcher, once it has a turn; None: re-read the store (no
-        turn is held then). Call `written()` after writing the event."""
+        turn is held then); HEARTBEAT: write a heartbeat (see heartbeat_if_quiet). Call
+        `written()` after writing what it answered."""
         fanout = self._fanout
         loop = asyncio.get_running_loop()
         while True:
@@ -351,8 +383,12 @@ class Subscription:
                         self._turn = None
                         self._log.idle.pop(self, None)
                 self._writing = turn
-                self.last_activity_s = time.monotonic()
+                now = self.last_sent_s = time.monotonic()
+                heartbeat, self._heartbeat = self._heartbeat, False
                 live = None if self._reread else self._peek()
+                if heartbeat and live is None and not self._reread:
+                    return HEARTBEAT  # an event that came meanwhile is written instead
+                self.last_activity_s = now
             if self._reread:
                 self.written()
                 self._reread = False

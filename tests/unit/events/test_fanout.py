@@ -15,7 +15,7 @@ from cpa_scheduler.domain import (
     TaskState,
     TaskStateChanged,
 )
-from cpa_scheduler.events import FanOut, Subscription, Watchers
+from cpa_scheduler.events import HEARTBEAT, FanOut, LiveEvent, Subscription, Watchers
 
 TENANT, JOB = "tenant-a", "job-1"
 
@@ -53,6 +53,7 @@ async def read_available(subscription: Subscription) -> list[JobEvent | None]:
         if live is None:
             read.append(None)
             return read
+        assert isinstance(live, LiveEvent)  # no heartbeats asked for here
         subscription.written()
         read.append(live.event)
     return read
@@ -160,6 +161,52 @@ async def test_a_quiet_caught_up_watcher_rereads_the_store() -> None:
     assert watchers.reread_quiet(0.0) == 1
     assert await asyncio.wait_for(waiting, 5) is None
     assert watchers.reread_quiet(0.0) == 0  # not waiting any more
+
+
+async def test_a_quiet_caught_up_watcher_is_told_to_write_a_heartbeat() -> None:
+    watchers = Watchers(max_buffered=8)
+    quiet = watchers.subscribe(TENANT, JOB)
+    quiet.resume_after(0)
+    before = quiet.last_activity_s
+    waiting = asyncio.create_task(quiet.next())
+    await settle()
+    # Not quiet for long enough: nothing happens, and the timer is told when to look again.
+    again_at = quiet.heartbeat_if_quiet(60.0)
+    assert again_at >= quiet.last_sent_s + 60.0
+    await settle()
+    assert not waiting.done()
+
+    quiet.heartbeat_if_quiet(0.0)
+    assert await asyncio.wait_for(waiting, 5) is HEARTBEAT
+    quiet.written()
+    # A heartbeat is not news from the live feed: the quiet re-read still comes on time.
+    assert quiet.last_activity_s == before
+    assert quiet.last_sent_s > before
+    waiting = asyncio.create_task(quiet.next())
+    await settle()
+    assert watchers.reread_quiet(0.0) == 1
+    assert await asyncio.wait_for(waiting, 5) is None
+    quiet.close()
+
+
+async def test_a_watcher_with_something_to_write_writes_it_instead_of_a_heartbeat() -> None:
+    watchers = Watchers(max_buffered=8)
+    busy = watchers.subscribe(TENANT, JOB)
+    busy.resume_after(0)
+    assert busy.heartbeat_if_quiet(0.0) > 0  # not waiting in next(): nothing asked
+    waiting = asyncio.create_task(busy.next())
+    await settle()
+    busy.heartbeat_if_quiet(0.0)
+    watchers.deliver([state(1)])  # comes before the watcher's turn
+    live = await asyncio.wait_for(waiting, 5)
+    assert isinstance(live, LiveEvent)
+    assert live.event.sequence == 1
+    busy.written()
+    waiting = asyncio.create_task(busy.next())
+    await settle()
+    assert not waiting.done()  # the heartbeat was dropped, not kept for later
+    busy.close()
+    waiting.cancel()
 
 
 async def settle() -> None:

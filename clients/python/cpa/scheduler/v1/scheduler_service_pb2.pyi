@@ -14,6 +14,7 @@ from cpa.scheduler.v1 import job_pb2 as _job_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -598,23 +599,33 @@ Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
 
 @_typing.final
 class WatchJobResponse(_message.Message):
-    """WatchJobResponse carries one event."""
+    """WatchJobResponse carries one event, or a heartbeat: exactly one of the two is set."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _job_event_pb2.JobEvent:
-        """The event."""
+        """The event; unset in a heartbeat. A client skips messages without it."""
+
+    @_builtins.property
+    def heartbeat(self) -> _timestamp_pb2.Timestamp:
+        """Set (to the server's clock) instead of `event` when the job has had nothing to send for
+        CPA_WATCH_HEARTBEAT_S seconds: the stream carries bytes, so proxies' idle timeouts (the
+        gateway's CPA_GATEWAY_STREAM_IDLE_TIMEOUT_S) do not cut a quiet watch. Heartbeats have no
+        sequence number and are never replayed; CPA_WATCH_HEARTBEAT_S = 0 sends none.
+        """
 
     def __init__(
         self,
         *,
         event: _job_event_pb2.JobEvent | None = ...,
+        heartbeat: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
