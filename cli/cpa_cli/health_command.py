@@ -78,9 +78,8 @@ async def _check(arguments: argparse.Namespace) -> str:
             )
         except grpc.aio.AioRpcError as error:
             return f"{error.code().name}: {error.details() or 'no details'}"
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         if response.status != health_pb2.HealthCheckResponse.SERVING:
-            return status
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
         if arguments.agent_name is None:
             return ""
         client = SchedulerClient(arguments.server, channel=channel, timeout_s=arguments.timeout)
