@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def _install_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     stages = parse(DOCKERFILE)
     build, runtime = stages["build"], stages["runtime"]
     assert build.base == runtime.base, "the wheels are built on the runtime's Python"
@@ -91,7 +92,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     assert runtime.all("ENTRYPOINT")[0].exec_form() == ["cpa"]
     assert any(f"PATH={venv_path}/bin:" in env.arguments for env in runtime.all("ENV"))
     workdir = tmp_path_factory.mktemp("run")
-    return Installed(venv=replay.inside(venv_path), workdir=workdir)
+    yield Installed(venv=replay.inside(venv_path), workdir=workdir)
+    shutil.rmtree(replay.root)  # a few hundred MB: not kept with pytest's last temp dirs
 
 
 @pytest.fixture
