@@ -59,6 +59,8 @@ def register(commands: Any) -> None:
 def run(arguments: argparse.Namespace) -> int:
     if not arguments.timeout > 0:
         raise CliError("health: --timeout must be > 0")
+    if not arguments.server.strip():
+        raise CliError("health: --server needs HOST:PORT")  # gRPC would only log noise
     problem = asyncio.run(_check(arguments))
     if problem:
         warn(f"cpa health: {arguments.server}: {problem}")

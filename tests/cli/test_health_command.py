@@ -74,6 +74,13 @@ def test_a_bad_timeout_is_a_usage_error(capsys: pytest.CaptureFixture[str], time
     assert err == "cpa: health: --timeout must be > 0\n"
 
 
+@pytest.mark.parametrize("server", ["", "  "])
+def test_an_empty_server_is_a_usage_error(capsys: pytest.CaptureFixture[str], server: str) -> None:
+    code, _, err = health(capsys, "--server", server)
+    assert code == 2
+    assert err == "cpa: health: --server needs HOST:PORT\n"
+
+
 def test_a_draining_scheduler_is_not_serving(
     capsys: pytest.CaptureFixture[str], start_cli: StartCli, tmp_path: Path
 ) -> None:
