@@ -23,6 +23,7 @@ from . import (
     agents_command,
     artifacts_command,
     gateway_command,
+    health_command,
     intents_command,
     jobs_command,
     migrate_command,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     artifacts_command.register(commands)
     demo_command.register(commands)
     migrate_command.register(commands)
+    health_command.register(commands)
     return parser
 
 

@@ -238,7 +238,8 @@ class Settings(BaseSettings):
     gateway_deploy_dir: Path | None = Field(
         default=None,
         description="Directory holding envoy/envoy.yaml.j2, api.binpb and openapi/ (the "
-        "repository's deploy/); empty: the deploy/ next to the installed sources.",
+        "repository's deploy/); empty: the deploy/ next to the sources (a checkout), else the "
+        "copy a wheel install put under <prefix>/share/cpa-scheduler/deploy.",
     )
     gateway_admin_address: str = Field(
         default="127.0.0.1:0",

@@ -118,10 +118,13 @@ def _start(
     workdir: Path,
     stderr_path: Path,
     env: dict[str, str] | None = None,
+    program: Sequence[str] = (sys.executable, "-m", "cpa_cli"),
 ) -> CliProcess:
+    """`program ARGS` (the `cpa` of this checkout unless told; tests/deploy runs an installed
+    one) in `workdir`, its stdout read line by line."""
     with stderr_path.open("w", encoding="utf-8") as stderr:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "cpa_cli", *args],
+            [*program, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,

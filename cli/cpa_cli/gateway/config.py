@@ -2,11 +2,13 @@
 
 The template is the one source of truth; this module only turns settings and flags into its
 variables, checked (ports are integers, hosts carry no brackets or quotes), so a user changes
-ports or upstreams with flags and never edits YAML.
+ports or upstreams with flags and never edits YAML. A wheel install carries the template and
+api.binpb as data files (pyproject.toml), so `cpa gateway` needs no repository.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,9 @@ CONNECT_TIMEOUT_S = 2.0
 TRANSCODED_SERVICES = ("cpa.scheduler.v1.SchedulerService",)
 # The repository's deploy/ seen from cli/cpa_cli/gateway/ (an editable or source install).
 _SOURCE_DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
+# Where a wheel install puts deploy/'s files (pyproject.toml [tool.setuptools.data-files]).
+DISTRIBUTION = "cpa-scheduler"
+INSTALLED_DEPLOY_DIR = "share/cpa-scheduler/deploy"
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,27 @@ def _check_idle_timeout(settings: Settings) -> None:
 
 
 def deploy_dir(settings: Settings) -> Path:
-    return settings.gateway_deploy_dir or _SOURCE_DEPLOY_DIR
+    """CPA_GATEWAY_DEPLOY_DIR, else the repository's deploy/ next to these sources, else the
+    copy a wheel install made (under the environment's prefix)."""
+    if settings.gateway_deploy_dir is not None:
+        return settings.gateway_deploy_dir
+    if (_SOURCE_DEPLOY_DIR / TEMPLATE).is_file():
+        return _SOURCE_DEPLOY_DIR
+    return _installed_deploy_dir() or _SOURCE_DEPLOY_DIR
+
+
+def _installed_deploy_dir() -> Path | None:
+    """The data files' directory, found in the distribution's own file list (RECORD), so any
+    install scheme (virtualenv, --user, --prefix) is right."""
+    try:
+        files = importlib.metadata.distribution(DISTRIBUTION).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    wanted = f"{INSTALLED_DEPLOY_DIR}/{DESCRIPTOR.as_posix()}"
+    for file in files:
+        if file.as_posix().endswith(wanted):
+            return Path(str(file.locate())).resolve().parent
+    return None
 
 
 def _existing(path: Path) -> Path:
