@@ -44,6 +44,12 @@ def register(commands: Any) -> None:
         help="a capability matched against ToDo required_capabilities; repeatable",
     )
     parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="agent token (`cpa keys create --role agent`) sent with every call (default: "
+        "$CPA_AGENT_TOKEN, which, unlike an option, other users cannot see in the process list)",
+    )
+    parser.add_argument(
         "--executors",
         metavar="NAMES",
         help="comma-separated `cpa.executors` entry points to load, e.g. builtin,browser "
@@ -66,6 +72,8 @@ def run(arguments: argparse.Namespace) -> int:
         overrides["capabilities"] = arguments.capability
     if arguments.executors is not None:
         overrides["executors"] = arguments.executors
+    if arguments.token is not None:
+        overrides["token"] = arguments.token
     settings = AgentSettings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -49,7 +49,11 @@ class LocalStack:
             raise CliError(str(error)) from None
         self.address = f"{dialable_host(host)}:{port}"
         if self._agent_overrides is not None:
-            settings = AgentSettings(**{**self._agent_overrides, "server": self.address})
+            overrides: dict[str, Any] = {**self._agent_overrides, "server": self.address}
+            # Authentication on: the agent in this process uses a key of this process only.
+            if (credential := self.server.process_credential()) is not None:
+                overrides["token"] = credential
+            settings = AgentSettings(**overrides)
             # The executors `cpa agent` would load (cpa.executors entry points).
             self.agent = Agent(settings=settings)
             self.agent_task = asyncio.create_task(self.agent.async_run(), name="local-agent")

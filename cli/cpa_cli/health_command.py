@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cpa_client import CpaError, SchedulerClient
 
 from .common import CliError, add_server_option, emit, warn
+from .credentials import api_key_for
 
 EXIT_SERVING = 0
 EXIT_UNHEALTHY = 1
@@ -84,7 +85,12 @@ async def _check(arguments: argparse.Namespace) -> str:
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
         if arguments.agent_name is None:
             return ""
-        client = SchedulerClient(arguments.server, channel=channel, timeout_s=arguments.timeout)
+        client = SchedulerClient(
+            arguments.server,
+            channel=channel,
+            timeout_s=arguments.timeout,
+            api_key=api_key_for(arguments.server),
+        )
         try:
             names = [agent.name async for agent in client.list_agents()]
         except CpaError as error:

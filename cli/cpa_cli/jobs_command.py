@@ -11,6 +11,7 @@ from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import SchedulerClient
 
 from .common import CliError, add_json_option, add_server_option, emit
+from .credentials import api_key_for
 from .live import follow
 from .output import (
     job_list,
@@ -153,7 +154,9 @@ def client_command(command: Command) -> Callable[[argparse.Namespace], int]:
     """A subcommand's `run`: opens a client on --server, runs `command`, closes the channel."""
 
     async def with_client(arguments: argparse.Namespace) -> int:
-        async with SchedulerClient(arguments.server) as client:
+        async with SchedulerClient(
+            arguments.server, api_key=api_key_for(arguments.server)
+        ) as client:
             return await command(client, arguments)
 
     def run(arguments: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from . import (
     health_command,
     intents_command,
     jobs_command,
+    keys_command,
     migrate_command,
     plan_command,
     serve_command,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_command.register(commands)
     migrate_command.register(commands)
     health_command.register(commands)
+    keys_command.register(commands)
     return parser
 
 

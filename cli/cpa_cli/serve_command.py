@@ -76,6 +76,12 @@ def register(commands: Any) -> None:
         "picks a free one)",
     )
     parser.add_argument(
+        "--insecure-local",
+        action="store_true",
+        help="authentication off: every caller is admin of the tenant it names in x-cpa-tenant; "
+        "only on a loopback --listen (default: $CPA_INSECURE_LOCAL; docs/SECURITY.md)",
+    )
+    parser.add_argument(
         "--grace",
         type=float,
         default=5.0,
@@ -96,6 +102,8 @@ def run(arguments: argparse.Namespace) -> int:
         overrides["data_dir"] = arguments.data_dir
     if arguments.listen is not None:
         overrides["listen_address"] = arguments.listen
+    if arguments.insecure_local:
+        overrides["insecure_local"] = True
     settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -141,6 +149,7 @@ async def serve(stack: LocalStack, *, grace_s: float, gateway_listen: str | None
         try:
             address = await stack.start()
             emit(SERVING_LINE.format(address=address))
+            _announce_local_admin_key(stack)
             if gateway_listen is not None:
                 config = GatewayConfig.build(gateway_listen, [address], stack.settings)
                 gateway = EnvoyGateway(config, log_level=stack.settings.gateway_log_level)
@@ -156,6 +165,21 @@ async def serve(stack: LocalStack, *, grace_s: float, gateway_listen: str | None
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+def _announce_local_admin_key(stack: LocalStack) -> None:
+    """The embedded default's key, made at this (first) start: said once, on stderr."""
+    made = stack.server.local_admin_key
+    if made is None:
+        return
+    secret, path = made
+    warn(
+        f"cpa serve: created the local admin key (tenant {stack.settings.default_tenant}):\n"
+        f"  {secret}\n"
+        f"  It is shown only now and kept in {path} (readable by you only), where `cpa` "
+        "commands on this machine find it; elsewhere set CPA_API_KEY. Create more keys with "
+        "`cpa keys create`."
+    )
 
 
 async def _start_gateway(gateway: EnvoyGateway, stop: asyncio.Event) -> bool:

@@ -47,6 +47,8 @@ class Link:
     channel: grpc.aio.Channel
     session_id: str
     tenant: str
+    # The agent's credential metadata (authorization), empty without a token.
+    credentials: tuple[tuple[str, str], ...] = ()
 
 
 LinkSource = Callable[[], Awaitable[Link]]
@@ -158,7 +160,8 @@ def _upload_requests(
 
 
 def _metadata(link: Link) -> tuple[tuple[str, str], ...]:
-    return ((TENANT_METADATA_KEY, link.tenant),)
+    tenant = ((TENANT_METADATA_KEY, link.tenant),) if link.tenant else ()
+    return (*tenant, *link.credentials)
 
 
 def _failure(code: str, what: str, error: grpc.aio.AioRpcError) -> ExecutorError:

@@ -118,6 +118,11 @@ class Connection:
         self._link: Link | None = None
         # The server's target; a multi-address one is rotated away from a replica that drains.
         self._target = settings.server
+        # Sent with every call: the agent token, when it has one.
+        token = settings.token.get_secret_value()
+        self._credentials: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
         # The session_id of the last welcome: the next hello names it (resume_session_id).
         self._last_session_id = ""
         self._drain_reason: str | None = None
@@ -245,7 +250,7 @@ class Connection:
             self._target, options=channel_options(self._settings)
         ) as channel:
             stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
-            call = stub.Connect(None)
+            call = stub.Connect(None, metadata=self._credentials)
             writer = asyncio.create_task(session.write_loop(call), name="agent stream writer")
             try:
                 session.send(self._hello())
@@ -261,7 +266,12 @@ class Connection:
                 if first.WhichOneof("kind") != "welcome":
                     raise SessionLostError(f"expected a welcome, got {first.WhichOneof('kind')}")
                 self._on_welcome(session, first.welcome)
-                self._link = Link(channel, first.welcome.session_id, self._settings.tenant)
+                self._link = Link(
+                    channel,
+                    first.welcome.session_id,
+                    self._settings.tenant,
+                    credentials=self._credentials,
+                )
                 await self._serve(session, call)
             finally:
                 call.cancel()

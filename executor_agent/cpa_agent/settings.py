@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -32,7 +32,18 @@ class AgentSettings(BaseSettings):
         description="Identifier stable across reconnects; default host name and process id.",
     )
     name: str = Field(default_factory=socket.gethostname, description="Display name.")
-    tenant: str = Field(default="default", min_length=1, description="Tenant the agent serves.")
+    tenant: str = Field(
+        default="",
+        description="Tenant the agent serves; empty: its token's (or, on a server with "
+        "authentication off, the server's default tenant). A tenant other than the token's is "
+        "refused at hello.",
+    )
+    token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Agent token (`cpa keys create --role agent`) or API key sent with every "
+        "call (metadata authorization: Bearer ...); empty: none, for a server with "
+        "authentication off.",
+    )
     slots: int = Field(default=4, ge=1, description="How many attempts run at once.")
     labels: dict[str, str] = Field(
         default_factory=dict, description="Labels matched against ToDo.required_labels."

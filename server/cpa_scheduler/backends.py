@@ -42,6 +42,17 @@ class Backends:
                 log.exception("closing a backend failed")
 
 
+async def open_store(settings: Settings) -> Store:
+    """The store the settings select: PostgreSQL (database_url) or the embedded SQLite file."""
+    if settings.database_url:
+        from .storage.postgres_store import PostgresStore
+
+        return await PostgresStore.open(
+            settings.database_url, min_size=1, max_size=settings.database_pool_size
+        )
+    return await SqliteStore.open(settings.data_dir / "cpa.sqlite3")
+
+
 async def open_backends(
     settings: Settings, *, replica_id: str, sessions: SessionRegistry
 ) -> Backends:
@@ -51,23 +62,16 @@ async def open_backends(
             "through PostgreSQL; the embedded SQLite store serves one replica only"
         )
     closers: list[Callable[[], Awaitable[None]]] = []
-    store: Store
     artifacts: ArtifactContent
+    store = await open_store(settings)
+    closers.append(store.close)
     if settings.database_url:
         from .artifacts.postgres import PostgresContent
-        from .storage.postgres_store import PostgresStore
 
-        postgres = await PostgresStore.open(
-            settings.database_url, min_size=1, max_size=settings.database_pool_size
-        )
-        store = postgres
-        closers.append(store.close)
         artifacts = await PostgresContent.open(
             settings.database_url, max_size=settings.artifact_database_pool_size
         )
     else:
-        store = await SqliteStore.open(settings.data_dir / "cpa.sqlite3")
-        closers.append(store.close)
         # Beside the SQLite file, under the same directory lock.
         artifacts = FileContent(settings.data_dir / "artifacts")
     closers.append(artifacts.close)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -24,9 +26,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from cpa.admin.v1 import admin_service_pb2
 from cpa.executor.v1 import executor_service_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2
 
+from .api.admin_servicer import AdminServicer
 from .api.call_limit import CallLimit
 from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
@@ -41,6 +45,10 @@ from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
 from .orchestration import Orchestrator
 from .planning import Planner
+from .security.authenticator import Authenticator
+from .security.interceptor import AuthInterceptor
+from .security.jwt_tokens import JwtVerifier
+from .security.local_admin import create_local_admin_key
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
 
@@ -49,6 +57,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
     executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 # Room above the request limit, so an oversized request reaches our own check (and its reason).
 _TRANSPORT_MARGIN_BYTES = 1024 * 1024
@@ -61,6 +70,8 @@ class _Components:
     dispatcher: Dispatcher
     sessions: SessionRegistry
     executor: ExecutorServicer
+    # None with settings.insecure_local.
+    authenticator: Authenticator | None
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
@@ -124,6 +135,17 @@ def _bind_failure(address: str) -> str:
     return "refused by gRPC (see its log with GRPC_VERBOSITY=debug)"
 
 
+def is_loopback(address: str) -> bool:
+    """Whether `address` (host:port) binds loopback only."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class SchedulerServer:
     """One scheduler replica."""
 
@@ -135,11 +157,23 @@ class SchedulerServer:
         self._components: _Components | None = None
         self._background: list[asyncio.Task[None]] = []
         self._hurry = asyncio.Event()
+        # The embedded default's key, made at this start (the first): (secret, file), printed
+        # once by `cpa serve`.
+        self.local_admin_key: tuple[str, Path] | None = None
 
     @property
     def sessions(self) -> SessionRegistry:
         assert self._components is not None, "start() first"
         return self._components.sessions
+
+    def process_credential(self) -> str | None:
+        """An admin key of the default tenant valid in this process only (the local agent's);
+        None with authentication off."""
+        assert self._components is not None, "start() first"
+        authenticator = self._components.authenticator
+        if authenticator is None:
+            return None
+        return authenticator.process_key(self.settings.default_tenant)
 
     @property
     def watchers(self) -> Watchers:
@@ -183,8 +217,20 @@ class SchedulerServer:
             orchestrator=orchestrator,
             max_bytes=settings.artifact_max_bytes,
         )
+        authenticator = (
+            None
+            if settings.insecure_local
+            else Authenticator(
+                keys=backends.store,
+                cache_ttl_s=settings.auth_cache_ttl_s,
+                jwt=JwtVerifier(settings) if settings.jwt_issuer else None,
+            )
+        )
         server = grpc.aio.server(
-            interceptors=[CallLimit(settings.max_concurrent_rpcs)],
+            interceptors=[
+                CallLimit(settings.max_concurrent_rpcs),
+                AuthInterceptor(authenticator, default_tenant=settings.default_tenant),
+            ],
             options=[
                 (
                     "grpc.max_receive_message_length",
@@ -227,9 +273,15 @@ class SchedulerServer:
             settings=settings,
             replica_id=self.replica_id,
             artifacts=artifacts,
+            authenticator=authenticator,
         )
         add_decoded_service(
             executor, executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"], server
+        )
+        add_decoded_service(
+            AdminServicer(backends.store),
+            admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -247,13 +299,26 @@ class SchedulerServer:
             dispatcher=dispatcher,
             sessions=sessions,
             executor=executor,
+            authenticator=authenticator,
         )
 
     async def start(self, address: str | None = None) -> int:
         """Build, recover queued work, bind and serve; returns the bound port."""
+        address = address or self.settings.listen_address
+        if self.settings.insecure_local and not is_loopback(address):
+            raise RuntimeError(
+                f"insecure-local (authentication off) listens on loopback only, not {address}: "
+                "listen on 127.0.0.1, or turn authentication on (docs/SECURITY.md)"
+            )
         self._components = components = await self._build()
         assert self._server is not None
-        port = _bind(self._server, address or self.settings.listen_address)
+        port = _bind(self._server, address)
+        # The embedded default (no credential configured): a local admin key at the first start.
+        settings = self.settings
+        if components.authenticator and not (settings.database_url or settings.jwt_issuer):
+            self.local_admin_key = await create_local_admin_key(
+                components.backends.store, settings.data_dir, tenant=settings.default_tenant
+            )
         recovered = await components.orchestrator.recover()
         self._background = [
             asyncio.create_task(components.dispatcher.run(), name="dispatcher"),

@@ -278,4 +278,69 @@ class Settings(BaseSettings):
         default="warning",
         description="Envoy's own log level (trace, debug, info, warning, error, critical, off).",
     )
+    # Authentication (docs/SECURITY.md).
+    insecure_local: bool = Field(
+        default=False,
+        description="Authentication off: every caller acts as admin of the tenant it names in "
+        "metadata x-cpa-tenant (or default_tenant), as before authentication existed. Only on a "
+        "loopback listen_address (the server refuses to start otherwise); for tests, the demo "
+        "and a single-user machine.",
+    )
+    auth_cache_ttl_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How long a replica trusts what it read of an API key (valid, revoked, "
+        "unknown) before reading it again: a revocation is refused by every replica within this "
+        "bound, and an agent stream on a revoked token is closed within 1.5 times it. Calls "
+        "within it cost no database read.",
+    )
+    jwt_issuer: str = Field(
+        default="",
+        description="Issuer (`iss`) of accepted JWT bearer tokens; empty: JWTs are not accepted.",
+    )
+    jwt_audience: str = Field(
+        default="",
+        description="Audience (`aud`) a JWT must name; required with jwt_issuer.",
+    )
+    jwt_jwks_url: str = Field(
+        default="",
+        description="URL of the issuer's JWKS (RS256/ES256 public keys), read at the first "
+        "token and again when a token names an unknown `kid` (at most once per "
+        "jwt_jwks_refresh_min_s).",
+    )
+    jwt_jwks_file: Path | None = Field(
+        default=None,
+        description="A JWKS file instead of jwt_jwks_url (read the same way).",
+    )
+    jwt_hmac_secret: str = Field(
+        default="",
+        description="Shared secret of HS256 tokens (at least 32 characters); empty: HS256 "
+        "tokens are refused.",
+    )
+    jwt_algorithms: str = Field(
+        default="RS256,ES256",
+        description="Comma-separated signature algorithms accepted (of HS256, RS256, ES256); "
+        "a token signed otherwise is CREDENTIAL_INVALID.",
+    )
+    jwt_clock_skew_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="Leeway for a JWT's exp, nbf and iat against this server's clock.",
+    )
+    jwt_tenant_claim: str = Field(
+        default="cpa_tenant", description="JWT claim holding the caller's tenant."
+    )
+    jwt_roles_claim: str = Field(
+        default="cpa_roles",
+        description="JWT claim holding the caller's roles: a list, or a space- or "
+        "comma-separated string; names that are no role are ignored, none at all is refused.",
+    )
+    jwt_jwks_refresh_min_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Least time between two reads of the JWKS caused by unknown `kid`s, so "
+        "tokens with made-up key ids cannot make the server hammer the issuer.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")

@@ -108,6 +108,8 @@ StartCli = Callable[..., CliProcess]
 
 def _cli_env(extra: dict[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CPA_")}
+    # Authentication off unless a test turns it on (tests/conftest.py says why).
+    env["CPA_INSECURE_LOCAL"] = "true"
     env.update(extra or {})
     return env
 

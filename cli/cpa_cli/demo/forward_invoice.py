@@ -79,7 +79,14 @@ async def _demo(data_dir: Path, options: DemoOptions) -> int:
     graph_module: Any = importlib.import_module("cpa_cli.demo.graph_server")
     logs = data_dir / "logs"
     logs.mkdir()
-    stack = LocalStack(Settings(data_dir=data_dir, listen_address="127.0.0.1:0"))
+    stack = LocalStack(
+        Settings(
+            # The demo's own throwaway server on loopback: authentication off (docs/SECURITY.md).
+            data_dir=data_dir,
+            listen_address="127.0.0.1:0",
+            insecure_local=True,
+        )
+    )
     portal = DemoPortal(password=os.environ.get(PORTAL_PASSWORD_ENV) or None)
     graph = graph_module.LoopbackGraph(data_dir / "tls")
     agents: list[AgentProcess] = []

@@ -109,7 +109,12 @@ def run_minimal(*, timeout_s: float, keep_data: bool) -> int:
 
 
 async def _demo(data_dir: Path, *, timeout_s: float) -> int:
-    settings = Settings(data_dir=data_dir, listen_address="127.0.0.1:0")
+    settings = Settings(
+        # The demo's own throwaway server on loopback: authentication off (docs/SECURITY.md).
+        data_dir=data_dir,
+        listen_address="127.0.0.1:0",
+        insecure_local=True,
+    )
     stack = LocalStack(
         settings, agent={"agent_id": DEMO_AGENT_ID, "name": "demo agent", "slots": 4}
     )

@@ -23,6 +23,19 @@ from cpa.scheduler.v1 import (
 from .artifact_chunks import download_bytes, download_to_file
 from .errors import UNDECODABLE_RESPONSE, CpaError
 
+AUTHORIZATION = "authorization"
+
+
+def credential_metadata(
+    api_key: str | None, metadata: Mapping[str, str] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """The metadata of every call: `metadata`, and `authorization: Bearer <api_key>`."""
+    pairs = [(key, value) for key, value in (metadata or {}).items()]
+    if api_key:
+        pairs.append((AUTHORIZATION, f"Bearer {api_key}"))
+    return tuple(pairs)
+
+
 _Response = TypeVar("_Response")
 _Page = TypeVar(
     "_Page", scheduler_service_pb2.ListJobsResponse, scheduler_service_pb2.ListAgentsResponse
@@ -75,11 +88,14 @@ class SchedulerClient:
         channel: grpc.aio.Channel | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout_s: float | None = 30.0,
+        api_key: str | None = None,
     ) -> None:
+        """`api_key` (an API key or a JWT) is sent with every call as `authorization: Bearer`;
+        `metadata` adds more (e.g. `x-cpa-act-as-tenant` for an operator)."""
         self._channel = channel or grpc.aio.insecure_channel(target)
         self._owns_channel = channel is None
         self._stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self._channel)
-        self._metadata = tuple((metadata or {}).items())
+        self._metadata = credential_metadata(api_key, metadata)
         self._timeout_s = timeout_s
 
     async def __aenter__(self) -> SchedulerClient:

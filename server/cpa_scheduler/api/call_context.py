@@ -1,4 +1,9 @@
-"""What a call carries besides its message: the tenant (metadata `x-cpa-tenant`)."""
+"""What a call carries besides its message: the tenant it acts for, from its Principal.
+
+The auth interceptor (security/interceptor.py) sets the principal of every non-public call: the
+credential's tenant, the one an operator acts for (`x-cpa-act-as-tenant`), or, with
+CPA_INSECURE_LOCAL, the one named in `x-cpa-tenant`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,10 @@ from typing import Any
 
 import grpc.aio
 
-TENANT_METADATA_KEY = "x-cpa-tenant"
+from cpa_scheduler.security import current_principal
 
 
 def tenant_of(context: grpc.aio.ServicerContext[Any, Any], *, default: str) -> str:
-    """The caller's tenant. Authentication will bind it to credentials; until then it is named."""
-    for key, value in context.invocation_metadata() or ():
-        if key == TENANT_METADATA_KEY and isinstance(value, str) and value:
-            return value
-    return default
+    """The caller's tenant; `default` only outside an authenticated call (never for a client)."""
+    principal = current_principal()
+    return principal.tenant if principal is not None else default

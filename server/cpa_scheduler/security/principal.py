@@ -49,6 +49,10 @@ class Principal:
     # Stable id of the credential (key id, token id, "iss#sub"): rate limits and revocation.
     credential_id: str
     home_tenant: str = ""
+    # Agent tokens only: the actions and capabilities its hello may advertise (fnmatch patterns,
+    # "*" any); empty allows none. Checked by ExecutorService.Connect.
+    allowed_actions: tuple[str, ...] = ()
+    allowed_capabilities: tuple[str, ...] = ()
 
     @property
     def acting_for_other_tenant(self) -> bool:

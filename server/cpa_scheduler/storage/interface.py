@@ -20,6 +20,7 @@ from cpa_scheduler.domain import (
     PagePosition,
     ToDo,
 )
+from cpa_scheduler.security.api_keys import ApiKeyStore
 
 T = TypeVar("T")
 
@@ -66,8 +67,8 @@ class EndPosition:
     job_id: str
 
 
-class Store(Protocol):
-    """Durable state of jobs, tasks, attempts, events and LAM messages."""
+class Store(ApiKeyStore, Protocol):
+    """Durable state of jobs, tasks, attempts, events and LAM messages (and API keys)."""
 
     async def create_jobs(self, jobs: Sequence[Job]) -> list[tuple[Job, JobChanges | None]]:
         """Insert `jobs` with their tasks and pending events, all in one transaction or none;

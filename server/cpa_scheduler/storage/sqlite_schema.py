@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # What each version adds to the one before (files of an older server are upgraded at open).
 _UPGRADES = {
     2: (
@@ -19,6 +19,8 @@ _UPGRADES = {
         "ALTER TABLE tasks ADD COLUMN timeout_at INTEGER",
     ),
     4: ("ALTER TABLE jobs ADD COLUMN cancel_message TEXT NOT NULL DEFAULT ''",),
+    # api_keys: created by _SCHEMA's CREATE TABLE IF NOT EXISTS.
+    5: (),
 }
 
 _SCHEMA = """
@@ -103,6 +105,19 @@ CREATE TABLE IF NOT EXISTS lam_messages (
     PRIMARY KEY (tenant, message_id, inbound)
 );
 CREATE INDEX IF NOT EXISTS lam_by_conversation ON lam_messages (tenant, conversation_id);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT NOT NULL PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    agent_actions_json TEXT NOT NULL,
+    agent_capabilities_json TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    revoke_time INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys (tenant, create_time DESC);
 """
 
 

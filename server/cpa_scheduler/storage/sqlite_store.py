@@ -35,6 +35,7 @@ from cpa_scheduler.domain import (
 from . import codec, records
 from .data_dir import DataDirectoryLock, make_private_file
 from .interface import EndPosition, QueuedTask, StoredMessage
+from .sqlite_api_keys import SqliteApiKeys
 from .sqlite_schema import connect
 
 T = TypeVar("T")
@@ -88,7 +89,7 @@ def _checkpoint(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-class SqliteStore:
+class SqliteStore(SqliteApiKeys):
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `close()`."""
 
     def __init__(

@@ -93,9 +93,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_POLICY_VIOLATION: _ErrorReason.ValueType  # 32
     """The plan breaks a tenant policy."""
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 33
-    """The caller presented no valid credentials."""
+    """The call carries no credential (metadata `authorization: Bearer <API key or JWT>` or
+    `x-api-key`) and the method is not public: UNAUTHENTICATED (HTTP 401 through the gateway).
+    Present but bad credentials have their own reasons (CREDENTIAL_INVALID, _EXPIRED, _REVOKED).
+    """
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 34
-    """The caller may not do this."""
+    """The caller's roles do not grant the permission the method requires (the message names it,
+    e.g. `jobs.submit`), or it asks to act for another tenant (`x-cpa-act-as-tenant`) without
+    `tenants.act_for`: PERMISSION_DENIED (HTTP 403). docs/SECURITY.md has the table.
+    """
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 35
     """The caller sends faster than allowed; retry later."""
     ERROR_REASON_AGENT_DRAINING: _ErrorReason.ValueType  # 36
@@ -198,6 +204,29 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A task went back to PENDING because its session restarted on another agent (the agent
     holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
     """
+    ERROR_REASON_CREDENTIAL_INVALID: _ErrorReason.ValueType  # 130
+    """The credential (API key or JWT bearer token, in metadata `authorization: Bearer ...` or
+    `x-api-key`) is not valid: malformed, unknown, wrongly signed, of another issuer or audience,
+    or with claims the server cannot map to a tenant and roles. UNAUTHENTICATED; the message says
+    which check failed and never repeats the secret. A call without any credential gets
+    UNAUTHENTICATED with reason UNAUTHENTICATED.
+    """
+    ERROR_REASON_CREDENTIAL_EXPIRED: _ErrorReason.ValueType  # 131
+    """The JWT's `exp` (plus the allowed clock skew, CPA_JWT_CLOCK_SKEW_S) has passed, or its `nbf`
+    is still to come. UNAUTHENTICATED: get a new token.
+    """
+    ERROR_REASON_CREDENTIAL_REVOKED: _ErrorReason.ValueType  # 132
+    """The API key or agent token was revoked (`cpa keys revoke`). UNAUTHENTICATED. Every replica
+    refuses it within CPA_AUTH_CACHE_TTL_S of the revocation; an agent's open stream using it is
+    closed with this reason within 1.5 times that bound.
+    """
+    ERROR_REASON_CAPABILITY_NOT_ALLOWED: _ErrorReason.ValueType  # 133
+    """An agent's hello advertises an action or capability (or names a tenant) that its agent token
+    does not allow: PERMISSION_DENIED, the message and ErrorInfo.metadata `field` name the first
+    one (`hello.capabilities.actions[2]`). Create a token that allows it, or stop advertising it.
+    """
+    ERROR_REASON_API_KEY_NOT_FOUND: _ErrorReason.ValueType  # 134
+    """AdminService.RevokeApiKey names no key of the caller's tenant: NOT_FOUND."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -274,9 +303,15 @@ ERROR_REASON_APPROVAL_REJECTED: ErrorReason.ValueType  # 31
 ERROR_REASON_POLICY_VIOLATION: ErrorReason.ValueType  # 32
 """The plan breaks a tenant policy."""
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 33
-"""The caller presented no valid credentials."""
+"""The call carries no credential (metadata `authorization: Bearer <API key or JWT>` or
+`x-api-key`) and the method is not public: UNAUTHENTICATED (HTTP 401 through the gateway).
+Present but bad credentials have their own reasons (CREDENTIAL_INVALID, _EXPIRED, _REVOKED).
+"""
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 34
-"""The caller may not do this."""
+"""The caller's roles do not grant the permission the method requires (the message names it,
+e.g. `jobs.submit`), or it asks to act for another tenant (`x-cpa-act-as-tenant`) without
+`tenants.act_for`: PERMISSION_DENIED (HTTP 403). docs/SECURITY.md has the table.
+"""
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 35
 """The caller sends faster than allowed; retry later."""
 ERROR_REASON_AGENT_DRAINING: ErrorReason.ValueType  # 36
@@ -379,6 +414,29 @@ ERROR_REASON_SESSION_RESTARTED: ErrorReason.ValueType  # 100
 """A task went back to PENDING because its session restarted on another agent (the agent
 holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
 """
+ERROR_REASON_CREDENTIAL_INVALID: ErrorReason.ValueType  # 130
+"""The credential (API key or JWT bearer token, in metadata `authorization: Bearer ...` or
+`x-api-key`) is not valid: malformed, unknown, wrongly signed, of another issuer or audience,
+or with claims the server cannot map to a tenant and roles. UNAUTHENTICATED; the message says
+which check failed and never repeats the secret. A call without any credential gets
+UNAUTHENTICATED with reason UNAUTHENTICATED.
+"""
+ERROR_REASON_CREDENTIAL_EXPIRED: ErrorReason.ValueType  # 131
+"""The JWT's `exp` (plus the allowed clock skew, CPA_JWT_CLOCK_SKEW_S) has passed, or its `nbf`
+is still to come. UNAUTHENTICATED: get a new token.
+"""
+ERROR_REASON_CREDENTIAL_REVOKED: ErrorReason.ValueType  # 132
+"""The API key or agent token was revoked (`cpa keys revoke`). UNAUTHENTICATED. Every replica
+refuses it within CPA_AUTH_CACHE_TTL_S of the revocation; an agent's open stream using it is
+closed with this reason within 1.5 times that bound.
+"""
+ERROR_REASON_CAPABILITY_NOT_ALLOWED: ErrorReason.ValueType  # 133
+"""An agent's hello advertises an action or capability (or names a tenant) that its agent token
+does not allow: PERMISSION_DENIED, the message and ErrorInfo.metadata `field` name the first
+one (`hello.capabilities.actions[2]`). Create a token that allows it, or stop advertising it.
+"""
+ERROR_REASON_API_KEY_NOT_FOUND: ErrorReason.ValueType  # 134
+"""AdminService.RevokeApiKey names no key of the caller's tenant: NOT_FOUND."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

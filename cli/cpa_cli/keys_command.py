@@ -1,0 +1,181 @@
+"""`cpa keys create|list|revoke`: API keys and agent tokens (AdminService; docs/SECURITY.md).
+
+`--bootstrap` creates a key in the store directly (CPA_DATABASE_URL, else the embedded store
+under CPA_DATA_DIR, which no server may hold then): the first admin key of a distributed
+deployment, which has no local admin key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format
+
+from cpa.admin.v1 import admin_service_pb2 as pb
+from cpa_client import AdminClient
+from cpa_scheduler.api.admin_servicer import ROLE_TO_PROTO, key_to_proto
+from cpa_scheduler.backends import open_store
+from cpa_scheduler.security import Role
+from cpa_scheduler.security.api_keys import ApiKey, new_secret
+from cpa_scheduler.settings import Settings
+from cpa_scheduler.storage import DataDirectoryInUseError
+
+from .common import CliError, add_json_option, add_server_option, emit
+from .credentials import api_key_for
+
+ROLE_NAMES = [role.value for role in Role]
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "keys",
+        help="create, list and revoke API keys and agent tokens",
+        description="Manage the API keys and agent tokens of a tenant (AdminService; role admin). "
+        "The credential used is $CPA_API_KEY, else the local admin key of a server on this "
+        "machine (<data dir>/local-admin.key).",
+    )
+    actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+
+    create = actions.add_parser("create", help="create a key; its secret is printed once")
+    create.add_argument(
+        "--role", action="append", required=True, choices=ROLE_NAMES, help="repeatable"
+    )
+    create.add_argument("--description", default="", help="what the key is for")
+    create.add_argument(
+        "--action",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="agent tokens: an action its agents may advertise (fnmatch, `*` any); repeatable",
+    )
+    create.add_argument(
+        "--capability",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="agent tokens: a capability its agents may advertise; repeatable",
+    )
+    create.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="write to the store directly, without a server or credential (the first admin key "
+        "of a distributed deployment; $CPA_DATABASE_URL)",
+    )
+    _common(create, "the key")
+    create.set_defaults(run=_runner(_create))
+
+    listing = actions.add_parser("list", help="list the tenant's keys (never their secrets)")
+    _common(listing, "the keys")
+    listing.set_defaults(run=_runner(_list))
+
+    revoke = actions.add_parser("revoke", help="revoke a key (refused within seconds)")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    _common(revoke, "the revoked key")
+    revoke.set_defaults(run=_runner(_revoke))
+
+
+def _common(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--tenant",
+        default="",
+        metavar="T",
+        help="the tenant whose keys these are (default: the credential's; another one acts for "
+        "it, which needs an admin or operator credential)",
+    )
+    add_server_option(parser)
+    add_json_option(parser, what)
+
+
+def _runner(command: Any) -> Any:
+    def run(arguments: argparse.Namespace) -> int:
+        result: int = asyncio.run(command(arguments))
+        return result
+
+    return run
+
+
+def _client(arguments: argparse.Namespace) -> AdminClient:
+    return AdminClient(
+        arguments.server, api_key=api_key_for(arguments.server), act_as_tenant=arguments.tenant
+    )
+
+
+def _print_key(key: pb.ApiKey, arguments: argparse.Namespace) -> None:
+    if arguments.json:
+        emit(json_format.MessageToJson(key, indent=None))
+        return
+    roles = ",".join(pb.Role.Name(r).removeprefix("ROLE_").lower() for r in key.roles)
+    state = (
+        "revoked " + key.revoke_time.ToDatetime(UTC).isoformat()
+        if key.HasField("revoke_time")
+        else "valid"
+    )
+    scope = ""
+    if key.agent_actions or key.agent_capabilities:
+        scope = (
+            f"  actions={','.join(key.agent_actions)}"
+            f" capabilities={','.join(key.agent_capabilities) or '-'}"
+        )
+    emit(f"{key.key_id}  {key.tenant}  {roles}  {state}  {key.description!r}{scope}")
+
+
+async def _create(arguments: argparse.Namespace) -> int:
+    if arguments.bootstrap:
+        response = await _bootstrap(arguments)
+    else:
+        roles = [ROLE_TO_PROTO[Role(name)] for name in arguments.role]
+        async with _client(arguments) as client:
+            response = await client.create_api_key(
+                roles,
+                description=arguments.description,
+                agent_actions=arguments.action,
+                agent_capabilities=arguments.capability,
+            )
+    if arguments.json:
+        emit(json_format.MessageToJson(response, indent=None))
+        return 0
+    _print_key(response.key, arguments)
+    emit(f"secret {response.secret}")
+    emit("(shown once: the server keeps only its hash)")
+    return 0
+
+
+async def _bootstrap(arguments: argparse.Namespace) -> pb.CreateApiKeyResponse:
+    settings = Settings()
+    try:
+        store = await open_store(settings)
+    except DataDirectoryInUseError as error:
+        raise CliError(f"keys create --bootstrap: {error}; stop the server first") from None
+    try:
+        key_id, secret, digest = new_secret()
+        key = ApiKey(
+            key_id=key_id,
+            tenant=arguments.tenant or settings.default_tenant,
+            roles=frozenset(Role(name) for name in arguments.role),
+            secret_sha256=digest,
+            description=arguments.description or "bootstrap key",
+            created_by="bootstrap",
+            create_time=datetime.now(UTC),
+            agent_actions=tuple(arguments.action),
+            agent_capabilities=tuple(arguments.capability),
+        )
+        await store.create_api_key(key)
+    finally:
+        await store.close()
+    return pb.CreateApiKeyResponse(key=key_to_proto(key), secret=secret)
+
+
+async def _list(arguments: argparse.Namespace) -> int:
+    async with _client(arguments) as client:
+        for key in await client.list_api_keys():
+            _print_key(key, arguments)
+    return 0
+
+
+async def _revoke(arguments: argparse.Namespace) -> int:
+    async with _client(arguments) as client:
+        _print_key(await client.revoke_api_key(arguments.key_id), arguments)
+    return 0

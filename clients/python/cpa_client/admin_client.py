@@ -1,0 +1,83 @@
+"""AdminClient: API keys and agent tokens (cpa.admin.v1.AdminService), raising CpaError."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+import grpc
+
+from cpa.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+
+from .scheduler_client import _unary, credential_metadata
+
+
+class AdminClient:
+    """Manages the keys of the caller's tenant (or, with `act_as_tenant`, another's)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        act_as_tenant: str = "",
+        channel: grpc.aio.Channel | None = None,
+        timeout_s: float | None = 30.0,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._owns_channel = channel is None
+        self._stub = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        extra: Mapping[str, str] = {"x-cpa-act-as-tenant": act_as_tenant} if act_as_tenant else {}
+        self._metadata = credential_metadata(api_key, extra)
+        self._timeout_s = timeout_s
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._owns_channel:
+            await self._channel.close(grace=None)
+
+    async def create_api_key(
+        self,
+        roles: Sequence[admin_service_pb2.Role.ValueType],
+        *,
+        description: str = "",
+        agent_actions: Sequence[str] = (),
+        agent_capabilities: Sequence[str] = (),
+    ) -> admin_service_pb2.CreateApiKeyResponse:
+        """A new key; its secret is in the answer, and nowhere else."""
+        request = admin_service_pb2.CreateApiKeyRequest(
+            roles=roles,
+            description=description,
+            agent_actions=agent_actions,
+            agent_capabilities=agent_capabilities,
+        )
+        return await _unary(
+            self._stub.CreateApiKey(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+
+    async def list_api_keys(self) -> list[admin_service_pb2.ApiKey]:
+        response = await _unary(
+            self._stub.ListApiKeys(
+                admin_service_pb2.ListApiKeysRequest(),
+                metadata=self._metadata,
+                timeout=self._timeout_s,
+            )
+        )
+        return list(response.keys)
+
+    async def revoke_api_key(self, key_id: str) -> admin_service_pb2.ApiKey:
+        response = await _unary(
+            self._stub.RevokeApiKey(
+                admin_service_pb2.RevokeApiKeyRequest(key_id=key_id),
+                metadata=self._metadata,
+                timeout=self._timeout_s,
+            )
+        )
+        return response.key

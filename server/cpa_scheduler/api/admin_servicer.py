@@ -1,0 +1,156 @@
+"""AdminService: API keys and agent tokens of the caller's tenant (docs/SECURITY.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc.aio
+
+from cpa.admin.v1 import admin_service_pb2 as pb
+from cpa.admin.v1 import admin_service_pb2_grpc
+from cpa_scheduler.domain import DomainError, InvalidArgument, Reason
+from cpa_scheduler.security import Principal, Role, current_principal
+from cpa_scheduler.security.api_keys import ApiKey, ApiKeyStore, new_secret
+
+from .errors import translate_errors
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_MAX_DESCRIPTION_CHARS = 256
+_MAX_PATTERN_CHARS = 128
+_MAX_PATTERNS = 256
+
+ROLE_TO_PROTO = {
+    Role.VIEWER: pb.ROLE_VIEWER,
+    Role.SUBMITTER: pb.ROLE_SUBMITTER,
+    Role.APPROVER: pb.ROLE_APPROVER,
+    Role.OPERATOR: pb.ROLE_OPERATOR,
+    Role.ADMIN: pb.ROLE_ADMIN,
+    Role.AGENT: pb.ROLE_AGENT,
+}
+ROLE_FROM_PROTO = {value: role for role, value in ROLE_TO_PROTO.items()}
+
+
+def key_to_proto(key: ApiKey) -> pb.ApiKey:
+    message = pb.ApiKey(
+        key_id=key.key_id,
+        tenant=key.tenant,
+        roles=sorted(ROLE_TO_PROTO[role] for role in key.roles),
+        description=key.description,
+        created_by=key.created_by,
+        agent_actions=key.agent_actions,
+        agent_capabilities=key.agent_capabilities,
+    )
+    message.create_time.FromDatetime(key.create_time)
+    if key.revoke_time is not None:
+        message.revoke_time.FromDatetime(key.revoke_time)
+    return message
+
+
+def _roles(values: Sequence[int]) -> frozenset[Role]:
+    if not values:
+        raise InvalidArgument(
+            "roles: name at least one role", reason=Reason.MISSING_FIELD, field="roles"
+        )
+    roles = set()
+    for index, value in enumerate(values):
+        role = ROLE_FROM_PROTO.get(value)  # type: ignore[call-overload]
+        if role is None:
+            raise InvalidArgument(
+                f"roles[{index}]: {value} is no role (VIEWER, SUBMITTER, APPROVER, OPERATOR, "
+                "ADMIN or AGENT)",
+                field=f"roles[{index}]",
+            )
+        roles.add(role)
+    if Role.AGENT in roles and len(roles) > 1:
+        raise InvalidArgument(
+            "roles: AGENT stands alone (an agent token is no caller's key)", field="roles"
+        )
+    return frozenset(roles)
+
+
+def _patterns(values: Sequence[str], field: str) -> tuple[str, ...]:
+    if len(values) > _MAX_PATTERNS:
+        raise InvalidArgument(f"{field}: at most {_MAX_PATTERNS} patterns", field=field)
+    for index, value in enumerate(values):
+        if not value or len(value) > _MAX_PATTERN_CHARS or not value.isprintable():
+            raise InvalidArgument(
+                f"{field}[{index}]: a pattern is 1 to {_MAX_PATTERN_CHARS} printable characters",
+                field=f"{field}[{index}]",
+            )
+    return tuple(values)
+
+
+def _caller() -> Principal:
+    principal = current_principal()
+    if principal is None:  # the interceptor always sets it for AdminService
+        raise DomainError("no caller", reason=Reason.UNAUTHENTICATED)
+    return principal
+
+
+class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
+    """Keys live in the store; replicas learn of a revocation within their cache's TTL."""
+
+    def __init__(
+        self, keys: ApiKeyStore, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._keys = keys
+        self._clock = clock
+
+    @translate_errors
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: Context
+    ) -> pb.CreateApiKeyResponse:
+        caller = _caller()
+        roles = _roles(request.roles)
+        if len(request.description) > _MAX_DESCRIPTION_CHARS:
+            raise InvalidArgument(
+                f"description: at most {_MAX_DESCRIPTION_CHARS} characters", field="description"
+            )
+        actions = _patterns(request.agent_actions, "agent_actions")
+        capabilities = _patterns(request.agent_capabilities, "agent_capabilities")
+        if Role.AGENT in roles and not actions:
+            raise InvalidArgument(
+                "agent_actions: an agent token must allow at least one action (`*`: any)",
+                reason=Reason.MISSING_FIELD,
+                field="agent_actions",
+            )
+        if Role.AGENT not in roles and (actions or capabilities):
+            field = "agent_actions" if actions else "agent_capabilities"
+            raise InvalidArgument(f"{field}: only for keys of role AGENT", field=field)
+        key_id, secret, digest = new_secret()
+        key = ApiKey(
+            key_id=key_id,
+            tenant=caller.tenant,
+            roles=roles,
+            secret_sha256=digest,
+            description=request.description,
+            created_by=caller.subject,
+            create_time=self._clock(),
+            agent_actions=actions,
+            agent_capabilities=capabilities,
+        )
+        await self._keys.create_api_key(key)
+        return pb.CreateApiKeyResponse(key=key_to_proto(key), secret=secret)
+
+    @translate_errors
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: Context
+    ) -> pb.ListApiKeysResponse:
+        keys = await self._keys.list_api_keys(_caller().tenant)
+        return pb.ListApiKeysResponse(keys=[key_to_proto(key) for key in keys])
+
+    @translate_errors
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: Context
+    ) -> pb.RevokeApiKeyResponse:
+        if not request.key_id:
+            raise InvalidArgument("key_id is required", reason=Reason.MISSING_FIELD, field="key_id")
+        key = await self._keys.revoke_api_key(_caller().tenant, request.key_id[:64], self._clock())
+        if key is None:
+            raise DomainError(
+                "no API key of this tenant has that key_id", reason=Reason.API_KEY_NOT_FOUND
+            )
+        return pb.RevokeApiKeyResponse(key=key_to_proto(key))

@@ -1,0 +1,39 @@
+"""The one place security decisions are reported: refusals and acting for another tenant.
+
+Logged for now; the audit trail (issue 14, item 7) records them from here, so nothing else
+needs to change when it arrives. Never passed a secret: only the principal's subject.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cpa_scheduler.domain import DomainError
+
+from .principal import Principal
+
+log = logging.getLogger("cpa_scheduler.security")
+
+
+def denied(method: str, error: DomainError, *, principal: Principal | None, peer: str) -> None:
+    """A call refused by authentication (no principal) or authorization."""
+    log.info(
+        "refused %s from %s (%s): %s: %s",
+        method,
+        principal.subject if principal is not None else "unauthenticated",
+        peer,
+        error.reason.value,
+        error.message,
+    )
+
+
+def acting_for(method: str, principal: Principal, *, peer: str) -> None:
+    """An operator or admin acts for another tenant (x-cpa-act-as-tenant)."""
+    log.warning(
+        "%s of tenant %s acts for tenant %s: %s (%s)",
+        principal.subject,
+        principal.home_tenant,
+        principal.tenant,
+        method,
+        peer,
+    )
