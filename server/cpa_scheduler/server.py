@@ -279,7 +279,10 @@ class SchedulerServer:
             executor, executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"], server
         )
         add_decoded_service(
-            AdminServicer(backends.store),
+            AdminServicer(
+                backends.store,
+                forget=authenticator.forget if authenticator else lambda key_id: None,
+            ),
             admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
             server,
         )

@@ -94,9 +94,15 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     """Keys live in the store; replicas learn of a revocation within their cache's TTL."""
 
     def __init__(
-        self, keys: ApiKeyStore, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        keys: ApiKeyStore,
+        *,
+        forget: Callable[[str], None] = lambda key_id: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._keys = keys
+        # This replica's cache drops a revoked key at once; the others within their TTL.
+        self._forget = forget
         self._clock = clock
 
     @translate_errors
@@ -153,4 +159,5 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             raise DomainError(
                 "no API key of this tenant has that key_id", reason=Reason.API_KEY_NOT_FOUND
             )
+        self._forget(key.key_id)
         return pb.RevokeApiKeyResponse(key=key_to_proto(key))

@@ -126,6 +126,10 @@ class Authenticator:
         self._cache[key_id] = (now, key)
         return key
 
+    def forget(self, key_id: str) -> None:
+        """Drops what this replica read of a key (its revocation here): read again next time."""
+        self._cache.pop(key_id, None)
+
     async def still_valid(self, principal: Principal) -> bool:
         """Whether the key behind `principal` is still neither revoked nor gone (within the
         cache's TTL); always True for other kinds of credential."""

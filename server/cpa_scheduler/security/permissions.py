@@ -65,6 +65,7 @@ METHOD_PERMISSIONS: Final[Mapping[str, Permission]] = MappingProxyType(
         _ADMIN + "RevokeApiKey": Permission.KEYS_MANAGE,
         "/grpc.health.v1.Health/Check": Permission.PUBLIC,
         "/grpc.health.v1.Health/Watch": Permission.PUBLIC,
+        "/grpc.health.v1.Health/List": Permission.PUBLIC,
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Permission.PUBLIC,
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Permission.PUBLIC,
     }

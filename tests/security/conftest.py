@@ -1,0 +1,111 @@
+"""Fixtures of the security suite: a real scheduler with authentication ON (tests/conftest.py
+turns it off for every other suite), its local admin key, and keys made through AdminService.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cpa.admin.v1 import admin_service_pb2 as admin_pb
+from cpa_client import AdminClient, CpaError, SchedulerClient
+from cpa_scheduler.server import SchedulerServer
+from cpa_scheduler.settings import Settings
+
+# Short: revocation tests wait about this long; long enough that a cached read is seen hitting.
+CACHE_TTL_S = 0.6
+CALL_TIMEOUT_S = 20.0
+
+ROLE = {
+    "viewer": admin_pb.ROLE_VIEWER,
+    "submitter": admin_pb.ROLE_SUBMITTER,
+    "approver": admin_pb.ROLE_APPROVER,
+    "operator": admin_pb.ROLE_OPERATOR,
+    "admin": admin_pb.ROLE_ADMIN,
+    "agent": admin_pb.ROLE_AGENT,
+}
+
+
+def secure_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings with authentication on, explicitly (the environment says insecure-local)."""
+    return Settings(
+        data_dir=data_dir,
+        insecure_local=False,
+        auth_cache_ttl_s=CACHE_TTL_S,
+        lease_duration_s=2.0,
+        heartbeat_interval_s=0.2,
+        **overrides,
+    )
+
+
+@dataclass
+class SecureScheduler:
+    server: SchedulerServer
+    port: int
+    admin_key: str
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def admin(self, *, act_as_tenant: str = "") -> AdminClient:
+        return AdminClient(
+            self.target,
+            api_key=self.admin_key,
+            act_as_tenant=act_as_tenant,
+            timeout_s=CALL_TIMEOUT_S,
+        )
+
+    def client(self, api_key: str | None, **metadata: str) -> SchedulerClient:
+        return SchedulerClient(
+            self.target,
+            api_key=api_key,
+            metadata={k.replace("_", "-"): v for k, v in metadata.items()},
+            timeout_s=CALL_TIMEOUT_S,
+        )
+
+    async def key(
+        self,
+        *roles: str,
+        tenant: str = "default",
+        actions: Sequence[str] = (),
+        capabilities: Sequence[str] = (),
+    ) -> tuple[str, str]:
+        """A new key of `tenant` with `roles`: (key_id, secret)."""
+        async with self.admin(act_as_tenant=tenant if tenant != "default" else "") as admin:
+            made = await admin.create_api_key(
+                [ROLE[role] for role in roles],
+                agent_actions=actions,
+                agent_capabilities=capabilities,
+            )
+        return made.key.key_id, made.secret
+
+    async def revoke(self, key_id: str, *, tenant: str = "default") -> None:
+        async with self.admin(act_as_tenant=tenant if tenant != "default" else "") as admin:
+            await admin.revoke_api_key(key_id)
+
+
+async def start_secure(settings: Settings) -> tuple[SchedulerServer, int]:
+    server = SchedulerServer(settings)
+    port = await server.start("127.0.0.1:0")
+    return server, port
+
+
+@pytest.fixture
+async def secure(tmp_path: Path) -> AsyncIterator[SecureScheduler]:
+    """An embedded scheduler with authentication on; its first start made the admin key."""
+    server, port = await start_secure(secure_settings(tmp_path / "data"))
+    try:
+        assert server.local_admin_key is not None
+        yield SecureScheduler(server=server, port=port, admin_key=server.local_admin_key[0])
+    finally:
+        await server.stop(grace_s=1.0)
+
+
+def refusal(error: CpaError) -> tuple[grpc.StatusCode, str]:
+    return error.code, error.reason
