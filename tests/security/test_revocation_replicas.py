@@ -1,0 +1,70 @@
+"""Revocation across replicas: two `cpa serve` processes on one PostgreSQL; a key revoked through
+one is refused by the other within CPA_AUTH_CACHE_TTL_S. The first admin key is bootstrapped
+into the database with `cpa keys create --bootstrap`, as a distributed deployment does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from cpa_client import AdminClient, CpaError, SchedulerClient
+from tests.fixtures.cluster import Cluster
+
+from .conftest import ROLE
+
+TTL_S = 1.0
+BOOTSTRAP = ("keys", "create", "--bootstrap", "--role", "admin", "--json")
+
+
+def _bootstrap_admin(cluster: Cluster) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "cpa_cli", *BOOTSTRAP],
+        env={**os.environ, "CPA_DATABASE_URL": cluster.database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    secret: str = json.loads(done.stdout)["secret"]
+    return secret
+
+
+async def _list_jobs(target: str, key: str) -> None:
+    async with SchedulerClient(target, api_key=key, timeout_s=10) as client:
+        _ = [job async for job in client.list_jobs()]
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_the_ttl(
+    cluster: Cluster,
+) -> None:
+    cluster.settings.update(CPA_INSECURE_LOCAL="false", CPA_AUTH_CACHE_TTL_S=str(TTL_S))
+    admin_key = _bootstrap_admin(cluster)
+    first, second = cluster.replica("r1"), cluster.replica("r2")
+    async with AdminClient(first.target, api_key=admin_key) as admin:
+        made = await admin.create_api_key([ROLE["viewer"]], description="revoked soon")
+    viewer = made.secret
+    await _list_jobs(second.target, viewer)  # valid on r2, and cached there
+    async with AdminClient(first.target, api_key=admin_key) as admin:
+        await admin.revoke_api_key(made.key.key_id)
+    revoked_at = time.monotonic()
+    with pytest.raises(CpaError) as caught:
+        await _list_jobs(first.target, viewer)  # the revoking replica: at once
+    assert caught.value.reason == "CREDENTIAL_REVOKED"
+    refused: CpaError | None = None
+    async with asyncio.timeout(TTL_S + 5):
+        while refused is None:
+            try:
+                await _list_jobs(second.target, viewer)
+            except CpaError as error:
+                refused = error
+    elapsed_s = time.monotonic() - revoked_at
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIAL_REVOKED")
+    # Within the TTL (and the time of one call).
+    assert elapsed_s < TTL_S + 0.5
