@@ -88,8 +88,11 @@ def build_document(descriptors: Descriptors) -> dict[str, Any]:
                     "name": TENANT_HEADER,
                     "in": "header",
                     "required": False,
-                    "description": "The tenant the call acts for (its jobs, agents and "
-                    "artifacts); without it, the server's CPA_DEFAULT_TENANT.",
+                    "description": "With authentication off (CPA_INSECURE_LOCAL): the tenant "
+                    "the call acts for (its jobs, agents and artifacts); without it, the "
+                    "server's CPA_DEFAULT_TENANT. With authentication on, the tenant is the "
+                    "credential's (header authorization: Bearer <API key or JWT>, or "
+                    "x-api-key), and naming another one is PERMISSION_DENIED.",
                     "schema": {"type": "string"},
                 }
             },

@@ -112,8 +112,10 @@ def _operation(verb: str, path: str, operation: dict[str, Any], tag_text: str) -
             )
         out.append("</table>")
     out.append(
-        '<p class="muted">Header <code>x-cpa-tenant</code> (optional): the tenant the call '
-        "acts for.</p>"
+        '<p class="muted">Credential: header <code>authorization: Bearer &lt;API key or '
+        "JWT&gt;</code> or <code>x-api-key</code> (401 without one, 403 without the "
+        "permission); header <code>x-cpa-tenant</code> names the tenant only on a server "
+        "with authentication off.</p>"
     )
     body = operation.get("requestBody")
     if body:

@@ -66,6 +66,11 @@ class ExecutorServiceServicer:
 
     def Connect(self, request_iterator, context):
         """Opens the agent's session. The first message must be a hello; the server answers welcome.
+        The agent's credential (metadata `authorization: Bearer <agent token>`, docs/SECURITY.md)
+        fixes its tenant: a hello naming another tenant, or advertising an action or capability
+        the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
+        ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
+        UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,8 +79,9 @@ class ExecutorServiceServicer:
     def UploadArtifact(self, request_iterator, context):
         """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
         the Connect stream). The first message is a header, every further one a chunk of at most
-        1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. Metadata
-        `x-cpa-tenant` names the tenant (as the agent's hello does; empty: the default tenant).
+        1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
+        is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
+        default tenant). Like every ExecutorService call it needs the permission agent.connect.
         The server checks, in order:
         - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
         header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
@@ -103,7 +109,7 @@ class ExecutorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadArtifact(self, request, context):
-        """Streams an artifact of the agent's tenant (metadata `x-cpa-tenant`) to the agent, e.g. one
+        """Streams an artifact of the agent's tenant (its credential's) to the agent, e.g. one
         named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
         chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
         JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a

@@ -39,12 +39,19 @@ class ExecutorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ExecutorServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_executor_service_pb2.ConnectRequest, _executor_service_pb2.ConnectResponse]
-    """Opens the agent's session. The first message must be a hello; the server answers welcome."""
+    """Opens the agent's session. The first message must be a hello; the server answers welcome.
+    The agent's credential (metadata `authorization: Bearer <agent token>`, docs/SECURITY.md)
+    fixes its tenant: a hello naming another tenant, or advertising an action or capability
+    the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
+    ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
+    UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+    """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_executor_service_pb2.UploadArtifactRequest, _executor_service_pb2.UploadArtifactResponse]
     """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
     the Connect stream). The first message is a header, every further one a chunk of at most
-    1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. Metadata
-    `x-cpa-tenant` names the tenant (as the agent's hello does; empty: the default tenant).
+    1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
+    is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
+    default tenant). Like every ExecutorService call it needs the permission agent.connect.
     The server checks, in order:
     - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
       header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
@@ -68,7 +75,7 @@ class ExecutorServiceStub:
     or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
     """
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_executor_service_pb2.DownloadArtifactRequest, _executor_service_pb2.DownloadArtifactResponse]
-    """Streams an artifact of the agent's tenant (metadata `x-cpa-tenant`) to the agent, e.g. one
+    """Streams an artifact of the agent's tenant (its credential's) to the agent, e.g. one
     named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
     chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
     JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
@@ -86,12 +93,19 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_executor_service_pb2.ConnectRequest, _executor_service_pb2.ConnectResponse]  # type: ignore[assignment]
-    """Opens the agent's session. The first message must be a hello; the server answers welcome."""
+    """Opens the agent's session. The first message must be a hello; the server answers welcome.
+    The agent's credential (metadata `authorization: Bearer <agent token>`, docs/SECURITY.md)
+    fixes its tenant: a hello naming another tenant, or advertising an action or capability
+    the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
+    ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
+    UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+    """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_executor_service_pb2.UploadArtifactRequest, _executor_service_pb2.UploadArtifactResponse]  # type: ignore[assignment]
     """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
     the Connect stream). The first message is a header, every further one a chunk of at most
-    1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. Metadata
-    `x-cpa-tenant` names the tenant (as the agent's hello does; empty: the default tenant).
+    1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
+    is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
+    default tenant). Like every ExecutorService call it needs the permission agent.connect.
     The server checks, in order:
     - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
       header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
@@ -115,7 +129,7 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
     """
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_executor_service_pb2.DownloadArtifactRequest, _executor_service_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
-    """Streams an artifact of the agent's tenant (metadata `x-cpa-tenant`) to the agent, e.g. one
+    """Streams an artifact of the agent's tenant (its credential's) to the agent, e.g. one
     named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
     chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
     JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
@@ -136,7 +150,13 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_executor_service_pb2.ConnectRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_executor_service_pb2.ConnectResponse], _abc.AsyncIterator[_executor_service_pb2.ConnectResponse]]:
-        """Opens the agent's session. The first message must be a hello; the server answers welcome."""
+        """Opens the agent's session. The first message must be a hello; the server answers welcome.
+        The agent's credential (metadata `authorization: Bearer <agent token>`, docs/SECURITY.md)
+        fixes its tenant: a hello naming another tenant, or advertising an action or capability
+        the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
+        ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
+        UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+        """
 
     @_abc_1.abstractmethod
     def UploadArtifact(
@@ -146,8 +166,9 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_executor_service_pb2.UploadArtifactResponse, _abc.Awaitable[_executor_service_pb2.UploadArtifactResponse]]:
         """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
         the Connect stream). The first message is a header, every further one a chunk of at most
-        1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. Metadata
-        `x-cpa-tenant` names the tenant (as the agent's hello does; empty: the default tenant).
+        1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
+        is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
+        default tenant). Like every ExecutorService call it needs the permission agent.connect.
         The server checks, in order:
         - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
           header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
@@ -177,7 +198,7 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_service_pb2.DownloadArtifactRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_executor_service_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_executor_service_pb2.DownloadArtifactResponse]]:
-        """Streams an artifact of the agent's tenant (metadata `x-cpa-tenant`) to the agent, e.g. one
+        """Streams an artifact of the agent's tenant (its credential's) to the agent, e.g. one
         named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
         chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
         JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a

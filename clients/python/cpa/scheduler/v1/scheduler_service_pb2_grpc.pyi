@@ -29,6 +29,11 @@ GRPC_VERSION: str
 class SchedulerServiceStub:
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
+    Every call needs a credential (metadata or header `authorization: Bearer <API key or JWT>`,
+    or `x-api-key`) whose roles grant the method's permission (docs/SECURITY.md): without one
+    UNAUTHENTICATED (HTTP 401; reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
+    CREDENTIAL_REVOKED), without the permission PERMISSION_DENIED (403). The tenant is the
+    credential's; an operator acts for another with `x-cpa-act-as-tenant`.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
@@ -125,6 +130,11 @@ class SchedulerServiceStub:
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
+    Every call needs a credential (metadata or header `authorization: Bearer <API key or JWT>`,
+    or `x-api-key`) whose roles grant the method's permission (docs/SECURITY.md): without one
+    UNAUTHENTICATED (HTTP 401; reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
+    CREDENTIAL_REVOKED), without the permission PERMISSION_DENIED (403). The tenant is the
+    credential's; an operator acts for another with `x-cpa-act-as-tenant`.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
@@ -217,6 +227,11 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """SchedulerService is the API of callers: people, other agents and webhooks.
     Every method is also served as REST/JSON through Envoy's gRPC-JSON transcoder.
+    Every call needs a credential (metadata or header `authorization: Bearer <API key or JWT>`,
+    or `x-api-key`) whose roles grant the method's permission (docs/SECURITY.md): without one
+    UNAUTHENTICATED (HTTP 401; reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
+    CREDENTIAL_REVOKED), without the permission PERMISSION_DENIED (403). The tenant is the
+    credential's; an operator acts for another with `x-cpa-act-as-tenant`.
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
