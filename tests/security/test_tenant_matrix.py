@@ -1,0 +1,320 @@
+"""Tenant isolation for every RPC, on both stores: a credential of tenant acme, aimed at the
+resources of tenant globex, gets exactly the answer it gets for resources that do not exist
+(NOT_FOUND, never a hint that they exist), and lists never show them.
+
+Every guarded RPC must have a probe here (or a reason why it touches no tenant's resource): a
+new RPC without one fails `test_every_guarded_rpc_has_a_probe`. Over gRPC; REST goes through
+the same handlers (the gateway only transcodes), which tests/cli/test_security_cli.py shows for
+authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cpa.common.v1 import agent_capabilities_pb2
+from cpa.executor.v1 import executor_service_pb2 as ex
+from cpa.executor.v1 import executor_service_pb2_grpc
+from cpa.lam.v1 import lam_message_pb2 as lam
+from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
+from cpa_client import AdminClient, CpaError, SchedulerClient
+from cpa_scheduler.security.permissions import METHOD_PERMISSIONS, Permission
+from tests.e2e.conftest import todo
+from tests.fixtures.cluster import PAGE_TOKEN_SECRETS, migrate
+
+from .conftest import SecureScheduler, secure_settings, start_secure
+
+SHARED_REQUEST_ID = "shared-request-id"
+# Another one for the batch: ScheduleJob's probe makes acme's own job under the first.
+SHARED_BATCH_REQUEST_ID = "shared-batch-request-id"
+SHARED_AGENT_ID = "shared-agent-id"
+WAIT_S = 20.0
+
+# RPCs that touch no tenant's stored resource, and why.
+NO_TENANT_RESOURCE = {
+    "/cpa.scheduler.v1.SchedulerService/PreviewPlan": "plans only; reads and stores nothing",
+}
+
+
+@dataclass
+class World:
+    """acme's credential, and what globex has: a cancelled job, a connected agent."""
+
+    scheduler: SecureScheduler
+    acme_key: str
+    globex_job: str
+    globex_agent_call: Any
+
+
+Outcome = Any
+Probe = Callable[[World, str], Awaitable[Outcome]]
+
+
+def _normal(error: CpaError, job_id: str) -> tuple[Any, ...]:
+    return (error.code, error.reason, error.message.replace(job_id, "<id>"))
+
+
+async def _outcome(call: Awaitable[Any], job_id: str) -> Outcome:
+    try:
+        return ("ok", await call)
+    except CpaError as error:
+        return _normal(error, job_id)
+
+
+def _client(world: World) -> SchedulerClient:
+    return SchedulerClient(world.scheduler.target, api_key=world.acme_key, timeout_s=WAIT_S)
+
+
+async def _get(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return await _outcome(client.get_job(job_id), job_id)
+
+
+async def _cancel(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return await _outcome(client.cancel_job(job_id), job_id)
+
+
+async def _retry(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return await _outcome(client.retry_job(job_id), job_id)
+
+
+async def _watch(world: World, job_id: str) -> Outcome:
+    async def first_event() -> Any:
+        async for event in client.watch_job(job_id):
+            return event
+        return None
+
+    async with _client(world) as client:
+        return await _outcome(first_event(), job_id)
+
+
+async def _list_artifacts(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return await _outcome(client.list_artifacts(job_id), job_id)
+
+
+async def _download(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return await _outcome(client.read_artifact(job_id, "0" * 32), job_id)
+
+
+async def _lam_cancel(world: World, job_id: str) -> Outcome:
+    message = lam.LamMessage(
+        id=uuid.uuid4().hex,
+        performative=lam.PERFORMATIVE_CANCEL,
+        sender="acme-agent",
+        cancel=lam.CancelBody(job_id=job_id),
+    )
+    async with _client(world) as client:
+        reply = await client.send_message(message)
+    return (reply.performative, reply.refuse.reason, reply.refuse.message.replace(job_id, "<id>"))
+
+
+async def _list_jobs(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return job_id in {job.job_id async for job in client.list_jobs()}
+
+
+async def _retry_jobs(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return job_id in (await client.retry_jobs(dry_run=True)).job_ids
+
+
+async def _list_agents(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return SHARED_AGENT_ID in {agent.agent_id async for agent in client.list_agents()}
+
+
+async def _schedule(world: World, request_id: str) -> Outcome:
+    spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo("a", "noop")]))
+    async with _client(world) as client:
+        made = await client.schedule_job(spec, request_id=request_id)
+    return (made.created, made.job.job_id != world.globex_job)
+
+
+async def _batch_schedule(world: World, request_id: str) -> Outcome:
+    request = scheduler_service_pb2.ScheduleJobRequest(
+        request_id=request_id,
+        spec=job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo("a", "noop")])),
+    )
+    async with _client(world) as client:
+        made = await client.batch_schedule_jobs([request])
+    return [(r.created, r.job.job_id != world.globex_job) for r in made]
+
+
+async def _connect(world: World, agent_id: str) -> Outcome:
+    """acme's agent under globex's agent id is welcomed: no takeover, no AGENT_ID_IN_USE."""
+    async with grpc.aio.insecure_channel(world.scheduler.target) as channel:
+        stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
+        hello = ex.ConnectRequest(
+            hello=ex.Hello(
+                agent_id=agent_id,
+                capabilities=agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1),
+            )
+        )
+        call = stub.Connect(iter([hello]), metadata=_bearer(world.acme_key))
+        first = await asyncio.wait_for(call.read(), WAIT_S)
+        call.cancel()
+    return first.WhichOneof("kind")
+
+
+async def _agent_download(world: World, job_id: str) -> Outcome:
+    async with grpc.aio.insecure_channel(world.scheduler.target) as channel:
+        stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
+        request = ex.DownloadArtifactRequest(job_id=job_id, artifact_id="0" * 32)
+        try:
+            async for _ in stub.DownloadArtifact(request, metadata=_bearer(world.acme_key)):
+                return "ok"
+        except grpc.aio.AioRpcError as error:
+            return _normal(CpaError.from_rpc_error(error), job_id)
+    return "empty"
+
+
+async def _agent_upload(world: World, job_id: str) -> Outcome:
+    header = ex.UploadArtifactHeader(
+        job_id=job_id,
+        task_id="a",
+        attempt=1,
+        session_id="0" * 32,
+        name="report.pdf",
+        media_type="application/pdf",
+        size_bytes=1,
+        sha256="0" * 64,
+    )
+    async with grpc.aio.insecure_channel(world.scheduler.target) as channel:
+        stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
+        requests = iter([ex.UploadArtifactRequest(header=header)])
+        try:
+            await stub.UploadArtifact(requests, metadata=_bearer(world.acme_key))
+        except grpc.aio.AioRpcError as error:
+            return _normal(CpaError.from_rpc_error(error), job_id)
+    return "ok"
+
+
+async def _keys(world: World, job_id: str) -> Outcome:
+    async with AdminClient(world.scheduler.target, api_key=world.acme_key) as admin:
+        return sorted({key.tenant for key in await admin.list_api_keys()})
+
+
+def _bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+_S = "/cpa.scheduler.v1.SchedulerService/"
+_E = "/cpa.executor.v1.ExecutorService/"
+_A = "/cpa.admin.v1.AdminService/"
+
+# What acme sees of globex's resource (first argument) must be what it sees of none (second).
+PROBES: dict[str, tuple[Probe, str]] = {
+    _S + "GetJob": (_get, "job"),
+    _S + "CancelJob": (_cancel, "job"),
+    _S + "RetryJob": (_retry, "job"),
+    _S + "WatchJob": (_watch, "job"),
+    _S + "ListArtifacts": (_list_artifacts, "job"),
+    _S + "DownloadArtifact": (_download, "job"),
+    _S + "SendMessage": (_lam_cancel, "job"),
+    _S + "ListJobs": (_list_jobs, "job"),
+    _S + "RetryJobs": (_retry_jobs, "job"),
+    _S + "ListAgents": (_list_agents, "job"),
+    _S + "ScheduleJob": (_schedule, "request_id"),
+    _S + "BatchScheduleJobs": (_batch_schedule, "batch_request_id"),
+    _E + "Connect": (_connect, "agent_id"),
+    _E + "DownloadArtifact": (_agent_download, "job"),
+    _E + "UploadArtifact": (_agent_upload, "job"),
+    _A + "ListApiKeys": (_keys, "job"),
+    # RevokeApiKey of another tenant's key: tests/security/test_api_keys.py.
+    _A + "RevokeApiKey": (_keys, "job"),
+    _A + "CreateApiKey": (_keys, "job"),
+}
+
+
+def test_every_guarded_rpc_has_a_probe() -> None:
+    guarded = {m for m, p in METHOD_PERMISSIONS.items() if p is not Permission.PUBLIC}
+    assert guarded - set(PROBES) - set(NO_TENANT_RESOURCE) == set()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    overrides: dict[str, Any] = {}
+    if request.param == "postgres":
+        database_url = request.getfixturevalue("postgres_database")
+        migrate(database_url)
+        overrides = {"database_url": database_url, "page_token_secrets": PAGE_TOKEN_SECRETS}
+    server, port = await start_secure(secure_settings(tmp_path / "data", **overrides))
+    try:
+        if request.param == "postgres":  # no local key in the distributed mode: bootstrap one
+            from cpa_scheduler.security.local_admin import create_local_admin_key
+
+            made = await create_local_admin_key(
+                server._components.backends.store,  # type: ignore[union-attr]
+                tmp_path / "bootstrap",
+                tenant="default",
+            )
+            assert made is not None
+            admin_key = made[0]
+        else:
+            assert server.local_admin_key is not None
+            admin_key = server.local_admin_key[0]
+        scheduler = SecureScheduler(server=server, port=port, admin_key=admin_key)
+        _, acme_key = await scheduler.key("admin", tenant="acme")
+        _, globex_key = await scheduler.key("submitter", tenant="globex")
+        _, globex_agent = await scheduler.key("agent", tenant="globex", actions=["*"])
+        spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo("a", "noop")]))
+        async with SchedulerClient(scheduler.target, api_key=globex_key) as globex:
+            job = (await globex.schedule_job(spec, request_id=SHARED_REQUEST_ID)).job
+            await globex.schedule_job(spec, request_id=SHARED_BATCH_REQUEST_ID)
+            await globex.cancel_job(job.job_id)
+        channel = grpc.aio.insecure_channel(scheduler.target)
+        stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
+        hello = ex.ConnectRequest(
+            hello=ex.Hello(
+                agent_id=SHARED_AGENT_ID,
+                capabilities=agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1),
+            )
+        )
+        queue: asyncio.Queue[ex.ConnectRequest] = asyncio.Queue()
+        queue.put_nowait(hello)
+
+        async def requests() -> AsyncIterator[ex.ConnectRequest]:
+            while True:
+                yield await queue.get()
+
+        agent_call = stub.Connect(requests(), metadata=_bearer(globex_agent))
+        welcome = await asyncio.wait_for(agent_call.read(), WAIT_S)
+        assert welcome.WhichOneof("kind") == "welcome"
+        try:
+            yield World(scheduler, acme_key, job.job_id, agent_call)
+        finally:
+            agent_call.cancel()
+            await channel.close()
+    finally:
+        await server.stop(grace_s=0)
+
+
+async def test_another_tenants_resources_look_like_missing_ones(world: World) -> None:
+    theirs = {
+        "job": world.globex_job,
+        "request_id": SHARED_REQUEST_ID,
+        "batch_request_id": SHARED_BATCH_REQUEST_ID,
+        "agent_id": SHARED_AGENT_ID,
+    }
+    for method, (probe, kind) in PROBES.items():
+        missing = uuid.uuid4().hex
+        seen_for_theirs = await probe(world, theirs[kind])
+        seen_for_missing = await probe(world, missing)
+        assert seen_for_theirs == seen_for_missing, method
+    # And the probes observe something: globex's job is NOT_FOUND, not merely "equal".
+    assert (await _get(world, world.globex_job))[:2] == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
+    assert await _list_jobs(world, world.globex_job) is False
+    assert await _keys(world, "") == ["acme"]
+    assert await _list_agents(world, "") is False
