@@ -79,7 +79,7 @@ async def test_hello_names_the_agent_and_what_it_can_do(
     hello = session.hello
     assert hello.agent_id == "agent-1"
     assert hello.name == "test agent"
-    assert hello.tenant == "default"
+    assert hello.tenant == ""  # none named: its token's (or the server's default) tenant
     assert hello.version == __version__
     assert list(hello.capabilities.actions) == ["echo", "fail", "noop", "wait"]
     assert hello.capabilities.slots == 3

@@ -29,7 +29,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = AgentSettings()
 
     assert settings.server == "127.0.0.1:50051"
-    assert settings.tenant == "default"
+    assert settings.tenant == ""  # the token's tenant (or the server's default)
+    assert settings.token.get_secret_value() == ""
     assert settings.slots == 4
     assert settings.agent_id
     assert (settings.reconnect_initial_backoff_s, settings.reconnect_max_backoff_s) == (0.1, 5.0)
