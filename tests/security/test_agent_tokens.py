@@ -58,7 +58,7 @@ async def _refusal(
     """The error the stream ends with (it must end with one, within WAIT_S)."""
     try:
         async with asyncio.timeout(WAIT_S):
-            while await call.read() is not grpc.aio.EOF:
+            while isinstance(await call.read(), ex.ConnectResponse):
                 pass
     except grpc.aio.AioRpcError as error:
         return CpaError.from_rpc_error(error)
@@ -80,7 +80,7 @@ async def test_a_hello_advertising_more_than_the_token_allows_is_refused(
         try:
             error = await _refusal(call)
         finally:
-            await channel.close()
+            await channel.close(grace=None)
         assert (error.code, error.reason) == (
             grpc.StatusCode.PERMISSION_DENIED,
             "CAPABILITY_NOT_ALLOWED",
@@ -104,13 +104,13 @@ async def test_a_hello_within_the_token_is_welcomed_in_the_tokens_tenant(
         assert [agent.tenant for agent in agents] == ["acme"]
     finally:
         call.cancel()
-        await channel.close()
+        await channel.close(grace=None)
     # Naming another tenant than the token's is refused.
     channel, call = await _hello(secure.target, token, actions=["noop"], tenant="globex")
     try:
         error = await _refusal(call)
     finally:
-        await channel.close()
+        await channel.close(grace=None)
     assert error.code == grpc.StatusCode.PERMISSION_DENIED
     assert error.metadata.get("field") == "hello.tenant"
 
@@ -138,7 +138,7 @@ async def test_revoking_a_token_ends_its_stream_with_credential_revoked(
         error = await _refusal(call)
         closed_after_s = time.monotonic() - revoked_at
     finally:
-        await channel.close()
+        await channel.close(grace=None)
     assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIAL_REVOKED")
     # The bound: 1.5 TTL (a check every half TTL, each reading at most a TTL-old record).
     assert closed_after_s < 1.5 * CACHE_TTL_S + 0.5
@@ -147,7 +147,7 @@ async def test_revoking_a_token_ends_its_stream_with_credential_revoked(
     try:
         error = await _refusal(call)
     finally:
-        await channel.close()
+        await channel.close(grace=None)
     assert error.reason == "CREDENTIAL_REVOKED"
 
 

@@ -84,16 +84,16 @@ async def _call_without_credentials(
     identity = {"request_serializer": None, "response_deserializer": None}
     try:
         if client_streaming:
-            multi = channel.stream_stream(method, **identity)  # type: ignore[arg-type]
+            multi = channel.stream_stream(method, **identity)
             call = multi(iter([b""]))
             await call.read()
             return await call.code()
         if server_streaming:
-            stream = channel.unary_stream(method, **identity)  # type: ignore[arg-type]
+            stream = channel.unary_stream(method, **identity)
             reading = stream(b"")
             await reading.read()
             return await reading.code()
-        await channel.unary_unary(method, **identity)(b"", timeout=10)  # type: ignore[arg-type]
+        await channel.unary_unary(method, **identity)(b"", timeout=10)
     except grpc.aio.AioRpcError as error:
         return error.code()
     return grpc.StatusCode.OK

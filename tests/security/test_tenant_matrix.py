@@ -165,6 +165,7 @@ async def _connect(world: World, agent_id: str) -> Outcome:
         call = stub.Connect(iter([hello]), metadata=_bearer(world.acme_key))
         first = await asyncio.wait_for(call.read(), WAIT_S)
         call.cancel()
+    assert isinstance(first, ex.ConnectResponse)
     return first.WhichOneof("kind")
 
 
@@ -291,12 +292,13 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
         agent_call = stub.Connect(requests(), metadata=_bearer(globex_agent))
         welcome = await asyncio.wait_for(agent_call.read(), WAIT_S)
+        assert isinstance(welcome, ex.ConnectResponse)
         assert welcome.WhichOneof("kind") == "welcome"
         try:
             yield World(scheduler, acme_key, job.job_id, agent_call)
         finally:
             agent_call.cancel()
-            await channel.close()
+            await channel.close(grace=None)
     finally:
         await server.stop(grace_s=0)
 
