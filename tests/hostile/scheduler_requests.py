@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cpa.common.v1 import todo_pb2
 from cpa.lam.v1 import lam_message_pb2 as lam
-from cpa.scheduler.v1 import job_pb2
+from cpa.scheduler.v1 import callback_pb2, job_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
 from .arena import HOSTILE_TENANTS, NORMAL_TENANT
@@ -73,7 +73,7 @@ def _spec() -> job_pb2.JobSpec:
         labels={"team": "ops"},
         max_parallelism=2,
         default_retry_policy=todo_pb2.RetryPolicy(max_attempts=3),
-        callback_url="http://127.0.0.1:9/hook",
+        callback_url="https://hooks.example.com/hook",
     )
     spec.deadline.FromSeconds(4_000_000_000)
     return spec
@@ -135,6 +135,14 @@ def templates(rpc: str) -> list[Message]:
             svc.ListArtifactsRequest(job_id=job_id, task_id="t1"),
         ],
         "DownloadArtifact": [svc.DownloadArtifactRequest(job_id=job_id, artifact_id="0" * 32)],
+        "ListCallbacks": [
+            callback_pb2.ListCallbacksRequest(job_id=job_id, page_size=5),
+            callback_pb2.ListCallbacksRequest(state=callback_pb2.CALLBACK_STATE_DEAD),
+        ],
+        "RetryCallbacks": [
+            callback_pb2.RetryCallbacksRequest(delivery_ids=["0" * 32]),
+            callback_pb2.RetryCallbacksRequest(all_dead=True, max_callbacks=5),
+        ],
     }
     return by_rpc[rpc]
 

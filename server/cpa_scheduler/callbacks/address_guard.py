@@ -135,6 +135,15 @@ def check_callback_url(url: str, field: str, policy: AddressPolicy) -> None:
                 "internationalized names in their xn-- form) or an IP address",
                 field=field,
             )
+        top = host.rstrip(".").rsplit(".", 1)[-1].lower()
+        if top.isdigit() or top.startswith("0x"):
+            # 127.1, 2130706433, 0x7f000001: legacy forms of IPv4 addresses that resolvers
+            # accept; only the canonical dotted form is judged as an address.
+            raise InvalidArgument(
+                "the callback URL's host is a legacy numeric form of an IPv4 address; write "
+                "the address as a.b.c.d",
+                field=field,
+            )
         return
     if (why := policy.refusal(address)) is not None:
         raise InvalidArgument(f"the callback URL is refused: {why}", field=field)
