@@ -288,6 +288,7 @@ class SchedulerServer:
             claim_s=settings.callback_claim_s,
             poll_interval_s=settings.callback_poll_interval_s,
             concurrency=settings.callback_concurrency,
+            claimer=self.replica_id,
         )
 
     async def start(self, address: str | None = None) -> int:

@@ -187,18 +187,22 @@ def hostile_call(rpc: str, *, mutate: bool) -> st.SearchStrategy[HostileCall]:
 
 
 def with_invalid_utf8(message: Message, path_index: int, bad: bytes) -> tuple[bytes, str] | None:
-    """The message's bytes with one (singular) string field holding invalid UTF-8."""
+    """The message's bytes with one string field (a repeated one's first entry, when it has
+    one) holding invalid UTF-8."""
     copy = type(message)()
     copy.CopyFrom(message)
     strings = [
         (name, parent, fd)
         for name, parent, fd in field_paths(copy)
-        if fd.type == fd.TYPE_STRING and not fd.is_repeated
+        if fd.type == fd.TYPE_STRING and (not fd.is_repeated or getattr(parent, fd.name))
     ]
     if not strings:
         return None
     name, parent, fd = strings[path_index % len(strings)]
-    setattr(parent, fd.name, PLACEHOLDER)
+    if fd.is_repeated:
+        getattr(parent, fd.name)[0] = PLACEHOLDER
+    else:
+        setattr(parent, fd.name, PLACEHOLDER)
     raw = copy.SerializeToString()
     replacement = (b"a" + bad).ljust(len(PLACEHOLDER), b"a")
     assert raw.count(PLACEHOLDER.encode()) == 1

@@ -47,6 +47,7 @@ class CallbackDeliverer:
         claim_s: float,
         poll_interval_s: float,
         concurrency: int,
+        claimer: str = "",
         clock: Callable[[], datetime] = _utc_now,
         rng: random.Random | None = None,
     ) -> None:
@@ -58,6 +59,7 @@ class CallbackDeliverer:
         self._claim = timedelta(seconds=claim_s)
         self._poll_interval_s = poll_interval_s
         self._concurrency = concurrency
+        self._claimer = claimer
         self._clock = clock
         self._rng = rng or random.Random()
         self._woken = asyncio.Event()
@@ -86,7 +88,8 @@ class CallbackDeliverer:
         """One round: claim what is due (at most `concurrency`), deliver it all at once, record
         the outcomes. Returns how many were claimed."""
         now = self._clock()
-        token = uuid.uuid4().hex
+        # Who holds a claim, readable in the table (the replica's id), made unique per round.
+        token = f"{self._claimer}/{uuid.uuid4().hex}"
         claimed = await self._store.claim_callbacks(
             now, limit=self._concurrency, claim_until=now + self._claim, claim_token=token
         )
