@@ -90,4 +90,5 @@ async def test_a_dead_letter_is_listed_and_re_driven_once_the_receiver_is_up(
 
         again = start_cli("callbacks", "retry", dead[0].delivery_id, "--server", address)
         code, _ = await _output(again)
-        assert code != 0 and "CALLBACK_NOT_DEAD" in again.stderr(), again.report()
+        assert code != 0, again.report()
+        assert "CALLBACK_NOT_DEAD" in again.stderr(), again.report()

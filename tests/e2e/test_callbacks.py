@@ -139,7 +139,8 @@ async def test_signed_done_and_failure_arrive_through_503s_once_per_delivery_id(
     assert failure.failure.error.code == "PORTAL_DOWN"
     assert failure.status.code != 0
     info = error_details_pb2.ErrorInfo()
-    assert failure.status.details[0].Unpack(info) and info.domain == "cpa.scheduler"
+    assert failure.status.details[0].Unpack(info)
+    assert info.domain == "cpa.scheduler"
 
     listed = [d async for d in client.list_callbacks(job_id=lam_job)]
     assert {(d.event_type, d.state, d.attempts) for d in listed} == {
@@ -171,7 +172,8 @@ async def test_a_name_that_resolves_to_loopback_is_refused_at_delivery(
                     dead = [
                         d async for d in sdk.list_callbacks(state=callback_pb2.CALLBACK_STATE_DEAD)
                     ]
-        assert "loopback" in dead[0].last_error and dead[0].attempts == 1
+        assert "loopback" in dead[0].last_error
+        assert dead[0].attempts == 1
         assert receiver.received == []
     finally:
         await server.stop(grace_s=1.0)

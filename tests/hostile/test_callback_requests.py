@@ -124,13 +124,13 @@ async def test_another_tenant_cannot_see_or_re_drive_deliveries(server: int) -> 
         [still] = [d async for d in owner.list_callbacks(job_id=dead.job_id)]
         assert (still.state, still.attempts) == (callback_pb2.CALLBACK_STATE_DEAD, 1)
         # The owner's page token is no key to the intruder's listing.
-        page = await owner._stub.ListCallbacks(  # noqa: SLF001 - one page, to get its token
+        page = await owner._stub.ListCallbacks(
             callback_pb2.ListCallbacksRequest(page_size=1),
             metadata=((TENANT_METADATA_KEY, "tenant-a"),),
         )
         assert page.next_page_token
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await intruder._stub.ListCallbacks(  # noqa: SLF001
+            await intruder._stub.ListCallbacks(
                 callback_pb2.ListCallbacksRequest(page_size=1, page_token=page.next_page_token),
                 metadata=((TENANT_METADATA_KEY, "tenant-b"),),
             )
@@ -182,7 +182,7 @@ async def test_malformed_retry_requests_name_their_field(
 ) -> None:
     async with _client(server, "tenant-a") as client:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await client._stub.RetryCallbacks(request_, timeout=10)  # noqa: SLF001
+            await client._stub.RetryCallbacks(request_, timeout=10)
         error = CpaError.from_rpc_error(raised.value)
         assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
         assert error.metadata.get("field") == field
@@ -191,13 +191,13 @@ async def test_malformed_retry_requests_name_their_field(
 async def test_malformed_list_requests_name_their_field(server: int) -> None:
     async with _client(server, "tenant-a") as client:
         for request_, field in [
-            (callback_pb2.ListCallbacksRequest(state=99), "state"),
+            (callback_pb2.ListCallbacksRequest(state=99), "state"),  # type: ignore[arg-type]
             (callback_pb2.ListCallbacksRequest(job_id="j" * 129), "job_id"),
             (callback_pb2.ListCallbacksRequest(page_size=-1), "page_size"),
             (callback_pb2.ListCallbacksRequest(page_token="garbage!"), "page_token"),
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await client._stub.ListCallbacks(request_, timeout=10)  # noqa: SLF001
+                await client._stub.ListCallbacks(request_, timeout=10)
             error = CpaError.from_rpc_error(raised.value)
             assert error.code == grpc.StatusCode.INVALID_ARGUMENT
             assert error.metadata.get("field") == field, error

@@ -11,10 +11,10 @@ import pytest
 
 from cpa_scheduler.domain import DomainError, Job, OutboundCallback, RequestIdReused
 from cpa_scheduler.storage import (
-    DataDirectoryInUseError,
     CallbackOutcome,
     CallbackPosition,
     CallbackState,
+    DataDirectoryInUseError,
     Store,
 )
 
