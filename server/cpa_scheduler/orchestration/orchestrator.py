@@ -61,11 +61,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-# Makes the callback messages of one change of a job that has a callback_url (the callbacks
-# component's, cpa_scheduler.callbacks.callback_messages); they join the change's transaction.
-CallbackMessages = Callable[[Job, Sequence[JobEvent]], list[OutboundCallback]]
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResultReport:
     """How an attempt ended, as its agent reports it. `handed_back`: the agent gave the attempt
@@ -104,12 +99,12 @@ class Orchestrator(TimeSweeps):
         settings: Settings,
         clock: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
-        callback_messages: CallbackMessages | None = None,
+        # (job, its change's events) -> its callback messages (callbacks/messages.py)
+        callback_messages: Callable[[Job, list[JobEvent]], list[OutboundCallback]] | None = None,
     ) -> None:
         self._store = store
         self._callback_messages = callback_messages
-        # Wakes the callback deliverer after a commit that made callbacks (set by the server).
-        self.callbacks_made: Callable[[], None] = lambda: None
+        self.callbacks_made: Callable[[], None] = lambda: None  # wakes the deliverer (server)
         self._planner = planner
         self._queue = queue
         self._bus = bus
@@ -579,11 +574,9 @@ class Orchestrator(TimeSweeps):
         return await change()
 
     def _note_callbacks(self, job: Job) -> None:
-        """Add the callback messages of the job's pending change to it, so the store writes them
-        in the change's transaction (the outbox). Jobs without a callback_url: nothing."""
+        """Its pending change's callback messages join it: written in its transaction."""
         if job.options.callback_url and self._callback_messages is not None:
-            changes = job.changes
-            changes.callbacks += self._callback_messages(job, changes.events)
+            job.changes.callbacks += self._callback_messages(job, job.changes.events)
 
     async def drain_changes(self, *, timeout_s: float | None = None) -> None:
         """Wait until the changes under way (their callers may be gone) have ended."""
