@@ -22,6 +22,7 @@ from . import (
     agent_command,
     agents_command,
     artifacts_command,
+    callbacks_command,
     gateway_command,
     health_command,
     intents_command,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     agents_command.register(commands)
     intents_command.register(commands)
     artifacts_command.register(commands)
+    callbacks_command.register(commands)
     demo_command.register(commands)
     migrate_command.register(commands)
     health_command.register(commands)

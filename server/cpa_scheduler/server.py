@@ -36,6 +36,13 @@ from .api.scheduler_servicer import SchedulerServicer
 from .artifacts import Artifacts
 from .backends import Backends, open_backends
 from .background import stop_tasks
+from .callbacks.address_guard import AddressPolicy
+from .callbacks.backoff import BackoffPolicy
+from .callbacks.deliverer import CallbackDeliverer
+from .callbacks.keys import signing_keys
+from .callbacks.messages import callback_messages
+from .callbacks.outbox import CallbackOutbox
+from .callbacks.sender import CallbackSender
 from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
@@ -61,6 +68,7 @@ class _Components:
     dispatcher: Dispatcher
     sessions: SessionRegistry
     executor: ExecutorServicer
+    deliverer: CallbackDeliverer
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
@@ -163,6 +171,11 @@ class SchedulerServer:
             await backends.close()
             raise
         directory, bus = backends.directory, backends.bus
+        try:
+            deliverer = self._deliverer(backends)
+        except BaseException:
+            await backends.close()
+            raise
         orchestrator = Orchestrator(
             store=backends.store,
             planner=planner,
@@ -170,7 +183,9 @@ class SchedulerServer:
             bus=bus,
             directory=directory,
             settings=settings,
+            callback_messages=callback_messages,
         )
+        orchestrator.callbacks_made = deliverer.wake
         dispatcher = Dispatcher(
             queue=backends.queue,
             sessions=sessions,
@@ -215,6 +230,7 @@ class SchedulerServer:
                 settings=settings,
                 page_tokens=page_tokens,
                 artifacts=artifacts,
+                callbacks=CallbackOutbox(store=backends.store, wake=deliverer.wake),
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
@@ -247,6 +263,32 @@ class SchedulerServer:
             dispatcher=dispatcher,
             sessions=sessions,
             executor=executor,
+            deliverer=deliverer,
+        )
+
+    def _deliverer(self, backends: Backends) -> CallbackDeliverer:
+        """The outbox's deliverer of this replica (docs/CALLBACKS.md)."""
+        settings = self.settings
+        policy = AddressPolicy.of(
+            allow_private=settings.callback_allow_private,
+            allowed_networks=settings.callback_allowed_networks,
+        )
+        return CallbackDeliverer(
+            store=backends.store,
+            sender=CallbackSender(
+                policy=policy,
+                ca_file=settings.callback_ca_file,
+                timeout_s=settings.callback_timeout_s,
+            ),
+            keys=signing_keys(settings, distributed=backends.distributed),
+            backoff=BackoffPolicy(
+                initial_s=settings.callback_backoff_initial_s, max_s=settings.callback_backoff_max_s
+            ),
+            max_attempts=settings.callback_max_attempts,
+            claim_s=settings.callback_claim_s,
+            poll_interval_s=settings.callback_poll_interval_s,
+            concurrency=settings.callback_concurrency,
+            claimer=self.replica_id,
         )
 
     async def start(self, address: str | None = None) -> int:
@@ -263,6 +305,7 @@ class SchedulerServer:
                 ),
                 name="sweeper",
             ),
+            asyncio.create_task(components.deliverer.run(), name="callback-deliverer"),
         ]
         if components.backends.distributed:
             self._background.append(

@@ -19,7 +19,10 @@ from cpa_scheduler.storage import PostgresStore, SqliteStore, Store, migrate
 from tests.fixtures.tcp_proxy import TcpProxy
 
 BACKENDS = ["sqlite", "postgres"]
-_TABLES = "jobs, job_labels, tasks, events, lam_messages, artifact_content, artifact_chunks"
+_TABLES = (
+    "jobs, job_labels, tasks, events, lam_messages, artifact_content, artifact_chunks, "
+    "callback_deliveries"
+)
 
 OpenStore = Callable[[], Awaitable[Store]]
 

@@ -14,6 +14,7 @@ from cpa.common.v1 import artifact_pb2
 from cpa.lam.v1 import lam_message_pb2
 from cpa.scheduler.v1 import (
     agent_pb2,
+    callback_pb2,
     job_event_pb2,
     job_pb2,
     scheduler_service_pb2,
@@ -25,7 +26,10 @@ from .errors import UNDECODABLE_RESPONSE, CpaError
 
 _Response = TypeVar("_Response")
 _Page = TypeVar(
-    "_Page", scheduler_service_pb2.ListJobsResponse, scheduler_service_pb2.ListAgentsResponse
+    "_Page",
+    scheduler_service_pb2.ListJobsResponse,
+    scheduler_service_pb2.ListAgentsResponse,
+    callback_pb2.ListCallbacksResponse,
 )
 
 
@@ -249,6 +253,40 @@ class SchedulerClient:
             self._stub.ListArtifacts(request, metadata=self._metadata, timeout=self._timeout_s)
         )
         return list(response.artifacts)
+
+    async def list_callbacks(
+        self,
+        *,
+        state: callback_pb2.CallbackState.ValueType = callback_pb2.CALLBACK_STATE_UNSPECIFIED,
+        job_id: str = "",
+        page_size: int = 0,
+    ) -> AsyncIterator[callback_pb2.Callback]:
+        """Every callback delivery of the caller's tenant (oldest first), following page
+        tokens; only `state`'s and `job_id`'s when given."""
+        async for response in self._pages(
+            lambda token: self._stub.ListCallbacks(
+                callback_pb2.ListCallbacksRequest(
+                    state=state, job_id=job_id, page_size=page_size, page_token=token
+                ),
+                metadata=self._metadata,
+                timeout=self._timeout_s,
+            )
+        ):
+            for delivery in response.callbacks:
+                yield delivery
+
+    async def retry_callbacks(
+        self, delivery_ids: Sequence[str] = (), *, all_dead: bool = False, max_callbacks: int = 0
+    ) -> list[callback_pb2.Callback]:
+        """Re-drive dead-lettered deliveries (those named, or with `all_dead` the oldest
+        `max_callbacks`); returns them, pending again."""
+        request = callback_pb2.RetryCallbacksRequest(
+            delivery_ids=delivery_ids, all_dead=all_dead, max_callbacks=max_callbacks
+        )
+        response = await _unary(
+            self._stub.RetryCallbacks(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return list(response.callbacks)
 
     async def download_artifact(
         self, job_id: str, artifact_id: str, path: Path | str

@@ -58,6 +58,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.TASK_NOT_FOUND: _Code.NOT_FOUND,
         Reason.AGENT_NOT_FOUND: _Code.NOT_FOUND,
         Reason.ARTIFACT_NOT_FOUND: _Code.NOT_FOUND,
+        Reason.CALLBACK_NOT_FOUND: _Code.NOT_FOUND,
         Reason.REQUEST_ID_REUSED: _Code.ALREADY_EXISTS,
         Reason.AGENT_ID_IN_USE: _Code.ALREADY_EXISTS,
         # Fencing: the report concerns an attempt that is over; retrying it cannot help.
@@ -140,6 +141,7 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         # An agent refused a task's params (a task outcome, like EXECUTOR_ERROR).
         Reason.INVALID_PARAMS: _Code.FAILED_PRECONDITION,
         Reason.SESSION_RESTARTED: _Code.FAILED_PRECONDITION,
+        Reason.CALLBACK_NOT_DEAD: _Code.FAILED_PRECONDITION,
     }
 )
 

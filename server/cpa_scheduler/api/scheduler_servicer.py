@@ -11,9 +11,11 @@ from typing import Any
 import grpc.aio
 from google.protobuf.message import Message
 
-from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
+from cpa.scheduler.v1 import callback_pb2, job_pb2, scheduler_service_pb2_grpc
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa_scheduler.artifacts import Artifacts
+from cpa_scheduler.callbacks.address_guard import AddressPolicy, check_callback_url
+from cpa_scheduler.callbacks.outbox import CallbackOutbox
 from cpa_scheduler.dispatch import Requirement, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.domain import (
@@ -36,7 +38,7 @@ from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
 from cpa_scheduler.settings import Settings
 
-from . import artifact_calls, convert, job_views
+from . import artifact_calls, callback_calls, convert, job_views
 from .artifact_convert import artifact_to_proto
 from .call_context import tenant_of
 from .errors import translate_errors
@@ -136,8 +138,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         settings: Settings,
         page_tokens: PageTokens,
         artifacts: Artifacts,
+        callbacks: CallbackOutbox,
     ) -> None:
         self._artifacts = artifacts
+        self._callbacks = callbacks
         self._orchestrator = orchestrator
         self._page_tokens = page_tokens
         self._sessions = sessions
@@ -146,6 +150,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self._lam = lam
         self._settings = settings
         self._watch = JobWatch(orchestrator=orchestrator, bus=bus, settings=settings)
+        self._callback_policy = AddressPolicy.of(
+            allow_private=settings.callback_allow_private,
+            allowed_networks=settings.callback_allowed_networks,
+        )
 
     def _tenant(self, context: Context) -> str:
         return tenant_of(context, default=self._settings.default_tenant)
@@ -171,9 +179,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         """The checked spec of a request that carries one (presence, fields)."""
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
-        return job_views.spec_from_proto(
+        plan_request, source, options = job_views.spec_from_proto(
             request.spec, default_max_parallelism=self._settings.default_max_parallelism
         )
+        check_callback_url(options.callback_url, "spec.callback_url", self._callback_policy)
+        return plan_request, source, options
 
     def _job(self, job: Job, *, full: bool) -> job_pb2.Job:
         return job_views.job_to_proto(job, full=full, waiting_reason=self._waiting_reason)
@@ -405,3 +415,22 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 page[-1].agent_id, tenant=tenant, query_fingerprint=query
             )
         return response
+
+    @translate_errors
+    async def ListCallbacks(
+        self, request: callback_pb2.ListCallbacksRequest, context: Context
+    ) -> callback_pb2.ListCallbacksResponse:
+        return await callback_calls.list_callbacks(
+            request,
+            tenant=self._tenant(context),
+            outbox=self._callbacks,
+            page_tokens=self._page_tokens,
+        )
+
+    @translate_errors
+    async def RetryCallbacks(
+        self, request: callback_pb2.RetryCallbacksRequest, context: Context
+    ) -> callback_pb2.RetryCallbacksResponse:
+        return await callback_calls.retry_callbacks(
+            request, tenant=self._tenant(context), outbox=self._callbacks
+        )

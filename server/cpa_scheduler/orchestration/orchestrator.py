@@ -33,6 +33,7 @@ from cpa_scheduler.domain import (
     JobOptions,
     JobSource,
     NotFound,
+    OutboundCallback,
     PagePosition,
     Reason,
     StaleAttempt,
@@ -98,8 +99,12 @@ class Orchestrator(TimeSweeps):
         settings: Settings,
         clock: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
+        # (job, its change's events) -> its callback messages (callbacks/messages.py)
+        callback_messages: Callable[[Job, list[JobEvent]], list[OutboundCallback]] | None = None,
     ) -> None:
         self._store = store
+        self._callback_messages = callback_messages
+        self.callbacks_made: Callable[[], None] = lambda: None  # wakes the deliverer (server)
         self._planner = planner
         self._queue = queue
         self._bus = bus
@@ -242,6 +247,8 @@ class Orchestrator(TimeSweeps):
                 )
             )
         placed = [self._place_at_once(job, now) for job in jobs]
+        for job in jobs:
+            self._note_callbacks(job)
 
         def release(sessions: Sequence[tuple[str, AgentSession]]) -> None:
             for _, session in sessions:
@@ -552,14 +559,24 @@ class Orchestrator(TimeSweeps):
         recovery re-queues what is QUEUED.
         """
 
+        def mutate_and_note(job: Job) -> T:
+            result = mutate(job)
+            self._note_callbacks(job)
+            return result
+
         async def change() -> tuple[Job, T]:
-            job, result, changes = await self._store.update_job(tenant, job_id, mutate)
+            job, result, changes = await self._store.update_job(tenant, job_id, mutate_and_note)
             await self._after_commit(job, changes)
             return job, result
 
         if caller_may_leave:
             return await self._uncancellable(change())
         return await change()
+
+    def _note_callbacks(self, job: Job) -> None:
+        """Its pending change's callback messages join it: written in its transaction."""
+        if job.options.callback_url and self._callback_messages is not None:
+            job.changes.callbacks += self._callback_messages(job, job.changes.events)
 
     async def drain_changes(self, *, timeout_s: float | None = None) -> None:
         """Wait until the changes under way (their callers may be gone) have ended."""
@@ -578,4 +595,6 @@ class Orchestrator(TimeSweeps):
     # -- after commit ---------------------------------------------------------------------
 
     async def _after_commit(self, job: Job, changes: JobChanges) -> None:
+        if changes.callbacks:
+            self.callbacks_made()
         await carry_out(job, changes, bus=self._bus, queue=self._queue, directory=self._directory)

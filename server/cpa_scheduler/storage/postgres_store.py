@@ -46,6 +46,7 @@ from .postgres_batch import (
     jobs_from_rows,
     request_key,
 )
+from .postgres_callbacks import PostgresCallbacks
 from .postgres_connections import Connection, open_pool
 from .postgres_group_commit import MAX_BATCH_OPS, MAX_BATCHES_IN_FLIGHT, GroupCommit
 
@@ -59,7 +60,7 @@ SWEEP_CLAIM_S: Final = 30.0
 REQUEST_ID_ROUNDS: Final = 3
 
 
-class PostgresStore(GroupCommit):
+class PostgresStore(GroupCommit, PostgresCallbacks):
     """The distributed store. Open with `await PostgresStore.open(url)`; close with `close()`.
 
     A batch of writes normally costs two round trips: lock and read every job it changes (in

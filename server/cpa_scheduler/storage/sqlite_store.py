@@ -35,6 +35,7 @@ from cpa_scheduler.domain import (
 from . import codec, records
 from .data_dir import DataDirectoryLock, make_private_file
 from .interface import EndPosition, QueuedTask, StoredMessage
+from .sqlite_callbacks import SqliteCallbacks, insert_callbacks
 from .sqlite_schema import connect
 
 T = TypeVar("T")
@@ -88,7 +89,7 @@ def _checkpoint(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-class SqliteStore:
+class SqliteStore(SqliteCallbacks):
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `close()`."""
 
     def __init__(
@@ -235,6 +236,8 @@ class SqliteStore:
             ],
         )
         self._insert_events(changes.events)
+        if changes.callbacks:
+            insert_callbacks(self._db, job.tenant, job.job_id, changes.callbacks)
         self._live[job.job_id] = job
         return job, changes
 
@@ -270,6 +273,8 @@ class SqliteStore:
             ],
         )
         self._insert_events(changes.events)
+        if changes.callbacks:
+            insert_callbacks(self._db, job.tenant, job.job_id, changes.callbacks)
         if job.is_terminal:
             self._live.pop(job_id, None)
         else:

@@ -198,6 +198,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A task went back to PENDING because its session restarted on another agent (the agent
     holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
     """
+    ERROR_REASON_CALLBACK_NOT_FOUND: _ErrorReason.ValueType  # 110
+    """RetryCallbacks named a delivery id the caller's tenant has no delivery under (unknown, or
+    another tenant's): NOT_FOUND, field `delivery_ids[i]`; nothing is re-driven.
+    """
+    ERROR_REASON_CALLBACK_NOT_DEAD: _ErrorReason.ValueType  # 111
+    """RetryCallbacks named a delivery that is not dead-lettered (PENDING or DELIVERED):
+    FAILED_PRECONDITION, field `delivery_ids[i]`; nothing is re-driven.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -378,6 +386,14 @@ first field at fault (`params.steps[2].selector`) and details.errors every probl
 ERROR_REASON_SESSION_RESTARTED: ErrorReason.ValueType  # 100
 """A task went back to PENDING because its session restarted on another agent (the agent
 holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
+"""
+ERROR_REASON_CALLBACK_NOT_FOUND: ErrorReason.ValueType  # 110
+"""RetryCallbacks named a delivery id the caller's tenant has no delivery under (unknown, or
+another tenant's): NOT_FOUND, field `delivery_ids[i]`; nothing is re-driven.
+"""
+ERROR_REASON_CALLBACK_NOT_DEAD: ErrorReason.ValueType  # 111
+"""RetryCallbacks named a delivery that is not dead-lettered (PENDING or DELIVERED):
+FAILED_PRECONDITION, field `delivery_ids[i]`; nothing is re-driven.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cpa.scheduler.v1 import callback_pb2 as cpa_dot_scheduler_dot_v1_dot_callback__pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -105,6 +106,16 @@ class SchedulerServiceStub:
                 '/cpa.scheduler.v1.SchedulerService/DownloadArtifact',
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.FromString,
+                _registered_method=True)
+        self.ListCallbacks = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/ListCallbacks',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksResponse.FromString,
+                _registered_method=True)
+        self.RetryCallbacks = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/RetryCallbacks',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.FromString,
                 _registered_method=True)
 
 
@@ -252,6 +263,32 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCallbacks(self, request, context):
+        """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
+        done, failure), oldest first, optionally only one state's or one job's. Another tenant's
+        deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
+        job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryCallbacks(self, request, context):
+        """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
+        from 0, with the same delivery id and message (receivers deduplicate by the id). With
+        delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
+        caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+        field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
+        (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
+        takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
+        INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
+        set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
+        max_callbacks out of range, or set without all_dead, field max_callbacks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +356,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.SerializeToString,
+            ),
+            'ListCallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCallbacks,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksResponse.SerializeToString,
+            ),
+            'RetryCallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryCallbacks,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -679,6 +726,60 @@ class SchedulerService:
             '/cpa.scheduler.v1.SchedulerService/DownloadArtifact',
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.SerializeToString,
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/ListCallbacks',
+            cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryCallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/RetryCallbacks',
+            cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from cpa.scheduler.v1 import callback_pb2 as _callback_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as _scheduler_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -120,6 +121,24 @@ class SchedulerServiceStub:
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
     job or artifact answers exactly as a missing one.
     """
+    ListCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]
+    """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
+    done, failure), oldest first, optionally only one state's or one job's. Another tenant's
+    deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
+    job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+    """
+    RetryCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.RetryCallbacksRequest, _callback_pb2.RetryCallbacksResponse]
+    """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
+    from 0, with the same delivery id and message (receivers deduplicate by the id). With
+    delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
+    caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+    field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
+    (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
+    takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
+    INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
+    set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
+    max_callbacks out of range, or set without all_dead, field max_callbacks).
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -212,6 +231,24 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
     job or artifact answers exactly as a missing one.
+    """
+    ListCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]  # type: ignore[assignment]
+    """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
+    done, failure), oldest first, optionally only one state's or one job's. Another tenant's
+    deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
+    job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+    """
+    RetryCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.RetryCallbacksRequest, _callback_pb2.RetryCallbacksResponse]  # type: ignore[assignment]
+    """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
+    from 0, with the same delivery id and message (receivers deduplicate by the id). With
+    delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
+    caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+    field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
+    (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
+    takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
+    INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
+    set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
+    max_callbacks out of range, or set without all_dead, field max_callbacks).
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -380,6 +417,36 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
         the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
         job or artifact answers exactly as a missing one.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCallbacks(
+        self,
+        request: _callback_pb2.ListCallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_callback_pb2.ListCallbacksResponse, _abc.Awaitable[_callback_pb2.ListCallbacksResponse]]:
+        """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
+        done, failure), oldest first, optionally only one state's or one job's. Another tenant's
+        deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
+        job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+        """
+
+    @_abc_1.abstractmethod
+    def RetryCallbacks(
+        self,
+        request: _callback_pb2.RetryCallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_callback_pb2.RetryCallbacksResponse, _abc.Awaitable[_callback_pb2.RetryCallbacksResponse]]:
+        """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
+        from 0, with the same delivery id and message (receivers deduplicate by the id). With
+        delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
+        caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+        field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
+        (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
+        takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
+        INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
+        set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
+        max_callbacks out of range, or set without all_dead, field max_callbacks).
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
