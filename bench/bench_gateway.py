@@ -415,6 +415,8 @@ def _report(
             f"goal <= {GOAL_PERCENT:.0f} %); native gRPC through Envoy: "
             f"{100 * (via_cpu / base - 1):+.0f} %"
         )
+    else:
+        print(f"Envoy adds: not measured (too few {unit}s for /proc's clock ticks)")
     if via_cpu and via.rate:
         print(
             f"REST vs native gRPC, both through Envoy: {rest.rate / via.rate:.2f}x the rate, "
