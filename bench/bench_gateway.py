@@ -38,6 +38,7 @@ import dataclasses
 import os
 import platform
 import sys
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,6 +295,25 @@ class Results:
     calibration_ms: list[float]
     idle_cores: dict[str, float]
     events_per_job: list[int]
+    connections: str = ""
+
+
+# Envoy's counters of connections opened over the whole run: keep-alive is really kept (no
+# connection per call), and how many HTTP/2 connections carry the calls to the scheduler.
+CONNECTION_STATS = {
+    "http.cpa_gateway.downstream_cx_http1_total": "HTTP/1.1 from callers",
+    "http.cpa_gateway.downstream_cx_http2_total": "HTTP/2 from callers",
+    "http.cpa_gateway.downstream_rq_total": "requests",
+    "cluster.cpa_scheduler.upstream_cx_total": "HTTP/2 to the scheduler",
+}
+
+
+def _envoy_connections(admin_address: str) -> str:
+    url = f"http://{admin_address}/stats?filter=_total$"
+    with urllib.request.urlopen(url, timeout=10) as response:  # our own loopback admin
+        lines = response.read().decode().splitlines()
+    values = dict(line.split(": ", 1) for line in lines if ": " in line)
+    return ", ".join(f"{label} {values.get(name, '?')}" for name, label in CONNECTION_STATS.items())
 
 
 async def measure(
@@ -439,6 +459,7 @@ def report(arguments: argparse.Namespace, results: Results) -> None:
         "idle (cores): "
         + ", ".join(f"{role} {cores:.3f}" for role, cores in results.idle_cores.items())
     )
+    print(f"Envoy over the whole run: {results.connections}")
     _report(
         f"1. submissions, closed loop: {arguments.jobs} one-task jobs per path and round "
         "(tasks stay QUEUED); the rates",
@@ -483,6 +504,7 @@ def run(arguments: argparse.Namespace) -> None:
             }
             addresses = [started.addresses[0], envoy_address]
             results = asyncio.run(measure(arguments, pids, addresses))
+            results.connections = _envoy_connections(gateway.admin_address)
         finally:
             gateway.stop()
     report(arguments, results)
