@@ -330,7 +330,11 @@ async def measure(
             base_url=f"http://{envoy_address}",
             timeout=TIMEOUT_S,
             trust_env=False,
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            # Idle connections are kept between the cases (httpx closes them after 5 s by
+            # default), so Envoy's counters show connections opened by load, not by pauses.
+            limits=httpx.Limits(
+                max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=None
+            ),
         ),
     )
     direct = paths.clients[DIRECT]
