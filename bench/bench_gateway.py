@@ -12,22 +12,27 @@ in rounds whose order rotates (a loaded machine drifts; each path gets early and
                    POST /v1/jobs, and GET /v1/jobs/{id}:watch as Server-Sent Events.
 
 Cases:
-  1. submission only: one-task jobs whose action no agent serves, so they stay QUEUED. The
-     scheduler does the same work for a job whatever path its submission took; leaving out the
-     dispatch and the result keeps that shared work from diluting the gateway's share, so this
-     is the case the overhead goal is read from;
-  2. end to end: one `echo` task per job, from the first submission until every job SUCCEEDED
+  1. submissions, closed loop: one-task jobs whose action no agent serves, so they stay QUEUED
+     (`--jobs` per path and round): each path's peak rate. The scheduler does the same work
+     for a job whatever path its submission took; leaving out the dispatch and the result keeps
+     that shared work from diluting the gateway's share;
+  2. the same submissions paced at `--rate` per second for every path: the scheduler's CPU per
+     call depends on the arrival rate (more calls share a loop iteration at a higher rate), so
+     the overhead goal is read from this case, where every path gets the same load;
+  3. end to end: one `echo` task per job, from the first submission until every job SUCCEEDED
      (the cost per job a user sees; the agent's CPU is reported, not counted);
-  3. SSE: `--watchers` concurrent WatchJob streams, each replaying finished jobs of `--tasks`
-     noop tasks from their first event to the terminal one, `--replays` times per round (the
-     delivery path at full speed; live events cross Envoy the same way, one message each).
+  4. WatchJob: `--watchers` concurrent streams, each replaying finished jobs of `--tasks` noop
+     tasks from their first event to the terminal one, `--replays` times per round: delivery
+     at full speed. Live events are one message each too, so Envoy's cost per event is the
+     same; the scheduler's is not (no store reads, one encoding for all watchers).
 
 CPU per call comes from /proc (user + system) of the scheduler and Envoy processes; the load
 generator's own CPU is shown apart and counted nowhere. The overhead figure is
 (scheduler + Envoy CPU per REST call) / (scheduler CPU per direct gRPC call) - 1 (goal <= 15 %).
 
-    python bench/bench_gateway.py [--jobs 1500] [--e2e-jobs 500] [--concurrency 32]
-                                  [--watchers 16] [--rounds 2]
+    python bench/bench_gateway.py [--jobs 1500] [--paced-jobs 600 --rate 120] [--e2e-jobs 500]
+                                  [--concurrency 32] [--watchers 16] [--rounds 2]
+    python bench/bench_gateway.py --template my-envoy.yaml.j2   # a config experiment
 """
 
 from __future__ import annotations
