@@ -38,7 +38,7 @@ from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, convert, job_views
 from .artifact_convert import artifact_to_proto
-from .call_context import tenant_of
+from .call_context import idempotency_key, keyed_id, tenant_of
 from .errors import translate_errors
 from .lam import LamHandler
 from .list_filter import (
@@ -183,6 +183,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
         self._check_size(request)
+        request.request_id = keyed_id(request.request_id, context, field="request_id")
         full = job_views.is_full_view(request.view, default_full=False)
         submission = self._submission(request)
         [(job, created)] = await self._orchestrator.submit_all(self._tenant(context), [submission])
@@ -201,10 +202,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 field="requests",
             )
         full = job_views.is_full_view(request.view, default_full=False)
+        key = idempotency_key(context, field="requests")
         submissions = []
         first_of: dict[str, int] = {}
         for index, item in enumerate(request.requests):
             path = f"requests[{index}]"
+            if key and not item.request_id:
+                # Deterministic per position: the same batch under the same key, repeated,
+                # names the same jobs.
+                item.request_id = f"{key}/{index}"
             if item.request_id and (first := first_of.setdefault(item.request_id, index)) < index:
                 raise InvalidArgument(
                     f"request_id {item.request_id!r} is also that of requests[{first}]",
@@ -335,6 +341,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
         self._check_size(request)
+        message_id = keyed_id(request.message.id, context, field="message.id")
+        if message_id != request.message.id:  # only then: an absent message stays absent
+            request.message.id = message_id
         reply = await self._lam.handle(request.message, tenant=self._tenant(context))
         return pb.SendMessageResponse(reply=reply)
 
