@@ -150,14 +150,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     def _tenant(self, context: Context) -> str:
         return tenant_of(context, default=self._settings.default_tenant)
 
-    def _check_size(self, request: Message) -> None:
-        size = request.ByteSize()
-        if size > self._settings.max_request_bytes:
-            raise InvalidArgument(
-                f"request is {size} bytes; the limit is {self._settings.max_request_bytes}",
-                reason=Reason.PAYLOAD_TOO_LARGE,
-            )
-
     def _waiting_reason(self, job: Job, task: Task) -> str:
         if task.next_attempt_time is not None and task.next_attempt_time > datetime.now(UTC):
             until = task.next_attempt_time.isoformat()
@@ -182,7 +174,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def ScheduleJob(
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
-        self._check_size(request)
         request.request_id = keyed_id(request.request_id, context, field="request_id")
         full = job_views.is_full_view(request.view, default_full=False)
         submission = self._submission(request)
@@ -193,7 +184,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def BatchScheduleJobs(
         self, request: pb.BatchScheduleJobsRequest, context: Context
     ) -> pb.BatchScheduleJobsResponse:
-        self._check_size(request)
         count = len(request.requests)
         if not 1 <= count <= _BATCH_SCHEDULE_MAX:
             raise InvalidArgument(
@@ -340,7 +330,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
-        self._check_size(request)
         message_id = keyed_id(request.message.id, context, field="message.id")
         if message_id != request.message.id:  # only then: an absent message stays absent
             request.message.id = message_id
@@ -351,7 +340,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def PreviewPlan(
         self, request: pb.PreviewPlanRequest, context: Context
     ) -> pb.PreviewPlanResponse:
-        self._check_size(request)
         plan_request, _, options = self._spec_of(request)
         try:
             plan = self._orchestrator.plan(plan_request, context=options.context)

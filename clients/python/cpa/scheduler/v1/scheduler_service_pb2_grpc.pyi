@@ -33,7 +33,10 @@ class SchedulerServiceStub:
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
     """
 
     @_typing.overload
@@ -141,7 +144,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -245,7 +251,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
     """
 
     @_abc_1.abstractmethod
