@@ -141,12 +141,12 @@ def test_idempotency_key_makes_a_webhook_retry_return_the_same_job(rest_stack: R
             )
         )
         assert keyed["correlation"]["in_reply_to"] == lam_key
-        again = _agreed(
+        retried = _agreed(
             http.post(
                 "/v1/lam/messages", json=_request(label), headers={"Idempotency-Key": lam_key}
             )
         )
-        assert again["agree"] == {"job_id": keyed["agree"]["job_id"], "duplicate": True}
+        assert retried["agree"] == {"job_id": keyed["agree"]["job_id"], "duplicate": True}
         differs = http.post(
             "/v1/messages:send",
             json={"message": _request(label, "id-1")},
