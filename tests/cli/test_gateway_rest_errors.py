@@ -94,6 +94,10 @@ def test_conflicts_and_limits_are_json_statuses(rest_stack: RestStack) -> None:
         # Over the gateway's own limit: 413 from Envoy, the same reason.
         big = todos_job(label, todo("big", "noop", blob="x" * REQUEST_LIMIT))
         gateway_refusal(http.post("/v1/jobs", json=big), 413, 3, "PAYLOAD_TOO_LARGE")
+        # Headers over Envoy's 60 KiB (a huge Idempotency-Key): 431 from its HTTP codec, JSON.
+        huge_key = {"Idempotency-Key": "k" * 70_000}
+        headers = http.post("/v1/jobs", json=todos_job(label), headers=huge_key)
+        gateway_refusal(headers, 431, 3, "PAYLOAD_TOO_LARGE")
         assert len(labelled(http, label)) == 1
 
         # RESOURCE_EXHAUSTED is 429: more watchers than the tenant may hold open (2 here).
