@@ -57,8 +57,20 @@ SERVICE_NAMES = (
     scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
     executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name,
 )
-# Room above the request limit, so an oversized request reaches our own check (and its reason).
+# The transport's receive limit sits well above CPA_MAX_REQUEST_BYTES, so an oversized request
+# reaches our own check (PAYLOAD_TOO_LARGE, api/decoded_service.py) instead of gRPC's bare
+# RESOURCE_EXHAUSTED, which clients retry. The factor covers what the REST gateway lets through:
+# its JSON body limit is CPA_MAX_REQUEST_BYTES, and protobuf can be 5.5 times larger than the
+# JSON it came from (`0,` in a JSON array is 11 bytes as a google.protobuf.Value in a list).
+_TRANSPORT_FACTOR = 6
+# Client streams' messages (agents' reports, upload chunks) keep this much room above it.
 _TRANSPORT_MARGIN_BYTES = 1024 * 1024
+
+
+def transport_receive_limit(max_request_bytes: int) -> int:
+    """gRPC's receive limit for a server whose request budget is `max_request_bytes`: bodies
+    up to it get our own PAYLOAD_TOO_LARGE, larger ones gRPC's RESOURCE_EXHAUSTED."""
+    return max(max_request_bytes * _TRANSPORT_FACTOR, max_request_bytes + _TRANSPORT_MARGIN_BYTES)
 
 
 @dataclass(slots=True)
@@ -203,7 +215,7 @@ class SchedulerServer:
             options=[
                 (
                     "grpc.max_receive_message_length",
-                    settings.max_request_bytes + _TRANSPORT_MARGIN_BYTES,
+                    transport_receive_limit(settings.max_request_bytes),
                 ),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
@@ -219,7 +231,14 @@ class SchedulerServer:
                 ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_rpcs),
             ],
         )
-        # Requests decoded by us: an undecodable body is INVALID_ARGUMENT, not gRPC's UNKNOWN.
+        # Requests decoded by us: an undecodable body is INVALID_ARGUMENT, not gRPC's UNKNOWN,
+        # an oversized one PAYLOAD_TOO_LARGE. Client streams' messages keep the bound the
+        # transport gave them before: agents' reports and batches stay under
+        # Welcome.max_report_bytes, upload chunks under 1 MiB.
+        limits = {
+            "max_request_bytes": settings.max_request_bytes,
+            "max_stream_message_bytes": settings.max_request_bytes + _TRANSPORT_MARGIN_BYTES,
+        }
         add_decoded_service(
             SchedulerServicer(
                 orchestrator=orchestrator,
@@ -234,6 +253,7 @@ class SchedulerServer:
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
+            **limits,
         )
         executor = ExecutorServicer(
             orchestrator=orchestrator,
@@ -245,7 +265,10 @@ class SchedulerServer:
             artifacts=artifacts,
         )
         add_decoded_service(
-            executor, executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"], server
+            executor,
+            executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
+            server,
+            **limits,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

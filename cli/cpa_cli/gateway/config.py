@@ -19,6 +19,7 @@ from cpa_client.errors import ERROR_DOMAIN
 from cpa_scheduler.settings import Settings
 
 from ..common import CliError, split_host_port
+from .http_rules import rest_paths
 
 TEMPLATE = Path("envoy") / "envoy.yaml.j2"
 DESCRIPTOR = Path("api.binpb")
@@ -182,6 +183,7 @@ def render_envoy_config(config: GatewayConfig) -> str:
         all_ip=all(u.is_ip for u in config.upstreams),
         descriptor_path=str(config.descriptor_path),
         services=list(config.services),
+        rest_paths=rest_paths(config.descriptor_path, config.services),
         max_request_bytes=config.max_request_bytes,
         max_response_bytes=config.max_response_bytes,
         stream_idle_timeout=_duration(config.stream_idle_timeout_s),

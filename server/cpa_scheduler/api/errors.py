@@ -75,6 +75,9 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.SERVER_SHUTTING_DOWN: _Code.UNAVAILABLE,
         Reason.STORE_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.INTERNAL: _Code.INTERNAL,
+        # The gateway's: the HTTP status it answers with is its meaning (404, 405).
+        Reason.UNKNOWN_METHOD: _Code.NOT_FOUND,
+        Reason.METHOD_NOT_ALLOWED: _Code.UNIMPLEMENTED,
     }
 )
 
@@ -118,6 +121,9 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.ARTIFACT_DIGEST_MISMATCH: _Code.INVALID_ARGUMENT,
         Reason.ARTIFACT_INCOMPLETE: _Code.INVALID_ARGUMENT,
         Reason.ARTIFACT_SIZE_MISMATCH: _Code.INVALID_ARGUMENT,
+        Reason.INVALID_QUERY_PARAMETER: _Code.INVALID_ARGUMENT,
+        Reason.MALFORMED_BODY: _Code.INVALID_ARGUMENT,
+        Reason.IDEMPOTENCY_KEY_MISMATCH: _Code.INVALID_ARGUMENT,
         Reason.ILLEGAL_TRANSITION: _Code.FAILED_PRECONDITION,
         Reason.NO_CAPABLE_AGENT: _Code.FAILED_PRECONDITION,
         Reason.POLICY_VIOLATION: _Code.FAILED_PRECONDITION,

@@ -40,7 +40,7 @@ from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, callback_calls, convert, job_views
 from .artifact_convert import artifact_to_proto
-from .call_context import tenant_of
+from .call_context import idempotency_key, keyed_id, tenant_of
 from .errors import translate_errors
 from .lam import LamHandler
 from .list_filter import (
@@ -158,14 +158,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     def _tenant(self, context: Context) -> str:
         return tenant_of(context, default=self._settings.default_tenant)
 
-    def _check_size(self, request: Message) -> None:
-        size = request.ByteSize()
-        if size > self._settings.max_request_bytes:
-            raise InvalidArgument(
-                f"request is {size} bytes; the limit is {self._settings.max_request_bytes}",
-                reason=Reason.PAYLOAD_TOO_LARGE,
-            )
-
     def _waiting_reason(self, job: Job, task: Task) -> str:
         if task.next_attempt_time is not None and task.next_attempt_time > datetime.now(UTC):
             until = task.next_attempt_time.isoformat()
@@ -192,7 +184,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def ScheduleJob(
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
-        self._check_size(request)
+        request.request_id = keyed_id(request.request_id, context, field="request_id")
         full = job_views.is_full_view(request.view, default_full=False)
         submission = self._submission(request)
         [(job, created)] = await self._orchestrator.submit_all(self._tenant(context), [submission])
@@ -202,7 +194,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def BatchScheduleJobs(
         self, request: pb.BatchScheduleJobsRequest, context: Context
     ) -> pb.BatchScheduleJobsResponse:
-        self._check_size(request)
         count = len(request.requests)
         if not 1 <= count <= _BATCH_SCHEDULE_MAX:
             raise InvalidArgument(
@@ -211,10 +202,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 field="requests",
             )
         full = job_views.is_full_view(request.view, default_full=False)
+        key = idempotency_key(context, field="requests")
         submissions = []
         first_of: dict[str, int] = {}
         for index, item in enumerate(request.requests):
             path = f"requests[{index}]"
+            if key and not item.request_id:
+                # Deterministic per position: the same batch under the same key, repeated,
+                # names the same jobs.
+                item.request_id = f"{key}/{index}"
             if item.request_id and (first := first_of.setdefault(item.request_id, index)) < index:
                 raise InvalidArgument(
                     f"request_id {item.request_id!r} is also that of requests[{first}]",
@@ -344,7 +340,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
-        self._check_size(request)
+        message_id = keyed_id(request.message.id, context, field="message.id")
+        if message_id != request.message.id:  # only then: an absent message stays absent
+            request.message.id = message_id
         reply = await self._lam.handle(request.message, tenant=self._tenant(context))
         return pb.SendMessageResponse(reply=reply)
 
@@ -352,7 +350,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def PreviewPlan(
         self, request: pb.PreviewPlanRequest, context: Context
     ) -> pb.PreviewPlanResponse:
-        self._check_size(request)
         plan_request, _, options = self._spec_of(request)
         try:
             plan = self._orchestrator.plan(plan_request, context=options.context)

@@ -101,7 +101,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_AGENT_DRAINING: _ErrorReason.ValueType  # 36
     """The agent is draining and takes no new work."""
     ERROR_REASON_SERVER_SHUTTING_DOWN: _ErrorReason.ValueType  # 37
-    """The server is shutting down; retry against another replica."""
+    """The server is shutting down; retry against another replica. The REST gateway answers a
+    call with it (HTTP 503, code UNAVAILABLE) when no scheduler replica behind it is healthy
+    or reachable (stopping, stopped or not started yet).
+    """
     ERROR_REASON_EXECUTOR_ERROR: _ErrorReason.ValueType  # 38
     """The executor reported an application error; TaskError.code has its own code."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 39
@@ -206,6 +209,31 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RetryCallbacks named a delivery that is not dead-lettered (PENDING or DELIVERED):
     FAILED_PRECONDITION, field `delivery_ids[i]`; nothing is re-driven.
     """
+    ERROR_REASON_UNKNOWN_METHOD: _ErrorReason.ValueType  # 120
+    """The REST gateway (Envoy) binds no RPC to the request's path (with any method): HTTP 404,
+    code NOT_FOUND. Only the gateway sends it; the scheduler never does.
+    """
+    ERROR_REASON_INVALID_QUERY_PARAMETER: _ErrorReason.ValueType  # 121
+    """The REST gateway refused a query parameter: the request message has no such field, or
+    the value does not parse as the field's type (`page_size=many`). HTTP 400, code
+    INVALID_ARGUMENT; Envoy's message names the parameter. Only the gateway sends it.
+    """
+    ERROR_REASON_MALFORMED_BODY: _ErrorReason.ValueType  # 122
+    """The REST gateway could not turn the JSON body into the request message: not JSON, not
+    UTF-8, or a value of the wrong type for its field (an unknown enum name, an array where an
+    object belongs). HTTP 400, code INVALID_ARGUMENT. Only the gateway sends it.
+    """
+    ERROR_REASON_METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 123
+    """The REST gateway binds the request's path, but not with its method (`PUT /v1/jobs`):
+    HTTP 405 with an `allow` header listing the methods that path takes, code UNIMPLEMENTED.
+    Only the gateway sends it.
+    """
+    ERROR_REASON_IDEMPOTENCY_KEY_MISMATCH: _ErrorReason.ValueType  # 124
+    """The call's `idempotency-key` (HTTP header, or gRPC metadata) and the idempotency id in its
+    message name different keys: ScheduleJob's request_id, or SendMessage's message.id.
+    INVALID_ARGUMENT naming that field; nothing is created. Two `idempotency-key` values in one
+    call are refused the same way.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -290,7 +318,10 @@ ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 35
 ERROR_REASON_AGENT_DRAINING: ErrorReason.ValueType  # 36
 """The agent is draining and takes no new work."""
 ERROR_REASON_SERVER_SHUTTING_DOWN: ErrorReason.ValueType  # 37
-"""The server is shutting down; retry against another replica."""
+"""The server is shutting down; retry against another replica. The REST gateway answers a
+call with it (HTTP 503, code UNAVAILABLE) when no scheduler replica behind it is healthy
+or reachable (stopping, stopped or not started yet).
+"""
 ERROR_REASON_EXECUTOR_ERROR: ErrorReason.ValueType  # 38
 """The executor reported an application error; TaskError.code has its own code."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 39
@@ -394,6 +425,31 @@ another tenant's): NOT_FOUND, field `delivery_ids[i]`; nothing is re-driven.
 ERROR_REASON_CALLBACK_NOT_DEAD: ErrorReason.ValueType  # 111
 """RetryCallbacks named a delivery that is not dead-lettered (PENDING or DELIVERED):
 FAILED_PRECONDITION, field `delivery_ids[i]`; nothing is re-driven.
+"""
+ERROR_REASON_UNKNOWN_METHOD: ErrorReason.ValueType  # 120
+"""The REST gateway (Envoy) binds no RPC to the request's path (with any method): HTTP 404,
+code NOT_FOUND. Only the gateway sends it; the scheduler never does.
+"""
+ERROR_REASON_INVALID_QUERY_PARAMETER: ErrorReason.ValueType  # 121
+"""The REST gateway refused a query parameter: the request message has no such field, or
+the value does not parse as the field's type (`page_size=many`). HTTP 400, code
+INVALID_ARGUMENT; Envoy's message names the parameter. Only the gateway sends it.
+"""
+ERROR_REASON_MALFORMED_BODY: ErrorReason.ValueType  # 122
+"""The REST gateway could not turn the JSON body into the request message: not JSON, not
+UTF-8, or a value of the wrong type for its field (an unknown enum name, an array where an
+object belongs). HTTP 400, code INVALID_ARGUMENT. Only the gateway sends it.
+"""
+ERROR_REASON_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 123
+"""The REST gateway binds the request's path, but not with its method (`PUT /v1/jobs`):
+HTTP 405 with an `allow` header listing the methods that path takes, code UNIMPLEMENTED.
+Only the gateway sends it.
+"""
+ERROR_REASON_IDEMPOTENCY_KEY_MISMATCH: ErrorReason.ValueType  # 124
+"""The call's `idempotency-key` (HTTP header, or gRPC metadata) and the idempotency id in its
+message name different keys: ScheduleJob's request_id, or SendMessage's message.id.
+INVALID_ARGUMENT naming that field; nothing is created. Two `idempotency-key` values in one
+call are refused the same way.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -33,7 +33,10 @@ class SchedulerServiceStub:
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
     """
 
     def __init__(self, channel):
@@ -126,12 +129,18 @@ class SchedulerServiceServicer:
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
     """
 
     def ScheduleJob(self, request, context):
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
         the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
+        empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
+        field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
         Answers with the job in the BASIC view unless the request asks for FULL.
         Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
         CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
@@ -148,6 +157,8 @@ class SchedulerServiceServicer:
         Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
         the existing job with created = false. At most 1000 requests, with distinct request ids.
         For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+        A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
+        (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +234,13 @@ class SchedulerServiceServicer:
         """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
         declined (refuse); a malformed message gets not_understood; other performatives are
         stored in their conversation and acknowledged.
+        A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
+        `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
+        from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request
+        over CPA_MAX_REQUEST_BYTES is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE).
+        REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
+        older `POST /lam/message` take the bare LAM message as the body. All three answer
+        `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -382,7 +400,10 @@ class SchedulerService:
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
     """
 
     @staticmethod
