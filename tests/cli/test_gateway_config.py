@@ -81,7 +81,11 @@ def test_print_config_renders_what_envoy_validates(start_cli: StartCli, tmp_path
     assert health["grpc_health_check"]["service_name"] == "cpa.scheduler.v1.SchedulerService"
     # Failover retries only calls that never reached a scheduler (docs/GATEWAY.md): never on
     # `reset`, `unavailable` or 5xx, which could run a ScheduleJob twice.
-    (route,) = manager["route_config"]["virtual_hosts"][0]["routes"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    # The catch-all route is last: the API reference and 405 routes come before it.
+    assert routes[-1]["match"] == {"prefix": "/"}
+    assert all("route" not in r for r in routes[:-1])  # the others are answered by Envoy
+    route = routes[-1]
     retry_on = set(route["route"]["retry_policy"]["retry_on"].split(","))
     assert retry_on == {"connect-failure", "refused-stream", "reset-before-request"}
     assert cluster["outlier_detection"]["enforcing_consecutive_gateway_failure"] == 100
