@@ -39,6 +39,7 @@ from .background import stop_tasks
 from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
+from .health import HealthProbe
 from .orchestration import Orchestrator
 from .planning import Planner
 from .settings import Settings
@@ -285,6 +286,14 @@ class SchedulerServer:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        probe = HealthProbe(
+            self._health,
+            ("", *SERVICE_NAMES),
+            components.backends.health_checks,
+            interval_s=self.settings.health_probe_interval_s,
+            timeout_s=self.settings.health_probe_timeout_s,
+        )
+        self._background.append(asyncio.create_task(probe.run_forever(), name="health-probe"))
         log.info(
             "scheduler %s serving on port %d%s (%d queued tasks recovered)",
             self.replica_id,

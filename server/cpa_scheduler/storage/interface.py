@@ -158,6 +158,11 @@ class Store(Protocol):
         """The job a conversation's request created, if any."""
         ...
 
+    async def ping(self) -> None:
+        """A cheap check that the store answers (SELECT 1), for the health probe; raises when
+        it does not. Never on the hot path."""
+        ...
+
     async def close(self) -> None:
         """Finish pending writes and release the connection."""
         ...

@@ -411,6 +411,7 @@ class PostgresStore(GroupCommit):
             if self._recovery is not None:
                 self._recovery.cancel()
                 await asyncio.gather(self._recovery, return_exceptions=True)
+            await self.close_probe()
             await self._pool.close()
         finally:
             self._closed.set()
