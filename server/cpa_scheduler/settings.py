@@ -312,13 +312,50 @@ class Settings(BaseSettings):
         default="",
         description="File the gateway writes its JSON access log lines to; empty: its stdout.",
     )
+    gateway_upstream_tls_ca_file: Path | None = Field(
+        default=None,
+        description="Set: the gateway speaks TLS to the schedulers (whose CPA_TLS_CERT_FILE is "
+        "set), trusting only certificates this PEM CA file signed. Empty: plaintext HTTP/2.",
+    )
+    gateway_upstream_tls_server_name: str = Field(
+        default="",
+        description="With gateway_upstream_tls_ca_file: the name the gateway sends (SNI) and "
+        "requires in the schedulers' certificates (DNS subject alternative name). Empty: any "
+        "certificate the CA signed is accepted.",
+    )
+    gateway_upstream_tls_cert_file: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) the gateway presents to schedulers with mutual "
+        "TLS (CPA_TLS_CLIENT_CA_FILE); with gateway_upstream_tls_key_file.",
+    )
+    gateway_upstream_tls_key_file: Path | None = Field(
+        default=None, description="Private key of gateway_upstream_tls_cert_file."
+    )
+    gateway_tls_cert_file: Path | None = Field(
+        default=None,
+        description="Set with gateway_tls_key_file: the gateway's listener speaks TLS (HTTPS for "
+        "REST callers, TLS for gRPC ones) with this PEM certificate chain. Empty: plaintext.",
+    )
+    gateway_tls_key_file: Path | None = Field(
+        default=None, description="Private key of gateway_tls_cert_file."
+    )
     gateway_log_level: str = Field(
         default="warning",
         description="Envoy's own log level (trace, debug, info, warning, error, critical, off).",
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
 
-    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
+    @field_validator(
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "gateway_upstream_tls_ca_file",
+        "gateway_upstream_tls_cert_file",
+        "gateway_upstream_tls_key_file",
+        "gateway_tls_cert_file",
+        "gateway_tls_key_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         # CPA_TLS_CERT_FILE= (a compose file's blank) means "not set", not the directory ".".
