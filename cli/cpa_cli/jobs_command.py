@@ -10,7 +10,7 @@ from typing import Any
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import SchedulerClient
 
-from .common import CliError, add_json_option, add_server_option, emit
+from .common import CliError, add_json_option, add_server_option, client_tls, emit
 from .live import follow
 from .output import (
     job_list,
@@ -153,7 +153,7 @@ def client_command(command: Command) -> Callable[[argparse.Namespace], int]:
     """A subcommand's `run`: opens a client on --server, runs `command`, closes the channel."""
 
     async def with_client(arguments: argparse.Namespace) -> int:
-        async with SchedulerClient(arguments.server) as client:
+        async with SchedulerClient(arguments.server, tls=client_tls(arguments)) as client:
             return await command(client, arguments)
 
     def run(arguments: argparse.Namespace) -> int:

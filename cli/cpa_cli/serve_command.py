@@ -30,6 +30,7 @@ def register(commands: Any) -> None:
         "gracefully: health turns NOT_SERVING, new agent streams are refused, connected agents "
         "get $CPA_SHUTDOWN_DRAIN_S seconds to finish their work and move to another replica, "
         "then running calls get --grace seconds to finish; a second signal stops at once. "
+        "SIGHUP reloads the TLS certificate (CPA_TLS_CERT_FILE, docs/SECURITY.md). "
         "Prints 'cpa scheduler serving on HOST:PORT' once it accepts calls. Other settings come "
         "from CPA_* environment variables (docs/CONFIGURATION.md).",
     )
@@ -135,8 +136,16 @@ async def serve(stack: LocalStack, *, grace_s: float, gateway_listen: str | None
             warn(f"cpa serve: {signal.Signals(signum).name} received again, stopping at once")
             stack.hurry()
 
+    def on_reload() -> None:
+        # Off the signal frame, on the loop: reading two small files is quick.
+        if stack.server.reload_tls():
+            warn("cpa serve: SIGHUP received, TLS certificate reloaded for new connections")
+        else:
+            warn("cpa serve: SIGHUP received, nothing reloaded (see the log)")
+
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         try:
             address = await stack.start()
@@ -154,7 +163,7 @@ async def serve(stack: LocalStack, *, grace_s: float, gateway_listen: str | None
             if gateway is not None:
                 await asyncio.to_thread(gateway.stop)
     finally:
-        for signum in STOP_SIGNALS:
+        for signum in (*STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 

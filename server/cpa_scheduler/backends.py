@@ -15,6 +15,7 @@ from .artifacts import ArtifactContent, FileContent
 from .dispatch import ControlMessage, SessionRegistry
 from .dispatch.directory import AgentDirectory, LocalAgentDirectory
 from .events import EventBus, LocalEventBus
+from .health import Check
 from .queue import LocalWorkQueue, WorkQueue
 from .settings import Settings
 from .storage import SqliteStore, Store
@@ -33,6 +34,8 @@ class Backends:
     distributed: bool
     artifacts: ArtifactContent
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    health_checks: dict[str, Check] = field(default_factory=dict)
+    """What the health probe checks (cpa_scheduler.health): the store, and Redis if used."""
 
     async def close(self) -> None:
         for close in reversed(self._closers):
@@ -84,6 +87,7 @@ async def open_backends(
             distributed=False,
             artifacts=artifacts,
             _closers=closers,
+            health_checks={"store": store.ping},
         )
     return await _open_redis(settings, replica_id, sessions, store, artifacts, closers)
 
@@ -149,6 +153,18 @@ async def _open_redis(
     directory.on_cancel = deliver_cancel
     await directory.start()
     closers.append(directory.close)
+    # The health probe's PING on a connection of its own: the shared pool may be busy.
+    probe = aioredis.Redis.from_url(
+        settings.redis_url,
+        max_connections=2,
+        socket_timeout=settings.health_probe_timeout_s,
+        socket_connect_timeout=settings.health_probe_timeout_s,
+    )
+    closers.append(probe.aclose)
+
+    async def ping_redis() -> None:
+        await probe.ping()
+
     return Backends(
         store=store,
         queue=redis_queue,
@@ -157,4 +173,5 @@ async def _open_redis(
         distributed=True,
         artifacts=artifacts,
         _closers=closers,
+        health_checks={"store": store.ping, "redis": ping_redis},
     )

@@ -46,10 +46,12 @@ from .callbacks.sender import CallbackSender
 from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
+from .health import HealthProbe
 from .orchestration import Orchestrator
 from .planning import Planner
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
+from .tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +118,14 @@ def _configured_secrets(settings: Settings) -> list[bytes]:
     return [secret.encode() for secret in secrets]
 
 
-def _bind(server: grpc.aio.Server, address: str) -> int:
-    """Bind `address`; a RuntimeError that says why (gRPC's own says only "Failed to bind")."""
+def _bind(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:
+    """Bind `address` (with TLS when `tls`); a RuntimeError that says why (gRPC's own says
+    only "Failed to bind")."""
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError:
         port = 0
     if port == 0:
@@ -155,6 +161,7 @@ class SchedulerServer:
         self._components: _Components | None = None
         self._background: list[asyncio.Task[None]] = []
         self._hurry = asyncio.Event()
+        self.tls: ServerTls | None = None
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -171,6 +178,8 @@ class SchedulerServer:
         settings = self.settings
         # Load the catalog first: a broken one must stop the start, naming file and line.
         planner = Planner.from_settings(settings)
+        # Read before anything opens: a bad certificate or key stops the start, naming it.
+        self.tls = ServerTls.from_settings(settings)
         configured_secrets = _configured_secrets(settings)
         sessions = SessionRegistry()
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
@@ -318,7 +327,7 @@ class SchedulerServer:
         """Build, recover queued work, bind and serve; returns the bound port."""
         self._components = components = await self._build()
         assert self._server is not None
-        port = _bind(self._server, address or self.settings.listen_address)
+        port = _bind(self._server, address or self.settings.listen_address, self.tls)
         recovered = await components.orchestrator.recover()
         self._background = [
             asyncio.create_task(components.dispatcher.run(), name="dispatcher"),
@@ -343,13 +352,31 @@ class SchedulerServer:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        probe = HealthProbe(
+            self._health,
+            ("", *SERVICE_NAMES),
+            components.backends.health_checks,
+            interval_s=self.settings.health_probe_interval_s,
+            timeout_s=self.settings.health_probe_timeout_s,
+        )
+        self._background.append(asyncio.create_task(probe.run_forever(), name="health-probe"))
         log.info(
-            "scheduler %s serving on port %d (%d queued tasks recovered)",
+            "scheduler %s serving on port %d%s (%d queued tasks recovered)",
             self.replica_id,
             port,
+            "" if self.tls is None else (" with mutual TLS" if self.tls.mutual else " with TLS"),
             recovered,
         )
         return port
+
+    def reload_tls(self) -> bool:
+        """Re-read the TLS certificate, key and client CA (SIGHUP): new connections get them,
+        open ones keep theirs. False when TLS is off or the files are unusable (logged; the
+        current certificate stays)."""
+        if self.tls is None:
+            log.info("reload asked, but the listener has no TLS (CPA_TLS_CERT_FILE unset)")
+            return False
+        return self.tls.reload()
 
     def hurry(self) -> None:
         """Cut a stop short: end the agents' drain and the calls' grace period now."""

@@ -6,8 +6,9 @@ Every setting is documented in docs/CONFIGURATION.md; keep the two in step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_INTENTS_PATH = Path(__file__).parent / "planning" / "intents.yaml"
@@ -101,6 +102,43 @@ class Settings(BaseSettings):
     )
     listen_address: str = Field(
         default="127.0.0.1:50051", description="host:port the gRPC server binds."
+    )
+    # TLS on the gRPC listener (cpa_scheduler.tls; docs/SECURITY.md).
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain the gRPC listener presents (leaf first); with "
+        "tls_key_file it turns TLS on. Empty: plaintext. Reloaded on SIGHUP and when the file "
+        "changes (see tls_reload_check_s); open connections keep the certificate they have.",
+    )
+    tls_key_file: Path | None = Field(
+        default=None,
+        description="PEM private key (unencrypted) of tls_cert_file; keep it readable by the "
+        "server's user only.",
+    )
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates that sign client certificates: set, every connection "
+        "(agents, CLI, SDK, the gateway) must present a certificate they signed (mutual TLS); "
+        "gRPC's Python server cannot ask for an optional one. Needs tls_cert_file.",
+    )
+    tls_reload_check_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="At most this often (checked when a client connects) the server looks "
+        "whether the TLS files changed and, if the new pair is usable, hands it to the next "
+        "connections; SIGHUP reloads at once.",
+    )
+    health_probe_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a replica checks its store (SELECT 1) and, in the distributed "
+        "mode, Redis (PING); a failed or slow check turns grpc.health.v1 NOT_SERVING for every "
+        "service until a check succeeds again.",
+    )
+    health_probe_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long one health check may take before it counts as failed.",
     )
     shutdown_drain_s: float = Field(
         # With --grace 5 and the background stop, a stop fits Kubernetes' default 30 s.
@@ -336,8 +374,51 @@ class Settings(BaseSettings):
         default="",
         description="File the gateway writes its JSON access log lines to; empty: its stdout.",
     )
+    gateway_upstream_tls_ca_file: Path | None = Field(
+        default=None,
+        description="Set: the gateway speaks TLS to the schedulers (whose CPA_TLS_CERT_FILE is "
+        "set), trusting only certificates this PEM CA file signed. Empty: plaintext HTTP/2.",
+    )
+    gateway_upstream_tls_server_name: str = Field(
+        default="",
+        description="With gateway_upstream_tls_ca_file: the name the gateway sends (SNI) and "
+        "requires in the schedulers' certificates (DNS subject alternative name). Empty: any "
+        "certificate the CA signed is accepted.",
+    )
+    gateway_upstream_tls_cert_file: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) the gateway presents to schedulers with mutual "
+        "TLS (CPA_TLS_CLIENT_CA_FILE); with gateway_upstream_tls_key_file.",
+    )
+    gateway_upstream_tls_key_file: Path | None = Field(
+        default=None, description="Private key of gateway_upstream_tls_cert_file."
+    )
+    gateway_tls_cert_file: Path | None = Field(
+        default=None,
+        description="Set with gateway_tls_key_file: the gateway's listener speaks TLS (HTTPS for "
+        "REST callers, TLS for gRPC ones) with this PEM certificate chain. Empty: plaintext.",
+    )
+    gateway_tls_key_file: Path | None = Field(
+        default=None, description="Private key of gateway_tls_cert_file."
+    )
     gateway_log_level: str = Field(
         default="warning",
         description="Envoy's own log level (trace, debug, info, warning, error, critical, off).",
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
+
+    @field_validator(
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "gateway_upstream_tls_ca_file",
+        "gateway_upstream_tls_cert_file",
+        "gateway_upstream_tls_key_file",
+        "gateway_tls_cert_file",
+        "gateway_tls_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        # CPA_TLS_CERT_FILE= (a compose file's blank) means "not set", not the directory ".".
+        return None if isinstance(value, str) and not value.strip() else value

@@ -22,6 +22,7 @@ from cpa.scheduler.v1 import (
 )
 
 from .artifact_chunks import download_bytes, download_to_file
+from .channels import ClientTls, open_channel
 from .errors import UNDECODABLE_RESPONSE, CpaError
 
 _Response = TypeVar("_Response")
@@ -77,10 +78,13 @@ class SchedulerClient:
         target: str,
         *,
         channel: grpc.aio.Channel | None = None,
+        tls: ClientTls | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout_s: float | None = 30.0,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        """`tls` speaks TLS to `target` (verifying the server); none: plaintext. A `channel`
+        of the caller's is used as it is (and not closed)."""
+        self._channel = channel or open_channel(target, tls=tls)
         self._owns_channel = channel is None
         self._stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self._channel)
         self._metadata = tuple((metadata or {}).items())

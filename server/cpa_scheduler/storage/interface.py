@@ -256,6 +256,10 @@ class Store(Protocol):
         """Make DEAD deliveries of the tenant PENDING again, due now, their attempts counted
         from 0: those among `delivery_ids`, or (None) the oldest `limit` DEAD ones. Returns them
         as they are now; other ids are left alone."""
+
+    async def ping(self) -> None:
+        """A cheap check that the store answers (SELECT 1), for the health probe; raises when
+        it does not. Never on the hot path."""
         ...
 
     async def close(self) -> None:

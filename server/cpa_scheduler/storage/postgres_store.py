@@ -412,6 +412,7 @@ class PostgresStore(GroupCommit, PostgresCallbacks):
             if self._recovery is not None:
                 self._recovery.cancel()
                 await asyncio.gather(self._recovery, return_exceptions=True)
+            await self.close_probe()
             await self._pool.close()
         finally:
             self._closed.set()

@@ -553,6 +553,11 @@ class SqliteStore(SqliteCallbacks):
         ).fetchone()
         return None if row is None else str(row["job_id"])
 
+    async def ping(self) -> None:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        self._db.execute("SELECT 1").fetchone()
+
     async def close(self) -> None:
         if self._closed:
             return
