@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -32,6 +33,7 @@ from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.page_token import PageTokens
+from .api.rate_limiter import RateLimiter
 from .api.scheduler_servicer import SchedulerServicer
 from .artifacts import Artifacts
 from .backends import Backends, open_backends
@@ -41,6 +43,10 @@ from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
 from .orchestration import Orchestrator
 from .planning import Planner
+from .redis_keys import RedisKeys
+from .security.client_address import parse_trusted_proxies
+from .security.quotas import Quotas
+from .security.tenant_limits import LimitsTable
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
 
@@ -152,6 +158,9 @@ class SchedulerServer:
         # Load the catalog first: a broken one must stop the start, naming file and line.
         planner = Planner.from_settings(settings)
         configured_secrets = _configured_secrets(settings)
+        # Likewise a broken tenant limits file or proxy list.
+        limits = LimitsTable.from_settings(settings)
+        trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
         sessions = SessionRegistry()
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
         try:
@@ -170,6 +179,7 @@ class SchedulerServer:
             bus=bus,
             directory=directory,
             settings=settings,
+            quotas=Quotas(backends.store, limits, cache_s=settings.quota_cache_s),
         )
         dispatcher = Dispatcher(
             queue=backends.queue,
@@ -183,8 +193,23 @@ class SchedulerServer:
             orchestrator=orchestrator,
             max_bytes=settings.artifact_max_bytes,
         )
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+            CallLimit(settings.max_concurrent_rpcs)
+        ]
+        if settings.rate_limits_enabled:
+            # Last: after authentication, which names the credential it limits.
+            interceptors.append(
+                RateLimiter(
+                    backends.rate_buckets,
+                    limits,
+                    per_ip=settings.rate_limit_per_ip,
+                    trusted_proxies=trusted_proxies,
+                    default_tenant=settings.default_tenant,
+                    keys=RedisKeys(settings.redis_key_prefix),
+                )
+            )
         server = grpc.aio.server(
-            interceptors=[CallLimit(settings.max_concurrent_rpcs)],
+            interceptors=interceptors,
             options=[
                 (
                     "grpc.max_receive_message_length",

@@ -158,6 +158,11 @@ class Store(Protocol):
         """The job a conversation's request created, if any."""
         ...
 
+    async def tenant_load(self, tenant: str) -> tuple[int, int]:
+        """(jobs not yet SUCCEEDED, FAILED or CANCELLED, tasks QUEUED) of a tenant: its quotas'
+        counts (security/quotas.py reads them at most once per CPA_QUOTA_CACHE_S)."""
+        ...
+
     async def close(self) -> None:
         """Finish pending writes and release the connection."""
         ...

@@ -37,6 +37,8 @@ from .data_dir import DataDirectoryLock, make_private_file
 from .interface import EndPosition, QueuedTask, StoredMessage
 from .sqlite_schema import connect
 
+_TENANT_LOAD_SQL = records.tenant_load_sql("?")
+
 T = TypeVar("T")
 
 CHECKPOINT_INTERVAL_S = 1.0
@@ -547,6 +549,10 @@ class SqliteStore:
             (tenant, conversation_id),
         ).fetchone()
         return None if row is None else str(row["job_id"])
+
+    async def tenant_load(self, tenant: str) -> tuple[int, int]:
+        row = self._db.execute(_TENANT_LOAD_SQL, (tenant, tenant)).fetchone()
+        return int(row[0]), int(row[1])
 
     async def close(self) -> None:
         if self._closed:
