@@ -119,9 +119,7 @@ async def test_a_flushed_script_cache_is_survived(redis_client: Redis, keys: Red
     assert not (await buckets.take([(key, RATE)], 1)).allowed
 
 
-async def test_a_bucket_expires_once_it_would_be_full(
-    redis_client: Redis, keys: RedisKeys
-) -> None:
+async def test_a_bucket_expires_once_it_would_be_full(redis_client: Redis, keys: RedisKeys) -> None:
     buckets = RedisBuckets(redis_client)
     slow, fast = keys.rate_bucket("key", "slow"), keys.rate_bucket("key", "fast")
     await buckets.take([(slow, RATE)], 30)
@@ -154,6 +152,7 @@ async def test_a_failing_redis_falls_back_to_local_limits_and_comes_back(
     clock = Clock()
     shared = SharedBuckets(RedisBuckets(through_proxy), timeout_s=1.0, clock=clock)
     key = keys.rate_bucket("key", "fallback")
+
     async def take(cost: int) -> bool:
         return (await shared.take([(key, Rate(10))], cost)).allowed
 
@@ -173,6 +172,7 @@ async def test_a_failing_redis_falls_back_to_local_limits_and_comes_back(
         assert not await take(1)
         assert shared.fallbacks == 2
         tokens = await redis_client.hget(key, "v")
-        assert tokens is not None and float(tokens) < 1
+        assert tokens is not None
+        assert float(tokens) < 1
     finally:
         await through_proxy.aclose()
