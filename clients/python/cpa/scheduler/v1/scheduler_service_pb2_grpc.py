@@ -33,6 +33,13 @@ class SchedulerServiceStub:
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
     128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def __init__(self, channel):
@@ -116,6 +123,13 @@ class SchedulerServiceServicer:
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
     128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def ScheduleJob(self, request, context):
@@ -137,6 +151,8 @@ class SchedulerServiceServicer:
         Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
         the existing job with created = false. At most 1000 requests, with distinct request ids.
         For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+        Rate limits charge it one call per request (a batch larger than a minute's allowance
+        waits for a full bucket); refused, it creates nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -336,6 +352,13 @@ class SchedulerService:
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
     128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @staticmethod

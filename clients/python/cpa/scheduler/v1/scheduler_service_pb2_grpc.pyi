@@ -34,6 +34,13 @@ class SchedulerServiceStub:
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
     128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @_typing.overload
@@ -55,6 +62,8 @@ class SchedulerServiceStub:
     Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
     the existing job with created = false. At most 1000 requests, with distinct request ids.
     For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+    Rate limits charge it one call per request (a batch larger than a minute's allowance
+    waits for a full bucket); refused, it creates nothing.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -130,6 +139,13 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
     128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -148,6 +164,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
     the existing job with created = false. At most 1000 requests, with distinct request ids.
     For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+    Rate limits charge it one call per request (a batch larger than a minute's allowance
+    waits for a full bucket); refused, it creates nothing.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -222,6 +240,13 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
     128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @_abc_1.abstractmethod
@@ -250,6 +275,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
         the existing job with created = false. At most 1000 requests, with distinct request ids.
         For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+        Rate limits charge it one call per request (a batch larger than a minute's allowance
+        waits for a full bucket); refused, it creates nothing.
         """
 
     @_abc_1.abstractmethod
