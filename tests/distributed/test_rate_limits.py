@@ -28,7 +28,7 @@ async def _stubs(*replicas: Replica) -> AsyncIterator[list[Any]]:
         yield [scheduler_service_pb2_grpc.SchedulerServiceStub(c) for c in channels]
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
 
 async def _call(stub: Any) -> CpaError | None:

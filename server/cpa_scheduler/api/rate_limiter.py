@@ -16,6 +16,7 @@ key (scope `tenant`). The address is the peer's, or what a trusted proxy says it
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ UNLIMITED_SERVICES = frozenset(
         "grpc.reflection.v1.ServerReflection",
     }
 )
+
+# Callers whose bucket keys are kept made.
+_KEY_CACHE = 4096
 
 _SCOPE_WORDS = {
     "key": "for this credential",
@@ -97,7 +101,9 @@ class RateLimiter(_Interceptor):
         self._ip_rate = Rate(per_ip) if per_ip else None
         self._proxies = tuple(trusted_proxies)
         self._default_tenant = default_tenant
-        self._keys = keys
+        # Callers repeat (a connection's peer, a credential): their keys are made once.
+        self._bucket_key = functools.lru_cache(maxsize=_KEY_CACHE)(keys.rate_bucket)
+        self._client_key = functools.lru_cache(maxsize=_KEY_CACHE)(self._address_of)
         # method -> (the handler gRPC gave, ours): registered handlers are the same object on
         # every call, so each method is wrapped once.
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
@@ -134,8 +140,7 @@ class RateLimiter(_Interceptor):
                 if self._proxies
                 else []
             )
-            address = client_key(context.peer(), forwarded, self._proxies)
-            asks.append((self._keys.rate_bucket("ip", address), self._ip_rate))
+            asks.append((self._client_key(context.peer(), tuple(forwarded)), self._ip_rate))
             scopes.append("ip")
         principal = current_principal()
         if principal is not None:
@@ -145,9 +150,12 @@ class RateLimiter(_Interceptor):
             scope, subject = "tenant", tenant
         per_minute = self._table.of(tenant).calls_per_minute
         if per_minute:
-            asks.append((self._keys.rate_bucket(scope, subject), Rate(per_minute)))
+            asks.append((self._bucket_key(scope, subject), Rate(per_minute)))
             scopes.append(scope)
         return tuple(asks), tuple(scopes)
+
+    def _address_of(self, peer: str, forwarded: tuple[str, ...]) -> str:
+        return self._bucket_key("ip", client_key(peer, forwarded, self._proxies))
 
     async def _admit(self, context: Context) -> None:
         asks, scopes = self.asks(context)
