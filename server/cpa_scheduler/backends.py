@@ -17,6 +17,7 @@ from .dispatch.directory import AgentDirectory, LocalAgentDirectory
 from .events import EventBus, LocalEventBus
 from .health import Check
 from .queue import LocalWorkQueue, WorkQueue
+from .security.buckets import Buckets, LocalBuckets, RedisBuckets, SharedBuckets
 from .settings import Settings
 from .storage import SqliteStore, Store
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Backends:
-    """The four shared parts of a replica, and how to release them (in reverse order)."""
+    """The shared parts of a replica, and how to release them (in reverse order)."""
 
     store: Store
     queue: WorkQueue
@@ -33,6 +34,8 @@ class Backends:
     directory: AgentDirectory
     distributed: bool
     artifacts: ArtifactContent
+    # Rate limits' token buckets: in process, or shared by every replica through Redis.
+    rate_buckets: Buckets = field(default_factory=LocalBuckets)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     health_checks: dict[str, Check] = field(default_factory=dict)
     """What the health probe checks (cpa_scheduler.health): the store, and Redis if used."""
@@ -172,6 +175,9 @@ async def _open_redis(
         directory=directory,
         distributed=True,
         artifacts=artifacts,
+        rate_buckets=SharedBuckets(
+            RedisBuckets(redis), timeout_s=settings.rate_limit_redis_timeout_s
+        ),
         _closers=closers,
         health_checks={"store": store.ping, "redis": ping_redis},
     )

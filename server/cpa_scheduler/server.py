@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -32,6 +33,7 @@ from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.page_token import PageTokens
+from .api.rate_limiter import RateLimiter
 from .api.scheduler_servicer import SchedulerServicer
 from .artifacts import Artifacts
 from .backends import Backends, open_backends
@@ -49,6 +51,10 @@ from .events import Watchers
 from .health import HealthProbe
 from .orchestration import Orchestrator
 from .planning import Planner
+from .redis_keys import RedisKeys
+from .security.client_address import parse_trusted_proxies
+from .security.quotas import Quotas
+from .security.tenant_limits import LimitsTable
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
 from .tls import ServerTls
@@ -181,6 +187,9 @@ class SchedulerServer:
         # Read before anything opens: a bad certificate or key stops the start, naming it.
         self.tls = ServerTls.from_settings(settings)
         configured_secrets = _configured_secrets(settings)
+        # Likewise a broken tenant limits file or proxy list.
+        limits = LimitsTable.from_settings(settings)
+        trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
         sessions = SessionRegistry()
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
         try:
@@ -205,6 +214,7 @@ class SchedulerServer:
             directory=directory,
             settings=settings,
             callback_messages=callback_messages,
+            quotas=Quotas(backends.store, limits, cache_s=settings.quota_cache_s),
         )
         orchestrator.callbacks_made = deliverer.wake
         dispatcher = Dispatcher(
@@ -219,8 +229,23 @@ class SchedulerServer:
             orchestrator=orchestrator,
             max_bytes=settings.artifact_max_bytes,
         )
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+            CallLimit(settings.max_concurrent_rpcs)
+        ]
+        if settings.rate_limits_enabled:
+            # Last: after authentication, which names the credential it limits.
+            interceptors.append(
+                RateLimiter(
+                    backends.rate_buckets,
+                    limits,
+                    per_ip=settings.rate_limit_per_ip,
+                    trusted_proxies=trusted_proxies,
+                    default_tenant=settings.default_tenant,
+                    keys=RedisKeys(settings.redis_key_prefix),
+                )
+            )
         server = grpc.aio.server(
-            interceptors=[CallLimit(settings.max_concurrent_rpcs)],
+            interceptors=interceptors,
             options=[
                 (
                     "grpc.max_receive_message_length",
@@ -244,7 +269,7 @@ class SchedulerServer:
         # an oversized one PAYLOAD_TOO_LARGE. Client streams' messages keep the bound the
         # transport gave them before: agents' reports and batches stay under
         # Welcome.max_report_bytes, upload chunks under 1 MiB.
-        limits = {
+        size_limits = {
             "max_request_bytes": settings.max_request_bytes,
             "max_stream_message_bytes": settings.max_request_bytes + _TRANSPORT_MARGIN_BYTES,
         }
@@ -262,7 +287,7 @@ class SchedulerServer:
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
-            **limits,
+            **size_limits,
         )
         executor = ExecutorServicer(
             orchestrator=orchestrator,
@@ -277,7 +302,7 @@ class SchedulerServer:
             executor,
             executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
             server,
-            **limits,
+            **size_limits,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

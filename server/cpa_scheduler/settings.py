@@ -179,6 +179,61 @@ class Settings(BaseSettings):
         description="Calls gRPC holds arrived but not yet taken by the server (a burst of "
         "opens); beyond, gRPC itself cancels new calls (CANCELLED) before the server sees them.",
     )
+    # Rate limits and quotas (docs/SECURITY.md, "Rate limits and quotas").
+    rate_limits_enabled: bool = Field(
+        default=True,
+        description="Whether calls are rate limited (per credential and per client address); "
+        "beyond a limit calls fail with RESOURCE_EXHAUSTED (RATE_LIMITED) and a RetryInfo delay.",
+    )
+    rate_limit_per_key: int = Field(
+        default=1000,
+        ge=0,
+        description="Calls a minute per credential (per tenant while calls carry no credential), "
+        "all at once after a quiet minute; a tenant's calls_per_minute in tenant_limits_path "
+        "overrides it. 0: no limit.",
+    )
+    rate_limit_per_ip: int = Field(
+        default=100,
+        ge=0,
+        description="Calls a minute per client address (an IPv6 client: per /64), all at once "
+        "after a quiet minute. 0: no limit.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or CIDR networks of proxies (the gateway) whose "
+        "x-forwarded-for header names the client for the per-address limit; from any other "
+        "peer the header is ignored. Empty: the TCP peer is the client.",
+    )
+    rate_limit_redis_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="Longest wait for the shared buckets in Redis; a Redis that fails or is "
+        "slower makes this replica limit on its own (per replica) for a second, with a warning.",
+    )
+    max_active_jobs_per_tenant: int = Field(
+        default=0,
+        ge=0,
+        description="Jobs of one tenant not yet SUCCEEDED, FAILED or CANCELLED; a submission "
+        "past it fails with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED). 0: no quota.",
+    )
+    max_queued_tasks_per_tenant: int = Field(
+        default=0,
+        ge=0,
+        description="Tasks of one tenant ready and waiting for an agent; a submission whose new "
+        "ready tasks would pass it fails with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED). 0: no quota.",
+    )
+    quota_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a replica reuses a tenant's counts (active jobs, queued tasks) "
+        "read from the store, adding what it submitted itself meanwhile; other replicas' "
+        "submissions within this window may pass a quota.",
+    )
+    tenant_limits_path: Path | None = Field(
+        default=None,
+        description="YAML file of per-tenant overrides (calls_per_minute, max_active_jobs, "
+        "max_queued_tasks under tenants.<name>); read at start.",
+    )
     max_tasks_per_job: int = Field(default=10_000, ge=1, description="Most tasks one job may have.")
     default_max_parallelism: int = Field(
         default=64, ge=1, description="Tasks of one job running at once when the job names none."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from types import MappingProxyType
@@ -23,6 +24,7 @@ from cpa_scheduler.domain import (
     DomainError,
     FailedPrecondition,
     InvalidArgument,
+    LimitExceeded,
     NotFound,
     Reason,
     clip,
@@ -33,9 +35,11 @@ __all__ = [
     "ERROR_DOMAIN",
     "REASON_CODES",
     "REASON_CODE_OVERRIDES",
+    "RETRY_AFTER_KEY",
     "STATUS_DETAILS_KEY",
     "abort",
     "internal_error_status",
+    "retry_after_header",
     "status_code_for",
     "status_for",
     "translate_errors",
@@ -45,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 # gRPC's rich error model travels as a serialized google.rpc.Status in this binary trailer.
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+# Whole seconds to wait, for HTTP callers: a refusal is trailers-only, so the gateway sees its
+# trailers as response headers and passes this one on with the 429 (RetryInfo is the gRPC way).
+RETRY_AFTER_KEY: Final = "retry-after"
 ERROR_DOMAIN: Final = "cpa.scheduler"
 
 _Code = grpc.StatusCode
@@ -66,6 +73,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.UNAUTHENTICATED: _Code.UNAUTHENTICATED,
         Reason.PERMISSION_DENIED: _Code.PERMISSION_DENIED,
         Reason.RATE_LIMITED: _Code.RESOURCE_EXHAUSTED,
+        Reason.QUOTA_EXCEEDED: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_CALLS: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_WATCHERS: _Code.RESOURCE_EXHAUSTED,
         # The artifact stays too large: not retried by well-behaved clients, but RESOURCE_
@@ -187,12 +195,25 @@ def status_for(error: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
     info = error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN)
     if error.field:
         info.metadata["field"] = error.field
+    if isinstance(error, LimitExceeded):
+        info.metadata.update(error.metadata)
     status = _status(code, error.message, info)
     if error.field and code in _BAD_REQUEST_CODES:
         bad_request = error_details_pb2.BadRequest()
         bad_request.field_violations.add(field=error.field, description=status.message)
         status.details.add().Pack(bad_request)
+    if isinstance(error, LimitExceeded) and error.retry_delay_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(0, math.ceil(error.retry_delay_s * 1000)))
+        status.details.add().Pack(retry)
     return code, status
+
+
+def retry_after_header(error: DomainError) -> str | None:
+    """The `retry-after` value (whole seconds, at least 1) of an error that knows its delay."""
+    if isinstance(error, LimitExceeded) and error.retry_delay_s is not None:
+        return str(max(1, math.ceil(error.retry_delay_s)))
+    return None
 
 
 def internal_error_status(
@@ -215,18 +236,24 @@ async def _abort_with(
     context: grpc.aio.ServicerContext[Any, Any],
     code: grpc.StatusCode,
     status: status_pb2.Status,
+    *,
+    retry_after: str | None = None,
 ) -> NoReturn:
     # abort() replaces the trailers set so far; keep them (request id, trace id) and add ours.
     existing = cast("Iterable[tuple[str, str | bytes]]", context.trailing_metadata() or ())
-    trailers = [(key, value) for key, value in existing if key != STATUS_DETAILS_KEY]
+    ours = {STATUS_DETAILS_KEY, RETRY_AFTER_KEY}
+    trailers = [(key, value) for key, value in existing if key not in ours]
     trailers.append((STATUS_DETAILS_KEY, status.SerializeToString()))
+    if retry_after is not None:
+        trailers.append((RETRY_AFTER_KEY, retry_after))
     await context.abort(code, status.message, trailing_metadata=tuple(trailers))
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
-    """End the call with the error's code, message and `grpc-status-details-bin` trailer."""
+    """End the call with the error's code, message and `grpc-status-details-bin` trailer (and
+    `retry-after` when the error knows its delay)."""
     code, status = status_for(error)
-    await _abort_with(context, code, status)
+    await _abort_with(context, code, status, retry_after=retry_after_header(error))
 
 
 P = ParamSpec("P")

@@ -50,6 +50,7 @@ from .list_filter import (
     parse_job_filter,
 )
 from .page_token import PageTokens, fingerprint_query, page_size
+from .rate_limiter import charge_more
 from .watch import JobWatch
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -201,6 +202,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 reason=Reason.MISSING_FIELD if count == 0 else Reason.INVALID_FIELD,
                 field="requests",
             )
+        # The rate limiter took one call's cost; a batch costs one per request.
+        await charge_more(count - 1)
         full = job_views.is_full_view(request.view, default_full=False)
         key = idempotency_key(context, field="requests")
         submissions = []

@@ -108,6 +108,7 @@ class Reason(StrEnum):
     MALFORMED_BODY = "MALFORMED_BODY"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     IDEMPOTENCY_KEY_MISMATCH = "IDEMPOTENCY_KEY_MISMATCH"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
 
 
 class DomainError(Exception):
@@ -160,6 +161,24 @@ class FailedPrecondition(DomainError):  # noqa: N818 (named after gRPC status co
     """The request is well-formed but the resource's current state forbids it."""
 
     reason = Reason.ILLEGAL_TRANSITION
+
+
+class LimitExceeded(DomainError):  # noqa: N818 (a refusal, like the gRPC-named classes)
+    """A limit on the caller (rate limit, tenant quota): RESOURCE_EXHAUSTED. `metadata` goes to
+    ErrorInfo.metadata as it is; `retry_delay_s`, when known, to a google.rpc.RetryInfo detail
+    (and a `retry-after` header for HTTP callers)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason,
+        metadata: dict[str, str],
+        retry_delay_s: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.metadata = metadata
+        self.retry_delay_s = retry_delay_s
 
 
 class RequestIdReused(InvalidArgument):

@@ -44,6 +44,7 @@ from cpa_scheduler.domain import (
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
 from cpa_scheduler.queue import WorkQueue
+from cpa_scheduler.security.quotas import Quotas
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import EndPosition, QueuedTask, Store
 
@@ -101,10 +102,12 @@ class Orchestrator(TimeSweeps):
         rng: random.Random | None = None,
         # (job, its change's events) -> its callback messages (callbacks/messages.py)
         callback_messages: Callable[[Job, list[JobEvent]], list[OutboundCallback]] | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self._store = store
         self._callback_messages = callback_messages
         self.callbacks_made: Callable[[], None] = lambda: None  # wakes the deliverer (server)
+        self._quotas = quotas
         self._planner = planner
         self._queue = queue
         self._bus = bus
@@ -246,6 +249,7 @@ class Orchestrator(TimeSweeps):
                     conversation_id=submission.conversation_id,
                 )
             )
+        reservation = await self._quotas.reserve(tenant, jobs) if self._quotas else None
         placed = [self._place_at_once(job, now) for job in jobs]
         for job in jobs:
             self._note_callbacks(job)
@@ -260,7 +264,11 @@ class Orchestrator(TimeSweeps):
             except BaseException:
                 for sessions in placed:
                     release(sessions)
+                if reservation is not None:
+                    reservation.settle(())
                 raise
+            if reservation is not None:
+                reservation.settle(j.job_id for j, changes in outcomes if changes is not None)
             # Together: the queue and bus calls of many jobs then share their round trips.
             await asyncio.gather(
                 *(self._after_commit(j, changes) for j, changes in outcomes if changes is not None)
@@ -333,10 +341,16 @@ class Orchestrator(TimeSweeps):
         return job
 
     async def retry(self, tenant: str, job_id: str) -> Job:
+        reservation = await self._quotas.reserve_retry(tenant, job_id) if self._quotas else None
         now = self._clock()
-        job, _ = await self._apply(
-            tenant, job_id, lambda j: j.retry(now=now), caller_may_leave=True
-        )
+        try:
+            job, _ = await self._apply(
+                tenant, job_id, lambda j: j.retry(now=now), caller_may_leave=True
+            )
+        except BaseException:
+            if reservation is not None:
+                reservation.settle(())
+            raise
         return job
 
     async def retry_jobs(

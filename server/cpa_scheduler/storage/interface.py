@@ -262,6 +262,11 @@ class Store(Protocol):
         it does not. Never on the hot path."""
         ...
 
+    async def tenant_load(self, tenant: str) -> tuple[int, int]:
+        """(jobs not yet SUCCEEDED, FAILED or CANCELLED, tasks QUEUED) of a tenant: its quotas'
+        counts (security/quotas.py reads them at most once per CPA_QUOTA_CACHE_S)."""
+        ...
+
     async def close(self) -> None:
         """Finish pending writes and release the connection."""
         ...

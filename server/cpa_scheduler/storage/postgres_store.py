@@ -49,8 +49,11 @@ from .postgres_batch import (
 from .postgres_callbacks import PostgresCallbacks
 from .postgres_connections import Connection, open_pool
 from .postgres_group_commit import MAX_BATCH_OPS, MAX_BATCHES_IN_FLIGHT, GroupCommit
+from .records import tenant_load_sql
 
 T = TypeVar("T")
+
+_TENANT_LOAD_SQL: Final = tenant_load_sql("%(tenant)s")
 
 # How long an attempt handed to one sweeper is hidden from the others.
 SWEEP_CLAIM_S: Final = 30.0
@@ -397,6 +400,10 @@ class PostgresStore(GroupCommit, PostgresCallbacks):
             {"tenant": tenant, "conversation_id": conversation_id},
         )
         return None if not rows else str(rows[0][0])
+
+    async def tenant_load(self, tenant: str) -> tuple[int, int]:
+        [(active, queued)] = await self._statement(_TENANT_LOAD_SQL, {"tenant": tenant})
+        return int(active), int(queued)
 
     async def close(self) -> None:
         """Run the writes already submitted, wait for them, and close the pool."""

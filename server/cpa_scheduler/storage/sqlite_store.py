@@ -38,6 +38,8 @@ from .interface import EndPosition, QueuedTask, StoredMessage
 from .sqlite_callbacks import SqliteCallbacks, insert_callbacks
 from .sqlite_schema import connect
 
+_TENANT_LOAD_SQL = records.tenant_load_sql("?")
+
 T = TypeVar("T")
 
 CHECKPOINT_INTERVAL_S = 1.0
@@ -557,6 +559,10 @@ class SqliteStore(SqliteCallbacks):
         if self._closed:
             raise RuntimeError("store is closed")
         self._db.execute("SELECT 1").fetchone()
+
+    async def tenant_load(self, tenant: str) -> tuple[int, int]:
+        row = self._db.execute(_TENANT_LOAD_SQL, (tenant, tenant)).fetchone()
+        return int(row[0]), int(row[1])
 
     async def close(self) -> None:
         if self._closed:

@@ -97,7 +97,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 34
     """The caller may not do this."""
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 35
-    """The caller sends faster than allowed; retry later."""
+    """The caller sends faster than allowed: RESOURCE_EXHAUSTED (HTTP 429 through the gateway,
+    with a Retry-After header). ErrorInfo.metadata: `scope` (`key`: the caller's credential,
+    or its tenant while calls carry no credential; `ip`: the caller's address), `limit` (calls
+    per minute of that scope) and `retry_after_s`; a google.rpc.RetryInfo detail carries the
+    delay after which the call would be admitted (docs/SECURITY.md, "Rate limits and quotas").
+    """
     ERROR_REASON_AGENT_DRAINING: _ErrorReason.ValueType  # 36
     """The agent is draining and takes no new work."""
     ERROR_REASON_SERVER_SHUTTING_DOWN: _ErrorReason.ValueType  # 37
@@ -234,6 +239,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     INVALID_ARGUMENT naming that field; nothing is created. Two `idempotency-key` values in one
     call are refused the same way.
     """
+    ERROR_REASON_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 145
+    """A submission (ScheduleJob, BatchScheduleJobs, a LAM request, RetryJob, RetryJobs) would
+    take the tenant past one of its quotas: RESOURCE_EXHAUSTED (HTTP 429), nothing is created.
+    ErrorInfo.metadata: `quota` (`active_jobs`: jobs not yet SUCCEEDED, FAILED or CANCELLED;
+    `queued_tasks`: tasks ready and waiting for an agent), `current` (the tenant's count as the
+    server last read it), `requested` (what the submission adds) and `limit`. Retry once jobs
+    of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -314,7 +327,12 @@ ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 33
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 34
 """The caller may not do this."""
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 35
-"""The caller sends faster than allowed; retry later."""
+"""The caller sends faster than allowed: RESOURCE_EXHAUSTED (HTTP 429 through the gateway,
+with a Retry-After header). ErrorInfo.metadata: `scope` (`key`: the caller's credential,
+or its tenant while calls carry no credential; `ip`: the caller's address), `limit` (calls
+per minute of that scope) and `retry_after_s`; a google.rpc.RetryInfo detail carries the
+delay after which the call would be admitted (docs/SECURITY.md, "Rate limits and quotas").
+"""
 ERROR_REASON_AGENT_DRAINING: ErrorReason.ValueType  # 36
 """The agent is draining and takes no new work."""
 ERROR_REASON_SERVER_SHUTTING_DOWN: ErrorReason.ValueType  # 37
@@ -450,6 +468,14 @@ ERROR_REASON_IDEMPOTENCY_KEY_MISMATCH: ErrorReason.ValueType  # 124
 message name different keys: ScheduleJob's request_id, or SendMessage's message.id.
 INVALID_ARGUMENT naming that field; nothing is created. Two `idempotency-key` values in one
 call are refused the same way.
+"""
+ERROR_REASON_QUOTA_EXCEEDED: ErrorReason.ValueType  # 145
+"""A submission (ScheduleJob, BatchScheduleJobs, a LAM request, RetryJob, RetryJobs) would
+take the tenant past one of its quotas: RESOURCE_EXHAUSTED (HTTP 429), nothing is created.
+ErrorInfo.metadata: `quota` (`active_jobs`: jobs not yet SUCCEEDED, FAILED or CANCELLED;
+`queued_tasks`: tasks ready and waiting for an agent), `current` (the tenant's count as the
+server last read it), `requested` (what the submission adds) and `limit`. Retry once jobs
+of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

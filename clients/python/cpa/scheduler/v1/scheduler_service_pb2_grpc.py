@@ -37,6 +37,13 @@ class SchedulerServiceStub:
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def __init__(self, channel):
@@ -133,6 +140,13 @@ class SchedulerServiceServicer:
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def ScheduleJob(self, request, context):
@@ -159,6 +173,8 @@ class SchedulerServiceServicer:
         For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
         A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
         (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
+        Rate limits charge it one call per request (a batch larger than a minute's allowance
+        waits for a full bucket); refused, it creates nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -404,6 +420,13 @@ class SchedulerService:
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @staticmethod

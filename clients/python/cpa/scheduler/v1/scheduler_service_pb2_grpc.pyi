@@ -38,6 +38,13 @@ class SchedulerServiceStub:
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @_typing.overload
@@ -64,6 +71,8 @@ class SchedulerServiceStub:
     For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
     A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
     (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
+    Rate limits charge it one call per request (a batch larger than a minute's allowance
+    waits for a full bucket); refused, it creates nothing.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -167,6 +176,13 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -190,6 +206,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
     A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
     (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
+    Rate limits charge it one call per request (a batch larger than a minute's allowance
+    waits for a full bucket); refused, it creates nothing.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -292,6 +310,13 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @_abc_1.abstractmethod
@@ -325,6 +350,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
         A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
         (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
+        Rate limits charge it one call per request (a batch larger than a minute's allowance
+        waits for a full bucket); refused, it creates nothing.
         """
 
     @_abc_1.abstractmethod
