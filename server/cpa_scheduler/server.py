@@ -41,6 +41,7 @@ from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
 from .orchestration import Orchestrator
 from .planning import Planner
+from .policy import Policies
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
 
@@ -151,6 +152,8 @@ class SchedulerServer:
         settings = self.settings
         # Load the catalog first: a broken one must stop the start, naming file and line.
         planner = Planner.from_settings(settings)
+        # So are the tenant policies: a broken file stops the start, naming file and line.
+        policies = Policies(settings.policy_dir)
         configured_secrets = _configured_secrets(settings)
         sessions = SessionRegistry()
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
@@ -170,6 +173,7 @@ class SchedulerServer:
             bus=bus,
             directory=directory,
             settings=settings,
+            policies=policies,
         )
         dispatcher = Dispatcher(
             queue=backends.queue,
@@ -264,6 +268,14 @@ class SchedulerServer:
                 name="sweeper",
             ),
         ]
+        policies = components.orchestrator.policies
+        if policies.directory is not None and self.settings.policy_reload_interval_s > 0:
+            self._background.append(
+                asyncio.create_task(
+                    policies.watch_forever(interval_s=self.settings.policy_reload_interval_s),
+                    name="policy-reload",
+                )
+            )
         if components.backends.distributed:
             self._background.append(
                 asyncio.create_task(

@@ -184,8 +184,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     ) -> pb.ScheduleJobResponse:
         self._check_size(request)
         full = job_views.is_full_view(request.view, default_full=False)
-        submission = self._submission(request)
-        [(job, created)] = await self._orchestrator.submit_all(self._tenant(context), [submission])
+        tenant = self._tenant(context)
+        submission = self._submission(request, tenant)
+        [(job, created)] = await self._orchestrator.submit_all(tenant, [submission])
         return pb.ScheduleJobResponse(job=self._job(job, full=full), created=created)
 
     @translate_errors
@@ -201,6 +202,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 field="requests",
             )
         full = job_views.is_full_view(request.view, default_full=False)
+        tenant = self._tenant(context)
         submissions = []
         first_of: dict[str, int] = {}
         for index, item in enumerate(request.requests):
@@ -211,12 +213,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                     field=f"{path}.request_id",
                 )
             try:
-                submissions.append(self._submission(item))
+                submissions.append(self._submission(item, tenant))
             except DomainError as error:
                 error.field = f"{path}.{error.field}"
                 raise
         try:
-            jobs = await self._orchestrator.submit_all(self._tenant(context), submissions)
+            jobs = await self._orchestrator.submit_all(tenant, submissions)
         except RequestIdReused as error:
             error.field = f"requests[{error.index}].request_id"
             raise
@@ -227,11 +229,17 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             ]
         )
 
-    def _submission(self, request: pb.ScheduleJobRequest) -> Submission:
-        """A request for a job, checked and planned; errors name their field in `request`."""
+    def _submission(self, request: pb.ScheduleJobRequest, tenant: str) -> Submission:
+        """A request for a job, checked, planned and held against the tenant's policy; errors
+        name their field in `request`."""
         plan_request, source, options = self._spec_of(request)
         try:
-            plan = self._orchestrator.matched_plan(plan_request, context=options.context)
+            plan = self._orchestrator.matched_plan(
+                plan_request,
+                context=options.context,
+                tenant=tenant,
+                callback_url=options.callback_url,
+            )
         except DomainError as error:
             error.field = _spec_field(error.field)
             raise
