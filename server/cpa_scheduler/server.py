@@ -143,6 +143,12 @@ class SchedulerServer:
         return self._components.sessions
 
     @property
+    def policies(self) -> Policies:
+        """The tenant policies in force on this replica (reloaded as their files change)."""
+        assert self._components is not None, "start() first"
+        return self._components.orchestrator.policies
+
+    @property
     def watchers(self) -> Watchers:
         """This replica's WatchJob subscriptions (counts and buffers, for tests and metrics)."""
         assert self._components is not None, "start() first"

@@ -43,7 +43,7 @@ from cpa_scheduler.domain import (
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
 from cpa_scheduler.policy import Policies, check_task
-from cpa_scheduler.policy.enforce import check_plan, check_redrive
+from cpa_scheduler.policy.enforce import check_plan, check_redrive, check_request_fields
 from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import EndPosition, QueuedTask, Store
@@ -169,6 +169,9 @@ class Orchestrator(TimeSweeps):
         """The plan of a request that becomes a job: text that matches no intent is refused
         with UNKNOWN_INTENT, a task that requires approval with APPROVAL_NOT_SUPPORTED, and,
         with `tenant`, a plan (or callback URL) its policy refuses with POLICY_VIOLATION."""
+        policy = None if tenant is None else self.policies.get(tenant)
+        if policy is not None:
+            check_request_fields(policy, request, callback_url=callback_url)
         plan = self.plan(request, context=context, credential_refs=credential_refs)
         refuse_approvals(request, plan)
         if not plan.matched:
@@ -178,9 +181,8 @@ class Orchestrator(TimeSweeps):
                 reason=Reason.UNKNOWN_INTENT,
                 field="text",
             )
-        policy = None if tenant is None else self.policies.get(tenant)
         if policy is not None:
-            check_plan(policy, request, plan, callback_url=callback_url)
+            check_plan(policy, request, plan)
         return plan
 
     async def schedule(

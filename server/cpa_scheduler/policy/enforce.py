@@ -69,8 +69,19 @@ def check_request(
             raise PolicyViolation(refusal, field=field)
 
 
-def check_plan(policy: Policy, request: PlanRequest, plan: Plan, *, callback_url: str) -> None:
-    """check_request for a matched plan: ToDos planned from text are located at `text`, from an
+def check_request_fields(policy: Policy, request: PlanRequest, *, callback_url: str) -> None:
+    """The request's own fields (its text, its callback URL), before it is routed: text with
+    PII the policy refuses is refused whether or not it matches an intent."""
+    check_request(
+        policy,
+        (),
+        text=request.text if isinstance(request, TextRequest) else "",
+        callback_url=callback_url,
+    )
+
+
+def check_plan(policy: Policy, request: PlanRequest, plan: Plan) -> None:
+    """The ToDos of a matched plan: those planned from text are located at `text`, from an
     intent at `intent.parameters` (ErrorInfo.metadata names the ToDo and its field)."""
     assert plan.graph is not None
     todo_field = None
@@ -78,13 +89,7 @@ def check_plan(policy: Policy, request: PlanRequest, plan: Plan, *, callback_url
         todo_field = "text"
     elif isinstance(request, IntentRequest):
         todo_field = "intent.parameters"
-    check_request(
-        policy,
-        plan.graph.todos,
-        text=request.text if isinstance(request, TextRequest) else "",
-        callback_url=callback_url,
-        todo_field=todo_field,
-    )
+    check_request(policy, plan.graph.todos, todo_field=todo_field)
 
 
 def check_redrive(policy: Policy, job: Job) -> None:
