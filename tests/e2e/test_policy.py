@@ -36,6 +36,8 @@ pii:
     - field: params.to
       detectors: [email]
       action: allow
+    - field: params.body
+      action: redact
 """
 
 GOTO_EVIL = {"op": "goto", "url": "https://evil.example.net/login"}
@@ -229,3 +231,23 @@ async def test_retry_refused_when_the_policy_now_forbids_a_task(
     assert [(s.job_id, s.reason) for s in response.skipped_jobs] == [
         (job.job_id, error_pb2.ERROR_REASON_POLICY_VIOLATION)
     ]
+
+
+async def test_redacted_values_are_hidden_in_views_and_reach_the_agent(
+    client: SchedulerClient, agents: Agents
+) -> None:
+    await agents.start("a1")
+    body = "pay 12 EUR to DE89 3704 0044 0532 0130 00, thanks"
+    spec = todos_spec(todo("e", "echo", params={"to": ["a@example.com"], "body": body}))
+    created = (await client.schedule_job(spec, view=job_pb2.JOB_VIEW_FULL)).job
+    shown = created.tasks[0].todo.params["body"]
+    assert shown == "pay 12 EUR to [REDACTED:IBAN], thanks"
+    assert created.tasks[0].todo.params["to"][0] == "a@example.com"  # allowed there: shown
+    done = await finished(client, created.job_id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert done.tasks[0].todo.params["body"] == shown  # GetJob (FULL by default) hides it too
+    # The agent received the real value: echo returned it as its output (outputs are the
+    # agent's, not redacted: docs/POLICY.md).
+    assert done.tasks[0].outputs["body"] == body
+    listed = [job async for job in client.list_jobs(view=job_pb2.JOB_VIEW_FULL)]
+    assert [j.tasks[0].todo.params["body"] for j in listed] == [shown]

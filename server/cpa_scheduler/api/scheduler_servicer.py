@@ -34,6 +34,7 @@ from cpa_scheduler.domain import (
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
+from cpa_scheduler.policy.redaction import redact_job
 from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, convert, job_views
@@ -176,7 +177,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         )
 
     def _job(self, job: Job, *, full: bool) -> job_pb2.Job:
-        return job_views.job_to_proto(job, full=full, waiting_reason=self._waiting_reason)
+        message = job_views.job_to_proto(job, full=full, waiting_reason=self._waiting_reason)
+        policy = self._orchestrator.policies.get(job.tenant)
+        if policy is not None and policy.redacts:  # docs/POLICY.md: what the API shows
+            redact_job(policy, message)
+        return message
 
     @translate_errors
     async def ScheduleJob(

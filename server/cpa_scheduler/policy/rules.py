@@ -113,7 +113,8 @@ class Policy:
     pii_detectors: frozenset[Detector] = frozenset()
     pii_rules: tuple[_PiiRule, ...] = ()
     pii_default: PiiAction = PiiAction.ALLOW
-    # Whether any PII rule or the default redacts (views then hide what they find).
+    # Whether any PII rule or the default is not `allow`: views then hide what the policy does
+    # not allow (policy/redaction.py); a policy that allows all PII costs the views nothing.
     redacts: bool = field(default=False)
 
     @classmethod
@@ -141,7 +142,7 @@ class Policy:
             pii_detectors=frozenset(pii.detectors) if pii else frozenset(),
             pii_rules=rules,
             pii_default=default,
-            redacts=PiiAction.REDACT in {default, *(r.action for r in rules)},
+            redacts=bool(pii) and {default, *(r.action for r in rules)} != {PiiAction.ALLOW},
         )
 
     # -- the checks ---------------------------------------------------------------------------
