@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from google.protobuf import json_format
+
 from cpa.common.v1 import todo_pb2
 from cpa.scheduler.v1 import job_pb2
 from cpa_scheduler.policy import parse_policy
@@ -10,7 +14,7 @@ from cpa_scheduler.policy.redaction import redact_job
 IBAN = "DE89370400440532013000"
 
 
-def job(**spec: object) -> job_pb2.Job:
+def job(**spec: Any) -> job_pb2.Job:
     todo = todo_pb2.ToDo(id="t", text=f"type {IBAN}", description="mail jane@example.com")
     todo.selector.value = f"cell {IBAN}"
     todo.params.update({"rows": [{"iban": IBAN}], "note": "call +49 30 1234567"})
@@ -30,7 +34,7 @@ def test_fields_are_judged_by_their_rules() -> None:
     assert message.spec.text == "pay [REDACTED:IBAN]"
     assert todo.text == "type [REDACTED:IBAN]"
     assert todo.selector.value == "cell [REDACTED:IBAN]"
-    assert todo.params["rows"][0]["iban"] == "[REDACTED:IBAN]"
+    assert json_format.MessageToDict(todo.params)["rows"] == [{"iban": "[REDACTED:IBAN]"}]
     assert todo.params["note"] == "call +49 30 1234567"  # allowed there
     assert todo.description == "mail jane@example.com"
 
