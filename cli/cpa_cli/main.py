@@ -30,6 +30,7 @@ from . import (
     jobs_command,
     migrate_command,
     plan_command,
+    policy_command,
     serve_command,
     submit_command,
 )
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_command.register(commands)
     migrate_command.register(commands)
     health_command.register(commands)
+    policy_command.register(commands)
     return parser
 
 

@@ -51,6 +51,7 @@ from .events import Watchers
 from .health import HealthProbe
 from .orchestration import Orchestrator
 from .planning import Planner
+from .policy import Policies
 from .redis_keys import RedisKeys
 from .security.client_address import parse_trusted_proxies
 from .security.quotas import Quotas
@@ -175,6 +176,12 @@ class SchedulerServer:
         return self._components.sessions
 
     @property
+    def policies(self) -> Policies:
+        """The tenant policies in force on this replica (reloaded as their files change)."""
+        assert self._components is not None, "start() first"
+        return self._components.orchestrator.policies
+
+    @property
     def watchers(self) -> Watchers:
         """This replica's WatchJob subscriptions (counts and buffers, for tests and metrics)."""
         assert self._components is not None, "start() first"
@@ -186,6 +193,8 @@ class SchedulerServer:
         planner = Planner.from_settings(settings)
         # Read before anything opens: a bad certificate or key stops the start, naming it.
         self.tls = ServerTls.from_settings(settings)
+        # So are the tenant policies: a broken file stops the start, naming file and line.
+        policies = Policies(settings.policy_dir)
         configured_secrets = _configured_secrets(settings)
         # Likewise a broken tenant limits file or proxy list.
         limits = LimitsTable.from_settings(settings)
@@ -215,6 +224,7 @@ class SchedulerServer:
             settings=settings,
             callback_messages=callback_messages,
             quotas=Quotas(backends.store, limits, cache_s=settings.quota_cache_s),
+            policies=policies,
         )
         orchestrator.callbacks_made = deliverer.wake
         dispatcher = Dispatcher(
@@ -364,6 +374,14 @@ class SchedulerServer:
             ),
             asyncio.create_task(components.deliverer.run(), name="callback-deliverer"),
         ]
+        policies = components.orchestrator.policies
+        if policies.directory is not None and self.settings.policy_reload_interval_s > 0:
+            self._background.append(
+                asyncio.create_task(
+                    policies.watch_forever(interval_s=self.settings.policy_reload_interval_s),
+                    name="policy-reload",
+                )
+            )
         if components.backends.distributed:
             self._background.append(
                 asyncio.create_task(

@@ -460,6 +460,19 @@ class Settings(BaseSettings):
         default="warning",
         description="Envoy's own log level (trace, debug, info, warning, error, critical, off).",
     )
+    policy_dir: Path | None = Field(
+        default=None,
+        description="Directory of tenant policies (docs/POLICY.md): <tenant>.yaml per tenant, "
+        "_default.yaml for tenants without one. Empty: no policies. Loaded at start (a broken "
+        "file stops the start, naming file and line).",
+    )
+    policy_reload_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the policy directory is checked for changed files; changed "
+        "policies replace the ones in force, all at once (a broken file keeps them and is "
+        "logged). 0: loaded at start only.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")
 
     @field_validator(

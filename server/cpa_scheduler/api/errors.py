@@ -72,6 +72,8 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.STALE_ATTEMPT: _Code.FAILED_PRECONDITION,
         Reason.UNAUTHENTICATED: _Code.UNAUTHENTICATED,
         Reason.PERMISSION_DENIED: _Code.PERMISSION_DENIED,
+        # A tenant policy refuses the request: retrying it unchanged is refused again.
+        Reason.POLICY_VIOLATION: _Code.PERMISSION_DENIED,
         Reason.RATE_LIMITED: _Code.RESOURCE_EXHAUSTED,
         Reason.QUOTA_EXCEEDED: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_CALLS: _Code.RESOURCE_EXHAUSTED,
@@ -134,7 +136,6 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.IDEMPOTENCY_KEY_MISMATCH: _Code.INVALID_ARGUMENT,
         Reason.ILLEGAL_TRANSITION: _Code.FAILED_PRECONDITION,
         Reason.NO_CAPABLE_AGENT: _Code.FAILED_PRECONDITION,
-        Reason.POLICY_VIOLATION: _Code.FAILED_PRECONDITION,
         Reason.AGENT_DRAINING: _Code.FAILED_PRECONDITION,
         # Job and task outcomes, normally carried inside a job, not by a failed call. Never
         # DEADLINE_EXCEEDED or CANCELLED: those say the *call* timed out or was cancelled, and
@@ -162,6 +163,8 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
 # Codes under which a field is "bad input" (google.rpc.BadRequest); under FAILED_PRECONDITION the
 # field is well-formed, so it is named only in ErrorInfo.metadata.
 _BAD_REQUEST_CODES: Final = frozenset({_Code.INVALID_ARGUMENT, _Code.OUT_OF_RANGE})
+# Reasons whose field is at fault whatever the code: a policy refuses that field's value.
+_BAD_REQUEST_REASONS: Final = frozenset({Reason.POLICY_VIOLATION})
 
 
 def status_code_for(error: DomainError) -> grpc.StatusCode:
@@ -193,12 +196,13 @@ def status_for(error: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
     """The code and rich status of a domain error: ErrorInfo always, BadRequest for bad input."""
     code = status_code_for(error)
     info = error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN)
+    info.metadata.update(error.metadata)
     if error.field:
         info.metadata["field"] = error.field
     if isinstance(error, LimitExceeded):
         info.metadata.update(error.metadata)
     status = _status(code, error.message, info)
-    if error.field and code in _BAD_REQUEST_CODES:
+    if error.field and (code in _BAD_REQUEST_CODES or error.reason in _BAD_REQUEST_REASONS):
         bad_request = error_details_pb2.BadRequest()
         bad_request.field_violations.add(field=error.field, description=status.message)
         status.details.add().Pack(bad_request)

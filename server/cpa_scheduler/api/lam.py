@@ -55,6 +55,8 @@ def _lam_field(field: str) -> str:
         return "request.parameters" + field.removeprefix("intent.parameters")
     if field.startswith(("todos", "text")):
         return f"request.{field}"
+    if field == "callback_url":  # a policy refused the reply_to URL the job calls back
+        return "expected.reply_to"
     return field
 
 

@@ -36,6 +36,7 @@ from cpa_scheduler.domain import (
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
+from cpa_scheduler.policy.redaction import redact_job
 from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, callback_calls, convert, job_views
@@ -179,7 +180,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         return plan_request, source, options
 
     def _job(self, job: Job, *, full: bool) -> job_pb2.Job:
-        return job_views.job_to_proto(job, full=full, waiting_reason=self._waiting_reason)
+        message = job_views.job_to_proto(job, full=full, waiting_reason=self._waiting_reason)
+        policy = self._orchestrator.policies.get(job.tenant)
+        if policy is not None and policy.redacts:  # docs/POLICY.md: what the API shows
+            redact_job(policy, message)
+        return message
 
     @translate_errors
     async def ScheduleJob(
@@ -187,8 +192,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     ) -> pb.ScheduleJobResponse:
         request.request_id = keyed_id(request.request_id, context, field="request_id")
         full = job_views.is_full_view(request.view, default_full=False)
-        submission = self._submission(request)
-        [(job, created)] = await self._orchestrator.submit_all(self._tenant(context), [submission])
+        tenant = self._tenant(context)
+        submission = self._submission(request, tenant)
+        [(job, created)] = await self._orchestrator.submit_all(tenant, [submission])
         return pb.ScheduleJobResponse(job=self._job(job, full=full), created=created)
 
     @translate_errors
@@ -206,6 +212,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         await charge_more(count - 1)
         full = job_views.is_full_view(request.view, default_full=False)
         key = idempotency_key(context, field="requests")
+        tenant = self._tenant(context)
         submissions = []
         first_of: dict[str, int] = {}
         for index, item in enumerate(request.requests):
@@ -220,12 +227,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                     field=f"{path}.request_id",
                 )
             try:
-                submissions.append(self._submission(item))
+                submissions.append(self._submission(item, tenant))
             except DomainError as error:
                 error.field = f"{path}.{error.field}"
                 raise
         try:
-            jobs = await self._orchestrator.submit_all(self._tenant(context), submissions)
+            jobs = await self._orchestrator.submit_all(tenant, submissions)
         except RequestIdReused as error:
             error.field = f"requests[{error.index}].request_id"
             raise
@@ -236,11 +243,17 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             ]
         )
 
-    def _submission(self, request: pb.ScheduleJobRequest) -> Submission:
-        """A request for a job, checked and planned; errors name their field in `request`."""
+    def _submission(self, request: pb.ScheduleJobRequest, tenant: str) -> Submission:
+        """A request for a job, checked, planned and held against the tenant's policy; errors
+        name their field in `request`."""
         plan_request, source, options = self._spec_of(request)
         try:
-            plan = self._orchestrator.matched_plan(plan_request, context=options.context)
+            plan = self._orchestrator.matched_plan(
+                plan_request,
+                context=options.context,
+                tenant=tenant,
+                callback_url=options.callback_url,
+            )
         except DomainError as error:
             error.field = _spec_field(error.field)
             raise

@@ -5,7 +5,9 @@ The API layer maps these onto google.rpc.Status; nothing here knows about gRPC.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Final
 
 # Error messages and field paths echo caller input (ids, names, cycles). gRPC clients refuse
@@ -119,6 +121,9 @@ class DomainError(Exception):
     """
 
     reason: Reason = Reason.INTERNAL
+    # More of what the caller can act on, for ErrorInfo.metadata (a policy violation's rule and
+    # ToDo); bounded there like every metadata value.
+    metadata: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, message: str, *, reason: Reason | None = None, field: str = "") -> None:
         # Every error passes here, so no message or field can echo unbounded input.

@@ -43,6 +43,8 @@ from cpa_scheduler.domain import (
 )
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
+from cpa_scheduler.policy import Policies, check_task
+from cpa_scheduler.policy.enforce import check_plan, check_redrive, check_request_fields
 from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.security.quotas import Quotas
 from cpa_scheduler.settings import Settings
@@ -53,6 +55,11 @@ from .effects import carry_out
 from .sweeps import TimeSweeps
 
 log = logging.getLogger(__name__)
+
+# Why RetryJobs passes over a job (and goes on with the others).
+_SKIPPED_ON_REDRIVE = frozenset(
+    {Reason.ILLEGAL_TRANSITION, Reason.JOB_NOT_FOUND, Reason.POLICY_VIOLATION}
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,11 +110,14 @@ class Orchestrator(TimeSweeps):
         # (job, its change's events) -> its callback messages (callbacks/messages.py)
         callback_messages: Callable[[Job, list[JobEvent]], list[OutboundCallback]] | None = None,
         quotas: Quotas | None = None,
+        policies: Policies | None = None,
     ) -> None:
         self._store = store
         self._callback_messages = callback_messages
         self.callbacks_made: Callable[[], None] = lambda: None  # wakes the deliverer (server)
         self._quotas = quotas
+        # Tenant policies (docs/POLICY.md): a tenant without one costs a dict lookup per task.
+        self.policies = policies or Policies()
         self._planner = planner
         self._queue = queue
         self._bus = bus
@@ -161,9 +171,15 @@ class Orchestrator(TimeSweeps):
         *,
         context: Mapping[str, Any],
         credential_refs: Mapping[str, str] | None = None,
+        tenant: str | None = None,
+        callback_url: str = "",
     ) -> Plan:
         """The plan of a request that becomes a job: text that matches no intent is refused
-        with UNKNOWN_INTENT, a task that requires approval with APPROVAL_NOT_SUPPORTED."""
+        with UNKNOWN_INTENT, a task that requires approval with APPROVAL_NOT_SUPPORTED, and,
+        with `tenant`, a plan (or callback URL) its policy refuses with POLICY_VIOLATION."""
+        policy = None if tenant is None else self.policies.get(tenant)
+        if policy is not None:
+            check_request_fields(policy, request, callback_url=callback_url)
         plan = self.plan(request, context=context, credential_refs=credential_refs)
         refuse_approvals(request, plan)
         if not plan.matched:
@@ -173,6 +189,8 @@ class Orchestrator(TimeSweeps):
                 reason=Reason.UNKNOWN_INTENT,
                 field="text",
             )
+        if policy is not None:
+            check_plan(policy, request, plan)
         return plan
 
     async def schedule(
@@ -192,7 +210,11 @@ class Orchestrator(TimeSweeps):
         return await self.submit(
             tenant=tenant,
             plan=self.matched_plan(
-                request, context=options.context, credential_refs=credential_refs
+                request,
+                context=options.context,
+                credential_refs=credential_refs,
+                tenant=tenant,
+                callback_url=options.callback_url,
             ),
             source=source,
             options=options,
@@ -341,12 +363,19 @@ class Orchestrator(TimeSweeps):
         return job
 
     async def retry(self, tenant: str, job_id: str) -> Job:
+        """Re-drive a FAILED or CANCELLED job; PolicyViolation when the tenant's policy in
+        force now refuses a task that would run again (or the job's callback URL)."""
         reservation = await self._quotas.reserve_retry(tenant, job_id) if self._quotas else None
         now = self._clock()
+        policy = self.policies.get(tenant)
+
+        def redrive(job: Job) -> None:
+            if policy is not None:
+                check_redrive(policy, job)
+            job.retry(now=now)
+
         try:
-            job, _ = await self._apply(
-                tenant, job_id, lambda j: j.retry(now=now), caller_may_leave=True
-            )
+            job, _ = await self._apply(tenant, job_id, redrive, caller_may_leave=True)
         except BaseException:
             if reservation is not None:
                 reservation.settle(())
@@ -375,7 +404,7 @@ class Orchestrator(TimeSweeps):
                 try:
                     retried.append(await self.retry(tenant, listed.job_id))
                 except DomainError as error:
-                    if error.reason not in (Reason.ILLEGAL_TRANSITION, Reason.JOB_NOT_FOUND):
+                    if error.reason not in _SKIPPED_ON_REDRIVE:
                         raise
                     skipped.append((listed.job_id, error))
             if len(page) < size:
@@ -406,8 +435,14 @@ class Orchestrator(TimeSweeps):
         now = self._clock()
         task_id = item.todo.id
         timeout_at = self._timeout_at(item.todo, now)
+        policy = self.policies.get(item.tenant)
 
         def start(job: Job) -> tuple[dict[str, Any], dict[str, ArtifactRecord]] | None:
+            # The stored task, not the queue's copy, against the policy in force now: a job
+            # submitted (or re-driven) under a looser policy cannot run what it now forbids.
+            if policy is not None and (violation := check_task(policy, job.tasks[task_id].todo)):
+                job.fail_unstarted(task_id, attempt=attempt, error=violation.task_error(), now=now)
+                return None
             # Resolved in the assigning transaction (see Job.inputs_of): the attempt is sent
             # exactly the outputs and artifacts stored now; a missing one fails the task
             # (fenced) instead.
@@ -431,7 +466,7 @@ class Orchestrator(TimeSweeps):
         except (StaleAttempt, NotFound):
             return None
         if resolved is None:
-            return None  # the task failed: an input could not be resolved
+            return None  # the task failed: an input unresolved, or refused by the policy
         inputs, input_artifacts = resolved
         return self._assignment(job, task_id, inputs=inputs, input_artifacts=input_artifacts)
 

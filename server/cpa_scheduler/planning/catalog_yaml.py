@@ -70,7 +70,7 @@ def parse_yaml(
 ) -> tuple[Any, LineMap]:
     """The document and the line of each of its values; CatalogError for any YAML problem
     (syntax, duplicate keys, aliases, nesting past strict_yaml's bound), or `empty` for a
-    document without any value."""
+    document without any value. Policy files (cpa_scheduler.policy) are read with it too."""
     loader = StrictSafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -380,7 +380,7 @@ def test_plain_domain_error_goes_by_reason_and_never_claims_the_call_failed(
     ("error", "code"),
     [
         # The class decides...
-        (InvalidArgument("x", reason=Reason.POLICY_VIOLATION), grpc.StatusCode.INVALID_ARGUMENT),
+        (InvalidArgument("x", reason=Reason.NO_CAPABLE_AGENT), grpc.StatusCode.INVALID_ARGUMENT),
         (FailedPrecondition("x", reason=Reason.INVALID_FIELD), grpc.StatusCode.FAILED_PRECONDITION),
         (NotFound("x"), grpc.StatusCode.NOT_FOUND),
         (DomainError("x", reason=Reason.GRAPH_CYCLE), grpc.StatusCode.INVALID_ARGUMENT),
@@ -391,6 +391,7 @@ def test_plain_domain_error_goes_by_reason_and_never_claims_the_call_failed(
         (InvalidArgument("x", reason=Reason.REQUEST_ID_REUSED), grpc.StatusCode.ALREADY_EXISTS),
         (DomainError("x", reason=Reason.UNAUTHENTICATED), grpc.StatusCode.UNAUTHENTICATED),
         (DomainError("x", reason=Reason.PERMISSION_DENIED), grpc.StatusCode.PERMISSION_DENIED),
+        (InvalidArgument("x", reason=Reason.POLICY_VIOLATION), grpc.StatusCode.PERMISSION_DENIED),
         (FailedPrecondition("x", reason=Reason.RATE_LIMITED), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (DomainError("x", reason=Reason.SERVER_SHUTTING_DOWN), grpc.StatusCode.UNAVAILABLE),
         (InvalidArgument("x", reason=Reason.INTERNAL), grpc.StatusCode.INTERNAL),

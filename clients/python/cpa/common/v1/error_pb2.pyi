@@ -91,7 +91,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_APPROVAL_REJECTED: _ErrorReason.ValueType  # 31
     """A task needing approval was rejected."""
     ERROR_REASON_POLICY_VIOLATION: _ErrorReason.ValueType  # 32
-    """The plan breaks a tenant policy."""
+    """The plan breaks a tenant policy (docs/POLICY.md): PERMISSION_DENIED at ScheduleJob,
+    BatchScheduleJobs and RetryJob (ErrorInfo.metadata names `field`, `rule`, `todo` and
+    `todo_field`), refuse for a LAM request, and the TaskError of a task refused at dispatch
+    (not retryable; the policy was tightened after the job was submitted).
+    """
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 33
     """The caller presented no valid credentials."""
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 34
@@ -321,7 +325,11 @@ ERROR_REASON_CANCELLED_BY_USER: ErrorReason.ValueType  # 30
 ERROR_REASON_APPROVAL_REJECTED: ErrorReason.ValueType  # 31
 """A task needing approval was rejected."""
 ERROR_REASON_POLICY_VIOLATION: ErrorReason.ValueType  # 32
-"""The plan breaks a tenant policy."""
+"""The plan breaks a tenant policy (docs/POLICY.md): PERMISSION_DENIED at ScheduleJob,
+BatchScheduleJobs and RetryJob (ErrorInfo.metadata names `field`, `rule`, `todo` and
+`todo_field`), refuse for a LAM request, and the TaskError of a task refused at dispatch
+(not retryable; the policy was tightened after the job was submitted).
+"""
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 33
 """The caller presented no valid credentials."""
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 34

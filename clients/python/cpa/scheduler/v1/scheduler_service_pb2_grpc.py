@@ -160,6 +160,12 @@ class SchedulerServiceServicer:
         CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
         JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
         protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
+        A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
+        PERMISSION_DENIED with POLICY_VIOLATION, before anything runs or is stored: a BadRequest and
+        ErrorInfo.metadata `field` name the request field (`spec.todos.todos[1].params.url`;
+        `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
+        ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
+        ToDo's id and `todo_field` its field. Text is checked before it is routed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +181,8 @@ class SchedulerServiceServicer:
         (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
         Rate limits charge it one call per request (a batch larger than a minute's allowance
         waits for a full bucket); refused, it creates nothing.
+        A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
+        ScheduleJob, its field under `requests[i].`; no job is created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,7 +221,10 @@ class SchedulerServiceServicer:
 
     def RetryJob(self, request, context):
         """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-        succeeded tasks keep their outputs.
+        succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+        are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
+        with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
+        the job stays as it was.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,7 +236,9 @@ class SchedulerServiceServicer:
         re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
         failed again.
         Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
-        stay re-driven and calling again does the rest.
+        stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
+        RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
+        not check policies.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +270,10 @@ class SchedulerServiceServicer:
         REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
         older `POST /lam/message` take the bare LAM message as the body. All three answer
         `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
+        stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+        refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
+        path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
+        `expected.reply_to`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,6 +62,12 @@ class SchedulerServiceStub:
     CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
     JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
     protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
+    A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
+    PERMISSION_DENIED with POLICY_VIOLATION, before anything runs or is stored: a BadRequest and
+    ErrorInfo.metadata `field` name the request field (`spec.todos.todos[1].params.url`;
+    `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
+    ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
+    ToDo's id and `todo_field` its field. Text is checked before it is routed.
     """
     BatchScheduleJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]
     """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
@@ -73,6 +79,8 @@ class SchedulerServiceStub:
     (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
     Rate limits charge it one call per request (a batch larger than a minute's allowance
     waits for a full bucket); refused, it creates nothing.
+    A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
+    ScheduleJob, its field under `requests[i].`; no job is created.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -95,7 +103,10 @@ class SchedulerServiceStub:
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-    succeeded tasks keep their outputs.
+    succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+    are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
+    with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
+    the job stays as it was.
     """
     RetryJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobsRequest, _scheduler_service_pb2.RetryJobsResponse]
     """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
@@ -103,7 +114,9 @@ class SchedulerServiceStub:
     re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
     failed again.
     Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
-    stay re-driven and calling again does the rest.
+    stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
+    RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
+    not check policies.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]
     """Streams a job's events from after_sequence on, live, and ends after the terminal event.
@@ -127,6 +140,10 @@ class SchedulerServiceStub:
     REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
     older `POST /lam/message` take the bare LAM message as the body. All three answer
     `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
+    stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+    refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
+    path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
+    `expected.reply_to`).
     """
     PreviewPlan: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.PreviewPlanRequest, _scheduler_service_pb2.PreviewPlanResponse]
     """Plans the requested work without creating a job: the routed intent and the task graph."""
@@ -197,6 +214,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
     JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
     protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
+    A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
+    PERMISSION_DENIED with POLICY_VIOLATION, before anything runs or is stored: a BadRequest and
+    ErrorInfo.metadata `field` name the request field (`spec.todos.todos[1].params.url`;
+    `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
+    ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
+    ToDo's id and `todo_field` its field. Text is checked before it is routed.
     """
     BatchScheduleJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]  # type: ignore[assignment]
     """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
@@ -208,6 +231,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
     Rate limits charge it one call per request (a batch larger than a minute's allowance
     waits for a full bucket); refused, it creates nothing.
+    A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
+    ScheduleJob, its field under `requests[i].`; no job is created.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -230,7 +255,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-    succeeded tasks keep their outputs.
+    succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+    are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
+    with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
+    the job stays as it was.
     """
     RetryJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobsRequest, _scheduler_service_pb2.RetryJobsResponse]  # type: ignore[assignment]
     """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
@@ -238,7 +266,9 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
     failed again.
     Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
-    stay re-driven and calling again does the rest.
+    stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
+    RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
+    not check policies.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """Streams a job's events from after_sequence on, live, and ends after the terminal event.
@@ -262,6 +292,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
     older `POST /lam/message` take the bare LAM message as the body. All three answer
     `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
+    stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+    refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
+    path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
+    `expected.reply_to`).
     """
     PreviewPlan: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.PreviewPlanRequest, _scheduler_service_pb2.PreviewPlanResponse]  # type: ignore[assignment]
     """Plans the requested work without creating a job: the routed intent and the task graph."""
@@ -335,6 +369,12 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
         JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
         protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
+        A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
+        PERMISSION_DENIED with POLICY_VIOLATION, before anything runs or is stored: a BadRequest and
+        ErrorInfo.metadata `field` name the request field (`spec.todos.todos[1].params.url`;
+        `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
+        ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
+        ToDo's id and `todo_field` its field. Text is checked before it is routed.
         """
 
     @_abc_1.abstractmethod
@@ -352,6 +392,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
         Rate limits charge it one call per request (a batch larger than a minute's allowance
         waits for a full bucket); refused, it creates nothing.
+        A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
+        ScheduleJob, its field under `requests[i].`; no job is created.
         """
 
     @_abc_1.abstractmethod
@@ -398,7 +440,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.RetryJobResponse, _abc.Awaitable[_scheduler_service_pb2.RetryJobResponse]]:
         """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-        succeeded tasks keep their outputs.
+        succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+        are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
+        with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
+        the job stays as it was.
         """
 
     @_abc_1.abstractmethod
@@ -412,7 +457,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
         failed again.
         Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
-        stay re-driven and calling again does the rest.
+        stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
+        RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
+        not check policies.
         """
 
     @_abc_1.abstractmethod
@@ -448,6 +495,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
         older `POST /lam/message` take the bare LAM message as the body. All three answer
         `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
+        stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+        refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
+        path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
+        `expected.reply_to`).
         """
 
     @_abc_1.abstractmethod
