@@ -42,15 +42,15 @@ from cpa_scheduler.domain import (
     UnresolvedInput,
 )
 from cpa_scheduler.events import EventBus
-from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
+from cpa_scheduler.planning import Plan, Planner, PlanRequest
 from cpa_scheduler.policy import Policies, check_task
-from cpa_scheduler.policy.enforce import check_plan, check_redrive, check_request_fields
+from cpa_scheduler.policy.enforce import check_redrive
 from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.security.quotas import Quotas
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import EndPosition, QueuedTask, Store
 
-from .approvals import refuse_approvals
+from .admission import Admission
 from .effects import carry_out
 from .sweeps import TimeSweeps
 
@@ -92,7 +92,7 @@ class Submission:
     conversation_id: str = ""
 
 
-class Orchestrator(TimeSweeps):
+class Orchestrator(Admission, TimeSweeps):
     """Job lifecycle: submit, assign, results, leases, cancel, retry; the time-driven
     transitions come from TimeSweeps."""
 
@@ -144,54 +144,7 @@ class Orchestrator(TimeSweeps):
     def store(self) -> Store:
         return self._store
 
-    # -- callers' requests -------------------------------------------------------------------
-
-    def plan(
-        self,
-        request: PlanRequest,
-        *,
-        context: Mapping[str, Any],
-        field: str = "",
-        credential_refs: Mapping[str, str] | None = None,
-    ) -> Plan:
-        """Plan a request; errors name their field under `field` (the request's path).
-        `credential_refs` go to every ToDo that does not name the purpose (see Planner.plan)."""
-        try:
-            return self._planner.plan(request, context=context, credential_refs=credential_refs)
-        except DomainError as error:
-            if isinstance(request, TextRequest):
-                error.field = f"{field}.text" if field else "text"
-            elif field and error.field:
-                error.field = f"{field}.{error.field}"
-            raise
-
-    def matched_plan(
-        self,
-        request: PlanRequest,
-        *,
-        context: Mapping[str, Any],
-        credential_refs: Mapping[str, str] | None = None,
-        tenant: str | None = None,
-        callback_url: str = "",
-    ) -> Plan:
-        """The plan of a request that becomes a job: text that matches no intent is refused
-        with UNKNOWN_INTENT, a task that requires approval with APPROVAL_NOT_SUPPORTED, and,
-        with `tenant`, a plan (or callback URL) its policy refuses with POLICY_VIOLATION."""
-        policy = None if tenant is None else self.policies.get(tenant)
-        if policy is not None:
-            check_request_fields(policy, request, callback_url=callback_url)
-        plan = self.plan(request, context=context, credential_refs=credential_refs)
-        refuse_approvals(request, plan)
-        if not plan.matched:
-            closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
-            raise InvalidArgument(
-                "no intent matches the text" + (f"; closest: {closest}" if closest else ""),
-                reason=Reason.UNKNOWN_INTENT,
-                field="text",
-            )
-        if policy is not None:
-            check_plan(policy, request, plan)
-        return plan
+    # -- callers' requests (planning and its checks: Admission) ----------------------------
 
     async def schedule(
         self,
