@@ -86,6 +86,10 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+# The gateway `--with-gateway` runs reaches the scheduler from loopback.
+LOOPBACK_PROXIES = "127.0.0.1/32,::1/128"
+
+
 def run(arguments: argparse.Namespace) -> int:
     agent_options = (arguments.agent_slots, arguments.agent_id, arguments.agent_label)
     if not arguments.with_agent and any(agent_options):
@@ -114,6 +118,10 @@ def run(arguments: argparse.Namespace) -> int:
     gateway_listen = None
     if arguments.with_gateway:
         gateway_listen = arguments.gateway_listen or DEFAULT_GATEWAY_LISTEN
+        if not settings.trusted_proxies:
+            # REST callers reach the scheduler through this Envoy, from loopback: without
+            # trusting its x-forwarded-for they would all share one per-address rate limit.
+            settings = settings.model_copy(update={"trusted_proxies": LOOPBACK_PROXIES})
     stack = LocalStack(settings, agent=agent)
     return asyncio.run(serve(stack, grace_s=arguments.grace, gateway_listen=gateway_listen))
 
