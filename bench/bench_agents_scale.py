@@ -153,7 +153,7 @@ async def _worker(target: str, prefix: str, count: int) -> None:
 
 
 def _start_workers(target: str, idle: int, workers: int) -> list[subprocess.Popen[str]]:
-    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "CPA_RATE_LIMITS_ENABLED": "false"}
     started = []
     per_worker = [idle // workers + (1 if n < idle % workers else 0) for n in range(workers)]
     for n, count in enumerate(per_worker):

@@ -35,7 +35,12 @@ MIB = 1024 * 1024
 
 
 def _start_server(data_dir: str, max_bytes: int) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "CPA_LOG_LEVEL": "WARNING", "CPA_ARTIFACT_MAX_BYTES": str(max_bytes)}
+    env = {
+        **os.environ,
+        "CPA_LOG_LEVEL": "WARNING",
+        "CPA_RATE_LIMITS_ENABLED": "false",
+        "CPA_ARTIFACT_MAX_BYTES": str(max_bytes),
+    }
     server = subprocess.Popen(
         [
             sys.executable,

@@ -75,7 +75,13 @@ def processes(
     *, replicas: int, agents_per_replica: int, slots: int, backend_env: dict[str, str]
 ) -> Iterator[Started]:
     """Scheduler replicas and agent processes (each agent on one replica)."""
-    env = {**os.environ, "CPA_LOG_LEVEL": "WARNING", **backend_env}
+    # Rate limits off (bench_rate_limits.py turns them on): the bench is the only caller.
+    env = {
+        **os.environ,
+        "CPA_LOG_LEVEL": "WARNING",
+        "CPA_RATE_LIMITS_ENABLED": "false",
+        **backend_env,
+    }
     started: list[subprocess.Popen[str]] = []
     result = Started()
     addresses = result.addresses

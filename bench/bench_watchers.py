@@ -395,6 +395,7 @@ def bench(arguments: argparse.Namespace) -> None:
     env = {
         **os.environ,
         "CPA_LOG_LEVEL": "WARNING",
+        "CPA_RATE_LIMITS_ENABLED": "false",
         "CPA_AGENT_LOG_LEVEL": "WARNING",
         # A lease long enough that a slow ack never loses an attempt during the bench.
         "CPA_LEASE_DURATION_S": "120",

@@ -55,6 +55,23 @@ def register(commands: Any) -> None:
         help="comma-separated `cpa.executors` entry points to load, e.g. builtin,browser "
         "(default: $CPA_AGENT_EXECUTORS, else all installed)",
     )
+    parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="speak TLS; trust the scheduler's certificate only if this PEM CA signed it "
+        "(default: $CPA_AGENT_TLS_CA_FILE)",
+    )
+    parser.add_argument(
+        "--cert-file",
+        metavar="FILE",
+        help="client certificate (PEM) for a scheduler with mutual TLS, with --key-file "
+        "(default: $CPA_AGENT_TLS_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="private key of --cert-file (default: $CPA_AGENT_TLS_KEY_FILE)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -74,6 +91,13 @@ def run(arguments: argparse.Namespace) -> int:
         overrides["executors"] = arguments.executors
     if arguments.token is not None:
         overrides["token"] = arguments.token
+    for option, setting in (
+        ("ca_file", "tls_ca_file"),
+        ("cert_file", "tls_cert_file"),
+        ("key_file", "tls_key_file"),
+    ):
+        if getattr(arguments, option) is not None:
+            overrides[setting] = getattr(arguments, option)
     settings = AgentSettings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -9,6 +9,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from cpa_client import ClientTls, TlsFileError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 SERVER_ENV = "CPA_SERVER"
@@ -36,13 +39,69 @@ def add_pair_option(parser: argparse.ArgumentParser, option: str, help_text: str
 
 
 def add_server_option(parser: argparse.ArgumentParser) -> None:
-    """--server HOST:PORT, defaulting to $CPA_SERVER or 127.0.0.1:50051."""
+    """--server HOST:PORT, defaulting to $CPA_SERVER or 127.0.0.1:50051, and the TLS options
+    of the connection to it (client_tls)."""
     parser.add_argument(
         "--server",
         default=os.environ.get(SERVER_ENV) or DEFAULT_SERVER,
         metavar="HOST:PORT",
         help=f"scheduler address (default: ${SERVER_ENV} or {DEFAULT_SERVER})",
     )
+    add_tls_options(parser)
+
+
+# TLS options of every command that dials a scheduler: (flag, environment variable, help).
+TLS_OPTIONS = (
+    (
+        "--ca-file",
+        "CPA_TLS_CA_FILE",
+        "speak TLS; trust the server certificate only if this PEM CA file signed it",
+    ),
+    (
+        "--cert-file",
+        "CPA_TLS_CLIENT_CERT_FILE",
+        "client certificate (PEM) for a server with mutual TLS; with --key-file",
+    ),
+    ("--key-file", "CPA_TLS_CLIENT_KEY_FILE", "private key (PEM) of --cert-file"),
+    (
+        "--tls-server-name",
+        "CPA_TLS_SERVER_NAME",
+        "name the server certificate must carry when it differs from the host dialled",
+    ),
+)
+TLS_ENV = "CPA_TLS"
+
+
+def add_tls_options(parser: argparse.ArgumentParser) -> None:
+    for flag, variable, help_text in TLS_OPTIONS:
+        parser.add_argument(
+            flag, default=os.environ.get(variable) or None, help=f"{help_text} (${variable})"
+        )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=os.environ.get(TLS_ENV, "").lower() in ("1", "true", "yes"),
+        help=f"speak TLS, trusting the system's CAs (implied by --ca-file and --cert-file; "
+        f"${TLS_ENV}=1)",
+    )
+
+
+def client_tls(arguments: argparse.Namespace) -> ClientTls | None:
+    """The TLS of the connection the options ask for; None: plaintext."""
+    ca, cert, key = arguments.ca_file, arguments.cert_file, arguments.key_file
+    if not (arguments.tls or ca or cert or key):
+        if arguments.tls_server_name:
+            raise CliError("--tls-server-name goes with TLS (--ca-file or --tls)")
+        return None
+    try:
+        return ClientTls(
+            ca_file=Path(ca) if ca else None,
+            cert_file=Path(cert) if cert else None,
+            key_file=Path(key) if key else None,
+            server_name=arguments.tls_server_name or "",
+        )
+    except TlsFileError:
+        raise CliError("--cert-file and --key-file go together") from None
 
 
 def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:

@@ -13,9 +13,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cpa_client import CpaError, SchedulerClient
+from cpa_client import CpaError, SchedulerClient, open_channel
+from cpa_client.channels import tls_failure
 
-from .common import CliError, add_server_option, emit, warn
+from .common import CliError, add_server_option, client_tls, emit, warn
 from .credentials import api_key_for
 
 EXIT_SERVING = 0
@@ -72,7 +73,7 @@ def run(arguments: argparse.Namespace) -> int:
 
 async def _check(arguments: argparse.Namespace) -> str:
     """What is wrong, or "" when all is well."""
-    async with grpc.aio.insecure_channel(arguments.server) as channel:
+    async with open_channel(arguments.server, tls=client_tls(arguments)) as channel:
         try:
             response = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=arguments.service),
@@ -80,7 +81,13 @@ async def _check(arguments: argparse.Namespace) -> str:
                 wait_for_ready=False,
             )
         except grpc.aio.AioRpcError as error:
-            return f"{error.code().name}: {error.details() or 'no details'}"
+            details = error.details() or "no details"
+            meaning = tls_failure(details)
+            return (
+                f"{error.code().name}: {meaning}: {details}"
+                if meaning
+                else f"{error.code().name}: {details}"
+            )
         if response.status != health_pb2.HealthCheckResponse.SERVING:
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
         if arguments.agent_name is None:

@@ -10,7 +10,7 @@ from typing import Any
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import SchedulerClient
 
-from .common import CliError, add_json_option, add_server_option, emit
+from .common import CliError, add_json_option, add_server_option, client_tls, emit
 from .credentials import api_key_for
 from .live import follow
 from .output import (
@@ -155,7 +155,7 @@ def client_command(command: Command) -> Callable[[argparse.Namespace], int]:
 
     async def with_client(arguments: argparse.Namespace) -> int:
         async with SchedulerClient(
-            arguments.server, api_key=api_key_for(arguments.server)
+            arguments.server, tls=client_tls(arguments), api_key=api_key_for(arguments.server)
         ) as client:
             return await command(client, arguments)
 

@@ -23,7 +23,7 @@ from cpa_scheduler.security.api_keys import ApiKey, new_secret
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import DataDirectoryInUseError
 
-from .common import CliError, add_json_option, add_server_option, emit
+from .common import CliError, add_json_option, add_server_option, client_tls, emit
 from .credentials import api_key_for
 
 ROLE_NAMES = [role.value for role in Role]
@@ -99,7 +99,10 @@ def _runner(command: Any) -> Any:
 
 def _client(arguments: argparse.Namespace) -> AdminClient:
     return AdminClient(
-        arguments.server, api_key=api_key_for(arguments.server), act_as_tenant=arguments.tenant
+        arguments.server,
+        tls=client_tls(arguments),
+        api_key=api_key_for(arguments.server),
+        act_as_tenant=arguments.tenant,
     )
 
 

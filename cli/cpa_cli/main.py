@@ -15,13 +15,15 @@ from collections.abc import Sequence
 import grpc
 from pydantic import ValidationError
 
-from cpa_client import CpaError
+from cpa_client import CpaError, TlsFileError
+from cpa_client.channels import tls_failure
 from cpa_scheduler.domain import DomainError
 
 from . import (
     agent_command,
     agents_command,
     artifacts_command,
+    callbacks_command,
     gateway_command,
     health_command,
     intents_command,
@@ -29,6 +31,7 @@ from . import (
     keys_command,
     migrate_command,
     plan_command,
+    policy_command,
     serve_command,
     submit_command,
 )
@@ -56,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     agents_command.register(commands)
     intents_command.register(commands)
     artifacts_command.register(commands)
+    callbacks_command.register(commands)
     demo_command.register(commands)
     migrate_command.register(commands)
     health_command.register(commands)
     keys_command.register(commands)
+    policy_command.register(commands)
     return parser
 
 
@@ -79,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A call the SDK did not wrap (or a channel failure): still a report, never a traceback.
         _error(*render_cpa_error(CpaError.from_rpc_error(error), server=None))
         return EXIT_USAGE
-    except CliError as error:
+    except (CliError, TlsFileError) as error:
         _error(f"cpa: {error}")
         return EXIT_USAGE
     except ValidationError as error:
@@ -98,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def render_cpa_error(error: CpaError, *, server: str | None) -> list[str]:
     """`cpa: NOT_FOUND: JOB_NOT_FOUND: job 'x' not found`, then one line per bad field."""
     if error.code == grpc.StatusCode.UNAVAILABLE and server is not None:
+        if meaning := tls_failure(error.message):
+            return [
+                f"cpa: UNAVAILABLE: no TLS connection to the scheduler at {server}: {meaning}",
+                f"  ({error.message})",
+                "  Give --ca-file (or $CPA_TLS_CA_FILE) the CA that signed the server's "
+                "certificate, and --cert-file/--key-file if it asks for a client certificate.",
+            ]
         return [
             f"cpa: UNAVAILABLE: cannot reach the scheduler at {server} ({error.message})",
             f"  is `cpa serve` running there? Point --server or ${SERVER_ENV} at it.",

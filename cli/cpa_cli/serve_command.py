@@ -30,6 +30,7 @@ def register(commands: Any) -> None:
         "gracefully: health turns NOT_SERVING, new agent streams are refused, connected agents "
         "get $CPA_SHUTDOWN_DRAIN_S seconds to finish their work and move to another replica, "
         "then running calls get --grace seconds to finish; a second signal stops at once. "
+        "SIGHUP reloads the TLS certificate (CPA_TLS_CERT_FILE, docs/SECURITY.md). "
         "Prints 'cpa scheduler serving on HOST:PORT' once it accepts calls. Other settings come "
         "from CPA_* environment variables (docs/CONFIGURATION.md).",
     )
@@ -91,6 +92,10 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+# The gateway `--with-gateway` runs reaches the scheduler from loopback.
+LOOPBACK_PROXIES = "127.0.0.1/32,::1/128"
+
+
 def run(arguments: argparse.Namespace) -> int:
     agent_options = (arguments.agent_slots, arguments.agent_id, arguments.agent_label)
     if not arguments.with_agent and any(agent_options):
@@ -121,6 +126,10 @@ def run(arguments: argparse.Namespace) -> int:
     gateway_listen = None
     if arguments.with_gateway:
         gateway_listen = arguments.gateway_listen or DEFAULT_GATEWAY_LISTEN
+        if not settings.trusted_proxies:
+            # REST callers reach the scheduler through this Envoy, from loopback: without
+            # trusting its x-forwarded-for they would all share one per-address rate limit.
+            settings = settings.model_copy(update={"trusted_proxies": LOOPBACK_PROXIES})
     stack = LocalStack(settings, agent=agent)
     return asyncio.run(serve(stack, grace_s=arguments.grace, gateway_listen=gateway_listen))
 
@@ -143,8 +152,16 @@ async def serve(stack: LocalStack, *, grace_s: float, gateway_listen: str | None
             warn(f"cpa serve: {signal.Signals(signum).name} received again, stopping at once")
             stack.hurry()
 
+    def on_reload() -> None:
+        # Off the signal frame, on the loop: reading two small files is quick.
+        if stack.server.reload_tls():
+            warn("cpa serve: SIGHUP received, TLS certificate reloaded for new connections")
+        else:
+            warn("cpa serve: SIGHUP received, nothing reloaded (see the log)")
+
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         try:
             address = await stack.start()
@@ -163,7 +180,7 @@ async def serve(stack: LocalStack, *, grace_s: float, gateway_listen: str | None
             if gateway is not None:
                 await asyncio.to_thread(gateway.stop)
     finally:
-        for signum in STOP_SIGNALS:
+        for signum in (*STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 

@@ -41,6 +41,8 @@ class Agent:
         select (CPA_AGENT_EXECUTORS); without a secret provider, the settings' one (env:, file:,
         bare names, and CPA_AGENT_SECRET_PROVIDER's plug-in)."""
         self.settings = settings if settings is not None else AgentSettings()
+        if (tls := self.settings.client_tls()) is not None:
+            tls.credentials()  # unreadable files stop the start (TlsFileError), not each connect
         self.registry = (
             registry if registry is not None else entry_point_registry(self.settings.executors)
         )

@@ -38,6 +38,7 @@ from cpa_agent.runner import (
 from cpa_agent.sessions import SessionCloser
 from cpa_agent.settings import AgentSettings
 from cpa_agent.stream import ConnectCall, StreamSession
+from cpa_client.channels import credential_metadata, open_channel, tls_failure
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +120,7 @@ class Connection:
         # The server's target; a multi-address one is rotated away from a replica that drains.
         self._target = settings.server
         # Sent with every call: the agent token, when it has one.
-        token = settings.token.get_secret_value()
-        self._credentials: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        self._credentials = credential_metadata(settings.token.get_secret_value())
         # The session_id of the last welcome: the next hello names it (resume_session_id).
         self._last_session_id = ""
         self._drain_reason: str | None = None
@@ -211,11 +209,13 @@ class Connection:
             try:
                 await self._run_session(session)
             except grpc.aio.AioRpcError as error:
+                details = error.details() or ""
                 logger.warning(
-                    "stream to %s failed: %s %s",
+                    "stream to %s failed: %s %s%s",
                     self._settings.server,
                     error.code().name,
-                    error.details(),
+                    details,
+                    f" ({meaning})" if (meaning := tls_failure(details)) else "",
                 )
                 # Refused (a replica shutting down) or unreachable before a welcome.
                 leave = error.code() == grpc.StatusCode.UNAVAILABLE and session.welcome is None
@@ -246,8 +246,8 @@ class Connection:
             await self._wait_until(lambda: self._stopping, timeout_s=delay_s)
 
     async def _run_session(self, session: StreamSession) -> None:
-        async with grpc.aio.insecure_channel(
-            self._target, options=channel_options(self._settings)
+        async with open_channel(
+            self._target, tls=self._settings.client_tls(), options=channel_options(self._settings)
         ) as channel:
             stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
             call = stub.Connect(None, metadata=self._credentials)

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cpa_client.channels import ClientTls
+
 
 def _default_agent_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -103,7 +105,45 @@ class AgentSettings(BaseSettings):
         "the like), asked before the built-in env:/file:/bare-name rules.",
     )
 
+    # TLS to the scheduler (cpa_client.channels; docs/SECURITY.md).
+    tls: bool = Field(
+        default=False,
+        description="Speak TLS to the scheduler, trusting the system's CAs; implied by "
+        "tls_ca_file and tls_cert_file.",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates the scheduler's certificate must chain to (TLS).",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) for a scheduler with mutual TLS; with "
+        "tls_key_file. Read at every connect, so a renewed one is used from the next.",
+    )
+    tls_key_file: Path | None = Field(default=None, description="Private key of tls_cert_file.")
+    tls_server_name: str = Field(
+        default="",
+        description="Name the scheduler's certificate must carry when it differs from the "
+        "host dialled (an address list, a tunnel).",
+    )
+
     log_level: str = Field(default="INFO", description="Python logging level name (CLI only).")
+
+    def client_tls(self) -> ClientTls | None:
+        """The TLS of the connection to the scheduler; None: plaintext."""
+        if not (self.tls or self.tls_ca_file or self.tls_cert_file or self.tls_key_file):
+            return None
+        return ClientTls(
+            ca_file=self.tls_ca_file,
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            server_name=self.tls_server_name,
+        )
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("executors", mode="before")
     @classmethod
@@ -116,4 +156,8 @@ class AgentSettings(BaseSettings):
     def _check_backoff(self) -> Self:
         if self.reconnect_max_backoff_s < self.reconnect_initial_backoff_s:
             raise ValueError("reconnect_max_backoff_s must be >= reconnect_initial_backoff_s")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_server_name and self.client_tls() is None:
+            raise ValueError("tls_server_name goes with TLS (tls_ca_file or tls)")
         return self

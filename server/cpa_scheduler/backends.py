@@ -15,7 +15,9 @@ from .artifacts import ArtifactContent, FileContent
 from .dispatch import ControlMessage, SessionRegistry
 from .dispatch.directory import AgentDirectory, LocalAgentDirectory
 from .events import EventBus, LocalEventBus
+from .health import Check
 from .queue import LocalWorkQueue, WorkQueue
+from .security.buckets import Buckets, LocalBuckets, RedisBuckets, SharedBuckets
 from .settings import Settings
 from .storage import SqliteStore, Store
 
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Backends:
-    """The four shared parts of a replica, and how to release them (in reverse order)."""
+    """The shared parts of a replica, and how to release them (in reverse order)."""
 
     store: Store
     queue: WorkQueue
@@ -32,7 +34,11 @@ class Backends:
     directory: AgentDirectory
     distributed: bool
     artifacts: ArtifactContent
+    # Rate limits' token buckets: in process, or shared by every replica through Redis.
+    rate_buckets: Buckets = field(default_factory=LocalBuckets)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    health_checks: dict[str, Check] = field(default_factory=dict)
+    """What the health probe checks (cpa_scheduler.health): the store, and Redis if used."""
 
     async def close(self) -> None:
         for close in reversed(self._closers):
@@ -88,6 +94,7 @@ async def open_backends(
             distributed=False,
             artifacts=artifacts,
             _closers=closers,
+            health_checks={"store": store.ping},
         )
     return await _open_redis(settings, replica_id, sessions, store, artifacts, closers)
 
@@ -153,6 +160,18 @@ async def _open_redis(
     directory.on_cancel = deliver_cancel
     await directory.start()
     closers.append(directory.close)
+    # The health probe's PING on a connection of its own: the shared pool may be busy.
+    probe = aioredis.Redis.from_url(
+        settings.redis_url,
+        max_connections=2,
+        socket_timeout=settings.health_probe_timeout_s,
+        socket_connect_timeout=settings.health_probe_timeout_s,
+    )
+    closers.append(probe.aclose)
+
+    async def ping_redis() -> None:
+        await probe.ping()
+
     return Backends(
         store=store,
         queue=redis_queue,
@@ -160,5 +179,9 @@ async def _open_redis(
         directory=directory,
         distributed=True,
         artifacts=artifacts,
+        rate_buckets=SharedBuckets(
+            RedisBuckets(redis), timeout_s=settings.rate_limit_redis_timeout_s
+        ),
         _closers=closers,
+        health_checks={"store": store.ping, "redis": ping_redis},
     )

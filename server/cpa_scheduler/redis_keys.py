@@ -7,6 +7,7 @@ wiped Redis loses nothing (the reconciler publishes QUEUED tasks again, replicas
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "cpa"
@@ -121,3 +122,13 @@ class RedisKeys:
         """PUB/SUB CHANNEL: control messages for the agents one replica holds (a cancel, JSON).
         Published by route_cancel on any replica, received by that replica's directory."""
         return f"{self.prefix}:replica:{replica_id}:control"
+
+    # -- rate limits (security/buckets.py) ------------------------------------------------------
+
+    def rate_bucket(self, scope: str, subject: str) -> str:
+        """HASH: the token bucket of one caller (`scope` key, tenant or ip; `subject` the
+        credential id, tenant or address, hashed so a name of any length makes a short key):
+        v = tokens, t = when last taken from (ms of Redis' clock). Written by the take script of
+        any replica; expires once the bucket would be full again, so idle callers leave none."""
+        digest = hashlib.sha256(subject.encode()).hexdigest()[:32]
+        return f"{self.prefix}:ratelimit:{scope}:{digest}"

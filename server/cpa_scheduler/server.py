@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -36,21 +37,36 @@ from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
 from .api.page_token import PageTokens
+from .api.rate_limiter import RateLimiter
 from .api.scheduler_servicer import SchedulerServicer
 from .artifacts import Artifacts
 from .backends import Backends, open_backends
 from .background import stop_tasks
+from .callbacks.address_guard import AddressPolicy
+from .callbacks.backoff import BackoffPolicy
+from .callbacks.deliverer import CallbackDeliverer
+from .callbacks.keys import signing_keys
+from .callbacks.messages import callback_messages
+from .callbacks.outbox import CallbackOutbox
+from .callbacks.sender import CallbackSender
 from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
+from .health import HealthProbe
 from .orchestration import Orchestrator
 from .planning import Planner
+from .policy import Policies
+from .redis_keys import RedisKeys
 from .security.authenticator import Authenticator
+from .security.client_address import parse_trusted_proxies
 from .security.interceptor import AuthInterceptor
 from .security.jwt_tokens import JwtVerifier
 from .security.local_admin import create_local_admin_key
+from .security.quotas import Quotas
+from .security.tenant_limits import LimitsTable
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
+from .tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +75,20 @@ SERVICE_NAMES = (
     executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
-# Room above the request limit, so an oversized request reaches our own check (and its reason).
+# The transport's receive limit sits well above CPA_MAX_REQUEST_BYTES, so an oversized request
+# reaches our own check (PAYLOAD_TOO_LARGE, api/decoded_service.py) instead of gRPC's bare
+# RESOURCE_EXHAUSTED, which clients retry. The factor covers what the REST gateway lets through:
+# its JSON body limit is CPA_MAX_REQUEST_BYTES, and protobuf can be 5.5 times larger than the
+# JSON it came from (`0,` in a JSON array is 11 bytes as a google.protobuf.Value in a list).
+_TRANSPORT_FACTOR = 6
+# Client streams' messages (agents' reports, upload chunks) keep this much room above it.
 _TRANSPORT_MARGIN_BYTES = 1024 * 1024
+
+
+def transport_receive_limit(max_request_bytes: int) -> int:
+    """gRPC's receive limit for a server whose request budget is `max_request_bytes`: bodies
+    up to it get our own PAYLOAD_TOO_LARGE, larger ones gRPC's RESOURCE_EXHAUSTED."""
+    return max(max_request_bytes * _TRANSPORT_FACTOR, max_request_bytes + _TRANSPORT_MARGIN_BYTES)
 
 
 @dataclass(slots=True)
@@ -70,6 +98,7 @@ class _Components:
     dispatcher: Dispatcher
     sessions: SessionRegistry
     executor: ExecutorServicer
+    deliverer: CallbackDeliverer
     # None with settings.insecure_local.
     authenticator: Authenticator | None
 
@@ -107,10 +136,14 @@ def _configured_secrets(settings: Settings) -> list[bytes]:
     return [secret.encode() for secret in secrets]
 
 
-def _bind(server: grpc.aio.Server, address: str) -> int:
-    """Bind `address`; a RuntimeError that says why (gRPC's own says only "Failed to bind")."""
+def _bind(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:
+    """Bind `address` (with TLS when `tls`); a RuntimeError that says why (gRPC's own says
+    only "Failed to bind")."""
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError:
         port = 0
     if port == 0:
@@ -160,6 +193,7 @@ class SchedulerServer:
         # The embedded default's key, made at this start (the first): (secret, file), printed
         # once by `cpa serve`.
         self.local_admin_key: tuple[str, Path] | None = None
+        self.tls: ServerTls | None = None
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -176,6 +210,12 @@ class SchedulerServer:
         return authenticator.process_key(self.settings.default_tenant)
 
     @property
+    def policies(self) -> Policies:
+        """The tenant policies in force on this replica (reloaded as their files change)."""
+        assert self._components is not None, "start() first"
+        return self._components.orchestrator.policies
+
+    @property
     def watchers(self) -> Watchers:
         """This replica's WatchJob subscriptions (counts and buffers, for tests and metrics)."""
         assert self._components is not None, "start() first"
@@ -185,7 +225,14 @@ class SchedulerServer:
         settings = self.settings
         # Load the catalog first: a broken one must stop the start, naming file and line.
         planner = Planner.from_settings(settings)
+        # Read before anything opens: a bad certificate or key stops the start, naming it.
+        self.tls = ServerTls.from_settings(settings)
+        # So are the tenant policies: a broken file stops the start, naming file and line.
+        policies = Policies(settings.policy_dir)
         configured_secrets = _configured_secrets(settings)
+        # Likewise a broken tenant limits file or proxy list.
+        limits = LimitsTable.from_settings(settings)
+        trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
         sessions = SessionRegistry()
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
         try:
@@ -197,6 +244,11 @@ class SchedulerServer:
             await backends.close()
             raise
         directory, bus = backends.directory, backends.bus
+        try:
+            deliverer = self._deliverer(backends)
+        except BaseException:
+            await backends.close()
+            raise
         orchestrator = Orchestrator(
             store=backends.store,
             planner=planner,
@@ -204,7 +256,11 @@ class SchedulerServer:
             bus=bus,
             directory=directory,
             settings=settings,
+            callback_messages=callback_messages,
+            quotas=Quotas(backends.store, limits, cache_s=settings.quota_cache_s),
+            policies=policies,
         )
+        orchestrator.callbacks_made = deliverer.wake
         dispatcher = Dispatcher(
             queue=backends.queue,
             sessions=sessions,
@@ -226,15 +282,31 @@ class SchedulerServer:
                 jwt=JwtVerifier(settings) if settings.jwt_issuer else None,
             )
         )
+        # Outermost first. The call limit bounds calls in progress whoever makes them (a flood
+        # of unauthenticated calls too, before any credential lookup); authentication sets the
+        # principal the rate limiter then keys by, so the rate limiter comes after it.
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+            CallLimit(settings.max_concurrent_rpcs),
+            AuthInterceptor(authenticator, default_tenant=settings.default_tenant),
+        ]
+        if settings.rate_limits_enabled:
+            # Last: after authentication, which names the credential it limits.
+            interceptors.append(
+                RateLimiter(
+                    backends.rate_buckets,
+                    limits,
+                    per_ip=settings.rate_limit_per_ip,
+                    trusted_proxies=trusted_proxies,
+                    default_tenant=settings.default_tenant,
+                    keys=RedisKeys(settings.redis_key_prefix),
+                )
+            )
         server = grpc.aio.server(
-            interceptors=[
-                CallLimit(settings.max_concurrent_rpcs),
-                AuthInterceptor(authenticator, default_tenant=settings.default_tenant),
-            ],
+            interceptors=interceptors,
             options=[
                 (
                     "grpc.max_receive_message_length",
-                    settings.max_request_bytes + _TRANSPORT_MARGIN_BYTES,
+                    transport_receive_limit(settings.max_request_bytes),
                 ),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
@@ -250,7 +322,14 @@ class SchedulerServer:
                 ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_rpcs),
             ],
         )
-        # Requests decoded by us: an undecodable body is INVALID_ARGUMENT, not gRPC's UNKNOWN.
+        # Requests decoded by us: an undecodable body is INVALID_ARGUMENT, not gRPC's UNKNOWN,
+        # an oversized one PAYLOAD_TOO_LARGE. Client streams' messages keep the bound the
+        # transport gave them before: agents' reports and batches stay under
+        # Welcome.max_report_bytes, upload chunks under 1 MiB.
+        size_limits = {
+            "max_request_bytes": settings.max_request_bytes,
+            "max_stream_message_bytes": settings.max_request_bytes + _TRANSPORT_MARGIN_BYTES,
+        }
         add_decoded_service(
             SchedulerServicer(
                 orchestrator=orchestrator,
@@ -261,9 +340,11 @@ class SchedulerServer:
                 settings=settings,
                 page_tokens=page_tokens,
                 artifacts=artifacts,
+                callbacks=CallbackOutbox(store=backends.store, wake=deliverer.wake),
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
+            **size_limits,
         )
         executor = ExecutorServicer(
             orchestrator=orchestrator,
@@ -276,7 +357,10 @@ class SchedulerServer:
             authenticator=authenticator,
         )
         add_decoded_service(
-            executor, executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"], server
+            executor,
+            executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
+            server,
+            **size_limits,
         )
         add_decoded_service(
             AdminServicer(
@@ -285,6 +369,7 @@ class SchedulerServer:
             ),
             admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
             server,
+            **size_limits,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -303,6 +388,32 @@ class SchedulerServer:
             sessions=sessions,
             executor=executor,
             authenticator=authenticator,
+            deliverer=deliverer,
+        )
+
+    def _deliverer(self, backends: Backends) -> CallbackDeliverer:
+        """The outbox's deliverer of this replica (docs/CALLBACKS.md)."""
+        settings = self.settings
+        policy = AddressPolicy.of(
+            allow_private=settings.callback_allow_private,
+            allowed_networks=settings.callback_allowed_networks,
+        )
+        return CallbackDeliverer(
+            store=backends.store,
+            sender=CallbackSender(
+                policy=policy,
+                ca_file=settings.callback_ca_file,
+                timeout_s=settings.callback_timeout_s,
+            ),
+            keys=signing_keys(settings, distributed=backends.distributed),
+            backoff=BackoffPolicy(
+                initial_s=settings.callback_backoff_initial_s, max_s=settings.callback_backoff_max_s
+            ),
+            max_attempts=settings.callback_max_attempts,
+            claim_s=settings.callback_claim_s,
+            poll_interval_s=settings.callback_poll_interval_s,
+            concurrency=settings.callback_concurrency,
+            claimer=self.replica_id,
         )
 
     async def start(self, address: str | None = None) -> int:
@@ -315,7 +426,7 @@ class SchedulerServer:
             )
         self._components = components = await self._build()
         assert self._server is not None
-        port = _bind(self._server, address)
+        port = _bind(self._server, address, self.tls)
         # The embedded default (no credential configured): a local admin key at the first start.
         settings = self.settings
         if components.authenticator and not (settings.database_url or settings.jwt_issuer):
@@ -331,7 +442,16 @@ class SchedulerServer:
                 ),
                 name="sweeper",
             ),
+            asyncio.create_task(components.deliverer.run(), name="callback-deliverer"),
         ]
+        policies = components.orchestrator.policies
+        if policies.directory is not None and self.settings.policy_reload_interval_s > 0:
+            self._background.append(
+                asyncio.create_task(
+                    policies.watch_forever(interval_s=self.settings.policy_reload_interval_s),
+                    name="policy-reload",
+                )
+            )
         if components.backends.distributed:
             self._background.append(
                 asyncio.create_task(
@@ -345,13 +465,31 @@ class SchedulerServer:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        probe = HealthProbe(
+            self._health,
+            ("", *SERVICE_NAMES),
+            components.backends.health_checks,
+            interval_s=self.settings.health_probe_interval_s,
+            timeout_s=self.settings.health_probe_timeout_s,
+        )
+        self._background.append(asyncio.create_task(probe.run_forever(), name="health-probe"))
         log.info(
-            "scheduler %s serving on port %d (%d queued tasks recovered)",
+            "scheduler %s serving on port %d%s (%d queued tasks recovered)",
             self.replica_id,
             port,
+            "" if self.tls is None else (" with mutual TLS" if self.tls.mutual else " with TLS"),
             recovered,
         )
         return port
+
+    def reload_tls(self) -> bool:
+        """Re-read the TLS certificate, key and client CA (SIGHUP): new connections get them,
+        open ones keep theirs. False when TLS is off or the files are unusable (logged; the
+        current certificate stays)."""
+        if self.tls is None:
+            log.info("reload asked, but the listener has no TLS (CPA_TLS_CERT_FILE unset)")
+            return False
+        return self.tls.reload()
 
     def hurry(self) -> None:
         """Cut a stop short: end the agents' drain and the calls' grace period now."""

@@ -6,8 +6,9 @@ Every setting is documented in docs/CONFIGURATION.md; keep the two in step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_INTENTS_PATH = Path(__file__).parent / "planning" / "intents.yaml"
@@ -102,6 +103,43 @@ class Settings(BaseSettings):
     listen_address: str = Field(
         default="127.0.0.1:50051", description="host:port the gRPC server binds."
     )
+    # TLS on the gRPC listener (cpa_scheduler.tls; docs/SECURITY.md).
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain the gRPC listener presents (leaf first); with "
+        "tls_key_file it turns TLS on. Empty: plaintext. Reloaded on SIGHUP and when the file "
+        "changes (see tls_reload_check_s); open connections keep the certificate they have.",
+    )
+    tls_key_file: Path | None = Field(
+        default=None,
+        description="PEM private key (unencrypted) of tls_cert_file; keep it readable by the "
+        "server's user only.",
+    )
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates that sign client certificates: set, every connection "
+        "(agents, CLI, SDK, the gateway) must present a certificate they signed (mutual TLS); "
+        "gRPC's Python server cannot ask for an optional one. Needs tls_cert_file.",
+    )
+    tls_reload_check_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="At most this often (checked when a client connects) the server looks "
+        "whether the TLS files changed and, if the new pair is usable, hands it to the next "
+        "connections; SIGHUP reloads at once.",
+    )
+    health_probe_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a replica checks its store (SELECT 1) and, in the distributed "
+        "mode, Redis (PING); a failed or slow check turns grpc.health.v1 NOT_SERVING for every "
+        "service until a check succeeds again.",
+    )
+    health_probe_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long one health check may take before it counts as failed.",
+    )
     shutdown_drain_s: float = Field(
         # With --grace 5 and the background stop, a stop fits Kubernetes' default 30 s.
         default=15.0,
@@ -140,6 +178,61 @@ class Settings(BaseSettings):
         ge=1,
         description="Calls gRPC holds arrived but not yet taken by the server (a burst of "
         "opens); beyond, gRPC itself cancels new calls (CANCELLED) before the server sees them.",
+    )
+    # Rate limits and quotas (docs/SECURITY.md, "Rate limits and quotas").
+    rate_limits_enabled: bool = Field(
+        default=True,
+        description="Whether calls are rate limited (per credential and per client address); "
+        "beyond a limit calls fail with RESOURCE_EXHAUSTED (RATE_LIMITED) and a RetryInfo delay.",
+    )
+    rate_limit_per_key: int = Field(
+        default=1000,
+        ge=0,
+        description="Calls a minute per credential (per tenant while calls carry no credential), "
+        "all at once after a quiet minute; a tenant's calls_per_minute in tenant_limits_path "
+        "overrides it. 0: no limit.",
+    )
+    rate_limit_per_ip: int = Field(
+        default=100,
+        ge=0,
+        description="Calls a minute per client address (an IPv6 client: per /64), all at once "
+        "after a quiet minute. 0: no limit.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or CIDR networks of proxies (the gateway) whose "
+        "x-forwarded-for header names the client for the per-address limit; from any other "
+        "peer the header is ignored. Empty: the TCP peer is the client.",
+    )
+    rate_limit_redis_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="Longest wait for the shared buckets in Redis; a Redis that fails or is "
+        "slower makes this replica limit on its own (per replica) for a second, with a warning.",
+    )
+    max_active_jobs_per_tenant: int = Field(
+        default=0,
+        ge=0,
+        description="Jobs of one tenant not yet SUCCEEDED, FAILED or CANCELLED; a submission "
+        "past it fails with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED). 0: no quota.",
+    )
+    max_queued_tasks_per_tenant: int = Field(
+        default=0,
+        ge=0,
+        description="Tasks of one tenant ready and waiting for an agent; a submission whose new "
+        "ready tasks would pass it fails with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED). 0: no quota.",
+    )
+    quota_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a replica reuses a tenant's counts (active jobs, queued tasks) "
+        "read from the store, adding what it submitted itself meanwhile; other replicas' "
+        "submissions within this window may pass a quota.",
+    )
+    tenant_limits_path: Path | None = Field(
+        default=None,
+        description="YAML file of per-tenant overrides (calls_per_minute, max_active_jobs, "
+        "max_queued_tasks under tenants.<name>); read at start.",
     )
     max_tasks_per_job: int = Field(default=10_000, ge=1, description="Most tasks one job may have.")
     default_max_parallelism: int = Field(
@@ -233,6 +326,68 @@ class Settings(BaseSettings):
     replica_id: str = Field(
         default="", description="Name of this server process; empty: host name and pid."
     )
+    # Callbacks (docs/CALLBACKS.md): the outbox's deliverer, one per replica.
+    callback_secrets_file: Path | None = Field(
+        default=None,
+        description='JSON file of the keys that sign callbacks: {"tenants": {tenant: '
+        '{"key_id": ..., "secret": ...}}, "default": {...}}; a tenant without an '
+        'entry uses "default". Empty: one key kept in data_dir/callback.secret (made on '
+        "first start; replicas sharing a database need this file, the same on each).",
+    )
+    callback_allow_private: bool = Field(
+        default=False,
+        description="Allow callback URLs whose host is (or resolves to) a private, loopback, "
+        "link-local, multicast, unspecified or otherwise non-public address.",
+    )
+    callback_allowed_networks: str = Field(
+        default="",
+        description="Comma-separated CIDRs callbacks may reach although not public "
+        "(e.g. 10.20.0.0/16 for an internal receiver).",
+    )
+    callback_ca_file: Path | None = Field(
+        default=None,
+        description="PEM bundle of the CAs callback receivers' certificates must chain to; "
+        "empty: the system's trust store.",
+    )
+    callback_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest one callback POST may take (connecting included); then it "
+        "counts as a failed attempt.",
+    )
+    callback_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="Attempts of one callback before it is dead-lettered (`cpa callbacks "
+        "retry` re-drives it).",
+    )
+    callback_backoff_initial_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Cap of the first retry delay of a callback; each later cap doubles, up to "
+        "callback_backoff_max_s; the delay is uniformly random below the cap (full jitter).",
+    )
+    callback_backoff_max_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Largest retry delay of a callback, a Retry-After included.",
+    )
+    callback_claim_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a replica holds the callbacks it is delivering; one that dies "
+        "mid-delivery leaves them to another replica after this long. Keep it above "
+        "callback_timeout_s.",
+    )
+    callback_poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the deliverer looks for due callbacks when it has not been "
+        "woken (new callbacks of this replica wake it at once).",
+    )
+    callback_concurrency: int = Field(
+        default=16, ge=1, description="Callbacks one replica delivers at once."
+    )
     # The Envoy gateway (`cpa gateway`, `cpa serve --with-gateway`; docs/GATEWAY.md). Its body
     # limit is max_request_bytes above: REST and gRPC callers get the same budget.
     gateway_deploy_dir: Path | None = Field(
@@ -273,6 +428,33 @@ class Settings(BaseSettings):
     gateway_access_log: str = Field(
         default="",
         description="File the gateway writes its JSON access log lines to; empty: its stdout.",
+    )
+    gateway_upstream_tls_ca_file: Path | None = Field(
+        default=None,
+        description="Set: the gateway speaks TLS to the schedulers (whose CPA_TLS_CERT_FILE is "
+        "set), trusting only certificates this PEM CA file signed. Empty: plaintext HTTP/2.",
+    )
+    gateway_upstream_tls_server_name: str = Field(
+        default="",
+        description="With gateway_upstream_tls_ca_file: the name the gateway sends (SNI) and "
+        "requires in the schedulers' certificates (DNS subject alternative name). Empty: any "
+        "certificate the CA signed is accepted.",
+    )
+    gateway_upstream_tls_cert_file: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) the gateway presents to schedulers with mutual "
+        "TLS (CPA_TLS_CLIENT_CA_FILE); with gateway_upstream_tls_key_file.",
+    )
+    gateway_upstream_tls_key_file: Path | None = Field(
+        default=None, description="Private key of gateway_upstream_tls_cert_file."
+    )
+    gateway_tls_cert_file: Path | None = Field(
+        default=None,
+        description="Set with gateway_tls_key_file: the gateway's listener speaks TLS (HTTPS for "
+        "REST callers, TLS for gRPC ones) with this PEM certificate chain. Empty: plaintext.",
+    )
+    gateway_tls_key_file: Path | None = Field(
+        default=None, description="Private key of gateway_tls_cert_file."
     )
     gateway_log_level: str = Field(
         default="warning",
@@ -343,4 +525,34 @@ class Settings(BaseSettings):
         description="Least time between two reads of the JWKS caused by unknown `kid`s, so "
         "tokens with made-up key ids cannot make the server hammer the issuer.",
     )
+    policy_dir: Path | None = Field(
+        default=None,
+        description="Directory of tenant policies (docs/POLICY.md): <tenant>.yaml per tenant, "
+        "_default.yaml for tenants without one. Empty: no policies. Loaded at start (a broken "
+        "file stops the start, naming file and line).",
+    )
+    policy_reload_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the policy directory is checked for changed files; changed "
+        "policies replace the ones in force, all at once (a broken file keeps them and is "
+        "logged). 0: loaded at start only.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")
+
+    @field_validator(
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "gateway_upstream_tls_ca_file",
+        "gateway_upstream_tls_cert_file",
+        "gateway_upstream_tls_key_file",
+        "gateway_tls_cert_file",
+        "gateway_tls_key_file",
+        "jwt_jwks_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        # CPA_TLS_CERT_FILE= (a compose file's blank) means "not set", not the directory ".".
+        return None if isinstance(value, str) and not value.strip() else value

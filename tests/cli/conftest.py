@@ -17,8 +17,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .rest_gateway import RestStack
 
 SERVING = re.compile(r"^cpa scheduler serving on (?P<address>\S+:\d+)$")
 CONNECTED = re.compile(r"^cpa agent (?P<agent_id>\S+) connected to (?P<address>\S+)$")
@@ -223,3 +227,54 @@ def server_address(shared_server: SharedServer, monkeypatch: pytest.MonkeyPatch)
     """The shared server's address, also as $CPA_SERVER (the default of --server)."""
     monkeypatch.setenv("CPA_SERVER", shared_server.address)
     return shared_server.address
+
+
+# The REST stack's budgets: small, so size limits are cheap to reach; the scheduler and the
+# gateway share them as `cpa serve` and `cpa gateway` do from one environment.
+REST_STACK_ENV = {
+    "CPA_MAX_REQUEST_BYTES": str(256 * 1024),
+    "CPA_AGENT_EXECUTORS": "builtin",
+    "CPA_MAX_WATCHERS_PER_TENANT": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def rest_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestStack]:
+    """`cpa serve --with-agent` and `cpa gateway` in front of it, for one test module (tests
+    tell their jobs apart by labels). A RestStack (tests/cli/rest_gateway.py)."""
+    from .rest_gateway import RestStack  # it imports this module
+
+    workdir = tmp_path_factory.mktemp("rest-stack")
+    agent_id = "rest-agent"
+    processes: list[CliProcess] = []
+    try:
+        server = _start(
+            [
+                *("serve", "--listen", "127.0.0.1:0", "--data-dir", "data"),
+                *("--with-agent", "--agent-id", agent_id, "--agent-slots", "8"),
+            ],
+            workdir=workdir,
+            stderr_path=workdir / "server.txt",
+            env=REST_STACK_ENV,
+        )
+        processes.append(server)
+        upstream = server.wait_for_line(SERVING, START_TIMEOUT_S)["address"]
+        server.wait_for_line(CONNECTED, START_TIMEOUT_S)
+        gateway = _start(
+            ["gateway", "--listen", "127.0.0.1:0", "--upstream", upstream],
+            workdir=workdir,
+            stderr_path=workdir / "gateway.txt",
+            env=REST_STACK_ENV,
+        )
+        processes.append(gateway)
+        match = gateway.wait_for_line(GATEWAY, START_TIMEOUT_S)
+        yield RestStack(
+            server=server,
+            gateway=gateway,
+            upstream=upstream,
+            address=match["address"],
+            admin=match["admin"],
+            agent_id=agent_id,
+        )
+    finally:
+        _kill_all(processes)

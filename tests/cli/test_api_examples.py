@@ -32,7 +32,7 @@ from tests.fixtures.artifact_executors import artifact_registry
 from tools.apidoc import OPENAPI_FILE, OUT_DIR
 
 from .conftest import START_TIMEOUT_S, StartCli, start_server
-from .test_gateway_rest import STOP_TIMEOUT_S, _start_gateway
+from .rest_gateway import STOP_TIMEOUT_S, start_gateway
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "API_EXAMPLES.md"
 BLOCK = re.compile(r"^```sh api-example\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -182,7 +182,7 @@ def test_the_page_follows_its_convention() -> None:
 async def test_every_api_example_runs_as_documented(start_cli: StartCli, tmp_path: Path) -> None:
     examples = parse_examples(DOC_PATH.read_text(encoding="utf-8"))
     server, upstream = start_server(start_cli)
-    gateway, address, _admin = _start_gateway(start_cli, upstream)
+    gateway, address, _admin = start_gateway(start_cli, upstream)
     agent = Agent(
         settings=AgentSettings(server=upstream, agent_id="docs-agent"),
         registry=artifact_registry(),  # the built-in actions and store_file

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from google.api import annotations_pb2
 
+from cpa.common.v1 import error_pb2
+from cpa.scheduler.v1 import scheduler_service_pb2
 from cpa_cli.common import CliError
 from cpa_cli.gateway import GatewayConfig, GatewayError, render_envoy_config
 from cpa_cli.gateway.envoy import validate
@@ -76,7 +81,11 @@ def test_print_config_renders_what_envoy_validates(start_cli: StartCli, tmp_path
     assert health["grpc_health_check"]["service_name"] == "cpa.scheduler.v1.SchedulerService"
     # Failover retries only calls that never reached a scheduler (docs/GATEWAY.md): never on
     # `reset`, `unavailable` or 5xx, which could run a ScheduleJob twice.
-    (route,) = manager["route_config"]["virtual_hosts"][0]["routes"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    # The catch-all route is last: the API reference and 405 routes come before it.
+    assert routes[-1]["match"] == {"prefix": "/"}
+    assert all("route" not in r for r in routes[:-1])  # the others are answered by Envoy
+    route = routes[-1]
     retry_on = set(route["route"]["retry_policy"]["retry_on"].split(","))
     assert retry_on == {"connect-failure", "refused-stream", "reset-before-request"}
     assert cluster["outlier_detection"]["enforcing_consecutive_gateway_failure"] == 100
@@ -158,3 +167,81 @@ def test_the_idle_timeout_is_free_above_the_heartbeat_or_without_heartbeats() ->
         config = GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], settings)
         assert config.stream_idle_timeout_s == 15.0
     assert Settings().gateway_stream_idle_timeout_s > Settings().watch_heartbeat_s  # defaults
+
+
+def _walk(value: Any) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) pair of a parsed YAML document, at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key, item
+            yield from _walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item)
+
+
+def _rendered(tmp_path: Path) -> dict[str, Any]:
+    config = GatewayConfig.build("127.0.0.1:0", ["127.0.0.1:1"], Settings())
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_envoy_config(config), encoding="utf-8")
+    validate(path)
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return loaded
+
+
+def test_every_reason_the_gateway_sends_is_an_error_reason(tmp_path: Path) -> None:
+    """The reasons of Envoy's own JSON refusals (local reply mappers, the 405 routes' bodies)
+    are names of cpa.common.v1.ErrorReason, so clients switch over one list."""
+    config = _rendered(tmp_path)
+    reasons = {value for key, value in _walk(config) if key == "reason"}
+    for key, value in _walk(config):
+        if key == "inline_string":  # a direct response's JSON Status
+            reasons |= {v for k, v in _walk(json.loads(value)) if k == "reason"}
+    assert reasons >= {
+        "UNKNOWN_METHOD",
+        "INVALID_QUERY_PARAMETER",
+        "MALFORMED_BODY",
+        "PAYLOAD_TOO_LARGE",
+        "METHOD_NOT_ALLOWED",
+        "SERVER_SHUTTING_DOWN",
+    }
+    names = {
+        name.removeprefix("ERROR_REASON_")
+        for name in error_pb2.ErrorReason.DESCRIPTOR.values_by_name
+    }
+    assert reasons <= names, reasons - names
+
+
+def test_a_405_route_for_every_path_an_rpc_binds(tmp_path: Path) -> None:
+    """The wrong-method routes come from the google.api.http rules of the generated code's
+    descriptors (an independent reading of the same protos): one per path template, allowing
+    exactly the methods bound to it, with the transcoder off."""
+    expected: dict[str, set[str]] = {}
+    service = scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"]
+    for method in service.methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        for binding in (rule, *rule.additional_bindings):
+            verb = binding.WhichOneof("pattern")
+            expected.setdefault(getattr(binding, verb), set()).add(verb.upper())
+    assert expected["/v1/lam/messages"] == {"POST"}
+    assert expected["/v1/jobs"] == {"GET", "POST"}
+
+    config = _rendered(tmp_path)
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    wrong_method = [r for r in routes if r.get("direct_response", {}).get("status") == 405]
+    allowed: dict[str, set[str]] = {}
+    for route in wrong_method:
+        message = json.loads(route["direct_response"]["body"]["inline_string"])["message"]
+        template = message.removeprefix("method not allowed: ").split(" takes ")[0]
+        headers = {
+            h["header"]["key"]: h["header"]["value"] for h in route["response_headers_to_add"]
+        }
+        allowed[template] = {headers["allow"]}
+    assert allowed == {template: {", ".join(sorted(verbs))} for template, verbs in expected.items()}
+    for route in wrong_method:
+        (method_match,) = route["match"]["headers"]
+        assert method_match["invert_match"] is True
+        disabled = route["typed_per_filter_config"]["envoy.filters.http.grpc_json_transcoder"]
+        assert disabled["disabled"] is True
+    assert routes[-1]["match"] == {"prefix": "/"}  # everything else: the transcoder, upstream

@@ -14,14 +14,14 @@ from cpa_client import SchedulerClient
 from tools.apidoc import OPENAPI_FILE, OUT_DIR, REFERENCE_FILE
 
 from .conftest import StartCli, start_server
-from .test_gateway_rest import STOP_TIMEOUT_S, _gateway_refusal, _start_gateway
+from .rest_gateway import STOP_TIMEOUT_S, gateway_refusal, start_gateway
 
 
 def test_gateway_serves_the_reference_and_the_rest_routes_still_work(
     start_cli: StartCli,
 ) -> None:
     server, upstream = start_server(start_cli)
-    gateway, address, _admin = _start_gateway(start_cli, upstream)
+    gateway, address, _admin = start_gateway(start_cli, upstream)
     document_bytes = (OUT_DIR / OPENAPI_FILE).read_bytes()
     page_bytes = (OUT_DIR / REFERENCE_FILE).read_bytes()
     document = json.loads(document_bytes)
@@ -48,7 +48,7 @@ def test_gateway_serves_the_reference_and_the_rest_routes_still_work(
         # Only GET and HEAD of those exact paths are the reference; anything else is still the
         # transcoder's, which refuses what no RPC binds.
         for refused in (http.post("/docs", json={}), http.get("/docs/more")):
-            _gateway_refusal(refused, 404, 5, "UNKNOWN_METHOD")
+            gateway_refusal(refused, 404, 5, "UNKNOWN_METHOD")
 
         # REST calls are transcoded as before.
         body = {

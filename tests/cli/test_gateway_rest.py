@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -22,83 +22,19 @@ from cpa.scheduler.v1 import job_pb2
 from cpa_client import CpaError, SchedulerClient
 from cpa_client.errors import ERROR_DOMAIN as DOMAIN
 
-from .conftest import (
-    CONNECTED,
-    START_TIMEOUT_S,
-    CliProcess,
-    StartCli,
+from .conftest import CONNECTED, START_TIMEOUT_S, StartCli, start_server
+from .rest_gateway import (
+    JOB_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    UNKNOWN_JOB,
+    echo_job,
+    gateway_refusal,
     start_gateway,
-    start_server,
+    watch_sse,
 )
 
-JOB_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
 # The gateway's body limit in this test (the scheduler keeps its 4 MiB default).
 GATEWAY_BODY_LIMIT = 64 * 1024
-UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"
-
-
-def _start_gateway(start_cli: StartCli, upstream: str) -> tuple[CliProcess, str, str]:
-    gateway, match = start_gateway(
-        start_cli, upstream, env={"CPA_MAX_REQUEST_BYTES": str(GATEWAY_BODY_LIMIT)}
-    )
-    assert match["upstreams"] == upstream
-    return gateway, match["address"], match["admin"]
-
-
-def _gateway_refusal(response: httpx.Response, http_status: int, code: int, reason: str) -> str:
-    """Asserts a refusal made by Envoy itself is a JSON google.rpc.Status with our ErrorInfo
-    domain and `reason`; returns its message (Envoy's own words)."""
-    assert response.status_code == http_status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.text
-    status = response.json()
-    assert status["code"] == code
-    assert status["details"] == [
-        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": DOMAIN}
-    ]
-    message: str = status["message"]
-    assert message
-    return message
-
-
-def _echo_job(label: str) -> dict[str, Any]:
-    return {
-        "request_id": str(uuid.uuid4()),
-        "spec": {
-            "todos": {
-                "todos": [
-                    {
-                        "id": "greet",
-                        "action": "ACTION_TYPE_CUSTOM",
-                        "custom_action": "echo",
-                        "params": {"greeting": "over REST"},
-                    }
-                ]
-            },
-            "labels": {"run": label},
-        },
-    }
-
-
-def _watch_sse(
-    http: httpx.Client, job_id: str, after_sequence: int = 0
-) -> tuple[list[dict[str, Any]], datetime]:
-    """GET /v1/jobs/{id}:watch as text/event-stream: the JobEvents of its `data:` lines, read
-    until the gateway ends the response (the read timeout bounds a stream that never ends),
-    and when the first one arrived."""
-    params = {"after_sequence": str(after_sequence)} if after_sequence else {}
-    events: list[dict[str, Any]] = []
-    first_at = datetime.max.replace(tzinfo=UTC)
-    with http.stream("GET", f"/v1/jobs/{job_id}:watch", params=params) as response:
-        assert response.status_code == 200, response.read()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("data:"):
-                first_at = min(first_at, datetime.now(UTC))
-                events.append(json.loads(line.removeprefix("data:"))["event"])
-            else:
-                assert not line.strip(), line  # SSE: `data:` lines and blank separators only
-    return events, first_at
 
 
 async def _wait_terminal(gateway: str, job_id: str) -> None:
@@ -115,7 +51,9 @@ async def _wait_terminal(gateway: str, job_id: str) -> None:
 
 def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> None:
     server, upstream = start_server(start_cli)
-    gateway, address, admin = _start_gateway(start_cli, upstream)
+    gateway, address, admin = start_gateway(
+        start_cli, upstream, {"CPA_MAX_REQUEST_BYTES": str(GATEWAY_BODY_LIMIT)}
+    )
     # The agent dials the gateway: its Connect stream (bidirectional) crosses Envoy.
     agent = start_cli(
         *("agent", "--server", address, "--agent-id", "via-gateway"),
@@ -126,7 +64,7 @@ def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> N
     label = f"rest run {uuid.uuid4().hex[:8]}"  # spaces: the filter below must carry them
     with httpx.Client(base_url=f"http://{address}", timeout=10.0, trust_env=False) as http:
         # ScheduleJob at its annotated path; field names as in the proto (snake_case).
-        created = http.post("/v1/jobs", json=_echo_job(label))
+        created = http.post("/v1/jobs", json=echo_job(label))
         assert created.status_code == 200, created.text
         job = created.json()["job"]
         job_id = job["job_id"]
@@ -138,12 +76,12 @@ def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> N
         # WatchJob over Server-Sent Events, opened while a job runs (a `wait` of 2 s with
         # progress each second): every event in order, live, and the stream ends after the
         # terminal event, which is inside the stream (REST callers cannot see gRPC trailers).
-        waiting = _echo_job(f"{label} watched")
+        waiting = echo_job(f"{label} watched")
         waiting["spec"]["todos"]["todos"][0].update(custom_action="wait", params={"seconds": 2.0})
         watched = http.post("/v1/jobs", json=waiting)
         assert watched.status_code == 200, watched.text
         watched_id = watched.json()["job"]["job_id"]
-        events, first_at = _watch_sse(http, watched_id)
+        events, first_at = watch_sse(http, watched_id)
         # int64 is a JSON string in the proto3 mapping.
         assert [e["sequence"] for e in events] == [str(n) for n in range(1, len(events) + 1)]
         assert [e["terminal"] for e in events] == [False] * (len(events) - 1) + [True]
@@ -154,7 +92,7 @@ def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> N
         assert first_at < datetime.fromisoformat(events[-1]["create_time"])
         # Resuming after a sequence sends exactly the rest, the same events, and ends too.
         resumed_from = len(events) // 2
-        resumed, _ = _watch_sse(http, watched_id, after_sequence=resumed_from)
+        resumed, _ = watch_sse(http, watched_id, after_sequence=resumed_from)
         assert resumed == events[resumed_from:]
 
         got = http.get(f"/v1/jobs/{job_id}")
@@ -192,24 +130,24 @@ def test_rest_and_grpc_through_envoy_in_front_of_serve(start_cli: StartCli) -> N
         # The gateway's own refusals are JSON Status bodies too, with a reason of their own.
         # A query parameter the request message lacks, or one that does not parse:
         unknown = http.get("/v1/jobs", params={"colour": "blue"})
-        assert '"colour"' in _gateway_refusal(unknown, 400, 3, "INVALID_QUERY_PARAMETER")
+        assert '"colour"' in gateway_refusal(unknown, 400, 3, "INVALID_QUERY_PARAMETER")
         not_a_number = http.get("/v1/jobs", params={"page_size": "many"})
-        assert "page_size" in _gateway_refusal(not_a_number, 400, 3, "INVALID_QUERY_PARAMETER")
-        # A path no RPC binds, and a known path with a method it does not bind:
-        for wrong in (http.get("/v1/no-such-thing"), http.delete("/v1/jobs")):
-            assert "Could not resolve" in _gateway_refusal(wrong, 404, 5, "UNKNOWN_METHOD")
+        assert "page_size" in gateway_refusal(not_a_number, 400, 3, "INVALID_QUERY_PARAMETER")
+        # A path no RPC binds (a known path with another method: test_gateway_rest_errors.py):
+        wrong = http.get("/v1/no-such-thing")
+        assert "Could not resolve" in gateway_refusal(wrong, 404, 5, "UNKNOWN_METHOD")
         # A body that is not JSON, and JSON of the wrong type for a field:
         for body in ('{"request_id": ', '{"spec": {"labels": 3}}'):
             json_type = {"content-type": "application/json"}
             broken = http.post("/v1/jobs", content=body, headers=json_type)
-            _gateway_refusal(broken, 400, 3, "MALFORMED_BODY")
+            gateway_refusal(broken, 400, 3, "MALFORMED_BODY")
 
         # A body over the gateway's limit is refused before it reaches the scheduler, with the
         # reason the scheduler gives for an oversized request.
-        huge = _echo_job(label)
+        huge = echo_job(label)
         huge["spec"]["todos"]["todos"][0]["params"]["blob"] = "x" * GATEWAY_BODY_LIMIT
         too_large = http.post("/v1/jobs", json=huge)
-        _gateway_refusal(too_large, 413, 3, "PAYLOAD_TOO_LARGE")
+        gateway_refusal(too_large, 413, 3, "PAYLOAD_TOO_LARGE")
         after = http.get("/v1/jobs", params={"filter": expression})
         assert [j["job_id"] for j in after.json()["jobs"]] == [job_id]  # nothing created
 
@@ -256,16 +194,18 @@ def test_hostile_rest_bodies_get_clear_json_refusals_and_the_gateway_stays_up(
     4xx with a JSON google.rpc.Status body (from the scheduler or from Envoy), no job is created
     by a refused body, and a normal call works afterwards."""
     server, upstream = start_server(start_cli)
-    gateway, address, _admin = _start_gateway(start_cli, upstream)
+    gateway, address, _admin = start_gateway(
+        start_cli, upstream, {"CPA_MAX_REQUEST_BYTES": str(GATEWAY_BODY_LIMIT)}
+    )
     label = f"hostile {uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=f"http://{address}", timeout=10.0, trust_env=False) as http:
-        deep = _echo_job(label)
+        deep = echo_job(label)
         deep["spec"]["todos"]["todos"][0]["params"] = _nested(30)
-        deeper = _echo_job(label)
+        deeper = echo_job(label)
         deeper["spec"]["todos"]["todos"][0]["params"] = _nested(60)
-        wrong_type = _echo_job(label)
+        wrong_type = echo_job(label)
         wrong_type["spec"]["todos"]["todos"][0]["params"] = ["not", "an", "object"]
-        bad_enum = _echo_job(label)
+        bad_enum = echo_job(label)
         bad_enum["spec"]["todos"]["todos"][0]["action"] = "ACTION_TYPE_RM_RF"
         bodies: list[tuple[str, bytes, int, set[str]]] = [
             # (what, body, HTTP status, acceptable ErrorInfo reasons)
@@ -291,7 +231,7 @@ def test_hostile_rest_bodies_get_clear_json_refusals_and_the_gateway_stays_up(
                 assert found & reasons, (what, status)
 
         # A job of tenant "other" is not found by the default tenant, exactly as a missing one.
-        other = http.post("/v1/jobs", json=_echo_job(label), headers={"x-cpa-tenant": "other"})
+        other = http.post("/v1/jobs", json=echo_job(label), headers={"x-cpa-tenant": "other"})
         assert other.status_code == 200, other.text
         other_id = other.json()["job"]["job_id"]
         foreign = http.get(f"/v1/jobs/{other_id}")
@@ -303,7 +243,7 @@ def test_hostile_rest_bodies_get_clear_json_refusals_and_the_gateway_stays_up(
         listed = http.get("/v1/jobs", params={"filter": f'labels.run = "{label}"'})
         assert listed.status_code == 200, listed.text
         assert listed.json().get("jobs", []) == []
-        ok = http.post("/v1/jobs", json=_echo_job(label))
+        ok = http.post("/v1/jobs", json=echo_job(label))
         assert ok.status_code == 200, ok.text
 
     for process in (gateway, server):

@@ -110,6 +110,34 @@ def test_serve_with_gateway_serves_rest_and_stops_envoy_with_it(start_cli: Start
     assert _port_is_free(admin)
 
 
+def test_serve_with_gateway_rate_limits_each_rest_caller_by_its_own_address(
+    start_cli: StartCli,
+) -> None:
+    """REST callers reach the scheduler through the loopback Envoy: `--with-gateway` trusts its
+    x-forwarded-for, so each caller (here 127.0.0.2 and 127.0.0.3) has its own per-address
+    bucket instead of all sharing the gateway's."""
+    limits = {"CPA_RATE_LIMITS_ENABLED": "true", "CPA_RATE_LIMIT_PER_IP": "3"}
+    serve = start_cli(*SERVE_WITH_GATEWAY, env={**BUILTIN, **limits})
+    serve.wait_for_line(SERVING, START_TIMEOUT_S)
+    address = serve.wait_for_line(GATEWAY, START_TIMEOUT_S)["address"]
+
+    def client(source: str) -> httpx.Client:
+        transport = httpx.HTTPTransport(local_address=source)
+        return httpx.Client(
+            base_url=f"http://{address}", transport=transport, timeout=10.0, trust_env=False
+        )
+
+    with client("127.0.0.2") as first, client("127.0.0.3") as second:
+        answers = [first.get("/v1/jobs", params={"page_size": "1"}) for _ in range(4)]
+        assert [a.status_code for a in answers[:3]] == [200, 200, 200]
+        assert answers[3].status_code == 429, answers[3].text
+        assert int(answers[3].headers["retry-after"]) > 0
+        assert second.get("/v1/jobs", params={"page_size": "1"}).status_code == 200
+
+    serve.terminate()
+    assert serve.exit_code(STOP_TIMEOUT_S) == 0, serve.report()
+
+
 def test_serve_stops_when_its_envoy_dies(start_cli: StartCli) -> None:
     serve, _, address, _ = _start(start_cli)
     os.kill(_envoy_pid(serve), signal.SIGKILL)

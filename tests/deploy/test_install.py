@@ -23,6 +23,7 @@ import pytest
 
 from tests.cli.conftest import (
     CONNECTED,
+    GATEWAY,
     SERVING,
     START_TIMEOUT_S,
     CliProcess,
@@ -30,7 +31,6 @@ from tests.cli.conftest import (
     _kill_all,
     _start,
 )
-from tests.cli.test_gateway_rest import GATEWAY
 
 from .dockerfile import Replay, parse
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cpa.common.v1 import todo_pb2
 from cpa.lam.v1 import lam_message_pb2 as lam
-from cpa.scheduler.v1 import job_pb2
+from cpa.scheduler.v1 import callback_pb2, job_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
 from .arena import HOSTILE_TENANTS, NORMAL_TENANT
@@ -73,7 +73,7 @@ def _spec() -> job_pb2.JobSpec:
         labels={"team": "ops"},
         max_parallelism=2,
         default_retry_policy=todo_pb2.RetryPolicy(max_attempts=3),
-        callback_url="http://127.0.0.1:9/hook",
+        callback_url="https://hooks.example.com/hook",
     )
     spec.deadline.FromSeconds(4_000_000_000)
     return spec
@@ -135,6 +135,14 @@ def templates(rpc: str) -> list[Message]:
             svc.ListArtifactsRequest(job_id=job_id, task_id="t1"),
         ],
         "DownloadArtifact": [svc.DownloadArtifactRequest(job_id=job_id, artifact_id="0" * 32)],
+        "ListCallbacks": [
+            callback_pb2.ListCallbacksRequest(job_id=job_id, page_size=5),
+            callback_pb2.ListCallbacksRequest(state=callback_pb2.CALLBACK_STATE_DEAD),
+        ],
+        "RetryCallbacks": [
+            callback_pb2.RetryCallbacksRequest(delivery_ids=["0" * 32]),
+            callback_pb2.RetryCallbacksRequest(all_dead=True, max_callbacks=5),
+        ],
     }
     return by_rpc[rpc]
 
@@ -179,18 +187,22 @@ def hostile_call(rpc: str, *, mutate: bool) -> st.SearchStrategy[HostileCall]:
 
 
 def with_invalid_utf8(message: Message, path_index: int, bad: bytes) -> tuple[bytes, str] | None:
-    """The message's bytes with one (singular) string field holding invalid UTF-8."""
+    """The message's bytes with one string field (a repeated one's first entry, when it has
+    one) holding invalid UTF-8."""
     copy = type(message)()
     copy.CopyFrom(message)
     strings = [
         (name, parent, fd)
         for name, parent, fd in field_paths(copy)
-        if fd.type == fd.TYPE_STRING and not fd.is_repeated
+        if fd.type == fd.TYPE_STRING and (not fd.is_repeated or getattr(parent, fd.name))
     ]
     if not strings:
         return None
     name, parent, fd = strings[path_index % len(strings)]
-    setattr(parent, fd.name, PLACEHOLDER)
+    if fd.is_repeated:
+        getattr(parent, fd.name)[0] = PLACEHOLDER
+    else:
+        setattr(parent, fd.name, PLACEHOLDER)
     raw = copy.SerializeToString()
     replacement = (b"a" + bad).ljust(len(PLACEHOLDER), b"a")
     assert raw.count(PLACEHOLDER.encode()) == 1
@@ -201,9 +213,12 @@ def raw_body(templates_: list[Message]) -> st.SearchStrategy[tuple[bytes, str]]:
     """Bodies the generated client cannot send: invalid UTF-8 in a string field, cut-off or
     random bytes. (Nesting past the decoder's limit comes with the random typed requests.)"""
 
+    # Templates with a string field to spoil (RetryCallbacks' all_dead one has none).
+    with_strings = [t for t in templates_ if with_invalid_utf8(t, 0, b"\xff") is not None]
+
     @st.composite
     def utf8(draw: st.DrawFn) -> tuple[bytes, str]:
-        template = draw(st.sampled_from(templates_))
+        template = draw(st.sampled_from(with_strings))
         made = with_invalid_utf8(
             template, draw(st.integers(0, 200)), draw(st.sampled_from(INVALID_UTF8))
         )

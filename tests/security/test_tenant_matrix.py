@@ -36,6 +36,9 @@ SHARED_REQUEST_ID = "shared-request-id"
 # Another one for the batch: ScheduleJob's probe makes acme's own job under the first.
 SHARED_BATCH_REQUEST_ID = "shared-batch-request-id"
 SHARED_AGENT_ID = "shared-agent-id"
+# globex's jobs call back here: nothing listens (deliveries stay pending), but each job change
+# makes a delivery in the outbox for ListCallbacks and RetryCallbacks to be asked about.
+CALLBACK_URL = "https://127.0.0.1:9/cpa-callback"
 WAIT_S = 20.0
 
 # RPCs that touch no tenant's stored resource, and why.
@@ -51,6 +54,7 @@ class World:
     scheduler: SecureScheduler
     acme_key: str
     globex_job: str
+    globex_delivery: str
     globex_agent_call: Any
 
 
@@ -128,6 +132,16 @@ async def _list_jobs(world: World, job_id: str) -> Outcome:
 async def _retry_jobs(world: World, job_id: str) -> Outcome:
     async with _client(world) as client:
         return job_id in (await client.retry_jobs(dry_run=True)).job_ids
+
+
+async def _list_callbacks(world: World, job_id: str) -> Outcome:
+    async with _client(world) as client:
+        return [c.delivery_id async for c in client.list_callbacks(job_id=job_id)]
+
+
+async def _retry_callbacks(world: World, delivery_id: str) -> Outcome:
+    async with _client(world) as client:
+        return await _outcome(client.retry_callbacks([delivery_id]), delivery_id)
 
 
 async def _list_agents(world: World, job_id: str) -> Outcome:
@@ -227,6 +241,8 @@ PROBES: dict[str, tuple[Probe, str]] = {
     _S + "ListJobs": (_list_jobs, "job"),
     _S + "RetryJobs": (_retry_jobs, "job"),
     _S + "ListAgents": (_list_agents, "job"),
+    _S + "ListCallbacks": (_list_callbacks, "job"),
+    _S + "RetryCallbacks": (_retry_callbacks, "delivery"),
     _S + "ScheduleJob": (_schedule, "request_id"),
     _S + "BatchScheduleJobs": (_batch_schedule, "batch_request_id"),
     _E + "Connect": (_connect, "agent_id"),
@@ -251,7 +267,9 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         database_url = request.getfixturevalue("postgres_database")
         migrate(database_url)
         overrides = {"database_url": database_url, "page_token_secrets": PAGE_TOKEN_SECRETS}
-    server, port = await start_secure(secure_settings(tmp_path / "data", **overrides))
+    server, port = await start_secure(
+        secure_settings(tmp_path / "data", callback_allow_private=True, **overrides)
+    )
     try:
         if request.param == "postgres":  # no local key in the distributed mode: bootstrap one
             from cpa_scheduler.security.local_admin import create_local_admin_key
@@ -270,11 +288,14 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         _, acme_key = await scheduler.key("admin", tenant="acme")
         _, globex_key = await scheduler.key("submitter", tenant="globex")
         _, globex_agent = await scheduler.key("agent", tenant="globex", actions=["*"])
-        spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo("a", "noop")]))
+        spec = job_pb2.JobSpec(
+            todos=job_pb2.TodoList(todos=[todo("a", "noop")]), callback_url=CALLBACK_URL
+        )
         async with SchedulerClient(scheduler.target, api_key=globex_key) as globex:
             job = (await globex.schedule_job(spec, request_id=SHARED_REQUEST_ID)).job
             await globex.schedule_job(spec, request_id=SHARED_BATCH_REQUEST_ID)
             await globex.cancel_job(job.job_id)
+            deliveries = [c.delivery_id async for c in globex.list_callbacks(job_id=job.job_id)]
         channel = grpc.aio.insecure_channel(scheduler.target)
         stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
         hello = ex.ConnectRequest(
@@ -295,7 +316,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         assert isinstance(welcome, ex.ConnectResponse)
         assert welcome.WhichOneof("kind") == "welcome"
         try:
-            yield World(scheduler, acme_key, job.job_id, agent_call)
+            yield World(scheduler, acme_key, job.job_id, deliveries[0], agent_call)
         finally:
             agent_call.cancel()
             await channel.close(grace=None)
@@ -309,6 +330,7 @@ async def test_another_tenants_resources_look_like_missing_ones(world: World) ->
         "request_id": SHARED_REQUEST_ID,
         "batch_request_id": SHARED_BATCH_REQUEST_ID,
         "agent_id": SHARED_AGENT_ID,
+        "delivery": world.globex_delivery,
     }
     for method, (probe, kind) in PROBES.items():
         missing = uuid.uuid4().hex
@@ -320,3 +342,8 @@ async def test_another_tenants_resources_look_like_missing_ones(world: World) ->
     assert await _list_jobs(world, world.globex_job) is False
     assert await _keys(world, "") == ["acme"]
     assert await _list_agents(world, "") is False
+    assert await _list_callbacks(world, world.globex_job) == []
+    assert (await _retry_callbacks(world, world.globex_delivery))[:2] == (
+        grpc.StatusCode.NOT_FOUND,
+        "CALLBACK_NOT_FOUND",
+    )

@@ -20,7 +20,8 @@ from tests.fixtures.tcp_proxy import TcpProxy
 
 BACKENDS = ["sqlite", "postgres"]
 _TABLES = (
-    "jobs, job_labels, tasks, events, lam_messages, artifact_content, artifact_chunks, api_keys"
+    "jobs, job_labels, tasks, events, lam_messages, artifact_content, artifact_chunks, "
+    "callback_deliveries, api_keys"
 )
 
 OpenStore = Callable[[], Awaitable[Store]]

@@ -35,6 +35,7 @@ from cpa_scheduler.storage import (
 from tests.fixtures.tcp_proxy import TcpProxy
 
 from .conftest import database_url
+from .test_api_key_contract import check_tables_added_by_upgrades
 from .test_store_contract import TENANT, assigning, at, create, create_one, new_job, todo
 
 
@@ -81,8 +82,9 @@ async def test_an_older_schema_is_refused_with_the_command_to_run_then_upgraded(
     postgres_database: str,
 ) -> None:
     migrate(postgres_database)
-    # Back to revision 0001 as it really was, as if the database predated 0002 to 0006.
+    # Back to revision 0001 as it really was, as if the database predated 0002 to 0008.
     with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute("DROP TABLE api_keys, callback_deliveries")
         connection.execute("DROP TABLE artifact_chunks, artifact_content")
         connection.execute("ALTER TABLE jobs DROP COLUMN cancel_message")
         connection.execute("DROP INDEX jobs_end")
@@ -103,6 +105,7 @@ async def test_an_older_schema_is_refused_with_the_command_to_run_then_upgraded(
     store = await PostgresStore.open(postgres_database)
     try:
         assert await store.overdue_jobs(datetime.now(UTC), limit=1) == []
+        await check_tables_added_by_upgrades(store)
     finally:
         await store.close()
 

@@ -13,10 +13,13 @@ import pytest
 from cpa_scheduler.storage import SqliteStore, sqlite_store
 from cpa_scheduler.storage.sqlite_schema import SCHEMA_VERSION
 
+from .test_api_key_contract import check_tables_added_by_upgrades
 from .test_store_contract import TENANT, at, create, new_job
 
 # What each version added, undone: turns a file back into what an older server wrote.
 _UNDO = {
+    6: "DROP TABLE api_keys;",
+    5: "DROP TABLE callback_deliveries;",
     4: "ALTER TABLE jobs DROP COLUMN cancel_message;",
     3: (
         "DROP INDEX tasks_start_by; DROP INDEX jobs_request_age; "
@@ -29,7 +32,7 @@ _UNDO = {
 }
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 async def test_an_older_file_is_upgraded_and_keeps_its_jobs(tmp_path: Path, version: int) -> None:
     path = tmp_path / "cpa.sqlite3"
     store = await SqliteStore.open(path)
@@ -49,6 +52,7 @@ async def test_an_older_file_is_upgraded_and_keeps_its_jobs(tmp_path: Path, vers
         assert (TENANT, "job-2") in await upgraded.overdue_jobs(at(3601), limit=10)
         assert (TENANT, "job-2", "a") in await upgraded.unstarted_tasks(at(121), limit=10)
         await upgraded.update_job(TENANT, "job-1", lambda j: j.cancel(now=at(1), reason="why"))
+        await check_tables_added_by_upgrades(upgraded)
     finally:
         await upgraded.close()
     check = sqlite3.connect(path)

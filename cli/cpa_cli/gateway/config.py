@@ -19,6 +19,7 @@ from cpa_client.errors import ERROR_DOMAIN
 from cpa_scheduler.settings import Settings
 
 from ..common import CliError, split_host_port
+from .http_rules import rest_paths
 
 TEMPLATE = Path("envoy") / "envoy.yaml.j2"
 DESCRIPTOR = Path("api.binpb")
@@ -70,6 +71,48 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class UpstreamTls:
+    """How the gateway speaks TLS to the schedulers: the CA it trusts, the name it requires
+    (empty: any the CA signed), and a client certificate for schedulers with mutual TLS."""
+
+    ca_file: Path
+    server_name: str = ""
+    client_cert: tuple[Path, Path] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UpstreamTls | None:
+        cert, key = settings.gateway_upstream_tls_cert_file, settings.gateway_upstream_tls_key_file
+        client_cert = _pair(
+            cert, key, "CPA_GATEWAY_UPSTREAM_TLS_CERT_FILE", "CPA_GATEWAY_UPSTREAM_TLS_KEY_FILE"
+        )
+        if settings.gateway_upstream_tls_ca_file is None:
+            if client_cert is not None or settings.gateway_upstream_tls_server_name:
+                raise CliError(
+                    "gateway: CPA_GATEWAY_UPSTREAM_TLS_CERT_FILE, …_KEY_FILE and …_SERVER_NAME "
+                    "go with CPA_GATEWAY_UPSTREAM_TLS_CA_FILE (TLS to the schedulers)"
+                )
+            return None
+        return cls(
+            ca_file=_tls_file(
+                settings.gateway_upstream_tls_ca_file, "CPA_GATEWAY_UPSTREAM_TLS_CA_FILE"
+            ),
+            server_name=settings.gateway_upstream_tls_server_name,
+            client_cert=client_cert,
+        )
+
+
+def _pair(
+    cert: Path | None, key: Path | None, cert_setting: str, key_setting: str
+) -> tuple[Path, Path] | None:
+    """A certificate and its key, both existing, or neither; a CliError for one alone."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise CliError(f"gateway: {cert_setting} and {key_setting} go together")
+    return _tls_file(cert, cert_setting), _tls_file(key, key_setting)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """What one gateway serves: where it listens, which schedulers it fronts, its limits."""
 
@@ -87,6 +130,9 @@ class GatewayConfig:
     max_connections: int
     access_log_path: str = ""
     services: tuple[str, ...] = field(default=TRANSCODED_SERVICES)
+    upstream_tls: UpstreamTls | None = None
+    # (certificate chain, private key) of the listener's TLS; None: plaintext.
+    downstream_tls: tuple[Path, Path] | None = None
 
     @classmethod
     def build(cls, listen: str, upstreams: list[str], settings: Settings) -> GatewayConfig:
@@ -110,6 +156,13 @@ class GatewayConfig:
             health_interval_s=settings.gateway_health_interval_s,
             max_connections=settings.gateway_max_connections,
             access_log_path=settings.gateway_access_log,
+            upstream_tls=UpstreamTls.from_settings(settings),
+            downstream_tls=_pair(
+                settings.gateway_tls_cert_file,
+                settings.gateway_tls_key_file,
+                "CPA_GATEWAY_TLS_CERT_FILE",
+                "CPA_GATEWAY_TLS_KEY_FILE",
+            ),
         )
 
 
@@ -159,6 +212,12 @@ def _existing(path: Path) -> Path:
     return path.resolve()
 
 
+def _tls_file(path: Path, setting: str) -> Path:
+    if not path.is_file():
+        raise CliError(f"gateway: {setting}: {path} is not a readable file")
+    return path.resolve()
+
+
 def _duration(seconds: float) -> str:
     """A protobuf Duration in JSON form ("2.5s"), as Envoy's YAML takes it."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
@@ -182,6 +241,7 @@ def render_envoy_config(config: GatewayConfig) -> str:
         all_ip=all(u.is_ip for u in config.upstreams),
         descriptor_path=str(config.descriptor_path),
         services=list(config.services),
+        rest_paths=rest_paths(config.descriptor_path, config.services),
         max_request_bytes=config.max_request_bytes,
         max_response_bytes=config.max_response_bytes,
         stream_idle_timeout=_duration(config.stream_idle_timeout_s),
@@ -195,4 +255,6 @@ def render_envoy_config(config: GatewayConfig) -> str:
         api_docs=[(url, str(path), kind) for url, path, kind in config.api_docs],
         # Envoy refuses a direct response body over this (4 KiB by default) when it loads.
         api_docs_max_bytes=max((path.stat().st_size for _, path, _ in config.api_docs), default=0),
+        upstream_tls=config.upstream_tls,
+        downstream_tls=config.downstream_tls,
     )

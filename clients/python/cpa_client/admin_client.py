@@ -9,7 +9,8 @@ import grpc
 
 from cpa.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 
-from .scheduler_client import _unary, credential_metadata
+from .channels import ClientTls, credential_metadata, open_channel
+from .scheduler_client import _unary
 
 
 class AdminClient:
@@ -22,9 +23,11 @@ class AdminClient:
         api_key: str | None = None,
         act_as_tenant: str = "",
         channel: grpc.aio.Channel | None = None,
+        tls: ClientTls | None = None,
         timeout_s: float | None = 30.0,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        """As SchedulerClient's: `tls` for the channel it opens, `api_key` sent with every call."""
+        self._channel = channel or open_channel(target, tls=tls)
         self._owns_channel = channel is None
         self._stub = admin_service_pb2_grpc.AdminServiceStub(self._channel)
         extra: Mapping[str, str] = {"x-cpa-act-as-tenant": act_as_tenant} if act_as_tenant else {}

@@ -34,6 +34,7 @@ class CpaError(Exception):
         reason: str = "",
         metadata: dict[str, str] | None = None,
         field_violations: tuple[FieldViolation, ...] = (),
+        retry_delay_s: float | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {reason or '-'}: {message}")
         self.code = code
@@ -41,6 +42,8 @@ class CpaError(Exception):
         self.reason = reason
         self.metadata = metadata or {}
         self.field_violations = field_violations
+        # The server's google.rpc.RetryInfo (RATE_LIMITED): wait this long before retrying.
+        self.retry_delay_s = retry_delay_s
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> CpaError:
@@ -56,19 +59,24 @@ class CpaError(Exception):
         reason = ""
         metadata: dict[str, str] = {}
         violations: list[FieldViolation] = []
+        retry_delay_s: float | None = None
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             bad_request = error_details_pb2.BadRequest()
+            retry = error_details_pb2.RetryInfo()
             if detail.Unpack(info):
                 reason, metadata = info.reason, dict(info.metadata)
             elif detail.Unpack(bad_request):
                 violations.extend(
                     FieldViolation(v.field, v.description) for v in bad_request.field_violations
                 )
+            elif detail.Unpack(retry):
+                retry_delay_s = retry.retry_delay.ToMilliseconds() / 1000.0
         return cls(
             code=code,
             message=status.message or message,
             reason=reason,
             metadata=metadata,
             field_violations=tuple(violations),
+            retry_delay_s=retry_delay_s,
         )

@@ -14,6 +14,7 @@ from cpa.common.v1 import artifact_pb2
 from cpa.lam.v1 import lam_message_pb2
 from cpa.scheduler.v1 import (
     agent_pb2,
+    callback_pb2,
     job_event_pb2,
     job_pb2,
     scheduler_service_pb2,
@@ -21,24 +22,15 @@ from cpa.scheduler.v1 import (
 )
 
 from .artifact_chunks import download_bytes, download_to_file
+from .channels import ClientTls, credential_metadata, open_channel
 from .errors import UNDECODABLE_RESPONSE, CpaError
-
-AUTHORIZATION = "authorization"
-
-
-def credential_metadata(
-    api_key: str | None, metadata: Mapping[str, str] | None = None
-) -> tuple[tuple[str, str], ...]:
-    """The metadata of every call: `metadata`, and `authorization: Bearer <api_key>`."""
-    pairs = [(key, value) for key, value in (metadata or {}).items()]
-    if api_key:
-        pairs.append((AUTHORIZATION, f"Bearer {api_key}"))
-    return tuple(pairs)
-
 
 _Response = TypeVar("_Response")
 _Page = TypeVar(
-    "_Page", scheduler_service_pb2.ListJobsResponse, scheduler_service_pb2.ListAgentsResponse
+    "_Page",
+    scheduler_service_pb2.ListJobsResponse,
+    scheduler_service_pb2.ListAgentsResponse,
+    callback_pb2.ListCallbacksResponse,
 )
 
 
@@ -86,13 +78,16 @@ class SchedulerClient:
         target: str,
         *,
         channel: grpc.aio.Channel | None = None,
+        tls: ClientTls | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout_s: float | None = 30.0,
         api_key: str | None = None,
     ) -> None:
-        """`api_key` (an API key or a JWT) is sent with every call as `authorization: Bearer`;
-        `metadata` adds more (e.g. `x-cpa-act-as-tenant` for an operator)."""
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        """`tls` speaks TLS to `target` (verifying the server); none: plaintext. A `channel`
+        of the caller's is used as it is (and not closed). `api_key` (an API key or a JWT) is
+        sent with every call as `authorization: Bearer`; `metadata` adds more (e.g.
+        `x-cpa-act-as-tenant` for an operator)."""
+        self._channel = channel or open_channel(target, tls=tls)
         self._owns_channel = channel is None
         self._stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self._channel)
         self._metadata = credential_metadata(api_key, metadata)
@@ -265,6 +260,40 @@ class SchedulerClient:
             self._stub.ListArtifacts(request, metadata=self._metadata, timeout=self._timeout_s)
         )
         return list(response.artifacts)
+
+    async def list_callbacks(
+        self,
+        *,
+        state: callback_pb2.CallbackState.ValueType = callback_pb2.CALLBACK_STATE_UNSPECIFIED,
+        job_id: str = "",
+        page_size: int = 0,
+    ) -> AsyncIterator[callback_pb2.Callback]:
+        """Every callback delivery of the caller's tenant (oldest first), following page
+        tokens; only `state`'s and `job_id`'s when given."""
+        async for response in self._pages(
+            lambda token: self._stub.ListCallbacks(
+                callback_pb2.ListCallbacksRequest(
+                    state=state, job_id=job_id, page_size=page_size, page_token=token
+                ),
+                metadata=self._metadata,
+                timeout=self._timeout_s,
+            )
+        ):
+            for delivery in response.callbacks:
+                yield delivery
+
+    async def retry_callbacks(
+        self, delivery_ids: Sequence[str] = (), *, all_dead: bool = False, max_callbacks: int = 0
+    ) -> list[callback_pb2.Callback]:
+        """Re-drive dead-lettered deliveries (those named, or with `all_dead` the oldest
+        `max_callbacks`); returns them, pending again."""
+        request = callback_pb2.RetryCallbacksRequest(
+            delivery_ids=delivery_ids, all_dead=all_dead, max_callbacks=max_callbacks
+        )
+        response = await _unary(
+            self._stub.RetryCallbacks(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return list(response.callbacks)
 
     async def download_artifact(
         self, job_id: str, artifact_id: str, path: Path | str

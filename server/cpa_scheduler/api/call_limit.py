@@ -13,10 +13,9 @@ taken yet in a queue whose default bound (1 000, and a hard 3 000) made it cance
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -25,18 +24,15 @@ import grpc.aio
 from cpa_scheduler.domain import DomainError, Reason
 
 from .errors import abort
+from .interceptors import Context, Handler, around, rewrap
 
 log = logging.getLogger(__name__)
 
 LOG_INTERVAL_S = 10.0
 
 if TYPE_CHECKING:  # generic in the stubs only
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    Context = grpc.aio.ServicerContext[Any, Any]
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
-    Handler = grpc.RpcMethodHandler
-    Context = grpc.aio.ServicerContext
     _Interceptor = grpc.aio.ServerInterceptor
 
 
@@ -60,53 +56,14 @@ class CallLimit(_Interceptor):
             # An unknown method: gRPC answers UNIMPLEMENTED (the stubs do not admit None).
             return None  # type: ignore[return-value]
         method = str(handler_call_details.method)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._bounded(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._bounded(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._bounded(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._bounded(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
-    def _bounded(self, behavior: Any, method: str) -> Any:
-        """`behavior`, counted while it runs and refused beyond the limit. A streaming answer is
-        either an async generator or a coroutine that writes on the context: both are kept."""
-        if inspect.isasyncgenfunction(behavior):
-
-            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                await self._enter(context, method)
-                try:
-                    async for response in behavior(request, context):
-                        yield response
-                finally:
-                    self.active -= 1
-
-            return stream
-
-        async def call(request: Any, context: Context) -> Any:
+        async def enter(context: Context) -> None:
             await self._enter(context, method)
-            try:
-                return await behavior(request, context)
-            finally:
-                self.active -= 1
 
-        return call
+        return rewrap(handler, lambda behavior: around(behavior, enter, self._leave))
+
+    def _leave(self) -> None:
+        self.active -= 1
 
     async def _enter(self, context: Context, method: str) -> None:
         if self.active < self.maximum:

@@ -5,6 +5,11 @@ the agent stream) and logs a traceback per call. Bodies that protobuf refuses ar
 nested deeper than its 100-level decode limit (a JSON value a few levels past what the server
 accepts anyway), or not protobuf at all. Decoded here, they are INVALID_ARGUMENT
 (MALFORMED_MESSAGE) with one log line.
+
+A single request (unary or server-streaming RPC) larger than the server's budget
+(CPA_MAX_REQUEST_BYTES) is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) before it is decoded, for every
+method alike; the transport lets larger messages through so this check, not gRPC's own
+RESOURCE_EXHAUSTED (which clients retry), answers them (server.py).
 """
 
 from __future__ import annotations
@@ -47,7 +52,17 @@ def _malformed(
     )
 
 
-async def _decode(request_type: type[Message], data: bytes, context: Context, rpc: str) -> Any:
+def _too_large(size: int, max_bytes: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"request is {size} bytes; the limit is {max_bytes}", reason=Reason.PAYLOAD_TOO_LARGE
+    )
+
+
+async def _decode(
+    request_type: type[Message], data: bytes, context: Context, rpc: str, max_bytes: int
+) -> Any:
+    if len(data) > max_bytes:
+        await abort(context, _too_large(len(data), max_bytes))
     try:
         return request_type.FromString(data)
     except DecodeError:
@@ -55,26 +70,27 @@ async def _decode(request_type: type[Message], data: bytes, context: Context, rp
 
 
 def _unary_unary(
-    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str
+    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str, max_bytes: int
 ) -> Callable[[bytes, Context], Any]:
     async def handle(data: bytes, context: Context) -> Any:
-        return await behavior(await _decode(request_type, data, context, rpc), context)
+        return await behavior(await _decode(request_type, data, context, rpc, max_bytes), context)
 
     return handle
 
 
 def _unary_stream(
-    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str
+    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str, max_bytes: int
 ) -> Callable[[bytes, Context], Any]:
     if inspect.iscoroutinefunction(behavior):  # writes with context.write (WatchJob)
 
         async def write(data: bytes, context: Context) -> None:
-            await behavior(await _decode(request_type, data, context, rpc), context)
+            await behavior(await _decode(request_type, data, context, rpc, max_bytes), context)
 
         return write
 
     async def handle(data: bytes, context: Context) -> AsyncIterator[Any]:
-        async for response in behavior(await _decode(request_type, data, context, rpc), context):
+        request = await _decode(request_type, data, context, rpc, max_bytes)
+        async for response in behavior(request, context):
             yield response
 
     return handle
@@ -86,9 +102,15 @@ class _DecodedStream:
     so the call ends with it once the handler returns (see _stream_stream)."""
 
     def __init__(
-        self, raw: AsyncIterator[bytes], request_type: type[Message], context: Context, rpc: str
+        self,
+        raw: AsyncIterator[bytes],
+        request_type: type[Message],
+        context: Context,
+        rpc: str,
+        max_bytes: int,
     ) -> None:
         self._raw = raw
+        self._max_bytes = max_bytes
         self._request_type = request_type
         self._context = context
         self._rpc = rpc
@@ -96,6 +118,9 @@ class _DecodedStream:
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         async for data in self._raw:
+            if len(data) > self._max_bytes:
+                self.error = _too_large(len(data), self._max_bytes)
+                raise self.error
             try:
                 request = self._request_type.FromString(data)
             except DecodeError:
@@ -105,10 +130,13 @@ class _DecodedStream:
 
 
 def _stream_stream(
-    behavior: Callable[[Any, Context], AsyncIterator[Any]], request_type: type[Message], rpc: str
+    behavior: Callable[[Any, Context], AsyncIterator[Any]],
+    request_type: type[Message],
+    rpc: str,
+    max_message_bytes: int,
 ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[Any]]:
     async def handle(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-        requests = _DecodedStream(raw, request_type, context, rpc)
+        requests = _DecodedStream(raw, request_type, context, rpc, max_message_bytes)
         async for response in behavior(requests, context):
             yield response
         if requests.error is not None:
@@ -120,10 +148,13 @@ def _stream_stream(
 
 
 def _stream_unary(
-    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str
+    behavior: Callable[[Any, Context], Any],
+    request_type: type[Message],
+    rpc: str,
+    max_message_bytes: int,
 ) -> Callable[[AsyncIterator[bytes], Context], Any]:
     async def handle(raw: AsyncIterator[bytes], context: Context) -> Any:
-        requests = _DecodedStream(raw, request_type, context, rpc)
+        requests = _DecodedStream(raw, request_type, context, rpc, max_message_bytes)
         # An undecodable request raises its InvalidArgument inside the handler, which answers
         # it as any DomainError (translate_errors).
         return await behavior(requests, context)
@@ -143,10 +174,17 @@ def _serializer(message_type: type[Message]) -> Callable[[Any], bytes]:
 
 
 def add_decoded_service(
-    servicer: object, service: ServiceDescriptor, server: grpc.aio.Server
+    servicer: object,
+    service: ServiceDescriptor,
+    server: grpc.aio.Server,
+    *,
+    max_request_bytes: int,
+    max_stream_message_bytes: int,
 ) -> None:
     """Serve every method of `service` (unary, server-streaming or bidi) by the servicer's
-    method of the same name, decoding each request here."""
+    method of the same name, decoding each request here. A single request over
+    `max_request_bytes`, or a client stream's message over `max_stream_message_bytes`, is
+    refused with PAYLOAD_TOO_LARGE."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
@@ -155,19 +193,23 @@ def add_decoded_service(
         rpc = f"{service.name}.{method.name}"
         if method.client_streaming and not method.server_streaming:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _stream_unary(behavior, request_type, rpc), response_serializer=serializer
+                _stream_unary(behavior, request_type, rpc, max_stream_message_bytes),
+                response_serializer=serializer,
             )
         elif method.client_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _stream_stream(behavior, request_type, rpc), response_serializer=serializer
+                _stream_stream(behavior, request_type, rpc, max_stream_message_bytes),
+                response_serializer=serializer,
             )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _unary_stream(behavior, request_type, rpc), response_serializer=serializer
+                _unary_stream(behavior, request_type, rpc, max_request_bytes),
+                response_serializer=serializer,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary_unary(behavior, request_type, rpc), response_serializer=serializer
+                _unary_unary(behavior, request_type, rpc, max_request_bytes),
+                response_serializer=serializer,
             )
     # As the generated add_*_to_server does: registered methods skip a lookup per call (the
     # type stubs lag behind grpcio here).

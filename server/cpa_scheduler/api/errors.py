@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from types import MappingProxyType
@@ -23,6 +24,7 @@ from cpa_scheduler.domain import (
     DomainError,
     FailedPrecondition,
     InvalidArgument,
+    LimitExceeded,
     NotFound,
     Reason,
     clip,
@@ -33,9 +35,11 @@ __all__ = [
     "ERROR_DOMAIN",
     "REASON_CODES",
     "REASON_CODE_OVERRIDES",
+    "RETRY_AFTER_KEY",
     "STATUS_DETAILS_KEY",
     "abort",
     "internal_error_status",
+    "retry_after_header",
     "status_code_for",
     "status_for",
     "translate_errors",
@@ -45,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 # gRPC's rich error model travels as a serialized google.rpc.Status in this binary trailer.
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+# Whole seconds to wait, for HTTP callers: a refusal is trailers-only, so the gateway sees its
+# trailers as response headers and passes this one on with the 429 (RetryInfo is the gRPC way).
+RETRY_AFTER_KEY: Final = "retry-after"
 ERROR_DOMAIN: Final = "cpa.scheduler"
 
 _Code = grpc.StatusCode
@@ -59,6 +66,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.AGENT_NOT_FOUND: _Code.NOT_FOUND,
         Reason.ARTIFACT_NOT_FOUND: _Code.NOT_FOUND,
         Reason.API_KEY_NOT_FOUND: _Code.NOT_FOUND,
+        Reason.CALLBACK_NOT_FOUND: _Code.NOT_FOUND,
         Reason.REQUEST_ID_REUSED: _Code.ALREADY_EXISTS,
         Reason.AGENT_ID_IN_USE: _Code.ALREADY_EXISTS,
         # Fencing: the report concerns an attempt that is over; retrying it cannot help.
@@ -69,7 +77,10 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.CREDENTIAL_EXPIRED: _Code.UNAUTHENTICATED,
         Reason.CREDENTIAL_REVOKED: _Code.UNAUTHENTICATED,
         Reason.CAPABILITY_NOT_ALLOWED: _Code.PERMISSION_DENIED,
+        # A tenant policy refuses the request: retrying it unchanged is refused again.
+        Reason.POLICY_VIOLATION: _Code.PERMISSION_DENIED,
         Reason.RATE_LIMITED: _Code.RESOURCE_EXHAUSTED,
+        Reason.QUOTA_EXCEEDED: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_CALLS: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_WATCHERS: _Code.RESOURCE_EXHAUSTED,
         # The artifact stays too large: not retried by well-behaved clients, but RESOURCE_
@@ -79,6 +90,9 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.SERVER_SHUTTING_DOWN: _Code.UNAVAILABLE,
         Reason.STORE_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.INTERNAL: _Code.INTERNAL,
+        # The gateway's: the HTTP status it answers with is its meaning (404, 405).
+        Reason.UNKNOWN_METHOD: _Code.NOT_FOUND,
+        Reason.METHOD_NOT_ALLOWED: _Code.UNIMPLEMENTED,
     }
 )
 
@@ -122,9 +136,11 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.ARTIFACT_DIGEST_MISMATCH: _Code.INVALID_ARGUMENT,
         Reason.ARTIFACT_INCOMPLETE: _Code.INVALID_ARGUMENT,
         Reason.ARTIFACT_SIZE_MISMATCH: _Code.INVALID_ARGUMENT,
+        Reason.INVALID_QUERY_PARAMETER: _Code.INVALID_ARGUMENT,
+        Reason.MALFORMED_BODY: _Code.INVALID_ARGUMENT,
+        Reason.IDEMPOTENCY_KEY_MISMATCH: _Code.INVALID_ARGUMENT,
         Reason.ILLEGAL_TRANSITION: _Code.FAILED_PRECONDITION,
         Reason.NO_CAPABLE_AGENT: _Code.FAILED_PRECONDITION,
-        Reason.POLICY_VIOLATION: _Code.FAILED_PRECONDITION,
         Reason.AGENT_DRAINING: _Code.FAILED_PRECONDITION,
         # Job and task outcomes, normally carried inside a job, not by a failed call. Never
         # DEADLINE_EXCEEDED or CANCELLED: those say the *call* timed out or was cancelled, and
@@ -145,12 +161,15 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         # An agent refused a task's params (a task outcome, like EXECUTOR_ERROR).
         Reason.INVALID_PARAMS: _Code.FAILED_PRECONDITION,
         Reason.SESSION_RESTARTED: _Code.FAILED_PRECONDITION,
+        Reason.CALLBACK_NOT_DEAD: _Code.FAILED_PRECONDITION,
     }
 )
 
 # Codes under which a field is "bad input" (google.rpc.BadRequest); under FAILED_PRECONDITION the
 # field is well-formed, so it is named only in ErrorInfo.metadata.
 _BAD_REQUEST_CODES: Final = frozenset({_Code.INVALID_ARGUMENT, _Code.OUT_OF_RANGE})
+# Reasons whose field is at fault whatever the code: a policy refuses that field's value.
+_BAD_REQUEST_REASONS: Final = frozenset({Reason.POLICY_VIOLATION})
 
 
 def status_code_for(error: DomainError) -> grpc.StatusCode:
@@ -182,14 +201,28 @@ def status_for(error: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
     """The code and rich status of a domain error: ErrorInfo always, BadRequest for bad input."""
     code = status_code_for(error)
     info = error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN)
+    info.metadata.update(error.metadata)
     if error.field:
         info.metadata["field"] = error.field
+    if isinstance(error, LimitExceeded):
+        info.metadata.update(error.metadata)
     status = _status(code, error.message, info)
-    if error.field and code in _BAD_REQUEST_CODES:
+    if error.field and (code in _BAD_REQUEST_CODES or error.reason in _BAD_REQUEST_REASONS):
         bad_request = error_details_pb2.BadRequest()
         bad_request.field_violations.add(field=error.field, description=status.message)
         status.details.add().Pack(bad_request)
+    if isinstance(error, LimitExceeded) and error.retry_delay_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(0, math.ceil(error.retry_delay_s * 1000)))
+        status.details.add().Pack(retry)
     return code, status
+
+
+def retry_after_header(error: DomainError) -> str | None:
+    """The `retry-after` value (whole seconds, at least 1) of an error that knows its delay."""
+    if isinstance(error, LimitExceeded) and error.retry_delay_s is not None:
+        return str(max(1, math.ceil(error.retry_delay_s)))
+    return None
 
 
 def internal_error_status(
@@ -212,18 +245,24 @@ async def _abort_with(
     context: grpc.aio.ServicerContext[Any, Any],
     code: grpc.StatusCode,
     status: status_pb2.Status,
+    *,
+    retry_after: str | None = None,
 ) -> NoReturn:
     # abort() replaces the trailers set so far; keep them (request id, trace id) and add ours.
     existing = cast("Iterable[tuple[str, str | bytes]]", context.trailing_metadata() or ())
-    trailers = [(key, value) for key, value in existing if key != STATUS_DETAILS_KEY]
+    ours = {STATUS_DETAILS_KEY, RETRY_AFTER_KEY}
+    trailers = [(key, value) for key, value in existing if key not in ours]
     trailers.append((STATUS_DETAILS_KEY, status.SerializeToString()))
+    if retry_after is not None:
+        trailers.append((RETRY_AFTER_KEY, retry_after))
     await context.abort(code, status.message, trailing_metadata=tuple(trailers))
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
-    """End the call with the error's code, message and `grpc-status-details-bin` trailer."""
+    """End the call with the error's code, message and `grpc-status-details-bin` trailer (and
+    `retry-after` when the error knows its delay)."""
     code, status = status_for(error)
-    await _abort_with(context, code, status)
+    await _abort_with(context, code, status, retry_after=retry_after_header(error))
 
 
 P = ParamSpec("P")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from google.protobuf import json_format
 
 from cpa.lam.v1 import lam_message_pb2 as lam
+from cpa_scheduler.callbacks.address_guard import AddressPolicy, check_callback_url
 from cpa_scheduler.domain import (
     DomainError,
     InvalidArgument,
@@ -54,6 +55,8 @@ def _lam_field(field: str) -> str:
         return "request.parameters" + field.removeprefix("intent.parameters")
     if field.startswith(("todos", "text")):
         return f"request.{field}"
+    if field == "callback_url":  # a policy refused the reply_to URL the job calls back
+        return "expected.reply_to"
     return field
 
 
@@ -63,6 +66,10 @@ class LamHandler:
     def __init__(self, *, orchestrator: Orchestrator, settings: Settings) -> None:
         self._orchestrator = orchestrator
         self._settings = settings
+        self._callback_policy = AddressPolicy.of(
+            allow_private=settings.callback_allow_private,
+            allowed_networks=settings.callback_allowed_networks,
+        )
 
     async def handle(self, message: lam.LamMessage, *, tenant: str) -> lam.LamMessage:
         try:
@@ -193,13 +200,15 @@ class LamHandler:
                     field="expected.deadline",
                 )
         reply_to = message.expected.reply_to
-        if reply_to and not reply_to.startswith("https://"):
-            raise InvalidArgument("reply_to must be an https:// URL", field="expected.reply_to")
+        check_callback_url(reply_to, "expected.reply_to", self._callback_policy)
         options = JobOptions(
             max_parallelism=self._settings.default_max_parallelism,
             context=proto_values.struct_to_dict(message.context, "context"),
             deadline=deadline,
             callback_url=reply_to,
+            # Only with a callback: what its messages are addressed to and answer.
+            callback_receiver=message.sender if reply_to else "",
+            callback_in_reply_to=(message.correlation.reply_with or message.id) if reply_to else "",
         )
         return request, source, options
 

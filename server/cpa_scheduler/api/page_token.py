@@ -47,10 +47,19 @@ class TokenKind(StrEnum):
 
     JOBS = "jobs"
     AGENTS = "agents"
+    CALLBACKS = "callbacks"
 
 
-_RPC = {TokenKind.JOBS: "ListJobs", TokenKind.AGENTS: "ListAgents"}
-_CURSOR_KEYS = {TokenKind.JOBS: frozenset({"t", "id"}), TokenKind.AGENTS: frozenset({"a"})}
+_RPC = {
+    TokenKind.JOBS: "ListJobs",
+    TokenKind.AGENTS: "ListAgents",
+    TokenKind.CALLBACKS: "ListCallbacks",
+}
+_CURSOR_KEYS = {
+    TokenKind.JOBS: frozenset({"t", "id"}),
+    TokenKind.AGENTS: frozenset({"a"}),
+    TokenKind.CALLBACKS: frozenset({"t", "id"}),
+}
 _COMMON_KEYS = frozenset({"v", "k", "q", "n"})
 
 
@@ -151,8 +160,16 @@ class PageTokens:
             raise _malformed()
         return payload
 
-    def jobs_token(self, position: PagePosition, *, tenant: str, query_fingerprint: str) -> str:
-        """ListJobs: the token of the page that starts after `position`."""
+    def jobs_token(
+        self,
+        position: PagePosition,
+        *,
+        tenant: str,
+        query_fingerprint: str,
+        kind: TokenKind = TokenKind.JOBS,
+    ) -> str:
+        """ListJobs (ListCallbacks with `kind`, the delivery id as job_id): the token of the
+        page that starts after `position`."""
         if position.create_time.tzinfo is None:
             raise ValueError("PagePosition.create_time must be timezone-aware")
         cursor = {
@@ -160,16 +177,19 @@ class PageTokens:
             "t": (position.create_time - _EPOCH) // _ONE_MICROSECOND,
             "id": position.job_id,
         }
-        return self._seal(
-            TokenKind.JOBS, cursor, tenant=tenant, query_fingerprint=query_fingerprint
-        )
+        return self._seal(kind, cursor, tenant=tenant, query_fingerprint=query_fingerprint)
 
-    def jobs_position(self, token: str, *, tenant: str, query_fingerprint: str) -> PagePosition:
-        """The position a ListJobs token holds; InvalidArgument(INVALID_PAGE_TOKEN) says why
-        it is refused."""
-        payload = self._open(
-            token, TokenKind.JOBS, tenant=tenant, query_fingerprint=query_fingerprint
-        )
+    def jobs_position(
+        self,
+        token: str,
+        *,
+        tenant: str,
+        query_fingerprint: str,
+        kind: TokenKind = TokenKind.JOBS,
+    ) -> PagePosition:
+        """The position a ListJobs token (a ListCallbacks one with `kind`) holds;
+        InvalidArgument(INVALID_PAGE_TOKEN) says why it is refused."""
+        payload = self._open(token, kind, tenant=tenant, query_fingerprint=query_fingerprint)
         micros, job_id = payload["t"], payload["id"]
         if type(micros) is not int or not isinstance(job_id, str):
             raise _malformed()

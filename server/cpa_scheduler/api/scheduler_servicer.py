@@ -11,9 +11,11 @@ from typing import Any
 import grpc.aio
 from google.protobuf.message import Message
 
-from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
+from cpa.scheduler.v1 import callback_pb2, job_pb2, scheduler_service_pb2_grpc
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa_scheduler.artifacts import Artifacts
+from cpa_scheduler.callbacks.address_guard import AddressPolicy, check_callback_url
+from cpa_scheduler.callbacks.outbox import CallbackOutbox
 from cpa_scheduler.dispatch import Requirement, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.domain import (
@@ -34,11 +36,12 @@ from cpa_scheduler.domain import (
 from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
+from cpa_scheduler.policy.redaction import redact_job
 from cpa_scheduler.settings import Settings
 
-from . import artifact_calls, convert, job_views
+from . import artifact_calls, callback_calls, convert, job_views
 from .artifact_convert import artifact_to_proto
-from .call_context import tenant_of
+from .call_context import idempotency_key, keyed_id, tenant_of
 from .errors import translate_errors
 from .lam import LamHandler
 from .list_filter import (
@@ -48,6 +51,7 @@ from .list_filter import (
     parse_job_filter,
 )
 from .page_token import PageTokens, fingerprint_query, page_size
+from .rate_limiter import charge_more
 from .watch import JobWatch
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -136,8 +140,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         settings: Settings,
         page_tokens: PageTokens,
         artifacts: Artifacts,
+        callbacks: CallbackOutbox,
     ) -> None:
         self._artifacts = artifacts
+        self._callbacks = callbacks
         self._orchestrator = orchestrator
         self._page_tokens = page_tokens
         self._sessions = sessions
@@ -146,17 +152,13 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self._lam = lam
         self._settings = settings
         self._watch = JobWatch(orchestrator=orchestrator, bus=bus, settings=settings)
+        self._callback_policy = AddressPolicy.of(
+            allow_private=settings.callback_allow_private,
+            allowed_networks=settings.callback_allowed_networks,
+        )
 
     def _tenant(self, context: Context) -> str:
         return tenant_of(context, default=self._settings.default_tenant)
-
-    def _check_size(self, request: Message) -> None:
-        size = request.ByteSize()
-        if size > self._settings.max_request_bytes:
-            raise InvalidArgument(
-                f"request is {size} bytes; the limit is {self._settings.max_request_bytes}",
-                reason=Reason.PAYLOAD_TOO_LARGE,
-            )
 
     def _waiting_reason(self, job: Job, task: Task) -> str:
         if task.next_attempt_time is not None and task.next_attempt_time > datetime.now(UTC):
@@ -171,28 +173,34 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         """The checked spec of a request that carries one (presence, fields)."""
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", reason=Reason.MISSING_FIELD, field="spec")
-        return job_views.spec_from_proto(
+        plan_request, source, options = job_views.spec_from_proto(
             request.spec, default_max_parallelism=self._settings.default_max_parallelism
         )
+        check_callback_url(options.callback_url, "spec.callback_url", self._callback_policy)
+        return plan_request, source, options
 
     def _job(self, job: Job, *, full: bool) -> job_pb2.Job:
-        return job_views.job_to_proto(job, full=full, waiting_reason=self._waiting_reason)
+        message = job_views.job_to_proto(job, full=full, waiting_reason=self._waiting_reason)
+        policy = self._orchestrator.policies.get(job.tenant)
+        if policy is not None and policy.redacts:  # docs/POLICY.md: what the API shows
+            redact_job(policy, message)
+        return message
 
     @translate_errors
     async def ScheduleJob(
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
-        self._check_size(request)
+        request.request_id = keyed_id(request.request_id, context, field="request_id")
         full = job_views.is_full_view(request.view, default_full=False)
-        submission = self._submission(request)
-        [(job, created)] = await self._orchestrator.submit_all(self._tenant(context), [submission])
+        tenant = self._tenant(context)
+        submission = self._submission(request, tenant)
+        [(job, created)] = await self._orchestrator.submit_all(tenant, [submission])
         return pb.ScheduleJobResponse(job=self._job(job, full=full), created=created)
 
     @translate_errors
     async def BatchScheduleJobs(
         self, request: pb.BatchScheduleJobsRequest, context: Context
     ) -> pb.BatchScheduleJobsResponse:
-        self._check_size(request)
         count = len(request.requests)
         if not 1 <= count <= _BATCH_SCHEDULE_MAX:
             raise InvalidArgument(
@@ -200,23 +208,31 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 reason=Reason.MISSING_FIELD if count == 0 else Reason.INVALID_FIELD,
                 field="requests",
             )
+        # The rate limiter took one call's cost; a batch costs one per request.
+        await charge_more(count - 1)
         full = job_views.is_full_view(request.view, default_full=False)
+        key = idempotency_key(context, field="requests")
+        tenant = self._tenant(context)
         submissions = []
         first_of: dict[str, int] = {}
         for index, item in enumerate(request.requests):
             path = f"requests[{index}]"
+            if key and not item.request_id:
+                # Deterministic per position: the same batch under the same key, repeated,
+                # names the same jobs.
+                item.request_id = f"{key}/{index}"
             if item.request_id and (first := first_of.setdefault(item.request_id, index)) < index:
                 raise InvalidArgument(
                     f"request_id {item.request_id!r} is also that of requests[{first}]",
                     field=f"{path}.request_id",
                 )
             try:
-                submissions.append(self._submission(item))
+                submissions.append(self._submission(item, tenant))
             except DomainError as error:
                 error.field = f"{path}.{error.field}"
                 raise
         try:
-            jobs = await self._orchestrator.submit_all(self._tenant(context), submissions)
+            jobs = await self._orchestrator.submit_all(tenant, submissions)
         except RequestIdReused as error:
             error.field = f"requests[{error.index}].request_id"
             raise
@@ -227,11 +243,17 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             ]
         )
 
-    def _submission(self, request: pb.ScheduleJobRequest) -> Submission:
-        """A request for a job, checked and planned; errors name their field in `request`."""
+    def _submission(self, request: pb.ScheduleJobRequest, tenant: str) -> Submission:
+        """A request for a job, checked, planned and held against the tenant's policy; errors
+        name their field in `request`."""
         plan_request, source, options = self._spec_of(request)
         try:
-            plan = self._orchestrator.matched_plan(plan_request, context=options.context)
+            plan = self._orchestrator.matched_plan(
+                plan_request,
+                context=options.context,
+                tenant=tenant,
+                callback_url=options.callback_url,
+            )
         except DomainError as error:
             error.field = _spec_field(error.field)
             raise
@@ -334,7 +356,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
-        self._check_size(request)
+        message_id = keyed_id(request.message.id, context, field="message.id")
+        if message_id != request.message.id:  # only then: an absent message stays absent
+            request.message.id = message_id
         reply = await self._lam.handle(request.message, tenant=self._tenant(context))
         return pb.SendMessageResponse(reply=reply)
 
@@ -342,7 +366,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def PreviewPlan(
         self, request: pb.PreviewPlanRequest, context: Context
     ) -> pb.PreviewPlanResponse:
-        self._check_size(request)
         plan_request, _, options = self._spec_of(request)
         try:
             plan = self._orchestrator.plan(plan_request, context=options.context)
@@ -405,3 +428,22 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 page[-1].agent_id, tenant=tenant, query_fingerprint=query
             )
         return response
+
+    @translate_errors
+    async def ListCallbacks(
+        self, request: callback_pb2.ListCallbacksRequest, context: Context
+    ) -> callback_pb2.ListCallbacksResponse:
+        return await callback_calls.list_callbacks(
+            request,
+            tenant=self._tenant(context),
+            outbox=self._callbacks,
+            page_tokens=self._page_tokens,
+        )
+
+    @translate_errors
+    async def RetryCallbacks(
+        self, request: callback_pb2.RetryCallbacksRequest, context: Context
+    ) -> callback_pb2.RetryCallbacksResponse:
+        return await callback_calls.retry_callbacks(
+            request, tenant=self._tenant(context), outbox=self._callbacks
+        )

@@ -5,7 +5,9 @@ The API layer maps these onto google.rpc.Status; nothing here knows about gRPC.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Final
 
 # Error messages and field paths echo caller input (ids, names, cycles). gRPC clients refuse
@@ -100,11 +102,20 @@ class Reason(StrEnum):
     ARTIFACT_INCOMPLETE = "ARTIFACT_INCOMPLETE"
     ARTIFACT_SIZE_MISMATCH = "ARTIFACT_SIZE_MISMATCH"
     TOO_MANY_ARTIFACTS = "TOO_MANY_ARTIFACTS"
+    CALLBACK_NOT_FOUND = "CALLBACK_NOT_FOUND"
+    CALLBACK_NOT_DEAD = "CALLBACK_NOT_DEAD"
+    # Sent by the REST gateway (Envoy) only, from its own refusals (docs/GATEWAY.md).
+    UNKNOWN_METHOD = "UNKNOWN_METHOD"
+    INVALID_QUERY_PARAMETER = "INVALID_QUERY_PARAMETER"
+    MALFORMED_BODY = "MALFORMED_BODY"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    IDEMPOTENCY_KEY_MISMATCH = "IDEMPOTENCY_KEY_MISMATCH"
     CREDENTIAL_INVALID = "CREDENTIAL_INVALID"
     CREDENTIAL_EXPIRED = "CREDENTIAL_EXPIRED"
     CREDENTIAL_REVOKED = "CREDENTIAL_REVOKED"
     CAPABILITY_NOT_ALLOWED = "CAPABILITY_NOT_ALLOWED"
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
 
 
 class DomainError(Exception):
@@ -115,6 +126,9 @@ class DomainError(Exception):
     """
 
     reason: Reason = Reason.INTERNAL
+    # More of what the caller can act on, for ErrorInfo.metadata (a policy violation's rule and
+    # ToDo); bounded there like every metadata value.
+    metadata: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, message: str, *, reason: Reason | None = None, field: str = "") -> None:
         # Every error passes here, so no message or field can echo unbounded input.
@@ -157,6 +171,24 @@ class FailedPrecondition(DomainError):  # noqa: N818 (named after gRPC status co
     """The request is well-formed but the resource's current state forbids it."""
 
     reason = Reason.ILLEGAL_TRANSITION
+
+
+class LimitExceeded(DomainError):  # noqa: N818 (a refusal, like the gRPC-named classes)
+    """A limit on the caller (rate limit, tenant quota): RESOURCE_EXHAUSTED. `metadata` goes to
+    ErrorInfo.metadata as it is; `retry_delay_s`, when known, to a google.rpc.RetryInfo detail
+    (and a `retry-after` header for HTTP callers)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason,
+        metadata: dict[str, str],
+        retry_delay_s: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.metadata = metadata
+        self.retry_delay_s = retry_delay_s
 
 
 class RequestIdReused(InvalidArgument):

@@ -232,8 +232,17 @@ class Job(JobCore):
 
         Fenced as assign is: StaleAttempt unless the task waits QUEUED for that attempt.
         """
+        self.fail_unstarted(task_id, attempt=attempt, error=unresolved.error, now=now)
+
+    def fail_unstarted(
+        self, task_id: str, *, attempt: int, error: TaskError, now: datetime
+    ) -> None:
+        """The QUEUED task may not start as attempt `attempt` (an unresolved input, a policy
+        that refuses it): it fails for good with `error` without an attempt (nothing ran), and
+        its dependents are skipped. Fenced as assign is: StaleAttempt unless the task waits
+        QUEUED for that attempt."""
         task = self._startable(task_id, attempt)
-        self._fail_task(task, unresolved.error, now)
+        self._fail_task(task, error, now)
 
     def progress(
         self, task_id: str, *, attempt: int, percent: float | None, message: str, now: datetime

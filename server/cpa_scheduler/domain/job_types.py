@@ -48,6 +48,10 @@ class JobOptions:
     deadline: datetime | None = None
     default_retry_policy: RetryPolicy | None = None
     callback_url: str = ""
+    # For a job a LAM request created: who its callbacks are addressed to (the request's
+    # sender) and what they answer (the request's reply_with, or its id). docs/CALLBACKS.md.
+    callback_receiver: str = ""
+    callback_in_reply_to: str = ""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,6 +110,22 @@ class AttemptRef:
     attempt: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundCallback:
+    """A message for the job's callback URL, written to the outbox in the transaction of the
+    change that caused it (only jobs with a callback_url have any). Its ids derive from the job
+    and the event's sequence, so a change applied twice makes the same ones."""
+
+    delivery_id: str
+    message_id: str
+    event_type: str
+    """"inform", "done" or "failure": the LAM performative the body carries."""
+    sequence: int
+    url: str
+    body_json: str
+    create_time: datetime
+
+
 @dataclass(slots=True, kw_only=True)
 class JobChanges:
     """What one mutation produced, for storage to write and the orchestrator to carry out."""
@@ -123,6 +143,8 @@ class JobChanges:
     # agents to tell that a session of theirs ended.
     sessions_touched: set[str] = field(default_factory=set)
     sessions_ended: list[SessionEnd] = field(default_factory=list)
+    # Messages for the callback URL (jobs that have one): the store writes them with the change.
+    callbacks: list[OutboundCallback] = field(default_factory=list)
 
 
 class StaleAttempt(FailedPrecondition):

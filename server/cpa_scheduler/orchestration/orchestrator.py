@@ -33,6 +33,7 @@ from cpa_scheduler.domain import (
     JobOptions,
     JobSource,
     NotFound,
+    OutboundCallback,
     PagePosition,
     Reason,
     StaleAttempt,
@@ -41,16 +42,24 @@ from cpa_scheduler.domain import (
     UnresolvedInput,
 )
 from cpa_scheduler.events import EventBus
-from cpa_scheduler.planning import Plan, Planner, PlanRequest, TextRequest
+from cpa_scheduler.planning import Plan, Planner, PlanRequest
+from cpa_scheduler.policy import Policies, check_task
+from cpa_scheduler.policy.enforce import check_redrive
 from cpa_scheduler.queue import WorkQueue
+from cpa_scheduler.security.quotas import Quotas
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import EndPosition, QueuedTask, Store
 
-from .approvals import refuse_approvals
+from .admission import Admission
 from .effects import carry_out
 from .sweeps import TimeSweeps
 
 log = logging.getLogger(__name__)
+
+# Why RetryJobs passes over a job (and goes on with the others).
+_SKIPPED_ON_REDRIVE = frozenset(
+    {Reason.ILLEGAL_TRANSITION, Reason.JOB_NOT_FOUND, Reason.POLICY_VIOLATION}
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -83,7 +92,7 @@ class Submission:
     conversation_id: str = ""
 
 
-class Orchestrator(TimeSweeps):
+class Orchestrator(Admission, TimeSweeps):
     """Job lifecycle: submit, assign, results, leases, cancel, retry; the time-driven
     transitions come from TimeSweeps."""
 
@@ -98,8 +107,17 @@ class Orchestrator(TimeSweeps):
         settings: Settings,
         clock: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
+        # (job, its change's events) -> its callback messages (callbacks/messages.py)
+        callback_messages: Callable[[Job, list[JobEvent]], list[OutboundCallback]] | None = None,
+        quotas: Quotas | None = None,
+        policies: Policies | None = None,
     ) -> None:
         self._store = store
+        self._callback_messages = callback_messages
+        self.callbacks_made: Callable[[], None] = lambda: None  # wakes the deliverer (server)
+        self._quotas = quotas
+        # Tenant policies (docs/POLICY.md): a tenant without one costs a dict lookup per task.
+        self.policies = policies or Policies()
         self._planner = planner
         self._queue = queue
         self._bus = bus
@@ -126,46 +144,7 @@ class Orchestrator(TimeSweeps):
     def store(self) -> Store:
         return self._store
 
-    # -- callers' requests -------------------------------------------------------------------
-
-    def plan(
-        self,
-        request: PlanRequest,
-        *,
-        context: Mapping[str, Any],
-        field: str = "",
-        credential_refs: Mapping[str, str] | None = None,
-    ) -> Plan:
-        """Plan a request; errors name their field under `field` (the request's path).
-        `credential_refs` go to every ToDo that does not name the purpose (see Planner.plan)."""
-        try:
-            return self._planner.plan(request, context=context, credential_refs=credential_refs)
-        except DomainError as error:
-            if isinstance(request, TextRequest):
-                error.field = f"{field}.text" if field else "text"
-            elif field and error.field:
-                error.field = f"{field}.{error.field}"
-            raise
-
-    def matched_plan(
-        self,
-        request: PlanRequest,
-        *,
-        context: Mapping[str, Any],
-        credential_refs: Mapping[str, str] | None = None,
-    ) -> Plan:
-        """The plan of a request that becomes a job: text that matches no intent is refused
-        with UNKNOWN_INTENT, a task that requires approval with APPROVAL_NOT_SUPPORTED."""
-        plan = self.plan(request, context=context, credential_refs=credential_refs)
-        refuse_approvals(request, plan)
-        if not plan.matched:
-            closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
-            raise InvalidArgument(
-                "no intent matches the text" + (f"; closest: {closest}" if closest else ""),
-                reason=Reason.UNKNOWN_INTENT,
-                field="text",
-            )
-        return plan
+    # -- callers' requests (planning and its checks: Admission) ----------------------------
 
     async def schedule(
         self,
@@ -184,7 +163,11 @@ class Orchestrator(TimeSweeps):
         return await self.submit(
             tenant=tenant,
             plan=self.matched_plan(
-                request, context=options.context, credential_refs=credential_refs
+                request,
+                context=options.context,
+                credential_refs=credential_refs,
+                tenant=tenant,
+                callback_url=options.callback_url,
             ),
             source=source,
             options=options,
@@ -241,7 +224,10 @@ class Orchestrator(TimeSweeps):
                     conversation_id=submission.conversation_id,
                 )
             )
+        reservation = await self._quotas.reserve(tenant, jobs) if self._quotas else None
         placed = [self._place_at_once(job, now) for job in jobs]
+        for job in jobs:
+            self._note_callbacks(job)
 
         def release(sessions: Sequence[tuple[str, AgentSession]]) -> None:
             for _, session in sessions:
@@ -253,7 +239,11 @@ class Orchestrator(TimeSweeps):
             except BaseException:
                 for sessions in placed:
                     release(sessions)
+                if reservation is not None:
+                    reservation.settle(())
                 raise
+            if reservation is not None:
+                reservation.settle(j.job_id for j, changes in outcomes if changes is not None)
             # Together: the queue and bus calls of many jobs then share their round trips.
             await asyncio.gather(
                 *(self._after_commit(j, changes) for j, changes in outcomes if changes is not None)
@@ -326,10 +316,23 @@ class Orchestrator(TimeSweeps):
         return job
 
     async def retry(self, tenant: str, job_id: str) -> Job:
+        """Re-drive a FAILED or CANCELLED job; PolicyViolation when the tenant's policy in
+        force now refuses a task that would run again (or the job's callback URL)."""
+        reservation = await self._quotas.reserve_retry(tenant, job_id) if self._quotas else None
         now = self._clock()
-        job, _ = await self._apply(
-            tenant, job_id, lambda j: j.retry(now=now), caller_may_leave=True
-        )
+        policy = self.policies.get(tenant)
+
+        def redrive(job: Job) -> None:
+            if policy is not None:
+                check_redrive(policy, job)
+            job.retry(now=now)
+
+        try:
+            job, _ = await self._apply(tenant, job_id, redrive, caller_may_leave=True)
+        except BaseException:
+            if reservation is not None:
+                reservation.settle(())
+            raise
         return job
 
     async def retry_jobs(
@@ -354,7 +357,7 @@ class Orchestrator(TimeSweeps):
                 try:
                     retried.append(await self.retry(tenant, listed.job_id))
                 except DomainError as error:
-                    if error.reason not in (Reason.ILLEGAL_TRANSITION, Reason.JOB_NOT_FOUND):
+                    if error.reason not in _SKIPPED_ON_REDRIVE:
                         raise
                     skipped.append((listed.job_id, error))
             if len(page) < size:
@@ -385,8 +388,14 @@ class Orchestrator(TimeSweeps):
         now = self._clock()
         task_id = item.todo.id
         timeout_at = self._timeout_at(item.todo, now)
+        policy = self.policies.get(item.tenant)
 
         def start(job: Job) -> tuple[dict[str, Any], dict[str, ArtifactRecord]] | None:
+            # The stored task, not the queue's copy, against the policy in force now: a job
+            # submitted (or re-driven) under a looser policy cannot run what it now forbids.
+            if policy is not None and (violation := check_task(policy, job.tasks[task_id].todo)):
+                job.fail_unstarted(task_id, attempt=attempt, error=violation.task_error(), now=now)
+                return None
             # Resolved in the assigning transaction (see Job.inputs_of): the attempt is sent
             # exactly the outputs and artifacts stored now; a missing one fails the task
             # (fenced) instead.
@@ -410,7 +419,7 @@ class Orchestrator(TimeSweeps):
         except (StaleAttempt, NotFound):
             return None
         if resolved is None:
-            return None  # the task failed: an input could not be resolved
+            return None  # the task failed: an input unresolved, or refused by the policy
         inputs, input_artifacts = resolved
         return self._assignment(job, task_id, inputs=inputs, input_artifacts=input_artifacts)
 
@@ -552,14 +561,24 @@ class Orchestrator(TimeSweeps):
         recovery re-queues what is QUEUED.
         """
 
+        def mutate_and_note(job: Job) -> T:
+            result = mutate(job)
+            self._note_callbacks(job)
+            return result
+
         async def change() -> tuple[Job, T]:
-            job, result, changes = await self._store.update_job(tenant, job_id, mutate)
+            job, result, changes = await self._store.update_job(tenant, job_id, mutate_and_note)
             await self._after_commit(job, changes)
             return job, result
 
         if caller_may_leave:
             return await self._uncancellable(change())
         return await change()
+
+    def _note_callbacks(self, job: Job) -> None:
+        """Its pending change's callback messages join it: written in its transaction."""
+        if job.options.callback_url and self._callback_messages is not None:
+            job.changes.callbacks += self._callback_messages(job, job.changes.events)
 
     async def drain_changes(self, *, timeout_s: float | None = None) -> None:
         """Wait until the changes under way (their callers may be gone) have ended."""
@@ -578,4 +597,6 @@ class Orchestrator(TimeSweeps):
     # -- after commit ---------------------------------------------------------------------
 
     async def _after_commit(self, job: Job, changes: JobChanges) -> None:
+        if changes.callbacks:
+            self.callbacks_made()
         await carry_out(job, changes, bus=self._bus, queue=self._queue, directory=self._directory)

@@ -62,18 +62,20 @@ class LineMap:
         return self.lines.get((), 1)
 
 
-def parse_yaml(text: str, *, source: str) -> tuple[Any, LineMap]:
+def parse_yaml(
+    text: str,
+    *,
+    source: str,
+    empty: str = "the catalog is empty; expected a mapping with an 'intents' list",
+) -> tuple[Any, LineMap]:
     """The document and the line of each of its values; CatalogError for any YAML problem
-    (syntax, duplicate keys, aliases, nesting past strict_yaml's bound)."""
+    (syntax, duplicate keys, aliases, nesting past strict_yaml's bound), or `empty` for a
+    document without any value. Policy files (cpa_scheduler.policy) are read with it too."""
     loader = StrictSafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            raise CatalogError(
-                "the catalog is empty; expected a mapping with an 'intents' list",
-                source=source,
-                line=1,
-            )
+            raise CatalogError(empty, source=source, line=1)
         _check_duplicate_keys(node, source=source, seen=set())
         data = loader.construct_document(node)
         lines = LineMap(lines={(): node.start_mark.line + 1}, literal_starts={})

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from cpa_scheduler.api.call_context import TENANT_METADATA_KEY
 from cpa_scheduler.api.errors import abort
 from cpa_scheduler.domain import DomainError, Reason
 
@@ -28,7 +29,6 @@ from .errors import permission_denied
 from .permissions import Permission, allows, required_permission
 from .principal import Principal, reset_principal, set_current_principal
 
-TENANT_METADATA_KEY = "x-cpa-tenant"
 ACT_AS_TENANT_METADATA_KEY = "x-cpa-act-as-tenant"
 _MAX_TENANT_CHARS = 128
 

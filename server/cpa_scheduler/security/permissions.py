@@ -57,6 +57,10 @@ METHOD_PERMISSIONS: Final[Mapping[str, Permission]] = MappingProxyType(
         _SCHEDULER + "ListAgents": Permission.AGENTS_READ,
         _SCHEDULER + "ListArtifacts": Permission.JOBS_READ,
         _SCHEDULER + "DownloadArtifact": Permission.JOBS_READ,
+        _SCHEDULER + "ListCallbacks": Permission.JOBS_READ,
+        # Delivers the tenant's own notifications again (receivers dedupe by delivery id): a
+        # retry of what the caller's jobs already sent, not of any job, so not jobs.redrive.
+        _SCHEDULER + "RetryCallbacks": Permission.JOBS_RETRY,
         _EXECUTOR + "Connect": Permission.AGENT_CONNECT,
         _EXECUTOR + "UploadArtifact": Permission.AGENT_CONNECT,
         _EXECUTOR + "DownloadArtifact": Permission.AGENT_CONNECT,

@@ -1,7 +1,16 @@
 """Durable state: the Store interface and its implementations (SQLite embedded, PostgreSQL)."""
 
 from .data_dir import DataDirectoryInUseError
-from .interface import EndPosition, QueuedTask, Store, StoredMessage
+from .interface import (
+    CallbackDelivery,
+    CallbackOutcome,
+    CallbackPosition,
+    CallbackState,
+    EndPosition,
+    QueuedTask,
+    Store,
+    StoredMessage,
+)
 from .migrations import (
     DatabaseUnavailableError,
     InvalidDatabaseUrlError,
@@ -15,6 +24,10 @@ from .sqlite_store import SqliteStore
 
 __all__ = [
     # Interface
+    "CallbackDelivery",
+    "CallbackOutcome",
+    "CallbackPosition",
+    "CallbackState",
     "EndPosition",
     "QueuedTask",
     "Store",

@@ -312,6 +312,13 @@ def options_to_data(options: JobOptions) -> Data:
         "deadline": time_to_text(options.deadline),
         "default_retry_policy": retry_policy_to_data(options.default_retry_policy),
         "callback_url": options.callback_url,
+        # Only when set: the options of jobs without them stay as they were.
+        **({"callback_receiver": options.callback_receiver} if options.callback_receiver else {}),
+        **(
+            {"callback_in_reply_to": options.callback_in_reply_to}
+            if options.callback_in_reply_to
+            else {}
+        ),
     }
 
 
@@ -323,6 +330,8 @@ def options_from_data(data: Data) -> JobOptions:
         deadline=time_from_text(data["deadline"]),
         default_retry_policy=retry_policy_from_data(data["default_retry_policy"]),
         callback_url=data["callback_url"],
+        callback_receiver=data.get("callback_receiver", ""),
+        callback_in_reply_to=data.get("callback_in_reply_to", ""),
     )
 
 

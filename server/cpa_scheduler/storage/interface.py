@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from cpa_scheduler.domain import (
@@ -57,6 +58,58 @@ class StoredMessage:
     job_id: str
     body_json: str
     create_time: datetime
+
+
+class CallbackState(StrEnum):
+    """Where an outbox row (a callback delivery) stands."""
+
+    PENDING = "PENDING"
+    """Not delivered yet: due at next_attempt_time (again, after a failed attempt)."""
+    DELIVERED = "DELIVERED"
+    """The receiver answered 2xx."""
+    DEAD = "DEAD"
+    """Given up: a permanent refusal, a forbidden address, or the attempts ran out."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallbackDelivery:
+    """One callback message and how its delivery goes (a row of the outbox)."""
+
+    tenant: str
+    delivery_id: str
+    message_id: str
+    job_id: str
+    sequence: int
+    """The job event that caused it: messages of one job are sent in this order."""
+    event_type: str
+    url: str
+    body_json: str
+    state: CallbackState
+    attempts: int
+    next_attempt_time: datetime
+    last_error: str
+    create_time: datetime
+    update_time: datetime
+    claim_token: str = ""
+    """Set by claim_callbacks: the claimer's token, which record_callback_attempt must show."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallbackOutcome:
+    """How one delivery attempt ended: the state it leaves the row in."""
+
+    state: CallbackState
+    next_attempt_time: datetime | None = None
+    """When PENDING: when to try again."""
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackPosition:
+    """Where a listing of callback deliveries (oldest first) has got to."""
+
+    create_time: datetime
+    delivery_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +210,62 @@ class Store(ApiKeyStore, Protocol):
 
     async def conversation_job(self, tenant: str, conversation_id: str) -> str | None:
         """The job a conversation's request created, if any."""
+        ...
+
+    # -- callback outbox (rows are written by create_jobs/update_job from JobChanges.callbacks,
+    # in the transaction of the change) --------------------------------------------------------
+
+    async def claim_callbacks(
+        self, now: datetime, *, limit: int, claim_until: datetime, claim_token: str
+    ) -> list[CallbackDelivery]:
+        """Take at most `limit` PENDING deliveries due at `now` that nobody holds (no claim, or
+        one that ended), oldest due first, and hold them until `claim_until` under
+        `claim_token`: no other claimer gets them meanwhile. Only the first PENDING delivery of
+        each job is due, so a job's messages go out in order."""
+        ...
+
+    async def record_callback_attempt(
+        self, delivery_id: str, *, claim_token: str, now: datetime, outcome: CallbackOutcome
+    ) -> bool:
+        """Count one attempt and apply its outcome, releasing the claim; only while the delivery
+        is PENDING and still held under `claim_token` (a claimer whose claim ended and was taken
+        over changes nothing). Returns whether it applied."""
+        ...
+
+    async def list_callbacks(
+        self,
+        tenant: str,
+        *,
+        state: CallbackState | None,
+        job_id: str,
+        after: CallbackPosition | None,
+        limit: int,
+    ) -> list[CallbackDelivery]:
+        """The tenant's deliveries, oldest first, after `after`; only those in `state` and of
+        `job_id` when given."""
+        ...
+
+    async def get_callbacks(
+        self, tenant: str, delivery_ids: Sequence[str]
+    ) -> list[CallbackDelivery]:
+        """The tenant's deliveries among `delivery_ids` (others' and unknown ids are left out)."""
+        ...
+
+    async def redrive_callbacks(
+        self, tenant: str, delivery_ids: Sequence[str] | None, *, now: datetime, limit: int
+    ) -> list[CallbackDelivery]:
+        """Make DEAD deliveries of the tenant PENDING again, due now, their attempts counted
+        from 0: those among `delivery_ids`, or (None) the oldest `limit` DEAD ones. Returns them
+        as they are now; other ids are left alone."""
+
+    async def ping(self) -> None:
+        """A cheap check that the store answers (SELECT 1), for the health probe; raises when
+        it does not. Never on the hot path."""
+        ...
+
+    async def tenant_load(self, tenant: str) -> tuple[int, int]:
+        """(jobs not yet SUCCEEDED, FAILED or CANCELLED, tasks QUEUED) of a tenant: its quotas'
+        counts (security/quotas.py reads them at most once per CPA_QUOTA_CACHE_S)."""
         ...
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from cpa_scheduler.domain import Job, JobChanges, JobEvent, NotFound, Reason, Re
 
 from . import codec, records
 from . import postgres_sql as sql
+from .callback_records import callback_to_record
 from .interface import StoredMessage
 from .postgres_connections import Connection, Row
 
@@ -42,6 +43,7 @@ class CreationRecords:
     labels: list[codec.Data]
     tasks: list[codec.Data]
     events: list[codec.Data]
+    callbacks: list[codec.Data]
 
     @classmethod
     def of(cls, job: Job, changes: JobChanges) -> CreationRecords:
@@ -56,6 +58,7 @@ class CreationRecords:
                 for i, task in enumerate(job.tasks.values())
             ],
             events=list(_event_records(job.job_id, changes.events)),
+            callbacks=[callback_to_record(job.tenant, job.job_id, c) for c in changes.callbacks],
         )
 
     @staticmethod
@@ -67,6 +70,13 @@ class CreationRecords:
             "tasks": _json_rows(r for c in creations for r in c.tasks),
             "events": _json_rows(r for c in creations for r in c.events),
         }
+
+    @staticmethod
+    def callback_params(creations: Sequence[CreationRecords]) -> dict[str, str] | None:
+        """The parameters of sql.INSERT_CALLBACKS for these creations; None when they have
+        none (jobs without a callback URL cost no statement)."""
+        rows = [r for c in creations for r in c.callbacks]
+        return {"callbacks": _json_rows(rows)} if rows else None
 
 
 @dataclass(slots=True)
@@ -126,6 +136,7 @@ class Writes:
     jobs: dict[str, codec.Data] = field(default_factory=dict)
     tasks: dict[tuple[str, str], codec.Data] = field(default_factory=dict)
     events: list[codec.Data] = field(default_factory=list)
+    callbacks: list[codec.Data] = field(default_factory=list)
 
     def add(self, job: Job, changes: JobChanges) -> None:
         """Encode first, then record: a change that cannot be encoded leaves nothing behind."""
@@ -135,7 +146,9 @@ class Writes:
             for task_id in sorted(changes.dirty_tasks)
         ]
         events = list(_event_records(job.job_id, changes.events))
+        callbacks = [callback_to_record(job.tenant, job.job_id, c) for c in changes.callbacks]
         self.jobs[job.job_id] = job_record
+        self.callbacks += callbacks
         for record in task_records:
             self.tasks[(job.job_id, record["task_id"])] = record
         self.events += events
@@ -150,6 +163,10 @@ class Writes:
             "tasks": _json_rows(self.tasks.values()),
             "events": _json_rows(self.events),
         }
+
+    def callback_params(self) -> dict[str, str] | None:
+        """The parameters of sql.INSERT_CALLBACKS; None when the batch made no callbacks."""
+        return {"callbacks": _json_rows(self.callbacks)} if self.callbacks else None
 
 
 @dataclass(slots=True)

@@ -94,6 +94,34 @@ class PostgresConnections:
         self._recovery: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
+        # The health probe's own connection (ping): a pool busy with calls is not a sick
+        # database, so the probe does not queue for one of its connections.
+        self._probe: Connection | None = None
+
+    async def ping(self) -> None:
+        """SELECT 1 on the probe's connection, made anew after any failure (a timeout's cancel
+        included), so a database that comes back is seen at the next ping."""
+        if self._closing:
+            raise RuntimeError("store is closed")
+        probe = self._probe
+        try:
+            if probe is None:
+                # open_pool gave the pool a plain URL and keyword arguments.
+                url, kwargs = self._pool.conninfo, self._pool.kwargs
+                assert isinstance(url, str)
+                assert isinstance(kwargs, dict)
+                probe = await psycopg.AsyncConnection.connect(url, **kwargs)
+                self._probe = probe
+            await probe.execute("SELECT 1")
+        except BaseException:
+            await self.close_probe()
+            raise
+
+    async def close_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await probe.close()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from .callback_records import CALLBACK_COLUMNS
 from .records import JOB_COLUMNS, JOB_STATE_COLUMNS, TASK_COLUMNS, TASK_STATE_COLUMNS
 
 _JOB_STATE_COLUMNS: Final = tuple(c for c in JOB_STATE_COLUMNS if c != "job_id")
@@ -92,6 +93,15 @@ WRITE_CHANGES: Final = f"""
     INSERT INTO events (job_id, {", ".join(_EVENT_COLUMNS)})
     SELECT e.job_id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}
     FROM {_rows_of("events", "e", "events")}
+"""
+# The callback outbox rows a batch made, in its transaction; only those of jobs that exist (a
+# creation whose request id was taken inserted no job). Sent only when there are rows.
+INSERT_CALLBACKS: Final = f"""
+    INSERT INTO callback_deliveries ({", ".join(CALLBACK_COLUMNS)})
+    SELECT {", ".join(f"c.{c}" for c in CALLBACK_COLUMNS)}
+    FROM {_rows_of("callback_deliveries", "c", "callbacks")}
+    WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = c.job_id)
+    ON CONFLICT (delivery_id) DO NOTHING
 """
 # Who holds these request ids (pairs of tenant and request id).
 REQUEST_OWNERS: Final = """

@@ -47,10 +47,14 @@ from .postgres_batch import (
     jobs_from_rows,
     request_key,
 )
+from .postgres_callbacks import PostgresCallbacks
 from .postgres_connections import Connection, open_pool
 from .postgres_group_commit import MAX_BATCH_OPS, MAX_BATCHES_IN_FLIGHT, GroupCommit
+from .records import tenant_load_sql
 
 T = TypeVar("T")
+
+_TENANT_LOAD_SQL: Final = tenant_load_sql("%(tenant)s")
 
 # How long an attempt handed to one sweeper is hidden from the others.
 SWEEP_CLAIM_S: Final = 30.0
@@ -60,7 +64,7 @@ SWEEP_CLAIM_S: Final = 30.0
 REQUEST_ID_ROUNDS: Final = 3
 
 
-class PostgresStore(GroupCommit, PostgresApiKeys):
+class PostgresStore(GroupCommit, PostgresApiKeys, PostgresCallbacks):
     """The distributed store. Open with `await PostgresStore.open(url)`; close with `close()`.
 
     A batch of writes normally costs two round trips: lock and read every job it changes (in
@@ -398,6 +402,10 @@ class PostgresStore(GroupCommit, PostgresApiKeys):
         )
         return None if not rows else str(rows[0][0])
 
+    async def tenant_load(self, tenant: str) -> tuple[int, int]:
+        [(active, queued)] = await self._statement(_TENANT_LOAD_SQL, {"tenant": tenant})
+        return int(active), int(queued)
+
     async def close(self) -> None:
         """Run the writes already submitted, wait for them, and close the pool."""
         if self._closing:
@@ -412,6 +420,7 @@ class PostgresStore(GroupCommit, PostgresApiKeys):
             if self._recovery is not None:
                 self._recovery.cancel()
                 await asyncio.gather(self._recovery, return_exceptions=True)
+            await self.close_probe()
             await self._pool.close()
         finally:
             self._closed.set()

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cpa_scheduler import json_text
-from cpa_scheduler.domain import Job, JobEvent, JobState, Reason, Task, TaskState
+from cpa_scheduler.domain import JOB_STATE_MACHINE, Job, JobEvent, JobState, Reason, Task, TaskState
 
 from .codec import (
     Data,
@@ -25,6 +25,20 @@ from .codec import (
     todo_from_data,
     todo_to_data,
 )
+
+_UNFINISHED = ", ".join(f"'{s.value}'" for s in JobState if s not in JOB_STATE_MACHINE.terminal)
+
+
+def tenant_load_sql(param: str) -> str:
+    """Store.tenant_load's query, `param` the placeholder of the tenant (twice). Jobs: a walk
+    over the tenant's jobs (no index on state); tasks: over the QUEUED tasks of every tenant
+    (an index on state), each joined to its job."""
+    return (
+        f"SELECT (SELECT count(*) FROM jobs WHERE tenant = {param} AND state IN ({_UNFINISHED})), "
+        "(SELECT count(*) FROM tasks t JOIN jobs j ON j.job_id = t.job_id "
+        f"WHERE t.state = 'QUEUED' AND j.tenant = {param})"
+    )
+
 
 JOB_COLUMNS = (
     "tenant",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # What each version adds to the one before (files of an older server are upgraded at open).
 _UPGRADES = {
     2: (
@@ -19,8 +19,8 @@ _UPGRADES = {
         "ALTER TABLE tasks ADD COLUMN timeout_at INTEGER",
     ),
     4: ("ALTER TABLE jobs ADD COLUMN cancel_message TEXT NOT NULL DEFAULT ''",),
-    # api_keys: created by _SCHEMA's CREATE TABLE IF NOT EXISTS.
-    5: (),
+    5: (),  # the callback outbox: a new table, which the schema below creates
+    6: (),  # api_keys: likewise
 }
 
 _SCHEMA = """
@@ -105,6 +105,30 @@ CREATE TABLE IF NOT EXISTS lam_messages (
     PRIMARY KEY (tenant, message_id, inbound)
 );
 CREATE INDEX IF NOT EXISTS lam_by_conversation ON lam_messages (tenant, conversation_id);
+CREATE TABLE IF NOT EXISTS callback_deliveries (
+    tenant TEXT NOT NULL,
+    delivery_id TEXT NOT NULL PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    job_id TEXT NOT NULL REFERENCES jobs (job_id),
+    sequence INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_time INTEGER NOT NULL,
+    claimed_until INTEGER,
+    claim_token TEXT NOT NULL,
+    last_error TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS callbacks_due ON callback_deliveries (next_attempt_time)
+    WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS callbacks_of_job ON callback_deliveries (job_id, sequence)
+    WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS callbacks_listing ON callback_deliveries
+    (tenant, create_time, delivery_id);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT NOT NULL PRIMARY KEY,
     tenant TEXT NOT NULL,

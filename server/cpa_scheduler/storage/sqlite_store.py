@@ -36,7 +36,10 @@ from . import codec, records
 from .data_dir import DataDirectoryLock, make_private_file
 from .interface import EndPosition, QueuedTask, StoredMessage
 from .sqlite_api_keys import SqliteApiKeys
+from .sqlite_callbacks import SqliteCallbacks, insert_callbacks
 from .sqlite_schema import connect
+
+_TENANT_LOAD_SQL = records.tenant_load_sql("?")
 
 T = TypeVar("T")
 
@@ -89,7 +92,7 @@ def _checkpoint(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-class SqliteStore(SqliteApiKeys):
+class SqliteStore(SqliteApiKeys, SqliteCallbacks):
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `close()`."""
 
     def __init__(
@@ -236,6 +239,8 @@ class SqliteStore(SqliteApiKeys):
             ],
         )
         self._insert_events(changes.events)
+        if changes.callbacks:
+            insert_callbacks(self._db, job.tenant, job.job_id, changes.callbacks)
         self._live[job.job_id] = job
         return job, changes
 
@@ -271,6 +276,8 @@ class SqliteStore(SqliteApiKeys):
             ],
         )
         self._insert_events(changes.events)
+        if changes.callbacks:
+            insert_callbacks(self._db, job.tenant, job.job_id, changes.callbacks)
         if job.is_terminal:
             self._live.pop(job_id, None)
         else:
@@ -548,6 +555,15 @@ class SqliteStore(SqliteApiKeys):
             (tenant, conversation_id),
         ).fetchone()
         return None if row is None else str(row["job_id"])
+
+    async def ping(self) -> None:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        self._db.execute("SELECT 1").fetchone()
+
+    async def tenant_load(self, tenant: str) -> tuple[int, int]:
+        row = self._db.execute(_TENANT_LOAD_SQL, (tenant, tenant)).fetchone()
+        return int(row[0]), int(row[1])
 
     async def close(self) -> None:
         if self._closed:

@@ -24,12 +24,20 @@ from cpa_scheduler.api.errors import (
     REASON_CODE_OVERRIDES,
     REASON_CODES,
     STATUS_DETAILS_KEY,
+    retry_after_header,
     status_code_for,
     status_for,
     translate_errors,
 )
 from cpa_scheduler.api.list_filter import parse_job_filter
-from cpa_scheduler.domain import DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
+from cpa_scheduler.domain import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    Reason,
+)
 
 API_STYLE = Path(__file__).resolve().parents[3] / "docs" / "API_STYLE.md"
 SERVICE = "cpa.test.v1.ErrorsTestService"
@@ -372,7 +380,7 @@ def test_plain_domain_error_goes_by_reason_and_never_claims_the_call_failed(
     ("error", "code"),
     [
         # The class decides...
-        (InvalidArgument("x", reason=Reason.POLICY_VIOLATION), grpc.StatusCode.INVALID_ARGUMENT),
+        (InvalidArgument("x", reason=Reason.NO_CAPABLE_AGENT), grpc.StatusCode.INVALID_ARGUMENT),
         (FailedPrecondition("x", reason=Reason.INVALID_FIELD), grpc.StatusCode.FAILED_PRECONDITION),
         (NotFound("x"), grpc.StatusCode.NOT_FOUND),
         (DomainError("x", reason=Reason.GRAPH_CYCLE), grpc.StatusCode.INVALID_ARGUMENT),
@@ -383,6 +391,7 @@ def test_plain_domain_error_goes_by_reason_and_never_claims_the_call_failed(
         (InvalidArgument("x", reason=Reason.REQUEST_ID_REUSED), grpc.StatusCode.ALREADY_EXISTS),
         (DomainError("x", reason=Reason.UNAUTHENTICATED), grpc.StatusCode.UNAUTHENTICATED),
         (DomainError("x", reason=Reason.PERMISSION_DENIED), grpc.StatusCode.PERMISSION_DENIED),
+        (InvalidArgument("x", reason=Reason.POLICY_VIOLATION), grpc.StatusCode.PERMISSION_DENIED),
         (FailedPrecondition("x", reason=Reason.RATE_LIMITED), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (DomainError("x", reason=Reason.SERVER_SHUTTING_DOWN), grpc.StatusCode.UNAVAILABLE),
         (InvalidArgument("x", reason=Reason.INTERNAL), grpc.StatusCode.INTERNAL),
@@ -437,3 +446,31 @@ def test_docs_table_matches_the_code() -> None:
     assert overrides == dict(REASON_CODE_OVERRIDES)
     assert by_reason == dict(REASON_CODES)
     assert len(rows) == len(Reason)
+
+
+def test_a_limit_carries_its_metadata_a_retry_info_and_a_retry_after() -> None:
+    error = LimitExceeded(
+        "slow down",
+        reason=Reason.RATE_LIMITED,
+        metadata={"scope": "ip", "limit": "100"},
+        retry_delay_s=1.2345,
+    )
+    code, status = status_for(error)
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _detail_types(status) == ["google.rpc.ErrorInfo", "google.rpc.RetryInfo"]
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+    status.details[0].Unpack(info)
+    status.details[1].Unpack(retry)
+    assert dict(info.metadata) == {"scope": "ip", "limit": "100"}
+    assert retry.retry_delay.ToMilliseconds() == 1235
+    assert retry_after_header(error) == "2"  # whole seconds, rounded up
+    # A quota has no delay to tell: no RetryInfo, no header.
+    quota = LimitExceeded("full", reason=Reason.QUOTA_EXCEEDED, metadata={"quota": "x"})
+    assert _detail_types(status_for(quota)[1]) == ["google.rpc.ErrorInfo"]
+    assert retry_after_header(quota) is None
+    assert (
+        retry_after_header(
+            LimitExceeded("now", reason=Reason.RATE_LIMITED, metadata={}, retry_delay_s=0.001)
+        )
+        == "1"
+    )

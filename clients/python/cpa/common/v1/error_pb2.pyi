@@ -91,7 +91,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_APPROVAL_REJECTED: _ErrorReason.ValueType  # 31
     """A task needing approval was rejected."""
     ERROR_REASON_POLICY_VIOLATION: _ErrorReason.ValueType  # 32
-    """The plan breaks a tenant policy."""
+    """The plan breaks a tenant policy (docs/POLICY.md): PERMISSION_DENIED at ScheduleJob,
+    BatchScheduleJobs and RetryJob (ErrorInfo.metadata names `field`, `rule`, `todo` and
+    `todo_field`), refuse for a LAM request, and the TaskError of a task refused at dispatch
+    (not retryable; the policy was tightened after the job was submitted).
+    """
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 33
     """The call carries no credential (metadata `authorization: Bearer <API key or JWT>` or
     `x-api-key`) and the method is not public: UNAUTHENTICATED (HTTP 401 through the gateway).
@@ -103,11 +107,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     `tenants.act_for`: PERMISSION_DENIED (HTTP 403). docs/SECURITY.md has the table.
     """
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 35
-    """The caller sends faster than allowed; retry later."""
+    """The caller sends faster than allowed: RESOURCE_EXHAUSTED (HTTP 429 through the gateway,
+    with a Retry-After header). ErrorInfo.metadata: `scope` (`key`: the caller's credential,
+    or its tenant while calls carry no credential; `ip`: the caller's address), `limit` (calls
+    per minute of that scope) and `retry_after_s`; a google.rpc.RetryInfo detail carries the
+    delay after which the call would be admitted (docs/SECURITY.md, "Rate limits and quotas").
+    """
     ERROR_REASON_AGENT_DRAINING: _ErrorReason.ValueType  # 36
     """The agent is draining and takes no new work."""
     ERROR_REASON_SERVER_SHUTTING_DOWN: _ErrorReason.ValueType  # 37
-    """The server is shutting down; retry against another replica."""
+    """The server is shutting down; retry against another replica. The REST gateway answers a
+    call with it (HTTP 503, code UNAVAILABLE) when no scheduler replica behind it is healthy
+    or reachable (stopping, stopped or not started yet).
+    """
     ERROR_REASON_EXECUTOR_ERROR: _ErrorReason.ValueType  # 38
     """The executor reported an application error; TaskError.code has its own code."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 39
@@ -204,6 +216,39 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A task went back to PENDING because its session restarted on another agent (the agent
     holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
     """
+    ERROR_REASON_CALLBACK_NOT_FOUND: _ErrorReason.ValueType  # 110
+    """RetryCallbacks named a delivery id the caller's tenant has no delivery under (unknown, or
+    another tenant's): NOT_FOUND, field `delivery_ids[i]`; nothing is re-driven.
+    """
+    ERROR_REASON_CALLBACK_NOT_DEAD: _ErrorReason.ValueType  # 111
+    """RetryCallbacks named a delivery that is not dead-lettered (PENDING or DELIVERED):
+    FAILED_PRECONDITION, field `delivery_ids[i]`; nothing is re-driven.
+    """
+    ERROR_REASON_UNKNOWN_METHOD: _ErrorReason.ValueType  # 120
+    """The REST gateway (Envoy) binds no RPC to the request's path (with any method): HTTP 404,
+    code NOT_FOUND. Only the gateway sends it; the scheduler never does.
+    """
+    ERROR_REASON_INVALID_QUERY_PARAMETER: _ErrorReason.ValueType  # 121
+    """The REST gateway refused a query parameter: the request message has no such field, or
+    the value does not parse as the field's type (`page_size=many`). HTTP 400, code
+    INVALID_ARGUMENT; Envoy's message names the parameter. Only the gateway sends it.
+    """
+    ERROR_REASON_MALFORMED_BODY: _ErrorReason.ValueType  # 122
+    """The REST gateway could not turn the JSON body into the request message: not JSON, not
+    UTF-8, or a value of the wrong type for its field (an unknown enum name, an array where an
+    object belongs). HTTP 400, code INVALID_ARGUMENT. Only the gateway sends it.
+    """
+    ERROR_REASON_METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 123
+    """The REST gateway binds the request's path, but not with its method (`PUT /v1/jobs`):
+    HTTP 405 with an `allow` header listing the methods that path takes, code UNIMPLEMENTED.
+    Only the gateway sends it.
+    """
+    ERROR_REASON_IDEMPOTENCY_KEY_MISMATCH: _ErrorReason.ValueType  # 124
+    """The call's `idempotency-key` (HTTP header, or gRPC metadata) and the idempotency id in its
+    message name different keys: ScheduleJob's request_id, or SendMessage's message.id.
+    INVALID_ARGUMENT naming that field; nothing is created. Two `idempotency-key` values in one
+    call are refused the same way.
+    """
     ERROR_REASON_CREDENTIAL_INVALID: _ErrorReason.ValueType  # 130
     """The credential (API key or JWT bearer token, in metadata `authorization: Bearer ...` or
     `x-api-key`) is not valid: malformed, unknown, wrongly signed, of another issuer or audience,
@@ -227,6 +272,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_API_KEY_NOT_FOUND: _ErrorReason.ValueType  # 134
     """AdminService.RevokeApiKey names no key of the caller's tenant: NOT_FOUND."""
+    ERROR_REASON_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 145
+    """A submission (ScheduleJob, BatchScheduleJobs, a LAM request, RetryJob, RetryJobs) would
+    take the tenant past one of its quotas: RESOURCE_EXHAUSTED (HTTP 429), nothing is created.
+    ErrorInfo.metadata: `quota` (`active_jobs`: jobs not yet SUCCEEDED, FAILED or CANCELLED;
+    `queued_tasks`: tasks ready and waiting for an agent), `current` (the tenant's count as the
+    server last read it), `requested` (what the submission adds) and `limit`. Retry once jobs
+    of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -301,7 +354,11 @@ ERROR_REASON_CANCELLED_BY_USER: ErrorReason.ValueType  # 30
 ERROR_REASON_APPROVAL_REJECTED: ErrorReason.ValueType  # 31
 """A task needing approval was rejected."""
 ERROR_REASON_POLICY_VIOLATION: ErrorReason.ValueType  # 32
-"""The plan breaks a tenant policy."""
+"""The plan breaks a tenant policy (docs/POLICY.md): PERMISSION_DENIED at ScheduleJob,
+BatchScheduleJobs and RetryJob (ErrorInfo.metadata names `field`, `rule`, `todo` and
+`todo_field`), refuse for a LAM request, and the TaskError of a task refused at dispatch
+(not retryable; the policy was tightened after the job was submitted).
+"""
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 33
 """The call carries no credential (metadata `authorization: Bearer <API key or JWT>` or
 `x-api-key`) and the method is not public: UNAUTHENTICATED (HTTP 401 through the gateway).
@@ -313,11 +370,19 @@ e.g. `jobs.submit`), or it asks to act for another tenant (`x-cpa-act-as-tenant`
 `tenants.act_for`: PERMISSION_DENIED (HTTP 403). docs/SECURITY.md has the table.
 """
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 35
-"""The caller sends faster than allowed; retry later."""
+"""The caller sends faster than allowed: RESOURCE_EXHAUSTED (HTTP 429 through the gateway,
+with a Retry-After header). ErrorInfo.metadata: `scope` (`key`: the caller's credential,
+or its tenant while calls carry no credential; `ip`: the caller's address), `limit` (calls
+per minute of that scope) and `retry_after_s`; a google.rpc.RetryInfo detail carries the
+delay after which the call would be admitted (docs/SECURITY.md, "Rate limits and quotas").
+"""
 ERROR_REASON_AGENT_DRAINING: ErrorReason.ValueType  # 36
 """The agent is draining and takes no new work."""
 ERROR_REASON_SERVER_SHUTTING_DOWN: ErrorReason.ValueType  # 37
-"""The server is shutting down; retry against another replica."""
+"""The server is shutting down; retry against another replica. The REST gateway answers a
+call with it (HTTP 503, code UNAVAILABLE) when no scheduler replica behind it is healthy
+or reachable (stopping, stopped or not started yet).
+"""
 ERROR_REASON_EXECUTOR_ERROR: ErrorReason.ValueType  # 38
 """The executor reported an application error; TaskError.code has its own code."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 39
@@ -414,6 +479,39 @@ ERROR_REASON_SESSION_RESTARTED: ErrorReason.ValueType  # 100
 """A task went back to PENDING because its session restarted on another agent (the agent
 holding it was lost): the TaskError of its TaskStateChanged event (code SESSION_RESTARTED).
 """
+ERROR_REASON_CALLBACK_NOT_FOUND: ErrorReason.ValueType  # 110
+"""RetryCallbacks named a delivery id the caller's tenant has no delivery under (unknown, or
+another tenant's): NOT_FOUND, field `delivery_ids[i]`; nothing is re-driven.
+"""
+ERROR_REASON_CALLBACK_NOT_DEAD: ErrorReason.ValueType  # 111
+"""RetryCallbacks named a delivery that is not dead-lettered (PENDING or DELIVERED):
+FAILED_PRECONDITION, field `delivery_ids[i]`; nothing is re-driven.
+"""
+ERROR_REASON_UNKNOWN_METHOD: ErrorReason.ValueType  # 120
+"""The REST gateway (Envoy) binds no RPC to the request's path (with any method): HTTP 404,
+code NOT_FOUND. Only the gateway sends it; the scheduler never does.
+"""
+ERROR_REASON_INVALID_QUERY_PARAMETER: ErrorReason.ValueType  # 121
+"""The REST gateway refused a query parameter: the request message has no such field, or
+the value does not parse as the field's type (`page_size=many`). HTTP 400, code
+INVALID_ARGUMENT; Envoy's message names the parameter. Only the gateway sends it.
+"""
+ERROR_REASON_MALFORMED_BODY: ErrorReason.ValueType  # 122
+"""The REST gateway could not turn the JSON body into the request message: not JSON, not
+UTF-8, or a value of the wrong type for its field (an unknown enum name, an array where an
+object belongs). HTTP 400, code INVALID_ARGUMENT. Only the gateway sends it.
+"""
+ERROR_REASON_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 123
+"""The REST gateway binds the request's path, but not with its method (`PUT /v1/jobs`):
+HTTP 405 with an `allow` header listing the methods that path takes, code UNIMPLEMENTED.
+Only the gateway sends it.
+"""
+ERROR_REASON_IDEMPOTENCY_KEY_MISMATCH: ErrorReason.ValueType  # 124
+"""The call's `idempotency-key` (HTTP header, or gRPC metadata) and the idempotency id in its
+message name different keys: ScheduleJob's request_id, or SendMessage's message.id.
+INVALID_ARGUMENT naming that field; nothing is created. Two `idempotency-key` values in one
+call are refused the same way.
+"""
 ERROR_REASON_CREDENTIAL_INVALID: ErrorReason.ValueType  # 130
 """The credential (API key or JWT bearer token, in metadata `authorization: Bearer ...` or
 `x-api-key`) is not valid: malformed, unknown, wrongly signed, of another issuer or audience,
@@ -437,6 +535,14 @@ one (`hello.capabilities.actions[2]`). Create a token that allows it, or stop ad
 """
 ERROR_REASON_API_KEY_NOT_FOUND: ErrorReason.ValueType  # 134
 """AdminService.RevokeApiKey names no key of the caller's tenant: NOT_FOUND."""
+ERROR_REASON_QUOTA_EXCEEDED: ErrorReason.ValueType  # 145
+"""A submission (ScheduleJob, BatchScheduleJobs, a LAM request, RetryJob, RetryJobs) would
+take the tenant past one of its quotas: RESOURCE_EXHAUSTED (HTTP 429), nothing is created.
+ErrorInfo.metadata: `quota` (`active_jobs`: jobs not yet SUCCEEDED, FAILED or CANCELLED;
+`queued_tasks`: tasks ready and waiting for an agent), `current` (the tenant's count as the
+server last read it), `requested` (what the submission adds) and `limit`. Retry once jobs
+of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -552,7 +552,7 @@ class SkippedJob(_message.Message):
     """The job's id."""
     reason: _error_pb2.ErrorReason.ValueType
     """Why: ILLEGAL_TRANSITION when its state no longer allows the change, JOB_NOT_FOUND when it
-    is gone.
+    is gone, POLICY_VIOLATION when the tenant's policy refuses a task it would run again.
     """
     message: _builtins.str
     """The error's message."""

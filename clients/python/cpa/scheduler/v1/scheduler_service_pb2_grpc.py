@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cpa.scheduler.v1 import callback_pb2 as cpa_dot_scheduler_dot_v1_dot_callback__pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -37,7 +38,17 @@ class SchedulerServiceStub:
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def __init__(self, channel):
@@ -111,6 +122,16 @@ class SchedulerServiceStub:
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.FromString,
                 _registered_method=True)
+        self.ListCallbacks = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/ListCallbacks',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksResponse.FromString,
+                _registered_method=True)
+        self.RetryCallbacks = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/RetryCallbacks',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -125,17 +146,36 @@ class SchedulerServiceServicer:
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def ScheduleJob(self, request, context):
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
         the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
+        empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
+        field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
         Answers with the job in the BASIC view unless the request asks for FULL.
         Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
         CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
         JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
         protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
+        A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
+        PERMISSION_DENIED with POLICY_VIOLATION, before anything runs or is stored: a BadRequest and
+        ErrorInfo.metadata `field` name the request field (`spec.todos.todos[1].params.url`;
+        `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
+        ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
+        ToDo's id and `todo_field` its field. Text is checked before it is routed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +187,12 @@ class SchedulerServiceServicer:
         Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
         the existing job with created = false. At most 1000 requests, with distinct request ids.
         For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+        A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
+        (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
+        Rate limits charge it one call per request (a batch larger than a minute's allowance
+        waits for a full bucket); refused, it creates nothing.
+        A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
+        ScheduleJob, its field under `requests[i].`; no job is created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,7 +231,10 @@ class SchedulerServiceServicer:
 
     def RetryJob(self, request, context):
         """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-        succeeded tasks keep their outputs.
+        succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+        are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
+        with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
+        the job stays as it was.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,7 +246,9 @@ class SchedulerServiceServicer:
         re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
         failed again.
         Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
-        stay re-driven and calling again does the rest.
+        stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
+        RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
+        not check policies.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +273,17 @@ class SchedulerServiceServicer:
         """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
         declined (refuse); a malformed message gets not_understood; other performatives are
         stored in their conversation and acknowledged.
+        A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
+        `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
+        from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request
+        over CPA_MAX_REQUEST_BYTES is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE).
+        REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
+        older `POST /lam/message` take the bare LAM message as the body. All three answer
+        `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
+        stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+        refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
+        path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
+        `expected.reply_to`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +319,32 @@ class SchedulerServiceServicer:
         chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
         the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
         job or artifact answers exactly as a missing one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCallbacks(self, request, context):
+        """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
+        done, failure), oldest first, optionally only one state's or one job's. Another tenant's
+        deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
+        job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryCallbacks(self, request, context):
+        """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
+        from 0, with the same delivery id and message (receivers deduplicate by the id). With
+        delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
+        caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+        field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
+        (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
+        takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
+        INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
+        set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
+        max_callbacks out of range, or set without all_dead, field max_callbacks).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -330,6 +418,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.SerializeToString,
             ),
+            'ListCallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCallbacks,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksResponse.SerializeToString,
+            ),
+            'RetryCallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryCallbacks,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cpa.scheduler.v1.SchedulerService', rpc_method_handlers)
@@ -350,7 +448,17 @@ class SchedulerService:
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @staticmethod
@@ -694,6 +802,60 @@ class SchedulerService:
             '/cpa.scheduler.v1.SchedulerService/DownloadArtifact',
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactRequest.SerializeToString,
             cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2.DownloadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/ListCallbacks',
+            cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_callback__pb2.ListCallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryCallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/RetryCallbacks',
+            cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

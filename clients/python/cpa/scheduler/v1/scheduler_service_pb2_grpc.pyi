@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from cpa.scheduler.v1 import callback_pb2 as _callback_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as _scheduler_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -38,7 +39,17 @@ class SchedulerServiceStub:
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @_typing.overload
@@ -48,11 +59,20 @@ class SchedulerServiceStub:
     ScheduleJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ScheduleJobRequest, _scheduler_service_pb2.ScheduleJobResponse]
     """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
     the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+    A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
+    empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
+    field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
     Answers with the job in the BASIC view unless the request asks for FULL.
     Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
     CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
     JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
     protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
+    A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
+    PERMISSION_DENIED with POLICY_VIOLATION, before anything runs or is stored: a BadRequest and
+    ErrorInfo.metadata `field` name the request field (`spec.todos.todos[1].params.url`;
+    `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
+    ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
+    ToDo's id and `todo_field` its field. Text is checked before it is routed.
     """
     BatchScheduleJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]
     """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
@@ -60,6 +80,12 @@ class SchedulerServiceStub:
     Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
     the existing job with created = false. At most 1000 requests, with distinct request ids.
     For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+    A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
+    (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
+    Rate limits charge it one call per request (a batch larger than a minute's allowance
+    waits for a full bucket); refused, it creates nothing.
+    A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
+    ScheduleJob, its field under `requests[i].`; no job is created.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -82,7 +108,10 @@ class SchedulerServiceStub:
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-    succeeded tasks keep their outputs.
+    succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+    are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
+    with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
+    the job stays as it was.
     """
     RetryJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobsRequest, _scheduler_service_pb2.RetryJobsResponse]
     """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
@@ -90,7 +119,9 @@ class SchedulerServiceStub:
     re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
     failed again.
     Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
-    stay re-driven and calling again does the rest.
+    stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
+    RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
+    not check policies.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]
     """Streams a job's events from after_sequence on, live, and ends after the terminal event.
@@ -107,6 +138,17 @@ class SchedulerServiceStub:
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
     declined (refuse); a malformed message gets not_understood; other performatives are
     stored in their conversation and acknowledged.
+    A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
+    `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
+    from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request
+    over CPA_MAX_REQUEST_BYTES is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE).
+    REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
+    older `POST /lam/message` take the bare LAM message as the body. All three answer
+    `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
+    stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+    refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
+    path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
+    `expected.reply_to`).
     """
     PreviewPlan: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.PreviewPlanRequest, _scheduler_service_pb2.PreviewPlanResponse]
     """Plans the requested work without creating a job: the routed intent and the task graph."""
@@ -125,6 +167,24 @@ class SchedulerServiceStub:
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
     job or artifact answers exactly as a missing one.
     """
+    ListCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]
+    """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
+    done, failure), oldest first, optionally only one state's or one job's. Another tenant's
+    deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
+    job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+    """
+    RetryCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.RetryCallbacksRequest, _callback_pb2.RetryCallbacksResponse]
+    """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
+    from 0, with the same delivery id and message (receivers deduplicate by the id). With
+    delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
+    caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+    field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
+    (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
+    takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
+    INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
+    set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
+    max_callbacks out of range, or set without all_dead, field max_callbacks).
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -139,18 +199,37 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ScheduleJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ScheduleJobRequest, _scheduler_service_pb2.ScheduleJobResponse]  # type: ignore[assignment]
     """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
     the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+    A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
+    empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
+    field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
     Answers with the job in the BASIC view unless the request asks for FULL.
     Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
     CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
     JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
     protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
+    A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
+    PERMISSION_DENIED with POLICY_VIOLATION, before anything runs or is stored: a BadRequest and
+    ErrorInfo.metadata `field` name the request field (`spec.todos.todos[1].params.url`;
+    `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
+    ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
+    ToDo's id and `todo_field` its field. Text is checked before it is routed.
     """
     BatchScheduleJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]  # type: ignore[assignment]
     """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
@@ -158,6 +237,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
     the existing job with created = false. At most 1000 requests, with distinct request ids.
     For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+    A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
+    (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
+    Rate limits charge it one call per request (a batch larger than a minute's allowance
+    waits for a full bucket); refused, it creates nothing.
+    A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
+    ScheduleJob, its field under `requests[i].`; no job is created.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -180,7 +265,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-    succeeded tasks keep their outputs.
+    succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+    are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
+    with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
+    the job stays as it was.
     """
     RetryJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobsRequest, _scheduler_service_pb2.RetryJobsResponse]  # type: ignore[assignment]
     """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
@@ -188,7 +276,9 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
     failed again.
     Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
-    stay re-driven and calling again does the rest.
+    stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
+    RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
+    not check policies.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """Streams a job's events from after_sequence on, live, and ends after the terminal event.
@@ -205,6 +295,17 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
     declined (refuse); a malformed message gets not_understood; other performatives are
     stored in their conversation and acknowledged.
+    A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
+    `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
+    from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request
+    over CPA_MAX_REQUEST_BYTES is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE).
+    REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
+    older `POST /lam/message` take the bare LAM message as the body. All three answer
+    `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
+    stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+    refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
+    path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
+    `expected.reply_to`).
     """
     PreviewPlan: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.PreviewPlanRequest, _scheduler_service_pb2.PreviewPlanResponse]  # type: ignore[assignment]
     """Plans the requested work without creating a job: the routed intent and the task graph."""
@@ -223,6 +324,24 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
     job or artifact answers exactly as a missing one.
     """
+    ListCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]  # type: ignore[assignment]
+    """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
+    done, failure), oldest first, optionally only one state's or one job's. Another tenant's
+    deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
+    job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+    """
+    RetryCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.RetryCallbacksRequest, _callback_pb2.RetryCallbacksResponse]  # type: ignore[assignment]
+    """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
+    from 0, with the same delivery id and message (receivers deduplicate by the id). With
+    delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
+    caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+    field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
+    (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
+    takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
+    INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
+    set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
+    max_callbacks out of range, or set without all_dead, field max_callbacks).
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """SchedulerService is the API of callers: people, other agents and webhooks.
@@ -236,7 +355,17 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD).
+    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
+    that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
+    ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
+    Every call is rate limited (unless the server disables it) per credential (per tenant while
+    calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
+    (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
+    done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
+    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     """
 
     @_abc_1.abstractmethod
@@ -247,11 +376,20 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_service_pb2.ScheduleJobResponse, _abc.Awaitable[_scheduler_service_pb2.ScheduleJobResponse]]:
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
         the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
+        empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
+        field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
         Answers with the job in the BASIC view unless the request asks for FULL.
         Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
         CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
         JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
         protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
+        A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
+        PERMISSION_DENIED with POLICY_VIOLATION, before anything runs or is stored: a BadRequest and
+        ErrorInfo.metadata `field` name the request field (`spec.todos.todos[1].params.url`;
+        `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
+        ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
+        ToDo's id and `todo_field` its field. Text is checked before it is routed.
         """
 
     @_abc_1.abstractmethod
@@ -265,6 +403,12 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         Each request is handled as ScheduleJob handles it, request_id included: a repeat returns
         the existing job with created = false. At most 1000 requests, with distinct request ids.
         For bulk submitters: one call costs the server far less than as many ScheduleJob calls.
+        A call's `idempotency-key` K gives each request without a request_id the id `K/<index>`
+        (`K/0`, `K/1`...), so repeating the same batch with the same key creates nothing new.
+        Rate limits charge it one call per request (a batch larger than a minute's allowance
+        waits for a full bucket); refused, it creates nothing.
+        A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
+        ScheduleJob, its field under `requests[i].`; no job is created.
         """
 
     @_abc_1.abstractmethod
@@ -311,7 +455,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.RetryJobResponse, _abc.Awaitable[_scheduler_service_pb2.RetryJobResponse]]:
         """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-        succeeded tasks keep their outputs.
+        succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+        are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
+        with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
+        the job stays as it was.
         """
 
     @_abc_1.abstractmethod
@@ -325,7 +472,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         re-driven job is no longer FAILED or CANCELLED, so a later call passes over it unless it
         failed again.
         Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
-        stay re-driven and calling again does the rest.
+        stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
+        RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
+        not check policies.
         """
 
     @_abc_1.abstractmethod
@@ -354,6 +503,17 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
         declined (refuse); a malformed message gets not_understood; other performatives are
         stored in their conversation and acknowledged.
+        A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
+        `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
+        from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request
+        over CPA_MAX_REQUEST_BYTES is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE).
+        REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
+        older `POST /lam/message` take the bare LAM message as the body. All three answer
+        `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
+        stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+        refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
+        path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
+        `expected.reply_to`).
         """
 
     @_abc_1.abstractmethod
@@ -395,6 +555,36 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
         the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
         job or artifact answers exactly as a missing one.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCallbacks(
+        self,
+        request: _callback_pb2.ListCallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_callback_pb2.ListCallbacksResponse, _abc.Awaitable[_callback_pb2.ListCallbacksResponse]]:
+        """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
+        done, failure), oldest first, optionally only one state's or one job's. Another tenant's
+        deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
+        job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+        """
+
+    @_abc_1.abstractmethod
+    def RetryCallbacks(
+        self,
+        request: _callback_pb2.RetryCallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_callback_pb2.RetryCallbacksResponse, _abc.Awaitable[_callback_pb2.RetryCallbacksResponse]]:
+        """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
+        from 0, with the same delivery id and message (receivers deduplicate by the id). With
+        delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
+        caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+        field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
+        (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
+        takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
+        INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
+        set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
+        max_callbacks out of range, or set without all_dead, field max_callbacks).
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,7 +2,7 @@
 roles it acts with, and when it was created and revoked (docs/SECURITY.md).
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2027-01-10
 """
 
@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0008"
-# re-chained onto 0007 at merge
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,74 @@
+"""Redaction: PII a tenant's policy does not allow in a field is hidden in the jobs the API
+returns (`[REDACTED:IBAN]`); the stored job keeps the value, and the agent receives it.
+
+The store must keep it: the task runs from it, and again after a restart or a RetryJob. What a
+caller reads back (ScheduleJob, BatchScheduleJobs, GetJob, ListJobs, CancelJob, RetryJob) shows
+the label instead, for every finding whose action is not `allow` (a `refuse` finding can only be
+in a job stored before the policy was tightened). Costs nothing for a tenant whose policy
+redacts nothing (`Policy.redacts`).
+"""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2
+
+from cpa.common.v1 import todo_pb2
+from cpa.scheduler.v1 import job_pb2
+
+from .model import PiiAction
+from .pii import redact, scan
+from .rules import Policy
+
+# The request's own inputs are judged as its text: intent parameters are what the caller typed.
+_REQUEST_FIELD = "request.text"
+
+
+def _hidden(policy: Policy, path: str, text: str) -> str | None:
+    """`text` with what the policy does not allow at `path` replaced, or None if unchanged."""
+    findings = [
+        finding
+        for finding in scan(text, policy.pii_detectors)
+        if policy.pii_action(path, finding.detector)[0] is not PiiAction.ALLOW
+    ]
+    return redact(text, findings) if findings else None
+
+
+def _struct(policy: Policy, message: struct_pb2.Struct, path: str, *, judged_as: str = "") -> None:
+    stack: list[tuple[struct_pb2.Value, str]] = [
+        (value, f"{path}.{key}") for key, value in message.fields.items()
+    ]
+    while stack:
+        value, where = stack.pop()
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            hidden = _hidden(policy, judged_as or where, value.string_value)
+            if hidden is not None:
+                value.string_value = hidden
+        elif kind == "struct_value":
+            stack.extend((v, f"{where}.{k}") for k, v in value.struct_value.fields.items())
+        elif kind == "list_value":
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value.list_value.values))
+
+
+def _todo(policy: Policy, todo: todo_pb2.ToDo) -> None:
+    for name in ("text", "description"):
+        hidden = _hidden(policy, name, getattr(todo, name))
+        if hidden is not None:
+            setattr(todo, name, hidden)
+    if todo.HasField("selector"):
+        hidden = _hidden(policy, "selector.value", todo.selector.value)
+        if hidden is not None:
+            todo.selector.value = hidden
+    _struct(policy, todo.params, "params")
+
+
+def redact_job(policy: Policy, job: job_pb2.Job) -> None:
+    """Hide, in place, the PII the policy does not allow in the job's request and ToDos."""
+    if not policy.redacts:
+        return
+    hidden = _hidden(policy, _REQUEST_FIELD, job.spec.text)
+    if hidden is not None:
+        job.spec.text = hidden
+    _struct(policy, job.spec.intent.parameters, "parameters", judged_as=_REQUEST_FIELD)
+    for task in job.tasks:
+        _todo(policy, task.todo)
