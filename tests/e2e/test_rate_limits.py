@@ -1,6 +1,7 @@
-"""Rate limits and quotas of an embedded scheduler over real gRPC sockets: per tenant (no
-credentials yet), per address, per-tenant overrides, batch costs, what is not limited, and
-quota refusals that lift once jobs end."""
+"""Rate limits and quotas of an embedded scheduler over real gRPC sockets: per tenant (the suite
+runs with authentication off, so the tenant a call names is its bucket; per credential with
+authentication on: tests/security/test_rate_limit_keys.py), per address, per-tenant overrides,
+batch costs, what is not limited, and quota refusals that lift once jobs end."""
 
 from __future__ import annotations
 
