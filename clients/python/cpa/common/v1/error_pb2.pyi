@@ -109,9 +109,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 35
     """The caller sends faster than allowed: RESOURCE_EXHAUSTED (HTTP 429 through the gateway,
     with a Retry-After header). ErrorInfo.metadata: `scope` (`key`: the caller's credential,
-    or its tenant while calls carry no credential; `ip`: the caller's address), `limit` (calls
-    per minute of that scope) and `retry_after_s`; a google.rpc.RetryInfo detail carries the
-    delay after which the call would be admitted (docs/SECURITY.md, "Rate limits and quotas").
+    limited at its own tenant's rate; `tenant`: with authentication off, the tenant the call
+    names; `ip`: the caller's address), `limit` (calls per minute of that scope) and
+    `retry_after_s`; a google.rpc.RetryInfo detail carries the delay after which the call
+    would be admitted (docs/SECURITY.md, "Rate limits and quotas").
     """
     ERROR_REASON_AGENT_DRAINING: _ErrorReason.ValueType  # 36
     """The agent is draining and takes no new work."""
@@ -372,9 +373,10 @@ e.g. `jobs.submit`), or it asks to act for another tenant (`x-cpa-act-as-tenant`
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 35
 """The caller sends faster than allowed: RESOURCE_EXHAUSTED (HTTP 429 through the gateway,
 with a Retry-After header). ErrorInfo.metadata: `scope` (`key`: the caller's credential,
-or its tenant while calls carry no credential; `ip`: the caller's address), `limit` (calls
-per minute of that scope) and `retry_after_s`; a google.rpc.RetryInfo detail carries the
-delay after which the call would be admitted (docs/SECURITY.md, "Rate limits and quotas").
+limited at its own tenant's rate; `tenant`: with authentication off, the tenant the call
+names; `ip`: the caller's address), `limit` (calls per minute of that scope) and
+`retry_after_s`; a google.rpc.RetryInfo detail carries the delay after which the call
+would be admitted (docs/SECURITY.md, "Rate limits and quotas").
 """
 ERROR_REASON_AGENT_DRAINING: ErrorReason.ValueType  # 36
 """The agent is draining and takes no new work."""
