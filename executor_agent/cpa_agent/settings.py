@@ -46,6 +46,11 @@ class AgentSettings(BaseSettings):
         "call (metadata authorization: Bearer ...); empty: none, for a server with "
         "authentication off.",
     )
+    token_file: Path | None = Field(
+        default=None,
+        description="A file holding the token instead of `token` (a compose or Kubernetes "
+        "secret, the key file `cpa keys create --secret-file` wrote); read at start.",
+    )
     slots: int = Field(default=4, ge=1, description="How many attempts run at once.")
     labels: dict[str, str] = Field(
         default_factory=dict, description="Labels matched against ToDo.required_labels."
@@ -140,7 +145,7 @@ class AgentSettings(BaseSettings):
             server_name=self.tls_server_name,
         )
 
-    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", "token_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -153,11 +158,25 @@ class AgentSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_backoff(self) -> Self:
+    def _check_together(self) -> Self:
         if self.reconnect_max_backoff_s < self.reconnect_initial_backoff_s:
             raise ValueError("reconnect_max_backoff_s must be >= reconnect_initial_backoff_s")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.tls_server_name and self.client_tls() is None:
             raise ValueError("tls_server_name goes with TLS (tls_ca_file or tls)")
+        if self.token_file is not None:
+            if self.token.get_secret_value():
+                raise ValueError("token and token_file: give one")
+            self.token = SecretStr(_read_token(self.token_file))
         return self
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"token_file {path}: cannot read it ({error})") from None
+    if not token:
+        raise ValueError(f"token_file {path} is empty")
+    return token

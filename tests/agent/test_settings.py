@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -48,3 +49,31 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_settings_are_rejected(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         AgentSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_the_token_can_come_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.token"
+    path.write_text("cpa_0123456789ab_secret\n")
+
+    assert AgentSettings(token_file=path).token.get_secret_value() == "cpa_0123456789ab_secret"
+    # A compose file's blank means unset.
+    assert AgentSettings(token_file="").token_file is None
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "complaint"),
+    [
+        (None, {}, "cannot read it"),
+        ("  \n", {}, "is empty"),
+        ("cpa_0123456789ab_secret", {"token": "another"}, "token and token_file: give one"),
+    ],
+)
+def test_a_token_file_that_gives_no_token_is_refused(
+    tmp_path: Path, content: str | None, extra: dict[str, str], complaint: str
+) -> None:
+    path = tmp_path / "agent.token"
+    if content is not None:
+        path.write_text(content)
+
+    with pytest.raises(ValidationError, match=complaint):
+        AgentSettings(token_file=path, **extra)  # type: ignore[arg-type]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import stat
+from pathlib import Path
 
 import httpx
 
@@ -86,3 +88,46 @@ def test_insecure_local_refuses_a_public_listen_address(start_cli: StartCli) -> 
     )
     assert code == 2
     assert "loopback only" in err
+
+
+def test_keys_in_files_secret_file_and_api_key_file(start_cli: StartCli, tmp_path: Path) -> None:
+    server, address = start_server(start_cli, env=AUTH_ON)
+    key_file = tmp_path / "viewer.key"
+    create = ("keys", "create", "--role", "viewer", "--secret-file", str(key_file))
+
+    code, out, err = _cpa(start_cli, *create, "--server", address)
+    assert code == 0, err
+    assert "cpa_" not in out  # the secret went to the file, readable by its owner only
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_id = key_file.read_text().split("_")[1]
+    assert out.startswith(key_id)
+    # Never over an existing file (that is what --bootstrap's keeping is for).
+    code, _, err = _cpa(start_cli, *create, "--server", address)
+    assert code == 2
+    assert "exists" in err
+
+    # CPA_API_KEY_FILE: the viewer reads but may not submit.
+    from_file = {"CPA_API_KEY_FILE": str(key_file)}
+    code, _, err = _cpa(start_cli, "jobs", "list", "--server", address, env=from_file)
+    assert code == 0, err
+    code, _, err = _cpa(start_cli, "submit", "--intent", "x", "--server", address, env=from_file)
+    assert code == 2
+    assert "PERMISSION_DENIED" in err
+    # A key file named but unreadable is an error, not a fall back to the local admin key.
+    missing = {"CPA_API_KEY_FILE": str(tmp_path / "missing.key")}
+    code, _, err = _cpa(start_cli, "jobs", "list", "--server", address, env=missing)
+    assert code == 2
+    assert "CPA_API_KEY_FILE: cannot read" in err
+    server.terminate()
+    assert server.exit_code(START_TIMEOUT_S) == 0
+
+
+def test_a_bootstrap_key_gets_the_servers_checks(start_cli: StartCli) -> None:
+    code, _, err = _cpa(start_cli, "keys", "create", "--bootstrap", "--role", "agent")
+    assert code == 2
+    assert "agent_actions: an agent token must allow at least one action" in err
+    code, _, err = _cpa(
+        start_cli, "keys", "create", "--bootstrap", "--role", "agent", "--role", "viewer"
+    )
+    assert code == 2
+    assert "AGENT stands alone" in err

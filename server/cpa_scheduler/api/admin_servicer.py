@@ -83,6 +83,42 @@ def _patterns(values: Sequence[str], field: str) -> tuple[str, ...]:
     return tuple(values)
 
 
+def new_key(
+    request: pb.CreateApiKeyRequest, *, tenant: str, created_by: str, now: datetime
+) -> tuple[ApiKey, str]:
+    """A new key as `request` asks (checked: InvalidArgument naming the field at fault) and its
+    secret; not stored. CreateApiKey's, and `cpa keys create --bootstrap`'s."""
+    roles = _roles(request.roles)
+    if len(request.description) > _MAX_DESCRIPTION_CHARS:
+        raise InvalidArgument(
+            f"description: at most {_MAX_DESCRIPTION_CHARS} characters", field="description"
+        )
+    actions = _patterns(request.agent_actions, "agent_actions")
+    capabilities = _patterns(request.agent_capabilities, "agent_capabilities")
+    if Role.AGENT in roles and not actions:
+        raise InvalidArgument(
+            "agent_actions: an agent token must allow at least one action (`*`: any)",
+            reason=Reason.MISSING_FIELD,
+            field="agent_actions",
+        )
+    if Role.AGENT not in roles and (actions or capabilities):
+        field = "agent_actions" if actions else "agent_capabilities"
+        raise InvalidArgument(f"{field}: only for keys of role AGENT", field=field)
+    key_id, secret, digest = new_secret()
+    key = ApiKey(
+        key_id=key_id,
+        tenant=tenant,
+        roles=roles,
+        secret_sha256=digest,
+        description=request.description,
+        created_by=created_by,
+        create_time=now,
+        agent_actions=actions,
+        agent_capabilities=capabilities,
+    )
+    return key, secret
+
+
 def _caller() -> Principal:
     principal = current_principal()
     if principal is None:  # the interceptor always sets it for AdminService
@@ -110,33 +146,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
         caller = _caller()
-        roles = _roles(request.roles)
-        if len(request.description) > _MAX_DESCRIPTION_CHARS:
-            raise InvalidArgument(
-                f"description: at most {_MAX_DESCRIPTION_CHARS} characters", field="description"
-            )
-        actions = _patterns(request.agent_actions, "agent_actions")
-        capabilities = _patterns(request.agent_capabilities, "agent_capabilities")
-        if Role.AGENT in roles and not actions:
-            raise InvalidArgument(
-                "agent_actions: an agent token must allow at least one action (`*`: any)",
-                reason=Reason.MISSING_FIELD,
-                field="agent_actions",
-            )
-        if Role.AGENT not in roles and (actions or capabilities):
-            field = "agent_actions" if actions else "agent_capabilities"
-            raise InvalidArgument(f"{field}: only for keys of role AGENT", field=field)
-        key_id, secret, digest = new_secret()
-        key = ApiKey(
-            key_id=key_id,
-            tenant=caller.tenant,
-            roles=roles,
-            secret_sha256=digest,
-            description=request.description,
-            created_by=caller.subject,
-            create_time=self._clock(),
-            agent_actions=actions,
-            agent_capabilities=capabilities,
+        key, secret = new_key(
+            request, tenant=caller.tenant, created_by=caller.subject, now=self._clock()
         )
         await self._keys.create_api_key(key)
         return pb.CreateApiKeyResponse(key=key_to_proto(key), secret=secret)
