@@ -21,6 +21,7 @@ from cpa_agent import AgentSettings
 from cpa_agent.executors.browser.settings import BrowserSettings
 from cpa_agent.executors.mail.settings import MailSettings
 from cpa_cli.common import SERVER_ENV
+from cpa_cli.credentials import API_KEY_ENV, API_KEY_FILE_ENV
 from cpa_cli.gateway import GatewayConfig, render_envoy_config
 from cpa_cli.gateway.envoy import validate
 from cpa_cli.main import build_parser
@@ -61,9 +62,12 @@ def _health_check_argv(service: dict[str, Any]) -> list[str]:
 
 def test_the_compose_file_runs_our_image_for_every_cpa_role() -> None:
     assert CPA_SERVICES == [
+        "admin-key",
         "agent",
         "agent-browser",
+        "agent-token",
         "gateway",
+        "health-key",
         "migrate",
         "scheduler",
     ]
@@ -76,7 +80,15 @@ def test_each_service_command_parses_with_the_cli(name: str) -> None:
     _parse_cpa(SERVICES[name]["command"], f"service {name}")
 
 
-@pytest.mark.parametrize("name", [n for n in SERVICES if n != "migrate"])
+# Services that run once and exit (the migration, the first credentials).
+ONE_SHOTS = sorted(name for name, service in SERVICES.items() if service.get("restart") == "no")
+
+
+def test_the_one_shots_are_the_migration_and_the_first_credentials() -> None:
+    assert ONE_SHOTS == ["admin-key", "agent-token", "health-key", "migrate"]
+
+
+@pytest.mark.parametrize("name", [n for n in SERVICES if n not in ONE_SHOTS])
 def test_every_long_running_service_has_a_health_check(name: str) -> None:
     check = SERVICES[name]["healthcheck"]
     assert not check.get("disable"), name
@@ -108,8 +120,32 @@ def test_replicas_start_after_the_migration_succeeded() -> None:
     assert float(grace[:-1]) > Settings().shutdown_drain_s + 5
 
 
+def test_the_first_credentials_are_made_after_the_migration_and_kept_apart() -> None:
+    """The key services write into volumes; agents wait for theirs and read them, read-only;
+    the admin key's volume is mounted by its own service only. tests/deploy/
+    test_compose_credentials.py runs these commands."""
+    for name in ("admin-key", "agent-token", "health-key"):
+        service = SERVICES[name]
+        assert service["command"][:3] == ["keys", "create", "--bootstrap"], name
+        assert "--secret-file" in service["command"], name
+        assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    mounts = {
+        name: [volume.split(":")[0] for volume in service.get("volumes", [])]
+        for name, service in SERVICES.items()
+    }
+    assert [name for name, volumes in mounts.items() if "admin-keys" in volumes] == ["admin-key"]
+    for agent in ("agent", "agent-browser"):
+        service = SERVICES[agent]
+        assert service["volumes"] == ["agent-keys:/var/lib/cpa-keys:ro"]
+        for one_shot in ("agent-token", "health-key"):
+            assert service["depends_on"][one_shot] == {
+                "condition": "service_completed_successfully"
+            }
+        assert set(service["environment"]) == {"CPA_AGENT_TOKEN_FILE", API_KEY_FILE_ENV}
+
+
 def _known_variables() -> set[str]:
-    known = {SERVER_ENV}
+    known = {SERVER_ENV, API_KEY_ENV, API_KEY_FILE_ENV}
     for settings, prefix in (
         (Settings, "CPA_"),
         (AgentSettings, "CPA_AGENT_"),
