@@ -1,9 +1,11 @@
 """TLS end to end with processes: `cpa serve` on a TLS listener, `cpa agent`, `cpa submit` and
 `cpa agents` with --ca-file; a CLI without the CA gets a readable refusal; SIGHUP rotates the
-certificate for new connections (docs/SECURITY.md)."""
+certificate for new connections; with authentication on, the same commands send their key over
+the TLS channel (docs/SECURITY.md)."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -78,5 +80,42 @@ def test_sighup_gives_new_connections_the_new_certificate(
         assert time.monotonic() < deadline, server.report()
     assert health(pki.ca_file) == 1
     assert "TLS certificate reloaded for new connections" in server.stderr()
+    server.terminate()
+    assert server.exit_code(RUN_TIMEOUT_S) == 0
+
+
+def test_tls_and_credentials_together(start_cli: StartCli, tmp_path: Path) -> None:
+    """Authentication on over TLS: `cpa` commands take --ca-file and send their key (here the
+    local admin key), the agent its token; a call without a key is refused."""
+    pki = Pki.create(tmp_path / "pki")
+    ca = ("--ca-file", str(pki.ca_file))
+    server, address = start_server(
+        start_cli, env={**pki.server_env(), "CPA_INSECURE_LOCAL": "false"}
+    )
+    made = start_cli(
+        *("keys", "create", "--role", "agent", "--action", "*", "--json", "--server", address), *ca
+    )
+    out = made.rest_of_output(RUN_TIMEOUT_S)
+    assert made.exit_code(RUN_TIMEOUT_S) == 0, made.report()
+    token = json.loads(out[0])["secret"]
+    agent = start_cli(
+        *("agent", "--server", address, "--agent-id", "tls-auth-agent", "--executors", "builtin"),
+        *ca,
+        env={"CPA_AGENT_TOKEN": token},
+    )
+    agent.wait_for_line(CONNECTED, START_TIMEOUT_S)
+    todos = tmp_path / "todos.yaml"
+    todos.write_text("- {id: hello, action: noop}\n")
+    submit = start_cli("submit", "--server", address, *ca, "--todos", str(todos), "--watch")
+    lines = submit.rest_of_output(RUN_TIMEOUT_S)
+    assert submit.exit_code(RUN_TIMEOUT_S) == 0, submit.report()
+    assert re.match(r"^job \S+ SUCCEEDED in ", lines[-1]), lines
+
+    # No key to send (no local key file there): the TLS connection works, the call does not.
+    anonymous = start_cli(
+        "agents", "--server", address, *ca, env={"CPA_DATA_DIR": str(tmp_path / "elsewhere")}
+    )
+    assert anonymous.exit_code(RUN_TIMEOUT_S) == 2
+    assert "UNAUTHENTICATED" in anonymous.stderr()
     server.terminate()
     assert server.exit_code(RUN_TIMEOUT_S) == 0
