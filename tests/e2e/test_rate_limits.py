@@ -125,10 +125,17 @@ async def test_hostile_forwarded_for_and_tenant_values_are_answered_normally(
     stub: Any, forwarded: str
 ) -> None:
     # From a trusted peer (this test's own loopback): whatever the header holds, the call is
-    # served or rate limited, never failed.
-    metadata = ((TENANT, "t" * 4000), ("x-forwarded-for", forwarded))
+    # served or rate limited, never failed. The tenant is the longest name the server takes.
+    metadata = ((TENANT, "t" * 128), ("x-forwarded-for", forwarded))
     response = await stub.ListJobs(pb.ListJobsRequest(), metadata=metadata)
     assert list(response.jobs) == []
+
+
+async def test_a_tenant_name_too_long_is_refused_before_any_limit(stub: Any) -> None:
+    error = await _list(stub, "t" * 4000)
+    assert error is not None
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert error.metadata["field"] == "x-cpa-tenant"
 
 
 @pytest.mark.parametrize("scheduler_settings", [{"rate_limit_per_key": 5}], indirect=True)

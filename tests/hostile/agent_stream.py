@@ -148,7 +148,7 @@ def _forged() -> st.SearchStrategy[ex.ConnectRequest]:
     ) -> ex.ConnectRequest:
         message = ex.Result(job_id=ref[0], task_id=ref[1], attempt=ref[2], cancelled=cancelled)
         if error is not None:
-            message.error.CopyFrom(error)
+            set_field(message, ex.Result.DESCRIPTOR.fields_by_name["error"], error)
         elif outputs is not None:
             set_field(message, ex.Result.DESCRIPTOR.fields_by_name["outputs"], outputs)
         else:
@@ -171,14 +171,28 @@ def _forged() -> st.SearchStrategy[ex.ConnectRequest]:
         )
         return ex.ConnectRequest(report_id=report_id, assignment_ack=ack)
 
-    task_error = st.builds(
-        error_pb2.TaskError,
-        code=hostile_text(),
-        message=hostile_text(),
-        retryable=st.booleans(),
-        reason=enum_value(error_pb2.ErrorReason.DESCRIPTOR),
+    def task_error(
+        code: str, text: str, retryable: bool, reason: int, details: Message | None
+    ) -> error_pb2.TaskError:
+        error = error_pb2.TaskError(
+            code=code,
+            message=text,
+            retryable=retryable,
+            reason=reason,  # type: ignore[arg-type]  # undeclared numbers too
+        )
+        if details is not None:
+            # In place: the constructor copies, and a copy re-parses a too-deep Struct.
+            set_field(error, error_pb2.TaskError.DESCRIPTOR.fields_by_name["details"], details)
+        return error
+
+    task_errors = st.builds(
+        task_error,
+        hostile_text(),
+        hostile_text(),
+        st.booleans(),
+        enum_value(error_pb2.ErrorReason.DESCRIPTOR),
         # Deep, NaN, huge: kept bounded or dropped with a marker, never a crash.
-        details=st.one_of(
+        st.one_of(
             st.none(),
             message_of(error_pb2.TaskError.DESCRIPTOR.fields_by_name["details"].message_type),
         ),
@@ -191,7 +205,7 @@ def _forged() -> st.SearchStrategy[ex.ConnectRequest]:
             st.one_of(
                 st.none(), message_of(ex.Result.DESCRIPTOR.fields_by_name["outputs"].message_type)
             ),
-            st.one_of(st.none(), task_error),
+            st.one_of(st.none(), task_errors),
             st.booleans(),
         ),
         st.builds(
