@@ -112,8 +112,10 @@ StartCli = Callable[..., CliProcess]
 
 def _cli_env(extra: dict[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CPA_")}
-    # Authentication off unless a test turns it on (tests/conftest.py says why).
+    # Authentication and rate limits off unless a test turns them on (tests/conftest.py says
+    # why): the CPA_* variables of this process are not passed on.
     env["CPA_INSECURE_LOCAL"] = "true"
+    env["CPA_RATE_LIMITS_ENABLED"] = "false"
     env.update(extra or {})
     return env
 
