@@ -34,6 +34,7 @@ from .api.lam import LamHandler
 from .api.page_token import PageTokens
 from .api.scheduler_servicer import SchedulerServicer
 from .artifacts import Artifacts
+from .audit import AuditLog, RefusalBound
 from .backends import Backends, open_backends
 from .background import stop_tasks
 from .callbacks.address_guard import AddressPolicy
@@ -198,6 +199,13 @@ class SchedulerServer:
             orchestrator=orchestrator,
             max_bytes=settings.artifact_max_bytes,
         )
+        audit_log = AuditLog(
+            store=backends.store,
+            bound=RefusalBound(
+                per_minute=settings.audit_refusals_per_minute,
+                total_per_minute=settings.audit_refusals_total_per_minute,
+            ),
+        )
         server = grpc.aio.server(
             interceptors=[CallLimit(settings.max_concurrent_rpcs)],
             options=[
@@ -226,11 +234,12 @@ class SchedulerServer:
                 sessions=sessions,
                 directory=directory,
                 bus=bus,
-                lam=LamHandler(orchestrator=orchestrator, settings=settings),
+                lam=LamHandler(orchestrator=orchestrator, settings=settings, audit_log=audit_log),
                 settings=settings,
                 page_tokens=page_tokens,
                 artifacts=artifacts,
                 callbacks=CallbackOutbox(store=backends.store, wake=deliverer.wake),
+                audit_log=audit_log,
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,

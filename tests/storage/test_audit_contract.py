@@ -78,7 +78,8 @@ async def test_an_entry_comes_with_its_job_change_and_reads_back_whole(store: St
         "req-1",
         "0af7651916cd43dd",
     )
-    assert newest.create_time == at(1) and newest.result_code == "OK"
+    assert newest.create_time == at(1)
+    assert newest.result_code == "OK"
 
 
 async def test_every_field_round_trips(store: Store) -> None:
@@ -147,7 +148,10 @@ async def test_listing_filters_pages_and_keeps_tenants_apart(store: Store) -> No
         call("ScheduleJob").entry(create_time=at(0), job_id="job-1"),
         call("CancelJob", bob).entry(create_time=at(1), job_id="job-1"),
         call("CancelJob").entry(
-            create_time=at(2), job_id="job-2", result_code="NOT_FOUND", result_reason="JOB_NOT_FOUND"
+            create_time=at(2),
+            job_id="job-2",
+            result_code="NOT_FOUND",
+            result_reason="JOB_NOT_FOUND",
         ),
         call("RetryJob", bob).entry(create_time=at(3), job_id="job-2"),
         call("ScheduleJob", AuditActor(tenant=OTHER, subject="key:eve")).entry(
@@ -224,16 +228,15 @@ async def test_a_redrive_writes_one_entry_per_delivery_in_its_transaction(store:
 async def test_entries_cannot_be_changed_or_deleted_in_the_database(store: Store) -> None:
     await store.append_audit([call("ScheduleJob").entry(create_time=NOW, job_id="job-1")])
     if isinstance(store, SqliteStore):
-        database = store._db
         for statement in (
             "UPDATE audit_entries SET subject = 'forged'",
             "DELETE FROM audit_entries",
         ):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                database.execute(statement)
+                store._db.execute(statement)
     else:
         assert isinstance(store, PostgresStore)
-        url = store._pool.conninfo
+        url = str(store._pool.conninfo)
         with psycopg.connect(url, autocommit=True) as database:
             for statement in (
                 "UPDATE audit_entries SET subject = 'forged'",

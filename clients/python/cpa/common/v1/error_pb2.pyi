@@ -206,6 +206,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RetryCallbacks named a delivery that is not dead-lettered (PENDING or DELIVERED):
     FAILED_PRECONDITION, field `delivery_ids[i]`; nothing is re-driven.
     """
+    ERROR_REASON_INVALID_TIME_RANGE: _ErrorReason.ValueType  # 160
+    """ListAuditEntries: end_time is not after start_time, so no entry could match:
+    INVALID_ARGUMENT, field `end_time`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -394,6 +398,10 @@ another tenant's): NOT_FOUND, field `delivery_ids[i]`; nothing is re-driven.
 ERROR_REASON_CALLBACK_NOT_DEAD: ErrorReason.ValueType  # 111
 """RetryCallbacks named a delivery that is not dead-lettered (PENDING or DELIVERED):
 FAILED_PRECONDITION, field `delivery_ids[i]`; nothing is re-driven.
+"""
+ERROR_REASON_INVALID_TIME_RANGE: ErrorReason.ValueType  # 160
+"""ListAuditEntries: end_time is not after start_time, so no entry could match:
+INVALID_ARGUMENT, field `end_time`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
