@@ -29,8 +29,8 @@ def _output(process: CliProcess) -> tuple[int, list[str]]:
 async def _run_job_and_a_refusal(address: str) -> str:
     noop = todo_pb2.ToDo(id="a", action=todo_pb2.ACTION_TYPE_CUSTOM, custom_action="noop")
     async with SchedulerClient(address, timeout_s=WAIT_S) as client:
-        job_id = await client.schedule_job(job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[noop])))
-        job_id = job_id.job.job_id
+        spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[noop]))
+        job_id = (await client.schedule_job(spec)).job.job_id
         async for _ in client.watch_job(job_id):
             pass  # the watch ends after the terminal event
         try:

@@ -51,8 +51,8 @@ async def test_schedule_cancel_retry_and_lam_leave_entries_with_who_what_why(
         "acme",
         **{"x-request-id": "req-42", "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"},
     ) as acme:
-        job_id = (await acme.schedule_job(todos_spec(todo("step", "wait", params={"s": 30})))).job
-        job_id = job_id.job_id
+        scheduled = await acme.schedule_job(todos_spec(todo("step", "wait", params={"s": 30})))
+        job_id = scheduled.job.job_id
         await acme.cancel_job(job_id, reason="wrong invoice ✓")
         await finished(acme, job_id)
         await acme.retry_job(job_id)
@@ -206,7 +206,7 @@ async def test_another_tenant_sees_nothing_and_filters_and_pages_work(
 
 async def test_bad_filters_name_their_field(client: SchedulerClient) -> None:
     start = datetime(2030, 1, 1, tzinfo=UTC)
-    cases = [
+    cases: list[tuple[dict[str, object], str, str]] = [
         ({"job_id": "j" * 129}, "job_id", "INVALID_FIELD"),
         ({"principal": "p" * 257}, "principal", "INVALID_FIELD"),
         ({"action": "a" * 65}, "action", "INVALID_FIELD"),
