@@ -208,7 +208,7 @@ class ListAuditEntriesRequest(_message.Message):
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only entries written at or after this time. Out of the Timestamp range is INVALID_FIELD
-        (field start_time).
+        (field start_time.seconds or start_time.nanos; end_time's likewise).
         """
 
     @_builtins.property
