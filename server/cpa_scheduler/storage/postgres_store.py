@@ -37,6 +37,7 @@ from cpa_scheduler.domain import (
 from . import codec
 from . import postgres_sql as sql
 from .interface import EndPosition, QueuedTask, StoredMessage
+from .postgres_audit import PostgresAudit
 from .postgres_batch import (
     JOB_ID,
     Create,
@@ -63,7 +64,7 @@ SWEEP_CLAIM_S: Final = 30.0
 REQUEST_ID_ROUNDS: Final = 3
 
 
-class PostgresStore(GroupCommit, PostgresCallbacks):
+class PostgresStore(GroupCommit, PostgresCallbacks, PostgresAudit):
     """The distributed store. Open with `await PostgresStore.open(url)`; close with `close()`.
 
     A batch of writes normally costs two round trips: lock and read every job it changes (in
