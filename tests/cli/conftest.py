@@ -112,6 +112,8 @@ StartCli = Callable[..., CliProcess]
 
 def _cli_env(extra: dict[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CPA_")}
+    # As for the suite's in-process servers (tests/conftest.py): limits only where a test asks.
+    env["CPA_RATE_LIMITS_ENABLED"] = "false"
     env.update(extra or {})
     return env
 
