@@ -23,6 +23,7 @@ from . import (
     agent_command,
     agents_command,
     artifacts_command,
+    audit_command,
     callbacks_command,
     gateway_command,
     health_command,
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     intents_command.register(commands)
     artifacts_command.register(commands)
     callbacks_command.register(commands)
+    audit_command.register(commands)
     demo_command.register(commands)
     migrate_command.register(commands)
     health_command.register(commands)

@@ -40,6 +40,7 @@ from .api.page_token import PageTokens
 from .api.rate_limiter import RateLimiter
 from .api.scheduler_servicer import SchedulerServicer
 from .artifacts import Artifacts
+from .audit import AuditLog, RefusalBound
 from .backends import Backends, open_backends
 from .background import stop_tasks
 from .callbacks.address_guard import AddressPolicy
@@ -301,6 +302,13 @@ class SchedulerServer:
                     keys=RedisKeys(settings.redis_key_prefix),
                 )
             )
+        audit_log = AuditLog(
+            store=backends.store,
+            bound=RefusalBound(
+                per_minute=settings.audit_refusals_per_minute,
+                total_per_minute=settings.audit_refusals_total_per_minute,
+            ),
+        )
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -336,11 +344,12 @@ class SchedulerServer:
                 sessions=sessions,
                 directory=directory,
                 bus=bus,
-                lam=LamHandler(orchestrator=orchestrator, settings=settings),
+                lam=LamHandler(orchestrator=orchestrator, settings=settings, audit_log=audit_log),
                 settings=settings,
                 page_tokens=page_tokens,
                 artifacts=artifacts,
                 callbacks=CallbackOutbox(store=backends.store, wake=deliverer.wake),
+                audit_log=audit_log,
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,

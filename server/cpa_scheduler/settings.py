@@ -311,6 +311,25 @@ class Settings(BaseSettings):
         description="How long the events of a finished job are kept; then the sweeper deletes "
         "all of them but the last (terminal) one.",
     )
+    audit_retention_days: float = Field(
+        default=365.0,
+        ge=0,
+        description="How long audit entries are kept; then the sweeper deletes them, oldest "
+        "first. 0 keeps them for ever. The only way an entry leaves the store (docs/AUDIT.md).",
+    )
+    audit_refusals_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Refused calls of one principal (or peer, without credentials) audited one "
+        "by one per minute and replica; beyond, they are counted and the count is written with "
+        "the principal's next audited refusal (AuditEntry.suppressed).",
+    )
+    audit_refusals_total_per_minute: int = Field(
+        default=1200,
+        ge=0,
+        description="Refused calls audited one by one per minute and replica, all principals "
+        "together: many forged identities cannot multiply the writes either.",
+    )
     default_tenant: str = Field(
         default="default",
         description="Tenant of callers and agents that name none (the embedded default has one).",

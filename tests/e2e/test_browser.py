@@ -103,6 +103,16 @@ async def test_login_and_download_share_the_session_through_the_scheduler(
         "login": ["01-goto.png", "02-fill.png", "03-fill.png", "04-click.png", "05-verify.png"],
         "download": ["01-download.png", "invoice"],
     }, [(t.todo.id, [(a.attempt, a.name) for a in t.artifacts], t.attempts) for t in job.tasks]
+    # The audit entry of the login's outcome names its screenshots, in the order taken.
+    login_attempt = len(tasks["login"].attempts)
+    [outcome] = [
+        e
+        async for e in client.list_audit_entries(job_id=job.job_id, action="TaskResult")
+        if e.task_id == "login" and e.attempt == login_attempt
+    ]
+    shots = {a.artifact_id: a.name for a in tasks["login"].artifacts}
+    assert [shots[i] for i in outcome.artifact_ids] == names["login"]
+    assert (outcome.task_action, outcome.result_code) == ("playwright", "OK")
     # The password never reached the scheduler.
     assert PASSWORD not in str(job)
     assert not any(PASSWORD in str(event) for event in events)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cpa.common.v1 import todo_pb2
 from cpa.lam.v1 import lam_message_pb2 as lam
-from cpa.scheduler.v1 import callback_pb2, job_pb2
+from cpa.scheduler.v1 import audit_pb2, callback_pb2, job_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
 from .arena import HOSTILE_TENANTS, NORMAL_TENANT
@@ -142,6 +142,10 @@ def templates(rpc: str) -> list[Message]:
         "RetryCallbacks": [
             callback_pb2.RetryCallbacksRequest(delivery_ids=["0" * 32]),
             callback_pb2.RetryCallbacksRequest(all_dead=True, max_callbacks=5),
+        ],
+        "ListAuditEntries": [
+            audit_pb2.ListAuditEntriesRequest(job_id=job_id, action="CancelJob", page_size=5),
+            audit_pb2.ListAuditEntriesRequest(principal="anonymous", result="NOT_FOUND"),
         ],
     }
     return by_rpc[rpc]

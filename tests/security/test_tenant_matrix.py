@@ -144,6 +144,14 @@ async def _retry_callbacks(world: World, delivery_id: str) -> Outcome:
         return await _outcome(client.retry_callbacks([delivery_id]), delivery_id)
 
 
+async def _list_audit(world: World, job_id: str) -> Outcome:
+    """acme's own refused probes of the id are its entries; what happened to globex's job (its
+    ScheduleJob, OK) must not show."""
+    async with _client(world) as client:
+        entries = [e async for e in client.list_audit_entries(job_id=job_id)]
+    return sorted(e.action for e in entries if e.result_code == "OK")
+
+
 async def _list_agents(world: World, job_id: str) -> Outcome:
     async with _client(world) as client:
         return SHARED_AGENT_ID in {agent.agent_id async for agent in client.list_agents()}
@@ -243,6 +251,7 @@ PROBES: dict[str, tuple[Probe, str]] = {
     _S + "ListAgents": (_list_agents, "job"),
     _S + "ListCallbacks": (_list_callbacks, "job"),
     _S + "RetryCallbacks": (_retry_callbacks, "delivery"),
+    _S + "ListAuditEntries": (_list_audit, "job"),
     _S + "ScheduleJob": (_schedule, "request_id"),
     _S + "BatchScheduleJobs": (_batch_schedule, "batch_request_id"),
     _E + "Connect": (_connect, "agent_id"),

@@ -21,7 +21,7 @@ from tests.fixtures.tcp_proxy import TcpProxy
 BACKENDS = ["sqlite", "postgres"]
 _TABLES = (
     "jobs, job_labels, tasks, events, lam_messages, artifact_content, artifact_chunks, "
-    "callback_deliveries, api_keys"
+    "callback_deliveries, api_keys, audit_entries"
 )
 
 OpenStore = Callable[[], Awaitable[Store]]

@@ -18,6 +18,7 @@ from .test_store_contract import TENANT, at, create, new_job
 
 # What each version added, undone: turns a file back into what an older server wrote.
 _UNDO = {
+    7: "DROP TABLE audit_entries; DROP TABLE audit_prune_gate;",
     6: "DROP TABLE api_keys;",
     5: "DROP TABLE callback_deliveries;",
     4: "ALTER TABLE jobs DROP COLUMN cancel_message;",
@@ -32,7 +33,7 @@ _UNDO = {
 }
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 async def test_an_older_file_is_upgraded_and_keeps_its_jobs(tmp_path: Path, version: int) -> None:
     path = tmp_path / "cpa.sqlite3"
     store = await SqliteStore.open(path)

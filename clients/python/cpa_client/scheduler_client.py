@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from cpa.common.v1 import artifact_pb2
 from cpa.lam.v1 import lam_message_pb2
 from cpa.scheduler.v1 import (
     agent_pb2,
+    audit_pb2,
     callback_pb2,
     job_event_pb2,
     job_pb2,
@@ -31,6 +33,7 @@ _Page = TypeVar(
     scheduler_service_pb2.ListJobsResponse,
     scheduler_service_pb2.ListAgentsResponse,
     callback_pb2.ListCallbacksResponse,
+    audit_pb2.ListAuditEntriesResponse,
 )
 
 
@@ -281,6 +284,37 @@ class SchedulerClient:
         ):
             for delivery in response.callbacks:
                 yield delivery
+
+    async def list_audit_entries(
+        self,
+        *,
+        job_id: str = "",
+        principal: str = "",
+        action: str = "",
+        result: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+    ) -> AsyncIterator[audit_pb2.AuditEntry]:
+        """Every audit entry of the caller's tenant matching the filters (newest first),
+        following page tokens; times are [start_time, end_time)."""
+        request = audit_pb2.ListAuditEntriesRequest(
+            job_id=job_id, principal=principal, action=action, result=result, page_size=page_size
+        )
+        if start_time is not None:
+            request.start_time.FromDatetime(start_time)
+        if end_time is not None:
+            request.end_time.FromDatetime(end_time)
+
+        def page(token: str) -> Awaitable[audit_pb2.ListAuditEntriesResponse]:
+            request.page_token = token
+            return self._stub.ListAuditEntries(
+                request, metadata=self._metadata, timeout=self._timeout_s
+            )
+
+        async for response in self._pages(page):
+            for entry in response.entries:
+                yield entry
 
     async def retry_callbacks(
         self, delivery_ids: Sequence[str] = (), *, all_dead: bool = False, max_callbacks: int = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cpa.scheduler.v1 import callback_pb2
 from cpa_scheduler.callbacks.outbox import CallbackOutbox
-from cpa_scheduler.domain import InvalidArgument, PagePosition, Reason
+from cpa_scheduler.domain import AuditCall, InvalidArgument, PagePosition, Reason
 from cpa_scheduler.storage import CallbackDelivery, CallbackPosition, CallbackState
 
 from .page_token import PageTokens, TokenKind, fingerprint_query, page_size
@@ -92,7 +92,11 @@ async def list_callbacks(
 
 
 async def retry_callbacks(
-    request: callback_pb2.RetryCallbacksRequest, *, tenant: str, outbox: CallbackOutbox
+    request: callback_pb2.RetryCallbacksRequest,
+    *,
+    tenant: str,
+    outbox: CallbackOutbox,
+    audit: AuditCall | None = None,
 ) -> callback_pb2.RetryCallbacksResponse:
     ids = list(request.delivery_ids)
     if ids and request.all_dead:
@@ -106,7 +110,7 @@ async def retry_callbacks(
                 field="max_callbacks",
             )
         redriven = await outbox.retry_all_dead(
-            tenant, limit=request.max_callbacks or _RETRY_DEFAULT
+            tenant, limit=request.max_callbacks or _RETRY_DEFAULT, audit=audit
         )
     else:
         if not ids:
@@ -122,5 +126,5 @@ async def retry_callbacks(
             )
         for index, delivery_id in enumerate(ids):
             _check_id(delivery_id, f"delivery_ids[{index}]")
-        redriven = await outbox.retry(tenant, ids)
+        redriven = await outbox.retry(tenant, ids, audit=audit)
     return callback_pb2.RetryCallbacksResponse(callbacks=[callback_to_proto(d) for d in redriven])

@@ -162,6 +162,7 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.INVALID_PARAMS: _Code.FAILED_PRECONDITION,
         Reason.SESSION_RESTARTED: _Code.FAILED_PRECONDITION,
         Reason.CALLBACK_NOT_DEAD: _Code.FAILED_PRECONDITION,
+        Reason.INVALID_TIME_RANGE: _Code.INVALID_ARGUMENT,
     }
 )
 

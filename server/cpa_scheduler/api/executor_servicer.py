@@ -34,6 +34,7 @@ from cpa_scheduler.dispatch.dispatcher import Dispatcher
 from cpa_scheduler.domain import (
     AgentState,
     AttemptRef,
+    AuditActor,
     DomainError,
     InvalidArgument,
     NotFound,
@@ -47,6 +48,7 @@ from cpa_scheduler.security.authenticator import Authenticator
 from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, convert
+from .audit_context import agent_for_audit
 from .call_context import tenant_of
 from .errors import translate_errors
 
@@ -65,6 +67,8 @@ class _Stream:
 
     session: AgentSession
     outgoing: asyncio.Queue[pb.ConnectResponse | None]
+    # Who the agent is for the audit of its results.
+    actor: AuditActor
 
 
 def _batch(responses: list[pb.ConnectResponse]) -> pb.ConnectResponse:
@@ -238,7 +242,11 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         # registration, so drain_sessions() sees every stream it does not refuse).
         self._refuse_if_stopping()
         replaced = self._sessions.add(session, resume_session_id=resume_session_id)
-        self._streams[session.session_id] = _Stream(session, outgoing)
+        self._streams[session.session_id] = _Stream(
+            session,
+            outgoing,
+            agent_for_audit(context, tenant=profile.tenant, agent_id=profile.agent_id),
+        )
         self._no_streams.clear()
         reader: asyncio.Task[None] | None = None
         watchdog = asyncio.create_task(self._close_when_silent(session))
@@ -445,7 +453,10 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                     session.running.discard(ref)
                     session.grant(1)
                     self._dispatcher.wake()
-                await self._orchestrator.report_result(tenant, agent_id, ref, report)
+                stream = self._streams.get(session.session_id)
+                await self._orchestrator.report_result(
+                    tenant, agent_id, ref, report, actor=stream.actor if stream else None
+                )
             elif kind == "progress":
                 progress = request.progress
                 ref = AttemptRef(progress.job_id, progress.task_id, progress.attempt)

@@ -7,6 +7,7 @@ and acknowledged (inform when the conversation has a job, confirm otherwise).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from datetime import UTC, datetime
@@ -14,8 +15,11 @@ from datetime import UTC, datetime
 from google.protobuf import json_format
 
 from cpa.lam.v1 import lam_message_pb2 as lam
+from cpa_scheduler.audit import AuditLog
 from cpa_scheduler.callbacks.address_guard import AddressPolicy, check_callback_url
 from cpa_scheduler.domain import (
+    AuditAction,
+    AuditCall,
     DomainError,
     InvalidArgument,
     JobOptions,
@@ -31,6 +35,7 @@ from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import StoredMessage
 
 from . import convert, proto_values
+from .audit_calls import refused
 
 SCHEDULER_SENDER = "agent://cpa-scheduler"
 _PREFIX = "PERFORMATIVE_"
@@ -60,22 +65,38 @@ def _lam_field(field: str) -> str:
     return field
 
 
+def _as(audit: AuditCall | None, action: str) -> AuditCall | None:
+    return dataclasses.replace(audit, action=action) if audit is not None else None
+
+
 class LamHandler:
     """Turns inbound LAM messages into actions and replies; stores both in the conversation."""
 
-    def __init__(self, *, orchestrator: Orchestrator, settings: Settings) -> None:
+    def __init__(
+        self, *, orchestrator: Orchestrator, settings: Settings, audit_log: AuditLog | None = None
+    ) -> None:
         self._orchestrator = orchestrator
+        self._audit_log = audit_log
         self._settings = settings
         self._callback_policy = AddressPolicy.of(
             allow_private=settings.callback_allow_private,
             allowed_networks=settings.callback_allowed_networks,
         )
 
-    async def handle(self, message: lam.LamMessage, *, tenant: str) -> lam.LamMessage:
+    async def handle(
+        self, message: lam.LamMessage, *, tenant: str, audit: AuditCall | None = None
+    ) -> lam.LamMessage:
+        """The reply to `message`. With `audit` (the SendMessage call), a request or cancel is
+        audited with the job change it makes, and a refusal or not_understood as a refused call
+        (docs/AUDIT.md)."""
+        if audit is not None and not audit.request_id:
+            audit = dataclasses.replace(audit, request_id=message.id)
         try:
             self._check_envelope(message)
             self._check_values(message)
         except _NotUnderstoodError as problem:
+            error = InvalidArgument(problem.message, reason=problem.reason, field=problem.field)
+            await self._refused(audit, audit.action if audit else "", error)
             return self._reply(
                 message,
                 not_understood=lam.NotUnderstoodBody(
@@ -85,20 +106,23 @@ class LamHandler:
                 ),
             )
         if message.security.tenant and message.security.tenant != tenant:
-            return self._refusal(
-                message,
-                DomainError(
-                    f"the message acts for tenant {message.security.tenant!r}, not the caller's",
-                    reason=Reason.PERMISSION_DENIED,
-                    field="security.tenant",
-                ),
+            denied = DomainError(
+                f"the message acts for tenant {message.security.tenant!r}, not the caller's",
+                reason=Reason.PERMISSION_DENIED,
+                field="security.tenant",
             )
+            await self._refused(audit, audit.action if audit else "", denied)
+            return self._refusal(message, denied)
         conversation_id = message.correlation.conversation_id or message.id
         job_id = ""
         if message.performative == lam.PERFORMATIVE_REQUEST:
-            reply, job_id = await self._request(message, tenant, conversation_id)
+            reply, job_id = await self._request(
+                message, tenant, conversation_id, _as(audit, AuditAction.LAM_REQUEST)
+            )
         elif message.performative == lam.PERFORMATIVE_CANCEL:
-            reply, job_id = await self._cancel(message, tenant, conversation_id)
+            reply, job_id = await self._cancel(
+                message, tenant, conversation_id, _as(audit, AuditAction.LAM_CANCEL)
+            )
         else:
             reply = await self._acknowledge(message, tenant, conversation_id)
         await self._store(message, tenant, conversation_id, job_id, inbound=True)
@@ -142,8 +166,20 @@ class LamHandler:
 
     # -- performatives ------------------------------------------------------------------------
 
+    async def _refused(
+        self, audit: AuditCall | None, action: str, error: DomainError, *, job_id: str = ""
+    ) -> None:
+        """Audit a refusal of the message (bounded per principal)."""
+        if audit is not None and self._audit_log is not None:
+            call = dataclasses.replace(audit, action=action)
+            await refused(self._audit_log, call, error, job_id=job_id)
+
     async def _request(
-        self, message: lam.LamMessage, tenant: str, conversation_id: str
+        self,
+        message: lam.LamMessage,
+        tenant: str,
+        conversation_id: str,
+        audit: AuditCall | None,
     ) -> tuple[lam.LamMessage, str]:
         try:
             request, source, options = self._work_of(message)
@@ -158,11 +194,13 @@ class LamHandler:
                 request_fingerprint=self._fingerprint(message),
                 conversation_id=conversation_id,
                 credential_refs=credential_refs,
+                audit=audit,
             )
         except DomainError as error:
             error.field = (
                 "id" if error.reason is Reason.REQUEST_ID_REUSED else _lam_field(error.field)
             )
+            await self._refused(audit, AuditAction.LAM_REQUEST, error)
             return self._refusal(message, error), ""
         reply = self._reply(
             message,
@@ -228,7 +266,11 @@ class LamHandler:
         return hashlib.sha256(work.SerializeToString(deterministic=True)).hexdigest()
 
     async def _cancel(
-        self, message: lam.LamMessage, tenant: str, conversation_id: str
+        self,
+        message: lam.LamMessage,
+        tenant: str,
+        conversation_id: str,
+        audit: AuditCall | None,
     ) -> tuple[lam.LamMessage, str]:
         job_id = (
             message.cancel.job_id
@@ -241,12 +283,16 @@ class LamHandler:
                 reason=Reason.JOB_NOT_FOUND,
                 field="cancel.job_id",
             )
+            await self._refused(audit, AuditAction.LAM_CANCEL, error)
             return self._refusal(message, error), ""
         try:
-            await self._orchestrator.cancel(tenant, job_id, reason=message.cancel.reason)
+            await self._orchestrator.cancel(
+                tenant, job_id, reason=message.cancel.reason, audit=audit
+            )
         except DomainError as error:
             if error.field in ("job_id", "reason"):
                 error.field = f"cancel.{error.field}"
+            await self._refused(audit, AuditAction.LAM_CANCEL, error, job_id=job_id)
             return self._refusal(message, error), job_id
         reply = self._reply(
             message,

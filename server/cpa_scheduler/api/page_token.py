@@ -48,17 +48,20 @@ class TokenKind(StrEnum):
     JOBS = "jobs"
     AGENTS = "agents"
     CALLBACKS = "callbacks"
+    AUDIT = "audit"
 
 
 _RPC = {
     TokenKind.JOBS: "ListJobs",
     TokenKind.AGENTS: "ListAgents",
     TokenKind.CALLBACKS: "ListCallbacks",
+    TokenKind.AUDIT: "ListAuditEntries",
 }
 _CURSOR_KEYS = {
     TokenKind.JOBS: frozenset({"t", "id"}),
     TokenKind.AGENTS: frozenset({"a"}),
     TokenKind.CALLBACKS: frozenset({"t", "id"}),
+    TokenKind.AUDIT: frozenset({"t", "id"}),
 }
 _COMMON_KEYS = frozenset({"v", "k", "q", "n"})
 
@@ -168,8 +171,8 @@ class PageTokens:
         query_fingerprint: str,
         kind: TokenKind = TokenKind.JOBS,
     ) -> str:
-        """ListJobs (ListCallbacks with `kind`, the delivery id as job_id): the token of the
-        page that starts after `position`."""
+        """ListJobs (ListCallbacks and ListAuditEntries with `kind`, the delivery or entry id
+        as job_id): the token of the page that starts after `position`."""
         if position.create_time.tzinfo is None:
             raise ValueError("PagePosition.create_time must be timezone-aware")
         cursor = {

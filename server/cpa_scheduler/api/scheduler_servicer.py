@@ -11,9 +11,10 @@ from typing import Any
 import grpc.aio
 from google.protobuf.message import Message
 
-from cpa.scheduler.v1 import callback_pb2, job_pb2, scheduler_service_pb2_grpc
+from cpa.scheduler.v1 import audit_pb2, callback_pb2, job_pb2, scheduler_service_pb2_grpc
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa_scheduler.artifacts import Artifacts
+from cpa_scheduler.audit import AuditLog
 from cpa_scheduler.callbacks.address_guard import AddressPolicy, check_callback_url
 from cpa_scheduler.callbacks.outbox import CallbackOutbox
 from cpa_scheduler.dispatch import Requirement, SessionRegistry
@@ -39,8 +40,9 @@ from cpa_scheduler.planning import PlanRequest
 from cpa_scheduler.policy.redaction import redact_job
 from cpa_scheduler.settings import Settings
 
-from . import artifact_calls, callback_calls, convert, job_views
+from . import artifact_calls, audit_calls, callback_calls, convert, job_views
 from .artifact_convert import artifact_to_proto
+from .audit_calls import audited, current_call
 from .call_context import idempotency_key, keyed_id, tenant_of
 from .errors import translate_errors
 from .lam import LamHandler
@@ -141,7 +143,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         page_tokens: PageTokens,
         artifacts: Artifacts,
         callbacks: CallbackOutbox,
+        audit_log: AuditLog,
     ) -> None:
+        self._audit_log = audit_log
         self._artifacts = artifacts
         self._callbacks = callbacks
         self._orchestrator = orchestrator
@@ -156,6 +160,14 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             allow_private=settings.callback_allow_private,
             allowed_networks=settings.callback_allowed_networks,
         )
+
+    @property
+    def audit_log(self) -> AuditLog:
+        return self._audit_log
+
+    @property
+    def default_tenant(self) -> str:
+        return self._settings.default_tenant
 
     def _tenant(self, context: Context) -> str:
         return tenant_of(context, default=self._settings.default_tenant)
@@ -187,6 +199,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         return message
 
     @translate_errors
+    @audited("ScheduleJob")
     async def ScheduleJob(
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
@@ -194,10 +207,13 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         full = job_views.is_full_view(request.view, default_full=False)
         tenant = self._tenant(context)
         submission = self._submission(request, tenant)
-        [(job, created)] = await self._orchestrator.submit_all(tenant, [submission])
+        [(job, created)] = await self._orchestrator.submit_all(
+            tenant, [submission], audit=current_call()
+        )
         return pb.ScheduleJobResponse(job=self._job(job, full=full), created=created)
 
     @translate_errors
+    @audited("BatchScheduleJobs")
     async def BatchScheduleJobs(
         self, request: pb.BatchScheduleJobsRequest, context: Context
     ) -> pb.BatchScheduleJobsResponse:
@@ -232,7 +248,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 error.field = f"{path}.{error.field}"
                 raise
         try:
-            jobs = await self._orchestrator.submit_all(tenant, submissions)
+            jobs = await self._orchestrator.submit_all(tenant, submissions, audit=current_call())
         except RequestIdReused as error:
             error.field = f"requests[{error.index}].request_id"
             raise
@@ -308,22 +324,27 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         return response
 
     @translate_errors
+    @audited("CancelJob")
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: Context
     ) -> pb.CancelJobResponse:
         job_id = _required(request.job_id, "job_id")
         full = job_views.is_full_view(request.view, default_full=False)
-        job = await self._orchestrator.cancel(self._tenant(context), job_id, reason=request.reason)
+        job = await self._orchestrator.cancel(
+            self._tenant(context), job_id, reason=request.reason, audit=current_call()
+        )
         return pb.CancelJobResponse(job=self._job(job, full=full))
 
     @translate_errors
+    @audited("RetryJob")
     async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.RetryJobResponse:
         job_id = _required(request.job_id, "job_id")
         full = job_views.is_full_view(request.view, default_full=False)
-        job = await self._orchestrator.retry(self._tenant(context), job_id)
+        job = await self._orchestrator.retry(self._tenant(context), job_id, audit=current_call())
         return pb.RetryJobResponse(job=self._job(job, full=full))
 
     @translate_errors
+    @audited("RetryJobs")
     async def RetryJobs(
         self, request: pb.RetryJobsRequest, context: Context
     ) -> pb.RetryJobsResponse:
@@ -333,7 +354,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         if request.dry_run:
             jobs = await self._orchestrator.list_jobs(tenant, job_filter, after=None, limit=limit)
             return pb.RetryJobsResponse(job_ids=[job.job_id for job in jobs])
-        retried, skipped = await self._orchestrator.retry_jobs(tenant, job_filter, limit=limit)
+        retried, skipped = await self._orchestrator.retry_jobs(
+            tenant, job_filter, limit=limit, audit=current_call()
+        )
         return pb.RetryJobsResponse(
             job_ids=[job.job_id for job in retried],
             skipped_jobs=[
@@ -353,13 +376,16 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         await self._watch.watch(request, self._tenant(context), context)
 
     @translate_errors
+    @audited("SendMessage")
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
         message_id = keyed_id(request.message.id, context, field="message.id")
         if message_id != request.message.id:  # only then: an absent message stays absent
             request.message.id = message_id
-        reply = await self._lam.handle(request.message, tenant=self._tenant(context))
+        reply = await self._lam.handle(
+            request.message, tenant=self._tenant(context), audit=current_call()
+        )
         return pb.SendMessageResponse(reply=reply)
 
     @translate_errors
@@ -441,9 +467,21 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         )
 
     @translate_errors
+    @audited("RetryCallbacks")
     async def RetryCallbacks(
         self, request: callback_pb2.RetryCallbacksRequest, context: Context
     ) -> callback_pb2.RetryCallbacksResponse:
         return await callback_calls.retry_callbacks(
-            request, tenant=self._tenant(context), outbox=self._callbacks
+            request, tenant=self._tenant(context), outbox=self._callbacks, audit=current_call()
+        )
+
+    @translate_errors
+    async def ListAuditEntries(
+        self, request: audit_pb2.ListAuditEntriesRequest, context: Context
+    ) -> audit_pb2.ListAuditEntriesResponse:
+        return await audit_calls.list_audit_entries(
+            request,
+            tenant=self._tenant(context),
+            log=self._audit_log,
+            page_tokens=self._page_tokens,
         )

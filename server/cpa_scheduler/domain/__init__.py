@@ -13,6 +13,15 @@ from .artifacts import (
     check_media_type,
     check_sha256,
 )
+from .audit import (
+    RESULT_OK,
+    AuditAction,
+    AuditActor,
+    AuditCall,
+    AuditEntry,
+    AuditPosition,
+    AuditQuery,
+)
 from .errors import (
     MAX_ECHO_BYTES,
     MAX_FIELD_BYTES,
@@ -86,6 +95,14 @@ from .todo import (
 )
 
 __all__ = [
+    # audit
+    "RESULT_OK",
+    "AuditAction",
+    "AuditActor",
+    "AuditCall",
+    "AuditEntry",
+    "AuditPosition",
+    "AuditQuery",
     "MAX_ECHO_BYTES",
     "MAX_FIELD_BYTES",
     "MAX_MESSAGE_BYTES",

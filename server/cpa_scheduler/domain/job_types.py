@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from .artifacts import ArtifactRecord
+from .audit import AuditEntry
 from .errors import FailedPrecondition, Reason
 from .events import JobEvent, TaskError
 from .retry import RetryPolicy
@@ -145,6 +146,8 @@ class JobChanges:
     sessions_ended: list[SessionEnd] = field(default_factory=list)
     # Messages for the callback URL (jobs that have one): the store writes them with the change.
     callbacks: list[OutboundCallback] = field(default_factory=list)
+    # Audit entries of the change (who asked for it, or the agent's outcome): written with it.
+    audit: list[AuditEntry] = field(default_factory=list)
 
 
 class StaleAttempt(FailedPrecondition):

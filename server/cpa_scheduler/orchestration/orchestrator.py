@@ -7,7 +7,6 @@ One piece of code for both modes; only the store, queue and bus behind it differ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -24,6 +23,8 @@ from cpa_scheduler.dispatch.sessions import (
 from cpa_scheduler.domain import (
     ArtifactRecord,
     AttemptRef,
+    AuditCall,
+    AuditEntry,
     DomainError,
     InvalidArgument,
     Job,
@@ -37,7 +38,6 @@ from cpa_scheduler.domain import (
     PagePosition,
     Reason,
     StaleAttempt,
-    TaskError,
     ToDo,
     UnresolvedInput,
 )
@@ -52,6 +52,7 @@ from cpa_scheduler.storage import EndPosition, QueuedTask, Store
 
 from .admission import Admission
 from .effects import carry_out
+from .reports import AgentReports
 from .sweeps import TimeSweeps
 
 log = logging.getLogger(__name__)
@@ -69,17 +70,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResultReport:
-    """How an attempt ended, as its agent reports it. `handed_back`: the agent gave the attempt
-    up unfinished (shutting down, or declined it), so another agent takes it uncharged."""
-
-    outputs: dict[str, Any] | None = None
-    error: TaskError | None = None
-    cancelled: bool = False
-    handed_back: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class Submission:
     """One job to create: a matched plan and what came with it."""
@@ -92,7 +82,7 @@ class Submission:
     conversation_id: str = ""
 
 
-class Orchestrator(Admission, TimeSweeps):
+class Orchestrator(Admission, AgentReports, TimeSweeps):
     """Job lifecycle: submit, assign, results, leases, cancel, retry; the time-driven
     transitions come from TimeSweeps."""
 
@@ -133,6 +123,9 @@ class Orchestrator(Admission, TimeSweeps):
         self._timeout_grace = timedelta(seconds=settings.task_timeout_grace_s)
         self._request_retention = timedelta(seconds=settings.idempotency_retention_s)
         self._event_retention = timedelta(seconds=settings.event_retention_s)
+        self._audit_retention = (
+            timedelta(days=settings.audit_retention_days) if settings.audit_retention_days else None
+        )
         # Where the event retention sweep goes on (per process: after a restart it walks the
         # finished jobs once more from the start, deleting nothing twice).
         self._prune_after: EndPosition | None = None
@@ -157,9 +150,11 @@ class Orchestrator(Admission, TimeSweeps):
         request_fingerprint: str = "",
         conversation_id: str = "",
         credential_refs: Mapping[str, str] | None = None,
+        audit: AuditCall | None = None,
     ) -> tuple[Job, bool]:
         """Plan and submit one request; `credential_refs` (a LAM request's
-        Security.credential_refs) go to every ToDo that does not name the purpose itself."""
+        Security.credential_refs) go to every ToDo that does not name the purpose itself.
+        `audit`: the call whose entry is written with the new job."""
         return await self.submit(
             tenant=tenant,
             plan=self.matched_plan(
@@ -174,6 +169,7 @@ class Orchestrator(Admission, TimeSweeps):
             request_id=request_id,
             request_fingerprint=request_fingerprint,
             conversation_id=conversation_id,
+            audit=audit,
         )
 
     async def submit(
@@ -186,6 +182,7 @@ class Orchestrator(Admission, TimeSweeps):
         request_id: str = "",
         request_fingerprint: str = "",
         conversation_id: str = "",
+        audit: AuditCall | None = None,
     ) -> tuple[Job, bool]:
         """Create a job for a matched plan; idempotent by request_id. Returns (job, created)."""
         submission = Submission(
@@ -196,15 +193,21 @@ class Orchestrator(Admission, TimeSweeps):
             request_fingerprint=request_fingerprint,
             conversation_id=conversation_id,
         )
-        return (await self.submit_all(tenant, [submission]))[0]
+        return (await self.submit_all(tenant, [submission], audit=audit))[0]
 
     async def submit_all(
-        self, tenant: str, submissions: Sequence[Submission]
+        self,
+        tenant: str,
+        submissions: Sequence[Submission],
+        *,
+        audit: AuditCall | None = None,
     ) -> list[tuple[Job, bool]]:
         """Create a job for each submission, all in one transaction or none (a request id
         reused for a different request: RequestIdReused, whose index names the submission).
         Returns (job, created) per submission, in order; created is False for a request id's
-        earlier job. The request ids must differ from each other."""
+        earlier job. The request ids must differ from each other. With `audit`, each new job
+        comes with an entry of the call (its intent as the reason); a request id's earlier job
+        gets none (nothing changed)."""
         now = self._clock()
         jobs = []
         for submission in submissions:
@@ -228,6 +231,10 @@ class Orchestrator(Admission, TimeSweeps):
         placed = [self._place_at_once(job, now) for job in jobs]
         for job in jobs:
             self._note_callbacks(job)
+            if audit is not None:
+                job.changes.audit.append(
+                    audit.entry(create_time=now, job_id=job.job_id, reason=job.intent)
+                )
 
         def release(sessions: Sequence[tuple[str, AgentSession]]) -> None:
             for _, session in sessions:
@@ -298,7 +305,9 @@ class Orchestrator(Admission, TimeSweeps):
             tenant, job_id, after_sequence=after_sequence, limit=limit
         )
 
-    async def cancel(self, tenant: str, job_id: str, *, reason: str = "") -> Job:
+    async def cancel(
+        self, tenant: str, job_id: str, *, reason: str = "", audit: AuditCall | None = None
+    ) -> Job:
         """Cancel the job, with the caller's reason (InvalidArgument PAYLOAD_TOO_LARGE, field
         `reason`, beyond max_cancel_reason_bytes: refused rather than cut, so what is recorded
         and sent to the agents is what the caller wrote)."""
@@ -311,11 +320,15 @@ class Orchestrator(Admission, TimeSweeps):
             )
         now = self._clock()
         job, _ = await self._apply(
-            tenant, job_id, lambda j: j.cancel(now=now, reason=reason), caller_may_leave=True
+            tenant,
+            job_id,
+            lambda j: j.cancel(now=now, reason=reason),
+            caller_may_leave=True,
+            audit=audit.entry(create_time=now, job_id=job_id, reason=reason) if audit else None,
         )
         return job
 
-    async def retry(self, tenant: str, job_id: str) -> Job:
+    async def retry(self, tenant: str, job_id: str, *, audit: AuditCall | None = None) -> Job:
         """Re-drive a FAILED or CANCELLED job; PolicyViolation when the tenant's policy in
         force now refuses a task that would run again (or the job's callback URL)."""
         reservation = await self._quotas.reserve_retry(tenant, job_id) if self._quotas else None
@@ -328,7 +341,13 @@ class Orchestrator(Admission, TimeSweeps):
             job.retry(now=now)
 
         try:
-            job, _ = await self._apply(tenant, job_id, redrive, caller_may_leave=True)
+            job, _ = await self._apply(
+                tenant,
+                job_id,
+                redrive,
+                caller_may_leave=True,
+                audit=audit.entry(create_time=now, job_id=job_id) if audit else None,
+            )
         except BaseException:
             if reservation is not None:
                 reservation.settle(())
@@ -336,7 +355,13 @@ class Orchestrator(Admission, TimeSweeps):
         return job
 
     async def retry_jobs(
-        self, tenant: str, job_filter: JobFilter, *, limit: int, batch: int = 100
+        self,
+        tenant: str,
+        job_filter: JobFilter,
+        *,
+        limit: int,
+        batch: int = 100,
+        audit: AuditCall | None = None,
     ) -> tuple[list[Job], list[tuple[str, DomainError]]]:
         """Re-drive, each as `retry` does, the first `limit` jobs matching `job_filter` (newest
         first, listed `batch` at a time). Returns the re-driven jobs, and the ids of those that
@@ -355,7 +380,7 @@ class Orchestrator(Admission, TimeSweeps):
             page = await self._store.list_jobs(tenant, job_filter, after=after, limit=size)
             for listed in page:
                 try:
-                    retried.append(await self.retry(tenant, listed.job_id))
+                    retried.append(await self.retry(tenant, listed.job_id, audit=audit))
                 except DomainError as error:
                     if error.reason not in _SKIPPED_ON_REDRIVE:
                         raise
@@ -452,96 +477,6 @@ class Orchestrator(Admission, TimeSweeps):
             input_artifacts=input_artifacts or {},
         )
 
-    async def report_progress(
-        self,
-        tenant: str,
-        agent_id: str,
-        ref: AttemptRef,
-        *,
-        percent: float | None,
-        message: str,
-    ) -> None:
-        """Record progress of `agent_id`'s attempt; StaleAttempt or AttemptNotHeld as for a
-        result."""
-        now = self._clock()
-
-        def apply(job: Job) -> None:
-            job.check_held(ref.task_id, attempt=ref.attempt, agent_id=agent_id)
-            job.progress(
-                ref.task_id, attempt=ref.attempt, percent=percent, message=message, now=now
-            )
-
-        await self._apply(tenant, ref.job_id, apply)
-
-    async def report_result(
-        self, tenant: str, agent_id: str | None, ref: AttemptRef, report: ResultReport
-    ) -> None:
-        """Apply the result `agent_id` reports; StaleAttempt when it is not the current attempt,
-        AttemptNotHeld when another agent holds it (fenced in the store transaction). `agent_id`
-        None: the server ends the attempt itself (no agent reported)."""
-        now = self._clock()
-
-        def apply(job: Job) -> None:
-            if agent_id is not None:
-                job.check_held(ref.task_id, attempt=ref.attempt, agent_id=agent_id)
-            error = report.error
-            if report.cancelled or report.handed_back:
-                reason = error.message if error is not None else "the agent stopped the attempt"
-                job.hand_back(ref.task_id, attempt=ref.attempt, reason=reason, now=now)
-            elif error is not None:
-                job.fail(ref.task_id, attempt=ref.attempt, error=error, now=now, rng=self._rng)
-            else:
-                job.succeed(ref.task_id, attempt=ref.attempt, outputs=report.outputs or {}, now=now)
-
-        await self._apply(tenant, ref.job_id, apply)
-
-    async def store_artifact(
-        self, tenant: str, job_id: str, agent_id: str, artifact: ArtifactRecord
-    ) -> None:
-        """Record an uploaded artifact on its task (Job.store_artifact): fenced as a report,
-        StaleAttempt or AttemptNotHeld when the attempt is no longer `agent_id`'s running one.
-        Its bytes are stored already; from this commit on it is listed and downloadable."""
-        now = self._clock()
-        await self._apply(
-            tenant, job_id, lambda job: job.store_artifact(artifact, agent_id=agent_id, now=now)
-        )
-
-    async def decline(self, tenant: str, agent_id: str, ref: AttemptRef, reason: str) -> None:
-        """The agent refused an assignment: give the task to someone else, uncharged
-        (AttemptNotHeld when another agent holds it)."""
-        declined = ResultReport(
-            error=TaskError(code="DECLINED", message=f"declined by the agent: {reason}"),
-            handed_back=True,
-        )
-        with contextlib.suppress(StaleAttempt, NotFound):
-            await self.report_result(tenant, agent_id, ref, declined)
-
-    async def assignment_too_large(
-        self, tenant: str, ref: AttemptRef, *, size: int, limit: int
-    ) -> None:
-        """The attempt's assignment is larger than its agent may receive, so it was not sent:
-        the attempt fails, not retried (the same params and inputs make the same assignment)."""
-        error = TaskError(
-            code=Reason.ASSIGNMENT_TOO_LARGE.value,
-            message=f"the assignment of attempt {ref.attempt} is {size} bytes; at most {limit} "
-            "may be sent to its agent (CPA_MAX_ASSIGNMENT_BYTES, or the agent's max_receive_bytes "
-            "when smaller): the task's params and the inputs taken from upstream outputs are too "
-            "large",
-            retryable=False,
-            reason=Reason.ASSIGNMENT_TOO_LARGE,
-        )
-        with contextlib.suppress(StaleAttempt, NotFound):
-            await self.report_result(tenant, None, ref, ResultReport(error=error))
-
-    async def renew_leases(
-        self, tenant: str, agent_id: str, attempts: Sequence[AttemptRef]
-    ) -> tuple[datetime, list[AttemptRef]]:
-        """Extend the leases of the attempts `agent_id` holds; returns (lease_until, the others:
-        stale, or held by another agent)."""
-        lease_until = self._clock() + self._lease
-        stale = await self._store.renew_leases(tenant, agent_id, attempts, lease_until)
-        return lease_until, stale
-
     # -- one change: commit, then its effects --------------------------------------------------
 
     async def _apply(
@@ -551,8 +486,12 @@ class Orchestrator(Admission, TimeSweeps):
         mutate: Callable[[Job], T],
         *,
         caller_may_leave: bool = False,
+        audit: AuditEntry | None = None,
     ) -> tuple[Job, T]:
         """Commit `mutate` on the job (Store.update_job), then carry out its effects.
+
+        `audit`: the entry of the call that asked for the change, written with it (only if
+        `mutate` succeeds).
 
         `caller_may_leave`: the caller is an RPC its client may cancel midway, so the change
         runs apart from it (_uncancellable). The agents' side needs no such task (it cost ~10 %
@@ -564,6 +503,8 @@ class Orchestrator(Admission, TimeSweeps):
         def mutate_and_note(job: Job) -> T:
             result = mutate(job)
             self._note_callbacks(job)
+            if audit is not None:
+                job.changes.audit.append(audit)
             return result
 
         async def change() -> tuple[Job, T]:

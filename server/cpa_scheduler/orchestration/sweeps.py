@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.dispatch.matching import AgentProfile, Requirement, unmet_requirement
-from cpa_scheduler.domain import AttemptRef, Job, NotFound, StaleAttempt
+from cpa_scheduler.domain import AttemptRef, AuditEntry, Job, NotFound, StaleAttempt
 from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import EndPosition, QueuedTask, Store
@@ -29,6 +29,8 @@ T = TypeVar("T")
 SWEEP_BATCH = 500
 # Most finished jobs whose events one sweep prunes: the embedded store deletes on the loop.
 PRUNE_BATCH = 100
+# Most audit entries one sweep deletes.
+AUDIT_PRUNE_BATCH = 1000
 
 
 class TimeSweeps:
@@ -42,6 +44,7 @@ class TimeSweeps:
     _rng: random.Random
     _request_retention: timedelta
     _event_retention: timedelta
+    _audit_retention: timedelta | None
     _prune_after: EndPosition | None
     _absent_since: dict[tuple[str, str], datetime]
 
@@ -52,6 +55,7 @@ class TimeSweeps:
         mutate: Callable[[Job], T],
         *,
         caller_may_leave: bool = False,
+        audit: AuditEntry | None = None,
     ) -> tuple[Job, T]:
         raise NotImplementedError  # Orchestrator._apply
 
@@ -179,6 +183,15 @@ class TimeSweeps:
         )
         return deleted
 
+    async def prune_audit(self) -> int:
+        """Delete the audit entries older than `audit_retention_days` (none when 0), the oldest
+        first, a batch per sweep: the only deletion of audit entries."""
+        if self._audit_retention is None:
+            return 0
+        return await self._store.prune_audit(
+            self._clock() - self._audit_retention, limit=AUDIT_PRUNE_BATCH
+        )
+
     async def expire_overdue_jobs(self) -> int:
         """Stop the jobs whose deadline passed: they end FAILED with JOB_DEADLINE_EXCEEDED once
         their running attempts have stopped (or lost their lease)."""
@@ -202,6 +215,7 @@ class TimeSweeps:
             self.release_absent_sessions,
             self.forget_request_ids,
             self.prune_events,
+            self.prune_audit,
         )
         while True:
             await asyncio.sleep(interval_s)

@@ -33,6 +33,8 @@ class Permission(enum.StrEnum):
     # Metadata `x-cpa-act-as-tenant`: act for another tenant (logged, audited).
     TENANTS_ACT_FOR = "tenants.act_for"
     KEYS_MANAGE = "keys.manage"
+    # The tenant's audit trail (ListAuditEntries): who did what, more than its jobs show.
+    AUDIT_READ = "audit.read"
     # ExecutorService: an agent's stream and its artifact calls.
     AGENT_CONNECT = "agent.connect"
 
@@ -61,6 +63,7 @@ METHOD_PERMISSIONS: Final[Mapping[str, Permission]] = MappingProxyType(
         # Delivers the tenant's own notifications again (receivers dedupe by delivery id): a
         # retry of what the caller's jobs already sent, not of any job, so not jobs.redrive.
         _SCHEDULER + "RetryCallbacks": Permission.JOBS_RETRY,
+        _SCHEDULER + "ListAuditEntries": Permission.AUDIT_READ,
         _EXECUTOR + "Connect": Permission.AGENT_CONNECT,
         _EXECUTOR + "UploadArtifact": Permission.AGENT_CONNECT,
         _EXECUTOR + "DownloadArtifact": Permission.AGENT_CONNECT,
@@ -84,7 +87,11 @@ _VIEWER = frozenset(
     }
 )
 _SUBMITTER = _VIEWER | {Permission.JOBS_SUBMIT, Permission.JOBS_CANCEL, Permission.JOBS_RETRY}
-_OPERATOR = _SUBMITTER | {Permission.JOBS_REDRIVE, Permission.TENANTS_ACT_FOR}
+_OPERATOR = _SUBMITTER | {
+    Permission.JOBS_REDRIVE,
+    Permission.TENANTS_ACT_FOR,
+    Permission.AUDIT_READ,
+}
 
 # Roles are not a ladder: an approver need not submit, an agent token reads no jobs.
 ROLE_PERMISSIONS: Final[Mapping[Role, frozenset[Permission]]] = MappingProxyType(

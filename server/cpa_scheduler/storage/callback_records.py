@@ -6,9 +6,10 @@ Times are datetimes here; each store converts them for its columns (SQLite: micr
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
 
-from cpa_scheduler.domain import OutboundCallback
+from cpa_scheduler.domain import AuditCall, AuditEntry, OutboundCallback
 
 from .interface import CallbackDelivery, CallbackState
 
@@ -72,4 +73,11 @@ def callback_from_record(record: Mapping[str, Any]) -> CallbackDelivery:
         create_time=record["create_time"],
         update_time=record["update_time"],
         claim_token=record["claim_token"],
+    )
+
+
+def redrive_entry(audit: AuditCall, delivery: CallbackDelivery, now: datetime) -> AuditEntry:
+    """The audit entry of one re-driven delivery, written in the re-drive's transaction."""
+    return audit.entry(
+        create_time=now, job_id=delivery.job_id, reason=f"callback {delivery.delivery_id}"
     )

@@ -14,6 +14,10 @@ from typing import Protocol, TypeVar
 
 from cpa_scheduler.domain import (
     AttemptRef,
+    AuditCall,
+    AuditEntry,
+    AuditPosition,
+    AuditQuery,
     Job,
     JobChanges,
     JobEvent,
@@ -252,11 +256,19 @@ class Store(ApiKeyStore, Protocol):
         ...
 
     async def redrive_callbacks(
-        self, tenant: str, delivery_ids: Sequence[str] | None, *, now: datetime, limit: int
+        self,
+        tenant: str,
+        delivery_ids: Sequence[str] | None,
+        *,
+        now: datetime,
+        limit: int,
+        audit: AuditCall | None = None,
     ) -> list[CallbackDelivery]:
         """Make DEAD deliveries of the tenant PENDING again, due now, their attempts counted
         from 0: those among `delivery_ids`, or (None) the oldest `limit` DEAD ones. Returns them
-        as they are now; other ids are left alone."""
+        as they are now; other ids are left alone. With `audit`, one entry per re-driven
+        delivery (its job, `callback <delivery_id>` as reason) in the same transaction."""
+        ...
 
     async def ping(self) -> None:
         """A cheap check that the store answers (SELECT 1), for the health probe; raises when
@@ -266,6 +278,27 @@ class Store(ApiKeyStore, Protocol):
     async def tenant_load(self, tenant: str) -> tuple[int, int]:
         """(jobs not yet SUCCEEDED, FAILED or CANCELLED, tasks QUEUED) of a tenant: its quotas'
         counts (security/quotas.py reads them at most once per CPA_QUOTA_CACHE_S)."""
+        ...
+
+    # -- audit trail (append-only: there is no update; entries of a job change come in
+    # JobChanges.audit and are written by create_jobs/update_job in its transaction) -----------
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Write entries that record no stored change (refused calls), in a transaction of
+        their own."""
+        ...
+
+    async def list_audit(
+        self, tenant: str, query: AuditQuery, *, after: AuditPosition | None, limit: int
+    ) -> list[AuditEntry]:
+        """The tenant's entries matching `query`, newest first (create_time, then entry_id,
+        descending), after `after`."""
+        ...
+
+    async def prune_audit(self, created_before: datetime, *, limit: int) -> int:
+        """Delete at most `limit` of the oldest entries (any tenant) created before
+        `created_before` (the retention); the only way an entry leaves the store. Returns how
+        many were deleted."""
         ...
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from cpa_scheduler.domain import Job, JobChanges, JobEvent, NotFound, Reason, Re
 
 from . import codec, records
 from . import postgres_sql as sql
+from .audit_records import audit_to_record
 from .callback_records import callback_to_record
 from .interface import StoredMessage
 from .postgres_connections import Connection, Row
@@ -44,6 +45,7 @@ class CreationRecords:
     tasks: list[codec.Data]
     events: list[codec.Data]
     callbacks: list[codec.Data]
+    audit: list[codec.Data]
 
     @classmethod
     def of(cls, job: Job, changes: JobChanges) -> CreationRecords:
@@ -59,6 +61,7 @@ class CreationRecords:
             ],
             events=list(_event_records(job.job_id, changes.events)),
             callbacks=[callback_to_record(job.tenant, job.job_id, c) for c in changes.callbacks],
+            audit=[audit_to_record(e) for e in changes.audit],
         )
 
     @staticmethod
@@ -72,11 +75,13 @@ class CreationRecords:
         }
 
     @staticmethod
-    def callback_params(creations: Sequence[CreationRecords]) -> dict[str, str] | None:
-        """The parameters of sql.INSERT_CALLBACKS for these creations; None when they have
-        none (jobs without a callback URL cost no statement)."""
-        rows = [r for c in creations for r in c.callbacks]
-        return {"callbacks": _json_rows(rows)} if rows else None
+    def side_inserts(creations: Sequence[CreationRecords]) -> list[tuple[str, dict[str, str]]]:
+        """The outbox and audit rows of these creations: (statement, parameters) of
+        sql.INSERT_CALLBACKS and sql.INSERT_AUDIT, each only when it has rows (jobs without a
+        callback URL cost no statement)."""
+        return _side_inserts(
+            [r for c in creations for r in c.callbacks], [r for c in creations for r in c.audit]
+        )
 
 
 @dataclass(slots=True)
@@ -137,6 +142,7 @@ class Writes:
     tasks: dict[tuple[str, str], codec.Data] = field(default_factory=dict)
     events: list[codec.Data] = field(default_factory=list)
     callbacks: list[codec.Data] = field(default_factory=list)
+    audit: list[codec.Data] = field(default_factory=list)
 
     def add(self, job: Job, changes: JobChanges) -> None:
         """Encode first, then record: a change that cannot be encoded leaves nothing behind."""
@@ -147,8 +153,10 @@ class Writes:
         ]
         events = list(_event_records(job.job_id, changes.events))
         callbacks = [callback_to_record(job.tenant, job.job_id, c) for c in changes.callbacks]
+        audit = [audit_to_record(e) for e in changes.audit]
         self.jobs[job.job_id] = job_record
         self.callbacks += callbacks
+        self.audit += audit
         for record in task_records:
             self.tasks[(job.job_id, record["task_id"])] = record
         self.events += events
@@ -164,9 +172,20 @@ class Writes:
             "events": _json_rows(self.events),
         }
 
-    def callback_params(self) -> dict[str, str] | None:
-        """The parameters of sql.INSERT_CALLBACKS; None when the batch made no callbacks."""
-        return {"callbacks": _json_rows(self.callbacks)} if self.callbacks else None
+    def side_inserts(self) -> list[tuple[str, dict[str, str]]]:
+        """As CreationRecords.side_inserts, for the batch's changes."""
+        return _side_inserts(self.callbacks, self.audit)
+
+
+def _side_inserts(
+    callbacks: list[codec.Data], audit: list[codec.Data]
+) -> list[tuple[str, dict[str, str]]]:
+    inserts = []
+    if callbacks:
+        inserts.append((sql.INSERT_CALLBACKS, {"callbacks": _json_rows(callbacks)}))
+    if audit:
+        inserts.append((sql.INSERT_AUDIT, {"audit": _json_rows(audit)}))
+    return inserts
 
 
 @dataclass(slots=True)

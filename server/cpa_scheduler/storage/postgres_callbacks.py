@@ -5,13 +5,18 @@ their job change (postgres_batch.py, sql.INSERT_CALLBACKS)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from .callback_records import CALLBACK_COLUMNS, callback_from_record
+from cpa_scheduler.domain import AuditCall
+
+from .callback_records import CALLBACK_COLUMNS, callback_from_record, redrive_entry
 from .interface import CallbackDelivery, CallbackOutcome, CallbackPosition, CallbackState
-from .postgres_connections import Row
+from .postgres_audit import APPEND, append_params
+from .postgres_connections import Connection, Row
+
+T = TypeVar("T")
 
 _COLUMNS: Final = ", ".join(CALLBACK_COLUMNS)
 _RETURNING: Final = ", ".join(f"c.{c}" for c in CALLBACK_COLUMNS)
@@ -126,8 +131,17 @@ class PostgresCallbacks:
         )
         return [_delivery(row) for row in rows]
 
+    async def _transaction(self, run: Callable[[Connection], Awaitable[T]]) -> T:
+        raise NotImplementedError  # PostgresStore (postgres_connections.Connections)
+
     async def redrive_callbacks(
-        self, tenant: str, delivery_ids: Sequence[str] | None, *, now: datetime, limit: int
+        self,
+        tenant: str,
+        delivery_ids: Sequence[str] | None,
+        *,
+        now: datetime,
+        limit: int,
+        audit: AuditCall | None = None,
     ) -> list[CallbackDelivery]:
         chosen = (
             "SELECT delivery_id FROM callback_deliveries WHERE tenant = %(tenant)s "
@@ -137,8 +151,18 @@ class PostgresCallbacks:
             chosen += "ORDER BY create_time, delivery_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
         else:
             chosen += "AND delivery_id = ANY(%(ids)s) FOR UPDATE"
-        rows = await self._statement(
-            _REDRIVE.format(chosen=chosen),
-            {"tenant": tenant, "now": now, "limit": limit, "ids": list(delivery_ids or [])},
-        )
-        return sorted(map(_delivery, rows), key=lambda d: (d.create_time, d.delivery_id))
+        params = {"tenant": tenant, "now": now, "limit": limit, "ids": list(delivery_ids or [])}
+
+        async def redrive(connection: Connection) -> list[CallbackDelivery]:
+            cursor = await connection.execute(_REDRIVE.format(chosen=chosen), params)
+            redriven = sorted(
+                map(_delivery, await cursor.fetchall()),
+                key=lambda d: (d.create_time, d.delivery_id),
+            )
+            if audit is not None and redriven:
+                # In the re-drive's transaction: the entries exist exactly when it does.
+                entries = [redrive_entry(audit, d, now) for d in redriven]
+                await connection.execute(APPEND, append_params(entries))
+            return redriven
+
+        return await self._transaction(redrive)

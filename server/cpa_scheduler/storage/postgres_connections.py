@@ -185,6 +185,16 @@ class PostgresConnections:
         except Exception as error:
             raise self._call_failure(error) from error
 
+    async def _transaction(self, run: Callable[[Connection], Awaitable[T]]) -> T:
+        """`run` in one transaction of its own (committed when it returns)."""
+        if self._closing:
+            raise RuntimeError("store is closed")
+        try:
+            async with self._connection() as connection, connection.transaction():
+                return await run(connection)
+        except Exception as error:
+            raise self._call_failure(error) from error
+
     def _call_failure(self, error: Exception) -> Exception:
         if not connection_failure(error):
             return error

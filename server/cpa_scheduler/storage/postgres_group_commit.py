@@ -233,8 +233,8 @@ class GroupCommit(PostgresConnections):
                 mutate(op, loaded, writes)
             if writes:
                 await connection.execute(sql.WRITE_CHANGES, writes.params(), prepare=False)
-                if (callbacks := writes.callback_params()) is not None:
-                    await connection.execute(sql.INSERT_CALLBACKS, callbacks, prepare=False)
+                for statement, params in writes.side_inserts():
+                    await connection.execute(statement, params, prepare=False)
         await connection.execute("COMMIT")
         progress.committing = True
         await pipeline.sync()
@@ -291,8 +291,8 @@ class GroupCommit(PostgresConnections):
         if op.error is not None:
             raise op.error
         await connection.execute(sql.WRITE_CHANGES, writes.params(), prepare=False)
-        if (callbacks := writes.callback_params()) is not None:
-            await connection.execute(sql.INSERT_CALLBACKS, callbacks, prepare=False)
+        for statement, side_params in writes.side_inserts():
+            await connection.execute(statement, side_params, prepare=False)
 
     async def _insert(self, connection: Connection, ops: Sequence[Op]) -> None:
         """The creations among `ops` in one statement (its cursor kept for creation_results),
@@ -319,8 +319,8 @@ class GroupCommit(PostgresConnections):
             for op, _ in creations:
                 op.insertion = insertion
             all_records = [r for _, records in creations for r in records]
-            if (callbacks := CreationRecords.callback_params(all_records)) is not None:
-                await connection.execute(sql.INSERT_CALLBACKS, callbacks, prepare=False)
+            for statement, side_params in CreationRecords.side_inserts(all_records):
+                await connection.execute(statement, side_params, prepare=False)
 
     def _batch_failure(self, failure: Exception, *, committing: bool) -> Exception:
         if not connection_failure(failure):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from .audit_records import AUDIT_COLUMNS
 from .callback_records import CALLBACK_COLUMNS
 from .records import JOB_COLUMNS, JOB_STATE_COLUMNS, TASK_COLUMNS, TASK_STATE_COLUMNS
 
@@ -102,6 +103,15 @@ INSERT_CALLBACKS: Final = f"""
     FROM {_rows_of("callback_deliveries", "c", "callbacks")}
     WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = c.job_id)
     ON CONFLICT (delivery_id) DO NOTHING
+"""
+# The audit entries of a batch's changes, in its transaction; as for callbacks, only those of
+# jobs that exist. Sent only when there are rows (every change made by a call or an agent's
+# result has one).
+INSERT_AUDIT: Final = f"""
+    INSERT INTO audit_entries ({", ".join(AUDIT_COLUMNS)})
+    SELECT {", ".join(f"a.{c}" for c in AUDIT_COLUMNS)}
+    FROM {_rows_of("audit_entries", "a", "audit")}
+    WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = a.job_id)
 """
 # Who holds these request ids (pairs of tenant and request id).
 REQUEST_OWNERS: Final = """

@@ -38,6 +38,7 @@ from . import codec
 from . import postgres_sql as sql
 from .interface import EndPosition, QueuedTask, StoredMessage
 from .postgres_api_keys import PostgresApiKeys
+from .postgres_audit import PostgresAudit
 from .postgres_batch import (
     JOB_ID,
     Create,
@@ -64,7 +65,7 @@ SWEEP_CLAIM_S: Final = 30.0
 REQUEST_ID_ROUNDS: Final = 3
 
 
-class PostgresStore(GroupCommit, PostgresApiKeys, PostgresCallbacks):
+class PostgresStore(GroupCommit, PostgresApiKeys, PostgresCallbacks, PostgresAudit):
     """The distributed store. Open with `await PostgresStore.open(url)`; close with `close()`.
 
     A batch of writes normally costs two round trips: lock and read every job it changes (in

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
-from cpa_scheduler.domain import OutboundCallback
+from cpa_scheduler.domain import AuditCall, OutboundCallback
 
 from . import codec
 from .callback_records import (
@@ -18,8 +18,10 @@ from .callback_records import (
     CALLBACK_TIME_COLUMNS,
     callback_from_record,
     callback_to_record,
+    redrive_entry,
 )
 from .interface import CallbackDelivery, CallbackOutcome, CallbackPosition, CallbackState
+from .sqlite_audit import insert_audit
 
 T = TypeVar("T")
 
@@ -143,12 +145,23 @@ class SqliteCallbacks:
         return [_delivery(row) for row in rows]
 
     async def redrive_callbacks(
-        self, tenant: str, delivery_ids: Sequence[str] | None, *, now: datetime, limit: int
+        self,
+        tenant: str,
+        delivery_ids: Sequence[str] | None,
+        *,
+        now: datetime,
+        limit: int,
+        audit: AuditCall | None = None,
     ) -> list[CallbackDelivery]:
-        return await self._write(lambda: self._redrive(tenant, delivery_ids, now, limit))
+        return await self._write(lambda: self._redrive(tenant, delivery_ids, now, limit, audit))
 
     def _redrive(
-        self, tenant: str, delivery_ids: Sequence[str] | None, now: datetime, limit: int
+        self,
+        tenant: str,
+        delivery_ids: Sequence[str] | None,
+        now: datetime,
+        limit: int,
+        audit: AuditCall | None,
     ) -> list[CallbackDelivery]:
         if delivery_ids is None:
             chosen = "SELECT delivery_id FROM callback_deliveries WHERE tenant = ? AND state = ? "
@@ -167,4 +180,7 @@ class SqliteCallbacks:
             f"WHERE delivery_id IN ({chosen}) RETURNING *",
             (_PENDING, now_us, now_us, *arguments),
         ).fetchall()
-        return sorted(map(_delivery, rows), key=lambda d: (d.create_time, d.delivery_id))
+        redriven = sorted(map(_delivery, rows), key=lambda d: (d.create_time, d.delivery_id))
+        if audit is not None:
+            insert_audit(self._db, [redrive_entry(audit, d, now) for d in redriven])
+        return redriven

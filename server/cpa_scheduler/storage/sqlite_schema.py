@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # What each version adds to the one before (files of an older server are upgraded at open).
 _UPGRADES = {
     2: (
@@ -21,6 +21,7 @@ _UPGRADES = {
     4: ("ALTER TABLE jobs ADD COLUMN cancel_message TEXT NOT NULL DEFAULT ''",),
     5: (),  # the callback outbox: a new table, which the schema below creates
     6: (),  # api_keys: likewise
+    7: (),  # the audit trail: new tables and triggers, which the schema below creates
 }
 
 _SCHEMA = """
@@ -142,6 +143,49 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoke_time INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys (tenant, create_time DESC);
+CREATE TABLE IF NOT EXISTS audit_entries (
+    entry_id TEXT NOT NULL PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    credential_kind TEXT NOT NULL,
+    credential_id TEXT NOT NULL,
+    home_tenant TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    action TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    task_action TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    policy_decision TEXT NOT NULL,
+    result_code TEXT NOT NULL,
+    result_reason TEXT NOT NULL,
+    result_message TEXT NOT NULL,
+    result_field TEXT NOT NULL,
+    artifact_ids TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    suppressed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_listing ON audit_entries (tenant, create_time, entry_id);
+CREATE INDEX IF NOT EXISTS audit_of_job ON audit_entries (tenant, job_id, create_time)
+    WHERE job_id != '';
+CREATE INDEX IF NOT EXISTS audit_age ON audit_entries (create_time);
+-- Append-only: no statement may change an entry, and only the retention prune, which holds a
+-- row here for the length of its delete, may remove them (SqliteAudit._prune_audit).
+CREATE TABLE IF NOT EXISTS audit_prune_gate (open INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_entries_no_update BEFORE UPDATE ON audit_entries
+BEGIN
+    SELECT RAISE(ABORT, 'audit entries are append-only');
+END;
+CREATE TRIGGER IF NOT EXISTS audit_entries_no_delete BEFORE DELETE ON audit_entries
+    WHEN NOT EXISTS (SELECT 1 FROM audit_prune_gate)
+BEGIN
+    SELECT RAISE(ABORT, 'audit entries are append-only (only the retention prune deletes)');
+END;
 """
 
 

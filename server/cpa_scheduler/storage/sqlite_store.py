@@ -36,6 +36,7 @@ from . import codec, records
 from .data_dir import DataDirectoryLock, make_private_file
 from .interface import EndPosition, QueuedTask, StoredMessage
 from .sqlite_api_keys import SqliteApiKeys
+from .sqlite_audit import SqliteAudit, insert_audit
 from .sqlite_callbacks import SqliteCallbacks, insert_callbacks
 from .sqlite_schema import connect
 
@@ -92,7 +93,7 @@ def _checkpoint(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-class SqliteStore(SqliteApiKeys, SqliteCallbacks):
+class SqliteStore(SqliteApiKeys, SqliteCallbacks, SqliteAudit):
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `close()`."""
 
     def __init__(
@@ -241,6 +242,8 @@ class SqliteStore(SqliteApiKeys, SqliteCallbacks):
         self._insert_events(changes.events)
         if changes.callbacks:
             insert_callbacks(self._db, job.tenant, job.job_id, changes.callbacks)
+        if changes.audit:
+            insert_audit(self._db, changes.audit)
         self._live[job.job_id] = job
         return job, changes
 
@@ -278,6 +281,8 @@ class SqliteStore(SqliteApiKeys, SqliteCallbacks):
         self._insert_events(changes.events)
         if changes.callbacks:
             insert_callbacks(self._db, job.tenant, job.job_id, changes.callbacks)
+        if changes.audit:
+            insert_audit(self._db, changes.audit)
         if job.is_terminal:
             self._live.pop(job_id, None)
         else:

@@ -281,6 +281,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     server last read it), `requested` (what the submission adds) and `limit`. Retry once jobs
     of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
     """
+    ERROR_REASON_INVALID_TIME_RANGE: _ErrorReason.ValueType  # 160
+    """ListAuditEntries: end_time is not after start_time, so no entry could match:
+    INVALID_ARGUMENT, field `end_time`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -544,6 +548,10 @@ ErrorInfo.metadata: `quota` (`active_jobs`: jobs not yet SUCCEEDED, FAILED or CA
 `queued_tasks`: tasks ready and waiting for an agent), `current` (the tenant's count as the
 server last read it), `requested` (what the submission adds) and `limit`. Retry once jobs
 of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
+"""
+ERROR_REASON_INVALID_TIME_RANGE: ErrorReason.ValueType  # 160
+"""ListAuditEntries: end_time is not after start_time, so no entry could match:
+INVALID_ARGUMENT, field `end_time`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

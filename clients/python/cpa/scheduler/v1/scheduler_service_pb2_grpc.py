@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cpa.scheduler.v1 import audit_pb2 as cpa_dot_scheduler_dot_v1_dot_audit__pb2
 from cpa.scheduler.v1 import callback_pb2 as cpa_dot_scheduler_dot_v1_dot_callback__pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2
 
@@ -131,6 +132,11 @@ class SchedulerServiceStub:
                 '/cpa.scheduler.v1.SchedulerService/RetryCallbacks',
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.SerializeToString,
                 response_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/ListAuditEntries',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesResponse.FromString,
                 _registered_method=True)
 
 
@@ -350,6 +356,19 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEntries(self, request, context):
+        """Lists the caller's audit entries, newest first: who scheduled, cancelled, re-drove or
+        messaged what, each task attempt's outcome (with its screenshots), and refused calls
+        (bounded per principal). Another tenant's entries are never listed. There is no RPC that
+        changes or deletes an entry (docs/AUDIT.md). Errors: INVALID_ARGUMENT with INVALID_FIELD
+        (job_id over 128 characters, principal over 256, action over 64, result over 128, a
+        time out of range, page_size negative; field named), INVALID_TIME_RANGE (end_time not
+        after start_time, field end_time) or INVALID_PAGE_TOKEN (field page_token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -427,6 +446,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.RetryCallbacks,
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.FromString,
                     response_serializer=cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -856,6 +880,33 @@ class SchedulerService:
             '/cpa.scheduler.v1.SchedulerService/RetryCallbacks',
             cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksRequest.SerializeToString,
             cpa_dot_scheduler_dot_v1_dot_callback__pb2.RetryCallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/ListAuditEntries',
+            cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from cpa.scheduler.v1 import audit_pb2 as _audit_pb2
 from cpa.scheduler.v1 import callback_pb2 as _callback_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as _scheduler_service_pb2
 from grpc import aio as _aio
@@ -185,6 +186,15 @@ class SchedulerServiceStub:
     set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
     max_callbacks out of range, or set without all_dead, field max_callbacks).
     """
+    ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEntriesRequest, _audit_pb2.ListAuditEntriesResponse]
+    """Lists the caller's audit entries, newest first: who scheduled, cancelled, re-drove or
+    messaged what, each task attempt's outcome (with its screenshots), and refused calls
+    (bounded per principal). Another tenant's entries are never listed. There is no RPC that
+    changes or deletes an entry (docs/AUDIT.md). Errors: INVALID_ARGUMENT with INVALID_FIELD
+    (job_id over 128 characters, principal over 256, action over 64, result over 128, a
+    time out of range, page_size negative; field named), INVALID_TIME_RANGE (end_time not
+    after start_time, field end_time) or INVALID_PAGE_TOKEN (field page_token).
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -341,6 +351,15 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
     set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
     max_callbacks out of range, or set without all_dead, field max_callbacks).
+    """
+    ListAuditEntries: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEntriesRequest, _audit_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+    """Lists the caller's audit entries, newest first: who scheduled, cancelled, re-drove or
+    messaged what, each task attempt's outcome (with its screenshots), and refused calls
+    (bounded per principal). Another tenant's entries are never listed. There is no RPC that
+    changes or deletes an entry (docs/AUDIT.md). Errors: INVALID_ARGUMENT with INVALID_FIELD
+    (job_id over 128 characters, principal over 256, action over 64, result over 128, a
+    time out of range, page_size negative; field named), INVALID_TIME_RANGE (end_time not
+    after start_time, field end_time) or INVALID_PAGE_TOKEN (field page_token).
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -585,6 +604,21 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
         set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
         max_callbacks out of range, or set without all_dead, field max_callbacks).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: _audit_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.ListAuditEntriesResponse, _abc.Awaitable[_audit_pb2.ListAuditEntriesResponse]]:
+        """Lists the caller's audit entries, newest first: who scheduled, cancelled, re-drove or
+        messaged what, each task attempt's outcome (with its screenshots), and refused calls
+        (bounded per principal). Another tenant's entries are never listed. There is no RPC that
+        changes or deletes an entry (docs/AUDIT.md). Errors: INVALID_ARGUMENT with INVALID_FIELD
+        (job_id over 128 characters, principal over 256, action over 64, result over 128, a
+        time out of range, page_size negative; field named), INVALID_TIME_RANGE (end_time not
+        after start_time, field end_time) or INVALID_PAGE_TOKEN (field page_token).
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
