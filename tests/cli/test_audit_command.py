@@ -57,7 +57,7 @@ def test_cpa_audit_lists_filters_and_refuses_bad_times(start_cli: StartCli) -> N
     # Newest first: the agent's outcome (its attempt), then the submission.
     outcome, submission = lines[1:]
     assert re.search(rf"agent:audit-agent +TaskResult +{job_id}/a#1 +OK ", outcome), outcome
-    assert re.search(rf"anonymous +ScheduleJob +{job_id} +OK ", submission), submission
+    assert re.search(rf"local +ScheduleJob +{job_id} +OK ", submission), submission
 
     code, lines = _output(
         start_cli("audit", "--action", "CancelJob", "--since", "1h", "--json", "--server", address)
@@ -101,7 +101,7 @@ def test_get_v1_audit_through_envoy(start_cli: StartCli) -> None:
         [entry] = listed.json()["entries"]
         assert (entry["tenant"], entry["principal"], entry["result_code"]) == (
             "acme",
-            "anonymous",
+            "local",
             "OK",
         )
         assert entry["request_id"]  # Envoy's x-request-id, or the body's request_id

@@ -73,7 +73,7 @@ async def test_schedule_cancel_retry_and_lam_leave_entries_with_who_what_why(
     for entry in listed:
         assert (entry.tenant, entry.principal, entry.credential_kind) == (
             "acme",
-            "anonymous",
+            "local",
             "insecure_local",
         )
         assert entry.result_code == "OK"

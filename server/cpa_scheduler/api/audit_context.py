@@ -1,8 +1,9 @@
 """Who a call is, for the audit trail: the one place that turns a call's principal (or, while
 authentication is off, its named tenant) and metadata into an AuditActor and AuditCall.
 
-When the auth layer lands, current_principal() is set for every call and these functions use
-it; until then (None) the caller is the tenant from `x-cpa-tenant`, subject "anonymous".
+The auth interceptor sets current_principal() for every call (with authentication off, the
+one "local" principal of the tenant the call names); without one (a call served outside the
+interceptor) the caller is the tenant from `x-cpa-tenant`, subject "anonymous".
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def principal_for_audit(context: Context, *, default_tenant: str) -> AuditActor:
 
 def agent_for_audit(context: Context, *, tenant: str, agent_id: str) -> AuditActor:
     """An agent's stream (its results are audited by it): the agent token's principal, or the
-    agent id while authentication is off."""
+    agent id while authentication is off (every caller is then the one local principal)."""
     principal = current_principal()
-    if principal is not None:
+    if principal is not None and principal.kind is not CredentialKind.INSECURE_LOCAL:
         return _actor_of(principal, _peer(context))
     return AuditActor(
         tenant=tenant,
