@@ -165,8 +165,9 @@ async def serve(stack: LocalStack, *, grace_s: float, gateway_listen: str | None
     try:
         try:
             address = await stack.start()
-            emit(SERVING_LINE.format(address=address))
+            # The key first: whoever waits for the serving line finds it said already.
             _announce_local_admin_key(stack)
+            emit(SERVING_LINE.format(address=address))
             if gateway_listen is not None:
                 config = GatewayConfig.build(gateway_listen, [address], stack.settings)
                 gateway = EnvoyGateway(config, log_level=stack.settings.gateway_log_level)
