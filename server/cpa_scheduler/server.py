@@ -508,7 +508,8 @@ class SchedulerServer:
         """Stops gracefully within about `drain_s` + `grace_s` (+ the background tasks' stop).
 
         1. Health turns NOT_SERVING for every service at once; new agent streams are refused
-           with UNAVAILABLE (SERVER_SHUTTING_DOWN). Other calls are still served.
+           with UNAVAILABLE (SERVER_SHUTTING_DOWN). Other calls are still served, for at least
+           `settings.shutdown_unready_s` (load balancers' time to notice), alongside step 3.
         2. The dispatcher takes no more work; what it took is assigned first.
         3. Every agent stream gets a ServerDrain with deadline now + `drain_s` (default
            `settings.shutdown_drain_s`): agents take no new work, finish their attempts (their
@@ -527,8 +528,12 @@ class SchedulerServer:
             # Before health changes: whoever sees NOT_SERVING also sees new streams refused.
             components.executor.refuse_new_sessions()
         await self._health.enter_graceful_shutdown()
+        unready_until = time.monotonic() + self.settings.shutdown_unready_s
         if components is not None:
             await self._drain_agents(components, drain_s)
+        # Calls routed here before the balancers saw NOT_SERVING are still served, not cut.
+        if (unready_s := unready_until - time.monotonic()) > 0:
+            await self._unless_hurried(asyncio.sleep(unready_s), unready_s)
         if self._server is not None:
             await self._stop_grpc(self._server, grace_s)
         await stop_tasks(self._background, timeout_s=_BACKGROUND_STOP_TIMEOUT_S)

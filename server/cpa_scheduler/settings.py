@@ -140,6 +140,14 @@ class Settings(BaseSettings):
         gt=0,
         description="How long one health check may take before it counts as failed.",
     )
+    shutdown_unready_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="When the server stops: how long it keeps serving calls after turning "
+        "NOT_SERVING, so load balancers (the gateway's health checks) take it out of rotation "
+        "before it stops listening; set it to their detection time (e.g. 2 x "
+        "CPA_GATEWAY_HEALTH_INTERVAL_S). The agents' drain runs meanwhile.",
+    )
     shutdown_drain_s: float = Field(
         # With --grace 5 and the background stop, a stop fits Kubernetes' default 30 s.
         default=15.0,

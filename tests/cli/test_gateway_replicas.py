@@ -148,6 +148,8 @@ def test_replicas_behind_envoy_fail_over_without_losing_calls_or_jobs(
     cluster: Cluster, start_cli: StartCli
 ) -> None:
     cluster.settings["CPA_SHUTDOWN_DRAIN_S"] = "1"
+    # A stopping replica serves until the gateway's two failed health checks took it out.
+    cluster.settings["CPA_SHUTDOWN_UNREADY_S"] = str(3 * HEALTH_INTERVAL_S)
     a, b = cluster.replica("a"), cluster.replica("b")
     gateway, ready = start_gateway(
         start_cli,
