@@ -298,10 +298,12 @@ Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
 @_typing.final
 class Credit(_message.Message):
-    """Credit grants the server permission to send more assignments (flow control). The agent sends
-    one after the welcome (its free slots) and when slots free up without a result (stale
-    attempts); a Result of an attempt this session runs (assigned to it, or adopted from its
-    hello) returns that slot by itself.
+    """Credit grants the server permission to send more assignments (flow control): the only thing
+    that does (AgentCapabilities.slots grants none). The agent sends one after the welcome (its
+    free slots) and when slots free up without a result (stale attempts); a Result of an attempt
+    this session runs (assigned to it, or adopted from its hello) returns that slot by itself.
+    Credits add up to at most AgentCapabilities.slots minus the attempts running; the rest is
+    dropped. A new session starts with none.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -362,7 +364,13 @@ Global___AssignmentAck: _TypeAlias = AssignmentAck  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):
-    """Progress reports how a running attempt is doing."""
+    """Progress reports how a running attempt is doing. It needs no report_id: without one it is
+    recorded (a TaskProgress event) but not acknowledged, so a progress lost with the stream is
+    not sent again; with one the server answers a ReportAck (refused: STALE_ATTEMPT or
+    ATTEMPT_NOT_HELD, as for a Result). Progress does not renew the attempt's lease: only a
+    Heartbeat listing the attempt does, so an agent that only reports progress loses the attempt
+    after Welcome.lease_duration.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -413,7 +421,16 @@ Global___Progress: _TypeAlias = Progress  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):
-    """Result reports how an attempt ended."""
+    """Result reports how an attempt ended. After a CancelAttempt the agent stops and sends a
+    Result naming that attempt with cancelled = true: no outcome is needed (outputs and an error
+    are not recorded), the attempt ends CANCELLED and so does the task (with error
+    JOB_DEADLINE_EXCEEDED when the job deadline stopped it). An attempt that ended
+    before the agent saw the cancel is reported as it ended (outputs or error, cancelled =
+    false) and recorded so. cancelled = true without a cancel (the agent stopped it unasked), or
+    an error with code AGENT_SHUTDOWN, hands the task back: it is queued again at once as the next attempt, charged
+    to neither its retry nor its redelivery budget; an error's message says why (HANDED_BACK). A report_id gets the report a ReportAck; the agent resends an
+    unacknowledged result after a reconnect.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -431,7 +448,9 @@ class Result(_message.Message):
     attempt: _builtins.int
     """Attempt number; a result for any other than the current attempt is refused (fencing)."""
     cancelled: _builtins.bool
-    """Whether the attempt stopped because it was cancelled."""
+    """Whether the attempt stopped without finishing: after a CancelAttempt, or unasked (see
+    Result).
+    """
     @_builtins.property
     def outputs(self) -> _struct_pb2.Struct:
         """Outputs of a successful attempt (JSON object). Outputs the server cannot store (NaN or
@@ -572,8 +591,9 @@ class ConnectRequest(_message.Message):
     OFFER_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     report_id: _builtins.int
-    """Per-session sequence number of reports (progress, result), echoed by ReportAck;
-    0 for messages that need no acknowledgement.
+    """Per-session sequence number of reports (progress, result),
+    echoed by ReportAck; 0 for messages that need no acknowledgement (a report without one is
+    still applied, just not acknowledged).
     """
     @_builtins.property
     def hello(self) -> Global___Hello:
@@ -817,6 +837,8 @@ class Assignment(_message.Message):
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """Time by which the attempt must end (the job deadline); the agent stops the action then.
+        Absent when the job has no deadline (JobSpec.deadline unset): only the task timeout
+        (ToDo.timeout) and a CancelAttempt stop the attempt then.
         An attempt stopped here, before its task timeout, is reported with error code
         DEADLINE_EXCEEDED, reason JOB_DEADLINE_EXCEEDED, not retryable (a TASK_TIMEOUT is the task
         timeout's). The server records it as stopped by the deadline either way.

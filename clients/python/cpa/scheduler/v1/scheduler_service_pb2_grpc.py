@@ -228,8 +228,9 @@ class SchedulerServiceServicer:
         recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
         attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
         (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
-        PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
-        cancelled, or is CANCELLED, changes nothing (the first reason stays).
+        PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling is idempotent: cancelling
+        a job that is being cancelled, or is CANCELLED, succeeds and changes nothing (no event, the
+        first reason stays); so does cancelling one its deadline is stopping (it ends FAILED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -104,8 +104,9 @@ class SchedulerServiceStub:
     recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
     attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
     (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
-    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
-    cancelled, or is CANCELLED, changes nothing (the first reason stays).
+    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling is idempotent: cancelling
+    a job that is being cancelled, or is CANCELLED, succeeds and changes nothing (no event, the
+    first reason stays); so does cancelling one its deadline is stopping (it ends FAILED).
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
@@ -270,8 +271,9 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
     attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
     (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
-    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
-    cancelled, or is CANCELLED, changes nothing (the first reason stays).
+    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling is idempotent: cancelling
+    a job that is being cancelled, or is CANCELLED, succeeds and changes nothing (no event, the
+    first reason stays); so does cancelling one its deadline is stopping (it ends FAILED).
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
@@ -463,8 +465,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
         attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
         (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
-        PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
-        cancelled, or is CANCELLED, changes nothing (the first reason stays).
+        PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling is idempotent: cancelling
+        a job that is being cancelled, or is CANCELLED, succeeds and changes nothing (no event, the
+        first reason stays); so does cancelling one its deadline is stopping (it ends FAILED).
         """
 
     @_abc_1.abstractmethod
