@@ -194,8 +194,8 @@ class SchedulerServiceServicer:
         INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
         from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
         TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
-        A request_id another call is creating at this moment is ABORTED (REQUEST_ID_CONTENDED):
-        retry, and get the job that call created.
+        ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
+        the request-id retention sweep) before its job could be read: the same call may succeed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -326,7 +326,7 @@ class SchedulerServiceServicer:
         UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
         NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
         QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
-        REQUEST_ID_CONTENDED while another call creates it), a cancel refuse with JOB_NOT_FOUND,
+        REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
         ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
         other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
         them). The call itself fails only as every method may, or with IDEMPOTENCY_KEY_MISMATCH.
