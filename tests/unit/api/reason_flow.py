@@ -447,6 +447,18 @@ class Package:
             module = self.modules.get(source)
         return ""
 
+    def _expr_type(self, module: _Module, node: ast.expr, names: dict[str, str]) -> str:
+        """The class of a name or attribute chain, as far as annotations and constructors say."""
+        if isinstance(node, ast.Name):
+            if node.id in names:
+                return names[node.id]
+            source = module.imports.get(node.id)
+            return self._imported_global(*source) if source is not None else ""
+        if isinstance(node, ast.Attribute):
+            owner = self._expr_type(module, node.value, names)
+            return self._attr_type(owner, node.attr) if owner else ""
+        return ""
+
     def _method_call(
         self, module: _Module, function: _Function, callee: ast.Attribute, names: dict[str, str]
     ) -> list[_Function]:
@@ -470,15 +482,11 @@ class Package:
                 return []
             if receiver.id in module.functions or receiver.id in ("super", "asyncio"):
                 return []
-        elif (
-            isinstance(receiver, ast.Attribute)
-            and isinstance(receiver.value, ast.Name)
-            and receiver.value.id == "self"
-            and function.cls
+        elif isinstance(receiver, ast.Attribute) and (
+            kind := self._expr_type(module, receiver, names)
         ):
-            kind = self._attr_type(function.cls, receiver.attr)
-            if kind:
-                return self._lookup(kind, method)
+            # `self._x.f()`, `self._x.store.f()`, `job.options.f()`: the attribute's class.
+            return self._lookup(kind, method)
         elif isinstance(receiver, ast.Call) and (kind := self._value_type(receiver, names)):
             return self._lookup(kind, method)
         if method in _BUILTIN_METHODS:
