@@ -200,6 +200,19 @@ async def test_slots_in_the_hello_grant_no_work_only_credit_does(
     assert await _free_credits(client, "raw") == 3
 
 
+async def test_negative_credit_and_offers_change_nothing(
+    raw_stream: RawAgentStream, client: SchedulerClient
+) -> None:
+    await raw_stream.hello("raw", slots=2)
+    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=-5)))
+    raw_stream.send(ex.ConnectRequest(offer=ex.Offer(cfp_id="x", available=True)))
+    await raw_stream.heartbeat_ack()  # the stream lives, both were read
+    assert await _free_credits(client, "raw") == 0
+    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
+    await raw_stream.heartbeat_ack()
+    assert await _free_credits(client, "raw") == 1
+
+
 async def test_the_assignment_deadline_is_absent_without_a_job_deadline(
     raw_stream: RawAgentStream, client: SchedulerClient
 ) -> None:

@@ -310,7 +310,9 @@ class Credit(_message.Message):
 
     SLOTS_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
-    """Additional assignments the agent will take; the server never has more outstanding."""
+    """Additional assignments the agent will take; the server never has more outstanding. 0 or
+    negative adds nothing.
+    """
     def __init__(
         self,
         *,
@@ -494,14 +496,20 @@ Global___Result: _TypeAlias = Result  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """Heartbeat keeps the session and the leases of running attempts alive."""
+    """Heartbeat keeps the session and the leases of running attempts alive. Send one every
+    Welcome.heartbeat_interval; the server answers each with a HeartbeatAck (none once the
+    session was taken over by a newer one of the same agent).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNNING_ATTEMPTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def running_attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]:
-        """Attempts the agent is running now; their leases are renewed."""
+        """Attempts the agent is running now; their leases are renewed (to now plus
+        Welcome.lease_duration, never past the attempt's task timeout). An attempt left out is not renewed: it is LOST when its lease runs
+        out, unless a later heartbeat lists it in time.
+        """
 
     def __init__(
         self,
@@ -540,7 +548,9 @@ Global___AgentDrain: _TypeAlias = AgentDrain  # noqa: Y015
 
 @_typing.final
 class Offer(_message.Message):
-    """Offer answers a call for proposals."""
+    """Offer answers a call for proposals. Reserved: this server sends no CallForProposals (tasks
+    go to capable agents with credit), and ignores an Offer.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -993,7 +1003,9 @@ Global___ServerDrain: _TypeAlias = ServerDrain  # noqa: Y015
 
 @_typing.final
 class CallForProposals(_message.Message):
-    """CallForProposals asks the agent whether, and at what cost, it would run a task."""
+    """CallForProposals asks the agent whether, and at what cost, it would run a task. Reserved for
+    a contract-net dispatch: this server sends none, and no ProposalDecision.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1031,7 +1043,9 @@ Global___CallForProposals: _TypeAlias = CallForProposals  # noqa: Y015
 
 @_typing.final
 class ProposalDecision(_message.Message):
-    """ProposalDecision tells an agent whether its offer won; an Assignment follows an accept."""
+    """ProposalDecision tells an agent whether its offer won; an Assignment follows an accept.
+    Reserved, as CallForProposals is: this server sends none.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
