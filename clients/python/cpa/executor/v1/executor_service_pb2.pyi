@@ -952,8 +952,9 @@ class ReportAck(_message.Message):
     report_id: _builtins.int
     """The report acknowledged."""
     accepted: _builtins.bool
-    """False when the report was refused: STALE_ATTEMPT (not the task's current attempt), or
-    ATTEMPT_NOT_HELD (the attempt runs on another agent, or this session was taken over); the
+    """False when the report was refused: STALE_ATTEMPT (not the task's current attempt, or a job
+    or task the tenant does not have), ATTEMPT_NOT_HELD (the attempt runs on another agent, or
+    this session was taken over), or the reason the job refused the change (see Connect); the
     agent drops it.
     """
     reason: _error_pb2.ErrorReason.ValueType
