@@ -172,6 +172,22 @@ async def test_an_attempt_stopped_unasked_goes_back_to_the_queue_uncharged(
     assert job.state == job_pb2.JOB_STATE_RUNNING
 
 
+async def test_a_report_for_an_unknown_job_or_task_is_refused_as_stale(
+    raw_stream: RawAgentStream, client: SchedulerClient
+) -> None:
+    await raw_stream.hello("raw")
+    job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
+    for report_id, (job, task) in enumerate([("no-such-job", "a"), (job_id, "ghost")], 1):
+        result = ex.Result(job_id=job, task_id=task, attempt=1, outputs={})
+        raw_stream.send(ex.ConnectRequest(report_id=report_id, result=result))
+        ack = (await raw_stream.read_until("report_ack")).report_ack
+        assert (ack.report_id, ack.accepted, ack.reason) == (
+            report_id,
+            False,
+            error_pb2.ERROR_REASON_STALE_ATTEMPT,
+        )
+
+
 async def _free_credits(client: SchedulerClient, agent_id: str) -> int:
     (agent,) = [a async for a in client.list_agents() if a.agent_id == agent_id]
     return agent.free_credits
