@@ -178,7 +178,7 @@ async def test_a_report_for_an_unknown_job_or_task_is_refused_as_stale(
     await raw_stream.hello("raw")
     job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
     for report_id, (job, task) in enumerate([("no-such-job", "a"), (job_id, "ghost")], 1):
-        result = ex.Result(job_id=job, task_id=task, attempt=1, outputs={})
+        result = ex.Result(job_id=job, task_id=task, attempt=1, cancelled=True)
         raw_stream.send(ex.ConnectRequest(report_id=report_id, result=result))
         ack = (await raw_stream.read_until("report_ack")).report_ack
         assert (ack.report_id, ack.accepted, ack.reason) == (
