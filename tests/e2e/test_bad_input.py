@@ -103,7 +103,7 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
         _schedule(todos_spec(todo("a", "Not An Action"))),
         grpc.StatusCode.INVALID_ARGUMENT,
         "UNKNOWN_ACTION",
-        "spec.todos.todos[0].action",
+        "spec.todos.todos[0].custom_action",
     ),
     (
         "cyclic graph",
@@ -451,7 +451,7 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str, str]] = [
         _schedule(todos_spec(todo("a", "my_action\n"))),
         grpc.StatusCode.INVALID_ARGUMENT,
         "UNKNOWN_ACTION",
-        "spec.todos.todos[0].action",
+        "spec.todos.todos[0].custom_action",
     ),
     (
         "input name with a trailing newline",

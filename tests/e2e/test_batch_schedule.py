@@ -87,5 +87,5 @@ async def test_a_batch_with_a_bad_request_creates_none_of_the_good_ones(
         )
 
     assert caught.value.reason == "UNKNOWN_ACTION"
-    assert caught.value.metadata.get("field") == "requests[1].spec.todos.todos[0].action"
+    assert caught.value.metadata.get("field") == "requests[1].spec.todos.todos[0].custom_action"
     assert await _job_ids(client) == set()

@@ -243,7 +243,14 @@ def todo_from_proto(message: todo_pb2.ToDo, field: str = "todo") -> ToDo:
         credential_refs=dict(message.credential_refs),
         session=message.session,
     )
-    todo.validate(field)
+    try:
+        todo.validate(field)
+    except InvalidArgument as error:
+        # The domain knows one `action`; on the wire a custom name is in custom_action, so the
+        # field at fault is that one.
+        if message.action == _CUSTOM_ACTION and error.field == f"{field}.action":
+            error.field = f"{field}.custom_action"
+        raise
     return todo
 
 

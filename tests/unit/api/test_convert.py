@@ -156,7 +156,7 @@ def test_unset_retry_fields_take_defaults_and_zero_means_zero() -> None:
         (
             todo_pb2.ToDo(id="a", action=todo_pb2.ACTION_TYPE_CUSTOM, custom_action="Bad Name!"),
             Reason.UNKNOWN_ACTION,
-            "todos[0].action",
+            "todos[0].custom_action",
             "custom action 'Bad Name!'",
         ),
         (

@@ -32,7 +32,8 @@ class AdminServiceStub:
     `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
     CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService.
+    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
     """
 
     def __init__(self, channel):
@@ -65,7 +66,8 @@ class AdminServiceServicer:
     `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
     CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService.
+    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
     """
 
     def CreateApiKey(self, request, context):
@@ -133,7 +135,8 @@ class AdminService:
     `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
     CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService.
+    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
     """
 
     @staticmethod

@@ -33,7 +33,8 @@ class AdminServiceStub:
     `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
     CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService.
+    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
     """
 
     @_typing.overload
@@ -69,7 +70,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
     CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService.
+    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -101,7 +103,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
     CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService.
+    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
     """
 
     @_abc_1.abstractmethod

@@ -49,7 +49,11 @@ class AgentCapabilities(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     SLOTS_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
-    """How many tasks it runs at once."""
+    """How many attempts it runs at once, at least 1 (else INVALID_ARGUMENT, INVALID_FIELD,
+    `hello.capabilities.slots`). Slots grant no work: the server sends an assignment only
+    against a Credit (cpa.executor.v1.Credit), and never has more outstanding than slots minus
+    the attempts the agent runs; credit beyond that is dropped, not saved.
+    """
     @_builtins.property
     def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Action names it runs: built-in ones ("click", "send_mail") and custom ones ("echo")."""

@@ -28,7 +28,10 @@ class _ActionType:
 class _ActionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ACTION_TYPE_UNSPECIFIED: _ActionType.ValueType  # 0
-    """Not set; rejected with INVALID_FIELD."""
+    """Not set: refused, as every unset required field, with INVALID_ARGUMENT, reason
+    MISSING_FIELD, naming the ToDo's `action`. A number this enum does not define is
+    UNKNOWN_ACTION, same field.
+    """
     ACTION_TYPE_OPEN_APP: _ActionType.ValueType  # 1
     """Start a desktop application (params.app names it). No shipped agent offers it (Linux agents
     have no desktop executor): such a task waits QUEUED for an agent that does.
@@ -53,7 +56,7 @@ class _ActionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionType
     through inputs.<name>.artifact_name is attached; docs/MAIL.md).
     """
     ACTION_TYPE_CUSTOM: _ActionType.ValueType  # 8
-    """A custom action; its name is in ToDo.custom_action."""
+    """A custom action; its name is in ToDo.custom_action (see there for the naming rule)."""
 
 class ActionType(_ActionType, metaclass=_ActionTypeEnumTypeWrapper):
     """ActionType names the built-in actions every planner and agent understands.
@@ -61,7 +64,10 @@ class ActionType(_ActionType, metaclass=_ActionTypeEnumTypeWrapper):
     """
 
 ACTION_TYPE_UNSPECIFIED: ActionType.ValueType  # 0
-"""Not set; rejected with INVALID_FIELD."""
+"""Not set: refused, as every unset required field, with INVALID_ARGUMENT, reason
+MISSING_FIELD, naming the ToDo's `action`. A number this enum does not define is
+UNKNOWN_ACTION, same field.
+"""
 ACTION_TYPE_OPEN_APP: ActionType.ValueType  # 1
 """Start a desktop application (params.app names it). No shipped agent offers it (Linux agents
 have no desktop executor): such a task waits QUEUED for an agent that does.
@@ -86,7 +92,7 @@ ACTION_TYPE_SEND_MAIL: ActionType.ValueType  # 7
 through inputs.<name>.artifact_name is attached; docs/MAIL.md).
 """
 ACTION_TYPE_CUSTOM: ActionType.ValueType  # 8
-"""A custom action; its name is in ToDo.custom_action."""
+"""A custom action; its name is in ToDo.custom_action (see there for the naming rule)."""
 Global___ActionType: _TypeAlias = ActionType  # noqa: Y015
 
 class _SelectorStrategy:
@@ -350,7 +356,14 @@ class ToDo(_message.Message):
     action: Global___ActionType.ValueType
     """The action to run."""
     custom_action: _builtins.str
-    """Name of the custom action; required when action is ACTION_TYPE_CUSTOM, empty otherwise."""
+    """Name of the custom action: required when action is ACTION_TYPE_CUSTOM (else MISSING_FIELD),
+    empty otherwise (else INVALID_FIELD). 1-63 characters: lower-case ASCII letters, digits,
+    '_', '.' or '-', starting with a letter, matched as a whole (`read_mail`, `acme.export-2`),
+    and not the name of a built-in action (`click`, `send_mail`...: use its ActionType). Else
+    INVALID_ARGUMENT, reason UNKNOWN_ACTION, naming this field. Matched verbatim against the
+    names agents advertise in AgentCapabilities.actions; a name no connected agent offers is not
+    an error: the task waits QUEUED (ToDo.schedule_to_start_timeout bounds the wait).
+    """
     description: _builtins.str
     """Human-readable description, shown in progress and audit."""
     text: _builtins.str

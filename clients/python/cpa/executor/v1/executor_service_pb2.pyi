@@ -298,17 +298,21 @@ Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
 @_typing.final
 class Credit(_message.Message):
-    """Credit grants the server permission to send more assignments (flow control). The agent sends
-    one after the welcome (its free slots) and when slots free up without a result (stale
-    attempts); a Result of an attempt this session runs (assigned to it, or adopted from its
-    hello) returns that slot by itself.
+    """Credit grants the server permission to send more assignments (flow control): the only thing
+    that does (AgentCapabilities.slots grants none). The agent sends one after the welcome (its
+    free slots) and when slots free up without a result (stale attempts); a Result of an attempt
+    this session runs (assigned to it, or adopted from its hello) returns that slot by itself.
+    Credits add up to at most AgentCapabilities.slots minus the attempts running; the rest is
+    dropped. A new session starts with none.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SLOTS_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
-    """Additional assignments the agent will take; the server never has more outstanding."""
+    """Additional assignments the agent will take; the server never has more outstanding. 0 or
+    negative adds nothing.
+    """
     def __init__(
         self,
         *,
@@ -362,7 +366,13 @@ Global___AssignmentAck: _TypeAlias = AssignmentAck  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):
-    """Progress reports how a running attempt is doing."""
+    """Progress reports how a running attempt is doing. It needs no report_id: without one it is
+    recorded (a TaskProgress event) but not acknowledged, so a progress lost with the stream is
+    not sent again; with one the server answers a ReportAck (refused: STALE_ATTEMPT or
+    ATTEMPT_NOT_HELD, as for a Result). Progress does not renew the attempt's lease: only a
+    Heartbeat listing the attempt does, so an agent that only reports progress loses the attempt
+    after Welcome.lease_duration.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -413,7 +423,16 @@ Global___Progress: _TypeAlias = Progress  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):
-    """Result reports how an attempt ended."""
+    """Result reports how an attempt ended. After a CancelAttempt the agent stops and sends a
+    Result naming that attempt with cancelled = true: no outcome is needed (outputs and an error
+    are not recorded), the attempt ends CANCELLED and so does the task (with error
+    JOB_DEADLINE_EXCEEDED when the job deadline stopped it). An attempt that ended
+    before the agent saw the cancel is reported as it ended (outputs or error, cancelled =
+    false) and recorded so. cancelled = true without a cancel (the agent stopped it unasked), or
+    an error with code AGENT_SHUTDOWN, hands the task back: it is queued again at once as the next attempt, charged
+    to neither its retry nor its redelivery budget; an error's message says why (HANDED_BACK). A report_id gets the report a ReportAck; the agent resends an
+    unacknowledged result after a reconnect.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -431,7 +450,9 @@ class Result(_message.Message):
     attempt: _builtins.int
     """Attempt number; a result for any other than the current attempt is refused (fencing)."""
     cancelled: _builtins.bool
-    """Whether the attempt stopped because it was cancelled."""
+    """Whether the attempt stopped without finishing: after a CancelAttempt, or unasked (see
+    Result).
+    """
     @_builtins.property
     def outputs(self) -> _struct_pb2.Struct:
         """Outputs of a successful attempt (JSON object). Outputs the server cannot store (NaN or
@@ -475,14 +496,20 @@ Global___Result: _TypeAlias = Result  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """Heartbeat keeps the session and the leases of running attempts alive."""
+    """Heartbeat keeps the session and the leases of running attempts alive. Send one every
+    Welcome.heartbeat_interval; the server answers each with a HeartbeatAck (none once the
+    session was taken over by a newer one of the same agent).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNNING_ATTEMPTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def running_attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]:
-        """Attempts the agent is running now; their leases are renewed."""
+        """Attempts the agent is running now; their leases are renewed (to now plus
+        Welcome.lease_duration, never past the attempt's task timeout). An attempt left out is not renewed: it is LOST when its lease runs
+        out, unless a later heartbeat lists it in time.
+        """
 
     def __init__(
         self,
@@ -521,7 +548,9 @@ Global___AgentDrain: _TypeAlias = AgentDrain  # noqa: Y015
 
 @_typing.final
 class Offer(_message.Message):
-    """Offer answers a call for proposals."""
+    """Offer answers a call for proposals. Reserved: this server sends no CallForProposals (tasks
+    go to capable agents with credit), and ignores an Offer.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -572,8 +601,9 @@ class ConnectRequest(_message.Message):
     OFFER_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     report_id: _builtins.int
-    """Per-session sequence number of reports (progress, result), echoed by ReportAck;
-    0 for messages that need no acknowledgement.
+    """Per-session sequence number of reports (progress, result),
+    echoed by ReportAck; 0 for messages that need no acknowledgement (a report without one is
+    still applied, just not acknowledged).
     """
     @_builtins.property
     def hello(self) -> Global___Hello:
@@ -817,6 +847,8 @@ class Assignment(_message.Message):
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """Time by which the attempt must end (the job deadline); the agent stops the action then.
+        Absent when the job has no deadline (JobSpec.deadline unset): only the task timeout
+        (ToDo.timeout) and a CancelAttempt stop the attempt then.
         An attempt stopped here, before its task timeout, is reported with error code
         DEADLINE_EXCEEDED, reason JOB_DEADLINE_EXCEEDED, not retryable (a TASK_TIMEOUT is the task
         timeout's). The server records it as stopped by the deadline either way.
@@ -920,8 +952,9 @@ class ReportAck(_message.Message):
     report_id: _builtins.int
     """The report acknowledged."""
     accepted: _builtins.bool
-    """False when the report was refused: STALE_ATTEMPT (not the task's current attempt), or
-    ATTEMPT_NOT_HELD (the attempt runs on another agent, or this session was taken over); the
+    """False when the report was refused: STALE_ATTEMPT (not the task's current attempt, or a job
+    or task the tenant does not have), ATTEMPT_NOT_HELD (the attempt runs on another agent, or
+    this session was taken over), or the reason the job refused the change (see Connect); the
     agent drops it.
     """
     reason: _error_pb2.ErrorReason.ValueType
@@ -971,7 +1004,9 @@ Global___ServerDrain: _TypeAlias = ServerDrain  # noqa: Y015
 
 @_typing.final
 class CallForProposals(_message.Message):
-    """CallForProposals asks the agent whether, and at what cost, it would run a task."""
+    """CallForProposals asks the agent whether, and at what cost, it would run a task. Reserved for
+    a contract-net dispatch: this server sends none, and no ProposalDecision.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1009,7 +1044,9 @@ Global___CallForProposals: _TypeAlias = CallForProposals  # noqa: Y015
 
 @_typing.final
 class ProposalDecision(_message.Message):
-    """ProposalDecision tells an agent whether its offer won; an Assignment follows an accept."""
+    """ProposalDecision tells an agent whether its offer won; an Assignment follows an accept.
+    Reserved, as CallForProposals is: this server sends none.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -31,6 +31,9 @@ class ExecutorServiceStub:
     acknowledgements, progress, results and heartbeats; the server's welcome, assignments,
     cancels, report acks and drain requests. Heartbeats travel on this stream, so a proxy's
     idle timeout never cuts a busy agent.
+    Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
+    backoff. Each method's comment lists the errors of its own.
     """
 
     def __init__(self, channel):
@@ -62,6 +65,9 @@ class ExecutorServiceServicer:
     acknowledgements, progress, results and heartbeats; the server's welcome, assignments,
     cancels, report acks and drain requests. Heartbeats travel on this stream, so a proxy's
     idle timeout never cuts a busy agent.
+    Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
+    backoff. Each method's comment lists the errors of its own.
     """
 
     def Connect(self, request_iterator, context):
@@ -71,6 +77,16 @@ class ExecutorServiceServicer:
         the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
         ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
         UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+        Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
+        (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
+        hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see
+        Hello.resume_session_id); UNAVAILABLE (SERVER_SHUTTING_DOWN) once the replica is stopping:
+        reconnect (to another replica). A report never ends the stream: when it cannot be applied,
+        its ReportAck says accepted = false with STALE_ATTEMPT (not the task's current attempt; a
+        job or task the tenant does not have, JOB_NOT_FOUND or TASK_NOT_FOUND, is told the same
+        way) or ATTEMPT_NOT_HELD, or the reason the job refused it (ILLEGAL_TRANSITION). Outputs the
+        server cannot store fail the attempt instead (INVALID_FIELD, NESTING_TOO_DEEP; see
+        Result.outputs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,7 +108,8 @@ class ExecutorServiceServicer:
         another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
         `header.session_id`); the attempt: the task's current attempt, RUNNING (else
         FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-        an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+        an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
+        NOT_FOUND (TASK_NOT_FOUND);
         - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
         more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
         fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
@@ -113,7 +130,8 @@ class ExecutorServiceServicer:
         named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
         chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
         JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-        missing one. The agent checks size and sha256 itself.
+        missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
+        (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,6 +169,9 @@ class ExecutorService:
     acknowledgements, progress, results and heartbeats; the server's welcome, assignments,
     cancels, report acks and drain requests. Heartbeats travel on this stream, so a proxy's
     idle timeout never cuts a busy agent.
+    Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
+    backoff. Each method's comment lists the errors of its own.
     """
 
     @staticmethod

@@ -32,6 +32,9 @@ class ExecutorServiceStub:
     acknowledgements, progress, results and heartbeats; the server's welcome, assignments,
     cancels, report acks and drain requests. Heartbeats travel on this stream, so a proxy's
     idle timeout never cuts a busy agent.
+    Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
+    backoff. Each method's comment lists the errors of its own.
     """
 
     @_typing.overload
@@ -45,6 +48,16 @@ class ExecutorServiceStub:
     the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
     ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
     UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+    Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
+    (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
+    hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see
+    Hello.resume_session_id); UNAVAILABLE (SERVER_SHUTTING_DOWN) once the replica is stopping:
+    reconnect (to another replica). A report never ends the stream: when it cannot be applied,
+    its ReportAck says accepted = false with STALE_ATTEMPT (not the task's current attempt; a
+    job or task the tenant does not have, JOB_NOT_FOUND or TASK_NOT_FOUND, is told the same
+    way) or ATTEMPT_NOT_HELD, or the reason the job refused it (ILLEGAL_TRANSITION). Outputs the
+    server cannot store fail the attempt instead (INVALID_FIELD, NESTING_TOO_DEEP; see
+    Result.outputs).
     """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_executor_service_pb2.UploadArtifactRequest, _executor_service_pb2.UploadArtifactResponse]
     """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
@@ -62,7 +75,8 @@ class ExecutorServiceStub:
       another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
       `header.session_id`); the attempt: the task's current attempt, RUNNING (else
       FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-      an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+      an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
+      NOT_FOUND (TASK_NOT_FOUND);
     - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
       more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
       fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
@@ -79,7 +93,8 @@ class ExecutorServiceStub:
     named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
     chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
     JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-    missing one. The agent checks size and sha256 itself.
+    missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
+    (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters).
     """
 
 @_typing.type_check_only
@@ -89,6 +104,9 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     acknowledgements, progress, results and heartbeats; the server's welcome, assignments,
     cancels, report acks and drain requests. Heartbeats travel on this stream, so a proxy's
     idle timeout never cuts a busy agent.
+    Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
+    backoff. Each method's comment lists the errors of its own.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -99,6 +117,16 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
     ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
     UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+    Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
+    (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
+    hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see
+    Hello.resume_session_id); UNAVAILABLE (SERVER_SHUTTING_DOWN) once the replica is stopping:
+    reconnect (to another replica). A report never ends the stream: when it cannot be applied,
+    its ReportAck says accepted = false with STALE_ATTEMPT (not the task's current attempt; a
+    job or task the tenant does not have, JOB_NOT_FOUND or TASK_NOT_FOUND, is told the same
+    way) or ATTEMPT_NOT_HELD, or the reason the job refused it (ILLEGAL_TRANSITION). Outputs the
+    server cannot store fail the attempt instead (INVALID_FIELD, NESTING_TOO_DEEP; see
+    Result.outputs).
     """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_executor_service_pb2.UploadArtifactRequest, _executor_service_pb2.UploadArtifactResponse]  # type: ignore[assignment]
     """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
@@ -116,7 +144,8 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
       another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
       `header.session_id`); the attempt: the task's current attempt, RUNNING (else
       FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-      an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+      an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
+      NOT_FOUND (TASK_NOT_FOUND);
     - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
       more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
       fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
@@ -133,7 +162,8 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
     chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
     JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-    missing one. The agent checks size and sha256 itself.
+    missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
+    (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters).
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -142,6 +172,9 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     acknowledgements, progress, results and heartbeats; the server's welcome, assignments,
     cancels, report acks and drain requests. Heartbeats travel on this stream, so a proxy's
     idle timeout never cuts a busy agent.
+    Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
+    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
+    backoff. Each method's comment lists the errors of its own.
     """
 
     @_abc_1.abstractmethod
@@ -156,6 +189,16 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
         ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
         UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+        Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
+        (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
+        hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see
+        Hello.resume_session_id); UNAVAILABLE (SERVER_SHUTTING_DOWN) once the replica is stopping:
+        reconnect (to another replica). A report never ends the stream: when it cannot be applied,
+        its ReportAck says accepted = false with STALE_ATTEMPT (not the task's current attempt; a
+        job or task the tenant does not have, JOB_NOT_FOUND or TASK_NOT_FOUND, is told the same
+        way) or ATTEMPT_NOT_HELD, or the reason the job refused it (ILLEGAL_TRANSITION). Outputs the
+        server cannot store fail the attempt instead (INVALID_FIELD, NESTING_TOO_DEEP; see
+        Result.outputs).
         """
 
     @_abc_1.abstractmethod
@@ -179,7 +222,8 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
           another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
           `header.session_id`); the attempt: the task's current attempt, RUNNING (else
           FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-          an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+          an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
+          NOT_FOUND (TASK_NOT_FOUND);
         - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
           more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
           fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
@@ -202,7 +246,8 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
         chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
         JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-        missing one. The agent checks size and sha256 itself.
+        missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
+        (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters).
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

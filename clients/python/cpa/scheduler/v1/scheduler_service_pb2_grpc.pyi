@@ -51,6 +51,9 @@ class SchedulerServiceStub:
     BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
     requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
     (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
+    Any method may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry
+    with backoff (a ScheduleJob with a request_id is safe to repeat). Each method's comment lists
+    the errors of its own; a test derives them from the server's code and checks they are there.
     """
 
     @_typing.overload
@@ -74,6 +77,14 @@ class SchedulerServiceStub:
     `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
     ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
     ToDo's id and `todo_field` its field. Text is checked before it is routed.
+    A spec that cannot be planned is INVALID_ARGUMENT naming the field: MISSING_FIELD (no spec,
+    no source, a ToDo without id or action), INVALID_FIELD, UNKNOWN_ACTION (see
+    ToDo.custom_action), EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE,
+    INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
+    from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
+    TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
+    ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
+    the request-id retention sweep) before its job could be read: the same call may succeed.
     """
     BatchScheduleJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]
     """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
@@ -87,32 +98,46 @@ class SchedulerServiceStub:
     waits for a full bucket); refused, it creates nothing.
     A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
     ScheduleJob, its field under `requests[i].`; no job is created.
+    Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, or two
+    with the same request_id, INVALID_FIELD; each request's own errors are ScheduleJob's (the
+    planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
+    DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
+    APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
+    TEMPLATE_LIMIT_EXCEEDED; IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS;
+    REQUEST_ID_CONTENDED, ABORTED), the field under `requests[i].`.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
-    asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job.
+    asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job;
+    INVALID_ARGUMENT (MISSING_FIELD) without job_id.
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListJobsRequest, _scheduler_service_pb2.ListJobsResponse]
     """Lists the caller's jobs, newest first, filtered and paginated, in the BASIC view unless the
     request asks for FULL. A page ends at page_size jobs or before the jobs' encoded size would
     pass CPA_LIST_JOBS_PAGE_MAX_BYTES, whichever comes first; a job alone larger than that is
     still returned, alone on its page, in the view asked for.
+    Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter), INVALID_PAGE_TOKEN (field
+    page_token, see there) or INVALID_FIELD (page_size negative; over 1000 means 1000).
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.CancelJobRequest, _scheduler_service_pb2.CancelJobResponse]
     """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
     the job ends CANCELLED when they have reported or their lease has expired. The reason is
     recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
-    attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+    attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); INVALID_ARGUMENT
+    (MISSING_FIELD) without job_id; ILLEGAL_TRANSITION
     (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
-    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
-    cancelled, or is CANCELLED, changes nothing (the first reason stays).
+    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling is idempotent: cancelling
+    a job that is being cancelled, or is CANCELLED, succeeds and changes nothing (no event, the
+    first reason stays); so does cancelling one its deadline is stopping (it ends FAILED).
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
     succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
     are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
     with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
-    the job stays as it was.
+    the job stays as it was. Other errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+    (FAILED_PRECONDITION) for a job that is not FAILED or CANCELLED; INVALID_ARGUMENT
+    (MISSING_FIELD) without job_id.
     """
     RetryJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobsRequest, _scheduler_service_pb2.RetryJobsResponse]
     """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
@@ -122,7 +147,10 @@ class SchedulerServiceStub:
     Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
     stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
     RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
-    not check policies.
+    not check policies. So is a job that changed state meanwhile (ILLEGAL_TRANSITION) or went
+    missing (JOB_NOT_FOUND): neither fails the call.
+    Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter: not parsable, or its states
+    admit neither FAILED nor CANCELLED) or INVALID_FIELD (max_jobs out of range).
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]
     """Streams a job's events from after_sequence on, live, and ends after the terminal event.
@@ -150,11 +178,28 @@ class SchedulerServiceStub:
     refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
     path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
     `expected.reply_to`).
+    A request that cannot be planned gets refuse with the reason ScheduleJob would fail with
+    (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
+    UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
+    NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
+    QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
+    REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
+    ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
+    other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
+    them). The call itself fails only as every method may, or with IDEMPOTENCY_KEY_MISMATCH.
     """
     PreviewPlan: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.PreviewPlanRequest, _scheduler_service_pb2.PreviewPlanResponse]
-    """Plans the requested work without creating a job: the routed intent and the task graph."""
+    """Plans the requested work without creating a job: the routed intent and the task graph.
+    Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
+    INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
+    GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
+    TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED (no policy, quota or approval check: nothing runs).
+    """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListAgentsRequest, _scheduler_service_pb2.ListAgentsResponse]
-    """Lists the executor agents connected to any replica, with their capabilities."""
+    """Lists the executor agents connected to any replica, with their capabilities.
+    Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter), INVALID_PAGE_TOKEN (field
+    page_token) or INVALID_FIELD (page_size negative; over 1000 means 1000).
+    """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListArtifactsRequest, _scheduler_service_pb2.ListArtifactsResponse]
     """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
     and, within a task, as Task.artifacts lists them; with task_id only that task's.
@@ -166,7 +211,8 @@ class SchedulerServiceStub:
     """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
     chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
-    job or artifact answers exactly as a missing one.
+    job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
+    artifact_id empty), INVALID_FIELD (one over 128 characters).
     """
     ListCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]
     """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
@@ -220,6 +266,9 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
     requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
     (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
+    Any method may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry
+    with backoff (a ScheduleJob with a request_id is safe to repeat). Each method's comment lists
+    the errors of its own; a test derives them from the server's code and checks they are there.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -240,6 +289,14 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
     ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
     ToDo's id and `todo_field` its field. Text is checked before it is routed.
+    A spec that cannot be planned is INVALID_ARGUMENT naming the field: MISSING_FIELD (no spec,
+    no source, a ToDo without id or action), INVALID_FIELD, UNKNOWN_ACTION (see
+    ToDo.custom_action), EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE,
+    INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
+    from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
+    TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
+    ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
+    the request-id retention sweep) before its job could be read: the same call may succeed.
     """
     BatchScheduleJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.BatchScheduleJobsRequest, _scheduler_service_pb2.BatchScheduleJobsResponse]  # type: ignore[assignment]
     """Creates several jobs in one call (AIP-233), all or none: when one request is refused,
@@ -253,32 +310,46 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     waits for a full bucket); refused, it creates nothing.
     A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
     ScheduleJob, its field under `requests[i].`; no job is created.
+    Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, or two
+    with the same request_id, INVALID_FIELD; each request's own errors are ScheduleJob's (the
+    planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
+    DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
+    APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
+    TEMPLATE_LIMIT_EXCEEDED; IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS;
+    REQUEST_ID_CONTENDED, ABORTED), the field under `requests[i].`.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
-    asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job.
+    asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job;
+    INVALID_ARGUMENT (MISSING_FIELD) without job_id.
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListJobsRequest, _scheduler_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists the caller's jobs, newest first, filtered and paginated, in the BASIC view unless the
     request asks for FULL. A page ends at page_size jobs or before the jobs' encoded size would
     pass CPA_LIST_JOBS_PAGE_MAX_BYTES, whichever comes first; a job alone larger than that is
     still returned, alone on its page, in the view asked for.
+    Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter), INVALID_PAGE_TOKEN (field
+    page_token, see there) or INVALID_FIELD (page_size negative; over 1000 means 1000).
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.CancelJobRequest, _scheduler_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
     the job ends CANCELLED when they have reported or their lease has expired. The reason is
     recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
-    attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+    attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); INVALID_ARGUMENT
+    (MISSING_FIELD) without job_id; ILLEGAL_TRANSITION
     (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
-    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
-    cancelled, or is CANCELLED, changes nothing (the first reason stays).
+    PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling is idempotent: cancelling
+    a job that is being cancelled, or is CANCELLED, succeeds and changes nothing (no event, the
+    first reason stays); so does cancelling one its deadline is stopping (it ends FAILED).
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobRequest, _scheduler_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
     succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
     are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
     with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
-    the job stays as it was.
+    the job stays as it was. Other errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+    (FAILED_PRECONDITION) for a job that is not FAILED or CANCELLED; INVALID_ARGUMENT
+    (MISSING_FIELD) without job_id.
     """
     RetryJobs: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.RetryJobsRequest, _scheduler_service_pb2.RetryJobsResponse]  # type: ignore[assignment]
     """Re-drives, as RetryJob does, the FAILED and CANCELLED jobs that match a ListJobs filter
@@ -288,7 +359,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
     stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
     RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
-    not check policies.
+    not check policies. So is a job that changed state meanwhile (ILLEGAL_TRANSITION) or went
+    missing (JOB_NOT_FOUND): neither fails the call.
+    Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter: not parsable, or its states
+    admit neither FAILED nor CANCELLED) or INVALID_FIELD (max_jobs out of range).
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_service_pb2.WatchJobRequest, _scheduler_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """Streams a job's events from after_sequence on, live, and ends after the terminal event.
@@ -316,11 +390,28 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
     path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
     `expected.reply_to`).
+    A request that cannot be planned gets refuse with the reason ScheduleJob would fail with
+    (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
+    UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
+    NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
+    QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
+    REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
+    ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
+    other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
+    them). The call itself fails only as every method may, or with IDEMPOTENCY_KEY_MISMATCH.
     """
     PreviewPlan: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.PreviewPlanRequest, _scheduler_service_pb2.PreviewPlanResponse]  # type: ignore[assignment]
-    """Plans the requested work without creating a job: the routed intent and the task graph."""
+    """Plans the requested work without creating a job: the routed intent and the task graph.
+    Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
+    INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
+    GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
+    TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED (no policy, quota or approval check: nothing runs).
+    """
     ListAgents: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListAgentsRequest, _scheduler_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
-    """Lists the executor agents connected to any replica, with their capabilities."""
+    """Lists the executor agents connected to any replica, with their capabilities.
+    Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter), INVALID_PAGE_TOKEN (field
+    page_token) or INVALID_FIELD (page_size negative; over 1000 means 1000).
+    """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListArtifactsRequest, _scheduler_service_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
     and, within a task, as Task.artifacts lists them; with task_id only that task's.
@@ -332,7 +423,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
     chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
-    job or artifact answers exactly as a missing one.
+    job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
+    artifact_id empty), INVALID_FIELD (one over 128 characters).
     """
     ListCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]  # type: ignore[assignment]
     """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
@@ -385,6 +477,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
     requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
     (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
+    Any method may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry
+    with backoff (a ScheduleJob with a request_id is safe to repeat). Each method's comment lists
+    the errors of its own; a test derives them from the server's code and checks they are there.
     """
 
     @_abc_1.abstractmethod
@@ -409,6 +504,14 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
         ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
         ToDo's id and `todo_field` its field. Text is checked before it is routed.
+        A spec that cannot be planned is INVALID_ARGUMENT naming the field: MISSING_FIELD (no spec,
+        no source, a ToDo without id or action), INVALID_FIELD, UNKNOWN_ACTION (see
+        ToDo.custom_action), EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE,
+        INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
+        from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
+        TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
+        ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
+        the request-id retention sweep) before its job could be read: the same call may succeed.
         """
 
     @_abc_1.abstractmethod
@@ -428,6 +531,13 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         waits for a full bucket); refused, it creates nothing.
         A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
         ScheduleJob, its field under `requests[i].`; no job is created.
+        Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, or two
+        with the same request_id, INVALID_FIELD; each request's own errors are ScheduleJob's (the
+        planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
+        DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
+        APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
+        TEMPLATE_LIMIT_EXCEEDED; IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS;
+        REQUEST_ID_CONTENDED, ABORTED), the field under `requests[i].`.
         """
 
     @_abc_1.abstractmethod
@@ -437,7 +547,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.GetJobResponse, _abc.Awaitable[_scheduler_service_pb2.GetJobResponse]]:
         """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
-        asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job.
+        asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job;
+        INVALID_ARGUMENT (MISSING_FIELD) without job_id.
         """
 
     @_abc_1.abstractmethod
@@ -450,6 +561,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request asks for FULL. A page ends at page_size jobs or before the jobs' encoded size would
         pass CPA_LIST_JOBS_PAGE_MAX_BYTES, whichever comes first; a job alone larger than that is
         still returned, alone on its page, in the view asked for.
+        Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter), INVALID_PAGE_TOKEN (field
+        page_token, see there) or INVALID_FIELD (page_size negative; over 1000 means 1000).
         """
 
     @_abc_1.abstractmethod
@@ -461,10 +574,12 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
         the job ends CANCELLED when they have reported or their lease has expired. The reason is
         recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
-        attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+        attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); INVALID_ARGUMENT
+        (MISSING_FIELD) without job_id; ILLEGAL_TRANSITION
         (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
-        PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
-        cancelled, or is CANCELLED, changes nothing (the first reason stays).
+        PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling is idempotent: cancelling
+        a job that is being cancelled, or is CANCELLED, succeeds and changes nothing (no event, the
+        first reason stays); so does cancelling one its deadline is stopping (it ends FAILED).
         """
 
     @_abc_1.abstractmethod
@@ -477,7 +592,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
         are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
         with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
-        the job stays as it was.
+        the job stays as it was. Other errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+        (FAILED_PRECONDITION) for a job that is not FAILED or CANCELLED; INVALID_ARGUMENT
+        (MISSING_FIELD) without job_id.
         """
 
     @_abc_1.abstractmethod
@@ -493,7 +610,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
         stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
         RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
-        not check policies.
+        not check policies. So is a job that changed state meanwhile (ILLEGAL_TRANSITION) or went
+        missing (JOB_NOT_FOUND): neither fails the call.
+        Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter: not parsable, or its states
+        admit neither FAILED nor CANCELLED) or INVALID_FIELD (max_jobs out of range).
         """
 
     @_abc_1.abstractmethod
@@ -533,6 +653,15 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
         path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
         `expected.reply_to`).
+        A request that cannot be planned gets refuse with the reason ScheduleJob would fail with
+        (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
+        UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
+        NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
+        QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
+        REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
+        ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
+        other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
+        them). The call itself fails only as every method may, or with IDEMPOTENCY_KEY_MISMATCH.
         """
 
     @_abc_1.abstractmethod
@@ -541,7 +670,12 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_service_pb2.PreviewPlanRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.PreviewPlanResponse, _abc.Awaitable[_scheduler_service_pb2.PreviewPlanResponse]]:
-        """Plans the requested work without creating a job: the routed intent and the task graph."""
+        """Plans the requested work without creating a job: the routed intent and the task graph.
+        Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
+        INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
+        GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
+        TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED (no policy, quota or approval check: nothing runs).
+        """
 
     @_abc_1.abstractmethod
     def ListAgents(
@@ -549,7 +683,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_service_pb2.ListAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.ListAgentsResponse, _abc.Awaitable[_scheduler_service_pb2.ListAgentsResponse]]:
-        """Lists the executor agents connected to any replica, with their capabilities."""
+        """Lists the executor agents connected to any replica, with their capabilities.
+        Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter), INVALID_PAGE_TOKEN (field
+        page_token) or INVALID_FIELD (page_size negative; over 1000 means 1000).
+        """
 
     @_abc_1.abstractmethod
     def ListArtifacts(
@@ -573,7 +710,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
         chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
         the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
-        job or artifact answers exactly as a missing one.
+        job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
+        artifact_id empty), INVALID_FIELD (one over 128 characters).
         """
 
     @_abc_1.abstractmethod
