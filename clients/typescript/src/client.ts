@@ -54,10 +54,12 @@ export interface ListJobsOptions {
 
 /**
  * Codes after which a watch reconnects: the stream was cut (a replica stopped, a proxy or the
- * network dropped it). Anything else (NOT_FOUND, PERMISSION_DENIED) is the answer, and thrown.
+ * network dropped it; a reset HTTP/2 stream reads as CANCELLED, so that counts too unless the
+ * caller's own signal aborted). Anything else (NOT_FOUND, PERMISSION_DENIED) is the answer.
  */
 const RESUMABLE_CODES: ReadonlySet<Code> = new Set([
   Code.Unavailable,
+  Code.Canceled,
   Code.Internal,
   Code.Unknown,
   Code.Aborted,

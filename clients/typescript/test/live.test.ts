@@ -1,0 +1,239 @@
+/**
+ * The package against a live scheduler (test/scheduler.ts): a TypeScript client drives jobs a
+ * TypeScript agent runs (a DAG with an output reference), a cancel reaches the agent's handler,
+ * a cut connection is survived by both (the agent sends its unacked result again, the watch
+ * resumes without gap or duplicate), and errors arrive typed (code, reason, field).
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { Code, CpaError, JobState, SchedulerClient, TaskState, type JobEvent } from "../src/index.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { ActionType, ToDoSchema } from "../src/gen/cpa/common/v1/todo_pb.js";
+import { Agent, type TaskContext } from "../src/agent/index.js";
+import { startScheduler, type LiveScheduler } from "./scheduler.js";
+import { TcpProxy } from "./proxy.js";
+
+let scheduler: LiveScheduler;
+let client: SchedulerClient;
+
+before(async () => {
+  scheduler = await startScheduler();
+  client = new SchedulerClient({ baseUrl: scheduler.baseUrl, credential: scheduler.credential });
+});
+
+after(async () => {
+  await scheduler?.stop();
+});
+
+type ToDoInit = MessageInitShape<typeof ToDoSchema>;
+
+/** A ToDo of a custom action (each test's agent offers its own). */
+function custom(id: string, action: string, extra: ToDoInit = {}): ToDoInit {
+  return { ...extra, id, action: ActionType.CUSTOM, customAction: action };
+}
+
+/** An agent of the test: unique actions per test, so no other test's agent takes its tasks. */
+function startAgent(baseUrl: string, agentId: string, handlers: ConstructorParameters<typeof Agent>[0]["handlers"]) {
+  const agent = new Agent({
+    baseUrl,
+    credential: scheduler.credential,
+    agentId,
+    handlers,
+    slots: 2,
+    reconnectInitialMs: 50,
+    reconnectMaxMs: 500,
+    drainTimeoutMs: 5_000,
+    log: process.env["CPA_TEST_VERBOSE"] ? console.error : undefined,
+  });
+  const running = agent.run();
+  return { agent, running };
+}
+
+async function watchToTheEnd(jobId: string, options: Parameters<SchedulerClient["watch"]>[1] = {}): Promise<JobEvent[]> {
+  const events: JobEvent[] = [];
+  for await (const event of client.watch(jobId, options)) events.push(event);
+  return events;
+}
+
+function finalState(events: JobEvent[]): JobState | undefined {
+  const last = events.at(-1);
+  return last?.kind.case === "jobStateChanged" ? last.kind.value.toState : undefined;
+}
+
+describe("a TypeScript agent runs a TypeScript client's job", () => {
+  it("runs a DAG whose second task reads the first one's output", async () => {
+    const seen: TaskContext[] = [];
+    const { agent, running } = startAgent(scheduler.baseUrl, "ts-dag", {
+      ts_fetch: (ctx) => {
+        seen.push(ctx);
+        ctx.progress(50, "half way");
+        return { value: (ctx.params["base"] as number) + 1 };
+      },
+      ts_add: (ctx) => {
+        seen.push(ctx);
+        return { sum: (ctx.inputs["x"] as number) + 1 };
+      },
+    });
+    try {
+      const job = await client.scheduleJob({
+        source: {
+          case: "todos",
+          value: {
+            todos: [
+              custom("fetch", "ts_fetch", { params: { base: 40 } }),
+              custom("add", "ts_add", { dependsOn: ["fetch"], inputs: { x: { taskId: "fetch", target: { case: "outputKey", value: "value" } } } }),
+            ],
+          },
+        },
+      });
+      const events = await watchToTheEnd(job.jobId);
+      assert.equal(finalState(events), JobState.SUCCEEDED);
+      const done = await client.getJob(job.jobId);
+      const outputs = Object.fromEntries(done.tasks.map((task) => [task.todo?.id, task.outputs]));
+      assert.deepEqual(outputs, { fetch: { value: 41 }, add: { sum: 42 } });
+      assert.deepEqual(seen.map((ctx) => [ctx.taskId, ctx.action, ctx.attempt]), [["fetch", "ts_fetch", 1], ["add", "ts_add", 1]]);
+      assert.deepEqual(seen[1]!.inputs, { x: 41 });
+      // Every event once, in order.
+      const sequences = events.map((event) => Number(event.sequence));
+      assert.deepEqual(sequences, sequences.map((_, index) => index + 1));
+    } finally {
+      agent.drain("test over");
+      await running;
+    }
+    assert.equal(agent.unackedResults.length, 0);
+  });
+
+  it("hands a cancel to the running handler's AbortSignal and reports the attempt cancelled", async () => {
+    let started!: () => void;
+    const handlerStarted = new Promise<void>((resolve) => (started = resolve));
+    let abortReason: unknown;
+    const { agent, running } = startAgent(scheduler.baseUrl, "ts-cancel", {
+      ts_block: (ctx) =>
+        new Promise((_, reject) => {
+          started();
+          ctx.signal.addEventListener("abort", () => {
+            abortReason = ctx.signal.reason;
+            reject(new Error("stopped"));
+          });
+        }),
+    });
+    try {
+      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("block", "ts_block")] } } });
+      const watching = watchToTheEnd(job.jobId);
+      await handlerStarted;
+      await client.cancelJob(job.jobId, "the operator said stop");
+      const events = await watching;
+      assert.equal(finalState(events), JobState.CANCELLED);
+      assert.match(String(abortReason), /the operator said stop|job cancelled/);
+      const done = await client.getJob(job.jobId);
+      assert.equal(done.tasks[0]!.state, TaskState.CANCELLED);
+      await agent.until(() => agent.unackedResults.length === 0 && agent.runningAttempts.length === 0);
+    } finally {
+      agent.drain("test over");
+      await running;
+    }
+  });
+});
+
+describe("a cut connection", () => {
+  it("is survived: the agent resends its unacked result, the watch resumes without gap or duplicate", async () => {
+    const proxy = await TcpProxy.start(scheduler.address);
+    const proxied = new SchedulerClient({ baseUrl: proxy.baseUrl, credential: scheduler.credential });
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let calls = 0;
+    const { agent, running } = startAgent(proxy.baseUrl, "ts-cut", {
+      ts_gated: async () => {
+        calls += 1;
+        await gate;
+        return { done: true };
+      },
+    });
+    try {
+      await agent.until(() => agent.connected);
+      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("gated", "ts_gated")] } } });
+      const reconnects: bigint[] = [];
+      const events: JobEvent[] = [];
+      const watching = (async () => {
+        for await (const event of proxied.watch(job.jobId, { reconnectInitialMs: 50, onReconnect: (_, after) => reconnects.push(after) })) {
+          events.push(event);
+        }
+      })();
+      await agent.until(() => agent.runningAttempts.length === 1);
+      // The next bytes go nowhere: the result is written but never reaches the server.
+      proxy.freeze();
+      release();
+      await agent.until(() => agent.unackedResults.length === 1 && agent.runningAttempts.length === 0);
+      const sessionsBefore = agent.sessionsStarted;
+      proxy.cut();
+      await agent.until(() => agent.sessionsStarted > sessionsBefore && agent.unackedResults.length === 0);
+      await watching;
+      assert.equal(finalState(events), JobState.SUCCEEDED);
+      assert.equal(calls, 1, "the handler ran once; its result was sent again, not the task");
+      assert.ok(reconnects.length >= 1, "the watch reconnected");
+      const sequences = events.map((event) => Number(event.sequence));
+      assert.deepEqual(sequences, sequences.map((_, index) => index + 1));
+      // The same history as a fresh watch from the start reads.
+      const replay = await watchToTheEnd(job.jobId);
+      assert.deepEqual(replay.map((event) => event.sequence), events.map((event) => event.sequence));
+      const done = await client.getJob(job.jobId);
+      assert.deepEqual(done.tasks[0]!.outputs, { done: true });
+      assert.equal(done.tasks[0]!.attempts.length, 1);
+    } finally {
+      agent.drain("test over");
+      await running;
+      await proxy.close();
+    }
+  });
+});
+
+describe("errors", () => {
+  it("arrive as CpaError with code, reason and the field at fault", async () => {
+    const error = await client
+      .scheduleJob({ source: { case: "todos", value: { todos: [custom("a", "ts_none", { dependsOn: ["ghost"] })] } } })
+      .then(() => undefined, (caught: unknown) => caught);
+    assert.ok(error instanceof CpaError, `expected a CpaError, got ${String(error)}`);
+    assert.equal(error.code, Code.InvalidArgument);
+    assert.equal(error.reason, "UNKNOWN_DEPENDENCY");
+    assert.equal(error.field, "spec.todos.todos[0].depends_on[0]");
+    assert.deepEqual(
+      error.fieldViolations.map((violation) => violation.field),
+      ["spec.todos.todos[0].depends_on[0]"],
+    );
+    assert.match(error.serverMessage, /ghost/);
+  });
+
+  it("say NOT_FOUND with JOB_NOT_FOUND for an unknown job", async () => {
+    await assert.rejects(client.getJob("0".repeat(32)), (error: unknown) => {
+      assert.ok(error instanceof CpaError);
+      assert.equal(error.code, Code.NotFound);
+      assert.equal(error.reason, "JOB_NOT_FOUND");
+      return true;
+    });
+  });
+
+  it("say UNAUTHENTICATED without a credential", async () => {
+    const anonymous = new SchedulerClient({ baseUrl: scheduler.baseUrl });
+    await assert.rejects(anonymous.getJob("0".repeat(32)), (error: unknown) => {
+      assert.ok(error instanceof CpaError);
+      assert.equal(error.code, Code.Unauthenticated);
+      assert.notEqual(error.reason, "");
+      return true;
+    });
+  });
+});
+
+describe("listJobs", () => {
+  it("walks every page", async () => {
+    const ids = new Set<string>();
+    for (let index = 0; index < 3; index += 1) {
+      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("x", "ts_nobody")] } }, labels: { suite: "list" } });
+      ids.add(job.jobId);
+    }
+    const listed: string[] = [];
+    for await (const job of client.listJobs({ pageSize: 1 })) listed.push(job.jobId);
+    for (const id of ids) assert.ok(listed.includes(id), `job ${id} listed`);
+    assert.equal(new Set(listed).size, listed.length, "no job twice");
+    for (const id of ids) await client.cancelJob(id, "test over");
+  });
+});

@@ -1,0 +1,89 @@
+/**
+ * A live scheduler for the tests: `cpa serve` on the embedded store in a fresh directory, with
+ * authentication on (its local admin key is the credential), on a free loopback port; or, when
+ * CPA_TEST_SERVER (host:port) and CPA_TEST_CREDENTIAL are set, the scheduler they name (the
+ * pytest wrapper passes a distributed replica that way).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+// build/test/scheduler.js -> the repository root.
+const REPO_ROOT = resolve(fileURLToPath(import.meta.url), "../../../../..");
+const START_TIMEOUT_MS = 60_000;
+
+export interface LiveScheduler {
+  /** host:port */
+  readonly address: string;
+  readonly baseUrl: string;
+  /** An admin API key of the default tenant. */
+  readonly credential: string;
+  stop(): Promise<void>;
+}
+
+export async function startScheduler(): Promise<LiveScheduler> {
+  const external = process.env["CPA_TEST_SERVER"];
+  if (external) {
+    return {
+      address: external,
+      baseUrl: `http://${external}`,
+      credential: process.env["CPA_TEST_CREDENTIAL"] ?? "",
+      stop: async () => {},
+    };
+  }
+  const dataDir = mkdtempSync(join(tmpdir(), "cpa-ts-"));
+  const python = process.env["CPA_PYTHON"] ?? join(REPO_ROOT, ".venv/bin/python");
+  const child = spawn(python, ["-m", "cpa_cli", "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
+    env: {
+      ...process.env,
+      PYTHONPATH: ["server", "executor_agent", "cli", "clients/python"].map((dir) => join(REPO_ROOT, dir)).join(":"),
+      // Quick heartbeats: a dead agent stream is noticed in seconds, not tens of them.
+      CPA_HEARTBEAT_INTERVAL_S: "1",
+      CPA_WATCH_HEARTBEAT_S: "2",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const output: string[] = [];
+  child.stderr!.on("data", (chunk: Buffer) => output.push(chunk.toString()));
+  const address = await servingAddress(child, output);
+  const credential = readFileSync(join(dataDir, "local-admin.key"), "utf8").trim();
+  return {
+    address,
+    baseUrl: `http://${address}`,
+    credential,
+    stop: async () => {
+      const exited = new Promise((done) => child.once("exit", done));
+      child.kill("SIGTERM");
+      await exited;
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Resolves with HOST:PORT from the line `cpa scheduler serving on HOST:PORT`. */
+function servingAddress(child: ChildProcess, output: string[]): Promise<string> {
+  return new Promise((resolvePromise, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`cpa serve did not start in time:\n${output.join("")}`));
+    }, START_TIMEOUT_MS);
+    child.once("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`cpa serve exited (${code}):\n${output.join("")}`));
+    });
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      const match = /^cpa scheduler serving on (\S+)$/.exec(line);
+      if (match) {
+        clearTimeout(timer);
+        resolvePromise(match[1]!);
+      }
+    });
+  });
+}
