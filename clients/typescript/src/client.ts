@@ -44,7 +44,7 @@ export interface WatchOptions {
 }
 
 export interface ListJobsOptions {
-  /** AIP-160 filter (docs/API.md), e.g. `state = JOB_STATE_RUNNING`. */
+  /** AIP-160 filter (see ListJobsRequest.filter), e.g. `state = RUNNING AND labels.team = "ops"`. */
   readonly filter?: string;
   /** Jobs per page (the server caps it). */
   readonly pageSize?: number;
