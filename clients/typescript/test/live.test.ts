@@ -63,7 +63,7 @@ function finalState(events: JobEvent[]): JobState | undefined {
 describe("a TypeScript agent runs a TypeScript client's job", () => {
   it("runs a DAG whose second task reads the first one's output", async () => {
     const seen: TaskContext[] = [];
-    const { agent, running } = startAgent(scheduler.baseUrl, "ts-dag", {
+    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-dag", {
       ts_fetch: (ctx) => {
         seen.push(ctx);
         ctx.progress(50, "half way");
@@ -107,7 +107,7 @@ describe("a TypeScript agent runs a TypeScript client's job", () => {
     let started!: () => void;
     const handlerStarted = new Promise<void>((resolve) => (started = resolve));
     let abortReason: unknown;
-    const { agent, running } = startAgent(scheduler.baseUrl, "ts-cancel", {
+    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-cancel", {
       ts_block: (ctx) =>
         new Promise((_, reject) => {
           started();
@@ -139,7 +139,7 @@ describe("draining", () => {
   it("on SIGTERM stops taking work but finishes the running attempt and its ack first", async () => {
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
-    const { agent, running } = startAgent(scheduler.baseUrl, "ts-drain", {
+    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-drain", {
       ts_slow: async () => {
         await gate;
         return { finished: true };
@@ -173,8 +173,10 @@ describe("draining", () => {
 
 describe("a cut connection", () => {
   it("is survived: the agent resends its unacked result, the watch resumes without gap or duplicate", async () => {
-    const proxy = await TcpProxy.start(scheduler.address);
-    const proxied = new SchedulerClient({ baseUrl: proxy.baseUrl, credential: scheduler.credential });
+    // One proxy for the agent's stream, one for the watch (two replicas in the distributed run).
+    const proxy = await TcpProxy.start(scheduler.agentAddress);
+    const watchProxy = await TcpProxy.start(scheduler.address);
+    const proxied = new SchedulerClient({ baseUrl: watchProxy.baseUrl, credential: scheduler.credential });
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
     let calls = 0;
@@ -203,10 +205,12 @@ describe("a cut connection", () => {
       await agent.until(() => agent.runningAttempts.length === 1);
       // The next bytes go nowhere: the result is written but never reaches the server.
       proxy.freeze();
+      watchProxy.freeze();
       release();
       await agent.until(() => agent.unackedResults.length === 1 && agent.runningAttempts.length === 0);
       const sessionsBefore = agent.sessionsStarted;
       proxy.cut();
+      watchProxy.cut();
       await agent.until(() => agent.sessionsStarted > sessionsBefore && agent.unackedResults.length === 0);
       await watching;
       assert.equal(finalState(events), JobState.SUCCEEDED);
@@ -224,6 +228,7 @@ describe("a cut connection", () => {
       agent.drain("test over");
       await running;
       await proxy.close();
+      await watchProxy.close();
     }
   });
 });

@@ -1,8 +1,9 @@
 /**
  * A live scheduler for the tests: `cpa serve` on the embedded store in a fresh directory, with
  * authentication on (its local admin key is the credential), on a free loopback port; or, when
- * CPA_TEST_SERVER (host:port) and CPA_TEST_CREDENTIAL are set, the scheduler they name (the
- * pytest wrapper passes a distributed replica that way).
+ * CPA_TEST_SERVER (host:port) and CPA_TEST_CREDENTIAL are set, the scheduler they name, with the
+ * agents on CPA_TEST_AGENT_SERVER if set (tests/clients/test_typescript.py passes two replicas
+ * of the distributed mode that way).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -16,9 +17,11 @@ const REPO_ROOT = resolve(fileURLToPath(import.meta.url), "../../../../..");
 const START_TIMEOUT_MS = 60_000;
 
 export interface LiveScheduler {
-  /** host:port */
+  /** host:port the clients call. */
   readonly address: string;
   readonly baseUrl: string;
+  /** host:port the agents connect to (another replica in the distributed run). */
+  readonly agentAddress: string;
   /** An admin API key of the default tenant. */
   readonly credential: string;
   stop(): Promise<void>;
@@ -30,6 +33,7 @@ export async function startScheduler(): Promise<LiveScheduler> {
     return {
       address: external,
       baseUrl: `http://${external}`,
+      agentAddress: process.env["CPA_TEST_AGENT_SERVER"] || external,
       credential: process.env["CPA_TEST_CREDENTIAL"] ?? "",
       stop: async () => {},
     };
@@ -53,6 +57,7 @@ export async function startScheduler(): Promise<LiveScheduler> {
   return {
     address,
     baseUrl: `http://${address}`,
+    agentAddress: address,
     credential,
     stop: async () => {
       const exited = new Promise((done) => child.once("exit", done));
