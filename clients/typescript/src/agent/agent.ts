@@ -44,6 +44,8 @@ export const DECLINE_NO_FREE_SLOT = "NO_FREE_SLOT";
 const DEAD_AFTER_HEARTBEAT_INTERVALS = 3;
 // What the report id adds to a report: a one-byte tag and a varint of at most 10 bytes.
 const REPORT_ID_BYTES = 11;
+// After the agent half-closes its stream, how long the server gets to end it cleanly.
+const HALF_CLOSE_GRACE_MS = 1_000;
 
 export interface AgentOptions extends ConnectionOptions {
   /** Stable across reconnects and restarts (a host name, a configured id). */
@@ -90,6 +92,12 @@ class Session {
     this.requests.push(create(ConnectRequestSchema, { kind }));
   }
 
+  /** Half-closes the stream; the server ends it, or it is cut after HALF_CLOSE_GRACE_MS. */
+  end(): void {
+    this.requests.close();
+    setTimeout(() => this.abort.abort("the server did not end the stream"), HALF_CLOSE_GRACE_MS).unref();
+  }
+
   sendReport(kind: RequestKind): bigint {
     this.lastReportId += 1n;
     this.requests.push(create(ConnectRequestSchema, { reportId: this.lastReportId, kind }));
@@ -115,6 +123,8 @@ export class Agent extends EventEmitter {
 
   constructor(private readonly options: AgentOptions) {
     super();
+    // until() waiters are many and short-lived: no leak warning for them.
+    this.setMaxListeners(0);
     this.client = createClient(ExecutorService, createTransport(options));
   }
 
@@ -203,8 +213,9 @@ export class Agent extends EventEmitter {
     }
     this.onWelcome(session, first.value.kind.value);
     const heartbeat = this.startHeartbeats(session);
-    const onStop = () => session.requests.close();
+    const onStop = () => session.end();
     this.stopController.signal.addEventListener("abort", onStop);
+    if (this.stopController.signal.aborted) onStop();
     try {
       for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
         session.lastReceivedMs = Date.now();
@@ -235,7 +246,7 @@ export class Agent extends EventEmitter {
   private endSessionIfDrained(session: Session): void {
     if (!session.serverDraining) return;
     const pastDeadline = session.serverDrainDeadline !== undefined && session.serverDrainDeadline.getTime() <= Date.now();
-    if (this.idle() || pastDeadline) session.requests.close();
+    if (this.idle() || pastDeadline) session.end();
   }
 
   private hello(): HelloInit {
@@ -433,7 +444,6 @@ export class Agent extends EventEmitter {
     }
     this.stopping = true;
     this.stopController.abort();
-    this.session?.requests.close();
     this.changed();
   }
 
