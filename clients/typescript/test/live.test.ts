@@ -9,7 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { Code, CpaError, JobState, SchedulerClient, TaskState, type JobEvent } from "../src/index.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { ActionType, ToDoSchema } from "../src/gen/cpa/common/v1/todo_pb.js";
-import { Agent, type TaskContext } from "../src/agent/index.js";
+import { Agent, TaskFailure, type TaskContext } from "../src/agent/index.js";
 import { startScheduler, type LiveScheduler } from "./scheduler.js";
 import { TcpProxy } from "./proxy.js";
 
@@ -103,6 +103,28 @@ describe("a TypeScript agent runs a TypeScript client's job", () => {
     assert.equal(agent.unackedResults.length, 0);
   });
 
+  it("fails a task with the code of the handler's TaskFailure, retried only when retryable", async () => {
+    let calls = 0;
+    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-fail", {
+      ts_refuse: () => {
+        calls += 1;
+        throw new TaskFailure("NO_SUCH_INVOICE", "invoice 42 does not exist", { details: { invoice: 42 } });
+      },
+    });
+    try {
+      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("refuse", "ts_refuse")] } } });
+      assert.equal(finalState(await watchToTheEnd(job.jobId)), JobState.FAILED);
+      const task = (await client.getJob(job.jobId)).tasks[0]!;
+      assert.equal(task.state, TaskState.FAILED);
+      assert.deepEqual([task.error?.code, task.error?.message, task.error?.retryable], ["NO_SUCH_INVOICE", "invoice 42 does not exist", false]);
+      assert.deepEqual(task.error?.details, { invoice: 42 });
+      assert.equal(calls, 1);
+    } finally {
+      agent.drain("test over");
+      await running;
+    }
+  });
+
   it("hands a cancel to the running handler's AbortSignal and reports the attempt cancelled", async () => {
     let started!: () => void;
     const handlerStarted = new Promise<void>((resolve) => (started = resolve));
@@ -124,10 +146,11 @@ describe("a TypeScript agent runs a TypeScript client's job", () => {
       await client.cancelJob(job.jobId, "the operator said stop");
       const events = await watching;
       assert.equal(finalState(events), JobState.CANCELLED);
-      assert.match(String(abortReason), /the operator said stop|job cancelled/);
+      assert.equal(abortReason, "the operator said stop");
+      // The attempt's cancelled result was sent and acked.
+      await agent.until(() => agent.unackedResults.length === 0 && agent.runningAttempts.length === 0);
       const done = await client.getJob(job.jobId);
       assert.equal(done.tasks[0]!.state, TaskState.CANCELLED);
-      await agent.until(() => agent.unackedResults.length === 0 && agent.runningAttempts.length === 0);
     } finally {
       agent.drain("test over");
       await running;
