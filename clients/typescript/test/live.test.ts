@@ -10,7 +10,7 @@ import { Code, CpaError, JobState, SchedulerClient, TaskState, type JobEvent } f
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { ActionType, ToDoSchema } from "../src/gen/cpa/common/v1/todo_pb.js";
 import { Agent, TaskFailure, type TaskContext } from "../src/agent/index.js";
-import { startScheduler, type LiveScheduler } from "./scheduler.js";
+import { EXTERNAL_SCHEDULER, startScheduler, type LiveScheduler } from "./scheduler.js";
 import { TcpProxy } from "./proxy.js";
 
 let scheduler: LiveScheduler;
@@ -289,6 +289,26 @@ describe("errors", () => {
       assert.notEqual(error.reason, "");
       return true;
     });
+  });
+});
+
+describe("a rate-limited call", () => {
+  // A scheduler of its own with a tiny per-address limit (an external one keeps its limits).
+  it("says RESOURCE_EXHAUSTED / RATE_LIMITED with the RetryInfo delay", { skip: EXTERNAL_SCHEDULER }, async () => {
+    const limited = await startScheduler({ CPA_RATE_LIMIT_PER_IP: "3" });
+    try {
+      const limitedClient = new SchedulerClient({ baseUrl: limited.baseUrl, credential: limited.credential });
+      let refused: unknown;
+      for (let call = 0; call < 10 && refused === undefined; call += 1) {
+        await limitedClient.listJobs().next().catch((error: unknown) => (refused = error));
+      }
+      assert.ok(refused instanceof CpaError, `expected a CpaError, got ${String(refused)}`);
+      assert.equal(refused.code, Code.ResourceExhausted);
+      assert.equal(refused.reason, "RATE_LIMITED");
+      assert.ok(refused.retryDelayMs !== undefined && refused.retryDelayMs > 0, `retry delay ${refused.retryDelayMs}`);
+    } finally {
+      await limited.stop();
+    }
   });
 });
 

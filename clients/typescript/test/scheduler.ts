@@ -27,7 +27,11 @@ export interface LiveScheduler {
   stop(): Promise<void>;
 }
 
-export async function startScheduler(): Promise<LiveScheduler> {
+/** Whether the tests run against a scheduler of someone else's (CPA_TEST_SERVER). */
+export const EXTERNAL_SCHEDULER = Boolean(process.env["CPA_TEST_SERVER"]);
+
+/** `settings`: more CPA_* variables for a scheduler started here (unused for an external one). */
+export async function startScheduler(settings: Record<string, string> = {}): Promise<LiveScheduler> {
   const external = process.env["CPA_TEST_SERVER"];
   if (external) {
     return {
@@ -47,6 +51,10 @@ export async function startScheduler(): Promise<LiveScheduler> {
       // Quick heartbeats: a dead agent stream is noticed in seconds, not tens of them.
       CPA_HEARTBEAT_INTERVAL_S: "1",
       CPA_WATCH_HEARTBEAT_S: "2",
+      // Every test calls from 127.0.0.1: the per-address limit (100 calls a minute) would
+      // throttle the suite; the per-key limit stays on.
+      CPA_RATE_LIMIT_PER_IP: "0",
+      ...settings,
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
