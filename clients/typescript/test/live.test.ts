@@ -295,7 +295,7 @@ describe("errors", () => {
 describe("a rate-limited call", () => {
   // A scheduler of its own with a tiny per-address limit (an external one keeps its limits).
   it("says RESOURCE_EXHAUSTED / RATE_LIMITED with the RetryInfo delay", { skip: EXTERNAL_SCHEDULER }, async () => {
-    const limited = await startScheduler({ CPA_RATE_LIMIT_PER_IP: "3" });
+    const limited = await startScheduler({ CPA_RATE_LIMITS_ENABLED: "true", CPA_RATE_LIMIT_PER_IP: "3" });
     try {
       const limitedClient = new SchedulerClient({ baseUrl: limited.baseUrl, credential: limited.credential });
       let refused: unknown;

@@ -48,6 +48,10 @@ export async function startScheduler(settings: Record<string, string> = {}): Pro
     env: {
       ...process.env,
       PYTHONPATH: ["server", "executor_agent", "cli", "clients/python"].map((dir) => join(REPO_ROOT, dir)).join(":"),
+      // The embedded store with authentication on (its local admin key is the credential),
+      // whatever the caller's environment says.
+      CPA_DATABASE_URL: "",
+      CPA_INSECURE_LOCAL: "false",
       // Quick heartbeats: a dead agent stream is noticed in seconds, not tens of them.
       CPA_HEARTBEAT_INTERVAL_S: "1",
       CPA_WATCH_HEARTBEAT_S: "2",
