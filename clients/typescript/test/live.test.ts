@@ -192,6 +192,32 @@ describe("draining", () => {
       await running;
     }
   });
+
+  it("on a second SIGTERM stops at once, aborting the running handler", async () => {
+    let started!: () => void;
+    const handlerStarted = new Promise<void>((resolve) => (started = resolve));
+    let aborted = false;
+    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-stop-now", {
+      ts_forever: (ctx) =>
+        new Promise(() => {
+          started();
+          ctx.signal.addEventListener("abort", () => (aborted = true));
+        }),
+    });
+    const removeHandlers = agent.handleSignals();
+    try {
+      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("forever", "ts_forever")] } } });
+      await handlerStarted;
+      process.emit("SIGTERM", "SIGTERM");
+      process.emit("SIGTERM", "SIGTERM");
+      await running; // does not wait for the handler, which never ends
+      assert.equal(aborted, true);
+      assert.equal(agent.connected, false);
+      await client.cancelJob(job.jobId, "test over");
+    } finally {
+      removeHandlers();
+    }
+  });
 });
 
 describe("a cut connection", () => {

@@ -159,9 +159,23 @@ export class Agent extends EventEmitter {
     this.changed();
   }
 
-  /** Drains on SIGTERM and SIGINT; returns a function removing the handlers. */
+  /**
+   * Stops at once: the stream is cut, running handlers are aborted and nothing more is reported
+   * (the server finds their attempts lost when their leases end, and retries them).
+   */
+  stopNow(): void {
+    this.stopping = true;
+    this.stopController.abort();
+    this.session?.abort.abort("the agent stops now");
+    this.changed();
+  }
+
+  /** Drains on SIGTERM and SIGINT, stops at once on a second one; returns a function removing the handlers. */
   handleSignals(): () => void {
-    const onSignal = (signal: NodeJS.Signals) => this.drain(`received ${signal}`);
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (this.draining) this.stopNow();
+      else this.drain(`received ${signal}`);
+    };
     process.on("SIGTERM", onSignal);
     process.on("SIGINT", onSignal);
     return () => {
