@@ -5,8 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The TypeScript package (clients/typescript): npm ci from its lockfile (Node 20 and npm needed).
+TS_DIR := clients/typescript
+TS_STAMP := $(TS_DIR)/node_modules/.installed
+# Everything tools/codegen.py writes; committed, and checked for drift by `make contract`.
+GENERATED := clients/python/cpa clients/typescript/src/gen deploy/api.binpb deploy/openapi
 
-.PHONY: demo test lint typecheck contract codegen codegen-check unit clean chromium
+.PHONY: demo test lint typecheck contract codegen codegen-check unit typescript clean chromium
 
 # The portal -> PDF -> mail demo. Chromium is installed first when we may (root); where a part is
 # still missing, `cpa demo` names it and runs the minimal demo of the built-in actions instead.
@@ -14,7 +19,7 @@ demo: $(STAMP)
 	-@$(MAKE) --no-print-directory chromium
 	$(BIN)/cpa demo --or-minimal
 
-test: lint typecheck contract unit
+test: lint typecheck contract unit typescript
 
 # Debian's Chromium for the browser executor (Playwright's own browser download does not work
 # offline). Installs it when missing and we are root; otherwise says the command to run.
@@ -44,18 +49,27 @@ contract: $(STAMP)
 	bash tools/buf_breaking.sh $(BIN)/buf
 	$(MAKE) codegen-check
 
-codegen: $(STAMP)
+codegen: $(STAMP) $(TS_STAMP)
 	$(BIN)/python tools/codegen.py
 
 codegen-check: codegen
-	@changes=$$(git status --porcelain -- clients/python/cpa deploy/api.binpb deploy/openapi); \
+	@changes=$$(git status --porcelain -- $(GENERATED)); \
 	if [ -n "$$changes" ]; then \
 		echo "Generated code is out of date with proto/ (run 'make codegen' and commit):"; \
-		echo "$$changes"; git --no-pager diff --stat -- clients/python/cpa deploy/api.binpb deploy/openapi; exit 1; \
+		echo "$$changes"; git --no-pager diff --stat -- $(GENERATED); exit 1; \
 	fi; echo "generated code is in step with proto/"
 
 unit: $(STAMP) chromium
 	$(BIN)/pytest
 
+$(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 or later"; exit 1; }
+	cd $(TS_DIR) && npm ci --no-audit --no-fund
+	touch $(TS_STAMP)
+
+# Type-checks and builds the package, then runs its tests against a live `cpa serve` they start.
+typescript: $(STAMP) $(TS_STAMP)
+	cd $(TS_DIR) && npm run build && npm test
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TS_DIR)/node_modules $(TS_DIR)/dist $(TS_DIR)/build

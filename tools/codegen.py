@@ -1,6 +1,8 @@
 """Regenerate everything derived from proto/: Python code (messages, gRPC stubs, type stubs)
-under clients/python/, the descriptor set Envoy and grpcurl read, and from that set the gateway's
-OpenAPI document and reference page (deploy/openapi/, by tools/apidoc).
+under clients/python/, TypeScript code under clients/typescript/src/gen (buf.gen.ts.yaml, with
+the package's own protoc-gen-es: `npm ci` in clients/typescript first), the descriptor set Envoy
+and grpcurl read, and from that set the gateway's OpenAPI document and reference page
+(deploy/openapi/, by tools/apidoc).
 
 Run `python tools/codegen.py`; CI runs it and fails when the tree changes afterwards.
 """
@@ -19,6 +21,8 @@ VENDORED_ROOT = ROOT / "third_party" / "googleapis"
 PYTHON_OUT = ROOT / "clients" / "python"
 GENERATED_PACKAGE = PYTHON_OUT / "cpa"
 DESCRIPTOR_SET = ROOT / "deploy" / "api.binpb"
+TYPESCRIPT_TEMPLATE = ROOT / "buf.gen.ts.yaml"
+TYPESCRIPT_PLUGIN = ROOT / "clients" / "typescript" / "node_modules" / ".bin" / "protoc-gen-es"
 
 
 def _proto_files() -> list[str]:
@@ -71,11 +75,30 @@ def _remove_empty_grpc_modules(files: list[str]) -> None:
             Path(f"{stem}{suffix}").unlink(missing_ok=True)
 
 
-def build_descriptor_set() -> None:
-    DESCRIPTOR_SET.parent.mkdir(parents=True, exist_ok=True)
+def _buf() -> str:
     buf = shutil.which("buf", path=_tool_env()["PATH"])
     if buf is None:
         raise SystemExit("buf not found: install the dev extras (pip install -e '.[dev]')")
+    return buf
+
+
+def generate_typescript() -> None:
+    # The plugin's version is pinned by clients/typescript/package-lock.json, so the output is
+    # the same on every machine (the drift check compares it with the committed code).
+    if not TYPESCRIPT_PLUGIN.exists():
+        raise SystemExit(
+            f"{TYPESCRIPT_PLUGIN.relative_to(ROOT)} is missing: run `npm ci` in clients/typescript"
+        )
+    subprocess.run(
+        [_buf(), "generate", "--template", str(TYPESCRIPT_TEMPLATE.relative_to(ROOT))],
+        cwd=ROOT,
+        check=True,
+    )
+
+
+def build_descriptor_set() -> None:
+    DESCRIPTOR_SET.parent.mkdir(parents=True, exist_ok=True)
+    buf = _buf()
     # Includes imports and source info, so Envoy can transcode and grpcurl can describe.
     subprocess.run([buf, "build", "-o", str(DESCRIPTOR_SET)], cwd=ROOT, check=True)
 
@@ -88,11 +111,12 @@ def generate_api_docs() -> None:
 def main() -> None:
     files = _proto_files()
     generate_python(files)
+    generate_typescript()
     build_descriptor_set()
     generate_api_docs()
     print(
-        f"generated {len(files)} proto files into {PYTHON_OUT.relative_to(ROOT)}/cpa "
-        f"and {DESCRIPTOR_SET.relative_to(ROOT)}"
+        f"generated {len(files)} proto files into {PYTHON_OUT.relative_to(ROOT)}/cpa, "
+        f"clients/typescript/src/gen and {DESCRIPTOR_SET.relative_to(ROOT)}"
     )
 
 

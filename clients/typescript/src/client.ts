@@ -1,0 +1,167 @@
+/**
+ * SchedulerClient: a thin typed wrapper over cpa.scheduler.v1.SchedulerService. Every method
+ * throws CpaError on failure; watch() resumes a dropped stream from the last event it yielded;
+ * listJobs() walks the pages. For RPCs without a wrapper, use `client.raw` (the generated client).
+ */
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { fullJitterBackoffMs, delay } from "./backoff.js";
+import { CpaError, decodeErrors } from "./errors.js";
+import type { JobEvent } from "./gen/cpa/scheduler/v1/job_event_pb.js";
+import {
+  JobSpecSchema,
+  JobView,
+  type Job,
+  type JobSpec,
+} from "./gen/cpa/scheduler/v1/job_pb.js";
+import { SchedulerService } from "./gen/cpa/scheduler/v1/scheduler_service_pb.js";
+import { createTransport, type ConnectionOptions } from "./transport.js";
+
+export type JobSpecInit = MessageInitShape<typeof JobSpecSchema>;
+
+export interface ScheduleOptions {
+  /**
+   * Idempotency key (AIP-155): the same id of the same tenant returns the job it made first.
+   * Defaults to a fresh UUID, so a retried call can never submit twice; pass "" for none.
+   */
+  readonly requestId?: string;
+  readonly view?: JobView;
+  readonly signal?: AbortSignal;
+}
+
+export interface WatchOptions {
+  /** Yield only events after this sequence (0: from the first). */
+  readonly afterSequence?: bigint;
+  /** Stops the watch: the iterator ends (no error). */
+  readonly signal?: AbortSignal;
+  /** Consecutive failed reconnects before watch() throws (default 8). */
+  readonly maxReconnects?: number;
+  /** Backoff between reconnects (full jitter): first cap and largest cap, ms. */
+  readonly reconnectInitialMs?: number;
+  readonly reconnectMaxMs?: number;
+  /** Called before each reconnect with the error that ended the stream (logging, tests). */
+  readonly onReconnect?: (error: CpaError, afterSequence: bigint) => void;
+}
+
+export interface ListJobsOptions {
+  /** AIP-160 filter (see ListJobsRequest.filter), e.g. `state = RUNNING AND labels.team = "ops"`. */
+  readonly filter?: string;
+  /** Jobs per page (the server caps it). */
+  readonly pageSize?: number;
+  readonly view?: JobView;
+  readonly signal?: AbortSignal;
+}
+
+/**
+ * Codes after which a watch reconnects: the stream was cut (a replica stopped, a proxy or the
+ * network dropped it; a reset HTTP/2 stream reads as CANCELLED, so that counts too unless the
+ * caller's own signal aborted). Anything else (NOT_FOUND, PERMISSION_DENIED) is the answer.
+ */
+const RESUMABLE_CODES: ReadonlySet<Code> = new Set([
+  Code.Unavailable,
+  Code.Canceled,
+  Code.Internal,
+  Code.Unknown,
+  Code.Aborted,
+]);
+
+export class SchedulerClient {
+  /** The generated Connect client, for the RPCs this class does not wrap. */
+  readonly raw: Client<typeof SchedulerService>;
+
+  constructor(options: ConnectionOptions) {
+    this.raw = createClient(SchedulerService, createTransport(options));
+  }
+
+  /** Submits a job; resolves to the job (the existing one when requestId was seen before). */
+  async scheduleJob(spec: JobSpecInit | JobSpec, options: ScheduleOptions = {}): Promise<Job> {
+    const response = await decodeErrors(() =>
+      this.raw.scheduleJob(
+        {
+          spec: create(JobSpecSchema, spec as JobSpecInit),
+          requestId: options.requestId ?? crypto.randomUUID(),
+          view: options.view ?? JobView.UNSPECIFIED,
+        },
+        { signal: options.signal },
+      ),
+    );
+    return required(response.job, "ScheduleJobResponse.job");
+  }
+
+  async getJob(jobId: string, view: JobView = JobView.FULL): Promise<Job> {
+    const response = await decodeErrors(() => this.raw.getJob({ jobId, view }));
+    return required(response.job, "GetJobResponse.job");
+  }
+
+  /** Asks the job to stop; `reason` is recorded and handed to the agents running its tasks. */
+  async cancelJob(jobId: string, reason = ""): Promise<Job> {
+    const response = await decodeErrors(() => this.raw.cancelJob({ jobId, reason }));
+    return required(response.job, "CancelJobResponse.job");
+  }
+
+  /** Every job the filter matches, page by page (next_page_token) as the caller iterates. */
+  async *listJobs(options: ListJobsOptions = {}): AsyncGenerator<Job, void, undefined> {
+    let pageToken = "";
+    do {
+      const page = await decodeErrors(() =>
+        this.raw.listJobs(
+          {
+            filter: options.filter ?? "",
+            pageSize: options.pageSize ?? 0,
+            view: options.view ?? JobView.UNSPECIFIED,
+            pageToken,
+          },
+          { signal: options.signal },
+        ),
+      );
+      yield* page.jobs;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  /**
+   * The job's events in sequence order, live, ending after the terminal one. When the stream
+   * drops, it reconnects (with backoff) asking for the events after the last one yielded, so
+   * the caller sees no gap and no duplicate. Heartbeats are not yielded.
+   */
+  async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<JobEvent, void, undefined> {
+    let lastSequence = options.afterSequence ?? 0n;
+    let failures = 0;
+    const maxReconnects = options.maxReconnects ?? 8;
+    while (!options.signal?.aborted) {
+      try {
+        const stream = this.raw.watchJob(
+          { jobId, afterSequence: lastSequence },
+          { signal: options.signal },
+        );
+        for await (const response of stream) {
+          const event = response.event;
+          // A replay never goes back, but a reconnect must not repeat what was yielded.
+          if (event === undefined || event.sequence <= lastSequence) continue;
+          lastSequence = event.sequence;
+          failures = 0;
+          yield event;
+          if (event.terminal) return;
+        }
+        // The server ended the stream before the terminal event (it drains): resume.
+        throw new ConnectError("the watch ended before the job did", Code.Unavailable);
+      } catch (error) {
+        if (options.signal?.aborted) return;
+        const failure = CpaError.from(error);
+        if (!(failure instanceof CpaError) || !RESUMABLE_CODES.has(failure.code)) throw failure;
+        if (failures >= maxReconnects) throw failure;
+        options.onReconnect?.(failure, lastSequence);
+        await delay(
+          fullJitterBackoffMs(failures, options.reconnectInitialMs ?? 100, options.reconnectMaxMs ?? 5_000),
+          options.signal,
+        );
+        failures += 1;
+      }
+    }
+  }
+}
+
+function required<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new Error(`the server's answer has no ${what}`);
+  return value;
+}

@@ -1,0 +1,12 @@
+/**
+ * @cpa/scheduler-client: the CPA Scheduler's TypeScript client (SchedulerClient), its typed
+ * errors (CpaError), and, under "@cpa/scheduler-client/agent", the executor agent SDK. The
+ * generated messages are under "@cpa/scheduler-client/gen/<path>_pb".
+ */
+export { SchedulerClient, type JobSpecInit, type ScheduleOptions, type WatchOptions, type ListJobsOptions } from "./client.js";
+export { CpaError, Code, ERROR_DOMAIN, type FieldViolation } from "./errors.js";
+export { createTransport, credentialInterceptor, type ConnectionOptions } from "./transport.js";
+export { JobState, JobView, TaskState, type Job, type JobSpec } from "./gen/cpa/scheduler/v1/job_pb.js";
+export type { JobEvent } from "./gen/cpa/scheduler/v1/job_event_pb.js";
+export { ActionType, type ToDo } from "./gen/cpa/common/v1/todo_pb.js";
+export { ErrorReason } from "./gen/cpa/common/v1/error_pb.js";
