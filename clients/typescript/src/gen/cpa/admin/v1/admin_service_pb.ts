@@ -310,7 +310,8 @@ export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
  * `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
  * UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
  * CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
- * PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService.
+ * PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
+ * call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
  *
  * @generated from service cpa.admin.v1.AdminService
  */

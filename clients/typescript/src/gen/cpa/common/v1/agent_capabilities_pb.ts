@@ -40,7 +40,10 @@ export type AgentCapabilities = Message<"cpa.common.v1.AgentCapabilities"> & {
   labels: { [key: string]: string };
 
   /**
-   * How many tasks it runs at once.
+   * How many attempts it runs at once, at least 1 (else INVALID_ARGUMENT, INVALID_FIELD,
+   * `hello.capabilities.slots`). Slots grant no work: the server sends an assignment only
+   * against a Credit (cpa.executor.v1.Credit), and never has more outstanding than slots minus
+   * the attempts the agent runs; credit beyond that is dropped, not saved.
    *
    * @generated from field: int32 slots = 4;
    */

@@ -175,7 +175,13 @@ export type ToDo = Message<"cpa.common.v1.ToDo"> & {
   action: ActionType;
 
   /**
-   * Name of the custom action; required when action is ACTION_TYPE_CUSTOM, empty otherwise.
+   * Name of the custom action: required when action is ACTION_TYPE_CUSTOM (else MISSING_FIELD),
+   * empty otherwise (else INVALID_FIELD). 1-63 characters: lower-case ASCII letters, digits,
+   * '_', '.' or '-', starting with a letter, matched as a whole (`read_mail`, `acme.export-2`),
+   * and not the name of a built-in action (`click`, `send_mail`...: use its ActionType). Else
+   * INVALID_ARGUMENT, reason UNKNOWN_ACTION, naming this field. Matched verbatim against the
+   * names agents advertise in AgentCapabilities.actions; a name no connected agent offers is not
+   * an error: the task waits QUEUED (ToDo.schedule_to_start_timeout bounds the wait).
    *
    * @generated from field: string custom_action = 3;
    */
@@ -330,7 +336,9 @@ export const ToDoSchema: GenMessage<ToDo> = /*@__PURE__*/
  */
 export enum ActionType {
   /**
-   * Not set; rejected with INVALID_FIELD.
+   * Not set: refused, as every unset required field, with INVALID_ARGUMENT, reason
+   * MISSING_FIELD, naming the ToDo's `action`. A number this enum does not define is
+   * UNKNOWN_ACTION, same field.
    *
    * @generated from enum value: ACTION_TYPE_UNSPECIFIED = 0;
    */
@@ -392,7 +400,7 @@ export enum ActionType {
   SEND_MAIL = 7,
 
   /**
-   * A custom action; its name is in ToDo.custom_action.
+   * A custom action; its name is in ToDo.custom_action (see there for the naming rule).
    *
    * @generated from enum value: ACTION_TYPE_CUSTOM = 8;
    */

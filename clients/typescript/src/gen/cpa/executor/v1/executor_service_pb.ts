@@ -341,16 +341,19 @@ export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
   messageDesc(file_cpa_executor_v1_executor_service, 6);
 
 /**
- * Credit grants the server permission to send more assignments (flow control). The agent sends
- * one after the welcome (its free slots) and when slots free up without a result (stale
- * attempts); a Result of an attempt this session runs (assigned to it, or adopted from its
- * hello) returns that slot by itself.
+ * Credit grants the server permission to send more assignments (flow control): the only thing
+ * that does (AgentCapabilities.slots grants none). The agent sends one after the welcome (its
+ * free slots) and when slots free up without a result (stale attempts); a Result of an attempt
+ * this session runs (assigned to it, or adopted from its hello) returns that slot by itself.
+ * Credits add up to at most AgentCapabilities.slots minus the attempts running; the rest is
+ * dropped. A new session starts with none.
  *
  * @generated from message cpa.executor.v1.Credit
  */
 export type Credit = Message<"cpa.executor.v1.Credit"> & {
   /**
-   * Additional assignments the agent will take; the server never has more outstanding.
+   * Additional assignments the agent will take; the server never has more outstanding. 0 or
+   * negative adds nothing.
    *
    * @generated from field: int32 slots = 1;
    */
@@ -414,7 +417,12 @@ export const AssignmentAckSchema: GenMessage<AssignmentAck> = /*@__PURE__*/
   messageDesc(file_cpa_executor_v1_executor_service, 8);
 
 /**
- * Progress reports how a running attempt is doing.
+ * Progress reports how a running attempt is doing. It needs no report_id: without one it is
+ * recorded (a TaskProgress event) but not acknowledged, so a progress lost with the stream is
+ * not sent again; with one the server answers a ReportAck (refused: STALE_ATTEMPT or
+ * ATTEMPT_NOT_HELD, as for a Result). Progress does not renew the attempt's lease: only a
+ * Heartbeat listing the attempt does, so an agent that only reports progress loses the attempt
+ * after Welcome.lease_duration.
  *
  * @generated from message cpa.executor.v1.Progress
  */
@@ -474,7 +482,15 @@ export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
   messageDesc(file_cpa_executor_v1_executor_service, 9);
 
 /**
- * Result reports how an attempt ended.
+ * Result reports how an attempt ended. After a CancelAttempt the agent stops and sends a
+ * Result naming that attempt with cancelled = true: no outcome is needed (outputs and an error
+ * are not recorded), the attempt ends CANCELLED and so does the task (with error
+ * JOB_DEADLINE_EXCEEDED when the job deadline stopped it). An attempt that ended
+ * before the agent saw the cancel is reported as it ended (outputs or error, cancelled =
+ * false) and recorded so. cancelled = true without a cancel (the agent stopped it unasked), or
+ * an error with code AGENT_SHUTDOWN, hands the task back: it is queued again at once as the next attempt, charged
+ * to neither its retry nor its redelivery budget; an error's message says why (HANDED_BACK). A report_id gets the report a ReportAck; the agent resends an
+ * unacknowledged result after a reconnect.
  *
  * @generated from message cpa.executor.v1.Result
  */
@@ -537,7 +553,8 @@ export type Result = Message<"cpa.executor.v1.Result"> & {
   artifacts: Artifact[];
 
   /**
-   * Whether the attempt stopped because it was cancelled.
+   * Whether the attempt stopped without finishing: after a CancelAttempt, or unasked (see
+   * Result).
    *
    * @generated from field: bool cancelled = 7;
    */
@@ -552,13 +569,17 @@ export const ResultSchema: GenMessage<Result> = /*@__PURE__*/
   messageDesc(file_cpa_executor_v1_executor_service, 10);
 
 /**
- * Heartbeat keeps the session and the leases of running attempts alive.
+ * Heartbeat keeps the session and the leases of running attempts alive. Send one every
+ * Welcome.heartbeat_interval; the server answers each with a HeartbeatAck (none once the
+ * session was taken over by a newer one of the same agent).
  *
  * @generated from message cpa.executor.v1.Heartbeat
  */
 export type Heartbeat = Message<"cpa.executor.v1.Heartbeat"> & {
   /**
-   * Attempts the agent is running now; their leases are renewed.
+   * Attempts the agent is running now; their leases are renewed (to now plus
+   * Welcome.lease_duration, never past the attempt's task timeout). An attempt left out is not renewed: it is LOST when its lease runs
+   * out, unless a later heartbeat lists it in time.
    *
    * @generated from field: repeated cpa.executor.v1.RunningAttempt running_attempts = 1;
    */
@@ -594,7 +615,8 @@ export const AgentDrainSchema: GenMessage<AgentDrain> = /*@__PURE__*/
   messageDesc(file_cpa_executor_v1_executor_service, 12);
 
 /**
- * Offer answers a call for proposals.
+ * Offer answers a call for proposals. Reserved: this server sends no CallForProposals (tasks
+ * go to capable agents with credit), and ignores an Offer.
  *
  * @generated from message cpa.executor.v1.Offer
  */
@@ -642,8 +664,9 @@ export const OfferSchema: GenMessage<Offer> = /*@__PURE__*/
  */
 export type ConnectRequest = Message<"cpa.executor.v1.ConnectRequest"> & {
   /**
-   * Per-session sequence number of reports (progress, result), echoed by ReportAck;
-   * 0 for messages that need no acknowledgement.
+   * Per-session sequence number of reports (progress, result),
+   * echoed by ReportAck; 0 for messages that need no acknowledgement (a report without one is
+   * still applied, just not acknowledged).
    *
    * @generated from field: int64 report_id = 1;
    */
@@ -865,6 +888,8 @@ export type Assignment = Message<"cpa.executor.v1.Assignment"> & {
 
   /**
    * Time by which the attempt must end (the job deadline); the agent stops the action then.
+   * Absent when the job has no deadline (JobSpec.deadline unset): only the task timeout
+   * (ToDo.timeout) and a CancelAttempt stop the attempt then.
    * An attempt stopped here, before its task timeout, is reported with error code
    * DEADLINE_EXCEEDED, reason JOB_DEADLINE_EXCEEDED, not retryable (a TASK_TIMEOUT is the task
    * timeout's). The server records it as stopped by the deadline either way.
@@ -983,8 +1008,9 @@ export type ReportAck = Message<"cpa.executor.v1.ReportAck"> & {
   reportId: bigint;
 
   /**
-   * False when the report was refused: STALE_ATTEMPT (not the task's current attempt), or
-   * ATTEMPT_NOT_HELD (the attempt runs on another agent, or this session was taken over); the
+   * False when the report was refused: STALE_ATTEMPT (not the task's current attempt, or a job
+   * or task the tenant does not have), ATTEMPT_NOT_HELD (the attempt runs on another agent, or
+   * this session was taken over), or the reason the job refused the change (see Connect); the
    * agent drops it.
    *
    * @generated from field: bool accepted = 2;
@@ -1035,7 +1061,8 @@ export const ServerDrainSchema: GenMessage<ServerDrain> = /*@__PURE__*/
   messageDesc(file_cpa_executor_v1_executor_service, 20);
 
 /**
- * CallForProposals asks the agent whether, and at what cost, it would run a task.
+ * CallForProposals asks the agent whether, and at what cost, it would run a task. Reserved for
+ * a contract-net dispatch: this server sends none, and no ProposalDecision.
  *
  * @generated from message cpa.executor.v1.CallForProposals
  */
@@ -1078,6 +1105,7 @@ export const CallForProposalsSchema: GenMessage<CallForProposals> = /*@__PURE__*
 
 /**
  * ProposalDecision tells an agent whether its offer won; an Assignment follows an accept.
+ * Reserved, as CallForProposals is: this server sends none.
  *
  * @generated from message cpa.executor.v1.ProposalDecision
  */
@@ -1306,6 +1334,9 @@ export const ResponseBatchSchema: GenMessage<ResponseBatch> = /*@__PURE__*/
  * acknowledgements, progress, results and heartbeats; the server's welcome, assignments,
  * cancels, report acks and drain requests. Heartbeats travel on this stream, so a proxy's
  * idle timeout never cuts a busy agent.
+ * Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
+ * call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
+ * backoff. Each method's comment lists the errors of its own.
  *
  * @generated from service cpa.executor.v1.ExecutorService
  */
@@ -1317,6 +1348,16 @@ export const ExecutorService: GenService<{
    * the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
    * ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
    * UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+   * Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
+   * (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
+   * hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see
+   * Hello.resume_session_id); UNAVAILABLE (SERVER_SHUTTING_DOWN) once the replica is stopping:
+   * reconnect (to another replica). A report never ends the stream: when it cannot be applied,
+   * its ReportAck says accepted = false with STALE_ATTEMPT (not the task's current attempt; a
+   * job or task the tenant does not have, JOB_NOT_FOUND or TASK_NOT_FOUND, is told the same
+   * way) or ATTEMPT_NOT_HELD, or the reason the job refused it (ILLEGAL_TRANSITION). Outputs the
+   * server cannot store fail the attempt instead (INVALID_FIELD, NESTING_TOO_DEEP; see
+   * Result.outputs).
    *
    * @generated from rpc cpa.executor.v1.ExecutorService.Connect
    */
@@ -1341,7 +1382,8 @@ export const ExecutorService: GenService<{
    *   another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
    *   `header.session_id`); the attempt: the task's current attempt, RUNNING (else
    *   FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-   *   an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND);
+   *   an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
+   *   NOT_FOUND (TASK_NOT_FOUND);
    * - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
    *   more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
    *   fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
@@ -1365,7 +1407,8 @@ export const ExecutorService: GenService<{
    * named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
    * chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
    * JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-   * missing one. The agent checks size and sha256 itself.
+   * missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
+   * (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters).
    *
    * @generated from rpc cpa.executor.v1.ExecutorService.DownloadArtifact
    */

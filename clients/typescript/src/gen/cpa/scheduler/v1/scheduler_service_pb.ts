@@ -904,6 +904,9 @@ export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PUR
  * BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
  * requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
  * (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
+ * Any method may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry
+ * with backoff (a ScheduleJob with a request_id is safe to repeat). Each method's comment lists
+ * the errors of its own; a test derives them from the server's code and checks they are there.
  *
  * @generated from service cpa.scheduler.v1.SchedulerService
  */
@@ -925,6 +928,14 @@ export const SchedulerService: GenService<{
    * `spec.text` or `spec.intent.parameters` for ToDos planned from them; `spec.callback_url`),
    * ErrorInfo.metadata `rule` the policy rule (`urls.allow`, `pii.rules[0]`...), `todo` the
    * ToDo's id and `todo_field` its field. Text is checked before it is routed.
+   * A spec that cannot be planned is INVALID_ARGUMENT naming the field: MISSING_FIELD (no spec,
+   * no source, a ToDo without id or action), INVALID_FIELD, UNKNOWN_ACTION (see
+   * ToDo.custom_action), EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE,
+   * INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
+   * from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
+   * TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
+   * ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
+   * the request-id retention sweep) before its job could be read: the same call may succeed.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.ScheduleJob
    */
@@ -945,6 +956,13 @@ export const SchedulerService: GenService<{
    * waits for a full bucket); refused, it creates nothing.
    * A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
    * ScheduleJob, its field under `requests[i].`; no job is created.
+   * Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, or two
+   * with the same request_id, INVALID_FIELD; each request's own errors are ScheduleJob's (the
+   * planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
+   * DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
+   * APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
+   * TEMPLATE_LIMIT_EXCEEDED; IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS;
+   * REQUEST_ID_CONTENDED, ABORTED), the field under `requests[i].`.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.BatchScheduleJobs
    */
@@ -955,7 +973,8 @@ export const SchedulerService: GenService<{
   },
   /**
    * Returns one job with its tasks, attempts and outputs (the FULL view unless the request
-   * asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job.
+   * asks for BASIC); JOB_NOT_FOUND (NOT_FOUND) for an unknown id or another tenant's job;
+   * INVALID_ARGUMENT (MISSING_FIELD) without job_id.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.GetJob
    */
@@ -969,6 +988,8 @@ export const SchedulerService: GenService<{
    * request asks for FULL. A page ends at page_size jobs or before the jobs' encoded size would
    * pass CPA_LIST_JOBS_PAGE_MAX_BYTES, whichever comes first; a job alone larger than that is
    * still returned, alone on its page, in the view asked for.
+   * Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter), INVALID_PAGE_TOKEN (field
+   * page_token, see there) or INVALID_FIELD (page_size negative; over 1000 means 1000).
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.ListJobs
    */
@@ -981,10 +1002,12 @@ export const SchedulerService: GenService<{
    * Requests cancellation: queued tasks are cancelled at once, running ones are told to stop;
    * the job ends CANCELLED when they have reported or their lease has expired. The reason is
    * recorded (JobCancelRequested event, Job.cancel_reason) and sent to the agents of running
-   * attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+   * attempts (CancelAttempt.reason). Errors: JOB_NOT_FOUND (NOT_FOUND); INVALID_ARGUMENT
+   * (MISSING_FIELD) without job_id; ILLEGAL_TRANSITION
    * (FAILED_PRECONDITION) for a job that already ended otherwise; a reason too long:
-   * PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling a job that is being
-   * cancelled, or is CANCELLED, changes nothing (the first reason stays).
+   * PAYLOAD_TOO_LARGE (INVALID_ARGUMENT, field `reason`). Cancelling is idempotent: cancelling
+   * a job that is being cancelled, or is CANCELLED, succeeds and changes nothing (no event, the
+   * first reason stays); so does cancelling one its deadline is stopping (it ends FAILED).
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.CancelJob
    */
@@ -998,7 +1021,9 @@ export const SchedulerService: GenService<{
    * succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
    * are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
    * with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
-   * the job stays as it was.
+   * the job stays as it was. Other errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
+   * (FAILED_PRECONDITION) for a job that is not FAILED or CANCELLED; INVALID_ARGUMENT
+   * (MISSING_FIELD) without job_id.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.RetryJob
    */
@@ -1015,7 +1040,10 @@ export const SchedulerService: GenService<{
    * Each job is re-driven on its own; when the call fails part way, the jobs re-driven before
    * stay re-driven and calling again does the rest. A job the tenant's policy now refuses (see
    * RetryJob) is passed over and listed in skipped_jobs with POLICY_VIOLATION; dry_run does
-   * not check policies.
+   * not check policies. So is a job that changed state meanwhile (ILLEGAL_TRANSITION) or went
+   * missing (JOB_NOT_FOUND): neither fails the call.
+   * Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter: not parsable, or its states
+   * admit neither FAILED nor CANCELLED) or INVALID_FIELD (max_jobs out of range).
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.RetryJobs
    */
@@ -1057,6 +1085,15 @@ export const SchedulerService: GenService<{
    * refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
    * path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
    * `expected.reply_to`).
+   * A request that cannot be planned gets refuse with the reason ScheduleJob would fail with
+   * (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
+   * UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
+   * NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
+   * QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
+   * REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
+   * ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
+   * other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
+   * them). The call itself fails only as every method may, or with IDEMPOTENCY_KEY_MISMATCH.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.SendMessage
    */
@@ -1067,6 +1104,10 @@ export const SchedulerService: GenService<{
   },
   /**
    * Plans the requested work without creating a job: the routed intent and the task graph.
+   * Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
+   * INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
+   * GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
+   * TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED (no policy, quota or approval check: nothing runs).
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.PreviewPlan
    */
@@ -1077,6 +1118,8 @@ export const SchedulerService: GenService<{
   },
   /**
    * Lists the executor agents connected to any replica, with their capabilities.
+   * Errors: INVALID_ARGUMENT with INVALID_FILTER (field filter), INVALID_PAGE_TOKEN (field
+   * page_token) or INVALID_FIELD (page_size negative; over 1000 means 1000).
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.ListAgents
    */
@@ -1103,7 +1146,8 @@ export const SchedulerService: GenService<{
    * Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
    * chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
    * the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
-   * job or artifact answers exactly as a missing one.
+   * job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
+   * artifact_id empty), INVALID_FIELD (one over 128 characters).
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.DownloadArtifact
    */
