@@ -16,6 +16,7 @@ from cpa.admin.v1 import admin_service_pb2 as admin_pb
 from cpa_client import AdminClient, CpaError, SchedulerClient
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
+from tests.cli.conftest import start_cli as start_cli  # the REST matrix starts `cpa gateway`
 
 # Short: revocation tests wait about this long; long enough that a cached read is seen hitting.
 CACHE_TTL_S = 0.6
@@ -109,3 +110,12 @@ async def secure(tmp_path: Path) -> AsyncIterator[SecureScheduler]:
 
 def refusal(error: CpaError) -> tuple[grpc.StatusCode, str]:
     return error.code, error.reason
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """The tenant matrix's world (tenant_world.py), in each store."""
+    from .tenant_world import open_world  # it imports this module
+
+    async with open_world(request.param, request, tmp_path) as opened:
+        yield opened
