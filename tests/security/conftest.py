@@ -4,6 +4,7 @@ turns it off for every other suite), its local admin key, and keys made through 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,16 @@ async def secure(tmp_path: Path) -> AsyncIterator[SecureScheduler]:
 
 def refusal(error: CpaError) -> tuple[grpc.StatusCode, str]:
     return error.code, error.reason
+
+
+async def gateway_in_front(start_cli: Any, target: str) -> str:
+    """`cpa gateway` in front of an in-process scheduler at `target`; its base URL. Started off
+    the event loop: Envoy is ready once its first health check of the scheduler (served on this
+    loop) passed."""
+    from tests.cli.conftest import start_gateway
+
+    _, match = await asyncio.to_thread(start_gateway, start_cli, target)
+    return f"http://{match['address']}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -11,7 +11,6 @@ probe here or a reason why it touches no tenant's resource: a new binding withou
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,9 +20,10 @@ import httpx
 import pytest
 
 from cpa_cli.gateway.http_rules import rest_paths
-from tests.cli.conftest import StartCli, start_gateway
+from tests.cli.conftest import StartCli
 from tests.cli.rest_gateway import rpc_status, todo
 
+from .conftest import gateway_in_front
 from .tenant_world import SHARED_AGENT_ID, World
 
 DESCRIPTORS = Path(__file__).parents[2] / "deploy" / "api.binpb"
@@ -209,10 +209,7 @@ def test_every_rest_binding_has_a_probe() -> None:
 
 @pytest.fixture
 async def gateway(world: World, start_cli: StartCli) -> str:
-    """`cpa gateway` in front of the world's scheduler; its base URL. Started off the event loop:
-    Envoy is ready once its first health check of the scheduler (served on this loop) passed."""
-    _, match = await asyncio.to_thread(start_gateway, start_cli, world.scheduler.target)
-    return f"http://{match['address']}"
+    return await gateway_in_front(start_cli, world.scheduler.target)
 
 
 def _acme(gateway: str, world: World, *, bearer: bool) -> httpx.AsyncClient:
