@@ -1,0 +1,153 @@
+"""What authentication and tenant policies cost per call: the scheduler's CPU per call with both
+off, with API-key authentication on, and with authentication and a realistic tenant policy on.
+
+Each run starts `cpa serve` (embedded) and repeats one operation from C callers over real gRPC:
+ScheduleJob of a one-task job whose params carry free text, then GetJob of it (two calls). With
+authentication the calls carry a submitter's API key (`x-api-key`), made with the local admin
+key; with the policy the tenant's file (written by this bench: action blocklist, app, URL,
+callback and mail allowlists, every PII detector with per-field rules) is checked at submission.
+Nothing is dispatched (no agent), so the figures are the calls' own. The issue's goal:
+authentication + policy ≤ 10 % of the per-call server CPU. Figures of a busy or shared machine
+are indicative: compare runs of one sitting, and mind the calibration line.
+
+    python bench/bench_auth.py [--operations 2000] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+from google.protobuf import struct_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench.server_cpu and tests/fixtures
+
+from bench.bench_throughput import Started, calibration_ms  # noqa: E402
+from bench.server_cpu import Measured, Operation, Workload, measure  # noqa: E402
+from cpa.admin.v1 import admin_service_pb2 as admin_pb  # noqa: E402
+from cpa.admin.v1 import admin_service_pb2_grpc  # noqa: E402
+from cpa.common.v1 import todo_pb2  # noqa: E402
+from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc  # noqa: E402
+from cpa.scheduler.v1 import scheduler_service_pb2 as pb  # noqa: E402
+
+# The embedded server's tenant: its policy file is default.yaml.
+POLICY = """\
+version: 1
+description: What a tenant that files invoices may do.
+actions:
+  deny: [shell.exec, uia, run_script]
+apps:
+  allow: [excel, outlook, 'C:\\\\Program Files\\\\SAP\\\\FrontEnd\\\\SAPgui\\\\saplogon.exe']
+urls:
+  allow: [portal.acme.example, '*.intranet.acme.example', erp.acme.example]
+callback_urls:
+  allow: [hooks.acme.example]
+mail:
+  allow_domains: [acme.example, '*.acme.example']
+pii:
+  default_action: allow
+  rules:
+    - {field: params.iban, detectors: [iban], action: allow}
+    - {field: params.note, action: redact}
+    - {field: text, detectors: [card], action: refuse}
+"""
+
+
+def _params() -> struct_pb2.Struct:
+    params = struct_pb2.Struct()
+    params.update(
+        {
+            "invoice": "RE-2026-117",
+            "customer": "Globex Handels GmbH, Hauptstraße 5, 80331 München",
+            "note": "Bitte bis Freitag an buchhaltung@acme.example senden, Rückfragen an "
+            "+49 89 1234567. Betrag 1.234,50 EUR, Zahlungsziel 30 Tage.",
+            "iban": "DE89370400440532013000",
+            "amount": 1234.5,
+            "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}],
+        }
+    )
+    return params
+
+
+SPEC = job_pb2.JobSpec(
+    todos=job_pb2.TodoList(
+        todos=[
+            todo_pb2.ToDo(
+                id="file",
+                action=todo_pb2.ACTION_TYPE_CUSTOM,
+                custom_action="file_invoice",
+                params=_params(),
+            )
+        ]
+    )
+)
+
+
+async def _submitter_key(channel: grpc.aio.Channel, started: Started) -> str:
+    """A submitter's key, made with the local admin key of the run's first start."""
+    admin_key = (started.data_dirs[0] / "local-admin.key").read_text(encoding="ascii").strip()
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    made = await stub.CreateApiKey(
+        admin_pb.CreateApiKeyRequest(roles=[admin_pb.ROLE_SUBMITTER], description="bench"),
+        metadata=(("x-api-key", admin_key),),
+    )
+    return made.secret
+
+
+def _workload(*, authenticated: bool) -> Workload:
+    async def prepare(channel: grpc.aio.Channel, started: Started) -> Operation:
+        stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
+        metadata = (("x-api-key", await _submitter_key(channel, started)),) if authenticated else ()
+
+        async def operation() -> None:
+            made = await stub.ScheduleJob(pb.ScheduleJobRequest(spec=SPEC), metadata=metadata)
+            await stub.GetJob(pb.GetJobRequest(job_id=made.job.job_id), metadata=metadata)
+
+        return operation
+
+    return Workload(prepare=prepare, calls_per_operation=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--operations", type=int, default=2000, help="ScheduleJob + GetJob pairs")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    print(
+        f"python {platform.python_version()}, calibration {calibration_ms():.0f} ms "
+        f"(lower is a faster machine), {args.operations} x (ScheduleJob + GetJob), "
+        f"{args.concurrency} callers, embedded"
+    )
+    with tempfile.TemporaryDirectory(prefix="cpa-bench-policy-") as policies:
+        (Path(policies) / "default.yaml").write_text(POLICY, encoding="utf-8")
+        runs = {
+            "auth off, policy off": ({"CPA_INSECURE_LOCAL": "true"}, False),
+            "API key, policy off": ({"CPA_INSECURE_LOCAL": "false"}, True),
+            "API key + policy": (
+                {"CPA_INSECURE_LOCAL": "false", "CPA_POLICY_DIR": policies},
+                True,
+            ),
+        }
+        results: dict[str, Measured] = {}
+        for label, (env, authenticated) in runs.items():
+            results[label] = measure(
+                env,
+                _workload(authenticated=authenticated),
+                operations=args.operations,
+                concurrency=args.concurrency,
+            )
+            print(results[label].line(label, distributed=False))
+    off = results["auth off, policy off"].server_us_per_call
+    for label in ("API key, policy off", "API key + policy"):
+        on = results[label].server_us_per_call
+        print(f"{label}: {on - off:+.1f} µs CPU/call ({(on - off) / off:+.1%} of the server's)")
+
+
+if __name__ == "__main__":
+    main()
