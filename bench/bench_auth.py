@@ -2,7 +2,8 @@
 off, with API-key authentication on, and with authentication and a realistic tenant policy on.
 
 Each run starts `cpa serve` (embedded) and repeats one operation from C callers over real gRPC:
-ScheduleJob of a one-task job whose params carry free text, then GetJob of it (two calls). With
+ScheduleJob of a one-task job whose params carry free text (an e-mail address, a phone number
+and an IBAN among them; each job its own), then GetJob of it (two calls). With
 authentication the calls carry a submitter's API key (`x-api-key`), made with the local admin
 key; with the policy the tenant's file (written by this bench: action blocklist, app, URL,
 callback and mail allowlists, every PII detector with per-field rules) is checked at submission.
@@ -16,6 +17,7 @@ are indicative: compare runs of one sitting, and mind the calibration line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import sys
 import tempfile
@@ -59,34 +61,26 @@ pii:
 """
 
 
-def _params() -> struct_pb2.Struct:
+def _spec(number: int) -> job_pb2.JobSpec:
+    """Job `number`'s: its own invoice and note (texts a server may have seen before cost it
+    less), the payee's IBAN every time."""
     params = struct_pb2.Struct()
     params.update(
         {
-            "invoice": "RE-2026-117",
-            "customer": "Globex Handels GmbH, Hauptstraße 5, 80331 München",
-            "note": "Bitte bis Freitag an buchhaltung@acme.example senden, Rückfragen an "
-            "+49 89 1234567. Betrag 1.234,50 EUR, Zahlungsziel 30 Tage.",
+            "invoice": f"RE-2026-{number}",
+            "customer": f"Globex Handels GmbH, Hauptstraße {number % 200}, 80331 München",
+            "note": f"Rechnung {number}: bitte bis Freitag an buchhaltung@acme.example senden, "
+            f"Rückfragen an +49 89 {1_000_000 + number}. Betrag {number},50 EUR, "
+            "Zahlungsziel 30 Tage.",
             "iban": "DE89370400440532013000",
-            "amount": 1234.5,
+            "amount": number + 0.5,
             "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}],
         }
     )
-    return params
-
-
-SPEC = job_pb2.JobSpec(
-    todos=job_pb2.TodoList(
-        todos=[
-            todo_pb2.ToDo(
-                id="file",
-                action=todo_pb2.ACTION_TYPE_CUSTOM,
-                custom_action="file_invoice",
-                params=_params(),
-            )
-        ]
+    todo = todo_pb2.ToDo(
+        id="file", action=todo_pb2.ACTION_TYPE_CUSTOM, custom_action="file_invoice", params=params
     )
-)
+    return job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo]))
 
 
 async def _submitter_key(channel: grpc.aio.Channel, started: Started) -> str:
@@ -105,8 +99,11 @@ def _workload(*, authenticated: bool) -> Workload:
         stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
         metadata = (("x-api-key", await _submitter_key(channel, started)),) if authenticated else ()
 
+        numbers = itertools.count()
+
         async def operation() -> None:
-            made = await stub.ScheduleJob(pb.ScheduleJobRequest(spec=SPEC), metadata=metadata)
+            spec = _spec(next(numbers))
+            made = await stub.ScheduleJob(pb.ScheduleJobRequest(spec=spec), metadata=metadata)
             await stub.GetJob(pb.GetJobRequest(job_id=made.job.job_id), metadata=metadata)
 
         return operation
