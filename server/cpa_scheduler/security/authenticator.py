@@ -114,10 +114,10 @@ class Authenticator:
             raise unauthenticated(f"API key {key_id} was revoked", Reason.CREDENTIAL_REVOKED)
         return key
 
-    async def _lookup(self, key_id: str) -> ApiKey | None:
+    async def _lookup(self, key_id: str, max_age_s: float | None = None) -> ApiKey | None:
         now = self._clock()
         cached = self._cache.get(key_id)
-        if cached is not None and now - cached[0] < self._ttl_s:
+        if cached is not None and now - cached[0] < min(self._ttl_s, max_age_s or self._ttl_s):
             return cached[1]
         key = await self._keys.get_api_key(key_id)
         if len(self._cache) >= _CACHE_MAX_KEYS:
@@ -130,14 +130,15 @@ class Authenticator:
         """Drops what this replica read of a key (its revocation here): read again next time."""
         self._cache.pop(key_id, None)
 
-    async def still_valid(self, principal: Principal) -> bool:
-        """Whether the key behind `principal` is still neither revoked nor gone (within the
-        cache's TTL); always True for other kinds of credential."""
+    async def still_valid(self, principal: Principal, *, max_age_s: float | None = None) -> bool:
+        """Whether the key behind `principal` is still neither revoked nor gone, by what was
+        read of it within `max_age_s` (default: the cache's TTL); always True for other kinds
+        of credential."""
         if principal.kind not in (CredentialKind.API_KEY, CredentialKind.AGENT_TOKEN):
             return True
         if principal.credential_id in self._process_keys:
             return True
-        key = await self._lookup(principal.credential_id)
+        key = await self._lookup(principal.credential_id, max_age_s)
         return key is not None and not key.revoked
 
     def process_key(self, tenant: str) -> str:
