@@ -84,6 +84,7 @@ class Authenticator:
         self._jwt = jwt
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._principals: dict[str, tuple[ApiKey, Principal]] = {}
         # Keys of this process only (the local agent of `cpa serve --with-agent`): never stored.
         self._process_keys: dict[str, ApiKey] = {}
 
@@ -96,7 +97,14 @@ class Authenticator:
                 reason=Reason.UNAUTHENTICATED,
             )
         if credential.startswith(KEY_PREFIX):
-            return principal_of_key(await self._valid_key(credential))
+            key = await self._valid_key(credential)
+            # A key's principal is made once per record read (a frozen dataclass costs more to
+            # build than the rest of the check); a record read again makes a new one.
+            made = self._principals.get(key.key_id)
+            if made is None or made[0] is not key:
+                made = (key, principal_of_key(key))
+                self._principals[key.key_id] = made
+            return made[1]
         if credential.count(".") == 2:
             if self._jwt is None:
                 raise unauthenticated("this server accepts no JWTs (CPA_JWT_ISSUER is not set)")
@@ -123,12 +131,14 @@ class Authenticator:
         if len(self._cache) >= _CACHE_MAX_KEYS:
             for stale in list(self._cache)[: _CACHE_MAX_KEYS // 2]:
                 del self._cache[stale]
+                self._principals.pop(stale, None)
         self._cache[key_id] = (now, key)
         return key
 
     def forget(self, key_id: str) -> None:
         """Drops what this replica read of a key (its revocation here): read again next time."""
         self._cache.pop(key_id, None)
+        self._principals.pop(key_id, None)
 
     async def still_valid(self, principal: Principal, *, max_age_s: float | None = None) -> bool:
         """Whether the key behind `principal` is still neither revoked nor gone, by what was
