@@ -23,14 +23,14 @@ _OPTIONS.case_sensitive = True
 class _Match(Protocol):
     def start(self) -> int: ...
     def end(self) -> int: ...
-    def group(self) -> str: ...
+    def group(self) -> str | bytes: ...
 
 
 class _Matcher(Protocol):
     @property
     def pattern(self) -> str: ...
-    def finditer(self, text: str) -> Iterator[_Match]: ...
-    def search(self, text: str) -> _Match | None: ...
+    def finditer(self, text: str | bytes) -> Iterator[_Match]: ...
+    def search(self, text: str | bytes) -> _Match | None: ...
 
 
 class Detector(enum.StrEnum):
@@ -235,17 +235,26 @@ def scan(text: str, detectors: frozenset[Detector] = ALL_DETECTORS) -> list[Find
 
 
 def _scan(text: str, detectors: frozenset[Detector]) -> tuple[Finding, ...]:
+    # The patterns run over the UTF-8 bytes, encoded once (re2 would encode the text again for
+    # each pattern and map every match's offsets back to characters). Matches start and end on
+    # ASCII characters, so their byte offsets are character boundaries.
+    data = text.encode()
+    ascii_only = len(data) == len(text)
+
+    def chars(offset: int) -> int:
+        return offset if ascii_only else len(data[:offset].decode())
+
     findings: list[Finding] = []
     taken: list[tuple[int, int]] = []
     for spec in _SPECS:
         if spec.detector not in detectors:
             continue
-        for match in spec.matcher.finditer(text):
-            start = match.start()
-            end = _confirmed(spec, text, start, match.end())
+        for match in spec.matcher.finditer(data):
+            start, matched_end = chars(match.start()), chars(match.end())
+            end = _confirmed(spec, text, start, matched_end)
             if end is None:
                 if spec.claims_shape:
-                    taken.append((start, match.end()))
+                    taken.append((start, matched_end))
                 continue
             if any(s < end and start < e for s, e in taken):
                 continue
