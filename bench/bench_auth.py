@@ -11,7 +11,7 @@ Nothing is dispatched (no agent), so the figures are the calls' own. The issue's
 authentication + policy ≤ 10 % of the per-call server CPU. Figures of a busy or shared machine
 are indicative: compare runs of one sitting, and mind the calibration line.
 
-    python bench/bench_auth.py [--operations 2000] [--concurrency 16]
+    python bench/bench_auth.py [--operations 2000] [--concurrency 16] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -115,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--operations", type=int, default=2000, help="ScheduleJob + GetJob pairs")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="each configuration this often")
     args = parser.parse_args()
     print(
         f"python {platform.python_version()}, calibration {calibration_ms():.0f} ms "
@@ -131,19 +133,29 @@ def main() -> None:
                 True,
             ),
         }
-        results: dict[str, Measured] = {}
-        for label, (env, authenticated) in runs.items():
-            results[label] = measure(
-                env,
-                _workload(authenticated=authenticated),
-                operations=args.operations,
-                concurrency=args.concurrency,
-            )
-            print(results[label].line(label, distributed=False))
-    off = results["auth off, policy off"].server_us_per_call
+        # The three runs in turn, `rounds` times: a shared machine's speed drifts, and each
+        # configuration then meets the same drift; the medians are compared.
+        results: dict[str, list[Measured]] = {label: [] for label in runs}
+        for round_number in range(1, args.rounds + 1):
+            for label, (env, authenticated) in runs.items():
+                measured = measure(
+                    env,
+                    _workload(authenticated=authenticated),
+                    operations=args.operations,
+                    concurrency=args.concurrency,
+                )
+                results[label].append(measured)
+                print(measured.line(f"{label} #{round_number}", distributed=False))
+    median = {
+        label: statistics.median(m.server_us_per_call for m in measured)
+        for label, measured in results.items()
+    }
+    off = median["auth off, policy off"]
+    print(f"medians of {args.rounds} rounds: auth off, policy off {off:.1f} µs CPU/call")
     for label in ("API key, policy off", "API key + policy"):
-        on = results[label].server_us_per_call
-        print(f"{label}: {on - off:+.1f} µs CPU/call ({(on - off) / off:+.1%} of the server's)")
+        on = median[label]
+        share = (on - off) / off
+        print(f"{label}: {on:.1f} µs CPU/call, {on - off:+.1f} ({share:+.1%} of the server's)")
 
 
 if __name__ == "__main__":
