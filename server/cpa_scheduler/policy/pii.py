@@ -226,7 +226,8 @@ def scan(text: str, detectors: frozenset[Detector] = ALL_DETECTORS) -> list[Find
     key = (text, detectors)
     found = _memo.get(key)
     if found is None:
-        found = _scan(text, detectors) if _any_candidate(detectors).search(text) else ()
+        data = text.encode()  # once, for every pattern (re2 would encode it per call)
+        found = _scan(text, data, detectors) if _any_candidate(detectors).search(data) else ()
         if len(text) <= _MEMO_MAX_CHARS:
             if len(_memo) >= _MEMO_MAX_TEXTS:
                 _memo.clear()  # a new generation: cheaper than ordering entries by use
@@ -234,11 +235,10 @@ def scan(text: str, detectors: frozenset[Detector] = ALL_DETECTORS) -> list[Find
     return list(found)
 
 
-def _scan(text: str, detectors: frozenset[Detector]) -> tuple[Finding, ...]:
-    # The patterns run over the UTF-8 bytes, encoded once (re2 would encode the text again for
+def _scan(text: str, data: bytes, detectors: frozenset[Detector]) -> tuple[Finding, ...]:
+    # The patterns run over `data`, the text's UTF-8 bytes (re2 would encode the text again for
     # each pattern and map every match's offsets back to characters). Matches start and end on
     # ASCII characters, so their byte offsets are character boundaries.
-    data = text.encode()
     ascii_only = len(data) == len(text)
 
     def chars(offset: int) -> int:
