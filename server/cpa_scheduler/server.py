@@ -103,6 +103,7 @@ class _Components:
     deliverer: CallbackDeliverer
     # None with settings.insecure_local.
     authenticator: Authenticator | None
+    credentials: CredentialWatch | None
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
@@ -405,6 +406,7 @@ class SchedulerServer:
             sessions=sessions,
             executor=executor,
             authenticator=authenticator,
+            credentials=credentials,
             deliverer=deliverer,
         )
 
@@ -551,6 +553,8 @@ class SchedulerServer:
             # their effects before the store and the queue close.
             await components.executor.reports_done(timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
             await components.orchestrator.drain_changes(timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
+            if components.credentials is not None:
+                await components.credentials.close()
             await components.backends.close()
             self._components = None
             log.info("scheduler %s stopped in %.2fs", self.replica_id, time.monotonic() - started_s)

@@ -130,6 +130,14 @@ class CredentialWatch:
             self._checks.add(check)
             check.add_done_callback(self._checks.discard)
 
+    async def close(self) -> None:
+        """Stops looking (the server stops; its streams are gone): before the store closes."""
+        tasks = [*self._checks, *([self._loop] if self._loop is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._open.clear()
+
     async def _look_every_interval(self) -> None:
         while self._open:
             for credential_id in list(self._open):
