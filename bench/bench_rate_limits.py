@@ -13,11 +13,9 @@ indicative only: compare runs of one sitting, and mind the calibration line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import platform
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,16 +23,16 @@ import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # bench_throughput's processes and CPU meter
+    sys.path.insert(0, str(ROOT))  # bench.server_cpu and tests/fixtures
 
 from bench.bench_throughput import (  # noqa: E402
     ADMIN_URL,
     ONE_TASK,
     REDIS_URL,
-    CpuMeter,
+    Started,
     calibration_ms,
-    processes,
 )
+from bench.server_cpu import Operation, Workload, measure  # noqa: E402
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb  # noqa: E402
 from cpa.scheduler.v1 import scheduler_service_pb2_grpc  # noqa: E402
 from tests.fixtures.cluster import fresh_backends  # noqa: E402
@@ -43,43 +41,25 @@ from tests.fixtures.cluster import fresh_backends  # noqa: E402
 NEVER_REFUSED = str(10**9)
 
 
-async def _calls(address: str, *, calls: int, concurrency: int) -> float:
-    """Sends `calls` GetJob calls from `concurrency` callers; returns the seconds taken."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
-        created = await stub.ScheduleJob(pb.ScheduleJobRequest(spec=ONE_TASK))
-        request = pb.GetJobRequest(job_id=created.job.job_id)
-        for _ in range(200):  # warm-up: connections, caches, the script loaded into Redis
-            await stub.GetJob(request)
-        remaining = calls
+async def _get_job(channel: grpc.aio.Channel, started: Started) -> Operation:
+    stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
+    created = await stub.ScheduleJob(pb.ScheduleJobRequest(spec=ONE_TASK))
+    request = pb.GetJobRequest(job_id=created.job.job_id)
+    return lambda: stub.GetJob(request)
 
-        async def caller() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await stub.GetJob(request)
 
-        started = time.monotonic()
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return time.monotonic() - started
+GET_JOB = Workload(prepare=_get_job)
 
 
 def _run(
     label: str, env: dict[str, str], *, calls: int, concurrency: int, distributed: bool
 ) -> tuple[float, float]:
     """One server run; returns (scheduler CPU µs per call, Redis CPU µs per call)."""
-    with processes(replicas=1, agents_per_replica=0, slots=1, backend_env=env) as started:
-        meter = CpuMeter(started.pids, distributed=distributed)
-        meter.start()
-        elapsed = asyncio.run(_calls(started.addresses[0], calls=calls, concurrency=concurrency))
-        meter.stop()
-    server_us = meter.used_s["scheduler"] / calls * 1e6
-    redis_us = meter.used_s.get("redis", 0.0) / calls * 1e6
-    print(
-        f"{label:>12}: {calls / elapsed:8.0f} calls/s   scheduler {server_us:7.1f} µs CPU/call"
-        + (f"   redis {redis_us:6.1f} µs CPU/call" if distributed else "")
+    measured = measure(
+        env, GET_JOB, operations=calls, concurrency=concurrency, distributed=distributed
     )
-    return server_us, redis_us
+    print(measured.line(label, distributed=distributed))
+    return measured.server_us_per_call, measured.redis_us_per_call
 
 
 @contextlib.contextmanager

@@ -67,6 +67,7 @@ DAG = job_pb2.JobSpec(
 @dataclass
 class Started:
     addresses: list[str] = field(default_factory=list)
+    data_dirs: list[Path] = field(default_factory=list)
     pids: dict[str, list[int]] = field(default_factory=lambda: {"scheduler": [], "agents": []})
 
 
@@ -75,11 +76,13 @@ def processes(
     *, replicas: int, agents_per_replica: int, slots: int, backend_env: dict[str, str]
 ) -> Iterator[Started]:
     """Scheduler replicas and agent processes (each agent on one replica)."""
-    # Rate limits off (bench_rate_limits.py turns them on): the bench is the only caller.
+    # Rate limits and authentication off (bench_rate_limits.py and bench_auth.py turn them on):
+    # the bench is the only caller, on loopback.
     env = {
         **os.environ,
         "CPA_LOG_LEVEL": "WARNING",
         "CPA_RATE_LIMITS_ENABLED": "false",
+        "CPA_INSECURE_LOCAL": "true",
         **backend_env,
     }
     started: list[subprocess.Popen[str]] = []
@@ -88,6 +91,7 @@ def processes(
     try:
         for n in range(replicas):
             data_dir = tempfile.mkdtemp(prefix="cpa-bench-")
+            result.data_dirs.append(Path(data_dir))
             server = subprocess.Popen(
                 [
                     sys.executable,

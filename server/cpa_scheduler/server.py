@@ -60,6 +60,7 @@ from .policy import Policies
 from .redis_keys import RedisKeys
 from .security.authenticator import Authenticator
 from .security.client_address import parse_trusted_proxies
+from .security.credential_watch import CredentialWatch
 from .security.interceptor import AuthInterceptor
 from .security.jwt_tokens import JwtVerifier
 from .security.local_admin import create_local_admin_key
@@ -102,6 +103,7 @@ class _Components:
     deliverer: CallbackDeliverer
     # None with settings.insecure_local.
     authenticator: Authenticator | None
+    credentials: CredentialWatch | None
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
@@ -283,6 +285,12 @@ class SchedulerServer:
                 jwt=JwtVerifier(settings) if settings.jwt_issuer else None,
             )
         )
+        # Open streams (agents', WatchJob's) end with their credential, looking twice a TTL.
+        credentials = (
+            None
+            if authenticator is None
+            else CredentialWatch(authenticator, interval_s=settings.auth_cache_ttl_s / 2)
+        )
         # Outermost first. The call limit bounds calls in progress whoever makes them (a flood
         # of unauthenticated calls too, before any credential lookup); authentication sets the
         # principal the rate limiter then keys by, so the rate limiter comes after it.
@@ -350,6 +358,7 @@ class SchedulerServer:
                 artifacts=artifacts,
                 callbacks=CallbackOutbox(store=backends.store, wake=deliverer.wake),
                 audit_log=audit_log,
+                credentials=credentials,
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
@@ -363,7 +372,7 @@ class SchedulerServer:
             settings=settings,
             replica_id=self.replica_id,
             artifacts=artifacts,
-            authenticator=authenticator,
+            credentials=credentials,
         )
         add_decoded_service(
             executor,
@@ -374,7 +383,7 @@ class SchedulerServer:
         add_decoded_service(
             AdminServicer(
                 backends.store,
-                forget=authenticator.forget if authenticator else lambda key_id: None,
+                forget=credentials.forget if credentials else lambda key_id: None,
             ),
             admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
             server,
@@ -397,6 +406,7 @@ class SchedulerServer:
             sessions=sessions,
             executor=executor,
             authenticator=authenticator,
+            credentials=credentials,
             deliverer=deliverer,
         )
 
@@ -543,6 +553,8 @@ class SchedulerServer:
             # their effects before the store and the queue close.
             await components.executor.reports_done(timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
             await components.orchestrator.drain_changes(timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
+            if components.credentials is not None:
+                await components.credentials.close()
             await components.backends.close()
             self._components = None
             log.info("scheduler %s stopped in %.2fs", self.replica_id, time.monotonic() - started_s)

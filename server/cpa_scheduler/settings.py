@@ -501,7 +501,7 @@ class Settings(BaseSettings):
         le=300,
         description="How long a replica trusts what it read of an API key (valid, revoked, "
         "unknown) before reading it again: a revocation is refused by every replica within this "
-        "bound, and an agent stream on a revoked token is closed within 1.5 times it. Calls "
+        "bound, and the agent and WatchJob streams opened with it end within it too. Calls "
         "within it cost no database read.",
     )
     jwt_issuer: str = Field(

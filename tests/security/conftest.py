@@ -4,6 +4,7 @@ turns it off for every other suite), its local admin key, and keys made through 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,12 @@ import grpc
 import pytest
 
 from cpa.admin.v1 import admin_service_pb2 as admin_pb
+from cpa.scheduler.v1 import job_event_pb2, job_pb2
 from cpa_client import AdminClient, CpaError, SchedulerClient
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
+from tests.cli.conftest import start_cli as start_cli  # the REST matrix starts `cpa gateway`
+from tests.e2e.conftest import todo
 
 # Short: revocation tests wait about this long; long enough that a cached read is seen hitting.
 CACHE_TTL_S = 0.6
@@ -107,5 +111,52 @@ async def secure(tmp_path: Path) -> AsyncIterator[SecureScheduler]:
         await server.stop(grace_s=1.0)
 
 
+# No agent runs in these tests: a job stays pending, its watch open until the job is cancelled.
+PENDING = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo("a", "noop")]))
+
+
+class Watch:
+    """One WatchJob stream, read in a task: its events, and how it ended."""
+
+    def __init__(self, client: SchedulerClient, job_id: str) -> None:
+        self.events: list[job_event_pb2.JobEvent] = []
+        self.first = asyncio.Event()
+        self.task = asyncio.create_task(self._read(client, job_id))
+
+    async def _read(self, client: SchedulerClient, job_id: str) -> CpaError | None:
+        try:
+            async for event in client.watch_job(job_id):
+                self.events.append(event)
+                self.first.set()
+        except CpaError as error:
+            return error
+        return None
+
+    async def opened(self) -> None:
+        await asyncio.wait_for(self.first.wait(), CALL_TIMEOUT_S)
+
+    async def ended(self) -> CpaError | None:
+        return await asyncio.wait_for(self.task, CALL_TIMEOUT_S)
+
+
 def refusal(error: CpaError) -> tuple[grpc.StatusCode, str]:
     return error.code, error.reason
+
+
+async def gateway_in_front(start_cli: Any, target: str) -> str:
+    """`cpa gateway` in front of an in-process scheduler at `target`; its base URL. Started off
+    the event loop: Envoy is ready once its first health check of the scheduler (served on this
+    loop) passed."""
+    from tests.cli.conftest import start_gateway
+
+    _, match = await asyncio.to_thread(start_gateway, start_cli, target)
+    return f"http://{match['address']}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """The tenant matrix's world (tenant_world.py), in each store."""
+    from .tenant_world import open_world  # it imports this module
+
+    async with open_world(request.param, request, tmp_path) as opened:
+        yield opened

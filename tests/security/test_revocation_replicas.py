@@ -1,5 +1,6 @@
 """Revocation across replicas: two `cpa serve` processes on one PostgreSQL; a key revoked through
-one is refused by the other within CPA_AUTH_CACHE_TTL_S. The first admin key is bootstrapped
+one is refused by the other within CPA_AUTH_CACHE_TTL_S, and the WatchJob streams it opened there
+end within that bound too. The first admin key is bootstrapped
 into the database with `cpa keys create --bootstrap`, as a distributed deployment does."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from cpa_client import AdminClient, CpaError, SchedulerClient
 from tests.fixtures.cluster import Cluster
 
-from .conftest import ROLE
+from .conftest import PENDING, ROLE, Watch
 
 TTL_S = 1.0
 BOOTSTRAP = ("keys", "create", "--bootstrap", "--role", "admin", "--json")
@@ -67,4 +68,28 @@ async def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_the_t
     elapsed_s = time.monotonic() - revoked_at
     assert (refused.code, refused.reason) == (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIAL_REVOKED")
     # Within the TTL (and the time of one call).
+    assert elapsed_s < TTL_S + 0.5
+
+
+async def test_a_key_revoked_on_one_replica_ends_its_watch_on_the_other_within_the_ttl(
+    cluster: Cluster,
+) -> None:
+    cluster.settings.update(CPA_INSECURE_LOCAL="false", CPA_AUTH_CACHE_TTL_S=str(TTL_S))
+    admin_key = _bootstrap_admin(cluster)
+    first, second = cluster.replica("r1"), cluster.replica("r2")
+    async with AdminClient(first.target, api_key=admin_key) as admin:
+        made = await admin.create_api_key([ROLE["viewer"]], description="revoked soon")
+    async with SchedulerClient(first.target, api_key=admin_key, timeout_s=10) as client:
+        job_id = (await client.schedule_job(PENDING)).job.job_id  # no agent: it stays pending
+    async with SchedulerClient(second.target, api_key=made.secret, timeout_s=10) as viewer:
+        watch = Watch(viewer, job_id)
+        await watch.opened()
+        async with AdminClient(first.target, api_key=admin_key) as admin:
+            await admin.revoke_api_key(made.key.key_id)
+        revoked_at = time.monotonic()
+        error = await watch.ended()
+    elapsed_s = time.monotonic() - revoked_at
+    assert error is not None
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIAL_REVOKED")
+    # The bound a new call has on that replica: the TTL (and the time of one check).
     assert elapsed_s < TTL_S + 0.5

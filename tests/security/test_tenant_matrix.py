@@ -3,22 +3,18 @@ resources of tenant globex, gets exactly the answer it gets for resources that d
 (NOT_FOUND, never a hint that they exist), and lists never show them.
 
 Every guarded RPC must have a probe here (or a reason why it touches no tenant's resource): a
-new RPC without one fails `test_every_guarded_rpc_has_a_probe`. Over gRPC; REST goes through
-the same handlers (the gateway only transcodes), which tests/cli/test_security_cli.py shows for
-authentication.
+new RPC without one fails `test_every_guarded_rpc_has_a_probe`. Over gRPC; the REST half, through
+the real Envoy gateway, is test_tenant_matrix_rest.py (the world of both is tenant_world.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import pytest
 
 from cpa.common.v1 import agent_capabilities_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
@@ -28,34 +24,13 @@ from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import AdminClient, CpaError, SchedulerClient
 from cpa_scheduler.security.permissions import METHOD_PERMISSIONS, Permission
 from tests.e2e.conftest import todo
-from tests.fixtures.cluster import PAGE_TOKEN_SECRETS, migrate
 
-from .conftest import SecureScheduler, secure_settings, start_secure
-
-SHARED_REQUEST_ID = "shared-request-id"
-# Another one for the batch: ScheduleJob's probe makes acme's own job under the first.
-SHARED_BATCH_REQUEST_ID = "shared-batch-request-id"
-SHARED_AGENT_ID = "shared-agent-id"
-# globex's jobs call back here: nothing listens (deliveries stay pending), but each job change
-# makes a delivery in the outbox for ListCallbacks and RetryCallbacks to be asked about.
-CALLBACK_URL = "https://127.0.0.1:9/cpa-callback"
-WAIT_S = 20.0
+from .tenant_world import SHARED_AGENT_ID, WAIT_S, World, bearer
 
 # RPCs that touch no tenant's stored resource, and why.
 NO_TENANT_RESOURCE = {
     "/cpa.scheduler.v1.SchedulerService/PreviewPlan": "plans only; reads and stores nothing",
 }
-
-
-@dataclass
-class World:
-    """acme's credential, and what globex has: a cancelled job, a connected agent."""
-
-    scheduler: SecureScheduler
-    acme_key: str
-    globex_job: str
-    globex_delivery: str
-    globex_agent_call: Any
 
 
 Outcome = Any
@@ -184,7 +159,7 @@ async def _connect(world: World, agent_id: str) -> Outcome:
                 capabilities=agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1),
             )
         )
-        call = stub.Connect(iter([hello]), metadata=_bearer(world.acme_key))
+        call = stub.Connect(iter([hello]), metadata=bearer(world.acme_key))
         first = await asyncio.wait_for(call.read(), WAIT_S)
         call.cancel()
     assert isinstance(first, ex.ConnectResponse)
@@ -196,7 +171,7 @@ async def _agent_download(world: World, job_id: str) -> Outcome:
         stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
         request = ex.DownloadArtifactRequest(job_id=job_id, artifact_id="0" * 32)
         try:
-            async for _ in stub.DownloadArtifact(request, metadata=_bearer(world.acme_key)):
+            async for _ in stub.DownloadArtifact(request, metadata=bearer(world.acme_key)):
                 return "ok"
         except grpc.aio.AioRpcError as error:
             return _normal(CpaError.from_rpc_error(error), job_id)
@@ -218,7 +193,7 @@ async def _agent_upload(world: World, job_id: str) -> Outcome:
         stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
         requests = iter([ex.UploadArtifactRequest(header=header)])
         try:
-            await stub.UploadArtifact(requests, metadata=_bearer(world.acme_key))
+            await stub.UploadArtifact(requests, metadata=bearer(world.acme_key))
         except grpc.aio.AioRpcError as error:
             return _normal(CpaError.from_rpc_error(error), job_id)
     return "ok"
@@ -227,10 +202,6 @@ async def _agent_upload(world: World, job_id: str) -> Outcome:
 async def _keys(world: World, job_id: str) -> Outcome:
     async with AdminClient(world.scheduler.target, api_key=world.acme_key) as admin:
         return sorted({key.tenant for key in await admin.list_api_keys()})
-
-
-def _bearer(key: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {key}"),)
 
 
 _S = "/cpa.scheduler.v1.SchedulerService/"
@@ -269,80 +240,10 @@ def test_every_guarded_rpc_has_a_probe() -> None:
     assert guarded - set(PROBES) - set(NO_TENANT_RESOURCE) == set()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    overrides: dict[str, Any] = {}
-    if request.param == "postgres":
-        database_url = request.getfixturevalue("postgres_database")
-        migrate(database_url)
-        overrides = {"database_url": database_url, "page_token_secrets": PAGE_TOKEN_SECRETS}
-    server, port = await start_secure(
-        secure_settings(tmp_path / "data", callback_allow_private=True, **overrides)
-    )
-    try:
-        if request.param == "postgres":  # no local key in the distributed mode: bootstrap one
-            from cpa_scheduler.security.local_admin import create_local_admin_key
-
-            made = await create_local_admin_key(
-                server._components.backends.store,  # type: ignore[union-attr]
-                tmp_path / "bootstrap",
-                tenant="default",
-            )
-            assert made is not None
-            admin_key = made[0]
-        else:
-            assert server.local_admin_key is not None
-            admin_key = server.local_admin_key[0]
-        scheduler = SecureScheduler(server=server, port=port, admin_key=admin_key)
-        _, acme_key = await scheduler.key("admin", tenant="acme")
-        _, globex_key = await scheduler.key("submitter", tenant="globex")
-        _, globex_agent = await scheduler.key("agent", tenant="globex", actions=["*"])
-        spec = job_pb2.JobSpec(
-            todos=job_pb2.TodoList(todos=[todo("a", "noop")]), callback_url=CALLBACK_URL
-        )
-        async with SchedulerClient(scheduler.target, api_key=globex_key) as globex:
-            job = (await globex.schedule_job(spec, request_id=SHARED_REQUEST_ID)).job
-            await globex.schedule_job(spec, request_id=SHARED_BATCH_REQUEST_ID)
-            await globex.cancel_job(job.job_id)
-            deliveries = [c.delivery_id async for c in globex.list_callbacks(job_id=job.job_id)]
-        channel = grpc.aio.insecure_channel(scheduler.target)
-        stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
-        hello = ex.ConnectRequest(
-            hello=ex.Hello(
-                agent_id=SHARED_AGENT_ID,
-                capabilities=agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1),
-            )
-        )
-        queue: asyncio.Queue[ex.ConnectRequest] = asyncio.Queue()
-        queue.put_nowait(hello)
-
-        async def requests() -> AsyncIterator[ex.ConnectRequest]:
-            while True:
-                yield await queue.get()
-
-        agent_call = stub.Connect(requests(), metadata=_bearer(globex_agent))
-        welcome = await asyncio.wait_for(agent_call.read(), WAIT_S)
-        assert isinstance(welcome, ex.ConnectResponse)
-        assert welcome.WhichOneof("kind") == "welcome"
-        try:
-            yield World(scheduler, acme_key, job.job_id, deliveries[0], agent_call)
-        finally:
-            agent_call.cancel()
-            await channel.close(grace=None)
-    finally:
-        await server.stop(grace_s=0)
-
-
 async def test_another_tenants_resources_look_like_missing_ones(world: World) -> None:
-    theirs = {
-        "job": world.globex_job,
-        "request_id": SHARED_REQUEST_ID,
-        "batch_request_id": SHARED_BATCH_REQUEST_ID,
-        "agent_id": SHARED_AGENT_ID,
-        "delivery": world.globex_delivery,
-    }
+    theirs = world.theirs()
     for method, (probe, kind) in PROBES.items():
-        missing = uuid.uuid4().hex
+        missing = world.missing()
         seen_for_theirs = await probe(world, theirs[kind])
         seen_for_missing = await probe(world, missing)
         assert seen_for_theirs == seen_for_missing, method

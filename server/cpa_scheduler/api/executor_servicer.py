@@ -42,9 +42,9 @@ from cpa_scheduler.domain import (
     StaleAttempt,
 )
 from cpa_scheduler.orchestration import Orchestrator
-from cpa_scheduler.security import Principal, current_principal
+from cpa_scheduler.security import current_principal
 from cpa_scheduler.security.agent_scope import agent_tenant, check_advertised
-from cpa_scheduler.security.authenticator import Authenticator
+from cpa_scheduler.security.credential_watch import CredentialWatch
 from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, convert
@@ -95,11 +95,11 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         settings: Settings,
         replica_id: str,
         artifacts: Artifacts,
-        authenticator: Authenticator | None = None,
+        credentials: CredentialWatch | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._artifacts = artifacts
-        self._authenticator = authenticator
+        self._credentials = credentials
         self._orchestrator = orchestrator
         self._sessions = sessions
         self._directory = directory
@@ -250,8 +250,19 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         self._no_streams.clear()
         reader: asyncio.Task[None] | None = None
         watchdog = asyncio.create_task(self._close_when_silent(session))
-        revoked = asyncio.Event()
-        guard = self._close_when_revoked(session, principal, revoked)
+        # The credential's end (a revoked token, an expired JWT) closes the session.
+        ended: list[DomainError] = []
+
+        def credential_ended(error: DomainError) -> None:
+            log.warning("agent %s: %s; closing its stream", session.agent_id, error.message)
+            ended.append(error)
+            session.close()
+
+        stop_watching = (
+            self._credentials.watch(principal, credential_ended)
+            if self._credentials is not None and principal is not None
+            else lambda: None
+        )
         try:
             if replaced is not None:
                 replaced.close()
@@ -282,14 +293,11 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             batch_bytes = max_send_bytes if first.hello.accepts_batches else 0
             async for message in batches(outgoing, batch_bytes=lambda: batch_bytes, wrap=_batch):
                 yield message
-            if revoked.is_set():
-                raise DomainError(
-                    "this agent's token was revoked", reason=Reason.CREDENTIAL_REVOKED
-                )
+            if ended:
+                raise ended[0]
         finally:
             watchdog.cancel()
-            if guard is not None:
-                guard.cancel()
+            stop_watching()
             if reader is not None:
                 reader.cancel()
             self._sessions.remove(session)
@@ -319,30 +327,6 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         except Exception:
             # The attempt's lease runs out (the agent never heard of it) and it comes back.
             log.exception("failing the oversized assignment %s failed", ref)
-
-    def _close_when_revoked(
-        self, session: AgentSession, principal: Principal | None, revoked: asyncio.Event
-    ) -> asyncio.Task[None] | None:
-        """Ends the session once its key is revoked, looking every half cache TTL (so within
-        1.5 TTL of the revocation); None when nothing can revoke it."""
-        authenticator = self._authenticator
-        if authenticator is None or principal is None:
-            return None
-        interval_s = self._settings.auth_cache_ttl_s / 2
-
-        async def watch() -> None:
-            while True:
-                try:
-                    if not await authenticator.still_valid(principal):
-                        break
-                except Exception as error:  # the store is away: look again next time
-                    log.info("cannot check agent %s's token: %s", session.agent_id, error)
-                await asyncio.sleep(interval_s)
-            log.warning("agent %s: its token was revoked; closing its stream", session.agent_id)
-            revoked.set()
-            session.close()
-
-        return asyncio.create_task(watch())
 
     async def _close_when_silent(self, session: AgentSession) -> None:
         """Ends the session of an agent silent for a lease (frozen, or cut off without a FIN

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +39,8 @@ from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
 from cpa_scheduler.policy.redaction import redact_job
+from cpa_scheduler.security import current_principal
+from cpa_scheduler.security.credential_watch import CredentialWatch
 from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, audit_calls, callback_calls, convert, job_views
@@ -144,8 +147,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         artifacts: Artifacts,
         callbacks: CallbackOutbox,
         audit_log: AuditLog,
+        credentials: CredentialWatch | None = None,
     ) -> None:
         self._audit_log = audit_log
+        self._credentials = credentials
         self._artifacts = artifacts
         self._callbacks = callbacks
         self._orchestrator = orchestrator
@@ -373,7 +378,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def WatchJob(  # type: ignore[override]  # writes with context.write (api/watch.py)
         self, request: pb.WatchJobRequest, context: Context
     ) -> None:
-        await self._watch.watch(request, self._tenant(context), context)
+        # A credential revoked or expired while the stream is open ends it (UNAUTHENTICATED);
+        # with authentication off there is none to end.
+        credentials = self._credentials
+        async with credentials.ending_with(current_principal()) if credentials else nullcontext():
+            await self._watch.watch(request, self._tenant(context), context)
 
     @translate_errors
     @audited("SendMessage")

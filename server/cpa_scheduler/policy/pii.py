@@ -9,7 +9,7 @@ outside this module's callers: `Finding.sample` is a masked form for messages an
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,11 +23,14 @@ _OPTIONS.case_sensitive = True
 class _Match(Protocol):
     def start(self) -> int: ...
     def end(self) -> int: ...
-    def group(self) -> str: ...
+    def group(self) -> str | bytes: ...
 
 
 class _Matcher(Protocol):
-    def finditer(self, text: str) -> Iterator[_Match]: ...
+    @property
+    def pattern(self) -> str: ...
+    def finditer(self, text: str | bytes) -> Iterator[_Match]: ...
+    def search(self, text: str | bytes) -> _Match | None: ...
 
 
 class Detector(enum.StrEnum):
@@ -195,28 +198,72 @@ def _confirmed(spec: _Spec, text: str, start: int, end: int) -> int | None:
     return None
 
 
+def _any_candidate(detectors: frozenset[Detector]) -> _Matcher:
+    """One RE2 pattern, the union of the detectors' own: a text it finds nothing in holds no
+    candidate of any of them, so most strings (names, ids, amounts) cost one pass, not one per
+    detector."""
+    union = _UNIONS.get(detectors)
+    if union is None:
+        patterns = (s.matcher.pattern for s in _SPECS if s.detector in detectors)
+        union = _compile("|".join(f"(?:{pattern})" for pattern in patterns))
+        _UNIONS[detectors] = union
+    return union
+
+
+# Per set of detectors (a policy's): at most one per subset of the five.
+_UNIONS: dict[frozenset[Detector], _Matcher] = {}
+# What scan() found in recent texts: a job's strings are scanned at submission, for each answer
+# that shows the job (redaction) and at dispatch. Short texts only, a bounded number.
+_MEMO_MAX_TEXTS = 4096
+_MEMO_MAX_CHARS = 4096
+_memo: dict[tuple[str, frozenset[Detector]], tuple[Finding, ...]] = {}
+
+
 def scan(text: str, detectors: frozenset[Detector] = ALL_DETECTORS) -> list[Finding]:
     """The confirmed PII in `text`, in the detectors' order, no two findings overlapping."""
+    if not text or not detectors:
+        return []
+    key = (text, detectors)
+    found = _memo.get(key)
+    if found is None:
+        data = text.encode()  # once, for every pattern (re2 would encode it per call)
+        found = _scan(text, data, detectors) if _any_candidate(detectors).search(data) else ()
+        if len(text) <= _MEMO_MAX_CHARS:
+            if len(_memo) >= _MEMO_MAX_TEXTS:
+                _memo.clear()  # a new generation: cheaper than ordering entries by use
+            _memo[key] = found
+    return list(found)
+
+
+def _scan(text: str, data: bytes, detectors: frozenset[Detector]) -> tuple[Finding, ...]:
+    # The patterns run over `data`, the text's UTF-8 bytes (re2 would encode the text again for
+    # each pattern and map every match's offsets back to characters). Matches start and end on
+    # ASCII characters, so their byte offsets are character boundaries.
+    ascii_only = len(data) == len(text)
+
+    def chars(offset: int) -> int:
+        return offset if ascii_only else len(data[:offset].decode())
+
     findings: list[Finding] = []
     taken: list[tuple[int, int]] = []
     for spec in _SPECS:
         if spec.detector not in detectors:
             continue
-        for match in spec.matcher.finditer(text):
-            start = match.start()
-            end = _confirmed(spec, text, start, match.end())
+        for match in spec.matcher.finditer(data):
+            start, matched_end = chars(match.start()), chars(match.end())
+            end = _confirmed(spec, text, start, matched_end)
             if end is None:
                 if spec.claims_shape:
-                    taken.append((start, match.end()))
+                    taken.append((start, matched_end))
                 continue
             if any(s < end and start < e for s, e in taken):
                 continue
             taken.append((start, end))
             findings.append(Finding(spec.detector, start, end, mask(text[start:end])))
-    return findings
+    return tuple(findings)
 
 
-def redact(text: str, findings: list[Finding]) -> str:
+def redact(text: str, findings: Sequence[Finding]) -> str:
     """`text` with each finding replaced by its label (`[REDACTED:IBAN]`)."""
     result = []
     position = 0

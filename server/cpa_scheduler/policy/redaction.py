@@ -23,14 +23,32 @@ from .rules import Policy
 _REQUEST_FIELD = "request.text"
 
 
+# Answers of _hidden for recent short texts: every answer showing a job redacts it again. Keyed
+# by the policy's id and checked against the policy itself (a reloaded policy is another).
+_REMEMBERED = 4096
+_MAX_CHARS = 4096
+_hidden_memo: dict[tuple[int, str, str], tuple[Policy, str | None]] = {}
+
+
 def _hidden(policy: Policy, path: str, text: str) -> str | None:
     """`text` with what the policy does not allow at `path` replaced, or None if unchanged."""
+    if not text:
+        return None
+    key = (id(policy), path, text)
+    known = _hidden_memo.get(key)
+    if known is not None and known[0] is policy:
+        return known[1]
     findings = [
         finding
         for finding in scan(text, policy.pii_detectors)
         if policy.pii_action(path, finding.detector)[0] is not PiiAction.ALLOW
     ]
-    return redact(text, findings) if findings else None
+    hidden = redact(text, findings) if findings else None
+    if len(text) <= _MAX_CHARS:
+        if len(_hidden_memo) >= _REMEMBERED:
+            _hidden_memo.clear()
+        _hidden_memo[key] = (policy, hidden)
+    return hidden
 
 
 def _struct(policy: Policy, message: struct_pb2.Struct, path: str, *, judged_as: str = "") -> None:

@@ -26,6 +26,7 @@ BROWSER_ACTION = "playwright"
 MAIL_ACTION = "send_mail"
 RECIPIENT_KEYS = ("to", "cc", "bcc")
 _WEB_SCHEMES = frozenset({"http", "https"})
+_ACTIONS_REMEMBERED = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +117,10 @@ class Policy:
     # Whether any PII rule or the default is not `allow`: views then hide what the policy does
     # not allow (policy/redaction.py); a policy that allows all PII costs the views nothing.
     redacts: bool = field(default=False)
+    # pii_action's answers: the same few fields are asked about for every job.
+    _actions: dict[tuple[str, Detector], tuple[PiiAction, str]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
     @classmethod
     def compile(cls, spec: PolicySpec, *, source: str) -> Policy:
@@ -207,11 +212,22 @@ class Policy:
 
     def pii_action(self, path: str, detector: Detector) -> tuple[PiiAction, str]:
         """What PII of `detector` found at `path` does, and the rule that says so."""
+        known = self._actions.get((path, detector))
+        if known is not None:
+            return known
         plain = _plain_path(path)
-        for rule in self.pii_rules:
-            if (rule.detectors is None or detector in rule.detectors) and rule.matches(plain):
-                return rule.action, rule.rule
-        return self.pii_default, "pii.default_action"
+        answer = next(
+            (
+                (rule.action, rule.rule)
+                for rule in self.pii_rules
+                if (rule.detectors is None or detector in rule.detectors) and rule.matches(plain)
+            ),
+            (self.pii_default, "pii.default_action"),
+        )
+        if len(self._actions) >= _ACTIONS_REMEMBERED:
+            self._actions.clear()
+        self._actions[(path, detector)] = answer
+        return answer
 
     # -- rule by rule ----------------------------------------------------------------------
 

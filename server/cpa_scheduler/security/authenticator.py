@@ -84,6 +84,7 @@ class Authenticator:
         self._jwt = jwt
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._principals: dict[str, tuple[ApiKey, Principal]] = {}
         # Keys of this process only (the local agent of `cpa serve --with-agent`): never stored.
         self._process_keys: dict[str, ApiKey] = {}
 
@@ -96,7 +97,14 @@ class Authenticator:
                 reason=Reason.UNAUTHENTICATED,
             )
         if credential.startswith(KEY_PREFIX):
-            return principal_of_key(await self._valid_key(credential))
+            key = await self._valid_key(credential)
+            # A key's principal is made once per record read (a frozen dataclass costs more to
+            # build than the rest of the check); a record read again makes a new one.
+            made = self._principals.get(key.key_id)
+            if made is None or made[0] is not key:
+                made = (key, principal_of_key(key))
+                self._principals[key.key_id] = made
+            return made[1]
         if credential.count(".") == 2:
             if self._jwt is None:
                 raise unauthenticated("this server accepts no JWTs (CPA_JWT_ISSUER is not set)")
@@ -114,30 +122,33 @@ class Authenticator:
             raise unauthenticated(f"API key {key_id} was revoked", Reason.CREDENTIAL_REVOKED)
         return key
 
-    async def _lookup(self, key_id: str) -> ApiKey | None:
+    async def _lookup(self, key_id: str, max_age_s: float | None = None) -> ApiKey | None:
         now = self._clock()
         cached = self._cache.get(key_id)
-        if cached is not None and now - cached[0] < self._ttl_s:
+        if cached is not None and now - cached[0] < min(self._ttl_s, max_age_s or self._ttl_s):
             return cached[1]
         key = await self._keys.get_api_key(key_id)
         if len(self._cache) >= _CACHE_MAX_KEYS:
             for stale in list(self._cache)[: _CACHE_MAX_KEYS // 2]:
                 del self._cache[stale]
+                self._principals.pop(stale, None)
         self._cache[key_id] = (now, key)
         return key
 
     def forget(self, key_id: str) -> None:
         """Drops what this replica read of a key (its revocation here): read again next time."""
         self._cache.pop(key_id, None)
+        self._principals.pop(key_id, None)
 
-    async def still_valid(self, principal: Principal) -> bool:
-        """Whether the key behind `principal` is still neither revoked nor gone (within the
-        cache's TTL); always True for other kinds of credential."""
+    async def still_valid(self, principal: Principal, *, max_age_s: float | None = None) -> bool:
+        """Whether the key behind `principal` is still neither revoked nor gone, by what was
+        read of it within `max_age_s` (default: the cache's TTL); always True for other kinds
+        of credential."""
         if principal.kind not in (CredentialKind.API_KEY, CredentialKind.AGENT_TOKEN):
             return True
         if principal.credential_id in self._process_keys:
             return True
-        key = await self._lookup(principal.credential_id)
+        key = await self._lookup(principal.credential_id, max_age_s)
         return key is not None and not key.revoked
 
     def process_key(self, tenant: str) -> str:

@@ -134,9 +134,10 @@ class JwtVerifier:
         except jwt.InvalidTokenError as error:
             # PyJWT's messages name the claim at fault, never the token.
             raise unauthenticated(f"the JWT is not valid: {error}") from None
-        return self._principal(claims), float(claims["exp"])
+        expires = float(claims["exp"])
+        return self._principal(claims, expires + settings.jwt_clock_skew_s), expires
 
-    def _principal(self, claims: dict[str, Any]) -> Principal:
+    def _principal(self, claims: dict[str, Any], valid_until: float) -> Principal:
         settings = self._settings
         tenant = claims.get(settings.jwt_tenant_claim)
         if not isinstance(tenant, str) or not tenant or len(tenant) > 128:
@@ -154,6 +155,7 @@ class JwtVerifier:
             roles=roles,
             kind=CredentialKind.JWT,
             credential_id=identity,
+            valid_until=valid_until,
         )
 
     async def _key(self, header: dict[str, Any]) -> Any:

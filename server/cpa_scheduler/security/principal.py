@@ -53,6 +53,9 @@ class Principal:
     # "*" any); empty allows none. Checked by ExecutorService.Connect.
     allowed_actions: tuple[str, ...] = ()
     allowed_capabilities: tuple[str, ...] = ()
+    # When the credential stops being accepted (wall-clock seconds): a JWT's exp plus the clock
+    # skew; None for credentials without an expiry. Open streams end then (credential_watch.py).
+    valid_until: float | None = None
 
     @property
     def acting_for_other_tenant(self) -> bool:

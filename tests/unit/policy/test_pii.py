@@ -125,6 +125,19 @@ def test_only_the_selected_detectors_run() -> None:
     assert [f.detector for f in scan(text, frozenset({Detector.EMAIL}))] == [Detector.EMAIL]
 
 
+def test_a_text_scanned_again_gets_the_same_findings_per_detector_set() -> None:
+    """scan() remembers recent texts (a job's are scanned at submission, in each answer showing
+    it, at dispatch): per set of detectors, and a caller changing its list changes nothing."""
+    text = "DE89370400440532013000 jane@example.com"
+    first = scan(text)
+    first.clear()
+    assert kinds(text) == ["iban", "email"]
+    assert [f.detector for f in scan(text, frozenset({Detector.EMAIL}))] == [Detector.EMAIL]
+    assert scan(text, frozenset({Detector.CARD})) == []
+    # A text none of the detectors' patterns finds anything in costs one pass of their union.
+    assert scan("Globex Handels GmbH, Hauptstraße 5, 80331 München") == []
+
+
 def test_checksums() -> None:
     assert iban_valid("DE89 3704 0044 0532 0130 00")
     assert not iban_valid("DE89 3704 0044 0532 0130 0")

@@ -301,6 +301,10 @@ class SchedulerServiceServicer:
         replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
         INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
         replica, or the caller's tenant on it, has as many streams open as its limit.
+        An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+        key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
+        others), UNAUTHENTICATED (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
+        Over REST (SSE) that status is in the trailers: the stream just ends; reopening it gets 401.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

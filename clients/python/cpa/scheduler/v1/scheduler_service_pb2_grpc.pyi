@@ -162,6 +162,10 @@ class SchedulerServiceStub:
     replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
     INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
     replica, or the caller's tenant on it, has as many streams open as its limit.
+    An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+    key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
+    others), UNAUTHENTICATED (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
+    Over REST (SSE) that status is in the trailers: the stream just ends; reopening it gets 401.
     """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
@@ -374,6 +378,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
     INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
     replica, or the caller's tenant on it, has as many streams open as its limit.
+    An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+    key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
+    others), UNAUTHENTICATED (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
+    Over REST (SSE) that status is in the trailers: the stream just ends; reopening it gets 401.
     """
     SendMessage: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
@@ -631,6 +639,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
         INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
         replica, or the caller's tenant on it, has as many streams open as its limit.
+        An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+        key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
+        others), UNAUTHENTICATED (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
+        Over REST (SSE) that status is in the trailers: the stream just ends; reopening it gets 401.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,136 @@
+"""The world of the tenant-isolation matrix, shared by its gRPC half (test_tenant_matrix.py)
+and its REST half (test_tenant_matrix_rest.py): a scheduler with authentication on, in either
+store, an admin key of tenant acme, and what tenant globex has (jobs under known request ids, a
+cancelled job with a callback delivery, a connected agent). The `world` fixture is in
+conftest.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cpa.common.v1 import agent_capabilities_pb2
+from cpa.executor.v1 import executor_service_pb2 as ex
+from cpa.executor.v1 import executor_service_pb2_grpc
+from cpa.scheduler.v1 import job_pb2
+from cpa_client import SchedulerClient
+from tests.e2e.conftest import todo
+from tests.fixtures.cluster import PAGE_TOKEN_SECRETS, migrate
+
+from .conftest import SecureScheduler, secure_settings, start_secure
+
+# globex schedules a job under each: acme's ScheduleJob probes reuse them (each probe makes
+# acme's own job under the id it uses, so each binding needs one of its own).
+SHARED_REQUEST_ID = "shared-request-id"
+SHARED_BATCH_REQUEST_ID = "shared-batch-request-id"
+SHARED_LEGACY_REQUEST_ID = "shared-legacy-request-id"  # REST's `POST /schedule` binding
+SHARED_AGENT_ID = "shared-agent-id"
+# globex's jobs call back here: nothing listens (deliveries stay pending), but each job change
+# makes a delivery in the outbox for ListCallbacks and RetryCallbacks to be asked about.
+CALLBACK_URL = "https://127.0.0.1:9/cpa-callback"
+WAIT_S = 20.0
+
+
+@dataclass
+class World:
+    """acme's credential, and what globex has: a cancelled job, a connected agent."""
+
+    scheduler: SecureScheduler
+    acme_key: str
+    globex_job: str
+    globex_delivery: str
+    globex_agent_call: Any
+
+    def theirs(self) -> dict[str, str]:
+        """globex's resource of each kind a probe takes."""
+        return {
+            "job": self.globex_job,
+            "request_id": SHARED_REQUEST_ID,
+            "batch_request_id": SHARED_BATCH_REQUEST_ID,
+            "legacy_request_id": SHARED_LEGACY_REQUEST_ID,
+            "agent_id": SHARED_AGENT_ID,
+            "delivery": self.globex_delivery,
+        }
+
+    @staticmethod
+    def missing() -> str:
+        return uuid.uuid4().hex
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+@contextlib.asynccontextmanager
+async def open_world(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[World]:
+    overrides: dict[str, Any] = {}
+    if store == "postgres":
+        database_url = request.getfixturevalue("postgres_database")
+        migrate(database_url)
+        overrides = {"database_url": database_url, "page_token_secrets": PAGE_TOKEN_SECRETS}
+    server, port = await start_secure(
+        secure_settings(tmp_path / "data", callback_allow_private=True, **overrides)
+    )
+    try:
+        if store == "postgres":  # no local key in the distributed mode: bootstrap one
+            from cpa_scheduler.security.local_admin import create_local_admin_key
+
+            made = await create_local_admin_key(
+                server._components.backends.store,  # type: ignore[union-attr]
+                tmp_path / "bootstrap",
+                tenant="default",
+            )
+            assert made is not None
+            admin_key = made[0]
+        else:
+            assert server.local_admin_key is not None
+            admin_key = server.local_admin_key[0]
+        scheduler = SecureScheduler(server=server, port=port, admin_key=admin_key)
+        _, acme_key = await scheduler.key("admin", tenant="acme")
+        _, globex_key = await scheduler.key("submitter", tenant="globex")
+        _, globex_agent = await scheduler.key("agent", tenant="globex", actions=["*"])
+        spec = job_pb2.JobSpec(
+            todos=job_pb2.TodoList(todos=[todo("a", "noop")]), callback_url=CALLBACK_URL
+        )
+        async with SchedulerClient(scheduler.target, api_key=globex_key) as globex:
+            job = (await globex.schedule_job(spec, request_id=SHARED_REQUEST_ID)).job
+            for request_id in (SHARED_BATCH_REQUEST_ID, SHARED_LEGACY_REQUEST_ID):
+                await globex.schedule_job(spec, request_id=request_id)
+            await globex.cancel_job(job.job_id)
+            deliveries = [c.delivery_id async for c in globex.list_callbacks(job_id=job.job_id)]
+        channel = grpc.aio.insecure_channel(scheduler.target)
+        stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
+        hello = ex.ConnectRequest(
+            hello=ex.Hello(
+                agent_id=SHARED_AGENT_ID,
+                capabilities=agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1),
+            )
+        )
+        queue: asyncio.Queue[ex.ConnectRequest] = asyncio.Queue()
+        queue.put_nowait(hello)
+
+        async def requests() -> AsyncIterator[ex.ConnectRequest]:
+            while True:
+                yield await queue.get()
+
+        agent_call = stub.Connect(requests(), metadata=bearer(globex_agent))
+        welcome = await asyncio.wait_for(agent_call.read(), WAIT_S)
+        assert isinstance(welcome, ex.ConnectResponse)
+        assert welcome.WhichOneof("kind") == "welcome"
+        try:
+            yield World(scheduler, acme_key, job.job_id, deliveries[0], agent_call)
+        finally:
+            agent_call.cancel()
+            await channel.close(grace=None)
+    finally:
+        await server.stop(grace_s=0)
