@@ -263,8 +263,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_CREDENTIAL_REVOKED: _ErrorReason.ValueType  # 132
     """The API key or agent token was revoked (`cpa keys revoke`). UNAUTHENTICATED. Every replica
-    refuses it within CPA_AUTH_CACHE_TTL_S of the revocation; an agent's open stream using it is
-    closed with this reason within 1.5 times that bound.
+    refuses it within CPA_AUTH_CACHE_TTL_S of the revocation; open streams using it (an agent's
+    Connect, WatchJob) end with this reason within that bound too (at once on the replica that
+    revoked it).
     """
     ERROR_REASON_CAPABILITY_NOT_ALLOWED: _ErrorReason.ValueType  # 133
     """An agent's hello advertises an action or capability (or names a tenant) that its agent token
@@ -531,8 +532,9 @@ is still to come. UNAUTHENTICATED: get a new token.
 """
 ERROR_REASON_CREDENTIAL_REVOKED: ErrorReason.ValueType  # 132
 """The API key or agent token was revoked (`cpa keys revoke`). UNAUTHENTICATED. Every replica
-refuses it within CPA_AUTH_CACHE_TTL_S of the revocation; an agent's open stream using it is
-closed with this reason within 1.5 times that bound.
+refuses it within CPA_AUTH_CACHE_TTL_S of the revocation; open streams using it (an agent's
+Connect, WatchJob) end with this reason within that bound too (at once on the replica that
+revoked it).
 """
 ERROR_REASON_CAPABILITY_NOT_ALLOWED: ErrorReason.ValueType  # 133
 """An agent's hello advertises an action or capability (or names a tenant) that its agent token

@@ -47,7 +47,9 @@ class ExecutorServiceStub:
     fixes its tenant: a hello naming another tenant, or advertising an action or capability
     the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
     ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
-    UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+    UNAUTHENTICATED (CREDENTIAL_REVOKED): at once on the replica that revoked it, within
+    CPA_AUTH_CACHE_TTL_S on the others; a JWT credential's stream ends with UNAUTHENTICATED
+    (CREDENTIAL_EXPIRED) once its exp plus the allowed clock skew passes.
     Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
     (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
     hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see
@@ -116,7 +118,9 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     fixes its tenant: a hello naming another tenant, or advertising an action or capability
     the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
     ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
-    UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+    UNAUTHENTICATED (CREDENTIAL_REVOKED): at once on the replica that revoked it, within
+    CPA_AUTH_CACHE_TTL_S on the others; a JWT credential's stream ends with UNAUTHENTICATED
+    (CREDENTIAL_EXPIRED) once its exp plus the allowed clock skew passes.
     Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
     (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
     hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see
@@ -188,7 +192,9 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         fixes its tenant: a hello naming another tenant, or advertising an action or capability
         the token does not allow, ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED,
         ErrorInfo.metadata `field` naming it). Revoking the token ends an open stream with
-        UNAUTHENTICATED (CREDENTIAL_REVOKED) within 1.5 times CPA_AUTH_CACHE_TTL_S.
+        UNAUTHENTICATED (CREDENTIAL_REVOKED): at once on the replica that revoked it, within
+        CPA_AUTH_CACHE_TTL_S on the others; a JWT credential's stream ends with UNAUTHENTICATED
+        (CREDENTIAL_EXPIRED) once its exp plus the allowed clock skew passes.
         Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
         (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
         hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see

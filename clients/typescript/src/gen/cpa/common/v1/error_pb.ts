@@ -626,8 +626,9 @@ export enum ErrorReason {
 
   /**
    * The API key or agent token was revoked (`cpa keys revoke`). UNAUTHENTICATED. Every replica
-   * refuses it within CPA_AUTH_CACHE_TTL_S of the revocation; an agent's open stream using it is
-   * closed with this reason within 1.5 times that bound.
+   * refuses it within CPA_AUTH_CACHE_TTL_S of the revocation; open streams using it (an agent's
+   * Connect, WatchJob) end with this reason within that bound too (at once on the replica that
+   * revoked it).
    *
    * @generated from enum value: ERROR_REASON_CREDENTIAL_REVOKED = 132;
    */
