@@ -4,6 +4,7 @@ turns it off for every other suite), its local admin key, and keys made through 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,12 @@ import pytest
 
 from cpa.admin.v1 import admin_service_pb2 as admin_pb
 from cpa_client import AdminClient, CpaError, SchedulerClient
+from cpa_scheduler.security.local_admin import create_local_admin_key
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
+from tests.fixtures.cluster import PAGE_TOKEN_SECRETS, migrate
+
+STORES = ["sqlite", "postgres"]
 
 # Short: revocation tests wait about this long; long enough that a cached read is seen hitting.
 CACHE_TTL_S = 0.6
@@ -94,6 +99,47 @@ async def start_secure(settings: Settings) -> tuple[SchedulerServer, int]:
     server = SchedulerServer(settings)
     port = await server.start("127.0.0.1:0")
     return server, port
+
+
+@contextlib.asynccontextmanager
+async def secure_in_store(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[SecureScheduler]:
+    """A scheduler with authentication on in `store` (sqlite: embedded; postgres: a fresh
+    migrated database of the test). Without a local admin key (the distributed mode and JWTs
+    configured make none) one is bootstrapped as `cpa keys create --bootstrap` does."""
+    if store == "postgres":
+        database_url = request.getfixturevalue("postgres_database")
+        migrate(database_url)
+        overrides = {
+            "database_url": database_url,
+            "page_token_secrets": PAGE_TOKEN_SECRETS,
+            **overrides,
+        }
+    server, port = await start_secure(secure_settings(tmp_path / "data", **overrides))
+    try:
+        if server.local_admin_key is None:  # distributed, or JWTs configured: none made
+            made = await create_local_admin_key(
+                server._components.backends.store,  # type: ignore[union-attr]
+                tmp_path / "bootstrap",
+                tenant="default",
+            )
+            assert made is not None
+            admin_key = made[0]
+        else:
+            admin_key = server.local_admin_key[0]
+        yield SecureScheduler(server=server, port=port, admin_key=admin_key)
+    finally:
+        await server.stop(grace_s=0)
+
+
+@pytest.fixture(params=STORES)
+async def secure_both(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SecureScheduler]:
+    """`secure`, once embedded (SQLite) and once on PostgreSQL."""
+    async with secure_in_store(request.param, request, tmp_path) as scheduler:
+        yield scheduler
 
 
 @pytest.fixture

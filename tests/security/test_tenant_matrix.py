@@ -28,9 +28,8 @@ from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cpa_client import AdminClient, CpaError, SchedulerClient
 from cpa_scheduler.security.permissions import METHOD_PERMISSIONS, Permission
 from tests.e2e.conftest import todo
-from tests.fixtures.cluster import PAGE_TOKEN_SECRETS, migrate
 
-from .conftest import SecureScheduler, secure_settings, start_secure
+from .conftest import STORES, SecureScheduler, secure_in_store
 
 SHARED_REQUEST_ID = "shared-request-id"
 # Another one for the batch: ScheduleJob's probe makes acme's own job under the first.
@@ -269,31 +268,11 @@ def test_every_guarded_rpc_has_a_probe() -> None:
     assert guarded - set(PROBES) - set(NO_TENANT_RESOURCE) == set()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORES)
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    overrides: dict[str, Any] = {}
-    if request.param == "postgres":
-        database_url = request.getfixturevalue("postgres_database")
-        migrate(database_url)
-        overrides = {"database_url": database_url, "page_token_secrets": PAGE_TOKEN_SECRETS}
-    server, port = await start_secure(
-        secure_settings(tmp_path / "data", callback_allow_private=True, **overrides)
-    )
-    try:
-        if request.param == "postgres":  # no local key in the distributed mode: bootstrap one
-            from cpa_scheduler.security.local_admin import create_local_admin_key
-
-            made = await create_local_admin_key(
-                server._components.backends.store,  # type: ignore[union-attr]
-                tmp_path / "bootstrap",
-                tenant="default",
-            )
-            assert made is not None
-            admin_key = made[0]
-        else:
-            assert server.local_admin_key is not None
-            admin_key = server.local_admin_key[0]
-        scheduler = SecureScheduler(server=server, port=port, admin_key=admin_key)
+    async with secure_in_store(
+        request.param, request, tmp_path, callback_allow_private=True
+    ) as scheduler:
         _, acme_key = await scheduler.key("admin", tenant="acme")
         _, globex_key = await scheduler.key("submitter", tenant="globex")
         _, globex_agent = await scheduler.key("agent", tenant="globex", actions=["*"])
@@ -329,8 +308,6 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         finally:
             agent_call.cancel()
             await channel.close(grace=None)
-    finally:
-        await server.stop(grace_s=0)
 
 
 async def test_another_tenants_resources_look_like_missing_ones(world: World) -> None:
