@@ -186,19 +186,26 @@ def _method(service: Desc, rpc: str) -> Desc:
 
 
 def call_scheduler(
-    channel: grpc.Channel, call: HostileCall, *, timeout_s: float = CALL_TIMEOUT_S
+    channel: grpc.Channel,
+    call: HostileCall,
+    *,
+    timeout_s: float = CALL_TIMEOUT_S,
+    service: Desc = SCHEDULER,
+    metadata: Metadata | None = None,
 ) -> Outcome:
-    """Makes the call; a server stream (WatchJob) is read to its end."""
-    method = _method(SCHEDULER, call.rpc)
-    path = f"/{SCHEDULER.full_name}/{method.name}"
+    """Makes the call (of `service`, SchedulerService by default; with `metadata` instead of
+    the call's own: a credential, say); a server stream (WatchJob) is read to its end."""
+    method = _method(service, call.rpc)
+    path = f"/{service.full_name}/{method.name}"
     decode = message_class(method.output_type).FromString
+    sent = call.metadata if metadata is None else metadata
     try:
         if method.server_streaming:
             stream = channel.unary_stream(path, _serialize, decode)
-            responses = list(stream(call.request, metadata=call.metadata, timeout=timeout_s))
+            responses = list(stream(call.request, metadata=sent, timeout=timeout_s))
             return Outcome(grpc.StatusCode.OK, "", responses=responses)
         unary = channel.unary_unary(path, _serialize, decode)
-        response = unary(call.request, metadata=call.metadata, timeout=timeout_s)
+        response = unary(call.request, metadata=sent, timeout=timeout_s)
         return Outcome(grpc.StatusCode.OK, "", responses=[response])
     except grpc.RpcError as error:
         return failed_outcome(error)
