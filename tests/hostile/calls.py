@@ -212,10 +212,14 @@ def call_scheduler(
 
 
 def open_connect(
-    channel: grpc.Channel, frames: Sequence[bytes], *, timeout_s: float = CALL_TIMEOUT_S
+    channel: grpc.Channel,
+    frames: Sequence[bytes],
+    *,
+    timeout_s: float = CALL_TIMEOUT_S,
+    metadata: Metadata = (),
 ) -> Outcome:
     """An agent stream that sends `frames` (serialized ConnectRequests or garbage), half-closes
-    and reads every response until the server ends the stream."""
+    and reads every response until the server ends the stream; `metadata`: a credential."""
     path = f"/{EXECUTOR.full_name}/Connect"
     connect = channel.stream_stream(path, None, executor_service_pb2.ConnectResponse.FromString)
     responses: list[executor_service_pb2.ConnectResponse] = []
@@ -224,7 +228,7 @@ def open_connect(
         yield from frames
 
     try:
-        for response in connect(requests(), timeout=timeout_s):
+        for response in connect(requests(), metadata=metadata, timeout=timeout_s):
             responses.append(response)
         return Outcome(grpc.StatusCode.OK, "", responses=responses)
     except grpc.RpcError as error:
