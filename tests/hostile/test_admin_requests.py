@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 from google.rpc import error_details_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpa.admin.v1 import admin_service_pb2 as pb
+from tests.fixtures.cluster import create_database, drop_database
 from tests.security.conftest import STORES, SecureScheduler, secure_in_store
 
 from .admin_requests import (
@@ -39,7 +40,7 @@ from .calls import Outcome, call_scheduler, judge, rich_status
 from .strategies import KNOWN
 from .test_hostile_input import HOSTILE
 
-# Per RPC and store; the module takes about a minute on 2 cores when nothing is found.
+# Per RPC and store; the module takes about 25 s on 2 cores when nothing is found.
 EXAMPLES = {"mutated": 25, "random": 15, "raw": 10}
 
 
@@ -65,9 +66,24 @@ class AdminTarget:
         return outcome
 
 
-@pytest.fixture(params=STORES)
-async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AdminTarget]:
-    async with secure_in_store(request.param, request, tmp_path) as scheduler:
+# One server per store for the module: a PostgreSQL database costs seconds to create and
+# migrate. The tests share it; none of them revokes a key it did not make.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=STORES)
+async def target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[AdminTarget]:
+    database_url = ""
+    if request.param == "postgres":
+        server_url = request.getfixturevalue("postgres_server_url")
+        database_url = create_database(server_url)
+        request.addfinalizer(lambda: drop_database(server_url, database_url))
+    tmp_path = tmp_path_factory.mktemp("admin")
+    async with secure_in_store(
+        request.param, request, tmp_path, database_url=database_url
+    ) as scheduler:
         other_key_id, _ = await scheduler.key("viewer", tenant=OTHER_TENANT)
         saved = list(KNOWN.strings)
         KNOWN.strings[:] = [other_key_id, OTHER_TENANT, "default"]

@@ -103,13 +103,19 @@ async def start_secure(settings: Settings) -> tuple[SchedulerServer, int]:
 
 @contextlib.asynccontextmanager
 async def secure_in_store(
-    store: str, request: pytest.FixtureRequest, tmp_path: Path, **overrides: Any
+    store: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    *,
+    database_url: str = "",
+    **overrides: Any,
 ) -> AsyncIterator[SecureScheduler]:
     """A scheduler with authentication on in `store` (sqlite: embedded; postgres: a fresh
-    migrated database of the test). Without a local admin key (the distributed mode and JWTs
-    configured make none) one is bootstrapped as `cpa keys create --bootstrap` does."""
+    migrated database of the test, or the empty `database_url`, migrated here). Without a local
+    admin key (the distributed mode and JWTs configured make none) one is bootstrapped as `cpa
+    keys create --bootstrap` does."""
     if store == "postgres":
-        database_url = request.getfixturevalue("postgres_database")
+        database_url = database_url or request.getfixturevalue("postgres_database")
         migrate(database_url)
         overrides = {
             "database_url": database_url,
