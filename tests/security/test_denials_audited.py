@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import jwt
@@ -25,7 +26,7 @@ from .conftest import CALL_TIMEOUT_S, STORES, SecureScheduler, secure_in_store
 ISSUER = "https://idp.example.test"
 AUDIENCE = "cpa-scheduler"
 HMAC_SECRET = "a-shared-secret-of-at-least-32-characters!"
-JWT_SETTINGS = {
+JWT_SETTINGS: dict[str, Any] = {
     "jwt_issuer": ISSUER,
     "jwt_audience": AUDIENCE,
     "jwt_algorithms": "HS256",
