@@ -156,6 +156,16 @@ async def test_a_refusal_is_audited_in_the_tenant_it_concerns(
     ]
     assert await _entries(scheduler, tenant="globex") == []
     assert await _entries(scheduler) == []
+    # Accepted calls write nothing (the auth layer audits refusals only).
+    async with scheduler.client(acme) as client:
+        assert [job async for job in client.list_jobs()] == []
+    async with SchedulerClient(
+        scheduler.target,
+        api_key=scheduler.admin_key,
+        metadata={"x-cpa-act-as-tenant": "acme"},
+        timeout_s=CALL_TIMEOUT_S,
+    ) as admin:
+        assert [e async for e in admin.list_audit_entries(action="ListJobs")] == []
 
 
 async def test_admin_service_refusals_are_audited(secure_both: SecureScheduler) -> None:
