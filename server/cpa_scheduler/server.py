@@ -291,12 +291,21 @@ class SchedulerServer:
             if authenticator is None
             else CredentialWatch(authenticator, interval_s=settings.auth_cache_ttl_s / 2)
         )
+        audit_log = AuditLog(
+            store=backends.store,
+            bound=RefusalBound(
+                per_minute=settings.audit_refusals_per_minute,
+                total_per_minute=settings.audit_refusals_total_per_minute,
+            ),
+        )
         # Outermost first. The call limit bounds calls in progress whoever makes them (a flood
         # of unauthenticated calls too, before any credential lookup); authentication sets the
         # principal the rate limiter then keys by, so the rate limiter comes after it.
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
             CallLimit(settings.max_concurrent_rpcs),
-            AuthInterceptor(authenticator, default_tenant=settings.default_tenant),
+            AuthInterceptor(
+                authenticator, default_tenant=settings.default_tenant, audit_log=audit_log
+            ),
         ]
         if settings.rate_limits_enabled:
             # Last: after authentication, which names the credential it limits.
@@ -310,13 +319,6 @@ class SchedulerServer:
                     keys=RedisKeys(settings.redis_key_prefix),
                 )
             )
-        audit_log = AuditLog(
-            store=backends.store,
-            bound=RefusalBound(
-                per_minute=settings.audit_refusals_per_minute,
-                total_per_minute=settings.audit_refusals_total_per_minute,
-            ),
-        )
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

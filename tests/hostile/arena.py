@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import struct_pb2
 
+from cpa.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from cpa.common.v1 import todo_pb2
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa.scheduler.v1 import (
@@ -41,6 +42,7 @@ from tests.fixtures.cluster import AgentProcess, Cluster, Replica
 from .strategies import KNOWN
 
 TENANT_KEY = "x-cpa-tenant"
+ACT_AS_KEY = "x-cpa-act-as-tenant"
 # The server's default tenant (Settings.default_tenant): callers and agents that name none.
 DEFAULT_TENANT = "default"
 NORMAL_TENANT = "normal"
@@ -57,8 +59,23 @@ CALL_TIMEOUT_S = 15.0
 Metadata = tuple[tuple[str, str], ...]
 
 
+@dataclass
+class ArenaAuth:
+    """The arena's own credential while authentication is on (running_arena(auth=True)): the
+    local admin key, acting for the tenant a call names. Empty: authentication is off."""
+
+    admin_key: str = ""
+
+
+AUTH = ArenaAuth()
+
+
 def tenant_metadata(tenant: str | None) -> Metadata:
-    return () if tenant is None else ((TENANT_KEY, tenant),)
+    """The metadata of the arena's own calls for `tenant` (None: the default tenant)."""
+    if not AUTH.admin_key:
+        return () if tenant is None else ((TENANT_KEY, tenant),)
+    acting = () if tenant is None else ((ACT_AS_KEY, tenant),)
+    return (("authorization", f"Bearer {AUTH.admin_key}"), *acting)
 
 
 def wait_todo(task_id: str, seconds: float, labels: dict[str, str]) -> todo_pb2.ToDo:
@@ -231,8 +248,21 @@ def _seed_hostile_jobs(stub: scheduler_service_pb2_grpc.SchedulerServiceStub) ->
             KNOWN.strings.append(page.next_page_token)  # a borrowed page token
 
 
+def _agent_token(channel: grpc.Channel) -> str:
+    """An agent token of the normal tenant allowing any action and capability."""
+    request = admin_service_pb2.CreateApiKeyRequest(
+        roles=[admin_service_pb2.ROLE_AGENT], agent_actions=["*"], agent_capabilities=["*"]
+    )
+    made = admin_service_pb2_grpc.AdminServiceStub(channel).CreateApiKey(
+        request, metadata=tenant_metadata(NORMAL_TENANT), timeout=CALL_TIMEOUT_S
+    )
+    return str(made.secret)
+
+
 @contextlib.contextmanager
-def running_arena(tmp_path: Path) -> Iterator[Arena]:
+def running_arena(tmp_path: Path, *, auth: bool = False) -> Iterator[Arena]:
+    """With `auth`, the server authenticates every call: the arena's own calls use the local
+    admin key (AUTH), the normal agent an agent token of its tenant."""
     data_dir = tmp_path / "data"
     cluster = Cluster(
         database_url="",  # embedded: SQLite under CPA_DATA_DIR, in-process queue and bus
@@ -244,12 +274,20 @@ def running_arena(tmp_path: Path) -> Iterator[Arena]:
             "CPA_HEARTBEAT_INTERVAL_S": HEARTBEAT_S,
             "CPA_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "CPA_LOG_LEVEL": "INFO",
+            **({"CPA_INSECURE_LOCAL": "false"} if auth else {}),
         },
     )
     channel: grpc.Channel | None = None
     normal: NormalWork | None = None
+    AUTH.admin_key = ""
     try:
         replica = cluster.replica("hostile-server")
+        channel = grpc.insecure_channel(replica.target)
+        agent_settings = {"CPA_AGENT_TENANT": NORMAL_TENANT}
+        if auth:
+            # Made by the first start of the embedded server, next to its data.
+            AUTH.admin_key = (data_dir / "local-admin.key").read_text().strip()
+            agent_settings["CPA_AGENT_TOKEN"] = _agent_token(channel)
         secret = secrets.token_hex(8)
         labels = {"lane": secret}
         agent = cluster.agent(
@@ -258,9 +296,8 @@ def running_arena(tmp_path: Path) -> Iterator[Arena]:
             labels=f'{{"lane": "{secret}"}}',
             slots=2,
             log_level="INFO",
-            CPA_AGENT_TENANT=NORMAL_TENANT,
+            **agent_settings,
         )
-        channel = grpc.insecure_channel(replica.target)
         stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
         KNOWN.strings[:] = [NORMAL_AGENT_ID, NORMAL_TASK_ID, "t1", *HOSTILE_TENANTS, NORMAL_TENANT]
         KNOWN.attempts[:] = []
@@ -283,6 +320,7 @@ def running_arena(tmp_path: Path) -> Iterator[Arena]:
         if channel is not None:
             channel.close()
         cluster.stop_all(keep_logs=False)
+        AUTH.admin_key = ""
 
 
 def running_normal_attempts() -> Sequence[tuple[str, str, int]]:

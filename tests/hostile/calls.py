@@ -186,29 +186,40 @@ def _method(service: Desc, rpc: str) -> Desc:
 
 
 def call_scheduler(
-    channel: grpc.Channel, call: HostileCall, *, timeout_s: float = CALL_TIMEOUT_S
+    channel: grpc.Channel,
+    call: HostileCall,
+    *,
+    timeout_s: float = CALL_TIMEOUT_S,
+    service: Desc = SCHEDULER,
+    metadata: Metadata | None = None,
 ) -> Outcome:
-    """Makes the call; a server stream (WatchJob) is read to its end."""
-    method = _method(SCHEDULER, call.rpc)
-    path = f"/{SCHEDULER.full_name}/{method.name}"
+    """Makes the call (of `service`, SchedulerService by default; with `metadata` instead of
+    the call's own: a credential, say); a server stream (WatchJob) is read to its end."""
+    method = _method(service, call.rpc)
+    path = f"/{service.full_name}/{method.name}"
     decode = message_class(method.output_type).FromString
+    sent = call.metadata if metadata is None else metadata
     try:
         if method.server_streaming:
             stream = channel.unary_stream(path, _serialize, decode)
-            responses = list(stream(call.request, metadata=call.metadata, timeout=timeout_s))
+            responses = list(stream(call.request, metadata=sent, timeout=timeout_s))
             return Outcome(grpc.StatusCode.OK, "", responses=responses)
         unary = channel.unary_unary(path, _serialize, decode)
-        response = unary(call.request, metadata=call.metadata, timeout=timeout_s)
+        response = unary(call.request, metadata=sent, timeout=timeout_s)
         return Outcome(grpc.StatusCode.OK, "", responses=[response])
     except grpc.RpcError as error:
         return failed_outcome(error)
 
 
 def open_connect(
-    channel: grpc.Channel, frames: Sequence[bytes], *, timeout_s: float = CALL_TIMEOUT_S
+    channel: grpc.Channel,
+    frames: Sequence[bytes],
+    *,
+    timeout_s: float = CALL_TIMEOUT_S,
+    metadata: Metadata = (),
 ) -> Outcome:
     """An agent stream that sends `frames` (serialized ConnectRequests or garbage), half-closes
-    and reads every response until the server ends the stream."""
+    and reads every response until the server ends the stream; `metadata`: a credential."""
     path = f"/{EXECUTOR.full_name}/Connect"
     connect = channel.stream_stream(path, None, executor_service_pb2.ConnectResponse.FromString)
     responses: list[executor_service_pb2.ConnectResponse] = []
@@ -217,7 +228,7 @@ def open_connect(
         yield from frames
 
     try:
-        for response in connect(requests(), timeout=timeout_s):
+        for response in connect(requests(), metadata=metadata, timeout=timeout_s):
             responses.append(response)
         return Outcome(grpc.StatusCode.OK, "", responses=responses)
     except grpc.RpcError as error:

@@ -69,6 +69,26 @@ HOSTILE = settings(
 TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
 
 
+def still_live(arena: Arena, call: HostileCall) -> Callable[[], bool]:
+    """Whether a WatchJob call that ran into its deadline follows a job that has not ended
+    (asked with the arena's own metadata for the tenant the call names)."""
+
+    def ask() -> bool:
+        if call.rpc != "WatchJob" or not isinstance(call.request, svc.WatchJobRequest):
+            return False
+        try:
+            job = arena.scheduler.GetJob(
+                svc.GetJobRequest(job_id=call.request.job_id),
+                metadata=tenant_metadata(call.tenant),
+                timeout=CALL_TIMEOUT_S,
+            ).job
+        except grpc.RpcError:
+            return False
+        return job.state not in TERMINAL
+
+    return ask
+
+
 def _make(arena: Arena, call: HostileCall) -> None:
     """Makes the call and judges the answer; a WatchJob may only outlive its deadline while the
     job it follows has not ended."""
@@ -76,21 +96,7 @@ def _make(arena: Arena, call: HostileCall) -> None:
     outcome = call_scheduler(
         arena.channel, call, timeout_s=WATCH_TIMEOUT_S if watch else CALL_TIMEOUT_S
     )
-
-    def still_live() -> bool:
-        if not watch or not isinstance(call.request, svc.WatchJobRequest):
-            return False
-        try:
-            job = arena.scheduler.GetJob(
-                svc.GetJobRequest(job_id=call.request.job_id),
-                metadata=call.metadata,
-                timeout=CALL_TIMEOUT_S,
-            ).job
-        except grpc.RpcError:
-            return False
-        return job.state not in TERMINAL
-
-    judge(call, outcome, still_live=still_live)
+    judge(call, outcome, still_live=still_live(arena, call))
 
 
 @pytest.mark.timeout(600)

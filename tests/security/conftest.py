@@ -5,6 +5,7 @@ turns it off for every other suite), its local admin key, and keys made through 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,14 @@ import pytest
 from cpa.admin.v1 import admin_service_pb2 as admin_pb
 from cpa.scheduler.v1 import job_event_pb2, job_pb2
 from cpa_client import AdminClient, CpaError, SchedulerClient
+from cpa_scheduler.security.local_admin import create_local_admin_key
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
 from tests.cli.conftest import start_cli as start_cli  # the REST matrix starts `cpa gateway`
 from tests.e2e.conftest import todo
+from tests.fixtures.cluster import PAGE_TOKEN_SECRETS, migrate
+
+STORES = ["sqlite", "postgres"]
 
 # Short: revocation tests wait about this long; long enough that a cached read is seen hitting.
 CACHE_TTL_S = 0.6
@@ -100,6 +105,53 @@ async def start_secure(settings: Settings) -> tuple[SchedulerServer, int]:
     return server, port
 
 
+@contextlib.asynccontextmanager
+async def secure_in_store(
+    store: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    *,
+    database_url: str = "",
+    **overrides: Any,
+) -> AsyncIterator[SecureScheduler]:
+    """A scheduler with authentication on in `store` (sqlite: embedded; postgres: a fresh
+    migrated database of the test, or the empty `database_url`, migrated here). Without a local
+    admin key (the distributed mode and JWTs configured make none) one is bootstrapped as `cpa
+    keys create --bootstrap` does."""
+    if store == "postgres":
+        database_url = database_url or request.getfixturevalue("postgres_database")
+        migrate(database_url)
+        overrides = {
+            "database_url": database_url,
+            "page_token_secrets": PAGE_TOKEN_SECRETS,
+            **overrides,
+        }
+    server, port = await start_secure(secure_settings(tmp_path / "data", **overrides))
+    try:
+        if server.local_admin_key is None:  # distributed, or JWTs configured: none made
+            made = await create_local_admin_key(
+                server._components.backends.store,  # type: ignore[union-attr]
+                tmp_path / "bootstrap",
+                tenant="default",
+            )
+            assert made is not None
+            admin_key = made[0]
+        else:
+            admin_key = server.local_admin_key[0]
+        yield SecureScheduler(server=server, port=port, admin_key=admin_key)
+    finally:
+        await server.stop(grace_s=0)
+
+
+@pytest.fixture(params=STORES)
+async def secure_both(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SecureScheduler]:
+    """`secure`, once embedded (SQLite) and once on PostgreSQL."""
+    async with secure_in_store(request.param, request, tmp_path) as scheduler:
+        yield scheduler
+
+
 @pytest.fixture
 async def secure(tmp_path: Path) -> AsyncIterator[SecureScheduler]:
     """An embedded scheduler with authentication on; its first start made the admin key."""
@@ -153,7 +205,7 @@ async def gateway_in_front(start_cli: Any, target: str) -> str:
     return f"http://{match['address']}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORES)
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     """The tenant matrix's world (tenant_world.py), in each store."""
     from .tenant_world import open_world  # it imports this module

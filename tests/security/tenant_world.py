@@ -23,9 +23,8 @@ from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa.scheduler.v1 import job_pb2
 from cpa_client import SchedulerClient
 from tests.e2e.conftest import todo
-from tests.fixtures.cluster import PAGE_TOKEN_SECRETS, migrate
 
-from .conftest import SecureScheduler, secure_settings, start_secure
+from .conftest import SecureScheduler, secure_in_store
 
 # globex schedules a job under each: acme's ScheduleJob probes reuse them (each probe makes
 # acme's own job under the id it uses, so each binding needs one of its own).
@@ -73,29 +72,7 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
 async def open_world(
     store: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[World]:
-    overrides: dict[str, Any] = {}
-    if store == "postgres":
-        database_url = request.getfixturevalue("postgres_database")
-        migrate(database_url)
-        overrides = {"database_url": database_url, "page_token_secrets": PAGE_TOKEN_SECRETS}
-    server, port = await start_secure(
-        secure_settings(tmp_path / "data", callback_allow_private=True, **overrides)
-    )
-    try:
-        if store == "postgres":  # no local key in the distributed mode: bootstrap one
-            from cpa_scheduler.security.local_admin import create_local_admin_key
-
-            made = await create_local_admin_key(
-                server._components.backends.store,  # type: ignore[union-attr]
-                tmp_path / "bootstrap",
-                tenant="default",
-            )
-            assert made is not None
-            admin_key = made[0]
-        else:
-            assert server.local_admin_key is not None
-            admin_key = server.local_admin_key[0]
-        scheduler = SecureScheduler(server=server, port=port, admin_key=admin_key)
+    async with secure_in_store(store, request, tmp_path, callback_allow_private=True) as scheduler:
         _, acme_key = await scheduler.key("admin", tenant="acme")
         _, globex_key = await scheduler.key("submitter", tenant="globex")
         _, globex_agent = await scheduler.key("agent", tenant="globex", actions=["*"])
@@ -132,5 +109,3 @@ async def open_world(
         finally:
             agent_call.cancel()
             await channel.close(grace=None)
-    finally:
-        await server.stop(grace_s=0)

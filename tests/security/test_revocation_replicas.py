@@ -6,10 +6,6 @@ into the database with `cpa keys create --bootstrap`, as a distributed deploymen
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import time
 
 import grpc
@@ -21,20 +17,6 @@ from tests.fixtures.cluster import Cluster
 from .conftest import PENDING, ROLE, Watch
 
 TTL_S = 1.0
-BOOTSTRAP = ("keys", "create", "--bootstrap", "--role", "admin", "--json")
-
-
-def _bootstrap_admin(cluster: Cluster) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "cpa_cli", *BOOTSTRAP],
-        env={**os.environ, "CPA_DATABASE_URL": cluster.database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    secret: str = json.loads(done.stdout)["secret"]
-    return secret
 
 
 async def _list_jobs(target: str, key: str) -> None:
@@ -46,7 +28,7 @@ async def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_the_t
     cluster: Cluster,
 ) -> None:
     cluster.settings.update(CPA_INSECURE_LOCAL="false", CPA_AUTH_CACHE_TTL_S=str(TTL_S))
-    admin_key = _bootstrap_admin(cluster)
+    admin_key = cluster.bootstrap_admin_key()
     first, second = cluster.replica("r1"), cluster.replica("r2")
     async with AdminClient(first.target, api_key=admin_key) as admin:
         made = await admin.create_api_key([ROLE["viewer"]], description="revoked soon")
@@ -75,7 +57,7 @@ async def test_a_key_revoked_on_one_replica_ends_its_watch_on_the_other_within_t
     cluster: Cluster,
 ) -> None:
     cluster.settings.update(CPA_INSECURE_LOCAL="false", CPA_AUTH_CACHE_TTL_S=str(TTL_S))
-    admin_key = _bootstrap_admin(cluster)
+    admin_key = cluster.bootstrap_admin_key()
     first, second = cluster.replica("r1"), cluster.replica("r2")
     async with AdminClient(first.target, api_key=admin_key) as admin:
         made = await admin.create_api_key([ROLE["viewer"]], description="revoked soon")

@@ -12,7 +12,7 @@ from cpa.admin.v1 import admin_service_pb2 as pb
 from cpa.admin.v1 import admin_service_pb2_grpc
 from cpa_scheduler.domain import DomainError, InvalidArgument, Reason
 from cpa_scheduler.security import Principal, Role, current_principal
-from cpa_scheduler.security.api_keys import ApiKey, ApiKeyStore, new_secret
+from cpa_scheduler.security.api_keys import ApiKey, ApiKeyStore, is_key_id, new_secret
 
 from .errors import translate_errors
 
@@ -89,9 +89,12 @@ def new_key(
     """A new key as `request` asks (checked: InvalidArgument naming the field at fault) and its
     secret; not stored. CreateApiKey's, and `cpa keys create --bootstrap`'s."""
     roles = _roles(request.roles)
-    if len(request.description) > _MAX_DESCRIPTION_CHARS:
+    # Printable only: a NUL would fail PostgreSQL's text (INTERNAL), and control characters
+    # would garble `cpa keys list` and logs.
+    if len(request.description) > _MAX_DESCRIPTION_CHARS or not request.description.isprintable():
         raise InvalidArgument(
-            f"description: at most {_MAX_DESCRIPTION_CHARS} characters", field="description"
+            f"description: at most {_MAX_DESCRIPTION_CHARS} printable characters",
+            field="description",
         )
     actions = _patterns(request.agent_actions, "agent_actions")
     capabilities = _patterns(request.agent_capabilities, "agent_capabilities")
@@ -165,7 +168,14 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> pb.RevokeApiKeyResponse:
         if not request.key_id:
             raise InvalidArgument("key_id is required", reason=Reason.MISSING_FIELD, field="key_id")
-        key = await self._keys.revoke_api_key(_caller().tenant, request.key_id[:64], self._clock())
+        if not is_key_id(request.key_id):
+            # Not echoed: a caller may paste a whole secret (`cpa_<key_id>_<secret>`) here.
+            raise InvalidArgument(
+                "key_id: a key_id is 12 lowercase hex digits (the part after `cpa_` of a key; "
+                "`cpa keys list` shows them)",
+                field="key_id",
+            )
+        key = await self._keys.revoke_api_key(_caller().tenant, request.key_id, self._clock())
         if key is None:
             raise DomainError(
                 "no API key of this tenant has that key_id", reason=Reason.API_KEY_NOT_FOUND

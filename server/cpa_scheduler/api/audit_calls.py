@@ -133,11 +133,22 @@ async def audit_denied(
 ) -> bool:
     """For the auth layer: audit a call it refused (UNAUTHENTICATED, PERMISSION_DENIED,
     RATE_LIMITED) before any servicer ran, outside any job transaction and bounded per
-    principal (or per peer without one). Returns whether an entry was written."""
+    principal. Without one, per peer host, whatever tenant the call names: a caller cannot
+    multiply its writes by naming tenants or opening connections (new ports). Returns whether an
+    entry was written."""
     call = denied_call(
         method=method, metadata=metadata, principal=principal, tenant=tenant, peer=peer
     )
-    return await log.refused(call, code=code.name, reason=reason.value, message=message)
+    bound_key = None if principal is not None else ("", _peer_host(peer))
+    return await log.refused(
+        call, code=code.name, reason=reason.value, message=message, bound_key=bound_key
+    )
+
+
+def _peer_host(peer: str) -> str:
+    """`ipv4:10.0.0.1:5000` -> `ipv4:10.0.0.1` (`ipv6:[::1]:5000` -> `ipv6:[::1]`)."""
+    host, colon, port = peer.rpartition(":")
+    return host if colon and port.isdigit() and host not in ("ipv4", "ipv6") else peer
 
 
 def entry_to_proto(entry: AuditEntry) -> audit_pb2.AuditEntry:

@@ -99,13 +99,16 @@ class AuditLog:
         field: str = "",
         job_id: str = "",
         why: str = "",
+        bound_key: tuple[str, str] | None = None,
     ) -> bool:
         """Audit a refused call (validation error, unknown job, authentication or permission
         denied), within the bound; returns whether an entry was written. A store that cannot
-        take it is logged, never raised: the caller's own error is what it gets."""
+        take it is logged, never raised: the caller's own error is what it gets. `bound_key`:
+        whom the bound counts this refusal against (default: the actor's tenant and subject)."""
         now = self._clock()
         actor = call.actor
-        suppressed = self._bound.admit((actor.tenant, actor.subject or actor.peer), now)
+        key = bound_key or (actor.tenant, actor.subject or actor.peer)
+        suppressed = self._bound.admit(key, now)
         if suppressed is None:
             return False
         entry = call.entry(

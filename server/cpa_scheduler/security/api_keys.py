@@ -23,6 +23,7 @@ from .principal import Role
 KEY_PREFIX = "cpa_"
 _KEY_ID_HEX_DIGITS = 12
 _KEY_PATTERN = re.compile(r"cpa_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})")
+_KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,11 @@ def parse_key(presented: str) -> str | None:
     """The key_id of a well-formed key, else None (the secret itself is never echoed)."""
     match = _KEY_PATTERN.fullmatch(presented)
     return match.group(1) if match else None
+
+
+def is_key_id(value: str) -> bool:
+    """Whether `value` has the form of a key_id (12 lowercase hex digits)."""
+    return _KEY_ID_PATTERN.fullmatch(value) is not None
 
 
 def roles_text(roles: Sequence[Role] | frozenset[Role]) -> str:

@@ -1,7 +1,8 @@
 """The one place security decisions are reported: refusals and acting for another tenant.
 
-Logged for now; the audit trail (issue 14, item 7) records them from here, so nothing else
-needs to change when it arrives. Never passed a secret: only the principal's subject.
+Logged; the interceptor also audits its refusals (api/audit_calls.audit_denied), which needs
+the call's metadata and the store, so it is not done here. Never passed a secret: only the
+principal's subject.
 """
 
 from __future__ import annotations

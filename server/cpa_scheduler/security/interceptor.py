@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from cpa_scheduler.api.audit_calls import audit_denied
 from cpa_scheduler.api.call_context import TENANT_METADATA_KEY
-from cpa_scheduler.api.errors import abort
+from cpa_scheduler.api.errors import abort, status_code_for
+from cpa_scheduler.audit import AuditLog
 from cpa_scheduler.domain import DomainError, Reason
 
 from . import events
@@ -31,6 +33,9 @@ from .principal import Principal, reset_principal, set_current_principal
 
 ACT_AS_TENANT_METADATA_KEY = "x-cpa-act-as-tenant"
 _MAX_TENANT_CHARS = 128
+# The refusals that are audited: a bad tenant header (INVALID_ARGUMENT) is bad input, not a
+# denial, and names no tenant its entry could belong to.
+_AUDITED_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 if TYPE_CHECKING:  # generic in the stubs only
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -61,11 +66,19 @@ def _tenant_name(value: str, header: str) -> str:
 
 
 class AuthInterceptor(_Interceptor):
-    """One per server; `authenticator` is None with settings.insecure_local."""
+    """One per server; `authenticator` is None with settings.insecure_local. `audit_log`
+    records the refusals (None: logged only)."""
 
-    def __init__(self, authenticator: Authenticator | None, *, default_tenant: str) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator | None,
+        *,
+        default_tenant: str,
+        audit_log: AuditLog | None = None,
+    ) -> None:
         self._authenticator = authenticator
         self._default_tenant = default_tenant
+        self._audit_log = audit_log
 
     async def intercept_service(
         self,
@@ -132,6 +145,7 @@ class AuthInterceptor(_Interceptor):
         principal: Principal | None = None
         try:
             principal = await self._principal(context)
+            self._check_tenant_header(context, principal)
             if permission is None:
                 raise permission_denied(f"{method} has no permission rule; refused")
             if not allows(principal.roles, permission):
@@ -145,24 +159,59 @@ class AuthInterceptor(_Interceptor):
                 principal = self._act_as(principal, act_as, method, context)
         except DomainError as error:
             events.denied(method, error, principal=principal, peer=context.peer())
+            await self._audit(context, method, error, principal)
             await abort(context, error)
         return principal
+
+    async def _audit(
+        self, context: Context, method: str, error: DomainError, principal: Principal | None
+    ) -> None:
+        code = status_code_for(error)
+        if self._audit_log is None or code not in _AUDITED_CODES:
+            return
+        metadata = context.invocation_metadata()
+        if principal is not None:
+            tenant = principal.tenant
+        else:
+            # The tenant the caller named, so that its admins see the attempts; a name that
+            # could not be a tenant's goes to the default tenant.
+            named = _metadata_value(context, TENANT_METADATA_KEY)
+            valid = named and len(named) <= _MAX_TENANT_CHARS and named.isprintable()
+            tenant = named if valid else self._default_tenant
+        # Awaited, so an entry exists once the caller has its refusal; bounded, so a flood
+        # of refusals costs a write each only up to the bound (audit/log.py).
+        await audit_denied(
+            self._audit_log,
+            method=method,
+            metadata=metadata,
+            code=code,
+            reason=error.reason,
+            message=error.message,
+            principal=principal,
+            tenant=tenant,
+            peer=context.peer() or "",
+        )
 
     async def _principal(self, context: Context) -> Principal:
         named = _metadata_value(context, TENANT_METADATA_KEY)
         if self._authenticator is None:
             tenant = _tenant_name(named, TENANT_METADATA_KEY) if named else ""
             return insecure_local_principal(tenant or self._default_tenant)
-        principal = await self._authenticator.authenticate(context.invocation_metadata() or ())
+        return await self._authenticator.authenticate(context.invocation_metadata() or ())
+
+    def _check_tenant_header(self, context: Context, principal: Principal) -> None:
+        if self._authenticator is None:
+            return  # the header is what picked the tenant
+        named = _metadata_value(context, TENANT_METADATA_KEY)
         if named and named != principal.tenant:
             # The tenant comes from the credential; a header naming another is a mistake (or an
-            # attempt) worth a clear answer rather than silence.
+            # attempt) worth a clear answer rather than silence (and an audited refusal of
+            # the principal).
             raise permission_denied(
                 f"metadata {TENANT_METADATA_KEY} names another tenant than the credential's; "
                 f"drop it, or act for that tenant with {ACT_AS_TENANT_METADATA_KEY} (operator)",
                 field=TENANT_METADATA_KEY,
             )
-        return principal
 
     def _act_as(
         self, principal: Principal, tenant: str, method: str, context: Context

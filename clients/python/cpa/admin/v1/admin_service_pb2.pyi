@@ -135,7 +135,7 @@ class CreateApiKeyRequest(_message.Message):
     AGENT_ACTIONS_FIELD_NUMBER: _builtins.int
     AGENT_CAPABILITIES_FIELD_NUMBER: _builtins.int
     description: _builtins.str
-    """What the key is for (at most 256 characters)."""
+    """What the key is for (at most 256 printable characters)."""
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
         """Roles of the key: at least one; AGENT stands alone."""
@@ -243,7 +243,7 @@ class RevokeApiKeyRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
-    """The key's key_id."""
+    """The key's key_id: 12 lowercase hex digits, the part after `cpa_` of its secret."""
     def __init__(
         self,
         *,

@@ -48,7 +48,10 @@ class AdminServiceStub:
     ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
     another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
     AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-    characters, or a pattern over 128 characters or with control characters (INVALID_FIELD).
+    characters or with control characters, more than 256 patterns, or a pattern over 128
+    characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
+    not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
+    PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
     """Lists the caller's tenant's keys, newest first, revoked ones included (with revoke_time).
@@ -58,8 +61,9 @@ class AdminServiceStub:
     """Revokes a key of the caller's tenant: from then on every replica refuses it within
     CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
     Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-    (MISSING_FIELD); one that names no key of the tenant (another tenant's included, so key ids
-    do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+    (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
+    (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
+    included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
     """
 
 @_typing.type_check_only
@@ -82,7 +86,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
     another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
     AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-    characters, or a pattern over 128 characters or with control characters (INVALID_FIELD).
+    characters or with control characters, more than 256 patterns, or a pattern over 128
+    characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
+    not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
+    PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists the caller's tenant's keys, newest first, revoked ones included (with revoke_time).
@@ -92,8 +99,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Revokes a key of the caller's tenant: from then on every replica refuses it within
     CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
     Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-    (MISSING_FIELD); one that names no key of the tenant (another tenant's included, so key ids
-    do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+    (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
+    (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
+    included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,7 +127,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
         another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
         AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-        characters, or a pattern over 128 characters or with control characters (INVALID_FIELD).
+        characters or with control characters, more than 256 patterns, or a pattern over 128
+        characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
+        not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
+        PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
         """
 
     @_abc_1.abstractmethod
@@ -141,8 +152,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revokes a key of the caller's tenant: from then on every replica refuses it within
         CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
         Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-        (MISSING_FIELD); one that names no key of the tenant (another tenant's included, so key ids
-        do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+        (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
+        (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
+        included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

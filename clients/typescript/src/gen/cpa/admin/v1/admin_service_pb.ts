@@ -106,7 +106,7 @@ export type CreateApiKeyRequest = Message<"cpa.admin.v1.CreateApiKeyRequest"> & 
   roles: Role[];
 
   /**
-   * What the key is for (at most 256 characters).
+   * What the key is for (at most 256 printable characters).
    *
    * @generated from field: string description = 2;
    */
@@ -206,7 +206,7 @@ export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__P
  */
 export type RevokeApiKeyRequest = Message<"cpa.admin.v1.RevokeApiKeyRequest"> & {
   /**
-   * The key's key_id.
+   * The key's key_id: 12 lowercase hex digits, the part after `cpa_` of its secret.
    *
    * @generated from field: string key_id = 1;
    */
@@ -323,7 +323,10 @@ export const AdminService: GenService<{
    * ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
    * another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
    * AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-   * characters, or a pattern over 128 characters or with control characters (INVALID_FIELD).
+   * characters or with control characters, more than 256 patterns, or a pattern over 128
+   * characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
+   * not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
+   * PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
    *
    * @generated from rpc cpa.admin.v1.AdminService.CreateApiKey
    */
@@ -347,8 +350,9 @@ export const AdminService: GenService<{
    * Revokes a key of the caller's tenant: from then on every replica refuses it within
    * CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
    * Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-   * (MISSING_FIELD); one that names no key of the tenant (another tenant's included, so key ids
-   * do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+   * (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
+   * (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
+   * included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
    *
    * @generated from rpc cpa.admin.v1.AdminService.RevokeApiKey
    */
