@@ -32,6 +32,11 @@ DEFAULT_LINGER_S = 0.002
 # batches bound that cost.
 DEFAULT_MAX_BATCH = 100
 
+# Batches a client has in flight before later calls wait for one to return (a full batch goes
+# anyway): the server writes one batch at a time, and concurrent batches cost it more than
+# one larger batch (bench/bench_sdk_batching.py).
+DEFAULT_MAX_IN_FLIGHT = 1
+
 _ITEM_FIELD = re.compile(r"^requests\[(\d+)\]\.?")
 
 View: TypeAlias = job_pb2.JobView.ValueType
@@ -52,6 +57,8 @@ class _Group:
     items: list[_Item] = field(default_factory=list)
     request_ids: set[str] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
+    # The linger passed; the group goes as soon as a batch in flight returns.
+    ready: bool = False
 
 
 def item_index(error: CpaError) -> int | None:
@@ -100,13 +107,15 @@ class ScheduleBatcher:
         *,
         linger_s: float = DEFAULT_LINGER_S,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
-        if linger_s <= 0 or max_batch < 2:
+        if linger_s <= 0 or max_batch < 2 or max_in_flight < 1:
             raise ValueError("batching needs a positive linger and batches of at least 2")
         self._send_batch = send_batch
         self._send_one = send_one
         self._linger_s = linger_s
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._groups: dict[View, _Group] = {}
         self._flushes: set[asyncio.Task[None]] = set()
         # Counts of what went out, for tests and benchmarks.
@@ -120,7 +129,7 @@ class ScheduleBatcher:
             group = None
         if group is None:
             group = self._groups[view] = _Group()
-            group.timer = loop.call_later(self._linger_s, self._flush, view)
+            group.timer = loop.call_later(self._linger_s, self._linger_over, view)
         item = _Item(request, loop.create_future())
         group.items.append(item)
         group.request_ids.add(request.request_id)
@@ -130,6 +139,21 @@ class ScheduleBatcher:
         # created, as when a lone call is cancelled after it was sent).
         return await asyncio.shield(item.answer)
 
+    def _linger_over(self, view: View) -> None:
+        group = self._groups.get(view)
+        if group is None:
+            return
+        group.ready = True
+        if len(self._flushes) < self._max_in_flight:
+            self._flush(view)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        # Calls that came while the server was busy with the last batch go now, together.
+        for view, group in list(self._groups.items()):
+            if group.ready and len(self._flushes) < self._max_in_flight:
+                self._flush(view)
+
     def _flush(self, view: View) -> None:
         group = self._groups.pop(view, None)
         if group is None:
@@ -138,7 +162,7 @@ class ScheduleBatcher:
             group.timer.cancel()
         task = asyncio.get_running_loop().create_task(self._send(group.items, view))
         self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        task.add_done_callback(self._sent)
 
     async def _send(self, items: list[_Item], view: View) -> None:
         try:
