@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from cpa.scheduler.v1 import job_event_pb2
 from cpa_client import NotFoundError, Reconnect, SchedulerClient, UnavailableError
 from tests.fixtures.tcp_proxy import TcpProxy
 
@@ -50,7 +51,7 @@ async def test_a_killed_connection_mid_watch_resumes_with_no_gap_or_duplicate(
         proxy.cut()
         full = await collect_events(client, job_id)
 
-        async def rest() -> list[object]:
+        async def rest() -> list[job_event_pb2.JobEvent]:
             return [event async for event in events]
 
         # Read on: the watcher finds its stream broken and tries again while refused...
