@@ -18,12 +18,14 @@ from .errors import (
     UnavailableError,
 )
 from .scheduler_client import SchedulerClient
+from .sync_client import SyncSchedulerClient
 from .watching import Reconnect
 
 __all__ = [
     # Clients
     "AdminClient",
     "SchedulerClient",
+    "SyncSchedulerClient",
     # Connecting
     "ClientTls",
     "credential_metadata",
