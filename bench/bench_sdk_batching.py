@@ -1,5 +1,6 @@
 """Submissions per second through the Python SDK, in one run against one embedded scheduler:
-  1. 32 coroutines each calling schedule_job in a loop, with the SDK's transparent batching;
+  1. 32 coroutines each calling schedule_job in a loop, with the SDK's transparent batching
+     (one batch in flight, the default; and two);
   2. explicit BatchScheduleJobs of 20 (batch_schedule_jobs) from a few coroutines;
   3. the same 32 coroutines with batching off (one ScheduleJob per job).
 No agent runs: jobs stay pending, so only the submission path is measured. The cases take turns
@@ -27,6 +28,7 @@ if str(ROOT) not in sys.path:
 
 from bench.bench_throughput import ONE_TASK, calibration_ms, processes  # noqa: E402
 from cpa_client import SchedulerClient  # noqa: E402
+from cpa_client.batching import DEFAULT_LINGER_S, DEFAULT_MAX_BATCH  # noqa: E402
 
 
 async def _callers(jobs: int, callers: int, call: Callable[[], Awaitable[int]]) -> float:
@@ -54,16 +56,24 @@ async def _case(
     address: str, case: str, *, jobs: int, callers: int, batchers: int, settings: dict[str, float]
 ) -> tuple[float, int]:
     """Jobs per second of one case against a fresh scheduler, and the batches it sent."""
-    client = SchedulerClient(
-        address, timeout_s=120, **({"batch_linger_s": 0} if case != "batching" else settings)
-    )
+    kind, _, number = case.partition("-")
+    if kind == "batching":
+        client = SchedulerClient(
+            address,
+            timeout_s=120,
+            max_batches_in_flight=int(number),
+            batch_linger_s=settings.get("batch_linger_s", DEFAULT_LINGER_S),
+            max_batch=int(settings.get("max_batch", DEFAULT_MAX_BATCH)),
+        )
+    else:
+        client = SchedulerClient(address, timeout_s=120, batch_linger_s=0)
     batch = [ONE_TASK] * 20
 
     async def explicit() -> int:
         return len(await client.batch_schedule_jobs(batch))
 
     async def measure(n: int) -> float:
-        if case.startswith("explicit"):
+        if kind == "explicit":
             return await _callers(n, batchers, explicit)
         return await _callers(n, callers, lambda: _one(client))
 
@@ -80,7 +90,10 @@ def run(
     # A fresh scheduler per case and round: a pending job (no agent runs) makes the next
     # submission dearer, so cases sharing a server would be measured unlike each other.
     names = {
-        "batching": f"{callers} callers x schedule_job, batching on {settings or '(2 ms)'}",
+        **{
+            f"batching-{n}": f"{callers} callers x schedule_job, batching on, {n} in flight"
+            for n in (1, 2)
+        },
         **{f"explicit-{n}": f"explicit BatchScheduleJobs of 20, {n} callers" for n in batchers},
         "off": f"{callers} callers x schedule_job, batching off",
     }
@@ -95,7 +108,7 @@ def run(
                         case,
                         jobs=jobs,
                         callers=callers,
-                        batchers=int(case.rpartition("-")[2]) if "-" in case else 0,
+                        batchers=int(case.rpartition("-")[2]) if "explicit" in case else 0,
                         settings=settings,
                     )
                 )
@@ -104,7 +117,7 @@ def run(
     print(f"{'case':62} {'best':>6} {'median':>6}  jobs/s; {jobs} jobs x {rounds} rounds")
     for case, values in figures.items():
         print(f"{names[case]:62} {max(values):6.0f} {statistics.median(values):6.0f}")
-    print(f"BatchScheduleJobs calls made by the batching client: {batches}")
+    print(f"BatchScheduleJobs calls made by the batching clients: {batches}; settings {settings}")
 
 
 def main() -> None:

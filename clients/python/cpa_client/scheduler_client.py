@@ -25,7 +25,12 @@ from cpa.scheduler.v1 import (
 )
 
 from .artifact_chunks import download_bytes, download_to_file
-from .batching import DEFAULT_LINGER_S, DEFAULT_MAX_BATCH, ScheduleBatcher
+from .batching import (
+    DEFAULT_LINGER_S,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_IN_FLIGHT,
+    ScheduleBatcher,
+)
 from .channels import ClientTls, credential_metadata, open_channel, retry_options
 from .errors import UNDECODABLE_RESPONSE, CpaError
 from .watching import Reconnect, resuming_watch
@@ -93,6 +98,7 @@ class SchedulerClient:
         api_key: str | None = None,
         batch_linger_s: float = DEFAULT_LINGER_S,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_batches_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         retries: bool = True,
         reconnect: Reconnect | None = None,
     ) -> None:
@@ -102,9 +108,10 @@ class SchedulerClient:
         `metadata` adds more (e.g. `x-cpa-act-as-tenant` for an operator).
 
         `batch_linger_s`: concurrent schedule_job calls within this time go out as one
-        BatchScheduleJobs of at most `max_batch` (0 sends each alone). `retries`: gRPC repeats
-        reads and schedules after UNAVAILABLE (channels.retry_options). `reconnect`: how
-        watch() reconnects."""
+        BatchScheduleJobs of at most `max_batch` (0 sends each alone), `max_batches_in_flight`
+        at a time (later calls wait for one to return, unless they fill a batch).
+        `retries`: gRPC repeats reads and schedules after UNAVAILABLE (channels.retry_options).
+        `reconnect`: how watch() reconnects."""
         self._channel = channel or open_channel(
             target, tls=tls, options=retry_options() if retries else ()
         )
@@ -116,7 +123,11 @@ class SchedulerClient:
         self._make_request_ids = not any(k == _IDEMPOTENCY_KEY for k, _ in self._metadata)
         self._batcher = (
             ScheduleBatcher(
-                self._batch_call, self._schedule_call, linger_s=batch_linger_s, max_batch=max_batch
+                self._batch_call,
+                self._schedule_call,
+                linger_s=batch_linger_s,
+                max_batch=max_batch,
+                max_in_flight=max_batches_in_flight,
             )
             if batch_linger_s > 0
             else None
