@@ -110,7 +110,9 @@ class ScheduleBatcher:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         if linger_s <= 0 or max_batch < 2 or max_in_flight < 1:
-            raise ValueError("batching needs a positive linger and batches of at least 2")
+            raise ValueError(
+                "batching needs a positive linger, batches of at least 2 and 1 batch in flight"
+            )
         self._send_batch = send_batch
         self._send_one = send_one
         self._linger_s = linger_s
