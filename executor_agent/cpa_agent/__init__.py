@@ -13,6 +13,7 @@ from cpa_agent.executors import (
     ExecutorUnavailable,
     builtin_registry,
     entry_point_registry,
+    executor,
 )
 from cpa_agent.runner import AttemptKey
 from cpa_agent.settings import AgentSettings
@@ -30,6 +31,7 @@ __all__ = [
     "ExecutorUnavailable",
     "builtin_registry",
     "entry_point_registry",
+    "executor",
     # Metadata
     "__version__",
 ]

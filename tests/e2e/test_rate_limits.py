@@ -14,7 +14,7 @@ import pytest
 
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa.scheduler.v1 import scheduler_service_pb2_grpc
-from cpa_client import CpaError
+from cpa_client import CpaError, ResourceExhaustedError
 from cpa_scheduler.settings import Settings
 from tests.fixtures.history import eventually
 
@@ -62,9 +62,10 @@ async def _list(stub: Any, tenant: str) -> CpaError | None:
 
 
 def _assert_rate_limited(error: CpaError | None, *, scope: str, limit: int) -> None:
-    assert error is not None
+    assert isinstance(error, ResourceExhaustedError)  # the SDK's typed error for the code
     assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.reason == "RATE_LIMITED"
+    assert error.retryable
     assert error.metadata["scope"] == scope
     assert error.metadata["limit"] == str(limit)
     # A minute's worth per bucket: one call is back within 60/limit seconds.

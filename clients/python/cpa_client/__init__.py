@@ -3,20 +3,46 @@
 from .admin_client import AdminClient
 from .artifact_chunks import ArtifactCheckError
 from .channels import ClientTls, TlsFileError, credential_metadata, open_channel
-from .errors import UNDECODABLE_RESPONSE, CpaError, FieldViolation
+from .errors import (
+    UNDECODABLE_RESPONSE,
+    AlreadyExistsError,
+    CpaError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from .scheduler_client import SchedulerClient
+from .sync_client import SyncSchedulerClient
+from .watching import Reconnect
 
 __all__ = [
     # Clients
     "AdminClient",
     "SchedulerClient",
+    "SyncSchedulerClient",
     # Connecting
     "ClientTls",
     "credential_metadata",
     "open_channel",
+    "Reconnect",
     # Errors
     "ArtifactCheckError",
     "CpaError",
+    "AlreadyExistsError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "UnavailableError",
     "FieldViolation",
     "TlsFileError",
     "UNDECODABLE_RESPONSE",

@@ -10,6 +10,7 @@ credentials: those are refused on plaintext channels, and the loopback default i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,53 @@ def tls_failure(details: str) -> str:
         if marker in details:
             return meaning
     return ""
+
+
+# Calls gRPC may repeat by itself after UNAVAILABLE (the scheduler unreachable, a connection
+# reset): reads, and the submissions the SDK always sends with request ids (a repeat returns
+# the job the first attempt created). CancelJob, RetryJob, RetryJobs, RetryCallbacks and
+# SendMessage are not repeated: a repeat is not the same request to the server.
+SCHEDULER_SERVICE = "cpa.scheduler.v1.SchedulerService"
+RETRYABLE_METHODS = (
+    "ScheduleJob",
+    "BatchScheduleJobs",
+    "GetJob",
+    "ListJobs",
+    "WatchJob",
+    "PreviewPlan",
+    "ListAgents",
+    "ListArtifacts",
+    "DownloadArtifact",
+    "ListCallbacks",
+    "ListAuditEntries",
+)
+
+
+def retry_options(
+    *, service: str = SCHEDULER_SERVICE, methods: Sequence[str] = RETRYABLE_METHODS
+) -> list[tuple[str, Any]]:
+    """Channel options whose service config (gRPC's retry policy, A6) repeats `methods` after
+    UNAVAILABLE: up to 5 attempts, backing off 0.1 s doubling to 2 s. A stream is repeated only
+    before its first answer (gRPC's rule), so a watch resumes through SchedulerClient.watch."""
+    config = {
+        "methodConfig": [
+            {
+                "name": [{"service": service, "method": method} for method in methods],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    return [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(config)),
+        # gRPC's first reconnect waits 1 s by default: a restarted scheduler is seen sooner.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+    ]

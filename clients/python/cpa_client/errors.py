@@ -45,6 +45,33 @@ class CpaError(Exception):
         # The server's google.rpc.RetryInfo (RATE_LIMITED): wait this long before retrying.
         self.retry_delay_s = retry_delay_s
 
+    @property
+    def retryable(self) -> bool:
+        """True when the same call may succeed later unchanged: the server said when (RetryInfo),
+        or the scheduler could not be reached."""
+        return self.retry_delay_s is not None or self.code == grpc.StatusCode.UNAVAILABLE
+
+    @staticmethod
+    def of(
+        *,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        field_violations: tuple[FieldViolation, ...] = (),
+        retry_delay_s: float | None = None,
+    ) -> CpaError:
+        """The error of the subclass for `code` (InvalidArgumentError...; CpaError for others)."""
+        kind = _BY_CODE.get(code, CpaError)
+        return kind(
+            code=code,
+            message=message,
+            reason=reason,
+            metadata=metadata,
+            field_violations=field_violations,
+            retry_delay_s=retry_delay_s,
+        )
+
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> CpaError:
         """Decode the status details of a failed call (grpc.aio.AioRpcError or a sync grpc.Call)."""
@@ -72,7 +99,7 @@ class CpaError(Exception):
                 )
             elif detail.Unpack(retry):
                 retry_delay_s = retry.retry_delay.ToMilliseconds() / 1000.0
-        return cls(
+        return cls.of(
             code=code,
             message=status.message or message,
             reason=reason,
@@ -80,3 +107,54 @@ class CpaError(Exception):
             field_violations=tuple(violations),
             retry_delay_s=retry_delay_s,
         )
+
+
+# One subclass per status code a caller acts on differently; each is still a CpaError, so
+# `except CpaError` catches them all.
+class InvalidArgumentError(CpaError):
+    """The request is wrong (see `field_violations`); sending it again unchanged cannot help."""
+
+
+class NotFoundError(CpaError):
+    """The job (or other resource) does not exist, or is another tenant's."""
+
+
+class AlreadyExistsError(CpaError):
+    """Something of that name exists already."""
+
+
+class PermissionDeniedError(CpaError):
+    """The credential lacks the permission, or a policy refused the request (POLICY_VIOLATION)."""
+
+
+class UnauthenticatedError(CpaError):
+    """No credential, or one that is invalid, expired or revoked."""
+
+
+class FailedPreconditionError(CpaError):
+    """Well-formed, but the resource's state forbids it now (ILLEGAL_TRANSITION...)."""
+
+
+class ResourceExhaustedError(CpaError):
+    """A rate limit (RATE_LIMITED, with `retry_delay_s`), a quota or a size limit."""
+
+
+class UnavailableError(CpaError):
+    """The scheduler could not be reached or is stopping; the call may be repeated."""
+
+
+class DeadlineExceededError(CpaError):
+    """The call's deadline passed before the answer came."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[CpaError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +25,18 @@ from cpa.scheduler.v1 import (
 )
 
 from .artifact_chunks import download_bytes, download_to_file
-from .channels import ClientTls, credential_metadata, open_channel
+from .batching import (
+    DEFAULT_LINGER_S,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_IN_FLIGHT,
+    ScheduleBatcher,
+)
+from .channels import ClientTls, credential_metadata, open_channel, retry_options
 from .errors import UNDECODABLE_RESPONSE, CpaError
+from .watching import Reconnect, resuming_watch
+
+# The metadata key that stands for an empty request_id (the server's `idempotency-key`).
+_IDEMPOTENCY_KEY = "idempotency-key"
 
 _Response = TypeVar("_Response")
 _Page = TypeVar(
@@ -48,7 +59,7 @@ def _struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
 def _undecodable() -> CpaError:
     # grpc.aio ends a call whose answer fails to decode with status OK and no message; say
     # what happened instead of handing the caller None.
-    return CpaError(
+    return CpaError.of(
         code=grpc.StatusCode.INTERNAL,
         message="the scheduler's answer could not be decoded (nested too deep for protobuf, "
         "or not of the expected type)",
@@ -85,16 +96,43 @@ class SchedulerClient:
         metadata: Mapping[str, str] | None = None,
         timeout_s: float | None = 30.0,
         api_key: str | None = None,
+        batch_linger_s: float = DEFAULT_LINGER_S,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batches_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        retries: bool = True,
+        reconnect: Reconnect | None = None,
     ) -> None:
         """`tls` speaks TLS to `target` (verifying the server); none: plaintext. A `channel`
-        of the caller's is used as it is (and not closed). `api_key` (an API key or a JWT) is
-        sent with every call as `authorization: Bearer`; `metadata` adds more (e.g.
-        `x-cpa-act-as-tenant` for an operator)."""
-        self._channel = channel or open_channel(target, tls=tls)
+        of the caller's is used as it is (and not closed; its options decide retries).
+        `api_key` (an API key or a JWT) is sent with every call as `authorization: Bearer`;
+        `metadata` adds more (e.g. `x-cpa-act-as-tenant` for an operator).
+
+        `batch_linger_s`: concurrent schedule_job calls within this time go out as one
+        BatchScheduleJobs of at most `max_batch` (0 sends each alone), `max_batches_in_flight`
+        at a time (later calls wait for one to return, unless they fill a batch).
+        `retries`: gRPC repeats reads and schedules after UNAVAILABLE (channels.retry_options).
+        `reconnect`: how watch() reconnects."""
+        self._channel = channel or open_channel(
+            target, tls=tls, options=retry_options() if retries else ()
+        )
         self._owns_channel = channel is None
         self._stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self._channel)
         self._metadata = credential_metadata(api_key, metadata)
         self._timeout_s = timeout_s
+        # With an idempotency-key in the metadata the server derives request ids itself.
+        self._make_request_ids = not any(k == _IDEMPOTENCY_KEY for k, _ in self._metadata)
+        self._batcher = (
+            ScheduleBatcher(
+                self._batch_call,
+                self._schedule_call,
+                linger_s=batch_linger_s,
+                max_batch=max_batch,
+                max_in_flight=max_batches_in_flight,
+            )
+            if batch_linger_s > 0
+            else None
+        )
+        self._reconnect = reconnect or Reconnect()
 
     async def __aenter__(self) -> SchedulerClient:
         return self
@@ -107,7 +145,14 @@ class SchedulerClient:
     ) -> None:
         await self.close()
 
+    @property
+    def batches_sent(self) -> int:
+        """How many BatchScheduleJobs calls the batching of schedule_job has made."""
+        return self._batcher.batches_sent if self._batcher is not None else 0
+
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
         if self._owns_channel:
             await self._channel.close(grace=None)
 
@@ -118,14 +163,38 @@ class SchedulerClient:
         request_id: str = "",
         view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED,
     ) -> scheduler_service_pb2.ScheduleJobResponse:
-        """Create a job from a full spec; `request_id` makes the call safe to repeat. The
-        answer holds the job in the BASIC view (no params, outputs) unless `view` is FULL."""
+        """Create a job from a full spec. Without a `request_id` the SDK makes one (job.request_id),
+        so that a repeat of the call (gRPC's retry, or the caller's with that id) cannot create
+        a second job. The answer holds the job in the BASIC view (no params, outputs) unless
+        `view` is FULL. Concurrent calls are sent together (see `batch_linger_s`); each gets
+        what a lone call would have got."""
         request = scheduler_service_pb2.ScheduleJobRequest(
-            request_id=request_id, spec=spec, view=view
+            request_id=request_id or self._new_request_id(), spec=spec, view=view
         )
+        if self._batcher is not None:
+            return await self._batcher.schedule(request, view)
+        return await self._schedule_call(request)
+
+    def _new_request_id(self) -> str:
+        return str(uuid.uuid4()) if self._make_request_ids else ""
+
+    async def _schedule_call(
+        self, request: scheduler_service_pb2.ScheduleJobRequest
+    ) -> scheduler_service_pb2.ScheduleJobResponse:
         return await _unary(
             self._stub.ScheduleJob(request, metadata=self._metadata, timeout=self._timeout_s)
         )
+
+    async def _batch_call(
+        self,
+        requests: Sequence[scheduler_service_pb2.ScheduleJobRequest],
+        view: job_pb2.JobView.ValueType,
+    ) -> list[scheduler_service_pb2.ScheduleJobResponse]:
+        request = scheduler_service_pb2.BatchScheduleJobsRequest(view=view, requests=requests)
+        response = await _unary(
+            self._stub.BatchScheduleJobs(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return list(response.responses)
 
     async def batch_schedule_jobs(
         self,
@@ -134,21 +203,18 @@ class SchedulerClient:
         view: job_pb2.JobView.ValueType = job_pb2.JOB_VIEW_UNSPECIFIED,
     ) -> list[scheduler_service_pb2.ScheduleJobResponse]:
         """Create several jobs in one call, all or none; one answer per request, in order.
-        A bare JobSpec is a request without a request_id. Jobs in the BASIC view unless
-        `view` is FULL."""
-        request = scheduler_service_pb2.BatchScheduleJobsRequest(
-            view=view,
-            requests=[
-                r
-                if isinstance(r, scheduler_service_pb2.ScheduleJobRequest)
-                else scheduler_service_pb2.ScheduleJobRequest(spec=r)
-                for r in requests
-            ],
-        )
-        response = await _unary(
-            self._stub.BatchScheduleJobs(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
-        return list(response.responses)
+        A request without a request_id (or a bare JobSpec) gets one made by the SDK, so the
+        call is safe to repeat. Jobs in the BASIC view unless `view` is FULL."""
+        items = []
+        for r in requests:
+            item = scheduler_service_pb2.ScheduleJobRequest()
+            if isinstance(r, scheduler_service_pb2.ScheduleJobRequest):
+                item.CopyFrom(r)
+            else:
+                item.spec.CopyFrom(r)
+            item.request_id = item.request_id or self._new_request_id()
+            items.append(item)
+        return await self._batch_call(items, view)
 
     async def schedule_text(
         self, text: str, *, context: Mapping[str, Any] | None = None, request_id: str = ""
@@ -252,6 +318,19 @@ class SchedulerClient:
                     yield response.event
         except grpc.aio.AioRpcError as error:
             raise CpaError.from_rpc_error(error) from None
+
+    async def watch(
+        self, job_id: str, *, after_sequence: int = 0
+    ) -> AsyncIterator[job_event_pb2.JobEvent]:
+        """As watch_job, surviving disconnects: after a lost connection (or a replica that
+        stops) it watches again from the last event yielded, so no event is missed or repeated.
+        Gives up (the last CpaError) per the client's `reconnect`; other errors are raised."""
+        async for event in resuming_watch(
+            lambda after: self.watch_job(job_id, after_sequence=after),
+            after_sequence=after_sequence,
+            reconnect=self._reconnect,
+        ):
+            yield event
 
     async def list_artifacts(
         self, job_id: str, *, task_id: str = ""

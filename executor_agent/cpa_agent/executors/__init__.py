@@ -9,6 +9,7 @@ from cpa_agent.executors.base import (
     SecretProvider,
 )
 from cpa_agent.executors.builtin import builtin_registry
+from cpa_agent.executors.decorated import FunctionExecutor, executor
 from cpa_agent.executors.discovery import (
     ENTRY_POINT_GROUP,
     ExecutorUnavailable,
@@ -23,6 +24,8 @@ __all__ = [
     "ExecutionContext",
     "Executor",
     "ExecutorError",
+    "FunctionExecutor",
+    "executor",
     "ArtifactAccess",
     "ArtifactInfo",
     "SecretProvider",
