@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -142,6 +143,9 @@ def processes(
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+        for store_dir in result.data_dirs:  # the stores of a run are of no use after it
+            shutil.rmtree(store_dir, ignore_errors=True)
 
 
 def calibration_ms() -> float:

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -489,6 +490,8 @@ def bench(arguments: argparse.Namespace) -> None:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
     probe_result, watcher_results = results[0], results[1:]
     deliveries = sum(r["deliveries"] for r in watcher_results)
     lags = [lag for r in watcher_results for lag in r["lags"]]
