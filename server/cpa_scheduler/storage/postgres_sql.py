@@ -113,11 +113,18 @@ INSERT_AUDIT: Final = f"""
     FROM {_rows_of("audit_entries", "a", "audit")}
     WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = a.job_id)
 """
-# Who holds these request ids (pairs of tenant and request id).
+# Who holds these request ids (pairs of tenant and request id). `request_id <> ''` proves the
+# predicate of the partial unique index jobs_request_id, so a generic plan (prepared statements)
+# can use it instead of scanning every job.
 REQUEST_OWNERS: Final = """
     SELECT j.tenant, j.request_id, j.job_id, j.request_fingerprint
     FROM unnest(%(tenants)s::text[], %(request_ids)s::text[]) AS w (tenant, request_id)
-    JOIN jobs j ON j.tenant = w.tenant AND j.request_id = w.request_id
+    JOIN jobs j ON j.tenant = w.tenant AND j.request_id = w.request_id AND j.request_id <> ''
+"""
+# The one job that holds a request id (same index, same reason).
+REQUEST_OWNER: Final = """
+    SELECT job_id, request_fingerprint FROM jobs
+    WHERE tenant = %(tenant)s AND request_id = %(request_id)s AND request_id <> ''
 """
 SELECT_EVENTS: Final = """
     SELECT e.sequence, e.create_time, e.terminal, e.payload_json

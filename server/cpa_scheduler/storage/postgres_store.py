@@ -161,9 +161,7 @@ class PostgresStore(GroupCommit, PostgresApiKeys, PostgresCallbacks, PostgresAud
         if self.before_owner_lookup is not None:
             await self.before_owner_lookup()
         rows = await self._statement(
-            "SELECT job_id, request_fingerprint FROM jobs "
-            "WHERE tenant = %(tenant)s AND request_id = %(request_id)s",
-            {"tenant": job.tenant, "request_id": job.request_id},
+            sql.REQUEST_OWNER, {"tenant": job.tenant, "request_id": job.request_id}
         )
         if not rows:
             return None

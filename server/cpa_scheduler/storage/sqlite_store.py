@@ -41,6 +41,13 @@ from .sqlite_callbacks import SqliteCallbacks, insert_callbacks
 from .sqlite_schema import connect
 
 _TENANT_LOAD_SQL = records.tenant_load_sql("?")
+# `request_id != ''` lets SQLite use the partial unique index jobs_request_id: without it, a
+# bound parameter does not prove the predicate and every submission with a request id scanned
+# the whole jobs table.
+REQUEST_OWNER_SQL = (
+    "SELECT job_id, request_fingerprint FROM jobs "
+    "WHERE tenant = ? AND request_id = ? AND request_id != ''"
+)
 
 T = TypeVar("T")
 
@@ -218,10 +225,7 @@ class SqliteStore(SqliteApiKeys, SqliteCallbacks, SqliteAudit):
 
     def _create_job(self, job: Job, index: int) -> tuple[Job, JobChanges | None]:
         if job.request_id:
-            existing = self._db.execute(
-                "SELECT job_id, request_fingerprint FROM jobs WHERE tenant = ? AND request_id = ?",
-                (job.tenant, job.request_id),
-            ).fetchone()
+            existing = self._db.execute(REQUEST_OWNER_SQL, (job.tenant, job.request_id)).fetchone()
             if existing is not None:
                 if existing["request_fingerprint"] != job.request_fingerprint:
                     raise RequestIdReused(job.request_id, existing["job_id"], index=index)
