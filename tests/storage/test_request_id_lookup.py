@@ -6,6 +6,7 @@ one with every schedule) cost more as jobs accumulated."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -30,7 +31,7 @@ def test_postgres_generic_plans_find_request_ids_jobs_through_the_index(
     postgres_url: str,
 ) -> None:
     # The driver prepares statements it runs often: their generic plan must use the index too.
-    queries = {
+    queries: dict[str, tuple[str, dict[str, Any]]] = {
         "owner": (postgres_sql.REQUEST_OWNER, {"tenant": "acme", "request_id": "r1"}),
         "owners": (
             postgres_sql.REQUEST_OWNERS,
