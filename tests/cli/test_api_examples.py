@@ -9,8 +9,12 @@ page's convention (written out at its top):
   line, or one of grpcurl's objects) holds this fragment: objects at least these members, lists
   exactly as many items in order, other values equal; `$NAME` in it is a variable's value;
 - `# sets NAME = a.b.0.c`: keeps that value of the first document that has it as `$NAME`.
-Every example must exit 0 and print what it says. Afterwards, the gateway's access log must show
-every REST binding of the OpenAPI document and every SchedulerService RPC called natively.
+- `$AUTH_GRPC` is a second `cpa serve` with authentication on and `$CPA_API_KEY` its local admin
+  key (read from its data directory, as a user would), for AdminService; `$SCHEDULER` the first
+  scheduler itself (ExecutorService's artifact calls).
+Every example must exit 0 and print what it says. Every RPC of every service of deploy/api.binpb
+must have a grpcurl example. Afterwards, the gateway's access log must show every REST binding of
+the OpenAPI document and every SchedulerService RPC called natively.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import descriptor_pb2
 
 from cpa.scheduler.v1 import scheduler_service_pb2
 from cpa_agent import Agent, AgentSettings
 from tests.fixtures.artifact_executors import artifact_registry
 from tools.apidoc import OPENAPI_FILE, OUT_DIR
+from tools.codegen import DESCRIPTOR_SET
 
 from .conftest import START_TIMEOUT_S, StartCli, start_server
 from .rest_gateway import STOP_TIMEOUT_S, start_gateway
@@ -41,6 +47,8 @@ SETS = re.compile(r"^# sets ([A-Z][A-Z0-9_]*) = ([\w.]+)$", re.MULTILINE)
 # One example: jobs are small and end in well under a second; a loaded machine gets more.
 EXAMPLE_TIMEOUT_S = 30.0
 SERVICE = scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"]
+# A grpcurl call's method, wherever it stands in the command (after the address and flags).
+GRPCURL_METHOD = re.compile(r"\b(cpa(?:\.\w+)+\.\w+Service/\w+)\b")
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,35 @@ async def run_example(example: Example, run: Run) -> None:
         run.variables[name] = values[0]
 
 
+def every_rpc() -> set[str]:
+    """`package.Service/Method` of every RPC the API publishes (its descriptor set)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes()).file
+    return {
+        f"{file.package}.{service.name}/{method.name}"
+        for file in files
+        if file.package.startswith("cpa.")
+        for service in file.service
+        for method in service.method
+    }
+
+
+def test_every_rpc_of_every_service_has_a_grpcurl_example() -> None:
+    """Checked without a server, so a new RPC fails here at once; the run below proves that
+    each example works."""
+    called = {
+        method
+        for example in parse_examples(DOC_PATH.read_text(encoding="utf-8"))
+        for command in example.script.split("grpcurl ")[1:]
+        for method in GRPCURL_METHOD.findall(command)
+    }
+    rpcs = every_rpc()
+    assert {
+        "cpa.admin.v1.AdminService/RevokeApiKey",
+        "cpa.executor.v1.ExecutorService/Connect",
+    } <= rpcs
+    assert not rpcs - called, f"no grpcurl example in {DOC_PATH.name}: {sorted(rpcs - called)}"
+
+
 def test_the_page_follows_its_convention() -> None:
     """The parser finds what a reader sees: each example's checks and captures."""
     examples = parse_examples(DOC_PATH.read_text(encoding="utf-8"))
@@ -183,6 +220,10 @@ async def test_every_api_example_runs_as_documented(start_cli: StartCli, tmp_pat
     examples = parse_examples(DOC_PATH.read_text(encoding="utf-8"))
     server, upstream = start_server(start_cli)
     gateway, address, _admin = start_gateway(start_cli, upstream)
+    # Authentication on (the conftest turns it off): the server makes its local admin key.
+    auth_env = {"CPA_INSECURE_LOCAL": "false"}
+    auth_server, auth_address = start_server(start_cli, "--data-dir", "auth-data", env=auth_env)
+    admin_key = (tmp_path / "auth-data" / "local-admin.key").read_text(encoding="ascii").strip()
     agent = Agent(
         settings=AgentSettings(server=upstream, agent_id="docs-agent"),
         registry=artifact_registry(),  # the built-in actions and store_file
@@ -190,7 +231,9 @@ async def test_every_api_example_runs_as_documented(start_cli: StartCli, tmp_pat
     agent_task = asyncio.create_task(agent.async_run())
     workdir = tmp_path / "examples"
     workdir.mkdir()
-    run = Run(variables={"GATEWAY": address, "GRPC": address}, workdir=workdir)
+    variables = {"GATEWAY": address, "GRPC": address, "SCHEDULER": upstream}
+    variables |= {"AUTH_GRPC": auth_address, "CPA_API_KEY": admin_key}
+    run = Run(variables=variables, workdir=workdir)
     try:
         await asyncio.wait_for(agent.connected.wait(), START_TIMEOUT_S)
         for example in examples:
@@ -204,8 +247,9 @@ async def test_every_api_example_runs_as_documented(start_cli: StartCli, tmp_pat
     access_log = [json.loads(line) for line in gateway.rest_of_output(STOP_TIMEOUT_S)]
     assert gateway.exit_code(STOP_TIMEOUT_S) == 0, gateway.report()
     _every_operation_was_called(access_log)
-    server.terminate()
-    assert server.exit_code(STOP_TIMEOUT_S) == 0, server.report()
+    for process in (server, auth_server):
+        process.terminate()
+        assert process.exit_code(STOP_TIMEOUT_S) == 0, process.report()
 
 
 def _every_operation_was_called(access_log: list[dict[str, Any]]) -> None:
