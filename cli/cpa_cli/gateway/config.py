@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,10 @@ DESCRIPTOR = Path("api.binpb")
 API_DOCS = (
     ("/openapi.json", Path("openapi") / "cpa-scheduler.openapi.json", "application/json"),
     ("/docs", Path("openapi") / "cpa-scheduler.html", "text/html; charset=utf-8"),
+)
+# An origin as browsers send it (RFC 6454): scheme://host[:port], nothing after.
+_ORIGIN = re.compile(
+    r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$"
 )
 # The services REST callers reach; ExecutorService (bidi agent streams) stays native gRPC only.
 # A new connection to a replica; longer means a dead host holds calls that long.
@@ -133,6 +138,8 @@ class GatewayConfig:
     upstream_tls: UpstreamTls | None = None
     # (certificate chain, private key) of the listener's TLS; None: plaintext.
     downstream_tls: tuple[Path, Path] | None = None
+    # Browser origins allowed to call (CORS); ("*",): any; (): none.
+    cors_allowed_origins: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, listen: str, upstreams: list[str], settings: Settings) -> GatewayConfig:
@@ -163,7 +170,26 @@ class GatewayConfig:
                 "CPA_GATEWAY_TLS_CERT_FILE",
                 "CPA_GATEWAY_TLS_KEY_FILE",
             ),
+            cors_allowed_origins=cors_origins(settings.gateway_cors_allowed_origins),
         )
+
+
+def cors_origins(value: str) -> tuple[str, ...]:
+    """CPA_GATEWAY_CORS_ALLOWED_ORIGINS as a tuple of origins, or ("*",); a CliError for an entry
+    no browser would send as its Origin (a path, a trailing slash, no scheme): it would never
+    match, and the page's calls would fail with nothing said why."""
+    origins = tuple(o.strip() for o in value.split(",") if o.strip())
+    if "*" in origins:
+        if len(origins) > 1:
+            raise CliError("gateway: CPA_GATEWAY_CORS_ALLOWED_ORIGINS: * goes alone")
+        return origins
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise CliError(
+                f"gateway: CPA_GATEWAY_CORS_ALLOWED_ORIGINS: {origin!r} is not an origin "
+                "(scheme://host[:port], no path or trailing slash)"
+            )
+    return origins
 
 
 def _check_idle_timeout(settings: Settings) -> None:
@@ -257,4 +283,5 @@ def render_envoy_config(config: GatewayConfig) -> str:
         api_docs_max_bytes=max((path.stat().st_size for _, path, _ in config.api_docs), default=0),
         upstream_tls=config.upstream_tls,
         downstream_tls=config.downstream_tls,
+        cors_allowed_origins=list(config.cors_allowed_origins),
     )

@@ -2,9 +2,11 @@
  * SchedulerClient: a thin typed wrapper over cpa.scheduler.v1.SchedulerService. Every method
  * throws CpaError on failure; watch() resumes a dropped stream from the last event it yielded;
  * listJobs() walks the pages. For RPCs without a wrapper, use `client.raw` (the generated client).
+ * This module imports no transport: SchedulerClient (node.ts: gRPC over HTTP/2) and the browser's
+ * (web.ts: gRPC-web) are this class with their transport.
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { fullJitterBackoffMs, delay } from "./backoff.js";
 import { CpaError, decodeErrors } from "./errors.js";
 import type { JobEvent } from "./gen/cpa/scheduler/v1/job_event_pb.js";
@@ -15,7 +17,6 @@ import {
   type JobSpec,
 } from "./gen/cpa/scheduler/v1/job_pb.js";
 import { SchedulerService } from "./gen/cpa/scheduler/v1/scheduler_service_pb.js";
-import { createTransport, type ConnectionOptions } from "./transport.js";
 
 export type JobSpecInit = MessageInitShape<typeof JobSpecSchema>;
 
@@ -65,12 +66,12 @@ const RESUMABLE_CODES: ReadonlySet<Code> = new Set([
   Code.Aborted,
 ]);
 
-export class SchedulerClient {
+export class SchedulerClientBase {
   /** The generated Connect client, for the RPCs this class does not wrap. */
   readonly raw: Client<typeof SchedulerService>;
 
-  constructor(options: ConnectionOptions) {
-    this.raw = createClient(SchedulerService, createTransport(options));
+  constructor(transport: Transport) {
+    this.raw = createClient(SchedulerService, transport);
   }
 
   /** Submits a job; resolves to the job (the existing one when requestId was seen before). */

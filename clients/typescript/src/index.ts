@@ -1,9 +1,11 @@
 /**
  * @cpa/scheduler-client: the CPA Scheduler's TypeScript client (SchedulerClient), its typed
- * errors (CpaError), and, under "@cpa/scheduler-client/agent", the executor agent SDK. The
+ * errors (CpaError), and, under "@cpa/scheduler-client/agent", the executor agent SDK; for
+ * browsers, "@cpa/scheduler-client/web" (gRPC-web through the gateway). The
  * generated messages are under "@cpa/scheduler-client/gen/<path>_pb".
  */
-export { SchedulerClient, type JobSpecInit, type ScheduleOptions, type WatchOptions, type ListJobsOptions } from "./client.js";
+export { SchedulerClient } from "./node.js";
+export { SchedulerClientBase, type JobSpecInit, type ScheduleOptions, type WatchOptions, type ListJobsOptions } from "./client.js";
 export { CpaError, Code, ERROR_DOMAIN, type FieldViolation } from "./errors.js";
 export { createTransport, credentialInterceptor, type ConnectionOptions } from "./transport.js";
 export { JobState, JobView, TaskState, type Job, type JobSpec } from "./gen/cpa/scheduler/v1/job_pb.js";
