@@ -133,10 +133,16 @@ def explicit_uploads() -> list[Upload]:
 _text = st.text(max_size=80)
 
 
+def known_job_ids() -> tuple[str, ...]:
+    """The jobs with attempts seen so far (forged uploads name them), or a made-up one."""
+    return tuple(job for job, _, _ in KNOWN.attempts) or ("job-1",)
+
+
 @st.composite
-def uploads(draw: st.DrawFn) -> Upload:
-    """Random frame sequences: headers with forged or odd fields, chunks, garbage."""
-    known_jobs = [job for job, _, _ in KNOWN.attempts] or ["job-1"]
+def uploads(draw: st.DrawFn, known_jobs: Sequence[str]) -> Upload:
+    """Random frame sequences: headers with forged or odd fields, chunks, garbage. `known_jobs`
+    is fixed for a test's run (`known_job_ids()`): drawn from a list that grows while examples
+    run, the same choices would not replay (hypothesis' FlakyStrategyDefinition)."""
     frame = st.one_of(
         st.builds(
             header,

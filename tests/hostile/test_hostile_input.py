@@ -35,7 +35,7 @@ from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
 from .agent_stream import HeldStream, Script, judge_script, script
 from .arena import CALL_TIMEOUT_S, HOSTILE_TENANTS, Arena, seeded_jobs, tenant_metadata
-from .artifact_uploads import Upload, explicit_uploads, open_upload, uploads
+from .artifact_uploads import Upload, explicit_uploads, known_job_ids, open_upload, uploads
 from .calls import (
     SCHEDULER_RPCS,
     Finding,
@@ -183,7 +183,7 @@ def test_artifact_uploads(arena: Arena) -> None:
     assert not found, "\n".join(found.values())
 
     @settings(HOSTILE, max_examples=STREAM_EXAMPLES)
-    @given(upload=uploads())
+    @given(upload=uploads(known_job_ids()))
     def run(upload: Upload) -> None:
         judge(upload, open_upload(arena.channel, upload))
 
