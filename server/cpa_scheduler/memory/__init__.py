@@ -1,0 +1,21 @@
+"""Context memory: short-term per conversation, long-term semantic memory of finished jobs."""
+
+from __future__ import annotations
+
+from .interface import (
+    ConversationEntry,
+    ConversationMemory,
+    MemoryHit,
+    MemoryRecord,
+    Outcome,
+    SemanticMemory,
+)
+
+__all__ = [
+    "ConversationEntry",
+    "ConversationMemory",
+    "MemoryHit",
+    "MemoryRecord",
+    "Outcome",
+    "SemanticMemory",
+]
