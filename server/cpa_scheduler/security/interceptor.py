@@ -54,8 +54,12 @@ def _metadata_value(context: Context, name: str) -> str:
     return ""
 
 
+def _is_tenant_name(value: str) -> bool:
+    return len(value) <= _MAX_TENANT_CHARS and value.isprintable()
+
+
 def _tenant_name(value: str, header: str) -> str:
-    if len(value) > _MAX_TENANT_CHARS or not value.isprintable():
+    if not _is_tenant_name(value):
         raise DomainError(
             f"metadata {header} must be a printable tenant name of at most "
             f"{_MAX_TENANT_CHARS} characters",
@@ -176,8 +180,7 @@ class AuthInterceptor(_Interceptor):
             # The tenant the caller named, so that its admins see the attempts; a name that
             # could not be a tenant's goes to the default tenant.
             named = _metadata_value(context, TENANT_METADATA_KEY)
-            valid = named and len(named) <= _MAX_TENANT_CHARS and named.isprintable()
-            tenant = named if valid else self._default_tenant
+            tenant = named if named and _is_tenant_name(named) else self._default_tenant
         # Awaited, so an entry exists once the caller has its refusal; bounded, so a flood
         # of refusals costs a write each only up to the bound (audit/log.py).
         await audit_denied(
