@@ -14,7 +14,13 @@ import pytest
 
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa.scheduler.v1 import scheduler_service_pb2_grpc
-from cpa_client import CpaError, ResourceExhaustedError
+from cpa_client import (
+    NO_RATE_LIMIT_RETRY,
+    CpaError,
+    RateLimitRetry,
+    ResourceExhaustedError,
+    SchedulerClient,
+)
 from cpa_scheduler.settings import Settings
 from tests.fixtures.history import eventually
 
@@ -28,6 +34,7 @@ def limits_file(tmp_path: Path) -> Path:
     path = tmp_path / "limits.yaml"
     path.write_text(
         "tenants:\n  tight:\n    calls_per_minute: 3\n  roomy:\n    max_active_jobs: 50\n"
+        "  brisk:\n    calls_per_minute: 120\n"
     )
     return path
 
@@ -80,6 +87,50 @@ async def test_a_tenant_override_limits_that_tenant_only(stub: Any) -> None:
     # Others keep the default; the tight tenant stays refused.
     assert [await _list(stub, "other") for _ in range(5)] == [None] * 5
     _assert_rate_limited(await _list(stub, "tight"), scope="tenant", limit=3)
+
+
+async def _drain(client: SchedulerClient, calls: int) -> None:
+    for _ in range(calls):
+        [job async for job in client.list_jobs()]
+
+
+async def test_the_sdk_repeats_a_rate_limited_call_after_the_delay_the_server_names(
+    scheduler: Scheduler,
+) -> None:
+    brisk = {TENANT: "brisk"}
+    async with (
+        SchedulerClient(
+            scheduler.target, metadata=brisk, rate_limit_retry=NO_RATE_LIMIT_RETRY
+        ) as impatient,
+        SchedulerClient(scheduler.target, metadata=brisk) as patient,
+    ):
+        # The tenant's bucket (120 a minute, one back every 0.5 s) is emptied, as the refusal
+        # of one more call without repeats shows...
+        await _drain(impatient, 120)
+        with pytest.raises(ResourceExhaustedError) as refused:
+            await _drain(impatient, 1)
+        assert refused.value.reason == "RATE_LIMITED"
+        assert refused.value.retry_delay_s is not None
+        # ...and a client that honours RetryInfo waits for its call's turn and succeeds.
+        await _drain(patient, 1)
+        with pytest.raises(ResourceExhaustedError):
+            await _drain(impatient, 1)
+
+
+async def test_the_sdk_raises_a_rate_limit_whose_delay_is_longer_than_it_may_wait(
+    scheduler: Scheduler,
+) -> None:
+    async with SchedulerClient(
+        scheduler.target,
+        metadata={TENANT: "tight"},
+        rate_limit_retry=RateLimitRetry(attempts=5, max_wait_s=1.0),
+    ) as client:
+        await _drain(client, 3)
+        # One call of 3 a minute comes back after 20 s: longer than the client may wait.
+        with pytest.raises(ResourceExhaustedError) as refused:
+            await _drain(client, 1)
+        assert refused.value.retry_delay_s is not None
+        assert refused.value.retry_delay_s > 1.0
 
 
 @pytest.mark.parametrize("scheduler_settings", [{"rate_limit_per_ip": 4}], indirect=True)

@@ -17,6 +17,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from .rate_limits import NO_RATE_LIMIT_RETRY, RateLimitRetry
 from .scheduler_client import SchedulerClient
 from .sync_client import SyncSchedulerClient
 from .watching import Reconnect
@@ -31,6 +32,8 @@ __all__ = [
     "credential_metadata",
     "open_channel",
     "Reconnect",
+    "RateLimitRetry",
+    "NO_RATE_LIMIT_RETRY",
     # Errors
     "ArtifactCheckError",
     "CpaError",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
 
 from cpa.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 from .channels import ClientTls, credential_metadata, open_channel
-from .scheduler_client import _unary
+from .rate_limits import RateLimitRetry
+from .scheduler_client import call_unary
+
+_R = TypeVar("_R")
 
 
 class AdminClient:
@@ -25,14 +29,17 @@ class AdminClient:
         channel: grpc.aio.Channel | None = None,
         tls: ClientTls | None = None,
         timeout_s: float | None = 30.0,
+        rate_limit_retry: RateLimitRetry = RateLimitRetry(),  # noqa: B008 (frozen)
     ) -> None:
-        """As SchedulerClient's: `tls` for the channel it opens, `api_key` sent with every call."""
+        """As SchedulerClient's: `tls` for the channel it opens, `api_key` sent with every call,
+        `rate_limit_retry` for calls refused with RATE_LIMITED."""
         self._channel = channel or open_channel(target, tls=tls)
         self._owns_channel = channel is None
         self._stub = admin_service_pb2_grpc.AdminServiceStub(self._channel)
         extra: Mapping[str, str] = {"x-cpa-act-as-tenant": act_as_tenant} if act_as_tenant else {}
         self._metadata = credential_metadata(api_key, extra)
         self._timeout_s = timeout_s
+        self._rate_limit_retry = rate_limit_retry
 
     async def __aenter__(self) -> AdminClient:
         return self
@@ -61,26 +68,23 @@ class AdminClient:
             agent_actions=agent_actions,
             agent_capabilities=agent_capabilities,
         )
-        return await _unary(
-            self._stub.CreateApiKey(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        return await self._call(self._stub.CreateApiKey, request)
 
     async def list_api_keys(self) -> list[admin_service_pb2.ApiKey]:
-        response = await _unary(
-            self._stub.ListApiKeys(
-                admin_service_pb2.ListApiKeysRequest(),
-                metadata=self._metadata,
-                timeout=self._timeout_s,
-            )
-        )
+        response = await self._call(self._stub.ListApiKeys, admin_service_pb2.ListApiKeysRequest())
         return list(response.keys)
 
     async def revoke_api_key(self, key_id: str) -> admin_service_pb2.ApiKey:
-        response = await _unary(
-            self._stub.RevokeApiKey(
-                admin_service_pb2.RevokeApiKeyRequest(key_id=key_id),
-                metadata=self._metadata,
-                timeout=self._timeout_s,
-            )
+        response = await self._call(
+            self._stub.RevokeApiKey, admin_service_pb2.RevokeApiKeyRequest(key_id=key_id)
         )
         return response.key
+
+    async def _call(self, method: Callable[..., Awaitable[_R | None]], request: Any) -> _R:
+        return await call_unary(
+            method,
+            request,
+            metadata=self._metadata,
+            timeout_s=self._timeout_s,
+            rate_limit_retry=self._rate_limit_retry,
+        )

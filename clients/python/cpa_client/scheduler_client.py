@@ -33,6 +33,7 @@ from .batching import (
 )
 from .channels import ClientTls, credential_metadata, open_channel, retry_options
 from .errors import UNDECODABLE_RESPONSE, CpaError
+from .rate_limits import RateLimitRetry, repeating_rate_limited
 from .watching import Reconnect, resuming_watch
 
 # The metadata key that stands for an empty request_id (the server's `idempotency-key`).
@@ -77,6 +78,21 @@ async def _unary(call: Awaitable[_Response | None]) -> _Response:
     return response
 
 
+async def call_unary(
+    method: Callable[..., Awaitable[_Response | None]],
+    request: Any,
+    *,
+    metadata: Sequence[tuple[str, str]],
+    timeout_s: float | None,
+    rate_limit_retry: RateLimitRetry,
+) -> _Response:
+    """`method(request)` with this metadata and timeout, repeated after RATE_LIMITED as
+    `rate_limit_retry` allows; errors raised as CpaError."""
+    return await repeating_rate_limited(
+        lambda: _unary(method(request, metadata=metadata, timeout=timeout_s)), rate_limit_retry
+    )
+
+
 async def _decoded(parts: AsyncIterable[_Response | None]) -> AsyncIterator[_Response]:
     async for part in parts:
         if part is None:
@@ -100,6 +116,7 @@ class SchedulerClient:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_batches_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         retries: bool = True,
+        rate_limit_retry: RateLimitRetry = RateLimitRetry(),  # noqa: B008 (frozen)
         reconnect: Reconnect | None = None,
     ) -> None:
         """`tls` speaks TLS to `target` (verifying the server); none: plaintext. A `channel`
@@ -111,6 +128,8 @@ class SchedulerClient:
         BatchScheduleJobs of at most `max_batch` (0 sends each alone), `max_batches_in_flight`
         at a time (later calls wait for one to return, unless they fill a batch).
         `retries`: gRPC repeats reads and schedules after UNAVAILABLE (channels.retry_options).
+        `rate_limit_retry`: how a call refused with RATE_LIMITED is repeated after the delay the
+        server names (NO_RATE_LIMIT_RETRY: raised at once).
         `reconnect`: how watch() reconnects."""
         self._channel = channel or open_channel(
             target, tls=tls, options=retry_options() if retries else ()
@@ -119,6 +138,7 @@ class SchedulerClient:
         self._stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self._channel)
         self._metadata = credential_metadata(api_key, metadata)
         self._timeout_s = timeout_s
+        self._rate_limit_retry = rate_limit_retry
         # With an idempotency-key in the metadata the server derives request ids itself.
         self._make_request_ids = not any(k == _IDEMPOTENCY_KEY for k, _ in self._metadata)
         self._batcher = (
@@ -181,9 +201,7 @@ class SchedulerClient:
     async def _schedule_call(
         self, request: scheduler_service_pb2.ScheduleJobRequest
     ) -> scheduler_service_pb2.ScheduleJobResponse:
-        return await _unary(
-            self._stub.ScheduleJob(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        return await self._call(self._stub.ScheduleJob, request)
 
     async def _batch_call(
         self,
@@ -191,9 +209,7 @@ class SchedulerClient:
         view: job_pb2.JobView.ValueType,
     ) -> list[scheduler_service_pb2.ScheduleJobResponse]:
         request = scheduler_service_pb2.BatchScheduleJobsRequest(view=view, requests=requests)
-        response = await _unary(
-            self._stub.BatchScheduleJobs(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.BatchScheduleJobs, request)
         return list(response.responses)
 
     async def batch_schedule_jobs(
@@ -236,9 +252,7 @@ class SchedulerClient:
     ) -> job_pb2.Job:
         """The job, in the FULL view (params and outputs included) unless `view` is BASIC."""
         request = scheduler_service_pb2.GetJobRequest(job_id=job_id, view=view)
-        response = await _unary(
-            self._stub.GetJob(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.GetJob, request)
         return response.job
 
     async def list_jobs(
@@ -271,9 +285,7 @@ class SchedulerClient:
     ) -> job_pb2.Job:
         """Request cancellation; the job as recorded, BASIC unless `view` is FULL."""
         request = scheduler_service_pb2.CancelJobRequest(job_id=job_id, reason=reason, view=view)
-        response = await _unary(
-            self._stub.CancelJob(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.CancelJob, request)
         return response.job
 
     async def retry_job(
@@ -281,9 +293,7 @@ class SchedulerClient:
     ) -> job_pb2.Job:
         """Re-drive a FAILED or CANCELLED job; the job, BASIC unless `view` is FULL."""
         request = scheduler_service_pb2.RetryJobRequest(job_id=job_id, view=view)
-        response = await _unary(
-            self._stub.RetryJob(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.RetryJob, request)
         return response.job
 
     async def retry_jobs(
@@ -297,9 +307,7 @@ class SchedulerClient:
         request = scheduler_service_pb2.RetryJobsRequest(
             filter=filter, max_jobs=max_jobs, dry_run=dry_run
         )
-        return await _unary(
-            self._stub.RetryJobs(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        return await self._call(self._stub.RetryJobs, request)
 
     async def watch_job(
         self, job_id: str, *, after_sequence: int = 0
@@ -338,9 +346,7 @@ class SchedulerClient:
         """The artifacts the job's tasks stored (failed attempts' included), in task order;
         with `task_id` only that task's."""
         request = scheduler_service_pb2.ListArtifactsRequest(job_id=job_id, task_id=task_id)
-        response = await _unary(
-            self._stub.ListArtifacts(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.ListArtifacts, request)
         return list(response.artifacts)
 
     async def list_callbacks(
@@ -403,9 +409,7 @@ class SchedulerClient:
         request = callback_pb2.RetryCallbacksRequest(
             delivery_ids=delivery_ids, all_dead=all_dead, max_callbacks=max_callbacks
         )
-        response = await _unary(
-            self._stub.RetryCallbacks(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.RetryCallbacks, request)
         return list(response.callbacks)
 
     async def download_artifact(
@@ -439,18 +443,14 @@ class SchedulerClient:
     async def send_message(self, message: lam_message_pb2.LamMessage) -> lam_message_pb2.LamMessage:
         """Send a LAM message; returns the scheduler's reply (agree, refuse, not_understood...)."""
         request = scheduler_service_pb2.SendMessageRequest(message=message)
-        response = await _unary(
-            self._stub.SendMessage(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.SendMessage, request)
         return response.reply
 
     async def preview_plan(
         self, spec: job_pb2.JobSpec
     ) -> scheduler_service_pb2.PreviewPlanResponse:
         request = scheduler_service_pb2.PreviewPlanRequest(spec=spec)
-        return await _unary(
-            self._stub.PreviewPlan(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        return await self._call(self._stub.PreviewPlan, request)
 
     async def list_agents(
         self, *, filter: str = "", page_size: int = 0
@@ -468,12 +468,27 @@ class SchedulerClient:
             for agent in response.agents:
                 yield agent
 
-    @staticmethod
-    async def _pages(call: Callable[[str], Awaitable[_Page]]) -> AsyncIterator[_Page]:
+    async def _call(
+        self, method: Callable[..., Awaitable[_Response | None]], request: Any
+    ) -> _Response:
+        """One unary call with the client's metadata and timeout, repeated after RATE_LIMITED
+        as the client's RateLimitRetry allows."""
+        return await call_unary(
+            method,
+            request,
+            metadata=self._metadata,
+            timeout_s=self._timeout_s,
+            rate_limit_retry=self._rate_limit_retry,
+        )
+
+    async def _pages(self, call: Callable[[str], Awaitable[_Page]]) -> AsyncIterator[_Page]:
         """Every page of a List call, following next_page_token (AIP-158)."""
         token = ""
         while True:
-            page = await _unary(call(token))
+            page = await repeating_rate_limited(
+                lambda: _unary(call(token)),  # noqa: B023 (awaited before token changes)
+                self._rate_limit_retry,
+            )
             yield page
             if not page.next_page_token:
                 return
