@@ -185,15 +185,19 @@ class RetryPolicy(_message.Message):
     """Random spread of each delay as a fraction of it, between 0 and 1."""
     @_builtins.property
     def initial_backoff(self) -> _duration_pb2.Duration:
-        """Delay before the second attempt."""
+        """Delay before the second attempt; between 0 and 24 hours."""
 
     @_builtins.property
     def max_backoff(self) -> _duration_pb2.Duration:
-        """Upper bound of the delay."""
+        """Upper bound of the delay; between initial_backoff and 24 hours. Unset: 60 s, or
+        initial_backoff when that is longer.
+        """
 
     @_builtins.property
     def non_retryable_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Error codes (TaskError.code) that never earn another attempt."""
+        """Error codes (TaskError.code) that never earn another attempt, besides the errors the
+        agent marks not retryable (TaskError.retryable false).
+        """
 
     def __init__(
         self,

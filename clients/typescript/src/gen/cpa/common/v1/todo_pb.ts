@@ -60,7 +60,7 @@ export type RetryPolicy = Message<"cpa.common.v1.RetryPolicy"> & {
   maxAttempts?: number | undefined;
 
   /**
-   * Delay before the second attempt.
+   * Delay before the second attempt; between 0 and 24 hours.
    *
    * @generated from field: google.protobuf.Duration initial_backoff = 2;
    */
@@ -74,7 +74,8 @@ export type RetryPolicy = Message<"cpa.common.v1.RetryPolicy"> & {
   backoffMultiplier?: number | undefined;
 
   /**
-   * Upper bound of the delay.
+   * Upper bound of the delay; between initial_backoff and 24 hours. Unset: 60 s, or
+   * initial_backoff when that is longer.
    *
    * @generated from field: google.protobuf.Duration max_backoff = 4;
    */
@@ -88,7 +89,8 @@ export type RetryPolicy = Message<"cpa.common.v1.RetryPolicy"> & {
   jitter?: number | undefined;
 
   /**
-   * Error codes (TaskError.code) that never earn another attempt.
+   * Error codes (TaskError.code) that never earn another attempt, besides the errors the
+   * agent marks not retryable (TaskError.retryable false).
    *
    * @generated from field: repeated string non_retryable_codes = 6;
    */
