@@ -17,7 +17,7 @@ from cpa.scheduler.v1 import job_pb2
 
 from .model import PiiAction
 from .pii import redact, scan
-from .rules import Policy
+from .rules import HIDING, Policy
 
 # The request's own inputs are judged as its text: intent parameters are what the caller typed.
 _REQUEST_FIELD = "request.text"
@@ -32,7 +32,7 @@ _hidden_memo: dict[tuple[int, str, str], tuple[Policy, str | None]] = {}
 
 def _hidden(policy: Policy, path: str, text: str) -> str | None:
     """`text` with what the policy does not allow at `path` replaced, or None if unchanged."""
-    if not text:
+    if not text or not policy.pii_acts(path, HIDING):
         return None
     key = (id(policy), path, text)
     known = _hidden_memo.get(key)

@@ -27,6 +27,9 @@ MAIL_ACTION = "send_mail"
 RECIPIENT_KEYS = ("to", "cc", "bcc")
 _WEB_SCHEMES = frozenset({"http", "https"})
 _ACTIONS_REMEMBERED = 4096
+_REFUSE = frozenset({PiiAction.REFUSE})
+# The actions that change what a view shows (policy/redaction.py).
+HIDING = frozenset({PiiAction.REDACT, PiiAction.REFUSE})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +124,10 @@ class Policy:
     _actions: dict[tuple[str, Detector], tuple[PiiAction, str]] = field(
         default_factory=dict, compare=False, hash=False, repr=False
     )
+    # pii_acts' answers, for the same few fields.
+    _acts: dict[tuple[str, frozenset[PiiAction]], bool] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
     @classmethod
     def compile(cls, spec: PolicySpec, *, source: str) -> Policy:
@@ -154,27 +161,27 @@ class Policy:
 
     def first_refusal(self, todo: ToDo) -> Decision | None:
         """The first rule `todo` breaks, or None: what submission and dispatch ask."""
-        return next((d for d in self.todo_decisions(todo) if not d.allowed), None)
+        decisions = self.todo_decisions(todo, refusals_only=True)
+        return next((d for d in decisions if not d.allowed), None)
 
     def request_refusal(self, *, text: str = "", callback_url: str = "") -> Decision | None:
         """The first rule the request itself breaks (its text, its callback URL), or None."""
-        return next(
-            (
-                d
-                for d in self.request_decisions(text=text, callback_url=callback_url)
-                if not d.allowed
-            ),
-            None,
-        )
+        decisions = self.request_decisions(text=text, callback_url=callback_url, refusals_only=True)
+        return next((d for d in decisions if not d.allowed), None)
 
-    def request_decisions(self, *, text: str = "", callback_url: str = "") -> Iterator[Decision]:
+    def request_decisions(
+        self, *, text: str = "", callback_url: str = "", refusals_only: bool = False
+    ) -> Iterator[Decision]:
+        """The decisions about the request's own fields; `refusals_only`: as todo_decisions'."""
         if callback_url and self.callback_urls is not None:
             yield self._url("callback_urls.allow", self.callback_urls, "callback_url", callback_url)
-        if text:
+        if text and (not refusals_only or self.pii_acts("request.text", _REFUSE)):
             yield from self._pii("request.text", text, todo="")
 
-    def todo_decisions(self, todo: ToDo) -> Iterator[Decision]:
-        """Every decision about `todo`, rule by rule, refusals and allowances alike."""
+    def todo_decisions(self, todo: ToDo, *, refusals_only: bool = False) -> Iterator[Decision]:
+        """Every decision about `todo`, rule by rule, refusals and allowances alike.
+        `refusals_only`: PII is looked for only in fields where some detector refuses (the PII
+        allowances of the other fields are not reported): what first_refusal needs, cheaper."""
         if self.denied_actions:
             denied = todo.action in self.denied_actions
             yield Decision(
@@ -207,7 +214,7 @@ class Policy:
                 fields.append(("selector.value", todo.selector.value))
             fields.extend(_strings(todo.params, "params"))
             for path, value in fields:
-                if value:
+                if value and (not refusals_only or self.pii_acts(path, _REFUSE)):
                     yield from self._pii(path, value, todo=todo.id)
 
     def pii_action(self, path: str, detector: Detector) -> tuple[PiiAction, str]:
@@ -228,6 +235,19 @@ class Policy:
             self._actions.clear()
         self._actions[(path, detector)] = answer
         return answer
+
+    def pii_acts(self, path: str, actions: frozenset[PiiAction]) -> bool:
+        """Whether PII of some detector of the policy found at `path` does one of `actions`:
+        where none would, a scan cannot change the answer and is skipped (a scan still runs
+        with every detector, as their order settles overlapping findings)."""
+        key = (path, actions)
+        known = self._acts.get(key)
+        if known is None:
+            known = any(self.pii_action(path, d)[0] in actions for d in self.pii_detectors)
+            if len(self._acts) >= _ACTIONS_REMEMBERED:
+                self._acts.clear()
+            self._acts[key] = known
+        return known
 
     # -- rule by rule ----------------------------------------------------------------------
 
