@@ -317,6 +317,7 @@ class SchedulerServer:
                     trusted_proxies=trusted_proxies,
                     default_tenant=settings.default_tenant,
                     keys=RedisKeys(settings.redis_key_prefix),
+                    audit_log=audit_log,
                 )
             )
         server = grpc.aio.server(

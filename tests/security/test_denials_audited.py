@@ -204,3 +204,37 @@ async def test_a_flood_of_bad_credentials_writes_no_more_than_the_bound(
     viewer_id, viewer = await scheduler.key("viewer")
     await _refusal(scheduler, viewer)
     assert [e.principal for e in await _entries(scheduler)] == [f"key:{viewer_id}"]
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_rate_limited_calls_are_audited_up_to_the_bound(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A key past its rate limit gets RATE_LIMITED, and its admins see it in the audit trail:
+    one entry per refusal up to the bound, never one per call of a flood."""
+    async with secure_in_store(
+        store,
+        request,
+        tmp_path,
+        rate_limits_enabled=True,
+        rate_limit_per_key=3,
+        rate_limit_per_ip=0,
+        audit_refusals_per_minute=PER_MINUTE,
+    ) as scheduler:
+        key_id, submitter = await scheduler.key("submitter")
+        async with scheduler.client(submitter) as client:
+            for _ in range(3):
+                [job async for job in client.list_jobs()]
+            for _ in range(2 * PER_MINUTE):
+                with pytest.raises(CpaError) as refused:
+                    [job async for job in client.list_jobs()]
+                assert refused.value.reason == "RATE_LIMITED"
+        async with SchedulerClient(scheduler.target, api_key=scheduler.admin_key) as admin:
+            entries = [e async for e in admin.list_audit_entries(action="ListJobs")]
+    assert len(entries) == PER_MINUTE
+    for entry in entries:
+        assert (entry.result_code, entry.result_reason) == ("RESOURCE_EXHAUSTED", "RATE_LIMITED")
+        assert entry.principal == f"key:{key_id}"
+        assert entry.credential_id == key_id
+        assert "3 calls a minute" in entry.result_message
+        assert submitter not in entry.result_message

@@ -13,6 +13,9 @@ run before this one), limited at its own tenant's rate; with authentication off 
 is CredentialKind.INSECURE_LOCAL, one for every caller) the tenant the call names is the key
 (scope `tenant`). The address is the peer's, or what a trusted proxy says it is
 (security/client_address.py).
+
+A refusal is audited (docs/AUDIT.md) as the auth layer's are: before the caller gets it, bounded
+per principal, so a client hammering past its limit costs a write each only up to the bound.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import grpc
 import grpc.aio
 
 from cpa.executor.v1 import executor_service_pb2
+from cpa_scheduler.audit import AuditLog
 from cpa_scheduler.domain import LimitExceeded, Reason
 from cpa_scheduler.redis_keys import RedisKeys
 from cpa_scheduler.security.buckets import Ask, Buckets, Decision, Rate
@@ -34,6 +38,7 @@ from cpa_scheduler.security.client_address import FORWARDED_FOR_KEY, Network, cl
 from cpa_scheduler.security.principal import CredentialKind, current_principal
 from cpa_scheduler.security.tenant_limits import LimitsTable
 
+from .audit_calls import audit_denied
 from .call_context import tenant_of
 from .errors import abort
 from .interceptors import Context, Handler, around, rewrap
@@ -96,8 +101,10 @@ class RateLimiter(_Interceptor):
         trusted_proxies: Sequence[Network],
         default_tenant: str,
         keys: RedisKeys,
+        audit_log: AuditLog | None = None,
     ) -> None:
         self.buckets = buckets
+        self._audit_log = audit_log
         self._table = table
         self._ip_rate = Rate(per_ip) if per_ip else None
         self._proxies = tuple(trusted_proxies)
@@ -123,7 +130,8 @@ class RateLimiter(_Interceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = rewrap(handler, lambda behavior: around(behavior, self._admit))
+        admit = functools.partial(self._admit, method=method)
+        wrapped = rewrap(handler, lambda behavior: around(behavior, admit))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -161,13 +169,27 @@ class RateLimiter(_Interceptor):
     def _address_of(self, peer: str, forwarded: tuple[str, ...]) -> str:
         return self._bucket_key("ip", client_key(peer, forwarded, self._proxies))
 
-    async def _admit(self, context: Context) -> None:
+    async def _admit(self, context: Context, *, method: str) -> None:
         asks, scopes = self.asks(context)
         if not asks:
             return
         decision = await self.buckets.take(asks, 1)
         if not decision.allowed:
-            await abort(context, self.refusal(decision, asks, scopes))
+            refusal = self.refusal(decision, asks, scopes)
+            if self._audit_log is not None:
+                principal = current_principal()
+                await audit_denied(
+                    self._audit_log,
+                    method=method,
+                    metadata=context.invocation_metadata(),
+                    code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    reason=refusal.reason,
+                    message=refusal.message,
+                    principal=principal,
+                    tenant=principal.tenant if principal else self._default_tenant,
+                    peer=context.peer() or "",
+                )
+            await abort(context, refusal)
         _admitted.set(_Admitted(self, asks, scopes))
 
     @staticmethod
