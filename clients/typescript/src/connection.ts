@@ -5,6 +5,7 @@
  * browser's gRPC-web one; this module imports neither, so a browser bundle never pulls Node's.
  */
 import type { Interceptor, Transport } from "@connectrpc/connect";
+import { retryInterceptor, type RetryOptions } from "./retry.js";
 
 export interface ConnectionOptions {
   /**
@@ -23,6 +24,12 @@ export interface ConnectionOptions {
   readonly transport?: Transport;
   /** More interceptors (tracing, logging), run after the credential one. */
   readonly interceptors?: readonly Interceptor[];
+  /**
+   * How unary calls are repeated after UNAVAILABLE (reads and schedules only) and RATE_LIMITED
+   * (retry.ts); `false`: never. Default: as the Python SDK (5 attempts; 3 rate-limit repeats of
+   * at most 10 s each).
+   */
+  readonly retry?: RetryOptions | false;
 }
 
 /** Adds the credential and tenant metadata to every request. */
@@ -34,7 +41,8 @@ export function credentialInterceptor(credential?: string, tenant?: string): Int
   };
 }
 
-/** The credential interceptor, then the caller's own. */
+/** The retries (outermost: each attempt goes through the rest), the credential, the caller's. */
 export function interceptorsOf(options: ConnectionOptions): Interceptor[] {
-  return [credentialInterceptor(options.credential, options.tenant), ...(options.interceptors ?? [])];
+  const retry = options.retry === false ? [] : [retryInterceptor(options.retry)];
+  return [...retry, credentialInterceptor(options.credential, options.tenant), ...(options.interceptors ?? [])];
 }

@@ -12,3 +12,4 @@ export { JobState, JobView, TaskState, type Job, type JobSpec } from "./gen/cpa/
 export type { JobEvent } from "./gen/cpa/scheduler/v1/job_event_pb.js";
 export { ActionType, type ToDo } from "./gen/cpa/common/v1/todo_pb.js";
 export { ErrorReason } from "./gen/cpa/common/v1/error_pb.js";
+export { REPEATABLE_METHODS, retryInterceptor, type RetryOptions } from "./retry.js";

@@ -338,6 +338,60 @@ describe("a rate-limited call", () => {
   });
 });
 
+describe("repeated calls", () => {
+  it("a rate-limited call is repeated after the RetryInfo delay", { skip: EXTERNAL_SCHEDULER }, async () => {
+    // 120 calls a minute from this address: one comes back every 0.5 s.
+    const limited = await startScheduler({ CPA_RATE_LIMITS_ENABLED: "true", CPA_RATE_LIMIT_PER_IP: "120" });
+    try {
+      const options = { baseUrl: limited.baseUrl, credential: limited.credential };
+      const impatient = new SchedulerClient({ ...options, retry: { rateLimitAttempts: 0 } });
+      const patient = new SchedulerClient(options);
+      let refused: unknown;
+      for (let call = 0; call < 200 && refused === undefined; call += 1) {
+        await impatient.listJobs().next().catch((error: unknown) => (refused = error));
+      }
+      assert.ok(refused instanceof CpaError && refused.reason === "RATE_LIMITED", `got ${String(refused)}`);
+      // The bucket is empty; a client honouring RetryInfo waits for its turn instead of failing.
+      const page = await patient.listJobs().next();
+      assert.equal(page.done, true);
+      await assert.rejects(impatient.listJobs().next(), (error: unknown) => error instanceof CpaError && error.reason === "RATE_LIMITED");
+    } finally {
+      await limited.stop();
+    }
+  });
+
+  it("a read cut by a reset connection is repeated; a cancel is not", async () => {
+    const proxy = await TcpProxy.start(scheduler.address);
+    try {
+      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("x", "ts_nobody")] } } });
+      const options = { baseUrl: proxy.baseUrl, credential: scheduler.credential };
+      const reader = new SchedulerClient(options);
+      const readerOnce = new SchedulerClient({ ...options, retry: false });
+      const canceller = new SchedulerClient(options);
+      // One connection each, open before the calls under test.
+      for (const each of [reader, readerOnce, canceller]) await each.getJob(job.jobId);
+      // The calls' requests leave the clients and go nowhere; then their connections reset.
+      proxy.hold();
+      const read = reader.getJob(job.jobId);
+      const readOnce = readerOnce.getJob(job.jobId).then(() => undefined, (error: unknown) => error);
+      const cancel = canceller.cancelJob(job.jobId, "test").then(() => undefined, (error: unknown) => error);
+      while (proxy.heldConnections < 3) await new Promise((resolve) => setTimeout(resolve, 5));
+      proxy.cut();
+      assert.equal((await read).jobId, job.jobId, "the read was repeated on a new connection");
+      const failed = await readOnce;
+      // A reset connection: UNAVAILABLE, or ABORTED as connect-node names ECONNRESET.
+      const cutCodes = [Code.Unavailable, Code.Aborted];
+      assert.ok(failed instanceof CpaError && cutCodes.includes(failed.code), `got ${String(failed)}`);
+      const cancelFailed = await cancel;
+      assert.ok(cancelFailed instanceof CpaError && cutCodes.includes(cancelFailed.code), `got ${String(cancelFailed)}`);
+      assert.equal((await client.getJob(job.jobId)).cancelRequested, false, "the cut cancel never reached the server");
+      await client.cancelJob(job.jobId, "test over");
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
 describe("listJobs", () => {
   it("walks every page of a filter's matches", async () => {
     const suite = `list-${Date.now()}`;

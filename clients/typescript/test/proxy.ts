@@ -8,6 +8,9 @@ export class TcpProxy {
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();
   private frozen = false;
+  private holding = false;
+  /** Bytes each client connection sent while held (never forwarded). */
+  private readonly held = new Map<Socket, number>();
 
   private constructor(private readonly upstreamHost: string, private readonly upstreamPort: number) {
     this.server = createServer((downstream) => this.accept(downstream));
@@ -36,11 +39,26 @@ export class TcpProxy {
     for (const socket of this.sockets) socket.pause();
   }
 
+  /**
+   * Stops forwarding what clients send, counting it instead (heldConnections), so that a test
+   * knows its requests left the client and can never reach the server.
+   */
+  hold(): void {
+    this.holding = true;
+  }
+
+  /** How many client connections sent bytes since hold(). */
+  get heldConnections(): number {
+    return this.held.size;
+  }
+
   /** Resets every connection; new ones are forwarded normally. */
   cut(): void {
     for (const socket of this.sockets) socket.resetAndDestroy();
     this.sockets.clear();
     this.frozen = false;
+    this.holding = false;
+    this.held.clear();
   }
 
   async close(): Promise<void> {
@@ -56,7 +74,13 @@ export class TcpProxy {
     ] as const) {
       this.sockets.add(from);
       if (this.frozen) from.pause();
-      from.on("data", (chunk) => to.write(chunk));
+      from.on("data", (chunk: Buffer) => {
+        if (this.holding && from === downstream) {
+          this.held.set(from, (this.held.get(from) ?? 0) + chunk.length);
+        } else {
+          to.write(chunk);
+        }
+      });
       from.on("end", () => to.end());
       from.on("error", () => to.destroy());
       from.on("close", () => {
