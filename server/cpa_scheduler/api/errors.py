@@ -163,6 +163,8 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.SESSION_RESTARTED: _Code.FAILED_PRECONDITION,
         Reason.CALLBACK_NOT_DEAD: _Code.FAILED_PRECONDITION,
         Reason.INVALID_TIME_RANGE: _Code.INVALID_ARGUMENT,
+        Reason.PLAN_INVALID: _Code.INVALID_ARGUMENT,
+        Reason.PLANNING_BUSY: _Code.RESOURCE_EXHAUSTED,
     }
 )
 

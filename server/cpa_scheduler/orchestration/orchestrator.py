@@ -157,12 +157,13 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
         `audit`: the call whose entry is written with the new job."""
         return await self.submit(
             tenant=tenant,
-            plan=self.matched_plan(
+            plan=await self.matched_plan(
                 request,
                 context=options.context,
                 credential_refs=credential_refs,
                 tenant=tenant,
                 callback_url=options.callback_url,
+                conversation_id=conversation_id,
             ),
             source=source,
             options=options,

@@ -15,6 +15,7 @@ from .callbacks import CallbackSettings
 from .gateway import GatewaySettings
 from .jobs import JobSettings
 from .planning import DEFAULT_INTENTS_PATH, PlanningSettings
+from .planning_llm import PlanningLLMSettings
 from .security import SecuritySettings
 from .serving import ServingSettings
 from .storage import StorageSettings
@@ -24,6 +25,7 @@ __all__ = ["DEFAULT_INTENTS_PATH", "Settings"]
 
 class Settings(
     PlanningSettings,
+    PlanningLLMSettings,
     StorageSettings,
     ServingSettings,
     SecuritySettings,
