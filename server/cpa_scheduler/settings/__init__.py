@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 from .callbacks import CallbackSettings
 from .gateway import GatewaySettings
 from .jobs import JobSettings
+from .llm import LLMSettings
 from .planning import DEFAULT_INTENTS_PATH, PlanningSettings
 from .planning_llm import PlanningLLMSettings
 from .security import SecuritySettings
@@ -32,6 +33,7 @@ class Settings(
     JobSettings,
     CallbackSettings,
     GatewaySettings,
+    LLMSettings,
 ):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
 
