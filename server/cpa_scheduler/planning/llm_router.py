@@ -47,8 +47,6 @@ class Classification:
     reason: str
     usage: Usage
     messages: tuple[Message, ...]
-    said_unknown: bool = False
-    """The model answered (sure enough) that no intent fits."""
 
 
 class LLMIntentRouter:
@@ -97,9 +95,7 @@ class LLMIntentRouter:
             )
             return dataclasses.replace(decided, reason=reason)
         if choice.intent == UNKNOWN_INTENT:
-            return dataclasses.replace(
-                decided, reason="LLM router: no intent fits", said_unknown=True
-            )
+            return dataclasses.replace(decided, reason="LLM router: no intent fits")
         if self._catalog.get(choice.intent) is None:
             return dataclasses.replace(decided, reason=f"LLM router named {shown!r}, not an intent")
         return dataclasses.replace(

@@ -81,7 +81,7 @@ class Plan:
     """The LLM task planner's explanation of its plan."""
     attempts: tuple[Attempt, ...] = ()
     """The LLM task planner's proposals and their problems, in order (the last one accepted)."""
-    usage: Usage = Usage()
+    usage: Usage = field(default_factory=Usage)
     """Tokens the model used for this plan, all calls together."""
     prompts: tuple[RenderedPrompt, ...] = ()
     """The prompts sent to the model, as rendered (for PreviewPlan)."""
