@@ -81,6 +81,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.POLICY_VIOLATION: _Code.PERMISSION_DENIED,
         Reason.RATE_LIMITED: _Code.RESOURCE_EXHAUSTED,
         Reason.QUOTA_EXCEEDED: _Code.RESOURCE_EXHAUSTED,
+        Reason.PLANNING_BUSY: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_CALLS: _Code.RESOURCE_EXHAUSTED,
         Reason.TOO_MANY_WATCHERS: _Code.RESOURCE_EXHAUSTED,
         # The artifact stays too large: not retried by well-behaved clients, but RESOURCE_
@@ -164,7 +165,6 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.CALLBACK_NOT_DEAD: _Code.FAILED_PRECONDITION,
         Reason.INVALID_TIME_RANGE: _Code.INVALID_ARGUMENT,
         Reason.PLAN_INVALID: _Code.INVALID_ARGUMENT,
-        Reason.PLANNING_BUSY: _Code.RESOURCE_EXHAUSTED,
     }
 )
 

@@ -66,7 +66,7 @@ class Memories:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LLMSettings:
+class PlanningLimits:
     """The planning settings of the LLM path (settings/planning_llm.py)."""
 
     min_confidence: float
@@ -81,7 +81,7 @@ class LLMPlanning:
 
     provider: LLMProvider
     catalog: IntentCatalog
-    settings: LLMSettings
+    settings: PlanningLimits
     max_tasks: int
     memories: Memories = field(default_factory=Memories)
     _router: LLMIntentRouter = field(init=False)

@@ -29,7 +29,7 @@ from .catalog_loading import load_catalog
 from .intent_catalog import UNKNOWN_INTENT
 from .intent_router import Candidate, RuleIntentRouter
 from .llm_planner import Attempt, PlanRefused
-from .llm_planning import LLMPlanning, LLMSettings, Memories, RenderedPrompt, Situation
+from .llm_planning import LLMPlanning, Memories, PlanningLimits, RenderedPrompt, Situation
 from .templates import RenderLimits
 
 # Plan.decided_by: who turned the request into tasks.
@@ -127,7 +127,7 @@ class Planner:
             llm = LLMPlanning(
                 provider=provider,
                 catalog=router.catalog,
-                settings=LLMSettings(
+                settings=PlanningLimits(
                     min_confidence=settings.planning_llm_min_confidence,
                     repair_attempts=settings.planning_llm_repair_attempts,
                     concurrency=settings.planning_llm_concurrency,

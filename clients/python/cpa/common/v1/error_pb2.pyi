@@ -286,6 +286,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ListAuditEntries: end_time is not after start_time, so no entry could match:
     INVALID_ARGUMENT, field `end_time`.
     """
+    ERROR_REASON_PLAN_INVALID: _ErrorReason.ValueType  # 175
+    """Free text planned by the language model (no intent fitted) gave a plan that stayed
+    invalid after the repair attempts (CPA_PLANNING_LLM_REPAIR_ATTEMPTS): INVALID_ARGUMENT,
+    field `text`; nothing is created or run. ErrorInfo.metadata: `attempts` and `problems`
+    (the last attempt's problems, `field: message` separated by "; "). Rephrase the request,
+    name an intent, or give the ToDos.
+    """
+    ERROR_REASON_PLANNING_BUSY: _ErrorReason.ValueType  # 176
+    """More free-text requests are being planned by the language model on this replica than
+    CPA_PLANNING_LLM_CONCURRENCY allows: RESOURCE_EXHAUSTED, refused at once (not queued), with
+    a RetryInfo of 1 s. Requests with ToDos or an intent name never wait for the model.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -554,6 +566,18 @@ of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
 ERROR_REASON_INVALID_TIME_RANGE: ErrorReason.ValueType  # 160
 """ListAuditEntries: end_time is not after start_time, so no entry could match:
 INVALID_ARGUMENT, field `end_time`.
+"""
+ERROR_REASON_PLAN_INVALID: ErrorReason.ValueType  # 175
+"""Free text planned by the language model (no intent fitted) gave a plan that stayed
+invalid after the repair attempts (CPA_PLANNING_LLM_REPAIR_ATTEMPTS): INVALID_ARGUMENT,
+field `text`; nothing is created or run. ErrorInfo.metadata: `attempts` and `problems`
+(the last attempt's problems, `field: message` separated by "; "). Rephrase the request,
+name an intent, or give the ToDos.
+"""
+ERROR_REASON_PLANNING_BUSY: ErrorReason.ValueType  # 176
+"""More free-text requests are being planned by the language model on this replica than
+CPA_PLANNING_LLM_CONCURRENCY allows: RESOURCE_EXHAUSTED, refused at once (not queued), with
+a RetryInfo of 1 s. Requests with ToDos or an intent name never wait for the model.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
