@@ -206,16 +206,24 @@ def encode_vector(vector: Sequence[float], encoding_format: str) -> list[float] 
 
 
 def embeddings_reply(
-    vectors: Sequence[Sequence[float]], *, prompt_tokens: int | None = None
+    vectors: Sequence[Sequence[float]],
+    *,
+    prompt_tokens: int | None = None,
+    encoding_format: str | None = None,
+    reverse: bool = False,
 ) -> Responder:
-    """Answer these vectors (in order, index 0..n-1) in the encoding the request asked for."""
+    """Answer these vectors (index 0..n-1) in the encoding the request asked for, or in
+    `encoding_format` whatever it asked (servers that ignore the field); `reverse` lists them
+    last index first (the API gives each item its index; order in the list is not promised)."""
 
     def respond(request: Received) -> Reply:
-        encoding = (request.json or {}).get("encoding_format", "float")
+        encoding = encoding_format or (request.json or {}).get("encoding_format", "float")
         data = [
             {"object": "embedding", "index": i, "embedding": encode_vector(v, encoding)}
             for i, v in enumerate(vectors)
         ]
+        if reverse:
+            data.reverse()
         tokens = len(vectors) if prompt_tokens is None else prompt_tokens
         body = {
             "object": "list",
