@@ -1,0 +1,149 @@
+"""Free text planned by the model through a real scheduler: gRPC, the OpenAI provider on the
+loopback server, a real agent running the plan to SUCCEEDED. Structured requests never reach
+the model, and PreviewPlan shows how a plan came about."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
+from cpa_client import CpaError, SchedulerClient
+from cpa_scheduler.server import SchedulerServer
+from cpa_scheduler.settings import Settings
+from tests.e2e.conftest import (
+    EVENT_TIMEOUT_S,
+    HEARTBEAT_S,
+    LEASE_S,
+    Agents,
+    finished,
+    todo,
+    todos_spec,
+)
+from tests.support.openai_server import OpenAIServer
+
+from .answers import GOOD_STEPS, intent, plan, step
+
+TEXT = "say hello, pause, then say it again"
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[OpenAIServer]:
+    async with OpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def target(tmp_path: Path, openai_server: OpenAIServer) -> AsyncIterator[str]:
+    key = tmp_path / "openai.key"
+    key.write_text("sk-test\n")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        lease_duration_s=LEASE_S,
+        heartbeat_interval_s=HEARTBEAT_S,
+        llm_provider="openai",
+        llm_base_url=openai_server.base_url,
+        llm_api_key_file=key,
+        llm_max_retries=0,
+        planning_llm_repair_attempts=1,
+    )
+    server = SchedulerServer(settings)
+    port = await server.start("127.0.0.1:0")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(grace_s=1.0)
+
+
+@pytest.fixture
+async def client(target: str) -> AsyncIterator[SchedulerClient]:
+    async with SchedulerClient(target, timeout_s=EVENT_TIMEOUT_S) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def stub(target: str) -> AsyncIterator[scheduler_service_pb2_grpc.SchedulerServiceStub]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        yield scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
+
+
+@pytest.fixture
+async def agents(target: str) -> AsyncIterator[Agents]:
+    pool = Agents(target=target)
+    try:
+        yield pool
+    finally:
+        await pool.stop_all()
+
+
+async def test_free_text_is_planned_by_the_model_and_runs_to_succeeded(
+    client: SchedulerClient, agents: Agents, openai_server: OpenAIServer
+) -> None:
+    await agents.start("builtin")
+    openai_server.chat.push(intent("unknown", 0.9), plan(*GOOD_STEPS))
+    created = await client.schedule_job(job_pb2.JobSpec(text=TEXT))
+    job = await finished(client, created.job.job_id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert [t.todo.id for t in job.tasks] == ["greet", "pause", "repeat"]
+    # The planning prompt listed what the connected agent serves.
+    catalog = openai_server.chat_requests[1].messages[0]["content"]
+    assert "- echo:" in catalog
+    assert "- fail:" in catalog
+
+
+async def test_structured_jobs_never_reach_the_model(
+    client: SchedulerClient, agents: Agents, openai_server: OpenAIServer
+) -> None:
+    await agents.start("builtin")
+    created = await client.schedule_job(todos_spec(todo("a", "noop")))
+    named = job_pb2.JobSpec(
+        intent=job_pb2.IntentInvocation(name="send_mail", parameters={"recipient": "a@b.example"})
+    )
+    await client.schedule_job(named)
+    assert (await finished(client, created.job.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
+    assert openai_server.chat_requests == []
+
+
+async def test_preview_shows_decision_reasoning_attempts_usage_and_prompts(
+    stub: scheduler_service_pb2_grpc.SchedulerServiceStub, openai_server: OpenAIServer
+) -> None:
+    openai_server.chat.push(
+        intent("unknown", 0.9), plan(step("a", "teleport")), plan(*GOOD_STEPS, reasoning="why")
+    )
+    preview = await stub.PreviewPlan(
+        scheduler_service_pb2.PreviewPlanRequest(spec=job_pb2.JobSpec(text=TEXT))
+    )
+    assert preview.decided_by == "llm_planner"
+    assert "no rule matched" in preview.decision_reason
+    assert preview.reasoning == "why"
+    assert [len(a.problems) for a in preview.attempts] == [1, 0]
+    assert preview.attempts[0].problems[0].field == "tasks[0].action"
+    assert preview.usage.prompt_tokens == 33
+    assert [p.name for p in preview.prompts] == ["intent", "plan"]
+    assert preview.prompts[1].messages[1].content.endswith(f"Request: {TEXT}")
+    assert [t.id for t in preview.todos] == ["greet", "pause", "repeat"]
+    assert not await _jobs(stub)
+
+
+async def test_a_plan_that_stays_invalid_is_refused_and_nothing_is_created(
+    client: SchedulerClient,
+    stub: scheduler_service_pb2_grpc.SchedulerServiceStub,
+    openai_server: OpenAIServer,
+) -> None:
+    cycle = plan(step("a", "noop", depends_on=("b",)), step("b", "noop", depends_on=("a",)))
+    openai_server.chat.push(intent("unknown", 0.9), cycle, cycle)
+    with pytest.raises(CpaError) as refused:
+        await client.schedule_job(job_pb2.JobSpec(text=TEXT))
+    error = refused.value
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PLAN_INVALID")
+    assert error.metadata["field"] == "spec.text"
+    assert error.metadata["attempts"] == "2"
+    assert "cycle" in error.metadata["problems"]
+    assert not await _jobs(stub)
+
+
+async def _jobs(stub: scheduler_service_pb2_grpc.SchedulerServiceStub) -> list[job_pb2.Job]:
+    return list((await stub.ListJobs(scheduler_service_pb2.ListJobsRequest())).jobs)
