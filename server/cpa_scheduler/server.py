@@ -55,7 +55,7 @@ from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
 from .health import HealthProbe
 from .llm import LLMProvider
-from .llm.openai_provider import OpenAIProvider
+from .llm.registry import provider_from_settings
 from .orchestration import Orchestrator
 from .planning import Planner
 from .policy import Policies
@@ -233,7 +233,7 @@ class SchedulerServer:
         # Load the catalog first: a broken one must stop the start, naming file and line.
         # With a language model, free text is planned with it too (docs/PLANNING.md); a
         # provider that cannot start (no API key) stops the start.
-        llm = OpenAIProvider.from_settings(settings) if settings.llm_provider == "openai" else None
+        llm = provider_from_settings(settings)
         planner = Planner.from_settings(settings, provider=llm)
         # Read before anything opens: a bad certificate or key stops the start, naming it.
         self.tls = ServerTls.from_settings(settings)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
 from cpa_client import CpaError, SchedulerClient
@@ -65,7 +67,8 @@ async def client(target: str) -> AsyncIterator[SchedulerClient]:
 
 
 @pytest.fixture
-async def stub(target: str) -> AsyncIterator[scheduler_service_pb2_grpc.SchedulerServiceStub]:
+async def stub(target: str) -> AsyncIterator[Any]:
+    # Any: the generated stub's types are the sync ones.
     async with grpc.aio.insecure_channel(target) as channel:
         yield scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
 
@@ -100,7 +103,9 @@ async def test_structured_jobs_never_reach_the_model(
     await agents.start("builtin")
     created = await client.schedule_job(todos_spec(todo("a", "noop")))
     named = job_pb2.JobSpec(
-        intent=job_pb2.IntentInvocation(name="send_mail", parameters={"recipient": "a@b.example"})
+        intent=job_pb2.IntentInvocation(
+            name="send_mail", parameters=_struct(recipient="a@b.example")
+        )
     )
     await client.schedule_job(named)
     assert (await finished(client, created.job.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
@@ -108,7 +113,7 @@ async def test_structured_jobs_never_reach_the_model(
 
 
 async def test_preview_shows_decision_reasoning_attempts_usage_and_prompts(
-    stub: scheduler_service_pb2_grpc.SchedulerServiceStub, openai_server: OpenAIServer
+    stub: Any, openai_server: OpenAIServer
 ) -> None:
     openai_server.chat.push(
         intent("unknown", 0.9), plan(step("a", "teleport")), plan(*GOOD_STEPS, reasoning="why")
@@ -130,7 +135,7 @@ async def test_preview_shows_decision_reasoning_attempts_usage_and_prompts(
 
 async def test_a_plan_that_stays_invalid_is_refused_and_nothing_is_created(
     client: SchedulerClient,
-    stub: scheduler_service_pb2_grpc.SchedulerServiceStub,
+    stub: Any,
     openai_server: OpenAIServer,
 ) -> None:
     cycle = plan(step("a", "noop", depends_on=("b",)), step("b", "noop", depends_on=("a",)))
@@ -145,5 +150,11 @@ async def test_a_plan_that_stays_invalid_is_refused_and_nothing_is_created(
     assert not await _jobs(stub)
 
 
-async def _jobs(stub: scheduler_service_pb2_grpc.SchedulerServiceStub) -> list[job_pb2.Job]:
+async def _jobs(stub: Any) -> list[job_pb2.Job]:
     return list((await stub.ListJobs(scheduler_service_pb2.ListJobsRequest())).jobs)
+
+
+def _struct(**values: str) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
