@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from cpa_scheduler.domain.todo import ActionType
 
 ACTIONS_PATH = Path(__file__).parent / "actions.json"
@@ -35,6 +37,9 @@ class ActionSpec:
     capabilities: frozenset[str] = frozenset()
     """Capabilities the connected agents that serve it advertise (for the prompt)."""
     connected: bool = False
+    validator: Any = field(default=None, compare=False, repr=False)
+    """The params_schema's jsonschema validator (None without a schema): made once per shipped
+    action, since making one costs more than most validations."""
 
     @property
     def needs_selector(self) -> bool:
@@ -71,6 +76,7 @@ class ActionCatalog:
                     name=name,
                     description=shipped[name].description if name in shipped else "",
                     params_schema=shipped[name].params_schema if name in shipped else None,
+                    validator=shipped[name].validator if name in shipped else None,
                     capabilities=frozenset(capabilities),
                     connected=True,
                 )
@@ -85,7 +91,10 @@ def shipped_actions() -> Mapping[str, ActionSpec]:
     raw = json.loads(ACTIONS_PATH.read_text(encoding="utf-8"))
     return {
         name: ActionSpec(
-            name=name, description=entry["description"], params_schema=entry["params_schema"]
+            name=name,
+            description=entry["description"],
+            params_schema=entry["params_schema"],
+            validator=jsonschema.Draft202012Validator(entry["params_schema"]),
         )
         for name, entry in raw.items()
     }

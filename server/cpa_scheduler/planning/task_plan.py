@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field
 
 from cpa_scheduler.domain import DomainError, TaskGraph, ToDo
@@ -149,9 +148,8 @@ def _todo(
             Problem(f"{where}.action", f"unknown action {task.action!r}; known: {known}")
         )
     params = _params(task.params_json, f"{where}.params_json", problems)
-    if spec is not None and params is not None and spec.params_schema is not None:
-        validator = jsonschema.Draft202012Validator(spec.params_schema)
-        for error in sorted(validator.iter_errors(params), key=lambda e: list(e.path))[:5]:
+    if spec is not None and params is not None and spec.validator is not None:
+        for error in sorted(spec.validator.iter_errors(params), key=lambda e: list(e.path))[:5]:
             path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
             problems.append(Problem(f"{where}.params{path}", error.message[:300]))
     selector = None
