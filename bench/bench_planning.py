@@ -1,13 +1,14 @@
 """Prints what the LLM planning path costs the scheduler itself, the model's time aside:
 rendering the prompts, parsing a model's TaskPlan answer and checking it (actions, JSON schemas,
-selectors, graph, policy), for plans of 3, 50 and 250 tasks (a TaskPlan holds at most 256). Memory retrieval is measured by
-bench/bench_memory.py.
+selectors, graph, policy), for plans of 3, 50 and 250 tasks (a TaskPlan holds at most 256).
+Memory retrieval is measured by the memory work's own bench.
 
 Run: PYTHONPATH=server:executor_agent .venv/bin/python bench/bench_planning.py
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -97,13 +98,18 @@ def main() -> None:
         text = answer(tasks)
         parsed = TaskPlan.model_validate_json(text)
         rows.append(
-            (f"parse a {tasks}-task answer", timed(lambda: TaskPlan.model_validate_json(text)))
+            (
+                f"parse a {tasks}-task answer",
+                timed(functools.partial(TaskPlan.model_validate_json, text)),
+            )
         )
         rows.append(
             (
                 f"check a {tasks}-task plan (policy included)",
                 timed(
-                    lambda: check(parsed, actions=actions, max_tasks=10_000, policy=POLICY),
+                    functools.partial(
+                        check, parsed, actions=actions, max_tasks=10_000, policy=POLICY
+                    ),
                     runs=RUNS if tasks < 250 else 50,
                 ),
             )

@@ -25,7 +25,13 @@ from tests.e2e.conftest import (
     todo,
     todos_spec,
 )
-from tests.support.openai_server import OpenAIServer
+from tests.support.openai_server import (
+    OpenAIServer,
+    Reply,
+    chat_reply,
+    error_reply,
+    refusal_reply,
+)
 
 from .answers import GOOD_STEPS, intent, plan, step
 
@@ -148,6 +154,42 @@ async def test_a_plan_that_stays_invalid_is_refused_and_nothing_is_created(
     assert error.metadata["attempts"] == "2"
     assert "cycle" in error.metadata["problems"]
     assert not await _jobs(stub)
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "reason"),
+    [
+        (refusal_reply(), grpc.StatusCode.FAILED_PRECONDITION, "LLM_REFUSED"),
+        (
+            chat_reply("{", finish_reason="length"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "LLM_OUTPUT_TRUNCATED",
+        ),
+        (error_reply(503), grpc.StatusCode.UNAVAILABLE, "LLM_UNAVAILABLE"),
+    ],
+)
+async def test_a_model_without_a_usable_answer_is_a_clear_grpc_error(
+    stub: Any, openai_server: OpenAIServer, answer: Reply, code: grpc.StatusCode, reason: str
+) -> None:
+    openai_server.chat.push(intent("unknown", 0.9), answer)
+    # The raw stub: the SDK would retry UNAVAILABLE, and the retry meet an unscripted server.
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.ScheduleJob(
+            scheduler_service_pb2.ScheduleJobRequest(spec=job_pb2.JobSpec(text=TEXT))
+        )
+    error = CpaError.from_rpc_error(failed.value)
+    assert (error.code, error.reason) == (code, reason)
+    assert error.metadata["field"] == "spec.text"
+    assert not await _jobs(stub)
+
+
+async def test_a_huge_text_never_reaches_the_model(
+    client: SchedulerClient, openai_server: OpenAIServer
+) -> None:
+    with pytest.raises(CpaError) as refused:
+        await client.schedule_job(job_pb2.JobSpec(text="plan " * 10_000))
+    assert refused.value.reason == "TEXT_TOO_LONG"
+    assert openai_server.chat_requests == []
 
 
 async def _jobs(stub: Any) -> list[job_pb2.Job]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cpa_scheduler.domain import Reason
-from cpa_scheduler.llm import LLMRefusedError, LLMTruncatedError
+from cpa_scheduler.domain import DomainError, Reason
 from cpa_scheduler.llm.openai_provider import OpenAIProvider
 from cpa_scheduler.planning import Planner, TextRequest
 from cpa_scheduler.planning.llm_planner import PlanRefused
@@ -95,18 +94,29 @@ async def test_a_plan_still_invalid_after_the_repairs_is_refused_with_its_proble
 
 
 @pytest.mark.parametrize(
-    ("answer", "error"),
+    ("answer", "reason"),
     [
-        (refusal_reply(), LLMRefusedError),
-        (chat_reply("{", finish_reason="length"), LLMTruncatedError),
+        (refusal_reply(), Reason.LLM_REFUSED),
+        (chat_reply("{", finish_reason="length"), Reason.LLM_OUTPUT_TRUNCATED),
     ],
 )
-async def test_refusal_and_length_are_typed_errors_not_plans(
-    planner: Planner, openai_server: OpenAIServer, answer: Reply, error: type[Exception]
+async def test_refusal_and_length_are_clear_errors_not_plans(
+    planner: Planner, openai_server: OpenAIServer, answer: Reply, reason: Reason
 ) -> None:
     openai_server.chat.push(NO_INTENT, answer)
-    with pytest.raises(error):
+    with pytest.raises(DomainError) as failed:
         await planner.plan_async(TextRequest(TEXT))
+    assert (failed.value.reason, failed.value.field) == (reason, "text")
+
+
+async def test_answers_that_never_parse_end_as_a_bad_answer(
+    provider: OpenAIProvider, openai_server: OpenAIServer
+) -> None:
+    planner = planner_with(provider, planning_llm_repair_attempts=1)
+    openai_server.chat.push(NO_INTENT, chat_reply("no"), chat_reply("still no"))
+    with pytest.raises(DomainError) as failed:
+        await planner.plan_async(TextRequest(TEXT))
+    assert failed.value.reason is Reason.LLM_BAD_ANSWER
 
 
 async def test_a_rate_limit_with_retry_after_is_retried(

@@ -85,8 +85,9 @@ class LLMTaskPlanner:
         memories: Sequence[MemoryHit] = (),
         conversation: Sequence[ConversationEntry] = (),
     ) -> PlannedTasks:
-        """The checked tasks of `text`; PlanRefused when no attempt passed, an LLMError (other
-        than a bad answer, which is repaired like an invalid plan) as the provider raised it."""
+        """The checked tasks of `text`; PlanRefused when no attempt passed, an LLMError as the
+        provider raised it (a bad answer is repaired like an invalid plan, and raised when the
+        last attempt is one)."""
         messages = prompts.planning(
             text,
             actions=actions,
@@ -98,7 +99,9 @@ class LLMTaskPlanner:
         rendered = tuple(messages)
         attempts: list[Attempt] = []
         usage = Usage()
+        bad_answer: LLMBadAnswerError | None = None
         for _ in range(1 + self._repair_attempts):
+            bad_answer = None
             try:
                 answer = await self._provider.generate_structured(
                     messages, TaskPlan, timeout_s=timeout_s
@@ -107,6 +110,7 @@ class LLMTaskPlanner:
                 # An answer that does not parse (garbage, too large, too deep) is one more thing
                 # the model can correct.
                 usage += error.usage
+                bad_answer = error
                 problem = Problem("answer", f"does not fit the TaskPlan schema: {error}"[:500])
                 attempts.append(Attempt(problems=(problem,), total_problems=1, usage=error.usage))
                 messages = [*messages, prompts.repair([problem])]
@@ -129,4 +133,7 @@ class LLMTaskPlanner:
                 Message("assistant", answer.raw[:_MAX_ECHOED_ANSWER_CHARS]),
                 prompts.repair(checked.problems),
             ]
+        if bad_answer is not None:
+            # The last answer did not even parse: the model's fault, not the plan's.
+            raise bad_answer
         raise PlanRefused(attempts, usage)

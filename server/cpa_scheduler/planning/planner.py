@@ -22,7 +22,8 @@ from cpa_scheduler.domain import (
     ToDo,
     with_default_sessions,
 )
-from cpa_scheduler.llm.interface import LLMProvider, Usage
+from cpa_scheduler.llm.errors import as_domain_error
+from cpa_scheduler.llm.interface import LLMError, LLMProvider, Usage
 from cpa_scheduler.settings import Settings
 
 from .catalog_loading import load_catalog
@@ -184,7 +185,8 @@ class Planner:
         """`plan`, with the model for free text when one is configured (llm_planning.py says
         who decides when). Beyond `plan`'s errors: LimitExceeded(PLANNING_BUSY) when too many
         texts are being planned, PlanRefused(PLAN_INVALID) when the model's plan stays
-        invalid, and the provider's LLMError when the planner's model call fails."""
+        invalid, and LLM_* domain errors (llm/errors.py) when the planner's model gives no
+        usable answer."""
         if not isinstance(request, TextRequest) or self._llm is None:
             return self.plan(request, context=context, credential_refs=credential_refs)
         self._router.check_text(request.text)
@@ -229,6 +231,8 @@ class Planner:
             except PlanRefused as refused:
                 refused.usage += chosen.usage
                 raise
+            except LLMError as error:
+                raise as_domain_error(error, "text") from error
             return Plan(
                 intent=UNKNOWN_INTENT,
                 graph=self._graph(planned.todos, credential_refs or {}),

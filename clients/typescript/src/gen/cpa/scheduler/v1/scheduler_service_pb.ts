@@ -1134,8 +1134,10 @@ export const SchedulerService: GenService<{
    * text: ToDos and intent names never reach the model) is classified by the model first, then
    * by the rules, then planned by the model; that planning may end in INVALID_ARGUMENT
    * (PLAN_INVALID, field spec.text: the model's plan stayed invalid after its repairs),
-   * RESOURCE_EXHAUSTED (PLANNING_BUSY: too many texts being planned at once) or the model's own
-   * errors (docs/LLM.md); it ends by the call's deadline or CPA_PLANNING_LLM_TIMEOUT_S.
+   * RESOURCE_EXHAUSTED (PLANNING_BUSY: too many texts being planned at once), or, when the
+   * model gives no usable plan, FAILED_PRECONDITION (LLM_REFUSED, LLM_OUTPUT_TRUNCATED,
+   * LLM_BAD_ANSWER, LLM_NOT_CONFIGURED) or UNAVAILABLE (LLM_UNAVAILABLE), field spec.text
+   * (docs/LLM.md); it ends by the call's deadline or CPA_PLANNING_LLM_TIMEOUT_S.
    * ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
    * the request-id retention sweep) before its job could be read: the same call may succeed.
    *
@@ -1163,7 +1165,8 @@ export const SchedulerService: GenService<{
    * planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
    * DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
    * APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
-   * TEMPLATE_LIMIT_EXCEEDED; with a language model PLAN_INVALID and PLANNING_BUSY;
+   * TEMPLATE_LIMIT_EXCEEDED; with a language model PLAN_INVALID, PLANNING_BUSY, LLM_REFUSED,
+   * LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED, LLM_UNAVAILABLE;
    * IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS; REQUEST_ID_CONTENDED,
    * ABORTED), the field under `requests[i].`. Requests with text are planned one after another.
    *
@@ -1296,8 +1299,9 @@ export const SchedulerService: GenService<{
    * (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
    * UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
    * NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
-   * QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID and PLANNING_BUSY
-   * (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by another request, field `id`;
+   * QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
+   * the LLM_* reasons (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by
+   * another request, field `id`;
    * REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
    * ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
    * other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
@@ -1317,8 +1321,9 @@ export const SchedulerService: GenService<{
    * Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
    * INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
    * GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
-   * TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID and PLANNING_BUSY as in
-   * ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
+   * TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
+   * LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
+   * LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
    * (its plan must pass it): nothing runs.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.PreviewPlan
