@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2
 
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
 from cpa_client import CpaError, SchedulerClient
+from cpa_scheduler.domain import MAX_FIELD_BYTES, MAX_MESSAGE_BYTES
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
 from tests.e2e.conftest import (
@@ -200,3 +201,27 @@ def _struct(**values: str) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(values)
     return message
+
+
+async def test_hostile_model_answers_end_in_bounded_errors(
+    stub: Any, openai_server: OpenAIServer
+) -> None:
+    # 200 forged tasks, each with problems: the refusal lists 20 and stays within a trailer.
+    forged = plan(*(step(f"t{i}", "os.system", {"cmd": "x" * 2000}) for i in range(200)))
+    openai_server.chat.push(intent("unknown", 0.9), forged, forged)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.PreviewPlan(
+            scheduler_service_pb2.PreviewPlanRequest(spec=job_pb2.JobSpec(text=TEXT))
+        )
+    error = CpaError.from_rpc_error(refused.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PLAN_INVALID")
+    assert len(error.message) <= MAX_MESSAGE_BYTES
+    assert all(len(value) <= MAX_FIELD_BYTES for value in error.metadata.values())
+    # An answer of 50 000 nested brackets, twice: the model's fault, said so.
+    deep = chat_reply("[" * 50_000 + "]" * 50_000)
+    openai_server.chat.push(intent("unknown", 0.9), deep, deep)
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stub.PreviewPlan(
+            scheduler_service_pb2.PreviewPlanRequest(spec=job_pb2.JobSpec(text=TEXT))
+        )
+    assert CpaError.from_rpc_error(bad.value).reason == "LLM_BAD_ANSWER"

@@ -4,12 +4,14 @@ cannot (an error, garbage, low confidence, a made-up intent), and the plan says 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from cpa_scheduler.domain import LimitExceeded, Reason, ToDo
+from cpa_scheduler.domain import DomainError, LimitExceeded, Reason, ToDo
 from cpa_scheduler.llm.openai_provider import OpenAIProvider
 from cpa_scheduler.planning import IntentRequest, Planner, TextRequest, TodoRequest
+from cpa_scheduler.planning.llm_planning import Situation
 from cpa_scheduler.planning.planner import BY_LLM_ROUTER, BY_REQUEST, BY_RULES
 from tests.support.openai_server import OpenAIServer, Reply, chat_reply, error_reply
 
@@ -104,3 +106,33 @@ async def test_beyond_the_concurrency_a_text_is_refused_at_once(
     # The slot is free again.
     openai_server.chat.push(intent("send_mail", 0.9, recipient="x@y.example"))
     assert (await planner.plan_async(TextRequest("mail x"))).decided_by == BY_LLM_ROUTER
+
+
+@pytest.mark.timeout(60)
+async def test_the_requests_deadline_bounds_the_models_time(
+    openai_server: OpenAIServer,
+) -> None:
+    # Every other bound far away: only the request's deadline can end the planning.
+    patient = OpenAIProvider(
+        api_key="sk-test",
+        model="gpt-test",
+        embedding_model="embedding-test",
+        base_url=openai_server.base_url,
+        timeout_s=600.0,
+        max_retries=0,
+    )
+    planner = planner_with(patient, planning_llm_timeout_s=600, planning_llm_concurrency=1)
+    never = asyncio.Event()  # released by the server's stop
+    openai_server.chat.default = lambda _: Reply(intent("unknown", 0.9).body, hold=never)
+    with pytest.raises(DomainError) as failed:
+        await planner.plan_async(
+            TextRequest("nothing the rules know"),
+            situation=Situation(deadline=time.monotonic() + 0.3),
+        )
+    assert failed.value.reason is Reason.LLM_UNAVAILABLE
+    # The router's call took all the time: the planner is not called without any left.
+    assert len(openai_server.chat_requests) == 1
+    # The slot is free again: the next text is planned (and routed by the rules here).
+    openai_server.chat.default = lambda _: intent("unknown", 0.9)
+    assert (await planner.plan_async(TextRequest(RULE_TEXT))).decided_by == BY_RULES
+    await patient.aclose()

@@ -136,7 +136,10 @@ class LLMPlanning:
         situation: Situation,
         timeout_s: float,
     ) -> PlannedTasks:
-        """The LLM task planner's checked tasks (PlanRefused, LLMError otherwise)."""
+        """The LLM task planner's checked tasks (PlanRefused, LLMError otherwise); with no
+        time left (the router took it all) LLMTimeoutError without a call."""
+        if timeout_s <= 0:
+            raise LLMTimeoutError("no time left to plan the tasks before the deadline")
         actions = (
             await situation.agents() if situation.agents is not None else ActionCatalog.build()
         )

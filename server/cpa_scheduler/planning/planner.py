@@ -223,7 +223,7 @@ class Planner:
                     usage=chosen.usage,
                     prompts=prompts,
                 )
-            remaining = max(timeout_s - (time.monotonic() - started), 0.001)
+            remaining = timeout_s - (time.monotonic() - started)
             try:
                 planned = await llm.plan_tasks(
                     request.text, context=context or {}, situation=situation, timeout_s=remaining
