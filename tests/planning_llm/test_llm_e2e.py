@@ -12,6 +12,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from cpa.common.v1 import error_pb2
+from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
 from cpa_client import CpaError, SchedulerClient
 from cpa_scheduler.domain import MAX_FIELD_BYTES, MAX_MESSAGE_BYTES
@@ -225,3 +227,28 @@ async def test_hostile_model_answers_end_in_bounded_errors(
             scheduler_service_pb2.PreviewPlanRequest(spec=job_pb2.JobSpec(text=TEXT))
         )
     assert CpaError.from_rpc_error(bad.value).reason == "LLM_BAD_ANSWER"
+
+
+async def test_a_lam_request_in_words_is_planned_by_the_model(
+    client: SchedulerClient, agents: Agents, openai_server: OpenAIServer
+) -> None:
+    await agents.start("builtin")
+    openai_server.chat.push(intent("unknown", 0.9), plan(*GOOD_STEPS))
+    message = lam.LamMessage(
+        id="m-1",
+        sender="agent://ops-bot",
+        performative=lam.PERFORMATIVE_REQUEST,
+        request=lam.RequestBody(text=TEXT),
+    )
+    reply = await client.send_message(message)
+    assert reply.performative == lam.PERFORMATIVE_AGREE
+    job = await finished(client, reply.agree.job_id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    # A plan that stays invalid is a refuse naming the text.
+    bad = plan(step("a", "teleport"))
+    openai_server.chat.push(intent("unknown", 0.9), bad, bad)
+    message.id = "m-2"
+    refused = await client.send_message(message)
+    assert refused.performative == lam.PERFORMATIVE_REFUSE
+    assert refused.refuse.reason == error_pb2.ERROR_REASON_PLAN_INVALID
+    assert refused.refuse.field == "request.text"

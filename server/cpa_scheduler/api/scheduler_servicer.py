@@ -405,7 +405,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         if message_id != request.message.id:  # only then: an absent message stays absent
             request.message.id = message_id
         reply = await self._lam.handle(
-            request.message, tenant=self._tenant(context), audit=current_call()
+            request.message,
+            tenant=self._tenant(context),
+            audit=current_call(),
+            deadline=_deadline(context),
         )
         return pb.SendMessageResponse(reply=reply)
 
