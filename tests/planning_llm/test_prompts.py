@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2 import UndefinedError
 from jinja2.exceptions import SecurityError
@@ -79,9 +79,14 @@ def test_templates_are_strict_and_sandboxed() -> None:
 TEMPLATE_SYNTAX = ["{{ 7*7 }}", "{% for x in range(10**9) %}x{% endfor %}", "{{ ''.__class__ }}"]
 
 
+CATALOG_PROMPTS = Prompts.of(load_default_catalog())
+
+
+# No deadline: a loaded shared machine is not a failure of the property.
+@settings(deadline=None)
 @given(text=st.text(max_size=300) | st.sampled_from(TEMPLATE_SYNTAX))
 def test_callers_text_and_context_are_data_never_template(text: str) -> None:
-    classification = Prompts.of(load_default_catalog()).classification(text)
+    classification = CATALOG_PROMPTS.classification(text)
     assert classification[1].content == f"Request: {text}".strip()
     _, user = prompts.planning(text, actions=ActionCatalog.build(), context={"k": text})
     assert user.content.endswith(f"Request: {text}".rstrip())
