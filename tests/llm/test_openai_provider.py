@@ -154,10 +154,17 @@ async def test_a_500_is_retried_by_the_sdk_then_answered(
     assert len(openai_server.chat_requests) == 3
 
 
+@pytest.mark.parametrize(
+    "limited",
+    [
+        pytest.param(rate_limited(retry_after_ms=5), id="retry-after-ms"),
+        pytest.param(rate_limited(retry_after_ms=None, retry_after_s=0.005), id="retry-after"),
+    ],
+)
 async def test_a_429_with_retry_after_is_waited_out_then_answered(
-    openai_server: OpenAIServer, provider: OpenAIProvider
+    openai_server: OpenAIServer, provider: OpenAIProvider, limited: Reply
 ) -> None:
-    openai_server.chat.push(rate_limited(retry_after_ms=5), json_reply(GOOD))
+    openai_server.chat.push(limited, json_reply(GOOD))
     result = await provider.generate_structured(PROMPT, Route)
     assert result.value == Route(**GOOD)
     assert len(openai_server.chat_requests) == 2

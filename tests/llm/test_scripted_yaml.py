@@ -185,3 +185,11 @@ def test_any_text_is_a_script_or_a_script_error(text: str) -> None:
     except ScriptError as error:
         problem = str(error)
     assert not problem or problem.startswith("fuzz.yaml")
+
+
+def test_the_format_shown_in_the_docs_loads() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "LLM.md"
+    block = doc.read_text().split("```yaml scripted-example\n", 1)[1].split("```", 1)[0]
+    script = parse_script(block, source="LLM.md")
+    assert len(script.by_pattern) == 2
+    assert len(script.by_hash) == 1

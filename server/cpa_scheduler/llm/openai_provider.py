@@ -80,7 +80,9 @@ def read_api_key(settings: Settings) -> str:
             key = settings.llm_api_key_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
             raise LLMNotConfiguredError(
-                f"CPA_LLM_API_KEY_FILE {settings.llm_api_key_file}: cannot read it ({error})"
+                # The class only: a decoding error's text would quote bytes of the key.
+                f"CPA_LLM_API_KEY_FILE {settings.llm_api_key_file}: cannot read it "
+                f"({type(error).__name__})"
             ) from None
         if not key:
             raise LLMNotConfiguredError(
@@ -158,7 +160,7 @@ def _translate(error: openai.OpenAIError, deadline_s: float) -> LLMError:
 
 
 class OpenAIProvider:
-    """LLMProvider on AsyncOpenAI. `client` lets a caller bring its own (tests, proxies)."""
+    """LLMProvider on AsyncOpenAI, configured from the LLM settings (from_settings)."""
 
     def __init__(
         self,

@@ -53,8 +53,8 @@ NAME = "scripted"
 MODEL = "scripted"
 # A script is a hand-written file: a few hundred entries. Larger is a mistake, or an attack on
 # the parser; refused before it is read.
-MAX_SCRIPT_BYTES = 4 * 1024 * 1024
-MAX_ENTRIES = 10_000
+MAX_SCRIPT_BYTES = 1024 * 1024
+MAX_ENTRIES = 1000
 
 _ERRORS: dict[str, type[LLMError]] = {
     "refused": LLMRefusedError,
