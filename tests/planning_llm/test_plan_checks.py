@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpa_scheduler.planning.actions import ActionCatalog
 from cpa_scheduler.planning.task_plan import MAX_PARAMS_DEPTH, Checked, TaskPlan, check
@@ -142,3 +144,52 @@ def test_brackets_inside_strings_do_not_count_as_depth() -> None:
 def test_forged_ids_and_actions_are_refused_by_the_todo_rules() -> None:
     result = checked(task("../../etc", "echo"), task("b", "Echo; rm -rf"))
     assert fields(result) == ["tasks[0].id", "tasks[1].action"]
+
+
+_IDS = st.sampled_from(["a", "b", "c", "", "../x", "-" * 63, "d.e-f"])
+_ACTIONS = st.sampled_from(["echo", "wait", "noop", "click", "fail", "", "Teleport", "X" * 63])
+_JSON_TEXT = st.one_of(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=20,
+    ).map(json.dumps),
+    st.text(alphabet='[]{}"\\:,1a ', max_size=200),
+)
+_TASKS = st.fixed_dictionaries(
+    {
+        "id": _IDS,
+        "action": _ACTIONS,
+        "params_json": _JSON_TEXT,
+        "depends_on": st.lists(_IDS, max_size=3),
+        "selector": st.none()
+        | st.fixed_dictionaries(
+            {"strategy": st.sampled_from(["css", "psychic", ""]), "value": st.text(max_size=5)}
+        ),
+        "inputs": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["x", "1bad", ""]), "task_id": _IDS, "output_key": _IDS}
+            ),
+            max_size=2,
+        ),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tasks=st.lists(_TASKS, max_size=6))
+def test_any_proposal_is_accepted_or_refused_with_problems_never_a_crash(
+    tasks: list[dict[str, Any]],
+) -> None:
+    result = check(
+        TaskPlan.model_validate({"tasks": tasks}),
+        actions=SHIPPED,
+        max_tasks=5,
+        policy=parse_policy("actions: {deny: [fail]}\n", source="t.yaml"),
+    )
+    if result.todos is None:
+        assert 0 < len(result.problems) <= result.total
+        assert all(p.field.startswith("tasks") for p in result.problems)
+    else:
+        assert result.problems == ()
+        assert all(todo.action != "fail" for todo in result.todos)
