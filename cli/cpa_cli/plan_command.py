@@ -1,8 +1,12 @@
-"""`cpa plan`: route a request and print the task graph it would run, without running it."""
+"""`cpa plan`: route a request and print the task graph it would run, without running it.
+
+With a language model configured (CPA_LLM_PROVIDER, as for the server), text is planned as the
+server plans it (docs/PLANNING.md), and the output says who decided and why."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from typing import Any
 
@@ -10,6 +14,7 @@ from google.protobuf import json_format
 
 from cpa_scheduler.api import convert
 from cpa_scheduler.domain import ToDo
+from cpa_scheduler.llm.registry import provider_from_settings
 from cpa_scheduler.planning import (
     IntentRequest,
     Plan,
@@ -28,7 +33,8 @@ def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "plan",
         help="show the task graph a request would run",
-        description="Route TEXT (or --intent NAME) through the intent catalog and print the "
+        description="Route TEXT (or --intent NAME) through the intent catalog, or with a "
+        "language model configured (CPA_LLM_PROVIDER) through the model first, and print the "
         "planned task graph. Nothing is executed.",
     )
     parser.add_argument("text", nargs="?", help="the request in plain words")
@@ -48,6 +54,9 @@ def register(commands: Any) -> None:
         help="a request context value available to templates (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print the PreviewPlanResponse as JSON")
+    parser.add_argument(
+        "--prompts", action="store_true", help="also print the prompts sent to the model"
+    )
     parser.set_defaults(run=run)
 
 
@@ -61,28 +70,43 @@ def run(arguments: argparse.Namespace) -> int:
         if arguments.text is not None
         else IntentRequest(arguments.intent, pairs(arguments.param, "--param"))
     )
-    settings = Settings()
-    planner = Planner.from_settings(settings)
-    plan = planner.plan(request, context=pairs(arguments.context, "--context"))
+    plan = asyncio.run(_plan(request, pairs(arguments.context, "--context")))
     if arguments.json:
         message = convert.plan_to_preview_proto(plan)
         print(json_format.MessageToJson(message, preserving_proto_field_name=True))
     else:
-        print(render(plan))
+        print(render(plan, prompts=arguments.prompts))
     return 0 if plan.matched else EXIT_UNKNOWN_INTENT
 
 
-def render(plan: Plan) -> str:
-    """The plan as a person reads it: intent, parameters, steps that run together, then tasks."""
+async def _plan(request: PlanRequest, context: dict[str, Any]) -> Plan:
+    settings = Settings()
+    provider = provider_from_settings(settings)
+    try:
+        planner = Planner.from_settings(settings, provider=provider)
+        return await planner.plan_async(request, context=context)
+    finally:
+        if provider is not None:
+            await provider.aclose()
+
+
+def render(plan: Plan, *, prompts: bool = False) -> str:
+    """The plan as a person reads it: intent, parameters, steps that run together, then tasks;
+    with a model, who decided and why first (and with `prompts` the prompts last)."""
+    lines = _decision(plan)
+    if prompts:
+        for prompt in plan.prompts:
+            for message in prompt.messages:
+                lines += [f"--- prompt {prompt.name}, {message.role} ---", message.content]
     if plan.graph is None:
-        lines = ["intent      unknown (no intent matched)"]
+        lines.append("intent      unknown (no intent matched)")
         if plan.candidates:
             closest = ", ".join(f"{c.intent} ({c.score:.2f})" for c in plan.candidates)
             lines.append(f"closest     {closest}")
         return "\n".join(lines)
     graph = plan.graph
     batches = graph.parallel_batches()
-    lines = [f"intent      {plan.intent or '(explicit ToDos)'}"]
+    lines.append(f"intent      {plan.intent or '(explicit ToDos)'}")
     if plan.parameters:
         shown = ", ".join(f"{k}={_short(v)}" for k, v in plan.parameters.items())
         lines.append(f"parameters  {shown}")
@@ -97,6 +121,22 @@ def render(plan: Plan) -> str:
     action_width = max(len(t.action) for t in todos)
     lines += [_task_line(t, id_width, action_width) for t in todos]
     return "\n".join(lines)
+
+
+def _decision(plan: Plan) -> list[str]:
+    """Who decided and why, the model's reasoning, its attempts and tokens (none without one)."""
+    if not plan.decided_by:
+        return []
+    lines = [f"decided by  {plan.decided_by}: {plan.decision_reason}"]
+    if plan.reasoning:
+        lines.append(f"reasoning   {plan.reasoning}")
+    for number, attempt in enumerate(plan.attempts, 1):
+        verdict = "accepted" if not attempt.problems else f"{attempt.total_problems} problem(s)"
+        lines.append(f"attempt {number}   {verdict}")
+        lines += [f"  {problem}" for problem in attempt.problems]
+    usage = plan.usage
+    lines.append(f"tokens      {usage.prompt_tokens} prompt, {usage.completion_tokens} answer")
+    return lines
 
 
 def _task_line(todo: ToDo, id_width: int, action_width: int) -> str:

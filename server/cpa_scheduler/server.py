@@ -54,6 +54,8 @@ from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
 from .events import Watchers
 from .health import HealthProbe
+from .llm import LLMProvider
+from .llm.registry import provider_from_settings
 from .orchestration import Orchestrator
 from .planning import Planner
 from .policy import Policies
@@ -104,6 +106,8 @@ class _Components:
     # None with settings.insecure_local.
     authenticator: Authenticator | None
     credentials: CredentialWatch | None
+    # The planner's language model (None: text is planned by the rules alone).
+    llm: LLMProvider | None = None
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
@@ -227,7 +231,10 @@ class SchedulerServer:
     async def _build(self) -> _Components:
         settings = self.settings
         # Load the catalog first: a broken one must stop the start, naming file and line.
-        planner = Planner.from_settings(settings)
+        # With a language model, free text is planned with it too (docs/PLANNING.md); a
+        # provider that cannot start (no API key) stops the start.
+        llm = provider_from_settings(settings)
+        planner = Planner.from_settings(settings, provider=llm)
         # Read before anything opens: a bad certificate or key stops the start, naming it.
         self.tls = ServerTls.from_settings(settings)
         # So are the tenant policies: a broken file stops the start, naming file and line.
@@ -411,6 +418,7 @@ class SchedulerServer:
             authenticator=authenticator,
             credentials=credentials,
             deliverer=deliverer,
+            llm=llm,
         )
 
     def _deliverer(self, backends: Backends) -> CallbackDeliverer:
@@ -559,6 +567,8 @@ class SchedulerServer:
             if components.credentials is not None:
                 await components.credentials.close()
             await components.backends.close()
+            if components.llm is not None:
+                await components.llm.aclose()
             self._components = None
             log.info("scheduler %s stopped in %.2fs", self.replica_id, time.monotonic() - started_s)
 

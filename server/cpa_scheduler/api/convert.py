@@ -50,6 +50,7 @@ from cpa_scheduler.orchestration import ResultReport
 from cpa_scheduler.planning import Plan
 
 from .artifact_convert import artifact_to_proto
+from .plan_views import add_planning
 from .proto_values import (
     dict_to_struct,
     duration,
@@ -315,6 +316,7 @@ def plan_to_preview_proto(plan: Plan) -> scheduler_service_pb2.PreviewPlanRespon
             for c in plan.candidates
         ],
     )
+    add_planning(response, plan)
     if plan.graph is not None:
         response.todos.extend(todo_to_proto(todo) for todo in plan.graph.ordered_todos())
         response.batches.extend(

@@ -84,11 +84,16 @@ class LamHandler:
         )
 
     async def handle(
-        self, message: lam.LamMessage, *, tenant: str, audit: AuditCall | None = None
+        self,
+        message: lam.LamMessage,
+        *,
+        tenant: str,
+        audit: AuditCall | None = None,
+        deadline: float | None = None,
     ) -> lam.LamMessage:
         """The reply to `message`. With `audit` (the SendMessage call), a request or cancel is
         audited with the job change it makes, and a refusal or not_understood as a refused call
-        (docs/AUDIT.md)."""
+        (docs/AUDIT.md). `deadline` (time.monotonic()) bounds planning text with a model."""
         if audit is not None and not audit.request_id:
             audit = dataclasses.replace(audit, request_id=message.id)
         try:
@@ -117,7 +122,11 @@ class LamHandler:
         job_id = ""
         if message.performative == lam.PERFORMATIVE_REQUEST:
             reply, job_id = await self._request(
-                message, tenant, conversation_id, _as(audit, AuditAction.LAM_REQUEST)
+                message,
+                tenant,
+                conversation_id,
+                _as(audit, AuditAction.LAM_REQUEST),
+                deadline=deadline,
             )
         elif message.performative == lam.PERFORMATIVE_CANCEL:
             reply, job_id = await self._cancel(
@@ -180,6 +189,8 @@ class LamHandler:
         tenant: str,
         conversation_id: str,
         audit: AuditCall | None,
+        *,
+        deadline: float | None,
     ) -> tuple[lam.LamMessage, str]:
         try:
             request, source, options = self._work_of(message)
@@ -195,6 +206,7 @@ class LamHandler:
                 conversation_id=conversation_id,
                 credential_refs=credential_refs,
                 audit=audit,
+                deadline=deadline,
             )
         except DomainError as error:
             error.field = (

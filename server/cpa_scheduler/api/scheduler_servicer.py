@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
 from datetime import UTC, datetime
@@ -109,6 +110,12 @@ def _max_jobs(requested: int) -> int:
     return requested or _RETRY_JOBS_DEFAULT
 
 
+def _deadline(context: Context) -> float | None:
+    """The call's deadline as a time.monotonic() value (None: the caller set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 def _spec_field(field: str) -> str:
     """A planner field path as a path in JobSpec (`todos[1].id` -> `spec.todos.todos[1].id`)."""
     if field.startswith("todos"):
@@ -211,7 +218,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         request.request_id = keyed_id(request.request_id, context, field="request_id")
         full = job_views.is_full_view(request.view, default_full=False)
         tenant = self._tenant(context)
-        submission = self._submission(request, tenant)
+        submission = await self._submission(request, tenant, deadline=_deadline(context))
         [(job, created)] = await self._orchestrator.submit_all(
             tenant, [submission], audit=current_call()
         )
@@ -236,6 +243,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         tenant = self._tenant(context)
         submissions = []
         first_of: dict[str, int] = {}
+        deadline = _deadline(context)
         for index, item in enumerate(request.requests):
             path = f"requests[{index}]"
             if key and not item.request_id:
@@ -248,7 +256,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                     field=f"{path}.request_id",
                 )
             try:
-                submissions.append(self._submission(item, tenant))
+                submissions.append(await self._submission(item, tenant, deadline=deadline))
             except DomainError as error:
                 error.field = f"{path}.{error.field}"
                 raise
@@ -264,16 +272,20 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             ]
         )
 
-    def _submission(self, request: pb.ScheduleJobRequest, tenant: str) -> Submission:
+    async def _submission(
+        self, request: pb.ScheduleJobRequest, tenant: str, *, deadline: float | None
+    ) -> Submission:
         """A request for a job, checked, planned and held against the tenant's policy; errors
-        name their field in `request`."""
+        name their field in `request`. Only free text may wait for the model (until
+        `deadline`, time.monotonic())."""
         plan_request, source, options = self._spec_of(request)
         try:
-            plan = self._orchestrator.matched_plan(
+            plan = await self._orchestrator.matched_plan(
                 plan_request,
                 context=options.context,
                 tenant=tenant,
                 callback_url=options.callback_url,
+                deadline=deadline,
             )
         except DomainError as error:
             error.field = _spec_field(error.field)
@@ -393,7 +405,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         if message_id != request.message.id:  # only then: an absent message stays absent
             request.message.id = message_id
         reply = await self._lam.handle(
-            request.message, tenant=self._tenant(context), audit=current_call()
+            request.message,
+            tenant=self._tenant(context),
+            audit=current_call(),
+            deadline=_deadline(context),
         )
         return pb.SendMessageResponse(reply=reply)
 
@@ -403,7 +418,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     ) -> pb.PreviewPlanResponse:
         plan_request, _, options = self._spec_of(request)
         try:
-            plan = self._orchestrator.plan(plan_request, context=options.context)
+            plan = await self._orchestrator.plan_async(
+                plan_request,
+                context=options.context,
+                tenant=self._tenant(context),
+                deadline=_deadline(context),
+            )
         except DomainError as error:
             error.field = _spec_field(error.field)
             raise

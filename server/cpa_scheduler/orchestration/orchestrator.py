@@ -151,18 +151,22 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
         conversation_id: str = "",
         credential_refs: Mapping[str, str] | None = None,
         audit: AuditCall | None = None,
+        deadline: float | None = None,
     ) -> tuple[Job, bool]:
         """Plan and submit one request; `credential_refs` (a LAM request's
         Security.credential_refs) go to every ToDo that does not name the purpose itself.
-        `audit`: the call whose entry is written with the new job."""
+        `audit`: the call whose entry is written with the new job; `deadline`
+        (time.monotonic()): the call's, for planning text with a model."""
         return await self.submit(
             tenant=tenant,
-            plan=self.matched_plan(
+            plan=await self.matched_plan(
                 request,
                 context=options.context,
                 credential_refs=credential_refs,
                 tenant=tenant,
                 callback_url=options.callback_url,
+                conversation_id=conversation_id,
+                deadline=deadline,
             ),
             source=source,
             options=options,

@@ -1,6 +1,6 @@
-"""Planning: turns a request (text, an intent name, ToDos) into a task graph, by YAML rules.
-
-The LLM router and planner will live here too; the domain stays free of YAML and Jinja2.
+"""Planning: turns a request (text, an intent name, ToDos) into a task graph, by YAML rules
+and, for free text with a language model configured, the LLM router and task planner
+(llm_planning.py; docs/PLANNING.md). The domain stays free of YAML, Jinja2 and the model.
 """
 
 from __future__ import annotations

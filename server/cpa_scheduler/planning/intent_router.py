@@ -97,14 +97,7 @@ class RuleIntentRouter:
         rendered (e.g. a context key it needs is missing) raises InvalidArgument(TEMPLATE_ERROR),
         one that renders past the render limits InvalidArgument(TEMPLATE_LIMIT_EXCEEDED).
         """
-        # Characters first (never more than bytes): no encoding of megabytes to learn they are many.
-        if len(text) > self._max_text_bytes or len(text.encode("utf-8")) > self._max_text_bytes:
-            raise InvalidArgument(
-                f"text is longer than {self._max_text_bytes} bytes (UTF-8), the most that is "
-                "routed; state the request in fewer words, or name the intent and its parameters",
-                reason=Reason.TEXT_TOO_LONG,
-                field="text",
-            )
+        self.check_text(text)
         for intent in self._catalog.intents:
             for pattern in intent.patterns:
                 captured = pattern.search(text)
@@ -120,6 +113,18 @@ class RuleIntentRouter:
                     matched_pattern=pattern.description,
                 )
         return RouteResult(intent=UNKNOWN_INTENT, candidates=self.closest(text))
+
+    def check_text(self, text: str) -> None:
+        """InvalidArgument(TEXT_TOO_LONG) for text longer than `max_text_bytes` (UTF-8): the
+        most that is routed, by the rules or the model."""
+        # Characters first (never more than bytes): no encoding of megabytes to learn they are many.
+        if len(text) > self._max_text_bytes or len(text.encode("utf-8")) > self._max_text_bytes:
+            raise InvalidArgument(
+                f"text is longer than {self._max_text_bytes} bytes (UTF-8), the most that is "
+                "routed; state the request in fewer words, or name the intent and its parameters",
+                reason=Reason.TEXT_TOO_LONG,
+                field="text",
+            )
 
     def expand(
         self,

@@ -1,21 +1,43 @@
 """Planner: turns any form of request (text, an intent by name, explicit ToDos) into a checked plan.
 
 One entry point for ScheduleJob, PreviewPlan, LAM requests and the CLI, so they cannot disagree.
+`plan` is the rules alone (synchronous); `plan_async` adds the language model for free text when
+a provider is configured (llm_planning.py) and is otherwise `plan`: ToDos and intent names never
+reach the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpa_scheduler.domain import InvalidArgument, Reason, TaskGraph, ToDo, with_default_sessions
+from cpa_scheduler.domain import (
+    DomainError,
+    InvalidArgument,
+    Reason,
+    TaskGraph,
+    ToDo,
+    with_default_sessions,
+)
+from cpa_scheduler.llm.errors import as_domain_error
+from cpa_scheduler.llm.interface import LLMError, LLMProvider, Usage
 from cpa_scheduler.settings import Settings
 
 from .catalog_loading import load_catalog
 from .intent_catalog import UNKNOWN_INTENT
 from .intent_router import Candidate, RuleIntentRouter
+from .llm_planner import Attempt, PlanRefused
+from .llm_planning import LLMPlanning, Memories, PlanningLimits, RenderedPrompt, Situation
 from .templates import RenderLimits
+
+# Plan.decided_by: who turned the request into tasks.
+BY_REQUEST = ""  # ToDos or an intent named in the request
+BY_RULES = "rules"
+BY_LLM_ROUTER = "llm_router"
+BY_LLM_PLANNER = "llm_planner"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +74,18 @@ class Plan:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     matched_pattern: str = ""
     candidates: tuple[Candidate, ...] = ()
+    decided_by: str = BY_REQUEST
+    """BY_RULES, BY_LLM_ROUTER, BY_LLM_PLANNER, or BY_REQUEST for ToDos and intent names."""
+    decision_reason: str = ""
+    """Why that one decided (the LLM router's confidence, why the rules took over...)."""
+    reasoning: str = ""
+    """The LLM task planner's explanation of its plan."""
+    attempts: tuple[Attempt, ...] = ()
+    """The LLM task planner's proposals and their problems, in order (the last one accepted)."""
+    usage: Usage = field(default_factory=Usage)
+    """Tokens the model used for this plan, all calls together."""
+    prompts: tuple[RenderedPrompt, ...] = ()
+    """The prompts sent to the model, as rendered (for PreviewPlan)."""
 
     @property
     def matched(self) -> bool:
@@ -59,18 +93,28 @@ class Plan:
 
 
 class Planner:
-    """Routes and expands requests with the rule router and checks the result as a TaskGraph."""
+    """Routes and expands requests with the rule router and checks the result as a TaskGraph;
+    with `llm`, free text goes to the model first (plan_async)."""
 
-    __slots__ = ("_max_tasks", "_router")
+    __slots__ = ("_llm", "_max_tasks", "_router")
 
-    def __init__(self, router: RuleIntentRouter, *, max_tasks: int) -> None:
+    def __init__(
+        self, router: RuleIntentRouter, *, max_tasks: int, llm: LLMPlanning | None = None
+    ) -> None:
         self._router = router
         self._max_tasks = max_tasks
+        self._llm = llm
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Planner:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        provider: LLMProvider | None = None,
+        memories: Memories | None = None,
+    ) -> Planner:
         """The planner of `settings`: their catalog (OSError or CatalogError if it cannot be
-        loaded) and their limits."""
+        loaded) and their limits; with `provider`, free text is planned with it too."""
         router = RuleIntentRouter(
             load_catalog(settings.intents_path),
             max_text_bytes=settings.routing_text_max_bytes,
@@ -79,7 +123,25 @@ class Planner:
                 max_steps=settings.template_render_max_steps,
             ),
         )
-        return cls(router, max_tasks=settings.max_tasks_per_job)
+        llm = None
+        if provider is not None:
+            llm = LLMPlanning(
+                provider=provider,
+                catalog=router.catalog,
+                settings=PlanningLimits(
+                    min_confidence=settings.planning_llm_min_confidence,
+                    repair_attempts=settings.planning_llm_repair_attempts,
+                    concurrency=settings.planning_llm_concurrency,
+                    timeout_s=settings.planning_llm_timeout_s,
+                ),
+                max_tasks=settings.max_tasks_per_job,
+                memories=memories or Memories(),
+            )
+        return cls(router, max_tasks=settings.max_tasks_per_job, llm=llm)
+
+    @property
+    def uses_llm(self) -> bool:
+        return self._llm is not None
 
     def plan(
         self,
@@ -111,6 +173,76 @@ class Planner:
                 )
             case TodoRequest(todos=todos):
                 return Plan(intent="", graph=self._graph(todos, refs))
+
+    async def plan_async(
+        self,
+        request: PlanRequest,
+        *,
+        context: Mapping[str, Any] | None = None,
+        credential_refs: Mapping[str, str] | None = None,
+        situation: Situation | None = None,
+    ) -> Plan:
+        """`plan`, with the model for free text when one is configured (llm_planning.py says
+        who decides when). Beyond `plan`'s errors: LimitExceeded(PLANNING_BUSY) when too many
+        texts are being planned, PlanRefused(PLAN_INVALID) when the model's plan stays
+        invalid, and LLM_* domain errors (llm/errors.py) when the planner's model gives no
+        usable answer."""
+        if not isinstance(request, TextRequest) or self._llm is None:
+            return self.plan(request, context=context, credential_refs=credential_refs)
+        self._router.check_text(request.text)
+        llm, situation = self._llm, situation or Situation()
+        with llm.admitted():
+            timeout_s = llm.timeout_s(situation)
+            started = time.monotonic()
+            chosen = await llm.classify(request.text, timeout_s=timeout_s)
+            prompts = (RenderedPrompt(name="intent", messages=chosen.messages),)
+            reason = chosen.reason
+            if chosen.intent is not None:
+                try:
+                    plan = self.plan(
+                        IntentRequest(chosen.intent, chosen.parameters),
+                        context=context,
+                        credential_refs=credential_refs,
+                    )
+                except DomainError as error:
+                    reason = f"{reason}, but the intent refused its parameters: {error.message}"
+                else:
+                    return dataclasses.replace(
+                        plan,
+                        decided_by=BY_LLM_ROUTER,
+                        decision_reason=reason,
+                        usage=chosen.usage,
+                        prompts=prompts,
+                    )
+            ruled = self.plan(request, context=context, credential_refs=credential_refs)
+            if ruled.matched:
+                return dataclasses.replace(
+                    ruled,
+                    decided_by=BY_RULES,
+                    decision_reason=f"{reason}; the rule router decided",
+                    usage=chosen.usage,
+                    prompts=prompts,
+                )
+            remaining = timeout_s - (time.monotonic() - started)
+            try:
+                planned = await llm.plan_tasks(
+                    request.text, context=context or {}, situation=situation, timeout_s=remaining
+                )
+            except PlanRefused as refused:
+                refused.usage += chosen.usage
+                raise
+            except LLMError as error:
+                raise as_domain_error(error, "text") from error
+            return Plan(
+                intent=UNKNOWN_INTENT,
+                graph=self._graph(planned.todos, credential_refs or {}),
+                decided_by=BY_LLM_PLANNER,
+                decision_reason=f"{reason}; no rule matched; the LLM task planner planned it",
+                reasoning=planned.reasoning,
+                attempts=planned.attempts,
+                usage=chosen.usage + planned.usage,
+                prompts=(*prompts, RenderedPrompt(name="plan", messages=planned.messages)),
+            )
 
     def _graph(self, todos: Sequence[ToDo], credential_refs: Mapping[str, str]) -> TaskGraph:
         if credential_refs:

@@ -14,7 +14,9 @@ from pydantic_settings import SettingsConfigDict
 from .callbacks import CallbackSettings
 from .gateway import GatewaySettings
 from .jobs import JobSettings
+from .llm import LLMSettings
 from .planning import DEFAULT_INTENTS_PATH, PlanningSettings
+from .planning_llm import PlanningLLMSettings
 from .security import SecuritySettings
 from .serving import ServingSettings
 from .storage import StorageSettings
@@ -24,12 +26,14 @@ __all__ = ["DEFAULT_INTENTS_PATH", "Settings"]
 
 class Settings(
     PlanningSettings,
+    PlanningLLMSettings,
     StorageSettings,
     ServingSettings,
     SecuritySettings,
     JobSettings,
     CallbackSettings,
     GatewaySettings,
+    LLMSettings,
 ):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
 

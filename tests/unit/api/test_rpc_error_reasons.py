@@ -44,6 +44,9 @@ PRUNED_CALLS: dict[tuple[str, str], str] = {
         "open lists every task's artifacts (no task_id), so list's TASK_NOT_FOUND cannot "
         "happen; its JOB_NOT_FOUND is in both DownloadArtifact comments"
     ),
+    ("OpenAIProvider._chat", "_Parser.parse"): (
+        "raw.parse() is the openai SDK's response parser, not the filter parser of that name"
+    ),
 }
 _REASON = re.compile(r"\b[A-Z][A-Z0-9_]{3,}\b")
 

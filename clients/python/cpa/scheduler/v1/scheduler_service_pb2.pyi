@@ -740,8 +740,27 @@ class PreviewPlanResponse(_message.Message):
     TODOS_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    DECISION_REASON_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    PROMPTS_FIELD_NUMBER: _builtins.int
     intent: _builtins.str
     """Intent the work was routed to; "unknown" when nothing matched."""
+    decided_by: _builtins.str
+    """Who turned the request into tasks: empty for ToDos or an intent named in the request (and
+    for text without a model configured: the rules), "rules" (the rule router, with a model
+    configured), "llm_router" (the model picked a catalog intent, expanded by its templates),
+    "llm_planner" (the model planned the tasks; `intent` is then "unknown").
+    """
+    decision_reason: _builtins.str
+    """Why it decided: the LLM router's intent and confidence, or why the rules took over (its
+    confidence below CPA_PLANNING_LLM_MIN_CONFIDENCE, an intent the catalog lacks, the
+    provider's error or timeout). Empty when no model took part.
+    """
+    reasoning: _builtins.str
+    """The LLM task planner's explanation of its plan (decided_by "llm_planner")."""
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """Parameters taken from the text and defaults (JSON object)."""
@@ -758,6 +777,22 @@ class PreviewPlanResponse(_message.Message):
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteCandidate]:
         """Closest intents, when nothing matched."""
 
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanAttempt]:
+        """The LLM task planner's proposals in order, each with the problems our checks found; the
+        last one, without problems, is the plan shown.
+        """
+
+    @_builtins.property
+    def usage(self) -> Global___PlanTokenUsage:
+        """Tokens the model used for this plan, all calls together (zero without a model)."""
+
+    @_builtins.property
+    def prompts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanPrompt]:
+        """The prompts sent to the model as rendered ("intent": classification, "plan": task
+        planning; a repair's messages are not repeated), for debugging prompts.
+        """
+
     def __init__(
         self,
         *,
@@ -766,14 +801,160 @@ class PreviewPlanResponse(_message.Message):
         todos: _abc.Iterable[_todo_pb2.ToDo] | None = ...,
         batches: _abc.Iterable[Global___TaskBatch] | None = ...,
         candidates: _abc.Iterable[Global___RouteCandidate] | None = ...,
+        decided_by: _builtins.str = ...,
+        decision_reason: _builtins.str = ...,
+        reasoning: _builtins.str = ...,
+        attempts: _abc.Iterable[Global___PlanAttempt] | None = ...,
+        usage: Global___PlanTokenUsage | None = ...,
+        prompts: _abc.Iterable[Global___PlanPrompt] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "candidates", b"candidates", "intent", b"intent", "parameters", b"parameters", "todos", b"todos"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batches", b"batches", "candidates", b"candidates", "decided_by", b"decided_by", "decision_reason", b"decision_reason", "intent", b"intent", "parameters", b"parameters", "prompts", b"prompts", "reasoning", b"reasoning", "todos", b"todos", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreviewPlanResponse: _TypeAlias = PreviewPlanResponse  # noqa: Y015
+
+@_typing.final
+class PlanAttempt(_message.Message):
+    """PlanAttempt is one proposal of the LLM task planner and what our checks found."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    TOTAL_PROBLEMS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    total_problems: _builtins.int
+    """How many problems there were in all."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanProblem]:
+        """The problems, at most 20 (empty: accepted)."""
+
+    @_builtins.property
+    def usage(self) -> Global___PlanTokenUsage:
+        """Tokens of this attempt's call."""
+
+    def __init__(
+        self,
+        *,
+        problems: _abc.Iterable[Global___PlanProblem] | None = ...,
+        total_problems: _builtins.int = ...,
+        usage: Global___PlanTokenUsage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["problems", b"problems", "total_problems", b"total_problems", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanAttempt: _TypeAlias = PlanAttempt  # noqa: Y015
+
+@_typing.final
+class PlanProblem(_message.Message):
+    """PlanProblem is why a proposed plan cannot run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """Where, in the proposal: `tasks[1].params.seconds`, `tasks[0].action`, `answer`."""
+    message: _builtins.str
+    """Why."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanProblem: _TypeAlias = PlanProblem  # noqa: Y015
+
+@_typing.final
+class PlanTokenUsage(_message.Message):
+    """PlanTokenUsage counts a model's tokens as the provider reported them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    prompt_tokens: _builtins.int
+    """Tokens of the prompts."""
+    completion_tokens: _builtins.int
+    """Tokens of the answers."""
+    def __init__(
+        self,
+        *,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanTokenUsage: _TypeAlias = PlanTokenUsage  # noqa: Y015
+
+@_typing.final
+class PlanPrompt(_message.Message):
+    """PlanPrompt is a prompt as sent to the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"intent" or "plan"."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanPromptMessage]:
+        """Its messages, in order."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        messages: _abc.Iterable[Global___PlanPromptMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanPrompt: _TypeAlias = PlanPrompt  # noqa: Y015
+
+@_typing.final
+class PlanPromptMessage(_message.Message):
+    """PlanPromptMessage is one chat message of a prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """"system", "user" or "assistant"."""
+    content: _builtins.str
+    """The text."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanPromptMessage: _TypeAlias = PlanPromptMessage  # noqa: Y015
 
 @_typing.final
 class TaskBatch(_message.Message):

@@ -83,6 +83,14 @@ class SchedulerServiceStub:
     INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
     from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
     TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
+    With a language model configured (CPA_LLM_PROVIDER, docs/PLANNING.md), free text (and only
+    text: ToDos and intent names never reach the model) is classified by the model first, then
+    by the rules, then planned by the model; that planning may end in INVALID_ARGUMENT
+    (PLAN_INVALID, field spec.text: the model's plan stayed invalid after its repairs),
+    RESOURCE_EXHAUSTED (PLANNING_BUSY: too many texts being planned at once), or, when the
+    model gives no usable plan, FAILED_PRECONDITION (LLM_REFUSED, LLM_OUTPUT_TRUNCATED,
+    LLM_BAD_ANSWER, LLM_NOT_CONFIGURED) or UNAVAILABLE (LLM_UNAVAILABLE), field spec.text
+    (docs/LLM.md); it ends by the call's deadline or CPA_PLANNING_LLM_TIMEOUT_S.
     ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
     the request-id retention sweep) before its job could be read: the same call may succeed.
     """
@@ -103,8 +111,10 @@ class SchedulerServiceStub:
     planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
     DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
     APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
-    TEMPLATE_LIMIT_EXCEEDED; IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS;
-    REQUEST_ID_CONTENDED, ABORTED), the field under `requests[i].`.
+    TEMPLATE_LIMIT_EXCEEDED; with a language model PLAN_INVALID, PLANNING_BUSY, LLM_REFUSED,
+    LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED, LLM_UNAVAILABLE;
+    IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS; REQUEST_ID_CONTENDED,
+    ABORTED), the field under `requests[i].`. Requests with text are planned one after another.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -186,18 +196,25 @@ class SchedulerServiceStub:
     (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
     UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
     NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
-    QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
+    QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
+    the LLM_* reasons (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by
+    another request, field `id`;
     REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
     ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
     other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
     them). The call itself fails only as every method may, or with IDEMPOTENCY_KEY_MISMATCH.
     """
     PreviewPlan: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.PreviewPlanRequest, _scheduler_service_pb2.PreviewPlanResponse]
-    """Plans the requested work without creating a job: the routed intent and the task graph.
+    """Plans the requested work without creating a job: the routed intent and the task graph,
+    and for free text with a language model who decided and why, the model's reasoning, each
+    attempt's problems, the tokens used and the prompts as sent.
     Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
     INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
     GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
-    TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED (no policy, quota or approval check: nothing runs).
+    TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
+    LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
+    LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
+    (its plan must pass it): nothing runs.
     """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListAgentsRequest, _scheduler_service_pb2.ListAgentsResponse]
     """Lists the executor agents connected to any replica, with their capabilities.
@@ -299,6 +316,14 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
     from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
     TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
+    With a language model configured (CPA_LLM_PROVIDER, docs/PLANNING.md), free text (and only
+    text: ToDos and intent names never reach the model) is classified by the model first, then
+    by the rules, then planned by the model; that planning may end in INVALID_ARGUMENT
+    (PLAN_INVALID, field spec.text: the model's plan stayed invalid after its repairs),
+    RESOURCE_EXHAUSTED (PLANNING_BUSY: too many texts being planned at once), or, when the
+    model gives no usable plan, FAILED_PRECONDITION (LLM_REFUSED, LLM_OUTPUT_TRUNCATED,
+    LLM_BAD_ANSWER, LLM_NOT_CONFIGURED) or UNAVAILABLE (LLM_UNAVAILABLE), field spec.text
+    (docs/LLM.md); it ends by the call's deadline or CPA_PLANNING_LLM_TIMEOUT_S.
     ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
     the request-id retention sweep) before its job could be read: the same call may succeed.
     """
@@ -319,8 +344,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
     DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
     APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
-    TEMPLATE_LIMIT_EXCEEDED; IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS;
-    REQUEST_ID_CONTENDED, ABORTED), the field under `requests[i].`.
+    TEMPLATE_LIMIT_EXCEEDED; with a language model PLAN_INVALID, PLANNING_BUSY, LLM_REFUSED,
+    LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED, LLM_UNAVAILABLE;
+    IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS; REQUEST_ID_CONTENDED,
+    ABORTED), the field under `requests[i].`. Requests with text are planned one after another.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.GetJobRequest, _scheduler_service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job with its tasks, attempts and outputs (the FULL view unless the request
@@ -402,18 +429,25 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
     UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
     NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
-    QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
+    QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
+    the LLM_* reasons (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by
+    another request, field `id`;
     REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
     ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
     other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
     them). The call itself fails only as every method may, or with IDEMPOTENCY_KEY_MISMATCH.
     """
     PreviewPlan: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.PreviewPlanRequest, _scheduler_service_pb2.PreviewPlanResponse]  # type: ignore[assignment]
-    """Plans the requested work without creating a job: the routed intent and the task graph.
+    """Plans the requested work without creating a job: the routed intent and the task graph,
+    and for free text with a language model who decided and why, the model's reasoning, each
+    attempt's problems, the tokens used and the prompts as sent.
     Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
     INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
     GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
-    TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED (no policy, quota or approval check: nothing runs).
+    TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
+    LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
+    LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
+    (its plan must pass it): nothing runs.
     """
     ListAgents: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListAgentsRequest, _scheduler_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Lists the executor agents connected to any replica, with their capabilities.
@@ -518,6 +552,14 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
         from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
         TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
+        With a language model configured (CPA_LLM_PROVIDER, docs/PLANNING.md), free text (and only
+        text: ToDos and intent names never reach the model) is classified by the model first, then
+        by the rules, then planned by the model; that planning may end in INVALID_ARGUMENT
+        (PLAN_INVALID, field spec.text: the model's plan stayed invalid after its repairs),
+        RESOURCE_EXHAUSTED (PLANNING_BUSY: too many texts being planned at once), or, when the
+        model gives no usable plan, FAILED_PRECONDITION (LLM_REFUSED, LLM_OUTPUT_TRUNCATED,
+        LLM_BAD_ANSWER, LLM_NOT_CONFIGURED) or UNAVAILABLE (LLM_UNAVAILABLE), field spec.text
+        (docs/LLM.md); it ends by the call's deadline or CPA_PLANNING_LLM_TIMEOUT_S.
         ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
         the request-id retention sweep) before its job could be read: the same call may succeed.
         """
@@ -544,8 +586,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
         DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
         APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
-        TEMPLATE_LIMIT_EXCEEDED; IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS;
-        REQUEST_ID_CONTENDED, ABORTED), the field under `requests[i].`.
+        TEMPLATE_LIMIT_EXCEEDED; with a language model PLAN_INVALID, PLANNING_BUSY, LLM_REFUSED,
+        LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED, LLM_UNAVAILABLE;
+        IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS; REQUEST_ID_CONTENDED,
+        ABORTED), the field under `requests[i].`. Requests with text are planned one after another.
         """
 
     @_abc_1.abstractmethod
@@ -669,7 +713,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
         UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
         NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
-        QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
+        QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
+        the LLM_* reasons (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by
+        another request, field `id`;
         REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
         ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
         other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
@@ -682,11 +728,16 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_service_pb2.PreviewPlanRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.PreviewPlanResponse, _abc.Awaitable[_scheduler_service_pb2.PreviewPlanResponse]]:
-        """Plans the requested work without creating a job: the routed intent and the task graph.
+        """Plans the requested work without creating a job: the routed intent and the task graph,
+        and for free text with a language model who decided and why, the model's reasoning, each
+        attempt's problems, the tokens used and the prompts as sent.
         Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
         INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
         GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
-        TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED (no policy, quota or approval check: nothing runs).
+        TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
+        LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
+        LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
+        (its plan must pass it): nothing runs.
         """
 
     @_abc_1.abstractmethod

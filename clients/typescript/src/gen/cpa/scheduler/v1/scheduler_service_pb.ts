@@ -32,7 +32,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file cpa/scheduler/v1/scheduler_service.proto.
  */
 export const file_cpa_scheduler_v1_scheduler_service: GenFile = /*@__PURE__*/
-  fileDesc("CihjcGEvc2NoZWR1bGVyL3YxL3NjaGVkdWxlcl9zZXJ2aWNlLnByb3RvEhBjcGEuc2NoZWR1bGVyLnYxIj0KFExpc3RBcnRpZmFjdHNSZXF1ZXN0EhQKBmpvYl9pZBgBIAEoCUIE4kEBAhIPCgd0YXNrX2lkGAIgASgJIkMKFUxpc3RBcnRpZmFjdHNSZXNwb25zZRIqCglhcnRpZmFjdHMYASADKAsyFy5jcGEuY29tbW9uLnYxLkFydGlmYWN0IkoKF0Rvd25sb2FkQXJ0aWZhY3RSZXF1ZXN0EhQKBmpvYl9pZBgBIAEoCUIE4kEBAhIZCgthcnRpZmFjdF9pZBgCIAEoCUIE4kEBAiJgChhEb3dubG9hZEFydGlmYWN0UmVzcG9uc2USKwoIYXJ0aWZhY3QYASABKAsyFy5jcGEuY29tbW9uLnYxLkFydGlmYWN0SAASDwoFY2h1bmsYAiABKAxIAEIGCgRraW5kIoABChJTY2hlZHVsZUpvYlJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRItCgRzcGVjGAIgASgLMhkuY3BhLnNjaGVkdWxlci52MS5Kb2JTcGVjQgTiQQECEicKBHZpZXcYAyABKA4yGS5jcGEuc2NoZWR1bGVyLnYxLkpvYlZpZXciSgoTU2NoZWR1bGVKb2JSZXNwb25zZRIiCgNqb2IYASABKAsyFS5jcGEuc2NoZWR1bGVyLnYxLkpvYhIPCgdjcmVhdGVkGAIgASgIIoEBChhCYXRjaFNjaGVkdWxlSm9ic1JlcXVlc3QSPAoIcmVxdWVzdHMYASADKAsyJC5jcGEuc2NoZWR1bGVyLnYxLlNjaGVkdWxlSm9iUmVxdWVzdEIE4kEBAhInCgR2aWV3GAIgASgOMhkuY3BhLnNjaGVkdWxlci52MS5Kb2JWaWV3IlUKGUJhdGNoU2NoZWR1bGVKb2JzUmVzcG9uc2USOAoJcmVzcG9uc2VzGAEgAygLMiUuY3BhLnNjaGVkdWxlci52MS5TY2hlZHVsZUpvYlJlc3BvbnNlIk4KDUdldEpvYlJlcXVlc3QSFAoGam9iX2lkGAEgASgJQgTiQQECEicKBHZpZXcYAiABKA4yGS5jcGEuc2NoZWR1bGVyLnYxLkpvYlZpZXciNAoOR2V0Sm9iUmVzcG9uc2USIgoDam9iGAEgASgLMhUuY3BhLnNjaGVkdWxlci52MS5Kb2IicQoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCRInCgR2aWV3GAQgASgOMhkuY3BhLnNjaGVkdWxlci52MS5Kb2JWaWV3IlAKEExpc3RKb2JzUmVzcG9uc2USIwoEam9icxgBIAMoCzIVLmNwYS5zY2hlZHVsZXIudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJhChBDYW5jZWxKb2JSZXF1ZXN0EhQKBmpvYl9pZBgBIAEoCUIE4kEBAhIOCgZyZWFzb24YAiABKAkSJwoEdmlldxgDIAEoDjIZLmNwYS5zY2hlZHVsZXIudjEuSm9iVmlldyI3ChFDYW5jZWxKb2JSZXNwb25zZRIiCgNqb2IYASABKAsyFS5jcGEuc2NoZWR1bGVyLnYxLkpvYiJQCg9SZXRyeUpvYlJlcXVlc3QSFAoGam9iX2lkGAEgASgJQgTiQQECEicKBHZpZXcYAiABKA4yGS5jcGEuc2NoZWR1bGVyLnYxLkpvYlZpZXciNgoQUmV0cnlKb2JSZXNwb25zZRIiCgNqb2IYASABKAsyFS5jcGEuc2NoZWR1bGVyLnYxLkpvYiJFChBSZXRyeUpvYnNSZXF1ZXN0Eg4KBmZpbHRlchgBIAEoCRIQCghtYXhfam9icxgCIAEoBRIPCgdkcnlfcnVuGAMgASgIIlgKEVJldHJ5Sm9ic1Jlc3BvbnNlEg8KB2pvYl9pZHMYASADKAkSMgoMc2tpcHBlZF9qb2JzGAIgAygLMhwuY3BhLnNjaGVkdWxlci52MS5Ta2lwcGVkSm9iIlkKClNraXBwZWRKb2ISDgoGam9iX2lkGAEgASgJEioKBnJlYXNvbhgCIAEoDjIaLmNwYS5jb21tb24udjEuRXJyb3JSZWFzb24SDwoHbWVzc2FnZRgDIAEoCSI/Cg9XYXRjaEpvYlJlcXVlc3QSFAoGam9iX2lkGAEgASgJQgTiQQECEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgDImwKEFdhdGNoSm9iUmVzcG9uc2USKQoFZXZlbnQYASABKAsyGi5jcGEuc2NoZWR1bGVyLnYxLkpvYkV2ZW50Ei0KCWhlYXJ0YmVhdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQwoSU2VuZE1lc3NhZ2VSZXF1ZXN0Ei0KB21lc3NhZ2UYASABKAsyFi5jcGEubGFtLnYxLkxhbU1lc3NhZ2VCBOJBAQIiPAoTU2VuZE1lc3NhZ2VSZXNwb25zZRIlCgVyZXBseRgBIAEoCzIWLmNwYS5sYW0udjEuTGFtTWVzc2FnZSJDChJQcmV2aWV3UGxhblJlcXVlc3QSLQoEc3BlYxgBIAEoCzIZLmNwYS5zY2hlZHVsZXIudjEuSm9iU3BlY0IE4kEBAiIvCg5Sb3V0ZUNhbmRpZGF0ZRIOCgZpbnRlbnQYASABKAkSDQoFc2NvcmUYAiABKAEi2gEKE1ByZXZpZXdQbGFuUmVzcG9uc2USDgoGaW50ZW50GAEgASgJEisKCnBhcmFtZXRlcnMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiIKBXRvZG9zGAMgAygLMhMuY3BhLmNvbW1vbi52MS5Ub0RvEiwKB2JhdGNoZXMYBCADKAsyGy5jcGEuc2NoZWR1bGVyLnYxLlRhc2tCYXRjaBI0CgpjYW5kaWRhdGVzGAUgAygLMiAuY3BhLnNjaGVkdWxlci52MS5Sb3V0ZUNhbmRpZGF0ZSIdCglUYXNrQmF0Y2gSEAoIdGFza19pZHMYASADKAkiSgoRTGlzdEFnZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIlYKEkxpc3RBZ2VudHNSZXNwb25zZRInCgZhZ2VudHMYASADKAsyFy5jcGEuc2NoZWR1bGVyLnYxLkFnZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKlEAoQU2NoZWR1bGVyU2VydmljZRJ/CgtTY2hlZHVsZUpvYhIkLmNwYS5zY2hlZHVsZXIudjEuU2NoZWR1bGVKb2JSZXF1ZXN0GiUuY3BhLnNjaGVkdWxlci52MS5TY2hlZHVsZUpvYlJlc3BvbnNlIiOC0+STAh06ASpaDjoBKiIJL3NjaGVkdWxlIggvdjEvam9icxKPAQoRQmF0Y2hTY2hlZHVsZUpvYnMSKi5jcGEuc2NoZWR1bGVyLnYxLkJhdGNoU2NoZWR1bGVKb2JzUmVxdWVzdBorLmNwYS5zY2hlZHVsZXIudjEuQmF0Y2hTY2hlZHVsZUpvYnNSZXNwb25zZSIhgtPkkwIbOgEqIhYvdjEvam9iczpiYXRjaFNjaGVkdWxlEmYKBkdldEpvYhIfLmNwYS5zY2hlZHVsZXIudjEuR2V0Sm9iUmVxdWVzdBogLmNwYS5zY2hlZHVsZXIudjEuR2V0Sm9iUmVzcG9uc2UiGYLT5JMCExIRL3YxL2pvYnMve2pvYl9pZH0SYwoITGlzdEpvYnMSIS5jcGEuc2NoZWR1bGVyLnYxLkxpc3RKb2JzUmVxdWVzdBoiLmNwYS5zY2hlZHVsZXIudjEuTGlzdEpvYnNSZXNwb25zZSIQgtPkkwIKEggvdjEvam9icxKLAQoJQ2FuY2VsSm9iEiIuY3BhLnNjaGVkdWxlci52MS5DYW5jZWxKb2JSZXF1ZXN0GiMuY3BhLnNjaGVkdWxlci52MS5DYW5jZWxKb2JSZXNwb25zZSI1gtPkkwIvOgEqWhAqDi9qb2JzL3tqb2JfaWR9IhgvdjEvam9icy97am9iX2lkfTpjYW5jZWwSdQoIUmV0cnlKb2ISIS5jcGEuc2NoZWR1bGVyLnYxLlJldHJ5Sm9iUmVxdWVzdBoiLmNwYS5zY2hlZHVsZXIudjEuUmV0cnlKb2JSZXNwb25zZSIigtPkkwIcOgEqIhcvdjEvam9icy97am9iX2lkfTpyZXRyeRJvCglSZXRyeUpvYnMSIi5jcGEuc2NoZWR1bGVyLnYxLlJldHJ5Sm9ic1JlcXVlc3QaIy5jcGEuc2NoZWR1bGVyLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlIhmC0+STAhM6ASoiDi92MS9qb2JzOnJldHJ5EnQKCFdhdGNoSm9iEiEuY3BhLnNjaGVkdWxlci52MS5XYXRjaEpvYlJlcXVlc3QaIi5jcGEuc2NoZWR1bGVyLnYxLldhdGNoSm9iUmVzcG9uc2UiH4LT5JMCGRIXL3YxL2pvYnMve2pvYl9pZH06d2F0Y2gwARKuAQoLU2VuZE1lc3NhZ2USJC5jcGEuc2NoZWR1bGVyLnYxLlNlbmRNZXNzYWdlUmVxdWVzdBolLmNwYS5zY2hlZHVsZXIudjEuU2VuZE1lc3NhZ2VSZXNwb25zZSJSgtPkkwJMOgEqWhs6B21lc3NhZ2UiEC92MS9sYW0vbWVzc2FnZXNaFzoHbWVzc2FnZSIML2xhbS9tZXNzYWdlIhEvdjEvbWVzc2FnZXM6c2VuZBJ4CgtQcmV2aWV3UGxhbhIkLmNwYS5zY2hlZHVsZXIudjEuUHJldmlld1BsYW5SZXF1ZXN0GiUuY3BhLnNjaGVkdWxlci52MS5QcmV2aWV3UGxhblJlc3BvbnNlIhyC0+STAhY6ASoiES92MS9wbGFuczpwcmV2aWV3EmsKCkxpc3RBZ2VudHMSIy5jcGEuc2NoZWR1bGVyLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuY3BhLnNjaGVkdWxlci52MS5MaXN0QWdlbnRzUmVzcG9uc2UiEoLT5JMCDBIKL3YxL2FnZW50cxKFAQoNTGlzdEFydGlmYWN0cxImLmNwYS5zY2hlZHVsZXIudjEuTGlzdEFydGlmYWN0c1JlcXVlc3QaJy5jcGEuc2NoZWR1bGVyLnYxLkxpc3RBcnRpZmFjdHNSZXNwb25zZSIjgtPkkwIdEhsvdjEvam9icy97am9iX2lkfS9hcnRpZmFjdHMSpwEKEERvd25sb2FkQXJ0aWZhY3QSKS5jcGEuc2NoZWR1bGVyLnYxLkRvd25sb2FkQXJ0aWZhY3RSZXF1ZXN0GiouY3BhLnNjaGVkdWxlci52MS5Eb3dubG9hZEFydGlmYWN0UmVzcG9uc2UiOoLT5JMCNBIyL3YxL2pvYnMve2pvYl9pZH0vYXJ0aWZhY3RzL3thcnRpZmFjdF9pZH06ZG93bmxvYWQwARJ3Cg1MaXN0Q2FsbGJhY2tzEiYuY3BhLnNjaGVkdWxlci52MS5MaXN0Q2FsbGJhY2tzUmVxdWVzdBonLmNwYS5zY2hlZHVsZXIudjEuTGlzdENhbGxiYWNrc1Jlc3BvbnNlIhWC0+STAg8SDS92MS9jYWxsYmFja3MSgwEKDlJldHJ5Q2FsbGJhY2tzEicuY3BhLnNjaGVkdWxlci52MS5SZXRyeUNhbGxiYWNrc1JlcXVlc3QaKC5jcGEuc2NoZWR1bGVyLnYxLlJldHJ5Q2FsbGJhY2tzUmVzcG9uc2UiHoLT5JMCGDoBKiITL3YxL2NhbGxiYWNrczpyZXRyeRJ8ChBMaXN0QXVkaXRFbnRyaWVzEikuY3BhLnNjaGVkdWxlci52MS5MaXN0QXVkaXRFbnRyaWVzUmVxdWVzdBoqLmNwYS5zY2hlZHVsZXIudjEuTGlzdEF1ZGl0RW50cmllc1Jlc3BvbnNlIhGC0+STAgsSCS92MS9hdWRpdGIGcHJvdG8z", [file_cpa_common_v1_artifact, file_cpa_common_v1_error, file_cpa_common_v1_todo, file_cpa_lam_v1_lam_message, file_cpa_scheduler_v1_agent, file_cpa_scheduler_v1_audit, file_cpa_scheduler_v1_callback, file_cpa_scheduler_v1_job, file_cpa_scheduler_v1_job_event, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CihjcGEvc2NoZWR1bGVyL3YxL3NjaGVkdWxlcl9zZXJ2aWNlLnByb3RvEhBjcGEuc2NoZWR1bGVyLnYxIj0KFExpc3RBcnRpZmFjdHNSZXF1ZXN0EhQKBmpvYl9pZBgBIAEoCUIE4kEBAhIPCgd0YXNrX2lkGAIgASgJIkMKFUxpc3RBcnRpZmFjdHNSZXNwb25zZRIqCglhcnRpZmFjdHMYASADKAsyFy5jcGEuY29tbW9uLnYxLkFydGlmYWN0IkoKF0Rvd25sb2FkQXJ0aWZhY3RSZXF1ZXN0EhQKBmpvYl9pZBgBIAEoCUIE4kEBAhIZCgthcnRpZmFjdF9pZBgCIAEoCUIE4kEBAiJgChhEb3dubG9hZEFydGlmYWN0UmVzcG9uc2USKwoIYXJ0aWZhY3QYASABKAsyFy5jcGEuY29tbW9uLnYxLkFydGlmYWN0SAASDwoFY2h1bmsYAiABKAxIAEIGCgRraW5kIoABChJTY2hlZHVsZUpvYlJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRItCgRzcGVjGAIgASgLMhkuY3BhLnNjaGVkdWxlci52MS5Kb2JTcGVjQgTiQQECEicKBHZpZXcYAyABKA4yGS5jcGEuc2NoZWR1bGVyLnYxLkpvYlZpZXciSgoTU2NoZWR1bGVKb2JSZXNwb25zZRIiCgNqb2IYASABKAsyFS5jcGEuc2NoZWR1bGVyLnYxLkpvYhIPCgdjcmVhdGVkGAIgASgIIoEBChhCYXRjaFNjaGVkdWxlSm9ic1JlcXVlc3QSPAoIcmVxdWVzdHMYASADKAsyJC5jcGEuc2NoZWR1bGVyLnYxLlNjaGVkdWxlSm9iUmVxdWVzdEIE4kEBAhInCgR2aWV3GAIgASgOMhkuY3BhLnNjaGVkdWxlci52MS5Kb2JWaWV3IlUKGUJhdGNoU2NoZWR1bGVKb2JzUmVzcG9uc2USOAoJcmVzcG9uc2VzGAEgAygLMiUuY3BhLnNjaGVkdWxlci52MS5TY2hlZHVsZUpvYlJlc3BvbnNlIk4KDUdldEpvYlJlcXVlc3QSFAoGam9iX2lkGAEgASgJQgTiQQECEicKBHZpZXcYAiABKA4yGS5jcGEuc2NoZWR1bGVyLnYxLkpvYlZpZXciNAoOR2V0Sm9iUmVzcG9uc2USIgoDam9iGAEgASgLMhUuY3BhLnNjaGVkdWxlci52MS5Kb2IicQoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCRInCgR2aWV3GAQgASgOMhkuY3BhLnNjaGVkdWxlci52MS5Kb2JWaWV3IlAKEExpc3RKb2JzUmVzcG9uc2USIwoEam9icxgBIAMoCzIVLmNwYS5zY2hlZHVsZXIudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJhChBDYW5jZWxKb2JSZXF1ZXN0EhQKBmpvYl9pZBgBIAEoCUIE4kEBAhIOCgZyZWFzb24YAiABKAkSJwoEdmlldxgDIAEoDjIZLmNwYS5zY2hlZHVsZXIudjEuSm9iVmlldyI3ChFDYW5jZWxKb2JSZXNwb25zZRIiCgNqb2IYASABKAsyFS5jcGEuc2NoZWR1bGVyLnYxLkpvYiJQCg9SZXRyeUpvYlJlcXVlc3QSFAoGam9iX2lkGAEgASgJQgTiQQECEicKBHZpZXcYAiABKA4yGS5jcGEuc2NoZWR1bGVyLnYxLkpvYlZpZXciNgoQUmV0cnlKb2JSZXNwb25zZRIiCgNqb2IYASABKAsyFS5jcGEuc2NoZWR1bGVyLnYxLkpvYiJFChBSZXRyeUpvYnNSZXF1ZXN0Eg4KBmZpbHRlchgBIAEoCRIQCghtYXhfam9icxgCIAEoBRIPCgdkcnlfcnVuGAMgASgIIlgKEVJldHJ5Sm9ic1Jlc3BvbnNlEg8KB2pvYl9pZHMYASADKAkSMgoMc2tpcHBlZF9qb2JzGAIgAygLMhwuY3BhLnNjaGVkdWxlci52MS5Ta2lwcGVkSm9iIlkKClNraXBwZWRKb2ISDgoGam9iX2lkGAEgASgJEioKBnJlYXNvbhgCIAEoDjIaLmNwYS5jb21tb24udjEuRXJyb3JSZWFzb24SDwoHbWVzc2FnZRgDIAEoCSI/Cg9XYXRjaEpvYlJlcXVlc3QSFAoGam9iX2lkGAEgASgJQgTiQQECEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgDImwKEFdhdGNoSm9iUmVzcG9uc2USKQoFZXZlbnQYASABKAsyGi5jcGEuc2NoZWR1bGVyLnYxLkpvYkV2ZW50Ei0KCWhlYXJ0YmVhdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQwoSU2VuZE1lc3NhZ2VSZXF1ZXN0Ei0KB21lc3NhZ2UYASABKAsyFi5jcGEubGFtLnYxLkxhbU1lc3NhZ2VCBOJBAQIiPAoTU2VuZE1lc3NhZ2VSZXNwb25zZRIlCgVyZXBseRgBIAEoCzIWLmNwYS5sYW0udjEuTGFtTWVzc2FnZSJDChJQcmV2aWV3UGxhblJlcXVlc3QSLQoEc3BlYxgBIAEoCzIZLmNwYS5zY2hlZHVsZXIudjEuSm9iU3BlY0IE4kEBAiIvCg5Sb3V0ZUNhbmRpZGF0ZRIOCgZpbnRlbnQYASABKAkSDQoFc2NvcmUYAiABKAEiqwMKE1ByZXZpZXdQbGFuUmVzcG9uc2USDgoGaW50ZW50GAEgASgJEisKCnBhcmFtZXRlcnMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiIKBXRvZG9zGAMgAygLMhMuY3BhLmNvbW1vbi52MS5Ub0RvEiwKB2JhdGNoZXMYBCADKAsyGy5jcGEuc2NoZWR1bGVyLnYxLlRhc2tCYXRjaBI0CgpjYW5kaWRhdGVzGAUgAygLMiAuY3BhLnNjaGVkdWxlci52MS5Sb3V0ZUNhbmRpZGF0ZRISCgpkZWNpZGVkX2J5GAYgASgJEhcKD2RlY2lzaW9uX3JlYXNvbhgHIAEoCRIRCglyZWFzb25pbmcYCCABKAkSLwoIYXR0ZW1wdHMYCSADKAsyHS5jcGEuc2NoZWR1bGVyLnYxLlBsYW5BdHRlbXB0Ei8KBXVzYWdlGAogASgLMiAuY3BhLnNjaGVkdWxlci52MS5QbGFuVG9rZW5Vc2FnZRItCgdwcm9tcHRzGAsgAygLMhwuY3BhLnNjaGVkdWxlci52MS5QbGFuUHJvbXB0IocBCgtQbGFuQXR0ZW1wdBIvCghwcm9ibGVtcxgBIAMoCzIdLmNwYS5zY2hlZHVsZXIudjEuUGxhblByb2JsZW0SFgoOdG90YWxfcHJvYmxlbXMYAiABKAUSLwoFdXNhZ2UYAyABKAsyIC5jcGEuc2NoZWR1bGVyLnYxLlBsYW5Ub2tlblVzYWdlIi0KC1BsYW5Qcm9ibGVtEg0KBWZpZWxkGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiQgoOUGxhblRva2VuVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoAyJRCgpQbGFuUHJvbXB0EgwKBG5hbWUYASABKAkSNQoIbWVzc2FnZXMYAiADKAsyIy5jcGEuc2NoZWR1bGVyLnYxLlBsYW5Qcm9tcHRNZXNzYWdlIjIKEVBsYW5Qcm9tcHRNZXNzYWdlEgwKBHJvbGUYASABKAkSDwoHY29udGVudBgCIAEoCSIdCglUYXNrQmF0Y2gSEAoIdGFza19pZHMYASADKAkiSgoRTGlzdEFnZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIlYKEkxpc3RBZ2VudHNSZXNwb25zZRInCgZhZ2VudHMYASADKAsyFy5jcGEuc2NoZWR1bGVyLnYxLkFnZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKlEAoQU2NoZWR1bGVyU2VydmljZRJ/CgtTY2hlZHVsZUpvYhIkLmNwYS5zY2hlZHVsZXIudjEuU2NoZWR1bGVKb2JSZXF1ZXN0GiUuY3BhLnNjaGVkdWxlci52MS5TY2hlZHVsZUpvYlJlc3BvbnNlIiOC0+STAh06ASpaDjoBKiIJL3NjaGVkdWxlIggvdjEvam9icxKPAQoRQmF0Y2hTY2hlZHVsZUpvYnMSKi5jcGEuc2NoZWR1bGVyLnYxLkJhdGNoU2NoZWR1bGVKb2JzUmVxdWVzdBorLmNwYS5zY2hlZHVsZXIudjEuQmF0Y2hTY2hlZHVsZUpvYnNSZXNwb25zZSIhgtPkkwIbOgEqIhYvdjEvam9iczpiYXRjaFNjaGVkdWxlEmYKBkdldEpvYhIfLmNwYS5zY2hlZHVsZXIudjEuR2V0Sm9iUmVxdWVzdBogLmNwYS5zY2hlZHVsZXIudjEuR2V0Sm9iUmVzcG9uc2UiGYLT5JMCExIRL3YxL2pvYnMve2pvYl9pZH0SYwoITGlzdEpvYnMSIS5jcGEuc2NoZWR1bGVyLnYxLkxpc3RKb2JzUmVxdWVzdBoiLmNwYS5zY2hlZHVsZXIudjEuTGlzdEpvYnNSZXNwb25zZSIQgtPkkwIKEggvdjEvam9icxKLAQoJQ2FuY2VsSm9iEiIuY3BhLnNjaGVkdWxlci52MS5DYW5jZWxKb2JSZXF1ZXN0GiMuY3BhLnNjaGVkdWxlci52MS5DYW5jZWxKb2JSZXNwb25zZSI1gtPkkwIvOgEqWhAqDi9qb2JzL3tqb2JfaWR9IhgvdjEvam9icy97am9iX2lkfTpjYW5jZWwSdQoIUmV0cnlKb2ISIS5jcGEuc2NoZWR1bGVyLnYxLlJldHJ5Sm9iUmVxdWVzdBoiLmNwYS5zY2hlZHVsZXIudjEuUmV0cnlKb2JSZXNwb25zZSIigtPkkwIcOgEqIhcvdjEvam9icy97am9iX2lkfTpyZXRyeRJvCglSZXRyeUpvYnMSIi5jcGEuc2NoZWR1bGVyLnYxLlJldHJ5Sm9ic1JlcXVlc3QaIy5jcGEuc2NoZWR1bGVyLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlIhmC0+STAhM6ASoiDi92MS9qb2JzOnJldHJ5EnQKCFdhdGNoSm9iEiEuY3BhLnNjaGVkdWxlci52MS5XYXRjaEpvYlJlcXVlc3QaIi5jcGEuc2NoZWR1bGVyLnYxLldhdGNoSm9iUmVzcG9uc2UiH4LT5JMCGRIXL3YxL2pvYnMve2pvYl9pZH06d2F0Y2gwARKuAQoLU2VuZE1lc3NhZ2USJC5jcGEuc2NoZWR1bGVyLnYxLlNlbmRNZXNzYWdlUmVxdWVzdBolLmNwYS5zY2hlZHVsZXIudjEuU2VuZE1lc3NhZ2VSZXNwb25zZSJSgtPkkwJMOgEqWhs6B21lc3NhZ2UiEC92MS9sYW0vbWVzc2FnZXNaFzoHbWVzc2FnZSIML2xhbS9tZXNzYWdlIhEvdjEvbWVzc2FnZXM6c2VuZBJ4CgtQcmV2aWV3UGxhbhIkLmNwYS5zY2hlZHVsZXIudjEuUHJldmlld1BsYW5SZXF1ZXN0GiUuY3BhLnNjaGVkdWxlci52MS5QcmV2aWV3UGxhblJlc3BvbnNlIhyC0+STAhY6ASoiES92MS9wbGFuczpwcmV2aWV3EmsKCkxpc3RBZ2VudHMSIy5jcGEuc2NoZWR1bGVyLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQuY3BhLnNjaGVkdWxlci52MS5MaXN0QWdlbnRzUmVzcG9uc2UiEoLT5JMCDBIKL3YxL2FnZW50cxKFAQoNTGlzdEFydGlmYWN0cxImLmNwYS5zY2hlZHVsZXIudjEuTGlzdEFydGlmYWN0c1JlcXVlc3QaJy5jcGEuc2NoZWR1bGVyLnYxLkxpc3RBcnRpZmFjdHNSZXNwb25zZSIjgtPkkwIdEhsvdjEvam9icy97am9iX2lkfS9hcnRpZmFjdHMSpwEKEERvd25sb2FkQXJ0aWZhY3QSKS5jcGEuc2NoZWR1bGVyLnYxLkRvd25sb2FkQXJ0aWZhY3RSZXF1ZXN0GiouY3BhLnNjaGVkdWxlci52MS5Eb3dubG9hZEFydGlmYWN0UmVzcG9uc2UiOoLT5JMCNBIyL3YxL2pvYnMve2pvYl9pZH0vYXJ0aWZhY3RzL3thcnRpZmFjdF9pZH06ZG93bmxvYWQwARJ3Cg1MaXN0Q2FsbGJhY2tzEiYuY3BhLnNjaGVkdWxlci52MS5MaXN0Q2FsbGJhY2tzUmVxdWVzdBonLmNwYS5zY2hlZHVsZXIudjEuTGlzdENhbGxiYWNrc1Jlc3BvbnNlIhWC0+STAg8SDS92MS9jYWxsYmFja3MSgwEKDlJldHJ5Q2FsbGJhY2tzEicuY3BhLnNjaGVkdWxlci52MS5SZXRyeUNhbGxiYWNrc1JlcXVlc3QaKC5jcGEuc2NoZWR1bGVyLnYxLlJldHJ5Q2FsbGJhY2tzUmVzcG9uc2UiHoLT5JMCGDoBKiITL3YxL2NhbGxiYWNrczpyZXRyeRJ8ChBMaXN0QXVkaXRFbnRyaWVzEikuY3BhLnNjaGVkdWxlci52MS5MaXN0QXVkaXRFbnRyaWVzUmVxdWVzdBoqLmNwYS5zY2hlZHVsZXIudjEuTGlzdEF1ZGl0RW50cmllc1Jlc3BvbnNlIhGC0+STAgsSCS92MS9hdWRpdGIGcHJvdG8z", [file_cpa_common_v1_artifact, file_cpa_common_v1_error, file_cpa_common_v1_todo, file_cpa_lam_v1_lam_message, file_cpa_scheduler_v1_agent, file_cpa_scheduler_v1_audit, file_cpa_scheduler_v1_callback, file_cpa_scheduler_v1_job, file_cpa_scheduler_v1_job_event, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * ListArtifactsRequest names a job and optionally one of its tasks.
@@ -785,6 +785,55 @@ export type PreviewPlanResponse = Message<"cpa.scheduler.v1.PreviewPlanResponse"
    * @generated from field: repeated cpa.scheduler.v1.RouteCandidate candidates = 5;
    */
   candidates: RouteCandidate[];
+
+  /**
+   * Who turned the request into tasks: empty for ToDos or an intent named in the request (and
+   * for text without a model configured: the rules), "rules" (the rule router, with a model
+   * configured), "llm_router" (the model picked a catalog intent, expanded by its templates),
+   * "llm_planner" (the model planned the tasks; `intent` is then "unknown").
+   *
+   * @generated from field: string decided_by = 6;
+   */
+  decidedBy: string;
+
+  /**
+   * Why it decided: the LLM router's intent and confidence, or why the rules took over (its
+   * confidence below CPA_PLANNING_LLM_MIN_CONFIDENCE, an intent the catalog lacks, the
+   * provider's error or timeout). Empty when no model took part.
+   *
+   * @generated from field: string decision_reason = 7;
+   */
+  decisionReason: string;
+
+  /**
+   * The LLM task planner's explanation of its plan (decided_by "llm_planner").
+   *
+   * @generated from field: string reasoning = 8;
+   */
+  reasoning: string;
+
+  /**
+   * The LLM task planner's proposals in order, each with the problems our checks found; the
+   * last one, without problems, is the plan shown.
+   *
+   * @generated from field: repeated cpa.scheduler.v1.PlanAttempt attempts = 9;
+   */
+  attempts: PlanAttempt[];
+
+  /**
+   * Tokens the model used for this plan, all calls together (zero without a model).
+   *
+   * @generated from field: cpa.scheduler.v1.PlanTokenUsage usage = 10;
+   */
+  usage?: PlanTokenUsage | undefined;
+
+  /**
+   * The prompts sent to the model as rendered ("intent": classification, "plan": task
+   * planning; a repair's messages are not repeated), for debugging prompts.
+   *
+   * @generated from field: repeated cpa.scheduler.v1.PlanPrompt prompts = 11;
+   */
+  prompts: PlanPrompt[];
 };
 
 /**
@@ -793,6 +842,153 @@ export type PreviewPlanResponse = Message<"cpa.scheduler.v1.PreviewPlanResponse"
  */
 export const PreviewPlanResponseSchema: GenMessage<PreviewPlanResponse> = /*@__PURE__*/
   messageDesc(file_cpa_scheduler_v1_scheduler_service, 25);
+
+/**
+ * PlanAttempt is one proposal of the LLM task planner and what our checks found.
+ *
+ * @generated from message cpa.scheduler.v1.PlanAttempt
+ */
+export type PlanAttempt = Message<"cpa.scheduler.v1.PlanAttempt"> & {
+  /**
+   * The problems, at most 20 (empty: accepted).
+   *
+   * @generated from field: repeated cpa.scheduler.v1.PlanProblem problems = 1;
+   */
+  problems: PlanProblem[];
+
+  /**
+   * How many problems there were in all.
+   *
+   * @generated from field: int32 total_problems = 2;
+   */
+  totalProblems: number;
+
+  /**
+   * Tokens of this attempt's call.
+   *
+   * @generated from field: cpa.scheduler.v1.PlanTokenUsage usage = 3;
+   */
+  usage?: PlanTokenUsage | undefined;
+};
+
+/**
+ * Describes the message cpa.scheduler.v1.PlanAttempt.
+ * Use `create(PlanAttemptSchema)` to create a new message.
+ */
+export const PlanAttemptSchema: GenMessage<PlanAttempt> = /*@__PURE__*/
+  messageDesc(file_cpa_scheduler_v1_scheduler_service, 26);
+
+/**
+ * PlanProblem is why a proposed plan cannot run.
+ *
+ * @generated from message cpa.scheduler.v1.PlanProblem
+ */
+export type PlanProblem = Message<"cpa.scheduler.v1.PlanProblem"> & {
+  /**
+   * Where, in the proposal: `tasks[1].params.seconds`, `tasks[0].action`, `answer`.
+   *
+   * @generated from field: string field = 1;
+   */
+  field: string;
+
+  /**
+   * Why.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message cpa.scheduler.v1.PlanProblem.
+ * Use `create(PlanProblemSchema)` to create a new message.
+ */
+export const PlanProblemSchema: GenMessage<PlanProblem> = /*@__PURE__*/
+  messageDesc(file_cpa_scheduler_v1_scheduler_service, 27);
+
+/**
+ * PlanTokenUsage counts a model's tokens as the provider reported them.
+ *
+ * @generated from message cpa.scheduler.v1.PlanTokenUsage
+ */
+export type PlanTokenUsage = Message<"cpa.scheduler.v1.PlanTokenUsage"> & {
+  /**
+   * Tokens of the prompts.
+   *
+   * @generated from field: int64 prompt_tokens = 1;
+   */
+  promptTokens: bigint;
+
+  /**
+   * Tokens of the answers.
+   *
+   * @generated from field: int64 completion_tokens = 2;
+   */
+  completionTokens: bigint;
+};
+
+/**
+ * Describes the message cpa.scheduler.v1.PlanTokenUsage.
+ * Use `create(PlanTokenUsageSchema)` to create a new message.
+ */
+export const PlanTokenUsageSchema: GenMessage<PlanTokenUsage> = /*@__PURE__*/
+  messageDesc(file_cpa_scheduler_v1_scheduler_service, 28);
+
+/**
+ * PlanPrompt is a prompt as sent to the model.
+ *
+ * @generated from message cpa.scheduler.v1.PlanPrompt
+ */
+export type PlanPrompt = Message<"cpa.scheduler.v1.PlanPrompt"> & {
+  /**
+   * "intent" or "plan".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Its messages, in order.
+   *
+   * @generated from field: repeated cpa.scheduler.v1.PlanPromptMessage messages = 2;
+   */
+  messages: PlanPromptMessage[];
+};
+
+/**
+ * Describes the message cpa.scheduler.v1.PlanPrompt.
+ * Use `create(PlanPromptSchema)` to create a new message.
+ */
+export const PlanPromptSchema: GenMessage<PlanPrompt> = /*@__PURE__*/
+  messageDesc(file_cpa_scheduler_v1_scheduler_service, 29);
+
+/**
+ * PlanPromptMessage is one chat message of a prompt.
+ *
+ * @generated from message cpa.scheduler.v1.PlanPromptMessage
+ */
+export type PlanPromptMessage = Message<"cpa.scheduler.v1.PlanPromptMessage"> & {
+  /**
+   * "system", "user" or "assistant".
+   *
+   * @generated from field: string role = 1;
+   */
+  role: string;
+
+  /**
+   * The text.
+   *
+   * @generated from field: string content = 2;
+   */
+  content: string;
+};
+
+/**
+ * Describes the message cpa.scheduler.v1.PlanPromptMessage.
+ * Use `create(PlanPromptMessageSchema)` to create a new message.
+ */
+export const PlanPromptMessageSchema: GenMessage<PlanPromptMessage> = /*@__PURE__*/
+  messageDesc(file_cpa_scheduler_v1_scheduler_service, 30);
 
 /**
  * TaskBatch is a set of tasks whose dependencies are all in earlier batches.
@@ -813,7 +1009,7 @@ export type TaskBatch = Message<"cpa.scheduler.v1.TaskBatch"> & {
  * Use `create(TaskBatchSchema)` to create a new message.
  */
 export const TaskBatchSchema: GenMessage<TaskBatch> = /*@__PURE__*/
-  messageDesc(file_cpa_scheduler_v1_scheduler_service, 26);
+  messageDesc(file_cpa_scheduler_v1_scheduler_service, 31);
 
 /**
  * ListAgentsRequest selects and pages agents.
@@ -851,7 +1047,7 @@ export type ListAgentsRequest = Message<"cpa.scheduler.v1.ListAgentsRequest"> & 
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_cpa_scheduler_v1_scheduler_service, 27);
+  messageDesc(file_cpa_scheduler_v1_scheduler_service, 32);
 
 /**
  * ListAgentsResponse is one page of agents.
@@ -879,7 +1075,7 @@ export type ListAgentsResponse = Message<"cpa.scheduler.v1.ListAgentsResponse"> 
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_cpa_scheduler_v1_scheduler_service, 28);
+  messageDesc(file_cpa_scheduler_v1_scheduler_service, 33);
 
 /**
  * SchedulerService is the API of callers: people, other agents and webhooks.
@@ -934,6 +1130,14 @@ export const SchedulerService: GenService<{
    * INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED (ToDo.requires_approval), NESTING_TOO_DEEP;
    * from text or an intent: TEXT_TOO_LONG, UNKNOWN_INTENT (nothing matched, or no such intent),
    * TEMPLATE_ERROR and TEMPLATE_LIMIT_EXCEEDED (the intent's templates could not be rendered).
+   * With a language model configured (CPA_LLM_PROVIDER, docs/PLANNING.md), free text (and only
+   * text: ToDos and intent names never reach the model) is classified by the model first, then
+   * by the rules, then planned by the model; that planning may end in INVALID_ARGUMENT
+   * (PLAN_INVALID, field spec.text: the model's plan stayed invalid after its repairs),
+   * RESOURCE_EXHAUSTED (PLANNING_BUSY: too many texts being planned at once), or, when the
+   * model gives no usable plan, FAILED_PRECONDITION (LLM_REFUSED, LLM_OUTPUT_TRUNCATED,
+   * LLM_BAD_ANSWER, LLM_NOT_CONFIGURED) or UNAVAILABLE (LLM_UNAVAILABLE), field spec.text
+   * (docs/LLM.md); it ends by the call's deadline or CPA_PLANNING_LLM_TIMEOUT_S.
    * ABORTED (REQUEST_ID_CONTENDED) when the request_id was found taken and released again (by
    * the request-id retention sweep) before its job could be read: the same call may succeed.
    *
@@ -961,8 +1165,10 @@ export const SchedulerService: GenService<{
    * planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
    * DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
    * APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
-   * TEMPLATE_LIMIT_EXCEEDED; IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS;
-   * REQUEST_ID_CONTENDED, ABORTED), the field under `requests[i].`.
+   * TEMPLATE_LIMIT_EXCEEDED; with a language model PLAN_INVALID, PLANNING_BUSY, LLM_REFUSED,
+   * LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED, LLM_UNAVAILABLE;
+   * IDEMPOTENCY_KEY_MISMATCH; REQUEST_ID_REUSED, ALREADY_EXISTS; REQUEST_ID_CONTENDED,
+   * ABORTED), the field under `requests[i].`. Requests with text are planned one after another.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.BatchScheduleJobs
    */
@@ -1093,7 +1299,9 @@ export const SchedulerService: GenService<{
    * (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
    * UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
    * NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
-   * QUOTA_EXCEEDED; REQUEST_ID_REUSED for a message id used by another request, field `id`;
+   * QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
+   * the LLM_* reasons (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by
+   * another request, field `id`;
    * REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
    * ILLEGAL_TRANSITION (the job SUCCEEDED or FAILED) or PAYLOAD_TOO_LARGE, and security.tenant
    * other than the caller's tenant refuse with PERMISSION_DENIED (docs/LAM_PROTOCOL.md lists
@@ -1107,11 +1315,16 @@ export const SchedulerService: GenService<{
     output: typeof SendMessageResponseSchema;
   },
   /**
-   * Plans the requested work without creating a job: the routed intent and the task graph.
+   * Plans the requested work without creating a job: the routed intent and the task graph,
+   * and for free text with a language model who decided and why, the model's reasoning, each
+   * attempt's problems, the tokens used and the prompts as sent.
    * Errors: those of planning in ScheduleJob, INVALID_ARGUMENT naming the field: MISSING_FIELD,
    * INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY,
    * GRAPH_CYCLE, INVALID_RETRY_POLICY, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT,
-   * TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED (no policy, quota or approval check: nothing runs).
+   * TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
+   * LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
+   * LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
+   * (its plan must pass it): nothing runs.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.PreviewPlan
    */
