@@ -110,6 +110,12 @@ class AgentSettings(BaseSettings):
         "the like), asked before the built-in env:/file:/bare-name rules.",
     )
 
+    metrics_address: str = Field(
+        default="",
+        description="host:port of this agent's Prometheus /metrics endpoint (port 0: any free "
+        "one); empty: none.",
+    )
+
     # TLS to the scheduler (cpa_client.channels; docs/SECURITY.md).
     tls: bool = Field(
         default=False,

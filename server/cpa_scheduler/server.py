@@ -68,6 +68,9 @@ from .security.quotas import Quotas
 from .security.tenant_limits import LimitsTable
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
+from .telemetry import metrics
+from .telemetry.metrics_http import MetricsEndpoint, serve_metrics
+from .telemetry.metrics_rpc import RpcMetrics
 from .tls import ServerTls
 
 log = logging.getLogger(__name__)
@@ -197,6 +200,7 @@ class SchedulerServer:
         # once by `cpa serve`.
         self.local_admin_key: tuple[str, Path] | None = None
         self.tls: ServerTls | None = None
+        self.metrics: MetricsEndpoint | None = None
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -302,6 +306,7 @@ class SchedulerServer:
         # of unauthenticated calls too, before any credential lookup); authentication sets the
         # principal the rate limiter then keys by, so the rate limiter comes after it.
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+            RpcMetrics(),  # outermost: the other interceptors' refusals are counted too
             CallLimit(settings.max_concurrent_rpcs),
             AuthInterceptor(
                 authenticator, default_tenant=settings.default_tenant, audit_log=audit_log
@@ -483,6 +488,11 @@ class SchedulerServer:
                 )
             )
         components.dispatcher.wake()
+        if settings.metrics_address:
+            self.metrics = serve_metrics(
+                settings.metrics_address, metrics.replica_registry(components.sessions)
+            )
+            metrics.enable()
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -559,6 +569,9 @@ class SchedulerServer:
                 await components.credentials.close()
             await components.backends.close()
             self._components = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
             log.info("scheduler %s stopped in %.2fs", self.replica_id, time.monotonic() - started_s)
 
     async def _drain_agents(self, components: _Components, drain_s: float) -> None:
