@@ -17,6 +17,7 @@ from cpa.scheduler.v1 import job_pb2 as S  # noqa: N812 - short alias for enum-h
 from cpa_client import SchedulerClient
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.telemetry import timed
+from tests.deploy.promql import SYNTHETIC, alert_expressions, dashboard_expressions, metric_names
 
 from .conftest import HEARTBEAT_S, LEASE_S, Agents, Scheduler, finished, todo, todos_spec
 from .prometheus import prometheus
@@ -134,3 +135,34 @@ async def test_prometheus_scrapes_what_the_jobs_did(
             1,
         )
         assert waiting.job.job_id
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name a /metrics text can have, from its families (with or without samples)."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_count", "_sum"),
+        }.get(family.type, ("",))
+        names |= {family.name + suffix for suffix in suffixes}
+    return names
+
+
+async def test_the_dashboard_and_alerts_read_only_exported_metrics(
+    scheduler: Scheduler, agents: Agents
+) -> None:
+    assert scheduler.server.metrics is not None
+    agent = await agents.start("names-agent", metrics_address="127.0.0.1:0")
+    assert agent.metrics_port is not None
+    exported = exported_names(scrape(scheduler.server.metrics.port))
+    exported |= exported_names(scrape(agent.metrics_port))
+    expressions = {**dashboard_expressions(), **alert_expressions()}
+    unknown = {
+        where: sorted(metric_names(expr) - exported - SYNTHETIC)
+        for where, expr in expressions.items()
+        if metric_names(expr) - exported - SYNTHETIC
+    }
+    assert unknown == {}
+    # The check has teeth: a misspelt name is reported.
+    assert metric_names("sum(job_queue_lenght)") - exported == {"job_queue_lenght"}
