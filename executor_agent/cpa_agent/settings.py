@@ -14,6 +14,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cpa_agent.telemetry.metrics import split_address
 from cpa_client.channels import ClientTls
 
 
@@ -155,6 +156,14 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            split_address(value)  # ValueError naming the address: the agent does not start
+        return value
 
     @field_validator("executors", mode="before")
     @classmethod

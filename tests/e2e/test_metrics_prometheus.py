@@ -10,11 +10,12 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cpa.scheduler.v1 import job_pb2 as S  # noqa: N812 - short alias for enum-heavy asserts
-from cpa_client import SchedulerClient
+from cpa_client import CpaError, SchedulerClient
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.telemetry import timed
 from tests.deploy.promql import SYNTHETIC, alert_expressions, dashboard_expressions, metric_names
@@ -24,6 +25,7 @@ from .prometheus import prometheus
 
 SLOTS = 3
 SCHEDULE_JOB = "/cpa.scheduler.v1.SchedulerService/ScheduleJob"
+GET_JOB = "/cpa.scheduler.v1.SchedulerService/GetJob"
 
 
 @pytest.fixture
@@ -38,7 +40,8 @@ def scheduler_settings(tmp_path: Path) -> Settings:
 
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        return answer.read().decode()
+        text: str = answer.read().decode()
+        return text
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -84,6 +87,9 @@ async def test_prometheus_scrapes_what_the_jobs_did(
         for job in ok:
             assert (await finished(client, job.job.job_id)).state == S.JOB_STATE_SUCCEEDED
         assert (await finished(client, failing.job.job_id)).state == S.JOB_STATE_FAILED
+        with pytest.raises(CpaError) as refused:
+            await client.get_job("no-such-job")
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND
         # An LLM call as a capability reports it (telemetry.hooks): its duration is observed.
         with timed("llm_call", "generate", provider="openai", model="test-model") as call:
             call.counts["prompt_tokens"] = 7
@@ -104,6 +110,7 @@ async def test_prometheus_scrapes_what_the_jobs_did(
         expect(0, "job_queue_length", requirement="echo")
         expect(4, "rpc_requests_total", method=SCHEDULE_JOB, code="OK")
         expect(4, "rpc_duration_seconds_count", method=SCHEDULE_JOB)
+        expect(1, "rpc_requests_total", method=GET_JOB, code="NOT_FOUND")
         labels = {"operation": "generate", "provider": "openai", "model": "test-model"}
         expect(1, "llm_call_duration_seconds_count", **labels, outcome="ok")
         expect(7, "llm_tokens_total", provider="openai", model="test-model", kind="prompt_tokens")

@@ -19,6 +19,14 @@ from cpa.executor.v1 import executor_service_pb2
 _BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' as (host, port), an empty host meaning all interfaces; else ValueError."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"metrics address {address!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 class _Slots(Collector):
     def __init__(self, slots: int, running: Callable[[], int], connected: Callable[[], bool]):
         self._slots, self._running, self._connected = slots, running, connected
@@ -65,12 +73,8 @@ class AgentMetrics:
 
     def serve(self, address: str) -> int:
         """Serve /metrics on `address` (host:port; port 0: any free one); the bound port."""
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"CPA_AGENT_METRICS_ADDRESS {address!r} is not host:port")
-        self._server, _ = start_http_server(
-            int(port), addr=host.strip("[]"), registry=self.registry
-        )
+        host, port = split_address(address)
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
         return int(self._server.server_port)
 
     def close(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
+
+from cpa_scheduler.telemetry.metrics_http import split_address
 
 
 class MetricsSettings(BaseSettings):
@@ -14,3 +16,11 @@ class MetricsSettings(BaseSettings):
         description="host:port of this replica's Prometheus /metrics endpoint (port 0: any free "
         "one); empty: no endpoint, and the metric hooks cost one test each.",
     )
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            split_address(value)  # ValueError naming the address: the start stops
+        return value
