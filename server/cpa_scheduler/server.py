@@ -306,7 +306,6 @@ class SchedulerServer:
         # of unauthenticated calls too, before any credential lookup); authentication sets the
         # principal the rate limiter then keys by, so the rate limiter comes after it.
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
-            RpcMetrics(),  # outermost: the other interceptors' refusals are counted too
             CallLimit(settings.max_concurrent_rpcs),
             AuthInterceptor(
                 authenticator, default_tenant=settings.default_tenant, audit_log=audit_log
@@ -324,6 +323,8 @@ class SchedulerServer:
                     keys=RedisKeys(settings.redis_key_prefix),
                 )
             )
+        # Innermost: its handler is the service's own, cached per method (metrics_rpc).
+        interceptors.append(RpcMetrics())
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

@@ -1,7 +1,9 @@
 """RPC metrics: an interceptor counting each gRPC call by method and status code, and timing it.
 
-Outermost, so refusals of the other interceptors (call limit, authentication, rate limits)
-count too. The wrapped handler is cached per method: the call path pays a dict lookup.
+Innermost: the handler it gets is the service's own, the same object every call, so its
+wrapped handler is cached per method and the call path pays a dict lookup. (Outermost it would
+rewrap per call, as the call limit and the rate limiter wrap theirs per call.) Calls those
+interceptors refuse are therefore not counted here; they log and audit their refusals.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def _code(context: Context, default: grpc.StatusCode) -> str:
 
 def _measured(behavior: Behavior, method: str) -> Behavior:
     def done(context: Context, started: float, default: grpc.StatusCode) -> None:
-        metrics.RPC_REQUESTS.labels(method, _code(context, default)).inc()
-        metrics.RPC_DURATION.labels(method).observe(time.perf_counter() - started)
+        metrics.rpc_requests(method, _code(context, default)).inc()
+        metrics.rpc_duration(method).observe(time.perf_counter() - started)
 
     if inspect.isasyncgenfunction(behavior):
 
