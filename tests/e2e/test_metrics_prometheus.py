@@ -20,7 +20,7 @@ from cpa_scheduler.settings import Settings
 from cpa_scheduler.telemetry import timed
 from tests.deploy.promql import SYNTHETIC, alert_expressions, dashboard_expressions, metric_names
 
-from .conftest import HEARTBEAT_S, LEASE_S, Agents, Scheduler, finished, todo, todos_spec
+from .conftest import Agents, Scheduler, finished, todo, todos_spec
 from .prometheus import prometheus
 
 SLOTS = 3
@@ -29,13 +29,9 @@ GET_JOB = "/cpa.scheduler.v1.SchedulerService/GetJob"
 
 
 @pytest.fixture
-def scheduler_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        lease_duration_s=LEASE_S,
-        heartbeat_interval_s=HEARTBEAT_S,
-        metrics_address="127.0.0.1:0",
-    )
+def scheduler_settings(scheduler_settings: Settings) -> Settings:
+    """The e2e settings, with this replica's /metrics on a free loopback port."""
+    return scheduler_settings.model_copy(update={"metrics_address": "127.0.0.1:0"})
 
 
 def scrape(port: int) -> str:
