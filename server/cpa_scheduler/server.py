@@ -494,6 +494,14 @@ class SchedulerServer:
                 settings.metrics_address, metrics.replica_registry(components.sessions)
             )
             metrics.enable()
+            self._background.append(
+                asyncio.create_task(
+                    metrics.count_queued_forever(
+                        components.backends.store, settings.metrics_queue_interval_s
+                    ),
+                    name="metrics-queue-length",
+                )
+            )
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

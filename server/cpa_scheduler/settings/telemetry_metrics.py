@@ -16,6 +16,12 @@ class MetricsSettings(BaseSettings):
         description="host:port of this replica's Prometheus /metrics endpoint (port 0: any free "
         "one); empty: no endpoint, and the metric hooks cost one test each.",
     )
+    metrics_queue_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often a replica with metrics counts the QUEUED tasks in the store "
+        "(job_queue_length).",
+    )
 
     @field_validator("metrics_address")
     @classmethod

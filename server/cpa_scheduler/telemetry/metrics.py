@@ -4,6 +4,7 @@ The counters and histograms are process-wide (prometheus_client objects, not reg
 anywhere by themselves); each replica's registry (`replica_registry`) holds them and its own
 scrape-time collector (agents, slots). They are fed where state already changes, after commit:
 `observe_changes` reads a committed change's events, so a retried transaction counts once.
+The queue length is read from the store in the background (`count_queued_forever`).
 
 `ENABLED` is false until a replica serves /metrics: with metrics off every hook returns at its
 first test. Labels are bounded: no job, task or agent ids; actions and requirements go through
@@ -12,6 +13,9 @@ first test. Labels are bounded: no job, task or agent ids; actions and requireme
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -31,8 +35,12 @@ if TYPE_CHECKING:
 
     from cpa_scheduler.dispatch.sessions import SessionRegistry
     from cpa_scheduler.domain import Job, JobChanges
+    from cpa_scheduler.storage import Store
+
+_log = logging.getLogger(__name__)
 
 LABEL_CAP = 50
+QUEUE_SCAN_LIMIT = 10_000
 OTHER = "other"
 
 # Seconds: tasks run from sub-second API calls to minutes-long browser flows.
@@ -107,7 +115,8 @@ DISPATCH_LATENCY = Histogram(
 )
 QUEUE_LENGTH = Gauge(
     "job_queue_length",
-    "Tasks QUEUED, by requirement (the action), as changed by this replica: sum over replicas.",
+    "Tasks QUEUED in the store, by requirement (the action); every replica reports the whole "
+    "deployment's: take the max over replicas.",
     ["requirement"],
     registry=None,
 )
@@ -169,7 +178,7 @@ PROCESS_METRICS: tuple[Collector, ...] = (
 
 _jobs, _job_failures, _tasks = Children(JOBS), Children(JOB_FAILURES), Children(TASKS)
 _task_failures, _task_duration = Children(TASK_FAILURES), Children(TASK_DURATION)
-_queue_length, _store_transaction = Children(QUEUE_LENGTH), Children(STORE_TRANSACTION)
+_store_transaction = Children(STORE_TRANSACTION)
 rpc_requests, rpc_duration = Children(RPC_REQUESTS), Children(RPC_DURATION)
 _models = BoundedLabel()
 
@@ -197,14 +206,10 @@ def observe_changes(job: Job, changes: JobChanges) -> None:
             task = job.tasks[payload.task_id]
             action = actions(task.todo.action)
             _tasks(action, payload.to_state.value).inc()
-            if payload.to_state is TaskState.QUEUED:
-                _queue_length(action).inc()
-            elif payload.from_state is TaskState.QUEUED:
-                _queue_length(action).dec()
-                if payload.to_state is TaskState.RUNNING:
-                    ready = task.next_attempt_time or task.queue_time
-                    if (waited := _seconds(ready, event.create_time)) is not None:
-                        DISPATCH_LATENCY.observe(waited)
+            if payload.from_state is TaskState.QUEUED and payload.to_state is TaskState.RUNNING:
+                ready = task.next_attempt_time or task.queue_time
+                if (waited := _seconds(ready, event.create_time)) is not None:
+                    DISPATCH_LATENCY.observe(waited)
             if payload.from_state is TaskState.RUNNING and payload.attempt:
                 attempt = task.attempts[payload.attempt - 1]
                 if (ran := _seconds(attempt.start_time, event.create_time)) is not None:
@@ -266,6 +271,27 @@ def _on_operation(operation: hooks.Operation) -> None:
         MEMORY_DURATION.labels(_models(operation.name), _models(operation.outcome)).observe(
             operation.duration_s
         )
+
+
+async def count_queued_forever(store: Store, interval_s: float) -> None:
+    """Set job_queue_length from the store (the truth) every `interval_s`: counts kept in step
+    by each replica's transitions would drift whenever a replica restarts. Reads at most
+    QUEUE_SCAN_LIMIT tasks (a backlog past it is far past the alert's 100)."""
+    QUEUE_LENGTH.clear()  # an earlier store's counts (a replica started again in this process)
+    shown: set[str] = set()
+    while True:
+        try:
+            queued = await store.queued_tasks(limit=QUEUE_SCAN_LIMIT)
+        except Exception as error:  # the store is down: keep the last counts, say so
+            _log.warning("counting the queued tasks failed: %s", error)
+        else:
+            counts = collections.Counter(actions(task.todo.action) for task in queued)
+            for requirement in shown - counts.keys():
+                QUEUE_LENGTH.labels(requirement).set(0)
+            for requirement, count in counts.items():
+                QUEUE_LENGTH.labels(requirement).set(count)
+            shown |= counts.keys()
+        await asyncio.sleep(interval_s)
 
 
 _unsubscribe: Callable[[], None] | None = None
