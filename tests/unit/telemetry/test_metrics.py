@@ -1,14 +1,18 @@
-"""The replica's metrics module: bounded labels, settings, hooks off until enabled, and the
-/metrics endpoint serving a replica's registry."""
+"""The replica's metrics module: bounded labels, settings, hooks off until enabled, Redis
+failures counted, and the /metrics endpoint serving a replica's registry (garbage too)."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import urllib.request
 
 import pytest
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cpa_scheduler.dispatch import SessionRegistry
+from cpa_scheduler.redis_support import log_background_error
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.telemetry import metrics, timed
 from cpa_scheduler.telemetry.metrics_http import serve_metrics, split_address
@@ -64,3 +68,33 @@ def test_the_endpoint_serves_the_replica_registry_and_llm_calls_from_the_hooks()
     ) in text
     assert 'outcome="TimeoutError",provider="unit"} 1.0' in text
     assert 'llm_tokens_total{kind="prompt_tokens",model="unit-model",provider="unit"} 3.0' in text
+
+
+def test_redis_failures_of_background_loops_are_counted_others_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics, "ENABLED", True)
+    counter = metrics.REDIS_ERRORS.labels("unit loop")
+    before = counter._value.get()
+    log = logging.getLogger("unit")
+    log_background_error(log, "unit loop", RedisConnectionError("refused"), 0.1)
+    log_background_error(log, "unit loop", ConnectionResetError("reset"), 0.1)
+    log_background_error(log, "unit loop", ValueError("a bug, not Redis"), 0.1)
+    assert counter._value.get() == before + 2
+
+
+def test_garbage_on_the_endpoint_leaves_it_serving() -> None:
+    endpoint = serve_metrics("127.0.0.1:0", metrics.replica_registry(SessionRegistry()))
+    try:
+        for garbage in (b"\x00\xff" * 512 + b"\r\n\r\n", b"GET /" + b"a" * 70_000 + b"\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as raw:
+                raw.sendall(garbage)
+                raw.shutdown(socket.SHUT_WR)
+                while raw.recv(65536):
+                    pass
+        url = f"http://127.0.0.1:{endpoint.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            assert answer.status == 200
+            assert b"agents_connected" in answer.read()
+    finally:
+        endpoint.close()
