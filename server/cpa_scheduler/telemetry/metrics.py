@@ -205,7 +205,7 @@ def observe_changes(job: Job, changes: JobChanges) -> None:
         if isinstance(payload, TaskStateChanged):
             task = job.tasks[payload.task_id]
             action = actions(task.todo.action)
-            _tasks(action, payload.to_state.value).inc()
+            _tasks(action, payload.to_state).inc()  # a StrEnum: its own label text
             if payload.from_state is TaskState.QUEUED and payload.to_state is TaskState.RUNNING:
                 ready = task.next_attempt_time or task.queue_time
                 if (waited := _seconds(ready, event.create_time)) is not None:
@@ -217,7 +217,7 @@ def observe_changes(job: Job, changes: JobChanges) -> None:
                 if payload.error is not None:
                     _task_failures(action, _reason(payload.error)).inc()
         elif isinstance(payload, JobStateChanged):
-            _jobs(payload.to_state.value).inc()
+            _jobs(payload.to_state).inc()
             if payload.to_state is JobState.FAILED:
                 _job_failures(_reason(payload.error)).inc()
                 if job.dead_lettered:
