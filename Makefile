@@ -11,7 +11,7 @@ TS_STAMP := $(TS_DIR)/node_modules/.installed
 # Everything tools/codegen.py writes; committed, and checked for drift by `make contract`.
 GENERATED := clients/python/cpa clients/typescript/src/gen deploy/api.binpb deploy/openapi
 
-.PHONY: demo test lint typecheck contract codegen codegen-check unit typescript clean chromium
+.PHONY: demo test lint typecheck contract codegen codegen-check unit typescript clean chromium prometheus
 
 # The portal -> PDF -> mail demo. Chromium is installed first when we may (root); where a part is
 # still missing, `cpa demo` names it and runs the minimal demo of the built-in actions instead.
@@ -27,6 +27,13 @@ chromium:
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else echo "Chromium is missing: run 'sudo apt-get install -y chromium' (or 'sudo make chromium')"; exit 1; fi
+
+# Debian's Prometheus (promtool) and Alertmanager (amtool): the metrics tests start a real
+# Prometheus and check the rules, the dashboard's PromQL and the Alertmanager example with them.
+prometheus:
+	@if [ -x /usr/bin/prometheus ] && [ -x /usr/bin/amtool ]; then echo "$$(/usr/bin/prometheus --version 2>&1 | head -1)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq prometheus prometheus-alertmanager; \
+	else echo "Prometheus is missing: run 'sudo apt-get install -y prometheus prometheus-alertmanager' (or 'sudo make prometheus')"; exit 1; fi
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,7 +66,7 @@ codegen-check: codegen
 		echo "$$changes"; git --no-pager diff --stat -- $(GENERATED); exit 1; \
 	fi; echo "generated code is in step with proto/"
 
-unit: $(STAMP) chromium
+unit: $(STAMP) chromium prometheus
 	$(BIN)/pytest
 
 $(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json

@@ -35,6 +35,7 @@ from . import (
     policy_command,
     serve_command,
     submit_command,
+    top_command,
 )
 from .common import SERVER_ENV, CliError
 from .demo import command as demo_command
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     health_command.register(commands)
     keys_command.register(commands)
     policy_command.register(commands)
+    top_command.register(commands)
     return parser
 
 

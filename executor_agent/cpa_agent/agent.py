@@ -18,6 +18,7 @@ from cpa_agent.executors.registry import ExecutorRegistry
 from cpa_agent.runner import AttemptKey
 from cpa_agent.secrets import secret_provider
 from cpa_agent.settings import AgentSettings
+from cpa_agent.telemetry.metrics import AgentMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Agent:
             settings=self.settings, registry=self.registry, secrets=self.secrets
         )
         self._started = False
+        self.metrics_port: int | None = None
 
     @property
     def connected(self) -> asyncio.Event:
@@ -97,9 +99,12 @@ class Agent:
             self.settings.slots,
             ", ".join(self.registry.actions()) or "none",
         )
+        metrics = self._serve_metrics()
         try:
             await self._connection.run()
         finally:
+            if metrics is not None:
+                metrics.close()
             if handle_signals:
                 for signum in _DRAIN_SIGNALS:
                     with contextlib.suppress(ValueError, RuntimeError):
@@ -108,6 +113,21 @@ class Agent:
             # Chromium and Playwright's driver otherwise.
             await close_executors(self.registry)
         logger.info("agent %s stopped", self.settings.agent_id)
+
+    def _serve_metrics(self) -> AgentMetrics | None:
+        """The /metrics endpoint, when CPA_AGENT_METRICS_ADDRESS is set; `metrics_port` is
+        then its bound port."""
+        if not self.settings.metrics_address:
+            return None
+        connection = self._connection
+        metrics = AgentMetrics(
+            self.settings.slots,
+            running=lambda: len(connection.running_attempts),
+            connected=connection.connected.is_set,
+        )
+        self.metrics_port = metrics.serve(self.settings.metrics_address)
+        connection.metrics = metrics
+        return metrics
 
     def run(self) -> None:
         """CLI entry: runs until SIGTERM/SIGINT and a completed drain."""

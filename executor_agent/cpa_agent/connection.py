@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,7 @@ from cpa_agent.server_messages import LiveAttempt, ServerMessages
 from cpa_agent.sessions import SessionCloser
 from cpa_agent.settings import AgentSettings
 from cpa_agent.stream import ConnectCall, StreamSession
+from cpa_agent.telemetry.metrics import AgentMetrics
 from cpa_client.channels import credential_metadata, open_channel, tls_failure
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class Connection(ServerMessages):
         self.sessions_started = 0
         """Sessions welcomed so far (the first one included)."""
         self._attempts: dict[AttemptKey, LiveAttempt] = {}
+        # The agent's metrics (None without CPA_AGENT_METRICS_ADDRESS): told of each ended attempt.
+        self.metrics: AgentMetrics | None = None
         self._attempt_tasks: set[asyncio.Task[None]] = set()
         # Results until the server acks them (accepted or refused), in the order they ended.
         self._outbox: dict[AttemptKey, pb.Result] = {}
@@ -350,7 +354,10 @@ class Connection(ServerMessages):
         todo = runner.assignment.todo
         # A fresh context of the session never races the close of the last one.
         await self.session_closer.wait_closed(runner.key.job_id, todo.session)
+        started = time.perf_counter()
         result = await runner.run()
+        if self.metrics is not None:
+            self.metrics.attempt_ended(runner.action, time.perf_counter() - started, result)
         if runner.stop_reason is StopReason.CANCELLED:
             # The job is being stopped (or the attempt ran past its timeout): what the session
             # holds is not needed any more; a later task of it starts afresh.

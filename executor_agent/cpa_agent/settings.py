@@ -14,6 +14,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cpa_agent.telemetry.metrics import split_address
 from cpa_client.channels import ClientTls
 
 
@@ -110,6 +111,12 @@ class AgentSettings(BaseSettings):
         "the like), asked before the built-in env:/file:/bare-name rules.",
     )
 
+    metrics_address: str = Field(
+        default="",
+        description="host:port of this agent's Prometheus /metrics endpoint (port 0: any free "
+        "one); empty: none.",
+    )
+
     # TLS to the scheduler (cpa_client.channels; docs/SECURITY.md).
     tls: bool = Field(
         default=False,
@@ -149,6 +156,14 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            split_address(value)  # ValueError naming the address: the agent does not start
+        return value
 
     @field_validator("executors", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from .background import Backoff, stop_tasks
+from .telemetry import metrics
 
 
 def log_background_error(
@@ -25,6 +26,7 @@ def log_background_error(
     """Log a failed round of background loop `what`: a warning when Redis (or the network)
     failed, the traceback when anything else did."""
     if isinstance(error, (RedisError, OSError)):
+        metrics.redis_error(what)
         logger.warning("%s: Redis failed (%s); retrying in %.1f s", what, error, retry_delay_s)
     else:
         logger.exception("%s failed; retrying in %.1f s", what, retry_delay_s)

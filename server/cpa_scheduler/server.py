@@ -70,6 +70,9 @@ from .security.quotas import Quotas
 from .security.tenant_limits import LimitsTable
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
+from .telemetry import metrics
+from .telemetry.metrics_http import MetricsEndpoint, serve_metrics
+from .telemetry.metrics_rpc import RpcMetrics
 from .tls import ServerTls
 
 log = logging.getLogger(__name__)
@@ -201,6 +204,7 @@ class SchedulerServer:
         # once by `cpa serve`.
         self.local_admin_key: tuple[str, Path] | None = None
         self.tls: ServerTls | None = None
+        self.metrics: MetricsEndpoint | None = None
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -327,6 +331,8 @@ class SchedulerServer:
                     audit_log=audit_log,
                 )
             )
+        # Innermost: its handler is the service's own, cached per method (metrics_rpc).
+        interceptors.append(RpcMetrics())
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -492,6 +498,19 @@ class SchedulerServer:
                 )
             )
         components.dispatcher.wake()
+        if settings.metrics_address:
+            self.metrics = serve_metrics(
+                settings.metrics_address, metrics.replica_registry(components.sessions)
+            )
+            metrics.enable()
+            self._background.append(
+                asyncio.create_task(
+                    metrics.count_queued_forever(
+                        components.backends.store, settings.metrics_queue_interval_s
+                    ),
+                    name="metrics-queue-length",
+                )
+            )
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -570,6 +589,9 @@ class SchedulerServer:
             if components.llm is not None:
                 await components.llm.aclose()
             self._components = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
             log.info("scheduler %s stopped in %.2fs", self.replica_id, time.monotonic() - started_s)
 
     async def _drain_agents(self, components: _Components, drain_s: float) -> None:

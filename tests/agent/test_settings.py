@@ -44,6 +44,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         {"slots": 0},
         {"reconnect_initial_backoff_s": 2.0, "reconnect_max_backoff_s": 1.0},
         {"unknown": 1},
+        {"metrics_address": "9465"},
+        {"metrics_address": "0.0.0.0:http"},
+        {"metrics_address": "0.0.0.0:70000"},
     ],
 )
 def test_invalid_settings_are_rejected(bad: dict[str, object]) -> None:

@@ -16,6 +16,7 @@ import aiohttp
 
 from cpa_scheduler.background import Backoff, wait_event
 from cpa_scheduler.storage import CallbackDelivery, CallbackOutcome, CallbackState, Store
+from cpa_scheduler.telemetry import metrics
 
 from . import signing
 from .backoff import BackoffPolicy, Verdict, parse_retry_after, verdict_of
@@ -102,6 +103,7 @@ class CallbackDeliverer:
         await self._store.record_callback_attempt(
             delivery.delivery_id, claim_token=token, now=self._clock(), outcome=outcome
         )
+        metrics.callback_finished(outcome.state.value.lower())
         if outcome.state is CallbackState.DEAD:
             log.warning(
                 "callback %s of job %s dead-lettered: %s",

@@ -24,6 +24,7 @@ from cpa_scheduler.domain import AgentState, AttemptRef
 from cpa_scheduler.redis_keys import DEFAULT_PREFIX, RedisKeys
 from cpa_scheduler.redis_support import ChannelListener, log_background_error
 from cpa_scheduler.storage.codec import Data
+from cpa_scheduler.telemetry import metrics
 
 from .directory import AgentRecord, announce_records
 from .matching import AgentProfile
@@ -299,6 +300,7 @@ class RedisAgentDirectory:
                 self._keys.replica_control(record.replica_id), json_text.dumps(message)
             )
         except (RedisError, OSError) as error:
+            metrics.redis_error("agent directory")
             log.warning("could not ask replica %s to close a session: %s", record.replica_id, error)
 
     # -- background -----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.security.quotas import Quotas
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import EndPosition, QueuedTask, Store
+from cpa_scheduler.telemetry import metrics
 
 from .admission import Admission
 from .effects import carry_out
@@ -246,7 +247,8 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
 
         async def create() -> list[tuple[Job, bool]]:
             try:
-                outcomes = await self._store.create_jobs(jobs)
+                with metrics.store_transaction("create_jobs"):
+                    outcomes = await self._store.create_jobs(jobs)
             except BaseException:
                 for sessions in placed:
                     release(sessions)
@@ -512,7 +514,8 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
             return result
 
         async def change() -> tuple[Job, T]:
-            job, result, changes = await self._store.update_job(tenant, job_id, mutate_and_note)
+            with metrics.store_transaction("update_job"):
+                job, result, changes = await self._store.update_job(tenant, job_id, mutate_and_note)
             await self._after_commit(job, changes)
             return job, result
 
@@ -542,6 +545,7 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
     # -- after commit ---------------------------------------------------------------------
 
     async def _after_commit(self, job: Job, changes: JobChanges) -> None:
+        metrics.observe_changes(job, changes)
         if changes.callbacks:
             self.callbacks_made()
         await carry_out(job, changes, bus=self._bus, queue=self._queue, directory=self._directory)

@@ -20,6 +20,7 @@ from .planning_llm import PlanningLLMSettings
 from .security import SecuritySettings
 from .serving import ServingSettings
 from .storage import StorageSettings
+from .telemetry_metrics import MetricsSettings
 
 __all__ = ["DEFAULT_INTENTS_PATH", "Settings"]
 
@@ -34,6 +35,7 @@ class Settings(
     CallbackSettings,
     GatewaySettings,
     LLMSettings,
+    MetricsSettings,
 ):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
 

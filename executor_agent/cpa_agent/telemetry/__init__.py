@@ -1,0 +1,1 @@
+"""What the agent measures of itself (docs/OBSERVABILITY.md)."""
