@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 from .callbacks import CallbackSettings
 from .gateway import GatewaySettings
 from .jobs import JobSettings
+from .memory import MemorySettings
 from .planning import DEFAULT_INTENTS_PATH, PlanningSettings
 from .security import SecuritySettings
 from .serving import ServingSettings
@@ -30,6 +31,7 @@ class Settings(
     JobSettings,
     CallbackSettings,
     GatewaySettings,
+    MemorySettings,
 ):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
 

@@ -1,0 +1,75 @@
+"""Semantic memory of the distributed mode: PostgreSQL, without pgvector.
+
+Debian's PostgreSQL has no pgvector, so the unit-length vector is a float4[] column and a search
+ranks the tenant's rows by an exact cosine (a dot product of unit vectors) computed in SQL: exact,
+tenant-scoped by the WHERE clause, and linear in the tenant's records (docs/adr/
+0003-memory-vectors-in-postgresql.md says why, and where it stops being enough).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from cpa_scheduler.telemetry import timed
+
+from .embedder import Embedder, unit
+from .interface import MemoryHit, MemoryRecord, Outcome
+from .records import check_query, prepared, record_of
+
+_COLUMNS = "memory_id, tenant, text, plan, outcome, failure_reason, job_id, created"
+# The dot product of two unit vectors; unnest with two arrays pairs them element by element.
+_COSINE = "(SELECT sum(a * b) FROM unnest(embedding, %(vector)s::float4[]) AS t(a, b))"
+
+
+class PostgresMemory:
+    """Long-term memory in the `memory_records` table (migration 0010) of the pool's database."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]], embedder: Embedder
+    ) -> None:
+        self._pool = pool
+        self._embedder = embedder
+
+    async def put(self, record: MemoryRecord) -> MemoryRecord:
+        record = prepared(record)
+        with timed("memory_query", "put", store="postgres"):
+            (vector,) = await self._embedder.embed([record.text])
+            async with self._pool.connection() as connection:
+                await connection.execute(
+                    f"INSERT INTO memory_records ({_COLUMNS}, embedding) VALUES (%s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s) ON CONFLICT (memory_id) DO UPDATE SET text = "
+                    "EXCLUDED.text, plan = EXCLUDED.plan, outcome = EXCLUDED.outcome, "
+                    "failure_reason = EXCLUDED.failure_reason, created = EXCLUDED.created, "
+                    "embedding = EXCLUDED.embedding WHERE memory_records.tenant = EXCLUDED.tenant",
+                    (
+                        record.memory_id,
+                        record.tenant,
+                        record.text,
+                        Jsonb(list(record.plan)),
+                        record.outcome,
+                        record.failure_reason,
+                        record.job_id,
+                        record.created_unix_s,
+                        unit(vector),
+                    ),
+                )
+        return record
+
+    async def search(
+        self, tenant: str, text: str, *, k: int = 5, outcome: Outcome | None = None
+    ) -> list[MemoryHit]:
+        check_query(k, outcome)
+        with timed("memory_query", "search", store="postgres") as timing:
+            (vector,) = await self._embedder.embed([text])
+            where = "tenant = %(tenant)s" + (" AND outcome = %(outcome)s" if outcome else "")
+            async with self._pool.connection() as connection:
+                cursor = await connection.execute(
+                    f"SELECT {_COLUMNS}, {_COSINE} AS score FROM memory_records WHERE {where} "
+                    "ORDER BY score DESC NULLS LAST, memory_id LIMIT %(k)s",
+                    {"tenant": tenant, "outcome": outcome, "vector": unit(vector), "k": k},
+                )
+                rows = await cursor.fetchall()
+            timing.counts["results"] = len(rows)
+        return [MemoryHit(record_of(*row[:-1]), float(row[-1] or 0.0)) for row in rows]  # type: ignore[arg-type]

@@ -1,0 +1,33 @@
+"""The semantic stores under test, each on an empty state: sqlite-vec in a temporary file, and
+PostgreSQL (the float4[] fallback) in a fresh migrated database of the test server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cpa_scheduler.memory.postgres_memory import PostgresMemory
+from cpa_scheduler.memory.sqlite_vec_memory import SqliteVecMemory
+from cpa_scheduler.storage import migrate
+from cpa_scheduler.storage.postgres_connections import open_pool
+from tests.memory.lexical import WordEmbedder
+
+Semantic = SqliteVecMemory | PostgresMemory
+
+
+@pytest.fixture(params=["sqlite-vec", "postgres"])
+async def semantic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Semantic]:
+    if request.param == "sqlite-vec":
+        store = SqliteVecMemory(tmp_path / "memory.db", WordEmbedder())
+        yield store
+        await store.close()
+        return
+    url = request.getfixturevalue("postgres_database")
+    migrate(url)
+    pool = await open_pool(url, min_size=1, max_size=2)
+    try:
+        yield PostgresMemory(pool, WordEmbedder())
+    finally:
+        await pool.close()
