@@ -36,6 +36,7 @@ from .api.call_limit import CallLimit
 from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
+from .api.memory_calls import MemoryCalls
 from .api.page_token import PageTokens
 from .api.rate_limiter import RateLimiter
 from .api.scheduler_servicer import SchedulerServicer
@@ -52,8 +53,10 @@ from .callbacks.outbox import CallbackOutbox
 from .callbacks.sender import CallbackSender
 from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
-from .events import Watchers
+from .events import EventBus, Watchers
 from .health import HealthProbe
+from .memory.recorder import RecordingBus
+from .memory.wiring import Memory, open_memory
 from .orchestration import Orchestrator
 from .planning import Planner
 from .policy import Policies
@@ -104,6 +107,8 @@ class _Components:
     # None with settings.insecure_local.
     authenticator: Authenticator | None
     credentials: CredentialWatch | None
+    # None with CPA_MEMORY_ENABLED=false.
+    memory: Memory | None = None
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
@@ -219,6 +224,12 @@ class SchedulerServer:
         return self._components.orchestrator.policies
 
     @property
+    def memory(self) -> Memory | None:
+        """This replica's context memory (None when disabled)."""
+        assert self._components is not None, "start() first"
+        return self._components.memory
+
+    @property
     def watchers(self) -> Watchers:
         """This replica's WatchJob subscriptions (counts and buffers, for tests and metrics)."""
         assert self._components is not None, "start() first"
@@ -246,12 +257,17 @@ class SchedulerServer:
         except BaseException:
             await backends.close()
             raise
-        directory, bus = backends.directory, backends.bus
+        directory = backends.directory
+        bus: EventBus = backends.bus
         try:
             deliverer = self._deliverer(backends)
+            memory = await self._memory(backends)
         except BaseException:
             await backends.close()
             raise
+        if memory is not None:
+            # Finished jobs are remembered from the events the orchestrator publishes.
+            bus = RecordingBus(bus, memory.recorder)
         orchestrator = Orchestrator(
             store=backends.store,
             planner=planner,
@@ -361,6 +377,10 @@ class SchedulerServer:
                 callbacks=CallbackOutbox(store=backends.store, wake=deliverer.wake),
                 audit_log=audit_log,
                 credentials=credentials,
+                memory=MemoryCalls(
+                    memory.semantic if memory else None,
+                    text_max_bytes=settings.memory_text_max_bytes,
+                ),
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
@@ -410,7 +430,17 @@ class SchedulerServer:
             authenticator=authenticator,
             credentials=credentials,
             deliverer=deliverer,
+            memory=memory,
         )
+
+    async def _memory(self, backends: Backends) -> Memory | None:
+        """The replica's context memory (docs/MEMORY.md), closed with the backends."""
+        if not self.settings.memory_enabled:
+            return None
+        memory = await open_memory(self.settings, backends.store, redis=backends.redis)
+        backends.add_closer(memory.close)
+        memory.start()
+        return memory
 
     def _deliverer(self, backends: Backends) -> CallbackDeliverer:
         """The outbox's deliverer of this replica (docs/CALLBACKS.md)."""

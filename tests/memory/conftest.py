@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from cpa_scheduler.memory.lexical_embedder import LexicalEmbedder
 from cpa_scheduler.memory.postgres_memory import PostgresMemory
 from cpa_scheduler.memory.sqlite_vec_memory import SqliteVecMemory
 from cpa_scheduler.storage import migrate
 from cpa_scheduler.storage.postgres_connections import open_pool
-from tests.memory.lexical import WordEmbedder
 
 Semantic = SqliteVecMemory | PostgresMemory
 
@@ -20,7 +20,7 @@ Semantic = SqliteVecMemory | PostgresMemory
 @pytest.fixture(params=["sqlite-vec", "postgres"])
 async def semantic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Semantic]:
     if request.param == "sqlite-vec":
-        store = SqliteVecMemory(tmp_path / "memory.db", WordEmbedder())
+        store = SqliteVecMemory(tmp_path / "memory.db", LexicalEmbedder(64))
         yield store
         await store.close()
         return
@@ -28,6 +28,6 @@ async def semantic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     migrate(url)
     pool = await open_pool(url, min_size=1, max_size=2)
     try:
-        yield PostgresMemory(pool, WordEmbedder())
+        yield PostgresMemory(pool, LexicalEmbedder(64))
     finally:
         await pool.close()

@@ -24,8 +24,12 @@ async def test_a_paraphrased_request_finds_the_plan_that_succeeded_first(
 ) -> None:
     await semantic.put(record("a", "check the weather forecast for Berlin tomorrow"))
     kept = await semantic.put(
-        record("a", "download the March invoice from the supplier portal and mail it to accounting",
-               plan=INVOICE_PLAN, job_id="job-1")
+        record(
+            "a",
+            "download the March invoice from the supplier portal and mail it to accounting",
+            plan=INVOICE_PLAN,
+            job_id="job-1",
+        )
     )
     await semantic.put(record("a", "restart the build agent on host seven"))
 

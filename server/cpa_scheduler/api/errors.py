@@ -89,6 +89,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.TOO_MANY_ARTIFACTS: _Code.RESOURCE_EXHAUSTED,
         Reason.SERVER_SHUTTING_DOWN: _Code.UNAVAILABLE,
         Reason.STORE_UNAVAILABLE: _Code.UNAVAILABLE,
+        Reason.MEMORY_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.INTERNAL: _Code.INTERNAL,
         # The gateway's: the HTTP status it answers with is its meaning (404, 405).
         Reason.UNKNOWN_METHOD: _Code.NOT_FOUND,
@@ -163,6 +164,7 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.SESSION_RESTARTED: _Code.FAILED_PRECONDITION,
         Reason.CALLBACK_NOT_DEAD: _Code.FAILED_PRECONDITION,
         Reason.INVALID_TIME_RANGE: _Code.INVALID_ARGUMENT,
+        Reason.MEMORY_DISABLED: _Code.FAILED_PRECONDITION,
     }
 )
 

@@ -91,14 +91,18 @@ def _entry_json(entry: ConversationEntry) -> str:
 
 def _entry_of(raw: bytes | str) -> ConversationEntry:
     data = json.loads(raw)
-    return ConversationEntry(role=data["role"], text=data["text"], data=data["data"], at_unix_s=data["at"])
+    return ConversationEntry(
+        role=data["role"], text=data["text"], data=data["data"], at_unix_s=data["at"]
+    )
 
 
 class RedisConversationMemory:
     """Conversations in Redis: one list per conversation, trimmed to `max_entries` and expiring
     `ttl_s` after its last entry (Redis's own TTL, so no replica has to sweep)."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, *, ttl_s: float, max_entries: int = 50) -> None:
+    def __init__(
+        self, redis: Redis, keys: RedisKeys, *, ttl_s: float, max_entries: int = 50
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_ms = max(1, round(ttl_s * 1000))

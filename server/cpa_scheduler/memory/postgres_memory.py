@@ -18,6 +18,7 @@ from .embedder import Embedder, unit
 from .interface import MemoryHit, MemoryRecord, Outcome
 from .records import check_query, prepared, record_of
 
+Connection = psycopg.AsyncConnection[tuple[object, ...]]
 _COLUMNS = "memory_id, tenant, text, plan, outcome, failure_reason, job_id, created"
 # The dot product of two unit vectors; unnest with two arrays pairs them element by element.
 _COSINE = "(SELECT sum(a * b) FROM unnest(embedding, %(vector)s::float4[]) AS t(a, b))"
@@ -27,7 +28,9 @@ class PostgresMemory:
     """Long-term memory in the `memory_records` table (migration 0010) of the pool's database."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]], embedder: Embedder
+        self,
+        pool: AsyncConnectionPool[Connection],
+        embedder: Embedder,
     ) -> None:
         self._pool = pool
         self._embedder = embedder

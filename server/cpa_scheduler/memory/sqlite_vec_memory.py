@@ -26,7 +26,9 @@ from .records import check_query, plan_json, prepared, record_of
 
 T = TypeVar("T")
 
-_RECORD_COLUMNS = "r.memory_id, r.tenant, r.text, r.plan, r.outcome, r.failure_reason, r.job_id, r.created"
+_RECORD_COLUMNS = (
+    "r.memory_id, r.tenant, r.text, r.plan, r.outcome, r.failure_reason, r.job_id, r.created"
+)
 
 
 class SqliteVecMemory:
@@ -54,10 +56,10 @@ class SqliteVecMemory:
             "created REAL NOT NULL)"
         )
         db.execute("CREATE TABLE IF NOT EXISTS memory_meta (key TEXT PRIMARY KEY, value TEXT)")
-        db.execute(
-            "INSERT OR IGNORE INTO memory_meta VALUES ('dimensions', ?)", (str(dimensions),)
+        db.execute("INSERT OR IGNORE INTO memory_meta VALUES ('dimensions', ?)", (str(dimensions),))
+        stored = int(
+            db.execute("SELECT value FROM memory_meta WHERE key='dimensions'").fetchone()[0]
         )
-        stored = int(db.execute("SELECT value FROM memory_meta WHERE key='dimensions'").fetchone()[0])
         if stored != dimensions:
             db.close()
             raise RuntimeError(
@@ -114,7 +116,8 @@ class SqliteVecMemory:
                 ),
             )
             db.execute(
-                "INSERT INTO memory_vectors (rowid, tenant, outcome, embedding) VALUES (?, ?, ?, ?)",
+                "INSERT INTO memory_vectors (rowid, tenant, outcome, embedding) "
+                "VALUES (?, ?, ?, ?)",
                 (cursor.lastrowid, record.tenant, record.outcome, blob),
             )
             db.execute("COMMIT")

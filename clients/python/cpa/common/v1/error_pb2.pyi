@@ -286,6 +286,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ListAuditEntries: end_time is not after start_time, so no entry could match:
     INVALID_ARGUMENT, field `end_time`.
     """
+    ERROR_REASON_MEMORY_DISABLED: _ErrorReason.ValueType  # 180
+    """SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
+    FAILED_PRECONDITION.
+    """
+    ERROR_REASON_MEMORY_UNAVAILABLE: _ErrorReason.ValueType  # 181
+    """SearchMemory, PutMemory: the embedder or the memory's store failed (a model provider
+    down, the database unreachable): UNAVAILABLE, nothing stored; retry with backoff.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -554,6 +562,14 @@ of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
 ERROR_REASON_INVALID_TIME_RANGE: ErrorReason.ValueType  # 160
 """ListAuditEntries: end_time is not after start_time, so no entry could match:
 INVALID_ARGUMENT, field `end_time`.
+"""
+ERROR_REASON_MEMORY_DISABLED: ErrorReason.ValueType  # 180
+"""SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
+FAILED_PRECONDITION.
+"""
+ERROR_REASON_MEMORY_UNAVAILABLE: ErrorReason.ValueType  # 181
+"""SearchMemory, PutMemory: the embedder or the memory's store failed (a model provider
+down, the database unreachable): UNAVAILABLE, nothing stored; retry with backoff.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -1,6 +1,6 @@
 """Long-term semantic memory (docs/MEMORY.md): finished jobs' request text, plan and outcome with
-the unit-length embedding of the text. No pgvector here (docs/adr/0003-memory-vectors-in-postgresql.md):
-the vector is a float4[] ranked by an exact cosine over the tenant's rows.
+the unit-length embedding of the text. No pgvector here (docs/adr/
+0003-memory-vectors-in-postgresql.md): a float4[] ranked by an exact cosine over the tenant's rows.
 
 Revision ID: 0010
 Revises: 0009
