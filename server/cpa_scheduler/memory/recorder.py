@@ -79,6 +79,12 @@ class JobRecorder:
                 raise
             except Exception:
                 log.exception("remembering job %s failed", job_id)
+            finally:
+                self._queue.task_done()
+
+    async def drained(self) -> None:
+        """Until every ending offered so far has been recorded (or failed to be)."""
+        await self._queue.join()
 
     async def record(self, tenant: str, job_id: str) -> None:
         record = job_record(await self._store.get_job(tenant, job_id))
