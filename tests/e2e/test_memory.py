@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,9 @@ from cpa_client import SchedulerClient
 from cpa_scheduler.settings import Settings
 
 from .conftest import EVENT_TIMEOUT_S, Agents, Scheduler, finished
+
+# The generated stub's annotations are the synchronous ones; on an aio channel it awaits.
+Stub = Any
 
 _CATALOG = """
 intents:
@@ -50,7 +54,7 @@ def scheduler_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def stub(scheduler: Scheduler) -> AsyncIterator[grpc_stubs.SchedulerServiceStub]:
+async def stub(scheduler: Scheduler) -> AsyncIterator[Stub]:
     async with grpc.aio.insecure_channel(scheduler.target) as channel:
         yield grpc_stubs.SchedulerServiceStub(channel)
 
@@ -63,7 +67,7 @@ async def test_finished_free_text_jobs_are_remembered_and_found_by_a_paraphrase(
     scheduler: Scheduler,
     client: SchedulerClient,
     agents: Agents,
-    stub: grpc_stubs.SchedulerServiceStub,
+    stub: Stub,
 ) -> None:
     await agents.start("worker")
     ok = await client.schedule_job(job_pb2.JobSpec(text="archive the weekly sales reports"))
@@ -99,7 +103,7 @@ async def test_finished_free_text_jobs_are_remembered_and_found_by_a_paraphrase(
 
 
 async def test_put_memory_stores_for_the_callers_tenant_only(
-    stub: grpc_stubs.SchedulerServiceStub,
+    stub: Stub,
 ) -> None:
     plan = [json_format.ParseDict({"id": "a", "action": "noop"}, struct_pb2.Struct())]
     put = await stub.PutMemory(
