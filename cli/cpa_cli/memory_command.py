@@ -52,7 +52,7 @@ def register(commands: Any) -> None:
 
 
 async def _search(client: SchedulerClient, arguments: argparse.Namespace) -> int:
-    outcome = _OUTCOMES[arguments.outcome] if arguments.outcome else 0
+    outcome = _OUTCOMES.get(arguments.outcome or "", memory_pb2.MEMORY_OUTCOME_UNSPECIFIED)
     hits = await client.search_memory(arguments.text, k=arguments.k, outcome=outcome)
     if arguments.json:
         emit(to_json(memory_pb2.SearchMemoryResponse(hits=hits)))

@@ -454,7 +454,11 @@ class SchedulerClient:
         )
 
     async def search_memory(
-        self, text: str, *, k: int = 0, outcome: memory_pb2.MemoryOutcome.ValueType = 0
+        self,
+        text: str,
+        *,
+        k: int = 0,
+        outcome: memory_pb2.MemoryOutcome.ValueType = memory_pb2.MEMORY_OUTCOME_UNSPECIFIED,
     ) -> list[memory_pb2.MemoryHit]:
         """The tenant's remembered jobs closest in meaning to `text`, most similar first (k 0:
         the server's 5; outcome 0: either)."""
