@@ -8,6 +8,8 @@ tenant-scoped by the WHERE clause, and linear in the tenant's records (docs/adr/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -20,6 +22,15 @@ from .records import check_query, prepared, record_of
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 _COLUMNS = "memory_id, tenant, text, plan, outcome, failure_reason, job_id, created"
+# A record put again under its id replaces it, never across tenants (ids are unguessable, but a
+# put must not be able to overwrite another tenant's row even so).
+_UPSERT = (
+    f"INSERT INTO memory_records ({_COLUMNS}, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+    "%s) ON CONFLICT (memory_id) DO UPDATE SET text = EXCLUDED.text, plan = EXCLUDED.plan, "
+    "outcome = EXCLUDED.outcome, failure_reason = EXCLUDED.failure_reason, created = "
+    "EXCLUDED.created, embedding = EXCLUDED.embedding "
+    "WHERE memory_records.tenant = EXCLUDED.tenant"
+)
 # The dot product of two unit vectors; unnest with two arrays pairs them element by element.
 _COSINE = "(SELECT sum(a * b) FROM unnest(embedding, %(vector)s::float4[]) AS t(a, b))"
 
@@ -36,29 +47,36 @@ class PostgresMemory:
         self._embedder = embedder
 
     async def put(self, record: MemoryRecord) -> MemoryRecord:
-        record = prepared(record)
-        with timed("memory_query", "put", store="postgres"):
-            (vector,) = await self._embedder.embed([record.text])
-            async with self._pool.connection() as connection:
-                await connection.execute(
-                    f"INSERT INTO memory_records ({_COLUMNS}, embedding) VALUES (%s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s) ON CONFLICT (memory_id) DO UPDATE SET text = "
-                    "EXCLUDED.text, plan = EXCLUDED.plan, outcome = EXCLUDED.outcome, "
-                    "failure_reason = EXCLUDED.failure_reason, created = EXCLUDED.created, "
-                    "embedding = EXCLUDED.embedding WHERE memory_records.tenant = EXCLUDED.tenant",
-                    (
-                        record.memory_id,
-                        record.tenant,
-                        record.text,
-                        Jsonb(list(record.plan)),
-                        record.outcome,
-                        record.failure_reason,
-                        record.job_id,
-                        record.created_unix_s,
-                        unit(vector),
-                    ),
+        (stored,) = await self.put_many([record])
+        return stored
+
+    async def put_many(self, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
+        """Put `records` in one embedding call and one statement batch (imports, benchmarks)."""
+        prepared_records = [prepared(record) for record in records]
+        with timed("memory_query", "put", store="postgres") as timing:
+            vectors = await self._embedder.embed([record.text for record in prepared_records])
+            rows = [
+                (
+                    record.memory_id,
+                    record.tenant,
+                    record.text,
+                    Jsonb(list(record.plan)),
+                    record.outcome,
+                    record.failure_reason,
+                    record.job_id,
+                    record.created_unix_s,
+                    unit(vector),
                 )
-        return record
+                for record, vector in zip(prepared_records, vectors, strict=True)
+            ]
+            async with (
+                self._pool.connection() as connection,
+                connection.transaction(),
+                connection.cursor() as cursor,
+            ):
+                await cursor.executemany(_UPSERT, rows)
+            timing.counts["records"] = len(rows)
+        return prepared_records
 
     async def search(
         self, tenant: str, text: str, *, k: int = 5, outcome: Outcome | None = None

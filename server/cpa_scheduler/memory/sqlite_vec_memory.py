@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,47 +83,57 @@ class SqliteVecMemory:
         await self._run(self._db.close)
 
     async def put(self, record: MemoryRecord) -> MemoryRecord:
-        record = prepared(record)
-        with timed("memory_query", "put", store="sqlite-vec"):
-            (vector,) = await self._embedder.embed([record.text])
-            blob = sqlite_vec.serialize_float32(unit(vector))
-            await self._run(lambda: self._write(record, blob))
-        return record
+        (stored,) = await self.put_many([record])
+        return stored
 
-    def _write(self, record: MemoryRecord, blob: bytes) -> None:
+    async def put_many(self, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
+        """Put `records` in one embedding call and one transaction (imports, benchmarks)."""
+        prepared_records = [prepared(record) for record in records]
+        with timed("memory_query", "put", store="sqlite-vec") as timing:
+            vectors = await self._embedder.embed([record.text for record in prepared_records])
+            blobs = [sqlite_vec.serialize_float32(unit(vector)) for vector in vectors]
+            await self._run(lambda: self._write(prepared_records, blobs))
+            timing.counts["records"] = len(prepared_records)
+        return prepared_records
+
+    def _write(self, records: Sequence[MemoryRecord], blobs: Sequence[bytes]) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            # A record put again under its id (a job that ended again after a retry) replaces it.
-            old = db.execute(
-                "SELECT id FROM memory_records WHERE memory_id = ?", (record.memory_id,)
-            ).fetchone()
-            if old:
-                db.execute("DELETE FROM memory_vectors WHERE rowid = ?", old)
-                db.execute("DELETE FROM memory_records WHERE id = ?", old)
-            cursor = db.execute(
-                "INSERT INTO memory_records (memory_id, tenant, text, plan, outcome, "
-                "failure_reason, job_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.memory_id,
-                    record.tenant,
-                    record.text,
-                    plan_json(record.plan),
-                    record.outcome,
-                    record.failure_reason,
-                    record.job_id,
-                    record.created_unix_s,
-                ),
-            )
-            db.execute(
-                "INSERT INTO memory_vectors (rowid, tenant, outcome, embedding) "
-                "VALUES (?, ?, ?, ?)",
-                (cursor.lastrowid, record.tenant, record.outcome, blob),
-            )
+            for record, blob in zip(records, blobs, strict=True):
+                self._write_one(record, blob)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _write_one(self, record: MemoryRecord, blob: bytes) -> None:
+        db = self._db
+        # A record put again under its id (a job that ended again after a retry) replaces it.
+        old = db.execute(
+            "SELECT id FROM memory_records WHERE memory_id = ?", (record.memory_id,)
+        ).fetchone()
+        if old:
+            db.execute("DELETE FROM memory_vectors WHERE rowid = ?", old)
+            db.execute("DELETE FROM memory_records WHERE id = ?", old)
+        cursor = db.execute(
+            "INSERT INTO memory_records (memory_id, tenant, text, plan, outcome, "
+            "failure_reason, job_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.memory_id,
+                record.tenant,
+                record.text,
+                plan_json(record.plan),
+                record.outcome,
+                record.failure_reason,
+                record.job_id,
+                record.created_unix_s,
+            ),
+        )
+        db.execute(
+            "INSERT INTO memory_vectors (rowid, tenant, outcome, embedding) VALUES (?, ?, ?, ?)",
+            (cursor.lastrowid, record.tenant, record.outcome, blob),
+        )
 
     async def search(
         self, tenant: str, text: str, *, k: int = 5, outcome: Outcome | None = None
