@@ -4,6 +4,7 @@ PostgreSQL (the float4[] fallback) in a fresh migrated database of the test serv
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,19 @@ async def semantic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         yield store
         await store.close()
         return
-    url = request.getfixturevalue("postgres_database")
+    async with _postgres(request.getfixturevalue("postgres_database")) as store:
+        yield store
+
+
+@pytest.fixture
+async def postgres_memory(postgres_database: str) -> AsyncIterator[PostgresMemory]:
+    async with _postgres(postgres_database) as store:
+        yield store
+
+
+@asynccontextmanager
+async def _postgres(url: str) -> AsyncIterator[PostgresMemory]:
+    """The PostgreSQL store (no pgvector: float4[] and exact cosine) on a fresh database."""
     migrate(url)
     pool = await open_pool(url, min_size=1, max_size=2)
     try:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from cpa_scheduler.memory.embedder import unit
 from cpa_scheduler.memory.interface import MemoryRecord
+from cpa_scheduler.memory.lexical_embedder import LexicalEmbedder
+from cpa_scheduler.memory.postgres_memory import PostgresMemory
 from cpa_scheduler.telemetry import Operation, subscribe
 from tests.memory.conftest import Semantic
 
@@ -100,3 +103,41 @@ async def test_every_put_and_search_is_timed(semantic: Semantic) -> None:
         ("memory_query", "search", "ok"),
     ]
     assert seen[1].counts["results"] == 1
+
+
+async def test_a_text_without_words_finds_nothing(semantic: Semantic) -> None:
+    await semantic.put(record("a", "water the plants"))
+
+    assert await semantic.search("a", "!!! ???", k=5) == []
+
+
+class DenseEmbedder(LexicalEmbedder):
+    """The lexical vectors with every component set: a provider's dense embedding."""
+
+    def vector(self, text: str) -> list[float]:
+        return [x + 0.01 for x in super().vector(text)]
+
+
+async def test_postgres_ranks_dense_and_sparse_queries_by_the_exact_cosine(
+    postgres_memory: PostgresMemory,
+) -> None:
+    # Dense vectors stored; then a dense query (the full plan) and a sparse one (the plan that
+    # reads only the query's non-zero components) must both rank by the exact cosine.
+    dense = PostgresMemory(postgres_memory._pool, DenseEmbedder(64))
+    texts = ["download the invoice", "mail the invoice to accounting", "restart the agent now"]
+    for text in texts:
+        await dense.put(record("a", text))
+    query = "invoice for accounting"
+
+    for store, embedder in ((dense, DenseEmbedder(64)), (postgres_memory, LexicalEmbedder(64))):
+        hits = await store.search("a", query, k=3)
+
+        scores = {t: _cosine(DenseEmbedder(64).vector(t), embedder.vector(query)) for t in texts}
+        assert [hit.record.text for hit in hits] == sorted(texts, key=lambda t: -scores[t])
+        assert [hit.score for hit in hits] == pytest.approx(
+            sorted(scores.values(), reverse=True), abs=1e-5
+        )
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(unit(a), unit(b), strict=True))

@@ -141,7 +141,10 @@ class SqliteVecMemory:
         check_query(k, outcome)
         with timed("memory_query", "search", store="sqlite-vec") as timing:
             (vector,) = await self._embedder.embed([text])
-            blob = sqlite_vec.serialize_float32(unit(vector))
+            query = unit(vector)
+            if not any(query):  # no word the embedder knows: nothing is similar
+                return []
+            blob = sqlite_vec.serialize_float32(query)
             rows = await self._run(lambda: self._knn(tenant, blob, k, outcome))
             timing.counts["results"] = len(rows)
         return [MemoryHit(record_of(*row[:-1]), 1.0 - row[-1]) for row in rows]
