@@ -21,12 +21,12 @@ Semantic = SqliteVecMemory | PostgresMemory
 @pytest.fixture(params=["sqlite-vec", "postgres"])
 async def semantic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Semantic]:
     if request.param == "sqlite-vec":
-        store = SqliteVecMemory(tmp_path / "memory.db", LexicalEmbedder(64))
-        yield store
-        await store.close()
+        embedded = SqliteVecMemory(tmp_path / "memory.db", LexicalEmbedder(64))
+        yield embedded
+        await embedded.close()
         return
-    async with _postgres(request.getfixturevalue("postgres_database")) as store:
-        yield store
+    async with _postgres(request.getfixturevalue("postgres_database")) as distributed:
+        yield distributed
 
 
 @pytest.fixture
