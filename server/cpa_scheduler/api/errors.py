@@ -89,6 +89,8 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.TOO_MANY_ARTIFACTS: _Code.RESOURCE_EXHAUSTED,
         Reason.SERVER_SHUTTING_DOWN: _Code.UNAVAILABLE,
         Reason.STORE_UNAVAILABLE: _Code.UNAVAILABLE,
+        # The language model is down, rate-limited or slow: the same call may succeed later.
+        Reason.LLM_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.MEMORY_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.INTERNAL: _Code.INTERNAL,
         # The gateway's: the HTTP status it answers with is its meaning (404, 405).
@@ -164,6 +166,12 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.SESSION_RESTARTED: _Code.FAILED_PRECONDITION,
         Reason.CALLBACK_NOT_DEAD: _Code.FAILED_PRECONDITION,
         Reason.INVALID_TIME_RANGE: _Code.INVALID_ARGUMENT,
+        # The model's answer or the server's model configuration, not the request, is at fault;
+        # the same call gets the same answer.
+        Reason.LLM_REFUSED: _Code.FAILED_PRECONDITION,
+        Reason.LLM_OUTPUT_TRUNCATED: _Code.FAILED_PRECONDITION,
+        Reason.LLM_BAD_ANSWER: _Code.FAILED_PRECONDITION,
+        Reason.LLM_NOT_CONFIGURED: _Code.FAILED_PRECONDITION,
         Reason.MEMORY_DISABLED: _Code.FAILED_PRECONDITION,
     }
 )
@@ -214,7 +222,7 @@ def status_for(error: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
         bad_request = error_details_pb2.BadRequest()
         bad_request.field_violations.add(field=error.field, description=status.message)
         status.details.add().Pack(bad_request)
-    if isinstance(error, LimitExceeded) and error.retry_delay_s is not None:
+    if error.retry_delay_s is not None:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(max(0, math.ceil(error.retry_delay_s * 1000)))
         status.details.add().Pack(retry)
@@ -223,7 +231,7 @@ def status_for(error: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
 
 def retry_after_header(error: DomainError) -> str | None:
     """The `retry-after` value (whole seconds, at least 1) of an error that knows its delay."""
-    if isinstance(error, LimitExceeded) and error.retry_delay_s is not None:
+    if error.retry_delay_s is not None:
         return str(max(1, math.ceil(error.retry_delay_s)))
     return None
 

@@ -117,6 +117,12 @@ class Reason(StrEnum):
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     INVALID_TIME_RANGE = "INVALID_TIME_RANGE"
+    # Planning with a language model got no usable answer (cpa_scheduler.llm.errors).
+    LLM_REFUSED = "LLM_REFUSED"
+    LLM_OUTPUT_TRUNCATED = "LLM_OUTPUT_TRUNCATED"
+    LLM_UNAVAILABLE = "LLM_UNAVAILABLE"
+    LLM_BAD_ANSWER = "LLM_BAD_ANSWER"
+    LLM_NOT_CONFIGURED = "LLM_NOT_CONFIGURED"
     MEMORY_DISABLED = "MEMORY_DISABLED"
     MEMORY_UNAVAILABLE = "MEMORY_UNAVAILABLE"
 
@@ -132,6 +138,9 @@ class DomainError(Exception):
     # More of what the caller can act on, for ErrorInfo.metadata (a policy violation's rule and
     # ToDo); bounded there like every metadata value.
     metadata: Mapping[str, str] = MappingProxyType({})
+    # When the same call may succeed after a known delay (a rate limit, a model's retry-after):
+    # a google.rpc.RetryInfo detail and, for HTTP callers, a `retry-after` header.
+    retry_delay_s: float | None = None
 
     def __init__(self, message: str, *, reason: Reason | None = None, field: str = "") -> None:
         # Every error passes here, so no message or field can echo unbounded input.

@@ -71,8 +71,10 @@ def parse_yaml(
     """The document and the line of each of its values; CatalogError for any YAML problem
     (syntax, duplicate keys, aliases, nesting past strict_yaml's bound), or `empty` for a
     document without any value. Policy files (cpa_scheduler.policy) are read with it too."""
-    loader = StrictSafeLoader(text)
+    loader: StrictSafeLoader | None = None
     try:
+        # Inside the try: the reader refuses control characters as it is made (ReaderError).
+        loader = StrictSafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             raise CatalogError(empty, source=source, line=1)
@@ -94,15 +96,18 @@ def parse_yaml(
         ) from None
     except ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
+        # The reader reports a str's character by its code point.
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
         raise CatalogError(
-            f"YAML syntax error: character {exc.character!r} is not allowed",
+            f"YAML syntax error: character {character!r} is not allowed",
             source=source,
             line=line,
         ) from None
     except yaml.YAMLError as exc:
         raise CatalogError(f"YAML error: {exc}", source=source, line=None) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 

@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 from .callbacks import CallbackSettings
 from .gateway import GatewaySettings
 from .jobs import JobSettings
+from .llm import LLMSettings
 from .memory import MemorySettings
 from .planning import DEFAULT_INTENTS_PATH, PlanningSettings
 from .security import SecuritySettings
@@ -31,6 +32,7 @@ class Settings(
     JobSettings,
     CallbackSettings,
     GatewaySettings,
+    LLMSettings,
     MemorySettings,
 ):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""

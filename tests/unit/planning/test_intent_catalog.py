@@ -418,6 +418,18 @@ def test_file_that_is_not_utf8_reports_the_line(tmp_path: Path) -> None:
     assert str(caught.value).startswith(f"{path}:2: not UTF-8")
 
 
+def test_a_control_character_reports_the_line(tmp_path: Path) -> None:
+    # PyYAML's reader refuses it while the loader is made, before any parsing starts.
+    path = tmp_path / "intents.yaml"
+    path.write_text("intents:\n  - name: a\x1fb\n")
+
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+
+    assert caught.value.line == 2
+    assert "character '\\x1f' is not allowed" in str(caught.value)
+
+
 # --- Patterns -------------------------------------------------------------------------------------
 
 

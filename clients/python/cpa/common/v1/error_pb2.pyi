@@ -286,6 +286,39 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ListAuditEntries: end_time is not after start_time, so no entry could match:
     INVALID_ARGUMENT, field `end_time`.
     """
+    ERROR_REASON_LLM_REFUSED: _ErrorReason.ValueType  # 170
+    """Reasons 170-174: planning free text with a language model (CPA_LLM_PROVIDER set,
+    docs/LLM.md) got no usable answer from the model; nothing is created or planned. The LLM
+    intent router falls back to the rule router on any of these instead (the plan says why), so
+    they come from the LLM task planner. ErrorInfo.metadata `field` names the text that was
+    being planned.
+
+    The model refused to answer (a refusal in its answer, or its content filter withheld it):
+    FAILED_PRECONDITION. The same text is likely refused again: rephrase it, or submit ToDos or
+    an intent.
+    """
+    ERROR_REASON_LLM_OUTPUT_TRUNCATED: _ErrorReason.ValueType  # 171
+    """The model's answer was cut off at its token limit (finish reason `length`): the plan asked
+    for is too large for the model's output limit. FAILED_PRECONDITION: split the request.
+    """
+    ERROR_REASON_LLM_UNAVAILABLE: _ErrorReason.ValueType  # 172
+    """The model could not be reached, kept answering 408/409/429/5xx after the provider's retries
+    (CPA_LLM_MAX_RETRIES), or did not answer within the call's deadline (CPA_LLM_TIMEOUT_S, or
+    the request's own when shorter): UNAVAILABLE, with a google.rpc.RetryInfo delay (HTTP: 503
+    and `Retry-After`) when the model's last answer gave one. The same request may succeed
+    later.
+    """
+    ERROR_REASON_LLM_BAD_ANSWER: _ErrorReason.ValueType  # 173
+    """The model's answer is not the structure asked for (not JSON, fields missing or of the wrong
+    type, empty) and stayed so through the planner's repair attempts: FAILED_PRECONDITION.
+    """
+    ERROR_REASON_LLM_NOT_CONFIGURED: _ErrorReason.ValueType  # 174
+    """The request needs the language model and the server has no usable one: none configured
+    (CPA_LLM_PROVIDER empty), the provider refused the server's API key (401/403) or rejected
+    its model or parameters (other 4xx), or the scripted provider has no answer for the prompt
+    (the message gives the prompt's hash). FAILED_PRECONDITION: an operator must change the
+    configuration; retrying the same call cannot help.
+    """
     ERROR_REASON_MEMORY_DISABLED: _ErrorReason.ValueType  # 180
     """SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
     FAILED_PRECONDITION.
@@ -562,6 +595,39 @@ of the tenant have ended (docs/SECURITY.md, "Rate limits and quotas").
 ERROR_REASON_INVALID_TIME_RANGE: ErrorReason.ValueType  # 160
 """ListAuditEntries: end_time is not after start_time, so no entry could match:
 INVALID_ARGUMENT, field `end_time`.
+"""
+ERROR_REASON_LLM_REFUSED: ErrorReason.ValueType  # 170
+"""Reasons 170-174: planning free text with a language model (CPA_LLM_PROVIDER set,
+docs/LLM.md) got no usable answer from the model; nothing is created or planned. The LLM
+intent router falls back to the rule router on any of these instead (the plan says why), so
+they come from the LLM task planner. ErrorInfo.metadata `field` names the text that was
+being planned.
+
+The model refused to answer (a refusal in its answer, or its content filter withheld it):
+FAILED_PRECONDITION. The same text is likely refused again: rephrase it, or submit ToDos or
+an intent.
+"""
+ERROR_REASON_LLM_OUTPUT_TRUNCATED: ErrorReason.ValueType  # 171
+"""The model's answer was cut off at its token limit (finish reason `length`): the plan asked
+for is too large for the model's output limit. FAILED_PRECONDITION: split the request.
+"""
+ERROR_REASON_LLM_UNAVAILABLE: ErrorReason.ValueType  # 172
+"""The model could not be reached, kept answering 408/409/429/5xx after the provider's retries
+(CPA_LLM_MAX_RETRIES), or did not answer within the call's deadline (CPA_LLM_TIMEOUT_S, or
+the request's own when shorter): UNAVAILABLE, with a google.rpc.RetryInfo delay (HTTP: 503
+and `Retry-After`) when the model's last answer gave one. The same request may succeed
+later.
+"""
+ERROR_REASON_LLM_BAD_ANSWER: ErrorReason.ValueType  # 173
+"""The model's answer is not the structure asked for (not JSON, fields missing or of the wrong
+type, empty) and stayed so through the planner's repair attempts: FAILED_PRECONDITION.
+"""
+ERROR_REASON_LLM_NOT_CONFIGURED: ErrorReason.ValueType  # 174
+"""The request needs the language model and the server has no usable one: none configured
+(CPA_LLM_PROVIDER empty), the provider refused the server's API key (401/403) or rejected
+its model or parameters (other 4xx), or the scripted provider has no answer for the prompt
+(the message gives the prompt's hash). FAILED_PRECONDITION: an operator must change the
+configuration; retrying the same call cannot help.
 """
 ERROR_REASON_MEMORY_DISABLED: ErrorReason.ValueType  # 180
 """SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
