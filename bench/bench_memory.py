@@ -25,8 +25,8 @@ from pathlib import Path
 
 import psycopg
 
+from cpa_scheduler.memory.embedder import lexical_embedder
 from cpa_scheduler.memory.interface import MemoryRecord
-from cpa_scheduler.memory.lexical_embedder import LexicalEmbedder
 from cpa_scheduler.memory.postgres_memory import PostgresMemory
 from cpa_scheduler.memory.sqlite_vec_memory import SqliteVecMemory
 from cpa_scheduler.storage import migrate
@@ -93,7 +93,7 @@ async def _measure(label: str, store: Store, size: int, searches: int) -> None:
 
 async def _embedded(sizes: list[int], searches: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        store = SqliteVecMemory(Path(directory) / "memory.sqlite3", LexicalEmbedder(256))
+        store = SqliteVecMemory(Path(directory) / "memory.sqlite3", lexical_embedder(256))
         try:
             filled = 0
             for size in sizes:
@@ -114,7 +114,7 @@ async def _postgres(server_url: str, size: int, searches: int) -> None:
         migrate(url)
         pool = await open_pool(url, min_size=1, max_size=2)
         try:
-            store = PostgresMemory(pool, LexicalEmbedder(256))
+            store = PostgresMemory(pool, lexical_embedder(256))
             rate = await _fill(store, 0, size)
             print(f"postgres bulk put (batches of {BATCH}): {rate:,.0f} memories/s")
             await _measure("postgres (no pgvector)", store, size, searches)

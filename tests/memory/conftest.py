@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cpa_scheduler.memory.lexical_embedder import LexicalEmbedder
+from cpa_scheduler.memory.embedder import lexical_embedder
 from cpa_scheduler.memory.postgres_memory import PostgresMemory
 from cpa_scheduler.memory.sqlite_vec_memory import SqliteVecMemory
 from cpa_scheduler.storage import migrate
@@ -21,7 +21,7 @@ Semantic = SqliteVecMemory | PostgresMemory
 @pytest.fixture(params=["sqlite-vec", "postgres"])
 async def semantic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Semantic]:
     if request.param == "sqlite-vec":
-        embedded = SqliteVecMemory(tmp_path / "memory.db", LexicalEmbedder(64))
+        embedded = SqliteVecMemory(tmp_path / "memory.db", lexical_embedder(64))
         yield embedded
         await embedded.close()
         return
@@ -41,6 +41,6 @@ async def _postgres(url: str) -> AsyncIterator[PostgresMemory]:
     migrate(url)
     pool = await open_pool(url, min_size=1, max_size=2)
     try:
-        yield PostgresMemory(pool, LexicalEmbedder(64))
+        yield PostgresMemory(pool, lexical_embedder(64))
     finally:
         await pool.close()

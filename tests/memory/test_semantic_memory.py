@@ -3,11 +3,13 @@ without pgvector (distributed; docs/adr/0003-memory-vectors-in-postgresql.md).""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
+
 import pytest
 
 from cpa_scheduler.memory.embedder import unit
 from cpa_scheduler.memory.interface import MemoryRecord
-from cpa_scheduler.memory.lexical_embedder import LexicalEmbedder
 from cpa_scheduler.memory.postgres_memory import PostgresMemory
 from cpa_scheduler.telemetry import Operation, subscribe
 from tests.memory.conftest import Semantic
@@ -111,8 +113,23 @@ async def test_a_text_without_words_finds_nothing(semantic: Semantic) -> None:
     assert await semantic.search("a", "!!! ???", k=5) == []
 
 
-class DenseEmbedder(LexicalEmbedder):
-    """The lexical vectors with every component set: a provider's dense embedding."""
+class WordsEmbedder:
+    """One component per word (a sparse query: PostgreSQL's sparse plan)."""
+
+    dimensions = 64
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [self.vector(text) for text in texts]
+
+    def vector(self, text: str) -> list[float]:
+        vector = [0.0] * self.dimensions
+        for word in text.split():
+            vector[zlib.crc32(word.encode()) % self.dimensions] += 1.0
+        return vector
+
+
+class DenseEmbedder(WordsEmbedder):
+    """The same with every component set: a provider's dense embedding (the full plan)."""
 
     def vector(self, text: str) -> list[float]:
         return [x + 0.01 for x in super().vector(text)]
@@ -123,16 +140,17 @@ async def test_postgres_ranks_dense_and_sparse_queries_by_the_exact_cosine(
 ) -> None:
     # Dense vectors stored; then a dense query (the full plan) and a sparse one (the plan that
     # reads only the query's non-zero components) must both rank by the exact cosine.
-    dense = PostgresMemory(postgres_memory._pool, DenseEmbedder(64))
+    dense = PostgresMemory(postgres_memory._pool, DenseEmbedder())
     texts = ["download the invoice", "mail the invoice to accounting", "restart the agent now"]
     for text in texts:
         await dense.put(record("a", text))
     query = "invoice for accounting"
 
-    for store, embedder in ((dense, DenseEmbedder(64)), (postgres_memory, LexicalEmbedder(64))):
+    sparse = PostgresMemory(postgres_memory._pool, WordsEmbedder())
+    for store, embedder in ((dense, DenseEmbedder()), (sparse, WordsEmbedder())):
         hits = await store.search("a", query, k=3)
 
-        scores = {t: _cosine(DenseEmbedder(64).vector(t), embedder.vector(query)) for t in texts}
+        scores = {t: _cosine(DenseEmbedder().vector(t), embedder.vector(query)) for t in texts}
         assert [hit.record.text for hit in hits] == sorted(texts, key=lambda t: -scores[t])
         assert [hit.score for hit in hits] == pytest.approx(
             sorted(scores.values(), reverse=True), abs=1e-5

@@ -15,9 +15,8 @@ from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage.interface import Store
 
 from .conversation import LocalConversationMemory, RedisConversationMemory
-from .embedder import Embedder
+from .embedder import Embedder, ProviderEmbedder, lexical_embedder
 from .interface import ConversationMemory, SemanticMemory
-from .lexical_embedder import LexicalEmbedder
 from .recorder import JobRecorder
 
 # The embedded store's file under the data directory (its own: the job store's schema and
@@ -50,8 +49,8 @@ async def open_memory(
     redis: Redis | None,
     embedder: Embedder | None = None,
 ) -> Memory:
-    """The replica's memory; `embedder` defaults to the local lexical one."""
-    embedder = embedder or LexicalEmbedder(settings.memory_embedding_dimensions)
+    """The replica's memory; `embedder` defaults to the one the settings name."""
+    embedder = embedder or settings_embedder(settings)
     closers: list[Callable[[], Awaitable[None]]] = []
     conversations: ConversationMemory
     semantic: SemanticMemory
@@ -84,3 +83,16 @@ async def open_memory(
         )
     recorder = JobRecorder(store=store, memory=semantic, max_queued=settings.memory_recorder_queue)
     return Memory(conversations, semantic, recorder, closers)
+
+
+def settings_embedder(settings: Settings) -> Embedder:
+    """CPA_MEMORY_EMBEDDER: the local lexical embedder, or the configured LLM provider's."""
+    dimensions = settings.memory_embedding_dimensions
+    if settings.memory_embedder == "lexical":
+        return lexical_embedder(dimensions)
+    from cpa_scheduler.llm.registry import provider_from_settings
+
+    provider = provider_from_settings(settings)
+    if provider is None:
+        raise RuntimeError("CPA_MEMORY_EMBEDDER=provider needs CPA_LLM_PROVIDER (docs/LLM.md)")
+    return ProviderEmbedder(provider, dimensions=dimensions)

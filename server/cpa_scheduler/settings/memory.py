@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
@@ -29,12 +31,18 @@ class MemorySettings(BaseSettings):
         description="Embedded mode: most conversations a tenant keeps in process; a new one "
         "drops the least recently used.",
     )
+    memory_embedder: Literal["lexical", "provider"] = Field(
+        default="lexical",
+        description="What embeds memory's texts: `lexical` (local, deterministic, words and "
+        "trigrams hashed; no model) or `provider` (CPA_LLM_PROVIDER's embeddings).",
+    )
     memory_embedding_dimensions: int = Field(
         default=256,
         ge=8,
         le=4096,
-        description="Width of the memory's vectors: the embedder's output size. The embedded "
-        "store's file is made for one width and refuses another.",
+        description="Width of the memory's vectors: the embedder's output size (with "
+        "`provider`, CPA_LLM_EMBEDDING_DIMENSION must give it). The embedded store's file is "
+        "made for one width and refuses another.",
     )
     memory_text_max_bytes: int = Field(
         default=8192,
