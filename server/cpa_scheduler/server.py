@@ -370,7 +370,12 @@ class SchedulerServer:
                 sessions=sessions,
                 directory=directory,
                 bus=bus,
-                lam=LamHandler(orchestrator=orchestrator, settings=settings, audit_log=audit_log),
+                lam=LamHandler(
+                    orchestrator=orchestrator,
+                    settings=settings,
+                    audit_log=audit_log,
+                    conversations=memory.conversations if memory else None,
+                ),
                 settings=settings,
                 page_tokens=page_tokens,
                 artifacts=artifacts,

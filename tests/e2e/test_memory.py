@@ -13,6 +13,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
+from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import job_pb2, memory_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2_grpc as grpc_stubs
 from cpa_client import SchedulerClient
@@ -125,3 +126,34 @@ async def test_put_memory_stores_for_the_callers_tenant_only(
         "action": "noop",
     }
     assert list(theirs.hits) == []
+
+
+async def test_a_lam_conversation_and_its_jobs_result_are_in_short_term_memory(
+    scheduler: Scheduler, client: SchedulerClient, agents: Agents
+) -> None:
+    await agents.start("worker")
+    request = lam.LamMessage(
+        id="m-1",
+        sender="agent://ops-bot",
+        performative=lam.PERFORMATIVE_REQUEST,
+        correlation=lam.Correlation(conversation_id="conv-7"),
+        request=lam.RequestBody(text="archive the weekly reports please"),
+    )
+    reply = await client.send_message(request)
+    assert reply.performative == lam.PERFORMATIVE_AGREE, reply
+    job_id = reply.agree.job_id
+    await finished(client, job_id)
+    memory = scheduler.server.memory
+    assert memory is not None
+    await asyncio.wait_for(memory.recorder.drained(), EVENT_TIMEOUT_S)
+
+    tenant = scheduler.server.settings.default_tenant
+    entries = await memory.conversations.recent(tenant, "conv-7")
+
+    assert [(e.role, e.text) for e in entries] == [
+        ("user", "archive the weekly reports please"),
+        ("scheduler", "agree"),
+        ("result", f"job {job_id} SUCCEEDED"),
+    ]
+    assert entries[1].data["job_id"] == job_id
+    assert await memory.conversations.recent("someone-else", "conv-7") == []

@@ -21,7 +21,7 @@ from cpa_scheduler.events.fanout import Subscription, Watchers
 from cpa_scheduler.storage.codec import todo_to_data
 from cpa_scheduler.storage.interface import Store
 
-from .interface import MemoryRecord, SemanticMemory
+from .interface import ConversationEntry, ConversationMemory, MemoryRecord, SemanticMemory
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,30 @@ def job_record(job: Job) -> MemoryRecord | None:
     )
 
 
+def result_entry(job: Job) -> ConversationEntry:
+    """A finished job as an entry of its conversation."""
+    error = job.error.code if job.error is not None else ""
+    return ConversationEntry(
+        role="result",
+        text=f"job {job.job_id} {job.state.value}" + (f": {error}" if error else ""),
+        data={"job_id": job.job_id, "state": job.state.value, "error": error},
+    )
+
+
 class JobRecorder:
     """Puts finished jobs into `memory`; `offer` never blocks, `run` drains until cancelled."""
 
-    def __init__(self, *, store: Store, memory: SemanticMemory, max_queued: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        memory: SemanticMemory,
+        conversations: ConversationMemory | None = None,
+        max_queued: int = 1000,
+    ) -> None:
         self._store = store
         self._memory = memory
+        self._conversations = conversations
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=max_queued)
         self.recorded = 0
         self.dropped = 0
@@ -87,7 +105,11 @@ class JobRecorder:
         await self._queue.join()
 
     async def record(self, tenant: str, job_id: str) -> None:
-        record = job_record(await self._store.get_job(tenant, job_id))
+        job = await self._store.get_job(tenant, job_id)
+        if job.conversation_id and self._conversations is not None:
+            # The result joins its conversation's short-term memory (any ending, cancels too).
+            await self._conversations.append(tenant, job.conversation_id, result_entry(job))
+        record = job_record(job)
         if record is not None:
             await self._memory.put(record)
             self.recorded += 1

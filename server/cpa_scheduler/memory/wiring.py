@@ -81,7 +81,12 @@ async def open_memory(
             max_entries=settings.memory_conversation_max_entries,
             max_conversations=settings.memory_conversation_max_per_tenant,
         )
-    recorder = JobRecorder(store=store, memory=semantic, max_queued=settings.memory_recorder_queue)
+    recorder = JobRecorder(
+        store=store,
+        memory=semantic,
+        conversations=conversations,
+        max_queued=settings.memory_recorder_queue,
+    )
     return Memory(conversations, semantic, recorder, closers)
 
 
