@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from cpa_scheduler.llm.hashing_embedder import HashingEmbedder
 from cpa_scheduler.memory.embedder import unit
 from cpa_scheduler.memory.interface import MemoryRecord
 from cpa_scheduler.memory.postgres_memory import PostgresMemory
@@ -159,3 +160,19 @@ async def test_postgres_ranks_dense_and_sparse_queries_by_the_exact_cosine(
 
 def _cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(unit(a), unit(b), strict=True))
+
+
+async def test_scores_are_the_exact_cosine_in_both_stores(semantic: Semantic) -> None:
+    texts = ["download the invoice", "mail the invoice to accounting", "restart the agent now"]
+    for text in texts:
+        await semantic.put(record("a", text))
+    query = "invoice for accounting"
+    vectors = HashingEmbedder(64)  # the stores' embedder in these tests (conftest)
+
+    hits = await semantic.search("a", query, k=3)
+
+    scores = {t: _cosine(vectors.vector(t), vectors.vector(query)) for t in texts}
+    assert [hit.record.text for hit in hits] == sorted(texts, key=lambda t: -scores[t])
+    assert [hit.score for hit in hits] == pytest.approx(
+        sorted(scores.values(), reverse=True), abs=1e-5
+    )
