@@ -1,12 +1,13 @@
 """Semantic memory of the embedded mode: sqlite-vec in its own SQLite file under the data dir.
 
-The vectors (unit length) live in a vec0 table partitioned by tenant (a KNN query reads only the caller's
-tenant, so k hits come from it however many closer vectors other tenants hold) with the outcome
-as a metadata column (filtered inside the KNN, not after it). The records sit in an ordinary
-table with the same rowid. The KNN ranks by L2 distance, not sqlite-vec's cosine: on unit vectors
-both give the same order, and its L2 is the faster scan (at 100 000 vectors 18 ms p50 / 23 ms
-p99 against 22 / 44, the 5 nearest the same for 59 of 60 queries; docs/PERFORMANCE.md). sqlite-vec is loaded through pysqlite3: this CPython's sqlite3 cannot
-load extensions. SQLite calls block, so they run on a worker thread, one at a time.
+The vectors (unit length) live in a vec0 table partitioned by tenant (a KNN query reads only the
+caller's tenant, so k hits come from it however many closer vectors other tenants hold) with the
+outcome as a metadata column (filtered inside the KNN, not after it). The records sit in an
+ordinary table with the same rowid. The KNN ranks by L2 distance, not sqlite-vec's cosine: on
+unit vectors both give the same order, and its L2 is the faster scan (at 100 000 vectors 18 ms
+p50 / 23 ms p99 against 22 / 44; docs/PERFORMANCE.md). sqlite-vec is loaded through pysqlite3:
+this CPython's sqlite3 cannot load extensions. SQLite calls block, so they run on a worker
+thread, one at a time.
 """
 
 from __future__ import annotations
