@@ -106,13 +106,14 @@ class JobRecorder:
 
     async def record(self, tenant: str, job_id: str) -> None:
         job = await self._store.get_job(tenant, job_id)
-        if job.conversation_id and self._conversations is not None:
-            # The result joins its conversation's short-term memory (any ending, cancels too).
-            await self._conversations.append(tenant, job.conversation_id, result_entry(job))
         record = job_record(job)
         if record is not None:
             await self._memory.put(record)
             self.recorded += 1
+        if job.conversation_id and self._conversations is not None:
+            # The result joins its conversation's short-term memory (any ending, cancels too);
+            # after the put, so a short-term store that is down costs only this entry.
+            await self._conversations.append(tenant, job.conversation_id, result_entry(job))
 
 
 class RecordingBus:
