@@ -17,6 +17,7 @@ from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import job_pb2, memory_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2_grpc as grpc_stubs
 from cpa_client import SchedulerClient
+from cpa_scheduler.memory.sqlite_vec_memory import SqliteVecMemory
 from cpa_scheduler.settings import Settings
 
 from .conftest import EVENT_TIMEOUT_S, Agents, Scheduler, finished
@@ -157,3 +158,21 @@ async def test_a_lam_conversation_and_its_jobs_result_are_in_short_term_memory(
     ]
     assert entries[1].data["job_id"] == job_id
     assert await memory.conversations.recent("someone-else", "conv-7") == []
+
+
+async def test_a_failing_memory_never_fails_the_job(
+    scheduler: Scheduler, client: SchedulerClient, agents: Agents, caplog: pytest.LogCaptureFixture
+) -> None:
+    memory = scheduler.server.memory
+    assert memory is not None
+    assert isinstance(memory.semantic, SqliteVecMemory)
+    await memory.semantic.close()  # every put now fails: the database is closed
+    await agents.start("worker")
+
+    ok = await client.schedule_job(job_pb2.JobSpec(text="archive the weekly sales reports"))
+    job = await finished(client, ok.job.job_id)
+    await asyncio.wait_for(memory.recorder.drained(), EVENT_TIMEOUT_S)
+
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert memory.recorder.recorded == 0
+    assert f"remembering job {ok.job.job_id} failed" in caplog.text
