@@ -30,6 +30,7 @@ from . import (
     intents_command,
     jobs_command,
     keys_command,
+    memory_command,
     migrate_command,
     plan_command,
     policy_command,
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     artifacts_command.register(commands)
     callbacks_command.register(commands)
     audit_command.register(commands)
+    memory_command.register(commands)
     demo_command.register(commands)
     migrate_command.register(commands)
     health_command.register(commands)

@@ -10,6 +10,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .artifacts import ArtifactContent, FileContent
 from .dispatch import ControlMessage, SessionRegistry
@@ -38,7 +39,13 @@ class Backends:
     rate_buckets: Buckets = field(default_factory=LocalBuckets)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     health_checks: dict[str, Check] = field(default_factory=dict)
+    # The distributed mode's Redis client (short-term memory keeps conversations there).
+    redis: Any = None
     """What the health probe checks (cpa_scheduler.health): the store, and Redis if used."""
+
+    def add_closer(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Release `close`'s part first when the backends close (it was opened on them)."""
+        self._closers.append(close)
 
     async def close(self) -> None:
         for close in reversed(self._closers):
@@ -184,4 +191,5 @@ async def _open_redis(
         ),
         _closers=closers,
         health_checks={"store": store.ping, "redis": ping_redis},
+        redis=redis,
     )

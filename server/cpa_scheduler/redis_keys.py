@@ -132,3 +132,13 @@ class RedisKeys:
         any replica; expires once the bucket would be full again, so idle callers leave none."""
         digest = hashlib.sha256(subject.encode()).hexdigest()[:32]
         return f"{self.prefix}:ratelimit:{scope}:{digest}"
+
+    # -- short-term memory (memory/conversation.py) ---------------------------------------------
+
+    def conversation(self, tenant: str, conversation_id: str) -> str:
+        """LIST: a conversation's recent entries (JSON), oldest first. RPUSH, trimmed to
+        CPA_MEMORY_CONVERSATION_MAX_ENTRIES and its TTL renewed (CPA_MEMORY_CONVERSATION_TTL_S)
+        by every append, so an idle conversation vanishes. Tenant and id are hashed together
+        (a NUL between them: no two pairs share a key) so names of any length make short keys."""
+        digest = hashlib.sha256(f"{tenant}\0{conversation_id}".encode()).hexdigest()[:32]
+        return f"{self.prefix}:conversation:{digest}"

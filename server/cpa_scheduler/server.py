@@ -36,6 +36,7 @@ from .api.call_limit import CallLimit
 from .api.decoded_service import add_decoded_service
 from .api.executor_servicer import ExecutorServicer
 from .api.lam import LamHandler
+from .api.memory_calls import MemoryCalls
 from .api.page_token import PageTokens
 from .api.rate_limiter import RateLimiter
 from .api.scheduler_servicer import SchedulerServicer
@@ -52,12 +53,15 @@ from .callbacks.outbox import CallbackOutbox
 from .callbacks.sender import CallbackSender
 from .dispatch import SessionRegistry
 from .dispatch.dispatcher import Dispatcher
-from .events import Watchers
+from .events import EventBus, Watchers
 from .health import HealthProbe
 from .llm import LLMProvider
 from .llm.registry import provider_from_settings
+from .memory.recorder import RecordingBus
+from .memory.wiring import Memory, open_memory
 from .orchestration import Orchestrator
 from .planning import Planner
+from .planning.llm_planning import Memories
 from .policy import Policies
 from .redis_keys import RedisKeys
 from .security.authenticator import Authenticator
@@ -111,6 +115,8 @@ class _Components:
     credentials: CredentialWatch | None
     # The planner's language model (None: text is planned by the rules alone).
     llm: LLMProvider | None = None
+    # None with CPA_MEMORY_ENABLED=false.
+    memory: Memory | None = None
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
@@ -227,6 +233,12 @@ class SchedulerServer:
         return self._components.orchestrator.policies
 
     @property
+    def memory(self) -> Memory | None:
+        """This replica's context memory (None when disabled)."""
+        assert self._components is not None, "start() first"
+        return self._components.memory
+
+    @property
     def watchers(self) -> Watchers:
         """This replica's WatchJob subscriptions (counts and buffers, for tests and metrics)."""
         assert self._components is not None, "start() first"
@@ -257,12 +269,21 @@ class SchedulerServer:
         except BaseException:
             await backends.close()
             raise
-        directory, bus = backends.directory, backends.bus
+        directory = backends.directory
+        bus: EventBus = backends.bus
         try:
             deliverer = self._deliverer(backends)
+            memory = await self._memory(backends, llm)
         except BaseException:
             await backends.close()
             raise
+        if memory is not None:
+            # Finished jobs are remembered from the events the orchestrator publishes, and
+            # the planner reads them (and the conversation) when the model plans text.
+            bus = RecordingBus(bus, memory.recorder)
+            planner.use_memories(
+                Memories(conversation=memory.conversations, semantic=memory.semantic)
+            )
         orchestrator = Orchestrator(
             store=backends.store,
             planner=planner,
@@ -368,13 +389,22 @@ class SchedulerServer:
                 sessions=sessions,
                 directory=directory,
                 bus=bus,
-                lam=LamHandler(orchestrator=orchestrator, settings=settings, audit_log=audit_log),
+                lam=LamHandler(
+                    orchestrator=orchestrator,
+                    settings=settings,
+                    audit_log=audit_log,
+                    conversations=memory.conversations if memory else None,
+                ),
                 settings=settings,
                 page_tokens=page_tokens,
                 artifacts=artifacts,
                 callbacks=CallbackOutbox(store=backends.store, wake=deliverer.wake),
                 audit_log=audit_log,
                 credentials=credentials,
+                memory=MemoryCalls(
+                    memory.semantic if memory else None,
+                    text_max_bytes=settings.memory_text_max_bytes,
+                ),
             ),
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
@@ -425,7 +455,19 @@ class SchedulerServer:
             credentials=credentials,
             deliverer=deliverer,
             llm=llm,
+            memory=memory,
         )
+
+    async def _memory(self, backends: Backends, llm: LLMProvider | None) -> Memory | None:
+        """The replica's context memory (docs/MEMORY.md), closed with the backends."""
+        if not self.settings.memory_enabled:
+            return None
+        memory = await open_memory(
+            self.settings, backends.store, redis=backends.redis, provider=llm
+        )
+        backends.add_closer(memory.close)
+        memory.start()
+        return memory
 
     def _deliverer(self, backends: Backends) -> CallbackDeliverer:
         """The outbox's deliverer of this replica (docs/CALLBACKS.md)."""

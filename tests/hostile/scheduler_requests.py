@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cpa.common.v1 import todo_pb2
 from cpa.lam.v1 import lam_message_pb2 as lam
-from cpa.scheduler.v1 import audit_pb2, callback_pb2, job_pb2
+from cpa.scheduler.v1 import audit_pb2, callback_pb2, job_pb2, memory_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
 from .arena import HOSTILE_TENANTS, NORMAL_TENANT
@@ -146,6 +146,24 @@ def templates(rpc: str) -> list[Message]:
         "ListAuditEntries": [
             audit_pb2.ListAuditEntriesRequest(job_id=job_id, action="CancelJob", page_size=5),
             audit_pb2.ListAuditEntriesRequest(principal="anonymous", result="NOT_FOUND"),
+        ],
+        "SearchMemory": [
+            memory_pb2.SearchMemoryRequest(text="archive the weekly reports", k=3),
+            memory_pb2.SearchMemoryRequest(
+                text="sync the ledger", outcome=memory_pb2.MEMORY_OUTCOME_FAILED
+            ),
+        ],
+        "PutMemory": [
+            memory_pb2.PutMemoryRequest(
+                text="archive the weekly reports",
+                plan=[struct_pb2.Struct(fields={"id": struct_pb2.Value(string_value="a")})],
+                job_id=job_id,
+            ),
+            memory_pb2.PutMemoryRequest(
+                text="sync the ledger",
+                outcome=memory_pb2.MEMORY_OUTCOME_FAILED,
+                failure_reason="BANK_DOWN: refused",
+            ),
         ],
     }
     return by_rpc[rpc]

@@ -4,6 +4,7 @@ the model, and PreviewPlan shows how a plan came about."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ async def openai_server() -> AsyncIterator[OpenAIServer]:
 
 
 @pytest.fixture
-async def target(tmp_path: Path, openai_server: OpenAIServer) -> AsyncIterator[str]:
+async def served(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> AsyncIterator[tuple[SchedulerServer, int]]:
     key = tmp_path / "openai.key"
     key.write_text("sk-test\n")
     settings = Settings(
@@ -64,9 +67,14 @@ async def target(tmp_path: Path, openai_server: OpenAIServer) -> AsyncIterator[s
     server = SchedulerServer(settings)
     port = await server.start("127.0.0.1:0")
     try:
-        yield f"127.0.0.1:{port}"
+        yield server, port
     finally:
         await server.stop(grace_s=1.0)
+
+
+@pytest.fixture
+def target(served: tuple[SchedulerServer, int]) -> str:
+    return f"127.0.0.1:{served[1]}"
 
 
 @pytest.fixture
@@ -104,6 +112,35 @@ async def test_free_text_is_planned_by_the_model_and_runs_to_succeeded(
     catalog = openai_server.chat_requests[1].messages[0]["content"]
     assert "- echo:" in catalog
     assert "- fail:" in catalog
+
+
+async def test_a_succeeded_plan_is_recalled_for_a_paraphrase_in_the_next_prompt(
+    served: tuple[SchedulerServer, int],
+    client: SchedulerClient,
+    agents: Agents,
+    openai_server: OpenAIServer,
+) -> None:
+    """Done when (issue 16): a plan that succeeded is retrieved for a paraphrased request and
+    appears in the next planning prompt (the job recorder puts it in the semantic memory)."""
+    await agents.start("builtin")
+    openai_server.chat.push(intent("unknown", 0.9), plan(*GOOD_STEPS))
+    first = await client.schedule_job(job_pb2.JobSpec(text=TEXT))
+    assert (await finished(client, first.job.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
+    memory = served[0].memory
+    assert memory is not None
+    await asyncio.wait_for(memory.recorder.drained(), EVENT_TIMEOUT_S)
+
+    openai_server.chat.push(intent("unknown", 0.9), plan(*GOOD_STEPS))
+    paraphrase = "say hello, wait a moment, then say hello again"
+    second = await client.schedule_job(job_pb2.JobSpec(text=paraphrase))
+    assert (await finished(client, second.job.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
+    first_prompt = openai_server.chat_requests[1].messages[0]["content"]
+    second_prompt = openai_server.chat_requests[3].messages[0]["content"]
+    assert TEXT not in first_prompt  # nothing was remembered yet
+    # The first job, its request and its plan, is the second planning's example.
+    assert TEXT in second_prompt
+    assert '"greet"' in second_prompt or "greet" in second_prompt
+    assert paraphrase in openai_server.chat_requests[3].messages[-1]["content"]
 
 
 async def test_structured_jobs_never_reach_the_model(

@@ -156,6 +156,20 @@ async def _list_audit(http: httpx.AsyncClient, world: World, job_id: str) -> Out
     return sorted(e["action"] for e in entries if e.get("result_code") == "OK")
 
 
+async def _search_memory(http: httpx.AsyncClient, world: World, job_id: str) -> Outcome:
+    """The job's id as the text: no hit may name another tenant's job (or memory at all)."""
+    response = await http.post("/v1/memory:search", json={"text": f"job {job_id}", "k": 100})
+    assert response.status_code == 200, response.text
+    return [hit["record"].get("job_id") for hit in response.json().get("hits", [])]
+
+
+async def _put_memory(http: httpx.AsyncClient, world: World, job_id: str) -> Outcome:
+    """A record naming another tenant's job is acme's own record (job_id is not checked)."""
+    response = await http.post("/v1/memory", json={"text": f"job {job_id}", "job_id": job_id})
+    assert response.status_code == 200, response.text
+    return response.json()["record"]["job_id"] == job_id
+
+
 # "VERB template" of each binding: the probe, and the kind of globex's resource it takes.
 PROBES: dict[str, tuple[Probe, str]] = {
     "GET /v1/jobs/{job_id}": (_get("/v1/jobs/{id}"), "job"),
@@ -177,6 +191,8 @@ PROBES: dict[str, tuple[Probe, str]] = {
     "GET /v1/callbacks": (_list_callbacks, "job"),
     "POST /v1/callbacks:retry": (_retry_callbacks, "delivery"),
     "GET /v1/audit": (_list_audit, "job"),
+    "POST /v1/memory:search": (_search_memory, "job"),
+    "POST /v1/memory": (_put_memory, "job"),
     "POST /v1/jobs": (_schedule("/v1/jobs"), "request_id"),
     "POST /schedule": (_schedule("/schedule"), "legacy_request_id"),
     "POST /v1/jobs:batchSchedule": (_batch_schedule, "batch_request_id"),

@@ -20,6 +20,7 @@ from cpa.scheduler.v1 import (
     callback_pb2,
     job_event_pb2,
     job_pb2,
+    memory_pb2,
     scheduler_service_pb2,
     scheduler_service_pb2_grpc,
 )
@@ -451,6 +452,28 @@ class SchedulerClient:
     ) -> scheduler_service_pb2.PreviewPlanResponse:
         request = scheduler_service_pb2.PreviewPlanRequest(spec=spec)
         return await self._call(self._stub.PreviewPlan, request)
+
+    async def search_memory(
+        self,
+        text: str,
+        *,
+        k: int = 0,
+        outcome: memory_pb2.MemoryOutcome.ValueType = memory_pb2.MEMORY_OUTCOME_UNSPECIFIED,
+    ) -> list[memory_pb2.MemoryHit]:
+        """The tenant's remembered jobs closest in meaning to `text`, most similar first (k 0:
+        the server's 5; outcome 0: either)."""
+        request = memory_pb2.SearchMemoryRequest(text=text, k=k, outcome=outcome)
+        response = await _unary(
+            self._stub.SearchMemory(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return list(response.hits)
+
+    async def put_memory(self, request: memory_pb2.PutMemoryRequest) -> memory_pb2.MemoryRecord:
+        """Add a record to the tenant's memory; returns it as stored (with its id)."""
+        response = await _unary(
+            self._stub.PutMemory(request, metadata=self._metadata, timeout=self._timeout_s)
+        )
+        return response.record
 
     async def list_agents(
         self, *, filter: str = "", page_size: int = 0

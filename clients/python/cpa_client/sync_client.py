@@ -128,4 +128,6 @@ class SyncSchedulerClient:
     list_audit_entries = _iterate(SchedulerClient.list_audit_entries)
     send_message = _call(SchedulerClient.send_message)
     preview_plan = _call(SchedulerClient.preview_plan)
+    search_memory = _call(SchedulerClient.search_memory)
+    put_memory = _call(SchedulerClient.put_memory)
     list_agents = _iterate(SchedulerClient.list_agents)

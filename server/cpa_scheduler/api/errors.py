@@ -92,6 +92,7 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         Reason.STORE_UNAVAILABLE: _Code.UNAVAILABLE,
         # The language model is down, rate-limited or slow: the same call may succeed later.
         Reason.LLM_UNAVAILABLE: _Code.UNAVAILABLE,
+        Reason.MEMORY_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.INTERNAL: _Code.INTERNAL,
         # The gateway's: the HTTP status it answers with is its meaning (404, 405).
         Reason.UNKNOWN_METHOD: _Code.NOT_FOUND,
@@ -173,6 +174,7 @@ REASON_CODES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyType(
         Reason.LLM_OUTPUT_TRUNCATED: _Code.FAILED_PRECONDITION,
         Reason.LLM_BAD_ANSWER: _Code.FAILED_PRECONDITION,
         Reason.LLM_NOT_CONFIGURED: _Code.FAILED_PRECONDITION,
+        Reason.MEMORY_DISABLED: _Code.FAILED_PRECONDITION,
     }
 )
 

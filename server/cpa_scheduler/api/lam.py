@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import uuid
 from datetime import UTC, datetime
 
@@ -29,6 +30,7 @@ from cpa_scheduler.domain import (
     SourceKind,
     check_credential_refs,
 )
+from cpa_scheduler.memory.interface import ConversationEntry, ConversationMemory
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.planning import IntentRequest, PlanRequest, TextRequest, TodoRequest
 from cpa_scheduler.settings import Settings
@@ -36,6 +38,8 @@ from cpa_scheduler.storage import StoredMessage
 
 from . import convert, proto_values
 from .audit_calls import refused
+
+log = logging.getLogger(__name__)
 
 SCHEDULER_SENDER = "agent://cpa-scheduler"
 _PREFIX = "PERFORMATIVE_"
@@ -73,9 +77,15 @@ class LamHandler:
     """Turns inbound LAM messages into actions and replies; stores both in the conversation."""
 
     def __init__(
-        self, *, orchestrator: Orchestrator, settings: Settings, audit_log: AuditLog | None = None
+        self,
+        *,
+        orchestrator: Orchestrator,
+        settings: Settings,
+        audit_log: AuditLog | None = None,
+        conversations: ConversationMemory | None = None,
     ) -> None:
         self._orchestrator = orchestrator
+        self._conversations = conversations
         self._audit_log = audit_log
         self._settings = settings
         self._callback_policy = AddressPolicy.of(
@@ -136,7 +146,33 @@ class LamHandler:
             reply = await self._acknowledge(message, tenant, conversation_id)
         await self._store(message, tenant, conversation_id, job_id, inbound=True)
         await self._store(reply, tenant, conversation_id, job_id, inbound=False)
+        await self._remember(message, reply, tenant, conversation_id, job_id)
         return reply
+
+    async def _remember(
+        self,
+        message: lam.LamMessage,
+        reply: lam.LamMessage,
+        tenant: str,
+        conversation_id: str,
+        job_id: str,
+    ) -> None:
+        """The exchange in the conversation's short-term memory, for the planner. Best effort:
+        the messages are stored already, and a memory outage must not fail the call."""
+        if self._conversations is None:
+            return
+        try:
+            for sent, role in ((message, "user"), (reply, "scheduler")):
+                performative = lam.Performative.Name(sent.performative).removeprefix(_PREFIX)
+                text = sent.request.text if sent.HasField("request") else performative.lower()
+                data = {"message_id": sent.id, "performative": performative, "job_id": job_id}
+                await self._conversations.append(
+                    tenant,
+                    conversation_id,
+                    ConversationEntry(role=role, text=text, data=data),  # type: ignore[arg-type]
+                )
+        except Exception:
+            log.warning("conversation %s not remembered", conversation_id, exc_info=True)
 
     # -- checks -------------------------------------------------------------------------------
 

@@ -13,7 +13,13 @@ from typing import Any
 import grpc.aio
 from google.protobuf.message import Message
 
-from cpa.scheduler.v1 import audit_pb2, callback_pb2, job_pb2, scheduler_service_pb2_grpc
+from cpa.scheduler.v1 import (
+    audit_pb2,
+    callback_pb2,
+    job_pb2,
+    memory_pb2,
+    scheduler_service_pb2_grpc,
+)
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa_scheduler.artifacts import Artifacts
 from cpa_scheduler.audit import AuditLog
@@ -56,6 +62,7 @@ from .list_filter import (
     parse_agent_filter,
     parse_job_filter,
 )
+from .memory_calls import MemoryCalls
 from .page_token import PageTokens, fingerprint_query, page_size
 from .rate_limiter import charge_more
 from .watch import JobWatch
@@ -155,7 +162,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         callbacks: CallbackOutbox,
         audit_log: AuditLog,
         credentials: CredentialWatch | None = None,
+        memory: MemoryCalls | None = None,
     ) -> None:
+        self._memory = memory or MemoryCalls(None, text_max_bytes=settings.memory_text_max_bytes)
         self._audit_log = audit_log
         self._credentials = credentials
         self._artifacts = artifacts
@@ -514,3 +523,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             log=self._audit_log,
             page_tokens=self._page_tokens,
         )
+
+    @translate_errors
+    async def SearchMemory(
+        self, request: memory_pb2.SearchMemoryRequest, context: Context
+    ) -> memory_pb2.SearchMemoryResponse:
+        return await self._memory.search_memory(request, self._tenant(context))
+
+    @translate_errors
+    async def PutMemory(
+        self, request: memory_pb2.PutMemoryRequest, context: Context
+    ) -> memory_pb2.PutMemoryResponse:
+        return await self._memory.put_memory(request, self._tenant(context))

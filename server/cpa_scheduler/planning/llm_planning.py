@@ -14,6 +14,7 @@ Only TextRequest reaches this module: ToDos and intent names never wait for the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 # How many similar memories the planner shows the model, and conversation entries.
 MEMORY_HITS = 5
 CONVERSATION_ENTRIES = 20
+
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +132,30 @@ class LLMPlanning:
     async def classify(self, text: str, *, timeout_s: float) -> Classification:
         return await self._router.classify(text, timeout_s=timeout_s)
 
+    async def _recall(
+        self, text: str, situation: Situation, timeout_s: float
+    ) -> tuple[Sequence[Any], Sequence[Any]]:
+        """Similar past jobs and the conversation's recent entries, for the prompt. Best
+        effort: a memory that fails or is slow (half the planning time at most) costs the
+        prompt its examples, never the request."""
+        memories: Sequence[Any] = ()
+        conversation: Sequence[Any] = ()
+        if not situation.tenant:
+            return memories, conversation
+        try:
+            async with asyncio.timeout(timeout_s / 2):
+                if self.memories.semantic is not None:
+                    memories = await self.memories.semantic.search(
+                        situation.tenant, text, k=MEMORY_HITS
+                    )
+                if situation.conversation_id and self.memories.conversation is not None:
+                    conversation = await self.memories.conversation.recent(
+                        situation.tenant, situation.conversation_id, limit=CONVERSATION_ENTRIES
+                    )
+        except Exception as error:  # any memory failure: plan without it
+            _log.warning("planning without memory: %s", error)
+        return memories, conversation
+
     async def plan_tasks(
         self,
         text: str,
@@ -143,18 +171,7 @@ class LLMPlanning:
         actions = (
             await situation.agents() if situation.agents is not None else ActionCatalog.build()
         )
-        memories: Sequence[Any] = ()
-        conversation: Sequence[Any] = ()
-        if situation.tenant and self.memories.semantic is not None:
-            memories = await self.memories.semantic.search(situation.tenant, text, k=MEMORY_HITS)
-        if (
-            situation.tenant
-            and situation.conversation_id
-            and self.memories.conversation is not None
-        ):
-            conversation = await self.memories.conversation.recent(
-                situation.tenant, situation.conversation_id, limit=CONVERSATION_ENTRIES
-            )
+        memories, conversation = await self._recall(text, situation, timeout_s)
         try:
             async with asyncio.timeout(timeout_s):
                 return await self._planner.plan(

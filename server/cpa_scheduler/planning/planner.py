@@ -105,6 +105,12 @@ class Planner:
         self._max_tasks = max_tasks
         self._llm = llm
 
+    def use_memories(self, memories: Memories) -> None:
+        """Let the model's planning read these memories (opened after the planner, with the
+        store): similar past jobs as examples and warnings, the conversation as context."""
+        if self._llm is not None:
+            self._llm.memories = memories
+
     @classmethod
     def from_settings(
         cls,

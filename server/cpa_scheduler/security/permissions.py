@@ -64,6 +64,10 @@ METHOD_PERMISSIONS: Final[Mapping[str, Permission]] = MappingProxyType(
         # retry of what the caller's jobs already sent, not of any job, so not jobs.redrive.
         _SCHEDULER + "RetryCallbacks": Permission.JOBS_RETRY,
         _SCHEDULER + "ListAuditEntries": Permission.AUDIT_READ,
+        # Memory is the tenant's finished jobs (docs/MEMORY.md): reading it is reading jobs;
+        # adding a record steers what the planner proposes, as much as submitting does.
+        _SCHEDULER + "SearchMemory": Permission.JOBS_READ,
+        _SCHEDULER + "PutMemory": Permission.JOBS_SUBMIT,
         _EXECUTOR + "Connect": Permission.AGENT_CONNECT,
         _EXECUTOR + "UploadArtifact": Permission.AGENT_CONNECT,
         _EXECUTOR + "DownloadArtifact": Permission.AGENT_CONNECT,

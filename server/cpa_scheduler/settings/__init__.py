@@ -15,6 +15,7 @@ from .callbacks import CallbackSettings
 from .gateway import GatewaySettings
 from .jobs import JobSettings
 from .llm import LLMSettings
+from .memory import MemorySettings
 from .planning import DEFAULT_INTENTS_PATH, PlanningSettings
 from .planning_llm import PlanningLLMSettings
 from .security import SecuritySettings
@@ -36,6 +37,7 @@ class Settings(
     GatewaySettings,
     LLMSettings,
     MetricsSettings,
+    MemorySettings,
 ):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
 

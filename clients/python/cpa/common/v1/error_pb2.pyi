@@ -331,6 +331,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     CPA_PLANNING_LLM_CONCURRENCY allows: RESOURCE_EXHAUSTED, refused at once (not queued), with
     a RetryInfo of 1 s. Requests with ToDos or an intent name never wait for the model.
     """
+    ERROR_REASON_MEMORY_DISABLED: _ErrorReason.ValueType  # 180
+    """SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
+    FAILED_PRECONDITION.
+    """
+    ERROR_REASON_MEMORY_UNAVAILABLE: _ErrorReason.ValueType  # 181
+    """SearchMemory, PutMemory: the embedder or the memory's store failed (a model provider
+    down, the database unreachable): UNAVAILABLE, nothing stored; retry with backoff.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -644,6 +652,14 @@ ERROR_REASON_PLANNING_BUSY: ErrorReason.ValueType  # 176
 """More free-text requests are being planned by the language model on this replica than
 CPA_PLANNING_LLM_CONCURRENCY allows: RESOURCE_EXHAUSTED, refused at once (not queued), with
 a RetryInfo of 1 s. Requests with ToDos or an intent name never wait for the model.
+"""
+ERROR_REASON_MEMORY_DISABLED: ErrorReason.ValueType  # 180
+"""SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
+FAILED_PRECONDITION.
+"""
+ERROR_REASON_MEMORY_UNAVAILABLE: ErrorReason.ValueType  # 181
+"""SearchMemory, PutMemory: the embedder or the memory's store failed (a model provider
+down, the database unreachable): UNAVAILABLE, nothing stored; retry with backoff.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

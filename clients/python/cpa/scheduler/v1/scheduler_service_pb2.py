@@ -31,13 +31,14 @@ from cpa.scheduler.v1 import audit_pb2 as cpa_dot_scheduler_dot_v1_dot_audit__pb
 from cpa.scheduler.v1 import callback_pb2 as cpa_dot_scheduler_dot_v1_dot_callback__pb2
 from cpa.scheduler.v1 import job_pb2 as cpa_dot_scheduler_dot_v1_dot_job__pb2
 from cpa.scheduler.v1 import job_event_pb2 as cpa_dot_scheduler_dot_v1_dot_job__event__pb2
+from cpa.scheduler.v1 import memory_pb2 as cpa_dot_scheduler_dot_v1_dot_memory__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(cpa/scheduler/v1/scheduler_service.proto\x12\x10\x63pa.scheduler.v1\x1a\x1c\x63pa/common/v1/artifact.proto\x1a\x19\x63pa/common/v1/error.proto\x1a\x18\x63pa/common/v1/todo.proto\x1a\x1c\x63pa/lam/v1/lam_message.proto\x1a\x1c\x63pa/scheduler/v1/agent.proto\x1a\x1c\x63pa/scheduler/v1/audit.proto\x1a\x1f\x63pa/scheduler/v1/callback.proto\x1a\x1a\x63pa/scheduler/v1/job.proto\x1a cpa/scheduler/v1/job_event.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x14ListArtifactsRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"C\n\x15ListArtifactsResponse\x12*\n\tartifacts\x18\x01 \x03(\x0b\x32\x17.cpa.common.v1.Artifact\"J\n\x17\x44ownloadArtifactRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x61rtifact_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"`\n\x18\x44ownloadArtifactResponse\x12+\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x17.cpa.common.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\x80\x01\n\x12ScheduleJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x19.cpa.scheduler.v1.JobSpecB\x04\xe2\x41\x01\x02\x12\'\n\x04view\x18\x03 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"J\n\x13ScheduleJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x81\x01\n\x18\x42\x61tchScheduleJobsRequest\x12<\n\x08requests\x18\x01 \x03(\x0b\x32$.cpa.scheduler.v1.ScheduleJobRequestB\x04\xe2\x41\x01\x02\x12\'\n\x04view\x18\x02 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"U\n\x19\x42\x61tchScheduleJobsResponse\x12\x38\n\tresponses\x18\x01 \x03(\x0b\x32%.cpa.scheduler.v1.ScheduleJobResponse\"N\n\rGetJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x04view\x18\x02 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"q\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\'\n\x04view\x18\x04 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.cpa.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x10\x43\x61ncelJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\'\n\x04view\x18\x03 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"P\n\x0fRetryJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x04view\x18\x02 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"6\n\x10RetryJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"E\n\x10RetryJobsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"X\n\x11RetryJobsResponse\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12\x32\n\x0cskipped_jobs\x18\x02 \x03(\x0b\x32\x1c.cpa.scheduler.v1.SkippedJob\"Y\n\nSkippedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x06reason\x18\x02 \x01(\x0e\x32\x1a.cpa.common.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"?\n\x0fWatchJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"l\n\x10WatchJobResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.cpa.scheduler.v1.JobEvent\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x12SendMessageRequest\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x16.cpa.lam.v1.LamMessageB\x04\xe2\x41\x01\x02\"<\n\x13SendMessageResponse\x12%\n\x05reply\x18\x01 \x01(\x0b\x32\x16.cpa.lam.v1.LamMessage\"C\n\x12PreviewPlanRequest\x12-\n\x04spec\x18\x01 \x01(\x0b\x32\x19.cpa.scheduler.v1.JobSpecB\x04\xe2\x41\x01\x02\"/\n\x0eRouteCandidate\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\xab\x03\n\x13PreviewPlanResponse\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x05todos\x18\x03 \x03(\x0b\x32\x13.cpa.common.v1.ToDo\x12,\n\x07\x62\x61tches\x18\x04 \x03(\x0b\x32\x1b.cpa.scheduler.v1.TaskBatch\x12\x34\n\ncandidates\x18\x05 \x03(\x0b\x32 .cpa.scheduler.v1.RouteCandidate\x12\x12\n\ndecided_by\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x07 \x01(\t\x12\x11\n\treasoning\x18\x08 \x01(\t\x12/\n\x08\x61ttempts\x18\t \x03(\x0b\x32\x1d.cpa.scheduler.v1.PlanAttempt\x12/\n\x05usage\x18\n \x01(\x0b\x32 .cpa.scheduler.v1.PlanTokenUsage\x12-\n\x07prompts\x18\x0b \x03(\x0b\x32\x1c.cpa.scheduler.v1.PlanPrompt\"\x87\x01\n\x0bPlanAttempt\x12/\n\x08problems\x18\x01 \x03(\x0b\x32\x1d.cpa.scheduler.v1.PlanProblem\x12\x16\n\x0etotal_problems\x18\x02 \x01(\x05\x12/\n\x05usage\x18\x03 \x01(\x0b\x32 .cpa.scheduler.v1.PlanTokenUsage\"-\n\x0bPlanProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"B\n\x0ePlanTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\"Q\n\nPlanPrompt\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x08messages\x18\x02 \x03(\x0b\x32#.cpa.scheduler.v1.PlanPromptMessage\"2\n\x11PlanPromptMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x1d\n\tTaskBatch\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"J\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"V\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.cpa.scheduler.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa5\x10\n\x10SchedulerService\x12\x7f\n\x0bScheduleJob\x12$.cpa.scheduler.v1.ScheduleJobRequest\x1a%.cpa.scheduler.v1.ScheduleJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x08/v1/jobs:\x01*Z\x0e\"\t/schedule:\x01*\x12\x8f\x01\n\x11\x42\x61tchScheduleJobs\x12*.cpa.scheduler.v1.BatchScheduleJobsRequest\x1a+.cpa.scheduler.v1.BatchScheduleJobsResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/jobs:batchSchedule:\x01*\x12\x66\n\x06GetJob\x12\x1f.cpa.scheduler.v1.GetJobRequest\x1a .cpa.scheduler.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/jobs/{job_id}\x12\x63\n\x08ListJobs\x12!.cpa.scheduler.v1.ListJobsRequest\x1a\".cpa.scheduler.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x8b\x01\n\tCancelJob\x12\".cpa.scheduler.v1.CancelJobRequest\x1a#.cpa.scheduler.v1.CancelJobResponse\"5\x82\xd3\xe4\x93\x02/\"\x18/v1/jobs/{job_id}:cancel:\x01*Z\x10*\x0e/jobs/{job_id}\x12u\n\x08RetryJob\x12!.cpa.scheduler.v1.RetryJobRequest\x1a\".cpa.scheduler.v1.RetryJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/jobs/{job_id}:retry:\x01*\x12o\n\tRetryJobs\x12\".cpa.scheduler.v1.RetryJobsRequest\x1a#.cpa.scheduler.v1.RetryJobsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/jobs:retry:\x01*\x12t\n\x08WatchJob\x12!.cpa.scheduler.v1.WatchJobRequest\x1a\".cpa.scheduler.v1.WatchJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/jobs/{job_id}:watch0\x01\x12\xae\x01\n\x0bSendMessage\x12$.cpa.scheduler.v1.SendMessageRequest\x1a%.cpa.scheduler.v1.SendMessageResponse\"R\x82\xd3\xe4\x93\x02L\"\x11/v1/messages:send:\x01*Z\x1b\"\x10/v1/lam/messages:\x07messageZ\x17\"\x0c/lam/message:\x07message\x12x\n\x0bPreviewPlan\x12$.cpa.scheduler.v1.PreviewPlanRequest\x1a%.cpa.scheduler.v1.PreviewPlanResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/plans:preview:\x01*\x12k\n\nListAgents\x12#.cpa.scheduler.v1.ListAgentsRequest\x1a$.cpa.scheduler.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/agents\x12\x85\x01\n\rListArtifacts\x12&.cpa.scheduler.v1.ListArtifactsRequest\x1a\'.cpa.scheduler.v1.ListArtifactsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/jobs/{job_id}/artifacts\x12\xa7\x01\n\x10\x44ownloadArtifact\x12).cpa.scheduler.v1.DownloadArtifactRequest\x1a*.cpa.scheduler.v1.DownloadArtifactResponse\":\x82\xd3\xe4\x93\x02\x34\x12\x32/v1/jobs/{job_id}/artifacts/{artifact_id}:download0\x01\x12w\n\rListCallbacks\x12&.cpa.scheduler.v1.ListCallbacksRequest\x1a\'.cpa.scheduler.v1.ListCallbacksResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/callbacks\x12\x83\x01\n\x0eRetryCallbacks\x12\'.cpa.scheduler.v1.RetryCallbacksRequest\x1a(.cpa.scheduler.v1.RetryCallbacksResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/callbacks:retry:\x01*\x12|\n\x10ListAuditEntries\x12).cpa.scheduler.v1.ListAuditEntriesRequest\x1a*.cpa.scheduler.v1.ListAuditEntriesResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/auditb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(cpa/scheduler/v1/scheduler_service.proto\x12\x10\x63pa.scheduler.v1\x1a\x1c\x63pa/common/v1/artifact.proto\x1a\x19\x63pa/common/v1/error.proto\x1a\x18\x63pa/common/v1/todo.proto\x1a\x1c\x63pa/lam/v1/lam_message.proto\x1a\x1c\x63pa/scheduler/v1/agent.proto\x1a\x1c\x63pa/scheduler/v1/audit.proto\x1a\x1f\x63pa/scheduler/v1/callback.proto\x1a\x1a\x63pa/scheduler/v1/job.proto\x1a cpa/scheduler/v1/job_event.proto\x1a\x1d\x63pa/scheduler/v1/memory.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x14ListArtifactsRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"C\n\x15ListArtifactsResponse\x12*\n\tartifacts\x18\x01 \x03(\x0b\x32\x17.cpa.common.v1.Artifact\"J\n\x17\x44ownloadArtifactRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x61rtifact_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"`\n\x18\x44ownloadArtifactResponse\x12+\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x17.cpa.common.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\x80\x01\n\x12ScheduleJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x19.cpa.scheduler.v1.JobSpecB\x04\xe2\x41\x01\x02\x12\'\n\x04view\x18\x03 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"J\n\x13ScheduleJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x81\x01\n\x18\x42\x61tchScheduleJobsRequest\x12<\n\x08requests\x18\x01 \x03(\x0b\x32$.cpa.scheduler.v1.ScheduleJobRequestB\x04\xe2\x41\x01\x02\x12\'\n\x04view\x18\x02 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"U\n\x19\x42\x61tchScheduleJobsResponse\x12\x38\n\tresponses\x18\x01 \x03(\x0b\x32%.cpa.scheduler.v1.ScheduleJobResponse\"N\n\rGetJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x04view\x18\x02 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"q\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\'\n\x04view\x18\x04 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.cpa.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x10\x43\x61ncelJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\'\n\x04view\x18\x03 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"P\n\x0fRetryJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x04view\x18\x02 \x01(\x0e\x32\x19.cpa.scheduler.v1.JobView\"6\n\x10RetryJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.cpa.scheduler.v1.Job\"E\n\x10RetryJobsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"X\n\x11RetryJobsResponse\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12\x32\n\x0cskipped_jobs\x18\x02 \x03(\x0b\x32\x1c.cpa.scheduler.v1.SkippedJob\"Y\n\nSkippedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x06reason\x18\x02 \x01(\x0e\x32\x1a.cpa.common.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"?\n\x0fWatchJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"l\n\x10WatchJobResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.cpa.scheduler.v1.JobEvent\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x12SendMessageRequest\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x16.cpa.lam.v1.LamMessageB\x04\xe2\x41\x01\x02\"<\n\x13SendMessageResponse\x12%\n\x05reply\x18\x01 \x01(\x0b\x32\x16.cpa.lam.v1.LamMessage\"C\n\x12PreviewPlanRequest\x12-\n\x04spec\x18\x01 \x01(\x0b\x32\x19.cpa.scheduler.v1.JobSpecB\x04\xe2\x41\x01\x02\"/\n\x0eRouteCandidate\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\xab\x03\n\x13PreviewPlanResponse\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x05todos\x18\x03 \x03(\x0b\x32\x13.cpa.common.v1.ToDo\x12,\n\x07\x62\x61tches\x18\x04 \x03(\x0b\x32\x1b.cpa.scheduler.v1.TaskBatch\x12\x34\n\ncandidates\x18\x05 \x03(\x0b\x32 .cpa.scheduler.v1.RouteCandidate\x12\x12\n\ndecided_by\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x07 \x01(\t\x12\x11\n\treasoning\x18\x08 \x01(\t\x12/\n\x08\x61ttempts\x18\t \x03(\x0b\x32\x1d.cpa.scheduler.v1.PlanAttempt\x12/\n\x05usage\x18\n \x01(\x0b\x32 .cpa.scheduler.v1.PlanTokenUsage\x12-\n\x07prompts\x18\x0b \x03(\x0b\x32\x1c.cpa.scheduler.v1.PlanPrompt\"\x87\x01\n\x0bPlanAttempt\x12/\n\x08problems\x18\x01 \x03(\x0b\x32\x1d.cpa.scheduler.v1.PlanProblem\x12\x16\n\x0etotal_problems\x18\x02 \x01(\x05\x12/\n\x05usage\x18\x03 \x01(\x0b\x32 .cpa.scheduler.v1.PlanTokenUsage\"-\n\x0bPlanProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"B\n\x0ePlanTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\"Q\n\nPlanPrompt\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x08messages\x18\x02 \x03(\x0b\x32#.cpa.scheduler.v1.PlanPromptMessage\"2\n\x11PlanPromptMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x1d\n\tTaskBatch\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"J\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"V\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.cpa.scheduler.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8f\x12\n\x10SchedulerService\x12\x7f\n\x0bScheduleJob\x12$.cpa.scheduler.v1.ScheduleJobRequest\x1a%.cpa.scheduler.v1.ScheduleJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x08/v1/jobs:\x01*Z\x0e\"\t/schedule:\x01*\x12\x8f\x01\n\x11\x42\x61tchScheduleJobs\x12*.cpa.scheduler.v1.BatchScheduleJobsRequest\x1a+.cpa.scheduler.v1.BatchScheduleJobsResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/jobs:batchSchedule:\x01*\x12\x66\n\x06GetJob\x12\x1f.cpa.scheduler.v1.GetJobRequest\x1a .cpa.scheduler.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/jobs/{job_id}\x12\x63\n\x08ListJobs\x12!.cpa.scheduler.v1.ListJobsRequest\x1a\".cpa.scheduler.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x8b\x01\n\tCancelJob\x12\".cpa.scheduler.v1.CancelJobRequest\x1a#.cpa.scheduler.v1.CancelJobResponse\"5\x82\xd3\xe4\x93\x02/\"\x18/v1/jobs/{job_id}:cancel:\x01*Z\x10*\x0e/jobs/{job_id}\x12u\n\x08RetryJob\x12!.cpa.scheduler.v1.RetryJobRequest\x1a\".cpa.scheduler.v1.RetryJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/jobs/{job_id}:retry:\x01*\x12o\n\tRetryJobs\x12\".cpa.scheduler.v1.RetryJobsRequest\x1a#.cpa.scheduler.v1.RetryJobsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/jobs:retry:\x01*\x12t\n\x08WatchJob\x12!.cpa.scheduler.v1.WatchJobRequest\x1a\".cpa.scheduler.v1.WatchJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/jobs/{job_id}:watch0\x01\x12\xae\x01\n\x0bSendMessage\x12$.cpa.scheduler.v1.SendMessageRequest\x1a%.cpa.scheduler.v1.SendMessageResponse\"R\x82\xd3\xe4\x93\x02L\"\x11/v1/messages:send:\x01*Z\x1b\"\x10/v1/lam/messages:\x07messageZ\x17\"\x0c/lam/message:\x07message\x12x\n\x0bPreviewPlan\x12$.cpa.scheduler.v1.PreviewPlanRequest\x1a%.cpa.scheduler.v1.PreviewPlanResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/plans:preview:\x01*\x12k\n\nListAgents\x12#.cpa.scheduler.v1.ListAgentsRequest\x1a$.cpa.scheduler.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/agents\x12\x85\x01\n\rListArtifacts\x12&.cpa.scheduler.v1.ListArtifactsRequest\x1a\'.cpa.scheduler.v1.ListArtifactsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/jobs/{job_id}/artifacts\x12\xa7\x01\n\x10\x44ownloadArtifact\x12).cpa.scheduler.v1.DownloadArtifactRequest\x1a*.cpa.scheduler.v1.DownloadArtifactResponse\":\x82\xd3\xe4\x93\x02\x34\x12\x32/v1/jobs/{job_id}/artifacts/{artifact_id}:download0\x01\x12w\n\rListCallbacks\x12&.cpa.scheduler.v1.ListCallbacksRequest\x1a\'.cpa.scheduler.v1.ListCallbacksResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/callbacks\x12\x83\x01\n\x0eRetryCallbacks\x12\'.cpa.scheduler.v1.RetryCallbacksRequest\x1a(.cpa.scheduler.v1.RetryCallbacksResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/callbacks:retry:\x01*\x12|\n\x10ListAuditEntries\x12).cpa.scheduler.v1.ListAuditEntriesRequest\x1a*.cpa.scheduler.v1.ListAuditEntriesResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/audit\x12{\n\x0cSearchMemory\x12%.cpa.scheduler.v1.SearchMemoryRequest\x1a&.cpa.scheduler.v1.SearchMemoryResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/memory:search:\x01*\x12k\n\tPutMemory\x12\".cpa.scheduler.v1.PutMemoryRequest\x1a#.cpa.scheduler.v1.PutMemoryResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/memory:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -98,74 +99,78 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULERSERVICE'].methods_by_name['RetryCallbacks']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/callbacks:retry:\001*'
   _globals['_SCHEDULERSERVICE'].methods_by_name['ListAuditEntries']._loaded_options = None
   _globals['_SCHEDULERSERVICE'].methods_by_name['ListAuditEntries']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/audit'
-  _globals['_LISTARTIFACTSREQUEST']._serialized_start=456
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=517
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=519
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=586
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=588
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=662
-  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=664
-  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=760
-  _globals['_SCHEDULEJOBREQUEST']._serialized_start=763
-  _globals['_SCHEDULEJOBREQUEST']._serialized_end=891
-  _globals['_SCHEDULEJOBRESPONSE']._serialized_start=893
-  _globals['_SCHEDULEJOBRESPONSE']._serialized_end=967
-  _globals['_BATCHSCHEDULEJOBSREQUEST']._serialized_start=970
-  _globals['_BATCHSCHEDULEJOBSREQUEST']._serialized_end=1099
-  _globals['_BATCHSCHEDULEJOBSRESPONSE']._serialized_start=1101
-  _globals['_BATCHSCHEDULEJOBSRESPONSE']._serialized_end=1186
-  _globals['_GETJOBREQUEST']._serialized_start=1188
-  _globals['_GETJOBREQUEST']._serialized_end=1266
-  _globals['_GETJOBRESPONSE']._serialized_start=1268
-  _globals['_GETJOBRESPONSE']._serialized_end=1320
-  _globals['_LISTJOBSREQUEST']._serialized_start=1322
-  _globals['_LISTJOBSREQUEST']._serialized_end=1435
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1437
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1517
-  _globals['_CANCELJOBREQUEST']._serialized_start=1519
-  _globals['_CANCELJOBREQUEST']._serialized_end=1616
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1618
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1673
-  _globals['_RETRYJOBREQUEST']._serialized_start=1675
-  _globals['_RETRYJOBREQUEST']._serialized_end=1755
-  _globals['_RETRYJOBRESPONSE']._serialized_start=1757
-  _globals['_RETRYJOBRESPONSE']._serialized_end=1811
-  _globals['_RETRYJOBSREQUEST']._serialized_start=1813
-  _globals['_RETRYJOBSREQUEST']._serialized_end=1882
-  _globals['_RETRYJOBSRESPONSE']._serialized_start=1884
-  _globals['_RETRYJOBSRESPONSE']._serialized_end=1972
-  _globals['_SKIPPEDJOB']._serialized_start=1974
-  _globals['_SKIPPEDJOB']._serialized_end=2063
-  _globals['_WATCHJOBREQUEST']._serialized_start=2065
-  _globals['_WATCHJOBREQUEST']._serialized_end=2128
-  _globals['_WATCHJOBRESPONSE']._serialized_start=2130
-  _globals['_WATCHJOBRESPONSE']._serialized_end=2238
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=2240
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=2307
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=2309
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=2369
-  _globals['_PREVIEWPLANREQUEST']._serialized_start=2371
-  _globals['_PREVIEWPLANREQUEST']._serialized_end=2438
-  _globals['_ROUTECANDIDATE']._serialized_start=2440
-  _globals['_ROUTECANDIDATE']._serialized_end=2487
-  _globals['_PREVIEWPLANRESPONSE']._serialized_start=2490
-  _globals['_PREVIEWPLANRESPONSE']._serialized_end=2917
-  _globals['_PLANATTEMPT']._serialized_start=2920
-  _globals['_PLANATTEMPT']._serialized_end=3055
-  _globals['_PLANPROBLEM']._serialized_start=3057
-  _globals['_PLANPROBLEM']._serialized_end=3102
-  _globals['_PLANTOKENUSAGE']._serialized_start=3104
-  _globals['_PLANTOKENUSAGE']._serialized_end=3170
-  _globals['_PLANPROMPT']._serialized_start=3172
-  _globals['_PLANPROMPT']._serialized_end=3253
-  _globals['_PLANPROMPTMESSAGE']._serialized_start=3255
-  _globals['_PLANPROMPTMESSAGE']._serialized_end=3305
-  _globals['_TASKBATCH']._serialized_start=3307
-  _globals['_TASKBATCH']._serialized_end=3336
-  _globals['_LISTAGENTSREQUEST']._serialized_start=3338
-  _globals['_LISTAGENTSREQUEST']._serialized_end=3412
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=3414
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=3500
-  _globals['_SCHEDULERSERVICE']._serialized_start=3503
-  _globals['_SCHEDULERSERVICE']._serialized_end=5588
+  _globals['_SCHEDULERSERVICE'].methods_by_name['SearchMemory']._loaded_options = None
+  _globals['_SCHEDULERSERVICE'].methods_by_name['SearchMemory']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/memory:search:\001*'
+  _globals['_SCHEDULERSERVICE'].methods_by_name['PutMemory']._loaded_options = None
+  _globals['_SCHEDULERSERVICE'].methods_by_name['PutMemory']._serialized_options = b'\202\323\344\223\002\017\"\n/v1/memory:\001*'
+  _globals['_LISTARTIFACTSREQUEST']._serialized_start=487
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=548
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=550
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=617
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=619
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=693
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=695
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=791
+  _globals['_SCHEDULEJOBREQUEST']._serialized_start=794
+  _globals['_SCHEDULEJOBREQUEST']._serialized_end=922
+  _globals['_SCHEDULEJOBRESPONSE']._serialized_start=924
+  _globals['_SCHEDULEJOBRESPONSE']._serialized_end=998
+  _globals['_BATCHSCHEDULEJOBSREQUEST']._serialized_start=1001
+  _globals['_BATCHSCHEDULEJOBSREQUEST']._serialized_end=1130
+  _globals['_BATCHSCHEDULEJOBSRESPONSE']._serialized_start=1132
+  _globals['_BATCHSCHEDULEJOBSRESPONSE']._serialized_end=1217
+  _globals['_GETJOBREQUEST']._serialized_start=1219
+  _globals['_GETJOBREQUEST']._serialized_end=1297
+  _globals['_GETJOBRESPONSE']._serialized_start=1299
+  _globals['_GETJOBRESPONSE']._serialized_end=1351
+  _globals['_LISTJOBSREQUEST']._serialized_start=1353
+  _globals['_LISTJOBSREQUEST']._serialized_end=1466
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1468
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1548
+  _globals['_CANCELJOBREQUEST']._serialized_start=1550
+  _globals['_CANCELJOBREQUEST']._serialized_end=1647
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1649
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1704
+  _globals['_RETRYJOBREQUEST']._serialized_start=1706
+  _globals['_RETRYJOBREQUEST']._serialized_end=1786
+  _globals['_RETRYJOBRESPONSE']._serialized_start=1788
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1842
+  _globals['_RETRYJOBSREQUEST']._serialized_start=1844
+  _globals['_RETRYJOBSREQUEST']._serialized_end=1913
+  _globals['_RETRYJOBSRESPONSE']._serialized_start=1915
+  _globals['_RETRYJOBSRESPONSE']._serialized_end=2003
+  _globals['_SKIPPEDJOB']._serialized_start=2005
+  _globals['_SKIPPEDJOB']._serialized_end=2094
+  _globals['_WATCHJOBREQUEST']._serialized_start=2096
+  _globals['_WATCHJOBREQUEST']._serialized_end=2159
+  _globals['_WATCHJOBRESPONSE']._serialized_start=2161
+  _globals['_WATCHJOBRESPONSE']._serialized_end=2269
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=2271
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=2338
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=2340
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=2400
+  _globals['_PREVIEWPLANREQUEST']._serialized_start=2402
+  _globals['_PREVIEWPLANREQUEST']._serialized_end=2469
+  _globals['_ROUTECANDIDATE']._serialized_start=2471
+  _globals['_ROUTECANDIDATE']._serialized_end=2518
+  _globals['_PREVIEWPLANRESPONSE']._serialized_start=2521
+  _globals['_PREVIEWPLANRESPONSE']._serialized_end=2948
+  _globals['_PLANATTEMPT']._serialized_start=2951
+  _globals['_PLANATTEMPT']._serialized_end=3086
+  _globals['_PLANPROBLEM']._serialized_start=3088
+  _globals['_PLANPROBLEM']._serialized_end=3133
+  _globals['_PLANTOKENUSAGE']._serialized_start=3135
+  _globals['_PLANTOKENUSAGE']._serialized_end=3201
+  _globals['_PLANPROMPT']._serialized_start=3203
+  _globals['_PLANPROMPT']._serialized_end=3284
+  _globals['_PLANPROMPTMESSAGE']._serialized_start=3286
+  _globals['_PLANPROMPTMESSAGE']._serialized_end=3336
+  _globals['_TASKBATCH']._serialized_start=3338
+  _globals['_TASKBATCH']._serialized_end=3367
+  _globals['_LISTAGENTSREQUEST']._serialized_start=3369
+  _globals['_LISTAGENTSREQUEST']._serialized_end=3443
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=3445
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=3531
+  _globals['_SCHEDULERSERVICE']._serialized_start=3534
+  _globals['_SCHEDULERSERVICE']._serialized_end=5853
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ import warnings
 
 from cpa.scheduler.v1 import audit_pb2 as cpa_dot_scheduler_dot_v1_dot_audit__pb2
 from cpa.scheduler.v1 import callback_pb2 as cpa_dot_scheduler_dot_v1_dot_callback__pb2
+from cpa.scheduler.v1 import memory_pb2 as cpa_dot_scheduler_dot_v1_dot_memory__pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as cpa_dot_scheduler_dot_v1_dot_scheduler__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -140,6 +141,16 @@ class SchedulerServiceStub:
                 '/cpa.scheduler.v1.SchedulerService/ListAuditEntries',
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesRequest.SerializeToString,
                 response_deserializer=cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
+        self.SearchMemory = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/SearchMemory',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.SearchMemoryRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.SearchMemoryResponse.FromString,
+                _registered_method=True)
+        self.PutMemory = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/PutMemory',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryResponse.FromString,
                 _registered_method=True)
 
 
@@ -437,6 +448,34 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMemory(self, request, context):
+        """Searches the caller's tenant's long-term memory (docs/MEMORY.md): the k records whose text
+        is closest in meaning to `text` (cosine of embeddings), most similar first, optionally of
+        one outcome. Another tenant's records are never searched. Fewer than k when the tenant has
+        fewer; none is not an error. Errors: INVALID_ARGUMENT with MISSING_FIELD (text empty, field
+        text), TEXT_TOO_LONG (text over CPA_MEMORY_TEXT_MAX_BYTES, field text) or INVALID_FIELD
+        (k outside 0..100, field k; an unknown outcome, field outcome); FAILED_PRECONDITION
+        (MEMORY_DISABLED) when the server runs with CPA_MEMORY_ENABLED=false; UNAVAILABLE
+        (MEMORY_UNAVAILABLE) when the embedder or the memory's store failed: retry with backoff.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutMemory(self, request, context):
+        """Adds a record to the caller's tenant's long-term memory, under a new id; the planner may
+        retrieve it for similar requests. Errors: INVALID_ARGUMENT with MISSING_FIELD (text empty,
+        field text), TEXT_TOO_LONG (text over CPA_MEMORY_TEXT_MAX_BYTES, field text), INVALID_FIELD
+        (an unknown outcome, field outcome; failure_reason over 1024 bytes or set without outcome
+        FAILED, field failure_reason; job_id over 128 characters, field job_id; more than 100 plan
+        steps, field plan) or NESTING_TOO_DEEP (a plan step nested deeper than 24 levels, field
+        plan[i]); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE (MEMORY_UNAVAILABLE) as in
+        SearchMemory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -519,6 +558,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEntries,
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesRequest.FromString,
                     response_serializer=cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'SearchMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMemory,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.SearchMemoryRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.SearchMemoryResponse.SerializeToString,
+            ),
+            'PutMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutMemory,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -978,6 +1027,60 @@ class SchedulerService:
             '/cpa.scheduler.v1.SchedulerService/ListAuditEntries',
             cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesRequest.SerializeToString,
             cpa_dot_scheduler_dot_v1_dot_audit__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/SearchMemory',
+            cpa_dot_scheduler_dot_v1_dot_memory__pb2.SearchMemoryRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_memory__pb2.SearchMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/PutMemory',
+            cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

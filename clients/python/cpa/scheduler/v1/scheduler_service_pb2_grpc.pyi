@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from cpa.scheduler.v1 import audit_pb2 as _audit_pb2
 from cpa.scheduler.v1 import callback_pb2 as _callback_pb2
+from cpa.scheduler.v1 import memory_pb2 as _memory_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2 as _scheduler_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -262,6 +263,26 @@ class SchedulerServiceStub:
     time out of range, page_size negative; field named), INVALID_TIME_RANGE (end_time not
     after start_time, field end_time) or INVALID_PAGE_TOKEN (field page_token).
     """
+    SearchMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SearchMemoryRequest, _memory_pb2.SearchMemoryResponse]
+    """Searches the caller's tenant's long-term memory (docs/MEMORY.md): the k records whose text
+    is closest in meaning to `text` (cosine of embeddings), most similar first, optionally of
+    one outcome. Another tenant's records are never searched. Fewer than k when the tenant has
+    fewer; none is not an error. Errors: INVALID_ARGUMENT with MISSING_FIELD (text empty, field
+    text), TEXT_TOO_LONG (text over CPA_MEMORY_TEXT_MAX_BYTES, field text) or INVALID_FIELD
+    (k outside 0..100, field k; an unknown outcome, field outcome); FAILED_PRECONDITION
+    (MEMORY_DISABLED) when the server runs with CPA_MEMORY_ENABLED=false; UNAVAILABLE
+    (MEMORY_UNAVAILABLE) when the embedder or the memory's store failed: retry with backoff.
+    """
+    PutMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.PutMemoryRequest, _memory_pb2.PutMemoryResponse]
+    """Adds a record to the caller's tenant's long-term memory, under a new id; the planner may
+    retrieve it for similar requests. Errors: INVALID_ARGUMENT with MISSING_FIELD (text empty,
+    field text), TEXT_TOO_LONG (text over CPA_MEMORY_TEXT_MAX_BYTES, field text), INVALID_FIELD
+    (an unknown outcome, field outcome; failure_reason over 1024 bytes or set without outcome
+    FAILED, field failure_reason; job_id over 128 characters, field job_id; more than 100 plan
+    steps, field plan) or NESTING_TOO_DEEP (a plan step nested deeper than 24 levels, field
+    plan[i]); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE (MEMORY_UNAVAILABLE) as in
+    SearchMemory.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -494,6 +515,26 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     (job_id over 128 characters, principal over 256, action over 64, result over 128, a
     time out of range, page_size negative; field named), INVALID_TIME_RANGE (end_time not
     after start_time, field end_time) or INVALID_PAGE_TOKEN (field page_token).
+    """
+    SearchMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.SearchMemoryRequest, _memory_pb2.SearchMemoryResponse]  # type: ignore[assignment]
+    """Searches the caller's tenant's long-term memory (docs/MEMORY.md): the k records whose text
+    is closest in meaning to `text` (cosine of embeddings), most similar first, optionally of
+    one outcome. Another tenant's records are never searched. Fewer than k when the tenant has
+    fewer; none is not an error. Errors: INVALID_ARGUMENT with MISSING_FIELD (text empty, field
+    text), TEXT_TOO_LONG (text over CPA_MEMORY_TEXT_MAX_BYTES, field text) or INVALID_FIELD
+    (k outside 0..100, field k; an unknown outcome, field outcome); FAILED_PRECONDITION
+    (MEMORY_DISABLED) when the server runs with CPA_MEMORY_ENABLED=false; UNAVAILABLE
+    (MEMORY_UNAVAILABLE) when the embedder or the memory's store failed: retry with backoff.
+    """
+    PutMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.PutMemoryRequest, _memory_pb2.PutMemoryResponse]  # type: ignore[assignment]
+    """Adds a record to the caller's tenant's long-term memory, under a new id; the planner may
+    retrieve it for similar requests. Errors: INVALID_ARGUMENT with MISSING_FIELD (text empty,
+    field text), TEXT_TOO_LONG (text over CPA_MEMORY_TEXT_MAX_BYTES, field text), INVALID_FIELD
+    (an unknown outcome, field outcome; failure_reason over 1024 bytes or set without outcome
+    FAILED, field failure_reason; job_id over 128 characters, field job_id; more than 100 plan
+    steps, field plan) or NESTING_TOO_DEEP (a plan step nested deeper than 24 levels, field
+    plan[i]); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE (MEMORY_UNAVAILABLE) as in
+    SearchMemory.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -820,6 +861,38 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         (job_id over 128 characters, principal over 256, action over 64, result over 128, a
         time out of range, page_size negative; field named), INVALID_TIME_RANGE (end_time not
         after start_time, field end_time) or INVALID_PAGE_TOKEN (field page_token).
+        """
+
+    @_abc_1.abstractmethod
+    def SearchMemory(
+        self,
+        request: _memory_pb2.SearchMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.SearchMemoryResponse, _abc.Awaitable[_memory_pb2.SearchMemoryResponse]]:
+        """Searches the caller's tenant's long-term memory (docs/MEMORY.md): the k records whose text
+        is closest in meaning to `text` (cosine of embeddings), most similar first, optionally of
+        one outcome. Another tenant's records are never searched. Fewer than k when the tenant has
+        fewer; none is not an error. Errors: INVALID_ARGUMENT with MISSING_FIELD (text empty, field
+        text), TEXT_TOO_LONG (text over CPA_MEMORY_TEXT_MAX_BYTES, field text) or INVALID_FIELD
+        (k outside 0..100, field k; an unknown outcome, field outcome); FAILED_PRECONDITION
+        (MEMORY_DISABLED) when the server runs with CPA_MEMORY_ENABLED=false; UNAVAILABLE
+        (MEMORY_UNAVAILABLE) when the embedder or the memory's store failed: retry with backoff.
+        """
+
+    @_abc_1.abstractmethod
+    def PutMemory(
+        self,
+        request: _memory_pb2.PutMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.PutMemoryResponse, _abc.Awaitable[_memory_pb2.PutMemoryResponse]]:
+        """Adds a record to the caller's tenant's long-term memory, under a new id; the planner may
+        retrieve it for similar requests. Errors: INVALID_ARGUMENT with MISSING_FIELD (text empty,
+        field text), TEXT_TOO_LONG (text over CPA_MEMORY_TEXT_MAX_BYTES, field text), INVALID_FIELD
+        (an unknown outcome, field outcome; failure_reason over 1024 bytes or set without outcome
+        FAILED, field failure_reason; job_id over 128 characters, field job_id; more than 100 plan
+        steps, field plan) or NESTING_TOO_DEEP (a plan step nested deeper than 24 levels, field
+        plan[i]); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE (MEMORY_UNAVAILABLE) as in
+        SearchMemory.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

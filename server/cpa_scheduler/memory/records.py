@@ -1,0 +1,65 @@
+"""What both semantic stores share: checking a record or a query, and its columns."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from .interface import MemoryRecord, Outcome
+
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed")
+MAX_K = 100
+
+
+def prepared(record: MemoryRecord) -> MemoryRecord:
+    """`record` with an id and a creation time when it had none; ValueError for what no store
+    keeps (no tenant, no text, an unknown outcome)."""
+    if not record.tenant:
+        raise ValueError("a memory record needs a tenant")
+    if not record.text.strip():
+        raise ValueError("a memory record needs text")
+    if record.outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, not {record.outcome!r}")
+    return replace(
+        record,
+        memory_id=record.memory_id or uuid.uuid4().hex,
+        created_unix_s=record.created_unix_s or time.time(),
+    )
+
+
+def check_query(k: int, outcome: Outcome | None) -> None:
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be 1..{MAX_K}, not {k}")
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, not {outcome!r}")
+
+
+def plan_json(plan: Sequence[Any]) -> str:
+    return json.dumps(list(plan), separators=(",", ":"), sort_keys=True)
+
+
+def record_of(
+    memory_id: str,
+    tenant: str,
+    text: str,
+    plan: str | list[Any],
+    outcome: str,
+    failure_reason: str,
+    job_id: str,
+    created_unix_s: float,
+) -> MemoryRecord:
+    """A record from its columns (`plan` as JSON text or already decoded, as jsonb is)."""
+    return MemoryRecord(
+        memory_id=memory_id,
+        tenant=tenant,
+        text=text,
+        plan=tuple(json.loads(plan) if isinstance(plan, str) else plan),
+        outcome="failed" if outcome == "failed" else "succeeded",
+        failure_reason=failure_reason,
+        job_id=job_id,
+        created_unix_s=created_unix_s,
+    )

@@ -1,0 +1,58 @@
+"""Context memory: the conversation's short-term entries and the long-term semantic memory."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+
+class MemorySettings(BaseSettings):
+    """Memory settings (CPA_*; see Settings and docs/MEMORY.md)."""
+
+    memory_enabled: bool = Field(
+        default=True,
+        description="Remember finished jobs and serve SearchMemory/PutMemory; false turns both "
+        "off (the RPCs answer FAILED_PRECONDITION, MEMORY_DISABLED).",
+    )
+    memory_conversation_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A conversation's short-term entries are forgotten this long after its last "
+        "entry (in process in the embedded mode, a Redis TTL in the distributed one).",
+    )
+    memory_conversation_max_entries: int = Field(
+        default=50, ge=1, description="Most recent entries one conversation keeps."
+    )
+    memory_conversation_max_per_tenant: int = Field(
+        default=1000,
+        ge=1,
+        description="Embedded mode: most conversations a tenant keeps in process; a new one "
+        "drops the least recently used.",
+    )
+    memory_embedder: Literal["lexical", "provider"] = Field(
+        default="lexical",
+        description="What embeds memory's texts: `lexical` (local, deterministic, words and "
+        "trigrams hashed; no model) or `provider` (CPA_LLM_PROVIDER's embeddings).",
+    )
+    memory_embedding_dimensions: int = Field(
+        default=256,
+        ge=8,
+        le=4096,
+        description="Width of the memory's vectors: the embedder's output size (with "
+        "`provider`, CPA_LLM_EMBEDDING_DIMENSION must give it). The embedded store's file is "
+        "made for one width and refuses another.",
+    )
+    memory_text_max_bytes: int = Field(
+        default=8192,
+        ge=1,
+        description="Longest text (UTF-8 bytes) PutMemory stores or SearchMemory searches for; "
+        "longer is INVALID_ARGUMENT (MEMORY_TEXT_TOO_LONG).",
+    )
+    memory_recorder_queue: int = Field(
+        default=1000,
+        ge=1,
+        description="Finished jobs waiting to be remembered; beyond, an ending is dropped "
+        "(logged), never the job slowed.",
+    )

@@ -1,0 +1,46 @@
+"""The semantic stores under test, each on an empty state: sqlite-vec in a temporary file, and
+PostgreSQL (the float4[] fallback) in a fresh migrated database of the test server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from cpa_scheduler.memory.embedder import lexical_embedder
+from cpa_scheduler.memory.postgres_memory import PostgresMemory
+from cpa_scheduler.memory.sqlite_vec_memory import SqliteVecMemory
+from cpa_scheduler.storage import migrate
+from cpa_scheduler.storage.postgres_connections import open_pool
+
+Semantic = SqliteVecMemory | PostgresMemory
+
+
+@pytest.fixture(params=["sqlite-vec", "postgres"])
+async def semantic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Semantic]:
+    if request.param == "sqlite-vec":
+        embedded = SqliteVecMemory(tmp_path / "memory.db", lexical_embedder(64))
+        yield embedded
+        await embedded.close()
+        return
+    async with _postgres(request.getfixturevalue("postgres_database")) as distributed:
+        yield distributed
+
+
+@pytest.fixture
+async def postgres_memory(postgres_database: str) -> AsyncIterator[PostgresMemory]:
+    async with _postgres(postgres_database) as store:
+        yield store
+
+
+@asynccontextmanager
+async def _postgres(url: str) -> AsyncIterator[PostgresMemory]:
+    """The PostgreSQL store (no pgvector: float4[] and exact cosine) on a fresh database."""
+    migrate(url)
+    pool = await open_pool(url, min_size=1, max_size=2)
+    try:
+        yield PostgresMemory(pool, lexical_embedder(64))
+    finally:
+        await pool.close()
