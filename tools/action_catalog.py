@@ -25,19 +25,33 @@ def catalog() -> dict[str, Any]:
     from cpa_agent.executors.discovery import discover
 
     registry = discover().registry
+    executors: dict[str, type] = {a: type(registry.get(a)) for a in registry.actions()}
+    for executor_class in _needing_settings():
+        executors.setdefault(executor_class.action, executor_class)  # type: ignore[attr-defined]
     actions: dict[str, Any] = {}
-    for action in sorted(registry.actions()):
-        executor = registry.get(action)
-        model = getattr(executor, "params_model", None)
+    for action in sorted(executors):
+        model = getattr(executors[action], "params_model", None)
         schema: dict[str, Any] = (
             model.model_json_schema() if model is not None else {"type": "object"}
         )
-        doc = (type(executor).__doc__ or "").strip().splitlines()
+        doc = (executors[action].__doc__ or "").strip().splitlines()
         actions[action] = {
             "description": doc[0] if doc else "",
             "params_schema": schema,
         }
     return actions
+
+
+def _needing_settings() -> list[type]:
+    """Executors whose entry point loads only with settings this machine need not have (mail:
+    the Entra tenant and client), taken by class: their parameters are the same."""
+    from cpa_agent.executors.mail.actions import (
+        ReadMailExecutor,
+        SearchMailExecutor,
+        SendMailExecutor,
+    )
+
+    return [SendMailExecutor, ReadMailExecutor, SearchMailExecutor]
 
 
 def render() -> str:
