@@ -17,6 +17,7 @@ import grpc.aio
 
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
+from cpa_agent import telemetry
 from cpa_agent.artifacts import AttemptArtifacts, Link, wait_for_link
 from cpa_agent.executors.base import SecretProvider
 from cpa_agent.executors.registry import ExecutorRegistry
@@ -225,7 +226,9 @@ class Connection(ServerMessages):
 
     async def _run_session(self, session: StreamSession) -> None:
         async with open_channel(
-            self._target, tls=self._settings.client_tls(), options=channel_options(self._settings)
+            self._target,
+            tls=self._settings.client_tls(),
+            options=channel_options(self._settings),
         ) as channel:
             stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
             call = stub.Connect(None, metadata=self._credentials)
@@ -350,7 +353,9 @@ class Connection(ServerMessages):
         todo = runner.assignment.todo
         # A fresh context of the session never races the close of the last one.
         await self.session_closer.wait_closed(runner.key.job_id, todo.session)
-        result = await runner.run()
+        with telemetry.attempt_span(runner.assignment, runner.action) as span:
+            result = await runner.run()
+            telemetry.set_outcome(span, result)
         if runner.stop_reason is StopReason.CANCELLED:
             # The job is being stopped (or the attempt ran past its timeout): what the session
             # holds is not needed any more; a later task of it starts afresh.

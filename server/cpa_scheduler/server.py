@@ -68,6 +68,7 @@ from .security.quotas import Quotas
 from .security.tenant_limits import LimitsTable
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
+from .telemetry import tracing
 from .tls import ServerTls
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,12 @@ class SchedulerServer:
         limits = LimitsTable.from_settings(settings)
         trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
         sessions = SessionRegistry()
+        tracing_on = tracing.from_settings(settings) is not None
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
+        if tracing_on:
+            # Spans for each store transaction and each queue operation (one Redis round).
+            backends.store = tracing.traced(backends.store, "store")
+            backends.queue = tracing.traced(backends.queue, "queue")
         try:
             # The embedded server's own secret, read or made under the data directory's lock.
             page_tokens = PageTokens(
@@ -302,6 +308,8 @@ class SchedulerServer:
         # of unauthenticated calls too, before any credential lookup); authentication sets the
         # principal the rate limiter then keys by, so the rate limiter comes after it.
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+            # First: a refused call (limits, credentials) is traced too.
+            *([tracing.server_interceptor()] if tracing_on else []),
             CallLimit(settings.max_concurrent_rpcs),
             AuthInterceptor(
                 authenticator, default_tenant=settings.default_tenant, audit_log=audit_log
@@ -421,10 +429,15 @@ class SchedulerServer:
         )
         return CallbackDeliverer(
             store=backends.store,
-            sender=CallbackSender(
-                policy=policy,
-                ca_file=settings.callback_ca_file,
-                timeout_s=settings.callback_timeout_s,
+            # Deliveries run in the background, outside any call: each is its own trace's root.
+            sender=tracing.traced(
+                CallbackSender(
+                    policy=policy,
+                    ca_file=settings.callback_ca_file,
+                    timeout_s=settings.callback_timeout_s,
+                ),
+                "callback",
+                root=True,
             ),
             keys=signing_keys(settings, distributed=backends.distributed),
             backoff=BackoffPolicy(
@@ -558,6 +571,7 @@ class SchedulerServer:
             if components.credentials is not None:
                 await components.credentials.close()
             await components.backends.close()
+            tracing.flush()
             self._components = None
             log.info("scheduler %s stopped in %.2fs", self.replica_id, time.monotonic() - started_s)
 

@@ -18,6 +18,7 @@ from .planning import DEFAULT_INTENTS_PATH, PlanningSettings
 from .security import SecuritySettings
 from .serving import ServingSettings
 from .storage import StorageSettings
+from .telemetry_tracing import TracingSettings
 
 __all__ = ["DEFAULT_INTENTS_PATH", "Settings"]
 
@@ -30,6 +31,7 @@ class Settings(
     JobSettings,
     CallbackSettings,
     GatewaySettings,
+    TracingSettings,
 ):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
 
