@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 
+from cpa_agent import telemetry
 from cpa_agent.connection import Connection
 from cpa_agent.executors.base import SecretProvider
 from cpa_agent.executors.discovery import entry_point_registry
@@ -41,6 +42,7 @@ class Agent:
         select (CPA_AGENT_EXECUTORS); without a secret provider, the settings' one (env:, file:,
         bare names, and CPA_AGENT_SECRET_PROVIDER's plug-in)."""
         self.settings = settings if settings is not None else AgentSettings()
+        telemetry.from_settings(self.settings)
         if (tls := self.settings.client_tls()) is not None:
             tls.credentials()  # unreadable files stop the start (TlsFileError), not each connect
         self.registry = (
@@ -100,6 +102,7 @@ class Agent:
         try:
             await self._connection.run()
         finally:
+            telemetry.flush()
             if handle_signals:
                 for signum in _DRAIN_SIGNALS:
                     with contextlib.suppress(ValueError, RuntimeError):

@@ -51,7 +51,7 @@ def from_settings(settings: AgentSettings, *, service_name: str = "cpa-agent") -
                 endpoint=settings.tracing_endpoint,
                 protocol=settings.tracing_protocol,
                 sampling_ratio=settings.tracing_sampling_ratio,
-                attributes={"cpa.agent_id": settings.agent_id},
+                attributes={"service.instance.id": settings.agent_id},
             )
         )
 

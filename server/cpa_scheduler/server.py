@@ -238,7 +238,7 @@ class SchedulerServer:
         limits = LimitsTable.from_settings(settings)
         trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
         sessions = SessionRegistry()
-        tracing_on = tracing.from_settings(settings) is not None
+        tracing_on = tracing.from_settings(settings, instance=self.replica_id) is not None
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
         if tracing_on:
             # Spans for each store transaction and each queue operation (one Redis round).

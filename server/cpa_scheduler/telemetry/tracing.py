@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 TRACER_NAME = "cpa_scheduler"
+_AGENT_STREAM = "/cpa.executor.v1.ExecutorService/Connect"
 T = TypeVar("T")
 
 _provider: TracerProvider | None = None
@@ -61,9 +62,9 @@ def uninstall() -> None:
     _provider = _tracer = _unsubscribe = None
 
 
-def from_settings(settings: Settings) -> TracerProvider | None:
+def from_settings(settings: Settings, *, instance: str = "") -> TracerProvider | None:
     """The process's provider when tracing is on (made from the settings at the first call,
-    or the one `install` was given); None when off."""
+    or the one `install` was given); None when off. `instance`: service.instance.id."""
     if not settings.tracing_enabled:
         return None
     if _provider is None:
@@ -73,8 +74,14 @@ def from_settings(settings: Settings) -> TracerProvider | None:
                 endpoint=settings.tracing_endpoint,
                 protocol=settings.tracing_protocol,
                 sampling_ratio=settings.tracing_sampling_ratio,
+                attributes={"service.instance.id": instance} if instance else None,
             )
         )
+    return _provider
+
+
+def provider() -> TracerProvider | None:
+    """The provider in use; None when tracing is off."""
     return _provider
 
 
@@ -89,10 +96,28 @@ def flush() -> None:
 
 def server_interceptor() -> grpc.aio.ServerInterceptor[Any, Any]:
     """A span per RPC, continuing the caller's context (install first)."""
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
 
-    interceptor = aio_server_interceptor(_provider)  # type: ignore[no-untyped-call]
-    return cast("grpc.aio.ServerInterceptor[Any, Any]", interceptor)
+    class Interceptor(OpenTelemetryAioServerInterceptor):
+        """The instrumentation's, for streaming handlers written as coroutines too: ours
+        answer with `context.write` (api/decoded_service.py), which its stream wrapper (an
+        async generator iterating the handler) cannot run; the unary one awaits them."""
+
+        def _intercept_aio_server_stream(self, behavior: Any, details: Any) -> Any:
+            if inspect.iscoroutinefunction(behavior):
+                return self._intercept_aio_server_unary(behavior, details)  # type: ignore[no-untyped-call]
+            return super()._intercept_aio_server_stream(behavior, details)  # type: ignore[no-untyped-call]
+
+    tracer = trace.get_tracer("opentelemetry.instrumentation.grpc", tracer_provider=_provider)
+    # Not the agents' Connect streams: one lives for hours, and every lease renewal and report
+    # in it would join that one endless trace. Their attempts are traced under their jobs'.
+    return cast(
+        "grpc.aio.ServerInterceptor[Any, Any]",
+        Interceptor(  # type: ignore[no-untyped-call]
+            tracer, filter_=lambda details: details.method != _AGENT_STREAM
+        ),
+    )
 
 
 def current_carrier() -> dict[str, str]:
