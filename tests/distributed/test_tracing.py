@@ -7,26 +7,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc.aio
 import psycopg
 import pytest
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from cpa.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from cpa_client import SchedulerClient
-from tests.e2e.conftest import todo, todos_spec
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.history import ONCE, agents_connected, assert_sound_history
-from tests.fixtures.otlp import OtlpReceiver, ReceivedSpan
+from tests.fixtures.otlp import SCHEDULE_JOB, OtlpReceiver, ReceivedSpan, schedule_traced
 from tests.fixtures.otlp import otlp_receiver as serve_receiver
 
 TIMEOUT_S = 60.0
 # Within the test's own timeout: a span that never comes fails here, naming what did.
 SPANS_TIMEOUT_S = 20.0
-SCHEDULE_JOB = "/cpa.scheduler.v1.SchedulerService/ScheduleJob"
 # The exporters' batches leave at once instead of every 5 s: the test waits for them.
 FAST_EXPORT = "50"
 
@@ -35,27 +28,6 @@ FAST_EXPORT = "50"
 async def receiver() -> AsyncIterator[OtlpReceiver]:
     async for served in serve_receiver():
         yield served
-
-
-async def _schedule_traced(target: str, memory: InMemorySpanExporter) -> tuple[str, str, str]:
-    """ScheduleJob through a traced channel, as an instrumented caller would: (job id, the
-    client span's trace id, its span id)."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    async with grpc.aio.insecure_channel(
-        target,
-        interceptors=aio_client_interceptors(tracer_provider=provider),  # type: ignore[no-untyped-call]
-    ) as channel:
-        stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
-        answer = await stub.ScheduleJob(
-            scheduler_service_pb2.ScheduleJobRequest(
-                spec=todos_spec(todo("step", "echo", params={"x": 1}))
-            )
-        )
-    (span,) = [s for s in memory.get_finished_spans() if s.name == SCHEDULE_JOB]
-    context = span.get_span_context()
-    assert context is not None
-    return answer.job.job_id, format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 def _stored_options(cluster: Cluster, job_id: str) -> str:
@@ -85,7 +57,7 @@ async def test_one_trace_spans_the_call_the_queue_and_the_agent(
     async with SchedulerClient(front.target, timeout_s=TIMEOUT_S) as client:
         await agents_connected(client, "agent-b")
         memory = InMemorySpanExporter()
-        job_id, trace_id, client_span_id = await _schedule_traced(front.target, memory)
+        job_id, trace_id, client_span_id = await schedule_traced(front.target, memory)
         await assert_sound_history(client, [job_id], attempts={"step": ONCE})
 
     def of_trace(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
@@ -141,7 +113,7 @@ async def test_with_tracing_off_no_context_is_kept_or_sent(
     )
     async with SchedulerClient(front.target, timeout_s=TIMEOUT_S) as client:
         await agents_connected(client, "agent-b")
-        job_id, trace_id, _ = await _schedule_traced(front.target, InMemorySpanExporter())
+        job_id, trace_id, _ = await schedule_traced(front.target, InMemorySpanExporter())
         await assert_sound_history(client, [job_id], attempts={"step": ONCE})
 
     def attempted(spans: list[ReceivedSpan]) -> bool:
