@@ -141,7 +141,12 @@ def test_the_first_credentials_are_made_after_the_migration_and_kept_apart() -> 
             assert service["depends_on"][one_shot] == {
                 "condition": "service_completed_successfully"
             }
-        assert set(service["environment"]) == {"CPA_AGENT_TOKEN_FILE", API_KEY_FILE_ENV}
+        assert set(service["environment"]) == {
+            "CPA_AGENT_TOKEN_FILE",
+            API_KEY_FILE_ENV,
+            "CPA_AGENT_TRACING_ENABLED",
+            "CPA_AGENT_TRACING_ENDPOINT",
+        }
 
 
 def _known_variables() -> set[str]:
