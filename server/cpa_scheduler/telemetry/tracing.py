@@ -123,7 +123,8 @@ def server_interceptor() -> grpc.aio.ServerInterceptor[Any, Any]:
 def current_carrier() -> dict[str, str]:
     """The W3C context of the current span, to keep with a job; empty when tracing is off or
     the span is not sampled."""
-    if _tracer is None:
+    if _tracer is None or not _in_trace():
+        # An unsampled call's job keeps nothing: no bytes per job, and no spans later.
         return {}
     return shared.inject_current()
 
