@@ -23,16 +23,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
 
 import grpc  # noqa: E402
-from bench_throughput import ONE_TASK, _wait_agents, processes, throughput  # noqa: E402
 from opentelemetry.proto.collector.trace.v1 import (  # noqa: E402
     trace_service_pb2,
     trace_service_pb2_grpc,
 )
 
+from bench.bench_throughput import ONE_TASK, _wait_agents, processes, throughput  # noqa: E402
 from cpa_client import SchedulerClient  # noqa: E402
 
 # name: the replica's and the agent's settings (None: tracing off).
@@ -79,7 +77,7 @@ async def _one(ratio: float | None, endpoint: str, jobs: int, concurrency: int) 
             result = await throughput([client], jobs, concurrency, ONE_TASK)
         finally:
             await client.close()
-    return result["end_to_end_per_s"]
+    return float(result["end_to_end_per_s"])
 
 
 async def run(arguments: argparse.Namespace) -> None:

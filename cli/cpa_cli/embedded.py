@@ -58,7 +58,7 @@ class LocalStack:
             settings = AgentSettings(**overrides)
             if (provider := tracing.provider()) is not None:
                 # One process, one trace pipeline: the local agent's attempts join it.
-                agent_telemetry.install(provider)
+                agent_telemetry.install(provider, sampling_ratio=tracing.sampling_ratio())
             # The executors `cpa agent` would load (cpa.executors entry points).
             self.agent = Agent(settings=settings)
             self.agent_task = asyncio.create_task(self.agent.async_run(), name="local-agent")

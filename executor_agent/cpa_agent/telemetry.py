@@ -8,6 +8,7 @@ assigned it and however long after. Log lines inside name the job, task and atte
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -27,12 +28,15 @@ TRACER_NAME = "cpa_agent"
 
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
+# Share of attempts traced whose assignment carries no context (a job submitted untraced):
+# each starts a trace of its own. Decided before any span is made, as on the scheduler.
+_ratio = 1.0
 
 
-def install(provider: TracerProvider) -> None:
+def install(provider: TracerProvider, *, sampling_ratio: float = 1.0) -> None:
     """Trace this process's attempts with `provider` (tests give an in-memory exporter)."""
-    global _provider, _tracer
-    _provider, _tracer = provider, provider.get_tracer(TRACER_NAME)
+    global _provider, _tracer, _ratio
+    _provider, _tracer, _ratio = provider, provider.get_tracer(TRACER_NAME), sampling_ratio
 
 
 def uninstall() -> None:
@@ -50,9 +54,9 @@ def from_settings(settings: AgentSettings, *, service_name: str = "cpa-agent") -
                 service_name=service_name,
                 endpoint=settings.tracing_endpoint,
                 protocol=settings.tracing_protocol,
-                sampling_ratio=settings.tracing_sampling_ratio,
                 attributes={"service.instance.id": settings.agent_id},
-            )
+            ),
+            sampling_ratio=settings.tracing_sampling_ratio,
         )
 
 
@@ -74,10 +78,11 @@ def attempt_span(assignment: pb.Assignment, action: str) -> Iterator[Any]:
     if trace_id := shared.trace_id_of(assignment.trace_context):
         fields["trace_id"] = trace_id
     with structlog.contextvars.bound_contextvars(**fields):
-        if _tracer is None:
+        carrier = assignment.trace_context
+        if _tracer is None or not (carrier or _ratio >= 1.0 or random.random() < _ratio):
             yield None
             return
-        context = shared.extract(assignment.trace_context) if assignment.trace_context else None
+        context = shared.extract(carrier) if carrier else None
         with _tracer.start_as_current_span(
             "cpa.attempt",
             context=context,

@@ -30,21 +30,23 @@ def tracer_provider(
     service_name: str,
     endpoint: str,
     protocol: str = "grpc",
-    sampling_ratio: float = 1.0,
     exporter: SpanExporter | None = None,
     attributes: Mapping[str, str] | None = None,
 ) -> TracerProvider:
-    """A provider that samples `sampling_ratio` of new traces (a sampled caller's are always
-    kept: ParentBased) and exports in batches over OTLP to `endpoint` ("grpc": host:port or
-    http://host:4317; "http": http://host:4318/v1/traces), plus to `exporter` when given."""
+    """A provider that exports in batches over OTLP to `endpoint` ("grpc": host:port or
+    http://host:4317; "http": http://host:4318/v1/traces), plus to `exporter` when given.
+
+    It keeps every root span it is asked for and follows its parents' decisions (ParentBased):
+    its users sample new traces before they start a span, which costs an unsampled call
+    nothing of the instrumentation's work."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name, **(attributes or {})}),
-        sampler=ParentBased(TraceIdRatioBased(sampling_ratio)),
+        sampler=ParentBased(ALWAYS_ON),
     )
     if endpoint:
         provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint, protocol)))
@@ -100,6 +102,15 @@ def trace_id_of(carrier: Mapping[str, str]) -> str:
     """The trace id (32 hex digits) a traceparent names; empty when there is none."""
     parts = carrier.get(TRACEPARENT, "").split("-")
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+
+
+def sampled(traceparent: str) -> bool:
+    """Whether a traceparent's flags say sampled (bit 0; others, such as the random trace id
+    flag, may be set too). A malformed one: not sampled."""
+    try:
+        return bool(int(traceparent.rsplit("-", 1)[1][:2], 16) & 1)
+    except (IndexError, ValueError):
+        return False
 
 
 def _trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

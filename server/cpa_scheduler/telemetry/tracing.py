@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
@@ -41,13 +42,19 @@ T = TypeVar("T")
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
 _unsubscribe: Callable[[], None] | None = None
+# Share of new traces started here (calls without a caller's context, callback deliveries).
+# Decided before any span is made, so that an unsampled call costs one random number and not
+# the instrumentation's work; the provider's sampler then keeps what was let in (ParentBased).
+_ratio = 1.0
 
 
-def install(provider: TracerProvider) -> None:
-    """Trace this process with `provider` (tests give one with an in-memory exporter)."""
-    global _provider, _tracer, _unsubscribe
+def install(provider: TracerProvider, *, sampling_ratio: float = 1.0) -> None:
+    """Trace this process with `provider` (tests give one with an in-memory exporter),
+    starting `sampling_ratio` of new traces."""
+    global _provider, _tracer, _unsubscribe, _ratio
     _provider = provider
     _tracer = provider.get_tracer(TRACER_NAME)
+    _ratio = sampling_ratio
     if _unsubscribe is None:
         _unsubscribe = hooks.subscribe(_operation_span)
 
@@ -73,9 +80,9 @@ def from_settings(settings: Settings, *, instance: str = "") -> TracerProvider |
                 service_name=settings.tracing_service_name,
                 endpoint=settings.tracing_endpoint,
                 protocol=settings.tracing_protocol,
-                sampling_ratio=settings.tracing_sampling_ratio,
                 attributes={"service.instance.id": instance} if instance else None,
-            )
+            ),
+            sampling_ratio=settings.tracing_sampling_ratio,
         )
     return _provider
 
@@ -83,6 +90,26 @@ def from_settings(settings: Settings, *, instance: str = "") -> TracerProvider |
 def provider() -> TracerProvider | None:
     """The provider in use; None when tracing is off."""
     return _provider
+
+
+def sampling_ratio() -> float:
+    return _ratio
+
+
+def _starts_trace() -> bool:
+    return _ratio >= 1.0 or random.random() < _ratio
+
+
+def _traced_call(details: Any) -> bool:
+    """Whether a call gets a span: a caller's context decides (its sampled flag), else the
+    ratio. Never the agents' Connect streams: one lives for hours, and every lease renewal
+    and report in it would join that one endless trace (attempts are traced in their jobs')."""
+    if details.method == _AGENT_STREAM:
+        return False
+    for key, value in details.invocation_metadata or ():
+        if key == shared.TRACEPARENT:
+            return shared.sampled(str(value))
+    return _starts_trace()
 
 
 def enabled() -> bool:
@@ -110,13 +137,9 @@ def server_interceptor() -> grpc.aio.ServerInterceptor[Any, Any]:
             return super()._intercept_aio_server_stream(behavior, details)  # type: ignore[no-untyped-call]
 
     tracer = trace.get_tracer("opentelemetry.instrumentation.grpc", tracer_provider=_provider)
-    # Not the agents' Connect streams: one lives for hours, and every lease renewal and report
-    # in it would join that one endless trace. Their attempts are traced under their jobs'.
     return cast(
         "grpc.aio.ServerInterceptor[Any, Any]",
-        Interceptor(  # type: ignore[no-untyped-call]
-            tracer, filter_=lambda details: details.method != _AGENT_STREAM
-        ),
+        Interceptor(tracer, filter_=_traced_call),  # type: ignore[no-untyped-call]
     )
 
 
@@ -182,7 +205,7 @@ class _Traced:
 
         @functools.wraps(method)
         async def call(*args: Any, **kwargs: Any) -> Any:
-            if not (root or _in_trace()):
+            if not (_in_trace() or (root and _starts_trace())):
                 return await method(*args, **kwargs)
             with tracer.start_as_current_span(span_name, attributes=attributes):
                 return await method(*args, **kwargs)
