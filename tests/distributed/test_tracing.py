@@ -37,16 +37,11 @@ def _stored_options(cluster: Cluster, job_id: str) -> str:
     return str(options)
 
 
-async def test_one_trace_spans_the_call_the_queue_and_the_agent(
-    cluster: Cluster, receiver: OtlpReceiver
-) -> None:
-    cluster.settings.update(
-        CPA_TRACING_ENABLED="true",
-        CPA_TRACING_ENDPOINT=receiver.endpoint,
-        OTEL_BSP_SCHEDULE_DELAY=FAST_EXPORT,
-    )
+async def _run_one_job(cluster: Cluster, receiver: OtlpReceiver) -> tuple[str, str, str]:
+    """Replicas r1 and r2 and a tracing agent on r2 only: r1 takes the traced caller's job and
+    queues its task in Redis, r2 takes and assigns it. Returns schedule_traced's ids once the
+    job has succeeded."""
     front, back = cluster.replica("r1"), cluster.replica("r2")
-    # The only agent is on r2: r1 queues the task in Redis, r2 takes and assigns it.
     cluster.agent(
         "agent-b",
         back,
@@ -56,9 +51,20 @@ async def test_one_trace_spans_the_call_the_queue_and_the_agent(
     )
     async with SchedulerClient(front.target, timeout_s=TIMEOUT_S) as client:
         await agents_connected(client, "agent-b")
-        memory = InMemorySpanExporter()
-        job_id, trace_id, client_span_id = await schedule_traced(front.target, memory)
-        await assert_sound_history(client, [job_id], attempts={"step": ONCE})
+        ids = await schedule_traced(front.target, InMemorySpanExporter())
+        await assert_sound_history(client, [ids[0]], attempts={"step": ONCE})
+    return ids
+
+
+async def test_one_trace_spans_the_call_the_queue_and_the_agent(
+    cluster: Cluster, receiver: OtlpReceiver
+) -> None:
+    cluster.settings.update(
+        CPA_TRACING_ENABLED="true",
+        CPA_TRACING_ENDPOINT=receiver.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY=FAST_EXPORT,
+    )
+    job_id, trace_id, client_span_id = await _run_one_job(cluster, receiver)
 
     def of_trace(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
         return [s for s in spans if s.trace_id == trace_id]
@@ -102,19 +108,8 @@ async def test_one_trace_spans_the_call_the_queue_and_the_agent(
 async def test_with_tracing_off_no_context_is_kept_or_sent(
     cluster: Cluster, receiver: OtlpReceiver
 ) -> None:
-    front, back = cluster.replica("r1"), cluster.replica("r2")
     # The agent traces: had its assignment carried a context, its span would join the caller's.
-    cluster.agent(
-        "agent-b",
-        back,
-        CPA_AGENT_TRACING_ENABLED="true",
-        CPA_AGENT_TRACING_ENDPOINT=receiver.endpoint,
-        OTEL_BSP_SCHEDULE_DELAY=FAST_EXPORT,
-    )
-    async with SchedulerClient(front.target, timeout_s=TIMEOUT_S) as client:
-        await agents_connected(client, "agent-b")
-        job_id, trace_id, _ = await schedule_traced(front.target, InMemorySpanExporter())
-        await assert_sound_history(client, [job_id], attempts={"step": ONCE})
+    job_id, trace_id, _ = await _run_one_job(cluster, receiver)
 
     def attempted(spans: list[ReceivedSpan]) -> bool:
         return any(s.attributes.get("cpa.job_id") == job_id for s in spans)
