@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from typing import Any
 
 from cpa_agent import Agent, AgentSettings
+from cpa_agent.telemetry import tracing
 
 from .common import CliError, add_pair_option, emit, pairs
 from .serve_command import AGENT_CONNECTED_LINE
@@ -99,10 +99,7 @@ def run(arguments: argparse.Namespace) -> int:
         if getattr(arguments, option) is not None:
             overrides[setting] = getattr(arguments, option)
     settings = AgentSettings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    tracing.configure_logging(settings)
     try:
         agent = Agent(settings=settings)
     except ValueError as error:  # an entry point named that nobody offers, an action twice

@@ -12,9 +12,11 @@ import logging
 from typing import Any
 
 from cpa_agent import Agent, AgentSettings
+from cpa_agent.telemetry import tracing as agent_tracing
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import DataDirectoryInUseError
+from cpa_scheduler.telemetry import tracing
 
 from .common import CliError, dialable_host, split_host_port
 
@@ -54,6 +56,9 @@ class LocalStack:
             if (credential := self.server.process_credential()) is not None:
                 overrides["token"] = credential
             settings = AgentSettings(**overrides)
+            if (provider := tracing.provider()) is not None:
+                # One process, one trace pipeline: the local agent's attempts join it.
+                agent_tracing.install(provider, sampling_ratio=tracing.sampling_ratio())
             # The executors `cpa agent` would load (cpa.executors entry points).
             self.agent = Agent(settings=settings)
             self.agent_task = asyncio.create_task(self.agent.async_run(), name="local-agent")

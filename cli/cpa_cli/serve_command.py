@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Any
 
 from cpa_scheduler.settings import Settings
+from cpa_scheduler.telemetry import logs
 
 from .common import CliError, add_pair_option, emit, pairs, warn
 from .embedded import LocalStack
@@ -110,10 +110,7 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.insecure_local:
         overrides["insecure_local"] = True
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings)
     agent: dict[str, Any] | None = None
     if arguments.with_agent:
         agent = {}

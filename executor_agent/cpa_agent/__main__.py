@@ -1,18 +1,14 @@
 """`python -m cpa_agent`: runs an agent with the executors of the `cpa.executors` entry points,
 configured by CPA_AGENT_* (CPA_AGENT_EXECUTORS chooses the entry points)."""
 
-import logging
-
 from cpa_agent.agent import Agent
 from cpa_agent.settings import AgentSettings
+from cpa_agent.telemetry import tracing
 
 
 def main() -> None:
     settings = AgentSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    tracing.configure_logging(settings)
     Agent(settings=settings).run()
 
 

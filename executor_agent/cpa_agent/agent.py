@@ -18,6 +18,7 @@ from cpa_agent.executors.registry import ExecutorRegistry
 from cpa_agent.runner import AttemptKey
 from cpa_agent.secrets import secret_provider
 from cpa_agent.settings import AgentSettings
+from cpa_agent.telemetry import tracing
 from cpa_agent.telemetry.metrics import AgentMetrics
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Agent:
         select (CPA_AGENT_EXECUTORS); without a secret provider, the settings' one (env:, file:,
         bare names, and CPA_AGENT_SECRET_PROVIDER's plug-in)."""
         self.settings = settings if settings is not None else AgentSettings()
+        tracing.from_settings(self.settings)
         if (tls := self.settings.client_tls()) is not None:
             tls.credentials()  # unreadable files stop the start (TlsFileError), not each connect
         self.registry = (
@@ -105,6 +107,7 @@ class Agent:
         finally:
             if metrics is not None:
                 metrics.close()
+            tracing.flush()
             if handle_signals:
                 for signum in _DRAIN_SIGNALS:
                     with contextlib.suppress(ValueError, RuntimeError):

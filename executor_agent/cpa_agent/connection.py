@@ -35,6 +35,7 @@ from cpa_agent.server_messages import LiveAttempt, ServerMessages
 from cpa_agent.sessions import SessionCloser
 from cpa_agent.settings import AgentSettings
 from cpa_agent.stream import ConnectCall, StreamSession
+from cpa_agent.telemetry import tracing
 from cpa_agent.telemetry.metrics import AgentMetrics
 from cpa_client.channels import credential_metadata, open_channel, tls_failure
 
@@ -229,7 +230,9 @@ class Connection(ServerMessages):
 
     async def _run_session(self, session: StreamSession) -> None:
         async with open_channel(
-            self._target, tls=self._settings.client_tls(), options=channel_options(self._settings)
+            self._target,
+            tls=self._settings.client_tls(),
+            options=channel_options(self._settings),
         ) as channel:
             stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
             call = stub.Connect(None, metadata=self._credentials)
@@ -355,7 +358,9 @@ class Connection(ServerMessages):
         # A fresh context of the session never races the close of the last one.
         await self.session_closer.wait_closed(runner.key.job_id, todo.session)
         started = time.perf_counter()
-        result = await runner.run()
+        with tracing.attempt_span(runner.assignment, runner.action) as span:
+            result = await runner.run()
+            tracing.set_outcome(span, result)
         if self.metrics is not None:
             self.metrics.attempt_ended(runner.action, time.perf_counter() - started, result)
         if runner.stop_reason is StopReason.CANCELLED:

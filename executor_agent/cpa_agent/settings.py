@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -140,6 +140,20 @@ class AgentSettings(BaseSettings):
     )
 
     log_level: str = Field(default="INFO", description="Python logging level name (CLI only).")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="Log lines (CLI only): json, console, or auto (console on a terminal).",
+    )
+    # Tracing (docs/OBSERVABILITY.md): as the scheduler's CPA_TRACING_*.
+    tracing_enabled: bool = Field(
+        default=False,
+        description="A span per attempt, child of the job's trace the assignment carries.",
+    )
+    tracing_endpoint: str = Field(default="", description="OTLP receiver; empty: not exported.")
+    tracing_protocol: Literal["grpc", "http"] = Field(default="grpc", description="OTLP transport.")
+    tracing_sampling_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of traces the agent itself starts kept."
+    )
 
     def client_tls(self) -> ClientTls | None:
         """The TLS of the connection to the scheduler; None: plaintext."""

@@ -74,7 +74,7 @@ from .security.quotas import Quotas
 from .security.tenant_limits import LimitsTable
 from .settings import Settings
 from .storage.data_dir import read_or_create_secret
-from .telemetry import metrics
+from .telemetry import metrics, tracing
 from .telemetry.metrics_http import MetricsEndpoint, serve_metrics
 from .telemetry.metrics_rpc import RpcMetrics
 from .tls import ServerTls
@@ -260,7 +260,12 @@ class SchedulerServer:
         limits = LimitsTable.from_settings(settings)
         trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
         sessions = SessionRegistry()
+        tracing_on = tracing.from_settings(settings, instance=self.replica_id) is not None
         backends = await open_backends(settings, replica_id=self.replica_id, sessions=sessions)
+        if tracing_on:
+            # Spans for each store transaction and each queue operation (one Redis round).
+            backends.store = tracing.traced(backends.store, "store")
+            backends.queue = tracing.traced(backends.queue, "queue")
         try:
             # The embedded server's own secret, read or made under the data directory's lock.
             page_tokens = PageTokens(
@@ -334,6 +339,8 @@ class SchedulerServer:
         # of unauthenticated calls too, before any credential lookup); authentication sets the
         # principal the rate limiter then keys by, so the rate limiter comes after it.
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+            # First: a refused call (limits, credentials) is traced too.
+            *([tracing.server_interceptor()] if tracing_on else []),
             CallLimit(settings.max_concurrent_rpcs),
             AuthInterceptor(
                 authenticator, default_tenant=settings.default_tenant, audit_log=audit_log
@@ -478,10 +485,15 @@ class SchedulerServer:
         )
         return CallbackDeliverer(
             store=backends.store,
-            sender=CallbackSender(
-                policy=policy,
-                ca_file=settings.callback_ca_file,
-                timeout_s=settings.callback_timeout_s,
+            # Deliveries run in the background, outside any call: each is its own trace's root.
+            sender=tracing.traced(
+                CallbackSender(
+                    policy=policy,
+                    ca_file=settings.callback_ca_file,
+                    timeout_s=settings.callback_timeout_s,
+                ),
+                "callback",
+                root=True,
             ),
             keys=signing_keys(settings, distributed=backends.distributed),
             backoff=BackoffPolicy(
@@ -630,6 +642,7 @@ class SchedulerServer:
             await components.backends.close()
             if components.llm is not None:
                 await components.llm.aclose()
+            tracing.flush()
             self._components = None
         if self.metrics is not None:
             self.metrics.close()

@@ -145,6 +145,8 @@ def test_the_first_credentials_are_made_after_the_migration_and_kept_apart() -> 
             "CPA_AGENT_TOKEN_FILE",
             API_KEY_FILE_ENV,
             "CPA_AGENT_METRICS_ADDRESS",
+            "CPA_AGENT_TRACING_ENABLED",
+            "CPA_AGENT_TRACING_ENDPOINT",
         }
 
 

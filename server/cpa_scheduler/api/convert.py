@@ -503,6 +503,7 @@ def outbound_to_proto(message: Outbound) -> executor_service_pb2.ConnectResponse
         tenant=message.tenant,
         # Already merged with the LAM request's Security.credential_refs when the job was planned.
         credential_refs=dict(message.todo.credential_refs),
+        trace_context=dict(message.trace_context),
     )
     if message.inputs:
         assignment.inputs.CopyFrom(dict_to_struct(message.inputs))

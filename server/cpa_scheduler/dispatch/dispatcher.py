@@ -23,6 +23,8 @@ import logging
 from cpa_scheduler.domain import AttemptRef, ToDo
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.queue import WorkItem, WorkQueue
+from cpa_scheduler.telemetry import tracing
+from cpa_scheduler.telemetry.logs import job_context
 
 from .matching import Requirement
 from .sessions import AgentSession, SessionRegistry
@@ -169,6 +171,25 @@ class Dispatcher:
             self._unknown_work = False
 
     async def _assign(self, item: WorkItem, session: AgentSession) -> None:
+        task = item.task
+        # Under the job's trace (kept by the submitting replica), naming it on every log line.
+        with (
+            job_context(
+                task.tenant,
+                task.job_id,
+                task_id=task.todo.id,
+                attempt=task.attempt + 1,
+                trace_context=task.trace_context,
+            ),
+            tracing.span_under(
+                task.trace_context,
+                "cpa.assign",
+                **{"cpa.task_id": task.todo.id, "cpa.agent_id": session.agent_id},
+            ),
+        ):
+            await self._assign_traced(item, session)
+
+    async def _assign_traced(self, item: WorkItem, session: AgentSession) -> None:
         try:
             message = await self._orchestrator.assign(
                 item.task, session.agent_id, agent_tenant=session.profile.tenant
@@ -184,6 +205,9 @@ class Dispatcher:
         else:
             session.running.add(AttemptRef(message.job_id, message.todo.id, message.attempt))
             session.deliver(message)
+            log.debug(
+                "assigned %s/%s to agent %s", message.job_id, message.todo.id, session.agent_id
+            )
         try:
             await self._queue.ack([item])
         except Exception:

@@ -33,6 +33,8 @@ class AssignmentMessage:
     """The values of the ToDo's inputs (Job.inputs_of), keyed by input name."""
     input_artifacts: Mapping[str, ArtifactRecord] = field(default_factory=dict)
     """The artifacts of its artifact_name inputs (Job.artifact_inputs_of), by input name."""
+    trace_context: Mapping[str, str] = field(default_factory=dict)
+    """The job's W3C context (JobOptions.trace_context), for the agent's spans."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

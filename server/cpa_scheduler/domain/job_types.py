@@ -53,6 +53,9 @@ class JobOptions:
     # sender) and what they answer (the request's reply_with, or its id). docs/CALLBACKS.md.
     callback_receiver: str = ""
     callback_in_reply_to: str = ""
+    # W3C context (traceparent, tracestate) of the submission when tracing is on: the spans of
+    # the job's work, on any replica and agent, continue its trace. Empty when off.
+    trace_context: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, kw_only=True)

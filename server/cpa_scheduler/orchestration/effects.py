@@ -66,4 +66,5 @@ def queue_entry(job: Job, task_id: str, pin: str | None = None) -> QueuedTask:
         attempt=task.attempt,
         not_before=task.next_attempt_time,
         agent_id=(task.agent_id if task.todo.session else "") if pin is None else pin,
+        trace_context=job.options.trace_context,
     )

@@ -11,7 +11,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -49,7 +49,8 @@ from cpa_scheduler.queue import WorkQueue
 from cpa_scheduler.security.quotas import Quotas
 from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import EndPosition, QueuedTask, Store
-from cpa_scheduler.telemetry import metrics
+from cpa_scheduler.telemetry import metrics, tracing
+from cpa_scheduler.telemetry.logs import job_context
 
 from .admission import Admission
 from .effects import carry_out
@@ -215,6 +216,8 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
         gets none (nothing changed)."""
         now = self._clock()
         jobs = []
+        # Empty (nothing kept) when tracing is off or the call is not sampled.
+        trace_context = tracing.current_carrier()
         for submission in submissions:
             if submission.plan.graph is None:
                 raise ValueError("an unmatched plan cannot become a job")
@@ -224,7 +227,9 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
                     tenant=tenant,
                     graph=submission.plan.graph,
                     source=submission.source,
-                    options=submission.options,
+                    options=replace(submission.options, trace_context=trace_context)
+                    if trace_context
+                    else submission.options,
                     now=now,
                     intent=submission.plan.intent,
                     request_id=submission.request_id,
@@ -265,6 +270,11 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
                 if changes is None:  # the request id's earlier job: nothing of this one is stored
                     release(sessions)
                     continue
+                if log.isEnabledFor(logging.DEBUG):
+                    with job_context(
+                        stored.tenant, stored.job_id, trace_context=stored.options.trace_context
+                    ):
+                        log.debug("job %s created (%d tasks)", stored.job_id, len(stored.tasks))
                 for task_id, session in sessions:
                     message = self._assignment(stored, task_id, inputs={})
                     session.running.add(AttemptRef(stored.job_id, task_id, message.attempt))
@@ -481,6 +491,7 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
             deadline=job.options.deadline,
             inputs=inputs,
             input_artifacts=input_artifacts or {},
+            trace_context=job.options.trace_context,
         )
 
     # -- one change: commit, then its effects --------------------------------------------------

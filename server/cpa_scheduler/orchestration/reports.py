@@ -8,6 +8,7 @@ A part of Orchestrator (its base class), apart because it is a concern of its ow
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,11 @@ from cpa_scheduler.domain import (
     TaskError,
 )
 from cpa_scheduler.storage import Store
+from cpa_scheduler.telemetry.logs import job_context
 
 from .audit_entries import server_actor, task_outcome_entry
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -104,7 +108,10 @@ class AgentReports:
             else AuditActor(tenant=tenant, subject=f"agent:{agent_id}", roles=("agent",))
         )
 
+        trace_context: dict[str, str] = {}
+
         def apply(job: Job) -> None:
+            trace_context.update(job.options.trace_context)
             if agent_id is not None:
                 job.check_held(ref.task_id, attempt=ref.attempt, agent_id=agent_id)
             error = report.error
@@ -122,6 +129,16 @@ class AgentReports:
             )
 
         await self._apply(tenant, ref.job_id, apply)
+        if log.isEnabledFor(logging.DEBUG):
+            with job_context(
+                tenant,
+                ref.job_id,
+                task_id=ref.task_id,
+                attempt=ref.attempt,
+                trace_context=trace_context,
+            ):
+                outcome = "failed" if report.error else "succeeded"
+                log.debug("attempt %s of %s/%s %s", ref.attempt, ref.job_id, ref.task_id, outcome)
 
     async def store_artifact(
         self, tenant: str, job_id: str, agent_id: str, artifact: ArtifactRecord

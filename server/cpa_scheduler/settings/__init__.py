@@ -22,6 +22,7 @@ from .security import SecuritySettings
 from .serving import ServingSettings
 from .storage import StorageSettings
 from .telemetry_metrics import MetricsSettings
+from .telemetry_tracing import TracingSettings
 
 __all__ = ["DEFAULT_INTENTS_PATH", "Settings"]
 
@@ -38,6 +39,7 @@ class Settings(
     LLMSettings,
     MetricsSettings,
     MemorySettings,
+    TracingSettings,
 ):
     """Scheduler configuration: `Settings()` reads CPA_* variables; keyword arguments win."""
 

@@ -217,6 +217,7 @@ def queued_task_to_data(task: QueuedTask) -> Data:
         "attempt": task.attempt,
         "not_before": time_to_text(task.not_before),
         **({"agent_id": task.agent_id} if task.agent_id else {}),
+        **({"trace_context": dict(task.trace_context)} if task.trace_context else {}),
     }
 
 
@@ -228,6 +229,7 @@ def queued_task_from_data(data: Data) -> QueuedTask:
         attempt=data["attempt"],
         not_before=time_from_text(data["not_before"]),
         agent_id=data.get("agent_id", ""),
+        trace_context=data.get("trace_context", {}),
     )
 
 
@@ -319,6 +321,7 @@ def options_to_data(options: JobOptions) -> Data:
             if options.callback_in_reply_to
             else {}
         ),
+        **({"trace_context": dict(options.trace_context)} if options.trace_context else {}),
     }
 
 
@@ -332,6 +335,7 @@ def options_from_data(data: Data) -> JobOptions:
         callback_url=data["callback_url"],
         callback_receiver=data.get("callback_receiver", ""),
         callback_in_reply_to=data.get("callback_in_reply_to", ""),
+        trace_context=data.get("trace_context", {}),
     )
 
 

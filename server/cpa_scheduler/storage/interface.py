@@ -6,8 +6,8 @@ sqlite_store (embedded default); PostgreSQL follows the same contract.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, TypeVar
@@ -47,6 +47,9 @@ class QueuedTask:
     agent_id: str = ""
     """For a task of a session bound to an agent: that agent, the only one that may take it
     (domain/sessions.py); empty otherwise."""
+    trace_context: Mapping[str, str] = field(default_factory=dict)
+    """The job's W3C context (JobOptions.trace_context): the replica that takes the entry
+    assigns under it. Empty when tracing is off, and in entries rebuilt from rows."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

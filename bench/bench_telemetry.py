@@ -1,0 +1,137 @@
+"""What tracing costs: end-to-end throughput of one-task jobs with tracing off, on at 10 % and
+on at 100 % sampling, back to back in one run (docs/PERFORMANCE.md, "Tracing").
+
+Each configuration starts its own `cpa serve` (embedded SQLite) and benchmark agent
+(bench_agent.py) as processes, as bench_throughput.py does, with the replica and the agent
+exporting over OTLP/gRPC to a receiver in this process that counts the spans (a collector's
+work stays out of the figures, the export's is in them). The configurations are run in turn,
+`--rounds` times, and each one's median is printed with its cost against off.
+
+    python bench/bench_telemetry.py [--jobs 2000] [--concurrency 16] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+import grpc  # noqa: E402
+from opentelemetry.proto.collector.trace.v1 import (  # noqa: E402
+    trace_service_pb2,
+    trace_service_pb2_grpc,
+)
+
+from bench.bench_throughput import ONE_TASK, _wait_agents, processes, throughput  # noqa: E402
+from cpa_client import SchedulerClient  # noqa: E402
+
+# name: the replica's and the agent's settings (None: tracing off).
+CONFIGURATIONS: dict[str, float | None] = {"off": None, "10 %": 0.1, "100 %": 1.0}
+
+
+class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP receiver that only counts what it is sent."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.names: dict[str, int] = {}
+
+    def Export(  # noqa: N802 - the OTLP service's method name
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for spans in request.resource_spans:
+            for scope in spans.scope_spans:
+                self.spans += len(scope.spans)
+                for span in scope.spans:
+                    self.names[span.name] = self.names.get(span.name, 0) + 1
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _env(ratio: float | None, endpoint: str) -> dict[str, str]:
+    if ratio is None:
+        return {}
+    return {
+        "CPA_TRACING_ENABLED": "true",
+        "CPA_TRACING_ENDPOINT": endpoint,
+        "CPA_TRACING_SAMPLING_RATIO": str(ratio),
+        "CPA_AGENT_TRACING_ENABLED": "true",
+        "CPA_AGENT_TRACING_ENDPOINT": endpoint,
+        "CPA_AGENT_TRACING_SAMPLING_RATIO": str(ratio),
+        # Room for every span of the run: none dropped, so the export's whole cost is measured.
+        "OTEL_BSP_MAX_QUEUE_SIZE": "200000",
+    }
+
+
+async def _one(ratio: float | None, endpoint: str, jobs: int, concurrency: int) -> float:
+    """Jobs per second end to end for one configuration, on fresh processes."""
+    with processes(
+        replicas=1, agents_per_replica=1, slots=64, backend_env=_env(ratio, endpoint)
+    ) as started:
+        client = SchedulerClient(started.addresses[0], timeout_s=60)
+        try:
+            await _wait_agents(client, 1)
+            await throughput([client], 200, 8, ONE_TASK)  # warm-up
+            result = await throughput([client], jobs, concurrency, ONE_TASK)
+        finally:
+            await client.close()
+    return float(result["end_to_end_per_s"])
+
+
+async def run(arguments: argparse.Namespace) -> None:
+    counter = SpanCounter()
+    # On threads of its own: the bench's event loop blocks while processes start and stop,
+    # when the exporters flush.
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, server)  # type: ignore[no-untyped-call]
+    endpoint = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    figures: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+    spans: dict[str, int] = dict.fromkeys(CONFIGURATIONS, 0)
+    try:
+        for _ in range(arguments.rounds):
+            for name, ratio in CONFIGURATIONS.items():
+                before = counter.spans
+                rate = await _one(ratio, endpoint, arguments.jobs, arguments.concurrency)
+                figures[name].append(rate)
+                spans[name] += counter.spans - before
+                print(f"  {name}: {rate:.0f} jobs/s", flush=True)
+    finally:
+        server.stop(0)
+    if arguments.verbose:
+        print(counter.names)
+    off = statistics.median(figures["off"])
+    print(
+        f"{arguments.jobs} one-task jobs, {arguments.concurrency} submitters, median of "
+        f"{arguments.rounds} rounds:"
+    )
+    for name, rates in figures.items():
+        median = statistics.median(rates)
+        cost = 100 * (off - median) / off
+        per_job = spans[name] / (arguments.rounds * (arguments.jobs + 200))
+        print(
+            f"tracing {name:>5}: {median:6.0f} jobs/s ({cost:+.1f} % cost), "
+            f"{per_job:.1f} spans exported per job"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--verbose", action="store_true", help="print the spans by name")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
