@@ -194,6 +194,8 @@ class _Traced:
         value = getattr(self._target, name)
         if name.startswith("_") or not inspect.iscoroutinefunction(value):
             return value
+        if self._root and name == "close":
+            return value  # a shutdown is no trace of its own
         wrapped = self._wrap(f"{self._prefix}.{name}", value)
         setattr(self, name, wrapped)
         return wrapped
