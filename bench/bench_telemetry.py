@@ -1,5 +1,6 @@
-"""What tracing costs: end-to-end throughput of one-task jobs with tracing off, on at 10 % and
-on at 100 % sampling, back to back in one run (docs/PERFORMANCE.md, "Tracing").
+"""What telemetry costs: end-to-end throughput of one-task jobs with it all off, with Prometheus
+metrics on (scraped once a second), and with metrics and tracing at 10 % and at 100 %
+sampling, back to back in one run (docs/PERFORMANCE.md, "Tracing").
 
 Each configuration starts its own `cpa serve` (embedded SQLite) and benchmark agent
 (bench_agent.py) as processes, as bench_throughput.py does, with the replica and the agent
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +32,17 @@ from opentelemetry.proto.collector.trace.v1 import (  # noqa: E402
     trace_service_pb2_grpc,
 )
 
+from bench.bench_metrics import _free_port, _scrape_forever  # noqa: E402
 from bench.bench_throughput import ONE_TASK, _wait_agents, processes, throughput  # noqa: E402
 from cpa_client import SchedulerClient  # noqa: E402
 
-# name: the replica's and the agent's settings (None: tracing off).
-CONFIGURATIONS: dict[str, float | None] = {"off": None, "10 %": 0.1, "100 %": 1.0}
+# name: (metrics on, the tracing sampling ratio or None: tracing off).
+CONFIGURATIONS: dict[str, tuple[bool, float | None]] = {
+    "off": (False, None),
+    "metrics": (True, None),
+    "metrics + tracing 10 %": (True, 0.1),
+    "metrics + tracing 100 %": (True, 1.0),
+}
 
 
 class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
@@ -70,17 +78,27 @@ def _env(ratio: float | None, endpoint: str) -> dict[str, str]:
     }
 
 
-async def _one(ratio: float | None, endpoint: str, jobs: int, concurrency: int) -> float:
+async def _one(
+    metrics: bool, ratio: float | None, endpoint: str, jobs: int, concurrency: int
+) -> float:
     """Jobs per second end to end for one configuration, on fresh processes."""
-    with processes(
-        replicas=1, agents_per_replica=1, slots=64, backend_env=_env(ratio, endpoint)
-    ) as started:
+    env = _env(ratio, endpoint)
+    port = _free_port()
+    if metrics:  # the replica's endpoint, scraped as Prometheus would
+        env["CPA_METRICS_ADDRESS"] = f"127.0.0.1:{port}"
+    with processes(replicas=1, agents_per_replica=1, slots=64, backend_env=env) as started:
         client = SchedulerClient(started.addresses[0], timeout_s=60)
+        scrapes: list[int] = []
+        scraper = asyncio.create_task(_scrape_forever(port, scrapes)) if metrics else None
         try:
             await _wait_agents(client, 1)
             await throughput([client], 200, 8, ONE_TASK)  # warm-up
             result = await throughput([client], jobs, concurrency, ONE_TASK)
         finally:
+            if scraper is not None:
+                scraper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await scraper
             await client.close()
     return float(result["end_to_end_per_s"])
 
@@ -97,9 +115,9 @@ async def run(arguments: argparse.Namespace) -> None:
     spans: dict[str, int] = dict.fromkeys(CONFIGURATIONS, 0)
     try:
         for _ in range(arguments.rounds):
-            for name, ratio in CONFIGURATIONS.items():
+            for name, (metrics, ratio) in CONFIGURATIONS.items():
                 before = counter.spans
-                rate = await _one(ratio, endpoint, arguments.jobs, arguments.concurrency)
+                rate = await _one(metrics, ratio, endpoint, arguments.jobs, arguments.concurrency)
                 figures[name].append(rate)
                 spans[name] += counter.spans - before
                 print(f"  {name}: {rate:.0f} jobs/s", flush=True)
@@ -117,7 +135,7 @@ async def run(arguments: argparse.Namespace) -> None:
         cost = 100 * (off - median) / off
         per_job = spans[name] / (arguments.rounds * (arguments.jobs + 200))
         print(
-            f"tracing {name:>5}: {median:6.0f} jobs/s ({cost:+.1f} % cost), "
+            f"{name:>23}: {median:6.0f} jobs/s ({cost:+.1f} % cost), "
             f"{per_job:.1f} spans exported per job"
         )
 
