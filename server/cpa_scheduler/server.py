@@ -309,7 +309,9 @@ class SchedulerServer:
             queue=backends.queue,
             sessions=sessions,
             orchestrator=orchestrator,
-            poll_interval_s=_SHARED_QUEUE_POLL_S if backends.distributed else _EMBEDDED_QUEUE_POLL_S,
+            poll_interval_s=_SHARED_QUEUE_POLL_S
+            if backends.distributed
+            else _EMBEDDED_QUEUE_POLL_S,
         )
         orchestrator.claim_agent = dispatcher.claim
         artifacts = Artifacts(

@@ -96,7 +96,7 @@ async def test_work_queued_through_the_traced_queue_goes_before_a_new_task(
     orchestrator, dispatcher = traced_replica(settings, clock, backends, agent)
     await dispatcher.dispatch_round()  # learns that the queue is empty
 
-    first, state = await submit(orchestrator, "first")  # no free credit: queued
+    _, state = await submit(orchestrator, "first")  # no free credit: queued
     assert state is TaskState.QUEUED
     agent.session.credits = 1  # a result gave the credit back
     _, state = await submit(orchestrator, "second")
