@@ -120,8 +120,12 @@ class _Components:
 
 
 # How often the dispatcher looks at a queue shared with other replicas even without a wake-up
-# (a notification lost on the way); the embedded queue always wakes it.
+# (a notification lost on the way).
 _SHARED_QUEUE_POLL_S = 0.5
+# The embedded queue wakes it on every publish; the slow poll is a safety net only (a wake-up
+# lost to a bug would else strand the task until a restart: the embedded mode has no
+# reconciler). One look at an in-process dict: nothing on the hot path.
+_EMBEDDED_QUEUE_POLL_S = 5.0
 
 
 # How long stop() waits for the background tasks (dispatcher, sweeper, reconciler) to end.
@@ -305,7 +309,9 @@ class SchedulerServer:
             queue=backends.queue,
             sessions=sessions,
             orchestrator=orchestrator,
-            poll_interval_s=_SHARED_QUEUE_POLL_S if backends.distributed else None,
+            poll_interval_s=_SHARED_QUEUE_POLL_S
+            if backends.distributed
+            else _EMBEDDED_QUEUE_POLL_S,
         )
         orchestrator.claim_agent = dispatcher.claim
         artifacts = Artifacts(

@@ -1,7 +1,7 @@
 """Dispatcher: matches ready tasks to agent sessions with free credits and starts attempts.
 
 Event-driven: it wakes when work may be ready or an agent grants credits (plus a slow safety
-poll for queues shared with other replicas). It takes from the queue no more than the capable
+poll against a lost notification or wake-up). It takes from the queue no more than the capable
 sessions have credits for, takes a credit before the (asynchronous) assignment commits, and
 acks the queue item only after the assignment is durable (or found stale).
 

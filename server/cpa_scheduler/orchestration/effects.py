@@ -23,9 +23,14 @@ async def carry_out(
     stored, and a caller told otherwise would retry it. What a failure leaves undone is
     repaired without them: queued tasks are published again by the reconciler (the
     distributed mode; in process, publishing cannot fail), a lost cancel ends with the
-    attempt's lease, and watchers re-read events they missed from the store."""
+    attempt's lease, and watchers re-read events they missed from the store. The events and
+    the queue are apart: a failing bus (or a wrapper of it) must not keep the tasks from the
+    queue, which the embedded mode never repairs until a restart."""
     try:
         await bus.publish(changes.events)
+    except Exception as error:
+        _failed(job, "publishing its events", error)
+    try:
         if changes.queued:
             await queue.publish([queue_entry(job, task_id) for task_id in changes.queued])
         if changes.withdrawn:
@@ -48,11 +53,11 @@ async def carry_out(
                 SessionEndMessage(job_id=job.job_id, session=end.session, reason=end.reason),
             )
     except Exception as error:
-        log.warning(
-            "job %s is stored, but carrying out its change failed (repaired later): %s",
-            job.job_id,
-            error,
-        )
+        _failed(job, "carrying out its change", error)
+
+
+def _failed(job: Job, step: str, error: Exception) -> None:
+    log.warning("job %s is stored, but %s failed (repaired later): %s", job.job_id, step, error)
 
 
 def queue_entry(job: Job, task_id: str, pin: str | None = None) -> QueuedTask:

@@ -179,7 +179,9 @@ def traced(target: T, prefix: str, *, root: bool = False, **attributes: Any) -> 
 
 
 class _Traced:
-    """The proxy `traced` returns: methods wrapped once, on first use."""
+    """The proxy `traced` returns: methods wrapped once, on first use. Public attributes set on
+    it are set on the target (a callback such as the queue's `on_ready` must reach the object
+    that calls it: set on the proxy alone, the embedded queue never woke the dispatcher)."""
 
     def __init__(
         self, target: Any, tracer: Tracer, prefix: str, root: bool, attributes: dict[str, Any]
@@ -197,8 +199,14 @@ class _Traced:
         if self._root and name == "close":
             return value  # a shutdown is no trace of its own
         wrapped = self._wrap(f"{self._prefix}.{name}", value)
-        setattr(self, name, wrapped)
+        object.__setattr__(self, name, wrapped)  # the proxy's own cache, not the target's
         return wrapped
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._target, name, value)
 
     def _wrap(
         self, span_name: str, method: Callable[..., Awaitable[Any]]

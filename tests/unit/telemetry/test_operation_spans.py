@@ -3,7 +3,7 @@ under the caller's, with their outcome, labels and counts; none outside a trace 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -60,3 +60,25 @@ def test_outside_a_trace_or_with_tracing_off_no_span_is_made(spans: InMemorySpan
         pass
     assert spans.get_finished_spans() == ()
     assert tracing.current_carrier() == {}
+
+
+class _Queue:
+    def __init__(self) -> None:
+        self.on_ready: Callable[[], None] = lambda: None
+
+    async def publish(self) -> None:
+        self.on_ready()
+
+
+async def test_a_traced_object_gets_what_is_set_on_its_proxy(
+    spans: InMemorySpanExporter,
+) -> None:
+    queue = _Queue()
+    proxy = tracing.traced(queue, "queue")
+    woken: list[bool] = []
+    proxy.on_ready = lambda: woken.append(True)  # as the dispatcher sets its wake-up
+
+    await proxy.publish()
+
+    assert woken == [True]
+    assert "publish" not in vars(queue)  # the proxy's wrapped method stays the proxy's
