@@ -20,7 +20,7 @@ import pytest
 from cpa.common.v1 import agent_capabilities_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.executor.v1 import executor_service_pb2_grpc
-from cpa.scheduler.v1 import job_pb2
+from cpa.scheduler.v1 import job_pb2, memory_pb2
 from cpa_client import SchedulerClient
 from tests.e2e.conftest import todo
 
@@ -68,6 +68,11 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),)
 
 
+def memory_text(job_id: str) -> str:
+    """The text of the memory globex keeps of its job: what a probe searches for."""
+    return f"download the supplier invoice {job_id} and mail it to accounting"
+
+
 @contextlib.asynccontextmanager
 async def open_world(
     store: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -85,6 +90,10 @@ async def open_world(
                 await globex.schedule_job(spec, request_id=request_id)
             await globex.cancel_job(job.job_id)
             deliveries = [c.delivery_id async for c in globex.list_callbacks(job_id=job.job_id)]
+            # A memory of globex's job, found by its text (memory_text) if a search leaked.
+            await globex.put_memory(
+                memory_pb2.PutMemoryRequest(text=memory_text(job.job_id), job_id=job.job_id)
+            )
         channel = grpc.aio.insecure_channel(scheduler.target)
         stub = executor_service_pb2_grpc.ExecutorServiceStub(channel)
         hello = ex.ConnectRequest(

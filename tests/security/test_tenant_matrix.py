@@ -20,12 +20,12 @@ from cpa.common.v1 import agent_capabilities_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa.lam.v1 import lam_message_pb2 as lam
-from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
+from cpa.scheduler.v1 import job_pb2, memory_pb2, scheduler_service_pb2
 from cpa_client import AdminClient, CpaError, SchedulerClient
 from cpa_scheduler.security.permissions import METHOD_PERMISSIONS, Permission
 from tests.e2e.conftest import todo
 
-from .tenant_world import SHARED_AGENT_ID, WAIT_S, World, bearer
+from .tenant_world import SHARED_AGENT_ID, WAIT_S, World, bearer, memory_text
 
 # RPCs that touch no tenant's stored resource, and why.
 NO_TENANT_RESOURCE = {
@@ -132,6 +132,27 @@ async def _list_agents(world: World, job_id: str) -> Outcome:
         return SHARED_AGENT_ID in {agent.agent_id async for agent in client.list_agents()}
 
 
+async def _search_memory(world: World, job_id: str) -> Outcome:
+    """acme searching globex's memory text finds no record of that text (acme's own notes, which
+    the PutMemory probe makes, have other texts)."""
+    text = memory_text(job_id)
+    async with _client(world) as client:
+        return [
+            hit.record.text for hit in await client.search_memory(text) if hit.record.text == text
+        ]
+
+
+async def _put_memory(world: World, job_id: str) -> Outcome:
+    """A memory naming globex's job is acme's own record: taken as for any other id, and
+    never globex's."""
+    request = memory_pb2.PutMemoryRequest(text=f"acme's note on {job_id}", job_id=job_id)
+    async with _client(world) as client:
+        made = await _outcome(client.put_memory(request), job_id)
+    if made[0] == "ok":
+        return ("ok", made[1].job_id == job_id, bool(made[1].memory_id))
+    return made
+
+
 async def _schedule(world: World, request_id: str) -> Outcome:
     spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo("a", "noop")]))
     async with _client(world) as client:
@@ -223,6 +244,8 @@ PROBES: dict[str, tuple[Probe, str]] = {
     _S + "ListCallbacks": (_list_callbacks, "job"),
     _S + "RetryCallbacks": (_retry_callbacks, "delivery"),
     _S + "ListAuditEntries": (_list_audit, "job"),
+    _S + "SearchMemory": (_search_memory, "job"),
+    _S + "PutMemory": (_put_memory, "job"),
     _S + "ScheduleJob": (_schedule, "request_id"),
     _S + "BatchScheduleJobs": (_batch_schedule, "batch_request_id"),
     _E + "Connect": (_connect, "agent_id"),
@@ -252,6 +275,7 @@ async def test_another_tenants_resources_look_like_missing_ones(world: World) ->
     assert await _list_jobs(world, world.globex_job) is False
     assert await _keys(world, "") == ["acme"]
     assert await _list_agents(world, "") is False
+    assert await _search_memory(world, world.globex_job) == []
     assert await _list_callbacks(world, world.globex_job) == []
     assert (await _retry_callbacks(world, world.globex_delivery))[:2] == (
         grpc.StatusCode.NOT_FOUND,

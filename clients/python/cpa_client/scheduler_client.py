@@ -463,16 +463,12 @@ class SchedulerClient:
         """The tenant's remembered jobs closest in meaning to `text`, most similar first (k 0:
         the server's 5; outcome 0: either)."""
         request = memory_pb2.SearchMemoryRequest(text=text, k=k, outcome=outcome)
-        response = await _unary(
-            self._stub.SearchMemory(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.SearchMemory, request)
         return list(response.hits)
 
     async def put_memory(self, request: memory_pb2.PutMemoryRequest) -> memory_pb2.MemoryRecord:
         """Add a record to the tenant's memory; returns it as stored (with its id)."""
-        response = await _unary(
-            self._stub.PutMemory(request, metadata=self._metadata, timeout=self._timeout_s)
-        )
+        response = await self._call(self._stub.PutMemory, request)
         return response.record
 
     async def list_agents(

@@ -158,7 +158,7 @@ def configure_logging(
         if json_lines
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream) if stream is not sys.stderr else _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
     )
@@ -173,6 +173,23 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to `sys.stderr` as it is when a record is emitted, not when logging was set up: a
+    process that swaps it (a test capturing output, a command run in process) keeps its lines
+    instead of writing to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass  # always the current sys.stderr
 
 
 def _redactor(redact: Callable[[str], str]) -> Callable[..., MutableMapping[str, Any]]:

@@ -204,7 +204,8 @@ def _status(
     # of the error): the message, echoed twice, and the metadata values stay bounded.
     # DomainError bounds its message and field already; this holds for whatever else is added.
     status = status_pb2.Status(code=code.value[0], message=clip(message, MAX_MESSAGE_BYTES))
-    for key, value in info.metadata.items():
+    # A copy of the items: a protobuf map written while it is iterated may skip entries.
+    for key, value in list(info.metadata.items()):
         info.metadata[key] = clip(value, MAX_FIELD_BYTES)
     status.details.add().Pack(info)
     return status

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pysqlite3.dbapi2 as sqlite3  # type: ignore[import-untyped]
 import sqlite_vec  # type: ignore[import-untyped]
 
+from cpa_scheduler.storage.data_dir import make_private_directory, make_private_file
 from cpa_scheduler.telemetry import timed
 
 from .embedder import Embedder, unit
@@ -46,7 +47,9 @@ class SqliteVecMemory:
 
     @staticmethod
     def _open(path: Path, dimensions: int) -> Any:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Private as the store's files are (0600, its -wal and -shm too): it holds request texts.
+        make_private_directory(path.parent)
+        make_private_file(path)
         db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         db.enable_load_extension(True)
         sqlite_vec.load(db)
