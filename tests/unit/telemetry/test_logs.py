@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -76,3 +77,36 @@ def test_a_job_without_a_trace_gets_no_trace_id(lines: io.StringIO) -> None:
     (record,) = records(lines)
     assert record["job_id"] == "job-2"
     assert "trace_id" not in record
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_terminal_gets_readable_lines_and_anything_else_json(terminal: bool) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = _Terminal() if terminal else io.StringIO()
+    telemetry.configure_logging("INFO", redact=redact_pii, stream=stream)
+    try:
+        with job_context("acme", "job-3"):
+            logging.getLogger("cpa.x").warning("paying %s failed", "DE89370400440532013000")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    text = stream.getvalue()
+    assert "DE89" not in text
+    (line,) = text.splitlines()
+    if terminal:
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        assert not line.startswith("{")
+        assert "[warning  ] paying [REDACTED:IBAN] failed" in plain
+        assert "job_id=job-3" in plain
+        assert "tenant=acme" in plain
+        assert plain != line  # coloured for a terminal
+    else:
+        record = json.loads(line)
+        assert (record["event"], record["job_id"]) == ("paying [REDACTED:IBAN] failed", "job-3")
