@@ -6,7 +6,9 @@ Each configuration starts its own `cpa serve` (embedded SQLite) and benchmark ag
 (bench_agent.py) as processes, as bench_throughput.py does, with the replica and the agent
 exporting over OTLP/gRPC to a receiver in this process that counts the spans (a collector's
 work stays out of the figures, the export's is in them). The configurations are run in turn,
-`--rounds` times, and each one's median is printed with its cost against off.
+`--rounds` times, and each one's median is printed with its cost against off: in throughput,
+and in CPU per job of the scheduler and of the agent (read from /proc around the measured jobs;
+steadier than throughput on a small machine, where the submitters share the cores).
 
     python bench/bench_telemetry.py [--jobs 2000] [--concurrency 16] [--rounds 3]
 """
@@ -19,6 +21,7 @@ import contextlib
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,13 @@ from opentelemetry.proto.collector.trace.v1 import (  # noqa: E402
 )
 
 from bench.bench_metrics import _free_port, _scrape_forever  # noqa: E402
-from bench.bench_throughput import ONE_TASK, _wait_agents, processes, throughput  # noqa: E402
+from bench.bench_throughput import (  # noqa: E402
+    ONE_TASK,
+    CpuMeter,
+    _wait_agents,
+    processes,
+    throughput,
+)
 from cpa_client import SchedulerClient  # noqa: E402
 
 # name: (metrics on, the tracing sampling ratio or None: tracing off).
@@ -78,10 +87,17 @@ def _env(ratio: float | None, endpoint: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Figures:
+    jobs_per_s: float
+    scheduler_us_per_job: float
+    agent_us_per_job: float
+
+
 async def _one(
     metrics: bool, ratio: float | None, endpoint: str, jobs: int, concurrency: int
-) -> float:
-    """Jobs per second end to end for one configuration, on fresh processes."""
+) -> Figures:
+    """Jobs per second end to end and CPU per job for one configuration, on fresh processes."""
     env = _env(ratio, endpoint)
     port = _free_port()
     if metrics:  # the replica's endpoint, scraped as Prometheus would
@@ -93,14 +109,20 @@ async def _one(
         try:
             await _wait_agents(client, 1)
             await throughput([client], 200, 8, ONE_TASK)  # warm-up
-            result = await throughput([client], jobs, concurrency, ONE_TASK)
+            meter = CpuMeter(started.pids, distributed=False)
+            result = await throughput([client], jobs, concurrency, ONE_TASK, meter)
         finally:
             if scraper is not None:
                 scraper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await scraper
             await client.close()
-    return float(result["end_to_end_per_s"])
+    done = result["jobs"]
+    return Figures(
+        jobs_per_s=float(result["end_to_end_per_s"]),
+        scheduler_us_per_job=1e6 * meter.used_s["scheduler"] / done,
+        agent_us_per_job=1e6 * meter.used_s["agents"] / done,
+    )
 
 
 async def run(arguments: argparse.Namespace) -> None:
@@ -111,32 +133,47 @@ async def run(arguments: argparse.Namespace) -> None:
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, server)  # type: ignore[no-untyped-call]
     endpoint = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     server.start()
-    figures: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+    figures: dict[str, list[Figures]] = {name: [] for name in CONFIGURATIONS}
     spans: dict[str, int] = dict.fromkeys(CONFIGURATIONS, 0)
     try:
         for _ in range(arguments.rounds):
             for name, (metrics, ratio) in CONFIGURATIONS.items():
                 before = counter.spans
-                rate = await _one(metrics, ratio, endpoint, arguments.jobs, arguments.concurrency)
-                figures[name].append(rate)
+                one = await _one(metrics, ratio, endpoint, arguments.jobs, arguments.concurrency)
+                figures[name].append(one)
                 spans[name] += counter.spans - before
-                print(f"  {name}: {rate:.0f} jobs/s", flush=True)
+                print(
+                    f"  {name}: {one.jobs_per_s:.0f} jobs/s, scheduler "
+                    f"{one.scheduler_us_per_job:.0f} µs/job, "
+                    f"agent {one.agent_us_per_job:.0f} µs/job",
+                    flush=True,
+                )
     finally:
         server.stop(0)
     if arguments.verbose:
         print(counter.names)
-    off = statistics.median(figures["off"])
+
+    def median(name: str, field: str) -> float:
+        return statistics.median(getattr(one, field) for one in figures[name])
+
     print(
         f"{arguments.jobs} one-task jobs, {arguments.concurrency} submitters, median of "
-        f"{arguments.rounds} rounds:"
+        f"{arguments.rounds} rounds (cost against off):"
     )
-    for name, rates in figures.items():
-        median = statistics.median(rates)
-        cost = 100 * (off - median) / off
+    for name in figures:
+        rate, off_rate = median(name, "jobs_per_s"), median("off", "jobs_per_s")
+        cpu = {
+            field: (median(name, field), median("off", field))
+            for field in ("scheduler_us_per_job", "agent_us_per_job")
+        }
         per_job = spans[name] / (arguments.rounds * (arguments.jobs + 200))
         print(
-            f"{name:>23}: {median:6.0f} jobs/s ({cost:+.1f} % cost), "
-            f"{per_job:.1f} spans exported per job"
+            f"{name:>23}: {rate:6.0f} jobs/s ({100 * (off_rate - rate) / off_rate:+.1f} %)   "
+            + "   ".join(
+                f"{field.split('_')[0]} {value:5.0f} µs/job ({100 * (value - off) / off:+.1f} %)"
+                for field, (value, off) in cpu.items()
+            )
+            + f"   {per_job:.1f} spans exported per job"
         )
 
 
