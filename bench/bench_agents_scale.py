@@ -11,6 +11,7 @@ flow's duration, taken off), that idle CPU per second, jobs/s, and heartbeat-ack
 as the idle streams saw it while the jobs flowed.
 
     python bench/bench_agents_scale.py [--idle 250 1000 5000] [--jobs 3000] [--workers 4]
+                                       [--idle-heartbeat-s 7.5]
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ async def _idle_stream(
     async for message in call:
         kind = message.WhichOneof("kind")
         if kind == "welcome":
-            interval_s = message.welcome.heartbeat_interval.ToNanoseconds() / 1e9
+            welcome = message.welcome
+            interval_s = welcome.heartbeat_interval.ToNanoseconds() / 1e9
+            # These streams never run an attempt: the idle interval, when the server names one.
+            interval_s = max(interval_s, welcome.idle_heartbeat_interval.ToNanoseconds() / 1e9)
             outgoing.put_nowait(ex.ConnectRequest(credit=ex.Credit(slots=4)))
             welcomed.set()
             break
@@ -185,7 +189,10 @@ def _tell(workers: list[subprocess.Popen[str]], line: str) -> None:
 
 async def run_scale(idle: int, arguments: argparse.Namespace) -> dict[str, float]:
     with processes(
-        replicas=1, agents_per_replica=arguments.agents, slots=arguments.slots, backend_env={}
+        replicas=1,
+        agents_per_replica=arguments.agents,
+        slots=arguments.slots,
+        backend_env={"CPA_IDLE_HEARTBEAT_INTERVAL_S": str(arguments.idle_heartbeat_s)},
     ) as started:
         target = started.addresses[0]
         server_pid = started.pids["scheduler"][0]
@@ -235,7 +242,8 @@ async def run(arguments: argparse.Namespace) -> None:
     print(f"calibration loop: {calibration_ms():.0f} ms (lower is a faster machine right now)")
     print(
         f"{arguments.jobs} one-task jobs, {arguments.concurrency} submitters, "
-        f"{arguments.agents} real agent(s) x {arguments.slots} slots"
+        f"{arguments.agents} real agent(s) x {arguments.slots} slots, idle heartbeat interval "
+        f"{arguments.idle_heartbeat_s or 'as busy'}"
     )
     print(
         "idle streams | server CPU/job (net of idle) | server CPU/s idle | jobs/s "
@@ -267,6 +275,12 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--workers", type=int, default=4, help="processes holding idle streams")
     parser.add_argument("--quiet-s", type=float, default=3.0, help="idle CPU sample window")
+    parser.add_argument(
+        "--idle-heartbeat-s",
+        type=float,
+        default=0.0,
+        help="the server's CPA_IDLE_HEARTBEAT_INTERVAL_S (0: idle agents beat as busy ones)",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

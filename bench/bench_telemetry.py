@@ -154,7 +154,7 @@ async def run(arguments: argparse.Namespace) -> None:
         print(counter.names)
 
     def median(name: str, field: str) -> float:
-        return statistics.median(getattr(one, field) for one in figures[name])
+        return float(statistics.median(getattr(one, field) for one in figures[name]))
 
     print(
         f"{arguments.jobs} one-task jobs, {arguments.concurrency} submitters, median of "

@@ -298,12 +298,21 @@ class Connection(ServerMessages):
 
     async def _heartbeat_loop(self, session: StreamSession) -> None:
         loop = asyncio.get_running_loop()
-        interval_s = session.heartbeat_interval_s
+        previous_s = session.heartbeat_interval_s
         while True:
+            # Idle: the longer interval (no lease to renew). An attempt assigned during that
+            # sleep is renewed by the heartbeat that ends it, within half a lease.
+            interval_s = (
+                session.heartbeat_interval_s
+                if self._attempts
+                else session.idle_heartbeat_interval_s
+            )
             await asyncio.sleep(interval_s)
+            # The server answers each heartbeat: silence spans at most the last two sleeps.
             silent_s = loop.time() - session.last_received_s
-            if silent_s >= DEAD_AFTER_HEARTBEAT_INTERVALS * interval_s:
+            if silent_s >= DEAD_AFTER_HEARTBEAT_INTERVALS * max(interval_s, previous_s):
                 raise SessionLostError(f"nothing from the server for {silent_s:.2f}s")
+            previous_s = interval_s
             session.send(
                 pb.ConnectRequest(heartbeat=pb.Heartbeat(running_attempts=self._running_protos()))
             )

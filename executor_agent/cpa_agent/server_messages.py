@@ -116,6 +116,8 @@ class ServerMessages:
             interval_s = welcome.heartbeat_interval.ToTimedelta().total_seconds()
             if interval_s > 0:
                 session.heartbeat_interval_s = interval_s
+        idle_s = welcome.idle_heartbeat_interval.ToTimedelta().total_seconds()
+        session.idle_heartbeat_interval_s = max(idle_s, session.heartbeat_interval_s)
         adopted = {AttemptKey.from_proto(attempt) for attempt in welcome.adopted_attempts}
         for key in [key for key in self._attempts if key not in adopted]:
             self._discard(key, "not adopted by the server")
@@ -123,12 +125,14 @@ class ServerMessages:
         self.sessions_started += 1
         self.connected.set()
         logger.info(
-            "connected to %s: session %s on replica %s, heartbeat every %gs, %d attempts adopted,"
+            "connected to %s: session %s on replica %s, heartbeat every %gs (%gs idle), %d attempts"
+            " adopted,"
             " messages of at most %d bytes out and %s in",
             self._settings.server,
             welcome.session_id,
             welcome.replica_id,
             session.heartbeat_interval_s,
+            session.idle_heartbeat_interval_s,
             len(adopted),
             session.max_report_bytes,
             welcome.max_assignment_bytes or "unknown",

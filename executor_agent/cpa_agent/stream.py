@@ -44,6 +44,8 @@ class StreamSession:
         self.outgoing: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
         self.welcome: pb.Welcome | None = None
         self.heartbeat_interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
+        # While no attempt runs (Welcome.idle_heartbeat_interval); never below the other.
+        self.idle_heartbeat_interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
         self.last_received_s = 0.0
         self.server_drain: pb.ServerDrain | None = None
         # Results sent on this stream and not yet acked, by report id.

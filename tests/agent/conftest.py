@@ -110,11 +110,19 @@ def connect_agent(scheduler: ScriptedScheduler, start_agent: StartAgent) -> Conn
     """Starts an agent against `scheduler` and welcomes its first session."""
 
     async def connect(
-        *, heartbeat_interval_s: float = 0.1, accepts_batches: bool = False, **settings: Any
+        *,
+        heartbeat_interval_s: float = 0.1,
+        idle_heartbeat_interval_s: float = 0.0,
+        accepts_batches: bool = False,
+        **settings: Any,
     ) -> tuple[RunningAgent, ScriptedSession]:
         running = start_agent(scheduler.port, **settings)
         session = await scheduler.next_session()
-        session.welcome(heartbeat_interval_s=heartbeat_interval_s, accepts_batches=accepts_batches)
+        session.welcome(
+            heartbeat_interval_s=heartbeat_interval_s,
+            idle_heartbeat_interval_s=idle_heartbeat_interval_s,
+            accepts_batches=accepts_batches,
+        )
         return running, session
 
     return connect

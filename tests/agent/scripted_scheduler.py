@@ -123,6 +123,7 @@ class ScriptedSession:
         self,
         *,
         heartbeat_interval_s: float = 0.1,
+        idle_heartbeat_interval_s: float = 0.0,
         adopted: Iterable[pb.RunningAttempt] = (),
         session_id: str = "session-1",
         accepts_batches: bool = False,
@@ -134,7 +135,12 @@ class ScriptedSession:
                     session_id=session_id,
                     replica_id="replica-test",
                     heartbeat_interval=duration(heartbeat_interval_s),
-                    lease_duration=duration(3 * heartbeat_interval_s),
+                    idle_heartbeat_interval=(
+                        duration(idle_heartbeat_interval_s) if idle_heartbeat_interval_s else None
+                    ),
+                    lease_duration=duration(
+                        3 * max(heartbeat_interval_s, idle_heartbeat_interval_s)
+                    ),
                     adopted_attempts=list(adopted),
                     accepts_batches=accepts_batches,
                     max_report_bytes=max_report_bytes,

@@ -281,6 +281,11 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                     session_id=session.session_id,
                     replica_id=self._replica_id,
                     heartbeat_interval=_duration(self._settings.heartbeat_interval_s),
+                    idle_heartbeat_interval=(
+                        _duration(self._settings.idle_heartbeat_interval_s)
+                        if self._settings.idle_heartbeat_interval_s
+                        else None
+                    ),
                     lease_duration=_duration(self._settings.lease_duration_s),
                     adopted_attempts=convert.attempt_refs_to_proto(adopted),
                     accepts_batches=True,

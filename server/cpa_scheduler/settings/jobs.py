@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
 
 
@@ -20,6 +22,16 @@ class JobSettings(BaseSettings):
     )
     heartbeat_interval_s: float = Field(
         default=3.0, gt=0, description="How often agents send heartbeats (told in the welcome)."
+    )
+    idle_heartbeat_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="How often an agent running no attempt sends heartbeats (told in the "
+        "welcome; 0: heartbeat_interval_s). An idle agent's heartbeat renews no lease, it only "
+        "shows the agent is alive: on a replica holding thousands of mostly idle agents a longer "
+        "interval saves their heartbeats' CPU (docs/PERFORMANCE.md). Between heartbeat_interval_s "
+        "and half of lease_duration_s (the server ends a session silent for a lease); outside, "
+        "the server refuses to start.",
     )
     max_redeliveries: int = Field(
         default=3,
@@ -105,3 +117,14 @@ class JobSettings(BaseSettings):
         description="Refused calls audited one by one per minute and replica, all principals "
         "together: many forged identities cannot multiply the writes either.",
     )
+
+    @model_validator(mode="after")
+    def _idle_heartbeats_keep_sessions(self) -> Self:
+        idle_s = self.idle_heartbeat_interval_s
+        if idle_s and not self.heartbeat_interval_s <= idle_s <= self.lease_duration_s / 2:
+            raise ValueError(
+                f"idle_heartbeat_interval_s ({idle_s:g}) must be 0 or between "
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) and half of "
+                f"lease_duration_s ({self.lease_duration_s / 2:g})"
+            )
+        return self

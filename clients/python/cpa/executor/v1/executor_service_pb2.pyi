@@ -708,6 +708,7 @@ class Welcome(_message.Message):
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     MAX_REPORT_BYTES_FIELD_NUMBER: _builtins.int
     MAX_ASSIGNMENT_BYTES_FIELD_NUMBER: _builtins.int
+    IDLE_HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Identifier of this session."""
     replica_id: _builtins.str
@@ -738,6 +739,19 @@ class Welcome(_message.Message):
     def adopted_attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]:
         """Attempts from the hello that the server adopted; the agent cancels the others."""
 
+    @_builtins.property
+    def idle_heartbeat_interval(self) -> _duration_pb2.Duration:
+        """How often the agent sends a heartbeat while it runs no attempt; absent (the server's
+        CPA_IDLE_HEARTBEAT_INTERVAL_S is 0, the default) or shorter than heartbeat_interval:
+        heartbeat_interval. An idle agent's heartbeat renews no lease, it only shows the agent is
+        alive (the server ends a session silent for lease_duration, and the agent gets no work
+        meanwhile), so a replica holding thousands of mostly idle agents can ask for fewer. The
+        server keeps it at most half of lease_duration. An agent that starts an attempt keeps the
+        sleep it is in: its next heartbeat comes within this interval, well inside the new attempt's
+        lease, and from then on every heartbeat_interval while it runs an attempt. An agent that
+        ignores this field heartbeats every heartbeat_interval, as before.
+        """
+
     def __init__(
         self,
         *,
@@ -749,10 +763,11 @@ class Welcome(_message.Message):
         accepts_batches: _builtins.bool = ...,
         max_report_bytes: _builtins.int = ...,
         max_assignment_bytes: _builtins.int = ...,
+        idle_heartbeat_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "idle_heartbeat_interval", b"idle_heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "adopted_attempts", b"adopted_attempts", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "max_assignment_bytes", b"max_assignment_bytes", "max_report_bytes", b"max_report_bytes", "replica_id", b"replica_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "adopted_attempts", b"adopted_attempts", "heartbeat_interval", b"heartbeat_interval", "idle_heartbeat_interval", b"idle_heartbeat_interval", "lease_duration", b"lease_duration", "max_assignment_bytes", b"max_assignment_bytes", "max_report_bytes", b"max_report_bytes", "replica_id", b"replica_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

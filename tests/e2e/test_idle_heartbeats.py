@@ -1,0 +1,65 @@
+"""CPA_IDLE_HEARTBEAT_INTERVAL_S over real gRPC: the welcome carries it (absent by default), a
+value that would let a session or a lease lapse is refused at start, and an agent idle when its
+task arrives keeps the task's lease: the task outlives several leases on its first attempt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from cpa.scheduler.v1 import job_pb2
+from cpa_client import SchedulerClient
+from cpa_scheduler.settings import Settings
+
+from .conftest import HEARTBEAT_S, LEASE_S, Agents, finished, todo, todos_spec
+from .raw_agent import RawAgentStream
+
+IDLE_S = LEASE_S / 2
+
+
+@pytest.fixture
+def scheduler_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        lease_duration_s=LEASE_S,
+        heartbeat_interval_s=HEARTBEAT_S,
+        idle_heartbeat_interval_s=request.param,
+    )
+
+
+@pytest.mark.parametrize("scheduler_settings", [IDLE_S], indirect=True)
+async def test_the_welcome_tells_the_idle_interval(raw_stream: RawAgentStream) -> None:
+    welcome = await raw_stream.hello("agent-1")
+    assert welcome.idle_heartbeat_interval.ToTimedelta().total_seconds() == IDLE_S
+    assert welcome.heartbeat_interval.ToTimedelta().total_seconds() == HEARTBEAT_S
+
+
+@pytest.mark.parametrize("scheduler_settings", [0.0], indirect=True)
+async def test_by_default_the_welcome_has_no_idle_interval(raw_stream: RawAgentStream) -> None:
+    welcome = await raw_stream.hello("agent-1")
+    assert not welcome.HasField("idle_heartbeat_interval")
+
+
+@pytest.mark.parametrize("idle_s", [HEARTBEAT_S / 2, LEASE_S / 2 + 0.01, LEASE_S])
+def test_an_idle_interval_outside_its_bounds_is_refused(idle_s: float) -> None:
+    with pytest.raises(ValidationError, match="idle_heartbeat_interval_s"):
+        Settings(
+            lease_duration_s=LEASE_S,
+            heartbeat_interval_s=HEARTBEAT_S,
+            idle_heartbeat_interval_s=idle_s,
+        )
+
+
+@pytest.mark.parametrize("scheduler_settings", [IDLE_S], indirect=True)
+async def test_a_task_given_to_an_idle_agent_outlives_several_leases(
+    agents: Agents, client: SchedulerClient
+) -> None:
+    agent = await agents.start("agent-1", slots=1)
+    spec = todos_spec(todo("a", "wait", params={"seconds": 3 * LEASE_S}))
+    job = await finished(client, (await client.schedule_job(spec)).job.job_id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert [a.number for a in job.tasks[0].attempts] == [1]
+    assert agent.sessions_started == 1
