@@ -565,10 +565,10 @@ class SchedulerServer:
             metrics.enable()
             self._background.append(
                 asyncio.create_task(
-                    metrics.count_queued_forever(
-                        components.backends.store, settings.metrics_queue_interval_s
+                    metrics.StoreGauges(components.backends.store).run_forever(
+                        settings.metrics_queue_interval_s
                     ),
-                    name="metrics-queue-length",
+                    name="metrics-store-gauges",
                 )
             )
         await self._server.start()

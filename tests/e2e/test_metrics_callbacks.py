@@ -1,6 +1,7 @@
 """Callback metrics over real sockets: a job's messages go to a loopback HTTPS receiver that
 answers 503 twice, then 200; the replica's /metrics counts each attempt by outcome, and
-callbacks_pending comes back to where it was once every message is delivered."""
+callbacks_pending (the store's count) comes back to where it was once every message is
+delivered."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def scheduler_settings(scheduler_settings: Settings, receiver: WebhookReceiver) 
             "callback_backoff_initial_s": 0.05,
             "callback_backoff_max_s": 0.2,
             "callback_poll_interval_s": 0.05,
+            # callbacks_pending is read from the store this often.
+            "metrics_queue_interval_s": 0.05,
         }
     )
 
