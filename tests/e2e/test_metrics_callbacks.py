@@ -14,7 +14,12 @@ import pytest
 
 from cpa_client import SchedulerClient
 from cpa_scheduler.settings import Settings
-from tests.fixtures.webhook import LOOPBACK_NETWORKS, Received, WebhookReceiver, receiver_tls
+from tests.fixtures.webhook import (
+    LOOPBACK_NETWORKS,
+    Received,
+    WebhookReceiver,
+    scripted_receiver,
+)
 
 from .conftest import Agents, Scheduler, todo, todos_spec
 from .test_metrics_prometheus import sample, scrape
@@ -24,14 +29,10 @@ WAIT_S = 20.0
 
 @pytest.fixture
 async def receiver(tmp_path: Path) -> AsyncIterator[WebhookReceiver]:
-    hook = WebhookReceiver(
-        tls=receiver_tls(tmp_path / "tls"), script=lambda delivery_id, n: 503 if n <= 2 else 200
-    )
-    await hook.start()
-    try:
+    async with scripted_receiver(
+        tmp_path / "tls", lambda delivery_id, n: 503 if n <= 2 else 200
+    ) as hook:
         yield hook
-    finally:
-        await hook.stop()
 
 
 @pytest.fixture

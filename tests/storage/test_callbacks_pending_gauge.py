@@ -22,7 +22,7 @@ from cpa_scheduler.callbacks.sender import CallbackSender
 from cpa_scheduler.domain import OutboundCallback
 from cpa_scheduler.storage import CallbackState, DataDirectoryInUseError, Store
 from cpa_scheduler.telemetry import metrics
-from tests.fixtures.webhook import LOOPBACK_NETWORKS, WebhookReceiver, receiver_tls
+from tests.fixtures.webhook import LOOPBACK_NETWORKS, WebhookReceiver, scripted_receiver
 
 from .conftest import OpenStore
 from .test_store_contract import NOW, TENANT, at, create, new_job
@@ -39,12 +39,8 @@ def answer(delivery_id: str, n: int) -> int:
 
 @pytest.fixture
 async def receiver(tmp_path: Path) -> AsyncIterator[WebhookReceiver]:
-    hook = WebhookReceiver(tls=receiver_tls(tmp_path / "tls"), script=answer)
-    await hook.start()
-    try:
+    async with scripted_receiver(tmp_path / "tls", answer) as hook:
         yield hook
-    finally:
-        await hook.stop()
 
 
 @pytest.fixture
