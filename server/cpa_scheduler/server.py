@@ -347,6 +347,8 @@ class SchedulerServer:
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
             # First: a refused call (limits, credentials) is traced too.
             *([tracing.server_interceptor()] if tracing_on else []),
+            # Outside every interceptor that refuses calls: their refusals are counted by code.
+            RpcMetrics(),
             CallLimit(settings.max_concurrent_rpcs),
             AuthInterceptor(
                 authenticator, default_tenant=settings.default_tenant, audit_log=audit_log
@@ -365,8 +367,6 @@ class SchedulerServer:
                     audit_log=audit_log,
                 )
             )
-        # Innermost: its handler is the service's own, cached per method (metrics_rpc).
-        interceptors.append(RpcMetrics())
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -565,10 +565,10 @@ class SchedulerServer:
             metrics.enable()
             self._background.append(
                 asyncio.create_task(
-                    metrics.count_queued_forever(
-                        components.backends.store, settings.metrics_queue_interval_s
+                    metrics.StoreGauges(components.backends.store).run_forever(
+                        settings.metrics_queue_interval_s
                     ),
-                    name="metrics-queue-length",
+                    name="metrics-store-gauges",
                 )
             )
         await self._server.start()

@@ -18,7 +18,12 @@ from cpa_client import SchedulerClient
 from cpa_scheduler.callbacks.keys import SECRET_FILE
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
-from tests.fixtures.webhook import LOOPBACK_NETWORKS, Received, WebhookReceiver, receiver_tls
+from tests.fixtures.webhook import (
+    LOOPBACK_NETWORKS,
+    Received,
+    WebhookReceiver,
+    scripted_receiver,
+)
 
 from .conftest import HEARTBEAT_S, LEASE_S, Agents, todo, todos_spec
 
@@ -33,12 +38,8 @@ async def receiver(tmp_path: Path) -> AsyncIterator[WebhookReceiver]:
             return 503, {"Retry-After": "0"}
         return 503 if n == 2 else 200
 
-    hook = WebhookReceiver(tls=receiver_tls(tmp_path / "tls"), script=twice_503_then_ok)
-    await hook.start()
-    try:
+    async with scripted_receiver(tmp_path / "tls", twice_503_then_ok) as hook:
         yield hook
-    finally:
-        await hook.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Callback metrics over real sockets: a job's messages go to a loopback HTTPS receiver that
 answers 503 twice, then 200; the replica's /metrics counts each attempt by outcome, and
-callbacks_pending comes back to where it was once every message is delivered."""
+callbacks_pending (the store's count) comes back to where it was once every message is
+delivered."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import pytest
 
 from cpa_client import SchedulerClient
 from cpa_scheduler.settings import Settings
-from tests.fixtures.webhook import LOOPBACK_NETWORKS, Received, WebhookReceiver, receiver_tls
+from tests.fixtures.webhook import (
+    LOOPBACK_NETWORKS,
+    Received,
+    WebhookReceiver,
+    scripted_receiver,
+)
 
 from .conftest import Agents, Scheduler, todo, todos_spec
 from .test_metrics_prometheus import sample, scrape
@@ -23,14 +29,10 @@ WAIT_S = 20.0
 
 @pytest.fixture
 async def receiver(tmp_path: Path) -> AsyncIterator[WebhookReceiver]:
-    hook = WebhookReceiver(
-        tls=receiver_tls(tmp_path / "tls"), script=lambda delivery_id, n: 503 if n <= 2 else 200
-    )
-    await hook.start()
-    try:
+    async with scripted_receiver(
+        tmp_path / "tls", lambda delivery_id, n: 503 if n <= 2 else 200
+    ) as hook:
         yield hook
-    finally:
-        await hook.stop()
 
 
 @pytest.fixture
@@ -43,6 +45,8 @@ def scheduler_settings(scheduler_settings: Settings, receiver: WebhookReceiver) 
             "callback_backoff_initial_s": 0.05,
             "callback_backoff_max_s": 0.2,
             "callback_poll_interval_s": 0.05,
+            # callbacks_pending is read from the store this often.
+            "metrics_queue_interval_s": 0.05,
         }
     )
 

@@ -3,17 +3,18 @@
 Both processes depend on this package, never on each other, so the parts they share live here:
 the OpenTelemetry tracer provider (OTLP export, ratio sampling), the W3C carrier helpers for a
 context that crosses a queue in a map field, and the structlog configuration that renders every
-`logging` call as one JSON object per line (or for a person, on a terminal).
+`logging` call as one JSON object per line (or for a person, on a terminal), PII redacted by the
+policy's detectors (cpa_client.pii) in every process alike.
 
-OpenTelemetry and structlog are imported on use only: the SDK's callers that use neither pay
-nothing for them.
+OpenTelemetry, structlog and google-re2 are imported on use only: the SDK's callers that use
+none of this pay nothing for them (the extra `cpa-client[logs]` installs what logging needs).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
@@ -129,13 +130,12 @@ def configure_logging(
     level: str,
     *,
     json_lines: bool | None = None,
-    redact: Callable[[str], str] | None = None,
     stream: IO[str] | None = None,
 ) -> None:
     """Route every `logging` record through structlog: one JSON object per line (a terminal
     gets the console format unless `json_lines`), with the contextvars bound by
     `structlog.contextvars` (tenant, job_id, task_id, attempt), the current trace and span ids,
-    and every string value passed through `redact`."""
+    and every value passed through `redact_pii`, exceptions included."""
     import structlog
 
     stream = stream or sys.stderr
@@ -148,16 +148,16 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _trace_ids,
     ]
-    final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
-    if json_lines:
-        final.append(structlog.processors.format_exc_info)
-    if redact is not None:
-        final.append(_redactor(redact))
-    final.append(
+    final: list[Any] = [
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        # A traceback as text before redaction, on a terminal too: the console renderer's own
+        # (rich) traceback would show the exception's message and local variables unredacted.
+        structlog.processors.format_exc_info,
+        redact_pii,
         structlog.processors.JSONRenderer()
         if json_lines
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    )
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty()),
+    ]
     handler = logging.StreamHandler(stream) if stream is not sys.stderr else _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
@@ -175,6 +175,35 @@ def configure_logging(
     )
 
 
+# Set by the processors above from our own data (never a caller's): not scanned.
+_NOT_SCANNED = frozenset({"timestamp", "level", "logger", "trace_id", "span_id"})
+_PLAIN = (int, float, bool, type(None))
+
+
+def redact_pii(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The structlog processor of every process's log lines: each value, nested ones in dicts,
+    lists and tuples too, with every PII finding of every detector replaced by its label
+    ([REDACTED:IBAN]; cpa_client.pii, the policy's rules). Any other object is rendered as its
+    repr (as the JSON renderer would) and redacted."""
+    from .pii import redact_all
+
+    def redacted(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact_all(value)
+        if isinstance(value, _PLAIN):
+            return value
+        if isinstance(value, dict):
+            return {key: redacted(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [redacted(item) for item in value]
+        return redact_all(repr(value))
+
+    for key, value in event.items():
+        if key not in _NOT_SCANNED:
+            event[key] = redacted(value)
+    return event
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to `sys.stderr` as it is when a record is emitted, not when logging was set up: a
     process that swaps it (a test capturing output, a command run in process) keeps its lines
@@ -190,13 +219,3 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, _value: IO[str]) -> None:
         pass  # always the current sys.stderr
-
-
-def _redactor(redact: Callable[[str], str]) -> Callable[..., MutableMapping[str, Any]]:
-    def processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        for key, value in event.items():
-            if isinstance(value, str):
-                event[key] = redact(value)
-        return event
-
-    return processor

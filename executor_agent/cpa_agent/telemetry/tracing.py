@@ -3,7 +3,8 @@
 Off by default (CPA_AGENT_TRACING_ENABLED): then `attempt_span` is a null context. On, each
 attempt runs in a span "cpa.attempt" whose parent is the job's trace context the Assignment
 carries, so the attempt joins the trace of the call that submitted the job, whichever replica
-assigned it and however long after. Log lines inside name the job, task and attempt.
+assigned it and however long after. Log lines inside name the job, task and attempt; every
+line's PII is redacted as on the scheduler (`configure_logging`).
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def set_outcome(span: Any, result: pb.Result) -> None:
 
 
 def configure_logging(settings: AgentSettings) -> None:
-    """The agent CLI's logs as its settings say (JSON lines unless on a terminal)."""
+    """The agent CLI's logs as its settings say (JSON lines unless on a terminal), PII redacted
+    by the scheduler's rules (cpa_client.telemetry.redact_pii): an executor's error may quote
+    what a portal or a mailbox showed it."""
     shared.configure_logging(
         settings.log_level,
         json_lines=None if settings.log_format == "auto" else settings.log_format == "json",

@@ -19,8 +19,8 @@ class MetricsSettings(BaseSettings):
     metrics_queue_interval_s: float = Field(
         default=15.0,
         gt=0,
-        description="How often a replica with metrics counts the QUEUED tasks in the store "
-        "(job_queue_length).",
+        description="How often a replica with metrics counts the QUEUED tasks and the PENDING "
+        "callbacks in the store (job_queue_length, callbacks_pending).",
     )
 
     @field_validator("metrics_address")

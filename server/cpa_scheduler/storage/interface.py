@@ -239,6 +239,11 @@ class Store(ApiKeyStore, Protocol):
         over changes nothing). Returns whether it applied."""
         ...
 
+    async def count_pending_callbacks(self, *, limit: int) -> int:
+        """How many deliveries are PENDING, every tenant's, counting at most `limit`
+        (callbacks_pending, telemetry/metrics.py)."""
+        ...
+
     async def list_callbacks(
         self,
         tenant: str,

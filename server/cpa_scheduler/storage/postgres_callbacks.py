@@ -48,6 +48,12 @@ _RECORD: Final = f"""
     WHERE delivery_id = %(delivery_id)s AND state = '{_PENDING}' AND claim_token = %(token)s
     RETURNING delivery_id
 """
+# The partial index of PENDING rows (callbacks_due) answers it without reading the table.
+_COUNT_PENDING: Final = f"""
+    SELECT count(*) FROM (
+        SELECT 1 FROM callback_deliveries WHERE state = '{_PENDING}' LIMIT %(limit)s
+    ) pending
+"""
 _REDRIVE: Final = f"""
     UPDATE callback_deliveries c SET state = '{_PENDING}', attempts = 0,
         next_attempt_time = %(now)s, claimed_until = NULL, claim_token = '', update_time = %(now)s
@@ -90,6 +96,11 @@ class PostgresCallbacks:
             },
         )
         return len(rows) == 1
+
+    async def count_pending_callbacks(self, *, limit: int) -> int:
+        rows = await self._statement(_COUNT_PENDING, {"limit": limit})
+        count: int = rows[0][0]
+        return count
 
     async def list_callbacks(
         self,

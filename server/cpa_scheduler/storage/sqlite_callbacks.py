@@ -107,6 +107,16 @@ class SqliteCallbacks:
         )
         return cursor.rowcount == 1
 
+    async def count_pending_callbacks(self, *, limit: int) -> int:
+        # The partial index of PENDING rows (callbacks_due) answers it without reading the table
+        # (the state written out: SQLite matches a partial index's condition only to a literal).
+        (count,) = self._db.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM callback_deliveries "
+            f"WHERE state = '{_PENDING}' LIMIT ?)",
+            (limit,),
+        ).fetchone()
+        return int(count)
+
     async def list_callbacks(
         self,
         tenant: str,

@@ -3,8 +3,9 @@
 Every `logging` call is rendered by structlog (cpa_client.telemetry.configure_logging): JSON
 lines with the level, logger, time, the trace and span ids of the current span, and what
 `job_context` bound where a job or task is handled (tenant, job_id, task_id, attempt, and the
-job's trace id even outside a span). String values pass through the policy's PII detectors
-(policy/pii.py), every detector on: a log line has no tenant policy to allow anything.
+job's trace id even outside a span). Values pass through the policy's PII detectors
+(cpa_client.pii, every detector on: a log line has no tenant policy to allow anything), in the
+one processor the agent's and the CLI's lines pass through too (cpa_client.telemetry.redact_pii).
 """
 
 from __future__ import annotations
@@ -16,14 +17,7 @@ import structlog
 
 from cpa_client import telemetry as shared
 
-from ..policy.pii import redact, scan
 from ..settings import Settings
-
-
-def redact_pii(text: str) -> str:
-    """`text` with every PII finding replaced by its label ([REDACTED:IBAN])."""
-    findings = scan(text)
-    return redact(text, findings) if findings else text
 
 
 def configure(settings: Settings) -> None:
@@ -31,7 +25,6 @@ def configure(settings: Settings) -> None:
     shared.configure_logging(
         settings.log_level,
         json_lines=None if settings.log_format == "auto" else settings.log_format == "json",
-        redact=redact_pii,
     )
 
 

@@ -4,7 +4,8 @@ The counters and histograms are process-wide (prometheus_client objects, not reg
 anywhere by themselves); each replica's registry (`replica_registry`) holds them and its own
 scrape-time collector (agents, slots). They are fed where state already changes, after commit:
 `observe_changes` reads a committed change's events, so a retried transaction counts once.
-The queue length is read from the store in the background (`count_queued_forever`).
+The queue length and the pending callbacks are read from the store in the background
+(`StoreGauges`): the store is the truth every replica shares.
 
 `ENABLED` is false until a replica serves /metrics: with metrics off every hook returns at its
 first test. Labels are bounded: no job, task or agent ids; actions and requirements go through
@@ -41,6 +42,8 @@ _log = logging.getLogger(__name__)
 
 LABEL_CAP = 50
 QUEUE_SCAN_LIMIT = 10_000
+# A count over the outbox's partial index of PENDING rows: cheap even at this bound.
+CALLBACK_COUNT_LIMIT = 100_000
 OTHER = "other"
 
 # Seconds: tasks run from sub-second API calls to minutes-long browser flows.
@@ -132,8 +135,8 @@ REDIS_ERRORS = Counter(
 )
 CALLBACKS_PENDING = Gauge(
     "callbacks_pending",
-    "Callback messages written and not yet delivered or dead, as changed by this replica: "
-    "sum over replicas.",
+    "Callback messages PENDING in the store (written, not yet delivered or dead); every "
+    "replica reports the whole deployment's: take the max over replicas.",
     registry=None,
 )
 CALLBACKS = Counter(
@@ -198,8 +201,6 @@ def observe_changes(job: Job, changes: JobChanges) -> None:
     """Count a committed change: its job and task transitions, durations and queue moves."""
     if not ENABLED:
         return
-    if changes.callbacks:
-        CALLBACKS_PENDING.inc(len(changes.callbacks))
     for event in changes.events:
         payload = event.payload
         if isinstance(payload, TaskStateChanged):
@@ -252,8 +253,6 @@ def callback_finished(outcome: str) -> None:
     """A callback delivery attempt ended as `outcome` (pending: it will be tried again)."""
     if ENABLED:
         CALLBACKS.labels(outcome).inc()
-        if outcome != "pending":
-            CALLBACKS_PENDING.dec()
 
 
 def _on_operation(operation: hooks.Operation) -> None:
@@ -273,25 +272,39 @@ def _on_operation(operation: hooks.Operation) -> None:
         )
 
 
-async def count_queued_forever(store: Store, interval_s: float) -> None:
-    """Set job_queue_length from the store (the truth) every `interval_s`: counts kept in step
-    by each replica's transitions would drift whenever a replica restarts. Reads at most
-    QUEUE_SCAN_LIMIT tasks (a backlog past it is far past the alert's 100)."""
-    QUEUE_LENGTH.clear()  # an earlier store's counts (a replica started again in this process)
-    shown: set[str] = set()
-    while True:
-        try:
-            queued = await store.queued_tasks(limit=QUEUE_SCAN_LIMIT)
-        except Exception as error:  # the store is down: keep the last counts, say so
-            _log.warning("counting the queued tasks failed: %s", error)
-        else:
-            counts = collections.Counter(actions(task.todo.action) for task in queued)
-            for requirement in shown - counts.keys():
-                QUEUE_LENGTH.labels(requirement).set(0)
-            for requirement, count in counts.items():
-                QUEUE_LENGTH.labels(requirement).set(count)
-            shown |= counts.keys()
-        await asyncio.sleep(interval_s)
+class StoreGauges:
+    """job_queue_length and callbacks_pending, set from the store (the truth) by `refresh`,
+    every `interval_s` in `run_forever`. Counts kept in step by each replica's own changes would
+    drift: a replica restarts (its counts from zero), dies between a delivery and its record, or
+    another replica's deliverer ends the callbacks this one wrote. Reads at most
+    QUEUE_SCAN_LIMIT tasks (a backlog past it is far past the alert's 100) and counts at most
+    CALLBACK_COUNT_LIMIT callbacks."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._shown: set[str] = set()
+
+    async def refresh(self) -> None:
+        """One reading of the store; raises what the store raises (the gauges keep their
+        values)."""
+        queued = await self._store.queued_tasks(limit=QUEUE_SCAN_LIMIT)
+        pending = await self._store.count_pending_callbacks(limit=CALLBACK_COUNT_LIMIT)
+        counts = collections.Counter(actions(task.todo.action) for task in queued)
+        for requirement in self._shown - counts.keys():
+            QUEUE_LENGTH.labels(requirement).set(0)
+        for requirement, count in counts.items():
+            QUEUE_LENGTH.labels(requirement).set(count)
+        self._shown |= counts.keys()
+        CALLBACKS_PENDING.set(pending)
+
+    async def run_forever(self, interval_s: float) -> None:
+        QUEUE_LENGTH.clear()  # an earlier store's counts (a replica started again in this process)
+        while True:
+            try:
+                await self.refresh()
+            except Exception as error:  # the store is down: keep the last counts, say so
+                _log.warning("reading the metrics' counts from the store failed: %s", error)
+            await asyncio.sleep(interval_s)
 
 
 _unsubscribe: Callable[[], None] | None = None

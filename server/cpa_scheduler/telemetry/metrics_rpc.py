@@ -1,9 +1,10 @@
 """RPC metrics: an interceptor counting each gRPC call by method and status code, and timing it.
 
-Innermost: the handler it gets is the service's own, the same object every call, so its
-wrapped handler is cached per method and the call path pays a dict lookup. (Outermost it would
-rewrap per call, as the call limit and the rate limiter wrap theirs per call.) Calls those
-interceptors refuse are therefore not counted here; they log and audit their refusals.
+Outside the call limit, authentication and the rate limiter (server.py): a call they refuse
+(RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED) is counted with its code like any
+other, which is what an operator watching refusals climb needs. The handler it gets is then
+the one those interceptors made for this call, so it wraps per call (a closure and a handler
+tuple, as each of them does), not once per method.
 """
 
 from __future__ import annotations
@@ -70,9 +71,6 @@ def _measured(behavior: Behavior, method: str) -> Behavior:
 class RpcMetrics(_Interceptor):
     """Counts and times every call (rpc_requests_total, rpc_duration_seconds)."""
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
@@ -81,11 +79,5 @@ class RpcMetrics(_Interceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not metrics.ENABLED:
             return handler  # type: ignore[return-value]  # None: UNIMPLEMENTED (stubs lack it)
-        name = handler_call_details.method
-        cached = self._wrapped.get(name)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        method = metrics.methods(name)
-        wrapped = rewrap(handler, lambda behavior: _measured(behavior, method))
-        self._wrapped[name] = (handler, wrapped)
-        return wrapped
+        method = metrics.methods(handler_call_details.method)
+        return rewrap(handler, lambda behavior: _measured(behavior, method))

@@ -163,6 +163,6 @@ def test_hostile_texts_scan(text: str) -> None:
 
 
 def test_detectors_are_re2_patterns() -> None:
-    from cpa_scheduler.policy import pii
+    from cpa_client import pii
 
     assert all(isinstance(spec.matcher, re2._Regexp) for spec in pii._SPECS)

@@ -1,6 +1,6 @@
 """Log records as structlog renders them (cpa_client.telemetry, cpa_scheduler.telemetry.logs):
 `logging` calls become JSON objects with the bound job context, PII redacted by the policy's
-detectors."""
+detectors (cpa_client.pii) whoever configured logging."""
 
 from __future__ import annotations
 
@@ -8,27 +8,22 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from cpa_client import telemetry
-from cpa_scheduler.telemetry.logs import job_context, redact_pii
+from cpa_scheduler.telemetry.logs import job_context
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 @pytest.fixture
-def lines() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+def lines() -> io.StringIO:
+    """Logging configured to write JSON lines here (tests/conftest.py's autouse fixture puts
+    the root logger back after the test)."""
     stream = io.StringIO()
-    telemetry.configure_logging("DEBUG", json_lines=True, redact=redact_pii, stream=stream)
-    try:
-        yield stream
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    telemetry.configure_logging("DEBUG", json_lines=True, stream=stream)
+    return stream
 
 
 def records(stream: io.StringIO) -> list[dict[str, object]]:
@@ -86,16 +81,10 @@ class _Terminal(io.StringIO):
 
 @pytest.mark.parametrize("terminal", [True, False])
 def test_a_terminal_gets_readable_lines_and_anything_else_json(terminal: bool) -> None:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
     stream = _Terminal() if terminal else io.StringIO()
-    telemetry.configure_logging("INFO", redact=redact_pii, stream=stream)
-    try:
-        with job_context("acme", "job-3"):
-            logging.getLogger("cpa.x").warning("paying %s failed", "DE89370400440532013000")
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    telemetry.configure_logging("INFO", stream=stream)
+    with job_context("acme", "job-3"):
+        logging.getLogger("cpa.x").warning("paying %s failed", "DE89370400440532013000")
 
     text = stream.getvalue()
     assert "DE89" not in text
