@@ -68,7 +68,33 @@ def _struct(policy: Policy, message: struct_pb2.Struct, path: str, *, judged_as:
             stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value.list_value.values))
 
 
+# ToDos redacted lately, by their encoding: every answer showing a job redacts its ToDos again,
+# and walking a params Struct costs more than encoding it (one Python object per value). Keyed
+# by the policy's id and checked against the policy itself, as _hidden_memo.
+_REMEMBERED_TODOS = 2048
+_MAX_TODO_BYTES = 4096  # at most 16 MiB held (key and value), 1-2 MiB typically
+_todo_memo: dict[tuple[int, bytes], tuple[Policy, bytes | None]] = {}
+
+
 def _todo(policy: Policy, todo: todo_pb2.ToDo) -> None:
+    encoded = todo.SerializeToString(deterministic=True)
+    if len(encoded) > _MAX_TODO_BYTES:
+        _walk_todo(policy, todo)
+        return
+    key = (id(policy), encoded)
+    known = _todo_memo.get(key)
+    if known is not None and known[0] is policy:
+        if known[1] is not None:
+            todo.ParseFromString(known[1])
+        return
+    _walk_todo(policy, todo)
+    redacted = todo.SerializeToString(deterministic=True)
+    if len(_todo_memo) >= _REMEMBERED_TODOS:
+        _todo_memo.clear()
+    _todo_memo[key] = (policy, None if redacted == encoded else redacted)
+
+
+def _walk_todo(policy: Policy, todo: todo_pb2.ToDo) -> None:
     for name in ("text", "description"):
         hidden = _hidden(policy, name, getattr(todo, name))
         if hidden is not None:

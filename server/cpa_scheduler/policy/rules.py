@@ -91,6 +91,9 @@ def _plain_path(path: str) -> str:
     return ".".join(p for p in parts if p)
 
 
+_SCALARS = (int, float, type(None))  # bool is an int
+
+
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
     """Every string in a JSON-like value with its path; iterative (no recursion limit)."""
     stack: list[tuple[Any, str]] = [(value, path)]
@@ -98,7 +101,9 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
         item, where = stack.pop()
         if isinstance(item, str):
             yield where, item
-        elif isinstance(item, Mapping):
+        elif isinstance(item, _SCALARS):
+            continue  # before the Mapping test: an ABC's isinstance is slow for plain values
+        elif isinstance(item, dict | Mapping):
             stack.extend((v, f"{where}.{k}") for k, v in reversed(list(item.items())))
         elif isinstance(item, list | tuple):
             stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))

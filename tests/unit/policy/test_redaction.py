@@ -62,3 +62,32 @@ def test_pii_a_tightened_policy_refuses_is_hidden_in_stored_jobs() -> None:
     message = job(text=f"pay {IBAN}")
     redact_job(policy, message)
     assert message.spec.text == "pay [REDACTED:IBAN]"
+
+
+def test_a_remembered_redaction_is_the_one_a_fresh_walk_gives() -> None:
+    # Every answer showing a job redacts it again; the second time comes from memory.
+    policy = parse_policy("pii: {default_action: redact}\n", source="p.yaml")
+    first, second = job(), job()
+    redact_job(policy, first)
+    redact_job(policy, second)
+    assert second == first
+    assert second.tasks[0].todo.text == "type [REDACTED:IBAN]"
+    # Another ToDo (one more field) is not mistaken for the remembered one.
+    third = job()
+    third.tasks[0].todo.params["extra"] = f"also {IBAN}"
+    redact_job(policy, third)
+    assert third.tasks[0].todo.params["extra"] == "also [REDACTED:IBAN]"
+    assert third.tasks[0].todo.params["note"] == first.tasks[0].todo.params["note"]
+
+
+def test_a_reloaded_policy_does_not_reuse_the_last_ones_redactions() -> None:
+    strict = parse_policy("pii: {default_action: redact}\n", source="p.yaml")
+    redact_job(strict, job())
+    lenient = parse_policy(
+        "pii:\n  default_action: redact\n  rules:\n    - {field: text, action: allow}\n",
+        source="p.yaml",
+    )
+    shown = job()
+    redact_job(lenient, shown)
+    assert shown.tasks[0].todo.text == f"type {IBAN}"
+    assert shown.tasks[0].todo.selector.value == "cell [REDACTED:IBAN]"
