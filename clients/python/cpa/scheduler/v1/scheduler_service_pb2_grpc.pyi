@@ -234,7 +234,9 @@ class SchedulerServiceStub:
     chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
     job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-    artifact_id empty), INVALID_FIELD (one over 128 characters).
+    artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
+    with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+    key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
     """
     ListCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]
     """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
@@ -487,7 +489,9 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
     job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-    artifact_id empty), INVALID_FIELD (one over 128 characters).
+    artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
+    with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+    key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
     """
     ListCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]  # type: ignore[assignment]
     """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
@@ -815,7 +819,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
         the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
         job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-        artifact_id empty), INVALID_FIELD (one over 128 characters).
+        artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
+        with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+        key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
         """
 
     @_abc_1.abstractmethod

@@ -1366,7 +1366,9 @@ export const SchedulerService: GenService<{
    * chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
    * the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
    * job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-   * artifact_id empty), INVALID_FIELD (one over 128 characters).
+   * artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
+   * with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+   * key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.DownloadArtifact
    */
