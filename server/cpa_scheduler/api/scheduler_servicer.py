@@ -398,8 +398,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     ) -> None:
         # A credential revoked or expired while the stream is open ends it (UNAUTHENTICATED);
         # with authentication off there is none to end.
-        async with until_credential_ends(self._credentials):
-            await self._watch.watch(request, self._tenant(context), context)
+        await self._watch.watch(
+            request,
+            self._tenant(context),
+            context,
+            until=until_credential_ends(self._credentials),
+        )
 
     @translate_errors
     @audited("SendMessage")
