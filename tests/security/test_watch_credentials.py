@@ -39,12 +39,17 @@ from .conftest import (
 )
 
 
+async def _pending_job_and_viewer(secure: SecureScheduler) -> tuple[str, tuple[str, str]]:
+    """A job that stays pending (the admin's), and a new viewer key (id, secret) to watch it."""
+    async with secure.client(secure.admin_key) as admin:
+        job_id = (await admin.schedule_job(PENDING)).job.job_id
+    return job_id, await secure.key("viewer")
+
+
 async def test_revoking_a_key_ends_its_watch_streams_and_only_those(
     secure: SecureScheduler,
 ) -> None:
-    async with secure.client(secure.admin_key) as admin:
-        job_id = (await admin.schedule_job(PENDING)).job.job_id
-    revoked_id, revoked_key = await secure.key("viewer")
+    job_id, (revoked_id, revoked_key) = await _pending_job_and_viewer(secure)
     _, other_key = await secure.key("viewer")
     async with (
         secure.client(revoked_key) as revoked,
@@ -135,9 +140,7 @@ async def test_a_revoked_keys_watch_ends_with_a_last_message_carrying_its_status
 ) -> None:
     # gRPC callers get the status as the call's too; the last message is for those who see no
     # trailers, and holds the same google.rpc.Status.
-    async with secure.client(secure.admin_key) as admin:
-        job_id = (await admin.schedule_job(PENDING)).job.job_id
-    key_id, key = await secure.key("viewer")
+    job_id, (key_id, key) = await _pending_job_and_viewer(secure)
     async with grpc.aio.insecure_channel(secure.target) as channel:
         call = SchedulerServiceStub(channel).WatchJob(
             WatchJobRequest(job_id=job_id), metadata=(("x-api-key", key),)
@@ -165,9 +168,7 @@ async def test_a_revoked_keys_watch_ends_with_a_last_message_carrying_its_status
 async def test_over_rest_a_revoked_keys_event_stream_ends_with_its_status_and_reopening_is_401(
     secure: SecureScheduler, start_cli: StartCli
 ) -> None:
-    async with secure.client(secure.admin_key) as admin:
-        job_id = (await admin.schedule_job(PENDING)).job.job_id
-    key_id, key = await secure.key("viewer")
+    job_id, (key_id, key) = await _pending_job_and_viewer(secure)
     gateway = await gateway_in_front(start_cli, secure.target)
     headers = {"x-api-key": key}
     async with httpx.AsyncClient(base_url=gateway, timeout=CALL_TIMEOUT_S, trust_env=False) as http:
