@@ -18,11 +18,12 @@ from .conftest import EVENT_TIMEOUT_S
 class RawAgentStream:
     """One ExecutorService.Connect call; nothing is sent unless the test sends it."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, metadata: Sequence[tuple[str, str]] = ()) -> None:
+        """`metadata`: the call's, e.g. the agent's credential with authentication on."""
         self._channel = grpc.aio.insecure_channel(target)
         self._outgoing: asyncio.Queue[ex.ConnectRequest] = asyncio.Queue()
         stub = executor_service_pb2_grpc.ExecutorServiceStub(self._channel)
-        self._call = stub.Connect(self._requests())
+        self._call = stub.Connect(self._requests(), metadata=tuple(metadata))
 
     async def _requests(self) -> AsyncIterator[ex.ConnectRequest]:
         while True:

@@ -1,7 +1,8 @@
 """WatchJob streams end with their credential, over real gRPC: revoking an API key ends the
 streams it opened (UNAUTHENTICATED, CREDENTIAL_REVOKED; on the revoking replica at once) while
 other credentials' streams go on, and a JWT's streams end when it expires (CREDENTIAL_EXPIRED).
-Through the REST gateway the event stream ends too. Across replicas:
+The stream's last message carries the same status (WatchJobResponse.error): through the REST
+gateway, where trailers are not seen, it is the last event. Across replicas:
 tests/security/test_revocation_replicas.py."""
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import jwt
 import pytest
+from google.rpc.error_details_pb2 import ErrorInfo
 
+from cpa.scheduler.v1.scheduler_service_pb2 import WatchJobRequest, WatchJobResponse
+from cpa.scheduler.v1.scheduler_service_pb2_grpc import SchedulerServiceStub
+from cpa_client import CpaError
+from cpa_client.errors import ERROR_DOMAIN
 from tests.cli.conftest import StartCli
-from tests.cli.rest_gateway import rpc_status
+from tests.cli.rest_gateway import ERROR_INFO, rpc_status
 
 from .conftest import (
     CACHE_TTL_S,
@@ -32,12 +39,17 @@ from .conftest import (
 )
 
 
+async def _pending_job_and_viewer(secure: SecureScheduler) -> tuple[str, tuple[str, str]]:
+    """A job that stays pending (the admin's), and a new viewer key (id, secret) to watch it."""
+    async with secure.client(secure.admin_key) as admin:
+        job_id = (await admin.schedule_job(PENDING)).job.job_id
+    return job_id, await secure.key("viewer")
+
+
 async def test_revoking_a_key_ends_its_watch_streams_and_only_those(
     secure: SecureScheduler,
 ) -> None:
-    async with secure.client(secure.admin_key) as admin:
-        job_id = (await admin.schedule_job(PENDING)).job.job_id
-    revoked_id, revoked_key = await secure.key("viewer")
+    job_id, (revoked_id, revoked_key) = await _pending_job_and_viewer(secure)
     _, other_key = await secure.key("viewer")
     async with (
         secure.client(revoked_key) as revoked,
@@ -118,12 +130,45 @@ async def test_an_expiring_jwt_ends_its_watch_streams(jwt_scheduler: SecureSched
         assert expires <= ended_at < expires + 1.0
 
 
-async def test_over_rest_a_revoked_keys_event_stream_ends_and_reopening_is_401(
+async def _read_all(call: Any, into: list[WatchJobResponse]) -> None:
+    while isinstance(response := await call.read(), WatchJobResponse):
+        into.append(response)
+
+
+async def test_a_revoked_keys_watch_ends_with_a_last_message_carrying_its_status(
+    secure: SecureScheduler,
+) -> None:
+    # gRPC callers get the status as the call's too; the last message is for those who see no
+    # trailers, and holds the same google.rpc.Status.
+    job_id, (key_id, key) = await _pending_job_and_viewer(secure)
+    async with grpc.aio.insecure_channel(secure.target) as channel:
+        call = SchedulerServiceStub(channel).WatchJob(
+            WatchJobRequest(job_id=job_id), metadata=(("x-api-key", key),)
+        )
+        first = await call.read()
+        assert isinstance(first, WatchJobResponse)
+        assert first.HasField("event")
+        await secure.revoke(key_id)
+        responses: list[WatchJobResponse] = []
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await _read_all(call, responses)
+    error = CpaError.from_rpc_error(raised.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIAL_REVOKED")
+    last = responses[-1]
+    assert last.HasField("error")
+    assert (last.error.code, last.error.message) == (error.code.value[0], error.message)
+    (detail,) = [d for d in last.error.details if d.Is(ErrorInfo.DESCRIPTOR)]
+    info = ErrorInfo()
+    detail.Unpack(info)
+    assert (info.reason, info.domain) == ("CREDENTIAL_REVOKED", ERROR_DOMAIN)
+    # Only the last message carries one; none before it.
+    assert not any(response.HasField("error") for response in responses[:-1])
+
+
+async def test_over_rest_a_revoked_keys_event_stream_ends_with_its_status_and_reopening_is_401(
     secure: SecureScheduler, start_cli: StartCli
 ) -> None:
-    async with secure.client(secure.admin_key) as admin:
-        job_id = (await admin.schedule_job(PENDING)).job.job_id
-    key_id, key = await secure.key("viewer")
+    job_id, (key_id, key) = await _pending_job_and_viewer(secure)
     gateway = await gateway_in_front(start_cli, secure.target)
     headers = {"x-api-key": key}
     async with httpx.AsyncClient(base_url=gateway, timeout=CALL_TIMEOUT_S, trust_env=False) as http:
@@ -134,12 +179,22 @@ async def test_over_rest_a_revoked_keys_event_stream_ends_and_reopening_is_401(
             first = await anext(lines)
             assert first.startswith("data:"), first
             await secure.revoke(key_id)
-            # The status is in the trailers, which REST callers do not see: the stream ends
-            # (cleanly, or reset by the gateway), before its read timeout.
+            # Trailers are invisible here: the stream's last event carries the status. (Envoy
+            # may then reset the stream rather than end it cleanly: the events read count.)
+            messages: list[dict[str, Any]] = []
             with contextlib.suppress(httpx.RemoteProtocolError):
-                rest = [line async for line in lines]
-                events = [json.loads(line[5:])["event"] for line in rest if line[:5] == "data:"]
-                # Stored events still queued may precede the end; the job did not end.
-                assert not any(event["terminal"] for event in events)
+                async for line in lines:
+                    if line.startswith("data:"):
+                        messages.append(json.loads(line[5:]))
+        assert messages, "the stream ended without its last event"
+        *before, last = messages
+        # Stored events still queued may precede the end; the job did not end.
+        assert all("event" in message and not message["event"]["terminal"] for message in before)
+        assert set(last) == {"error"}, last
+        status = last["error"]
+        assert status["code"] == 16, status
+        assert status["message"], status
+        infos = [d for d in status["details"] if d["@type"] == ERROR_INFO]
+        assert [(i["reason"], i["domain"]) for i in infos] == [("CREDENTIAL_REVOKED", ERROR_DOMAIN)]
         again = await http.get(path, headers=headers)
         rpc_status(again, 401, 16, "CREDENTIAL_REVOKED")

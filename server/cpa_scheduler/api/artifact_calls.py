@@ -5,13 +5,14 @@ out, the session that proves which agent uploads; the rules are in cpa_scheduler
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc.aio
+from google.protobuf.message import Message
 
-from cpa.common.v1 import artifact_pb2
 from cpa.executor.v1 import executor_service_pb2 as executor_pb
+from cpa.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
 from cpa_scheduler.artifacts import Artifacts, UploadHeader
 from cpa_scheduler.dispatch import AgentSession, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
@@ -20,6 +21,7 @@ from cpa_scheduler.domain import FailedPrecondition, InvalidArgument, Reason
 from .artifact_convert import artifact_to_proto
 
 Context = grpc.aio.ServicerContext[Any, Any]
+DownloadRequest = executor_pb.DownloadArtifactRequest | scheduler_pb.DownloadArtifactRequest
 
 # Longer than any id the server makes (32 hex digits): refused before any lookup.
 _MAX_ID_CHARS = 128
@@ -115,12 +117,26 @@ async def upload(
 
 
 async def download(
-    artifacts: Artifacts, tenant: str, job_id: str, artifact_id: str
-) -> AsyncIterator[tuple[artifact_pb2.Artifact | None, bytes]]:
-    """(metadata, b"") first, then (None, chunk) per chunk: each service wraps them in its own
-    DownloadArtifactResponse."""
-    job_id = _id(job_id, "job_id")
-    record, chunks = await artifacts.open(tenant, job_id, _id(artifact_id, "artifact_id"))
-    yield artifact_to_proto(job_id, record), b""
-    async for chunk in chunks:
-        yield None, chunk
+    artifacts: Artifacts,
+    tenant: str,
+    request: DownloadRequest,
+    context: Context,
+    response: Callable[..., Message],
+) -> None:
+    """Writes the artifact's metadata, then its bytes chunk by chunk, as `response` messages.
+
+    Written with context.write (the handler is a coroutine, not a generator) so that the end of
+    the caller's credential, which cancels the handler's task (credential_watch.py), lands in
+    this body whatever it awaits, and the stream ends with UNAUTHENTICATED."""
+    job_id = _id(request.job_id, "job_id")
+    record, chunks = await artifacts.open(tenant, job_id, _id(request.artifact_id, "artifact_id"))
+    await context.write(response(artifact=artifact_to_proto(job_id, record)))
+    try:
+        async for chunk in chunks:
+            await context.write(response(chunk=chunk))
+    finally:
+        # Ended early (the credential, the client gone): release the store's reader (a
+        # PostgreSQL connection, a file) now, not at garbage collection.
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -16,6 +17,7 @@ from typing import Any, Final, NoReturn, ParamSpec, TypeVar, cast, overload
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from cpa_scheduler.domain import (
@@ -38,6 +40,7 @@ __all__ = [
     "RETRY_AFTER_KEY",
     "STATUS_DETAILS_KEY",
     "abort",
+    "end_stream_with",
     "internal_error_status",
     "retry_after_header",
     "status_code_for",
@@ -53,6 +56,8 @@ STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 # trailers as response headers and passes this one on with the 429 (RetryInfo is the gRPC way).
 RETRY_AFTER_KEY: Final = "retry-after"
 ERROR_DOMAIN: Final = "cpa.scheduler"
+# How long end_stream_with waits to write a stream's last message.
+_LAST_MESSAGE_TIMEOUT_S: Final = 5.0
 
 _Code = grpc.StatusCode
 
@@ -317,7 +322,10 @@ def translate_errors(method: Callable[P, Any]) -> Callable[P, Any]:
     raise TypeError(f"translate_errors needs an async def or async generator, got {method!r}")
 
 
-async def _abort_for(context: Any, error: Exception, where: str) -> NoReturn:
+def _error_status(
+    error: Exception, where: str
+) -> tuple[grpc.StatusCode, status_pb2.Status, str | None]:
+    """What an exception ends a call with: code, rich status, `retry-after` (or None)."""
     if isinstance(error, StoreUnavailableError):
         # Infrastructure, not a bug: say so (retryable), without the driver's text.
         logger.warning("store unavailable in %s: %s", where, error)
@@ -326,8 +334,35 @@ async def _abort_for(context: Any, error: Exception, where: str) -> NoReturn:
             reason=Reason.STORE_UNAVAILABLE,
         )
     if isinstance(error, DomainError):
-        await abort(context, error)
-    await _abort_with(context, *internal_error_status(error, where=where))
+        return *status_for(error), retry_after_header(error)
+    return *internal_error_status(error, where=where), None
+
+
+async def _abort_for(context: Any, error: Exception, where: str) -> NoReturn:
+    code, status, retry_after = _error_status(error, where)
+    await _abort_with(context, code, status, retry_after=retry_after)
+
+
+async def end_stream_with(
+    context: grpc.aio.ServicerContext[Any, Any],
+    error: Exception,
+    *,
+    where: str,
+    last: Callable[[status_pb2.Status], Message],
+) -> NoReturn:
+    """Ends a server stream that has begun (a message was written) with `error`'s status, sent
+    first as the stream's last message too, `last(status)`: a REST caller (Server-Sent Events
+    through the gateway) sees no trailers, so only a message can tell it why the stream ended.
+    gRPC callers get the same status as the call's. When the message cannot be written (the
+    client is gone or not reading), the status is still the call's."""
+    code, status, retry_after = _error_status(error, where)
+    try:
+        # Bounded: a client that stopped reading (its flow-control window full) would hold it.
+        async with asyncio.timeout(_LAST_MESSAGE_TIMEOUT_S):
+            await context.write(last(status))
+    except Exception as write_error:  # the call's status below still tells gRPC callers
+        logger.info("%s: no last message before %s: %r", where, code.name, write_error)
+    await _abort_with(context, code, status, retry_after=retry_after)
 
 
 def _translate_unary(

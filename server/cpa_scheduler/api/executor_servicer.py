@@ -44,7 +44,7 @@ from cpa_scheduler.domain import (
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.security import current_principal
 from cpa_scheduler.security.agent_scope import agent_tenant, check_advertised
-from cpa_scheduler.security.credential_watch import CredentialWatch
+from cpa_scheduler.security.credential_watch import CredentialWatch, until_credential_ends
 from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, convert
@@ -168,18 +168,18 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         )
 
     @translate_errors
-    async def DownloadArtifact(
+    async def DownloadArtifact(  # type: ignore[override]  # writes with context.write
         self, request: pb.DownloadArtifactRequest, context: Context
-    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
-        tenant = tenant_of(context, default=self._settings.default_tenant)
-        parts = artifact_calls.download(
-            self._artifacts, tenant, request.job_id, request.artifact_id
-        )
-        async for artifact, chunk in parts:
-            if artifact is not None:
-                yield pb.DownloadArtifactResponse(artifact=artifact)
-            else:
-                yield pb.DownloadArtifactResponse(chunk=chunk)
+    ) -> None:
+        # A credential revoked or expired while the download runs ends it (UNAUTHENTICATED).
+        async with until_credential_ends(self._credentials):
+            await artifact_calls.download(
+                self._artifacts,
+                tenant_of(context, default=self._settings.default_tenant),
+                request,
+                context,
+                pb.DownloadArtifactResponse,
+            )
 
     # -- the stream -----------------------------------------------------------------------------
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import AsyncIterator
-from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,8 +44,7 @@ from cpa_scheduler.events import EventBus
 from cpa_scheduler.orchestration import Orchestrator, Submission
 from cpa_scheduler.planning import PlanRequest
 from cpa_scheduler.policy.redaction import redact_job
-from cpa_scheduler.security import current_principal
-from cpa_scheduler.security.credential_watch import CredentialWatch
+from cpa_scheduler.security.credential_watch import CredentialWatch, until_credential_ends
 from cpa_scheduler.settings import Settings
 
 from . import artifact_calls, audit_calls, callback_calls, convert, job_views
@@ -401,9 +398,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     ) -> None:
         # A credential revoked or expired while the stream is open ends it (UNAUTHENTICATED);
         # with authentication off there is none to end.
-        credentials = self._credentials
-        async with credentials.ending_with(current_principal()) if credentials else nullcontext():
-            await self._watch.watch(request, self._tenant(context), context)
+        await self._watch.watch(
+            request,
+            self._tenant(context),
+            context,
+            until=until_credential_ends(self._credentials),
+        )
 
     @translate_errors
     @audited("SendMessage")
@@ -451,17 +451,18 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         return pb.ListArtifactsResponse(artifacts=[artifact_to_proto(job_id, a) for a in found])
 
     @translate_errors
-    async def DownloadArtifact(
+    async def DownloadArtifact(  # type: ignore[override]  # writes with context.write
         self, request: pb.DownloadArtifactRequest, context: Context
-    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
-        parts = artifact_calls.download(
-            self._artifacts, self._tenant(context), request.job_id, request.artifact_id
-        )
-        async for artifact, chunk in parts:
-            if artifact is not None:
-                yield pb.DownloadArtifactResponse(artifact=artifact)
-            else:
-                yield pb.DownloadArtifactResponse(chunk=chunk)
+    ) -> None:
+        # A credential revoked or expired while the download runs ends it (UNAUTHENTICATED).
+        async with until_credential_ends(self._credentials):
+            await artifact_calls.download(
+                self._artifacts,
+                self._tenant(context),
+                request,
+                context,
+                pb.DownloadArtifactResponse,
+            )
 
     @translate_errors
     async def ListAgents(

@@ -10,18 +10,25 @@ store from the last event it delivered.
 A watch with nothing to send for CPA_WATCH_HEARTBEAT_S gets a heartbeat (a WatchJobResponse
 without event), so proxies in between do not close it as idle. One timer per stream checks
 when the watcher last sent something; events themselves cost nothing extra.
+
+An error once the stream has begun (the caller's credential ended, the store went away) is
+written as the stream's last message (WatchJobResponse.error) before the call ends with it:
+REST callers, who see no trailers, learn why. Before the first message an error stays the
+call's status alone, so the gateway answers it with its HTTP status (404, 401...).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import grpc.aio
+from google.rpc import status_pb2
 
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa_scheduler.domain import DomainError, InvalidArgument, Reason
@@ -30,6 +37,7 @@ from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.settings import Settings
 
 from . import convert
+from .errors import end_stream_with
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -39,6 +47,10 @@ REPLAY_BATCH = 500
 
 class _ClientGoneError(Exception):
     """The client cancelled the call while a write was under way."""
+
+
+def _last_response(status: status_pb2.Status) -> pb.WatchJobResponse:
+    return pb.WatchJobResponse(error=status)
 
 
 class _HeartbeatTimer:
@@ -82,9 +94,18 @@ class JobWatch:
                 reason=Reason.TOO_MANY_WATCHERS,
             )
 
-    async def watch(self, request: pb.WatchJobRequest, tenant: str, context: Context) -> None:
+    async def watch(
+        self,
+        request: pb.WatchJobRequest,
+        tenant: str,
+        context: Context,
+        *,
+        until: contextlib.AbstractAsyncContextManager[None] | None = None,
+    ) -> None:
         """Writes the job's events after `request.after_sequence`, then live ones, and returns
-        after the terminal event (at once if the job ended at or before after_sequence)."""
+        after the terminal event (at once if the job ended at or before after_sequence).
+        `until` (the caller's credential, credential_watch.py) may end the stream earlier by
+        raising its error."""
         job_id = request.job_id
         if not job_id:
             raise InvalidArgument("job_id is required", reason=Reason.MISSING_FIELD, field="job_id")
@@ -98,10 +119,29 @@ class JobWatch:
         subscription = self._bus.subscribe(tenant, job_id)
         interval_s = self._settings.watch_heartbeat_s
         heartbeats = _HeartbeatTimer(subscription, interval_s) if interval_s > 0 else None
+        began = False
+
+        async def write(data: bytes) -> None:
+            nonlocal began
+            try:
+                await context.write(data)
+            except Exception:
+                if context.cancelled():
+                    raise _ClientGoneError from None
+                raise
+            began = True
+
         try:
-            await self._follow(subscription, tenant, job_id, request.after_sequence, context)
+            async with until or contextlib.nullcontext():
+                await self._follow(subscription, tenant, job_id, request.after_sequence, write)
         except _ClientGoneError:
             return  # nobody to tell: a write failed because the client cancelled the call
+        except Exception as error:
+            if not began:
+                raise
+            await end_stream_with(
+                context, error, where=f"{__name__}.JobWatch.watch", last=_last_response
+            )
         finally:
             if heartbeats is not None:
                 heartbeats.cancel()
@@ -113,18 +153,9 @@ class JobWatch:
         tenant: str,
         job_id: str,
         last: int,
-        context: Context,
+        write: Callable[[bytes], Awaitable[None]],
     ) -> None:
         encode: Callable[[Any], bytes] = convert.watch_response_bytes
-
-        async def write(data: bytes) -> None:
-            try:
-                await context.write(data)
-            except Exception:
-                if context.cancelled():
-                    raise _ClientGoneError from None
-                raise
-
         first_read = True
         while True:
             ended, last, wrote = await self._replay(subscription, tenant, job_id, last, write)

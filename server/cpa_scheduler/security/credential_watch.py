@@ -1,6 +1,7 @@
-"""Ends long-lived calls (agent Connect streams, WatchJob streams) once their credential stops
-being valid: an API key or agent token revoked or deleted, a JWT past its expiry. A credential is
-checked when a call starts; a stream that outlives its credential must not go on serving.
+"""Ends long-lived calls (agent Connect streams, WatchJob and DownloadArtifact streams) once
+their credential stops being valid: an API key or agent token revoked or deleted, a JWT past its
+expiry. A credential is checked when a call starts; a stream that outlives its credential must
+not go on serving.
 
 One per replica. A stream registers its principal with a callback. One loop looks every half
 auth cache TTL at each distinct credential with streams open (not at each stream), reusing what
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from cpa_scheduler.domain import DomainError, Reason
 
 from .authenticator import Authenticator
-from .principal import CredentialKind, Principal
+from .principal import CredentialKind, Principal, current_principal
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,17 @@ def _expired(principal: Principal) -> DomainError:
         f"{principal.subject}'s credential expired while this stream was open",
         reason=Reason.CREDENTIAL_EXPIRED,
     )
+
+
+def until_credential_ends(
+    credentials: CredentialWatch | None,
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """`credentials.ending_with` the current call's principal: what a server stream's handler
+    (a coroutine writing with context.write, so the cancellation lands in its body) runs in.
+    With authentication off (no watch) there is no credential to end."""
+    if credentials is None:
+        return contextlib.nullcontext()
+    return credentials.ending_with(current_principal())
 
 
 class CredentialWatch:

@@ -96,7 +96,9 @@ class ExecutorServiceStub:
     chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
     JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
     missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
-    (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters).
+    (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters). A download in
+    progress ends with the agent's credential, as its Connect stream does: UNAUTHENTICATED
+    (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when a JWT expires.
     """
 
 @_typing.type_check_only
@@ -167,7 +169,9 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
     JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
     missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
-    (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters).
+    (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters). A download in
+    progress ends with the agent's credential, as its Connect stream does: UNAUTHENTICATED
+    (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when a JWT expires.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -253,7 +257,9 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
         JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
         missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
-        (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters).
+        (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters). A download in
+        progress ends with the agent's credential, as its Connect stream does: UNAUTHENTICATED
+        (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when a JWT expires.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,6 +16,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -599,12 +600,15 @@ Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
 
 @_typing.final
 class WatchJobResponse(_message.Message):
-    """WatchJobResponse carries one event, or a heartbeat: exactly one of the two is set."""
+    """WatchJobResponse carries one event, a heartbeat, or the error that ends the stream: exactly
+    one of the three is set.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _job_event_pb2.JobEvent:
         """The event; unset in a heartbeat. A client skips messages without it."""
@@ -617,15 +621,24 @@ class WatchJobResponse(_message.Message):
         sequence number and are never replayed; CPA_WATCH_HEARTBEAT_S = 0 sends none.
         """
 
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Set in the last message of a stream that ends with an error after it began (the
+        credential revoked or expired, the store unavailable): the google.rpc.Status the call then
+        ends with (code, message, details with ErrorInfo), for callers that see no trailers (REST,
+        SSE). gRPC callers may skip it: the call's status is the same.
+        """
+
     def __init__(
         self,
         *,
         event: _job_event_pb2.JobEvent | None = ...,
         heartbeat: _timestamp_pb2.Timestamp | None = ...,
+        error: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -325,7 +325,12 @@ class SchedulerServiceServicer:
         An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
         key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
         others), UNAUTHENTICATED (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
-        Over REST (SSE) that status is in the trailers: the stream just ends; reopening it gets 401.
+        An error after the stream began (these, UNAVAILABLE STORE_UNAVAILABLE, INTERNAL) is also
+        sent as the stream's last message, WatchJobResponse.error, the same google.rpc.Status the
+        call ends with: over REST (SSE), where trailers are not seen, it is the last event
+        (`data: {"error": {"code": 16, ...}}`). Errors before the first message are the call's
+        status only (over REST: its HTTP status, e.g. 404, 401). A replica that stops cuts its
+        streams without a last message; callers resume with after_sequence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -403,7 +408,9 @@ class SchedulerServiceServicer:
         chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
         the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
         job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-        artifact_id empty), INVALID_FIELD (one over 128 characters).
+        artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
+        with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+        key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -176,7 +176,12 @@ class SchedulerServiceStub:
     An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
     key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
     others), UNAUTHENTICATED (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
-    Over REST (SSE) that status is in the trailers: the stream just ends; reopening it gets 401.
+    An error after the stream began (these, UNAVAILABLE STORE_UNAVAILABLE, INTERNAL) is also
+    sent as the stream's last message, WatchJobResponse.error, the same google.rpc.Status the
+    call ends with: over REST (SSE), where trailers are not seen, it is the last event
+    (`data: {"error": {"code": 16, ...}}`). Errors before the first message are the call's
+    status only (over REST: its HTTP status, e.g. 404, 401). A replica that stops cuts its
+    streams without a last message; callers resume with after_sequence.
     """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
@@ -234,7 +239,9 @@ class SchedulerServiceStub:
     chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
     job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-    artifact_id empty), INVALID_FIELD (one over 128 characters).
+    artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
+    with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+    key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
     """
     ListCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]
     """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
@@ -429,7 +436,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
     key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
     others), UNAUTHENTICATED (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
-    Over REST (SSE) that status is in the trailers: the stream just ends; reopening it gets 401.
+    An error after the stream began (these, UNAVAILABLE STORE_UNAVAILABLE, INTERNAL) is also
+    sent as the stream's last message, WatchJobResponse.error, the same google.rpc.Status the
+    call ends with: over REST (SSE), where trailers are not seen, it is the last event
+    (`data: {"error": {"code": 16, ...}}`). Errors before the first message are the call's
+    status only (over REST: its HTTP status, e.g. 404, 401). A replica that stops cuts its
+    streams without a last message; callers resume with after_sequence.
     """
     SendMessage: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
@@ -487,7 +499,9 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
     the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
     job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-    artifact_id empty), INVALID_FIELD (one over 128 characters).
+    artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
+    with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+    key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
     """
     ListCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]  # type: ignore[assignment]
     """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
@@ -727,7 +741,12 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
         key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
         others), UNAUTHENTICATED (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
-        Over REST (SSE) that status is in the trailers: the stream just ends; reopening it gets 401.
+        An error after the stream began (these, UNAVAILABLE STORE_UNAVAILABLE, INTERNAL) is also
+        sent as the stream's last message, WatchJobResponse.error, the same google.rpc.Status the
+        call ends with: over REST (SSE), where trailers are not seen, it is the last event
+        (`data: {"error": {"code": 16, ...}}`). Errors before the first message are the call's
+        status only (over REST: its HTTP status, e.g. 404, 401). A replica that stops cuts its
+        streams without a last message; callers resume with after_sequence.
         """
 
     @_abc_1.abstractmethod
@@ -815,7 +834,9 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
         the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
         job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-        artifact_id empty), INVALID_FIELD (one over 128 characters).
+        artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
+        with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
+        key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
         """
 
     @_abc_1.abstractmethod
