@@ -17,8 +17,8 @@ from psycopg_pool import AsyncConnectionPool
 from cpa_scheduler.telemetry import timed
 
 from .embedder import Embedder, unit
-from .interface import MemoryHit, MemoryRecord, Outcome
-from .records import check_query, prepared, record_of
+from .interface import MemoryHit, MemoryRecord, Outcome, Selection
+from .records import KEEP_ALL, Retention, check_query, prepared, record_of, selection_filter
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 _COLUMNS = "memory_id, tenant, text, plan, outcome, failure_reason, job_id, created"
@@ -49,6 +49,22 @@ _SPARSE_SEARCH = (
 )
 # At most this share of non-zero components takes the sparse plan.
 _SPARSE_SHARE = 0.25
+# Puts of one tenant take turns (a transaction-scoped lock on the tenant's name), so that two
+# replicas putting at once cannot both see room under the cap and leave it exceeded.
+_TENANT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('cpa-memory:' || %s, 0))"
+# The cap: everything of the tenant past its newest `max_per_tenant`, oldest first dropped.
+# It reads the tenant's (tenant, created) index entries (migration 0011): puts are off the
+# job's hot path (the recorder's task, or PutMemory), so an exact count is worth it.
+_TRIM = (
+    "DELETE FROM memory_records WHERE memory_id IN (SELECT memory_id FROM memory_records "
+    "WHERE tenant = %s ORDER BY created DESC, memory_id DESC OFFSET %s)"
+)
+# One batch of the sweep: the oldest expired rows; SKIP LOCKED lets replicas sweeping at the
+# same time take different rows instead of waiting on each other.
+_SWEEP = (
+    "DELETE FROM memory_records WHERE memory_id IN (SELECT memory_id FROM memory_records "
+    "WHERE created < %s ORDER BY created LIMIT %s FOR UPDATE SKIP LOCKED)"
+)
 
 
 class PostgresMemory:
@@ -58,9 +74,11 @@ class PostgresMemory:
         self,
         pool: AsyncConnectionPool[Connection],
         embedder: Embedder,
+        retention: Retention = KEEP_ALL,
     ) -> None:
         self._pool = pool
         self._embedder = embedder
+        self._retention = retention
 
     async def put(self, record: MemoryRecord) -> MemoryRecord:
         (stored,) = await self.put_many([record])
@@ -85,12 +103,18 @@ class PostgresMemory:
                 )
                 for record, vector in zip(prepared_records, vectors, strict=True)
             ]
+            cap = self._retention.max_per_tenant
+            tenants = sorted({record.tenant for record in prepared_records}) if cap else []
             async with (
                 self._pool.connection() as connection,
                 connection.transaction(),
                 connection.cursor() as cursor,
             ):
+                for tenant in tenants:  # sorted: two batches lock shared tenants in one order
+                    await cursor.execute(_TENANT_LOCK, (tenant,))
                 await cursor.executemany(_UPSERT, rows)
+                for tenant in tenants:
+                    await cursor.execute(_TRIM, (tenant, cap))
             timing.counts["records"] = len(rows)
         return prepared_records
 
@@ -104,13 +128,39 @@ class PostgresMemory:
             nonzero = sum(1 for x in query if x)
             if not nonzero:  # no word the embedder knows: nothing is similar
                 return []
-            where = "tenant = %(tenant)s" + (" AND outcome = %(outcome)s" if outcome else "")
+            # Expired records are hidden at once, whether or not the sweep has deleted them yet.
+            where = "tenant = %(tenant)s AND created >= %(cutoff)s" + (
+                " AND outcome = %(outcome)s" if outcome else ""
+            )
             plan = _SPARSE_SEARCH if nonzero <= _SPARSE_SHARE * len(query) else _DENSE_SEARCH
+            parameters = {
+                "tenant": tenant,
+                "cutoff": self._retention.cutoff(),
+                "outcome": outcome,
+                "vector": query,
+                "k": k,
+            }
             async with self._pool.connection() as connection:
-                cursor = await connection.execute(
-                    plan.format(where=where),
-                    {"tenant": tenant, "outcome": outcome, "vector": query, "k": k},
-                )
+                cursor = await connection.execute(plan.format(where=where), parameters)
                 rows = await cursor.fetchall()
             timing.counts["results"] = len(rows)
         return [MemoryHit(record_of(*row[:-1]), float(row[-1] or 0.0)) for row in rows]  # type: ignore[arg-type]
+
+    async def delete(self, tenant: str, selection: Selection) -> int:
+        where, parameters = selection_filter(tenant, selection, "%s")
+        with timed("memory_query", "delete", store="postgres") as timing:
+            async with self._pool.connection() as connection:
+                cursor = await connection.execute(
+                    f"DELETE FROM memory_records WHERE {where}", parameters
+                )
+            timing.counts["records"] = cursor.rowcount
+        return cursor.rowcount
+
+    async def sweep_expired(self, *, batch: int) -> int:
+        if not self._retention.max_age_s:
+            return 0
+        with timed("memory_query", "sweep", store="postgres") as timing:
+            async with self._pool.connection() as connection:
+                cursor = await connection.execute(_SWEEP, (self._retention.cutoff(), batch))
+            timing.counts["records"] = cursor.rowcount
+        return cursor.rowcount

@@ -25,11 +25,23 @@ from cpa_scheduler.storage.data_dir import make_private_directory, make_private_
 from cpa_scheduler.telemetry import timed
 
 from .embedder import Embedder, unit
-from .interface import MemoryHit, MemoryRecord, Outcome
-from .records import check_query, plan_json, prepared, record_of
+from .interface import MemoryHit, MemoryRecord, Outcome, Selection
+from .records import (
+    KEEP_ALL,
+    Retention,
+    check_query,
+    plan_json,
+    prepared,
+    record_of,
+    selection_filter,
+)
 
 T = TypeVar("T")
 _MMAP_BYTES = 1 << 30
+# sqlite-vec's largest k: a KNN that must look past expired records asks for at most this many.
+_MAX_KNN_K = 4096
+# Rowids per DELETE statement (SQLite's bound parameters are limited).
+_DELETE_CHUNK = 500
 
 _RECORD_COLUMNS = (
     "r.memory_id, r.tenant, r.text, r.plan, r.outcome, r.failure_reason, r.job_id, r.created"
@@ -40,8 +52,9 @@ class SqliteVecMemory:
     """Long-term memory in `path` (created with vectors of `embedder.dimensions`; a file made
     for another width is refused at open rather than searched wrongly)."""
 
-    def __init__(self, path: Path, embedder: Embedder) -> None:
+    def __init__(self, path: Path, embedder: Embedder, retention: Retention = KEEP_ALL) -> None:
         self._embedder = embedder
+        self._retention = retention
         self._lock = threading.Lock()
         self._db = self._open(path, embedder.dimensions)
 
@@ -65,6 +78,12 @@ class SqliteVecMemory:
             "NOT NULL UNIQUE, tenant TEXT NOT NULL, text TEXT NOT NULL, plan TEXT NOT NULL, "
             "outcome TEXT NOT NULL, failure_reason TEXT NOT NULL, job_id TEXT NOT NULL, "
             "created REAL NOT NULL)"
+        )
+        # The sweep reads the oldest records; the cap and the search's expiry count a tenant's.
+        db.execute("CREATE INDEX IF NOT EXISTS memory_by_created ON memory_records (created)")
+        db.execute(
+            "CREATE INDEX IF NOT EXISTS memory_by_tenant_created ON memory_records "
+            "(tenant, created)"
         )
         db.execute("CREATE TABLE IF NOT EXISTS memory_meta (key TEXT PRIMARY KEY, value TEXT)")
         db.execute("INSERT OR IGNORE INTO memory_meta VALUES ('dimensions', ?)", (str(dimensions),))
@@ -113,6 +132,9 @@ class SqliteVecMemory:
         try:
             for record, blob in zip(records, blobs, strict=True):
                 self._write_one(record, blob)
+            if self._retention.max_per_tenant:
+                for tenant in {record.tenant for record in records}:
+                    self._trim(tenant, self._retention.max_per_tenant)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -146,6 +168,54 @@ class SqliteVecMemory:
             (cursor.lastrowid, record.tenant, record.outcome, blob),
         )
 
+    def _trim(self, tenant: str, cap: int) -> None:
+        """Drop the tenant's records past its newest `cap`, oldest first (inside the put's
+        transaction: no reader sees the tenant over its cap)."""
+        rows = self._db.execute(
+            "SELECT id FROM memory_records WHERE tenant = ? ORDER BY created DESC, memory_id DESC "
+            "LIMIT -1 OFFSET ?",
+            (tenant, cap),
+        )
+        self._delete_rows([row[0] for row in rows])
+
+    def _delete_rows(self, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = ids[start : start + _DELETE_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            self._db.execute(f"DELETE FROM memory_vectors WHERE rowid IN ({marks})", chunk)
+            self._db.execute(f"DELETE FROM memory_records WHERE id IN ({marks})", chunk)
+
+    def _delete_where(self, where: str, parameters: Sequence[Any]) -> int:
+        """Delete the records `where` selects (both tables, one transaction); how many."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            selected = db.execute(f"SELECT id FROM memory_records {where}", parameters)
+            ids = [row[0] for row in selected]
+            self._delete_rows(ids)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(ids)
+
+    async def delete(self, tenant: str, selection: Selection) -> int:
+        condition, parameters = selection_filter(tenant, selection, "?")
+        with timed("memory_query", "delete", store="sqlite-vec") as timing:
+            deleted = await self._run(lambda: self._delete_where(f"WHERE {condition}", parameters))
+            timing.counts["records"] = deleted
+        return deleted
+
+    async def sweep_expired(self, *, batch: int) -> int:
+        if not self._retention.max_age_s:
+            return 0
+        where = "WHERE created < ? ORDER BY created LIMIT ?"
+        cutoff = self._retention.cutoff()
+        with timed("memory_query", "sweep", store="sqlite-vec") as timing:
+            deleted = await self._run(lambda: self._delete_where(where, (cutoff, batch)))
+            timing.counts["records"] = deleted
+        return deleted
+
     async def search(
         self, tenant: str, text: str, *, k: int = 5, outcome: Outcome | None = None
     ) -> list[MemoryHit]:
@@ -156,10 +226,30 @@ class SqliteVecMemory:
             if not any(query):  # no word the embedder knows: nothing is similar
                 return []
             blob = sqlite_vec.serialize_float32(query)
-            rows = await self._run(lambda: self._knn(tenant, blob, k, outcome))
+            rows = await self._run(lambda: self._unexpired_knn(tenant, blob, k, outcome))
             timing.counts["results"] = len(rows)
         # Unit vectors: the cosine is 1 - d²/2 of the L2 distance d, and ranks the same.
         return [MemoryHit(record_of(*row[:-1]), 1.0 - row[-1] ** 2 / 2) for row in rows]
+
+    def _unexpired_knn(
+        self, tenant: str, blob: bytes, k: int, outcome: Outcome | None
+    ) -> list[Any]:
+        """The k nearest records not expired. The vec0 table cannot filter on the creation time,
+        so the KNN asks for k more than the tenant's expired records (few: the sweep deletes
+        them) and drops those: exactly the k nearest unexpired ones (while more than 4096 - k
+        wait for the sweep, sqlite-vec's largest k, possibly fewer than k; never an expired
+        one)."""
+        cutoff = self._retention.cutoff()
+        expired = 0
+        if self._retention.max_age_s:
+            where, parameters = "tenant = ? AND created < ?", [tenant, cutoff]
+            if outcome is not None:
+                where, parameters = where + " AND outcome = ?", [*parameters, outcome]
+            (expired,) = self._db.execute(
+                f"SELECT count(*) FROM memory_records WHERE {where}", parameters
+            ).fetchone()
+        rows = self._knn(tenant, blob, min(k + expired, _MAX_KNN_K), outcome)
+        return [row for row in rows if row[7] >= cutoff][:k]
 
     def _knn(self, tenant: str, blob: bytes, k: int, outcome: Outcome | None) -> list[Any]:
         where = "embedding MATCH ? AND k = ? AND tenant = ?"
