@@ -21,6 +21,7 @@ from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import migrate
 
 from .conftest import EVENT_TIMEOUT_S, Scheduler
+from .test_memory import _as
 
 Stub = Any
 CAP = 3
@@ -49,10 +50,6 @@ def scheduler_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settin
 async def stub(scheduler: Scheduler) -> AsyncIterator[Stub]:
     async with grpc.aio.insecure_channel(scheduler.target) as channel:
         yield grpc_stubs.SchedulerServiceStub(channel)
-
-
-def _as(tenant: str) -> tuple[tuple[str, str], ...]:
-    return (("x-cpa-tenant", tenant),)
 
 
 async def _put(stub: Stub, tenant: str, text: str, job_id: str = "") -> str:
