@@ -26,13 +26,13 @@ async def semantic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         yield embedded
         await embedded.close()
         return
-    async with _postgres(request.getfixturevalue("postgres_database")) as distributed:
+    async with postgres_store(request.getfixturevalue("postgres_database")) as distributed:
         yield distributed
 
 
 @pytest.fixture
 async def postgres_memory(postgres_database: str) -> AsyncIterator[PostgresMemory]:
-    async with _postgres(postgres_database) as store:
+    async with postgres_store(postgres_database) as store:
         yield store
 
 
@@ -49,12 +49,14 @@ async def retained(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await embedded.close()
         return
     url = request.getfixturevalue("postgres_database")
-    async with _postgres(url, RETENTION) as distributed:
+    async with postgres_store(url, RETENTION) as distributed:
         yield distributed
 
 
 @asynccontextmanager
-async def _postgres(url: str, retention: Retention = KEEP_ALL) -> AsyncIterator[PostgresMemory]:
+async def postgres_store(
+    url: str, retention: Retention = KEEP_ALL
+) -> AsyncIterator[PostgresMemory]:
     """The PostgreSQL store (no pgvector: float4[] and exact cosine) on a fresh database."""
     migrate(url)
     pool = await open_pool(url, min_size=1, max_size=2)

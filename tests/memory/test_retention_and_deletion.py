@@ -4,14 +4,22 @@ keeps at most its cap, oldest dropped first; a delete takes only the caller's te
 
 from __future__ import annotations
 
+import asyncio
 import time
+from contextlib import closing
+from pathlib import Path
 
+import psycopg
+import pysqlite3.dbapi2 as sqlite3  # type: ignore[import-untyped]
 import pytest
 
+from cpa_scheduler.memory.embedder import lexical_embedder
 from cpa_scheduler.memory.interface import MemoryRecord, Selection
+from cpa_scheduler.memory.sqlite_vec_memory import SqliteVecMemory
 from cpa_scheduler.memory.sweeper import ExpirySweeper
+from cpa_scheduler.storage import migrate
 from cpa_scheduler.telemetry import Operation, subscribe
-from tests.memory.conftest import Semantic
+from tests.memory.conftest import RETENTION, Semantic, postgres_store
 
 DAY_S = 86_400.0
 QUERY = "download the supplier invoice"
@@ -62,6 +70,36 @@ async def test_a_tenant_keeps_its_newest_records_up_to_the_cap(retained: Semanti
 
     assert await _ids(retained, "a") == {r.memory_id for r in kept[2:]}
     assert await _ids(retained, "b") == {theirs.memory_id}
+
+
+async def test_replacing_deleting_and_sweeping_keep_the_count_the_cap_goes_by(
+    retained: Semantic,
+) -> None:
+    # The stores count each tenant's records rather than counting rows on every put: a record
+    # replaced under its id is no new one, and deleted or swept ones leave room.
+    for outcome in ("failed", "succeeded", "failed"):
+        await retained.put(record("a", memory_id="job:1", outcome=outcome, age_s=50))
+    second = await retained.put(record("a", f"{QUERY} 2", age_s=40))
+    old = await retained.put(record("a", f"{QUERY} 3", age_s=2 * DAY_S))
+    assert await _ids(retained, "a") == {"job:1", second.memory_id}  # old: expired, hidden
+
+    assert await retained.sweep_expired(batch=10) == 1
+    assert await retained.delete("a", Selection(memory_id=second.memory_id)) == 1
+    fourth = await retained.put(record("a", f"{QUERY} 4", age_s=30))
+    fifth = await retained.put(record("a", f"{QUERY} 5", age_s=20))
+    assert await _ids(retained, "a") == {"job:1", fourth.memory_id, fifth.memory_id}
+    assert old.memory_id not in await _ids(retained, "a")
+
+    sixth = await retained.put(record("a", f"{QUERY} 6", age_s=10))
+    assert await _ids(retained, "a") == {fourth.memory_id, fifth.memory_id, sixth.memory_id}
+
+
+async def test_puts_at_once_never_leave_a_tenant_over_its_cap(retained: Semantic) -> None:
+    await asyncio.gather(*(retained.put(record("a", f"{QUERY} {n}")) for n in range(12)))
+
+    assert len(await _ids(retained, "a")) == 3
+    await retained.put(record("a", "one more"))
+    assert len(await _ids(retained, "a")) == 3
 
 
 async def test_one_batch_over_the_cap_keeps_only_its_newest(retained: Semantic) -> None:
@@ -132,3 +170,37 @@ async def test_deletes_and_sweeps_are_timed(retained: Semantic) -> None:
 def test_a_selection_names_an_id_or_a_job_not_both() -> None:
     with pytest.raises(ValueError, match="not both"):
         Selection(memory_id="m", job_id="j")
+
+
+async def test_an_embedded_file_from_before_the_counts_gets_them_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    unbounded = SqliteVecMemory(path, lexical_embedder(64))
+    made = [await unbounded.put(record("a", f"{QUERY} {n}", age_s=60 - n)) for n in range(5)]
+    await unbounded.close()
+    with closing(sqlite3.connect(str(path))) as db:  # as files were before the counts
+        db.execute("DROP TABLE memory_tenants")
+
+    bounded = SqliteVecMemory(path, lexical_embedder(64), RETENTION)
+    try:
+        newest = await bounded.put(record("a", "the newest"))
+        assert await _ids(bounded, "a") == {made[3].memory_id, made[4].memory_id, newest.memory_id}
+    finally:
+        await bounded.close()
+
+
+async def test_migration_0011_counts_the_records_a_database_already_had(
+    postgres_database: str,
+) -> None:
+    migrate(postgres_database)
+    async with postgres_store(postgres_database) as unbounded:
+        made = [await unbounded.put(record("a", f"{QUERY} {n}", age_s=60 - n)) for n in range(5)]
+    with psycopg.connect(postgres_database, autocommit=True) as connection:  # back to 0010
+        connection.execute("DROP TABLE memory_tenants")
+        connection.execute("DROP INDEX memory_by_age, memory_by_created")
+        connection.execute("UPDATE alembic_version SET version_num = '0010'")
+
+    migrate(postgres_database)
+
+    async with postgres_store(postgres_database, RETENTION) as bounded:
+        newest = await bounded.put(record("a", "the newest"))
+        assert await _ids(bounded, "a") == {made[3].memory_id, made[4].memory_id, newest.memory_id}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,12 +80,26 @@ class SqliteVecMemory:
             "outcome TEXT NOT NULL, failure_reason TEXT NOT NULL, job_id TEXT NOT NULL, "
             "created REAL NOT NULL)"
         )
-        # The sweep reads the oldest records; the cap and the search's expiry count a tenant's.
+        # The sweep reads the oldest records; the cap a tenant's oldest, and the search's expiry
+        # counts a tenant's.
         db.execute("CREATE INDEX IF NOT EXISTS memory_by_created ON memory_records (created)")
         db.execute(
-            "CREATE INDEX IF NOT EXISTS memory_by_tenant_created ON memory_records "
-            "(tenant, created)"
+            "CREATE INDEX IF NOT EXISTS memory_by_age ON memory_records "
+            "(tenant, created, memory_id)"
         )
+        # Each tenant's number of records, so that a put knows whether it went past the cap
+        # without reading them (skipping a tenant's newest 100 000 took 95 ms per put). Kept in
+        # the writes' transactions; rebuilt at every open, so a file from before has them too.
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS memory_tenants (tenant TEXT PRIMARY KEY, records INTEGER "
+            "NOT NULL)"
+        )
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DELETE FROM memory_tenants")
+        db.execute(
+            "INSERT INTO memory_tenants SELECT tenant, count(*) FROM memory_records GROUP BY tenant"
+        )
+        db.execute("COMMIT")
         db.execute("CREATE TABLE IF NOT EXISTS memory_meta (key TEXT PRIMARY KEY, value TEXT)")
         db.execute("INSERT OR IGNORE INTO memory_meta VALUES ('dimensions', ?)", (str(dimensions),))
         stored = int(
@@ -126,29 +141,41 @@ class SqliteVecMemory:
             timing.counts["records"] = len(prepared_records)
         return prepared_records
 
-    def _write(self, records: Sequence[MemoryRecord], blobs: Sequence[bytes]) -> None:
+    def _in_transaction(self, work: Callable[[], T]) -> T:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for record, blob in zip(records, blobs, strict=True):
-                self._write_one(record, blob)
-            if self._retention.max_per_tenant:
-                for tenant in {record.tenant for record in records}:
-                    self._trim(tenant, self._retention.max_per_tenant)
+            done = work()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return done
 
-    def _write_one(self, record: MemoryRecord, blob: bytes) -> None:
+    def _write(self, records: Sequence[MemoryRecord], blobs: Sequence[bytes]) -> None:
+        def write() -> None:
+            added = Counter(
+                record.tenant
+                for record, blob in zip(records, blobs, strict=True)
+                if self._write_one(record, blob)
+            )
+            for tenant in added:
+                self._count(tenant, added[tenant], trim=True)
+
+        self._in_transaction(write)
+
+    def _write_one(self, record: MemoryRecord, blob: bytes) -> bool:
+        """Write `record`; whether it is new to its tenant's count."""
         db = self._db
-        # A record put again under its id (a job that ended again after a retry) replaces it.
+        # A record put again under its id (a job that ended again after a retry) replaces it;
+        # never another tenant's (as in PostgreSQL).
         old = db.execute(
-            "SELECT id FROM memory_records WHERE memory_id = ?", (record.memory_id,)
+            "SELECT id, tenant FROM memory_records WHERE memory_id = ?", (record.memory_id,)
         ).fetchone()
+        if old and old[1] != record.tenant:
+            return False
         if old:
-            db.execute("DELETE FROM memory_vectors WHERE rowid = ?", old)
-            db.execute("DELETE FROM memory_records WHERE id = ?", old)
+            self._delete_rows([old[0]])
         cursor = db.execute(
             "INSERT INTO memory_records (memory_id, tenant, text, plan, outcome, "
             "failure_reason, job_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -167,16 +194,26 @@ class SqliteVecMemory:
             "INSERT INTO memory_vectors (rowid, tenant, outcome, embedding) VALUES (?, ?, ?, ?)",
             (cursor.lastrowid, record.tenant, record.outcome, blob),
         )
+        return old is None
 
-    def _trim(self, tenant: str, cap: int) -> None:
-        """Drop the tenant's records past its newest `cap`, oldest first (inside the put's
-        transaction: no reader sees the tenant over its cap)."""
-        rows = self._db.execute(
-            "SELECT id FROM memory_records WHERE tenant = ? ORDER BY created DESC, memory_id DESC "
-            "LIMIT -1 OFFSET ?",
-            (tenant, cap),
-        )
-        self._delete_rows([row[0] for row in rows])
+    def _count(self, tenant: str, change: int, *, trim: bool) -> None:
+        """Add `change` to the tenant's count; with `trim`, drop its oldest records past the
+        cap (inside the put's transaction: no reader sees the tenant over its cap)."""
+        (total,) = self._db.execute(
+            "INSERT INTO memory_tenants VALUES (?, ?) ON CONFLICT (tenant) DO UPDATE SET "
+            "records = records + excluded.records RETURNING records",
+            (tenant, change),
+        ).fetchone()
+        cap = self._retention.max_per_tenant
+        if trim and cap and total > cap:
+            oldest = self._db.execute(
+                "SELECT id FROM memory_records WHERE tenant = ? ORDER BY created, memory_id "
+                "LIMIT ?",
+                (tenant, total - cap),
+            )
+            ids = [row[0] for row in oldest]
+            self._delete_rows(ids)
+            self._count(tenant, -len(ids), trim=False)
 
     def _delete_rows(self, ids: Sequence[int]) -> None:
         for start in range(0, len(ids), _DELETE_CHUNK):
@@ -186,18 +223,19 @@ class SqliteVecMemory:
             self._db.execute(f"DELETE FROM memory_records WHERE id IN ({marks})", chunk)
 
     def _delete_where(self, where: str, parameters: Sequence[Any]) -> int:
-        """Delete the records `where` selects (both tables, one transaction); how many."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            selected = db.execute(f"SELECT id FROM memory_records {where}", parameters)
-            ids = [row[0] for row in selected]
-            self._delete_rows(ids)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return len(ids)
+        """Delete the records `where` selects (both tables, their counts, one transaction)."""
+
+        def delete() -> int:
+            selected = list(
+                self._db.execute(f"SELECT id, tenant FROM memory_records {where}", parameters)
+            )
+            self._delete_rows([row[0] for row in selected])
+            gone = Counter(row[1] for row in selected)
+            for tenant in gone:
+                self._count(tenant, -gone[tenant], trim=False)
+            return len(selected)
+
+        return self._in_transaction(delete)
 
     async def delete(self, tenant: str, selection: Selection) -> int:
         condition, parameters = selection_filter(tenant, selection, "?")
