@@ -1,5 +1,6 @@
-"""`cpa memory search "<text>" [-k N] [--outcome succeeded|failed]` and `cpa memory put "<text>"
-[--failed REASON]`: the tenant's long-term memory of finished jobs (docs/MEMORY.md)."""
+"""`cpa memory search "<text>" [-k N] [--outcome succeeded|failed]`, `cpa memory put "<text>"
+[--failed REASON]` and `cpa memory delete (ID | --job JOB_ID | --all)`: the tenant's long-term
+memory of finished jobs (docs/MEMORY.md)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ _OUTCOMES = {
 def register(commands: Any) -> None:
     memory: argparse.ArgumentParser = commands.add_parser(
         "memory",
-        help="search or add to the memory of finished jobs",
+        help="search, add to or delete from the memory of finished jobs",
         description="The tenant's long-term memory: finished jobs' request text, plan and "
         "outcome, searched by meaning (docs/MEMORY.md).",
     )
@@ -49,6 +50,19 @@ def register(commands: Any) -> None:
     put.add_argument("--failed", default=None, metavar="REASON", help="it failed, for REASON")
     add_server_option(put)
     put.set_defaults(run=client_command(_put))
+
+    delete: argparse.ArgumentParser = actions.add_parser(
+        "delete",
+        help="forget one record, a job's records, or all of them",
+        description="Delete the record ID, the records of job JOB_ID (--job), or every record "
+        "of the tenant (--all). Unknown ids delete nothing (not an error).",
+    )
+    which = delete.add_mutually_exclusive_group(required=True)
+    which.add_argument("memory_id", nargs="?", metavar="ID", help="a record's id")
+    which.add_argument("--job", metavar="JOB_ID", help="the records of this job")
+    which.add_argument("--all", action="store_true", help="every record of the tenant")
+    add_server_option(delete)
+    delete.set_defaults(run=client_command(_delete))
 
 
 async def _search(client: SchedulerClient, arguments: argparse.Namespace) -> int:
@@ -85,4 +99,14 @@ async def _put(client: SchedulerClient, arguments: argparse.Namespace) -> int:
         )
     )
     emit(f"remembered {record.memory_id}")
+    return 0
+
+
+async def _delete(client: SchedulerClient, arguments: argparse.Namespace) -> int:
+    deleted = await client.delete_memories(
+        memory_pb2.DeleteMemoriesRequest(
+            memory_id=arguments.memory_id or "", job_id=arguments.job or "", all=arguments.all
+        )
+    )
+    emit(f"deleted {deleted} memor{'y' if deleted == 1 else 'ies'}")
     return 0

@@ -46,3 +46,26 @@ async def test_put_then_search_by_a_paraphrase(start_cli: StartCli) -> None:
     code, _, refused = await _run(start_cli, "memory", "search", "x", "-k", "500", *at)
     assert code != 0, refused.report()
     assert "INVALID_FIELD" in refused.stderr(), refused.report()
+
+
+async def test_delete_one_record_then_all(start_cli: StartCli) -> None:
+    server = start_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", "data")
+    address = (await asyncio.to_thread(server.wait_for_line, SERVING, START_TIMEOUT_S))["address"]
+    at = ("--server", address)
+    _, lines, _ = await _run(start_cli, "memory", "put", "archive the weekly reports", *at)
+    memory_id = lines[0].removeprefix("remembered ")
+    await _run(start_cli, "memory", "put", "restart the build agent", *at)
+
+    code, lines, one = await _run(start_cli, "memory", "delete", memory_id, *at)
+    assert code == 0, one.report()
+    assert lines == ["deleted 1 memory"]
+    code, lines, again = await _run(start_cli, "memory", "delete", memory_id, *at)
+    assert (code, lines) == (0, ["deleted 0 memories"]), again.report()
+    code, lines, everything = await _run(start_cli, "memory", "delete", "--all", *at)
+    assert (code, lines) == (0, ["deleted 1 memory"]), everything.report()
+    code, lines, search = await _run(start_cli, "memory", "search", "build agent", *at)
+    assert (code, lines) == (0, ["no memories"]), search.report()
+
+    code, _, both = await _run(start_cli, "memory", "delete", memory_id, "--all", *at)
+    assert code != 0, both.report()
+    assert "not allowed with" in both.stderr(), both.report()

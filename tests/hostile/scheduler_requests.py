@@ -165,6 +165,11 @@ def templates(rpc: str) -> list[Message]:
                 failure_reason="BANK_DOWN: refused",
             ),
         ],
+        "DeleteMemories": [
+            memory_pb2.DeleteMemoriesRequest(memory_id="0" * 32),
+            memory_pb2.DeleteMemoriesRequest(job_id=job_id),
+            memory_pb2.DeleteMemoriesRequest(all=True),
+        ],
     }
     return by_rpc[rpc]
 

@@ -1,6 +1,6 @@
-"""Hostile SearchMemory/PutMemory requests against a real server: huge, nested, malformed and
-out-of-range input is refused naming the field (nothing stored), and a tenant never reads
-another's records however it asks."""
+"""Hostile SearchMemory/PutMemory/DeleteMemories requests against a real server: huge, nested,
+malformed and out-of-range input is refused naming the field (nothing stored or deleted), and a
+tenant never reads or deletes another's records however it asks."""
 
 from __future__ import annotations
 
@@ -139,3 +139,50 @@ async def test_another_tenant_never_reads_the_records_however_it_asks(stub: Stub
                 timeout=WAIT_S,
             )
             assert list(found.hits) == [], metadata
+
+
+HOSTILE_DELETES = [
+    (memory_pb2.DeleteMemoriesRequest(), "MISSING_FIELD", "memory_id"),
+    (memory_pb2.DeleteMemoriesRequest(memory_id="x", job_id="y"), "INVALID_FIELD", "job_id"),
+    (memory_pb2.DeleteMemoriesRequest(job_id="y", all=True), "INVALID_FIELD", "all"),
+    (memory_pb2.DeleteMemoriesRequest(memory_id="m" * 100_000), "INVALID_FIELD", "memory_id"),
+    (memory_pb2.DeleteMemoriesRequest(job_id="é" * 129), "INVALID_FIELD", "job_id"),
+]
+
+
+@pytest.mark.parametrize(("request_", "reason", "field"), HOSTILE_DELETES)
+async def test_hostile_deletes_are_refused_naming_the_field_and_delete_nothing(
+    stub: Stub, request_: memory_pb2.DeleteMemoriesRequest, reason: str, field: str
+) -> None:
+    await stub.PutMemory(memory_pb2.PutMemoryRequest(text="keep me"), metadata=A, timeout=WAIT_S)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.DeleteMemories(request_, metadata=A, timeout=WAIT_S)
+    assert _reason(raised.value) == (grpc.StatusCode.INVALID_ARGUMENT, reason, field)
+    assert len((raised.value.details() or "").encode()) <= 1024
+    found = await stub.SearchMemory(
+        memory_pb2.SearchMemoryRequest(text="keep me", k=100), metadata=A, timeout=WAIT_S
+    )
+    assert [hit.record.text for hit in found.hits] == ["keep me"]
+
+
+async def test_another_tenant_never_deletes_the_records_however_it_asks(stub: Stub) -> None:
+    secret = "payroll export for the board members of acme"
+    put = await stub.PutMemory(
+        memory_pb2.PutMemoryRequest(text=secret, job_id="job-1"), metadata=A, timeout=WAIT_S
+    )
+    record = put.record
+    for metadata in (B, (("x-cpa-tenant", "TENANT-A"),), (("x-cpa-tenant", "tenant-a "),)):
+        for request in (
+            memory_pb2.DeleteMemoriesRequest(memory_id=record.memory_id),
+            memory_pb2.DeleteMemoriesRequest(memory_id=record.memory_id.upper()),
+            memory_pb2.DeleteMemoriesRequest(memory_id=f"{record.memory_id}%"),
+            memory_pb2.DeleteMemoriesRequest(job_id="job-1"),
+            memory_pb2.DeleteMemoriesRequest(job_id="%"),
+            memory_pb2.DeleteMemoriesRequest(all=True),
+        ):
+            deleted = await stub.DeleteMemories(request, metadata=metadata, timeout=WAIT_S)
+            assert deleted.deleted_count == 0, (metadata, request)
+    found = await stub.SearchMemory(
+        memory_pb2.SearchMemoryRequest(text=secret), metadata=A, timeout=WAIT_S
+    )
+    assert [hit.record.memory_id for hit in found.hits] == [record.memory_id]

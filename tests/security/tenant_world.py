@@ -40,13 +40,14 @@ WAIT_S = 20.0
 
 @dataclass
 class World:
-    """acme's credential, and what globex has: a cancelled job, a connected agent."""
+    """acme's credential, and what globex has: a cancelled job, a connected agent, a memory."""
 
     scheduler: SecureScheduler
     acme_key: str
     globex_job: str
     globex_delivery: str
     globex_agent_call: Any
+    globex_memory: str
 
     def theirs(self) -> dict[str, str]:
         """globex's resource of each kind a probe takes."""
@@ -57,7 +58,15 @@ class World:
             "legacy_request_id": SHARED_LEGACY_REQUEST_ID,
             "agent_id": SHARED_AGENT_ID,
             "delivery": self.globex_delivery,
+            "memory": self.globex_memory,
         }
+
+    async def globex_memory_kept(self) -> bool:
+        """globex's memory is still there (read from the server's store: acme cannot see it)."""
+        memory = self.scheduler.server.memory
+        assert memory is not None
+        hits = await memory.semantic.search("globex", memory_text(self.globex_job), k=100)
+        return self.globex_memory in {hit.record.memory_id for hit in hits}
 
     @staticmethod
     def missing() -> str:
@@ -91,7 +100,7 @@ async def open_world(
             await globex.cancel_job(job.job_id)
             deliveries = [c.delivery_id async for c in globex.list_callbacks(job_id=job.job_id)]
             # A memory of globex's job, found by its text (memory_text) if a search leaked.
-            await globex.put_memory(
+            memory = await globex.put_memory(
                 memory_pb2.PutMemoryRequest(text=memory_text(job.job_id), job_id=job.job_id)
             )
         channel = grpc.aio.insecure_channel(scheduler.target)
@@ -114,7 +123,9 @@ async def open_world(
         assert isinstance(welcome, ex.ConnectResponse)
         assert welcome.WhichOneof("kind") == "welcome"
         try:
-            yield World(scheduler, acme_key, job.job_id, deliveries[0], agent_call)
+            yield World(
+                scheduler, acme_key, job.job_id, deliveries[0], agent_call, memory.memory_id
+            )
         finally:
             agent_call.cancel()
             await channel.close(grace=None)

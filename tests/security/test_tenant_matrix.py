@@ -153,6 +153,14 @@ async def _put_memory(world: World, job_id: str) -> Outcome:
     return made
 
 
+async def _delete_memories(world: World, memory_id: str) -> Outcome:
+    """acme deleting globex's record by its id deletes nothing, as for an id that does not
+    exist (by globex's job id is no probe: acme's PutMemory probe left its own note naming it)."""
+    request = memory_pb2.DeleteMemoriesRequest(memory_id=memory_id)
+    async with _client(world) as client:
+        return await _outcome(client.delete_memories(request), memory_id)
+
+
 async def _schedule(world: World, request_id: str) -> Outcome:
     spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[todo("a", "noop")]))
     async with _client(world) as client:
@@ -246,6 +254,7 @@ PROBES: dict[str, tuple[Probe, str]] = {
     _S + "ListAuditEntries": (_list_audit, "job"),
     _S + "SearchMemory": (_search_memory, "job"),
     _S + "PutMemory": (_put_memory, "job"),
+    _S + "DeleteMemories": (_delete_memories, "memory"),
     _S + "ScheduleJob": (_schedule, "request_id"),
     _S + "BatchScheduleJobs": (_batch_schedule, "batch_request_id"),
     _E + "Connect": (_connect, "agent_id"),
@@ -276,6 +285,8 @@ async def test_another_tenants_resources_look_like_missing_ones(world: World) ->
     assert await _keys(world, "") == ["acme"]
     assert await _list_agents(world, "") is False
     assert await _search_memory(world, world.globex_job) == []
+    assert await _delete_memories(world, world.globex_memory) == ("ok", 0)
+    assert await world.globex_memory_kept()
     assert await _list_callbacks(world, world.globex_job) == []
     assert (await _retry_callbacks(world, world.globex_delivery))[:2] == (
         grpc.StatusCode.NOT_FOUND,

@@ -170,6 +170,13 @@ async def _put_memory(http: httpx.AsyncClient, world: World, job_id: str) -> Out
     return response.json()["record"]["job_id"] == job_id
 
 
+async def _delete_memories(http: httpx.AsyncClient, world: World, memory_id: str) -> Outcome:
+    """Another tenant's record id deletes nothing, as an id that does not exist."""
+    response = await http.post("/v1/memory:delete", json={"memory_id": memory_id})
+    assert response.status_code == 200, response.text
+    return response.json().get("deleted_count", "0")
+
+
 # "VERB template" of each binding: the probe, and the kind of globex's resource it takes.
 PROBES: dict[str, tuple[Probe, str]] = {
     "GET /v1/jobs/{job_id}": (_get("/v1/jobs/{id}"), "job"),
@@ -193,6 +200,7 @@ PROBES: dict[str, tuple[Probe, str]] = {
     "GET /v1/audit": (_list_audit, "job"),
     "POST /v1/memory:search": (_search_memory, "job"),
     "POST /v1/memory": (_put_memory, "job"),
+    "POST /v1/memory:delete": (_delete_memories, "memory"),
     "POST /v1/jobs": (_schedule("/v1/jobs"), "request_id"),
     "POST /schedule": (_schedule("/schedule"), "legacy_request_id"),
     "POST /v1/jobs:batchSchedule": (_batch_schedule, "batch_request_id"),
@@ -259,3 +267,5 @@ async def test_another_tenants_resources_look_like_missing_ones_over_rest(
         assert await _list_jobs(http, world, world.globex_job) is False
         assert await _list_agents(http, world, "") is False
         assert await _list_callbacks(http, world, world.globex_job) == []
+        assert await _delete_memories(http, world, world.globex_memory) == "0"
+    assert await world.globex_memory_kept()

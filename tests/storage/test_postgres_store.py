@@ -82,9 +82,9 @@ async def test_an_older_schema_is_refused_with_the_command_to_run_then_upgraded(
     postgres_database: str,
 ) -> None:
     migrate(postgres_database)
-    # Back to revision 0001 as it really was, as if the database predated 0002 to 0010.
+    # Back to revision 0001 as it really was, as if the database predated 0002 to 0011.
     with psycopg.connect(postgres_database, autocommit=True) as connection:
-        connection.execute("DROP TABLE memory_records")
+        connection.execute("DROP TABLE memory_records, memory_tenants")
         connection.execute("DROP TABLE audit_entries")
         connection.execute("DROP FUNCTION audit_entries_append_only()")
         connection.execute("DROP TABLE api_keys, callback_deliveries")

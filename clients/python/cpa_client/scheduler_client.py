@@ -471,6 +471,12 @@ class SchedulerClient:
         response = await self._call(self._stub.PutMemory, request)
         return response.record
 
+    async def delete_memories(self, request: memory_pb2.DeleteMemoriesRequest) -> int:
+        """Delete the tenant's records `request` names (one memory_id, a job_id's, or all);
+        returns how many were deleted (0 when none matched: deleting again is harmless)."""
+        response = await self._call(self._stub.DeleteMemories, request)
+        return response.deleted_count
+
     async def list_agents(
         self, *, filter: str = "", page_size: int = 0
     ) -> AsyncIterator[agent_pb2.Agent]:

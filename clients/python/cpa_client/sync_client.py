@@ -130,4 +130,5 @@ class SyncSchedulerClient:
     preview_plan = _call(SchedulerClient.preview_plan)
     search_memory = _call(SchedulerClient.search_memory)
     put_memory = _call(SchedulerClient.put_memory)
+    delete_memories = _call(SchedulerClient.delete_memories)
     list_agents = _iterate(SchedulerClient.list_agents)

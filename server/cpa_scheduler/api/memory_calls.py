@@ -1,5 +1,5 @@
-"""SearchMemory and PutMemory: requests checked against their limits, the tenant's semantic
-memory called, records converted (this component's conversion to protobuf)."""
+"""SearchMemory, PutMemory and DeleteMemories: requests checked against their limits, the
+tenant's semantic memory called, records converted (this component's conversion to protobuf)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from cpa.scheduler.v1 import memory_pb2
 from cpa_scheduler.domain import DomainError, FailedPrecondition, InvalidArgument, Reason
-from cpa_scheduler.memory.interface import MemoryRecord, Outcome, SemanticMemory
+from cpa_scheduler.memory.interface import MemoryRecord, Outcome, Selection, SemanticMemory
 from cpa_scheduler.memory.records import MAX_K
 
 from .proto_values import dict_to_struct, struct_to_dict
@@ -19,6 +19,7 @@ _DEFAULT_K = 5
 _MAX_PLAN_STEPS = 100
 _MAX_FAILURE_REASON_BYTES = 1024
 _MAX_JOB_ID_CHARS = 128
+_MAX_MEMORY_ID_CHARS = 128
 
 _OUTCOMES: dict[memory_pb2.MemoryOutcome.ValueType, Outcome] = {
     memory_pb2.MEMORY_OUTCOME_SUCCEEDED: "succeeded",
@@ -61,7 +62,7 @@ def record_to_proto(record: MemoryRecord) -> memory_pb2.MemoryRecord:
 
 
 class MemoryCalls:
-    """The two RPCs over `memory` (None: the server runs without memory)."""
+    """The memory RPCs over `memory` (None: the server runs without memory)."""
 
     def __init__(self, memory: SemanticMemory | None, *, text_max_bytes: int) -> None:
         self._memory = memory
@@ -128,6 +129,39 @@ class MemoryCalls:
         except Exception as error:
             raise _unavailable("put", error) from error
         return memory_pb2.PutMemoryResponse(record=record_to_proto(stored))
+
+    async def delete_memories(
+        self, request: memory_pb2.DeleteMemoriesRequest, tenant: str
+    ) -> memory_pb2.DeleteMemoriesResponse:
+        memory = self._memory_enabled()
+        selection = _selection(request)
+        try:
+            deleted = await memory.delete(tenant, selection)
+        except DomainError:
+            raise
+        except Exception as error:
+            raise _unavailable("delete", error) from error
+        return memory_pb2.DeleteMemoriesResponse(deleted_count=deleted)
+
+
+def _selection(request: memory_pb2.DeleteMemoriesRequest) -> Selection:
+    """Exactly one of memory_id, job_id and all: a request that names nothing must not read as
+    "everything" (all is explicit)."""
+    named = [name for name in ("memory_id", "job_id", "all") if getattr(request, name)]
+    if not named:
+        raise InvalidArgument(
+            "name what to delete: memory_id, job_id or all",
+            reason=Reason.MISSING_FIELD,
+            field="memory_id",
+        )
+    if len(named) > 1:
+        raise InvalidArgument(
+            f"set one of memory_id, job_id and all, not {' and '.join(named)}", field=named[1]
+        )
+    for name in ("memory_id", "job_id"):
+        if len(getattr(request, name)) > _MAX_MEMORY_ID_CHARS:
+            raise InvalidArgument(f"{name} is over {_MAX_MEMORY_ID_CHARS} characters", field=name)
+    return Selection(memory_id=request.memory_id, job_id=request.job_id)
 
 
 def _unavailable(what: str, error: Exception) -> DomainError:

@@ -536,3 +536,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self, request: memory_pb2.PutMemoryRequest, context: Context
     ) -> memory_pb2.PutMemoryResponse:
         return await self._memory.put_memory(request, self._tenant(context))
+
+    @translate_errors
+    async def DeleteMemories(
+        self, request: memory_pb2.DeleteMemoriesRequest, context: Context
+    ) -> memory_pb2.DeleteMemoriesResponse:
+        return await self._memory.delete_memories(request, self._tenant(context))

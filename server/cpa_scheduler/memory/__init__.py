@@ -8,6 +8,7 @@ from .interface import (
     MemoryHit,
     MemoryRecord,
     Outcome,
+    Selection,
     SemanticMemory,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "MemoryHit",
     "MemoryRecord",
     "Outcome",
+    "Selection",
     "SemanticMemory",
 ]

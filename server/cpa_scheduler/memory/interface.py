@@ -47,6 +47,19 @@ class MemoryHit:
     score: float
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which of a tenant's records a delete takes: the one of `memory_id`, those remembering
+    `job_id`, or (neither set) all of them."""
+
+    memory_id: str = ""
+    job_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.memory_id and self.job_id:
+            raise ValueError("select by memory_id or by job_id, not both")
+
+
 class ConversationMemory(Protocol):
     """Short-term memory: recent entries of a conversation, forgotten after the TTL."""
 
@@ -65,3 +78,12 @@ class SemanticMemory(Protocol):
     async def search(
         self, tenant: str, text: str, *, k: int = 5, outcome: Outcome | None = None
     ) -> list[MemoryHit]: ...
+
+    async def delete(self, tenant: str, selection: Selection) -> int:
+        """Delete the tenant's records `selection` names; how many there were (0 for an id
+        that is unknown or another tenant's: a delete is idempotent)."""
+        ...
+
+    async def sweep_expired(self, *, batch: int) -> int:
+        """Delete at most `batch` records (of any tenant) older than the retention; how many."""
+        ...

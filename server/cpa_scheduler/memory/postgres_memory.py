@@ -8,6 +8,7 @@ tenant-scoped by the WHERE clause, and linear in the tenant's records (docs/adr/
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import psycopg
@@ -17,10 +18,11 @@ from psycopg_pool import AsyncConnectionPool
 from cpa_scheduler.telemetry import timed
 
 from .embedder import Embedder, unit
-from .interface import MemoryHit, MemoryRecord, Outcome
-from .records import check_query, prepared, record_of
+from .interface import MemoryHit, MemoryRecord, Outcome, Selection
+from .records import KEEP_ALL, Retention, check_query, prepared, record_of, selection_filter
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
+Cursor = psycopg.AsyncCursor[tuple[object, ...]]
 _COLUMNS = "memory_id, tenant, text, plan, outcome, failure_reason, job_id, created"
 # A record put again under its id replaces it, never across tenants (ids are unguessable, but a
 # put must not be able to overwrite another tenant's row even so).
@@ -49,18 +51,46 @@ _SPARSE_SEARCH = (
 )
 # At most this share of non-zero components takes the sparse plan.
 _SPARSE_SHARE = 0.25
+# The upsert says which rows it inserted (xmax 0: no older version), i.e. which are new to
+# their tenant's count; a replaced row is not, a row refused (another tenant's id) not returned.
+_UPSERT_COUNTED = _UPSERT + " RETURNING tenant, xmax = 0"
+# memory_tenants (migration 0011) counts each tenant's records, so that a put knows whether it
+# went past the cap without reading them (skipping a tenant's newest 100 000 in the index took
+# 40-60 ms per put).
+# Updating the count locks the tenant's row until commit: puts of one tenant take turns there,
+# so two replicas cannot both see room under the cap. Every writer updates counts in tenant
+# order (puts and sweeps sort them), and no writer waits on a record row while holding one.
+_COUNT = (
+    "INSERT INTO memory_tenants (tenant, records) VALUES (%s, %s) ON CONFLICT (tenant) DO "
+    "UPDATE SET records = memory_tenants.records + EXCLUDED.records RETURNING records"
+)
+# The tenant's oldest records past the cap (index on tenant, created, memory_id). SKIP LOCKED:
+# rows a sweep or a delete holds are on their way out already, and their count with them.
+_TRIM = (
+    "DELETE FROM memory_records WHERE memory_id IN (SELECT memory_id FROM memory_records "
+    "WHERE tenant = %s ORDER BY created, memory_id LIMIT %s FOR UPDATE SKIP LOCKED)"
+)
+# One batch of the sweep: the oldest expired rows; SKIP LOCKED lets replicas sweeping at the
+# same time take different rows instead of waiting on each other.
+_SWEEP = (
+    "DELETE FROM memory_records WHERE memory_id IN (SELECT memory_id FROM memory_records "
+    "WHERE created < %s ORDER BY created LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING tenant"
+)
 
 
 class PostgresMemory:
-    """Long-term memory in the `memory_records` table (migration 0010) of the pool's database."""
+    """Long-term memory in the `memory_records` table (migrations 0010, 0011) of the pool's
+    database, with its tenants' counts in `memory_tenants`."""
 
     def __init__(
         self,
         pool: AsyncConnectionPool[Connection],
         embedder: Embedder,
+        retention: Retention = KEEP_ALL,
     ) -> None:
         self._pool = pool
         self._embedder = embedder
+        self._retention = retention
 
     async def put(self, record: MemoryRecord) -> MemoryRecord:
         (stored,) = await self.put_many([record])
@@ -90,7 +120,14 @@ class PostgresMemory:
                 connection.transaction(),
                 connection.cursor() as cursor,
             ):
-                await cursor.executemany(_UPSERT, rows)
+                await cursor.executemany(_UPSERT_COUNTED, rows, returning=True)
+                added: Counter[str] = Counter()
+                while True:
+                    added.update(str(tenant) for tenant, new in await cursor.fetchall() if new)
+                    if not cursor.nextset():
+                        break
+                for tenant in sorted(added):
+                    await self._count(cursor, tenant, added[tenant], trim=True)
             timing.counts["records"] = len(rows)
         return prepared_records
 
@@ -104,13 +141,62 @@ class PostgresMemory:
             nonzero = sum(1 for x in query if x)
             if not nonzero:  # no word the embedder knows: nothing is similar
                 return []
-            where = "tenant = %(tenant)s" + (" AND outcome = %(outcome)s" if outcome else "")
+            # Expired records are hidden at once, whether or not the sweep has deleted them yet.
+            where = "tenant = %(tenant)s AND created >= %(cutoff)s" + (
+                " AND outcome = %(outcome)s" if outcome else ""
+            )
             plan = _SPARSE_SEARCH if nonzero <= _SPARSE_SHARE * len(query) else _DENSE_SEARCH
+            parameters = {
+                "tenant": tenant,
+                "cutoff": self._retention.cutoff(),
+                "outcome": outcome,
+                "vector": query,
+                "k": k,
+            }
             async with self._pool.connection() as connection:
-                cursor = await connection.execute(
-                    plan.format(where=where),
-                    {"tenant": tenant, "outcome": outcome, "vector": query, "k": k},
-                )
+                cursor = await connection.execute(plan.format(where=where), parameters)
                 rows = await cursor.fetchall()
             timing.counts["results"] = len(rows)
         return [MemoryHit(record_of(*row[:-1]), float(row[-1] or 0.0)) for row in rows]  # type: ignore[arg-type]
+
+    async def _count(self, cursor: Cursor, tenant: str, change: int, *, trim: bool) -> None:
+        """Add `change` to the tenant's count; with `trim`, drop its oldest records past the
+        cap (in the caller's transaction)."""
+        await cursor.execute(_COUNT, (tenant, change))
+        row = await cursor.fetchone()
+        cap = self._retention.max_per_tenant
+        excess = int(row[0]) - cap if row is not None else 0  # type: ignore[call-overload]
+        if trim and cap and excess > 0:
+            await cursor.execute(_TRIM, (tenant, excess))
+            await cursor.execute(_COUNT, (tenant, -cursor.rowcount))
+
+    async def delete(self, tenant: str, selection: Selection) -> int:
+        where, parameters = selection_filter(tenant, selection, "%s")
+        with timed("memory_query", "delete", store="postgres") as timing:
+            async with (
+                self._pool.connection() as connection,
+                connection.transaction(),
+                connection.cursor() as cursor,
+            ):
+                await cursor.execute(f"DELETE FROM memory_records WHERE {where}", parameters)
+                deleted = cursor.rowcount
+                if deleted:
+                    await self._count(cursor, tenant, -deleted, trim=False)
+            timing.counts["records"] = deleted
+        return deleted
+
+    async def sweep_expired(self, *, batch: int) -> int:
+        if not self._retention.max_age_s:
+            return 0
+        with timed("memory_query", "sweep", store="postgres") as timing:
+            async with (
+                self._pool.connection() as connection,
+                connection.transaction(),
+                connection.cursor() as cursor,
+            ):
+                await cursor.execute(_SWEEP, (self._retention.cutoff(), batch))
+                gone = Counter(str(tenant) for (tenant,) in await cursor.fetchall())
+                for tenant in sorted(gone):
+                    await self._count(cursor, tenant, -gone[tenant], trim=False)
+            timing.counts["records"] = gone.total()
+        return gone.total()

@@ -6,13 +6,50 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .interface import MemoryRecord, Outcome
+from .interface import MemoryRecord, Outcome, Selection
 
 OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed")
 MAX_K = 100
+_DAY_S = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long a tenant's memories live and how many it keeps (docs/MEMORY.md, "Retention").
+
+    `max_age_s` 0: no expiry; `max_per_tenant` 0: no cap. Expired records are hidden from
+    searches at once and deleted by the sweep; the cap is kept by every put."""
+
+    max_age_s: float = 0.0
+    max_per_tenant: int = 0
+
+    @classmethod
+    def of_days(cls, days: float, max_per_tenant: int) -> Retention:
+        return cls(days * _DAY_S, max_per_tenant)
+
+    def cutoff(self, now_unix_s: float | None = None) -> float:
+        """Records created before this have expired (-inf when nothing expires)."""
+        if not self.max_age_s:
+            return float("-inf")
+        return (time.time() if now_unix_s is None else now_unix_s) - self.max_age_s
+
+
+# Nothing expires, no cap: a store's default (tests, tools); the server passes the settings'.
+KEEP_ALL = Retention()
+
+
+def selection_filter(tenant: str, selection: Selection, mark: str) -> tuple[str, list[str]]:
+    """The condition (and its parameters, `mark` their placeholder) of the tenant's records
+    `selection` names: always the tenant first, so no selection reaches another tenant's."""
+    condition, parameters = f"tenant = {mark}", [tenant]
+    if selection.memory_id:
+        return f"{condition} AND memory_id = {mark}", [*parameters, selection.memory_id]
+    if selection.job_id:
+        return f"{condition} AND job_id = {mark}", [*parameters, selection.job_id]
+    return condition, parameters
 
 
 def prepared(record: MemoryRecord) -> MemoryRecord:

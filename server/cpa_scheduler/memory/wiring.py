@@ -19,6 +19,8 @@ from .conversation import LocalConversationMemory, RedisConversationMemory
 from .embedder import Embedder, ProviderEmbedder, lexical_embedder
 from .interface import ConversationMemory, SemanticMemory
 from .recorder import JobRecorder
+from .records import Retention
+from .sweeper import ExpirySweeper
 
 # The embedded store's file under the data directory (its own: the job store's schema and
 # backups stay free of an extension's virtual tables).
@@ -30,15 +32,19 @@ class Memory:
     conversations: ConversationMemory
     semantic: SemanticMemory
     recorder: JobRecorder
+    sweeper: ExpirySweeper
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.recorder.run(), name="memory-recorder")
+        self._tasks = [
+            asyncio.create_task(self.recorder.run(), name="memory-recorder"),
+            asyncio.create_task(self.sweeper.run(), name="memory-sweeper"),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            await stop_tasks([self._task])
+        if self._tasks:
+            await stop_tasks(self._tasks)
         for close in reversed(self._closers):
             await close()
 
@@ -54,6 +60,7 @@ async def open_memory(
     """The replica's memory; `embedder` defaults to the one the settings name (with
     CPA_MEMORY_EMBEDDER=provider, `provider`'s: the replica's one client of the model)."""
     embedder = embedder or settings_embedder(settings, provider)
+    retention = Retention.of_days(settings.memory_retention_days, settings.memory_max_per_tenant)
     closers: list[Callable[[], Awaitable[None]]] = []
     conversations: ConversationMemory
     semantic: SemanticMemory
@@ -64,11 +71,11 @@ async def open_memory(
 
         pool = await open_pool(settings.database_url, min_size=1, max_size=4)
         closers.append(pool.close)
-        semantic = PostgresMemory(pool, embedder)
+        semantic = PostgresMemory(pool, embedder, retention)
     else:
         from .sqlite_vec_memory import SqliteVecMemory
 
-        sqlite_memory = SqliteVecMemory(settings.data_dir / MEMORY_FILE, embedder)
+        sqlite_memory = SqliteVecMemory(settings.data_dir / MEMORY_FILE, embedder, retention)
         closers.append(sqlite_memory.close)
         semantic = sqlite_memory
     if redis is not None:
@@ -90,7 +97,12 @@ async def open_memory(
         conversations=conversations,
         max_queued=settings.memory_recorder_queue,
     )
-    return Memory(conversations, semantic, recorder, closers)
+    sweeper = ExpirySweeper(
+        semantic,
+        interval_s=settings.memory_sweep_interval_s,
+        batch=settings.memory_sweep_batch,
+    )
+    return Memory(conversations, semantic, recorder, sweeper, closers)
 
 
 def settings_embedder(settings: Settings, provider: LLMProvider | None) -> Embedder:

@@ -68,6 +68,9 @@ METHOD_PERMISSIONS: Final[Mapping[str, Permission]] = MappingProxyType(
         # adding a record steers what the planner proposes, as much as submitting does.
         _SCHEDULER + "SearchMemory": Permission.JOBS_READ,
         _SCHEDULER + "PutMemory": Permission.JOBS_SUBMIT,
+        # Forgetting steers the planner as much as adding does (and a tenant's own submitters
+        # must be able to take back what they or their jobs left there).
+        _SCHEDULER + "DeleteMemories": Permission.JOBS_SUBMIT,
         _EXECUTOR + "Connect": Permission.AGENT_CONNECT,
         _EXECUTOR + "UploadArtifact": Permission.AGENT_CONNECT,
         _EXECUTOR + "DownloadArtifact": Permission.AGENT_CONNECT,

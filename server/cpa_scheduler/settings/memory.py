@@ -13,8 +13,8 @@ class MemorySettings(BaseSettings):
 
     memory_enabled: bool = Field(
         default=True,
-        description="Remember finished jobs and serve SearchMemory/PutMemory; false turns both "
-        "off (the RPCs answer FAILED_PRECONDITION, MEMORY_DISABLED).",
+        description="Remember finished jobs and serve SearchMemory/PutMemory/DeleteMemories; false "
+        "turns them off (the RPCs answer FAILED_PRECONDITION, MEMORY_DISABLED).",
     )
     memory_conversation_ttl_s: float = Field(
         default=3600.0,
@@ -49,6 +49,31 @@ class MemorySettings(BaseSettings):
         ge=1,
         description="Longest text (UTF-8 bytes) PutMemory stores or SearchMemory searches for; "
         "longer is INVALID_ARGUMENT (MEMORY_TEXT_TOO_LONG).",
+    )
+    memory_retention_days: float = Field(
+        default=180.0,
+        ge=0,
+        description="Long-term memories older than this are no longer returned by a search and "
+        "are deleted by the periodic sweep; 0 keeps them until deleted or dropped by the cap.",
+    )
+    memory_max_per_tenant: int = Field(
+        default=100_000,
+        ge=0,
+        description="Most long-term memories a tenant keeps; a put beyond it drops the tenant's "
+        "oldest in the same transaction. 0: no cap.",
+    )
+    memory_sweep_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often each replica deletes expired long-term memories "
+        "(CPA_MEMORY_RETENTION_DAYS).",
+    )
+    memory_sweep_batch: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most expired memories one delete statement of the sweep removes (short "
+        "transactions); a sweep repeats batches until none is left.",
     )
     memory_recorder_queue: int = Field(
         default=1000,

@@ -332,12 +332,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     a RetryInfo of 1 s. Requests with ToDos or an intent name never wait for the model.
     """
     ERROR_REASON_MEMORY_DISABLED: _ErrorReason.ValueType  # 180
-    """SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
-    FAILED_PRECONDITION.
+    """SearchMemory, PutMemory, DeleteMemories: the server runs without memory
+    (CPA_MEMORY_ENABLED=false): FAILED_PRECONDITION.
     """
     ERROR_REASON_MEMORY_UNAVAILABLE: _ErrorReason.ValueType  # 181
-    """SearchMemory, PutMemory: the embedder or the memory's store failed (a model provider
-    down, the database unreachable): UNAVAILABLE, nothing stored; retry with backoff.
+    """SearchMemory, PutMemory, DeleteMemories: the embedder or the memory's store failed (a
+    model provider down, the database unreachable): UNAVAILABLE, nothing stored or deleted;
+    retry with backoff.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -654,12 +655,13 @@ CPA_PLANNING_LLM_CONCURRENCY allows: RESOURCE_EXHAUSTED, refused at once (not qu
 a RetryInfo of 1 s. Requests with ToDos or an intent name never wait for the model.
 """
 ERROR_REASON_MEMORY_DISABLED: ErrorReason.ValueType  # 180
-"""SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
-FAILED_PRECONDITION.
+"""SearchMemory, PutMemory, DeleteMemories: the server runs without memory
+(CPA_MEMORY_ENABLED=false): FAILED_PRECONDITION.
 """
 ERROR_REASON_MEMORY_UNAVAILABLE: ErrorReason.ValueType  # 181
-"""SearchMemory, PutMemory: the embedder or the memory's store failed (a model provider
-down, the database unreachable): UNAVAILABLE, nothing stored; retry with backoff.
+"""SearchMemory, PutMemory, DeleteMemories: the embedder or the memory's store failed (a
+model provider down, the database unreachable): UNAVAILABLE, nothing stored or deleted;
+retry with backoff.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63pa/scheduler/v1/memory.proto\x12\x10\x63pa.scheduler.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n\x0cMemoryRecord\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x04plan\x18\x03 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x07outcome\x18\x04 \x01(\x0e\x32\x1f.cpa.scheduler.v1.MemoryOutcome\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x13SearchMemoryRequest\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x30\n\x07outcome\x18\x03 \x01(\x0e\x32\x1f.cpa.scheduler.v1.MemoryOutcome\"A\n\x14SearchMemoryResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.cpa.scheduler.v1.MemoryHit\"J\n\tMemoryHit\x12.\n\x06record\x18\x01 \x01(\x0b\x32\x1e.cpa.scheduler.v1.MemoryRecord\x12\r\n\x05score\x18\x02 \x01(\x01\"\xa7\x01\n\x10PutMemoryRequest\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04plan\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x07outcome\x18\x03 \x01(\x0e\x32\x1f.cpa.scheduler.v1.MemoryOutcome\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\"C\n\x11PutMemoryResponse\x12.\n\x06record\x18\x01 \x01(\x0b\x32\x1e.cpa.scheduler.v1.MemoryRecord*h\n\rMemoryOutcome\x12\x1e\n\x1aMEMORY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18MEMORY_OUTCOME_SUCCEEDED\x10\x01\x12\x19\n\x15MEMORY_OUTCOME_FAILED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63pa/scheduler/v1/memory.proto\x12\x10\x63pa.scheduler.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n\x0cMemoryRecord\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x04plan\x18\x03 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x07outcome\x18\x04 \x01(\x0e\x32\x1f.cpa.scheduler.v1.MemoryOutcome\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x13SearchMemoryRequest\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x30\n\x07outcome\x18\x03 \x01(\x0e\x32\x1f.cpa.scheduler.v1.MemoryOutcome\"A\n\x14SearchMemoryResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.cpa.scheduler.v1.MemoryHit\"J\n\tMemoryHit\x12.\n\x06record\x18\x01 \x01(\x0b\x32\x1e.cpa.scheduler.v1.MemoryRecord\x12\r\n\x05score\x18\x02 \x01(\x01\"\xa7\x01\n\x10PutMemoryRequest\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04plan\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x07outcome\x18\x03 \x01(\x0e\x32\x1f.cpa.scheduler.v1.MemoryOutcome\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\"C\n\x11PutMemoryResponse\x12.\n\x06record\x18\x01 \x01(\x0b\x32\x1e.cpa.scheduler.v1.MemoryRecord\"G\n\x15\x44\x65leteMemoriesRequest\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\"/\n\x16\x44\x65leteMemoriesResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03*h\n\rMemoryOutcome\x12\x1e\n\x1aMEMORY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18MEMORY_OUTCOME_SUCCEEDED\x10\x01\x12\x19\n\x15MEMORY_OUTCOME_FAILED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHMEMORYREQUEST'].fields_by_name['text']._serialized_options = b'\342A\001\002'
   _globals['_PUTMEMORYREQUEST'].fields_by_name['text']._loaded_options = None
   _globals['_PUTMEMORYREQUEST'].fields_by_name['text']._serialized_options = b'\342A\001\002'
-  _globals['_MEMORYOUTCOME']._serialized_start=861
-  _globals['_MEMORYOUTCOME']._serialized_end=965
+  _globals['_MEMORYOUTCOME']._serialized_start=983
+  _globals['_MEMORYOUTCOME']._serialized_end=1087
   _globals['_MEMORYRECORD']._serialized_start=148
   _globals['_MEMORYRECORD']._serialized_end=373
   _globals['_SEARCHMEMORYREQUEST']._serialized_start=375
@@ -52,4 +52,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTMEMORYREQUEST']._serialized_end=790
   _globals['_PUTMEMORYRESPONSE']._serialized_start=792
   _globals['_PUTMEMORYRESPONSE']._serialized_end=859
+  _globals['_DELETEMEMORIESREQUEST']._serialized_start=861
+  _globals['_DELETEMEMORIESREQUEST']._serialized_end=932
+  _globals['_DELETEMEMORIESRESPONSE']._serialized_start=934
+  _globals['_DELETEMEMORIESRESPONSE']._serialized_end=981
 # @@protoc_insertion_point(module_scope)

@@ -249,3 +249,59 @@ class PutMemoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PutMemoryResponse: _TypeAlias = PutMemoryResponse  # noqa: Y015
+
+@_typing.final
+class DeleteMemoriesRequest(_message.Message):
+    """DeleteMemoriesRequest names which of the caller's tenant's records to delete: exactly one of
+    memory_id, job_id and all.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    memory_id: _builtins.str
+    """The record with this id (MemoryRecord.memory_id): at most 128 characters."""
+    job_id: _builtins.str
+    """Every record remembering this job (MemoryRecord.job_id): at most 128 characters."""
+    all: _builtins.bool
+    """Every record of the caller's tenant."""
+    def __init__(
+        self,
+        *,
+        memory_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "job_id", b"job_id", "memory_id", b"memory_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteMemoriesRequest: _TypeAlias = DeleteMemoriesRequest  # noqa: Y015
+
+@_typing.final
+class DeleteMemoriesResponse(_message.Message):
+    """DeleteMemoriesResponse says how many records were deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_COUNT_FIELD_NUMBER: _builtins.int
+    deleted_count: _builtins.int
+    """Records deleted by this call: 0 when none matched (unknown ids, another tenant's, or
+    already deleted).
+    """
+    def __init__(
+        self,
+        *,
+        deleted_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_count", b"deleted_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteMemoriesResponse: _TypeAlias = DeleteMemoriesResponse  # noqa: Y015

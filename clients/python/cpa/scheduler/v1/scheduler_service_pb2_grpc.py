@@ -152,6 +152,11 @@ class SchedulerServiceStub:
                 request_serializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryRequest.SerializeToString,
                 response_deserializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryResponse.FromString,
                 _registered_method=True)
+        self.DeleteMemories = channel.unary_unary(
+                '/cpa.scheduler.v1.SchedulerService/DeleteMemories',
+                request_serializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.DeleteMemoriesRequest.SerializeToString,
+                response_deserializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.DeleteMemoriesResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -483,6 +488,21 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteMemories(self, request, context):
+        """Deletes records of the caller's tenant's long-term memory for good: the one memory_id
+        names, every record whose job_id is job_id, or with all every record of the tenant. Another
+        tenant's records are never deleted: an id that is unknown or another tenant's deletes
+        nothing and answers deleted_count 0, as a repeated delete does (the call is idempotent).
+        Jobs that end later are remembered again (CPA_MEMORY_ENABLED=false stops that). Errors:
+        INVALID_ARGUMENT with MISSING_FIELD (none of memory_id, job_id, all set, field memory_id)
+        or INVALID_FIELD (more than one set, field job_id or all; memory_id or job_id over 128
+        characters, field named); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE
+        (MEMORY_UNAVAILABLE: the store failed, nothing deleted) as in SearchMemory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -575,6 +595,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.PutMemory,
                     request_deserializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryRequest.FromString,
                     response_serializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryResponse.SerializeToString,
+            ),
+            'DeleteMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMemories,
+                    request_deserializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.DeleteMemoriesRequest.FromString,
+                    response_serializer=cpa_dot_scheduler_dot_v1_dot_memory__pb2.DeleteMemoriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1088,6 +1113,33 @@ class SchedulerService:
             '/cpa.scheduler.v1.SchedulerService/PutMemory',
             cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryRequest.SerializeToString,
             cpa_dot_scheduler_dot_v1_dot_memory__pb2.PutMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpa.scheduler.v1.SchedulerService/DeleteMemories',
+            cpa_dot_scheduler_dot_v1_dot_memory__pb2.DeleteMemoriesRequest.SerializeToString,
+            cpa_dot_scheduler_dot_v1_dot_memory__pb2.DeleteMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -290,6 +290,17 @@ class SchedulerServiceStub:
     plan[i]); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE (MEMORY_UNAVAILABLE) as in
     SearchMemory.
     """
+    DeleteMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoriesRequest, _memory_pb2.DeleteMemoriesResponse]
+    """Deletes records of the caller's tenant's long-term memory for good: the one memory_id
+    names, every record whose job_id is job_id, or with all every record of the tenant. Another
+    tenant's records are never deleted: an id that is unknown or another tenant's deletes
+    nothing and answers deleted_count 0, as a repeated delete does (the call is idempotent).
+    Jobs that end later are remembered again (CPA_MEMORY_ENABLED=false stops that). Errors:
+    INVALID_ARGUMENT with MISSING_FIELD (none of memory_id, job_id, all set, field memory_id)
+    or INVALID_FIELD (more than one set, field job_id or all; memory_id or job_id over 128
+    characters, field named); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE
+    (MEMORY_UNAVAILABLE: the store failed, nothing deleted) as in SearchMemory.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -549,6 +560,17 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     steps, field plan) or NESTING_TOO_DEEP (a plan step nested deeper than 24 levels, field
     plan[i]); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE (MEMORY_UNAVAILABLE) as in
     SearchMemory.
+    """
+    DeleteMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoriesRequest, _memory_pb2.DeleteMemoriesResponse]  # type: ignore[assignment]
+    """Deletes records of the caller's tenant's long-term memory for good: the one memory_id
+    names, every record whose job_id is job_id, or with all every record of the tenant. Another
+    tenant's records are never deleted: an id that is unknown or another tenant's deletes
+    nothing and answers deleted_count 0, as a repeated delete does (the call is idempotent).
+    Jobs that end later are remembered again (CPA_MEMORY_ENABLED=false stops that). Errors:
+    INVALID_ARGUMENT with MISSING_FIELD (none of memory_id, job_id, all set, field memory_id)
+    or INVALID_FIELD (more than one set, field job_id or all; memory_id or job_id over 128
+    characters, field named); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE
+    (MEMORY_UNAVAILABLE: the store failed, nothing deleted) as in SearchMemory.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -914,6 +936,23 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         steps, field plan) or NESTING_TOO_DEEP (a plan step nested deeper than 24 levels, field
         plan[i]); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE (MEMORY_UNAVAILABLE) as in
         SearchMemory.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteMemories(
+        self,
+        request: _memory_pb2.DeleteMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.DeleteMemoriesResponse, _abc.Awaitable[_memory_pb2.DeleteMemoriesResponse]]:
+        """Deletes records of the caller's tenant's long-term memory for good: the one memory_id
+        names, every record whose job_id is job_id, or with all every record of the tenant. Another
+        tenant's records are never deleted: an id that is unknown or another tenant's deletes
+        nothing and answers deleted_count 0, as a repeated delete does (the call is idempotent).
+        Jobs that end later are remembered again (CPA_MEMORY_ENABLED=false stops that). Errors:
+        INVALID_ARGUMENT with MISSING_FIELD (none of memory_id, job_id, all set, field memory_id)
+        or INVALID_FIELD (more than one set, field job_id or all; memory_id or job_id over 128
+        characters, field named); FAILED_PRECONDITION (MEMORY_DISABLED) and UNAVAILABLE
+        (MEMORY_UNAVAILABLE: the store failed, nothing deleted) as in SearchMemory.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

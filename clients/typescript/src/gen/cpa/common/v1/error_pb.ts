@@ -744,16 +744,17 @@ export enum ErrorReason {
   PLANNING_BUSY = 176,
 
   /**
-   * SearchMemory, PutMemory: the server runs without memory (CPA_MEMORY_ENABLED=false):
-   * FAILED_PRECONDITION.
+   * SearchMemory, PutMemory, DeleteMemories: the server runs without memory
+   * (CPA_MEMORY_ENABLED=false): FAILED_PRECONDITION.
    *
    * @generated from enum value: ERROR_REASON_MEMORY_DISABLED = 180;
    */
   MEMORY_DISABLED = 180,
 
   /**
-   * SearchMemory, PutMemory: the embedder or the memory's store failed (a model provider
-   * down, the database unreachable): UNAVAILABLE, nothing stored; retry with backoff.
+   * SearchMemory, PutMemory, DeleteMemories: the embedder or the memory's store failed (a
+   * model provider down, the database unreachable): UNAVAILABLE, nothing stored or deleted;
+   * retry with backoff.
    *
    * @generated from enum value: ERROR_REASON_MEMORY_UNAVAILABLE = 181;
    */

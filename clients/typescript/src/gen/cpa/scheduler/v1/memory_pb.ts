@@ -13,7 +13,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file cpa/scheduler/v1/memory.proto.
  */
 export const file_cpa_scheduler_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jcGEvc2NoZWR1bGVyL3YxL21lbW9yeS5wcm90bxIQY3BhLnNjaGVkdWxlci52MSLhAQoMTWVtb3J5UmVjb3JkEhEKCW1lbW9yeV9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEiUKBHBsYW4YAyADKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjAKB291dGNvbWUYBCABKA4yHy5jcGEuc2NoZWR1bGVyLnYxLk1lbW9yeU91dGNvbWUSFgoOZmFpbHVyZV9yZWFzb24YBSABKAkSDgoGam9iX2lkGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmChNTZWFyY2hNZW1vcnlSZXF1ZXN0EhIKBHRleHQYASABKAlCBOJBAQISCQoBaxgCIAEoBRIwCgdvdXRjb21lGAMgASgOMh8uY3BhLnNjaGVkdWxlci52MS5NZW1vcnlPdXRjb21lIkEKFFNlYXJjaE1lbW9yeVJlc3BvbnNlEikKBGhpdHMYASADKAsyGy5jcGEuc2NoZWR1bGVyLnYxLk1lbW9yeUhpdCJKCglNZW1vcnlIaXQSLgoGcmVjb3JkGAEgASgLMh4uY3BhLnNjaGVkdWxlci52MS5NZW1vcnlSZWNvcmQSDQoFc2NvcmUYAiABKAEipwEKEFB1dE1lbW9yeVJlcXVlc3QSEgoEdGV4dBgBIAEoCUIE4kEBAhIlCgRwbGFuGAIgAygLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIwCgdvdXRjb21lGAMgASgOMh8uY3BhLnNjaGVkdWxlci52MS5NZW1vcnlPdXRjb21lEhYKDmZhaWx1cmVfcmVhc29uGAQgASgJEg4KBmpvYl9pZBgFIAEoCSJDChFQdXRNZW1vcnlSZXNwb25zZRIuCgZyZWNvcmQYASABKAsyHi5jcGEuc2NoZWR1bGVyLnYxLk1lbW9yeVJlY29yZCpoCg1NZW1vcnlPdXRjb21lEh4KGk1FTU9SWV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYTUVNT1JZX09VVENPTUVfU1VDQ0VFREVEEAESGQoVTUVNT1JZX09VVENPTUVfRkFJTEVEEAJiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch1jcGEvc2NoZWR1bGVyL3YxL21lbW9yeS5wcm90bxIQY3BhLnNjaGVkdWxlci52MSLhAQoMTWVtb3J5UmVjb3JkEhEKCW1lbW9yeV9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEiUKBHBsYW4YAyADKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjAKB291dGNvbWUYBCABKA4yHy5jcGEuc2NoZWR1bGVyLnYxLk1lbW9yeU91dGNvbWUSFgoOZmFpbHVyZV9yZWFzb24YBSABKAkSDgoGam9iX2lkGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmChNTZWFyY2hNZW1vcnlSZXF1ZXN0EhIKBHRleHQYASABKAlCBOJBAQISCQoBaxgCIAEoBRIwCgdvdXRjb21lGAMgASgOMh8uY3BhLnNjaGVkdWxlci52MS5NZW1vcnlPdXRjb21lIkEKFFNlYXJjaE1lbW9yeVJlc3BvbnNlEikKBGhpdHMYASADKAsyGy5jcGEuc2NoZWR1bGVyLnYxLk1lbW9yeUhpdCJKCglNZW1vcnlIaXQSLgoGcmVjb3JkGAEgASgLMh4uY3BhLnNjaGVkdWxlci52MS5NZW1vcnlSZWNvcmQSDQoFc2NvcmUYAiABKAEipwEKEFB1dE1lbW9yeVJlcXVlc3QSEgoEdGV4dBgBIAEoCUIE4kEBAhIlCgRwbGFuGAIgAygLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIwCgdvdXRjb21lGAMgASgOMh8uY3BhLnNjaGVkdWxlci52MS5NZW1vcnlPdXRjb21lEhYKDmZhaWx1cmVfcmVhc29uGAQgASgJEg4KBmpvYl9pZBgFIAEoCSJDChFQdXRNZW1vcnlSZXNwb25zZRIuCgZyZWNvcmQYASABKAsyHi5jcGEuc2NoZWR1bGVyLnYxLk1lbW9yeVJlY29yZCJHChVEZWxldGVNZW1vcmllc1JlcXVlc3QSEQoJbWVtb3J5X2lkGAEgASgJEg4KBmpvYl9pZBgCIAEoCRILCgNhbGwYAyABKAgiLwoWRGVsZXRlTWVtb3JpZXNSZXNwb25zZRIVCg1kZWxldGVkX2NvdW50GAEgASgDKmgKDU1lbW9yeU91dGNvbWUSHgoaTUVNT1JZX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhNRU1PUllfT1VUQ09NRV9TVUNDRUVERUQQARIZChVNRU1PUllfT1VUQ09NRV9GQUlMRUQQAmIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * MemoryRecord is one remembered job of the caller's tenant (docs/MEMORY.md): its request text,
@@ -234,6 +234,64 @@ export type PutMemoryResponse = Message<"cpa.scheduler.v1.PutMemoryResponse"> & 
  */
 export const PutMemoryResponseSchema: GenMessage<PutMemoryResponse> = /*@__PURE__*/
   messageDesc(file_cpa_scheduler_v1_memory, 5);
+
+/**
+ * DeleteMemoriesRequest names which of the caller's tenant's records to delete: exactly one of
+ * memory_id, job_id and all.
+ *
+ * @generated from message cpa.scheduler.v1.DeleteMemoriesRequest
+ */
+export type DeleteMemoriesRequest = Message<"cpa.scheduler.v1.DeleteMemoriesRequest"> & {
+  /**
+   * The record with this id (MemoryRecord.memory_id): at most 128 characters.
+   *
+   * @generated from field: string memory_id = 1;
+   */
+  memoryId: string;
+
+  /**
+   * Every record remembering this job (MemoryRecord.job_id): at most 128 characters.
+   *
+   * @generated from field: string job_id = 2;
+   */
+  jobId: string;
+
+  /**
+   * Every record of the caller's tenant.
+   *
+   * @generated from field: bool all = 3;
+   */
+  all: boolean;
+};
+
+/**
+ * Describes the message cpa.scheduler.v1.DeleteMemoriesRequest.
+ * Use `create(DeleteMemoriesRequestSchema)` to create a new message.
+ */
+export const DeleteMemoriesRequestSchema: GenMessage<DeleteMemoriesRequest> = /*@__PURE__*/
+  messageDesc(file_cpa_scheduler_v1_memory, 6);
+
+/**
+ * DeleteMemoriesResponse says how many records were deleted.
+ *
+ * @generated from message cpa.scheduler.v1.DeleteMemoriesResponse
+ */
+export type DeleteMemoriesResponse = Message<"cpa.scheduler.v1.DeleteMemoriesResponse"> & {
+  /**
+   * Records deleted by this call: 0 when none matched (unknown ids, another tenant's, or
+   * already deleted).
+   *
+   * @generated from field: int64 deleted_count = 1;
+   */
+  deletedCount: bigint;
+};
+
+/**
+ * Describes the message cpa.scheduler.v1.DeleteMemoriesResponse.
+ * Use `create(DeleteMemoriesResponseSchema)` to create a new message.
+ */
+export const DeleteMemoriesResponseSchema: GenMessage<DeleteMemoriesResponse> = /*@__PURE__*/
+  messageDesc(file_cpa_scheduler_v1_memory, 7);
 
 /**
  * MemoryOutcome is how a remembered job ended.
