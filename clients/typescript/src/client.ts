@@ -126,15 +126,27 @@ export class SchedulerClientBase {
    * the caller sees no gap and no duplicate. Heartbeats are not yielded.
    */
   async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<JobEvent, void, undefined> {
+    // The calls' own signal: the caller's, and aborted when the caller stops iterating (a break),
+    // or the server stream would stay open (and keep Node's event loop alive).
+    const calls = new AbortController();
+    const forward = () => calls.abort(options.signal?.reason);
+    options.signal?.addEventListener("abort", forward);
+    if (options.signal?.aborted) forward();
+    try {
+      yield* this.watchEvents(jobId, options, calls.signal);
+    } finally {
+      options.signal?.removeEventListener("abort", forward);
+      calls.abort();
+    }
+  }
+
+  private async *watchEvents(jobId: string, options: WatchOptions, signal: AbortSignal): AsyncGenerator<JobEvent, void, undefined> {
     let lastSequence = options.afterSequence ?? 0n;
     let failures = 0;
     const maxReconnects = options.maxReconnects ?? 8;
-    while (!options.signal?.aborted) {
+    while (!signal.aborted) {
       try {
-        const stream = this.raw.watchJob(
-          { jobId, afterSequence: lastSequence },
-          { signal: options.signal },
-        );
+        const stream = this.raw.watchJob({ jobId, afterSequence: lastSequence }, { signal });
         for await (const response of stream) {
           const event = response.event;
           // A replay never goes back, but a reconnect must not repeat what was yielded.
@@ -147,14 +159,14 @@ export class SchedulerClientBase {
         // The server ended the stream before the terminal event (it drains): resume.
         throw new ConnectError("the watch ended before the job did", Code.Unavailable);
       } catch (error) {
-        if (options.signal?.aborted) return;
+        if (signal.aborted) return;
         const failure = CpaError.from(error);
         if (!(failure instanceof CpaError) || !RESUMABLE_CODES.has(failure.code)) throw failure;
         if (failures >= maxReconnects) throw failure;
         options.onReconnect?.(failure, lastSequence);
         await delay(
           fullJitterBackoffMs(failures, options.reconnectInitialMs ?? 100, options.reconnectMaxMs ?? 5_000),
-          options.signal,
+          signal,
         );
         failures += 1;
       }
