@@ -7,8 +7,10 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
+import { downloadBytes, type ArtifactData } from "./artifacts.js";
 import { fullJitterBackoffMs, delay } from "./backoff.js";
 import { CpaError, decodeErrors } from "./errors.js";
+import type { Artifact } from "./gen/cpa/common/v1/artifact_pb.js";
 import type { JobEvent } from "./gen/cpa/scheduler/v1/job_event_pb.js";
 import {
   JobSpecSchema,
@@ -118,6 +120,23 @@ export class SchedulerClientBase {
       yield* page.jobs;
       pageToken = page.nextPageToken;
     } while (pageToken !== "");
+  }
+
+  /** The artifacts the job's tasks stored (failed attempts' included), in task order; with `taskId` only that task's. */
+  async listArtifacts(jobId: string, options: { readonly taskId?: string } = {}): Promise<Artifact[]> {
+    const response = await decodeErrors(() => this.raw.listArtifacts({ jobId, taskId: options.taskId ?? "" }));
+    return response.artifacts;
+  }
+
+  /**
+   * An artifact's metadata and bytes in memory, checked against its size and sha256
+   * (ArtifactCheckError when they differ). The call has no deadline of its own: a large
+   * artifact takes as long as it takes; `signal` stops it.
+   */
+  async readArtifact(jobId: string, artifactId: string, options: { readonly signal?: AbortSignal } = {}): Promise<ArtifactData> {
+    return await decodeErrors(() =>
+      downloadBytes(this.raw.downloadArtifact({ jobId, artifactId }, { signal: options.signal })),
+    );
   }
 
   /**
