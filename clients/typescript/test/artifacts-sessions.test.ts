@@ -23,6 +23,7 @@ import {
   type SessionEnd,
 } from "../src/agent/index.js";
 import { custom, finalState, liveFixture, startTestAgent, todosJob, watchAll } from "./helpers.js";
+import { TcpProxy } from "./proxy.js";
 
 const live = liveFixture();
 
@@ -112,6 +113,47 @@ describe("artifacts of a TypeScript agent", () => {
     } finally {
       agent.drain("test over");
       await running;
+    }
+  });
+});
+
+describe("an artifact call cut with the agent's connection", () => {
+  it("is made again on the next session, which adopted the attempt", async () => {
+    const proxy = await TcpProxy.start(live.scheduler.agentAddress);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    // Larger than what HTTP/2 flow control lets out before the server answers: part of it is
+    // surely on the wire when the connection is cut.
+    const report = randomBytes(MAX_CHUNK_BYTES);
+    const { agent, running } = startTestAgent({
+      baseUrl: proxy.baseUrl,
+      credential: live.scheduler.credential,
+      agentId: "ts-artifact-cut",
+      handlers: {
+        ts_report: async (ctx) => {
+          await gate;
+          return { artifactId: (await ctx.artifacts.save("report.bin", "", report)).artifactId };
+        },
+      },
+    });
+    try {
+      const job = await live.client.scheduleJob(todosJob(custom("report", "ts_report")));
+      await agent.until(() => agent.runningAttempts.length === 1);
+      const sessionsBefore = agent.sessionsStarted;
+      proxy.hold();
+      release();
+      // Heartbeats are a few bytes: this much held is the upload's.
+      while (proxy.heldBytes < 32 * 1024) await new Promise((resolve) => setTimeout(resolve, 5));
+      proxy.cut();
+      assert.equal(finalState(await watchAll(live.client, job.jobId)), JobState.SUCCEEDED);
+      assert.ok(agent.sessionsStarted > sessionsBefore, "the agent reconnected");
+      const [stored] = await live.client.listArtifacts(job.jobId);
+      assert.deepEqual([stored?.name, stored?.sha256], ["report.bin", sha256(report)]);
+      assert.deepEqual((await live.client.getJob(job.jobId)).tasks[0]!.outputs, { artifactId: stored!.artifactId });
+    } finally {
+      agent.drain("test over");
+      await running;
+      await proxy.close();
     }
   });
 });

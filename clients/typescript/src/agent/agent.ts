@@ -98,6 +98,8 @@ class Session {
   serverDraining = false;
   serverDrainDeadline: Date | undefined;
   lastReceivedMs = Date.now();
+  /** Server messages received after the welcome (proof that the stream lives). */
+  received = 0;
   /** Results sent on this stream and not yet acked: report id -> attempt key. */
   readonly pendingResults = new Map<bigint, string>();
   private lastReportId = 0n;
@@ -255,6 +257,8 @@ export class Agent extends EventEmitter {
     try {
       for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
         session.lastReceivedMs = Date.now();
+        session.received += 1;
+        this.emit("received");
         this.dispatch(session, next.value);
         this.endSessionIfDrained(session);
       }
@@ -427,7 +431,7 @@ export class Agent extends EventEmitter {
           jobId,
           taskId: assignment.todo?.id ?? "",
           attempt: assignment.attempt,
-          link: (linkSignal) => this.link(linkSignal),
+          link: (linkSignal, cut) => this.link(linkSignal, cut),
           inputs: assignment.inputArtifacts,
           signal,
         }),
@@ -510,21 +514,31 @@ export class Agent extends EventEmitter {
     this.changed();
   }
 
-  /** The welcomed session's link for artifact calls, waiting for a welcome while there is none. */
-  private async link(signal: AbortSignal): Promise<ArtifactLink> {
+  /**
+   * The welcomed session's link for artifact calls, waiting for a welcome while there is none.
+   * After a call on `cut` was cut, that session only once the server spoke on it since (a reset
+   * connection fails the call before the stream notices; the session would be gone).
+   */
+  private async link(signal: AbortSignal, cut?: ArtifactLink): Promise<ArtifactLink> {
+    const cutSession = cut !== undefined && this.session?.welcome?.sessionId === cut.sessionId ? this.session : undefined;
+    const heardBefore = cutSession?.received ?? 0;
     for (;;) {
       signal.throwIfAborted();
-      const welcome = this.session?.welcome;
-      if (welcome !== undefined) {
-        return { sessionId: welcome.sessionId, tenant: this.options.tenantName ?? this.options.tenant ?? "" };
-      }
+      const session = this.session;
+      const welcome = session?.welcome;
+      const usable =
+        welcome !== undefined &&
+        (cut === undefined || welcome.sessionId !== cut.sessionId || (session !== undefined && session === cutSession && session.received > heardBefore));
+      if (usable) return { sessionId: welcome.sessionId, tenant: this.options.tenantName ?? this.options.tenant ?? "" };
       await new Promise<void>((resolve) => {
         const wake = () => {
           this.off("changed", wake);
+          this.off("received", wake);
           signal.removeEventListener("abort", wake);
           resolve();
         };
         this.on("changed", wake);
+        this.on("received", wake);
         signal.addEventListener("abort", wake);
       });
     }

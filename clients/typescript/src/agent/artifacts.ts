@@ -14,6 +14,7 @@ import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { ArtifactCheckError, downloadBytes, sha256Hex, split, type ArtifactData } from "../artifacts.js";
 import { CpaError } from "../errors.js";
+import { cut } from "../retry.js";
 import type { Artifact } from "../gen/cpa/common/v1/artifact_pb.js";
 import { ExecutorService, type UploadArtifactHeaderSchema } from "../gen/cpa/executor/v1/executor_service_pb.js";
 import { TaskFailure } from "./attempt.js";
@@ -25,8 +26,6 @@ export const ARTIFACT_MISMATCH = "ARTIFACT_MISMATCH";
 export const INPUT_NOT_FOUND = "INPUT_NOT_FOUND";
 // Calls cut by the session's end are made again on the next one, this many times in all.
 const CALLS_PER_ARTIFACT = 3;
-// Codes after which the same call may succeed on another session.
-const RETRY_CODES: ReadonlySet<Code> = new Set([Code.Unavailable, Code.Canceled]);
 const TENANT_METADATA_KEY = "x-cpa-tenant";
 
 /** What an artifact call needs of the agent's current (welcomed) session. */
@@ -36,14 +35,18 @@ export interface ArtifactLink {
   readonly tenant: string;
 }
 
-/** Waits for a welcomed session and returns its link; rejects once `signal` aborts. */
-export type LinkSource = (signal: AbortSignal) => Promise<ArtifactLink>;
+/**
+ * Waits for a welcomed session and returns its link; rejects once `signal` aborts. With `cut`
+ * (the link of a call the connection's end cut), a link of a later session, or of the same one
+ * once the server has spoken on it since (it survived the cut).
+ */
+export type LinkSource = (signal: AbortSignal, cut?: ArtifactLink) => Promise<ArtifactLink>;
 
 /**
  * An artifact call failed: a TaskFailure, so a handler that lets it through fails its attempt
  * with `code` (ARTIFACT_UPLOAD_FAILED, ARTIFACT_DOWNLOAD_FAILED, ARTIFACT_MISMATCH,
- * INPUT_NOT_FOUND). Retryable when the scheduler could not be reached (UNAVAILABLE, CANCELLED,
- * DEADLINE_EXCEEDED), not when it refused (too large, a bad name, the attempt no longer this
+ * INPUT_NOT_FOUND). Retryable when the scheduler could not be reached (UNAVAILABLE or a reset
+ * connection, CANCELLED, DEADLINE_EXCEEDED), not when it refused (too large, a bad name, the attempt no longer this
  * agent's). `cause` is the CpaError (its `reason`: ARTIFACT_TOO_LARGE, INVALID_FIELD...) or the
  * ArtifactCheckError.
  */
@@ -156,13 +159,17 @@ export class AttemptArtifacts implements ArtifactAccess {
   /** `call` on the current session, again on the next one when the session's end cut it. */
   private async repeated<T>(code: string, what: string, call: (link: ArtifactLink, signal: AbortSignal) => Promise<T>): Promise<T> {
     const { signal } = this.options;
+    let cut: ArtifactLink | undefined;
     for (let calls = 1; ; calls += 1) {
-      const link = await this.options.link(signal);
+      const link = await this.options.link(signal, cut);
       try {
         return await call(link, signal);
       } catch (error) {
         if (!(error instanceof ConnectError) || signal.aborted) throw error;
-        if (RETRY_CODES.has(error.code) && calls < CALLS_PER_ARTIFACT) continue;
+        if (mayPassOnAnotherSession(error) && calls < CALLS_PER_ARTIFACT) {
+          cut = link;
+          continue;
+        }
         throw failure(code, what, new CpaError(error));
       }
     }
@@ -184,8 +191,17 @@ function grpcStatusName(code: Code): string {
   return name === "CANCELED" ? "CANCELLED" : name;
 }
 
+/**
+ * Whether the same call may succeed on another session: the connection was cut (UNAVAILABLE,
+ * or a reset, which connect-node names ABORTED without a reason) or the call CANCELLED, as the
+ * Python agent's UNAVAILABLE and CANCELLED.
+ */
+function mayPassOnAnotherSession(error: ConnectError): boolean {
+  return cut(error) || error.code === Code.Canceled;
+}
+
 function failure(code: string, what: string, error: CpaError): ArtifactError {
   const status = grpcStatusName(error.code);
-  const retryable = RETRY_CODES.has(error.code) || error.code === Code.DeadlineExceeded;
+  const retryable = mayPassOnAnotherSession(error.cause) || error.code === Code.DeadlineExceeded;
   return new ArtifactError(code, `${what} failed: ${status}: ${error.serverMessage}`, { retryable, details: { grpc_status: status } }, error);
 }
