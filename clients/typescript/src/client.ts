@@ -7,8 +7,10 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
+import { downloadBytes, type ArtifactData } from "./artifacts.js";
 import { fullJitterBackoffMs, delay } from "./backoff.js";
 import { CpaError, decodeErrors } from "./errors.js";
+import type { Artifact } from "./gen/cpa/common/v1/artifact_pb.js";
 import type { JobEvent } from "./gen/cpa/scheduler/v1/job_event_pb.js";
 import {
   JobSpecSchema,
@@ -120,21 +122,50 @@ export class SchedulerClientBase {
     } while (pageToken !== "");
   }
 
+  /** The artifacts the job's tasks stored (failed attempts' included), in task order; with `taskId` only that task's. */
+  async listArtifacts(jobId: string, options: { readonly taskId?: string } = {}): Promise<Artifact[]> {
+    const response = await decodeErrors(() => this.raw.listArtifacts({ jobId, taskId: options.taskId ?? "" }));
+    return response.artifacts;
+  }
+
+  /**
+   * An artifact's metadata and bytes in memory, checked against its size and sha256
+   * (ArtifactCheckError when they differ). The call has no deadline of its own: a large
+   * artifact takes as long as it takes; `signal` stops it.
+   */
+  async readArtifact(jobId: string, artifactId: string, options: { readonly signal?: AbortSignal } = {}): Promise<ArtifactData> {
+    return await decodeErrors(() =>
+      downloadBytes(this.raw.downloadArtifact({ jobId, artifactId }, { signal: options.signal })),
+    );
+  }
+
   /**
    * The job's events in sequence order, live, ending after the terminal one. When the stream
    * drops, it reconnects (with backoff) asking for the events after the last one yielded, so
    * the caller sees no gap and no duplicate. Heartbeats are not yielded.
    */
   async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<JobEvent, void, undefined> {
+    // The calls' own signal: the caller's, and aborted when the caller stops iterating (a break),
+    // or the server stream would stay open (and keep Node's event loop alive).
+    const calls = new AbortController();
+    const forward = () => calls.abort(options.signal?.reason);
+    options.signal?.addEventListener("abort", forward);
+    if (options.signal?.aborted) forward();
+    try {
+      yield* this.watchEvents(jobId, options, calls.signal);
+    } finally {
+      options.signal?.removeEventListener("abort", forward);
+      calls.abort();
+    }
+  }
+
+  private async *watchEvents(jobId: string, options: WatchOptions, signal: AbortSignal): AsyncGenerator<JobEvent, void, undefined> {
     let lastSequence = options.afterSequence ?? 0n;
     let failures = 0;
     const maxReconnects = options.maxReconnects ?? 8;
-    while (!options.signal?.aborted) {
+    while (!signal.aborted) {
       try {
-        const stream = this.raw.watchJob(
-          { jobId, afterSequence: lastSequence },
-          { signal: options.signal },
-        );
+        const stream = this.raw.watchJob({ jobId, afterSequence: lastSequence }, { signal });
         for await (const response of stream) {
           const event = response.event;
           // A replay never goes back, but a reconnect must not repeat what was yielded.
@@ -147,14 +178,14 @@ export class SchedulerClientBase {
         // The server ended the stream before the terminal event (it drains): resume.
         throw new ConnectError("the watch ended before the job did", Code.Unavailable);
       } catch (error) {
-        if (options.signal?.aborted) return;
+        if (signal.aborted) return;
         const failure = CpaError.from(error);
         if (!(failure instanceof CpaError) || !RESUMABLE_CODES.has(failure.code)) throw failure;
         if (failures >= maxReconnects) throw failure;
         options.onReconnect?.(failure, lastSequence);
         await delay(
           fullJitterBackoffMs(failures, options.reconnectInitialMs ?? 100, options.reconnectMaxMs ?? 5_000),
-          options.signal,
+          signal,
         );
         failures += 1;
       }

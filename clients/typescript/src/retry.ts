@@ -40,7 +40,7 @@ export const REPEATABLE_METHODS: ReadonlySet<string> = new Set([
 const RATE_LIMITED = "RATE_LIMITED";
 
 /** Whether the call failed on the way (no answer of the scheduler's): see the module's doc. */
-function cut(error: ConnectError): boolean {
+export function cut(error: ConnectError): boolean {
   return error.code === Code.Unavailable || (error.code === Code.Aborted && new CpaError(error).reason === "");
 }
 const RATE_LIMIT_JITTER = 0.1;

@@ -5,65 +5,30 @@
  * resumes without gap or duplicate), and errors arrive typed (code, reason, field).
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { spawn } from "node:child_process";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { Code, CpaError, JobState, SchedulerClient, TaskState, type JobEvent } from "../src/index.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
-import { ActionType, ToDoSchema } from "../src/gen/cpa/common/v1/todo_pb.js";
-import { Agent, TaskFailure, type TaskContext } from "../src/agent/index.js";
-import { EXTERNAL_SCHEDULER, startScheduler, type LiveScheduler } from "./scheduler.js";
+import { TaskFailure, type AgentOptions, type TaskContext } from "../src/agent/index.js";
+import { custom, finalState, liveFixture, startTestAgent, watchAll } from "./helpers.js";
+import { EXTERNAL_SCHEDULER, startScheduler } from "./scheduler.js";
 import { TcpProxy } from "./proxy.js";
 
-let scheduler: LiveScheduler;
-let client: SchedulerClient;
+const live = liveFixture();
 
-before(async () => {
-  scheduler = await startScheduler();
-  client = new SchedulerClient({ baseUrl: scheduler.baseUrl, credential: scheduler.credential });
-});
-
-after(async () => {
-  await scheduler?.stop();
-});
-
-type ToDoInit = MessageInitShape<typeof ToDoSchema>;
-
-/** A ToDo of a custom action (each test's agent offers its own). */
-function custom(id: string, action: string, extra: ToDoInit = {}): ToDoInit {
-  return { ...extra, id, action: ActionType.CUSTOM, customAction: action };
+/** An agent of the test on `baseUrl` with the scheduler's credential. */
+function startAgent(baseUrl: string, agentId: string, handlers: AgentOptions["handlers"]) {
+  return startTestAgent({ baseUrl, credential: live.scheduler.credential, agentId, handlers });
 }
 
-/** An agent of the test: unique actions per test, so no other test's agent takes its tasks. */
-function startAgent(baseUrl: string, agentId: string, handlers: ConstructorParameters<typeof Agent>[0]["handlers"]) {
-  const agent = new Agent({
-    baseUrl,
-    credential: scheduler.credential,
-    agentId,
-    handlers,
-    slots: 2,
-    reconnectInitialMs: 50,
-    reconnectMaxMs: 500,
-    drainTimeoutMs: 5_000,
-    log: process.env["CPA_TEST_VERBOSE"] ? console.error : undefined,
-  });
-  const running = agent.run();
-  return { agent, running };
-}
-
-async function watchToTheEnd(jobId: string, options: Parameters<SchedulerClient["watch"]>[1] = {}): Promise<JobEvent[]> {
-  const events: JobEvent[] = [];
-  for await (const event of client.watch(jobId, options)) events.push(event);
-  return events;
-}
-
-function finalState(events: JobEvent[]): JobState | undefined {
-  const last = events.at(-1);
-  return last?.kind.case === "jobStateChanged" ? last.kind.value.toState : undefined;
+function watchToTheEnd(jobId: string, options: Parameters<SchedulerClient["watch"]>[1] = {}): Promise<JobEvent[]> {
+  return watchAll(live.client, jobId, options);
 }
 
 describe("a TypeScript agent runs a TypeScript client's job", () => {
   it("runs a DAG whose second task reads the first one's output", async () => {
     const seen: TaskContext[] = [];
-    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-dag", {
+    const { agent, running } = startAgent(`http://${live.scheduler.agentAddress}`, "ts-dag", {
       ts_fetch: (ctx) => {
         seen.push(ctx);
         ctx.progress(50, "half way");
@@ -75,7 +40,7 @@ describe("a TypeScript agent runs a TypeScript client's job", () => {
       },
     });
     try {
-      const job = await client.scheduleJob({
+      const job = await live.client.scheduleJob({
         source: {
           case: "todos",
           value: {
@@ -88,7 +53,7 @@ describe("a TypeScript agent runs a TypeScript client's job", () => {
       });
       const events = await watchToTheEnd(job.jobId);
       assert.equal(finalState(events), JobState.SUCCEEDED);
-      const done = await client.getJob(job.jobId);
+      const done = await live.client.getJob(job.jobId);
       const outputs = Object.fromEntries(done.tasks.map((task) => [task.todo?.id, task.outputs]));
       assert.deepEqual(outputs, { fetch: { value: 41 }, add: { sum: 42 } });
       assert.deepEqual(seen.map((ctx) => [ctx.taskId, ctx.action, ctx.attempt]), [["fetch", "ts_fetch", 1], ["add", "ts_add", 1]]);
@@ -105,16 +70,16 @@ describe("a TypeScript agent runs a TypeScript client's job", () => {
 
   it("fails a task with the code of the handler's TaskFailure, retried only when retryable", async () => {
     let calls = 0;
-    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-fail", {
+    const { agent, running } = startAgent(`http://${live.scheduler.agentAddress}`, "ts-fail", {
       ts_refuse: () => {
         calls += 1;
         throw new TaskFailure("NO_SUCH_INVOICE", "invoice 42 does not exist", { details: { invoice: 42 } });
       },
     });
     try {
-      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("refuse", "ts_refuse")] } } });
+      const job = await live.client.scheduleJob({ source: { case: "todos", value: { todos: [custom("refuse", "ts_refuse")] } } });
       assert.equal(finalState(await watchToTheEnd(job.jobId)), JobState.FAILED);
-      const task = (await client.getJob(job.jobId)).tasks[0]!;
+      const task = (await live.client.getJob(job.jobId)).tasks[0]!;
       assert.equal(task.state, TaskState.FAILED);
       assert.deepEqual([task.error?.code, task.error?.message, task.error?.retryable], ["NO_SUCH_INVOICE", "invoice 42 does not exist", false]);
       assert.deepEqual(task.error?.details, { invoice: 42 });
@@ -129,7 +94,7 @@ describe("a TypeScript agent runs a TypeScript client's job", () => {
     let started!: () => void;
     const handlerStarted = new Promise<void>((resolve) => (started = resolve));
     let abortReason: unknown;
-    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-cancel", {
+    const { agent, running } = startAgent(`http://${live.scheduler.agentAddress}`, "ts-cancel", {
       ts_block: (ctx) =>
         new Promise((_, reject) => {
           started();
@@ -140,16 +105,16 @@ describe("a TypeScript agent runs a TypeScript client's job", () => {
         }),
     });
     try {
-      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("block", "ts_block")] } } });
+      const job = await live.client.scheduleJob({ source: { case: "todos", value: { todos: [custom("block", "ts_block")] } } });
       const watching = watchToTheEnd(job.jobId);
       await handlerStarted;
-      await client.cancelJob(job.jobId, "the operator said stop");
+      await live.client.cancelJob(job.jobId, "the operator said stop");
       const events = await watching;
       assert.equal(finalState(events), JobState.CANCELLED);
       assert.equal(abortReason, "the operator said stop");
       // The attempt's cancelled result was sent and acked.
       await agent.until(() => agent.unackedResults.length === 0 && agent.runningAttempts.length === 0);
-      const done = await client.getJob(job.jobId);
+      const done = await live.client.getJob(job.jobId);
       assert.equal(done.tasks[0]!.state, TaskState.CANCELLED);
     } finally {
       agent.drain("test over");
@@ -162,7 +127,7 @@ describe("draining", () => {
   it("on SIGTERM stops taking work but finishes the running attempt and its ack first", async () => {
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
-    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-drain", {
+    const { agent, running } = startAgent(`http://${live.scheduler.agentAddress}`, "ts-drain", {
       ts_slow: async () => {
         await gate;
         return { finished: true };
@@ -170,7 +135,7 @@ describe("draining", () => {
     });
     const removeHandlers = agent.handleSignals();
     try {
-      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("slow", "ts_slow")] } } });
+      const job = await live.client.scheduleJob({ source: { case: "todos", value: { todos: [custom("slow", "ts_slow")] } } });
       await agent.until(() => agent.runningAttempts.length === 1);
       process.emit("SIGTERM", "SIGTERM"); // the handler's path, without signalling the test runner
       assert.ok(agent.draining);
@@ -182,7 +147,7 @@ describe("draining", () => {
       release();
       await running;
       assert.deepEqual([agent.runningAttempts.length, agent.unackedResults.length], [0, 0]);
-      const done = await client.getJob(job.jobId);
+      const done = await live.client.getJob(job.jobId);
       assert.equal(done.state, JobState.SUCCEEDED);
       assert.deepEqual(done.tasks[0]!.outputs, { finished: true });
     } finally {
@@ -197,7 +162,7 @@ describe("draining", () => {
     let started!: () => void;
     const handlerStarted = new Promise<void>((resolve) => (started = resolve));
     let aborted = false;
-    const { agent, running } = startAgent(`http://${scheduler.agentAddress}`, "ts-stop-now", {
+    const { agent, running } = startAgent(`http://${live.scheduler.agentAddress}`, "ts-stop-now", {
       ts_forever: (ctx) =>
         new Promise(() => {
           started();
@@ -206,14 +171,14 @@ describe("draining", () => {
     });
     const removeHandlers = agent.handleSignals();
     try {
-      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("forever", "ts_forever")] } } });
+      const job = await live.client.scheduleJob({ source: { case: "todos", value: { todos: [custom("forever", "ts_forever")] } } });
       await handlerStarted;
       process.emit("SIGTERM", "SIGTERM");
       process.emit("SIGTERM", "SIGTERM");
       await running; // does not wait for the handler, which never ends
       assert.equal(aborted, true);
       assert.equal(agent.connected, false);
-      await client.cancelJob(job.jobId, "test over");
+      await live.client.cancelJob(job.jobId, "test over");
     } finally {
       removeHandlers();
     }
@@ -223,9 +188,9 @@ describe("draining", () => {
 describe("a cut connection", () => {
   it("is survived: the agent resends its unacked result, the watch resumes without gap or duplicate", async () => {
     // One proxy for the agent's stream, one for the watch (two replicas in the distributed run).
-    const proxy = await TcpProxy.start(scheduler.agentAddress);
-    const watchProxy = await TcpProxy.start(scheduler.address);
-    const proxied = new SchedulerClient({ baseUrl: watchProxy.baseUrl, credential: scheduler.credential });
+    const proxy = await TcpProxy.start(live.scheduler.agentAddress);
+    const watchProxy = await TcpProxy.start(live.scheduler.address);
+    const proxied = new SchedulerClient({ baseUrl: watchProxy.baseUrl, credential: live.scheduler.credential });
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
     let calls = 0;
@@ -238,7 +203,7 @@ describe("a cut connection", () => {
     });
     try {
       await agent.until(() => agent.connected);
-      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("gated", "ts_gated")] } } });
+      const job = await live.client.scheduleJob({ source: { case: "todos", value: { todos: [custom("gated", "ts_gated")] } } });
       const reconnects: bigint[] = [];
       const events: JobEvent[] = [];
       let watchStarted!: () => void;
@@ -270,7 +235,7 @@ describe("a cut connection", () => {
       // The same history as a fresh watch from the start reads.
       const replay = await watchToTheEnd(job.jobId);
       assert.deepEqual(replay.map((event) => event.sequence), events.map((event) => event.sequence));
-      const done = await client.getJob(job.jobId);
+      const done = await live.client.getJob(job.jobId);
       assert.deepEqual(done.tasks[0]!.outputs, { done: true });
       assert.equal(done.tasks[0]!.attempts.length, 1);
     } finally {
@@ -284,7 +249,7 @@ describe("a cut connection", () => {
 
 describe("errors", () => {
   it("arrive as CpaError with code, reason and the field at fault", async () => {
-    const error = await client
+    const error = await live.client
       .scheduleJob({ source: { case: "todos", value: { todos: [custom("a", "ts_none", { dependsOn: ["ghost"] })] } } })
       .then(() => undefined, (caught: unknown) => caught);
     assert.ok(error instanceof CpaError, `expected a CpaError, got ${String(error)}`);
@@ -299,7 +264,7 @@ describe("errors", () => {
   });
 
   it("say NOT_FOUND with JOB_NOT_FOUND for an unknown job", async () => {
-    await assert.rejects(client.getJob("0".repeat(32)), (error: unknown) => {
+    await assert.rejects(live.client.getJob("0".repeat(32)), (error: unknown) => {
       assert.ok(error instanceof CpaError);
       assert.equal(error.code, Code.NotFound);
       assert.equal(error.reason, "JOB_NOT_FOUND");
@@ -308,7 +273,7 @@ describe("errors", () => {
   });
 
   it("say UNAUTHENTICATED without a credential", async () => {
-    const anonymous = new SchedulerClient({ baseUrl: scheduler.baseUrl });
+    const anonymous = new SchedulerClient({ baseUrl: live.scheduler.baseUrl });
     await assert.rejects(anonymous.getJob("0".repeat(32)), (error: unknown) => {
       assert.ok(error instanceof CpaError);
       assert.equal(error.code, Code.Unauthenticated);
@@ -361,10 +326,10 @@ describe("repeated calls", () => {
   });
 
   it("a read cut by a reset connection is repeated; a cancel is not", async () => {
-    const proxy = await TcpProxy.start(scheduler.address);
+    const proxy = await TcpProxy.start(live.scheduler.address);
     try {
-      const job = await client.scheduleJob({ source: { case: "todos", value: { todos: [custom("x", "ts_nobody")] } } });
-      const options = { baseUrl: proxy.baseUrl, credential: scheduler.credential };
+      const job = await live.client.scheduleJob({ source: { case: "todos", value: { todos: [custom("x", "ts_nobody")] } } });
+      const options = { baseUrl: proxy.baseUrl, credential: live.scheduler.credential };
       const reader = new SchedulerClient(options);
       const readerOnce = new SchedulerClient({ ...options, retry: false });
       const canceller = new SchedulerClient(options);
@@ -384,10 +349,29 @@ describe("repeated calls", () => {
       assert.ok(failed instanceof CpaError && cutCodes.includes(failed.code), `got ${String(failed)}`);
       const cancelFailed = await cancel;
       assert.ok(cancelFailed instanceof CpaError && cutCodes.includes(cancelFailed.code), `got ${String(cancelFailed)}`);
-      assert.equal((await client.getJob(job.jobId)).cancelRequested, false, "the cut cancel never reached the server");
-      await client.cancelJob(job.jobId, "test over");
+      assert.equal((await live.client.getJob(job.jobId)).cancelRequested, false, "the cut cancel never reached the server");
+      await live.client.cancelJob(job.jobId, "test over");
     } finally {
       await proxy.close();
+    }
+  });
+});
+
+describe("watch", () => {
+  it("left early (a break) closes its stream: the process ends by itself", async () => {
+    const job = await live.client.scheduleJob({ source: { case: "todos", value: { todos: [custom("x", "ts_nobody")] } } });
+    try {
+      const script = fileURLToPath(new URL("./watch-break.js", import.meta.url));
+      const child = spawn(process.execPath, [script, live.scheduler.baseUrl, live.scheduler.credential, job.jobId], { stdio: ["ignore", "pipe", "inherit"] });
+      let output = "";
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      // Bounded: a stream left open keeps the child alive for ever (the job never ends).
+      const killer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+      const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.once("exit", (c, s) => resolve([c, s])));
+      clearTimeout(killer);
+      assert.deepEqual([code, signal, output], [0, null, "event 1\n"]);
+    } finally {
+      await live.client.cancelJob(job.jobId, "test over");
     }
   });
 });
@@ -397,16 +381,16 @@ describe("listJobs", () => {
     const suite = `list-${Date.now()}`;
     const ids: string[] = [];
     for (let index = 0; index < 3; index += 1) {
-      const job = await client.scheduleJob({
+      const job = await live.client.scheduleJob({
         source: { case: "todos", value: { todos: [custom("x", "ts_nobody")] } },
         labels: { suite },
       });
       ids.push(job.jobId);
     }
     const listed: string[] = [];
-    for await (const job of client.listJobs({ filter: `labels.suite = "${suite}"`, pageSize: 1 })) listed.push(job.jobId);
+    for await (const job of live.client.listJobs({ filter: `labels.suite = "${suite}"`, pageSize: 1 })) listed.push(job.jobId);
     // Newest first, each once, across three pages of one.
     assert.deepEqual(listed, [...ids].reverse());
-    for (const id of ids) await client.cancelJob(id, "test over");
+    for (const id of ids) await live.client.cancelJob(id, "test over");
   });
 });

@@ -52,6 +52,13 @@ export class TcpProxy {
     return this.held.size;
   }
 
+  /** How many bytes clients sent since hold(). */
+  get heldBytes(): number {
+    let total = 0;
+    for (const bytes of this.held.values()) total += bytes;
+    return total;
+  }
+
   /** Resets every connection; new ones are forwarded normally. */
   cut(): void {
     for (const socket of this.sockets) socket.resetAndDestroy();

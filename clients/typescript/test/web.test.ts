@@ -3,10 +3,13 @@
  * (connect-web, Node 20's global fetch, HTTP/1.1) to `cpa gateway`'s Envoy, whose grpc_web
  * filter turns it into gRPC for the scheduler. A job scheduled this way is run by a Node agent
  * (connected straight to the scheduler) while its events arrive live over the gRPC-web server
- * stream; errors keep their ErrorInfo reason and field through Envoy. Under CI=true a gateway
- * that cannot start (no Envoy) fails the suite; elsewhere these tests are skipped, saying why.
+ * stream; an artifact it stored is listed and downloaded (a server stream of chunks) with its
+ * sha256 checked; errors keep their ErrorInfo reason and field through Envoy. Under CI=true a
+ * gateway that cannot start (no Envoy) fails the suite; elsewhere these tests are skipped, saying
+ * why.
  */
 import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
@@ -16,11 +19,13 @@ import {
   Code,
   CpaError,
   JobState,
+  MAX_CHUNK_BYTES,
   SchedulerClient,
   TaskState,
   type JobEvent,
 } from "../src/web.js";
 import { Agent } from "../src/agent/index.js";
+import { custom, startTestAgent, todosJob } from "./helpers.js";
 import { startGateway, startScheduler, type LiveGateway, type LiveScheduler } from "./scheduler.js";
 
 let scheduler: LiveScheduler;
@@ -130,6 +135,31 @@ describe("gRPC-web through the gateway", () => {
     for await (const event of client.watch(job.jobId, { afterSequence: all[0]!.sequence })) rest.push(event);
     assert.deepEqual(rest.map((e) => e.sequence), all.slice(1).map((e) => e.sequence));
     assert.equal((await client.getJob(job.jobId)).state, JobState.CANCELLED);
+  });
+
+  it("lists and downloads an artifact a Node agent stored, checked against its sha256", async (t) => {
+    if (!needsGateway(t)) return;
+    const content = randomBytes(MAX_CHUNK_BYTES + 4321); // two chunks over the server stream
+    const { agent, running } = startTestAgent({
+      baseUrl: `http://${scheduler.agentAddress}`,
+      credential: scheduler.credential,
+      agentId: "ts-web-artifacts",
+      handlers: { web_store: async (ctx) => void (await ctx.artifacts.save("data.bin", "application/octet-stream", content)) },
+    });
+    try {
+      const job = await client.scheduleJob(todosJob(custom("store", "web_store")));
+      for await (const event of client.watch(job.jobId)) void event;
+      const [listed, ...others] = await client.listArtifacts(job.jobId);
+      assert.equal(others.length, 0);
+      const digest = createHash("sha256").update(content).digest("hex");
+      assert.deepEqual([listed?.name, listed?.sizeBytes, listed?.sha256], ["data.bin", BigInt(content.length), digest]);
+      const { artifact, data } = await client.readArtifact(job.jobId, listed!.artifactId);
+      assert.equal(artifact.sha256, digest);
+      assert.ok(Buffer.from(data).equals(content), "the bytes that arrived over gRPC-web are the stored ones");
+    } finally {
+      agent.drain("test over");
+      await running;
+    }
   });
 
   it("decodes an error's code, ErrorInfo reason and field from the gRPC-web answer", async (t) => {

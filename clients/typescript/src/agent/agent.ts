@@ -4,7 +4,8 @@
  * attempts, the session it resumes) -> welcome -> credit; assignments run their handler; results
  * stay in an outbox until the server acks them and are sent again on the next session; heartbeats
  * renew the leases; reconnects back off with full jitter; drain() (SIGTERM) stops taking work,
- * waits for running attempts and unacked results, and ends.
+ * waits for running attempts and unacked results, and ends. Artifacts travel on calls of their
+ * own (artifacts.ts); what handlers keep per task session is released by sessions.ts.
  */
 import { EventEmitter } from "node:events";
 import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
@@ -33,7 +34,15 @@ import {
   taskError,
   type Handler,
 } from "./attempt.js";
+import { AttemptArtifacts, type ArtifactLink } from "./artifacts.js";
 import { RequestQueue } from "./queue.js";
+import {
+  SESSION_ATTEMPT_CANCELLED,
+  SESSION_ATTEMPT_NOT_CURRENT,
+  SessionCloser,
+  type SessionEnd,
+  type SessionEndedHook,
+} from "./sessions.js";
 
 export const VERSION = "ts-0.1.0";
 // AssignmentAck.reason when the agent declines (the server queues the task again).
@@ -70,6 +79,11 @@ export interface AgentOptions extends ConnectionOptions {
   readonly stopGraceMs?: number;
   /** Request budget before a welcome says one (Welcome.max_report_bytes). Default 4 MiB. */
   readonly maxReportBytes?: number;
+  /**
+   * Called when a task session (ToDo.session) is over for this agent, after its
+   * ctx.sessionResource() values were disposed: release what you keep for it (sessions.ts).
+   */
+  readonly onSessionEnded?: SessionEndedHook;
   readonly log?: (message: string) => void;
 }
 
@@ -84,6 +98,8 @@ class Session {
   serverDraining = false;
   serverDrainDeadline: Date | undefined;
   lastReceivedMs = Date.now();
+  /** Server messages received after the welcome (proof that the stream lives). */
+  received = 0;
   /** Results sent on this stream and not yet acked: report id -> attempt key. */
   readonly pendingResults = new Map<bigint, string>();
   private lastReportId = 0n;
@@ -118,6 +134,7 @@ export class Agent extends EventEmitter {
   private drainReason: string | undefined;
   private stopping = false;
   private readonly stopController = new AbortController();
+  private readonly taskSessions: SessionCloser;
   /** Sessions welcomed so far. */
   sessionsStarted = 0;
 
@@ -126,6 +143,12 @@ export class Agent extends EventEmitter {
     // until() waiters are many and short-lived: no leak warning for them.
     this.setMaxListeners(0);
     this.client = createClient(ExecutorService, createTransport(options));
+    this.taskSessions = new SessionCloser(options.onSessionEnded, (message) => this.log(message), () => this.changed());
+  }
+
+  /** Every task session closed so far, with why (oldest first). */
+  get closedSessions(): readonly SessionEnd[] {
+    return this.taskSessions.closed;
   }
 
   get runningAttempts(): string[] {
@@ -211,6 +234,7 @@ export class Agent extends EventEmitter {
       await delay(waitMs, this.stopController.signal);
     }
     for (const attempt of this.attempts.values()) attempt.stop("shutdown", "the agent stopped");
+    await this.taskSessions.stop();
   }
 
   // --- one session ----------------------------------------------------------------------------
@@ -233,6 +257,8 @@ export class Agent extends EventEmitter {
     try {
       for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
         session.lastReceivedMs = Date.now();
+        session.received += 1;
+        this.emit("received");
         this.dispatch(session, next.value);
         this.endSessionIfDrained(session);
       }
@@ -360,8 +386,11 @@ export class Agent extends EventEmitter {
         });
         return;
       }
+      case "sessionEnded":
+        this.taskSessions.close(kind.value.jobId, kind.value.session, kind.value.reason || "ended");
+        return;
       default:
-        return; // session_ended, proposal_decision: nothing held for them here
+        return; // proposal_decision: nothing held for it here
     }
   }
 
@@ -389,15 +418,37 @@ export class Agent extends EventEmitter {
   // --- attempts ---------------------------------------------------------------------------------
 
   private start(assignment: Assignment): void {
+    const { jobId } = assignment;
+    const taskSession = assignment.todo?.session ?? "";
     const attempt = new RunningAttempt({
       assignment,
       handler: this.options.handlers[actionName(assignment.todo)],
       stopGraceMs: this.options.stopGraceMs ?? 5_000,
       onProgress: (running, percent, message) => this.sendProgress(running, percent, message),
+      services: (signal) => ({
+        artifacts: new AttemptArtifacts({
+          client: this.client,
+          jobId,
+          taskId: assignment.todo?.id ?? "",
+          attempt: assignment.attempt,
+          link: (linkSignal, cut) => this.link(linkSignal, cut),
+          inputs: assignment.inputArtifacts,
+          signal,
+        }),
+        sessionResource: (name, create, dispose) => this.taskSessions.resource(jobId, taskSession, name, create, dispose),
+      }),
     });
     this.attempts.set(attempt.key, attempt);
+    this.taskSessions.opened(jobId, taskSession);
     this.changed();
-    void attempt.run().then((result) => {
+    // A fresh resource of the session never races the dispose of the last one.
+    const ran = this.taskSessions.waitClosed(jobId, taskSession).then(() => attempt.run());
+    void ran.then((result) => {
+      if (attempt.stopReason === "cancelled") {
+        // The job is being stopped: what the session holds is not needed any more; a later
+        // task of it starts afresh.
+        this.taskSessions.close(jobId, taskSession, SESSION_ATTEMPT_CANCELLED);
+      }
       if (this.attempts.get(attempt.key) !== attempt) return; // discarded: never reported
       this.attempts.delete(attempt.key);
       this.outbox.set(attempt.key, result);
@@ -413,6 +464,8 @@ export class Agent extends EventEmitter {
     this.attempts.delete(key);
     this.log(`discarding ${key}: ${why}`);
     attempt.stop("discarded", why);
+    // Its session may have moved to another agent, or the job ended, meanwhile.
+    this.taskSessions.close(attempt.jobId, attempt.assignment.todo?.session ?? "", SESSION_ATTEMPT_NOT_CURRENT);
     this.changed();
   }
 
@@ -459,6 +512,36 @@ export class Agent extends EventEmitter {
     this.stopping = true;
     this.stopController.abort();
     this.changed();
+  }
+
+  /**
+   * The welcomed session's link for artifact calls, waiting for a welcome while there is none.
+   * After a call on `cut` was cut, that session only once the server spoke on it since (a reset
+   * connection fails the call before the stream notices; the session would be gone).
+   */
+  private async link(signal: AbortSignal, cut?: ArtifactLink): Promise<ArtifactLink> {
+    const cutSession = cut !== undefined && this.session?.welcome?.sessionId === cut.sessionId ? this.session : undefined;
+    const heardBefore = cutSession?.received ?? 0;
+    for (;;) {
+      signal.throwIfAborted();
+      const session = this.session;
+      const welcome = session?.welcome;
+      const usable =
+        welcome !== undefined &&
+        (cut === undefined || welcome.sessionId !== cut.sessionId || (session !== undefined && session === cutSession && session.received > heardBefore));
+      if (usable) return { sessionId: welcome.sessionId, tenant: this.options.tenantName ?? this.options.tenant ?? "" };
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          this.off("changed", wake);
+          this.off("received", wake);
+          signal.removeEventListener("abort", wake);
+          resolve();
+        };
+        this.on("changed", wake);
+        this.on("received", wake);
+        signal.addEventListener("abort", wake);
+      });
+    }
   }
 
   private idle(): boolean {

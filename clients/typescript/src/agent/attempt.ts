@@ -12,6 +12,8 @@ import {
   type Assignment,
   type Result,
 } from "../gen/cpa/executor/v1/executor_service_pb.js";
+import type { ArtifactAccess } from "./artifacts.js";
+import type { ResourceDisposer, ResourceFactory } from "./sessions.js";
 
 // TaskError codes the agent itself reports (the same as the Python agent's; handlers choose
 // their own through TaskFailure).
@@ -52,14 +54,28 @@ export interface TaskContext {
   readonly signal: AbortSignal;
   /** Best-effort progress (dropped while disconnected). percent from 0 to 100. */
   progress(percent: number | undefined, message?: string): void;
+  /** ToDo.session ("" when the task has none): the tasks of a job sharing what this agent keeps. */
+  readonly session: string;
+  /** Files: save() uploads one as an artifact of this attempt, readInput() reads an artifact input. */
+  readonly artifacts: ArtifactAccess;
+  /**
+   * The session's resource `name` (a browser context, a connection): made by `create` on the
+   * first call of any attempt of the session, the same value for the session's later tasks on
+   * this agent, disposed by `dispose` when the session is over (SessionEnded, or the agent's own
+   * rules: see sessions.ts). Rejects with TaskFailure NO_SESSION in a task without a session.
+   */
+  sessionResource<T>(name: string, create: ResourceFactory<T>, dispose?: ResourceDisposer<T>): Promise<T>;
 }
+
+/** What the agent gives an attempt's context beyond the assignment (built on its signal). */
+export type AttemptServices = Pick<TaskContext, "artifacts" | "sessionResource">;
 
 /** A handler's outputs (a JSON object; undefined means {}). */
 export type Handler = (context: TaskContext) => Promise<JsonObject | void> | JsonObject | void;
 
 /** Thrown by a handler to fail the attempt with its own code; retryable says whether the server may retry. */
 export class TaskFailure extends Error {
-  override readonly name = "TaskFailure";
+  override readonly name: string = "TaskFailure";
   constructor(
     readonly code: string,
     message: string,
@@ -102,6 +118,7 @@ export interface AttemptOptions {
   readonly handler: Handler | undefined;
   readonly stopGraceMs: number;
   readonly onProgress: (attempt: RunningAttempt, percent: number | undefined, message: string) => void;
+  readonly services: (signal: AbortSignal) => AttemptServices;
 }
 
 export class RunningAttempt {
@@ -158,6 +175,8 @@ export class RunningAttempt {
       deadline: assignment.deadline ? timestampDate(assignment.deadline) : undefined,
       signal: this.controller.signal,
       progress: (percent, message = "") => this.options.onProgress(this, percent, message),
+      session: todo?.session ?? "",
+      ...this.options.services(this.controller.signal),
     };
     const work = (async () => await handler(context))();
     try {

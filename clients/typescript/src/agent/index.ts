@@ -15,3 +15,22 @@ export {
   INVALID_OUTPUTS,
   OUTPUT_TOO_LARGE,
 } from "./attempt.js";
+export {
+  ArtifactError,
+  type ArtifactAccess,
+  ARTIFACT_UPLOAD_FAILED,
+  ARTIFACT_DOWNLOAD_FAILED,
+  ARTIFACT_MISMATCH,
+  INPUT_NOT_FOUND,
+} from "./artifacts.js";
+export {
+  type SessionEnd,
+  type SessionEndedHook,
+  type ResourceFactory,
+  type ResourceDisposer,
+  SESSION_ATTEMPT_CANCELLED,
+  SESSION_ATTEMPT_NOT_CURRENT,
+  SESSION_AGENT_STOPPED,
+  NO_SESSION,
+} from "./sessions.js";
+export { ArtifactCheckError, MAX_CHUNK_BYTES, type ArtifactData } from "../artifacts.js";
