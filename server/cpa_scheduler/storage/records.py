@@ -30,9 +30,8 @@ _UNFINISHED = ", ".join(f"'{s.value}'" for s in JobState if s not in JOB_STATE_M
 
 
 def tenant_load_sql(param: str) -> str:
-    """Store.tenant_load's query, `param` the placeholder of the tenant (twice). Jobs: the
-    tenant's unfinished ones, through the partial index jobs_unfinished (whose predicate is this
-    IN list, word for word: change both or neither); tasks: the QUEUED tasks of every tenant
+    """Store.tenant_load's query, `param` the placeholder of the tenant (twice). Jobs: a walk
+    over the tenant's jobs (no index on state); tasks: over the QUEUED tasks of every tenant
     (an index on state), each joined to its job."""
     return (
         f"SELECT (SELECT count(*) FROM jobs WHERE tenant = {param} AND state IN ({_UNFINISHED})), "

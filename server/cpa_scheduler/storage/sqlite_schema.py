@@ -54,9 +54,6 @@ CREATE INDEX IF NOT EXISTS jobs_listing ON jobs (tenant, create_time DESC, job_i
 CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (deadline) WHERE deadline IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_request_age ON jobs (create_time) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_end ON jobs (end_time, job_id) WHERE end_time IS NOT NULL;
--- Quotas count a tenant's unfinished jobs (records.tenant_load_sql: the same predicate).
-CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (tenant)
-    WHERE state IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL');
 CREATE TABLE IF NOT EXISTS job_labels (
     job_id TEXT NOT NULL REFERENCES jobs (job_id),
     key TEXT NOT NULL,
