@@ -51,9 +51,17 @@ def test_wheel_holds_every_generated_module_and_the_sdk(wheel: zipfile.ZipFile) 
 
 def test_wheel_declares_its_runtime_dependencies(wheel: zipfile.ZipFile) -> None:
     (metadata_name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
-    requirements = {
-        line.split(":", 1)[1].strip().split(">")[0].split("<")[0].split("=")[0]
-        for line in wheel.read(metadata_name).decode().splitlines()
-        if line.startswith("Requires-Dist:")
-    }
-    assert requirements == {"grpcio", "protobuf", "googleapis-common-protos"}
+    required: set[str] = set()
+    extras: dict[str, set[str]] = {}
+    for line in wheel.read(metadata_name).decode().splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        requirement, _, marker = line.split(":", 1)[1].partition(";")
+        name = requirement.strip().split(">")[0].split("<")[0].split("=")[0].strip()
+        if "extra ==" in marker:
+            extras.setdefault(marker.split("==")[1].strip().strip("'\""), set()).add(name)
+        else:
+            required.add(name)
+    assert required == {"grpcio", "protobuf", "googleapis-common-protos"}
+    # Structured, PII-redacted logs (cpa_client.telemetry) only for who asks: cpa-client[logs].
+    assert extras == {"logs": {"structlog", "google-re2"}}
