@@ -4,17 +4,20 @@ stream (calls of their own, never the stream itself: docs/adr/0002-artifacts.md)
 
 The Connection owns the channel, the tenant and the session id; each attempt gets an
 AttemptArtifacts bound to it. While the agent is disconnected a call waits for the next session
-(the attempt's own timeout bounds the wait); a call cut by a reconnect is made once more on the
-new session, which adopted the attempt.
+(the attempt's own timeout bounds the wait); a call cut with the connection is made again on a
+session that lives: the next one, which adopted the attempt (see
+AttemptArtifacts._on_a_live_session).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -38,6 +41,7 @@ INPUT_NOT_FOUND = "INPUT_NOT_FOUND"
 _CALLS_PER_ARTIFACT = 3
 # Codes after which the same call may succeed on another session.
 _RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +55,12 @@ class Link:
     credentials: tuple[tuple[str, str], ...] = ()
 
 
-LinkSource = Callable[[], Awaitable[Link]]
-"""Waits for a welcomed session and returns its link (the Connection's)."""
+class LinkSource(Protocol):
+    """The Connection's: waits for a welcomed session and returns its link. With `cut` (the
+    link of a call that the connection's end cut), a later session's link, or `cut` itself once
+    the server has spoken on its session since the call failed (the session survived)."""
+
+    def __call__(self, cut: Link | None = None, /) -> Awaitable[Link]: ...
 
 
 def info_of(artifact: artifact_pb2.Artifact) -> ArtifactInfo:
@@ -81,9 +89,8 @@ class AttemptArtifacts:
 
     async def save(self, name: str, media_type: str, data: bytes) -> ArtifactInfo:
         digest = hashlib.sha256(data).hexdigest()
-        response: pb.UploadArtifactResponse | None = None
-        for call in range(1, _CALLS_PER_ARTIFACT + 1):
-            link = await self._link()
+
+        async def upload(link: Link) -> pb.UploadArtifactResponse:
             header = pb.UploadArtifactHeader(
                 job_id=self._key.job_id,
                 task_id=self._key.task_id,
@@ -94,20 +101,13 @@ class AttemptArtifacts:
                 size_bytes=len(data),
                 sha256=digest,
             )
-            stub = executor_service_pb2_grpc.ExecutorServiceStub(link.channel)
-            try:
-                response = await stub.UploadArtifact(
-                    _upload_requests(header, data), metadata=_metadata(link)
-                )
-                break
-            except grpc.aio.AioRpcError as error:
-                if error.code() in _RETRY_CODES and call < _CALLS_PER_ARTIFACT:
-                    logger.info(
-                        "upload of %r for %s cut (%s); again", name, self._key, error.code()
-                    )
-                    continue
-                raise _failure(ARTIFACT_UPLOAD_FAILED, f"storing {name!r}", error) from None
-        assert response is not None  # the loop breaks with one or raises
+            return await _stub(link).UploadArtifact(
+                _upload_requests(header, data), metadata=_metadata(link)
+            )
+
+        response = await self._on_a_live_session(
+            ARTIFACT_UPLOAD_FAILED, f"storing {name!r}", upload
+        )
         logger.info("attempt %s stored artifact %r (%d bytes)", self._key, name, len(data))
         return info_of(response.artifact)
 
@@ -122,22 +122,18 @@ class AttemptArtifacts:
         request = pb.DownloadArtifactRequest(
             artifact_id=expected.artifact_id, job_id=self._key.job_id
         )
-        for call in range(1, _CALLS_PER_ARTIFACT + 1):
-            link = await self._link()
-            stub = executor_service_pb2_grpc.ExecutorServiceStub(link.channel)
-            try:
-                artifact, data = await download_bytes(
-                    stub.DownloadArtifact(request, metadata=_metadata(link))
-                )
-                break
-            except grpc.aio.AioRpcError as error:
-                if error.code() in _RETRY_CODES and call < _CALLS_PER_ARTIFACT:
-                    continue
-                raise _failure(
-                    ARTIFACT_DOWNLOAD_FAILED, f"reading input {input_name!r}", error
-                ) from None
-            except ArtifactCheckError as error:
-                raise ExecutorError(ARTIFACT_MISMATCH, str(error), retryable=False) from None
+
+        async def download(link: Link) -> tuple[artifact_pb2.Artifact, bytes]:
+            return await download_bytes(
+                _stub(link).DownloadArtifact(request, metadata=_metadata(link))
+            )
+
+        try:
+            artifact, data = await self._on_a_live_session(
+                ARTIFACT_DOWNLOAD_FAILED, f"reading input {input_name!r}", download
+            )
+        except ArtifactCheckError as error:
+            raise ExecutorError(ARTIFACT_MISMATCH, str(error), retryable=False) from None
         # What the assignment promised is what must have arrived (the download checked the
         # bytes against the metadata the server sent with them).
         if (artifact.sha256, artifact.size_bytes) != (expected.sha256, expected.size_bytes):
@@ -150,6 +146,41 @@ class AttemptArtifacts:
             )
         return info_of(artifact), data
 
+    async def _on_a_live_session(
+        self, code: str, what: str, call: Callable[[Link], Awaitable[_T]]
+    ) -> _T:
+        """`call` on the current session; when the connection's end cut it, again (at most
+        _CALLS_PER_ARTIFACT calls in all) on a session that lives: the next one, which adopted
+        the attempt, or the same one once the server spoke on it since. Not at once on the
+        same link: a reset fails the call before the stream's reader notices, and that session
+        is gone (the server refuses its id) and its channel about to close under the repeat.
+        A failure is an ExecutorError with `code` (see _failure)."""
+        cut: Link | None = None
+        for calls in itertools.count(1):
+            link = await self._link(cut)
+            try:
+                return await call(link)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _RETRY_CODES or calls >= _CALLS_PER_ARTIFACT:
+                    raise _failure(code, what, error) from None
+                logger.info("%s for %s cut (%s); again", what, self._key, error.code().name)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # the attempt itself is stopped
+                # Not the attempt: the session's end closed its channel, and grpc.aio cancels
+                # the calls of a channel it closes.
+                if calls >= _CALLS_PER_ARTIFACT:
+                    raise ExecutorError(
+                        code,
+                        f"{what} failed: the agent's session ended under the call",
+                        retryable=True,
+                        details={"grpc_status": grpc.StatusCode.CANCELLED.name},
+                    ) from None
+                logger.info("%s for %s cut (its session ended); again", what, self._key)
+            cut = link
+        raise AssertionError("unreachable: the loop returns or raises")
+
 
 def _upload_requests(
     header: pb.UploadArtifactHeader, data: bytes
@@ -157,6 +188,10 @@ def _upload_requests(
     yield pb.UploadArtifactRequest(header=header)
     for chunk in split(data):
         yield pb.UploadArtifactRequest(chunk=chunk)
+
+
+def _stub(link: Link) -> executor_service_pb2_grpc.ExecutorServiceAsyncStub:
+    return executor_service_pb2_grpc.ExecutorServiceStub(link.channel)
 
 
 def _metadata(link: Link) -> tuple[tuple[str, str], ...]:
@@ -173,15 +208,3 @@ def _failure(code: str, what: str, error: grpc.aio.AioRpcError) -> ExecutorError
         retryable=error.code() in _RETRY_CODES or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
         details={"grpc_status": error.code().name},
     )
-
-
-async def wait_for_link(connected: asyncio.Event, current: Callable[[], Link | None]) -> Link:
-    """The current session's link, waiting for a welcome while there is none."""
-    while True:
-        link = current()
-        if link is not None:
-            return link
-        await connected.wait()
-        # Set, but the session may have ended before we ran: look again.
-        if current() is None:
-            await asyncio.sleep(0)

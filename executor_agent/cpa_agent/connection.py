@@ -18,7 +18,7 @@ import grpc.aio
 
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
-from cpa_agent.artifacts import AttemptArtifacts, Link, wait_for_link
+from cpa_agent.artifacts import AttemptArtifacts, Link
 from cpa_agent.executors.base import SecretProvider
 from cpa_agent.executors.registry import ExecutorRegistry
 from cpa_agent.reconnect import (
@@ -97,9 +97,12 @@ class Connection(ServerMessages):
         # Results until the server acks them (accepted or refused), in the order they ended.
         self._outbox: dict[AttemptKey, pb.Result] = {}
         self._session: StreamSession | None = None
-        # The welcomed session's channel and id, for artifact calls; set exactly while
-        # `connected` is.
+        # The welcomed session's channel and id, for artifact calls: set just before `connected`,
+        # cleared as soon as the session's stream ends (before its channel closes).
         self._link: Link | None = None
+        # Server messages read so far (all sessions): a cut artifact call's session that the
+        # server spoke on since the cut is alive (see _wait_for_link).
+        self._messages_received = 0
         # The server's target; a multi-address one is rotated away from a replica that drains.
         self._target = settings.server
         # Sent with every call: the agent token, when it has one.
@@ -250,15 +253,18 @@ class Connection(ServerMessages):
                     raise SessionLostError("the server closed the stream before its welcome")
                 if first.WhichOneof("kind") != "welcome":
                     raise SessionLostError(f"expected a welcome, got {first.WhichOneof('kind')}")
-                self._on_welcome(session, first.welcome)
+                # Before _on_welcome sets `connected` and wakes the waiters for a link.
                 self._link = Link(
                     channel,
                     first.welcome.session_id,
                     self._settings.tenant,
                     credentials=self._credentials,
                 )
+                self._on_welcome(session, first.welcome)
                 await self._serve(session, call)
             finally:
+                # No artifact call starts on a channel about to close (they wait for the next).
+                self._link = None
                 call.cancel()
                 await _cancel_and_wait([writer], timeout_s=None)
 
@@ -294,7 +300,9 @@ class Connection(ServerMessages):
                 logger.info("the server ended the stream")
                 return
             session.last_received_s = loop.time()
+            self._messages_received += 1
             self._dispatch(session, response)
+            self._notify()  # artifact calls may wait for proof that the session lives
 
     async def _heartbeat_loop(self, session: StreamSession) -> None:
         loop = asyncio.get_running_loop()
@@ -359,8 +367,23 @@ class Connection(ServerMessages):
         self._attempts[runner.key] = LiveAttempt(runner=runner, task=task)
         self._notify()
 
-    async def _wait_for_link(self) -> Link:
-        return await wait_for_link(self.connected, lambda: self._link)
+    async def _wait_for_link(self, cut: Link | None = None) -> Link:
+        """The welcomed session's link for artifact calls, waiting while there is none (a
+        LinkSource). After a call on `cut` was cut, `cut` only once the server has spoken since:
+        a reset connection fails the call before the stream's reader notices, and a repeat on
+        that link would carry a session id the server has forgotten, on a channel about to be
+        closed. Else the next session's (which adopted the attempt)."""
+        heard = self._messages_received
+
+        def usable() -> bool:
+            link = self._link
+            if link is None:
+                return False
+            return link is not cut or self._messages_received > heard
+
+        await self._wait_until(usable, timeout_s=None)
+        assert self._link is not None  # usable() held, with no await since
+        return self._link
 
     async def _execute(self, runner: AttemptRunner) -> None:
         todo = runner.assignment.todo

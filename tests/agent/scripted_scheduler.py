@@ -15,7 +15,7 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from cpa.common.v1 import todo_pb2
+from cpa.common.v1 import artifact_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as pb
 from cpa.executor.v1 import executor_service_pb2_grpc
 
@@ -250,6 +250,10 @@ class ScriptedScheduler(executor_service_pb2_grpc.ExecutorServiceServicer):
 
     def __init__(self) -> None:
         self.sessions: asyncio.Queue[ScriptedSession] = asyncio.Queue()
+        self.uploads: asyncio.Queue[pb.UploadArtifactHeader] = asyncio.Queue()
+        """The header of every UploadArtifact call, in arrival order."""
+        self.upload_aborts: list[grpc.StatusCode] = []
+        """Codes the next UploadArtifact calls end with, one each (then they succeed)."""
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
@@ -274,8 +278,17 @@ class ScriptedScheduler(executor_service_pb2_grpc.ExecutorServiceServicer):
         request_iterator: AsyncIterator[pb.UploadArtifactRequest],
         context: grpc.aio.ServicerContext[pb.UploadArtifactRequest, pb.UploadArtifactResponse],
     ) -> pb.UploadArtifactResponse:
-        """Artifacts are tested against the real scheduler (tests/e2e/test_artifacts.py)."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+        """Records the header (`uploads`); aborts with the next of `upload_aborts`, else reads
+        the bytes and answers with what the header said. What the real scheduler does with
+        uploads is tested against it (tests/e2e/test_artifacts.py)."""
+        first = await anext(aiter(request_iterator))
+        self.uploads.put_nowait(first.header)
+        if self.upload_aborts:
+            await context.abort(self.upload_aborts.pop(0), "scripted")
+        async for _chunk in request_iterator:
+            pass
+        stored = artifact_pb2.Artifact(artifact_id="artifact-1", name=first.header.name)
+        return pb.UploadArtifactResponse(artifact=stored)
 
     async def DownloadArtifact(  # noqa: N802 - the generated servicer's name
         self,

@@ -6,6 +6,7 @@ Everything talks over real gRPC sockets; short leases and heartbeats keep loss t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from cpa_agent import Agent, AgentSettings, ExecutorRegistry, builtin_registry
 from cpa_client import SchedulerClient
 from cpa_scheduler.server import SchedulerServer
 from cpa_scheduler.settings import Settings
+from tests.fixtures.tcp_proxy import TcpProxy
 
 if TYPE_CHECKING:
     from .raw_agent import RawAgentStream
@@ -45,14 +47,22 @@ class Scheduler:
         return f"127.0.0.1:{self.port}"
 
 
+def e2e_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """The scheduler's settings of these tests (short leases and heartbeats), with `changes`."""
+    return Settings(
+        **{
+            "data_dir": tmp_path / "data",
+            "lease_duration_s": LEASE_S,
+            "heartbeat_interval_s": HEARTBEAT_S,
+            "max_request_bytes": 256 * 1024,
+            **changes,
+        }
+    )
+
+
 @pytest.fixture
 def scheduler_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        lease_duration_s=LEASE_S,
-        heartbeat_interval_s=HEARTBEAT_S,
-        max_request_bytes=256 * 1024,
-    )
+    return e2e_settings(tmp_path)
 
 
 @pytest.fixture
@@ -97,13 +107,31 @@ class Agents:
         await asyncio.gather(*(task for _, task in self.running), return_exceptions=True)
 
 
-@pytest.fixture
-async def agents(scheduler: Scheduler) -> AsyncIterator[Agents]:
-    pool = Agents(target=scheduler.target)
+@contextlib.asynccontextmanager
+async def agent_pool(target: str) -> AsyncIterator[Agents]:
+    """Agents that dial `target`, stopped on exit."""
+    pool = Agents(target=target)
     try:
         yield pool
     finally:
         await pool.stop_all()
+
+
+@pytest.fixture
+async def agents(scheduler: Scheduler) -> AsyncIterator[Agents]:
+    async with agent_pool(scheduler.target) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def proxy(scheduler: Scheduler) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy to the scheduler that can reset or blackhole its connections."""
+    proxy = TcpProxy(target_host="127.0.0.1", target_port=scheduler.port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ over real gRPC through a TCP proxy that resets connections (tests/fixtures/tcp_p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,20 +11,10 @@ from cpa.scheduler.v1 import job_event_pb2
 from cpa_client import NotFoundError, Reconnect, SchedulerClient, UnavailableError
 from tests.fixtures.tcp_proxy import TcpProxy
 
-from .conftest import EVENT_TIMEOUT_S, Agents, Scheduler, collect_events, todo, todos_spec
+from .conftest import EVENT_TIMEOUT_S, Agents, collect_events, todo, todos_spec
 
 # Quick reconnects: the test waits for them.
 QUICK = Reconnect(initial_s=0.01, max_s=0.2, give_up_s=EVENT_TIMEOUT_S)
-
-
-@pytest.fixture
-async def proxy(scheduler: Scheduler) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(target_host="127.0.0.1", target_port=scheduler.port)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
 
 
 async def test_a_killed_connection_mid_watch_resumes_with_no_gap_or_duplicate(
