@@ -51,6 +51,22 @@ def test_a_valid_chain_passes_with_inputs_upstream() -> None:
     assert result.todos[1].inputs["said"].task_id == "first"
 
 
+def test_an_artifact_input_attaches_a_file_and_needs_exactly_one_source() -> None:
+    download = task("get", "noop")
+    mail = {"to": "a@b.example"}  # one string of addresses, as the mail executor takes it
+
+    def attach(**ref: str) -> dict[str, Any]:
+        inputs = [{"name": "invoice", "task_id": "get", **ref}]
+        return task("send", "send_mail", mail, depends_on=["get"], inputs=inputs)
+
+    result = checked(download, attach(artifact_name="invoice.pdf"))
+    assert result.todos is not None, result.problems
+    assert result.todos[1].inputs["invoice"].artifact_name == "invoice.pdf"
+    both = checked(download, attach(artifact_name="invoice.pdf", output_key="path"))
+    assert fields(both) == ["tasks[1].inputs[invoice].artifact_name"]
+    assert fields(checked(download, attach())) == ["tasks[1].inputs[invoice].output_key"]
+
+
 def test_unknown_action_is_named_with_the_known_ones() -> None:
     result = checked(task("a", "launch_rockets"))
     assert fields(result) == ["tasks[0].action"]

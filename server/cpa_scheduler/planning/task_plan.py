@@ -40,13 +40,15 @@ class PlannedSelector(BaseModel):
 
 
 class PlannedInput(BaseModel):
-    """An input of a task: the value under output_key in the outputs of upstream task_id."""
+    """An input of a task: the value under output_key in the outputs of upstream task_id, or
+    the file it stored as artifact artifact_name (one of the two; a mail attachment is one)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=63)
     task_id: str = Field(max_length=63)
-    output_key: str = Field(max_length=256)
+    output_key: str = Field(default="", max_length=256)
+    artifact_name: str = Field(default="", max_length=255)
 
 
 class PlannedTask(BaseModel):
@@ -179,7 +181,9 @@ def _todo(
         params=params or {},
         depends_on=tuple(task.depends_on),
         inputs={
-            item.name: OutputRef(task_id=item.task_id, output_key=item.output_key)
+            item.name: OutputRef(
+                task_id=item.task_id, output_key=item.output_key, artifact_name=item.artifact_name
+            )
             for item in task.inputs
         },
     )
