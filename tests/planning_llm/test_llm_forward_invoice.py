@@ -220,4 +220,5 @@ async def test_an_invalid_first_plan_is_repaired_and_the_job_still_succeeds(
     assert repair[-2]["role"] == "assistant"
     for problem in first.problems:
         assert f"- {problem.field}: {problem.message}" in repair[-1]["content"]
+    assert "'selector' is a required property" in repair[-1]["content"]
     assert "unknown action 'email'" in repair[-1]["content"]

@@ -78,6 +78,18 @@ def test_params_are_checked_against_the_executors_schema() -> None:
     assert sorted(fields(result)) == ["tasks[0].params", "tasks[0].params.seconds"]
 
 
+def test_a_step_of_a_union_gets_the_errors_of_the_branch_its_op_names() -> None:
+    # playwright's steps are one schema per op: a click without its selector is told what it
+    # lacks, not that it fits none of the eleven schemas.
+    steps = [{"op": "goto", "url": "https://portal.example"}, {"op": "click"}]
+    result = checked(task("login", "playwright", {"steps": steps}))
+    assert fields(result) == ["tasks[0].params.steps[1]"]
+    assert result.problems[0].message == "'selector' is a required property"
+    # An op no branch names keeps the union's own error.
+    unknown = checked(task("login", "playwright", {"steps": [{"op": "teleport"}]}))
+    assert fields(unknown) == ["tasks[0].params.steps[0]"]
+
+
 def test_every_task_is_checked_in_one_round() -> None:
     result = checked(task("a", "nope"), task("b", "wait", {}), task("c", "echo"))
     assert fields(result) == ["tasks[0].action", "tasks[1].params"]
