@@ -13,46 +13,26 @@ the demo portal over HTTP, the loopback Graph over HTTPS. The demo's own parts a
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
 
 from cpa.scheduler.v1 import job_event_pb2, job_pb2
-from cpa_cli.demo.forward_invoice import PORTAL_SECRET_ENV, forward_invoice_spec
+from cpa_cli.demo.forward_invoice import forward_invoice_spec
 from cpa_cli.demo.graph_server import LoopbackGraph
-from cpa_cli.demo.parts import AgentProcess, missing_parts
 from cpa_cli.demo.portal import DemoPortal
 from cpa_client import SchedulerClient
 from cpa_scheduler.settings import Settings
+from tests.fixtures.forward_invoice import JOB_END_S, LEASE_S, Fleet, run_to_end
 
-from .conftest import HEARTBEAT_S, Scheduler, first_event, task_reached
+from .conftest import HEARTBEAT_S, first_event, task_reached
 
 MONTH = "2026-11"
 RECIPIENT = "accounting@example.com"
 SESSION_TASKS = ("login", "open_invoices", "download")
-# Chromium's start and a session on a loaded 2-core machine: seconds; bounded generously.
-AGENT_CONNECT_S = 60.0
-JOB_END_S = 120.0
-# Longer than the e2e suite's 1.5 s: an agent process launching Chromium on a loaded 2-core
-# machine can miss 1.5 s of heartbeats; still short, so a killed agent is noticed in seconds.
-LEASE_S = 4.0
 
-pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(autouse=True)
-def demo_parts() -> None:
-    """The browser and mail executors, Chromium and the loopback Graph; without Chromium the
-    test fails under CI=true (CI installs it) and is skipped elsewhere, naming what is missing."""
-    missing = missing_parts()
-    if missing and os.environ.get("CI") == "true":
-        pytest.fail("; ".join(missing))
-    if missing:
-        pytest.skip("the forward_invoice parts are not all here: " + "; ".join(missing))
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("demo_parts")]
 
 
 @pytest.fixture
@@ -60,83 +40,6 @@ def scheduler_settings(tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path / "data", lease_duration_s=LEASE_S, heartbeat_interval_s=HEARTBEAT_S
     )
-
-
-@pytest.fixture
-async def portal() -> AsyncIterator[DemoPortal]:
-    async with DemoPortal() as running:
-        yield running
-
-
-@pytest.fixture
-async def graph(tmp_path: Path) -> AsyncIterator[LoopbackGraph]:
-    loopback = LoopbackGraph(tmp_path / "tls")
-    await loopback.start()
-    try:
-        yield loopback
-    finally:
-        await loopback.stop()
-
-
-@dataclass
-class Fleet:
-    """`cpa agent` processes against the test's scheduler, stopped (SIGTERM, then SIGKILL) at
-    teardown."""
-
-    target: str
-    logs: Path
-    portal: DemoPortal
-    graph: LoopbackGraph
-    agents: dict[str, AgentProcess] = field(default_factory=dict)
-
-    async def browser(self, agent_id: str, **env: str) -> AgentProcess:
-        return await self._start(
-            agent_id, "browser", {PORTAL_SECRET_ENV: self.portal.password, **env}
-        )
-
-    async def mail(self, agent_id: str = "mail") -> AgentProcess:
-        environment = self.graph.agent_environment(secret_file=self.logs / "graph-secret")
-        return await self._start(agent_id, "mail", environment)
-
-    async def _start(self, agent_id: str, executors: str, env: dict[str, str]) -> AgentProcess:
-        agent = await AgentProcess.start(
-            agent_id=agent_id,
-            server=self.target,
-            executors=executors,
-            env=env,
-            log_dir=self.logs,
-            timeout_s=AGENT_CONNECT_S,
-        )
-        self.agents[agent_id] = agent
-        return agent
-
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(agent.stop() for agent in self.agents.values()))
-
-
-@pytest.fixture
-async def fleet(
-    scheduler: Scheduler, portal: DemoPortal, graph: LoopbackGraph, tmp_path: Path
-) -> AsyncIterator[Fleet]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Fleet(target=scheduler.target, logs=logs, portal=portal, graph=graph)
-    try:
-        yield running
-    finally:
-        await running.stop_all()
-
-
-async def _run_to_end(
-    client: SchedulerClient, job_id: str
-) -> tuple[job_pb2.Job, list[job_event_pb2.JobEvent]]:
-    """The job after its terminal event, and all its events (bounded by JOB_END_S)."""
-
-    async def watch() -> list[job_event_pb2.JobEvent]:
-        return [event async for event in client.watch_job(job_id)]
-
-    events = await asyncio.wait_for(watch(), JOB_END_S)
-    return await client.get_job(job_id), events
 
 
 def _attempts(job: job_pb2.Job, task_id: str) -> list[tuple[str, str]]:
@@ -178,7 +81,7 @@ async def test_a_browser_agent_killed_mid_download_reruns_the_session_elsewhere_
     await doomed.process.wait()
     portal.release_pdfs()
 
-    job, events = await _run_to_end(client, job_id)
+    job, events = await run_to_end(client, job_id)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job
 
     # The kill restarted the whole session, from its login, away from the killed agent.
@@ -213,7 +116,7 @@ async def test_with_two_browser_agents_every_step_of_the_session_runs_on_one(
     spec = forward_invoice_spec(portal, month=MONTH, recipient=RECIPIENT)
     job_id = (await client.schedule_job(spec)).job.job_id
 
-    job, _events = await _run_to_end(client, job_id)
+    job, _events = await run_to_end(client, job_id)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job
 
     per_task = {task_id: _attempts(job, task_id) for task_id in SESSION_TASKS}
@@ -240,7 +143,7 @@ async def test_a_selector_that_never_appears_fails_the_step_with_evidence_and_sk
         spec.default_retry_policy.max_attempts = 1
         job_id = (await client.schedule_job(spec)).job.job_id
 
-        job, _events = await _run_to_end(client, job_id)
+        job, _events = await run_to_end(client, job_id)
 
     assert job.state == job_pb2.JOB_STATE_FAILED
     tasks = {task.todo.id: task for task in job.tasks}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,13 +17,10 @@ from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
 from cpa_client import CpaError, SchedulerClient
 from cpa_scheduler.domain import MAX_FIELD_BYTES, MAX_MESSAGE_BYTES
-from cpa_scheduler.server import SchedulerServer
-from cpa_scheduler.settings import Settings
 from tests.e2e.conftest import (
     EVENT_TIMEOUT_S,
-    HEARTBEAT_S,
-    LEASE_S,
     Agents,
+    Scheduler,
     finished,
     todo,
     todos_spec,
@@ -43,44 +39,8 @@ TEXT = "say hello, pause, then say it again"
 
 
 @pytest.fixture
-async def openai_server() -> AsyncIterator[OpenAIServer]:
-    async with OpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def served(
-    tmp_path: Path, openai_server: OpenAIServer
-) -> AsyncIterator[tuple[SchedulerServer, int]]:
-    key = tmp_path / "openai.key"
-    key.write_text("sk-test\n")
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        lease_duration_s=LEASE_S,
-        heartbeat_interval_s=HEARTBEAT_S,
-        llm_provider="openai",
-        llm_base_url=openai_server.base_url,
-        llm_api_key_file=key,
-        llm_max_retries=0,
-        planning_llm_repair_attempts=1,
-    )
-    server = SchedulerServer(settings)
-    port = await server.start("127.0.0.1:0")
-    try:
-        yield server, port
-    finally:
-        await server.stop(grace_s=1.0)
-
-
-@pytest.fixture
-def target(served: tuple[SchedulerServer, int]) -> str:
-    return f"127.0.0.1:{served[1]}"
-
-
-@pytest.fixture
-async def client(target: str) -> AsyncIterator[SchedulerClient]:
-    async with SchedulerClient(target, timeout_s=EVENT_TIMEOUT_S) as sdk:
-        yield sdk
+def target(scheduler: Scheduler) -> str:
+    return scheduler.target
 
 
 @pytest.fixture
@@ -115,7 +75,7 @@ async def test_free_text_is_planned_by_the_model_and_runs_to_succeeded(
 
 
 async def test_a_succeeded_plan_is_recalled_for_a_paraphrase_in_the_next_prompt(
-    served: tuple[SchedulerServer, int],
+    scheduler: Scheduler,
     client: SchedulerClient,
     agents: Agents,
     openai_server: OpenAIServer,
@@ -126,7 +86,7 @@ async def test_a_succeeded_plan_is_recalled_for_a_paraphrase_in_the_next_prompt(
     openai_server.chat.push(intent("unknown", 0.9), plan(*GOOD_STEPS))
     first = await client.schedule_job(job_pb2.JobSpec(text=TEXT))
     assert (await finished(client, first.job.job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
-    memory = served[0].memory
+    memory = scheduler.server.memory
     assert memory is not None
     await asyncio.wait_for(memory.recorder.drained(), EVENT_TIMEOUT_S)
 

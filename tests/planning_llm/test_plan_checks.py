@@ -51,6 +51,22 @@ def test_a_valid_chain_passes_with_inputs_upstream() -> None:
     assert result.todos[1].inputs["said"].task_id == "first"
 
 
+def test_an_artifact_input_attaches_a_file_and_needs_exactly_one_source() -> None:
+    download = task("get", "noop")
+    mail = {"to": "a@b.example"}  # one string of addresses, as the mail executor takes it
+
+    def attach(**ref: str) -> dict[str, Any]:
+        inputs = [{"name": "invoice", "task_id": "get", **ref}]
+        return task("send", "send_mail", mail, depends_on=["get"], inputs=inputs)
+
+    result = checked(download, attach(artifact_name="invoice.pdf"))
+    assert result.todos is not None, result.problems
+    assert result.todos[1].inputs["invoice"].artifact_name == "invoice.pdf"
+    both = checked(download, attach(artifact_name="invoice.pdf", output_key="path"))
+    assert fields(both) == ["tasks[1].inputs[invoice].artifact_name"]
+    assert fields(checked(download, attach())) == ["tasks[1].inputs[invoice].output_key"]
+
+
 def test_unknown_action_is_named_with_the_known_ones() -> None:
     result = checked(task("a", "launch_rockets"))
     assert fields(result) == ["tasks[0].action"]
@@ -60,6 +76,18 @@ def test_unknown_action_is_named_with_the_known_ones() -> None:
 def test_params_are_checked_against_the_executors_schema() -> None:
     result = checked(task("a", "wait", {"seconds": "soon", "extra": 1}))
     assert sorted(fields(result)) == ["tasks[0].params", "tasks[0].params.seconds"]
+
+
+def test_a_step_of_a_union_gets_the_errors_of_the_branch_its_op_names() -> None:
+    # playwright's steps are one schema per op: a click without its selector is told what it
+    # lacks, not that it fits none of the eleven schemas.
+    steps = [{"op": "goto", "url": "https://portal.example"}, {"op": "click"}]
+    result = checked(task("login", "playwright", {"steps": steps}))
+    assert fields(result) == ["tasks[0].params.steps[1]"]
+    assert result.problems[0].message == "'selector' is a required property"
+    # An op no branch names keeps the union's own error.
+    unknown = checked(task("login", "playwright", {"steps": [{"op": "teleport"}]}))
+    assert fields(unknown) == ["tasks[0].params.steps[0]"]
 
 
 def test_every_task_is_checked_in_one_round() -> None:

@@ -21,6 +21,8 @@ from cpa_scheduler.domain.todo import OutputRef, Selector, SelectorStrategy
 from .actions import ActionCatalog
 
 if TYPE_CHECKING:
+    from jsonschema import ValidationError
+
     from cpa_scheduler.policy.rules import Policy
 
 # Bounds on what a model's answer may make us do: the schema caps sizes so a huge or deeply
@@ -40,13 +42,15 @@ class PlannedSelector(BaseModel):
 
 
 class PlannedInput(BaseModel):
-    """An input of a task: the value under output_key in the outputs of upstream task_id."""
+    """An input of a task: the value under output_key in the outputs of upstream task_id, or
+    the file it stored as artifact artifact_name (one of the two; a mail attachment is one)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=63)
     task_id: str = Field(max_length=63)
-    output_key: str = Field(max_length=256)
+    output_key: str = Field(default="", max_length=256)
+    artifact_name: str = Field(default="", max_length=255)
 
 
 class PlannedTask(BaseModel):
@@ -149,8 +153,9 @@ def _todo(
         )
     params = _params(task.params_json, f"{where}.params_json", problems)
     if spec is not None and params is not None and spec.validator is not None:
-        for error in sorted(spec.validator.iter_errors(params), key=lambda e: list(e.path))[:5]:
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
+        errors = [e for error in spec.validator.iter_errors(params) for e in _named_branch(error)]
+        for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])[:5]:
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
             problems.append(Problem(f"{where}.params{path}", error.message[:300]))
     selector = None
     if task.selector is not None:
@@ -179,7 +184,9 @@ def _todo(
         params=params or {},
         depends_on=tuple(task.depends_on),
         inputs={
-            item.name: OutputRef(task_id=item.task_id, output_key=item.output_key)
+            item.name: OutputRef(
+                task_id=item.task_id, output_key=item.output_key, artifact_name=item.artifact_name
+            )
             for item in task.inputs
         },
     )
@@ -189,6 +196,27 @@ def _todo(
         problems.append(Problem(error.field, error.message))
         return None
     return todo
+
+
+def _named_branch(error: ValidationError) -> list[ValidationError]:
+    """The errors to report for `error`. A value valid under none of a union's schemas (a
+    playwright step: one schema per `op`) gets the errors of the one branch it names, the one
+    whose const and enum members it matches (`"op": "click"` without a selector: "'selector' is
+    a required property"), not "is not valid under any of the given schemas", which a model
+    cannot repair from. Without exactly one such branch, the error as it is."""
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        return [error]
+    branches: dict[object, list[ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    named = [
+        errors
+        for errors in branches.values()
+        if not any(e.validator in ("const", "enum") for e in errors)
+    ]
+    if len(named) != 1:
+        return [error]
+    return [e for sub in named[0] for e in _named_branch(sub)]
 
 
 def _params(text: str, where: str, problems: list[Problem]) -> dict[str, Any] | None:

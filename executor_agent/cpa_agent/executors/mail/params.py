@@ -50,6 +50,16 @@ def _addresses(value: Any) -> Any:
     return value
 
 
+def _or_one_string(schema: dict[str, Any]) -> None:
+    """The JSON schema of `to`/`cc` says what _addresses accepts: the list, or one string of
+    addresses separated by ',' or ';'. A plan is checked against this schema (the planner's
+    action catalog), so it must take every value the executor takes."""
+    listed = {k: v for k, v in schema.items() if k not in ("title", "description", "default")}
+    for key in listed:
+        del schema[key]
+    schema["anyOf"] = [listed, {"type": "string"}]
+
+
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,8 +71,15 @@ class _Params(BaseModel):
 class SendMailParams(_Params):
     """send_mail; every ToDo input bound to an artifact (inputs.*.artifact_name) is attached."""
 
-    to: list[Address] = Field(min_length=1, max_length=500, description="Recipients.")
-    cc: list[Address] = Field(default_factory=list, max_length=500, description="Copies.")
+    to: list[Address] = Field(
+        min_length=1, max_length=500, description="Recipients.", json_schema_extra=_or_one_string
+    )
+    cc: list[Address] = Field(
+        default_factory=list,
+        max_length=500,
+        description="Copies.",
+        json_schema_extra=_or_one_string,
+    )
     subject: str = Field(default="", max_length=998)
     body: str = Field(default="", max_length=1_000_000)
     content_type: Literal["text", "html"] = "text"
