@@ -82,7 +82,7 @@ class VectorIndex:
 def ef_search(k: int) -> int:
     """Candidates one HNSW scan considers before the tenant filter: pgvector's default 40 is
     too few once other tenants' rows take most of them (1000 is pgvector's maximum)."""
-    return min(1000, max(200, 20 * k))
+    return min(1000, max(400, 20 * k))
 
 
 async def open_vector_index(
