@@ -15,7 +15,11 @@ import structlog
 
 os.environ["CPA_INSECURE_LOCAL"] = "true"
 
-pytest_plugins = ("tests.fixtures.services", "tests.fixtures.forward_invoice")
+pytest_plugins = (
+    "tests.fixtures.services",
+    "tests.fixtures.forward_invoice",
+    "tests.fixtures.pgvector_server",
+)
 
 # Rate limits are on by default (CPA_RATE_LIMITS_ENABLED); the suite's servers, in process and
 # in the subprocesses that inherit this environment, run without them unless a test turns them

@@ -9,9 +9,12 @@ from cpa_cli.main import main
 from cpa_scheduler.storage import head_revision, schema_revision
 
 
+@pytest.mark.parametrize("database", ["postgres_database", "pgvector_database"])
 def test_migrate_upgrades_then_reports_the_schema_current(
-    postgres_database: str, capsys: pytest.CaptureFixture[str]
+    database: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # On the machine's PostgreSQL and on the one with pgvector (migration 0012 differs there).
+    postgres_database = request.getfixturevalue(database)
     assert main(["migrate", "--database-url", postgres_database]) == 0
     first = capsys.readouterr()
     assert main(["migrate", "--database-url", postgres_database]) == 0

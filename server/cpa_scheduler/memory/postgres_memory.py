@@ -1,9 +1,10 @@
-"""Semantic memory of the distributed mode: PostgreSQL, without pgvector.
+"""Semantic memory of the distributed mode: PostgreSQL, with pgvector where the server has it.
 
-Debian's PostgreSQL has no pgvector, so the unit-length vector is a float4[] column and a search
-ranks the tenant's rows by an exact cosine (a dot product of unit vectors) computed in SQL: exact,
-tenant-scoped by the WHERE clause, and linear in the tenant's records (docs/adr/
-0004-memory-vectors-in-postgresql.md says why, and where it stops being enough).
+The unit-length vector is a float4[] column. Without pgvector (Debian's PostgreSQL) a search
+ranks the tenant's rows by an exact cosine (a dot product of unit vectors) computed in SQL:
+exact, tenant-scoped by the WHERE clause, and linear in the tenant's records. With it, the
+same vector as a pgvector column is searched by an HNSW index (pgvector.py). docs/adr/
+0004-memory-vectors-in-postgresql.md says why, and what each path gives.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cpa_scheduler.telemetry import timed
 
 from .embedder import Embedder, unit
 from .interface import MemoryHit, MemoryRecord, Outcome, Selection
+from .pgvector import PgvectorMode, VectorIndex, ef_search, open_vector_index
 from .records import KEEP_ALL, Retention, check_query, prepared, record_of, selection_filter
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
@@ -79,18 +81,40 @@ _SWEEP = (
 
 
 class PostgresMemory:
-    """Long-term memory in the `memory_records` table (migrations 0010, 0011) of the pool's
-    database, with its tenants' counts in `memory_tenants`."""
+    """Long-term memory in the `memory_records` table (migrations 0010 to 0012) of the pool's
+    database, with its tenants' counts in `memory_tenants`. Searched by `vectors` (pgvector's
+    HNSW) when given, else exactly; `open` chooses."""
 
     def __init__(
         self,
         pool: AsyncConnectionPool[Connection],
         embedder: Embedder,
         retention: Retention = KEEP_ALL,
+        *,
+        vectors: VectorIndex | None = None,
     ) -> None:
         self._pool = pool
         self._embedder = embedder
         self._retention = retention
+        self._vectors = vectors
+
+    @classmethod
+    async def open(
+        cls,
+        pool: AsyncConnectionPool[Connection],
+        embedder: Embedder,
+        retention: Retention = KEEP_ALL,
+        *,
+        pgvector: PgvectorMode = "auto",
+    ) -> PostgresMemory:
+        """The store, on pgvector's HNSW index when `pgvector` and the database allow
+        (CPA_MEMORY_PGVECTOR; raises PgvectorUnavailableError for `on` without it)."""
+        vectors = await open_vector_index(pool, embedder.dimensions, pgvector)
+        return cls(pool, embedder, retention, vectors=vectors)
+
+    @property
+    def uses_pgvector(self) -> bool:
+        return self._vectors is not None
 
     async def put(self, record: MemoryRecord) -> MemoryRecord:
         (stored,) = await self.put_many([record])
@@ -145,7 +169,6 @@ class PostgresMemory:
             where = "tenant = %(tenant)s AND created >= %(cutoff)s" + (
                 " AND outcome = %(outcome)s" if outcome else ""
             )
-            plan = _SPARSE_SEARCH if nonzero <= _SPARSE_SHARE * len(query) else _DENSE_SEARCH
             parameters = {
                 "tenant": tenant,
                 "cutoff": self._retention.cutoff(),
@@ -153,11 +176,35 @@ class PostgresMemory:
                 "vector": query,
                 "k": k,
             }
-            async with self._pool.connection() as connection:
-                cursor = await connection.execute(plan.format(where=where), parameters)
-                rows = await cursor.fetchall()
+            if self._vectors is not None:
+                rows = await self._search_hnsw(self._vectors, where, parameters, k)
+            else:
+                plan = _SPARSE_SEARCH if nonzero <= _SPARSE_SHARE * len(query) else _DENSE_SEARCH
+                async with self._pool.connection() as connection:
+                    cursor = await connection.execute(plan.format(where=where), parameters)
+                    rows = await cursor.fetchall()
             timing.counts["results"] = len(rows)
         return [MemoryHit(record_of(*row[:-1]), float(row[-1] or 0.0)) for row in rows]  # type: ignore[arg-type]
+
+    async def _search_hnsw(
+        self, index: VectorIndex, where: str, parameters: dict[str, object], k: int
+    ) -> list[tuple[object, ...]]:
+        """By the index; ranked exactly when it yields fewer than k (pgvector.py says why)."""
+        async with self._pool.connection() as connection, connection.transaction():
+            # SET LOCAL takes no parameter; the value is an int of ours.
+            await connection.execute(f"SET LOCAL hnsw.ef_search = {ef_search(k)}")
+            cursor = await connection.execute(
+                index.search(where, _COLUMNS, exact=False),
+                parameters,
+            )
+            rows = await cursor.fetchall()
+            if len(rows) < k:
+                cursor = await connection.execute(
+                    index.search(where, _COLUMNS, exact=True),
+                    parameters,
+                )
+                rows = await cursor.fetchall()
+        return rows
 
     async def _count(self, cursor: Cursor, tenant: str, change: int, *, trim: bool) -> None:
         """Add `change` to the tenant's count; with `trim`, drop its oldest records past the

@@ -71,7 +71,9 @@ async def open_memory(
 
         pool = await open_pool(settings.database_url, min_size=1, max_size=4)
         closers.append(pool.close)
-        semantic = PostgresMemory(pool, embedder, retention)
+        semantic = await PostgresMemory.open(
+            pool, embedder, retention, pgvector=settings.memory_pgvector
+        )
     else:
         from .sqlite_vec_memory import SqliteVecMemory
 

@@ -44,6 +44,12 @@ class MemorySettings(BaseSettings):
         "`provider`, CPA_LLM_EMBEDDING_DIMENSION must give it). The embedded store's file is "
         "made for one width and refuses another.",
     )
+    memory_pgvector: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Distributed mode: search long-term memory by pgvector's HNSW index "
+        "(`auto`: where migration 0012 found the extension; `on`: or refuse to start; `off`: "
+        "always the exact float4[] search).",
+    )
     memory_text_max_bytes: int = Field(
         default=8192,
         ge=1,
