@@ -197,17 +197,30 @@ def _announce_local_admin_key(stack: LocalStack) -> None:
     )
 
 
+# Envoy starts: the second only after the first was killed by a signal before it was ready.
+_GATEWAY_SPAWNS = 2
+
+
 async def _start_gateway(gateway: EnvoyGateway, stop: asyncio.Event) -> bool:
     """Starts Envoy and prints its serving line; False if a stop signal came first."""
     # Spawned on the loop's (main) thread: Envoy gets SIGTERM when that thread dies, and it
     # lives as long as the process (a worker thread would take Envoy down when it exits).
-    gateway.spawn()
-    try:
-        await asyncio.to_thread(gateway.wait_ready)
-    except GatewayError as error:
-        if stop.is_set():
-            return False
-        raise CliError(f"gateway: {error}") from None
+    for spawn in range(1, _GATEWAY_SPAWNS + 1):
+        gateway.spawn()
+        try:
+            await asyncio.to_thread(gateway.wait_ready)
+            break
+        except GatewayError as error:
+            if stop.is_set():
+                return False
+            code = gateway.process.poll() if gateway.process is not None else None
+            gateway.stop()
+            # Killed by a signal while starting (an abort seen in tests on a busy
+            # machine, forked from this process where gRPC's threads run): once more. A config
+            # or port problem exits with a status of its own and is reported at once.
+            if code is None or code >= 0 or spawn == _GATEWAY_SPAWNS:
+                raise CliError(f"gateway: {error}") from None
+            warn(f"cpa serve: the gateway's envoy died starting ({error}); starting it again")
     emit(gateway.serving_line())
     return True
 
