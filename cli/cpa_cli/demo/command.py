@@ -9,9 +9,10 @@ after saying why: `make demo` uses it, so the README's first command works on an
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
+
+from cpa_client.telemetry import configure_logging
 
 from ..common import CliError, emit, warn
 from .forward_invoice import DEFAULT_RECIPIENT, DemoOptions, previous_month, run_forward_invoice
@@ -78,8 +79,10 @@ def register(commands: Any) -> None:
 def run(arguments: argparse.Namespace) -> int:
     if arguments.timeout is not None and arguments.timeout <= 0:
         raise CliError("demo: --timeout must be > 0")
-    # The demo's own output tells the story; the components' INFO logs would drown it.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The demo's own output tells the story; the components' INFO logs would drown it. Their
+    # warnings go through the same redacting renderer as `cpa serve`'s (an executor's error
+    # may quote an IBAN or an address from the job), as console lines.
+    configure_logging("WARNING", json_lines=False)
     if arguments.minimal:
         return run_minimal(timeout_s=arguments.timeout or 30.0, keep_data=arguments.keep_data)
     month = arguments.month or previous_month()
