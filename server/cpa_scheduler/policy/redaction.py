@@ -10,6 +10,8 @@ redacts nothing (`Policy.redacts`).
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from google.protobuf import struct_pb2
 
 from cpa.common.v1 import todo_pb2
@@ -22,21 +24,43 @@ from .rules import HIDING, Policy
 # The request's own inputs are judged as its text: intent parameters are what the caller typed.
 _REQUEST_FIELD = "request.text"
 
+K = TypeVar("K")
+V = TypeVar("V")
 
-# Answers of _hidden for recent short texts: every answer showing a job redacts it again. Keyed
-# by the policy's id and checked against the policy itself (a reloaded policy is another).
-_REMEMBERED = 4096
+
+class _Remembered(Generic[K, V]):
+    """Answers of recent redactions: every answer showing a job redacts it again. Keyed by the
+    policy's id and checked against the policy itself (a reloaded policy is another); emptied
+    when full, which costs one pass of fresh redactions, not a bookkeeping cost per call."""
+
+    __slots__ = ("_capacity", "_entries")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: dict[tuple[int, K], tuple[Policy, V]] = {}
+
+    def get(self, policy: Policy, key: K) -> tuple[Policy, V] | None:
+        """(policy, answer) if remembered for this very policy, else None."""
+        known = self._entries.get((id(policy), key))
+        return known if known is not None and known[0] is policy else None
+
+    def put(self, policy: Policy, key: K, answer: V) -> None:
+        if len(self._entries) >= self._capacity:
+            self._entries.clear()
+        self._entries[(id(policy), key)] = (policy, answer)
+
+
+# Texts: only short ones are remembered.
 _MAX_CHARS = 4096
-_hidden_memo: dict[tuple[int, str, str], tuple[Policy, str | None]] = {}
+_hidden_memo: _Remembered[tuple[str, str], str | None] = _Remembered(4096)
 
 
 def _hidden(policy: Policy, path: str, text: str) -> str | None:
     """`text` with what the policy does not allow at `path` replaced, or None if unchanged."""
     if not text or not policy.pii_acts(path, HIDING):
         return None
-    key = (id(policy), path, text)
-    known = _hidden_memo.get(key)
-    if known is not None and known[0] is policy:
+    known = _hidden_memo.get(policy, (path, text))
+    if known is not None:
         return known[1]
     findings = [
         finding
@@ -45,9 +69,7 @@ def _hidden(policy: Policy, path: str, text: str) -> str | None:
     ]
     hidden = redact(text, findings) if findings else None
     if len(text) <= _MAX_CHARS:
-        if len(_hidden_memo) >= _REMEMBERED:
-            _hidden_memo.clear()
-        _hidden_memo[key] = (policy, hidden)
+        _hidden_memo.put(policy, (path, text), hidden)
     return hidden
 
 
@@ -68,12 +90,10 @@ def _struct(policy: Policy, message: struct_pb2.Struct, path: str, *, judged_as:
             stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value.list_value.values))
 
 
-# ToDos redacted lately, by their encoding: every answer showing a job redacts its ToDos again,
-# and walking a params Struct costs more than encoding it (one Python object per value). Keyed
-# by the policy's id and checked against the policy itself, as _hidden_memo.
-_REMEMBERED_TODOS = 2048
+# ToDos, by their encoding: walking a params Struct costs more than encoding it (one Python
+# object per value). The redacted encoding, or None when nothing changed.
 _MAX_TODO_BYTES = 4096  # at most 16 MiB held (key and value), 1-2 MiB typically
-_todo_memo: dict[tuple[int, bytes], tuple[Policy, bytes | None]] = {}
+_todo_memo: _Remembered[bytes, bytes | None] = _Remembered(2048)
 
 
 def _todo(policy: Policy, todo: todo_pb2.ToDo) -> None:
@@ -81,17 +101,14 @@ def _todo(policy: Policy, todo: todo_pb2.ToDo) -> None:
     if len(encoded) > _MAX_TODO_BYTES:
         _walk_todo(policy, todo)
         return
-    key = (id(policy), encoded)
-    known = _todo_memo.get(key)
-    if known is not None and known[0] is policy:
+    known = _todo_memo.get(policy, encoded)
+    if known is not None:
         if known[1] is not None:
             todo.ParseFromString(known[1])
         return
     _walk_todo(policy, todo)
     redacted = todo.SerializeToString(deterministic=True)
-    if len(_todo_memo) >= _REMEMBERED_TODOS:
-        _todo_memo.clear()
-    _todo_memo[key] = (policy, None if redacted == encoded else redacted)
+    _todo_memo.put(policy, encoded, None if redacted == encoded else redacted)
 
 
 def _walk_todo(policy: Policy, todo: todo_pb2.ToDo) -> None:
