@@ -74,9 +74,17 @@ def _hidden(policy: Policy, path: str, text: str) -> str | None:
 
 
 def _struct(policy: Policy, message: struct_pb2.Struct, path: str, *, judged_as: str = "") -> None:
-    stack: list[tuple[struct_pb2.Value, str]] = [
-        (value, f"{path}.{key}") for key, value in message.fields.items()
-    ]
+    if judged_as:
+        if not policy.pii_acts(judged_as, HIDING):
+            return
+        stack = [(value, f"{path}.{key}") for key, value in message.fields.items()]
+    else:
+        # A value where no rule could hide anything is not walked (most params of most jobs).
+        stack = [
+            (value, where)
+            for key, value in message.fields.items()
+            if policy.pii_acts_under(where := f"{path}.{key}", HIDING)
+        ]
     while stack:
         value, where = stack.pop()
         kind = value.WhichOneof("kind")

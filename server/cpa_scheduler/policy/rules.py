@@ -82,6 +82,10 @@ class _PiiRule:
     def matches(self, path: str) -> bool:
         return self.field in ("*", path) or path.startswith(self.field + ".")
 
+    def may_match_under(self, prefix: str) -> bool:
+        """Whether this rule may match `prefix` (plain) or a field inside it."""
+        return self.matches(prefix) or self.field.startswith(prefix + ".")
+
 
 def _plain_path(path: str) -> str:
     """A field path without its indices, as PII rules name fields: `params.steps.value`."""
@@ -131,6 +135,10 @@ class Policy:
     )
     # pii_acts' answers, for the same few fields.
     _acts: dict[tuple[str, frozenset[PiiAction]], bool] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+    # pii_acts_under's answers, for the same few top-level params keys.
+    _acts_under: dict[tuple[str, frozenset[PiiAction]], bool] = field(
         default_factory=dict, compare=False, hash=False, repr=False
     )
 
@@ -187,8 +195,9 @@ class Policy:
         """Every decision about `todo`, rule by rule, refusals and allowances alike.
         `refusals_only`: PII is looked for only in fields where some detector refuses (the PII
         allowances of the other fields are not reported): what first_refusal needs, cheaper."""
-        if self.denied_actions:
-            denied = todo.action in self.denied_actions
+        denied = todo.action in self.denied_actions
+        # refusals_only: an allowance nobody reads is not built for every submitted ToDo.
+        if self.denied_actions and (denied or not refusals_only):
             yield Decision(
                 rule="actions.deny",
                 field="action",
@@ -217,7 +226,11 @@ class Policy:
             fields: list[tuple[str, str]] = [("text", todo.text), ("description", todo.description)]
             if todo.selector is not None:
                 fields.append(("selector.value", todo.selector.value))
-            fields.extend(_strings(todo.params, "params"))
+            for key, param in todo.params.items():
+                where = f"params.{key}"
+                # A value where no rule could act is not walked (most params of most ToDos).
+                if not refusals_only or self.pii_acts_under(where, _REFUSE):
+                    fields.extend(_strings(param, where))
             for path, value in fields:
                 if value and (not refusals_only or self.pii_acts(path, _REFUSE)):
                     yield from self._pii(path, value, todo=todo.id)
@@ -252,6 +265,25 @@ class Policy:
             if len(self._acts) >= _ACTIONS_REMEMBERED:
                 self._acts.clear()
             self._acts[key] = known
+        return known
+
+    def pii_acts_under(self, path: str, actions: frozenset[PiiAction]) -> bool:
+        """Whether pii_acts may be true for `path` or some field inside it (`params.lines`,
+        `params.lines[0].sku`): False lets a caller skip a whole value. Errs towards True (a
+        rule allowing the field first is not taken into account)."""
+        key = (path, actions)
+        known = self._acts_under.get(key)
+        if known is None:
+            plain = _plain_path(path)
+            known = self.pii_default in actions or any(
+                rule.action in actions
+                and (rule.detectors is None or not rule.detectors.isdisjoint(self.pii_detectors))
+                and rule.may_match_under(plain)
+                for rule in self.pii_rules
+            )
+            if len(self._acts_under) >= _ACTIONS_REMEMBERED:
+                self._acts_under.clear()
+            self._acts_under[key] = known
         return known
 
     # -- rule by rule ----------------------------------------------------------------------

@@ -91,3 +91,17 @@ def test_a_reloaded_policy_does_not_reuse_the_last_ones_redactions() -> None:
     redact_job(lenient, shown)
     assert shown.tasks[0].todo.text == f"type {IBAN}"
     assert shown.tasks[0].todo.selector.value == "cell [REDACTED:IBAN]"
+
+
+def test_a_rule_on_a_nested_field_redacts_inside_lists_and_nothing_beside() -> None:
+    policy = parse_policy(
+        "pii:\n  default_action: allow\n  rules:\n    - {field: params.rows.iban, action: redact}\n",
+        source="p.yaml",
+    )
+    message = job()
+    message.tasks[0].todo.params.update({"other": {"iban": IBAN}})
+    redact_job(policy, message)
+    params = json_format.MessageToDict(message.tasks[0].todo.params)
+    assert params["rows"] == [{"iban": "[REDACTED:IBAN]"}]
+    assert params["other"] == {"iban": IBAN}  # no rule there: the default allows
+    assert message.tasks[0].todo.text == f"type {IBAN}"

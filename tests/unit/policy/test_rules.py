@@ -189,3 +189,27 @@ def test_an_empty_section_restricts_nothing() -> None:
         todo("send_mail", {"to": ["x@anywhere.net"], "body": "DE89370400440532013000"}),
     ):
         assert policy.first_refusal(item) is None
+
+
+def test_a_rule_on_a_nested_field_is_applied_under_an_allowing_default() -> None:
+    # The default allows: only fields a rule names are scanned, however deep they lie, and a
+    # rule naming a whole value covers what is inside it.
+    nested = parse_policy(
+        "pii:\n  default_action: allow\n  rules:\n"
+        "    - {field: params.rows.note, action: refuse}\n"
+        "    - {field: params.card, detectors: [card], action: refuse}\n",
+        source="n.yaml",
+    )
+    phone = "call +49 30 1234567"
+    assert refusal(nested, todo("echo", {"rows": [{"sku": "A-1"}, {"note": phone}]})) == (
+        "pii.rules[0]",
+        "params.rows[1].note",
+    )
+    assert refusal(nested, todo("echo", {"rows": [{"memo": phone}], "note": phone})) is None
+    assert refusal(nested, todo("echo", {"card": {"number": "4111 1111 1111 1111"}})) == (
+        "pii.rules[1]",
+        "params.card.number",
+    )
+    # Under an allowing default and no rule for them, params are never looked at.
+    assert not nested.pii_acts_under("params.rows2", frozenset({PiiAction.REFUSE}))
+    assert nested.pii_acts_under("params.rows", frozenset({PiiAction.REFUSE}))
