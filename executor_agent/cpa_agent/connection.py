@@ -101,8 +101,10 @@ class Connection(ServerMessages):
         # cleared as soon as the session's stream ends (before its channel closes).
         self._link: Link | None = None
         # Server messages read so far (all sessions): a cut artifact call's session that the
-        # server spoke on since the cut is alive (see _wait_for_link).
+        # server spoke on since the cut is alive (see _wait_for_link), which counts how many
+        # such calls wait, so a message wakes waiters only when one does (rare).
         self._messages_received = 0
+        self._waiting_for_proof = 0
         # The server's target; a multi-address one is rotated away from a replica that drains.
         self._target = settings.server
         # Sent with every call: the agent token, when it has one.
@@ -302,7 +304,8 @@ class Connection(ServerMessages):
             session.last_received_s = loop.time()
             self._messages_received += 1
             self._dispatch(session, response)
-            self._notify()  # artifact calls may wait for proof that the session lives
+            if self._waiting_for_proof:
+                self._notify()  # a cut artifact call waits for proof that the session lives
 
     async def _heartbeat_loop(self, session: StreamSession) -> None:
         loop = asyncio.get_running_loop()
@@ -381,7 +384,14 @@ class Connection(ServerMessages):
                 return False
             return link is not cut or self._messages_received > heard
 
-        await self._wait_until(usable, timeout_s=None)
+        if cut is None:
+            await self._wait_until(usable, timeout_s=None)
+        else:
+            self._waiting_for_proof += 1
+            try:
+                await self._wait_until(usable, timeout_s=None)
+            finally:
+                self._waiting_for_proof -= 1
         assert self._link is not None  # usable() held, with no await since
         return self._link
 
