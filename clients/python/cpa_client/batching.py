@@ -59,6 +59,9 @@ class _Group:
     timer: asyncio.TimerHandle | None = None
     # The linger passed; the group goes as soon as a batch in flight returns.
     ready: bool = False
+    # Formed while callers of a returned batch come back: it goes as soon as it holds this
+    # many, without waiting out its linger (0: no such wait).
+    target: int = 0
 
 
 def item_index(error: CpaError) -> int | None:
@@ -119,7 +122,11 @@ class ScheduleBatcher:
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._groups: dict[View, _Group] = {}
-        self._flushes: set[asyncio.Task[None]] = set()
+        # Batches in flight, with their number of calls.
+        self._flushes: dict[asyncio.Task[None], tuple[View, int]] = {}
+        # Callers of a returned batch of this view, for a group formed within a linger of its
+        # return to wait for: (how many, until when).
+        self._answered: dict[View, tuple[int, float]] = {}
         # Counts of what went out, for tests and benchmarks.
         self.batches_sent = 0
 
@@ -130,12 +137,15 @@ class ScheduleBatcher:
             self._flush(view)  # the same id twice in one batch is refused: split here
             group = None
         if group is None:
-            group = self._groups[view] = _Group()
+            answered, until = self._answered.pop(view, (0, 0.0))
+            group = self._groups[view] = _Group(target=answered if loop.time() <= until else 0)
             group.timer = loop.call_later(self._linger_s, self._linger_over, view)
         item = _Item(request, loop.create_future())
         group.items.append(item)
         group.request_ids.add(request.request_id)
-        if len(group.items) >= self._max_batch:
+        if len(group.items) >= self._max_batch or (
+            0 < group.target <= len(group.items) and len(self._flushes) < self._max_in_flight
+        ):
             self._flush(view)
         # shield: a caller that gives up leaves the others' batch alone (its job may still be
         # created, as when a lone call is cancelled after it was sent).
@@ -150,17 +160,23 @@ class ScheduleBatcher:
             self._flush(view)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
-        self._flushes.discard(task)
-        # Calls that came while the server was busy with the last batch wait one more linger,
-        # for the callers just answered to join them: else a few stragglers would go alone
-        # and every other batch would be a tiny one (measured: half the throughput).
+        returned_view, answered = self._flushes.pop(task)
+        # Calls that came while the server was busy with the last batch wait for the callers
+        # just answered to join them: else a few stragglers would go alone and every other
+        # batch would be a tiny one (measured: half the throughput). They wait one more linger
+        # at most, and no longer than it takes those callers to come back (callers in step, as
+        # a loop of submissions: the linger would be idle time between batches).
         loop = asyncio.get_running_loop()
         for view, group in self._groups.items():
             if group.ready:
                 group.ready = False
+                if view == returned_view:
+                    group.target = len(group.items) + answered
                 if group.timer is not None:
                     group.timer.cancel()
                 group.timer = loop.call_later(self._linger_s, self._linger_over, view)
+        if returned_view not in self._groups:
+            self._answered[returned_view] = (answered, loop.time() + self._linger_s)
 
     def _flush(self, view: View) -> None:
         group = self._groups.pop(view, None)
@@ -169,7 +185,7 @@ class ScheduleBatcher:
         if group.timer is not None:
             group.timer.cancel()
         task = asyncio.get_running_loop().create_task(self._send(group.items, view))
-        self._flushes.add(task)
+        self._flushes[task] = (view, len(group.items))
         task.add_done_callback(self._sent)
 
     async def _send(self, items: list[_Item], view: View) -> None:
@@ -207,7 +223,7 @@ class ScheduleBatcher:
         for view in list(self._groups):
             self._flush(view)
         with contextlib.suppress(Exception):
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+            await asyncio.gather(*list(self._flushes), return_exceptions=True)
 
 
 def _settle(

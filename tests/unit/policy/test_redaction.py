@@ -95,7 +95,8 @@ def test_a_reloaded_policy_does_not_reuse_the_last_ones_redactions() -> None:
 
 def test_a_rule_on_a_nested_field_redacts_inside_lists_and_nothing_beside() -> None:
     policy = parse_policy(
-        "pii:\n  default_action: allow\n  rules:\n    - {field: params.rows.iban, action: redact}\n",
+        "pii:\n  default_action: allow\n  rules:\n"
+        "    - {field: params.rows.iban, action: redact}\n",
         source="p.yaml",
     )
     message = job()
