@@ -4,17 +4,23 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from cpa_scheduler.memory.embedder import lexical_embedder
-from cpa_scheduler.memory.pgvector import PgvectorUnavailableError, ef_search
+from cpa_scheduler.memory.pgvector import PgvectorUnavailableError
 from cpa_scheduler.memory.postgres_memory import Connection, PostgresMemory
+from cpa_scheduler.memory.wiring import open_memory
+from cpa_scheduler.settings import Settings
 from cpa_scheduler.storage import migrate
 from cpa_scheduler.storage.postgres_connections import open_pool
+from cpa_scheduler.storage.sqlite_store import SqliteStore
+from cpa_scheduler.telemetry import Operation, subscribe
 
 from .test_semantic_memory import record
 
@@ -101,7 +107,9 @@ async def test_a_tenant_with_few_rows_near_the_query_still_gets_its_exact_top_k(
     statement = approximate._vectors.search("tenant = 'c'", "memory_id", exact=False)
     parameters = {"vector": RandomEmbedder().vector("query 1"), "k": 100}
     async with pool.connection() as connection, connection.transaction():
-        await connection.execute(f"SET LOCAL hnsw.ef_search = {ef_search(100)}")
+        await connection.execute(
+            f"SET LOCAL hnsw.ef_search = {approximate._vectors.ef_search(100)}"
+        )
         plan = await connection.execute("EXPLAIN " + statement, parameters)
         assert "memory_hnsw_cosine_64" in str(await plan.fetchall())
         scanned = await connection.execute(statement, parameters)
@@ -110,6 +118,78 @@ async def test_a_tenant_with_few_rows_near_the_query_still_gets_its_exact_top_k(
     hits = await _ids(approximate, "c", "query 1", 100)
     assert hits == await _ids(exact, "c", "query 1", 100)
     assert len(hits) == 100
+
+
+class MiddleDistanceEmbedder(RandomEmbedder):
+    """RandomEmbedder, except that the query is QUERY's direction and tenant c's texts all lie
+    at cosine 0.1 from it: behind some 400 of 2000 random rows (cosine about N(0, 1/8)), so an
+    HNSW scan of 100 candidates meets none of c's rows and one of 1000 meets most of them."""
+
+    QUERY = "the query"
+
+    def vector(self, text: str) -> list[float]:
+        query = _unit(super().vector(self.QUERY))
+        if text == self.QUERY or not text.startswith("c "):
+            return super().vector(text)
+        noise = super().vector(text)
+        along = sum(x * q for x, q in zip(noise, query, strict=True))
+        across = _unit([x - along * q for x, q in zip(noise, query, strict=True)])
+        return [0.1 * q + math.sqrt(1 - 0.01) * x for q, x in zip(query, across, strict=True)]
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector]
+
+
+@pytest.mark.parametrize(
+    ("setting", "used", "exact"),
+    [
+        # 20·k = 100 candidates, all other tenants' rows: the store ranks c's rows exactly.
+        pytest.param(1, 100, 1, id="floor-below-20k"),
+        # 1000 candidates hold c's rows: the index's answer stands.
+        pytest.param(1000, 1000, 0, id="floor-1000"),
+    ],
+)
+async def test_the_ef_search_setting_reaches_the_query(
+    pgvector_database: str, tmp_path: Path, setting: int, used: int, exact: int
+) -> None:
+    migrate(pgvector_database)
+    settings = Settings(
+        database_url=pgvector_database,
+        data_dir=tmp_path,
+        memory_pgvector="on",
+        memory_embedding_dimensions=64,
+        memory_pgvector_ef_search=setting,
+    )
+    store = await SqliteStore.open(tmp_path / "jobs.sqlite3")
+    memory = await open_memory(settings, store, redis=None, embedder=MiddleDistanceEmbedder())
+    seen: list[Operation] = []
+    try:
+        assert isinstance(memory.semantic, PostgresMemory)
+        await _fill(memory.semantic, "a", 2000)
+        await _fill(memory.semantic, "c", 120)
+        async with memory.semantic._pool.connection() as connection:
+            await connection.execute("ANALYZE memory_records")
+        stop = subscribe(seen.append)
+        try:
+            hits = await memory.semantic.search("c", MiddleDistanceEmbedder.QUERY, k=5)
+        finally:
+            stop()
+    finally:
+        await memory.close()
+        await store.close()
+    assert len(hits) == 5
+    (search,) = [op for op in seen if op.name == "search"]
+    # `exact` is what PostgreSQL's index scan gave under that ef_search: the value was set.
+    assert (search.counts["ef_search"], search.counts["exact"]) == (used, exact)
+
+
+def test_the_ef_search_setting_is_bounded_as_pgvector_bounds_it() -> None:
+    assert Settings().memory_pgvector_ef_search == 400
+    for refused in (0, 1001):
+        with pytest.raises(ValueError, match="memory_pgvector_ef_search"):
+            Settings(memory_pgvector_ef_search=refused)
 
 
 async def test_each_width_has_its_index_and_finds_only_its_rows(pool: Pool) -> None:

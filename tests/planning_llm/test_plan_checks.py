@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from cpa_agent.executors.browser.params import PlaywrightParams
 from cpa_scheduler.planning.actions import ActionCatalog
 from cpa_scheduler.planning.task_plan import MAX_PARAMS_DEPTH, Checked, TaskPlan, check
 from cpa_scheduler.policy import parse_policy
@@ -88,6 +90,46 @@ def test_a_step_of_a_union_gets_the_errors_of_the_branch_its_op_names() -> None:
     # An op no branch names keeps the union's own error.
     unknown = checked(task("login", "playwright", {"steps": [{"op": "teleport"}]}))
     assert fields(unknown) == ["tasks[0].params.steps[0]"]
+
+
+def test_a_single_playwright_op_validates_as_the_agent_accepts_it() -> None:
+    # The executor reads params with `op` as one step (PlaywrightParams); the shipped schema
+    # says so, and a plan using that form runs with its params as written.
+    op = {"op": "goto", "url": "https://portal.example/invoices"}
+    result = checked(task("open", "playwright", op))
+    assert result.todos is not None, result.problems
+    assert result.todos[0].params == op
+    # A single op that does not fit is told what its own schema wants, at params.
+    click = checked(task("login", "playwright", {"op": "click"}))
+    assert fields(click) == ["tasks[0].params"]
+    assert click.problems[0].message == "'selector' is a required property"
+    # Neither form: the steps form's requirement.
+    neither = checked(task("login", "playwright", {"url": "https://portal.example"}))
+    assert "'steps' is a required property" in [p.message for p in neither.problems]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"op": "goto", "url": "https://portal.example"},
+        {"op": "click", "selector": {"css": "#login"}, "timeout_s": 5},
+        {"op": "click"},
+        {"op": "teleport"},
+        {"op": "goto", "url": "https://portal.example", "steps": []},
+        {"steps": [{"op": "screenshot"}]},
+        {"steps": []},
+        {"url": "https://portal.example"},
+        {},
+    ],
+    ids=repr,
+)
+def test_the_playwright_schema_and_the_executor_agree(params: dict[str, Any]) -> None:
+    try:
+        PlaywrightParams.model_validate(params)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert (checked(task("t", "playwright", params)).todos is not None) == accepted
 
 
 def test_every_task_is_checked_in_one_round() -> None:

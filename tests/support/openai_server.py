@@ -1,7 +1,7 @@
 """A loopback HTTP server that speaks the OpenAI wire format, for tests through the real SDK.
 
 It serves POST /v1/chat/completions (plain and `response_format` json_schema requests, as
-`chat.completions.parse` sends them) and POST /v1/embeddings (`encoding_format` float or base64,
+the provider sends them) and POST /v1/embeddings (`encoding_format` float or base64,
 the SDK's default: little-endian float32). Each test scripts it:
 
 - `chat` / `embeddings`: queues of replies, taken in order, one per request. An entry is a

@@ -1,10 +1,12 @@
 """The OpenAI provider: the official SDK's AsyncOpenAI against OpenAI or any server that speaks
 its API (the base URL setting).
 
-Structured answers go through the SDK's own schema support (`chat.completions.parse` with the
-pydantic model: a strict json_schema response format). Retries are the SDK's (408/409/429/5xx,
-timeouts, lost connections; backoff honouring retry-after/retry-after-ms); what still fails is
-turned into the interface's typed errors here, and nowhere else:
+Structured answers are asked for with a strict json_schema response format built from the
+pydantic model (strict_schema: the subset strict mode accepts) and validated against the model
+here (the SDK's `parse` would send its own conversion, which strict mode refuses).
+Retries are the SDK's (408/409/429/5xx, timeouts, lost connections; backoff honouring
+retry-after/retry-after-ms); what still fails is turned into the interface's typed errors here,
+and nowhere else:
 
 - refusal in the answer, or finish reason content_filter  -> LLMRefusedError
 - finish reason length                                     -> LLMTruncatedError
@@ -43,7 +45,7 @@ from openai.types.chat import (
     ChatCompletionUserMessageParam,
 )
 from openai.types.completion_usage import CompletionUsage
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ..settings import Settings
 from ..telemetry import timed
@@ -62,6 +64,7 @@ from .interface import (
     StructuredCompletion,
     Usage,
 )
+from .strict_schema import strict_response_format
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -235,19 +238,23 @@ class OpenAIProvider:
         self, messages: Sequence[Message], *, timeout_s: float | None = None
     ) -> Completion:
         async with self._call("generate", self._model, timeout_s) as state:
-            text, _ = await self._chat("generate", messages, None, state)
+            text = await self._chat("generate", messages, None, state)
             return Completion(text=text, model=self._model, usage=state.usage)
 
     async def generate_structured(
         self, messages: Sequence[Message], schema: type[T], *, timeout_s: float | None = None
     ) -> StructuredCompletion[T]:
         async with self._call("generate_structured", self._model, timeout_s) as state:
-            text, parsed = await self._chat("generate_structured", messages, schema, state)
-            if not isinstance(parsed, schema):
-                raise LLMBadAnswerError(f"the answer is not a {schema.__name__}", usage=state.usage)
-            return StructuredCompletion(
-                value=parsed, raw=text, model=self._model, usage=state.usage
-            )
+            text = await self._chat("generate_structured", messages, schema, state)
+            try:
+                # Validated here, not by the SDK: the schema sent leaves out bounds (lengths)
+                # strict mode refuses, the model keeps them.
+                value = schema.model_validate_json(text)
+            except ValidationError as error:
+                raise LLMBadAnswerError(
+                    f"the answer is not a {schema.__name__}: {_short(error)}"
+                ) from None
+            return StructuredCompletion(value=value, raw=text, model=self._model, usage=state.usage)
 
     async def _chat(
         self,
@@ -255,31 +262,30 @@ class OpenAIProvider:
         messages: Sequence[Message],
         schema: type[BaseModel] | None,
         state: _CallState,
-    ) -> tuple[str, BaseModel | None]:
-        """One chat completion (parsed into `schema` when given): its text and parsed value."""
+    ) -> str:
+        """The text of one chat completion (asked for in `schema`'s format when given)."""
         params = [_message_param(m) for m in messages]
-        raw = await self._client.chat.completions.with_raw_response.parse(
+        raw = await self._client.chat.completions.with_raw_response.create(
             model=self._model,
             messages=params,
-            response_format=schema if schema is not None else openai.omit,
+            response_format=strict_response_format(schema) if schema is not None else openai.omit,
             timeout=state.deadline_s,
         )
         try:
             completion = raw.parse()
-        except openai.LengthFinishReasonError as error:
-            state.usage = _usage(error.completion.usage)
-            raise LLMTruncatedError("the answer was cut off at the token limit") from None
-        except openai.ContentFilterFinishReasonError as error:
-            state.usage = _usage(error.completion.usage if error.completion else None)
-            raise LLMRefusedError("the provider's content filter withheld the answer") from None
+            choices, usage = list(completion.choices), _usage(completion.usage)
         except _UNPARSEABLE as error:
             state.usage = _usage_of_body(_json_or_none(raw.http_response.text))
             log_exchange(NAME, operation, messages, raw.http_response.text, secrets=self._secrets)
             raise LLMBadAnswerError(f"the answer does not parse: {_short(error)}") from None
-        state.usage = _usage(completion.usage)
-        if not completion.choices:
+        state.usage = usage
+        if not choices:
             raise LLMBadAnswerError("the answer has no choices")
-        message = completion.choices[0].message
+        if choices[0].finish_reason == "length":
+            raise LLMTruncatedError("the answer was cut off at the token limit")
+        if choices[0].finish_reason == "content_filter":
+            raise LLMRefusedError("the provider's content filter withheld the answer")
+        message = choices[0].message
         log_exchange(
             NAME, operation, messages, message.refusal or message.content, secrets=self._secrets
         )
@@ -287,7 +293,7 @@ class OpenAIProvider:
             raise LLMRefusedError(f"the model refused: {_short(message.refusal)}")
         if not message.content:
             raise LLMBadAnswerError("the answer is empty")
-        return message.content, message.parsed
+        return message.content
 
     async def embed(self, texts: Sequence[str], *, timeout_s: float | None = None) -> Embeddings:
         vectors: list[list[float]] = []

@@ -11,9 +11,10 @@ returned), and each width has its index.
 
 A tenant filter is applied to what the HNSW scan yields, and pgvector 0.6 has no iterative
 scan: a tenant with few of the rows near the query can get fewer than k from it. So a search
-raises hnsw.ef_search (more candidates per scan), and when fewer than k rows still come back it
-ranks the tenant's rows exactly (pgvector's distance, no index): a short answer means the
-tenant has few rows there, which the exact ranking reads quickly.
+raises hnsw.ef_search (more candidates per scan: CPA_MEMORY_PGVECTOR_EF_SEARCH, at least 20·k),
+and when fewer than k rows still come back it ranks the tenant's rows exactly (pgvector's
+distance, no index): a short answer means the tenant has few rows there, which the exact
+ranking reads quickly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Literal
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+
+from cpa_scheduler.settings.memory import PGVECTOR_EF_SEARCH_DEFAULT, PGVECTOR_EF_SEARCH_MAX
 
 PgvectorMode = Literal["auto", "on", "off"]
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
@@ -43,9 +46,11 @@ class PgvectorUnavailableError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class VectorIndex:
-    """The HNSW index of one width; `search` and `exact` are the statements ranking by it."""
+    """The HNSW index of one width; `search` makes the statements ranking by it, with at least
+    `ef_search_floor` candidates per scan (ef_search)."""
 
     dimensions: int
+    ef_search_floor: int = PGVECTOR_EF_SEARCH_DEFAULT
 
     @property
     def name(self) -> str:
@@ -78,15 +83,18 @@ class VectorIndex:
             "LIMIT %(k)s"
         )
 
-
-def ef_search(k: int) -> int:
-    """Candidates one HNSW scan considers before the tenant filter: pgvector's default 40 is
-    too few once other tenants' rows take most of them (1000 is pgvector's maximum)."""
-    return min(1000, max(400, 20 * k))
+    def ef_search(self, k: int) -> int:
+        """Candidates one HNSW scan considers before the tenant filter for a search of k:
+        pgvector's default 40 is too few once other tenants' rows take most of them."""
+        return min(PGVECTOR_EF_SEARCH_MAX, max(self.ef_search_floor, 20 * k))
 
 
 async def open_vector_index(
-    pool: AsyncConnectionPool[Connection], dimensions: int, mode: PgvectorMode
+    pool: AsyncConnectionPool[Connection],
+    dimensions: int,
+    mode: PgvectorMode,
+    *,
+    ef_search: int = PGVECTOR_EF_SEARCH_DEFAULT,
 ) -> VectorIndex | None:
     """The index the store searches by (made if missing), or None for the exact search: `off`,
     or `auto` on a database without pgvector. `on` without it raises PgvectorUnavailableError."""
@@ -98,7 +106,7 @@ async def open_vector_index(
             if mode == "on":
                 raise PgvectorUnavailableError(_why_not(has_column, dimensions))
             return None
-        index = VectorIndex(dimensions)
+        index = VectorIndex(dimensions, ef_search)
         async with connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_INDEX_LOCK,))
             await connection.execute(index.create())

@@ -16,11 +16,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from cpa_scheduler.settings.memory import PGVECTOR_EF_SEARCH_DEFAULT
 from cpa_scheduler.telemetry import timed
 
 from .embedder import Embedder, unit
 from .interface import MemoryHit, MemoryRecord, Outcome, Selection
-from .pgvector import PgvectorMode, VectorIndex, ef_search, open_vector_index
+from .pgvector import PgvectorMode, VectorIndex, open_vector_index
 from .records import KEEP_ALL, Retention, check_query, prepared, record_of, selection_filter
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
@@ -106,10 +107,12 @@ class PostgresMemory:
         retention: Retention = KEEP_ALL,
         *,
         pgvector: PgvectorMode = "auto",
+        ef_search: int = PGVECTOR_EF_SEARCH_DEFAULT,
     ) -> PostgresMemory:
         """The store, on pgvector's HNSW index when `pgvector` and the database allow
-        (CPA_MEMORY_PGVECTOR; raises PgvectorUnavailableError for `on` without it)."""
-        vectors = await open_vector_index(pool, embedder.dimensions, pgvector)
+        (CPA_MEMORY_PGVECTOR; raises PgvectorUnavailableError for `on` without it), searched
+        with at least `ef_search` candidates (CPA_MEMORY_PGVECTOR_EF_SEARCH)."""
+        vectors = await open_vector_index(pool, embedder.dimensions, pgvector, ef_search=ef_search)
         return cls(pool, embedder, retention, vectors=vectors)
 
     @property
@@ -177,7 +180,7 @@ class PostgresMemory:
                 "k": k,
             }
             if self._vectors is not None:
-                rows = await self._search_hnsw(self._vectors, where, parameters, k)
+                rows = await self._search_hnsw(self._vectors, where, parameters, k, timing.counts)
             else:
                 plan = _SPARSE_SEARCH if nonzero <= _SPARSE_SHARE * len(query) else _DENSE_SEARCH
                 async with self._pool.connection() as connection:
@@ -187,17 +190,26 @@ class PostgresMemory:
         return [MemoryHit(record_of(*row[:-1]), float(row[-1] or 0.0)) for row in rows]  # type: ignore[arg-type]
 
     async def _search_hnsw(
-        self, index: VectorIndex, where: str, parameters: dict[str, object], k: int
+        self,
+        index: VectorIndex,
+        where: str,
+        parameters: dict[str, object],
+        k: int,
+        counts: dict[str, int],
     ) -> list[tuple[object, ...]]:
-        """By the index; ranked exactly when it yields fewer than k (pgvector.py says why)."""
+        """By the index; ranked exactly when it yields fewer than k (pgvector.py says why).
+        `counts` (the operation's) gets the ef_search used and `exact` 1 when ranked exactly:
+        how often a tenant's searches miss the index is what an operator tunes ef_search by."""
+        counts["ef_search"] = index.ef_search(k)
         async with self._pool.connection() as connection, connection.transaction():
             # SET LOCAL takes no parameter; the value is an int of ours.
-            await connection.execute(f"SET LOCAL hnsw.ef_search = {ef_search(k)}")
+            await connection.execute(f"SET LOCAL hnsw.ef_search = {counts['ef_search']}")
             cursor = await connection.execute(
                 index.search(where, _COLUMNS, exact=False),
                 parameters,
             )
             rows = await cursor.fetchall()
+            counts["exact"] = int(len(rows) < k)
             if len(rows) < k:
                 cursor = await connection.execute(
                     index.search(where, _COLUMNS, exact=True),

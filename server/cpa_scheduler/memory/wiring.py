@@ -72,7 +72,11 @@ async def open_memory(
         pool = await open_pool(settings.database_url, min_size=1, max_size=4)
         closers.append(pool.close)
         semantic = await PostgresMemory.open(
-            pool, embedder, retention, pgvector=settings.memory_pgvector
+            pool,
+            embedder,
+            retention,
+            pgvector=settings.memory_pgvector,
+            ef_search=settings.memory_pgvector_ef_search,
         )
     else:
         from .sqlite_vec_memory import SqliteVecMemory

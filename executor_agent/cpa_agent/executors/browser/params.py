@@ -11,8 +11,17 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, ErrorDetails, InitErrorDetails, PydanticCustomError
 
 MAX_STEPS = 50
 """Ops of one action; two-digit evidence names (01-goto.png ... 50-click.png) stay sortable."""
@@ -234,6 +243,24 @@ class PlaywrightParams(_Strict):
             ) from None
         params._check_unique_names(one_op=one_op)
         return params
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Both forms _located_as_written accepts, so that a plan's single op validates where
+        the agent would run it (the planner checks params against this schema): params with
+        `op` are one op, any other the `steps` object. if/then/else rather than anyOf: an op
+        that does not fit is told what its own schema wants, not that it fits neither form."""
+        schema = handler(core_schema)
+        steps = handler.resolve_ref_schema(schema)
+        one_op = steps["properties"]["steps"]["items"]
+        return {
+            **{key: steps.pop(key) for key in ("title", "description") if key in steps},
+            "if": {"required": ["op"]},
+            "then": one_op,
+            "else": schema,
+        }
 
     def _check_unique_names(self, *, one_op: bool) -> None:
         # Two ops writing the same output key or artifact would lose the first one silently.
