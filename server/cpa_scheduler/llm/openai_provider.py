@@ -252,7 +252,7 @@ class OpenAIProvider:
                 value = schema.model_validate_json(text)
             except ValidationError as error:
                 raise LLMBadAnswerError(
-                    f"the answer is not a {schema.__name__}: {_short(error)}"
+                    f"the answer is not a {schema.__name__}: {_short(error)}", usage=state.usage
                 ) from None
             return StructuredCompletion(value=value, raw=text, model=self._model, usage=state.usage)
 
