@@ -215,9 +215,10 @@ async def _start_gateway(gateway: EnvoyGateway, stop: asyncio.Event) -> bool:
                 return False
             code = gateway.process.poll() if gateway.process is not None else None
             gateway.stop()
-            # Killed by a signal while starting (an abort seen in tests on a busy
-            # machine, forked from this process where gRPC's threads run): once more. A config
-            # or port problem exits with a status of its own and is reported at once.
+            # Killed by a signal while starting (an abort seen in tests on a busy machine
+            # while Envoy was forked with a preexec_fn from this process, where gRPC's threads
+            # run; it now starts through setpriv, gateway/envoy.py): once more. A config or
+            # port problem exits with a status of its own and is reported at once.
             if code is None or code >= 0 or spawn == _GATEWAY_SPAWNS:
                 raise CliError(f"gateway: {error}") from None
             warn(f"cpa serve: the gateway's envoy died starting ({error}); starting it again")

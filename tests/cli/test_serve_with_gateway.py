@@ -4,6 +4,7 @@ Envoy (process gone, port free). Every part is a real process on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,3 +166,20 @@ def test_serve_with_gateway_refusals(start_cli: StartCli) -> None:
         assert serve.exit_code(STOP_TIMEOUT_S) == 2, serve.report()
     assert "cpa: gateway: envoy exited with status 1 before it was ready" in serve.stderr()
     assert _port_is_free(scheduler)
+
+
+def test_a_serve_killed_9_leaves_no_envoy_behind(start_cli: StartCli) -> None:
+    # Envoy is tied to the thread that started it (the death signal): nobody is left to stop
+    # it otherwise, and it would keep the gateway's port.
+    serve, _, address, admin = _start(start_cli)
+    envoy = _envoy_pid(serve)
+
+    serve.popen.kill()
+
+    try:
+        _wait_gone(envoy, STOP_TIMEOUT_S)
+    finally:  # an Envoy left behind would hold the test's pipes open: the test would hang
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(envoy, signal.SIGKILL)
+    assert _port_is_free(address)
+    assert _port_is_free(admin)

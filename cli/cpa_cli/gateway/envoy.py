@@ -95,8 +95,10 @@ class EnvoyGateway:
         config_path = self._workdir / "envoy.yaml"
         config_path.write_text(render_envoy_config(self.config), encoding="utf-8")
         admin_path = self._admin_path = self._workdir / "admin-address"
+        tie, preexec_fn = _die_with_parent()
         self.process = subprocess.Popen(
             [
+                *tie,
                 str(envoy_binary()),
                 *("-c", str(config_path)),
                 *("--admin-address-path", str(admin_path)),
@@ -108,7 +110,7 @@ class EnvoyGateway:
             stdin=subprocess.DEVNULL,
             stdout=self._stdout,
             stderr=self._stderr,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=preexec_fn,
         )
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> str:
@@ -190,18 +192,24 @@ class EnvoyGateway:
         return code
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """Linux: a function for the child, between fork and exec, that has Envoy get SIGTERM when
-    the thread that started it dies, even by SIGKILL, so a killed `cpa gateway` never leaves an
-    Envoy holding its port. libc is looked up here, in the parent: the child only calls it."""
+def _die_with_parent() -> tuple[list[str], Callable[[], None] | None]:
+    """Linux: what has Envoy get SIGTERM when the thread that started it dies, even by SIGKILL,
+    so a killed `cpa gateway` never leaves an Envoy holding its port. util-linux's `setpriv`
+    in front of the command sets the death signal and execs Envoy: no Python code runs between
+    fork and exec, so this process's threads (gRPC's, whose fork handlers touch the epoll set
+    the parent shares) are not forked with it. Without setpriv, prctl from `preexec_fn`.
+    Returns (the command's prefix, the preexec_fn)."""
     if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return [], None
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return [setpriv, "--pdeathsig", "TERM", "--"], None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
 
     def set_death_signal() -> None:
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
-    return set_death_signal
+    return [], set_death_signal
 
 
 def _read_admin_address(path: Path) -> str | None:
