@@ -412,6 +412,9 @@ class ToDo(_message.Message):
         """Time one attempt may run before the agent stops it and the attempt fails with TASK_TIMEOUT.
         As every Duration the server reads: within +-10 000 years, nanos within one second and of
         the seconds' sign, else INVALID_ARGUMENT (INVALID_FIELD) naming `.seconds` or `.nanos`.
+        When set it must be positive (zero or negative: INVALID_ARGUMENT, INVALID_FIELD, naming
+        `timeout`). Unset: no timeout per attempt; only the job's deadline, if any, and
+        cancellation stop it.
         """
 
     @_builtins.property
@@ -442,7 +445,11 @@ class ToDo(_message.Message):
 
     @_builtins.property
     def schedule_to_start_timeout(self) -> _duration_pb2.Duration:
-        """Time the task may wait QUEUED for an agent before it fails with SCHEDULE_TO_START_TIMEOUT."""
+        """Time the task may wait QUEUED for an agent before it fails with SCHEDULE_TO_START_TIMEOUT,
+        counted from when it became ready (after a retry's backoff, not from the failure). When
+        set it must be positive (else INVALID_ARGUMENT, INVALID_FIELD, naming this field); unset,
+        the task waits for an agent without bound.
+        """
 
     @_builtins.property
     def credential_refs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

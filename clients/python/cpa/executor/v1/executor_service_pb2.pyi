@@ -240,11 +240,17 @@ class Hello(_message.Message):
     MAX_RECEIVE_BYTES_FIELD_NUMBER: _builtins.int
     RESUME_SESSION_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
-    """Identifier stable across reconnects (a host name, a configured id)."""
+    """Identifier stable across reconnects (a host name, a configured id). Required: empty is
+    INVALID_ARGUMENT (MISSING_FIELD, field hello.agent_id).
+    """
     name: _builtins.str
     """Display name."""
     tenant: _builtins.str
-    """Tenant the agent serves; must match its credentials."""
+    """Tenant the agent serves. Empty means the credential's tenant; another tenant than the
+    credential's ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED, field
+    hello.tenant). With authentication off the hello's tenant is taken as is (empty: the
+    server's CPA_DEFAULT_TENANT).
+    """
     version: _builtins.str
     """Agent software version."""
     accepts_batches: _builtins.bool
@@ -311,7 +317,7 @@ class Credit(_message.Message):
     SLOTS_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
     """Additional assignments the agent will take; the server never has more outstanding. 0 or
-    negative adds nothing.
+    negative adds nothing (and is not an error).
     """
     def __init__(
         self,
@@ -344,7 +350,11 @@ class AssignmentAck(_message.Message):
     attempt: _builtins.int
     """Attempt number."""
     accepted: _builtins.bool
-    """False when the agent declines (draining, capability gone); the task is queued again."""
+    """False when the agent declines (draining, capability gone); the task is queued again. An
+    ack with accepted = true is ignored. No ReportAck answers an AssignmentAck, whatever its
+    report_id. A decline does not return the slot: the agent sends a Credit when it can take
+    work again.
+    """
     reason: _builtins.str
     """Why it declined."""
     def __init__(
@@ -389,7 +399,9 @@ class Progress(_message.Message):
     attempt: _builtins.int
     """Attempt number."""
     percent: _builtins.float
-    """Progress from 0 to 100; unset when not known."""
+    """Progress from 0 to 100; unset when not known. The server does not check the range: the
+    value is recorded (the TaskProgress event) as sent.
+    """
     message: _builtins.str
     """Human-readable text."""
     @_builtins.property

@@ -150,12 +150,16 @@ class TaskProgress(_message.Message):
     attempt: _builtins.int
     """Attempt reporting."""
     percent: _builtins.float
-    """Progress from 0 to 100; unset when not known."""
+    """Progress from 0 to 100, as the agent sent it (the server does not check the range); unset
+    when not known.
+    """
     message: _builtins.str
     """Human-readable text."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.Artifact]:
-        """Artifacts stored with this report (screenshots)."""
+        """Always empty: this server records no artifacts with progress (Progress.artifacts is
+        ignored). An attempt's artifacts are announced by TaskArtifactStored events.
+        """
 
     def __init__(
         self,
@@ -318,7 +322,10 @@ class JobEvent(_message.Message):
     job_id: _builtins.str
     """Job the event belongs to."""
     sequence: _builtins.int
-    """Position in the job's event history, from 1, without gaps."""
+    """Position in the job's event history, from 1, without gaps as stored. Once a job has been
+    ended for CPA_EVENT_RETENTION_S its events but the last (terminal) one are pruned, so a
+    replay then starts at that one (see WatchJob).
+    """
     terminal: _builtins.bool
     """Whether this is the job's last event until a RetryJob (a terminal job state)."""
     @_builtins.property

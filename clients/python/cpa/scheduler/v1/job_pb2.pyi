@@ -422,18 +422,33 @@ class JobSpec(_message.Message):
     DEFAULT_RETRY_POLICY_FIELD_NUMBER: _builtins.int
     CALLBACK_URL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """Natural-language text, routed to an intent."""
+    """Natural-language text, routed to an intent. Empty or only whitespace is INVALID_ARGUMENT
+    (MISSING_FIELD, field spec.text); longer than CPA_ROUTING_TEXT_MAX_BYTES (default 1024)
+    bytes of UTF-8 is INVALID_ARGUMENT (TEXT_TOO_LONG).
+    """
     max_parallelism: _builtins.int
-    """Most tasks of this job running at once; 0 means the server default."""
+    """Most tasks of this job running at once; 0 means the server default
+    (CPA_DEFAULT_MAX_PARALLELISM, 64 unless configured), and a job read back carries the value
+    resolved. Negative is INVALID_ARGUMENT (INVALID_FIELD, field spec.max_parallelism).
+    """
     callback_url: _builtins.str
-    """HTTPS URL that receives signed JSON notifications of the job's end."""
+    """HTTPS URL that receives signed JSON notifications of the job's end; empty for none.
+    It must be an https:// URL of at most 2048 bytes with a host (a DNS name or an IP address
+    in its canonical form), without user info, spaces or control characters, and a port, if
+    given, of 1-65535; a literal address that is not public (private, loopback, link-local,
+    multicast, reserved) is refused unless CPA_CALLBACK_ALLOW_PRIVATE or
+    CPA_CALLBACK_ALLOWED_NETWORKS allows it. Otherwise INVALID_ARGUMENT (INVALID_FIELD, field
+    spec.callback_url).
+    """
     @_builtins.property
     def intent(self) -> Global___IntentInvocation:
-        """An intent named directly."""
+        """An intent named directly. An empty name is INVALID_ARGUMENT (MISSING_FIELD, field
+        spec.intent.name).
+        """
 
     @_builtins.property
     def todos(self) -> Global___TodoList:
-        """Explicit steps."""
+        """Explicit steps. No steps is INVALID_ARGUMENT (EMPTY_GRAPH, field spec.todos.todos)."""
 
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
@@ -512,7 +527,9 @@ class Job(_message.Message):
     tenant: _builtins.str
     """Tenant that owns it."""
     request_id: _builtins.str
-    """Idempotency key given at creation, if any."""
+    """Idempotency key given at creation, if any; emptied once its retention window
+    (CPA_IDEMPOTENCY_RETENTION_S after creation) has ended and the id was released.
+    """
     intent: _builtins.str
     """Intent the work was routed to; empty for explicit ToDos."""
     state: Global___JobState.ValueType

@@ -144,7 +144,13 @@ class ScheduleJobRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Idempotency key (AIP-155), e.g. a UUID; repeats within the retention window return the same job."""
+    """Idempotency key (AIP-155), e.g. a UUID; empty for none (each call then creates a job).
+    A repeat with the same spec within CPA_IDEMPOTENCY_RETENTION_S (default 86400 seconds)
+    of the job's creation returns the same job with created = false (the view is not part of
+    the comparison); a different spec under the same id is ALREADY_EXISTS (REQUEST_ID_REUSED,
+    field request_id). After that window (a periodic sweep releases the id) it may create a
+    new job.
+    """
     view: _job_pb2.JobView.ValueType
     """How much of the job the answer carries; UNSPECIFIED means BASIC. Not part of the request
     that request_id identifies. Ignored inside BatchScheduleJobs (see its view).

@@ -189,7 +189,8 @@ class SchedulerServiceServicer:
 
     def ScheduleJob(self, request, context):
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
-        the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        the existing job; a different request under the same id fails with ALREADY_EXISTS
+        (REQUEST_ID_REUSED).
         A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
         empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
         field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
@@ -352,7 +353,7 @@ class SchedulerServiceServicer:
         REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
         older `POST /lam/message` take the bare LAM message as the body. All three answer
         `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
-        stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+        A request the tenant's policy refuses gets
         refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
         path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
         `expected.reply_to`).

@@ -63,7 +63,8 @@ class SchedulerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SchedulerServiceAsyncStub: ...
     ScheduleJob: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ScheduleJobRequest, _scheduler_service_pb2.ScheduleJobResponse]
     """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
-    the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+    the existing job; a different request under the same id fails with ALREADY_EXISTS
+    (REQUEST_ID_REUSED).
     A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
     empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
     field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
@@ -194,7 +195,7 @@ class SchedulerServiceStub:
     REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
     older `POST /lam/message` take the bare LAM message as the body. All three answer
     `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
-    stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+    A request the tenant's policy refuses gets
     refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
     path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
     `expected.reply_to`).
@@ -334,7 +335,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ScheduleJob: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ScheduleJobRequest, _scheduler_service_pb2.ScheduleJobResponse]  # type: ignore[assignment]
     """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
-    the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+    the existing job; a different request under the same id fails with ALREADY_EXISTS
+    (REQUEST_ID_REUSED).
     A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
     empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
     field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
@@ -465,7 +467,7 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
     older `POST /lam/message` take the bare LAM message as the body. All three answer
     `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
-    stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+    A request the tenant's policy refuses gets
     refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
     path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
     `expected.reply_to`).
@@ -608,7 +610,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.ScheduleJobResponse, _abc.Awaitable[_scheduler_service_pb2.ScheduleJobResponse]]:
         """Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
-        the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+        the existing job; a different request under the same id fails with ALREADY_EXISTS
+        (REQUEST_ID_REUSED).
         A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
         empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
         field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
@@ -787,7 +790,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
         older `POST /lam/message` take the bare LAM message as the body. All three answer
         `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
-        stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+        A request the tenant's policy refuses gets
         refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
         path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
         `expected.reply_to`).

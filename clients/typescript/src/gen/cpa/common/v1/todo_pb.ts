@@ -224,6 +224,9 @@ export type ToDo = Message<"cpa.common.v1.ToDo"> & {
    * Time one attempt may run before the agent stops it and the attempt fails with TASK_TIMEOUT.
    * As every Duration the server reads: within +-10 000 years, nanos within one second and of
    * the seconds' sign, else INVALID_ARGUMENT (INVALID_FIELD) naming `.seconds` or `.nanos`.
+   * When set it must be positive (zero or negative: INVALID_ARGUMENT, INVALID_FIELD, naming
+   * `timeout`). Unset: no timeout per attempt; only the job's deadline, if any, and
+   * cancellation stop it.
    *
    * @generated from field: google.protobuf.Duration timeout = 8;
    */
@@ -281,7 +284,10 @@ export type ToDo = Message<"cpa.common.v1.ToDo"> & {
   inputs: { [key: string]: OutputReference };
 
   /**
-   * Time the task may wait QUEUED for an agent before it fails with SCHEDULE_TO_START_TIMEOUT.
+   * Time the task may wait QUEUED for an agent before it fails with SCHEDULE_TO_START_TIMEOUT,
+   * counted from when it became ready (after a retry's backoff, not from the failure). When
+   * set it must be positive (else INVALID_ARGUMENT, INVALID_FIELD, naming this field); unset,
+   * the task waits for an agent without bound.
    *
    * @generated from field: google.protobuf.Duration schedule_to_start_timeout = 15;
    */

@@ -259,7 +259,8 @@ export const RunningAttemptSchema: GenMessage<RunningAttempt> = /*@__PURE__*/
  */
 export type Hello = Message<"cpa.executor.v1.Hello"> & {
   /**
-   * Identifier stable across reconnects (a host name, a configured id).
+   * Identifier stable across reconnects (a host name, a configured id). Required: empty is
+   * INVALID_ARGUMENT (MISSING_FIELD, field hello.agent_id).
    *
    * @generated from field: string agent_id = 1;
    */
@@ -273,7 +274,10 @@ export type Hello = Message<"cpa.executor.v1.Hello"> & {
   name: string;
 
   /**
-   * Tenant the agent serves; must match its credentials.
+   * Tenant the agent serves. Empty means the credential's tenant; another tenant than the
+   * credential's ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED, field
+   * hello.tenant). With authentication off the hello's tenant is taken as is (empty: the
+   * server's CPA_DEFAULT_TENANT).
    *
    * @generated from field: string tenant = 3;
    */
@@ -353,7 +357,7 @@ export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
 export type Credit = Message<"cpa.executor.v1.Credit"> & {
   /**
    * Additional assignments the agent will take; the server never has more outstanding. 0 or
-   * negative adds nothing.
+   * negative adds nothing (and is not an error).
    *
    * @generated from field: int32 slots = 1;
    */
@@ -395,7 +399,10 @@ export type AssignmentAck = Message<"cpa.executor.v1.AssignmentAck"> & {
   attempt: number;
 
   /**
-   * False when the agent declines (draining, capability gone); the task is queued again.
+   * False when the agent declines (draining, capability gone); the task is queued again. An
+   * ack with accepted = true is ignored. No ReportAck answers an AssignmentAck, whatever its
+   * report_id. A decline does not return the slot: the agent sends a Credit when it can take
+   * work again.
    *
    * @generated from field: bool accepted = 4;
    */
@@ -449,7 +456,8 @@ export type Progress = Message<"cpa.executor.v1.Progress"> & {
   attempt: number;
 
   /**
-   * Progress from 0 to 100; unset when not known.
+   * Progress from 0 to 100; unset when not known. The server does not check the range: the
+   * value is recorded (the TaskProgress event) as sent.
    *
    * @generated from field: optional float percent = 4;
    */

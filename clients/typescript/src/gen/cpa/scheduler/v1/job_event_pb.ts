@@ -165,7 +165,8 @@ export type TaskProgress = Message<"cpa.scheduler.v1.TaskProgress"> & {
   attempt: number;
 
   /**
-   * Progress from 0 to 100; unset when not known.
+   * Progress from 0 to 100, as the agent sent it (the server does not check the range); unset
+   * when not known.
    *
    * @generated from field: optional float percent = 3;
    */
@@ -179,7 +180,8 @@ export type TaskProgress = Message<"cpa.scheduler.v1.TaskProgress"> & {
   message: string;
 
   /**
-   * Artifacts stored with this report (screenshots).
+   * Always empty: this server records no artifacts with progress (Progress.artifacts is
+   * ignored). An attempt's artifacts are announced by TaskArtifactStored events.
    *
    * @generated from field: repeated cpa.common.v1.Artifact artifacts = 5;
    */
@@ -343,7 +345,9 @@ export type JobEvent = Message<"cpa.scheduler.v1.JobEvent"> & {
   jobId: string;
 
   /**
-   * Position in the job's event history, from 1, without gaps.
+   * Position in the job's event history, from 1, without gaps as stored. Once a job has been
+   * ended for CPA_EVENT_RETENTION_S its events but the last (terminal) one are pruned, so a
+   * replay then starts at that one (see WatchJob).
    *
    * @generated from field: int64 sequence = 2;
    */

@@ -242,7 +242,9 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
    */
   source: {
     /**
-     * Natural-language text, routed to an intent.
+     * Natural-language text, routed to an intent. Empty or only whitespace is INVALID_ARGUMENT
+     * (MISSING_FIELD, field spec.text); longer than CPA_ROUTING_TEXT_MAX_BYTES (default 1024)
+     * bytes of UTF-8 is INVALID_ARGUMENT (TEXT_TOO_LONG).
      *
      * @generated from field: string text = 1;
      */
@@ -250,7 +252,8 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
     case: "text";
   } | {
     /**
-     * An intent named directly.
+     * An intent named directly. An empty name is INVALID_ARGUMENT (MISSING_FIELD, field
+     * spec.intent.name).
      *
      * @generated from field: cpa.scheduler.v1.IntentInvocation intent = 2;
      */
@@ -258,7 +261,7 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
     case: "intent";
   } | {
     /**
-     * Explicit steps.
+     * Explicit steps. No steps is INVALID_ARGUMENT (EMPTY_GRAPH, field spec.todos.todos).
      *
      * @generated from field: cpa.scheduler.v1.TodoList todos = 3;
      */
@@ -295,7 +298,9 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
   deadline?: Timestamp | undefined;
 
   /**
-   * Most tasks of this job running at once; 0 means the server default.
+   * Most tasks of this job running at once; 0 means the server default
+   * (CPA_DEFAULT_MAX_PARALLELISM, 64 unless configured), and a job read back carries the value
+   * resolved. Negative is INVALID_ARGUMENT (INVALID_FIELD, field spec.max_parallelism).
    *
    * @generated from field: int32 max_parallelism = 7;
    */
@@ -309,7 +314,13 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
   defaultRetryPolicy?: RetryPolicy | undefined;
 
   /**
-   * HTTPS URL that receives signed JSON notifications of the job's end.
+   * HTTPS URL that receives signed JSON notifications of the job's end; empty for none.
+   * It must be an https:// URL of at most 2048 bytes with a host (a DNS name or an IP address
+   * in its canonical form), without user info, spaces or control characters, and a port, if
+   * given, of 1-65535; a literal address that is not public (private, loopback, link-local,
+   * multicast, reserved) is refused unless CPA_CALLBACK_ALLOW_PRIVATE or
+   * CPA_CALLBACK_ALLOWED_NETWORKS allows it. Otherwise INVALID_ARGUMENT (INVALID_FIELD, field
+   * spec.callback_url).
    *
    * @generated from field: string callback_url = 9;
    */
@@ -344,7 +355,8 @@ export type Job = Message<"cpa.scheduler.v1.Job"> & {
   tenant: string;
 
   /**
-   * Idempotency key given at creation, if any.
+   * Idempotency key given at creation, if any; emptied once its retention window
+   * (CPA_IDEMPOTENCY_RETENTION_S after creation) has ended and the id was released.
    *
    * @generated from field: string request_id = 3;
    */

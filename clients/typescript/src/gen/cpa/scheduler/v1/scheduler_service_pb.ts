@@ -159,7 +159,12 @@ export const DownloadArtifactResponseSchema: GenMessage<DownloadArtifactResponse
  */
 export type ScheduleJobRequest = Message<"cpa.scheduler.v1.ScheduleJobRequest"> & {
   /**
-   * Idempotency key (AIP-155), e.g. a UUID; repeats within the retention window return the same job.
+   * Idempotency key (AIP-155), e.g. a UUID; empty for none (each call then creates a job).
+   * A repeat with the same spec within CPA_IDEMPOTENCY_RETENTION_S (default 86400 seconds)
+   * of the job's creation returns the same job with created = false (the view is not part of
+   * the comparison); a different spec under the same id is ALREADY_EXISTS (REQUEST_ID_REUSED,
+   * field request_id). After that window (a periodic sweep releases the id) it may create a
+   * new job.
    *
    * @generated from field: string request_id = 1;
    */
@@ -1124,7 +1129,8 @@ export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PUR
 export const SchedulerService: GenService<{
   /**
    * Plans the requested work and creates a job. Idempotent by request_id: a repeat returns
-   * the existing job; a different request under the same id fails with REQUEST_ID_REUSED.
+   * the existing job; a different request under the same id fails with ALREADY_EXISTS
+   * (REQUEST_ID_REUSED).
    * A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
    * empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
    * field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
@@ -1311,7 +1317,7 @@ export const SchedulerService: GenService<{
    * REST: `POST /v1/messages:send` takes `{"message": {...}}`; `POST /v1/lam/messages` and the
    * older `POST /lam/message` take the bare LAM message as the body. All three answer
    * `{"reply": {...}}` (the gateway, Envoy, ignores response_body on additional bindings).
-   * stored in their conversation and acknowledged. A request the tenant's policy refuses gets
+   * A request the tenant's policy refuses gets
    * refuse with reason POLICY_VIOLATION, its message naming the ToDo and the rule, and field the
    * path in the message (`request.todos[0].params.url`, `request.text`, `request.parameters`,
    * `expected.reply_to`).
