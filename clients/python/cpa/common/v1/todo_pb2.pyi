@@ -102,7 +102,9 @@ class _SelectorStrategy:
 class _SelectorStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SelectorStrategy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SELECTOR_STRATEGY_UNSPECIFIED: _SelectorStrategy.ValueType  # 0
-    """Not set; rejected when a selector is given."""
+    """Not set; rejected when a selector is given: INVALID_ARGUMENT (INVALID_FIELD), naming the
+    ToDo's `selector.strategy`.
+    """
     SELECTOR_STRATEGY_CSS: _SelectorStrategy.ValueType  # 1
     """A CSS selector."""
     SELECTOR_STRATEGY_XPATH: _SelectorStrategy.ValueType  # 2
@@ -120,7 +122,9 @@ class SelectorStrategy(_SelectorStrategy, metaclass=_SelectorStrategyEnumTypeWra
     """SelectorStrategy says how Selector.value is interpreted."""
 
 SELECTOR_STRATEGY_UNSPECIFIED: SelectorStrategy.ValueType  # 0
-"""Not set; rejected when a selector is given."""
+"""Not set; rejected when a selector is given: INVALID_ARGUMENT (INVALID_FIELD), naming the
+ToDo's `selector.strategy`.
+"""
 SELECTOR_STRATEGY_CSS: SelectorStrategy.ValueType  # 1
 """A CSS selector."""
 SELECTOR_STRATEGY_XPATH: SelectorStrategy.ValueType  # 2
@@ -146,7 +150,9 @@ class Selector(_message.Message):
     strategy: Global___SelectorStrategy.ValueType
     """How value is interpreted."""
     value: _builtins.str
-    """The selector expression itself."""
+    """The selector expression itself. Empty is INVALID_ARGUMENT (MISSING_FIELD), naming the
+    ToDo's `selector.value`.
+    """
     def __init__(
         self,
         *,
@@ -167,6 +173,10 @@ class RetryPolicy(_message.Message):
     Attempt n that failed waits min(initial_backoff * backoff_multiplier^(n-1), max_backoff),
     spread by +/- jitter (a fraction of that delay), before attempt n+1.
     A field left unset takes the default (3 attempts, 1s, x2, 60s, 0.2); a field set to 0 means 0.
+    The delay after jitter stays within 0 and max_backoff. A field out of its bounds is
+    INVALID_ARGUMENT (INVALID_RETRY_POLICY) naming it (`spec.todos.todos[0].retry_policy.jitter`,
+    `spec.default_retry_policy.max_attempts`). An attempt lost with its agent (LOST) is not
+    charged here: redeliveries are bounded by the server's CPA_MAX_REDELIVERIES instead.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -196,7 +206,7 @@ class RetryPolicy(_message.Message):
     @_builtins.property
     def non_retryable_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Error codes (TaskError.code) that never earn another attempt, besides the errors the
-        agent marks not retryable (TaskError.retryable false).
+        agent marks not retryable (TaskError.retryable false). Compared exactly (case-sensitive).
         """
 
     def __init__(
@@ -240,7 +250,7 @@ class OutputReference(_message.Message):
     task_id: _builtins.str
     """The task whose output is referenced. It must be upstream of the referencing task: one it
     depends on, directly or through the depends_on of its dependencies (else INVALID_FIELD;
-    a task that is not in the job: UNKNOWN_DEPENDENCY).
+    a task that is not in the job: UNKNOWN_DEPENDENCY). Empty is MISSING_FIELD.
     """
     output_key: _builtins.str
     """A top-level key of that task's outputs, taken literally (no path syntax)."""
@@ -419,11 +429,18 @@ class ToDo(_message.Message):
 
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the tasks that must succeed before this one starts."""
+        """Ids of the tasks that must succeed before this one starts; when one fails for good this
+        task is SKIPPED (error reason UPSTREAM_FAILED). Each must name a task of the same job (else UNKNOWN_DEPENDENCY), at most
+        once (a repeat is INVALID_FIELD), without a cycle (GRAPH_CYCLE); all INVALID_ARGUMENT
+        naming the entry (`spec.todos.todos[1].depends_on[0]`).
+        """
 
     @_builtins.property
     def retry_policy(self) -> Global___RetryPolicy:
-        """Retry policy of this task; the job's default applies when unset."""
+        """Retry policy of this task; when unset the job's default_retry_policy applies, and without
+        that the built-in default (see RetryPolicy). A policy set here replaces the job's as a
+        whole: its unset fields take the built-in defaults, not the job's.
+        """
 
     @_builtins.property
     def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

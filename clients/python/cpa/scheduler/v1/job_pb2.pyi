@@ -163,7 +163,9 @@ class _JobView:
 class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     JOB_VIEW_UNSPECIFIED: _JobView.ValueType  # 0
-    """The RPC's default: FULL for GetJob, BASIC for every other RPC that answers with jobs."""
+    """The RPC's default: FULL for GetJob, BASIC for every other RPC that answers with jobs. A
+    number this enum does not define is INVALID_ARGUMENT (INVALID_FIELD, field view).
+    """
     JOB_VIEW_BASIC: _JobView.ValueType  # 1
     """Without the JSON payloads a job may hold: no tasks[].todo.params, tasks[].outputs,
     spec.context or spec.intent.parameters (everything else is there). Its size is about that
@@ -182,7 +184,9 @@ class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
     """
 
 JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
-"""The RPC's default: FULL for GetJob, BASIC for every other RPC that answers with jobs."""
+"""The RPC's default: FULL for GetJob, BASIC for every other RPC that answers with jobs. A
+number this enum does not define is INVALID_ARGUMENT (INVALID_FIELD, field view).
+"""
 JOB_VIEW_BASIC: JobView.ValueType  # 1
 """Without the JSON payloads a job may hold: no tasks[].todo.params, tasks[].outputs,
 spec.context or spec.intent.parameters (everything else is there). Its size is about that
@@ -371,7 +375,10 @@ class TodoList(_message.Message):
     TODOS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def todos(self) -> _containers.RepeatedCompositeFieldContainer[_todo_pb2.ToDo]:
-        """The steps."""
+        """The steps, 1 to CPA_MAX_TASKS_PER_JOB (default 10000): none is EMPTY_GRAPH, more is
+        INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, field spec.todos.todos). The same bound holds for the
+        tasks an intent or the model plans.
+        """
 
     def __init__(
         self,
@@ -473,7 +480,9 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def default_retry_policy(self) -> _todo_pb2.RetryPolicy:
-        """Retry policy for tasks that have none of their own."""
+        """Retry policy for tasks that have none of their own; unset: the built-in default (see
+        RetryPolicy).
+        """
 
     def __init__(
         self,
@@ -535,9 +544,16 @@ class Job(_message.Message):
     state: Global___JobState.ValueType
     """Current state."""
     dead_lettered: _builtins.bool
-    """Whether the job exhausted its retries and sits in the dead-letter list."""
+    """Whether the job FAILED because a task failed for good (its retries or redeliveries
+    exhausted, or an error not retried): the dead-letter list (ListJobs filter
+    `dead_lettered = true`). False for a job failed by its deadline or cancelled. Cleared by
+    RetryJob.
+    """
     cancel_requested: _builtins.bool
-    """Whether cancellation was requested and is reaching the agents."""
+    """Whether the job is being stopped or was stopped: by CancelJob or a LAM cancel, or by its
+    deadline passing. Stays true once the job has ended (CANCELLED, or FAILED by the deadline)
+    until RetryJob clears it.
+    """
     retry_count: _builtins.int
     """How often RetryJob re-drove it."""
     conversation_id: _builtins.str

@@ -315,9 +315,14 @@ class ListJobsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Most jobs per page, 1 to 1000; 0 means 50."""
+    """Most jobs per page, 1 to 1000; 0 means 50, more than 1000 means 1000, negative is
+    INVALID_ARGUMENT (INVALID_FIELD, field page_size). May change between pages. A page may
+    hold fewer jobs (CPA_LIST_JOBS_PAGE_MAX_BYTES, see ListJobs): only an empty
+    next_page_token marks the last page.
+    """
     page_token: _builtins.str
-    """Token from a previous ListJobs response's next_page_token; the filter must not change.
+    """Token from a previous ListJobs response's next_page_token; the filter must not change (it
+    is compared as parsed, so the same conditions written differently still match).
     Tokens are signed and bound to the caller's tenant and to ListJobs: an altered, forged,
     expired-version or other tenant's token, one from ListAgents, or one issued for another
     filter fails with INVALID_ARGUMENT / INVALID_PAGE_TOKEN (field page_token).
@@ -325,6 +330,13 @@ class ListJobsRequest(_message.Message):
     filter: _builtins.str
     """AIP-160 filter over state, intent, labels.<key>, create_time and dead_lettered, e.g.
     `state = FAILED AND labels.team = "ops" AND create_time > "2026-01-01T00:00:00Z"`.
+    Conditions are joined by AND, each field at most once (create_time once per direction);
+    OR only between state conditions, in parentheses (`(state = FAILED OR state =
+    CANCELLED)`). state, intent, labels.<key> and dead_lettered take `=`, create_time `<`,
+    `<=`, `>` or `>=` with a double-quoted RFC 3339 time (offset required). States are
+    case-insensitive, with or without the JOB_STATE_ prefix; intent and label values are
+    double-quoted strings; dead_lettered is true or false. Empty selects every job of the caller. At most 2048
+    characters. Anything else is INVALID_ARGUMENT (INVALID_FILTER, field filter).
     """
     view: _job_pb2.JobView.ValueType
     """How much of each job the page carries; UNSPECIFIED means BASIC. May change between pages."""
@@ -589,7 +601,11 @@ class WatchJobRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     after_sequence: _builtins.int
-    """Only events with a larger sequence are sent; 0 sends the whole history."""
+    """Only events with a larger sequence are sent; 0 sends the whole history (as far as it is
+    kept, see WatchJob). Negative is INVALID_ARGUMENT (INVALID_FIELD, field after_sequence).
+    For a job that has ended, a value at or past its last event (Job.last_event_sequence)
+    ends the stream at once, without a message.
+    """
     def __init__(
         self,
         *,
@@ -622,7 +638,7 @@ class WatchJobResponse(_message.Message):
     @_builtins.property
     def heartbeat(self) -> _timestamp_pb2.Timestamp:
         """Set (to the server's clock) instead of `event` when the job has had nothing to send for
-        CPA_WATCH_HEARTBEAT_S seconds: the stream carries bytes, so proxies' idle timeouts (the
+        CPA_WATCH_HEARTBEAT_S seconds (default 15): the stream carries bytes, so proxies' idle timeouts (the
         gateway's CPA_GATEWAY_STREAM_IDLE_TIMEOUT_S) do not cut a quiet watch. Heartbeats have no
         sequence number and are never replayed; CPA_WATCH_HEARTBEAT_S = 0 sends none.
         """

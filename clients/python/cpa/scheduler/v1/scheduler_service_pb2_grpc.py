@@ -289,8 +289,10 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryJob(self, request, context):
-        """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-        succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+        """Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again (back to PENDING,
+        with their retry and redelivery budgets counted afresh), succeeded tasks keep their
+        outputs. The job goes back to PENDING, its retry_count grows by one, and its error,
+        dead_lettered, cancel_requested and cancel_reason are cleared. The tasks that would run again (and the callback URL)
         are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
         with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
         the job stays as it was. Other errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION

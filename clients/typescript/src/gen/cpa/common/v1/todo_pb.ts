@@ -29,7 +29,8 @@ export type Selector = Message<"cpa.common.v1.Selector"> & {
   strategy: SelectorStrategy;
 
   /**
-   * The selector expression itself.
+   * The selector expression itself. Empty is INVALID_ARGUMENT (MISSING_FIELD), naming the
+   * ToDo's `selector.value`.
    *
    * @generated from field: string value = 2;
    */
@@ -48,6 +49,10 @@ export const SelectorSchema: GenMessage<Selector> = /*@__PURE__*/
  * Attempt n that failed waits min(initial_backoff * backoff_multiplier^(n-1), max_backoff),
  * spread by +/- jitter (a fraction of that delay), before attempt n+1.
  * A field left unset takes the default (3 attempts, 1s, x2, 60s, 0.2); a field set to 0 means 0.
+ * The delay after jitter stays within 0 and max_backoff. A field out of its bounds is
+ * INVALID_ARGUMENT (INVALID_RETRY_POLICY) naming it (`spec.todos.todos[0].retry_policy.jitter`,
+ * `spec.default_retry_policy.max_attempts`). An attempt lost with its agent (LOST) is not
+ * charged here: redeliveries are bounded by the server's CPA_MAX_REDELIVERIES instead.
  *
  * @generated from message cpa.common.v1.RetryPolicy
  */
@@ -90,7 +95,7 @@ export type RetryPolicy = Message<"cpa.common.v1.RetryPolicy"> & {
 
   /**
    * Error codes (TaskError.code) that never earn another attempt, besides the errors the
-   * agent marks not retryable (TaskError.retryable false).
+   * agent marks not retryable (TaskError.retryable false). Compared exactly (case-sensitive).
    *
    * @generated from field: repeated string non_retryable_codes = 6;
    */
@@ -113,14 +118,15 @@ export type OutputReference = Message<"cpa.common.v1.OutputReference"> & {
   /**
    * The task whose output is referenced. It must be upstream of the referencing task: one it
    * depends on, directly or through the depends_on of its dependencies (else INVALID_FIELD;
-   * a task that is not in the job: UNKNOWN_DEPENDENCY).
+   * a task that is not in the job: UNKNOWN_DEPENDENCY). Empty is MISSING_FIELD.
    *
    * @generated from field: string task_id = 1;
    */
   taskId: string;
 
   /**
-   * What is referenced; one of the two is required.
+   * What is referenced; one of the two is required: neither is INVALID_ARGUMENT
+   * (MISSING_FIELD) naming the input's `output_key`.
    *
    * @generated from oneof cpa.common.v1.OutputReference.target
    */
@@ -233,14 +239,19 @@ export type ToDo = Message<"cpa.common.v1.ToDo"> & {
   timeout?: Duration | undefined;
 
   /**
-   * Ids of the tasks that must succeed before this one starts.
+   * Ids of the tasks that must succeed before this one starts; when one fails for good this
+   * task is SKIPPED (error reason UPSTREAM_FAILED). Each must name a task of the same job (else UNKNOWN_DEPENDENCY), at most
+   * once (a repeat is INVALID_FIELD), without a cycle (GRAPH_CYCLE); all INVALID_ARGUMENT
+   * naming the entry (`spec.todos.todos[1].depends_on[0]`).
    *
    * @generated from field: repeated string depends_on = 9;
    */
   dependsOn: string[];
 
   /**
-   * Retry policy of this task; the job's default applies when unset.
+   * Retry policy of this task; when unset the job's default_retry_policy applies, and without
+   * that the built-in default (see RetryPolicy). A policy set here replaces the job's as a
+   * whole: its unset fields take the built-in defaults, not the job's.
    *
    * @generated from field: cpa.common.v1.RetryPolicy retry_policy = 10;
    */
@@ -428,7 +439,8 @@ export const ActionTypeSchema: GenEnum<ActionType> = /*@__PURE__*/
  */
 export enum SelectorStrategy {
   /**
-   * Not set; rejected when a selector is given.
+   * Not set; rejected when a selector is given: INVALID_ARGUMENT (INVALID_FIELD), naming the
+   * ToDo's `selector.strategy`.
    *
    * @generated from enum value: SELECTOR_STRATEGY_UNSPECIFIED = 0;
    */

@@ -215,7 +215,9 @@ export const IntentInvocationSchema: GenMessage<IntentInvocation> = /*@__PURE__*
  */
 export type TodoList = Message<"cpa.scheduler.v1.TodoList"> & {
   /**
-   * The steps.
+   * The steps, 1 to CPA_MAX_TASKS_PER_JOB (default 10000): none is EMPTY_GRAPH, more is
+   * INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, field spec.todos.todos). The same bound holds for the
+   * tasks an intent or the model plans.
    *
    * @generated from field: repeated cpa.common.v1.ToDo todos = 1;
    */
@@ -307,7 +309,8 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
   maxParallelism: number;
 
   /**
-   * Retry policy for tasks that have none of their own.
+   * Retry policy for tasks that have none of their own; unset: the built-in default (see
+   * RetryPolicy).
    *
    * @generated from field: cpa.common.v1.RetryPolicy default_retry_policy = 8;
    */
@@ -398,14 +401,19 @@ export type Job = Message<"cpa.scheduler.v1.Job"> & {
   error?: TaskError | undefined;
 
   /**
-   * Whether the job exhausted its retries and sits in the dead-letter list.
+   * Whether the job FAILED because a task failed for good (its retries or redeliveries
+   * exhausted, or an error not retried): the dead-letter list (ListJobs filter
+   * `dead_lettered = true`). False for a job failed by its deadline or cancelled. Cleared by
+   * RetryJob.
    *
    * @generated from field: bool dead_lettered = 9;
    */
   deadLettered: boolean;
 
   /**
-   * Whether cancellation was requested and is reaching the agents.
+   * Whether the job is being stopped or was stopped: by CancelJob or a LAM cancel, or by its
+   * deadline passing. Stays true once the job has ended (CANCELLED, or FAILED by the deadline)
+   * until RetryJob clears it.
    *
    * @generated from field: bool cancel_requested = 10;
    */
@@ -686,7 +694,8 @@ export const AttemptStateSchema: GenEnum<AttemptState> = /*@__PURE__*/
  */
 export enum JobView {
   /**
-   * The RPC's default: FULL for GetJob, BASIC for every other RPC that answers with jobs.
+   * The RPC's default: FULL for GetJob, BASIC for every other RPC that answers with jobs. A
+   * number this enum does not define is INVALID_ARGUMENT (INVALID_FIELD, field view).
    *
    * @generated from enum value: JOB_VIEW_UNSPECIFIED = 0;
    */

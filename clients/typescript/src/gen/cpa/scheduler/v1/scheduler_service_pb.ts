@@ -326,14 +326,18 @@ export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
  */
 export type ListJobsRequest = Message<"cpa.scheduler.v1.ListJobsRequest"> & {
   /**
-   * Most jobs per page, 1 to 1000; 0 means 50.
+   * Most jobs per page, 1 to 1000; 0 means 50, more than 1000 means 1000, negative is
+   * INVALID_ARGUMENT (INVALID_FIELD, field page_size). May change between pages. A page may
+   * hold fewer jobs (CPA_LIST_JOBS_PAGE_MAX_BYTES, see ListJobs): only an empty
+   * next_page_token marks the last page.
    *
    * @generated from field: int32 page_size = 1;
    */
   pageSize: number;
 
   /**
-   * Token from a previous ListJobs response's next_page_token; the filter must not change.
+   * Token from a previous ListJobs response's next_page_token; the filter must not change (it
+   * is compared as parsed, so the same conditions written differently still match).
    * Tokens are signed and bound to the caller's tenant and to ListJobs: an altered, forged,
    * expired-version or other tenant's token, one from ListAgents, or one issued for another
    * filter fails with INVALID_ARGUMENT / INVALID_PAGE_TOKEN (field page_token).
@@ -345,6 +349,13 @@ export type ListJobsRequest = Message<"cpa.scheduler.v1.ListJobsRequest"> & {
   /**
    * AIP-160 filter over state, intent, labels.<key>, create_time and dead_lettered, e.g.
    * `state = FAILED AND labels.team = "ops" AND create_time > "2026-01-01T00:00:00Z"`.
+   * Conditions are joined by AND, each field at most once (create_time once per direction);
+   * OR only between state conditions, in parentheses (`(state = FAILED OR state =
+   * CANCELLED)`). state, intent, labels.<key> and dead_lettered take `=`, create_time `<`,
+   * `<=`, `>` or `>=` with a double-quoted RFC 3339 time (offset required). States are
+   * case-insensitive, with or without the JOB_STATE_ prefix; intent and label values are
+   * double-quoted strings; dead_lettered is true or false. Empty selects every job of the caller. At most 2048
+   * characters. Anything else is INVALID_ARGUMENT (INVALID_FILTER, field filter).
    *
    * @generated from field: string filter = 3;
    */
@@ -618,7 +629,10 @@ export type WatchJobRequest = Message<"cpa.scheduler.v1.WatchJobRequest"> & {
   jobId: string;
 
   /**
-   * Only events with a larger sequence are sent; 0 sends the whole history.
+   * Only events with a larger sequence are sent; 0 sends the whole history (as far as it is
+   * kept, see WatchJob). Negative is INVALID_ARGUMENT (INVALID_FIELD, field after_sequence).
+   * For a job that has ended, a value at or past its last event (Job.last_event_sequence)
+   * ends the stream at once, without a message.
    *
    * @generated from field: int64 after_sequence = 2;
    */
@@ -648,7 +662,7 @@ export type WatchJobResponse = Message<"cpa.scheduler.v1.WatchJobResponse"> & {
 
   /**
    * Set (to the server's clock) instead of `event` when the job has had nothing to send for
-   * CPA_WATCH_HEARTBEAT_S seconds: the stream carries bytes, so proxies' idle timeouts (the
+   * CPA_WATCH_HEARTBEAT_S seconds (default 15): the stream carries bytes, so proxies' idle timeouts (the
    * gateway's CPA_GATEWAY_STREAM_IDLE_TIMEOUT_S) do not cut a quiet watch. Heartbeats have no
    * sequence number and are never replayed; CPA_WATCH_HEARTBEAT_S = 0 sends none.
    *
@@ -1244,8 +1258,10 @@ export const SchedulerService: GenService<{
     output: typeof CancelJobResponseSchema;
   },
   /**
-   * Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again,
-   * succeeded tasks keep their outputs. The tasks that would run again (and the callback URL)
+   * Re-drives a FAILED or CANCELLED job: tasks that did not succeed run again (back to PENDING,
+   * with their retry and redelivery budgets counted afresh), succeeded tasks keep their
+   * outputs. The job goes back to PENDING, its retry_count grows by one, and its error,
+   * dead_lettered, cancel_requested and cancel_reason are cleared. The tasks that would run again (and the callback URL)
    * are checked against the tenant's policy in force now: a refused one is PERMISSION_DENIED
    * with POLICY_VIOLATION, field `job_id`, ErrorInfo.metadata `rule`, `todo` and `todo_field`;
    * the job stays as it was. Other errors: JOB_NOT_FOUND (NOT_FOUND); ILLEGAL_TRANSITION
