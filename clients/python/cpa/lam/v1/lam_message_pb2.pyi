@@ -32,7 +32,9 @@ class _Performative:
 class _PerformativeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Performative.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PERFORMATIVE_UNSPECIFIED: _Performative.ValueType  # 0
-    """Not set; rejected with MALFORMED_MESSAGE."""
+    """Not set; answered with not_understood, reason MALFORMED_MESSAGE (field `performative`). A
+    number this enum does not define gets not_understood with UNSUPPORTED_PERFORMATIVE.
+    """
     PERFORMATIVE_REQUEST: _Performative.ValueType  # 1
     """Ask the receiver to perform work; the scheduler turns it into a job."""
     PERFORMATIVE_INFORM: _Performative.ValueType  # 2
@@ -68,7 +70,9 @@ class Performative(_Performative, metaclass=_PerformativeEnumTypeWrapper):
     """Performative is the communicative act of a LAM message (FIPA-ACL style)."""
 
 PERFORMATIVE_UNSPECIFIED: Performative.ValueType  # 0
-"""Not set; rejected with MALFORMED_MESSAGE."""
+"""Not set; answered with not_understood, reason MALFORMED_MESSAGE (field `performative`). A
+number this enum does not define gets not_understood with UNSUPPORTED_PERFORMATIVE.
+"""
 PERFORMATIVE_REQUEST: Performative.ValueType  # 1
 """Ask the receiver to perform work; the scheduler turns it into a job."""
 PERFORMATIVE_INFORM: Performative.ValueType  # 2
@@ -111,7 +115,9 @@ class Correlation(_message.Message):
     REPLY_WITH_FIELD_NUMBER: _builtins.int
     IN_REPLY_TO_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
-    """Identifier shared by every message of one conversation; set by the initiator, copied by replies."""
+    """Identifier shared by every message of one conversation; set by the initiator, copied by replies.
+    Empty: the message's own id is its conversation's id (and the scheduler's reply carries it).
+    """
     reply_with: _builtins.str
     """Token the sender wants echoed as in_reply_to by replies to this message."""
     in_reply_to: _builtins.str
@@ -141,14 +147,22 @@ class Expectation(_message.Message):
     REPLY_BY_FIELD_NUMBER: _builtins.int
     REPLY_TO_FIELD_NUMBER: _builtins.int
     reply_to: _builtins.str
-    """HTTPS URL to which the scheduler posts later replies (done, failure, inform) as signed JSON."""
+    """HTTPS URL to which the scheduler posts later replies (done, failure, inform) as signed JSON;
+    empty for none. Checked as JobSpec.callback_url (refuse, reason INVALID_FIELD, field
+    `expected.reply_to`).
+    """
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
-        """Time by which the requested work must be finished; the job is cancelled and failed after it."""
+        """Time by which the requested work must be finished; the job is cancelled and failed after it
+        (as JobSpec.deadline). A time already passed gets refuse, reason INVALID_FIELD, field
+        `expected.deadline`.
+        """
 
     @_builtins.property
     def reply_by(self) -> _timestamp_pb2.Timestamp:
-        """Time by which the sender wants a reply to this message."""
+        """Time by which the sender wants a reply to this message. This server does not act on it:
+        SendMessage always answers within the call.
+        """
 
     def __init__(
         self,
@@ -194,7 +208,9 @@ class Security(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     CREDENTIAL_REFS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """Tenant the message acts for; must match the caller's authenticated tenant."""
+    """Tenant the message acts for; empty means the caller's. Another tenant than the caller's
+    gets refuse with reason PERMISSION_DENIED, field `security.tenant`.
+    """
     @_builtins.property
     def credential_refs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Names of credentials held by the scheduler or agent, keyed by purpose
@@ -217,7 +233,10 @@ Global___Security: _TypeAlias = Security  # noqa: Y015
 
 @_typing.final
 class RequestBody(_message.Message):
-    """RequestBody is the work a request asks for: free text, an intent by name, or explicit ToDos."""
+    """RequestBody is the work a request asks for: free text, an intent by name, or explicit ToDos.
+    When several are set, todos win, then LamMessage.intent (with parameters), then text; none
+    of them (or only blank text) gets refuse with MISSING_FIELD, field `request`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -566,7 +585,11 @@ class CancelBody(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """Job to cancel; empty means the job created for correlation.in_reply_to."""
+    """Job to cancel; empty means the job of this message's conversation (the job a request
+    with that Correlation.conversation_id created). When there is none: refuse with
+    JOB_NOT_FOUND, field `cancel.job_id`. An accepted cancel is answered with confirm, its
+    subject the job id.
+    """
     reason: _builtins.str
     """Why, for the audit trail: recorded like CancelJobRequest.reason (the job's
     JobCancelRequested event, Job.cancel_reason) and sent to the agents of running attempts.
@@ -699,11 +722,16 @@ class LamMessage(_message.Message):
     REJECT_PROPOSAL_FIELD_NUMBER: _builtins.int
     ACCEPT_PROPOSAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Unique message id chosen by the sender; also the idempotency key of a request."""
+    """Unique message id chosen by the sender; also the idempotency key of a request (as
+    ScheduleJobRequest.request_id). Empty gets not_understood, MALFORMED_MESSAGE, field `id`
+    (unless the call's idempotency-key fills it, see SendMessage).
+    """
     performative: Global___Performative.ValueType
     """The communicative act."""
     sender: _builtins.str
-    """Sender's agent identifier ("agent://ops-bot")."""
+    """Sender's agent identifier ("agent://ops-bot"). Empty gets not_understood,
+    MALFORMED_MESSAGE, field `sender`. The scheduler's reply lists it as its receiver.
+    """
     intent: _builtins.str
     """Intent name ("send_mail"); for a request, selects the intent directly instead of routing text."""
     @_builtins.property
@@ -712,7 +740,7 @@ class LamMessage(_message.Message):
 
     @_builtins.property
     def receivers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Intended receivers; empty means the scheduler."""
+        """Intended receivers; empty means the scheduler. The scheduler does not route on them."""
 
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:

@@ -346,8 +346,10 @@ class SchedulerServiceServicer:
 
     def SendMessage(self, request, context):
         """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
-        declined (refuse); a malformed message gets not_understood; other performatives are
-        stored in their conversation and acknowledged.
+        declined (refuse); a cancel is confirmed (confirm) or refused; a malformed message gets
+        not_understood; other performatives are stored in their conversation and acknowledged: with
+        inform (the job's id and state) when the conversation has a job, else with confirm (its
+        subject the message id).
         A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
         `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
         from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request

@@ -188,8 +188,10 @@ class SchedulerServiceStub:
     """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
-    declined (refuse); a malformed message gets not_understood; other performatives are
-    stored in their conversation and acknowledged.
+    declined (refuse); a cancel is confirmed (confirm) or refused; a malformed message gets
+    not_understood; other performatives are stored in their conversation and acknowledged: with
+    inform (the job's id and state) when the conversation has a job, else with confirm (its
+    subject the message id).
     A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
     `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
     from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request
@@ -462,8 +464,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """
     SendMessage: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.SendMessageRequest, _scheduler_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
-    declined (refuse); a malformed message gets not_understood; other performatives are
-    stored in their conversation and acknowledged.
+    declined (refuse); a cancel is confirmed (confirm) or refused; a malformed message gets
+    not_understood; other performatives are stored in their conversation and acknowledged: with
+    inform (the job's id and state) when the conversation has a job, else with confirm (its
+    subject the message id).
     A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
     `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
     from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request
@@ -787,8 +791,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.SendMessageResponse, _abc.Awaitable[_scheduler_service_pb2.SendMessageResponse]]:
         """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
-        declined (refuse); a malformed message gets not_understood; other performatives are
-        stored in their conversation and acknowledged.
+        declined (refuse); a cancel is confirmed (confirm) or refused; a malformed message gets
+        not_understood; other performatives are stored in their conversation and acknowledged: with
+        inform (the job's id and state) when the conversation has a job, else with confirm (its
+        subject the message id).
         A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
         `idempotency-key` (HTTP header or gRPC metadata) fills an empty message.id; one that differs
         from message.id is INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH, field message.id). A request

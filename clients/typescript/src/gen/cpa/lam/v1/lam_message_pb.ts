@@ -29,6 +29,7 @@ export const file_cpa_lam_v1_lam_message: GenFile = /*@__PURE__*/
 export type Correlation = Message<"cpa.lam.v1.Correlation"> & {
   /**
    * Identifier shared by every message of one conversation; set by the initiator, copied by replies.
+   * Empty: the message's own id is its conversation's id (and the scheduler's reply carries it).
    *
    * @generated from field: string conversation_id = 1;
    */
@@ -63,21 +64,26 @@ export const CorrelationSchema: GenMessage<Correlation> = /*@__PURE__*/
  */
 export type Expectation = Message<"cpa.lam.v1.Expectation"> & {
   /**
-   * Time by which the requested work must be finished; the job is cancelled and failed after it.
+   * Time by which the requested work must be finished; the job is cancelled and failed after it
+   * (as JobSpec.deadline). A time already passed gets refuse, reason INVALID_FIELD, field
+   * `expected.deadline`.
    *
    * @generated from field: google.protobuf.Timestamp deadline = 1;
    */
   deadline?: Timestamp | undefined;
 
   /**
-   * Time by which the sender wants a reply to this message.
+   * Time by which the sender wants a reply to this message. This server does not act on it:
+   * SendMessage always answers within the call.
    *
    * @generated from field: google.protobuf.Timestamp reply_by = 2;
    */
   replyBy?: Timestamp | undefined;
 
   /**
-   * HTTPS URL to which the scheduler posts later replies (done, failure, inform) as signed JSON.
+   * HTTPS URL to which the scheduler posts later replies (done, failure, inform) as signed JSON;
+   * empty for none. Checked as JobSpec.callback_url (refuse, reason INVALID_FIELD, field
+   * `expected.reply_to`).
    *
    * @generated from field: string reply_to = 3;
    */
@@ -98,7 +104,8 @@ export const ExpectationSchema: GenMessage<Expectation> = /*@__PURE__*/
  */
 export type Security = Message<"cpa.lam.v1.Security"> & {
   /**
-   * Tenant the message acts for; must match the caller's authenticated tenant.
+   * Tenant the message acts for; empty means the caller's. Another tenant than the caller's
+   * gets refuse with reason PERMISSION_DENIED, field `security.tenant`.
    *
    * @generated from field: string tenant = 1;
    */
@@ -122,6 +129,8 @@ export const SecuritySchema: GenMessage<Security> = /*@__PURE__*/
 
 /**
  * RequestBody is the work a request asks for: free text, an intent by name, or explicit ToDos.
+ * When several are set, todos win, then LamMessage.intent (with parameters), then text; none
+ * of them (or only blank text) gets refuse with MISSING_FIELD, field `request`.
  *
  * @generated from message cpa.lam.v1.RequestBody
  */
@@ -491,7 +500,10 @@ export const AssignBodySchema: GenMessage<AssignBody> = /*@__PURE__*/
  */
 export type CancelBody = Message<"cpa.lam.v1.CancelBody"> & {
   /**
-   * Job to cancel; empty means the job created for correlation.in_reply_to.
+   * Job to cancel; empty means the job of this message's conversation (the job a request
+   * with that Correlation.conversation_id created). When there is none: refuse with
+   * JOB_NOT_FOUND, field `cancel.job_id`. An accepted cancel is answered with confirm, its
+   * subject the job id.
    *
    * @generated from field: string job_id = 1;
    */
@@ -600,7 +612,9 @@ export const AcceptProposalBodySchema: GenMessage<AcceptProposalBody> = /*@__PUR
  */
 export type LamMessage = Message<"cpa.lam.v1.LamMessage"> & {
   /**
-   * Unique message id chosen by the sender; also the idempotency key of a request.
+   * Unique message id chosen by the sender; also the idempotency key of a request (as
+   * ScheduleJobRequest.request_id). Empty gets not_understood, MALFORMED_MESSAGE, field `id`
+   * (unless the call's idempotency-key fills it, see SendMessage).
    *
    * @generated from field: string id = 1;
    */
@@ -621,14 +635,15 @@ export type LamMessage = Message<"cpa.lam.v1.LamMessage"> & {
   performative: Performative;
 
   /**
-   * Sender's agent identifier ("agent://ops-bot").
+   * Sender's agent identifier ("agent://ops-bot"). Empty gets not_understood,
+   * MALFORMED_MESSAGE, field `sender`. The scheduler's reply lists it as its receiver.
    *
    * @generated from field: string sender = 4;
    */
   sender: string;
 
   /**
-   * Intended receivers; empty means the scheduler.
+   * Intended receivers; empty means the scheduler. The scheduler does not route on them.
    *
    * @generated from field: repeated string receivers = 5;
    */
@@ -684,7 +699,8 @@ export type LamMessage = Message<"cpa.lam.v1.LamMessage"> & {
   security?: Security | undefined;
 
   /**
-   * The typed body; must match the performative when set.
+   * The typed body; must match the performative when set (a request carries `request`...),
+   * else not_understood with MALFORMED_MESSAGE naming the body sent.
    *
    * @generated from oneof cpa.lam.v1.LamMessage.body
    */
@@ -825,7 +841,8 @@ export const LamMessageSchema: GenMessage<LamMessage> = /*@__PURE__*/
  */
 export enum Performative {
   /**
-   * Not set; rejected with MALFORMED_MESSAGE.
+   * Not set; answered with not_understood, reason MALFORMED_MESSAGE (field `performative`). A
+   * number this enum does not define gets not_understood with UNSUPPORTED_PERFORMATIVE.
    *
    * @generated from enum value: PERFORMATIVE_UNSPECIFIED = 0;
    */
