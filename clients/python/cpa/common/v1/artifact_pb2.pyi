@@ -37,7 +37,10 @@ class Artifact(_message.Message):
     artifact_id: _builtins.str
     """Server-assigned identifier, unique across jobs."""
     name: _builtins.str
-    """Name given by the producing task, unique within that task ("invoice.pdf", "after-click.png")."""
+    """Name given by the producing task ("invoice.pdf", "after-click.png"), unique within the
+    attempt that stored it (a second upload of a name by the same attempt replaces the first;
+    another attempt of the task may store the same name again).
+    """
     media_type: _builtins.str
     """Media type of the content ("application/pdf", "image/png")."""
     size_bytes: _builtins.int

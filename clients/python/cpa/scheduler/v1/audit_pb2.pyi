@@ -22,8 +22,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class AuditEntry(_message.Message):
     """AuditEntry is one row of the audit trail: who did what, why, with which result. Entries are
-    append-only: no RPC changes or deletes one; only the retention (CPA_AUDIT_RETENTION_DAYS)
-    removes them, oldest first. docs/AUDIT.md says which calls and outcomes write one, and when.
+    append-only: no RPC changes or deletes one; only the retention (CPA_AUDIT_RETENTION_DAYS,
+    default 365; 0 keeps them for ever) removes them, oldest first. docs/AUDIT.md says which calls and outcomes write one, and when.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -81,7 +81,7 @@ class AuditEntry(_message.Message):
     job_id: _builtins.str
     """The job acted on; empty for a refused call that named none."""
     task_id: _builtins.str
-    """TaskResult: the task, its attempt number, its ToDo's action and the reporting agent."""
+    """TaskResult: the task whose attempt ended."""
     attempt: _builtins.int
     """TaskResult: the attempt's number (from 1)."""
     task_action: _builtins.str
@@ -104,7 +104,7 @@ class AuditEntry(_message.Message):
     result_message: _builtins.str
     """The refusal's or task error's message, at most 512 bytes."""
     result_field: _builtins.str
-    """The request field a refusal named ("spec.todos[2].id"), if any."""
+    """The request field a refusal named ("spec.todos.todos[2].id"), if any."""
     request_id: _builtins.str
     """The call's request id: the `x-request-id` metadata (Envoy sets one on every REST call),
     else the request's own idempotency id (ScheduleJob.request_id, a LAM message's id).

@@ -54,6 +54,10 @@ class MemoryRecord(_message.Message):
     """MemoryRecord is one remembered job of the caller's tenant (docs/MEMORY.md): its request text,
     the plan it ran and how it ended. The server records every SUCCEEDED or FAILED job that had
     request text (a free-text ScheduleJob or LAM request) when it ends; PutMemory adds others.
+    Records older than CPA_MEMORY_RETENTION_DAYS (default 180; 0 keeps them) are no longer found
+    by SearchMemory and are deleted by a periodic sweep; a tenant keeps at most
+    CPA_MEMORY_MAX_PER_TENANT records (default 100000; 0: no cap), a record added beyond it
+    dropping the tenant's oldest.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -116,7 +120,9 @@ class SearchMemoryRequest(_message.Message):
     text: _builtins.str
     """The text to search for: 1 to CPA_MEMORY_TEXT_MAX_BYTES bytes of UTF-8 (default 8192)."""
     k: _builtins.int
-    """How many records at most: 1 to 100; 0 means 5."""
+    """How many records at most: 1 to 100; 0 means 5. Negative or over 100 is INVALID_ARGUMENT
+    (INVALID_FIELD, field k), not clamped.
+    """
     outcome: Global___MemoryOutcome.ValueType
     """Only records of this outcome; UNSPECIFIED for both."""
     def __init__(

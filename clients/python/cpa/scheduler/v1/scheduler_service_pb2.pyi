@@ -810,7 +810,9 @@ class PreviewPlanResponse(_message.Message):
 
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteCandidate]:
-        """Closest intents, when nothing matched."""
+        """Closest intents, when nothing matched: at most 3, best first (ties in catalog order),
+        intents with no similarity at all left out.
+        """
 
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanAttempt]:

@@ -387,7 +387,10 @@ class SchedulerServiceServicer:
         TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
         LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
         LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
-        (its plan must pass it): nothing runs.
+        (its plan must pass it): nothing runs. Unlike ScheduleJob, text that no intent matches (and
+        no model plans) is not an error: the answer has intent "unknown", no todos, and the closest
+        intents in candidates; UNKNOWN_INTENT is then only for an intent named in spec.intent that
+        the catalog lacks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

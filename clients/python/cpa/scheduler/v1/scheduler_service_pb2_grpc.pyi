@@ -225,7 +225,10 @@ class SchedulerServiceStub:
     TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
     LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
     LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
-    (its plan must pass it): nothing runs.
+    (its plan must pass it): nothing runs. Unlike ScheduleJob, text that no intent matches (and
+    no model plans) is not an error: the answer has intent "unknown", no todos, and the closest
+    intents in candidates; UNKNOWN_INTENT is then only for an intent named in spec.intent that
+    the catalog lacks.
     """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListAgentsRequest, _scheduler_service_pb2.ListAgentsResponse]
     """Lists the executor agents connected to any replica, with their capabilities.
@@ -501,7 +504,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
     LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
     LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
-    (its plan must pass it): nothing runs.
+    (its plan must pass it): nothing runs. Unlike ScheduleJob, text that no intent matches (and
+    no model plans) is not an error: the answer has intent "unknown", no todos, and the closest
+    intents in candidates; UNKNOWN_INTENT is then only for an intent named in spec.intent that
+    the catalog lacks.
     """
     ListAgents: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListAgentsRequest, _scheduler_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Lists the executor agents connected to any replica, with their capabilities.
@@ -834,7 +840,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
         LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
         LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
-        (its plan must pass it): nothing runs.
+        (its plan must pass it): nothing runs. Unlike ScheduleJob, text that no intent matches (and
+        no model plans) is not an error: the answer has intent "unknown", no todos, and the closest
+        intents in candidates; UNKNOWN_INTENT is then only for an intent named in spec.intent that
+        the catalog lacks.
         """
 
     @_abc_1.abstractmethod

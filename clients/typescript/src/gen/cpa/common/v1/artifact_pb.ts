@@ -29,7 +29,9 @@ export type Artifact = Message<"cpa.common.v1.Artifact"> & {
   artifactId: string;
 
   /**
-   * Name given by the producing task, unique within that task ("invoice.pdf", "after-click.png").
+   * Name given by the producing task ("invoice.pdf", "after-click.png"), unique within the
+   * attempt that stored it (a second upload of a name by the same attempt replaces the first;
+   * another attempt of the task may store the same name again).
    *
    * @generated from field: string name = 2;
    */

@@ -17,8 +17,8 @@ export const file_cpa_scheduler_v1_audit: GenFile = /*@__PURE__*/
 
 /**
  * AuditEntry is one row of the audit trail: who did what, why, with which result. Entries are
- * append-only: no RPC changes or deletes one; only the retention (CPA_AUDIT_RETENTION_DAYS)
- * removes them, oldest first. docs/AUDIT.md says which calls and outcomes write one, and when.
+ * append-only: no RPC changes or deletes one; only the retention (CPA_AUDIT_RETENTION_DAYS,
+ * default 365; 0 keeps them for ever) removes them, oldest first. docs/AUDIT.md says which calls and outcomes write one, and when.
  *
  * @generated from message cpa.scheduler.v1.AuditEntry
  */
@@ -106,7 +106,7 @@ export type AuditEntry = Message<"cpa.scheduler.v1.AuditEntry"> & {
   jobId: string;
 
   /**
-   * TaskResult: the task, its attempt number, its ToDo's action and the reporting agent.
+   * TaskResult: the task whose attempt ended.
    *
    * @generated from field: string task_id = 12;
    */
@@ -172,7 +172,7 @@ export type AuditEntry = Message<"cpa.scheduler.v1.AuditEntry"> & {
   resultMessage: string;
 
   /**
-   * The request field a refusal named ("spec.todos[2].id"), if any.
+   * The request field a refusal named ("spec.todos.todos[2].id"), if any.
    *
    * @generated from field: string result_field = 21;
    */

@@ -19,6 +19,10 @@ export const file_cpa_scheduler_v1_memory: GenFile = /*@__PURE__*/
  * MemoryRecord is one remembered job of the caller's tenant (docs/MEMORY.md): its request text,
  * the plan it ran and how it ended. The server records every SUCCEEDED or FAILED job that had
  * request text (a free-text ScheduleJob or LAM request) when it ends; PutMemory adds others.
+ * Records older than CPA_MEMORY_RETENTION_DAYS (default 180; 0 keeps them) are no longer found
+ * by SearchMemory and are deleted by a periodic sweep; a tenant keeps at most
+ * CPA_MEMORY_MAX_PER_TENANT records (default 100000; 0: no cap), a record added beyond it
+ * dropping the tenant's oldest.
  *
  * @generated from message cpa.scheduler.v1.MemoryRecord
  */
@@ -95,7 +99,8 @@ export type SearchMemoryRequest = Message<"cpa.scheduler.v1.SearchMemoryRequest"
   text: string;
 
   /**
-   * How many records at most: 1 to 100; 0 means 5.
+   * How many records at most: 1 to 100; 0 means 5. Negative or over 100 is INVALID_ARGUMENT
+   * (INVALID_FIELD, field k), not clamped.
    *
    * @generated from field: int32 k = 2;
    */

@@ -814,7 +814,8 @@ export type PreviewPlanResponse = Message<"cpa.scheduler.v1.PreviewPlanResponse"
   batches: TaskBatch[];
 
   /**
-   * Closest intents, when nothing matched.
+   * Closest intents, when nothing matched: at most 3, best first (ties in catalog order),
+   * intents with no similarity at all left out.
    *
    * @generated from field: repeated cpa.scheduler.v1.RouteCandidate candidates = 5;
    */
@@ -1368,7 +1369,10 @@ export const SchedulerService: GenService<{
    * TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED; with a model, PLAN_INVALID, PLANNING_BUSY and the
    * LLM_* reasons (LLM_REFUSED, LLM_OUTPUT_TRUNCATED, LLM_BAD_ANSWER, LLM_NOT_CONFIGURED,
    * LLM_UNAVAILABLE) as in ScheduleJob. No quota or approval check, and the policy only where the model plans tasks
-   * (its plan must pass it): nothing runs.
+   * (its plan must pass it): nothing runs. Unlike ScheduleJob, text that no intent matches (and
+   * no model plans) is not an error: the answer has intent "unknown", no todos, and the closest
+   * intents in candidates; UNKNOWN_INTENT is then only for an intent named in spec.intent that
+   * the catalog lacks.
    *
    * @generated from rpc cpa.scheduler.v1.SchedulerService.PreviewPlan
    */
