@@ -57,21 +57,28 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_UNSUPPORTED_PERFORMATIVE: _ErrorReason.ValueType  # 15
     """A LAM performative is not accepted in this context."""
     ERROR_REASON_JOB_NOT_FOUND: _ErrorReason.ValueType  # 16
-    """No job with that id exists for the caller's tenant."""
+    """No job with that id exists for the caller's tenant (another tenant's job answers exactly
+    so): NOT_FOUND.
+    """
     ERROR_REASON_TASK_NOT_FOUND: _ErrorReason.ValueType  # 17
-    """No task with that id exists in the job."""
+    """No task with that id exists in the job: NOT_FOUND."""
     ERROR_REASON_AGENT_NOT_FOUND: _ErrorReason.ValueType  # 18
-    """No agent with that id is known."""
+    """No agent with that id is known: NOT_FOUND."""
     ERROR_REASON_ARTIFACT_NOT_FOUND: _ErrorReason.ValueType  # 19
     """No artifact with that id (or, in ListArtifacts' and `cpa artifacts get`'s terms, that name)
     exists in the named job of the caller's tenant; another tenant's artifact answers exactly so.
+    NOT_FOUND.
     """
     ERROR_REASON_ILLEGAL_TRANSITION: _ErrorReason.ValueType  # 20
     """The resource's state does not allow the requested change."""
     ERROR_REASON_REQUEST_ID_REUSED: _ErrorReason.ValueType  # 21
-    """A request id was reused with a different request body."""
+    """A request id was reused with a different request body within its retention window:
+    ALREADY_EXISTS, field `request_id` (a LAM request: refuse, field `id`).
+    """
     ERROR_REASON_STALE_ATTEMPT: _ErrorReason.ValueType  # 22
-    """A report concerns an attempt that is no longer current (fencing)."""
+    """A report concerns an attempt that is no longer current (fencing). As a call's status
+    (UploadArtifact): FAILED_PRECONDITION; on the Connect stream it is only a ReportAck's reason.
+    """
     ERROR_REASON_NO_CAPABLE_AGENT: _ErrorReason.ValueType  # 23
     """No connected agent has the capabilities a task needs."""
     ERROR_REASON_SCHEDULE_TO_START_TIMEOUT: _ErrorReason.ValueType  # 24
@@ -124,9 +131,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_EXECUTOR_ERROR: _ErrorReason.ValueType  # 38
     """The executor reported an application error; TaskError.code has its own code."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 39
-    """An unexpected server error; the message carries no internals."""
+    """An unexpected server error: INTERNAL; the message carries no internals."""
     ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 40
-    """The scheduler's database cannot be reached right now; retry (the request may not be stored)."""
+    """The scheduler's database cannot be reached right now: UNAVAILABLE. Retry with backoff; the
+    request may or may not have been stored (a ScheduleJob with a request_id is safe to repeat).
+    """
     ERROR_REASON_UNRESOLVED_INPUT: _ErrorReason.ValueType  # 41
     """A task's input names an output key its upstream task did not produce; the task failed
     without running (not retried: the upstream's outputs do not change).
@@ -380,21 +389,28 @@ ERROR_REASON_MALFORMED_MESSAGE: ErrorReason.ValueType  # 14
 ERROR_REASON_UNSUPPORTED_PERFORMATIVE: ErrorReason.ValueType  # 15
 """A LAM performative is not accepted in this context."""
 ERROR_REASON_JOB_NOT_FOUND: ErrorReason.ValueType  # 16
-"""No job with that id exists for the caller's tenant."""
+"""No job with that id exists for the caller's tenant (another tenant's job answers exactly
+so): NOT_FOUND.
+"""
 ERROR_REASON_TASK_NOT_FOUND: ErrorReason.ValueType  # 17
-"""No task with that id exists in the job."""
+"""No task with that id exists in the job: NOT_FOUND."""
 ERROR_REASON_AGENT_NOT_FOUND: ErrorReason.ValueType  # 18
-"""No agent with that id is known."""
+"""No agent with that id is known: NOT_FOUND."""
 ERROR_REASON_ARTIFACT_NOT_FOUND: ErrorReason.ValueType  # 19
 """No artifact with that id (or, in ListArtifacts' and `cpa artifacts get`'s terms, that name)
 exists in the named job of the caller's tenant; another tenant's artifact answers exactly so.
+NOT_FOUND.
 """
 ERROR_REASON_ILLEGAL_TRANSITION: ErrorReason.ValueType  # 20
 """The resource's state does not allow the requested change."""
 ERROR_REASON_REQUEST_ID_REUSED: ErrorReason.ValueType  # 21
-"""A request id was reused with a different request body."""
+"""A request id was reused with a different request body within its retention window:
+ALREADY_EXISTS, field `request_id` (a LAM request: refuse, field `id`).
+"""
 ERROR_REASON_STALE_ATTEMPT: ErrorReason.ValueType  # 22
-"""A report concerns an attempt that is no longer current (fencing)."""
+"""A report concerns an attempt that is no longer current (fencing). As a call's status
+(UploadArtifact): FAILED_PRECONDITION; on the Connect stream it is only a ReportAck's reason.
+"""
 ERROR_REASON_NO_CAPABLE_AGENT: ErrorReason.ValueType  # 23
 """No connected agent has the capabilities a task needs."""
 ERROR_REASON_SCHEDULE_TO_START_TIMEOUT: ErrorReason.ValueType  # 24
@@ -447,9 +463,11 @@ or reachable (stopping, stopped or not started yet).
 ERROR_REASON_EXECUTOR_ERROR: ErrorReason.ValueType  # 38
 """The executor reported an application error; TaskError.code has its own code."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 39
-"""An unexpected server error; the message carries no internals."""
+"""An unexpected server error: INTERNAL; the message carries no internals."""
 ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 40
-"""The scheduler's database cannot be reached right now; retry (the request may not be stored)."""
+"""The scheduler's database cannot be reached right now: UNAVAILABLE. Retry with backoff; the
+request may or may not have been stored (a ScheduleJob with a request_id is safe to repeat).
+"""
 ERROR_REASON_UNRESOLVED_INPUT: ErrorReason.ValueType  # 41
 """A task's input names an output key its upstream task did not produce; the task failed
 without running (not retried: the upstream's outputs do not change).

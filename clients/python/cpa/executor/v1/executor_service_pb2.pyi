@@ -741,11 +741,15 @@ class Welcome(_message.Message):
     """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
-        """How often the agent must send a heartbeat."""
+        """How often the agent must send a heartbeat (the server's CPA_HEARTBEAT_INTERVAL_S, default
+        3 seconds).
+        """
 
     @_builtins.property
     def lease_duration(self) -> _duration_pb2.Duration:
-        """How long a lease lasts without a heartbeat."""
+        """How long a lease lasts without a heartbeat (CPA_LEASE_DURATION_S, default 15 seconds); a
+        session silent for this long is ended by the server.
+        """
 
     @_builtins.property
     def adopted_attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]:
@@ -1003,7 +1007,12 @@ Global___ReportAck: _TypeAlias = ReportAck  # noqa: Y015
 
 @_typing.final
 class ServerDrain(_message.Message):
-    """ServerDrain asks the agent to finish its work and reconnect (to another replica)."""
+    """ServerDrain asks the agent to finish its work and reconnect (to another replica). Sent when
+    the replica stops: from then on the session gets no assignments, its reports are still
+    stored and acknowledged, and new Connect calls to this replica fail with UNAVAILABLE
+    (SERVER_SHUTTING_DOWN). Attempts still running when the stream closes keep their leases:
+    the replica the agent reconnects to adopts them (Hello.running_attempts).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1013,7 +1022,9 @@ class ServerDrain(_message.Message):
     """Why."""
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
-        """Time by which the stream closes."""
+        """Time by which the stream closes: the server's CPA_SHUTDOWN_DRAIN_S (default 15 seconds)
+        after the drain began.
+        """
 
     def __init__(
         self,

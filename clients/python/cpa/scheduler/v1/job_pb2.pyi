@@ -540,7 +540,9 @@ class Job(_message.Message):
     (CPA_IDEMPOTENCY_RETENTION_S after creation) has ended and the id was released.
     """
     intent: _builtins.str
-    """Intent the work was routed to; empty for explicit ToDos."""
+    """Intent the work was routed to (or named in spec.intent); empty for explicit ToDos;
+    "unknown" when the language model planned the tasks itself (docs/PLANNING.md).
+    """
     state: Global___JobState.ValueType
     """Current state."""
     dead_lettered: _builtins.bool
@@ -574,7 +576,9 @@ class Job(_message.Message):
 
     @_builtins.property
     def error(self) -> _error_pb2.TaskError:
-        """The error that failed the job, when it failed."""
+        """The error that failed the job, when it failed: the error of its first FAILED task in plan
+        order, or one with reason JOB_DEADLINE_EXCEEDED. Cleared by RetryJob.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -590,7 +594,7 @@ class Job(_message.Message):
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """When it reached a terminal state."""
+        """When it reached a terminal state; unset while it runs (RetryJob clears it)."""
 
     def __init__(
         self,

@@ -189,21 +189,22 @@ export enum ErrorReason {
   UNSUPPORTED_PERFORMATIVE = 15,
 
   /**
-   * No job with that id exists for the caller's tenant.
+   * No job with that id exists for the caller's tenant (another tenant's job answers exactly
+   * so): NOT_FOUND.
    *
    * @generated from enum value: ERROR_REASON_JOB_NOT_FOUND = 16;
    */
   JOB_NOT_FOUND = 16,
 
   /**
-   * No task with that id exists in the job.
+   * No task with that id exists in the job: NOT_FOUND.
    *
    * @generated from enum value: ERROR_REASON_TASK_NOT_FOUND = 17;
    */
   TASK_NOT_FOUND = 17,
 
   /**
-   * No agent with that id is known.
+   * No agent with that id is known: NOT_FOUND.
    *
    * @generated from enum value: ERROR_REASON_AGENT_NOT_FOUND = 18;
    */
@@ -212,6 +213,7 @@ export enum ErrorReason {
   /**
    * No artifact with that id (or, in ListArtifacts' and `cpa artifacts get`'s terms, that name)
    * exists in the named job of the caller's tenant; another tenant's artifact answers exactly so.
+   * NOT_FOUND.
    *
    * @generated from enum value: ERROR_REASON_ARTIFACT_NOT_FOUND = 19;
    */
@@ -225,14 +227,16 @@ export enum ErrorReason {
   ILLEGAL_TRANSITION = 20,
 
   /**
-   * A request id was reused with a different request body.
+   * A request id was reused with a different request body within its retention window:
+   * ALREADY_EXISTS, field `request_id` (a LAM request: refuse, field `id`).
    *
    * @generated from enum value: ERROR_REASON_REQUEST_ID_REUSED = 21;
    */
   REQUEST_ID_REUSED = 21,
 
   /**
-   * A report concerns an attempt that is no longer current (fencing).
+   * A report concerns an attempt that is no longer current (fencing). As a call's status
+   * (UploadArtifact): FAILED_PRECONDITION; on the Connect stream it is only a ReportAck's reason.
    *
    * @generated from enum value: ERROR_REASON_STALE_ATTEMPT = 22;
    */
@@ -365,14 +369,15 @@ export enum ErrorReason {
   EXECUTOR_ERROR = 38,
 
   /**
-   * An unexpected server error; the message carries no internals.
+   * An unexpected server error: INTERNAL; the message carries no internals.
    *
    * @generated from enum value: ERROR_REASON_INTERNAL = 39;
    */
   INTERNAL = 39,
 
   /**
-   * The scheduler's database cannot be reached right now; retry (the request may not be stored).
+   * The scheduler's database cannot be reached right now: UNAVAILABLE. Retry with backoff; the
+   * request may or may not have been stored (a ScheduleJob with a request_id is safe to repeat).
    *
    * @generated from enum value: ERROR_REASON_STORE_UNAVAILABLE = 40;
    */

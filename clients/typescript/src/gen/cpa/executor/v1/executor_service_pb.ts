@@ -812,14 +812,16 @@ export type Welcome = Message<"cpa.executor.v1.Welcome"> & {
   replicaId: string;
 
   /**
-   * How often the agent must send a heartbeat.
+   * How often the agent must send a heartbeat (the server's CPA_HEARTBEAT_INTERVAL_S, default
+   * 3 seconds).
    *
    * @generated from field: google.protobuf.Duration heartbeat_interval = 3;
    */
   heartbeatInterval?: Duration | undefined;
 
   /**
-   * How long a lease lasts without a heartbeat.
+   * How long a lease lasts without a heartbeat (CPA_LEASE_DURATION_S, default 15 seconds); a
+   * session silent for this long is ended by the server.
    *
    * @generated from field: google.protobuf.Duration lease_duration = 4;
    */
@@ -1056,13 +1058,18 @@ export const ReportAckSchema: GenMessage<ReportAck> = /*@__PURE__*/
   messageDesc(file_cpa_executor_v1_executor_service, 19);
 
 /**
- * ServerDrain asks the agent to finish its work and reconnect (to another replica).
+ * ServerDrain asks the agent to finish its work and reconnect (to another replica). Sent when
+ * the replica stops: from then on the session gets no assignments, its reports are still
+ * stored and acknowledged, and new Connect calls to this replica fail with UNAVAILABLE
+ * (SERVER_SHUTTING_DOWN). Attempts still running when the stream closes keep their leases:
+ * the replica the agent reconnects to adopts them (Hello.running_attempts).
  *
  * @generated from message cpa.executor.v1.ServerDrain
  */
 export type ServerDrain = Message<"cpa.executor.v1.ServerDrain"> & {
   /**
-   * Time by which the stream closes.
+   * Time by which the stream closes: the server's CPA_SHUTDOWN_DRAIN_S (default 15 seconds)
+   * after the drain began.
    *
    * @generated from field: google.protobuf.Timestamp deadline = 1;
    */

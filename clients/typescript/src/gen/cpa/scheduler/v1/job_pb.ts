@@ -373,7 +373,8 @@ export type Job = Message<"cpa.scheduler.v1.Job"> & {
   spec?: JobSpec | undefined;
 
   /**
-   * Intent the work was routed to; empty for explicit ToDos.
+   * Intent the work was routed to (or named in spec.intent); empty for explicit ToDos;
+   * "unknown" when the language model planned the tasks itself (docs/PLANNING.md).
    *
    * @generated from field: string intent = 5;
    */
@@ -394,7 +395,8 @@ export type Job = Message<"cpa.scheduler.v1.Job"> & {
   tasks: Task[];
 
   /**
-   * The error that failed the job, when it failed.
+   * The error that failed the job, when it failed: the error of its first FAILED task in plan
+   * order, or one with reason JOB_DEADLINE_EXCEEDED. Cleared by RetryJob.
    *
    * @generated from field: cpa.common.v1.TaskError error = 8;
    */
@@ -462,7 +464,7 @@ export type Job = Message<"cpa.scheduler.v1.Job"> & {
   startTime?: Timestamp | undefined;
 
   /**
-   * When it reached a terminal state.
+   * When it reached a terminal state; unset while it runs (RetryJob clears it).
    *
    * @generated from field: google.protobuf.Timestamp end_time = 17;
    */
