@@ -467,7 +467,9 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Labels for filtering and for agent matching defaults."""
+        """Labels of the job, for filtering (ListJobs and RetryJobs filter `labels.<key> = "..."`).
+        They do not steer which agent runs a task: that is ToDo.required_labels.
+        """
 
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:

@@ -1027,7 +1027,9 @@ class ListAgentsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Most agents per page, 1 to 1000; 0 means 100."""
+    """Most agents per page, 1 to 1000; 0 means 100, more than 1000 means 1000, negative is
+    INVALID_ARGUMENT (INVALID_FIELD, field page_size).
+    """
     page_token: _builtins.str
     """Token from a previous ListAgents response's next_page_token; the filter must not change.
     Signed and bound to the caller's tenant and to ListAgents (its cursor is an agent id): an
@@ -1035,7 +1037,15 @@ class ListAgentsRequest(_message.Message):
     filter fails with INVALID_ARGUMENT / INVALID_PAGE_TOKEN (field page_token).
     """
     filter: _builtins.str
-    """AIP-160 filter over state, actions, capabilities and labels.<key>."""
+    """AIP-160 filter over state, actions, capabilities and labels.<key>, e.g.
+    `state = CONNECTED AND actions:"echo" AND labels.site = "berlin"`. Conditions are joined
+    by AND; OR only between state conditions, in parentheses. state and labels.<key> take `=`
+    and appear at most once; actions and capabilities take `:` (has) or `=` with a
+    double-quoted string and may repeat (the agent must have all of them). States are
+    case-insensitive, with or without the AGENT_STATE_ prefix. Empty selects every agent of
+    the caller's tenant. At most 2048 characters. Anything else is INVALID_ARGUMENT
+    (INVALID_FILTER, field filter).
+    """
     def __init__(
         self,
         *,
@@ -1063,7 +1073,7 @@ class ListAgentsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.Agent]:
-        """The agents."""
+        """The agents of the caller's tenant, in ascending order of agent_id."""
 
     def __init__(
         self,

@@ -282,7 +282,8 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
   context?: JsonObject | undefined;
 
   /**
-   * Labels for filtering and for agent matching defaults.
+   * Labels of the job, for filtering (ListJobs and RetryJobs filter `labels.<key> = "..."`).
+   * They do not steer which agent runs a task: that is ToDo.required_labels.
    *
    * @generated from field: map<string, string> labels = 5;
    */

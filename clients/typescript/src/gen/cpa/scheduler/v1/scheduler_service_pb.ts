@@ -1053,7 +1053,8 @@ export const TaskBatchSchema: GenMessage<TaskBatch> = /*@__PURE__*/
  */
 export type ListAgentsRequest = Message<"cpa.scheduler.v1.ListAgentsRequest"> & {
   /**
-   * Most agents per page, 1 to 1000; 0 means 100.
+   * Most agents per page, 1 to 1000; 0 means 100, more than 1000 means 1000, negative is
+   * INVALID_ARGUMENT (INVALID_FIELD, field page_size).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -1070,7 +1071,14 @@ export type ListAgentsRequest = Message<"cpa.scheduler.v1.ListAgentsRequest"> & 
   pageToken: string;
 
   /**
-   * AIP-160 filter over state, actions, capabilities and labels.<key>.
+   * AIP-160 filter over state, actions, capabilities and labels.<key>, e.g.
+   * `state = CONNECTED AND actions:"echo" AND labels.site = "berlin"`. Conditions are joined
+   * by AND; OR only between state conditions, in parentheses. state and labels.<key> take `=`
+   * and appear at most once; actions and capabilities take `:` (has) or `=` with a
+   * double-quoted string and may repeat (the agent must have all of them). States are
+   * case-insensitive, with or without the AGENT_STATE_ prefix. Empty selects every agent of
+   * the caller's tenant. At most 2048 characters. Anything else is INVALID_ARGUMENT
+   * (INVALID_FILTER, field filter).
    *
    * @generated from field: string filter = 3;
    */
@@ -1091,7 +1099,7 @@ export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE_
  */
 export type ListAgentsResponse = Message<"cpa.scheduler.v1.ListAgentsResponse"> & {
   /**
-   * The agents.
+   * The agents of the caller's tenant, in ascending order of agent_id.
    *
    * @generated from field: repeated cpa.scheduler.v1.Agent agents = 1;
    */
