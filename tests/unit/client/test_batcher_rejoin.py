@@ -40,7 +40,11 @@ async def test_callers_answered_by_a_batch_go_out_together_once_all_are_back() -
 
     async def caller(name: str) -> list[str]:
         return [
-            (await batcher.schedule(pb.ScheduleJobRequest(request_id=f"{name}-{n}"), 0)).job.job_id
+            (
+                await batcher.schedule(
+                    pb.ScheduleJobRequest(request_id=f"{name}-{n}"), job_pb2.JOB_VIEW_UNSPECIFIED
+                )
+            ).job.job_id
             for n in range(3)
         ]
 
@@ -61,14 +65,20 @@ async def test_a_group_waits_its_linger_when_fewer_callers_come_back() -> None:
     recorder = Recorder()
     batcher = ScheduleBatcher(recorder.send_batch, recorder.send_one, linger_s=HOUR_S)
     first = [
-        asyncio.create_task(batcher.schedule(pb.ScheduleJobRequest(request_id=f"r{n}"), 0))
+        asyncio.create_task(
+            batcher.schedule(
+                pb.ScheduleJobRequest(request_id=f"r{n}"), job_pb2.JOB_VIEW_UNSPECIFIED
+            )
+        )
         for n in range(3)
     ]
     await asyncio.sleep(0)
     await batcher.close()
     await asyncio.gather(*first)
     # One caller of three comes back: its call waits for the others (or the linger).
-    late = asyncio.create_task(batcher.schedule(pb.ScheduleJobRequest(request_id="late"), 0))
+    late = asyncio.create_task(
+        batcher.schedule(pb.ScheduleJobRequest(request_id="late"), job_pb2.JOB_VIEW_UNSPECIFIED)
+    )
     await asyncio.sleep(0)
     assert not late.done()
     assert len(recorder.batches) == 1
