@@ -95,8 +95,17 @@ async def test_a_long_input_name_is_clipped_in_the_field_path(client: SchedulerC
     assert [v.field for v in error.field_violations] == [field]
 
 
-async def test_a_reused_long_request_id_is_echoed_bounded(client: SchedulerClient) -> None:
-    request_id = "r" * 500_000
+async def test_an_overlong_request_id_is_refused_and_echoed_bounded(
+    client: SchedulerClient,
+) -> None:
+    with pytest.raises(CpaError) as caught:
+        await client.schedule_job(todos_spec(todo("a", "noop")), request_id="r" * 500_000)
+    _bounded(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", "request_id")
+    assert not [job async for job in client.list_jobs()]
+
+
+async def test_a_reused_request_id_is_echoed_bounded(client: SchedulerClient) -> None:
+    request_id = "r" * 128
     await client.schedule_job(todos_spec(todo("a", "noop")), request_id=request_id)
     with pytest.raises(CpaError) as caught:
         await client.schedule_job(todos_spec(todo("b", "noop")), request_id=request_id)

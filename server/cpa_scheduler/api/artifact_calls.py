@@ -19,26 +19,16 @@ from cpa_scheduler.dispatch.directory import AgentDirectory
 from cpa_scheduler.domain import FailedPrecondition, InvalidArgument, Reason
 
 from .artifact_convert import artifact_to_proto
+from .ids import required_id
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DownloadRequest = executor_pb.DownloadArtifactRequest | scheduler_pb.DownloadArtifactRequest
 
-# Longer than any id the server makes (32 hex digits): refused before any lookup.
-_MAX_ID_CHARS = 128
-
-
-def _id(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field} is required", reason=Reason.MISSING_FIELD, field=field)
-    if len(value) > _MAX_ID_CHARS:
-        raise InvalidArgument(f"{field} is longer than {_MAX_ID_CHARS} characters", field=field)
-    return value
-
 
 def _header(message: executor_pb.UploadArtifactHeader) -> UploadHeader:
     return UploadHeader(
-        job_id=_id(message.job_id, "header.job_id"),
-        task_id=_id(message.task_id, "header.task_id"),
+        job_id=required_id(message.job_id, "header.job_id"),
+        task_id=required_id(message.task_id, "header.task_id"),
         attempt=message.attempt,
         name=message.name,
         media_type=message.media_type,
@@ -77,7 +67,7 @@ async def agent_of_session(
     """The agent id of the tenant's live session `session_id`: one of this replica's streams,
     else one another replica announces as its current session. FailedPrecondition
     (ATTEMPT_NOT_HELD) otherwise: no live session of this tenant may write for an attempt."""
-    _id(session_id, "header.session_id")
+    required_id(session_id, "header.session_id")
     session = streams.get(session_id)
     if session is not None and session.profile.tenant == tenant and sessions.holds(session):
         return session.agent_id
@@ -128,8 +118,10 @@ async def download(
     Written with context.write (the handler is a coroutine, not a generator) so that the end of
     the caller's credential, which cancels the handler's task (credential_watch.py), lands in
     this body whatever it awaits, and the stream ends with UNAUTHENTICATED."""
-    job_id = _id(request.job_id, "job_id")
-    record, chunks = await artifacts.open(tenant, job_id, _id(request.artifact_id, "artifact_id"))
+    job_id = required_id(request.job_id, "job_id")
+    record, chunks = await artifacts.open(
+        tenant, job_id, required_id(request.artifact_id, "artifact_id")
+    )
     await context.write(response(artifact=artifact_to_proto(job_id, record)))
     try:
         async for chunk in chunks:

@@ -16,12 +16,12 @@ import grpc.aio
 from cpa_scheduler.domain import InvalidArgument, Reason, echo
 from cpa_scheduler.security import current_principal
 
+from .ids import MAX_ID_CHARS
+
 # Names the tenant with authentication off (CPA_INSECURE_LOCAL); with it on, it may only repeat
 # the credential's. Read by the auth interceptor alone.
 TENANT_METADATA_KEY = "x-cpa-tenant"
 IDEMPOTENCY_KEY_METADATA_KEY = "idempotency-key"
-# As long as the longest id the server takes in a path (job ids): a key is an id, not data.
-MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 
 def tenant_of(context: grpc.aio.ServicerContext[Any, Any], *, default: str) -> str:
@@ -32,7 +32,7 @@ def tenant_of(context: grpc.aio.ServicerContext[Any, Any], *, default: str) -> s
 
 def idempotency_key(context: grpc.aio.ServicerContext[Any, Any], *, field: str) -> str:
     """The call's idempotency key, "" without one. Refused, naming `field` (what the key stands
-    for in the message): two different keys, or one longer than MAX_IDEMPOTENCY_KEY_CHARS."""
+    for in the message): two different keys, or one longer than MAX_ID_CHARS."""
     keys = {
         value
         for key, value in context.invocation_metadata() or ()
@@ -45,10 +45,9 @@ def idempotency_key(context: grpc.aio.ServicerContext[Any, Any], *, field: str) 
             field=field,
         )
     key = keys.pop() if keys else ""
-    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+    if len(key) > MAX_ID_CHARS:
         raise InvalidArgument(
-            f"{IDEMPOTENCY_KEY_METADATA_KEY} {echo(key)} is longer than "
-            f"{MAX_IDEMPOTENCY_KEY_CHARS} characters",
+            f"{IDEMPOTENCY_KEY_METADATA_KEY} {echo(key)} is longer than {MAX_ID_CHARS} characters",
             reason=Reason.INVALID_FIELD,
             field=field,
         )

@@ -8,13 +8,13 @@ from cpa_scheduler.callbacks.outbox import CallbackOutbox
 from cpa_scheduler.domain import AuditCall, InvalidArgument, PagePosition, Reason
 from cpa_scheduler.storage import CallbackDelivery, CallbackPosition, CallbackState
 
+from .ids import bounded_id
 from .page_token import PageTokens, TokenKind, fingerprint_query, page_size
 
 _PAGE_DEFAULT = 100
 _PAGE_MAX = 1000
 _RETRY_DEFAULT = 100
 _RETRY_MAX = 1000
-_MAX_ID_CHARS = 128
 
 _STATES = {
     callback_pb2.CALLBACK_STATE_PENDING: CallbackState.PENDING,
@@ -52,8 +52,10 @@ def _state_of(value: int) -> CallbackState | None:
 
 
 def _check_id(value: str, field: str) -> None:
-    if not value or len(value) > _MAX_ID_CHARS:
-        raise InvalidArgument(f"{field} must be 1-{_MAX_ID_CHARS} characters", field=field)
+    # Empty is INVALID_FIELD here (not MISSING_FIELD): an empty entry of a list the call names.
+    if not value:
+        raise InvalidArgument(f"{field} must not be empty", field=field)
+    bounded_id(value, field)
 
 
 async def list_callbacks(

@@ -24,6 +24,7 @@ from cpa_scheduler.dispatch.directory import AgentRecord
 from cpa_scheduler.domain import (
     BUILTIN_ACTIONS,
     DEFAULT_RETRY_POLICY,
+    MAX_NAME_CHARS,
     AgentState,
     AttemptRef,
     AttemptState,
@@ -45,11 +46,14 @@ from cpa_scheduler.domain import (
     TaskState,
     TaskStateChanged,
     ToDo,
+    check_labels,
+    check_names,
 )
 from cpa_scheduler.orchestration import ResultReport
 from cpa_scheduler.planning import Plan
 
 from .artifact_convert import artifact_to_proto
+from .ids import bounded_id, required_id
 from .plan_views import add_planning
 from .proto_values import (
     dict_to_struct,
@@ -459,12 +463,19 @@ def attempt_refs_to_proto(refs: Sequence[AttemptRef]) -> list[executor_service_p
 
 
 def profile_from_hello(hello: executor_service_pb2.Hello, *, default_tenant: str) -> AgentProfile:
-    """The agent as its hello describes it; errors name fields under `hello`."""
-    if not hello.agent_id:
-        raise InvalidArgument(
-            "hello.agent_id is required", reason=Reason.MISSING_FIELD, field="hello.agent_id"
-        )
+    """The agent as its hello describes it; errors name fields under `hello`. Everything here
+    is kept for the session's life and shown by ListAgents: bounded."""
+    required_id(hello.agent_id, "hello.agent_id")
+    bounded_id(hello.tenant, "hello.tenant")
+    for name in ("name", "version"):
+        if len(getattr(hello, name)) > MAX_NAME_CHARS:
+            raise InvalidArgument(
+                f"hello.{name} is longer than {MAX_NAME_CHARS} characters", field=f"hello.{name}"
+            )
     capabilities = hello.capabilities
+    check_names(capabilities.actions, "hello.capabilities.actions")
+    check_names(capabilities.capabilities, "hello.capabilities.capabilities")
+    check_labels(capabilities.labels, "hello.capabilities.labels")
     if capabilities.slots < 1:
         raise InvalidArgument(
             f"an agent needs at least one slot, got {capabilities.slots}",
@@ -517,6 +528,20 @@ def outbound_to_proto(message: Outbound) -> executor_service_pb2.ConnectResponse
 AGENT_SHUTDOWN_CODE = "AGENT_SHUTDOWN"
 # Error code of an attempt whose reported outputs the server could not accept.
 INVALID_OUTPUT_CODE = "INVALID_OUTPUT"
+
+
+def progress_from_proto(
+    progress: executor_service_pb2.Progress,
+) -> tuple[AttemptRef, float | None, str]:
+    """The attempt, percent and message of an agent's progress; a percent outside 0..100 (or
+    NaN) is refused (INVALID_FIELD, field progress.percent): watchers draw bars with it."""
+    percent = progress.percent if progress.HasField("percent") else None
+    if percent is not None and not 0 <= percent <= 100:  # NaN fails both comparisons
+        raise InvalidArgument(
+            f"progress percent must be 0 to 100, got {percent}", field="progress.percent"
+        )
+    ref = AttemptRef(progress.job_id, progress.task_id, progress.attempt)
+    return ref, percent, progress.message
 
 
 def result_from_proto(

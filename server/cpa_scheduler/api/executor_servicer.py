@@ -447,14 +447,9 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
                     tenant, agent_id, ref, report, actor=stream.actor if stream else None
                 )
             elif kind == "progress":
-                progress = request.progress
-                ref = AttemptRef(progress.job_id, progress.task_id, progress.attempt)
+                ref, percent, message = convert.progress_from_proto(request.progress)
                 await self._orchestrator.report_progress(
-                    tenant,
-                    agent_id,
-                    ref,
-                    percent=progress.percent if progress.HasField("percent") else None,
-                    message=progress.message,
+                    tenant, agent_id, ref, percent=percent, message=message
                 )
             else:
                 ack = request.assignment_ack

@@ -7,6 +7,7 @@ messages); this module holds what only the job-facing RPCs need.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from cpa.scheduler.v1 import job_pb2
 from cpa_scheduler.domain import (
@@ -19,6 +20,7 @@ from cpa_scheduler.domain import (
     SourceKind,
     Task,
     TaskState,
+    check_labels,
 )
 from cpa_scheduler.planning import IntentRequest, PlanRequest, TextRequest, TodoRequest
 
@@ -95,13 +97,19 @@ def spec_from_proto(
             f"max_parallelism must not be negative, got {spec.max_parallelism}",
             field=f"{field}.max_parallelism",
         )
+    deadline = None
+    if spec.HasField("deadline"):
+        deadline = time_from_proto(spec.deadline, f"{field}.deadline")
+        if deadline <= datetime.now(UTC):
+            # A job that could only fail: refused as a LAM request's passed deadline is.
+            raise InvalidArgument(
+                f"deadline {deadline.isoformat()} has already passed", field=f"{field}.deadline"
+            )
     options = JobOptions(
         max_parallelism=spec.max_parallelism or default_max_parallelism,
         context=struct_to_dict(spec.context, f"{field}.context"),
-        labels=dict(spec.labels),
-        deadline=time_from_proto(spec.deadline, f"{field}.deadline")
-        if spec.HasField("deadline")
-        else None,
+        labels=_labels(spec, f"{field}.labels"),
+        deadline=deadline,
         default_retry_policy=retry_policy_from_proto(
             spec.default_retry_policy, f"{field}.default_retry_policy"
         )
@@ -110,6 +118,12 @@ def spec_from_proto(
         callback_url=spec.callback_url,
     )
     return request, source, options
+
+
+def _labels(spec: job_pb2.JobSpec, field: str) -> dict[str, str]:
+    labels = dict(spec.labels)
+    check_labels(labels, field)
+    return labels
 
 
 def _spec_to_proto(job: Job, *, full: bool) -> job_pb2.JobSpec:

@@ -38,6 +38,7 @@ from cpa_scheduler.storage import StoredMessage
 
 from . import convert, proto_values
 from .audit_calls import refused
+from .ids import bounded_id
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,19 @@ class LamHandler:
         for field in ("id", "sender"):
             if not getattr(message, field):
                 raise _NotUnderstoodError(Reason.MALFORMED_MESSAGE, f"{field} is required", field)
+        # Identifiers, stored with the job and echoed in every reply: bounded as ids are.
+        correlation = message.correlation
+        for field, value in (
+            ("id", message.id),
+            ("sender", message.sender),
+            ("correlation.conversation_id", correlation.conversation_id),
+            ("correlation.reply_with", correlation.reply_with),
+            ("correlation.in_reply_to", correlation.in_reply_to),
+        ):
+            try:
+                bounded_id(value, field)
+            except InvalidArgument as error:
+                raise _NotUnderstoodError(Reason.MALFORMED_MESSAGE, error.message, field) from None
         if message.performative == lam.PERFORMATIVE_UNSPECIFIED:
             raise _NotUnderstoodError(
                 Reason.MALFORMED_MESSAGE, "performative is required", "performative"

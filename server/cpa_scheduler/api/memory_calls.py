@@ -11,6 +11,7 @@ from cpa_scheduler.domain import DomainError, FailedPrecondition, InvalidArgumen
 from cpa_scheduler.memory.interface import MemoryRecord, Outcome, Selection, SemanticMemory
 from cpa_scheduler.memory.records import MAX_K
 
+from .ids import bounded_id
 from .proto_values import dict_to_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,6 @@ log = logging.getLogger(__name__)
 _DEFAULT_K = 5
 _MAX_PLAN_STEPS = 100
 _MAX_FAILURE_REASON_BYTES = 1024
-_MAX_JOB_ID_CHARS = 128
-_MAX_MEMORY_ID_CHARS = 128
 
 _OUTCOMES: dict[memory_pb2.MemoryOutcome.ValueType, Outcome] = {
     memory_pb2.MEMORY_OUTCOME_SUCCEEDED: "succeeded",
@@ -108,8 +107,7 @@ class MemoryCalls:
             )
         if request.failure_reason and outcome != "failed":
             raise InvalidArgument("failure_reason needs outcome FAILED", field="failure_reason")
-        if len(request.job_id) > _MAX_JOB_ID_CHARS:
-            raise InvalidArgument(f"job_id is over {_MAX_JOB_ID_CHARS} characters", field="job_id")
+        bounded_id(request.job_id, "job_id")
         if len(request.plan) > _MAX_PLAN_STEPS:
             raise InvalidArgument(f"plan has over {_MAX_PLAN_STEPS} steps", field="plan")
         plan = tuple(struct_to_dict(step, f"plan[{i}]") for i, step in enumerate(request.plan))
@@ -158,10 +156,10 @@ def _selection(request: memory_pb2.DeleteMemoriesRequest) -> Selection:
         raise InvalidArgument(
             f"set one of memory_id, job_id and all, not {' and '.join(named)}", field=named[1]
         )
-    for name in ("memory_id", "job_id"):
-        if len(getattr(request, name)) > _MAX_MEMORY_ID_CHARS:
-            raise InvalidArgument(f"{name} is over {_MAX_MEMORY_ID_CHARS} characters", field=name)
-    return Selection(memory_id=request.memory_id, job_id=request.job_id)
+    return Selection(
+        memory_id=bounded_id(request.memory_id, "memory_id"),
+        job_id=bounded_id(request.job_id, "job_id"),
+    )
 
 
 def _unavailable(what: str, error: Exception) -> DomainError:

@@ -52,6 +52,7 @@ from .artifact_convert import artifact_to_proto
 from .audit_calls import audited, current_call
 from .call_context import idempotency_key, keyed_id, tenant_of
 from .errors import translate_errors
+from .ids import bounded_id, required_id
 from .lam import LamHandler
 from .list_filter import (
     format_agent_filter,
@@ -74,20 +75,6 @@ _BATCH_SCHEDULE_MAX = 1000
 _REDRIVABLE = frozenset(
     s for s in JobState if JOB_STATE_MACHINE.can_transition(s, JobState.PENDING)
 )
-
-
-# Longer than any id the server makes (32 hex digits): refused before any lookup.
-_MAX_ID_CHARS = 128
-
-
-def _required(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field} is required", reason=Reason.MISSING_FIELD, field=field)
-    if len(value) > _MAX_ID_CHARS:
-        raise InvalidArgument(
-            f"{field} {echo(value)} is longer than {_MAX_ID_CHARS} characters", field=field
-        )
-    return value
 
 
 def _redrivable(job_filter: JobFilter) -> JobFilter:
@@ -221,7 +208,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def ScheduleJob(
         self, request: pb.ScheduleJobRequest, context: Context
     ) -> pb.ScheduleJobResponse:
-        request.request_id = keyed_id(request.request_id, context, field="request_id")
+        request.request_id = keyed_id(
+            bounded_id(request.request_id, "request_id"), context, field="request_id"
+        )
         full = job_views.is_full_view(request.view, default_full=False)
         tenant = self._tenant(context)
         submission = await self._submission(request, tenant, deadline=_deadline(context))
@@ -252,13 +241,14 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         deadline = _deadline(context)
         for index, item in enumerate(request.requests):
             path = f"requests[{index}]"
+            bounded_id(item.request_id, f"{path}.request_id")
             if key and not item.request_id:
                 # Deterministic per position: the same batch under the same key, repeated,
                 # names the same jobs.
                 item.request_id = f"{key}/{index}"
             if item.request_id and (first := first_of.setdefault(item.request_id, index)) < index:
                 raise InvalidArgument(
-                    f"request_id {item.request_id!r} is also that of requests[{first}]",
+                    f"request_id {echo(item.request_id)} is also that of requests[{first}]",
                     field=f"{path}.request_id",
                 )
             try:
@@ -307,7 +297,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
 
     @translate_errors
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
-        job_id = _required(request.job_id, "job_id")
+        job_id = required_id(request.job_id, "job_id")
         full = job_views.is_full_view(request.view, default_full=True)
         job = await self._orchestrator.get_job(self._tenant(context), job_id)
         return pb.GetJobResponse(job=self._job(job, full=full))
@@ -351,7 +341,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: Context
     ) -> pb.CancelJobResponse:
-        job_id = _required(request.job_id, "job_id")
+        job_id = required_id(request.job_id, "job_id")
         full = job_views.is_full_view(request.view, default_full=False)
         job = await self._orchestrator.cancel(
             self._tenant(context), job_id, reason=request.reason, audit=current_call()
@@ -361,7 +351,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     @translate_errors
     @audited("RetryJob")
     async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.RetryJobResponse:
-        job_id = _required(request.job_id, "job_id")
+        job_id = required_id(request.job_id, "job_id")
         full = job_views.is_full_view(request.view, default_full=False)
         job = await self._orchestrator.retry(self._tenant(context), job_id, audit=current_call())
         return pb.RetryJobResponse(job=self._job(job, full=full))
@@ -442,12 +432,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: Context
     ) -> pb.ListArtifactsResponse:
-        job_id = _required(request.job_id, "job_id")
-        if len(request.task_id) > _MAX_ID_CHARS:
-            raise InvalidArgument(
-                f"task_id is longer than {_MAX_ID_CHARS} characters", field="task_id"
-            )
-        found = await self._artifacts.list(self._tenant(context), job_id, request.task_id)
+        job_id = required_id(request.job_id, "job_id")
+        task_id = bounded_id(request.task_id, "task_id")
+        found = await self._artifacts.list(self._tenant(context), job_id, task_id)
         return pb.ListArtifactsResponse(artifacts=[artifact_to_proto(job_id, a) for a in found])
 
     @translate_errors

@@ -38,6 +38,7 @@ from cpa_scheduler.settings import Settings
 
 from . import convert
 from .errors import end_stream_with
+from .ids import required_id
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -106,9 +107,7 @@ class JobWatch:
         after the terminal event (at once if the job ended at or before after_sequence).
         `until` (the caller's credential, credential_watch.py) may end the stream earlier by
         raising its error."""
-        job_id = request.job_id
-        if not job_id:
-            raise InvalidArgument("job_id is required", reason=Reason.MISSING_FIELD, field="job_id")
+        job_id = required_id(request.job_id, "job_id")
         if request.after_sequence < 0:
             raise InvalidArgument(
                 f"after_sequence must not be negative, got {request.after_sequence}",

@@ -63,6 +63,7 @@ from .job_types import (
     Task,
     UnresolvedInput,
 )
+from .labels import CONTROL_CHARACTERS, MAX_NAME_CHARS, check_labels, check_names
 from .retry import DEFAULT_RETRY_POLICY, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT_S, RetryPolicy
 from .sessions import DEFAULT_SESSION, SessionEnd, with_default_sessions
 from .states import (
@@ -95,6 +96,8 @@ from .todo import (
 )
 
 __all__ = [
+    "CONTROL_CHARACTERS",
+    "MAX_NAME_CHARS",
     # audit
     "RESULT_OK",
     "AuditAction",
@@ -123,6 +126,8 @@ __all__ = [
     "MAX_CREDENTIAL_REFS",
     "MAX_CREDENTIAL_REF_BYTES",
     "check_credential_refs",
+    "check_labels",
+    "check_names",
     "TASK_ID_PATTERN",
     "ActionType",
     "OutputRef",

@@ -61,12 +61,16 @@ class TaskStateChanged:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskProgress:
-    """A running attempt reported progress; percent is None when the executor does not know."""
+    """A running attempt reported progress; percent is None when the executor does not know.
+    The message is clipped as a TaskError's: it is stored in every event and sent to watchers."""
 
     task_id: str
     attempt: int
     percent: float | None
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", clip(self.message, MAX_TASK_ERROR_MESSAGE_BYTES))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .artifacts import check_artifact_name
 from .errors import InvalidArgument, Reason, echo
+from .labels import CONTROL_CHARACTERS, check_labels, check_names
 from .retry import RetryPolicy
 
 
@@ -40,7 +41,6 @@ INPUT_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 # assignment and every view of the task carries them.
 MAX_CREDENTIAL_REFS = 32
 MAX_CREDENTIAL_REF_BYTES = 1024
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SelectorStrategy(StrEnum):
@@ -165,6 +165,8 @@ class ToDo:
         check_credential_refs(
             self.credential_refs, f"{field_prefix}.credential_refs", f"task {self.id!r}"
         )
+        check_labels(self.required_labels, f"{field_prefix}.required_labels")
+        check_names(self.required_capabilities, f"{field_prefix}.required_capabilities")
 
     def with_credential_defaults(self, defaults: Mapping[str, str]) -> ToDo:
         """This ToDo with the `defaults` entries it does not name itself (a LAM request's
@@ -235,7 +237,7 @@ def check_credential_refs(refs: Mapping[str, str], field_name: str, owner: str) 
                 f"{MAX_CREDENTIAL_REF_BYTES}",
                 field=where,
             )
-        if _CONTROL_CHARACTERS.search(ref):
+        if CONTROL_CHARACTERS.search(ref):
             raise InvalidArgument(
                 f"{owner}: the reference of credential {purpose!r} holds control characters",
                 field=where,

@@ -168,17 +168,19 @@ class Planner:
                     return Plan(intent=UNKNOWN_INTENT, graph=None, candidates=routed.candidates)
                 return Plan(
                     intent=routed.intent,
-                    graph=self._graph(routed.todos, refs),
+                    graph=self._graph(routed.todos, refs, field="text"),
                     parameters=routed.parameters,
                     matched_pattern=routed.matched_pattern,
                 )
             case IntentRequest(name=name, parameters=parameters):
                 todos = self._router.expand(name, parameters, context=context)
                 return Plan(
-                    intent=name, graph=self._graph(todos, refs), parameters=dict(parameters)
+                    intent=name,
+                    graph=self._graph(todos, refs, field="intent"),
+                    parameters=dict(parameters),
                 )
             case TodoRequest(todos=todos):
-                return Plan(intent="", graph=self._graph(todos, refs))
+                return Plan(intent="", graph=self._graph(todos, refs, field="todos"))
 
     async def plan_async(
         self,
@@ -241,7 +243,7 @@ class Planner:
                 raise as_domain_error(error, "text") from error
             return Plan(
                 intent=UNKNOWN_INTENT,
-                graph=self._graph(planned.todos, credential_refs or {}),
+                graph=self._graph(planned.todos, credential_refs or {}, field="text"),
                 decided_by=BY_LLM_PLANNER,
                 decision_reason=f"{reason}; no rule matched; the LLM task planner planned it",
                 reasoning=planned.reasoning,
@@ -250,14 +252,18 @@ class Planner:
                 prompts=(*prompts, RenderedPrompt(name="plan", messages=planned.messages)),
             )
 
-    def _graph(self, todos: Sequence[ToDo], credential_refs: Mapping[str, str]) -> TaskGraph:
+    def _graph(
+        self, todos: Sequence[ToDo], credential_refs: Mapping[str, str], *, field: str
+    ) -> TaskGraph:
+        """The graph of `todos`; too many is PAYLOAD_TOO_LARGE naming `field`, what the caller
+        sent (`todos`, or the `intent` or `text` the tasks were planned from)."""
         if credential_refs:
             todos = [todo.with_credential_defaults(credential_refs) for todo in todos]
         if len(todos) > self._max_tasks:
             raise InvalidArgument(
                 f"a job may have at most {self._max_tasks} tasks, got {len(todos)}",
                 reason=Reason.PAYLOAD_TOO_LARGE,
-                field="todos",
+                field=field,
             )
         # Browser steps share the job's default session unless they name one: applied here, so
         # the job (GetJob) and its preview show it.

@@ -68,7 +68,7 @@ class MemorySettings(BaseSettings):
         default=8192,
         ge=1,
         description="Longest text (UTF-8 bytes) PutMemory stores or SearchMemory searches for; "
-        "longer is INVALID_ARGUMENT (MEMORY_TEXT_TOO_LONG).",
+        "longer is INVALID_ARGUMENT (TEXT_TOO_LONG).",
     )
     memory_retention_days: float = Field(
         default=180.0,

@@ -265,7 +265,9 @@ def test_the_reference_page_shows_every_operation_and_schema_escaped(
         assert f"schema-{name}" in parser.ids
     # Proto comment text reaches the page as text: `<` in "after_sequence < 0" is escaped in
     # the file and reads back as `<`, not as a tag.
-    assert "INVALID_FIELD after_sequence < 0" in " ".join(text.split())
+    assert "INVALID_FIELD job_id over 128 characters or after_sequence < 0" in " ".join(
+        text.split()
+    )
     assert "after_sequence &lt; 0" in page
     assert set(parser.tags) <= {
         *("html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "h4"),

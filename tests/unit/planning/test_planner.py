@@ -8,6 +8,7 @@ from cpa_scheduler.domain import InvalidArgument, Reason, ToDo
 from cpa_scheduler.planning import (
     IntentRequest,
     Planner,
+    PlanRequest,
     RuleIntentRouter,
     TextRequest,
     TodoRequest,
@@ -81,6 +82,27 @@ def test_too_many_tasks_is_payload_too_large() -> None:
     assert caught.value.reason is Reason.PAYLOAD_TOO_LARGE
     assert caught.value.field == "todos"
     assert caught.value.message == "a job may have at most 2 tasks, got 3"
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (
+            IntentRequest("forward_invoice", {"month": "2026-11", "recipient": "a@b.example"}),
+            "intent",
+        ),
+        (TextRequest("forward the November invoice from the portal to a@b.example"), "text"),
+    ],
+    ids=["intent", "text"],
+)
+def test_too_many_planned_tasks_name_what_they_were_planned_from(
+    request_: PlanRequest, field: str
+) -> None:
+    # The caller sent no todos: the error names the intent or text the tasks came from.
+    tiny = Planner(RuleIntentRouter(load_default_catalog()), max_tasks=1)
+    with pytest.raises(InvalidArgument) as caught:
+        tiny.plan(request_)
+    assert (caught.value.reason, caught.value.field) == (Reason.PAYLOAD_TOO_LARGE, field)
 
 
 def test_unknown_intent_name_is_an_error(planner: Planner) -> None:

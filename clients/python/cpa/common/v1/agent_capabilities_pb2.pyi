@@ -20,7 +20,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class AgentCapabilities(_message.Message):
-    """AgentCapabilities is what an executor agent can really do, as it says in its hello."""
+    """AgentCapabilities is what an executor agent can really do, as it says in its hello. A hello
+    over a bound below ends the stream with INVALID_ARGUMENT (INVALID_FIELD) naming the field.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -56,15 +58,24 @@ class AgentCapabilities(_message.Message):
     """
     @_builtins.property
     def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Action names it runs: built-in ones ("click", "send_mail") and custom ones ("echo")."""
+        """Action names it runs: built-in ones ("click", "send_mail") and custom ones ("echo"). At
+        most 256, each 1-128 characters without control characters (field
+        hello.capabilities.actions).
+        """
 
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Further capabilities matched against ToDo.required_capabilities ("browser:chromium", "app:excel")."""
+        """Further capabilities matched against ToDo.required_capabilities ("browser:chromium",
+        "app:excel"). Bounded as actions (field hello.capabilities.capabilities).
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free labels matched against ToDo.required_labels ("site": "berlin")."""
+        """Free labels matched against ToDo.required_labels ("site": "berlin"). Bounded as
+        JobSpec.labels: at most 64; keys 1-63 of a-z, 0-9, '_', '.', '-' starting with a letter or
+        digit; values at most 256 characters without control characters (field
+        hello.capabilities.labels[key]).
+        """
 
     def __init__(
         self,

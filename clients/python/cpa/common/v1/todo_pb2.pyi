@@ -444,11 +444,17 @@ class ToDo(_message.Message):
 
     @_builtins.property
     def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Capabilities an agent must advertise to run this task, besides the action itself."""
+        """Capabilities an agent must advertise to run this task, besides the action itself. At most
+        256, each 1-128 characters without control characters; else INVALID_ARGUMENT
+        (INVALID_FIELD, field ...required_capabilities).
+        """
 
     @_builtins.property
     def required_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Labels an agent must carry (key and value equal) to run this task."""
+        """Labels an agent must carry (key and value equal) to run this task. Bounded as
+        JobSpec.labels (at most 64; keys 1-63 of a-z, 0-9, '_', '.', '-'; values at most 256
+        characters): else INVALID_ARGUMENT (INVALID_FIELD, field ...required_labels[key]).
+        """
 
     @_builtins.property
     def inputs(self) -> _containers.MessageMap[_builtins.str, Global___OutputReference]:

@@ -241,18 +241,18 @@ class Hello(_message.Message):
     RESUME_SESSION_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Identifier stable across reconnects (a host name, a configured id). Required: empty is
-    INVALID_ARGUMENT (MISSING_FIELD, field hello.agent_id).
+    INVALID_ARGUMENT (MISSING_FIELD, field hello.agent_id); over 128 characters INVALID_FIELD.
     """
     name: _builtins.str
-    """Display name."""
+    """Display name, at most 128 characters (else INVALID_FIELD, field hello.name)."""
     tenant: _builtins.str
     """Tenant the agent serves. Empty means the credential's tenant; another tenant than the
     credential's ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED, field
     hello.tenant). With authentication off the hello's tenant is taken as is (empty: the
-    server's CPA_DEFAULT_TENANT).
+    server's CPA_DEFAULT_TENANT). Over 128 characters: INVALID_FIELD, field hello.tenant.
     """
     version: _builtins.str
-    """Agent software version."""
+    """Agent software version, at most 128 characters (else INVALID_FIELD, field hello.version)."""
     accepts_batches: _builtins.bool
     """The agent reads ResponseBatch; without it the server sends one response per message."""
     max_receive_bytes: _builtins.int
@@ -399,11 +399,14 @@ class Progress(_message.Message):
     attempt: _builtins.int
     """Attempt number."""
     percent: _builtins.float
-    """Progress from 0 to 100; unset when not known. The server does not check the range: the
-    value is recorded (the TaskProgress event) as sent.
+    """Progress from 0 to 100; unset when not known. Outside 0..100 (or NaN) the report is
+    refused: its ReportAck (when it has a report_id) says accepted = false, reason
+    INVALID_FIELD, and nothing is recorded. Otherwise recorded as sent (TaskProgress event).
     """
     message: _builtins.str
-    """Human-readable text."""
+    """Human-readable text; past 4096 UTF-8 bytes it is recorded clipped (head and tail kept
+    around a note of what was cut), as TaskError.message.
+    """
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.Artifact]:
@@ -985,8 +988,8 @@ class ReportAck(_message.Message):
     accepted: _builtins.bool
     """False when the report was refused: STALE_ATTEMPT (not the task's current attempt, or a job
     or task the tenant does not have), ATTEMPT_NOT_HELD (the attempt runs on another agent, or
-    this session was taken over), or the reason the job refused the change (see Connect); the
-    agent drops it.
+    this session was taken over), INVALID_FIELD (a Progress percent outside 0..100), or the
+    reason the job refused the change (see Connect); the agent drops it.
     """
     reason: _error_pb2.ErrorReason.ValueType
     """Why it was refused."""

@@ -107,7 +107,10 @@ Global___Performative: _TypeAlias = Performative  # noqa: Y015
 
 @_typing.final
 class Correlation(_message.Message):
-    """Correlation ties a message into a conversation and to the message it answers."""
+    """Correlation ties a message into a conversation and to the message it answers. Each field is at
+    most 128 characters without control characters (as LamMessage.id); else not_understood,
+    MALFORMED_MESSAGE, field `correlation.<name>`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -723,14 +726,16 @@ class LamMessage(_message.Message):
     ACCEPT_PROPOSAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique message id chosen by the sender; also the idempotency key of a request (as
-    ScheduleJobRequest.request_id). Empty gets not_understood, MALFORMED_MESSAGE, field `id`
-    (unless the call's idempotency-key fills it, see SendMessage).
+    ScheduleJobRequest.request_id). Empty, longer than 128 characters or holding a control
+    character (U+0000-U+001F, U+007F) gets not_understood,
+    MALFORMED_MESSAGE, field `id` (an empty one unless the call's idempotency-key fills it, see
+    SendMessage).
     """
     performative: Global___Performative.ValueType
     """The communicative act."""
     sender: _builtins.str
-    """Sender's agent identifier ("agent://ops-bot"). Empty gets not_understood,
-    MALFORMED_MESSAGE, field `sender`. The scheduler's reply lists it as its receiver.
+    """Sender's agent identifier ("agent://ops-bot"). Empty, or over the bounds of `id`, gets
+    not_understood, MALFORMED_MESSAGE, field `sender`. The scheduler's reply lists it as its receiver.
     """
     intent: _builtins.str
     """Intent name ("send_mail"); for a request, selects the intent directly instead of routing text."""

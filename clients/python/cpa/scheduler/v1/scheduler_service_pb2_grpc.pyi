@@ -40,8 +40,10 @@ class SchedulerServiceStub:
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
-    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); an id a request names
+    (job_id, task_id, request_id, artifact_id, memory_id, a delivery id) longer than 128
+    characters or holding a control character (U+0000-U+001F, U+007F) is INVALID_ARGUMENT
+    (INVALID_FIELD, naming it), before any lookup. A request larger than
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
@@ -67,10 +69,13 @@ class SchedulerServiceStub:
     (REQUEST_ID_REUSED).
     A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
     empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
-    field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
+    field request_id). A request_id or key longer than 128 characters is INVALID_FIELD (field
+    request_id).
     Answers with the job in the BASIC view unless the request asks for FULL.
     Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
-    CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
+    CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), a plan of more than CPA_MAX_TASKS_PER_JOB tasks
+    (PAYLOAD_TOO_LARGE, field spec.todos.todos, or spec.intent or spec.text for tasks planned
+    from them), a spec.deadline already passed (INVALID_FIELD), NaN or Infinity in a JSON value (INVALID_FIELD),
     JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
     protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
     A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
@@ -108,8 +113,8 @@ class SchedulerServiceStub:
     waits for a full bucket); refused, it creates nothing.
     A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
     ScheduleJob, its field under `requests[i].`; no job is created.
-    Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, or two
-    with the same request_id, INVALID_FIELD; each request's own errors are ScheduleJob's (the
+    Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, two
+    with the same request_id, or a request_id over 128 characters, INVALID_FIELD; each request's own errors are ScheduleJob's (the
     planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
     DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
     APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
@@ -174,7 +179,7 @@ class SchedulerServiceStub:
     behind is served from the store again. Events of jobs that ended more than
     CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
     replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
-    INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
+    INVALID_FIELD job_id over 128 characters or after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
     replica, or the caller's tenant on it, has as many streams open as its limit.
     An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
     key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
@@ -207,7 +212,7 @@ class SchedulerServiceStub:
     (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
     UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
     NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
-    QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
+    PAYLOAD_TOO_LARGE (more than CPA_MAX_TASKS_PER_JOB tasks), QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
     the LLM_* reasons (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by
     another request, field `id`;
     REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
@@ -322,8 +327,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
-    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); an id a request names
+    (job_id, task_id, request_id, artifact_id, memory_id, a delivery id) longer than 128
+    characters or holding a control character (U+0000-U+001F, U+007F) is INVALID_ARGUMENT
+    (INVALID_FIELD, naming it), before any lookup. A request larger than
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
@@ -346,10 +353,13 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     (REQUEST_ID_REUSED).
     A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
     empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
-    field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
+    field request_id). A request_id or key longer than 128 characters is INVALID_FIELD (field
+    request_id).
     Answers with the job in the BASIC view unless the request asks for FULL.
     Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
-    CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
+    CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), a plan of more than CPA_MAX_TASKS_PER_JOB tasks
+    (PAYLOAD_TOO_LARGE, field spec.todos.todos, or spec.intent or spec.text for tasks planned
+    from them), a spec.deadline already passed (INVALID_FIELD), NaN or Infinity in a JSON value (INVALID_FIELD),
     JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
     protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
     A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
@@ -387,8 +397,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     waits for a full bucket); refused, it creates nothing.
     A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
     ScheduleJob, its field under `requests[i].`; no job is created.
-    Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, or two
-    with the same request_id, INVALID_FIELD; each request's own errors are ScheduleJob's (the
+    Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, two
+    with the same request_id, or a request_id over 128 characters, INVALID_FIELD; each request's own errors are ScheduleJob's (the
     planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
     DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
     APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
@@ -453,7 +463,7 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     behind is served from the store again. Events of jobs that ended more than
     CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
     replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
-    INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
+    INVALID_FIELD job_id over 128 characters or after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
     replica, or the caller's tenant on it, has as many streams open as its limit.
     An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
     key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
@@ -486,7 +496,7 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
     UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
     NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
-    QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
+    PAYLOAD_TOO_LARGE (more than CPA_MAX_TASKS_PER_JOB tasks), QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
     the LLM_* reasons (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by
     another request, field `id`;
     REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,
@@ -600,8 +610,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     Errors are google.rpc.Status with ErrorInfo (reason from cpa.common.v1.ErrorReason, domain
     "cpa.scheduler") and, for bad input, BadRequest naming the field. Messages and fields echo
     input only bounded (1024 / 256 bytes). A request body protobuf cannot decode (not protobuf,
-    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); a job_id longer than
-    128 characters is INVALID_ARGUMENT (INVALID_FIELD). A request larger than
+    or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); an id a request names
+    (job_id, task_id, request_id, artifact_id, memory_id, a delivery id) longer than 128
+    characters or holding a control character (U+0000-U+001F, U+007F) is INVALID_ARGUMENT
+    (INVALID_FIELD, naming it), before any lookup. A request larger than
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
@@ -628,10 +640,13 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         (REQUEST_ID_REUSED).
         A call's `idempotency-key` (HTTP header `Idempotency-Key`, or gRPC metadata) stands for an
         empty request_id; when both are set and differ: INVALID_ARGUMENT (IDEMPOTENCY_KEY_MISMATCH,
-        field request_id). A key longer than 128 characters is INVALID_FIELD (field request_id).
+        field request_id). A request_id or key longer than 128 characters is INVALID_FIELD (field
+        request_id).
         Answers with the job in the BASIC view unless the request asks for FULL.
         Bad input is INVALID_ARGUMENT with a BadRequest naming the field: a request over
-        CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), NaN or Infinity in a JSON value (INVALID_FIELD),
+        CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), a plan of more than CPA_MAX_TASKS_PER_JOB tasks
+        (PAYLOAD_TOO_LARGE, field spec.todos.todos, or spec.intent or spec.text for tasks planned
+        from them), a spec.deadline already passed (INVALID_FIELD), NaN or Infinity in a JSON value (INVALID_FIELD),
         JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
         protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
         A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
@@ -675,8 +690,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         waits for a full bucket); refused, it creates nothing.
         A request the tenant's policy refuses is PERMISSION_DENIED with POLICY_VIOLATION, as for
         ScheduleJob, its field under `requests[i].`; no job is created.
-        Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, or two
-        with the same request_id, INVALID_FIELD; each request's own errors are ScheduleJob's (the
+        Errors: no requests is INVALID_ARGUMENT (MISSING_FIELD, `requests`); more than 1000, two
+        with the same request_id, or a request_id over 128 characters, INVALID_FIELD; each request's own errors are ScheduleJob's (the
         planning reasons MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH,
         DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY,
         APPROVAL_NOT_SUPPORTED, NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR,
@@ -777,7 +792,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         behind is served from the store again. Events of jobs that ended more than
         CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
         replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
-        INVALID_FIELD after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
+        INVALID_FIELD job_id over 128 characters or after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
         replica, or the caller's tenant on it, has as many streams open as its limit.
         An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
         key is revoked (at once on the replica that revoked it, within CPA_AUTH_CACHE_TTL_S on the
@@ -816,7 +831,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         (MISSING_FIELD, INVALID_FIELD, UNKNOWN_ACTION, EMPTY_GRAPH, DUPLICATE_TASK_ID,
         UNKNOWN_DEPENDENCY, GRAPH_CYCLE, INVALID_RETRY_POLICY, APPROVAL_NOT_SUPPORTED,
         NESTING_TOO_DEEP, TEXT_TOO_LONG, UNKNOWN_INTENT, TEMPLATE_ERROR, TEMPLATE_LIMIT_EXCEEDED,
-        QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
+        PAYLOAD_TOO_LARGE (more than CPA_MAX_TASKS_PER_JOB tasks), QUOTA_EXCEEDED; with a language model, for request.text, PLAN_INVALID, PLANNING_BUSY and
         the LLM_* reasons (ScheduleJob says when); REQUEST_ID_REUSED for a message id used by
         another request, field `id`;
         REQUEST_ID_CONTENDED as in ScheduleJob), a cancel refuse with JOB_NOT_FOUND,

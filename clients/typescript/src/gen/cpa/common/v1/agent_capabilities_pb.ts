@@ -13,27 +13,34 @@ export const file_cpa_common_v1_agent_capabilities: GenFile = /*@__PURE__*/
   fileDesc("CiZjcGEvY29tbW9uL3YxL2FnZW50X2NhcGFiaWxpdGllcy5wcm90bxINY3BhLmNvbW1vbi52MSK2AQoRQWdlbnRDYXBhYmlsaXRpZXMSDwoHYWN0aW9ucxgBIAMoCRIUCgxjYXBhYmlsaXRpZXMYAiADKAkSPAoGbGFiZWxzGAMgAygLMiwuY3BhLmNvbW1vbi52MS5BZ2VudENhcGFiaWxpdGllcy5MYWJlbHNFbnRyeRINCgVzbG90cxgEIAEoBRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBYgZwcm90bzM");
 
 /**
- * AgentCapabilities is what an executor agent can really do, as it says in its hello.
+ * AgentCapabilities is what an executor agent can really do, as it says in its hello. A hello
+ * over a bound below ends the stream with INVALID_ARGUMENT (INVALID_FIELD) naming the field.
  *
  * @generated from message cpa.common.v1.AgentCapabilities
  */
 export type AgentCapabilities = Message<"cpa.common.v1.AgentCapabilities"> & {
   /**
-   * Action names it runs: built-in ones ("click", "send_mail") and custom ones ("echo").
+   * Action names it runs: built-in ones ("click", "send_mail") and custom ones ("echo"). At
+   * most 256, each 1-128 characters without control characters (field
+   * hello.capabilities.actions).
    *
    * @generated from field: repeated string actions = 1;
    */
   actions: string[];
 
   /**
-   * Further capabilities matched against ToDo.required_capabilities ("browser:chromium", "app:excel").
+   * Further capabilities matched against ToDo.required_capabilities ("browser:chromium",
+   * "app:excel"). Bounded as actions (field hello.capabilities.capabilities).
    *
    * @generated from field: repeated string capabilities = 2;
    */
   capabilities: string[];
 
   /**
-   * Free labels matched against ToDo.required_labels ("site": "berlin").
+   * Free labels matched against ToDo.required_labels ("site": "berlin"). Bounded as
+   * JobSpec.labels: at most 64; keys 1-63 of a-z, 0-9, '_', '.', '-' starting with a letter or
+   * digit; values at most 256 characters without control characters (field
+   * hello.capabilities.labels[key]).
    *
    * @generated from field: map<string, string> labels = 3;
    */

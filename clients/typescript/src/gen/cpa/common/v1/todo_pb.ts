@@ -258,14 +258,18 @@ export type ToDo = Message<"cpa.common.v1.ToDo"> & {
   retryPolicy?: RetryPolicy | undefined;
 
   /**
-   * Capabilities an agent must advertise to run this task, besides the action itself.
+   * Capabilities an agent must advertise to run this task, besides the action itself. At most
+   * 256, each 1-128 characters without control characters; else INVALID_ARGUMENT
+   * (INVALID_FIELD, field ...required_capabilities).
    *
    * @generated from field: repeated string required_capabilities = 11;
    */
   requiredCapabilities: string[];
 
   /**
-   * Labels an agent must carry (key and value equal) to run this task.
+   * Labels an agent must carry (key and value equal) to run this task. Bounded as
+   * JobSpec.labels (at most 64; keys 1-63 of a-z, 0-9, '_', '.', '-'; values at most 256
+   * characters): else INVALID_ARGUMENT (INVALID_FIELD, field ...required_labels[key]).
    *
    * @generated from field: map<string, string> required_labels = 12;
    */

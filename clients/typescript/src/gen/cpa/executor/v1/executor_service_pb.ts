@@ -260,14 +260,14 @@ export const RunningAttemptSchema: GenMessage<RunningAttempt> = /*@__PURE__*/
 export type Hello = Message<"cpa.executor.v1.Hello"> & {
   /**
    * Identifier stable across reconnects (a host name, a configured id). Required: empty is
-   * INVALID_ARGUMENT (MISSING_FIELD, field hello.agent_id).
+   * INVALID_ARGUMENT (MISSING_FIELD, field hello.agent_id); over 128 characters INVALID_FIELD.
    *
    * @generated from field: string agent_id = 1;
    */
   agentId: string;
 
   /**
-   * Display name.
+   * Display name, at most 128 characters (else INVALID_FIELD, field hello.name).
    *
    * @generated from field: string name = 2;
    */
@@ -277,7 +277,7 @@ export type Hello = Message<"cpa.executor.v1.Hello"> & {
    * Tenant the agent serves. Empty means the credential's tenant; another tenant than the
    * credential's ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED, field
    * hello.tenant). With authentication off the hello's tenant is taken as is (empty: the
-   * server's CPA_DEFAULT_TENANT).
+   * server's CPA_DEFAULT_TENANT). Over 128 characters: INVALID_FIELD, field hello.tenant.
    *
    * @generated from field: string tenant = 3;
    */
@@ -299,7 +299,7 @@ export type Hello = Message<"cpa.executor.v1.Hello"> & {
   runningAttempts: RunningAttempt[];
 
   /**
-   * Agent software version.
+   * Agent software version, at most 128 characters (else INVALID_FIELD, field hello.version).
    *
    * @generated from field: string version = 6;
    */
@@ -456,15 +456,17 @@ export type Progress = Message<"cpa.executor.v1.Progress"> & {
   attempt: number;
 
   /**
-   * Progress from 0 to 100; unset when not known. The server does not check the range: the
-   * value is recorded (the TaskProgress event) as sent.
+   * Progress from 0 to 100; unset when not known. Outside 0..100 (or NaN) the report is
+   * refused: its ReportAck (when it has a report_id) says accepted = false, reason
+   * INVALID_FIELD, and nothing is recorded. Otherwise recorded as sent (TaskProgress event).
    *
    * @generated from field: optional float percent = 4;
    */
   percent?: number | undefined;
 
   /**
-   * Human-readable text.
+   * Human-readable text; past 4096 UTF-8 bytes it is recorded clipped (head and tail kept
+   * around a note of what was cut), as TaskError.message.
    *
    * @generated from field: string message = 5;
    */
@@ -1035,8 +1037,8 @@ export type ReportAck = Message<"cpa.executor.v1.ReportAck"> & {
   /**
    * False when the report was refused: STALE_ATTEMPT (not the task's current attempt, or a job
    * or task the tenant does not have), ATTEMPT_NOT_HELD (the attempt runs on another agent, or
-   * this session was taken over), or the reason the job refused the change (see Connect); the
-   * agent drops it.
+   * this session was taken over), INVALID_FIELD (a Progress percent outside 0..100), or the
+   * reason the job refused the change (see Connect); the agent drops it.
    *
    * @generated from field: bool accepted = 2;
    */

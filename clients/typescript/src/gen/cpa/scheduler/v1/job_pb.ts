@@ -283,7 +283,10 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
 
   /**
    * Labels of the job, for filtering (ListJobs and RetryJobs filter `labels.<key> = "..."`).
-   * They do not steer which agent runs a task: that is ToDo.required_labels.
+   * They do not steer which agent runs a task: that is ToDo.required_labels. At most 64; a key
+   * is 1-63 of a-z, 0-9, '_', '.', '-' starting with a letter or digit (the keys the filter
+   * takes), a value at most 256 characters without control characters; else INVALID_ARGUMENT
+   * (INVALID_FIELD, field spec.labels, or spec.labels[key] for the entry at fault).
    *
    * @generated from field: map<string, string> labels = 5;
    */
@@ -294,7 +297,12 @@ export type JobSpec = Message<"cpa.scheduler.v1.JobSpec"> & {
    * with JOB_DEADLINE_EXCEEDED. Agents stop running attempts at the deadline themselves; such
    * an attempt ends CANCELLED with JOB_DEADLINE_EXCEEDED (never TIMED_OUT), and is not retried.
    * Outside 0001-01-01..9999-12-31 or with nanos outside 0..999999999: INVALID_ARGUMENT
-   * (INVALID_FIELD, field spec.deadline.seconds or spec.deadline.nanos).
+   * (INVALID_FIELD, field spec.deadline.seconds or spec.deadline.nanos). A time already passed
+   * when the server receives the request is INVALID_ARGUMENT (INVALID_FIELD, field
+   * spec.deadline), as a LAM request's: such a job could only fail, and no agent should start
+   * its tasks. The check comes before the request_id lookup, so a retry that arrives after the
+   * deadline gets this error even when an earlier call created the job (which, its deadline
+   * passed, has stopped by then); keep deadlines well beyond your retry window.
    *
    * @generated from field: google.protobuf.Timestamp deadline = 6;
    */
