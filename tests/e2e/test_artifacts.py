@@ -292,6 +292,22 @@ async def test_an_upload_from_a_session_that_does_not_hold_the_attempt_is_refuse
     assert await client.list_artifacts(held.job_id) == []
 
 
+async def test_an_unknown_job_or_task_is_not_found_naming_the_header_field(
+    held: Held, client: SchedulerClient
+) -> None:
+    """The refusal names the field of UploadArtifactHeader, not ListArtifacts' `job_id`."""
+    data = b"x"
+    for changes, reason, field in (
+        ({"job_id": "no-such-job"}, "JOB_NOT_FOUND", "header.job_id"),
+        ({"task_id": "no-such-task"}, "TASK_NOT_FOUND", "header.task_id"),
+    ):
+        with pytest.raises(CpaError) as caught:
+            await held.upload(held.header(data, **changes), data)
+        assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.NOT_FOUND, reason)
+        assert caught.value.metadata["field"] == field
+    assert await client.list_artifacts(held.job_id) == []
+
+
 async def test_another_tenant_can_neither_list_nor_download(
     held: Held, client: SchedulerClient, scheduler: Scheduler
 ) -> None:

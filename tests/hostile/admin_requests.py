@@ -168,6 +168,22 @@ INVALID_CASES: list[tuple[str, Message, str, str]] = [
         "INVALID_FIELD",
     ),
     ("257 patterns", _create(6, agent_actions=["a"] * 257), "agent_actions", "INVALID_FIELD"),
+    (
+        "257 capabilities",
+        _create(6, agent_actions=["*"], agent_capabilities=["c"] * 257),
+        "agent_capabilities",
+        "INVALID_FIELD",
+    ),
+    (
+        "empty capability",
+        _create(6, agent_actions=["*"], agent_capabilities=[""]),
+        "agent_capabilities[0]",
+        "INVALID_FIELD",
+    ),
+    ("actions on a viewer key", _create(1, agent_actions=["*"]), "agent_actions", "INVALID_FIELD"),
+    # Not printable for the comment's rule (format and separator characters too).
+    ("zero-width joiner", _create(1, description="a\u200db"), "description", "INVALID_FIELD"),
+    ("line separator", _create(6, agent_actions=["a\u2028"]), "agent_actions[0]", "INVALID_FIELD"),
     ("no key_id", pb.RevokeApiKeyRequest(), "key_id", "MISSING_FIELD"),
     (
         "key_id 100 000 chars",

@@ -127,6 +127,9 @@ def explicit_uploads() -> list[Upload]:
             "other tenant",
         ),
         Upload((header(), b"\xff\xff\xff\xff garbage"), None, "garbage after header"),
+        # Messages with neither header nor chunk.
+        Upload((ex.UploadArtifactRequest(),), None, "empty first message"),
+        Upload((header(b""), ex.UploadArtifactRequest()), None, "empty message after header"),
     ]
 
 

@@ -122,9 +122,10 @@ async def retry_callbacks(
                 field="delivery_ids",
             )
         if len(ids) > _RETRY_MAX:
+            # The list is at fault, not an entry: named as BatchScheduleJobs names `requests`.
             raise InvalidArgument(
                 f"at most {_RETRY_MAX} delivery ids per call, got {len(ids)}",
-                field=f"delivery_ids[{_RETRY_MAX}]",
+                field="delivery_ids",
             )
         for index, delivery_id in enumerate(ids):
             _check_id(delivery_id, f"delivery_ids[{index}]")

@@ -107,8 +107,14 @@ class Artifacts:
         (job_id, the record). Fenced before the first byte is read (a refused upload costs no
         transfer) and again when recorded. Any failure stores nothing that becomes visible."""
         header = self.check_header(header)
-        job = await self._orchestrator.get_job(tenant, header.job_id)
-        job.check_held(header.task_id, attempt=header.attempt, agent_id=agent_id)
+        try:
+            job = await self._orchestrator.get_job(tenant, header.job_id)
+            job.check_held(header.task_id, attempt=header.attempt, agent_id=agent_id)
+        except NotFound as error:
+            # JOB_NOT_FOUND, TASK_NOT_FOUND: the header's field, as every other upload error.
+            if error.field:
+                error.field = f"header.{error.field}"
+            raise
         writer = await self._content.begin(tenant, header.sha256)
         try:
             await self._receive(header, chunks, writer)

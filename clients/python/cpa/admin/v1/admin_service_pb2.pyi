@@ -76,24 +76,33 @@ class ApiKey(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
-    """Public id of the key, the part after `cpa_` of its secret (`cpa_<key_id>_<secret>`)."""
+    """Public id of the key: 12 lowercase hex digits, the part after `cpa_` of its secret
+    (`cpa_<key_id>_<43 URL-safe base64 characters>`). Unique across tenants.
+    """
     tenant: _builtins.str
     """Tenant the key acts for."""
     description: _builtins.str
-    """Free text given at creation."""
+    """Free text given at creation (empty when none was)."""
     created_by: _builtins.str
-    """Who created it (the creating credential's subject, e.g. `key:3f2a...`)."""
+    """Who created it: the creating credential's subject (`key:<key_id>`, `jwt:<iss>#<sub>`),
+    `local` with authentication off, `bootstrap` for `cpa keys create --bootstrap`. An admin
+    acting for another tenant is recorded as itself.
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
-        """What the key may do."""
+        """What the key may do: each role once, in ascending order of its number."""
 
     @_builtins.property
     def agent_actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Agent tokens: the actions their agents may advertise (fnmatch patterns, `*` any)."""
+        """Agent tokens: the actions their agents may advertise (fnmatch patterns, `*` any), as
+        given; empty for other keys.
+        """
 
     @_builtins.property
     def agent_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Agent tokens: the capabilities their agents may advertise (fnmatch patterns, `*` any)."""
+        """Agent tokens: the capabilities their agents may advertise (fnmatch patterns, `*` any), as
+        given; empty for other keys, and for agent tokens that allow none.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -126,7 +135,9 @@ Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
 
 @_typing.final
 class CreateApiKeyRequest(_message.Message):
-    """CreateApiKeyRequest asks for a new key of the caller's tenant."""
+    """CreateApiKeyRequest asks for a new key of the caller's tenant. The refusals of each field are
+    listed on CreateApiKey.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -135,18 +146,25 @@ class CreateApiKeyRequest(_message.Message):
     AGENT_ACTIONS_FIELD_NUMBER: _builtins.int
     AGENT_CAPABILITIES_FIELD_NUMBER: _builtins.int
     description: _builtins.str
-    """What the key is for (at most 256 printable characters)."""
+    """What the key is for: at most 256 printable characters; empty allowed."""
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
-        """Roles of the key: at least one; AGENT stands alone."""
+        """Roles of the key: at least one, each a declared Role other than ROLE_UNSPECIFIED; a role
+        named twice counts once. AGENT stands alone.
+        """
 
     @_builtins.property
     def agent_actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """With AGENT: actions the agent may advertise (at least one; fnmatch patterns, `*` any)."""
+        """With AGENT only, and then required: actions the agent may advertise, 1 to 256 fnmatch
+        patterns (`*` any, `?` one character, `[seq]`), each 1 to 128 printable characters. Kept
+        as given (duplicates too).
+        """
 
     @_builtins.property
     def agent_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """With AGENT: capabilities the agent may advertise (fnmatch patterns, `*` any; none: none)."""
+        """With AGENT only: capabilities the agent may advertise, 0 to 256 patterns as agent_actions;
+        none: the agent may advertise no capability.
+        """
 
     def __init__(
         self,
@@ -196,7 +214,9 @@ Global___CreateApiKeyResponse: _TypeAlias = CreateApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class ListApiKeysRequest(_message.Message):
-    """ListApiKeysRequest asks for the keys of the caller's tenant."""
+    """ListApiKeysRequest asks for the keys of the caller's tenant (the one acted for with
+    `x-cpa-act-as-tenant`); it has no fields.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -220,7 +240,7 @@ class ListApiKeysResponse(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKey]:
-        """The keys, without secrets."""
+        """The keys, without secrets; empty when the tenant has none."""
 
     def __init__(
         self,
@@ -243,7 +263,9 @@ class RevokeApiKeyRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
-    """The key's key_id: 12 lowercase hex digits, the part after `cpa_` of its secret."""
+    """The key's key_id: 12 lowercase hex digits, the part after `cpa_` of its secret (ApiKey.key_id,
+    as ListApiKeys shows it).
+    """
     def __init__(
         self,
         *,
@@ -266,7 +288,7 @@ class RevokeApiKeyResponse(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def key(self) -> Global___ApiKey:
-        """The key, with its revoke_time."""
+        """The key, with its revoke_time (the first one, when it was revoked before)."""
 
     def __init__(
         self,

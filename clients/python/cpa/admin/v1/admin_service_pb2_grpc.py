@@ -27,13 +27,23 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """AdminService manages the credentials of a tenant: API keys of callers and tokens of agents
-    (docs/SECURITY.md). Every method requires the permission `keys.manage` (role admin) and acts
-    on the caller's tenant; an admin manages another tenant's keys by naming it in metadata
-    `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
+    (docs/SECURITY.md). Native gRPC only (not transcoded to REST). Every method requires the
+    permission `keys.manage` (role admin) and acts on the caller's tenant; an admin manages
+    another tenant's keys by naming it in metadata `x-cpa-act-as-tenant` (`cpa keys ... --tenant
+    T`; a name over 128 characters or with non-printable characters is INVALID_ARGUMENT,
+    INVALID_FIELD, field `x-cpa-act-as-tenant`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
-    CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
-    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
+    CREDENTIAL_REVOKED); a credential without `keys.manage`, or metadata `x-cpa-tenant` naming
+    another tenant than the credential's, is PERMISSION_DENIED (reason PERMISSION_DENIED).
+    Errors are google.rpc.Status with ErrorInfo (domain "cpa.scheduler") and, for bad input, a
+    BadRequest naming the field, as in SchedulerService; messages never echo a secret. A body
+    protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over
+    CPA_MAX_REQUEST_BYTES INVALID_ARGUMENT (PAYLOAD_TOO_LARGE). Calls are rate limited as
+    SchedulerService's (each costs 1): RESOURCE_EXHAUSTED (RATE_LIMITED) with a RetryInfo delay;
+    a replica with CPA_MAX_CONCURRENT_RPCS calls in progress refuses more with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Any call may fail UNAVAILABLE (STORE_UNAVAILABLE) while
+    the store cannot be reached: retry with backoff (CreateApiKey then may have made a key that
+    ListApiKeys shows; revoke it if unwanted).
     """
 
     def __init__(self, channel):
@@ -61,46 +71,65 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """AdminService manages the credentials of a tenant: API keys of callers and tokens of agents
-    (docs/SECURITY.md). Every method requires the permission `keys.manage` (role admin) and acts
-    on the caller's tenant; an admin manages another tenant's keys by naming it in metadata
-    `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
+    (docs/SECURITY.md). Native gRPC only (not transcoded to REST). Every method requires the
+    permission `keys.manage` (role admin) and acts on the caller's tenant; an admin manages
+    another tenant's keys by naming it in metadata `x-cpa-act-as-tenant` (`cpa keys ... --tenant
+    T`; a name over 128 characters or with non-printable characters is INVALID_ARGUMENT,
+    INVALID_FIELD, field `x-cpa-act-as-tenant`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
-    CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
-    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
+    CREDENTIAL_REVOKED); a credential without `keys.manage`, or metadata `x-cpa-tenant` naming
+    another tenant than the credential's, is PERMISSION_DENIED (reason PERMISSION_DENIED).
+    Errors are google.rpc.Status with ErrorInfo (domain "cpa.scheduler") and, for bad input, a
+    BadRequest naming the field, as in SchedulerService; messages never echo a secret. A body
+    protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over
+    CPA_MAX_REQUEST_BYTES INVALID_ARGUMENT (PAYLOAD_TOO_LARGE). Calls are rate limited as
+    SchedulerService's (each costs 1): RESOURCE_EXHAUSTED (RATE_LIMITED) with a RetryInfo delay;
+    a replica with CPA_MAX_CONCURRENT_RPCS calls in progress refuses more with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Any call may fail UNAVAILABLE (STORE_UNAVAILABLE) while
+    the store cannot be reached: retry with backoff (CreateApiKey then may have made a key that
+    ListApiKeys shows; revoke it if unwanted).
     """
 
     def CreateApiKey(self, request, context):
-        """Creates an API key (or, with role AGENT, an agent token) for the caller's tenant. The answer
-        carries the secret once: the server keeps only its SHA-256 and the public key_id. Bad input
-        is INVALID_ARGUMENT with a BadRequest naming the field: no role (MISSING_FIELD, `roles`),
-        ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
-        another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
-        AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-        characters or with control characters, more than 256 patterns, or a pattern over 128
-        characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
-        not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
-        PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
+        """Creates an API key (or, with role AGENT, an agent token) for the caller's tenant, usable at
+        once on every replica. The answer carries the secret once: the server keeps only its
+        SHA-256 and the public key_id. Keys have no expiry of their own: they are valid until
+        revoked. Not idempotent: each call makes a new key. Bad input is INVALID_ARGUMENT with a
+        BadRequest naming the field, checked in this order: no role (MISSING_FIELD, `roles`),
+        ROLE_UNSPECIFIED or a value that is no Role (INVALID_FIELD, `roles[i]`), AGENT together
+        with another role (INVALID_FIELD, `roles`); a description over 256 characters or with a
+        non-printable one (INVALID_FIELD, `description`); more than 256 patterns in agent_actions
+        or agent_capabilities (INVALID_FIELD, `agent_actions` / `agent_capabilities`), an empty
+        pattern, one over 128 characters or with a non-printable one (INVALID_FIELD,
+        `agent_actions[i]` / `agent_capabilities[i]`); an agent token without agent_actions
+        (MISSING_FIELD, `agent_actions`); agent_actions or agent_capabilities on a key without
+        AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
+        code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
+        other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListApiKeys(self, request, context):
-        """Lists the caller's tenant's keys, newest first, revoked ones included (with revoke_time).
-        Never returns a secret or its hash.
+        """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
+        key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
+        Never returns a secret or its hash. No errors of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes a key of the caller's tenant: from then on every replica refuses it within
-        CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
-        Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-        (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
-        (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
-        included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+        """Revokes a key of the caller's tenant, the caller's own included: from then on every replica
+        refuses it within CPA_AUTH_CACHE_TTL_S (the one that revoked it at once; reason
+        CREDENTIAL_REVOKED), and streams opened with it (an agent's Connect, WatchJob, downloads)
+        end with UNAUTHENTICATED (CREDENTIAL_REVOKED) within the same bound. There is no
+        un-revoke. Revoking a revoked key answers it unchanged (its first revoke_time kept). A
+        missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
+        hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
+        names no key of the tenant (another tenant's included, so key ids do not leak across
+        tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,13 +163,23 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """AdminService manages the credentials of a tenant: API keys of callers and tokens of agents
-    (docs/SECURITY.md). Every method requires the permission `keys.manage` (role admin) and acts
-    on the caller's tenant; an admin manages another tenant's keys by naming it in metadata
-    `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
+    (docs/SECURITY.md). Native gRPC only (not transcoded to REST). Every method requires the
+    permission `keys.manage` (role admin) and acts on the caller's tenant; an admin manages
+    another tenant's keys by naming it in metadata `x-cpa-act-as-tenant` (`cpa keys ... --tenant
+    T`; a name over 128 characters or with non-printable characters is INVALID_ARGUMENT,
+    INVALID_FIELD, field `x-cpa-act-as-tenant`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
-    CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
-    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
+    CREDENTIAL_REVOKED); a credential without `keys.manage`, or metadata `x-cpa-tenant` naming
+    another tenant than the credential's, is PERMISSION_DENIED (reason PERMISSION_DENIED).
+    Errors are google.rpc.Status with ErrorInfo (domain "cpa.scheduler") and, for bad input, a
+    BadRequest naming the field, as in SchedulerService; messages never echo a secret. A body
+    protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over
+    CPA_MAX_REQUEST_BYTES INVALID_ARGUMENT (PAYLOAD_TOO_LARGE). Calls are rate limited as
+    SchedulerService's (each costs 1): RESOURCE_EXHAUSTED (RATE_LIMITED) with a RetryInfo delay;
+    a replica with CPA_MAX_CONCURRENT_RPCS calls in progress refuses more with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Any call may fail UNAVAILABLE (STORE_UNAVAILABLE) while
+    the store cannot be reached: retry with backoff (CreateApiKey then may have made a key that
+    ListApiKeys shows; revoke it if unwanted).
     """
 
     @staticmethod

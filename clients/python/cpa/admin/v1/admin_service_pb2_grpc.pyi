@@ -28,13 +28,23 @@ GRPC_VERSION: str
 
 class AdminServiceStub:
     """AdminService manages the credentials of a tenant: API keys of callers and tokens of agents
-    (docs/SECURITY.md). Every method requires the permission `keys.manage` (role admin) and acts
-    on the caller's tenant; an admin manages another tenant's keys by naming it in metadata
-    `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
+    (docs/SECURITY.md). Native gRPC only (not transcoded to REST). Every method requires the
+    permission `keys.manage` (role admin) and acts on the caller's tenant; an admin manages
+    another tenant's keys by naming it in metadata `x-cpa-act-as-tenant` (`cpa keys ... --tenant
+    T`; a name over 128 characters or with non-printable characters is INVALID_ARGUMENT,
+    INVALID_FIELD, field `x-cpa-act-as-tenant`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
-    CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
-    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
+    CREDENTIAL_REVOKED); a credential without `keys.manage`, or metadata `x-cpa-tenant` naming
+    another tenant than the credential's, is PERMISSION_DENIED (reason PERMISSION_DENIED).
+    Errors are google.rpc.Status with ErrorInfo (domain "cpa.scheduler") and, for bad input, a
+    BadRequest naming the field, as in SchedulerService; messages never echo a secret. A body
+    protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over
+    CPA_MAX_REQUEST_BYTES INVALID_ARGUMENT (PAYLOAD_TOO_LARGE). Calls are rate limited as
+    SchedulerService's (each costs 1): RESOURCE_EXHAUSTED (RATE_LIMITED) with a RetryInfo delay;
+    a replica with CPA_MAX_CONCURRENT_RPCS calls in progress refuses more with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Any call may fail UNAVAILABLE (STORE_UNAVAILABLE) while
+    the store cannot be reached: retry with backoff (CreateApiKey then may have made a key that
+    ListApiKeys shows; revoke it if unwanted).
     """
 
     @_typing.overload
@@ -42,77 +52,115 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]
-    """Creates an API key (or, with role AGENT, an agent token) for the caller's tenant. The answer
-    carries the secret once: the server keeps only its SHA-256 and the public key_id. Bad input
-    is INVALID_ARGUMENT with a BadRequest naming the field: no role (MISSING_FIELD, `roles`),
-    ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
-    another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
-    AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-    characters or with control characters, more than 256 patterns, or a pattern over 128
-    characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
-    not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
-    PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
+    """Creates an API key (or, with role AGENT, an agent token) for the caller's tenant, usable at
+    once on every replica. The answer carries the secret once: the server keeps only its
+    SHA-256 and the public key_id. Keys have no expiry of their own: they are valid until
+    revoked. Not idempotent: each call makes a new key. Bad input is INVALID_ARGUMENT with a
+    BadRequest naming the field, checked in this order: no role (MISSING_FIELD, `roles`),
+    ROLE_UNSPECIFIED or a value that is no Role (INVALID_FIELD, `roles[i]`), AGENT together
+    with another role (INVALID_FIELD, `roles`); a description over 256 characters or with a
+    non-printable one (INVALID_FIELD, `description`); more than 256 patterns in agent_actions
+    or agent_capabilities (INVALID_FIELD, `agent_actions` / `agent_capabilities`), an empty
+    pattern, one over 128 characters or with a non-printable one (INVALID_FIELD,
+    `agent_actions[i]` / `agent_capabilities[i]`); an agent token without agent_actions
+    (MISSING_FIELD, `agent_actions`); agent_actions or agent_capabilities on a key without
+    AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
+    code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
+    other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
-    """Lists the caller's tenant's keys, newest first, revoked ones included (with revoke_time).
-    Never returns a secret or its hash.
+    """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
+    key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
+    Never returns a secret or its hash. No errors of its own.
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]
-    """Revokes a key of the caller's tenant: from then on every replica refuses it within
-    CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
-    Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-    (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
-    (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
-    included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+    """Revokes a key of the caller's tenant, the caller's own included: from then on every replica
+    refuses it within CPA_AUTH_CACHE_TTL_S (the one that revoked it at once; reason
+    CREDENTIAL_REVOKED), and streams opened with it (an agent's Connect, WatchJob, downloads)
+    end with UNAUTHENTICATED (CREDENTIAL_REVOKED) within the same bound. There is no
+    un-revoke. Revoking a revoked key answers it unchanged (its first revoke_time kept). A
+    missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
+    hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
+    names no key of the tenant (another tenant's included, so key ids do not leak across
+    tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
     """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
     """AdminService manages the credentials of a tenant: API keys of callers and tokens of agents
-    (docs/SECURITY.md). Every method requires the permission `keys.manage` (role admin) and acts
-    on the caller's tenant; an admin manages another tenant's keys by naming it in metadata
-    `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
+    (docs/SECURITY.md). Native gRPC only (not transcoded to REST). Every method requires the
+    permission `keys.manage` (role admin) and acts on the caller's tenant; an admin manages
+    another tenant's keys by naming it in metadata `x-cpa-act-as-tenant` (`cpa keys ... --tenant
+    T`; a name over 128 characters or with non-printable characters is INVALID_ARGUMENT,
+    INVALID_FIELD, field `x-cpa-act-as-tenant`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
-    CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
-    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
+    CREDENTIAL_REVOKED); a credential without `keys.manage`, or metadata `x-cpa-tenant` naming
+    another tenant than the credential's, is PERMISSION_DENIED (reason PERMISSION_DENIED).
+    Errors are google.rpc.Status with ErrorInfo (domain "cpa.scheduler") and, for bad input, a
+    BadRequest naming the field, as in SchedulerService; messages never echo a secret. A body
+    protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over
+    CPA_MAX_REQUEST_BYTES INVALID_ARGUMENT (PAYLOAD_TOO_LARGE). Calls are rate limited as
+    SchedulerService's (each costs 1): RESOURCE_EXHAUSTED (RATE_LIMITED) with a RetryInfo delay;
+    a replica with CPA_MAX_CONCURRENT_RPCS calls in progress refuses more with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Any call may fail UNAVAILABLE (STORE_UNAVAILABLE) while
+    the store cannot be reached: retry with backoff (CreateApiKey then may have made a key that
+    ListApiKeys shows; revoke it if unwanted).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Creates an API key (or, with role AGENT, an agent token) for the caller's tenant. The answer
-    carries the secret once: the server keeps only its SHA-256 and the public key_id. Bad input
-    is INVALID_ARGUMENT with a BadRequest naming the field: no role (MISSING_FIELD, `roles`),
-    ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
-    another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
-    AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-    characters or with control characters, more than 256 patterns, or a pattern over 128
-    characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
-    not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
-    PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
+    """Creates an API key (or, with role AGENT, an agent token) for the caller's tenant, usable at
+    once on every replica. The answer carries the secret once: the server keeps only its
+    SHA-256 and the public key_id. Keys have no expiry of their own: they are valid until
+    revoked. Not idempotent: each call makes a new key. Bad input is INVALID_ARGUMENT with a
+    BadRequest naming the field, checked in this order: no role (MISSING_FIELD, `roles`),
+    ROLE_UNSPECIFIED or a value that is no Role (INVALID_FIELD, `roles[i]`), AGENT together
+    with another role (INVALID_FIELD, `roles`); a description over 256 characters or with a
+    non-printable one (INVALID_FIELD, `description`); more than 256 patterns in agent_actions
+    or agent_capabilities (INVALID_FIELD, `agent_actions` / `agent_capabilities`), an empty
+    pattern, one over 128 characters or with a non-printable one (INVALID_FIELD,
+    `agent_actions[i]` / `agent_capabilities[i]`); an agent token without agent_actions
+    (MISSING_FIELD, `agent_actions`); agent_actions or agent_capabilities on a key without
+    AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
+    code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
+    other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
-    """Lists the caller's tenant's keys, newest first, revoked ones included (with revoke_time).
-    Never returns a secret or its hash.
+    """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
+    key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
+    Never returns a secret or its hash. No errors of its own.
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
-    """Revokes a key of the caller's tenant: from then on every replica refuses it within
-    CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
-    Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-    (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
-    (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
-    included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+    """Revokes a key of the caller's tenant, the caller's own included: from then on every replica
+    refuses it within CPA_AUTH_CACHE_TTL_S (the one that revoked it at once; reason
+    CREDENTIAL_REVOKED), and streams opened with it (an agent's Connect, WatchJob, downloads)
+    end with UNAUTHENTICATED (CREDENTIAL_REVOKED) within the same bound. There is no
+    un-revoke. Revoking a revoked key answers it unchanged (its first revoke_time kept). A
+    missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
+    hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
+    names no key of the tenant (another tenant's included, so key ids do not leak across
+    tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService manages the credentials of a tenant: API keys of callers and tokens of agents
-    (docs/SECURITY.md). Every method requires the permission `keys.manage` (role admin) and acts
-    on the caller's tenant; an admin manages another tenant's keys by naming it in metadata
-    `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
+    (docs/SECURITY.md). Native gRPC only (not transcoded to REST). Every method requires the
+    permission `keys.manage` (role admin) and acts on the caller's tenant; an admin manages
+    another tenant's keys by naming it in metadata `x-cpa-act-as-tenant` (`cpa keys ... --tenant
+    T`; a name over 128 characters or with non-printable characters is INVALID_ARGUMENT,
+    INVALID_FIELD, field `x-cpa-act-as-tenant`). A call without a valid credential is
     UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
-    CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
-    PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
-    call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
+    CREDENTIAL_REVOKED); a credential without `keys.manage`, or metadata `x-cpa-tenant` naming
+    another tenant than the credential's, is PERMISSION_DENIED (reason PERMISSION_DENIED).
+    Errors are google.rpc.Status with ErrorInfo (domain "cpa.scheduler") and, for bad input, a
+    BadRequest naming the field, as in SchedulerService; messages never echo a secret. A body
+    protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over
+    CPA_MAX_REQUEST_BYTES INVALID_ARGUMENT (PAYLOAD_TOO_LARGE). Calls are rate limited as
+    SchedulerService's (each costs 1): RESOURCE_EXHAUSTED (RATE_LIMITED) with a RetryInfo delay;
+    a replica with CPA_MAX_CONCURRENT_RPCS calls in progress refuses more with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Any call may fail UNAVAILABLE (STORE_UNAVAILABLE) while
+    the store cannot be reached: retry with backoff (CreateApiKey then may have made a key that
+    ListApiKeys shows; revoke it if unwanted).
     """
 
     @_abc_1.abstractmethod
@@ -121,16 +169,21 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_admin_service_pb2.CreateApiKeyResponse]]:
-        """Creates an API key (or, with role AGENT, an agent token) for the caller's tenant. The answer
-        carries the secret once: the server keeps only its SHA-256 and the public key_id. Bad input
-        is INVALID_ARGUMENT with a BadRequest naming the field: no role (MISSING_FIELD, `roles`),
-        ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
-        another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
-        AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-        characters or with control characters, more than 256 patterns, or a pattern over 128
-        characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
-        not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
-        PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
+        """Creates an API key (or, with role AGENT, an agent token) for the caller's tenant, usable at
+        once on every replica. The answer carries the secret once: the server keeps only its
+        SHA-256 and the public key_id. Keys have no expiry of their own: they are valid until
+        revoked. Not idempotent: each call makes a new key. Bad input is INVALID_ARGUMENT with a
+        BadRequest naming the field, checked in this order: no role (MISSING_FIELD, `roles`),
+        ROLE_UNSPECIFIED or a value that is no Role (INVALID_FIELD, `roles[i]`), AGENT together
+        with another role (INVALID_FIELD, `roles`); a description over 256 characters or with a
+        non-printable one (INVALID_FIELD, `description`); more than 256 patterns in agent_actions
+        or agent_capabilities (INVALID_FIELD, `agent_actions` / `agent_capabilities`), an empty
+        pattern, one over 128 characters or with a non-printable one (INVALID_FIELD,
+        `agent_actions[i]` / `agent_capabilities[i]`); an agent token without agent_actions
+        (MISSING_FIELD, `agent_actions`); agent_actions or agent_capabilities on a key without
+        AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
+        code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
+        other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
         """
 
     @_abc_1.abstractmethod
@@ -139,8 +192,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.ListApiKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_service_pb2.ListApiKeysResponse]]:
-        """Lists the caller's tenant's keys, newest first, revoked ones included (with revoke_time).
-        Never returns a secret or its hash.
+        """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
+        key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
+        Never returns a secret or its hash. No errors of its own.
         """
 
     @_abc_1.abstractmethod
@@ -149,12 +203,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_service_pb2.RevokeApiKeyResponse]]:
-        """Revokes a key of the caller's tenant: from then on every replica refuses it within
-        CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
-        Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-        (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
-        (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
-        included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+        """Revokes a key of the caller's tenant, the caller's own included: from then on every replica
+        refuses it within CPA_AUTH_CACHE_TTL_S (the one that revoked it at once; reason
+        CREDENTIAL_REVOKED), and streams opened with it (an agent's Connect, WatchJob, downloads)
+        end with UNAUTHENTICATED (CREDENTIAL_REVOKED) within the same bound. There is no
+        un-revoke. Revoking a revoked key answers it unchanged (its first revoke_time kept). A
+        missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
+        hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
+        names no key of the tenant (another tenant's included, so key ids do not leak across
+        tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

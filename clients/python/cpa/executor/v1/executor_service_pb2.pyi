@@ -32,7 +32,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class UploadArtifactHeader(_message.Message):
-    """UploadArtifactHeader says what an upload stores, for which attempt."""
+    """UploadArtifactHeader says what an upload stores, for which attempt. Its fields are checked
+    in the order job_id, task_id, attempt, name, media_type, sha256, size_bytes, session_id; each
+    refusal is INVALID_ARGUMENT naming `header.<field>` unless said otherwise.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -45,25 +48,41 @@ class UploadArtifactHeader(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """Job of the task (at most 128 characters)."""
+    """Job of the task (Assignment.job_id): required (MISSING_FIELD), at most 128 characters
+    (INVALID_FIELD).
+    """
     task_id: _builtins.str
-    """Task that produced the file."""
+    """Task that produced the file (Assignment.task_id): required (MISSING_FIELD), at most 128
+    characters (INVALID_FIELD).
+    """
     attempt: _builtins.int
-    """Attempt that produced it: the task's current, RUNNING attempt, held by this session's agent."""
+    """Attempt that produced it (Assignment.attempt): 1 or more (INVALID_FIELD); it must be the
+    task's current, RUNNING attempt, held by this session's agent (see UploadArtifact).
+    """
     session_id: _builtins.str
-    """The agent's session (Welcome.session_id of its current stream): proves which agent uploads."""
+    """The agent's session (Welcome.session_id of its current stream): proves which agent uploads.
+    Required (MISSING_FIELD), at most 128 characters (INVALID_FIELD); checked after the other
+    fields.
+    """
     name: _builtins.str
     """Name, unique within the attempt (a second upload of it replaces the first): 1-255 bytes of
-    UTF-8 without '/', '\\' or control characters, not "." or ".." ("invoice.pdf").
+    UTF-8 without '/', '\\' or control characters (U+0000-U+001F, U+007F), not "." or ".."
+    ("invoice.pdf"). Empty is MISSING_FIELD, anything else refused INVALID_FIELD.
     """
     media_type: _builtins.str
-    """Media type, `type/subtype` with optional parameters, at most 255 printable ASCII characters
-    ("application/pdf"); empty is stored as "application/octet-stream".
+    """Media type ("application/pdf"): `type/subtype`, each 1-127 characters of letters, digits
+    and `!#$&^_.+-` (not starting with one of those signs), then optionally `;` and parameters
+    in printable ASCII; at most 255 characters (else INVALID_FIELD). Stored as given; empty is
+    stored as "application/octet-stream".
     """
     size_bytes: _builtins.int
-    """Exact size of the content in bytes, 0 to CPA_ARTIFACT_MAX_BYTES."""
+    """Exact size of the content in bytes, 0 to CPA_ARTIFACT_MAX_BYTES: negative is INVALID_FIELD,
+    over the limit RESOURCE_EXHAUSTED (ARTIFACT_TOO_LARGE).
+    """
     sha256: _builtins.str
-    """Lower-case hex SHA-256 of the content (64 characters)."""
+    """Lower-case hex SHA-256 of the content, 64 characters: required (MISSING_FIELD), anything
+    else (upper case included) INVALID_FIELD.
+    """
     def __init__(
         self,
         *,
@@ -93,7 +112,7 @@ class UploadArtifactRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
-    """The next bytes of the content, at most 1 MiB per message."""
+    """The next bytes of the content, at most 1 MiB (1048576 bytes) per message; may be empty."""
     @_builtins.property
     def header(self) -> Global___UploadArtifactHeader:
         """First message only."""
@@ -147,9 +166,11 @@ class DownloadArtifactRequest(_message.Message):
     ARTIFACT_ID_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     artifact_id: _builtins.str
-    """The artifact's id (Artifact.artifact_id)."""
+    """The artifact's id (Artifact.artifact_id, e.g. from Assignment.input_artifacts): required,
+    at most 128 characters.
+    """
     job_id: _builtins.str
-    """The job that lists it."""
+    """The job that lists it: required, at most 128 characters."""
     def __init__(
         self,
         *,

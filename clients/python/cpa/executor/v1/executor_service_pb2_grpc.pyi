@@ -67,38 +67,51 @@ class ExecutorServiceStub:
     1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
     is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
     default tenant). Like every ExecutorService call it needs the permission agent.connect.
-    The server checks, in order:
-    - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
-      header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
-      documented on UploadArtifactHeader (INVALID_ARGUMENT naming the field);
-    - header.size_bytes <= CPA_ARTIFACT_MAX_BYTES (default 50 MiB), else RESOURCE_EXHAUSTED
-      (ARTIFACT_TOO_LARGE, field `header.size_bytes`);
+    The server checks, in order (the field named in ErrorInfo.metadata `field`, and in a
+    BadRequest for INVALID_ARGUMENT):
+    - the header: no message at all, or a first message that is not a header, is
+      INVALID_ARGUMENT (MISSING_FIELD, `header`); then its fields as documented on
+      UploadArtifactHeader (INVALID_ARGUMENT naming `header.<field>`; a size_bytes over
+      CPA_ARTIFACT_MAX_BYTES, default 50 MiB, RESOURCE_EXHAUSTED, ARTIFACT_TOO_LARGE);
     - the session: a live session of this tenant with that session_id (on this replica, or one
-      another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
-      `header.session_id`); the attempt: the task's current attempt, RUNNING (else
-      FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-      an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
-      NOT_FOUND (TASK_NOT_FOUND);
-    - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
-      more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
-      fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
-      INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH, `header.sha256`).
+      another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD,
+      `header.session_id`); the attempt: an unknown job of the tenant (another tenant's
+      included) is NOT_FOUND (JOB_NOT_FOUND, `header.job_id`), a task the job does not have
+      NOT_FOUND (TASK_NOT_FOUND, `header.task_id`); the task's current attempt must be
+      header.attempt and RUNNING (else FAILED_PRECONDITION, STALE_ATTEMPT) and held by that
+      session's agent (else ATTEMPT_NOT_HELD); these two name no field;
+    - each further message: a second header is INVALID_ARGUMENT (INVALID_FIELD, `header`), one
+      with neither header nor chunk (MISSING_FIELD, `chunk`), a chunk over 1 MiB
+      (PAYLOAD_TOO_LARGE, `chunk`); more bytes than size_bytes is INVALID_ARGUMENT
+      (ARTIFACT_SIZE_MISMATCH, `chunk`), or RESOURCE_EXHAUSTED (ARTIFACT_TOO_LARGE, `chunk`) once
+      they pass CPA_ARTIFACT_MAX_BYTES; empty chunks are allowed;
+    - at the end: fewer bytes than size_bytes is INVALID_ARGUMENT (ARTIFACT_INCOMPLETE,
+      `header.size_bytes`), another SHA-256 INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH,
+      `header.sha256`).
+    A message protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one larger than
+    CPA_MAX_REQUEST_BYTES plus 1 MiB PAYLOAD_TOO_LARGE (no field). The server sets no time
+    limit on an upload: give the call a deadline.
     Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
     artifact is recorded on the task in the job's transaction, fenced again as above (the
     attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
-    event is published. A second upload of a name by the same attempt replaces the first; a task
-    keeps at most 1000 artifacts (RESOURCE_EXHAUSTED, TOO_MANY_ARTIFACTS). Nothing of a refused
-    or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
+    event is published. A second upload of a name by the same attempt replaces the first, in
+    place; a task keeps at most 1000 artifacts over all its attempts (RESOURCE_EXHAUSTED,
+    TOO_MANY_ARTIFACTS, `header.name`). Nothing of a refused or cut-off upload is ever listed
+    or downloadable. Answers with the stored artifact.
     """
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_executor_service_pb2.DownloadArtifactRequest, _executor_service_pb2.DownloadArtifactResponse]
-    """Streams an artifact of the agent's tenant (its credential's) to the agent, e.g. one
-    named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
-    chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
-    JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-    missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
-    (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters). A download in
-    progress ends with the agent's credential, as its Connect stream does: UNAUTHENTICATED
-    (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when a JWT expires.
+    """Streams an artifact of the agent's tenant (its credential's; with authentication off,
+    metadata `x-cpa-tenant`) to the agent, e.g. one named by Assignment.input_artifacts: first
+    a message with its metadata, then its bytes in chunks of at most 1 MiB (1048576 bytes); an
+    empty artifact is the metadata message alone. Any artifact of any job of the tenant may be
+    read, not only the agent's inputs. The agent checks size and sha256 itself. Errors, before
+    the first message: INVALID_ARGUMENT with MISSING_FIELD (job_id or artifact_id empty) or
+    INVALID_FIELD (one over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field
+    job_id) for an unknown job, (ARTIFACT_NOT_FOUND, field artifact_id) when the job lists no
+    such artifact. Another tenant's job or artifact answers exactly as a missing one. A
+    download in progress ends with the agent's credential, as its Connect stream does:
+    UNAUTHENTICATED (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when
+    a JWT expires.
     """
 
 @_typing.type_check_only
@@ -140,38 +153,51 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
     is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
     default tenant). Like every ExecutorService call it needs the permission agent.connect.
-    The server checks, in order:
-    - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
-      header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
-      documented on UploadArtifactHeader (INVALID_ARGUMENT naming the field);
-    - header.size_bytes <= CPA_ARTIFACT_MAX_BYTES (default 50 MiB), else RESOURCE_EXHAUSTED
-      (ARTIFACT_TOO_LARGE, field `header.size_bytes`);
+    The server checks, in order (the field named in ErrorInfo.metadata `field`, and in a
+    BadRequest for INVALID_ARGUMENT):
+    - the header: no message at all, or a first message that is not a header, is
+      INVALID_ARGUMENT (MISSING_FIELD, `header`); then its fields as documented on
+      UploadArtifactHeader (INVALID_ARGUMENT naming `header.<field>`; a size_bytes over
+      CPA_ARTIFACT_MAX_BYTES, default 50 MiB, RESOURCE_EXHAUSTED, ARTIFACT_TOO_LARGE);
     - the session: a live session of this tenant with that session_id (on this replica, or one
-      another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
-      `header.session_id`); the attempt: the task's current attempt, RUNNING (else
-      FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-      an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
-      NOT_FOUND (TASK_NOT_FOUND);
-    - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
-      more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
-      fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
-      INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH, `header.sha256`).
+      another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD,
+      `header.session_id`); the attempt: an unknown job of the tenant (another tenant's
+      included) is NOT_FOUND (JOB_NOT_FOUND, `header.job_id`), a task the job does not have
+      NOT_FOUND (TASK_NOT_FOUND, `header.task_id`); the task's current attempt must be
+      header.attempt and RUNNING (else FAILED_PRECONDITION, STALE_ATTEMPT) and held by that
+      session's agent (else ATTEMPT_NOT_HELD); these two name no field;
+    - each further message: a second header is INVALID_ARGUMENT (INVALID_FIELD, `header`), one
+      with neither header nor chunk (MISSING_FIELD, `chunk`), a chunk over 1 MiB
+      (PAYLOAD_TOO_LARGE, `chunk`); more bytes than size_bytes is INVALID_ARGUMENT
+      (ARTIFACT_SIZE_MISMATCH, `chunk`), or RESOURCE_EXHAUSTED (ARTIFACT_TOO_LARGE, `chunk`) once
+      they pass CPA_ARTIFACT_MAX_BYTES; empty chunks are allowed;
+    - at the end: fewer bytes than size_bytes is INVALID_ARGUMENT (ARTIFACT_INCOMPLETE,
+      `header.size_bytes`), another SHA-256 INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH,
+      `header.sha256`).
+    A message protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one larger than
+    CPA_MAX_REQUEST_BYTES plus 1 MiB PAYLOAD_TOO_LARGE (no field). The server sets no time
+    limit on an upload: give the call a deadline.
     Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
     artifact is recorded on the task in the job's transaction, fenced again as above (the
     attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
-    event is published. A second upload of a name by the same attempt replaces the first; a task
-    keeps at most 1000 artifacts (RESOURCE_EXHAUSTED, TOO_MANY_ARTIFACTS). Nothing of a refused
-    or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
+    event is published. A second upload of a name by the same attempt replaces the first, in
+    place; a task keeps at most 1000 artifacts over all its attempts (RESOURCE_EXHAUSTED,
+    TOO_MANY_ARTIFACTS, `header.name`). Nothing of a refused or cut-off upload is ever listed
+    or downloadable. Answers with the stored artifact.
     """
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_executor_service_pb2.DownloadArtifactRequest, _executor_service_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
-    """Streams an artifact of the agent's tenant (its credential's) to the agent, e.g. one
-    named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
-    chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
-    JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-    missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
-    (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters). A download in
-    progress ends with the agent's credential, as its Connect stream does: UNAUTHENTICATED
-    (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when a JWT expires.
+    """Streams an artifact of the agent's tenant (its credential's; with authentication off,
+    metadata `x-cpa-tenant`) to the agent, e.g. one named by Assignment.input_artifacts: first
+    a message with its metadata, then its bytes in chunks of at most 1 MiB (1048576 bytes); an
+    empty artifact is the metadata message alone. Any artifact of any job of the tenant may be
+    read, not only the agent's inputs. The agent checks size and sha256 itself. Errors, before
+    the first message: INVALID_ARGUMENT with MISSING_FIELD (job_id or artifact_id empty) or
+    INVALID_FIELD (one over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field
+    job_id) for an unknown job, (ARTIFACT_NOT_FOUND, field artifact_id) when the job lists no
+    such artifact. Another tenant's job or artifact answers exactly as a missing one. A
+    download in progress ends with the agent's credential, as its Connect stream does:
+    UNAUTHENTICATED (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when
+    a JWT expires.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -222,28 +248,37 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
         is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
         default tenant). Like every ExecutorService call it needs the permission agent.connect.
-        The server checks, in order:
-        - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
-          header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
-          documented on UploadArtifactHeader (INVALID_ARGUMENT naming the field);
-        - header.size_bytes <= CPA_ARTIFACT_MAX_BYTES (default 50 MiB), else RESOURCE_EXHAUSTED
-          (ARTIFACT_TOO_LARGE, field `header.size_bytes`);
+        The server checks, in order (the field named in ErrorInfo.metadata `field`, and in a
+        BadRequest for INVALID_ARGUMENT):
+        - the header: no message at all, or a first message that is not a header, is
+          INVALID_ARGUMENT (MISSING_FIELD, `header`); then its fields as documented on
+          UploadArtifactHeader (INVALID_ARGUMENT naming `header.<field>`; a size_bytes over
+          CPA_ARTIFACT_MAX_BYTES, default 50 MiB, RESOURCE_EXHAUSTED, ARTIFACT_TOO_LARGE);
         - the session: a live session of this tenant with that session_id (on this replica, or one
-          another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
-          `header.session_id`); the attempt: the task's current attempt, RUNNING (else
-          FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-          an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
-          NOT_FOUND (TASK_NOT_FOUND);
-        - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
-          more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
-          fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
-          INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH, `header.sha256`).
+          another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD,
+          `header.session_id`); the attempt: an unknown job of the tenant (another tenant's
+          included) is NOT_FOUND (JOB_NOT_FOUND, `header.job_id`), a task the job does not have
+          NOT_FOUND (TASK_NOT_FOUND, `header.task_id`); the task's current attempt must be
+          header.attempt and RUNNING (else FAILED_PRECONDITION, STALE_ATTEMPT) and held by that
+          session's agent (else ATTEMPT_NOT_HELD); these two name no field;
+        - each further message: a second header is INVALID_ARGUMENT (INVALID_FIELD, `header`), one
+          with neither header nor chunk (MISSING_FIELD, `chunk`), a chunk over 1 MiB
+          (PAYLOAD_TOO_LARGE, `chunk`); more bytes than size_bytes is INVALID_ARGUMENT
+          (ARTIFACT_SIZE_MISMATCH, `chunk`), or RESOURCE_EXHAUSTED (ARTIFACT_TOO_LARGE, `chunk`) once
+          they pass CPA_ARTIFACT_MAX_BYTES; empty chunks are allowed;
+        - at the end: fewer bytes than size_bytes is INVALID_ARGUMENT (ARTIFACT_INCOMPLETE,
+          `header.size_bytes`), another SHA-256 INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH,
+          `header.sha256`).
+        A message protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one larger than
+        CPA_MAX_REQUEST_BYTES plus 1 MiB PAYLOAD_TOO_LARGE (no field). The server sets no time
+        limit on an upload: give the call a deadline.
         Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
         artifact is recorded on the task in the job's transaction, fenced again as above (the
         attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
-        event is published. A second upload of a name by the same attempt replaces the first; a task
-        keeps at most 1000 artifacts (RESOURCE_EXHAUSTED, TOO_MANY_ARTIFACTS). Nothing of a refused
-        or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
+        event is published. A second upload of a name by the same attempt replaces the first, in
+        place; a task keeps at most 1000 artifacts over all its attempts (RESOURCE_EXHAUSTED,
+        TOO_MANY_ARTIFACTS, `header.name`). Nothing of a refused or cut-off upload is ever listed
+        or downloadable. Answers with the stored artifact.
         """
 
     @_abc_1.abstractmethod
@@ -252,14 +287,18 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_service_pb2.DownloadArtifactRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_executor_service_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_executor_service_pb2.DownloadArtifactResponse]]:
-        """Streams an artifact of the agent's tenant (its credential's) to the agent, e.g. one
-        named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
-        chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
-        JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-        missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
-        (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters). A download in
-        progress ends with the agent's credential, as its Connect stream does: UNAUTHENTICATED
-        (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when a JWT expires.
+        """Streams an artifact of the agent's tenant (its credential's; with authentication off,
+        metadata `x-cpa-tenant`) to the agent, e.g. one named by Assignment.input_artifacts: first
+        a message with its metadata, then its bytes in chunks of at most 1 MiB (1048576 bytes); an
+        empty artifact is the metadata message alone. Any artifact of any job of the tenant may be
+        read, not only the agent's inputs. The agent checks size and sha256 itself. Errors, before
+        the first message: INVALID_ARGUMENT with MISSING_FIELD (job_id or artifact_id empty) or
+        INVALID_FIELD (one over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field
+        job_id) for an unknown job, (ARTIFACT_NOT_FOUND, field artifact_id) when the job lists no
+        such artifact. Another tenant's job or artifact answers exactly as a missing one. A
+        download in progress ends with the agent's credential, as its Connect stream does:
+        UNAUTHENTICATED (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when
+        a JWT expires.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -83,21 +83,22 @@ class Callback(_message.Message):
     """The job it reports on."""
     event_type: _builtins.str
     """What it carries, as sent in the cpa-event-type header: "inform" (the job changed state),
-    "done" (the job succeeded) or "failure" (the job failed).
+    "done" (the job succeeded) or "failure" (the job failed); the LAM performative of its body.
     """
     url: _builtins.str
-    """Where it is POSTed."""
+    """Where it is POSTed, fixed when the message was made."""
     state: Global___CallbackState.ValueType
     """Where its delivery stands."""
     attempts: _builtins.int
     """Attempts made so far (counted from 0 again by a re-drive)."""
     last_error: _builtins.str
-    """Why the last attempt failed ("HTTP 503", "refused: 10.0.0.5 is a private address ...");
-    empty when none failed. At most 500 characters.
+    """Why the last failed attempt failed ("HTTP 503", "refused: 10.0.0.5 is a private address
+    ..."); empty when none failed. At most 500 characters. Kept by a re-drive until the next
+    attempt ends.
     """
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
-        """PENDING: when the next attempt is due."""
+        """When the next attempt is due; set only in state PENDING."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -150,11 +151,13 @@ class ListCallbacksRequest(_message.Message):
     """
     page_size: _builtins.int
     """Most deliveries per page, 0 meaning 100; more than 1000 means 1000; negative is
-    INVALID_FIELD (field page_size).
+    INVALID_FIELD (field page_size). May change from one page to the next.
     """
     page_token: _builtins.str
     """next_page_token of the previous page, asked with the same state and job_id; another
-    query's, another tenant's or a tampered token is INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    query's, another list's, another tenant's, a tampered token or one signed with a secret the
+    server no longer has (CPA_PAGE_TOKEN_SECRETS) is INVALID_ARGUMENT (INVALID_PAGE_TOKEN,
+    field page_token): list again without it. Tokens do not expire.
     """
     def __init__(
         self,
@@ -181,7 +184,7 @@ class ListCallbacksResponse(_message.Message):
     CALLBACKS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token of the next page; empty on the last."""
+    """Token of the next page; empty on the last. A page is full whenever a next one exists."""
     @_builtins.property
     def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Callback]:
         """The deliveries, in the order they were made (create_time, then delivery_id)."""
@@ -202,7 +205,10 @@ Global___ListCallbacksResponse: _TypeAlias = ListCallbacksResponse  # noqa: Y015
 
 @_typing.final
 class RetryCallbacksRequest(_message.Message):
-    """RetryCallbacksRequest names dead-lettered deliveries to send again: delivery_ids, or all_dead."""
+    """RetryCallbacksRequest names dead-lettered deliveries to send again: delivery_ids, or all_dead.
+    Exactly one of the two must be set: neither is MISSING_FIELD (field delivery_ids), both
+    INVALID_FIELD (field all_dead).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -212,13 +218,15 @@ class RetryCallbacksRequest(_message.Message):
     all_dead: _builtins.bool
     """Re-drive the caller's dead-lettered deliveries, oldest first, at most max_callbacks."""
     max_callbacks: _builtins.int
-    """With all_dead: most deliveries re-driven by this call, 1 to 1000; 0 means 100. Negative or
-    larger is INVALID_FIELD (field max_callbacks).
+    """With all_dead only (set without it: INVALID_FIELD, field max_callbacks): most deliveries
+    re-driven by this call, 1 to 1000; 0 means 100. Negative or larger is INVALID_FIELD (field
+    max_callbacks), not clamped. Call again while a full batch comes back.
     """
     @_builtins.property
     def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The deliveries to re-drive (at most 1000 ids, each at most 128 characters). Exactly one
-        of delivery_ids and all_dead must be set.
+        """The deliveries to re-drive (Callback.delivery_id), all DEAD deliveries of the caller's
+        tenant: at most 1000 ids (more is INVALID_FIELD, field delivery_ids), each 1 to 128
+        characters (else INVALID_FIELD, field delivery_ids[i]). Repeating an id is allowed.
         """
 
     def __init__(
@@ -245,7 +253,9 @@ class RetryCallbacksResponse(_message.Message):
     CALLBACKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Callback]:
-        """The deliveries now PENDING again, due at once, attempts counted from 0; oldest first."""
+        """The deliveries now PENDING again, due at once, attempts counted from 0; oldest first
+        (create_time, then delivery_id). Each appears once, however often its id was named.
+        """
 
     def __init__(
         self,

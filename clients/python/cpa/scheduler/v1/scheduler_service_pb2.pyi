@@ -37,9 +37,9 @@ class ListArtifactsRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """The job's id."""
+    """The job's id (at most 128 characters)."""
     task_id: _builtins.str
-    """Only this task's artifacts; empty for every task's."""
+    """Only this task's artifacts (ToDo.id, at most 128 characters); empty for every task's."""
     def __init__(
         self,
         *,
@@ -87,9 +87,11 @@ class DownloadArtifactRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     ARTIFACT_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """The job that lists it."""
+    """The job that lists it (at most 128 characters)."""
     artifact_id: _builtins.str
-    """The artifact's id (Artifact.artifact_id, from ListArtifacts or Task.artifacts)."""
+    """The artifact's id (Artifact.artifact_id, from ListArtifacts or Task.artifacts; at most 128
+    characters).
+    """
     def __init__(
         self,
         *,

@@ -413,11 +413,13 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListArtifacts(self, request, context):
-        """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
-        and, within a task, as Task.artifacts lists them; with task_id only that task's.
-        Errors: NOT_FOUND (JOB_NOT_FOUND) for an unknown job or another tenant's; NOT_FOUND
-        (TASK_NOT_FOUND, field task_id) for a task the job does not have; INVALID_ARGUMENT
-        (MISSING_FIELD / INVALID_FIELD job_id).
+        """Lists the artifacts a job's tasks stored (every attempt's, failed ones included), tasks in
+        plan order and, within a task, as Task.artifacts lists them; with task_id only that task's.
+        No artifacts is an empty list, not an error; there is no paging (a task keeps at most 1000).
+        Errors: INVALID_ARGUMENT with MISSING_FIELD (job_id empty) or INVALID_FIELD (job_id or
+        task_id over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an
+        unknown job or another tenant's; NOT_FOUND (TASK_NOT_FOUND, field task_id) for a task the
+        job does not have.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -425,12 +427,15 @@ class SchedulerServiceServicer:
 
     def DownloadArtifact(self, request, context):
         """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
-        chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
-        the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
-        job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-        artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
-        with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
-        key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
+        chunks of at most 1 MiB (1048576 bytes), in order; an empty artifact is the metadata
+        message alone. The server does not re-check the bytes as it sends them: check size_bytes
+        and sha256 at the end. Errors, before the first message: INVALID_ARGUMENT with
+        MISSING_FIELD (job_id or artifact_id empty) or INVALID_FIELD (one over 128 characters;
+        field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an unknown job, (ARTIFACT_NOT_FOUND,
+        field artifact_id) when the job lists no artifact with that id; another tenant's job or
+        artifact answers exactly as a missing one. A download in progress ends with its
+        credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API key is
+        revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -440,7 +445,8 @@ class SchedulerServiceServicer:
         """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
         done, failure), oldest first, optionally only one state's or one job's. Another tenant's
         deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
-        job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+        job_id over 128 characters, page_size negative; field named) or INVALID_PAGE_TOKEN (field
+        page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -448,15 +454,19 @@ class SchedulerServiceServicer:
 
     def RetryCallbacks(self, request, context):
         """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
-        from 0, with the same delivery id and message (receivers deduplicate by the id). With
-        delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
-        caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+        from 0, its last_error kept, with the same delivery id and message (receivers deduplicate
+        by the id). Each re-driven delivery writes an audit entry. With delivery_ids the call is
+        all or nothing: every id must name a DEAD delivery of the caller's tenant, else nothing
+        changes and the call fails, for the first such id, with NOT_FOUND (CALLBACK_NOT_FOUND,
         field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
-        (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
-        takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
-        INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
-        set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
-        max_callbacks out of range, or set without all_dead, field max_callbacks).
+        (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). An id named twice
+        is re-driven once; one another call re-drives at the same moment is left out of the
+        answer. With all_dead it takes the oldest max_callbacks DEAD deliveries of the tenant;
+        none is not an error. Checked before anything is read, in this order: INVALID_ARGUMENT
+        with INVALID_FIELD (both set, field all_dead; max_callbacks set without all_dead, or out
+        of range, field max_callbacks), MISSING_FIELD (neither set, field delivery_ids),
+        INVALID_FIELD (more than 1000 ids, field delivery_ids; an empty id or one over 128
+        characters, field delivery_ids[i]).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

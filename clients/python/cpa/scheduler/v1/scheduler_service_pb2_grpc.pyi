@@ -241,38 +241,48 @@ class SchedulerServiceStub:
     page_token) or INVALID_FIELD (page_size negative; over 1000 means 1000).
     """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListArtifactsRequest, _scheduler_service_pb2.ListArtifactsResponse]
-    """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
-    and, within a task, as Task.artifacts lists them; with task_id only that task's.
-    Errors: NOT_FOUND (JOB_NOT_FOUND) for an unknown job or another tenant's; NOT_FOUND
-    (TASK_NOT_FOUND, field task_id) for a task the job does not have; INVALID_ARGUMENT
-    (MISSING_FIELD / INVALID_FIELD job_id).
+    """Lists the artifacts a job's tasks stored (every attempt's, failed ones included), tasks in
+    plan order and, within a task, as Task.artifacts lists them; with task_id only that task's.
+    No artifacts is an empty list, not an error; there is no paging (a task keeps at most 1000).
+    Errors: INVALID_ARGUMENT with MISSING_FIELD (job_id empty) or INVALID_FIELD (job_id or
+    task_id over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an
+    unknown job or another tenant's; NOT_FOUND (TASK_NOT_FOUND, field task_id) for a task the
+    job does not have.
     """
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_scheduler_service_pb2.DownloadArtifactRequest, _scheduler_service_pb2.DownloadArtifactResponse]
     """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
-    chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
-    the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
-    job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-    artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
-    with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
-    key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
+    chunks of at most 1 MiB (1048576 bytes), in order; an empty artifact is the metadata
+    message alone. The server does not re-check the bytes as it sends them: check size_bytes
+    and sha256 at the end. Errors, before the first message: INVALID_ARGUMENT with
+    MISSING_FIELD (job_id or artifact_id empty) or INVALID_FIELD (one over 128 characters;
+    field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an unknown job, (ARTIFACT_NOT_FOUND,
+    field artifact_id) when the job lists no artifact with that id; another tenant's job or
+    artifact answers exactly as a missing one. A download in progress ends with its
+    credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API key is
+    revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
     """
     ListCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]
     """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
     done, failure), oldest first, optionally only one state's or one job's. Another tenant's
     deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
-    job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+    job_id over 128 characters, page_size negative; field named) or INVALID_PAGE_TOKEN (field
+    page_token).
     """
     RetryCallbacks: _grpc.UnaryUnaryMultiCallable[_callback_pb2.RetryCallbacksRequest, _callback_pb2.RetryCallbacksResponse]
     """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
-    from 0, with the same delivery id and message (receivers deduplicate by the id). With
-    delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
-    caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+    from 0, its last_error kept, with the same delivery id and message (receivers deduplicate
+    by the id). Each re-driven delivery writes an audit entry. With delivery_ids the call is
+    all or nothing: every id must name a DEAD delivery of the caller's tenant, else nothing
+    changes and the call fails, for the first such id, with NOT_FOUND (CALLBACK_NOT_FOUND,
     field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
-    (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
-    takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
-    INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
-    set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
-    max_callbacks out of range, or set without all_dead, field max_callbacks).
+    (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). An id named twice
+    is re-driven once; one another call re-drives at the same moment is left out of the
+    answer. With all_dead it takes the oldest max_callbacks DEAD deliveries of the tenant;
+    none is not an error. Checked before anything is read, in this order: INVALID_ARGUMENT
+    with INVALID_FIELD (both set, field all_dead; max_callbacks set without all_dead, or out
+    of range, field max_callbacks), MISSING_FIELD (neither set, field delivery_ids),
+    INVALID_FIELD (more than 1000 ids, field delivery_ids; an empty id or one over 128
+    characters, field delivery_ids[i]).
     """
     ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEntriesRequest, _audit_pb2.ListAuditEntriesResponse]
     """Lists the caller's audit entries, newest first: who scheduled, cancelled, re-drove or
@@ -525,38 +535,48 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     page_token) or INVALID_FIELD (page_size negative; over 1000 means 1000).
     """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListArtifactsRequest, _scheduler_service_pb2.ListArtifactsResponse]  # type: ignore[assignment]
-    """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
-    and, within a task, as Task.artifacts lists them; with task_id only that task's.
-    Errors: NOT_FOUND (JOB_NOT_FOUND) for an unknown job or another tenant's; NOT_FOUND
-    (TASK_NOT_FOUND, field task_id) for a task the job does not have; INVALID_ARGUMENT
-    (MISSING_FIELD / INVALID_FIELD job_id).
+    """Lists the artifacts a job's tasks stored (every attempt's, failed ones included), tasks in
+    plan order and, within a task, as Task.artifacts lists them; with task_id only that task's.
+    No artifacts is an empty list, not an error; there is no paging (a task keeps at most 1000).
+    Errors: INVALID_ARGUMENT with MISSING_FIELD (job_id empty) or INVALID_FIELD (job_id or
+    task_id over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an
+    unknown job or another tenant's; NOT_FOUND (TASK_NOT_FOUND, field task_id) for a task the
+    job does not have.
     """
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_scheduler_service_pb2.DownloadArtifactRequest, _scheduler_service_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
     """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
-    chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
-    the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
-    job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-    artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
-    with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
-    key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
+    chunks of at most 1 MiB (1048576 bytes), in order; an empty artifact is the metadata
+    message alone. The server does not re-check the bytes as it sends them: check size_bytes
+    and sha256 at the end. Errors, before the first message: INVALID_ARGUMENT with
+    MISSING_FIELD (job_id or artifact_id empty) or INVALID_FIELD (one over 128 characters;
+    field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an unknown job, (ARTIFACT_NOT_FOUND,
+    field artifact_id) when the job lists no artifact with that id; another tenant's job or
+    artifact answers exactly as a missing one. A download in progress ends with its
+    credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API key is
+    revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
     """
     ListCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.ListCallbacksRequest, _callback_pb2.ListCallbacksResponse]  # type: ignore[assignment]
     """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
     done, failure), oldest first, optionally only one state's or one job's. Another tenant's
     deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
-    job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+    job_id over 128 characters, page_size negative; field named) or INVALID_PAGE_TOKEN (field
+    page_token).
     """
     RetryCallbacks: _aio.UnaryUnaryMultiCallable[_callback_pb2.RetryCallbacksRequest, _callback_pb2.RetryCallbacksResponse]  # type: ignore[assignment]
     """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
-    from 0, with the same delivery id and message (receivers deduplicate by the id). With
-    delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
-    caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+    from 0, its last_error kept, with the same delivery id and message (receivers deduplicate
+    by the id). Each re-driven delivery writes an audit entry. With delivery_ids the call is
+    all or nothing: every id must name a DEAD delivery of the caller's tenant, else nothing
+    changes and the call fails, for the first such id, with NOT_FOUND (CALLBACK_NOT_FOUND,
     field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
-    (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
-    takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
-    INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
-    set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
-    max_callbacks out of range, or set without all_dead, field max_callbacks).
+    (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). An id named twice
+    is re-driven once; one another call re-drives at the same moment is left out of the
+    answer. With all_dead it takes the oldest max_callbacks DEAD deliveries of the tenant;
+    none is not an error. Checked before anything is read, in this order: INVALID_ARGUMENT
+    with INVALID_FIELD (both set, field all_dead; max_callbacks set without all_dead, or out
+    of range, field max_callbacks), MISSING_FIELD (neither set, field delivery_ids),
+    INVALID_FIELD (more than 1000 ids, field delivery_ids; an empty id or one over 128
+    characters, field delivery_ids[i]).
     """
     ListAuditEntries: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEntriesRequest, _audit_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
     """Lists the caller's audit entries, newest first: who scheduled, cancelled, re-drove or
@@ -878,11 +898,13 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_service_pb2.ListArtifactsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_service_pb2.ListArtifactsResponse, _abc.Awaitable[_scheduler_service_pb2.ListArtifactsResponse]]:
-        """Lists the artifacts a job's tasks stored (all attempts, failed ones included), in task order
-        and, within a task, as Task.artifacts lists them; with task_id only that task's.
-        Errors: NOT_FOUND (JOB_NOT_FOUND) for an unknown job or another tenant's; NOT_FOUND
-        (TASK_NOT_FOUND, field task_id) for a task the job does not have; INVALID_ARGUMENT
-        (MISSING_FIELD / INVALID_FIELD job_id).
+        """Lists the artifacts a job's tasks stored (every attempt's, failed ones included), tasks in
+        plan order and, within a task, as Task.artifacts lists them; with task_id only that task's.
+        No artifacts is an empty list, not an error; there is no paging (a task keeps at most 1000).
+        Errors: INVALID_ARGUMENT with MISSING_FIELD (job_id empty) or INVALID_FIELD (job_id or
+        task_id over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an
+        unknown job or another tenant's; NOT_FOUND (TASK_NOT_FOUND, field task_id) for a task the
+        job does not have.
         """
 
     @_abc_1.abstractmethod
@@ -892,12 +914,15 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scheduler_service_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_scheduler_service_pb2.DownloadArtifactResponse]]:
         """Streams an artifact: first a message with its metadata (size, sha256), then its bytes in
-        chunks of at most 1 MiB, in order. NOT_FOUND (ARTIFACT_NOT_FOUND, field artifact_id) when
-        the job lists no artifact with that id, JOB_NOT_FOUND for an unknown job; another tenant's
-        job or artifact answers exactly as a missing one. INVALID_ARGUMENT: MISSING_FIELD (job_id or
-        artifact_id empty), INVALID_FIELD (one over 128 characters). A download in progress ends
-        with its credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
-        key is revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
+        chunks of at most 1 MiB (1048576 bytes), in order; an empty artifact is the metadata
+        message alone. The server does not re-check the bytes as it sends them: check size_bytes
+        and sha256 at the end. Errors, before the first message: INVALID_ARGUMENT with
+        MISSING_FIELD (job_id or artifact_id empty) or INVALID_FIELD (one over 128 characters;
+        field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an unknown job, (ARTIFACT_NOT_FOUND,
+        field artifact_id) when the job lists no artifact with that id; another tenant's job or
+        artifact answers exactly as a missing one. A download in progress ends with its
+        credential, as a WatchJob stream: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API key is
+        revoked, (CREDENTIAL_EXPIRED) when a JWT's exp plus the clock skew passes.
         """
 
     @_abc_1.abstractmethod
@@ -909,7 +934,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the caller's callback deliveries (the messages of jobs with a callback URL: inform,
         done, failure), oldest first, optionally only one state's or one job's. Another tenant's
         deliveries are never listed. Errors: INVALID_ARGUMENT with INVALID_FIELD (state unknown,
-        job_id over 128 characters, page_size negative) or INVALID_PAGE_TOKEN (page_token).
+        job_id over 128 characters, page_size negative; field named) or INVALID_PAGE_TOKEN (field
+        page_token).
         """
 
     @_abc_1.abstractmethod
@@ -919,15 +945,19 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_callback_pb2.RetryCallbacksResponse, _abc.Awaitable[_callback_pb2.RetryCallbacksResponse]]:
         """Re-drives dead-lettered deliveries: each becomes PENDING, due at once, its attempts counted
-        from 0, with the same delivery id and message (receivers deduplicate by the id). With
-        delivery_ids the call is all or nothing: every id must name a DEAD delivery of the
-        caller's tenant, else nothing changes and the call fails with NOT_FOUND (CALLBACK_NOT_FOUND,
+        from 0, its last_error kept, with the same delivery id and message (receivers deduplicate
+        by the id). Each re-driven delivery writes an audit entry. With delivery_ids the call is
+        all or nothing: every id must name a DEAD delivery of the caller's tenant, else nothing
+        changes and the call fails, for the first such id, with NOT_FOUND (CALLBACK_NOT_FOUND,
         field delivery_ids[i]; also for another tenant's delivery) or FAILED_PRECONDITION
-        (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). With all_dead it
-        takes the oldest max_callbacks DEAD deliveries of the tenant; none is not an error.
-        INVALID_ARGUMENT: MISSING_FIELD (neither set, field delivery_ids), INVALID_FIELD (both
-        set, field all_dead; more than 1000 ids or an empty or over-long id, field delivery_ids[i];
-        max_callbacks out of range, or set without all_dead, field max_callbacks).
+        (CALLBACK_NOT_DEAD, field delivery_ids[i]: it is PENDING or DELIVERED). An id named twice
+        is re-driven once; one another call re-drives at the same moment is left out of the
+        answer. With all_dead it takes the oldest max_callbacks DEAD deliveries of the tenant;
+        none is not an error. Checked before anything is read, in this order: INVALID_ARGUMENT
+        with INVALID_FIELD (both set, field all_dead; max_callbacks set without all_dead, or out
+        of range, field max_callbacks), MISSING_FIELD (neither set, field delivery_ids),
+        INVALID_FIELD (more than 1000 ids, field delivery_ids; an empty id or one over 128
+        characters, field delivery_ids[i]).
         """
 
     @_abc_1.abstractmethod

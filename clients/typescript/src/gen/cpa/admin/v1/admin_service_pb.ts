@@ -22,7 +22,8 @@ export const file_cpa_admin_v1_admin_service: GenFile = /*@__PURE__*/
  */
 export type ApiKey = Message<"cpa.admin.v1.ApiKey"> & {
   /**
-   * Public id of the key, the part after `cpa_` of its secret (`cpa_<key_id>_<secret>`).
+   * Public id of the key: 12 lowercase hex digits, the part after `cpa_` of its secret
+   * (`cpa_<key_id>_<43 URL-safe base64 characters>`). Unique across tenants.
    *
    * @generated from field: string key_id = 1;
    */
@@ -36,35 +37,39 @@ export type ApiKey = Message<"cpa.admin.v1.ApiKey"> & {
   tenant: string;
 
   /**
-   * What the key may do.
+   * What the key may do: each role once, in ascending order of its number.
    *
    * @generated from field: repeated cpa.admin.v1.Role roles = 3;
    */
   roles: Role[];
 
   /**
-   * Free text given at creation.
+   * Free text given at creation (empty when none was).
    *
    * @generated from field: string description = 4;
    */
   description: string;
 
   /**
-   * Who created it (the creating credential's subject, e.g. `key:3f2a...`).
+   * Who created it: the creating credential's subject (`key:<key_id>`, `jwt:<iss>#<sub>`),
+   * `local` with authentication off, `bootstrap` for `cpa keys create --bootstrap`. An admin
+   * acting for another tenant is recorded as itself.
    *
    * @generated from field: string created_by = 5;
    */
   createdBy: string;
 
   /**
-   * Agent tokens: the actions their agents may advertise (fnmatch patterns, `*` any).
+   * Agent tokens: the actions their agents may advertise (fnmatch patterns, `*` any), as
+   * given; empty for other keys.
    *
    * @generated from field: repeated string agent_actions = 6;
    */
   agentActions: string[];
 
   /**
-   * Agent tokens: the capabilities their agents may advertise (fnmatch patterns, `*` any).
+   * Agent tokens: the capabilities their agents may advertise (fnmatch patterns, `*` any), as
+   * given; empty for other keys, and for agent tokens that allow none.
    *
    * @generated from field: repeated string agent_capabilities = 7;
    */
@@ -93,34 +98,39 @@ export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
   messageDesc(file_cpa_admin_v1_admin_service, 0);
 
 /**
- * CreateApiKeyRequest asks for a new key of the caller's tenant.
+ * CreateApiKeyRequest asks for a new key of the caller's tenant. The refusals of each field are
+ * listed on CreateApiKey.
  *
  * @generated from message cpa.admin.v1.CreateApiKeyRequest
  */
 export type CreateApiKeyRequest = Message<"cpa.admin.v1.CreateApiKeyRequest"> & {
   /**
-   * Roles of the key: at least one; AGENT stands alone.
+   * Roles of the key: at least one, each a declared Role other than ROLE_UNSPECIFIED; a role
+   * named twice counts once. AGENT stands alone.
    *
    * @generated from field: repeated cpa.admin.v1.Role roles = 1;
    */
   roles: Role[];
 
   /**
-   * What the key is for (at most 256 printable characters).
+   * What the key is for: at most 256 printable characters; empty allowed.
    *
    * @generated from field: string description = 2;
    */
   description: string;
 
   /**
-   * With AGENT: actions the agent may advertise (at least one; fnmatch patterns, `*` any).
+   * With AGENT only, and then required: actions the agent may advertise, 1 to 256 fnmatch
+   * patterns (`*` any, `?` one character, `[seq]`), each 1 to 128 printable characters. Kept
+   * as given (duplicates too).
    *
    * @generated from field: repeated string agent_actions = 3;
    */
   agentActions: string[];
 
   /**
-   * With AGENT: capabilities the agent may advertise (fnmatch patterns, `*` any; none: none).
+   * With AGENT only: capabilities the agent may advertise, 0 to 256 patterns as agent_actions;
+   * none: the agent may advertise no capability.
    *
    * @generated from field: repeated string agent_capabilities = 4;
    */
@@ -164,7 +174,8 @@ export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@_
   messageDesc(file_cpa_admin_v1_admin_service, 2);
 
 /**
- * ListApiKeysRequest asks for the keys of the caller's tenant.
+ * ListApiKeysRequest asks for the keys of the caller's tenant (the one acted for with
+ * `x-cpa-act-as-tenant`); it has no fields.
  *
  * @generated from message cpa.admin.v1.ListApiKeysRequest
  */
@@ -185,7 +196,7 @@ export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PUR
  */
 export type ListApiKeysResponse = Message<"cpa.admin.v1.ListApiKeysResponse"> & {
   /**
-   * The keys, without secrets.
+   * The keys, without secrets; empty when the tenant has none.
    *
    * @generated from field: repeated cpa.admin.v1.ApiKey keys = 1;
    */
@@ -206,7 +217,8 @@ export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__P
  */
 export type RevokeApiKeyRequest = Message<"cpa.admin.v1.RevokeApiKeyRequest"> & {
   /**
-   * The key's key_id: 12 lowercase hex digits, the part after `cpa_` of its secret.
+   * The key's key_id: 12 lowercase hex digits, the part after `cpa_` of its secret (ApiKey.key_id,
+   * as ListApiKeys shows it).
    *
    * @generated from field: string key_id = 1;
    */
@@ -227,7 +239,7 @@ export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__P
  */
 export type RevokeApiKeyResponse = Message<"cpa.admin.v1.RevokeApiKeyResponse"> & {
   /**
-   * The key, with its revoke_time.
+   * The key, with its revoke_time (the first one, when it was revoked before).
    *
    * @generated from field: cpa.admin.v1.ApiKey key = 1;
    */
@@ -305,28 +317,43 @@ export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
 
 /**
  * AdminService manages the credentials of a tenant: API keys of callers and tokens of agents
- * (docs/SECURITY.md). Every method requires the permission `keys.manage` (role admin) and acts
- * on the caller's tenant; an admin manages another tenant's keys by naming it in metadata
- * `x-cpa-act-as-tenant` (`cpa keys ... --tenant T`). A call without a valid credential is
+ * (docs/SECURITY.md). Native gRPC only (not transcoded to REST). Every method requires the
+ * permission `keys.manage` (role admin) and acts on the caller's tenant; an admin manages
+ * another tenant's keys by naming it in metadata `x-cpa-act-as-tenant` (`cpa keys ... --tenant
+ * T`; a name over 128 characters or with non-printable characters is INVALID_ARGUMENT,
+ * INVALID_FIELD, field `x-cpa-act-as-tenant`). A call without a valid credential is
  * UNAUTHENTICATED (reasons UNAUTHENTICATED, CREDENTIAL_INVALID, CREDENTIAL_EXPIRED,
- * CREDENTIAL_REVOKED); a credential without `keys.manage` is PERMISSION_DENIED (reason
- * PERMISSION_DENIED). Errors are google.rpc.Status with ErrorInfo, as in SchedulerService; any
- * call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached.
+ * CREDENTIAL_REVOKED); a credential without `keys.manage`, or metadata `x-cpa-tenant` naming
+ * another tenant than the credential's, is PERMISSION_DENIED (reason PERMISSION_DENIED).
+ * Errors are google.rpc.Status with ErrorInfo (domain "cpa.scheduler") and, for bad input, a
+ * BadRequest naming the field, as in SchedulerService; messages never echo a secret. A body
+ * protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over
+ * CPA_MAX_REQUEST_BYTES INVALID_ARGUMENT (PAYLOAD_TOO_LARGE). Calls are rate limited as
+ * SchedulerService's (each costs 1): RESOURCE_EXHAUSTED (RATE_LIMITED) with a RetryInfo delay;
+ * a replica with CPA_MAX_CONCURRENT_RPCS calls in progress refuses more with
+ * RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Any call may fail UNAVAILABLE (STORE_UNAVAILABLE) while
+ * the store cannot be reached: retry with backoff (CreateApiKey then may have made a key that
+ * ListApiKeys shows; revoke it if unwanted).
  *
  * @generated from service cpa.admin.v1.AdminService
  */
 export const AdminService: GenService<{
   /**
-   * Creates an API key (or, with role AGENT, an agent token) for the caller's tenant. The answer
-   * carries the secret once: the server keeps only its SHA-256 and the public key_id. Bad input
-   * is INVALID_ARGUMENT with a BadRequest naming the field: no role (MISSING_FIELD, `roles`),
-   * ROLE_UNSPECIFIED or an unknown value (INVALID_FIELD, `roles[i]`), AGENT together with
-   * another role (INVALID_FIELD, `roles`), agent_actions or agent_capabilities on a key without
-   * AGENT, or an agent token allowing no action (INVALID_FIELD), a description over 256
-   * characters or with control characters, more than 256 patterns, or a pattern over 128
-   * characters or with control characters (INVALID_FIELD, `agent_actions[i]`). A body that does
-   * not decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one over CPA_MAX_REQUEST_BYTES
-   * PAYLOAD_TOO_LARGE. Keys have no expiry of their own: they are valid until revoked.
+   * Creates an API key (or, with role AGENT, an agent token) for the caller's tenant, usable at
+   * once on every replica. The answer carries the secret once: the server keeps only its
+   * SHA-256 and the public key_id. Keys have no expiry of their own: they are valid until
+   * revoked. Not idempotent: each call makes a new key. Bad input is INVALID_ARGUMENT with a
+   * BadRequest naming the field, checked in this order: no role (MISSING_FIELD, `roles`),
+   * ROLE_UNSPECIFIED or a value that is no Role (INVALID_FIELD, `roles[i]`), AGENT together
+   * with another role (INVALID_FIELD, `roles`); a description over 256 characters or with a
+   * non-printable one (INVALID_FIELD, `description`); more than 256 patterns in agent_actions
+   * or agent_capabilities (INVALID_FIELD, `agent_actions` / `agent_capabilities`), an empty
+   * pattern, one over 128 characters or with a non-printable one (INVALID_FIELD,
+   * `agent_actions[i]` / `agent_capabilities[i]`); an agent token without agent_actions
+   * (MISSING_FIELD, `agent_actions`); agent_actions or agent_capabilities on a key without
+   * AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
+   * code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
+   * other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
    *
    * @generated from rpc cpa.admin.v1.AdminService.CreateApiKey
    */
@@ -336,8 +363,9 @@ export const AdminService: GenService<{
     output: typeof CreateApiKeyResponseSchema;
   },
   /**
-   * Lists the caller's tenant's keys, newest first, revoked ones included (with revoke_time).
-   * Never returns a secret or its hash.
+   * Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
+   * key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
+   * Never returns a secret or its hash. No errors of its own.
    *
    * @generated from rpc cpa.admin.v1.AdminService.ListApiKeys
    */
@@ -347,12 +375,15 @@ export const AdminService: GenService<{
     output: typeof ListApiKeysResponseSchema;
   },
   /**
-   * Revokes a key of the caller's tenant: from then on every replica refuses it within
-   * CPA_AUTH_CACHE_TTL_S (reason CREDENTIAL_REVOKED), and an agent stream using it is closed.
-   * Revoking a revoked key answers it unchanged. A missing key_id is INVALID_ARGUMENT
-   * (MISSING_FIELD), one that is not 12 lowercase hex digits (a whole secret, say) INVALID_FIELD
-   * (`key_id`, the value not echoed); one that names no key of the tenant (another tenant's
-   * included, so key ids do not leak across tenants) is NOT_FOUND (API_KEY_NOT_FOUND).
+   * Revokes a key of the caller's tenant, the caller's own included: from then on every replica
+   * refuses it within CPA_AUTH_CACHE_TTL_S (the one that revoked it at once; reason
+   * CREDENTIAL_REVOKED), and streams opened with it (an agent's Connect, WatchJob, downloads)
+   * end with UNAUTHENTICATED (CREDENTIAL_REVOKED) within the same bound. There is no
+   * un-revoke. Revoking a revoked key answers it unchanged (its first revoke_time kept). A
+   * missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
+   * hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
+   * names no key of the tenant (another tenant's included, so key ids do not leak across
+   * tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
    *
    * @generated from rpc cpa.admin.v1.AdminService.RevokeApiKey
    */

@@ -23,27 +23,32 @@ export const file_cpa_executor_v1_executor_service: GenFile = /*@__PURE__*/
   fileDesc("CiZjcGEvZXhlY3V0b3IvdjEvZXhlY3V0b3Jfc2VydmljZS5wcm90bxIPY3BhLmV4ZWN1dG9yLnYxIqIBChRVcGxvYWRBcnRpZmFjdEhlYWRlchIOCgZqb2JfaWQYASABKAkSDwoHdGFza19pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEhIKCnNlc3Npb25faWQYBCABKAkSDAoEbmFtZRgFIAEoCRISCgptZWRpYV90eXBlGAYgASgJEhIKCnNpemVfYnl0ZXMYByABKAMSDgoGc2hhMjU2GAggASgJImkKFVVwbG9hZEFydGlmYWN0UmVxdWVzdBI3CgZoZWFkZXIYASABKAsyJS5jcGEuZXhlY3V0b3IudjEuVXBsb2FkQXJ0aWZhY3RIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBGtpbmQiQwoWVXBsb2FkQXJ0aWZhY3RSZXNwb25zZRIpCghhcnRpZmFjdBgBIAEoCzIXLmNwYS5jb21tb24udjEuQXJ0aWZhY3QiPgoXRG93bmxvYWRBcnRpZmFjdFJlcXVlc3QSEwoLYXJ0aWZhY3RfaWQYASABKAkSDgoGam9iX2lkGAIgASgJImAKGERvd25sb2FkQXJ0aWZhY3RSZXNwb25zZRIrCghhcnRpZmFjdBgBIAEoCzIXLmNwYS5jb21tb24udjEuQXJ0aWZhY3RIABIPCgVjaHVuaxgCIAEoDEgAQgYKBGtpbmQiQgoOUnVubmluZ0F0dGVtcHQSDgoGam9iX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBSKKAgoFSGVsbG8SEAoIYWdlbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZ0ZW5hbnQYAyABKAkSNgoMY2FwYWJpbGl0aWVzGAQgASgLMiAuY3BhLmNvbW1vbi52MS5BZ2VudENhcGFiaWxpdGllcxI5ChBydW5uaW5nX2F0dGVtcHRzGAUgAygLMh8uY3BhLmV4ZWN1dG9yLnYxLlJ1bm5pbmdBdHRlbXB0Eg8KB3ZlcnNpb24YBiABKAkSFwoPYWNjZXB0c19iYXRjaGVzGAcgASgIEhkKEW1heF9yZWNlaXZlX2J5dGVzGAkgASgDEhkKEXJlc3VtZV9zZXNzaW9uX2lkGAggASgJIhcKBkNyZWRpdBINCgVzbG90cxgBIAEoBSJjCg1Bc3NpZ25tZW50QWNrEg4KBmpvYl9pZBgBIAEoCRIPCgd0YXNrX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSEAoIYWNjZXB0ZWQYBCABKAgSDgoGcmVhc29uGAUgASgJIp8BCghQcm9ncmVzcxIOCgZqb2JfaWQYASABKAkSDwoHdGFza19pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEhQKB3BlcmNlbnQYBCABKAJIAIgBARIPCgdtZXNzYWdlGAUgASgJEi4KCWFydGlmYWN0cxgGIAMoCzIXLmNwYS5jb21tb24udjEuQXJ0aWZhY3RCAhgBQgoKCF9wZXJjZW50It8BCgZSZXN1bHQSDgoGam9iX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRIqCgdvdXRwdXRzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdEgAEikKBWVycm9yGAUgASgLMhguY3BhLmNvbW1vbi52MS5UYXNrRXJyb3JIABIuCglhcnRpZmFjdHMYBiADKAsyFy5jcGEuY29tbW9uLnYxLkFydGlmYWN0QgIYARIRCgljYW5jZWxsZWQYByABKAhCCQoHb3V0Y29tZSJGCglIZWFydGJlYXQSOQoQcnVubmluZ19hdHRlbXB0cxgBIAMoCzIfLmNwYS5leGVjdXRvci52MS5SdW5uaW5nQXR0ZW1wdCIcCgpBZ2VudERyYWluEg4KBnJlYXNvbhgBIAEoCSJgCgVPZmZlchIOCgZjZnBfaWQYASABKAkSEQoJYXZhaWxhYmxlGAIgASgIEgwKBGNvc3QYAyABKAESJgoDZXRhGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIssDCg5Db25uZWN0UmVxdWVzdBIRCglyZXBvcnRfaWQYASABKAMSJwoFaGVsbG8YCiABKAsyFi5jcGEuZXhlY3V0b3IudjEuSGVsbG9IABIpCgZjcmVkaXQYCyABKAsyFy5jcGEuZXhlY3V0b3IudjEuQ3JlZGl0SAASOAoOYXNzaWdubWVudF9hY2sYDCABKAsyHi5jcGEuZXhlY3V0b3IudjEuQXNzaWdubWVudEFja0gAEi0KCHByb2dyZXNzGA0gASgLMhkuY3BhLmV4ZWN1dG9yLnYxLlByb2dyZXNzSAASKQoGcmVzdWx0GA4gASgLMhcuY3BhLmV4ZWN1dG9yLnYxLlJlc3VsdEgAEi8KCWhlYXJ0YmVhdBgPIAEoCzIaLmNwYS5leGVjdXRvci52MS5IZWFydGJlYXRIABIsCgVkcmFpbhgQIAEoCzIbLmNwYS5leGVjdXRvci52MS5BZ2VudERyYWluSAASJwoFb2ZmZXIYESABKAsyFi5jcGEuZXhlY3V0b3IudjEuT2ZmZXJIABIuCgViYXRjaBgSIAEoCzIdLmNwYS5leGVjdXRvci52MS5SZXF1ZXN0QmF0Y2hIAEIGCgRraW5kIkEKDFJlcXVlc3RCYXRjaBIxCghyZXF1ZXN0cxgBIAMoCzIfLmNwYS5leGVjdXRvci52MS5Db25uZWN0UmVxdWVzdCLjAgoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEhIKCnJlcGxpY2FfaWQYAiABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjkKEGFkb3B0ZWRfYXR0ZW1wdHMYBSADKAsyHy5jcGEuZXhlY3V0b3IudjEuUnVubmluZ0F0dGVtcHQSFwoPYWNjZXB0c19iYXRjaGVzGAYgASgIEhgKEG1heF9yZXBvcnRfYnl0ZXMYByABKAMSHAoUbWF4X2Fzc2lnbm1lbnRfYnl0ZXMYCCABKAMSOgoXaWRsZV9oZWFydGJlYXRfaW50ZXJ2YWwYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24izQQKCkFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiEKBHRvZG8YAiABKAsyEy5jcGEuY29tbW9uLnYxLlRvRG8SDwoHYXR0ZW1wdBgDIAEoBRIsCghkZWFkbGluZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASRAoNdHJhY2VfY29udGV4dBgFIAMoCzItLmNwYS5leGVjdXRvci52MS5Bc3NpZ25tZW50LlRyYWNlQ29udGV4dEVudHJ5EicKBmlucHV0cxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDgoGdGVuYW50GAcgASgJEkgKD2NyZWRlbnRpYWxfcmVmcxgIIAMoCzIvLmNwYS5leGVjdXRvci52MS5Bc3NpZ25tZW50LkNyZWRlbnRpYWxSZWZzRW50cnkSSAoPaW5wdXRfYXJ0aWZhY3RzGAogAygLMi8uY3BhLmV4ZWN1dG9yLnYxLkFzc2lnbm1lbnQuSW5wdXRBcnRpZmFjdHNFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjUKE0NyZWRlbnRpYWxSZWZzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARpOChNJbnB1dEFydGlmYWN0c0VudHJ5EgsKA2tleRgBIAEoCRImCgV2YWx1ZRgCIAEoCzIXLmNwYS5jb21tb24udjEuQXJ0aWZhY3Q6AjgBIlEKDUNhbmNlbEF0dGVtcHQSDgoGam9iX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRIOCgZyZWFzb24YBCABKAkiXAoJUmVwb3J0QWNrEhEKCXJlcG9ydF9pZBgBIAEoAxIQCghhY2NlcHRlZBgCIAEoCBIqCgZyZWFzb24YAyABKA4yGi5jcGEuY29tbW9uLnYxLkVycm9yUmVhc29uIksKC1NlcnZlckRyYWluEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAiABKAkigwEKEENhbGxGb3JQcm9wb3NhbHMSDgoGY2ZwX2lkGAEgASgJEg4KBmpvYl9pZBgCIAEoCRIhCgR0b2RvGAMgASgLMhMuY3BhLmNvbW1vbi52MS5Ub0RvEiwKCHJlcGx5X2J5GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI0ChBQcm9wb3NhbERlY2lzaW9uEg4KBmNmcF9pZBgBIAEoCRIQCghhY2NlcHRlZBgCIAEoCCJ4CgxIZWFydGJlYXRBY2sSLwoLbGVhc2VfdW50aWwYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKDnN0YWxlX2F0dGVtcHRzGAIgAygLMh8uY3BhLmV4ZWN1dG9yLnYxLlJ1bm5pbmdBdHRlbXB0Iq4ECg9Db25uZWN0UmVzcG9uc2USKwoHd2VsY29tZRgKIAEoCzIYLmNwYS5leGVjdXRvci52MS5XZWxjb21lSAASMQoKYXNzaWdubWVudBgLIAEoCzIbLmNwYS5leGVjdXRvci52MS5Bc3NpZ25tZW50SAASMAoGY2FuY2VsGAwgASgLMh4uY3BhLmV4ZWN1dG9yLnYxLkNhbmNlbEF0dGVtcHRIABIwCgpyZXBvcnRfYWNrGA0gASgLMhouY3BhLmV4ZWN1dG9yLnYxLlJlcG9ydEFja0gAEi0KBWRyYWluGA4gASgLMhwuY3BhLmV4ZWN1dG9yLnYxLlNlcnZlckRyYWluSAASPwoSY2FsbF9mb3JfcHJvcG9zYWxzGA8gASgLMiEuY3BhLmV4ZWN1dG9yLnYxLkNhbGxGb3JQcm9wb3NhbHNIABI+ChFwcm9wb3NhbF9kZWNpc2lvbhgQIAEoCzIhLmNwYS5leGVjdXRvci52MS5Qcm9wb3NhbERlY2lzaW9uSAASNgoNaGVhcnRiZWF0X2FjaxgRIAEoCzIdLmNwYS5leGVjdXRvci52MS5IZWFydGJlYXRBY2tIABIvCgViYXRjaBgSIAEoCzIeLmNwYS5leGVjdXRvci52MS5SZXNwb25zZUJhdGNoSAASNgoNc2Vzc2lvbl9lbmRlZBgTIAEoCzIdLmNwYS5leGVjdXRvci52MS5TZXNzaW9uRW5kZWRIAEIGCgRraW5kIj8KDFNlc3Npb25FbmRlZBIOCgZqb2JfaWQYASABKAkSDwoHc2Vzc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkiRAoNUmVzcG9uc2VCYXRjaBIzCglyZXNwb25zZXMYASADKAsyIC5jcGEuZXhlY3V0b3IudjEuQ29ubmVjdFJlc3BvbnNlMrMCCg9FeGVjdXRvclNlcnZpY2USUAoHQ29ubmVjdBIfLmNwYS5leGVjdXRvci52MS5Db25uZWN0UmVxdWVzdBogLmNwYS5leGVjdXRvci52MS5Db25uZWN0UmVzcG9uc2UoATABEmMKDlVwbG9hZEFydGlmYWN0EiYuY3BhLmV4ZWN1dG9yLnYxLlVwbG9hZEFydGlmYWN0UmVxdWVzdBonLmNwYS5leGVjdXRvci52MS5VcGxvYWRBcnRpZmFjdFJlc3BvbnNlKAESaQoQRG93bmxvYWRBcnRpZmFjdBIoLmNwYS5leGVjdXRvci52MS5Eb3dubG9hZEFydGlmYWN0UmVxdWVzdBopLmNwYS5leGVjdXRvci52MS5Eb3dubG9hZEFydGlmYWN0UmVzcG9uc2UwAWIGcHJvdG8z", [file_cpa_common_v1_agent_capabilities, file_cpa_common_v1_artifact, file_cpa_common_v1_error, file_cpa_common_v1_todo, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
- * UploadArtifactHeader says what an upload stores, for which attempt.
+ * UploadArtifactHeader says what an upload stores, for which attempt. Its fields are checked
+ * in the order job_id, task_id, attempt, name, media_type, sha256, size_bytes, session_id; each
+ * refusal is INVALID_ARGUMENT naming `header.<field>` unless said otherwise.
  *
  * @generated from message cpa.executor.v1.UploadArtifactHeader
  */
 export type UploadArtifactHeader = Message<"cpa.executor.v1.UploadArtifactHeader"> & {
   /**
-   * Job of the task (at most 128 characters).
+   * Job of the task (Assignment.job_id): required (MISSING_FIELD), at most 128 characters
+   * (INVALID_FIELD).
    *
    * @generated from field: string job_id = 1;
    */
   jobId: string;
 
   /**
-   * Task that produced the file.
+   * Task that produced the file (Assignment.task_id): required (MISSING_FIELD), at most 128
+   * characters (INVALID_FIELD).
    *
    * @generated from field: string task_id = 2;
    */
   taskId: string;
 
   /**
-   * Attempt that produced it: the task's current, RUNNING attempt, held by this session's agent.
+   * Attempt that produced it (Assignment.attempt): 1 or more (INVALID_FIELD); it must be the
+   * task's current, RUNNING attempt, held by this session's agent (see UploadArtifact).
    *
    * @generated from field: int32 attempt = 3;
    */
@@ -51,6 +56,8 @@ export type UploadArtifactHeader = Message<"cpa.executor.v1.UploadArtifactHeader
 
   /**
    * The agent's session (Welcome.session_id of its current stream): proves which agent uploads.
+   * Required (MISSING_FIELD), at most 128 characters (INVALID_FIELD); checked after the other
+   * fields.
    *
    * @generated from field: string session_id = 4;
    */
@@ -58,29 +65,34 @@ export type UploadArtifactHeader = Message<"cpa.executor.v1.UploadArtifactHeader
 
   /**
    * Name, unique within the attempt (a second upload of it replaces the first): 1-255 bytes of
-   * UTF-8 without '/', '\' or control characters, not "." or ".." ("invoice.pdf").
+   * UTF-8 without '/', '\' or control characters (U+0000-U+001F, U+007F), not "." or ".."
+   * ("invoice.pdf"). Empty is MISSING_FIELD, anything else refused INVALID_FIELD.
    *
    * @generated from field: string name = 5;
    */
   name: string;
 
   /**
-   * Media type, `type/subtype` with optional parameters, at most 255 printable ASCII characters
-   * ("application/pdf"); empty is stored as "application/octet-stream".
+   * Media type ("application/pdf"): `type/subtype`, each 1-127 characters of letters, digits
+   * and `!#$&^_.+-` (not starting with one of those signs), then optionally `;` and parameters
+   * in printable ASCII; at most 255 characters (else INVALID_FIELD). Stored as given; empty is
+   * stored as "application/octet-stream".
    *
    * @generated from field: string media_type = 6;
    */
   mediaType: string;
 
   /**
-   * Exact size of the content in bytes, 0 to CPA_ARTIFACT_MAX_BYTES.
+   * Exact size of the content in bytes, 0 to CPA_ARTIFACT_MAX_BYTES: negative is INVALID_FIELD,
+   * over the limit RESOURCE_EXHAUSTED (ARTIFACT_TOO_LARGE).
    *
    * @generated from field: int64 size_bytes = 7;
    */
   sizeBytes: bigint;
 
   /**
-   * Lower-case hex SHA-256 of the content (64 characters).
+   * Lower-case hex SHA-256 of the content, 64 characters: required (MISSING_FIELD), anything
+   * else (upper case included) INVALID_FIELD.
    *
    * @generated from field: string sha256 = 8;
    */
@@ -101,7 +113,7 @@ export const UploadArtifactHeaderSchema: GenMessage<UploadArtifactHeader> = /*@_
  */
 export type UploadArtifactRequest = Message<"cpa.executor.v1.UploadArtifactRequest"> & {
   /**
-   * The part.
+   * The part: every message sets exactly one.
    *
    * @generated from oneof cpa.executor.v1.UploadArtifactRequest.kind
    */
@@ -115,7 +127,7 @@ export type UploadArtifactRequest = Message<"cpa.executor.v1.UploadArtifactReque
     case: "header";
   } | {
     /**
-     * The next bytes of the content, at most 1 MiB per message.
+     * The next bytes of the content, at most 1 MiB (1048576 bytes) per message; may be empty.
      *
      * @generated from field: bytes chunk = 2;
      */
@@ -159,14 +171,15 @@ export const UploadArtifactResponseSchema: GenMessage<UploadArtifactResponse> = 
  */
 export type DownloadArtifactRequest = Message<"cpa.executor.v1.DownloadArtifactRequest"> & {
   /**
-   * The artifact's id (Artifact.artifact_id).
+   * The artifact's id (Artifact.artifact_id, e.g. from Assignment.input_artifacts): required,
+   * at most 128 characters.
    *
    * @generated from field: string artifact_id = 1;
    */
   artifactId: string;
 
   /**
-   * The job that lists it.
+   * The job that lists it: required, at most 128 characters.
    *
    * @generated from field: string job_id = 2;
    */
@@ -1406,28 +1419,37 @@ export const ExecutorService: GenService<{
    * 1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
    * is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
    * default tenant). Like every ExecutorService call it needs the permission agent.connect.
-   * The server checks, in order:
-   * - the header: a chunk first is INVALID_ARGUMENT (MISSING_FIELD, field `header`), a second
-   *   header INVALID_ARGUMENT (INVALID_FIELD, `header`); ids, name, media type and sha256 as
-   *   documented on UploadArtifactHeader (INVALID_ARGUMENT naming the field);
-   * - header.size_bytes <= CPA_ARTIFACT_MAX_BYTES (default 50 MiB), else RESOURCE_EXHAUSTED
-   *   (ARTIFACT_TOO_LARGE, field `header.size_bytes`);
+   * The server checks, in order (the field named in ErrorInfo.metadata `field`, and in a
+   * BadRequest for INVALID_ARGUMENT):
+   * - the header: no message at all, or a first message that is not a header, is
+   *   INVALID_ARGUMENT (MISSING_FIELD, `header`); then its fields as documented on
+   *   UploadArtifactHeader (INVALID_ARGUMENT naming `header.<field>`; a size_bytes over
+   *   CPA_ARTIFACT_MAX_BYTES, default 50 MiB, RESOURCE_EXHAUSTED, ARTIFACT_TOO_LARGE);
    * - the session: a live session of this tenant with that session_id (on this replica, or one
-   *   another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD, field
-   *   `header.session_id`); the attempt: the task's current attempt, RUNNING (else
-   *   FAILED_PRECONDITION, STALE_ATTEMPT), held by that session's agent (else ATTEMPT_NOT_HELD);
-   *   an unknown job of the tenant is NOT_FOUND (JOB_NOT_FOUND), a task the job does not have
-   *   NOT_FOUND (TASK_NOT_FOUND);
-   * - while data arrives: a chunk over 1 MiB is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE, `chunk`);
-   *   more bytes than size_bytes: INVALID_ARGUMENT (ARTIFACT_SIZE_MISMATCH, `chunk`); at the end
-   *   fewer: INVALID_ARGUMENT (ARTIFACT_INCOMPLETE, `header.size_bytes`), another SHA-256:
-   *   INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH, `header.sha256`).
+   *   another replica announces), else FAILED_PRECONDITION (ATTEMPT_NOT_HELD,
+   *   `header.session_id`); the attempt: an unknown job of the tenant (another tenant's
+   *   included) is NOT_FOUND (JOB_NOT_FOUND, `header.job_id`), a task the job does not have
+   *   NOT_FOUND (TASK_NOT_FOUND, `header.task_id`); the task's current attempt must be
+   *   header.attempt and RUNNING (else FAILED_PRECONDITION, STALE_ATTEMPT) and held by that
+   *   session's agent (else ATTEMPT_NOT_HELD); these two name no field;
+   * - each further message: a second header is INVALID_ARGUMENT (INVALID_FIELD, `header`), one
+   *   with neither header nor chunk (MISSING_FIELD, `chunk`), a chunk over 1 MiB
+   *   (PAYLOAD_TOO_LARGE, `chunk`); more bytes than size_bytes is INVALID_ARGUMENT
+   *   (ARTIFACT_SIZE_MISMATCH, `chunk`), or RESOURCE_EXHAUSTED (ARTIFACT_TOO_LARGE, `chunk`) once
+   *   they pass CPA_ARTIFACT_MAX_BYTES; empty chunks are allowed;
+   * - at the end: fewer bytes than size_bytes is INVALID_ARGUMENT (ARTIFACT_INCOMPLETE,
+   *   `header.size_bytes`), another SHA-256 INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH,
+   *   `header.sha256`).
+   * A message protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one larger than
+   * CPA_MAX_REQUEST_BYTES plus 1 MiB PAYLOAD_TOO_LARGE (no field). The server sets no time
+   * limit on an upload: give the call a deadline.
    * Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
    * artifact is recorded on the task in the job's transaction, fenced again as above (the
    * attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
-   * event is published. A second upload of a name by the same attempt replaces the first; a task
-   * keeps at most 1000 artifacts (RESOURCE_EXHAUSTED, TOO_MANY_ARTIFACTS). Nothing of a refused
-   * or cut-off upload is ever listed or downloadable. Answers with the stored artifact.
+   * event is published. A second upload of a name by the same attempt replaces the first, in
+   * place; a task keeps at most 1000 artifacts over all its attempts (RESOURCE_EXHAUSTED,
+   * TOO_MANY_ARTIFACTS, `header.name`). Nothing of a refused or cut-off upload is ever listed
+   * or downloadable. Answers with the stored artifact.
    *
    * @generated from rpc cpa.executor.v1.ExecutorService.UploadArtifact
    */
@@ -1437,14 +1459,18 @@ export const ExecutorService: GenService<{
     output: typeof UploadArtifactResponseSchema;
   },
   /**
-   * Streams an artifact of the agent's tenant (its credential's) to the agent, e.g. one
-   * named by Assignment.input_artifacts: first a message with its metadata, then its bytes in
-   * chunks of at most 1 MiB. NOT_FOUND (ARTIFACT_NOT_FOUND) when the job has no such artifact;
-   * JOB_NOT_FOUND for an unknown job. Another tenant's job or artifact answers exactly as a
-   * missing one. The agent checks size and sha256 itself. INVALID_ARGUMENT: MISSING_FIELD
-   * (job_id or artifact_id empty), INVALID_FIELD (one over 128 characters). A download in
-   * progress ends with the agent's credential, as its Connect stream does: UNAUTHENTICATED
-   * (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when a JWT expires.
+   * Streams an artifact of the agent's tenant (its credential's; with authentication off,
+   * metadata `x-cpa-tenant`) to the agent, e.g. one named by Assignment.input_artifacts: first
+   * a message with its metadata, then its bytes in chunks of at most 1 MiB (1048576 bytes); an
+   * empty artifact is the metadata message alone. Any artifact of any job of the tenant may be
+   * read, not only the agent's inputs. The agent checks size and sha256 itself. Errors, before
+   * the first message: INVALID_ARGUMENT with MISSING_FIELD (job_id or artifact_id empty) or
+   * INVALID_FIELD (one over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field
+   * job_id) for an unknown job, (ARTIFACT_NOT_FOUND, field artifact_id) when the job lists no
+   * such artifact. Another tenant's job or artifact answers exactly as a missing one. A
+   * download in progress ends with the agent's credential, as its Connect stream does:
+   * UNAUTHENTICATED (CREDENTIAL_REVOKED) once its token is revoked, (CREDENTIAL_EXPIRED) when
+   * a JWT expires.
    *
    * @generated from rpc cpa.executor.v1.ExecutorService.DownloadArtifact
    */

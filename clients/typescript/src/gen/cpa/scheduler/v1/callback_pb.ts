@@ -46,14 +46,14 @@ export type Callback = Message<"cpa.scheduler.v1.Callback"> & {
 
   /**
    * What it carries, as sent in the cpa-event-type header: "inform" (the job changed state),
-   * "done" (the job succeeded) or "failure" (the job failed).
+   * "done" (the job succeeded) or "failure" (the job failed); the LAM performative of its body.
    *
    * @generated from field: string event_type = 4;
    */
   eventType: string;
 
   /**
-   * Where it is POSTed.
+   * Where it is POSTed, fixed when the message was made.
    *
    * @generated from field: string url = 5;
    */
@@ -74,15 +74,16 @@ export type Callback = Message<"cpa.scheduler.v1.Callback"> & {
   attempts: number;
 
   /**
-   * PENDING: when the next attempt is due.
+   * When the next attempt is due; set only in state PENDING.
    *
    * @generated from field: google.protobuf.Timestamp next_attempt_time = 8;
    */
   nextAttemptTime?: Timestamp | undefined;
 
   /**
-   * Why the last attempt failed ("HTTP 503", "refused: 10.0.0.5 is a private address ...");
-   * empty when none failed. At most 500 characters.
+   * Why the last failed attempt failed ("HTTP 503", "refused: 10.0.0.5 is a private address
+   * ..."); empty when none failed. At most 500 characters. Kept by a re-drive until the next
+   * attempt ends.
    *
    * @generated from field: string last_error = 9;
    */
@@ -134,7 +135,7 @@ export type ListCallbacksRequest = Message<"cpa.scheduler.v1.ListCallbacksReques
 
   /**
    * Most deliveries per page, 0 meaning 100; more than 1000 means 1000; negative is
-   * INVALID_FIELD (field page_size).
+   * INVALID_FIELD (field page_size). May change from one page to the next.
    *
    * @generated from field: int32 page_size = 3;
    */
@@ -142,7 +143,9 @@ export type ListCallbacksRequest = Message<"cpa.scheduler.v1.ListCallbacksReques
 
   /**
    * next_page_token of the previous page, asked with the same state and job_id; another
-   * query's, another tenant's or a tampered token is INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+   * query's, another list's, another tenant's, a tampered token or one signed with a secret the
+   * server no longer has (CPA_PAGE_TOKEN_SECRETS) is INVALID_ARGUMENT (INVALID_PAGE_TOKEN,
+   * field page_token): list again without it. Tokens do not expire.
    *
    * @generated from field: string page_token = 4;
    */
@@ -170,7 +173,7 @@ export type ListCallbacksResponse = Message<"cpa.scheduler.v1.ListCallbacksRespo
   callbacks: Callback[];
 
   /**
-   * Token of the next page; empty on the last.
+   * Token of the next page; empty on the last. A page is full whenever a next one exists.
    *
    * @generated from field: string next_page_token = 2;
    */
@@ -186,13 +189,16 @@ export const ListCallbacksResponseSchema: GenMessage<ListCallbacksResponse> = /*
 
 /**
  * RetryCallbacksRequest names dead-lettered deliveries to send again: delivery_ids, or all_dead.
+ * Exactly one of the two must be set: neither is MISSING_FIELD (field delivery_ids), both
+ * INVALID_FIELD (field all_dead).
  *
  * @generated from message cpa.scheduler.v1.RetryCallbacksRequest
  */
 export type RetryCallbacksRequest = Message<"cpa.scheduler.v1.RetryCallbacksRequest"> & {
   /**
-   * The deliveries to re-drive (at most 1000 ids, each at most 128 characters). Exactly one
-   * of delivery_ids and all_dead must be set.
+   * The deliveries to re-drive (Callback.delivery_id), all DEAD deliveries of the caller's
+   * tenant: at most 1000 ids (more is INVALID_FIELD, field delivery_ids), each 1 to 128
+   * characters (else INVALID_FIELD, field delivery_ids[i]). Repeating an id is allowed.
    *
    * @generated from field: repeated string delivery_ids = 1;
    */
@@ -206,8 +212,9 @@ export type RetryCallbacksRequest = Message<"cpa.scheduler.v1.RetryCallbacksRequ
   allDead: boolean;
 
   /**
-   * With all_dead: most deliveries re-driven by this call, 1 to 1000; 0 means 100. Negative or
-   * larger is INVALID_FIELD (field max_callbacks).
+   * With all_dead only (set without it: INVALID_FIELD, field max_callbacks): most deliveries
+   * re-driven by this call, 1 to 1000; 0 means 100. Negative or larger is INVALID_FIELD (field
+   * max_callbacks), not clamped. Call again while a full batch comes back.
    *
    * @generated from field: int32 max_callbacks = 3;
    */
@@ -228,7 +235,8 @@ export const RetryCallbacksRequestSchema: GenMessage<RetryCallbacksRequest> = /*
  */
 export type RetryCallbacksResponse = Message<"cpa.scheduler.v1.RetryCallbacksResponse"> & {
   /**
-   * The deliveries now PENDING again, due at once, attempts counted from 0; oldest first.
+   * The deliveries now PENDING again, due at once, attempts counted from 0; oldest first
+   * (create_time, then delivery_id). Each appears once, however often its id was named.
    *
    * @generated from field: repeated cpa.scheduler.v1.Callback callbacks = 1;
    */
