@@ -33,7 +33,10 @@ class ExecutorServiceStub:
     idle timeout never cuts a busy agent.
     Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
     call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
-    backoff. Each method's comment lists the errors of its own.
+    backoff. Its calls are not rate limited, but they count, for their whole life, against the
+    replica's calls in progress: beyond CPA_MAX_CONCURRENT_RPCS a call is refused with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS): retry with backoff or another replica. Each method's
+    comment lists the errors of its own.
     """
 
     def __init__(self, channel):
@@ -67,7 +70,10 @@ class ExecutorServiceServicer:
     idle timeout never cuts a busy agent.
     Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
     call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
-    backoff. Each method's comment lists the errors of its own.
+    backoff. Its calls are not rate limited, but they count, for their whole life, against the
+    replica's calls in progress: beyond CPA_MAX_CONCURRENT_RPCS a call is refused with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS): retry with backoff or another replica. Each method's
+    comment lists the errors of its own.
     """
 
     def Connect(self, request_iterator, context):
@@ -188,7 +194,10 @@ class ExecutorService:
     idle timeout never cuts a busy agent.
     Credentials and errors are as in SchedulerService (google.rpc.Status with ErrorInfo); any
     call may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry with
-    backoff. Each method's comment lists the errors of its own.
+    backoff. Its calls are not rate limited, but they count, for their whole life, against the
+    replica's calls in progress: beyond CPA_MAX_CONCURRENT_RPCS a call is refused with
+    RESOURCE_EXHAUSTED (TOO_MANY_CALLS): retry with backoff or another replica. Each method's
+    comment lists the errors of its own.
     """
 
     @staticmethod

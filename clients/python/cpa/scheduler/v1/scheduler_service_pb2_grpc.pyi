@@ -51,7 +51,8 @@ class SchedulerServiceStub:
     calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
     (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
     done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
-    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    BatchScheduleJobs 1 per request. A replica with CPA_MAX_CONCURRENT_RPCS calls in progress
+    (streams for their whole life) refuses more with RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
     requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
     (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     Any method may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry
@@ -348,7 +349,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
     (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
     done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
-    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    BatchScheduleJobs 1 per request. A replica with CPA_MAX_CONCURRENT_RPCS calls in progress
+    (streams for their whole life) refuses more with RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
     requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
     (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     Any method may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry
@@ -641,7 +643,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
     (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
     done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
-    BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+    BatchScheduleJobs 1 per request. A replica with CPA_MAX_CONCURRENT_RPCS calls in progress
+    (streams for their whole life) refuses more with RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
     requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
     (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
     Any method may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry

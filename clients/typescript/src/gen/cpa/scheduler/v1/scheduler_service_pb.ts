@@ -1143,7 +1143,8 @@ export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PUR
  * calls carry no credential) and per client address: beyond a limit it is RESOURCE_EXHAUSTED
  * (RATE_LIMITED; HTTP 429 with Retry-After) with a google.rpc.RetryInfo delay, and nothing was
  * done. A call costs 1, a stream (WatchJob, DownloadArtifact) 1 however long it lasts,
- * BatchScheduleJobs 1 per request. Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
+ * BatchScheduleJobs 1 per request. A replica with CPA_MAX_CONCURRENT_RPCS calls in progress
+ * (streams for their whole life) refuses more with RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Submissions (ScheduleJob, BatchScheduleJobs, SendMessage
  * requests, RetryJob, RetryJobs) may also be refused by a tenant quota: RESOURCE_EXHAUSTED
  * (QUOTA_EXCEEDED), nothing created (docs/SECURITY.md, "Rate limits and quotas").
  * Any method may fail UNAVAILABLE (STORE_UNAVAILABLE) while the store cannot be reached: retry
