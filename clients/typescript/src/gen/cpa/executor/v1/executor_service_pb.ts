@@ -1399,8 +1399,9 @@ export const ExecutorService: GenService<{
    * CPA_AUTH_CACHE_TTL_S on the others; a JWT credential's stream ends with UNAUTHENTICATED
    * (CREDENTIAL_EXPIRED) once its exp plus the allowed clock skew passes.
    * Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
-   * (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD) or
-   * hello.capabilities.slots is below 1 (INVALID_FIELD); ALREADY_EXISTS (AGENT_ID_IN_USE, see
+   * (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD),
+   * hello.capabilities.slots is below 1 or a hello field is over its bound (INVALID_FIELD, see
+   * Hello and AgentCapabilities); ALREADY_EXISTS (AGENT_ID_IN_USE, see
    * Hello.resume_session_id); UNAVAILABLE (SERVER_SHUTTING_DOWN) once the replica is stopping:
    * reconnect (to another replica). A report never ends the stream: when it cannot be applied,
    * its ReportAck says accepted = false with STALE_ATTEMPT (not the task's current attempt; a
