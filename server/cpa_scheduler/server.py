@@ -442,6 +442,8 @@ class SchedulerServer:
         add_decoded_service(
             AdminServicer(
                 backends.store,
+                audit_log=audit_log,
+                default_tenant=settings.default_tenant,
                 forget=credentials.forget if credentials else lambda key_id: None,
             ),
             admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],

@@ -175,9 +175,46 @@ async def test_admin_service_refusals_are_audited(secure_both: SecureScheduler) 
             await admin.create_api_key([admin_pb.ROLE_ADMIN])
     assert caught.value.code == PERMISSION_DENIED
     async with SchedulerClient(secure_both.target, api_key=secure_both.admin_key) as admin_client:
-        [entry] = [e async for e in admin_client.list_audit_entries(action="CreateApiKey")]
+        [entry] = [
+            e
+            async for e in admin_client.list_audit_entries(action="CreateApiKey")
+            if e.result_code != "OK"  # the operator key's own creation is there too
+        ]
     assert (entry.result_code, entry.result_reason) == ("PERMISSION_DENIED", "PERMISSION_DENIED")
     assert "keys.manage" in entry.result_message
+
+
+async def test_keys_created_and_revoked_are_audited_without_their_secret(
+    secure_both: SecureScheduler,
+) -> None:
+    async with secure_both.admin() as admin:
+        created = await admin.create_api_key(
+            [admin_pb.ROLE_SUBMITTER, admin_pb.ROLE_VIEWER], description="ci bot"
+        )
+        revoked = await admin.revoke_api_key(created.key.key_id)
+        with pytest.raises(CpaError):  # refused: audited as such, bounded
+            await admin.create_api_key([admin_pb.ROLE_AGENT])
+    key_id = created.key.key_id
+    assert revoked.key_id == key_id
+    async with SchedulerClient(secure_both.target, api_key=secure_both.admin_key) as client:
+        made = [e async for e in client.list_audit_entries(action="CreateApiKey")]
+        gone = [e async for e in client.list_audit_entries(action="RevokeApiKey")]
+    ok = [e for e in made if e.result_code == "OK" and key_id in e.result_message]
+    assert [(e.reason, e.result_message) for e in ok] == [
+        ("ci bot", f"created key {key_id} (submitter, viewer)")
+    ]
+    assert [(e.result_code, e.result_message) for e in gone] == [
+        ("OK", f"revoked key {key_id} (submitter, viewer)")
+    ]
+    (entry,) = ok
+    assert entry.tenant == "default"
+    assert entry.principal.startswith("key:")  # the admin who made it
+    assert [(e.result_code, e.result_reason) for e in made if e.result_code != "OK"] == [
+        ("INVALID_ARGUMENT", "MISSING_FIELD")
+    ]
+    for listed in (*made, *gone):
+        assert created.secret not in listed.result_message
+        assert created.secret not in listed.reason
 
 
 async def test_a_flood_of_bad_credentials_writes_no_more_than_the_bound(

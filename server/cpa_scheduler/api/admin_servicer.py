@@ -10,10 +10,12 @@ import grpc.aio
 
 from cpa.admin.v1 import admin_service_pb2 as pb
 from cpa.admin.v1 import admin_service_pb2_grpc
+from cpa_scheduler.audit import AuditLog
 from cpa_scheduler.domain import DomainError, InvalidArgument, Reason
 from cpa_scheduler.security import Principal, Role, current_principal
 from cpa_scheduler.security.api_keys import ApiKey, ApiKeyStore, is_key_id, new_secret
 
+from .audit_calls import audited, current_call
 from .errors import translate_errors
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -122,6 +124,12 @@ def new_key(
     return key, secret
 
 
+def _described(key: ApiKey) -> str:
+    """The key as its audit entry names it: id and roles, never the secret."""
+    roles = ", ".join(sorted(role.value for role in key.roles))
+    return f"key {key.key_id} ({roles})"
+
+
 def _caller() -> Principal:
     principal = current_principal()
     if principal is None:  # the interceptor always sets it for AdminService
@@ -136,15 +144,28 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         self,
         keys: ApiKeyStore,
         *,
+        audit_log: AuditLog,
+        default_tenant: str,
         forget: Callable[[str], None] = lambda key_id: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._keys = keys
+        self._audit_log = audit_log
+        self._default_tenant = default_tenant
         # This replica's cache drops a revoked key at once; the others within their TTL.
         self._forget = forget
         self._clock = clock
 
+    @property
+    def audit_log(self) -> AuditLog:
+        return self._audit_log
+
+    @property
+    def default_tenant(self) -> str:
+        return self._default_tenant
+
     @translate_errors
+    @audited("CreateApiKey")
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
@@ -153,6 +174,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             request, tenant=caller.tenant, created_by=caller.subject, now=self._clock()
         )
         await self._keys.create_api_key(key)
+        await self._audit_log.recorded(
+            current_call(), reason=key.description, message=f"created {_described(key)}"
+        )
         return pb.CreateApiKeyResponse(key=key_to_proto(key), secret=secret)
 
     @translate_errors
@@ -163,6 +187,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         return pb.ListApiKeysResponse(keys=[key_to_proto(key) for key in keys])
 
     @translate_errors
+    @audited("RevokeApiKey")
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: Context
     ) -> pb.RevokeApiKeyResponse:
@@ -181,4 +206,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
                 "no API key of this tenant has that key_id", reason=Reason.API_KEY_NOT_FOUND
             )
         self._forget(key.key_id)
+        await self._audit_log.recorded(
+            current_call(), reason=key.description, message=f"revoked {_described(key)}"
+        )
         return pb.RevokeApiKeyResponse(key=key_to_proto(key))

@@ -128,6 +128,19 @@ class AuditLog:
             return False
         return True
 
+    async def recorded(self, call: AuditCall, *, reason: str, message: str) -> bool:
+        """Audit a change made outside any job transaction (an API key created or revoked):
+        one entry, result OK, never bounded (such calls are rare and need a role to make).
+        A store that cannot take it is logged, never raised: the change is already made, and
+        its caller must learn that it was."""
+        entry = call.entry(create_time=self._clock(), reason=reason, result_message=message)
+        try:
+            await self._store.append_audit([entry])
+        except Exception:
+            log.exception("could not audit %s of %s", call.action, call.actor.subject)
+            return False
+        return True
+
     async def entries(
         self, tenant: str, query: AuditQuery, *, after: AuditPosition | None, limit: int
     ) -> list[AuditEntry]:

@@ -106,6 +106,9 @@ class AdminServiceServicer:
         AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
         code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
         other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
+        Audited: the new key gets an entry (action CreateApiKey, result_message `created key
+        <key_id> (<roles>)`, reason its description, never the secret), a refusal one within the
+        per-principal bound (docs/AUDIT.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,7 +132,8 @@ class AdminServiceServicer:
         missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
         hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
         names no key of the tenant (another tenant's included, so key ids do not leak across
-        tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
+        tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field). Audited as CreateApiKey is
+        (`revoked key <key_id> (<roles>)`), each call that revokes, a repeat included.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -67,6 +67,9 @@ class AdminServiceStub:
     AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
     code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
     other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
+    Audited: the new key gets an entry (action CreateApiKey, result_message `created key
+    <key_id> (<roles>)`, reason its description, never the secret), a refusal one within the
+    per-principal bound (docs/AUDIT.md).
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
     """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
@@ -82,7 +85,8 @@ class AdminServiceStub:
     missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
     hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
     names no key of the tenant (another tenant's included, so key ids do not leak across
-    tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
+    tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field). Audited as CreateApiKey is
+    (`revoked key <key_id> (<roles>)`), each call that revokes, a repeat included.
     """
 
 @_typing.type_check_only
@@ -124,6 +128,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
     code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
     other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
+    Audited: the new key gets an entry (action CreateApiKey, result_message `created key
+    <key_id> (<roles>)`, reason its description, never the secret), a refusal one within the
+    per-principal bound (docs/AUDIT.md).
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
@@ -139,7 +146,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
     hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
     names no key of the tenant (another tenant's included, so key ids do not leak across
-    tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
+    tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field). Audited as CreateApiKey is
+    (`revoked key <key_id> (<roles>)`), each call that revokes, a repeat included.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -184,6 +192,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         AGENT (INVALID_FIELD, `agent_actions`, else `agent_capabilities`). Characters are Unicode
         code points; non-printable ones are those of categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs
         other than the space U+0020 (control characters, NUL, line breaks, tabs, zero-width ones).
+        Audited: the new key gets an entry (action CreateApiKey, result_message `created key
+        <key_id> (<roles>)`, reason its description, never the secret), a refusal one within the
+        per-principal bound (docs/AUDIT.md).
         """
 
     @_abc_1.abstractmethod
@@ -211,7 +222,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         missing key_id is INVALID_ARGUMENT (MISSING_FIELD, `key_id`), one that is not 12 lowercase
         hex digits (a whole secret, say) INVALID_FIELD (`key_id`, the value not echoed); one that
         names no key of the tenant (another tenant's included, so key ids do not leak across
-        tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field).
+        tenants) is NOT_FOUND (API_KEY_NOT_FOUND, no field). Audited as CreateApiKey is
+        (`revoked key <key_id> (<roles>)`), each call that revokes, a repeat included.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
