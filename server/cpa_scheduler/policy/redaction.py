@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 from cpa.common.v1 import todo_pb2
 from cpa.scheduler.v1 import job_pb2
 
+from .memo import BoundedMemo
 from .model import PiiAction
 from .pii import redact, scan
 from .rules import HIDING, Policy
@@ -30,14 +31,12 @@ V = TypeVar("V")
 
 class _Remembered(Generic[K, V]):
     """Answers of recent redactions: every answer showing a job redacts it again. Keyed by the
-    policy's id and checked against the policy itself (a reloaded policy is another); emptied
-    when full, which costs one pass of fresh redactions, not a bookkeeping cost per call."""
+    policy's id and checked against the policy itself (a reloaded policy is another)."""
 
-    __slots__ = ("_capacity", "_entries")
+    __slots__ = ("_entries",)
 
     def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._entries: dict[tuple[int, K], tuple[Policy, V]] = {}
+        self._entries: BoundedMemo[tuple[int, K], tuple[Policy, V]] = BoundedMemo(capacity)
 
     def get(self, policy: Policy, key: K) -> tuple[Policy, V] | None:
         """(policy, answer) if remembered for this very policy, else None."""
@@ -45,9 +44,7 @@ class _Remembered(Generic[K, V]):
         return known if known is not None and known[0] is policy else None
 
     def put(self, policy: Policy, key: K, answer: V) -> None:
-        if len(self._entries) >= self._capacity:
-            self._entries.clear()
-        self._entries[(id(policy), key)] = (policy, answer)
+        self._entries.remember((id(policy), key), (policy, answer))
 
 
 # Texts: only short ones are remembered.

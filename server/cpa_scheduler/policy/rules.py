@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from cpa_scheduler.domain import ToDo
 
+from .memo import BoundedMemo
 from .model import PiiAction, PolicySpec
 from .pii import Detector, Finding, scan
 
@@ -129,17 +130,25 @@ class Policy:
     # Whether any PII rule or the default is not `allow`: views then hide what the policy does
     # not allow (policy/redaction.py); a policy that allows all PII costs the views nothing.
     redacts: bool = field(default=False)
-    # pii_action's answers: the same few fields are asked about for every job.
-    _actions: dict[tuple[str, Detector], tuple[PiiAction, str]] = field(
-        default_factory=dict, compare=False, hash=False, repr=False
+    # The answers of pii_action, pii_acts and pii_acts_under: the same few fields (and
+    # top-level params keys) are asked about for every job.
+    _actions: BoundedMemo[tuple[str, Detector], tuple[PiiAction, str]] = field(
+        default_factory=lambda: BoundedMemo(_ACTIONS_REMEMBERED),
+        compare=False,
+        hash=False,
+        repr=False,
     )
-    # pii_acts' answers, for the same few fields.
-    _acts: dict[tuple[str, frozenset[PiiAction]], bool] = field(
-        default_factory=dict, compare=False, hash=False, repr=False
+    _acts: BoundedMemo[tuple[str, frozenset[PiiAction]], bool] = field(
+        default_factory=lambda: BoundedMemo(_ACTIONS_REMEMBERED),
+        compare=False,
+        hash=False,
+        repr=False,
     )
-    # pii_acts_under's answers, for the same few top-level params keys.
-    _acts_under: dict[tuple[str, frozenset[PiiAction]], bool] = field(
-        default_factory=dict, compare=False, hash=False, repr=False
+    _acts_under: BoundedMemo[tuple[str, frozenset[PiiAction]], bool] = field(
+        default_factory=lambda: BoundedMemo(_ACTIONS_REMEMBERED),
+        compare=False,
+        hash=False,
+        repr=False,
     )
 
     @classmethod
@@ -249,10 +258,7 @@ class Policy:
             ),
             (self.pii_default, "pii.default_action"),
         )
-        if len(self._actions) >= _ACTIONS_REMEMBERED:
-            self._actions.clear()
-        self._actions[(path, detector)] = answer
-        return answer
+        return self._actions.remember((path, detector), answer)
 
     def pii_acts(self, path: str, actions: frozenset[PiiAction]) -> bool:
         """Whether PII of some detector of the policy found at `path` does one of `actions`:
@@ -261,10 +267,9 @@ class Policy:
         key = (path, actions)
         known = self._acts.get(key)
         if known is None:
-            known = any(self.pii_action(path, d)[0] in actions for d in self.pii_detectors)
-            if len(self._acts) >= _ACTIONS_REMEMBERED:
-                self._acts.clear()
-            self._acts[key] = known
+            known = self._acts.remember(
+                key, any(self.pii_action(path, d)[0] in actions for d in self.pii_detectors)
+            )
         return known
 
     def pii_acts_under(self, path: str, actions: frozenset[PiiAction]) -> bool:
@@ -275,15 +280,17 @@ class Policy:
         known = self._acts_under.get(key)
         if known is None:
             plain = _plain_path(path)
-            known = self.pii_default in actions or any(
-                rule.action in actions
-                and (rule.detectors is None or not rule.detectors.isdisjoint(self.pii_detectors))
-                and rule.may_match_under(plain)
-                for rule in self.pii_rules
+            detectors = self.pii_detectors
+            known = self._acts_under.remember(
+                key,
+                self.pii_default in actions
+                or any(
+                    rule.action in actions
+                    and (rule.detectors is None or not rule.detectors.isdisjoint(detectors))
+                    and rule.may_match_under(plain)
+                    for rule in self.pii_rules
+                ),
             )
-            if len(self._acts_under) >= _ACTIONS_REMEMBERED:
-                self._acts_under.clear()
-            self._acts_under[key] = known
         return known
 
     # -- rule by rule ----------------------------------------------------------------------
