@@ -311,14 +311,18 @@ class Connection(ServerMessages):
         loop = asyncio.get_running_loop()
         previous_s = session.heartbeat_interval_s
         while True:
-            # Idle: the longer interval (no lease to renew). An attempt assigned during that
-            # sleep is renewed by the heartbeat that ends it, within half a lease.
-            interval_s = (
-                session.heartbeat_interval_s
-                if self._attempts
-                else session.idle_heartbeat_interval_s
-            )
-            await asyncio.sleep(interval_s)
+            if self._attempts or session.idle_heartbeat_interval_s <= session.heartbeat_interval_s:
+                interval_s = session.heartbeat_interval_s
+                await asyncio.sleep(interval_s)
+            else:
+                # Idle: the longer interval (no lease to renew), cut short by an attempt that
+                # starts meanwhile: its lease needs a heartbeat within the normal interval,
+                # and the idle one may be longer than a lease.
+                interval_s = session.idle_heartbeat_interval_s
+                slept_from_s = loop.time()
+                if await self._wait_until(lambda: bool(self._attempts), timeout_s=interval_s):
+                    pace_s = session.heartbeat_interval_s
+                    await asyncio.sleep(max(0.0, slept_from_s + pace_s - loop.time()))
             # The server answers each heartbeat: silence spans at most the last two sleeps.
             silent_s = loop.time() - session.last_received_s
             if silent_s >= DEAD_AFTER_HEARTBEAT_INTERVALS * max(interval_s, previous_s):

@@ -82,3 +82,24 @@ async def test_an_idle_agent_whose_server_falls_silent_gives_the_stream_up(
     # The last ack came at most one idle interval before; the agent waits three from it.
     assert loop.time() - silent_from >= 2 * 0.3
     assert running.agent.sessions_started == 1
+
+
+async def test_an_attempt_cuts_an_idle_sleep_longer_than_a_lease_short(
+    connect_agent: ConnectAgent,
+) -> None:
+    # An idle interval may be longer than a lease (CPA_IDLE_HEARTBEAT_INTERVAL_S up to 300 s):
+    # a new attempt's lease runs from its assignment, so its first heartbeat cannot wait for
+    # the idle sleep to end. Assigned just after an idle heartbeat, the old rule's first busy
+    # heartbeat came a whole idle interval (60 s) later.
+    long_idle_s = 60.0
+    running, session = await connect_agent(
+        heartbeat_interval_s=HEARTBEAT_S, idle_heartbeat_interval_s=long_idle_s
+    )
+    await session.expect("credit")
+    loop = asyncio.get_running_loop()
+    assigned_at = loop.time()
+    session.assign("job-1", todo("wait", params={"seconds": 30}))
+    first_busy = await session.next_heartbeat(timeout_s=long_idle_s / 4)
+    assert first_busy.running_attempts == [attempt("job-1")]
+    assert loop.time() - assigned_at < long_idle_s / 4
+    assert running.agent.sessions_started == 1

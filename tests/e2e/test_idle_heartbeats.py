@@ -1,10 +1,12 @@
 """CPA_IDLE_HEARTBEAT_INTERVAL_S over real gRPC: the welcome carries it (absent by default), a
-value that would let a session or a lease lapse is refused at start, and an agent idle when its
-task arrives keeps the task's lease: the task outlives several leases on its first attempt.
+value outside its bounds is refused at start, an idle session may stay silent for two idle
+intervals (longer than a lease) and no more, and an agent idle when its task arrives keeps the
+task's lease: the task outlives several leases on its first attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ from cpa_scheduler.settings import Settings
 from .conftest import HEARTBEAT_S, LEASE_S, Agents, finished, todo, todos_spec
 from .raw_agent import RawAgentStream
 
-IDLE_S = LEASE_S / 2
+# Longer than a lease: an idle agent renews no lease.
+IDLE_S = 2 * LEASE_S
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ async def test_by_default_the_welcome_has_no_idle_interval(raw_stream: RawAgentS
     assert not welcome.HasField("idle_heartbeat_interval")
 
 
-@pytest.mark.parametrize("idle_s", [HEARTBEAT_S / 2, LEASE_S / 2 + 0.01, LEASE_S])
+@pytest.mark.parametrize("idle_s", [HEARTBEAT_S / 2, 300.5])
 def test_an_idle_interval_outside_its_bounds_is_refused(idle_s: float) -> None:
     with pytest.raises(ValidationError, match="idle_heartbeat_interval_s"):
         Settings(
@@ -63,3 +66,19 @@ async def test_a_task_given_to_an_idle_agent_outlives_several_leases(
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert [a.number for a in job.tasks[0].attempts] == [1]
     assert agent.sessions_started == 1
+
+
+@pytest.mark.parametrize("scheduler_settings", [IDLE_S], indirect=True)
+async def test_an_idle_session_is_closed_after_two_idle_intervals_of_silence(
+    raw_stream: RawAgentStream, client: SchedulerClient
+) -> None:
+    loop = asyncio.get_running_loop()
+    await raw_stream.hello("agent-1")
+    welcomed_at = loop.time()
+    # Silent from here on, holding no attempt: the server's watchdog ends the stream (the old
+    # rule, a lease of silence, ended it after LEASE_S).
+    async with asyncio.timeout(2 * IDLE_S + 10):
+        while await raw_stream.read() is not None:
+            pass
+    assert loop.time() - welcomed_at >= 2 * IDLE_S - 0.1
+    assert [a.agent_id async for a in client.list_agents()] == []

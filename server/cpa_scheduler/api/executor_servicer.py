@@ -334,14 +334,19 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             log.exception("failing the oversized assignment %s failed", ref)
 
     async def _close_when_silent(self, session: AgentSession) -> None:
-        """Ends the session of an agent silent for a lease (frozen, or cut off without a FIN
-        or RST): its leases are running out, and it must get no new work meanwhile."""
-        limit_s = self._settings.lease_duration_s
+        """Ends the session of an agent silent for a lease while it holds attempts, or for two
+        idle heartbeat intervals while it holds none (frozen, or cut off without a FIN or RST):
+        its leases are running out, and it must get no new work meanwhile."""
+        lease_s = self._settings.lease_duration_s
+        idle_limit_s = max(lease_s, 2 * self._settings.idle_heartbeat_interval_s)
         while True:  # a timer, re-armed from the last message seen
+            limit_s = lease_s if session.running else idle_limit_s
             silent_s = (self._clock() - session.last_seen_time).total_seconds()
             if silent_s >= limit_s:
                 break
-            await asyncio.sleep(limit_s - silent_s)
+            # At least once a lease: an idle session given an attempt meanwhile has a lease's
+            # limit from then on.
+            await asyncio.sleep(min(limit_s - silent_s, lease_s))
         log.warning("agent %s silent for %.1fs: closing its stream", session.agent_id, silent_s)
         session.close()
 

@@ -7,6 +7,9 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
 
+# An idle agent still shows it is alive at least this often (ListAgents' last_seen_time).
+MAX_IDLE_HEARTBEAT_INTERVAL_S = 300.0
+
 
 class JobSettings(BaseSettings):
     """Jobs settings (CPA_*; see Settings)."""
@@ -29,9 +32,11 @@ class JobSettings(BaseSettings):
         description="How often an agent running no attempt sends heartbeats (told in the "
         "welcome; 0: heartbeat_interval_s). An idle agent's heartbeat renews no lease, it only "
         "shows the agent is alive: on a replica holding thousands of mostly idle agents a longer "
-        "interval saves their heartbeats' CPU (docs/PERFORMANCE.md). Between heartbeat_interval_s "
-        "and half of lease_duration_s (the server ends a session silent for a lease); outside, "
-        "the server refuses to start.",
+        "interval saves their heartbeats' CPU (docs/PERFORMANCE.md). The server ends an idle "
+        "session silent for twice this (a lease while it holds attempts; a dead connection is "
+        "also noticed by HTTP/2 keepalive within 30 s), and an agent given an attempt while idle "
+        "heartbeats within heartbeat_interval_s. Between heartbeat_interval_s and "
+        f"{MAX_IDLE_HEARTBEAT_INTERVAL_S:g} s; outside, the server refuses to start.",
     )
     max_redeliveries: int = Field(
         default=3,
@@ -121,10 +126,10 @@ class JobSettings(BaseSettings):
     @model_validator(mode="after")
     def _idle_heartbeats_keep_sessions(self) -> Self:
         idle_s = self.idle_heartbeat_interval_s
-        if idle_s and not self.heartbeat_interval_s <= idle_s <= self.lease_duration_s / 2:
+        if idle_s and not self.heartbeat_interval_s <= idle_s <= MAX_IDLE_HEARTBEAT_INTERVAL_S:
             raise ValueError(
                 f"idle_heartbeat_interval_s ({idle_s:g}) must be 0 or between "
-                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) and half of "
-                f"lease_duration_s ({self.lease_duration_s / 2:g})"
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) and "
+                f"{MAX_IDLE_HEARTBEAT_INTERVAL_S:g}"
             )
         return self

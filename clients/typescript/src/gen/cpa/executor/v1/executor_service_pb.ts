@@ -880,12 +880,14 @@ export type Welcome = Message<"cpa.executor.v1.Welcome"> & {
    * How often the agent sends a heartbeat while it runs no attempt; absent (the server's
    * CPA_IDLE_HEARTBEAT_INTERVAL_S is 0, the default) or shorter than heartbeat_interval:
    * heartbeat_interval. An idle agent's heartbeat renews no lease, it only shows the agent is
-   * alive (the server ends a session silent for lease_duration, and the agent gets no work
-   * meanwhile), so a replica holding thousands of mostly idle agents can ask for fewer. The
-   * server keeps it at most half of lease_duration. An agent that starts an attempt keeps the
-   * sleep it is in: its next heartbeat comes within this interval, well inside the new attempt's
-   * lease, and from then on every heartbeat_interval while it runs an attempt. An agent that
-   * ignores this field heartbeats every heartbeat_interval, as before.
+   * alive, so a replica holding thousands of mostly idle agents can ask for fewer. The server
+   * ends a session that holds no attempt once it is silent for twice this (or lease_duration if
+   * longer), one that holds attempts once silent for lease_duration; at most 300 s. An agent
+   * that uses this interval must cut its idle sleep short when an attempt starts: a new
+   * attempt's lease runs from its assignment and needs a heartbeat listing it within
+   * heartbeat_interval of that (the Python agent heartbeats heartbeat_interval after its idle
+   * sleep began, at once if that has passed), and from then on every heartbeat_interval while
+   * it runs an attempt. An agent that ignores this field heartbeats every heartbeat_interval.
    *
    * @generated from field: google.protobuf.Duration idle_heartbeat_interval = 9;
    */
