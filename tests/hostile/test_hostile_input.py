@@ -46,6 +46,7 @@ from .calls import (
     open_connect,
 )
 from .consistency import normal_work_problems, server_log_problems, store_problems
+from .nul_text import nul_answer_problem, nul_cases
 from .scheduler_requests import hostile_call, raw_call, templates
 from .strategies import enum_paths, enum_values, nested_value
 
@@ -312,6 +313,27 @@ def test_deep_and_huge_error_details_from_the_agent_that_holds_the_attempt(arena
     except grpc.RpcError as error:
         problems.append(f"ListJobs of the tenant fails: {describe_error(error)}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("rpc", SCHEDULER_RPCS)
+def test_nul_in_every_text_is_refused_naming_its_field(arena: Arena, rpc: str) -> None:
+    """U+0000 in any string of a valid request (a field, a repeated entry, a map's key or value,
+    a string or key of a JSON value): INVALID_ARGUMENT, INVALID_FIELD naming that field (LAM:
+    a not_understood reply naming it), in both stores (PostgreSQL cannot store NUL, SQLite
+    can)."""
+    problems = []
+    for template in templates(rpc):
+        for case in nul_cases(template):
+            call = HostileCall(rpc, case.request, HOSTILE_TENANTS[0], f"NUL in {case.field}")
+            streams = rpc in ("WatchJob", "DownloadArtifact")
+            outcome = call_scheduler(
+                arena.channel, call, timeout_s=WATCH_TIMEOUT_S if streams else CALL_TIMEOUT_S
+            )
+            problem = nul_answer_problem(case, outcome)
+            if problem is not None:
+                problems.append(problem)
+    assert not problems, f"{len(problems)} texts with NUL:\n  " + "\n  ".join(problems)
 
 
 @pytest.mark.timeout(120)

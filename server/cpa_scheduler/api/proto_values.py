@@ -5,6 +5,9 @@ caller or agent sends is checked here before it is stored, because a stored valu
 written back into a reply poisons every later read of the job:
 - numbers in a Struct must be finite (JSON has no NaN or Infinity; json_format raises on them);
 - a Struct may nest at most MAX_JSON_DEPTH objects and arrays (see below);
+- no string in a Struct, value or key, may hold U+0000 (NUL): PostgreSQL's text and jsonb cannot
+  store it, SQLite can, and the API must not answer differently by store (check_text applies the
+  same rule to every string of a request);
 - a Timestamp or Duration must be in the range protobuf defines (0001-01-01 to 9999-12-31;
   +-10 000 years), its nanos within one second and, for a Duration, of the seconds' sign.
 Errors are INVALID_ARGUMENT naming the field by its request path.
@@ -50,6 +53,19 @@ def _too_deep(field: str) -> InvalidArgument:
     )
 
 
+NUL: Final = "\x00"
+
+
+def holds_nul(field: str, *, key: bool = False) -> InvalidArgument:
+    """The error for a text (or, with `key`, a key of the map or object) `field` holding NUL."""
+    what = "a key of this object or map" if key else "the text"
+    return InvalidArgument(
+        f"{what} holds U+0000 (NUL), which no text sent to the server may contain",
+        reason=Reason.INVALID_FIELD,
+        field=field,
+    )
+
+
 def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
     """The Python value of `value`, a member of a container at `depth` (1: the top object)."""
     kind = value.WhichOneof("kind")
@@ -59,6 +75,8 @@ def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
             raise InvalidArgument(f"{number} is not a JSON number (finite only)", field=field)
         return number
     if kind == "string_value":
+        if NUL in value.string_value:
+            raise holds_nul(field)
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
@@ -75,12 +93,16 @@ def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
 def _object(struct: struct_pb2.Struct, field: str, depth: int) -> dict[str, Any]:
     if depth > MAX_JSON_DEPTH:
         raise _too_deep(field)
-    return {key: _value(item, f"{field}.{key}", depth) for key, item in struct.fields.items()}
+    fields = struct.fields
+    if any(NUL in key for key in fields):
+        raise holds_nul(field, key=True)
+    return {key: _value(item, f"{field}.{key}", depth) for key, item in fields.items()}
 
 
 def struct_to_dict(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    """A JSON object as plain Python, checked (finite numbers, depth); numbers come back as
-    floats (JSON has one number type). Errors name the member under `field`."""
+    """A JSON object as plain Python, checked (finite numbers, depth, no NUL in a string or
+    key); numbers come back as floats (JSON has one number type). Errors name the member under
+    `field` (a key holding NUL: the object)."""
     return _object(struct, field, 1)
 
 
@@ -147,6 +169,71 @@ def set_time(message: Any, name: str, value: datetime | None) -> None:
 
 
 # -- any message ------------------------------------------------------------------------------
+
+
+def _json_text(value: Message, field: str) -> None:
+    """NUL in a string or key of a Struct, Value or ListValue, named as struct_to_dict does."""
+    name = value.DESCRIPTOR.full_name
+    if name == "google.protobuf.Struct":
+        fields = value.fields  # type: ignore[attr-defined]
+        if any(NUL in key for key in fields):
+            raise holds_nul(field, key=True)
+        for key, item in fields.items():
+            _json_text(item, f"{field}.{key}")
+    elif name == "google.protobuf.ListValue":
+        for i, item in enumerate(value.values):  # type: ignore[attr-defined]
+            _json_text(item, f"{field}[{i}]")
+    else:  # google.protobuf.Value
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            if NUL in value.string_value:  # type: ignore[attr-defined]
+                raise holds_nul(field)
+        elif kind in ("struct_value", "list_value"):
+            _json_text(getattr(value, kind), field)
+
+
+_JSON_TYPES: Final = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
+
+
+def check_text(message: Message, field: str = "") -> None:
+    """No string anywhere in `message` holds U+0000 (NUL): fields, repeated entries, map keys
+    and values, and the strings and keys of JSON values (Struct). PostgreSQL's text and jsonb
+    cannot store NUL while SQLite can; refusing it everywhere keeps the two stores alike.
+
+    INVALID_FIELD naming the first offending field under `field` (`spec.todos.todos[0].params.x`,
+    `spec.labels[team]`; a key holding NUL: the map or object)."""
+    if message.DESCRIPTOR.full_name in _JSON_TYPES:
+        _json_text(message, field)
+        return
+    for descriptor, value in message.ListFields():
+        path = f"{field}.{descriptor.name}" if field else descriptor.name
+        if descriptor.type == descriptor.TYPE_STRING:
+            if not descriptor.is_repeated:
+                if NUL in value:
+                    raise holds_nul(path)
+                continue
+            for i, item in enumerate(value):
+                if NUL in item:
+                    raise holds_nul(f"{path}[{i}]")
+        elif descriptor.message_type is None:
+            continue
+        elif descriptor.message_type.GetOptions().map_entry:
+            if any(isinstance(key, str) and NUL in key for key in value):
+                raise holds_nul(path, key=True)
+            value_type = descriptor.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                if value_type.type == value_type.TYPE_STRING:
+                    if NUL in item:
+                        raise holds_nul(f"{path}[{key}]")
+                elif value_type.message_type is not None:
+                    check_text(item, f"{path}[{key}]")
+        elif descriptor.is_repeated:
+            for i, item in enumerate(value):
+                check_text(item, f"{path}[{i}]")
+        else:
+            check_text(value, path)
 
 
 def check_message(message: Message, field: str) -> None:
