@@ -171,25 +171,35 @@ def set_time(message: Any, name: str, value: datetime | None) -> None:
 # -- any message ------------------------------------------------------------------------------
 
 
-def _json_text(value: Message, field: str) -> None:
-    """NUL in a string or key of a Struct, Value or ListValue, named as struct_to_dict does."""
-    name = value.DESCRIPTOR.full_name
-    if name == "google.protobuf.Struct":
-        fields = value.fields  # type: ignore[attr-defined]
-        if any(NUL in key for key in fields):
-            raise holds_nul(field, key=True)
-        for key, item in fields.items():
-            _json_text(item, f"{field}.{key}")
-    elif name == "google.protobuf.ListValue":
-        for i, item in enumerate(value.values):  # type: ignore[attr-defined]
-            _json_text(item, f"{field}[{i}]")
-    else:  # google.protobuf.Value
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
-            if NUL in value.string_value:  # type: ignore[attr-defined]
-                raise holds_nul(field)
-        elif kind in ("struct_value", "list_value"):
-            _json_text(getattr(value, kind), field)
+# What check_text does with a field, by descriptor (worked out once per message type).
+_SKIP, _TEXT, _TEXTS, _MESSAGE, _MESSAGES, _TEXT_MAP, _MESSAGE_MAP, _OTHER_MAP = range(8)
+_PLANS: dict[Any, dict[int, int]] = {}
+
+
+def _plan(descriptor: Any) -> dict[int, int]:
+    plan = _PLANS.get(descriptor)
+    if plan is not None:
+        return plan
+    plan = {}
+    for item in descriptor.fields:
+        kind = _SKIP
+        if item.type == item.TYPE_STRING:
+            kind = _TEXTS if item.is_repeated else _TEXT
+        elif item.message_type is None or item.message_type.full_name in _JSON_TYPES:
+            kind = _SKIP  # JSON values: struct_to_dict refuses NUL where it converts them
+        elif item.message_type.GetOptions().map_entry:
+            value = item.message_type.fields_by_name["value"]
+            if value.type == value.TYPE_STRING:
+                kind = _TEXT_MAP
+            elif value.message_type is not None:
+                kind = _MESSAGE_MAP
+            else:
+                kind = _OTHER_MAP
+        else:
+            kind = _MESSAGES if item.is_repeated else _MESSAGE
+        plan[item.number] = kind
+    _PLANS[descriptor] = plan
+    return plan
 
 
 _JSON_TYPES: Final = frozenset(
@@ -199,41 +209,54 @@ _JSON_TYPES: Final = frozenset(
 
 def check_text(message: Message, field: str = "") -> None:
     """No string anywhere in `message` holds U+0000 (NUL): fields, repeated entries, map keys
-    and values, and the strings and keys of JSON values (Struct). PostgreSQL's text and jsonb
-    cannot store NUL while SQLite can; refusing it everywhere keeps the two stores alike.
+    and values. PostgreSQL's text and jsonb cannot store NUL while SQLite can; refusing it
+    everywhere keeps the two stores alike. JSON values (Struct) are left to struct_to_dict,
+    which every request's Struct goes through and which refuses NUL in their strings and keys:
+    walking them twice cost more than the rest of a ScheduleJob's check.
 
-    INVALID_FIELD naming the first offending field under `field` (`spec.todos.todos[0].params.x`,
-    `spec.labels[team]`; a key holding NUL: the map or object)."""
-    if message.DESCRIPTOR.full_name in _JSON_TYPES:
-        _json_text(message, field)
-        return
+    INVALID_FIELD naming the first offending field under `field` (`spec.todos.todos[0].text`,
+    `spec.labels[team]`; a key holding NUL: the map)."""
+    found = _nul_at(message)
+    if found is not None:
+        path, key = found
+        raise holds_nul(f"{field}.{path}" if field else path, key=key)
+
+
+def _nul_at(message: Message) -> tuple[str, bool] | None:
+    """Where in `message` a string holds NUL (its path, and whether it is a map key), or None.
+    Paths are built only on the way back from a find: most requests have none."""
+    plan = _plan(message.DESCRIPTOR)
     for descriptor, value in message.ListFields():
-        path = f"{field}.{descriptor.name}" if field else descriptor.name
-        if descriptor.type == descriptor.TYPE_STRING:
-            if not descriptor.is_repeated:
-                if NUL in value:
-                    raise holds_nul(path)
-                continue
+        kind = plan[descriptor.number]
+        if kind == _SKIP:
+            continue
+        name = descriptor.name
+        if kind == _TEXT:
+            if NUL in value:
+                return name, False
+        elif kind == _MESSAGE:
+            if (inner := _nul_at(value)) is not None:
+                return f"{name}.{inner[0]}", inner[1]
+        elif kind == _TEXTS:
             for i, item in enumerate(value):
                 if NUL in item:
-                    raise holds_nul(f"{path}[{i}]")
-        elif descriptor.message_type is None:
-            continue
-        elif descriptor.message_type.GetOptions().map_entry:
-            if any(isinstance(key, str) and NUL in key for key in value):
-                raise holds_nul(path, key=True)
-            value_type = descriptor.message_type.fields_by_name["value"]
-            for key, item in value.items():
-                if value_type.type == value_type.TYPE_STRING:
-                    if NUL in item:
-                        raise holds_nul(f"{path}[{key}]")
-                elif value_type.message_type is not None:
-                    check_text(item, f"{path}[{key}]")
-        elif descriptor.is_repeated:
+                    return f"{name}[{i}]", False
+        elif kind == _MESSAGES:
             for i, item in enumerate(value):
-                check_text(item, f"{path}[{i}]")
-        else:
-            check_text(value, path)
+                if (inner := _nul_at(item)) is not None:
+                    return f"{name}[{i}].{inner[0]}", inner[1]
+        else:  # a map
+            if any(isinstance(key, str) and NUL in key for key in value):
+                return name, True
+            if kind == _TEXT_MAP:
+                for key, item in value.items():
+                    if NUL in item:
+                        return f"{name}[{key}]", False
+            elif kind == _MESSAGE_MAP:
+                for key, item in value.items():
+                    if (inner := _nul_at(item)) is not None:
+                        return f"{name}[{key}].{inner[0]}", inner[1]
+    return None
 
 
 def check_message(message: Message, field: str) -> None:
