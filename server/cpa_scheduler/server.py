@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 import grpc.aio
@@ -94,6 +94,13 @@ SERVICE_NAMES = (
 _TRANSPORT_FACTOR = 6
 # Client streams' messages (agents' reports, upload chunks) keep this much room above it.
 _TRANSPORT_MARGIN_BYTES = 1024 * 1024
+
+
+class _SizeLimits(TypedDict):
+    """add_decoded_service's size limits, the same for every service."""
+
+    max_request_bytes: int
+    max_stream_message_bytes: int
 
 
 def transport_receive_limit(max_request_bytes: int) -> int:
@@ -392,10 +399,10 @@ class SchedulerServer:
         # an oversized one PAYLOAD_TOO_LARGE. Client streams' messages keep the bound the
         # transport gave them before: agents' reports and batches stay under
         # Welcome.max_report_bytes, upload chunks under 1 MiB.
-        size_limits = {
-            "max_request_bytes": settings.max_request_bytes,
-            "max_stream_message_bytes": settings.max_request_bytes + _TRANSPORT_MARGIN_BYTES,
-        }
+        size_limits = _SizeLimits(
+            max_request_bytes=settings.max_request_bytes,
+            max_stream_message_bytes=settings.max_request_bytes + _TRANSPORT_MARGIN_BYTES,
+        )
         add_decoded_service(
             SchedulerServicer(
                 orchestrator=orchestrator,
@@ -422,6 +429,7 @@ class SchedulerServer:
             scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
             server,
             **size_limits,
+            own_text_check={"SendMessage"},  # NOT_UNDERSTOOD, as any malformed LAM message
         )
         executor = ExecutorServicer(
             orchestrator=orchestrator,
@@ -438,6 +446,7 @@ class SchedulerServer:
             executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
             server,
             **size_limits,
+            own_text_check={"Connect"},  # per message kind: a report is never refused for it
         )
         add_decoded_service(
             AdminServicer(

@@ -1,6 +1,9 @@
-"""The arena of the hostile suite: a real embedded scheduler (`cpa serve`, SQLite) and a real
-agent as processes, a normal job that keeps running on that agent, and the jobs of two hostile
-tenants whose ids the hostile requests aim at.
+"""The arena of the hostile suite: a real scheduler (`cpa serve`) and a real agent as processes,
+a normal job that keeps running on that agent, and the jobs of two hostile tenants whose ids the
+hostile requests aim at. The scheduler runs embedded (SQLite, in-process queue and bus) or
+distributed (PostgreSQL and Redis, as tests/fixtures/cluster.py starts replicas): the two stores
+refuse different things (PostgreSQL's text cannot hold NUL), and the server's answers must not
+depend on which one it runs on.
 
 The hostile client runs synchronously in the test thread; server and agent run in processes of
 their own, so the test's Python work (drawing examples) cannot delay their heartbeats, and a
@@ -37,7 +40,7 @@ from cpa.scheduler.v1 import (
     scheduler_service_pb2,
     scheduler_service_pb2_grpc,
 )
-from tests.fixtures.cluster import AgentProcess, Cluster, Replica
+from tests.fixtures.cluster import AgentProcess, Backends, Cluster, Replica
 
 from .strategies import KNOWN
 
@@ -169,6 +172,8 @@ class Arena:
     data_dir: Path
     channel: grpc.Channel
     normal: NormalWork
+    database_url: str = ""
+    """The PostgreSQL database of a distributed arena; empty: embedded (SQLite under data_dir)."""
 
     @property
     def target(self) -> str:
@@ -260,14 +265,18 @@ def _agent_token(channel: grpc.Channel) -> str:
 
 
 @contextlib.contextmanager
-def running_arena(tmp_path: Path, *, auth: bool = False) -> Iterator[Arena]:
+def running_arena(
+    tmp_path: Path, *, auth: bool = False, backends: Backends | None = None
+) -> Iterator[Arena]:
     """With `auth`, the server authenticates every call: the arena's own calls use the local
-    admin key (AUTH), the normal agent an agent token of its tenant."""
+    admin key (AUTH), the normal agent an agent token of its tenant. With `backends` (a
+    migrated database and a Redis prefix), the server runs distributed on them; else embedded."""
     data_dir = tmp_path / "data"
     cluster = Cluster(
-        database_url="",  # embedded: SQLite under CPA_DATA_DIR, in-process queue and bus
-        redis_url="",
-        redis_prefix="",
+        # Embedded: SQLite under CPA_DATA_DIR, in-process queue and bus.
+        database_url=backends.database_url if backends else "",
+        redis_url=backends.redis_url if backends else "",
+        redis_prefix=backends.redis_prefix if backends else "",
         settings={
             "CPA_DATA_DIR": str(data_dir),
             "CPA_LEASE_DURATION_S": LEASE_S,
@@ -284,7 +293,9 @@ def running_arena(tmp_path: Path, *, auth: bool = False) -> Iterator[Arena]:
         replica = cluster.replica("hostile-server")
         channel = grpc.insecure_channel(replica.target)
         agent_settings = {"CPA_AGENT_TENANT": NORMAL_TENANT}
-        if auth:
+        if auth and backends:
+            AUTH.admin_key = cluster.bootstrap_admin_key()
+        elif auth:
             # Made by the first start of the embedded server, next to its data.
             AUTH.admin_key = (data_dir / "local-admin.key").read_text().strip()
             agent_settings["CPA_AGENT_TOKEN"] = _agent_token(channel)
@@ -313,6 +324,7 @@ def running_arena(tmp_path: Path, *, auth: bool = False) -> Iterator[Arena]:
             data_dir=data_dir,
             channel=channel,
             normal=normal,
+            database_url=cluster.database_url,
         )
     finally:
         if normal is not None:

@@ -3,12 +3,14 @@ sound? Each check returns the problems it found (empty: none)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 from collections import defaultdict
-from pathlib import Path
+from typing import Any
 
 import grpc
+import psycopg
 from google.protobuf import text_format
 
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
@@ -112,9 +114,20 @@ def server_log_problems(arena: Arena) -> list[str]:
     return problems
 
 
-def _store(data_dir: Path) -> sqlite3.Connection:
-    path = data_dir / "cpa.sqlite3"
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+_JOBS = "SELECT tenant, job_id, state, last_event_sequence FROM jobs"
+_EVENTS = "SELECT job_id, sequence FROM events ORDER BY job_id, sequence"
+_TASKS = "SELECT job_id, task_id, state FROM tasks"
+
+
+def _rows(arena: Arena, query: str) -> list[tuple[Any, ...]]:
+    """The rows of `query` in the arena's store: its PostgreSQL database, or the SQLite file
+    (read-only)."""
+    if arena.database_url:
+        with psycopg.connect(arena.database_url) as pg:
+            return list(pg.execute(query).fetchall())
+    path = arena.data_dir / "cpa.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        return db.execute(query).fetchall()
 
 
 def store_problems(arena: Arena) -> list[str]:
@@ -123,16 +136,13 @@ def store_problems(arena: Arena) -> list[str]:
     API with the default client: GetJob, every ListJobs page of its tenant, and (for ended jobs
     never re-driven) its whole history as the fault suite checks it."""
     problems: list[str] = []
-    with _store(arena.data_dir) as db:
-        jobs = db.execute("SELECT tenant, job_id, state, last_event_sequence FROM jobs").fetchall()
-        sequences: defaultdict[str, list[int]] = defaultdict(list)
-        for job_id, sequence in db.execute(
-            "SELECT job_id, sequence FROM events ORDER BY job_id, sequence"
-        ):
-            sequences[job_id].append(sequence)
-        tasks: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)
-        for job_id, task_id, state in db.execute("SELECT job_id, task_id, state FROM tasks"):
-            tasks[job_id].append((task_id, state))
+    jobs = _rows(arena, _JOBS)
+    sequences: defaultdict[str, list[int]] = defaultdict(list)
+    for job_id, sequence in _rows(arena, _EVENTS):
+        sequences[job_id].append(sequence)
+    tasks: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)
+    for job_id, task_id, state in _rows(arena, _TASKS):
+        tasks[job_id].append((task_id, state))
     by_tenant: defaultdict[str, set[str]] = defaultdict(set)
     for tenant, job_id, state, last in jobs:
         by_tenant[tenant].add(job_id)

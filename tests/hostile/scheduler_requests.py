@@ -112,7 +112,11 @@ def templates(rpc: str) -> list[Message]:
             svc.ScheduleJobRequest(spec=text_spec),
             svc.ScheduleJobRequest(spec=intent_spec),
         ],
-        "BatchScheduleJobs": [svc.BatchScheduleJobsRequest(requests=[schedule, schedule])],
+        "BatchScheduleJobs": [
+            svc.BatchScheduleJobsRequest(
+                requests=[schedule, svc.ScheduleJobRequest(request_id="r-2", spec=_spec())]
+            )
+        ],
         "GetJob": [svc.GetJobRequest(job_id=job_id)],
         "ListJobs": [
             svc.ListJobsRequest(

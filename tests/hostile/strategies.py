@@ -75,6 +75,14 @@ _INVALID_TEXT = (
     "*",
     "%",
     "null",
+    # Odd code points PostgreSQL and SQLite may treat differently: DEL, C1 controls, line and
+    # paragraph separators, noncharacters, the last code point, private use.
+    "\x7f\x85\x9f",
+    "\u2028\u2029",
+    "\ufffe\uffff",
+    "\U0010ffff",
+    "\ue000\U000f0000",
+    "\x00" * 3,
 )
 
 
@@ -96,6 +104,8 @@ def huge_text() -> st.SearchStrategy[str]:
 
 
 def hostile_text() -> st.SearchStrategy[str]:
+    """Known ids (suffixed too), the odd texts above (U+0000 among them: PostgreSQL cannot store
+    it, SQLite can), any code point but surrogates (which UTF-8 cannot carry), huge texts."""
     return st.one_of(
         _known_or_suffixed(),
         st.sampled_from(_INVALID_TEXT),

@@ -53,6 +53,9 @@ HOSTILE_FILTERS = [
     audit_pb2.ListAuditEntriesRequest(action="' OR 1=1 --" * 10),
     audit_pb2.ListAuditEntriesRequest(result="R" * 129),
     audit_pb2.ListAuditEntriesRequest(page_size=-2_000_000_000),
+    # NUL: PostgreSQL's text cannot hold it (it answered INTERNAL there, an empty page in
+    # SQLite); refused in both stores alike.
+    audit_pb2.ListAuditEntriesRequest(result="OK\x00"),
 ]
 
 
@@ -70,7 +73,6 @@ async def test_injection_like_values_within_bounds_just_match_nothing(
     for request in (
         audit_pb2.ListAuditEntriesRequest(action="' OR '1'='1"),
         audit_pb2.ListAuditEntriesRequest(principal="%", job_id="_"),
-        audit_pb2.ListAuditEntriesRequest(result="OK\x00"),
     ):
         response = await stub.ListAuditEntries(request, metadata=TENANT, timeout=WAIT_S)
         assert list(response.entries) == []

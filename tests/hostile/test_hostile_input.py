@@ -46,6 +46,7 @@ from .calls import (
     open_connect,
 )
 from .consistency import normal_work_problems, server_log_problems, store_problems
+from .nul_text import NUL_TEXT, NulCase, nul_answer_problem, nul_cases
 from .scheduler_requests import hostile_call, raw_call, templates
 from .strategies import enum_paths, enum_values, nested_value
 
@@ -312,6 +313,130 @@ def test_deep_and_huge_error_details_from_the_agent_that_holds_the_attempt(arena
     except grpc.RpcError as error:
         problems.append(f"ListJobs of the tenant fails: {describe_error(error)}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("rpc", SCHEDULER_RPCS)
+def test_nul_in_every_text_is_refused_naming_its_field(arena: Arena, rpc: str) -> None:
+    """U+0000 in any string of a valid request (a field, a repeated entry, a map's key or value,
+    a string or key of a JSON value): INVALID_ARGUMENT, INVALID_FIELD naming that field (LAM:
+    a not_understood reply naming it), in both stores (PostgreSQL cannot store NUL, SQLite
+    can)."""
+    problems = []
+    for template in templates(rpc):
+        for case in nul_cases(template):
+            call = HostileCall(rpc, case.request, HOSTILE_TENANTS[0], f"NUL in {case.field}")
+            streams = rpc in ("WatchJob", "DownloadArtifact")
+            outcome = call_scheduler(
+                arena.channel, call, timeout_s=WATCH_TIMEOUT_S if streams else CALL_TIMEOUT_S
+            )
+            problem = nul_answer_problem(case, outcome)
+            if problem is not None:
+                problems.append(problem)
+    assert not problems, f"{len(problems)} texts with NUL:\n  " + "\n  ".join(problems)
+
+
+def _attempt_of(arena: Arena, tenant: str, job_id: str) -> job_pb2.Attempt:
+    """The (one) attempt of the job's one task, once it has ended."""
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    while True:
+        job = arena.scheduler.GetJob(
+            svc.GetJobRequest(job_id=job_id),
+            metadata=tenant_metadata(tenant),
+            timeout=CALL_TIMEOUT_S,
+        ).job
+        attempts = job.tasks[0].attempts
+        if attempts and attempts[-1].state != job_pb2.ATTEMPT_STATE_RUNNING:
+            return attempts[-1]
+        assert time.monotonic() < deadline, f"the attempt did not end: {attempts}"
+        time.sleep(0.05)  # polling a condition with a deadline
+
+
+@pytest.mark.timeout(120)
+def test_nul_in_agent_reports_never_loses_the_attempt(arena: Arena) -> None:
+    """U+0000 in what the agent holding an attempt reports, in both stores: the report is
+    accepted and the attempt recorded. Outputs (data later tasks read) fail the attempt with
+    INVALID_OUTPUT naming the member; error details are replaced by {"details_dropped": why};
+    free text (an error's code and message, a progress message) is kept with U+FFFD for NUL."""
+    tenant = "hostile-nul"
+    problems: list[str] = []
+
+    def report(how: str, fill: Callable[[ex.ConnectRequest], None]) -> job_pb2.Attempt | None:
+        job, stream, hello, request = _held_attempt(arena, tenant, "nul")
+        fill(request)
+        stream.send(request)
+        ack = stream.next("report_ack")
+        judge(Script((ex.ConnectRequest(hello=hello),), how=how), stream.close())
+        if ack is None or not ack.report_ack.accepted:
+            problems.append(f"{how}: the report was not accepted: {ack}")
+            return None
+        return _attempt_of(arena, tenant, job.job_id)
+
+    for how, content, field in (
+        ("NUL in an output", {"x": NUL_TEXT}, "result.outputs.x"),
+        ("NUL in an output's key", {"o": {NUL_TEXT: 1}}, "result.outputs.o"),
+    ):
+        attempt = report(how, lambda r, c=content: r.result.outputs.update(c))  # type: ignore[misc]
+        if attempt is not None and (
+            attempt.error.code != "INVALID_OUTPUT" or field not in attempt.error.message
+        ):
+            problems.append(f"{how}: recorded as {attempt.error.code} {attempt.error.message!r}")
+
+    def failed(request: ex.ConnectRequest) -> None:
+        request.result.error.code = "BROKE\x00"
+        request.result.error.message = "it \x00 broke"
+        request.result.error.details.update({"why": NUL_TEXT})
+
+    attempt = report("NUL in an error", failed)
+    if attempt is not None:
+        kept = json_format.MessageToDict(attempt.error.details)
+        if (attempt.error.code, attempt.error.message) != ("BROKE\ufffd", "it \ufffd broke") or (
+            list(kept) != ["details_dropped"]
+        ):
+            problems.append(f"NUL in an error: recorded as {attempt.error} with details {kept}")
+
+    # A progress message with NUL (then a result, so that the attempt ends).
+    job, stream, hello, request = _held_attempt(arena, tenant, "nul-progress")
+    progress = ex.Progress(message="step \x00 one")
+    progress.job_id, progress.task_id = request.result.job_id, request.result.task_id
+    progress.attempt = request.result.attempt
+    stream.send(ex.ConnectRequest(report_id=1, progress=progress))
+    ack = stream.next("report_ack")
+    request.report_id = 2
+    request.result.outputs.update({"done": True})
+    stream.send(request)
+    stream.next("report_ack")
+    judge(Script((ex.ConnectRequest(hello=hello),), how="NUL in progress"), stream.close())
+    if ack is None or not ack.report_ack.accepted:
+        problems.append(f"NUL in a progress message: the report was not accepted: {ack}")
+    events = [
+        r.event
+        for r in arena.scheduler.WatchJob(
+            svc.WatchJobRequest(job_id=job.job_id),
+            metadata=tenant_metadata(tenant),
+            timeout=CALL_TIMEOUT_S,
+        )
+        if r.HasField("event")
+    ]
+    messages = [e.task_progress.message for e in events if e.HasField("task_progress")]
+    if messages != ["step \ufffd one"]:
+        problems.append(f"NUL in a progress message: progress events {messages}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.timeout(60)
+def test_nul_in_a_hello_is_refused_naming_its_field(arena: Arena) -> None:
+    """A hello with U+0000 in the agent's name: INVALID_ARGUMENT naming hello.name (the agent
+    holds nothing yet, so refusing loses nothing), in both stores."""
+    hello = ex.Hello(
+        agent_id="nul-hello",
+        name=NUL_TEXT,
+        tenant=HOSTILE_TENANTS[0],
+        capabilities=agent_capabilities_pb2.AgentCapabilities(actions=["noop"], slots=1),
+    )
+    outcome = open_connect(arena.channel, [ex.ConnectRequest(hello=hello).SerializeToString()])
+    case = NulCase(ex.ConnectRequest(hello=hello), "hello.name")
+    assert nul_answer_problem(case, outcome) is None, outcome.describe()
 
 
 @pytest.mark.timeout(120)

@@ -48,6 +48,7 @@ from cpa_scheduler.domain import (
     ToDo,
     check_labels,
     check_names,
+    without_nul,
 )
 from cpa_scheduler.orchestration import ResultReport
 from cpa_scheduler.planning import Plan
@@ -56,6 +57,7 @@ from .artifact_convert import artifact_to_proto
 from .ids import bounded_id, required_id
 from .plan_views import add_planning
 from .proto_values import (
+    check_text,
     dict_to_struct,
     duration,
     duration_s,
@@ -464,7 +466,8 @@ def attempt_refs_to_proto(refs: Sequence[AttemptRef]) -> list[executor_service_p
 
 def profile_from_hello(hello: executor_service_pb2.Hello, *, default_tenant: str) -> AgentProfile:
     """The agent as its hello describes it; errors name fields under `hello`. Everything here
-    is kept for the session's life and shown by ListAgents: bounded."""
+    is kept for the session's life and shown by ListAgents: bounded, and no text holds U+0000
+    (refusing a hello loses nothing: the agent holds no attempt of this session yet)."""
     required_id(hello.agent_id, "hello.agent_id")
     bounded_id(hello.tenant, "hello.tenant")
     for name in ("name", "version"):
@@ -481,6 +484,7 @@ def profile_from_hello(hello: executor_service_pb2.Hello, *, default_tenant: str
             f"an agent needs at least one slot, got {capabilities.slots}",
             field="hello.capabilities.slots",
         )
+    check_text(hello, "hello")  # the rest: name, version, resume_session_id, running attempts
     return AgentProfile(
         agent_id=hello.agent_id,
         tenant=hello.tenant or default_tenant,
@@ -534,14 +538,15 @@ def progress_from_proto(
     progress: executor_service_pb2.Progress,
 ) -> tuple[AttemptRef, float | None, str]:
     """The attempt, percent and message of an agent's progress; a percent outside 0..100 (or
-    NaN) is refused (INVALID_FIELD, field progress.percent): watchers draw bars with it."""
+    NaN) is refused (INVALID_FIELD, field progress.percent): watchers draw bars with it. A
+    U+0000 in the message is replaced by U+FFFD (as in an error's message: TaskError)."""
     percent = progress.percent if progress.HasField("percent") else None
     if percent is not None and not 0 <= percent <= 100:  # NaN fails both comparisons
         raise InvalidArgument(
             f"progress percent must be 0 to 100, got {percent}", field="progress.percent"
         )
     ref = AttemptRef(progress.job_id, progress.task_id, progress.attempt)
-    return ref, percent, progress.message
+    return ref, percent, without_nul(progress.message)
 
 
 def result_from_proto(

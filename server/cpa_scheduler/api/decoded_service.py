@@ -6,6 +6,16 @@ nested deeper than its 100-level decode limit (a JSON value a few levels past wh
 accepts anyway), or not protobuf at all. Decoded here, they are INVALID_ARGUMENT
 (MALFORMED_MESSAGE) with one log line.
 
+A decoded request (or a client stream's message) with U+0000 (NUL) in any string, a JSON value's
+strings and keys included, is INVALID_ARGUMENT (INVALID_FIELD naming the field;
+proto_values.check_text): PostgreSQL's text cannot store NUL while SQLite can, and no caller text
+the server keeps, looks up or forwards needs it. Checked here, before any servicer reads the
+request, so the rule is the same for every RPC and both stores; except for the methods whose
+servicer applies it itself (`own_text_check`): SendMessage answers a LAM message with NUL
+NOT_UNDERSTOOD naming the field, as any other malformed one (lam.py), and the agent's Connect
+checks message kind by message kind, never refusing a report for its text, which would lose the
+attempt (convert.py).
+
 A single request (unary or server-streaming RPC) larger than the server's budget
 (CPA_MAX_REQUEST_BYTES) is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) before it is decoded, for every
 method alike; the transport lets larger messages through so this check, not gRPC's own
@@ -16,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 import grpc
@@ -28,6 +38,7 @@ from google.protobuf.message import DecodeError, Message
 from cpa_scheduler.domain import InvalidArgument, Reason
 
 from .errors import abort
+from .proto_values import check_text
 
 log = logging.getLogger(__name__)
 
@@ -58,38 +69,66 @@ def _too_large(size: int, max_bytes: int) -> InvalidArgument:
     )
 
 
+def _checked_text(request: Message, data: bytes) -> None:
+    """check_text, skipped when no byte of the body is 0 (NUL is encoded as one)."""
+    if b"\x00" in data:
+        check_text(request)
+
+
 async def _decode(
-    request_type: type[Message], data: bytes, context: Context, rpc: str, max_bytes: int
+    request_type: type[Message],
+    data: bytes,
+    context: Context,
+    rpc: str,
+    max_bytes: int,
+    text: bool,
 ) -> Any:
+    """The request; with `text`, refused when a string holds NUL (see the module doc)."""
     if len(data) > max_bytes:
         await abort(context, _too_large(len(data), max_bytes))
     try:
-        return request_type.FromString(data)
+        request = request_type.FromString(data)
     except DecodeError:
         await abort(context, _malformed(request_type, data, context, rpc))
+    if text:
+        try:
+            _checked_text(request, data)
+        except InvalidArgument as error:
+            await abort(context, error)
+    return request
 
 
 def _unary_unary(
-    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str, max_bytes: int
+    behavior: Callable[[Any, Context], Any],
+    request_type: type[Message],
+    rpc: str,
+    max_bytes: int,
+    text: bool,
 ) -> Callable[[bytes, Context], Any]:
     async def handle(data: bytes, context: Context) -> Any:
-        return await behavior(await _decode(request_type, data, context, rpc, max_bytes), context)
+        request = await _decode(request_type, data, context, rpc, max_bytes, text)
+        return await behavior(request, context)
 
     return handle
 
 
 def _unary_stream(
-    behavior: Callable[[Any, Context], Any], request_type: type[Message], rpc: str, max_bytes: int
+    behavior: Callable[[Any, Context], Any],
+    request_type: type[Message],
+    rpc: str,
+    max_bytes: int,
+    text: bool,
 ) -> Callable[[bytes, Context], Any]:
     if inspect.iscoroutinefunction(behavior):  # writes with context.write (WatchJob)
 
         async def write(data: bytes, context: Context) -> None:
-            await behavior(await _decode(request_type, data, context, rpc, max_bytes), context)
+            request = await _decode(request_type, data, context, rpc, max_bytes, text)
+            await behavior(request, context)
 
         return write
 
     async def handle(data: bytes, context: Context) -> AsyncIterator[Any]:
-        request = await _decode(request_type, data, context, rpc, max_bytes)
+        request = await _decode(request_type, data, context, rpc, max_bytes, text)
         async for response in behavior(request, context):
             yield response
 
@@ -108,8 +147,11 @@ class _DecodedStream:
         context: Context,
         rpc: str,
         max_bytes: int,
+        *,
+        text_checked: bool,
     ) -> None:
         self._raw = raw
+        self._text_checked = text_checked
         self._max_bytes = max_bytes
         self._request_type = request_type
         self._context = context
@@ -126,6 +168,12 @@ class _DecodedStream:
             except DecodeError:
                 self.error = _malformed(self._request_type, data, self._context, self._rpc)
                 raise self.error from None
+            if self._text_checked:
+                try:
+                    _checked_text(request, data)
+                except InvalidArgument as error:
+                    self.error = error
+                    raise
             yield request
 
 
@@ -134,9 +182,12 @@ def _stream_stream(
     request_type: type[Message],
     rpc: str,
     max_message_bytes: int,
+    text: bool,
 ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[Any]]:
     async def handle(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-        requests = _DecodedStream(raw, request_type, context, rpc, max_message_bytes)
+        requests = _DecodedStream(
+            raw, request_type, context, rpc, max_message_bytes, text_checked=text
+        )
         async for response in behavior(requests, context):
             yield response
         if requests.error is not None:
@@ -152,9 +203,12 @@ def _stream_unary(
     request_type: type[Message],
     rpc: str,
     max_message_bytes: int,
+    text: bool,
 ) -> Callable[[AsyncIterator[bytes], Context], Any]:
     async def handle(raw: AsyncIterator[bytes], context: Context) -> Any:
-        requests = _DecodedStream(raw, request_type, context, rpc, max_message_bytes)
+        requests = _DecodedStream(
+            raw, request_type, context, rpc, max_message_bytes, text_checked=text
+        )
         # An undecodable request raises its InvalidArgument inside the handler, which answers
         # it as any DomainError (translate_errors).
         return await behavior(requests, context)
@@ -180,35 +234,38 @@ def add_decoded_service(
     *,
     max_request_bytes: int,
     max_stream_message_bytes: int,
+    own_text_check: Collection[str] = (),
 ) -> None:
     """Serve every method of `service` (unary, server-streaming or bidi) by the servicer's
     method of the same name, decoding each request here. A single request over
     `max_request_bytes`, or a client stream's message over `max_stream_message_bytes`, is
-    refused with PAYLOAD_TOO_LARGE."""
+    refused with PAYLOAD_TOO_LARGE; one with NUL in a string, with INVALID_FIELD, except for
+    the methods named in `own_text_check` (whose servicer answers NUL itself)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
         serializer = _serializer(message_factory.GetMessageClass(method.output_type))
         behavior = getattr(servicer, method.name)
         rpc = f"{service.name}.{method.name}"
+        text = method.name not in own_text_check
         if method.client_streaming and not method.server_streaming:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _stream_unary(behavior, request_type, rpc, max_stream_message_bytes),
+                _stream_unary(behavior, request_type, rpc, max_stream_message_bytes, text),
                 response_serializer=serializer,
             )
         elif method.client_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _stream_stream(behavior, request_type, rpc, max_stream_message_bytes),
+                _stream_stream(behavior, request_type, rpc, max_stream_message_bytes, text),
                 response_serializer=serializer,
             )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _unary_stream(behavior, request_type, rpc, max_request_bytes),
+                _unary_stream(behavior, request_type, rpc, max_request_bytes, text),
                 response_serializer=serializer,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary_unary(behavior, request_type, rpc, max_request_bytes),
+                _unary_unary(behavior, request_type, rpc, max_request_bytes, text),
                 response_serializer=serializer,
             )
     # As the generated add_*_to_server does: registered methods skip a lookup per call (the

@@ -215,10 +215,12 @@ class LamHandler:
 
     @staticmethod
     def _check_values(message: lam.LamMessage) -> None:
-        """Every JSON value, time and duration anywhere in the message: it is stored as it came,
-        and a value that cannot be written back (NaN, too deep, out of range) would poison the
-        conversation."""
+        """Every text, JSON value, time and duration anywhere in the message: it is stored as it
+        came, and a value that cannot be written back (NaN, too deep, out of range) would poison
+        the conversation; a text with U+0000 cannot be stored in PostgreSQL (SendMessage leaves
+        this check to us: decoded_service.py)."""
         try:
+            proto_values.check_text(message)
             proto_values.check_message(message, "")
         except InvalidArgument as error:
             raise _NotUnderstoodError(error.reason, error.message, error.field) from None

@@ -5,6 +5,9 @@ caller or agent sends is checked here before it is stored, because a stored valu
 written back into a reply poisons every later read of the job:
 - numbers in a Struct must be finite (JSON has no NaN or Infinity; json_format raises on them);
 - a Struct may nest at most MAX_JSON_DEPTH objects and arrays (see below);
+- no string in a Struct, value or key, may hold U+0000 (NUL): PostgreSQL's text and jsonb cannot
+  store it, SQLite can, and the API must not answer differently by store (check_text applies the
+  same rule to every string of a request);
 - a Timestamp or Duration must be in the range protobuf defines (0001-01-01 to 9999-12-31;
   +-10 000 years), its nanos within one second and, for a Duration, of the seconds' sign.
 Errors are INVALID_ARGUMENT naming the field by its request path.
@@ -50,6 +53,19 @@ def _too_deep(field: str) -> InvalidArgument:
     )
 
 
+NUL: Final = "\x00"
+
+
+def holds_nul(field: str, *, key: bool = False) -> InvalidArgument:
+    """The error for a text (or, with `key`, a key of the map or object) `field` holding NUL."""
+    what = "a key of this object or map" if key else "the text"
+    return InvalidArgument(
+        f"{what} holds U+0000 (NUL), which no text sent to the server may contain",
+        reason=Reason.INVALID_FIELD,
+        field=field,
+    )
+
+
 def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
     """The Python value of `value`, a member of a container at `depth` (1: the top object)."""
     kind = value.WhichOneof("kind")
@@ -59,6 +75,8 @@ def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
             raise InvalidArgument(f"{number} is not a JSON number (finite only)", field=field)
         return number
     if kind == "string_value":
+        if NUL in value.string_value:
+            raise holds_nul(field)
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
@@ -75,12 +93,16 @@ def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
 def _object(struct: struct_pb2.Struct, field: str, depth: int) -> dict[str, Any]:
     if depth > MAX_JSON_DEPTH:
         raise _too_deep(field)
-    return {key: _value(item, f"{field}.{key}", depth) for key, item in struct.fields.items()}
+    fields = struct.fields
+    if any(NUL in key for key in fields):
+        raise holds_nul(field, key=True)
+    return {key: _value(item, f"{field}.{key}", depth) for key, item in fields.items()}
 
 
 def struct_to_dict(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    """A JSON object as plain Python, checked (finite numbers, depth); numbers come back as
-    floats (JSON has one number type). Errors name the member under `field`."""
+    """A JSON object as plain Python, checked (finite numbers, depth, no NUL in a string or
+    key); numbers come back as floats (JSON has one number type). Errors name the member under
+    `field` (a key holding NUL: the object)."""
     return _object(struct, field, 1)
 
 
@@ -147,6 +169,94 @@ def set_time(message: Any, name: str, value: datetime | None) -> None:
 
 
 # -- any message ------------------------------------------------------------------------------
+
+
+# What check_text does with a field, by descriptor (worked out once per message type).
+_SKIP, _TEXT, _TEXTS, _MESSAGE, _MESSAGES, _TEXT_MAP, _MESSAGE_MAP, _OTHER_MAP = range(8)
+_PLANS: dict[Any, dict[int, int]] = {}
+
+
+def _plan(descriptor: Any) -> dict[int, int]:
+    plan = _PLANS.get(descriptor)
+    if plan is not None:
+        return plan
+    plan = {}
+    for item in descriptor.fields:
+        kind = _SKIP
+        if item.type == item.TYPE_STRING:
+            kind = _TEXTS if item.is_repeated else _TEXT
+        elif item.message_type is None or item.message_type.full_name in _JSON_TYPES:
+            kind = _SKIP  # JSON values: struct_to_dict refuses NUL where it converts them
+        elif item.message_type.GetOptions().map_entry:
+            value = item.message_type.fields_by_name["value"]
+            if value.type == value.TYPE_STRING:
+                kind = _TEXT_MAP
+            elif value.message_type is not None:
+                kind = _MESSAGE_MAP
+            else:
+                kind = _OTHER_MAP
+        else:
+            kind = _MESSAGES if item.is_repeated else _MESSAGE
+        plan[item.number] = kind
+    _PLANS[descriptor] = plan
+    return plan
+
+
+_JSON_TYPES: Final = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
+
+
+def check_text(message: Message, field: str = "") -> None:
+    """No string anywhere in `message` holds U+0000 (NUL): fields, repeated entries, map keys
+    and values. PostgreSQL's text and jsonb cannot store NUL while SQLite can; refusing it
+    everywhere keeps the two stores alike. JSON values (Struct) are left to struct_to_dict,
+    which every request's Struct goes through and which refuses NUL in their strings and keys:
+    walking them twice cost more than the rest of a ScheduleJob's check.
+
+    INVALID_FIELD naming the first offending field under `field` (`spec.todos.todos[0].text`,
+    `spec.labels[team]`; a key holding NUL: the map)."""
+    found = _nul_at(message)
+    if found is not None:
+        path, key = found
+        raise holds_nul(f"{field}.{path}" if field else path, key=key)
+
+
+def _nul_at(message: Message) -> tuple[str, bool] | None:
+    """Where in `message` a string holds NUL (its path, and whether it is a map key), or None.
+    Paths are built only on the way back from a find: most requests have none."""
+    plan = _plan(message.DESCRIPTOR)
+    for descriptor, value in message.ListFields():
+        kind = plan[descriptor.number]
+        if kind == _SKIP:
+            continue
+        name = descriptor.name
+        if kind == _TEXT:
+            if NUL in value:
+                return name, False
+        elif kind == _MESSAGE:
+            if (inner := _nul_at(value)) is not None:
+                return f"{name}.{inner[0]}", inner[1]
+        elif kind == _TEXTS:
+            for i, item in enumerate(value):
+                if NUL in item:
+                    return f"{name}[{i}]", False
+        elif kind == _MESSAGES:
+            for i, item in enumerate(value):
+                if (inner := _nul_at(item)) is not None:
+                    return f"{name}[{i}].{inner[0]}", inner[1]
+        else:  # a map
+            if any(isinstance(key, str) and NUL in key for key in value):
+                return name, True
+            if kind == _TEXT_MAP:
+                for key, item in value.items():
+                    if NUL in item:
+                        return f"{name}[{key}]", False
+            elif kind == _MESSAGE_MAP:
+                for key, item in value.items():
+                    if (inner := _nul_at(item)) is not None:
+                        return f"{name}[{key}].{inner[0]}", inner[1]
+    return None
 
 
 def check_message(message: Message, field: str) -> None:

@@ -35,6 +35,7 @@ from .errors import (
     RequestIdReused,
     clip,
     echo,
+    without_nul,
 )
 from .events import (
     EventPayload,
@@ -110,6 +111,7 @@ __all__ = [
     "MAX_FIELD_BYTES",
     "MAX_MESSAGE_BYTES",
     "clip",
+    "without_nul",
     "echo",
     # errors
     "DomainError",

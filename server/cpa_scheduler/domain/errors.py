@@ -32,6 +32,13 @@ def clip(text: str, limit: int) -> str:
     return head + note + tail
 
 
+def without_nul(text: str) -> str:
+    """`text` with every U+0000 (NUL) replaced by U+FFFD: for an agent's free text (an error's
+    code and message, a progress message), which the server keeps rather than refuse the report
+    carrying it, and which PostgreSQL's text cannot hold with NUL in it."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def echo(value: object) -> str:
     """A caller's value quoted for a message (as repr), bounded to MAX_ECHO_BYTES bytes."""
     return clip(repr(value), MAX_ECHO_BYTES)

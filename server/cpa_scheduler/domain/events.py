@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from .artifacts import ArtifactRecord
-from .errors import Reason, clip
+from .errors import Reason, clip, without_nul
 from .states import JobState, TaskState
 
 # A task error is stored with its attempt and sent back in every view of the job, and its text
@@ -21,7 +21,8 @@ MAX_TASK_ERROR_CODE_BYTES = 256
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskError:
     """How an attempt or task failed: the executor's code and message, or the scheduler's reason.
-    Message and code are clipped (head and tail kept) past MAX_TASK_ERROR_*_BYTES."""
+    Message and code are clipped (head and tail kept) past MAX_TASK_ERROR_*_BYTES, and hold no
+    U+0000 (replaced by U+FFFD: an agent's text is kept, and PostgreSQL cannot store NUL)."""
 
     code: str
     message: str
@@ -33,8 +34,10 @@ class TaskError:
 
     def __post_init__(self) -> None:
         # Frozen: set through object.__setattr__, once, at construction.
-        object.__setattr__(self, "code", clip(self.code, MAX_TASK_ERROR_CODE_BYTES))
-        object.__setattr__(self, "message", clip(self.message, MAX_TASK_ERROR_MESSAGE_BYTES))
+        code = clip(without_nul(self.code), MAX_TASK_ERROR_CODE_BYTES)
+        object.__setattr__(self, "code", code)
+        message = clip(without_nul(self.message), MAX_TASK_ERROR_MESSAGE_BYTES)
+        object.__setattr__(self, "message", message)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -362,3 +362,59 @@ def test_timestamps_keep_the_instant_to_the_microsecond(moment: str) -> None:
 
     value = datetime.fromisoformat(moment)
     assert proto_values.timestamp(value).ToDatetime(tzinfo=UTC) == value
+
+
+# -- U+0000 in what an agent reports (PostgreSQL's text cannot hold it) ------------------------
+
+
+def _result(**fields: Any) -> Any:
+    from cpa.executor.v1 import executor_service_pb2 as ex
+
+    return ex.Result(job_id="j", task_id="t", attempt=1, **fields)
+
+
+def test_outputs_with_nul_fail_the_attempt_naming_the_member() -> None:
+    for outputs, field in (({"x": "a\x00"}, "result.outputs.x"), ({"a\x00": 1}, "result.outputs")):
+        _, report = convert.result_from_proto(
+            _result(outputs=_params(**outputs)), details_max_bytes=16_384
+        )
+        assert report.error is not None
+        assert report.error.code == convert.INVALID_OUTPUT_CODE
+        assert f"{field}: " in report.error.message
+
+
+def test_an_error_with_nul_is_kept_with_u_fffd_and_its_details_dropped() -> None:
+    error = error_pb2.TaskError(code="E\x00", message="m\x00m", details=_params(x="\x00"))
+    _, report = convert.result_from_proto(_result(error=error), details_max_bytes=16_384)
+    assert report.error is not None
+    assert (report.error.code, report.error.message) == ("E\ufffd", "m\ufffdm")
+    assert report.error.details is not None
+    assert list(report.error.details) == [convert.DETAILS_DROPPED_KEY]
+    assert "error.details.x" in report.error.details[convert.DETAILS_DROPPED_KEY]
+
+
+def test_a_progress_message_with_nul_is_kept_with_u_fffd() -> None:
+    from cpa.executor.v1 import executor_service_pb2 as ex
+
+    _, _, message = convert.progress_from_proto(ex.Progress(job_id="j", message="a\x00b"))
+    assert message == "a\ufffdb"
+
+
+@pytest.mark.parametrize(
+    ("spoil", "field"),
+    [
+        ({"name": "n\x00"}, "hello.name"),
+        ({"version": "\x00"}, "hello.version"),
+        ({"resume_session_id": "\x00"}, "hello.resume_session_id"),
+    ],
+)
+def test_a_hello_with_nul_is_refused_naming_the_field(spoil: dict[str, Any], field: str) -> None:
+    from cpa.common.v1 import agent_capabilities_pb2
+    from cpa.executor.v1 import executor_service_pb2 as ex
+
+    hello = ex.Hello(
+        agent_id="a", capabilities=agent_capabilities_pb2.AgentCapabilities(slots=1), **spoil
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        convert.profile_from_hello(hello, default_tenant="default")
+    assert caught.value.field == field

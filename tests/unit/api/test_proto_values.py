@@ -15,6 +15,7 @@ from cpa.scheduler.v1 import job_event_pb2, job_pb2, scheduler_service_pb2
 from cpa_scheduler.api.proto_values import (
     MAX_JSON_DEPTH,
     check_message,
+    check_text,
     duration_s,
     struct_to_dict,
     time_from_proto,
@@ -186,3 +187,65 @@ def test_a_job_view_enum_outside_the_contract_is_refused() -> None:
     with pytest.raises(InvalidArgument) as caught:
         is_full_view(7, default_full=False)  # type: ignore[arg-type]
     assert caught.value.field == "view"
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        ({"a": "x\x00"}, "p.a"),
+        ({"a": [1, {"b": "\x00"}]}, "p.a[1].b"),
+        ({"a\x00": 1}, "p"),
+        ({"a": {"\x00": None}}, "p.a"),
+    ],
+)
+def test_nul_in_a_json_string_or_key_is_refused_with_its_path(
+    content: dict[str, Any], field: str
+) -> None:
+    # PostgreSQL's text and jsonb cannot hold U+0000 (jsonb not even as the \u0000 escape).
+    # check_text leaves JSON values to struct_to_dict, which every request's Struct goes through.
+    struct = struct_pb2.Struct()
+    struct.update(content)
+    with pytest.raises(InvalidArgument) as caught:
+        struct_to_dict(struct, "p")
+    assert caught.value.reason is Reason.INVALID_FIELD
+    assert caught.value.field == field
+
+
+def test_other_odd_code_points_are_kept() -> None:
+    odd = "\x01\x7f\u200b\u202e\ufeff\ufffe\uffff\U0010ffff\U0001f4a9"
+    struct = struct_pb2.Struct()
+    struct.update({odd: odd})
+    assert struct_to_dict(struct, "p") == {odd: odd}
+    check_text(job_pb2.JobSpec(text=odd, context=struct))
+
+
+def test_check_text_names_the_field_holding_nul_anywhere_in_a_request() -> None:
+    spec = job_pb2.JobSpec()
+    spec.todos.todos.add(id="a").params.update({"x": [1, "ok"]})
+    request = scheduler_service_pb2.ScheduleJobRequest(request_id="r", spec=spec)
+    check_text(request)
+    cases: list[tuple[Callable[[scheduler_service_pb2.ScheduleJobRequest], None], str]] = [
+        (lambda r: setattr(r.spec, "text", "a\x00"), "spec.text"),
+        (
+            lambda r: r.spec.todos.todos[0].depends_on.append("\x00"),
+            "spec.todos.todos[0].depends_on[0]",
+        ),
+        (lambda r: r.spec.labels.update({"k": "\x00"}), "spec.labels[k]"),
+        (lambda r: r.spec.labels.update({"\x00": "v"}), "spec.labels"),
+        (
+            lambda r: r.spec.todos.todos[0].inputs["in"].__setattr__("task_id", "\x00"),
+            "spec.todos.todos[0].inputs[in].task_id",
+        ),
+    ]
+    # A JSON value's text is struct_to_dict's to refuse (above), not check_text's.
+    json_spoiled = scheduler_service_pb2.ScheduleJobRequest()
+    json_spoiled.CopyFrom(request)
+    json_spoiled.spec.todos.todos[0].params.fields["x"].list_value.values[1].string_value = "\x00"
+    check_text(json_spoiled)
+    for spoil, field in cases:
+        spoiled = scheduler_service_pb2.ScheduleJobRequest()
+        spoiled.CopyFrom(request)
+        spoil(spoiled)
+        with pytest.raises(InvalidArgument) as caught:
+            check_text(spoiled)
+        assert (caught.value.reason, caught.value.field) == (Reason.INVALID_FIELD, field)

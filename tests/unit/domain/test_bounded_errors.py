@@ -135,3 +135,9 @@ def test_a_task_error_bounds_its_message_and_code() -> None:
     assert len(error.message.encode()) <= MAX_TASK_ERROR_MESSAGE_BYTES
     assert error.message.startswith("declined by the agent: rrr")
     assert TaskError(code="E", message="short") == TaskError(code="E", message="short")
+
+
+def test_a_task_error_keeps_an_agents_nul_as_u_fffd() -> None:
+    # A decline's reason or an agent's error text: kept, but PostgreSQL's text cannot hold NUL.
+    error = TaskError(code="E\x00", message="declined by the agent: r\x00")
+    assert (error.code, error.message) == ("E\ufffd", "declined by the agent: r\ufffd")

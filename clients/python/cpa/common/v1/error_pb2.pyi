@@ -696,11 +696,12 @@ class TaskError(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Application error code, matched against RetryPolicy.non_retryable_codes ("LOGIN_FAILED").
-    Recorded with its first and last bytes only past 256 bytes (UTF-8).
+    Recorded with its first and last bytes only past 256 bytes (UTF-8), U+0000 as U+FFFD.
     """
     message: _builtins.str
     """Human-readable message. Recorded with its first and last bytes only past 4096 bytes
-    (UTF-8): it is stored with every attempt and sent back in every view of the job.
+    (UTF-8): it is stored with every attempt and sent back in every view of the job. U+0000,
+    which PostgreSQL cannot store, is recorded as U+FFFD in both stores.
     """
     retryable: _builtins.bool
     """Whether another attempt may succeed; false fails the task at once."""
@@ -710,8 +711,9 @@ class TaskError(_message.Message):
     def details(self) -> _struct_pb2.Struct:
         """Structured details (JSON object) for diagnosis: from an agent, kept with the attempt and
         returned in every view of the job as sent, up to CPA_TASK_ERROR_DETAILS_MAX_BYTES of compact
-        JSON (default 16 KiB). Larger ones, or ones JSON cannot hold (nested past 24 levels, NaN),
-        are replaced by {"details_dropped": "<why>"}: the failure is still recorded. Errors the
+        JSON (default 16 KiB). Larger ones, or ones the server cannot store (nested past 24 levels,
+        NaN, U+0000 in a string or key), are replaced by {"details_dropped": "<why>"}: the failure
+        is still recorded. Errors the
         server makes itself (LOST, TASK_TIMEOUT...) have none.
         """
 

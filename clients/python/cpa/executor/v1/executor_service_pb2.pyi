@@ -265,7 +265,9 @@ class Hello(_message.Message):
     INVALID_ARGUMENT (MISSING_FIELD, field hello.agent_id); over 128 characters INVALID_FIELD.
     """
     name: _builtins.str
-    """Display name, at most 128 characters (else INVALID_FIELD, field hello.name)."""
+    """Display name, at most 128 characters (else INVALID_FIELD, field hello.name). No text of a
+    hello may hold U+0000 (INVALID_FIELD naming it; the stream ends).
+    """
     tenant: _builtins.str
     """Tenant the agent serves. Empty means the credential's tenant; another tenant than the
     credential's ends the stream with PERMISSION_DENIED (CAPABILITY_NOT_ALLOWED, field
@@ -377,7 +379,7 @@ class AssignmentAck(_message.Message):
     work again.
     """
     reason: _builtins.str
-    """Why it declined."""
+    """Why it declined; recorded in the attempt's TaskError.message, U+0000 replaced by U+FFFD."""
     def __init__(
         self,
         *,
@@ -426,7 +428,8 @@ class Progress(_message.Message):
     """
     message: _builtins.str
     """Human-readable text; past 4096 UTF-8 bytes it is recorded clipped (head and tail kept
-    around a note of what was cut), as TaskError.message.
+    around a note of what was cut), as TaskError.message; U+0000 is recorded as U+FFFD (the
+    report is not refused for it).
     """
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
@@ -492,9 +495,11 @@ class Result(_message.Message):
     @_builtins.property
     def outputs(self) -> _struct_pb2.Struct:
         """Outputs of a successful attempt (JSON object). Outputs the server cannot store (NaN or
-        Infinity, more than 24 levels of nested objects and arrays) fail the attempt for good:
-        TaskError code INVALID_OUTPUT, reason INVALID_FIELD or NESTING_TOO_DEEP; the report is
-        acked (accepted), so the agent does not send it again.
+        Infinity, U+0000 in a string or key, more than 24 levels of nested objects and arrays)
+        fail the attempt for good: TaskError code INVALID_OUTPUT, reason INVALID_FIELD or
+        NESTING_TOO_DEEP, the message naming the member (`result.outputs.x`); the report is acked
+        (accepted), so the agent does not send it again. Outputs are data later tasks read: they
+        are never stored altered.
         """
 
     @_builtins.property

@@ -37,6 +37,11 @@ class ExecutorServiceStub:
     replica's calls in progress: beyond CPA_MAX_CONCURRENT_RPCS a call is refused with
     RESOURCE_EXHAUSTED (TOO_MANY_CALLS): retry with backoff or another replica. Each method's
     comment lists the errors of its own.
+    U+0000 (NUL), which PostgreSQL cannot store, is handled alike in both stores: in a hello or
+    an upload's messages it is refused (INVALID_ARGUMENT, INVALID_FIELD naming the field); in a
+    report it never costs the attempt: outputs fail it (INVALID_OUTPUT, see Result.outputs),
+    error details are dropped (TaskError.details), and free text (TaskError.code and .message,
+    Progress.message, AssignmentAck.reason) is recorded with U+FFFD in its place.
     """
 
     def __init__(self, channel):
@@ -74,6 +79,11 @@ class ExecutorServiceServicer:
     replica's calls in progress: beyond CPA_MAX_CONCURRENT_RPCS a call is refused with
     RESOURCE_EXHAUSTED (TOO_MANY_CALLS): retry with backoff or another replica. Each method's
     comment lists the errors of its own.
+    U+0000 (NUL), which PostgreSQL cannot store, is handled alike in both stores: in a hello or
+    an upload's messages it is refused (INVALID_ARGUMENT, INVALID_FIELD naming the field); in a
+    report it never costs the attempt: outputs fail it (INVALID_OUTPUT, see Result.outputs),
+    error details are dropped (TaskError.details), and free text (TaskError.code and .message,
+    Progress.message, AssignmentAck.reason) is recorded with U+FFFD in its place.
     """
 
     def Connect(self, request_iterator, context):
@@ -87,15 +97,15 @@ class ExecutorServiceServicer:
         (CREDENTIAL_EXPIRED) once its exp plus the allowed clock skew passes.
         Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
         (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD),
-        hello.capabilities.slots is below 1 or a hello field is over its bound (INVALID_FIELD, see
-        Hello and AgentCapabilities); ALREADY_EXISTS (AGENT_ID_IN_USE, see
+        hello.capabilities.slots is below 1 or a hello field is over its bound or holds U+0000
+        (INVALID_FIELD, see Hello and AgentCapabilities); ALREADY_EXISTS (AGENT_ID_IN_USE, see
         Hello.resume_session_id); UNAVAILABLE (SERVER_SHUTTING_DOWN) once the replica is stopping:
         reconnect (to another replica). A report never ends the stream: when it cannot be applied,
         its ReportAck says accepted = false with STALE_ATTEMPT (not the task's current attempt; a
         job or task the tenant does not have, JOB_NOT_FOUND or TASK_NOT_FOUND, is told the same
         way) or ATTEMPT_NOT_HELD, or the reason the job refused it (ILLEGAL_TRANSITION). Outputs the
         server cannot store fail the attempt instead (INVALID_FIELD, NESTING_TOO_DEEP; see
-        Result.outputs).
+        Result.outputs); U+0000 in a report's text is replaced by U+FFFD, never refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,7 +114,8 @@ class ExecutorServiceServicer:
     def UploadArtifact(self, request_iterator, context):
         """Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
         the Connect stream). The first message is a header, every further one a chunk of at most
-        1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
+        1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. U+0000 in
+        any text of a message is INVALID_ARGUMENT (INVALID_FIELD naming it, `header.name`). The tenant
         is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
         default tenant). Like every ExecutorService call it needs the permission agent.connect.
         The server checks, in order (the field named in ErrorInfo.metadata `field`, and in a
@@ -199,6 +210,11 @@ class ExecutorService:
     replica's calls in progress: beyond CPA_MAX_CONCURRENT_RPCS a call is refused with
     RESOURCE_EXHAUSTED (TOO_MANY_CALLS): retry with backoff or another replica. Each method's
     comment lists the errors of its own.
+    U+0000 (NUL), which PostgreSQL cannot store, is handled alike in both stores: in a hello or
+    an upload's messages it is refused (INVALID_ARGUMENT, INVALID_FIELD naming the field); in a
+    report it never costs the attempt: outputs fail it (INVALID_OUTPUT, see Result.outputs),
+    error details are dropped (TaskError.details), and free text (TaskError.code and .message,
+    Progress.message, AssignmentAck.reason) is recorded with U+FFFD in its place.
     """
 
     @staticmethod

@@ -693,6 +693,8 @@ Global___AcceptProposalBody: _TypeAlias = AcceptProposalBody  # noqa: Y015
 class LamMessage(_message.Message):
     """LamMessage is the envelope of every agent message. The body that matches the performative
     carries the structure; payload and context carry free-form data for callers that need it.
+    No text anywhere in it (JSON strings and keys included) may hold U+0000: not_understood,
+    INVALID_FIELD naming the field (an envelope id: MALFORMED_MESSAGE, as below).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

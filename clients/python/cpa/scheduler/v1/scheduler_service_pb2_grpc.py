@@ -42,7 +42,16 @@ class SchedulerServiceStub:
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); an id a request names
     (job_id, task_id, request_id, artifact_id, memory_id, a delivery id) longer than 128
     characters or holding a control character (U+0000-U+001F, U+007F) is INVALID_ARGUMENT
-    (INVALID_FIELD, naming it), before any lookup. A request larger than
+    (INVALID_FIELD, naming it), before any lookup. No text in a request may hold U+0000 (NUL):
+    a string field, a repeated entry, a map key or value, or a string or key inside a JSON value
+    (google.protobuf.Struct: params, context, intent parameters, memory plans). PostgreSQL cannot
+    store it, so it is refused in both stores alike, before the request is read:
+    INVALID_ARGUMENT (INVALID_FIELD) naming the field (`spec.todos.todos[0].params.x`,
+    `spec.labels[team]`; a key holding NUL: the object or map), never stored with NUL. Other
+    code points (control characters, U+FFFE, private use) are text like any other except where a
+    field's own rule refuses them (ids, labels, names). SendMessage answers NUL in a LAM message
+    as any malformed one: a not_understood reply naming the field inside the message.
+    A request larger than
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
@@ -176,7 +185,16 @@ class SchedulerServiceServicer:
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); an id a request names
     (job_id, task_id, request_id, artifact_id, memory_id, a delivery id) longer than 128
     characters or holding a control character (U+0000-U+001F, U+007F) is INVALID_ARGUMENT
-    (INVALID_FIELD, naming it), before any lookup. A request larger than
+    (INVALID_FIELD, naming it), before any lookup. No text in a request may hold U+0000 (NUL):
+    a string field, a repeated entry, a map key or value, or a string or key inside a JSON value
+    (google.protobuf.Struct: params, context, intent parameters, memory plans). PostgreSQL cannot
+    store it, so it is refused in both stores alike, before the request is read:
+    INVALID_ARGUMENT (INVALID_FIELD) naming the field (`spec.todos.todos[0].params.x`,
+    `spec.labels[team]`; a key holding NUL: the object or map), never stored with NUL. Other
+    code points (control characters, U+FFFE, private use) are text like any other except where a
+    field's own rule refuses them (ids, labels, names). SendMessage answers NUL in a LAM message
+    as any malformed one: a not_understood reply naming the field inside the message.
+    A request larger than
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.
@@ -206,6 +224,7 @@ class SchedulerServiceServicer:
         CPA_MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE), a plan of more than CPA_MAX_TASKS_PER_JOB tasks
         (PAYLOAD_TOO_LARGE, field spec.todos.todos, or spec.intent or spec.text for tasks planned
         from them), a spec.deadline already passed (INVALID_FIELD), NaN or Infinity in a JSON value (INVALID_FIELD),
+        U+0000 in any text, JSON strings and keys included (INVALID_FIELD, see the service comment),
         JSON nested deeper than 24 levels (NESTING_TOO_DEEP), a Timestamp or Duration out of
         protobuf's range (INVALID_FIELD), ids that are not full matches of their pattern.
         A plan, text or callback_url the tenant's policy refuses (docs/POLICY.md) is
@@ -356,7 +375,8 @@ class SchedulerServiceServicer:
     def SendMessage(self, request, context):
         """Accepts any LAM message and answers with one: a request becomes a job (agree) or is
         declined (refuse); a cancel is confirmed (confirm) or refused; a malformed message gets
-        not_understood; other performatives are stored in their conversation and acknowledged: with
+        not_understood (U+0000 in any text of it, JSON strings and keys included: INVALID_FIELD
+        naming the field inside the message, `payload.x`); other performatives are stored in their conversation and acknowledged: with
         inform (the job's id and state) when the conversation has a job, else with confirm (its
         subject the message id).
         A request's message id is its idempotency key (as ScheduleJob's request_id). A call's
@@ -650,7 +670,16 @@ class SchedulerService:
     or nested past its 100 levels) is INVALID_ARGUMENT (MALFORMED_MESSAGE); an id a request names
     (job_id, task_id, request_id, artifact_id, memory_id, a delivery id) longer than 128
     characters or holding a control character (U+0000-U+001F, U+007F) is INVALID_ARGUMENT
-    (INVALID_FIELD, naming it), before any lookup. A request larger than
+    (INVALID_FIELD, naming it), before any lookup. No text in a request may hold U+0000 (NUL):
+    a string field, a repeated entry, a map key or value, or a string or key inside a JSON value
+    (google.protobuf.Struct: params, context, intent parameters, memory plans). PostgreSQL cannot
+    store it, so it is refused in both stores alike, before the request is read:
+    INVALID_ARGUMENT (INVALID_FIELD) naming the field (`spec.todos.todos[0].params.x`,
+    `spec.labels[team]`; a key holding NUL: the object or map), never stored with NUL. Other
+    code points (control characters, U+FFFE, private use) are text like any other except where a
+    field's own rule refuses them (ids, labels, names). SendMessage answers NUL in a LAM message
+    as any malformed one: a not_understood reply naming the field inside the message.
+    A request larger than
     CPA_MAX_REQUEST_BYTES, to any method, is INVALID_ARGUMENT (PAYLOAD_TOO_LARGE) up to 6 times
     that size; a larger one is refused by gRPC's transport itself (RESOURCE_EXHAUSTED, no
     ErrorInfo). Through the REST gateway a JSON body over CPA_MAX_REQUEST_BYTES is HTTP 413.

@@ -21,7 +21,7 @@ export const file_cpa_common_v1_error: GenFile = /*@__PURE__*/
 export type TaskError = Message<"cpa.common.v1.TaskError"> & {
   /**
    * Application error code, matched against RetryPolicy.non_retryable_codes ("LOGIN_FAILED").
-   * Recorded with its first and last bytes only past 256 bytes (UTF-8).
+   * Recorded with its first and last bytes only past 256 bytes (UTF-8), U+0000 as U+FFFD.
    *
    * @generated from field: string code = 1;
    */
@@ -29,7 +29,8 @@ export type TaskError = Message<"cpa.common.v1.TaskError"> & {
 
   /**
    * Human-readable message. Recorded with its first and last bytes only past 4096 bytes
-   * (UTF-8): it is stored with every attempt and sent back in every view of the job.
+   * (UTF-8): it is stored with every attempt and sent back in every view of the job. U+0000,
+   * which PostgreSQL cannot store, is recorded as U+FFFD in both stores.
    *
    * @generated from field: string message = 2;
    */
@@ -52,8 +53,9 @@ export type TaskError = Message<"cpa.common.v1.TaskError"> & {
   /**
    * Structured details (JSON object) for diagnosis: from an agent, kept with the attempt and
    * returned in every view of the job as sent, up to CPA_TASK_ERROR_DETAILS_MAX_BYTES of compact
-   * JSON (default 16 KiB). Larger ones, or ones JSON cannot hold (nested past 24 levels, NaN),
-   * are replaced by {"details_dropped": "<why>"}: the failure is still recorded. Errors the
+   * JSON (default 16 KiB). Larger ones, or ones the server cannot store (nested past 24 levels,
+   * NaN, U+0000 in a string or key), are replaced by {"details_dropped": "<why>"}: the failure
+   * is still recorded. Errors the
    * server makes itself (LOST, TASK_TIMEOUT...) have none.
    *
    * @generated from field: google.protobuf.Struct details = 5;

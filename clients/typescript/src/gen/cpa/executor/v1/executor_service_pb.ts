@@ -280,7 +280,8 @@ export type Hello = Message<"cpa.executor.v1.Hello"> & {
   agentId: string;
 
   /**
-   * Display name, at most 128 characters (else INVALID_FIELD, field hello.name).
+   * Display name, at most 128 characters (else INVALID_FIELD, field hello.name). No text of a
+   * hello may hold U+0000 (INVALID_FIELD naming it; the stream ends).
    *
    * @generated from field: string name = 2;
    */
@@ -422,7 +423,7 @@ export type AssignmentAck = Message<"cpa.executor.v1.AssignmentAck"> & {
   accepted: boolean;
 
   /**
-   * Why it declined.
+   * Why it declined; recorded in the attempt's TaskError.message, U+0000 replaced by U+FFFD.
    *
    * @generated from field: string reason = 5;
    */
@@ -479,7 +480,8 @@ export type Progress = Message<"cpa.executor.v1.Progress"> & {
 
   /**
    * Human-readable text; past 4096 UTF-8 bytes it is recorded clipped (head and tail kept
-   * around a note of what was cut), as TaskError.message.
+   * around a note of what was cut), as TaskError.message; U+0000 is recorded as U+FFFD (the
+   * report is not refused for it).
    *
    * @generated from field: string message = 5;
    */
@@ -547,9 +549,11 @@ export type Result = Message<"cpa.executor.v1.Result"> & {
   outcome: {
     /**
      * Outputs of a successful attempt (JSON object). Outputs the server cannot store (NaN or
-     * Infinity, more than 24 levels of nested objects and arrays) fail the attempt for good:
-     * TaskError code INVALID_OUTPUT, reason INVALID_FIELD or NESTING_TOO_DEEP; the report is
-     * acked (accepted), so the agent does not send it again.
+     * Infinity, U+0000 in a string or key, more than 24 levels of nested objects and arrays)
+     * fail the attempt for good: TaskError code INVALID_OUTPUT, reason INVALID_FIELD or
+     * NESTING_TOO_DEEP, the message naming the member (`result.outputs.x`); the report is acked
+     * (accepted), so the agent does not send it again. Outputs are data later tasks read: they
+     * are never stored altered.
      *
      * @generated from field: google.protobuf.Struct outputs = 4;
      */
@@ -1387,6 +1391,11 @@ export const ResponseBatchSchema: GenMessage<ResponseBatch> = /*@__PURE__*/
  * replica's calls in progress: beyond CPA_MAX_CONCURRENT_RPCS a call is refused with
  * RESOURCE_EXHAUSTED (TOO_MANY_CALLS): retry with backoff or another replica. Each method's
  * comment lists the errors of its own.
+ * U+0000 (NUL), which PostgreSQL cannot store, is handled alike in both stores: in a hello or
+ * an upload's messages it is refused (INVALID_ARGUMENT, INVALID_FIELD naming the field); in a
+ * report it never costs the attempt: outputs fail it (INVALID_OUTPUT, see Result.outputs),
+ * error details are dropped (TaskError.details), and free text (TaskError.code and .message,
+ * Progress.message, AssignmentAck.reason) is recorded with U+FFFD in its place.
  *
  * @generated from service cpa.executor.v1.ExecutorService
  */
@@ -1402,15 +1411,15 @@ export const ExecutorService: GenService<{
    * (CREDENTIAL_EXPIRED) once its exp plus the allowed clock skew passes.
    * Other errors end the stream: INVALID_ARGUMENT when the first message is not a hello
    * (MISSING_FIELD, field `hello`), hello.agent_id is empty (MISSING_FIELD),
-   * hello.capabilities.slots is below 1 or a hello field is over its bound (INVALID_FIELD, see
-   * Hello and AgentCapabilities); ALREADY_EXISTS (AGENT_ID_IN_USE, see
+   * hello.capabilities.slots is below 1 or a hello field is over its bound or holds U+0000
+   * (INVALID_FIELD, see Hello and AgentCapabilities); ALREADY_EXISTS (AGENT_ID_IN_USE, see
    * Hello.resume_session_id); UNAVAILABLE (SERVER_SHUTTING_DOWN) once the replica is stopping:
    * reconnect (to another replica). A report never ends the stream: when it cannot be applied,
    * its ReportAck says accepted = false with STALE_ATTEMPT (not the task's current attempt; a
    * job or task the tenant does not have, JOB_NOT_FOUND or TASK_NOT_FOUND, is told the same
    * way) or ATTEMPT_NOT_HELD, or the reason the job refused it (ILLEGAL_TRANSITION). Outputs the
    * server cannot store fail the attempt instead (INVALID_FIELD, NESTING_TOO_DEEP; see
-   * Result.outputs).
+   * Result.outputs); U+0000 in a report's text is replaced by U+FFFD, never refused.
    *
    * @generated from rpc cpa.executor.v1.ExecutorService.Connect
    */
@@ -1422,7 +1431,8 @@ export const ExecutorService: GenService<{
   /**
    * Stores a file an attempt produced (see docs/adr/0002-artifacts.md: files never travel on
    * the Connect stream). The first message is a header, every further one a chunk of at most
-   * 1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. The tenant
+   * 1 MiB (1048576 bytes) of data, in order; the agent half-closes after the last. U+0000 in
+   * any text of a message is INVALID_ARGUMENT (INVALID_FIELD naming it, `header.name`). The tenant
    * is the agent's credential's (with authentication off: metadata `x-cpa-tenant`, empty: the
    * default tenant). Like every ExecutorService call it needs the permission agent.connect.
    * The server checks, in order (the field named in ErrorInfo.metadata `field`, and in a

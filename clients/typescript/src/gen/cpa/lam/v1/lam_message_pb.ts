@@ -609,6 +609,8 @@ export const AcceptProposalBodySchema: GenMessage<AcceptProposalBody> = /*@__PUR
 /**
  * LamMessage is the envelope of every agent message. The body that matches the performative
  * carries the structure; payload and context carry free-form data for callers that need it.
+ * No text anywhere in it (JSON strings and keys included) may hold U+0000: not_understood,
+ * INVALID_FIELD naming the field (an envelope id: MALFORMED_MESSAGE, as below).
  *
  * @generated from message cpa.lam.v1.LamMessage
  */
