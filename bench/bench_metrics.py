@@ -8,7 +8,13 @@ transactions and RPCs, and serves /metrics; the bench scrapes it once a second, 
 with a short interval would. The goal (issue 17): metrics on cost ≤ 5 %. On a shared machine
 compare the medians of the rounds, and mind the calibration line.
 
-    python bench/bench_metrics.py [--jobs 2000] [--concurrency 32] [--rounds 3]
+`--paired`: in each round the off and the on server run at the same time, each with its own
+agent and submitters, so both see the same load from whatever else runs on the machine; the
+figure is the median of the rounds' on/off ratios of scheduler CPU per job. Sequential rounds
+on a shared 2-core machine vary by ±10 % from one to the next, more than the cost measured;
+the pairs cancel most of that.
+
+    python bench/bench_metrics.py [--jobs 2000] [--concurrency 32] [--rounds 3] [--paired]
 """
 
 from __future__ import annotations
@@ -52,7 +58,11 @@ async def _scrape_forever(port: int, scrapes: list[int]) -> None:
         scrapes.append(len(body))
 
 
-async def one_round(arguments: argparse.Namespace, *, metrics: bool) -> dict[str, float]:
+async def one_round(
+    arguments: argparse.Namespace, *, metrics: bool, ready: asyncio.Barrier | None = None
+) -> dict[str, float]:
+    """One server (metrics off or on) and its agent, a warm-up, then the measured jobs; with
+    `ready`, the measured part starts when every server of the round is warm."""
     port = _free_port()
     env = {"CPA_METRICS_ADDRESS": f"127.0.0.1:{port}"} if metrics else {}
     with processes(replicas=1, agents_per_replica=1, slots=arguments.slots, backend_env=env) as up:
@@ -63,6 +73,8 @@ async def one_round(arguments: argparse.Namespace, *, metrics: bool) -> dict[str
         try:
             await _wait_agents(client, 1)
             await throughput([client], 200, 8, ONE_TASK)  # warm-up
+            if ready is not None:
+                await ready.wait()
             result = await throughput(
                 [client], arguments.jobs, arguments.concurrency, ONE_TASK, meter
             )
@@ -78,7 +90,37 @@ async def one_round(arguments: argparse.Namespace, *, metrics: bool) -> dict[str
     return result
 
 
+async def run_paired(arguments: argparse.Namespace) -> None:
+    ratios: list[float] = []
+    for n in range(arguments.rounds):
+        ready = asyncio.Barrier(2)
+        off, on = await asyncio.gather(
+            one_round(arguments, metrics=False, ready=ready),
+            one_round(arguments, metrics=True, ready=ready),
+        )
+        ratios.append(on["scheduler_cpu_ms_per_job"] / off["scheduler_cpu_ms_per_job"])
+        print(
+            f"round {n + 1}: scheduler CPU off {off['scheduler_cpu_ms_per_job']:.3f}, on "
+            f"{on['scheduler_cpu_ms_per_job']:.3f} ms/job ({100 * (ratios[-1] - 1):+.1f} %); "
+            f"{off['end_to_end_per_s']:.0f} / {on['end_to_end_per_s']:.0f} jobs/s, "
+            f"{on['scrapes']:.0f} scrapes",
+            flush=True,
+        )
+    print(
+        f"{arguments.jobs} one-task jobs per server and round, {arguments.concurrency} submitters "
+        f"each, 1 agent x {arguments.slots} slots each, embedded store, off and on at once"
+    )
+    print(
+        f"metrics on: scheduler CPU per job {100 * (statistics.median(ratios) - 1):+.1f} % "
+        f"(median of {len(ratios)} rounds; rounds {100 * (min(ratios) - 1):+.1f} to "
+        f"{100 * (max(ratios) - 1):+.1f} %, on dearer in {sum(r > 1 for r in ratios)})"
+    )
+
+
 async def run(arguments: argparse.Namespace) -> None:
+    if arguments.paired:
+        await run_paired(arguments)
+        return
     calibration = calibration_ms()
     rounds: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     for n in range(arguments.rounds):
@@ -129,6 +171,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--paired", action="store_true", help="off and on at the same time in each round"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

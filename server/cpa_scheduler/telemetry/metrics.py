@@ -1,8 +1,9 @@
 """Prometheus metrics of a scheduler replica (docs/OBSERVABILITY.md, ADR 0003).
 
-The counters and histograms are process-wide (prometheus_client objects, not registered
-anywhere by themselves); each replica's registry (`replica_registry`) holds them and its own
-scrape-time collector (agents, slots). They are fed where state already changes, after commit:
+The counters and histograms are process-wide, not registered anywhere by themselves: those of
+the hot path plain numbers (`plain_metrics`), the others prometheus_client objects; each
+replica's registry (`replica_registry`) holds them and its own scrape-time collector (agents,
+slots). They are fed where state already changes, after commit:
 `observe_changes` reads a committed change's events, so a retried transaction counts once.
 The queue length and the pending callbacks are read from the store in the background
 (`StoreGauges`): the store is the truth every replica shares.
@@ -20,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -30,6 +31,7 @@ from cpa_scheduler.domain.events import JobStateChanged, TaskError, TaskStateCha
 from cpa_scheduler.domain.states import JobState, TaskState
 
 from . import hooks
+from .plain_metrics import PlainCollector, PlainCounter, PlainHistogram
 
 if TYPE_CHECKING:
     from prometheus_client import Metric
@@ -71,63 +73,57 @@ class BoundedLabel:
         return value
 
 
-class Children:
-    """A labelled metric's children, looked up once per label values: `labels()` validates and
-    takes a lock on every call; a dict lookup is a tenth of it on the hot path."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def __call__(self, *values: str) -> Any:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
-
-
 ENABLED = False
 actions = BoundedLabel()
 methods = BoundedLabel(200)  # RPC methods: fixed by the protos, the cap only guards the label
 
-JOBS = Counter("jobs", "Jobs that entered each state.", ["state"], registry=None)
-JOB_FAILURES = Counter(
-    "job_failures", "Jobs that ended FAILED, by their error's reason.", ["reason"], registry=None
+# The hot path's metrics (every transition, store transaction and RPC): plain numbers, folded
+# into the exposition at scrape time (plain_metrics).
+JOBS = PlainCounter("jobs", "Jobs that entered each state.", ["state"])
+JOB_FAILURES = PlainCounter(
+    "job_failures", "Jobs that ended FAILED, by their error's reason.", ["reason"]
 )
-DEAD_LETTERS = Counter(
-    "dead_letters", "Jobs dead-lettered (a task failed for good).", registry=None
+DEAD_LETTERS = PlainCounter("dead_letters", "Jobs dead-lettered (a task failed for good).")
+TASKS = PlainCounter("tasks", "Tasks that entered each state.", ["action", "state"])
+TASK_FAILURES = PlainCounter(
+    "task_failures", "Task attempts that failed, by reason.", ["action", "reason"]
 )
-TASKS = Counter("tasks", "Tasks that entered each state.", ["action", "state"], registry=None)
-TASK_FAILURES = Counter(
-    "task_failures", "Task attempts that failed, by reason.", ["action", "reason"], registry=None
-)
-TASK_DURATION = Histogram(
+TASK_DURATION = PlainHistogram(
     "task_duration_seconds",
     "Time from an attempt's start to its end (succeeded or failed).",
     ["action"],
     buckets=_TASK_BUCKETS,
-    registry=None,
 )
-DISPATCH_LATENCY = Histogram(
+DISPATCH_LATENCY = PlainHistogram(
     "dispatch_latency_seconds",
     "Time a task waited ready in the queue before an agent started it.",
     buckets=_TASK_BUCKETS,
-    registry=None,
 )
+STORE_TRANSACTION = PlainHistogram(
+    "store_transaction_seconds",
+    "Time of a job transaction in the store (commit included).",
+    ["operation"],
+    buckets=_FAST_BUCKETS,
+)
+RPC_REQUESTS = PlainCounter(
+    "rpc_requests", "gRPC calls handled, by method and status code.", ["method", "code"]
+)
+RPC_DURATION = PlainHistogram(
+    "rpc_duration_seconds",
+    "Time of a gRPC call (a stream: its whole life).",
+    ["method"],
+    buckets=_FAST_BUCKETS,
+)
+HOT_METRICS = (
+    JOBS, JOB_FAILURES, DEAD_LETTERS, TASKS, TASK_FAILURES, TASK_DURATION, DISPATCH_LATENCY,
+    STORE_TRANSACTION, RPC_REQUESTS, RPC_DURATION,
+)  # fmt: skip
+
 QUEUE_LENGTH = Gauge(
     "job_queue_length",
     "Tasks QUEUED in the store, by requirement (the action); every replica reports the whole "
     "deployment's: take the max over replicas.",
     ["requirement"],
-    registry=None,
-)
-STORE_TRANSACTION = Histogram(
-    "store_transaction_seconds",
-    "Time of a job transaction in the store (commit included).",
-    ["operation"],
-    buckets=_FAST_BUCKETS,
     registry=None,
 )
 REDIS_ERRORS = Counter(
@@ -141,19 +137,6 @@ CALLBACKS_PENDING = Gauge(
 )
 CALLBACKS = Counter(
     "callbacks", "Callback deliveries that ended, by outcome.", ["outcome"], registry=None
-)
-RPC_REQUESTS = Counter(
-    "rpc_requests",
-    "gRPC calls handled, by method and status code.",
-    ["method", "code"],
-    registry=None,
-)
-RPC_DURATION = Histogram(
-    "rpc_duration_seconds",
-    "Time of a gRPC call (a stream: its whole life).",
-    ["method"],
-    buckets=_FAST_BUCKETS,
-    registry=None,
 )
 LLM_DURATION = Histogram(
     "llm_call_duration_seconds",
@@ -174,15 +157,9 @@ MEMORY_DURATION = Histogram(
 )
 
 PROCESS_METRICS: tuple[Collector, ...] = (
-    JOBS, JOB_FAILURES, DEAD_LETTERS, TASKS, TASK_FAILURES, TASK_DURATION, DISPATCH_LATENCY,
-    QUEUE_LENGTH, STORE_TRANSACTION, REDIS_ERRORS, CALLBACKS_PENDING, CALLBACKS, RPC_REQUESTS,
-    RPC_DURATION, LLM_DURATION, LLM_TOKENS, MEMORY_DURATION,
+    PlainCollector(HOT_METRICS), QUEUE_LENGTH, REDIS_ERRORS, CALLBACKS_PENDING, CALLBACKS,
+    LLM_DURATION, LLM_TOKENS, MEMORY_DURATION,
 )  # fmt: skip
-
-_jobs, _job_failures, _tasks = Children(JOBS), Children(JOB_FAILURES), Children(TASKS)
-_task_failures, _task_duration = Children(TASK_FAILURES), Children(TASK_DURATION)
-_store_transaction = Children(STORE_TRANSACTION)
-rpc_requests, rpc_duration = Children(RPC_REQUESTS), Children(RPC_DURATION)
 _models = BoundedLabel()
 
 
@@ -206,7 +183,7 @@ def observe_changes(job: Job, changes: JobChanges) -> None:
         if isinstance(payload, TaskStateChanged):
             task = job.tasks[payload.task_id]
             action = actions(task.todo.action)
-            _tasks(action, payload.to_state).inc()  # a StrEnum: its own label text
+            TASKS.inc(action, payload.to_state)  # a StrEnum: its own label text
             if payload.from_state is TaskState.QUEUED and payload.to_state is TaskState.RUNNING:
                 ready = task.next_attempt_time or task.queue_time
                 if (waited := _seconds(ready, event.create_time)) is not None:
@@ -214,13 +191,13 @@ def observe_changes(job: Job, changes: JobChanges) -> None:
             if payload.from_state is TaskState.RUNNING and payload.attempt:
                 attempt = task.attempts[payload.attempt - 1]
                 if (ran := _seconds(attempt.start_time, event.create_time)) is not None:
-                    _task_duration(action).observe(ran)
+                    TASK_DURATION.observe(ran, action)
                 if payload.error is not None:
-                    _task_failures(action, _reason(payload.error)).inc()
+                    TASK_FAILURES.inc(action, _reason(payload.error))
         elif isinstance(payload, JobStateChanged):
-            _jobs(payload.to_state).inc()
+            JOBS.inc(payload.to_state)
             if payload.to_state is JobState.FAILED:
-                _job_failures(_reason(payload.error)).inc()
+                JOB_FAILURES.inc(_reason(payload.error))
                 if job.dead_lettered:
                     DEAD_LETTERS.inc()
 
@@ -240,7 +217,7 @@ class store_transaction:  # noqa: N801 - used as a function: `with store_transac
 
     def __exit__(self, *exc_info: object) -> None:
         if self._started:
-            _store_transaction(self._operation).observe(time.perf_counter() - self._started)
+            STORE_TRANSACTION.observe(time.perf_counter() - self._started, self._operation)
 
 
 def redis_error(component: str) -> None:

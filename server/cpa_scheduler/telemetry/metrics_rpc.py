@@ -36,8 +36,8 @@ def _code(context: Context, default: grpc.StatusCode) -> str:
 
 def _measured(behavior: Behavior, method: str) -> Behavior:
     def done(context: Context, started: float, default: grpc.StatusCode) -> None:
-        metrics.rpc_requests(method, _code(context, default)).inc()
-        metrics.rpc_duration(method).observe(time.perf_counter() - started)
+        metrics.RPC_REQUESTS.inc(method, _code(context, default))
+        metrics.RPC_DURATION.observe(time.perf_counter() - started, method)
 
     if inspect.isasyncgenfunction(behavior):
 
