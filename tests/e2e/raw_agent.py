@@ -11,6 +11,7 @@ import grpc
 from cpa.common.v1 import agent_capabilities_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.executor.v1 import executor_service_pb2_grpc
+from cpa_client import CpaError
 
 from .conftest import EVENT_TIMEOUT_S
 
@@ -39,6 +40,15 @@ class RawAgentStream:
             return message
         assert await self._call.code() == grpc.StatusCode.OK  # the end (grpc.aio.EOF)
         return None
+
+    async def refusal(self) -> CpaError:
+        """The status the server ended the stream with (it must have failed)."""
+        try:
+            while await self.read() is not None:
+                pass
+        except grpc.aio.AioRpcError as error:
+            return CpaError.from_rpc_error(error)
+        raise AssertionError("the stream ended with OK")
 
     async def read_until(self, kind: str) -> ex.ConnectResponse:
         while (message := await self.read()) is not None:

@@ -13,7 +13,7 @@ from google.protobuf import struct_pb2
 from cpa.common.v1 import error_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.scheduler.v1 import job_pb2
-from cpa_client import CpaError, SchedulerClient
+from cpa_client import SchedulerClient
 
 from .conftest import Scheduler, finished, todo, todos_spec
 from .raw_agent import RawAgentStream
@@ -32,16 +32,6 @@ def _outputs(**values: str) -> struct_pb2.Struct:
     outputs = struct_pb2.Struct()
     outputs.update(values)
     return outputs
-
-
-async def _refusal(stream: RawAgentStream) -> CpaError:
-    """The status the server ended `stream` with (it must have failed)."""
-    try:
-        while await stream.read() is not None:
-            pass
-    except grpc.aio.AioRpcError as error:
-        return CpaError.from_rpc_error(error)
-    raise AssertionError("the stream ended with OK")
 
 
 async def test_reports_for_an_attempt_held_by_another_agent_are_refused(
@@ -114,7 +104,7 @@ async def test_a_second_process_with_a_live_agent_id_is_refused(
     await raw_stream.hello("agent-1")
 
     second_stream.send_hello("agent-1")
-    error = await _refusal(second_stream)
+    error = await second_stream.refusal()
 
     assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "AGENT_ID_IN_USE")
     assert "agent-1" in error.message

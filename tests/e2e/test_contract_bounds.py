@@ -161,16 +161,6 @@ async def test_required_capabilities_are_bounded(client: SchedulerClient) -> Non
         )
 
 
-async def _hello_refusal(stream: RawAgentStream, hello: ex.Hello) -> CpaError:
-    stream.send(ex.ConnectRequest(hello=hello))
-    try:
-        while await stream.read() is not None:
-            pass
-    except grpc.aio.AioRpcError as error:
-        return CpaError.from_rpc_error(error)
-    raise AssertionError("the stream ended with OK")
-
-
 def _hello(**fields: object) -> ex.Hello:
     capabilities = agent_capabilities_pb2.AgentCapabilities(slots=1, actions=["noop"])
     hello = ex.Hello(agent_id="raw", capabilities=capabilities)
@@ -200,7 +190,8 @@ def _hello(**fields: object) -> ex.Hello:
 async def test_a_hello_over_its_bounds_ends_the_stream_naming_the_field(
     raw_stream: RawAgentStream, client: SchedulerClient, fields: dict[str, object], field: str
 ) -> None:
-    error = await _hello_refusal(raw_stream, _hello(**fields))
+    raw_stream.send(ex.ConnectRequest(hello=_hello(**fields)))
+    error = await raw_stream.refusal()
     assert _invalid(error) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", [field])
     assert not [a async for a in client.list_agents()]
 
