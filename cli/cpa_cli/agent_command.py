@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from cpa_agent import Agent, AgentSettings
+from cpa_agent.connection import HelloRefusedError
 from cpa_agent.telemetry import tracing
 
 from .common import CliError, add_pair_option, emit, pairs
@@ -104,7 +105,10 @@ def run(arguments: argparse.Namespace) -> int:
         agent = Agent(settings=settings)
     except ValueError as error:  # an entry point named that nobody offers, an action twice
         raise CliError(str(error)) from None
-    asyncio.run(_run(agent))
+    try:
+        asyncio.run(_run(agent))
+    except HelloRefusedError as error:  # its configuration: reconnecting would not help
+        raise CliError(str(error)) from None
     return 0
 
 

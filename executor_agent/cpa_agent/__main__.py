@@ -1,7 +1,11 @@
 """`python -m cpa_agent`: runs an agent with the executors of the `cpa.executors` entry points,
 configured by CPA_AGENT_* (CPA_AGENT_EXECUTORS chooses the entry points)."""
 
+import logging
+import sys
+
 from cpa_agent.agent import Agent
+from cpa_agent.connection import HelloRefusedError
 from cpa_agent.settings import AgentSettings
 from cpa_agent.telemetry import tracing
 
@@ -9,7 +13,11 @@ from cpa_agent.telemetry import tracing
 def main() -> None:
     settings = AgentSettings()
     tracing.configure_logging(settings)
-    Agent(settings=settings).run()
+    try:
+        Agent(settings=settings).run()
+    except HelloRefusedError as error:
+        logging.getLogger("cpa_agent").error("%s", error)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

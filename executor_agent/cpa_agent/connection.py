@@ -37,6 +37,7 @@ from cpa_agent.settings import AgentSettings
 from cpa_agent.stream import ConnectCall, StreamSession
 from cpa_agent.telemetry import tracing
 from cpa_agent.telemetry.metrics import AgentMetrics
+from cpa_client import CpaError
 from cpa_client.channels import credential_metadata, open_channel, tls_failure
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,17 @@ HALF_CLOSE_GRACE_S = 1.0
 
 class SessionLostError(Exception):
     """The stream is unusable (no welcome, protocol violation, server silent); reconnect."""
+
+
+class HelloRefusedError(Exception):
+    """The server refused the hello itself (a field over its bounds, an action the token does
+    not allow, another tenant): the agent's configuration is wrong, and reconnecting with it
+    would only be refused again, for ever. The agent stops and says why."""
+
+
+# Answers to a hello that no retry can change (ALREADY_EXISTS, AGENT_ID_IN_USE, can: the old
+# session ends; UNAUTHENTICATED can: a token file rewritten).
+_HELLO_REFUSALS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED})
 
 
 async def _cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, timeout_s: float | None) -> None:
@@ -205,6 +217,13 @@ class Connection(ServerMessages):
                     details,
                     f" ({meaning})" if (meaning := tls_failure(details)) else "",
                 )
+                if session.welcome is None and error.code() in _HELLO_REFUSALS:
+                    refusal = CpaError.from_rpc_error(error)
+                    fields = ", ".join(v.field for v in refusal.field_violations) or "-"
+                    raise HelloRefusedError(
+                        f"the scheduler refused this agent's hello: {error.code().name} "
+                        f"{refusal.reason or '-'} (field {fields}): {details}"
+                    ) from None
                 # Refused (a replica shutting down) or unreachable before a welcome.
                 leave = error.code() == grpc.StatusCode.UNAVAILABLE and session.welcome is None
             except SessionLostError as error:

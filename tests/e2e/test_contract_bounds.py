@@ -5,6 +5,7 @@ within 0..100 and its message clipped."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -15,9 +16,12 @@ from cpa.common.v1 import agent_capabilities_pb2, error_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import job_pb2, scheduler_service_pb2
+from cpa_agent import Agent, AgentSettings
+from cpa_agent.connection import HelloRefusedError
+from cpa_agent.executors import builtin_registry
 from cpa_client import CpaError, SchedulerClient
 
-from .conftest import first_event, todo, todos_spec
+from .conftest import EVENT_TIMEOUT_S, Scheduler, first_event, todo, todos_spec
 from .raw_agent import RawAgentStream
 
 LONG_ID = "x" * 129
@@ -231,3 +235,28 @@ async def test_progress_percent_outside_0_to_100_is_refused_and_its_message_clip
     assert "chars)" in recorded.message
     job = await client.get_job(job_id)
     assert job.state == job_pb2.JOB_STATE_RUNNING
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"labels": {"Site": "berlin"}}, "hello.capabilities.labels[Site]"),
+        ({"agent_id": "a" * 129}, "hello.agent_id"),
+    ],
+    ids=["label-key", "agent-id"],
+)
+async def test_an_agent_whose_hello_is_refused_stops_and_says_why(
+    scheduler: Scheduler, settings: dict[str, object], field: str
+) -> None:
+    # A configuration no reconnect can fix: the agent stops instead of retrying for ever.
+    agent = Agent(
+        settings=AgentSettings(
+            server=scheduler.target,
+            **{"agent_id": "refused", **settings},  # type: ignore[arg-type]
+        ),
+        registry=builtin_registry(),
+    )
+    with pytest.raises(HelloRefusedError) as caught:
+        await asyncio.wait_for(agent.async_run(), EVENT_TIMEOUT_S)
+    assert "INVALID_ARGUMENT" in str(caught.value)
+    assert field in str(caught.value)
