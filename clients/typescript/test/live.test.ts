@@ -247,6 +247,26 @@ describe("a cut connection", () => {
   });
 });
 
+describe("a refused hello", () => {
+  it("stops the agent with the CpaError naming the field, instead of reconnecting for ever", async () => {
+    const { running } = startTestAgent({
+      baseUrl: `http://${live.scheduler.agentAddress}`,
+      credential: live.scheduler.credential,
+      agentId: "ts-refused",
+      handlers: { ts_refused: () => ({}) },
+      labels: { Site: "berlin" }, // label keys are lower case (AgentCapabilities.labels)
+    });
+    const refused = await running.then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    assert.ok(refused instanceof CpaError, `expected a CpaError, got ${String(refused)}`);
+    assert.equal(refused.code, Code.InvalidArgument);
+    assert.equal(refused.reason, "INVALID_FIELD");
+    assert.equal(refused.field, "hello.capabilities.labels[Site]");
+  });
+});
+
 describe("errors", () => {
   it("arrive as CpaError with code, reason and the field at fault", async () => {
     const error = await live.client

@@ -9,7 +9,7 @@
  */
 import { EventEmitter } from "node:events";
 import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { Code, createClient, type Client } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { fullJitterBackoffMs, delay } from "../backoff.js";
 import { CpaError } from "../errors.js";
@@ -55,6 +55,8 @@ const DEAD_AFTER_HEARTBEAT_INTERVALS = 3;
 const REPORT_ID_BYTES = 11;
 // After the agent half-closes its stream, how long the server gets to end it cleanly.
 const HALF_CLOSE_GRACE_MS = 1_000;
+/** Answers to a hello no reconnect can change (AGENT_ID_IN_USE and UNAUTHENTICATED can). */
+const HELLO_REFUSALS: ReadonlySet<Code> = new Set([Code.InvalidArgument, Code.PermissionDenied]);
 
 export interface AgentOptions extends ConnectionOptions {
   /** Stable across reconnects and restarts (a host name, a configured id). */
@@ -207,9 +209,14 @@ export class Agent extends EventEmitter {
     };
   }
 
-  /** Runs sessions until a drain completes. */
+  /**
+   * Runs sessions until a drain completes. Rejects with the CpaError when the scheduler refuses
+   * the hello itself (INVALID_ARGUMENT: a field over its bounds; PERMISSION_DENIED: an action
+   * the credential does not allow, another tenant): a configuration no reconnect can fix.
+   */
   async run(): Promise<void> {
     let failures = 0;
+    let refused: CpaError | undefined;
     while (!this.stopping) {
       const session = new Session();
       try {
@@ -217,6 +224,9 @@ export class Agent extends EventEmitter {
       } catch (error) {
         const failure = CpaError.from(error);
         this.log(`stream ended: ${failure instanceof Error ? failure.message : String(failure)}`);
+        if (session.welcome === undefined && failure instanceof CpaError && HELLO_REFUSALS.has(failure.code)) {
+          refused = failure;
+        }
       } finally {
         session.abort.abort();
         session.requests.close();
@@ -224,7 +234,7 @@ export class Agent extends EventEmitter {
         this.changed();
       }
       if (session.welcome !== undefined) failures = 0;
-      if (this.stopping) break;
+      if (this.stopping || refused !== undefined) break;
       const waitMs = fullJitterBackoffMs(
         failures,
         this.options.reconnectInitialMs ?? 200,
@@ -235,6 +245,7 @@ export class Agent extends EventEmitter {
     }
     for (const attempt of this.attempts.values()) attempt.stop("shutdown", "the agent stopped");
     await this.taskSessions.stop();
+    if (refused !== undefined) throw refused;
   }
 
   // --- one session ----------------------------------------------------------------------------
