@@ -1,13 +1,16 @@
 """Semantic memory of the embedded mode: sqlite-vec in its own SQLite file under the data dir.
 
-The vectors (unit length) live in a vec0 table partitioned by tenant (a KNN query reads only the
-caller's tenant, so k hits come from it however many closer vectors other tenants hold) with the
-outcome as a metadata column (filtered inside the KNN, not after it). The records sit in an
-ordinary table with the same rowid. The KNN ranks by L2 distance, not sqlite-vec's cosine: on
-unit vectors both give the same order, and its L2 is the faster scan (at 100 000 vectors 18 ms
-p50 / 23 ms p99 against 22 / 44; docs/PERFORMANCE.md). sqlite-vec is loaded through pysqlite3:
-this CPython's sqlite3 cannot load extensions. SQLite calls block, so they run on a worker
-thread, one at a time.
+The file is the store: the records in an ordinary table, their vectors (unit length) with the
+same rowid in a vec0 table partitioned by tenant with the outcome as a metadata column. A search
+does not use sqlite-vec's KNN, a scan of the tenant's partition (37 ms p99 at 100 000 vectors):
+each searched tenant's vectors are held in memory (memory/vector_index.py, a float32 matrix,
+~1 KiB per memory at 256 dimensions: ~100 MB per 100 000), read from the file at the tenant's
+first search and kept in step by every write of this class once its transaction commits. The
+ranking is the KNN's: by L2 distance (on unit vectors the cosine's order), ties by memory id;
+the score 1 - d²/2. So one instance writes a file (the embedded mode's one process): another
+writer's records would not be in its indexes until it is opened again. sqlite-vec is loaded
+through pysqlite3: this CPython's sqlite3 cannot load extensions. SQLite calls and the index's
+numpy work block, so they run on a worker thread, one at a time.
 """
 
 from __future__ import annotations
@@ -36,13 +39,15 @@ from .records import (
     record_of,
     selection_filter,
 )
+from .vector_index import TenantIndex
 
 T = TypeVar("T")
 _MMAP_BYTES = 1 << 30
-# sqlite-vec's largest k: a KNN that must look past expired records asks for at most this many.
-_MAX_KNN_K = 4096
 # Rowids per DELETE statement (SQLite's bound parameters are limited).
 _DELETE_CHUNK = 500
+
+# A change to a tenant's index: its rowid added (its vector, outcome, creation time) or removed.
+_Change = tuple[str, int, tuple[bytes, str, float] | None]
 
 _RECORD_COLUMNS = (
     "r.memory_id, r.tenant, r.text, r.plan, r.outcome, r.failure_reason, r.job_id, r.created"
@@ -57,7 +62,12 @@ class SqliteVecMemory:
         self._embedder = embedder
         self._retention = retention
         self._lock = threading.Lock()
+        self._dimensions = embedder.dimensions
         self._db = self._open(path, embedder.dimensions)
+        # The searched tenants' indexes (loaded at a tenant's first search), and the changes of
+        # the transaction under way, applied to them once it commits.
+        self._indexes: dict[str, TenantIndex] = {}
+        self._pending: list[_Change] = []
 
     @staticmethod
     def _open(path: Path, dimensions: int) -> Any:
@@ -70,9 +80,10 @@ class SqliteVecMemory:
         db.enable_load_extension(False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        # A KNN scans the tenant's vectors (1 KiB each at 256 dimensions): read through a memory
-        # map rather than copied page by page through SQLite's small cache, it took a third of
-        # the time at 100 000 vectors (docs/PERFORMANCE.md). Address space only, not RAM.
+        # A tenant's first search reads all its vectors (1 KiB each at 256 dimensions): through a
+        # memory map rather than copied page by page through SQLite's small cache, sqlite-vec's
+        # KNN scan of them took a third of the time at 100 000 (docs/PERFORMANCE.md). Address
+        # space only, not RAM.
         db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
         db.execute(
             "CREATE TABLE IF NOT EXISTS memory_records (id INTEGER PRIMARY KEY, memory_id TEXT "
@@ -125,7 +136,11 @@ class SqliteVecMemory:
         return await asyncio.to_thread(locked)
 
     async def close(self) -> None:
-        await self._run(self._db.close)
+        def close() -> None:
+            self._indexes.clear()
+            self._db.close()
+
+        await self._run(close)
 
     async def put(self, record: MemoryRecord) -> MemoryRecord:
         (stored,) = await self.put_many([record])
@@ -143,14 +158,30 @@ class SqliteVecMemory:
 
     def _in_transaction(self, work: Callable[[], T]) -> T:
         db = self._db
+        self._pending.clear()
         db.execute("BEGIN IMMEDIATE")
         try:
             done = work()
             db.execute("COMMIT")
         except BaseException:
+            self._pending.clear()
             db.execute("ROLLBACK")
             raise
+        self._apply(self._pending)
+        self._pending.clear()
         return done
+
+    def _apply(self, changes: Sequence[_Change]) -> None:
+        """Bring the loaded indexes in step with the committed `changes` (a tenant not loaded
+        reads them from the file at its first search)."""
+        for tenant, rowid, added in changes:
+            index = self._indexes.get(tenant)
+            if index is None:
+                continue
+            if added is None:
+                index.remove(rowid)
+            else:
+                index.add(rowid, *added)
 
     def _write(self, records: Sequence[MemoryRecord], blobs: Sequence[bytes]) -> None:
         def write() -> None:
@@ -175,7 +206,7 @@ class SqliteVecMemory:
         if old and old[1] != record.tenant:
             return False
         if old:
-            self._delete_rows([old[0]])
+            self._delete_rows(record.tenant, [old[0]])
         cursor = db.execute(
             "INSERT INTO memory_records (memory_id, tenant, text, plan, outcome, "
             "failure_reason, job_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -193,6 +224,9 @@ class SqliteVecMemory:
         db.execute(
             "INSERT INTO memory_vectors (rowid, tenant, outcome, embedding) VALUES (?, ?, ?, ?)",
             (cursor.lastrowid, record.tenant, record.outcome, blob),
+        )
+        self._pending.append(
+            (record.tenant, cursor.lastrowid, (blob, record.outcome, record.created_unix_s))
         )
         return old is None
 
@@ -212,10 +246,12 @@ class SqliteVecMemory:
                 (tenant, total - cap),
             )
             ids = [row[0] for row in oldest]
-            self._delete_rows(ids)
+            self._delete_rows(tenant, ids)
             self._count(tenant, -len(ids), trim=False)
 
-    def _delete_rows(self, ids: Sequence[int]) -> None:
+    def _delete_rows(self, tenant: str, ids: Sequence[int]) -> None:
+        """Delete the `tenant`'s records `ids`."""
+        self._pending.extend((tenant, rowid, None) for rowid in ids)
         for start in range(0, len(ids), _DELETE_CHUNK):
             chunk = ids[start : start + _DELETE_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -229,7 +265,8 @@ class SqliteVecMemory:
             selected = list(
                 self._db.execute(f"SELECT id, tenant FROM memory_records {where}", parameters)
             )
-            self._delete_rows([row[0] for row in selected])
+            for tenant, rows in _by_tenant(selected).items():
+                self._delete_rows(tenant, rows)
             gone = Counter(row[1] for row in selected)
             for tenant in gone:
                 self._count(tenant, -gone[tenant], trim=False)
@@ -263,44 +300,54 @@ class SqliteVecMemory:
             query = unit(vector)
             if not any(query):  # no word the embedder knows: nothing is similar
                 return []
-            blob = sqlite_vec.serialize_float32(query)
-            rows = await self._run(lambda: self._unexpired_knn(tenant, blob, k, outcome))
+            rows = await self._run(lambda: self._search(tenant, query, k, outcome))
             timing.counts["results"] = len(rows)
         # Unit vectors: the cosine is 1 - d²/2 of the L2 distance d, and ranks the same.
-        return [MemoryHit(record_of(*row[:-1]), 1.0 - row[-1] ** 2 / 2) for row in rows]
+        return [MemoryHit(record_of(*row[:-1]), 1.0 - row[-1] / 2) for row in rows]
 
-    def _unexpired_knn(
-        self, tenant: str, blob: bytes, k: int, outcome: Outcome | None
+    def _search(
+        self, tenant: str, query: Sequence[float], k: int, outcome: Outcome | None
     ) -> list[Any]:
-        """The k nearest records not expired. The vec0 table cannot filter on the creation time,
-        so the KNN asks for k more than the tenant's expired records (few: the sweep deletes
-        them) and drops those: exactly the k nearest unexpired ones (while more than 4096 - k
-        wait for the sweep, sqlite-vec's largest k, possibly fewer than k; never an expired
-        one)."""
-        cutoff = self._retention.cutoff()
-        expired = 0
-        if self._retention.max_age_s:
-            where, parameters = "tenant = ? AND created < ?", [tenant, cutoff]
-            if outcome is not None:
-                where, parameters = where + " AND outcome = ?", [*parameters, outcome]
-            (expired,) = self._db.execute(
-                f"SELECT count(*) FROM memory_records WHERE {where}", parameters
-            ).fetchone()
-        rows = self._knn(tenant, blob, min(k + expired, _MAX_KNN_K), outcome)
-        return [row for row in rows if row[7] >= cutoff][:k]
+        """The k nearest records not expired, nearest first, ties by memory id (as the KNN of
+        sqlite-vec ranked them): the record columns, then the squared L2 distance."""
+        index = self._indexes.get(tenant)
+        if index is None:
+            index = self._indexes[tenant] = self._load(tenant)
+        near = index.candidates(query, k, outcome, self._retention.cutoff())
+        distances = dict(near)
+        records = []
+        for start in range(0, len(near), _DELETE_CHUNK):
+            chunk = [rowid for rowid, _ in near[start : start + _DELETE_CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            records += [
+                (*row[1:], distances[row[0]])
+                for row in self._db.execute(
+                    f"SELECT r.id, {_RECORD_COLUMNS} FROM memory_records r WHERE r.id IN ({marks})",
+                    chunk,
+                )
+            ]
+        records.sort(key=lambda row: (row[-1], row[0]))
+        return records[:k]
 
-    def _knn(self, tenant: str, blob: bytes, k: int, outcome: Outcome | None) -> list[Any]:
-        where = "embedding MATCH ? AND k = ? AND tenant = ?"
-        params: list[Any] = [blob, k, tenant]
-        if outcome is not None:
-            where += " AND outcome = ?"
-            params.append(outcome)
-        return list(
-            self._db.execute(
-                # The KNN first, on its own (as sqlite-vec plans it best), then its records.
-                f"WITH knn AS (SELECT rowid, distance FROM memory_vectors WHERE {where}) "
-                f"SELECT {_RECORD_COLUMNS}, knn.distance FROM knn "
-                "JOIN memory_records r ON r.id = knn.rowid ORDER BY knn.distance, r.memory_id",
-                params,
-            )
+    def _load(self, tenant: str) -> TenantIndex:
+        """The tenant's index, read from the file."""
+        (count,) = self._db.execute(
+            "SELECT records FROM memory_tenants WHERE tenant = ?", (tenant,)
+        ).fetchone() or (0,)
+        index = TenantIndex(self._dimensions, count)
+        rows = self._db.execute(
+            "SELECT v.rowid, v.embedding, r.outcome, r.created FROM memory_vectors v "
+            "JOIN memory_records r ON r.id = v.rowid WHERE v.tenant = ?",
+            (tenant,),
         )
+        for rowid, blob, outcome, created in rows:
+            index.add(rowid, blob, outcome, created)
+        return index
+
+
+def _by_tenant(rows: Sequence[tuple[int, str]]) -> dict[str, list[int]]:
+    """The rowids of (rowid, tenant) `rows`, by tenant."""
+    grouped: dict[str, list[int]] = {}
+    for rowid, tenant in rows:
+        grouped.setdefault(tenant, []).append(rowid)
+    return grouped
