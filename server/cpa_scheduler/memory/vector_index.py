@@ -96,8 +96,10 @@ class TenantIndex:
         if not n:
             return []
         query32 = np.asarray(query, dtype=np.float32)
-        # |v - q|² = |v|² + 1 - 2 v·q: rank by 2 v·q - |v|², larger nearer.
-        key = self._vectors[:n] @ query32
+        # |v - q|² = |v|² + 1 - 2 v·q: rank by 2 v·q - |v|², larger nearer. einsum's loop on one
+        # thread, not BLAS's gemv on every core: as fast alone, and at 100 000 on a loaded 2-core
+        # box 7 / 13 ms p50 / p99 against 15 / 22 (docs/PERFORMANCE.md).
+        key = np.einsum("ij,j->i", self._vectors[:n], query32)
         key *= 2
         key -= self._norms[:n]
         keep = None
@@ -106,16 +108,18 @@ class TenantIndex:
         if cutoff != float("-inf"):
             fresh = self._created[:n] >= cutoff
             keep = fresh if keep is None else keep & fresh
-        if keep is not None:
-            key[~keep] = -np.inf
-            live = int(np.count_nonzero(keep))
-        else:
-            live = n
+        rows = None
+        if keep is not None:  # only the rows kept ranked (not the others at -inf: a slow select)
+            rows = np.flatnonzero(keep)
+            key = key[rows]
+        live = len(key)
         if not live:
             return []
         k = min(k, live)
-        kth = np.partition(key, n - k)[n - k] if k < n else key[np.isfinite(key)].min()
+        kth = np.partition(key, live - k)[live - k]
         near = np.flatnonzero(key >= kth - _SLACK)
+        if rows is not None:
+            near = rows[near]
         # The exact distance in float64 of the few (the same for equal vectors wherever they sit
         # in the matrix, which a BLAS kernel's float32 sums need not be).
         difference = self._vectors[near].astype(np.float64) - query32.astype(np.float64)
