@@ -129,8 +129,8 @@ async def test_the_index_stays_in_step_with_the_file_through_every_write(tmp_pat
     retention = Retention(max_age_s=DAY_S, max_per_tenant=150)
     memory = SqliteVecMemory(path, embedder, retention)
     try:
-        # Both tenants searched before anything is written: their indexes are loaded (empty),
-        # so that every later write goes through them.
+        # a's index is loaded empty, before any write, so that every write goes through it; b's
+        # at the first check, from the file, and then kept in step.
         assert await memory.search("a", "v1") == []
         await memory.put_many([_record("a", n) for n in range(120)])
         await memory.put_many([_record("b", n) for n in range(0, 400, 3)])

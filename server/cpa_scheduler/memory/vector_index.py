@@ -39,6 +39,23 @@ class TenantIndex:
         self._created = np.zeros(capacity, dtype=np.float64)
         self._position: dict[int, int] = {}
 
+    @classmethod
+    def of(cls, dimensions: int, rows: Sequence[tuple[int, bytes, str, float]]) -> TenantIndex:
+        """The index of (rowid, float32 vector, outcome, creation time) `rows`, built at once."""
+        index = cls(dimensions, len(rows))
+        n = index.size = len(rows)
+        if not n:
+            return index
+        rowids, blobs, outcomes, created = zip(*rows, strict=True)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(n, dimensions)
+        index._vectors[:n] = vectors
+        index._norms[:n] = np.einsum("ij,ij->i", vectors, vectors)
+        index._rowids[:n] = rowids
+        index._outcomes[:n] = [OUTCOME_CODES[outcome] for outcome in outcomes]
+        index._created[:n] = created
+        index._position = {rowid: at for at, rowid in enumerate(rowids)}
+        return index
+
     def __len__(self) -> int:
         return self.size
 
