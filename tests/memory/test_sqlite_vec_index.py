@@ -208,6 +208,28 @@ async def test_results_equal_sqlite_vecs_knn_over_the_same_file(tmp_path: Path) 
         await memory.close()
 
 
+async def test_an_index_that_failed_to_follow_a_write_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "memory.db"
+    embedder = TableEmbedder(400)
+    memory = SqliteVecMemory(path, embedder)
+    try:
+        await memory.put_many([_record("a", n) for n in range(50)])
+        await _check(path, memory, embedder, Retention())
+        with monkeypatch.context() as patch:
+            patch.setattr(TenantIndex, "add", _no_memory)
+            with pytest.raises(MemoryError):
+                await memory.put_many([_record("a", n) for n in range(50, 100)])
+        await _check(path, memory, embedder, Retention())  # committed: found
+    finally:
+        await memory.close()
+
+
+def _no_memory(*_: object) -> None:
+    raise MemoryError
+
+
 def test_the_index_grows_and_swap_removes() -> None:
     index = TenantIndex(2, capacity=1)
     vectors = {n: np.asarray([np.cos(n), np.sin(n)], dtype=np.float32) for n in range(200)}

@@ -43,7 +43,7 @@ from .vector_index import TenantIndex
 
 T = TypeVar("T")
 _MMAP_BYTES = 1 << 30
-# Rowids per DELETE statement (SQLite's bound parameters are limited).
+# Rowids per DELETE or SELECT statement (SQLite's bound parameters are limited).
 _DELETE_CHUNK = 500
 
 # A change to a tenant's index: its rowid added (its vector, outcome, creation time) or removed.
@@ -173,15 +173,20 @@ class SqliteVecMemory:
 
     def _apply(self, changes: Sequence[_Change]) -> None:
         """Bring the loaded indexes in step with the committed `changes` (a tenant not loaded
-        reads them from the file at its first search)."""
-        for tenant, rowid, added in changes:
-            index = self._indexes.get(tenant)
-            if index is None:
-                continue
-            if added is None:
-                index.remove(rowid)
-            else:
-                index.add(rowid, *added)
+        reads them from the file at its first search). Should that fail (no memory to grow a
+        matrix), the indexes are dropped, to be read again, rather than left behind the file."""
+        try:
+            for tenant, rowid, added in changes:
+                index = self._indexes.get(tenant)
+                if index is None:
+                    continue
+                if added is None:
+                    index.remove(rowid)
+                else:
+                    index.add(rowid, *added)
+        except BaseException:
+            self._indexes.clear()
+            raise
 
     def _write(self, records: Sequence[MemoryRecord], blobs: Sequence[bytes]) -> None:
         def write() -> None:
