@@ -2,9 +2,10 @@
 
 A search is one matrix-vector product over the tenant's rows (numpy's einsum, on one thread),
 masked by outcome and creation time, then the best few re-ranked exactly: at 100 000 vectors of
-256 dimensions about a third of sqlite-vec 0.1.9's partition scan (docs/PERFORMANCE.md, "Context memory").
-SQLite stays the store: SqliteVecMemory loads an index from its file on a tenant's first search
-and applies every committed write to it. Not thread-safe: its owner calls it under its lock.
+256 dimensions about a third of sqlite-vec 0.1.9's partition scan (docs/PERFORMANCE.md,
+"Context memory"). SQLite stays the store: SqliteVecMemory loads an index from its file on a
+tenant's first search and applies every committed write to it. Not thread-safe: its owner
+calls it under its lock.
 """
 
 from __future__ import annotations
