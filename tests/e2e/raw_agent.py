@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from cpa.common.v1 import agent_capabilities_pb2
+from cpa.common.v1 import agent_capabilities_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.executor.v1 import executor_service_pb2_grpc
-from cpa_client import CpaError
+from cpa.scheduler.v1 import job_pb2
+from cpa_client import CpaError, SchedulerClient
 
 from .conftest import EVENT_TIMEOUT_S
 
@@ -40,6 +41,16 @@ class RawAgentStream:
             return message
         assert await self._call.code() == grpc.StatusCode.OK  # the end (grpc.aio.EOF)
         return None
+
+    async def assigned(
+        self, client: SchedulerClient, task: todo_pb2.ToDo
+    ) -> tuple[str, ex.Assignment]:
+        """With one credit sent, the job of `task` scheduled and its assignment read (the hello
+        already done): (job id, assignment)."""
+        self.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
+        spec = job_pb2.JobSpec(todos=job_pb2.TodoList(todos=[task]))
+        job_id = (await client.schedule_job(spec)).job.job_id
+        return job_id, (await self.read_until("assignment")).assignment
 
     async def refusal(self) -> CpaError:
         """The status the server ended the stream with (it must have failed)."""

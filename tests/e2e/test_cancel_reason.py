@@ -90,9 +90,7 @@ async def test_the_cancel_on_the_wire_carries_the_reason(
     raw_stream: RawAgentStream, client: SchedulerClient
 ) -> None:
     await raw_stream.hello("raw")
-    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
-    job_id = (await client.schedule_job(todos_spec(todo("step", "noop")))).job.job_id
-    assignment = (await raw_stream.read_until("assignment")).assignment
+    job_id, assignment = await raw_stream.assigned(client, todo("step", "noop"))
     await client.cancel_job(job_id, reason=REASON)
     cancel = (await raw_stream.read_until("cancel")).cancel
     assert (cancel.job_id, cancel.task_id, cancel.attempt) == (job_id, "step", assignment.attempt)

@@ -204,9 +204,7 @@ async def test_progress_percent_outside_0_to_100_is_refused_and_its_message_clip
     raw_stream: RawAgentStream, client: SchedulerClient
 ) -> None:
     await raw_stream.hello("raw")
-    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
-    job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
-    assignment = (await raw_stream.read_until("assignment")).assignment
+    job_id, assignment = await raw_stream.assigned(client, todo("a", "noop"))
 
     def progress(report_id: int, **fields: object) -> ex.ConnectRequest:
         body = ex.Progress(job_id=job_id, task_id="a", attempt=assignment.attempt, **fields)  # type: ignore[arg-type]

@@ -110,9 +110,7 @@ async def test_a_job_that_ended_otherwise_cannot_be_cancelled(
     raw_stream: RawAgentStream, client: SchedulerClient
 ) -> None:
     await raw_stream.hello("raw")
-    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
-    job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
-    assignment = (await raw_stream.read_until("assignment")).assignment
+    job_id, assignment = await raw_stream.assigned(client, todo("a", "noop"))
     failed = ex.Result(
         job_id=job_id,
         task_id="a",
@@ -137,9 +135,7 @@ async def test_a_cancelled_attempt_reports_cancelled_with_no_outcome_needed(
     raw_stream: RawAgentStream, client: SchedulerClient
 ) -> None:
     await raw_stream.hello("raw")
-    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
-    job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
-    assignment = (await raw_stream.read_until("assignment")).assignment
+    job_id, assignment = await raw_stream.assigned(client, todo("a", "noop"))
     await client.cancel_job(job_id, reason="stop")
     cancel = (await raw_stream.read_until("cancel")).cancel
     stopped = ex.Result(job_id=job_id, task_id="a", attempt=cancel.attempt, cancelled=True)
@@ -250,9 +246,7 @@ async def test_progress_needs_no_report_id_and_does_not_renew_the_lease(
     raw_stream: RawAgentStream, client: SchedulerClient
 ) -> None:
     await raw_stream.hello("raw")
-    raw_stream.send(ex.ConnectRequest(credit=ex.Credit(slots=1)))
-    job_id = (await client.schedule_job(todos_spec(todo("a", "noop")))).job.job_id
-    assignment = (await raw_stream.read_until("assignment")).assignment
+    job_id, assignment = await raw_stream.assigned(client, todo("a", "noop"))
 
     def progress(**fields: Any) -> ex.Progress:
         return ex.Progress(job_id=job_id, task_id="a", attempt=assignment.attempt, **fields)

@@ -321,6 +321,20 @@ def rich_status(outcome: Outcome) -> status_pb2.Status | None:
     return None
 
 
+def error_details(
+    outcome: Outcome,
+) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest]:
+    """The answer's ErrorInfo and BadRequest (empty ones when it carries none)."""
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    status = rich_status(outcome)
+    for detail in status.details if status is not None else ():
+        if detail.Is(info.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Is(bad.DESCRIPTOR):
+            detail.Unpack(bad)
+    return info, bad
+
+
 def _bad_request_problem(outcome: Outcome, *, whole: bool) -> str | None:
     """Why an INVALID_ARGUMENT answer is not one of ours (ErrorInfo + BadRequest naming the
     field), or None. A `whole` request that does not decode has no field to name."""

@@ -15,13 +15,12 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 
 from cpa.common.v1 import error_pb2
 from cpa.lam.v1 import lam_message_pb2 as lam
 from cpa.scheduler.v1 import scheduler_service_pb2 as svc
 
-from .calls import Outcome, rich_status
+from .calls import Outcome, error_details
 from .strategies import FD, field_paths
 
 NUL_TEXT = "a\x00b"
@@ -115,15 +114,7 @@ def nul_answer_problem(case: NulCase, outcome: Outcome) -> str | None:
     the field inside the message."""
     if isinstance(case.request, svc.SendMessageRequest):
         return _lam_problem(case, outcome)
-    status = rich_status(outcome)
-    info = error_details_pb2.ErrorInfo()
-    bad = error_details_pb2.BadRequest()
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(info.DESCRIPTOR):
-                detail.Unpack(info)
-            elif detail.Is(bad.DESCRIPTOR):
-                detail.Unpack(bad)
+    info, bad = error_details(outcome)
     fields = [v.field for v in bad.field_violations]
     invalid = outcome.code.name == "INVALID_ARGUMENT" and info.reason == "INVALID_FIELD"
     if invalid and fields == [case.field]:

@@ -35,7 +35,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,10 +61,10 @@ from .calls import (
     HostileCall,
     Outcome,
     call_scheduler,
+    error_details,
     finding,
     judge,
     open_connect,
-    rich_status,
 )
 from .consistency import normal_work_problems, server_log_problems, store_problems
 from .scheduler_requests import hostile_call, raw_call
@@ -116,15 +115,7 @@ def secure_arena(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Are
 
 
 def _reason_and_field(outcome: Outcome) -> tuple[str, str]:
-    status = rich_status(outcome)
-    if status is None:
-        return "", ""
-    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-    for detail in status.details:
-        if detail.Is(info.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(bad.DESCRIPTOR):
-            detail.Unpack(bad)
+    info, bad = error_details(outcome)
     fields = [v.field for v in bad.field_violations]
     return info.reason, fields[0] if fields else info.metadata.get("field", "")
 
