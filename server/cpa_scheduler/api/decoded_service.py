@@ -6,9 +6,10 @@ nested deeper than its 100-level decode limit (a JSON value a few levels past wh
 accepts anyway), or not protobuf at all. Decoded here, they are INVALID_ARGUMENT
 (MALFORMED_MESSAGE) with one log line.
 
-A decoded request (or a client stream's message) with U+0000 (NUL) in any string, a JSON value's
-strings and keys included, is INVALID_ARGUMENT (INVALID_FIELD naming the field;
-proto_values.check_text): PostgreSQL's text cannot store NUL while SQLite can, and no caller text
+A decoded request (or a client stream's message) with U+0000 (NUL) in any string is
+INVALID_ARGUMENT (INVALID_FIELD naming the field; proto_values.check_text; the strings and keys
+of JSON values are refused alike where struct_to_dict converts them, in the servicer):
+PostgreSQL's text cannot store NUL while SQLite can, and no caller text
 the server keeps, looks up or forwards needs it. Checked here, before any servicer reads the
 request, so the rule is the same for every RPC and both stores; except for the methods whose
 servicer applies it itself (`own_text_check`): SendMessage answers a LAM message with NUL
