@@ -11,7 +11,7 @@ flow's duration, taken off), that idle CPU per second, jobs/s, and heartbeat-ack
 as the idle streams saw it while the jobs flowed.
 
     python bench/bench_agents_scale.py [--idle 250 1000 5000] [--jobs 3000] [--workers 4]
-                                       [--idle-heartbeat-s 7.5]
+                                       [--idle-heartbeat-s 7.5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -249,15 +249,42 @@ async def run(arguments: argparse.Namespace) -> None:
         "idle streams | server CPU/job (net of idle) | server CPU/s idle | jobs/s "
         "| hb ack p50 / p99"
     )
-    for idle in arguments.idle:
-        started = time.monotonic()
-        row = await run_scale(idle, arguments)
+    rows: dict[int, list[dict[str, float]]] = {idle: [] for idle in arguments.idle}
+    # Rounds alternate the scales, so a drift of the machine's speed touches each alike.
+    for _ in range(arguments.rounds):
+        for idle in arguments.idle:
+            started = time.monotonic()
+            row = await run_scale(idle, arguments)
+            rows[idle].append(row)
+            print(
+                f"{idle:>12} | {row['cpu_per_job_ms']:.2f} ms ({row['net_cpu_per_job_ms']:.2f} ms)"
+                f" | {row['idle_cpu_per_s_ms']:>14.0f} ms | {row['jobs_per_s']:>6.0f}"
+                f" | {row['ack_p50_ms']:.1f} / {row['ack_p99_ms']:.1f} ms"
+                f"  ({row['acks']} acks, {time.monotonic() - started:.0f} s)",
+                flush=True,
+            )
+    if arguments.rounds > 1 and len(arguments.idle) > 1:
+        _ratios(rows, arguments.idle[0], arguments.idle[-1])
+
+
+def _ratios(rows: dict[int, list[dict[str, float]]], low: int, high: int) -> None:
+    """Medians over the rounds, and the largest scale's CPU per job against the smallest's."""
+
+    def median(idle: int, key: str) -> float:
+        return statistics.median(row[key] for row in rows[idle])
+
+    for idle in (low, high):
         print(
-            f"{idle:>12} | {row['cpu_per_job_ms']:.2f} ms ({row['net_cpu_per_job_ms']:.2f} ms)"
-            f" | {row['idle_cpu_per_s_ms']:>14.0f} ms"
-            f" | {row['jobs_per_s']:>6.0f} | {row['ack_p50_ms']:.1f} / {row['ack_p99_ms']:.1f} ms"
-            f"  ({row['acks']} acks, {time.monotonic() - started:.0f} s)",
-            flush=True,
+            f"median {idle:>5} | {median(idle, 'cpu_per_job_ms'):.2f} ms"
+            f" ({median(idle, 'net_cpu_per_job_ms'):.2f} ms)"
+            f" | {median(idle, 'idle_cpu_per_s_ms'):.0f} ms | {median(idle, 'jobs_per_s'):.0f}"
+        )
+    for key, label in (("cpu_per_job_ms", "total"), ("net_cpu_per_job_ms", "net")):
+        per_round = [h[key] / lo[key] for lo, h in zip(rows[low], rows[high], strict=True)]
+        print(
+            f"{high} / {low} idle streams, CPU per job ({label}): median of medians "
+            f"{median(high, key) / median(low, key):.2f}x; per round "
+            + ", ".join(f"{ratio:.2f}x" for ratio in per_round)
         )
 
 
@@ -274,6 +301,9 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=1, help="real agent processes")
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--workers", type=int, default=4, help="processes holding idle streams")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="times the scales are run, in turn (medians)"
+    )
     parser.add_argument("--quiet-s", type=float, default=3.0, help="idle CPU sample window")
     parser.add_argument(
         "--idle-heartbeat-s",

@@ -82,3 +82,19 @@ async def test_an_idle_session_is_closed_after_two_idle_intervals_of_silence(
             pass
     assert loop.time() - welcomed_at >= 2 * IDLE_S - 0.1
     assert [a.agent_id async for a in client.list_agents()] == []
+
+
+@pytest.mark.parametrize("scheduler_settings", [IDLE_S], indirect=True)
+async def test_an_idle_session_given_an_attempt_is_closed_after_a_lease_of_silence(
+    raw_stream: RawAgentStream, client: SchedulerClient
+) -> None:
+    # Idle, the session may be silent for two idle intervals (four leases here); once it holds
+    # an attempt, a lease of silence ends it, although its watch was armed for the idle limit.
+    loop = asyncio.get_running_loop()
+    await raw_stream.hello("agent-1", actions=("wait",))
+    await raw_stream.assigned(client, todo("a", "wait", params={"seconds": 60}))
+    assigned_at = loop.time()
+    async with asyncio.timeout(2 * IDLE_S + 10):
+        while await raw_stream.read() is not None:
+            pass
+    assert loop.time() - assigned_at < 2 * LEASE_S

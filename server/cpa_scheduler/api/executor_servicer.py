@@ -31,6 +31,7 @@ from cpa_scheduler.artifacts import Artifacts
 from cpa_scheduler.dispatch import AgentSession, AssignmentMessage, Outbound, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory, taken_over_elsewhere
 from cpa_scheduler.dispatch.dispatcher import Dispatcher
+from cpa_scheduler.dispatch.silence import SilenceWatch
 from cpa_scheduler.domain import (
     AgentState,
     AttemptRef,
@@ -249,7 +250,12 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         )
         self._no_streams.clear()
         reader: asyncio.Task[None] | None = None
-        watchdog = asyncio.create_task(self._close_when_silent(session))
+        watch = SilenceWatch(
+            session,
+            lease_s=self._settings.lease_duration_s,
+            idle_limit_s=2 * self._settings.idle_heartbeat_interval_s,
+            clock=self._clock,
+        )
         # The credential's end (a revoked token, an expired JWT) closes the session.
         ended: list[DomainError] = []
 
@@ -301,7 +307,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             if ended:
                 raise ended[0]
         finally:
-            watchdog.cancel()
+            watch.stop()
             stop_watching()
             if reader is not None:
                 reader.cancel()
@@ -332,23 +338,6 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
         except Exception:
             # The attempt's lease runs out (the agent never heard of it) and it comes back.
             log.exception("failing the oversized assignment %s failed", ref)
-
-    async def _close_when_silent(self, session: AgentSession) -> None:
-        """Ends the session of an agent silent for a lease while it holds attempts, or for two
-        idle heartbeat intervals while it holds none (frozen, or cut off without a FIN or RST):
-        its leases are running out, and it must get no new work meanwhile."""
-        lease_s = self._settings.lease_duration_s
-        idle_limit_s = max(lease_s, 2 * self._settings.idle_heartbeat_interval_s)
-        while True:  # a timer, re-armed from the last message seen
-            limit_s = lease_s if session.running else idle_limit_s
-            silent_s = (self._clock() - session.last_seen_time).total_seconds()
-            if silent_s >= limit_s:
-                break
-            # At least once a lease: an idle session given an attempt meanwhile has a lease's
-            # limit from then on.
-            await asyncio.sleep(min(limit_s - silent_s, lease_s))
-        log.warning("agent %s silent for %.1fs: closing its stream", session.agent_id, silent_s)
-        session.close()
 
     async def _read(
         self,

@@ -203,7 +203,7 @@ class Dispatcher:
             session.grant(1)
             self.wake()
         else:
-            session.running.add(AttemptRef(message.job_id, message.todo.id, message.attempt))
+            session.hold(AttemptRef(message.job_id, message.todo.id, message.attempt))
             session.deliver(message)
             log.debug(
                 "assigned %s/%s to agent %s", message.job_id, message.todo.id, session.agent_id

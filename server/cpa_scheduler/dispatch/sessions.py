@@ -96,6 +96,7 @@ class AgentSession:
         "connect_time",
         "deliver",
         "last_seen_time",
+        "on_busy",
         "profile",
         "resumable_ids",
         "running",
@@ -128,6 +129,8 @@ class AgentSession:
         self._credits = max(0, credits)
         self._state = state
         self._on_change: Callable[[AgentSession], None] | None = None
+        # Told when the session goes from no attempts to one (its silence watch).
+        self.on_busy: Callable[[], None] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -159,6 +162,13 @@ class AgentSession:
         self._state = value
         if self._on_change is not None and self.takes_work != was_taking:
             self._on_change(self)
+
+    def hold(self, attempt: AttemptRef) -> None:
+        """Records an attempt given to this session (before it is delivered)."""
+        was_idle = not self.running
+        self.running.add(attempt)
+        if was_idle and self.on_busy is not None:
+            self.on_busy()
 
     def grant(self, slots: int) -> None:
         """Credits the agent gave (or a result returned), never more than its free slots as

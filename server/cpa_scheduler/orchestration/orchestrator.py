@@ -277,7 +277,7 @@ class Orchestrator(Admission, AgentReports, TimeSweeps):
                         log.debug("job %s created (%d tasks)", stored.job_id, len(stored.tasks))
                 for task_id, session in sessions:
                     message = self._assignment(stored, task_id, inputs={})
-                    session.running.add(AttemptRef(stored.job_id, task_id, message.attempt))
+                    session.hold(AttemptRef(stored.job_id, task_id, message.attempt))
                     session.deliver(message)
             return [(stored, changes is not None) for stored, changes in outcomes]
 
