@@ -5,6 +5,7 @@ tenants see nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from .conftest import (
 from .raw_agent import RawAgentStream
 
 MAX_BYTES = 3 * 1024 * 1024
+UPLOAD_IDLE_S = 1.5
 
 
 @pytest.fixture
@@ -46,6 +48,7 @@ def scheduler_settings(tmp_path: Path) -> Settings:
         heartbeat_interval_s=HEARTBEAT_S,
         max_request_bytes=256 * 1024,
         artifact_max_bytes=MAX_BYTES,
+        artifact_upload_idle_s=UPLOAD_IDLE_S,
     )
 
 
@@ -259,6 +262,52 @@ async def test_over_the_size_limit_is_refused_with_nothing_stored(
     assert caught.value.metadata["field"] == "header.size_bytes"
     assert await client.list_artifacts(held.job_id) == []
     assert not _stored_files(scheduler)
+
+
+@pytest.mark.parametrize("sent_first", [0, 1, 2], ids=["nothing", "header", "one-chunk"])
+async def test_an_upload_that_stops_sending_is_ended_and_stores_nothing(
+    held: Held,
+    client: SchedulerClient,
+    scheduler: Scheduler,
+    raw_stream: RawAgentStream,
+    sent_first: int,
+) -> None:
+    # Two chunks declared, `sent_first` messages sent, then silence with the stream left open:
+    # the server ends the call after the idle limit instead of holding it (and its buffer).
+    data = content(2 * 1024 * 1024)
+    messages = [ex.UploadArtifactRequest(header=held.header(data))] + [
+        ex.UploadArtifactRequest(chunk=chunk) for chunk in split(data)
+    ]
+    never = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[ex.UploadArtifactRequest]:
+        for message in messages[:sent_first]:
+            yield message
+        await never.wait()
+
+    running = ex.RunningAttempt(job_id=held.job_id, task_id="t", attempt=1)
+
+    async def beating() -> None:  # the agent's stream stays alive meanwhile, as a real one does
+        while True:
+            await raw_stream.heartbeat_ack(running)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    heartbeats = asyncio.create_task(beating())
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await held.stub.UploadArtifact(stalled(), timeout=UPLOAD_IDLE_S + 20)
+    finally:
+        heartbeats.cancel()
+    error = CpaError.from_rpc_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPLOAD_STALLED")
+    assert loop.time() - started >= UPLOAD_IDLE_S - 0.1
+    assert await client.list_artifacts(held.job_id) == []
+    assert not _stored_files(scheduler)
+    # The attempt may still upload: a stalled call leaves nothing behind that refuses it.
+    await held.upload(held.header(data), data)
+    assert [a.name for a in await client.list_artifacts(held.job_id)] == ["shot.png"]
 
 
 async def test_an_upload_from_a_session_that_does_not_hold_the_attempt_is_refused(

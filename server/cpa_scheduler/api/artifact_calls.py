@@ -5,6 +5,7 @@ out, the session that proves which agent uploads; the rules are in cpa_scheduler
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from cpa.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
 from cpa_scheduler.artifacts import Artifacts, UploadHeader
 from cpa_scheduler.dispatch import AgentSession, SessionRegistry
 from cpa_scheduler.dispatch.directory import AgentDirectory
-from cpa_scheduler.domain import FailedPrecondition, InvalidArgument, Reason
+from cpa_scheduler.domain import DomainError, FailedPrecondition, InvalidArgument, Reason
 
 from .artifact_convert import artifact_to_proto
 from .ids import required_id
@@ -35,6 +36,27 @@ def _header(message: executor_pb.UploadArtifactHeader) -> UploadHeader:
         size_bytes=message.size_bytes,
         sha256=message.sha256,
     )
+
+
+async def _unless_stalled(
+    requests: AsyncIterator[executor_pb.UploadArtifactRequest], idle_s: float
+) -> AsyncIterator[executor_pb.UploadArtifactRequest]:
+    """The upload's messages, each within `idle_s` of the one before (the first, of the call's
+    start): an agent that stops sending without ending its stream would hold the upload, and
+    what it buffered, for ever."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                message = await anext(requests)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise DomainError(
+                f"the upload sent nothing for {idle_s:g}s (CPA_ARTIFACT_UPLOAD_IDLE_S) and did "
+                "not end; nothing of it is stored",
+                reason=Reason.UPLOAD_STALLED,
+            ) from None
+        yield message
 
 
 async def _chunks(
@@ -90,7 +112,9 @@ async def upload(
     streams: dict[str, AgentSession],
     sessions: SessionRegistry,
     directory: AgentDirectory,
+    idle_s: float,
 ) -> executor_pb.UploadArtifactResponse:
+    requests = _unless_stalled(requests, idle_s)
     first = await anext(requests, None)
     if first is None or first.WhichOneof("kind") != "header":
         raise InvalidArgument(

@@ -98,6 +98,8 @@ REASON_CODE_OVERRIDES: Final[Mapping[Reason, grpc.StatusCode]] = MappingProxyTyp
         # The language model is down, rate-limited or slow: the same call may succeed later.
         Reason.LLM_UNAVAILABLE: _Code.UNAVAILABLE,
         Reason.MEMORY_UNAVAILABLE: _Code.UNAVAILABLE,
+        # The server ended an upload that stopped sending: the call, not a job, timed out.
+        Reason.UPLOAD_STALLED: _Code.DEADLINE_EXCEEDED,
         Reason.INTERNAL: _Code.INTERNAL,
         # The gateway's: the HTTP status it answers with is its meaning (404, 405).
         Reason.UNKNOWN_METHOD: _Code.NOT_FOUND,

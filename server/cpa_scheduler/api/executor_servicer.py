@@ -166,6 +166,7 @@ class ExecutorServicer(executor_service_pb2_grpc.ExecutorServiceServicer):
             streams={session_id: s.session for session_id, s in self._streams.items()},
             sessions=self._sessions,
             directory=self._directory,
+            idle_s=self._settings.artifact_upload_idle_s,
         )
 
     @translate_errors

@@ -32,6 +32,14 @@ class StorageSettings(BaseSettings):
         description="Largest artifact an agent may upload (UploadArtifact); larger is "
         "RESOURCE_EXHAUSTED (ARTIFACT_TOO_LARGE) and nothing is stored.",
     )
+    artifact_upload_idle_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Longest an upload (UploadArtifact) may send nothing, header included, "
+        "before the server ends it DEADLINE_EXCEEDED (UPLOAD_STALLED) and stores nothing: a "
+        "stalled or hostile agent cannot hold an upload open for ever.",
+    )
     artifact_database_pool_size: int = Field(
         default=4,
         ge=1,

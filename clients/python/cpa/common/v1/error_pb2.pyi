@@ -349,6 +349,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     model provider down, the database unreachable): UNAVAILABLE, nothing stored or deleted;
     retry with backoff.
     """
+    ERROR_REASON_UPLOAD_STALLED: _ErrorReason.ValueType  # 182
+    """UploadArtifact: no message came for CPA_ARTIFACT_UPLOAD_IDLE_S (default 60 s), before the
+    header or between two messages, and the stream was not ended: DEADLINE_EXCEEDED, no field;
+    nothing of the upload is stored. Upload again, without long pauses between chunks.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons the scheduler puts in google.rpc.ErrorInfo.reason.
@@ -680,6 +685,11 @@ ERROR_REASON_MEMORY_UNAVAILABLE: ErrorReason.ValueType  # 181
 """SearchMemory, PutMemory, DeleteMemories: the embedder or the memory's store failed (a
 model provider down, the database unreachable): UNAVAILABLE, nothing stored or deleted;
 retry with backoff.
+"""
+ERROR_REASON_UPLOAD_STALLED: ErrorReason.ValueType  # 182
+"""UploadArtifact: no message came for CPA_ARTIFACT_UPLOAD_IDLE_S (default 60 s), before the
+header or between two messages, and the stream was not ended: DEADLINE_EXCEEDED, no field;
+nothing of the upload is stored. Upload again, without long pauses between chunks.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

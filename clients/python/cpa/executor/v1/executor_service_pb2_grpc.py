@@ -140,8 +140,10 @@ class ExecutorServiceServicer:
         `header.size_bytes`), another SHA-256 INVALID_ARGUMENT (ARTIFACT_DIGEST_MISMATCH,
         `header.sha256`).
         A message protobuf cannot decode is INVALID_ARGUMENT (MALFORMED_MESSAGE), one larger than
-        CPA_MAX_REQUEST_BYTES plus 1 MiB PAYLOAD_TOO_LARGE (no field). The server sets no time
-        limit on an upload: give the call a deadline.
+        CPA_MAX_REQUEST_BYTES plus 1 MiB PAYLOAD_TOO_LARGE (no field). An upload that sends
+        nothing for CPA_ARTIFACT_UPLOAD_IDLE_S (default 60 s), header included, without ending its
+        stream is DEADLINE_EXCEEDED (UPLOAD_STALLED); the server sets no limit on a whole upload
+        that keeps sending: give the call a deadline.
         Then the bytes are stored (content-addressed per tenant: the same bytes once) and the
         artifact is recorded on the task in the job's transaction, fenced again as above (the
         attempt may have ended meanwhile): it is listed on Task.artifacts and a TaskArtifactStored
