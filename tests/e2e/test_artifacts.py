@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from cpa.common.v1 import artifact_pb2, error_pb2, todo_pb2
 from cpa.executor.v1 import executor_service_pb2 as ex
 from cpa.executor.v1 import executor_service_pb2_grpc
 from cpa.scheduler.v1 import job_pb2 as S  # noqa: N812 - short alias for enum-heavy asserts
+from cpa.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from cpa_client import CpaError, SchedulerClient
 from cpa_client.artifact_chunks import split
 from cpa_scheduler.settings import Settings
@@ -419,3 +421,66 @@ async def test_artifacts_listed_in_progress_and_result_are_ignored(
     (task,) = job.tasks
     assert [a.artifact_id for a in task.artifacts] == [uploaded.artifact.artifact_id]
     assert [a.name for a in await client.list_artifacts(held.job_id)] == ["shot.png"]
+
+
+async def test_artifacts_are_listed_in_pages_that_miss_nothing_added_meanwhile(
+    held: Held, client: SchedulerClient, scheduler: Scheduler
+) -> None:
+    names = [f"shot-{n}.png" for n in range(5)]
+    for name in names:
+        await held.upload(held.header(name.encode(), name=name), name.encode())
+    channel = grpc.aio.insecure_channel(scheduler.target)
+    stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
+
+    async def page(token: str = "", **fields: Any) -> scheduler_service_pb2.ListArtifactsResponse:
+        fields = {"job_id": held.job_id, "page_size": 2, "page_token": token, **fields}
+        request = scheduler_service_pb2.ListArtifactsRequest(**fields)
+        try:
+            return await stub.ListArtifacts(request)
+        except grpc.aio.AioRpcError as error:
+            raise CpaError.from_rpc_error(error) from None
+
+    try:
+        first = await page()
+        # Stored between two pages: at the end of the task's list, so on a later page.
+        await held.upload(held.header(b"late", name="late.png"), b"late")
+        second = await page(first.next_page_token)
+        third = await page(second.next_page_token)
+        assert third.next_page_token == ""
+        paged = [a.name for p in (first, second, third) for a in p.artifacts]
+        assert paged == [*names, "late.png"]
+        assert [len(p.artifacts) for p in (first, second, third)] == [2, 2, 2]
+        # The SDK follows the pages itself.
+        assert [a.name for a in await client.list_artifacts(held.job_id, page_size=4)] == paged
+        # A token is bound to its job and task, its list and its tenant, and cannot be altered.
+        await client.schedule_job(todos_spec(todo("other", "noop")))
+        jobs_token = (
+            await stub.ListJobs(scheduler_service_pb2.ListJobsRequest(page_size=1))
+        ).next_page_token
+        assert jobs_token
+        refused = [
+            page(first.next_page_token, task_id="t"),
+            page(first.next_page_token[:-4] + "AAAA"),
+            page(jobs_token),
+        ]
+        for call in refused:
+            with pytest.raises(CpaError) as caught:
+                await call
+            assert caught.value.reason == "INVALID_PAGE_TOKEN"
+            assert caught.value.metadata["field"] == "page_token"
+        with pytest.raises(grpc.aio.AioRpcError) as other_tenant:
+            await stub.ListArtifacts(
+                scheduler_service_pb2.ListArtifactsRequest(
+                    job_id=held.job_id, page_token=first.next_page_token
+                ),
+                metadata=(("x-cpa-tenant", "intruder"),),
+            )
+        assert CpaError.from_rpc_error(other_tenant.value).reason == "INVALID_PAGE_TOKEN"
+        with pytest.raises(CpaError) as negative:
+            await page(page_size=-1)
+        assert (negative.value.reason, negative.value.metadata["field"]) == (
+            "INVALID_FIELD",
+            "page_size",
+        )
+    finally:
+        await channel.close(grace=None)

@@ -137,6 +137,7 @@ def templates(rpc: str) -> list[Message]:
         "ListArtifacts": [
             svc.ListArtifactsRequest(job_id=job_id),
             svc.ListArtifactsRequest(job_id=job_id, task_id="t1"),
+            svc.ListArtifactsRequest(job_id=job_id, page_size=1, page_token="e30"),
         ],
         "DownloadArtifact": [svc.DownloadArtifactRequest(job_id=job_id, artifact_id="0" * 32)],
         "ListCallbacks": [

@@ -47,6 +47,7 @@ _Page = TypeVar(
     scheduler_service_pb2.ListAgentsResponse,
     callback_pb2.ListCallbacksResponse,
     audit_pb2.ListAuditEntriesResponse,
+    scheduler_service_pb2.ListArtifactsResponse,
 )
 
 
@@ -342,13 +343,22 @@ class SchedulerClient:
             yield event
 
     async def list_artifacts(
-        self, job_id: str, *, task_id: str = ""
+        self, job_id: str, *, task_id: str = "", page_size: int = 0
     ) -> list[artifact_pb2.Artifact]:
         """The artifacts the job's tasks stored (failed attempts' included), in task order;
-        with `task_id` only that task's."""
-        request = scheduler_service_pb2.ListArtifactsRequest(job_id=job_id, task_id=task_id)
-        response = await self._call(self._stub.ListArtifacts, request)
-        return list(response.artifacts)
+        with `task_id` only that task's. Every page, following page tokens."""
+        found: list[artifact_pb2.Artifact] = []
+        async for response in self._pages(
+            lambda token: self._stub.ListArtifacts(
+                scheduler_service_pb2.ListArtifactsRequest(
+                    job_id=job_id, task_id=task_id, page_size=page_size, page_token=token
+                ),
+                metadata=self._metadata,
+                timeout=self._timeout_s,
+            )
+        ):
+            found.extend(response.artifacts)
+        return found
 
     async def list_callbacks(
         self,

@@ -122,10 +122,18 @@ export class SchedulerClientBase {
     } while (pageToken !== "");
   }
 
-  /** The artifacts the job's tasks stored (failed attempts' included), in task order; with `taskId` only that task's. */
-  async listArtifacts(jobId: string, options: { readonly taskId?: string } = {}): Promise<Artifact[]> {
-    const response = await decodeErrors(() => this.raw.listArtifacts({ jobId, taskId: options.taskId ?? "" }));
-    return response.artifacts;
+  /** The artifacts the job's tasks stored (failed attempts' included), in task order; with `taskId` only that task's. Every page (next_page_token). */
+  async listArtifacts(jobId: string, options: { readonly taskId?: string; readonly pageSize?: number } = {}): Promise<Artifact[]> {
+    const found: Artifact[] = [];
+    let pageToken = "";
+    do {
+      const page = await decodeErrors(() =>
+        this.raw.listArtifacts({ jobId, taskId: options.taskId ?? "", pageSize: options.pageSize ?? 0, pageToken }),
+      );
+      found.push(...page.artifacts);
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+    return found;
   }
 
   /**

@@ -49,6 +49,7 @@ class TokenKind(StrEnum):
     AGENTS = "agents"
     CALLBACKS = "callbacks"
     AUDIT = "audit"
+    ARTIFACTS = "artifacts"
 
 
 _RPC = {
@@ -56,12 +57,14 @@ _RPC = {
     TokenKind.AGENTS: "ListAgents",
     TokenKind.CALLBACKS: "ListCallbacks",
     TokenKind.AUDIT: "ListAuditEntries",
+    TokenKind.ARTIFACTS: "ListArtifacts",
 }
 _CURSOR_KEYS = {
     TokenKind.JOBS: frozenset({"t", "id"}),
     TokenKind.AGENTS: frozenset({"a"}),
     TokenKind.CALLBACKS: frozenset({"t", "id"}),
     TokenKind.AUDIT: frozenset({"t", "id"}),
+    TokenKind.ARTIFACTS: frozenset({"ti", "ai"}),
 }
 _COMMON_KEYS = frozenset({"v", "k", "q", "n"})
 
@@ -201,6 +204,31 @@ class PageTokens:
         except OverflowError:
             raise _malformed() from None
         return PagePosition(create_time=create_time, job_id=job_id)
+
+    def artifacts_token(
+        self, after: tuple[int, int], *, tenant: str, query_fingerprint: str
+    ) -> str:
+        """ListArtifacts: the token of the page that starts after position `after` (the task's
+        place in the plan, the artifact's in its task's list)."""
+        task_index, artifact_index = after
+        return self._seal(
+            TokenKind.ARTIFACTS,
+            {"ti": task_index, "ai": artifact_index},
+            tenant=tenant,
+            query_fingerprint=query_fingerprint,
+        )
+
+    def artifacts_after(
+        self, token: str, *, tenant: str, query_fingerprint: str
+    ) -> tuple[int, int]:
+        """The position a ListArtifacts token's page starts after."""
+        payload = self._open(
+            token, TokenKind.ARTIFACTS, tenant=tenant, query_fingerprint=query_fingerprint
+        )
+        task_index, artifact_index = payload["ti"], payload["ai"]
+        if not all(type(index) is int and index >= 0 for index in (task_index, artifact_index)):
+            raise _malformed()
+        return task_index, artifact_index
 
     def agents_token(self, after_agent_id: str, *, tenant: str, query_fingerprint: str) -> str:
         """ListAgents: the token of the page that starts after agent `after_agent_id`."""

@@ -69,6 +69,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _LIST_JOBS_DEFAULT, _LIST_JOBS_MAX = 50, 1000
 _LIST_AGENTS_DEFAULT, _LIST_AGENTS_MAX = 100, 1000
+# A page of artifacts is about 300 KB at most; 1000 by default keeps an older client, which
+# knows no paging, seeing all of a job of up to 1000 artifacts.
+_LIST_ARTIFACTS_MAX = 1000
 _RETRY_JOBS_DEFAULT, _RETRY_JOBS_MAX = 100, 1000
 _BATCH_SCHEDULE_MAX = 1000
 # The states RetryJob re-drives from (FAILED, CANCELLED): those a job may leave for PENDING.
@@ -434,8 +437,25 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     ) -> pb.ListArtifactsResponse:
         job_id = required_id(request.job_id, "job_id")
         task_id = bounded_id(request.task_id, "task_id")
-        found = await self._artifacts.list(self._tenant(context), job_id, task_id)
-        return pb.ListArtifactsResponse(artifacts=[artifact_to_proto(job_id, a) for a in found])
+        limit = page_size(
+            request.page_size, default=_LIST_ARTIFACTS_MAX, maximum=_LIST_ARTIFACTS_MAX
+        )
+        tenant = self._tenant(context)
+        query = fingerprint_query("artifacts", job_id, task_id)
+        after = (
+            self._page_tokens.artifacts_after(
+                request.page_token, tenant=tenant, query_fingerprint=query
+            )
+            if request.page_token
+            else None
+        )
+        found, last = await self._artifacts.page(tenant, job_id, task_id, after=after, limit=limit)
+        response = pb.ListArtifactsResponse(artifacts=[artifact_to_proto(job_id, a) for a in found])
+        if last is not None:
+            response.next_page_token = self._page_tokens.artifacts_token(
+                last, tenant=tenant, query_fingerprint=query
+            )
+        return response
 
     @translate_errors
     async def DownloadArtifact(  # type: ignore[override]  # writes with context.write

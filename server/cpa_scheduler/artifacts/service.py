@@ -7,11 +7,12 @@ and the orchestrator, never SQL or gRPC itself.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -181,6 +182,34 @@ class Artifacts:
         if task_id:
             return job.task(task_id).artifacts
         return [artifact for task in job.tasks.values() for artifact in task.artifacts]
+
+    async def page(
+        self,
+        tenant: str,
+        job_id: str,
+        task_id: str,
+        *,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> tuple[Sequence[ArtifactRecord], tuple[int, int] | None]:
+        """At most `limit` of `list`'s artifacts, from just after position `after` (the task's
+        place in the plan, the artifact's in its task's list: stable while a job runs, as a
+        task's list only grows at its end), and the position of the page's last one when more
+        follow (else None)."""
+        job = await self._orchestrator.get_job(tenant, job_id)
+        tasks = [job.task(task_id)] if task_id else list(job.tasks.values())
+        first_task, last_seen = after if after is not None else (0, -1)
+        found: builtins.list[ArtifactRecord] = []
+        position = (first_task, last_seen)
+        for task_index in range(first_task, len(tasks)):
+            artifacts = tasks[task_index].artifacts
+            start = last_seen + 1 if task_index == first_task else 0
+            for artifact_index in range(start, len(artifacts)):
+                if len(found) == limit:
+                    return found, position
+                found.append(artifacts[artifact_index])
+                position = (task_index, artifact_index)
+        return found, None
 
     async def open(
         self, tenant: str, job_id: str, artifact_id: str

@@ -36,19 +36,33 @@ class ListArtifactsRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id (at most 128 characters)."""
     task_id: _builtins.str
     """Only this task's artifacts (ToDo.id, at most 128 characters); empty for every task's."""
+    page_size: _builtins.int
+    """Most artifacts per page, 1 to 1000; 0 means 1000, more than 1000 means 1000, negative is
+    INVALID_ARGUMENT (INVALID_FIELD, field page_size). May change between pages.
+    """
+    page_token: _builtins.str
+    """Token from a previous ListArtifacts response's next_page_token, with the same job_id and
+    task_id. Signed and bound to the caller's tenant, to ListArtifacts and to that job and
+    task: an altered, forged or other tenant's token, one from another list, or one issued for
+    another job or task fails with INVALID_ARGUMENT / INVALID_PAGE_TOKEN (field page_token).
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         task_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -56,11 +70,14 @@ Global___ListArtifactsRequest: _TypeAlias = ListArtifactsRequest  # noqa: Y015
 
 @_typing.final
 class ListArtifactsResponse(_message.Message):
-    """ListArtifactsResponse lists artifacts."""
+    """ListArtifactsResponse is one page of artifacts."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.Artifact]:
         """The artifacts, in task order, each naming its task and attempt."""
@@ -69,10 +86,11 @@ class ListArtifactsResponse(_message.Message):
         self,
         *,
         artifacts: _abc.Iterable[_artifact_pb2.Artifact] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -437,11 +437,15 @@ class SchedulerServiceServicer:
     def ListArtifacts(self, request, context):
         """Lists the artifacts a job's tasks stored (every attempt's, failed ones included), tasks in
         plan order and, within a task, as Task.artifacts lists them; with task_id only that task's.
-        No artifacts is an empty list, not an error; there is no paging (a task keeps at most 1000).
-        Errors: INVALID_ARGUMENT with MISSING_FIELD (job_id empty) or INVALID_FIELD (job_id or
-        task_id over 128 characters; field named); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an
-        unknown job or another tenant's; NOT_FOUND (TASK_NOT_FOUND, field task_id) for a task the
-        job does not have.
+        No artifacts is an empty list, not an error. Paged (a task keeps up to 1000 artifacts, a
+        job many tasks): follow next_page_token until it is empty. Paging a running job misses
+        nothing stored before the first page was read: a task's artifacts are only ever added at
+        the end of its list (a second save of a name replaces the first in place, so a page already
+        read may show its older version).
+        Errors: INVALID_ARGUMENT with MISSING_FIELD (job_id empty), INVALID_FIELD (job_id or
+        task_id over 128 characters, page_size negative; field named) or INVALID_PAGE_TOKEN (field
+        page_token); NOT_FOUND (JOB_NOT_FOUND, field job_id) for an unknown job or another
+        tenant's; NOT_FOUND (TASK_NOT_FOUND, field task_id) for a task the job does not have.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
