@@ -293,7 +293,10 @@ def test_preview_plan_list_agents_and_artifacts(rest_stack: RestStack) -> None:
         wait_done(http, job_id)
         artifacts = http.get(f"/v1/jobs/{job_id}/artifacts")
         assert artifacts.status_code == 200, artifacts.text
-        assert artifacts.json() == {"artifacts": []}  # the built-in actions store none
+        # The built-in actions store none: one page, the last.
+        assert artifacts.json() == {"artifacts": [], "next_page_token": ""}
+        paged = http.get(f"/v1/jobs/{job_id}/artifacts", params={"page_size": 1, "page_token": "x"})
+        rpc_status(paged, 400, 3, "INVALID_PAGE_TOKEN", "page_token")
         no_task = http.get(f"/v1/jobs/{job_id}/artifacts", params={"task_id": "nope"})
         rpc_status(no_task, 404, 5, "TASK_NOT_FOUND", "task_id")
         download = http.get(f"/v1/jobs/{job_id}/artifacts/nope:download")
