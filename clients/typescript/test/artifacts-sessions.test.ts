@@ -45,6 +45,7 @@ describe("artifacts of a TypeScript agent", () => {
       ts_shoot: async (ctx) => {
         refusals.push(await ctx.artifacts.save("bad/name", "text/plain", "x").catch((error: unknown) => error));
         const stored = await ctx.artifacts.save("shot.png", "image/png", shot);
+        await ctx.artifacts.save("note.txt", "text/plain", "n");
         return { artifactId: stored.artifactId, sha256: stored.sha256 };
       },
       ts_inspect: async (ctx) => {
@@ -68,7 +69,19 @@ describe("artifacts of a TypeScript agent", () => {
       const listed = await live.client.listArtifacts(job.jobId);
       assert.deepEqual(
         listed.map((a) => [a.name, a.mediaType, a.sizeBytes, a.sha256, a.taskId, a.attempt]),
-        [["shot.png", "image/png", BigInt(shot.length), sha256(shot), "shoot", 1]],
+        [
+          ["shot.png", "image/png", BigInt(shot.length), sha256(shot), "shoot", 1],
+          ["note.txt", "text/plain", 1n, sha256(Buffer.from("n")), "shoot", 1],
+        ],
+      );
+      // One artifact a page: the client follows next_page_token to the same list.
+      const first = await live.client.raw.listArtifacts({ jobId: job.jobId, pageSize: 1 });
+      assert.equal(first.artifacts.length, 1);
+      assert.notEqual(first.nextPageToken, "");
+      const paged = await live.client.listArtifacts(job.jobId, { pageSize: 1 });
+      assert.deepEqual(
+        paged.map((a) => a.artifactId),
+        listed.map((a) => a.artifactId),
       );
       const { artifact, data } = await live.client.readArtifact(job.jobId, listed[0]!.artifactId);
       assert.equal(artifact.artifactId, listed[0]!.artifactId);
