@@ -407,6 +407,8 @@ def bench(arguments: argparse.Namespace) -> None:
     env = {
         **os.environ,
         "CPA_LOG_LEVEL": "WARNING",
+        # Authentication off (loopback only), as in bench_throughput: its cost is bench_auth's.
+        "CPA_INSECURE_LOCAL": "true",
         "CPA_RATE_LIMITS_ENABLED": "false",
         "CPA_AGENT_LOG_LEVEL": "WARNING",
         # A lease long enough that a slow ack never loses an attempt during the bench.
