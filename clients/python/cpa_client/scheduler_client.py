@@ -267,13 +267,8 @@ class SchedulerClient:
         """Every job matching `filter` (AIP-160), following page tokens; BASIC view unless
         `view` is FULL."""
         async for response in self._pages(
-            lambda token: self._stub.ListJobs(
-                scheduler_service_pb2.ListJobsRequest(
-                    filter=filter, page_size=page_size, page_token=token, view=view
-                ),
-                metadata=self._metadata,
-                timeout=self._timeout_s,
-            )
+            self._stub.ListJobs,
+            scheduler_service_pb2.ListJobsRequest(filter=filter, page_size=page_size, view=view),
         ):
             for job in response.jobs:
                 yield job
@@ -349,13 +344,10 @@ class SchedulerClient:
         with `task_id` only that task's. Every page, following page tokens."""
         found: list[artifact_pb2.Artifact] = []
         async for response in self._pages(
-            lambda token: self._stub.ListArtifacts(
-                scheduler_service_pb2.ListArtifactsRequest(
-                    job_id=job_id, task_id=task_id, page_size=page_size, page_token=token
-                ),
-                metadata=self._metadata,
-                timeout=self._timeout_s,
-            )
+            self._stub.ListArtifacts,
+            scheduler_service_pb2.ListArtifactsRequest(
+                job_id=job_id, task_id=task_id, page_size=page_size
+            ),
         ):
             found.extend(response.artifacts)
         return found
@@ -370,13 +362,8 @@ class SchedulerClient:
         """Every callback delivery of the caller's tenant (oldest first), following page
         tokens; only `state`'s and `job_id`'s when given."""
         async for response in self._pages(
-            lambda token: self._stub.ListCallbacks(
-                callback_pb2.ListCallbacksRequest(
-                    state=state, job_id=job_id, page_size=page_size, page_token=token
-                ),
-                metadata=self._metadata,
-                timeout=self._timeout_s,
-            )
+            self._stub.ListCallbacks,
+            callback_pb2.ListCallbacksRequest(state=state, job_id=job_id, page_size=page_size),
         ):
             for delivery in response.callbacks:
                 yield delivery
@@ -401,14 +388,7 @@ class SchedulerClient:
             request.start_time.FromDatetime(start_time)
         if end_time is not None:
             request.end_time.FromDatetime(end_time)
-
-        def page(token: str) -> Awaitable[audit_pb2.ListAuditEntriesResponse]:
-            request.page_token = token
-            return self._stub.ListAuditEntries(
-                request, metadata=self._metadata, timeout=self._timeout_s
-            )
-
-        async for response in self._pages(page):
+        async for response in self._pages(self._stub.ListAuditEntries, request):
             for entry in response.entries:
                 yield entry
 
@@ -492,13 +472,8 @@ class SchedulerClient:
     ) -> AsyncIterator[agent_pb2.Agent]:
         """Every connected agent matching `filter` (AIP-160), following page tokens."""
         async for response in self._pages(
-            lambda token: self._stub.ListAgents(
-                scheduler_service_pb2.ListAgentsRequest(
-                    filter=filter, page_size=page_size, page_token=token
-                ),
-                metadata=self._metadata,
-                timeout=self._timeout_s,
-            )
+            self._stub.ListAgents,
+            scheduler_service_pb2.ListAgentsRequest(filter=filter, page_size=page_size),
         ):
             for agent in response.agents:
                 yield agent
@@ -516,15 +491,17 @@ class SchedulerClient:
             rate_limit_retry=self._rate_limit_retry,
         )
 
-    async def _pages(self, call: Callable[[str], Awaitable[_Page]]) -> AsyncIterator[_Page]:
-        """Every page of a List call, following next_page_token (AIP-158)."""
-        token = ""
+    async def _pages(
+        self, method: Callable[..., Awaitable[_Page]], request: Any
+    ) -> AsyncIterator[_Page]:
+        """Every page of a List call, following next_page_token (AIP-158): `request` is sent
+        again with each page's token, with the client's metadata and timeout."""
         while True:
             page = await repeating_rate_limited(
-                lambda: _unary(call(token)),  # noqa: B023 (awaited before token changes)
+                lambda: _unary(method(request, metadata=self._metadata, timeout=self._timeout_s)),
                 self._rate_limit_retry,
             )
             yield page
             if not page.next_page_token:
                 return
-            token = page.next_page_token
+            request.page_token = page.next_page_token
