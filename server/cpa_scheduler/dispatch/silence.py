@@ -64,9 +64,12 @@ class SilenceWatch:
         session.close()
 
     def busy(self) -> None:
-        """The session went from no attempts to one: a lease's limit from now on."""
-        if self._handle is not None:
-            self._handle.cancel()
+        """The session went from no attempts to one: a lease's limit from now on. A timer due
+        within a lease already checks in time (a busy agent's, mostly): left as it is, so an
+        assignment costs nothing here."""
+        handle = self._handle
+        if handle is not None and handle.when() > self._loop.time() + self._lease_s:
+            handle.cancel()
             self._arm()
 
     def stop(self) -> None:
