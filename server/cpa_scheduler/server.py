@@ -31,6 +31,7 @@ from cpa.admin.v1 import admin_service_pb2
 from cpa.executor.v1 import executor_service_pb2
 from cpa.scheduler.v1 import scheduler_service_pb2
 
+from . import gc_schedule
 from .api.admin_servicer import AdminServicer
 from .api.call_limit import CallLimit
 from .api.decoded_service import add_decoded_service
@@ -222,6 +223,7 @@ class SchedulerServer:
         self.local_admin_key: tuple[str, Path] | None = None
         self.tls: ServerTls | None = None
         self.metrics: MetricsEndpoint | None = None
+        self._gc_scheduled = False  # holds gc_schedule (full collections on a clock)
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -593,6 +595,15 @@ class SchedulerServer:
             timeout_s=self.settings.health_probe_timeout_s,
         )
         self._background.append(asyncio.create_task(probe.run_forever(), name="health-probe"))
+        if settings.gc_full_collection_interval_s > 0 and not self._gc_scheduled:
+            gc_schedule.take_over()
+            self._gc_scheduled = True
+            self._background.append(
+                asyncio.create_task(
+                    gc_schedule.collect_forever(settings.gc_full_collection_interval_s),
+                    name="gc-full-collections",
+                )
+            )
         log.info(
             "scheduler %s serving on port %d%s (%d queued tasks recovered)",
             self.replica_id,
@@ -649,6 +660,9 @@ class SchedulerServer:
             await self._stop_grpc(self._server, grace_s)
         await stop_tasks(self._background, timeout_s=_BACKGROUND_STOP_TIMEOUT_S)
         self._background = []
+        if self._gc_scheduled:
+            self._gc_scheduled = False
+            gc_schedule.hand_back()
         if components is not None:
             # Reports and changes whose callers were cancelled by the stop still carry out
             # their effects before the store and the queue close.

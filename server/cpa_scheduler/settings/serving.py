@@ -1,4 +1,5 @@
-"""Serving: the listener, TLS, health, shutdown, message and call limits, logging."""
+"""Serving: the listener, TLS, health, shutdown, message and call limits, logging, garbage
+collection."""
 
 from __future__ import annotations
 
@@ -103,3 +104,12 @@ class ServingSettings(BaseSettings):
         default="", description="Name of this server process; empty: host name and pid."
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
+    gc_full_collection_interval_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="While serving, Python's full garbage collections run once per this many "
+        "seconds instead of whenever the heap grew by a quarter (every few seconds under heavy "
+        "WatchJob fan-out, each stopping the replica for as long as the heap is large); the "
+        "objects that exist at start are left out of them. Only cyclic garbage waits for them. "
+        "0: Python's own schedule (docs/PERFORMANCE.md).",
+    )

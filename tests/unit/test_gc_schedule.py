@@ -1,0 +1,124 @@
+"""Full garbage collections on a clock while replicas serve (cpa_scheduler.gc_schedule)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from cpa_scheduler import gc_schedule
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a cycle: only the cyclic collector frees it
+
+
+@pytest.fixture
+def restored() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    while gc_schedule._holders:
+        gc_schedule.hand_back()
+    assert gc.get_threshold() == threshold
+
+
+def _old_garbage() -> weakref.ref[_Node]:
+    """A cycle promoted to the oldest generation, then dropped: young collections keep it."""
+    node = _Node()
+    gc.collect(0)
+    gc.collect(1)  # survivors of generation 1 move to the oldest generation
+    assert node in gc.get_objects(generation=2)
+    ref = weakref.ref(node)
+    del node
+    gc.collect(0)
+    gc.collect(1)
+    assert ref() is not None
+    return ref
+
+
+def test_taking_over_freezes_what_exists_and_stops_automatic_full_collections(
+    restored: None,
+) -> None:
+    before = gc.get_threshold()
+    gc_schedule.take_over()
+    assert gc.get_freeze_count() > 0
+    young0, young1, oldest = gc.get_threshold()
+    assert (young0, young1) == before[:2]
+    # Generation 2's count is the number of generation-1 collections since the last full one.
+    assert oldest > 10**9
+    gc_schedule.take_over()  # a second replica in the same process
+    gc_schedule.hand_back()
+    assert gc.get_threshold()[2] == oldest, "one replica stopping keeps the schedule"
+    gc_schedule.hand_back()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+    gc_schedule.hand_back()  # more hand-backs than take-overs change nothing
+    assert gc.get_threshold() == before
+
+
+def _full_collections_while_allocating() -> int:
+    """Full collections CPython starts by itself while a million new objects survive."""
+    started: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            started.append(1)
+
+    gc.callbacks.append(seen)
+    try:
+        survivors: list[list[int]] = [[] for _ in range(1_000_000)]
+    finally:
+        gc.callbacks.remove(seen)
+    del survivors
+    return len(started)
+
+
+def test_cpython_starts_no_full_collection_by_itself_once_taken_over(restored: None) -> None:
+    assert _full_collections_while_allocating() > 0, "CPython's own rule, for comparison"
+    gc_schedule.take_over()
+    assert _full_collections_while_allocating() == 0
+
+
+def test_old_cyclic_garbage_waits_for_the_scheduled_collection(restored: None) -> None:
+    gc_schedule.take_over()
+    ref = _old_garbage()
+    for _ in range(50):  # many young collections: the oldest generation is never collected
+        gc.collect(1)
+    assert ref() is not None
+    freed, paused_s = gc_schedule.collect_now()
+    assert ref() is None
+    assert freed >= 1
+    assert paused_s >= 0
+
+
+def test_frozen_objects_are_left_out_until_handed_back(restored: None) -> None:
+    node = _Node()
+    ref = weakref.ref(node)
+    gc_schedule.take_over()  # node exists now: frozen
+    del node
+    gc_schedule.collect_now()
+    assert ref() is not None, "a frozen object is not collected"
+    gc_schedule.hand_back()
+    gc.collect()
+    assert ref() is None
+
+
+async def test_collect_forever_collects_each_interval(restored: None) -> None:
+    gc_schedule.take_over()
+    ref = _old_garbage()
+    freed = asyncio.Event()
+    node = ref()
+    assert node is not None
+    weakref.finalize(node, freed.set)
+    del node
+    task = asyncio.create_task(gc_schedule.collect_forever(0.01))
+    try:
+        async with asyncio.timeout(10):
+            await freed.wait()
+    finally:
+        task.cancel()
+    assert ref() is None
