@@ -147,6 +147,11 @@ async def test_a_watcher_that_does_not_read_is_bounded_and_gets_every_state_chan
     )
     assert received[-1].terminal
     assert received[-1].sequence == stored[-1].sequence
+    # Served from the store again while following live, progress is coalesced as in the live
+    # log: the latest of the task arrives, not the hundreds it fell behind by.
+    progress = [e.task_progress.message for e in received if e.HasField("task_progress")]
+    assert f"step {PROGRESS_EVENTS}" in progress
+    assert len(progress) < PROGRESS_EVENTS // 2, f"{len(progress)} progress events delivered"
 
 
 async def test_watch_streams_are_bounded_per_tenant_and_per_replica(

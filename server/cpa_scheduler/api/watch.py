@@ -5,7 +5,8 @@ Every write takes a turn of the replica's fan-out (events/fanout.py: a bounded n
 iteration); live events are encoded once for all their watchers and handed to gRPC as bytes
 (api/decoded_service.py's serializer passes bytes through). A
 watcher that reads slowly has its progress events coalesced, and past its buffer re-reads the
-store from the last event it delivered.
+store from the last event it delivered, progress coalesced the same way (the first read, a
+replay the caller asked for with after_sequence, is in full).
 
 A watch with nothing to send for CPA_WATCH_HEARTBEAT_S gets a heartbeat (a WatchJobResponse
 without event), so proxies in between do not close it as idle. One timer per stream checks
@@ -32,7 +33,7 @@ from google.rpc import status_pb2
 
 from cpa.scheduler.v1 import scheduler_service_pb2 as pb
 from cpa_scheduler.domain import DomainError, InvalidArgument, Reason
-from cpa_scheduler.events import EventBus, Heartbeat, Subscription
+from cpa_scheduler.events import EventBus, Heartbeat, Subscription, superseded_progress
 from cpa_scheduler.orchestration import Orchestrator
 from cpa_scheduler.settings import Settings
 
@@ -157,7 +158,11 @@ class JobWatch:
         encode: Callable[[Any], bytes] = convert.watch_response_bytes
         first_read = True
         while True:
-            ended, last, wrote = await self._replay(subscription, tenant, job_id, last, write)
+            # The first read replays the history in full; later ones (the watcher fell behind
+            # the live log) coalesce progress as the live log does.
+            ended, last, wrote = await self._replay(
+                tenant, job_id, last, write, coalesce=not first_read
+            )
             if ended:
                 return
             if first_read and not wrote:
@@ -185,21 +190,28 @@ class JobWatch:
 
     async def _replay(
         self,
-        subscription: Subscription,
         tenant: str,
         job_id: str,
         last: int,
         write: Callable[[Any], Any],
+        *,
+        coalesce: bool,
     ) -> tuple[bool, int, bool]:
-        """Writes the stored events after `last`; returns (the newest was terminal, the last
-        sequence written, whether any was). Each write takes a turn of the fan-out."""
+        """Writes the stored events after `last` (with `coalesce`, not the progress events a
+        later one of the same task in the same read supersedes); returns (the newest was
+        terminal, the last sequence read, whether any was written). Each write takes a turn of
+        the fan-out."""
         fanout = self._bus.watchers.fanout
         wrote = terminal = False
         while True:
             events = await self._orchestrator.list_events(
                 tenant, job_id, after_sequence=last, limit=REPLAY_BATCH
             )
-            for event in events:
+            skip = superseded_progress(events) if coalesce else ()
+            for index, event in enumerate(events):
+                if index in skip:
+                    last = event.sequence
+                    continue
                 turn = await fanout.turn()
                 try:
                     await write(convert.watch_response_bytes(event))

@@ -1,7 +1,15 @@
 """Live fan-out of stored job events to watchers (in-process, or across replicas via Redis)."""
 
 from .bus import EventBus, LocalEventBus
-from .fanout import HEARTBEAT, FanOut, Heartbeat, LiveEvent, Subscription, Watchers
+from .fanout import (
+    HEARTBEAT,
+    FanOut,
+    Heartbeat,
+    LiveEvent,
+    Subscription,
+    Watchers,
+    superseded_progress,
+)
 from .redis_bus import RedisEventBus
 
 __all__ = [
@@ -14,6 +22,7 @@ __all__ = [
     "Heartbeat",
     "LiveEvent",
     "Watchers",
+    "superseded_progress",
     # Implementations
     "LocalEventBus",
     "RedisEventBus",

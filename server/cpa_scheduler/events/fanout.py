@@ -16,7 +16,9 @@ supersedes the task's older one, which watchers that have not reached it skip (t
 what matters); state changes and the terminal event are never skipped. A watcher that falls
 behind the log's oldest entry, or meets a gap in the sequence numbers (events lost between
 replicas), gets None from `next()`: it re-reads the store after the last event it delivered,
-paced by its own reading. So a watcher that does not read holds one position, never a queue.
+paced by its own reading, with progress coalesced by the same rule (`superseded_progress`). So
+a watcher that does not read holds one position, never a queue, and one that reads slowly
+catches up with the latest progress instead of the history it missed.
 
 `LiveEvent` carries one event to all its watchers and keeps its wire encoding, made once by the
 first watcher that needs it.
@@ -191,6 +193,21 @@ class FanOut:
             if now - started < self._park_after_s:
                 return
             del in_flight[turn]
+
+
+def superseded_progress(events: Sequence[JobEvent]) -> set[int]:
+    """Indexes of the progress events in `events` that a later progress of the same task in
+    `events` supersedes: the rule of the live log, for a watcher served from the store again."""
+    superseded: set[int] = set()
+    latest: dict[str, int] = {}
+    for index, event in enumerate(events):
+        payload = event.payload
+        if isinstance(payload, TaskProgress):
+            older = latest.get(payload.task_id)
+            if older is not None:
+                superseded.add(older)
+            latest[payload.task_id] = index
+    return superseded
 
 
 class _GapMarker:

@@ -15,7 +15,14 @@ from cpa_scheduler.domain import (
     TaskState,
     TaskStateChanged,
 )
-from cpa_scheduler.events import HEARTBEAT, FanOut, LiveEvent, Subscription, Watchers
+from cpa_scheduler.events import (
+    HEARTBEAT,
+    FanOut,
+    LiveEvent,
+    Subscription,
+    Watchers,
+    superseded_progress,
+)
 
 TENANT, JOB = "tenant-a", "job-1"
 
@@ -258,3 +265,18 @@ async def test_at_most_so_many_turns_start_per_loop_iteration() -> None:
 
     assert waiting == [9, 6, 3, 0]
     assert granted == list(range(9))
+
+
+def test_superseded_progress_keeps_the_latest_of_each_task_and_every_state_change() -> None:
+    events = [
+        progress(1, 10),
+        progress(2, 5, task_id="u"),
+        state(3),
+        progress(4, 20),
+        progress(5, 30),
+        progress(6, 6, task_id="u"),
+        state(7, terminal=True),
+    ]
+    assert superseded_progress(events) == {0, 1, 3}
+    assert superseded_progress([progress(1, 10)]) == set()
+    assert superseded_progress([]) == set()

@@ -187,7 +187,8 @@ class SchedulerServiceStub:
     Stored events are replayed in full; while following live, a watcher that reads slower than
     events come may miss progress events superseded by a later progress of the same task
     (state changes and the terminal event always arrive, in order), and one that falls further
-    behind is served from the store again. Events of jobs that ended more than
+    behind is served from the store again, where progress is coalesced the same way (the latest
+    of each task since its last delivered event). Events of jobs that ended more than
     CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
     replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
     INVALID_FIELD job_id over 128 characters or after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
@@ -497,7 +498,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     Stored events are replayed in full; while following live, a watcher that reads slower than
     events come may miss progress events superseded by a later progress of the same task
     (state changes and the terminal event always arrive, in order), and one that falls further
-    behind is served from the store again. Events of jobs that ended more than
+    behind is served from the store again, where progress is coalesced the same way (the latest
+    of each task since its last delivered event). Events of jobs that ended more than
     CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
     replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
     INVALID_FIELD job_id over 128 characters or after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
@@ -852,7 +854,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         Stored events are replayed in full; while following live, a watcher that reads slower than
         events come may miss progress events superseded by a later progress of the same task
         (state changes and the terminal event always arrive, in order), and one that falls further
-        behind is served from the store again. Events of jobs that ended more than
+        behind is served from the store again, where progress is coalesced the same way (the latest
+        of each task since its last delivered event). Events of jobs that ended more than
         CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
         replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
         INVALID_FIELD job_id over 128 characters or after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
