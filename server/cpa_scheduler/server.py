@@ -455,6 +455,7 @@ class SchedulerServer:
                 backends.store,
                 audit_log=audit_log,
                 default_tenant=settings.default_tenant,
+                page_tokens=page_tokens,
                 forget=credentials.forget if credentials else lambda key_id: None,
             ),
             admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],

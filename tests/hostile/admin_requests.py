@@ -34,7 +34,7 @@ def templates(rpc: str, *, other_key_id: str = "0123456789ab") -> list[Message]:
             ),
             pb.CreateApiKeyRequest(roles=[pb.ROLE_SUBMITTER, pb.ROLE_APPROVER]),
         ],
-        "ListApiKeys": [pb.ListApiKeysRequest()],
+        "ListApiKeys": [pb.ListApiKeysRequest(), pb.ListApiKeysRequest(page_size=1)],
         "RevokeApiKey": [pb.RevokeApiKeyRequest(key_id=other_key_id)],
     }
     return by_rpc[rpc]

@@ -66,6 +66,54 @@ async def test_create_list_use_and_revoke(secure_both: SecureScheduler) -> None:
     )
 
 
+async def test_keys_are_listed_a_page_at_a_time(secure_both: SecureScheduler) -> None:
+    scheduler = secure_both
+    async with scheduler.admin() as admin:
+        for n in range(4):
+            await admin.create_api_key([admin_pb.ROLE_VIEWER], description=f"key {n}")
+        everything = [key.key_id for key in await admin.list_api_keys()]
+        assert len(everything) == 5  # the four and the admin's own
+        assert [key.key_id for key in await admin.list_api_keys(page_size=2)] == everything
+    _, acme_secret = await scheduler.key("admin", tenant="acme")
+    async with scheduler.admin() as admin:
+        first = await admin._call(admin._stub.ListApiKeys, admin_pb.ListApiKeysRequest(page_size=2))
+        assert [key.key_id for key in first.keys] == everything[:2]
+        assert first.next_page_token
+        second = await admin._call(
+            admin._stub.ListApiKeys,
+            admin_pb.ListApiKeysRequest(page_size=2, page_token=first.next_page_token),
+        )
+        assert [key.key_id for key in second.keys] == everything[2:4]
+    altered = ("A" if first.next_page_token[0] != "A" else "B") + first.next_page_token[1:]
+    for secret, request, field, reason in (
+        # acme's admin cannot use the default tenant's token, nor anyone an altered one.
+        (
+            acme_secret,
+            admin_pb.ListApiKeysRequest(page_token=first.next_page_token),
+            "page_token",
+            "INVALID_PAGE_TOKEN",
+        ),
+        (
+            scheduler.admin_key,
+            admin_pb.ListApiKeysRequest(page_token=altered),
+            "page_token",
+            "INVALID_PAGE_TOKEN",
+        ),
+        (
+            scheduler.admin_key,
+            admin_pb.ListApiKeysRequest(page_size=-1),
+            "page_size",
+            "INVALID_FIELD",
+        ),
+    ):
+        async with AdminClient(scheduler.target, api_key=secret, timeout_s=CALL_TIMEOUT_S) as c:
+            with pytest.raises(CpaError) as caught:
+                await c._call(c._stub.ListApiKeys, request)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.reason == reason
+        assert [v.field for v in caught.value.field_violations] == [field]
+
+
 async def test_keys_of_another_tenant_only_by_acting_for_it(secure_both: SecureScheduler) -> None:
     scheduler = secure_both
     key_id, secret = await scheduler.key("admin", tenant="acme")

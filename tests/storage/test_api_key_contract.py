@@ -60,6 +60,27 @@ async def test_keys_list_per_tenant_newest_first(store: Store) -> None:
     }
 
 
+async def test_keys_page_after_a_place_without_missing_or_repeating_one(store: Store) -> None:
+    # Two keys share a creation time: the key id orders them (descending, as the time).
+    keys = [new_api_key("acme", at=T0 + timedelta(seconds=n // 2)) for n in range(5)]
+    await store.create_api_key(new_api_key("globex", at=T0 + timedelta(seconds=1)))
+    for key in keys:
+        await store.create_api_key(key)
+    everything = await store.list_api_keys("acme")
+    assert everything == sorted(keys, key=lambda k: (k.create_time, k.key_id), reverse=True)
+    pages: list[list[ApiKey]] = []
+    after = None
+    while True:
+        page = await store.list_api_keys("acme", after=after, limit=2)
+        if not page:
+            break
+        pages.append(page)
+        after = (page[-1].create_time, page[-1].key_id)
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert [key for page in pages for key in page] == everything
+    assert await store.list_api_keys(None, limit=1) == [everything[0]]
+
+
 async def test_revocation_is_kept_and_scoped_to_the_tenant(store: Store) -> None:
     key = new_api_key("acme")
     await store.create_api_key(key)

@@ -12,7 +12,7 @@ from cpa.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 from .channels import ClientTls, credential_metadata, open_channel
 from .rate_limits import RateLimitRetry
-from .scheduler_client import call_unary
+from .scheduler_client import call_pages, call_unary
 
 _R = TypeVar("_R")
 
@@ -70,9 +70,19 @@ class AdminClient:
         )
         return await self._call(self._stub.CreateApiKey, request)
 
-    async def list_api_keys(self) -> list[admin_service_pb2.ApiKey]:
-        response = await self._call(self._stub.ListApiKeys, admin_service_pb2.ListApiKeysRequest())
-        return list(response.keys)
+    async def list_api_keys(self, *, page_size: int = 0) -> list[admin_service_pb2.ApiKey]:
+        """Every key of the tenant, newest first, read `page_size` at a time (0: the server's
+        default, 1000)."""
+        keys: list[admin_service_pb2.ApiKey] = []
+        async for page in call_pages(
+            self._stub.ListApiKeys,
+            admin_service_pb2.ListApiKeysRequest(page_size=page_size),
+            metadata=self._metadata,
+            timeout_s=self._timeout_s,
+            rate_limit_retry=self._rate_limit_retry,
+        ):
+            keys.extend(page.keys)
+        return keys
 
     async def revoke_api_key(self, key_id: str) -> admin_service_pb2.ApiKey:
         response = await self._call(

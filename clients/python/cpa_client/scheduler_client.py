@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import struct_pb2
 
+from cpa.admin.v1 import admin_service_pb2
 from cpa.common.v1 import artifact_pb2
 from cpa.lam.v1 import lam_message_pb2
 from cpa.scheduler.v1 import (
@@ -48,6 +49,7 @@ _Page = TypeVar(
     callback_pb2.ListCallbacksResponse,
     audit_pb2.ListAuditEntriesResponse,
     scheduler_service_pb2.ListArtifactsResponse,
+    admin_service_pb2.ListApiKeysResponse,
 )
 
 
@@ -93,6 +95,30 @@ async def call_unary(
     return await repeating_rate_limited(
         lambda: _unary(method(request, metadata=metadata, timeout=timeout_s)), rate_limit_retry
     )
+
+
+async def call_pages(
+    method: Callable[..., Awaitable[_Page | None]],
+    request: Any,
+    *,
+    metadata: Sequence[tuple[str, str]],
+    timeout_s: float | None,
+    rate_limit_retry: RateLimitRetry,
+) -> AsyncIterator[_Page]:
+    """Every page of a List call, following next_page_token (AIP-158): `request` is sent again
+    with each page's token, as call_unary sends it."""
+    while True:
+        page = await call_unary(
+            method,
+            request,
+            metadata=metadata,
+            timeout_s=timeout_s,
+            rate_limit_retry=rate_limit_retry,
+        )
+        yield page
+        if not page.next_page_token:
+            return
+        request.page_token = page.next_page_token
 
 
 async def _decoded(parts: AsyncIterable[_Response | None]) -> AsyncIterator[_Response]:
@@ -494,14 +520,12 @@ class SchedulerClient:
     async def _pages(
         self, method: Callable[..., Awaitable[_Page]], request: Any
     ) -> AsyncIterator[_Page]:
-        """Every page of a List call, following next_page_token (AIP-158): `request` is sent
-        again with each page's token, with the client's metadata and timeout."""
-        while True:
-            page = await repeating_rate_limited(
-                lambda: _unary(method(request, metadata=self._metadata, timeout=self._timeout_s)),
-                self._rate_limit_retry,
-            )
+        """call_pages with the client's metadata and timeout."""
+        async for page in call_pages(
+            method,
+            request,
+            metadata=self._metadata,
+            timeout_s=self._timeout_s,
+            rate_limit_retry=self._rate_limit_retry,
+        ):
             yield page
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token

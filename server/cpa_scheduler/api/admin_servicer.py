@@ -11,18 +11,21 @@ import grpc.aio
 from cpa.admin.v1 import admin_service_pb2 as pb
 from cpa.admin.v1 import admin_service_pb2_grpc
 from cpa_scheduler.audit import AuditLog
-from cpa_scheduler.domain import DomainError, InvalidArgument, Reason
+from cpa_scheduler.domain import DomainError, InvalidArgument, PagePosition, Reason
 from cpa_scheduler.security import Principal, Role, current_principal
 from cpa_scheduler.security.api_keys import ApiKey, ApiKeyStore, is_key_id, new_secret
 
 from .audit_calls import audited, current_call
 from .errors import translate_errors
+from .page_token import PageTokens, TokenKind, fingerprint_query, page_size
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _MAX_DESCRIPTION_CHARS = 256
 _MAX_PATTERN_CHARS = 128
 _MAX_PATTERNS = 256
+# ListApiKeys' page size: its default too, so a client from before paging sees what it did.
+_PAGE_MAX = 1000
 
 ROLE_TO_PROTO = {
     Role.VIEWER: pb.ROLE_VIEWER,
@@ -146,12 +149,14 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         *,
         audit_log: AuditLog,
         default_tenant: str,
+        page_tokens: PageTokens,
         forget: Callable[[str], None] = lambda key_id: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._keys = keys
         self._audit_log = audit_log
         self._default_tenant = default_tenant
+        self._page_tokens = page_tokens
         # This replica's cache drops a revoked key at once; the others within their TTL.
         self._forget = forget
         self._clock = clock
@@ -183,8 +188,28 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
-        keys = await self._keys.list_api_keys(_caller().tenant)
-        return pb.ListApiKeysResponse(keys=[key_to_proto(key) for key in keys])
+        tenant = _caller().tenant
+        limit = page_size(request.page_size, default=_PAGE_MAX, maximum=_PAGE_MAX)
+        query = fingerprint_query("api_keys")
+        after = None
+        if request.page_token:
+            position = self._page_tokens.jobs_position(
+                request.page_token, tenant=tenant, query_fingerprint=query, kind=TokenKind.API_KEYS
+            )
+            after = (position.create_time, position.job_id)
+        # One more than the page: whether a next page exists without an empty last page.
+        found = await self._keys.list_api_keys(tenant, after=after, limit=limit + 1)
+        page = found[:limit]
+        response = pb.ListApiKeysResponse(keys=[key_to_proto(key) for key in page])
+        if len(found) > limit:
+            last = page[-1]
+            response.next_page_token = self._page_tokens.jobs_token(
+                PagePosition(create_time=last.create_time, job_id=last.key_id),
+                tenant=tenant,
+                query_fingerprint=query,
+                kind=TokenKind.API_KEYS,
+            )
+        return response
 
     @translate_errors
     @audited("RevokeApiKey")

@@ -50,6 +50,7 @@ class TokenKind(StrEnum):
     CALLBACKS = "callbacks"
     AUDIT = "audit"
     ARTIFACTS = "artifacts"
+    API_KEYS = "api_keys"
 
 
 _RPC = {
@@ -58,6 +59,7 @@ _RPC = {
     TokenKind.CALLBACKS: "ListCallbacks",
     TokenKind.AUDIT: "ListAuditEntries",
     TokenKind.ARTIFACTS: "ListArtifacts",
+    TokenKind.API_KEYS: "ListApiKeys",
 }
 _CURSOR_KEYS = {
     TokenKind.JOBS: frozenset({"t", "id"}),
@@ -65,6 +67,7 @@ _CURSOR_KEYS = {
     TokenKind.CALLBACKS: frozenset({"t", "id"}),
     TokenKind.AUDIT: frozenset({"t", "id"}),
     TokenKind.ARTIFACTS: frozenset({"ti", "ai"}),
+    TokenKind.API_KEYS: frozenset({"t", "id"}),
 }
 _COMMON_KEYS = frozenset({"v", "k", "q", "n"})
 
@@ -174,8 +177,8 @@ class PageTokens:
         query_fingerprint: str,
         kind: TokenKind = TokenKind.JOBS,
     ) -> str:
-        """ListJobs (ListCallbacks and ListAuditEntries with `kind`, the delivery or entry id
-        as job_id): the token of the page that starts after `position`."""
+        """ListJobs (ListCallbacks, ListAuditEntries and ListApiKeys with `kind`, the delivery,
+        entry or key id as job_id): the token of the page that starts after `position`."""
         if position.create_time.tzinfo is None:
             raise ValueError("PagePosition.create_time must be timezone-aware")
         cursor = {

@@ -57,8 +57,16 @@ class ApiKeyStore(Protocol):
 
     async def get_api_key(self, key_id: str) -> ApiKey | None: ...
 
-    async def list_api_keys(self, tenant: str | None) -> list[ApiKey]:
-        """The keys of `tenant` (every tenant's with None), newest first."""
+    async def list_api_keys(
+        self,
+        tenant: str | None,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ApiKey]:
+        """The keys of `tenant` (every tenant's with None), newest first (create_time, then
+        key_id, both descending); with `after` (create_time, key_id), those after that place;
+        at most `limit`."""
         ...
 
     async def revoke_api_key(self, tenant: str, key_id: str, when: datetime) -> ApiKey | None:

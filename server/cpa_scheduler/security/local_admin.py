@@ -25,7 +25,7 @@ async def create_local_admin_key(
 ) -> tuple[str, Path] | None:
     """Makes the key when the store has none: its secret (to print once) and the file it is
     kept in; None when keys exist."""
-    if await keys.list_api_keys(None):
+    if await keys.list_api_keys(None, limit=1):
         return None
     key_id, secret, digest = new_secret()
     make_private_directory(data_dir)

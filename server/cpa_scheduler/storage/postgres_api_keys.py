@@ -37,14 +37,33 @@ class PostgresApiKeys:
         rows = await self._statement(_SELECT + " WHERE key_id = %(key_id)s", {"key_id": key_id})
         return _from_row(rows[0]) if rows else None
 
-    async def list_api_keys(self, tenant: str | None) -> list[ApiKey]:
-        if tenant is None:
-            rows = await self._statement(_SELECT + " ORDER BY create_time DESC, key_id", {})
-        else:
-            rows = await self._statement(
-                _SELECT + " WHERE tenant = %(tenant)s ORDER BY create_time DESC, key_id",
-                {"tenant": tenant},
-            )
+    async def list_api_keys(
+        self,
+        tenant: str | None,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ApiKey]:
+        clauses = []
+        if tenant is not None:
+            clauses.append("tenant = %(tenant)s")
+        if after is not None:
+            clauses.append("(create_time, key_id) < (%(after_time)s, %(after_id)s)")
+        query = _SELECT
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY create_time DESC, key_id DESC"
+        if limit is not None:
+            query += " LIMIT %(limit)s"
+        rows = await self._statement(
+            query,
+            {
+                "tenant": tenant,
+                "after_time": None if after is None else after[0],
+                "after_id": None if after is None else after[1],
+                "limit": limit,
+            },
+        )
         return [_from_row(row) for row in rows]
 
     async def revoke_api_key(self, tenant: str, key_id: str, when: datetime) -> ApiKey | None:

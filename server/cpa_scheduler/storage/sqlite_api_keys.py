@@ -47,15 +47,29 @@ class SqliteApiKeys:
         row = self._db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
         return None if row is None else _from_row(row)
 
-    async def list_api_keys(self, tenant: str | None) -> list[ApiKey]:
-        if tenant is None:
-            rows = self._db.execute("SELECT * FROM api_keys ORDER BY create_time DESC, key_id")
-        else:
-            rows = self._db.execute(
-                "SELECT * FROM api_keys WHERE tenant = ? ORDER BY create_time DESC, key_id",
-                (tenant,),
-            )
-        return [_from_row(row) for row in rows.fetchall()]
+    async def list_api_keys(
+        self,
+        tenant: str | None,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ApiKey]:
+        clauses: list[str] = []
+        arguments: list[Any] = []
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            arguments.append(tenant)
+        if after is not None:
+            clauses.append("(create_time, key_id) < (?, ?)")
+            arguments += [codec.time_to_us(after[0]), after[1]]
+        query = "SELECT * FROM api_keys"
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY create_time DESC, key_id DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            arguments.append(limit)
+        return [_from_row(row) for row in self._db.execute(query, arguments).fetchall()]
 
     async def revoke_api_key(self, tenant: str, key_id: str, when: datetime) -> ApiKey | None:
         def revoke() -> None:

@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cpa/admin/v1/admin_service.proto\x12\x0c\x63pa.admin.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12!\n\x05roles\x18\x03 \x03(\x0e\x32\x12.cpa.admin.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\ncreated_by\x18\x05 \x01(\t\x12\x15\n\ragent_actions\x18\x06 \x03(\t\x12\x1a\n\x12\x61gent_capabilities\x18\x07 \x03(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x13\x43reateApiKeyRequest\x12\'\n\x05roles\x18\x01 \x03(\x0e\x32\x12.cpa.admin.v1.RoleB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\ragent_actions\x18\x03 \x03(\t\x12\x1a\n\x12\x61gent_capabilities\x18\x04 \x03(\t\"I\n\x14\x43reateApiKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.cpa.admin.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x14\n\x12ListApiKeysRequest\"9\n\x13ListApiKeysResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.cpa.admin.v1.ApiKey\"+\n\x13RevokeApiKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x14RevokeApiKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.cpa.admin.v1.ApiKey*\x87\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x12\n\x0eROLE_SUBMITTER\x10\x02\x12\x11\n\rROLE_APPROVER\x10\x03\x12\x11\n\rROLE_OPERATOR\x10\x04\x12\x0e\n\nROLE_ADMIN\x10\x05\x12\x0e\n\nROLE_AGENT\x10\x06\x32\x90\x02\n\x0c\x41\x64minService\x12U\n\x0c\x43reateApiKey\x12!.cpa.admin.v1.CreateApiKeyRequest\x1a\".cpa.admin.v1.CreateApiKeyResponse\x12R\n\x0bListApiKeys\x12 .cpa.admin.v1.ListApiKeysRequest\x1a!.cpa.admin.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12!.cpa.admin.v1.RevokeApiKeyRequest\x1a\".cpa.admin.v1.RevokeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cpa/admin/v1/admin_service.proto\x12\x0c\x63pa.admin.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12!\n\x05roles\x18\x03 \x03(\x0e\x32\x12.cpa.admin.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\ncreated_by\x18\x05 \x01(\t\x12\x15\n\ragent_actions\x18\x06 \x03(\t\x12\x1a\n\x12\x61gent_capabilities\x18\x07 \x03(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x13\x43reateApiKeyRequest\x12\'\n\x05roles\x18\x01 \x03(\x0e\x32\x12.cpa.admin.v1.RoleB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\ragent_actions\x18\x03 \x03(\t\x12\x1a\n\x12\x61gent_capabilities\x18\x04 \x03(\t\"I\n\x14\x43reateApiKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.cpa.admin.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\";\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListApiKeysResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.cpa.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x13RevokeApiKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x14RevokeApiKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.cpa.admin.v1.ApiKey*\x87\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x12\n\x0eROLE_SUBMITTER\x10\x02\x12\x11\n\rROLE_APPROVER\x10\x03\x12\x11\n\rROLE_OPERATOR\x10\x04\x12\x0e\n\nROLE_ADMIN\x10\x05\x12\x0e\n\nROLE_AGENT\x10\x06\x32\x90\x02\n\x0c\x41\x64minService\x12U\n\x0c\x43reateApiKey\x12!.cpa.admin.v1.CreateApiKeyRequest\x1a\".cpa.admin.v1.CreateApiKeyResponse\x12R\n\x0bListApiKeys\x12 .cpa.admin.v1.ListApiKeysRequest\x1a!.cpa.admin.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12!.cpa.admin.v1.RevokeApiKeyRequest\x1a\".cpa.admin.v1.RevokeApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['roles']._serialized_options = b'\342A\001\002'
   _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._loaded_options = None
   _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002'
-  _globals['_ROLE']._serialized_start=782
-  _globals['_ROLE']._serialized_end=917
+  _globals['_ROLE']._serialized_start=846
+  _globals['_ROLE']._serialized_end=981
   _globals['_APIKEY']._serialized_start=117
   _globals['_APIKEY']._serialized_end=382
   _globals['_CREATEAPIKEYREQUEST']._serialized_start=385
@@ -46,13 +46,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEAPIKEYRESPONSE']._serialized_start=521
   _globals['_CREATEAPIKEYRESPONSE']._serialized_end=594
   _globals['_LISTAPIKEYSREQUEST']._serialized_start=596
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=616
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=618
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=675
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=677
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=720
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=722
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=779
-  _globals['_ADMINSERVICE']._serialized_start=920
-  _globals['_ADMINSERVICE']._serialized_end=1192
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=655
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=657
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=739
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=741
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=784
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=786
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=843
+  _globals['_ADMINSERVICE']._serialized_start=984
+  _globals['_ADMINSERVICE']._serialized_end=1256
 # @@protoc_insertion_point(module_scope)

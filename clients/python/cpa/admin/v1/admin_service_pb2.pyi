@@ -220,12 +220,27 @@ class ListApiKeysRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most keys in the answer: 0 means 1000 (so a client written before paging sees every key
+    of a tenant with up to 1000), larger values are lowered to 1000; negative is
+    INVALID_FIELD.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous answer, to get the page after it; empty for the first
+    page. Keys created after the first page was read are not shown on later pages (they are
+    newer than the cursor): list again from the first page to see them.
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,11 +248,14 @@ Global___ListApiKeysRequest: _TypeAlias = ListApiKeysRequest  # noqa: Y015
 
 @_typing.final
 class ListApiKeysResponse(_message.Message):
-    """ListApiKeysResponse holds the tenant's keys, newest first."""
+    """ListApiKeysResponse holds a page of the tenant's keys, newest first."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     KEYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKey]:
         """The keys, without secrets; empty when the tenant has none."""
@@ -246,10 +264,11 @@ class ListApiKeysResponse(_message.Message):
         self,
         *,
         keys: _abc.Iterable[Global___ApiKey] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -116,8 +116,11 @@ class AdminServiceServicer:
 
     def ListApiKeys(self, request, context):
         """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
-        key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
-        Never returns a secret or its hash. No errors of its own.
+        key_id, both descending), revoked ones included (with revoke_time), a page at a time
+        (AIP-158: page_size, page_token, next_page_token). Never returns a secret or its hash.
+        Errors: INVALID_ARGUMENT with INVALID_FIELD (field page_size: negative) or
+        INVALID_PAGE_TOKEN (field page_token: not one this server issued to ListApiKeys for this
+        tenant, or altered).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

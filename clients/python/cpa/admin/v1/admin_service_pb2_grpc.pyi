@@ -73,8 +73,11 @@ class AdminServiceStub:
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
     """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
-    key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
-    Never returns a secret or its hash. No errors of its own.
+    key_id, both descending), revoked ones included (with revoke_time), a page at a time
+    (AIP-158: page_size, page_token, next_page_token). Never returns a secret or its hash.
+    Errors: INVALID_ARGUMENT with INVALID_FIELD (field page_size: negative) or
+    INVALID_PAGE_TOKEN (field page_token: not one this server issued to ListApiKeys for this
+    tenant, or altered).
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]
     """Revokes a key of the caller's tenant, the caller's own included: from then on every replica
@@ -134,8 +137,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
-    key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
-    Never returns a secret or its hash. No errors of its own.
+    key_id, both descending), revoked ones included (with revoke_time), a page at a time
+    (AIP-158: page_size, page_token, next_page_token). Never returns a secret or its hash.
+    Errors: INVALID_ARGUMENT with INVALID_FIELD (field page_size: negative) or
+    INVALID_PAGE_TOKEN (field page_token: not one this server issued to ListApiKeys for this
+    tenant, or altered).
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key of the caller's tenant, the caller's own included: from then on every replica
@@ -204,8 +210,11 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_service_pb2.ListApiKeysResponse]]:
         """Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
-        key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
-        Never returns a secret or its hash. No errors of its own.
+        key_id, both descending), revoked ones included (with revoke_time), a page at a time
+        (AIP-158: page_size, page_token, next_page_token). Never returns a secret or its hash.
+        Errors: INVALID_ARGUMENT with INVALID_FIELD (field page_size: negative) or
+        INVALID_PAGE_TOKEN (field page_token: not one this server issued to ListApiKeys for this
+        tenant, or altered).
         """
 
     @_abc_1.abstractmethod

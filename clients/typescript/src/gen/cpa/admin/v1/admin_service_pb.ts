@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cpa/admin/v1/admin_service.proto.
  */
 export const file_cpa_admin_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBjcGEvYWRtaW4vdjEvYWRtaW5fc2VydmljZS5wcm90bxIMY3BhLmFkbWluLnYxIokCCgZBcGlLZXkSDgoGa2V5X2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRIhCgVyb2xlcxgDIAMoDjISLmNwYS5hZG1pbi52MS5Sb2xlEhMKC2Rlc2NyaXB0aW9uGAQgASgJEhIKCmNyZWF0ZWRfYnkYBSABKAkSFQoNYWdlbnRfYWN0aW9ucxgGIAMoCRIaChJhZ2VudF9jYXBhYmlsaXRpZXMYByADKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKGAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBInCgVyb2xlcxgBIAMoDjISLmNwYS5hZG1pbi52MS5Sb2xlQgTiQQECEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhUKDWFnZW50X2FjdGlvbnMYAyADKAkSGgoSYWdlbnRfY2FwYWJpbGl0aWVzGAQgAygJIkkKFENyZWF0ZUFwaUtleVJlc3BvbnNlEiEKA2tleRgBIAEoCzIULmNwYS5hZG1pbi52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIhQKEkxpc3RBcGlLZXlzUmVxdWVzdCI5ChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiIKBGtleXMYASADKAsyFC5jcGEuYWRtaW4udjEuQXBpS2V5IisKE1Jldm9rZUFwaUtleVJlcXVlc3QSFAoGa2V5X2lkGAEgASgJQgTiQQECIjkKFFJldm9rZUFwaUtleVJlc3BvbnNlEiEKA2tleRgBIAEoCzIULmNwYS5hZG1pbi52MS5BcGlLZXkqhwEKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfVklFV0VSEAESEgoOUk9MRV9TVUJNSVRURVIQAhIRCg1ST0xFX0FQUFJPVkVSEAMSEQoNUk9MRV9PUEVSQVRPUhAEEg4KClJPTEVfQURNSU4QBRIOCgpST0xFX0FHRU5UEAYykAIKDEFkbWluU2VydmljZRJVCgxDcmVhdGVBcGlLZXkSIS5jcGEuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmNwYS5hZG1pbi52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJSCgtMaXN0QXBpS2V5cxIgLmNwYS5hZG1pbi52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIS5jcGEuYWRtaW4udjEuTGlzdEFwaUtleXNSZXNwb25zZRJVCgxSZXZva2VBcGlLZXkSIS5jcGEuYWRtaW4udjEuUmV2b2tlQXBpS2V5UmVxdWVzdBoiLmNwYS5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXNwb25zZWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("CiBjcGEvYWRtaW4vdjEvYWRtaW5fc2VydmljZS5wcm90bxIMY3BhLmFkbWluLnYxIokCCgZBcGlLZXkSDgoGa2V5X2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRIhCgVyb2xlcxgDIAMoDjISLmNwYS5hZG1pbi52MS5Sb2xlEhMKC2Rlc2NyaXB0aW9uGAQgASgJEhIKCmNyZWF0ZWRfYnkYBSABKAkSFQoNYWdlbnRfYWN0aW9ucxgGIAMoCRIaChJhZ2VudF9jYXBhYmlsaXRpZXMYByADKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKGAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBInCgVyb2xlcxgBIAMoDjISLmNwYS5hZG1pbi52MS5Sb2xlQgTiQQECEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhUKDWFnZW50X2FjdGlvbnMYAyADKAkSGgoSYWdlbnRfY2FwYWJpbGl0aWVzGAQgAygJIkkKFENyZWF0ZUFwaUtleVJlc3BvbnNlEiEKA2tleRgBIAEoCzIULmNwYS5hZG1pbi52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIjsKEkxpc3RBcGlLZXlzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJSChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiIKBGtleXMYASADKAsyFC5jcGEuYWRtaW4udjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIrChNSZXZva2VBcGlLZXlSZXF1ZXN0EhQKBmtleV9pZBgBIAEoCUIE4kEBAiI5ChRSZXZva2VBcGlLZXlSZXNwb25zZRIhCgNrZXkYASABKAsyFC5jcGEuYWRtaW4udjEuQXBpS2V5KocBCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1ZJRVdFUhABEhIKDlJPTEVfU1VCTUlUVEVSEAISEQoNUk9MRV9BUFBST1ZFUhADEhEKDVJPTEVfT1BFUkFUT1IQBBIOCgpST0xFX0FETUlOEAUSDgoKUk9MRV9BR0VOVBAGMpACCgxBZG1pblNlcnZpY2USVQoMQ3JlYXRlQXBpS2V5EiEuY3BhLmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIi5jcGEuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USUgoLTGlzdEFwaUtleXMSIC5jcGEuYWRtaW4udjEuTGlzdEFwaUtleXNSZXF1ZXN0GiEuY3BhLmFkbWluLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USVQoMUmV2b2tlQXBpS2V5EiEuY3BhLmFkbWluLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIi5jcGEuYWRtaW4udjEuUmV2b2tlQXBpS2V5UmVzcG9uc2ViBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * ApiKey describes a credential; its secret is shown only by CreateApiKey.
@@ -180,6 +180,23 @@ export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@_
  * @generated from message cpa.admin.v1.ListApiKeysRequest
  */
 export type ListApiKeysRequest = Message<"cpa.admin.v1.ListApiKeysRequest"> & {
+  /**
+   * Most keys in the answer: 0 means 1000 (so a client written before paging sees every key
+   * of a tenant with up to 1000), larger values are lowered to 1000; negative is
+   * INVALID_FIELD.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous answer, to get the page after it; empty for the first
+   * page. Keys created after the first page was read are not shown on later pages (they are
+   * newer than the cursor): list again from the first page to see them.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
 };
 
 /**
@@ -190,7 +207,7 @@ export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PUR
   messageDesc(file_cpa_admin_v1_admin_service, 3);
 
 /**
- * ListApiKeysResponse holds the tenant's keys, newest first.
+ * ListApiKeysResponse holds a page of the tenant's keys, newest first.
  *
  * @generated from message cpa.admin.v1.ListApiKeysResponse
  */
@@ -201,6 +218,13 @@ export type ListApiKeysResponse = Message<"cpa.admin.v1.ListApiKeysResponse"> & 
    * @generated from field: repeated cpa.admin.v1.ApiKey keys = 1;
    */
   keys: ApiKey[];
+
+  /**
+   * Pass as page_token to get the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -367,8 +391,11 @@ export const AdminService: GenService<{
   },
   /**
    * Lists the caller's tenant's keys, agent tokens included, newest first (create_time, then
-   * key_id), revoked ones included (with revoke_time). Every key in one answer: no paging.
-   * Never returns a secret or its hash. No errors of its own.
+   * key_id, both descending), revoked ones included (with revoke_time), a page at a time
+   * (AIP-158: page_size, page_token, next_page_token). Never returns a secret or its hash.
+   * Errors: INVALID_ARGUMENT with INVALID_FIELD (field page_size: negative) or
+   * INVALID_PAGE_TOKEN (field page_token: not one this server issued to ListApiKeys for this
+   * tenant, or altered).
    *
    * @generated from rpc cpa.admin.v1.AdminService.ListApiKeys
    */
