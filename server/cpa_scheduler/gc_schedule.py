@@ -17,7 +17,8 @@ once, as always: what waits for the clock is only cyclic garbage that outlived t
 collections.
 
 The collector is process-wide and tests run several replicas in one process: the first
-`take_over()` changes it, the last `hand_back()` restores it.
+`take_over()` changes it, the last `hand_back()` restores it. Each scheduled collection's pause
+is the metric `gc_full_collection_seconds`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import asyncio
 import gc
 import logging
 import time
+
+from cpa_scheduler.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ def collect_now() -> tuple[int, float]:
     started = time.perf_counter()
     freed = gc.collect(2)
     paused_s = time.perf_counter() - started
+    metrics.GC_FULL_COLLECTION.observe(paused_s)
     level = logging.WARNING if paused_s >= _SLOW_S else logging.DEBUG
     log.log(level, "full garbage collection: %d objects freed, %.0f ms", freed, paused_s * 1000)
     return freed, paused_s

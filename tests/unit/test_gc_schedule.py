@@ -8,8 +8,10 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from cpa_scheduler import gc_schedule
+from cpa_scheduler.telemetry import metrics
 
 
 class _Node:
@@ -24,6 +26,12 @@ def restored() -> Iterator[None]:
     while gc_schedule._holders:
         gc_schedule.hand_back()
     assert gc.get_threshold() == threshold
+
+
+def _pauses_observed() -> float:
+    registry = CollectorRegistry()
+    registry.register(metrics.GC_FULL_COLLECTION)
+    return registry.get_sample_value("gc_full_collection_seconds_count") or 0.0
 
 
 def _old_garbage() -> weakref.ref[_Node]:
@@ -92,10 +100,12 @@ def test_old_cyclic_garbage_waits_for_the_scheduled_collection(restored: None) -
     for _ in range(50):  # many young collections: the oldest generation is never collected
         gc.collect(1)
     assert ref() is not None
+    before = _pauses_observed()
     freed, paused_s = gc_schedule.collect_now()
     assert ref() is None
     assert freed >= 1
     assert paused_s >= 0
+    assert _pauses_observed() == before + 1, "each pause is in gc_full_collection_seconds"
 
 
 def test_frozen_objects_are_left_out_until_handed_back(restored: None) -> None:

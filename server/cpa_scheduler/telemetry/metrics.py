@@ -156,9 +156,17 @@ MEMORY_DURATION = Histogram(
     registry=None,
 )
 
+GC_FULL_COLLECTION = Histogram(
+    "gc_full_collection_seconds",
+    "Time the process stood still for each scheduled full garbage collection "
+    "(CPA_GC_FULL_COLLECTION_INTERVAL_S): agents' heartbeat acks wait that long.",
+    buckets=_FAST_BUCKETS,
+    registry=None,
+)
+
 PROCESS_METRICS: tuple[Collector, ...] = (
     PlainCollector(HOT_METRICS), QUEUE_LENGTH, REDIS_ERRORS, CALLBACKS_PENDING, CALLBACKS,
-    LLM_DURATION, LLM_TOKENS, MEMORY_DURATION,
+    LLM_DURATION, LLM_TOKENS, MEMORY_DURATION, GC_FULL_COLLECTION,
 )  # fmt: skip
 _models = BoundedLabel()
 
