@@ -1,10 +1,11 @@
 """Opaque, signed page tokens (AIP-158) for list RPCs, and page-size clamping.
 
-A token is URL-safe base64 of a small JSON payload: version, which list issued it (its cursor:
-a job's (create_time, job_id) for ListJobs, an agent id for ListAgents), a digest of the query
-and of the caller's tenant, and an HMAC-SHA256 of all that under the server's secret. So a token
-cannot be forged or altered (the cursor decides where the next page starts), nor used by another
-tenant, nor given to the other list. Secrets rotate: the first one signs, every one verifies
+A token is URL-safe base64 of a small JSON payload: version, which list issued it (TokenKind),
+its cursor (a (create_time, id) place for ListJobs, ListCallbacks, ListAuditEntries and
+ListApiKeys, an agent id for ListAgents, (task, artifact) positions for ListArtifacts), a digest
+of the query and of the caller's tenant, and an HMAC-SHA256 of all that under the server's
+secret. So a token cannot be forged or altered (the cursor decides where the next page starts),
+nor used by another tenant, nor given to another list. Secrets rotate: the first one signs, every one verifies
 (settings.page_token_secrets; see docs/CONFIGURATION.md).
 """
 

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from cpa_scheduler.api.list_filter import format_job_filter, parse_job_filter
-from cpa_scheduler.api.page_token import TOKEN_VERSION, PageTokens, fingerprint_query, page_size
+from cpa_scheduler.api.page_token import (
+    TOKEN_VERSION,
+    PageTokens,
+    TokenKind,
+    fingerprint_query,
+    page_size,
+)
 from cpa_scheduler.domain import InvalidArgument, PagePosition, Reason
 
 QUERY = fingerprint_query("jobs", "state = FAILED")
@@ -234,6 +240,22 @@ def test_agents_tokens_have_their_own_cursor_and_the_lists_refuse_each_others() 
     jobs = encode_page_token(POSITION, query_fingerprint=agents)
     with pytest.raises(InvalidArgument, match="issued by ListJobs, not ListAgents"):
         TOKENS.agents_after(jobs, tenant=TENANT, query_fingerprint=agents)
+
+
+def test_api_key_tokens_and_job_tokens_refuse_each_other() -> None:
+    query = fingerprint_query("api_keys")
+    keys = TOKENS.jobs_token(
+        POSITION, tenant=TENANT, query_fingerprint=query, kind=TokenKind.API_KEYS
+    )
+    assert (
+        TOKENS.jobs_position(keys, tenant=TENANT, query_fingerprint=query, kind=TokenKind.API_KEYS)
+        == POSITION
+    )
+    with pytest.raises(InvalidArgument, match="issued by ListApiKeys, not ListJobs"):
+        TOKENS.jobs_position(keys, tenant=TENANT, query_fingerprint=query)
+    jobs = TOKENS.jobs_token(POSITION, tenant=TENANT, query_fingerprint=query)
+    with pytest.raises(InvalidArgument, match="issued by ListJobs, not ListApiKeys"):
+        TOKENS.jobs_position(jobs, tenant=TENANT, query_fingerprint=query, kind=TokenKind.API_KEYS)
 
 
 @pytest.mark.parametrize("secrets", [[], [b"short"]])
