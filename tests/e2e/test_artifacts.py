@@ -454,14 +454,14 @@ async def test_artifacts_are_listed_in_pages_that_miss_nothing_added_meanwhile(
         assert [a.name for a in await client.list_artifacts(held.job_id, page_size=4)] == paged
         # A token is bound to its job and task, its list and its tenant, and cannot be altered.
         await client.schedule_job(todos_spec(todo("other", "noop")))
-        jobs_token = (
+        time_id_token = (
             await stub.ListJobs(scheduler_service_pb2.ListJobsRequest(page_size=1))
         ).next_page_token
-        assert jobs_token
+        assert time_id_token
         refused = [
             page(first.next_page_token, task_id="t"),
             page(first.next_page_token[:-4] + "AAAA"),
-            page(jobs_token),
+            page(time_id_token),
         ]
         for call in refused:
             with pytest.raises(CpaError) as caught:

@@ -106,9 +106,11 @@ async def test_each_list_refuses_the_other_lists_token(stub: Any, agents: Agents
     agents_token = agents_page.next_page_token
     following = await stub.ListAgents(pb.ListAgentsRequest(page_size=1, page_token=agents_token))
     assert [a.agent_id for a in following.agents] == ["agent-2"]
-    jobs_token = await _jobs_token(stub)
+    jobs_page_token = await _jobs_token(stub)
 
     message = await _refusal(stub.ListJobs, pb.ListJobsRequest(page_token=agents_token), ())
     assert "issued by ListAgents, not ListJobs" in message
-    message = await _refusal(stub.ListAgents, pb.ListAgentsRequest(page_token=jobs_token), TENANT_A)
+    message = await _refusal(
+        stub.ListAgents, pb.ListAgentsRequest(page_token=jobs_page_token), TENANT_A
+    )
     assert "issued by ListJobs, not ListAgents" in message

@@ -139,8 +139,8 @@ async def test_forged_altered_and_foreign_page_tokens_are_refused(
         stub, audit_pb2.ListAuditEntriesRequest(page_size=1, page_token=token, action="CancelJob")
     )
     # Another list's token (ListJobs) is not a ListAuditEntries token.
-    jobs_token = _token(dict(payload, k="jobs"))
-    await _refusal(stub, audit_pb2.ListAuditEntriesRequest(page_token=jobs_token))
+    time_id_token = _token(dict(payload, k="jobs"))
+    await _refusal(stub, audit_pb2.ListAuditEntriesRequest(page_token=time_id_token))
     # The genuine token still works after all that.
     second = await stub.ListAuditEntries(
         audit_pb2.ListAuditEntriesRequest(page_size=1, page_token=token),

@@ -193,7 +193,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         query = fingerprint_query("api_keys")
         after = None
         if request.page_token:
-            position = self._page_tokens.jobs_position(
+            position = self._page_tokens.time_id_position(
                 request.page_token, tenant=tenant, query_fingerprint=query, kind=TokenKind.API_KEYS
             )
             after = (position.create_time, position.job_id)
@@ -203,7 +203,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         response = pb.ListApiKeysResponse(keys=[key_to_proto(key) for key in page])
         if len(found) > limit:
             last = page[-1]
-            response.next_page_token = self._page_tokens.jobs_token(
+            response.next_page_token = self._page_tokens.time_id_token(
                 PagePosition(create_time=last.create_time, job_id=last.key_id),
                 tenant=tenant,
                 query_fingerprint=query,

@@ -233,7 +233,7 @@ async def list_audit_entries(
     fingerprint = _fingerprint(query)
     after = None
     if request.page_token:
-        position = page_tokens.jobs_position(
+        position = page_tokens.time_id_position(
             request.page_token, tenant=tenant, query_fingerprint=fingerprint, kind=TokenKind.AUDIT
         )
         after = AuditPosition(position.create_time, position.job_id)
@@ -243,7 +243,7 @@ async def list_audit_entries(
     response = audit_pb2.ListAuditEntriesResponse(entries=[entry_to_proto(e) for e in page])
     if len(found) > limit:
         last = page[-1]
-        response.next_page_token = page_tokens.jobs_token(
+        response.next_page_token = page_tokens.time_id_token(
             PagePosition(create_time=last.create_time, job_id=last.entry_id),
             tenant=tenant,
             query_fingerprint=fingerprint,

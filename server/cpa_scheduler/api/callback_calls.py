@@ -72,7 +72,7 @@ async def list_callbacks(
     query = fingerprint_query("callbacks", state.value if state else "", request.job_id)
     after = None
     if request.page_token:
-        position = page_tokens.jobs_position(
+        position = page_tokens.time_id_position(
             request.page_token, tenant=tenant, query_fingerprint=query, kind=TokenKind.CALLBACKS
         )
         after = CallbackPosition(position.create_time, position.job_id)
@@ -84,7 +84,7 @@ async def list_callbacks(
     response = callback_pb2.ListCallbacksResponse(callbacks=[callback_to_proto(d) for d in page])
     if len(found) > limit:
         last = page[-1]
-        response.next_page_token = page_tokens.jobs_token(
+        response.next_page_token = page_tokens.time_id_token(
             PagePosition(create_time=last.create_time, job_id=last.delivery_id),
             tenant=tenant,
             query_fingerprint=query,

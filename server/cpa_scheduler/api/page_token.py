@@ -5,8 +5,8 @@ its cursor (a (create_time, id) place for ListJobs, ListCallbacks, ListAuditEntr
 ListApiKeys, an agent id for ListAgents, (task, artifact) positions for ListArtifacts), a digest
 of the query and of the caller's tenant, and an HMAC-SHA256 of all that under the server's
 secret. So a token cannot be forged or altered (the cursor decides where the next page starts),
-nor used by another tenant, nor given to another list. Secrets rotate: the first one signs, every one verifies
-(settings.page_token_secrets; see docs/CONFIGURATION.md).
+nor used by another tenant, nor given to another list. Secrets rotate: the first one signs, every
+one verifies (settings.page_token_secrets; see docs/CONFIGURATION.md).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class PageTokens:
             raise _malformed()
         return payload
 
-    def jobs_token(
+    def time_id_token(
         self,
         position: PagePosition,
         *,
@@ -178,8 +178,9 @@ class PageTokens:
         query_fingerprint: str,
         kind: TokenKind = TokenKind.JOBS,
     ) -> str:
-        """ListJobs (ListCallbacks, ListAuditEntries and ListApiKeys with `kind`, the delivery,
-        entry or key id as job_id): the token of the page that starts after `position`."""
+        """The token of the page that starts after `position`, a (create_time, id) place: a
+        job's for ListJobs; with `kind`, a delivery's, an audit entry's or a key's (its id as
+        `job_id`) for ListCallbacks, ListAuditEntries, ListApiKeys."""
         if position.create_time.tzinfo is None:
             raise ValueError("PagePosition.create_time must be timezone-aware")
         cursor = {
@@ -189,7 +190,7 @@ class PageTokens:
         }
         return self._seal(kind, cursor, tenant=tenant, query_fingerprint=query_fingerprint)
 
-    def jobs_position(
+    def time_id_position(
         self,
         token: str,
         *,
@@ -197,8 +198,8 @@ class PageTokens:
         query_fingerprint: str,
         kind: TokenKind = TokenKind.JOBS,
     ) -> PagePosition:
-        """The position a ListJobs token (a ListCallbacks one with `kind`) holds;
-        InvalidArgument(INVALID_PAGE_TOKEN) says why it is refused."""
+        """The place a time_id_token of `kind` holds; InvalidArgument(INVALID_PAGE_TOKEN) says
+        why it is refused."""
         payload = self._open(token, kind, tenant=tenant, query_fingerprint=query_fingerprint)
         micros, job_id = payload["t"], payload["id"]
         if type(micros) is not int or not isinstance(job_id, str):

@@ -313,7 +313,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         query = fingerprint_query("jobs", format_job_filter(job_filter))
         tenant = self._tenant(context)
         after = (
-            self._page_tokens.jobs_position(
+            self._page_tokens.time_id_position(
                 request.page_token, tenant=tenant, query_fingerprint=query
             )
             if request.page_token
@@ -332,7 +332,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             budget -= size
         if len(jobs) > len(response.jobs):
             last = jobs[len(response.jobs) - 1]
-            response.next_page_token = self._page_tokens.jobs_token(
+            response.next_page_token = self._page_tokens.time_id_token(
                 PagePosition(create_time=last.create_time, job_id=last.job_id),
                 tenant=tenant,
                 query_fingerprint=query,

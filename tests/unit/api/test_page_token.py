@@ -38,11 +38,11 @@ TENANT = "tenant-a"
 
 
 def encode_page_token(position: PagePosition, *, query_fingerprint: str) -> str:
-    return TOKENS.jobs_token(position, tenant=TENANT, query_fingerprint=query_fingerprint)
+    return TOKENS.time_id_token(position, tenant=TENANT, query_fingerprint=query_fingerprint)
 
 
 def decode_page_token(token: str, *, query_fingerprint: str) -> PagePosition:
-    return TOKENS.jobs_position(token, tenant=TENANT, query_fingerprint=query_fingerprint)
+    return TOKENS.time_id_position(token, tenant=TENANT, query_fingerprint=query_fingerprint)
 
 
 def _refusal(token: str, query: str = QUERY) -> str:
@@ -212,18 +212,18 @@ def test_a_token_signed_with_a_secret_not_configured_is_refused() -> None:
 
 def test_tokens_of_an_older_secret_still_verify_and_new_ones_use_the_first() -> None:
     before_rotation = PageTokens([OLD_SECRET])
-    token = before_rotation.jobs_token(POSITION, tenant=TENANT, query_fingerprint=QUERY)
+    token = before_rotation.time_id_token(POSITION, tenant=TENANT, query_fingerprint=QUERY)
     assert decode_page_token(token, query_fingerprint=QUERY) == POSITION
     new = encode_page_token(POSITION, query_fingerprint=QUERY)
     assert new == _resealed(_payload(new), SECRET)
     with pytest.raises(InvalidArgument):  # the old secret dropped: its tokens end
-        PageTokens([SECRET]).jobs_position(token, tenant=TENANT, query_fingerprint=QUERY)
+        PageTokens([SECRET]).time_id_position(token, tenant=TENANT, query_fingerprint=QUERY)
 
 
 def test_a_token_of_another_tenant_is_refused() -> None:
     token = encode_page_token(POSITION, query_fingerprint=QUERY)
     with pytest.raises(InvalidArgument) as caught:
-        TOKENS.jobs_position(token, tenant="tenant-b", query_fingerprint=QUERY)
+        TOKENS.time_id_position(token, tenant="tenant-b", query_fingerprint=QUERY)
     assert caught.value.reason is Reason.INVALID_PAGE_TOKEN
     assert caught.value.message == (
         "page_token: issued to another tenant; list again without page_token"
@@ -236,7 +236,7 @@ def test_agents_tokens_have_their_own_cursor_and_the_lists_refuse_each_others() 
     assert set(_payload(token)) == {"v", "k", "q", "n", "a", "m"}
     assert TOKENS.agents_after(token, tenant=TENANT, query_fingerprint=agents) == "agent-7"
     with pytest.raises(InvalidArgument, match="issued by ListAgents, not ListJobs"):
-        TOKENS.jobs_position(token, tenant=TENANT, query_fingerprint=agents)
+        TOKENS.time_id_position(token, tenant=TENANT, query_fingerprint=agents)
     jobs = encode_page_token(POSITION, query_fingerprint=agents)
     with pytest.raises(InvalidArgument, match="issued by ListJobs, not ListAgents"):
         TOKENS.agents_after(jobs, tenant=TENANT, query_fingerprint=agents)
@@ -244,18 +244,22 @@ def test_agents_tokens_have_their_own_cursor_and_the_lists_refuse_each_others() 
 
 def test_api_key_tokens_and_job_tokens_refuse_each_other() -> None:
     query = fingerprint_query("api_keys")
-    keys = TOKENS.jobs_token(
+    keys = TOKENS.time_id_token(
         POSITION, tenant=TENANT, query_fingerprint=query, kind=TokenKind.API_KEYS
     )
     assert (
-        TOKENS.jobs_position(keys, tenant=TENANT, query_fingerprint=query, kind=TokenKind.API_KEYS)
+        TOKENS.time_id_position(
+            keys, tenant=TENANT, query_fingerprint=query, kind=TokenKind.API_KEYS
+        )
         == POSITION
     )
     with pytest.raises(InvalidArgument, match="issued by ListApiKeys, not ListJobs"):
-        TOKENS.jobs_position(keys, tenant=TENANT, query_fingerprint=query)
-    jobs = TOKENS.jobs_token(POSITION, tenant=TENANT, query_fingerprint=query)
+        TOKENS.time_id_position(keys, tenant=TENANT, query_fingerprint=query)
+    jobs = TOKENS.time_id_token(POSITION, tenant=TENANT, query_fingerprint=query)
     with pytest.raises(InvalidArgument, match="issued by ListJobs, not ListApiKeys"):
-        TOKENS.jobs_position(jobs, tenant=TENANT, query_fingerprint=query, kind=TokenKind.API_KEYS)
+        TOKENS.time_id_position(
+            jobs, tenant=TENANT, query_fingerprint=query, kind=TokenKind.API_KEYS
+        )
 
 
 @pytest.mark.parametrize("secrets", [[], [b"short"]])
