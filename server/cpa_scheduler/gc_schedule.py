@@ -14,7 +14,8 @@ classes, the configuration: never garbage) are frozen out of every collection, C
 automatic full collections are off, and `collect_forever` runs one each interval. Young
 collections are unchanged, and reference counting frees everything that is not in a cycle at
 once, as always: what waits for the clock is only cyclic garbage that outlived two young
-collections.
+collections. (Objects frozen at start that later become cyclic garbage, say a policy set a reload
+replaced, stay until the replica stops: at most what existed at start.)
 
 The collector is process-wide and tests run several replicas in one process: the first
 `take_over()` changes it, the last `hand_back()` restores it. Each scheduled collection's pause
