@@ -353,10 +353,10 @@ class SchedulerServiceServicer:
         Stored events are replayed in full; while following live, a watcher that reads slower than
         events come may miss progress events superseded by a later progress of the same task
         (state changes and the terminal event always arrive, in order), and one that falls further
-        behind is served from the store again, where progress is coalesced the same way (the latest
-        of each task since its last delivered event). Events of jobs that ended more than
-        CPA_EVENT_RETENTION_S ago are pruned except the last (terminal) one, which is then all a
-        replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
+        behind is served from the store again, where progress is coalesced the same way (of a
+        task's progress events in each read of up to 500 stored events, only the latest is sent).
+        Events of jobs that ended more than CPA_EVENT_RETENTION_S ago are pruned except the last
+        (terminal) one, which is then all a replay returns. Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (MISSING_FIELD job_id,
         INVALID_FIELD job_id over 128 characters or after_sequence < 0); RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) when this
         replica, or the caller's tenant on it, has as many streams open as its limit.
         An open stream ends with its credential: UNAUTHENTICATED (CREDENTIAL_REVOKED) once the API
