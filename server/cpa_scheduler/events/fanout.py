@@ -43,10 +43,13 @@ log = logging.getLogger(__name__)
 
 E = TypeVar("E")
 
-# Watcher writes started per loop iteration, at most: ~1-2 ms of loop time on this hardware.
-TURNS_PER_ITERATION = 16
-# Watcher writes under way at once, at most, and how long one counts (see FanOut).
-MAX_IN_FLIGHT = 32
+# Watcher writes started per loop iteration, at most: ~2-3 ms of loop time on this hardware.
+TURNS_PER_ITERATION = 32
+# Watcher writes under way at once, at most, and how long one counts (see FanOut). Fewer under
+# way makes each dearer (gRPC flushes and completes them in smaller batches: 32 cost twice the
+# CPU per message of 256), more puts the agents' acks behind more completions
+# (docs/PERFORMANCE.md, "Writes under way").
+MAX_IN_FLIGHT = 256
 PARK_AFTER_S = 0.05
 
 
