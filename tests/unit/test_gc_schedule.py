@@ -55,7 +55,7 @@ def test_taking_over_freezes_what_exists_and_stops_automatic_full_collections(
     gc_schedule.take_over()
     assert gc.get_freeze_count() > 0
     young0, young1, oldest = gc.get_threshold()
-    assert (young0, young1) == before[:2]
+    assert (young0, young1) == (max(before[0], gc_schedule.YOUNG_THRESHOLD), before[1])
     # Generation 2's count is the number of generation-1 collections since the last full one.
     assert oldest > 10**9
     gc_schedule.take_over()  # a second replica in the same process
@@ -92,6 +92,33 @@ def test_cpython_starts_no_full_collection_by_itself_once_taken_over(restored: N
     assert _full_collections_while_allocating() > 0, "CPython's own rule, for comparison"
     gc_schedule.take_over()
     assert _full_collections_while_allocating() == 0
+
+
+def _young_collections_while_allocating(count: int) -> int:
+    """Collections of the youngest generation CPython starts while `count` objects survive."""
+    gc.collect()
+    started: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 0:
+            started.append(1)
+
+    gc.callbacks.append(seen)
+    try:
+        survivors: list[list[int]] = [[] for _ in range(count)]
+    finally:
+        gc.callbacks.remove(seen)
+    del survivors
+    return len(started)
+
+
+def test_the_youngest_generation_is_collected_less_often_once_taken_over(
+    restored: None,
+) -> None:
+    count = 20 * gc_schedule.YOUNG_THRESHOLD
+    assert _young_collections_while_allocating(count) >= count // 1000, "CPython's 700"
+    gc_schedule.take_over()
+    assert _young_collections_while_allocating(count) <= count // gc_schedule.YOUNG_THRESHOLD + 1
 
 
 def test_old_cyclic_garbage_waits_for_the_scheduled_collection(restored: None) -> None:
