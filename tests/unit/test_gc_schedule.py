@@ -68,15 +68,13 @@ def test_taking_over_freezes_what_exists_and_stops_automatic_full_collections(
     assert gc.get_threshold() == before
 
 
-def _full_collections_while_allocating() -> int:
-    """Full collections CPython starts by itself while new objects survive, more than a third of
-    those it tracks (its rule wants a quarter; the test process's heap may be large)."""
+def _collections_while_allocating(generation: int, count: int) -> int:
+    """Collections of `generation` CPython starts by itself while `count` new objects survive."""
     gc.collect()
-    count = max(200_000, len(gc.get_objects()) // 3)
     started: list[int] = []
 
     def seen(phase: str, info: dict[str, int]) -> None:
-        if phase == "start" and info["generation"] == 2:
+        if phase == "start" and info["generation"] == generation:
             started.append(1)
 
     gc.callbacks.append(seen)
@@ -86,6 +84,13 @@ def _full_collections_while_allocating() -> int:
         gc.callbacks.remove(seen)
     del survivors
     return len(started)
+
+
+def _full_collections_while_allocating() -> int:
+    """Full collections while more than a third of the objects CPython tracks are new
+    survivors (its rule wants a quarter; the test process's heap may be large)."""
+    gc.collect()
+    return _collections_while_allocating(2, max(200_000, len(gc.get_objects()) // 3))
 
 
 def test_cpython_starts_no_full_collection_by_itself_once_taken_over(restored: None) -> None:
@@ -94,31 +99,13 @@ def test_cpython_starts_no_full_collection_by_itself_once_taken_over(restored: N
     assert _full_collections_while_allocating() == 0
 
 
-def _young_collections_while_allocating(count: int) -> int:
-    """Collections of the youngest generation CPython starts while `count` objects survive."""
-    gc.collect()
-    started: list[int] = []
-
-    def seen(phase: str, info: dict[str, int]) -> None:
-        if phase == "start" and info["generation"] == 0:
-            started.append(1)
-
-    gc.callbacks.append(seen)
-    try:
-        survivors: list[list[int]] = [[] for _ in range(count)]
-    finally:
-        gc.callbacks.remove(seen)
-    del survivors
-    return len(started)
-
-
 def test_the_youngest_generation_is_collected_less_often_once_taken_over(
     restored: None,
 ) -> None:
     count = 20 * gc_schedule.YOUNG_THRESHOLD
-    assert _young_collections_while_allocating(count) >= count // 1000, "CPython's 700"
+    assert _collections_while_allocating(0, count) >= count // 1000, "CPython's 700"
     gc_schedule.take_over()
-    assert _young_collections_while_allocating(count) <= count // gc_schedule.YOUNG_THRESHOLD + 1
+    assert _collections_while_allocating(0, count) <= count // gc_schedule.YOUNG_THRESHOLD + 1
 
 
 def test_old_cyclic_garbage_waits_for_the_scheduled_collection(restored: None) -> None:
