@@ -1,13 +1,13 @@
 """The floor under WatchJob's deliveries: how many server-streaming messages a bare grpc.aio
 server sends per second on this machine when it does nothing else.
 
-Starts a server process (no scheduler: one generic unary-stream method whose handler writes the
-same pre-encoded ~120-byte message with `context.write` as fast as its reader takes it) and
-`--client-processes` processes opening `--streams` calls between them (250 per channel, read
-as raw bytes, the same clients as bench_watchers.py), then counts the messages received during
-`--seconds` and the server's CPU. What `cpa serve` delivers to the same number of watchers
-(bench_watchers.py) can be set against this: the scheduler's own work per event is the
-difference.
+Starts a server process (no scheduler: one generic unary-stream method whose handler writes one
+message, waits until every stream is open, then writes the same pre-encoded 120-byte message
+with `context.write` as fast as its reader takes it) and `--client-processes` processes opening
+`--streams` calls between them (250 per channel, read as raw bytes, the same clients as
+bench_watchers.py), then counts the messages received during `--seconds` and the server's CPU.
+What `cpa serve` delivers to the same number of watchers (bench_watchers.py) can be set against
+this: the scheduler's own work per event is the difference.
 
     python bench/bench_grpc_floor.py [--streams 10000] [--seconds 15] [--client-nice 19]
 """
@@ -33,7 +33,7 @@ from bench.bench_throughput import CpuMeter, calibration_ms  # noqa: E402
 
 METHOD = "/floor.v1.Floor/Stream"
 STREAMS_PER_CHANNEL = 250
-PAYLOAD = b"\x0a\x76" + b"x" * 118  # the size of a progress event's WatchJobResponse
+PAYLOAD = b"\x0a\x76" + b"x" * 118  # a progress event's WatchJobResponse is 70-90 bytes
 
 
 def run_server() -> None:
